@@ -1,0 +1,18 @@
+# Every third-party dependency, found through CMake packages or pkg-config (Debian 12 packages;
+# the Makefile installs them).
+find_package(PkgConfig REQUIRED)
+find_package(Boost 1.74 REQUIRED COMPONENTS unit_test_framework)
+find_package(TBB REQUIRED)
+find_package(HDF5 REQUIRED COMPONENTS C)
+find_package(yaml-cpp REQUIRED)
+find_package(fmt REQUIRED)
+find_package(ZLIB REQUIRED)
+find_package(Threads REQUIRED)
+pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
+
+# Warnings are errors for our own code.
+add_library(strata_warnings INTERFACE)
+target_compile_options(strata_warnings INTERFACE -Wall -Wextra -Wpedantic -Werror -Wno-unused-parameter)
+# The build machine is the machine that runs: let the compiler use its vector units (AVX2, FMA).
+add_library(strata_native INTERFACE)
+target_compile_options(strata_native INTERFACE $<$<CONFIG:Release>:-march=native>)

@@ -1,0 +1,25 @@
+# strata_add_plugin(<name> SOURCES <files...> [LIBRARIES <targets...>] [OUTPUT_DIRECTORY <dir>])
+#
+# Builds a Strata plugin: a shared module named libstrata_<name>.so, linked against the core,
+# exporting only its `strata_plugin` entry point, and placed where the `strata` tool looks for
+# plugins (build/lib/strata) unless OUTPUT_DIRECTORY says otherwise.
+function(strata_add_plugin name)
+  cmake_parse_arguments(ARG "" "OUTPUT_DIRECTORY" "SOURCES;LIBRARIES" ${ARGN})
+  if(NOT ARG_SOURCES)
+    message(FATAL_ERROR "strata_add_plugin(${name}): SOURCES is required")
+  endif()
+  if(NOT ARG_OUTPUT_DIRECTORY)
+    set(ARG_OUTPUT_DIRECTORY ${STRATA_PLUGIN_DIR})
+  endif()
+  set(target strata_${name})
+  add_library(${target} MODULE ${ARG_SOURCES})
+  target_link_libraries(${target} PRIVATE strata::core strata_warnings strata_native ${ARG_LIBRARIES})
+  set_target_properties(${target} PROPERTIES
+    PREFIX "lib"
+    LIBRARY_OUTPUT_DIRECTORY ${ARG_OUTPUT_DIRECTORY}
+    CXX_VISIBILITY_PRESET hidden
+    VISIBILITY_INLINES_HIDDEN ON)
+  if(ARG_OUTPUT_DIRECTORY STREQUAL STRATA_PLUGIN_DIR)
+    set_property(GLOBAL APPEND PROPERTY STRATA_PLUGIN_TARGETS ${target})
+  endif()
+endfunction()

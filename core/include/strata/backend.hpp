@@ -1,0 +1,57 @@
+// strata/backend.hpp: compute backends and the kernels they provide.
+//
+// A Backend is a named execution policy ("reference": serial loops, "tbb": oneTBB). It owns the
+// thread count and offers parallel_for to layers that do simple element-wise work themselves.
+//
+// Heavy ops go through kernels, in the describe-pick-run style: a layer fills an op descriptor once
+// at setup (ops.hpp), KernelRegistry::pick() finds the backend's kernel for that op (falling back to
+// "reference", with a note, when the backend has none or it does not support the descriptor),
+// the kernel prepare()s for the descriptor (plans workspace), and then runs on every step.
+// "reference" is the ground truth every other backend is tested against.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string_view>
+
+namespace strata {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string_view name() const = 0;
+  // 0 means "all cores". Called once, before any work.
+  virtual void set_threads(int threads) = 0;
+  virtual int threads() const = 0;
+  // Calls body(lo, hi) over disjoint sub-ranges covering [begin, end). A backend may run the
+  // calls concurrently; chunks are at least `grain` long unless the range is shorter.
+  virtual void parallel_for(int64_t begin, int64_t end, int64_t grain,
+                            const std::function<void(int64_t, int64_t)>& body) = 0;
+};
+
+class Kernel {
+ public:
+  virtual ~Kernel() = default;
+};
+
+// Base of every op-specific kernel interface. Desc is the op's descriptor type.
+template <class D>
+class OpKernel : public Kernel {
+ public:
+  using Desc = D;
+  // Can this kernel run `desc`? Asked before the kernel is chosen.
+  virtual bool supports(const Desc&) const { return true; }
+  // Called once with the descriptor the kernel will run; kernels may override on_prepare() to plan
+  // workspace or pack constants.
+  void prepare(const Desc& desc) {
+    desc_ = desc;
+    on_prepare();
+  }
+  const Desc& desc() const { return desc_; }
+
+ protected:
+  virtual void on_prepare() {}
+  Desc desc_{};
+};
+
+}  // namespace strata

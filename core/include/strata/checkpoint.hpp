@@ -1,0 +1,65 @@
+// strata/checkpoint.hpp: HDF5 checkpoints (layout: docs/checkpoint-format.md).
+//
+//   /                      attrs: format = "strata-checkpoint", format_version = 1
+//   /experiment            string dataset: the experiment YAML that produced the file
+//   /model/<layer>/<name>  float32 parameters and buffers, PyTorch names and shapes
+//   /optimizer/<layer>/<param>/<slot>   optimizer state (momentum buffers, ...)
+//   /preprocess/<index>.<type>/<name>   fitted preprocessing statistics
+//   /training              attrs: epoch, iteration, rng_state; present when saved by the trainer
+//   /history/<metric>      float64 [epochs], per-epoch metrics
+//
+// Saving writes "<path>.tmp-<pid>" and renames it over <path>, so a crash never leaves a truncated
+// file under the final name. Loading checks every name and shape and says which one differs.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "strata/tensor.hpp"
+
+namespace strata {
+
+inline constexpr int kCheckpointFormatVersion = 1;
+
+struct TrainingState {
+  int64_t epoch = 0;      // epochs completed
+  int64_t iteration = 0;  // optimizer steps taken
+  std::string rng_state;  // the trainer's Rng, as written by operator<<
+  std::map<std::string, std::vector<double>> history;  // metric name -> one value per epoch
+};
+
+struct Checkpoint {
+  std::vector<NamedTensor> model;       // "<layer>/<name>"
+  std::vector<NamedTensor> optimizer;   // "<layer>/<param>/<slot>"
+  std::vector<NamedTensor> preprocess;  // "<index>.<type>/<name>"
+  std::string experiment_yaml;
+  std::optional<TrainingState> training;
+};
+
+// Atomic save (see above). Errors name the path.
+void save_checkpoint(const std::filesystem::path& path, const Checkpoint& checkpoint);
+
+// Reads the datasets of group `group` ("model", "optimizer" or "preprocess") into `into`:
+// every name must exist with exactly the tensor's shape, else an Error such as
+//   checkpoint runs/a/model.h5: /model/fc1/weight has shape [120, 256] but the model expects [120, 400]
+// Datasets in the file that `into` does not name are an error too (a different model), unless
+// `allow_extra` is set.
+void load_checkpoint_tensors(const std::filesystem::path& path, const std::string& group,
+                             std::span<NamedTensor> into, bool allow_extra = false);
+
+// Checks the root attributes (format, supported format_version) and returns the stored YAML.
+std::string load_checkpoint_experiment(const std::filesystem::path& path);
+// The training state, or nullopt when the file has no /training group.
+std::optional<TrainingState> load_checkpoint_training_state(const std::filesystem::path& path);
+
+// Reads a float32 dataset of any rank (used by `strata forward` for /data).
+Tensor read_hdf5_tensor(const std::filesystem::path& path, const std::string& dataset);
+// Writes float32 datasets into a new file, atomically (temporary file, then rename).
+void write_hdf5_tensors(const std::filesystem::path& path, std::span<const NamedTensor> tensors);
+
+}  // namespace strata

@@ -1,0 +1,85 @@
+// strata/config.hpp: the typed, position-aware view of an experiment file.
+//
+// The core is the only code that parses YAML. It turns the file into a tree of ConfigNodes that
+// remember where every key and value came from, and hands plugins a Config: a view of one node plus
+// its key path ("model.layers[3]"). Every error raised through a Config names the file, line,
+// column and key path:
+//
+//   experiments/lenet.yaml:14:11: model.layers[3].stride: expected an integer, found 'two'
+//
+// Reading a key marks it used. After a plugin has built its object from a Config, the registry
+// calls check_unused(), so a typo such as `stirde: 2` is an error ("unknown key 'stirde', did you
+// mean 'stride'?") rather than a silently ignored setting.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace strata {
+
+struct ConfigNode;
+
+class Config {
+ public:
+  Config() = default;
+
+  // Parse a YAML file or string. Malformed YAML is an Error naming file, line and column.
+  static Config parse_file(const std::string& path);
+  static Config parse_string(const std::string& text, const std::string& source_name);
+
+  // Override or add a value: `path` is dotted with optional indices ("model.layers[0].stride"),
+  // `yaml_value` is parsed as YAML (so "3", "[1, 28, 28]" and "tbb" all work). Missing maps on
+  // the way are created; an index past the end of a sequence is an error.
+  void set(std::string_view path, std::string_view yaml_value);
+
+  bool valid() const { return node_ != nullptr; }
+  bool is_map() const;
+  bool is_sequence() const;
+  bool is_scalar() const;
+  bool is_null() const;
+
+  bool has(std::string_view key) const;  // does not mark the key used
+  std::vector<std::string> keys() const;
+
+  // Typed access. T is one of: bool, int, int64_t, float, double, std::string,
+  // std::vector<int64_t>, std::vector<double>, std::vector<std::string>.
+  template <class T>
+  T get(std::string_view key) const;  // required: a missing key is an error
+  template <class T>
+  T get(std::string_view key, const T& fallback) const;  // optional
+  template <class T>
+  T as() const;  // this node's own value
+
+  Config at(std::string_view key) const;                  // required child node
+  std::optional<Config> find(std::string_view key) const;  // optional child node
+  std::vector<Config> items() const;                      // elements of a sequence
+
+  std::string path() const { return path_; }  // "model.layers[3]" ("" for the root)
+  std::string where() const;                  // "file:line:col"
+  std::string source_file() const;
+
+  [[noreturn]] void fail(const std::string& message) const;  // at this node
+  [[noreturn]] void fail_key(std::string_view key, const std::string& message) const;
+
+  // Raise an Error for the first key below this node that nothing read.
+  void check_unused() const;
+  // Mark this whole subtree as read (for sections a command deliberately ignores).
+  void mark_used() const;
+
+  // The (possibly overridden) tree written back as YAML, e.g. to store in a checkpoint.
+  std::string dump() const;
+
+ private:
+  Config(std::shared_ptr<ConfigNode> node, std::string path)
+      : node_(std::move(node)), path_(std::move(path)) {}
+  std::string child_path(std::string_view key) const;
+
+  std::shared_ptr<ConfigNode> node_;
+  std::string path_;
+};
+
+}  // namespace strata

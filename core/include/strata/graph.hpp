@@ -1,0 +1,76 @@
+// strata/graph.hpp: the network, built from the experiment's `model` section.
+//
+//   model:
+//     input: [1, 28, 28]          # sample shape [C, H, W]
+//     layers:
+//       - {name: conv1, type: conv2d, out_channels: 6, kernel: 5, padding: 2}
+//       - {name: relu1, type: relu}
+//       - {name: sum, type: add, inputs: [relu1, conv1]}   # named inputs (default: previous)
+//
+// Layers run in file order; each produces one tensor named after the layer, and "input" names the
+// model input. A layer may consume any earlier tensor, and a tensor may feed several layers: the
+// graph sums the gradients flowing back into it. Activations and gradients are allocated once per
+// batch size and reused, so a training step allocates nothing.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "strata/config.hpp"
+#include "strata/layer.hpp"
+#include "strata/optimizer.hpp"
+
+namespace strata {
+
+class Registries;
+
+class Graph {
+ public:
+  // Builds and sets up every layer, then initializes parameters with `init_rng`. Per-layer
+  // `init: {weight: {type: xavier_uniform}}` overrides a parameter's default initializer.
+  Graph(const Config& model, const Registries& registries, std::string backend, Rng& init_rng);
+
+  const Shape& input_shape() const { return input_shape_; }
+  const Shape& output_shape() const;
+
+  std::size_t size() const { return nodes_.size(); }
+  Layer& layer(std::size_t i) { return *nodes_[i].layer; }
+  const Layer& layer(std::size_t i) const { return *nodes_[i].layer; }
+  const std::string& name(std::size_t i) const { return nodes_[i].layer->name(); }
+  int index_of(std::string_view layer_name) const;  // -1 when there is no such layer
+  std::vector<std::string> input_names(std::size_t i) const;
+
+  // Runs every layer on `input` [N, C, H, W]; returns the last layer's output.
+  const Tensor& forward(Context& context, const Tensor& input);
+  // Back-propagates `doutput` (gradient of the last layer's output). Fills every Param::grad.
+  void backward(Context& context, const Tensor& doutput);
+  // A layer's output from the last forward().
+  const Tensor& activation(std::string_view layer_name) const;
+
+  std::vector<ParamRef> params();             // keys "<layer>/<param>"
+  std::vector<NamedTensor> state_tensors();   // parameters and buffers, "<layer>/<name>"
+  int64_t num_parameters() const;
+
+ private:
+  struct Node {
+    std::shared_ptr<Layer> layer;
+    std::vector<int> inputs;  // indices of producing nodes; -1 is the model input
+    int consumers = 0;
+  };
+  void allocate(int64_t batch);
+
+  const Registries& registries_;
+  std::string backend_;
+  Shape input_shape_;
+  std::vector<Node> nodes_;
+  int64_t allocated_batch_ = -1;
+  int64_t batch_ = 0;
+  std::vector<Tensor> outputs_storage_, grads_storage_;  // [max batch] buffers, per node
+  std::vector<Tensor> outputs_, grads_;                  // views for the current batch
+  Tensor input_;                                         // view of the current input
+};
+
+}  // namespace strata

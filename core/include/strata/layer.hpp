@@ -1,0 +1,124 @@
+// strata/layer.hpp: the Layer interface every layer plugin implements.
+//
+// Lifecycle:
+//   1. construction from the layer's Config (its own keys only: the graph has already read
+//      `name`, `type`, `inputs` and `init`);
+//   2. setup(): once, with the *sample* shapes of the inputs (no batch dimension). The layer
+//      validates them, allocates its parameters, builds its op descriptors and picks kernels;
+//   3. forward()/backward(): every step, with batch-first tensors whose first dimension is N.
+//
+// Contract of backward(): `din[i]` has the shape of `in[i]` and is overwritten; an undefined
+// `din[i]` means nobody needs that gradient and the layer should skip computing it. Parameter
+// gradients (Param::grad) are overwritten, not accumulated.
+#pragma once
+
+#include <memory>
+#include <random>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "strata/backend.hpp"
+#include "strata/error.hpp"
+#include "strata/registry.hpp"
+#include "strata/tensor.hpp"
+
+namespace strata {
+
+using Rng = std::mt19937;
+
+// A learnable parameter. Names and shapes follow PyTorch ("weight" [out, in, kh, kw], "bias").
+struct Param {
+  std::string name;
+  Tensor value;
+  Tensor grad;
+  std::string default_init;  // initializer type used when the experiment names none
+  int64_t fan_in = 0;
+  int64_t fan_out = 0;
+  float lr_mult = 1.0f;     // scales the learning rate for this parameter
+  float decay_mult = 1.0f;  // scales weight decay (0 for biases by default)
+
+  // value and grad of `shape`, zero-filled.
+  static Param make(std::string name, Shape shape, std::string default_init, int64_t fan_in,
+                    int64_t fan_out, float decay_mult = 1.0f);
+};
+
+// What setup() may use: the kernel registry and the chosen backend.
+class SetupContext {
+ public:
+  SetupContext(const KernelRegistry& kernels, std::string_view backend, std::string layer_name)
+      : kernels_(kernels), backend_(backend), layer_name_(std::move(layer_name)) {}
+
+  template <class K>
+  std::shared_ptr<K> kernel(std::string_view op, const typename K::Desc& desc) const {
+    return kernels_.pick<K>(op, backend_, desc, layer_name_);
+  }
+  std::string_view backend() const { return backend_; }
+
+ private:
+  const KernelRegistry& kernels_;
+  std::string_view backend_;
+  std::string layer_name_;
+};
+
+// What forward()/backward() may use.
+struct Context {
+  bool training = false;
+  Rng* rng = nullptr;          // for stochastic layers (dropout); owned by the trainer
+  Backend* backend = nullptr;  // parallel_for for element-wise work
+};
+
+class Layer {
+ public:
+  virtual ~Layer() = default;
+
+  virtual std::string_view type() const = 0;
+  // How many inputs the layer accepts (inclusive bounds).
+  virtual int min_inputs() const { return 1; }
+  virtual int max_inputs() const { return 1; }
+
+  // Checks the number of inputs, then calls infer_shape(). Errors raised inside are prefixed
+  // with the layer's name and type. Returns the sample shape of the output.
+  Shape setup(const SetupContext& context, std::span<const Shape> inputs);
+  const Shape& output_shape() const { return output_shape_; }
+
+  virtual void forward(Context& context, std::span<const Tensor> in, Tensor& out) = 0;
+  virtual void backward(Context& context, std::span<const Tensor> in, const Tensor& out,
+                        const Tensor& dout, std::span<Tensor> din) = 0;
+
+  // Learnable parameters, allocated by setup().
+  virtual std::vector<Param*> params() { return {}; }
+  // Non-learnable state saved in checkpoints (batch norm's running statistics, for example).
+  virtual std::vector<NamedTensor> buffers() { return {}; }
+
+  const std::string& name() const { return name_; }
+  void set_name(std::string name) { name_ = std::move(name); }
+
+ protected:
+  // Validate input sample shapes, allocate parameters, build descriptors, pick kernels.
+  // Throw strata::Error (via fail()) with a message naming the offending shapes.
+  virtual Shape infer_shape(const SetupContext& context, std::span<const Shape> inputs) = 0;
+
+ private:
+  std::string name_;
+  Shape output_shape_;
+};
+
+// Loss functions map logits [N, classes] and integer labels to a mean loss and its gradient.
+class Loss {
+ public:
+  virtual ~Loss() = default;
+  // Returns the mean loss over the batch; writes d(loss)/d(logits) when dlogits is non-null.
+  virtual float forward_backward(const Tensor& logits, std::span<const int32_t> labels,
+                                 Tensor* dlogits) = 0;
+};
+
+// Fills a parameter at initialization.
+class Initializer {
+ public:
+  virtual ~Initializer() = default;
+  virtual void fill(Tensor& value, int64_t fan_in, int64_t fan_out, Rng& rng) const = 0;
+};
+
+}  // namespace strata

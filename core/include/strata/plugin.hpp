@@ -1,0 +1,82 @@
+// strata/plugin.hpp: how a shared library becomes a plugin.
+//
+// A plugin exports exactly one C symbol, `strata_plugin`, returning a PluginInfo. The loader reads
+// `api` first and refuses a plugin built for another kPluginApi before calling anything else in it.
+// Registration is explicit: register_all() adds the plugin's types to the registries. There is no
+// static-initializer registration (it breaks silently under static linking, see BVLC/caffe#2799).
+//
+//   void register_all(strata::Registries& r) { r.layers.add<Swish>("swish"); }
+//   STRATA_PLUGIN("example_swish", "1.0", register_all)
+//
+// Every object a plugin's factory creates holds a reference to the plugin's library, so the
+// library stays mapped until the last such object is destroyed.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace boost::dll {
+class shared_library;
+}
+
+namespace strata {
+
+// Bump when any interface a plugin compiles against changes incompatibly.
+inline constexpr int kPluginApi = 1;
+
+class Registries;
+
+struct PluginInfo {
+  int api;  // must stay the first member: it is read before anything else
+  const char* name;
+  const char* version;
+  void (*register_all)(Registries&);
+};
+
+// A loaded plugin. Objects created by its factories share ownership of it.
+struct Plugin {
+  std::string name;
+  std::string version;
+  std::filesystem::path path;  // empty for types registered by the host program itself
+  std::shared_ptr<boost::dll::shared_library> library;
+};
+using PluginRef = std::shared_ptr<const Plugin>;
+
+class PluginLoader {
+ public:
+  explicit PluginLoader(Registries& registries) : registries_(registries) {}
+
+  // Loads one plugin file. Errors: missing file, not a Strata plugin (no entry point), API
+  // mismatch, two plugins with the same name, or a registration error (duplicate type).
+  // Loading a file that is already loaded is a no-op.
+  void load_file(const std::filesystem::path& file);
+  // Loads every `*.so` file in a folder whose name starts with "libstrata_" (sorted by name).
+  void load_dir(const std::filesystem::path& dir);
+  // The default search path: <folder of the executable>/../lib/strata, then each folder of
+  // STRATA_PLUGIN_PATH (colon-separated).
+  static std::vector<std::filesystem::path> default_dirs();
+  // load_dir() on every default folder that exists.
+  void load_default();
+
+  const std::vector<PluginRef>& plugins() const { return plugins_; }
+
+ private:
+  Registries& registries_;
+  std::vector<PluginRef> plugins_;
+};
+
+}  // namespace strata
+
+#if defined(_WIN32)
+#define STRATA_EXPORT __declspec(dllexport)
+#else
+#define STRATA_EXPORT __attribute__((visibility("default")))
+#endif
+
+#define STRATA_PLUGIN(NAME, VERSION, REGISTER_FN)                                          \
+  extern "C" STRATA_EXPORT const ::strata::PluginInfo* strata_plugin() {                   \
+    static const ::strata::PluginInfo info{::strata::kPluginApi, NAME, VERSION, REGISTER_FN}; \
+    return &info;                                                                          \
+  }

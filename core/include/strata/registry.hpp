@@ -1,0 +1,200 @@
+// strata/registry.hpp: one registry per kind of plugin object, filled at run time by plugins.
+//
+// Registry<Base> maps a type name ("conv2d") to a factory taking a Config. create():
+//   - reports an unknown type at the config's `type` key, with the closest match and the list of
+//     known types of that kind;
+//   - after the factory returns, rejects any key the factory did not read (Config::check_unused);
+//   - returns a shared_ptr that also keeps the owning plugin's library loaded.
+// Registering a type twice is an error naming both plugins.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "strata/config.hpp"
+#include "strata/error.hpp"
+#include "strata/plugin.hpp"
+
+namespace strata {
+
+class Layer;
+class Optimizer;
+class Schedule;
+class Initializer;
+class Dataset;
+class Transform;
+class Loss;
+class Backend;
+class Kernel;
+
+namespace detail {
+std::string plugin_label(const PluginRef& plugin);  // "'layers_basic' (/path/libstrata_layers_basic.so)"
+
+// Wraps `object` in a shared_ptr that also owns a reference to `owner` (and so its library).
+// The object is destroyed before the reference to the library is released.
+template <class T>
+std::shared_ptr<T> keep_plugin_alive(std::unique_ptr<T> object, PluginRef owner) {
+  auto holder = std::make_shared<std::pair<PluginRef, std::unique_ptr<T>>>(std::move(owner),
+                                                                          std::move(object));
+  T* raw = holder->second.get();
+  return std::shared_ptr<T>(std::move(holder), raw);
+}
+}  // namespace detail
+
+template <class Base>
+class Registry {
+ public:
+  using Factory = std::function<std::unique_ptr<Base>(const Config&)>;
+  struct Entry {
+    Factory factory;
+    PluginRef owner;
+  };
+
+  // `kind` names the registry in messages ("layer"); `current` points at the plugin whose
+  // register_all() is running, which becomes the owner of everything added meanwhile.
+  Registry(std::string kind, const PluginRef* current) : kind_(std::move(kind)), current_(current) {}
+
+  void add(const std::string& type, Factory factory) {
+    if (auto it = entries_.find(type); it != entries_.end()) {
+      fail("{} type '{}' is registered twice: by plugin {} and by plugin {}", kind_, type,
+           detail::plugin_label(it->second.owner), detail::plugin_label(*current_));
+    }
+    entries_.emplace(type, Entry{std::move(factory), *current_});
+  }
+  // Shorthand for a type constructible from `const Config&`.
+  template <class T>
+  void add(const std::string& type) {
+    add(type, [](const Config& config) -> std::unique_ptr<Base> { return std::make_unique<T>(config); });
+  }
+
+  bool contains(std::string_view type) const { return entries_.find(std::string(type)) != entries_.end(); }
+  std::vector<std::string> types() const {
+    std::vector<std::string> names;
+    for (const auto& [name, entry] : entries_) names.push_back(name);
+    return names;
+  }
+  const std::map<std::string, Entry>& entries() const { return entries_; }
+  const std::string& kind() const { return kind_; }
+
+  // Creates the type named by the config's `type` key.
+  std::shared_ptr<Base> create(const Config& config) const {
+    return create_impl(config.get<std::string>("type"), config, "type");
+  }
+  // Creates `type` from `config` (which may be empty); errors point at `config`.
+  std::shared_ptr<Base> create(std::string_view type, const Config& config) const {
+    return create_impl(std::string(type), config, "");
+  }
+
+ private:
+  std::shared_ptr<Base> create_impl(const std::string& type, const Config& config,
+                                    std::string_view type_key) const {
+    auto it = entries_.find(type);
+    if (it == entries_.end()) {
+      std::string message = fmt::format("unknown {} type '{}'\n  {}", kind_, type,
+                                        suggestion_text(type, types(), kind_ + " types"));
+      if (!config.valid()) fail("{}", message);
+      if (type_key.empty()) config.fail(message);
+      config.fail_key(type_key, message);
+    }
+    std::unique_ptr<Base> object = it->second.factory(config);
+    if (config.valid()) config.check_unused();
+    return detail::keep_plugin_alive(std::move(object), it->second.owner);
+  }
+
+  std::string kind_;
+  const PluginRef* current_;
+  std::map<std::string, Entry> entries_;
+};
+
+// Compute kernels are keyed by (op, backend) rather than by a single type name.
+class KernelRegistry {
+ public:
+  using Factory = std::function<std::unique_ptr<Kernel>()>;
+  struct Entry {
+    Factory factory;
+    PluginRef owner;
+  };
+  explicit KernelRegistry(const PluginRef* current) : current_(current) {}
+
+  void add(const std::string& op, const std::string& backend, Factory factory);
+  template <class K>
+  void add(const std::string& op, const std::string& backend) {
+    add(op, backend, []() -> std::unique_ptr<Kernel> { return std::make_unique<K>(); });
+  }
+
+  bool contains(std::string_view op, std::string_view backend) const;
+  const std::map<std::pair<std::string, std::string>, Entry>& entries() const { return entries_; }
+
+  // Creates the kernel for `op` on `backend`, or the reference kernel when `backend` has none or
+  // it does not support `desc`. A fallback is reported once on stderr, naming `who` (the layer);
+  // no kernel at all is an Error. The kernel is prepare()d for `desc` before it is returned.
+  template <class K>
+  std::shared_ptr<K> pick(std::string_view op, std::string_view backend,
+                          const typename K::Desc& desc, std::string_view who) const {
+    std::string reason;
+    if (auto kernel = try_create<K>(op, backend, desc, reason)) return kernel;
+    if (backend != "reference") {
+      if (auto kernel = try_create<K>(op, "reference", desc, reason)) {
+        note_fallback(op, backend, who, reason);
+        return kernel;
+      }
+    }
+    fail("{}: no kernel for op '{}' on backend '{}' or 'reference' ({})", who, op, backend, reason);
+  }
+
+ private:
+  template <class K>
+  std::shared_ptr<K> try_create(std::string_view op, std::string_view backend,
+                                const typename K::Desc& desc, std::string& reason) const {
+    auto it = entries_.find({std::string(op), std::string(backend)});
+    if (it == entries_.end()) {
+      reason = fmt::format("backend '{}' has no '{}' kernel", backend, op);
+      return nullptr;
+    }
+    std::unique_ptr<Kernel> base = it->second.factory();
+    auto* typed = dynamic_cast<K*>(base.get());
+    if (typed == nullptr) fail("kernel '{}' of backend '{}' does not implement the op's interface", op, backend);
+    if (!typed->supports(desc)) {
+      reason = fmt::format("the '{}' kernel of backend '{}' does not support this configuration", op, backend);
+      return nullptr;
+    }
+    base.release();
+    auto kernel = detail::keep_plugin_alive(std::unique_ptr<K>(typed), it->second.owner);
+    kernel->prepare(desc);
+    return kernel;
+  }
+  void note_fallback(std::string_view op, std::string_view backend, std::string_view who,
+                     const std::string& reason) const;
+
+  const PluginRef* current_;
+  std::map<std::pair<std::string, std::string>, Entry> entries_;
+};
+
+// Every registry, plus the plugin currently registering (set by the PluginLoader).
+class Registries {
+ public:
+  Registries();
+  Registries(const Registries&) = delete;
+  Registries& operator=(const Registries&) = delete;
+
+  PluginRef current;  // owner attributed to add() calls; "host" outside plugin loading
+
+  Registry<Layer> layers{"layer", &current};
+  Registry<Loss> losses{"loss", &current};
+  Registry<Optimizer> optimizers{"optimizer", &current};
+  Registry<Schedule> schedules{"schedule", &current};
+  Registry<Initializer> initializers{"initializer", &current};
+  Registry<Dataset> datasets{"dataset", &current};
+  Registry<Transform> transforms{"transform", &current};
+  Registry<Backend> backends{"backend", &current};
+  KernelRegistry kernels{&current};
+};
+
+}  // namespace strata

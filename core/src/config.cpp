@@ -1,0 +1,429 @@
+#include "strata/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "strata/error.hpp"
+
+namespace strata {
+
+struct ConfigNode {
+  enum class Kind { kNull, kScalar, kMap, kSequence };
+  struct Entry {
+    std::string key;
+    int key_line = 0;
+    int key_column = 0;
+    std::shared_ptr<ConfigNode> value;
+    bool used = false;
+  };
+
+  Kind kind = Kind::kNull;
+  std::string scalar;
+  std::vector<Entry> map;
+  std::vector<std::shared_ptr<ConfigNode>> sequence;
+  std::shared_ptr<const std::string> file;
+  int line = 0;    // 1-based position of the value
+  int column = 0;
+  std::set<std::string> queried;  // keys someone asked for, for "did you mean"
+
+  Entry* find(std::string_view key) {
+    for (auto& entry : map) {
+      if (entry.key == key) return &entry;
+    }
+    return nullptr;
+  }
+};
+
+namespace {
+
+using Node = ConfigNode;
+using Kind = ConfigNode::Kind;
+
+std::string kind_name(const Node& node) {
+  switch (node.kind) {
+    case Kind::kNull: return "nothing";
+    case Kind::kScalar: return fmt::format("'{}'", node.scalar);
+    case Kind::kMap: return "a map";
+    case Kind::kSequence: return "a list";
+  }
+  return "?";
+}
+
+std::string position(const std::shared_ptr<const std::string>& file, int line, int column) {
+  return fmt::format("{}:{}:{}", file ? *file : std::string("<config>"), line, column);
+}
+
+std::shared_ptr<Node> convert(const YAML::Node& yaml, const std::shared_ptr<const std::string>& file,
+                              int line_offset, int column_offset) {
+  auto node = std::make_shared<Node>();
+  node->file = file;
+  const YAML::Mark mark = yaml.Mark();
+  node->line = mark.line + 1 + line_offset;
+  node->column = mark.column + 1 + column_offset;
+  switch (yaml.Type()) {
+    case YAML::NodeType::Undefined:
+    case YAML::NodeType::Null:
+      node->kind = Kind::kNull;
+      break;
+    case YAML::NodeType::Scalar:
+      node->kind = Kind::kScalar;
+      node->scalar = yaml.Scalar();
+      break;
+    case YAML::NodeType::Sequence:
+      node->kind = Kind::kSequence;
+      for (const auto& item : yaml) node->sequence.push_back(convert(item, file, line_offset, column_offset));
+      break;
+    case YAML::NodeType::Map:
+      node->kind = Kind::kMap;
+      for (const auto& item : yaml) {
+        const YAML::Mark key_mark = item.first.Mark();
+        if (!item.first.IsScalar()) {
+          fail("{}: map keys must be plain words",
+               position(file, key_mark.line + 1 + line_offset, key_mark.column + 1 + column_offset));
+        }
+        ConfigNode::Entry entry;
+        entry.key = item.first.Scalar();
+        entry.key_line = key_mark.line + 1 + line_offset;
+        entry.key_column = key_mark.column + 1 + column_offset;
+        if (node->find(entry.key) != nullptr) {
+          fail("{}: duplicate key '{}'", position(file, entry.key_line, entry.key_column), entry.key);
+        }
+        entry.value = convert(item.second, file, line_offset, column_offset);
+        node->map.push_back(std::move(entry));
+      }
+      break;
+  }
+  return node;
+}
+
+std::shared_ptr<Node> parse_yaml(const std::string& text, const std::string& source_name) {
+  auto file = std::make_shared<const std::string>(source_name);
+  YAML::Node yaml;
+  try {
+    yaml = YAML::Load(text);
+  } catch (const YAML::Exception& error) {
+    fail("{}: malformed YAML: {}", position(file, error.mark.line + 1, error.mark.column + 1), error.msg);
+  }
+  return convert(yaml, file, 0, 0);
+}
+
+// Typed conversion of a scalar node; `describe` is what the error says was expected.
+template <class T>
+bool parse_scalar(const std::string& text, T& out);
+
+template <>
+bool parse_scalar(const std::string& text, std::string& out) {
+  out = text;
+  return true;
+}
+template <>
+bool parse_scalar(const std::string& text, bool& out) {
+  std::string lower;
+  for (char c : text) lower.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+  if (lower == "true" || lower == "yes" || lower == "on") return out = true, true;
+  if (lower == "false" || lower == "no" || lower == "off") return out = false, true;
+  return false;
+}
+template <class Integer>
+bool parse_integer(const std::string& text, Integer& out) {
+  const char* begin = text.data();
+  const char* end = begin + text.size();
+  if (begin != end && *begin == '+') ++begin;
+  auto [ptr, ec] = std::from_chars(begin, end, out);
+  return ec == std::errc() && ptr == end && begin != end;
+}
+template <>
+bool parse_scalar(const std::string& text, int& out) { return parse_integer(text, out); }
+template <>
+bool parse_scalar(const std::string& text, int64_t& out) { return parse_integer(text, out); }
+template <>
+bool parse_scalar(const std::string& text, double& out) {
+  if (text.empty()) return false;
+  char* end = nullptr;
+  out = std::strtod(text.c_str(), &end);
+  return end == text.c_str() + text.size() && std::isfinite(out);
+}
+template <>
+bool parse_scalar(const std::string& text, float& out) {
+  double value = 0;
+  if (!parse_scalar(text, value)) return false;
+  out = static_cast<float>(value);
+  return true;
+}
+
+template <class T>
+constexpr const char* expected_name() {
+  if constexpr (std::is_same_v<T, bool>) return "true or false";
+  else if constexpr (std::is_same_v<T, int> || std::is_same_v<T, int64_t>) return "an integer";
+  else if constexpr (std::is_floating_point_v<T>) return "a number";
+  else return "a string";
+}
+
+template <class T>
+struct IsVector : std::false_type {};
+template <class T>
+struct IsVector<std::vector<T>> : std::true_type {};
+
+void mark_all(Node& node) {
+  for (auto& entry : node.map) {
+    entry.used = true;
+    mark_all(*entry.value);
+  }
+  for (auto& item : node.sequence) mark_all(*item);
+}
+
+void check_unused_at(const Node& node, const std::string& path) {
+  for (const auto& entry : node.map) {
+    const std::string child = path.empty() ? entry.key : path + "." + entry.key;
+    if (!entry.used) {
+      std::vector<std::string> known(node.queried.begin(), node.queried.end());
+      std::string hint = known.empty() ? std::string("nothing reads this key here")
+                                       : suggestion_text(entry.key, known, "keys here");
+      fail("{}: {}: unknown key '{}'\n  {}", position(node.file, entry.key_line, entry.key_column),
+           child, entry.key, hint);
+    }
+    check_unused_at(*entry.value, child);
+  }
+  for (std::size_t i = 0; i < node.sequence.size(); ++i) {
+    check_unused_at(*node.sequence[i], fmt::format("{}[{}]", path, i));
+  }
+}
+
+void emit(YAML::Emitter& out, const Node& node) {
+  switch (node.kind) {
+    case Kind::kNull: out << YAML::Null; break;
+    case Kind::kScalar: out << node.scalar; break;
+    case Kind::kSequence:
+      out << YAML::BeginSeq;
+      for (const auto& item : node.sequence) emit(out, *item);
+      out << YAML::EndSeq;
+      break;
+    case Kind::kMap:
+      out << YAML::BeginMap;
+      for (const auto& entry : node.map) {
+        out << YAML::Key << entry.key << YAML::Value;
+        emit(out, *entry.value);
+      }
+      out << YAML::EndMap;
+      break;
+  }
+}
+
+}  // namespace
+
+Config Config::parse_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) strata::fail("{}: cannot open the experiment file", path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return parse_string(buffer.str(), path);
+}
+
+Config Config::parse_string(const std::string& text, const std::string& source_name) {
+  auto root = parse_yaml(text, source_name);
+  if (root->kind == Kind::kNull) {
+    root->kind = Kind::kMap;  // an empty document is an empty map
+  }
+  if (root->kind != Kind::kMap) {
+    strata::fail("{}: the top level must be a map of sections, found {}",
+         position(root->file, root->line, root->column), kind_name(*root));
+  }
+  return Config(root, "");
+}
+
+void Config::set(std::string_view path, std::string_view yaml_value) {
+  if (!node_) strata::fail("--set {}: no configuration to override", path);
+  const std::string source = fmt::format("--set {}={}", path, yaml_value);
+  auto value = parse_yaml(std::string(yaml_value), source);
+
+  // Split "a.b[2].c" into steps: a key, optionally followed by indices.
+  std::shared_ptr<Node> node = node_;
+  std::string walked;
+  std::size_t i = 0;
+  auto bad = [&](const std::string& why) { strata::fail("{}: {}", source, why); };
+  while (i < path.size()) {
+    std::size_t end = path.find_first_of(".[", i);
+    if (end == std::string_view::npos) end = path.size();
+    std::string key(path.substr(i, end - i));
+    if (key.empty()) bad("empty key in the path");
+    if (node->kind == Kind::kNull) node->kind = Kind::kMap;
+    if (node->kind != Kind::kMap) bad(fmt::format("'{}' is not a map", walked));
+    walked += (walked.empty() ? "" : ".") + key;
+    ConfigNode::Entry* entry = node->find(key);
+    const bool last_key = end == path.size();
+    if (entry == nullptr) {
+      ConfigNode::Entry created;
+      created.key = key;
+      created.key_line = value->line;
+      created.key_column = value->column;
+      created.value = std::make_shared<Node>();
+      created.value->file = value->file;
+      created.value->line = value->line;
+      created.value->column = value->column;
+      node->map.push_back(std::move(created));
+      entry = &node->map.back();
+    }
+    i = end;
+    std::shared_ptr<Node>* slot = &entry->value;
+    while (i < path.size() && path[i] == '[') {
+      std::size_t close = path.find(']', i);
+      if (close == std::string_view::npos) bad("unclosed '['");
+      std::size_t index = 0;
+      auto digits = path.substr(i + 1, close - i - 1);
+      auto [ptr, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), index);
+      if (ec != std::errc() || ptr != digits.data() + digits.size()) bad("bad index");
+      if ((*slot)->kind != Kind::kSequence || index >= (*slot)->sequence.size()) {
+        bad(fmt::format("{}[{}] does not exist", walked, index));
+      }
+      walked += fmt::format("[{}]", index);
+      slot = &(*slot)->sequence[index];
+      i = close + 1;
+    }
+    if (i == path.size()) {
+      *slot = value;
+      return;
+    }
+    if (path[i] != '.') bad("expected '.' after an index");
+    ++i;
+    (void)last_key;
+    node = *slot;
+  }
+  bad("empty path");
+}
+
+bool Config::is_map() const { return node_ && node_->kind == Kind::kMap; }
+bool Config::is_sequence() const { return node_ && node_->kind == Kind::kSequence; }
+bool Config::is_scalar() const { return node_ && node_->kind == Kind::kScalar; }
+bool Config::is_null() const { return !node_ || node_->kind == Kind::kNull; }
+
+bool Config::has(std::string_view key) const {
+  if (!is_map()) return false;
+  node_->queried.insert(std::string(key));
+  return node_->find(key) != nullptr;
+}
+
+std::vector<std::string> Config::keys() const {
+  std::vector<std::string> result;
+  if (is_map()) {
+    for (const auto& entry : node_->map) result.push_back(entry.key);
+  }
+  return result;
+}
+
+std::string Config::child_path(std::string_view key) const {
+  return path_.empty() ? std::string(key) : fmt::format("{}.{}", path_, key);
+}
+
+std::string Config::where() const {
+  if (!node_) return "<no config>";
+  return position(node_->file, node_->line, node_->column);
+}
+
+std::string Config::source_file() const { return node_ && node_->file ? *node_->file : std::string(); }
+
+void Config::fail(const std::string& message) const {
+  if (path_.empty()) strata::fail("{}: {}", where(), message);
+  strata::fail("{}: {}: {}", where(), path_, message);
+}
+
+void Config::fail_key(std::string_view key, const std::string& message) const {
+  if (auto child = find(key)) child->fail(message);
+  fail(message);
+}
+
+std::optional<Config> Config::find(std::string_view key) const {
+  if (!node_) return std::nullopt;
+  if (node_->kind != Kind::kMap) {
+    if (node_->kind == Kind::kNull) return std::nullopt;
+    fail(fmt::format("expected a map (with key '{}'), found {}", key, kind_name(*node_)));
+  }
+  node_->queried.insert(std::string(key));
+  ConfigNode::Entry* entry = node_->find(key);
+  if (entry == nullptr) return std::nullopt;
+  entry->used = true;
+  return Config(entry->value, child_path(key));
+}
+
+Config Config::at(std::string_view key) const {
+  if (auto child = find(key)) return *child;
+  fail(fmt::format("missing required key '{}'", key));
+}
+
+std::vector<Config> Config::items() const {
+  if (!node_ || node_->kind != Kind::kSequence) fail(fmt::format("expected a list, found {}", node_ ? kind_name(*node_) : "nothing"));
+  std::vector<Config> result;
+  for (std::size_t i = 0; i < node_->sequence.size(); ++i) {
+    result.push_back(Config(node_->sequence[i], fmt::format("{}[{}]", path_, i)));
+  }
+  return result;
+}
+
+template <class T>
+T Config::as() const {
+  if constexpr (IsVector<T>::value) {
+    using Item = typename T::value_type;
+    if (!node_ || node_->kind != Kind::kSequence) {
+      fail(fmt::format("expected a list of {}, found {}", expected_name<Item>(), node_ ? kind_name(*node_) : "nothing"));
+    }
+    T result;
+    for (const Config& item : items()) result.push_back(item.as<Item>());
+    return result;
+  } else {
+    if (!node_ || node_->kind != Kind::kScalar) {
+      fail(fmt::format("expected {}, found {}", expected_name<T>(), node_ ? kind_name(*node_) : "nothing"));
+    }
+    T value{};
+    if (!parse_scalar(node_->scalar, value)) {
+      fail(fmt::format("expected {}, found '{}'", expected_name<T>(), node_->scalar));
+    }
+    return value;
+  }
+}
+
+template <class T>
+T Config::get(std::string_view key) const {
+  return at(key).as<T>();
+}
+
+template <class T>
+T Config::get(std::string_view key, const T& fallback) const {
+  if (auto child = find(key)) return child->as<T>();
+  return fallback;
+}
+
+void Config::check_unused() const {
+  if (node_) check_unused_at(*node_, path_);
+}
+
+void Config::mark_used() const {
+  if (node_) mark_all(*node_);
+}
+
+std::string Config::dump() const {
+  if (!node_) return "";
+  YAML::Emitter out;
+  emit(out, *node_);
+  return std::string(out.c_str()) + "\n";
+}
+
+#define STRATA_CONFIG_INSTANTIATE(T)                              \
+  template T Config::as<T>() const;                               \
+  template T Config::get<T>(std::string_view) const;              \
+  template T Config::get<T>(std::string_view, const T&) const;
+STRATA_CONFIG_INSTANTIATE(bool)
+STRATA_CONFIG_INSTANTIATE(int)
+STRATA_CONFIG_INSTANTIATE(int64_t)
+STRATA_CONFIG_INSTANTIATE(float)
+STRATA_CONFIG_INSTANTIATE(double)
+STRATA_CONFIG_INSTANTIATE(std::string)
+STRATA_CONFIG_INSTANTIATE(std::vector<int64_t>)
+STRATA_CONFIG_INSTANTIATE(std::vector<double>)
+STRATA_CONFIG_INSTANTIATE(std::vector<std::string>)
+#undef STRATA_CONFIG_INSTANTIATE
+
+}  // namespace strata

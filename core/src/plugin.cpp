@@ -1,0 +1,110 @@
+#include "strata/plugin.hpp"
+
+#include <boost/dll/shared_library.hpp>
+#include <cstdlib>
+#include <sstream>
+
+#include "strata/error.hpp"
+#include "strata/registry.hpp"
+#include <boost/dll/runtime_symbol_info.hpp>
+
+namespace strata {
+
+namespace fs = std::filesystem;
+
+void PluginLoader::load_file(const fs::path& file) {
+  std::error_code ec;
+  if (!fs::is_regular_file(file, ec)) fail("plugin {}: no such file", file.string());
+  const fs::path canonical = fs::canonical(file);
+  for (const auto& plugin : plugins_) {
+    if (plugin->path == canonical) return;  // already loaded
+  }
+
+  auto library = std::make_shared<boost::dll::shared_library>();
+  boost::dll::fs::error_code load_error;
+  library->load(canonical, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local,
+                load_error);
+  if (load_error) {
+    fail("plugin {}: cannot load the library: {}", canonical.string(), load_error.message());
+  }
+  if (!library->has("strata_plugin")) {
+    fail("plugin {}: not a Strata plugin (it exports no 'strata_plugin' entry point)",
+         canonical.string());
+  }
+  using EntryPoint = const PluginInfo*();
+  const PluginInfo* info = library->get<EntryPoint>("strata_plugin")();
+  if (info == nullptr) fail("plugin {}: strata_plugin() returned null", canonical.string());
+  // Only `api` may be read before the version check: the rest of the struct may differ.
+  if (info->api != kPluginApi) {
+    fail("plugin {}: built for plugin API version {}, but this Strata supports version {}; "
+         "rebuild the plugin against this Strata",
+         canonical.string(), info->api, kPluginApi);
+  }
+  const std::string name = info->name ? info->name : "";
+  if (name.empty() || info->register_all == nullptr) {
+    fail("plugin {}: the entry point gives no name or no register function", canonical.string());
+  }
+  for (const auto& plugin : plugins_) {
+    if (plugin->name == name) {
+      fail("plugin name '{}' is used by two files: {} and {}", name, plugin->path.string(),
+           canonical.string());
+    }
+  }
+
+  auto plugin = std::make_shared<const Plugin>(
+      Plugin{name, info->version ? info->version : "", canonical, library});
+  PluginRef previous = registries_.current;
+  registries_.current = plugin;
+  try {
+    info->register_all(registries_);
+  } catch (const Error& error) {
+    registries_.current = previous;
+    fail("plugin {}: registration failed: {}", canonical.string(), error.what());
+  }
+  registries_.current = previous;
+  plugins_.push_back(std::move(plugin));
+}
+
+void PluginLoader::load_dir(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) fail("plugin folder {}: not a directory", dir.string());
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string filename = entry.path().filename().string();
+    if (entry.is_regular_file() && filename.starts_with("libstrata_") &&
+        entry.path().extension() == ".so") {
+      files.push_back(entry.path());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& file : files) load_file(file);
+}
+
+std::vector<fs::path> PluginLoader::default_dirs() {
+  std::vector<fs::path> dirs;
+  dirs.push_back(boost::dll::program_location().parent_path().parent_path() / "lib" / "strata");
+  if (const char* extra = std::getenv("STRATA_PLUGIN_PATH"); extra != nullptr) {
+    std::stringstream stream(extra);
+    std::string item;
+    while (std::getline(stream, item, ':')) {
+      if (!item.empty()) dirs.emplace_back(item);
+    }
+  }
+  return dirs;
+}
+
+void PluginLoader::load_default() {
+  const auto dirs = default_dirs();
+  // The folder beside the executable is optional (an installed tool may rely on
+  // STRATA_PLUGIN_PATH); folders named in STRATA_PLUGIN_PATH must exist.
+  std::error_code ec;
+  if (fs::is_directory(dirs.front(), ec)) load_dir(dirs.front());
+  for (std::size_t i = 1; i < dirs.size(); ++i) {
+    if (!fs::is_directory(dirs[i], ec)) {
+      fail("STRATA_PLUGIN_PATH names {}, which is not a directory", dirs[i].string());
+    }
+    load_dir(dirs[i]);
+  }
+}
+
+}  // namespace strata
