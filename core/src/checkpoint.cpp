@@ -1,0 +1,898 @@
+// HDF5 checkpoints through the HDF5 C API. The layout is a contract: docs/checkpoint-format.md.
+//
+// Every HDF5 call goes through FileContext::check(), which turns a failure into a strata::Error
+// that names the file and the object, followed by the innermost reason from HDF5's error stack.
+// HDF5's own printing of that stack is switched off while a public function runs (QuietHdf5) and
+// restored afterwards, so other HDF5 users in the process keep their settings. Every identifier
+// lives in a Handle, so an exception closes whatever was open.
+//
+// HDF5 is not thread-safe in Debian's serial build: call these functions from one thread.
+#include "strata/checkpoint.hpp"
+
+#include <fcntl.h>
+#include <hdf5.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+#include "strata/error.hpp"
+
+namespace strata {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::string_view kFormatName = "strata-checkpoint";
+
+// ---- HDF5 plumbing ----
+
+// Switches off HDF5's automatic error printing for the lifetime of the object.
+class QuietHdf5 {
+ public:
+  QuietHdf5() {
+    saved_ = H5Eget_auto2(H5E_DEFAULT, &function_, &data_) >= 0;
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  }
+  ~QuietHdf5() {
+    if (saved_) H5Eset_auto2(H5E_DEFAULT, function_, data_);
+  }
+  QuietHdf5(const QuietHdf5&) = delete;
+  QuietHdf5& operator=(const QuietHdf5&) = delete;
+
+ private:
+  H5E_auto2_t function_ = nullptr;
+  void* data_ = nullptr;
+  bool saved_ = false;
+};
+
+herr_t keep_innermost_error(unsigned n, const H5E_error2_t* error, void* reason) {
+  if (n == 0 && error->desc != nullptr) *static_cast<std::string*>(reason) = error->desc;
+  return 0;
+}
+
+// " (HDF5: <innermost description>)" from the current error stack, which it then clears.
+std::string hdf5_reason() {
+  std::string reason;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, keep_innermost_error, &reason);
+  H5Eclear2(H5E_DEFAULT);
+  if (reason.empty()) return "";
+  // System call failures read "file write failed: time = ..., filename = ..., errno = 27, error
+  // message = 'File too large', buf = ...": keep the summary and the system's message.
+  const std::string_view marker = "error message = '";
+  const std::size_t start = reason.find(marker);
+  if (start != std::string::npos) {
+    const std::size_t text = start + marker.size();
+    const std::size_t end = reason.find('\'', text);
+    const std::size_t colon = reason.find(':');
+    if (end != std::string::npos && colon < start) {
+      reason = reason.substr(0, colon) + ": " + reason.substr(text, end - text);
+    }
+  }
+  return " (HDF5: " + reason + ")";
+}
+
+// Owns one HDF5 identifier and closes it with the matching H5?close function.
+class Handle {
+ public:
+  using Closer = herr_t (*)(hid_t);
+  Handle() = default;
+  Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
+  Handle(Handle&& other) noexcept
+      : id_(std::exchange(other.id_, H5I_INVALID_HID)), closer_(other.closer_) {}
+  Handle& operator=(Handle&& other) noexcept {
+    if (this != &other) {
+      reset();
+      id_ = std::exchange(other.id_, H5I_INVALID_HID);
+      closer_ = other.closer_;
+    }
+    return *this;
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  ~Handle() { reset(); }
+
+  hid_t get() const { return id_; }
+  operator hid_t() const { return id_; }  // NOLINT: handles pass straight into the C API
+
+  // Closes now; false when closing failed (for a file, closing is when the data gets flushed).
+  bool close() {
+    const hid_t id = std::exchange(id_, H5I_INVALID_HID);
+    return id < 0 || closer_(id) >= 0;
+  }
+
+ private:
+  void reset() {
+    if (id_ >= 0) closer_(id_);
+    id_ = H5I_INVALID_HID;
+  }
+
+  hid_t id_ = H5I_INVALID_HID;
+  Closer closer_ = nullptr;
+};
+
+// The file an operation works on, for error messages: "checkpoint runs/a/model.h5: ...".
+struct FileContext {
+  std::string prefix;
+
+  [[noreturn]] void fail(std::string_view what) const {
+    throw Error(fmt::format("{}: {}", prefix, what));
+  }
+  hid_t check(hid_t id, std::string_view what) const {
+    if (id < 0) fail(fmt::format("{}{}", what, hdf5_reason()));
+    return id;
+  }
+  void check_status(herr_t status, std::string_view what) const {
+    if (status < 0) fail(fmt::format("{}{}", what, hdf5_reason()));
+  }
+  bool check_bool(htri_t answer, std::string_view what) const {
+    if (answer < 0) fail(fmt::format("{}{}", what, hdf5_reason()));
+    return answer > 0;
+  }
+};
+
+FileContext checkpoint_context(const fs::path& path) { return {"checkpoint " + path.string()}; }
+FileContext hdf5_file_context(const fs::path& path) { return {"HDF5 file " + path.string()}; }
+
+std::string errno_text(int error) { return std::system_category().message(error); }
+
+// ---- names ----
+
+std::vector<std::string_view> split_path(std::string_view path) {
+  std::vector<std::string_view> parts;
+  std::size_t start = 0;
+  while (start <= path.size()) {
+    const std::size_t slash = std::min(path.find('/', start), path.size());
+    parts.push_back(path.substr(start, slash - start));
+    start = slash + 1;
+  }
+  return parts;
+}
+
+// Names are relative, '/'-separated HDF5 paths; "." and ".." would mean something else to HDF5.
+void validate_name(const FileContext& context, std::string_view root, const std::string& name) {
+  bool valid = !name.empty();
+  if (valid) {
+    for (std::string_view part : split_path(name)) {
+      if (part.empty() || part == "." || part == "..") valid = false;
+    }
+  }
+  if (!valid) {
+    context.fail(fmt::format(
+        "invalid name '{}' under {}: a name is parts separated by '/', none of them empty, '.' or "
+        "'..'",
+        name, root));
+  }
+}
+
+// The full paths one save writes must differ, and none may be a group that holds another.
+void check_paths_distinct(const FileContext& context, const std::vector<std::string>& paths) {
+  std::set<std::string> seen;
+  for (const std::string& path : paths) {
+    if (!seen.insert(path).second) context.fail(fmt::format("{} is listed twice", path));
+  }
+  for (const std::string& path : paths) {
+    for (std::size_t slash = path.find('/', 1); slash != std::string::npos;
+         slash = path.find('/', slash + 1)) {
+      const std::string parent = path.substr(0, slash);
+      if (seen.count(parent)) {
+        context.fail(
+            fmt::format("{} cannot be both a dataset and the group that holds {}", parent, path));
+      }
+    }
+  }
+}
+
+// "/" + name, for the readers that accept "data" and "/data" alike.
+std::string absolute_name(const FileContext& context, const std::string& name) {
+  const std::string relative = name.starts_with('/') ? name.substr(1) : name;
+  validate_name(context, "/", relative);
+  return "/" + relative;
+}
+
+// ---- objects ----
+
+// Whether `path` (absolute) names an object, checking each level so that a missing or non-group
+// parent answers false instead of failing.
+bool object_exists(const FileContext& context, hid_t file, const std::string& path) {
+  std::string prefix;
+  const std::vector<std::string_view> parts = split_path(std::string_view(path).substr(1));
+  for (std::size_t i = 0; i < parts.size(); ++i) {
+    prefix += '/';
+    prefix += parts[i];
+    if (!context.check_bool(H5Lexists(file, prefix.c_str(), H5P_DEFAULT),
+                            fmt::format("cannot look up {}", prefix))) {
+      return false;
+    }
+    if (i + 1 < parts.size()) {
+      Handle object(context.check(H5Oopen(file, prefix.c_str(), H5P_DEFAULT),
+                                  fmt::format("cannot open {}", prefix)),
+                    H5Oclose);
+      if (H5Iget_type(object) != H5I_GROUP) return false;
+    }
+  }
+  return true;
+}
+
+Handle open_dataset(const FileContext& context, hid_t file, const std::string& path) {
+  Handle object(
+      context.check(H5Oopen(file, path.c_str(), H5P_DEFAULT), fmt::format("cannot open {}", path)),
+      H5Oclose);
+  if (H5Iget_type(object) != H5I_DATASET) {
+    context.fail(fmt::format("{} is a group, not a dataset", path));
+  }
+  return Handle(context.check(H5Dopen2(file, path.c_str(), H5P_DEFAULT),
+                              fmt::format("cannot open dataset {}", path)),
+                H5Dclose);
+}
+
+Shape dataset_shape(const FileContext& context, hid_t dataset, const std::string& path) {
+  Handle space(
+      context.check(H5Dget_space(dataset), fmt::format("cannot read the shape of {}", path)),
+      H5Sclose);
+  switch (H5Sget_simple_extent_type(space)) {
+    case H5S_SCALAR:
+      return Shape();
+    case H5S_SIMPLE: {
+      const int rank = H5Sget_simple_extent_ndims(space);
+      context.check(rank, fmt::format("cannot read the rank of {}", path));
+      std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
+      context.check(H5Sget_simple_extent_dims(space, dims.data(), nullptr),
+                    fmt::format("cannot read the shape of {}", path));
+      return Shape(std::vector<int64_t>(dims.begin(), dims.end()));
+    }
+    default:
+      context.fail(fmt::format("{} holds no data (its dataspace is empty)", path));
+  }
+}
+
+std::string_view type_class_name(H5T_class_t type_class) {
+  switch (type_class) {
+    case H5T_INTEGER:
+      return "integer";
+    case H5T_FLOAT:
+      return "floating-point";
+    case H5T_STRING:
+      return "string";
+    case H5T_BITFIELD:
+      return "bitfield";
+    case H5T_OPAQUE:
+      return "opaque";
+    case H5T_COMPOUND:
+      return "compound";
+    case H5T_REFERENCE:
+      return "reference";
+    case H5T_ENUM:
+      return "enum";
+    case H5T_VLEN:
+      return "variable-length";
+    case H5T_ARRAY:
+      return "array";
+    default:
+      return "unknown";
+  }
+}
+
+H5T_class_t dataset_type_class(const FileContext& context, hid_t dataset, const std::string& path) {
+  Handle type(context.check(H5Dget_type(dataset), fmt::format("cannot read the type of {}", path)),
+              H5Tclose);
+  return H5Tget_class(type);
+}
+
+// Absolute paths of the datasets under `group_path` (recursively, sorted by name).
+herr_t collect_dataset(hid_t group, const char* name, const H5L_info_t* info, void* datasets) {
+  if (info->type != H5L_TYPE_HARD) return 0;  // soft and external links are not ours
+  const hid_t object = H5Oopen(group, name, H5P_DEFAULT);
+  if (object < 0) return -1;
+  const bool is_dataset = H5Iget_type(object) == H5I_DATASET;
+  H5Oclose(object);
+  try {
+    if (is_dataset) static_cast<std::vector<std::string>*>(datasets)->emplace_back(name);
+  } catch (...) {
+    return -1;  // never let an exception cross the C library
+  }
+  return 0;
+}
+
+std::vector<std::string> list_datasets(const FileContext& context, hid_t file,
+                                       const std::string& group_path) {
+  Handle group(context.check(H5Gopen2(file, group_path.c_str(), H5P_DEFAULT),
+                             fmt::format("cannot open group {}", group_path)),
+               H5Gclose);
+  std::vector<std::string> relative;
+  context.check_status(H5Lvisit(group, H5_INDEX_NAME, H5_ITER_INC, collect_dataset, &relative),
+                       fmt::format("cannot list the contents of {}", group_path));
+  std::vector<std::string> paths;
+  const std::string prefix = group_path == "/" ? "/" : group_path + "/";
+  for (const std::string& name : relative) paths.push_back(prefix + name);
+  return paths;
+}
+
+// ---- reading strings and integers (fixed or variable length; attributes or datasets) ----
+
+using RawRead = std::function<herr_t(hid_t memory_type, void* buffer)>;
+
+std::string read_string(const FileContext& context, hid_t file_type, hid_t space,
+                        const std::string& what, const RawRead& read) {
+  if (H5Tget_class(file_type) != H5T_STRING) context.fail(fmt::format("{} is not a string", what));
+  const hssize_t count = H5Sget_simple_extent_npoints(space);
+  if (count != 1) context.fail(fmt::format("{} holds {} strings, expected one", what, count));
+  if (context.check_bool(H5Tis_variable_str(file_type), fmt::format("cannot read {}", what))) {
+    Handle memory_type(context.check(H5Tcopy(H5T_C_S1), "cannot create a string type"), H5Tclose);
+    context.check_status(H5Tset_size(memory_type, H5T_VARIABLE), "cannot create a string type");
+    context.check_status(H5Tset_cset(memory_type, H5Tget_cset(file_type)),
+                         "cannot create a string type");
+    char* text = nullptr;
+    context.check_status(read(memory_type, &text), fmt::format("cannot read {}", what));
+    std::string result = text != nullptr ? text : "";
+    H5free_memory(text);
+    return result;
+  }
+  const std::size_t size = H5Tget_size(file_type);
+  std::string result(size, '\0');
+  Handle memory_type(context.check(H5Tcopy(file_type), "cannot create a string type"), H5Tclose);
+  context.check_status(read(memory_type, result.data()), fmt::format("cannot read {}", what));
+  result.resize(std::min(result.find('\0'), result.size()));
+  if (H5Tget_strpad(file_type) == H5T_STR_SPACEPAD) {
+    result.erase(result.find_last_not_of(' ') + 1);
+  }
+  return result;
+}
+
+Handle open_attribute(const FileContext& context, hid_t object, const std::string& object_path,
+                      const char* name) {
+  const std::string what = fmt::format("attribute {} of {}", name, object_path);
+  if (!context.check_bool(H5Aexists(object, name), fmt::format("cannot look up the {}", what))) {
+    context.fail(fmt::format("{} has no attribute '{}'", object_path, name));
+  }
+  return Handle(context.check(H5Aopen(object, name, H5P_DEFAULT), "cannot open the " + what),
+                H5Aclose);
+}
+
+std::string read_string_attribute(const FileContext& context, hid_t object,
+                                  const std::string& object_path, const char* name) {
+  Handle attribute = open_attribute(context, object, object_path, name);
+  const std::string what = fmt::format("the attribute {} of {}", name, object_path);
+  Handle type(context.check(H5Aget_type(attribute), "cannot read " + what), H5Tclose);
+  Handle space(context.check(H5Aget_space(attribute), "cannot read " + what), H5Sclose);
+  return read_string(context, type, space, what, [&](hid_t memory_type, void* buffer) {
+    return H5Aread(attribute, memory_type, buffer);
+  });
+}
+
+int64_t read_integer_attribute(const FileContext& context, hid_t object,
+                               const std::string& object_path, const char* name) {
+  Handle attribute = open_attribute(context, object, object_path, name);
+  const std::string what = fmt::format("the attribute {} of {}", name, object_path);
+  Handle type(context.check(H5Aget_type(attribute), "cannot read " + what), H5Tclose);
+  Handle space(context.check(H5Aget_space(attribute), "cannot read " + what), H5Sclose);
+  const H5T_class_t type_class = H5Tget_class(type);
+  if (type_class != H5T_INTEGER) {
+    context.fail(fmt::format("{} is {}, expected an integer", what, type_class_name(type_class)));
+  }
+  if (H5Sget_simple_extent_npoints(space) != 1) {
+    context.fail(fmt::format("{} holds several values, expected one integer", what));
+  }
+  int64_t value = 0;
+  context.check_status(H5Aread(attribute, H5T_NATIVE_INT64, &value), "cannot read " + what);
+  return value;
+}
+
+std::string read_string_dataset(const FileContext& context, hid_t file, const std::string& path) {
+  if (!object_exists(context, file, path)) context.fail(fmt::format("{} is missing", path));
+  Handle dataset = open_dataset(context, file, path);
+  Handle type(context.check(H5Dget_type(dataset), "cannot read " + path), H5Tclose);
+  Handle space(context.check(H5Dget_space(dataset), "cannot read " + path), H5Sclose);
+  return read_string(context, type, space, path, [&](hid_t memory_type, void* buffer) {
+    return H5Dread(dataset, memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buffer);
+  });
+}
+
+// ---- opening for reading ----
+
+Handle open_for_reading(const FileContext& context, const fs::path& path) {
+  std::error_code error;
+  const fs::file_status status = fs::status(path, error);
+  if (error && error != std::errc::no_such_file_or_directory) {
+    context.fail(fmt::format("cannot read the file: {}", error.message()));
+  }
+  if (!fs::exists(status)) context.fail("no such file");
+  if (fs::is_directory(status)) context.fail("is a folder, not an HDF5 file");
+  const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
+  if (is_hdf5 == 0) context.fail("not an HDF5 file");
+  context.check_bool(is_hdf5, "cannot read the file");
+  Handle access(context.check(H5Pcreate(H5P_FILE_ACCESS), "cannot create file properties"),
+                H5Pclose);
+  context.check_status(H5Pset_fclose_degree(access, H5F_CLOSE_STRONG),
+                       "cannot set file properties");
+  return Handle(
+      context.check(H5Fopen(path.c_str(), H5F_ACC_RDONLY, access), "cannot open the file"),
+      H5Fclose);
+}
+
+// The root attributes that make a file a checkpoint this code understands.
+void check_format(const FileContext& context, hid_t file) {
+  if (!context.check_bool(H5Aexists(file, "format"), "cannot read the root attributes")) {
+    context.fail("not a Strata checkpoint (it has no root attribute 'format')");
+  }
+  const std::string format = read_string_attribute(context, file, "/", "format");
+  if (format != kFormatName) {
+    context.fail(
+        fmt::format("not a Strata checkpoint (the root attribute 'format' is '{}', not '{}')",
+                    format, kFormatName));
+  }
+  const int64_t version = read_integer_attribute(context, file, "/", "format_version");
+  if (version != kCheckpointFormatVersion) {
+    context.fail(fmt::format("format_version {} is not supported (this Strata reads version {})",
+                             version, kCheckpointFormatVersion));
+  }
+}
+
+// Who expects the tensors of a group, for messages: "... but the model expects [120, 400]".
+std::string expecting_party(const FileContext& context, const std::string& group) {
+  if (group == "model") return "the model";
+  if (group == "optimizer") return "the optimizer";
+  if (group == "preprocess") return "the preprocessing";
+  context.fail(fmt::format(
+      "cannot load tensors of group '{}': a checkpoint has the groups model, optimizer and "
+      "preprocess",
+      group));
+}
+
+// ---- writing ----
+
+Handle utf8_string_type(const FileContext& context) {
+  Handle type(context.check(H5Tcopy(H5T_C_S1), "cannot create a string type"), H5Tclose);
+  context.check_status(H5Tset_size(type, H5T_VARIABLE), "cannot create a string type");
+  context.check_status(H5Tset_cset(type, H5T_CSET_UTF8), "cannot create a string type");
+  return type;
+}
+
+Handle scalar_space(const FileContext& context) {
+  return Handle(context.check(H5Screate(H5S_SCALAR), "cannot create a dataspace"), H5Sclose);
+}
+
+void write_string_attribute(const FileContext& context, hid_t object,
+                            const std::string& object_path, const char* name,
+                            const std::string& value) {
+  const std::string what = fmt::format("attribute {} of {}", name, object_path);
+  Handle type = utf8_string_type(context);
+  Handle space = scalar_space(context);
+  Handle attribute(context.check(H5Acreate2(object, name, type, space, H5P_DEFAULT, H5P_DEFAULT),
+                                 "cannot create the " + what),
+                   H5Aclose);
+  const char* text = value.c_str();
+  context.check_status(H5Awrite(attribute, type, &text), "cannot write the " + what);
+}
+
+template <class T>
+void write_integer_attribute(const FileContext& context, hid_t object,
+                             const std::string& object_path, const char* name, hid_t file_type,
+                             hid_t memory_type, T value) {
+  const std::string what = fmt::format("attribute {} of {}", name, object_path);
+  Handle space = scalar_space(context);
+  Handle attribute(
+      context.check(H5Acreate2(object, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT),
+                    "cannot create the " + what),
+      H5Aclose);
+  context.check_status(H5Awrite(attribute, memory_type, &value), "cannot write the " + what);
+}
+
+// Creates missing parent groups of every dataset written with it.
+Handle link_properties(const FileContext& context) {
+  Handle properties(context.check(H5Pcreate(H5P_LINK_CREATE), "cannot create link properties"),
+                    H5Pclose);
+  context.check_status(H5Pset_create_intermediate_group(properties, 1),
+                       "cannot set link properties");
+  context.check_status(H5Pset_char_encoding(properties, H5T_CSET_UTF8),
+                       "cannot set link properties");
+  return properties;
+}
+
+void create_group(const FileContext& context, hid_t file, const std::string& path) {
+  Handle group(context.check(H5Gcreate2(file, path.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                             fmt::format("cannot create group {}", path)),
+               H5Gclose);
+}
+
+// A dataset of `dims` (empty: scalar) stored as `file_type`, from `data` laid out as `memory_type`.
+void write_dataset(const FileContext& context, hid_t file, const std::string& path,
+                   const std::vector<hsize_t>& dims, hid_t file_type, hid_t memory_type,
+                   const void* data) {
+  Handle links = link_properties(context);
+  Handle space =
+      dims.empty()
+          ? scalar_space(context)
+          : Handle(
+                context.check(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+                              fmt::format("cannot create the dataspace of {}", path)),
+                H5Sclose);
+  Handle dataset(context.check(H5Dcreate2(file, path.c_str(), file_type, space, links, H5P_DEFAULT,
+                                          H5P_DEFAULT),
+                               fmt::format("cannot create dataset {}", path)),
+                 H5Dclose);
+  hsize_t count = 1;
+  for (hsize_t d : dims) count *= d;
+  if (count > 0) {
+    context.check_status(H5Dwrite(dataset, memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data),
+                         fmt::format("cannot write dataset {}", path));
+  }
+}
+
+void write_tensor(const FileContext& context, hid_t file, const std::string& path,
+                  const Tensor& tensor) {
+  if (!tensor.defined()) context.fail(fmt::format("the tensor for {} is undefined", path));
+  const std::vector<hsize_t> dims(tensor.shape().dims().begin(), tensor.shape().dims().end());
+  write_dataset(context, file, path, dims, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, tensor.data());
+}
+
+void write_string_dataset(const FileContext& context, hid_t file, const std::string& path,
+                          const std::string& text) {
+  Handle type = utf8_string_type(context);
+  const char* data = text.c_str();
+  write_dataset(context, file, path, {}, type, type, &data);
+}
+
+// Closes a POSIX file descriptor on every path out of a scope.
+class FileDescriptor {
+ public:
+  explicit FileDescriptor(int fd) : fd_(fd) {}
+  ~FileDescriptor() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FileDescriptor(const FileDescriptor&) = delete;
+  FileDescriptor& operator=(const FileDescriptor&) = delete;
+  int get() const { return fd_; }
+  // Closes now and returns ::close's result (network file systems report write errors here).
+  int close() { return ::close(std::exchange(fd_, -1)); }
+
+ private:
+  int fd_;
+};
+
+// Creates `path` (which must not exist), writes `size` bytes into it and fsyncs it.
+void write_and_sync(const FileContext& context, const fs::path& path, const char* bytes,
+                    std::size_t size) {
+  FileDescriptor fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
+  if (fd.get() < 0) {
+    context.fail(fmt::format("cannot create {}: {}", path.string(), errno_text(errno)));
+  }
+  while (size > 0) {
+    const ssize_t written = ::write(fd.get(), bytes, std::min<std::size_t>(size, 1 << 30));
+    if (written < 0 && errno == EINTR) continue;
+    if (written < 0) {
+      context.fail(fmt::format("cannot write {}: {}", path.string(), errno_text(errno)));
+    }
+    bytes += written;
+    size -= static_cast<std::size_t>(written);
+  }
+  if (::fsync(fd.get()) != 0) {
+    context.fail(fmt::format("cannot sync {}: {}", path.string(), errno_text(errno)));
+  }
+  if (fd.close() != 0) {
+    context.fail(fmt::format("cannot write {}: {}", path.string(), errno_text(errno)));
+  }
+}
+
+void sync_folder(const FileContext& context, const fs::path& folder) {
+  FileDescriptor fd(::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.get() < 0 || ::fsync(fd.get()) != 0) {
+    context.fail(fmt::format("saved, but cannot sync the folder {}: {}", folder.string(),
+                             errno_text(errno)));
+  }
+}
+
+// Builds an HDF5 file with `fill`, stores it at "<path>.tmp-<pid>", fsyncs it, renames it over
+// `path` and fsyncs the folder. On failure the temporary file is removed and `path` is untouched.
+//
+// The file is assembled in memory (HDF5's core driver, no backing store) and written with plain
+// POSIX calls. HDF5 1.10 does not survive a failed write when it closes a file on disk: H5Fclose
+// fails, the identifier stays behind half-destroyed, its descriptor keeps the deleted temporary
+// file's space allocated, and the library crashes at process exit. In memory, nothing HDF5 does
+// can fail for lack of disk space; a full disk is an ordinary write() error here. The price is
+// about twice the file size in memory for the duration of the save. `data_bytes` (the size of the
+// datasets) sizes the in-memory buffer so that it does not have to grow.
+void write_atomically(const FileContext& context, const fs::path& path, std::size_t data_bytes,
+                      const std::function<void(hid_t file)>& fill) {
+  if (!path.has_filename()) context.fail("the path names a folder, not a file");
+  const fs::path folder = path.has_parent_path() ? path.parent_path() : fs::path(".");
+  std::error_code error;
+  if (!fs::is_directory(folder, error)) {
+    context.fail(fmt::format("cannot save: the folder {} does not exist", folder.string()));
+  }
+  fs::path temporary = path;
+  temporary += fmt::format(".tmp-{}", ::getpid());
+
+  // A regular file under the temporary name is left over from a crashed save by a process with
+  // our pid; anything else there is not ours to replace.
+  const fs::file_status existing = fs::symlink_status(temporary, error);
+  if (fs::is_regular_file(existing)) {
+    fs::remove(temporary, error);
+  } else if (fs::exists(existing)) {
+    context.fail(
+        fmt::format("cannot save: {} exists and is not a regular file", temporary.string()));
+  }
+
+  std::unique_ptr<char[]> image;
+  std::size_t image_size = 0;
+  {
+    Handle access(context.check(H5Pcreate(H5P_FILE_ACCESS), "cannot create file properties"),
+                  H5Pclose);
+    context.check_status(H5Pset_fclose_degree(access, H5F_CLOSE_STRONG),
+                         "cannot set file properties");
+    constexpr std::size_t kSlack = std::size_t{1} << 20;  // metadata, strings, rounding
+    context.check_status(H5Pset_fapl_core(access, data_bytes + kSlack, /*backing_store=*/0),
+                         "cannot set file properties");
+    Handle file(context.check(H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access),
+                              "cannot create the file in memory"),
+                H5Fclose);
+    fill(file);
+    context.check_status(H5Fflush(file, H5F_SCOPE_GLOBAL), "cannot finish the file in memory");
+    const ssize_t size = H5Fget_file_image(file, nullptr, 0);
+    context.check(size, "cannot finish the file in memory");
+    image_size = static_cast<std::size_t>(size);
+    image = std::make_unique_for_overwrite<char[]>(image_size);
+    context.check(H5Fget_file_image(file, image.get(), image_size),
+                  "cannot finish the file in memory");
+    if (!file.close()) {
+      context.fail(fmt::format("cannot finish the file in memory{}", hdf5_reason()));
+    }
+  }
+
+  try {
+    write_and_sync(context, temporary, image.get(), image_size);
+    image.reset();
+    if (::rename(temporary.c_str(), path.c_str()) != 0) {
+      context.fail(fmt::format("cannot rename {} to {}: {}", temporary.string(), path.string(),
+                               errno_text(errno)));
+    }
+  } catch (...) {
+    if (fs::is_regular_file(fs::symlink_status(temporary, error))) fs::remove(temporary, error);
+    throw;
+  }
+  // The new file is in place; syncing the folder makes the rename itself durable.
+  sync_folder(context, folder);
+}
+
+std::size_t tensor_bytes(const std::vector<NamedTensor>& tensors) {
+  std::size_t bytes = 0;
+  for (const NamedTensor& entry : tensors) {
+    bytes += static_cast<std::size_t>(entry.tensor.numel()) * sizeof(float);
+  }
+  return bytes;
+}
+
+void add_paths(const FileContext& context, const std::string& root,
+               const std::vector<NamedTensor>& tensors, std::vector<std::string>& paths) {
+  for (const NamedTensor& entry : tensors) {
+    validate_name(context, root, entry.name);
+    paths.push_back(root + "/" + entry.name);
+  }
+}
+
+}  // namespace
+
+// ---- public API ----
+
+void save_checkpoint(const fs::path& path, const Checkpoint& checkpoint) {
+  QuietHdf5 quiet;
+  const FileContext context = checkpoint_context(path);
+
+  // Every name is checked before the temporary file exists.
+  std::vector<std::string> paths;
+  add_paths(context, "/model", checkpoint.model, paths);
+  add_paths(context, "/optimizer", checkpoint.optimizer, paths);
+  add_paths(context, "/preprocess", checkpoint.preprocess, paths);
+  if (checkpoint.training) {
+    for (const auto& [metric, values] : checkpoint.training->history) {
+      validate_name(context, "/history", metric);
+      paths.push_back("/history/" + metric);
+    }
+  }
+  check_paths_distinct(context, paths);
+
+  std::size_t data_bytes = tensor_bytes(checkpoint.model) + tensor_bytes(checkpoint.optimizer) +
+                           tensor_bytes(checkpoint.preprocess) + checkpoint.experiment_yaml.size();
+  if (checkpoint.training) {
+    data_bytes += checkpoint.training->rng_state.size();
+    for (const auto& [metric, values] : checkpoint.training->history) {
+      data_bytes += values.size() * sizeof(double);
+    }
+  }
+  write_atomically(context, path, data_bytes, [&](hid_t file) {
+    write_string_attribute(context, file, "/", "format", std::string(kFormatName));
+    write_integer_attribute<int32_t>(context, file, "/", "format_version", H5T_STD_I32LE,
+                                     H5T_NATIVE_INT32, kCheckpointFormatVersion);
+    write_string_dataset(context, file, "/experiment", checkpoint.experiment_yaml);
+    const std::pair<const char*, const std::vector<NamedTensor>*> groups[] = {
+        {"/model", &checkpoint.model},
+        {"/optimizer", &checkpoint.optimizer},
+        {"/preprocess", &checkpoint.preprocess}};
+    for (const auto& [root, tensors] : groups) {
+      create_group(context, file, root);
+      for (const NamedTensor& entry : *tensors) {
+        write_tensor(context, file, std::string(root) + "/" + entry.name, entry.tensor);
+      }
+    }
+    if (const auto& training = checkpoint.training) {
+      Handle group(
+          context.check(H5Gcreate2(file, "/training", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                        "cannot create group /training"),
+          H5Gclose);
+      write_integer_attribute<int64_t>(context, group, "/training", "epoch", H5T_STD_I64LE,
+                                       H5T_NATIVE_INT64, training->epoch);
+      write_integer_attribute<int64_t>(context, group, "/training", "iteration", H5T_STD_I64LE,
+                                       H5T_NATIVE_INT64, training->iteration);
+      write_string_attribute(context, group, "/training", "rng_state", training->rng_state);
+      create_group(context, file, "/history");
+      for (const auto& [metric, values] : training->history) {
+        write_dataset(context, file, "/history/" + metric, {values.size()}, H5T_IEEE_F64LE,
+                      H5T_NATIVE_DOUBLE, values.data());
+      }
+    }
+  });
+}
+
+void load_checkpoint_tensors(const fs::path& path, const std::string& group,
+                             std::span<NamedTensor> into, bool allow_extra) {
+  QuietHdf5 quiet;
+  const FileContext context = checkpoint_context(path);
+  const std::string party = expecting_party(context, group);
+  Handle file = open_for_reading(context, path);
+  check_format(context, file);
+  const std::string root = "/" + group;
+
+  // Check every name, shape and type before reading anything, so that a mismatch leaves the
+  // caller's tensors as they were.
+  std::vector<Handle> datasets;
+  std::set<std::string> expected;
+  for (NamedTensor& entry : into) {
+    validate_name(context, root, entry.name);
+    const std::string dataset_path = root + "/" + entry.name;
+    const Shape& shape = entry.tensor.shape();
+    if (!entry.tensor.defined()) {
+      context.fail(fmt::format("cannot read {} into an undefined tensor", dataset_path));
+    }
+    if (!object_exists(context, file, dataset_path)) {
+      context.fail(
+          fmt::format("{} is missing ({} expects shape {})", dataset_path, party, shape.str()));
+    }
+    Handle dataset = open_dataset(context, file, dataset_path);
+    const Shape stored = dataset_shape(context, dataset, dataset_path);
+    if (stored != shape) {
+      context.fail(fmt::format("{} has shape {} but {} expects {}", dataset_path, stored.str(),
+                               party, shape.str()));
+    }
+    const H5T_class_t type_class = dataset_type_class(context, dataset, dataset_path);
+    if (type_class != H5T_FLOAT) {
+      context.fail(fmt::format("{} holds {} values but {} expects float32", dataset_path,
+                               type_class_name(type_class), party));
+    }
+    expected.insert(dataset_path);
+    datasets.push_back(std::move(dataset));
+  }
+
+  if (!allow_extra && object_exists(context, file, root)) {
+    std::vector<std::string> extra;
+    for (std::string& dataset_path : list_datasets(context, file, root)) {
+      if (!expected.count(dataset_path)) extra.push_back(std::move(dataset_path));
+    }
+    if (extra.size() == 1) {
+      context.fail(fmt::format("{} is not part of {}", extra[0], party));
+    }
+    if (!extra.empty()) {
+      constexpr std::size_t kShown = 5;
+      const std::size_t shown = std::min(extra.size(), kShown);
+      std::string list = fmt::format(
+          "{}", fmt::join(std::vector<std::string>(extra.begin(), extra.begin() + shown), ", "));
+      if (extra.size() > shown) list += fmt::format(" and {} more", extra.size() - shown);
+      context.fail(fmt::format("{} datasets are not part of {}: {}", extra.size(), party, list));
+    }
+  }
+
+  for (std::size_t i = 0; i < into.size(); ++i) {
+    if (into[i].tensor.numel() == 0) continue;
+    context.check_status(H5Dread(datasets[i], H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                                 into[i].tensor.data()),
+                         fmt::format("cannot read {}/{}", root, into[i].name));
+  }
+}
+
+std::string load_checkpoint_experiment(const fs::path& path) {
+  QuietHdf5 quiet;
+  const FileContext context = checkpoint_context(path);
+  Handle file = open_for_reading(context, path);
+  check_format(context, file);
+  return read_string_dataset(context, file, "/experiment");
+}
+
+std::optional<TrainingState> load_checkpoint_training_state(const fs::path& path) {
+  QuietHdf5 quiet;
+  const FileContext context = checkpoint_context(path);
+  Handle file = open_for_reading(context, path);
+  check_format(context, file);
+  if (!object_exists(context, file, "/training")) return std::nullopt;
+
+  TrainingState state;
+  Handle group(
+      context.check(H5Gopen2(file, "/training", H5P_DEFAULT), "cannot open group /training"),
+      H5Gclose);
+  state.epoch = read_integer_attribute(context, group, "/training", "epoch");
+  state.iteration = read_integer_attribute(context, group, "/training", "iteration");
+  state.rng_state = read_string_attribute(context, group, "/training", "rng_state");
+
+  if (object_exists(context, file, "/history")) {
+    for (const std::string& dataset_path : list_datasets(context, file, "/history")) {
+      Handle dataset = open_dataset(context, file, dataset_path);
+      const Shape shape = dataset_shape(context, dataset, dataset_path);
+      if (shape.rank() != 1) {
+        context.fail(fmt::format("{} has shape {}, expected one value per epoch (rank 1)",
+                                 dataset_path, shape.str()));
+      }
+      const H5T_class_t type_class = dataset_type_class(context, dataset, dataset_path);
+      if (type_class != H5T_FLOAT) {
+        context.fail(fmt::format("{} holds {} values, expected floating point", dataset_path,
+                                 type_class_name(type_class)));
+      }
+      std::vector<double> values(static_cast<std::size_t>(shape[0]));
+      if (!values.empty()) {
+        context.check_status(
+            H5Dread(dataset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()),
+            fmt::format("cannot read {}", dataset_path));
+      }
+      state.history[dataset_path.substr(std::string_view("/history/").size())] = std::move(values);
+    }
+  }
+  return state;
+}
+
+Tensor read_hdf5_tensor(const fs::path& path, const std::string& dataset) {
+  QuietHdf5 quiet;
+  const FileContext context = hdf5_file_context(path);
+  const std::string dataset_path = absolute_name(context, dataset);
+  Handle file = open_for_reading(context, path);
+  if (!object_exists(context, file, dataset_path)) {
+    const std::vector<std::string> present = list_datasets(context, file, "/");
+    context.fail(fmt::format("dataset {} does not exist (the file holds {})", dataset_path,
+                             present.empty() ? std::string("no datasets")
+                                             : fmt::format("{}", fmt::join(present, ", "))));
+  }
+  Handle handle = open_dataset(context, file, dataset_path);
+  Tensor tensor(dataset_shape(context, handle, dataset_path));
+  const H5T_class_t type_class = dataset_type_class(context, handle, dataset_path);
+  if (type_class != H5T_FLOAT) {
+    context.fail(fmt::format("dataset {} holds {} values, expected floating point", dataset_path,
+                             type_class_name(type_class)));
+  }
+  if (tensor.numel() > 0) {
+    context.check_status(
+        H5Dread(handle, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, tensor.data()),
+        fmt::format("cannot read dataset {}", dataset_path));
+  }
+  return tensor;
+}
+
+void write_hdf5_tensors(const fs::path& path, std::span<const NamedTensor> tensors) {
+  QuietHdf5 quiet;
+  const FileContext context = hdf5_file_context(path);
+  std::vector<std::string> paths;
+  for (const NamedTensor& entry : tensors) paths.push_back(absolute_name(context, entry.name));
+  check_paths_distinct(context, paths);
+  std::size_t data_bytes = 0;
+  for (const NamedTensor& entry : tensors) {
+    data_bytes += static_cast<std::size_t>(entry.tensor.numel()) * sizeof(float);
+  }
+  write_atomically(context, path, data_bytes, [&](hid_t file) {
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      write_tensor(context, file, paths[i], tensors[i].tensor);
+    }
+  });
+}
+
+}  // namespace strata
