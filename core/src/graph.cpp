@@ -1,0 +1,241 @@
+#include "strata/graph.hpp"
+
+#include <algorithm>
+#include <map>
+
+#include "strata/registry.hpp"
+
+namespace strata {
+
+namespace {
+
+// The names a layer reads, from `inputs: name` or `inputs: [a, b]`; empty when not given.
+std::vector<std::string> read_input_names(const Config& item) {
+  auto inputs = item.find("inputs");
+  if (!inputs) return {};
+  if (inputs->is_scalar()) return {inputs->as<std::string>()};
+  return inputs->as<std::vector<std::string>>();
+}
+
+}  // namespace
+
+Graph::Graph(const Config& model, const Registries& registries, std::string backend, Rng& init_rng)
+    : registries_(registries), backend_(std::move(backend)) {
+  auto input = model.get<std::vector<int64_t>>("input");
+  for (int64_t d : input) {
+    if (d <= 0) model.fail_key("input", fmt::format("extents must be positive, found {}", Shape(input).str()));
+  }
+  input_shape_ = Shape(input);
+
+  const std::vector<Config> items = model.at("layers").items();
+  if (items.empty()) model.fail_key("layers", "the model has no layers");
+
+  std::vector<Shape> shapes;  // output sample shape of each node
+  for (std::size_t index = 0; index < items.size(); ++index) {
+    const Config& item = items[index];
+    if (!item.is_map()) item.fail("expected a map describing a layer");
+    std::string name = item.has("name") ? item.get<std::string>("name")
+                                        : fmt::format("{}{}", item.get<std::string>("type"), index);
+    if (name == "input" || name.empty() || name.find('/') != std::string::npos) {
+      item.fail_key("name", fmt::format("'{}' cannot name a layer (reserved, empty or contains '/')", name));
+    }
+    if (index_of(name) >= 0) {
+      item.fail_key("name", fmt::format("duplicate layer name '{}'", name));
+    }
+
+    Node node;
+    std::vector<std::string> input_names = read_input_names(item);
+    if (input_names.empty()) input_names.push_back(index == 0 ? "input" : nodes_.back().layer->name());
+    std::vector<Shape> input_shapes;
+    for (const std::string& input_name : input_names) {
+      int producer = input_name == "input" ? -1 : index_of(input_name);
+      if (producer < 0 && input_name != "input") {
+        std::vector<std::string> known{"input"};
+        for (const auto& earlier : nodes_) known.push_back(earlier.layer->name());
+        item.fail_key("inputs", fmt::format("unknown input '{}' (a layer may only read the model "
+                                            "input or earlier layers)\n  {}",
+                                            input_name, suggestion_text(input_name, known, "tensors")));
+      }
+      node.inputs.push_back(producer);
+      input_shapes.push_back(producer < 0 ? input_shape_ : shapes[producer]);
+      if (producer >= 0) ++nodes_[producer].consumers;
+    }
+
+    // `init` belongs to the graph, not the layer: claim its entries before the registry checks
+    // the layer's keys. Each entry is checked against the parameters after setup.
+    std::optional<Config> init = item.find("init");
+    std::map<std::string, Config> init_configs;
+    if (init) {
+      for (const std::string& key : init->keys()) init_configs.emplace(key, *init->find(key));
+    }
+    node.layer = registries.layers.create(item);
+    node.layer->set_name(name);
+    try {
+      shapes.push_back(node.layer->setup(SetupContext(registries.kernels, backend_, name), input_shapes));
+    } catch (const Error& error) {
+      // Name the producers too, so a mismatch reads as "A gives X, B wanted Y".
+      std::vector<std::string> sources;
+      for (std::size_t j = 0; j < input_names.size(); ++j) {
+        sources.push_back(fmt::format("'{}' gives {}", input_names[j], input_shapes[j].str()));
+      }
+      item.fail(fmt::format("{}\n  (input {})", error.what(), fmt::join(sources, ", ")));
+    }
+
+    // Initialize parameters: the layer's default initializer unless `init` names one.
+    std::vector<std::string> param_names;
+    for (Param* param : node.layer->params()) {
+      param_names.push_back(param->name);
+      auto custom = init_configs.find(param->name);
+      auto initializer = custom != init_configs.end()
+                             ? registries.initializers.create(custom->second)
+                             : registries.initializers.create(param->default_init, Config{});
+      initializer->fill(param->value, param->fan_in, param->fan_out, init_rng);
+    }
+    if (init) {
+      for (const auto& [key, config] : init_configs) {
+        if (std::find(param_names.begin(), param_names.end(), key) == param_names.end()) {
+          init->fail_key(key, fmt::format("layer '{}' has no parameter '{}'\n  {}", name, key,
+                                          suggestion_text(key, param_names, "parameters")));
+        }
+      }
+    }
+    nodes_.push_back(std::move(node));
+  }
+}
+
+const Shape& Graph::output_shape() const { return nodes_.back().layer->output_shape(); }
+
+int Graph::index_of(std::string_view layer_name) const {
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    if (nodes_[i].layer->name() == layer_name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+std::vector<std::string> Graph::input_names(std::size_t i) const {
+  std::vector<std::string> names;
+  for (int producer : nodes_[i].inputs) names.push_back(producer < 0 ? "input" : name(producer));
+  return names;
+}
+
+void Graph::allocate(int64_t batch) {
+  if (batch > allocated_batch_) {
+    outputs_storage_.clear();
+    grads_storage_.clear();
+    edge_scratch_.clear();
+    for (const Node& node : nodes_) {
+      const Shape shape = node.layer->output_shape().with_batch(batch);
+      outputs_storage_.emplace_back(shape);
+      // The last node's gradient comes from the loss; a node nobody reads needs none.
+      const bool needs_grad = &node != &nodes_.back() && node.consumers > 0;
+      grads_storage_.push_back(needs_grad ? Tensor(shape) : Tensor());
+      edge_scratch_.push_back(node.consumers > 1 ? Tensor(shape) : Tensor());
+    }
+    allocated_batch_ = batch;
+  }
+  outputs_.resize(nodes_.size());
+  grads_.resize(nodes_.size());
+  scratch_.resize(nodes_.size());
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    outputs_[i] = outputs_storage_[i].batch_slice(0, batch);
+    grads_[i] = grads_storage_[i].defined() && grads_storage_[i].numel() > 0
+                    ? grads_storage_[i].batch_slice(0, batch)
+                    : Tensor();
+    scratch_[i] = edge_scratch_[i].defined() && edge_scratch_[i].numel() > 0
+                      ? edge_scratch_[i].batch_slice(0, batch)
+                      : Tensor();
+    nodes_[i].in.resize(nodes_[i].inputs.size());
+    nodes_[i].din.resize(nodes_[i].inputs.size());
+  }
+  batch_ = batch;
+}
+
+const Tensor& Graph::forward(Context& context, const Tensor& input) {
+  if (input.rank() != input_shape_.rank() + 1 || input.shape().without_batch() != input_shape_) {
+    fail("the model expects input of shape {} (batch first), got {}",
+         input_shape_.with_batch(input.rank() > 0 ? input.dim(0) : 0).str(), input.shape().str());
+  }
+  if (input.dim(0) != batch_) allocate(input.dim(0));
+  input_ = input;
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    Node& node = nodes_[i];
+    for (std::size_t j = 0; j < node.inputs.size(); ++j) {
+      node.in[j] = node.inputs[j] < 0 ? input_ : outputs_[node.inputs[j]];
+    }
+    node.layer->forward(context, node.in, outputs_[i]);
+  }
+  return outputs_.back();
+}
+
+void Graph::backward(Context& context, const Tensor& doutput) {
+  if (doutput.shape() != outputs_.back().shape()) {
+    fail("backward: the output gradient has shape {} but the output is {}", doutput.shape().str(),
+         outputs_.back().shape().str());
+  }
+  // Tensors read by several layers accumulate their gradient: start those at zero.
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    if (nodes_[i].consumers > 1) grads_[i].fill(0.0f);
+  }
+  for (std::size_t i = nodes_.size(); i-- > 0;) {
+    Node& node = nodes_[i];
+    const Tensor& dout = i + 1 == nodes_.size() ? doutput : grads_[i];
+    for (std::size_t j = 0; j < node.inputs.size(); ++j) {
+      const int producer = node.inputs[j];
+      if (producer < 0) {
+        node.din[j] = Tensor();  // nobody needs the gradient of the model input
+      } else {
+        node.din[j] = nodes_[producer].consumers > 1 ? scratch_[producer] : grads_[producer];
+      }
+    }
+    node.layer->backward(context, node.in, outputs_[i], dout, node.din);
+    for (std::size_t j = 0; j < node.inputs.size(); ++j) {
+      const int producer = node.inputs[j];
+      if (producer >= 0 && nodes_[producer].consumers > 1) {
+        float* sum = grads_[producer].data();
+        const float* part = scratch_[producer].data();
+        const int64_t n = grads_[producer].numel();
+        for (int64_t k = 0; k < n; ++k) sum[k] += part[k];
+      }
+    }
+  }
+}
+
+const Tensor& Graph::activation(std::string_view layer_name) const {
+  const int index = index_of(layer_name);
+  if (index < 0) fail("the model has no layer '{}'", layer_name);
+  if (batch_ == 0) fail("no activations yet: run forward() first");
+  return outputs_[index];
+}
+
+std::vector<ParamRef> Graph::params() {
+  std::vector<ParamRef> refs;
+  for (Node& node : nodes_) {
+    for (Param* param : node.layer->params()) {
+      refs.push_back({fmt::format("{}/{}", node.layer->name(), param->name), param});
+    }
+  }
+  return refs;
+}
+
+std::vector<NamedTensor> Graph::state_tensors() {
+  std::vector<NamedTensor> tensors;
+  for (Node& node : nodes_) {
+    for (Param* param : node.layer->params()) {
+      tensors.push_back({fmt::format("{}/{}", node.layer->name(), param->name), param->value});
+    }
+    for (NamedTensor& buffer : node.layer->buffers()) {
+      tensors.push_back({fmt::format("{}/{}", node.layer->name(), buffer.name), buffer.tensor});
+    }
+  }
+  return tensors;
+}
+
+int64_t Graph::num_parameters() const {
+  int64_t total = 0;
+  for (const Node& node : nodes_) {
+    for (Param* param : node.layer->params()) total += param->value.numel();
+  }
+  return total;
+}
+
+}  // namespace strata

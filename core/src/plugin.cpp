@@ -1,12 +1,14 @@
 #include "strata/plugin.hpp"
 
+#include <dlfcn.h>
+
+#include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/dll/shared_library.hpp>
 #include <cstdlib>
 #include <sstream>
 
 #include "strata/error.hpp"
 #include "strata/registry.hpp"
-#include <boost/dll/runtime_symbol_info.hpp>
 
 namespace strata {
 
@@ -25,7 +27,15 @@ void PluginLoader::load_file(const fs::path& file) {
   library->load(canonical, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local,
                 load_error);
   if (load_error) {
-    fail("plugin {}: cannot load the library: {}", canonical.string(), load_error.message());
+    // Boost.DLL reports errno, which hides the useful part ("undefined symbol: ..."): ask the
+    // dynamic loader itself for its message.
+    std::string reason = load_error.message();
+    if (void* handle = ::dlopen(canonical.c_str(), RTLD_NOW | RTLD_LOCAL)) {
+      ::dlclose(handle);
+    } else if (const char* text = ::dlerror()) {
+      reason = text;
+    }
+    fail("plugin {}: cannot load the library: {}", canonical.string(), reason);
   }
   if (!library->has("strata_plugin")) {
     fail("plugin {}: not a Strata plugin (it exports no 'strata_plugin' entry point)",

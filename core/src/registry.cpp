@@ -23,7 +23,7 @@ void KernelRegistry::add(const std::string& op, const std::string& backend, Fact
     fail("kernel '{}' for backend '{}' is registered twice: by plugin {} and by plugin {}", op,
          backend, detail::plugin_label(it->second.owner), detail::plugin_label(*current_));
   }
-  entries_.emplace(std::move(key), Entry{std::move(factory), *current_});
+  entries_.emplace(std::move(key), Entry{*current_, std::move(factory)});
 }
 
 bool KernelRegistry::contains(std::string_view op, std::string_view backend) const {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <new>
+#include <ostream>
 
 #include "strata/error.hpp"
 
@@ -28,6 +29,8 @@ Shape Shape::without_batch() const {
 }
 
 std::string Shape::str() const { return fmt::format("[{}]", fmt::join(dims_, ", ")); }
+
+std::ostream& operator<<(std::ostream& out, const Shape& shape) { return out << shape.str(); }
 
 Tensor::Tensor(Shape shape) : shape_(std::move(shape)) {
   for (int64_t d : shape_.dims()) {

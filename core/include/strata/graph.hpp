@@ -59,6 +59,7 @@ class Graph {
     std::shared_ptr<Layer> layer;
     std::vector<int> inputs;  // indices of producing nodes; -1 is the model input
     int consumers = 0;
+    std::vector<Tensor> in, din;  // per-step views handed to the layer (reused, not reallocated)
   };
   void allocate(int64_t batch);
 
@@ -68,8 +69,10 @@ class Graph {
   std::vector<Node> nodes_;
   int64_t allocated_batch_ = -1;
   int64_t batch_ = 0;
-  std::vector<Tensor> outputs_storage_, grads_storage_;  // [max batch] buffers, per node
-  std::vector<Tensor> outputs_, grads_;                  // views for the current batch
+  // Per node, sized for the largest batch seen: outputs, output gradients, and for tensors read
+  // by several layers a scratch buffer each consumer writes its share of the gradient into.
+  std::vector<Tensor> outputs_storage_, grads_storage_, edge_scratch_;
+  std::vector<Tensor> outputs_, grads_, scratch_;  // views for the current batch
   Tensor input_;                                         // view of the current input
 };
 

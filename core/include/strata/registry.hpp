@@ -52,9 +52,10 @@ template <class Base>
 class Registry {
  public:
   using Factory = std::function<std::unique_ptr<Base>(const Config&)>;
+  // `owner` is declared first so it is destroyed last: the factory's code lives in the plugin.
   struct Entry {
-    Factory factory;
     PluginRef owner;
+    Factory factory;
   };
 
   // `kind` names the registry in messages ("layer"); `current` points at the plugin whose
@@ -66,7 +67,7 @@ class Registry {
       fail("{} type '{}' is registered twice: by plugin {} and by plugin {}", kind_, type,
            detail::plugin_label(it->second.owner), detail::plugin_label(*current_));
     }
-    entries_.emplace(type, Entry{std::move(factory), *current_});
+    entries_.emplace(type, Entry{*current_, std::move(factory)});
   }
   // Shorthand for a type constructible from `const Config&`.
   template <class T>
@@ -118,8 +119,8 @@ class KernelRegistry {
  public:
   using Factory = std::function<std::unique_ptr<Kernel>()>;
   struct Entry {
+    PluginRef owner;  // destroyed after the factory, whose code lives in the plugin
     Factory factory;
-    PluginRef owner;
   };
   explicit KernelRegistry(const PluginRef* current) : current_(current) {}
 

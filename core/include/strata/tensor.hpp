@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <iosfwd>
 #include <memory>
 #include <span>
 #include <string>
@@ -71,6 +72,8 @@ class Tensor {
   float* data_ = nullptr;
   Shape shape_;
 };
+
+std::ostream& operator<<(std::ostream& out, const Shape& shape);  // prints shape.str()
 
 struct NamedTensor {
   std::string name;

@@ -1,0 +1,63 @@
+// example_swish: the smallest complete layer plugin (see docs/writing-a-plugin.md).
+//
+// swish(x) = x * sigmoid(x)   (Ramachandran et al., 2017; "SiLU" in PyTorch)
+//
+//   requires: any input shape; no configuration keys.
+//   ensures:  output has the input's shape; backward writes
+//             din = dout * s * (1 + x * (1 - s)), with s = sigmoid(x).
+#include <cmath>
+
+#include "strata/layer.hpp"
+#include "strata/plugin.hpp"
+
+namespace {
+
+class Swish final : public strata::Layer {
+ public:
+  // The registry rejects any key this constructor does not read, so `{type: swish, beta: 2}`
+  // is an error rather than a silently ignored setting.
+  explicit Swish(const strata::Config&) {}
+
+  std::string_view type() const override { return "swish"; }
+
+  void forward(strata::Context& context, std::span<const strata::Tensor> in,
+               strata::Tensor& out) override {
+    const float* x = in[0].data();
+    float* y = out.data();
+    context.backend->parallel_for(0, in[0].numel(), kGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) y[i] = x[i] / (1.0f + std::exp(-x[i]));
+    });
+  }
+
+  void backward(strata::Context& context, std::span<const strata::Tensor> in,
+                const strata::Tensor& out, const strata::Tensor& dout,
+                std::span<strata::Tensor> din) override {
+    if (!din[0].defined()) return;  // nobody needs the input gradient
+    const float* x = in[0].data();
+    const float* dy = dout.data();
+    float* dx = din[0].data();
+    context.backend->parallel_for(0, in[0].numel(), kGrain, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const float s = 1.0f / (1.0f + std::exp(-x[i]));
+        dx[i] = dy[i] * s * (1.0f + x[i] * (1.0f - s));
+      }
+    });
+  }
+
+ protected:
+  strata::Shape infer_shape(const strata::SetupContext&,
+                            std::span<const strata::Shape> inputs) override {
+    return inputs[0];  // element-wise: same shape out
+  }
+
+ private:
+  static constexpr int64_t kGrain = 16384;  // elements per task: small layers stay serial
+};
+
+void register_all(strata::Registries& registries) {
+  registries.layers.add<Swish>("swish");
+}
+
+}  // namespace
+
+STRATA_PLUGIN("example_swish", "1.0", register_all)

@@ -1,0 +1,91 @@
+#!/bin/bash
+# Every bad input gets a clear error and exit status 1: no crash, no stack trace, no half-written
+# output. Run by ctest with STRATA (the tool) and STRATA_SOURCE_DIR set.
+set -u
+: "${STRATA:?}" "${STRATA_SOURCE_DIR:?}"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failures=0; passed=0
+
+# expect_error NAME EXPECTED-TEXT -- strata args...
+expect_error() {
+  local name=$1 expected=$2; shift 3
+  local out="$work/$name.out"
+  "$STRATA" "$@" >"$out.stdout" 2>"$out"
+  local rc=$?
+  local problem=""
+  [ "$rc" -eq 1 ] || problem="exit status $rc (expected 1)"
+  grep -qF -- "$expected" "$out" || problem="$problem; stderr lacks: $expected"
+  grep -qiE "terminate called|Aborted|Segmentation|core dumped|std::|boost::" "$out" && problem="$problem; looks like a crash"
+  if find "$work" -name '*.tmp-*' | grep -q .; then problem="$problem; left a temporary file"; fi
+  if [ -n "$problem" ]; then
+    echo "FAIL $name: $problem"; sed 's/^/    /' "$out"; failures=$((failures + 1))
+  else
+    echo "ok   $name: $(head -1 "$out")"; passed=$((passed + 1))
+  fi
+}
+
+# A small, valid experiment on the synthetic dataset; each case breaks one thing.
+cat >"$work/ok.yaml" <<'YAML'
+seed: 1
+data: {type: synthetic, classes: 4, shape: [1, 8, 8], train_size: 64, test_size: 32}
+model:
+  input: [1, 8, 8]
+  layers:
+    - {name: conv1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+    - {name: relu1, type: relu}
+    - {name: fc1, type: linear, out_features: 4}
+optimizer: {type: sgd, lr: 0.01}
+train: {epochs: 1, batch_size: 16}
+YAML
+ok="$work/ok.yaml"
+run() { "$STRATA" train "$ok" --out "$work/run" --progress none "$@"; }
+
+"$STRATA" train "$ok" --out "$work/good" --progress none >"$work/good.log" 2>&1 \
+  || { echo "FAIL the valid experiment does not train"; cat "$work/good.log"; exit 1; }
+
+printf 'model:\n  input: [1, 8, 8\n  layers: []\n' >"$work/malformed.yaml"
+expect_error malformed_yaml "malformed.yaml:3:" -- train "$work/malformed.yaml" --out "$work/run"
+expect_error typo_key "unknown key 'stirde'" -- train "$ok" --out "$work/run" --set 'model.layers[0].stirde=2'
+expect_error typo_key_suggests "did you mean 'stride'?" -- train "$ok" --out "$work/run" --set 'model.layers[0].stirde=2'
+expect_error missing_key "missing required key 'epochs'" -- train "$ok" --out "$work/run" --set 'train={batch_size: 16}'
+expect_error wrong_type "train.epochs: expected an integer, found 'ten'" -- train "$ok" --out "$work/run" --set train.epochs=ten
+expect_error unknown_layer "did you mean 'conv2d'?" -- train "$ok" --out "$work/run" --set 'model.layers[0].type=conv2D'
+expect_error unknown_layer_lists "known layer types:" -- train "$ok" --out "$work/run" --set 'model.layers[0].type=conv2D'
+expect_error unknown_optimizer "unknown optimizer type 'sgdd'" -- train "$ok" --out "$work/run" --set optimizer.type=sgdd
+expect_error unknown_dataset "unknown dataset type 'synthetc'" -- train "$ok" --out "$work/run" --set data.type=synthetc
+expect_error unknown_backend "unknown backend type 'cuda'" -- train "$ok" --out "$work/run" --set backend=cuda
+expect_error shapes_do_not_connect "'fc1' gives [20]" -- train "$ok" --out "$work/run" \
+  --set 'model.layers=[{name: fc1, type: linear, out_features: 20}, {name: conv2, type: conv2d, out_channels: 4, kernel: 3}]'
+expect_error window_does_not_fit "(8 - 3 + 2*0)/3 + 1 = 2.67 is not a whole number" -- train "$ok" --out "$work/run" \
+  --set 'model.layers[0]={name: conv1, type: conv2d, out_channels: 4, kernel: 3, stride: 3}'
+expect_error missing_dataset "/nonexistent/fashion" -- train "$ok" --out "$work/run" --set 'data={type: idx, dir: /nonexistent/fashion}'
+
+# A truncated IDX file: the header promises more images than the file holds.
+mkdir -p "$work/idx"
+printf '\x00\x00\x08\x03\x00\x00\x00\x64\x00\x00\x00\x08\x00\x00\x00\x08' >"$work/idx/train-images-idx3-ubyte"
+head -c 1000 /dev/urandom >>"$work/idx/train-images-idx3-ubyte"
+expect_error truncated_dataset "truncated" -- train "$ok" --out "$work/run" --set "data={type: idx, dir: $work/idx}"
+expect_error missing_plugin "plugin $work/nothing.so: no such file" -- train "$ok" --out "$work/run" --set "plugins=[$work/nothing.so]"
+wrong_api=$(dirname "$STRATA")/../tests/plugins/libstrata_test_wrong_api.so
+expect_error wrong_api_plugin "built for plugin API version" -- train "$ok" --out "$work/run" --set "plugins=[$wrong_api]"
+expect_error diverging_loss "training diverged" -- train "$ok" --out "$work/diverge" --set optimizer.lr=1e30
+expect_error unknown_command "did you mean 'train'?" -- trian "$ok"
+expect_error unknown_option "unknown option '--epochs'" -- train "$ok" --epochs 3
+
+# A checkpoint that does not match the model.
+python_data="$work/in.h5"
+/usr/bin/python3 - "$python_data" <<'PY'
+import sys, h5py, numpy as np
+with h5py.File(sys.argv[1], "w") as f:
+    f["data"] = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+PY
+expect_error checkpoint_mismatch "/model/fc1/weight has shape [4, 256] but the model expects [5, 256]" -- \
+  forward "$ok" --weights "$work/good/model.h5" --input "$python_data" --output "$work/out.h5" \
+  --set 'model.layers[2].out_features=5'
+[ -e "$work/out.h5" ] && { echo "FAIL checkpoint_mismatch wrote $work/out.h5"; failures=$((failures + 1)); }
+expect_error forward_bad_layer "the model has no layer 'fc9'" -- \
+  forward "$ok" --weights "$work/good/model.h5" --input "$python_data" --output "$work/out.h5" --layers fc9
+
+echo "$passed passed, $failures failed"
+[ "$failures" -eq 0 ]

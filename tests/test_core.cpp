@@ -1,0 +1,254 @@
+// Core unit tests: tensor, "did you mean", config errors and overrides, registries, plugin loading.
+#define BOOST_TEST_MODULE core
+#include <dlfcn.h>
+
+#include <boost/test/unit_test.hpp>
+#include <cstdint>
+#include <filesystem>
+
+#include "strata/config.hpp"
+#include "strata/dataset.hpp"
+#include "strata/error.hpp"
+#include "strata/layer.hpp"
+#include "strata/optimizer.hpp"
+#include "strata/plugin.hpp"
+#include "strata/registry.hpp"
+#include "strata/tensor.hpp"
+#include "test_support.hpp"
+
+using namespace strata;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The message of the Error `fn` throws (the test fails if it throws none).
+template <class Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& error) {
+    return error.what();
+  }
+  BOOST_FAIL("expected a strata::Error");
+  return "";
+}
+
+#define CHECK_CONTAINS(text, part) \
+  BOOST_CHECK_MESSAGE((text).find(part) != std::string::npos, "'" << (text) << "' lacks '" << (part) << "'")
+
+const fs::path kBadPlugins = STRATA_TEST_PLUGIN_DIR;
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(tensor)
+
+BOOST_AUTO_TEST_CASE(allocation_is_aligned_and_zeroed) {
+  Tensor t(Shape{3, 5, 7});
+  BOOST_TEST(t.numel() == 105);
+  BOOST_TEST(reinterpret_cast<std::uintptr_t>(t.data()) % Tensor::kAlignment == 0u);
+  for (float v : t.span()) BOOST_TEST(v == 0.0f);
+  BOOST_TEST(t.shape().str() == "[3, 5, 7]");
+}
+
+BOOST_AUTO_TEST_CASE(views_and_slices_alias_clone_copies) {
+  std::mt19937 rng(7);
+  Tensor t = test::random_tensor(Shape{4, 2, 3}, rng);
+  Tensor flat = t.view(Shape{4, 6});
+  BOOST_TEST(flat.data() == t.data());
+  Tensor rows = t.batch_slice(1, 3);
+  BOOST_TEST(rows.shape() == (Shape{2, 2, 3}));
+  BOOST_TEST(rows.data() == t.data() + 6);
+  rows.data()[0] = 42.0f;
+  BOOST_TEST(t.data()[6] == 42.0f);
+  Tensor copy = t.clone();
+  BOOST_TEST(copy.data() != t.data());
+  BOOST_TEST(test::max_abs_diff(copy, t) == 0.0f);
+  CHECK_CONTAINS(error_of([&] { t.view(Shape{5, 5}); }), "element counts differ");
+  CHECK_CONTAINS(error_of([&] { t.batch_slice(3, 5); }), "out of range");
+  BOOST_TEST(!Tensor().defined());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(suggestions)
+
+BOOST_AUTO_TEST_CASE(closest_match_finds_typos_only) {
+  const std::vector<std::string> types{"avg_pool", "conv2d", "dropout", "linear", "max_pool"};
+  BOOST_TEST(closest_match("conv2D", types) == "conv2d");
+  BOOST_TEST(closest_match("lineer", types) == "linear");
+  BOOST_TEST(closest_match("transformer", types) == "");
+  BOOST_TEST(edit_distance("stirde", "stride") == 2u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(config)
+
+BOOST_AUTO_TEST_CASE(malformed_yaml_names_file_line_and_column) {
+  const std::string message =
+      error_of([] { Config::parse_string("train:\n  epochs: [1, 2\nmodel: 3\n", "exp.yaml"); });
+  CHECK_CONTAINS(message, "exp.yaml:");
+  CHECK_CONTAINS(message, "malformed YAML");
+  BOOST_TEST(message.rfind("exp.yaml:", 0) == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(wrong_type_gives_position_path_expected_and_found) {
+  Config config = Config::parse_string("seed: 1\ntrain:\n  epochs: two\n", "exp.yaml");
+  const std::string message = error_of([&] { config.at("train").get<int64_t>("epochs"); });
+  BOOST_TEST(message == "exp.yaml:3:11: train.epochs: expected an integer, found 'two'");
+  CHECK_CONTAINS(error_of([&] { config.get<std::vector<int64_t>>("seed"); }), "expected a list");
+  CHECK_CONTAINS(error_of([&] { config.get<bool>("seed"); }), "expected true or false, found '1'");
+}
+
+BOOST_AUTO_TEST_CASE(missing_required_key_names_the_map) {
+  Config config = Config::parse_string("train:\n  batch_size: 4\n", "exp.yaml");
+  const std::string message = error_of([&] { config.at("train").get<int64_t>("epochs"); });
+  BOOST_TEST(message == "exp.yaml:2:3: train: missing required key 'epochs'");
+}
+
+BOOST_AUTO_TEST_CASE(unknown_key_is_an_error_with_a_suggestion) {
+  Config config = Config::parse_string(
+      "model:\n  layers:\n    - {type: conv2d, stirde: 2, kernel: 3}\n", "exp.yaml");
+  Config layer = config.at("model").at("layers").items()[0];
+  layer.get<std::string>("type");
+  layer.get<int64_t>("kernel");
+  layer.get<int64_t>("stride", 1);
+  const std::string message = error_of([&] { config.check_unused(); });
+  CHECK_CONTAINS(message, "exp.yaml:3:22: model.layers[0].stirde: unknown key 'stirde'");
+  CHECK_CONTAINS(message, "did you mean 'stride'?");
+}
+
+BOOST_AUTO_TEST_CASE(duplicate_keys_are_rejected) {
+  CHECK_CONTAINS(error_of([] { Config::parse_string("seed: 1\nseed: 2\n", "exp.yaml"); }),
+                 "exp.yaml:2:1: duplicate key 'seed'");
+}
+
+BOOST_AUTO_TEST_CASE(set_overrides_values_lists_and_creates_keys) {
+  Config config = Config::parse_string(
+      "backend: tbb\ntrain: {epochs: 10}\nmodel:\n  layers:\n    - {type: conv2d, kernel: 3}\n", "e.yaml");
+  config.set("backend", "reference");
+  config.set("train.epochs", "2");
+  config.set("train.batch_size", "16");
+  config.set("model.layers[0].kernel", "[3, 5]");
+  config.set("model.input", "[1, 28, 28]");
+  BOOST_TEST(config.get<std::string>("backend") == "reference");
+  BOOST_TEST(config.at("train").get<int64_t>("epochs") == 2);
+  BOOST_TEST(config.at("train").get<int64_t>("batch_size") == 16);
+  auto kernel = config.at("model").at("layers").items()[0].get<std::vector<int64_t>>("kernel");
+  BOOST_TEST(kernel == (std::vector<int64_t>{3, 5}), boost::test_tools::per_element());
+  BOOST_TEST(config.at("model").get<std::vector<int64_t>>("input").size() == 3u);
+  // An overridden value that is wrong points at the --set, not at the file.
+  config.set("train.epochs", "many");
+  BOOST_TEST(error_of([&] { config.at("train").get<int64_t>("epochs"); }) ==
+             "--set train.epochs=many:1:1: train.epochs: expected an integer, found 'many'");
+  CHECK_CONTAINS(error_of([&] { config.set("model.layers[4].kernel", "3"); }), "model.layers[4] does not exist");
+  CHECK_CONTAINS(error_of([&] { config.set("backend.name", "x"); }), "'backend' is not a map");
+}
+
+BOOST_AUTO_TEST_CASE(dump_round_trips) {
+  Config config = Config::parse_string("a: 1\nb: {c: [1, 2], d: hello}\n", "e.yaml");
+  config.set("b.e", "true");
+  Config again = Config::parse_string(config.dump(), "dump");
+  BOOST_TEST(again.get<int64_t>("a") == 1);
+  BOOST_TEST(again.at("b").get<std::string>("d") == "hello");
+  BOOST_TEST(again.at("b").get<bool>("e"));
+  BOOST_TEST(again.at("b").get<std::vector<int64_t>>("c").size() == 2u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(registry)
+
+BOOST_AUTO_TEST_CASE(unknown_type_lists_known_types_and_the_closest) {
+  Config config = Config::parse_string("model:\n  layers:\n    - {type: conv2D, kernel: 3}\n", "e.yaml");
+  Config layer = config.at("model").at("layers").items()[0];
+  const std::string message = error_of([&] { test::registries().layers.create(layer); });
+  CHECK_CONTAINS(message, "e.yaml:3:14: model.layers[0].type: unknown layer type 'conv2D'");
+  CHECK_CONTAINS(message, "did you mean 'conv2d'?");
+  CHECK_CONTAINS(message, "known layer types: ");
+  CHECK_CONTAINS(message, "linear");
+  CHECK_CONTAINS(error_of([] { test::registries().optimizers.create(test::yaml("{type: adamm, lr: 1}")); }),
+                 "unknown optimizer type 'adamm'");
+  CHECK_CONTAINS(error_of([] { test::registries().datasets.create(test::yaml("{type: mnist}")); }),
+                 "unknown dataset type 'mnist'");
+}
+
+BOOST_AUTO_TEST_CASE(keys_the_factory_did_not_read_are_rejected) {
+  const std::string message = error_of(
+      [] { test::registries().layers.create(test::yaml("{type: relu, inplace: true}")); });
+  CHECK_CONTAINS(message, "unknown key 'inplace'");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(plugins)
+
+BOOST_AUTO_TEST_CASE(default_folder_holds_the_built_plugins) {
+  auto& r = test::registries();
+  for (const char* type : {"conv2d", "linear", "max_pool", "relu", "dropout", "swish"}) {
+    BOOST_TEST(r.layers.contains(type), type);
+  }
+  BOOST_TEST(r.backends.contains("reference"));
+  BOOST_TEST(r.backends.contains("tbb"));
+  BOOST_TEST(r.kernels.contains("conv2d", "tbb"));
+  BOOST_TEST(r.optimizers.contains("sgd"));
+  BOOST_TEST(r.datasets.contains("idx"));
+  BOOST_TEST(r.datasets.entries().at("idx").owner->name == "idx");
+}
+
+BOOST_AUTO_TEST_CASE(wrong_api_version_is_refused_before_registration) {
+  Registries r;
+  PluginLoader loader(r);
+  const fs::path file = kBadPlugins / "libstrata_test_wrong_api.so";
+  const std::string message = error_of([&] { loader.load_file(file); });
+  CHECK_CONTAINS(message, "libstrata_test_wrong_api.so");
+  CHECK_CONTAINS(message, fmt::format("built for plugin API version {}", kPluginApi + 41));
+  CHECK_CONTAINS(message, fmt::format("supports version {}", kPluginApi));
+  BOOST_TEST(loader.plugins().empty());
+}
+
+BOOST_AUTO_TEST_CASE(missing_file_and_non_plugin_library_are_clear_errors) {
+  Registries r;
+  PluginLoader loader(r);
+  CHECK_CONTAINS(error_of([&] { loader.load_file("/nonexistent/libstrata_x.so"); }),
+                 "plugin /nonexistent/libstrata_x.so: no such file");
+  CHECK_CONTAINS(error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_no_entry.so"); }),
+                 "not a Strata plugin (it exports no 'strata_plugin' entry point)");
+}
+
+BOOST_AUTO_TEST_CASE(duplicate_registration_names_both_plugins) {
+  Registries r;
+  PluginLoader loader(r);
+  loader.load_default();
+  const std::string message =
+      error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_duplicate_layer.so"); });
+  CHECK_CONTAINS(message, "layer type 'relu' is registered twice");
+  CHECK_CONTAINS(message, "by plugin 'layers'");
+  CHECK_CONTAINS(message, "by plugin 'test_duplicate_layer'");
+}
+
+BOOST_AUTO_TEST_CASE(a_plugin_stays_loaded_while_its_objects_live) {
+  const fs::path file = fs::canonical(kBadPlugins / "libstrata_test_lifetime.so");
+  auto is_loaded = [&] {
+    void* handle = ::dlopen(file.c_str(), RTLD_NOW | RTLD_NOLOAD);
+    if (handle != nullptr) ::dlclose(handle);
+    return handle != nullptr;
+  };
+  int destroyed = 0;
+  std::shared_ptr<Layer> layer;
+  {
+    Registries r;
+    PluginLoader loader(r);
+    loader.load_file(file);
+    BOOST_TEST(is_loaded());
+    layer = r.layers.create(test::yaml(fmt::format(
+        "{{type: lifetime_probe, counter_address: {}}}", reinterpret_cast<std::intptr_t>(&destroyed))));
+  }  // loader and registries are gone; the layer is not
+  BOOST_TEST(is_loaded());
+  BOOST_TEST(layer->type() == "lifetime_probe");  // virtual call into the plugin's code
+  layer.reset();
+  BOOST_TEST(destroyed == 1);  // the destructor ran from the still-loaded library
+  BOOST_TEST(!is_loaded());
+}
+
+BOOST_AUTO_TEST_SUITE_END()

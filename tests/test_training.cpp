@@ -1,0 +1,262 @@
+// The graph (named inputs, fan-out, shape errors) and the trainer end to end: a small CNN must
+// learn the synthetic dataset, an interrupted run must resume to the same weights, and a
+// diverging run must stop naming the iteration.
+#define BOOST_TEST_MODULE training
+#include <boost/test/unit_test.hpp>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "strata/checkpoint.hpp"
+#include "strata/graph.hpp"
+#include "strata/plugin.hpp"
+#include "strata/trainer.hpp"
+#include "test_support.hpp"
+
+using namespace strata;
+namespace fs = std::filesystem;
+
+namespace {
+
+template <class Fn>
+std::string error_of(Fn&& fn) {
+  try {
+    fn();
+  } catch (const Error& error) {
+    return error.what();
+  }
+  BOOST_FAIL("expected a strata::Error");
+  return "";
+}
+
+#define CHECK_CONTAINS(text, part) \
+  BOOST_CHECK_MESSAGE((text).find(part) != std::string::npos, "'" << (text) << "' lacks '" << (part) << "'")
+
+// The build's plugins plus the test-only ones (test_sum).
+Registries& registries_with_test_plugins() {
+  static Registries* registries = [] {
+    auto* r = new Registries();
+    static PluginLoader loader(*r);
+    loader.load_default();
+    loader.load_file(fs::path(STRATA_TEST_PLUGIN_DIR) / "libstrata_test_sum.so");
+    return r;
+  }();
+  return *registries;
+}
+
+const char* kSmallExperiment = R"(
+seed: 3
+backend: tbb
+threads: 2
+data: {type: synthetic, classes: 10, shape: [1, 12, 12], train_size: 1500, test_size: 500, seed: 5,
+       validation: 300, preprocess: [{type: normalize, per: channel}]}
+model:
+  input: [1, 12, 12]
+  layers:
+    - {name: conv1, type: conv2d, out_channels: 8, kernel: 3, padding: 1}
+    - {name: relu1, type: relu}
+    - {name: pool1, type: max_pool, kernel: 2}
+    - {name: fc1, type: linear, out_features: 32}
+    - {name: relu2, type: relu}
+    - {name: fc2, type: linear, out_features: 10}
+optimizer: {type: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0001}
+train: {epochs: 3, batch_size: 32}
+)";
+
+TrainSummary run(const std::string& yaml, const fs::path& out, bool resume = false,
+                 const std::vector<std::pair<std::string, std::string>>& sets = {}) {
+  Config config = Config::parse_string(yaml, "small.yaml");
+  for (const auto& [key, value] : sets) config.set(key, value);
+  TrainOptions options;
+  options.out_dir = out;
+  options.resume = resume;
+  options.progress = "none";
+  return train_experiment(config, test::registries(), options);
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(graph)
+
+BOOST_AUTO_TEST_CASE(shapes_that_do_not_connect_name_both_layers) {
+  Rng rng(1);
+  Config config = Config::parse_string(R"(
+input: [1, 8, 8]
+layers:
+  - {name: fc1, type: linear, out_features: 20}
+  - {name: conv2, type: conv2d, out_channels: 4, kernel: 3}
+)", "net.yaml");
+  const std::string message =
+      error_of([&] { Graph g(config, test::registries(), "reference", rng); });
+  CHECK_CONTAINS(message, "net.yaml:5:5: layers[1]");
+  CHECK_CONTAINS(message, "conv2");
+  CHECK_CONTAINS(message, "'fc1' gives [20]");
+}
+
+BOOST_AUTO_TEST_CASE(window_that_does_not_fit_is_an_error_with_the_numbers) {
+  Rng rng(1);
+  Config config = Config::parse_string(
+      "input: [1, 7, 7]\nlayers:\n  - {name: conv1, type: conv2d, out_channels: 2, kernel: 3, stride: 3}\n",
+      "net.yaml");
+  const std::string message =
+      error_of([&] { Graph g(config, test::registries(), "reference", rng); });
+  CHECK_CONTAINS(message, "net.yaml:3:5: layers[0]");
+  CHECK_CONTAINS(message, "(7 - 3 + 2*0)/3 + 1 = 2.33");
+}
+
+BOOST_AUTO_TEST_CASE(unknown_input_names_and_duplicates_are_errors) {
+  Rng rng(1);
+  auto build = [&](const std::string& text) {
+    Graph g(Config::parse_string(text, "net.yaml"), test::registries(), "reference", rng);
+  };
+  CHECK_CONTAINS(error_of([&] {
+                   build("input: [4]\nlayers:\n  - {name: a, type: relu}\n  - {name: b, type: relu, inputs: [c]}\n");
+                 }),
+                 "unknown input 'c'");
+  CHECK_CONTAINS(error_of([&] { build("input: [4]\nlayers:\n  - {name: a, type: relu}\n  - {name: a, type: relu}\n"); }),
+                 "duplicate layer name 'a'");
+  CHECK_CONTAINS(error_of([&] {
+                   build("input: [4]\nlayers:\n  - {name: a, type: linear, out_features: 2, init: {wieght: {type: constant}}}\n");
+                 }),
+                 "layer 'a' has no parameter 'wieght'");
+}
+
+BOOST_AUTO_TEST_CASE(custom_initializer_is_applied) {
+  Rng rng(1);
+  Config config = Config::parse_string(
+      "input: [4]\nlayers:\n  - {name: fc, type: linear, out_features: 3, "
+      "init: {weight: {type: constant, value: 0.25}, bias: {type: constant, value: -1}}}\n",
+      "net.yaml");
+  Graph graph(config, test::registries(), "reference", rng);
+  for (const ParamRef& ref : graph.params()) {
+    const float expected = ref.param->name == "weight" ? 0.25f : -1.0f;
+    for (float v : ref.param->value.span()) BOOST_TEST(v == expected);
+  }
+}
+
+// A tensor read by two layers (relu1 feeds conv2 and sum) must receive the sum of both gradients.
+// Checked against central differences of the whole graph, in double-checked float32:
+// eps 1e-2 on inputs of order 1, relative tolerance 2e-2.
+BOOST_AUTO_TEST_CASE(fan_out_gradients_are_summed) {
+  Registries& registries = registries_with_test_plugins();
+  auto backend = registries.backends.create("reference", Config{});
+  Rng rng(11);
+  Config config = Config::parse_string(R"(
+input: [2, 5, 5]
+layers:
+  - {name: conv1, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+  - {name: act1, type: tanh}
+  - {name: conv2, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+  - {name: sum, type: test_sum, inputs: [act1, conv2]}
+  - {name: fc, type: linear, out_features: 4}
+)", "net.yaml");
+  Graph graph(config, registries, "reference", rng);
+  BOOST_TEST(graph.input_names(3) == (std::vector<std::string>{"act1", "conv2"}), boost::test_tools::per_element());
+  std::mt19937 data_rng(5);
+  Tensor x = test::random_tensor(Shape{2, 2, 5, 5}, data_rng);
+  Tensor weights = test::random_tensor(Shape{2, 4}, data_rng);
+  Context context{false, &rng, backend.get()};
+  auto objective = [&] {
+    const Tensor& out = graph.forward(context, x);
+    double total = 0;
+    for (int64_t i = 0; i < out.numel(); ++i) total += double(out.data()[i]) * weights.data()[i];
+    return total;
+  };
+  objective();
+  graph.backward(context, weights);
+  Param* w = graph.params()[0].param;  // conv1/weight: its gradient flows through both branches
+  BOOST_TEST(graph.params()[0].key == "conv1/weight");
+  Tensor analytic = w->grad.clone();
+  const float eps = 1e-2f;
+  for (int64_t i = 0; i < w->value.numel(); ++i) {
+    const float saved = w->value.data()[i];
+    w->value.data()[i] = saved + eps;
+    const double plus = objective();
+    w->value.data()[i] = saved - eps;
+    const double minus = objective();
+    w->value.data()[i] = saved;
+    const double numeric = (plus - minus) / (2 * eps);
+    const double scale = std::max({std::abs(numeric), double(std::abs(analytic.data()[i])), 1e-2});
+    BOOST_TEST(std::abs(numeric - analytic.data()[i]) / scale < 2e-2, "element " << i);
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(trainer)
+
+BOOST_AUTO_TEST_CASE(small_cnn_learns_far_above_chance) {
+  test::TempDir dir;
+  const TrainSummary summary = run(kSmallExperiment, dir.path());
+  BOOST_TEST_MESSAGE("synthetic test accuracy " << summary.test_accuracy);
+  BOOST_TEST(summary.test_accuracy > 0.8);  // chance is 0.1
+  BOOST_TEST(summary.epochs == 3);
+  BOOST_TEST(fs::exists(dir / "model.h5"));
+  const std::string json = read_text(dir / "summary.json");
+  for (const char* key : {"\"test_accuracy\"", "\"test_loss\"", "\"epochs\": 3", "\"train_seconds\"",
+                          "\"train_images_per_second\"", "\"val_accuracy\""}) {
+    BOOST_TEST(json.find(key) != std::string::npos, key);
+  }
+  auto state = load_checkpoint_training_state(dir / "model.h5");
+  BOOST_REQUIRE(state.has_value());
+  BOOST_TEST(state->epoch == 3);
+  BOOST_TEST(state->iteration == 3 * ((1200 + 31) / 32));
+  BOOST_TEST(state->history.at("train_loss").size() == 3u);
+  BOOST_TEST(state->history.at("train_loss")[2] < state->history.at("train_loss")[0]);
+  // Nothing half-written is left behind.
+  for (const auto& entry : fs::directory_iterator(dir.path())) {
+    BOOST_TEST(entry.path().filename().string().find(".tmp-") == std::string::npos);
+  }
+}
+
+// Interrupting after epoch 1 and resuming gives bit-identical weights to an uninterrupted run
+// (reference backend: its reductions have a fixed order).
+BOOST_AUTO_TEST_CASE(resume_continues_exactly) {
+  test::TempDir straight, interrupted;
+  const std::vector<std::pair<std::string, std::string>> reference{{"backend", "reference"},
+                                                                   {"train.epochs", "2"}};
+  run(kSmallExperiment, straight.path(), false, reference);
+  run(kSmallExperiment, interrupted.path(), false, {{"backend", "reference"}, {"train.epochs", "1"}});
+  run(kSmallExperiment, interrupted.path(), true, reference);
+
+  Rng rng(1);
+  Config model = Config::parse_string(kSmallExperiment, "small.yaml").at("model");
+  Graph a(model, test::registries(), "reference", rng);
+  Graph b(model, test::registries(), "reference", rng);
+  std::vector<NamedTensor> sa = a.state_tensors(), sb = b.state_tensors();
+  load_checkpoint_tensors(straight / "model.h5", "model", sa);
+  load_checkpoint_tensors(interrupted / "model.h5", "model", sb);
+  for (std::size_t i = 0; i < sa.size(); ++i) {
+    BOOST_TEST(test::max_abs_diff(sa[i].tensor, sb[i].tensor) == 0.0f, sa[i].name);
+  }
+  auto state = load_checkpoint_training_state(interrupted / "model.h5");
+  BOOST_TEST(state->epoch == 2);
+  BOOST_TEST(state->history.at("train_loss").size() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(diverging_loss_stops_and_names_the_iteration) {
+  test::TempDir dir;
+  const std::string message = error_of(
+      [&] { run(kSmallExperiment, dir.path(), false, {{"optimizer.lr", "1e12"}, {"optimizer.momentum", "0"}}); });
+  CHECK_CONTAINS(message, "training diverged");
+  CHECK_CONTAINS(message, "iteration");
+  BOOST_TEST(!fs::exists(dir / "summary.json"));
+}
+
+BOOST_AUTO_TEST_CASE(typo_anywhere_fails_before_training) {
+  test::TempDir dir;
+  CHECK_CONTAINS(error_of([&] { run(kSmallExperiment, dir.path(), false, {{"train.epohcs", "3"}}); }),
+                 "unknown key 'epohcs'");
+  CHECK_CONTAINS(error_of([&] { run(kSmallExperiment, dir.path(), false, {{"optimiser", "{type: sgd}"}}); }),
+                 "unknown key 'optimiser'");
+  BOOST_TEST(!fs::exists(dir / "model.h5"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
