@@ -1,0 +1,61 @@
+// Helpers shared by the layers of the "layers" plugin: reading window geometry from a Config,
+// output-size arithmetic with the `round` rule, and element-wise loops over a backend.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "strata/config.hpp"
+#include "strata/layer.hpp"
+
+namespace strata::layers {
+
+// A (height, width) pair of extents.
+using Pair = std::array<int64_t, 2>;
+
+// How a window that does not tile its input exactly is handled.
+enum class Rounding {
+  kExact,  // the output size must be a whole number, else setup fails with the arithmetic
+  kFloor,  // drop the incomplete last window, as PyTorch does
+};
+
+// Reads `key` as an integer (used for both extents) or a list [height, width].
+//   requires: the value is >= minimum (each element), else a config error at the key.
+//   ensures:  a missing key returns `fallback`, or is a "missing required key" error when
+//             fallback is empty.
+Pair read_pair(const Config& config, std::string_view key, std::optional<Pair> fallback,
+               int64_t minimum);
+
+// Reads `round: exact|floor` (default exact).
+Rounding read_rounding(const Config& config);
+
+// The output extent of a sliding window along one axis:
+//   out = (in - window + 2*pad)/stride + 1, window = dilation*(kernel-1)+1.
+//   Fails (naming `axis`, "height" or "width", and the numbers) when the window does not fit in
+//   the padded input, or when the quotient is not whole and rounding is kExact:
+//   output width (7 - 3 + 2*0)/3 + 1 = 2.33 is not a whole number; choose stride/padding that
+//   fit, or set round: floor
+int64_t output_extent(std::string_view axis, int64_t in, int64_t kernel, int64_t dilation,
+                      int64_t pad, int64_t stride, Rounding rounding);
+
+// Requires a [C, H, W] sample shape; `what` names the layer kind in the message.
+void require_image_shape(const Shape& shape, std::string_view what);
+
+// Makes `out` a tensor of `shape`: allocates it when undefined (callers such as tests may pass an
+// empty tensor), otherwise checks that the caller allocated the right shape.
+void prepare_output(Tensor& out, const Shape& shape);
+
+// Element-wise work is split into chunks of this many elements: large enough that a chunk costs
+// far more than scheduling it (tiny layers stay on one thread), small enough to spread a
+// [64, 32, 28, 28] activation over both cores.
+inline constexpr int64_t kElementwiseGrain = 16384;
+
+// Runs body(lo, hi) over [0, n) on the context's backend (serially when it has none).
+void parallel_elementwise(Context& context, int64_t n,
+                          const std::function<void(int64_t, int64_t)>& body);
+
+}  // namespace strata::layers

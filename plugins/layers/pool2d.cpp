@@ -1,0 +1,118 @@
+// max_pool, avg_pool: 2-D pooling over each channel (PyTorch's nn.MaxPool2d / nn.AvgPool2d).
+//
+// WHAT THIS OBJECT REPRESENTS
+//   max_pool: y[n, c, i, j] = max of x[n, c] over the window at (i*sh - ph, j*sw - pw) of size
+//             kh x kw; padding never wins (it acts as -inf). The gradient flows to the first
+//             maximum of each window.
+//   avg_pool: the mean over the window. Padded zeros count toward the divisor when
+//             count_include_pad (PyTorch's default), otherwise the divisor is the number of
+//             real input elements in the window.
+//   No parameters.
+//
+// KEYS
+//   kernel             required: k or [kh, kw]
+//   stride             default: the kernel (non-overlapping windows)
+//   padding            0 or [ph, pw]; at most half the kernel on each axis (as in PyTorch), so
+//                      that every window covers at least one real element
+//   round              exact (default) | floor, the same rule as conv2d
+//   count_include_pad  true (avg_pool only)
+//
+// REQUIRES
+//   - one input with sample shape [C, H, W] in which the window fits.
+// ENSURES
+//   - output sample shape [C, out_h, out_w]; computed by the backend's "pool2d" kernel.
+#include <fmt/format.h>
+
+#include <memory>
+
+#include "common.hpp"
+#include "strata/error.hpp"
+#include "strata/ops.hpp"
+
+namespace strata::layers {
+
+namespace {
+
+class Pool2d : public Layer {
+ public:
+  Pool2d(const Config& config, Pool2dDesc::Mode mode)
+      : mode_(mode),
+        kernel_(read_pair(config, "kernel", std::nullopt, 1)),
+        stride_(read_pair(config, "stride", kernel_, 1)),
+        padding_(read_pair(config, "padding", Pair{0, 0}, 0)),
+        rounding_(read_rounding(config)),
+        count_include_pad_(mode == Pool2dDesc::Mode::kAverage
+                               ? config.get<bool>("count_include_pad", true)
+                               : true) {
+    for (int axis = 0; axis < 2; ++axis) {
+      if (2 * padding_[axis] > kernel_[axis]) {
+        config.fail_key("padding",
+                        fmt::format("{} padding {} is more than half the kernel {}: some windows "
+                                    "would cover only padding",
+                                    axis == 0 ? "height" : "width", padding_[axis], kernel_[axis]));
+      }
+    }
+  }
+
+  std::string_view type() const override {
+    return mode_ == Pool2dDesc::Mode::kMax ? "max_pool" : "avg_pool";
+  }
+
+  void forward(Context&, std::span<const Tensor> in, Tensor& out) override {
+    prepare_output(out, output_shape().with_batch(in[0].dim(0)));
+    kernel_impl_->forward(in[0], out);
+  }
+
+  void backward(Context&, std::span<const Tensor> in, const Tensor& out, const Tensor& dout,
+                std::span<Tensor> din) override {
+    if (din[0].defined()) kernel_impl_->backward(in[0], out, dout, din[0]);
+  }
+
+ protected:
+  Shape infer_shape(const SetupContext& context, std::span<const Shape> inputs) override {
+    const Shape& in = inputs[0];
+    require_image_shape(in, type());
+    Pool2dDesc desc;
+    desc.mode = mode_;
+    desc.channels = in[0];
+    desc.in_h = in[1];
+    desc.in_w = in[2];
+    desc.kernel_h = kernel_[0];
+    desc.kernel_w = kernel_[1];
+    desc.stride_h = stride_[0];
+    desc.stride_w = stride_[1];
+    desc.pad_h = padding_[0];
+    desc.pad_w = padding_[1];
+    desc.count_include_pad = count_include_pad_;
+    desc.out_h = output_extent("height", in[1], kernel_[0], 1, padding_[0], stride_[0], rounding_);
+    desc.out_w = output_extent("width", in[2], kernel_[1], 1, padding_[1], stride_[1], rounding_);
+    kernel_impl_ = context.kernel<Pool2dKernel>("pool2d", desc);
+    return Shape{in[0], desc.out_h, desc.out_w};
+  }
+
+ private:
+  Pool2dDesc::Mode mode_;
+  Pair kernel_, stride_, padding_;
+  Rounding rounding_;
+  bool count_include_pad_;
+  std::shared_ptr<Pool2dKernel> kernel_impl_;
+};
+
+class MaxPool final : public Pool2d {
+ public:
+  explicit MaxPool(const Config& config) : Pool2d(config, Pool2dDesc::Mode::kMax) {}
+};
+
+class AvgPool final : public Pool2d {
+ public:
+  explicit AvgPool(const Config& config) : Pool2d(config, Pool2dDesc::Mode::kAverage) {}
+};
+
+}  // namespace
+
+void register_pooling(Registries& registries) {
+  registries.layers.add<MaxPool>("max_pool");
+  registries.layers.add<AvgPool>("avg_pool");
+}
+
+}  // namespace strata::layers

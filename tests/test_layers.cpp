@@ -1,0 +1,1205 @@
+// The layer conformance suite, plus unit tests of the layers, loss, initializers, SGD and
+// schedules.
+//
+// Conformance: every case of kConformanceCases (a layer's YAML and its input sample shapes) goes
+// through the same four checks, and `every_registered_layer_has_a_case` fails when a loaded
+// plugin registers a layer type the table does not exercise, so a new layer cannot skip them:
+//   1. gradients: backward() against central differences, for every input element and every
+//      parameter element (shape inference and the overwrite contract are checked on the way);
+//   2. backends: "tbb" agrees with "reference" on forward, input and parameter gradients;
+//   3. batch independence: a sample run alone (as a batch_slice view) gives the same output as
+//      inside a batch, on both backends;
+//   4. checkpoint: parameters and buffers survive save_checkpoint/load_checkpoint_tensors into a
+//      fresh layer, which then computes the identical output.
+#define BOOST_TEST_MODULE layers
+// GCC 12 at -O3 reports a false -Wrestrict inside std::string's operator+ as inlined into
+// Boost.Test's data-driven test-case naming (GCC bug 105329). The pragma must precede the
+// includes, because the diagnostic is attributed to the standard library header.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
+#pragma GCC diagnostic ignored "-Wrestrict"
+#endif
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <boost/test/data/monomorphic.hpp>
+#include <boost/test/data/test_case.hpp>
+#include <boost/test/unit_test.hpp>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <ostream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "strata/checkpoint.hpp"
+#include "strata/error.hpp"
+#include "strata/layer.hpp"
+#include "strata/optimizer.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using strata::Config;
+using strata::Context;
+using strata::Layer;
+using strata::Param;
+using strata::Rng;
+using strata::SetupContext;
+using strata::Shape;
+using strata::Tensor;
+using strata::test::random_tensor;
+using strata::test::registries;
+using strata::test::yaml;
+
+// ------------------------------------------------------------------------------------------------
+// The conformance table
+// ------------------------------------------------------------------------------------------------
+
+struct LayerCase {
+  std::string yaml;           // the layer's config, as in an experiment file
+  std::vector<Shape> inputs;  // input sample shapes (no batch dimension)
+  Shape output;               // expected output sample shape, worked out by hand
+};
+
+std::ostream& operator<<(std::ostream& os, const LayerCase& layer_case) {
+  os << layer_case.yaml << " on";
+  for (const Shape& shape : layer_case.inputs) os << ' ' << shape.str();
+  return os;
+}
+
+// Output sizes follow PyTorch: (in - (d*(k-1)+1) + 2p)/s + 1, floored only with `round: floor`.
+const std::vector<LayerCase> kConformanceCases = {
+    // conv2d: stride 1-3, padding 0-3 and `same`, dilation 1-3, groups 1, 2 and C (depthwise).
+    {"{type: conv2d, out_channels: 3, kernel: 3}", {{2, 7, 7}}, {3, 5, 5}},
+    {"{type: conv2d, out_channels: 4, kernel: 3, padding: same}", {{3, 6, 6}}, {4, 6, 6}},
+    {"{type: conv2d, out_channels: 4, kernel: [3, 2], stride: 2, padding: 1, round: floor}",
+     {{2, 8, 7}},
+     {4, 4, 4}},
+    {"{type: conv2d, out_channels: 2, kernel: 3, stride: 3, padding: 2}", {{2, 8, 8}}, {2, 4, 4}},
+    {"{type: conv2d, out_channels: 4, kernel: 3, dilation: 2, padding: 2}", {{2, 7, 7}}, {4, 7, 7}},
+    {"{type: conv2d, out_channels: 3, kernel: 2, dilation: [2, 3], stride: 2, padding: 3}",
+     {{2, 9, 10}},
+     {3, 7, 7}},
+    {"{type: conv2d, out_channels: 4, kernel: 2, dilation: 3, stride: 3, padding: 1, groups: 2}",
+     {{2, 8, 8}},
+     {4, 3, 3}},
+    {"{type: conv2d, out_channels: 4, kernel: 3, groups: 2, padding: 1}", {{4, 6, 6}}, {4, 6, 6}},
+    {"{type: conv2d, out_channels: 6, kernel: 3, groups: 3, stride: 2, padding: 1, bias: false}",
+     {{3, 7, 7}},
+     {6, 4, 4}},
+    {"{type: conv2d, out_channels: 4, kernel: 3, groups: 4, padding: same}",
+     {{4, 5, 5}},
+     {4, 5, 5}},
+    {"{type: conv2d, out_channels: 2, kernel: 7, padding: 3}", {{1, 5, 5}}, {2, 5, 5}},
+    {"{type: conv2d, out_channels: 3, kernel: 1, stride: 2}", {{4, 5, 5}}, {3, 3, 3}},
+    {"{type: conv2d, out_channels: 2, kernel: [1, 5], padding: [0, 2], stride: [1, 3], "
+     "round: floor}",
+     {{3, 4, 9}},
+     {2, 4, 3}},
+    // max_pool / avg_pool
+    {"{type: max_pool, kernel: 2}", {{3, 6, 6}}, {3, 3, 3}},
+    {"{type: max_pool, kernel: 3, stride: 2, padding: 1}", {{2, 7, 7}}, {2, 4, 4}},
+    {"{type: max_pool, kernel: 3, stride: 1, padding: 1}", {{2, 5, 5}}, {2, 5, 5}},
+    {"{type: max_pool, kernel: [2, 3], stride: [2, 1], round: floor}", {{2, 7, 6}}, {2, 3, 4}},
+    {"{type: max_pool, kernel: 3, stride: 3, round: floor}", {{1, 8, 8}}, {1, 2, 2}},
+    {"{type: avg_pool, kernel: 2}", {{3, 6, 6}}, {3, 3, 3}},
+    {"{type: avg_pool, kernel: 3, stride: 2, padding: 1}", {{2, 7, 7}}, {2, 4, 4}},
+    {"{type: avg_pool, kernel: 3, stride: 2, padding: 1, count_include_pad: false}",
+     {{2, 7, 7}},
+     {2, 4, 4}},
+    {"{type: avg_pool, kernel: [3, 2], stride: [3, 2], padding: [1, 1], round: floor}",
+     {{2, 8, 7}},
+     {2, 3, 4}},
+    // linear (flattens any sample shape)
+    {"{type: linear, out_features: 5}", {{7}}, {5}},
+    {"{type: linear, out_features: 3, bias: false}", {{2, 3, 4}}, {3}},
+    {"{type: linear, out_features: 4}", {{3, 5, 5}}, {4}},
+    // element-wise
+    {"{type: relu}", {{3, 4, 5}}, {3, 4, 5}},
+    {"{type: relu}", {{17}}, {17}},
+    {"{type: leaky_relu}", {{2, 5, 5}}, {2, 5, 5}},
+    {"{type: leaky_relu, negative_slope: 0.2}", {{3, 4, 4}}, {3, 4, 4}},
+    {"{type: tanh}", {{3, 4, 4}}, {3, 4, 4}},
+    {"{type: sigmoid}", {{3, 4, 4}}, {3, 4, 4}},
+    {"{type: swish}", {{3, 4, 4}}, {3, 4, 4}},
+    // shape and regularisation
+    {"{type: flatten}", {{2, 3, 4}}, {24}},
+    {"{type: flatten}", {{5}}, {5}},
+    {"{type: dropout, keep_prob: 0.7}", {{3, 5, 5}}, {3, 5, 5}},
+    {"{type: dropout}", {{20}}, {20}},
+    {"{type: dropout, keep_prob: 1}", {{4}}, {4}},
+};
+
+std::string case_type(const LayerCase& layer_case) {
+  return yaml(layer_case.yaml).get<std::string>("type");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Helpers
+// ------------------------------------------------------------------------------------------------
+
+// A layer set up on one backend, with that backend's execution policy.
+struct Instance {
+  std::shared_ptr<Layer> layer;
+  std::shared_ptr<strata::Backend> backend;
+  Shape output;  // sample shape from setup()
+};
+
+Instance make_layer(const std::string& layer_yaml, const std::vector<Shape>& inputs,
+                    const std::string& backend_name) {
+  auto& r = registries();
+  const std::string type = yaml(layer_yaml).get<std::string>("type");
+  BOOST_TEST_REQUIRE(r.layers.contains(type), "layer type '"
+                                                  << type
+                                                  << "' is in the conformance table but no "
+                                                     "loaded plugin registers it");
+  BOOST_TEST_REQUIRE(r.backends.contains(backend_name),
+                     "backend '" << backend_name << "' is not registered (is its plugin built?)");
+  Instance instance;
+  instance.layer = r.layers.create(yaml(layer_yaml));
+  instance.layer->set_name("l");
+  const SetupContext setup(r.kernels, backend_name, "l");
+  instance.output = instance.layer->setup(setup, inputs);
+  instance.backend = r.backends.create(backend_name, Config{});
+  instance.backend->set_threads(0);
+  return instance;
+}
+
+Instance make_layer(const LayerCase& layer_case, const std::string& backend_name) {
+  return make_layer(layer_case.yaml, layer_case.inputs, backend_name);
+}
+
+std::vector<Shape> batched(const std::vector<Shape>& samples, int64_t batch) {
+  std::vector<Shape> shapes;
+  for (const Shape& shape : samples) shapes.push_back(shape.with_batch(batch));
+  return shapes;
+}
+
+void randomize_params(Layer& layer, Rng& rng) {
+  for (Param* param : layer.params())
+    param->value.copy_from(random_tensor(param->value.shape(), rng));
+}
+
+// Runs forward with a freshly seeded Rng, so stochastic layers (dropout) draw the same mask on
+// every call with the same seed. The output buffer is pre-filled with NaN: a layer that reads its
+// output before writing it, or leaves part of it unwritten, produces NaNs that the checks see.
+Tensor run_forward(Instance& instance, const std::vector<Tensor>& inputs, bool training,
+                   uint32_t seed) {
+  Rng rng(seed);
+  Context context{training, &rng, instance.backend.get()};
+  Tensor out(instance.output.with_batch(inputs.at(0).dim(0)));
+  out.fill(std::numeric_limits<float>::quiet_NaN());
+  instance.layer->forward(context, inputs, out);
+  return out;
+}
+
+// backward() into NaN-filled input and parameter gradients (they must be overwritten, never
+// accumulated). `want_input_grads` false passes undefined din tensors (nobody needs them).
+std::vector<Tensor> run_backward(Instance& instance, const std::vector<Tensor>& inputs,
+                                 const Tensor& out, const Tensor& dout, bool training,
+                                 uint32_t seed, bool want_input_grads = true) {
+  Rng rng(seed);
+  Context context{training, &rng, instance.backend.get()};
+  std::vector<Tensor> din;
+  for (const Tensor& x : inputs) {
+    din.push_back(want_input_grads ? Tensor(x.shape()) : Tensor());
+    if (want_input_grads) din.back().fill(std::numeric_limits<float>::quiet_NaN());
+  }
+  for (Param* param : instance.layer->params()) {
+    param->grad.fill(std::numeric_limits<float>::quiet_NaN());
+  }
+  instance.layer->backward(context, inputs, out, dout, din);
+  return din;
+}
+
+double dot(const Tensor& a, const Tensor& b) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    sum += static_cast<double>(a.data()[i]) * static_cast<double>(b.data()[i]);
+  }
+  return sum;
+}
+
+bool all_finite(const Tensor& t) {
+  return std::all_of(t.span().begin(), t.span().end(), [](float v) { return std::isfinite(v); });
+}
+
+float max_abs(const Tensor& t) {
+  float m = 0.0f;
+  for (float v : t.span()) m = std::max(m, std::abs(v));
+  return m;
+}
+
+// |a - b| over all elements, NaN-aware: any non-finite element makes the result +inf.
+float max_abs_diff(const Tensor& a, const Tensor& b) {
+  BOOST_TEST_REQUIRE(a.numel() == b.numel());
+  float worst = 0.0f;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const float d = std::abs(a.data()[i] - b.data()[i]);
+    if (!std::isfinite(d)) return std::numeric_limits<float>::infinity();
+    worst = std::max(worst, d);
+  }
+  return worst;
+}
+
+// Inputs for the gradient check: a shuffled grid of distinct values in [-2, 2] with spacing s,
+// none closer than s/2 to zero. A central difference with eps <= s/4 therefore never crosses a
+// kink of relu/leaky_relu (at 0) nor changes which element of a max-pool window is the maximum
+// (values differ by >= s > 2 eps), so every difference sees a smooth function.
+Tensor kink_free_tensor(const Shape& shape, Rng& rng, double* spacing) {
+  Tensor t(shape);
+  const int64_t n = t.numel();
+  *spacing = 4.0 / static_cast<double>(n);
+  std::vector<int64_t> order(static_cast<std::size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  for (int64_t i = 0; i < n; ++i) {
+    const double k = static_cast<double>(order[static_cast<std::size_t>(i)]);
+    t.data()[i] = static_cast<float>(-2.0 + (k + 0.5) * *spacing);
+  }
+  return t;
+}
+
+uint32_t case_seed(const LayerCase& layer_case) {
+  return static_cast<uint32_t>(std::hash<std::string>{}(layer_case.yaml) & 0x7fffffff);
+}
+
+// ------------------------------------------------------------------------------------------------
+// 1. Numerical gradient check
+// ------------------------------------------------------------------------------------------------
+//
+// Objective L = sum(out * R) with R ~ U(-1, 1), so dL/dout = R and backward(dout = R) must give
+// dL/din and dL/dparam. Each element v is checked against the central difference
+//   (L(v + eps) - L(v - eps)) / ((v + eps) - (v - eps)),
+// the denominator being the perturbation as actually stored in float. L is summed in double from
+// the float outputs; the layer is deterministic, so outputs v does not touch cancel exactly and
+// only the rounding of the affected outputs (~1e-7 relative each) divided by 2 eps remains.
+//
+//   inputs:     eps = min(1e-2, s/4) on the kink-free grid above (s = 4/numel, so eps >= 1e-3
+//               for inputs up to 1000 elements): float noise ~1e-4 relative at worst.
+//   parameters: eps = 1e-2 on U(-1, 1) values. Every layer here is linear in its parameters, so
+//               the difference has no truncation error, and the larger eps keeps noise small.
+//   tolerance:  |numerical - analytic| <= 3e-3 * (|analytic| + rms(analytic gradient)) + 1e-6.
+//               The rms term keeps elements whose gradient is nearly cancelled from failing on
+//               absolute noise. Over this table the worst observed ratio |num - ana| / (|ana| +
+//               rms) is ~1e-4 (conv2d with groups), so the bound leaves a 30x margin, while a 1%
+//               error in a derivative fails, and an indexing bug (an error of the order of the
+//               gradient itself) fails by orders of magnitude. Smooth layers (tanh, sigmoid,
+//               swish) add a truncation error eps^2 |f'''| / 6 < 2e-5, far below it.
+//
+// Stochastic layers run in training mode with the Rng reseeded before every forward, so dropout
+// draws the same mask for every evaluation and is checked as the linear map it then is.
+
+struct GradientReport {
+  int64_t checked = 0;
+  int64_t failed = 0;
+  std::string first_failures;
+};
+
+void compare_gradient(const std::string& what, int64_t index, double numerical, double analytic,
+                      double rms, GradientReport& report) {
+  ++report.checked;
+  const double error = std::abs(numerical - analytic);
+  if (std::isfinite(numerical) && std::isfinite(analytic) &&
+      error <= 3e-3 * (std::abs(analytic) + rms) + 1e-6) {
+    return;
+  }
+  if (++report.failed <= 5) {
+    report.first_failures += fmt::format("\n  {}[{}]: numerical {:.6g}, backward {:.6g}", what,
+                                         index, numerical, analytic);
+  }
+}
+
+double rms(const Tensor& t) {
+  double sum = 0.0;
+  for (float v : t.span()) sum += static_cast<double>(v) * v;
+  return t.numel() == 0 ? 0.0 : std::sqrt(sum / static_cast<double>(t.numel()));
+}
+
+// Checks every element of `values` (an input or a parameter) against `analytic`.
+void check_tensor_gradient(const std::string& what, Tensor values, const Tensor& analytic,
+                           double eps, const std::function<double()>& objective,
+                           GradientReport& report) {
+  BOOST_TEST_REQUIRE(all_finite(analytic), what << ": backward left NaN or inf in the gradient");
+  const double scale = rms(analytic);
+  for (int64_t i = 0; i < values.numel(); ++i) {
+    float& v = values.data()[i];
+    const float saved = v;
+    v = static_cast<float>(saved + eps);
+    const double step_up = v;
+    const double plus = objective();
+    v = static_cast<float>(saved - eps);
+    const double step_down = v;
+    const double minus = objective();
+    v = saved;
+    compare_gradient(what, i, (plus - minus) / (step_up - step_down), analytic.data()[i], scale,
+                     report);
+  }
+}
+
+BOOST_AUTO_TEST_SUITE(conformance)
+
+BOOST_DATA_TEST_CASE(gradients, boost::unit_test::data::make(kConformanceCases), layer_case) {
+  constexpr int64_t kBatch = 2;
+  constexpr bool kTraining = true;
+  const uint32_t seed = case_seed(layer_case);
+  Rng rng(seed);
+  Instance instance = make_layer(layer_case, "reference");
+
+  // Shape inference.
+  BOOST_TEST(instance.output == layer_case.output,
+             "setup() gives " << instance.output.str() << ", expected " << layer_case.output.str());
+  BOOST_TEST_REQUIRE(instance.layer->output_shape() == instance.output);
+
+  double min_spacing = 1.0;
+  std::vector<Tensor> inputs;
+  for (const Shape& shape : batched(layer_case.inputs, kBatch)) {
+    double spacing = 0.0;
+    inputs.push_back(kink_free_tensor(shape, rng, &spacing));
+    min_spacing = std::min(min_spacing, spacing);
+  }
+  randomize_params(*instance.layer, rng);
+
+  const Tensor out = run_forward(instance, inputs, kTraining, seed);
+  BOOST_TEST_REQUIRE(out.shape() == layer_case.output.with_batch(kBatch));
+  BOOST_TEST_REQUIRE(all_finite(out), "forward left NaN or inf in its output");
+  const Tensor weights = random_tensor(out.shape(), rng);
+
+  // Analytic gradients, then the same backward without input gradients: the parameter gradients
+  // must not change (an undefined din means "skip", not "skip everything").
+  const std::vector<Tensor> din = run_backward(instance, inputs, out, weights, kTraining, seed);
+  std::vector<Tensor> param_grads;
+  for (Param* param : instance.layer->params()) param_grads.push_back(param->grad.clone());
+  run_backward(instance, inputs, out, weights, kTraining, seed, /*want_input_grads=*/false);
+  for (std::size_t p = 0; p < param_grads.size(); ++p) {
+    const Param& param = *instance.layer->params()[p];
+    BOOST_TEST(max_abs_diff(param.grad, param_grads[p]) == 0.0f,
+               param.name << " gradient changes when din is not wanted");
+  }
+
+  auto objective = [&] { return dot(run_forward(instance, inputs, kTraining, seed), weights); };
+  GradientReport report;
+  const double input_eps = std::min(1e-2, min_spacing / 4.0);
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    check_tensor_gradient(fmt::format("input{}", i), inputs[i], din[i], input_eps, objective,
+                          report);
+  }
+  for (std::size_t p = 0; p < param_grads.size(); ++p) {
+    Param& param = *instance.layer->params()[p];
+    check_tensor_gradient(param.name, param.value, param_grads[p], 1e-2, objective, report);
+  }
+  BOOST_TEST(report.failed == 0, report.failed << " of " << report.checked
+                                               << " gradient elements disagree with central "
+                                                  "differences:"
+                                               << report.first_failures);
+  BOOST_TEST(report.checked > 0);
+}
+
+// ------------------------------------------------------------------------------------------------
+// 2. Backends agree with the reference
+// ------------------------------------------------------------------------------------------------
+//
+// The same layer is set up on "reference" and on "tbb" with identical parameters, then both run
+// forward and backward on the same random inputs. The batch is large enough (>= 50K input
+// elements, up to N = 64) that tbb's parallel loops really split the work. Tolerance: max |tbb -
+// reference| <= 1e-4 * max(1, max |reference|) per tensor. The reference sums in double; a float
+// kernel summing K terms in another order is off by ~sqrt(K) * 6e-8 relative (K <= ~5000 here,
+// so ~5e-6), 20x below the bound, while an indexing or border bug gives O(1) relative errors.
+
+BOOST_DATA_TEST_CASE(backends_agree, boost::unit_test::data::make(kConformanceCases), layer_case) {
+  const uint32_t seed = case_seed(layer_case) + 1;
+  Rng rng(seed);
+  Instance reference = make_layer(layer_case, "reference");
+  Instance tbb = make_layer(layer_case, "tbb");
+  BOOST_TEST_REQUIRE(tbb.output == reference.output);
+
+  int64_t sample_elements = 0;
+  for (const Shape& shape : layer_case.inputs) sample_elements += shape.numel();
+  const int64_t batch = std::clamp<int64_t>((50000 + sample_elements - 1) / sample_elements, 2, 64);
+
+  randomize_params(*reference.layer, rng);
+  const auto reference_params = reference.layer->params();
+  const auto tbb_params = tbb.layer->params();
+  BOOST_TEST_REQUIRE(reference_params.size() == tbb_params.size());
+  for (std::size_t p = 0; p < tbb_params.size(); ++p) {
+    tbb_params[p]->value.copy_from(reference_params[p]->value);
+  }
+
+  std::vector<Tensor> inputs;
+  for (const Shape& shape : batched(layer_case.inputs, batch)) {
+    inputs.push_back(random_tensor(shape, rng));
+  }
+  auto check = [](const std::string& what, const Tensor& got, const Tensor& want) {
+    BOOST_TEST_REQUIRE(got.shape() == want.shape());
+    const float tolerance = 1e-4f * std::max(1.0f, max_abs(want));
+    const float diff = max_abs_diff(got, want);
+    BOOST_TEST(diff <= tolerance, what << ": tbb differs from reference by " << diff
+                                       << " (tolerance " << tolerance << ")");
+  };
+
+  const Tensor reference_out = run_forward(reference, inputs, true, seed);
+  const Tensor tbb_out = run_forward(tbb, inputs, true, seed);
+  check("forward", tbb_out, reference_out);
+
+  const Tensor dout = random_tensor(reference_out.shape(), rng);
+  const auto reference_din = run_backward(reference, inputs, reference_out, dout, true, seed);
+  const auto tbb_din = run_backward(tbb, inputs, tbb_out, dout, true, seed);
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    check(fmt::format("input{} gradient", i), tbb_din[i], reference_din[i]);
+  }
+  for (std::size_t p = 0; p < tbb_params.size(); ++p) {
+    check(reference_params[p]->name + " gradient", tbb_params[p]->grad, reference_params[p]->grad);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// 3. Batch independence (inference mode)
+// ------------------------------------------------------------------------------------------------
+//
+// The graph hands layers batch_slice() views (an offset into a larger buffer) and a smaller last
+// batch. In inference mode every layer here maps each sample on its own, so sample 2 of a batch
+// of 3, run alone as a view into the batch, must give the same output. Tolerance 1e-6 relative to
+// the largest output: a backend may split work differently for another batch size.
+
+BOOST_DATA_TEST_CASE(samples_are_independent, boost::unit_test::data::make(kConformanceCases),
+                     layer_case) {
+  const uint32_t seed = case_seed(layer_case) + 3;
+  for (const std::string backend : {"reference", "tbb"}) {
+    Rng rng(seed);
+    Instance instance = make_layer(layer_case, backend);
+    randomize_params(*instance.layer, rng);
+    std::vector<Tensor> batch, single;
+    for (const Shape& shape : batched(layer_case.inputs, 3)) {
+      batch.push_back(random_tensor(shape, rng));
+      single.push_back(batch.back().batch_slice(2, 3));
+    }
+    const Tensor all = run_forward(instance, batch, false, seed);
+    const Tensor one = run_forward(instance, single, false, seed);
+    const float tolerance = 1e-6f * std::max(1.0f, max_abs(all));
+    BOOST_TEST(max_abs_diff(one, all.batch_slice(2, 3)) <= tolerance,
+               backend << ": sample 2 alone differs from sample 2 in the batch");
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// 4. Checkpoint round trip
+// ------------------------------------------------------------------------------------------------
+//
+// Parameters and buffers go into a Checkpoint as "<layer>/<name>", through save_checkpoint into an
+// HDF5 file, and back with load_checkpoint_tensors into a freshly created layer whose parameters
+// start different. Both layers must then produce bit-identical outputs (inference mode).
+
+std::vector<strata::NamedTensor> state_of(Layer& layer) {
+  std::vector<strata::NamedTensor> state;
+  for (Param* param : layer.params())
+    state.push_back({layer.name() + "/" + param->name, param->value});
+  for (strata::NamedTensor& buffer : layer.buffers()) {
+    state.push_back({layer.name() + "/" + buffer.name, buffer.tensor});
+  }
+  return state;
+}
+
+BOOST_DATA_TEST_CASE(checkpoint_round_trip, boost::unit_test::data::make(kConformanceCases),
+                     layer_case) {
+  const uint32_t seed = case_seed(layer_case) + 2;
+  Rng rng(seed);
+  strata::test::TempDir dir;
+  const auto path = dir / "model.h5";
+
+  Instance saved = make_layer(layer_case, "reference");
+  randomize_params(*saved.layer, rng);
+  strata::Checkpoint checkpoint;
+  checkpoint.model = state_of(*saved.layer);
+  checkpoint.experiment_yaml = layer_case.yaml;
+  strata::save_checkpoint(path, checkpoint);
+
+  Instance loaded = make_layer(layer_case, "reference");
+  randomize_params(*loaded.layer, rng);  // so that a load that does nothing cannot pass
+  std::vector<strata::NamedTensor> into = state_of(*loaded.layer);
+  strata::load_checkpoint_tensors(path, "model", into);
+  // load_checkpoint_tensors may fill the given storage or hand back new tensors; either way the
+  // layer's own tensors must end up holding the file's values.
+  std::vector<strata::NamedTensor> targets = state_of(*loaded.layer);
+  for (std::size_t i = 0; i < into.size(); ++i) {
+    if (!into[i].tensor.same_storage(targets[i].tensor))
+      targets[i].tensor.copy_from(into[i].tensor);
+    BOOST_TEST(max_abs_diff(targets[i].tensor, checkpoint.model[i].tensor) == 0.0f,
+               into[i].name << " differs after the round trip");
+  }
+
+  std::vector<Tensor> inputs;
+  for (const Shape& shape : batched(layer_case.inputs, 3))
+    inputs.push_back(random_tensor(shape, rng));
+  const Tensor expected = run_forward(saved, inputs, false, seed);
+  const Tensor actual = run_forward(loaded, inputs, false, seed);
+  BOOST_TEST(max_abs_diff(actual, expected) == 0.0f, "the reloaded layer computes another output");
+}
+
+// A new layer plugin must add itself to the table above: this fails otherwise.
+BOOST_AUTO_TEST_CASE(every_registered_layer_has_a_case) {
+  std::set<std::string> covered;
+  for (const LayerCase& layer_case : kConformanceCases) covered.insert(case_type(layer_case));
+  const auto types = registries().layers.types();
+  BOOST_TEST_REQUIRE(!types.empty(), "no layer plugin was loaded");
+  for (const std::string& type : types) {
+    const auto& owner = registries().layers.entries().at(type).owner;
+    BOOST_TEST(covered.count(type) == 1u, "layer type '" << type << "' (plugin '" << owner->name
+                                                         << "') has no case in the conformance "
+                                                            "table of tests/test_layers.cpp");
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// Layer specifics
+// ------------------------------------------------------------------------------------------------
+
+// The message of the Error `body` throws ("" when it throws nothing).
+template <class F>
+std::string error_of(F&& body) {
+  try {
+    body();
+  } catch (const strata::Error& error) {
+    return error.what();
+  }
+  return "";
+}
+
+std::string setup_error(const std::string& layer_yaml, const Shape& input) {
+  return error_of([&] { make_layer(layer_yaml, {input}, "reference"); });
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+BOOST_AUTO_TEST_SUITE(geometry)
+
+BOOST_AUTO_TEST_CASE(round_exact_names_the_arithmetic) {
+  const std::string message =
+      setup_error("{type: conv2d, out_channels: 2, kernel: 3, stride: 3}", {1, 7, 7});
+  BOOST_TEST(contains(message,
+                      "output height (7 - 3 + 2*0)/3 + 1 = 2.33 is not a whole number; "
+                      "choose stride/padding that fit, or set round: floor"),
+             message);
+  BOOST_TEST(contains(message, "layer 'l' (conv2d, input [1, 7, 7])"), message);
+
+  // Height fits, width does not: the message names the width and its own numbers.
+  const std::string width =
+      setup_error("{type: conv2d, out_channels: 2, kernel: 3, stride: 3}", {1, 9, 7});
+  BOOST_TEST(contains(width, "output width (7 - 3 + 2*0)/3 + 1 = 2.33 is not a whole number"),
+             width);
+
+  // Dilation and padding appear in the formula, with the dilated extent explained.
+  const std::string dilated = setup_error(
+      "{type: conv2d, out_channels: 2, kernel: 3, dilation: 2, padding: 1, stride: 2}", {1, 8, 8});
+  BOOST_TEST(contains(dilated, "(8 - 5 + 2*1)/2 + 1 = 3.50 is not a whole number"), dilated);
+  BOOST_TEST(contains(dilated, "5 = 2*(3 - 1) + 1"), dilated);
+
+  const std::string pool = setup_error("{type: max_pool, kernel: 2}", {3, 7, 8});
+  BOOST_TEST(contains(pool, "output height (7 - 2 + 2*0)/2 + 1 = 3.50 is not a whole number"),
+             pool);
+}
+
+BOOST_AUTO_TEST_CASE(window_larger_than_input) {
+  const std::string message = setup_error("{type: conv2d, out_channels: 2, kernel: 5}", {1, 3, 8});
+  BOOST_TEST(contains(message, "output height (3 - 5 + 2*0)/1 + 1 = -1 is less than 1"), message);
+  const std::string floor =
+      setup_error("{type: max_pool, kernel: 4, stride: 2, round: floor}", {1, 3, 8});
+  BOOST_TEST(contains(floor, "is less than 1"), floor);
+}
+
+BOOST_AUTO_TEST_CASE(round_floor_matches_pytorch) {
+  // PyTorch: floor((in + 2p - d(k-1) - 1)/s) + 1.
+  //   nn.Conv2d(1, 2, 3, stride=3)(7x7) -> 2x2
+  //   nn.Conv2d(1, 2, 3, stride=2, padding=1, dilation=2)(10x10) -> floor(7/2) + 1 = 4
+  //   nn.MaxPool2d(3, stride=2)(8x8) -> 3
+  //   nn.AvgPool2d((3, 2), stride=(2, 3), padding=(1, 0))(8x9) -> 4 x 3
+  struct Expect {
+    std::string yaml;
+    Shape input, output;
+  };
+  const std::vector<Expect> cases = {
+      {"{type: conv2d, out_channels: 2, kernel: 3, stride: 3, round: floor}", {1, 7, 7}, {2, 2, 2}},
+      {"{type: conv2d, out_channels: 2, kernel: 3, stride: 2, padding: 1, dilation: 2, "
+       "round: floor}",
+       {1, 10, 10},
+       {2, 4, 4}},
+      {"{type: max_pool, kernel: 3, stride: 2, round: floor}", {2, 8, 8}, {2, 3, 3}},
+      {"{type: avg_pool, kernel: [3, 2], stride: [2, 3], padding: [1, 0], round: floor}",
+       {2, 8, 9},
+       {2, 4, 3}},
+  };
+  for (const Expect& expect : cases) {
+    const Instance instance = make_layer(expect.yaml, {expect.input}, "reference");
+    BOOST_TEST(instance.output == expect.output,
+               expect.yaml << ": " << instance.output.str() << " != " << expect.output.str());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(padding_same) {
+  Rng rng(7);
+  // Odd kernels, with dilation: `same` pads (d(k-1))/2 on each side and keeps the size.
+  const Instance square = make_layer("{type: conv2d, out_channels: 3, kernel: 3, padding: same}",
+                                     {{2, 9, 11}}, "reference");
+  BOOST_TEST(square.output == (Shape{3, 9, 11}));
+  Instance same =
+      make_layer("{type: conv2d, out_channels: 3, kernel: [5, 3], dilation: 2, padding: same}",
+                 {{2, 9, 11}}, "reference");
+  BOOST_TEST(same.output == (Shape{3, 9, 11}));
+  // ... and computes what explicit padding [4, 2] computes.
+  Instance explicit_padding =
+      make_layer("{type: conv2d, out_channels: 3, kernel: [5, 3], dilation: 2, padding: [4, 2]}",
+                 {{2, 9, 11}}, "reference");
+  randomize_params(*same.layer, rng);
+  for (std::size_t p = 0; p < same.layer->params().size(); ++p) {
+    explicit_padding.layer->params()[p]->value.copy_from(same.layer->params()[p]->value);
+  }
+  const std::vector<Tensor> inputs = {random_tensor({2, 2, 9, 11}, rng)};
+  BOOST_TEST(max_abs_diff(run_forward(same, inputs, false, 1),
+                          run_forward(explicit_padding, inputs, false, 1)) == 0.0f);
+
+  // Rejected with the reason and the key's position.
+  const std::string strided = error_of([] {
+    registries().layers.create(
+        yaml("{type: conv2d, out_channels: 3, kernel: 3, stride: 2, padding: same}"));
+  });
+  BOOST_TEST(
+      (contains(strided, "<test>:1:") && contains(strided, "padding: 'same' needs stride 1")),
+      strided);
+  const std::string even = error_of([] {
+    registries().layers.create(yaml("{type: conv2d, out_channels: 3, kernel: 4, padding: same}"));
+  });
+  BOOST_TEST((contains(even, "'same' needs an odd kernel extent") && contains(even, "spans 4")),
+             even);
+  const std::string typo = error_of([] {
+    registries().layers.create(yaml("{type: conv2d, out_channels: 3, kernel: 3, padding: valid}"));
+  });
+  BOOST_TEST(contains(typo, "expected an integer, a list [height, width] or 'same', found 'valid'"),
+             typo);
+}
+
+BOOST_AUTO_TEST_CASE(conv2d_config_errors) {
+  const std::string groups =
+      setup_error("{type: conv2d, out_channels: 4, kernel: 3, groups: 2}", {3, 5, 5});
+  BOOST_TEST(contains(groups, "input channels 3 are not divisible by groups 2"), groups);
+  const std::string out_groups = error_of([] {
+    registries().layers.create(yaml("{type: conv2d, out_channels: 3, kernel: 1, groups: 2}"));
+  });
+  BOOST_TEST(contains(out_groups, "out_channels 3 is not divisible by groups 2"), out_groups);
+  const std::string missing =
+      error_of([] { registries().layers.create(yaml("{type: conv2d, out_channels: 3}")); });
+  BOOST_TEST(contains(missing, "missing required key 'kernel'"), missing);
+  const std::string rank = setup_error("{type: conv2d, out_channels: 3, kernel: 1}", {12});
+  BOOST_TEST(contains(rank, "expects an image sample [channels, height, width], got [12]"), rank);
+  const std::string triple = error_of([] {
+    registries().layers.create(yaml("{type: conv2d, out_channels: 3, kernel: [3, 3, 3]}"));
+  });
+  BOOST_TEST(contains(triple, "kernel: expected an integer or a list [height, width]"), triple);
+  const std::string round = error_of([] {
+    registries().layers.create(yaml("{type: conv2d, out_channels: 3, kernel: 3, round: ceil}"));
+  });
+  BOOST_TEST(contains(round, "round: expected 'exact' or 'floor', found 'ceil'"), round);
+  const std::string typo = error_of([] {
+    registries().layers.create(yaml("{type: conv2d, out_channels: 3, kernel: 3, stirde: 2}"));
+  });
+  BOOST_TEST((contains(typo, "unknown key 'stirde'") && contains(typo, "stride")), typo);
+  const std::string pool_pad =
+      error_of([] { registries().layers.create(yaml("{type: avg_pool, kernel: 2, padding: 2}")); });
+  BOOST_TEST(contains(pool_pad, "padding 2 is more than half the kernel 2"), pool_pad);
+  const std::string max_only = error_of([] {
+    registries().layers.create(yaml("{type: max_pool, kernel: 2, count_include_pad: false}"));
+  });
+  BOOST_TEST(contains(max_only, "unknown key 'count_include_pad'"), max_only);
+}
+
+// Direct evaluation of the conv2d and avg_pool definitions, to check that the layers hand their
+// geometry (per-axis kernel, stride, padding, dilation, groups) to the kernel correctly: the
+// gradient check alone would accept a consistently wrong geometry with the right output size.
+BOOST_AUTO_TEST_CASE(conv2d_matches_its_definition) {
+  Rng rng(11);
+  Instance conv = make_layer(
+      "{type: conv2d, out_channels: 4, kernel: [3, 2], stride: [2, 1], padding: [1, 0], "
+      "dilation: [1, 2], groups: 2}",
+      {{4, 7, 6}}, "reference");
+  BOOST_TEST_REQUIRE(conv.output == (Shape{4, 4, 4}));
+  randomize_params(*conv.layer, rng);
+  const Tensor x = random_tensor({2, 4, 7, 6}, rng);
+  const Tensor y = run_forward(conv, {x}, false, 1);
+  const Tensor& w = conv.layer->params()[0]->value;  // [4, 2, 3, 2]
+  const Tensor& b = conv.layer->params()[1]->value;
+  float worst = 0.0f;
+  for (int64_t n = 0; n < 2; ++n) {
+    for (int64_t k = 0; k < 4; ++k) {
+      for (int64_t i = 0; i < 4; ++i) {
+        for (int64_t j = 0; j < 4; ++j) {
+          double sum = b.data()[k];
+          for (int64_t c = 0; c < 2; ++c) {
+            const int64_t channel = (k / 2) * 2 + c;
+            for (int64_t r = 0; r < 3; ++r) {
+              for (int64_t s = 0; s < 2; ++s) {
+                const int64_t h = i * 2 - 1 + r, col = j - 0 + s * 2;
+                if (h < 0 || h >= 7 || col < 0 || col >= 6) continue;
+                sum += static_cast<double>(w.data()[((k * 2 + c) * 3 + r) * 2 + s]) *
+                       x.data()[((n * 4 + channel) * 7 + h) * 6 + col];
+              }
+            }
+          }
+          const float got = y.data()[((n * 4 + k) * 4 + i) * 4 + j];
+          worst = std::max(worst, static_cast<float>(std::abs(got - sum)));
+        }
+      }
+    }
+  }
+  BOOST_TEST(worst < 1e-5f);
+}
+
+BOOST_AUTO_TEST_CASE(avg_pool_matches_its_definition) {
+  Rng rng(12);
+  for (const bool include_pad : {true, false}) {
+    Instance pool = make_layer(fmt::format("{{type: avg_pool, kernel: [3, 2], stride: [2, 1], "
+                                           "padding: [1, 1], count_include_pad: {}}}",
+                                           include_pad),
+                               {{2, 5, 4}}, "reference");
+    BOOST_TEST_REQUIRE(pool.output == (Shape{2, 3, 5}));
+    const Tensor x = random_tensor({1, 2, 5, 4}, rng);
+    const Tensor y = run_forward(pool, {x}, false, 1);
+    float worst = 0.0f;
+    for (int64_t c = 0; c < 2; ++c) {
+      for (int64_t i = 0; i < 3; ++i) {
+        for (int64_t j = 0; j < 5; ++j) {
+          double sum = 0.0;
+          int count = 0;
+          for (int64_t r = 0; r < 3; ++r) {
+            for (int64_t s = 0; s < 2; ++s) {
+              const int64_t h = i * 2 - 1 + r, col = j - 1 + s;
+              if (h < 0 || h >= 5 || col < 0 || col >= 4) continue;
+              sum += x.data()[(c * 5 + h) * 4 + col];
+              ++count;
+            }
+          }
+          const double expected = sum / (include_pad ? 6.0 : count);
+          worst = std::max(worst,
+                           static_cast<float>(std::abs(y.data()[(c * 3 + i) * 5 + j] - expected)));
+        }
+      }
+    }
+    BOOST_TEST(worst < 1e-6f, "count_include_pad " << include_pad);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(linear_flattens_in_chw_order) {
+  // weight row o is w[o, i]; the input sample [2, 2, 2] flattened row-major is x[(c*2 + h)*2 + w].
+  Instance linear = make_layer("{type: linear, out_features: 2}", {{2, 2, 2}}, "reference");
+  Param& weight = *linear.layer->params()[0];
+  Param& bias = *linear.layer->params()[1];
+  BOOST_TEST_REQUIRE(weight.value.shape() == (Shape{2, 8}));
+  BOOST_TEST(weight.fan_in == 8);
+  BOOST_TEST(bias.decay_mult == 0.0f);
+  for (int64_t i = 0; i < 16; ++i) weight.value.data()[i] = static_cast<float>(i < 8 ? i : -1);
+  bias.value.data()[0] = 0.5f;
+  bias.value.data()[1] = -0.25f;
+  Tensor x({1, 2, 2, 2});
+  for (int64_t i = 0; i < 8; ++i) x.data()[i] = static_cast<float>(i + 1);
+  const Tensor y = run_forward(linear, {x}, false, 1);
+  // sum_i i*(i+1) for i < 8 = 168; sum_i -(i+1) = -36.
+  BOOST_TEST(y.data()[0] == 168.5f);
+  BOOST_TEST(y.data()[1] == -36.25f);
+}
+
+BOOST_AUTO_TEST_CASE(conv2d_parameters_and_fans) {
+  Instance conv = make_layer("{type: conv2d, out_channels: 6, kernel: [3, 2], groups: 3}",
+                             {{3, 5, 5}}, "reference");
+  const auto params = conv.layer->params();
+  BOOST_TEST_REQUIRE(params.size() == 2u);
+  BOOST_TEST(params[0]->name == "weight");
+  BOOST_TEST(params[0]->value.shape() == (Shape{6, 1, 3, 2}));
+  BOOST_TEST(params[0]->default_init == "he_normal");
+  BOOST_TEST(params[0]->fan_in == 1 * 3 * 2);
+  BOOST_TEST(params[0]->fan_out == 2 * 3 * 2);
+  BOOST_TEST(params[0]->decay_mult == 1.0f);
+  BOOST_TEST(params[1]->name == "bias");
+  BOOST_TEST(params[1]->value.shape() == (Shape{6}));
+  BOOST_TEST(params[1]->default_init == "constant");
+  BOOST_TEST(params[1]->decay_mult == 0.0f);
+  Instance no_bias = make_layer("{type: conv2d, out_channels: 2, kernel: 1, bias: false}",
+                                {{3, 5, 5}}, "reference");
+  BOOST_TEST(no_bias.layer->params().size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(flatten_aliases_when_it_may) {
+  Instance flatten = make_layer("{type: flatten}", {{2, 3, 4}}, "reference");
+  Rng rng(3);
+  const Tensor x = random_tensor({2, 2, 3, 4}, rng);
+  Context context{false, &rng, flatten.backend.get()};
+  Tensor view;  // undefined: the layer may return a view of its input
+  flatten.layer->forward(context, std::vector<Tensor>{x}, view);
+  BOOST_TEST(view.same_storage(x));
+  BOOST_TEST(view.shape() == (Shape{2, 24}));
+  const Tensor copy = run_forward(flatten, {x}, false, 1);  // caller-owned buffer: a copy
+  BOOST_TEST(!copy.same_storage(x));
+  BOOST_TEST(max_abs_diff(copy, x.view({2, 24})) == 0.0f);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// Dropout
+// ------------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(dropout)
+
+BOOST_AUTO_TEST_CASE(keep_prob_is_validated) {
+  for (const char* bad : {"0", "-0.1", "1.5", "half"}) {
+    const std::string message = error_of([&] {
+      registries().layers.create(yaml(fmt::format("{{type: dropout, keep_prob: {}}}", bad)));
+    });
+    BOOST_TEST(contains(message, "keep_prob"), bad << ": " << message);
+    if (std::string(bad) != "half") {
+      BOOST_TEST((contains(message, "must be in (0, 1]") &&
+                  contains(message, "probability of keeping a unit")),
+                 message);
+    }
+  }
+  // PyTorch's key is not silently accepted.
+  const std::string torch_key =
+      error_of([] { registries().layers.create(yaml("{type: dropout, p: 0.5}")); });
+  BOOST_TEST(contains(torch_key, "unknown key 'p'"), torch_key);
+  BOOST_CHECK_NO_THROW(registries().layers.create(yaml("{type: dropout, keep_prob: 1}")));
+}
+
+// Training mode, statistically: each element is kept with probability keep_prob and scaled by
+// 1/keep_prob, so the mean is preserved; backward applies exactly the forward's mask.
+BOOST_AUTO_TEST_CASE(training_statistics_and_mask) {
+  constexpr double kKeep = 0.7;
+  constexpr int64_t kCount = 1 << 18;
+  Instance dropout = make_layer("{type: dropout, keep_prob: 0.7}", {{kCount}}, "tbb");
+  Rng rng(5);
+  const Tensor x = random_tensor({1, kCount}, rng, 0.5f, 1.5f);
+  const Tensor y = run_forward(dropout, {x}, true, 99);
+  int64_t kept = 0;
+  double sum_x = 0.0, sum_y = 0.0;
+  bool exact = true;
+  const auto scale = static_cast<float>(1.0 / kKeep);
+  for (int64_t i = 0; i < kCount; ++i) {
+    sum_x += x.data()[i];
+    sum_y += y.data()[i];
+    if (y.data()[i] != 0.0f) {
+      ++kept;
+      exact = exact && y.data()[i] == x.data()[i] * scale;
+    }
+  }
+  // Binomial: sd of the kept fraction sqrt(0.21 / 2^18) = 9e-4; of the mean ratio ~1.4e-3.
+  // Bounds at ~5 sd.
+  const double fraction = static_cast<double>(kept) / kCount;
+  BOOST_TEST(std::abs(fraction - kKeep) < 5e-3, "kept fraction " << fraction);
+  BOOST_TEST(std::abs(sum_y / sum_x - 1.0) < 7e-3, "mean ratio " << sum_y / sum_x);
+  BOOST_TEST(exact, "kept units are not scaled by exactly 1/keep_prob");
+
+  const Tensor dy = random_tensor({1, kCount}, rng);
+  const auto dx = run_backward(dropout, {x}, y, dy, true, 99);
+  bool mask_reused = true;
+  for (int64_t i = 0; i < kCount; ++i) {
+    const float expected = y.data()[i] == 0.0f ? 0.0f : dy.data()[i] * scale;
+    mask_reused = mask_reused && dx[0].data()[i] == expected;
+  }
+  BOOST_TEST(mask_reused, "backward does not apply the forward's mask");
+
+  // The same seed draws the same mask; another seed another one.
+  BOOST_TEST(max_abs_diff(run_forward(dropout, {x}, true, 99), y) == 0.0f);
+  BOOST_TEST(max_abs_diff(run_forward(dropout, {x}, true, 100), y) > 0.0f);
+}
+
+BOOST_AUTO_TEST_CASE(inference_is_identity) {
+  Instance dropout = make_layer("{type: dropout, keep_prob: 0.3}", {{4, 8, 8}}, "reference");
+  Rng rng(6);
+  const Tensor x = random_tensor({5, 4, 8, 8}, rng);
+  const Tensor y = run_forward(dropout, {x}, false, 1);
+  BOOST_TEST(max_abs_diff(y, x) == 0.0f);
+  const Tensor dy = random_tensor(x.shape(), rng);
+  BOOST_TEST(max_abs_diff(run_backward(dropout, {x}, y, dy, false, 1)[0], dy) == 0.0f);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// softmax_cross_entropy
+// ------------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(loss)
+
+Tensor tensor_of(const Shape& shape, std::initializer_list<float> values) {
+  Tensor t(shape);
+  std::copy(values.begin(), values.end(), t.data());
+  return t;
+}
+
+BOOST_AUTO_TEST_CASE(hand_computed) {
+  auto loss = registries().losses.create("softmax_cross_entropy", Config{});
+  const Tensor logits = tensor_of({2, 3}, {1, 2, 3, 1, 0, -1});
+  const std::vector<int32_t> labels = {2, 1};
+  Tensor grad({2, 3});
+  // Row 0: log(e^1 + e^2 + e^3) - 3 = log(1 + e^-1 + e^-2) = 0.4076059644.
+  // Row 1: log(e^1 + e^0 + e^-1) - 0 = 1.4076059644. Mean 0.9076059644.
+  const float value = loss->forward_backward(logits, labels, &grad);
+  BOOST_TEST(value == 0.9076059644f, boost::test_tools::tolerance(1e-6f));
+  // softmax([1, 2, 3]) = [0.0900306, 0.2447285, 0.6652410]; gradient (softmax - onehot) / 2.
+  const float expected[] = {0.0900306f / 2, 0.2447285f / 2,       (0.6652410f - 1) / 2,
+                            0.6652410f / 2, (0.2447285f - 1) / 2, 0.0900306f / 2};
+  for (int i = 0; i < 6; ++i) {
+    BOOST_TEST(grad.data()[i] == expected[i], boost::test_tools::tolerance(1e-5f));
+  }
+  // Without a gradient tensor: the same value.
+  BOOST_TEST(loss->forward_backward(logits, labels, nullptr) == value);
+}
+
+BOOST_AUTO_TEST_CASE(large_logits_are_stable) {
+  auto loss = registries().losses.create("softmax_cross_entropy", Config{});
+  const Tensor logits = tensor_of({1, 2}, {1000.0f, 0.0f});
+  const std::vector<int32_t> labels = {1};
+  Tensor grad({1, 2});
+  BOOST_TEST(loss->forward_backward(logits, labels, &grad) == 1000.0f);
+  BOOST_TEST(grad.data()[0] == 1.0f);
+  BOOST_TEST(grad.data()[1] == -1.0f);
+  const std::vector<int32_t> right = {0};
+  BOOST_TEST(loss->forward_backward(logits, right, &grad) == 0.0f);
+}
+
+BOOST_AUTO_TEST_CASE(gradient_matches_central_differences) {
+  auto loss = registries().losses.create("softmax_cross_entropy", Config{});
+  Rng rng(8);
+  Tensor logits = random_tensor({4, 5}, rng, -3.0f, 3.0f);
+  const std::vector<int32_t> labels = {0, 4, 2, 2};
+  Tensor grad({4, 5});
+  loss->forward_backward(logits, labels, &grad);
+  for (int64_t i = 0; i < logits.numel(); ++i) {
+    // The loss is smooth: eps 1e-2 (truncation ~1e-5); the float loss carries ~1e-7 relative
+    // rounding, ~1e-5 after dividing by 2 eps. Tolerance 2e-4.
+    float& v = logits.data()[i];
+    const float saved = v;
+    v = saved + 1e-2f;
+    const double up = v, plus = loss->forward_backward(logits, labels, nullptr);
+    v = saved - 1e-2f;
+    const double down = v, minus = loss->forward_backward(logits, labels, nullptr);
+    v = saved;
+    BOOST_TEST(std::abs((plus - minus) / (up - down) - grad.data()[i]) < 2e-4, "logit " << i);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(label_out_of_range) {
+  auto loss = registries().losses.create("softmax_cross_entropy", Config{});
+  const Tensor logits = tensor_of({2, 3}, {1, 2, 3, 4, 5, 6});
+  const std::vector<int32_t> labels = {0, 3};
+  const std::string message = error_of([&] { loss->forward_backward(logits, labels, nullptr); });
+  BOOST_TEST((contains(message, "label 3") && contains(message, "3 classes")), message);
+  const std::vector<int32_t> negative = {-1, 0};
+  BOOST_TEST(
+      contains(error_of([&] { loss->forward_backward(logits, negative, nullptr); }), "label -1"));
+  const std::vector<int32_t> short_labels = {0};
+  BOOST_TEST(contains(error_of([&] { loss->forward_backward(logits, short_labels, nullptr); }),
+                      "1 labels for a batch of 2"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// SGD and schedules
+// ------------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(optimizer)
+
+// Two parameters: w (decay_mult 1, lr_mult 1) and b (decay_mult 0, lr_mult 2), constant gradients
+// g_w = [0.5, 0.25], g_b = [1]. Two steps at lr 0.1 are compared with values worked out by hand
+// from PyTorch's update (dampening 0).
+struct SgdFixture {
+  Param w = Param::make("weight", {2}, "constant", 1, 1);
+  Param b = Param::make("bias", {1}, "constant", 1, 1, 0.0f);
+  std::shared_ptr<strata::Optimizer> sgd;
+
+  explicit SgdFixture(const std::string& config) {
+    sgd = registries().optimizers.create(yaml(config));
+    w.value.data()[0] = 1.0f;
+    w.value.data()[1] = -2.0f;
+    b.value.data()[0] = 0.5f;
+    b.lr_mult = 2.0f;
+    const std::vector<strata::ParamRef> refs = {{"fc/weight", &w}, {"fc/bias", &b}};
+    sgd->setup(refs);
+  }
+  void step(float lr) {
+    w.grad.data()[0] = 0.5f;
+    w.grad.data()[1] = 0.25f;
+    b.grad.data()[0] = 1.0f;
+    sgd->step(lr);
+  }
+};
+
+BOOST_AUTO_TEST_CASE(momentum_and_weight_decay) {
+  SgdFixture f("{type: sgd, lr: 0.1, momentum: 0.9, weight_decay: 0.01}");
+  BOOST_TEST(f.sgd->base_lr() == 0.1f);
+  // Step 1: g = [0.5 + 0.01*1, 0.25 + 0.01*(-2)] = [0.51, 0.23]; v = g; w -= 0.1 v.
+  //         b: g = 1 (no decay), v = 1, b -= 0.1*2*1.
+  f.step(0.1f);
+  BOOST_TEST(f.w.value.data()[0] == 0.949f, boost::test_tools::tolerance(1e-6f));
+  BOOST_TEST(f.w.value.data()[1] == -2.023f, boost::test_tools::tolerance(1e-6f));
+  BOOST_TEST(f.b.value.data()[0] == 0.3f, boost::test_tools::tolerance(1e-6f));
+  // Step 2: g = [0.5 + 0.00949, 0.25 - 0.02023] = [0.50949, 0.22977];
+  //         v = 0.9*[0.51, 0.23] + g = [0.96849, 0.43677]; w -= 0.1 v -> [0.852151, -2.066677].
+  //         b: v = 0.9 + 1 = 1.9, b = 0.3 - 0.2*1.9 = -0.08.
+  f.step(0.1f);
+  BOOST_TEST(f.w.value.data()[0] == 0.852151f, boost::test_tools::tolerance(1e-6f));
+  BOOST_TEST(f.w.value.data()[1] == -2.066677f, boost::test_tools::tolerance(1e-6f));
+  BOOST_TEST(f.b.value.data()[0] == -0.08f, boost::test_tools::tolerance(1e-5f));
+
+  const auto state = f.sgd->state();
+  BOOST_TEST_REQUIRE(state.size() == 2u);
+  BOOST_TEST(state[0].name == "fc/weight/momentum");
+  BOOST_TEST(state[1].name == "fc/bias/momentum");
+  BOOST_TEST(state[0].tensor.data()[0] == 0.96849f, boost::test_tools::tolerance(1e-6f));
+  BOOST_TEST(state[1].tensor.data()[0] == 1.9f, boost::test_tools::tolerance(1e-6f));
+}
+
+BOOST_AUTO_TEST_CASE(nesterov) {
+  SgdFixture f("{type: sgd, lr: 0.1, momentum: 0.9, nesterov: true, weight_decay: 0.01}");
+  // Step 1: g = [0.51, 0.23], v = g, d = g + 0.9 v = 1.9 g = [0.969, 0.437] -> w = [0.9031,
+  // -2.0437]
+  f.step(0.1f);
+  BOOST_TEST(f.w.value.data()[0] == 0.9031f, boost::test_tools::tolerance(1e-6f));
+  BOOST_TEST(f.w.value.data()[1] == -2.0437f, boost::test_tools::tolerance(1e-6f));
+  // Step 2: g = [0.509031, 0.229563], v = 0.9*[0.51, 0.23] + g = [0.968031, 0.436563],
+  //         d = g + 0.9 v = [1.3802589, 0.6224697] -> w = [0.76507411, -2.10594697].
+  //         b: step 1 d = 1.9 -> 0.5 - 0.2*1.9 = 0.12; step 2 v = 1.9, d = 1 + 1.71 = 2.71
+  //            -> 0.12 - 0.2*2.71 = -0.422.
+  f.step(0.1f);
+  BOOST_TEST(f.w.value.data()[0] == 0.76507411f, boost::test_tools::tolerance(1e-6f));
+  BOOST_TEST(f.w.value.data()[1] == -2.10594697f, boost::test_tools::tolerance(1e-6f));
+  BOOST_TEST(f.b.value.data()[0] == -0.422f, boost::test_tools::tolerance(1e-5f));
+}
+
+BOOST_AUTO_TEST_CASE(plain_sgd_uses_the_given_lr) {
+  SgdFixture f("{type: sgd, lr: 0.1}");
+  BOOST_TEST(f.sgd->state().empty());
+  f.step(0.05f);  // a schedule's rate, not base_lr: w -= 0.05 * g, b -= 0.05*2*1
+  BOOST_TEST(f.w.value.data()[0] == 0.975f, boost::test_tools::tolerance(1e-6f));
+  BOOST_TEST(f.w.value.data()[1] == -2.0125f, boost::test_tools::tolerance(1e-6f));
+  BOOST_TEST(f.b.value.data()[0] == 0.4f, boost::test_tools::tolerance(1e-6f));
+}
+
+BOOST_AUTO_TEST_CASE(config_errors) {
+  auto error = [](const std::string& config) {
+    return error_of([&] { registries().optimizers.create(yaml(config)); });
+  };
+  BOOST_TEST(contains(error("{type: sgd}"), "missing required key 'lr'"));
+  BOOST_TEST(contains(error("{type: sgd, lr: 0}"), "lr: must be positive"));
+  BOOST_TEST(contains(error("{type: sgd, lr: 0.1, momentum: 1}"), "momentum: must be in [0, 1)"));
+  BOOST_TEST(contains(error("{type: sgd, lr: 0.1, nesterov: true}"), "needs momentum > 0"));
+  BOOST_TEST(
+      contains(error("{type: sgd, lr: 0.1, weight_decay: -1}"), "weight_decay: must be >= 0"));
+}
+
+BOOST_AUTO_TEST_CASE(step_schedule) {
+  auto step = registries().schedules.create(yaml("{type: step, step_size: 3, gamma: 0.5}"));
+  const float expected[] = {0.2f, 0.2f, 0.2f, 0.1f, 0.1f, 0.1f, 0.05f, 0.05f};
+  for (int64_t epoch = 0; epoch < 8; ++epoch) {
+    BOOST_TEST(step->lr(0.2f, epoch, epoch * 100, 100) == expected[epoch],
+               boost::test_tools::tolerance(1e-6f));
+  }
+  auto default_gamma = registries().schedules.create(yaml("{type: step, step_size: 2}"));
+  BOOST_TEST(default_gamma->lr(1.0f, 5, 0, 1) == 0.01f, boost::test_tools::tolerance(1e-6f));
+  auto constant = registries().schedules.create(yaml("{type: constant}"));
+  BOOST_TEST(constant->lr(0.3f, 17, 1000, 60) == 0.3f);
+  BOOST_TEST(contains(error_of([] { registries().schedules.create(yaml("{type: step}")); }),
+                      "missing required key 'step_size'"));
+  BOOST_TEST(
+      contains(error_of([] { registries().schedules.create(yaml("{type: step, step_size: 0}")); }),
+               "step_size: must be at least 1"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// Initializers
+// ------------------------------------------------------------------------------------------------
+//
+// Sample statistics of 2^18 draws: the mean is within 5 sd (sd/sqrt(n) = sd * 2e-3) of the true
+// mean, and the sample standard deviation within 1% (its relative sd is 1/sqrt(2n) = 1.4e-3).
+
+BOOST_AUTO_TEST_SUITE(initializers)
+
+struct Stats {
+  double mean, stddev, min, max;
+};
+
+Stats fill_and_measure(const std::string& config, int64_t fan_in, int64_t fan_out) {
+  auto initializer = registries().initializers.create(yaml(config));
+  Tensor t({512, 512});
+  Rng rng(21);
+  initializer->fill(t, fan_in, fan_out, rng);
+  double sum = 0.0, sum_sq = 0.0;
+  double lo = t.data()[0], hi = t.data()[0];
+  for (float v : t.span()) {
+    sum += v;
+    sum_sq += static_cast<double>(v) * v;
+    lo = std::min<double>(lo, v);
+    hi = std::max<double>(hi, v);
+  }
+  const double n = static_cast<double>(t.numel());
+  const double mean = sum / n;
+  return {mean, std::sqrt(sum_sq / n - mean * mean), lo, hi};
+}
+
+void check_stats(const std::string& config, int64_t fan_in, int64_t fan_out, double mean,
+                 double stddev, double bound = 0.0) {
+  const Stats s = fill_and_measure(config, fan_in, fan_out);
+  BOOST_TEST(std::abs(s.mean - mean) < 5 * stddev / 512 + 1e-12,
+             config << ": mean " << s.mean << ", expected " << mean);
+  BOOST_TEST(std::abs(s.stddev / stddev - 1.0) < 0.01,
+             config << ": std " << s.stddev << ", expected " << stddev);
+  if (bound > 0) {
+    BOOST_TEST((s.min >= -bound && s.max <= bound), config << ": outside +-" << bound);
+    BOOST_TEST(s.max > 0.99 * bound,
+               config << ": max " << s.max << " far from the bound " << bound);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(he) {
+  check_stats("{type: he_normal}", 300, 50, 0.0, std::sqrt(2.0 / 300));
+  check_stats("{type: he_normal, mode: fan_out}", 300, 50, 0.0, std::sqrt(2.0 / 50));
+  check_stats("{type: he_normal, negative_slope: 0.2}", 300, 50, 0.0, std::sqrt(2.0 / 1.04 / 300));
+  const double bound = std::sqrt(6.0 / 75);
+  check_stats("{type: he_uniform}", 75, 10, 0.0, bound / std::sqrt(3.0), bound);
+  const std::string mode =
+      error_of([] { registries().initializers.create(yaml("{type: he_normal, mode: fan_avg}")); });
+  BOOST_TEST(contains(mode, "expected 'fan_in' or 'fan_out', found 'fan_avg'"), mode);
+}
+
+BOOST_AUTO_TEST_CASE(xavier) {
+  const double bound = 2.0 * std::sqrt(6.0 / (100 + 20));
+  check_stats("{type: xavier_uniform, gain: 2}", 100, 20, 0.0, bound / std::sqrt(3.0), bound);
+  check_stats("{type: xavier_normal}", 100, 20, 0.0, std::sqrt(2.0 / 120));
+}
+
+BOOST_AUTO_TEST_CASE(gaussian_and_constant) {
+  check_stats("{type: gaussian, std: 0.1, mean: 0.5}", 1, 1, 0.5, 0.1);
+  const std::string missing =
+      error_of([] { registries().initializers.create(yaml("{type: gaussian}")); });
+  BOOST_TEST(contains(missing, "missing required key 'std'"), missing);
+  const Stats constant = fill_and_measure("{type: constant, value: 0.25}", 1, 1);
+  BOOST_TEST((constant.min == 0.25 && constant.max == 0.25));
+  const Stats zero = fill_and_measure("{type: constant}", 1, 1);
+  BOOST_TEST((zero.min == 0.0 && zero.max == 0.0));
+}
+
+BOOST_AUTO_TEST_CASE(zero_fan_is_an_error) {
+  auto he = registries().initializers.create(yaml("{type: he_normal}"));
+  Tensor t({3});
+  Rng rng(1);
+  const std::string message = error_of([&] { he->fill(t, 0, 3, rng); });
+  BOOST_TEST(contains(message, "needs positive fans"), message);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+}  // namespace
