@@ -16,6 +16,7 @@ struct ConfigNode {
   enum class Kind { kNull, kScalar, kMap, kSequence };
   struct Entry {
     std::string key;
+    std::shared_ptr<const std::string> key_file;  // differs from the map's for --set keys
     int key_line = 0;
     int key_column = 0;
     std::shared_ptr<ConfigNode> value;
@@ -88,6 +89,7 @@ std::shared_ptr<Node> convert(const YAML::Node& yaml, const std::shared_ptr<cons
         }
         ConfigNode::Entry entry;
         entry.key = item.first.Scalar();
+        entry.key_file = file;
         entry.key_line = key_mark.line + 1 + line_offset;
         entry.key_column = key_mark.column + 1 + column_offset;
         if (node->find(entry.key) != nullptr) {
@@ -184,7 +186,7 @@ void check_unused_at(const Node& node, const std::string& path) {
       std::vector<std::string> known(node.queried.begin(), node.queried.end());
       std::string hint = known.empty() ? std::string("nothing reads this key here")
                                        : suggestion_text(entry.key, known, "keys here");
-      fail("{}: {}: unknown key '{}'\n  {}", position(node.file, entry.key_line, entry.key_column),
+      fail("{}: {}: unknown key '{}'\n  {}", position(entry.key_file, entry.key_line, entry.key_column),
            child, entry.key, hint);
     }
     check_unused_at(*entry.value, child);
@@ -259,6 +261,7 @@ void Config::set(std::string_view path, std::string_view yaml_value) {
     if (entry == nullptr) {
       ConfigNode::Entry created;
       created.key = key;
+      created.key_file = value->file;
       created.key_line = value->line;
       created.key_column = value->column;
       created.value = std::make_shared<Node>();

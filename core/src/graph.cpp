@@ -61,12 +61,14 @@ Graph::Graph(const Config& model, const Registries& registries, std::string back
       if (producer >= 0) ++nodes_[producer].consumers;
     }
 
-    // `init` belongs to the graph, not the layer: claim its entries before the registry checks
-    // the layer's keys. Each entry is checked against the parameters after setup.
+    // `init` belongs to the graph, not the layer: build its initializers before the registry
+    // checks the layer's keys. Their names are checked against the parameters after setup.
     std::optional<Config> init = item.find("init");
-    std::map<std::string, Config> init_configs;
+    std::map<std::string, std::shared_ptr<Initializer>> custom_initializers;
     if (init) {
-      for (const std::string& key : init->keys()) init_configs.emplace(key, *init->find(key));
+      for (const std::string& key : init->keys()) {
+        custom_initializers.emplace(key, registries.initializers.create(*init->find(key)));
+      }
     }
     node.layer = registries.layers.create(item);
     node.layer->set_name(name);
@@ -85,14 +87,14 @@ Graph::Graph(const Config& model, const Registries& registries, std::string back
     std::vector<std::string> param_names;
     for (Param* param : node.layer->params()) {
       param_names.push_back(param->name);
-      auto custom = init_configs.find(param->name);
-      auto initializer = custom != init_configs.end()
-                             ? registries.initializers.create(custom->second)
+      auto custom = custom_initializers.find(param->name);
+      auto initializer = custom != custom_initializers.end()
+                             ? custom->second
                              : registries.initializers.create(param->default_init, Config{});
       initializer->fill(param->value, param->fan_in, param->fan_out, init_rng);
     }
     if (init) {
-      for (const auto& [key, config] : init_configs) {
+      for (const auto& [key, initializer] : custom_initializers) {
         if (std::find(param_names.begin(), param_names.end(), key) == param_names.end()) {
           init->fail_key(key, fmt::format("layer '{}' has no parameter '{}'\n  {}", name, key,
                                           suggestion_text(key, param_names, "parameters")));

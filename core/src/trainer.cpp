@@ -215,10 +215,12 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   auto loss = loss_cfg ? registries.losses.create(*loss_cfg)
                        : registries.losses.create("softmax_cross_entropy", Config{});
   const Config optimizer_cfg = experiment.at("optimizer");
+  // The schedule is nested in the optimizer's section but is not the optimizer's to read: build
+  // it first, so the optimizer's unknown-key check finds its keys already read.
   std::optional<Config> schedule_cfg = optimizer_cfg.find("schedule");
-  auto optimizer = registries.optimizers.create(optimizer_cfg);
   auto schedule = schedule_cfg ? registries.schedules.create(*schedule_cfg)
                                : registries.schedules.create("constant", Config{});
+  auto optimizer = registries.optimizers.create(optimizer_cfg);
   std::vector<ParamRef> params = graph.params();
   optimizer->setup(params);
 

@@ -3,6 +3,7 @@
 # output. Run by ctest with STRATA (the tool) and STRATA_SOURCE_DIR set.
 set -u
 : "${STRATA:?}" "${STRATA_SOURCE_DIR:?}"
+STRATA=$(realpath "$STRATA")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 failures=0; passed=0
@@ -48,6 +49,9 @@ printf 'model:\n  input: [1, 8, 8\n  layers: []\n' >"$work/malformed.yaml"
 expect_error malformed_yaml "malformed.yaml:3:" -- train "$work/malformed.yaml" --out "$work/run"
 expect_error typo_key "unknown key 'stirde'" -- train "$ok" --out "$work/run" --set 'model.layers[0].stirde=2'
 expect_error typo_key_suggests "did you mean 'stride'?" -- train "$ok" --out "$work/run" --set 'model.layers[0].stirde=2'
+sed 's/padding: 1}/paddnig: 1}/' "$ok" >"$work/typo.yaml"
+expect_error typo_in_file "typo.yaml:6:63: model.layers[0].paddnig: unknown key 'paddnig'" -- train "$work/typo.yaml" --out "$work/run"
+expect_error typo_in_file_suggests "did you mean 'padding'?" -- train "$work/typo.yaml" --out "$work/run"
 expect_error missing_key "missing required key 'epochs'" -- train "$ok" --out "$work/run" --set 'train={batch_size: 16}'
 expect_error wrong_type "train.epochs: expected an integer, found 'ten'" -- train "$ok" --out "$work/run" --set train.epochs=ten
 expect_error unknown_layer "did you mean 'conv2d'?" -- train "$ok" --out "$work/run" --set 'model.layers[0].type=conv2D'
@@ -61,11 +65,23 @@ expect_error window_does_not_fit "(8 - 3 + 2*0)/3 + 1 = 2.67 is not a whole numb
   --set 'model.layers[0]={name: conv1, type: conv2d, out_channels: 4, kernel: 3, stride: 3}'
 expect_error missing_dataset "/nonexistent/fashion" -- train "$ok" --out "$work/run" --set 'data={type: idx, dir: /nonexistent/fashion}'
 
-# A truncated IDX file: the header promises more images than the file holds.
+# A truncated IDX file: the header promises 100 images of 8x8, the file holds fewer bytes.
 mkdir -p "$work/idx"
-printf '\x00\x00\x08\x03\x00\x00\x00\x64\x00\x00\x00\x08\x00\x00\x00\x08' >"$work/idx/train-images-idx3-ubyte"
-head -c 1000 /dev/urandom >>"$work/idx/train-images-idx3-ubyte"
-expect_error truncated_dataset "truncated" -- train "$ok" --out "$work/run" --set "data={type: idx, dir: $work/idx}"
+/usr/bin/python3 - "$work/idx" <<'PY'
+import os, struct, sys
+d = sys.argv[1]
+def images(name, n, size):
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, n, 8, 8) + os.urandom(size))
+def labels(name, n):
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(struct.pack(">II", 0x801, n) + bytes(i % 4 for i in range(n)))
+images("train-images-idx3-ubyte", 100, 1000)     # 6400 bytes promised
+labels("train-labels-idx1-ubyte", 100)
+images("t10k-images-idx3-ubyte", 10, 640)
+labels("t10k-labels-idx1-ubyte", 10)
+PY
+expect_error truncated_dataset "truncated: header says 100 images of 8x8" -- train "$ok" --out "$work/run" --set "data={type: idx, dir: $work/idx}"
 expect_error missing_plugin "plugin $work/nothing.so: no such file" -- train "$ok" --out "$work/run" --set "plugins=[$work/nothing.so]"
 wrong_api=$(dirname "$STRATA")/../tests/plugins/libstrata_test_wrong_api.so
 expect_error wrong_api_plugin "built for plugin API version" -- train "$ok" --out "$work/run" --set "plugins=[$wrong_api]"

@@ -1,0 +1,702 @@
+// Compute kernels: the reference backend against hand-computed answers and against its own
+// adjoint identities, then every other backend's kernels against the reference on random
+// descriptors and fresh random data.
+//
+// Tolerance: a backend's result may differ from the reference (which sums in double) by
+// kRelativeTolerance times the largest magnitude of the reference result (at least 1), the error
+// float sums of a few thousand terms can reach. Max pooling selects elements, so it must match
+// exactly.
+#define BOOST_TEST_MODULE kernels
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <boost/test/unit_test.hpp>
+#include <cmath>
+#include <algorithm>
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <typeinfo>
+#include <vector>
+
+#include "strata/backend.hpp"
+#include "strata/error.hpp"
+#include "strata/ops.hpp"
+#include "strata/registry.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using strata::Conv2dDesc;
+using strata::Conv2dKernel;
+using strata::GemmKernel;
+using strata::Pool2dDesc;
+using strata::Pool2dKernel;
+using strata::Shape;
+using strata::Tensor;
+using strata::test::random_tensor;
+using strata::test::registries;
+using Mode = Pool2dDesc::Mode;
+
+constexpr float kRelativeTolerance = 1e-4f;
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// Every backend other than the reference that has a kernel for `op`.
+std::vector<std::string> fast_backends(const std::string& op) {
+  std::vector<std::string> names;
+  for (const auto& [key, entry] : registries().kernels.entries()) {
+    if (key.first == op && key.second != "reference") names.push_back(key.second);
+  }
+  return names;
+}
+
+template <class K>
+std::shared_ptr<K> kernel(const std::string& op, const std::string& backend,
+                          const typename K::Desc& desc) {
+  return registries().kernels.pick<K>(op, backend, desc, "test_kernels");
+}
+
+Tensor make_tensor(const Shape& shape, const std::vector<float>& values) {
+  Tensor t(shape);
+  BOOST_REQUIRE_EQUAL(static_cast<std::size_t>(t.numel()), values.size());
+  std::copy(values.begin(), values.end(), t.data());
+  return t;
+}
+
+// An output buffer full of NaNs: a kernel that accumulates instead of overwriting, or leaves an
+// element unwritten, shows up as a non-finite result.
+Tensor poisoned(const Shape& shape) {
+  Tensor t(shape);
+  t.fill(kNaN);
+  return t;
+}
+
+float max_abs(const Tensor& t) {
+  float m = 0.0f;
+  for (float v : t.span()) m = std::max(m, std::abs(v));
+  return m;
+}
+
+bool all_finite(const Tensor& t) {
+  for (float v : t.span()) {
+    if (!std::isfinite(v)) return false;
+  }
+  return true;
+}
+
+// `got` agrees with `want` within kRelativeTolerance of max(|want|, 1) (exactly when `exact`).
+void check_close(const Tensor& got, const Tensor& want, const std::string& what,
+                 bool exact = false) {
+  BOOST_TEST_CONTEXT(what) {
+    BOOST_TEST_REQUIRE((got.shape() == want.shape()),
+                       got.shape().str() << " vs " << want.shape().str());
+    BOOST_TEST(all_finite(got), "non-finite value (not overwritten?)");
+    const float diff = strata::test::max_abs_diff(got, want);
+    const float tolerance = exact ? 0.0f : kRelativeTolerance * std::max(max_abs(want), 1.0f);
+    BOOST_TEST(diff <= tolerance, "max |got - want| = " << diff << " > " << tolerance);
+  }
+}
+
+void check_values(const Tensor& got, const std::vector<float>& want, const std::string& what) {
+  BOOST_TEST_CONTEXT(what) {
+    BOOST_TEST_REQUIRE(static_cast<std::size_t>(got.numel()) == want.size());
+    for (std::size_t i = 0; i < want.size(); ++i) {
+      BOOST_TEST(got.data()[i] == want[i], "element " << i << ": " << got.data()[i]
+                                                      << " != " << want[i]);
+    }
+  }
+}
+
+double dot(const Tensor& a, const Tensor& b) {
+  double sum = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) sum += static_cast<double>(a.data()[i]) * b.data()[i];
+  return sum;
+}
+
+double abs_dot(const Tensor& a, const Tensor& b) {
+  double sum = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) sum += std::abs(static_cast<double>(a.data()[i]) * b.data()[i]);
+  return sum;
+}
+
+std::string describe(const Conv2dDesc& d, int64_t n) {
+  return fmt::format(
+      "conv2d N={} C={} H={} W={} K={} kernel={}x{} stride={}x{} pad={}x{} dilation={}x{} "
+      "groups={} out={}x{}",
+      n, d.in_channels, d.in_h, d.in_w, d.out_channels, d.kernel_h, d.kernel_w, d.stride_h,
+      d.stride_w, d.pad_h, d.pad_w, d.dilation_h, d.dilation_w, d.groups, d.out_h, d.out_w);
+}
+
+std::string describe(const Pool2dDesc& d, int64_t n) {
+  return fmt::format(
+      "pool2d {} N={} C={} H={} W={} kernel={}x{} stride={}x{} pad={}x{} count_include_pad={} "
+      "out={}x{}",
+      d.mode == Mode::kMax ? "max" : "avg", n, d.channels, d.in_h, d.in_w, d.kernel_h, d.kernel_w,
+      d.stride_h, d.stride_w, d.pad_h, d.pad_w, d.count_include_pad, d.out_h, d.out_w);
+}
+
+// PyTorch's output size (floor); 0 when the window does not fit even once.
+int64_t out_extent(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  const int64_t span = in + 2 * pad - dilation * (kernel - 1) - 1;
+  return span < 0 ? 0 : span / stride + 1;
+}
+
+Conv2dDesc conv_desc(int64_t c, int64_t h, int64_t w, int64_t k, int64_t kh, int64_t kw,
+                     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                     int64_t groups) {
+  Conv2dDesc d;
+  d.in_channels = c;
+  d.in_h = h;
+  d.in_w = w;
+  d.out_channels = k;
+  d.kernel_h = kh;
+  d.kernel_w = kw;
+  d.stride_h = sh;
+  d.stride_w = sw;
+  d.pad_h = ph;
+  d.pad_w = pw;
+  d.dilation_h = dh;
+  d.dilation_w = dw;
+  d.groups = groups;
+  d.out_h = out_extent(h, kh, sh, ph, dh);
+  d.out_w = out_extent(w, kw, sw, pw, dw);
+  return d;
+}
+
+Pool2dDesc pool_desc(Mode mode, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
+                     int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool count_include_pad) {
+  Pool2dDesc d;
+  d.mode = mode;
+  d.channels = c;
+  d.in_h = h;
+  d.in_w = w;
+  d.kernel_h = kh;
+  d.kernel_w = kw;
+  d.stride_h = sh;
+  d.stride_w = sw;
+  d.pad_h = ph;
+  d.pad_w = pw;
+  d.count_include_pad = count_include_pad;
+  d.out_h = out_extent(h, kh, sh, ph, 1);
+  d.out_w = out_extent(w, kw, sw, pw, 1);
+  return d;
+}
+
+int64_t uniform(std::mt19937& rng, int64_t lo, int64_t hi) {
+  return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+}
+
+enum class GroupKind { kOne, kTwo, kDepthwise };
+
+// A random valid convolution (output at least 1x1).
+Conv2dDesc random_conv(std::mt19937& rng, GroupKind kind, bool pointwise) {
+  for (;;) {
+    int64_t groups = 1, c = 0, k = 0;
+    switch (kind) {
+      case GroupKind::kOne:
+        c = uniform(rng, 1, 5);
+        k = uniform(rng, 1, 6);
+        break;
+      case GroupKind::kTwo:
+        groups = 2;
+        c = 2 * uniform(rng, 1, 3);
+        k = 2 * uniform(rng, 1, 3);
+        break;
+      case GroupKind::kDepthwise:
+        c = groups = uniform(rng, 1, 6);
+        k = c * uniform(rng, 1, 2);
+        break;
+    }
+    const int64_t h = uniform(rng, 1, 16), w = uniform(rng, 1, 16);
+    Conv2dDesc d =
+        pointwise ? conv_desc(c, h, w, k, 1, 1, 1, 1, 0, 0, 1, 1, groups)
+                  : conv_desc(c, h, w, k, uniform(rng, 1, 5), uniform(rng, 1, 5),
+                              uniform(rng, 1, 3), uniform(rng, 1, 3), uniform(rng, 0, 3),
+                              uniform(rng, 0, 3), uniform(rng, 1, 3), uniform(rng, 1, 3), groups);
+    if (d.out_h >= 1 && d.out_w >= 1) return d;
+  }
+}
+
+// A random valid pooling (PyTorch's rule: padding at most half the kernel).
+Pool2dDesc random_pool(std::mt19937& rng, Mode mode, bool count_include_pad) {
+  for (;;) {
+    const int64_t kh = uniform(rng, 1, 4), kw = uniform(rng, 1, 4);
+    Pool2dDesc d = pool_desc(mode, uniform(rng, 1, 4), uniform(rng, 1, 16), uniform(rng, 1, 16),
+                             kh, kw, uniform(rng, 1, 3), uniform(rng, 1, 3), uniform(rng, 0, kh / 2),
+                             uniform(rng, 0, kw / 2), count_include_pad);
+    if (d.out_h >= 1 && d.out_w >= 1) return d;
+  }
+}
+
+// Redirects stderr (the file descriptor, as KernelRegistry writes with fprintf) into a string.
+class StderrCapture {
+ public:
+  StderrCapture() : file_(std::tmpfile()) {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    ::dup2(::fileno(file_), 2);
+  }
+  ~StderrCapture() {
+    if (file_ != nullptr) finish();
+  }
+  std::string finish() {
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+    std::string text;
+    std::rewind(file_);
+    for (int ch = std::fgetc(file_); ch != EOF; ch = std::fgetc(file_)) text.push_back(static_cast<char>(ch));
+    std::fclose(file_);
+    file_ = nullptr;
+    return text;
+  }
+
+ private:
+  std::FILE* file_;
+  int saved_ = -1;
+};
+
+// Runs every conv2d entry point of `backend` and of the reference on the same random data.
+void compare_conv(const Conv2dDesc& d, int64_t n, const std::string& backend, std::mt19937& rng) {
+  BOOST_TEST_CONTEXT(backend << " vs reference, " << describe(d, n)) {
+    auto ref = kernel<Conv2dKernel>("conv2d", "reference", d);
+    auto fast = kernel<Conv2dKernel>("conv2d", backend, d);
+    const Shape x_shape{n, d.in_channels, d.in_h, d.in_w};
+    const Shape y_shape{n, d.out_channels, d.out_h, d.out_w};
+    const Shape w_shape{d.out_channels, d.in_channels / d.groups, d.kernel_h, d.kernel_w};
+    const Shape b_shape{d.out_channels};
+    const Tensor x = random_tensor(x_shape, rng), w = random_tensor(w_shape, rng);
+    const Tensor bias = random_tensor(b_shape, rng), dy = random_tensor(y_shape, rng);
+
+    for (const Tensor* b : {static_cast<const Tensor*>(nullptr), &bias}) {
+      Tensor y_ref = poisoned(y_shape), y_fast = poisoned(y_shape);
+      ref->forward(x, w, b, y_ref);
+      fast->forward(x, w, b, y_fast);
+      check_close(y_fast, y_ref, b != nullptr ? "forward with bias" : "forward without bias");
+    }
+    Tensor dx_ref = poisoned(x_shape), dx_fast = poisoned(x_shape);
+    ref->backward_data(dy, w, dx_ref);
+    fast->backward_data(dy, w, dx_fast);
+    check_close(dx_fast, dx_ref, "backward_data");
+
+    for (bool with_bias : {false, true}) {
+      Tensor dw_ref = poisoned(w_shape), dw_fast = poisoned(w_shape);
+      Tensor db_ref = poisoned(b_shape), db_fast = poisoned(b_shape);
+      ref->backward_params(x, dy, dw_ref, with_bias ? &db_ref : nullptr);
+      fast->backward_params(x, dy, dw_fast, with_bias ? &db_fast : nullptr);
+      check_close(dw_fast, dw_ref, with_bias ? "dweight (with bias)" : "dweight (no bias)");
+      if (with_bias) check_close(db_fast, db_ref, "dbias");
+    }
+    // Only the bias gradient wanted.
+    Tensor no_weight, db_ref = poisoned(b_shape), db_fast = poisoned(b_shape);
+    ref->backward_params(x, dy, no_weight, &db_ref);
+    fast->backward_params(x, dy, no_weight, &db_fast);
+    check_close(db_fast, db_ref, "dbias alone");
+  }
+}
+
+void compare_pool(const Pool2dDesc& d, int64_t n, const std::string& backend, const Tensor& x,
+                  std::mt19937& rng) {
+  BOOST_TEST_CONTEXT(backend << " vs reference, " << describe(d, n)) {
+    auto ref = kernel<Pool2dKernel>("pool2d", "reference", d);
+    auto fast = kernel<Pool2dKernel>("pool2d", backend, d);
+    const Shape y_shape{n, d.channels, d.out_h, d.out_w};
+    const bool exact = d.mode == Mode::kMax;
+    Tensor y_ref = poisoned(y_shape), y_fast = poisoned(y_shape);
+    ref->forward(x, y_ref);
+    fast->forward(x, y_fast);
+    check_close(y_fast, y_ref, "forward", exact);
+
+    const Tensor dy = random_tensor(y_shape, rng);
+    Tensor dx_ref = poisoned(x.shape()), dx_fast = poisoned(x.shape());
+    ref->backward(x, y_ref, dy, dx_ref);
+    fast->backward(x, y_fast, dy, dx_fast);
+    check_close(dx_fast, dx_ref, "backward", exact);
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// The ground truth, checked by hand.
+
+BOOST_AUTO_TEST_SUITE(reference_known_answers)
+
+// x = 1..9 (3x3), w = [[1,2],[3,4]], bias 0.5, stride 2, padding 1: four non-overlapping windows
+// over the zero-padded 5x5 input. dy = [[1,2],[3,4]].
+BOOST_AUTO_TEST_CASE(conv2d_stride2_pad1) {
+  const Conv2dDesc d = conv_desc(1, 3, 3, 1, 2, 2, 2, 2, 1, 1, 1, 1, 1);
+  BOOST_TEST_REQUIRE(d.out_h == 2);
+  BOOST_TEST_REQUIRE(d.out_w == 2);
+  auto conv = kernel<Conv2dKernel>("conv2d", "reference", d);
+  const Tensor x = make_tensor({1, 1, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9});
+  const Tensor w = make_tensor({1, 1, 2, 2}, {1, 2, 3, 4});
+  const Tensor bias = make_tensor({1}, {0.5f});
+  Tensor y = poisoned({1, 1, 2, 2});
+  conv->forward(x, w, &bias, y);
+  // [0 0; 0 1].w = 4, [0 0; 2 3].w = 18, [0 4; 0 7].w = 36, [5 6; 8 9].w = 77; plus 0.5
+  check_values(y, {4.5f, 18.5f, 36.5f, 77.5f}, "y");
+
+  const Tensor dy = make_tensor({1, 1, 2, 2}, {1, 2, 3, 4});
+  Tensor dx = poisoned({1, 1, 3, 3});
+  conv->backward_data(dy, w, dx);
+  // Each input pixel lies in exactly one window: dx = w[tap] * dy[window].
+  check_values(dx, {4, 6, 8, 6, 4, 8, 12, 12, 16}, "dx");
+
+  Tensor dw = poisoned({1, 1, 2, 2}), db = poisoned({1});
+  conv->backward_params(x, dy, dw, &db);
+  // dw[r][s] = sum over windows of dy * xpad[2*oh + r][2*ow + s]
+  check_values(dw, {20, 36, 36, 64}, "dweight");
+  check_values(db, {10}, "dbias");
+}
+
+// Two groups, dilation 2, 4x4 input -> 2x2 output; channel 1 reads only channel 1, so a group
+// mix-up changes every value of the second output channel.
+BOOST_AUTO_TEST_CASE(conv2d_dilation2_groups2) {
+  const Conv2dDesc d = conv_desc(2, 4, 4, 2, 2, 2, 1, 1, 0, 0, 2, 2, 2);
+  BOOST_TEST_REQUIRE(d.out_h == 2);
+  auto conv = kernel<Conv2dKernel>("conv2d", "reference", d);
+  std::vector<float> values(32);
+  for (int i = 0; i < 16; ++i) {
+    values[i] = static_cast<float>(i);        // channel 0: 4*h + w
+    values[16 + i] = static_cast<float>(16 + i);  // channel 1: 16 + 4*h + w
+  }
+  const Tensor x = make_tensor({1, 2, 4, 4}, values);
+  const Tensor w = make_tensor({2, 1, 2, 2}, {1, 2, 3, 4, 0, -1, 2, 1});
+  Tensor y = poisoned({1, 2, 2, 2});
+  conv->forward(x, w, nullptr, y);
+  // y0 = sum(w0) * (4*oh + ow) + sum w0[r][s] * (8r + 2s) = 10 * (4*oh + ow) + 68
+  // y1 = sum(w1) * (16 + 4*oh + ow) + sum w1[r][s] * (8r + 2s) = 2 * (16 + 4*oh + ow) + 24
+  check_values(y, {68, 78, 108, 118, 56, 58, 64, 66}, "y");
+}
+
+const std::vector<float> kPoolInput = {1,  3,  2,  2,   //
+                                       3,  0,  1,  2,   //
+                                       -1, -2, -5, -3,  //
+                                       -4, -1, -3, -6};
+
+// Ties: the gradient goes to the first maximum in row-major order.
+BOOST_AUTO_TEST_CASE(max_pool_ties) {
+  const Pool2dDesc d = pool_desc(Mode::kMax, 1, 4, 4, 2, 2, 2, 2, 0, 0, true);
+  auto pool = kernel<Pool2dKernel>("pool2d", "reference", d);
+  const Tensor x = make_tensor({1, 1, 4, 4}, kPoolInput);
+  Tensor y = poisoned({1, 1, 2, 2});
+  pool->forward(x, y);
+  check_values(y, {3, 2, -1, -3}, "y");
+  Tensor dx = poisoned({1, 1, 4, 4});
+  pool->backward(x, y, make_tensor({1, 1, 2, 2}, {1, 2, 3, 4}), dx);
+  check_values(dx, {0, 1, 2, 0, 0, 0, 0, 0, 3, 0, 0, 4, 0, 0, 0, 0}, "dx");
+}
+
+// Padding is -inf: the all-negative corner windows keep their negative maxima.
+BOOST_AUTO_TEST_CASE(max_pool_padding) {
+  const Pool2dDesc d = pool_desc(Mode::kMax, 1, 4, 4, 2, 2, 2, 2, 1, 1, true);
+  BOOST_TEST_REQUIRE(d.out_h == 3);
+  auto pool = kernel<Pool2dKernel>("pool2d", "reference", d);
+  const Tensor x = make_tensor({1, 1, 4, 4}, kPoolInput);
+  Tensor y = poisoned({1, 1, 3, 3});
+  pool->forward(x, y);
+  check_values(y, {1, 3, 2, 3, 1, 2, -4, -1, -6}, "y");
+  Tensor dx = poisoned({1, 1, 4, 4});
+  pool->backward(x, y, make_tensor({1, 1, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9}), dx);
+  check_values(dx, {1, 2, 0, 3, 4, 0, 5, 6, 0, 0, 0, 0, 7, 8, 0, 9}, "dx");
+}
+
+BOOST_AUTO_TEST_CASE(avg_pool_count_include_pad) {
+  const Pool2dDesc d = pool_desc(Mode::kAverage, 1, 4, 4, 2, 2, 2, 2, 1, 1, true);
+  auto pool = kernel<Pool2dKernel>("pool2d", "reference", d);
+  const Tensor x = make_tensor({1, 1, 4, 4}, kPoolInput);
+  Tensor y = poisoned({1, 1, 3, 3});
+  pool->forward(x, y);
+  // Every window divides by 4, padding included.
+  check_values(y, {0.25f, 1.25f, 0.5f, 0.5f, -1.5f, -0.25f, -1, -1, -1.5f}, "y");
+  Tensor dx = poisoned({1, 1, 4, 4});
+  pool->backward(x, y, make_tensor({1, 1, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9}), dx);
+  check_values(dx, {0.25f, 0.5f, 0.5f, 0.75f, 1, 1.25f, 1.25f, 1.5f, 1, 1.25f, 1.25f, 1.5f, 1.75f,
+                    2, 2, 2.25f},
+               "dx");
+}
+
+BOOST_AUTO_TEST_CASE(avg_pool_exclude_pad) {
+  const Pool2dDesc d = pool_desc(Mode::kAverage, 1, 4, 4, 2, 2, 2, 2, 1, 1, false);
+  auto pool = kernel<Pool2dKernel>("pool2d", "reference", d);
+  const Tensor x = make_tensor({1, 1, 4, 4}, kPoolInput);
+  Tensor y = poisoned({1, 1, 3, 3});
+  pool->forward(x, y);
+  // Corner windows hold 1 real element, edge windows 2, the centre 4.
+  check_values(y, {1, 2.5f, 2, 1, -1.5f, -0.5f, -4, -2, -6}, "y");
+  Tensor dx = poisoned({1, 1, 4, 4});
+  pool->backward(x, y, make_tensor({1, 1, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9}), dx);
+  check_values(dx, {1, 1, 1, 3, 2, 1.25f, 1.25f, 3, 2, 1.25f, 1.25f, 3, 7, 4, 4, 9}, "dx");
+}
+
+BOOST_AUTO_TEST_CASE(gemm_small) {
+  auto gemm = kernel<GemmKernel>("gemm", "reference", {});
+  // A = [[1,2,3],[4,5,6]] (2x3), B = [[1,0],[0,1],[1,1]] (3x2), C0 = [[1,1],[1,1]]
+  const std::vector<float> a = {1, 2, 3, 4, 5, 6}, b = {1, 0, 0, 1, 1, 1};
+  std::vector<float> c = {1, 1, 1, 1};
+  gemm->gemm(false, false, 2, 2, 3, 2.0f, a.data(), 3, b.data(), 2, -1.0f, c.data(), 2);
+  // A*B = [[4,5],[10,11]]; 2*AB - C0
+  BOOST_TEST(c == std::vector<float>({7, 9, 19, 21}), boost::test_tools::per_element());
+  std::vector<float> garbage = {kNaN, kNaN, kNaN, kNaN};
+  // op(A) = A^T^T: pass A^T (3x2) transposed; beta = 0 ignores the NaNs in C.
+  const std::vector<float> a_t = {1, 4, 2, 5, 3, 6};
+  gemm->gemm(true, false, 2, 2, 3, 1.0f, a_t.data(), 2, b.data(), 2, 0.0f, garbage.data(), 2);
+  BOOST_TEST(garbage == std::vector<float>({4, 5, 10, 11}), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
+// The reference's backward passes are the adjoints of its forward passes: for any x, w, dy,
+// <conv(x, w), dy> = <x, backward_data(dy, w)> = <w, backward_params(x, dy)>, and likewise for
+// pooling (max pooling is linear in x once its selection is fixed).
+
+BOOST_AUTO_TEST_CASE(reference_adjoint_identities) {
+  std::mt19937 rng(20240611);
+  for (int i = 0; i < 60; ++i) {
+    const auto kind = static_cast<GroupKind>(i % 3);
+    const Conv2dDesc d = random_conv(rng, kind, i % 10 == 9);
+    const int64_t n = uniform(rng, 1, 3);
+    BOOST_TEST_CONTEXT(describe(d, n)) {
+      auto conv = kernel<Conv2dKernel>("conv2d", "reference", d);
+      const Tensor x = random_tensor({n, d.in_channels, d.in_h, d.in_w}, rng);
+      const Tensor w =
+          random_tensor({d.out_channels, d.in_channels / d.groups, d.kernel_h, d.kernel_w}, rng);
+      const Tensor dy = random_tensor({n, d.out_channels, d.out_h, d.out_w}, rng);
+      Tensor y(dy.shape()), dx(x.shape()), dw(w.shape()), db(Shape{d.out_channels});
+      conv->forward(x, w, nullptr, y);
+      conv->backward_data(dy, w, dx);
+      conv->backward_params(x, dy, dw, &db);
+      const double scale = std::max(1.0, abs_dot(y, dy));
+      BOOST_TEST(std::abs(dot(y, dy) - dot(x, dx)) <= 1e-5 * scale);
+      BOOST_TEST(std::abs(dot(y, dy) - dot(w, dw)) <= 1e-5 * scale);
+      double dy_sum = 0;
+      for (float v : dy.span()) dy_sum += v;
+      double db_sum = 0;
+      for (float v : db.span()) db_sum += v;
+      BOOST_TEST(std::abs(dy_sum - db_sum) <= 1e-4 * std::max(1.0, std::abs(dy_sum)));
+    }
+  }
+  for (int i = 0; i < 60; ++i) {
+    const Mode mode = i % 3 == 0 ? Mode::kMax : Mode::kAverage;
+    const Pool2dDesc d = random_pool(rng, mode, i % 3 == 1);
+    const int64_t n = uniform(rng, 1, 3);
+    BOOST_TEST_CONTEXT(describe(d, n)) {
+      auto pool = kernel<Pool2dKernel>("pool2d", "reference", d);
+      const Tensor x = random_tensor({n, d.channels, d.in_h, d.in_w}, rng);
+      const Tensor dy = random_tensor({n, d.channels, d.out_h, d.out_w}, rng);
+      Tensor y(dy.shape()), dx(x.shape());
+      pool->forward(x, y);
+      pool->backward(x, y, dy, dx);
+      BOOST_TEST(std::abs(dot(y, dy) - dot(x, dx)) <= 1e-5 * std::max(1.0, abs_dot(y, dy)));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every other backend against the reference.
+
+BOOST_AUTO_TEST_SUITE(backends_match_reference)
+
+BOOST_AUTO_TEST_CASE(there_is_a_fast_backend) {
+  // Without one, the comparisons below would pass vacuously.
+  BOOST_TEST(registries().kernels.contains("conv2d", "tbb"));
+  BOOST_TEST(registries().kernels.contains("pool2d", "tbb"));
+  BOOST_TEST(registries().kernels.contains("gemm", "tbb"));
+}
+
+BOOST_AUTO_TEST_CASE(conv2d_random) {
+  std::mt19937 rng(7);
+  for (const std::string& backend : fast_backends("conv2d")) {
+    for (int i = 0; i < 240; ++i) {
+      const auto kind = static_cast<GroupKind>(i % 3);
+      compare_conv(random_conv(rng, kind, i % 12 == 11), uniform(rng, 1, 5), backend, rng);
+    }
+  }
+}
+
+// Shapes that reach the fast kernels' other paths: LeNet's layers, several small images per GEMM
+// with a partial last block, one image split into bands of output rows, strided 1x1 (no fast
+// path), big pointwise, and a batch larger than the thread count's slices.
+BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
+  std::mt19937 rng(11);
+  const std::vector<std::pair<Conv2dDesc, int64_t>> cases = {
+      {conv_desc(1, 28, 28, 6, 5, 5, 1, 1, 2, 2, 1, 1, 1), 9},      // LeNet conv1
+      {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1), 13},    // LeNet conv2
+      {conv_desc(3, 5, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37},       // many images per block
+      {conv_desc(20, 30, 26, 6, 5, 5, 1, 1, 2, 2, 1, 1, 2), 2},     // bands of output rows
+      {conv_desc(16, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2},     // bands, strided, dilated
+      {conv_desc(8, 9, 9, 12, 1, 1, 2, 2, 0, 0, 1, 1, 4), 5},       // 1x1 stride 2
+      {conv_desc(32, 20, 20, 24, 1, 1, 1, 1, 0, 0, 1, 1, 1), 6},    // pointwise
+      {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7},   // depthwise
+  };
+  for (const std::string& backend : fast_backends("conv2d")) {
+    for (const auto& [desc, n] : cases) compare_conv(desc, n, backend, rng);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(pool2d_random) {
+  std::mt19937 rng(13);
+  for (const std::string& backend : fast_backends("pool2d")) {
+    for (int i = 0; i < 300; ++i) {
+      const Mode mode = i % 3 == 0 ? Mode::kMax : Mode::kAverage;
+      const Pool2dDesc d = random_pool(rng, mode, i % 3 == 1);
+      const int64_t n = uniform(rng, 1, 5);
+      Tensor x = random_tensor({n, d.channels, d.in_h, d.in_w}, rng);
+      if (i % 6 == 3) {
+        // Few distinct values, so windows hold ties: both must pick the first maximum.
+        for (float& v : x.span()) v = std::round(v * 2.0f);
+      }
+      compare_pool(d, n, backend, x, rng);
+    }
+    // Big enough to be split across tasks: LeNet's pooling layers at batch 64.
+    for (Mode mode : {Mode::kMax, Mode::kAverage}) {
+      for (const Pool2dDesc& d : {pool_desc(mode, 6, 28, 28, 2, 2, 2, 2, 0, 0, true),
+                                  pool_desc(mode, 16, 10, 10, 2, 2, 2, 2, 0, 0, true)}) {
+        compare_pool(d, 64, backend, random_tensor({64, d.channels, d.in_h, d.in_w}, rng), rng);
+      }
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(gemm_random) {
+  std::mt19937 rng(17);
+  struct Size {
+    int64_t m, n, k;
+  };
+  // Small, then large enough to be split over rows of C, then short and wide (split over columns).
+  const std::vector<Size> sizes = {{1, 1, 1},    {3, 7, 5},    {17, 33, 9},  {64, 1, 40},
+                                   {300, 200, 64}, {8, 2000, 64}, {150, 160, 130}};
+  for (const std::string& backend : fast_backends("gemm")) {
+    auto ref = kernel<GemmKernel>("gemm", "reference", {});
+    auto fast = kernel<GemmKernel>("gemm", backend, {});
+    for (const Size& s : sizes) {
+      for (int t = 0; t < 4; ++t) {
+        const bool trans_a = (t & 1) != 0, trans_b = (t & 2) != 0;
+        // Stored shapes, with extra row padding so a mix-up of leading dimensions shows.
+        const int64_t a_rows = trans_a ? s.k : s.m, a_cols = trans_a ? s.m : s.k;
+        const int64_t b_rows = trans_b ? s.n : s.k, b_cols = trans_b ? s.k : s.n;
+        const int64_t lda = a_cols + uniform(rng, 0, 3), ldb = b_cols + uniform(rng, 0, 3);
+        const int64_t ldc = s.n + uniform(rng, 0, 3);
+        const Tensor a = random_tensor({a_rows, lda}, rng), b = random_tensor({b_rows, ldb}, rng);
+        const Tensor c0 = random_tensor({s.m, ldc}, rng);
+        for (float beta : {-0.5f, 0.0f}) {
+          BOOST_TEST_CONTEXT(fmt::format("{} gemm m={} n={} k={} trans_a={} trans_b={} lda={} "
+                                         "ldb={} ldc={} alpha=0.75 beta={}",
+                                         backend, s.m, s.n, s.k, trans_a, trans_b, lda, ldb, ldc,
+                                         beta)) {
+            Tensor c_ref = c0.clone(), c_fast = c0.clone();
+            if (beta == 0.0f) {  // C must not be read
+              c_ref.fill(kNaN);
+              c_fast.fill(kNaN);
+            }
+            ref->gemm(trans_a, trans_b, s.m, s.n, s.k, 0.75f, a.data(), lda, b.data(), ldb, beta,
+                      c_ref.data(), ldc);
+            fast->gemm(trans_a, trans_b, s.m, s.n, s.k, 0.75f, a.data(), lda, b.data(), ldb, beta,
+                       c_fast.data(), ldc);
+            // Padding columns of C are outside the product: compare only the m x n block.
+            Tensor got({s.m, s.n}), want({s.m, s.n});
+            for (int64_t i = 0; i < s.m; ++i) {
+              for (int64_t j = 0; j < s.n; ++j) {
+                got.data()[i * s.n + j] = c_fast.data()[i * ldc + j];
+                want.data()[i * s.n + j] = c_ref.data()[i * ldc + j];
+              }
+            }
+            check_close(got, want, "C");
+          }
+        }
+      }
+    }
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------------------------------------
+// Skipping, checking and picking.
+
+BOOST_AUTO_TEST_CASE(unwanted_gradients_are_skipped) {
+  const Conv2dDesc d = conv_desc(2, 6, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1);
+  for (const std::string backend : {"reference", "tbb"}) {
+    BOOST_TEST_CONTEXT(backend) {
+      auto conv = kernel<Conv2dKernel>("conv2d", backend, d);
+      Tensor undefined;
+      // Returns before touching any input: even undefined inputs are fine.
+      BOOST_CHECK_NO_THROW(conv->backward_data(undefined, undefined, undefined));
+      BOOST_CHECK_NO_THROW(conv->backward_params(undefined, undefined, undefined, nullptr));
+      BOOST_CHECK_NO_THROW(conv->backward_params(undefined, undefined, undefined, &undefined));
+      auto pool = kernel<Pool2dKernel>("pool2d", backend,
+                                       pool_desc(Mode::kMax, 2, 6, 6, 2, 2, 2, 2, 0, 0, true));
+      BOOST_CHECK_NO_THROW(pool->backward(undefined, undefined, undefined, undefined));
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(shape_mismatch_is_an_error) {
+  const Conv2dDesc d = conv_desc(2, 6, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1);
+  std::mt19937 rng(3);
+  for (const std::string backend : {"reference", "tbb"}) {
+    auto conv = kernel<Conv2dKernel>("conv2d", backend, d);
+    const Tensor x = random_tensor({1, 2, 6, 7}, rng), w = random_tensor({3, 2, 3, 3}, rng);
+    Tensor y({1, 3, 6, 6});
+    BOOST_CHECK_THROW(conv->forward(x, w, nullptr, y), strata::Error);
+  }
+  // Groups that do not divide the channels are refused when the kernel is prepared.
+  BOOST_CHECK_THROW(kernel<Conv2dKernel>("conv2d", "tbb", conv_desc(3, 6, 6, 4, 3, 3, 1, 1, 1, 1, 1,
+                                                                     1, 2)),
+                    strata::Error);
+}
+
+BOOST_AUTO_TEST_CASE(pick_returns_the_backends_kernel) {
+  const Conv2dDesc d = conv_desc(2, 6, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1);
+  const auto& entries = registries().kernels.entries();
+  const auto made_by = [&](const std::string& op, const std::string& backend) -> const std::type_info& {
+    static std::vector<std::unique_ptr<strata::Kernel>> keep;  // typeid of a live object
+    keep.push_back(entries.at({op, backend}).factory());
+    return typeid(*keep.back());
+  };
+  auto tbb_conv = kernel<Conv2dKernel>("conv2d", "tbb", d);
+  BOOST_TEST((typeid(*tbb_conv) == made_by("conv2d", "tbb")));
+  BOOST_TEST((typeid(*tbb_conv) != made_by("conv2d", "reference")));
+  auto tbb_pool = kernel<Pool2dKernel>("pool2d", "tbb",
+                                       pool_desc(Mode::kAverage, 2, 6, 6, 2, 2, 2, 2, 0, 0, true));
+  BOOST_TEST((typeid(*tbb_pool) == made_by("pool2d", "tbb")));
+  auto tbb_gemm = kernel<GemmKernel>("gemm", "tbb", {});
+  BOOST_TEST((typeid(*tbb_gemm) == made_by("gemm", "tbb")));
+  BOOST_TEST(tbb_conv->desc().out_h == d.out_h, "the kernel was prepared with the descriptor");
+
+  // A backend without kernels falls back to the reference, and says so on stderr.
+  StderrCapture capture;
+  auto fallback = kernel<Conv2dKernel>("conv2d", "no_such_backend", d);
+  const std::string note = capture.finish();
+  BOOST_TEST((typeid(*fallback) == made_by("conv2d", "reference")));
+  BOOST_TEST(note.find("no_such_backend") != std::string::npos, "note: " << note);
+  BOOST_TEST(note.find("reference") != std::string::npos, "note: " << note);
+}
+
+BOOST_AUTO_TEST_CASE(backends_parallel_for) {
+  for (const std::string name : {"reference", "tbb"}) {
+    BOOST_TEST_CONTEXT(name) {
+      auto backend = registries().backends.create(name, strata::Config());
+      BOOST_TEST(backend->name() == name);
+      backend->set_threads(name == "tbb" ? 2 : 5);
+      BOOST_TEST(backend->threads() == (name == "tbb" ? 2 : 1));
+      std::vector<int> hits(1000, 0);
+      std::vector<int64_t> lengths(1000, 0);
+      backend->parallel_for(0, 1000, 64, [&](int64_t lo, int64_t hi) {
+        lengths[lo] = hi - lo;
+        for (int64_t i = lo; i < hi; ++i) ++hits[i];
+      });
+      BOOST_TEST(std::count(hits.begin(), hits.end(), 1) == 1000, "each index exactly once");
+      for (int64_t length : lengths) {
+        BOOST_TEST((length == 0 || length >= 64), "chunk of " << length << " < grain");
+      }
+      bool called = false;
+      backend->parallel_for(5, 5, 1, [&](int64_t, int64_t) { called = true; });
+      BOOST_TEST(!called, "an empty range runs nothing");
+    }
+  }
+}
