@@ -31,18 +31,12 @@ namespace {
 // HDF5 files, groups, datasets and attributes open anywhere in the process.
 ssize_t open_hdf5_objects() { return H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL); }
 
-// The what() of the strata::Error that `action` throws ("" and a failed check when none). Every
-// error path must have closed what it opened.
+// test::error_of, plus: every error path must have closed what it opened.
 template <class Action>
 std::string error_message(Action&& action) {
-  try {
-    action();
-  } catch (const Error& error) {
-    BOOST_TEST(open_hdf5_objects() == 0);
-    return error.what();
-  }
-  BOOST_ERROR("expected a strata::Error");
-  return "";
+  std::string message = strata::test::error_of(std::forward<Action>(action));
+  BOOST_TEST(open_hdf5_objects() == 0);
+  return message;
 }
 
 std::vector<NamedTensor> random_tensors(const std::vector<std::pair<std::string, Shape>>& specs,

@@ -21,21 +21,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The message of the Error `fn` throws (the test fails if it throws none).
-template <class Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  BOOST_FAIL("expected a strata::Error");
-  return "";
-}
-
-#define CHECK_CONTAINS(text, part) \
-  BOOST_CHECK_MESSAGE((text).find(part) != std::string::npos, "'" << (text) << "' lacks '" << (part) << "'")
-
 const fs::path kBadPlugins = STRATA_TEST_PLUGIN_DIR;
 
 }  // namespace
@@ -63,8 +48,8 @@ BOOST_AUTO_TEST_CASE(views_and_slices_alias_clone_copies) {
   Tensor copy = t.clone();
   BOOST_TEST(copy.data() != t.data());
   BOOST_TEST(test::max_abs_diff(copy, t) == 0.0f);
-  CHECK_CONTAINS(error_of([&] { t.view(Shape{5, 5}); }), "element counts differ");
-  CHECK_CONTAINS(error_of([&] { t.batch_slice(3, 5); }), "out of range");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { t.view(Shape{5, 5}); }), "element counts differ");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { t.batch_slice(3, 5); }), "out of range");
   BOOST_TEST(!Tensor().defined());
 }
 
@@ -86,23 +71,23 @@ BOOST_AUTO_TEST_SUITE(config)
 
 BOOST_AUTO_TEST_CASE(malformed_yaml_names_file_line_and_column) {
   const std::string message =
-      error_of([] { Config::parse_string("train:\n  epochs: [1, 2\nmodel: 3\n", "exp.yaml"); });
-  CHECK_CONTAINS(message, "exp.yaml:");
-  CHECK_CONTAINS(message, "malformed YAML");
+      test::error_of([] { Config::parse_string("train:\n  epochs: [1, 2\nmodel: 3\n", "exp.yaml"); });
+  STRATA_CHECK_CONTAINS(message, "exp.yaml:");
+  STRATA_CHECK_CONTAINS(message, "malformed YAML");
   BOOST_TEST(message.rfind("exp.yaml:", 0) == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(wrong_type_gives_position_path_expected_and_found) {
   Config config = Config::parse_string("seed: 1\ntrain:\n  epochs: two\n", "exp.yaml");
-  const std::string message = error_of([&] { config.at("train").get<int64_t>("epochs"); });
+  const std::string message = test::error_of([&] { config.at("train").get<int64_t>("epochs"); });
   BOOST_TEST(message == "exp.yaml:3:11: train.epochs: expected an integer, found 'two'");
-  CHECK_CONTAINS(error_of([&] { config.get<std::vector<int64_t>>("seed"); }), "expected a list");
-  CHECK_CONTAINS(error_of([&] { config.get<bool>("seed"); }), "expected true or false, found '1'");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { config.get<std::vector<int64_t>>("seed"); }), "expected a list");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { config.get<bool>("seed"); }), "expected true or false, found '1'");
 }
 
 BOOST_AUTO_TEST_CASE(missing_required_key_names_the_map) {
   Config config = Config::parse_string("train:\n  batch_size: 4\n", "exp.yaml");
-  const std::string message = error_of([&] { config.at("train").get<int64_t>("epochs"); });
+  const std::string message = test::error_of([&] { config.at("train").get<int64_t>("epochs"); });
   BOOST_TEST(message == "exp.yaml:2:3: train: missing required key 'epochs'");
 }
 
@@ -113,13 +98,13 @@ BOOST_AUTO_TEST_CASE(unknown_key_is_an_error_with_a_suggestion) {
   layer.get<std::string>("type");
   layer.get<int64_t>("kernel");
   layer.get<int64_t>("stride", 1);
-  const std::string message = error_of([&] { config.check_unused(); });
-  CHECK_CONTAINS(message, "exp.yaml:3:22: model.layers[0].stirde: unknown key 'stirde'");
-  CHECK_CONTAINS(message, "did you mean 'stride'?");
+  const std::string message = test::error_of([&] { config.check_unused(); });
+  STRATA_CHECK_CONTAINS(message, "exp.yaml:3:22: model.layers[0].stirde: unknown key 'stirde'");
+  STRATA_CHECK_CONTAINS(message, "did you mean 'stride'?");
 }
 
 BOOST_AUTO_TEST_CASE(duplicate_keys_are_rejected) {
-  CHECK_CONTAINS(error_of([] { Config::parse_string("seed: 1\nseed: 2\n", "exp.yaml"); }),
+  STRATA_CHECK_CONTAINS(test::error_of([] { Config::parse_string("seed: 1\nseed: 2\n", "exp.yaml"); }),
                  "exp.yaml:2:1: duplicate key 'seed'");
 }
 
@@ -139,10 +124,10 @@ BOOST_AUTO_TEST_CASE(set_overrides_values_lists_and_creates_keys) {
   BOOST_TEST(config.at("model").get<std::vector<int64_t>>("input").size() == 3u);
   // An overridden value that is wrong points at the --set, not at the file.
   config.set("train.epochs", "many");
-  BOOST_TEST(error_of([&] { config.at("train").get<int64_t>("epochs"); }) ==
+  BOOST_TEST(test::error_of([&] { config.at("train").get<int64_t>("epochs"); }) ==
              "--set train.epochs=many:1:1: train.epochs: expected an integer, found 'many'");
-  CHECK_CONTAINS(error_of([&] { config.set("model.layers[4].kernel", "3"); }), "model.layers[4] does not exist");
-  CHECK_CONTAINS(error_of([&] { config.set("backend.name", "x"); }), "'backend' is not a map");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { config.set("model.layers[4].kernel", "3"); }), "model.layers[4] does not exist");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { config.set("backend.name", "x"); }), "'backend' is not a map");
 }
 
 BOOST_AUTO_TEST_CASE(dump_round_trips) {
@@ -162,21 +147,21 @@ BOOST_AUTO_TEST_SUITE(registry)
 BOOST_AUTO_TEST_CASE(unknown_type_lists_known_types_and_the_closest) {
   Config config = Config::parse_string("model:\n  layers:\n    - {type: conv2D, kernel: 3}\n", "e.yaml");
   Config layer = config.at("model").at("layers").items()[0];
-  const std::string message = error_of([&] { test::registries().layers.create(layer); });
-  CHECK_CONTAINS(message, "e.yaml:3:14: model.layers[0].type: unknown layer type 'conv2D'");
-  CHECK_CONTAINS(message, "did you mean 'conv2d'?");
-  CHECK_CONTAINS(message, "known layer types: ");
-  CHECK_CONTAINS(message, "linear");
-  CHECK_CONTAINS(error_of([] { test::registries().optimizers.create(test::yaml("{type: adamm, lr: 1}")); }),
+  const std::string message = test::error_of([&] { test::registries().layers.create(layer); });
+  STRATA_CHECK_CONTAINS(message, "e.yaml:3:14: model.layers[0].type: unknown layer type 'conv2D'");
+  STRATA_CHECK_CONTAINS(message, "did you mean 'conv2d'?");
+  STRATA_CHECK_CONTAINS(message, "known layer types: ");
+  STRATA_CHECK_CONTAINS(message, "linear");
+  STRATA_CHECK_CONTAINS(test::error_of([] { test::registries().optimizers.create(test::yaml("{type: adamm, lr: 1}")); }),
                  "unknown optimizer type 'adamm'");
-  CHECK_CONTAINS(error_of([] { test::registries().datasets.create(test::yaml("{type: mnist}")); }),
+  STRATA_CHECK_CONTAINS(test::error_of([] { test::registries().datasets.create(test::yaml("{type: mnist}")); }),
                  "unknown dataset type 'mnist'");
 }
 
 BOOST_AUTO_TEST_CASE(keys_the_factory_did_not_read_are_rejected) {
-  const std::string message = error_of(
+  const std::string message = test::error_of(
       [] { test::registries().layers.create(test::yaml("{type: relu, inplace: true}")); });
-  CHECK_CONTAINS(message, "unknown key 'inplace'");
+  STRATA_CHECK_CONTAINS(message, "unknown key 'inplace'");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -200,19 +185,19 @@ BOOST_AUTO_TEST_CASE(wrong_api_version_is_refused_before_registration) {
   Registries r;
   PluginLoader loader(r);
   const fs::path file = kBadPlugins / "libstrata_test_wrong_api.so";
-  const std::string message = error_of([&] { loader.load_file(file); });
-  CHECK_CONTAINS(message, "libstrata_test_wrong_api.so");
-  CHECK_CONTAINS(message, fmt::format("built for plugin API version {}", kPluginApi + 41));
-  CHECK_CONTAINS(message, fmt::format("supports version {}", kPluginApi));
+  const std::string message = test::error_of([&] { loader.load_file(file); });
+  STRATA_CHECK_CONTAINS(message, "libstrata_test_wrong_api.so");
+  STRATA_CHECK_CONTAINS(message, fmt::format("built for plugin API version {}", kPluginApi + 41));
+  STRATA_CHECK_CONTAINS(message, fmt::format("supports version {}", kPluginApi));
   BOOST_TEST(loader.plugins().empty());
 }
 
 BOOST_AUTO_TEST_CASE(missing_file_and_non_plugin_library_are_clear_errors) {
   Registries r;
   PluginLoader loader(r);
-  CHECK_CONTAINS(error_of([&] { loader.load_file("/nonexistent/libstrata_x.so"); }),
+  STRATA_CHECK_CONTAINS(test::error_of([&] { loader.load_file("/nonexistent/libstrata_x.so"); }),
                  "plugin /nonexistent/libstrata_x.so: no such file");
-  CHECK_CONTAINS(error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_no_entry.so"); }),
+  STRATA_CHECK_CONTAINS(test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_no_entry.so"); }),
                  "not a Strata plugin (it exports no 'strata_plugin' entry point)");
 }
 
@@ -221,10 +206,10 @@ BOOST_AUTO_TEST_CASE(duplicate_registration_names_both_plugins) {
   PluginLoader loader(r);
   loader.load_default();
   const std::string message =
-      error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_duplicate_layer.so"); });
-  CHECK_CONTAINS(message, "layer type 'relu' is registered twice");
-  CHECK_CONTAINS(message, "by plugin 'layers'");
-  CHECK_CONTAINS(message, "by plugin 'test_duplicate_layer'");
+      test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_duplicate_layer.so"); });
+  STRATA_CHECK_CONTAINS(message, "layer type 'relu' is registered twice");
+  STRATA_CHECK_CONTAINS(message, "by plugin 'layers'");
+  STRATA_CHECK_CONTAINS(message, "by plugin 'test_duplicate_layer'");
 }
 
 BOOST_AUTO_TEST_CASE(a_plugin_stays_loaded_while_its_objects_live) {

@@ -28,6 +28,7 @@ namespace fs = std::filesystem;
 using strata::Shape;
 using strata::Split;
 using strata::Tensor;
+using strata::test::error_of;
 using strata::test::registries;
 using strata::test::TempDir;
 using strata::test::yaml;
@@ -84,27 +85,6 @@ void write_file(const fs::path& path, const Bytes& bytes) {
   }
 }
 
-// The message of the strata::Error that `action` throws ("" and a failed check if none).
-template <class Action>
-std::string error_of(Action&& action) {
-  try {
-    action();
-  } catch (const strata::Error& error) {
-    BOOST_TEST_MESSAGE("expected error: " << error.what());  // shown with --log_level=message
-    return error.what();
-  }
-  BOOST_ERROR("expected a strata::Error, but nothing was thrown");
-  return "";
-}
-
-// Evaluates `text` once (it is often an error_of(...) call), then checks it contains `part`.
-#define CHECK_CONTAINS(text, part)                                           \
-  do {                                                                       \
-    const std::string checked_message = (text);                              \
-    BOOST_CHECK_MESSAGE(checked_message.find(part) != std::string::npos,     \
-                        "message lacks \"" << (part) << "\"; message was:\n" \
-                                           << checked_message);              \
-  } while (false)
 
 std::shared_ptr<strata::Dataset> make_dataset(const std::string& config) {
   return registries().datasets.create(yaml(config));
@@ -256,30 +236,30 @@ BOOST_AUTO_TEST_CASE(unknown_split) {
   IdxFolder folder(rng, "");
   auto dataset = make_dataset(folder.config());
   const std::string message = error_of([&] { dataset->load("valid"); });
-  CHECK_CONTAINS(message, "unknown split 'valid'");
+  STRATA_CHECK_CONTAINS(message, "unknown split 'valid'");
 }
 
 BOOST_AUTO_TEST_CASE(missing_files) {
   TempDir empty;
   const std::string message =
       error_of([&] { make_dataset(fmt::format("{{type: idx, dir: {}}}", empty.path().string())); });
-  CHECK_CONTAINS(message, (empty / "train-images-idx3-ubyte").string() + " nor ");
-  CHECK_CONTAINS(message, (empty / "train-images-idx3-ubyte.gz").string());
-  CHECK_CONTAINS(message, "<test>:1:");  // the position of `dir` in the config
+  STRATA_CHECK_CONTAINS(message, (empty / "train-images-idx3-ubyte").string() + " nor ");
+  STRATA_CHECK_CONTAINS(message, (empty / "train-images-idx3-ubyte.gz").string());
+  STRATA_CHECK_CONTAINS(message, "<test>:1:");  // the position of `dir` in the config
 
   // Only the test labels are missing.
   std::mt19937 rng(106);
   IdxFolder folder(rng, ".gz");
   fs::remove(folder.path("t10k-labels-idx1-ubyte.gz"));
   const std::string labels = error_of([&] { make_dataset(folder.config()); });
-  CHECK_CONTAINS(labels, folder.path("t10k-labels-idx1-ubyte.gz").string());
+  STRATA_CHECK_CONTAINS(labels, folder.path("t10k-labels-idx1-ubyte.gz").string());
 
   // An explicit path is used exactly as written.
   const std::string explicit_path = error_of([&] {
     make_dataset(fmt::format("{{type: idx, dir: {}, train_labels: nowhere.idx}}",
                              folder.dir.path().string()));
   });
-  CHECK_CONTAINS(explicit_path, "train_labels: dataset file " +
+  STRATA_CHECK_CONTAINS(explicit_path, "train_labels: dataset file " +
                                     folder.path("nowhere.idx").string() + " does not exist");
 }
 
@@ -295,19 +275,19 @@ BOOST_AUTO_TEST_CASE(truncated_images) {
     auto dataset = make_dataset(folder.config());  // the header alone is intact
     const std::string message = error_of([&] { dataset->load("train"); });
     const IdxSplit& t = folder.train;
-    CHECK_CONTAINS(message, "dataset " + file.string() + ": truncated: ");
-    CHECK_CONTAINS(message, fmt::format("header says {} images of {}x{} (16 + {} bytes)", t.count,
+    STRATA_CHECK_CONTAINS(message, "dataset " + file.string() + ": truncated: ");
+    STRATA_CHECK_CONTAINS(message, fmt::format("header says {} images of {}x{} (16 + {} bytes)", t.count,
                                         t.rows, t.columns, t.pixels.size()));
-    CHECK_CONTAINS(message, fmt::format("file holds {} bytes", bytes.size()));
-    if (suffix == ".gz") CHECK_CONTAINS(message, "after decompression");
+    STRATA_CHECK_CONTAINS(message, fmt::format("file holds {} bytes", bytes.size()));
+    if (suffix == ".gz") STRATA_CHECK_CONTAINS(message, "after decompression");
   }
   // Shorter than the header: fails at construction, which reads it.
   std::mt19937 rng(108);
   IdxFolder folder(rng, "");
   write_raw(folder.path("train-images-idx3-ubyte"), random_bytes(11, rng));
   const std::string message = error_of([&] { make_dataset(folder.config()); });
-  CHECK_CONTAINS(message, folder.path("train-images-idx3-ubyte").string());
-  CHECK_CONTAINS(message, "file holds 11 bytes");
+  STRATA_CHECK_CONTAINS(message, folder.path("train-images-idx3-ubyte").string());
+  STRATA_CHECK_CONTAINS(message, "file holds 11 bytes");
 }
 
 BOOST_AUTO_TEST_CASE(trailing_bytes) {
@@ -321,10 +301,10 @@ BOOST_AUTO_TEST_CASE(trailing_bytes) {
   write_gz(file, bytes);
   auto dataset = make_dataset(folder.config());
   const std::string message = error_of([&] { dataset->load("test"); });
-  CHECK_CONTAINS(message, fmt::format("dataset {}: trailing data: header says {} images of {}x{}",
+  STRATA_CHECK_CONTAINS(message, fmt::format("dataset {}: trailing data: header says {} images of {}x{}",
                                       file.string(), folder.test.count, folder.test.rows,
                                       folder.test.columns));
-  CHECK_CONTAINS(message, fmt::format("file holds {} bytes after decompression ({} extra)",
+  STRATA_CHECK_CONTAINS(message, fmt::format("file holds {} bytes after decompression ({} extra)",
                                       bytes.size(), extra));
 
   // Trailing bytes in a label file.
@@ -332,8 +312,8 @@ BOOST_AUTO_TEST_CASE(trailing_bytes) {
   labels.push_back(static_cast<uint8_t>(random_int(rng, 0, 255)));
   write_gz(folder.path("train-labels-idx1-ubyte.gz"), labels);
   const std::string label_message = error_of([&] { dataset->load("train"); });
-  CHECK_CONTAINS(label_message, folder.path("train-labels-idx1-ubyte.gz").string());
-  CHECK_CONTAINS(label_message,
+  STRATA_CHECK_CONTAINS(label_message, folder.path("train-labels-idx1-ubyte.gz").string());
+  STRATA_CHECK_CONTAINS(label_message,
                  fmt::format("trailing data: header says {} labels (8 + {} bytes), file holds {} "
                              "bytes after decompression (1 extra)",
                              folder.train.count, folder.train.count, labels.size()));
@@ -345,9 +325,9 @@ BOOST_AUTO_TEST_CASE(bad_magic) {
   // A label file where the images belong: found at construction (the header is read there).
   write_raw(folder.path("train-images-idx3-ubyte"), folder.train.label_file());
   const std::string message = error_of([&] { make_dataset(folder.config()); });
-  CHECK_CONTAINS(message, folder.path("train-images-idx3-ubyte").string());
-  CHECK_CONTAINS(message, "bad magic number 0x00000801, expected 0x00000803");
-  CHECK_CONTAINS(message, "this is an IDX label file");
+  STRATA_CHECK_CONTAINS(message, folder.path("train-images-idx3-ubyte").string());
+  STRATA_CHECK_CONTAINS(message, "bad magic number 0x00000801, expected 0x00000803");
+  STRATA_CHECK_CONTAINS(message, "this is an IDX label file");
 
   // A random magic in the test labels.
   write_raw(folder.path("train-images-idx3-ubyte"), folder.train.image_file());
@@ -358,8 +338,8 @@ BOOST_AUTO_TEST_CASE(bad_magic) {
   write_raw(folder.path("t10k-labels-idx1-ubyte"), labels);
   auto dataset = make_dataset(folder.config());
   const std::string label_message = error_of([&] { dataset->load("test"); });
-  CHECK_CONTAINS(label_message, folder.path("t10k-labels-idx1-ubyte").string());
-  CHECK_CONTAINS(label_message,
+  STRATA_CHECK_CONTAINS(label_message, folder.path("t10k-labels-idx1-ubyte").string());
+  STRATA_CHECK_CONTAINS(label_message,
                  fmt::format("bad magic number 0x{:02x}{:02x}{:02x}{:02x}, expected 0x00000801",
                              labels[0], labels[1], labels[2], labels[3]));
 }
@@ -372,9 +352,9 @@ BOOST_AUTO_TEST_CASE(label_count_mismatch) {
   write_raw(folder.path("train-labels-idx1-ubyte"), fewer.label_file());
   auto dataset = make_dataset(folder.config());
   const std::string message = error_of([&] { dataset->load("train"); });
-  CHECK_CONTAINS(message, folder.path("train-labels-idx1-ubyte").string());
-  CHECK_CONTAINS(message, fmt::format("holds {} labels", fewer.labels.size()));
-  CHECK_CONTAINS(message, fmt::format("number {}", folder.train.count));
+  STRATA_CHECK_CONTAINS(message, folder.path("train-labels-idx1-ubyte").string());
+  STRATA_CHECK_CONTAINS(message, fmt::format("holds {} labels", fewer.labels.size()));
+  STRATA_CHECK_CONTAINS(message, fmt::format("number {}", folder.train.count));
 }
 
 BOOST_AUTO_TEST_CASE(label_out_of_range) {
@@ -386,8 +366,8 @@ BOOST_AUTO_TEST_CASE(label_out_of_range) {
   write_gz(folder.path("t10k-labels-idx1-ubyte.gz"), bad.label_file());
   auto dataset = make_dataset(folder.config());
   const std::string message = error_of([&] { dataset->load("test"); });
-  CHECK_CONTAINS(message, folder.path("t10k-labels-idx1-ubyte.gz").string());
-  CHECK_CONTAINS(message, fmt::format("label {} at index {} is out of range for classes: {}",
+  STRATA_CHECK_CONTAINS(message, folder.path("t10k-labels-idx1-ubyte.gz").string());
+  STRATA_CHECK_CONTAINS(message, fmt::format("label {} at index {} is out of range for classes: {}",
                                       bad.labels[index], index, folder.classes));
 }
 
@@ -408,18 +388,18 @@ BOOST_AUTO_TEST_CASE(corrupt_gzip) {
   }
   write_raw(file, damaged);
   const std::string message = error_of([&] { make_dataset(folder.config())->load("train"); });
-  CHECK_CONTAINS(message, "dataset " + file.string() + ": corrupt gzip stream");
+  STRATA_CHECK_CONTAINS(message, "dataset " + file.string() + ": corrupt gzip stream");
 
   // A gzip stream cut short.
   Bytes cut(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(good.size() / 2));
   write_raw(file, cut);
   const std::string cut_message = error_of([&] { make_dataset(folder.config())->load("train"); });
-  CHECK_CONTAINS(cut_message, "dataset " + file.string() + ": corrupt gzip stream");
+  STRATA_CHECK_CONTAINS(cut_message, "dataset " + file.string() + ": corrupt gzip stream");
 
   // Not gzip at all, though named .gz.
   write_raw(file, folder.train.image_file());
   const std::string raw_message = error_of([&] { make_dataset(folder.config()); });
-  CHECK_CONTAINS(raw_message, file.string() + ": the name ends in .gz but the file is not gzip");
+  STRATA_CHECK_CONTAINS(raw_message, file.string() + ": the name ends in .gz but the file is not gzip");
 }
 
 BOOST_AUTO_TEST_CASE(test_images_of_another_size) {
@@ -430,7 +410,7 @@ BOOST_AUTO_TEST_CASE(test_images_of_another_size) {
   write_raw(folder.path("t10k-labels-idx1-ubyte"), other.label_file());
   auto dataset = make_dataset(folder.config());
   const std::string message = error_of([&] { dataset->load("test"); });
-  CHECK_CONTAINS(message, fmt::format("test images are {}x{} but the train images", other.rows,
+  STRATA_CHECK_CONTAINS(message, fmt::format("test images are {}x{} but the train images", other.rows,
                                       other.columns));
 }
 
@@ -442,15 +422,15 @@ BOOST_AUTO_TEST_CASE(config_errors) {
   for (const std::string& config : {fmt::format("{{type: idx, dri: {}}}", dir),
                                     fmt::format("{{type: idx, dir: {}, dri: {}}}", dir, dir)}) {
     const std::string message = error_of([&] { make_dataset(config); });
-    CHECK_CONTAINS(message, "<test>:1:");
-    CHECK_CONTAINS(message, "unknown key 'dri'");
-    CHECK_CONTAINS(message, "did you mean 'dir'?");
+    STRATA_CHECK_CONTAINS(message, "<test>:1:");
+    STRATA_CHECK_CONTAINS(message, "unknown key 'dri'");
+    STRATA_CHECK_CONTAINS(message, "did you mean 'dir'?");
   }
   const std::string classes =
       error_of([&] { make_dataset(fmt::format("{{type: idx, dir: {}, classes: 0}}", dir)); });
-  CHECK_CONTAINS(classes, "classes: must be between 1 and 256");
+  STRATA_CHECK_CONTAINS(classes, "classes: must be between 1 and 256");
   const std::string missing_dir = error_of([&] { make_dataset("{type: idx, classes: 3}"); });
-  CHECK_CONTAINS(missing_dir, "missing required key 'dir'");
+  STRATA_CHECK_CONTAINS(missing_dir, "missing required key 'dir'");
 }
 
 // The real Fashion-MNIST, when the Debian package dataset-fashion-mnist is installed.
@@ -580,26 +560,26 @@ BOOST_AUTO_TEST_CASE(bad_files) {
 
   // Missing file: named at construction.
   const std::string missing = error_of([&] { make_dataset(config); });
-  CHECK_CONTAINS(missing, "dataset file " + (dir / "train.bin").string() + " does not exist");
-  CHECK_CONTAINS(missing, "train_files[0]");
+  STRATA_CHECK_CONTAINS(missing, "dataset file " + (dir / "train.bin").string() + " does not exist");
+  STRATA_CHECK_CONTAINS(missing, "train_files[0]");
 
   // Not a whole number of records.
   const std::size_t extra = static_cast<std::size_t>(random_int(rng, 1, 3000));
   const Bytes odd = concat(random_cifar(rng, 7), random_bytes(extra, rng));
   write_raw(dir / "train.bin", odd);
   const std::string size = error_of([&] { make_dataset(config)->load("train"); });
-  CHECK_CONTAINS(size, "dataset " + (dir / "train.bin").string());
-  CHECK_CONTAINS(size, fmt::format("size {} bytes is not a multiple of the 3073-byte", odd.size()));
-  CHECK_CONTAINS(size, fmt::format("7 whole records and {} bytes left over", extra));
+  STRATA_CHECK_CONTAINS(size, "dataset " + (dir / "train.bin").string());
+  STRATA_CHECK_CONTAINS(size, fmt::format("size {} bytes is not a multiple of the 3073-byte", odd.size()));
+  STRATA_CHECK_CONTAINS(size, fmt::format("7 whole records and {} bytes left over", extra));
 
   // Empty file.
   write_raw(dir / "train.bin", {});
-  CHECK_CONTAINS(error_of([&] { make_dataset(config)->load("train"); }),
+  STRATA_CHECK_CONTAINS(error_of([&] { make_dataset(config)->load("train"); }),
                  "train.bin: the file is empty");
 
   // CIFAR-100 records (two label bytes) are recognised as such.
   write_raw(dir / "train.bin", random_bytes(3 * 3074, rng));
-  CHECK_CONTAINS(error_of([&] { make_dataset(config)->load("train"); }), "is this CIFAR-100?");
+  STRATA_CHECK_CONTAINS(error_of([&] { make_dataset(config)->load("train"); }), "is this CIFAR-100?");
 
   // A label above 9.
   Bytes bad_label = random_cifar(rng, 6);
@@ -607,7 +587,7 @@ BOOST_AUTO_TEST_CASE(bad_files) {
   bad_label[record * kCifarRecord] = static_cast<uint8_t>(random_int(rng, 10, 255));
   write_raw(dir / "train.bin", bad_label);
   const std::string label = error_of([&] { make_dataset(config)->load("train"); });
-  CHECK_CONTAINS(
+  STRATA_CHECK_CONTAINS(
       label, fmt::format("dataset {}: record {} has label {}", (dir / "train.bin").string(), record,
                          bad_label[record * kCifarRecord]));
 
@@ -618,15 +598,15 @@ BOOST_AUTO_TEST_CASE(bad_files) {
   write_raw(partial / "test_batch.bin", random_cifar(rng, 1));
   const std::string batch5 = error_of(
       [&] { make_dataset(fmt::format("{{type: cifar10, dir: {}}}", partial.path().string())); });
-  CHECK_CONTAINS(batch5, "missing file " + (partial / "data_batch_5.bin").string());
+  STRATA_CHECK_CONTAINS(batch5, "missing file " + (partial / "data_batch_5.bin").string());
 }
 
 BOOST_AUTO_TEST_CASE(unknown_key) {
   TempDir dir;
   const std::string message = error_of(
       [&] { make_dataset(fmt::format("{{type: cifar10, dri: {}}}", dir.path().string())); });
-  CHECK_CONTAINS(message, "unknown key 'dri'");
-  CHECK_CONTAINS(message, "did you mean 'dir'?");
+  STRATA_CHECK_CONTAINS(message, "unknown key 'dri'");
+  STRATA_CHECK_CONTAINS(message, "did you mean 'dir'?");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -744,13 +724,13 @@ BOOST_AUTO_TEST_CASE(deterministic_for_a_seed) {
 }
 
 BOOST_AUTO_TEST_CASE(config_errors) {
-  CHECK_CONTAINS(error_of([] { make_dataset("{type: synthetic, shape: [16, 16]}"); }),
+  STRATA_CHECK_CONTAINS(error_of([] { make_dataset("{type: synthetic, shape: [16, 16]}"); }),
                  "shape: must be [C, H, W]");
-  CHECK_CONTAINS(error_of([] { make_dataset("{type: synthetic, classes: 1}"); }),
+  STRATA_CHECK_CONTAINS(error_of([] { make_dataset("{type: synthetic, classes: 1}"); }),
                  "classes: must be at least 2");
-  CHECK_CONTAINS(error_of([] { make_dataset("{type: synthetic, seeed: 3}"); }),
+  STRATA_CHECK_CONTAINS(error_of([] { make_dataset("{type: synthetic, seeed: 3}"); }),
                  "did you mean 'seed'?");
-  CHECK_CONTAINS(error_of([] { make_dataset("{type: synthetic}")->load("validation"); }),
+  STRATA_CHECK_CONTAINS(error_of([] { make_dataset("{type: synthetic}")->load("validation"); }),
                  "unknown split 'validation'");
 }
 
@@ -933,24 +913,24 @@ BOOST_AUTO_TEST_CASE(errors) {
   std::mt19937 rng(305);
   auto transform = make_normalize("{type: normalize}");
   Tensor images = strata::test::random_tensor(Shape{4, 3, 5, 7}, rng);
-  CHECK_CONTAINS(error_of([&] { transform->fit(images); }), "fit() called before setup()");
+  STRATA_CHECK_CONTAINS(error_of([&] { transform->fit(images); }), "fit() called before setup()");
   transform->setup(Shape{3, 5, 7});
   transform->fit(images);
   Tensor other = strata::test::random_tensor(Shape{4, 3, 7, 5}, rng);
   const std::string message = error_of([&] { transform->apply(other); });
-  CHECK_CONTAINS(message, "apply() got images of shape [4, 3, 7, 5]");
-  CHECK_CONTAINS(message, "samples of shape [3, 5, 7]");
-  CHECK_CONTAINS(error_of([&] { transform->fit(other); }), "fit() got images of shape");
+  STRATA_CHECK_CONTAINS(message, "apply() got images of shape [4, 3, 7, 5]");
+  STRATA_CHECK_CONTAINS(message, "samples of shape [3, 5, 7]");
+  STRATA_CHECK_CONTAINS(error_of([&] { transform->fit(other); }), "fit() got images of shape");
   Tensor flat = strata::test::random_tensor(Shape{4, 105}, rng);
-  CHECK_CONTAINS(error_of([&] { transform->apply(flat); }), "apply() got images of shape [4, 105]");
+  STRATA_CHECK_CONTAINS(error_of([&] { transform->apply(flat); }), "apply() got images of shape [4, 105]");
 
-  CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, per: pixle}"); }),
+  STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, per: pixle}"); }),
                  "did you mean 'pixel'?");
-  CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, scale: unit}"); }),
+  STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, scale: unit}"); }),
                  "unknown value 'unit'");
-  CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, epsilon: 0}"); }),
+  STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, epsilon: 0}"); }),
                  "epsilon: must be positive");
-  CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, mean: 0.5}"); }),
+  STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, mean: 0.5}"); }),
                  "unknown key 'mean'");
 }
 

@@ -10,9 +10,9 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/test/unit_test.hpp>
 #include <cmath>
-#include <algorithm>
 #include <cstdio>
 #include <limits>
 #include <memory>
@@ -90,8 +90,8 @@ bool all_finite(const Tensor& t) {
 void check_close(const Tensor& got, const Tensor& want, const std::string& what,
                  bool exact = false) {
   BOOST_TEST_CONTEXT(what) {
-    BOOST_TEST_REQUIRE((got.shape() == want.shape()),
-                       got.shape().str() << " vs " << want.shape().str());
+    BOOST_TEST_REQUIRE((got.shape() == want.shape()), got.shape().str()
+                                                          << " vs " << want.shape().str());
     BOOST_TEST(all_finite(got), "non-finite value (not overwritten?)");
     const float diff = strata::test::max_abs_diff(got, want);
     const float tolerance = exact ? 0.0f : kRelativeTolerance * std::max(max_abs(want), 1.0f);
@@ -103,8 +103,8 @@ void check_values(const Tensor& got, const std::vector<float>& want, const std::
   BOOST_TEST_CONTEXT(what) {
     BOOST_TEST_REQUIRE(static_cast<std::size_t>(got.numel()) == want.size());
     for (std::size_t i = 0; i < want.size(); ++i) {
-      BOOST_TEST(got.data()[i] == want[i], "element " << i << ": " << got.data()[i]
-                                                      << " != " << want[i]);
+      BOOST_TEST(got.data()[i] == want[i],
+                 "element " << i << ": " << got.data()[i] << " != " << want[i]);
     }
   }
 }
@@ -117,7 +117,8 @@ double dot(const Tensor& a, const Tensor& b) {
 
 double abs_dot(const Tensor& a, const Tensor& b) {
   double sum = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) sum += std::abs(static_cast<double>(a.data()[i]) * b.data()[i]);
+  for (int64_t i = 0; i < a.numel(); ++i)
+    sum += std::abs(static_cast<double>(a.data()[i]) * b.data()[i]);
   return sum;
 }
 
@@ -143,9 +144,19 @@ int64_t out_extent(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int6
   return span < 0 ? 0 : span / stride + 1;
 }
 
-Conv2dDesc conv_desc(int64_t c, int64_t h, int64_t w, int64_t k, int64_t kh, int64_t kw,
-                     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-                     int64_t groups) {
+// PyTorch's ceil_mode size: rounded up, but the last window must start inside the input or its
+// left padding. The layer decides rounding, so kernels must handle windows that overhang the
+// padded input.
+int64_t out_extent_ceil(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  const int64_t span = in + 2 * pad - dilation * (kernel - 1) - 1;
+  if (span < 0) return 0;
+  int64_t out = (span + stride - 1) / stride + 1;
+  if ((out - 1) * stride >= in + pad) --out;
+  return out;
+}
+
+Conv2dDesc conv_desc(int64_t c, int64_t h, int64_t w, int64_t k, int64_t kh, int64_t kw, int64_t sh,
+                     int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups) {
   Conv2dDesc d;
   d.in_channels = c;
   d.in_h = h;
@@ -165,8 +176,8 @@ Conv2dDesc conv_desc(int64_t c, int64_t h, int64_t w, int64_t k, int64_t kh, int
   return d;
 }
 
-Pool2dDesc pool_desc(Mode mode, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw,
-                     int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool count_include_pad) {
+Pool2dDesc pool_desc(Mode mode, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int64_t sh,
+                     int64_t sw, int64_t ph, int64_t pw, bool count_include_pad) {
   Pool2dDesc d;
   d.mode = mode;
   d.channels = c;
@@ -190,7 +201,7 @@ int64_t uniform(std::mt19937& rng, int64_t lo, int64_t hi) {
 
 enum class GroupKind { kOne, kTwo, kDepthwise };
 
-// A random valid convolution (output at least 1x1).
+// A random valid convolution (output at least 1x1); one in eight rounds its output size up.
 Conv2dDesc random_conv(std::mt19937& rng, GroupKind kind, bool pointwise) {
   for (;;) {
     int64_t groups = 1, c = 0, k = 0;
@@ -215,17 +226,27 @@ Conv2dDesc random_conv(std::mt19937& rng, GroupKind kind, bool pointwise) {
                   : conv_desc(c, h, w, k, uniform(rng, 1, 5), uniform(rng, 1, 5),
                               uniform(rng, 1, 3), uniform(rng, 1, 3), uniform(rng, 0, 3),
                               uniform(rng, 0, 3), uniform(rng, 1, 3), uniform(rng, 1, 3), groups);
+    if (!pointwise && uniform(rng, 0, 7) == 0) {
+      d.out_h = out_extent_ceil(d.in_h, d.kernel_h, d.stride_h, d.pad_h, d.dilation_h);
+      d.out_w = out_extent_ceil(d.in_w, d.kernel_w, d.stride_w, d.pad_w, d.dilation_w);
+    }
     if (d.out_h >= 1 && d.out_w >= 1) return d;
   }
 }
 
-// A random valid pooling (PyTorch's rule: padding at most half the kernel).
-Pool2dDesc random_pool(std::mt19937& rng, Mode mode, bool count_include_pad) {
+// A random valid pooling (PyTorch's rule: padding at most half the kernel). `pairs` asks for the
+// common 2x2, stride 2 window (which fast kernels may special-case); one in four rounds up.
+Pool2dDesc random_pool(std::mt19937& rng, Mode mode, bool count_include_pad, bool pairs = false) {
   for (;;) {
-    const int64_t kh = uniform(rng, 1, 4), kw = uniform(rng, 1, 4);
-    Pool2dDesc d = pool_desc(mode, uniform(rng, 1, 4), uniform(rng, 1, 16), uniform(rng, 1, 16),
-                             kh, kw, uniform(rng, 1, 3), uniform(rng, 1, 3), uniform(rng, 0, kh / 2),
-                             uniform(rng, 0, kw / 2), count_include_pad);
+    const int64_t kh = pairs ? 2 : uniform(rng, 1, 4), kw = pairs ? 2 : uniform(rng, 1, 4);
+    const int64_t sh = pairs ? 2 : uniform(rng, 1, 3), sw = pairs ? 2 : uniform(rng, 1, 3);
+    Pool2dDesc d =
+        pool_desc(mode, uniform(rng, 1, 4), uniform(rng, 1, 40), uniform(rng, 1, 40), kh, kw, sh,
+                  sw, uniform(rng, 0, kh / 2), uniform(rng, 0, kw / 2), count_include_pad);
+    if (uniform(rng, 0, 3) == 0) {
+      d.out_h = out_extent_ceil(d.in_h, kh, sh, d.pad_h, 1);
+      d.out_w = out_extent_ceil(d.in_w, kw, sw, d.pad_w, 1);
+    }
     if (d.out_h >= 1 && d.out_w >= 1) return d;
   }
 }
@@ -247,7 +268,8 @@ class StderrCapture {
     ::close(saved_);
     std::string text;
     std::rewind(file_);
-    for (int ch = std::fgetc(file_); ch != EOF; ch = std::fgetc(file_)) text.push_back(static_cast<char>(ch));
+    for (int ch = std::fgetc(file_); ch != EOF; ch = std::fgetc(file_))
+      text.push_back(static_cast<char>(ch));
     std::fclose(file_);
     file_ = nullptr;
     return text;
@@ -360,7 +382,7 @@ BOOST_AUTO_TEST_CASE(conv2d_dilation2_groups2) {
   auto conv = kernel<Conv2dKernel>("conv2d", "reference", d);
   std::vector<float> values(32);
   for (int i = 0; i < 16; ++i) {
-    values[i] = static_cast<float>(i);        // channel 0: 4*h + w
+    values[i] = static_cast<float>(i);            // channel 0: 4*h + w
     values[16 + i] = static_cast<float>(16 + i);  // channel 1: 16 + 4*h + w
   }
   const Tensor x = make_tensor({1, 2, 4, 4}, values);
@@ -414,9 +436,10 @@ BOOST_AUTO_TEST_CASE(avg_pool_count_include_pad) {
   check_values(y, {0.25f, 1.25f, 0.5f, 0.5f, -1.5f, -0.25f, -1, -1, -1.5f}, "y");
   Tensor dx = poisoned({1, 1, 4, 4});
   pool->backward(x, y, make_tensor({1, 1, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9}), dx);
-  check_values(dx, {0.25f, 0.5f, 0.5f, 0.75f, 1, 1.25f, 1.25f, 1.5f, 1, 1.25f, 1.25f, 1.5f, 1.75f,
-                    2, 2, 2.25f},
-               "dx");
+  check_values(
+      dx,
+      {0.25f, 0.5f, 0.5f, 0.75f, 1, 1.25f, 1.25f, 1.5f, 1, 1.25f, 1.25f, 1.5f, 1.75f, 2, 2, 2.25f},
+      "dx");
 }
 
 BOOST_AUTO_TEST_CASE(avg_pool_exclude_pad) {
@@ -511,27 +534,33 @@ BOOST_AUTO_TEST_CASE(there_is_a_fast_backend) {
 BOOST_AUTO_TEST_CASE(conv2d_random) {
   std::mt19937 rng(7);
   for (const std::string& backend : fast_backends("conv2d")) {
-    for (int i = 0; i < 240; ++i) {
+    for (int i = 0; i < 1500; ++i) {
       const auto kind = static_cast<GroupKind>(i % 3);
       compare_conv(random_conv(rng, kind, i % 12 == 11), uniform(rng, 1, 5), backend, rng);
     }
   }
 }
 
-// Shapes that reach the fast kernels' other paths: LeNet's layers, several small images per GEMM
-// with a partial last block, one image split into bands of output rows, strided 1x1 (no fast
-// path), big pointwise, and a batch larger than the thread count's slices.
+// Shapes that reach every path of the tbb kernel (see TbbConv2d in backend_tbb/tbb_kernels.hpp):
+// LeNet's layers (direct forward, "small" backward_data), several images per block with a
+// partial last block, direct backward_data (also with padding wider than the kernel reaches),
+// bands of output rows (blas), blas with many images per GEMM (over 64 filters), strided 1x1,
+// pointwise (over 64 channels, so not direct) and depthwise.
 BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
   std::mt19937 rng(11);
   const std::vector<std::pair<Conv2dDesc, int64_t>> cases = {
-      {conv_desc(1, 28, 28, 6, 5, 5, 1, 1, 2, 2, 1, 1, 1), 9},      // LeNet conv1
-      {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1), 13},    // LeNet conv2
-      {conv_desc(3, 5, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37},       // many images per block
-      {conv_desc(20, 30, 26, 6, 5, 5, 1, 1, 2, 2, 1, 1, 2), 2},     // bands of output rows
-      {conv_desc(16, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2},     // bands, strided, dilated
-      {conv_desc(8, 9, 9, 12, 1, 1, 2, 2, 0, 0, 1, 1, 4), 5},       // 1x1 stride 2
-      {conv_desc(32, 20, 20, 24, 1, 1, 1, 1, 0, 0, 1, 1, 1), 6},    // pointwise
-      {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7},   // depthwise
+      {conv_desc(1, 28, 28, 6, 5, 5, 1, 1, 2, 2, 1, 1, 1), 9},     // LeNet conv1
+      {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1), 13},   // LeNet conv2
+      {conv_desc(3, 5, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37},      // many images per block
+      {conv_desc(20, 30, 26, 6, 5, 5, 1, 1, 2, 2, 1, 1, 2), 2},    // bands of output rows
+      {conv_desc(16, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2},    // bands, strided, dilated
+      {conv_desc(8, 9, 9, 12, 1, 1, 2, 2, 0, 0, 1, 1, 4), 5},      // 1x1 stride 2
+      {conv_desc(32, 20, 20, 24, 1, 1, 1, 1, 0, 0, 1, 1, 1), 6},   // 1x1, direct
+      {conv_desc(72, 6, 6, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1), 3},      // pointwise
+      {conv_desc(6, 8, 8, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1), 3},       // padding beyond the kernel
+      {conv_desc(12, 9, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1), 17},     // direct backward_data
+      {conv_desc(4, 7, 7, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9},      // blas, many images
+      {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7},  // depthwise
   };
   for (const std::string& backend : fast_backends("conv2d")) {
     for (const auto& [desc, n] : cases) compare_conv(desc, n, backend, rng);
@@ -541,12 +570,12 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
 BOOST_AUTO_TEST_CASE(pool2d_random) {
   std::mt19937 rng(13);
   for (const std::string& backend : fast_backends("pool2d")) {
-    for (int i = 0; i < 300; ++i) {
+    for (int i = 0; i < 1500; ++i) {
       const Mode mode = i % 3 == 0 ? Mode::kMax : Mode::kAverage;
-      const Pool2dDesc d = random_pool(rng, mode, i % 3 == 1);
+      const Pool2dDesc d = random_pool(rng, mode, i % 3 == 1, i % 4 < 2);
       const int64_t n = uniform(rng, 1, 5);
       Tensor x = random_tensor({n, d.channels, d.in_h, d.in_w}, rng);
-      if (i % 6 == 3) {
+      if (i % 5 == 3) {
         // Few distinct values, so windows hold ties: both must pick the first maximum.
         for (float& v : x.span()) v = std::round(v * 2.0f);
       }
@@ -568,7 +597,7 @@ BOOST_AUTO_TEST_CASE(gemm_random) {
     int64_t m, n, k;
   };
   // Small, then large enough to be split over rows of C, then short and wide (split over columns).
-  const std::vector<Size> sizes = {{1, 1, 1},    {3, 7, 5},    {17, 33, 9},  {64, 1, 40},
+  const std::vector<Size> sizes = {{1, 1, 1},      {3, 7, 5},     {17, 33, 9},    {64, 1, 40},
                                    {300, 200, 64}, {8, 2000, 64}, {150, 160, 130}};
   for (const std::string& backend : fast_backends("gemm")) {
     auto ref = kernel<GemmKernel>("gemm", "reference", {});
@@ -584,10 +613,10 @@ BOOST_AUTO_TEST_CASE(gemm_random) {
         const Tensor a = random_tensor({a_rows, lda}, rng), b = random_tensor({b_rows, ldb}, rng);
         const Tensor c0 = random_tensor({s.m, ldc}, rng);
         for (float beta : {-0.5f, 0.0f}) {
-          BOOST_TEST_CONTEXT(fmt::format("{} gemm m={} n={} k={} trans_a={} trans_b={} lda={} "
-                                         "ldb={} ldc={} alpha=0.75 beta={}",
-                                         backend, s.m, s.n, s.k, trans_a, trans_b, lda, ldb, ldc,
-                                         beta)) {
+          BOOST_TEST_CONTEXT(
+              fmt::format("{} gemm m={} n={} k={} trans_a={} trans_b={} lda={} "
+                          "ldb={} ldc={} alpha=0.75 beta={}",
+                          backend, s.m, s.n, s.k, trans_a, trans_b, lda, ldb, ldc, beta)) {
             Tensor c_ref = c0.clone(), c_fast = c0.clone();
             if (beta == 0.0f) {  // C must not be read
               c_ref.fill(kNaN);
@@ -645,15 +674,16 @@ BOOST_AUTO_TEST_CASE(shape_mismatch_is_an_error) {
     BOOST_CHECK_THROW(conv->forward(x, w, nullptr, y), strata::Error);
   }
   // Groups that do not divide the channels are refused when the kernel is prepared.
-  BOOST_CHECK_THROW(kernel<Conv2dKernel>("conv2d", "tbb", conv_desc(3, 6, 6, 4, 3, 3, 1, 1, 1, 1, 1,
-                                                                     1, 2)),
-                    strata::Error);
+  BOOST_CHECK_THROW(
+      kernel<Conv2dKernel>("conv2d", "tbb", conv_desc(3, 6, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 2)),
+      strata::Error);
 }
 
 BOOST_AUTO_TEST_CASE(pick_returns_the_backends_kernel) {
   const Conv2dDesc d = conv_desc(2, 6, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1);
   const auto& entries = registries().kernels.entries();
-  const auto made_by = [&](const std::string& op, const std::string& backend) -> const std::type_info& {
+  const auto made_by = [&](const std::string& op,
+                           const std::string& backend) -> const std::type_info& {
     static std::vector<std::unique_ptr<strata::Kernel>> keep;  // typeid of a live object
     keep.push_back(entries.at({op, backend}).factory());
     return typeid(*keep.back());

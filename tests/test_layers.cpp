@@ -49,6 +49,7 @@ using strata::Rng;
 using strata::SetupContext;
 using strata::Shape;
 using strata::Tensor;
+using strata::test::error_of;
 using strata::test::random_tensor;
 using strata::test::registries;
 using strata::test::yaml;
@@ -556,17 +557,6 @@ BOOST_AUTO_TEST_SUITE_END()
 // ------------------------------------------------------------------------------------------------
 // Layer specifics
 // ------------------------------------------------------------------------------------------------
-
-// The message of the Error `body` throws ("" when it throws nothing).
-template <class F>
-std::string error_of(F&& body) {
-  try {
-    body();
-  } catch (const strata::Error& error) {
-    return error.what();
-  }
-  return "";
-}
 
 std::string setup_error(const std::string& layer_yaml, const Shape& input) {
   return error_of([&] { make_layer(layer_yaml, {input}, "reference"); });

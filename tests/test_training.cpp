@@ -18,20 +18,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-template <class Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& error) {
-    return error.what();
-  }
-  BOOST_FAIL("expected a strata::Error");
-  return "";
-}
-
-#define CHECK_CONTAINS(text, part) \
-  BOOST_CHECK_MESSAGE((text).find(part) != std::string::npos, "'" << (text) << "' lacks '" << (part) << "'")
-
 // The build's plugins plus the test-only ones (test_sum).
 Registries& registries_with_test_plugins() {
   static Registries* registries = [] {
@@ -94,10 +80,10 @@ layers:
   - {name: conv2, type: conv2d, out_channels: 4, kernel: 3}
 )", "net.yaml");
   const std::string message =
-      error_of([&] { Graph g(config, test::registries(), "reference", rng); });
-  CHECK_CONTAINS(message, "net.yaml:5:5: layers[1]");
-  CHECK_CONTAINS(message, "conv2");
-  CHECK_CONTAINS(message, "'fc1' gives [20]");
+      test::error_of([&] { Graph g(config, test::registries(), "reference", rng); });
+  STRATA_CHECK_CONTAINS(message, "net.yaml:5:5: layers[1]");
+  STRATA_CHECK_CONTAINS(message, "conv2");
+  STRATA_CHECK_CONTAINS(message, "'fc1' gives [20]");
 }
 
 BOOST_AUTO_TEST_CASE(window_that_does_not_fit_is_an_error_with_the_numbers) {
@@ -106,9 +92,9 @@ BOOST_AUTO_TEST_CASE(window_that_does_not_fit_is_an_error_with_the_numbers) {
       "input: [1, 7, 7]\nlayers:\n  - {name: conv1, type: conv2d, out_channels: 2, kernel: 3, stride: 3}\n",
       "net.yaml");
   const std::string message =
-      error_of([&] { Graph g(config, test::registries(), "reference", rng); });
-  CHECK_CONTAINS(message, "net.yaml:3:5: layers[0]");
-  CHECK_CONTAINS(message, "(7 - 3 + 2*0)/3 + 1 = 2.33");
+      test::error_of([&] { Graph g(config, test::registries(), "reference", rng); });
+  STRATA_CHECK_CONTAINS(message, "net.yaml:3:5: layers[0]");
+  STRATA_CHECK_CONTAINS(message, "(7 - 3 + 2*0)/3 + 1 = 2.33");
 }
 
 BOOST_AUTO_TEST_CASE(unknown_input_names_and_duplicates_are_errors) {
@@ -116,13 +102,13 @@ BOOST_AUTO_TEST_CASE(unknown_input_names_and_duplicates_are_errors) {
   auto build = [&](const std::string& text) {
     Graph g(Config::parse_string(text, "net.yaml"), test::registries(), "reference", rng);
   };
-  CHECK_CONTAINS(error_of([&] {
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
                    build("input: [4]\nlayers:\n  - {name: a, type: relu}\n  - {name: b, type: relu, inputs: [c]}\n");
                  }),
                  "unknown input 'c'");
-  CHECK_CONTAINS(error_of([&] { build("input: [4]\nlayers:\n  - {name: a, type: relu}\n  - {name: a, type: relu}\n"); }),
+  STRATA_CHECK_CONTAINS(test::error_of([&] { build("input: [4]\nlayers:\n  - {name: a, type: relu}\n  - {name: a, type: relu}\n"); }),
                  "duplicate layer name 'a'");
-  CHECK_CONTAINS(error_of([&] {
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
                    build("input: [4]\nlayers:\n  - {name: a, type: linear, out_features: 2, init: {wieght: {type: constant}}}\n");
                  }),
                  "layer 'a' has no parameter 'wieght'");
@@ -243,18 +229,18 @@ BOOST_AUTO_TEST_CASE(resume_continues_exactly) {
 
 BOOST_AUTO_TEST_CASE(diverging_loss_stops_and_names_the_iteration) {
   test::TempDir dir;
-  const std::string message = error_of(
+  const std::string message = test::error_of(
       [&] { run(kSmallExperiment, dir.path(), false, {{"optimizer.lr", "1e12"}, {"optimizer.momentum", "0"}}); });
-  CHECK_CONTAINS(message, "training diverged");
-  CHECK_CONTAINS(message, "iteration");
+  STRATA_CHECK_CONTAINS(message, "training diverged");
+  STRATA_CHECK_CONTAINS(message, "iteration");
   BOOST_TEST(!fs::exists(dir / "summary.json"));
 }
 
 BOOST_AUTO_TEST_CASE(typo_anywhere_fails_before_training) {
   test::TempDir dir;
-  CHECK_CONTAINS(error_of([&] { run(kSmallExperiment, dir.path(), false, {{"train.epohcs", "3"}}); }),
+  STRATA_CHECK_CONTAINS(test::error_of([&] { run(kSmallExperiment, dir.path(), false, {{"train.epohcs", "3"}}); }),
                  "unknown key 'epohcs'");
-  CHECK_CONTAINS(error_of([&] { run(kSmallExperiment, dir.path(), false, {{"optimiser", "{type: sgd}"}}); }),
+  STRATA_CHECK_CONTAINS(test::error_of([&] { run(kSmallExperiment, dir.path(), false, {{"optimiser", "{type: sgd}"}}); }),
                  "unknown key 'optimiser'");
   BOOST_TEST(!fs::exists(dir / "model.h5"));
 }

@@ -1,11 +1,13 @@
 // Shared helpers for the Boost.Test suites.
 #pragma once
 
+#include <boost/test/unit_test.hpp>
 #include <filesystem>
 #include <random>
 #include <string>
 
 #include "strata/config.hpp"
+#include "strata/error.hpp"
 #include "strata/registry.hpp"
 #include "strata/tensor.hpp"
 
@@ -32,7 +34,30 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+// The message of the strata::Error that `action` throws ("" and a failed check when none).
+// Shown with --log_level=message, so the wording of every expected error can be reviewed.
+template <class Action>
+std::string error_of(Action&& action) {
+  try {
+    action();
+  } catch (const Error& error) {
+    BOOST_TEST_MESSAGE("expected error: " << error.what());
+    return error.what();
+  }
+  BOOST_ERROR("expected a strata::Error, but nothing was thrown");
+  return "";
+}
+
 // Largest |a - b| over all elements (shapes must have equal element counts).
 float max_abs_diff(const Tensor& a, const Tensor& b);
 
 }  // namespace strata::test
+
+// Evaluates `text` once (often an error_of(...) call), then checks that it contains `part`.
+#define STRATA_CHECK_CONTAINS(text, part)                                    \
+  do {                                                                       \
+    const std::string checked_message = (text);                              \
+    BOOST_CHECK_MESSAGE(checked_message.find(part) != std::string::npos,     \
+                        "message lacks \"" << (part) << "\"; message was:\n" \
+                                           << checked_message);              \
+  } while (false)
