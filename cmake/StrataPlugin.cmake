@@ -23,3 +23,16 @@ function(strata_add_plugin name)
     set_property(GLOBAL APPEND PROPERTY STRATA_PLUGIN_TARGETS ${target})
   endif()
 endfunction()
+
+# strata_add_plugin_folders(): add_subdirectory() for every folder below the current one that has a
+# CMakeLists.txt, in name order, so a new plugin is a new folder and nothing else.
+function(strata_add_plugin_folders)
+  file(GLOB children LIST_DIRECTORIES true RELATIVE ${CMAKE_CURRENT_SOURCE_DIR} CONFIGURE_DEPENDS
+       ${CMAKE_CURRENT_SOURCE_DIR}/*)
+  list(SORT children)
+  foreach(child IN LISTS children)
+    if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${child}/CMakeLists.txt)
+      add_subdirectory(${child})
+    endif()
+  endforeach()
+endfunction()
