@@ -1,0 +1,176 @@
+#include <vector>
+
+#include "reference_kernels.hpp"
+#include "strata/error.hpp"
+
+namespace strata::reference {
+
+namespace {
+
+void check_shape(std::string_view what, const Tensor& t, const Shape& expected) {
+  if (t.shape() != expected) {
+    fail("reference conv2d: {} has shape {}, expected {}", what, t.shape().str(), expected.str());
+  }
+}
+
+}  // namespace
+
+void ReferenceConv2d::on_prepare() {
+  const Conv2dDesc& d = desc_;
+  if (d.in_channels <= 0 || d.in_h <= 0 || d.in_w <= 0 || d.out_channels <= 0 || d.kernel_h <= 0 ||
+      d.kernel_w <= 0 || d.out_h <= 0 || d.out_w <= 0) {
+    fail(
+        "reference conv2d: extents must be positive (C={}, H={}, W={}, K={}, R={}, S={}, out "
+        "{}x{})",
+        d.in_channels, d.in_h, d.in_w, d.out_channels, d.kernel_h, d.kernel_w, d.out_h, d.out_w);
+  }
+  if (d.stride_h <= 0 || d.stride_w <= 0 || d.dilation_h <= 0 || d.dilation_w <= 0 || d.pad_h < 0 ||
+      d.pad_w < 0) {
+    fail("reference conv2d: stride and dilation must be positive and padding non-negative");
+  }
+  if (d.groups <= 0 || d.in_channels % d.groups != 0 || d.out_channels % d.groups != 0) {
+    fail("reference conv2d: groups={} must divide in_channels={} and out_channels={}", d.groups,
+         d.in_channels, d.out_channels);
+  }
+}
+
+void ReferenceConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bias,
+                              Tensor& y) {
+  const Conv2dDesc& d = desc_;
+  const int64_t n_batch = x.rank() == 4 ? x.dim(0) : -1;
+  const int64_t cg = d.in_channels / d.groups, kg = d.out_channels / d.groups;
+  check_shape("x", x, {n_batch, d.in_channels, d.in_h, d.in_w});
+  check_shape("weight", weight, {d.out_channels, cg, d.kernel_h, d.kernel_w});
+  const bool has_bias = bias != nullptr && bias->defined();
+  if (has_bias) check_shape("bias", *bias, {d.out_channels});
+  check_shape("y", y, {n_batch, d.out_channels, d.out_h, d.out_w});
+
+  const float* xp = x.data();
+  const float* wp = weight.data();
+  float* yp = y.data();
+  for (int64_t n = 0; n < n_batch; ++n) {
+    for (int64_t k = 0; k < d.out_channels; ++k) {
+      const int64_t g = k / kg;
+      for (int64_t oh = 0; oh < d.out_h; ++oh) {
+        for (int64_t ow = 0; ow < d.out_w; ++ow) {
+          double sum = has_bias ? bias->data()[k] : 0.0;
+          for (int64_t c = 0; c < cg; ++c) {
+            const int64_t channel = g * cg + c;
+            for (int64_t r = 0; r < d.kernel_h; ++r) {
+              const int64_t ih = oh * d.stride_h - d.pad_h + r * d.dilation_h;
+              if (ih < 0 || ih >= d.in_h) continue;  // zero padding
+              for (int64_t s = 0; s < d.kernel_w; ++s) {
+                const int64_t iw = ow * d.stride_w - d.pad_w + s * d.dilation_w;
+                if (iw < 0 || iw >= d.in_w) continue;
+                sum += static_cast<double>(
+                           xp[((n * d.in_channels + channel) * d.in_h + ih) * d.in_w + iw]) *
+                       wp[((k * cg + c) * d.kernel_h + r) * d.kernel_w + s];
+              }
+            }
+          }
+          yp[((n * d.out_channels + k) * d.out_h + oh) * d.out_w + ow] = static_cast<float>(sum);
+        }
+      }
+    }
+  }
+}
+
+void ReferenceConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) {
+  if (!dx.defined()) return;
+  const Conv2dDesc& d = desc_;
+  const int64_t n_batch = dy.rank() == 4 ? dy.dim(0) : -1;
+  const int64_t cg = d.in_channels / d.groups, kg = d.out_channels / d.groups;
+  check_shape("dy", dy, {n_batch, d.out_channels, d.out_h, d.out_w});
+  check_shape("weight", weight, {d.out_channels, cg, d.kernel_h, d.kernel_w});
+  check_shape("dx", dx, {n_batch, d.in_channels, d.in_h, d.in_w});
+
+  // The forward loop nest with the multiply-add reversed: every (output, tap) pair that read
+  // x[i] adds w * dy to dx[i]. Padding taps read nothing, so they receive nothing.
+  const float* dyp = dy.data();
+  const float* wp = weight.data();
+  const int64_t image = d.in_channels * d.in_h * d.in_w;
+  std::vector<double> acc(static_cast<std::size_t>(image));
+  for (int64_t n = 0; n < n_batch; ++n) {
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int64_t k = 0; k < d.out_channels; ++k) {
+      const int64_t g = k / kg;
+      for (int64_t oh = 0; oh < d.out_h; ++oh) {
+        for (int64_t ow = 0; ow < d.out_w; ++ow) {
+          const double grad = dyp[((n * d.out_channels + k) * d.out_h + oh) * d.out_w + ow];
+          for (int64_t c = 0; c < cg; ++c) {
+            const int64_t channel = g * cg + c;
+            for (int64_t r = 0; r < d.kernel_h; ++r) {
+              const int64_t ih = oh * d.stride_h - d.pad_h + r * d.dilation_h;
+              if (ih < 0 || ih >= d.in_h) continue;
+              for (int64_t s = 0; s < d.kernel_w; ++s) {
+                const int64_t iw = ow * d.stride_w - d.pad_w + s * d.dilation_w;
+                if (iw < 0 || iw >= d.in_w) continue;
+                acc[(channel * d.in_h + ih) * d.in_w + iw] +=
+                    grad * wp[((k * cg + c) * d.kernel_h + r) * d.kernel_w + s];
+              }
+            }
+          }
+        }
+      }
+    }
+    float* dxp = dx.data() + n * image;
+    for (int64_t i = 0; i < image; ++i) dxp[i] = static_cast<float>(acc[i]);
+  }
+}
+
+void ReferenceConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweight,
+                                      Tensor* dbias) {
+  const bool want_weight = dweight.defined();
+  const bool want_bias = dbias != nullptr && dbias->defined();
+  if (!want_weight && !want_bias) return;
+  const Conv2dDesc& d = desc_;
+  const int64_t n_batch = dy.rank() == 4 ? dy.dim(0) : -1;
+  const int64_t cg = d.in_channels / d.groups, kg = d.out_channels / d.groups;
+  check_shape("dy", dy, {n_batch, d.out_channels, d.out_h, d.out_w});
+
+  const float* dyp = dy.data();
+  if (want_bias) {
+    check_shape("dbias", *dbias, {d.out_channels});
+    for (int64_t k = 0; k < d.out_channels; ++k) {
+      double sum = 0;
+      for (int64_t n = 0; n < n_batch; ++n) {
+        const float* plane = dyp + (n * d.out_channels + k) * d.out_h * d.out_w;
+        for (int64_t i = 0; i < d.out_h * d.out_w; ++i) sum += plane[i];
+      }
+      dbias->data()[k] = static_cast<float>(sum);
+    }
+  }
+  if (!want_weight) return;
+  check_shape("x", x, {n_batch, d.in_channels, d.in_h, d.in_w});
+  check_shape("dweight", dweight, {d.out_channels, cg, d.kernel_h, d.kernel_w});
+
+  const float* xp = x.data();
+  float* dwp = dweight.data();
+  for (int64_t k = 0; k < d.out_channels; ++k) {
+    const int64_t g = k / kg;
+    for (int64_t c = 0; c < cg; ++c) {
+      const int64_t channel = g * cg + c;
+      for (int64_t r = 0; r < d.kernel_h; ++r) {
+        for (int64_t s = 0; s < d.kernel_w; ++s) {
+          double sum = 0;
+          for (int64_t n = 0; n < n_batch; ++n) {
+            for (int64_t oh = 0; oh < d.out_h; ++oh) {
+              const int64_t ih = oh * d.stride_h - d.pad_h + r * d.dilation_h;
+              if (ih < 0 || ih >= d.in_h) continue;
+              for (int64_t ow = 0; ow < d.out_w; ++ow) {
+                const int64_t iw = ow * d.stride_w - d.pad_w + s * d.dilation_w;
+                if (iw < 0 || iw >= d.in_w) continue;
+                sum += static_cast<double>(
+                           xp[((n * d.in_channels + channel) * d.in_h + ih) * d.in_w + iw]) *
+                       dyp[((n * d.out_channels + k) * d.out_h + oh) * d.out_w + ow];
+              }
+            }
+          }
+          dwp[((k * cg + c) * d.kernel_h + r) * d.kernel_w + s] = static_cast<float>(sum);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace strata::reference

@@ -1,0 +1,82 @@
+// backend_reference: the "reference" backend and its kernels, the ground truth of every other
+// backend.
+//
+// WHAT THIS IS
+//   Plain direct loops written to be checked by eye against the definitions in strata/ops.hpp, not
+//   to be fast. No im2col, no BLAS, no threads. Sums are accumulated in double, so the reference is
+//   at least as accurate as anything it is compared with, and a float backend's disagreement with
+//   it measures that backend's own rounding.
+//
+// CONTRACTS (shared by every kernel here)
+//   - requires: tensors have the shapes the prepared descriptor implies (N free); checked, and a
+//     mismatch is a strata::Error naming both shapes.
+//   - ensures: outputs and gradients are overwritten; an undefined gradient Tensor or a null
+//     pointer is skipped at no cost.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string_view>
+
+#include "strata/backend.hpp"
+#include "strata/config.hpp"
+#include "strata/ops.hpp"
+
+namespace strata::reference {
+
+// Runs everything on the calling thread: parallel_for calls body(begin, end) once.
+class ReferenceBackend : public Backend {
+ public:
+  explicit ReferenceBackend(const Config&) {}
+  std::string_view name() const override { return "reference"; }
+  void set_threads(int) override {}
+  int threads() const override { return 1; }
+  void parallel_for(int64_t begin, int64_t end, int64_t grain,
+                    const std::function<void(int64_t, int64_t)>& body) override;
+};
+
+// y[n,k,oh,ow] = bias[k] + sum_{c,r,s} w[k,c,r,s] * xpad[n, g*C/G + c, oh*sh + r*dh, ow*sw + s*dw]
+// with g = k / (K/G) and xpad the input with pad_h/pad_w zeros on each side. backward_data is the
+// exact transpose of that map (a scatter of dy through the same index arithmetic); backward_params
+// correlates dy with the same padded input.
+// requires: C and K divisible by groups; all extents, strides and dilations positive.
+class ReferenceConv2d : public Conv2dKernel {
+ public:
+  void forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) override;
+  void backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) override;
+  void backward_params(const Tensor& x, const Tensor& dy, Tensor& dweight, Tensor* dbias) override;
+
+ protected:
+  void on_prepare() override;
+};
+
+// Window of output (oh, ow): rows oh*sh - ph .. + kh - 1, columns likewise; positions outside the
+// input are padding.
+//   max: the largest input in the window; padding counts as -inf, so it never wins over a real
+//        element. backward sends dy to the FIRST maximum in row-major scan order, recomputed
+//        from x (a NaN counts as the maximum, so NaNs propagate as in PyTorch).
+//   average: the sum of the real elements divided by
+//        count_include_pad: the window's area clipped to the padded input (PyTorch's rule; equal
+//                           to kh*kw unless the layer rounds output sizes up);
+//        otherwise:         the number of real elements.
+//   A window with no real element (possible only with padding wider than the kernel) yields -inf
+//   for max and 0 for average, and passes no gradient.
+class ReferencePool2d : public Pool2dKernel {
+ public:
+  void forward(const Tensor& x, Tensor& y) override;
+  void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) override;
+
+ protected:
+  void on_prepare() override;
+};
+
+// C = alpha * op(A) * op(B) + beta * C, row-major, as in strata/ops.hpp. With beta == 0, C is
+// not read (as in BLAS), so it may hold garbage.
+class ReferenceGemm : public GemmKernel {
+ public:
+  void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+            int64_t ldc) override;
+};
+
+}  // namespace strata::reference

@@ -1,0 +1,205 @@
+// Register-blocked micro-kernels for stride-1 convolution without im2col (internal to backend_tbb).
+//
+// Both kernels read a "shifted-row" matrix B: row p of B is the contiguous run b + offset[p],
+// offset[p] + 1, ... of one zero-padded image (offset[p] encodes channel, kernel row and kernel
+// column). With stride 1, output pixel j of a "wide" output (rows as wide as the padded input)
+// reads b[offset[p] + j] for tap p, so B is the im2col matrix without ever being written out.
+// Columns of the wide output that fall in the padding are computed and discarded.
+//
+// Why not OpenBLAS here: LeNet-sized convolutions have 6-16 filters and 25-150 taps, so a GEMM
+// spends as long packing and im2col as multiplying; these kernels keep a 6x16 (or 4x3 dot-product)
+// block of accumulators in registers and read the padded image straight from L1/L2.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+namespace strata::tbb_backend::direct {
+
+// Filters per register block of shifted_gemm, and output columns per block.
+inline constexpr int kRows = 6;
+inline constexpr int kColumns = 16;
+
+// Packs A (rows x taps, element (i, p) = value(i, p)) into blocks of kRows rows interleaved by
+// tap, packed[block][p][i], so shifted_gemm broadcasts from one cache line. Rows past the end are
+// zero. `packed` holds packed_size(rows, taps) floats.
+inline int64_t packed_size(int64_t rows, int64_t taps) {
+  return (rows + kRows - 1) / kRows * kRows * taps;
+}
+template <class Value>
+void pack_rows(int64_t rows, int64_t taps, Value value, float* packed) {
+  for (int64_t block = 0; block * kRows < rows; ++block) {
+    float* out = packed + block * kRows * taps;
+    for (int64_t p = 0; p < taps; ++p) {
+      for (int64_t i = 0; i < kRows; ++i) {
+        const int64_t row = block * kRows + i;
+        out[p * kRows + i] = row < rows ? value(row, p) : 0.0f;
+      }
+    }
+  }
+}
+
+// C[i][j] = sum_p A[i][p] * b[offset[p] + j] for i < rows, j < columns, with A packed by
+// pack_rows. C is row-major with row stride ldc. Reads b up to max(offset) + round_up(columns,
+// kColumns) - 1: callers leave kColumns floats of slack after the padded image.
+inline void shifted_gemm(const float* packed, int64_t rows, const float* b, const int32_t* offset,
+                         int64_t taps, int64_t columns, float* c, int64_t ldc) {
+#if defined(__AVX2__) && defined(__FMA__)
+  alignas(32) static constexpr int32_t kLaneIndex[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+  const __m256i lane = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLaneIndex));
+  for (int64_t j0 = 0; j0 < columns; j0 += kColumns) {
+    const int64_t left = columns - j0;
+    const __m256i mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)), lane);
+    const __m256i mask1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left - 8)), lane);
+    const float* bj = b + j0;
+    for (int64_t block = 0; block * kRows < rows; ++block) {
+      const float* ap = packed + block * kRows * taps;
+      __m256 acc[kRows][2];
+#pragma GCC unroll 8
+      for (int i = 0; i < kRows; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+      for (int64_t p = 0; p < taps; ++p, ap += kRows) {
+        const float* bp = bj + offset[p];
+        const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+#pragma GCC unroll 8
+        for (int i = 0; i < kRows; ++i) {
+          const __m256 av = _mm256_broadcast_ss(ap + i);
+          acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+          acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+        }
+      }
+      const int64_t block_rows = rows - block * kRows < kRows ? rows - block * kRows : kRows;
+      // Constant trip counts, fully unrolled, keep acc in registers (a runtime bound would make
+      // GCC spill the whole array to the stack on every iteration of the tap loop).
+#pragma GCC unroll 8
+      for (int i = 0; i < kRows; ++i) {
+        if (i >= block_rows) break;
+        float* ci = c + (block * kRows + i) * ldc + j0;
+        if (left >= kColumns) {
+          _mm256_storeu_ps(ci, acc[i][0]);
+          _mm256_storeu_ps(ci + 8, acc[i][1]);
+        } else {
+          _mm256_maskstore_ps(ci, mask0, acc[i][0]);
+          _mm256_maskstore_ps(ci + 8, mask1, acc[i][1]);
+        }
+      }
+    }
+  }
+#else
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* ap = packed + (i / kRows) * kRows * taps + i % kRows;
+    for (int64_t j = 0; j < columns; ++j) {
+      float sum = 0.0f;
+      for (int64_t p = 0; p < taps; ++p) sum += ap[p * kRows] * b[offset[p] + j];
+      c[i * ldc + j] = sum;
+    }
+  }
+#endif
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// Horizontal sums of four vectors, as one 4-float vector: {sum v0, sum v1, sum v2, sum v3}.
+inline __m128 sum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+// One block of shifted_dot: rows [i0, i0 + KB) x taps [p0, p0 + QB), with `rows_here` and
+// `taps_here` of them real (the others repeat the last real one and are not stored).
+template <int KB, int QB>
+void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_t* offset,
+                       int64_t length, int64_t images, int64_t a_image_stride,
+                       int64_t b_image_stride, int64_t i0, int rows_here, int64_t p0, int taps_here,
+                       float* c, int64_t ldc) {
+  __m256 acc[KB][QB];
+#pragma GCC unroll 8
+  for (int i = 0; i < KB; ++i) {
+#pragma GCC unroll 8
+    for (int t = 0; t < QB; ++t) acc[i][t] = _mm256_setzero_ps();
+  }
+  for (int64_t image = 0; image < images; ++image) {
+    const float* ai[KB];
+    const float* bp[QB];
+#pragma GCC unroll 8
+    for (int i = 0; i < KB; ++i) {
+      ai[i] = a + image * a_image_stride + (i0 + (i < rows_here ? i : rows_here - 1)) * lda;
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < QB; ++t) {
+      bp[t] = b + image * b_image_stride + offset[p0 + (t < taps_here ? t : taps_here - 1)];
+    }
+    for (int64_t j = 0; j < length; j += 8) {
+      __m256 bv[QB];
+#pragma GCC unroll 8
+      for (int t = 0; t < QB; ++t) bv[t] = _mm256_loadu_ps(bp[t] + j);
+#pragma GCC unroll 8
+      for (int i = 0; i < KB; ++i) {
+        const __m256 av = _mm256_loadu_ps(ai[i] + j);
+#pragma GCC unroll 8
+        for (int t = 0; t < QB; ++t) acc[i][t] = _mm256_fmadd_ps(av, bv[t], acc[i][t]);
+      }
+    }
+  }
+  // Reduce in groups of four accumulators (row-major over the block), then scatter the sums.
+  alignas(16) float sums[KB * QB + 3];
+  constexpr int kCount = KB * QB;
+#pragma GCC unroll 4
+  for (int g = 0; g < kCount; g += 4) {
+    const auto at = [&](int k) { return k < kCount ? acc[k / QB][k % QB] : _mm256_setzero_ps(); };
+    _mm_store_ps(sums + g, sum4(at(g), at(g + 1), at(g + 2), at(g + 3)));
+  }
+  for (int i = 0; i < rows_here; ++i) {
+    for (int t = 0; t < taps_here; ++t) c[(i0 + i) * ldc + p0 + t] += sums[i * QB + t];
+  }
+}
+
+template <int KB, int QB>
+void shifted_dot_blocks(const float* a, int64_t rows, int64_t lda, const float* b,
+                        const int32_t* offset, int64_t taps, int64_t length, int64_t images,
+                        int64_t a_image_stride, int64_t b_image_stride, float* c, int64_t ldc) {
+  for (int64_t i0 = 0; i0 < rows; i0 += KB) {
+    const int rows_here = static_cast<int>(rows - i0 < KB ? rows - i0 : KB);
+    for (int64_t p0 = 0; p0 < taps; p0 += QB) {
+      const int taps_here = static_cast<int>(taps - p0 < QB ? taps - p0 : QB);
+      shifted_dot_block<KB, QB>(a, lda, b, offset, length, images, a_image_stride, b_image_stride,
+                                i0, rows_here, p0, taps_here, c, ldc);
+    }
+  }
+}
+#endif
+
+// C[i][p] += sum over images m and j < length of A_m[i][j] * B_m[offset[p] + j], for i < rows,
+// p < taps, where A_m = a + m * a_image_stride (row stride lda) and B_m = b + m * b_image_stride:
+// the weight gradient, a dot product per (filter, tap) over the wide output of several images.
+// A must be zero from column `length` up to the next multiple of 8 (and in discarded columns);
+// B is read that far past offset[p] + length. C has row stride ldc.
+inline void shifted_dot(const float* a, int64_t rows, int64_t lda, const float* b,
+                        const int32_t* offset, int64_t taps, int64_t length, int64_t images,
+                        int64_t a_image_stride, int64_t b_image_stride, float* c, int64_t ldc) {
+#if defined(__AVX2__) && defined(__FMA__)
+  // 12 accumulators either way; pick the shape that wastes no rows when there are 6 filters.
+  if (rows % 4 != 0 && rows % 6 == 0) {
+    shifted_dot_blocks<6, 2>(a, rows, lda, b, offset, taps, length, images, a_image_stride,
+                             b_image_stride, c, ldc);
+  } else {
+    shifted_dot_blocks<4, 3>(a, rows, lda, b, offset, taps, length, images, a_image_stride,
+                             b_image_stride, c, ldc);
+  }
+#else
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t p = 0; p < taps; ++p) {
+      float sum = 0.0f;
+      for (int64_t m = 0; m < images; ++m) {
+        const float* am = a + m * a_image_stride + i * lda;
+        const float* bm = b + m * b_image_stride + offset[p];
+        for (int64_t j = 0; j < length; ++j) sum += am[j] * bm[j];
+      }
+      c[i * ldc + p] += sum;
+    }
+  }
+#endif
+}
+
+}  // namespace strata::tbb_backend::direct

@@ -1,0 +1,848 @@
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "direct_conv.hpp"
+#include "strata/error.hpp"
+#include "tbb_kernels.hpp"
+
+namespace strata::tbb_backend {
+
+namespace {
+
+// One thread's col buffer: 256 KiB, half of a core's L2, so im2col output is still cached when
+// the GEMM packs it.
+constexpr int64_t kColumnBudgetFloats = int64_t{1} << 16;
+// The direct method keeps one padded image group (and its wide output) in L2.
+constexpr int64_t kDirectBudgetFloats = int64_t{1} << 15;
+// Above this many filters or channels per group, OpenBLAS's cache blocking beats re-reading the
+// padded image once per 6 filters.
+constexpr int64_t kDirectMaxChannels = 64;
+// Floats readable past the end of a padded image: the kernels' last column block may overrun.
+constexpr int64_t kSlackFloats = 64;
+// GEMM width (output pixels) worth batching small images for: below it OpenBLAS spends more time
+// packing the weights and in call overhead than multiplying.
+constexpr int64_t kTargetColumns = 512;
+// The small method's width: enough 16-column register blocks that the last, partial one wastes
+// little.
+constexpr int64_t kSmallTargetColumns = 256;
+// Filters per group up to which the register-blocked kernels beat OpenBLAS on im2col output.
+constexpr int64_t kSmallMaxFilters = 64;
+// The direct method must do at least this fraction of useful work: the rest is the wide output's
+// padding columns (and, for backward_data, dy's zero border).
+constexpr double kDirectMinEfficiency = 0.65;
+// backward_params slices per thread when the weights have at most kSmallWeightFloats elements.
+constexpr int64_t kSlicesPerThread = 4;
+constexpr int64_t kSmallWeightFloats = int64_t{1} << 16;
+// Images per backward_params block of the direct method.
+constexpr int64_t kDirectParamsImages = 8;
+
+void check_shape(std::string_view what, const Tensor& t, const Shape& expected) {
+  if (t.shape() != expected) {
+    fail("tbb conv2d: {} has shape {}, expected {}", what, t.shape().str(), expected.str());
+  }
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Copies and zero-fills of rows that are often shorter than 32 floats (LeNet's are 10 and 28
+// wide): inline 8-float moves, the last one overlapping, instead of a memmove call per row.
+inline void copy_floats(float* dst, const float* src, int64_t n) {
+  if (n >= 8) {
+    for (int64_t i = 0; i + 8 <= n; i += 8) std::memcpy(dst + i, src + i, 8 * sizeof(float));
+    std::memcpy(dst + n - 8, src + n - 8, 8 * sizeof(float));
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+}
+inline void zero_floats(float* dst, int64_t n) {
+  static constexpr float kZeros[8] = {};
+  if (n >= 8) {
+    for (int64_t i = 0; i + 8 <= n; i += 8) std::memcpy(dst + i, kZeros, 8 * sizeof(float));
+    std::memcpy(dst + n - 8, kZeros, 8 * sizeof(float));
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = 0.0f;
+}
+
+// Output columns [lo, hi) whose input column ow * stride + offset lies inside [0, width).
+void valid_columns(int64_t offset, int64_t stride, int64_t width, int64_t out_w, int64_t& lo,
+                   int64_t& hi) {
+  lo = offset >= 0 ? 0 : ceil_div(-offset, stride);
+  hi = width - offset <= 0 ? 0 : ceil_div(width - offset, stride);
+  lo = std::min(lo, out_w);
+  hi = std::clamp(hi, lo, out_w);
+}
+
+// One group's col matrix for output rows [oh0, oh1) of one image: row (c * R + r) * S + s,
+// column (oh - oh0) * out_w + ow holds xpad[c, oh * sh + r * dh, ow * sw + s * dw] (0 in the
+// padding). `x` points at the group's first channel, `ld` is the row stride of `col`.
+void im2col(const Conv2dDesc& d, int64_t channels, const float* x, int64_t oh0, int64_t oh1,
+            float* col, int64_t ld) {
+  const int64_t out_w = d.out_w;
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* plane = x + c * d.in_h * d.in_w;
+    for (int64_t r = 0; r < d.kernel_h; ++r) {
+      for (int64_t s = 0; s < d.kernel_w; ++s) {
+        float* dst = col + ((c * d.kernel_h + r) * d.kernel_w + s) * ld;
+        const int64_t w_offset = s * d.dilation_w - d.pad_w;
+        int64_t lo, hi;
+        valid_columns(w_offset, d.stride_w, d.in_w, out_w, lo, hi);
+        for (int64_t oh = oh0; oh < oh1; ++oh, dst += out_w) {
+          const int64_t ih = oh * d.stride_h - d.pad_h + r * d.dilation_h;
+          if (ih < 0 || ih >= d.in_h) {
+            zero_floats(dst, out_w);
+            continue;
+          }
+          zero_floats(dst, lo);
+          const float* src = plane + ih * d.in_w + (lo * d.stride_w + w_offset);
+          if (d.stride_w == 1) {
+            copy_floats(dst + lo, src, hi - lo);
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[(ow - lo) * d.stride_w];
+          }
+          zero_floats(dst + hi, out_w - hi);
+        }
+      }
+    }
+  }
+}
+
+// The transpose of im2col: adds every col entry back onto the input pixel it was read from
+// (padding entries are dropped). `dx` points at the group's first channel.
+void col2im(const Conv2dDesc& d, int64_t channels, const float* col, int64_t ld, int64_t oh0,
+            int64_t oh1, float* dx) {
+  const int64_t out_w = d.out_w;
+  for (int64_t c = 0; c < channels; ++c) {
+    float* plane = dx + c * d.in_h * d.in_w;
+    for (int64_t r = 0; r < d.kernel_h; ++r) {
+      for (int64_t s = 0; s < d.kernel_w; ++s) {
+        const float* src = col + ((c * d.kernel_h + r) * d.kernel_w + s) * ld;
+        const int64_t w_offset = s * d.dilation_w - d.pad_w;
+        int64_t lo, hi;
+        valid_columns(w_offset, d.stride_w, d.in_w, out_w, lo, hi);
+        for (int64_t oh = oh0; oh < oh1; ++oh, src += out_w) {
+          const int64_t ih = oh * d.stride_h - d.pad_h + r * d.dilation_h;
+          if (ih < 0 || ih >= d.in_h) continue;
+          float* dst = plane + ih * d.in_w + (lo * d.stride_w + w_offset);
+          if (d.stride_w == 1) {
+            for (int64_t ow = lo; ow < hi; ++ow) dst[ow - lo] += src[ow];
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) dst[(ow - lo) * d.stride_w] += src[ow];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Sum of n floats with 8 independent accumulators, so the loop vectorizes without -ffast-math.
+float sum_floats(const float* p, int64_t n) {
+  float acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += p[i + j];
+  }
+  float total = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) total += p[i];
+  return total;
+}
+
+int64_t round_up(int64_t a, int64_t multiple) { return ceil_div(a, multiple) * multiple; }
+
+}  // namespace
+
+void TbbConv2d::on_prepare() {
+  const Conv2dDesc& d = desc_;
+  if (d.in_channels <= 0 || d.in_h <= 0 || d.in_w <= 0 || d.out_channels <= 0 || d.kernel_h <= 0 ||
+      d.kernel_w <= 0 || d.out_h <= 0 || d.out_w <= 0) {
+    fail("tbb conv2d: extents must be positive (C={}, H={}, W={}, K={}, R={}, S={}, out {}x{})",
+         d.in_channels, d.in_h, d.in_w, d.out_channels, d.kernel_h, d.kernel_w, d.out_h, d.out_w);
+  }
+  if (d.stride_h <= 0 || d.stride_w <= 0 || d.dilation_h <= 0 || d.dilation_w <= 0 || d.pad_h < 0 ||
+      d.pad_w < 0) {
+    fail("tbb conv2d: stride and dilation must be positive and padding non-negative");
+  }
+  if (d.groups <= 0 || d.in_channels % d.groups != 0 || d.out_channels % d.groups != 0) {
+    fail("tbb conv2d: groups={} must divide in_channels={} and out_channels={}", d.groups,
+         d.in_channels, d.out_channels);
+  }
+  cg_ = d.in_channels / d.groups;
+  kg_ = d.out_channels / d.groups;
+  rows_ = cg_ * d.kernel_h * d.kernel_w;
+  in_plane_ = d.in_h * d.in_w;
+  out_plane_ = d.out_h * d.out_w;
+  const int64_t taps = d.kernel_h * d.kernel_w;
+
+  padded_h_ = d.in_h + 2 * d.pad_h;
+  padded_w_ = d.in_w + 2 * d.pad_w;
+  dy_h_ = d.in_h + (d.kernel_h - 1) * d.dilation_h;
+  dy_w_ = d.in_w + (d.kernel_w - 1) * d.dilation_w;
+  dy_top_ = (d.kernel_h - 1) * d.dilation_h - d.pad_h;
+  dy_left_ = (d.kernel_w - 1) * d.dilation_w - d.pad_w;
+  dy_wide_stride_ = round_up(d.out_h * padded_w_, 8);
+
+  const bool pointwise = taps == 1 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 0 &&
+                         d.pad_w == 0 && d.out_h == d.in_h && d.out_w == d.in_w;
+  const bool direct = d.stride_h == 1 && d.stride_w == 1 &&
+                      d.out_h == padded_h_ - (d.kernel_h - 1) * d.dilation_h &&
+                      d.out_w == padded_w_ - (d.kernel_w - 1) * d.dilation_w &&
+                      cg_ <= kDirectMaxChannels && kg_ <= kDirectMaxChannels &&
+                      cg_ * padded_h_ * padded_w_ <= kDirectBudgetFloats &&
+                      kg_ * dy_h_ * dy_w_ <= kDirectBudgetFloats;
+  const bool small = kg_ <= kSmallMaxFilters && rows_ * out_plane_ <= kColumnBudgetFloats;
+  const auto fallback = [&] {
+    return pointwise ? Method::kPointwise : small ? Method::kSmall : Method::kBlas;
+  };
+  // Forward and backward_params compute over the wide output; backward_data over the input's
+  // wide rows, reading a dy padded to dy_h_ x dy_w_ of which only out_h x out_w is real.
+  const double forward_efficiency = static_cast<double>(d.out_w) / static_cast<double>(padded_w_);
+  const double data_efficiency = static_cast<double>(d.in_w) / static_cast<double>(dy_w_) *
+                                 static_cast<double>(out_plane_) /
+                                 static_cast<double>(dy_h_ * dy_w_);
+  const bool direct_forward = direct && forward_efficiency >= kDirectMinEfficiency;
+  const bool direct_data =
+      direct && cg_ >= direct::kRows && data_efficiency >= kDirectMinEfficiency;
+  padded_stride_ =
+      round_up(cg_ * padded_h_ * padded_w_ + kSlackFloats + d.kernel_w * d.dilation_w, 16);
+  small_images_ =
+      std::clamp<int64_t>(ceil_div(kSmallTargetColumns, out_plane_), 1,
+                          kColumnBudgetFloats / std::max<int64_t>(1, rows_ * out_plane_));
+  small_stride_ = round_up(small_images_ * out_plane_, 8);
+  forward_plan_ = make_plan(direct_forward ? Method::kDirect : fallback());
+  params_plan_ = forward_plan_;
+  if (params_plan_.method == Method::kDirect) {
+    // Several images per block, so each block's accumulators are reduced once.
+    params_plan_.images = std::clamp<int64_t>(
+        kColumnBudgetFloats / (padded_stride_ + kg_ * dy_wide_stride_), 1, kDirectParamsImages);
+  }
+  data_plan_ = make_plan(direct_data ? Method::kDirect : fallback());
+
+  col_floats_ = 0;
+  gathered_floats_ = 0;
+  packed_forward_.clear();
+  packed_backward_.clear();
+  forward_offsets_.clear();
+  backward_offsets_.clear();
+  small_offsets_.clear();
+  for (const Plan* plan : {&forward_plan_, &data_plan_, &params_plan_}) plan_workspace(*plan);
+
+  const int64_t slices = max_slices();
+  partial_weight_.assign(static_cast<std::size_t>(slices - 1),
+                         std::vector<float>(static_cast<std::size_t>(d.out_channels * rows_)));
+  partial_bias_.assign(static_cast<std::size_t>(slices),
+                       std::vector<float>(static_cast<std::size_t>(d.out_channels)));
+}
+
+TbbConv2d::Plan TbbConv2d::make_plan(Method method) const {
+  const Conv2dDesc& d = desc_;
+  Plan plan;
+  plan.method = method;
+  plan.band_rows = d.out_h;
+  if (method == Method::kSmall) {
+    plan.images = small_images_;
+  } else if (method == Method::kBlas) {
+    if (rows_ * out_plane_ <= kColumnBudgetFloats) {
+      plan.images = std::clamp<int64_t>(ceil_div(kTargetColumns, out_plane_), 1,
+                                        kColumnBudgetFloats / (rows_ * out_plane_));
+    } else {  // one image's col matrix does not fit: cut the output into bands of whole rows
+      plan.band_rows = std::clamp<int64_t>(kColumnBudgetFloats / (rows_ * d.out_w), 1, d.out_h);
+    }
+  }
+  plan.bands = ceil_div(d.out_h, plan.band_rows);
+  return plan;
+}
+
+// Sizes the per-thread buffers and the tables `plan` needs (called for forward/params and data).
+void TbbConv2d::plan_workspace(const Plan& plan) {
+  const Conv2dDesc& d = desc_;
+  const int64_t taps = d.kernel_h * d.kernel_w;
+  std::size_t col = 0, gathered = 0;
+  switch (plan.method) {
+    case Method::kPointwise:
+      break;
+    case Method::kBlas: {
+      const int64_t columns = plan.images * plan.band_rows * d.out_w;
+      col = static_cast<std::size_t>(rows_ * columns);
+      gathered = plan.images > 1 ? static_cast<std::size_t>(kg_ * columns) : 0;
+      break;
+    }
+    case Method::kSmall:
+      // Rows of the col matrix and of the gathered dy are small_stride_ apart; the kernels may
+      // read one register block past the last column.
+      col = static_cast<std::size_t>(rows_ * small_stride_ + direct::kColumns);
+      gathered = static_cast<std::size_t>(kg_ * small_stride_ + direct::kColumns);
+      if (small_offsets_.empty()) {
+        for (int64_t p = 0; p < std::max(rows_, kg_); ++p) {
+          small_offsets_.push_back(static_cast<int32_t>(p * small_stride_));
+        }
+      }
+      break;
+    case Method::kDirect: {
+      const int64_t slack = kSlackFloats + d.kernel_w * d.dilation_w;
+      col = static_cast<std::size_t>(
+          std::max(plan.images * padded_stride_, kg_ * dy_h_ * dy_w_ + slack));
+      gathered = static_cast<std::size_t>(std::max({kg_ * d.out_h * padded_w_, cg_ * d.in_h * dy_w_,
+                                                    plan.images * kg_ * dy_wide_stride_}) +
+                                          direct::kColumns);
+      break;
+    }
+  }
+  col_floats_ = std::max(col_floats_, col);
+  gathered_floats_ = std::max(gathered_floats_, gathered);
+
+  if (&plan == &forward_plan_ && plan.method == Method::kDirect) {
+    for (int64_t c = 0; c < cg_; ++c) {
+      for (int64_t r = 0; r < d.kernel_h; ++r) {
+        for (int64_t s = 0; s < d.kernel_w; ++s) {
+          forward_offsets_.push_back(static_cast<int32_t>(
+              (c * padded_h_ + r * d.dilation_h) * padded_w_ + s * d.dilation_w));
+        }
+      }
+    }
+  }
+  if (&plan == &data_plan_ && plan.method == Method::kDirect) {
+    for (int64_t k = 0; k < kg_; ++k) {
+      for (int64_t r = 0; r < d.kernel_h; ++r) {
+        for (int64_t s = 0; s < d.kernel_w; ++s) {
+          backward_offsets_.push_back(
+              static_cast<int32_t>((k * dy_h_ + r * d.dilation_h) * dy_w_ + s * d.dilation_w));
+        }
+      }
+    }
+  }
+  if (&plan == &forward_plan_ &&
+      (plan.method == Method::kDirect || plan.method == Method::kSmall)) {
+    packed_forward_.assign(static_cast<std::size_t>(d.groups * direct::packed_size(kg_, rows_)),
+                           0.0f);
+  }
+  if (&plan == &data_plan_ && plan.method == Method::kDirect) {
+    packed_backward_.assign(
+        static_cast<std::size_t>(d.groups * direct::packed_size(cg_, kg_ * taps)), 0.0f);
+  }
+  if (&plan == &data_plan_ && plan.method == Method::kSmall) {
+    packed_backward_.assign(static_cast<std::size_t>(d.groups * direct::packed_size(rows_, kg_)),
+                            0.0f);
+  }
+}
+
+TbbConv2d::Workspace& TbbConv2d::local_workspace() {
+  Workspace& ws = workspace_.local();
+  // Only the first call on each thread allocates: the sizes depend on the descriptor alone.
+  if (ws.col.size() < col_floats_) ws.col.resize(col_floats_);
+  if (ws.gathered.size() < gathered_floats_) ws.gathered.resize(gathered_floats_);
+  return ws;
+}
+
+// Slices of backward_params: a few per thread, so a thread that loses its core for a while (to a
+// data loader, say) leaves work for the others to take, unless the weights are big enough that
+// a partial copy per slice would cost real memory (tiny-dnn #151): then one per thread.
+int64_t TbbConv2d::max_slices() const {
+  const int64_t weight_floats = desc_.out_channels * rows_;
+  return int64_t{allowed_threads()} * (weight_floats <= kSmallWeightFloats ? kSlicesPerThread : 1);
+}
+
+int64_t TbbConv2d::block_count(const Plan& plan, int64_t n_batch) const {
+  return ceil_div(n_batch, plan.images) * plan.bands;
+}
+
+TbbConv2d::Block TbbConv2d::block(const Plan& plan, int64_t index, int64_t n_batch) const {
+  const int64_t unit = index / plan.bands, band = index % plan.bands;
+  Block b;
+  b.n0 = unit * plan.images;
+  b.images = std::min(plan.images, n_batch - b.n0);
+  b.oh0 = band * plan.band_rows;
+  b.oh1 = std::min(desc_.out_h, b.oh0 + plan.band_rows);
+  return b;
+}
+
+// dy of group g for the block's images, side by side: row k holds image i at column
+// i * out_plane_, rows small_stride_ apart, zero up to the next multiple of 8 columns.
+void TbbConv2d::gather_dy(const Block& b, int64_t g, const float* dy, float* gathered) const {
+  const Conv2dDesc& d = desc_;
+  const int64_t columns = b.columns(d.out_w);
+  for (int64_t k = 0; k < kg_; ++k) {
+    float* row = gathered + k * small_stride_;
+    for (int64_t i = 0; i < b.images; ++i) {
+      std::memcpy(row + i * out_plane_,
+                  dy + ((b.n0 + i) * d.out_channels + g * kg_ + k) * out_plane_,
+                  static_cast<std::size_t>(out_plane_) * sizeof(float));
+    }
+    std::fill(row + columns, row + round_up(columns, 8), 0.0f);
+  }
+}
+
+// ---- forward ----------------------------------------------------------------------------------
+
+void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) {
+  const Conv2dDesc& d = desc_;
+  const int64_t n_batch = x.rank() == 4 ? x.dim(0) : -1;
+  check_shape("x", x, {n_batch, d.in_channels, d.in_h, d.in_w});
+  check_shape("weight", weight, {d.out_channels, cg_, d.kernel_h, d.kernel_w});
+  const bool has_bias = bias != nullptr && bias->defined();
+  if (has_bias) check_shape("bias", *bias, {d.out_channels});
+  check_shape("y", y, {n_batch, d.out_channels, d.out_h, d.out_w});
+
+  const Plan& plan = forward_plan_;
+  if (plan.method == Method::kDirect || plan.method == Method::kSmall) {
+    const int64_t stride = direct::packed_size(kg_, rows_);
+    for (int64_t g = 0; g < d.groups; ++g) {
+      const float* wg = weight.data() + g * kg_ * rows_;
+      direct::pack_rows(
+          kg_, rows_, [&](int64_t k, int64_t p) { return wg[k * rows_ + p]; },
+          packed_forward_.data() + g * stride);
+    }
+  }
+  const float* bias_data = has_bias ? bias->data() : nullptr;
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, block_count(plan, n_batch), 1),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      Workspace& ws = local_workspace();
+                      for (int64_t i = range.begin(); i != range.end(); ++i) {
+                        const Block b = block(plan, i, n_batch);
+                        switch (plan.method) {
+                          case Method::kDirect:
+                            direct_forward(b.n0, x.data(), bias_data, y.data(), ws);
+                            break;
+                          case Method::kSmall:
+                            small_forward(b, x.data(), bias_data, y.data(), ws);
+                            break;
+                          case Method::kPointwise:
+                          case Method::kBlas:
+                            blas_forward(b, x.data(), weight.data(), bias_data, y.data(), ws);
+                            break;
+                        }
+                      }
+                    });
+}
+
+void TbbConv2d::blas_forward(const Block& b, const float* x, const float* w, const float* bias,
+                             float* y, Workspace& ws) const {
+  const Conv2dDesc& d = desc_;
+  const bool pointwise = forward_plan_.method == Method::kPointwise;
+  const int64_t cols = b.columns(d.out_w);
+  for (int64_t g = 0; g < d.groups; ++g) {
+    const float* wg = w + g * kg_ * rows_;
+    if (b.images == 1) {
+      // The GEMM writes the band of y in place; the bias is put there first and accumulated onto.
+      const int64_t n = b.n0;
+      float* yg = y + (n * d.out_channels + g * kg_) * out_plane_ + b.oh0 * d.out_w;
+      if (bias != nullptr) {
+        for (int64_t k = 0; k < kg_; ++k) std::fill_n(yg + k * out_plane_, cols, bias[g * kg_ + k]);
+      }
+      const float* xg = x + (n * d.in_channels + g * cg_) * in_plane_;
+      const float* col = xg;
+      int64_t ld = in_plane_;
+      if (!pointwise) {
+        im2col(d, cg_, xg, b.oh0, b.oh1, ws.col.data(), cols);
+        col = ws.col.data();
+        ld = cols;
+      }
+      sgemm(false, false, kg_, cols, rows_, 1.0f, wg, rows_, col, ld, bias ? 1.0f : 0.0f, yg,
+            out_plane_);
+      continue;
+    }
+    // Several small images side by side: one wide GEMM, then scatter rows back to NCHW.
+    for (int64_t i = 0; i < b.images; ++i) {
+      im2col(d, cg_, x + ((b.n0 + i) * d.in_channels + g * cg_) * in_plane_, 0, d.out_h,
+             ws.col.data() + i * out_plane_, cols);
+    }
+    float* product = ws.gathered.data();
+    sgemm(false, false, kg_, cols, rows_, 1.0f, wg, rows_, ws.col.data(), cols, 0.0f, product,
+          cols);
+    for (int64_t i = 0; i < b.images; ++i) {
+      for (int64_t k = 0; k < kg_; ++k) {
+        const float* src = product + k * cols + i * out_plane_;
+        float* dst = y + ((b.n0 + i) * d.out_channels + g * kg_ + k) * out_plane_;
+        const float beta = bias != nullptr ? bias[g * kg_ + k] : 0.0f;
+        for (int64_t p = 0; p < out_plane_; ++p) dst[p] = src[p] + beta;
+      }
+    }
+  }
+}
+
+void TbbConv2d::small_forward(const Block& b, const float* x, const float* bias, float* y,
+                              Workspace& ws) const {
+  const Conv2dDesc& d = desc_;
+  const int64_t cols = b.columns(d.out_w);
+  const int64_t packed_stride = direct::packed_size(kg_, rows_);
+  for (int64_t g = 0; g < d.groups; ++g) {
+    for (int64_t i = 0; i < b.images; ++i) {
+      im2col(d, cg_, x + ((b.n0 + i) * d.in_channels + g * cg_) * in_plane_, 0, d.out_h,
+             ws.col.data() + i * out_plane_, small_stride_);
+    }
+    float* product = ws.gathered.data();
+    direct::shifted_gemm(packed_forward_.data() + g * packed_stride, kg_, ws.col.data(),
+                         small_offsets_.data(), rows_, cols, product, small_stride_);
+    for (int64_t i = 0; i < b.images; ++i) {
+      for (int64_t k = 0; k < kg_; ++k) {
+        const float* src = product + k * small_stride_ + i * out_plane_;
+        float* dst = y + ((b.n0 + i) * d.out_channels + g * kg_ + k) * out_plane_;
+        const float beta = bias != nullptr ? bias[g * kg_ + k] : 0.0f;
+        for (int64_t p = 0; p < out_plane_; ++p) dst[p] = src[p] + beta;
+      }
+    }
+  }
+}
+
+// ---- backward_data ----------------------------------------------------------------------------
+
+void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) {
+  if (!dx.defined()) return;
+  const Conv2dDesc& d = desc_;
+  const int64_t n_batch = dy.rank() == 4 ? dy.dim(0) : -1;
+  check_shape("dy", dy, {n_batch, d.out_channels, d.out_h, d.out_w});
+  check_shape("weight", weight, {d.out_channels, cg_, d.kernel_h, d.kernel_w});
+  check_shape("dx", dx, {n_batch, d.in_channels, d.in_h, d.in_w});
+
+  const Plan& plan = data_plan_;
+  const int64_t taps = d.kernel_h * d.kernel_w;
+  if (plan.method == Method::kDirect) {
+    // dx = full correlation of dy with the flipped kernel, channels and filters swapped:
+    // A[c][(k, t)] = w[k][c][taps - 1 - t] over the kernel's taps t.
+    const int64_t stride = direct::packed_size(cg_, kg_ * taps);
+    for (int64_t g = 0; g < d.groups; ++g) {
+      const float* wg = weight.data() + g * kg_ * rows_;
+      direct::pack_rows(
+          cg_, kg_ * taps,
+          [&](int64_t c, int64_t p) {
+            return wg[(p / taps) * rows_ + c * taps + (taps - 1 - p % taps)];
+          },
+          packed_backward_.data() + g * stride);
+    }
+  } else if (plan.method == Method::kSmall) {
+    // dcol = W^T dy: A[p][k] = w[k][p].
+    const int64_t stride = direct::packed_size(rows_, kg_);
+    for (int64_t g = 0; g < d.groups; ++g) {
+      const float* wg = weight.data() + g * kg_ * rows_;
+      direct::pack_rows(
+          rows_, kg_, [&](int64_t p, int64_t k) { return wg[k * rows_ + p]; },
+          packed_backward_.data() + g * stride);
+    }
+  }
+  // Bands of one image overlap in dx, so one task owns each unit of whole images.
+  const int64_t units = ceil_div(n_batch, plan.images);
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, units, 1), [&](const tbb::blocked_range<int64_t>& range) {
+        Workspace& ws = local_workspace();
+        for (int64_t unit = range.begin(); unit != range.end(); ++unit) {
+          const Block first = block(plan, unit * plan.bands, n_batch);
+          if (plan.method == Method::kBlas || plan.method == Method::kSmall) {  // col2im adds
+            std::fill_n(dx.data() + first.n0 * d.in_channels * in_plane_,
+                        first.images * d.in_channels * in_plane_, 0.0f);
+          }
+          for (int64_t band = 0; band < plan.bands; ++band) {
+            const Block b = block(plan, unit * plan.bands + band, n_batch);
+            switch (plan.method) {
+              case Method::kDirect:
+                direct_backward_data(b.n0, dy.data(), dx.data(), ws);
+                break;
+              case Method::kSmall:
+                small_backward_data(b, dy.data(), dx.data(), ws);
+                break;
+              case Method::kPointwise:
+              case Method::kBlas:
+                blas_backward_data(b, dy.data(), weight.data(), dx.data(), ws);
+                break;
+            }
+          }
+        }
+      });
+}
+
+void TbbConv2d::blas_backward_data(const Block& b, const float* dy, const float* w, float* dx,
+                                   Workspace& ws) const {
+  const Conv2dDesc& d = desc_;
+  const int64_t cols = b.columns(d.out_w);
+  for (int64_t g = 0; g < d.groups; ++g) {
+    const float* wg = w + g * kg_ * rows_;
+    if (b.images == 1) {
+      const int64_t n = b.n0;
+      const float* dyg = dy + (n * d.out_channels + g * kg_) * out_plane_ + b.oh0 * d.out_w;
+      float* dxg = dx + (n * d.in_channels + g * cg_) * in_plane_;
+      if (data_plan_.method == Method::kPointwise) {  // dx is the col matrix: write it directly
+        sgemm(true, false, cg_, cols, kg_, 1.0f, wg, rows_, dyg, out_plane_, 0.0f, dxg, in_plane_);
+        continue;
+      }
+      sgemm(true, false, rows_, cols, kg_, 1.0f, wg, rows_, dyg, out_plane_, 0.0f, ws.col.data(),
+            cols);
+      col2im(d, cg_, ws.col.data(), cols, b.oh0, b.oh1, dxg);
+      continue;
+    }
+    float* gathered = ws.gathered.data();
+    for (int64_t i = 0; i < b.images; ++i) {
+      for (int64_t k = 0; k < kg_; ++k) {
+        std::memcpy(gathered + k * cols + i * out_plane_,
+                    dy + ((b.n0 + i) * d.out_channels + g * kg_ + k) * out_plane_,
+                    static_cast<std::size_t>(out_plane_) * sizeof(float));
+      }
+    }
+    sgemm(true, false, rows_, cols, kg_, 1.0f, wg, rows_, gathered, cols, 0.0f, ws.col.data(),
+          cols);
+    for (int64_t i = 0; i < b.images; ++i) {
+      col2im(d, cg_, ws.col.data() + i * out_plane_, cols, 0, d.out_h,
+             dx + ((b.n0 + i) * d.in_channels + g * cg_) * in_plane_);
+    }
+  }
+}
+
+void TbbConv2d::small_backward_data(const Block& b, const float* dy, float* dx,
+                                    Workspace& ws) const {
+  const Conv2dDesc& d = desc_;
+  const int64_t cols = b.columns(d.out_w);
+  const int64_t packed_stride = direct::packed_size(rows_, kg_);
+  for (int64_t g = 0; g < d.groups; ++g) {
+    gather_dy(b, g, dy, ws.gathered.data());
+    direct::shifted_gemm(packed_backward_.data() + g * packed_stride, rows_, ws.gathered.data(),
+                         small_offsets_.data(), kg_, cols, ws.col.data(), small_stride_);
+    for (int64_t i = 0; i < b.images; ++i) {
+      col2im(d, cg_, ws.col.data() + i * out_plane_, small_stride_, 0, d.out_h,
+             dx + ((b.n0 + i) * d.in_channels + g * cg_) * in_plane_);
+    }
+  }
+}
+
+// ---- backward_params --------------------------------------------------------------------------
+
+void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweight, Tensor* dbias) {
+  const bool want_weight = dweight.defined();
+  const bool want_bias = dbias != nullptr && dbias->defined();
+  if (!want_weight && !want_bias) return;
+  const Conv2dDesc& d = desc_;
+  const int64_t n_batch = dy.rank() == 4 ? dy.dim(0) : -1;
+  check_shape("dy", dy, {n_batch, d.out_channels, d.out_h, d.out_w});
+  if (want_weight) {
+    check_shape("x", x, {n_batch, d.in_channels, d.in_h, d.in_w});
+    check_shape("dweight", dweight, {d.out_channels, cg_, d.kernel_h, d.kernel_w});
+  }
+  if (want_bias) check_shape("dbias", *dbias, {d.out_channels});
+
+  // Contiguous slices of blocks, each with its own partial sums; slice 0 accumulates into dweight
+  // itself.
+  const Plan& plan = params_plan_;
+  const int64_t blocks = block_count(plan, n_batch);
+  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(blocks, max_slices()));
+  const int64_t weight_floats = d.out_channels * rows_;
+  if (partial_weight_.size() < static_cast<std::size_t>(slices - 1)) {  // threads were raised
+    partial_weight_.resize(static_cast<std::size_t>(slices - 1),
+                           std::vector<float>(static_cast<std::size_t>(weight_floats)));
+  }
+  if (partial_bias_.size() < static_cast<std::size_t>(slices)) {
+    partial_bias_.resize(static_cast<std::size_t>(slices),
+                         std::vector<float>(static_cast<std::size_t>(d.out_channels)));
+  }
+
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, slices, 1),
+      [&](const tbb::blocked_range<int64_t>& range) {
+        Workspace& ws = local_workspace();
+        for (int64_t slice = range.begin(); slice != range.end(); ++slice) {
+          float* dw = slice == 0 ? dweight.data() : partial_weight_[slice - 1].data();
+          float* db = partial_bias_[slice].data();
+          if (want_weight) std::fill_n(dw, weight_floats, 0.0f);
+          std::fill_n(db, d.out_channels, 0.0f);
+          const int64_t first = slice * blocks / slices, last = (slice + 1) * blocks / slices;
+          for (int64_t i = first; i < last; ++i) {
+            const Block b = block(plan, i, n_batch);
+            if (want_weight) {
+              switch (plan.method) {
+                case Method::kDirect:
+                  direct_backward_params(b, x.data(), dy.data(), dw, ws);
+                  break;
+                case Method::kSmall:
+                  small_backward_params(b, x.data(), dy.data(), dw, ws);
+                  break;
+                case Method::kPointwise:
+                case Method::kBlas:
+                  blas_backward_params(b, x.data(), dy.data(), dw, ws);
+                  break;
+              }
+            }
+            if (want_bias) {
+              for (int64_t n = b.n0; n < b.n0 + b.images; ++n) {
+                for (int64_t k = 0; k < d.out_channels; ++k) {
+                  db[k] += sum_floats(
+                      dy.data() + (n * d.out_channels + k) * out_plane_ + b.oh0 * d.out_w,
+                      (b.oh1 - b.oh0) * d.out_w);
+                }
+              }
+            }
+          }
+        }
+      },
+      tbb::simple_partitioner());
+
+  // Reduce in slice order, so the result does not depend on which thread ran which slice.
+  if (want_weight && slices > 1) {
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, weight_floats, 4096),
+                      [&](const tbb::blocked_range<int64_t>& range) {
+                        float* out = dweight.data();
+                        for (int64_t s = 1; s < slices; ++s) {
+                          const float* part = partial_weight_[s - 1].data();
+                          for (int64_t i = range.begin(); i != range.end(); ++i) out[i] += part[i];
+                        }
+                      });
+  }
+  if (want_bias) {
+    for (int64_t k = 0; k < d.out_channels; ++k) {
+      float total = 0.0f;
+      for (int64_t s = 0; s < slices; ++s) total += partial_bias_[s][k];
+      dbias->data()[k] = total;
+    }
+  }
+}
+
+void TbbConv2d::blas_backward_params(const Block& b, const float* x, const float* dy, float* dw,
+                                     Workspace& ws) const {
+  const Conv2dDesc& d = desc_;
+  const int64_t cols = b.columns(d.out_w);
+  for (int64_t g = 0; g < d.groups; ++g) {
+    float* dwg = dw + g * kg_ * rows_;
+    if (b.images == 1) {
+      const int64_t n = b.n0;
+      const float* dyg = dy + (n * d.out_channels + g * kg_) * out_plane_ + b.oh0 * d.out_w;
+      const float* xg = x + (n * d.in_channels + g * cg_) * in_plane_;
+      const float* col = xg;
+      int64_t ld = in_plane_;
+      if (params_plan_.method != Method::kPointwise) {
+        im2col(d, cg_, xg, b.oh0, b.oh1, ws.col.data(), cols);
+        col = ws.col.data();
+        ld = cols;
+      }
+      sgemm(false, true, kg_, rows_, cols, 1.0f, dyg, out_plane_, col, ld, 1.0f, dwg, rows_);
+      continue;
+    }
+    float* gathered = ws.gathered.data();
+    for (int64_t i = 0; i < b.images; ++i) {
+      im2col(d, cg_, x + ((b.n0 + i) * d.in_channels + g * cg_) * in_plane_, 0, d.out_h,
+             ws.col.data() + i * out_plane_, cols);
+      for (int64_t k = 0; k < kg_; ++k) {
+        std::memcpy(gathered + k * cols + i * out_plane_,
+                    dy + ((b.n0 + i) * d.out_channels + g * kg_ + k) * out_plane_,
+                    static_cast<std::size_t>(out_plane_) * sizeof(float));
+      }
+    }
+    sgemm(false, true, kg_, rows_, cols, 1.0f, gathered, cols, ws.col.data(), cols, 1.0f, dwg,
+          rows_);
+  }
+}
+
+void TbbConv2d::small_backward_params(const Block& b, const float* x, const float* dy, float* dw,
+                                      Workspace& ws) const {
+  const Conv2dDesc& d = desc_;
+  const int64_t cols = b.columns(d.out_w);
+  for (int64_t g = 0; g < d.groups; ++g) {
+    float* col = ws.col.data();
+    for (int64_t i = 0; i < b.images; ++i) {
+      im2col(d, cg_, x + ((b.n0 + i) * d.in_channels + g * cg_) * in_plane_, 0, d.out_h,
+             col + i * out_plane_, small_stride_);
+    }
+    // The dot products run to a multiple of 8 columns: zero the tail (0 * garbage may be NaN).
+    for (int64_t p = 0; p < rows_; ++p) {
+      std::fill(col + p * small_stride_ + cols, col + p * small_stride_ + round_up(cols, 8), 0.0f);
+    }
+    gather_dy(b, g, dy, ws.gathered.data());
+    direct::shifted_dot(ws.gathered.data(), kg_, small_stride_, col, small_offsets_.data(), rows_,
+                        cols, 1, 0, 0, dw + g * kg_ * rows_, rows_);
+  }
+}
+
+// ---- direct -----------------------------------------------------------------------------------
+
+void TbbConv2d::pad_input(const float* x, float* padded) const {
+  const Conv2dDesc& d = desc_;
+  std::fill_n(padded, cg_ * padded_h_ * padded_w_ + kSlackFloats + d.kernel_w * d.dilation_w, 0.0f);
+  for (int64_t c = 0; c < cg_; ++c) {
+    for (int64_t h = 0; h < d.in_h; ++h) {
+      std::copy_n(x + (c * d.in_h + h) * d.in_w, d.in_w,
+                  padded + (c * padded_h_ + h + d.pad_h) * padded_w_ + d.pad_w);
+    }
+  }
+}
+
+void TbbConv2d::direct_forward(int64_t n, const float* x, const float* bias, float* y,
+                               Workspace& ws) const {
+  const Conv2dDesc& d = desc_;
+  // Output pixel (oh, ow) is column oh * padded_w_ + ow of the wide output.
+  const int64_t wide_stride = d.out_h * padded_w_;
+  const int64_t columns = (d.out_h - 1) * padded_w_ + d.out_w;
+  const int64_t packed_stride = direct::packed_size(kg_, rows_);
+  for (int64_t g = 0; g < d.groups; ++g) {
+    pad_input(x + (n * d.in_channels + g * cg_) * in_plane_, ws.col.data());
+    float* wide = ws.gathered.data();
+    direct::shifted_gemm(packed_forward_.data() + g * packed_stride, kg_, ws.col.data(),
+                         forward_offsets_.data(), rows_, columns, wide, wide_stride);
+    for (int64_t k = 0; k < kg_; ++k) {
+      const float beta = bias != nullptr ? bias[g * kg_ + k] : 0.0f;
+      float* out = y + (n * d.out_channels + g * kg_ + k) * out_plane_;
+      for (int64_t oh = 0; oh < d.out_h; ++oh) {
+        const float* src = wide + k * wide_stride + oh * padded_w_;
+        float* dst = out + oh * d.out_w;
+        for (int64_t ow = 0; ow < d.out_w; ++ow) dst[ow] = src[ow] + beta;
+      }
+    }
+  }
+}
+
+void TbbConv2d::direct_backward_data(int64_t n, const float* dy, float* dx, Workspace& ws) const {
+  const Conv2dDesc& d = desc_;
+  const int64_t taps = d.kernel_h * d.kernel_w;
+  const int64_t wide_stride = d.in_h * dy_w_;
+  const int64_t columns = (d.in_h - 1) * dy_w_ + d.in_w;
+  const int64_t packed_stride = direct::packed_size(cg_, kg_ * taps);
+  // dy rows land at dy_top_ + oh in the padded dy (dy_top_ < 0 crops: padding wider than the
+  // kernel's reach means some dy rows are never read).
+  int64_t ow_lo, ow_hi;
+  valid_columns(-dy_left_, 1, d.out_w, dy_w_, ow_lo, ow_hi);  // padded columns that hold dy
+  for (int64_t g = 0; g < d.groups; ++g) {
+    float* padded = ws.col.data();
+    std::fill_n(padded, kg_ * dy_h_ * dy_w_ + kSlackFloats + d.kernel_w * d.dilation_w, 0.0f);
+    for (int64_t k = 0; k < kg_; ++k) {
+      const float* plane = dy + (n * d.out_channels + g * kg_ + k) * out_plane_;
+      for (int64_t a = std::max<int64_t>(0, dy_top_); a < std::min(dy_h_, dy_top_ + d.out_h); ++a) {
+        const float* src = plane + (a - dy_top_) * d.out_w;
+        float* dst = padded + (k * dy_h_ + a) * dy_w_;
+        for (int64_t b = ow_lo; b < ow_hi; ++b) dst[b] = src[b - dy_left_];
+      }
+    }
+    float* wide = ws.gathered.data();
+    direct::shifted_gemm(packed_backward_.data() + g * packed_stride, cg_, padded,
+                         backward_offsets_.data(), kg_ * taps, columns, wide, wide_stride);
+    for (int64_t c = 0; c < cg_; ++c) {
+      float* out = dx + (n * d.in_channels + g * cg_ + c) * in_plane_;
+      for (int64_t h = 0; h < d.in_h; ++h) {
+        std::copy_n(wide + c * wide_stride + h * dy_w_, d.in_w, out + h * d.in_w);
+      }
+    }
+  }
+}
+
+void TbbConv2d::direct_backward_params(const Block& b, const float* x, const float* dy, float* dw,
+                                       Workspace& ws) const {
+  const Conv2dDesc& d = desc_;
+  const int64_t dy_image_stride = kg_ * dy_wide_stride_;
+  for (int64_t g = 0; g < d.groups; ++g) {
+    for (int64_t i = 0; i < b.images; ++i) {
+      const int64_t n = b.n0 + i;
+      pad_input(x + (n * d.in_channels + g * cg_) * in_plane_, ws.col.data() + i * padded_stride_);
+      // dy laid out like the wide output, zero in the discarded columns, so the dot products over
+      // every wide column equal the sums over real output pixels.
+      float* wide_dy = ws.gathered.data() + i * dy_image_stride;
+      std::fill_n(wide_dy, dy_image_stride, 0.0f);
+      for (int64_t k = 0; k < kg_; ++k) {
+        const float* plane = dy + (n * d.out_channels + g * kg_ + k) * out_plane_;
+        for (int64_t oh = 0; oh < d.out_h; ++oh) {
+          copy_floats(wide_dy + k * dy_wide_stride_ + oh * padded_w_, plane + oh * d.out_w,
+                      d.out_w);
+        }
+      }
+    }
+    // One pass over all the block's images: the accumulators are reduced once per block.
+    direct::shifted_dot(ws.gathered.data(), kg_, dy_wide_stride_, ws.col.data(),
+                        forward_offsets_.data(), rows_, dy_wide_stride_, b.images, dy_image_stride,
+                        padded_stride_, dw + g * kg_ * rows_, rows_);
+  }
+}
+
+}  // namespace strata::tbb_backend

@@ -1,0 +1,185 @@
+// backend_tbb: the "tbb" backend (oneTBB owns every thread) and its fast kernels.
+//
+// THREADING
+//   TBB is the only source of threads. OpenBLAS is pinned to one thread when the plugin registers
+//   and is only ever called from inside TBB tasks (or on the calling thread), so the two never
+//   oversubscribe the cores. The thread count is whatever the "tbb" backend's set_threads()
+//   allowed (tbb::global_control), read at every call.
+//
+// CONTRACTS (shared by every kernel here; see strata/ops.hpp)
+//   - requires: tensors have the shapes the prepared descriptor implies (N free); checked.
+//   - ensures: outputs and gradients are overwritten; an undefined gradient Tensor or a null
+//     pointer is skipped before any work is done. Results agree with the "reference" kernels to
+//     float rounding (tests/test_kernels.cpp states the tolerance).
+//   - no allocation in steady state: workspace is planned in on_prepare() from the descriptor
+//     (never from N) and allocated the first time each thread uses it: two buffers per thread of
+//     at most 256 KiB each (larger only when one output row's col matrix is), never a copy of
+//     the batch per thread (tiny-dnn #151). Weight gradients get up to four partial
+//     buffers per thread when they are small (64K floats), one when larger.
+#pragma once
+
+#include <tbb/enumerable_thread_specific.h>
+#include <tbb/global_control.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "strata/backend.hpp"
+#include "strata/config.hpp"
+#include "strata/ops.hpp"
+
+namespace strata::tbb_backend {
+
+// Threads allowed right now (the tbb backend's set_threads(), or all cores).
+int allowed_threads();
+
+// parallel_for splits [begin, end) into chunks of at least `grain` elements and runs them as TBB
+// tasks. set_threads(n) holds a tbb::global_control for the life of the backend (0 = all cores).
+class TbbBackend : public Backend {
+ public:
+  explicit TbbBackend(const Config&);
+  ~TbbBackend() override;
+  std::string_view name() const override { return "tbb"; }
+  void set_threads(int threads) override;
+  int threads() const override { return threads_; }
+  void parallel_for(int64_t begin, int64_t end, int64_t grain,
+                    const std::function<void(int64_t, int64_t)>& body) override;
+
+ private:
+  int threads_;
+  std::unique_ptr<tbb::global_control> control_;
+};
+
+// Convolution, parallel over blocks of images. Each of the three entry points picks one of four
+// methods in on_prepare() (so forward may be direct while backward_data is not):
+//   - direct: stride 1, small padded image, and little waste. Register-blocked AVX2 kernels
+//     (direct_conv.hpp) read the zero-padded image in place: no im2col, no GEMM packing.
+//     backward_data runs the same kernel on the padded dy with flipped, transposed weights.
+//   - small: at most kSmallMaxFilters filters per group and a small image. im2col of several
+//     images side by side, then the same register-blocked kernels (OpenBLAS spends as long
+//     packing such thin matrices as multiplying them).
+//   - pointwise: 1x1, stride 1, pad 0. The image itself is the col matrix: OpenBLAS sgemm only.
+//   - blas: everything else. im2col + single-threaded OpenBLAS sgemm per group; a block is several
+//     whole images, or a band of output rows of one image when its col matrix would exceed the
+//     budget.
+// backward_params splits the batch into contiguous slices (a few per thread, for load balance);
+// slice 0 accumulates straight into dweight, the others into partial buffers added in slice
+// order, so results are deterministic for a given thread count. A kernel instance is not
+// re-entrant: one layer, one call at a time.
+class TbbConv2d : public Conv2dKernel {
+ public:
+  void forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) override;
+  void backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) override;
+  void backward_params(const Tensor& x, const Tensor& dy, Tensor& dweight, Tensor* dbias) override;
+
+  struct Workspace {
+    std::vector<float> col;       // col matrix, or the padded image (direct)
+    std::vector<float> gathered;  // GEMM output or gathered dy, or the wide output (direct)
+  };
+
+ protected:
+  void on_prepare() override;
+
+ private:
+  enum class Method { kDirect, kSmall, kPointwise, kBlas };
+  // How one entry point walks the batch: blocks of `images` whole images, or bands of
+  // `band_rows` output rows of one image (blas only, when one image's col matrix is too big).
+  struct Plan {
+    Method method = Method::kBlas;
+    int64_t images = 1, band_rows = 0, bands = 1;
+  };
+  // A unit of work: images [n0, n0 + images) x output rows [oh0, oh1).
+  struct Block {
+    int64_t n0, images, oh0, oh1;
+    int64_t columns(int64_t out_w) const { return images * (oh1 - oh0) * out_w; }
+  };
+  Plan make_plan(Method method) const;
+  void plan_workspace(const Plan& plan);
+  int64_t block_count(const Plan& plan, int64_t n_batch) const;
+  Block block(const Plan& plan, int64_t index, int64_t n_batch) const;
+  Workspace& local_workspace();
+  int64_t max_slices() const;  // of backward_params
+
+  void blas_forward(const Block& b, const float* x, const float* w, const float* bias, float* y,
+                    Workspace& ws) const;
+  void blas_backward_data(const Block& b, const float* dy, const float* w, float* dx,
+                          Workspace& ws) const;
+  void blas_backward_params(const Block& b, const float* x, const float* dy, float* dw,
+                            Workspace& ws) const;
+  void small_forward(const Block& b, const float* x, const float* bias, float* y,
+                     Workspace& ws) const;
+  void small_backward_data(const Block& b, const float* dy, float* dx, Workspace& ws) const;
+  void small_backward_params(const Block& b, const float* x, const float* dy, float* dw,
+                             Workspace& ws) const;
+  void direct_forward(int64_t n, const float* x, const float* bias, float* y, Workspace& ws) const;
+  void direct_backward_data(int64_t n, const float* dy, float* dx, Workspace& ws) const;
+  void direct_backward_params(const Block& b, const float* x, const float* dy, float* dw,
+                              Workspace& ws) const;
+  void pad_input(const float* x, float* padded) const;  // one group of one image
+  void gather_dy(const Block& b, int64_t g, const float* dy, float* gathered) const;
+
+  int64_t cg_ = 0, kg_ = 0;  // channels and filters per group
+  int64_t rows_ = 0;         // cg * R * S: taps of one group
+  int64_t in_plane_ = 0, out_plane_ = 0;
+  Plan forward_plan_, data_plan_, params_plan_;
+  std::size_t col_floats_ = 0, gathered_floats_ = 0;
+  std::vector<std::vector<float>> partial_weight_;  // slices 1.. of backward_params
+  std::vector<std::vector<float>> partial_bias_;    // every slice
+  tbb::enumerable_thread_specific<Workspace> workspace_;
+  // Weights repacked on every call (they change every step), per group, direct::pack_rows layout.
+  std::vector<float> packed_forward_, packed_backward_;
+
+  // small: images side by side in the col matrix, whose rows are small_stride_ apart.
+  int64_t small_images_ = 1, small_stride_ = 0;
+  std::vector<int32_t> small_offsets_;  // p * small_stride_
+  // direct: forward and backward_params read the input padded to padded_h_ x padded_w_;
+  // backward_data reads dy padded to dy_h_ x dy_w_ (a "full" correlation). Offsets are the taps'
+  // positions in those padded images.
+  int64_t padded_h_ = 0, padded_w_ = 0, dy_h_ = 0, dy_w_ = 0, dy_top_ = 0, dy_left_ = 0;
+  int64_t padded_stride_ = 0;   // floats between padded images in the workspace
+  int64_t dy_wide_stride_ = 0;  // row stride of the zero-filled wide dy in backward_params
+  std::vector<int32_t> forward_offsets_, backward_offsets_;
+};
+
+// Pooling, parallel over the N*C planes with a grain of about kPoolWorkPerTask window reads.
+// Window bounds are tabulated in on_prepare(); the window rules are exactly the reference's
+// (first maximum in row-major order, NaN wins; PyTorch's divisors).
+class TbbPool2d : public Pool2dKernel {
+ public:
+  void forward(const Tensor& x, Tensor& y) override;
+  void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) override;
+
+ protected:
+  void on_prepare() override;
+
+ private:
+  int64_t planes_per_task() const;
+  int64_t divisor(int64_t oh, int64_t ow) const;  // of an average window with real elements
+  void forward_plane(const float* in, float* out) const;
+  void backward_plane(const float* in, const float* grad_out, float* grad_in) const;
+  // Per output row / column: first and one-past-last input row / column, and the extent the
+  // count_include_pad divisor uses.
+  std::vector<int64_t> h_lo_, h_hi_, h_span_, w_lo_, w_hi_, w_span_;
+  // 2x2 stride-2 pooling (the common case) has a vectorizable loop over output columns
+  // [pair_lo_, pair_hi_), whose windows lie fully inside the input.
+  bool pairs_ = false;
+  int64_t pair_lo_ = 0, pair_hi_ = 0;
+};
+
+// cblas_sgemm, split over rows of C (or columns, when C is short and wide) across TBB tasks when
+// the product has at least kParallelGemmMacs multiply-adds.
+class TbbGemm : public GemmKernel {
+ public:
+  void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+            int64_t ldc) override;
+};
+
+// Single-threaded row-major sgemm with size checks (cblas takes 32-bit ints).
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
+}  // namespace strata::tbb_backend

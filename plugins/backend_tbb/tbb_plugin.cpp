@@ -1,0 +1,70 @@
+// Registers the "tbb" backend and its conv2d, pool2d and gemm kernels.
+#include <tbb/blocked_range.h>
+#include <tbb/info.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include <algorithm>
+
+#include "strata/error.hpp"
+#include "strata/plugin.hpp"
+#include "strata/registry.hpp"
+#include "tbb_kernels.hpp"
+
+// From OpenBLAS; declared here so the plugin does not depend on which cblas.h is found first.
+extern "C" void openblas_set_num_threads(int);
+
+namespace strata::tbb_backend {
+
+int allowed_threads() {
+  const auto limit = static_cast<int>(
+      tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
+  return std::max(1, std::min(limit, tbb::this_task_arena::max_concurrency()));
+}
+
+TbbBackend::TbbBackend(const Config&) : threads_(tbb::info::default_concurrency()) {}
+
+TbbBackend::~TbbBackend() = default;
+
+void TbbBackend::set_threads(int threads) {
+  if (threads < 0)
+    fail("backend 'tbb': threads must be 0 (all cores) or positive, got {}", threads);
+  threads_ = threads == 0 ? tbb::info::default_concurrency() : threads;
+  control_.reset();  // at most one limit of ours alive at a time
+  control_ = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism,
+                                                   static_cast<std::size_t>(threads_));
+}
+
+void TbbBackend::parallel_for(int64_t begin, int64_t end, int64_t grain,
+                              const std::function<void(int64_t, int64_t)>& body) {
+  if (begin >= end) return;
+  // Split into whole chunks of at least `grain` ourselves: a blocked_range would halve a range of
+  // 1.5 grains into pieces shorter than the grain the caller asked for.
+  const int64_t length = end - begin;
+  const int64_t chunks = std::max<int64_t>(1, length / std::max<int64_t>(grain, 1));
+  if (chunks == 1) {
+    body(begin, end);
+    return;
+  }
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, chunks, 1), [&](const tbb::blocked_range<int64_t>& range) {
+        body(begin + range.begin() * length / chunks, begin + range.end() * length / chunks);
+      });
+}
+
+namespace {
+
+void register_all(Registries& r) {
+  // TBB owns the parallelism; an OpenBLAS thread pool under TBB tasks would oversubscribe.
+  openblas_set_num_threads(1);
+  r.backends.add<TbbBackend>("tbb");
+  r.kernels.add<TbbConv2d>("conv2d", "tbb");
+  r.kernels.add<TbbPool2d>("pool2d", "tbb");
+  r.kernels.add<TbbGemm>("gemm", "tbb");
+}
+
+}  // namespace
+
+}  // namespace strata::tbb_backend
+
+STRATA_PLUGIN("backend_tbb", "1.0", strata::tbb_backend::register_all)
