@@ -202,6 +202,24 @@ BOOST_AUTO_TEST_CASE(small_cnn_learns_far_above_chance) {
   }
 }
 
+// The default experiment itself, on a real subset: LeNet-5 on 5,500 Fashion-MNIST images for three
+// epochs. `make test` installs dataset-fashion-mnist, so a missing dataset is a failure here.
+BOOST_AUTO_TEST_CASE(lenet5_learns_a_fashion_mnist_subset) {
+  test::TempDir dir;
+  Config config = Config::parse_file(std::string(STRATA_SOURCE_DIR) + "/experiments/lenet5_fashion.yaml");
+  for (const auto& [key, value] : std::vector<std::pair<std::string, std::string>>{
+           {"train.epochs", "3"}, {"data.train_limit", "6000"}, {"data.validation", "500"},
+           {"data.test_limit", "2000"}}) {
+    config.set(key, value);
+  }
+  TrainOptions options;
+  options.out_dir = dir.path();
+  options.progress = "none";
+  const TrainSummary summary = train_experiment(config, test::registries(), options);
+  BOOST_TEST_MESSAGE("LeNet-5 subset test accuracy " << summary.test_accuracy);
+  BOOST_TEST(summary.test_accuracy > 0.7);  // chance is 0.1; the full run reaches 0.90
+}
+
 // Interrupting after epoch 1 and resuming gives bit-identical weights to an uninterrupted run
 // (reference backend: its reductions have a fixed order).
 BOOST_AUTO_TEST_CASE(resume_continues_exactly) {
