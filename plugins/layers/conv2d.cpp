@@ -13,7 +13,7 @@
 //   stride        1 or [sh, sw]
 //   padding       0, p, [ph, pw], or `same` (out = in). `same` is symmetric zero padding
 //                 (effective kernel - 1)/2, so it requires stride 1 and an odd effective kernel
-//                 dilation*(kernel-1)+1 on both axes; asymmetric padding is not implemented.
+//                 dilation*(kernel-1)+1 on both axes (padding is always symmetric).
 //   dilation      1 or [dh, dw]
 //   groups        1; in_channels and out_channels must both be divisible by it
 //   bias          true

@@ -103,5 +103,15 @@ expect_error checkpoint_mismatch "/model/fc1/weight has shape [4, 256] but the m
 expect_error forward_bad_layer "the model has no layer 'fc9'" -- \
   forward "$ok" --weights "$work/good/model.h5" --input "$python_data" --output "$work/out.h5" --layers fc9
 
+# STRATA_PLUGIN_PATH adds folders; a folder it names must exist.
+mkdir -p "$work/extra"
+cp "$(dirname "$STRATA")/../tests/plugins/libstrata_test_sum.so" "$work/extra/"
+if STRATA_PLUGIN_PATH="$work/extra" "$STRATA" plugins 2>&1 | grep -qE '^  test_sum +test_sum'; then
+  echo "ok   plugin_path_adds_folders"; passed=$((passed + 1))
+else
+  echo "FAIL plugin_path_adds_folders: test_sum not listed"; failures=$((failures + 1))
+fi
+STRATA_PLUGIN_PATH="$work/nowhere" expect_error plugin_path_missing_folder "STRATA_PLUGIN_PATH names $work/nowhere, which is not a directory" -- plugins
+
 echo "$passed passed, $failures failed"
 [ "$failures" -eq 0 ]
