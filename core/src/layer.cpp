@@ -1,12 +1,6 @@
 #include "strata/layer.hpp"
 
-#include "strata/ops.hpp"
-
 namespace strata {
-
-Conv2dKernel::~Conv2dKernel() = default;
-Pool2dKernel::~Pool2dKernel() = default;
-GemmKernel::~GemmKernel() = default;
 
 Param Param::make(std::string name, Shape shape, std::string default_init, int64_t fan_in,
                   int64_t fan_out, float decay_mult) {

@@ -17,21 +17,7 @@ void check_shape(std::string_view what, const Tensor& t, const Shape& expected) 
 
 void ReferenceConv2d::on_prepare() {
   const Conv2dDesc& d = desc_;
-  if (d.in_channels <= 0 || d.in_h <= 0 || d.in_w <= 0 || d.out_channels <= 0 || d.kernel_h <= 0 ||
-      d.kernel_w <= 0 || d.out_h <= 0 || d.out_w <= 0) {
-    fail(
-        "reference conv2d: extents must be positive (C={}, H={}, W={}, K={}, R={}, S={}, out "
-        "{}x{})",
-        d.in_channels, d.in_h, d.in_w, d.out_channels, d.kernel_h, d.kernel_w, d.out_h, d.out_w);
-  }
-  if (d.stride_h <= 0 || d.stride_w <= 0 || d.dilation_h <= 0 || d.dilation_w <= 0 || d.pad_h < 0 ||
-      d.pad_w < 0) {
-    fail("reference conv2d: stride and dilation must be positive and padding non-negative");
-  }
-  if (d.groups <= 0 || d.in_channels % d.groups != 0 || d.out_channels % d.groups != 0) {
-    fail("reference conv2d: groups={} must divide in_channels={} and out_channels={}", d.groups,
-         d.in_channels, d.out_channels);
-  }
+  validate(d, "reference conv2d");
 }
 
 void ReferenceConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bias,

@@ -59,15 +59,7 @@ int64_t first_max(const Pool2dDesc& d, const float* plane, const Window& win) {
 
 void ReferencePool2d::on_prepare() {
   const Pool2dDesc& d = desc_;
-  if (d.channels <= 0 || d.in_h <= 0 || d.in_w <= 0 || d.kernel_h <= 0 || d.kernel_w <= 0 ||
-      d.out_h <= 0 || d.out_w <= 0 || d.stride_h <= 0 || d.stride_w <= 0 || d.pad_h < 0 ||
-      d.pad_w < 0) {
-    fail(
-        "reference pool2d: extents and strides must be positive and padding non-negative "
-        "(C={}, H={}, W={}, kernel {}x{}, stride {}x{}, pad {}x{}, out {}x{})",
-        d.channels, d.in_h, d.in_w, d.kernel_h, d.kernel_w, d.stride_h, d.stride_w, d.pad_h,
-        d.pad_w, d.out_h, d.out_w);
-  }
+  validate(d, "reference pool2d");
 }
 
 void ReferencePool2d::forward(const Tensor& x, Tensor& y) {

@@ -47,15 +47,7 @@ void tabulate(int64_t out, int64_t stride, int64_t pad, int64_t kernel, int64_t 
 
 void TbbPool2d::on_prepare() {
   const Pool2dDesc& d = desc_;
-  if (d.channels <= 0 || d.in_h <= 0 || d.in_w <= 0 || d.kernel_h <= 0 || d.kernel_w <= 0 ||
-      d.out_h <= 0 || d.out_w <= 0 || d.stride_h <= 0 || d.stride_w <= 0 || d.pad_h < 0 ||
-      d.pad_w < 0) {
-    fail(
-        "tbb pool2d: extents and strides must be positive and padding non-negative "
-        "(C={}, H={}, W={}, kernel {}x{}, stride {}x{}, pad {}x{}, out {}x{})",
-        d.channels, d.in_h, d.in_w, d.kernel_h, d.kernel_w, d.stride_h, d.stride_w, d.pad_h,
-        d.pad_w, d.out_h, d.out_w);
-  }
+  validate(d, "tbb pool2d");
   tabulate(d.out_h, d.stride_h, d.pad_h, d.kernel_h, d.in_h, h_lo_, h_hi_, h_span_);
   tabulate(d.out_w, d.stride_w, d.pad_w, d.kernel_w, d.in_w, w_lo_, w_hi_, w_span_);
   // Output columns whose 2x2, stride-2 window lies fully inside the input.

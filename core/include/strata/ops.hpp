@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 
 #include "strata/backend.hpp"
 #include "strata/tensor.hpp"
@@ -26,6 +27,11 @@ struct Conv2dDesc {
   int64_t groups = 1;
   int64_t out_h = 0, out_w = 0;
 };
+
+// Throws an Error, prefixed with `kernel` ("tbb conv2d"), unless every extent, stride and
+// dilation is positive, padding is non-negative and groups divides both channel counts.
+// Kernels call it from on_prepare(), so every backend rejects the same descriptors.
+void validate(const Conv2dDesc& desc, std::string_view kernel);
 
 class Conv2dKernel : public OpKernel<Conv2dDesc> {
  public:
@@ -50,6 +56,10 @@ struct Pool2dDesc {
   bool count_include_pad = true;
   int64_t out_h = 0, out_w = 0;
 };
+
+// Throws an Error, prefixed with `kernel`, unless extents and strides are positive and padding
+// is non-negative.
+void validate(const Pool2dDesc& desc, std::string_view kernel);
 
 class Pool2dKernel : public OpKernel<Pool2dDesc> {
  public:

@@ -1,0 +1,39 @@
+#include "strata/ops.hpp"
+
+#include "strata/error.hpp"
+
+namespace strata {
+
+// Out of line, so the interfaces' type information lives in the core, shared by every plugin.
+Conv2dKernel::~Conv2dKernel() = default;
+Pool2dKernel::~Pool2dKernel() = default;
+GemmKernel::~GemmKernel() = default;
+
+void validate(const Conv2dDesc& d, std::string_view kernel) {
+  if (d.in_channels <= 0 || d.in_h <= 0 || d.in_w <= 0 || d.out_channels <= 0 || d.kernel_h <= 0 ||
+      d.kernel_w <= 0 || d.out_h <= 0 || d.out_w <= 0) {
+    fail("{}: extents must be positive (C={}, H={}, W={}, K={}, R={}, S={}, out {}x{})", kernel,
+         d.in_channels, d.in_h, d.in_w, d.out_channels, d.kernel_h, d.kernel_w, d.out_h, d.out_w);
+  }
+  if (d.stride_h <= 0 || d.stride_w <= 0 || d.dilation_h <= 0 || d.dilation_w <= 0 || d.pad_h < 0 ||
+      d.pad_w < 0) {
+    fail("{}: stride and dilation must be positive and padding non-negative", kernel);
+  }
+  if (d.groups <= 0 || d.in_channels % d.groups != 0 || d.out_channels % d.groups != 0) {
+    fail("{}: groups={} must divide in_channels={} and out_channels={}", kernel, d.groups,
+         d.in_channels, d.out_channels);
+  }
+}
+
+void validate(const Pool2dDesc& d, std::string_view kernel) {
+  if (d.channels <= 0 || d.in_h <= 0 || d.in_w <= 0 || d.kernel_h <= 0 || d.kernel_w <= 0 ||
+      d.out_h <= 0 || d.out_w <= 0 || d.stride_h <= 0 || d.stride_w <= 0 || d.pad_h < 0 ||
+      d.pad_w < 0) {
+    fail("{}: extents and strides must be positive and padding non-negative (C={}, H={}, W={}, "
+         "kernel {}x{}, stride {}x{}, pad {}x{}, out {}x{})",
+         kernel, d.channels, d.in_h, d.in_w, d.kernel_h, d.kernel_w, d.stride_h, d.stride_w,
+         d.pad_h, d.pad_w, d.out_h, d.out_w);
+  }
+}
+
+}  // namespace strata
