@@ -25,7 +25,7 @@ test: deps deps-test build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 
 bench: deps deps-test build
-	/usr/bin/python3 bench/lenet5_vs_pytorch.py --strata $(BUILD_DIR)/bin/strata
+	/usr/bin/python3 bench/compare_pytorch.py --build $(BUILD_DIR)
 
 build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)

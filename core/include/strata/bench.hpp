@@ -12,8 +12,9 @@
 //
 //   FLOPs: a layer with a learnable `weight` of rank 2 or 4 (linear, conv2d, including grouped and
 //   depthwise) does weight.numel() / weight.dim(0) multiply-adds per output element in forward
-//   and twice that in backward (data and weight gradients); GFLOP/s counts 2 FLOPs per
-//   multiply-add. Other layers report no FLOPs.
+//   and twice that in backward (data and weight gradients; only the weight gradient for a layer
+//   that reads nothing but the model input, whose gradient nobody needs); GFLOP/s counts 2 FLOPs
+//   per multiply-add. Other layers report no FLOPs.
 //
 //   Peak resident memory is getrusage(RUSAGE_SELF).ru_maxrss of the whole process at the end
 //   (everything loaded, the model, activations, gradients, optimizer state and workspaces).
@@ -36,7 +37,7 @@ struct BenchOptions {
 
 struct LayerTiming {
   std::string name, type;
-  std::vector<int64_t> output_shape;  // per sample
+  std::vector<int64_t> output_shape;                 // per sample
   double forward_seconds = 0, backward_seconds = 0;  // mean per step
   double forward_flops = 0;                          // per step (whole batch); 0 when unknown
   double backward_flops = 0;

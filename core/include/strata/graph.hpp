@@ -63,8 +63,8 @@ class Graph {
   // of a layer includes summing its input gradients into tensors read by several layers.
   void set_profile(GraphProfile* profile);
 
-  std::vector<ParamRef> params();             // keys "<layer>/<param>"
-  std::vector<NamedTensor> state_tensors();   // parameters and buffers, "<layer>/<name>"
+  std::vector<ParamRef> params();            // keys "<layer>/<param>"
+  std::vector<NamedTensor> state_tensors();  // parameters and buffers, "<layer>/<name>"
   int64_t num_parameters() const;
 
  private:
@@ -86,7 +86,7 @@ class Graph {
   // by several layers a scratch buffer each consumer writes its share of the gradient into.
   std::vector<Tensor> outputs_storage_, grads_storage_, edge_scratch_;
   std::vector<Tensor> outputs_, grads_, scratch_;  // views for the current batch
-  Tensor input_;                                         // view of the current input
+  Tensor input_;                                   // view of the current input
   GraphProfile* profile_ = nullptr;
 };
 
