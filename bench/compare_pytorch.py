@@ -5,7 +5,7 @@ Four tables, each with the ratio Strata / PyTorch (higher is better for Strata, 
   2. training images/s (forward, loss, backward, SGD step) on synthetic data of each net's input
      shape at its batch size: LeNet-5, the CIFAR-style VGG net and a small ResNet;
   3. peak resident memory of each training workload (each framework in a child process of its
-     own, measured by wait4()'s rusage, so neither counts the other);
+     own, under /usr/bin/time, so neither counts the other);
   4. speed-up from 1 to 2 threads on the conv-heavy workloads.
 
 Both sides use the same thread count (torch.set_num_threads; Strata --threads). Runs alternate
@@ -39,11 +39,11 @@ CONV_SHAPES = [
     ("depthwise 3x3", 32, 128, 28, 28, 128, 3, 1, 1, 1, 128),
 ]
 
-# name -> (experiment file, batch)
+# name -> (experiment file, batch, timed steps): about 2 s of work per run on 2 idle cores
 WORKLOADS = {
-    "lenet5": (os.path.join(ROOT, "experiments", "lenet5_fashion.yaml"), 128),
-    "cifar_vgg": (os.path.join(HERE, "workloads", "cifar_vgg.yaml"), 64),
-    "resnet_small": (os.path.join(HERE, "workloads", "resnet_small.yaml"), 64),
+    "lenet5": (os.path.join(ROOT, "experiments", "lenet5_fashion.yaml"), 128, 100),
+    "cifar_vgg": (os.path.join(HERE, "workloads", "cifar_vgg.yaml"), 64, 10),
+    "resnet_small": (os.path.join(HERE, "workloads", "resnet_small.yaml"), 64, 20),
 }
 CONV_HEAVY = ["cifar_vgg", "resnet_small"]
 
@@ -171,17 +171,18 @@ def strata_conv(build, shape, threads, iterations, warmup):
 
 
 def run_child(cmd):
-    """Runs cmd; returns (stdout, peak resident bytes of that child alone, from wait4())."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if proc.returncode != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{stdout}\n{stderr}")
-    return stdout, usage.ru_maxrss * 1024  # Linux reports KiB
+    """Runs cmd under /usr/bin/time; returns (stdout, peak resident bytes of cmd alone).
+
+    Not wait4() on our own child: Linux keeps a process's peak RSS across exec(), so a child forked
+    from this Python (with torch loaded) would report at least this process's size. /usr/bin/time
+    is small, and the process it forks starts from its size, not ours."""
+    with tempfile.NamedTemporaryFile("r") as peak:
+        result = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", peak.name] + cmd,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"failed: {' '.join(cmd)}\n{result.stdout}\n{result.stderr}")
+        kib = int(peak.read().strip().splitlines()[-1])
+    return result.stdout, kib * 1024
 
 
 def strata_train(build, name, threads, iterations, warmup):
@@ -223,6 +224,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     parser.add_argument("--only", default="conv,train,memory,threads")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS),
+                        help="training workloads to run (comma-separated)")
     parser.add_argument("--json", help="also write every measurement to this file")
     parser.add_argument("--torch-child", help=argparse.SUPPRESS)
     parser.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
@@ -235,7 +238,10 @@ def main():
     import torch
     parts = set(args.only.split(","))
     conv_iters, conv_warm = (2, 1) if args.quick else (5, 2)
-    train_iters, train_warm = (3, 1) if args.quick else (20, 3)
+    train_warm = 1 if args.quick else 3
+
+    def train_iters(name):
+        return 3 if args.quick else WORKLOADS[name][2]
     t = args.threads
     results = {"threads": t, "repeats": args.repeats, "torch": torch.__version__}
     print(f"Strata vs PyTorch {torch.__version__}, {t} threads, best of {args.repeats} "
@@ -266,8 +272,9 @@ def main():
         results["conv"] = rows
         print()
 
+    selected = [name for name in WORKLOADS if name in args.workloads.split(",")]
     available = {}
-    for name in WORKLOADS:
+    for name in selected:
         available[name] = strata_has_workload(args.build, name)
 
     train_rows, memory_rows = [], []
@@ -275,7 +282,7 @@ def main():
         print("2. training images/s (synthetic data, SGD momentum 0.9)      3. peak resident memory")
         print(f"   {'workload':14} {'strata':>9} {'pytorch':>9} {'ratio':>7}                "
               f"{'strata MB':>10} {'pytorch MB':>10} {'ratio':>7}")
-        for name in WORKLOADS:
+        for name in selected:
             ok, why = available[name]
             if not ok:
                 print(f"   {name:14} pending: strata cannot run it yet ({why})")
@@ -284,8 +291,8 @@ def main():
             s_best = p_best = 0.0
             s_rss = p_rss = float("inf")
             for _ in range(args.repeats):
-                s, s_mem = strata_train(args.build, name, t, train_iters, train_warm)
-                p, p_mem = torch_train(name, t, train_iters, train_warm)
+                s, s_mem = strata_train(args.build, name, t, train_iters(name), train_warm)
+                p, p_mem = torch_train(name, t, train_iters(name), train_warm)
                 s_best, p_best = max(s_best, s), max(p_best, p)
                 s_rss, p_rss = min(s_rss, s_mem), min(p_rss, p_mem)
             ratio, mem_ratio = s_best / p_best, s_rss / p_rss
@@ -311,7 +318,7 @@ def main():
         print(f"   {'workload':14} {'strata 1':>9} {'strata 2':>9} {'speed-up':>9}   "
               f"{'pytorch 1':>9} {'pytorch 2':>9} {'speed-up':>9}")
         rows = []
-        for name in CONV_HEAVY:
+        for name in [n for n in CONV_HEAVY if n in selected]:
             if not available[name][0]:
                 print(f"   {name:14} pending: strata cannot run it yet")
                 continue
@@ -319,9 +326,10 @@ def main():
             for threads in (1, 2):
                 s_best = p_best = 0.0
                 for _ in range(args.repeats):
-                    s_best = max(s_best, strata_train(args.build, name, threads, train_iters,
-                                                      train_warm)[0])
-                    p_best = max(p_best, torch_train(name, threads, train_iters, train_warm)[0])
+                    s_best = max(s_best, strata_train(args.build, name, threads,
+                                                      train_iters(name), train_warm)[0])
+                    p_best = max(p_best, torch_train(name, threads, train_iters(name),
+                                                     train_warm)[0])
                 best[threads] = (s_best, p_best)
             s_up, p_up = best[2][0] / best[1][0], best[2][1] / best[1][1]
             v = verdict(s_up, TARGETS["threads"])
