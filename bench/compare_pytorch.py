@@ -224,6 +224,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     parser.add_argument("--only", default="conv,train,memory,threads")
+    parser.add_argument("--shapes", default="",
+                        help="conv shapes to run: indices into the list, comma-separated (all)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help="training workloads to run (comma-separated)")
     parser.add_argument("--json", help="also write every measurement to this file")
@@ -253,7 +255,8 @@ def main():
         print(f"   {'shape (N, C, HxW, K, filter, stride, pad, dilation, groups)':62} "
               f"{'strata':>8} {'pytorch':>8} {'ratio':>7}")
         rows = []
-        for shape in CONV_SHAPES:
+        chosen = [int(i) for i in args.shapes.split(",")] if args.shapes else range(len(CONV_SHAPES))
+        for shape in [CONV_SHAPES[i] for i in chosen]:
             s_best = p_best = 0.0
             for _ in range(args.repeats):
                 s_best = max(s_best, strata_conv(args.build, shape, t, conv_iters, conv_warm))
