@@ -271,7 +271,8 @@ void TbbConv2d::plan_workspace(const Plan& plan) {
     case Method::kPointwise:
       break;
     case Method::kWinograd:
-      col = static_cast<std::size_t>(winograd::kElements * std::max(cg_, kg_) * winograd_tiles_);
+      col = static_cast<std::size_t>(winograd::kElements *
+                                     winograd::plane_stride(std::max(cg_, kg_), winograd_tiles_));
       gathered = col;
       break;
     case Method::kBlas: {

@@ -20,6 +20,11 @@ namespace strata::tbb_backend::winograd {
 
 inline constexpr int64_t kElements = 16;  // 4x4 transformed tile
 
+// Floats between the 16 planes of a transformed block of `rows` x `count`. Not a multiple of
+// 4 KiB: with power-of-two plane sizes the 16 streams of a transform's stores all map to the same
+// L1 set and evict each other (measured: the input transform took as long as the products).
+inline int64_t plane_stride(int64_t rows, int64_t count) { return rows * count + 48; }
+
 struct Geometry {
   int64_t channels = 0, filters = 0;  // of this convolution (after any swap)
   int64_t in_h = 0, in_w = 0, pad_h = 0, pad_w = 0, out_h = 0, out_w = 0;
@@ -37,8 +42,8 @@ void transform_weights(const float* w, int64_t filters, int64_t channels, bool f
 
 // y[n][f] for the output tiles [first, first + count) of the batch, numbered image by image,
 // row by row. x is [N][channels][in_h][in_w], y [N][filters][out_h][out_w] (overwritten; bias
-// added when non-null). v and m are workspaces of kElements * channels * count and
-// kElements * filters * count floats.
+// added when non-null). v and m are workspaces of kElements * plane_stride(channels, count)
+// and kElements * plane_stride(filters, count) floats.
 void convolve_tiles(const Geometry& g, const float* u, const float* x, const float* bias, float* y,
                     int64_t first, int64_t count, float* v, float* m);
 
@@ -46,8 +51,8 @@ void convolve_tiles(const Geometry& g, const float* u, const float* x, const flo
 // U = G g G^T, dL/dU[f][c] = sum over tiles of (A dy_f A^T) .* V_c, and dL/dg = G^T dL/dU G.
 // accumulate_weight_gradient adds the tiles [first, first + count)'s share to du[xi][f][c]
 // (16 products (filters x tiles) * (tiles x channels)); v and w are workspaces of
-// kElements * channels * count and kElements * filters * count floats. x is the forward input
-// and dy the forward output's gradient, as in convolve_tiles.
+// kElements * plane_stride(channels, count) and kElements * plane_stride(filters, count) floats. x
+// is the forward input and dy the forward output's gradient, as in convolve_tiles.
 void accumulate_weight_gradient(const Geometry& g, const float* x, const float* dy, int64_t first,
                                 int64_t count, float* v, float* w, float* du);
 // dw[f][c][3][3] = G^T du[.][f][c] G (overwritten).
