@@ -42,6 +42,10 @@ struct ConformanceCase {
   std::string yaml;           // the layer's config, as in an experiment file ("{type: relu}")
   std::vector<Shape> inputs;  // input sample shapes (no batch dimension)
   Shape output;               // expected output sample shape; rank 0: unknown, only consistency
+  // Batch of the gradient check. 2 unless a layer needs more samples to be non-degenerate
+  // (batch_norm on features [C] normalizes over the batch alone: with 2 samples every x_hat is
+  // +-1 and the input gradient vanishes).
+  int64_t gradient_batch = 2;
 };
 std::ostream& operator<<(std::ostream& os, const ConformanceCase& layer_case);
 
