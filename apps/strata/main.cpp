@@ -17,6 +17,7 @@ int run_train(Session& session, const std::vector<std::string>& args);
 int run_forward(Session& session, const std::vector<std::string>& args);
 int run_plugins(Session& session, const std::vector<std::string>& args);
 int run_bench(Session& session, const std::vector<std::string>& args);
+int run_check_plugin(Session& session, const std::vector<std::string>& args);
 
 namespace {
 
@@ -32,6 +33,7 @@ const Command kCommands[] = {
     {"forward", "run a trained model on HDF5 input and write layer activations", run_forward},
     {"plugins", "list the loaded plugins and the types they register", run_plugins},
     {"bench", "time a model's training step per layer on synthetic data", run_bench},
+    {"check-plugin", "run the layer conformance checks on a plugin's layers", run_check_plugin},
 };
 
 void print_usage(std::FILE* out) {
