@@ -240,6 +240,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
         "input", fmt::format("the model input is {} but the dataset's images are {}", sample.str(),
                              dataset->sample_shape().str()));
   }
+  if (options.validate_only) return {};
   const auto data_start = Clock::now();
   Data data;
   data.train = first_rows(dataset->load("train"), train_limit);
@@ -306,7 +307,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     std::istringstream rng_text(state.rng_state);
     rng_text >> rng;
     if (!rng_text) fail("checkpoint {}: the stored random generator state is corrupt", checkpoint_path.string());
-    std::printf("resuming %s after epoch %lld (iteration %lld)\n", checkpoint_path.c_str(),
+    if (!options.quiet)
+      std::printf("resuming %s after epoch %lld (iteration %lld)\n", checkpoint_path.c_str(),
                 static_cast<long long>(state.epoch), static_cast<long long>(state.iteration));
   }
 
@@ -326,7 +328,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
 
   const int64_t train_n = static_cast<int64_t>(data.train.labels.size());
   const int64_t steps = (train_n + batch_size - 1) / batch_size;
-  std::printf("model: %zu layers, %lld parameters; data: %lld train, %lld validation, %lld test "
+  if (!options.quiet)
+    std::printf("model: %zu layers, %lld parameters; data: %lld train, %lld validation, %lld test "
               "images (loaded in %.1fs); backend %s, %d thread(s)\n",
               graph.size(), static_cast<long long>(graph.num_parameters()),
               static_cast<long long>(train_n), static_cast<long long>(data.val.labels.size()),
@@ -334,7 +337,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
               backend->threads());
 
   Context context{true, &rng, backend.get()};
-  Progress progress(options.progress, epochs, steps);
+  Progress progress(options.quiet ? "none" : options.progress, epochs, steps);
   Tensor batch_images(sample.with_batch(batch_size));
   std::vector<int32_t> batch_labels(batch_size);
   Tensor dlogits(graph.output_shape().with_batch(batch_size));
@@ -363,6 +366,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       context.training = true;
       const Tensor& logits = graph.forward(context, x);
       const float batch_loss = loss->forward_backward(logits, labels, &dl);
+      if (options.on_iteration) options.on_iteration({epoch + 1, state.iteration + 1, batch_loss});
       if (!std::isfinite(batch_loss)) {
         fail("training diverged: the loss is {} at epoch {}, iteration {} (step {} of {} in the "
              "epoch, learning rate {}); lower optimizer.lr or check the data. The last good "
