@@ -353,8 +353,13 @@ Plan parse_search(const Config& experiment, int cores) {
   plan.seed = static_cast<uint64_t>(s.get<int64_t>("seed", 1));
   plan.metric = s.get<std::string>("metric", "val_accuracy");
   if (std::find(kMetrics.begin(), kMetrics.end(), plan.metric) == kMetrics.end()) {
-    s.fail_key("metric", fmt::format("unknown metric '{}'\n  {}", plan.metric,
-                                     suggestion_text(plan.metric, kMetrics, "metrics")));
+    std::string hint = suggestion_text(plan.metric, kMetrics, "metrics");
+    for (const std::string& known : kMetrics) {  // the lecture's short names: val_acc, train_acc
+      if (short_metric(known) == plan.metric && !hint.starts_with("did you mean")) {
+        hint = fmt::format("did you mean '{}'? {}", known, hint);
+      }
+    }
+    s.fail_key("metric", fmt::format("unknown metric '{}'\n  {}", plan.metric, hint));
   }
   const std::string goal =
       s.get<std::string>("goal", plan.metric.ends_with("loss") ? "min" : "max");
@@ -401,6 +406,7 @@ Plan parse_search(const Config& experiment, int cores) {
   } else {
     plan.stages.push_back(defaults);
   }
+  s.check_unused();
   if (plan.stages[0].written.empty()) {
     s.fail("nothing to search: give `space:` (key paths of the experiment with distributions)");
   }
@@ -411,7 +417,6 @@ Plan parse_search(const Config& experiment, int cores) {
       where.fail("missing `trials:` (how many random trials this stage draws)");
     }
   }
-  s.check_unused();
 
   // A validation metric needs a validation split.
   if (plan.metric.starts_with("val_")) {
@@ -562,10 +567,10 @@ std::vector<Axis> narrow_axes(const std::vector<Axis>& axes, const std::vector<c
     }
     const double full = to(axis.high) - to(axis.low);
     const double pad = hi > lo ? margin * (hi - lo) : 0.1 * full;
-    lo = std::max(to(axis.low), lo - pad);
-    hi = std::min(to(axis.high), hi + pad);
-    narrowed.low = from(lo);
-    narrowed.high = from(hi);
+    lo -= pad;
+    hi += pad;
+    narrowed.low = lo <= to(axis.low) ? axis.low : from(lo);  // exact at the previous bounds
+    narrowed.high = hi >= to(axis.high) ? axis.high : from(hi);
     if (axis.is_integer()) {
       narrowed.low = std::floor(narrowed.low + 1e-9);
       narrowed.high = std::ceil(narrowed.high - 1e-9);
@@ -1437,7 +1442,7 @@ void Search::run_stage(int index) {
     for (const Trial& t : trials) finished += t.status != "pending" && t.status != "running";
     std::string counter = fmt::format("({} / {})", finished, total);
     if (stage.asha) {
-      counter = fmt::format("(trial {} of {}, {} epochs{})", slot.index + 1, total, slot.epochs,
+      counter = fmt::format("(trial {} of {}, {} epochs{})", slot.index, total, slot.epochs,
                             slot.status == "paused" ? ", paused at a rung" : "");
     }
     print_line(slot, counter);
