@@ -1498,10 +1498,19 @@ SearchResult Search::run() {
   for (auto& stage : stages_) {
     for (Trial& trial : stage) result.trials.push_back(trial);
   }
-  // The best trial over every stage, among trials that ran all their stage's epochs.
+  // The best trial over every stage, among trials that ran all their stage's epochs; failing
+  // any, the longest-trained of those ASHA stopped early.
   for (const Trial& t : result.trials) {
     if (t.status != "ok" || std::isnan(t.metric)) continue;
     if (!result.best || better(t.metric, result.best->metric)) result.best = &t;
+  }
+  for (const Trial& t : result.trials) {
+    if (result.best && result.best->status == "ok") break;
+    if (t.status != "stopped_early" || std::isnan(t.metric)) continue;
+    if (!result.best || t.epochs > result.best->epochs ||
+        (t.epochs == result.best->epochs && better(t.metric, result.best->metric))) {
+      result.best = &t;
+    }
   }
   for (std::size_t s = 0; s < stages_.size(); ++s) {
     double best = kNaN;
@@ -1519,7 +1528,7 @@ SearchResult Search::run() {
     return result;
   }
   if (!result.best) {
-    say("no trial finished: every trial exploded or failed, so there is no best.yaml");
+    say("no trial has a result: every trial exploded or failed, so there is no best.yaml");
     return result;
   }
   const Trial& best = *result.best;

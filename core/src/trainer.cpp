@@ -231,6 +231,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   }
   // `plugins` is handled by the command line tool before the registries are used.
   if (auto plugins = experiment.find("plugins")) plugins->mark_used();
+  // `search` is read by `strata search` (docs/search.md); training runs the experiment as written.
+  if (auto search = experiment.find("search")) search->mark_used();
   experiment.check_unused();
 
   // ---- Data: load, hold out validation, fit preprocessing on the training part only. ----
