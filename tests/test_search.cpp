@@ -354,9 +354,9 @@ BOOST_AUTO_TEST_CASE(the_real_trainer_explodes_with_a_huge_learning_rate) {
 
 BOOST_AUTO_TEST_CASE(asha_promotes_only_the_top_third_and_resumes_promoted_trials) {
   test::TempDir dir;
-  const Config experiment = test::yaml(fake_experiment(
-      "  trials: 27\n  epochs: 9\n  asha: {min_epochs: 1, eta: 3}\n"
-      "  space:\n    optimizer.lr: {log_uniform: [1e-6, 1]}\n"));
+  const Config experiment =
+      test::yaml(fake_experiment("  trials: 27\n  epochs: 9\n  asha: {min_epochs: 1, eta: 3}\n"
+                                 "  space:\n    optimizer.lr: {log_uniform: [1e-6, 1]}\n"));
   FakeRunner runner;
   const SearchResult result = run_search(experiment, runner, quiet_options(dir.path()));
   BOOST_REQUIRE_EQUAL(result.trials.size(), 27u);
@@ -392,7 +392,8 @@ BOOST_AUTO_TEST_CASE(asha_promotes_only_the_top_third_and_resumes_promoted_trial
     if (rung == 0) {  // a new trial started: no promotion was possible
       for (int64_t k = 0; k < 2; ++k) {
         for (const auto& [metric, candidate] : top_third(k)) {
-          BOOST_TEST(promoted.count({k, candidate}) == 1u, "trial " << candidate << " at rung " << k);
+          BOOST_TEST(promoted.count({k, candidate}) == 1u,
+                     "trial " << candidate << " at rung " << k);
         }
       }
     } else {
@@ -466,10 +467,11 @@ BOOST_AUTO_TEST_SUITE(outputs_and_resume)
 
 BOOST_AUTO_TEST_CASE(journal_curves_and_best_yaml) {
   test::TempDir dir;
-  const Config experiment = test::yaml(fake_experiment(
-      "  trials: 6\n  epochs: 3\n  space:\n    optimizer.lr: {log_uniform: [1e-6, 1e-1], name: lr}\n"
-      "    optimizer.weight_decay: {log_uniform: [1e-5, 1e5], name: reg}\n"
-      "  overrides: {data.validation: 50}\n"));
+  const Config experiment = test::yaml(
+      fake_experiment("  trials: 6\n  epochs: 3\n  space:\n    optimizer.lr: {log_uniform: [1e-6, "
+                      "1e-1], name: lr}\n"
+                      "    optimizer.weight_decay: {log_uniform: [1e-5, 1e5], name: reg}\n"
+                      "  overrides: {data.validation: 50}\n"));
   FakeRunner runner;
   const SearchResult result = run_search(experiment, runner, quiet_options(dir.path()));
   const auto lines = journal_lines(dir / "trials.jsonl");
@@ -581,16 +583,14 @@ BOOST_AUTO_TEST_CASE(resume_refuses_a_changed_search_and_an_empty_folder) {
   SearchOptions resume = quiet_options(dir.path());
   resume.resume = true;
   const std::string changed = "  trials: 3\n  space:\n    optimizer.lr: {log_uniform: [1e-5, 1]}\n";
-  STRATA_CHECK_CONTAINS(test::error_of([&] {
-                          run_search(test::yaml(fake_experiment(changed)), runner, resume);
-                        }),
-                        "differs from the one this search started with");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { run_search(test::yaml(fake_experiment(changed)), runner, resume); }),
+      "differs from the one this search started with");
   SearchOptions nothing = quiet_options(empty.path());
   nothing.resume = true;
-  STRATA_CHECK_CONTAINS(test::error_of([&] {
-                          run_search(test::yaml(fake_experiment(search)), runner, nothing);
-                        }),
-                        "no search to resume");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { run_search(test::yaml(fake_experiment(search)), runner, nothing); }),
+      "no search to resume");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

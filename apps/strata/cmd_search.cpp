@@ -1,6 +1,7 @@
 // strata search EXP.yaml [--out DIR] [--resume] [--concurrency N] [--threads-per-trial N]
 //                        [--set key.path=value]...
-// Runs the experiment's `search:` section (docs/search.md); the logic is strata::search::run_search.
+// Runs the experiment's `search:` section (docs/search.md); the logic is
+// strata::search::run_search.
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -46,10 +47,10 @@ int run_search(Session& session, const std::vector<std::string>& args) {
   Config experiment = load_experiment(path, *vm);
   load_experiment_plugins(experiment, session.loader);
   search::SearchOptions search_options;
-  search_options.out_dir =
-      vm->count("out") ? std::filesystem::path((*vm)["out"].as<std::string>())
-                       : std::filesystem::path("runs") /
-                             (std::filesystem::path(path).stem().string() + "_search");
+  search_options.out_dir = vm->count("out")
+                               ? std::filesystem::path((*vm)["out"].as<std::string>())
+                               : std::filesystem::path("runs") /
+                                     (std::filesystem::path(path).stem().string() + "_search");
   search_options.resume = (*vm)["resume"].as<bool>();
   if (vm->count("concurrency")) search_options.concurrency = (*vm)["concurrency"].as<int>();
   if (vm->count("threads-per-trial")) {

@@ -38,8 +38,8 @@ const std::vector<std::string> kDistributions = {"log_uniform", "uniform", "int"
                                                  "choice"};
 const std::vector<std::string> kMetrics = {"val_accuracy", "val_loss", "train_accuracy",
                                            "train_loss"};
-const std::vector<std::string> kCurves = {"train_loss", "train_accuracy", "val_loss",
-                                          "val_accuracy", "lr", "epoch_seconds"};
+const std::vector<std::string> kCurves = {
+    "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"};
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -121,9 +121,9 @@ void check_key_path(const Config& root, const std::string& path, const Config& e
     std::vector<std::string> all;
     collect_paths(probe.clone(), "", all);
     const std::string match = closest_match(path, all);
-    entry.fail(fmt::format("the experiment has no key path '{}': {}{}", path, why,
-                           match.empty() ? std::string()
-                                         : fmt::format("\n  did you mean '{}'?", match)));
+    entry.fail(
+        fmt::format("the experiment has no key path '{}': {}{}", path, why,
+                    match.empty() ? std::string() : fmt::format("\n  did you mean '{}'?", match)));
   };
   for (const std::string& part : split_key_path(path)) {
     if (part.front() == '[') {
@@ -143,11 +143,12 @@ void check_key_path(const Config& root, const std::string& path, const Config& e
       walked += part;
       continue;
     }
-    if (!node.is_map()) missing(fmt::format("{} is not a map", walked.empty() ? "the top" : walked));
+    if (!node.is_map())
+      missing(fmt::format("{} is not a map", walked.empty() ? "the top" : walked));
     if (!node.has(part)) {
       const auto keys = node.keys();
-      missing(fmt::format("{} has no key '{}' (it has: {})", walked.empty() ? "the top level" : walked,
-                          part, fmt::join(keys, ", ")));
+      missing(fmt::format("{} has no key '{}' (it has: {})",
+                          walked.empty() ? "the top level" : walked, part, fmt::join(keys, ", ")));
     }
     node = node.at(part);
     walked += (walked.empty() ? "" : ".") + part;
@@ -167,10 +168,11 @@ Axis parse_axis(const std::string& path, const Config& entry) {
   const auto parts = split_key_path(path);
   axis.name = parts.empty() ? path : parts.back();
   if (!entry.is_map()) {
-    entry.fail(fmt::format("expected a distribution such as {{log_uniform: [1e-6, 1e-3]}} (one of "
-                           "{}), found {}",
-                           fmt::join(kDistributions, ", "),
-                           entry.is_scalar() ? "'" + entry.as<std::string>() + "'" : "a list"));
+    entry.fail(
+        fmt::format("expected a distribution such as {{log_uniform: [1e-6, 1e-3]}} (one of "
+                    "{}), found {}",
+                    fmt::join(kDistributions, ", "),
+                    entry.is_scalar() ? "'" + entry.as<std::string>() + "'" : "a list"));
   }
   std::string found;
   for (const std::string& key : entry.keys()) {
@@ -185,8 +187,8 @@ Axis parse_axis(const std::string& path, const Config& entry) {
     found = key;
   }
   if (found.empty()) {
-    entry.fail(fmt::format("no distribution given; expected one of {}",
-                           fmt::join(kDistributions, ", ")));
+    entry.fail(
+        fmt::format("no distribution given; expected one of {}", fmt::join(kDistributions, ", ")));
   }
   axis.name = entry.get<std::string>("name", axis.name);
   axis.points = entry.get<int64_t>("points", 0);
@@ -216,17 +218,19 @@ Axis parse_axis(const std::string& path, const Config& entry) {
     axis.high = range[1];
   }
   if (axis.low == axis.high) {
-    value.fail(fmt::format("empty range [{}, {}]: low must be below high (to fix the value, set it "
-                           "in the experiment instead of searching it)",
-                           axis.low, axis.high));
+    value.fail(
+        fmt::format("empty range [{}, {}]: low must be below high (to fix the value, set it "
+                    "in the experiment instead of searching it)",
+                    axis.low, axis.high));
   }
   if (axis.low > axis.high) {
     value.fail(fmt::format("inverted range [{}, {}]: low must be below high", axis.low, axis.high));
   }
   if (axis.is_log() && axis.low <= 0) {
-    value.fail(fmt::format("{} needs a positive range, found [{}, {}] (the logarithm of {} is "
-                           "undefined); use uniform or int for ranges that include 0",
-                           found, axis.low, axis.high, axis.low));
+    value.fail(
+        fmt::format("{} needs a positive range, found [{}, {}] (the logarithm of {} is "
+                    "undefined); use uniform or int for ranges that include 0",
+                    found, axis.low, axis.high, axis.low));
   }
   return axis;
 }
@@ -254,8 +258,9 @@ Stage parse_stage(const Config& c, const Stage* defaults, bool first, const Conf
   }
   if (c.has("trials")) {
     if (stage.mode == "grid") {
-      c.fail_key("trials", "a grid stage runs every grid point: give grid_points (or points: on "
-                           "an axis) instead of trials");
+      c.fail_key("trials",
+                 "a grid stage runs every grid point: give grid_points (or points: on "
+                 "an axis) instead of trials");
     }
     stage.trials = c.get<int64_t>("trials");
     if (stage.trials < 1) c.fail_key("trials", "must be at least 1");
@@ -274,8 +279,10 @@ Stage parse_stage(const Config& c, const Stage* defaults, bool first, const Conf
       for (Axis& axis : parse_space(*space, experiment)) {
         auto same = std::find_if(stage.written.begin(), stage.written.end(),
                                  [&](const Axis& a) { return a.path == axis.path; });
-        if (same != stage.written.end()) *same = axis;
-        else stage.written.push_back(axis);
+        if (same != stage.written.end())
+          *same = axis;
+        else
+          stage.written.push_back(axis);
       }
     }
   } else {
@@ -299,20 +306,22 @@ Stage parse_stage(const Config& c, const Stage* defaults, bool first, const Conf
     if (a.min_epochs < 1) asha->fail_key("min_epochs", "must be at least 1");
     if (a.eta < 2) asha->fail_key("eta", "must be at least 2 (keep the best 1/eta at each rung)");
     if (a.max_epochs <= a.min_epochs) {
-      asha->fail(fmt::format("max_epochs ({}) must be above min_epochs ({})", a.max_epochs,
-                             a.min_epochs));
+      asha->fail(
+          fmt::format("max_epochs ({}) must be above min_epochs ({})", a.max_epochs, a.min_epochs));
     }
     if (c.has("epochs") && a.max_epochs != stage.epochs) {
-      asha->fail_key("max_epochs",
-                     fmt::format("differs from the stage's epochs ({}); give one of them",
-                                 stage.epochs));
+      asha->fail_key(
+          "max_epochs",
+          fmt::format("differs from the stage's epochs ({}); give one of them", stage.epochs));
     }
     if (stage.mode == "grid") asha->fail("ASHA draws its trials at random: use mode: random");
     stage.epochs = a.max_epochs;
     stage.asha = a;
-  } else if (stage.asha && c.has("epochs")) {  // inherited ASHA: its top rung is this stage's epochs
+  } else if (stage.asha &&
+             c.has("epochs")) {  // inherited ASHA: its top rung is this stage's epochs
     if (stage.epochs <= stage.asha->min_epochs) {
-      c.fail_key("epochs", fmt::format("must be above asha.min_epochs ({})", stage.asha->min_epochs));
+      c.fail_key("epochs",
+                 fmt::format("must be above asha.min_epochs ({})", stage.asha->min_epochs));
     }
     stage.asha->max_epochs = stage.epochs;
   }
@@ -370,12 +379,14 @@ Plan parse_search(const Config& experiment, int cores) {
   plan.concurrency = s.get<int>("concurrency", 1);
   if (plan.concurrency < 1) s.fail_key("concurrency", "must be at least 1");
   plan.threads_per_trial = s.get<int>("threads_per_trial", 0);
-  if (plan.threads_per_trial < 0) s.fail_key("threads_per_trial", "must be 0 (cores / concurrency) or positive");
+  if (plan.threads_per_trial < 0)
+    s.fail_key("threads_per_trial", "must be 0 (cores / concurrency) or positive");
   if (plan.threads_per_trial == 0) plan.threads_per_trial = std::max(1, cores / plan.concurrency);
   plan.explode_factor = s.get<double>("explode_factor", 3.0);
   if (plan.explode_factor != 0 && plan.explode_factor <= 1) {
-    s.fail_key("explode_factor", "must be above 1 (abort when loss > factor x the first loss), "
-                                 "or 0 to never abort");
+    s.fail_key("explode_factor",
+               "must be above 1 (abort when loss > factor x the first loss), "
+               "or 0 to never abort");
   }
   plan.top = s.get<int64_t>("top", 10);
   if (plan.top < 1) s.fail_key("top", "must be at least 1");
@@ -400,7 +411,8 @@ Plan parse_search(const Config& experiment, int cores) {
     if (items.empty()) stages->fail("expected at least one stage");
     for (std::size_t i = 0; i < items.size(); ++i) {
       if (!items[i].is_map()) items[i].fail("expected a map (trials, epochs, space, narrow, ...)");
-      plan.stages.push_back(parse_stage(items[i], &defaults, i == 0, with_overrides, experiment_epochs));
+      plan.stages.push_back(
+          parse_stage(items[i], &defaults, i == 0, with_overrides, experiment_epochs));
       items[i].check_unused();
     }
   } else {
@@ -421,12 +433,14 @@ Plan parse_search(const Config& experiment, int cores) {
   // A validation metric needs a validation split.
   if (plan.metric.starts_with("val_")) {
     int64_t validation = 0;
-    if (auto data = with_overrides.clone().find("data")) validation = data->get<int64_t>("validation", 0);
+    if (auto data = with_overrides.clone().find("data"))
+      validation = data->get<int64_t>("validation", 0);
     if (validation <= 0) {
-      s.fail_key("metric", fmt::format("{} needs a validation split, but data.validation is {}; set "
-                                       "data.validation (images held out of training) or search "
-                                       "on train_loss/train_accuracy",
-                                       plan.metric, validation));
+      s.fail_key("metric",
+                 fmt::format("{} needs a validation split, but data.validation is {}; set "
+                             "data.validation (images held out of training) or search "
+                             "on train_loss/train_accuracy",
+                             plan.metric, validation));
     }
   }
   return plan;
@@ -440,7 +454,9 @@ Value draw(const Axis& axis, Stream& stream) {
   const double u = stream.uniform();
   Value v;
   switch (axis.distribution) {
-    case Distribution::kUniform: v.number = axis.low + u * (axis.high - axis.low); break;
+    case Distribution::kUniform:
+      v.number = axis.low + u * (axis.high - axis.low);
+      break;
     case Distribution::kLogUniform:
       v.number = std::exp(std::log(axis.low) + u * (std::log(axis.high) - std::log(axis.low)));
       v.number = std::clamp(v.number, axis.low, axis.high);
@@ -464,7 +480,8 @@ Value draw(const Axis& axis, Stream& stream) {
 std::vector<Value> grid_values(const Axis& axis, int64_t points) {
   std::vector<Value> values;
   if (axis.distribution == Distribution::kChoice) {
-    for (std::size_t i = 0; i < axis.choices.size(); ++i) values.push_back({0, static_cast<int>(i)});
+    for (std::size_t i = 0; i < axis.choices.size(); ++i)
+      values.push_back({0, static_cast<int>(i)});
     return values;
   }
   const int64_t p = axis.points > 0 ? axis.points : points;
@@ -484,7 +501,8 @@ std::vector<Value> grid_values(const Axis& axis, int64_t points) {
 
 int64_t grid_size(const Stage& stage, const std::vector<Axis>& axes) {
   int64_t size = 1;
-  for (const Axis& axis : axes) size *= static_cast<int64_t>(grid_values(axis, stage.grid_points).size());
+  for (const Axis& axis : axes)
+    size *= static_cast<int64_t>(grid_values(axis, stage.grid_points).size());
   return size;
 }
 
@@ -673,7 +691,10 @@ class Monitor final : public TrialMonitor {
  public:
   Monitor(Trial& trial, double factor, int64_t stop_epoch, int64_t max_epochs,
           const std::atomic<bool>* stop)
-      : trial_(trial), factor_(factor), stop_epoch_(stop_epoch), max_epochs_(max_epochs),
+      : trial_(trial),
+        factor_(factor),
+        stop_epoch_(stop_epoch),
+        max_epochs_(max_epochs),
         stop_(stop) {}
 
   void iteration(double loss) override {
@@ -687,15 +708,18 @@ class Monitor final : public TrialMonitor {
     }
     if (factor_ > 0 && loss > factor_ * trial_.initial_loss) {
       throw TrialStop{TrialStop::kExploded,
-                      fmt::format("loss {:.4g} > {:g} x the first loss {:.4g} at iteration {}", loss,
-                                  factor_, trial_.initial_loss, trial_.iterations)};
+                      fmt::format("loss {:.4g} > {:g} x the first loss {:.4g} at iteration {}",
+                                  loss, factor_, trial_.initial_loss, trial_.iterations)};
     }
   }
 
   void epoch(const EpochReport& r) override {
-    const std::pair<const char*, double> values[] = {
-        {"train_loss", r.train_loss}, {"train_accuracy", r.train_accuracy}, {"val_loss", r.val_loss},
-        {"val_accuracy", r.val_accuracy}, {"lr", r.lr}, {"epoch_seconds", r.seconds}};
+    const std::pair<const char*, double> values[] = {{"train_loss", r.train_loss},
+                                                     {"train_accuracy", r.train_accuracy},
+                                                     {"val_loss", r.val_loss},
+                                                     {"val_accuracy", r.val_accuracy},
+                                                     {"lr", r.lr},
+                                                     {"epoch_seconds", r.seconds}};
     for (const auto& [name, value] : values) {
       auto& curve = trial_.curves[name];
       curve.resize(static_cast<std::size_t>(std::max<int64_t>(r.epoch - 1, 0)), kNaN);
@@ -836,7 +860,9 @@ void append_and_sync(const fs::path& path, const std::string& line) {
 class Search {
  public:
   Search(const Config& experiment, TrialRunner& runner, const SearchOptions& options)
-      : experiment_(experiment), runner_(runner), options_(options),
+      : experiment_(experiment),
+        runner_(runner),
+        options_(options),
         plan_(parse_search(experiment, static_cast<int>(tbb::info::default_concurrency()))) {
     if (options.concurrency) {
       if (*options.concurrency < 1) fail("--concurrency must be at least 1");
@@ -886,7 +912,7 @@ class Search {
   Plan plan_;
   fs::path journal_, curves_;
   bool tty_ = false, progress_shown_ = false;
-  std::vector<std::vector<Trial>> stages_;         // stable once a stage is drawn
+  std::vector<std::vector<Trial>> stages_;  // stable once a stage is drawn
   std::vector<std::vector<Axis>> stage_axes_;
   std::map<std::string, std::vector<json>> journaled_;  // trial id -> its journal lines, in order
   std::map<std::string, std::map<std::string, std::vector<double>>> stored_curves_;
@@ -906,25 +932,28 @@ void Search::prepare_folder() {
   const bool has_journal = fs::exists(journal_) && fs::file_size(journal_) > 0;
   if (options_.resume) {
     if (!has_journal && !fs::exists(stored)) {
-      fail("{}: there is no search to resume here (no trials.jsonl); run without --resume to "
-           "start one",
-           dir.string());
+      fail(
+          "{}: there is no search to resume here (no trials.jsonl); run without --resume to "
+          "start one",
+          dir.string());
     }
     if (fs::exists(stored)) {
       std::ifstream in(stored);
       std::stringstream buffer;
       buffer << in.rdbuf();
       if (buffer.str() != text) {
-        fail("{}: the experiment differs from the one this search started with ({}); resuming "
-             "would mix two searches. Restore the experiment, or start a new search in another "
-             "--out folder",
-             dir.string(), stored.string());
+        fail(
+            "{}: the experiment differs from the one this search started with ({}); resuming "
+            "would mix two searches. Restore the experiment, or start a new search in another "
+            "--out folder",
+            dir.string(), stored.string());
       }
     }
   } else if (has_journal) {
-    fail("{}: already holds a search (trials.jsonl); continue it with --resume, or choose another "
-         "--out folder",
-         dir.string());
+    fail(
+        "{}: already holds a search (trials.jsonl); continue it with --resume, or choose another "
+        "--out folder",
+        dir.string());
   }
   write_text_atomically(stored, text);
 }
@@ -995,7 +1024,8 @@ void Search::restore(Trial& trial, const json& record) const {
   const json& params = record.at("params");
   for (std::size_t a = 0; a < trial.axes.size(); ++a) {
     const json expected = value_json(trial.axes[a], trial.values[a]);
-    const json* found = params.contains(trial.axes[a].path) ? &params.at(trial.axes[a].path) : nullptr;
+    const json* found =
+        params.contains(trial.axes[a].path) ? &params.at(trial.axes[a].path) : nullptr;
     bool same = found != nullptr;
     if (same && expected.is_number() && found->is_number()) {
       const double x = expected.get<double>(), y = found->get<double>();
@@ -1004,10 +1034,11 @@ void Search::restore(Trial& trial, const json& record) const {
       same = expected == *found;
     }
     if (!same) {
-      fail("{}: trial {} of stage {} was run with {} = {}, but the search now draws {}: the search "
-           "section or its seed changed. Start a new search in another --out folder",
-           journal_.string(), trial.index, trial.stage + 1, trial.axes[a].path,
-           found ? found->dump() : "nothing", expected.dump());
+      fail(
+          "{}: trial {} of stage {} was run with {} = {}, but the search now draws {}: the search "
+          "section or its seed changed. Start a new search in another --out folder",
+          journal_.string(), trial.index, trial.stage + 1, trial.axes[a].path,
+          found ? found->dump() : "nothing", expected.dump());
     }
   }
   auto number = [](const json& j) { return j.is_number() ? j.get<double>() : kNaN; };
@@ -1028,8 +1059,8 @@ void Search::restore(Trial& trial, const json& record) const {
     trial.curves = stored->second;
     // search.h5 may be one write ahead of the journal (written first): cut back to the line.
     for (auto& [name, values] : trial.curves) {
-      const auto keep = static_cast<std::size_t>(name == "iteration_loss" ? trial.iterations
-                                                                          : trial.epochs);
+      const auto keep =
+          static_cast<std::size_t>(name == "iteration_loss" ? trial.iterations : trial.epochs);
       if (values.size() > keep) values.resize(keep);
     }
   }
@@ -1075,7 +1106,8 @@ void Search::print_line(const Trial& trial, const std::string& counter) {
     parts.push_back(fmt::format("{}: {}", metric, trial.status));
   }
   for (std::size_t a = 0; a < trial.axes.size(); ++a) {
-    parts.push_back(fmt::format("{}: {}", trial.axes[a].name, value_display(trial.axes[a], trial.values[a])));
+    parts.push_back(
+        fmt::format("{}: {}", trial.axes[a].name, value_display(trial.axes[a], trial.values[a])));
   }
   std::string line = fmt::format("{}, {}", fmt::join(parts, ", "), counter);
   if (trial.status == "exploded") line += "  exploded: " + trial.error;
@@ -1107,7 +1139,8 @@ void Search::print_progress(bool force) {
       "[search] stage {}/{}: {}/{} trials done ({} running), {} exploded, {} failed; best {} {}; "
       "{} elapsed{}",
       current_stage_ + 1, plan_.stages.size(), finished, total, running_, exploded, failed,
-      short_metric(plan_.metric), best ? fmt::format("{:.6f} (trial {})", best->metric, best->index) : "-",
+      short_metric(plan_.metric),
+      best ? fmt::format("{:.6f} (trial {})", best->metric, best->index) : "-",
       format_seconds(elapsed), left);
   if (tty_) {
     std::fprintf(options_.out, "\r\033[K%s", text.c_str());
@@ -1143,12 +1176,14 @@ void Search::print_ranking(int stage) {
   std::map<std::string, int> counts;
   for (const Trial& t : trials) ++counts[t.status];
   std::vector<std::string> statuses;
-  for (const auto& [status, count] : counts) statuses.push_back(fmt::format("{} {}", count, status));
-  say(fmt::format("stage {}/{} ({}{}, {} trials, {} epochs): {}; best {} by {}:",
-                  stage + 1, plan_.stages.size(), spec.mode, spec.asha ? " + ASHA" : "",
-                  trials.size(), spec.epochs, fmt::join(statuses, ", "),
+  for (const auto& [status, count] : counts)
+    statuses.push_back(fmt::format("{} {}", count, status));
+  say(fmt::format("stage {}/{} ({}{}, {} trials, {} epochs): {}; best {} by {}:", stage + 1,
+                  plan_.stages.size(), spec.mode, spec.asha ? " + ASHA" : "", trials.size(),
+                  spec.epochs, fmt::join(statuses, ", "),
                   std::min<int64_t>(plan_.top, static_cast<int64_t>(best.size())), plan_.metric));
-  std::string header = fmt::format("  {:>4}  {:>5}  {:>10}", "rank", "trial", short_metric(plan_.metric));
+  std::string header =
+      fmt::format("  {:>4}  {:>5}  {:>10}", "rank", "trial", short_metric(plan_.metric));
   for (const Axis& axis : stage_axes_[stage]) header += fmt::format("  {:>13}", axis.name);
   header += "  epochs";
   say(header);
@@ -1179,7 +1214,8 @@ Trial Search::run_job(Job& job) {
   if (job.resume) {
     // Continue from the state journaled at the rung, not from a later epoch an interrupted
     // promotion may have saved.
-    if (!fs::exists(paused)) fail("{}: missing; cannot continue trial {}", paused.string(), trial.id());
+    if (!fs::exists(paused))
+      fail("{}: missing; cannot continue trial {}", paused.string(), trial.id());
     fs::copy_file(paused, model, fs::copy_options::overwrite_existing, ec);
     if (ec) fail("{}: cannot copy to {}: {}", paused.string(), model.string(), ec.message());
   } else {
@@ -1260,8 +1296,13 @@ class AshaTrials final : public JobSource {
  public:
   AshaTrials(std::vector<Trial>& trials, const Asha& asha, bool maximize,
              std::function<void(Trial&&)> finish)
-      : trials_(trials), rungs_(asha.rungs()), eta_(asha.eta), maximize_(maximize),
-        finish_(std::move(finish)), table_(rungs_.size()), promoted_(rungs_.size()) {}
+      : trials_(trials),
+        rungs_(asha.rungs()),
+        eta_(asha.eta),
+        maximize_(maximize),
+        finish_(std::move(finish)),
+        table_(rungs_.size()),
+        promoted_(rungs_.size()) {}
 
   // Rebuilds the rung tables from a trial's journal lines.
   void replay(const Trial& trial, const std::vector<json>& lines) {
@@ -1272,7 +1313,8 @@ class AshaTrials final : public JobSource {
       const std::string status = line.value("status", "");
       if (rung < 0 || rung >= static_cast<int64_t>(rungs_.size())) continue;
       if (status != "paused" && status != "ok") continue;
-      table_[rung].emplace_back(trial.index, line["metric"].is_number() ? line["metric"].get<double>() : kNaN);
+      table_[rung].emplace_back(trial.index,
+                                line["metric"].is_number() ? line["metric"].get<double>() : kNaN);
       if (i + 1 < lines.size()) promoted_[rung].insert(trial.index);
     }
   }
@@ -1349,13 +1391,16 @@ void Search::validate_first_trial(const std::vector<Trial>& trials) {
       runner_.validate(config);
     } catch (const Error& error) {
       fail("{}\n  (checking {} before any trial starts: {})", error.what(), what,
-           fmt::format("{}", fmt::join([&] {
-             std::vector<std::string> parts;
-             for (std::size_t a = 0; a < trial.axes.size(); ++a) {
-               parts.push_back(trial.axes[a].path + "=" + value_yaml(trial.axes[a], trial.values[a]));
-             }
-             return parts;
-           }(), ", ")));
+           fmt::format("{}", fmt::join(
+                                 [&] {
+                                   std::vector<std::string> parts;
+                                   for (std::size_t a = 0; a < trial.axes.size(); ++a) {
+                                     parts.push_back(trial.axes[a].path + "=" +
+                                                     value_yaml(trial.axes[a], trial.values[a]));
+                                   }
+                                   return parts;
+                                 }(),
+                                 ", ")));
     }
   };
   check(probe, "the first trial");
@@ -1384,9 +1429,10 @@ void Search::run_stage(int index) {
   if (index > 0 && stage.narrow_top_k > 0) {
     auto best = ranked(index - 1);
     if (best.empty()) {
-      fail("stage {} narrows around the best {} trials of stage {}, but no trial of stage {} "
-           "finished with a {} (all exploded or failed)",
-           index + 1, stage.narrow_top_k, index, index, plan_.metric);
+      fail(
+          "stage {} narrows around the best {} trials of stage {}, but no trial of stage {} "
+          "finished with a {} (all exploded or failed)",
+          index + 1, stage.narrow_top_k, index, index, plan_.metric);
     }
     if (static_cast<int64_t>(best.size()) > stage.narrow_top_k) best.resize(stage.narrow_top_k);
     axes = narrow_axes(axes, best, stage.narrow_margin);
@@ -1394,9 +1440,12 @@ void Search::run_stage(int index) {
   }
   if (index > 0) {
     for (const Axis& axis : stage.written) {
-      auto same = std::find_if(axes.begin(), axes.end(), [&](const Axis& a) { return a.path == axis.path; });
-      if (same != axes.end()) *same = axis;
-      else axes.push_back(axis);
+      auto same = std::find_if(axes.begin(), axes.end(),
+                               [&](const Axis& a) { return a.path == axis.path; });
+      if (same != axes.end())
+        *same = axis;
+      else
+        axes.push_back(axis);
     }
   }
   stage_axes_.push_back(axes);
@@ -1405,10 +1454,10 @@ void Search::run_stage(int index) {
   if (index == 0) validate_first_trial(trials);
 
   std::vector<std::string> ranges;
-  for (const Axis& axis : axes) ranges.push_back(fmt::format("{} ({}) {}", axis.path, axis.name, axis.describe()));
+  for (const Axis& axis : axes)
+    ranges.push_back(fmt::format("{} ({}) {}", axis.path, axis.name, axis.describe()));
   say(fmt::format("stage {}/{}: {} {} trials x {} epochs{}{}", index + 1, plan_.stages.size(),
-                  trials.size(), stage.mode,
-                  stage.epochs,
+                  trials.size(), stage.mode, stage.epochs,
                   stage.asha ? fmt::format(" (ASHA: rungs at {} epochs, keep 1/{})",
                                            fmt::join(stage.asha->rungs(), ", "), stage.asha->eta)
                              : std::string(),
@@ -1423,7 +1472,8 @@ void Search::run_stage(int index) {
     restore(trial, it->second.back());
     ++restored;
   }
-  if (restored > 0) say(fmt::format("  resuming: {} trials of this stage are in {}", restored, journal_.string()));
+  if (restored > 0)
+    say(fmt::format("  resuming: {} trials of this stage are in {}", restored, journal_.string()));
 
   const int64_t total = static_cast<int64_t>(trials.size());
   auto finish = [&](Trial&& result) {
@@ -1453,7 +1503,8 @@ void Search::run_stage(int index) {
   if (stage.asha) {
     auto asha = std::make_unique<AshaTrials>(trials, *stage.asha, plan_.maximize, finish);
     for (Trial& trial : trials) {
-      if (auto it = journaled_.find(trial.id()); it != journaled_.end()) asha->replay(trial, it->second);
+      if (auto it = journaled_.find(trial.id()); it != journaled_.end())
+        asha->replay(trial, it->second);
     }
     source = std::move(asha);
   } else {
@@ -1481,7 +1532,8 @@ void Search::run_stage(int index) {
 SearchResult Search::run() {
   prepare_folder();
   if (options_.resume) load_journal();
-  say(fmt::format("search: {} stage(s), metric {} ({}), seed {}; {} trial(s) at a time x {} "
+  say(
+      fmt::format("search: {} stage(s), metric {} ({}), seed {}; {} trial(s) at a time x {} "
                   "thread(s) each; results in {}",
                   plan_.stages.size(), plan_.metric, plan_.maximize ? "max" : "min", plan_.seed,
                   plan_.concurrency, plan_.threads_per_trial, options_.out_dir.string()));
@@ -1537,24 +1589,28 @@ SearchResult Search::run() {
   Config winner = trial_experiment(plan_, best, false);
   std::vector<std::string> values;
   for (std::size_t a = 0; a < best.axes.size(); ++a) {
-    values.push_back(fmt::format("{} = {}", best.axes[a].path, value_yaml(best.axes[a], best.values[a])));
+    values.push_back(
+        fmt::format("{} = {}", best.axes[a].path, value_yaml(best.axes[a], best.values[a])));
   }
   const std::string header = fmt::format(
       "# The best trial of `strata search {}`: stage {}, trial {}, {} {:.6f} after {} epochs.\n"
       "# {}\n# The search section is removed; train it with: strata train <this file>\n",
-      experiment_.source_file(), best.stage + 1, best.index, plan_.metric, best.metric,
-      best.epochs, fmt::join(values, ", "));
+      experiment_.source_file(), best.stage + 1, best.index, plan_.metric, best.metric, best.epochs,
+      fmt::join(values, ", "));
   result.best_yaml = options_.out_dir / "best.yaml";
   write_text_atomically(result.best_yaml, header + winner.dump());
   std::vector<std::string> per_stage;
   for (std::size_t s = 0; s < result.best_per_stage.size(); ++s) {
     per_stage.push_back(fmt::format("stage {} {:.6f}", s + 1, result.best_per_stage[s]));
   }
-  say(fmt::format("best {}: {}; {} in {}", short_metric(plan_.metric), fmt::join(per_stage, ", "),
-                  result.trials.size() == 1 ? "1 trial" : fmt::format("{} trials", result.trials.size()),
-                  format_seconds(result.seconds)));
-  say(fmt::format("best trial: stage {}, trial {}: {}", best.stage + 1, best.index, fmt::join(values, ", ")));
-  say(fmt::format("wrote {}, {} and {}", result.best_yaml.string(), journal_.string(), curves_.string()));
+  say(fmt::format(
+      "best {}: {}; {} in {}", short_metric(plan_.metric), fmt::join(per_stage, ", "),
+      result.trials.size() == 1 ? "1 trial" : fmt::format("{} trials", result.trials.size()),
+      format_seconds(result.seconds)));
+  say(fmt::format("best trial: stage {}, trial {}: {}", best.stage + 1, best.index,
+                  fmt::join(values, ", ")));
+  say(fmt::format("wrote {}, {} and {}", result.best_yaml.string(), journal_.string(),
+                  curves_.string()));
   return result;
 }
 

@@ -183,10 +183,10 @@ struct SearchOptions {
   std::filesystem::path out_dir;
   bool resume = false;  // continue the search journaled in out_dir
   std::FILE* out = stdout;
-  bool live = true;                           // the per-trial lines and the progress lines
-  const std::atomic<bool>* stop = nullptr;    // set (by Ctrl-C) to stop: trials in flight abort
-  std::optional<int> concurrency;             // overrides search.concurrency
-  std::optional<int> threads_per_trial;       // overrides search.threads_per_trial
+  bool live = true;                         // the per-trial lines and the progress lines
+  const std::atomic<bool>* stop = nullptr;  // set (by Ctrl-C) to stop: trials in flight abort
+  std::optional<int> concurrency;           // overrides search.concurrency
+  std::optional<int> threads_per_trial;     // overrides search.threads_per_trial
 };
 
 struct SearchResult {
