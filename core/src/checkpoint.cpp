@@ -6,7 +6,9 @@
 // restored afterwards, so other HDF5 users in the process keep their settings. Every identifier
 // lives in a Handle, so an exception closes whatever was open.
 //
-// HDF5 is not thread-safe in Debian's serial build: call these functions from one thread.
+// HDF5 is not thread-safe in Debian's serial build, so every public function here holds one
+// process-wide lock (taken by QuietHdf5) while it runs: trials of `strata search` save their
+// checkpoints from several threads.
 #include "strata/checkpoint.hpp"
 
 #include <fcntl.h>
@@ -17,6 +19,7 @@
 #include <cerrno>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string_view>
 #include <system_error>
@@ -33,10 +36,16 @@ constexpr std::string_view kFormatName = "strata-checkpoint";
 
 // ---- HDF5 plumbing ----
 
-// Switches off HDF5's automatic error printing for the lifetime of the object.
+std::recursive_mutex& hdf5_mutex() {
+  static std::recursive_mutex mutex;
+  return mutex;
+}
+
+// Holds the HDF5 lock and switches off HDF5's automatic error printing for the lifetime of the
+// object.
 class QuietHdf5 {
  public:
-  QuietHdf5() {
+  QuietHdf5() : lock_(hdf5_mutex()) {
     saved_ = H5Eget_auto2(H5E_DEFAULT, &function_, &data_) >= 0;
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   }
@@ -47,6 +56,7 @@ class QuietHdf5 {
   QuietHdf5& operator=(const QuietHdf5&) = delete;
 
  private:
+  std::lock_guard<std::recursive_mutex> lock_;
   H5E_auto2_t function_ = nullptr;
   void* data_ = nullptr;
   bool saved_ = false;
@@ -905,6 +915,75 @@ void write_hdf5_tensors(const fs::path& path, std::span<const NamedTensor> tenso
       write_tensor(context, file, paths[i], tensors[i].tensor);
     }
   });
+}
+
+void write_hdf5_series(const fs::path& path, std::span<const SeriesGroup> groups,
+                       const std::map<std::string, std::string>& root_texts) {
+  QuietHdf5 quiet;
+  const FileContext context = hdf5_file_context(path);
+  std::vector<std::string> paths;
+  std::size_t data_bytes = 0;
+  for (const SeriesGroup& group : groups) {
+    const std::string root = absolute_name(context, group.path);
+    for (const auto& [name, values] : group.series) {
+      validate_name(context, root, name);
+      paths.push_back(root + "/" + name);
+      data_bytes += values.size() * sizeof(double);
+    }
+    data_bytes += 64 * (group.numbers.size() + group.texts.size());
+    for (const auto& [name, text] : group.texts) data_bytes += text.size();
+  }
+  check_paths_distinct(context, paths);
+  write_atomically(context, path, data_bytes, [&](hid_t file) {
+    for (const auto& [name, text] : root_texts) {
+      write_string_attribute(context, file, "/", name.c_str(), text);
+    }
+    Handle links = link_properties(context);
+    for (const SeriesGroup& group : groups) {
+      const std::string root = absolute_name(context, group.path);
+      Handle handle(context.check(H5Gcreate2(file, root.c_str(), links, H5P_DEFAULT, H5P_DEFAULT),
+                                  fmt::format("cannot create group {}", root)),
+                    H5Gclose);
+      for (const auto& [name, values] : group.series) {
+        write_dataset(context, file, root + "/" + name, {values.size()}, H5T_IEEE_F64LE,
+                      H5T_NATIVE_DOUBLE, values.data());
+      }
+      for (const auto& [name, value] : group.numbers) {
+        write_integer_attribute<double>(context, handle, root, name.c_str(), H5T_IEEE_F64LE,
+                                        H5T_NATIVE_DOUBLE, value);
+      }
+      for (const auto& [name, text] : group.texts) {
+        write_string_attribute(context, handle, root, name.c_str(), text);
+      }
+    }
+  });
+}
+
+std::map<std::string, std::map<std::string, std::vector<double>>> read_hdf5_series(
+    const fs::path& path, const std::string& root) {
+  QuietHdf5 quiet;
+  const FileContext context = hdf5_file_context(path);
+  const std::string root_path = absolute_name(context, root);
+  Handle file = open_for_reading(context, path);
+  std::map<std::string, std::map<std::string, std::vector<double>>> result;
+  if (!object_exists(context, file, root_path)) return result;
+  for (const std::string& dataset_path : list_datasets(context, file, root_path)) {
+    Handle dataset = open_dataset(context, file, dataset_path);
+    const Shape shape = dataset_shape(context, dataset, dataset_path);
+    if (shape.rank() != 1 || dataset_type_class(context, dataset, dataset_path) != H5T_FLOAT) {
+      context.fail(fmt::format("{} has shape {}, expected a rank-1 floating-point series",
+                               dataset_path, shape.str()));
+    }
+    std::vector<double> values(static_cast<std::size_t>(shape[0]));
+    if (!values.empty()) {
+      context.check_status(
+          H5Dread(dataset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()),
+          fmt::format("cannot read {}", dataset_path));
+    }
+    const std::size_t slash = dataset_path.rfind('/');
+    result[dataset_path.substr(0, slash)][dataset_path.substr(slash + 1)] = std::move(values);
+  }
+  return result;
 }
 
 }  // namespace strata

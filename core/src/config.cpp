@@ -314,6 +314,42 @@ void Config::set(std::string_view path, std::string_view yaml_value) {
   bad("empty path");
 }
 
+namespace {
+std::shared_ptr<Node> deep_copy(const Node& node) {
+  auto copy = std::make_shared<Node>();
+  copy->kind = node.kind;
+  copy->scalar = node.scalar;
+  copy->file = node.file;
+  copy->line = node.line;
+  copy->column = node.column;
+  for (const auto& entry : node.map) {
+    ConfigNode::Entry copied = entry;
+    copied.used = false;
+    copied.value = deep_copy(*entry.value);
+    copy->map.push_back(std::move(copied));
+  }
+  for (const auto& item : node.sequence) copy->sequence.push_back(deep_copy(*item));
+  return copy;
+}
+}  // namespace
+
+Config Config::clone() const {
+  if (!node_) return {};
+  return Config(deep_copy(*node_), path_);
+}
+
+bool Config::erase(std::string_view key) {
+  if (!is_map()) return false;
+  auto& map = node_->map;
+  for (auto it = map.begin(); it != map.end(); ++it) {
+    if (it->key == key) {
+      map.erase(it);
+      return true;
+    }
+  }
+  return false;
+}
+
 bool Config::is_map() const { return node_ && node_->kind == Kind::kMap; }
 bool Config::is_sequence() const { return node_ && node_->kind == Kind::kSequence; }
 bool Config::is_scalar() const { return node_ && node_->kind == Kind::kScalar; }

@@ -368,6 +368,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   }
   // `plugins` is handled by the command line tool before the registries are used.
   if (auto plugins = experiment.find("plugins")) plugins->mark_used();
+  // `search` is read by `strata search` (docs/search.md); training runs the experiment as written.
+  if (auto search = experiment.find("search")) search->mark_used();
   experiment.check_unused();
   // Every key has been read, so every default is recorded: this is the experiment as run.
   const std::string experiment_yaml = experiment.dump();
@@ -400,6 +402,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   }
 
   // ---- Data: load, hold out validation, fit preprocessing on the training part only. ----
+  if (options.validate_only) return {};
   const auto data_start = Clock::now();
   Data data;
   data.train = first_rows(dataset->load("train"), train_limit);
@@ -487,7 +490,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     std::istringstream rng_text(state.rng_state);
     rng_text >> rng;
     if (!rng_text) fail("checkpoint {}: the stored random generator state is corrupt", checkpoint_path.string());
-    std::printf("resuming %s after epoch %lld (iteration %lld)\n", checkpoint_path.c_str(),
+    if (!options.quiet)
+      std::printf("resuming %s after epoch %lld (iteration %lld)\n", checkpoint_path.c_str(),
                 static_cast<long long>(state.epoch), static_cast<long long>(state.iteration));
   }
 
@@ -507,13 +511,14 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
 
   TrainingLoader loader(data.train, loader_augment, batch_size, seed);
   if (loader.batches_per_epoch() != steps) fail("internal: the loader plans {} batches, the trainer {}", loader.batches_per_epoch(), steps);
-  std::printf("model: %zu layers, %lld parameters; data: %lld train, %lld validation, %lld test "
+  if (!options.quiet)
+    std::printf("model: %zu layers, %lld parameters; data: %lld train, %lld validation, %lld test "
               "images (loaded in %.1fs); backend %s, %d thread(s)\n",
               graph.size(), static_cast<long long>(graph.num_parameters()),
               static_cast<long long>(train_n), static_cast<long long>(data.val.labels.size()),
               static_cast<long long>(data.test.labels.size()), data_seconds, backend_name.c_str(),
               backend->threads());
-  if (overfit > 0) {
+  if (overfit > 0 && !options.quiet) {
     std::printf("overfit check: training on the first %lld training images with no validation "
                 "split, no weight decay and no augmentation; expect the training accuracy to "
                 "reach about 1\n",
@@ -521,7 +526,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   }
 
   Context context{true, &rng, backend.get()};
-  Progress progress(options.progress, epochs, steps);
+  Progress progress(options.quiet ? "none" : options.progress, epochs, steps);
 
   // ---- Sanity check: the loss before any step, beside its value at chance. ----
   double initial_loss = std::numeric_limits<double>::quiet_NaN();
@@ -595,6 +600,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       context.training = true;
       const Tensor& logits = graph.forward(context, batch.images);
       const float batch_loss = loss->forward_backward(logits, batch.labels, &dl);
+      if (options.on_iteration) options.on_iteration({epoch + 1, state.iteration + 1, batch_loss});
       // The explosion guard: stop before this step touches the weights.
       const bool exploded = explode_factor > 0 && batch_loss > explode_factor * initial_loss;
       if (!std::isfinite(batch_loss) || exploded) {

@@ -65,4 +65,19 @@ Tensor read_hdf5_tensor(const std::filesystem::path& path, const std::string& da
 // Writes float32 datasets into a new file, atomically (temporary file, then rename).
 void write_hdf5_tensors(const std::filesystem::path& path, std::span<const NamedTensor> tensors);
 
+// One HDF5 group of float64 series with scalar attributes (`strata search` writes one per trial).
+struct SeriesGroup {
+  std::string path;                                   // "/trials/0_3"
+  std::map<std::string, std::vector<double>> series;  // rank-1 float64 datasets
+  std::map<std::string, double> numbers;              // float64 attributes of the group
+  std::map<std::string, std::string> texts;           // UTF-8 string attributes of the group
+};
+// Writes a new file holding `groups` (and string attributes on "/"), atomically.
+void write_hdf5_series(const std::filesystem::path& path, std::span<const SeriesGroup> groups,
+                       const std::map<std::string, std::string>& root_texts = {});
+// Every rank-1 floating-point dataset below `root`, as {group path: {name: values}}; attributes
+// are not read back. A missing `root` gives an empty map.
+std::map<std::string, std::map<std::string, std::vector<double>>> read_hdf5_series(
+    const std::filesystem::path& path, const std::string& root);
+
 }  // namespace strata

@@ -36,6 +36,12 @@ class Config {
   // the way are created; an index past the end of a sequence is an error.
   void set(std::string_view path, std::string_view yaml_value);
 
+  // A deep copy of this tree (positions kept, every key unread), to change with set() or erase()
+  // without touching the original: `strata search` builds one per trial.
+  Config clone() const;
+  // Removes `key` from this map; returns whether it was there.
+  bool erase(std::string_view key);
+
   bool valid() const { return node_ != nullptr; }
   bool is_map() const;
   bool is_sequence() const;

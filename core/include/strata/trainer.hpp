@@ -26,12 +26,26 @@
 
 namespace strata {
 
+// What one training step measured (for TrainOptions::on_iteration).
+struct IterationReport {
+  int64_t epoch = 0;      // 1-based
+  int64_t iteration = 0;  // 1-based count of optimizer steps, over the whole run
+  double loss = 0;        // the batch's loss, before the NaN/Inf check
+};
+
 struct TrainOptions {
   std::filesystem::path out_dir;  // receives model.h5 and summary.json
   bool resume = false;            // continue from out_dir/model.h5 (an error when there is none)
   bool force = false;             // resume even when the experiment differs from the checkpoint's
   bool allow_nonfinite = false;   // resume from a checkpoint holding NaN or infinite values
   std::string progress = "auto";  // auto (bar on a terminal, lines otherwise), bar, lines, none
+  bool quiet = false;  // print nothing at all (trials of `strata search` run side by side)
+  // Read and check the whole experiment and build the model, then return an empty summary
+  // without loading data or writing anything (`strata search` checks a trial before running any).
+  bool validate_only = false;
+  // Called after every training step's forward pass, before its loss is checked for NaN. It may
+  // throw to abort the run (the search's explosion abort); the exception propagates unchanged.
+  std::function<void(const IterationReport&)> on_iteration;
 };
 
 // One line of the history: what a finished epoch measured.
@@ -62,7 +76,8 @@ struct TrainSummary {
 };
 
 // Trains the experiment described by `experiment` (a parsed file, with --set overrides applied).
-// `on_epoch`, when set, is called after every epoch (after the checkpoint is written).
+// `on_epoch`, when set, is called after every epoch (after the checkpoint is written); it may
+// throw to stop the run there, and the exception propagates unchanged.
 TrainSummary train_experiment(const Config& experiment, const Registries& registries,
                               const TrainOptions& options,
                               const std::function<void(const EpochReport&)>& on_epoch = {});

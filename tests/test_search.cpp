@@ -1,0 +1,695 @@
+// Hyperparameter search (strata/search.hpp): sampling, grids, stage narrowing, the explosion
+// abort, ASHA promotions, reproducibility, resume, best.yaml, search.h5 and every bad input.
+// Most cases use fake trial runners whose metric is a known function of the parameters and the
+// epoch; a few run the real trainer on a tiny synthetic dataset.
+#define BOOST_TEST_MODULE search
+#include <algorithm>
+#include <atomic>
+#include <boost/test/unit_test.hpp>
+#include <cmath>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "strata/checkpoint.hpp"
+#include "strata/search.hpp"
+#include "test_support.hpp"
+
+using namespace strata;
+using namespace strata::search;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// An experiment the fake runners read: only the searched keys and train.epochs matter to them.
+std::string fake_experiment(const std::string& search) {
+  return "seed: 1\n"
+         "data: {type: synthetic, validation: 100}\n"
+         "model: {input: [1, 8, 8], layers: [{name: fc, type: linear, out_features: 10}]}\n"
+         "optimizer: {type: sgd, lr: 0.01, weight_decay: 0.001, momentum: 0.9}\n"
+         "train: {epochs: 4, batch_size: 32}\n"
+         "search:\n" +
+         search;
+}
+
+// Reports `iterations_per_epoch` losses and one EpochReport per epoch; val_accuracy is
+// metric(lr, weight_decay, epoch). Keeps "model.h5" as a text file holding the epoch, so that
+// ASHA's pause/resume (paused.h5 copied back to model.h5) is exercised.
+class FakeRunner : public TrialRunner {
+ public:
+  std::function<double(double, double, int64_t)> metric = [](double lr, double wd, int64_t epoch) {
+    // Best near lr = 1e-2, improving with epochs.
+    return 1.0 / (1.0 + std::pow(std::log10(lr) + 2.0, 2)) * (1.0 - 0.5 / epoch) - 0.01 * wd;
+  };
+  std::function<double(double lr, int64_t iteration)> loss = [](double, int64_t iteration) {
+    return 2.3 - 0.001 * iteration;
+  };
+  int iterations_per_epoch = 3;
+  std::atomic<bool>* stop_flag = nullptr;
+  int stop_after_runs = -1;  // sets *stop_flag when this many runs have finished
+
+  std::mutex mutex;
+  int runs = 0, validations = 0;
+  std::vector<std::pair<std::string, int64_t>> starts;  // (trial id, first epoch trained)
+
+  void validate(const Config& experiment) override {
+    Config copy = experiment.clone();
+    copy.at("optimizer").get<double>("lr");
+    std::lock_guard lock(mutex);
+    ++validations;
+  }
+
+  void run(const TrialSpec& spec, TrialMonitor& monitor) override {
+    Config e = spec.experiment.clone();
+    const double lr = e.at("optimizer").get<double>("lr");
+    const double wd = e.at("optimizer").get<double>("weight_decay");
+    const int64_t epochs = e.at("train").get<int64_t>("epochs");
+    const fs::path model = spec.out_dir / "model.h5";
+    int64_t start = 0;
+    if (spec.resume) {
+      std::ifstream in(model);
+      in >> start;
+      BOOST_REQUIRE(in);
+    }
+    {
+      std::lock_guard lock(mutex);
+      starts.emplace_back(spec.trial->id(), start + 1);
+    }
+    int64_t iteration = start * iterations_per_epoch;
+    for (int64_t epoch = start + 1; epoch <= epochs; ++epoch) {
+      for (int i = 0; i < iterations_per_epoch; ++i) monitor.iteration(loss(lr, ++iteration));
+      std::ofstream(model) << epoch;
+      EpochReport report;
+      report.epoch = epoch;
+      report.epochs = epochs;
+      report.val_accuracy = metric(lr, wd, epoch);
+      report.val_loss = 1 - report.val_accuracy;
+      report.train_accuracy = report.val_accuracy;
+      report.train_loss = report.val_loss;
+      report.lr = lr;
+      monitor.epoch(report);
+    }
+    std::lock_guard lock(mutex);
+    ++runs;
+    if (stop_flag && runs == stop_after_runs) stop_flag->store(true);
+  }
+};
+
+SearchOptions quiet_options(const fs::path& out) {
+  SearchOptions options;
+  options.out_dir = out;
+  options.live = false;
+  return options;
+}
+
+std::vector<json> journal_lines(const fs::path& path) {
+  std::ifstream in(path);
+  std::vector<json> lines;
+  std::string line;
+  while (std::getline(in, line)) lines.push_back(json::parse(line));
+  return lines;
+}
+
+// Kolmogorov-Smirnov distance between a sample in [0, 1] and the uniform distribution.
+double ks_uniform(std::vector<double> u) {
+  std::sort(u.begin(), u.end());
+  const double n = static_cast<double>(u.size());
+  double d = 0;
+  for (std::size_t i = 0; i < u.size(); ++i) {
+    d = std::max({d, (i + 1) / n - u[i], u[i] - i / n});
+  }
+  return d;
+}
+
+Plan plan_of(const std::string& search) {
+  return parse_search(test::yaml(fake_experiment(search)), 2);
+}
+
+std::string search_error(const std::string& search) {
+  return test::error_of([&] { plan_of(search); });
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(sampling)
+
+BOOST_AUTO_TEST_CASE(log_uniform_is_uniform_in_log_space) {
+  const Plan plan = plan_of(
+      "  trials: 4000\n  space:\n    optimizer.lr: {log_uniform: [1e-6, 1e-3]}\n"
+      "    optimizer.weight_decay: {uniform: [1e-6, 1e-3]}\n");
+  const auto trials = draw_trials(plan.stages[0], plan.stages[0].written, 0, 12345);
+  BOOST_REQUIRE_EQUAL(trials.size(), 4000u);
+  std::vector<double> log_position, uniform_log_position, uniform_position;
+  for (const Trial& t : trials) {
+    const double lr = t.values[0].number, wd = t.values[1].number;
+    BOOST_REQUIRE(lr >= 1e-6 && lr <= 1e-3);
+    log_position.push_back((std::log(lr) - std::log(1e-6)) / (std::log(1e-3) - std::log(1e-6)));
+    uniform_log_position.push_back((std::log(wd) - std::log(1e-6)) /
+                                   (std::log(1e-3) - std::log(1e-6)));
+    uniform_position.push_back((wd - 1e-6) / (1e-3 - 1e-6));
+  }
+  // KS critical value at the 1% level: 1.63 / sqrt(n) = 0.0258 for n = 4000.
+  const double critical = 1.63 / std::sqrt(4000.0);
+  BOOST_TEST_MESSAGE("KS distance of log10(lr): " << ks_uniform(log_position));
+  BOOST_TEST(ks_uniform(log_position) < critical);
+  BOOST_TEST(ks_uniform(uniform_position) < critical);
+  // The test has power: uniform draws are far from uniform in log space (most mass near 1e-3).
+  BOOST_TEST(ks_uniform(uniform_log_position) > 10 * critical);
+  // Each decade of [1e-6, 1e-3] gets about a third of the log-uniform draws.
+  for (int decade = 0; decade < 3; ++decade) {
+    const auto in_decade = std::count_if(log_position.begin(), log_position.end(), [&](double u) {
+      return u >= decade / 3.0 && u < (decade + 1) / 3.0;
+    });
+    BOOST_TEST(std::abs(in_decade / 4000.0 - 1.0 / 3.0) < 0.03);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(int_log_int_and_choice_stay_in_range_and_cover_it) {
+  const Plan plan = plan_of(
+      "  trials: 3000\n  space:\n    train.batch_size: {choice: [16, 32, 64]}\n"
+      "    train.epochs: {int: [2, 5]}\n    optimizer.momentum: {uniform: [0.5, 0.99]}\n"
+      "    data.validation: {log_int: [1, 1000]}\n");
+  const auto trials = draw_trials(plan.stages[0], plan.stages[0].written, 0, 7);
+  std::map<int, int> choices, ints;
+  int small = 0;
+  for (const Trial& t : trials) {
+    ++choices[t.values[0].choice];
+    const double epochs = t.values[1].number;
+    BOOST_REQUIRE(epochs >= 2 && epochs <= 5 && epochs == std::floor(epochs));
+    ++ints[static_cast<int>(epochs)];
+    const double v = t.values[3].number;
+    BOOST_REQUIRE(v >= 1 && v <= 1000 && v == std::floor(v));
+    small += v < 32;  // log_int: about half the mass below sqrt(1000)
+  }
+  BOOST_TEST(choices.size() == 3u);
+  for (const auto& [c, n] : choices) BOOST_TEST(std::abs(n / 3000.0 - 1 / 3.0) < 0.04);
+  BOOST_TEST(ints.size() == 4u);
+  for (const auto& [i, n] : ints) BOOST_TEST(std::abs(n / 3000.0 - 0.25) < 0.04);
+  BOOST_TEST(std::abs(small / 3000.0 - 0.5) < 0.05);
+}
+
+BOOST_AUTO_TEST_CASE(same_seed_same_trials_other_seed_other_trials) {
+  const Plan plan =
+      plan_of("  trials: 20\n  space:\n    optimizer.lr: {log_uniform: [1e-6, 1e-3]}\n");
+  const auto a = draw_trials(plan.stages[0], plan.stages[0].written, 0, 5);
+  const auto b = draw_trials(plan.stages[0], plan.stages[0].written, 0, 5);
+  const auto c = draw_trials(plan.stages[0], plan.stages[0].written, 0, 6);
+  const auto d = draw_trials(plan.stages[0], plan.stages[0].written, 1, 5);  // another stage
+  int differ_seed = 0, differ_stage = 0;
+  for (int i = 0; i < 20; ++i) {
+    BOOST_TEST(a[i].values[0].number == b[i].values[0].number);
+    differ_seed += a[i].values[0].number != c[i].values[0].number;
+    differ_stage += a[i].values[0].number != d[i].values[0].number;
+  }
+  BOOST_TEST(differ_seed == 20);
+  BOOST_TEST(differ_stage == 20);
+}
+
+BOOST_AUTO_TEST_CASE(grid_covers_every_point_log_spaced) {
+  const Plan plan = plan_of(
+      "  mode: grid\n  grid_points: 4\n  space:\n    optimizer.lr: {log_uniform: [1e-6, 1e-3]}\n"
+      "    train.batch_size: {choice: [32, 64]}\n    train.epochs: {int: [1, 2], points: 5}\n");
+  const auto trials = draw_trials(plan.stages[0], plan.stages[0].written, 0, 1);
+  BOOST_REQUIRE_EQUAL(trials.size(), 4u * 2u * 2u);  // the int axis has only two values
+  std::set<double> lrs;
+  for (const Trial& t : trials) lrs.insert(t.values[0].number);
+  std::vector<double> got(lrs.begin(), lrs.end());
+  const double expected[] = {1e-6, 1e-5, 1e-4, 1e-3};
+  for (int i = 0; i < 4; ++i) BOOST_TEST(std::abs(got[i] / expected[i] - 1) < 1e-9);
+  // The last axis varies fastest.
+  BOOST_TEST(trials[0].values[2].number == 1);
+  BOOST_TEST(trials[1].values[2].number == 2);
+  BOOST_TEST(trials[2].values[1].choice == 1);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(narrowing)
+
+BOOST_AUTO_TEST_CASE(narrow_axes_takes_the_hull_of_the_best_in_log_space) {
+  const Plan plan = plan_of(
+      "  trials: 3\n  space:\n    optimizer.lr: {log_uniform: [1e-6, 1e-3]}\n"
+      "    optimizer.momentum: {uniform: [0, 1]}\n    train.batch_size: {choice: [16, 32, 64]}\n");
+  auto trials = draw_trials(plan.stages[0], plan.stages[0].written, 0, 1);
+  trials[0].values = {{1e-5, -1}, {0.2, -1}, {0, 0}};
+  trials[1].values = {{1e-4, -1}, {0.6, -1}, {0, 2}};
+  const auto axes = narrow_axes(plan.stages[0].written, {&trials[0], &trials[1]}, 0.5);
+  // log10 hull [-5, -4], widened by half its width on each side: [-5.5, -3.5].
+  BOOST_TEST(std::abs(std::log10(axes[0].low) + 5.5) < 1e-9);
+  BOOST_TEST(std::abs(std::log10(axes[0].high) + 3.5) < 1e-9);
+  // Linear hull [0.2, 0.6] widened by 0.2 each side.
+  BOOST_TEST(std::abs(axes[1].low - 0.0) < 1e-12);
+  BOOST_TEST(std::abs(axes[1].high - 0.8) < 1e-12);
+  BOOST_TEST(axes[2].choices == (std::vector<std::string>{"16", "64"}));
+  // Never wider than before: clipped at the previous range.
+  const auto wide = narrow_axes(plan.stages[0].written, {&trials[0], &trials[1]}, 10);
+  BOOST_TEST(wide[0].low == 1e-6);
+  BOOST_TEST(wide[0].high == 1e-3);
+}
+
+BOOST_AUTO_TEST_CASE(stages_narrow_around_the_best_of_the_previous_stage) {
+  test::TempDir dir;
+  const Config experiment = test::yaml(fake_experiment(
+      "  seed: 4\n  epochs: 2\n  space:\n    optimizer.lr: {log_uniform: [1e-6, 1], name: lr}\n"
+      "  stages:\n    - {trials: 30}\n    - {trials: 10, narrow: {top_k: 3}}\n"
+      "    - trials: 5\n      space: {optimizer.weight_decay: {uniform: [0.1, 0.2]}}\n"));
+  FakeRunner runner;
+  const SearchResult result = run_search(experiment, runner, quiet_options(dir.path()));
+  BOOST_REQUIRE_EQUAL(result.trials.size(), 45u);
+  std::vector<const Trial*> first;
+  for (const Trial& t : result.trials)
+    if (t.stage == 0) first.push_back(&t);
+  std::sort(first.begin(), first.end(),
+            [](const Trial* a, const Trial* b) { return a->metric > b->metric; });
+  double lo = 1e9, hi = 0;
+  for (int i = 0; i < 3; ++i) {
+    lo = std::min(lo, first[i]->values[0].number);
+    hi = std::max(hi, first[i]->values[0].number);
+  }
+  // Stage 2's range: the best three's log hull, widened by 25% of its width on each side.
+  const double width = std::log(hi) - std::log(lo);
+  for (const Trial& t : result.trials) {
+    if (t.stage == 0) continue;
+    const double lr = t.values[0].number;
+    BOOST_TEST(std::log(lr) >= std::log(lo) - 0.25 * width - 1e-9);
+    BOOST_TEST(std::log(lr) <= std::log(hi) + 0.25 * width + 1e-9);
+    if (t.stage == 2) {  // stage 3 keeps stage 2's lr range and adds weight decay by hand
+      BOOST_REQUIRE_EQUAL(t.axes.size(), 2u);
+      BOOST_TEST(t.axes[1].path == "optimizer.weight_decay");
+      BOOST_TEST(t.values[1].number >= 0.1);
+      BOOST_TEST(t.values[1].number <= 0.2);
+    }
+  }
+  BOOST_TEST(result.best_per_stage.size() == 3u);
+  // Narrowing towards lr = 1e-2 helps: stage 2's best is at least stage 1's third best.
+  BOOST_TEST(result.best_per_stage[1] >= first[2]->metric);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(running)
+
+BOOST_AUTO_TEST_CASE(a_loss_past_three_times_the_first_aborts_the_trial_as_exploded) {
+  test::TempDir dir;
+  const Config experiment = test::yaml(fake_experiment(
+      "  trials: 12\n  epochs: 3\n  space:\n    optimizer.lr: {log_uniform: [1e-4, 10]}\n"));
+  FakeRunner runner;
+  // The loss grows with the learning rate: above lr = 1 it passes 3x the first loss by iteration 4;
+  // above lr = 5 it is NaN from iteration 2 on.
+  runner.loss = [](double lr, int64_t iteration) {
+    if (lr > 5 && iteration >= 2) return std::nan("");
+    return lr > 1 ? 2.0 * std::pow(1.5, iteration - 1) : 2.0 - 0.01 * iteration;
+  };
+  const SearchResult result = run_search(experiment, runner, quiet_options(dir.path()));
+  int exploded = 0;
+  for (const Trial& t : result.trials) {
+    const double lr = t.values[0].number;
+    if (lr > 1) {
+      ++exploded;
+      BOOST_TEST(t.status == "exploded");
+      BOOST_TEST(std::isnan(t.metric));
+      BOOST_TEST(t.epochs == (lr > 5 ? 0 : 1));  // 3 iterations per epoch
+      if (lr > 5) {
+        BOOST_TEST(t.error.find("loss nan at iteration 2") != std::string::npos, t.error);
+      } else {
+        // 2 * 1.5^3 = 6.75 > 6 at iteration 4.
+        BOOST_TEST(t.error.find("at iteration 4") != std::string::npos, t.error);
+        BOOST_TEST(t.iterations == 4);
+      }
+    } else {
+      BOOST_TEST(t.status == "ok");
+      BOOST_TEST(t.epochs == 3);
+    }
+  }
+  BOOST_TEST(exploded > 0);
+  BOOST_TEST(exploded < 12);
+  for (const json& line : journal_lines(dir / "trials.jsonl")) {
+    if (line["status"] == "exploded") BOOST_TEST(line["metric"].is_null());
+  }
+}
+
+BOOST_AUTO_TEST_CASE(the_real_trainer_explodes_with_a_huge_learning_rate) {
+  test::TempDir dir;
+  const Config experiment = test::yaml(
+      "seed: 1\nthreads: 1\n"
+      "data: {type: synthetic, shape: [1, 8, 8], train_size: 400, test_size: 50, validation: 100,"
+      " noise: 0.1}\n"
+      "model: {input: [1, 8, 8], layers: [{name: fc1, type: linear, out_features: 16}, "
+      "{name: r, type: relu}, {name: fc2, type: linear, out_features: 10}]}\n"
+      "optimizer: {type: sgd, lr: 0.1, momentum: 0.9}\n"
+      "train: {epochs: 3, batch_size: 20}\n"
+      "search:\n  mode: grid\n  space:\n    optimizer.lr: {choice: [0.1, 1000000]}\n");
+  auto runner = trainer_runner(test::registries());
+  const SearchResult result = run_search(experiment, *runner, quiet_options(dir.path()));
+  BOOST_REQUIRE_EQUAL(result.trials.size(), 2u);
+  BOOST_TEST(result.trials[0].status == "ok");
+  BOOST_TEST(result.trials[0].metric > 0.2);  // synthetic data is easy: far above chance
+  BOOST_TEST(result.trials[1].status == "exploded");
+  BOOST_TEST(result.trials[1].epochs == 0);
+  BOOST_TEST_MESSAGE("exploded: " << result.trials[1].error);
+}
+
+BOOST_AUTO_TEST_CASE(asha_promotes_only_the_top_third_and_resumes_promoted_trials) {
+  test::TempDir dir;
+  const Config experiment =
+      test::yaml(fake_experiment("  trials: 27\n  epochs: 9\n  asha: {min_epochs: 1, eta: 3}\n"
+                                 "  space:\n    optimizer.lr: {log_uniform: [1e-6, 1]}\n"));
+  FakeRunner runner;
+  const SearchResult result = run_search(experiment, runner, quiet_options(dir.path()));
+  BOOST_REQUIRE_EQUAL(result.trials.size(), 27u);
+  int at[10] = {};
+  const Trial* truly_best = nullptr;
+  for (const Trial& t : result.trials) {
+    BOOST_TEST((t.epochs == 1 || t.epochs == 3 || t.epochs == 9));
+    ++at[t.epochs];
+    BOOST_TEST(t.status == (t.epochs == 9 ? "ok" : "stopped_early"));
+    if (!truly_best || std::abs(std::log10(t.values[0].number) + 2) <
+                           std::abs(std::log10(truly_best->values[0].number) + 2)) {
+      truly_best = &t;
+    }
+  }
+  BOOST_TEST(at[1] > at[3] + at[9]);  // most trials stop at the first rung
+  BOOST_TEST(at[3] + at[9] > at[9]);
+  BOOST_TEST(at[9] >= 1);
+  // Replay the journal (one trial at a time, so its order is the order of the jobs): each
+  // promotion took a trial that was then in the top third of its rung, and none was possible
+  // when a new trial started instead.
+  std::vector<std::vector<std::pair<double, int64_t>>> table(3);
+  std::map<int64_t, int64_t> rung_of;
+  std::set<std::pair<int64_t, int64_t>> promoted;  // (rung, trial)
+  auto top_third = [&](int64_t rung) {
+    auto sorted = table[rung];
+    std::sort(sorted.rbegin(), sorted.rend());
+    sorted.resize(sorted.size() / 3);
+    return sorted;
+  };
+  for (const json& line : journal_lines(dir / "trials.jsonl")) {
+    if (line["status"] == "stopped_early") continue;
+    const int64_t index = line["index"], rung = line["rung"];
+    if (rung == 0) {  // a new trial started: no promotion was possible
+      for (int64_t k = 0; k < 2; ++k) {
+        for (const auto& [metric, candidate] : top_third(k)) {
+          BOOST_TEST(promoted.count({k, candidate}) == 1u,
+                     "trial " << candidate << " at rung " << k);
+        }
+      }
+    } else {
+      bool eligible = false;
+      for (const auto& [metric, candidate] : top_third(rung - 1)) eligible |= candidate == index;
+      BOOST_TEST(eligible, "trial " << index << " promoted to rung " << rung);
+      BOOST_TEST(rung_of[index] == rung - 1);
+      promoted.insert({rung - 1, index});
+    }
+    rung_of[index] = rung;
+    table[rung].emplace_back(line["metric"].get<double>(), index);
+  }
+  // The metric ranks trials the same at every epoch, so the best lr must reach the top rung.
+  BOOST_TEST(truly_best->epochs == 9);
+  BOOST_TEST(result.best == truly_best);
+  // Promotions continue from the paused epoch instead of training again from the start.
+  std::map<std::string, std::vector<int64_t>> starts;
+  for (const auto& [id, start] : runner.starts) starts[id].push_back(start);
+  for (const Trial& t : result.trials) {
+    const auto& s = starts[t.id()];
+    if (t.epochs == 1) BOOST_TEST(s == std::vector<int64_t>({1}));
+    if (t.epochs == 3) BOOST_TEST(s == std::vector<int64_t>({1, 2}));
+    if (t.epochs == 9) BOOST_TEST(s == std::vector<int64_t>({1, 2, 4}));
+    BOOST_TEST(t.curves.at("val_accuracy").size() == static_cast<std::size_t>(t.epochs));
+    BOOST_TEST(t.curves.at("iteration_loss").size() == static_cast<std::size_t>(3 * t.epochs));
+  }
+  // Every trial's last journal line carries its final status.
+  std::map<std::string, json> last;
+  for (const json& line : journal_lines(dir / "trials.jsonl")) {
+    last[fmt::format("{}_{}", line["stage"].get<int>(), line["index"].get<int>())] = line;
+  }
+  BOOST_TEST(last.size() == 27u);
+  for (const auto& [id, line] : last) BOOST_TEST(line["status"] != "paused");
+  BOOST_TEST(!fs::exists(dir / "trials"));  // paused checkpoints are cleaned up
+}
+
+BOOST_AUTO_TEST_CASE(concurrent_trials_give_the_results_of_serial_ones_with_the_real_trainer) {
+  const std::string text =
+      "seed: 1\nthreads: 1\n"
+      "data: {type: synthetic, shape: [1, 8, 8], train_size: 300, test_size: 50, validation: 50}\n"
+      "model: {input: [1, 8, 8], layers: [{name: fc1, type: linear, out_features: 16}, "
+      "{name: d, type: dropout, keep_prob: 0.9}, {name: r, type: relu}, "
+      "{name: fc2, type: linear, out_features: 10}]}\n"
+      "optimizer: {type: sgd, lr: 0.1, momentum: 0.9, weight_decay: 0.001}\n"
+      "train: {epochs: 2, batch_size: 25}\n"
+      "search:\n  seed: 9\n  trials: 4\n  threads_per_trial: 1\n  space:\n"
+      "    optimizer.lr: {log_uniform: [1e-3, 1]}\n"
+      "    model.layers[1].keep_prob: {uniform: [0.5, 1], name: keep}\n"
+      "    train.batch_size: {choice: [20, 25, 50]}\n";
+  auto runner = trainer_runner(test::registries());
+  test::TempDir serial_dir, parallel_dir;
+  SearchOptions serial = quiet_options(serial_dir.path());
+  serial.concurrency = 1;
+  SearchOptions parallel = quiet_options(parallel_dir.path());
+  parallel.concurrency = 2;
+  const SearchResult a = run_search(test::yaml(text), *runner, serial);
+  const SearchResult b = run_search(test::yaml(text), *runner, parallel);
+  BOOST_REQUIRE_EQUAL(a.trials.size(), 4u);
+  BOOST_REQUIRE_EQUAL(b.trials.size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    BOOST_TEST(a.trials[i].status == "ok");
+    BOOST_TEST(a.trials[i].metric == b.trials[i].metric);
+    BOOST_TEST(a.trials[i].curves.at("iteration_loss") == b.trials[i].curves.at("iteration_loss"),
+               boost::test_tools::per_element());
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(outputs_and_resume)
+
+BOOST_AUTO_TEST_CASE(journal_curves_and_best_yaml) {
+  test::TempDir dir;
+  const Config experiment = test::yaml(
+      fake_experiment("  trials: 6\n  epochs: 3\n  space:\n    optimizer.lr: {log_uniform: [1e-6, "
+                      "1e-1], name: lr}\n"
+                      "    optimizer.weight_decay: {log_uniform: [1e-5, 1e5], name: reg}\n"
+                      "  overrides: {data.validation: 50}\n"));
+  FakeRunner runner;
+  const SearchResult result = run_search(experiment, runner, quiet_options(dir.path()));
+  const auto lines = journal_lines(dir / "trials.jsonl");
+  BOOST_REQUIRE_EQUAL(lines.size(), 6u);
+  for (const json& line : lines) {
+    for (const char* key : {"stage", "index", "params", "metric", "status", "epochs", "seconds"}) {
+      BOOST_TEST(line.contains(key), key);
+    }
+    BOOST_TEST(line["params"].contains("optimizer.lr"));
+    BOOST_TEST(line["epochs"] == 3);
+  }
+  // search.h5: one group per trial with per-epoch and per-iteration curves.
+  const auto curves = read_hdf5_series(dir / "search.h5", "/trials");
+  BOOST_TEST(curves.size() == 6u);
+  BOOST_TEST(curves.at("/trials/0_2").at("val_accuracy").size() == 3u);
+  BOOST_TEST(curves.at("/trials/0_2").at("iteration_loss").size() == 9u);
+  BOOST_TEST(curves.at("/trials/0_2").at("val_accuracy")[2] == result.trials[2].metric);
+  // best.yaml: the best trial's values, the experiment's own epochs, no search section and no
+  // overrides (those were for the trials only).
+  Config best = Config::parse_file((dir / "best.yaml").string());
+  BOOST_TEST(!best.has("search"));
+  BOOST_TEST(best.at("optimizer").get<double>("lr") == result.best->values[0].number);
+  BOOST_TEST(best.at("optimizer").get<double>("weight_decay") == result.best->values[1].number);
+  BOOST_TEST(best.at("train").get<int64_t>("epochs") == 4);
+  BOOST_TEST(best.at("data").get<int64_t>("validation") == 100);
+  for (const Trial& t : result.trials) BOOST_TEST(t.metric <= result.best->metric);
+}
+
+BOOST_AUTO_TEST_CASE(same_seed_gives_the_same_search) {
+  const std::string search =
+      "  seed: 11\n  epochs: 2\n  space:\n    optimizer.lr: {log_uniform: [1e-6, 1]}\n"
+      "  stages: [{trials: 8}, {trials: 4, narrow: {top_k: 2}}]\n";
+  test::TempDir a, b;
+  FakeRunner runner_a, runner_b;
+  run_search(test::yaml(fake_experiment(search)), runner_a, quiet_options(a.path()));
+  run_search(test::yaml(fake_experiment(search)), runner_b, quiet_options(b.path()));
+  const auto la = journal_lines(a / "trials.jsonl"), lb = journal_lines(b / "trials.jsonl");
+  BOOST_REQUIRE_EQUAL(la.size(), 12u);
+  BOOST_REQUIRE_EQUAL(lb.size(), 12u);
+  for (std::size_t i = 0; i < la.size(); ++i) {
+    BOOST_TEST(la[i]["params"] == lb[i]["params"]);
+    BOOST_TEST(la[i]["metric"] == lb[i]["metric"]);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(resume_skips_finished_trials_and_matches_an_uninterrupted_search) {
+  const std::string search =
+      "  seed: 2\n  epochs: 2\n  space:\n    optimizer.lr: {log_uniform: [1e-6, 1]}\n"
+      "  stages: [{trials: 10}, {trials: 6, narrow: {top_k: 3}}]\n";
+  test::TempDir whole, pieces;
+  FakeRunner reference;
+  const SearchResult expected =
+      run_search(test::yaml(fake_experiment(search)), reference, quiet_options(whole.path()));
+
+  // Interrupted (as by Ctrl-C) once 4 trials have finished: the 5th aborts mid-way.
+  std::atomic<bool> stop{false};
+  FakeRunner first;
+  first.stop_flag = &stop;
+  first.stop_after_runs = 4;
+  SearchOptions options = quiet_options(pieces.path());
+  options.stop = &stop;
+  const SearchResult interrupted = run_search(test::yaml(fake_experiment(search)), first, options);
+  BOOST_TEST(interrupted.interrupted);
+  BOOST_TEST(journal_lines(pieces / "trials.jsonl").size() == 4u);
+  BOOST_TEST(!fs::exists(pieces / "best.yaml"));
+
+  // As after kill -9 in the middle of a journal write: a cut-off last line.
+  std::ofstream(pieces / "trials.jsonl", std::ios::app) << "{\"stage\": 0, \"ind";
+
+  // Without --resume the folder is refused; with it, only the 12 other trials run.
+  FakeRunner refused;
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run_search(test::yaml(fake_experiment(search)), refused,
+                                     quiet_options(pieces.path()));
+                        }),
+                        "--resume");
+  FakeRunner second;
+  SearchOptions resume = quiet_options(pieces.path());
+  resume.resume = true;
+  const SearchResult resumed = run_search(test::yaml(fake_experiment(search)), second, resume);
+  BOOST_TEST(second.runs == 12);
+  std::set<std::string> first_ids, second_ids;
+  for (const auto& [id, start] : first.starts) first_ids.insert(id);
+  for (const auto& [id, start] : second.starts) second_ids.insert(id);
+  for (const auto& id : second_ids) {
+    // Only the trial in flight at the interruption runs twice.
+    if (first_ids.count(id)) BOOST_TEST(id == "0_4");
+  }
+  const auto lines = journal_lines(pieces / "trials.jsonl");
+  BOOST_TEST(lines.size() == 16u);
+  BOOST_REQUIRE_EQUAL(resumed.trials.size(), expected.trials.size());
+  for (std::size_t i = 0; i < expected.trials.size(); ++i) {
+    BOOST_TEST(resumed.trials[i].values[0].number == expected.trials[i].values[0].number);
+    BOOST_TEST(resumed.trials[i].metric == expected.trials[i].metric);
+  }
+  BOOST_TEST(fs::exists(pieces / "best.yaml"));
+  BOOST_TEST(resumed.best->metric == expected.best->metric);
+  // Resuming a finished search reruns nothing.
+  FakeRunner third;
+  run_search(test::yaml(fake_experiment(search)), third, resume);
+  BOOST_TEST(third.runs == 0);
+}
+
+BOOST_AUTO_TEST_CASE(resume_refuses_a_changed_search_and_an_empty_folder) {
+  test::TempDir dir, empty;
+  const std::string search = "  trials: 3\n  space:\n    optimizer.lr: {log_uniform: [1e-6, 1]}\n";
+  FakeRunner runner;
+  run_search(test::yaml(fake_experiment(search)), runner, quiet_options(dir.path()));
+  SearchOptions resume = quiet_options(dir.path());
+  resume.resume = true;
+  const std::string changed = "  trials: 3\n  space:\n    optimizer.lr: {log_uniform: [1e-5, 1]}\n";
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { run_search(test::yaml(fake_experiment(changed)), runner, resume); }),
+      "differs from the one this search started with");
+  SearchOptions nothing = quiet_options(empty.path());
+  nothing.resume = true;
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { run_search(test::yaml(fake_experiment(search)), runner, nothing); }),
+      "no search to resume");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(bad_input)
+
+BOOST_AUTO_TEST_CASE(every_bad_search_section_fails_before_any_trial_with_position_and_path) {
+  const std::string lr = "  trials: 3\n  space:\n    optimizer.lr: ";
+  struct Case {
+    std::string search, expected;
+  };
+  const Case cases[] = {
+      {"  trials: 3\n  space:\n    optimizer.lrr: {log_uniform: [1e-6, 1]}\n",
+       "no key path 'optimizer.lrr'"},
+      {"  trials: 3\n  space:\n    optimizer.lrr: {log_uniform: [1e-6, 1]}\n",
+       "did you mean 'optimizer.lr'?"},
+      {"  trials: 3\n  space:\n    model.layers[3].keep_prob: {uniform: [0.5, 1]}\n",
+       "model.layers has 1 entries"},
+      {"  trials: 3\n  space:\n    model.layers[0].keep_prob: {uniform: [0.5, 1]}\n",
+       "model.layers[0] has no key 'keep_prob'"},
+      {lr + "{log_uniform: [1e-3, 1e-3]}\n", "empty range"},
+      {lr + "{uniform: [1, 0.5]}\n", "inverted range"},
+      {lr + "{log_uniform: [0, 1e-3]}\n", "log_uniform needs a positive range"},
+      {lr + "{log_int: [-3, 10]}\n", "log_int needs a positive range"},
+      {lr + "{loguniform: [1e-6, 1e-3]}\n", "unknown distribution 'loguniform'"},
+      {lr + "{loguniform: [1e-6, 1e-3]}\n", "did you mean 'log_uniform'?"},
+      {lr + "{log_uniform: [1e-6]}\n", "expected a range [low, high]"},
+      {lr + "{int: [1.5, 3]}\n", "expected an integer"},
+      {lr + "{choice: [0.1]}\n", "at least two values"},
+      {lr + "{uniform: [0, 1], log_uniform: [1, 2]}\n", "two distributions"},
+      {lr + "0.1\n", "expected a distribution"},
+      {"  trials: 3\n  metric: val_acc\n  space:\n    optimizer.lr: {uniform: [0, 1]}\n",
+       "unknown metric 'val_acc'"},
+      {"  trials: 3\n  metric: val_acc\n  space:\n    optimizer.lr: {uniform: [0, 1]}\n",
+       "did you mean 'val_accuracy'?"},
+      {"  trials: 3\n  overrides: {data.validation: 0}\n  space:\n"
+       "    optimizer.lr: {uniform: [0, 1]}\n",
+       "val_accuracy needs a validation split"},
+      {"  trails: 3\n  space:\n    optimizer.lr: {uniform: [0, 1]}\n", "unknown key 'trails'"},
+      {"  space:\n    optimizer.lr: {uniform: [0, 1]}\n", "missing `trials:`"},
+      {"  trials: 3\n", "nothing to search"},
+      {"  mode: grid\n  trials: 3\n  space:\n    optimizer.lr: {uniform: [0, 1]}\n",
+       "a grid stage runs every grid point"},
+      {"  trials: 3\n  narrow: {top_k: 2}\n  space:\n    optimizer.lr: {uniform: [0, 1]}\n",
+       "no earlier stage"},
+      {"  trials: 3\n  epochs: 4\n  asha: {min_epochs: 4}\n  space:\n"
+       "    optimizer.lr: {uniform: [0, 1]}\n",
+       "must be above min_epochs"},
+      {"  trials: 3\n  asha: {eta: 1}\n  space:\n    optimizer.lr: {uniform: [0, 1]}\n",
+       "eta: must be at least 2"},
+      {"  trials: 3\n  explode_factor: 0.5\n  space:\n    optimizer.lr: {uniform: [0, 1]}\n",
+       "explode_factor: must be above 1"},
+      {"  trials: 3\n  concurrency: 0\n  space:\n    optimizer.lr: {uniform: [0, 1]}\n",
+       "concurrency: must be at least 1"},
+      {"  trials: 3\n  stages: [{trials: 2}, {trials: 2, narrow: {top: 1}}]\n  space:\n"
+       "    optimizer.lr: {uniform: [0, 1]}\n",
+       "missing required key 'top_k'"},
+      {"  trials: 3\n  space:\n    search.trials: {int: [1, 2]}\n", "no key path 'search.trials'"},
+      {"  trials: 3\n  metric: val_acuracy\n  space:\n    optimizer.lr: {uniform: [0, 1]}\n",
+       "did you mean 'val_accuracy'?"},
+  };
+  for (const Case& c : cases) {
+    test::TempDir dir;
+    FakeRunner runner;
+    const std::string message = test::error_of([&] {
+      run_search(test::yaml(fake_experiment(c.search)), runner, quiet_options(dir.path()));
+    });
+    STRATA_CHECK_CONTAINS(message, c.expected);
+    STRATA_CHECK_CONTAINS(message, "<test>:");  // file:line:col of the offending entry
+    BOOST_TEST(runner.runs == 0);
+    BOOST_TEST(runner.starts.empty());
+    BOOST_TEST(!fs::exists(dir / "trials.jsonl"));
+  }
+  STRATA_CHECK_CONTAINS(test::error_of([] { parse_search(test::yaml("seed: 1\n"), 2); }),
+                        "no `search:` section");
+}
+
+BOOST_AUTO_TEST_CASE(key_paths_with_positions_point_at_the_entry) {
+  const std::string message =
+      search_error("  trials: 3\n  space:\n    optimizer.lrr: {log_uniform: [1e-6, 1]}\n");
+  // The search section starts on line 6 of the fake experiment; the entry is on line 9.
+  STRATA_CHECK_CONTAINS(message, "<test>:9:");
+  STRATA_CHECK_CONTAINS(message, "search.space.optimizer.lrr");
+}
+
+BOOST_AUTO_TEST_CASE(a_trial_experiment_the_trainer_rejects_fails_before_any_trial) {
+  test::TempDir dir;
+  const Config experiment = test::yaml(
+      "seed: 1\nthreads: 1\n"
+      "data: {type: synthetic, shape: [1, 8, 8], train_size: 300, test_size: 50, validation: 50}\n"
+      "model: {input: [1, 8, 8], layers: [{name: fc1, type: linear, out_featurs: 16}]}\n"
+      "optimizer: {type: sgd, lr: 0.1}\ntrain: {epochs: 1, batch_size: 25}\n"
+      "search:\n  trials: 2\n  space:\n    optimizer.lr: {log_uniform: [1e-3, 1]}\n");
+  auto runner = trainer_runner(test::registries());
+  const std::string message =
+      test::error_of([&] { run_search(experiment, *runner, quiet_options(dir.path())); });
+  STRATA_CHECK_CONTAINS(message, "model.layers[0]: missing required key 'out_features'");
+  STRATA_CHECK_CONTAINS(message, "before any trial starts");
+  BOOST_TEST(!fs::exists(dir / "trials.jsonl"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
