@@ -472,7 +472,7 @@ BOOST_AUTO_TEST_CASE(explosion_guard_stops_and_keeps_the_last_good_checkpoint) {
   });
   STRATA_CHECK_CONTAINS(message, "training diverged at iteration ");
   STRATA_CHECK_CONTAINS(message, "epoch 2,");
-  STRATA_CHECK_CONTAINS(message, "after epoch 1), is left as it was");
+  STRATA_CHECK_CONTAINS(message, "was not overwritten and still holds epoch 1");
   const std::size_t at = message.find("at iteration ");
   const int iteration = std::stoi(message.substr(at + 13));
   BOOST_TEST(iteration > 25);  // epoch 1 has 25 steps
@@ -486,7 +486,7 @@ BOOST_AUTO_TEST_CASE(explosion_guard_stops_and_keeps_the_last_good_checkpoint) {
   test::TempDir fresh;
   const std::string first = test::error_of([&] { run(fresh.path(), {{"optimizer.lr", "1000"}}); });
   STRATA_CHECK_CONTAINS(first, "training diverged at iteration ");
-  STRATA_CHECK_CONTAINS(first, "this run saved no checkpoint");
+  STRATA_CHECK_CONTAINS(first, "no checkpoint was written");
   BOOST_TEST(!fs::exists(fresh / "model.h5"));
 }
 

@@ -20,6 +20,7 @@
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
+#include "trainer_checks.hpp"
 
 namespace strata {
 
@@ -189,21 +190,55 @@ std::string json_list(const std::vector<double>& values) {
   return fmt::format("[{}]", fmt::join(items, ", "));
 }
 
+// The per-epoch metrics the trainer records in /history (a resume checks each is whole).
+const std::string kEpochMetrics[] = {"train_loss",   "train_regularization", "train_accuracy",
+                                     "val_loss",     "val_accuracy",         "lr",
+                                     "epoch_seconds", "images_per_second"};
+
+// Before any data is loaded: a resume needs a checkpoint, written by this same experiment.
+void check_resumable(const fs::path& checkpoint, const std::string& experiment_yaml, bool force) {
+  std::error_code ec;
+  if (!fs::exists(checkpoint, ec)) {
+    fail("--resume: {} does not exist, so there is nothing to resume (run without --resume to "
+         "start a new run)",
+         checkpoint.string());
+  }
+  const std::string saved = load_checkpoint_experiment(checkpoint);
+  std::vector<std::string> refused;
+  for (std::string& difference : experiment_differences(saved, experiment_yaml)) {
+    const std::string key = difference.substr(0, difference.find(": "));
+    if (!resume_may_change(key)) refused.push_back(std::move(difference));
+  }
+  if (refused.empty()) return;
+  if (force) {
+    std::printf("--force: resuming although the experiment differs from the checkpoint's:\n  %s\n",
+                fmt::format("{}", fmt::join(refused, "\n  ")).c_str());
+    return;
+  }
+  fail("--resume: the experiment differs from the one that wrote {} (its /experiment):\n  {}\n"
+       "Resume may change only train.epochs, threads, backend, checkpoint.every, "
+       "train.eval_batch_size, data.test_limit, plugins, train.log_every, "
+       "train.diagnostics_every, train.explode_factor and train.early_stopping.patience. Use "
+       "another --out for a new run, or "
+       "--force to resume anyway",
+       checkpoint.string(), fmt::join(refused, "\n  "));
+}
+
 }  // namespace
 
 namespace {
 
 // The per-epoch metrics early stopping and best.h5 may follow, and which way is better.
-const std::vector<std::string> kEpochMetrics = {"val_accuracy", "val_loss", "train_accuracy",
-                                                "train_loss"};
+const std::vector<std::string> kFollowedMetrics = {"val_accuracy", "val_loss", "train_accuracy",
+                                                   "train_loss"};
 bool metric_is_maximized(const std::string& metric) { return metric.ends_with("accuracy"); }
 
 std::string read_epoch_metric(const Config& config, std::string_view key, const std::string& fallback,
                               bool has_validation, std::string_view why_no_validation) {
   const std::string metric = config.get<std::string>(key, fallback);
-  if (std::find(kEpochMetrics.begin(), kEpochMetrics.end(), metric) == kEpochMetrics.end()) {
+  if (std::find(kFollowedMetrics.begin(), kFollowedMetrics.end(), metric) == kFollowedMetrics.end()) {
     config.fail_key(key, fmt::format("unknown metric '{}'\n  {}", metric,
-                                     suggestion_text(metric, kEpochMetrics, "metrics")));
+                                     suggestion_text(metric, kFollowedMetrics, "metrics")));
   }
   if (metric.starts_with("val_") && !has_validation) {
     config.fail_key(key, fmt::format("{} needs a validation split, and {}", metric, why_no_validation));
@@ -335,6 +370,13 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   // `plugins` is handled by the command line tool before the registries are used.
   if (auto plugins = experiment.find("plugins")) plugins->mark_used();
   experiment.check_unused();
+  // Every key has been read, so every default is recorded: this is the experiment as run.
+  const std::string experiment_yaml = experiment.dump();
+
+  const fs::path out_dir = options.out_dir;
+  const fs::path checkpoint_path = out_dir / "model.h5";
+  const bool resuming = options.resume;
+  if (resuming) check_resumable(checkpoint_path, experiment_yaml, options.force);
 
   // ---- Shapes through the transforms: the dataset's, after preprocess, after augment. ----
   Shape sample = dataset->sample_shape();
@@ -388,13 +430,10 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     data.train = take_rows(data.train, train_rows);
   }
 
-  const fs::path out_dir = options.out_dir;
-  const fs::path checkpoint_path = out_dir / "model.h5";
   const fs::path best_path = out_dir / "best.h5";
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) fail("{}: cannot create the output folder: {}", out_dir.string(), ec.message());
-  const bool resuming = options.resume && fs::exists(checkpoint_path);
 
   std::vector<NamedTensor> preprocess_state;
   for (std::size_t i = 0; i < transforms.size(); ++i) {
@@ -403,7 +442,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     }
   }
   if (resuming) {
-    load_checkpoint_tensors(checkpoint_path, "preprocess", preprocess_state);
+    load_checkpoint_tensors(checkpoint_path, "preprocess", preprocess_state, false,
+                            options.allow_nonfinite);
   } else {
     for (auto& transform : transforms) {
       transform->fit(data.train.images);
@@ -430,24 +470,28 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   const double data_seconds = seconds_since(data_start);
 
   // ---- Resume, or start fresh. ----
+  const int64_t train_n = static_cast<int64_t>(data.train.labels.size());
+  const int64_t steps = (train_n + batch_size - 1) / batch_size;
   TrainingState state;
+  int64_t saved_epoch = -1;  // the epoch model.h5 holds; -1: this run has not written one
   if (resuming) {
-    std::vector<NamedTensor> model_state = graph.state_tensors();
-    load_checkpoint_tensors(checkpoint_path, "model", model_state);
-    std::vector<NamedTensor> optimizer_state = optimizer->state();
-    load_checkpoint_tensors(checkpoint_path, "optimizer", optimizer_state);
     auto saved = load_checkpoint_training_state(checkpoint_path);
     if (!saved) fail("checkpoint {}: has no training state to resume from", checkpoint_path.string());
+    validate_training_state(*saved, checkpoint_path, epochs, steps, kEpochMetrics);
+    std::vector<NamedTensor> model_state = graph.state_tensors();
+    load_checkpoint_tensors(checkpoint_path, "model", model_state, false, options.allow_nonfinite);
+    std::vector<NamedTensor> optimizer_state = optimizer->state();
+    load_checkpoint_tensors(checkpoint_path, "optimizer", optimizer_state, false,
+                            options.allow_nonfinite);
     state = *saved;
+    saved_epoch = state.epoch;
     std::istringstream rng_text(state.rng_state);
     rng_text >> rng;
     if (!rng_text) fail("checkpoint {}: the stored random generator state is corrupt", checkpoint_path.string());
     std::printf("resuming %s after epoch %lld (iteration %lld)\n", checkpoint_path.c_str(),
                 static_cast<long long>(state.epoch), static_cast<long long>(state.iteration));
   }
-  int64_t saved_epoch = resuming ? state.epoch : -1;  // the epoch this run's last save holds
 
-  const std::string experiment_yaml = experiment.dump();
   auto save = [&](const fs::path& path) {
     Checkpoint checkpoint;
     checkpoint.model = graph.state_tensors();
@@ -462,9 +506,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     if (path == checkpoint_path) saved_epoch = state.epoch;
   };
 
-  const int64_t train_n = static_cast<int64_t>(data.train.labels.size());
   TrainingLoader loader(data.train, loader_augment, batch_size, seed);
-  const int64_t steps = loader.batches_per_epoch();
   std::printf("model: %zu layers, %lld parameters; data: %lld train, %lld validation, %lld test "
               "images (loaded in %.1fs); backend %s, %d thread(s)\n",
               graph.size(), static_cast<long long>(graph.num_parameters()),
@@ -555,19 +597,18 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       const float batch_loss = loss->forward_backward(logits, batch.labels, &dl);
       // The explosion guard: stop before this step touches the weights.
       const bool exploded = explode_factor > 0 && batch_loss > explode_factor * initial_loss;
-      if (!std::isfinite(batch_loss) || exploded) {
-        const std::string kept =
-            saved_epoch >= 0 ? fmt::format("the last good checkpoint, {} (after epoch {}), is left as it was",
-                                           checkpoint_path.string(), saved_epoch)
-                             : std::string("this run saved no checkpoint");
-        const std::string what =
-            exploded ? fmt::format("the loss {:.4g} exceeds {} x the initial loss {:.4g} "
-                                   "(train.explode_factor)",
-                                   batch_loss, explode_factor, initial_loss)
-                     : fmt::format("the loss is {}", batch_loss);
-        fail("training diverged at iteration {} (epoch {}, step {} of {}, learning rate {:.4g}): {}; "
-             "lower optimizer.lr or check the data. Stopped without saving: {}",
-             state.iteration + 1, epoch + 1, step + 1, steps, lr, what, kept);
+      if (!std::isfinite(batch_loss)) {
+        fail("training diverged: the loss is {} at epoch {}, iteration {} (step {} of {} in the "
+             "epoch, learning rate {}); {}. Lower optimizer.lr or check the data",
+             number_text(batch_loss), epoch + 1, state.iteration + 1, step + 1, steps, lr,
+             kept_checkpoint_text(checkpoint_path, saved_epoch));
+      }
+      if (exploded) {
+        fail("training diverged at iteration {} (epoch {}, step {} of {}, learning rate {:.4g}): the "
+             "loss {:.4g} exceeds {} x the initial loss {:.4g} (train.explode_factor); {}. Lower "
+             "optimizer.lr or check the data",
+             state.iteration + 1, epoch + 1, step + 1, steps, lr, batch_loss, explode_factor,
+             initial_loss, kept_checkpoint_text(checkpoint_path, saved_epoch));
       }
       correct += count_correct(logits, batch.labels);
       graph.backward(context, dl);
@@ -607,8 +648,11 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     const Evaluation val = evaluate(graph, *loss, context, data.val, eval_batch);
     report.val_loss = val.loss;
     report.val_accuracy = val.accuracy;
+    check_not_diverged(report.epoch, report.train_loss, report.val_loss, !data.val.labels.empty(),
+                       graph.state_tensors(), optimizer->state(), checkpoint_path, saved_epoch);
 
     state.epoch = epoch + 1;
+    static_assert(std::size(kEpochMetrics) == 8, "every metric below is listed in kEpochMetrics");
     state.history["train_loss"].push_back(report.train_loss);
     state.history["train_regularization"].push_back(report.train_regularization);
     state.history["train_accuracy"].push_back(report.train_accuracy);
