@@ -13,8 +13,9 @@ JOBS       ?= $(shell nproc)
 BUILD_PACKAGES := build-essential cmake ninja-build pkg-config git \
                   libboost-dev libboost-test-dev libboost-program-options-dev nlohmann-json3-dev libtbb-dev libhdf5-dev libyaml-cpp-dev libfmt-dev \
                   zlib1g-dev libopenblas-dev dataset-fashion-mnist
-# The test suite cross-checks checkpoints with h5py and layers with PyTorch.
-TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch
+# The test suite cross-checks checkpoints with h5py and layers with PyTorch; make bench measures
+# peak memory with /usr/bin/time (package time).
+TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch time
 
 .PHONY: run test build configure deps deps-test bench clean
 
@@ -25,7 +26,7 @@ test: deps deps-test build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 
 bench: deps deps-test build
-	/usr/bin/python3 bench/lenet5_vs_pytorch.py --strata $(BUILD_DIR)/bin/strata
+	/usr/bin/python3 bench/compare_pytorch.py --build $(BUILD_DIR)
 
 build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)

@@ -191,9 +191,10 @@ std::string json_list(const std::vector<double>& values) {
 }
 
 // The per-epoch metrics the trainer records in /history (a resume checks each is whole).
-const std::string kEpochMetrics[] = {"train_loss",   "train_regularization", "train_accuracy",
-                                     "val_loss",     "val_accuracy",         "lr",
-                                     "epoch_seconds", "images_per_second"};
+// The per-epoch history series; a resume checks that each holds one value per completed epoch.
+const std::string kHistorySeries[] = {"train_loss", "train_regularization", "train_accuracy",
+                                      "val_loss",   "val_accuracy",         "lr",
+                                      "epoch_seconds", "images_per_second"};
 
 // Before any data is loaded: a resume needs a checkpoint, written by this same experiment.
 void check_resumable(const fs::path& checkpoint, const std::string& experiment_yaml, bool force) {
@@ -229,16 +230,16 @@ void check_resumable(const fs::path& checkpoint, const std::string& experiment_y
 namespace {
 
 // The per-epoch metrics early stopping and best.h5 may follow, and which way is better.
-const std::vector<std::string> kFollowedMetrics = {"val_accuracy", "val_loss", "train_accuracy",
-                                                   "train_loss"};
+const std::vector<std::string> kEpochMetrics = {"val_accuracy", "val_loss", "train_accuracy",
+                                                "train_loss"};
 bool metric_is_maximized(const std::string& metric) { return metric.ends_with("accuracy"); }
 
 std::string read_epoch_metric(const Config& config, std::string_view key, const std::string& fallback,
                               bool has_validation, std::string_view why_no_validation) {
   const std::string metric = config.get<std::string>(key, fallback);
-  if (std::find(kFollowedMetrics.begin(), kFollowedMetrics.end(), metric) == kFollowedMetrics.end()) {
+  if (std::find(kEpochMetrics.begin(), kEpochMetrics.end(), metric) == kEpochMetrics.end()) {
     config.fail_key(key, fmt::format("unknown metric '{}'\n  {}", metric,
-                                     suggestion_text(metric, kFollowedMetrics, "metrics")));
+                                     suggestion_text(metric, kEpochMetrics, "metrics")));
   }
   if (metric.starts_with("val_") && !has_validation) {
     config.fail_key(key, fmt::format("{} needs a validation split, and {}", metric, why_no_validation));
@@ -477,7 +478,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   if (resuming) {
     auto saved = load_checkpoint_training_state(checkpoint_path);
     if (!saved) fail("checkpoint {}: has no training state to resume from", checkpoint_path.string());
-    validate_training_state(*saved, checkpoint_path, epochs, steps, kEpochMetrics);
+    validate_training_state(*saved, checkpoint_path, epochs, steps, kHistorySeries);
     std::vector<NamedTensor> model_state = graph.state_tensors();
     load_checkpoint_tensors(checkpoint_path, "model", model_state, false, options.allow_nonfinite);
     std::vector<NamedTensor> optimizer_state = optimizer->state();
@@ -507,6 +508,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   };
 
   TrainingLoader loader(data.train, loader_augment, batch_size, seed);
+  if (loader.batches_per_epoch() != steps) fail("internal: the loader plans {} batches, the trainer {}", loader.batches_per_epoch(), steps);
   std::printf("model: %zu layers, %lld parameters; data: %lld train, %lld validation, %lld test "
               "images (loaded in %.1fs); backend %s, %d thread(s)\n",
               graph.size(), static_cast<long long>(graph.num_parameters()),
@@ -597,18 +599,16 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       const float batch_loss = loss->forward_backward(logits, batch.labels, &dl);
       // The explosion guard: stop before this step touches the weights.
       const bool exploded = explode_factor > 0 && batch_loss > explode_factor * initial_loss;
-      if (!std::isfinite(batch_loss)) {
-        fail("training diverged: the loss is {} at epoch {}, iteration {} (step {} of {} in the "
-             "epoch, learning rate {}); {}. Lower optimizer.lr or check the data",
-             number_text(batch_loss), epoch + 1, state.iteration + 1, step + 1, steps, lr,
+      if (!std::isfinite(batch_loss) || exploded) {
+        const std::string what =
+            exploded ? fmt::format("the loss {:.4g} exceeds {} x the initial loss {:.4g} "
+                                   "(train.explode_factor)",
+                                   batch_loss, explode_factor, initial_loss)
+                     : fmt::format("the loss is {}", number_text(batch_loss));
+        fail("training diverged at iteration {} (epoch {}, step {} of {}, learning rate {:.4g}): {}; "
+             "lower optimizer.lr or check the data. Stopped without saving: {}",
+             state.iteration + 1, epoch + 1, step + 1, steps, lr, what,
              kept_checkpoint_text(checkpoint_path, saved_epoch));
-      }
-      if (exploded) {
-        fail("training diverged at iteration {} (epoch {}, step {} of {}, learning rate {:.4g}): the "
-             "loss {:.4g} exceeds {} x the initial loss {:.4g} (train.explode_factor); {}. Lower "
-             "optimizer.lr or check the data",
-             state.iteration + 1, epoch + 1, step + 1, steps, lr, batch_loss, explode_factor,
-             initial_loss, kept_checkpoint_text(checkpoint_path, saved_epoch));
       }
       correct += count_correct(logits, batch.labels);
       graph.backward(context, dl);
@@ -652,7 +652,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                        graph.state_tensors(), optimizer->state(), checkpoint_path, saved_epoch);
 
     state.epoch = epoch + 1;
-    static_assert(std::size(kEpochMetrics) == 8, "every metric below is listed in kEpochMetrics");
+    static_assert(std::size(kHistorySeries) == 8, "every series below is listed in kHistorySeries");
     state.history["train_loss"].push_back(report.train_loss);
     state.history["train_regularization"].push_back(report.train_regularization);
     state.history["train_accuracy"].push_back(report.train_accuracy);

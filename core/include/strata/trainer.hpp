@@ -8,8 +8,9 @@
 // Babysitting (docs/training.md): the initial loss beside its chance value, per-iteration loss in
 // the history, per-layer diagnostics, `train.overfit`, early stopping and best.h5. A NaN or
 // infinite loss, or one above train.explode_factor x the initial loss, stops training with an
-// Error naming the iteration, before the step and without saving; a non-finite validation loss, weight or optimizer state stops it at the end of the epoch, before
-// the save, so a diverged model never replaces the last good checkpoint.
+// Error naming the iteration, before the step and without saving; a non-finite validation loss,
+// weight or optimizer state stops it at the end of the epoch, before the save, so a diverged model
+// never replaces the last good checkpoint.
 // With `resume`, a run continues from the checkpoint in its output folder, which must exist, must
 // have been written by the same experiment (apart from the keys resume_may_change() allows, unless
 // `force`), and must hold a whole training state (docs/checkpoint-format.md, "Resuming").
