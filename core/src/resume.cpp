@@ -72,7 +72,10 @@ bool resume_may_change(const std::string& key_path) {
   // the test split the final evaluation uses; where plugins are loaded from.
   static const std::vector<std::string> kAllowed{
       "train.epochs",     "train.eval_batch_size", "threads", "backend",
-      "checkpoint.every", "data.test_limit",       "plugins", "plugins[]"};
+      "checkpoint.every", "data.test_limit",       "plugins", "plugins[]",
+      // What the run records and how watchfully, not what it computes (docs/training.md).
+      "train.log_every", "train.diagnostics_every", "train.explode_factor",
+      "train.early_stopping.patience"};
   const std::string key = without_indices(key_path);
   return std::find(kAllowed.begin(), kAllowed.end(), key) != kAllowed.end();
 }

@@ -218,7 +218,9 @@ void check_resumable(const fs::path& checkpoint, const std::string& experiment_y
   }
   fail("--resume: the experiment differs from the one that wrote {} (its /experiment):\n  {}\n"
        "Resume may change only train.epochs, threads, backend, checkpoint.every, "
-       "train.eval_batch_size, data.test_limit and plugins. Use another --out for a new run, or "
+       "train.eval_batch_size, data.test_limit, plugins, train.log_every, "
+       "train.diagnostics_every, train.explode_factor and train.early_stopping.patience. Use "
+       "another --out for a new run, or "
        "--force to resume anyway",
        checkpoint.string(), fmt::join(refused, "\n  "));
 }
