@@ -141,6 +141,13 @@ const std::vector<LayerCase> kConformanceCases = {
     {"{type: batch_norm, momentum: 0.3, eps: 0.001}", {{2, 3, 5}}, {2, 3, 5}},
     {"{type: batch_norm, affine: false}", {{4, 3, 3}}, {4, 3, 3}},
     {"{type: batch_norm}", {{5}}, {5}, 6},
+    // joins of several inputs
+    {"{type: add}", {{3, 4, 4}, {3, 4, 4}}, {3, 4, 4}},
+    {"{type: add}", {{2, 3, 5}, {2, 3, 5}, {2, 3, 5}}, {2, 3, 5}},
+    {"{type: add}", {{7}, {7}}, {7}},
+    {"{type: concat}", {{2, 4, 4}, {3, 4, 4}}, {5, 4, 4}},
+    {"{type: concat}", {{1, 3, 5}, {2, 3, 5}, {3, 3, 5}}, {6, 3, 5}},
+    {"{type: concat}", {{4}, {3}}, {7}},
 };
 
 std::string case_type(const LayerCase& layer_case) {
@@ -1174,6 +1181,168 @@ BOOST_AUTO_TEST_CASE(bad_input_is_a_clear_error) {
   STRATA_CHECK_CONTAINS(error_of([&] { run_forward(bn, {x}, true, 1); }),
                         "training needs more than one value per channel");
   BOOST_CHECK_NO_THROW(run_forward(bn, {x}, false, 1));  // evaluation uses running statistics
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// add and concat, alone and inside a Graph
+// ------------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(joins)
+
+BOOST_AUTO_TEST_CASE(add_sums_its_inputs) {
+  Rng rng(41);
+  for (const std::string backend : {"reference", "tbb"}) {
+    Instance add = make_layer("{type: add}", {{3, 5, 5}, {3, 5, 5}, {3, 5, 5}}, backend);
+    // Large enough that tbb splits the loop.
+    std::vector<Tensor> x;
+    for (int k = 0; k < 3; ++k) x.push_back(random_tensor({300, 3, 5, 5}, rng));
+    const Tensor y = run_forward(add, x, true, 1);
+    bool exact = true;
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      exact = exact && y.data()[i] == (x[0].data()[i] + x[1].data()[i]) + x[2].data()[i];
+    }
+    BOOST_TEST(exact, backend << ": y != x0 + x1 + x2");
+    const Tensor dy = random_tensor(y.shape(), rng);
+    const auto dx = run_backward(add, x, y, dy, true, 1);
+    for (const Tensor& d : dx) BOOST_TEST(max_abs_diff(d, dy) == 0.0f);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(concat_stacks_channels_in_input_order) {
+  Rng rng(42);
+  for (const std::string backend : {"reference", "tbb"}) {
+    Instance concat = make_layer("{type: concat}", {{2, 3, 4}, {1, 3, 4}, {3, 3, 4}}, backend);
+    BOOST_TEST_REQUIRE(concat.output == (Shape{6, 3, 4}));
+    const std::vector<int64_t> channels = {2, 1, 3};
+    std::vector<Tensor> x;
+    for (int64_t c : channels) x.push_back(random_tensor({400, c, 3, 4}, rng));
+    const Tensor y = run_forward(concat, x, true, 1);
+    const Tensor dy = random_tensor(y.shape(), rng);
+    const auto dx = run_backward(concat, x, y, dy, true, 1);
+    bool forward_ok = true, backward_ok = true;
+    for (int64_t n = 0; n < 400; ++n) {
+      int64_t base = 0;
+      for (std::size_t k = 0; k < 3; ++k) {
+        for (int64_t c = 0; c < channels[k]; ++c) {
+          for (int64_t i = 0; i < 12; ++i) {
+            const int64_t from = (n * channels[k] + c) * 12 + i;
+            const int64_t to = (n * 6 + base + c) * 12 + i;
+            forward_ok = forward_ok && y.data()[to] == x[k].data()[from];
+            backward_ok = backward_ok && dx[k].data()[from] == dy.data()[to];
+          }
+        }
+        base += channels[k];
+      }
+    }
+    BOOST_TEST(forward_ok, backend << ": forward does not place channels in input order");
+    BOOST_TEST(backward_ok, backend << ": backward does not hand each input its slice");
+  }
+}
+
+BOOST_AUTO_TEST_CASE(mismatched_inputs_are_clear_errors) {
+  auto error = [](const std::string& layer_yaml, const std::vector<Shape>& inputs) {
+    return error_of([&] { make_layer(layer_yaml, inputs, "reference"); });
+  };
+  STRATA_CHECK_CONTAINS(error("{type: add}", {{3, 4, 4}, {3, 4, 4}, {3, 5, 4}}),
+                        "add needs inputs of identical shape, but input 0 is [3, 4, 4] and input "
+                        "2 is [3, 5, 4]");
+  STRATA_CHECK_CONTAINS(error("{type: add}", {{3, 4, 4}}), "takes at least 2 inputs, got 1");
+  STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8, 8}, {2, 7, 7}}),
+                        "the spatial sizes must agree, but input 0 is [3, 8, 8] (8x8) and input 1 "
+                        "is [2, 7, 7] (7x7)");
+  STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8, 8}, {24}}),
+                        "concat needs inputs of the same rank, but input 0 is [3, 8, 8] and "
+                        "input 1 is [24]");
+  STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8}, {3, 8}}), "input 0 is [3, 8]");
+  STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8, 8}}), "takes at least 2 inputs, got 1");
+
+  // Inside a model: the file position, the layer and both producers are named.
+  Rng rng(1);
+  const std::string graph_error = error_of([&] {
+    strata::Graph graph(Config::parse_string(R"(
+input: [3, 8, 8]
+layers:
+  - {name: a, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+  - {name: b, type: max_pool, kernel: 2, inputs: input}
+  - {name: mixed, type: concat, inputs: [a, b]}
+)",
+                                             "net.yaml"),
+                        registries(), "reference", rng);
+  });
+  STRATA_CHECK_CONTAINS(graph_error, "net.yaml:6:5: layers[2]");
+  STRATA_CHECK_CONTAINS(graph_error, "(8x8) and input 1 is [3, 4, 4] (4x4)");
+  STRATA_CHECK_CONTAINS(graph_error, "'a' gives [4, 8, 8], 'b' gives [3, 4, 4]");
+}
+
+// A small Graph from YAML in which tensors fan out: act1 is read by conv2, conv3, sum and mixed;
+// conv2 by sum and mixed. Every parameter's gradient from Graph::backward must match central
+// differences of the whole network. The graph sums the gradients of a tensor's consumers; an
+// error in that sum, or in add's or concat's backward, shows up in conv1's gradients.
+// Objective L = sum(out * R); eps 1e-2 on float parameters of order 1 with tanh (smooth), so the
+// truncation error is ~1e-5 relative; tolerance 2e-3 relative to max(|numerical|, rms, 1e-2).
+BOOST_AUTO_TEST_CASE(fan_out_gradients_through_add_and_concat) {
+  for (const std::string backend : {"reference", "tbb"}) {
+    Rng rng(43);
+    strata::Graph graph(Config::parse_string(R"(
+input: [2, 5, 5]
+layers:
+  - {name: conv1, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+  - {name: act1, type: tanh}
+  - {name: conv2, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+  - {name: conv3, type: conv2d, out_channels: 3, kernel: 1, inputs: act1}
+  - {name: sum, type: add, inputs: [act1, conv2, conv3]}
+  - {name: act2, type: tanh}
+  - {name: mixed, type: concat, inputs: [act2, act1, conv2]}
+  - {name: fc, type: linear, out_features: 4}
+)",
+                                             "net.yaml"),
+                        registries(), backend, rng);
+    BOOST_TEST(graph.input_names(4) == (std::vector<std::string>{"act1", "conv2", "conv3"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(graph.output_shape() == Shape{4});
+    auto executor = registries().backends.create(backend, Config{});
+    Context context{true, &rng, executor.get()};
+    const Tensor x = random_tensor({3, 2, 5, 5}, rng);
+    const Tensor weights = random_tensor({3, 4}, rng);
+    auto objective = [&] { return dot(graph.forward(context, x), weights); };
+    objective();
+    // The add's output really is the sum of its three inputs.
+    const Tensor& act1 = graph.activation("act1");
+    const Tensor& conv2 = graph.activation("conv2");
+    const Tensor& conv3 = graph.activation("conv3");
+    const Tensor& sum = graph.activation("sum");
+    float worst = 0.0f;
+    for (int64_t i = 0; i < sum.numel(); ++i) {
+      worst = std::max(
+          worst, std::abs(sum.data()[i] - (act1.data()[i] + conv2.data()[i] + conv3.data()[i])));
+    }
+    BOOST_TEST(worst < 1e-6f);
+
+    graph.backward(context, weights);
+    int64_t checked = 0;
+    for (const strata::ParamRef& ref : graph.params()) {
+      const Tensor analytic = ref.param->grad.clone();
+      const double scale = std::max(rms(analytic), 1e-2);
+      for (int64_t i = 0; i < ref.param->value.numel(); ++i) {
+        float& v = ref.param->value.data()[i];
+        const float saved = v;
+        v = saved + 1e-2f;
+        const double up = v, plus = objective();
+        v = saved - 1e-2f;
+        const double down = v, minus = objective();
+        v = saved;
+        const double numerical = (plus - minus) / (up - down);
+        const double error = std::abs(numerical - analytic.data()[i]);
+        BOOST_TEST(error <= 2e-3 * std::max(std::abs(numerical), scale),
+                   backend << " " << ref.key << "[" << i << "]: numerical " << numerical
+                           << ", backward " << analytic.data()[i]);
+        ++checked;
+      }
+    }
+    BOOST_TEST(checked == graph.num_parameters());
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
