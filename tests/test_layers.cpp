@@ -1354,6 +1354,55 @@ layers:
   }
 }
 
+// Layers whose output nobody reads (side branches, e.g. a softmax kept for `strata forward
+// --layers`) take no part in backward: the gradients equal those of the model without them, and
+// their own parameters get zero gradients.
+BOOST_AUTO_TEST_CASE(side_branches_get_no_gradient) {
+  const std::string trunk = R"(
+input: [2, 4, 4]
+layers:
+  - {name: conv1, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+  - {name: act1, type: tanh}
+  - {name: side_conv, type: conv2d, out_channels: 2, kernel: 1, inputs: act1}
+  - {name: side_prob, type: softmax, inputs: side_conv}
+  - {name: side_pool, type: global_avg_pool, inputs: conv1}
+  - {name: fc, type: linear, out_features: 3, inputs: act1}
+)";
+  const std::string plain = R"(
+input: [2, 4, 4]
+layers:
+  - {name: conv1, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+  - {name: act1, type: tanh}
+  - {name: fc, type: linear, out_features: 3}
+)";
+  Rng rng(44);
+  strata::Graph with_side(Config::parse_string(trunk, "side.yaml"), registries(), "reference", rng);
+  strata::Graph without(Config::parse_string(plain, "plain.yaml"), registries(), "reference", rng);
+  for (const strata::ParamRef& ref : without.params()) {
+    for (const strata::ParamRef& other : with_side.params()) {
+      if (other.key == ref.key) ref.param->value.copy_from(other.param->value);
+    }
+  }
+  auto executor = registries().backends.create("reference", Config{});
+  Context context{true, &rng, executor.get()};
+  const Tensor x = random_tensor({2, 2, 4, 4}, rng);
+  const Tensor dy = random_tensor({2, 3}, rng);
+  for (strata::Graph* graph : {&with_side, &without}) {
+    graph->forward(context, x);
+    for (const strata::ParamRef& ref : graph->params()) ref.param->grad.fill(7.0f);
+    graph->backward(context, dy);
+  }
+  for (const strata::ParamRef& ref : with_side.params()) {
+    bool found = false;
+    for (const strata::ParamRef& other : without.params()) {
+      if (other.key != ref.key) continue;
+      found = true;
+      BOOST_TEST(max_abs_diff(ref.param->grad, other.param->grad) == 0.0f, ref.key);
+    }
+    if (!found) BOOST_TEST(max_abs(ref.param->grad) == 0.0f, ref.key << " is on a side branch");
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // ------------------------------------------------------------------------------------------------
