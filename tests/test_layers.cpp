@@ -128,6 +128,22 @@ const std::vector<LayerCase> kConformanceCases = {
     {"{type: batch_norm, momentum: 0.3, eps: 0.001}", {{2, 3, 5}}, {2, 3, 5}},
     {"{type: batch_norm, affine: false}", {{4, 3, 3}}, {4, 3, 3}},
     {"{type: batch_norm}", {{5}}, {5}, 6},
+    // joins of several inputs
+    {"{type: add}", {{3, 4, 4}, {3, 4, 4}}, {3, 4, 4}},
+    {"{type: add}", {{2, 3, 5}, {2, 3, 5}, {2, 3, 5}}, {2, 3, 5}},
+    {"{type: add}", {{7}, {7}}, {7}},
+    {"{type: concat}", {{2, 4, 4}, {3, 4, 4}}, {5, 4, 4}},
+    {"{type: concat}", {{1, 3, 5}, {2, 3, 5}, {3, 3, 5}}, {6, 3, 5}},
+    {"{type: concat}", {{4}, {3}}, {7}},
+    // heads and local response normalization
+    {"{type: global_avg_pool}", {{3, 4, 5}}, {3, 1, 1}},
+    {"{type: global_avg_pool}", {{2, 1, 1}}, {2, 1, 1}},
+    {"{type: softmax}", {{7}}, {7}},
+    {"{type: softmax}", {{4, 3, 2}}, {4, 3, 2}},
+    {"{type: lrn, size: 3}", {{5, 3, 3}}, {5, 3, 3}},
+    {"{type: lrn, size: 4, alpha: 0.5, beta: 0.9, k: 2}", {{6, 2, 3}}, {6, 2, 3}},
+    {"{type: lrn, size: 5, alpha: 1.5, beta: 0.75, k: 1}", {{3, 2, 2}}, {3, 2, 2}},
+    {"{type: lrn, size: 1, alpha: 0.3}", {{2, 3, 3}}, {2, 3, 3}},
 };
 
 std::string case_type(const LayerCase& layer_case) {
@@ -914,6 +930,356 @@ BOOST_AUTO_TEST_CASE(bad_input_is_a_clear_error) {
   STRATA_CHECK_CONTAINS(error_of([&] { run_forward(bn, {x}, true, 1); }),
                         "training needs more than one value per channel");
   BOOST_CHECK_NO_THROW(run_forward(bn, {x}, false, 1));  // evaluation uses running statistics
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// add and concat, alone and inside a Graph
+// ------------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(joins)
+
+BOOST_AUTO_TEST_CASE(add_sums_its_inputs) {
+  Rng rng(41);
+  for (const std::string backend : {"reference", "tbb"}) {
+    Instance add = make_layer("{type: add}", {{3, 5, 5}, {3, 5, 5}, {3, 5, 5}}, backend);
+    // Large enough that tbb splits the loop.
+    std::vector<Tensor> x;
+    for (int k = 0; k < 3; ++k) x.push_back(random_tensor({300, 3, 5, 5}, rng));
+    const Tensor y = run_forward(add, x, true, 1);
+    bool exact = true;
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      exact = exact && y.data()[i] == (x[0].data()[i] + x[1].data()[i]) + x[2].data()[i];
+    }
+    BOOST_TEST(exact, backend << ": y != x0 + x1 + x2");
+    const Tensor dy = random_tensor(y.shape(), rng);
+    const auto dx = run_backward(add, x, y, dy, true, 1);
+    for (const Tensor& d : dx) BOOST_TEST(max_abs_diff(d, dy) == 0.0f);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(concat_stacks_channels_in_input_order) {
+  Rng rng(42);
+  for (const std::string backend : {"reference", "tbb"}) {
+    Instance concat = make_layer("{type: concat}", {{2, 3, 4}, {1, 3, 4}, {3, 3, 4}}, backend);
+    BOOST_TEST_REQUIRE(concat.output == (Shape{6, 3, 4}));
+    const std::vector<int64_t> channels = {2, 1, 3};
+    std::vector<Tensor> x;
+    for (int64_t c : channels) x.push_back(random_tensor({400, c, 3, 4}, rng));
+    const Tensor y = run_forward(concat, x, true, 1);
+    const Tensor dy = random_tensor(y.shape(), rng);
+    const auto dx = run_backward(concat, x, y, dy, true, 1);
+    bool forward_ok = true, backward_ok = true;
+    for (int64_t n = 0; n < 400; ++n) {
+      int64_t base = 0;
+      for (std::size_t k = 0; k < 3; ++k) {
+        for (int64_t c = 0; c < channels[k]; ++c) {
+          for (int64_t i = 0; i < 12; ++i) {
+            const int64_t from = (n * channels[k] + c) * 12 + i;
+            const int64_t to = (n * 6 + base + c) * 12 + i;
+            forward_ok = forward_ok && y.data()[to] == x[k].data()[from];
+            backward_ok = backward_ok && dx[k].data()[from] == dy.data()[to];
+          }
+        }
+        base += channels[k];
+      }
+    }
+    BOOST_TEST(forward_ok, backend << ": forward does not place channels in input order");
+    BOOST_TEST(backward_ok, backend << ": backward does not hand each input its slice");
+  }
+}
+
+BOOST_AUTO_TEST_CASE(mismatched_inputs_are_clear_errors) {
+  auto error = [](const std::string& layer_yaml, const std::vector<Shape>& inputs) {
+    return error_of([&] { make_layer(layer_yaml, inputs, "reference"); });
+  };
+  STRATA_CHECK_CONTAINS(error("{type: add}", {{3, 4, 4}, {3, 4, 4}, {3, 5, 4}}),
+                        "add needs inputs of identical shape, but input 0 is [3, 4, 4] and input "
+                        "2 is [3, 5, 4]");
+  STRATA_CHECK_CONTAINS(error("{type: add}", {{3, 4, 4}}), "takes at least 2 inputs, got 1");
+  STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8, 8}, {2, 7, 7}}),
+                        "the spatial sizes must agree, but input 0 is [3, 8, 8] (8x8) and input 1 "
+                        "is [2, 7, 7] (7x7)");
+  STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8, 8}, {24}}),
+                        "concat needs inputs of the same rank, but input 0 is [3, 8, 8] and "
+                        "input 1 is [24]");
+  STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8}, {3, 8}}), "input 0 is [3, 8]");
+  STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8, 8}}), "takes at least 2 inputs, got 1");
+
+  // Inside a model: the file position, the layer and both producers are named.
+  Rng rng(1);
+  const std::string graph_error = error_of([&] {
+    strata::Graph graph(Config::parse_string(R"(
+input: [3, 8, 8]
+layers:
+  - {name: a, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+  - {name: b, type: max_pool, kernel: 2, inputs: input}
+  - {name: mixed, type: concat, inputs: [a, b]}
+)",
+                                             "net.yaml"),
+                        registries(), "reference", rng);
+  });
+  STRATA_CHECK_CONTAINS(graph_error, "net.yaml:6:5: layers[2]");
+  STRATA_CHECK_CONTAINS(graph_error, "(8x8) and input 1 is [3, 4, 4] (4x4)");
+  STRATA_CHECK_CONTAINS(graph_error, "'a' gives [4, 8, 8], 'b' gives [3, 4, 4]");
+}
+
+// A small Graph from YAML in which tensors fan out: act1 is read by conv2, conv3, sum and mixed;
+// conv2 by sum and mixed. Every parameter's gradient from Graph::backward must match central
+// differences of the whole network. The graph sums the gradients of a tensor's consumers; an
+// error in that sum, or in add's or concat's backward, shows up in conv1's gradients.
+// Objective L = sum(out * R); eps 1e-2 on float parameters of order 1 with tanh (smooth), so the
+// truncation error is ~1e-5 relative; tolerance 2e-3 relative to max(|numerical|, rms, 1e-2).
+BOOST_AUTO_TEST_CASE(fan_out_gradients_through_add_and_concat) {
+  for (const std::string backend : {"reference", "tbb"}) {
+    Rng rng(43);
+    strata::Graph graph(Config::parse_string(R"(
+input: [2, 5, 5]
+layers:
+  - {name: conv1, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+  - {name: act1, type: tanh}
+  - {name: conv2, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+  - {name: conv3, type: conv2d, out_channels: 3, kernel: 1, inputs: act1}
+  - {name: sum, type: add, inputs: [act1, conv2, conv3]}
+  - {name: act2, type: tanh}
+  - {name: mixed, type: concat, inputs: [act2, act1, conv2]}
+  - {name: fc, type: linear, out_features: 4}
+)",
+                                             "net.yaml"),
+                        registries(), backend, rng);
+    BOOST_TEST(graph.input_names(4) == (std::vector<std::string>{"act1", "conv2", "conv3"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(graph.output_shape() == Shape{4});
+    auto executor = registries().backends.create(backend, Config{});
+    Context context{true, &rng, executor.get()};
+    const Tensor x = random_tensor({3, 2, 5, 5}, rng);
+    const Tensor weights = random_tensor({3, 4}, rng);
+    auto objective = [&] { return dot(graph.forward(context, x), weights); };
+    objective();
+    // The add's output really is the sum of its three inputs.
+    const Tensor& act1 = graph.activation("act1");
+    const Tensor& conv2 = graph.activation("conv2");
+    const Tensor& conv3 = graph.activation("conv3");
+    const Tensor& sum = graph.activation("sum");
+    float worst = 0.0f;
+    for (int64_t i = 0; i < sum.numel(); ++i) {
+      worst = std::max(
+          worst, std::abs(sum.data()[i] - (act1.data()[i] + conv2.data()[i] + conv3.data()[i])));
+    }
+    BOOST_TEST(worst < 1e-6f);
+
+    graph.backward(context, weights);
+    int64_t checked = 0;
+    for (const strata::ParamRef& ref : graph.params()) {
+      const Tensor analytic = ref.param->grad.clone();
+      const double scale = std::max(rms(analytic), 1e-2);
+      for (int64_t i = 0; i < ref.param->value.numel(); ++i) {
+        float& v = ref.param->value.data()[i];
+        const float saved = v;
+        v = saved + 1e-2f;
+        const double up = v, plus = objective();
+        v = saved - 1e-2f;
+        const double down = v, minus = objective();
+        v = saved;
+        const double numerical = (plus - minus) / (up - down);
+        const double error = std::abs(numerical - analytic.data()[i]);
+        BOOST_TEST(error <= 2e-3 * std::max(std::abs(numerical), scale),
+                   backend << " " << ref.key << "[" << i << "]: numerical " << numerical
+                           << ", backward " << analytic.data()[i]);
+        ++checked;
+      }
+    }
+    BOOST_TEST(checked == graph.num_parameters());
+  }
+}
+
+// Layers whose output nobody reads (side branches, e.g. a softmax kept for `strata forward
+// --layers`) take no part in backward: the gradients equal those of the model without them, and
+// their own parameters get zero gradients.
+BOOST_AUTO_TEST_CASE(side_branches_get_no_gradient) {
+  const std::string trunk = R"(
+input: [2, 4, 4]
+layers:
+  - {name: conv1, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+  - {name: act1, type: tanh}
+  - {name: side_conv, type: conv2d, out_channels: 2, kernel: 1, inputs: act1}
+  - {name: side_prob, type: softmax, inputs: side_conv}
+  - {name: side_pool, type: global_avg_pool, inputs: conv1}
+  - {name: fc, type: linear, out_features: 3, inputs: act1}
+)";
+  const std::string plain = R"(
+input: [2, 4, 4]
+layers:
+  - {name: conv1, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+  - {name: act1, type: tanh}
+  - {name: fc, type: linear, out_features: 3}
+)";
+  Rng rng(44);
+  strata::Graph with_side(Config::parse_string(trunk, "side.yaml"), registries(), "reference", rng);
+  strata::Graph without(Config::parse_string(plain, "plain.yaml"), registries(), "reference", rng);
+  for (const strata::ParamRef& ref : without.params()) {
+    for (const strata::ParamRef& other : with_side.params()) {
+      if (other.key == ref.key) ref.param->value.copy_from(other.param->value);
+    }
+  }
+  auto executor = registries().backends.create("reference", Config{});
+  Context context{true, &rng, executor.get()};
+  const Tensor x = random_tensor({2, 2, 4, 4}, rng);
+  const Tensor dy = random_tensor({2, 3}, rng);
+  for (strata::Graph* graph : {&with_side, &without}) {
+    graph->forward(context, x);
+    for (const strata::ParamRef& ref : graph->params()) ref.param->grad.fill(7.0f);
+    graph->backward(context, dy);
+  }
+  for (const strata::ParamRef& ref : with_side.params()) {
+    bool found = false;
+    for (const strata::ParamRef& other : without.params()) {
+      if (other.key != ref.key) continue;
+      found = true;
+      BOOST_TEST(max_abs_diff(ref.param->grad, other.param->grad) == 0.0f, ref.key);
+    }
+    if (!found) BOOST_TEST(max_abs(ref.param->grad) == 0.0f, ref.key << " is on a side branch");
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// lrn, softmax, global_avg_pool
+// ------------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(normalization_and_heads)
+
+// Values printed by PyTorch 1.13 for x = [sin(0.9 i) * 2 + 0.05 i for i in range(10)] as
+// [1, 5, 1, 2], dy = [cos(1.3 i)], nn.LocalResponseNorm(size, alpha=0.6, beta=0.75, k=1.5).
+// size 2 (even) checks the asymmetric window, size 3 the symmetric one.
+BOOST_AUTO_TEST_CASE(lrn_matches_pytorch) {
+  std::vector<float> x_values, dy_values;
+  for (int i = 0; i < 10; ++i) {
+    x_values.push_back(static_cast<float>(std::sin(i * 0.9) * 2 + 0.05 * i));
+    dy_values.push_back(static_cast<float>(std::cos(i * 1.3)));
+  }
+  const Tensor x = batch_norm::tensor_from({1, 5, 1, 2}, x_values);
+  const Tensor dy = batch_norm::tensor_from({1, 5, 1, 2}, dy_values);
+  struct Expect {
+    int size;
+    std::vector<float> y, dx;
+  };
+  const std::vector<Expect> cases = {
+      {2,
+       {0.0f, 0.8701314f, 0.9568182f, 0.4925761f, -0.3083642f, -0.8151603f, -0.7124118f, 0.1979448f,
+        0.8404503f, 0.985594f},
+       {0.737788f, 0.1703976f, -0.08053157f, -0.1588309f, 0.1899077f, 0.178983f, -0.06325275f,
+        -0.5094296f, -0.1033973f, 0.05636812f}},
+      {3,
+       {0.0f, 0.8875132f, 1.051308f, 0.4634347f, -0.3214242f, -0.9091547f, -0.5923147f, 0.1583755f,
+        0.9705548f, 1.1436f},
+       {0.5287879f, 0.1532404f, -0.1786999f, -0.2151412f, 0.1299977f, 0.2394289f, -0.07753284f,
+        -0.3736649f, -0.1420529f, 0.1442411f}},
+  };
+  for (const Expect& expect : cases) {
+    for (const std::string backend : {"reference", "tbb"}) {
+      Instance lrn = make_layer(
+          fmt::format("{{type: lrn, size: {}, alpha: 0.6, beta: 0.75, k: 1.5}}", expect.size),
+          {{5, 1, 2}}, backend);
+      const Tensor y = run_forward(lrn, {x}, true, 1);
+      batch_norm::check_close(fmt::format("{} size {} y", backend, expect.size), y, expect.y,
+                              1e-5f);
+      batch_norm::check_close(fmt::format("{} size {} dx", backend, expect.size),
+                              run_backward(lrn, {x}, y, dy, true, 1)[0], expect.dx, 1e-5f);
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(lrn_errors) {
+  auto create = [](const std::string& text) {
+    return error_of([&] { registries().layers.create(yaml(text)); });
+  };
+  STRATA_CHECK_CONTAINS(create("{type: lrn, size: 0}"), "size: must be at least 1, found 0");
+  STRATA_CHECK_CONTAINS(create("{type: lrn}"), "missing required key 'size'");
+  STRATA_CHECK_CONTAINS(create("{type: lrn, size: 5, k: 0}"), "k: must be positive, found 0");
+  STRATA_CHECK_CONTAINS(create("{type: lrn, size: 5, alpha: -1}"), "alpha: must be >= 0");
+  STRATA_CHECK_CONTAINS(create("{type: lrn, size: 5, bias: 2}"), "unknown key 'bias'");
+  STRATA_CHECK_CONTAINS(setup_error("{type: lrn, size: 5}", {96}),
+                        "lrn expects an image sample [channels, height, width], got [96]");
+}
+
+BOOST_AUTO_TEST_CASE(softmax_is_a_distribution_per_sample_and_position) {
+  Rng rng(51);
+  for (const std::string backend : {"reference", "tbb"}) {
+    // Logits [N, F]: each row sums to 1, and shifting a row changes nothing (stability).
+    Instance features = make_layer("{type: softmax}", {{10}}, backend);
+    Tensor logits = random_tensor({3000, 10}, rng, -5.0f, 5.0f);
+    const Tensor y = run_forward(features, {logits}, false, 1);
+    float worst_sum = 0.0f, worst_value = 0.0f;
+    for (int64_t n = 0; n < 3000; ++n) {
+      double sum = 0.0, denominator = 0.0;
+      for (int64_t f = 0; f < 10; ++f) denominator += std::exp(double(logits.data()[n * 10 + f]));
+      for (int64_t f = 0; f < 10; ++f) {
+        sum += y.data()[n * 10 + f];
+        const double want = std::exp(double(logits.data()[n * 10 + f])) / denominator;
+        worst_value = std::max(worst_value, float(std::abs(y.data()[n * 10 + f] - want)));
+      }
+      worst_sum = std::max(worst_sum, float(std::abs(sum - 1.0)));
+    }
+    BOOST_TEST(worst_sum < 1e-5f, backend);
+    BOOST_TEST(worst_value < 1e-6f, backend);
+    Tensor shifted = logits.clone();
+    for (float& v : shifted.span()) v += 1000.0f;  // exp(1000) overflows without the max shift
+    const Tensor y_shifted = run_forward(features, {shifted}, false, 1);
+    BOOST_TEST(all_finite(y_shifted));
+    BOOST_TEST(max_abs_diff(y_shifted, y) < 1e-4f, backend);
+
+    // Images [N, C, H, W]: over the channels at each position, like torch.softmax(x, dim=1).
+    Instance image = make_layer("{type: softmax}", {{3, 2, 2}}, backend);
+    const Tensor x = random_tensor({2, 3, 2, 2}, rng, -3.0f, 3.0f);
+    const Tensor z = run_forward(image, {x}, false, 1);
+    float worst = 0.0f;
+    for (int64_t n = 0; n < 2; ++n) {
+      for (int64_t p = 0; p < 4; ++p) {
+        double denominator = 0.0;
+        for (int64_t c = 0; c < 3; ++c)
+          denominator += std::exp(double(x.data()[(n * 3 + c) * 4 + p]));
+        for (int64_t c = 0; c < 3; ++c) {
+          const int64_t i = (n * 3 + c) * 4 + p;
+          worst = std::max(
+              worst, float(std::abs(z.data()[i] - std::exp(double(x.data()[i])) / denominator)));
+        }
+      }
+    }
+    BOOST_TEST(worst < 1e-6f, backend);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(global_avg_pool_is_the_channel_mean) {
+  Rng rng(52);
+  for (const std::string backend : {"reference", "tbb"}) {
+    Instance pool = make_layer("{type: global_avg_pool}", {{5, 7, 6}}, backend);
+    BOOST_TEST_REQUIRE(pool.output == (Shape{5, 1, 1}));
+    const Tensor x = random_tensor({300, 5, 7, 6}, rng);
+    const Tensor y = run_forward(pool, {x}, true, 1);
+    const Tensor dy = random_tensor(y.shape(), rng);
+    const Tensor dx = run_backward(pool, {x}, y, dy, true, 1)[0];
+    float worst = 0.0f, worst_grad = 0.0f;
+    for (int64_t plane = 0; plane < 300 * 5; ++plane) {
+      double sum = 0.0;
+      for (int64_t i = 0; i < 42; ++i) sum += x.data()[plane * 42 + i];
+      worst = std::max(worst, float(std::abs(y.data()[plane] - sum / 42)));
+      for (int64_t i = 0; i < 42; ++i) {
+        worst_grad =
+            std::max(worst_grad, std::abs(dx.data()[plane * 42 + i] - dy.data()[plane] / 42));
+      }
+    }
+    BOOST_TEST(worst < 1e-6f, backend);
+    BOOST_TEST(worst_grad < 1e-7f, backend);
+  }
+  STRATA_CHECK_CONTAINS(
+      setup_error("{type: global_avg_pool}", {64}),
+      "global_avg_pool expects an image sample [channels, height, width], got [64]");
+  STRATA_CHECK_CONTAINS(
+      error_of([] { registries().layers.create(yaml("{type: global_avg_pool, kernel: 7}")); }),
+      "unknown key 'kernel'");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

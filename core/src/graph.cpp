@@ -250,6 +250,16 @@ void Graph::backward(Context& context, const Tensor& doutput) {
   }
   for (std::size_t i = nodes_.size(); i-- > 0;) {
     Node& node = nodes_[i];
+    if (i + 1 != nodes_.size() && node.consumers == 0) {
+      // Nothing reads this layer's output (a side branch kept for `strata forward --layers`):
+      // it adds nothing to the loss, so its parameters get zero gradients and its inputs no
+      // share. A producer read only by it gets a zero gradient.
+      for (Param* param : node.layer->params()) param->grad.fill(0.0f);
+      for (const int producer : node.inputs) {
+        if (producer >= 0 && nodes_[producer].consumers == 1) grads_[producer].fill(0.0f);
+      }
+      continue;
+    }
     const Tensor& dout = i + 1 == nodes_.size() ? doutput : grads_[i];
     const auto start = profile_ != nullptr ? ProfileClock::now() : ProfileClock::time_point{};
     for (std::size_t j = 0; j < node.inputs.size(); ++j) {

@@ -13,9 +13,10 @@
 //     float rounding (tests/test_kernels.cpp states the tolerance).
 //   - no allocation in steady state: workspace is planned in on_prepare() from the descriptor
 //     (never from N) and allocated the first time each thread uses it: two buffers per thread of
-//     at most 256 KiB each (larger only when one output row's col matrix is), never a copy of
-//     the batch per thread (tiny-dnn #151). Weight gradients get up to four partial
-//     buffers per thread when they are small (64K floats), one when larger.
+//     at most 256 KiB each (larger only when one output row's col matrix is; the Winograd method
+//     uses two of at most 2 MiB together, its transformed tiles), never a copy of the batch per
+//     thread (tiny-dnn #151). Weight gradients get up to four partial buffers per thread when they
+//     are small (64K floats), one when larger (Winograd: one of 16 * K * C floats per thread).
 #pragma once
 
 #include <tbb/enumerable_thread_specific.h>

@@ -82,7 +82,8 @@ class Layer {
   virtual ~Layer() = default;
 
   virtual std::string_view type() const = 0;
-  // How many inputs the layer accepts (inclusive bounds).
+  // How many inputs the layer accepts (inclusive bounds); max_inputs() ==
+  // std::numeric_limits<int>::max() means "no upper bound" (add, concat).
   virtual int min_inputs() const { return 1; }
   virtual int max_inputs() const { return 1; }
 
