@@ -195,6 +195,9 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   const int64_t batch_size = train_cfg.get<int64_t>("batch_size");
   const int64_t eval_batch = train_cfg.get<int64_t>("eval_batch_size", 500);
   const bool shuffle = train_cfg.get<bool>("shuffle", true);
+  // Per-iteration series (/history/iterations/...) take one sample every log_every iterations.
+  const int64_t log_every = train_cfg.get<int64_t>("log_every", 10);
+  if (log_every < 1) train_cfg.fail_key("log_every", "must be at least 1 (1: every iteration)");
   if (epochs < 1) train_cfg.fail_key("epochs", "must be at least 1");
   if (batch_size < 1) train_cfg.fail_key("batch_size", "must be at least 1");
   if (eval_batch < 1) train_cfg.fail_key("eval_batch_size", "must be at least 1");
@@ -295,11 +298,22 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
 
   // ---- Resume, or start fresh. ----
   TrainingState state;
+  const int64_t train_n = static_cast<int64_t>(data.train.labels.size());
+  const int64_t steps = (train_n + batch_size - 1) / batch_size;
+  SchedulePlan plan;
+  plan.base_lr = optimizer->base_lr();
+  plan.epochs = epochs;
+  plan.iterations_per_epoch = steps;
+  plan.metrics = {"train_loss", "train_accuracy"};
+  if (!data.val.labels.empty()) plan.metrics.insert(plan.metrics.end(), {"val_loss", "val_accuracy"});
+  schedule->setup(plan);
   if (resuming) {
     std::vector<NamedTensor> model_state = graph.state_tensors();
     load_checkpoint_tensors(checkpoint_path, "model", model_state);
     std::vector<NamedTensor> optimizer_state = optimizer->state();
     load_checkpoint_tensors(checkpoint_path, "optimizer", optimizer_state);
+    std::vector<NamedTensor> schedule_state = schedule->state();
+    load_checkpoint_tensors(checkpoint_path, "schedule", schedule_state);
     auto saved = load_checkpoint_training_state(checkpoint_path);
     if (!saved) fail("checkpoint {}: has no training state to resume from", checkpoint_path.string());
     state = *saved;
@@ -315,6 +329,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     Checkpoint checkpoint;
     checkpoint.model = graph.state_tensors();
     checkpoint.optimizer = optimizer->state();
+    checkpoint.schedule = schedule->state();
     checkpoint.preprocess = preprocess_state;
     checkpoint.experiment_yaml = experiment_yaml;
     std::ostringstream rng_text;
@@ -324,8 +339,6 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     save_checkpoint(checkpoint_path, checkpoint);
   };
 
-  const int64_t train_n = static_cast<int64_t>(data.train.labels.size());
-  const int64_t steps = (train_n + batch_size - 1) / batch_size;
   std::printf("model: %zu layers, %lld parameters; data: %lld train, %lld validation, %lld test "
               "images (loaded in %.1fs); backend %s, %d thread(s)\n",
               graph.size(), static_cast<long long>(graph.num_parameters()),
@@ -344,7 +357,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   for (int64_t epoch = state.epoch; epoch < epochs; ++epoch) {
     std::iota(order.begin(), order.end(), 0);
     if (shuffle) std::shuffle(order.begin(), order.end(), rng);
-    const float lr = schedule->lr(optimizer->base_lr(), epoch, state.iteration, steps);
+    float lr = 0;
     const auto epoch_start = Clock::now();
     double loss_sum = 0;
     int64_t correct = 0, seen = 0;
@@ -360,6 +373,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       Tensor dl = n == batch_size ? dlogits : dlogits.batch_slice(0, n);
       std::span<const int32_t> labels(batch_labels.data(), n);
 
+      lr = schedule->lr(epoch, state.iteration);
       context.training = true;
       const Tensor& logits = graph.forward(context, x);
       const float batch_loss = loss->forward_backward(logits, labels, &dl);
@@ -371,7 +385,11 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       }
       correct += count_correct(logits, labels);
       graph.backward(context, dl);
-      optimizer->step(schedule->lr(optimizer->base_lr(), epoch, state.iteration, steps));
+      optimizer->step(lr);
+      if (state.iteration % log_every == 0) {
+        state.history["iterations/iteration"].push_back(static_cast<double>(state.iteration + 1));
+        state.history["iterations/lr"].push_back(lr);
+      }
       ++state.iteration;
       loss_sum += static_cast<double>(batch_loss) * n;
       seen += n;
@@ -389,6 +407,12 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     const Evaluation val = evaluate(graph, *loss, context, data.val, eval_batch);
     report.val_loss = val.loss;
     report.val_accuracy = val.accuracy;
+    Metrics metrics{{"train_loss", report.train_loss}, {"train_accuracy", report.train_accuracy}};
+    if (!data.val.labels.empty()) {
+      metrics["val_loss"] = report.val_loss;
+      metrics["val_accuracy"] = report.val_accuracy;
+    }
+    schedule->on_epoch_end(epoch, metrics);
 
     state.epoch = epoch + 1;
     state.history["train_loss"].push_back(report.train_loss);
