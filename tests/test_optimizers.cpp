@@ -10,11 +10,15 @@
 #define BOOST_TEST_MODULE optimizers
 #include <boost/test/unit_test.hpp>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <limits>
 #include <random>
 
+#include "strata/checkpoint.hpp"
 #include "strata/graph.hpp"
 #include "strata/optimizer.hpp"
+#include "strata/trainer.hpp"
 #include "test_support.hpp"
 
 using namespace strata;
@@ -560,6 +564,138 @@ BOOST_AUTO_TEST_CASE(plateau_errors) {
                         "mode: expected 'max' or 'min', found 'maximum'");
   STRATA_CHECK_CONTAINS(error_of([] { make_schedule("{type: plateau, factor: 1}", 1.0f); }),
                         "factor: must be in (0, 1), found 1");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// In the trainer: resume equivalence per optimizer, and the per-iteration learning rate
+// ------------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(training)
+
+namespace fs = std::filesystem;
+
+const char* kTinyExperiment = R"(
+seed: 4
+backend: reference
+threads: 1
+data: {type: synthetic, classes: 4, shape: [1, 8, 8], train_size: 420, test_size: 100, seed: 6,
+       validation: 100}
+model:
+  input: [1, 8, 8]
+  layers:
+    - {name: conv1, type: conv2d, out_channels: 4, kernel: 3, padding: 1, lr_mult: 0.5}
+    - {name: relu1, type: relu}
+    - {name: pool1, type: max_pool, kernel: 2}
+    - {name: fc1, type: linear, out_features: 4, decay_mult: {bias: 1}}
+optimizer:
+  type: sgd
+  lr: 0.05
+  schedule: {type: warmup, iterations: 15, start_factor: 0.2,
+             then: {type: plateau, metric: val_loss, patience: 0, factor: 0.5}}
+train: {epochs: 3, batch_size: 32, log_every: 3}
+)";
+
+TrainSummary run_tiny(const fs::path& out, bool resume,
+                      const std::vector<std::pair<std::string, std::string>>& sets) {
+  Config config = Config::parse_string(kTinyExperiment, "tiny.yaml");
+  for (const auto& [key, value] : sets) config.set(key, value);
+  TrainOptions options;
+  options.out_dir = out;
+  options.resume = resume;
+  options.progress = "none";
+  return train_experiment(config, registries(), options);
+}
+
+// Every dataset of `group` in both files, bit for bit.
+void check_group_identical(const fs::path& a, const fs::path& b, const std::string& group,
+                           std::vector<NamedTensor> tensors, const std::string& what) {
+  std::vector<NamedTensor> other;
+  for (const NamedTensor& t : tensors) other.push_back({t.name, Tensor(t.tensor.shape())});
+  load_checkpoint_tensors(a, group, tensors);
+  load_checkpoint_tensors(b, group, other);
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    BOOST_TEST(test::max_abs_diff(tensors[i].tensor, other[i].tensor) == 0.0f,
+               what << ": /" << group << "/" << tensors[i].name);
+  }
+}
+
+// For each optimizer: three epochs straight, and one epoch then a resume to three, give
+// bit-identical weights, optimizer state (step counts included), schedule state and history on
+// the reference backend. The plateau (patience 0, and an improvement must halve the validation
+// loss) halves the rate for epoch 3 at the end of epoch 2, from the state the first run saved.
+BOOST_AUTO_TEST_CASE(resume_is_bit_identical_for_every_optimizer) {
+  const std::string schedule =
+      "{type: warmup, iterations: 15, start_factor: 0.2, then: {type: plateau, metric: val_loss, "
+      "patience: 0, factor: 0.5, threshold: 0.5}}";
+  for (const char* optimizer :
+       {"{type: sgd, lr: 0.05, momentum: 0.9, nesterov: true, weight_decay: 0.001}",
+        "{type: adam, lr: 0.01, weight_decay: 0.001, amsgrad: true}", "{type: adamw, lr: 0.01}",
+        "{type: rmsprop, lr: 0.002, momentum: 0.5, centered: true, weight_decay: 0.001}",
+        "{type: adagrad, lr: 0.05, lr_decay: 0.01, initial_accumulator_value: 0.1}"}) {
+    test::TempDir straight, interrupted;
+    const std::vector<std::pair<std::string, std::string>> sets = {
+        {"optimizer", optimizer}, {"optimizer.schedule", schedule}};
+    auto with = [&](std::pair<std::string, std::string> extra) {
+      auto all = sets;
+      all.push_back(std::move(extra));
+      return all;
+    };
+    run_tiny(straight.path(), false, sets);
+    run_tiny(interrupted.path(), false, with({"train.epochs", "1"}));
+    run_tiny(interrupted.path(), true, sets);
+
+    // Objects of the same shapes name what to compare.
+    Rng rng(1);
+    Graph graph(yaml(kTinyExperiment).at("model"), registries(), "reference", rng);
+    auto optimizer_object = registries().optimizers.create(yaml(optimizer));
+    optimizer_object->setup(graph.params());
+    auto schedule_object = registries().schedules.create(yaml(schedule));
+    schedule_object->setup({0.05f, 3, 10, {"val_loss"}});
+    const fs::path a = straight / "model.h5", b = interrupted / "model.h5";
+    check_group_identical(a, b, "model", graph.state_tensors(), optimizer);
+    check_group_identical(a, b, "optimizer", optimizer_object->state(), optimizer);
+    check_group_identical(a, b, "schedule", schedule_object->state(), optimizer);
+
+    const auto state_a = load_checkpoint_training_state(a),
+               state_b = load_checkpoint_training_state(b);
+    BOOST_TEST_REQUIRE((state_a && state_b));
+    BOOST_TEST(state_a->iteration == 3 * 10);
+    BOOST_TEST(state_b->iteration == 3 * 10);
+    for (const char* metric :
+         {"train_loss", "val_loss", "lr", "iterations/iteration", "iterations/lr"}) {
+      BOOST_TEST(state_a->history.at(metric) == state_b->history.at(metric),
+                 optimizer << ": " << metric);
+    }
+    // The plateau acted: the last epoch ran below the base rate.
+    BOOST_TEST(state_a->history.at("lr").back() == 0.5 * optimizer_object->base_lr(), optimizer);
+  }
+}
+
+// With log_every 3, /history/iterations holds iterations 1, 4, 7, ... and the rate each used: the
+// warmup ramp over the first 15 iterations is visible in it.
+BOOST_AUTO_TEST_CASE(learning_rate_per_iteration_in_the_history) {
+  test::TempDir dir;
+  run_tiny(dir.path(), false,
+           {{"train.epochs", "2"}, {"optimizer.schedule.then", "{type: constant}"}});
+  const auto state = load_checkpoint_training_state(dir / "model.h5");
+  BOOST_TEST_REQUIRE(state.has_value());
+  const std::vector<double>& iterations = state->history.at("iterations/iteration");
+  const std::vector<double>& lr = state->history.at("iterations/lr");
+  BOOST_TEST_REQUIRE(iterations.size() == 7u);  // 20 iterations: 1, 4, ..., 19
+  BOOST_TEST_REQUIRE(lr.size() == iterations.size());
+  for (std::size_t k = 0; k < iterations.size(); ++k) {
+    BOOST_TEST(iterations[k] == 1.0 + 3.0 * static_cast<double>(k));
+    const double t = std::min(iterations[k] - 1.0, 15.0);
+    const double expected = 0.05 * (0.2 + 0.8 * t / 15.0);
+    BOOST_TEST(lr[k] == expected, boost::test_tools::tolerance(1e-6)
+                                      << "iteration " << iterations[k]);
+  }
+  STRATA_CHECK_CONTAINS(error_of([&] {
+                          run_tiny(dir.path(), false, {{"train.log_every", "0"}});
+                        }),
+                        "train.log_every: must be at least 1");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
