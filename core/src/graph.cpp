@@ -68,6 +68,56 @@ void apply_multiplier(const Multiplier& m, std::string_view key, const std::stri
   }
 }
 
+// The initializer a layer asks for in Param::default_init: a type name ("he_normal") or a flow
+// map with settings ("{type: constant, value: 1}"). Parsed as the value of a key, so both forms
+// go through the same Config checks (unknown type, unknown or ill-typed settings).
+std::shared_ptr<Initializer> default_initializer(const Registries& registries,
+                                                 const std::string& layer, const Param& param) {
+  const std::string source =
+      fmt::format("layer '{}', default initializer of parameter '{}'", layer, param.name);
+  if (param.default_init.empty()) fail("{}: the layer gave no initializer", source);
+  const Config spec = Config::parse_string("init: " + param.default_init, source).at("init");
+  if (spec.is_scalar()) {
+    try {
+      return registries.initializers.create(spec.as<std::string>(), Config{});
+    } catch (const Error& error) {
+      fail("{}: {}", source, error.what());
+    }
+  }
+  if (!spec.is_map()) spec.fail("expected an initializer type or a map {type: ..., ...}");
+  return registries.initializers.create(spec);
+}
+
+bool valid_utf8(std::string_view text) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    std::size_t length = byte < 0x80 ? 1 : (byte >> 5) == 0x6 ? 2 : (byte >> 4) == 0xE ? 3
+                                     : (byte >> 3) == 0x1E ? 4 : 0;
+    if (length == 0 || i + length > text.size()) return false;
+    for (std::size_t k = 1; k < length; ++k) {
+      if ((static_cast<unsigned char>(text[i + k]) >> 6) != 0x2) return false;
+    }
+    i += length;
+  }
+  return true;
+}
+
+// Why `name` cannot name a layer, or "" when it can. A layer name becomes an HDF5 path component
+// in the checkpoint (/model/<layer>/weight), so it is checked here, at graph build, rather than at
+// the first save after an epoch of training.
+std::string invalid_layer_name(const std::string& name) {
+  if (name.empty()) return "it is empty";
+  if (name == "input") return "'input' is reserved for the model input";
+  if (name == "." || name == "..") return "'.' and '..' are not valid HDF5 path components";
+  if (name.find('/') != std::string::npos) return "it contains '/' (the checkpoint's path separator)";
+  for (char c : name) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return "it contains a control character";
+  }
+  if (!valid_utf8(name)) return "it is not valid UTF-8";
+  return "";
+}
+
 }  // namespace
 
 Graph::Graph(const Config& model, const Registries& registries, std::string backend, Rng& init_rng)
@@ -87,8 +137,11 @@ Graph::Graph(const Config& model, const Registries& registries, std::string back
     if (!item.is_map()) item.fail("expected a map describing a layer");
     std::string name = item.has("name") ? item.get<std::string>("name")
                                         : fmt::format("{}{}", item.get<std::string>("type"), index);
-    if (name == "input" || name.empty() || name.find('/') != std::string::npos) {
-      item.fail_key("name", fmt::format("'{}' cannot name a layer (reserved, empty or contains '/')", name));
+    if (const std::string why = invalid_layer_name(name); !why.empty()) {
+      // Quote the name only when printing it cannot garble the terminal.
+      const bool printable = why.find("UTF-8") == std::string::npos && why.find("control") == std::string::npos;
+      item.fail_key("name", fmt::format("{} cannot name a layer: {}",
+                                        printable ? "'" + name + "'" : std::string("this name"), why));
     }
     if (index_of(name) >= 0) {
       item.fail_key("name", fmt::format("duplicate layer name '{}'", name));
@@ -117,6 +170,10 @@ Graph::Graph(const Config& model, const Registries& registries, std::string back
     std::optional<Config> init = item.find("init");
     std::map<std::string, std::shared_ptr<Initializer>> custom_initializers;
     if (init) {
+      if (!init->is_map()) {
+        init->fail("expected a map from parameter name to initializer, such as {weight: {type: "
+                   "normal, std: 0.01}}");
+      }
       for (const std::string& key : init->keys()) {
         custom_initializers.emplace(key, registries.initializers.create(*init->find(key)));
       }
@@ -145,7 +202,7 @@ Graph::Graph(const Config& model, const Registries& registries, std::string back
       auto custom = custom_initializers.find(param->name);
       auto initializer = custom != custom_initializers.end()
                              ? custom->second
-                             : registries.initializers.create(param->default_init, Config{});
+                             : default_initializer(registries, name, *param);
       initializer->fill(param->value, param->fan_in, param->fan_out, init_rng);
     }
     const std::vector<Param*> layer_params = node.layer->params();

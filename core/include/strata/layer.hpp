@@ -29,15 +29,22 @@ namespace strata {
 using Rng = std::mt19937;
 
 // A learnable parameter. Names and shapes follow PyTorch ("weight" [out, in, kh, kw], "bias").
+//
+// default_init is the initializer used when the experiment's `init:` names none, written as in
+// an experiment file (flow YAML), so a plugin can give settings without touching yaml-cpp:
+//   "he_normal"                         a type with its default settings
+//   "{type: constant, value: 1}"        a type with settings (batch norm's weight)
+// The Graph builds it through the initializer registry; a bad spec is an Error naming the layer
+// and the parameter.
 struct Param {
   std::string name;
   Tensor value;
   Tensor grad;
-  std::string default_init;  // initializer type used when the experiment names none
+  std::string default_init;  // initializer spec used when the experiment names none (see above)
   int64_t fan_in = 0;
   int64_t fan_out = 0;
   float lr_mult = 1.0f;     // scales the learning rate for this parameter
-  float decay_mult = 1.0f;  // scales weight decay (0 for biases by default)
+  float decay_mult = 1.0f;  // scales weight decay: 0 excludes the parameter (biases, batch norm)
   bool frozen = false;      // `freeze: true` in the experiment: optimizers leave it untouched
 
   // value and grad of `shape`, zero-filled.
