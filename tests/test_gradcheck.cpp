@@ -68,7 +68,7 @@ BOOST_AUTO_TEST_CASE(a_correct_model_with_kinks_and_dropout_passes) {
   BOOST_TEST(tensors.count("conv2/weight") == 1u);
   for (const auto& [name, t] : tensors) {
     BOOST_TEST(t.checked == std::min<int64_t>(t.entries, 200), name);
-    BOOST_TEST(t.max_error < 1e-2, name);
+    BOOST_TEST(t.within >= (t.checked - t.kinks) * 95 / 100, name);
   }
 }
 

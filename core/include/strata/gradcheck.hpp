@@ -19,8 +19,13 @@
 // that straddles a kink is wrong by up to the size of the gradient. An entry whose error exceeds
 // threshold / 4 is therefore measured again with 4 eps: if the two differences disagree with
 // each other by more than threshold / 4, the function is not smooth around v, and the entry is
-// counted as a kink and left out; if they agree, the error stands. A tensor fails if any entry
-// fails, or if more than a quarter of its entries are kinks (then too little was checked).
+// counted as a kink and left out; if they agree, the error stands. In a real network a weight of
+// the first layer moves thousands of relu and max-pool decisions, and a few entries straddle
+// several kinks at once, which the second step does not always expose. So a tensor passes when at
+// least 95% of its entries off kinks are within the threshold, and at most half of its checked
+// entries are kinks (else too little was checked). A wrong backward() fails nearly every entry;
+// a bug confined to fewer than 5% of a tensor's entries can pass (the "within" percentage and the
+// "max rel err" column still show it).
 //
 // Dropout and other stochastic layers run in training mode with the random generator reseeded
 // before every forward pass, so each evaluation draws the same mask.
@@ -54,6 +59,7 @@ struct TensorGradcheck {
   int64_t entries = 0;   // elements of the tensor
   int64_t checked = 0;   // entries compared (kinks included)
   int64_t kinks = 0;     // entries left out because a kink lay within eps
+  int64_t within = 0;    // entries off kinks whose relative error is within the threshold
   double max_error = 0;  // largest relative error over the compared entries that were not kinks
   int64_t worst_index = -1;
   double worst_numerical = 0, worst_analytic = 0;
