@@ -263,6 +263,7 @@ input: [3, 6, 6]
 layers:
   - {name: conv1, type: conv2d, out_channels: 4, kernel: 3, lr_mult: 0.1, freeze: true}
   - {name: relu1, type: relu, freeze: true}
+  - {name: bn1, type: batch_norm}
   - {name: fc1, type: linear, out_features: 5, lr_mult: {bias: 2}, decay_mult: {weight: 3}}
   - {name: fc2, type: linear, out_features: 3, decay_mult: 0.5}
   - {name: fc3, type: linear, out_features: 2}
@@ -274,6 +275,7 @@ layers:
     bool frozen;
   };
   const Expect expected[] = {{"conv1/weight", 0.1f, 1.0f, true}, {"conv1/bias", 0.1f, 0.0f, true},
+                             {"bn1/weight", 1.0f, 0.0f, false},  {"bn1/bias", 1.0f, 0.0f, false},
                              {"fc1/weight", 1.0f, 3.0f, false},  {"fc1/bias", 2.0f, 0.0f, false},
                              {"fc2/weight", 1.0f, 0.5f, false},  {"fc2/bias", 1.0f, 0.5f, false},
                              {"fc3/weight", 1.0f, 1.0f, false},  {"fc3/bias", 1.0f, 0.0f, false}};
