@@ -1458,24 +1458,6 @@ BOOST_AUTO_TEST_CASE(config_errors) {
       contains(error("{type: sgd, lr: 0.1, weight_decay: -1}"), "weight_decay: must be >= 0"));
 }
 
-BOOST_AUTO_TEST_CASE(step_schedule) {
-  auto step = registries().schedules.create(yaml("{type: step, step_size: 3, gamma: 0.5}"));
-  const float expected[] = {0.2f, 0.2f, 0.2f, 0.1f, 0.1f, 0.1f, 0.05f, 0.05f};
-  for (int64_t epoch = 0; epoch < 8; ++epoch) {
-    BOOST_TEST(step->lr(0.2f, epoch, epoch * 100, 100) == expected[epoch],
-               boost::test_tools::tolerance(1e-6f));
-  }
-  auto default_gamma = registries().schedules.create(yaml("{type: step, step_size: 2}"));
-  BOOST_TEST(default_gamma->lr(1.0f, 5, 0, 1) == 0.01f, boost::test_tools::tolerance(1e-6f));
-  auto constant = registries().schedules.create(yaml("{type: constant}"));
-  BOOST_TEST(constant->lr(0.3f, 17, 1000, 60) == 0.3f);
-  BOOST_TEST(contains(error_of([] { registries().schedules.create(yaml("{type: step}")); }),
-                      "missing required key 'step_size'"));
-  BOOST_TEST(
-      contains(error_of([] { registries().schedules.create(yaml("{type: step, step_size: 0}")); }),
-               "step_size: must be at least 1"));
-}
-
 BOOST_AUTO_TEST_SUITE_END()
 
 // ------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ int run_plugins(Session& session, const std::vector<std::string>& args);
 int run_bench(Session& session, const std::vector<std::string>& args);
 int run_check_plugin(Session& session, const std::vector<std::string>& args);
 int run_search(Session& session, const std::vector<std::string>& args);
+int run_gradcheck(Session& session, const std::vector<std::string>& args);
 
 namespace {
 
@@ -36,6 +37,7 @@ const Command kCommands[] = {
     {"plugins", "list the loaded plugins and the types they register", run_plugins},
     {"bench", "time a model's training step per layer on synthetic data", run_bench},
     {"check-plugin", "run the layer conformance checks on a plugin's layers", run_check_plugin},
+    {"gradcheck", "check the model's backward() against finite differences", run_gradcheck},
 };
 
 void print_usage(std::FILE* out) {

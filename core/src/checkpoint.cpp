@@ -449,9 +449,10 @@ std::string expecting_party(const FileContext& context, const std::string& group
   if (group == "model") return "the model";
   if (group == "optimizer") return "the optimizer";
   if (group == "preprocess") return "the preprocessing";
+  if (group == "schedule") return "the learning-rate schedule";
   context.fail(fmt::format(
-      "cannot load tensors of group '{}': a checkpoint has the groups model, optimizer and "
-      "preprocess",
+      "cannot load tensors of group '{}': a checkpoint has the groups model, optimizer, "
+      "preprocess and schedule",
       group));
 }
 
@@ -699,6 +700,7 @@ void save_checkpoint(const fs::path& path, const Checkpoint& checkpoint) {
   add_paths(context, "/model", checkpoint.model, paths);
   add_paths(context, "/optimizer", checkpoint.optimizer, paths);
   add_paths(context, "/preprocess", checkpoint.preprocess, paths);
+  add_paths(context, "/schedule", checkpoint.schedule, paths);
   if (checkpoint.training) {
     for (const auto& [metric, values] : checkpoint.training->history) {
       validate_name(context, "/history", metric);
@@ -708,7 +710,8 @@ void save_checkpoint(const fs::path& path, const Checkpoint& checkpoint) {
   check_paths_distinct(context, paths);
 
   std::size_t data_bytes = tensor_bytes(checkpoint.model) + tensor_bytes(checkpoint.optimizer) +
-                           tensor_bytes(checkpoint.preprocess) + checkpoint.experiment_yaml.size();
+                           tensor_bytes(checkpoint.preprocess) + tensor_bytes(checkpoint.schedule) +
+                           checkpoint.experiment_yaml.size();
   if (checkpoint.training) {
     data_bytes += checkpoint.training->rng_state.size();
     for (const auto& [metric, values] : checkpoint.training->history) {
@@ -723,7 +726,8 @@ void save_checkpoint(const fs::path& path, const Checkpoint& checkpoint) {
     const std::pair<const char*, const std::vector<NamedTensor>*> groups[] = {
         {"/model", &checkpoint.model},
         {"/optimizer", &checkpoint.optimizer},
-        {"/preprocess", &checkpoint.preprocess}};
+        {"/preprocess", &checkpoint.preprocess},
+        {"/schedule", &checkpoint.schedule}};
     for (const auto& [root, tensors] : groups) {
       create_group(context, file, root);
       for (const NamedTensor& entry : *tensors) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <map>
 
 #include "strata/registry.hpp"
@@ -22,6 +23,56 @@ std::vector<std::string> read_input_names(const Config& item) {
   if (!inputs) return {};
   if (inputs->is_scalar()) return {inputs->as<std::string>()};
   return inputs->as<std::vector<std::string>>();
+}
+
+// A layer's `lr_mult` or `decay_mult`: a number for every parameter of the layer, or a map from
+// parameter name to number. Read before the layer is built (they are the graph's keys, not the
+// layer's); applied, and the names checked, after setup().
+struct Multiplier {
+  std::optional<Config> config;
+  std::optional<float> all;
+  std::map<std::string, float> per_param;
+};
+
+float read_multiplier_value(const Config& parent, std::string_view key, double value) {
+  if (!(value >= 0.0) || !std::isfinite(value)) {
+    parent.fail_key(key, fmt::format("must be a finite number >= 0, found {}", value));
+  }
+  return static_cast<float>(value);
+}
+
+Multiplier read_multiplier(const Config& item, std::string_view key) {
+  Multiplier m;
+  m.config = item.find(key);
+  if (!m.config) return m;
+  if (m.config->is_scalar()) {
+    m.all = read_multiplier_value(item, key, item.get<double>(key));
+  } else if (m.config->is_map()) {
+    for (const std::string& name : m.config->keys()) {
+      m.per_param[name] = read_multiplier_value(*m.config, name, m.config->get<double>(name));
+    }
+  } else {
+    item.fail_key(key, "expected a number (every parameter of the layer) or a map from parameter "
+                       "name to number, e.g. {weight: 1, bias: 2}");
+  }
+  return m;
+}
+
+// Applies `m` to `field` of each parameter; a name in the map that the layer lacks is an error.
+void apply_multiplier(const Multiplier& m, std::string_view key, const std::string& layer_name,
+                      const std::vector<Param*>& params, float Param::*field) {
+  std::vector<std::string> names;
+  for (Param* param : params) {
+    names.push_back(param->name);
+    if (m.all) param->*field = *m.all;
+    if (auto it = m.per_param.find(param->name); it != m.per_param.end()) param->*field = it->second;
+  }
+  for (const auto& [name, value] : m.per_param) {
+    if (std::find(names.begin(), names.end(), name) == names.end()) {
+      m.config->fail_key(name, fmt::format("layer '{}' has no parameter '{}' ({})\n  {}", layer_name,
+                                           name, key, suggestion_text(name, names, "parameters")));
+    }
+  }
 }
 
 // The initializer a layer asks for in Param::default_init: a type name ("he_normal") or a flow
@@ -134,6 +185,10 @@ Graph::Graph(const Config& model, const Registries& registries, std::string back
         custom_initializers.emplace(key, registries.initializers.create(*init->find(key)));
       }
     }
+    // lr_mult, decay_mult and freeze are the graph's keys too (training settings of the layer).
+    const Multiplier lr_mult = read_multiplier(item, "lr_mult");
+    const Multiplier decay_mult = read_multiplier(item, "decay_mult");
+    const bool freeze = item.get<bool>("freeze", false);
     node.layer = registries.layers.create(item);
     node.layer->set_name(name);
     try {
@@ -157,6 +212,10 @@ Graph::Graph(const Config& model, const Registries& registries, std::string back
                              : default_initializer(registries, name, *param);
       initializer->fill(param->value, param->fan_in, param->fan_out, init_rng);
     }
+    const std::vector<Param*> layer_params = node.layer->params();
+    apply_multiplier(lr_mult, "lr_mult", name, layer_params, &Param::lr_mult);
+    apply_multiplier(decay_mult, "decay_mult", name, layer_params, &Param::decay_mult);
+    for (Param* param : layer_params) param->frozen = freeze;
     if (init) {
       for (const auto& [key, initializer] : custom_initializers) {
         if (std::find(param_names.begin(), param_names.end(), key) == param_names.end()) {
@@ -244,11 +303,33 @@ void Graph::backward(Context& context, const Tensor& doutput) {
     fail("backward: the output gradient has shape {} but the output is {}", doutput.shape().str(),
          outputs_.back().shape().str());
   }
+  // A node's backward runs only when a gradient must flow through it: it has a parameter that
+  // is not frozen, or one of its inputs does (or is the model input and its gradient is wanted).
+  // A frozen front of the network thus costs no backward at all.
+  flows_.assign(nodes_.size(), 0);
+  int input_consumers = 0;
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    bool flows = false;
+    for (const Param* param : nodes_[i].layer->params()) flows = flows || !param->frozen;
+    for (int producer : nodes_[i].inputs) {
+      flows = flows || (producer < 0 ? input_gradient_ : flows_[producer] != 0);
+      input_consumers += producer < 0;
+    }
+    flows_[i] = flows;
+  }
+  Tensor input_scratch;
+  if (input_gradient_) {
+    const Shape shape = input_.shape();
+    if (input_gradient_storage_.shape() != shape) input_gradient_storage_ = Tensor(shape);
+    input_gradient_storage_.fill(0.0f);
+    if (input_consumers > 1) input_scratch = Tensor(shape);
+  }
   // Tensors read by several layers accumulate their gradient: start those at zero.
   for (std::size_t i = 0; i < nodes_.size(); ++i) {
-    if (nodes_[i].consumers > 1) grads_[i].fill(0.0f);
+    if (nodes_[i].consumers > 1 && flows_[i]) grads_[i].fill(0.0f);
   }
   for (std::size_t i = nodes_.size(); i-- > 0;) {
+    if (!flows_[i]) continue;
     Node& node = nodes_[i];
     if (i + 1 != nodes_.size() && node.consumers == 0) {
       // Nothing reads this layer's output (a side branch kept for `strata forward --layers`):
@@ -265,7 +346,12 @@ void Graph::backward(Context& context, const Tensor& doutput) {
     for (std::size_t j = 0; j < node.inputs.size(); ++j) {
       const int producer = node.inputs[j];
       if (producer < 0) {
-        node.din[j] = Tensor();  // nobody needs the gradient of the model input
+        // The gradient of the model input is computed only on request (gradient checking).
+        node.din[j] = !input_gradient_        ? Tensor()
+                      : input_consumers > 1 ? input_scratch
+                                            : input_gradient_storage_;
+      } else if (!flows_[producer]) {
+        node.din[j] = Tensor();  // nothing before it learns: skip that work
       } else {
         node.din[j] = nodes_[producer].consumers > 1 ? scratch_[producer] : grads_[producer];
       }
@@ -273,11 +359,20 @@ void Graph::backward(Context& context, const Tensor& doutput) {
     node.layer->backward(context, node.in, outputs_[i], dout, node.din);
     for (std::size_t j = 0; j < node.inputs.size(); ++j) {
       const int producer = node.inputs[j];
-      if (producer >= 0 && nodes_[producer].consumers > 1) {
-        float* sum = grads_[producer].data();
-        const float* part = scratch_[producer].data();
-        const int64_t n = grads_[producer].numel();
-        for (int64_t k = 0; k < n; ++k) sum[k] += part[k];
+      Tensor* sum = nullptr;
+      const Tensor* part = nullptr;
+      if (producer >= 0 && flows_[producer] && nodes_[producer].consumers > 1) {
+        sum = &grads_[producer];
+        part = &scratch_[producer];
+      } else if (producer < 0 && input_gradient_ && input_consumers > 1) {
+        sum = &input_gradient_storage_;
+        part = &input_scratch;
+      }
+      if (sum != nullptr) {
+        float* total = sum->data();
+        const float* share = part->data();
+        const int64_t n = sum->numel();
+        for (int64_t k = 0; k < n; ++k) total[k] += share[k];
       }
     }
     if (profile_ != nullptr) profile_->backward_seconds[i] += seconds_since(start);
@@ -287,6 +382,13 @@ void Graph::backward(Context& context, const Tensor& doutput) {
 void Graph::set_profile(GraphProfile* profile) {
   profile_ = profile;
   if (profile_ != nullptr) profile_->reset(nodes_.size());
+}
+
+const Tensor& Graph::input_gradient() const {
+  if (!input_gradient_ || !input_gradient_storage_.defined() || input_gradient_storage_.numel() == 0) {
+    fail("no input gradient: call set_input_gradient(true), then forward() and backward()");
+  }
+  return input_gradient_storage_;
 }
 
 const Tensor& Graph::activation(std::string_view layer_name) const {

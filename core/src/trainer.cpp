@@ -477,6 +477,13 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   const int64_t train_n = static_cast<int64_t>(data.train.labels.size());
   const int64_t steps = (train_n + batch_size - 1) / batch_size;
   TrainingState state;
+  SchedulePlan plan;
+  plan.base_lr = optimizer->base_lr();
+  plan.epochs = epochs;
+  plan.iterations_per_epoch = steps;
+  plan.metrics = {"train_loss", "train_accuracy"};
+  if (!data.val.labels.empty()) plan.metrics.insert(plan.metrics.end(), {"val_loss", "val_accuracy"});
+  schedule->setup(plan);
   int64_t saved_epoch = -1;  // the epoch model.h5 holds; -1: this run has not written one
   if (resuming) {
     auto saved = load_checkpoint_training_state(checkpoint_path);
@@ -487,6 +494,9 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     std::vector<NamedTensor> optimizer_state = optimizer->state();
     load_checkpoint_tensors(checkpoint_path, "optimizer", optimizer_state, false,
                             options.allow_nonfinite);
+    // A plateau schedule's best value is +-inf until a metric was finite: not a sign of damage.
+    std::vector<NamedTensor> schedule_state = schedule->state();
+    load_checkpoint_tensors(checkpoint_path, "schedule", schedule_state, false, true);
     state = *saved;
     saved_epoch = state.epoch;
     std::istringstream rng_text(state.rng_state);
@@ -501,6 +511,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     Checkpoint checkpoint;
     checkpoint.model = graph.state_tensors();
     checkpoint.optimizer = optimizer->state();
+    checkpoint.schedule = schedule->state();
     checkpoint.preprocess = preprocess_state;
     checkpoint.experiment_yaml = experiment_yaml;
     std::ostringstream rng_text;
@@ -590,7 +601,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     std::iota(order.begin(), order.end(), 0);
     if (shuffle) std::shuffle(order.begin(), order.end(), rng);
     loader.start_epoch(epoch, order);
-    const float lr = schedule->lr(optimizer->base_lr(), epoch, state.iteration, steps);
+    float lr = 0;
     const auto epoch_start = Clock::now();
     double loss_sum = 0;
     int64_t correct = 0, seen = 0;
@@ -599,6 +610,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       const int64_t n = batch.size();
       Tensor dl = n == batch_size ? dlogits : dlogits.batch_slice(0, n);
 
+      lr = schedule->lr(epoch, state.iteration);
       context.training = true;
       const Tensor& logits = graph.forward(context, batch.images);
       const float batch_loss = loss->forward_backward(logits, batch.labels, &dl);
@@ -620,8 +632,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       graph.backward(context, dl);
       const bool measure = diagnostics_every > 0 && (state.iteration + 1) % diagnostics_every == 0;
       if (measure) diagnostics.before_step();
-      const float step_lr = schedule->lr(optimizer->base_lr(), epoch, state.iteration, steps);
-      optimizer->step(step_lr);
+      optimizer->step(lr);
       ++state.iteration;
       if (measure) {
         const std::vector<LayerDiagnostics> results = diagnostics.after_step();
@@ -635,7 +646,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
         state.history["iterations/iteration"].push_back(static_cast<double>(state.iteration));
         state.history["iterations/loss"].push_back(batch_loss);
         state.history["iterations/regularization"].push_back(optimizer->regularization_loss());
-        state.history["iterations/lr"].push_back(step_lr);
+        state.history["iterations/lr"].push_back(lr);
       }
       loss_sum += static_cast<double>(batch_loss) * n;
       seen += n;
@@ -656,6 +667,12 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     report.val_accuracy = val.accuracy;
     check_not_diverged(report.epoch, report.train_loss, report.val_loss, !data.val.labels.empty(),
                        graph.state_tensors(), optimizer->state(), checkpoint_path, saved_epoch);
+    Metrics metrics{{"train_loss", report.train_loss}, {"train_accuracy", report.train_accuracy}};
+    if (!data.val.labels.empty()) {
+      metrics["val_loss"] = report.val_loss;
+      metrics["val_accuracy"] = report.val_accuracy;
+    }
+    schedule->on_epoch_end(epoch, metrics);
 
     state.epoch = epoch + 1;
     static_assert(std::size(kHistorySeries) == 8, "every series below is listed in kHistorySeries");

@@ -1,4 +1,4 @@
-// The "sgd" plugin: stochastic gradient descent and the learning-rate schedules.
+// The "sgd" plugin: stochastic gradient descent (the schedules live in the "schedules" plugin).
 //
 // sgd — the update of PyTorch's torch.optim.SGD with dampening 0, per parameter w with gradient
 // g, multipliers lr_mult and decay_mult from its layer:
@@ -12,15 +12,10 @@
 //   state(): one "<param key>/momentum" tensor per parameter when momentum > 0.
 //   regularization_loss(): 0.5 * weight_decay * sum decay_mult * ||w||^2, the L2 term whose
 //   gradient the update adds.
-//
-// Schedules, as a function of the epoch (counted from 0):
-//   constant  lr = base
-//   step      lr = base * gamma^floor(epoch / step_size)   keys: step_size (epochs, required, >=
-//   1),
-//                                                          gamma (0.1, > 0)
+//   A frozen parameter (`freeze: true` on its layer) is skipped: no update, its momentum stays.
+
 #include <fmt/format.h>
 
-#include <cmath>
 #include <string>
 #include <vector>
 
@@ -65,6 +60,7 @@ class Sgd final : public Optimizer {
     const auto mu = static_cast<float>(momentum_);
     for (std::size_t p = 0; p < params_.size(); ++p) {
       Param& param = *params_[p].param;
+      if (param.frozen) continue;
       if (param.grad.numel() != param.value.numel()) {
         fail("sgd: {} has {} gradient values for {} parameters", params_[p].key, param.grad.numel(),
              param.value.numel());
@@ -108,37 +104,8 @@ class Sgd final : public Optimizer {
   std::vector<Tensor> velocity_;  // parallel to params_, empty without momentum
 };
 
-class ConstantSchedule final : public Schedule {
- public:
-  explicit ConstantSchedule(const Config&) {}
-  float lr(float base_lr, int64_t, int64_t, int64_t) const override { return base_lr; }
-};
-
-class StepSchedule final : public Schedule {
- public:
-  explicit StepSchedule(const Config& config)
-      : step_size_(config.get<int64_t>("step_size")), gamma_(config.get<double>("gamma", 0.1)) {
-    if (step_size_ < 1) {
-      config.fail_key("step_size", fmt::format("must be at least 1 epoch, found {}", step_size_));
-    }
-    if (!(gamma_ > 0.0))
-      config.fail_key("gamma", fmt::format("must be positive, found {}", gamma_));
-  }
-
-  float lr(float base_lr, int64_t epoch, int64_t, int64_t) const override {
-    const int64_t decays = epoch / step_size_;
-    return static_cast<float>(base_lr * std::pow(gamma_, static_cast<double>(decays)));
-  }
-
- private:
-  int64_t step_size_;
-  double gamma_;
-};
-
 void register_all(Registries& registries) {
   registries.optimizers.add<Sgd>("sgd");
-  registries.schedules.add<ConstantSchedule>("constant");
-  registries.schedules.add<StepSchedule>("step");
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 //   /model/<layer>/<name>  float32 parameters and buffers, PyTorch names and shapes
 //   /optimizer/<layer>/<param>/<slot>   optimizer state (momentum buffers, ...)
 //   /preprocess/<index>.<type>/<name>   fitted preprocessing statistics
+//   /schedule/<name>       learning-rate schedule state (plateau's best value, ...)
 //   /training              attrs: epoch, iteration, rng_state; present when saved by the trainer
 //   /history/<metric>      float64 [epochs], per-epoch metrics
 //
@@ -37,6 +38,7 @@ struct Checkpoint {
   std::vector<NamedTensor> model;       // "<layer>/<name>"
   std::vector<NamedTensor> optimizer;   // "<layer>/<param>/<slot>"
   std::vector<NamedTensor> preprocess;  // "<index>.<type>/<name>"
+  std::vector<NamedTensor> schedule;    // "<name>", e.g. "best" or "then/best" (nested schedule)
   std::string experiment_yaml;
   std::optional<TrainingState> training;
 };
@@ -44,7 +46,7 @@ struct Checkpoint {
 // Atomic save (see above). Errors name the path.
 void save_checkpoint(const std::filesystem::path& path, const Checkpoint& checkpoint);
 
-// Reads the datasets of group `group` ("model", "optimizer" or "preprocess") into `into`:
+// Reads the datasets of group `group` ("model", "optimizer", "preprocess" or "schedule") into `into`:
 // every name must exist with exactly the tensor's shape, else an Error such as
 //   checkpoint runs/a/model.h5: /model/fc1/weight has shape [120, 256] but the model expects [120, 400]
 // Datasets in the file that `into` does not name are an error too (a different model), unless

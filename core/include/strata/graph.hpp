@@ -55,8 +55,15 @@ class Graph {
 
   // Runs every layer on `input` [N, C, H, W]; returns the last layer's output.
   const Tensor& forward(Context& context, const Tensor& input);
-  // Back-propagates `doutput` (gradient of the last layer's output). Fills every Param::grad.
+  // Back-propagates `doutput` (gradient of the last layer's output). Fills Param::grad of every
+  // parameter that is not frozen. A layer runs no backward when nothing before it (or in it)
+  // learns, so the gradients of frozen parameters are left as they were unless a trainable layer
+  // further up makes the gradient pass through their layer anyway.
   void backward(Context& context, const Tensor& doutput);
+  // Whether backward() also computes the gradient of the model input (off by default; gradient
+  // checking turns it on). input_gradient() is that gradient after the last backward().
+  void set_input_gradient(bool wanted) { input_gradient_ = wanted; }
+  const Tensor& input_gradient() const;
   // A layer's output from the last forward().
   const Tensor& activation(std::string_view layer_name) const;
   // Attaches a profile (sized to size() by the graph) or detaches it (nullptr). The backward time
@@ -88,6 +95,10 @@ class Graph {
   std::vector<Tensor> outputs_, grads_, scratch_;  // views for the current batch
   Tensor input_;                                   // view of the current input
   GraphProfile* profile_ = nullptr;
+  Tensor input_;                                         // view of the current input
+  bool input_gradient_ = false;
+  Tensor input_gradient_storage_;  // d(output)/d(input) when input_gradient_ is set
+  std::vector<char> flows_;        // per node: does a gradient flow through it (last backward)
 };
 
 }  // namespace strata

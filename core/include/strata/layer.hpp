@@ -46,6 +46,7 @@ struct Param {
   int64_t fan_out = 0;
   float lr_mult = 1.0f;     // scales the learning rate for this parameter
   float decay_mult = 1.0f;  // scales weight decay: 0 excludes the parameter (biases, batch norm)
+  bool frozen = false;      // `freeze: true` in the experiment: optimizers leave it untouched
 
   // value and grad of `shape`, zero-filled.
   static Param make(std::string name, Shape shape, std::string default_init, int64_t fan_in,

@@ -1,7 +1,14 @@
 // strata/optimizer.hpp: optimizers and learning-rate schedules.
+//
+// One training step: the trainer asks the Schedule for the rate of this iteration, then calls
+// Optimizer::step(lr). After each epoch's evaluation it hands the epoch's metrics to
+// Schedule::on_epoch_end() (ReduceLROnPlateau-style schedules react to them). Both objects expose
+// their state as float32 tensors, which the checkpoint stores (/optimizer and /schedule) and a
+// resumed run loads back before its first step, so a resumed run continues bit for bit.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -16,6 +23,8 @@ struct ParamRef {
   Param* param;
 };
 
+// Every optimizer honours, per parameter: Param::frozen (no update, no state change, no step
+// count), lr_mult (scales the learning rate) and decay_mult (scales weight_decay).
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
@@ -26,6 +35,8 @@ class Optimizer {
   // The learning rate from the config (`lr`), which schedules scale.
   virtual float base_lr() const = 0;
   // Per-parameter state to checkpoint, named "<param key>/<slot>" ("conv1/weight/momentum").
+  // The tensors alias the optimizer's own state: loading into them restores it. Step counts are
+  // rank-0 tensors (float32, exact up to 2^24 steps), as torch.optim keeps them.
   virtual std::vector<NamedTensor> state() = 0;
   // The regularization term the update minimizes besides the data loss, reported beside it
   // (the trainer's "regularization"): for an L2 penalty applied as grad += weight_decay *
@@ -38,11 +49,34 @@ class Optimizer {
 // core/src/diagnostics.cpp).
 double l2_penalty(std::span<const ParamRef> params, double weight_decay);
 
-// Learning rate as a function of progress. `epoch` counts from 0; `iteration` is global.
+// What a run looks like, for schedules that span it (cosine) or check metric names (plateau).
+struct SchedulePlan {
+  float base_lr = 0;                 // the optimizer's `lr`
+  int64_t epochs = 0;                // train.epochs
+  int64_t iterations_per_epoch = 0;  // optimizer steps per epoch
+  std::vector<std::string> metrics;  // names on_epoch_end() will receive
+};
+
+// Metric name -> value of one finished epoch: train_loss, train_accuracy, and with a validation
+// split val_loss, val_accuracy.
+using Metrics = std::map<std::string, double>;
+
+// The learning rate as the run goes on. Schedules may keep state (the current rate, the best
+// metric so far); they keep it in float32 so that state() round-trips through a checkpoint
+// exactly.
 class Schedule {
  public:
   virtual ~Schedule() = default;
-  virtual float lr(float base_lr, int64_t epoch, int64_t iteration, int64_t iterations_per_epoch) const = 0;
+  // Once, before the first lr() call and before a resumed run loads state().
+  virtual void setup(const SchedulePlan& plan) = 0;
+  // The rate for the optimizer step with global 0-based index `iteration`, taken during the
+  // 0-based `epoch`. Called once per step, in order.
+  virtual float lr(int64_t epoch, int64_t iteration) = 0;
+  // After the evaluation that ends the 0-based `epoch`, before the checkpoint is written.
+  virtual void on_epoch_end(int64_t /*epoch*/, const Metrics& /*metrics*/) {}
+  // State to checkpoint under /schedule ("best", "num_bad_epochs", ...), aliasing the schedule's
+  // own storage; empty for schedules that are a function of the epoch and iteration alone.
+  virtual std::vector<NamedTensor> state() { return {}; }
 };
 
 }  // namespace strata
