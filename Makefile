@@ -1,6 +1,8 @@
 # Strata: the two commands of the quick start.
 #   make run    install missing packages, build (Release, in build/), train the default experiment
 #   make test   install missing packages, build, run the whole test suite through ctest
+#   make install  build, then install the tool, plugins, libstrata_core, headers, CMake package
+#               and strata-plot into PREFIX (default $(HOME)/.local; PREFIX=/usr/local works too)
 #
 # Everything a fresh Debian 12 machine needs is listed here; `deps` installs only what is missing
 # and says nothing when nothing is.
@@ -9,14 +11,16 @@ BUILD_DIR  ?= build
 EXPERIMENT ?= experiments/lenet5_fashion.yaml
 RUN_DIR    ?= runs/lenet5_fashion
 JOBS       ?= $(shell nproc)
+PREFIX     ?= $(HOME)/.local
 
 BUILD_PACKAGES := build-essential cmake ninja-build pkg-config git \
                   libboost-dev libboost-test-dev libboost-program-options-dev nlohmann-json3-dev libtbb-dev libhdf5-dev libyaml-cpp-dev libfmt-dev \
                   zlib1g-dev libopenblas-dev dataset-fashion-mnist
-# The test suite cross-checks checkpoints with h5py and layers with PyTorch.
-TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch
+# The test suite cross-checks checkpoints with h5py and layers with PyTorch, and draws the
+# strata-plot pictures with matplotlib; make bench measures peak memory with /usr/bin/time.
+TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch python3-matplotlib time
 
-.PHONY: run test build configure deps deps-test bench clean
+.PHONY: run test build install configure deps deps-test bench clean
 
 run: deps build
 	$(BUILD_DIR)/bin/strata train $(EXPERIMENT) --out $(RUN_DIR)
@@ -25,7 +29,10 @@ test: deps deps-test build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 
 bench: deps deps-test build
-	/usr/bin/python3 bench/lenet5_vs_pytorch.py --strata $(BUILD_DIR)/bin/strata
+	/usr/bin/python3 bench/compare_pytorch.py --build $(BUILD_DIR)
+
+install: deps build
+	cmake --install $(BUILD_DIR) --prefix $(PREFIX)
 
 build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)

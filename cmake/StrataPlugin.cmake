@@ -2,8 +2,14 @@
 #                   [KEEP_LOADED])
 #
 # Builds a Strata plugin: a shared module named libstrata_<name>.so, linked against the core,
-# exporting only its `strata_plugin` entry point, and placed where the `strata` tool looks for
-# plugins (build/lib/strata) unless OUTPUT_DIRECTORY says otherwise.
+# exporting only its `strata_plugin` entry point (and `strata_conformance_cases`, when defined).
+# Works in two places:
+#   - inside the Strata source tree: the module goes to build/lib/strata, where the `strata` tool
+#     looks for plugins, unless OUTPUT_DIRECTORY says otherwise, and is installed to lib/strata;
+#   - in a separate project after find_package(Strata) (this file is installed beside
+#     StrataConfig.cmake): the module goes to the project's build folder (CMAKE_CURRENT_BINARY_DIR)
+#     unless OUTPUT_DIRECTORY says otherwise. Load it through an experiment's `plugins:` list,
+#     STRATA_PLUGIN_PATH, or install it into STRATA_PLUGIN_INSTALL_DIR.
 #
 # KEEP_LOADED: once loaded, the library is never unmapped (linked with -z nodelete). Use it for a
 # plugin whose libraries start threads that outlive its objects, as oneTBB's workers do: unloading
@@ -14,20 +20,32 @@ function(strata_add_plugin name)
     message(FATAL_ERROR "strata_add_plugin(${name}): SOURCES is required")
   endif()
   if(NOT ARG_OUTPUT_DIRECTORY)
-    set(ARG_OUTPUT_DIRECTORY ${STRATA_PLUGIN_DIR})
+    if(DEFINED STRATA_PLUGIN_DIR)
+      set(ARG_OUTPUT_DIRECTORY ${STRATA_PLUGIN_DIR})
+    else()
+      set(ARG_OUTPUT_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+    endif()
   endif()
   set(target strata_${name})
   add_library(${target} MODULE ${ARG_SOURCES})
-  target_link_libraries(${target} PRIVATE strata::core strata_warnings strata_native ${ARG_LIBRARIES})
+  target_link_libraries(${target} PRIVATE strata::core ${ARG_LIBRARIES})
+  # In the source tree: the project's warning flags (-Werror) and -march=native.
+  foreach(flags strata_warnings strata_native)
+    if(TARGET ${flags})
+      target_link_libraries(${target} PRIVATE ${flags})
+    endif()
+  endforeach()
   set_target_properties(${target} PROPERTIES
     PREFIX "lib"
     LIBRARY_OUTPUT_DIRECTORY ${ARG_OUTPUT_DIRECTORY}
     CXX_VISIBILITY_PRESET hidden
-    VISIBILITY_INLINES_HIDDEN ON)
+    VISIBILITY_INLINES_HIDDEN ON
+    # Installed plugins live in PREFIX/lib/strata and find libstrata_core in PREFIX/lib.
+    INSTALL_RPATH "$ORIGIN/..")
   if(ARG_KEEP_LOADED)
     target_link_options(${target} PRIVATE LINKER:-z,nodelete)
   endif()
-  if(ARG_OUTPUT_DIRECTORY STREQUAL STRATA_PLUGIN_DIR)
+  if(DEFINED STRATA_PLUGIN_DIR AND ARG_OUTPUT_DIRECTORY STREQUAL STRATA_PLUGIN_DIR)
     set_property(GLOBAL APPEND PROPERTY STRATA_PLUGIN_TARGETS ${target})
   endif()
 endfunction()

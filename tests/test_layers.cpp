@@ -2,15 +2,12 @@
 // schedules.
 //
 // Conformance: every case of kConformanceCases (a layer's YAML and its input sample shapes) goes
-// through the same four checks, and `every_registered_layer_has_a_case` fails when a loaded
-// plugin registers a layer type the table does not exercise, so a new layer cannot skip them:
-//   1. gradients: backward() against central differences, for every input element and every
-//      parameter element (shape inference and the overwrite contract are checked on the way);
-//   2. backends: "tbb" agrees with "reference" on forward, input and parameter gradients;
-//   3. batch independence: a sample run alone (as a batch_slice view) gives the same output as
-//      inside a batch, on both backends;
-//   4. checkpoint: parameters and buffers survive save_checkpoint/load_checkpoint_tensors into a
-//      fresh layer, which then computes the identical output.
+// through the checks of strata/conformance.hpp (core/src/conformance.cpp, the same code that
+// `strata check-plugin` runs for plugin authors): shape inference, gradients against central
+// differences, backends against the reference, batch independence and the checkpoint round trip.
+// `every_registered_layer_has_a_case` fails when an in-tree plugin registers a layer type the
+// table does not exercise, so a new layer cannot skip them. The suite loads the build's own plugin
+// folder only, never STRATA_PLUGIN_PATH (test_support.cpp).
 #define BOOST_TEST_MODULE layers
 // GCC 12 at -O3 reports a false -Wrestrict inside std::string's operator+ as inlined into
 // Boost.Test's data-driven test-case naming (GCC bug 105329). The pragma must precede the
@@ -34,10 +31,12 @@
 #include <vector>
 
 #include "strata/checkpoint.hpp"
+#include "strata/conformance.hpp"
 #include "strata/error.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
+#include "strata/plugin.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -59,21 +58,9 @@ using strata::test::yaml;
 // The conformance table
 // ------------------------------------------------------------------------------------------------
 
-struct LayerCase {
-  std::string yaml;           // the layer's config, as in an experiment file
-  std::vector<Shape> inputs;  // input sample shapes (no batch dimension)
-  Shape output;               // expected output sample shape, worked out by hand
-  // Batch of the gradient check. 2 unless a layer needs more samples to be non-degenerate
-  // (batch_norm on features [C] normalizes over the batch alone: with 2 samples every x_hat is
-  // +-1 and the input gradient vanishes).
-  int64_t gradient_batch = 2;
-};
-
-std::ostream& operator<<(std::ostream& os, const LayerCase& layer_case) {
-  os << layer_case.yaml << " on";
-  for (const Shape& shape : layer_case.inputs) os << ' ' << shape.str();
-  return os;
-}
+// The case type is the library's: a layer's YAML, its input sample shapes, and the output sample
+// shape worked out by hand.
+using LayerCase = strata::ConformanceCase;
 
 // Output sizes follow PyTorch: (in - (d*(k-1)+1) + 2p)/s + 1, floored only with `round: floor`.
 const std::vector<LayerCase> kConformanceCases = {
@@ -194,16 +181,6 @@ Instance make_layer(const std::string& layer_yaml, const std::vector<Shape>& inp
   return instance;
 }
 
-Instance make_layer(const LayerCase& layer_case, const std::string& backend_name) {
-  return make_layer(layer_case.yaml, layer_case.inputs, backend_name);
-}
-
-std::vector<Shape> batched(const std::vector<Shape>& samples, int64_t batch) {
-  std::vector<Shape> shapes;
-  for (const Shape& shape : samples) shapes.push_back(shape.with_batch(batch));
-  return shapes;
-}
-
 // Parameters get U(-1, 1); buffers (batch norm's running statistics) U(0.5, 1.5), positive so
 // that a running variance stays valid, and different from their initial 0 and 1, so that the
 // evaluation path and the checkpoint round trip of buffers are really exercised.
@@ -264,6 +241,12 @@ float max_abs(const Tensor& t) {
   return m;
 }
 
+double rms(const Tensor& t) {
+  double sum = 0.0;
+  for (float v : t.span()) sum += static_cast<double>(v) * v;
+  return t.numel() == 0 ? 0.0 : std::sqrt(sum / static_cast<double>(t.numel()));
+}
+
 // |a - b| over all elements, NaN-aware: any non-finite element makes the result +inf.
 float max_abs_diff(const Tensor& a, const Tensor& b) {
   BOOST_TEST_REQUIRE(a.numel() == b.numel());
@@ -276,341 +259,86 @@ float max_abs_diff(const Tensor& a, const Tensor& b) {
   return worst;
 }
 
-// Inputs for the gradient check: a shuffled grid of distinct values in [-2, 2] with spacing s,
-// none closer than s/2 to zero. A central difference with eps <= s/4 therefore never crosses a
-// kink of relu/leaky_relu (at 0) nor changes which element of a max-pool window is the maximum
-// (values differ by >= s > 2 eps), so every difference sees a smooth function.
-Tensor kink_free_tensor(const Shape& shape, Rng& rng, double* spacing) {
-  Tensor t(shape);
-  const int64_t n = t.numel();
-  *spacing = 4.0 / static_cast<double>(n);
-  std::vector<int64_t> order(static_cast<std::size_t>(n));
-  std::iota(order.begin(), order.end(), 0);
-  std::shuffle(order.begin(), order.end(), rng);
-  for (int64_t i = 0; i < n; ++i) {
-    const double k = static_cast<double>(order[static_cast<std::size_t>(i)]);
-    t.data()[i] = static_cast<float>(-2.0 + (k + 0.5) * *spacing);
-  }
-  return t;
-}
-
-uint32_t case_seed(const LayerCase& layer_case) {
-  return static_cast<uint32_t>(std::hash<std::string>{}(layer_case.yaml) & 0x7fffffff);
-}
-
 // ------------------------------------------------------------------------------------------------
-// 1. Numerical gradient check
+// The checks (strata/conformance.hpp documents each one and its tolerance)
 // ------------------------------------------------------------------------------------------------
-//
-// Objective L = sum(out * R) with R ~ U(-1, 1), so dL/dout = R and backward(dout = R) must give
-// dL/din and dL/dparam. Each element v is checked against the central difference
-//   (L(v + eps) - L(v - eps)) / ((v + eps) - (v - eps)),
-// the denominator being the perturbation as actually stored in float. L is summed in double from
-// the float outputs; the layer is deterministic, so outputs v does not touch cancel exactly and
-// only the rounding of the affected outputs (~1e-7 relative each) divided by 2 eps remains.
-//
-//   inputs:     eps = min(1e-2, s/4) on the kink-free grid above (s = 4/numel, so eps >= 1e-3
-//               for inputs up to 1000 elements): float noise ~1e-4 relative at worst.
-//   parameters: eps = 1e-2 on U(-1, 1) values. Every layer here is linear in its parameters, so
-//               the difference has no truncation error, and the larger eps keeps noise small.
-//   tolerance:  |numerical - analytic| <= 3e-3 * (|analytic| + rms(analytic gradient)) + 1e-6.
-//               The rms term keeps elements whose gradient is nearly cancelled from failing on
-//               absolute noise. Over this table the worst observed ratio |num - ana| / (|ana| +
-//               rms) is ~1e-4 (conv2d with groups), so the bound leaves a 30x margin, while a 1%
-//               error in a derivative fails, and an indexing bug (an error of the order of the
-//               gradient itself) fails by orders of magnitude. Smooth layers (tanh, sigmoid,
-//               swish) add a truncation error eps^2 |f'''| / 6 < 2e-5, far below it.
-//
-// Stochastic layers run in training mode with the Rng reseeded before every forward, so dropout
-// draws the same mask for every evaluation and is checked as the linear map it then is.
-
-struct GradientReport {
-  int64_t checked = 0;
-  int64_t failed = 0;
-  std::string first_failures;
-};
-
-void compare_gradient(const std::string& what, int64_t index, double numerical, double analytic,
-                      double rms, GradientReport& report) {
-  ++report.checked;
-  const double error = std::abs(numerical - analytic);
-  if (std::isfinite(numerical) && std::isfinite(analytic) &&
-      error <= 3e-3 * (std::abs(analytic) + rms) + 1e-6) {
-    return;
-  }
-  if (++report.failed <= 5) {
-    report.first_failures += fmt::format("\n  {}[{}]: numerical {:.6g}, backward {:.6g}", what,
-                                         index, numerical, analytic);
-  }
-}
-
-double rms(const Tensor& t) {
-  double sum = 0.0;
-  for (float v : t.span()) sum += static_cast<double>(v) * v;
-  return t.numel() == 0 ? 0.0 : std::sqrt(sum / static_cast<double>(t.numel()));
-}
-
-// Checks every element of `values` (an input or a parameter) against `analytic`.
-void check_tensor_gradient(const std::string& what, Tensor values, const Tensor& analytic,
-                           double eps, const std::function<double()>& objective,
-                           GradientReport& report) {
-  BOOST_TEST_REQUIRE(all_finite(analytic), what << ": backward left NaN or inf in the gradient");
-  const double scale = rms(analytic);
-  for (int64_t i = 0; i < values.numel(); ++i) {
-    float& v = values.data()[i];
-    const float saved = v;
-    v = static_cast<float>(saved + eps);
-    const double step_up = v;
-    const double plus = objective();
-    v = static_cast<float>(saved - eps);
-    const double step_down = v;
-    const double minus = objective();
-    v = saved;
-    compare_gradient(what, i, (plus - minus) / (step_up - step_down), analytic.data()[i], scale,
-                     report);
-  }
-}
 
 BOOST_AUTO_TEST_SUITE(conformance)
 
-BOOST_DATA_TEST_CASE(gradients, boost::unit_test::data::make(kConformanceCases), layer_case) {
-  const int64_t kBatch = layer_case.gradient_batch;
-  constexpr bool kTraining = true;
-  const uint32_t seed = case_seed(layer_case);
-  Rng rng(seed);
-  Instance instance = make_layer(layer_case, "reference");
-
-  // Shape inference.
-  BOOST_TEST(instance.output == layer_case.output,
-             "setup() gives " << instance.output.str() << ", expected " << layer_case.output.str());
-  BOOST_TEST_REQUIRE(instance.layer->output_shape() == instance.output);
-
-  double min_spacing = 1.0;
-  std::vector<Tensor> inputs;
-  for (const Shape& shape : batched(layer_case.inputs, kBatch)) {
-    double spacing = 0.0;
-    inputs.push_back(kink_free_tensor(shape, rng, &spacing));
-    min_spacing = std::min(min_spacing, spacing);
-  }
-  randomize_params(*instance.layer, rng);
-
-  const Tensor out = run_forward(instance, inputs, kTraining, seed);
-  BOOST_TEST_REQUIRE(out.shape() == layer_case.output.with_batch(kBatch));
-  BOOST_TEST_REQUIRE(all_finite(out), "forward left NaN or inf in its output");
-  const Tensor weights = random_tensor(out.shape(), rng);
-
-  // Analytic gradients, then the same backward without input gradients: the parameter gradients
-  // must not change (an undefined din means "skip", not "skip everything").
-  const std::vector<Tensor> din = run_backward(instance, inputs, out, weights, kTraining, seed);
-  std::vector<Tensor> param_grads;
-  for (Param* param : instance.layer->params()) param_grads.push_back(param->grad.clone());
-  run_backward(instance, inputs, out, weights, kTraining, seed, /*want_input_grads=*/false);
-  for (std::size_t p = 0; p < param_grads.size(); ++p) {
-    const Param& param = *instance.layer->params()[p];
-    BOOST_TEST(max_abs_diff(param.grad, param_grads[p]) == 0.0f,
-               param.name << " gradient changes when din is not wanted");
-  }
-
-  auto objective = [&] { return dot(run_forward(instance, inputs, kTraining, seed), weights); };
-  GradientReport report;
-  const double input_eps = std::min(1e-2, min_spacing / 4.0);
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    check_tensor_gradient(fmt::format("input{}", i), inputs[i], din[i], input_eps, objective,
-                          report);
-  }
-  for (std::size_t p = 0; p < param_grads.size(); ++p) {
-    Param& param = *instance.layer->params()[p];
-    check_tensor_gradient(param.name, param.value, param_grads[p], 1e-2, objective, report);
-  }
-  BOOST_TEST(report.failed == 0, report.failed << " of " << report.checked
-                                               << " gradient elements disagree with central "
-                                                  "differences:"
-                                               << report.first_failures);
-  BOOST_TEST(report.checked > 0);
+BOOST_DATA_TEST_CASE(shapes, boost::unit_test::data::make(kConformanceCases), layer_case) {
+  const strata::CheckResult result = strata::check_shapes(registries(), layer_case);
+  BOOST_TEST(result.passed, result.detail);
 }
 
-// ------------------------------------------------------------------------------------------------
-// 2. Backends agree with the reference
-// ------------------------------------------------------------------------------------------------
-//
-// The same layer is set up on "reference" and on "tbb" with identical parameters, then both run
-// forward and backward on the same random inputs. The batch is large enough (>= 50K input
-// elements, up to N = 64) that tbb's parallel loops really split the work. Tolerance: max |tbb -
-// reference| <= 1e-4 * max(1, max |reference|) per tensor. The reference sums in double; a float
-// kernel summing K terms in another order is off by ~sqrt(K) * 6e-8 relative (K <= ~5000 here,
-// so ~5e-6), 20x below the bound, while an indexing or border bug gives O(1) relative errors.
+BOOST_DATA_TEST_CASE(gradients, boost::unit_test::data::make(kConformanceCases), layer_case) {
+  const strata::CheckResult result = strata::check_gradients(registries(), layer_case);
+  BOOST_TEST(result.passed, result.detail);
+}
 
 BOOST_DATA_TEST_CASE(backends_agree, boost::unit_test::data::make(kConformanceCases), layer_case) {
-  const uint32_t seed = case_seed(layer_case) + 1;
-  Rng rng(seed);
-  Instance reference = make_layer(layer_case, "reference");
-  Instance tbb = make_layer(layer_case, "tbb");
-  BOOST_TEST_REQUIRE(tbb.output == reference.output);
-
-  int64_t sample_elements = 0;
-  for (const Shape& shape : layer_case.inputs) sample_elements += shape.numel();
-  const int64_t batch = std::clamp<int64_t>((50000 + sample_elements - 1) / sample_elements, 2, 64);
-
-  randomize_params(*reference.layer, rng);
-  const auto reference_params = reference.layer->params();
-  const auto tbb_params = tbb.layer->params();
-  BOOST_TEST_REQUIRE(reference_params.size() == tbb_params.size());
-  for (std::size_t p = 0; p < tbb_params.size(); ++p) {
-    tbb_params[p]->value.copy_from(reference_params[p]->value);
-  }
-  const auto reference_buffers = reference.layer->buffers();
-  auto tbb_buffers = tbb.layer->buffers();
-  BOOST_TEST_REQUIRE(reference_buffers.size() == tbb_buffers.size());
-  for (std::size_t b = 0; b < tbb_buffers.size(); ++b) {
-    tbb_buffers[b].tensor.copy_from(reference_buffers[b].tensor);
-  }
-
-  std::vector<Tensor> inputs;
-  for (const Shape& shape : batched(layer_case.inputs, batch)) {
-    inputs.push_back(random_tensor(shape, rng));
-  }
-  auto check = [](const std::string& what, const Tensor& got, const Tensor& want) {
-    BOOST_TEST_REQUIRE(got.shape() == want.shape());
-    const float tolerance = 1e-4f * std::max(1.0f, max_abs(want));
-    const float diff = max_abs_diff(got, want);
-    BOOST_TEST(diff <= tolerance, what << ": tbb differs from reference by " << diff
-                                       << " (tolerance " << tolerance << ")");
-  };
-
-  const Tensor reference_out = run_forward(reference, inputs, true, seed);
-  const Tensor tbb_out = run_forward(tbb, inputs, true, seed);
-  check("forward", tbb_out, reference_out);
-
-  const Tensor dout = random_tensor(reference_out.shape(), rng);
-  const auto reference_din = run_backward(reference, inputs, reference_out, dout, true, seed);
-  const auto tbb_din = run_backward(tbb, inputs, tbb_out, dout, true, seed);
-  for (std::size_t i = 0; i < inputs.size(); ++i) {
-    check(fmt::format("input{} gradient", i), tbb_din[i], reference_din[i]);
-  }
-  for (std::size_t p = 0; p < tbb_params.size(); ++p) {
-    check(reference_params[p]->name + " gradient", tbb_params[p]->grad, reference_params[p]->grad);
-  }
-  // Buffers a training forward updates (batch norm's running statistics) agree too.
-  for (std::size_t b = 0; b < tbb_buffers.size(); ++b) {
-    check(reference_buffers[b].name + " after a training forward", tbb_buffers[b].tensor,
-          reference_buffers[b].tensor);
-  }
+  BOOST_TEST_REQUIRE(registries().backends.contains("tbb"), "the tbb backend plugin is not built");
+  const strata::CheckResult result = strata::check_backends_agree(registries(), layer_case, {"tbb"});
+  BOOST_TEST(result.passed, result.detail);
 }
-
-// ------------------------------------------------------------------------------------------------
-// 3. Batch independence (inference mode)
-// ------------------------------------------------------------------------------------------------
-//
-// The graph hands layers batch_slice() views (an offset into a larger buffer) and a smaller last
-// batch. In inference mode every layer here maps each sample on its own, so sample 2 of a batch
-// of 3, run alone as a view into the batch, must give the same output. Tolerance 1e-6 relative to
-// the largest output: a backend may split work differently for another batch size.
-// This is checked in inference mode only, and that matters for batch_norm: in training it
-// normalizes with the statistics of the whole batch, so a sample's output there depends on the
-// other samples by design. Its evaluation path (running statistics, randomized above to values
-// other than 0 and 1) is what this test covers; its training path is covered by the gradient
-// check over the whole batch, the backend comparison and the reference-value tests below.
 
 BOOST_DATA_TEST_CASE(samples_are_independent, boost::unit_test::data::make(kConformanceCases),
                      layer_case) {
-  const uint32_t seed = case_seed(layer_case) + 3;
-  for (const std::string backend : {"reference", "tbb"}) {
-    Rng rng(seed);
-    Instance instance = make_layer(layer_case, backend);
-    randomize_params(*instance.layer, rng);
-    std::vector<Tensor> batch, single;
-    for (const Shape& shape : batched(layer_case.inputs, 3)) {
-      batch.push_back(random_tensor(shape, rng));
-      single.push_back(batch.back().batch_slice(2, 3));
-    }
-    const Tensor all = run_forward(instance, batch, false, seed);
-    const Tensor one = run_forward(instance, single, false, seed);
-    const float tolerance = 1e-6f * std::max(1.0f, max_abs(all));
-    BOOST_TEST(max_abs_diff(one, all.batch_slice(2, 3)) <= tolerance,
-               backend << ": sample 2 alone differs from sample 2 in the batch");
-  }
+  const strata::CheckResult result = strata::check_batch_independence(registries(), layer_case);
+  BOOST_TEST(result.passed, result.detail);
 }
 
-// A NaN in the input must reach the output, on every backend, in inference and in training mode,
-// as in PyTorch (relu(NaN) = NaN, max_pool picks NaN): a layer that turns NaN into a finite value
-// hides a diverged model from the trainer's divergence check. The NaN sits at the first element of
-// the first sample, which every window of the conformance cases covers.
 BOOST_DATA_TEST_CASE(nan_propagates, boost::unit_test::data::make(kConformanceCases), layer_case) {
-  const uint32_t seed = case_seed(layer_case) + 5;
-  for (const std::string backend : {"reference", "tbb"}) {
-    for (const bool training : {false, true}) {
-      Rng rng(seed);
-      Instance instance = make_layer(layer_case, backend);
-      randomize_params(*instance.layer, rng);
-      std::vector<Tensor> inputs;
-      for (const Shape& shape : batched(layer_case.inputs, 2)) {
-        inputs.push_back(random_tensor(shape, rng));
-        inputs.back().data()[0] = std::numeric_limits<float>::quiet_NaN();
-      }
-      const Tensor out = run_forward(instance, inputs, training, seed);
-      const Tensor first = out.batch_slice(0, 1);
-      BOOST_TEST(std::any_of(first.span().begin(), first.span().end(),
-                             [](float v) { return std::isnan(v); }),
-                 backend << (training ? " (training)" : " (inference)")
-                         << ": a NaN input gives no NaN output");
-      const Tensor second = out.batch_slice(1, 2);
-      BOOST_TEST(all_finite(second), backend << ": the NaN of sample 0 leaked into sample 1");
-    }
-  }
-}
-
-// ------------------------------------------------------------------------------------------------
-// 4. Checkpoint round trip
-// ------------------------------------------------------------------------------------------------
-//
-// Parameters and buffers go into a Checkpoint as "<layer>/<name>", through save_checkpoint into an
-// HDF5 file, and back with load_checkpoint_tensors into a freshly created layer whose parameters
-// start different. Both layers must then produce bit-identical outputs (inference mode).
-
-std::vector<strata::NamedTensor> state_of(Layer& layer) {
-  std::vector<strata::NamedTensor> state;
-  for (Param* param : layer.params())
-    state.push_back({layer.name() + "/" + param->name, param->value});
-  for (strata::NamedTensor& buffer : layer.buffers()) {
-    state.push_back({layer.name() + "/" + buffer.name, buffer.tensor});
-  }
-  return state;
+  const strata::CheckResult result = strata::check_nan_propagates(registries(), layer_case);
+  BOOST_TEST(result.passed, result.detail);
 }
 
 BOOST_DATA_TEST_CASE(checkpoint_round_trip, boost::unit_test::data::make(kConformanceCases),
                      layer_case) {
-  const uint32_t seed = case_seed(layer_case) + 2;
-  Rng rng(seed);
   strata::test::TempDir dir;
-  const auto path = dir / "model.h5";
+  const strata::CheckResult result =
+      strata::check_checkpoint_round_trip(registries(), layer_case, dir.path());
+  BOOST_TEST(result.passed, result.detail);
+}
 
-  Instance saved = make_layer(layer_case, "reference");
-  randomize_params(*saved.layer, rng);
-  strata::Checkpoint checkpoint;
-  checkpoint.model = state_of(*saved.layer);
-  checkpoint.experiment_yaml = layer_case.yaml;
-  strata::save_checkpoint(path, checkpoint);
-
-  Instance loaded = make_layer(layer_case, "reference");
-  randomize_params(*loaded.layer, rng);  // so that a load that does nothing cannot pass
-  std::vector<strata::NamedTensor> into = state_of(*loaded.layer);
-  strata::load_checkpoint_tensors(path, "model", into);
-  // load_checkpoint_tensors may fill the given storage or hand back new tensors; either way the
-  // layer's own tensors must end up holding the file's values.
-  std::vector<strata::NamedTensor> targets = state_of(*loaded.layer);
-  for (std::size_t i = 0; i < into.size(); ++i) {
-    if (!into[i].tensor.same_storage(targets[i].tensor))
-      targets[i].tensor.copy_from(into[i].tensor);
-    BOOST_TEST(max_abs_diff(targets[i].tensor, checkpoint.model[i].tensor) == 0.0f,
-               into[i].name << " differs after the round trip");
+// The checks are not vacuous: a layer with a wrong backward fails the gradient check (and only
+// it), with the first disagreeing elements named; its plugin's exported case is read back.
+BOOST_AUTO_TEST_CASE(a_wrong_gradient_fails) {
+  strata::Registries r;
+  strata::PluginLoader loader(r);
+  loader.load_dir(std::filesystem::path(STRATA_BIN_DIR) / ".." / "lib" / "strata");
+  loader.load_file(std::filesystem::path(STRATA_TEST_PLUGIN_DIR) / "libstrata_test_bad_gradient.so");
+  const auto cases = strata::exported_conformance_cases(*loader.plugins().back());
+  BOOST_TEST_REQUIRE(cases.size() == 1u);
+  BOOST_TEST(cases[0].yaml == "{type: test_double}");
+  BOOST_TEST_REQUIRE(cases[0].inputs.size() == 1u);
+  BOOST_TEST(cases[0].inputs[0] == (Shape{2, 3, 3}));
+  BOOST_TEST(cases[0].output == (Shape{2, 3, 3}));
+  strata::test::TempDir dir;
+  const auto results = strata::run_conformance(r, cases[0], dir.path());
+  BOOST_TEST_REQUIRE(results.size() == 6u);
+  for (const strata::CheckResult& result : results) {
+    BOOST_TEST(result.passed == (result.check != "gradients"), result.check << ": " << result.detail);
   }
+  STRATA_CHECK_CONTAINS(results[1].detail, "36 of 36 gradient elements disagree");
+  STRATA_CHECK_CONTAINS(results[1].detail, "input0[0]: numerical");
+  // A wrong expected shape and a layer that fails setup are failed checks, not exceptions.
+  const auto wrong_shape = strata::check_shapes(r, {"{type: test_double}", {{2, 3, 3}}, {2, 3}});
+  BOOST_TEST(!wrong_shape.passed);
+  STRATA_CHECK_CONTAINS(wrong_shape.detail, "setup() gives [2, 3, 3], expected [2, 3]");
+  const auto bad_key = strata::check_gradients(r, {"{type: conv2d, kernel: 3}", {{2, 5, 5}}, {}});
+  BOOST_TEST(!bad_key.passed);
+  STRATA_CHECK_CONTAINS(bad_key.detail, "missing required key 'out_channels'");
+}
 
-  std::vector<Tensor> inputs;
-  for (const Shape& shape : batched(layer_case.inputs, 3))
-    inputs.push_back(random_tensor(shape, rng));
-  const Tensor expected = run_forward(saved, inputs, false, seed);
-  const Tensor actual = run_forward(loaded, inputs, false, seed);
-  BOOST_TEST(max_abs_diff(actual, expected) == 0.0f, "the reloaded layer computes another output");
+BOOST_AUTO_TEST_CASE(sample_shapes_parse) {
+  const auto shapes = strata::parse_sample_shapes("3,8,8;16", "--input");
+  BOOST_TEST_REQUIRE(shapes.size() == 2u);
+  BOOST_TEST(shapes[0] == (Shape{3, 8, 8}));
+  BOOST_TEST(shapes[1] == (Shape{16}));
+  for (const char* bad : {"3,x,8", "", "3,,8", "0,2", "3;"}) {
+    STRATA_CHECK_CONTAINS(error_of([&] { strata::parse_sample_shapes(bad, "--input"); }),
+                          "--input: '" + std::string(bad) + "': expected positive integers");
+  }
 }
 
 // A new layer plugin must add itself to the table above: this fails otherwise.

@@ -16,6 +16,8 @@ namespace strata::cli {
 int run_train(Session& session, const std::vector<std::string>& args);
 int run_forward(Session& session, const std::vector<std::string>& args);
 int run_plugins(Session& session, const std::vector<std::string>& args);
+int run_bench(Session& session, const std::vector<std::string>& args);
+int run_check_plugin(Session& session, const std::vector<std::string>& args);
 
 namespace {
 
@@ -30,6 +32,8 @@ const Command kCommands[] = {
     {"train", "train an experiment, with checkpoints and an exact --resume", run_train},
     {"forward", "run a trained model on HDF5 input and write layer activations", run_forward},
     {"plugins", "list the loaded plugins and the types they register", run_plugins},
+    {"bench", "time a model's training step per layer on synthetic data", run_bench},
+    {"check-plugin", "run the layer conformance checks on a plugin's layers", run_check_plugin},
 };
 
 void print_usage(std::FILE* out) {

@@ -1,6 +1,7 @@
 #include "strata/graph.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 
 #include "strata/registry.hpp"
@@ -8,6 +9,12 @@
 namespace strata {
 
 namespace {
+
+using ProfileClock = std::chrono::steady_clock;
+
+double seconds_since(ProfileClock::time_point start) {
+  return std::chrono::duration<double>(ProfileClock::now() - start).count();
+}
 
 // The names a layer reads, from `inputs: name` or `inputs: [a, b]`; empty when not given.
 std::vector<std::string> read_input_names(const Config& item) {
@@ -221,7 +228,13 @@ const Tensor& Graph::forward(Context& context, const Tensor& input) {
     for (std::size_t j = 0; j < node.inputs.size(); ++j) {
       node.in[j] = node.inputs[j] < 0 ? input_ : outputs_[node.inputs[j]];
     }
-    node.layer->forward(context, node.in, outputs_[i]);
+    if (profile_ == nullptr) {
+      node.layer->forward(context, node.in, outputs_[i]);
+    } else {
+      const auto start = ProfileClock::now();
+      node.layer->forward(context, node.in, outputs_[i]);
+      profile_->forward_seconds[i] += seconds_since(start);
+    }
   }
   return outputs_.back();
 }
@@ -248,6 +261,7 @@ void Graph::backward(Context& context, const Tensor& doutput) {
       continue;
     }
     const Tensor& dout = i + 1 == nodes_.size() ? doutput : grads_[i];
+    const auto start = profile_ != nullptr ? ProfileClock::now() : ProfileClock::time_point{};
     for (std::size_t j = 0; j < node.inputs.size(); ++j) {
       const int producer = node.inputs[j];
       if (producer < 0) {
@@ -266,7 +280,13 @@ void Graph::backward(Context& context, const Tensor& doutput) {
         for (int64_t k = 0; k < n; ++k) sum[k] += part[k];
       }
     }
+    if (profile_ != nullptr) profile_->backward_seconds[i] += seconds_since(start);
   }
+}
+
+void Graph::set_profile(GraphProfile* profile) {
+  profile_ = profile;
+  if (profile_ != nullptr) profile_->reset(nodes_.size());
 }
 
 const Tensor& Graph::activation(std::string_view layer_name) const {

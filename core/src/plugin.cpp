@@ -70,6 +70,15 @@ void PluginLoader::load_file(const fs::path& file) {
   } catch (const Error& error) {
     registries_.current = previous;
     fail("plugin {}: registration failed: {}", canonical.string(), error.what());
+  } catch (const std::exception& error) {
+    registries_.current = previous;
+    fail("plugin {}: registration failed: register_all() threw an exception: {}",
+         canonical.string(), error.what());
+  } catch (...) {
+    registries_.current = previous;
+    fail("plugin {}: registration failed: register_all() threw something that is not a "
+         "std::exception",
+         canonical.string());
   }
   registries_.current = previous;
   plugins_.push_back(std::move(plugin));

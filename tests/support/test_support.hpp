@@ -13,7 +13,8 @@
 
 namespace strata::test {
 
-// Registries filled from the build's plugin folder (bin/../lib/strata), loaded once per process.
+// Registries filled from the build's plugin folder (bin/../lib/strata), loaded once per process;
+// STRATA_PLUGIN_PATH is ignored.
 Registries& registries();
 
 // Uniform random values in [low, high): tests never run on zeros or constants.

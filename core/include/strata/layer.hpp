@@ -13,6 +13,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -120,6 +121,12 @@ class Loss {
   // Returns the mean loss over the batch; writes d(loss)/d(logits) when dlogits is non-null.
   virtual float forward_backward(const Tensor& logits, std::span<const int32_t> labels,
                                  Tensor* dlogits) = 0;
+  // The loss of a model that knows nothing (uniform predictions over `classes`): ln(classes) for
+  // softmax cross-entropy. The trainer prints it beside the initial loss. nullopt: no such value.
+  virtual std::optional<double> chance_loss(int64_t classes) const {
+    (void)classes;
+    return std::nullopt;
+  }
 };
 
 // Fills a parameter at initialization.
