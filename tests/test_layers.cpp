@@ -231,6 +231,22 @@ double dot(const Tensor& a, const Tensor& b) {
   return sum;
 }
 
+bool all_finite(const Tensor& t) {
+  return std::all_of(t.span().begin(), t.span().end(), [](float v) { return std::isfinite(v); });
+}
+
+float max_abs(const Tensor& t) {
+  float m = 0.0f;
+  for (float v : t.span()) m = std::max(m, std::abs(v));
+  return m;
+}
+
+double rms(const Tensor& t) {
+  double sum = 0.0;
+  for (float v : t.span()) sum += static_cast<double>(v) * v;
+  return t.numel() == 0 ? 0.0 : std::sqrt(sum / static_cast<double>(t.numel()));
+}
+
 // |a - b| over all elements, NaN-aware: any non-finite element makes the result +inf.
 float max_abs_diff(const Tensor& a, const Tensor& b) {
   BOOST_TEST_REQUIRE(a.numel() == b.numel());
@@ -299,7 +315,7 @@ BOOST_AUTO_TEST_CASE(a_wrong_gradient_fails) {
   BOOST_TEST(cases[0].output == (Shape{2, 3, 3}));
   strata::test::TempDir dir;
   const auto results = strata::run_conformance(r, cases[0], dir.path());
-  BOOST_TEST_REQUIRE(results.size() == 5u);
+  BOOST_TEST_REQUIRE(results.size() == 6u);
   for (const strata::CheckResult& result : results) {
     BOOST_TEST(result.passed == (result.check != "gradients"), result.check << ": " << result.detail);
   }

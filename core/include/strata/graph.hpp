@@ -95,7 +95,6 @@ class Graph {
   std::vector<Tensor> outputs_, grads_, scratch_;  // views for the current batch
   Tensor input_;                                   // view of the current input
   GraphProfile* profile_ = nullptr;
-  Tensor input_;                                         // view of the current input
   bool input_gradient_ = false;
   Tensor input_gradient_storage_;  // d(output)/d(input) when input_gradient_ is set
   std::vector<char> flows_;        // per node: does a gradient flow through it (last backward)
