@@ -289,3 +289,87 @@ BOOST_AUTO_TEST_CASE(init_must_be_a_map) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(early_checks_in_the_trainer)
+
+BOOST_AUTO_TEST_CASE(logits_must_match_the_classes_before_data_is_loaded) {
+  test::TempDir dir;
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"model.layers[3].out_features", "5"}});
+                        }),
+                        "small.yaml:14:7: model.layers[3]: the last layer 'fc1' gives 5 scores per "
+                        "image but the dataset has 4 classes");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] {
+        run(dir.path(),
+            {{"model.layers", "[{name: conv1, type: conv2d, out_channels: 4, kernel: 3}]"}});
+      }),
+      "model.layers[0]: the last layer 'conv1' gives [4, 6, 6] per image, but the loss expects one "
+      "score per class");
+  BOOST_TEST(!fs::exists(dir / "model.h5"));
+}
+
+BOOST_AUTO_TEST_CASE(sizes_that_overflow_or_exceed_memory_name_the_key) {
+  test::TempDir dir;
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"model.input", "[1, 4294967296, 4294967296]"}});
+                        }),
+                        "model.input: extents must be at most 2147483647 (2^31 - 1)");
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"model.layers[0].padding", "4611686018427387904"}});
+                        }),
+                        "model.layers[0].padding: must be at most 2147483647");
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"model.layers[0].dilation", "4611686018427387904"}});
+                        }),
+                        "model.layers[0].dilation: must be at most 2147483647");
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(),
+                              {{"model.input", "[2000000, 2000000, 2000000]"},
+                               {"model.layers", "[{name: fc1, type: linear, out_features: 4}]"}});
+                        }),
+                        "model.input: shape [2000000, 2000000, 2000000] has too many elements");
+  const std::string batch = test::error_of([&] {
+    run(dir.path(), {{"train.batch_size", "1000000000"}});
+  });
+  STRATA_CHECK_CONTAINS(batch, "train.batch_size: the model needs about");
+  STRATA_CHECK_CONTAINS(batch, "for batches of 1000000000 images");
+  STRATA_CHECK_CONTAINS(batch, "more than this machine's memory");
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"model.layers[0].out_channels", "10000000000"}});
+                        }),
+                        "model.layers[0]: a tensor of shape [10000000000, 1, 3, 3] needs 360.0 GB, "
+                        "more than this machine's memory");
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"data.train_size", "10000000000"}});
+                        }),
+                        "data: a tensor of shape [10000000000, 1, 8, 8] needs 2.6 TB");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(experiment_files)
+
+BOOST_AUTO_TEST_CASE(alias_bomb_is_bounded) {
+  std::string text;
+  text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n";
+  for (int i = 1; i < 9; ++i) {
+    text += fmt::format(
+        "a{0}: &a{0} [*a{1}, *a{1}, *a{1}, *a{1}, *a{1}, *a{1}, *a{1}, *a{1}, *a{1}, *a{1}]\n", i,
+        i - 1);
+  }
+  STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_string(text, "bomb.yaml"); }),
+                        "the document expands to more than 1000000 values");
+}
+
+BOOST_AUTO_TEST_CASE(out_of_range_numbers_and_folders_are_errors) {
+  Config config = Config::parse_string("lr: 1e39\nsmall: 1e-3\n", "n.yaml");
+  BOOST_TEST(test::error_of([&] { config.get<float>("lr"); }) ==
+             "n.yaml:1:5: lr: expected a number within float range (|x| < 3.4e38), found '1e39'");
+  BOOST_TEST(config.get<float>("small") == 1e-3f);
+  test::TempDir dir;
+  BOOST_TEST(test::error_of([&] { Config::parse_file(dir.path().string()); }) ==
+             dir.path().string() + ": is a folder, not an experiment file");
+}
+
+BOOST_AUTO_TEST_SUITE_END()

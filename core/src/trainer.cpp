@@ -214,7 +214,11 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                               const TrainOptions& options,
                               const std::function<void(const EpochReport&)>& on_epoch) {
   // ---- Read the whole experiment before doing any work. ----
-  const auto seed = static_cast<uint32_t>(experiment.get<int64_t>("seed", 1));
+  const int64_t seed_value = experiment.get<int64_t>("seed", 1);
+  if (seed_value < 0 || seed_value > int64_t{0xffffffff}) {
+    experiment.fail_key("seed", fmt::format("must be between 0 and 4294967295 (2^32 - 1), found {}", seed_value));
+  }
+  const auto seed = static_cast<uint32_t>(seed_value);
   const std::string backend_name = experiment.get<std::string>("backend", "tbb");
   const int threads = experiment.get<int>("threads", 0);
   if (threads < 0) experiment.fail_key("threads", "must be 0 (all cores) or positive");
@@ -235,6 +239,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   const int64_t validation = data_cfg.get<int64_t>("validation", 0);
   const int64_t train_limit = data_cfg.get<int64_t>("train_limit", 0);
   const int64_t test_limit = data_cfg.get<int64_t>("test_limit", 0);
+  if (train_limit < 0) data_cfg.fail_key("train_limit", "must be 0 (all images) or positive");
+  if (test_limit < 0) data_cfg.fail_key("test_limit", "must be 0 (all images) or positive");
   std::vector<std::shared_ptr<Transform>> transforms;
   if (auto preprocess = data_cfg.find("preprocess")) {
     for (const Config& item : preprocess->items()) transforms.push_back(registries.transforms.create(item));
@@ -253,6 +259,10 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   auto schedule = schedule_cfg ? registries.schedules.create(*schedule_cfg)
                                : registries.schedules.create("constant", Config{});
   auto optimizer = registries.optimizers.create(optimizer_cfg);
+  if (!std::isfinite(optimizer->base_lr())) {
+    optimizer_cfg.fail_key("lr", fmt::format("is {} as a 32-bit float: expected |lr| < 3.4e38",
+                                             optimizer->base_lr()));
+  }
   std::vector<ParamRef> params = graph.params();
   optimizer->setup(params);
 
@@ -279,10 +289,35 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
         "input", fmt::format("the model input is {} but the dataset's images are {}", sample.str(),
                              dataset->sample_shape().str()));
   }
+  // The logits must be one score per class of the dataset: checked here, before the data is loaded,
+  // rather than by the loss at the first batch.
+  const Shape logits = graph.output_shape();
+  const Config last_item = experiment.at("model").at("layers").items().back();
+  const std::string last_layer = graph.name(graph.size() - 1);
+  if (logits.rank() != 1) {
+    last_item.fail(fmt::format("the last layer '{}' gives {} per image, but the loss "
+                                             "expects one score per class (a rank-1 shape such as "
+                                             "[{}]); end the model with a linear layer",
+                                             last_layer, logits.str(), dataset->num_classes()));
+  }
+  if (logits[0] != dataset->num_classes()) {
+    last_item.fail(fmt::format("the last layer '{}' gives {} scores per image but the "
+                                             "dataset has {} classes",
+                                             last_layer, logits[0], dataset->num_classes()));
+  }
+  check_memory(graph, batch_size, eval_batch, train_cfg);
   const auto data_start = Clock::now();
   Data data;
-  data.train = first_rows(dataset->load("train"), train_limit);
-  data.test = first_rows(dataset->load("test"), test_limit);
+  // A dataset too large for memory is reported at the data section, with the figure.
+  auto load_split = [&](const char* split) {
+    try {
+      return dataset->load(split);
+    } catch (const Error& error) {
+      data_cfg.fail(error.what());
+    }
+  };
+  data.train = first_rows(load_split("train"), train_limit);
+  data.test = first_rows(load_split("test"), test_limit);
   const int64_t available = static_cast<int64_t>(data.train.labels.size());
   if (validation < 0 || validation >= available) {
     data_cfg.fail_key("validation", fmt::format("must be between 0 and {} (the training images), found {}",
