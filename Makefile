@@ -11,10 +11,11 @@ RUN_DIR    ?= runs/lenet5_fashion
 JOBS       ?= $(shell nproc)
 
 BUILD_PACKAGES := build-essential cmake ninja-build pkg-config git \
-                  libboost-dev libboost-test-dev libtbb-dev libhdf5-dev libyaml-cpp-dev libfmt-dev \
+                  libboost-dev libboost-test-dev libboost-program-options-dev nlohmann-json3-dev libtbb-dev libhdf5-dev libyaml-cpp-dev libfmt-dev \
                   zlib1g-dev libopenblas-dev dataset-fashion-mnist
-# The test suite cross-checks checkpoints with h5py and layers with PyTorch.
-TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch
+# The test suite cross-checks checkpoints with h5py and layers with PyTorch; make bench measures
+# peak memory with /usr/bin/time (package time).
+TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch time
 # The fuzz targets need clang's libFuzzer and sanitizer runtimes.
 FUZZ_PACKAGES  := clang-14 libclang-rt-14-dev
 FUZZ_SECONDS   ?= 60
@@ -61,7 +62,7 @@ fuzz: deps deps-test
 	done
 
 bench: deps deps-test build
-	/usr/bin/python3 bench/lenet5_vs_pytorch.py --strata $(BUILD_DIR)/bin/strata
+	/usr/bin/python3 bench/compare_pytorch.py --build $(BUILD_DIR)
 
 build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)

@@ -567,6 +567,29 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
   }
 }
 
+// The Winograd F(2x2, 3x3) path (3x3, stride 1, one group, padding <= 2, >= 32 channels and
+// filters): odd output sizes (partial tiles on both edges), every padding it takes (backward_data
+// runs with padding 2 - pad), unequal padding, more channels than filters and the reverse, several
+// tile blocks with a partial last one; and the shapes just outside it (dilation 2, two groups,
+// padding 3, 31 channels), which must still agree through their own paths.
+BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
+  std::mt19937 rng(17);
+  const std::vector<std::pair<Conv2dDesc, int64_t>> cases = {
+      {conv_desc(32, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3},   // odd 9x11 output
+      {conv_desc(48, 8, 8, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2},    // no padding: 6x6
+      {conv_desc(32, 7, 6, 36, 3, 3, 1, 1, 2, 2, 1, 1, 1), 2},    // padding 2: 9x8
+      {conv_desc(33, 10, 7, 32, 3, 3, 1, 1, 0, 2, 1, 1, 1), 2},   // unequal padding
+      {conv_desc(32, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5},  // many tile blocks
+      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2},    // dilated: not winograd
+      {conv_desc(64, 9, 9, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2), 2},    // two groups: not winograd
+      {conv_desc(32, 6, 6, 32, 3, 3, 1, 1, 3, 3, 1, 1, 1), 2},    // padding 3: not winograd
+      {conv_desc(31, 9, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2},    // 31 channels: not winograd
+  };
+  for (const std::string& backend : fast_backends("conv2d")) {
+    for (const auto& [desc, n] : cases) compare_conv(desc, n, backend, rng);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(pool2d_random) {
   std::mt19937 rng(13);
   for (const std::string& backend : fast_backends("pool2d")) {

@@ -1,6 +1,7 @@
 #include "strata/graph.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 
 #include "strata/registry.hpp"
@@ -9,12 +10,38 @@ namespace strata {
 
 namespace {
 
+using ProfileClock = std::chrono::steady_clock;
+
+double seconds_since(ProfileClock::time_point start) {
+  return std::chrono::duration<double>(ProfileClock::now() - start).count();
+}
+
 // The names a layer reads, from `inputs: name` or `inputs: [a, b]`; empty when not given.
 std::vector<std::string> read_input_names(const Config& item) {
   auto inputs = item.find("inputs");
   if (!inputs) return {};
   if (inputs->is_scalar()) return {inputs->as<std::string>()};
   return inputs->as<std::vector<std::string>>();
+}
+
+// The initializer a layer asks for in Param::default_init: a type name ("he_normal") or a flow
+// map with settings ("{type: constant, value: 1}"). Parsed as the value of a key, so both forms
+// go through the same Config checks (unknown type, unknown or ill-typed settings).
+std::shared_ptr<Initializer> default_initializer(const Registries& registries,
+                                                 const std::string& layer, const Param& param) {
+  const std::string source =
+      fmt::format("layer '{}', default initializer of parameter '{}'", layer, param.name);
+  if (param.default_init.empty()) fail("{}: the layer gave no initializer", source);
+  const Config spec = Config::parse_string("init: " + param.default_init, source).at("init");
+  if (spec.is_scalar()) {
+    try {
+      return registries.initializers.create(spec.as<std::string>(), Config{});
+    } catch (const Error& error) {
+      fail("{}: {}", source, error.what());
+    }
+  }
+  if (!spec.is_map()) spec.fail("expected an initializer type or a map {type: ..., ...}");
+  return registries.initializers.create(spec);
 }
 
 bool valid_utf8(std::string_view text) {
@@ -136,7 +163,7 @@ Graph::Graph(const Config& model, const Registries& registries, std::string back
       auto custom = custom_initializers.find(param->name);
       auto initializer = custom != custom_initializers.end()
                              ? custom->second
-                             : registries.initializers.create(param->default_init, Config{});
+                             : default_initializer(registries, name, *param);
       initializer->fill(param->value, param->fan_in, param->fan_out, init_rng);
     }
     if (init) {
@@ -210,7 +237,13 @@ const Tensor& Graph::forward(Context& context, const Tensor& input) {
     for (std::size_t j = 0; j < node.inputs.size(); ++j) {
       node.in[j] = node.inputs[j] < 0 ? input_ : outputs_[node.inputs[j]];
     }
-    node.layer->forward(context, node.in, outputs_[i]);
+    if (profile_ == nullptr) {
+      node.layer->forward(context, node.in, outputs_[i]);
+    } else {
+      const auto start = ProfileClock::now();
+      node.layer->forward(context, node.in, outputs_[i]);
+      profile_->forward_seconds[i] += seconds_since(start);
+    }
   }
   return outputs_.back();
 }
@@ -227,6 +260,7 @@ void Graph::backward(Context& context, const Tensor& doutput) {
   for (std::size_t i = nodes_.size(); i-- > 0;) {
     Node& node = nodes_[i];
     const Tensor& dout = i + 1 == nodes_.size() ? doutput : grads_[i];
+    const auto start = profile_ != nullptr ? ProfileClock::now() : ProfileClock::time_point{};
     for (std::size_t j = 0; j < node.inputs.size(); ++j) {
       const int producer = node.inputs[j];
       if (producer < 0) {
@@ -245,7 +279,13 @@ void Graph::backward(Context& context, const Tensor& doutput) {
         for (int64_t k = 0; k < n; ++k) sum[k] += part[k];
       }
     }
+    if (profile_ != nullptr) profile_->backward_seconds[i] += seconds_since(start);
   }
+}
+
+void Graph::set_profile(GraphProfile* profile) {
+  profile_ = profile;
+  if (profile_ != nullptr) profile_->reset(nodes_.size());
 }
 
 const Tensor& Graph::activation(std::string_view layer_name) const {

@@ -14,7 +14,9 @@
 
 #include "strata/backend.hpp"
 #include "strata/checkpoint.hpp"
+#include "strata/data_loader.hpp"
 #include "strata/dataset.hpp"
+#include "strata/diagnostics.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
@@ -127,15 +129,26 @@ class Progress {
     last_ = now;
   }
 
+  // A line of its own (a warning, a sanity check), also in bar mode.
+  void note(const std::string& text) {
+    if (quiet_) return;
+    if (bar_) std::printf("\r\033[K");
+    std::printf("%s\n", text.c_str());
+    std::fflush(stdout);
+  }
+
   void epoch_done(const EpochReport& r) {
     if (quiet_) return;
     if (bar_) std::printf("\r\033[K");
     std::string val = std::isnan(r.val_loss)
                           ? std::string()
                           : fmt::format("  val loss {:.4f} acc {:.4f}", r.val_loss, r.val_accuracy);
-    std::printf("epoch %lld/%lld  train loss %.4f acc %.4f%s  lr %.4g  %.1fs  %.0f img/s\n",
+    const std::string reg = r.train_regularization > 0
+                                ? fmt::format(" (+{:.4f} reg)", r.train_regularization)
+                                : std::string();
+    std::printf("epoch %lld/%lld  train loss %.4f%s acc %.4f%s  lr %.4g  %.1fs  %.0f img/s\n",
                 static_cast<long long>(r.epoch), static_cast<long long>(r.epochs), r.train_loss,
-                r.train_accuracy, val.c_str(), r.lr, r.seconds, r.images_per_second);
+                reg.c_str(), r.train_accuracy, val.c_str(), r.lr, r.seconds, r.images_per_second);
     std::fflush(stdout);
     last_ = Clock::now();
   }
@@ -178,8 +191,10 @@ std::string json_list(const std::vector<double>& values) {
 }
 
 // The per-epoch metrics the trainer records in /history (a resume checks each is whole).
-const std::string kEpochMetrics[] = {"train_loss", "train_accuracy", "val_loss",      "val_accuracy",
-                                     "lr",         "epoch_seconds",  "images_per_second"};
+// The per-epoch history series; a resume checks that each holds one value per completed epoch.
+const std::string kHistorySeries[] = {"train_loss", "train_regularization", "train_accuracy",
+                                      "val_loss",   "val_accuracy",         "lr",
+                                      "epoch_seconds", "images_per_second"};
 
 // Before any data is loaded: a resume needs a checkpoint, written by this same experiment.
 void check_resumable(const fs::path& checkpoint, const std::string& experiment_yaml, bool force) {
@@ -210,6 +225,54 @@ void check_resumable(const fs::path& checkpoint, const std::string& experiment_y
 
 }  // namespace
 
+namespace {
+
+// The per-epoch metrics early stopping and best.h5 may follow, and which way is better.
+const std::vector<std::string> kEpochMetrics = {"val_accuracy", "val_loss", "train_accuracy",
+                                                "train_loss"};
+bool metric_is_maximized(const std::string& metric) { return metric.ends_with("accuracy"); }
+
+std::string read_epoch_metric(const Config& config, std::string_view key, const std::string& fallback,
+                              bool has_validation, std::string_view why_no_validation) {
+  const std::string metric = config.get<std::string>(key, fallback);
+  if (std::find(kEpochMetrics.begin(), kEpochMetrics.end(), metric) == kEpochMetrics.end()) {
+    config.fail_key(key, fmt::format("unknown metric '{}'\n  {}", metric,
+                                     suggestion_text(metric, kEpochMetrics, "metrics")));
+  }
+  if (metric.starts_with("val_") && !has_validation) {
+    config.fail_key(key, fmt::format("{} needs a validation split, and {}", metric, why_no_validation));
+  }
+  return metric;
+}
+
+struct EarlyStopping {
+  std::string metric;
+  int64_t patience = 5;
+  double min_delta = 0;
+};
+
+std::vector<std::shared_ptr<Transform>> read_transforms(const Config& data_cfg, std::string_view key,
+                                                        bool random, const Registries& registries) {
+  std::vector<std::shared_ptr<Transform>> transforms;
+  std::optional<Config> list = data_cfg.find(key);
+  if (!list) return transforms;
+  for (const Config& item : list->items()) {
+    std::shared_ptr<Transform> transform = registries.transforms.create(item);
+    if (transform->random() != random) {
+      item.fail_key("type", random ? fmt::format("'{}' is not a random transform; list it under "
+                                                 "data.preprocess",
+                                                 transform->type())
+                                   : fmt::format("'{}' is a random transform (data augmentation); "
+                                                 "list it under data.augment",
+                                                 transform->type()));
+    }
+    transforms.push_back(std::move(transform));
+  }
+  return transforms;
+}
+
+}  // namespace
+
 TrainSummary train_experiment(const Config& experiment, const Registries& registries,
                               const TrainOptions& options,
                               const std::function<void(const EpochReport&)>& on_epoch) {
@@ -234,24 +297,52 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   if (epochs < 1) train_cfg.fail_key("epochs", "must be at least 1");
   if (batch_size < 1) train_cfg.fail_key("batch_size", "must be at least 1");
   if (eval_batch < 1) train_cfg.fail_key("eval_batch_size", "must be at least 1");
+  // Babysitting (docs/training.md).
+  const int64_t log_every = train_cfg.get<int64_t>("log_every", 10);
+  const int64_t diagnostics_every = train_cfg.get<int64_t>("diagnostics_every", 100);
+  const int64_t overfit = train_cfg.get<int64_t>("overfit", 0);
+  const double explode_factor = train_cfg.get<double>("explode_factor", 3.0);
+  if (log_every < 0) train_cfg.fail_key("log_every", "must be 0 (off) or positive");
+  if (diagnostics_every < 0) train_cfg.fail_key("diagnostics_every", "must be 0 (off) or positive");
+  if (overfit < 0) train_cfg.fail_key("overfit", "must be 0 (off) or a number of training images");
+  if (!(explode_factor == 0 || explode_factor > 1)) {
+    train_cfg.fail_key("explode_factor",
+                       fmt::format("must be 0 (only NaN and Inf stop a run) or above 1, found {}",
+                                   explode_factor));
+  }
 
   const Config data_cfg = experiment.at("data");
-  const int64_t validation = data_cfg.get<int64_t>("validation", 0);
+  const int64_t validation_key = data_cfg.get<int64_t>("validation", 0);
+  const int64_t validation = overfit > 0 ? 0 : validation_key;
   const int64_t train_limit = data_cfg.get<int64_t>("train_limit", 0);
   const int64_t test_limit = data_cfg.get<int64_t>("test_limit", 0);
   if (train_limit < 0) data_cfg.fail_key("train_limit", "must be 0 (all images) or positive");
   if (test_limit < 0) data_cfg.fail_key("test_limit", "must be 0 (all images) or positive");
-  std::vector<std::shared_ptr<Transform>> transforms;
-  if (auto preprocess = data_cfg.find("preprocess")) {
-    for (const Config& item : preprocess->items()) transforms.push_back(registries.transforms.create(item));
-  }
+  std::vector<std::shared_ptr<Transform>> transforms =
+      read_transforms(data_cfg, "preprocess", false, registries);
+  std::vector<std::shared_ptr<Transform>> augment = read_transforms(data_cfg, "augment", true, registries);
   auto dataset = registries.datasets.create(data_cfg);
+
+  const std::string why_no_validation =
+      overfit > 0 ? "train.overfit uses none" : "data.validation is 0";
+  std::optional<EarlyStopping> early_stopping;
+  if (auto es = train_cfg.find("early_stopping")) {
+    early_stopping.emplace();
+    early_stopping->metric = read_epoch_metric(*es, "metric", "val_accuracy", validation > 0,
+                                               why_no_validation);
+    early_stopping->patience = es->get<int64_t>("patience", 5);
+    early_stopping->min_delta = es->get<double>("min_delta", 0.0);
+    if (early_stopping->patience < 1) es->fail_key("patience", "must be at least 1 epoch");
+    if (!(early_stopping->min_delta >= 0)) es->fail_key("min_delta", "must be >= 0");
+  }
 
   Rng rng(seed);
   Graph graph(experiment.at("model"), registries, backend_name, rng);
   std::optional<Config> loss_cfg = experiment.find("loss");
   auto loss = loss_cfg ? registries.losses.create(*loss_cfg)
                        : registries.losses.create("softmax_cross_entropy", Config{});
+  const std::string loss_type =
+      loss_cfg ? loss_cfg->get<std::string>("type") : std::string("softmax_cross_entropy");
   const Config optimizer_cfg = experiment.at("optimizer");
   // The schedule is nested in the optimizer's section but is not the optimizer's to read: build
   // it first, so the optimizer's unknown-key check finds its keys already read.
@@ -264,12 +355,26 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                                              optimizer->base_lr()));
   }
   std::vector<ParamRef> params = graph.params();
+  // train.overfit: no regularization. Weight decay is switched off through every parameter's
+  // decay_mult, which each optimizer's weight decay is scaled by.
+  if (overfit > 0) {
+    for (ParamRef& ref : params) ref.param->decay_mult = 0.0f;
+  }
   optimizer->setup(params);
 
   int64_t checkpoint_every = 1;
+  std::string best_metric = early_stopping ? early_stopping->metric
+                            : validation > 0 ? std::string("val_accuracy")
+                                             : std::string("none");
   if (auto checkpoint_cfg = experiment.find("checkpoint")) {
     checkpoint_every = checkpoint_cfg->get<int64_t>("every", 1);
     if (checkpoint_every < 0) checkpoint_cfg->fail_key("every", "must be 0 (only at the end) or positive");
+    if (checkpoint_cfg->has("best") && checkpoint_cfg->get<std::string>("best") != "none") {
+      best_metric = read_epoch_metric(*checkpoint_cfg, "best", best_metric, validation > 0,
+                                      why_no_validation);
+    } else if (checkpoint_cfg->has("best")) {
+      best_metric = "none";
+    }
   }
   // `plugins` is handled by the command line tool before the registries are used.
   if (auto plugins = experiment.find("plugins")) plugins->mark_used();
@@ -282,13 +387,28 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   const bool resuming = options.resume;
   if (resuming) check_resumable(checkpoint_path, experiment_yaml, options.force);
 
-  // ---- Data: load, hold out validation, fit preprocessing on the training part only. ----
-  const Shape sample = graph.input_shape();
-  if (dataset->sample_shape() != sample) {
-    experiment.at("model").fail_key(
-        "input", fmt::format("the model input is {} but the dataset's images are {}", sample.str(),
-                             dataset->sample_shape().str()));
+  // ---- Shapes through the transforms: the dataset's, after preprocess, after augment. ----
+  Shape sample = dataset->sample_shape();
+  for (auto& transform : transforms) {
+    transform->setup(sample);
+    sample = transform->output_shape(sample);
   }
+  const Shape preprocessed_sample = sample;
+  for (auto& transform : augment) {
+    transform->setup(sample);
+    sample = transform->output_shape(sample);
+  }
+  if (graph.input_shape() != sample) {
+    const std::string through = sample == dataset->sample_shape()
+                                    ? std::string()
+                                    : fmt::format(" ({} from the dataset, through data.preprocess "
+                                                  "and data.augment)",
+                                                  dataset->sample_shape().str());
+    experiment.at("model").fail_key(
+        "input", fmt::format("the model input is {} but the dataset's images are {}{}",
+                             graph.input_shape().str(), sample.str(), through));
+  }
+
   // The logits must be one score per class of the dataset: checked here, before the data is loaded,
   // rather than by the loss at the first batch.
   const Shape logits = graph.output_shape();
@@ -306,6 +426,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                                              last_layer, logits[0], dataset->num_classes()));
   }
   check_memory(graph, batch_size, eval_batch, train_cfg);
+
+  // ---- Data: load, hold out validation, fit preprocessing on the training part only. ----
   const auto data_start = Clock::now();
   Data data;
   // A dataset too large for memory is reported at the data section, with the figure.
@@ -319,9 +441,16 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   data.train = first_rows(load_split("train"), train_limit);
   data.test = first_rows(load_split("test"), test_limit);
   const int64_t available = static_cast<int64_t>(data.train.labels.size());
-  if (validation < 0 || validation >= available) {
+  if (validation_key < 0 || (overfit == 0 && validation_key >= available)) {
     data_cfg.fail_key("validation", fmt::format("must be between 0 and {} (the training images), found {}",
-                                                available - 1, validation));
+                                                available - 1, validation_key));
+  }
+  if (overfit > 0) {
+    if (overfit > available) {
+      train_cfg.fail_key("overfit", fmt::format("asks for {} images, but the training split holds {}",
+                                                overfit, available));
+    }
+    data.train = first_rows(data.train, overfit);
   }
   if (validation > 0) {
     std::vector<int64_t> order(available);
@@ -336,11 +465,11 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     data.train = take_rows(data.train, train_rows);
   }
 
+  const fs::path best_path = out_dir / "best.h5";
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) fail("{}: cannot create the output folder: {}", out_dir.string(), ec.message());
 
-  for (auto& transform : transforms) transform->setup(sample);
   std::vector<NamedTensor> preprocess_state;
   for (std::size_t i = 0; i < transforms.size(); ++i) {
     for (NamedTensor& t : transforms[i]->state()) {
@@ -363,6 +492,16 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     if (!data.val.labels.empty()) transform->apply(data.val.images);
     transform->apply(data.test.images);
   }
+  // Evaluation images get the deterministic counterpart of each augmentation (a centre crop for
+  // a crop, nothing for a flip); so do the training images when train.overfit turns augmentation
+  // off. Otherwise the loader augments every training batch afresh.
+  for (auto& transform : augment) {
+    if (!data.val.labels.empty()) transform->apply(data.val.images);
+    transform->apply(data.test.images);
+    if (overfit > 0) transform->apply(data.train.images);
+  }
+  std::vector<std::shared_ptr<const Transform>> loader_augment;
+  if (overfit == 0) loader_augment.assign(augment.begin(), augment.end());
   const double data_seconds = seconds_since(data_start);
 
   // ---- Resume, or start fresh. ----
@@ -373,7 +512,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   if (resuming) {
     auto saved = load_checkpoint_training_state(checkpoint_path);
     if (!saved) fail("checkpoint {}: has no training state to resume from", checkpoint_path.string());
-    validate_training_state(*saved, checkpoint_path, epochs, steps, kEpochMetrics);
+    validate_training_state(*saved, checkpoint_path, epochs, steps, kHistorySeries);
     std::vector<NamedTensor> model_state = graph.state_tensors();
     load_checkpoint_tensors(checkpoint_path, "model", model_state, false, options.allow_nonfinite);
     std::vector<NamedTensor> optimizer_state = optimizer->state();
@@ -388,7 +527,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                 static_cast<long long>(state.epoch), static_cast<long long>(state.iteration));
   }
 
-  auto save = [&] {
+  auto save = [&](const fs::path& path) {
     Checkpoint checkpoint;
     checkpoint.model = graph.state_tensors();
     checkpoint.optimizer = optimizer->state();
@@ -398,57 +537,134 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     rng_text << rng;
     state.rng_state = rng_text.str();
     checkpoint.training = state;
-    save_checkpoint(checkpoint_path, checkpoint);
-    saved_epoch = state.epoch;
+    save_checkpoint(path, checkpoint);
+    if (path == checkpoint_path) saved_epoch = state.epoch;
   };
 
+  TrainingLoader loader(data.train, loader_augment, batch_size, seed);
+  if (loader.batches_per_epoch() != steps) fail("internal: the loader plans {} batches, the trainer {}", loader.batches_per_epoch(), steps);
   std::printf("model: %zu layers, %lld parameters; data: %lld train, %lld validation, %lld test "
               "images (loaded in %.1fs); backend %s, %d thread(s)\n",
               graph.size(), static_cast<long long>(graph.num_parameters()),
               static_cast<long long>(train_n), static_cast<long long>(data.val.labels.size()),
               static_cast<long long>(data.test.labels.size()), data_seconds, backend_name.c_str(),
               backend->threads());
+  if (overfit > 0) {
+    std::printf("overfit check: training on the first %lld training images with no validation "
+                "split, no weight decay and no augmentation; expect the training accuracy to "
+                "reach about 1\n",
+                static_cast<long long>(train_n));
+  }
 
   Context context{true, &rng, backend.get()};
   Progress progress(options.progress, epochs, steps);
-  Tensor batch_images(sample.with_batch(batch_size));
-  std::vector<int32_t> batch_labels(batch_size);
+
+  // ---- Sanity check: the loss before any step, beside its value at chance. ----
+  double initial_loss = std::numeric_limits<double>::quiet_NaN();
+  if (auto it = state.history.find("sanity/initial_loss"); it != state.history.end() && !it->second.empty()) {
+    initial_loss = it->second.front();
+  } else if (state.iteration == 0 && train_n > 0) {
+    Split first = first_rows(data.train, std::min(batch_size, train_n));
+    if (overfit == 0) {
+      for (auto& transform : augment) transform->apply(first.images);
+    }
+    initial_loss = evaluate(graph, *loss, context, first, eval_batch).loss;
+    const std::optional<double> expected = loss->chance_loss(graph.output_shape().numel());
+    state.history["sanity/initial_loss"] = {initial_loss};
+    std::string line = fmt::format("initial loss {:.4f} on the first {} training images", initial_loss,
+                                   first.labels.size());
+    if (expected) {
+      state.history["sanity/expected_initial_loss"] = {*expected};
+      line += fmt::format(" (expected about {:.4f} for {} at chance", *expected, loss_type);
+      if (loss_type == "softmax_cross_entropy") {
+        line += fmt::format(": ln({})", graph.output_shape().numel());
+      }
+      line += ")";
+      if (!(initial_loss < 1.5 * *expected && initial_loss > 0.5 * *expected)) {
+        line += "; far from it: check the initialization scale and the data";
+      }
+    }
+    progress.note(line);
+    if (!std::isfinite(initial_loss)) {
+      fail("the initial loss is {} before any training step: check the data and the model's "
+           "initialization",
+           initial_loss);
+    }
+  }
+
+  // Early stopping and best.h5 look at the whole history, so a resumed run picks up where the
+  // interrupted one was.
+  auto early_stop_reason = [&]() -> std::optional<std::string> {
+    if (!early_stopping) return std::nullopt;
+    const auto& values = state.history[early_stopping->metric];
+    const MetricProgress p = metric_progress(values, metric_is_maximized(early_stopping->metric),
+                                             early_stopping->min_delta);
+    if (p.epochs_without_improvement < early_stopping->patience) return std::nullopt;
+    return fmt::format("early stopping after epoch {}: {} has not improved by more than {} for {} "
+                       "epochs (best {:.4f} at epoch {})",
+                       state.epoch, early_stopping->metric, early_stopping->min_delta,
+                       p.epochs_without_improvement, p.best, p.best_epoch);
+  };
+
+  StepDiagnostics diagnostics(graph);
   Tensor dlogits(graph.output_shape().with_batch(batch_size));
   std::vector<int64_t> order(train_n);
-  const int64_t row_size = sample.numel();
+  bool stopped_early = false;
+  if (auto reason = early_stop_reason()) {
+    progress.note(*reason);
+    stopped_early = true;
+  }
 
-  for (int64_t epoch = state.epoch; epoch < epochs; ++epoch) {
+  for (int64_t epoch = state.epoch; epoch < epochs && !stopped_early; ++epoch) {
     std::iota(order.begin(), order.end(), 0);
     if (shuffle) std::shuffle(order.begin(), order.end(), rng);
+    loader.start_epoch(epoch, order);
     const float lr = schedule->lr(optimizer->base_lr(), epoch, state.iteration, steps);
     const auto epoch_start = Clock::now();
     double loss_sum = 0;
     int64_t correct = 0, seen = 0;
     for (int64_t step = 0; step < steps; ++step) {
-      const int64_t begin = step * batch_size;
-      const int64_t n = std::min(batch_size, train_n - begin);
-      for (int64_t i = 0; i < n; ++i) {
-        std::memcpy(batch_images.data() + i * row_size, data.train.images.data() + order[begin + i] * row_size,
-                    row_size * sizeof(float));
-        batch_labels[i] = data.train.labels[order[begin + i]];
-      }
-      const Tensor x = n == batch_size ? batch_images : batch_images.batch_slice(0, n);
+      const Batch batch = loader.next();
+      const int64_t n = batch.size();
       Tensor dl = n == batch_size ? dlogits : dlogits.batch_slice(0, n);
-      std::span<const int32_t> labels(batch_labels.data(), n);
 
       context.training = true;
-      const Tensor& logits = graph.forward(context, x);
-      const float batch_loss = loss->forward_backward(logits, labels, &dl);
-      if (!std::isfinite(batch_loss)) {
-        fail("training diverged: the loss is {} at epoch {}, iteration {} (step {} of {} in the "
-             "epoch, learning rate {}); {}. Lower optimizer.lr or check the data",
-             number_text(batch_loss), epoch + 1, state.iteration + 1, step + 1, steps, lr,
+      const Tensor& logits = graph.forward(context, batch.images);
+      const float batch_loss = loss->forward_backward(logits, batch.labels, &dl);
+      // The explosion guard: stop before this step touches the weights.
+      const bool exploded = explode_factor > 0 && batch_loss > explode_factor * initial_loss;
+      if (!std::isfinite(batch_loss) || exploded) {
+        const std::string what =
+            exploded ? fmt::format("the loss {:.4g} exceeds {} x the initial loss {:.4g} "
+                                   "(train.explode_factor)",
+                                   batch_loss, explode_factor, initial_loss)
+                     : fmt::format("the loss is {}", number_text(batch_loss));
+        fail("training diverged at iteration {} (epoch {}, step {} of {}, learning rate {:.4g}): {}; "
+             "lower optimizer.lr or check the data. Stopped without saving: {}",
+             state.iteration + 1, epoch + 1, step + 1, steps, lr, what,
              kept_checkpoint_text(checkpoint_path, saved_epoch));
       }
-      correct += count_correct(logits, labels);
+      correct += count_correct(logits, batch.labels);
       graph.backward(context, dl);
-      optimizer->step(schedule->lr(optimizer->base_lr(), epoch, state.iteration, steps));
+      const bool measure = diagnostics_every > 0 && (state.iteration + 1) % diagnostics_every == 0;
+      if (measure) diagnostics.before_step();
+      const float step_lr = schedule->lr(optimizer->base_lr(), epoch, state.iteration, steps);
+      optimizer->step(step_lr);
       ++state.iteration;
+      if (measure) {
+        const std::vector<LayerDiagnostics> results = diagnostics.after_step();
+        record_diagnostics(state.history, state.iteration, results);
+        const std::vector<std::string> warnings = diagnostic_warnings(results);
+        if (!warnings.empty()) {
+          progress.note(fmt::format("iteration {}: {}", state.iteration, fmt::join(warnings, "; ")));
+        }
+      }
+      if (log_every > 0 && state.iteration % log_every == 0) {
+        state.history["iterations/iteration"].push_back(static_cast<double>(state.iteration));
+        state.history["iterations/loss"].push_back(batch_loss);
+        state.history["iterations/regularization"].push_back(optimizer->regularization_loss());
+        state.history["iterations/lr"].push_back(step_lr);
+      }
       loss_sum += static_cast<double>(batch_loss) * n;
       seen += n;
       progress.step(epoch + 1, step + 1, loss_sum / seen, static_cast<double>(correct) / seen,
@@ -460,6 +676,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     report.seconds = seconds_since(epoch_start);
     report.images_per_second = seen / report.seconds;
     report.train_loss = loss_sum / seen;
+    report.train_regularization = optimizer->regularization_loss();
     report.train_accuracy = static_cast<double>(correct) / seen;
     report.lr = lr;
     const Evaluation val = evaluate(graph, *loss, context, data.val, eval_batch);
@@ -469,26 +686,47 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                        graph.state_tensors(), optimizer->state(), checkpoint_path, saved_epoch);
 
     state.epoch = epoch + 1;
-    static_assert(std::size(kEpochMetrics) == 7, "every metric below is listed in kEpochMetrics");
+    static_assert(std::size(kHistorySeries) == 8, "every series below is listed in kHistorySeries");
     state.history["train_loss"].push_back(report.train_loss);
+    state.history["train_regularization"].push_back(report.train_regularization);
     state.history["train_accuracy"].push_back(report.train_accuracy);
     state.history["val_loss"].push_back(report.val_loss);
     state.history["val_accuracy"].push_back(report.val_accuracy);
     state.history["lr"].push_back(report.lr);
     state.history["epoch_seconds"].push_back(report.seconds);
     state.history["images_per_second"].push_back(report.images_per_second);
-    if ((checkpoint_every > 0 && state.epoch % checkpoint_every == 0) || state.epoch == epochs) save();
+    const std::optional<std::string> stop_reason = early_stop_reason();
+    stopped_early = stop_reason.has_value();
+    if ((checkpoint_every > 0 && state.epoch % checkpoint_every == 0) || state.epoch == epochs ||
+        stopped_early) {
+      save(checkpoint_path);
+    }
+    if (best_metric != "none") {
+      const MetricProgress best =
+          metric_progress(state.history[best_metric], metric_is_maximized(best_metric), 0.0);
+      if (best.best_epoch == state.epoch) save(best_path);
+    }
     progress.epoch_done(report);
+    if (stop_reason) progress.note(*stop_reason);
     if (on_epoch) on_epoch(report);
   }
-  if (state.epoch == 0 || !fs::exists(checkpoint_path)) save();
+  if (state.epoch == 0 || !fs::exists(checkpoint_path)) save(checkpoint_path);
 
-  // ---- Test once, at the end. ----
+  // ---- Test once, at the end (on the final weights, not best.h5's). ----
   const Evaluation test = evaluate(graph, *loss, context, data.test, eval_batch);
   TrainSummary summary;
   summary.test_accuracy = test.accuracy;
   summary.test_loss = test.loss;
   summary.epochs = state.epoch;
+  summary.stopped_early = stopped_early;
+  summary.initial_loss = initial_loss;
+  if (best_metric != "none") {
+    const MetricProgress best =
+        metric_progress(state.history[best_metric], metric_is_maximized(best_metric), 0.0);
+    summary.best_epoch = best.best_epoch;
+    summary.best_value = best.best;
+    if (best.best_epoch > 0) summary.best_checkpoint = best_path;
+  }
   const auto& seconds = state.history["epoch_seconds"];
   const auto& rates = state.history["images_per_second"];
   double images = 0;
@@ -507,11 +745,15 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       "  \"train_seconds\": {},\n  \"train_images_per_second\": {},\n  \"parameters\": {},\n"
       "  \"train_images\": {},\n  \"validation_images\": {},\n  \"test_images\": {},\n"
       "  \"backend\": \"{}\",\n  \"threads\": {},\n  \"batch_size\": {},\n  \"checkpoint\": \"{}\",\n"
+      "  \"initial_loss\": {},\n  \"stopped_early\": {},\n  \"best_metric\": \"{}\",\n"
+      "  \"best_epoch\": {},\n  \"best_value\": {},\n  \"best_checkpoint\": \"{}\",\n"
       "  \"history\": {{\n{}\n  }}\n}}\n",
       json_number(summary.test_accuracy), json_number(summary.test_loss), summary.epochs,
       json_number(summary.train_seconds), json_number(summary.train_images_per_second),
       graph.num_parameters(), train_n, data.val.labels.size(), data.test.labels.size(), backend_name,
-      backend->threads(), batch_size, checkpoint_path.string(), fmt::join(history, ",\n"));
+      backend->threads(), batch_size, checkpoint_path.string(), json_number(initial_loss),
+      stopped_early, best_metric, summary.best_epoch, json_number(summary.best_value),
+      summary.best_checkpoint.string(), fmt::join(history, ",\n"));
   write_file_atomically(summary.summary, json);
   return summary;
 }

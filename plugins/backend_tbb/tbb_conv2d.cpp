@@ -38,6 +38,11 @@ constexpr int64_t kSlicesPerThread = 4;
 constexpr int64_t kSmallWeightFloats = int64_t{1} << 16;
 // Images per backward_params block of the direct method.
 constexpr int64_t kDirectParamsImages = 8;
+// Winograd pays off once the 16 products per tile block are real matrix products: below this
+// many channels or filters the direct and small kernels win (measured: docs/performance.md).
+constexpr int64_t kWinogradMinChannels = 32;
+// Floats of one task's transformed input plus transformed output (its tiles' V and M).
+constexpr int64_t kWinogradBudgetFloats = int64_t{1} << 19;
 
 void check_shape(std::string_view what, const Tensor& t, const Shape& expected) {
   if (t.shape() != expected) {
@@ -199,14 +204,28 @@ void TbbConv2d::on_prepare() {
       std::clamp<int64_t>(ceil_div(kSmallTargetColumns, out_plane_), 1,
                           kColumnBudgetFloats / std::max<int64_t>(1, rows_ * out_plane_));
   small_stride_ = round_up(small_images_ * out_plane_, 8);
-  forward_plan_ = make_plan(direct_forward ? Method::kDirect : fallback());
+  const bool winograd = d.kernel_h == 3 && d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 &&
+                        d.dilation_h == 1 && d.dilation_w == 1 && d.groups == 1 && d.pad_h <= 2 &&
+                        d.pad_w <= 2 && cg_ >= kWinogradMinChannels && kg_ >= kWinogradMinChannels;
+  forward_plan_ = make_plan(winograd         ? Method::kWinograd
+                            : direct_forward ? Method::kDirect
+                                             : fallback());
   params_plan_ = forward_plan_;
   if (params_plan_.method == Method::kDirect) {
     // Several images per block, so each block's accumulators are reduced once.
     params_plan_.images = std::clamp<int64_t>(
         kColumnBudgetFloats / (padded_stride_ + kg_ * dy_wide_stride_), 1, kDirectParamsImages);
   }
-  data_plan_ = make_plan(direct_data ? Method::kDirect : fallback());
+  data_plan_ = make_plan(winograd ? Method::kWinograd : direct_data ? Method::kDirect : fallback());
+  if (winograd) {
+    winograd_forward_ = winograd::Geometry::make(cg_, kg_, d.in_h, d.in_w, d.pad_h, d.pad_w);
+    winograd_data_ = winograd::Geometry::make(kg_, cg_, d.out_h, d.out_w, 2 - d.pad_h, 2 - d.pad_w);
+    winograd_tiles_ =
+        std::max<int64_t>(8, kWinogradBudgetFloats / (winograd::kElements * (cg_ + kg_)));
+    winograd_u_forward_.assign(static_cast<std::size_t>(winograd::kElements * cg_ * kg_), 0.0f);
+    winograd_u_data_.assign(winograd_u_forward_.size(), 0.0f);
+    winograd_du_.assign(static_cast<std::size_t>(allowed_threads()), winograd_u_data_);
+  }
 
   col_floats_ = 0;
   gathered_floats_ = 0;
@@ -250,6 +269,11 @@ void TbbConv2d::plan_workspace(const Plan& plan) {
   std::size_t col = 0, gathered = 0;
   switch (plan.method) {
     case Method::kPointwise:
+      break;
+    case Method::kWinograd:
+      col = static_cast<std::size_t>(winograd::kElements *
+                                     winograd::plane_stride(std::max(cg_, kg_), winograd_tiles_));
+      gathered = col;
       break;
     case Method::kBlas: {
       const int64_t columns = plan.images * plan.band_rows * d.out_w;
@@ -384,6 +408,12 @@ void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bia
     }
   }
   const float* bias_data = has_bias ? bias->data() : nullptr;
+  if (plan.method == Method::kWinograd) {
+    winograd::transform_weights(weight.data(), kg_, cg_, false, winograd_u_forward_.data());
+    winograd_run(winograd_forward_, winograd_u_forward_.data(), x.data(), bias_data, y.data(),
+                 n_batch);
+    return;
+  }
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, block_count(plan, n_batch), 1),
                     [&](const tbb::blocked_range<int64_t>& range) {
                       Workspace& ws = local_workspace();
@@ -398,6 +428,7 @@ void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bia
                             break;
                           case Method::kPointwise:
                           case Method::kBlas:
+                          case Method::kWinograd:
                             blas_forward(b, x.data(), weight.data(), bias_data, y.data(), ws);
                             break;
                         }
@@ -509,6 +540,11 @@ void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx
           packed_backward_.data() + g * stride);
     }
   }
+  if (plan.method == Method::kWinograd) {
+    winograd::transform_weights(weight.data(), cg_, kg_, true, winograd_u_data_.data());
+    winograd_run(winograd_data_, winograd_u_data_.data(), dy.data(), nullptr, dx.data(), n_batch);
+    return;
+  }
   // Bands of one image overlap in dx, so one task owns each unit of whole images.
   const int64_t units = ceil_div(n_batch, plan.images);
   tbb::parallel_for(
@@ -531,6 +567,7 @@ void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx
                 break;
               case Method::kPointwise:
               case Method::kBlas:
+              case Method::kWinograd:
                 blas_backward_data(b, dy.data(), weight.data(), dx.data(), ws);
                 break;
             }
@@ -606,9 +643,26 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
   }
   if (want_bias) check_shape("dbias", *dbias, {d.out_channels});
 
+  const Plan& plan = params_plan_;
+  if (plan.method == Method::kWinograd) {
+    if (want_weight) winograd_backward_weight(x.data(), dy.data(), dweight.data(), n_batch);
+    if (want_bias) {  // one task per filter: each sum runs in a fixed order
+      tbb::parallel_for(tbb::blocked_range<int64_t>(0, d.out_channels, 8),
+                        [&](const tbb::blocked_range<int64_t>& range) {
+                          for (int64_t k = range.begin(); k != range.end(); ++k) {
+                            float total = 0.0f;
+                            for (int64_t n = 0; n < n_batch; ++n) {
+                              total += sum_floats(dy.data() + (n * d.out_channels + k) * out_plane_,
+                                                  out_plane_);
+                            }
+                            dbias->data()[k] = total;
+                          }
+                        });
+    }
+    return;
+  }
   // Contiguous slices of blocks, each with its own partial sums; slice 0 accumulates into dweight
   // itself.
-  const Plan& plan = params_plan_;
   const int64_t blocks = block_count(plan, n_batch);
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(blocks, max_slices()));
   const int64_t weight_floats = d.out_channels * rows_;
@@ -643,6 +697,7 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
                   break;
                 case Method::kPointwise:
                 case Method::kBlas:
+                case Method::kWinograd:  // (handled above)
                   blas_backward_params(b, x.data(), dy.data(), dw, ws);
                   break;
               }
@@ -734,6 +789,59 @@ void TbbConv2d::small_backward_params(const Block& b, const float* x, const floa
     direct::shifted_dot(ws.gathered.data(), kg_, small_stride_, col, small_offsets_.data(), rows_,
                         cols, 1, 0, 0, dw + g * kg_ * rows_, rows_);
   }
+}
+
+// ---- winograd ---------------------------------------------------------------------------------
+
+void TbbConv2d::winograd_run(const winograd::Geometry& g, const float* u, const float* x,
+                             const float* bias, float* y, int64_t n_batch) {
+  const int64_t total = n_batch * g.tiles_per_image();
+  const int64_t blocks = ceil_div(total, winograd_tiles_);
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks, 1),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      Workspace& ws = local_workspace();
+                      for (int64_t block = range.begin(); block != range.end(); ++block) {
+                        const int64_t first = block * winograd_tiles_;
+                        const int64_t count = std::min(winograd_tiles_, total - first);
+                        winograd::convolve_tiles(g, u, x, bias, y, first, count, ws.col.data(),
+                                                 ws.gathered.data());
+                      }
+                    });
+}
+
+void TbbConv2d::winograd_backward_weight(const float* x, const float* dy, float* dweight,
+                                         int64_t n_batch) {
+  const winograd::Geometry& g = winograd_forward_;
+  const int64_t total = n_batch * g.tiles_per_image();
+  const int64_t blocks = ceil_div(total, winograd_tiles_);
+  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(blocks, allowed_threads()));
+  if (winograd_du_.size() < static_cast<std::size_t>(slices)) {  // threads were raised
+    winograd_du_.resize(static_cast<std::size_t>(slices), winograd_u_data_);
+  }
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, slices, 1),
+      [&](const tbb::blocked_range<int64_t>& range) {
+        Workspace& ws = local_workspace();
+        for (int64_t slice = range.begin(); slice != range.end(); ++slice) {
+          std::vector<float>& du = winograd_du_[slice];
+          std::fill(du.begin(), du.end(), 0.0f);
+          for (int64_t block = slice * blocks / slices; block < (slice + 1) * blocks / slices;
+               ++block) {
+            const int64_t first = block * winograd_tiles_;
+            const int64_t count = std::min(winograd_tiles_, total - first);
+            winograd::accumulate_weight_gradient(g, x, dy, first, count, ws.col.data(),
+                                                 ws.gathered.data(), du.data());
+          }
+        }
+      },
+      tbb::simple_partitioner());
+  // Reduce in slice order, then transform back to 3x3 filters.
+  std::vector<float>& sum = winograd_du_[0];
+  for (int64_t slice = 1; slice < slices; ++slice) {
+    const std::vector<float>& part = winograd_du_[slice];
+    for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += part[i];
+  }
+  winograd::weight_gradient(sum.data(), kg_, cg_, dweight);
 }
 
 // ---- direct -----------------------------------------------------------------------------------

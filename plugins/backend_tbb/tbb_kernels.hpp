@@ -30,6 +30,7 @@
 #include "strata/backend.hpp"
 #include "strata/config.hpp"
 #include "strata/ops.hpp"
+#include "winograd.hpp"
 
 namespace strata::tbb_backend {
 
@@ -65,6 +66,11 @@ class TbbBackend : public Backend {
 //   - blas: everything else. im2col + single-threaded OpenBLAS sgemm per group; a block is several
 //     whole images, or a band of output rows of one image when its col matrix would exceed the
 //     budget.
+//   - winograd: 3x3, stride 1, dilation 1, one group, padding at most 2, and at least
+//     kWinogradMinChannels channels and filters: F(2x2, 3x3) (winograd.hpp) over blocks of tiles
+//     of the whole batch, for all three entry points. backward_params gives each thread a
+//     contiguous range of tile blocks and a transformed-gradient buffer of 16 * K * C floats,
+//     reduced in order (deterministic for a given thread count).
 // backward_params splits the batch into contiguous slices (a few per thread, for load balance);
 // slice 0 accumulates straight into dweight, the others into partial buffers added in slice
 // order, so results are deterministic for a given thread count. A kernel instance is not
@@ -84,7 +90,7 @@ class TbbConv2d : public Conv2dKernel {
   void on_prepare() override;
 
  private:
-  enum class Method { kDirect, kSmall, kPointwise, kBlas };
+  enum class Method { kDirect, kSmall, kPointwise, kBlas, kWinograd };
   // How one entry point walks the batch: blocks of `images` whole images, or bands of
   // `band_rows` output rows of one image (blas only, when one image's col matrix is too big).
   struct Plan {
@@ -119,6 +125,10 @@ class TbbConv2d : public Conv2dKernel {
   void direct_backward_params(const Block& b, const float* x, const float* dy, float* dw,
                               Workspace& ws) const;
   void pad_input(const float* x, float* padded) const;  // one group of one image
+  // Runs the Winograd convolution described by `g` with transformed weights `u` over the batch.
+  void winograd_run(const winograd::Geometry& g, const float* u, const float* x, const float* bias,
+                    float* y, int64_t n_batch);
+  void winograd_backward_weight(const float* x, const float* dy, float* dweight, int64_t n_batch);
   void gather_dy(const Block& b, int64_t g, const float* dy, float* gathered) const;
 
   int64_t cg_ = 0, kg_ = 0;  // channels and filters per group
@@ -142,6 +152,11 @@ class TbbConv2d : public Conv2dKernel {
   int64_t padded_stride_ = 0;   // floats between padded images in the workspace
   int64_t dy_wide_stride_ = 0;  // row stride of the zero-filled wide dy in backward_params
   std::vector<int32_t> forward_offsets_, backward_offsets_;
+  // winograd: geometries of forward and backward_data, tiles per task, transformed weights.
+  winograd::Geometry winograd_forward_, winograd_data_;
+  int64_t winograd_tiles_ = 0;
+  std::vector<float> winograd_u_forward_, winograd_u_data_;
+  std::vector<std::vector<float>> winograd_du_;  // per backward_params slice
 };
 
 // Pooling, parallel over the N*C planes with a grain of about kPoolWorkPerTask window reads.

@@ -14,6 +14,7 @@ void register_activations(Registries& registries);
 void register_flatten(Registries& registries);
 void register_dropout(Registries& registries);
 void register_losses(Registries& registries);
+void register_batch_norm(Registries& registries);
 
 namespace {
 
@@ -25,6 +26,7 @@ void register_all(Registries& registries) {
   register_flatten(registries);
   register_dropout(registries);
   register_losses(registries);
+  register_batch_norm(registries);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 //   d loss / d z[n, c] = (softmax(z[n])[c] - [c == label[n]]) / N
 //   logsumexp is computed as m + log(sum exp(z - m)) with m the row maximum, so large logits
 //   neither overflow nor lose the loss to cancellation. No keys.
+//   chance_loss(classes) = ln(classes): the loss of uniform predictions.
 //
 // REQUIRES
 //   - logits [N, classes] with N >= 1, N labels, each in [0, classes).
@@ -28,6 +29,10 @@ namespace {
 class SoftmaxCrossEntropy final : public Loss {
  public:
   explicit SoftmaxCrossEntropy(const Config&) {}
+
+  std::optional<double> chance_loss(int64_t classes) const override {
+    return std::log(static_cast<double>(classes));
+  }
 
   float forward_backward(const Tensor& logits, std::span<const int32_t> labels,
                          Tensor* dlogits) override {

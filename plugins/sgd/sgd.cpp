@@ -10,6 +10,8 @@
 //   keys: lr (required, > 0), momentum (0, in [0, 1)), nesterov (false; needs momentum > 0),
 //         weight_decay (0, >= 0)
 //   state(): one "<param key>/momentum" tensor per parameter when momentum > 0.
+//   regularization_loss(): 0.5 * weight_decay * sum decay_mult * ||w||^2, the L2 term whose
+//   gradient the update adds.
 //
 // Schedules, as a function of the epoch (counted from 0):
 //   constant  lr = base
@@ -86,6 +88,8 @@ class Sgd final : public Optimizer {
   }
 
   float base_lr() const override { return static_cast<float>(lr_); }
+
+  double regularization_loss() const override { return l2_penalty(params_, weight_decay_); }
 
   std::vector<NamedTensor> state() override {
     std::vector<NamedTensor> result;

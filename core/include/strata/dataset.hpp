@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -26,7 +27,15 @@ class Dataset {
   virtual Split load(std::string_view split) = 0;
 };
 
-// A preprocessing step whose statistics come from the training split only.
+using Rng = std::mt19937;  // the same generator as strata/layer.hpp's
+
+// A step between the dataset and the model. Two kinds:
+//   - deterministic (normalize; listed under data.preprocess): statistics fitted once on the
+//     training split, then applied once to every split;
+//   - random (random_crop, hflip; listed under data.augment): applied to training batches only,
+//     with fresh random parameters drawn for every sample from an Rng the loader seeds from
+//     (seed, epoch, sample index); evaluation images get apply(), the deterministic version
+//     (identity for a flip, a centre crop for a crop).
 class Transform {
  public:
   virtual ~Transform() = default;
@@ -36,10 +45,20 @@ class Transform {
   virtual void setup(const Shape& sample_shape) = 0;
   // Computes statistics from training images [N, C, H, W].
   virtual void fit(const Tensor& train_images) = 0;
-  // Applies the transform in place to images [N, C, H, W].
+  // Applies the transform to images [N, C, H, W] in place (a transform whose output_shape()
+  // differs from its input replaces `images` with a new tensor of [N, output_shape()]).
   virtual void apply(Tensor& images) const = 0;
   // The fitted statistics, saved in checkpoints ("mean", "std"); load by writing into them.
   virtual std::vector<NamedTensor> state() = 0;
-};
 
+  // ---- random transforms (data augmentation) ----
+  // True for a transform that draws random parameters per sample and implements augment().
+  virtual bool random() const { return false; }
+  // The sample shape produced from `input` (setup()'s shape): `input` unless the transform crops.
+  virtual Shape output_shape(const Shape& input) const { return input; }
+  // Writes a randomly transformed copy of one sample `in` (setup()'s shape, contiguous) into `out`
+  // (output_shape(), contiguous, not overlapping `in`), drawing only from `rng`. Called from
+  // several threads at once on one object: it must not modify the transform.
+  virtual void augment(const float* in, float* out, Rng& rng) const;
+};
 }  // namespace strata

@@ -27,6 +27,16 @@ namespace strata {
 
 class Registries;
 
+// Wall time per layer, accumulated by Graph::forward()/backward() while attached with
+// Graph::set_profile() (strata bench uses it). Detached, the graph pays one branch per layer.
+struct GraphProfile {
+  std::vector<double> forward_seconds, backward_seconds;  // indexed like the graph's layers
+  void reset(std::size_t layers) {
+    forward_seconds.assign(layers, 0.0);
+    backward_seconds.assign(layers, 0.0);
+  }
+};
+
 class Graph {
  public:
   // Builds and sets up every layer, then initializes parameters with `init_rng`. Per-layer
@@ -49,9 +59,12 @@ class Graph {
   void backward(Context& context, const Tensor& doutput);
   // A layer's output from the last forward().
   const Tensor& activation(std::string_view layer_name) const;
+  // Attaches a profile (sized to size() by the graph) or detaches it (nullptr). The backward time
+  // of a layer includes summing its input gradients into tensors read by several layers.
+  void set_profile(GraphProfile* profile);
 
-  std::vector<ParamRef> params();             // keys "<layer>/<param>"
-  std::vector<NamedTensor> state_tensors();   // parameters and buffers, "<layer>/<name>"
+  std::vector<ParamRef> params();            // keys "<layer>/<param>"
+  std::vector<NamedTensor> state_tensors();  // parameters and buffers, "<layer>/<name>"
   int64_t num_parameters() const;
 
  private:
@@ -73,7 +86,8 @@ class Graph {
   // by several layers a scratch buffer each consumer writes its share of the gradient into.
   std::vector<Tensor> outputs_storage_, grads_storage_, edge_scratch_;
   std::vector<Tensor> outputs_, grads_, scratch_;  // views for the current batch
-  Tensor input_;                                         // view of the current input
+  Tensor input_;                                   // view of the current input
+  GraphProfile* profile_ = nullptr;
 };
 
 }  // namespace strata

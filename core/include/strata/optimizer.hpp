@@ -27,7 +27,16 @@ class Optimizer {
   virtual float base_lr() const = 0;
   // Per-parameter state to checkpoint, named "<param key>/<slot>" ("conv1/weight/momentum").
   virtual std::vector<NamedTensor> state() = 0;
+  // The regularization term the update minimizes besides the data loss, reported beside it
+  // (the trainer's "regularization"): for an L2 penalty applied as grad += weight_decay *
+  // decay_mult * w, that is l2_penalty(params, weight_decay). The default 0 is right only for an
+  // optimizer with no such term (decoupled weight decay, as in AdamW, adds none to the loss).
+  virtual double regularization_loss() const { return 0.0; }
 };
+
+// 0.5 * weight_decay * sum over params of decay_mult * ||w||^2 (in double precision; defined in
+// core/src/diagnostics.cpp).
+double l2_penalty(std::span<const ParamRef> params, double weight_decay);
 
 // Learning rate as a function of progress. `epoch` counts from 0; `iteration` is global.
 class Schedule {

@@ -4,9 +4,13 @@
 // loads and preprocesses the data, builds the model, and trains: epochs of shuffled mini-batches,
 // evaluation on the validation split after each epoch and on the test split at the end, a
 // progress display, an atomic checkpoint every `checkpoint.every` epochs, and summary.json.
-// A NaN or infinite loss stops training with an Error naming the epoch and iteration; a
-// non-finite validation loss, weight or optimizer state stops it at the end of the epoch, before
-// the save, so a diverged model never replaces the last good checkpoint.
+// Training batches come from a prefetching, augmenting TrainingLoader (strata/data_loader.hpp).
+// Babysitting (docs/training.md): the initial loss beside its chance value, per-iteration loss in
+// the history, per-layer diagnostics, `train.overfit`, early stopping and best.h5. A NaN or
+// infinite loss, or one above train.explode_factor x the initial loss, stops training with an
+// Error naming the iteration, before the step and without saving; a non-finite validation loss,
+// weight or optimizer state stops it at the end of the epoch, before the save, so a diverged model
+// never replaces the last good checkpoint.
 // With `resume`, a run continues from the checkpoint in its output folder, which must exist, must
 // have been written by the same experiment (apart from the keys resume_may_change() allows, unless
 // `force`), and must hold a whole training state (docs/checkpoint-format.md, "Resuming").
@@ -34,7 +38,8 @@ struct TrainOptions {
 struct EpochReport {
   int64_t epoch = 0;  // 1-based
   int64_t epochs = 0;
-  double train_loss = 0, train_accuracy = 0;
+  double train_loss = 0, train_accuracy = 0;  // data loss (mean over the epoch's batches)
+  double train_regularization = 0;            // the optimizer's regularization term at the end
   double val_loss = 0, val_accuracy = 0;  // NaN without a validation split
   double lr = 0;
   double seconds = 0;
@@ -49,6 +54,11 @@ struct TrainSummary {
   double train_images_per_second = 0;
   std::filesystem::path checkpoint;
   std::filesystem::path summary;
+  double initial_loss = 0;                  // before any step (sanity check)
+  bool stopped_early = false;               // train.early_stopping ended the run
+  int64_t best_epoch = 0;                   // of checkpoint.best's metric; 0 without one
+  double best_value = 0;
+  std::filesystem::path best_checkpoint;    // best.h5, empty when none was written
 };
 
 // Trains the experiment described by `experiment` (a parsed file, with --set overrides applied).

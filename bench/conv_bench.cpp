@@ -1,0 +1,170 @@
+// conv_bench: times one conv2d kernel (forward, backward_data, backward_params) of a backend, on
+// fresh random data, the way a conv layer runs inside a training step.
+//
+//   conv_bench --shape N,C,H,W,K,R,S,stride,pad,dilation[,groups] [--backend tbb] [--threads T]
+//              [--iterations I] [--warmup W] [--no-bias]
+//
+// Prints one JSON object: the best (minimum) seconds of each pass over I timed iterations after W
+// untimed ones, and GFLOP/s of the three passes together, counting 2 * N * K * (C/groups) * R * S *
+// out_h * out_w floating-point operations per pass (multiply and add). bench/compare_pytorch.py
+// runs it beside PyTorch; it is a benchmark, not a test, and asserts nothing about speed.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "strata/backend.hpp"
+#include "strata/config.hpp"
+#include "strata/error.hpp"
+#include "strata/ops.hpp"
+#include "strata/plugin.hpp"
+#include "strata/registry.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kUsage =
+    "usage: conv_bench --shape N,C,H,W,K,R,S,stride,pad,dilation[,groups] [--backend tbb]\n"
+    "                  [--threads T] [--iterations I] [--warmup W] [--no-bias]\n";
+
+std::vector<int64_t> parse_list(const std::string& text) {
+  std::vector<int64_t> values;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t comma = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, comma - start);
+    char* end = nullptr;
+    const long long v = std::strtoll(item.c_str(), &end, 10);
+    if (item.empty() || *end != '\0')
+      strata::fail("--shape {}: '{}' is not an integer", text, item);
+    values.push_back(v);
+    start = comma + 1;
+  }
+  return values;
+}
+
+strata::Tensor random_tensor(const strata::Shape& shape, std::mt19937& rng) {
+  strata::Tensor t(shape);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  for (float& v : t.span()) v = dist(rng);
+  return t;
+}
+
+double seconds(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+int run(int argc, char** argv) {
+  std::string shape_text, backend_name = "tbb";
+  int threads = 0;
+  int iterations = 10, warmup = 2;
+  bool bias = true;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) strata::fail("{} needs a value\n{}", arg, kUsage);
+      return argv[++i];
+    };
+    if (arg == "--shape") {
+      shape_text = value();
+    } else if (arg == "--backend") {
+      backend_name = value();
+    } else if (arg == "--threads") {
+      threads = std::stoi(value());
+    } else if (arg == "--iterations") {
+      iterations = std::stoi(value());
+    } else if (arg == "--warmup") {
+      warmup = std::stoi(value());
+    } else if (arg == "--no-bias") {
+      bias = false;
+    } else {
+      strata::fail("unknown argument '{}'\n{}", arg, kUsage);
+    }
+  }
+  if (shape_text.empty()) strata::fail("--shape is required\n{}", kUsage);
+  if (iterations < 1 || warmup < 0 || threads < 0) {
+    strata::fail("--iterations must be >= 1, --warmup and --threads >= 0");
+  }
+  const std::vector<int64_t> v = parse_list(shape_text);
+  if (v.size() != 10 && v.size() != 11) {
+    strata::fail("--shape {}: expected 10 or 11 integers, found {}\n{}", shape_text, v.size(),
+                 kUsage);
+  }
+  const int64_t n = v[0];
+  strata::Conv2dDesc d;
+  d.in_channels = v[1];
+  d.in_h = v[2];
+  d.in_w = v[3];
+  d.out_channels = v[4];
+  d.kernel_h = v[5];
+  d.kernel_w = v[6];
+  d.stride_h = d.stride_w = v[7];
+  d.pad_h = d.pad_w = v[8];
+  d.dilation_h = d.dilation_w = v[9];
+  d.groups = v.size() == 11 ? v[10] : 1;
+  d.out_h = (d.in_h + 2 * d.pad_h - d.dilation_h * (d.kernel_h - 1) - 1) / d.stride_h + 1;
+  d.out_w = (d.in_w + 2 * d.pad_w - d.dilation_w * (d.kernel_w - 1) - 1) / d.stride_w + 1;
+
+  strata::Registries registries;
+  strata::PluginLoader loader(registries);
+  loader.load_default();
+  auto backend = registries.backends.create(backend_name, strata::Config{});
+  backend->set_threads(threads);
+  auto conv =
+      registries.kernels.pick<strata::Conv2dKernel>("conv2d", backend_name, d, "conv_bench");
+
+  std::mt19937 rng(12345);
+  const int64_t cg = d.in_channels / d.groups;
+  strata::Tensor x = random_tensor({n, d.in_channels, d.in_h, d.in_w}, rng);
+  strata::Tensor w = random_tensor({d.out_channels, cg, d.kernel_h, d.kernel_w}, rng);
+  strata::Tensor b = random_tensor({d.out_channels}, rng);
+  strata::Tensor dy = random_tensor({n, d.out_channels, d.out_h, d.out_w}, rng);
+  strata::Tensor y({n, d.out_channels, d.out_h, d.out_w});
+  strata::Tensor dx({n, d.in_channels, d.in_h, d.in_w});
+  strata::Tensor dw(w.shape()), db(b.shape());
+
+  double best_forward = std::numeric_limits<double>::infinity();
+  double best_data = best_forward, best_params = best_forward, best_total = best_forward;
+  for (int it = 0; it < warmup + iterations; ++it) {
+    const auto t0 = Clock::now();
+    conv->forward(x, w, bias ? &b : nullptr, y);
+    const double forward = seconds(t0);
+    const auto t1 = Clock::now();
+    conv->backward_data(dy, w, dx);
+    const double data = seconds(t1);
+    const auto t2 = Clock::now();
+    conv->backward_params(x, dy, dw, bias ? &db : nullptr);
+    const double params = seconds(t2);
+    if (it < warmup) continue;
+    best_forward = std::min(best_forward, forward);
+    best_data = std::min(best_data, data);
+    best_params = std::min(best_params, params);
+    best_total = std::min(best_total, forward + data + params);
+  }
+  const double flops_per_pass = 2.0 * static_cast<double>(n * d.out_channels * cg * d.kernel_h *
+                                                          d.kernel_w * d.out_h * d.out_w);
+  std::printf(
+      "{\"backend\": \"%s\", \"threads\": %d, \"shape\": \"%s\", \"out_h\": %lld, \"out_w\": %lld, "
+      "\"forward_s\": %.6g, \"backward_data_s\": %.6g, \"backward_params_s\": %.6g, "
+      "\"total_s\": %.6g, \"gflops\": %.6g, \"forward_gflops\": %.6g}\n",
+      backend_name.c_str(), backend->threads(), shape_text.c_str(), static_cast<long long>(d.out_h),
+      static_cast<long long>(d.out_w), best_forward, best_data, best_params, best_total,
+      3.0 * flops_per_pass / best_total * 1e-9, flops_per_pass / best_forward * 1e-9);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "conv_bench: %s\n", error.what());
+    return 1;
+  }
+}

@@ -1,0 +1,61 @@
+// Winograd F(2x2, 3x3) convolution (internal to backend_tbb): 3x3 filters, stride 1, dilation 1,
+// one group. Each 2x2 block of outputs ("tile") is computed from a 4x4 input patch as
+//   Y = A^T [ sum over channels c of (G g_kc G^T) .* (B^T d_c B) ] A
+// so the 36 multiply-adds per output pixel and channel of direct convolution become 16 per
+// 4 pixels (2.25x fewer). The sums over channels are 16 independent matrix products, one per
+// element xi of the 4x4 transformed tile: M[xi] (filters x tiles) = U[xi] (filters x channels) *
+// V[xi] (channels x tiles), run with single-threaded sgemm on a block of tiles at a time.
+//
+// backward_data is the same computation on dy, with the filters flipped and channels and
+// filters swapped, and padding 2 - pad (a "full" correlation): transform_weights(flip = true).
+//
+// Accuracy: the transforms' coefficients are 0, +-1 and +-1/2, so F(2x2, 3x3) loses little
+// (tests/test_kernels.cpp checks it against the reference at the usual tolerance); F(4x4, 3x3)
+// would save more multiplications but its larger coefficients cost precision.
+#pragma once
+
+#include <cstdint>
+
+namespace strata::tbb_backend::winograd {
+
+inline constexpr int64_t kElements = 16;  // 4x4 transformed tile
+
+// Floats between the 16 planes of a transformed block of `rows` x `count`. Not a multiple of
+// 4 KiB: with power-of-two plane sizes the 16 streams of a transform's stores all map to the same
+// L1 set and evict each other (measured: the input transform took as long as the products).
+inline int64_t plane_stride(int64_t rows, int64_t count) { return rows * count + 48; }
+
+struct Geometry {
+  int64_t channels = 0, filters = 0;  // of this convolution (after any swap)
+  int64_t in_h = 0, in_w = 0, pad_h = 0, pad_w = 0, out_h = 0, out_w = 0;
+  int64_t tiles_h = 0, tiles_w = 0;  // ceil(out / 2)
+  int64_t tiles_per_image() const { return tiles_h * tiles_w; }
+  static Geometry make(int64_t channels, int64_t filters, int64_t in_h, int64_t in_w, int64_t pad_h,
+                       int64_t pad_w);
+};
+
+// U[xi][f][c] = (G g G^T)[xi] for the 3x3 filter g = w[f][c] (w is [filters][channels][3][3]).
+// With flip, the filters are those of backward_data: g[r][s] = w[c][f][2 - r][2 - s] where w is
+// [channels][filters][3][3] as stored for the forward convolution (so `filters` here is the
+// forward convolution's channel count). u holds kElements * filters * channels floats.
+void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u);
+
+// y[n][f] for the output tiles [first, first + count) of the batch, numbered image by image,
+// row by row. x is [N][channels][in_h][in_w], y [N][filters][out_h][out_w] (overwritten; bias
+// added when non-null). v and m are workspaces of kElements * plane_stride(channels, count)
+// and kElements * plane_stride(filters, count) floats.
+void convolve_tiles(const Geometry& g, const float* u, const float* x, const float* bias, float* y,
+                    int64_t first, int64_t count, float* v, float* m);
+
+// The weight gradient, by the same transforms run backwards: since y = A^T (U .* V) A and
+// U = G g G^T, dL/dU[f][c] = sum over tiles of (A dy_f A^T) .* V_c, and dL/dg = G^T dL/dU G.
+// accumulate_weight_gradient adds the tiles [first, first + count)'s share to du[xi][f][c]
+// (16 products (filters x tiles) * (tiles x channels)); v and w are workspaces of
+// kElements * plane_stride(channels, count) and kElements * plane_stride(filters, count) floats. x
+// is the forward input and dy the forward output's gradient, as in convolve_tiles.
+void accumulate_weight_gradient(const Geometry& g, const float* x, const float* dy, int64_t first,
+                                int64_t count, float* v, float* w, float* du);
+// dw[f][c][3][3] = G^T du[.][f][c] G (overwritten).
+void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw);
+
+}  // namespace strata::tbb_backend::winograd

@@ -1,0 +1,55 @@
+#!/bin/bash
+# `strata bench`: the table and --json name every layer and the totals; bad options are errors
+# with exit status 1. Asserts nothing about speed. Run by ctest with STRATA and PYTHON set.
+set -u
+: "${STRATA:?}" "${PYTHON:?}"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+cat >"$work/exp.yaml" <<'YAML'
+threads: 1
+data: {type: idx, dir: /nonexistent/never-read}
+model:
+  input: [3, 10, 10]
+  layers:
+    - {name: conv1, type: conv2d, out_channels: 8, kernel: 3, padding: 1}
+    - {name: relu1, type: relu}
+    - {name: pool1, type: max_pool, kernel: 2}
+    - {name: fc1, type: linear, out_features: 4}
+optimizer: {type: sgd, lr: 0.01, momentum: 0.9}
+train: {epochs: 1, batch_size: 5}
+YAML
+
+"$STRATA" bench "$work/exp.yaml" --iterations 2 --warmup 1 >"$work/table" 2>&1 || { cat "$work/table"; fail "table run"; }
+for word in conv1 relu1 pool1 fc1 "optimizer step" total images/s "peak memory" "batch 5"; do
+  grep -qF -- "$word" "$work/table" || { cat "$work/table"; fail "table lacks '$word'"; }
+done
+echo "ok   table"
+
+"$STRATA" bench "$work/exp.yaml" --iterations 2 --warmup 0 --threads 2 --set train.batch_size=6 --json \
+  >"$work/out.json" 2>"$work/err" || { cat "$work/err"; fail "json run"; }
+"$PYTHON" - "$work/out.json" <<'PY' || fail "json content"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["batch_size"] == 6 and r["threads"] == 2 and r["iterations"] == 2, r
+assert [l["name"] for l in r["layers"]] == ["conv1", "relu1", "pool1", "fc1"], r["layers"]
+conv = r["layers"][0]
+assert conv["forward_flops"] == 2 * 6 * 8 * 10 * 10 * 27, conv  # first layer: no data gradient
+assert conv["backward_flops"] == conv["forward_flops"], conv
+assert r["layers"][1]["forward_gflops"] is None
+assert r["images_per_second"] > 0 and r["peak_rss_bytes"] > 0
+assert abs(r["images_per_second"] - 6 / r["step_seconds"]) < 1e-6 * r["images_per_second"]
+PY
+echo "ok   json"
+
+for bad in "--iterations 0:--iterations must be at least 1" "--threads -1:--threads -1" \
+           "--bogus:bogus"; do
+  args=${bad%%:*}; want=${bad#*:}
+  # shellcheck disable=SC2086
+  "$STRATA" bench "$work/exp.yaml" $args >"$work/o" 2>"$work/e"; rc=$?
+  [ "$rc" -eq 1 ] || fail "$args: exit status $rc"
+  grep -qF -- "$want" "$work/e" || { cat "$work/e"; fail "$args: stderr lacks '$want'"; }
+  echo "ok   $args: $(head -1 "$work/e")"
+done
+echo "all passed"
