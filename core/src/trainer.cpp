@@ -1,6 +1,10 @@
 #include "strata/trainer.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <chrono>
@@ -159,25 +163,68 @@ class Progress {
   Clock::time_point last_ = Clock::now();
 };
 
+// Writes through POSIX calls so that a failure keeps its errno text ("No space left on device").
 void write_file_atomically(const fs::path& path, const std::string& text) {
   const fs::path temporary = path.string() + fmt::format(".tmp-{}", ::getpid());
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(temporary, ec);
-      fail("{}: cannot write", path.string());
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail("{}: cannot write: {}", path.string(), std::strerror(errno));
+  std::size_t written = 0;
+  int error = 0;
+  while (written < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + written, text.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      error = n < 0 ? errno : EIO;
+      break;
     }
+    written += static_cast<std::size_t>(n);
   }
-  std::error_code ec;
-  fs::rename(temporary, path, ec);
-  if (ec) {
-    fs::remove(temporary, ec);
-    fail("{}: cannot replace: {}", path.string(), ec.message());
+  if (error == 0 && ::fsync(fd) != 0) error = errno;
+  if (::close(fd) != 0 && error == 0) error = errno;
+  if (error != 0) {
+    ::unlink(temporary.c_str());
+    fail("{}: cannot write: {}", path.string(), std::strerror(error));
+  }
+  if (::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int rename_error = errno;  // before unlink() can change it
+    ::unlink(temporary.c_str());
+    fail("{}: cannot replace: {}", path.string(), std::strerror(rename_error));
   }
 }
+
+// An exclusive flock() on <out>/.lock for the lifetime of the run, so that two runs writing to the
+// same folder cannot interleave their checkpoints. Creating the lock file also proves, before any
+// data is loaded, that the folder is writable. The kernel drops the lock when the process dies.
+class OutputLock {
+ public:
+  explicit OutputLock(const fs::path& out_dir) {
+    std::error_code ec;
+    fs::create_directories(out_dir, ec);
+    if (ec) fail("{}: cannot create the output folder: {}", out_dir.string(), ec.message());
+    const fs::path lock = out_dir / ".lock";
+    fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) {
+      fail("{}: the output folder is not writable: cannot create {}: {}", out_dir.string(),
+           lock.filename().string(), std::strerror(errno));
+    }
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int error = errno;
+      ::close(fd_);
+      if (error == EWOULDBLOCK) {
+        fail("{}: another strata run is writing to this output folder (it holds {}); wait for it "
+             "or choose another --out",
+             out_dir.string(), lock.string());
+      }
+      fail("{}: cannot lock {}: {}", out_dir.string(), lock.string(), std::strerror(error));
+    }
+  }
+  ~OutputLock() { ::close(fd_); }
+  OutputLock(const OutputLock&) = delete;
+  OutputLock& operator=(const OutputLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
 
 std::string json_number(double value) {
   if (!std::isfinite(value)) return "null";
@@ -385,6 +432,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   const fs::path out_dir = options.out_dir;
   const fs::path checkpoint_path = out_dir / "model.h5";
   const bool resuming = options.resume;
+  const OutputLock lock(out_dir);  // creates the folder, proves it writable, keeps other runs out
   if (resuming) check_resumable(checkpoint_path, experiment_yaml, options.force);
 
   // ---- Shapes through the transforms: the dataset's, after preprocess, after augment. ----
@@ -436,6 +484,9 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       return dataset->load(split);
     } catch (const Error& error) {
       data_cfg.fail(error.what());
+    } catch (const std::bad_alloc&) {
+      data_cfg.fail(fmt::format("not enough memory to load the {} split (this machine has {})", split,
+                                bytes_text(static_cast<double>(physical_memory_bytes()))));
     }
   };
   data.train = first_rows(load_split("train"), train_limit);
@@ -466,9 +517,6 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   }
 
   const fs::path best_path = out_dir / "best.h5";
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec) fail("{}: cannot create the output folder: {}", out_dir.string(), ec.message());
 
   std::vector<NamedTensor> preprocess_state;
   for (std::size_t i = 0; i < transforms.size(); ++i) {
@@ -754,7 +802,12 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       backend->threads(), batch_size, checkpoint_path.string(), json_number(initial_loss),
       stopped_early, best_metric, summary.best_epoch, json_number(summary.best_value),
       summary.best_checkpoint.string(), fmt::join(history, ",\n"));
-  write_file_atomically(summary.summary, json);
+  try {
+    write_file_atomically(summary.summary, json);
+  } catch (const Error& error) {
+    fail("{} (the run itself finished: test accuracy {:.4f}, loss {:.4f}; checkpoint {})", error.what(),
+         summary.test_accuracy, summary.test_loss, checkpoint_path.string());
+  }
   return summary;
 }
 

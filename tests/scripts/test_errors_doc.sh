@@ -23,7 +23,7 @@ while IFS= read -r line; do
       c = substr($0, i, 1); if (c == "[") depth++; if (c == "]") depth--;
       if (c == " " && depth == 0) { if (word != "") print word; word = "" } else word = word c }
       if (word != "") print word }')
-  "$STRATA" "${argv[@]}" --progress none >"$work/stdout" 2>"$work/stderr"
+  "$STRATA" "${argv[@]}" >"$work/stdout" 2>"$work/stderr"
   rc=$?
   if [ "$rc" -ne 1 ] || ! grep -qF -- "$expected" "$work/stderr"; then
     echo "FAIL $name (exit $rc): expected: $expected"; sed 's/^/    /' "$work/stderr"; failures=$((failures + 1))

@@ -38,7 +38,8 @@ with h5py.File(sys.argv[1], "r") as f:
     epoch = int(f["training"].attrs["epoch"])
     assert 1 <= epoch <= 12, epoch
     assert int(f["training"].attrs["iteration"]) == epoch * 120
-    for name in f["history"]:
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                 "epoch_seconds", "images_per_second"):
         assert f["history"][name].shape == (epoch,), (name, f["history"][name].shape)
     def finite(name, obj):
         if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f":
