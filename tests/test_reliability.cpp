@@ -2,10 +2,14 @@
 // propagates and is refused when a checkpoint is loaded, and a resume is validated against the
 // experiment and the checkpoint before anything is trained.
 #define BOOST_TEST_MODULE reliability
+#include <fcntl.h>
 #include <hdf5.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <boost/test/unit_test.hpp>
 #include <cmath>
+#include <fstream>
 #include <limits>
 
 #include "../core/src/trainer_checks.hpp"
@@ -286,6 +290,127 @@ BOOST_AUTO_TEST_CASE(init_must_be_a_map) {
         test::error_of([&] { Graph graph(model, test::registries(), "reference", rng); }),
         "layers[0].init: expected a map from parameter name to initializer");
   }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(early_checks_in_the_trainer)
+
+BOOST_AUTO_TEST_CASE(logits_must_match_the_classes_before_data_is_loaded) {
+  test::TempDir dir;
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"model.layers[3].out_features", "5"}});
+                        }),
+                        "small.yaml:12:7: model.layers[3]: the last layer 'fc1' gives 5 scores per "
+                        "image but the dataset has 4 classes");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] {
+        run(dir.path(),
+            {{"model.layers", "[{name: conv1, type: conv2d, out_channels: 4, kernel: 3}]"}});
+      }),
+      "model.layers[0]: the last layer 'conv1' gives [4, 6, 6] per image, but the loss expects one "
+      "score per class");
+  BOOST_TEST(!fs::exists(dir / "model.h5"));
+}
+
+BOOST_AUTO_TEST_CASE(sizes_that_overflow_or_exceed_memory_name_the_key) {
+  test::TempDir dir;
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"model.input", "[1, 4294967296, 4294967296]"}});
+                        }),
+                        "model.input: extents must be at most 2147483647 (2^31 - 1)");
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"model.layers[0].padding", "4611686018427387904"}});
+                        }),
+                        "model.layers[0].padding: must be at most 2147483647");
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"model.layers[0].dilation", "4611686018427387904"}});
+                        }),
+                        "model.layers[0].dilation: must be at most 2147483647");
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(),
+                              {{"model.input", "[3000000, 3000000, 3000000]"},
+                               {"model.layers", "[{name: fc1, type: linear, out_features: 4}]"}});
+                        }),
+                        "model.input: shape [3000000, 3000000, 3000000] has too many elements");
+  const std::string batch = test::error_of([&] {
+    run(dir.path(), {{"train.batch_size", "1000000000"}});
+  });
+  STRATA_CHECK_CONTAINS(batch, "train.batch_size: the model needs about");
+  STRATA_CHECK_CONTAINS(batch, "for batches of 1000000000 images");
+  STRATA_CHECK_CONTAINS(batch, "more than this machine's memory");
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"model.layers[0].out_channels", "10000000000"}});
+                        }),
+                        "model.layers[0]: layer 'conv1' (conv2d, input [1, 8, 8]): a tensor of "
+                        "shape [10000000000, 1, 3, 3] needs 360.0 GB, "
+                        "more than this machine's memory");
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"data.train_size", "10000000000"}});
+                        }),
+                        "data: not enough memory to load the train split");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(experiment_files)
+
+BOOST_AUTO_TEST_CASE(alias_bomb_is_bounded) {
+  std::string text;
+  text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n";
+  for (int i = 1; i < 9; ++i) {
+    text += fmt::format(
+        "a{0}: &a{0} [*a{1}, *a{1}, *a{1}, *a{1}, *a{1}, *a{1}, *a{1}, *a{1}, *a{1}, *a{1}]\n", i,
+        i - 1);
+  }
+  STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_string(text, "bomb.yaml"); }),
+                        "the document expands to more than 1000000 values");
+}
+
+BOOST_AUTO_TEST_CASE(out_of_range_numbers_and_folders_are_errors) {
+  Config config = Config::parse_string("lr: 1e39\nsmall: 1e-3\n", "n.yaml");
+  BOOST_TEST(test::error_of([&] { config.get<float>("lr"); }) ==
+             "n.yaml:1:5: lr: expected a number within float range (|x| < 3.4e38), found '1e39'");
+  BOOST_TEST(config.get<float>("small") == 1e-3f);
+  test::TempDir dir;
+  BOOST_TEST(test::error_of([&] { Config::parse_file(dir.path().string()); }) ==
+             dir.path().string() + ": is a folder, not an experiment file");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(output_folder)
+
+BOOST_AUTO_TEST_CASE(a_second_run_on_the_same_folder_is_refused) {
+  test::TempDir dir;
+  // Hold the lock as a concurrent run would.
+  const int fd = ::open((dir / ".lock").c_str(), O_RDWR | O_CREAT, 0644);
+  BOOST_REQUIRE(fd >= 0);
+  BOOST_REQUIRE(::flock(fd, LOCK_EX | LOCK_NB) == 0);
+  STRATA_CHECK_CONTAINS(test::error_of([&] { run(dir.path()); }),
+                        "another strata run is writing to this output folder");
+  BOOST_TEST(!fs::exists(dir / "model.h5"));
+  ::close(fd);
+  run(dir.path(), {{"train.epochs", "1"}});  // free again
+  BOOST_TEST(fs::exists(dir / "model.h5"));
+}
+
+BOOST_AUTO_TEST_CASE(an_unwritable_output_folder_fails_before_training) {
+  if (::geteuid() == 0) {
+    // root writes anywhere: use a path below a regular file instead, which nobody can create.
+    test::TempDir dir;
+    std::ofstream(dir / "file") << "x";
+    STRATA_CHECK_CONTAINS(test::error_of([&] { run(dir / "file" / "out"); }),
+                          "cannot create the output folder");
+    return;
+  }
+  test::TempDir dir;
+  fs::create_directories(dir / "ro");
+  fs::permissions(dir / "ro", fs::perms::owner_read | fs::perms::owner_exec);
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { run(dir / "ro"); }),
+      "the output folder is not writable: cannot create .lock: Permission denied");
+  fs::permissions(dir / "ro", fs::perms::owner_all);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

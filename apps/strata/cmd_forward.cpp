@@ -32,6 +32,7 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
       "input", po::value<std::string>()->required(),
       "HDF5 file with a float32 dataset /data [N, C, H, W]")(
       "output", po::value<std::string>()->required(), "HDF5 file to write, one dataset per layer")(
+      "allow-nonfinite", po::bool_switch(), "load weights that hold NaN or infinite values")(
       "layers", po::value<std::string>(),
       "comma-separated layer names to write (default: the last)");
   add_set_option(options);
@@ -48,6 +49,20 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
   const std::filesystem::path input_path = (*vm)["input"].as<std::string>();
   const std::filesystem::path output_path = (*vm)["output"].as<std::string>();
   Registries& registries = session.registries;
+  // The output replaces its file: never one of the inputs.
+  for (const auto& [option, other] :
+       {std::pair{"--weights", weights}, std::pair{"--input", input_path}}) {
+    // equivalent() needs both files to exist; otherwise compare the normalized paths.
+    std::error_code ec_same, ec_out, ec_other;
+    const auto out_path = std::filesystem::weakly_canonical(output_path, ec_out);
+    const auto other_path = std::filesystem::weakly_canonical(other, ec_other);
+    const bool same = std::filesystem::equivalent(output_path, other, ec_same) ||
+                      (!ec_out && !ec_other && out_path == other_path);
+    if (same) {
+      fail("--output {} is the same file as {} {}: choose another output file",
+           output_path.string(), option, other.string());
+    }
+  }
 
   const std::string backend_name = experiment.get<std::string>("backend", "tbb");
   std::optional<Config> backend_key = experiment.find("backend");
@@ -60,7 +75,7 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
   experiment.mark_used();  // data, optimizer and training settings do not matter here
 
   std::vector<NamedTensor> state = graph.state_tensors();
-  load_checkpoint_tensors(weights, "model", state);
+  load_checkpoint_tensors(weights, "model", state, false, (*vm)["allow-nonfinite"].as<bool>());
 
   Tensor input = read_hdf5_tensor(input_path, "data");
   if (input.rank() != graph.input_shape().rank() + 1 ||

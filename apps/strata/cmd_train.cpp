@@ -1,4 +1,5 @@
-// strata train EXP.yaml [--set key.path=value]... [--out DIR] [--resume] [--progress MODE]
+// strata train EXP.yaml [--set key.path=value]... [--out DIR] [--resume [--force]
+//   [--allow-nonfinite]] [--progress MODE]
 #include <cstdio>
 #include <filesystem>
 
@@ -14,6 +15,10 @@ int run_train(Session& session, const std::vector<std::string>& args) {
                         "output folder for model.h5 and summary.json "
                         "(default: runs/<experiment file name>)")("resume", po::bool_switch(),
                                                                   "continue from DIR/model.h5")(
+      "force", po::bool_switch(),
+      "with --resume: continue even when the experiment differs from the checkpoint's")(
+      "allow-nonfinite", po::bool_switch(),
+      "with --resume: load a checkpoint that holds NaN or infinite values")(
       "progress", po::value<std::string>()->default_value("auto"),
       "auto (a bar on a terminal, plain lines otherwise), bar, lines or none");
   add_set_option(options);
@@ -31,6 +36,11 @@ int run_train(Session& session, const std::vector<std::string>& args) {
                               ? std::filesystem::path((*vm)["out"].as<std::string>())
                               : std::filesystem::path("runs") / std::filesystem::path(path).stem();
   train_options.resume = (*vm)["resume"].as<bool>();
+  train_options.force = (*vm)["force"].as<bool>();
+  train_options.allow_nonfinite = (*vm)["allow-nonfinite"].as<bool>();
+  if ((train_options.force || train_options.allow_nonfinite) && !train_options.resume) {
+    fail("{} only applies with --resume", train_options.force ? "--force" : "--allow-nonfinite");
+  }
   train_options.progress = (*vm)["progress"].as<std::string>();
   const auto& mode = train_options.progress;
   if (mode != "auto" && mode != "bar" && mode != "lines" && mode != "none") {

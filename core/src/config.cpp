@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -69,8 +70,19 @@ std::string position(const std::shared_ptr<const std::string>& file, int line, i
   return fmt::format("{}:{}:{}", file ? *file : std::string("<config>"), line, column);
 }
 
+// Aliases make a small file expand into a huge tree ("billion laughs"); no experiment comes near
+// this many values.
+constexpr std::size_t kMaxNodes = 1'000'000;
+
 std::shared_ptr<Node> convert(const YAML::Node& yaml, const std::shared_ptr<const std::string>& file,
-                              int line_offset, int column_offset) {
+                              int line_offset, int column_offset, std::size_t& budget) {
+  if (budget == 0) {
+    const YAML::Mark mark = yaml.Mark();
+    fail("{}: the document expands to more than {} values (through YAML aliases?); an experiment "
+         "file is far smaller",
+         position(file, mark.line + 1 + line_offset, mark.column + 1 + column_offset), kMaxNodes);
+  }
+  --budget;
   auto node = std::make_shared<Node>();
   node->file = file;
   const YAML::Mark mark = yaml.Mark();
@@ -87,7 +99,9 @@ std::shared_ptr<Node> convert(const YAML::Node& yaml, const std::shared_ptr<cons
       break;
     case YAML::NodeType::Sequence:
       node->kind = Kind::kSequence;
-      for (const auto& item : yaml) node->sequence.push_back(convert(item, file, line_offset, column_offset));
+      for (const auto& item : yaml) {
+        node->sequence.push_back(convert(item, file, line_offset, column_offset, budget));
+      }
       break;
     case YAML::NodeType::Map:
       node->kind = Kind::kMap;
@@ -105,7 +119,7 @@ std::shared_ptr<Node> convert(const YAML::Node& yaml, const std::shared_ptr<cons
         if (node->find(entry.key) != nullptr) {
           fail("{}: duplicate key '{}'", position(file, entry.key_line, entry.key_column), entry.key);
         }
-        entry.value = convert(item.second, file, line_offset, column_offset);
+        entry.value = convert(item.second, file, line_offset, column_offset, budget);
         node->map.push_back(std::move(entry));
       }
       break;
@@ -121,7 +135,8 @@ std::shared_ptr<Node> parse_yaml(const std::string& text, const std::string& sou
   } catch (const YAML::Exception& error) {
     fail("{}: malformed YAML: {}", position(file, error.mark.line + 1, error.mark.column + 1), error.msg);
   }
-  return convert(yaml, file, 0, 0);
+  std::size_t budget = kMaxNodes;
+  return convert(yaml, file, 0, 0, budget);
 }
 
 // Typed conversion of a scalar node; `describe` is what the error says was expected.
@@ -165,13 +180,14 @@ bool parse_scalar(const std::string& text, float& out) {
   double value = 0;
   if (!parse_scalar(text, value)) return false;
   out = static_cast<float>(value);
-  return true;
+  return std::isfinite(out);  // 1e39 would become inf
 }
 
 template <class T>
 constexpr const char* expected_name() {
   if constexpr (std::is_same_v<T, bool>) return "true or false";
   else if constexpr (std::is_same_v<T, int> || std::is_same_v<T, int64_t>) return "an integer";
+  else if constexpr (std::is_same_v<T, float>) return "a number within float range (|x| < 3.4e38)";
   else if constexpr (std::is_floating_point_v<T>) return "a number";
   else return "a string";
 }
@@ -234,6 +250,10 @@ void emit(YAML::Emitter& out, const Node& node) {
 }  // namespace
 
 Config Config::parse_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    strata::fail("{}: is a folder, not an experiment file", path);
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) strata::fail("{}: cannot open the experiment file", path);
   std::stringstream buffer;

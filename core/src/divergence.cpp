@@ -1,6 +1,7 @@
 // Divergence checks of the trainer (trainer_checks.hpp).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "strata/error.hpp"
@@ -38,6 +39,32 @@ void check_not_diverged(int64_t epoch, double train_loss, double val_loss, bool 
       "training diverged in epoch {}: {}; {}. Lower optimizer.lr (or its schedule) or check the "
       "data",
       epoch, what, kept_checkpoint_text(checkpoint, saved_epoch));
+}
+
+void check_memory(const Graph& graph, int64_t batch_size, int64_t eval_batch, const Config& train) {
+  // long double: the figures are estimates and must not overflow for absurd settings.
+  long double per_sample = 0;
+  for (std::size_t i = 0; i < graph.size(); ++i) {
+    per_sample += static_cast<long double>(graph.layer(i).output_shape().numel());
+  }
+  const int64_t batch = std::max(batch_size, eval_batch);
+  // Outputs, gradients and (for tensors read twice) a scratch copy: count three floats each.
+  const long double activations = per_sample * batch * 3 * sizeof(float);
+  // Value, gradient and up to two optimizer slots per parameter.
+  const long double parameters =
+      static_cast<long double>(graph.num_parameters()) * 4 * sizeof(float);
+  const long double memory = static_cast<long double>(physical_memory_bytes());
+  if (activations + parameters > memory) {
+    train.fail_key(
+        batch_size >= eval_batch ? "batch_size" : "eval_batch_size",
+        fmt::format("the model needs about {} for batches of {} images ({} of activations "
+                    "and their gradients, {} of parameters with gradients and optimizer "
+                    "state), more than this machine's memory ({})",
+                    bytes_text(static_cast<double>(activations + parameters)), batch,
+                    bytes_text(static_cast<double>(activations)),
+                    bytes_text(static_cast<double>(parameters)),
+                    bytes_text(static_cast<double>(memory))));
+  }
 }
 
 }  // namespace strata

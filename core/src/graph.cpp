@@ -132,6 +132,15 @@ Graph::Graph(const Config& model, const Registries& registries, std::string back
   auto input = model.get<std::vector<int64_t>>("input");
   for (int64_t d : input) {
     if (d <= 0) model.fail_key("input", fmt::format("extents must be positive, found {}", Shape(input).str()));
+    if (d > kMaxExtent) {
+      model.fail_key("input", fmt::format("extents must be at most {} (2^31 - 1), found {}",
+                                          kMaxExtent, Shape(input).str()));
+    }
+  }
+  try {
+    Shape(input).numel();
+  } catch (const Error& error) {
+    model.fail_key("input", error.what());
   }
   input_shape_ = Shape(input);
 

@@ -2,8 +2,12 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <ostream>
@@ -14,8 +18,39 @@ namespace strata {
 
 int64_t Shape::numel() const {
   int64_t n = 1;
-  for (int64_t d : dims_) n *= d;
+  for (int64_t d : dims_) {
+    if (__builtin_mul_overflow(n, d, &n)) {
+      fail("shape {} has too many elements: their count overflows a 64-bit integer", str());
+    }
+  }
   return n;
+}
+
+uint64_t physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page_size = ::sysconf(_SC_PAGE_SIZE);
+  uint64_t bytes = pages <= 0 || page_size <= 0
+                       ? std::numeric_limits<uint64_t>::max()
+                       : static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
+  // STRATA_MEMORY_LIMIT_MB lowers the ceiling (fuzzers, shared machines, tests).
+  if (const char* limit = std::getenv("STRATA_MEMORY_LIMIT_MB")) {
+    char* end = nullptr;
+    const unsigned long long mb = std::strtoull(limit, &end, 10);
+    if (end != limit && *end == '\0' && mb > 0 && mb < (uint64_t{1} << 40)) {
+      bytes = std::min<uint64_t>(bytes, mb * 1000 * 1000);
+    }
+  }
+  return bytes;
+}
+
+std::string bytes_text(double bytes) {
+  const char* units[] = {"bytes", "KB", "MB", "GB", "TB", "PB", "EB"};
+  int unit = 0;
+  while (bytes >= 1000.0 && unit < 6) {
+    bytes /= 1000.0;
+    ++unit;
+  }
+  return unit == 0 ? fmt::format("{:.0f} bytes", bytes) : fmt::format("{:.1f} {}", bytes, units[unit]);
 }
 
 Shape Shape::with_batch(int64_t n) const {
@@ -38,9 +73,22 @@ Tensor::Tensor(Shape shape) : shape_(std::move(shape)) {
     if (d < 0) fail("tensor shape {} has a negative extent", shape_.str());
   }
   const std::size_t count = static_cast<std::size_t>(shape_.numel());
+  // More than the machine's memory cannot succeed: say so with the figure, instead of letting the
+  // allocation throw std::bad_alloc (or succeed lazily and be killed later).
+  const uint64_t memory = physical_memory_bytes();
+  if (count > memory / sizeof(float)) {
+    fail("a tensor of shape {} needs {}, more than this machine's memory ({})", shape_.str(),
+         bytes_text(static_cast<double>(count) * sizeof(float)), bytes_text(static_cast<double>(memory)));
+  }
   const std::size_t bytes = std::max<std::size_t>(
       kAlignment, (count * sizeof(float) + kAlignment - 1) / kAlignment * kAlignment);
-  auto* raw = static_cast<float*>(::operator new[](bytes, std::align_val_t(kAlignment)));
+  float* raw = nullptr;
+  try {
+    raw = static_cast<float*>(::operator new[](bytes, std::align_val_t(kAlignment)));
+  } catch (const std::bad_alloc&) {
+    fail("cannot allocate {} for a tensor of shape {}: out of memory", bytes_text(static_cast<double>(bytes)),
+         shape_.str());
+  }
   std::memset(raw, 0, bytes);
   storage_ = std::shared_ptr<float[]>(
       raw, [](float* p) { ::operator delete[](p, std::align_val_t(kAlignment)); });

@@ -1,6 +1,10 @@
 #include "strata/trainer.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <chrono>
@@ -159,25 +163,68 @@ class Progress {
   Clock::time_point last_ = Clock::now();
 };
 
+// Writes through POSIX calls so that a failure keeps its errno text ("No space left on device").
 void write_file_atomically(const fs::path& path, const std::string& text) {
   const fs::path temporary = path.string() + fmt::format(".tmp-{}", ::getpid());
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(temporary, ec);
-      fail("{}: cannot write", path.string());
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail("{}: cannot write: {}", path.string(), std::strerror(errno));
+  std::size_t written = 0;
+  int error = 0;
+  while (written < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + written, text.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      error = n < 0 ? errno : EIO;
+      break;
     }
+    written += static_cast<std::size_t>(n);
   }
-  std::error_code ec;
-  fs::rename(temporary, path, ec);
-  if (ec) {
-    fs::remove(temporary, ec);
-    fail("{}: cannot replace: {}", path.string(), ec.message());
+  if (error == 0 && ::fsync(fd) != 0) error = errno;
+  if (::close(fd) != 0 && error == 0) error = errno;
+  if (error != 0) {
+    ::unlink(temporary.c_str());
+    fail("{}: cannot write: {}", path.string(), std::strerror(error));
+  }
+  if (::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int rename_error = errno;  // before unlink() can change it
+    ::unlink(temporary.c_str());
+    fail("{}: cannot replace: {}", path.string(), std::strerror(rename_error));
   }
 }
+
+// An exclusive flock() on <out>/.lock for the lifetime of the run, so that two runs writing to the
+// same folder cannot interleave their checkpoints. Creating the lock file also proves, before any
+// data is loaded, that the folder is writable. The kernel drops the lock when the process dies.
+class OutputLock {
+ public:
+  explicit OutputLock(const fs::path& out_dir) {
+    std::error_code ec;
+    fs::create_directories(out_dir, ec);
+    if (ec) fail("{}: cannot create the output folder: {}", out_dir.string(), ec.message());
+    const fs::path lock = out_dir / ".lock";
+    fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) {
+      fail("{}: the output folder is not writable: cannot create {}: {}", out_dir.string(),
+           lock.filename().string(), std::strerror(errno));
+    }
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int error = errno;
+      ::close(fd_);
+      if (error == EWOULDBLOCK) {
+        fail("{}: another strata run is writing to this output folder (it holds {}); wait for it "
+             "or choose another --out",
+             out_dir.string(), lock.string());
+      }
+      fail("{}: cannot lock {}: {}", out_dir.string(), lock.string(), std::strerror(error));
+    }
+  }
+  ~OutputLock() { ::close(fd_); }
+  OutputLock(const OutputLock&) = delete;
+  OutputLock& operator=(const OutputLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
 
 std::string json_number(double value) {
   if (!std::isfinite(value)) return "null";
@@ -279,7 +326,11 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                               const TrainOptions& options,
                               const std::function<void(const EpochReport&)>& on_epoch) {
   // ---- Read the whole experiment before doing any work. ----
-  const auto seed = static_cast<uint32_t>(experiment.get<int64_t>("seed", 1));
+  const int64_t seed_value = experiment.get<int64_t>("seed", 1);
+  if (seed_value < 0 || seed_value > int64_t{0xffffffff}) {
+    experiment.fail_key("seed", fmt::format("must be between 0 and 4294967295 (2^32 - 1), found {}", seed_value));
+  }
+  const auto seed = static_cast<uint32_t>(seed_value);
   const std::string backend_name = experiment.get<std::string>("backend", "tbb");
   const int threads = experiment.get<int>("threads", 0);
   if (threads < 0) experiment.fail_key("threads", "must be 0 (all cores) or positive");
@@ -314,6 +365,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   const int64_t validation = overfit > 0 ? 0 : validation_key;
   const int64_t train_limit = data_cfg.get<int64_t>("train_limit", 0);
   const int64_t test_limit = data_cfg.get<int64_t>("test_limit", 0);
+  if (train_limit < 0) data_cfg.fail_key("train_limit", "must be 0 (all images) or positive");
+  if (test_limit < 0) data_cfg.fail_key("test_limit", "must be 0 (all images) or positive");
   std::vector<std::shared_ptr<Transform>> transforms =
       read_transforms(data_cfg, "preprocess", false, registries);
   std::vector<std::shared_ptr<Transform>> augment = read_transforms(data_cfg, "augment", true, registries);
@@ -346,6 +399,10 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   auto schedule = schedule_cfg ? registries.schedules.create(*schedule_cfg)
                                : registries.schedules.create("constant", Config{});
   auto optimizer = registries.optimizers.create(optimizer_cfg);
+  if (!std::isfinite(optimizer->base_lr())) {
+    optimizer_cfg.fail_key("lr", fmt::format("is {} as a 32-bit float: expected |lr| < 3.4e38",
+                                             optimizer->base_lr()));
+  }
   std::vector<ParamRef> params = graph.params();
   // train.overfit: no regularization. Weight decay is switched off through every parameter's
   // decay_mult, which each optimizer's weight decay is scaled by.
@@ -379,6 +436,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   const fs::path out_dir = options.out_dir;
   const fs::path checkpoint_path = out_dir / "model.h5";
   const bool resuming = options.resume;
+  const OutputLock lock(out_dir);  // creates the folder, proves it writable, keeps other runs out
   if (resuming) check_resumable(checkpoint_path, experiment_yaml, options.force);
 
   // ---- Shapes through the transforms: the dataset's, after preprocess, after augment. ----
@@ -403,12 +461,41 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                              graph.input_shape().str(), sample.str(), through));
   }
 
+  // The logits must be one score per class of the dataset: checked here, before the data is loaded,
+  // rather than by the loss at the first batch.
+  const Shape logits = graph.output_shape();
+  const Config last_item = experiment.at("model").at("layers").items().back();
+  const std::string last_layer = graph.name(graph.size() - 1);
+  if (logits.rank() != 1) {
+    last_item.fail(fmt::format("the last layer '{}' gives {} per image, but the loss "
+                                             "expects one score per class (a rank-1 shape such as "
+                                             "[{}]); end the model with a linear layer",
+                                             last_layer, logits.str(), dataset->num_classes()));
+  }
+  if (logits[0] != dataset->num_classes()) {
+    last_item.fail(fmt::format("the last layer '{}' gives {} scores per image but the "
+                                             "dataset has {} classes",
+                                             last_layer, logits[0], dataset->num_classes()));
+  }
+  check_memory(graph, batch_size, eval_batch, train_cfg);
+
   // ---- Data: load, hold out validation, fit preprocessing on the training part only. ----
   if (options.validate_only) return {};
   const auto data_start = Clock::now();
   Data data;
-  data.train = first_rows(dataset->load("train"), train_limit);
-  data.test = first_rows(dataset->load("test"), test_limit);
+  // A dataset too large for memory is reported at the data section, with the figure.
+  auto load_split = [&](const char* split) {
+    try {
+      return dataset->load(split);
+    } catch (const Error& error) {
+      data_cfg.fail(error.what());
+    } catch (const std::bad_alloc&) {
+      data_cfg.fail(fmt::format("not enough memory to load the {} split (this machine has {})", split,
+                                bytes_text(static_cast<double>(physical_memory_bytes()))));
+    }
+  };
+  data.train = first_rows(load_split("train"), train_limit);
+  data.test = first_rows(load_split("test"), test_limit);
   const int64_t available = static_cast<int64_t>(data.train.labels.size());
   if (validation_key < 0 || (overfit == 0 && validation_key >= available)) {
     data_cfg.fail_key("validation", fmt::format("must be between 0 and {} (the training images), found {}",
@@ -435,9 +522,6 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   }
 
   const fs::path best_path = out_dir / "best.h5";
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec) fail("{}: cannot create the output folder: {}", out_dir.string(), ec.message());
 
   std::vector<NamedTensor> preprocess_state;
   for (std::size_t i = 0; i < transforms.size(); ++i) {
@@ -743,7 +827,12 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       backend->threads(), batch_size, checkpoint_path.string(), json_number(initial_loss),
       stopped_early, best_metric, summary.best_epoch, json_number(summary.best_value),
       summary.best_checkpoint.string(), fmt::join(history, ",\n"));
-  write_file_atomically(summary.summary, json);
+  try {
+    write_file_atomically(summary.summary, json);
+  } catch (const Error& error) {
+    fail("{} (the run itself finished: test accuracy {:.4f}, loss {:.4f}; checkpoint {})", error.what(),
+         summary.test_accuracy, summary.test_loss, checkpoint_path.string());
+  }
   return summary;
 }
 

@@ -16,6 +16,7 @@
 
 #include "strata/checkpoint.hpp"
 #include "strata/config.hpp"
+#include "strata/graph.hpp"
 #include "strata/tensor.hpp"
 
 namespace strata {
@@ -32,6 +33,12 @@ std::string kept_checkpoint_text(const std::filesystem::path& checkpoint, int64_
 void check_not_diverged(int64_t epoch, double train_loss, double val_loss, bool has_validation,
                         std::span<const NamedTensor> model, std::span<const NamedTensor> optimizer,
                         const std::filesystem::path& checkpoint, int64_t saved_epoch);
+
+// Before any data is loaded or activation allocated: the activations of batches of
+// max(batch_size, eval_batch_size), their gradients, and the parameters with gradients and
+// optimizer state must fit in the machine's memory, else an Error at train.batch_size with the
+// figures.
+void check_memory(const Graph& graph, int64_t batch_size, int64_t eval_batch, const Config& train);
 
 // Keys whose value may change between a run and its resume: they change neither the data, the
 // model nor the optimization done so far.

@@ -40,6 +40,10 @@ Pair read_pair(const Config& config, std::string_view key, std::optional<Pair> f
   }
   for (int64_t value : pair) {
     if (value < minimum) node->fail(fmt::format("must be at least {}, found {}", minimum, value));
+    // Beyond any image; the bound also keeps dilation * (kernel - 1) + 2 * padding in 64 bits.
+    if (value > kMaxExtent) {
+      node->fail(fmt::format("must be at most {} (2^31 - 1), found {}", kMaxExtent, value));
+    }
   }
   return pair;
 }

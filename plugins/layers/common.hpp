@@ -53,6 +53,7 @@ void prepare_output(Tensor& out, const Shape& shape);
 // far more than scheduling it (tiny layers stay on one thread), small enough to spread a
 // [64, 32, 28, 28] activation over both cores.
 inline constexpr int64_t kElementwiseGrain = 16384;
+using strata::kMaxExtent;
 
 // Runs body(lo, hi) over [0, n) on the context's backend (serially when it has none).
 void parallel_elementwise(Context& context, int64_t n,

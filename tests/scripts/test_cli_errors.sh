@@ -81,7 +81,7 @@ labels("train-labels-idx1-ubyte", 100)
 images("t10k-images-idx3-ubyte", 10, 640)
 labels("t10k-labels-idx1-ubyte", 10)
 PY
-expect_error truncated_dataset "truncated: header says 100 images of 8x8" -- train "$ok" --out "$work/run" --set "data={type: idx, dir: $work/idx}"
+expect_error truncated_dataset "truncated: header says 100 images of 8x8" -- train "$ok" --out "$work/run" --set "data={type: idx, dir: $work/idx}" --set "model.layers[2].out_features=10"
 expect_error missing_plugin "plugin $work/nothing.so: no such file" -- train "$ok" --out "$work/run" --set "plugins=[$work/nothing.so]"
 wrong_api=$(dirname "$STRATA")/../tests/plugins/libstrata_test_wrong_api.so
 expect_error wrong_api_plugin "built for plugin API version" -- train "$ok" --out "$work/run" --set "plugins=[$wrong_api]"

@@ -20,6 +20,10 @@
 
 namespace strata {
 
+// The largest extent a configuration may ask for (2^31 - 1): beyond any image or layer width, and
+// small enough that sums and small products of extents stay within 64 bits.
+inline constexpr int64_t kMaxExtent = (int64_t{1} << 31) - 1;
+
 class Shape {
  public:
   Shape() = default;
@@ -30,7 +34,7 @@ class Shape {
   int64_t operator[](std::size_t i) const { return dims_[i]; }
   int64_t& operator[](std::size_t i) { return dims_[i]; }
   const std::vector<int64_t>& dims() const { return dims_; }
-  int64_t numel() const;  // product of the extents; 1 for rank 0
+  int64_t numel() const;  // product of the extents; 1 for rank 0; an Error when it overflows
 
   Shape with_batch(int64_t n) const;  // [n, dims...]
   Shape without_batch() const;        // drops the first extent
@@ -47,7 +51,9 @@ class Tensor {
   static constexpr std::size_t kAlignment = 64;
 
   Tensor() = default;
-  explicit Tensor(Shape shape);  // allocates, zero-filled
+  // Allocates, zero-filled. More elements than the machine's memory holds is an Error with the
+  // figure, as is an allocation failure.
+  explicit Tensor(Shape shape);
 
   bool defined() const { return data_ != nullptr || shape_.numel() == 0; }
   const Shape& shape() const { return shape_; }
@@ -80,6 +86,12 @@ struct NamedTensor {
   std::string name;
   Tensor tensor;
 };
+
+// The machine's physical memory (or STRATA_MEMORY_LIMIT_MB megabytes when that environment
+// variable is set and lower), the ceiling every size estimate is checked against.
+uint64_t physical_memory_bytes();
+// 1234567 -> "1.2 MB" (decimal units).
+std::string bytes_text(double bytes);
 
 // Index of the first NaN or infinite element, or -1 when every element is finite.
 int64_t first_nonfinite(const Tensor& tensor);

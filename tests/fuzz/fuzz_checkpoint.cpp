@@ -1,0 +1,25 @@
+// Fuzz target: the checkpoint loader. The input is written as a file and read as a checkpoint:
+// root attributes, /experiment, /training and /history, and the tensors of a small model.
+#include "fuzz_support.hpp"
+#include "strata/checkpoint.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
+  using namespace strata;
+  const auto path = fuzz::scratch("model.h5");
+  fuzz::write_file(path, data, size);
+  try {
+    load_checkpoint_experiment(path);
+  } catch (const Error&) {
+  }
+  try {
+    load_checkpoint_training_state(path);
+  } catch (const Error&) {
+  }
+  try {
+    std::vector<NamedTensor> model{{"fc/weight", Tensor(Shape{3, 4})},
+                                   {"fc/bias", Tensor(Shape{3})}};
+    load_checkpoint_tensors(path, "model", model);
+  } catch (const Error&) {
+  }
+  return 0;
+}

@@ -1,0 +1,35 @@
+#!/bin/bash
+# Runs every row of the table in docs/errors.md: the documented message must be what strata
+# prints (exit status 1, no crash), so the page and the tool cannot drift apart.
+set -u
+: "${STRATA:?}" "${STRATA_SOURCE_DIR:?}"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+doc="$STRATA_SOURCE_DIR/docs/errors.md"
+# The experiment: the first ```yaml block of the page.
+awk '/^```yaml/{on=1; next} /^```/{if (on) exit} on' "$doc" >"$work/ok.yaml"
+failures=0 rows=0
+while IFS= read -r line; do
+  rows=$((rows + 1))
+  name=$(echo "$line" | awk -F' \\| ' '{print $1}' | sed 's/^| //')
+  args=$(echo "$line" | sed -E 's/^\| [^|]* \| `([^`]*)` \| .*$/\1/')
+  expected=$(echo "$line" | sed -E 's/^.*\| `(.*)` \|$/\1/; s/\\\|/|/g')
+  out="$work/out$rows"
+  args=${args//\{ok\}/$work/ok.yaml}; args=${args//\{out\}/$out}; args=${args//\{work\}/$work}
+  expected=${expected//\{out\}/$out}; expected=${expected//\{work\}/$work}
+  # Arguments split at spaces, except inside [...] (the --set values of the table keep their commas
+  # and spaces there).
+  mapfile -t argv < <(echo "$args" | awk '{ depth = 0; word = ""; for (i = 1; i <= length($0); i++) {
+      c = substr($0, i, 1); if (c == "[") depth++; if (c == "]") depth--;
+      if (c == " " && depth == 0) { if (word != "") print word; word = "" } else word = word c }
+      if (word != "") print word }')
+  "$STRATA" "${argv[@]}" >"$work/stdout" 2>"$work/stderr"
+  rc=$?
+  if [ "$rc" -ne 1 ] || ! grep -qF -- "$expected" "$work/stderr"; then
+    echo "FAIL $name (exit $rc): expected: $expected"; sed 's/^/    /' "$work/stderr"; failures=$((failures + 1))
+  else
+    echo "ok   $name"
+  fi
+done < <(sed -n '/<!-- errors-table/,/<!-- end of errors-table/p' "$doc" | grep '^| ' | tail -n +2 | grep -v '^|---')
+echo "$rows rows, $failures failures"
+[ "$rows" -gt 0 ] && [ "$failures" -eq 0 ]

@@ -1,0 +1,96 @@
+#!/bin/bash
+# Crash safety: SIGKILL a training run at random moments (KILLS times, 10 by default; `make
+# test-long` uses 50), and after every kill check that model.h5, when present, opens and validates
+# (h5py: format, epoch in range, one /history value per epoch, finite weights) and that no
+# temporary file is left under the final name. Each restart resumes from model.h5. The chain of
+# killed and resumed runs must end bit-identical to one uninterrupted run (reference backend).
+set -u
+: "${STRATA:?}" "${PYTHON:?}"
+KILLS=${KILLS:-10}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+cat >"$work/exp.yaml" <<'YAML'
+seed: 7
+backend: reference
+threads: 1
+data: {type: synthetic, classes: 4, shape: [1, 10, 10], train_size: 2500, test_size: 100, seed: 3,
+       validation: 100, preprocess: [{type: normalize, per: channel}]}
+model:
+  input: [1, 10, 10]
+  layers:
+    - {name: conv1, type: conv2d, out_channels: 6, kernel: 3, padding: 1}
+    - {name: relu1, type: relu}
+    - {name: pool1, type: max_pool, kernel: 2}
+    - {name: fc1, type: linear, out_features: 4}
+optimizer: {type: sgd, lr: 0.05, momentum: 0.9, schedule: {type: step, step_size: 3, gamma: 0.5}}
+train: {epochs: 12, batch_size: 20}
+YAML
+
+"$STRATA" train "$work/exp.yaml" --out "$work/straight" --progress none >"$work/straight.log" 2>&1 \
+  || { echo "FAIL: the uninterrupted run failed"; cat "$work/straight.log"; exit 1; }
+
+validate() {
+  "$PYTHON" - "$1" <<'PY'
+import sys, h5py, numpy as np
+with h5py.File(sys.argv[1], "r") as f:
+    assert f.attrs["format"] in (b"strata-checkpoint", "strata-checkpoint")
+    epoch = int(f["training"].attrs["epoch"])
+    assert 1 <= epoch <= 12, epoch
+    assert int(f["training"].attrs["iteration"]) == epoch * 120
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+                 "epoch_seconds", "images_per_second"):
+        assert f["history"][name].shape == (epoch,), (name, f["history"][name].shape)
+    def finite(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f":
+            assert np.isfinite(obj[()]).all(), name
+    f["model"].visititems(finite)
+    print(epoch)
+PY
+}
+
+run=$work/killed
+killed=0 finished=0 attempts=0
+while [ "$killed" -lt "$KILLS" ]; do
+  attempts=$((attempts + 1))
+  [ "$attempts" -gt $((KILLS * 5)) ] && { echo "FAIL: could not land $KILLS kills"; exit 1; }
+  resume=(); [ -f "$run/model.h5" ] && resume=(--resume)
+  "$STRATA" train "$work/exp.yaml" --out "$run" --progress none "${resume[@]}" >>"$work/killed.log" 2>&1 &
+  pid=$!
+  # A random moment in the first 0.2-2.2 s of the run: start-up, data, training or a save.
+  sleep "$(awk -v r=$RANDOM "BEGIN { print 0.2 + 2.0 * r / 32768 }")"
+  if kill -KILL "$pid" 2>/dev/null; then
+    wait "$pid" 2>/dev/null
+    killed=$((killed + 1))
+  else
+    wait "$pid" || { echo "FAIL: a resumed run failed"; tail -20 "$work/killed.log"; exit 1; }
+    finished=1
+  fi
+  if [ -f "$run/model.h5" ]; then
+    epoch=$(validate "$run/model.h5") || { echo "FAIL: model.h5 does not validate after kill $killed"; exit 1; }
+    echo "kill $killed: model.h5 holds epoch $epoch"
+  else
+    echo "kill $killed: no checkpoint yet"
+  fi
+  rm -f "$run"/*.tmp-*  # a killed save leaves its temporary file; the final name is never touched
+  if [ "$finished" -eq 1 ]; then rm -rf "$run"; finished=0; echo "(the run finished first; starting over)"; fi
+done
+# Finish the chain.
+resume=(); [ -f "$run/model.h5" ] && resume=(--resume)
+"$STRATA" train "$work/exp.yaml" --out "$run" --progress none "${resume[@]}" >>"$work/killed.log" 2>&1 \
+  || { echo "FAIL: the final resume failed"; tail -20 "$work/killed.log"; exit 1; }
+
+"$PYTHON" - "$work/straight/model.h5" "$run/model.h5" <<'PY' || exit 1
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+names = []
+a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+for group in ("model", "optimizer", "preprocess"):
+    for n in [n for n in names if n.startswith(group + "/")]:
+        x, y = a[n][()], b[n][()]
+        assert x.shape == y.shape and np.array_equal(x, y), f"{n} differs after kill-and-resume"
+for metric in ("train_loss", "val_loss", "val_accuracy", "lr"):
+    assert np.array_equal(a["history"][metric][()], b["history"][metric][()]), metric
+print("ok: kill-and-resume is bit-identical to the uninterrupted run")
+PY
+echo "ok: $KILLS kills"
