@@ -8,6 +8,7 @@ find_package(yaml-cpp REQUIRED)
 find_package(fmt REQUIRED)
 find_package(ZLIB REQUIRED)
 find_package(Threads REQUIRED)
+find_package(nlohmann_json 3 REQUIRED)  # header-only: summary JSON
 pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
 
 # Warnings are errors for our own code.
