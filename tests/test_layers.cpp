@@ -35,6 +35,7 @@
 
 #include "strata/checkpoint.hpp"
 #include "strata/error.hpp"
+#include "strata/graph.hpp"
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
 #include "test_support.hpp"
@@ -62,6 +63,10 @@ struct LayerCase {
   std::string yaml;           // the layer's config, as in an experiment file
   std::vector<Shape> inputs;  // input sample shapes (no batch dimension)
   Shape output;               // expected output sample shape, worked out by hand
+  // Batch of the gradient check. 2 unless a layer needs more samples to be non-degenerate
+  // (batch_norm on features [C] normalizes over the batch alone: with 2 samples every x_hat is
+  // +-1 and the input gradient vanishes).
+  int64_t gradient_batch = 2;
 };
 
 std::ostream& operator<<(std::ostream& os, const LayerCase& layer_case) {
@@ -131,6 +136,18 @@ const std::vector<LayerCase> kConformanceCases = {
     {"{type: dropout, keep_prob: 0.7}", {{3, 5, 5}}, {3, 5, 5}},
     {"{type: dropout}", {{20}}, {20}},
     {"{type: dropout, keep_prob: 1}", {{4}}, {4}},
+    // normalization (the gradient check runs in training mode: batch statistics)
+    {"{type: batch_norm}", {{3, 4, 4}}, {3, 4, 4}},
+    {"{type: batch_norm, momentum: 0.3, eps: 0.001}", {{2, 3, 5}}, {2, 3, 5}},
+    {"{type: batch_norm, affine: false}", {{4, 3, 3}}, {4, 3, 3}},
+    {"{type: batch_norm}", {{5}}, {5}, 6},
+    // joins of several inputs
+    {"{type: add}", {{3, 4, 4}, {3, 4, 4}}, {3, 4, 4}},
+    {"{type: add}", {{2, 3, 5}, {2, 3, 5}, {2, 3, 5}}, {2, 3, 5}},
+    {"{type: add}", {{7}, {7}}, {7}},
+    {"{type: concat}", {{2, 4, 4}, {3, 4, 4}}, {5, 4, 4}},
+    {"{type: concat}", {{1, 3, 5}, {2, 3, 5}, {3, 3, 5}}, {6, 3, 5}},
+    {"{type: concat}", {{4}, {3}}, {7}},
 };
 
 std::string case_type(const LayerCase& layer_case) {
@@ -178,9 +195,14 @@ std::vector<Shape> batched(const std::vector<Shape>& samples, int64_t batch) {
   return shapes;
 }
 
+// Parameters get U(-1, 1); buffers (batch norm's running statistics) U(0.5, 1.5), positive so
+// that a running variance stays valid, and different from their initial 0 and 1, so that the
+// evaluation path and the checkpoint round trip of buffers are really exercised.
 void randomize_params(Layer& layer, Rng& rng) {
   for (Param* param : layer.params())
     param->value.copy_from(random_tensor(param->value.shape(), rng));
+  for (strata::NamedTensor& buffer : layer.buffers())
+    buffer.tensor.copy_from(random_tensor(buffer.tensor.shape(), rng, 0.5f, 1.5f));
 }
 
 // Runs forward with a freshly seeded Rng, so stochastic layers (dropout) draw the same mask on
@@ -343,7 +365,7 @@ void check_tensor_gradient(const std::string& what, Tensor values, const Tensor&
 BOOST_AUTO_TEST_SUITE(conformance)
 
 BOOST_DATA_TEST_CASE(gradients, boost::unit_test::data::make(kConformanceCases), layer_case) {
-  constexpr int64_t kBatch = 2;
+  const int64_t kBatch = layer_case.gradient_batch;
   constexpr bool kTraining = true;
   const uint32_t seed = case_seed(layer_case);
   Rng rng(seed);
@@ -427,6 +449,12 @@ BOOST_DATA_TEST_CASE(backends_agree, boost::unit_test::data::make(kConformanceCa
   for (std::size_t p = 0; p < tbb_params.size(); ++p) {
     tbb_params[p]->value.copy_from(reference_params[p]->value);
   }
+  const auto reference_buffers = reference.layer->buffers();
+  auto tbb_buffers = tbb.layer->buffers();
+  BOOST_TEST_REQUIRE(reference_buffers.size() == tbb_buffers.size());
+  for (std::size_t b = 0; b < tbb_buffers.size(); ++b) {
+    tbb_buffers[b].tensor.copy_from(reference_buffers[b].tensor);
+  }
 
   std::vector<Tensor> inputs;
   for (const Shape& shape : batched(layer_case.inputs, batch)) {
@@ -453,6 +481,11 @@ BOOST_DATA_TEST_CASE(backends_agree, boost::unit_test::data::make(kConformanceCa
   for (std::size_t p = 0; p < tbb_params.size(); ++p) {
     check(reference_params[p]->name + " gradient", tbb_params[p]->grad, reference_params[p]->grad);
   }
+  // Buffers a training forward updates (batch norm's running statistics) agree too.
+  for (std::size_t b = 0; b < tbb_buffers.size(); ++b) {
+    check(reference_buffers[b].name + " after a training forward", tbb_buffers[b].tensor,
+          reference_buffers[b].tensor);
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -463,6 +496,11 @@ BOOST_DATA_TEST_CASE(backends_agree, boost::unit_test::data::make(kConformanceCa
 // batch. In inference mode every layer here maps each sample on its own, so sample 2 of a batch
 // of 3, run alone as a view into the batch, must give the same output. Tolerance 1e-6 relative to
 // the largest output: a backend may split work differently for another batch size.
+// This is checked in inference mode only, and that matters for batch_norm: in training it
+// normalizes with the statistics of the whole batch, so a sample's output there depends on the
+// other samples by design. Its evaluation path (running statistics, randomized above to values
+// other than 0 and 1) is what this test covers; its training path is covered by the gradient
+// check over the whole batch, the backend comparison and the reference-value tests below.
 
 BOOST_DATA_TEST_CASE(samples_are_independent, boost::unit_test::data::make(kConformanceCases),
                      layer_case) {
@@ -911,6 +949,400 @@ BOOST_AUTO_TEST_CASE(inference_is_identity) {
   BOOST_TEST(max_abs_diff(y, x) == 0.0f);
   const Tensor dy = random_tensor(x.shape(), rng);
   BOOST_TEST(max_abs_diff(run_backward(dropout, {x}, y, dy, false, 1)[0], dy) == 0.0f);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// batch_norm
+// ------------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(batch_norm)
+
+Tensor tensor_from(const Shape& shape, const std::vector<float>& values) {
+  Tensor t(shape);
+  BOOST_TEST_REQUIRE(static_cast<int64_t>(values.size()) == t.numel());
+  std::copy(values.begin(), values.end(), t.data());
+  return t;
+}
+
+void check_close(const std::string& what, const Tensor& got, const std::vector<float>& want,
+                 float tolerance) {
+  BOOST_TEST_REQUIRE(got.numel() == static_cast<int64_t>(want.size()), what);
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    const float scale = std::max(1.0f, std::abs(want[static_cast<std::size_t>(i)]));
+    BOOST_TEST(std::abs(got.data()[i] - want[static_cast<std::size_t>(i)]) <= tolerance * scale,
+               what << "[" << i << "]: " << got.data()[i] << ", expected "
+                    << want[static_cast<std::size_t>(i)]);
+  }
+}
+
+strata::NamedTensor buffer(Layer& layer, const std::string& name) {
+  for (strata::NamedTensor& b : layer.buffers()) {
+    if (b.name == name) return b;
+  }
+  BOOST_FAIL("no buffer " << name);
+  return {};
+}
+
+// Values printed by PyTorch 1.13 (python3-torch) for
+//   x = [sin(0.7 i) * 2 + 0.1 i for i in range(12)] as [2, 2, 1, 3], dy = [cos(1.3 i)]
+//   bn = nn.BatchNorm2d(2, momentum=0.3, eps=1e-3), weight [1.5, -0.5], bias [0.2, 0.3],
+//   running_mean [0.4, -0.1], running_var [2.0, 0.5];
+// one training forward and backward, then bn.eval() and one forward and backward.
+BOOST_AUTO_TEST_CASE(matches_pytorch_in_both_modes) {
+  Instance bn =
+      make_layer("{type: batch_norm, momentum: 0.3, eps: 0.001}", {{2, 1, 3}}, "reference");
+  std::vector<float> x_values, dy_values;
+  for (int i = 0; i < 12; ++i) {
+    x_values.push_back(static_cast<float>(std::sin(i * 0.7) * 2 + 0.1 * i));
+    dy_values.push_back(static_cast<float>(std::cos(i * 1.3)));
+  }
+  const Tensor x = tensor_from({2, 2, 1, 3}, x_values);
+  const Tensor dy = tensor_from({2, 2, 1, 3}, dy_values);
+  Param& weight = *bn.layer->params().at(0);
+  Param& bias = *bn.layer->params().at(1);
+  BOOST_TEST(weight.name == "weight");
+  BOOST_TEST(bias.name == "bias");
+  weight.value.copy_from(tensor_from({2}, {1.5f, -0.5f}));
+  bias.value.copy_from(tensor_from({2}, {0.2f, 0.3f}));
+  buffer(*bn.layer, "running_mean").tensor.copy_from(tensor_from({2}, {0.4f, -0.1f}));
+  buffer(*bn.layer, "running_var").tensor.copy_from(tensor_from({2}, {2.0f, 0.5f}));
+
+  const Tensor y = run_forward(bn, {x}, true, 1);
+  check_close("train y", y,
+              {0.06449601f, 1.703465f, 2.627119f, 0.07027993f, 0.5187145f, 1.114886f, -1.284929f,
+               -1.428653f, -0.4814982f, 0.5826424f, -0.06454197f, -0.4219812f},
+              1e-5f);
+  check_close("running_mean", buffer(*bn.layer, "running_mean").tensor, {0.3144372f, 0.3909383f},
+              1e-6f);
+  check_close("running_var", buffer(*bn.layer, "running_var").tensor, {1.980933f, 0.7590533f},
+              1e-6f);
+  check_close("num_batches_tracked", buffer(*bn.layer, "num_batches_tracked").tensor, {1.0f}, 0);
+  BOOST_TEST(buffer(*bn.layer, "num_batches_tracked").tensor.rank() == 0u);
+
+  const auto dx = run_backward(bn, {x}, y, dy, true, 1);
+  check_close("train dx", dx[0],
+              {1.386254f, 0.5169063f, -0.8130021f, 0.4311357f, 0.01608834f, -0.02938279f,
+               0.2733487f, -0.9086643f, -0.4548427f, -0.04720658f, -0.3782731f, 0.007638469f},
+              1e-5f);
+  check_close("train dweight", weight.grad, {0.02173267f, -2.06864f}, 1e-5f);
+  check_close("train dbias", bias.grad, {-1.04414f, 2.112101f}, 1e-5f);
+
+  const Tensor y_eval = run_forward(bn, {x}, false, 1);
+  check_close("eval y", y_eval,
+              {-0.1350278f, 1.344327f, 2.17803f, -0.6379794f, -0.08944137f, 0.6398129f, -1.353037f,
+               -1.482764f, -0.6278494f, -0.01124286f, -0.8028975f, -1.240127f},
+              1e-5f);
+  // Evaluation leaves the running statistics alone.
+  check_close("running_mean after eval", buffer(*bn.layer, "running_mean").tensor,
+              {0.3144372f, 0.3909383f}, 1e-6f);
+  check_close("num_batches_tracked after eval", buffer(*bn.layer, "num_batches_tracked").tensor,
+              {1.0f}, 0);
+  const auto dx_eval = run_backward(bn, {x}, y_eval, dy, false, 1);
+  check_close("eval dx", dx_eval[0],
+              {1.065484f, 0.2850156f, -0.9130009f, 0.4163361f, -0.2687033f, -0.5600918f,
+               0.05748862f, -1.009782f, -0.5977196f, -0.371409f, -0.5204382f, 0.09297575f},
+              1e-5f);
+  check_close("eval dweight", weight.grad, {0.1676891f, 0.2447935f}, 1e-5f);
+}
+
+// On random input, both backends, two training steps: the output and the running statistics
+// follow the definition in torch.nn.BatchNorm2d's documentation, evaluated here in double
+// (biased variance to normalize, unbiased variance m/(m-1) for running_var).
+BOOST_AUTO_TEST_CASE(training_follows_the_definition) {
+  constexpr int64_t kN = 5, kC = 3, kH = 4, kW = 6, kM = kN * kH * kW;
+  const double momentum = 0.2, eps = 1e-4;
+  for (const std::string backend : {"reference", "tbb"}) {
+    Rng rng(31);
+    Instance bn =
+        make_layer("{type: batch_norm, momentum: 0.2, eps: 0.0001}", {{kC, kH, kW}}, backend);
+    randomize_params(*bn.layer, rng);
+    const Tensor gamma = bn.layer->params()[0]->value, beta = bn.layer->params()[1]->value;
+    std::vector<double> running_mean(kC), running_var(kC);
+    for (int64_t c = 0; c < kC; ++c) {
+      running_mean[c] = buffer(*bn.layer, "running_mean").tensor.data()[c];
+      running_var[c] = buffer(*bn.layer, "running_var").tensor.data()[c];
+    }
+    const float tracked = buffer(*bn.layer, "num_batches_tracked").tensor.data()[0];
+    for (int step = 0; step < 2; ++step) {
+      const Tensor x = random_tensor({kN, kC, kH, kW}, rng, -3.0f, 5.0f);
+      const Tensor y = run_forward(bn, {x}, true, 1);
+      float worst = 0.0f;
+      for (int64_t c = 0; c < kC; ++c) {
+        double sum = 0.0, squares = 0.0;
+        auto at = [&](int64_t n, int64_t i) { return x.data()[(n * kC + c) * kH * kW + i]; };
+        for (int64_t n = 0; n < kN; ++n)
+          for (int64_t i = 0; i < kH * kW; ++i) sum += at(n, i);
+        const double mean = sum / kM;
+        for (int64_t n = 0; n < kN; ++n)
+          for (int64_t i = 0; i < kH * kW; ++i) squares += (at(n, i) - mean) * (at(n, i) - mean);
+        for (int64_t n = 0; n < kN; ++n) {
+          for (int64_t i = 0; i < kH * kW; ++i) {
+            const double want =
+                (at(n, i) - mean) / std::sqrt(squares / kM + eps) * gamma.data()[c] +
+                beta.data()[c];
+            worst = std::max(
+                worst, static_cast<float>(std::abs(y.data()[(n * kC + c) * kH * kW + i] - want)));
+          }
+        }
+        running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean;
+        running_var[c] = (1 - momentum) * running_var[c] + momentum * squares / (kM - 1);
+        BOOST_TEST(
+            std::abs(buffer(*bn.layer, "running_mean").tensor.data()[c] - running_mean[c]) < 1e-6,
+            backend << " running_mean[" << c << "] after step " << step);
+        BOOST_TEST(std::abs(buffer(*bn.layer, "running_var").tensor.data()[c] - running_var[c]) <
+                       1e-5 * running_var[c],
+                   backend << " running_var[" << c << "] after step " << step);
+      }
+      BOOST_TEST(worst < 1e-5f, backend << " output differs by " << worst);
+    }
+    BOOST_TEST(buffer(*bn.layer, "num_batches_tracked").tensor.data()[0] == tracked + 2.0f);
+  }
+}
+
+// The evaluation path's backward against central differences (the conformance suite checks the
+// training path). The map is affine in x, so eps 1e-2 has no truncation error.
+BOOST_AUTO_TEST_CASE(evaluation_gradient_matches_central_differences) {
+  Rng rng(32);
+  Instance bn = make_layer("{type: batch_norm}", {{3, 2, 2}}, "reference");
+  randomize_params(*bn.layer, rng);
+  Tensor x = random_tensor({2, 3, 2, 2}, rng);
+  const Tensor weights = random_tensor(x.shape(), rng);
+  const Tensor y = run_forward(bn, {x}, false, 1);
+  const auto dx = run_backward(bn, {x}, y, weights, false, 1);
+  std::vector<Tensor> grads;
+  for (Param* p : bn.layer->params()) grads.push_back(p->grad.clone());
+  auto objective = [&] { return dot(run_forward(bn, {x}, false, 1), weights); };
+  auto check = [&](const std::string& what, Tensor values, const Tensor& analytic) {
+    for (int64_t i = 0; i < values.numel(); ++i) {
+      const float saved = values.data()[i];
+      values.data()[i] = saved + 1e-2f;
+      const double up = values.data()[i], plus = objective();
+      values.data()[i] = saved - 1e-2f;
+      const double down = values.data()[i], minus = objective();
+      values.data()[i] = saved;
+      const double numerical = (plus - minus) / (up - down);
+      BOOST_TEST(
+          std::abs(numerical - analytic.data()[i]) < 1e-3 * (1 + std::abs(numerical)),
+          what << "[" << i << "]: numerical " << numerical << ", backward " << analytic.data()[i]);
+    }
+  };
+  check("input", x, dx[0]);
+  check("weight", bn.layer->params()[0]->value, grads[0]);
+  check("bias", bn.layer->params()[1]->value, grads[1]);
+}
+
+BOOST_AUTO_TEST_CASE(parameters_buffers_and_defaults) {
+  // Through a Graph, so the default initializers are the ones the layer asks for.
+  Rng rng(3);
+  strata::Graph graph(yaml("{input: [4, 3, 3], layers: [{name: bn1, type: batch_norm}]}"),
+                      registries(), "reference", rng);
+  std::vector<std::string> keys;
+  for (const strata::NamedTensor& t : graph.state_tensors()) keys.push_back(t.name);
+  BOOST_TEST(keys == (std::vector<std::string>{"bn1/weight", "bn1/bias", "bn1/running_mean",
+                                               "bn1/running_var", "bn1/num_batches_tracked"}),
+             boost::test_tools::per_element());
+  for (const strata::ParamRef& ref : graph.params()) {
+    const float expected = ref.param->name == "weight" ? 1.0f : 0.0f;
+    for (float v : ref.param->value.span()) BOOST_TEST(v == expected, ref.key);
+    BOOST_TEST(ref.param->decay_mult == 0.0f, ref.key << " must not be weight-decayed");
+    BOOST_TEST(ref.param->value.shape() == Shape{4});
+  }
+  BOOST_TEST(graph.num_parameters() == 8);
+  for (strata::NamedTensor& t : graph.layer(0).buffers()) {
+    const float expected = t.name == "running_var" ? 1.0f : 0.0f;
+    for (float v : t.tensor.span()) BOOST_TEST(v == expected, t.name);
+  }
+  // affine: false has no parameters, but still its running statistics.
+  Instance plain = make_layer("{type: batch_norm, affine: false}", {{3}}, "reference");
+  BOOST_TEST(plain.layer->params().empty());
+  BOOST_TEST(plain.layer->buffers().size() == 3u);
+}
+
+BOOST_AUTO_TEST_CASE(bad_input_is_a_clear_error) {
+  STRATA_CHECK_CONTAINS(setup_error("{type: batch_norm}", {4, 5}),
+                        "batch_norm expects an image sample [channels, height, width] or "
+                        "features [channels], got [4, 5] (rank 2)");
+  STRATA_CHECK_CONTAINS(setup_error("{type: batch_norm}", {1, 4, 5, 5}), "got [1, 4, 5, 5]");
+  STRATA_CHECK_CONTAINS(
+      error_of([] { registries().layers.create(yaml("{type: batch_norm, momentum: 1.5}")); }),
+      "momentum: must be in [0, 1], found 1.5");
+  STRATA_CHECK_CONTAINS(
+      error_of([] { registries().layers.create(yaml("{type: batch_norm, eps: 0}")); }),
+      "eps: must be positive, found 0");
+  STRATA_CHECK_CONTAINS(
+      error_of([] { registries().layers.create(yaml("{type: batch_norm, afine: false}")); }),
+      "unknown key 'afine'");
+  // One value per channel cannot give batch statistics.
+  Rng rng(4);
+  Instance bn = make_layer("{type: batch_norm}", {{3}}, "reference");
+  const Tensor x = random_tensor({1, 3}, rng);
+  STRATA_CHECK_CONTAINS(error_of([&] { run_forward(bn, {x}, true, 1); }),
+                        "training needs more than one value per channel");
+  BOOST_CHECK_NO_THROW(run_forward(bn, {x}, false, 1));  // evaluation uses running statistics
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// add and concat, alone and inside a Graph
+// ------------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(joins)
+
+BOOST_AUTO_TEST_CASE(add_sums_its_inputs) {
+  Rng rng(41);
+  for (const std::string backend : {"reference", "tbb"}) {
+    Instance add = make_layer("{type: add}", {{3, 5, 5}, {3, 5, 5}, {3, 5, 5}}, backend);
+    // Large enough that tbb splits the loop.
+    std::vector<Tensor> x;
+    for (int k = 0; k < 3; ++k) x.push_back(random_tensor({300, 3, 5, 5}, rng));
+    const Tensor y = run_forward(add, x, true, 1);
+    bool exact = true;
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      exact = exact && y.data()[i] == (x[0].data()[i] + x[1].data()[i]) + x[2].data()[i];
+    }
+    BOOST_TEST(exact, backend << ": y != x0 + x1 + x2");
+    const Tensor dy = random_tensor(y.shape(), rng);
+    const auto dx = run_backward(add, x, y, dy, true, 1);
+    for (const Tensor& d : dx) BOOST_TEST(max_abs_diff(d, dy) == 0.0f);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(concat_stacks_channels_in_input_order) {
+  Rng rng(42);
+  for (const std::string backend : {"reference", "tbb"}) {
+    Instance concat = make_layer("{type: concat}", {{2, 3, 4}, {1, 3, 4}, {3, 3, 4}}, backend);
+    BOOST_TEST_REQUIRE(concat.output == (Shape{6, 3, 4}));
+    const std::vector<int64_t> channels = {2, 1, 3};
+    std::vector<Tensor> x;
+    for (int64_t c : channels) x.push_back(random_tensor({400, c, 3, 4}, rng));
+    const Tensor y = run_forward(concat, x, true, 1);
+    const Tensor dy = random_tensor(y.shape(), rng);
+    const auto dx = run_backward(concat, x, y, dy, true, 1);
+    bool forward_ok = true, backward_ok = true;
+    for (int64_t n = 0; n < 400; ++n) {
+      int64_t base = 0;
+      for (std::size_t k = 0; k < 3; ++k) {
+        for (int64_t c = 0; c < channels[k]; ++c) {
+          for (int64_t i = 0; i < 12; ++i) {
+            const int64_t from = (n * channels[k] + c) * 12 + i;
+            const int64_t to = (n * 6 + base + c) * 12 + i;
+            forward_ok = forward_ok && y.data()[to] == x[k].data()[from];
+            backward_ok = backward_ok && dx[k].data()[from] == dy.data()[to];
+          }
+        }
+        base += channels[k];
+      }
+    }
+    BOOST_TEST(forward_ok, backend << ": forward does not place channels in input order");
+    BOOST_TEST(backward_ok, backend << ": backward does not hand each input its slice");
+  }
+}
+
+BOOST_AUTO_TEST_CASE(mismatched_inputs_are_clear_errors) {
+  auto error = [](const std::string& layer_yaml, const std::vector<Shape>& inputs) {
+    return error_of([&] { make_layer(layer_yaml, inputs, "reference"); });
+  };
+  STRATA_CHECK_CONTAINS(error("{type: add}", {{3, 4, 4}, {3, 4, 4}, {3, 5, 4}}),
+                        "add needs inputs of identical shape, but input 0 is [3, 4, 4] and input "
+                        "2 is [3, 5, 4]");
+  STRATA_CHECK_CONTAINS(error("{type: add}", {{3, 4, 4}}), "takes at least 2 inputs, got 1");
+  STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8, 8}, {2, 7, 7}}),
+                        "the spatial sizes must agree, but input 0 is [3, 8, 8] (8x8) and input 1 "
+                        "is [2, 7, 7] (7x7)");
+  STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8, 8}, {24}}),
+                        "concat needs inputs of the same rank, but input 0 is [3, 8, 8] and "
+                        "input 1 is [24]");
+  STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8}, {3, 8}}), "input 0 is [3, 8]");
+  STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8, 8}}), "takes at least 2 inputs, got 1");
+
+  // Inside a model: the file position, the layer and both producers are named.
+  Rng rng(1);
+  const std::string graph_error = error_of([&] {
+    strata::Graph graph(Config::parse_string(R"(
+input: [3, 8, 8]
+layers:
+  - {name: a, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+  - {name: b, type: max_pool, kernel: 2, inputs: input}
+  - {name: mixed, type: concat, inputs: [a, b]}
+)",
+                                             "net.yaml"),
+                        registries(), "reference", rng);
+  });
+  STRATA_CHECK_CONTAINS(graph_error, "net.yaml:6:5: layers[2]");
+  STRATA_CHECK_CONTAINS(graph_error, "(8x8) and input 1 is [3, 4, 4] (4x4)");
+  STRATA_CHECK_CONTAINS(graph_error, "'a' gives [4, 8, 8], 'b' gives [3, 4, 4]");
+}
+
+// A small Graph from YAML in which tensors fan out: act1 is read by conv2, conv3, sum and mixed;
+// conv2 by sum and mixed. Every parameter's gradient from Graph::backward must match central
+// differences of the whole network. The graph sums the gradients of a tensor's consumers; an
+// error in that sum, or in add's or concat's backward, shows up in conv1's gradients.
+// Objective L = sum(out * R); eps 1e-2 on float parameters of order 1 with tanh (smooth), so the
+// truncation error is ~1e-5 relative; tolerance 2e-3 relative to max(|numerical|, rms, 1e-2).
+BOOST_AUTO_TEST_CASE(fan_out_gradients_through_add_and_concat) {
+  for (const std::string backend : {"reference", "tbb"}) {
+    Rng rng(43);
+    strata::Graph graph(Config::parse_string(R"(
+input: [2, 5, 5]
+layers:
+  - {name: conv1, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+  - {name: act1, type: tanh}
+  - {name: conv2, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+  - {name: conv3, type: conv2d, out_channels: 3, kernel: 1, inputs: act1}
+  - {name: sum, type: add, inputs: [act1, conv2, conv3]}
+  - {name: act2, type: tanh}
+  - {name: mixed, type: concat, inputs: [act2, act1, conv2]}
+  - {name: fc, type: linear, out_features: 4}
+)",
+                                             "net.yaml"),
+                        registries(), backend, rng);
+    BOOST_TEST(graph.input_names(4) == (std::vector<std::string>{"act1", "conv2", "conv3"}),
+               boost::test_tools::per_element());
+    BOOST_TEST(graph.output_shape() == Shape{4});
+    auto executor = registries().backends.create(backend, Config{});
+    Context context{true, &rng, executor.get()};
+    const Tensor x = random_tensor({3, 2, 5, 5}, rng);
+    const Tensor weights = random_tensor({3, 4}, rng);
+    auto objective = [&] { return dot(graph.forward(context, x), weights); };
+    objective();
+    // The add's output really is the sum of its three inputs.
+    const Tensor& act1 = graph.activation("act1");
+    const Tensor& conv2 = graph.activation("conv2");
+    const Tensor& conv3 = graph.activation("conv3");
+    const Tensor& sum = graph.activation("sum");
+    float worst = 0.0f;
+    for (int64_t i = 0; i < sum.numel(); ++i) {
+      worst = std::max(
+          worst, std::abs(sum.data()[i] - (act1.data()[i] + conv2.data()[i] + conv3.data()[i])));
+    }
+    BOOST_TEST(worst < 1e-6f);
+
+    graph.backward(context, weights);
+    int64_t checked = 0;
+    for (const strata::ParamRef& ref : graph.params()) {
+      const Tensor analytic = ref.param->grad.clone();
+      const double scale = std::max(rms(analytic), 1e-2);
+      for (int64_t i = 0; i < ref.param->value.numel(); ++i) {
+        float& v = ref.param->value.data()[i];
+        const float saved = v;
+        v = saved + 1e-2f;
+        const double up = v, plus = objective();
+        v = saved - 1e-2f;
+        const double down = v, minus = objective();
+        v = saved;
+        const double numerical = (plus - minus) / (up - down);
+        const double error = std::abs(numerical - analytic.data()[i]);
+        BOOST_TEST(error <= 2e-3 * std::max(std::abs(numerical), scale),
+                   backend << " " << ref.key << "[" << i << "]: numerical " << numerical
+                           << ", backward " << analytic.data()[i]);
+        ++checked;
+      }
+    }
+    BOOST_TEST(checked == graph.num_parameters());
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -19,6 +19,26 @@ std::vector<std::string> read_input_names(const Config& item) {
   return inputs->as<std::vector<std::string>>();
 }
 
+// The initializer a layer asks for in Param::default_init: a type name ("he_normal") or a flow
+// map with settings ("{type: constant, value: 1}"). Parsed as the value of a key, so both forms
+// go through the same Config checks (unknown type, unknown or ill-typed settings).
+std::shared_ptr<Initializer> default_initializer(const Registries& registries,
+                                                 const std::string& layer, const Param& param) {
+  const std::string source =
+      fmt::format("layer '{}', default initializer of parameter '{}'", layer, param.name);
+  if (param.default_init.empty()) fail("{}: the layer gave no initializer", source);
+  const Config spec = Config::parse_string("init: " + param.default_init, source).at("init");
+  if (spec.is_scalar()) {
+    try {
+      return registries.initializers.create(spec.as<std::string>(), Config{});
+    } catch (const Error& error) {
+      fail("{}: {}", source, error.what());
+    }
+  }
+  if (!spec.is_map()) spec.fail("expected an initializer type or a map {type: ..., ...}");
+  return registries.initializers.create(spec);
+}
+
 }  // namespace
 
 Graph::Graph(const Config& model, const Registries& registries, std::string backend, Rng& init_rng)
@@ -213,7 +233,7 @@ void Graph::add_node(const std::string& name, std::shared_ptr<Layer> layer,
     auto custom = custom_initializers.find(param->name);
     auto initializer = custom != custom_initializers.end()
                            ? custom->second
-                           : registries_.initializers.create(param->default_init, Config{});
+                           : default_initializer(registries_, name, *param);
     initializer->fill(param->value, param->fan_in, param->fan_out, *init_rng);
   }
   if (init) {

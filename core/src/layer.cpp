@@ -1,5 +1,7 @@
 #include "strata/layer.hpp"
 
+#include <limits>
+
 namespace strata {
 
 Param Param::make(std::string name, Shape shape, std::string default_init, int64_t fan_in,
@@ -20,6 +22,9 @@ Shape Layer::setup(const SetupContext& context, std::span<const Shape> inputs) {
   if (count < min_inputs() || count > max_inputs()) {
     if (min_inputs() == max_inputs()) {
       fail("layer '{}' ({}): takes {} input(s), got {}", name_, type(), min_inputs(), count);
+    }
+    if (max_inputs() == std::numeric_limits<int>::max()) {
+      fail("layer '{}' ({}): takes at least {} inputs, got {}", name_, type(), min_inputs(), count);
     }
     fail("layer '{}' ({}): takes {} to {} inputs, got {}", name_, type(), min_inputs(),
          max_inputs(), count);

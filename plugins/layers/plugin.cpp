@@ -14,6 +14,9 @@ void register_activations(Registries& registries);
 void register_flatten(Registries& registries);
 void register_dropout(Registries& registries);
 void register_losses(Registries& registries);
+void register_batch_norm(Registries& registries);
+void register_add(Registries& registries);
+void register_concat(Registries& registries);
 
 namespace {
 
@@ -25,6 +28,9 @@ void register_all(Registries& registries) {
   register_flatten(registries);
   register_dropout(registries);
   register_losses(registries);
+  register_batch_norm(registries);
+  register_add(registries);
+  register_concat(registries);
 }
 
 }  // namespace

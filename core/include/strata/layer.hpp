@@ -30,15 +30,22 @@ namespace strata {
 using Rng = std::mt19937;
 
 // A learnable parameter. Names and shapes follow PyTorch ("weight" [out, in, kh, kw], "bias").
+//
+// default_init is the initializer used when the experiment's `init:` names none, written as in
+// an experiment file (flow YAML), so a plugin can give settings without touching yaml-cpp:
+//   "he_normal"                         a type with its default settings
+//   "{type: constant, value: 1}"        a type with settings (batch norm's weight)
+// The Graph builds it through the initializer registry; a bad spec is an Error naming the layer
+// and the parameter.
 struct Param {
   std::string name;
   Tensor value;
   Tensor grad;
-  std::string default_init;  // initializer type used when the experiment names none
+  std::string default_init;  // initializer spec used when the experiment names none (see above)
   int64_t fan_in = 0;
   int64_t fan_out = 0;
   float lr_mult = 1.0f;     // scales the learning rate for this parameter
-  float decay_mult = 1.0f;  // scales weight decay (0 for biases by default)
+  float decay_mult = 1.0f;  // scales weight decay: 0 excludes the parameter (biases, batch norm)
 
   // value and grad of `shape`, zero-filled.
   static Param make(std::string name, Shape shape, std::string default_init, int64_t fan_in,
@@ -87,7 +94,8 @@ class Layer {
   virtual ~Layer() = default;
 
   virtual std::string_view type() const = 0;
-  // How many inputs the layer accepts (inclusive bounds).
+  // How many inputs the layer accepts (inclusive bounds); max_inputs() ==
+  // std::numeric_limits<int>::max() means "no upper bound" (add, concat).
   virtual int min_inputs() const { return 1; }
   virtual int max_inputs() const { return 1; }
 

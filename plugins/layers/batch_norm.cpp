@@ -1,0 +1,269 @@
+// batch_norm: batch normalization per channel, as torch.nn.BatchNorm2d (and BatchNorm1d on [C]).
+//
+// WHAT THIS OBJECT REPRESENTS
+//   For each channel c, over the m = N*H*W values of that channel in the batch:
+//     training:   mean_c = sum x / m,  var_c = sum (x - mean_c)^2 / m       (biased)
+//                 y = (x - mean_c) / sqrt(var_c + eps) * weight[c] + bias[c]
+//                 running_mean = (1 - momentum) * running_mean + momentum * mean_c
+//                 running_var  = (1 - momentum) * running_var  + momentum * var_c * m/(m - 1)
+//                 num_batches_tracked += 1                                   (unbiased update)
+//     evaluation: y = (x - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c]
+//   The running statistics change only in a training forward. Without `affine`, weight is 1 and
+//   bias 0 and the layer has no parameters.
+//   Parameters (PyTorch names): weight [C] (default init constant 1) and bias [C] (constant 0),
+//   both with decay_mult 0 (no weight decay, as is usual for normalization parameters).
+//   Buffers, saved in checkpoints under PyTorch's state_dict names: running_mean [C] (starts 0),
+//   running_var [C] (starts 1), num_batches_tracked (scalar, shape [], stored as float32 where
+//   PyTorch uses int64; a converter casts it).
+//
+// KEYS
+//   momentum  0.1, in [0, 1]: weight of the new batch in the running statistics (PyTorch's
+//             convention, the opposite of Keras' and Caffe's "moving average fraction")
+//   eps       1e-5, > 0: added to the variance before the square root
+//   affine    true: learn weight and bias
+//
+// REQUIRES
+//   - one input of sample shape [C, H, W] (BatchNorm2d) or [C] (BatchNorm1d on features).
+//   - in training, more than one value per channel (N*H*W > 1), as PyTorch requires.
+// ENSURES
+//   - output sample shape == input sample shape.
+//   - backward matches the forward's mode (Context::training): in training the full
+//     batch-statistics gradient, through the mean and variance of the last training forward
+//     (which backward must follow, as in every training step); in evaluation the affine map
+//     with the running statistics. Parameter gradients: dweight = sum dy * x_hat, dbias = sum dy.
+//   - per-channel sums run in double, one channel per task: channels are split over the
+//     backend's parallel_for, so every backend gives bit-identical results.
+//   - batch independence holds in evaluation only: in training each sample's output depends on
+//     the whole batch through the batch statistics.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common.hpp"
+#include "strata/error.hpp"
+
+namespace strata::layers {
+
+namespace {
+
+class BatchNorm final : public Layer {
+ public:
+  explicit BatchNorm(const Config& config)
+      : momentum_(config.get<double>("momentum", 0.1)),
+        eps_(config.get<double>("eps", 1e-5)),
+        affine_(config.get<bool>("affine", true)) {
+    if (!(momentum_ >= 0.0 && momentum_ <= 1.0)) {
+      config.fail_key("momentum", fmt::format("must be in [0, 1], found {}", momentum_));
+    }
+    if (!(eps_ > 0.0)) config.fail_key("eps", fmt::format("must be positive, found {}", eps_));
+  }
+
+  std::string_view type() const override { return "batch_norm"; }
+
+  std::vector<Param*> params() override {
+    if (affine_) return {&weight_, &bias_};
+    return {};
+  }
+
+  std::vector<NamedTensor> buffers() override {
+    return {{"running_mean", running_mean_},
+            {"running_var", running_var_},
+            {"num_batches_tracked", num_batches_tracked_}};
+  }
+
+  void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
+    const Tensor& x = in[0];
+    prepare_output(out, x.shape());
+    const int64_t batch = x.dim(0);
+    const int64_t count = batch * spatial_;
+    const float* weight = affine_ ? weight_.value.data() : nullptr;
+    const float* bias = affine_ ? bias_.value.data() : nullptr;
+    const float* px = x.data();
+    float* py = out.data();
+
+    if (!context.training) {
+      const float* running_mean = running_mean_.data();
+      const float* running_var = running_var_.data();
+      for_channels(context, batch, [&](int64_t c) {
+        const double inv_std = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps_);
+        const double scale = inv_std * (weight ? weight[c] : 1.0f);
+        const double shift = (bias ? bias[c] : 0.0f) - running_mean[c] * scale;
+        const auto scale_f = static_cast<float>(scale);
+        const auto shift_f = static_cast<float>(shift);
+        for (int64_t n = 0; n < batch; ++n) {
+          const float* xs = px + (n * channels_ + c) * spatial_;
+          float* ys = py + (n * channels_ + c) * spatial_;
+          for (int64_t s = 0; s < spatial_; ++s) ys[s] = xs[s] * scale_f + shift_f;
+        }
+      });
+      return;
+    }
+
+    if (count < 2) {
+      fail(
+          "training needs more than one value per channel to compute batch statistics, got "
+          "input {} (PyTorch refuses this too)",
+          x.shape().str());
+    }
+    saved_mean_.resize(static_cast<std::size_t>(channels_));
+    saved_inv_std_.resize(static_cast<std::size_t>(channels_));
+    float* running_mean = running_mean_.data();
+    float* running_var = running_var_.data();
+    const double momentum = momentum_;
+    for_channels(context, batch, [&](int64_t c) {
+      double sum = 0.0;
+      for (int64_t n = 0; n < batch; ++n) {
+        const float* xs = px + (n * channels_ + c) * spatial_;
+        for (int64_t s = 0; s < spatial_; ++s) sum += xs[s];
+      }
+      const double mean = sum / static_cast<double>(count);
+      double squares = 0.0;
+      for (int64_t n = 0; n < batch; ++n) {
+        const float* xs = px + (n * channels_ + c) * spatial_;
+        for (int64_t s = 0; s < spatial_; ++s) {
+          const double d = xs[s] - mean;
+          squares += d * d;
+        }
+      }
+      const double var = squares / static_cast<double>(count);
+      const double inv_std = 1.0 / std::sqrt(var + eps_);
+      saved_mean_[static_cast<std::size_t>(c)] = mean;
+      saved_inv_std_[static_cast<std::size_t>(c)] = inv_std;
+      const double scale = inv_std * (weight ? weight[c] : 1.0f);
+      const auto scale_f = static_cast<float>(scale);
+      const auto shift_f = static_cast<float>((bias ? bias[c] : 0.0f) - mean * scale);
+      for (int64_t n = 0; n < batch; ++n) {
+        const float* xs = px + (n * channels_ + c) * spatial_;
+        float* ys = py + (n * channels_ + c) * spatial_;
+        for (int64_t s = 0; s < spatial_; ++s) ys[s] = xs[s] * scale_f + shift_f;
+      }
+      const double unbiased = squares / static_cast<double>(count - 1);
+      running_mean[c] = static_cast<float>((1.0 - momentum) * running_mean[c] + momentum * mean);
+      running_var[c] = static_cast<float>((1.0 - momentum) * running_var[c] + momentum * unbiased);
+    });
+    saved_batch_ = batch;
+    num_batches_tracked_.data()[0] += 1.0f;
+  }
+
+  void backward(Context& context, std::span<const Tensor> in, const Tensor&, const Tensor& dout,
+                std::span<Tensor> din) override {
+    const Tensor& x = in[0];
+    const int64_t batch = x.dim(0);
+    const int64_t count = batch * spatial_;
+    const bool training = context.training;
+    if (training && saved_batch_ != batch) {
+      fail(
+          "backward in training mode needs the batch statistics of a training forward on the "
+          "same batch (last training forward had batch {}, backward got {})",
+          saved_batch_, batch);
+    }
+    const float* weight = affine_ ? weight_.value.data() : nullptr;
+    float* dweight = affine_ ? weight_.grad.data() : nullptr;
+    float* dbias = affine_ ? bias_.grad.data() : nullptr;
+    const float* running_mean = running_mean_.data();
+    const float* running_var = running_var_.data();
+    const float* px = x.data();
+    const float* pdy = dout.data();
+    float* pdx = din[0].defined() ? din[0].data() : nullptr;
+
+    for_channels(context, batch, [&](int64_t c) {
+      const auto index = static_cast<std::size_t>(c);
+      const double mean = training ? saved_mean_[index] : running_mean[c];
+      const double inv_std = training ? saved_inv_std_[index]
+                                      : 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps_);
+      // sum dy and sum dy * x_hat over the channel.
+      double sum_dy = 0.0, sum_dy_xhat = 0.0;
+      for (int64_t n = 0; n < batch; ++n) {
+        const float* xs = px + (n * channels_ + c) * spatial_;
+        const float* dys = pdy + (n * channels_ + c) * spatial_;
+        for (int64_t s = 0; s < spatial_; ++s) {
+          sum_dy += dys[s];
+          sum_dy_xhat += dys[s] * ((xs[s] - mean) * inv_std);
+        }
+      }
+      if (dweight) {
+        dweight[c] = static_cast<float>(sum_dy_xhat);
+        dbias[c] = static_cast<float>(sum_dy);
+      }
+      if (!pdx) return;
+      const double gamma = weight ? weight[c] : 1.0f;
+      // Training: dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)).
+      // Evaluation: the statistics are constants, dx = gamma * inv_std * dy.
+      const double m = static_cast<double>(count);
+      const double mean_dy = training ? sum_dy / m : 0.0;
+      const double mean_dy_xhat = training ? sum_dy_xhat / m : 0.0;
+      const double scale = gamma * inv_std;
+      for (int64_t n = 0; n < batch; ++n) {
+        const float* xs = px + (n * channels_ + c) * spatial_;
+        const float* dys = pdy + (n * channels_ + c) * spatial_;
+        float* dxs = pdx + (n * channels_ + c) * spatial_;
+        for (int64_t s = 0; s < spatial_; ++s) {
+          const double x_hat = (xs[s] - mean) * inv_std;
+          dxs[s] = static_cast<float>(scale * (dys[s] - mean_dy - x_hat * mean_dy_xhat));
+        }
+      }
+    });
+  }
+
+ protected:
+  Shape infer_shape(const SetupContext&, std::span<const Shape> inputs) override {
+    const Shape& in = inputs[0];
+    if (in.rank() != 3 && in.rank() != 1) {
+      fail(
+          "batch_norm expects an image sample [channels, height, width] or features [channels], "
+          "got {} (rank {})",
+          in.str(), in.rank());
+    }
+    for (int64_t d : in.dims()) {
+      if (d < 1) fail("batch_norm expects a non-empty sample, got {}", in.str());
+    }
+    channels_ = in[0];
+    spatial_ = in.numel() / channels_;
+    if (affine_) {
+      weight_ = Param::make("weight", Shape{channels_}, "{type: constant, value: 1}", channels_,
+                            channels_, 0.0f);
+      bias_ = Param::make("bias", Shape{channels_}, "constant", channels_, channels_, 0.0f);
+    }
+    running_mean_ = Tensor(Shape{channels_});
+    running_var_ = Tensor(Shape{channels_});
+    running_var_.fill(1.0f);
+    num_batches_tracked_ = Tensor(Shape{});
+    return in;
+  }
+
+ private:
+  // Runs body(c) for every channel; a task takes enough channels to hold about
+  // kElementwiseGrain values, so small layers stay on one thread.
+  template <class Body>
+  void for_channels(Context& context, int64_t batch, const Body& body) const {
+    const int64_t per_channel = std::max<int64_t>(1, batch * spatial_);
+    const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / per_channel);
+    auto run = [&](int64_t lo, int64_t hi) {
+      for (int64_t c = lo; c < hi; ++c) body(c);
+    };
+    if (context.backend == nullptr || channels_ <= grain) {
+      run(0, channels_);
+      return;
+    }
+    context.backend->parallel_for(0, channels_, grain, run);
+  }
+
+  double momentum_;
+  double eps_;
+  bool affine_;
+  int64_t channels_ = 0;
+  int64_t spatial_ = 1;
+  Param weight_, bias_;
+  Tensor running_mean_, running_var_, num_batches_tracked_;
+  // Statistics of the last training forward, for backward.
+  std::vector<double> saved_mean_, saved_inv_std_;
+  int64_t saved_batch_ = -1;
+};
+
+}  // namespace
+
+void register_batch_norm(Registries& registries) { registries.layers.add<BatchNorm>("batch_norm"); }
+
+}  // namespace strata::layers
