@@ -87,9 +87,16 @@ void Graph::build(const Config& model, Rng* init_rng) {
                                           suggestion_text(type, known, "layer and block types")));
       }
       // `init` belongs to the graph, not the layer: it is read before the registry checks keys.
+      // Its initializers are built first, so the registry's check sees their keys as read.
       std::optional<Config> init = item.find("init");
+      std::map<std::string, std::shared_ptr<Initializer>> initializers;
+      if (init) {
+        for (const std::string& key : init->keys()) {
+          initializers.emplace(key, registries_.initializers.create(*init->find(key)));
+        }
+      }
       auto layer = registries_.layers.create(item);
-      add_node(name, std::move(layer), input_names, item, init, init_rng, -1);
+      add_node(name, std::move(layer), input_names, item, init, initializers, init_rng, -1);
       continue;
     }
 
@@ -172,7 +179,7 @@ void Graph::build(const Config& model, Rng* init_rng) {
                                    suggestion_text(part_type, registries_.layers.types(), "layer types")));
         }
         auto layer = registries_.layers.create(part.config);
-        add_node(full, std::move(layer), part_inputs, item, std::nullopt, init_rng, block_index);
+        add_node(full, std::move(layer), part_inputs, item, std::nullopt, {}, init_rng, block_index);
         part_names.push_back(part.name);
       }
       const int output = static_cast<int>(nodes_.size()) - 1;
@@ -186,7 +193,9 @@ void Graph::build(const Config& model, Rng* init_rng) {
 
 void Graph::add_node(const std::string& name, std::shared_ptr<Layer> layer,
                      const std::vector<std::string>& input_names, const Config& where,
-                     const std::optional<Config>& init, Rng* init_rng, int block) {
+                     const std::optional<Config>& init,
+                     const std::map<std::string, std::shared_ptr<Initializer>>& custom_initializers,
+                     Rng* init_rng, int block) {
   Node node;
   node.block = block;
   std::vector<Shape> input_shapes;
@@ -204,14 +213,6 @@ void Graph::add_node(const std::string& name, std::shared_ptr<Layer> layer,
     input_shapes.push_back(producer < 0 ? input_shape_ : nodes_[producer].layer->output_shape());
   }
 
-  // The initializers named under `init` are built before setup; their names are checked
-  // against the parameters afterwards.
-  std::map<std::string, std::shared_ptr<Initializer>> custom_initializers;
-  if (init) {
-    for (const std::string& key : init->keys()) {
-      custom_initializers.emplace(key, registries_.initializers.create(*init->find(key)));
-    }
-  }
   node.layer = std::move(layer);
   node.layer->set_name(name);
   try {

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -82,11 +83,14 @@ class Graph {
     std::vector<Tensor> in, din;  // per-step views handed to the layer (reused, not reallocated)
   };
   void build(const Config& model, Rng* init_rng);
-  // Creates, sets up and (with an rng) initializes one layer reading the tensors `input_names`;
+  // Sets up and (with an rng) initializes one layer reading the tensors `input_names`, with the
+  // initializers built from its `init` section (whose names are checked against the parameters);
   // errors are reported at `where` (the layer's or the block's entry).
   void add_node(const std::string& name, std::shared_ptr<Layer> layer,
                 const std::vector<std::string>& input_names, const Config& where,
-                const std::optional<Config>& init, Rng* init_rng, int block);
+                const std::optional<Config>& init,
+                const std::map<std::string, std::shared_ptr<Initializer>>& custom_initializers,
+                Rng* init_rng, int block);
   void check_new_name(const std::string& name, const Config& where) const;
   void allocate(int64_t batch);
 
