@@ -11,8 +11,8 @@ RUN_DIR    ?= runs/lenet5_fashion
 JOBS       ?= $(shell nproc)
 
 BUILD_PACKAGES := build-essential cmake ninja-build pkg-config git \
-                  libboost-dev libboost-test-dev libtbb-dev libhdf5-dev libyaml-cpp-dev libfmt-dev \
-                  zlib1g-dev libopenblas-dev nlohmann-json3-dev dataset-fashion-mnist
+                  libboost-dev libboost-test-dev libboost-program-options-dev nlohmann-json3-dev libtbb-dev libhdf5-dev libyaml-cpp-dev libfmt-dev \
+                  zlib1g-dev libopenblas-dev dataset-fashion-mnist
 # The test suite cross-checks checkpoints with h5py and layers with PyTorch.
 TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch
 

@@ -522,6 +522,34 @@ BOOST_DATA_TEST_CASE(samples_are_independent, boost::unit_test::data::make(kConf
   }
 }
 
+// A NaN in the input must reach the output, on every backend, in inference and in training mode,
+// as in PyTorch (relu(NaN) = NaN, max_pool picks NaN): a layer that turns NaN into a finite value
+// hides a diverged model from the trainer's divergence check. The NaN sits at the first element of
+// the first sample, which every window of the conformance cases covers.
+BOOST_DATA_TEST_CASE(nan_propagates, boost::unit_test::data::make(kConformanceCases), layer_case) {
+  const uint32_t seed = case_seed(layer_case) + 5;
+  for (const std::string backend : {"reference", "tbb"}) {
+    for (const bool training : {false, true}) {
+      Rng rng(seed);
+      Instance instance = make_layer(layer_case, backend);
+      randomize_params(*instance.layer, rng);
+      std::vector<Tensor> inputs;
+      for (const Shape& shape : batched(layer_case.inputs, 2)) {
+        inputs.push_back(random_tensor(shape, rng));
+        inputs.back().data()[0] = std::numeric_limits<float>::quiet_NaN();
+      }
+      const Tensor out = run_forward(instance, inputs, training, seed);
+      const Tensor first = out.batch_slice(0, 1);
+      BOOST_TEST(std::any_of(first.span().begin(), first.span().end(),
+                             [](float v) { return std::isnan(v); }),
+                 backend << (training ? " (training)" : " (inference)")
+                         << ": a NaN input gives no NaN output");
+      const Tensor second = out.batch_slice(1, 2);
+      BOOST_TEST(all_finite(second), backend << ": the NaN of sample 0 leaked into sample 1");
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------------
 // 4. Checkpoint round trip
 // ------------------------------------------------------------------------------------------------

@@ -740,7 +740,8 @@ void save_checkpoint(const fs::path& path, const Checkpoint& checkpoint) {
 }
 
 void load_checkpoint_tensors(const fs::path& path, const std::string& group,
-                             std::span<NamedTensor> into, bool allow_extra) {
+                             std::span<NamedTensor> into, bool allow_extra,
+                             bool allow_nonfinite) {
   QuietHdf5 quiet;
   const FileContext context = checkpoint_context(path);
   const std::string party = expecting_party(context, group);
@@ -796,12 +797,23 @@ void load_checkpoint_tensors(const fs::path& path, const std::string& group,
     }
   }
 
+  // Read into copies, so that a non-finite value leaves the caller's tensors as they were too.
+  std::vector<Tensor> values;
   for (std::size_t i = 0; i < into.size(); ++i) {
+    values.emplace_back(into[i].tensor.shape());
     if (into[i].tensor.numel() == 0) continue;
     context.check_status(H5Dread(datasets[i], H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
-                                 into[i].tensor.data()),
+                                 values.back().data()),
                          fmt::format("cannot read {}/{}", root, into[i].name));
+    const int64_t bad = allow_nonfinite ? -1 : first_nonfinite(values.back());
+    if (bad >= 0) {
+      context.fail(fmt::format(
+          "{}/{}[{}] is {}: the run that wrote this checkpoint diverged or the file was edited "
+          "(load it anyway with --allow-nonfinite)",
+          root, into[i].name, bad, values.back().data()[bad]));
+    }
   }
+  for (std::size_t i = 0; i < into.size(); ++i) into[i].tensor.copy_from(values[i]);
 }
 
 std::string load_checkpoint_experiment(const fs::path& path) {

@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <fstream>
@@ -31,9 +32,18 @@ struct ConfigNode {
   int line = 0;    // 1-based position of the value
   int column = 0;
   std::set<std::string> queried;  // keys someone asked for, for "did you mean"
+  // Optional keys that were absent and read with a fallback (get(key, fallback)): dump() writes
+  // them, so a checkpoint's /experiment holds every setting the run used.
+  std::vector<std::pair<std::string, std::shared_ptr<ConfigNode>>> defaults;
 
   Entry* find(std::string_view key) {
     for (auto& entry : map) {
+      if (entry.key == key) return &entry;
+    }
+    return nullptr;
+  }
+  const Entry* find(std::string_view key) const {
+    for (const auto& entry : map) {
       if (entry.key == key) return &entry;
     }
     return nullptr;
@@ -210,6 +220,11 @@ void emit(YAML::Emitter& out, const Node& node) {
       for (const auto& entry : node.map) {
         out << YAML::Key << entry.key << YAML::Value;
         emit(out, *entry.value);
+      }
+      for (const auto& [key, value] : node.defaults) {
+        if (node.find(key) != nullptr) continue;  // set after it was read
+        out << YAML::Key << key << YAML::Value;
+        emit(out, *value);
       }
       out << YAML::EndMap;
       break;
@@ -429,9 +444,47 @@ T Config::get(std::string_view key) const {
   return at(key).as<T>();
 }
 
+namespace {
+
+template <class T>
+std::string default_text(const T& value) {
+  if constexpr (std::is_same_v<T, bool>) {
+    return value ? "true" : "false";
+  } else if constexpr (IsVector<T>::value) {
+    std::vector<std::string> items;
+    for (const auto& item : value) items.push_back(default_text(item));
+    return fmt::format("[{}]", fmt::join(items, ", "));
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return value;
+  } else {
+    return fmt::format("{}", value);
+  }
+}
+
+template <class T>
+std::shared_ptr<Node> default_node(const T& value) {
+  auto node = std::make_shared<Node>();
+  if constexpr (IsVector<T>::value) {
+    node->kind = Kind::kSequence;
+    for (const auto& item : value) node->sequence.push_back(default_node(item));
+  } else {
+    node->kind = Kind::kScalar;
+    node->scalar = default_text(value);
+  }
+  return node;
+}
+
+}  // namespace
+
 template <class T>
 T Config::get(std::string_view key, const T& fallback) const {
   if (auto child = find(key)) return child->as<T>();
+  if (is_map()) {
+    auto& defaults = node_->defaults;
+    const bool recorded = std::any_of(defaults.begin(), defaults.end(),
+                                      [&](const auto& item) { return item.first == key; });
+    if (!recorded) defaults.emplace_back(std::string(key), default_node(fallback));
+  }
   return fallback;
 }
 

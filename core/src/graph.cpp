@@ -39,6 +39,36 @@ std::shared_ptr<Initializer> default_initializer(const Registries& registries,
   return registries.initializers.create(spec);
 }
 
+bool valid_utf8(std::string_view text) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    std::size_t length = byte < 0x80 ? 1 : (byte >> 5) == 0x6 ? 2 : (byte >> 4) == 0xE ? 3
+                                     : (byte >> 3) == 0x1E ? 4 : 0;
+    if (length == 0 || i + length > text.size()) return false;
+    for (std::size_t k = 1; k < length; ++k) {
+      if ((static_cast<unsigned char>(text[i + k]) >> 6) != 0x2) return false;
+    }
+    i += length;
+  }
+  return true;
+}
+
+// Why `name` cannot name a layer, or "" when it can. A layer name becomes an HDF5 path component
+// in the checkpoint (/model/<layer>/weight), so it is checked here, at graph build, rather than at
+// the first save after an epoch of training.
+std::string invalid_layer_name(const std::string& name) {
+  if (name.empty()) return "it is empty";
+  if (name == "input") return "'input' is reserved for the model input";
+  if (name == "." || name == "..") return "'.' and '..' are not valid HDF5 path components";
+  if (name.find('/') != std::string::npos) return "it contains '/' (the checkpoint's path separator)";
+  for (char c : name) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return "it contains a control character";
+  }
+  if (!valid_utf8(name)) return "it is not valid UTF-8";
+  return "";
+}
+
 }  // namespace
 
 Graph::Graph(const Config& model, const Registries& registries, std::string backend, Rng& init_rng)
@@ -52,9 +82,13 @@ Graph::Graph(const Config& model, const Registries& registries, std::string back
 }
 
 void Graph::check_new_name(const std::string& name, const Config& where) const {
-  if (name == "input" || name.empty() || name.find('/') != std::string::npos ||
-      name.find('@') != std::string::npos) {
-    where.fail_key("name", fmt::format("'{}' cannot name a layer (reserved, empty or contains '/' or '@')", name));
+  std::string why = invalid_layer_name(name);
+  if (why.empty() && name.find('@') != std::string::npos) why = "it contains '@' (block inputs are named with it)";
+  if (!why.empty()) {
+    // Quote the name only when printing it cannot garble the terminal.
+    const bool printable = why.find("UTF-8") == std::string::npos && why.find("control") == std::string::npos;
+    where.fail_key("name", fmt::format("{} cannot name a layer: {}",
+                                       printable ? "'" + name + "'" : std::string("this name"), why));
   }
   if (index_of(name) >= 0) where.fail_key("name", fmt::format("duplicate layer name '{}'", name));
 }
@@ -91,6 +125,10 @@ void Graph::build(const Config& model, Rng* init_rng) {
       std::optional<Config> init = item.find("init");
       std::map<std::string, std::shared_ptr<Initializer>> initializers;
       if (init) {
+        if (!init->is_map()) {
+          init->fail("expected a map from parameter name to initializer, such as {weight: {type: "
+                     "normal, std: 0.01}}");
+        }
         for (const std::string& key : init->keys()) {
           initializers.emplace(key, registries_.initializers.create(*init->find(key)));
         }

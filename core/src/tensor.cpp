@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <new>
 #include <ostream>
@@ -79,6 +80,28 @@ void Tensor::copy_from(const Tensor& other) {
     fail("cannot copy a tensor of shape {} into one of shape {}", other.shape_.str(), shape_.str());
   }
   if (numel() > 0 && other.data_ != data_) std::memmove(data_, other.data_, numel() * sizeof(float));
+}
+
+int64_t first_nonfinite(const Tensor& tensor) {
+  const float* data = tensor.data();
+  const int64_t n = tensor.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(data[i])) return i;
+  }
+  return -1;
+}
+
+std::string describe_nonfinite(std::span<const NamedTensor> tensors, std::string_view prefix) {
+  for (const NamedTensor& entry : tensors) {
+    if (!entry.tensor.defined()) continue;
+    const int64_t index = first_nonfinite(entry.tensor);
+    if (index >= 0) {
+      const float value = entry.tensor.data()[index];
+      return fmt::format("{}{}[{}] = {}", prefix, entry.name, index,
+                         std::isnan(value) ? std::string("nan") : fmt::format("{}", value));
+    }
+  }
+  return "";
 }
 
 }  // namespace strata

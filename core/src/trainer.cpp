@@ -18,6 +18,7 @@
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
+#include "trainer_checks.hpp"
 
 namespace strata {
 
@@ -176,6 +177,37 @@ std::string json_list(const std::vector<double>& values) {
   return fmt::format("[{}]", fmt::join(items, ", "));
 }
 
+// The per-epoch metrics the trainer records in /history (a resume checks each is whole).
+const std::string kEpochMetrics[] = {"train_loss", "train_accuracy", "val_loss",      "val_accuracy",
+                                     "lr",         "epoch_seconds",  "images_per_second"};
+
+// Before any data is loaded: a resume needs a checkpoint, written by this same experiment.
+void check_resumable(const fs::path& checkpoint, const std::string& experiment_yaml, bool force) {
+  std::error_code ec;
+  if (!fs::exists(checkpoint, ec)) {
+    fail("--resume: {} does not exist, so there is nothing to resume (run without --resume to "
+         "start a new run)",
+         checkpoint.string());
+  }
+  const std::string saved = load_checkpoint_experiment(checkpoint);
+  std::vector<std::string> refused;
+  for (std::string& difference : experiment_differences(saved, experiment_yaml)) {
+    const std::string key = difference.substr(0, difference.find(": "));
+    if (!resume_may_change(key)) refused.push_back(std::move(difference));
+  }
+  if (refused.empty()) return;
+  if (force) {
+    std::printf("--force: resuming although the experiment differs from the checkpoint's:\n  %s\n",
+                fmt::format("{}", fmt::join(refused, "\n  ")).c_str());
+    return;
+  }
+  fail("--resume: the experiment differs from the one that wrote {} (its /experiment):\n  {}\n"
+       "Resume may change only train.epochs, threads, backend, checkpoint.every, "
+       "train.eval_batch_size, data.test_limit and plugins. Use another --out for a new run, or "
+       "--force to resume anyway",
+       checkpoint.string(), fmt::join(refused, "\n  "));
+}
+
 }  // namespace
 
 TrainSummary train_experiment(const Config& experiment, const Registries& registries,
@@ -232,6 +264,13 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   // `plugins` is handled by the command line tool before the registries are used.
   if (auto plugins = experiment.find("plugins")) plugins->mark_used();
   experiment.check_unused();
+  // Every key has been read, so every default is recorded: this is the experiment as run.
+  const std::string experiment_yaml = experiment.dump();
+
+  const fs::path out_dir = options.out_dir;
+  const fs::path checkpoint_path = out_dir / "model.h5";
+  const bool resuming = options.resume;
+  if (resuming) check_resumable(checkpoint_path, experiment_yaml, options.force);
 
   // ---- Data: load, hold out validation, fit preprocessing on the training part only. ----
   const Shape sample = graph.input_shape();
@@ -262,12 +301,9 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     data.train = take_rows(data.train, train_rows);
   }
 
-  const fs::path out_dir = options.out_dir;
-  const fs::path checkpoint_path = out_dir / "model.h5";
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) fail("{}: cannot create the output folder: {}", out_dir.string(), ec.message());
-  const bool resuming = options.resume && fs::exists(checkpoint_path);
 
   for (auto& transform : transforms) transform->setup(sample);
   std::vector<NamedTensor> preprocess_state;
@@ -277,7 +313,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     }
   }
   if (resuming) {
-    load_checkpoint_tensors(checkpoint_path, "preprocess", preprocess_state);
+    load_checkpoint_tensors(checkpoint_path, "preprocess", preprocess_state, false,
+                            options.allow_nonfinite);
   } else {
     for (auto& transform : transforms) {
       transform->fit(data.train.images);
@@ -294,15 +331,21 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   const double data_seconds = seconds_since(data_start);
 
   // ---- Resume, or start fresh. ----
+  const int64_t train_n = static_cast<int64_t>(data.train.labels.size());
+  const int64_t steps = (train_n + batch_size - 1) / batch_size;
   TrainingState state;
+  int64_t saved_epoch = -1;  // the epoch model.h5 holds; -1: this run has not written one
   if (resuming) {
-    std::vector<NamedTensor> model_state = graph.state_tensors();
-    load_checkpoint_tensors(checkpoint_path, "model", model_state);
-    std::vector<NamedTensor> optimizer_state = optimizer->state();
-    load_checkpoint_tensors(checkpoint_path, "optimizer", optimizer_state);
     auto saved = load_checkpoint_training_state(checkpoint_path);
     if (!saved) fail("checkpoint {}: has no training state to resume from", checkpoint_path.string());
+    validate_training_state(*saved, checkpoint_path, epochs, steps, kEpochMetrics);
+    std::vector<NamedTensor> model_state = graph.state_tensors();
+    load_checkpoint_tensors(checkpoint_path, "model", model_state, false, options.allow_nonfinite);
+    std::vector<NamedTensor> optimizer_state = optimizer->state();
+    load_checkpoint_tensors(checkpoint_path, "optimizer", optimizer_state, false,
+                            options.allow_nonfinite);
     state = *saved;
+    saved_epoch = state.epoch;
     std::istringstream rng_text(state.rng_state);
     rng_text >> rng;
     if (!rng_text) fail("checkpoint {}: the stored random generator state is corrupt", checkpoint_path.string());
@@ -310,7 +353,6 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                 static_cast<long long>(state.epoch), static_cast<long long>(state.iteration));
   }
 
-  const std::string experiment_yaml = experiment.dump();
   auto save = [&] {
     Checkpoint checkpoint;
     checkpoint.model = graph.state_tensors();
@@ -322,10 +364,9 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     state.rng_state = rng_text.str();
     checkpoint.training = state;
     save_checkpoint(checkpoint_path, checkpoint);
+    saved_epoch = state.epoch;
   };
 
-  const int64_t train_n = static_cast<int64_t>(data.train.labels.size());
-  const int64_t steps = (train_n + batch_size - 1) / batch_size;
   std::printf("model: %zu layers, %lld parameters; data: %lld train, %lld validation, %lld test "
               "images (loaded in %.1fs); backend %s, %d thread(s)\n",
               graph.size(), static_cast<long long>(graph.num_parameters()),
@@ -365,9 +406,9 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       const float batch_loss = loss->forward_backward(logits, labels, &dl);
       if (!std::isfinite(batch_loss)) {
         fail("training diverged: the loss is {} at epoch {}, iteration {} (step {} of {} in the "
-             "epoch, learning rate {}); lower optimizer.lr or check the data. The last good "
-             "checkpoint, if any, is {}",
-             batch_loss, epoch + 1, state.iteration + 1, step + 1, steps, lr, checkpoint_path.string());
+             "epoch, learning rate {}); {}. Lower optimizer.lr or check the data",
+             number_text(batch_loss), epoch + 1, state.iteration + 1, step + 1, steps, lr,
+             kept_checkpoint_text(checkpoint_path, saved_epoch));
       }
       correct += count_correct(logits, labels);
       graph.backward(context, dl);
@@ -389,8 +430,11 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     const Evaluation val = evaluate(graph, *loss, context, data.val, eval_batch);
     report.val_loss = val.loss;
     report.val_accuracy = val.accuracy;
+    check_not_diverged(report.epoch, report.train_loss, report.val_loss, !data.val.labels.empty(),
+                       graph.state_tensors(), optimizer->state(), checkpoint_path, saved_epoch);
 
     state.epoch = epoch + 1;
+    static_assert(std::size(kEpochMetrics) == 7, "every metric below is listed in kEpochMetrics");
     state.history["train_loss"].push_back(report.train_loss);
     state.history["train_accuracy"].push_back(report.train_accuracy);
     state.history["val_loss"].push_back(report.val_loss);

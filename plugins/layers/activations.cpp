@@ -6,7 +6,8 @@
 //     leaky_relu  f(x) = x > 0 ? x : negative_slope*x   key negative_slope (0.01)
 //     tanh        f(x) = tanh(x)                        f' = 1 - y^2 (from the output)
 //     sigmoid     f(x) = 1 / (1 + exp(-x))              f' = y (1 - y) (from the output)
-//   No parameters.
+//   No parameters. NaN propagates through every one of them, as in PyTorch (relu(NaN) = NaN), so
+//   that a model with a NaN weight gives a NaN output instead of a plausible finite one.
 //
 // REQUIRES
 //   - one input of any sample shape.
@@ -64,14 +65,16 @@ class Elementwise final : public Layer {
 struct ReluOp {
   static constexpr const char* kName = "relu";
   explicit ReluOp(const Config&) {}
-  float value(float x) const { return x > 0.0f ? x : 0.0f; }
-  float derivative(float x, float) const { return x > 0.0f ? 1.0f : 0.0f; }
+  // Written as "x <= 0 ? 0 : x" so that NaN passes through, as in PyTorch (threshold and
+  // threshold_backward): a NaN weight must show in the output, where the divergence check sees it.
+  float value(float x) const { return x <= 0.0f ? 0.0f : x; }
+  float derivative(float x, float) const { return x <= 0.0f ? 0.0f : 1.0f; }
 };
 
 struct LeakyReluOp {
   static constexpr const char* kName = "leaky_relu";
   explicit LeakyReluOp(const Config& config) : slope(config.get<float>("negative_slope", 0.01f)) {}
-  float value(float x) const { return x > 0.0f ? x : slope * x; }
+  float value(float x) const { return x > 0.0f ? x : slope * x; }  // NaN: slope * NaN = NaN
   float derivative(float x, float) const { return x > 0.0f ? 1.0f : slope; }
   float slope;
 };

@@ -89,6 +89,21 @@ expect_error diverging_loss "training diverged" -- train "$ok" --out "$work/dive
 expect_error unknown_command "did you mean 'train'?" -- trian "$ok"
 expect_error unknown_option "unknown option '--epochs'" -- train "$ok" --epochs 3
 
+expect_error missing_experiment "train: expected EXP.yaml [options] (missing EXP.yaml)" -- train
+expect_error extra_argument "train: unexpected argument 'extra.yaml'" -- train "$ok" extra.yaml
+expect_error missing_required_option "the option '--weights' is required" -- forward "$ok" --input x.h5 --output y.h5
+expect_error option_needs_value "--out" -- train "$ok" --out
+expect_error no_command "no command given" --
+
+# Every subcommand answers --help on stdout with exit status 0, and `strata --help` lists them all.
+for command in $("$STRATA" --help | awk '/^commands:/{on=1; next} on && /^  [a-z]/{print $1}'); do
+  if "$STRATA" "$command" --help >"$work/help.out" 2>&1 && grep -q "^usage: strata $command" "$work/help.out"; then
+    echo "ok   help_$command"; passed=$((passed + 1))
+  else
+    echo "FAIL help_$command"; sed 's/^/    /' "$work/help.out"; failures=$((failures + 1))
+  fi
+done
+
 # A checkpoint that does not match the model.
 python_data="$work/in.h5"
 /usr/bin/python3 - "$python_data" <<'PY'

@@ -48,9 +48,12 @@ void save_checkpoint(const std::filesystem::path& path, const Checkpoint& checkp
 // every name must exist with exactly the tensor's shape, else an Error such as
 //   checkpoint runs/a/model.h5: /model/fc1/weight has shape [120, 256] but the model expects [120, 400]
 // Datasets in the file that `into` does not name are an error too (a different model), unless
-// `allow_extra` is set.
+// `allow_extra` is set. A NaN or infinite value is an error naming the tensor and the element
+//   checkpoint runs/a/model.h5: /model/conv1/weight[7] is nan: ...
+// unless `allow_nonfinite` is set (then the values are loaded as they are).
 void load_checkpoint_tensors(const std::filesystem::path& path, const std::string& group,
-                             std::span<NamedTensor> into, bool allow_extra = false);
+                             std::span<NamedTensor> into, bool allow_extra = false,
+                             bool allow_nonfinite = false);
 
 // Checks the root attributes (format, supported format_version) and returns the stored YAML.
 std::string load_checkpoint_experiment(const std::filesystem::path& path);

@@ -15,6 +15,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace strata {
@@ -79,5 +80,12 @@ struct NamedTensor {
   std::string name;
   Tensor tensor;
 };
+
+// Index of the first NaN or infinite element, or -1 when every element is finite.
+int64_t first_nonfinite(const Tensor& tensor);
+
+// "conv1/weight[3] = nan" for the first tensor holding a non-finite element, "" when all are
+// finite. `prefix` goes before each name ("/model/").
+std::string describe_nonfinite(std::span<const NamedTensor> tensors, std::string_view prefix = "");
 
 }  // namespace strata

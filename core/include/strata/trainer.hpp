@@ -4,8 +4,12 @@
 // loads and preprocesses the data, builds the model, and trains: epochs of shuffled mini-batches,
 // evaluation on the validation split after each epoch and on the test split at the end, a
 // progress display, an atomic checkpoint every `checkpoint.every` epochs, and summary.json.
-// A NaN or infinite loss stops training with an Error naming the epoch and iteration.
-// With `resume`, a run continues from the last checkpoint in its output folder.
+// A NaN or infinite loss stops training with an Error naming the epoch and iteration; a
+// non-finite validation loss, weight or optimizer state stops it at the end of the epoch, before
+// the save, so a diverged model never replaces the last good checkpoint.
+// With `resume`, a run continues from the checkpoint in its output folder, which must exist, must
+// have been written by the same experiment (apart from the keys resume_may_change() allows, unless
+// `force`), and must hold a whole training state (docs/checkpoint-format.md, "Resuming").
 #pragma once
 
 #include <cstdint>
@@ -20,7 +24,9 @@ namespace strata {
 
 struct TrainOptions {
   std::filesystem::path out_dir;  // receives model.h5 and summary.json
-  bool resume = false;            // continue from out_dir/model.h5 when it exists
+  bool resume = false;            // continue from out_dir/model.h5 (an error when there is none)
+  bool force = false;             // resume even when the experiment differs from the checkpoint's
+  bool allow_nonfinite = false;   // resume from a checkpoint holding NaN or infinite values
   std::string progress = "auto";  // auto (bar on a terminal, lines otherwise), bar, lines, none
 };
 

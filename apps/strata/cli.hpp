@@ -1,0 +1,57 @@
+// apps/strata/cli.hpp: what every subcommand of the `strata` tool shares.
+//
+// Each subcommand lives in its own file, cmd_<name>.cpp, and exposes one function
+//   int run_<name>(Session& session, const std::vector<std::string>& args);
+// which main.cpp lists in its command table. `args` are the words after the subcommand's name.
+// A subcommand describes its options with Boost.Program_options and calls parse(), which handles
+// `--help` and turns every option error into a strata::Error with the subcommand's usage.
+#pragma once
+
+#include <boost/program_options.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "strata/config.hpp"
+#include "strata/plugin.hpp"
+#include "strata/registry.hpp"
+
+namespace strata::cli {
+
+namespace po = boost::program_options;
+
+// The registries and the loader that filled them from the default plugin folders.
+struct Session {
+  Registries registries;
+  PluginLoader loader{registries};
+};
+
+// How a subcommand presents itself in `strata CMD --help`.
+struct Usage {
+  std::string command;   // "train"
+  std::string synopsis;  // "EXP.yaml [options]"
+  std::string description;
+};
+
+// Parses `args` against `options` (plus `--help`) and the positional `names` (each taken once, in
+// order; a trailing "..." name takes all the rest). Returns nullopt after printing the usage when
+// --help was given. Unknown options, missing values and extra words are Errors naming the word.
+std::optional<po::variables_map> parse(const Usage& usage, const po::options_description& options,
+                                       const std::vector<std::string>& positional_names,
+                                       const std::vector<std::string>& args);
+
+// The `--set key.path=value` option (repeatable), for commands that read an experiment.
+void add_set_option(po::options_description& options);
+
+// The experiment file at `path` with the `--set` overrides in `vm` applied.
+Config load_experiment(const std::string& path, const po::variables_map& vm);
+
+// Loads the plugin files an experiment lists under `plugins:` (relative to the file's folder);
+// an error points at the list entry.
+void load_experiment_plugins(const Config& experiment, PluginLoader& loader);
+
+// The value of a string option, or `fallback` when it was not given.
+std::string option_or(const po::variables_map& vm, const std::string& name,
+                      const std::string& fallback);
+
+}  // namespace strata::cli

@@ -1,0 +1,102 @@
+// strata forward EXP.yaml --weights CKPT.h5 --input IN.h5 --output OUT.h5 [--layers a,b,...]
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+
+#include "cli.hpp"
+#include "strata/backend.hpp"
+#include "strata/checkpoint.hpp"
+#include "strata/error.hpp"
+#include "strata/graph.hpp"
+
+namespace strata::cli {
+
+namespace {
+
+std::vector<std::string> split_commas(const std::string& list) {
+  std::vector<std::string> items;
+  for (std::size_t start = 0; start <= list.size();) {
+    const std::size_t comma = std::min(list.find(',', start), list.size());
+    if (comma > start) items.push_back(list.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return items;
+}
+
+}  // namespace
+
+int run_forward(Session& session, const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()("weights", po::value<std::string>()->required(),
+                        "checkpoint whose /model group to load")(
+      "input", po::value<std::string>()->required(),
+      "HDF5 file with a float32 dataset /data [N, C, H, W]")(
+      "output", po::value<std::string>()->required(), "HDF5 file to write, one dataset per layer")(
+      "layers", po::value<std::string>(),
+      "comma-separated layer names to write (default: the last)");
+  add_set_option(options);
+  const Usage usage{"forward", "EXP.yaml --weights CKPT.h5 --input IN.h5 --output OUT.h5 [options]",
+                    "Run the model in inference mode on /data of IN.h5 (no preprocessing) and\n"
+                    "write the requested layers' activations to OUT.h5."};
+  auto vm = parse(usage, options, {"EXP.yaml"}, args);
+  if (!vm) return 0;
+  const std::string path = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
+
+  Config experiment = load_experiment(path, *vm);
+  load_experiment_plugins(experiment, session.loader);
+  const std::filesystem::path weights = (*vm)["weights"].as<std::string>();
+  const std::filesystem::path input_path = (*vm)["input"].as<std::string>();
+  const std::filesystem::path output_path = (*vm)["output"].as<std::string>();
+  Registries& registries = session.registries;
+
+  const std::string backend_name = experiment.get<std::string>("backend", "tbb");
+  std::optional<Config> backend_key = experiment.find("backend");
+  auto backend = registries.backends.create(backend_name, backend_key ? *backend_key : Config{});
+  backend->set_threads(experiment.get<int>("threads", 0));
+  Rng rng(static_cast<uint32_t>(experiment.get<int64_t>("seed", 1)));
+  const Config model = experiment.at("model");
+  Graph graph(model, registries, backend_name, rng);
+  model.check_unused();
+  experiment.mark_used();  // data, optimizer and training settings do not matter here
+
+  std::vector<NamedTensor> state = graph.state_tensors();
+  load_checkpoint_tensors(weights, "model", state);
+
+  Tensor input = read_hdf5_tensor(input_path, "data");
+  if (input.rank() != graph.input_shape().rank() + 1 ||
+      input.shape().without_batch() != graph.input_shape()) {
+    fail("{}: /data has shape {} but the model expects [N, {}]", input_path.string(),
+         input.shape().str(), fmt::join(graph.input_shape().dims(), ", "));
+  }
+
+  std::vector<std::string> layers = split_commas(option_or(*vm, "layers", ""));
+  if (layers.empty()) layers.push_back(graph.name(graph.size() - 1));
+  std::vector<std::string> known;
+  for (std::size_t i = 0; i < graph.size(); ++i) known.push_back(graph.name(i));
+  std::vector<NamedTensor> outputs;
+  for (const std::string& name : layers) {
+    const int index = graph.index_of(name);
+    if (index < 0)
+      fail("--layers: the model has no layer '{}'\n  {}", name,
+           suggestion_text(name, known, "layers"));
+    outputs.push_back({name, Tensor(graph.layer(index).output_shape().with_batch(input.dim(0)))});
+  }
+
+  Context context{false, &rng, backend.get()};
+  constexpr int64_t kBatch = 256;
+  const int64_t n = input.dim(0);
+  for (int64_t begin = 0; begin < n; begin += kBatch) {
+    const int64_t end = std::min(n, begin + kBatch);
+    graph.forward(context, input.batch_slice(begin, end));
+    for (NamedTensor& output : outputs) {
+      Tensor rows = output.tensor.batch_slice(begin, end);
+      rows.copy_from(graph.activation(output.name));
+    }
+  }
+  write_hdf5_tensors(output_path, outputs);
+  std::printf("wrote %zu dataset(s) for %lld input(s) to %s\n", outputs.size(),
+              static_cast<long long>(n), output_path.c_str());
+  return 0;
+}
+
+}  // namespace strata::cli

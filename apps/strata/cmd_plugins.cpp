@@ -1,0 +1,48 @@
+// strata plugins: every loaded plugin and the types it registers.
+#include <cstdio>
+
+#include "cli.hpp"
+
+namespace strata::cli {
+
+namespace {
+
+template <class R>
+void list_types(const char* title, const R& registry) {
+  std::printf("%s:\n", title);
+  for (const auto& [type, entry] : registry.entries()) {
+    std::printf("  %-24s %s\n", type.c_str(), entry.owner->name.c_str());
+  }
+}
+
+}  // namespace
+
+int run_plugins(Session& session, const std::vector<std::string>& args) {
+  po::options_description options("options");
+  const Usage usage{"plugins", "",
+                    "List the loaded plugins (from <this program>/../lib/strata and\n"
+                    "STRATA_PLUGIN_PATH) and every type they register."};
+  if (!parse(usage, options, {}, args)) return 0;
+  const Registries& registries = session.registries;
+  std::printf("plugins:\n");
+  for (const auto& plugin : session.loader.plugins()) {
+    std::printf("  %-20s %-6s %s\n", plugin->name.c_str(), plugin->version.c_str(),
+                plugin->path.c_str());
+  }
+  list_types("layer types", registries.layers);
+  list_types("loss types", registries.losses);
+  list_types("optimizer types", registries.optimizers);
+  list_types("schedule types", registries.schedules);
+  list_types("initializer types", registries.initializers);
+  list_types("dataset types", registries.datasets);
+  list_types("transform types", registries.transforms);
+  list_types("backends", registries.backends);
+  std::printf("kernels (op: backend, plugin):\n");
+  for (const auto& [key, entry] : registries.kernels.entries()) {
+    std::printf("  %-12s %-12s %s\n", key.first.c_str(), key.second.c_str(),
+                entry.owner->name.c_str());
+  }
+  return 0;
+}
+
+}  // namespace strata::cli

@@ -1,0 +1,48 @@
+// strata train EXP.yaml [--set key.path=value]... [--out DIR] [--resume] [--progress MODE]
+#include <cstdio>
+#include <filesystem>
+
+#include "cli.hpp"
+#include "strata/error.hpp"
+#include "strata/trainer.hpp"
+
+namespace strata::cli {
+
+int run_train(Session& session, const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()("out", po::value<std::string>(),
+                        "output folder for model.h5 and summary.json "
+                        "(default: runs/<experiment file name>)")("resume", po::bool_switch(),
+                                                                  "continue from DIR/model.h5")(
+      "progress", po::value<std::string>()->default_value("auto"),
+      "auto (a bar on a terminal, plain lines otherwise), bar, lines or none");
+  add_set_option(options);
+  const Usage usage{"train", "EXP.yaml [options]",
+                    "Train the experiment. Writes DIR/model.h5 (an HDF5 checkpoint, replaced\n"
+                    "atomically) and DIR/summary.json."};
+  auto vm = parse(usage, options, {"EXP.yaml"}, args);
+  if (!vm) return 0;
+  const std::string path = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
+
+  Config experiment = load_experiment(path, *vm);
+  load_experiment_plugins(experiment, session.loader);
+  TrainOptions train_options;
+  train_options.out_dir = vm->count("out")
+                              ? std::filesystem::path((*vm)["out"].as<std::string>())
+                              : std::filesystem::path("runs") / std::filesystem::path(path).stem();
+  train_options.resume = (*vm)["resume"].as<bool>();
+  train_options.progress = (*vm)["progress"].as<std::string>();
+  const auto& mode = train_options.progress;
+  if (mode != "auto" && mode != "bar" && mode != "lines" && mode != "none") {
+    fail("--progress {}: expected auto, bar, lines or none", mode);
+  }
+  const TrainSummary summary = train_experiment(experiment, session.registries, train_options);
+  std::printf(
+      "test accuracy %.4f (loss %.4f) after %lld epochs, %.1fs of training at %.0f images/s\n",
+      summary.test_accuracy, summary.test_loss, static_cast<long long>(summary.epochs),
+      summary.train_seconds, summary.train_images_per_second);
+  std::printf("checkpoint: %s\nsummary: %s\n", summary.checkpoint.c_str(), summary.summary.c_str());
+  return 0;
+}
+
+}  // namespace strata::cli

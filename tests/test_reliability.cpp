@@ -1,0 +1,291 @@
+// Reliability of training runs (issue 10): divergence never replaces a good checkpoint, NaN
+// propagates and is refused when a checkpoint is loaded, and a resume is validated against the
+// experiment and the checkpoint before anything is trained.
+#define BOOST_TEST_MODULE reliability
+#include <hdf5.h>
+
+#include <boost/test/unit_test.hpp>
+#include <cmath>
+#include <limits>
+
+#include "../core/src/trainer_checks.hpp"
+#include "strata/checkpoint.hpp"
+#include "strata/graph.hpp"
+#include "strata/trainer.hpp"
+#include "test_support.hpp"
+
+using namespace strata;
+namespace fs = std::filesystem;
+
+namespace {
+
+// 1,200 training images after the validation split: with batch_size 1200 an epoch is one step, so
+// a step schedule with a huge gamma makes the weights explode right after a finite loss (the case
+// of the issue: the loss check of the training loop cannot see it, the validation loss can).
+const char* kExperiment = R"(
+seed: 3
+backend: reference
+data: {type: synthetic, classes: 4, shape: [1, 8, 8], train_size: 1500, test_size: 200, seed: 5,
+       validation: 300}
+model:
+  input: [1, 8, 8]
+  layers:
+    - {name: conv1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+    - {name: relu1, type: relu}
+    - {name: pool1, type: max_pool, kernel: 2}
+    - {name: fc1, type: linear, out_features: 4}
+optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
+train: {epochs: 2, batch_size: 64}
+)";
+
+using Sets = std::vector<std::pair<std::string, std::string>>;
+
+Config experiment(const Sets& sets) {
+  Config config = Config::parse_string(kExperiment, "small.yaml");
+  for (const auto& [key, value] : sets) config.set(key, value);
+  return config;
+}
+
+TrainSummary run(const fs::path& out, const Sets& sets = {}, bool resume = false,
+                 bool force = false, bool allow_nonfinite = false) {
+  TrainOptions options;
+  options.out_dir = out;
+  options.resume = resume;
+  options.force = force;
+  options.allow_nonfinite = allow_nonfinite;
+  options.progress = "none";
+  return train_experiment(experiment(sets), test::registries(), options);
+}
+
+std::vector<NamedTensor> load_model(const fs::path& checkpoint, bool allow_nonfinite = false) {
+  Rng rng(1);
+  Graph graph(experiment({}).at("model"), test::registries(), "reference", rng);
+  std::vector<NamedTensor> state = graph.state_tensors();
+  load_checkpoint_tensors(checkpoint, "model", state, false, allow_nonfinite);
+  return state;
+}
+
+// Overwrites dataset `path` of an HDF5 file in place through the C API (h5py-like editing).
+void write_floats(const fs::path& file, const std::string& path, const std::vector<float>& values) {
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  BOOST_REQUIRE(f >= 0);
+  hid_t d = H5Dopen2(f, path.c_str(), H5P_DEFAULT);
+  BOOST_REQUIRE(d >= 0);
+  BOOST_REQUIRE(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()) >= 0);
+  H5Dclose(d);
+  H5Fclose(f);
+}
+
+void set_integer_attribute(const fs::path& file, const char* group, const char* name,
+                           int64_t value) {
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  hid_t g = H5Gopen2(f, group, H5P_DEFAULT);
+  hid_t a = H5Aopen(g, name, H5P_DEFAULT);
+  BOOST_REQUIRE(a >= 0);
+  BOOST_REQUIRE(H5Awrite(a, H5T_NATIVE_INT64, &value) >= 0);
+  H5Aclose(a);
+  H5Gclose(g);
+  H5Fclose(f);
+}
+
+void delete_link(const fs::path& file, const char* path) {
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  BOOST_REQUIRE(H5Ldelete(f, path, H5P_DEFAULT) >= 0);
+  H5Fclose(f);
+}
+
+bool all_finite(const std::vector<NamedTensor>& tensors) {
+  return describe_nonfinite(tensors).empty();
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(divergence)
+
+BOOST_AUTO_TEST_CASE(nonfinite_validation_loss_keeps_the_last_good_checkpoint) {
+  test::TempDir dir;
+  const Sets exploding{{"optimizer.momentum", "0"},
+                       {"optimizer.schedule", "{type: step, step_size: 1, gamma: 1e30}"},
+                       {"train.epochs", "3"},
+                       {"train.batch_size", "1200"}};
+  const std::string message = test::error_of([&] { run(dir.path(), exploding); });
+  STRATA_CHECK_CONTAINS(message, "training diverged in epoch 2: the validation loss is nan");
+  STRATA_CHECK_CONTAINS(message, "model.h5 was not overwritten and still holds epoch 1");
+  auto state = load_checkpoint_training_state(dir / "model.h5");
+  BOOST_REQUIRE(state.has_value());
+  BOOST_TEST(state->epoch == 1);
+  for (double v : state->history.at("val_loss")) BOOST_TEST(std::isfinite(v));
+  BOOST_TEST(all_finite(load_model(dir / "model.h5")));
+  BOOST_TEST(!fs::exists(dir / "summary.json"));
+}
+
+BOOST_AUTO_TEST_CASE(nonfinite_weights_are_divergence) {
+  std::mt19937 rng(7);
+  std::vector<NamedTensor> model{{"conv1/weight", test::random_tensor(Shape{4, 1, 3, 3}, rng)},
+                                 {"fc1/weight", test::random_tensor(Shape{4, 64}, rng)}};
+  std::vector<NamedTensor> optimizer{{"conv1/weight/momentum", test::random_tensor(Shape{4}, rng)}};
+  // All finite: no error.
+  check_not_diverged(1, 0.5, 0.7, true, model, optimizer, "m.h5", 0);
+  // No validation split: its NaN loss means nothing.
+  check_not_diverged(1, 0.5, std::numeric_limits<double>::quiet_NaN(), false, model, optimizer,
+                     "m.h5", 0);
+  model[1].tensor.data()[17] = std::numeric_limits<float>::infinity();
+  BOOST_TEST(
+      test::error_of([&] { check_not_diverged(4, 0.5, 0.7, true, model, optimizer, "m.h5", 3); }) ==
+      "training diverged in epoch 4: a weight is not finite (/model/fc1/weight[17] = inf); m.h5 "
+      "was not overwritten and still holds epoch 3. Lower optimizer.lr (or its schedule) or "
+      "check the data");
+  model[1].tensor.data()[17] = 1;
+  optimizer[0].tensor.data()[2] = std::nanf("");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { check_not_diverged(1, 0.5, 0.7, true, model, optimizer, "m.h5", -1); }),
+      "the optimizer state is not finite (/optimizer/conv1/weight/momentum[2] = nan); no "
+      "checkpoint was written");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(nonfinite_values)
+
+// A checkpoint whose conv1 weights are NaN: loading it is an error naming the tensor, and with
+// allow_nonfinite a resume from it stops as diverged (relu no longer turns NaN into 0).
+BOOST_AUTO_TEST_CASE(nonfinite_checkpoint_is_refused_unless_allowed) {
+  test::TempDir dir;
+  run(dir.path(), {{"train.epochs", "1"}});
+  std::vector<float> poisoned(4 * 1 * 3 * 3, 0.1f);
+  poisoned[5] = std::nanf("");
+  write_floats(dir / "model.h5", "/model/conv1/weight", poisoned);
+
+  BOOST_TEST(test::error_of([&] { load_model(dir / "model.h5"); }) ==
+             "checkpoint " + (dir / "model.h5").string() +
+                 ": /model/conv1/weight[5] is nan: the run that wrote this checkpoint diverged or "
+                 "the file was edited (load it anyway with --allow-nonfinite)");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { run(dir.path(), {}, /*resume=*/true); }),
+                        "/model/conv1/weight[5] is nan");
+  const std::vector<NamedTensor> loaded = load_model(dir / "model.h5", /*allow_nonfinite=*/true);
+  BOOST_TEST(std::isnan(loaded[0].tensor.data()[5]));
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {}, /*resume=*/true, false, /*allow_nonfinite=*/true);
+                        }),
+                        "training diverged: the loss is nan at epoch 2, iteration 20");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(resume)
+
+BOOST_AUTO_TEST_CASE(resume_without_a_checkpoint_is_an_error) {
+  test::TempDir dir;
+  BOOST_TEST(test::error_of([&] { run(dir / "fresh", {}, /*resume=*/true); }) ==
+             "--resume: " + (dir / "fresh" / "model.h5").string() +
+                 " does not exist, so there is nothing to resume (run without --resume to start a "
+                 "new run)");
+  BOOST_TEST(!fs::exists(dir / "fresh" / "model.h5"));
+}
+
+BOOST_AUTO_TEST_CASE(changed_experiment_lists_the_keys_and_stops) {
+  test::TempDir dir;
+  run(dir.path(), {{"train.epochs", "1"}});
+  for (const auto& [key, value, expected] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"optimizer.lr", "0.1", "optimizer.lr: 0.05 in the checkpoint, 0.1 now"},
+           {"train.batch_size", "32", "train.batch_size: 64 in the checkpoint, 32 now"},
+           {"seed", "4", "seed: 3 in the checkpoint, 4 now"},
+           {"data.validation", "200", "data.validation: 300 in the checkpoint, 200 now"},
+           // A default filled in at the first run counts: momentum 0.9 was given, dampening not.
+           {"optimizer.nesterov", "true", "optimizer.nesterov: false in the checkpoint, true now"},
+           {"train.shuffle", "false", "train.shuffle: true in the checkpoint, false now"}}) {
+    const std::string message = test::error_of([&] { run(dir.path(), {{key, value}}, true); });
+    STRATA_CHECK_CONTAINS(message, "--resume: the experiment differs from the one that wrote");
+    STRATA_CHECK_CONTAINS(message, expected);
+  }
+  // Allowed: more epochs, other threads or backend, and the same value written differently.
+  run(dir.path(), {{"train.epochs", "2"}, {"threads", "1"}, {"optimizer.lr", "5e-2"}}, true);
+  BOOST_TEST(load_checkpoint_training_state(dir / "model.h5")->epoch == 2);
+  // --force resumes despite a difference.
+  run(dir.path(), {{"train.epochs", "3"}, {"optimizer.lr", "0.01"}}, true, /*force=*/true);
+  BOOST_TEST(load_checkpoint_training_state(dir / "model.h5")->epoch == 3);
+}
+
+BOOST_AUTO_TEST_CASE(checkpoint_experiment_holds_every_default) {
+  test::TempDir dir;
+  run(dir.path(), {{"train.epochs", "1"}});
+  Config saved = Config::parse_string(load_checkpoint_experiment(dir / "model.h5"), "/experiment");
+  BOOST_TEST(saved.at("train").get<int64_t>("eval_batch_size") == 500);
+  BOOST_TEST(saved.at("train").get<bool>("shuffle") == true);
+  BOOST_TEST(saved.get<int64_t>("threads") == 0);
+  BOOST_TEST(saved.at("data").get<int64_t>("train_limit") == 0);
+  BOOST_TEST(saved.at("optimizer").has("weight_decay"));
+}
+
+BOOST_AUTO_TEST_CASE(corrupt_training_state_is_refused_before_training) {
+  const auto prepare = [](const test::TempDir& dir) {
+    run(dir.path(), {{"train.epochs", "1"}});
+    return dir / "model.h5";
+  };
+  {
+    test::TempDir dir;
+    const fs::path file = prepare(dir);
+    set_integer_attribute(file, "/training", "epoch", -5);
+    STRATA_CHECK_CONTAINS(test::error_of([&] { run(dir.path(), {}, true); }),
+                          "/training epoch is -5, expected a count of completed epochs");
+  }
+  {
+    test::TempDir dir;
+    const fs::path file = prepare(dir);
+    set_integer_attribute(file, "/training", "epoch", 1000);
+    STRATA_CHECK_CONTAINS(test::error_of([&] { run(dir.path(), {}, true); }),
+                          "/training epoch is 1000 but train.epochs is 2");
+  }
+  {
+    test::TempDir dir;
+    const fs::path file = prepare(dir);
+    set_integer_attribute(file, "/training", "iteration", 7);
+    STRATA_CHECK_CONTAINS(test::error_of([&] { run(dir.path(), {}, true); }),
+                          "/training iteration is 7 but 1 epochs of 19 steps make 19");
+  }
+  for (const char* metric :
+       {"/history/epoch_seconds", "/history/images_per_second", "/history/val_loss"}) {
+    test::TempDir dir;
+    const fs::path file = prepare(dir);
+    delete_link(file, metric);
+    STRATA_CHECK_CONTAINS(test::error_of([&] { run(dir.path(), {}, true); }),
+                          std::string(metric) + " is missing");
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(early_checks)
+
+BOOST_AUTO_TEST_CASE(invalid_layer_names_fail_at_graph_build) {
+  Rng rng(1);
+  auto build = [&](const std::string& name) {
+    Config model = test::yaml("input: [4]\nlayers:\n  - {name: \"" + name + "\", type: relu}\n");
+    Graph graph(model, test::registries(), "reference", rng);
+  };
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { build("."); }),
+      "layers[0].name: '.' cannot name a layer: '.' and '..' are not valid HDF5 path components");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { build(".."); }), "'..' cannot name a layer");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { build("a/b"); }), "it contains '/'");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { build("input"); }), "'input' is reserved");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { build("\xff\xfe"); }),
+                        "this name cannot name a layer: it is not valid UTF-8");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { build("a\\tb"); }), "it contains a control character");
+  build("conv_ü1");  // valid UTF-8 is fine
+}
+
+BOOST_AUTO_TEST_CASE(init_must_be_a_map) {
+  Rng rng(1);
+  for (const char* init : {"normal", "[{type: normal}]"}) {
+    Config model = test::yaml(
+        std::string("input: [4]\nlayers:\n  - {name: fc, type: linear, out_features: 2, init: ") +
+        init + "}\n");
+    STRATA_CHECK_CONTAINS(
+        test::error_of([&] { Graph graph(model, test::registries(), "reference", rng); }),
+        "layers[0].init: expected a map from parameter name to initializer");
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
