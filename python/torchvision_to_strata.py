@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Turn a torchvision model's state_dict into a Strata checkpoint for the matching zoo experiment.
 
     python3 python/torchvision_to_strata.py resnet18 resnet18.h5                 # random weights

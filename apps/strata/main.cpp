@@ -16,6 +16,7 @@ namespace strata::cli {
 int run_train(Session& session, const std::vector<std::string>& args);
 int run_forward(Session& session, const std::vector<std::string>& args);
 int run_plugins(Session& session, const std::vector<std::string>& args);
+int run_summary(Session& session, const std::vector<std::string>& args);
 
 namespace {
 
@@ -29,6 +30,7 @@ struct Command {
 const Command kCommands[] = {
     {"train", "train an experiment, with checkpoints and an exact --resume", run_train},
     {"forward", "run a trained model on HDF5 input and write layer activations", run_forward},
+    {"summary", "per-layer shapes, parameters, memory, multiply-adds, receptive fields", run_summary},
     {"plugins", "list the loaded plugins and the types they register", run_plugins},
 };
 
