@@ -148,6 +148,15 @@ const std::vector<LayerCase> kConformanceCases = {
     {"{type: concat}", {{2, 4, 4}, {3, 4, 4}}, {5, 4, 4}},
     {"{type: concat}", {{1, 3, 5}, {2, 3, 5}, {3, 3, 5}}, {6, 3, 5}},
     {"{type: concat}", {{4}, {3}}, {7}},
+    // heads and local response normalization
+    {"{type: global_avg_pool}", {{3, 4, 5}}, {3, 1, 1}},
+    {"{type: global_avg_pool}", {{2, 1, 1}}, {2, 1, 1}},
+    {"{type: softmax}", {{7}}, {7}},
+    {"{type: softmax}", {{4, 3, 2}}, {4, 3, 2}},
+    {"{type: lrn, size: 3}", {{5, 3, 3}}, {5, 3, 3}},
+    {"{type: lrn, size: 4, alpha: 0.5, beta: 0.9, k: 2}", {{6, 2, 3}}, {6, 2, 3}},
+    {"{type: lrn, size: 5, alpha: 1.5, beta: 0.75, k: 1}", {{3, 2, 2}}, {3, 2, 2}},
+    {"{type: lrn, size: 1, alpha: 0.3}", {{2, 3, 3}}, {2, 3, 3}},
 };
 
 std::string case_type(const LayerCase& layer_case) {
@@ -1371,6 +1380,145 @@ layers:
     }
     BOOST_TEST(checked == graph.num_parameters());
   }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// lrn, softmax, global_avg_pool
+// ------------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(normalization_and_heads)
+
+// Values printed by PyTorch 1.13 for x = [sin(0.9 i) * 2 + 0.05 i for i in range(10)] as
+// [1, 5, 1, 2], dy = [cos(1.3 i)], nn.LocalResponseNorm(size, alpha=0.6, beta=0.75, k=1.5).
+// size 2 (even) checks the asymmetric window, size 3 the symmetric one.
+BOOST_AUTO_TEST_CASE(lrn_matches_pytorch) {
+  std::vector<float> x_values, dy_values;
+  for (int i = 0; i < 10; ++i) {
+    x_values.push_back(static_cast<float>(std::sin(i * 0.9) * 2 + 0.05 * i));
+    dy_values.push_back(static_cast<float>(std::cos(i * 1.3)));
+  }
+  const Tensor x = batch_norm::tensor_from({1, 5, 1, 2}, x_values);
+  const Tensor dy = batch_norm::tensor_from({1, 5, 1, 2}, dy_values);
+  struct Expect {
+    int size;
+    std::vector<float> y, dx;
+  };
+  const std::vector<Expect> cases = {
+      {2,
+       {0.0f, 0.8701314f, 0.9568182f, 0.4925761f, -0.3083642f, -0.8151603f, -0.7124118f, 0.1979448f,
+        0.8404503f, 0.985594f},
+       {0.737788f, 0.1703976f, -0.08053157f, -0.1588309f, 0.1899077f, 0.178983f, -0.06325275f,
+        -0.5094296f, -0.1033973f, 0.05636812f}},
+      {3,
+       {0.0f, 0.8875132f, 1.051308f, 0.4634347f, -0.3214242f, -0.9091547f, -0.5923147f, 0.1583755f,
+        0.9705548f, 1.1436f},
+       {0.5287879f, 0.1532404f, -0.1786999f, -0.2151412f, 0.1299977f, 0.2394289f, -0.07753284f,
+        -0.3736649f, -0.1420529f, 0.1442411f}},
+  };
+  for (const Expect& expect : cases) {
+    for (const std::string backend : {"reference", "tbb"}) {
+      Instance lrn = make_layer(
+          fmt::format("{{type: lrn, size: {}, alpha: 0.6, beta: 0.75, k: 1.5}}", expect.size),
+          {{5, 1, 2}}, backend);
+      const Tensor y = run_forward(lrn, {x}, true, 1);
+      batch_norm::check_close(fmt::format("{} size {} y", backend, expect.size), y, expect.y,
+                              1e-5f);
+      batch_norm::check_close(fmt::format("{} size {} dx", backend, expect.size),
+                              run_backward(lrn, {x}, y, dy, true, 1)[0], expect.dx, 1e-5f);
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(lrn_errors) {
+  auto create = [](const std::string& text) {
+    return error_of([&] { registries().layers.create(yaml(text)); });
+  };
+  STRATA_CHECK_CONTAINS(create("{type: lrn, size: 0}"), "size: must be at least 1, found 0");
+  STRATA_CHECK_CONTAINS(create("{type: lrn}"), "missing required key 'size'");
+  STRATA_CHECK_CONTAINS(create("{type: lrn, size: 5, k: 0}"), "k: must be positive, found 0");
+  STRATA_CHECK_CONTAINS(create("{type: lrn, size: 5, alpha: -1}"), "alpha: must be >= 0");
+  STRATA_CHECK_CONTAINS(create("{type: lrn, size: 5, bias: 2}"), "unknown key 'bias'");
+  STRATA_CHECK_CONTAINS(setup_error("{type: lrn, size: 5}", {96}),
+                        "lrn expects an image sample [channels, height, width], got [96]");
+}
+
+BOOST_AUTO_TEST_CASE(softmax_is_a_distribution_per_sample_and_position) {
+  Rng rng(51);
+  for (const std::string backend : {"reference", "tbb"}) {
+    // Logits [N, F]: each row sums to 1, and shifting a row changes nothing (stability).
+    Instance features = make_layer("{type: softmax}", {{10}}, backend);
+    Tensor logits = random_tensor({3000, 10}, rng, -5.0f, 5.0f);
+    const Tensor y = run_forward(features, {logits}, false, 1);
+    float worst_sum = 0.0f, worst_value = 0.0f;
+    for (int64_t n = 0; n < 3000; ++n) {
+      double sum = 0.0, denominator = 0.0;
+      for (int64_t f = 0; f < 10; ++f) denominator += std::exp(double(logits.data()[n * 10 + f]));
+      for (int64_t f = 0; f < 10; ++f) {
+        sum += y.data()[n * 10 + f];
+        const double want = std::exp(double(logits.data()[n * 10 + f])) / denominator;
+        worst_value = std::max(worst_value, float(std::abs(y.data()[n * 10 + f] - want)));
+      }
+      worst_sum = std::max(worst_sum, float(std::abs(sum - 1.0)));
+    }
+    BOOST_TEST(worst_sum < 1e-5f, backend);
+    BOOST_TEST(worst_value < 1e-6f, backend);
+    Tensor shifted = logits.clone();
+    for (float& v : shifted.span()) v += 1000.0f;  // exp(1000) overflows without the max shift
+    const Tensor y_shifted = run_forward(features, {shifted}, false, 1);
+    BOOST_TEST(all_finite(y_shifted));
+    BOOST_TEST(max_abs_diff(y_shifted, y) < 1e-4f, backend);
+
+    // Images [N, C, H, W]: over the channels at each position, like torch.softmax(x, dim=1).
+    Instance image = make_layer("{type: softmax}", {{3, 2, 2}}, backend);
+    const Tensor x = random_tensor({2, 3, 2, 2}, rng, -3.0f, 3.0f);
+    const Tensor z = run_forward(image, {x}, false, 1);
+    float worst = 0.0f;
+    for (int64_t n = 0; n < 2; ++n) {
+      for (int64_t p = 0; p < 4; ++p) {
+        double denominator = 0.0;
+        for (int64_t c = 0; c < 3; ++c)
+          denominator += std::exp(double(x.data()[(n * 3 + c) * 4 + p]));
+        for (int64_t c = 0; c < 3; ++c) {
+          const int64_t i = (n * 3 + c) * 4 + p;
+          worst = std::max(
+              worst, float(std::abs(z.data()[i] - std::exp(double(x.data()[i])) / denominator)));
+        }
+      }
+    }
+    BOOST_TEST(worst < 1e-6f, backend);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(global_avg_pool_is_the_channel_mean) {
+  Rng rng(52);
+  for (const std::string backend : {"reference", "tbb"}) {
+    Instance pool = make_layer("{type: global_avg_pool}", {{5, 7, 6}}, backend);
+    BOOST_TEST_REQUIRE(pool.output == (Shape{5, 1, 1}));
+    const Tensor x = random_tensor({300, 5, 7, 6}, rng);
+    const Tensor y = run_forward(pool, {x}, true, 1);
+    const Tensor dy = random_tensor(y.shape(), rng);
+    const Tensor dx = run_backward(pool, {x}, y, dy, true, 1)[0];
+    float worst = 0.0f, worst_grad = 0.0f;
+    for (int64_t plane = 0; plane < 300 * 5; ++plane) {
+      double sum = 0.0;
+      for (int64_t i = 0; i < 42; ++i) sum += x.data()[plane * 42 + i];
+      worst = std::max(worst, float(std::abs(y.data()[plane] - sum / 42)));
+      for (int64_t i = 0; i < 42; ++i) {
+        worst_grad =
+            std::max(worst_grad, std::abs(dx.data()[plane * 42 + i] - dy.data()[plane] / 42));
+      }
+    }
+    BOOST_TEST(worst < 1e-6f, backend);
+    BOOST_TEST(worst_grad < 1e-7f, backend);
+  }
+  STRATA_CHECK_CONTAINS(
+      setup_error("{type: global_avg_pool}", {64}),
+      "global_avg_pool expects an image sample [channels, height, width], got [64]");
+  STRATA_CHECK_CONTAINS(
+      error_of([] { registries().layers.create(yaml("{type: global_avg_pool, kernel: 7}")); }),
+      "unknown key 'kernel'");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -18,13 +18,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The build's plugins plus the test-only ones (test_sum).
+// The build's plugins plus the test-only ones (test_sum, test_init_spec).
 Registries& registries_with_test_plugins() {
   static Registries* registries = [] {
     auto* r = new Registries();
     static PluginLoader loader(*r);
     loader.load_default();
     loader.load_file(fs::path(STRATA_TEST_PLUGIN_DIR) / "libstrata_test_sum.so");
+    loader.load_file(fs::path(STRATA_TEST_PLUGIN_DIR) / "libstrata_test_init_spec.so");
     return r;
   }();
   return *registries;
@@ -125,6 +126,52 @@ BOOST_AUTO_TEST_CASE(custom_initializer_is_applied) {
     const float expected = ref.param->name == "weight" ? 0.25f : -1.0f;
     for (float v : ref.param->value.span()) BOOST_TEST(v == expected);
   }
+}
+
+// Param::default_init is an initializer spec: a type name, or a flow map with settings. The
+// graph builds it; a bad spec names the layer and the parameter.
+BOOST_AUTO_TEST_CASE(default_initializer_carries_its_settings) {
+  Registries& registries = registries_with_test_plugins();
+  auto build = [&](const std::string& spec) {
+    Rng rng(1);
+    const std::string text = "input: [3]\nlayers:\n  - {name: probe, type: test_init_spec, "
+                             "default_init: \"" + spec + "\"}\n";
+    return std::make_unique<Graph>(Config::parse_string(text, "net.yaml"), registries, "reference",
+                                   rng);
+  };
+  auto values = [](Graph& graph) {
+    const Tensor& w = graph.params().at(0).param->value;
+    return std::vector<float>(w.span().begin(), w.span().end());
+  };
+  BOOST_TEST(values(*build("{type: constant, value: 1.5}")) == (std::vector<float>{1.5f, 1.5f, 1.5f}),
+             boost::test_tools::per_element());
+  BOOST_TEST(values(*build("constant")) == (std::vector<float>{0.0f, 0.0f, 0.0f}),
+             boost::test_tools::per_element());
+  // Settings reach the initializer: N(5, 0) is the constant 5.
+  BOOST_TEST(values(*build("{type: gaussian, mean: 5, std: 0}")) ==
+                 (std::vector<float>{5.0f, 5.0f, 5.0f}),
+             boost::test_tools::per_element());
+  const std::vector<float> he = values(*build("he_normal"));
+  BOOST_TEST((he[0] != he[1] && he[1] != he[2]), "he_normal draws random values");
+
+  const std::string unknown = test::error_of([&] { build("he_nromal"); });
+  STRATA_CHECK_CONTAINS(unknown, "layer 'probe', default initializer of parameter 'weight'");
+  STRATA_CHECK_CONTAINS(unknown, "unknown initializer type 'he_nromal'");
+  STRATA_CHECK_CONTAINS(unknown, "did you mean 'he_normal'?");
+  const std::string bad_key = test::error_of([&] { build("{type: constant, valeu: 1}"); });
+  STRATA_CHECK_CONTAINS(bad_key, "layer 'probe', default initializer of parameter 'weight'");
+  STRATA_CHECK_CONTAINS(bad_key, "unknown key 'valeu'");
+  const std::string missing = test::error_of([&] { build("{value: 1}"); });
+  STRATA_CHECK_CONTAINS(missing, "missing required key 'type'");
+  // The experiment's `init:` still overrides the default.
+  Rng rng(1);
+  Graph overridden(Config::parse_string("input: [3]\nlayers:\n  - {name: probe, type: test_init_spec, "
+                                        "default_init: constant, init: {weight: {type: constant, "
+                                        "value: -2}}}\n",
+                                        "net.yaml"),
+                   registries, "reference", rng);
+  BOOST_TEST(values(overridden) == (std::vector<float>{-2.0f, -2.0f, -2.0f}),
+             boost::test_tools::per_element());
 }
 
 // A tensor read by two layers (relu1 feeds conv2 and sum) must receive the sum of both gradients.

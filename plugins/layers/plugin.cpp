@@ -17,6 +17,9 @@ void register_losses(Registries& registries);
 void register_batch_norm(Registries& registries);
 void register_add(Registries& registries);
 void register_concat(Registries& registries);
+void register_global_avg_pool(Registries& registries);
+void register_softmax(Registries& registries);
+void register_lrn(Registries& registries);
 
 namespace {
 
@@ -31,6 +34,9 @@ void register_all(Registries& registries) {
   register_batch_norm(registries);
   register_add(registries);
   register_concat(registries);
+  register_global_avg_pool(registries);
+  register_softmax(registries);
+  register_lrn(registries);
 }
 
 }  // namespace

@@ -1,0 +1,107 @@
+// softmax: turns scores into probabilities, for inference outputs.
+//
+// WHAT THIS OBJECT REPRESENTS
+//   y = exp(x - max) / sum exp(x - max) over the first axis of the sample: over the features of
+//   [F] (a classifier's logits), and over the channels at each position of [C, H, W] (a dense
+//   prediction). This is torch.softmax(x, dim=1). No parameters, no keys.
+//   For training, end the model with the logits: the softmax_cross_entropy loss applies the
+//   softmax itself, in a numerically safer way. Add this layer for `strata forward` outputs.
+//
+// REQUIRES
+//   - one input of any non-empty sample shape.
+// ENSURES
+//   - output sample shape == input sample shape; each softmax group sums to 1.
+//   - backward: dx = y * (dy - sum over the group of dy * y).
+//   - sums run in double; groups are split over the backend's parallel_for.
+#include <algorithm>
+#include <cmath>
+
+#include "common.hpp"
+#include "strata/error.hpp"
+
+namespace strata::layers {
+
+namespace {
+
+class Softmax final : public Layer {
+ public:
+  explicit Softmax(const Config&) {}
+
+  std::string_view type() const override { return "softmax"; }
+
+  void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
+    prepare_output(out, in[0].shape());
+    const float* x = in[0].data();
+    float* y = out.data();
+    const int64_t size = size_, stride = stride_;
+    for_groups(context, in[0].dim(0), [=](int64_t group) {
+      // group = n * stride + position; the elements are size apart.
+      const int64_t base = (group / stride) * size * stride + group % stride;
+      float max = x[base];
+      for (int64_t c = 1; c < size; ++c) max = std::max(max, x[base + c * stride]);
+      double sum = 0.0;
+      for (int64_t c = 0; c < size; ++c) {
+        const float e = std::exp(x[base + c * stride] - max);
+        y[base + c * stride] = e;
+        sum += e;
+      }
+      const auto inverse = static_cast<float>(1.0 / sum);
+      for (int64_t c = 0; c < size; ++c) y[base + c * stride] *= inverse;
+    });
+  }
+
+  void backward(Context& context, std::span<const Tensor> in, const Tensor& out, const Tensor& dout,
+                std::span<Tensor> din) override {
+    if (!din[0].defined()) return;
+    const float* y = out.data();
+    const float* dy = dout.data();
+    float* dx = din[0].data();
+    const int64_t size = size_, stride = stride_;
+    for_groups(context, in[0].dim(0), [=](int64_t group) {
+      const int64_t base = (group / stride) * size * stride + group % stride;
+      double dot = 0.0;
+      for (int64_t c = 0; c < size; ++c) {
+        dot += static_cast<double>(dy[base + c * stride]) * y[base + c * stride];
+      }
+      for (int64_t c = 0; c < size; ++c) {
+        const int64_t i = base + c * stride;
+        dx[i] = static_cast<float>(y[i] * (dy[i] - dot));
+      }
+    });
+  }
+
+ protected:
+  Shape infer_shape(const SetupContext&, std::span<const Shape> inputs) override {
+    const Shape& in = inputs[0];
+    if (in.rank() == 0 || in.numel() == 0) {
+      fail("softmax expects a non-empty sample ([features] or [channels, ...]), got {}", in.str());
+    }
+    size_ = in[0];
+    stride_ = in.numel() / size_;
+    return in;
+  }
+
+ private:
+  template <class Body>
+  void for_groups(Context& context, int64_t batch, const Body& body) const {
+    const int64_t groups = batch * stride_;
+    auto run = [&](int64_t lo, int64_t hi) {
+      for (int64_t g = lo; g < hi; ++g) body(g);
+    };
+    const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / size_);
+    if (context.backend == nullptr || groups <= grain) {
+      run(0, groups);
+      return;
+    }
+    context.backend->parallel_for(0, groups, grain, run);
+  }
+
+  int64_t size_ = 1;    // elements in one softmax group (the first sample axis)
+  int64_t stride_ = 1;  // distance between them (positions per channel)
+};
+
+}  // namespace
+
+void register_softmax(Registries& registries) { registries.layers.add<Softmax>("softmax"); }
+
+}  // namespace strata::layers
