@@ -114,11 +114,15 @@ void Graph::build(const Config& model, Rng* init_rng) {
 
     if (!registries_.blocks.contains(type)) {
       if (!registries_.layers.contains(type)) {
+        // The closest match is sought among both kinds; each kind is then listed on its own.
         std::vector<std::string> known = registries_.layers.types();
         for (const std::string& block : registries_.blocks.types()) known.push_back(block);
-        std::sort(known.begin(), known.end());
-        item.fail_key("type", fmt::format("unknown layer or block type '{}'\n  {}", type,
-                                          suggestion_text(type, known, "layer and block types")));
+        const std::string match = closest_match(type, known);
+        item.fail_key("type", fmt::format("unknown layer or block type '{}'\n  {}known layer types: {}\n  "
+                                          "known block types: {}",
+                                          type, match.empty() ? "" : fmt::format("did you mean '{}'? ", match),
+                                          fmt::join(registries_.layers.types(), ", "),
+                                          fmt::join(registries_.blocks.types(), ", ")));
       }
       // `init` belongs to the graph, not the layer: it is read before the registry checks keys.
       // Its initializers are built first, so the registry's check sees their keys as read.
