@@ -18,7 +18,7 @@ BUILD_PACKAGES := build-essential cmake ninja-build pkg-config git \
                   zlib1g-dev libopenblas-dev dataset-fashion-mnist
 # The test suite cross-checks checkpoints with h5py and layers with PyTorch, and draws the
 # strata-plot pictures with matplotlib; make bench measures peak memory with /usr/bin/time.
-TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch python3-matplotlib time
+TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch python3-torchvision python3-matplotlib time
 # The fuzz targets need clang's libFuzzer and sanitizer runtimes.
 FUZZ_PACKAGES  := clang-14 libclang-rt-14-dev
 FUZZ_SECONDS   ?= 60

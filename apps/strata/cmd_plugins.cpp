@@ -30,6 +30,7 @@ int run_plugins(Session& session, const std::vector<std::string>& args) {
                 plugin->path.c_str());
   }
   list_types("layer types", registries.layers);
+  list_types("block types", registries.blocks);
   list_types("loss types", registries.losses);
   list_types("optimizer types", registries.optimizers);
   list_types("schedule types", registries.schedules);

@@ -20,6 +20,7 @@ int run_bench(Session& session, const std::vector<std::string>& args);
 int run_check_plugin(Session& session, const std::vector<std::string>& args);
 int run_search(Session& session, const std::vector<std::string>& args);
 int run_gradcheck(Session& session, const std::vector<std::string>& args);
+int run_summary(Session& session, const std::vector<std::string>& args);
 
 namespace {
 
@@ -34,6 +35,7 @@ const Command kCommands[] = {
     {"train", "train an experiment, with checkpoints and an exact --resume", run_train},
     {"forward", "run a trained model on HDF5 input and write layer activations", run_forward},
     {"search", "hyperparameter search (random, grid, ASHA; coarse to fine stages)", run_search},
+    {"summary", "per-layer shapes, parameters, memory, multiply-adds, receptive fields", run_summary},
     {"plugins", "list the loaded plugins and the types they register", run_plugins},
     {"bench", "time a model's training step per layer on synthetic data", run_bench},
     {"check-plugin", "run the layer conformance checks on a plugin's layers", run_check_plugin},

@@ -273,6 +273,42 @@ Config Config::parse_string(const std::string& text, const std::string& source_n
   return Config(root, "");
 }
 
+namespace {
+// Gives every node and key of a synthesized tree the position of its origin.
+void relocate(Node& node, const std::shared_ptr<const std::string>& file, int line, int column) {
+  node.file = file;
+  node.line = line;
+  node.column = column;
+  for (auto& entry : node.map) {
+    entry.key_file = file;
+    entry.key_line = line;
+    entry.key_column = column;
+    relocate(*entry.value, file, line, column);
+  }
+  for (auto& item : node.sequence) relocate(*item, file, line, column);
+}
+}  // namespace
+
+Config Config::synthesize(const std::string& yaml, const Config& origin, std::string_view label) {
+  const std::string path =
+      origin.path_.empty() ? std::string(label) : fmt::format("{}/{}", origin.path_, label);
+  std::shared_ptr<Node> root;
+  try {
+    root = parse_yaml(yaml, "<generated>");
+  } catch (const Error& error) {
+    origin.fail(fmt::format("{}: generated configuration is not valid YAML ({}): {}", label,
+                            error.what(), yaml));
+  }
+  if (root->kind != Kind::kMap) {
+    origin.fail(fmt::format("{}: generated configuration must be a map, found {}: {}", label,
+                            kind_name(*root), yaml));
+  }
+  if (origin.node_) {
+    relocate(*root, origin.node_->file, origin.node_->line, origin.node_->column);
+  }
+  return Config(root, path);
+}
+
 void Config::set(std::string_view path, std::string_view yaml_value) {
   if (!node_) strata::fail("--set {}: no configuration to override", path);
   const std::string source = fmt::format("--set {}={}", path, yaml_value);

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <charconv>
 #include <map>
 
+#include "strata/block.hpp"
 #include "strata/registry.hpp"
 
 namespace strata {
@@ -75,6 +77,17 @@ void apply_multiplier(const Multiplier& m, std::string_view key, const std::stri
   }
 }
 
+// The training settings a layer (or a whole block) carries besides its own keys.
+struct TrainingKeys {
+  Multiplier lr_mult, decay_mult;
+  bool freeze = false;
+};
+
+TrainingKeys read_training_keys(const Config& item) {
+  return {read_multiplier(item, "lr_mult"), read_multiplier(item, "decay_mult"),
+          item.get<bool>("freeze", false)};
+}
+
 // The initializer a layer asks for in Param::default_init: a type name ("he_normal") or a flow
 // map with settings ("{type: constant, value: 1}"). Parsed as the value of a key, so both forms
 // go through the same Config checks (unknown type, unknown or ill-typed settings).
@@ -129,6 +142,37 @@ std::string invalid_layer_name(const std::string& name) {
 
 Graph::Graph(const Config& model, const Registries& registries, std::string backend, Rng& init_rng)
     : registries_(registries), backend_(std::move(backend)) {
+  build(model, &init_rng);
+}
+
+Graph::Graph(const Config& model, const Registries& registries, std::string backend)
+    : registries_(registries), backend_(std::move(backend)) {
+  build(model, nullptr);
+}
+
+void Graph::check_new_name(const std::string& name, const Config& where) const {
+  std::string why = invalid_layer_name(name);
+  if (why.empty() && name.find('@') != std::string::npos) why = "it contains '@' (block inputs are named with it)";
+  if (!why.empty()) {
+    // Quote the name only when printing it cannot garble the terminal.
+    const bool printable = why.find("UTF-8") == std::string::npos && why.find("control") == std::string::npos;
+    where.fail_key("name", fmt::format("{} cannot name a layer: {}",
+                                       printable ? "'" + name + "'" : std::string("this name"), why));
+  }
+  if (index_of(name) >= 0) where.fail_key("name", fmt::format("duplicate layer name '{}'", name));
+}
+
+void Graph::build(const Config& model, Rng* init_rng) {
+  // lr_mult, decay_mult and freeze apply to the parameters of the nodes from `first` on: one
+  // layer's, or every sub-layer of a block.
+  auto apply_training_keys = [&](const TrainingKeys& keys, std::size_t first) {
+    for (std::size_t i = first; i < nodes_.size(); ++i) {
+      const std::vector<Param*> params = nodes_[i].layer->params();
+      apply_multiplier(keys.lr_mult, "lr_mult", nodes_[i].layer->name(), params, &Param::lr_mult);
+      apply_multiplier(keys.decay_mult, "decay_mult", nodes_[i].layer->name(), params, &Param::decay_mult);
+      for (Param* param : params) param->frozen = keys.freeze;
+    }
+  };
   auto input = model.get<std::vector<int64_t>>("input");
   for (int64_t d : input) {
     if (d <= 0) model.fail_key("input", fmt::format("extents must be positive, found {}", Shape(input).str()));
@@ -147,94 +191,205 @@ Graph::Graph(const Config& model, const Registries& registries, std::string back
   const std::vector<Config> items = model.at("layers").items();
   if (items.empty()) model.fail_key("layers", "the model has no layers");
 
-  std::vector<Shape> shapes;  // output sample shape of each node
   for (std::size_t index = 0; index < items.size(); ++index) {
     const Config& item = items[index];
     if (!item.is_map()) item.fail("expected a map describing a layer");
-    std::string name = item.has("name") ? item.get<std::string>("name")
-                                        : fmt::format("{}{}", item.get<std::string>("type"), index);
-    if (const std::string why = invalid_layer_name(name); !why.empty()) {
-      // Quote the name only when printing it cannot garble the terminal.
-      const bool printable = why.find("UTF-8") == std::string::npos && why.find("control") == std::string::npos;
-      item.fail_key("name", fmt::format("{} cannot name a layer: {}",
-                                        printable ? "'" + name + "'" : std::string("this name"), why));
-    }
-    if (index_of(name) >= 0) {
-      item.fail_key("name", fmt::format("duplicate layer name '{}'", name));
-    }
-
-    Node node;
+    const std::string type = item.get<std::string>("type");
+    std::string name = item.has("name") ? item.get<std::string>("name") : fmt::format("{}{}", type, index);
+    check_new_name(name, item);
     std::vector<std::string> input_names = read_input_names(item);
     if (input_names.empty()) input_names.push_back(index == 0 ? "input" : nodes_.back().layer->name());
-    std::vector<Shape> input_shapes;
-    for (const std::string& input_name : input_names) {
-      int producer = input_name == "input" ? -1 : index_of(input_name);
-      if (producer < 0 && input_name != "input") {
-        std::vector<std::string> known{"input"};
-        for (const auto& earlier : nodes_) known.push_back(earlier.layer->name());
-        item.fail_key("inputs", fmt::format("unknown input '{}' (a layer may only read the model "
-                                            "input or earlier layers)\n  {}",
-                                            input_name, suggestion_text(input_name, known, "tensors")));
-      }
-      node.inputs.push_back(producer);
-      input_shapes.push_back(producer < 0 ? input_shape_ : shapes[producer]);
-      if (producer >= 0) ++nodes_[producer].consumers;
-    }
 
-    // `init` belongs to the graph, not the layer: build its initializers before the registry
-    // checks the layer's keys. Their names are checked against the parameters after setup.
-    std::optional<Config> init = item.find("init");
-    std::map<std::string, std::shared_ptr<Initializer>> custom_initializers;
-    if (init) {
-      if (!init->is_map()) {
-        init->fail("expected a map from parameter name to initializer, such as {weight: {type: "
-                   "normal, std: 0.01}}");
+    if (!registries_.blocks.contains(type)) {
+      if (!registries_.layers.contains(type)) {
+        // The closest match is sought among both kinds; each kind is then listed on its own.
+        std::vector<std::string> known = registries_.layers.types();
+        for (const std::string& block : registries_.blocks.types()) known.push_back(block);
+        const std::string match = closest_match(type, known);
+        item.fail_key("type", fmt::format("unknown layer or block type '{}'\n  {}known layer types: {}\n  "
+                                          "known block types: {}",
+                                          type, match.empty() ? "" : fmt::format("did you mean '{}'? ", match),
+                                          fmt::join(registries_.layers.types(), ", "),
+                                          fmt::join(registries_.blocks.types(), ", ")));
       }
-      for (const std::string& key : init->keys()) {
-        custom_initializers.emplace(key, registries.initializers.create(*init->find(key)));
-      }
-    }
-    // lr_mult, decay_mult and freeze are the graph's keys too (training settings of the layer).
-    const Multiplier lr_mult = read_multiplier(item, "lr_mult");
-    const Multiplier decay_mult = read_multiplier(item, "decay_mult");
-    const bool freeze = item.get<bool>("freeze", false);
-    node.layer = registries.layers.create(item);
-    node.layer->set_name(name);
-    try {
-      shapes.push_back(node.layer->setup(SetupContext(registries.kernels, backend_, name), input_shapes));
-    } catch (const Error& error) {
-      // Name the producers too, so a mismatch reads as "A gives X, B wanted Y".
-      std::vector<std::string> sources;
-      for (std::size_t j = 0; j < input_names.size(); ++j) {
-        sources.push_back(fmt::format("'{}' gives {}", input_names[j], input_shapes[j].str()));
-      }
-      item.fail(fmt::format("{}\n  (input {})", error.what(), fmt::join(sources, ", ")));
-    }
-
-    // Initialize parameters: the layer's default initializer unless `init` names one.
-    std::vector<std::string> param_names;
-    for (Param* param : node.layer->params()) {
-      param_names.push_back(param->name);
-      auto custom = custom_initializers.find(param->name);
-      auto initializer = custom != custom_initializers.end()
-                             ? custom->second
-                             : default_initializer(registries, name, *param);
-      initializer->fill(param->value, param->fan_in, param->fan_out, init_rng);
-    }
-    const std::vector<Param*> layer_params = node.layer->params();
-    apply_multiplier(lr_mult, "lr_mult", name, layer_params, &Param::lr_mult);
-    apply_multiplier(decay_mult, "decay_mult", name, layer_params, &Param::decay_mult);
-    for (Param* param : layer_params) param->frozen = freeze;
-    if (init) {
-      for (const auto& [key, initializer] : custom_initializers) {
-        if (std::find(param_names.begin(), param_names.end(), key) == param_names.end()) {
-          init->fail_key(key, fmt::format("layer '{}' has no parameter '{}'\n  {}", name, key,
-                                          suggestion_text(key, param_names, "parameters")));
+      // `init` belongs to the graph, not the layer: it is read before the registry checks keys.
+      // Its initializers are built first, so the registry's check sees their keys as read.
+      std::optional<Config> init = item.find("init");
+      std::map<std::string, std::shared_ptr<Initializer>> initializers;
+      if (init) {
+        if (!init->is_map()) {
+          init->fail("expected a map from parameter name to initializer, such as {weight: {type: "
+                     "normal, std: 0.01}}");
+        }
+        for (const std::string& key : init->keys()) {
+          initializers.emplace(key, registries_.initializers.create(*init->find(key)));
         }
       }
+      const TrainingKeys keys = read_training_keys(item);
+      auto layer = registries_.layers.create(item);
+      add_node(name, std::move(layer), input_names, item, init, initializers, init_rng, -1);
+      apply_training_keys(keys, nodes_.size() - 1);
+      continue;
     }
-    nodes_.push_back(std::move(node));
+
+    // A block: read the graph's keys, let the plugin read (and the registry check) the rest,
+    // then expand each copy in place.
+    const bool repeated = item.has("repeat");
+    const int64_t repeat = item.get<int64_t>("repeat", 1);
+    if (repeat < 1) {
+      item.fail_key("repeat", fmt::format("must be at least 1 (the number of copies of the block), found {}", repeat));
+    }
+    if (item.has("init")) {
+      item.fail_key("init", "blocks take no `init`: their sub-layers use their default initializers");
+    }
+    const TrainingKeys keys = read_training_keys(item);
+    for (const Multiplier* m : {&keys.lr_mult, &keys.decay_mult}) {
+      if (!m->per_param.empty()) {
+        item.fail_key(m == &keys.lr_mult ? "lr_mult" : "decay_mult",
+                      "on a block, give one number for every parameter of its sub-layers");
+      }
+    }
+    const std::size_t first_node = nodes_.size();
+    std::shared_ptr<Block> block = registries_.blocks.create(item);
+    const int block_index = static_cast<int>(blocks_.size());
+    blocks_.push_back(BlockInfo{name, type, repeat, static_cast<int>(nodes_.size()), 0});
+    for (int64_t copy = 0; copy < repeat; ++copy) {
+      const std::string prefix = repeated ? fmt::format("{}.{}", name, copy) : name;
+      if (repeated) check_new_name(prefix, item);
+      const int count = static_cast<int>(input_names.size());
+      if (count < block->min_inputs() || count > block->max_inputs()) {
+        item.fail(fmt::format("block '{}' ({}) takes {} to {} input(s), got {}{}", prefix, type,
+                              block->min_inputs(), block->max_inputs(), count,
+                              copy > 0 ? " (copies after the first read the previous copy's output)" : ""));
+      }
+      std::vector<Shape> shapes;
+      for (const std::string& input_name : input_names) {
+        const int producer = input_name == "input" ? -1 : index_of(input_name);
+        if (producer < 0 && input_name != "input") {
+          std::vector<std::string> known{"input"};
+          for (const auto& earlier : nodes_) known.push_back(earlier.layer->name());
+          item.fail_key("inputs", fmt::format("unknown input '{}' (a block may only read the model "
+                                              "input or earlier layers)\n  {}",
+                                              input_name, suggestion_text(input_name, known, "tensors")));
+        }
+        shapes.push_back(producer < 0 ? input_shape_ : nodes_[producer].layer->output_shape());
+      }
+      const BlockContext context(item, prefix, shapes, copy, repeat);
+      const std::vector<BlockPart> parts = block->expand(context);
+      if (parts.empty()) context.fail("the block expanded into no layers");
+
+      std::vector<std::string> part_names;
+      for (std::size_t p = 0; p < parts.size(); ++p) {
+        const BlockPart& part = parts[p];
+        const std::string full = fmt::format("{}.{}", prefix, part.name);
+        if (std::find(part_names.begin(), part_names.end(), part.name) != part_names.end()) {
+          context.fail(fmt::format("the block plugin emitted the part '{}' twice", part.name));
+        }
+        std::vector<std::string> part_inputs;
+        for (const std::string& ref : part.inputs) {
+          if (ref.starts_with("@in")) {
+            std::size_t which = 0;
+            const char* digits = ref.data() + 3;
+            if (ref.size() > 3 && (std::from_chars(digits, ref.data() + ref.size(), which).ptr !=
+                                   ref.data() + ref.size())) {
+              context.fail(fmt::format("part '{}' reads '{}': not a block input", part.name, ref));
+            }
+            if (which >= input_names.size()) {
+              context.fail(fmt::format("part '{}' reads block input {}, but the block has {} input(s)",
+                                       part.name, which, input_names.size()));
+            }
+            part_inputs.push_back(input_names[which]);
+          } else if (std::find(part_names.begin(), part_names.end(), ref) != part_names.end()) {
+            part_inputs.push_back(fmt::format("{}.{}", prefix, ref));
+          } else {
+            context.fail(fmt::format("part '{}' reads '{}', which is not an earlier part of the "
+                                     "block (known: {})",
+                                     part.name, ref, fmt::join(part_names, ", ")));
+          }
+        }
+        if (part_inputs.empty()) {
+          part_inputs.push_back(p == 0 ? input_names[0] : fmt::format("{}.{}", prefix, parts[p - 1].name));
+        }
+        if (index_of(full) >= 0) context.fail(fmt::format("layer name '{}' is already taken", full));
+        const std::string part_type = part.config.get<std::string>("type");
+        if (!registries_.layers.contains(part_type)) {
+          context.fail(fmt::format("part '{}' needs layer type '{}', which no loaded plugin "
+                                   "registers\n  {}",
+                                   part.name, part_type,
+                                   suggestion_text(part_type, registries_.layers.types(), "layer types")));
+        }
+        auto layer = registries_.layers.create(part.config);
+        add_node(full, std::move(layer), part_inputs, item, std::nullopt, {}, init_rng, block_index);
+        part_names.push_back(part.name);
+      }
+      const int output = static_cast<int>(nodes_.size()) - 1;
+      if (repeated) aliases_.emplace_back(prefix, output);
+      input_names = {nodes_.back().layer->name()};
+    }
+    blocks_.back().end = static_cast<int>(nodes_.size());
+    apply_training_keys(keys, first_node);
+    aliases_.emplace_back(name, static_cast<int>(nodes_.size()) - 1);
   }
+}
+
+void Graph::add_node(const std::string& name, std::shared_ptr<Layer> layer,
+                     const std::vector<std::string>& input_names, const Config& where,
+                     const std::optional<Config>& init,
+                     const std::map<std::string, std::shared_ptr<Initializer>>& custom_initializers,
+                     Rng* init_rng, int block) {
+  Node node;
+  node.block = block;
+  std::vector<Shape> input_shapes;
+  for (const std::string& input_name : input_names) {
+    int producer = input_name == "input" ? -1 : index_of(input_name);
+    if (producer < 0 && input_name != "input") {
+      std::vector<std::string> known{"input"};
+      for (const auto& earlier : nodes_) known.push_back(earlier.layer->name());
+      for (const auto& [alias, target] : aliases_) known.push_back(alias);
+      where.fail_key("inputs", fmt::format("unknown input '{}' (a layer may only read the model "
+                                           "input or earlier layers)\n  {}",
+                                           input_name, suggestion_text(input_name, known, "tensors")));
+    }
+    node.inputs.push_back(producer);
+    input_shapes.push_back(producer < 0 ? input_shape_ : nodes_[producer].layer->output_shape());
+  }
+
+  node.layer = std::move(layer);
+  node.layer->set_name(name);
+  try {
+    node.layer->setup(SetupContext(registries_.kernels, backend_, name), input_shapes);
+  } catch (const Error& error) {
+    // Name the producers too, so a mismatch reads as "A gives X, B wanted Y".
+    std::vector<std::string> sources;
+    for (std::size_t j = 0; j < input_names.size(); ++j) {
+      sources.push_back(fmt::format("'{}' gives {}", input_names[j], input_shapes[j].str()));
+    }
+    where.fail(fmt::format("{}\n  (input {})", error.what(), fmt::join(sources, ", ")));
+  }
+
+  // Initialize parameters: the layer's default initializer unless `init` names one.
+  std::vector<std::string> param_names;
+  for (Param* param : node.layer->params()) {
+    param_names.push_back(param->name);
+    if (init_rng == nullptr) continue;
+    auto custom = custom_initializers.find(param->name);
+    auto initializer = custom != custom_initializers.end()
+                           ? custom->second
+                           : default_initializer(registries_, name, *param);
+    initializer->fill(param->value, param->fan_in, param->fan_out, *init_rng);
+  }
+  if (init) {
+    for (const auto& [key, initializer] : custom_initializers) {
+      if (std::find(param_names.begin(), param_names.end(), key) == param_names.end()) {
+        init->fail_key(key, fmt::format("layer '{}' has no parameter '{}'\n  {}", name, key,
+                                        suggestion_text(key, param_names, "parameters")));
+      }
+    }
+  }
+  for (int producer : node.inputs) {
+    if (producer >= 0) ++nodes_[producer].consumers;
+  }
+  nodes_.push_back(std::move(node));
 }
 
 const Shape& Graph::output_shape() const { return nodes_.back().layer->output_shape(); }
@@ -242,6 +397,9 @@ const Shape& Graph::output_shape() const { return nodes_.back().layer->output_sh
 int Graph::index_of(std::string_view layer_name) const {
   for (std::size_t i = 0; i < nodes_.size(); ++i) {
     if (nodes_[i].layer->name() == layer_name) return static_cast<int>(i);
+  }
+  for (const auto& [alias, target] : aliases_) {
+    if (alias == layer_name) return target;
   }
   return -1;
 }

@@ -69,6 +69,18 @@ class Conv2d final : public Layer {
     return {&weight_};
   }
 
+  int64_t multiply_adds() const override {
+    return desc_.out_channels * desc_.out_h * desc_.out_w * (desc_.in_channels / groups_) *
+           kernel_[0] * kernel_[1];
+  }
+  Window window() const override {
+    Window window;
+    window.kernel = kernel_;
+    window.stride = stride_;
+    window.dilation = dilation_;
+    return window;
+  }
+
   void forward(Context&, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, output_shape().with_batch(in[0].dim(0)));
     kernel_impl_->forward(in[0], weight_.value, has_bias_ ? &bias_.value : nullptr, out);
@@ -118,6 +130,7 @@ class Conv2d final : public Layer {
                           per_group_out * window, 0.0f);
     }
     kernel_impl_ = context.kernel<Conv2dKernel>("conv2d", desc);
+    desc_ = desc;
     return Shape{out_channels_, desc.out_h, desc.out_w};
   }
 
@@ -160,6 +173,7 @@ class Conv2d final : public Layer {
   bool has_bias_;
   Rounding rounding_;
   Param weight_, bias_;
+  Conv2dDesc desc_;
   std::shared_ptr<Conv2dKernel> kernel_impl_;
 };
 

@@ -27,6 +27,11 @@ class GlobalAvgPool final : public Layer {
   explicit GlobalAvgPool(const Config&) {}
 
   std::string_view type() const override { return "global_avg_pool"; }
+  Window window() const override {  // every output sees its whole channel
+    Window window;
+    window.global = true;
+    return window;
+  }
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     const int64_t planes = in[0].dim(0) * channels_;

@@ -46,6 +46,13 @@ class Linear final : public Layer {
     return {&weight_};
   }
 
+  int64_t multiply_adds() const override { return in_features_ * out_features_; }
+  Window window() const override {
+    Window window;
+    window.global = true;
+    return window;
+  }
+
   void forward(Context&, std::span<const Tensor> in, Tensor& out) override {
     const int64_t batch = in[0].dim(0);
     prepare_output(out, output_shape().with_batch(batch));

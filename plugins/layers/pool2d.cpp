@@ -58,6 +58,13 @@ class Pool2d : public Layer {
     return mode_ == Pool2dDesc::Mode::kMax ? "max_pool" : "avg_pool";
   }
 
+  Window window() const override {
+    Window window;
+    window.kernel = kernel_;
+    window.stride = stride_;
+    return window;
+  }
+
   void forward(Context&, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, output_shape().with_batch(in[0].dim(0)));
     kernel_impl_->forward(in[0], out);

@@ -30,6 +30,12 @@ class Config {
   // Parse a YAML file or string. Malformed YAML is an Error naming file, line and column.
   static Config parse_file(const std::string& path);
   static Config parse_string(const std::string& text, const std::string& source_name);
+  // A Config written by code rather than by the user, such as a sub-layer a block plugin emits:
+  // `yaml` is a YAML map, usually a flow map ("{type: conv2d, out_channels: 64, kernel: 3}").
+  // Every node and key reports the position of `origin` (the block's entry in the user's file),
+  // and key paths read "<origin path>/<label>.<key>", so an error in a generated sub-layer points
+  // at the line that asked for it. Malformed YAML or a non-map is an Error at `origin`.
+  static Config synthesize(const std::string& yaml, const Config& origin, std::string_view label);
 
   // Override or add a value: `path` is dotted with optional indices ("model.layers[0].stride"),
   // `yaml_value` is parsed as YAML (so "3", "[1, 28, 28]" and "tbb" all work). Missing maps on

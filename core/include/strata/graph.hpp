@@ -7,6 +7,9 @@
 //       - {name: relu1, type: relu}
 //       - {name: sum, type: add, inputs: [relu1, conv1]}   # named inputs (default: previous)
 //
+// An entry whose type is a block (registries.blocks) expands in place into its sub-layers
+// (strata/block.hpp); the graph remembers which layers belong to which block for `summary`.
+//
 // Layers run in file order; each produces one tensor named after the layer, and "input" names the
 // model input. A layer may consume any earlier tensor, and a tensor may feed several layers: the
 // graph sums the gradients flowing back into it. Activations and gradients are allocated once per
@@ -14,7 +17,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -42,6 +47,19 @@ class Graph {
   // Builds and sets up every layer, then initializes parameters with `init_rng`. Per-layer
   // `init: {weight: {type: xavier_uniform}}` overrides a parameter's default initializer.
   Graph(const Config& model, const Registries& registries, std::string backend, Rng& init_rng);
+  // The same without initializing: parameters stay zero (for `strata summary`, or before loading
+  // a checkpoint), which keeps a 140M-parameter model cheap to build.
+  Graph(const Config& model, const Registries& registries, std::string backend);
+
+  // One block entry of the model: nodes [first, end) are its sub-layers, in order.
+  struct BlockInfo {
+    std::string name;  // the entry's name: "layer1"
+    std::string type;  // "residual_basic"
+    int64_t repeat = 1;
+    int first = 0, end = 0;
+  };
+  const std::vector<BlockInfo>& blocks() const { return blocks_; }
+  int block_of(std::size_t i) const { return nodes_[i].block; }  // index in blocks(), or -1
 
   const Shape& input_shape() const { return input_shape_; }
   const Shape& output_shape() const;
@@ -50,7 +68,9 @@ class Graph {
   Layer& layer(std::size_t i) { return *nodes_[i].layer; }
   const Layer& layer(std::size_t i) const { return *nodes_[i].layer; }
   const std::string& name(std::size_t i) const { return nodes_[i].layer->name(); }
-  int index_of(std::string_view layer_name) const;  // -1 when there is no such layer
+  // -1 when there is no such layer. A block's name (and "block.<i>" for each copy) resolves to
+  // the node producing its output.
+  int index_of(std::string_view layer_name) const;
   std::vector<std::string> input_names(std::size_t i) const;
 
   // Runs every layer on `input` [N, C, H, W]; returns the last layer's output.
@@ -77,16 +97,29 @@ class Graph {
  private:
   struct Node {
     std::shared_ptr<Layer> layer;
+    int block = -1;
     std::vector<int> inputs;  // indices of producing nodes; -1 is the model input
     int consumers = 0;
     std::vector<Tensor> in, din;  // per-step views handed to the layer (reused, not reallocated)
   };
+  void build(const Config& model, Rng* init_rng);
+  // Sets up and (with an rng) initializes one layer reading the tensors `input_names`, with the
+  // initializers built from its `init` section (whose names are checked against the parameters);
+  // errors are reported at `where` (the layer's or the block's entry).
+  void add_node(const std::string& name, std::shared_ptr<Layer> layer,
+                const std::vector<std::string>& input_names, const Config& where,
+                const std::optional<Config>& init,
+                const std::map<std::string, std::shared_ptr<Initializer>>& custom_initializers,
+                Rng* init_rng, int block);
+  void check_new_name(const std::string& name, const Config& where) const;
   void allocate(int64_t batch);
 
   const Registries& registries_;
   std::string backend_;
   Shape input_shape_;
   std::vector<Node> nodes_;
+  std::vector<BlockInfo> blocks_;
+  std::vector<std::pair<std::string, int>> aliases_;  // block outputs: name -> node
   int64_t allocated_batch_ = -1;
   int64_t batch_ = 0;
   // Per node, sized for the largest batch seen: outputs, output gradients, and for tensors read

@@ -12,6 +12,7 @@
 // gradients (Param::grad) are overwritten, not accumulated.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <optional>
 #include <random>
@@ -78,6 +79,18 @@ struct Context {
   Backend* backend = nullptr;  // parallel_for for element-wise work
 };
 
+// The sliding-window geometry of a layer along height and width, for receptive-field accounting
+// (`strata summary`): a unit of the output sees `kernel` input units spaced `dilation` apart,
+// and neighbouring outputs are `stride` input units apart. Element-wise layers keep the default
+// (a 1x1 window, stride 1); `global` means every output sees the whole input (linear, global
+// pooling). Layers with several inputs apply the same window to each.
+struct Window {
+  std::array<int64_t, 2> kernel{1, 1};
+  std::array<int64_t, 2> stride{1, 1};
+  std::array<int64_t, 2> dilation{1, 1};
+  bool global = false;
+};
+
 class Layer {
  public:
   virtual ~Layer() = default;
@@ -101,6 +114,13 @@ class Layer {
   virtual std::vector<Param*> params() { return {}; }
   // Non-learnable state saved in checkpoints (batch norm's running statistics, for example).
   virtual std::vector<NamedTensor> buffers() { return {}; }
+
+  // For `strata summary`, valid after setup(). multiply_adds(): the multiply-accumulates of one
+  // forward pass over one sample in the layer's products of inputs with weights (conv2d, linear),
+  // as papers and torchvision count FLOPs; element-wise work (activations, batch norm, pooling,
+  // additions) counts 0. window(): see Window.
+  virtual int64_t multiply_adds() const { return 0; }
+  virtual Window window() const { return {}; }
 
   const std::string& name() const { return name_; }
   void set_name(std::string name) { name_ = std::move(name); }

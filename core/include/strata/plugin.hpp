@@ -24,7 +24,7 @@ class shared_library;
 namespace strata {
 
 // Bump when any interface a plugin compiles against changes incompatibly.
-inline constexpr int kPluginApi = 1;
+inline constexpr int kPluginApi = 2;  // 2: Layer::multiply_adds() and Layer::window(), Block
 
 class Registries;
 

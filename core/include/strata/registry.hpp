@@ -25,6 +25,7 @@
 namespace strata {
 
 class Layer;
+class Block;
 class Optimizer;
 class Schedule;
 class Initializer;
@@ -188,6 +189,7 @@ class Registries {
   PluginRef current;  // owner attributed to add() calls; "host" outside plugin loading
 
   Registry<Layer> layers{"layer", &current};
+  Registry<Block> blocks{"block", &current};  // plugins that expand into sub-graphs of layers
   Registry<Loss> losses{"loss", &current};
   Registry<Optimizer> optimizers{"optimizer", &current};
   Registry<Schedule> schedules{"schedule", &current};

@@ -1,0 +1,43 @@
+// Helpers shared by the blocks of the "blocks" plugin: YAML flow maps for the parts they emit,
+// and the checks every block makes on its input and keys.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "strata/block.hpp"
+#include "strata/config.hpp"
+
+namespace strata::blocks {
+
+// {type: conv2d, out_channels: C, kernel: K, stride: S, padding: P, dilation: D, bias: B}, with
+// `round: floor` when the stride is above 1 (PyTorch's rounding, which torchvision's models
+// rely on: a 3x3 stride-2 convolution with padding 1 halves an even extent).
+std::string conv_yaml(int64_t out_channels, int64_t kernel, int64_t stride, int64_t padding,
+                      bool bias, int64_t dilation = 1);
+// {type: batch_norm[, eps: E]}; eps <= 0 keeps the layer's default (PyTorch's 1e-5).
+std::string batch_norm_yaml(double eps = 0.0);
+
+// Requires a [C, H, W] input; returns C.
+int64_t image_channels(const BlockContext& context);
+
+// Reads a channel count `key` that must be at least 1.
+int64_t read_channels(const Config& config, std::string_view key);
+// Reads an optional count `key` (default `fallback`) that must be at least 1.
+int64_t read_positive(const Config& config, std::string_view key, int64_t fallback);
+
+}  // namespace strata::blocks
+
+namespace strata::blocks {
+
+// The shortcut of a residual block: `auto` projects (1x1 conv with the block's stride, no bias,
+// then batch norm: torchvision's `downsample`) exactly when the shape changes, `projection`
+// always does, `identity` never does and is an error when the shape changes.
+enum class Shortcut { kAuto, kProjection, kIdentity };
+Shortcut read_shortcut(const Config& config);
+// Whether this copy projects; fails (naming the shapes) for an identity shortcut that cannot fit.
+bool needs_projection(const BlockContext& context, Shortcut shortcut, int64_t in_channels,
+                      int64_t out_channels, int64_t stride);
+
+}  // namespace strata::blocks
