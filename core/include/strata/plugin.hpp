@@ -24,7 +24,8 @@ class shared_library;
 namespace strata {
 
 // Bump when any interface a plugin compiles against changes incompatibly.
-inline constexpr int kPluginApi = 1;
+//   2: Dataset::class_names() (a new virtual function changes every dataset's vtable).
+inline constexpr int kPluginApi = 2;
 
 class Registries;
 
