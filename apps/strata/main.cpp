@@ -17,6 +17,8 @@ int run_train(Session& session, const std::vector<std::string>& args);
 int run_forward(Session& session, const std::vector<std::string>& args);
 int run_plugins(Session& session, const std::vector<std::string>& args);
 int run_check_plugin(Session& session, const std::vector<std::string>& args);
+int run_inspect(Session& session, const std::vector<std::string>& args);
+int run_eval(Session& session, const std::vector<std::string>& args);
 
 namespace {
 
@@ -31,6 +33,8 @@ const Command kCommands[] = {
     {"train", "train an experiment, with checkpoints and an exact --resume", run_train},
     {"forward", "run a trained model on HDF5 input and write layer activations", run_forward},
     {"plugins", "list the loaded plugins and the types they register", run_plugins},
+    {"inspect", "show a checkpoint: experiment, plugins, training state, parameter statistics", run_inspect},
+    {"eval", "evaluate a checkpoint: accuracy, loss, confusion matrix, confident mistakes", run_eval},
     {"check-plugin", "run the layer conformance checks on a plugin's layers", run_check_plugin},
 };
 
