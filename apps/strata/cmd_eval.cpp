@@ -18,10 +18,11 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
       "write every prediction to this HDF5 file: /labels, /predictions (float32 [N]), "
       "/probabilities [N, classes], /logits [N, classes]")(
       "wrong", po::value<int>()->default_value(10), "how many confidently wrong examples to list");
-  const Usage usage{"eval", "CKPT.h5 [options]",
-                    "Evaluate a checkpoint on a split of its experiment's dataset, preprocessed as in\n"
-                    "training: accuracy and loss, the confusion matrix (rows: true class, columns:\n"
-                    "predicted), per-class accuracy and the most confidently wrong examples."};
+  const Usage usage{
+      "eval", "CKPT.h5 [options]",
+      "Evaluate a checkpoint on a split of its experiment's dataset, preprocessed as in\n"
+      "training: accuracy and loss, the confusion matrix (rows: true class, columns:\n"
+      "predicted), per-class accuracy and the most confidently wrong examples."};
   auto vm = parse(usage, options, {"CKPT.h5"}, args);
   if (!vm) return 0;
   const std::string path = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
@@ -62,7 +63,8 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
     const float top = *std::max_element(row, row + classes);
     double z = 0;
     for (int64_t c = 0; c < classes; ++c) z += std::exp(static_cast<double>(row[c]) - top);
-    for (int64_t c = 0; c < classes; ++c) prob[c] = static_cast<float>(std::exp(static_cast<double>(row[c]) - top) / z);
+    for (int64_t c = 0; c < classes; ++c)
+      prob[c] = static_cast<float>(std::exp(static_cast<double>(row[c]) - top) / z);
     const int64_t best = std::max_element(row, row + classes) - row;
     const int32_t label = split.labels[i];
     predictions.data()[i] = static_cast<float>(best);
@@ -75,31 +77,37 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
     }
   }
   std::printf("checkpoint %s, split %s: %lld images\naccuracy %.4f  loss %.4f\n", path.c_str(),
-              split_name.c_str(), static_cast<long long>(n), n ? static_cast<double>(correct) / n : NAN, loss);
+              split_name.c_str(), static_cast<long long>(n),
+              n ? static_cast<double>(correct) / n : NAN, loss);
 
   std::size_t width = 5;
   for (const std::string& name : names) width = std::max(width, name.size());
-  std::printf("\nconfusion matrix (rows: true class, columns: predicted)\n%*s", static_cast<int>(width), "");
+  std::printf("\nconfusion matrix (rows: true class, columns: predicted)\n%*s",
+              static_cast<int>(width), "");
   for (int64_t c = 0; c < classes; ++c) std::printf(" %6lld", static_cast<long long>(c));
   std::printf("\n");
   for (int64_t t = 0; t < classes; ++t) {
     std::printf("%*s", static_cast<int>(width), names[t].c_str());
-    for (int64_t p = 0; p < classes; ++p) std::printf(" %6lld", static_cast<long long>(confusion[t * classes + p]));
+    for (int64_t p = 0; p < classes; ++p)
+      std::printf(" %6lld", static_cast<long long>(confusion[t * classes + p]));
     std::printf("\n");
   }
   std::printf("\nper-class accuracy\n");
   for (int64_t c = 0; c < classes; ++c) {
-    const int64_t total = std::accumulate(confusion.begin() + c * classes, confusion.begin() + (c + 1) * classes, int64_t{0});
-    std::printf("  %2lld %-*s %.4f  (%lld of %lld)\n", static_cast<long long>(c), static_cast<int>(width),
-                names[c].c_str(), total ? static_cast<double>(confusion[c * classes + c]) / total : NAN,
+    const int64_t total = std::accumulate(confusion.begin() + c * classes,
+                                          confusion.begin() + (c + 1) * classes, int64_t{0});
+    std::printf("  %2lld %-*s %.4f  (%lld of %lld)\n", static_cast<long long>(c),
+                static_cast<int>(width), names[c].c_str(),
+                total ? static_cast<double>(confusion[c * classes + c]) / total : NAN,
                 static_cast<long long>(confusion[c * classes + c]), static_cast<long long>(total));
   }
   std::sort(wrong.begin(), wrong.end(), [](const Wrong& a, const Wrong& b) {
     return a.confidence != b.confidence ? a.confidence > b.confidence : a.index < b.index;
   });
-  const std::size_t shown = std::min<std::size_t>(wrong.size(), static_cast<std::size_t>(wrong_count));
-  std::printf("\nmost confidently wrong (%zu of %zu wrong; index = row of the %s split)\n", shown, wrong.size(),
-              split_name.c_str());
+  const std::size_t shown =
+      std::min<std::size_t>(wrong.size(), static_cast<std::size_t>(wrong_count));
+  std::printf("\nmost confidently wrong (%zu of %zu wrong; index = row of the %s split)\n", shown,
+              wrong.size(), split_name.c_str());
   for (std::size_t i = 0; i < shown; ++i) {
     const Wrong& w = wrong[i];
     std::printf("  #%-6lld true %-*s predicted %-*s p=%.4f\n", static_cast<long long>(w.index),
@@ -108,8 +116,10 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
   }
   if (vm->count("output")) {
     const std::string output = (*vm)["output"].as<std::string>();
-    const std::vector<NamedTensor> tensors = {
-        {"labels", labels}, {"predictions", predictions}, {"probabilities", probabilities}, {"logits", logits}};
+    const std::vector<NamedTensor> tensors = {{"labels", labels},
+                                              {"predictions", predictions},
+                                              {"probabilities", probabilities},
+                                              {"logits", logits}};
     write_hdf5_tensors(output, tensors);
     std::printf("\nwrote /labels, /predictions, /probabilities, /logits for %lld images to %s\n",
                 static_cast<long long>(n), output.c_str());

@@ -31,20 +31,22 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
   po::options_description options("options");
   options.add_options()("weights", po::value<std::string>(),
                         "with EXP.yaml: the checkpoint whose /model group to load")(
-      "preprocess", "apply the checkpoint's fitted preprocessing (e.g. normalize) to /data first, "
-                    "so raw images in [0, 1] can be fed (checkpoint form only)")(
+      "preprocess",
+      "apply the checkpoint's fitted preprocessing (e.g. normalize) to /data first, "
+      "so raw images in [0, 1] can be fed (checkpoint form only)")(
       "input", po::value<std::string>()->required(),
       "HDF5 file with a float32 dataset /data [N, C, H, W]")(
       "output", po::value<std::string>()->required(), "HDF5 file to write, one dataset per layer")(
       "layers", po::value<std::string>(),
       "comma-separated layer names to write (default: the last)");
   add_set_option(options);
-  const Usage usage{"forward", "CKPT.h5|EXP.yaml [--weights CKPT.h5] --input IN.h5 --output OUT.h5 [options]",
-                    "Run the model in inference mode on /data of IN.h5 [N, C, H, W] and write the\n"
-                    "requested layers' activations to OUT.h5. Given a checkpoint alone, the model is\n"
-                    "rebuilt from the experiment stored inside it (its plugins are loaded as\n"
-                    "recorded), from any folder; --preprocess then applies its fitted preprocessing.\n"
-                    "Without --preprocess, /data is used as is."};
+  const Usage usage{
+      "forward", "CKPT.h5|EXP.yaml [--weights CKPT.h5] --input IN.h5 --output OUT.h5 [options]",
+      "Run the model in inference mode on /data of IN.h5 [N, C, H, W] and write the\n"
+      "requested layers' activations to OUT.h5. Given a checkpoint alone, the model is\n"
+      "rebuilt from the experiment stored inside it (its plugins are loaded as\n"
+      "recorded), from any folder; --preprocess then applies its fitted preprocessing.\n"
+      "Without --preprocess, /data is used as is."};
   auto vm = parse(usage, options, {"CKPT.h5|EXP.yaml"}, args);
   if (!vm) return 0;
   const std::string path = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
@@ -63,8 +65,9 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
     return 0;
   }
   if (vm->count("preprocess")) {
-    fail("forward: --preprocess needs the checkpoint form (strata forward CKPT.h5 ...), whose "
-         "checkpoint holds the fitted preprocessing");
+    fail(
+        "forward: --preprocess needs the checkpoint form (strata forward CKPT.h5 ...), whose "
+        "checkpoint holds the fitted preprocessing");
   }
 
   Config experiment = load_experiment(path, *vm);

@@ -37,7 +37,8 @@ int run_plugins(Session& session, const std::vector<std::string>& args) {
     const auto& all = session.loader.plugins();
     if (all.size() == before) std::printf("  (none beyond the default folders)\n");
     for (std::size_t i = before; i < all.size(); ++i) {
-      std::printf("  %-20s %-6s %s\n", all[i]->name.c_str(), all[i]->version.c_str(), all[i]->path.c_str());
+      std::printf("  %-20s %-6s %s\n", all[i]->name.c_str(), all[i]->version.c_str(),
+                  all[i]->path.c_str());
     }
   }
   const Registries& registries = session.registries;

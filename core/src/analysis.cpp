@@ -27,10 +27,10 @@ void note_owner(const R& registry, const std::string& type, std::vector<PluginRe
 
 }  // namespace
 
-std::vector<PluginRecord> plugins_needed(const Registries& registries, const Graph& graph,
-                                         const std::string& backend, const std::string& dataset,
-                                         const std::string& loss,
-                                         const std::vector<std::shared_ptr<Transform>>& transforms) {
+std::vector<PluginRecord> plugins_needed(
+    const Registries& registries, const Graph& graph, const std::string& backend,
+    const std::string& dataset, const std::string& loss,
+    const std::vector<std::shared_ptr<Transform>>& transforms) {
   std::vector<PluginRecord> records;
   for (std::size_t i = 0; i < graph.size(); ++i) {
     note_owner(registries.layers, std::string(graph.layer(i).type()), records);
@@ -38,15 +38,21 @@ std::vector<PluginRecord> plugins_needed(const Registries& registries, const Gra
   note_owner(registries.backends, backend, records);
   note_owner(registries.backends, "reference", records);  // the fallback for every kernel
   for (const auto& [key, entry] : registries.kernels.entries()) {
-    if ((key.second == backend || key.second == "reference") && entry.owner && !entry.owner->path.empty() &&
+    if ((key.second == backend || key.second == "reference") && entry.owner &&
+        !entry.owner->path.empty() &&
         std::none_of(records.begin(), records.end(),
                      [&](const PluginRecord& r) { return r.name == entry.owner->name; })) {
       records.push_back({entry.owner->name, entry.owner->version, entry.owner->path.string()});
     }
   }
+  // Building a graph runs its parameters' initializers (before the weights are loaded), so every
+  // initializer plugin is needed.
+  for (const auto& [type, entry] : registries.initializers.entries())
+    note_owner(registries.initializers, type, records);
   note_owner(registries.datasets, dataset, records);
   note_owner(registries.losses, loss, records);
-  for (const auto& transform : transforms) note_owner(registries.transforms, std::string(transform->type()), records);
+  for (const auto& transform : transforms)
+    note_owner(registries.transforms, std::string(transform->type()), records);
   std::sort(records.begin(), records.end(),
             [](const PluginRecord& a, const PluginRecord& b) { return a.name < b.name; });
   return records;
@@ -72,15 +78,19 @@ void ensure_plugins_loaded(const std::vector<PluginRecord>& plugins, PluginLoade
       }
     }
     if (!plugin) {
-      fail("checkpoint {}: needs plugin '{}' version {}, which is not loaded and is no longer at {}; "
-           "put the folder of libstrata_{}.so in STRATA_PLUGIN_PATH",
-           checkpoint.string(), record.name, record.version,
-           record.path.empty() ? std::string("(no path recorded)") : record.path, record.name);
+      fail(
+          "checkpoint {}: needs plugin '{}' version {}, which is not loaded and is no longer at "
+          "{}; "
+          "put the folder of libstrata_{}.so in STRATA_PLUGIN_PATH",
+          checkpoint.string(), record.name, record.version,
+          record.path.empty() ? std::string("(no path recorded)") : record.path, record.name);
     }
     if (plugin->version != record.version) {
-      std::fprintf(stderr, "note: checkpoint %s was saved with plugin '%s' version %s; using version %s (%s)\n",
-                   checkpoint.c_str(), record.name.c_str(), record.version.c_str(),
-                   plugin->version.c_str(), plugin->path.c_str());
+      std::fprintf(
+          stderr,
+          "note: checkpoint %s was saved with plugin '%s' version %s; using version %s (%s)\n",
+          checkpoint.c_str(), record.name.c_str(), record.version.c_str(), plugin->version.c_str(),
+          plugin->path.c_str());
     }
   }
 }
@@ -110,13 +120,15 @@ TrainedModel::TrainedModel(const fs::path& checkpoint, Registries& registries, P
   train_limit_ = data.get<int64_t>("train_limit", 0);
   test_limit_ = data.get<int64_t>("test_limit", 0);
   if (auto preprocess = data.find("preprocess")) {
-    for (const Config& item : preprocess->items()) transforms_.push_back(registries.transforms.create(item));
+    for (const Config& item : preprocess->items())
+      transforms_.push_back(registries.transforms.create(item));
   }
   std::vector<NamedTensor> preprocess_state;
   for (std::size_t i = 0; i < transforms_.size(); ++i) {
     transforms_[i]->setup(graph_->input_shape());
     for (NamedTensor& t : transforms_[i]->state()) {
-      preprocess_state.push_back({fmt::format("{}.{}/{}", i, transforms_[i]->type(), t.name), t.tensor});
+      preprocess_state.push_back(
+          {fmt::format("{}.{}/{}", i, transforms_[i]->type(), t.name), t.tensor});
     }
   }
   load_checkpoint_tensors(checkpoint, "preprocess", preprocess_state);
@@ -135,13 +147,14 @@ Tensor TrainedModel::parameter(const std::string& name) {
 void TrainedModel::preprocess(Tensor& images) const {
   if (images.rank() != graph_->input_shape().rank() + 1 ||
       images.shape().without_batch() != graph_->input_shape()) {
-    fail("images of shape {} cannot be preprocessed for a model whose input is [N, {}]", images.shape().str(),
-         fmt::join(graph_->input_shape().dims(), ", "));
+    fail("images of shape {} cannot be preprocessed for a model whose input is [N, {}]",
+         images.shape().str(), fmt::join(graph_->input_shape().dims(), ", "));
   }
   for (const auto& transform : transforms_) transform->apply(images);
 }
 
-std::vector<NamedTensor> TrainedModel::run(const Tensor& images, const std::vector<std::string>& layers) {
+std::vector<NamedTensor> TrainedModel::run(const Tensor& images,
+                                           const std::vector<std::string>& layers) {
   if (images.rank() != graph_->input_shape().rank() + 1 ||
       images.shape().without_batch() != graph_->input_shape()) {
     fail("input of shape {}, but the model expects [N, {}]", images.shape().str(),
@@ -152,8 +165,10 @@ std::vector<NamedTensor> TrainedModel::run(const Tensor& images, const std::vect
   std::vector<NamedTensor> outputs;
   for (const std::string& name : layers) {
     const int index = graph_->index_of(name);
-    if (index < 0) fail("the model has no layer '{}'\n  {}", name, suggestion_text(name, known, "layers"));
-    outputs.push_back({name, Tensor(graph_->layer(index).output_shape().with_batch(images.dim(0)))});
+    if (index < 0)
+      fail("the model has no layer '{}'\n  {}", name, suggestion_text(name, known, "layers"));
+    outputs.push_back(
+        {name, Tensor(graph_->layer(index).output_shape().with_batch(images.dim(0)))});
   }
   Context context{false, rng_.get(), backend_.get()};
   constexpr int64_t kBatch = 256;
@@ -193,9 +208,11 @@ Split TrainedModel::load_split(const std::string& split) {
   if (split == "test") {
     result = first_rows(dataset().load("test"), test_limit_);
   } else {
-    TrainValSplit parts = split_validation(first_rows(dataset().load("train"), train_limit_), validation_, seed_);
+    TrainValSplit parts =
+        split_validation(first_rows(dataset().load("train"), train_limit_), validation_, seed_);
     if (split == "val" && validation_ <= 0) {
-      fail("checkpoint {}: the experiment held out no validation split (data.validation is 0)", path_.string());
+      fail("checkpoint {}: the experiment held out no validation split (data.validation is 0)",
+           path_.string());
     }
     result = split == "val" ? std::move(parts.val) : std::move(parts.train);
   }

@@ -60,17 +60,20 @@ class PRelu final : public strata::Layer {
       const int64_t c = (i % per_sample) / inner;
       const float v = x.data()[i];
       if (v <= 0.0f) dslope[static_cast<std::size_t>(c)] += static_cast<double>(v) * dout.data()[i];
-      if (din[0].defined()) din[0].data()[i] = v > 0.0f ? dout.data()[i] : slope[c] * dout.data()[i];
+      if (din[0].defined())
+        din[0].data()[i] = v > 0.0f ? dout.data()[i] : slope[c] * dout.data()[i];
     }
     for (int64_t c = 0; c < channels_; ++c) weight_.grad.data()[c] = static_cast<float>(dslope[c]);
   }
 
  protected:
   Shape infer_shape(const strata::SetupContext&, std::span<const Shape> in) override {
-    if (in[0].rank() < 1) strata::fail("expects a sample of rank >= 1 [C, ...], got {}", in[0].str());
+    if (in[0].rank() < 1)
+      strata::fail("expects a sample of rank >= 1 [C, ...], got {}", in[0].str());
     channels_ = in[0][0];
-    weight_ = Param::make("weight", Shape{channels_}, fmt::format("{{type: constant, value: {}}}", init_),
-                          /*fan_in=*/1, /*fan_out=*/1, /*decay_mult=*/0.0f);
+    weight_ =
+        Param::make("weight", Shape{channels_}, fmt::format("{{type: constant, value: {}}}", init_),
+                    /*fan_in=*/1, /*fan_out=*/1, /*decay_mult=*/0.0f);
     return in[0];
   }
 
@@ -86,4 +89,5 @@ void register_all(strata::Registries& registries) { registries.layers.add<PRelu>
 
 STRATA_PLUGIN("prelu", "1.0", register_all)
 // What `strata check-plugin libstrata_prelu.so` runs: an image and a feature vector.
-STRATA_CONFORMANCE_CASES({"{type: prelu}", "3,5,5", "3,5,5"}, {"{type: prelu, init: 0.1}", "7", "7"})
+STRATA_CONFORMANCE_CASES({"{type: prelu}", "3,5,5", "3,5,5"},
+                         {"{type: prelu, init: 0.1}", "7", "7"})

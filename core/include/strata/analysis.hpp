@@ -41,8 +41,8 @@ struct TrainedModelOptions {
 
 class TrainedModel {
  public:
-  TrainedModel(const std::filesystem::path& checkpoint, Registries& registries, PluginLoader& loader,
-               const TrainedModelOptions& options = {});
+  TrainedModel(const std::filesystem::path& checkpoint, Registries& registries,
+               PluginLoader& loader, const TrainedModelOptions& options = {});
 
   const std::filesystem::path& path() const { return path_; }
   const Config& experiment() const { return experiment_; }
@@ -92,8 +92,9 @@ class TrainedModel {
 };
 
 // The plugins a run needs to rebuild and evaluate its model: the owners of the graph's layer
-// types, of the backend and of the kernels it and the reference fallback provide, of the dataset,
-// loss and transform types. Types the host registered itself are not plugins and are left out.
+// types, of the backend and of the kernels it and the reference fallback provide, of every
+// initializer (building the graph runs them), of the dataset, loss and transform types. Types the
+// host registered itself are not plugins and are left out.
 std::vector<PluginRecord> plugins_needed(const Registries& registries, const Graph& graph,
                                          const std::string& backend, const std::string& dataset,
                                          const std::string& loss,

@@ -50,7 +50,7 @@ struct ConformanceCase {
 std::ostream& operator<<(std::ostream& os, const ConformanceCase& layer_case);
 
 struct CheckResult {
-  std::string check;   // "shapes", "gradients", "backends", "batch", "checkpoint"
+  std::string check;  // "shapes", "gradients", "backends", "batch", "checkpoint"
   bool passed = false;
   std::string detail;  // what failed, or what was checked ("312 elements", "tbb")
 };
@@ -86,8 +86,9 @@ struct ConformanceCaseInfo {
 
 }  // namespace strata
 
-#define STRATA_CONFORMANCE_CASES(...)                                                      \
+#define STRATA_CONFORMANCE_CASES(...)                                                        \
   extern "C" STRATA_EXPORT const ::strata::ConformanceCaseInfo* strata_conformance_cases() { \
-    static const ::strata::ConformanceCaseInfo cases[] = {__VA_ARGS__, {nullptr, nullptr, nullptr}}; \
-    return cases;                                                                          \
+    static const ::strata::ConformanceCaseInfo cases[] = {__VA_ARGS__,                       \
+                                                          {nullptr, nullptr, nullptr}};      \
+    return cases;                                                                            \
   }
