@@ -50,6 +50,12 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
   auto vm = parse(usage, options, {"CKPT.h5|EXP.yaml"}, args);
   if (!vm) return 0;
   const std::string path = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
+  const std::string extension = std::filesystem::path(path).extension().string();
+  if (!vm->count("weights") && (extension == ".yaml" || extension == ".yml")) {
+    fail("forward: the option '--weights' is required with an experiment file ({}); or give the "
+         "checkpoint alone: strata forward CKPT.h5 --input IN.h5 --output OUT.h5",
+         path);
+  }
   if (!vm->count("weights")) {
     TrainedModel model(path, session.registries, session.loader);
     const std::filesystem::path input_path = (*vm)["input"].as<std::string>();
