@@ -253,6 +253,36 @@ BOOST_AUTO_TEST_CASE(training_state_restores_the_random_generator) {
   for (int i = 0; i < 1000; ++i) BOOST_REQUIRE_EQUAL(restored(), trainer_rng());
 }
 
+// Format version 2 records the plugins a model needs under /plugins/<name> (attributes version
+// and path); a version-1 file has no /plugins and still loads, with no records.
+BOOST_AUTO_TEST_CASE(plugin_records_round_trip_and_version_1_still_loads) {
+  std::mt19937 rng(31);
+  Checkpoint saved = sample_checkpoint(rng);
+  saved.plugins = {{"layers", "1.0", "/opt/strata/lib/strata/libstrata_layers.so"},
+                   {"my_prelu", "0.3", "/home/me/build/libstrata_my_prelu.so"}};
+  TempDir dir;
+  strata::save_checkpoint(dir / "model.h5", saved);
+  const auto loaded = strata::load_checkpoint_plugins(dir / "model.h5");
+  BOOST_TEST_REQUIRE(loaded.size() == 2u);
+  for (std::size_t i = 0; i < 2; ++i) {
+    BOOST_TEST(loaded[i].name == saved.plugins[i].name);
+    BOOST_TEST(loaded[i].version == saved.plugins[i].version);
+    BOOST_TEST(loaded[i].path == saved.plugins[i].path);
+  }
+  const fs::path old = dir / "v1.h5";
+  {
+    RawFile raw(old);
+    raw.checkpoint_attributes(1);
+  }
+  BOOST_TEST(strata::load_checkpoint_plugins(old).empty());
+  std::vector<NamedTensor> none;
+  strata::load_checkpoint_tensors(old, "model", none);
+  // A plugin name that is not a valid group name is refused before the file exists.
+  saved.plugins = {{"bad/name", "1", ""}};
+  BOOST_TEST(!error_message([&] { strata::save_checkpoint(dir / "bad.h5", saved); }).empty());
+  BOOST_TEST(!fs::exists(dir / "bad.h5"));
+}
+
 BOOST_AUTO_TEST_CASE(empty_checkpoint_round_trips) {
   TempDir dir;
   strata::save_checkpoint(dir / "empty.h5", Checkpoint{});
@@ -445,7 +475,7 @@ BOOST_AUTO_TEST_CASE(unsupported_format_version) {
     raw.checkpoint_attributes(7);
   }
   const std::string expected = "checkpoint " + path.string() +
-                               ": format_version 7 is not supported (this Strata reads version 1)";
+                               ": format_version 7 is not supported (this Strata reads versions 1 to 2)";
   std::vector<NamedTensor> none;
   BOOST_TEST(error_message([&] { strata::load_checkpoint_tensors(path, "model", none); }) ==
              expected);

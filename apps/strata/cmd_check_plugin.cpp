@@ -89,33 +89,38 @@ int run_check_plugin(Session& session, const std::vector<std::string>& args) {
   // The cases: --config/--input, else the plugin's exported cases, else the bare type on 3,8,8.
   const std::vector<ConformanceCase> exported = exported_conformance_cases(*plugin);
   std::vector<ConformanceCase> cases;
-  const std::vector<Shape> input = vm->count("input")
-                                       ? parse_sample_shapes((*vm)["input"].as<std::string>(), "--input")
-                                       : std::vector<Shape>{};
+  const std::vector<Shape> input =
+      vm->count("input") ? parse_sample_shapes((*vm)["input"].as<std::string>(), "--input")
+                         : std::vector<Shape>{};
   for (const std::string& type : types) {
     if (vm->count("config")) {
       const std::string text = (*vm)["config"].as<std::string>();
       const Config keys = Config::parse_string(text, "--config");
-      if (!keys.is_map()) fail("--config: expected a YAML map of the layer's keys, e.g. \"{{k: 3}}\"");
+      if (!keys.is_map())
+        fail("--config: expected a YAML map of the layer's keys, e.g. \"{{k: 3}}\"");
       std::string yaml = text;
       if (keys.has("type")) {
-        if (keys.get<std::string>("type") != type) keys.fail_key("type", fmt::format("--layer is '{}'", type));
+        if (keys.get<std::string>("type") != type)
+          keys.fail_key("type", fmt::format("--layer is '{}'", type));
       } else {
         // Keep the user's flow map as typed, with the type in front: "{type: T, k: 3}".
         const auto open = text.find('{'), close = text.rfind('}');
-        const std::string inner = open != std::string::npos && close != std::string::npos && close > open
-                                      ? text.substr(open + 1, close - open - 1)
-                                      : std::string();
+        const std::string inner =
+            open != std::string::npos && close != std::string::npos && close > open
+                ? text.substr(open + 1, close - open - 1)
+                : std::string();
         const bool empty = inner.find_first_not_of(" \t\n") == std::string::npos;
-        yaml = open == std::string::npos ? fmt::format("{{type: {}}}", type)
-                                         : fmt::format("{{type: {}{}{}}}", type, empty ? "" : ", ", inner);
+        yaml = open == std::string::npos
+                   ? fmt::format("{{type: {}}}", type)
+                   : fmt::format("{{type: {}{}{}}}", type, empty ? "" : ", ", inner);
       }
       cases.push_back({yaml, input.empty() ? std::vector<Shape>{{3, 8, 8}} : input, {}});
       continue;
     }
     std::size_t found = 0;
     for (const ConformanceCase& layer_case : exported) {
-      if (Config::parse_string(layer_case.yaml, "<case>").get<std::string>("type") != type) continue;
+      if (Config::parse_string(layer_case.yaml, "<case>").get<std::string>("type") != type)
+        continue;
       ConformanceCase copy = layer_case;
       if (!input.empty()) {
         copy.inputs = input;
@@ -126,7 +131,8 @@ int run_check_plugin(Session& session, const std::vector<std::string>& args) {
     }
     if (found == 0) {
       cases.push_back({fmt::format("{{type: {}}}", type),
-                       input.empty() ? std::vector<Shape>{{3, 8, 8}} : input, {}});
+                       input.empty() ? std::vector<Shape>{{3, 8, 8}} : input,
+                       {}});
     }
   }
 
@@ -134,11 +140,13 @@ int run_check_plugin(Session& session, const std::vector<std::string>& args) {
   std::vector<std::pair<std::string, CheckResult>> failures;
   std::printf("\n%-44s %-11s %-6s %s\n", "case", "check", "result", "detail");
   int failed = 0;
+  std::size_t checks = 0;
   for (const ConformanceCase& layer_case : cases) {
     std::vector<std::string> shapes;
     for (const Shape& shape : layer_case.inputs) shapes.push_back(shape.str());
     const std::string label = fmt::format("{} on {}", layer_case.yaml, fmt::join(shapes, " "));
     for (const CheckResult& result : run_conformance(registries, layer_case, scratch.path)) {
+      ++checks;
       std::printf("%-44s %-11s %-6s %s\n", label.c_str(), result.check.c_str(),
                   result.passed ? "pass" : "FAIL", first_line(result.detail).c_str());
       if (!result.passed) {
@@ -153,11 +161,12 @@ int run_check_plugin(Session& session, const std::vector<std::string>& args) {
     previous = label + result.detail;
     std::printf("\n%s, %s:\n  %s\n", label.c_str(), result.check.c_str(), result.detail.c_str());
     if (result.detail.find("missing required key") != std::string::npos) {
-      std::printf("  (give the layer's keys with --layer TYPE --config \"{...}\", or export a case "
-                  "with STRATA_CONFORMANCE_CASES)\n");
+      std::printf(
+          "  (give the layer's keys with --layer TYPE --config \"{...}\", or export a case "
+          "with STRATA_CONFORMANCE_CASES)\n");
     }
   }
-  std::printf("\n%zu case(s), %zu check(s): %d failed\n", cases.size(), cases.size() * 5, failed);
+  std::printf("\n%zu case(s), %zu check(s): %d failed\n", cases.size(), checks, failed);
   return failed == 0 ? 0 : 1;
 }
 

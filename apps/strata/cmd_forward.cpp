@@ -1,9 +1,11 @@
+// strata forward CKPT.h5 --input IN.h5 --output OUT.h5 [--layers a,b,...] [--preprocess]
 // strata forward EXP.yaml --weights CKPT.h5 --input IN.h5 --output OUT.h5 [--layers a,b,...]
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
 
 #include "cli.hpp"
+#include "strata/analysis.hpp"
 #include "strata/backend.hpp"
 #include "strata/checkpoint.hpp"
 #include "strata/error.hpp"
@@ -27,8 +29,11 @@ std::vector<std::string> split_commas(const std::string& list) {
 
 int run_forward(Session& session, const std::vector<std::string>& args) {
   po::options_description options("options");
-  options.add_options()("weights", po::value<std::string>()->required(),
-                        "checkpoint whose /model group to load")(
+  options.add_options()("weights", po::value<std::string>(),
+                        "with EXP.yaml: the checkpoint whose /model group to load")(
+      "preprocess",
+      "apply the checkpoint's fitted preprocessing (e.g. normalize) to /data first, "
+      "so raw images in [0, 1] can be fed (checkpoint form only)")(
       "input", po::value<std::string>()->required(),
       "HDF5 file with a float32 dataset /data [N, C, H, W]")(
       "output", po::value<std::string>()->required(), "HDF5 file to write, one dataset per layer")(
@@ -36,12 +41,41 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
       "layers", po::value<std::string>(),
       "comma-separated layer names to write (default: the last)");
   add_set_option(options);
-  const Usage usage{"forward", "EXP.yaml --weights CKPT.h5 --input IN.h5 --output OUT.h5 [options]",
-                    "Run the model in inference mode on /data of IN.h5 (no preprocessing) and\n"
-                    "write the requested layers' activations to OUT.h5."};
-  auto vm = parse(usage, options, {"EXP.yaml"}, args);
+  const Usage usage{
+      "forward", "CKPT.h5|EXP.yaml [--weights CKPT.h5] --input IN.h5 --output OUT.h5 [options]",
+      "Run the model in inference mode on /data of IN.h5 [N, C, H, W] and write the\n"
+      "requested layers' activations to OUT.h5. Given a checkpoint alone, the model is\n"
+      "rebuilt from the experiment stored inside it (its plugins are loaded as\n"
+      "recorded), from any folder; --preprocess then applies its fitted preprocessing.\n"
+      "Without --preprocess, /data is used as is."};
+  auto vm = parse(usage, options, {"CKPT.h5|EXP.yaml"}, args);
   if (!vm) return 0;
   const std::string path = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
+  const std::string extension = std::filesystem::path(path).extension().string();
+  if (!vm->count("weights") && (extension == ".yaml" || extension == ".yml")) {
+    fail("forward: the option '--weights' is required with an experiment file ({}); or give the "
+         "checkpoint alone: strata forward CKPT.h5 --input IN.h5 --output OUT.h5",
+         path);
+  }
+  if (!vm->count("weights")) {
+    TrainedModel model(path, session.registries, session.loader);
+    const std::filesystem::path input_path = (*vm)["input"].as<std::string>();
+    const std::filesystem::path output_path = (*vm)["output"].as<std::string>();
+    Tensor input = read_hdf5_tensor(input_path, "data");
+    if (vm->count("preprocess")) model.preprocess(input);
+    std::vector<std::string> layers = split_commas(option_or(*vm, "layers", ""));
+    if (layers.empty()) layers.push_back(model.graph().name(model.graph().size() - 1));
+    const std::vector<NamedTensor> outputs = model.run(input, layers);
+    write_hdf5_tensors(output_path, outputs);
+    std::printf("wrote %zu dataset(s) for %lld input(s) to %s\n", outputs.size(),
+                static_cast<long long>(input.dim(0)), output_path.c_str());
+    return 0;
+  }
+  if (vm->count("preprocess")) {
+    fail(
+        "forward: --preprocess needs the checkpoint form (strata forward CKPT.h5 ...), whose "
+        "checkpoint holds the fitted preprocessing");
+  }
 
   Config experiment = load_experiment(path, *vm);
   load_experiment_plugins(experiment, session.loader);

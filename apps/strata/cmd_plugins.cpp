@@ -19,10 +19,28 @@ void list_types(const char* title, const R& registry) {
 
 int run_plugins(Session& session, const std::vector<std::string>& args) {
   po::options_description options("options");
-  const Usage usage{"plugins", "",
+  const Usage usage{"plugins", "[EXP.yaml]",
                     "List the loaded plugins (from <this program>/../lib/strata and\n"
-                    "STRATA_PLUGIN_PATH) and every type they register."};
-  if (!parse(usage, options, {}, args)) return 0;
+                    "STRATA_PLUGIN_PATH) and every type they register. With an experiment file,\n"
+                    "also load and list the plugins its `plugins:` key names."};
+  auto vm = parse(usage, options, {"EXP.yaml..."}, args);
+  if (!vm) return 0;
+  const auto words = vm->count("positional-words")
+                         ? (*vm)["positional-words"].as<std::vector<std::string>>()
+                         : std::vector<std::string>{};
+  if (words.size() > 1) fail("plugins: expected at most one experiment file, got {}", words.size());
+  if (!words.empty()) {
+    const std::size_t before = session.loader.plugins().size();
+    const Config experiment = Config::parse_file(words[0]);
+    load_experiment_plugins(experiment, session.loader);
+    std::printf("plugins the experiment %s loads (its `plugins:` list):\n", words[0].c_str());
+    const auto& all = session.loader.plugins();
+    if (all.size() == before) std::printf("  (none beyond the default folders)\n");
+    for (std::size_t i = before; i < all.size(); ++i) {
+      std::printf("  %-20s %-6s %s\n", all[i]->name.c_str(), all[i]->version.c_str(),
+                  all[i]->path.c_str());
+    }
+  }
   const Registries& registries = session.registries;
   std::printf("plugins:\n");
   for (const auto& plugin : session.loader.plugins()) {

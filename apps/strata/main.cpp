@@ -21,6 +21,8 @@ int run_check_plugin(Session& session, const std::vector<std::string>& args);
 int run_search(Session& session, const std::vector<std::string>& args);
 int run_gradcheck(Session& session, const std::vector<std::string>& args);
 int run_summary(Session& session, const std::vector<std::string>& args);
+int run_inspect(Session& session, const std::vector<std::string>& args);
+int run_eval(Session& session, const std::vector<std::string>& args);
 
 namespace {
 
@@ -38,6 +40,8 @@ const Command kCommands[] = {
     {"summary", "per-layer shapes, parameters, memory, multiply-adds, receptive fields", run_summary},
     {"plugins", "list the loaded plugins and the types they register", run_plugins},
     {"bench", "time a model's training step per layer on synthetic data", run_bench},
+    {"inspect", "show a checkpoint: experiment, plugins, training state, parameter statistics", run_inspect},
+    {"eval", "evaluate a checkpoint: accuracy, loss, confusion matrix, confident mistakes", run_eval},
     {"check-plugin", "run the layer conformance checks on a plugin's layers", run_check_plugin},
     {"gradcheck", "check the model's backward() against finite differences", run_gradcheck},
 };

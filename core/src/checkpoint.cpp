@@ -438,9 +438,9 @@ void check_format(const FileContext& context, hid_t file) {
                     format, kFormatName));
   }
   const int64_t version = read_integer_attribute(context, file, "/", "format_version");
-  if (version != kCheckpointFormatVersion) {
-    context.fail(fmt::format("format_version {} is not supported (this Strata reads version {})",
-                             version, kCheckpointFormatVersion));
+  if (version < kCheckpointOldestFormatVersion || version > kCheckpointFormatVersion) {
+    context.fail(fmt::format("format_version {} is not supported (this Strata reads versions {} to {})",
+                             version, kCheckpointOldestFormatVersion, kCheckpointFormatVersion));
   }
 }
 
@@ -707,6 +707,13 @@ void save_checkpoint(const fs::path& path, const Checkpoint& checkpoint) {
       paths.push_back("/history/" + metric);
     }
   }
+  for (const PluginRecord& plugin : checkpoint.plugins) {
+    validate_name(context, "/plugins", plugin.name);
+    if (plugin.name.find('/') != std::string::npos) {
+      context.fail(fmt::format("plugin name '{}' contains '/'", plugin.name));
+    }
+    paths.push_back("/plugins/" + plugin.name);
+  }
   check_paths_distinct(context, paths);
 
   std::size_t data_bytes = tensor_bytes(checkpoint.model) + tensor_bytes(checkpoint.optimizer) +
@@ -733,6 +740,16 @@ void save_checkpoint(const fs::path& path, const Checkpoint& checkpoint) {
       for (const NamedTensor& entry : *tensors) {
         write_tensor(context, file, std::string(root) + "/" + entry.name, entry.tensor);
       }
+    }
+    create_group(context, file, "/plugins");
+    for (const PluginRecord& plugin : checkpoint.plugins) {
+      const std::string group_path = "/plugins/" + plugin.name;
+      Handle group(context.check(H5Gcreate2(file, group_path.c_str(), H5P_DEFAULT, H5P_DEFAULT,
+                                            H5P_DEFAULT),
+                                 fmt::format("cannot create group {}", group_path)),
+                   H5Gclose);
+      write_string_attribute(context, group, group_path, "version", plugin.version);
+      write_string_attribute(context, group, group_path, "path", plugin.path);
     }
     if (const auto& training = checkpoint.training) {
       Handle group(
@@ -836,6 +853,40 @@ std::string load_checkpoint_experiment(const fs::path& path) {
   Handle file = open_for_reading(context, path);
   check_format(context, file);
   return read_string_dataset(context, file, "/experiment");
+}
+
+namespace {
+herr_t collect_group_name(hid_t, const char* name, const H5L_info_t*, void* names) {
+  try {
+    static_cast<std::vector<std::string>*>(names)->emplace_back(name);
+  } catch (...) {
+    return -1;  // never let an exception cross the C library
+  }
+  return 0;
+}
+}  // namespace
+
+std::vector<PluginRecord> load_checkpoint_plugins(const fs::path& path) {
+  QuietHdf5 quiet;
+  const FileContext context = checkpoint_context(path);
+  Handle file = open_for_reading(context, path);
+  check_format(context, file);
+  std::vector<PluginRecord> plugins;
+  if (!object_exists(context, file, "/plugins")) return plugins;
+  Handle root(context.check(H5Gopen2(file, "/plugins", H5P_DEFAULT), "cannot open group /plugins"),
+              H5Gclose);
+  std::vector<std::string> names;
+  context.check_status(H5Literate(root, H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_group_name, &names),
+                       "cannot list /plugins");
+  for (const std::string& name : names) {
+    const std::string group_path = "/plugins/" + name;
+    Handle group(context.check(H5Gopen2(file, group_path.c_str(), H5P_DEFAULT),
+                               fmt::format("cannot open group {}", group_path)),
+                 H5Gclose);
+    plugins.push_back({name, read_string_attribute(context, group, group_path, "version"),
+                       read_string_attribute(context, group, group_path, "path")});
+  }
+  return plugins;
 }
 
 std::optional<TrainingState> load_checkpoint_training_state(const fs::path& path) {

@@ -81,7 +81,8 @@ Instance make_layer(const Registries& registries, const ConformanceCase& layer_c
                     const std::string& backend_name) {
   const Config config = case_config(layer_case);
   const std::string type = config.get<std::string>("type");
-  if (!registries.layers.contains(type)) check_fail("no loaded plugin registers layer type '{}'", type);
+  if (!registries.layers.contains(type))
+    check_fail("no loaded plugin registers layer type '{}'", type);
   if (!registries.backends.contains(backend_name)) {
     check_fail("backend '{}' is not registered (is its plugin loaded?)", backend_name);
   }
@@ -105,7 +106,8 @@ std::vector<Shape> batched(const std::vector<Shape>& samples, int64_t batch) {
 // that a running variance stays valid, and different from their initial 0 and 1, so that the
 // evaluation path and the checkpoint round trip of buffers are really exercised.
 void randomize_params(Layer& layer, Rng& rng) {
-  for (Param* param : layer.params()) param->value.copy_from(random_tensor(param->value.shape(), rng));
+  for (Param* param : layer.params())
+    param->value.copy_from(random_tensor(param->value.shape(), rng));
   for (NamedTensor& buffer : layer.buffers()) {
     buffer.tensor.copy_from(random_tensor(buffer.tensor.shape(), rng, 0.5f, 1.5f));
   }
@@ -163,7 +165,8 @@ float max_abs(const Tensor& t) {
 
 // |a - b| over all elements, NaN-aware: any non-finite element makes the result +inf.
 float max_abs_diff(const Tensor& a, const Tensor& b) {
-  if (a.numel() != b.numel()) check_fail("tensors of shapes {} and {} compared", a.shape().str(), b.shape().str());
+  if (a.numel() != b.numel())
+    check_fail("tensors of shapes {} and {} compared", a.shape().str(), b.shape().str());
   float worst = 0.0f;
   for (int64_t i = 0; i < a.numel(); ++i) {
     const float d = std::abs(a.data()[i] - b.data()[i]);
@@ -240,8 +243,10 @@ void check_tensor_gradient(const std::string& what, Tensor values, const Tensor&
 
 std::vector<NamedTensor> state_of(Layer& layer) {
   std::vector<NamedTensor> state;
-  for (Param* param : layer.params()) state.push_back({layer.name() + "/" + param->name, param->value});
-  for (NamedTensor& buffer : layer.buffers()) state.push_back({layer.name() + "/" + buffer.name, buffer.tensor});
+  for (Param* param : layer.params())
+    state.push_back({layer.name() + "/" + param->name, param->value});
+  for (NamedTensor& buffer : layer.buffers())
+    state.push_back({layer.name() + "/" + buffer.name, buffer.tensor});
   return state;
 }
 
@@ -265,9 +270,11 @@ CheckResult check_shapes(const Registries& registries, const ConformanceCase& la
     Rng rng(case_seed(layer_case) + 4);
     randomize_params(*instance.layer, rng);
     std::vector<Tensor> inputs;
-    for (const Shape& shape : batched(layer_case.inputs, 2)) inputs.push_back(random_tensor(shape, rng));
+    for (const Shape& shape : batched(layer_case.inputs, 2))
+      inputs.push_back(random_tensor(shape, rng));
     const Tensor out = run_forward(instance, inputs, false, 1);
-    if (!all_finite(out)) check_fail("forward() left NaN or inf in its {} output", out.shape().str());
+    if (!all_finite(out))
+      check_fail("forward() left NaN or inf in its {} output", out.shape().str());
     return fmt::format("output {}", instance.output.str());
   });
 }
@@ -332,7 +339,8 @@ CheckResult check_gradients(const Registries& registries, const ConformanceCase&
     GradientReport report;
     const double input_eps = std::min(1e-2, min_spacing / 4.0);
     for (std::size_t i = 0; i < inputs.size(); ++i) {
-      check_tensor_gradient(fmt::format("input{}", i), inputs[i], din[i], input_eps, objective, report);
+      check_tensor_gradient(fmt::format("input{}", i), inputs[i], din[i], input_eps, objective,
+                            report);
     }
     for (std::size_t p = 0; p < param_grads.size(); ++p) {
       Param& param = *instance.layer->params()[p];
@@ -370,18 +378,20 @@ CheckResult check_backends_agree(const Registries& registries, const Conformance
       Instance reference = make_layer(registries, layer_case, "reference");
       Instance other = make_layer(registries, layer_case, backend);
       if (other.output != reference.output) {
-        check_fail("{} gives output {}, reference {}", backend, other.output.str(), reference.output.str());
+        check_fail("{} gives output {}, reference {}", backend, other.output.str(),
+                   reference.output.str());
       }
       int64_t sample_elements = 0;
       for (const Shape& shape : layer_case.inputs) sample_elements += shape.numel();
-      const int64_t batch =
-          std::clamp<int64_t>((50000 + sample_elements - 1) / std::max<int64_t>(sample_elements, 1), 2, 64);
+      const int64_t batch = std::clamp<int64_t>(
+          (50000 + sample_elements - 1) / std::max<int64_t>(sample_elements, 1), 2, 64);
 
       randomize_params(*reference.layer, rng);
       const auto reference_params = reference.layer->params();
       const auto other_params = other.layer->params();
       if (reference_params.size() != other_params.size()) {
-        check_fail("{} has {} parameters, reference {}", backend, other_params.size(), reference_params.size());
+        check_fail("{} has {} parameters, reference {}", backend, other_params.size(),
+                   reference_params.size());
       }
       for (std::size_t p = 0; p < other_params.size(); ++p) {
         other_params[p]->value.copy_from(reference_params[p]->value);
@@ -389,21 +399,25 @@ CheckResult check_backends_agree(const Registries& registries, const Conformance
       const auto reference_buffers = reference.layer->buffers();
       auto other_buffers = other.layer->buffers();
       if (reference_buffers.size() != other_buffers.size()) {
-        check_fail("{} has {} buffers, reference {}", backend, other_buffers.size(), reference_buffers.size());
+        check_fail("{} has {} buffers, reference {}", backend, other_buffers.size(),
+                   reference_buffers.size());
       }
       for (std::size_t b = 0; b < other_buffers.size(); ++b) {
         other_buffers[b].tensor.copy_from(reference_buffers[b].tensor);
       }
       std::vector<Tensor> inputs;
-      for (const Shape& shape : batched(layer_case.inputs, batch)) inputs.push_back(random_tensor(shape, rng));
+      for (const Shape& shape : batched(layer_case.inputs, batch))
+        inputs.push_back(random_tensor(shape, rng));
       auto compare = [&](const std::string& what, const Tensor& got, const Tensor& want) {
         if (got.shape() != want.shape()) {
-          check_fail("{}: {} gives shape {}, reference {}", what, backend, got.shape().str(), want.shape().str());
+          check_fail("{}: {} gives shape {}, reference {}", what, backend, got.shape().str(),
+                     want.shape().str());
         }
         const float tolerance = 1e-4f * std::max(1.0f, max_abs(want));
         const float diff = max_abs_diff(got, want);
         if (!(diff <= tolerance)) {
-          check_fail("{}: {} differs from reference by {} (tolerance {})", what, backend, diff, tolerance);
+          check_fail("{}: {} differs from reference by {} (tolerance {})", what, backend, diff,
+                     tolerance);
         }
       };
       const Tensor reference_out = run_forward(reference, inputs, true, seed);
@@ -416,7 +430,8 @@ CheckResult check_backends_agree(const Registries& registries, const Conformance
         compare(fmt::format("input{} gradient", i), other_din[i], reference_din[i]);
       }
       for (std::size_t p = 0; p < other_params.size(); ++p) {
-        compare(reference_params[p]->name + " gradient", other_params[p]->grad, reference_params[p]->grad);
+        compare(reference_params[p]->name + " gradient", other_params[p]->grad,
+                reference_params[p]->grad);
       }
       // Buffers a training forward updates (batch norm's running statistics) agree too.
       for (std::size_t b = 0; b < other_buffers.size(); ++b) {
@@ -439,7 +454,8 @@ CheckResult check_backends_agree(const Registries& registries, const Conformance
 // other samples by design. Its evaluation path (running statistics, randomized to values other
 // than 0 and 1) is what this covers; its training path is covered by the gradient check over the
 // whole batch and the backend comparison.
-CheckResult check_batch_independence(const Registries& registries, const ConformanceCase& layer_case) {
+CheckResult check_batch_independence(const Registries& registries,
+                                     const ConformanceCase& layer_case) {
   return run_check("batch", [&] {
     const uint32_t seed = case_seed(layer_case) + 3;
     std::vector<std::string> backends = registries.backends.types();
@@ -523,7 +539,8 @@ CheckResult check_nan_propagates(const Registries& registries, const Conformance
 // HDF5 file, and back with load_checkpoint_tensors into a freshly created layer whose parameters
 // start different. Both layers must then produce bit-identical outputs (inference mode).
 CheckResult check_checkpoint_round_trip(const Registries& registries,
-                                        const ConformanceCase& layer_case, const fs::path& scratch_dir) {
+                                        const ConformanceCase& layer_case,
+                                        const fs::path& scratch_dir) {
   return run_check("checkpoint", [&] {
     const uint32_t seed = case_seed(layer_case) + 2;
     Rng rng(seed);
@@ -547,21 +564,25 @@ CheckResult check_checkpoint_round_trip(const Registries& registries,
     std::vector<NamedTensor> targets = state_of(*loaded.layer);
     if (targets.size() != into.size()) check_fail("the layer's state changed size after the load");
     for (std::size_t i = 0; i < into.size(); ++i) {
-      if (!into[i].tensor.same_storage(targets[i].tensor)) targets[i].tensor.copy_from(into[i].tensor);
+      if (!into[i].tensor.same_storage(targets[i].tensor))
+        targets[i].tensor.copy_from(into[i].tensor);
       if (max_abs_diff(targets[i].tensor, checkpoint.model[i].tensor) != 0.0f) {
         check_fail("{} differs after the round trip", into[i].name);
       }
     }
     std::vector<Tensor> inputs;
-    for (const Shape& shape : batched(layer_case.inputs, 3)) inputs.push_back(random_tensor(shape, rng));
+    for (const Shape& shape : batched(layer_case.inputs, 3))
+      inputs.push_back(random_tensor(shape, rng));
     const Tensor expected = run_forward(saved, inputs, false, seed);
     const Tensor actual = run_forward(loaded, inputs, false, seed);
-    if (max_abs_diff(actual, expected) != 0.0f) check_fail("the reloaded layer computes another output");
+    if (max_abs_diff(actual, expected) != 0.0f)
+      check_fail("the reloaded layer computes another output");
     return fmt::format("{} tensor(s)", into.size());
   });
 }
 
-std::vector<CheckResult> run_conformance(const Registries& registries, const ConformanceCase& layer_case,
+std::vector<CheckResult> run_conformance(const Registries& registries,
+                                         const ConformanceCase& layer_case,
                                          const fs::path& scratch_dir) {
   return {check_shapes(registries, layer_case), check_gradients(registries, layer_case),
           check_backends_agree(registries, layer_case), check_batch_independence(registries, layer_case),
@@ -588,9 +609,10 @@ std::vector<Shape> parse_sample_shapes(const std::string& text, const std::strin
         used = 0;
       }
       if (used == 0 || used != number.size() || value < 1) {
-        fail("{}: '{}': expected positive integers separated by commas (C,H,W), several inputs "
-             "separated by ';'",
-             what, text);
+        fail(
+            "{}: '{}': expected positive integers separated by commas (C,H,W), several inputs "
+            "separated by ';'",
+            what, text);
       }
       dims.push_back(value);
       pos = comma + 1;
@@ -606,7 +628,8 @@ std::vector<ConformanceCase> exported_conformance_cases(const Plugin& plugin) {
   if (!plugin.library || !plugin.library->has("strata_conformance_cases")) return cases;
   using Entry = const ConformanceCaseInfo*();
   const ConformanceCaseInfo* info = plugin.library->get<Entry>("strata_conformance_cases")();
-  const std::string where = fmt::format("plugin {}: strata_conformance_cases()", plugin.path.string());
+  const std::string where =
+      fmt::format("plugin {}: strata_conformance_cases()", plugin.path.string());
   if (info == nullptr) fail("{} returned null", where);
   for (int i = 0; info[i].yaml != nullptr; ++i) {
     const std::string item = fmt::format("{} case {}", where, i);

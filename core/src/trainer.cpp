@@ -25,6 +25,7 @@
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
 #include "trainer_checks.hpp"
+#include "strata/analysis.hpp"
 
 namespace strata {
 
@@ -42,28 +43,6 @@ struct Data {
   Split train, val, test;
   std::vector<std::shared_ptr<Transform>> transforms;
 };
-
-// Rows `rows` of `split`, copied.
-Split take_rows(const Split& split, std::span<const int64_t> rows) {
-  Split out;
-  const Shape sample = split.images.shape().without_batch();
-  out.images = Tensor(sample.with_batch(static_cast<int64_t>(rows.size())));
-  const int64_t row_size = sample.numel();
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    std::memcpy(out.images.data() + i * row_size, split.images.data() + rows[i] * row_size,
-                row_size * sizeof(float));
-    out.labels.push_back(split.labels[rows[i]]);
-  }
-  return out;
-}
-
-Split first_rows(const Split& split, int64_t limit) {
-  const int64_t n = static_cast<int64_t>(split.labels.size());
-  if (limit <= 0 || limit >= n) return split;
-  std::vector<int64_t> rows(limit);
-  std::iota(rows.begin(), rows.end(), 0);
-  return take_rows(split, rows);
-}
 
 int64_t count_correct(const Tensor& logits, std::span<const int32_t> labels) {
   const int64_t n = logits.dim(0);
@@ -478,6 +457,9 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                                              last_layer, logits[0], dataset->num_classes()));
   }
   check_memory(graph, batch_size, eval_batch, train_cfg);
+  const std::vector<PluginRecord> plugin_records = plugins_needed(
+      registries, graph, backend_name, data_cfg.get<std::string>("type"),
+      loss_cfg ? loss_cfg->get<std::string>("type") : "softmax_cross_entropy", transforms);
 
   // ---- Data: load, hold out validation, fit preprocessing on the training part only. ----
   if (options.validate_only) return {};
@@ -509,16 +491,9 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     data.train = first_rows(data.train, overfit);
   }
   if (validation > 0) {
-    std::vector<int64_t> order(available);
-    std::iota(order.begin(), order.end(), 0);
-    Rng split_rng(seed ^ 0x9e3779b9u);
-    std::shuffle(order.begin(), order.end(), split_rng);
-    std::vector<int64_t> val_rows(order.begin(), order.begin() + validation);
-    std::vector<int64_t> train_rows(order.begin() + validation, order.end());
-    std::sort(val_rows.begin(), val_rows.end());
-    std::sort(train_rows.begin(), train_rows.end());
-    data.val = take_rows(data.train, val_rows);
-    data.train = take_rows(data.train, train_rows);
+    TrainValSplit parts = split_validation(data.train, validation, seed);
+    data.train = std::move(parts.train);
+    data.val = std::move(parts.val);
   }
 
   const fs::path best_path = out_dir / "best.h5";
@@ -598,6 +573,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     checkpoint.schedule = schedule->state();
     checkpoint.preprocess = preprocess_state;
     checkpoint.experiment_yaml = experiment_yaml;
+    checkpoint.plugins = plugin_records;
     std::ostringstream rng_text;
     rng_text << rng;
     state.rng_state = rng_text.str();

@@ -14,6 +14,9 @@
 //        the defaults; relative ones are relative to `dir` when it is given. Used exactly as
 //        written (no ".gz" fallback).
 //   classes: number of classes, default 10; every label must be below it.
+//   class_names: optional, one name per class: a list, or `fashion-mnist` (T-shirt/top, Trouser,
+//        Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot) or `digits` ("0" to "9").
+//        Used by `strata eval` for the confusion matrix.
 //
 // ENSURES
 //   - Construction resolves the four files (a missing one is an error at the config key that
@@ -218,6 +221,24 @@ class IdxDataset final : public strata::Dataset {
                                              "got {}",
                                              classes_));
     }
+    if (auto node = config.find("class_names")) {
+      if (node->is_sequence()) {
+        class_names_ = node->as<std::vector<std::string>>();
+      } else {
+        const std::string preset = node->as<std::string>();
+        if (preset == "fashion-mnist") {
+          class_names_ = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                          "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+        } else if (preset == "digits") {
+          class_names_ = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"};
+        } else {
+          node->fail(fmt::format("expected a list of names, 'fashion-mnist' or 'digits', found '{}'", preset));
+        }
+      }
+      if (static_cast<int>(class_names_.size()) != classes_) {
+        node->fail(fmt::format("gives {} names for {} classes", class_names_.size(), classes_));
+      }
+    }
     std::optional<fs::path> dir;
     if (auto node = config.find("dir")) dir = fs::path(node->as<std::string>());
 
@@ -288,6 +309,7 @@ class IdxDataset final : public strata::Dataset {
     return strata::Shape{1, static_cast<int64_t>(rows_), static_cast<int64_t>(columns_)};
   }
   int num_classes() const override { return classes_; }
+  std::vector<std::string> class_names() const override { return class_names_; }
 
   strata::Split load(std::string_view split) override {
     if (split == "train") return load_files(train_, "train");
@@ -350,6 +372,7 @@ class IdxDataset final : public strata::Dataset {
   SplitFiles train_;
   SplitFiles test_;
   int classes_ = 10;
+  std::vector<std::string> class_names_;
   uint32_t rows_ = 0;
   uint32_t columns_ = 0;
 };

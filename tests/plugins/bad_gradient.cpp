@@ -18,7 +18,8 @@ class Double final : public strata::Layer {
   }
 
  protected:
-  strata::Shape infer_shape(const strata::SetupContext&, std::span<const strata::Shape> in) override {
+  strata::Shape infer_shape(const strata::SetupContext&,
+                            std::span<const strata::Shape> in) override {
     return in[0];
   }
 };

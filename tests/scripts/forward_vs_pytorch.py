@@ -106,7 +106,7 @@ def main():
                                   if isinstance(obj, h5py.Dataset) else None)
             # Layout as h5py sees it.
             if f.attrs["format"] != "strata-checkpoint": failures.append(f"format attr {f.attrs['format']!r}")
-            if int(f.attrs["format_version"]) != 1: failures.append("format_version != 1")
+            if int(f.attrs["format_version"]) != 2: failures.append("format_version != 2")
             yaml_text = f["experiment"][()]
             yaml_text = yaml_text.decode() if isinstance(yaml_text, bytes) else yaml_text
             if "conv2d" not in yaml_text: failures.append("/experiment does not hold the YAML")

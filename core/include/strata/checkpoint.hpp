@@ -1,7 +1,9 @@
 // strata/checkpoint.hpp: HDF5 checkpoints (layout: docs/checkpoint-format.md).
 //
-//   /                      attrs: format = "strata-checkpoint", format_version = 1
+//   /                      attrs: format = "strata-checkpoint", format_version = 2
 //   /experiment            string dataset: the experiment YAML that produced the file
+//   /plugins/<name>        attrs: version, path: each plugin the model needs (version 2; a
+//                          version-1 file has no /plugins and still loads)
 //   /model/<layer>/<name>  float32 parameters and buffers, PyTorch names and shapes
 //   /optimizer/<layer>/<param>/<slot>   optimizer state (momentum buffers, ...)
 //   /preprocess/<index>.<type>/<name>   fitted preprocessing statistics
@@ -25,7 +27,16 @@
 
 namespace strata {
 
-inline constexpr int kCheckpointFormatVersion = 1;
+inline constexpr int kCheckpointFormatVersion = 2;
+// Oldest format_version this Strata still reads (1: the same layout without /plugins).
+inline constexpr int kCheckpointOldestFormatVersion = 1;
+
+// A plugin a checkpoint needs, by name and version, and the file it was loaded from when saved.
+struct PluginRecord {
+  std::string name;
+  std::string version;
+  std::string path;
+};
 
 struct TrainingState {
   int64_t epoch = 0;      // epochs completed
@@ -41,6 +52,7 @@ struct Checkpoint {
   std::vector<NamedTensor> schedule;    // "<name>", e.g. "best" or "then/best" (nested schedule)
   std::string experiment_yaml;
   std::optional<TrainingState> training;
+  std::vector<PluginRecord> plugins;  // written under /plugins
 };
 
 // Atomic save (see above). Errors name the path.
@@ -59,6 +71,8 @@ void load_checkpoint_tensors(const std::filesystem::path& path, const std::strin
 
 // Checks the root attributes (format, supported format_version) and returns the stored YAML.
 std::string load_checkpoint_experiment(const std::filesystem::path& path);
+// The plugins recorded under /plugins, sorted by name (empty for a format_version 1 file).
+std::vector<PluginRecord> load_checkpoint_plugins(const std::filesystem::path& path);
 // The training state, or nullopt when the file has no /training group.
 std::optional<TrainingState> load_checkpoint_training_state(const std::filesystem::path& path);
 

@@ -90,8 +90,9 @@ struct ConformanceCaseInfo {
 
 }  // namespace strata
 
-#define STRATA_CONFORMANCE_CASES(...)                                                      \
+#define STRATA_CONFORMANCE_CASES(...)                                                        \
   extern "C" STRATA_EXPORT const ::strata::ConformanceCaseInfo* strata_conformance_cases() { \
-    static const ::strata::ConformanceCaseInfo cases[] = {__VA_ARGS__, {nullptr, nullptr, nullptr}}; \
-    return cases;                                                                          \
+    static const ::strata::ConformanceCaseInfo cases[] = {__VA_ARGS__,                       \
+                                                          {nullptr, nullptr, nullptr}};      \
+    return cases;                                                                            \
   }

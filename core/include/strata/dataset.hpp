@@ -25,7 +25,23 @@ class Dataset {
   // Loads "train" or "test". Pixel values are scaled to [0, 1]. Missing, truncated or corrupt
   // files are Errors that name the file and the expected and actual sizes.
   virtual Split load(std::string_view split) = 0;
+  // One name per class, index = label ("T-shirt/top", ...), or empty when the dataset has none.
+  // Added with plugin API 2.
+  virtual std::vector<std::string> class_names() const { return {}; }
 };
+
+// The rows the trainer uses, in one place so that every reader of a checkpoint (strata eval, the
+// analysis API) sees exactly the split the trainer saw:
+//   first_rows:        the first `limit` rows (all when limit <= 0 or >= N): train_limit/test_limit;
+//   split_validation:  `validation` rows of `train` held out, chosen by shuffling the row indices
+//                      with std::mt19937(seed ^ 0x9e3779b9) and taking the first `validation`;
+//                      both parts keep the original row order. validation 0: val is empty.
+Split first_rows(const Split& split, int64_t limit);
+struct TrainValSplit {
+  Split train, val;
+};
+TrainValSplit split_validation(const Split& train, int64_t validation, uint32_t seed);
+
 
 using Rng = std::mt19937;  // the same generator as strata/layer.hpp's
 

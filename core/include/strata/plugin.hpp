@@ -24,7 +24,9 @@ class shared_library;
 namespace strata {
 
 // Bump when any interface a plugin compiles against changes incompatibly.
-inline constexpr int kPluginApi = 2;  // 2: Layer::multiply_adds() and Layer::window(), Block
+// 2: Layer::multiply_adds() and Layer::window(), the Block interface, and
+//    Dataset::class_names() (new virtual functions change every layer's and dataset's vtable).
+inline constexpr int kPluginApi = 2;
 
 class Registries;
 

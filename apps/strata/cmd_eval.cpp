@@ -1,0 +1,130 @@
+// strata eval CKPT.h5 [--split test|val|train] [--output preds.h5] [--wrong N]
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+
+#include "cli.hpp"
+#include "strata/analysis.hpp"
+#include "strata/checkpoint.hpp"
+
+namespace strata::cli {
+
+int run_eval(Session& session, const std::vector<std::string>& args) {
+  po::options_description options("options");
+  options.add_options()("split", po::value<std::string>()->default_value("test"),
+                        "test, val (the held-out split the trainer used) or train")(
+      "output", po::value<std::string>(),
+      "write every prediction to this HDF5 file: /labels, /predictions (float32 [N]), "
+      "/probabilities [N, classes], /logits [N, classes]")(
+      "wrong", po::value<int>()->default_value(10), "how many confidently wrong examples to list");
+  const Usage usage{
+      "eval", "CKPT.h5 [options]",
+      "Evaluate a checkpoint on a split of its experiment's dataset, preprocessed as in\n"
+      "training: accuracy and loss, the confusion matrix (rows: true class, columns:\n"
+      "predicted), per-class accuracy and the most confidently wrong examples."};
+  auto vm = parse(usage, options, {"CKPT.h5"}, args);
+  if (!vm) return 0;
+  const std::string path = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
+  const std::string split_name = (*vm)["split"].as<std::string>();
+  if (split_name != "test" && split_name != "val" && split_name != "train") {
+    fail("eval: --split {}: expected test, val or train", split_name);
+  }
+  const int wrong_count = (*vm)["wrong"].as<int>();
+  if (wrong_count < 0) fail("eval: --wrong must be 0 or positive");
+
+  TrainedModel model(path, session.registries, session.loader);
+  const Split split = model.load_split(split_name);
+  const Tensor logits = model.run(split.images);
+  const int64_t n = logits.dim(0);
+  const int64_t classes = logits.numel() / std::max<int64_t>(n, 1);
+  const double loss = n > 0 ? model.loss().forward_backward(logits, split.labels, nullptr) : NAN;
+  std::vector<std::string> names = model.class_names();
+  if (static_cast<int64_t>(names.size()) != classes) {
+    names.clear();
+    for (int64_t c = 0; c < classes; ++c) names.push_back(std::to_string(c));
+  }
+
+  Tensor probabilities(logits.shape());
+  Tensor predictions(Shape{n});
+  Tensor labels(Shape{n});
+  std::vector<int64_t> confusion(classes * classes, 0);
+  int64_t correct = 0;
+  struct Wrong {
+    int64_t index;
+    int32_t label;
+    int64_t predicted;
+    float confidence;
+  };
+  std::vector<Wrong> wrong;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = logits.data() + i * classes;
+    float* prob = probabilities.data() + i * classes;
+    const float top = *std::max_element(row, row + classes);
+    double z = 0;
+    for (int64_t c = 0; c < classes; ++c) z += std::exp(static_cast<double>(row[c]) - top);
+    for (int64_t c = 0; c < classes; ++c)
+      prob[c] = static_cast<float>(std::exp(static_cast<double>(row[c]) - top) / z);
+    const int64_t best = std::max_element(row, row + classes) - row;
+    const int32_t label = split.labels[i];
+    predictions.data()[i] = static_cast<float>(best);
+    labels.data()[i] = static_cast<float>(label);
+    if (label >= 0 && label < classes) ++confusion[label * classes + best];
+    if (best == label) {
+      ++correct;
+    } else {
+      wrong.push_back({i, label, best, prob[best]});
+    }
+  }
+  std::printf("checkpoint %s, split %s: %lld images\naccuracy %.4f  loss %.4f\n", path.c_str(),
+              split_name.c_str(), static_cast<long long>(n),
+              n ? static_cast<double>(correct) / n : NAN, loss);
+
+  std::size_t width = 5;
+  for (const std::string& name : names) width = std::max(width, name.size());
+  std::printf("\nconfusion matrix (rows: true class, columns: predicted)\n%*s",
+              static_cast<int>(width), "");
+  for (int64_t c = 0; c < classes; ++c) std::printf(" %6lld", static_cast<long long>(c));
+  std::printf("\n");
+  for (int64_t t = 0; t < classes; ++t) {
+    std::printf("%*s", static_cast<int>(width), names[t].c_str());
+    for (int64_t p = 0; p < classes; ++p)
+      std::printf(" %6lld", static_cast<long long>(confusion[t * classes + p]));
+    std::printf("\n");
+  }
+  std::printf("\nper-class accuracy\n");
+  for (int64_t c = 0; c < classes; ++c) {
+    const int64_t total = std::accumulate(confusion.begin() + c * classes,
+                                          confusion.begin() + (c + 1) * classes, int64_t{0});
+    std::printf("  %2lld %-*s %.4f  (%lld of %lld)\n", static_cast<long long>(c),
+                static_cast<int>(width), names[c].c_str(),
+                total ? static_cast<double>(confusion[c * classes + c]) / total : NAN,
+                static_cast<long long>(confusion[c * classes + c]), static_cast<long long>(total));
+  }
+  std::sort(wrong.begin(), wrong.end(), [](const Wrong& a, const Wrong& b) {
+    return a.confidence != b.confidence ? a.confidence > b.confidence : a.index < b.index;
+  });
+  const std::size_t shown =
+      std::min<std::size_t>(wrong.size(), static_cast<std::size_t>(wrong_count));
+  std::printf("\nmost confidently wrong (%zu of %zu wrong; index = row of the %s split)\n", shown,
+              wrong.size(), split_name.c_str());
+  for (std::size_t i = 0; i < shown; ++i) {
+    const Wrong& w = wrong[i];
+    std::printf("  #%-6lld true %-*s predicted %-*s p=%.4f\n", static_cast<long long>(w.index),
+                static_cast<int>(width), names[w.label].c_str(), static_cast<int>(width),
+                names[w.predicted].c_str(), w.confidence);
+  }
+  if (vm->count("output")) {
+    const std::string output = (*vm)["output"].as<std::string>();
+    const std::vector<NamedTensor> tensors = {{"labels", labels},
+                                              {"predictions", predictions},
+                                              {"probabilities", probabilities},
+                                              {"logits", logits}};
+    write_hdf5_tensors(output, tensors);
+    std::printf("\nwrote /labels, /predictions, /probabilities, /logits for %lld images to %s\n",
+                static_cast<long long>(n), output.c_str());
+  }
+  return 0;
+}
+
+}  // namespace strata::cli

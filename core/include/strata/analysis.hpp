@@ -1,0 +1,107 @@
+// strata/analysis.hpp: reopen a trained model from its checkpoint alone, for analysis.
+//
+//   strata::Registries registries;
+//   strata::PluginLoader loader(registries);
+//   loader.load_default();
+//   strata::TrainedModel model("runs/lenet5_fashion/model.h5", registries, loader);
+//   strata::Split test = model.load_split("test");           // preprocessed as in training
+//   strata::Tensor logits = model.run(test.images);          // [N, classes]
+//   auto acts = model.run(test.images, {"conv1", "fc2"});     // any layers' activations
+//   strata::Tensor w = model.parameter("conv1/weight");     // [6, 1, 5, 5]
+//
+// A checkpoint holds everything needed: the experiment (/experiment), the weights (/model), the
+// fitted preprocessing (/preprocess) and the plugins it needs by name and version (/plugins). The
+// constructor makes sure every recorded plugin is loaded: one already loaded under that name is
+// used (a different version is reported on stderr), otherwise the file it was loaded from at
+// training time is loaded if it still exists; else it is an Error naming the plugin, its version
+// and where it was. Nothing depends on the current folder or on the experiment file.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "strata/checkpoint.hpp"
+#include "strata/config.hpp"
+#include "strata/dataset.hpp"
+#include "strata/graph.hpp"
+#include "strata/layer.hpp"
+#include "strata/plugin.hpp"
+#include "strata/registry.hpp"
+
+namespace strata {
+
+struct TrainedModelOptions {
+  std::string backend;  // empty: the experiment's backend
+  int threads = 0;      // 0: all cores
+};
+
+class TrainedModel {
+ public:
+  TrainedModel(const std::filesystem::path& checkpoint, Registries& registries,
+               PluginLoader& loader, const TrainedModelOptions& options = {});
+
+  const std::filesystem::path& path() const { return path_; }
+  const Config& experiment() const { return experiment_; }
+  const std::string& experiment_yaml() const { return experiment_yaml_; }
+  const std::vector<PluginRecord>& plugins() const { return plugins_; }
+  const std::optional<TrainingState>& training() const { return training_; }
+
+  Graph& graph() { return *graph_; }
+  // Parameters and buffers, "<layer>/<name>" as in /model; parameter() throws for an unknown name,
+  // listing the known ones.
+  std::vector<NamedTensor> parameters() { return graph_->state_tensors(); }
+  Tensor parameter(const std::string& name);
+
+  // The fitted preprocessing (/preprocess), applied in place to raw images [N, C, H, W].
+  void preprocess(Tensor& images) const;
+  bool has_preprocessing() const { return !transforms_.empty(); }
+
+  // Inference mode, in batches: the model output [N, ...] for images [N, C, H, W] (already
+  // preprocessed), or the activations of the named layers, each [N, ...].
+  Tensor run(const Tensor& images);
+  std::vector<NamedTensor> run(const Tensor& images, const std::vector<std::string>& layers);
+
+  // The experiment's dataset, built from its `data` section.
+  Dataset& dataset();
+  std::vector<std::string> class_names() { return dataset().class_names(); }
+  // "train", "val" or "test": exactly the rows the trainer used (train_limit, test_limit, the
+  // seed's validation split), with the checkpoint's preprocessing applied.
+  Split load_split(const std::string& split);
+  // The experiment's loss (softmax_cross_entropy when it names none).
+  Loss& loss();
+
+ private:
+  std::filesystem::path path_;
+  std::string experiment_yaml_;
+  Config experiment_;
+  std::vector<PluginRecord> plugins_;
+  std::optional<TrainingState> training_;
+  Registries& registries_;
+  std::shared_ptr<Backend> backend_;
+  std::unique_ptr<Rng> rng_;
+  std::unique_ptr<Graph> graph_;
+  std::vector<std::shared_ptr<Transform>> transforms_;
+  std::shared_ptr<Dataset> dataset_;
+  std::shared_ptr<Loss> loss_;
+  uint32_t seed_ = 1;
+  int64_t validation_ = 0, train_limit_ = 0, test_limit_ = 0;
+};
+
+// The plugins a run needs to rebuild and evaluate its model: the owners of the graph's layer
+// types, of the backend and of the kernels it and the reference fallback provide, of every
+// initializer (building the graph runs them), of the dataset, loss and transform types. Types the
+// host registered itself are not plugins and are left out.
+std::vector<PluginRecord> plugins_needed(const Registries& registries, const Graph& graph,
+                                         const std::string& backend, const std::string& dataset,
+                                         const std::string& loss,
+                                         const std::vector<std::shared_ptr<Transform>>& transforms);
+
+// Makes sure every recorded plugin is loaded (see above); `checkpoint` names the file in errors.
+void ensure_plugins_loaded(const std::vector<PluginRecord>& plugins, PluginLoader& loader,
+                           const std::filesystem::path& checkpoint);
+
+}  // namespace strata

@@ -1,0 +1,93 @@
+// prelu: the parametric ReLU of He et al. (2015), as torch.nn.PReLU(num_parameters=C).
+//
+// WHAT THIS OBJECT REPRESENTS
+//   out = x for x > 0, weight[c] * x otherwise, where c is the channel (dimension 1 of the
+//   batched input). The slope `weight` [C] is learned; PyTorch's name and shape, so a PReLU
+//   state_dict maps onto /model/<layer>/weight.
+//
+// CONFIGURATION
+//   init: slope at initialization, default 0.25 (PyTorch's default). It is the parameter's
+//         default initializer, "{type: constant, value: <init>}"; the experiment's per-layer
+//         `init: {weight: ...}` overrides it as for any parameter.
+//   (no other keys: any other key is an error)
+//
+// REQUIRES
+//   - one input, of any sample shape [C, ...] (rank >= 1)
+// ENSURES
+//   - output shape = input shape; weight has shape [C], is excluded from weight decay
+//     (decay_mult 0: decaying a slope towards 0 would turn PReLU into ReLU).
+#include <fmt/format.h>
+
+#include "strata/conformance.hpp"
+#include "strata/layer.hpp"
+#include "strata/plugin.hpp"
+
+namespace {
+
+using strata::Config;
+using strata::Context;
+using strata::Param;
+using strata::Shape;
+using strata::Tensor;
+
+class PRelu final : public strata::Layer {
+ public:
+  explicit PRelu(const Config& config) : init_(config.get<double>("init", 0.25)) {}
+
+  std::string_view type() const override { return "prelu"; }
+  std::vector<Param*> params() override { return {&weight_}; }
+
+  void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
+    const Tensor& x = in[0];
+    const int64_t n = x.dim(0), per_sample = x.numel() / std::max<int64_t>(n, 1);
+    const int64_t inner = per_sample / channels_;
+    const float* slope = weight_.value.data();
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const int64_t c = (i % per_sample) / inner;
+      const float v = x.data()[i];
+      out.data()[i] = v > 0.0f ? v : slope[c] * v;
+    }
+  }
+
+  void backward(Context& context, std::span<const Tensor> in, const Tensor& out, const Tensor& dout,
+                std::span<Tensor> din) override {
+    const Tensor& x = in[0];
+    const int64_t n = x.dim(0), per_sample = x.numel() / std::max<int64_t>(n, 1);
+    const int64_t inner = per_sample / channels_;
+    const float* slope = weight_.value.data();
+    std::vector<double> dslope(static_cast<std::size_t>(channels_), 0.0);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const int64_t c = (i % per_sample) / inner;
+      const float v = x.data()[i];
+      if (v <= 0.0f) dslope[static_cast<std::size_t>(c)] += static_cast<double>(v) * dout.data()[i];
+      if (din[0].defined())
+        din[0].data()[i] = v > 0.0f ? dout.data()[i] : slope[c] * dout.data()[i];
+    }
+    for (int64_t c = 0; c < channels_; ++c) weight_.grad.data()[c] = static_cast<float>(dslope[c]);
+  }
+
+ protected:
+  Shape infer_shape(const strata::SetupContext&, std::span<const Shape> in) override {
+    if (in[0].rank() < 1)
+      strata::fail("expects a sample of rank >= 1 [C, ...], got {}", in[0].str());
+    channels_ = in[0][0];
+    weight_ =
+        Param::make("weight", Shape{channels_}, fmt::format("{{type: constant, value: {}}}", init_),
+                    /*fan_in=*/1, /*fan_out=*/1, /*decay_mult=*/0.0f);
+    return in[0];
+  }
+
+ private:
+  double init_;
+  int64_t channels_ = 0;
+  Param weight_;
+};
+
+void register_all(strata::Registries& registries) { registries.layers.add<PRelu>("prelu"); }
+
+}  // namespace
+
+STRATA_PLUGIN("prelu", "1.0", register_all)
+// What `strata check-plugin libstrata_prelu.so` runs: an image and a feature vector.
+STRATA_CONFORMANCE_CASES({"{type: prelu}", "3,5,5", "3,5,5"},
+                         {"{type: prelu, init: 0.1}", "7", "7"})

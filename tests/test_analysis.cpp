@@ -1,0 +1,131 @@
+// strata/analysis.hpp: a trained model reopened from its checkpoint alone gives what the trainer
+// saw (its validation metrics), any layer's activations, its parameters and its preprocessing; the
+// plugins it needs are recorded and a missing one is an error naming it and its version.
+#define BOOST_TEST_MODULE analysis
+#include <boost/test/unit_test.hpp>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "strata/analysis.hpp"
+#include "strata/checkpoint.hpp"
+#include "strata/trainer.hpp"
+#include "test_support.hpp"
+
+namespace fs = std::filesystem;
+using namespace strata;
+
+namespace {
+
+const char* kExperiment = R"(
+seed: 4
+backend: tbb
+threads: 2
+data: {type: synthetic, classes: 4, shape: [2, 6, 6], train_size: 400, test_size: 100, seed: 9,
+       validation: 80, preprocess: [{type: normalize, per: channel}]}
+model:
+  input: [2, 6, 6]
+  layers:
+    - {name: conv1, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+    - {name: relu1, type: relu}
+    - {name: fc1, type: linear, out_features: 4}
+optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
+train: {epochs: 2, batch_size: 16}
+)";
+
+double json_last(const fs::path& summary, const std::string& metric) {
+  std::ifstream in(summary);
+  std::stringstream text;
+  text << in.rdbuf();
+  const std::string s = text.str();
+  const auto at = s.find("\"" + metric + "\": [");
+  BOOST_TEST_REQUIRE(at != std::string::npos);
+  const auto end = s.find(']', at);
+  const auto comma = s.rfind(' ', end);
+  return std::stod(s.substr(comma + 1, end - comma - 1));
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(reopened_model_matches_the_trainer) {
+  test::TempDir dir;
+  TrainOptions options;
+  options.out_dir = dir.path();
+  options.progress = "none";
+  const TrainSummary summary =
+      train_experiment(Config::parse_string(kExperiment, "a.yaml"), test::registries(), options);
+
+  const auto records = load_checkpoint_plugins(summary.checkpoint);
+  std::vector<std::string> names;
+  for (const auto& r : records) names.push_back(r.name);
+  for (const char* needed :
+       {"layers", "synthetic", "normalize", "backend_tbb", "backend_reference"}) {
+    BOOST_TEST((std::find(names.begin(), names.end(), needed) != names.end()), needed);
+  }
+
+  Registries registries;
+  PluginLoader loader(registries);  // nothing loaded: every plugin comes from its recorded path
+  TrainedModel model(summary.checkpoint, registries, loader);
+  BOOST_TEST(loader.plugins().size() == records.size());
+  BOOST_TEST(model.training()->epoch == 2);
+
+  // The val split is the trainer's: the same accuracy and loss.
+  const Split val = model.load_split("val");
+  BOOST_TEST_REQUIRE(val.labels.size() == 80u);
+  const Tensor logits = model.run(val.images);
+  BOOST_TEST_REQUIRE(logits.shape() == (Shape{80, 4}));
+  int correct = 0;
+  for (int i = 0; i < 80; ++i) {
+    const float* row = logits.data() + i * 4;
+    correct += (std::max_element(row, row + 4) - row) == val.labels[i];
+  }
+  BOOST_TEST(std::abs(correct / 80.0 - json_last(summary.summary, "val_accuracy")) < 1e-9);
+  BOOST_TEST(std::abs(model.loss().forward_backward(logits, val.labels, nullptr) -
+                      json_last(summary.summary, "val_loss")) < 1e-4);
+  BOOST_TEST(model.load_split("train").labels.size() == 320u);
+  BOOST_TEST(model.load_split("test").labels.size() == 100u);
+
+  // Activations: relu1 is max(conv1, 0), and the last layer equals run()'s output.
+  const auto acts = model.run(val.images, {"conv1", "relu1", "fc1"});
+  BOOST_TEST_REQUIRE(acts[0].tensor.shape() == (Shape{80, 3, 6, 6}));
+  for (int64_t i = 0; i < acts[0].tensor.numel(); ++i) {
+    BOOST_REQUIRE_EQUAL(acts[1].tensor.data()[i], std::max(acts[0].tensor.data()[i], 0.0f));
+  }
+  BOOST_TEST(test::max_abs_diff(acts[2].tensor, logits) == 0.0f);
+
+  // Parameters are the file's.
+  Tensor from_file(Shape{3, 2, 3, 3});
+  std::vector<NamedTensor> one{{"conv1/weight", from_file}};
+  load_checkpoint_tensors(summary.checkpoint, "model", one, /*allow_extra=*/true);
+  BOOST_TEST(test::max_abs_diff(model.parameter("conv1/weight"), from_file) == 0.0f);
+  STRATA_CHECK_CONTAINS(test::error_of([&] { model.parameter("conv1/wieght"); }),
+                        "did you mean 'conv1/weight'");
+
+  // preprocess() is (x - mean) / std with the stored statistics.
+  Tensor mean(Shape{2}), std_dev(Shape{2});
+  std::vector<NamedTensor> stats{{"0.normalize/mean", mean}, {"0.normalize/std", std_dev}};
+  load_checkpoint_tensors(summary.checkpoint, "preprocess", stats);
+  std::mt19937 rng(77);
+  Tensor raw = test::random_tensor({3, 2, 6, 6}, rng, 0.0f, 1.0f);
+  Tensor processed = raw.clone();
+  model.preprocess(processed);
+  for (int64_t i = 0; i < raw.numel(); ++i) {
+    const int64_t c = (i / 36) % 2;
+    BOOST_REQUIRE_SMALL(processed.data()[i] - (raw.data()[i] - mean.data()[c]) / std_dev.data()[c],
+                        1e-5f);
+  }
+  STRATA_CHECK_CONTAINS(test::error_of([&] { model.load_split("valid"); }),
+                        "expected train, val or test");
+}
+
+BOOST_AUTO_TEST_CASE(a_missing_plugin_names_itself_and_its_version) {
+  Registries registries;
+  PluginLoader loader(registries);
+  const std::string message = test::error_of([&] {
+    ensure_plugins_loaded({{"prelu_gone", "2.5", "/nowhere/libstrata_prelu_gone.so"}}, loader,
+                          "m.h5");
+  });
+  STRATA_CHECK_CONTAINS(message,
+                        "checkpoint m.h5: needs plugin 'prelu_gone' version 2.5, which is not "
+                        "loaded and is no longer at /nowhere/libstrata_prelu_gone.so");
+}
