@@ -415,7 +415,10 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   const fs::path out_dir = options.out_dir;
   const fs::path checkpoint_path = out_dir / "model.h5";
   const bool resuming = options.resume;
-  const OutputLock lock(out_dir);  // creates the folder, proves it writable, keeps other runs out
+  // The lock creates the folder, proves it writable and keeps other runs out; a validate-only
+  // call (strata search checking a trial's experiment) writes nothing and takes none.
+  std::optional<OutputLock> lock;
+  if (!options.validate_only) lock.emplace(out_dir);
   if (resuming) check_resumable(checkpoint_path, experiment_yaml, options.force);
 
   // ---- Shapes through the transforms: the dataset's, after preprocess, after augment. ----

@@ -6,8 +6,8 @@
 //   state_dict maps onto /model/<layer>/weight.
 //
 // CONFIGURATION
-//   init: slope at initialization, default 0.25 (PyTorch's default). It is the parameter's
-//         default initializer, "{type: constant, value: <init>}"; the experiment's per-layer
+//   slope: the slope at initialization, default 0.25 (PyTorch's default). It is the parameter's
+//         default initializer, "{type: constant, value: <slope>}"; the experiment's per-layer
 //         `init: {weight: ...}` overrides it as for any parameter.
 //   (no other keys: any other key is an error)
 //
@@ -32,7 +32,7 @@ using strata::Tensor;
 
 class PRelu final : public strata::Layer {
  public:
-  explicit PRelu(const Config& config) : init_(config.get<double>("init", 0.25)) {}
+  explicit PRelu(const Config& config) : init_(config.get<double>("slope", 0.25)) {}
 
   std::string_view type() const override { return "prelu"; }
   std::vector<Param*> params() override { return {&weight_}; }
@@ -90,4 +90,4 @@ void register_all(strata::Registries& registries) { registries.layers.add<PRelu>
 STRATA_PLUGIN("prelu", "1.0", register_all)
 // What `strata check-plugin libstrata_prelu.so` runs: an image and a feature vector.
 STRATA_CONFORMANCE_CASES({"{type: prelu}", "3,5,5", "3,5,5"},
-                         {"{type: prelu, init: 0.1}", "7", "7"})
+                         {"{type: prelu, slope: 0.1}", "7", "7"})
