@@ -956,6 +956,15 @@ void Search::prepare_folder() {
         dir.string());
   }
   write_text_atomically(stored, text);
+  // How each key path is distributed, for tools that read the search without a YAML parser
+  // (strata-plot draws log-distributed parameters on log axes).
+  json space = json::object();
+  for (const Stage& stage : plan_.stages) {
+    for (const Axis& axis : stage.written) {
+      space[axis.path] = {{"log", axis.is_log()}, {"name", axis.name}, {"distribution", axis.describe()}};
+    }
+  }
+  write_text_atomically(dir / "search.json", json{{"space", space}}.dump(2) + "\n");
 }
 
 void Search::load_journal() {

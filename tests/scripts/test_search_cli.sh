@@ -48,6 +48,12 @@ with h5py.File(sys.argv[1], "r") as f:
     assert ok and all(g["val_accuracy"].shape == (3,) and g["iteration_loss"].shape == (45,) for g in ok)
     assert all(g["val_accuracy"][-1] == g.attrs["metric"] for g in ok)
 PY'
+check "search.json says which axes are log" '"$PYTHON" - "$work/a/search.json" <<PY
+import json, sys
+space = json.load(open(sys.argv[1]))["space"]
+assert space["optimizer.weight_decay"]["log"] is True, space
+PY'
+check "strata-plot draws the search" '"$PYTHON" "$STRATA_SOURCE_DIR/python/strata-plot" "$work/a" --out "$work/plots" >"$work/plot.log" 2>&1 && [ -s "$work/plots/search.png" ]'
 check "best.yaml trains" '"$STRATA" train "$work/a/best.yaml" --out "$work/best" --progress none --set train.epochs=1 >"$work/best.log" 2>&1 && grep -q "^test accuracy" "$work/best.log"'
 
 # kill -9 once two trials are journaled, then resume: every trial exactly once in the journal.
