@@ -1,5 +1,5 @@
 // strata train EXP.yaml [--set key.path=value]... [--out DIR] [--resume [--force]
-//   [--allow-nonfinite]] [--progress MODE]
+//   [--allow-nonfinite]] [--weights CKPT [--weights-partial]] [--progress MODE]
 #include <cstdio>
 #include <filesystem>
 
@@ -18,7 +18,11 @@ int run_train(Session& session, const std::vector<std::string>& args) {
       "force", po::bool_switch(),
       "with --resume: continue even when the experiment differs from the checkpoint's")(
       "allow-nonfinite", po::bool_switch(),
-      "with --resume: load a checkpoint that holds NaN or infinite values")(
+      "with --resume or --weights: load a checkpoint that holds NaN or infinite values")(
+      "weights", po::value<std::string>(),
+      "fine-tune: start from CKPT's /model tensors, matched by layer name (every tensor must "
+      "match)")("weights-partial", po::bool_switch(),
+                "with --weights: load the tensors that match by name and shape, list the rest")(
       "progress", po::value<std::string>()->default_value("auto"),
       "auto (a bar on a terminal, plain lines otherwise), bar, lines or none");
   add_set_option(options);
@@ -38,8 +42,18 @@ int run_train(Session& session, const std::vector<std::string>& args) {
   train_options.resume = (*vm)["resume"].as<bool>();
   train_options.force = (*vm)["force"].as<bool>();
   train_options.allow_nonfinite = (*vm)["allow-nonfinite"].as<bool>();
-  if ((train_options.force || train_options.allow_nonfinite) && !train_options.resume) {
-    fail("{} only applies with --resume", train_options.force ? "--force" : "--allow-nonfinite");
+  if (vm->count("weights")) train_options.weights = (*vm)["weights"].as<std::string>();
+  train_options.weights_partial = (*vm)["weights-partial"].as<bool>();
+  if (train_options.force && !train_options.resume) fail("--force only applies with --resume");
+  if (train_options.allow_nonfinite && !train_options.resume && train_options.weights.empty()) {
+    fail("--allow-nonfinite only applies with --resume or --weights");
+  }
+  if (train_options.weights_partial && train_options.weights.empty()) {
+    fail("--weights-partial needs --weights CKPT (the checkpoint to take the matching tensors from)");
+  }
+  if (train_options.resume && !train_options.weights.empty()) {
+    fail("--weights starts a new run from another checkpoint's weights and --resume continues this "
+         "run from DIR/model.h5: give one of them");
   }
   train_options.progress = (*vm)["progress"].as<std::string>();
   const auto& mode = train_options.progress;

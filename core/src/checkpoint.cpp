@@ -770,6 +770,21 @@ void save_checkpoint(const fs::path& path, const Checkpoint& checkpoint) {
   });
 }
 
+std::map<std::string, Shape> checkpoint_tensor_shapes(const fs::path& path, const std::string& group) {
+  QuietHdf5 quiet;
+  const FileContext context = checkpoint_context(path);
+  Handle file = open_for_reading(context, path);
+  check_format(context, file);
+  const std::string root = "/" + group;
+  std::map<std::string, Shape> shapes;
+  if (!object_exists(context, file, root)) return shapes;
+  for (const std::string& dataset_path : list_datasets(context, file, root)) {
+    Handle dataset = open_dataset(context, file, dataset_path);
+    shapes[dataset_path.substr(root.size() + 1)] = dataset_shape(context, dataset, dataset_path);
+  }
+  return shapes;
+}
+
 void load_checkpoint_tensors(const fs::path& path, const std::string& group,
                              std::span<NamedTensor> into, bool allow_extra,
                              bool allow_nonfinite) {

@@ -299,7 +299,58 @@ std::vector<std::shared_ptr<Transform>> read_transforms(const Config& data_cfg, 
   return transforms;
 }
 
+// `--weights CKPT`: the model starts from another checkpoint's /model tensors. Strict by default
+// (every tensor present with the model's shape, no extra ones: load_checkpoint_tensors names the
+// offender and both shapes); with weights_partial, what matches by name and shape is loaded and
+// the rest is listed (the usual new head on a pretrained body).
+void load_finetuning_weights(Graph& graph, const TrainOptions& options, const fs::path& own_checkpoint) {
+  std::error_code ec;
+  if (fs::equivalent(options.weights, own_checkpoint, ec)) {
+    fail("--weights {} is this run's own checkpoint: to continue it, use --resume", options.weights.string());
+  }
+  std::vector<NamedTensor> state = graph.state_tensors();
+  if (!options.weights_partial) {
+    load_checkpoint_tensors(options.weights, "model", state, false, options.allow_nonfinite);
+    if (!options.quiet) {
+      std::printf("fine-tuning from %s: loaded all %zu tensors\n", options.weights.c_str(), state.size());
+    }
+    return;
+  }
+  std::map<std::string, Shape> stored = checkpoint_tensor_shapes(options.weights, "model");
+  std::vector<NamedTensor> matching;
+  std::vector<std::string> skipped;
+  for (NamedTensor& entry : state) {
+    auto it = stored.find(entry.name);
+    if (it == stored.end()) {
+      skipped.push_back(fmt::format("{} (not in the checkpoint)", entry.name));
+    } else if (it->second != entry.tensor.shape()) {
+      skipped.push_back(fmt::format("{} (checkpoint {}, model {})", entry.name, it->second.str(),
+                                    entry.tensor.shape().str()));
+      stored.erase(it);
+    } else {
+      matching.push_back(entry);
+      stored.erase(it);
+    }
+  }
+  if (matching.empty()) {
+    fail("--weights-partial {}: no tensor of the model is in the checkpoint with the same name and "
+         "shape; skipped: {}",
+         options.weights.string(), fmt::join(skipped, ", "));
+  }
+  load_checkpoint_tensors(options.weights, "model", matching, true, options.allow_nonfinite);
+  if (options.quiet) return;
+  std::printf("fine-tuning from %s: loaded %zu of %zu tensors\n", options.weights.c_str(),
+              matching.size(), state.size());
+  if (!skipped.empty()) std::printf("  skipped (initialized as usual): %s\n", fmt::format("{}", fmt::join(skipped, ", ")).c_str());
+  if (!stored.empty()) {
+    std::vector<std::string> unused;
+    for (const auto& [name, shape] : stored) unused.push_back(name);
+    std::printf("  in the checkpoint but not in the model: %s\n", fmt::format("{}", fmt::join(unused, ", ")).c_str());
+  }
+}
+
 }  // namespace
+
 
 TrainSummary train_experiment(const Config& experiment, const Registries& registries,
                               const TrainOptions& options,
@@ -567,6 +618,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     if (!options.quiet)
       std::printf("resuming %s after epoch %lld (iteration %lld)\n", checkpoint_path.c_str(),
                 static_cast<long long>(state.epoch), static_cast<long long>(state.iteration));
+  } else if (!options.weights.empty()) {
+    load_finetuning_weights(graph, options, checkpoint_path);
   }
 
   auto save = [&](const fs::path& path) {

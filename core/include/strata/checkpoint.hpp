@@ -69,6 +69,11 @@ void load_checkpoint_tensors(const std::filesystem::path& path, const std::strin
                              std::span<NamedTensor> into, bool allow_extra = false,
                              bool allow_nonfinite = false);
 
+// The name ("<layer>/<name>", relative to the group) and shape of every dataset below `group`;
+// empty when the file has no such group. Used to fine-tune from a checkpoint of another model.
+std::map<std::string, Shape> checkpoint_tensor_shapes(const std::filesystem::path& path,
+                                                      const std::string& group);
+
 // Checks the root attributes (format, supported format_version) and returns the stored YAML.
 std::string load_checkpoint_experiment(const std::filesystem::path& path);
 // The plugins recorded under /plugins, sorted by name (empty for a format_version 1 file).

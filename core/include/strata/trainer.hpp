@@ -38,6 +38,11 @@ struct TrainOptions {
   bool resume = false;            // continue from out_dir/model.h5 (an error when there is none)
   bool force = false;             // resume even when the experiment differs from the checkpoint's
   bool allow_nonfinite = false;   // resume from a checkpoint holding NaN or infinite values
+  // Fine-tuning: start a new run from this checkpoint's /model tensors, matched by layer and
+  // parameter name. Every tensor of the model must be there with its shape, and nothing else,
+  // unless `weights_partial`, which loads what matches and lists what it skipped.
+  std::filesystem::path weights;
+  bool weights_partial = false;
   std::string progress = "auto";  // auto (bar on a terminal, lines otherwise), bar, lines, none
   bool quiet = false;  // print nothing at all (trials of `strata search` run side by side)
   // Read and check the whole experiment and build the model, then return an empty summary
