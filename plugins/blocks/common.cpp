@@ -60,4 +60,18 @@ bool needs_projection(const BlockContext& context, Shortcut shortcut, int64_t in
   return shortcut == Shortcut::kProjection || (shortcut == Shortcut::kAuto && changes);
 }
 
+void append_shortcut_and_join(std::vector<BlockPart>& parts, const BlockContext& context,
+                              Shortcut shortcut, int64_t in_channels, int64_t out_channels,
+                              int64_t stride, const std::string& residual) {
+  std::string input = BlockContext::input();
+  if (needs_projection(context, shortcut, in_channels, out_channels, stride)) {
+    parts.push_back(context.part("downsample.0", conv_yaml(out_channels, 1, stride, 0, false),
+                                 {BlockContext::input()}));
+    parts.push_back(context.part("downsample.1", batch_norm_yaml()));
+    input = "downsample.1";
+  }
+  parts.push_back(context.part("add", "{type: add}", {residual, input}));
+  parts.push_back(context.part("relu", "{type: relu}"));
+}
+
 }  // namespace strata::blocks

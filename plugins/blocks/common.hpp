@@ -40,4 +40,11 @@ Shortcut read_shortcut(const Config& config);
 bool needs_projection(const BlockContext& context, Shortcut shortcut, int64_t in_channels,
                       int64_t out_channels, int64_t stride);
 
+// The end of every residual block: the shortcut (the block's input, or torchvision's
+// `downsample.0` 1x1 conv with `stride` and `downsample.1` batch norm when needs_projection()),
+// then `add` of `residual` (the last part of the main branch) and the shortcut, then `relu`.
+void append_shortcut_and_join(std::vector<BlockPart>& parts, const BlockContext& context,
+                              Shortcut shortcut, int64_t in_channels, int64_t out_channels,
+                              int64_t stride, const std::string& residual);
+
 }  // namespace strata::blocks

@@ -48,15 +48,7 @@ class ResidualBasic final : public Block {
     parts.push_back(context.part("relu1", "{type: relu}"));
     parts.push_back(context.part("conv2", conv_yaml(out_channels_, 3, 1, 1, false)));
     parts.push_back(context.part("bn2", batch_norm_yaml()));
-    std::string shortcut = BlockContext::input();
-    if (needs_projection(context, shortcut_, in_channels, out_channels_, stride)) {
-      parts.push_back(context.part("downsample.0", conv_yaml(out_channels_, 1, stride, 0, false),
-                                   {BlockContext::input()}));
-      parts.push_back(context.part("downsample.1", batch_norm_yaml()));
-      shortcut = "downsample.1";
-    }
-    parts.push_back(context.part("add", "{type: add}", {"bn2", shortcut}));
-    parts.push_back(context.part("relu", "{type: relu}"));
+    append_shortcut_and_join(parts, context, shortcut_, in_channels, out_channels_, stride, "bn2");
     return parts;
   }
 

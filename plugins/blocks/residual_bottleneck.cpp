@@ -61,15 +61,7 @@ class ResidualBottleneck final : public Block {
     parts.push_back(context.part("relu2", "{type: relu}"));
     parts.push_back(context.part("conv3", conv_yaml(out_channels_, 1, 1, 0, false)));
     parts.push_back(context.part("bn3", batch_norm_yaml()));
-    std::string shortcut = BlockContext::input();
-    if (needs_projection(context, shortcut_, in_channels, out_channels_, stride)) {
-      parts.push_back(context.part("downsample.0", conv_yaml(out_channels_, 1, stride, 0, false),
-                                   {BlockContext::input()}));
-      parts.push_back(context.part("downsample.1", batch_norm_yaml()));
-      shortcut = "downsample.1";
-    }
-    parts.push_back(context.part("add", "{type: add}", {"bn3", shortcut}));
-    parts.push_back(context.part("relu", "{type: relu}"));
+    append_shortcut_and_join(parts, context, shortcut_, in_channels, out_channels_, stride, "bn3");
     return parts;
   }
 
