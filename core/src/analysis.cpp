@@ -41,7 +41,7 @@ std::vector<PluginRecord> plugins_needed(
     if ((key.second == backend || key.second == "reference") && entry.owner &&
         !entry.owner->path.empty() &&
         std::none_of(records.begin(), records.end(),
-                     [&](const PluginRecord& r) { return r.name == entry.owner->name; })) {
+                     [&owner = entry.owner](const PluginRecord& r) { return r.name == owner->name; })) {
       records.push_back({entry.owner->name, entry.owner->version, entry.owner->path.string()});
     }
   }

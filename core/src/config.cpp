@@ -1,5 +1,6 @@
 #include "strata/config.hpp"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -127,13 +128,35 @@ std::shared_ptr<Node> convert(const YAML::Node& yaml, const std::shared_ptr<cons
   return node;
 }
 
+// YAML forbids tabs in indentation, and yaml-cpp's errors for them ("illegal map value", "end of
+// map not found") do not say so: name the first line up to `error_line` indented with a tab.
+std::string tab_indent_hint(const std::string& text, int error_line) {
+  int line = 1;
+  for (std::size_t start = 0; start < text.size() && line <= error_line; ++line) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    for (std::size_t i = start; i < end && (text[i] == ' ' || text[i] == '\t'); ++i) {
+      if (text[i] == '\t') {
+        return fmt::format(" (line {} is indented with a tab; YAML indentation must be spaces)", line);
+      }
+    }
+    start = end + 1;
+  }
+  return "";
+}
+
 std::shared_ptr<Node> parse_yaml(const std::string& text, const std::string& source_name) {
   auto file = std::make_shared<const std::string>(source_name);
   YAML::Node yaml;
   try {
     yaml = YAML::Load(text);
+  } catch (const YAML::DeepRecursion& error) {
+    // yaml-cpp's own message for this is "bad file".
+    fail("{}: malformed YAML: nested deeper than {} levels of lists or maps",
+         position(file, error.mark.line + 1, error.mark.column + 1), error.depth());
   } catch (const YAML::Exception& error) {
-    fail("{}: malformed YAML: {}", position(file, error.mark.line + 1, error.mark.column + 1), error.msg);
+    fail("{}: malformed YAML: {}{}", position(file, error.mark.line + 1, error.mark.column + 1), error.msg,
+         tab_indent_hint(text, error.mark.line + 1));
   }
   std::size_t budget = kMaxNodes;
   return convert(yaml, file, 0, 0, budget);

@@ -88,13 +88,23 @@ void PluginLoader::load_dir(const fs::path& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) fail("plugin folder {}: not a directory", dir.string());
   std::vector<fs::path> files;
-  for (const auto& entry : fs::directory_iterator(dir)) {
+  // An unreadable folder (no read or search permission, an I/O error) is the user's to fix: say
+  // which folder and why, rather than letting std::filesystem's exception surface as "internal".
+  const auto unreadable = [&](const std::error_code& error) {
+    fail("plugin folder {}: cannot list its files: {}", dir.string(), error.message());
+  };
+  fs::directory_iterator it(dir, ec);
+  if (ec) unreadable(ec);
+  for (; it != fs::directory_iterator(); it.increment(ec)) {
+    if (ec) unreadable(ec);
+    const fs::directory_entry& entry = *it;
     const std::string filename = entry.path().filename().string();
-    if (entry.is_regular_file() && filename.starts_with("libstrata_") &&
+    if (entry.is_regular_file(ec) && filename.starts_with("libstrata_") &&
         entry.path().extension() == ".so") {
       files.push_back(entry.path());
     }
   }
+  if (ec) unreadable(ec);
   std::sort(files.begin(), files.end());
   for (const auto& file : files) load_file(file);
 }

@@ -196,8 +196,28 @@ class OutputLock {
       }
       fail("{}: cannot lock {}: {}", out_dir.string(), lock.string(), std::strerror(error));
     }
+    remove_partial_files(out_dir);
   }
   ~OutputLock() { ::close(fd_); }
+
+  // A run killed while saving leaves its half-written "<file>.tmp-<pid>" behind (the rename that
+  // would have replaced the checkpoint never happened, so nothing is lost). With the lock held, no
+  // other run is writing here: delete them, and say so.
+  static void remove_partial_files(const fs::path& out_dir) {
+    std::error_code ec;
+    for (fs::directory_iterator it(out_dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+      const std::string name = it->path().filename().string();
+      const auto mark = name.rfind(".tmp-");
+      if (mark == std::string::npos || mark + 5 == name.size() ||
+          name.find_first_not_of("0123456789", mark + 5) != std::string::npos) {
+        continue;
+      }
+      std::error_code removed;
+      if (fs::remove(it->path(), removed)) {
+        fmt::print("removed {}, a partial file left by an interrupted run\n", it->path().string());
+      }
+    }
+  }
   OutputLock(const OutputLock&) = delete;
   OutputLock& operator=(const OutputLock&) = delete;
 

@@ -127,6 +127,17 @@ else
   echo "FAIL plugin_path_adds_folders: test_sum not listed"; failures=$((failures + 1))
 fi
 STRATA_PLUGIN_PATH="$work/nowhere" expect_error plugin_path_missing_folder "STRATA_PLUGIN_PATH names $work/nowhere, which is not a directory" -- plugins
+# ... and one it cannot list is named, with the reason. Root reads any folder, so as root the tool
+# runs in a user namespace, where it has no such privilege.
+mkdir -p "$work/locked" && chmod 000 "$work/locked" && chmod 711 "$work"
+tool=$STRATA
+if [ "$(id -u)" -eq 0 ]; then
+  printf '#!/bin/sh\nexec unshare --user "%s" "$@"\n' "$tool" >"$work/unprivileged" && chmod 755 "$work/unprivileged"
+  STRATA=$work/unprivileged
+fi
+STRATA_PLUGIN_PATH="$work/locked" expect_error plugin_folder_unreadable "plugin folder $work/locked: cannot list its files: Permission denied" -- plugins
+STRATA=$tool
+chmod 700 "$work/locked"
 
 echo "$passed passed, $failures failed"
 [ "$failures" -eq 0 ]

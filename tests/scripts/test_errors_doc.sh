@@ -8,6 +8,10 @@ trap 'rm -rf "$work"' EXIT
 doc="$STRATA_SOURCE_DIR/docs/errors.md"
 # The experiment: the first ```yaml block of the page.
 awk '/^```yaml/{on=1; next} /^```/{if (on) exit} on' "$doc" >"$work/ok.yaml"
+# Files for the rows on YAML syntax ({work}/tab.yaml, {work}/deep.yaml): the experiment with its
+# `input:` line indented by a tab, and a value nested 1000 lists deep.
+sed 's/^  input:/\tinput:/' "$work/ok.yaml" >"$work/tab.yaml"
+awk 'BEGIN { printf "seed: "; for (i = 0; i < 1000; i++) printf "["; for (i = 0; i < 1000; i++) printf "]"; print "" }' >"$work/deep.yaml"
 failures=0 rows=0
 while IFS= read -r line; do
   rows=$((rows + 1))

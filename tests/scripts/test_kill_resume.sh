@@ -50,7 +50,7 @@ PY
 }
 
 run=$work/killed
-killed=0 finished=0 attempts=0
+killed=0 finished=0 attempts=0 partials=0
 while [ "$killed" -lt "$KILLS" ]; do
   attempts=$((attempts + 1))
   [ "$attempts" -gt $((KILLS * 5)) ] && { echo "FAIL: could not land $KILLS kills"; exit 1; }
@@ -72,13 +72,18 @@ while [ "$killed" -lt "$KILLS" ]; do
   else
     echo "kill $killed: no checkpoint yet"
   fi
-  rm -f "$run"/*.tmp-*  # a killed save leaves its temporary file; the final name is never touched
+  # A killed save leaves its temporary file (the final name is never touched); the next run in
+  # this folder must delete it.
+  partials=$((partials + $(find "$run" -maxdepth 1 -name '*.tmp-*' 2>/dev/null | wc -l)))
   if [ "$finished" -eq 1 ]; then rm -rf "$run"; finished=0; echo "(the run finished first; starting over)"; fi
 done
 # Finish the chain.
 resume=(); [ -f "$run/model.h5" ] && resume=(--resume)
 "$STRATA" train "$work/exp.yaml" --out "$run" --progress none "${resume[@]}" >>"$work/killed.log" 2>&1 \
   || { echo "FAIL: the final resume failed"; tail -20 "$work/killed.log"; exit 1; }
+left=$(find "$run" -maxdepth 1 -name '*.tmp-*')
+[ -z "$left" ] || { echo "FAIL: partial files left after the final run: $left"; exit 1; }
+echo "partial files seen after a kill and removed by the next run: $partials"
 
 "$PYTHON" - "$work/straight/model.h5" "$run/model.h5" <<'PY' || exit 1
 import sys, h5py, numpy as np
