@@ -709,23 +709,28 @@ BOOST_AUTO_TEST_CASE(pick_returns_the_backends_kernel) {
                            const std::string& backend) -> const std::type_info& {
     static std::vector<std::unique_ptr<strata::Kernel>> keep;  // typeid of a live object
     keep.push_back(entries.at({op, backend}).factory());
-    return typeid(*keep.back());
+    const strata::Kernel& made = *keep.back();
+    return typeid(made);
   };
   auto tbb_conv = kernel<Conv2dKernel>("conv2d", "tbb", d);
-  BOOST_TEST((typeid(*tbb_conv) == made_by("conv2d", "tbb")));
-  BOOST_TEST((typeid(*tbb_conv) != made_by("conv2d", "reference")));
+  const strata::Kernel& conv = *tbb_conv;
+  BOOST_TEST((typeid(conv) == made_by("conv2d", "tbb")));
+  BOOST_TEST((typeid(conv) != made_by("conv2d", "reference")));
   auto tbb_pool = kernel<Pool2dKernel>("pool2d", "tbb",
                                        pool_desc(Mode::kAverage, 2, 6, 6, 2, 2, 2, 2, 0, 0, true));
-  BOOST_TEST((typeid(*tbb_pool) == made_by("pool2d", "tbb")));
+  const strata::Kernel& pool = *tbb_pool;
+  BOOST_TEST((typeid(pool) == made_by("pool2d", "tbb")));
   auto tbb_gemm = kernel<GemmKernel>("gemm", "tbb", {});
-  BOOST_TEST((typeid(*tbb_gemm) == made_by("gemm", "tbb")));
+  const strata::Kernel& gemm = *tbb_gemm;
+  BOOST_TEST((typeid(gemm) == made_by("gemm", "tbb")));
   BOOST_TEST(tbb_conv->desc().out_h == d.out_h, "the kernel was prepared with the descriptor");
 
   // A backend without kernels falls back to the reference, and says so on stderr.
   StderrCapture capture;
   auto fallback = kernel<Conv2dKernel>("conv2d", "no_such_backend", d);
   const std::string note = capture.finish();
-  BOOST_TEST((typeid(*fallback) == made_by("conv2d", "reference")));
+  const strata::Kernel& fallen_back = *fallback;
+  BOOST_TEST((typeid(fallen_back) == made_by("conv2d", "reference")));
   BOOST_TEST(note.find("no_such_backend") != std::string::npos, "note: " << note);
   BOOST_TEST(note.find("reference") != std::string::npos, "note: " << note);
 }

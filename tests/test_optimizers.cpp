@@ -61,13 +61,13 @@ struct TwoParams {
       }
     }
   }
-  const Tensor& slot(const std::string& name) {
+  // A copy: state() returns a fresh list, so a reference into it would dangle.
+  Tensor slot(const std::string& name) {
     for (NamedTensor& t : optimizer->state()) {
       if (t.name == name) return t.tensor;
     }
     BOOST_FAIL("no state slot " << name);
-    static Tensor none;
-    return none;
+    return Tensor();
   }
 };
 

@@ -199,7 +199,8 @@ BOOST_AUTO_TEST_CASE(changed_experiment_lists_the_keys_and_stops) {
            // A default filled in at the first run counts: momentum 0.9 was given, dampening not.
            {"optimizer.nesterov", "true", "optimizer.nesterov: false in the checkpoint, true now"},
            {"train.shuffle", "false", "train.shuffle: true in the checkpoint, false now"}}) {
-    const std::string message = test::error_of([&] { run(dir.path(), {{key, value}}, true); });
+    const std::string message =
+        test::error_of([&, &key = key, &value = value] { run(dir.path(), {{key, value}}, true); });
     STRATA_CHECK_CONTAINS(message, "--resume: the experiment differs from the one that wrote");
     STRATA_CHECK_CONTAINS(message, expected);
   }
@@ -348,7 +349,12 @@ BOOST_AUTO_TEST_CASE(sizes_that_overflow_or_exceed_memory_name_the_key) {
   STRATA_CHECK_CONTAINS(test::error_of([&] {
                           run(dir.path(), {{"data.train_size", "10000000000"}});
                         }),
-                        "data: not enough memory to load the train split");
+                        "data.train_size: 10000000000 images of shape [1, 8, 8] need 2.6 TB, more "
+                        "than this machine's memory");
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          run(dir.path(), {{"data.shape", "[1000000, 1000000, 1000000]"}});
+                        }),
+                        "data.shape: the 4 class prototypes of shape [1000000, 1000000, 1000000] need");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

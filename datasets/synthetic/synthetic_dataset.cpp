@@ -32,6 +32,7 @@
 #include "strata/error.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
+#include "strata/tensor.hpp"
 
 namespace {
 
@@ -99,7 +100,28 @@ class SyntheticDataset final : public strata::Dataset {
     seed_ = static_cast<uint64_t>(config.get<int64_t>("seed", 0));
     noise_ = config.get<double>("noise", 0.35);
     if (noise_ < 0) config.fail_key("noise", fmt::format("must not be negative, got {}", noise_));
+    check_memory(config);
     make_prototypes();
+  }
+
+  // The images are generated, not read, so nothing else bounds their size: compare what each
+  // allocation will need with the machine's memory before making any (long double: the products
+  // of absurd settings must not overflow).
+  void check_memory(const Config& config) const {
+    const long double memory = static_cast<long double>(strata::physical_memory_bytes());
+    const long double pixels = static_cast<long double>(shape_[0]) * shape_[1] * shape_[2];
+    const auto too_much = [&](const char* key, const std::string& what, long double bytes) {
+      if (bytes <= memory) return;
+      config.fail_key(key, fmt::format("{} need {}, more than this machine's memory ({})", what,
+                                       strata::bytes_text(static_cast<double>(bytes)),
+                                       strata::bytes_text(static_cast<double>(memory))));
+    };
+    too_much("shape", fmt::format("the {} class prototypes of shape {}", classes_, shape_.str()),
+             pixels * classes_ * sizeof(double));
+    for (const auto& [key, size] : {std::pair{"train_size", train_size_}, std::pair{"test_size", test_size_}}) {
+      too_much(key, fmt::format("{} images of shape {}", size, shape_.str()),
+               static_cast<long double>(size) * (pixels * sizeof(float) + sizeof(int32_t)));
+    }
   }
 
   strata::Shape sample_shape() const override { return shape_; }
