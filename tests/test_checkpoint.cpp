@@ -11,6 +11,8 @@
 #include <iterator>
 #include <sstream>
 
+#include <fmt/format.h>
+
 #include "strata/checkpoint.hpp"
 #include "strata/error.hpp"
 #include "test_support.hpp"
@@ -497,6 +499,76 @@ BOOST_AUTO_TEST_CASE(not_an_hdf5_file_and_missing_file) {
              "HDF5 file " + missing.string() + ": no such file");
   BOOST_TEST(error_message([&] { strata::load_checkpoint_training_state(dir.path()); }) ==
              "checkpoint " + dir.path().string() + ": is a folder, not an HDF5 file");
+}
+
+// Every file Strata writes carries a CRC-32 of its HDF5 part in the user block, checked before HDF5
+// parses anything: damage anywhere (raw weights included, which HDF5 itself never checks) is
+// refused with its reason, and an edit on purpose is accepted once resealed.
+BOOST_AUTO_TEST_CASE(damaged_files_are_refused_by_their_checksum) {
+  TempDir dir;
+  std::mt19937 rng(11);
+  const Checkpoint saved = sample_checkpoint(rng);
+  const fs::path path = dir / "model.h5";
+  strata::save_checkpoint(path, saved);
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  BOOST_TEST(bytes.rfind("strata-checksum v1\ncrc32 ", 0) == 0u);
+  BOOST_TEST(bytes.substr(512, 4) == "\x89HDF");
+  const auto write = [&](const fs::path& to, const std::string& content) {
+    std::ofstream(to, std::ios::binary | std::ios::trunc) << content;
+  };
+  const auto load_all = [&](const fs::path& file) {
+    strata::load_checkpoint_experiment(file);
+    strata::load_checkpoint_training_state(file);
+    std::vector<NamedTensor> model = empty_like(saved.model);
+    strata::load_checkpoint_tensors(file, "model", model);
+  };
+  load_all(path);
+
+  // One flipped bit in each eighth of the file: the checksum catches every one.
+  for (int part = 0; part < 8; ++part) {
+    std::string flipped = bytes;
+    flipped[512 + (bytes.size() - 513) * part / 8] ^= 0x10;
+    const fs::path damaged = dir / fmt::format("flipped{}.h5", part);
+    write(damaged, flipped);
+    BOOST_TEST(error_message([&] { load_all(damaged); }) ==
+                   "checkpoint " + damaged.string() +
+                       ": its contents do not match the CRC-32 checksum it was saved with: the file "
+                       "was damaged (or edited without resealing: docs/checkpoint-format.md, "
+                       "\"Integrity\")",
+               "part " << part);
+  }
+  const fs::path truncated = dir / "truncated.h5";
+  write(truncated, bytes.substr(0, bytes.size() - 100));
+  STRATA_CHECK_CONTAINS(error_message([&] { load_all(truncated); }),
+                        "bytes after its checksum header, but was saved with");  // and the hint
+  const fs::path header = dir / "header.h5";
+  std::string bad_header = bytes;
+  bad_header[25] = 'z';  // inside the hex digits of the CRC
+  write(header, bad_header);
+  STRATA_CHECK_CONTAINS(error_message([&] { load_all(header); }),
+                        "its checksum header (the first 512 bytes) is damaged");
+
+  // An edit through HDF5 (as with h5py "r+"), then resealed: accepted, with the edit.
+  {
+    hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    BOOST_REQUIRE(file >= 0);
+    BOOST_REQUIRE(H5Adelete(file, "format") >= 0);
+    H5Fclose(file);
+  }
+  STRATA_CHECK_CONTAINS(error_message([&] { load_all(path); }), "(or edited without resealing: ");
+  strata::reseal_hdf5_file(path);
+  STRATA_CHECK_CONTAINS(error_message([&] { load_all(path); }),
+                        "not a Strata checkpoint (it has no root attribute 'format')");
+  // Files without the header (h5py's, older Strata's) are read as before; they cannot be resealed.
+  const fs::path plain = dir / "plain.h5";
+  write(plain, bytes.substr(512));
+  load_all(plain);
+  STRATA_CHECK_CONTAINS(error_message([&] { strata::reseal_hdf5_file(plain); }),
+                        "has no Strata checksum header to reseal");
 }
 
 BOOST_AUTO_TEST_CASE(integer_datasets_are_rejected_and_float64_is_converted) {

@@ -78,6 +78,7 @@ void write_floats(const fs::path& file, const std::string& path, const std::vect
   BOOST_REQUIRE(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()) >= 0);
   H5Dclose(d);
   H5Fclose(f);
+  reseal_hdf5_file(file);  // an edit on purpose: the checksum must not be what refuses it
 }
 
 void set_integer_attribute(const fs::path& file, const char* group, const char* name,
@@ -90,12 +91,14 @@ void set_integer_attribute(const fs::path& file, const char* group, const char* 
   H5Aclose(a);
   H5Gclose(g);
   H5Fclose(f);
+  reseal_hdf5_file(file);
 }
 
 void delete_link(const fs::path& file, const char* path) {
   hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
   BOOST_REQUIRE(H5Ldelete(f, path, H5P_DEFAULT) >= 0);
   H5Fclose(f);
+  reseal_hdf5_file(file);
 }
 
 bool all_finite(const std::vector<NamedTensor>& tensors) {

@@ -25,6 +25,7 @@
 #include <system_error>
 #include <utility>
 
+#include "file_seal.hpp"
 #include "strata/error.hpp"
 
 namespace strata {
@@ -404,6 +405,25 @@ std::string read_string_dataset(const FileContext& context, hid_t file, const st
   });
 }
 
+// A contiguous (unchunked, so uncompressed) dataset stores every element in the file: one whose
+// storage is smaller than its shape says is damaged, and is refused before a tensor of the shape
+// it claims is allocated (a 2 KB file can claim 20 GB).
+void check_contiguous_storage(const FileContext& context, hid_t dataset, const std::string& path,
+                              const Shape& shape) {
+  Handle properties(context.check(H5Dget_create_plist(dataset), "cannot read dataset properties"),
+                    H5Pclose);
+  if (H5Pget_layout(properties) != H5D_CONTIGUOUS) return;
+  Handle type(context.check(H5Dget_type(dataset), "cannot read the dataset's type"), H5Tclose);
+  const std::size_t element = H5Tget_size(type);
+  const auto needed = static_cast<long double>(shape.numel()) * static_cast<long double>(element);
+  const hsize_t stored = H5Dget_storage_size(dataset);
+  if (static_cast<long double>(stored) < needed) {
+    context.fail(fmt::format("dataset {} has shape {} ({}) but stores only {} bytes: the "
+                             "file is damaged",
+                             path, shape.str(), bytes_text(static_cast<double>(needed)), stored));
+  }
+}
+
 // ---- opening for reading ----
 
 Handle open_for_reading(const FileContext& context, const fs::path& path) {
@@ -414,6 +434,8 @@ Handle open_for_reading(const FileContext& context, const fs::path& path) {
   }
   if (!fs::exists(status)) context.fail("no such file");
   if (fs::is_directory(status)) context.fail("is a folder, not an HDF5 file");
+  // A file Strata wrote carries a checksum: verify it before HDF5 parses anything.
+  if (const std::string problem = file_seal::verify(path); !problem.empty()) context.fail(problem);
   const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
   if (is_hdf5 == 0) context.fail("not an HDF5 file");
   context.check_bool(is_hdf5, "cannot read the file");
@@ -567,21 +589,25 @@ class FileDescriptor {
   int fd_;
 };
 
-// Creates `path` (which must not exist), writes `size` bytes into it and fsyncs it.
-void write_and_sync(const FileContext& context, const fs::path& path, const char* bytes,
-                    std::size_t size) {
+// Creates `path` (which must not exist), writes `parts` into it one after the other and fsyncs it.
+void write_and_sync(const FileContext& context, const fs::path& path,
+                    std::initializer_list<std::string_view> parts) {
   FileDescriptor fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666));
   if (fd.get() < 0) {
     context.fail(fmt::format("cannot create {}: {}", path.string(), errno_text(errno)));
   }
-  while (size > 0) {
-    const ssize_t written = ::write(fd.get(), bytes, std::min<std::size_t>(size, 1 << 30));
-    if (written < 0 && errno == EINTR) continue;
-    if (written < 0) {
-      context.fail(fmt::format("cannot write {}: {}", path.string(), errno_text(errno)));
+  for (std::string_view part : parts) {
+    const char* bytes = part.data();
+    std::size_t size = part.size();
+    while (size > 0) {
+      const ssize_t written = ::write(fd.get(), bytes, std::min<std::size_t>(size, 1 << 30));
+      if (written < 0 && errno == EINTR) continue;
+      if (written < 0) {
+        context.fail(fmt::format("cannot write {}: {}", path.string(), errno_text(errno)));
+      }
+      bytes += written;
+      size -= static_cast<std::size_t>(written);
     }
-    bytes += written;
-    size -= static_cast<std::size_t>(written);
   }
   if (::fsync(fd.get()) != 0) {
     context.fail(fmt::format("cannot sync {}: {}", path.string(), errno_text(errno)));
@@ -640,7 +666,12 @@ void write_atomically(const FileContext& context, const fs::path& path, std::siz
     constexpr std::size_t kSlack = std::size_t{1} << 20;  // metadata, strings, rounding
     context.check_status(H5Pset_fapl_core(access, data_bytes + kSlack, /*backing_store=*/0),
                          "cannot set file properties");
-    Handle file(context.check(H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access),
+    // The user block holds the checksum header (file_seal.hpp), written once the image is done.
+    Handle creation(context.check(H5Pcreate(H5P_FILE_CREATE), "cannot create file properties"),
+                    H5Pclose);
+    context.check_status(H5Pset_userblock(creation, file_seal::kUserBlock),
+                         "cannot set file properties");
+    Handle file(context.check(H5Fcreate(temporary.c_str(), H5F_ACC_TRUNC, creation, access),
                               "cannot create the file in memory"),
                 H5Fclose);
     fill(file);
@@ -655,9 +686,11 @@ void write_atomically(const FileContext& context, const fs::path& path, std::siz
       context.fail(fmt::format("cannot finish the file in memory{}", hdf5_reason()));
     }
   }
+  // HDF5's image starts at the superblock; the user block in front of it carries the checksum.
+  const std::string header = file_seal::header_for(image.get(), image_size);
 
   try {
-    write_and_sync(context, temporary, image.get(), image_size);
+    write_and_sync(context, temporary, {header, std::string_view(image.get(), image_size)});
     image.reset();
     if (::rename(temporary.c_str(), path.c_str()) != 0) {
       context.fail(fmt::format("cannot rename {} to {}: {}", temporary.string(), path.string(),
@@ -944,6 +977,8 @@ std::optional<TrainingState> load_checkpoint_training_state(const fs::path& path
   return state;
 }
 
+void reseal_hdf5_file(const fs::path& path) { file_seal::reseal(path); }
+
 Tensor read_hdf5_tensor(const fs::path& path, const std::string& dataset) {
   QuietHdf5 quiet;
   const FileContext context = hdf5_file_context(path);
@@ -956,12 +991,14 @@ Tensor read_hdf5_tensor(const fs::path& path, const std::string& dataset) {
                                              : fmt::format("{}", fmt::join(present, ", "))));
   }
   Handle handle = open_dataset(context, file, dataset_path);
-  Tensor tensor(dataset_shape(context, handle, dataset_path));
+  const Shape shape = dataset_shape(context, handle, dataset_path);
   const H5T_class_t type_class = dataset_type_class(context, handle, dataset_path);
   if (type_class != H5T_FLOAT) {
     context.fail(fmt::format("dataset {} holds {} values, expected floating point", dataset_path,
                              type_class_name(type_class)));
   }
+  check_contiguous_storage(context, handle, dataset_path, shape);
+  Tensor tensor(shape);
   if (tensor.numel() > 0) {
     context.check_status(
         H5Dread(handle, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, tensor.data()),

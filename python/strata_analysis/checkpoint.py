@@ -82,3 +82,26 @@ def read_trials(search_dir):
             values = np.array([t["params"][name] for t in trials if isinstance(t["params"].get(name), (int, float))], dtype=float)
             log_scaled[name] = bool(values.size and (values > 0).all() and values.max() / values.min() > 20)
     return trials, log_scaled
+
+
+_SEAL_MAGIC = b"strata-checksum v1\n"
+_USER_BLOCK = 512
+
+
+def reseal(path):
+    """Rewrites the checksum header of a file Strata wrote, after editing it on purpose with h5py
+    ("r+" or "a"); without it, Strata refuses the edited file as damaged. The header is HDF5's
+    512-byte user block: "strata-checksum v1\\ncrc32 <hex>\\nlength <bytes after it>\\n", zero-padded
+    (docs/checkpoint-format.md, "Integrity")."""
+    import zlib
+    with open(path, "r+b") as f:
+        if f.read(len(_SEAL_MAGIC)) != _SEAL_MAGIC:
+            raise ValueError(f"{path}: has no Strata checksum header to reseal")
+        f.seek(_USER_BLOCK)
+        crc, length = 0, 0
+        while chunk := f.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+            length += len(chunk)
+        header = _SEAL_MAGIC + f"crc32 {crc:08x}\nlength {length}\n".encode()
+        f.seek(0)
+        f.write(header.ljust(_USER_BLOCK, b"\0"))

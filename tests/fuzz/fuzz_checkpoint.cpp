@@ -5,8 +5,16 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   using namespace strata;
-  const auto path = fuzz::scratch("model.h5");
+  // A new name for every input: the checksum verification is cached by path, size, inode and
+  // modification time, and two inputs of one size written within one timestamp tick would share
+  // the rest.
+  static uint64_t count = 0;
+  const auto path = fuzz::scratch("model-" + std::to_string(count++) + ".h5");
   fuzz::write_file(path, data, size);
+  struct Remove {
+    std::filesystem::path path;
+    ~Remove() { std::filesystem::remove(path); }
+  } remove{path};
   try {
     load_checkpoint_experiment(path);
   } catch (const Error&) {

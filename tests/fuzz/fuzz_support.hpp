@@ -17,10 +17,12 @@
 
 namespace strata::fuzz {
 
+// Keeps allocations well under libFuzzer's RSS limit in every target, set before the first input:
+// sizes beyond it are errors, as intended (read by physical_memory_bytes()).
+inline const bool memory_limited = ::setenv("STRATA_MEMORY_LIMIT_MB", "256", 1) == 0;
+
 inline Registries& registries() {
   static Registries* registries = [] {
-    // Keep allocations well under libFuzzer's RSS limit: sizes beyond it are errors, as intended.
-    ::setenv("STRATA_MEMORY_LIMIT_MB", "256", 1);
     auto* r = new Registries();
     static PluginLoader loader(*r);
     loader.load_dir(STRATA_FUZZ_PLUGIN_DIR);

@@ -118,6 +118,35 @@ expect_error checkpoint_mismatch "/model/fc1/weight has shape [4, 256] but the m
 expect_error forward_bad_layer "the model has no layer 'fc9'" -- \
   forward "$ok" --weights "$work/good/model.h5" --input "$python_data" --output "$work/out.h5" --layers fc9
 
+# An input whose dataset claims 20 GB but stores 128 bytes (found by fuzz_forward_input, where it
+# allocated the 20 GB first) is refused before anything is allocated.
+expect_error forward_input_claims_more_than_it_stores \
+  "dataset /data has shape [2, 1, 637534212, 4] (20.4 GB) but stores only 128 bytes: the file is damaged" -- \
+  forward "$ok" --weights "$work/good/model.h5" --output "$work/out.h5" \
+  --input "$STRATA_SOURCE_DIR/tests/fuzz/corpus/forward_input/timeout-large-dataset"
+
+# A checkpoint edited with h5py is refused by its checksum until strata_analysis.reseal() rewrites
+# it; a flipped byte is refused too (docs/checkpoint-format.md, "Integrity").
+cp "$work/good/model.h5" "$work/edited.h5"
+/usr/bin/python3 - "$work/edited.h5" <<'PY'
+import sys, h5py
+with h5py.File(sys.argv[1], "r+") as f:
+    f["model/conv1/bias"][0] = 0.5
+PY
+expect_error checkpoint_edited "(or edited without resealing: docs/checkpoint-format.md" -- inspect "$work/edited.h5"
+if PYTHONPATH="$STRATA_SOURCE_DIR/python" /usr/bin/python3 -c 'import sys; from strata_analysis import reseal; reseal(sys.argv[1])' "$work/edited.h5" \
+    && "$STRATA" inspect "$work/edited.h5" >"$work/inspect.out" 2>&1; then
+  echo "ok   checkpoint_resealed"; passed=$((passed + 1))
+else
+  echo "FAIL checkpoint_resealed"; sed 's/^/    /' "$work/inspect.out"; failures=$((failures + 1))
+fi
+cp "$work/good/model.h5" "$work/flipped.h5"
+/usr/bin/python3 -c '
+import sys
+with open(sys.argv[1], "r+b") as f:
+    data = bytearray(f.read()); data[len(data) // 2] ^= 0x01; f.seek(0); f.write(data)' "$work/flipped.h5"
+expect_error checkpoint_flipped_byte "its contents do not match the CRC-32 checksum it was saved with" -- inspect "$work/flipped.h5"
+
 # STRATA_PLUGIN_PATH adds folders; a folder it names must exist.
 mkdir -p "$work/extra"
 cp "$(dirname "$STRATA")/../tests/plugins/libstrata_test_sum.so" "$work/extra/"

@@ -26,7 +26,7 @@ print(math.prod(summary["input"]), summary["totals"]["parameters"])' "$work/$nam
     continue
   fi
   if "$STRATA" train "$experiment" --out "$work/$name" --progress none --set train.epochs=1 \
-      --set data.train_limit=2000 --set data.validation=200 --set data.test_limit=500 >"$work/$name.log" 2>&1 \
+      --set data.train_limit=600 --set data.validation=100 --set data.test_limit=200 >"$work/$name.log" 2>&1 \
       && grep -q "^test accuracy" "$work/$name.log" && [ -f "$work/$name/model.h5" ]; then
     echo "ok   $name: $(grep '^test accuracy' "$work/$name.log")"; passed=$((passed + 1))
   else

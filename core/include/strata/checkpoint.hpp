@@ -81,6 +81,12 @@ std::vector<PluginRecord> load_checkpoint_plugins(const std::filesystem::path& p
 // The training state, or nullopt when the file has no /training group.
 std::optional<TrainingState> load_checkpoint_training_state(const std::filesystem::path& path);
 
+// Every HDF5 file Strata writes starts with a checksum header in HDF5's user block, verified
+// before the file is read (docs/checkpoint-format.md, "Integrity"). After editing such a file on
+// purpose (h5py "r+"), reseal it, or Strata refuses it as damaged. An Error for a file that has
+// no header.
+void reseal_hdf5_file(const std::filesystem::path& path);
+
 // Reads a float32 dataset of any rank (used by `strata forward` for /data).
 Tensor read_hdf5_tensor(const std::filesystem::path& path, const std::string& dataset);
 // Writes float32 datasets into a new file, atomically (temporary file, then rename).
