@@ -7,6 +7,7 @@
 # Everything a fresh Debian 12 machine needs is listed here; `deps` installs only what is missing
 # and says nothing when nothing is.
 
+SHELL      := /bin/bash
 BUILD_DIR  ?= build
 EXPERIMENT ?= experiments/lenet5_fashion.yaml
 RUN_DIR    ?= runs/lenet5_fashion
@@ -19,15 +20,17 @@ BUILD_PACKAGES := build-essential cmake ninja-build pkg-config git \
 # The test suite cross-checks checkpoints with h5py and layers with PyTorch, and draws the
 # strata-plot pictures with matplotlib; make bench measures peak memory with /usr/bin/time.
 TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch python3-torchvision python3-matplotlib time
-# The fuzz targets need clang's libFuzzer and sanitizer runtimes.
+# The fuzz targets and sanitizer builds need clang's libFuzzer and sanitizer runtimes; test-tsan
+# also fetches oneTBB's source from Debian's archive (cmake/build-tsan-tbb.sh).
 FUZZ_PACKAGES  := clang-14 libclang-rt-14-dev
+TSAN_PACKAGES  := curl xz-utils
 FUZZ_SECONDS   ?= 60
-SANITIZER_ENV  := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+SANITIZER_ENV  := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_return_null=1 \
                   LSAN_OPTIONS=suppressions=$(CURDIR)/tests/sanitizers/lsan.supp \
                   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
                   TSAN_OPTIONS=halt_on_error=1:suppressions=$(CURDIR)/tests/sanitizers/tsan.supp
 
-.PHONY: run test build install configure deps deps-test bench clean test-asan test-tsan test-long fuzz
+.PHONY: run test build install configure deps deps-test bench clean test-asan test-tsan test-long fuzz asan-build
 
 run: deps build
 	$(BUILD_DIR)/bin/strata train $(EXPERIMENT) --out $(RUN_DIR)
@@ -39,30 +42,39 @@ test: deps deps-test build
 test-long: deps deps-test build
 	cd $(BUILD_DIR) && KILLS=50 ctest --output-on-failure -R kill_resume
 
-# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included), in
-# build-asan/, and under ThreadSanitizer in build-tsan/.
-test-asan: deps deps-test
-	@[ -f build-asan/build.ninja ] || cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTRATA_SANITIZE=address,undefined
-	cmake --build build-asan -j $(JOBS)
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included). It runs in
+# build-asan/, a clang build that also holds the libFuzzer targets, so its suite includes a brief
+# run of each (STRATA_FUZZ_RUNS mutations) and `make fuzz` reuses the build. docs/testing.md.
+test-asan: asan-build
 	cd build-asan && $(SANITIZER_ENV) ctest --output-on-failure -j $(JOBS)
 
+# The tbb backend and everything concurrent (kernels, layers, the training loop with its prefetching
+# loader, search trials in parallel, the reliability cases) under ThreadSanitizer, in build-tsan/.
+TSAN_TESTS := test_kernels|test_layers|test_blocks|test_training|test_reliability|test_search|test_datasets
 test-tsan: deps deps-test
-	@[ -f build-tsan/build.ninja ] || cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTRATA_SANITIZE=thread
+	@sh cmake/install-packages.sh $(FUZZ_PACKAGES) $(TSAN_PACKAGES)
+	sh cmake/build-tsan-tbb.sh $(CURDIR)/build-tsan-tbb
+	@[ -f build-tsan/build.ninja ] || CC=clang-14 CXX=clang++-14 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTRATA_SANITIZE=thread -DTBB_DIR=$(CURDIR)/build-tsan-tbb/lib/cmake/TBB
 	cmake --build build-tsan -j $(JOBS)
-	cd build-tsan && $(SANITIZER_ENV) ctest --output-on-failure -j $(JOBS) -R "test_kernels|test_layers|test_training|test_reliability"
+	cd build-tsan && $(SANITIZER_ENV) ctest --output-on-failure -j $(JOBS) -R "$(TSAN_TESTS)"
 
-# Each libFuzzer target for FUZZ_SECONDS seconds (clang, ASan + UBSan), in build-fuzz/. New
-# inputs go to build-fuzz/corpus/<target>; crashes to build-fuzz/crash-*.
-fuzz: deps deps-test
-	@sh cmake/install-packages.sh $(FUZZ_PACKAGES)
-	@[ -f build-fuzz/build.ninja ] || CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTRATA_SANITIZE=address,undefined -DSTRATA_FUZZ=ON
-	cmake --build build-fuzz -j $(JOBS)
-	@for t in experiment checkpoint forward_input idx cifar; do \
-	  mkdir -p build-fuzz/corpus/$$t; \
-	  echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
-	  (cd build-fuzz && $(SANITIZER_ENV) bin/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=20 \
-	     -artifact_prefix=$(CURDIR)/build-fuzz/ corpus/$$t $(CURDIR)/tests/fuzz/corpus/$$t 2>&1 | tail -3) || exit 1; \
+# Each libFuzzer target for FUZZ_SECONDS seconds, in build-asan/. New inputs go to
+# build-asan/corpus/<target>; crashes to build-asan/crash-*.
+fuzz: asan-build
+	@set -o pipefail; for t in experiment checkpoint forward_input idx cifar; do \
+	  mkdir -p build-asan/corpus/$$t; \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS) s, log in build-asan/fuzz_$$t.log"; \
+	  (cd build-asan && $(SANITIZER_ENV) bin/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+	     -timeout=20 -print_final_stats=1 -artifact_prefix=$(CURDIR)/build-asan/ corpus/$$t \
+	     $(CURDIR)/tests/fuzz/corpus/$$t) >build-asan/fuzz_$$t.log 2>&1 \
+	    || { tail -40 build-asan/fuzz_$$t.log; exit 1; }; \
+	  grep -E "^stat::(number_of_executed_units|peak_rss_mb)|^Done" build-asan/fuzz_$$t.log; \
 	done
+
+asan-build: deps deps-test
+	@sh cmake/install-packages.sh $(FUZZ_PACKAGES)
+	@[ -f build-asan/build.ninja ] || CC=clang-14 CXX=clang++-14 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTRATA_SANITIZE=address,undefined -DSTRATA_FUZZ=ON
+	cmake --build build-asan -j $(JOBS)
 
 bench: deps deps-test build
 	/usr/bin/python3 bench/compare_pytorch.py --build $(BUILD_DIR)
