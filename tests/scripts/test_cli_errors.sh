@@ -159,12 +159,22 @@ STRATA_PLUGIN_PATH="$work/nowhere" expect_error plugin_path_missing_folder "STRA
 # ... and one it cannot list is named, with the reason. Root reads any folder, so as root the tool
 # runs in a user namespace, where it has no such privilege.
 mkdir -p "$work/locked" && chmod 000 "$work/locked" && chmod 711 "$work"
+# Where user namespaces are not permitted (a chroot, some containers), root cannot be made to
+# fail reading a folder, and the case says so instead of passing.
 tool=$STRATA
+can_drop_root=1
 if [ "$(id -u)" -eq 0 ]; then
-  printf '#!/bin/sh\nexec unshare --user "%s" "$@"\n' "$tool" >"$work/unprivileged" && chmod 755 "$work/unprivileged"
-  STRATA=$work/unprivileged
+  if unshare --user true 2>/dev/null; then
+    printf '#!/bin/sh\nexec unshare --user "%s" "$@"\n' "$tool" >"$work/unprivileged" && chmod 755 "$work/unprivileged"
+    STRATA=$work/unprivileged
+  else
+    can_drop_root=0
+    echo "SKIP plugin_folder_unreadable: running as root, and unshare --user is not permitted here"
+  fi
 fi
-STRATA_PLUGIN_PATH="$work/locked" expect_error plugin_folder_unreadable "plugin folder $work/locked: cannot list its files: Permission denied" -- plugins
+if [ "$can_drop_root" -eq 1 ]; then
+  STRATA_PLUGIN_PATH="$work/locked" expect_error plugin_folder_unreadable "plugin folder $work/locked: cannot list its files: Permission denied" -- plugins
+fi
 STRATA=$tool
 chmod 700 "$work/locked"
 
