@@ -25,6 +25,7 @@
 #include <system_error>
 #include <utility>
 
+#include "file_descriptor.hpp"
 #include "file_seal.hpp"
 #include "strata/error.hpp"
 
@@ -571,23 +572,6 @@ void write_string_dataset(const FileContext& context, hid_t file, const std::str
   const char* data = text.c_str();
   write_dataset(context, file, path, {}, type, type, &data);
 }
-
-// Closes a POSIX file descriptor on every path out of a scope.
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  ~FileDescriptor() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  int get() const { return fd_; }
-  // Closes now and returns ::close's result (network file systems report write errors here).
-  int close() { return ::close(std::exchange(fd_, -1)); }
-
- private:
-  int fd_;
-};
 
 // Creates `path` (which must not exist), writes `parts` into it one after the other and fsyncs it.
 void write_and_sync(const FileContext& context, const fs::path& path,

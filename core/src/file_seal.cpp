@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "file_descriptor.hpp"
 #include "strata/error.hpp"
 
 namespace strata::file_seal {
@@ -23,20 +24,6 @@ namespace {
 constexpr std::string_view kMagic = "strata-checksum v1\n";
 constexpr std::string_view kEditHint =
     " (or edited without resealing: docs/checkpoint-format.md, \"Integrity\")";
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 uint32_t crc_of(uint32_t crc, const char* data, std::size_t size) {
   while (size > 0) {
@@ -112,7 +99,7 @@ std::string header_for(const char* data, std::size_t size) {
 }
 
 std::string verify(const std::filesystem::path& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return "";  // the HDF5 open that follows reports it
   struct stat status {};
   if (::fstat(fd.get(), &status) != 0) return "";
@@ -149,7 +136,7 @@ std::string verify(const std::filesystem::path& path) {
 }
 
 void reseal(const std::filesystem::path& path) {
-  Fd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+  FileDescriptor fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
   if (fd.get() < 0) fail("{}: cannot open: {}", path.string(), std::strerror(errno));
   struct stat status {};
   if (::fstat(fd.get(), &status) != 0) fail("{}: {}", path.string(), std::strerror(errno));
