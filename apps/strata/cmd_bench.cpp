@@ -30,6 +30,7 @@ nlohmann::json to_json(const BenchReport& r) {
   }
   return {{"experiment", r.experiment},
           {"backend", r.backend},
+          {"backend_description", r.backend_description},
           {"threads", r.threads},
           {"batch_size", r.batch},
           {"iterations", r.iterations},

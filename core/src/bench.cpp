@@ -125,6 +125,7 @@ BenchReport bench_experiment(const Config& experiment, const Registries& registr
 
   const double steps = static_cast<double>(options.iterations);
   report.threads = backend->threads();
+  report.backend_description = backend->description();
   report.iterations = options.iterations;
   report.warmup = options.warmup;
   report.parameters = graph.num_parameters();
@@ -162,6 +163,9 @@ std::string format_bench_report(const BenchReport& r) {
       "{}: batch {}, backend {}, {} thread(s), {} parameters; mean of {} steps after {} "
       "warm-up\n\n",
       r.experiment, r.batch, r.backend, r.threads, r.parameters, r.iterations, r.warmup);
+  if (!r.backend_description.empty()) {
+    out.insert(out.size() - 1, fmt::format("backend {}: {}\n", r.backend, r.backend_description));
+  }
   std::size_t name_width = 5, type_width = 4, shape_width = 12;
   for (const LayerTiming& l : r.layers) {
     name_width = std::max(name_width, l.name.size());

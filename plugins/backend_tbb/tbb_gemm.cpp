@@ -1,10 +1,10 @@
-#include <cblas.h>
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 
 #include <algorithm>
 #include <limits>
 
+#include "openblas.hpp"
 #include "strata/error.hpp"
 #include "tbb_kernels.hpp"
 
@@ -17,9 +17,9 @@ constexpr int64_t kParallelGemmMacs = int64_t{1} << 19;
 // Smallest useful height or width of one task's block of C (the kernel tiles are 16 wide).
 constexpr int64_t kMinSplitExtent = 32;
 
-blasint to_blas(int64_t v) {
-  if (v < 0 || v > std::numeric_limits<blasint>::max()) fail("tbb gemm: size {} out of range", v);
-  return static_cast<blasint>(v);
+int to_blas(int64_t v) {
+  if (v < 0 || v > std::numeric_limits<int>::max()) fail("tbb gemm: size {} out of range", v);
+  return static_cast<int>(v);
 }
 
 }  // namespace
@@ -34,10 +34,9 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
     }
     return;
   }
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, to_blas(m), to_blas(n), to_blas(k), alpha, a,
-              to_blas(std::max<int64_t>(lda, 1)), b, to_blas(std::max<int64_t>(ldb, 1)), beta, c,
-              to_blas(std::max<int64_t>(ldc, 1)));
+  openblas::sgemm(trans_a, trans_b, to_blas(m), to_blas(n), to_blas(k), alpha, a,
+                  to_blas(std::max<int64_t>(lda, 1)), b, to_blas(std::max<int64_t>(ldb, 1)), beta,
+                  c, to_blas(std::max<int64_t>(ldc, 1)));
 }
 
 void TbbGemm::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,

@@ -45,6 +45,7 @@ class TbbBackend : public Backend {
   explicit TbbBackend(const Config&);
   ~TbbBackend() override;
   std::string_view name() const override { return "tbb"; }
+  std::string description() const override;
   void set_threads(int threads) override;
   int threads() const override { return threads_; }
   void parallel_for(int64_t begin, int64_t end, int64_t grain,

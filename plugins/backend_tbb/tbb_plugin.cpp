@@ -9,10 +9,8 @@
 #include "strata/error.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
+#include "openblas.hpp"
 #include "tbb_kernels.hpp"
-
-// From OpenBLAS; declared here so the plugin does not depend on which cblas.h is found first.
-extern "C" void openblas_set_num_threads(int);
 
 namespace strata::tbb_backend {
 
@@ -25,6 +23,11 @@ int allowed_threads() {
 TbbBackend::TbbBackend(const Config&) : threads_(tbb::info::default_concurrency()) {}
 
 TbbBackend::~TbbBackend() = default;
+
+std::string TbbBackend::description() const {
+  return fmt::format("oneTBB {}.{}, {}", TBB_VERSION_MAJOR, TBB_VERSION_MINOR,
+                     openblas::describe());
+}
 
 void TbbBackend::set_threads(int threads) {
   if (threads < 0)
@@ -55,8 +58,9 @@ void TbbBackend::parallel_for(int64_t begin, int64_t end, int64_t grain,
 namespace {
 
 void register_all(Registries& r) {
-  // TBB owns the parallelism; an OpenBLAS thread pool under TBB tasks would oversubscribe.
-  openblas_set_num_threads(1);
+  // Before anything can run a kernel; pins OpenBLAS to one thread (an OpenBLAS thread pool under
+  // TBB tasks would oversubscribe) and chooses its kernel set (openblas.hpp).
+  openblas::load();
   r.backends.add<TbbBackend>("tbb");
   r.kernels.add<TbbConv2d>("conv2d", "tbb");
   r.kernels.add<TbbPool2d>("pool2d", "tbb");

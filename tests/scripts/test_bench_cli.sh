@@ -27,11 +27,30 @@ for word in conv1 relu1 pool1 fc1 "optimizer step" total images/s "peak memory" 
 done
 echo "ok   table"
 
+# The backend line says which BLAS kernels run and who chose them (plugins/backend_tbb/openblas.hpp).
+grep -qE "^backend tbb: oneTBB [0-9.]+, OpenBLAS [0-9.]+ \(.+ kernels, .+\)$" "$work/table" ||
+  { cat "$work/table"; fail "table lacks the backend description"; }
+STRATA_OPENBLAS_CORETYPE=Haswell "$STRATA" bench "$work/exp.yaml" --iterations 1 --warmup 0 \
+  >"$work/forced" 2>&1 || { cat "$work/forced"; fail "forced core type run"; }
+grep -qF "(Haswell kernels, STRATA_OPENBLAS_CORETYPE=Haswell from the environment)" "$work/forced" ||
+  { cat "$work/forced"; fail "STRATA_OPENBLAS_CORETYPE not honoured"; }
+if grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo &&
+   grep -qw avx512dq /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
+  OPENBLAS_CORETYPE=Haswell "$STRATA" bench "$work/exp.yaml" --iterations 1 --warmup 0 \
+    >"$work/avx512" 2>&1 || { cat "$work/avx512"; fail "AVX-512 run"; }
+  grep -qF "(SkylakeX kernels, chosen by the tbb backend for this AVX-512 CPU, in place of OPENBLAS_CORETYPE=Haswell" "$work/avx512" ||
+    { cat "$work/avx512"; fail "AVX-512 CPU without the SkylakeX kernels"; }
+  echo "ok   backend description (AVX-512 CPU: SkylakeX kernels)"
+else
+  echo "ok   backend description (no AVX-512 on this CPU: the SkylakeX case is not checked here)"
+fi
+
 "$STRATA" bench "$work/exp.yaml" --iterations 2 --warmup 0 --threads 2 --set train.batch_size=6 --json \
   >"$work/out.json" 2>"$work/err" || { cat "$work/err"; fail "json run"; }
 "$PYTHON" - "$work/out.json" <<'PY' || fail "json content"
 import json, sys
 r = json.load(open(sys.argv[1]))
+assert "OpenBLAS" in r["backend_description"], r["backend_description"]
 assert r["batch_size"] == 6 and r["threads"] == 2 and r["iterations"] == 2, r
 assert [l["name"] for l in r["layers"]] == ["conv1", "relu1", "pool1", "fc1"], r["layers"]
 conv = r["layers"][0]

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <string_view>
 
 namespace strata {
@@ -20,6 +21,9 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string_view name() const = 0;
+  // One line on what runs underneath (libraries, versions, kernel sets), for `strata bench` and
+  // logs; empty when there is nothing to say.
+  virtual std::string description() const { return {}; }
   // 0 means "all cores". Called once, before any work.
   virtual void set_threads(int threads) = 0;
   virtual int threads() const = 0;

@@ -46,6 +46,7 @@ struct LayerTiming {
 struct BenchReport {
   std::string experiment;  // the file
   std::string backend;
+  std::string backend_description;  // Backend::description(): libraries and kernel sets
   int threads = 0;
   int64_t batch = 0, iterations = 0, warmup = 0, parameters = 0;
   std::vector<LayerTiming> layers;
