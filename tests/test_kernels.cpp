@@ -567,6 +567,33 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
   }
 }
 
+// The depthwise path (one input channel per group, any geometry): stride 1 (the wide tap loops,
+// with long runs past 64 floats and short tails), dilation, a channel multiplier (backward_data
+// adds two filters' shares), strides 2 and (2, 1) (the row loops), a 5x5 kernel, padding wider
+// than the kernel, an output size rounded up (a last window past the padding), and a batch big
+// enough to be split over threads.
+BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
+  std::mt19937 rng(23);
+  auto rounded_up = [](Conv2dDesc d) {
+    d.out_h = out_extent_ceil(d.in_h, d.kernel_h, d.stride_h, d.pad_h, d.dilation_h);
+    d.out_w = out_extent_ceil(d.in_w, d.kernel_w, d.stride_w, d.pad_w, d.dilation_w);
+    return d;
+  };
+  const std::vector<std::pair<Conv2dDesc, int64_t>> cases = {
+      {conv_desc(8, 28, 28, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8), 3},      // MobileNet's 3x3
+      {conv_desc(5, 13, 9, 5, 3, 3, 1, 1, 2, 2, 2, 2, 5), 2},       // dilation 2
+      {conv_desc(4, 10, 12, 8, 3, 3, 1, 1, 1, 1, 1, 1, 4), 2},      // channel multiplier 2
+      {conv_desc(6, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6), 2},      // stride 2
+      {conv_desc(3, 11, 14, 6, 5, 5, 2, 1, 2, 2, 1, 1, 3), 2},      // 5x5, stride (2, 1)
+      {conv_desc(3, 5, 5, 3, 3, 3, 1, 1, 4, 4, 1, 1, 3), 2},        // padding past the kernel
+      {rounded_up(conv_desc(4, 12, 11, 4, 3, 3, 2, 3, 1, 0, 1, 1, 4)), 2},  // rounded up
+      {conv_desc(32, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, 32), 16},  // split over threads
+  };
+  for (const std::string& backend : fast_backends("conv2d")) {
+    for (const auto& [desc, n] : cases) compare_conv(desc, n, backend, rng);
+  }
+}
+
 // The Winograd F(2x2, 3x3) path (3x3, stride 1, one group, padding <= 2, >= 32 channels and
 // filters): odd output sizes (partial tiles on both edges), every padding it takes (backward_data
 // runs with padding 2 - pad), unequal padding, more channels than filters and the reverse, several

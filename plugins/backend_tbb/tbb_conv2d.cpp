@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "depthwise.hpp"
 #include "direct_conv.hpp"
 #include "strata/error.hpp"
 #include "tbb_kernels.hpp"
@@ -41,6 +42,8 @@ constexpr int64_t kDirectParamsImages = 8;
 // Winograd pays off once the 16 products per tile block are real matrix products: below this
 // many channels or filters the direct and small kernels win (measured: docs/performance.md).
 constexpr int64_t kWinogradMinChannels = 32;
+// Multiply-adds per task of the depthwise method, about 20 us on one core.
+constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
 // Floats of one task's transformed input plus transformed output (its tiles' V and M).
 constexpr int64_t kWinogradBudgetFloats = int64_t{1} << 19;
 
@@ -207,7 +210,9 @@ void TbbConv2d::on_prepare() {
   const bool winograd = d.kernel_h == 3 && d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 &&
                         d.dilation_h == 1 && d.dilation_w == 1 && d.groups == 1 && d.pad_h <= 2 &&
                         d.pad_w <= 2 && cg_ >= kWinogradMinChannels && kg_ >= kWinogradMinChannels;
-  forward_plan_ = make_plan(winograd         ? Method::kWinograd
+  const bool depthwise = cg_ == 1 && d.groups > 1;
+  forward_plan_ = make_plan(depthwise          ? Method::kDepthwise
+                            : winograd         ? Method::kWinograd
                             : direct_forward ? Method::kDirect
                                              : fallback());
   params_plan_ = forward_plan_;
@@ -216,7 +221,10 @@ void TbbConv2d::on_prepare() {
     params_plan_.images = std::clamp<int64_t>(
         kColumnBudgetFloats / (padded_stride_ + kg_ * dy_wide_stride_), 1, kDirectParamsImages);
   }
-  data_plan_ = make_plan(winograd ? Method::kWinograd : direct_data ? Method::kDirect : fallback());
+  data_plan_ = make_plan(depthwise     ? Method::kDepthwise
+                         : winograd    ? Method::kWinograd
+                         : direct_data ? Method::kDirect
+                                       : fallback());
   if (winograd) {
     winograd_forward_ = winograd::Geometry::make(cg_, kg_, d.in_h, d.in_w, d.pad_h, d.pad_w);
     winograd_data_ = winograd::Geometry::make(kg_, cg_, d.out_h, d.out_w, 2 - d.pad_h, 2 - d.pad_w);
@@ -233,6 +241,8 @@ void TbbConv2d::on_prepare() {
   packed_backward_.clear();
   forward_offsets_.clear();
   backward_offsets_.clear();
+  depthwise_offsets_.clear();
+  depthwise_flipped_offsets_.clear();
   small_offsets_.clear();
   for (const Plan* plan : {&forward_plan_, &data_plan_, &params_plan_}) plan_workspace(*plan);
 
@@ -269,6 +279,18 @@ void TbbConv2d::plan_workspace(const Plan& plan) {
   std::size_t col = 0, gathered = 0;
   switch (plan.method) {
     case Method::kPointwise:
+      break;
+    case Method::kDepthwise:
+      // col: the padded input plane; gathered: dx's padded plane or the tap sums, then the wide
+      // output or the dy buffer.
+      col = static_cast<std::size_t>(depthwise::padded_floats(d));
+      gathered = static_cast<std::size_t>(
+          depthwise_wide_offset() +
+          std::max(depthwise::wide_floats(d), depthwise::grad_floats(d)));
+      if (depthwise_offsets_.empty()) {
+        depthwise_offsets_ = depthwise::tap_offsets(d, false);
+        depthwise_flipped_offsets_ = depthwise::tap_offsets(d, true);
+      }
       break;
     case Method::kWinograd:
       col = static_cast<std::size_t>(winograd::kElements *
@@ -408,6 +430,10 @@ void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bia
     }
   }
   const float* bias_data = has_bias ? bias->data() : nullptr;
+  if (plan.method == Method::kDepthwise) {
+    depthwise_forward(x.data(), weight.data(), bias_data, y.data(), n_batch);
+    return;
+  }
   if (plan.method == Method::kWinograd) {
     winograd::transform_weights(weight.data(), kg_, cg_, false, winograd_u_forward_.data());
     winograd_run(winograd_forward_, winograd_u_forward_.data(), x.data(), bias_data, y.data(),
@@ -429,6 +455,7 @@ void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bia
                           case Method::kPointwise:
                           case Method::kBlas:
                           case Method::kWinograd:
+                          case Method::kDepthwise:  // (handled above)
                             blas_forward(b, x.data(), weight.data(), bias_data, y.data(), ws);
                             break;
                         }
@@ -540,6 +567,10 @@ void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx
           packed_backward_.data() + g * stride);
     }
   }
+  if (plan.method == Method::kDepthwise) {
+    depthwise_backward_data(dy.data(), weight.data(), dx.data(), n_batch);
+    return;
+  }
   if (plan.method == Method::kWinograd) {
     winograd::transform_weights(weight.data(), cg_, kg_, true, winograd_u_data_.data());
     winograd_run(winograd_data_, winograd_u_data_.data(), dy.data(), nullptr, dx.data(), n_batch);
@@ -568,6 +599,7 @@ void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx
               case Method::kPointwise:
               case Method::kBlas:
               case Method::kWinograd:
+              case Method::kDepthwise:  // (handled above)
                 blas_backward_data(b, dy.data(), weight.data(), dx.data(), ws);
                 break;
             }
@@ -644,6 +676,12 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
   if (want_bias) check_shape("dbias", *dbias, {d.out_channels});
 
   const Plan& plan = params_plan_;
+  if (plan.method == Method::kDepthwise) {
+    depthwise_backward_params(want_weight ? x.data() : nullptr, dy.data(),
+                              want_weight ? dweight.data() : nullptr,
+                              want_bias ? dbias->data() : nullptr, n_batch);
+    return;
+  }
   if (plan.method == Method::kWinograd) {
     if (want_weight) winograd_backward_weight(x.data(), dy.data(), dweight.data(), n_batch);
     if (want_bias) {  // one task per filter: each sum runs in a fixed order
@@ -698,6 +736,7 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
                 case Method::kPointwise:
                 case Method::kBlas:
                 case Method::kWinograd:  // (handled above)
+                case Method::kDepthwise:
                   blas_backward_params(b, x.data(), dy.data(), dw, ws);
                   break;
               }
@@ -842,6 +881,94 @@ void TbbConv2d::winograd_backward_weight(const float* x, const float* dy, float*
     for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += part[i];
   }
   winograd::weight_gradient(sum.data(), kg_, cg_, dweight);
+}
+
+// ---- depthwise --------------------------------------------------------------------------------
+
+int64_t TbbConv2d::depthwise_wide_offset() const {
+  return round_up(
+      std::max(depthwise::padded_floats(desc_), depthwise::weight_scratch_floats(desc_)), 16);
+}
+
+int64_t TbbConv2d::depthwise_grain() const {
+  const Conv2dDesc& d = desc_;
+  const int64_t macs = std::max<int64_t>(1, kg_ * out_plane_ * d.kernel_h * d.kernel_w);
+  return std::max<int64_t>(1, kDepthwiseTaskMacs / macs);
+}
+
+void TbbConv2d::depthwise_forward(const float* x, const float* w, const float* bias, float* y,
+                                  int64_t n_batch) {
+  const Conv2dDesc& d = desc_;
+  const int64_t taps = d.kernel_h * d.kernel_w;
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * d.groups, depthwise_grain()),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      Workspace& ws = local_workspace();
+                      for (int64_t p = range.begin(); p != range.end(); ++p) {
+                        const int64_t n = p / d.groups, g = p % d.groups;
+                        depthwise::pad_plane(d, x + (n * d.in_channels + g) * in_plane_,
+                                             ws.col.data());
+                        for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
+                          depthwise::forward_plane(d, depthwise_offsets_.data(), ws.col.data(),
+                                                   w + k * taps,
+                                                   bias != nullptr ? bias[k] : 0.0f,
+                                                   y + (n * d.out_channels + k) * out_plane_,
+                                                   ws.gathered.data());
+                        }
+                      }
+                    });
+}
+
+void TbbConv2d::depthwise_backward_data(const float* dy, const float* w, float* dx,
+                                        int64_t n_batch) {
+  const Conv2dDesc& d = desc_;
+  const int64_t taps = d.kernel_h * d.kernel_w;
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * d.groups, depthwise_grain()),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      Workspace& ws = local_workspace();
+                      float* padded = ws.gathered.data();
+                      for (int64_t p = range.begin(); p != range.end(); ++p) {
+                        const int64_t n = p / d.groups, g = p % d.groups;
+                        for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
+                          depthwise::backward_data_plane(
+                              d, depthwise_flipped_offsets_.data(),
+                              dy + (n * d.out_channels + k) * out_plane_, w + k * taps,
+                              k > g * kg_, padded, ws.gathered.data() + depthwise_wide_offset());
+                        }
+                        depthwise::crop_plane(d, padded, dx + (n * d.in_channels + g) * in_plane_);
+                      }
+                    });
+}
+
+void TbbConv2d::depthwise_backward_params(const float* x, const float* dy, float* dw, float* db,
+                                          int64_t n_batch) {
+  const Conv2dDesc& d = desc_;
+  const int64_t taps = d.kernel_h * d.kernel_w;
+  // One task per group: each filter's sums over the batch run in a fixed order.
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, d.groups, 1), [&](const tbb::blocked_range<int64_t>& range) {
+        Workspace& ws = local_workspace();
+        float* acc = ws.gathered.data();
+        for (int64_t g = range.begin(); g != range.end(); ++g) {
+          for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
+            if (db != nullptr) {
+              float total = 0.0f;
+              for (int64_t n = 0; n < n_batch; ++n) {
+                total += sum_floats(dy + (n * d.out_channels + k) * out_plane_, out_plane_);
+              }
+              db[k] = total;
+            }
+            if (dw == nullptr) continue;
+            std::fill_n(acc, depthwise::weight_scratch_floats(d), 0.0f);
+            for (int64_t n = 0; n < n_batch; ++n) {
+              depthwise::pad_plane(d, x + (n * d.in_channels + g) * in_plane_, ws.col.data());
+              depthwise::accumulate_weight_plane(
+                  d, depthwise_offsets_.data(), ws.col.data(),
+                  dy + (n * d.out_channels + k) * out_plane_, acc, acc + depthwise_wide_offset());
+            }
+            depthwise::reduce_weight(d, acc, dw + k * taps);
+          }
+        }
+      });
 }
 
 // ---- direct -----------------------------------------------------------------------------------

@@ -68,6 +68,10 @@ class TbbBackend : public Backend {
 //   - blas: everything else. im2col + single-threaded OpenBLAS sgemm per group; a block is several
 //     whole images, or a band of output rows of one image when its col matrix would exceed the
 //     budget.
+//   - depthwise: one input channel per group (depthwise convolution, or a channel multiplier),
+//     any geometry: loops along output rows over one padded plane (depthwise.hpp). forward and
+//     backward_data are parallel over planes; backward_params over groups, each filter's sum in
+//     a fixed order.
 //   - winograd: 3x3, stride 1, dilation 1, one group, padding at most 2, and at least
 //     kWinogradMinChannels channels and filters: F(2x2, 3x3) (winograd.hpp) over blocks of tiles
 //     of the whole batch, for all three entry points. backward_params gives each thread a
@@ -92,7 +96,7 @@ class TbbConv2d : public Conv2dKernel {
   void on_prepare() override;
 
  private:
-  enum class Method { kDirect, kSmall, kPointwise, kBlas, kWinograd };
+  enum class Method { kDirect, kSmall, kPointwise, kBlas, kWinograd, kDepthwise };
   // How one entry point walks the batch: blocks of `images` whole images, or bands of
   // `band_rows` output rows of one image (blas only, when one image's col matrix is too big).
   struct Plan {
@@ -132,6 +136,13 @@ class TbbConv2d : public Conv2dKernel {
                     float* y, int64_t n_batch);
   void winograd_backward_weight(const float* x, const float* dy, float* dweight, int64_t n_batch);
   void gather_dy(const Block& b, int64_t g, const float* dy, float* gathered) const;
+  void depthwise_forward(const float* x, const float* w, const float* bias, float* y,
+                         int64_t n_batch);
+  void depthwise_backward_data(const float* dy, const float* w, float* dx, int64_t n_batch);
+  void depthwise_backward_params(const float* x, const float* dy, float* dw, float* db,
+                                 int64_t n_batch);
+  int64_t depthwise_grain() const;        // input planes per task
+  int64_t depthwise_wide_offset() const;  // of the wide scratch in Workspace::gathered
 
   int64_t cg_ = 0, kg_ = 0;  // channels and filters per group
   int64_t rows_ = 0;         // cg * R * S: taps of one group
@@ -154,6 +165,8 @@ class TbbConv2d : public Conv2dKernel {
   int64_t padded_stride_ = 0;   // floats between padded images in the workspace
   int64_t dy_wide_stride_ = 0;  // row stride of the zero-filled wide dy in backward_params
   std::vector<int32_t> forward_offsets_, backward_offsets_;
+  // depthwise (stride 1): the taps' offsets in the padded plane, and flipped for backward_data.
+  std::vector<int64_t> depthwise_offsets_, depthwise_flipped_offsets_;
   // winograd: geometries of forward and backward_data, tiles per task, transformed weights.
   winograd::Geometry winograd_forward_, winograd_data_;
   int64_t winograd_tiles_ = 0;

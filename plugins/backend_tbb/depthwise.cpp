@@ -1,0 +1,233 @@
+#include "depthwise.hpp"
+
+#include <algorithm>
+#include <vector>
+
+namespace strata::tbb_backend::depthwise {
+
+namespace {
+
+// The padded plane covers every window: the input with its padding, and more zeros below and to
+// the right when the output size was rounded up (a last window past the padding).
+int64_t padded_h(const Conv2dDesc& d) {
+  return std::max(d.in_h + 2 * d.pad_h,
+                  (d.out_h - 1) * d.stride_h + (d.kernel_h - 1) * d.dilation_h + 1);
+}
+int64_t padded_w(const Conv2dDesc& d) {
+  return std::max(d.in_w + 2 * d.pad_w,
+                  (d.out_w - 1) * d.stride_w + (d.kernel_w - 1) * d.dilation_w + 1);
+}
+bool unit_stride(const Conv2dDesc& d) { return d.stride_h == 1 && d.stride_w == 1; }
+
+}  // namespace
+
+int64_t padded_floats(const Conv2dDesc& d) { return padded_h(d) * padded_w(d); }
+int64_t wide_floats(const Conv2dDesc& d) { return d.out_h * padded_w(d); }
+
+namespace {
+
+// 16 floats (one AVX-512 register, two AVX2 ones: GCC picks), loadable at any float address.
+using Vec = float __attribute__((vector_size(64), aligned(4), may_alias));
+constexpr int64_t kLanes = 16;
+inline Vec load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
+inline void store(float* p, Vec v) { *reinterpret_cast<Vec*>(p) = v; }
+inline Vec splat(float x) { return Vec{} + x; }
+
+// out[j] (= or +=) bias + sum over taps t of w[t] * src[offset[t] + j], for j < length. The sums
+// stay in registers across the taps: one store per output instead of one per tap.
+void tap_sums(const float* src, const int64_t* offset, const float* w, int64_t taps, float bias,
+              bool accumulate, float* out, int64_t length) {
+  int64_t j = 0;
+  for (; j + 4 * kLanes <= length; j += 4 * kLanes) {
+    Vec a0, a1, a2, a3;
+    if (accumulate) {
+      a0 = load(out + j), a1 = load(out + j + kLanes), a2 = load(out + j + 2 * kLanes),
+      a3 = load(out + j + 3 * kLanes);
+    } else {
+      a0 = a1 = a2 = a3 = splat(bias);
+    }
+    for (int64_t t = 0; t < taps; ++t) {
+      const Vec wt = splat(w[t]);
+      const float* p = src + offset[t] + j;
+      a0 += wt * load(p);
+      a1 += wt * load(p + kLanes);
+      a2 += wt * load(p + 2 * kLanes);
+      a3 += wt * load(p + 3 * kLanes);
+    }
+    store(out + j, a0);
+    store(out + j + kLanes, a1);
+    store(out + j + 2 * kLanes, a2);
+    store(out + j + 3 * kLanes, a3);
+  }
+  for (; j + kLanes <= length; j += kLanes) {
+    Vec a = accumulate ? load(out + j) : splat(bias);
+    for (int64_t t = 0; t < taps; ++t) a += splat(w[t]) * load(src + offset[t] + j);
+    store(out + j, a);
+  }
+  for (; j < length; ++j) {
+    float a = accumulate ? out[j] : bias;
+    for (int64_t t = 0; t < taps; ++t) a += w[t] * src[offset[t] + j];
+    out[j] = a;
+  }
+}
+
+// partial[t][lane] += sum over j = lane (mod kLanes), j < length, of grad[j] * src[offset[t] + j]:
+// the taps' dot products, eight taps at a time with their sums in registers.
+void tap_dots(const float* grad, const float* src, const int64_t* offset, int64_t taps,
+              int64_t length, float* partial) {
+  constexpr int kBlock = 8;
+  const int64_t vector_end = length / kLanes * kLanes;
+  for (int64_t t0 = 0; t0 < taps; t0 += kBlock) {
+    const int64_t count = std::min<int64_t>(kBlock, taps - t0);
+    const float* p[kBlock];
+    Vec acc[kBlock];
+#pragma GCC unroll 8
+    for (int u = 0; u < kBlock; ++u) {  // a short last block repeats its last tap, unstored
+      p[u] = src + offset[t0 + std::min<int64_t>(u, count - 1)];
+      acc[u] = Vec{};
+    }
+    for (int64_t j = 0; j < vector_end; j += kLanes) {
+      const Vec g = load(grad + j);
+#pragma GCC unroll 8
+      for (int u = 0; u < kBlock; ++u) acc[u] += g * load(p[u] + j);
+    }
+    for (int u = 0; u < count; ++u) {
+      float* sums = partial + (t0 + u) * kLanes;
+      store(sums, load(sums) + acc[u]);
+      for (int64_t j = vector_end; j < length; ++j) sums[j % kLanes] += grad[j] * p[u][j];
+    }
+  }
+}
+
+// Stride 1: output pixel (oh, ow) is column oh * padded_w + ow of the "wide" output, and tap
+// (r, s) reads the padded plane at that column plus offset(r, s), so each tap is one long loop.
+int64_t wide_length(const Conv2dDesc& d) { return (d.out_h - 1) * padded_w(d) + d.out_w; }
+int64_t offset(const Conv2dDesc& d, int64_t r, int64_t s) {
+  return r * d.dilation_h * padded_w(d) + s * d.dilation_w;
+}
+
+int64_t max_offset(const Conv2dDesc& d) { return offset(d, d.kernel_h - 1, d.kernel_w - 1); }
+
+// dy in the wide layout at grad + max_offset(d), zero everywhere else in grad_floats(d) floats
+// (the columns that are not output pixels, and margins for backward_data's flipped taps).
+const float* widen(const Conv2dDesc& d, const float* dy, float* grad) {
+  const int64_t pw = padded_w(d);
+  std::fill_n(grad, grad_floats(d), 0.0f);
+  float* wide = grad + max_offset(d);
+  for (int64_t oh = 0; oh < d.out_h; ++oh) std::copy_n(dy + oh * d.out_w, d.out_w, wide + oh * pw);
+  return wide;
+}
+
+}  // namespace
+
+int64_t weight_scratch_floats(const Conv2dDesc& d) {
+  return d.kernel_h * d.kernel_w * (unit_stride(d) ? kLanes : d.out_w);
+}
+int64_t grad_floats(const Conv2dDesc& d) { return max_offset(d) + padded_floats(d); }
+
+std::vector<int64_t> tap_offsets(const Conv2dDesc& d, bool flipped) {
+  std::vector<int64_t> offsets;
+  for (int64_t r = 0; r < d.kernel_h; ++r) {
+    for (int64_t s = 0; s < d.kernel_w; ++s) {
+      offsets.push_back(flipped ? max_offset(d) - offset(d, r, s) : offset(d, r, s));
+    }
+  }
+  return offsets;
+}
+
+void pad_plane(const Conv2dDesc& d, const float* x, float* padded) {
+  const int64_t ph = padded_h(d), pw = padded_w(d);
+  std::fill_n(padded, d.pad_h * pw, 0.0f);
+  for (int64_t h = 0; h < d.in_h; ++h) {
+    float* row = padded + (h + d.pad_h) * pw;
+    std::fill_n(row, d.pad_w, 0.0f);
+    std::copy_n(x + h * d.in_w, d.in_w, row + d.pad_w);
+    std::fill_n(row + d.pad_w + d.in_w, pw - d.pad_w - d.in_w, 0.0f);
+  }
+  std::fill_n(padded + (d.pad_h + d.in_h) * pw, (ph - d.pad_h - d.in_h) * pw, 0.0f);
+}
+
+void forward_plane(const Conv2dDesc& d, const int64_t* offsets, const float* padded,
+                   const float* w, float bias, float* y, float* wide) {
+  const int64_t pw = padded_w(d), out_w = d.out_w, sw = d.stride_w;
+  if (unit_stride(d)) {
+    tap_sums(padded, offsets, w, d.kernel_h * d.kernel_w, bias, false, wide, wide_length(d));
+    for (int64_t oh = 0; oh < d.out_h; ++oh) std::copy_n(wide + oh * pw, out_w, y + oh * out_w);
+    return;
+  }
+  for (int64_t oh = 0; oh < d.out_h; ++oh) {
+    float* __restrict out = y + oh * out_w;
+    std::fill_n(out, out_w, bias);
+    for (int64_t r = 0; r < d.kernel_h; ++r) {
+      const float* row = padded + (oh * d.stride_h + r * d.dilation_h) * pw;
+      for (int64_t s = 0; s < d.kernel_w; ++s) {
+        const float weight = w[r * d.kernel_w + s];
+        const float* __restrict src = row + s * d.dilation_w;
+        for (int64_t ow = 0; ow < out_w; ++ow) out[ow] += weight * src[ow * sw];
+      }
+    }
+  }
+}
+
+void backward_data_plane(const Conv2dDesc& d, const int64_t* flipped_offsets, const float* dy,
+                         const float* w, bool accumulate, float* dx_padded, float* grad) {
+  const int64_t pw = padded_w(d), out_w = d.out_w, sw = d.stride_w;
+  if (unit_stride(d)) {
+    // dx_padded[i] = sum over taps t of w[t] * wide_dy[i - offset(t)]: the same tap sums, over
+    // dy with a margin of max_offset zeros in front and the offsets flipped.
+    widen(d, dy, grad);
+    tap_sums(grad, flipped_offsets, w, d.kernel_h * d.kernel_w, 0.0f, accumulate, dx_padded,
+             padded_floats(d));
+    return;
+  }
+  if (!accumulate) std::fill_n(dx_padded, padded_floats(d), 0.0f);
+  for (int64_t oh = 0; oh < d.out_h; ++oh) {
+    const float* __restrict grad = dy + oh * out_w;
+    for (int64_t r = 0; r < d.kernel_h; ++r) {
+      float* row = dx_padded + (oh * d.stride_h + r * d.dilation_h) * pw;
+      for (int64_t s = 0; s < d.kernel_w; ++s) {
+        const float weight = w[r * d.kernel_w + s];
+        float* __restrict dst = row + s * d.dilation_w;
+        for (int64_t ow = 0; ow < out_w; ++ow) dst[ow * sw] += weight * grad[ow];
+      }
+    }
+  }
+}
+
+void crop_plane(const Conv2dDesc& d, const float* dx_padded, float* dx) {
+  const int64_t pw = padded_w(d);
+  for (int64_t h = 0; h < d.in_h; ++h) {
+    std::copy_n(dx_padded + (h + d.pad_h) * pw + d.pad_w, d.in_w, dx + h * d.in_w);
+  }
+}
+
+void accumulate_weight_plane(const Conv2dDesc& d, const int64_t* offsets, const float* padded,
+                             const float* dy, float* acc, float* grad) {
+  const int64_t pw = padded_w(d), out_w = d.out_w, sw = d.stride_w;
+  if (unit_stride(d)) {
+    tap_dots(widen(d, dy, grad), padded, offsets, d.kernel_h * d.kernel_w, wide_length(d), acc);
+    return;
+  }
+  for (int64_t oh = 0; oh < d.out_h; ++oh) {
+    const float* __restrict grad = dy + oh * out_w;
+    for (int64_t r = 0; r < d.kernel_h; ++r) {
+      const float* row = padded + (oh * d.stride_h + r * d.dilation_h) * pw;
+      for (int64_t s = 0; s < d.kernel_w; ++s) {
+        float* __restrict sums = acc + (r * d.kernel_w + s) * out_w;
+        const float* __restrict src = row + s * d.dilation_w;
+        for (int64_t ow = 0; ow < out_w; ++ow) sums[ow] += grad[ow] * src[ow * sw];
+      }
+    }
+  }
+}
+
+void reduce_weight(const Conv2dDesc& d, const float* acc, float* dw) {
+  const int64_t taps = d.kernel_h * d.kernel_w, length = weight_scratch_floats(d) / taps;
+  for (int64_t t = 0; t < taps; ++t) {
+    float total = 0.0f;
+    for (int64_t j = 0; j < length; ++j) total += acc[t * length + j];
+    dw[t] = total;
+  }
+}
+
+}  // namespace strata::tbb_backend::depthwise

@@ -1,0 +1,59 @@
+// Convolution with one input channel per group (internal to backend_tbb): depthwise convolution
+// (groups = channels, MobileNet's 3x3 layers) and its channel-multiplier form (each group's
+// filters all read the same single channel). Any kernel size, stride, padding and dilation.
+//
+// Why not im2col + GEMM: a group's "matrix product" is (filters per group) x R*S times R*S x
+// pixels, one to a few rows, so the products run at memory speed while im2col writes R*S copies
+// of the image. These loops read one zero-padded plane from L1/L2. With stride 1 each tap is one
+// long loop over the "wide" output (rows as wide as the padded plane, the extra columns computed
+// and dropped, as in direct_conv.hpp), which the compiler vectorizes; other strides run along
+// output rows. The weight gradient keeps a vector of partial sums per tap.
+//
+// `wide` arguments are scratch of wide_floats() floats.
+//
+// Each call handles one plane; TbbConv2d spreads planes (forward, backward_data) or groups
+// (backward_params, so that each filter's sum runs in a fixed order) over threads.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "strata/ops.hpp"
+
+namespace strata::tbb_backend::depthwise {
+
+// Floats of the zero-padded plane; of the wide output; of backward's dy buffer (`grad`).
+int64_t padded_floats(const Conv2dDesc& d);
+int64_t wide_floats(const Conv2dDesc& d);
+int64_t grad_floats(const Conv2dDesc& d);
+
+// The taps' offsets in the padded plane (stride 1; forward and the weight gradient), or flipped
+// into backward_data's dy buffer.
+std::vector<int64_t> tap_offsets(const Conv2dDesc& d, bool flipped);
+
+// Copies plane x (in_h x in_w) into the middle of `padded`, zero around it.
+void pad_plane(const Conv2dDesc& d, const float* x, float* padded);
+
+// y (out_h x out_w) = bias + correlation of the padded plane with the R x S filter w. `wide` is
+// scratch of wide_floats() floats.
+void forward_plane(const Conv2dDesc& d, const int64_t* offsets, const float* padded,
+                   const float* w, float bias, float* y, float* wide);
+
+// dx_padded (the padded plane's layout) = (or +=, with accumulate) filter w's share of dx from
+// dy (out_h x out_w). `grad` is scratch of grad_floats() floats.
+void backward_data_plane(const Conv2dDesc& d, const int64_t* flipped_offsets, const float* dy,
+                         const float* w, bool accumulate, float* dx_padded, float* grad);
+
+// Copies the middle of dx_padded (the real in_h x in_w pixels) to dx.
+void crop_plane(const Conv2dDesc& d, const float* dx_padded, float* dx);
+
+// The weight gradient of one filter, over any number of planes: acc (weight_scratch_floats()
+// floats, zeroed by the caller) gathers partial sums per tap; reduce_weight then adds each tap's
+// partial sums in order into dw[r][s] (overwritten). A fixed order: the result does not depend on
+// the thread count. `grad` is scratch of grad_floats() floats.
+int64_t weight_scratch_floats(const Conv2dDesc& d);
+void accumulate_weight_plane(const Conv2dDesc& d, const int64_t* offsets, const float* padded,
+                             const float* dy, float* acc, float* grad);
+void reduce_weight(const Conv2dDesc& d, const float* acc, float* dw);
+
+}  // namespace strata::tbb_backend::depthwise
