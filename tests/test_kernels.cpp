@@ -598,7 +598,8 @@ BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
 // filters): odd output sizes (partial tiles on both edges), every padding it takes (backward_data
 // runs with padding 2 - pad), unequal padding, more channels than filters and the reverse, several
 // tile blocks with a partial last one; and the shapes just outside it (dilation 2, two groups,
-// padding 3, 31 channels), which must still agree through their own paths.
+// padding 3, 31 channels), which must still agree through their own paths. Dilated 3x3 runs there
+// too, as a batch of polyphase components, when the dilation divides the size and the padding.
 BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
   std::mt19937 rng(17);
   const std::vector<std::pair<Conv2dDesc, int64_t>> cases = {
@@ -607,7 +608,11 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(32, 7, 6, 36, 3, 3, 1, 1, 2, 2, 1, 1, 1), 2},    // padding 2: 9x8
       {conv_desc(33, 10, 7, 32, 3, 3, 1, 1, 0, 2, 1, 1, 1), 2},   // unequal padding
       {conv_desc(32, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5},  // many tile blocks
-      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2},    // dilated: not winograd
+      {conv_desc(32, 10, 12, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 3},  // dilation 2: 4 phases
+      {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2},   // dilation 3, unequal padding
+      {conv_desc(32, 8, 8, 32, 3, 3, 1, 1, 4, 4, 2, 2, 1), 2},    // dilation 2, padding 4
+      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2},    // odd size: not winograd
+      {conv_desc(32, 10, 10, 32, 3, 3, 1, 1, 1, 1, 2, 2, 1), 2},  // padding 1: not winograd
       {conv_desc(64, 9, 9, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2), 2},    // two groups: not winograd
       {conv_desc(32, 6, 6, 32, 3, 3, 1, 1, 3, 3, 1, 1, 1), 2},    // padding 3: not winograd
       {conv_desc(31, 9, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2},    // 31 channels: not winograd

@@ -207,9 +207,18 @@ void TbbConv2d::on_prepare() {
       std::clamp<int64_t>(ceil_div(kSmallTargetColumns, out_plane_), 1,
                           kColumnBudgetFloats / std::max<int64_t>(1, rows_ * out_plane_));
   small_stride_ = round_up(small_images_ * out_plane_, 8);
+  // A dilation-D 3x3 convolution is D*D independent dilation-1 ones, on the input's polyphase
+  // components (rows and columns of one residue mod D): Winograd runs on those sub-images.
+  const int64_t dilation = d.dilation_h;
+  const bool polyphase = dilation > 1 && d.dilation_w == dilation && d.pad_h % dilation == 0 &&
+                         d.pad_w % dilation == 0 && d.in_h % dilation == 0 &&
+                         d.in_w % dilation == 0;
+  phases_ = polyphase ? dilation : 1;
   const bool winograd = d.kernel_h == 3 && d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 &&
-                        d.dilation_h == 1 && d.dilation_w == 1 && d.groups == 1 && d.pad_h <= 2 &&
-                        d.pad_w <= 2 && cg_ >= kWinogradMinChannels && kg_ >= kWinogradMinChannels;
+                        (polyphase || (d.dilation_h == 1 && d.dilation_w == 1)) && d.groups == 1 &&
+                        d.pad_h / phases_ <= 2 && d.pad_w / phases_ <= 2 &&
+                        cg_ >= kWinogradMinChannels && kg_ >= kWinogradMinChannels;
+  if (!winograd) phases_ = 1;
   const bool depthwise = cg_ == 1 && d.groups > 1;
   forward_plan_ = make_plan(depthwise          ? Method::kDepthwise
                             : winograd         ? Method::kWinograd
@@ -226,8 +235,11 @@ void TbbConv2d::on_prepare() {
                          : direct_data ? Method::kDirect
                                        : fallback());
   if (winograd) {
-    winograd_forward_ = winograd::Geometry::make(cg_, kg_, d.in_h, d.in_w, d.pad_h, d.pad_w);
-    winograd_data_ = winograd::Geometry::make(kg_, cg_, d.out_h, d.out_w, 2 - d.pad_h, 2 - d.pad_w);
+    const int64_t p = phases_;
+    winograd_forward_ =
+        winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p);
+    winograd_data_ = winograd::Geometry::make(kg_, cg_, d.out_h / p, d.out_w / p, 2 - d.pad_h / p,
+                                              2 - d.pad_w / p);
     winograd_tiles_ =
         std::max<int64_t>(8, kWinogradBudgetFloats / (winograd::kElements * (cg_ + kg_)));
     winograd_u_forward_.assign(static_cast<std::size_t>(winograd::kElements * cg_ * kg_), 0.0f);
@@ -436,6 +448,14 @@ void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bia
   }
   if (plan.method == Method::kWinograd) {
     winograd::transform_weights(weight.data(), kg_, cg_, false, winograd_u_forward_.data());
+    if (phases_ > 1) {
+      const int64_t images = n_batch * phases_ * phases_;
+      split_phases(x.data(), n_batch, d.in_channels, d.in_h, d.in_w, phase_input(n_batch));
+      winograd_run(winograd_forward_, winograd_u_forward_.data(), phase_input_.data(), bias_data,
+                   phase_output(n_batch), images);
+      merge_phases(phase_output_.data(), n_batch, d.out_channels, d.out_h, d.out_w, y.data());
+      return;
+    }
     winograd_run(winograd_forward_, winograd_u_forward_.data(), x.data(), bias_data, y.data(),
                  n_batch);
     return;
@@ -573,6 +593,14 @@ void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx
   }
   if (plan.method == Method::kWinograd) {
     winograd::transform_weights(weight.data(), cg_, kg_, true, winograd_u_data_.data());
+    if (phases_ > 1) {
+      const int64_t images = n_batch * phases_ * phases_;
+      split_phases(dy.data(), n_batch, d.out_channels, d.out_h, d.out_w, phase_output(n_batch));
+      winograd_run(winograd_data_, winograd_u_data_.data(), phase_output_.data(), nullptr,
+                   phase_input(n_batch), images);
+      merge_phases(phase_input_.data(), n_batch, d.in_channels, d.in_h, d.in_w, dx.data());
+      return;
+    }
     winograd_run(winograd_data_, winograd_u_data_.data(), dy.data(), nullptr, dx.data(), n_batch);
     return;
   }
@@ -683,7 +711,14 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
     return;
   }
   if (plan.method == Method::kWinograd) {
-    if (want_weight) winograd_backward_weight(x.data(), dy.data(), dweight.data(), n_batch);
+    if (want_weight && phases_ > 1) {
+      split_phases(x.data(), n_batch, d.in_channels, d.in_h, d.in_w, phase_input(n_batch));
+      split_phases(dy.data(), n_batch, d.out_channels, d.out_h, d.out_w, phase_output(n_batch));
+      winograd_backward_weight(phase_input_.data(), phase_output_.data(), dweight.data(),
+                               n_batch * phases_ * phases_);
+    } else if (want_weight) {
+      winograd_backward_weight(x.data(), dy.data(), dweight.data(), n_batch);
+    }
     if (want_bias) {  // one task per filter: each sum runs in a fixed order
       tbb::parallel_for(tbb::blocked_range<int64_t>(0, d.out_channels, 8),
                         [&](const tbb::blocked_range<int64_t>& range) {
@@ -831,6 +866,63 @@ void TbbConv2d::small_backward_params(const Block& b, const float* x, const floa
 }
 
 // ---- winograd ---------------------------------------------------------------------------------
+
+float* TbbConv2d::phase_input(int64_t n_batch) {
+  const auto floats = static_cast<std::size_t>(n_batch * desc_.in_channels * in_plane_);
+  if (phase_input_.size() < floats) phase_input_.resize(floats);
+  return phase_input_.data();
+}
+
+float* TbbConv2d::phase_output(int64_t n_batch) {
+  const auto floats = static_cast<std::size_t>(n_batch * desc_.out_channels * out_plane_);
+  if (phase_output_.size() < floats) phase_output_.resize(floats);
+  return phase_output_.data();
+}
+
+// Image n, phase (a, b) of the split batch is image (n * P + a) * P + b, whose pixel (i, j) of
+// channel c is pixel (i * P + a, j * P + b) of image n's channel c.
+void TbbConv2d::split_phases(const float* src, int64_t n_batch, int64_t channels, int64_t h,
+                             int64_t w, float* dst) const {
+  const int64_t p = phases_, sh = h / p, sw = w / p;
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * channels, 4),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      for (int64_t plane = range.begin(); plane != range.end(); ++plane) {
+                        const int64_t n = plane / channels, c = plane % channels;
+                        const float* in = src + plane * h * w;
+                        for (int64_t a = 0; a < p; ++a) {
+                          for (int64_t b = 0; b < p; ++b) {
+                            float* out = dst + (((n * p + a) * p + b) * channels + c) * sh * sw;
+                            for (int64_t i = 0; i < sh; ++i) {
+                              const float* row = in + (i * p + a) * w + b;
+                              for (int64_t j = 0; j < sw; ++j) out[i * sw + j] = row[j * p];
+                            }
+                          }
+                        }
+                      }
+                    });
+}
+
+void TbbConv2d::merge_phases(const float* src, int64_t n_batch, int64_t channels, int64_t h,
+                             int64_t w, float* dst) const {
+  const int64_t p = phases_, sh = h / p, sw = w / p;
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * channels, 4),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      for (int64_t plane = range.begin(); plane != range.end(); ++plane) {
+                        const int64_t n = plane / channels, c = plane % channels;
+                        float* out = dst + plane * h * w;
+                        for (int64_t a = 0; a < p; ++a) {
+                          for (int64_t b = 0; b < p; ++b) {
+                            const float* in =
+                                src + (((n * p + a) * p + b) * channels + c) * sh * sw;
+                            for (int64_t i = 0; i < sh; ++i) {
+                              float* row = out + (i * p + a) * w + b;
+                              for (int64_t j = 0; j < sw; ++j) row[j * p] = in[i * sw + j];
+                            }
+                          }
+                        }
+                      }
+                    });
+}
 
 void TbbConv2d::winograd_run(const winograd::Geometry& g, const float* u, const float* x,
                              const float* bias, float* y, int64_t n_batch) {

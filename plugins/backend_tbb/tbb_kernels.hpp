@@ -74,7 +74,9 @@ class TbbBackend : public Backend {
 //     a fixed order.
 //   - winograd: 3x3, stride 1, dilation 1, one group, padding at most 2, and at least
 //     kWinogradMinChannels channels and filters: F(2x2, 3x3) (winograd.hpp) over blocks of tiles
-//     of the whole batch, for all three entry points. backward_params gives each thread a
+//     of the whole batch, for all three entry points. Dilation D > 1 too, when D divides the
+//     padding and the input size (and padding / D <= 2): the D*D polyphase components of the
+//     input are a batch D*D times larger of dilation-1 convolutions with padding / D. backward_params gives each thread a
 //     contiguous range of tile blocks and a transformed-gradient buffer of 16 * K * C floats,
 //     reduced in order (deterministic for a given thread count).
 // backward_params splits the batch into contiguous slices (a few per thread, for load balance);
@@ -135,6 +137,14 @@ class TbbConv2d : public Conv2dKernel {
   void winograd_run(const winograd::Geometry& g, const float* u, const float* x, const float* bias,
                     float* y, int64_t n_batch);
   void winograd_backward_weight(const float* x, const float* dy, float* dweight, int64_t n_batch);
+  // Dilation P > 1: the batch's P*P polyphase components as a batch of n_batch * P * P images
+  // (split), and back (merge); the buffers they use, grown to the batch on first use.
+  void split_phases(const float* src, int64_t n_batch, int64_t channels, int64_t h, int64_t w,
+                    float* dst) const;
+  void merge_phases(const float* src, int64_t n_batch, int64_t channels, int64_t h, int64_t w,
+                    float* dst) const;
+  float* phase_input(int64_t n_batch);
+  float* phase_output(int64_t n_batch);
   void gather_dy(const Block& b, int64_t g, const float* dy, float* gathered) const;
   void depthwise_forward(const float* x, const float* w, const float* bias, float* y,
                          int64_t n_batch);
@@ -172,6 +182,8 @@ class TbbConv2d : public Conv2dKernel {
   int64_t winograd_tiles_ = 0;
   std::vector<float> winograd_u_forward_, winograd_u_data_;
   std::vector<std::vector<float>> winograd_du_;  // per backward_params slice
+  int64_t phases_ = 1;  // dilation run as phases_ x phases_ dilation-1 convolutions
+  std::vector<float> phase_input_, phase_output_;
 };
 
 // Pooling, parallel over the N*C planes with a grain of about kPoolWorkPerTask window reads.
