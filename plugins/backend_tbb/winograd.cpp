@@ -144,6 +144,76 @@ inline void transform_output8(const float* m, int64_t stride, float b, float* ro
     _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
   }
 }
+
+// The B^T d B transform of 8 tiles anywhere (across tile rows or images): patch[k] points at row 0,
+// column 0 of tile k's 4x4 patch, rows `ld` floats apart. The four rows of each patch are loaded
+// as 4-float vectors and transposed, 8 tiles to a vector.
+inline void transform_input_gathered(const float* const (&patch)[kLanes], const int64_t (&ld)[kLanes],
+                                     float* v, int64_t stride) {
+  __m256 d[4][4];
+  for (int i = 0; i < 4; ++i) {
+    __m256 m[4];
+    for (int k = 0; k < 4; ++k) {
+      m[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(patch[k] + i * ld[k])),
+                                  _mm_loadu_ps(patch[k + 4] + i * ld[k + 4]), 1);
+    }
+    const __m256 t0 = _mm256_unpacklo_ps(m[0], m[1]), t1 = _mm256_unpackhi_ps(m[0], m[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(m[2], m[3]), t3 = _mm256_unpackhi_ps(m[2], m[3]);
+    d[i][0] = _mm256_shuffle_ps(t0, t2, 0x44);
+    d[i][1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+    d[i][2] = _mm256_shuffle_ps(t1, t3, 0x44);
+    d[i][3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+  }
+  // The lanes now run 0, 1, 2, 3 in the low half and 4, 5, 6, 7 in the high one: tile order.
+  __m256 t[4][4];
+  for (int j = 0; j < 4; ++j) {
+    t[0][j] = _mm256_sub_ps(d[0][j], d[2][j]);
+    t[1][j] = _mm256_add_ps(d[1][j], d[2][j]);
+    t[2][j] = _mm256_sub_ps(d[2][j], d[1][j]);
+    t[3][j] = _mm256_sub_ps(d[1][j], d[3][j]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(v + (i * 4 + 0) * stride, _mm256_sub_ps(t[i][0], t[i][2]));
+    _mm256_storeu_ps(v + (i * 4 + 1) * stride, _mm256_add_ps(t[i][1], t[i][2]));
+    _mm256_storeu_ps(v + (i * 4 + 2) * stride, _mm256_sub_ps(t[i][2], t[i][1]));
+    _mm256_storeu_ps(v + (i * 4 + 3) * stride, _mm256_sub_ps(t[i][1], t[i][3]));
+  }
+}
+
+// A e A^T for 8 dy tiles e = [a b; c d] (a vector of 8 tiles each), to out[xi * stride].
+inline void transform_dy8(__m256 a, __m256 b, __m256 c, __m256 d, float* out, int64_t stride) {
+  const __m256 r[4][2] = {
+      {a, b},
+      {_mm256_add_ps(a, c), _mm256_add_ps(b, d)},
+      {_mm256_sub_ps(a, c), _mm256_sub_ps(b, d)},
+      {_mm256_sub_ps(_mm256_setzero_ps(), c), _mm256_sub_ps(_mm256_setzero_ps(), d)}};
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(out + (i * 4 + 0) * stride, r[i][0]);
+    _mm256_storeu_ps(out + (i * 4 + 1) * stride, _mm256_add_ps(r[i][0], r[i][1]));
+    _mm256_storeu_ps(out + (i * 4 + 2) * stride, _mm256_sub_ps(r[i][0], r[i][1]));
+    _mm256_storeu_ps(out + (i * 4 + 3) * stride, _mm256_sub_ps(_mm256_setzero_ps(), r[i][1]));
+  }
+}
+
+// A^T m A for 8 tiles of one filter: y[i][j][k] is output (i, j) of tile k.
+inline void transform_output_lanes(const float* m, int64_t stride, float b,
+                                   float (&y)[2][2][kLanes]) {
+  __m256 s[2][4];
+  for (int j = 0; j < 4; ++j) {
+    const __m256 m0 = _mm256_loadu_ps(m + j * stride), m1 = _mm256_loadu_ps(m + (4 + j) * stride);
+    const __m256 m2 = _mm256_loadu_ps(m + (8 + j) * stride),
+                 m3 = _mm256_loadu_ps(m + (12 + j) * stride);
+    s[0][j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
+    s[1][j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+  }
+  const __m256 bias = _mm256_set1_ps(b);
+  for (int i = 0; i < 2; ++i) {
+    _mm256_storeu_ps(y[i][0],
+                     _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s[i][0], s[i][1]), s[i][2]), bias));
+    _mm256_storeu_ps(y[i][1],
+                     _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s[i][1], s[i][2]), s[i][3]), bias));
+  }
+}
 #endif
 
 // v[xi][c][t] = (B^T d B)[xi] for the input patches of tiles [first, first + count).
@@ -182,6 +252,45 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
           rows[i] = patch[i];
         }
         transform_input8(rows, v + c * count + t, v_plane);
+      }
+      t += kLanes;
+      continue;
+    }
+    if (count - t >= kLanes) {
+      // 8 tiles across a tile row's end (or an image's): each from its own patch, those on the
+      // border from a zero-padded copy per channel.
+      const float* base[kLanes];
+      int64_t ld[kLanes], offset[kLanes];
+      bool border[kLanes];
+      alignas(32) float copies[kLanes][4][4];
+      for (int k = 0; k < kLanes; ++k) {
+        const int64_t tk = first + t + k, nk = tk / tiles, hk = 2 * (tk % tiles / g.tiles_w) - g.pad_h,
+                      wk = 2 * (tk % g.tiles_w) - g.pad_w;
+        border[k] = !(hk >= 0 && wk >= 0 && hk + 4 <= g.in_h && wk + 4 <= g.in_w);
+        offset[k] = hk * g.in_w + wk;
+        base[k] = x + nk * g.channels * in_plane;
+        ld[k] = border[k] ? 4 : g.in_w;
+      }
+      for (int64_t c = 0; c < g.channels; ++c) {
+        const float* patch[kLanes];
+        for (int k = 0; k < kLanes; ++k) {
+          const float* plane = base[k] + c * in_plane;
+          if (!border[k]) {
+            patch[k] = plane + offset[k];
+            continue;
+          }
+          const int64_t tk = first + t + k, hk = 2 * (tk % tiles / g.tiles_w) - g.pad_h,
+                        wk = 2 * (tk % g.tiles_w) - g.pad_w;
+          for (int i = 0; i < 4; ++i) {
+            for (int j = 0; j < 4; ++j) {
+              const int64_t h = hk + i, w = wk + j;
+              copies[k][i][j] =
+                  h >= 0 && h < g.in_h && w >= 0 && w < g.in_w ? plane[h * g.in_w + w] : 0.0f;
+            }
+          }
+          patch[k] = &copies[k][0][0];
+        }
+        transform_input_gathered(patch, ld, v + c * count + t, v_plane);
       }
       t += kLanes;
       continue;
@@ -238,6 +347,32 @@ void convolve_tiles(const Geometry& g, const float* u, const float* x, const flo
       t += kLanes;
       continue;
     }
+    if (count - t >= kLanes) {  // 8 tiles across a row's or an image's end, or on the edge
+      float* out[kLanes];
+      bool full_h[kLanes], full_w[kLanes];
+      for (int k = 0; k < kLanes; ++k) {
+        const int64_t tk = first + t + k, nk = tk / tiles, ohk = 2 * (tk % tiles / g.tiles_w),
+                      owk = 2 * (tk % g.tiles_w);
+        out[k] = y + nk * g.filters * out_plane + ohk * g.out_w + owk;
+        full_h[k] = ohk + 1 < g.out_h;
+        full_w[k] = owk + 1 < g.out_w;
+      }
+      alignas(32) float yt[2][2][kLanes];
+      for (int64_t f = 0; f < g.filters; ++f) {
+        transform_output_lanes(m + f * count + t, m_plane, bias != nullptr ? bias[f] : 0.0f, yt);
+        for (int k = 0; k < kLanes; ++k) {
+          float* o = out[k] + f * out_plane;
+          o[0] = yt[0][0][k];
+          if (full_w[k]) o[1] = yt[0][1][k];
+          if (full_h[k]) {
+            o[g.out_w] = yt[1][0][k];
+            if (full_w[k]) o[g.out_w + 1] = yt[1][1][k];
+          }
+        }
+      }
+      t += kLanes;
+      continue;
+    }
 #endif
     const bool full_h = oh + 1 < g.out_h, full_w = ow + 1 < g.out_w;
     for (int64_t f = 0; f < g.filters; ++f) {
@@ -290,19 +425,32 @@ void accumulate_weight_gradient(const Geometry& g, const float* x, const float* 
         __m256 a, b, c, d;
         deinterleave(rows[0], a, b);
         deinterleave(rows[1], c, d);
-        const __m256 r[4][2] = {
-            {a, b},
-            {_mm256_add_ps(a, c), _mm256_add_ps(b, d)},
-            {_mm256_sub_ps(a, c), _mm256_sub_ps(b, d)},
-            {_mm256_sub_ps(_mm256_setzero_ps(), c), _mm256_sub_ps(_mm256_setzero_ps(), d)}};
-        float* out = w + f * count + t;
-        for (int i = 0; i < 4; ++i) {
-          _mm256_storeu_ps(out + (i * 4 + 0) * w_plane, r[i][0]);
-          _mm256_storeu_ps(out + (i * 4 + 1) * w_plane, _mm256_add_ps(r[i][0], r[i][1]));
-          _mm256_storeu_ps(out + (i * 4 + 2) * w_plane, _mm256_sub_ps(r[i][0], r[i][1]));
-          _mm256_storeu_ps(out + (i * 4 + 3) * w_plane,
-                           _mm256_sub_ps(_mm256_setzero_ps(), r[i][1]));
+        transform_dy8(a, b, c, d, w + f * count + t, w_plane);
+      }
+      t += kLanes;
+      continue;
+    }
+    if (count - t >= kLanes) {  // 8 tiles across a row's or an image's end, or on the edge
+      const float* base[kLanes];
+      bool full_h[kLanes], full_w[kLanes];
+      for (int k = 0; k < kLanes; ++k) {
+        const int64_t tk = first + t + k, nk = tk / tiles, ohk = 2 * (tk % tiles / g.tiles_w),
+                      owk = 2 * (tk % g.tiles_w);
+        base[k] = dy + nk * g.filters * out_plane + ohk * g.out_w + owk;
+        full_h[k] = ohk + 1 < g.out_h;
+        full_w[k] = owk + 1 < g.out_w;
+      }
+      alignas(32) float e[4][kLanes];
+      for (int64_t f = 0; f < g.filters; ++f) {
+        for (int k = 0; k < kLanes; ++k) {
+          const float* p = base[k] + f * out_plane;
+          e[0][k] = p[0];
+          e[1][k] = full_w[k] ? p[1] : 0.0f;
+          e[2][k] = full_h[k] ? p[g.out_w] : 0.0f;
+          e[3][k] = full_h[k] && full_w[k] ? p[g.out_w + 1] : 0.0f;
         }
+        transform_dy8(_mm256_load_ps(e[0]), _mm256_load_ps(e[1]), _mm256_load_ps(e[2]),
+                      _mm256_load_ps(e[3]), w + f * count + t, w_plane);
       }
       t += kLanes;
       continue;
