@@ -19,9 +19,18 @@
 
 namespace strata::tbb_backend::direct {
 
-// Filters per register block of shifted_gemm, and output columns per block.
+// Filters per register block of shifted_gemm, and output columns per block: 8 x 2 AVX-512
+// vectors (16 of the 32 registers), or 6 x 2 AVX2 ones (12 of 16). kVector: floats per vector;
+// shifted_dot runs its dot products to a multiple of it.
+#if defined(__AVX512F__)
+inline constexpr int kRows = 8;
+inline constexpr int kColumns = 32;
+inline constexpr int kVector = 16;
+#else
 inline constexpr int kRows = 6;
 inline constexpr int kColumns = 16;
+inline constexpr int kVector = 8;
+#endif
 
 // Packs A (rows x taps, element (i, p) = value(i, p)) into blocks of kRows rows interleaved by
 // tap, packed[block][p][i], so shifted_gemm broadcasts from one cache line. Rows past the end are
@@ -47,7 +56,45 @@ void pack_rows(int64_t rows, int64_t taps, Value value, float* packed) {
 // kColumns) - 1: callers leave kColumns floats of slack after the padded image.
 inline void shifted_gemm(const float* packed, int64_t rows, const float* b, const int32_t* offset,
                          int64_t taps, int64_t columns, float* c, int64_t ldc) {
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
+  const auto mask = [](int64_t left) -> __mmask16 {
+    return left >= 16 ? __mmask16(0xFFFF) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
+  };
+  for (int64_t j0 = 0; j0 < columns; j0 += kColumns) {
+    const int64_t left = columns - j0;
+    const __mmask16 mask0 = mask(left), mask1 = mask(left - 16);
+    const float* bj = b + j0;
+    for (int64_t block = 0; block * kRows < rows; ++block) {
+      const float* ap = packed + block * kRows * taps;
+      __m512 acc[kRows][2];
+#pragma GCC unroll 8
+      for (int i = 0; i < kRows; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+      for (int64_t p = 0; p < taps; ++p, ap += kRows) {
+        const float* bp = bj + offset[p];
+        const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+#pragma GCC unroll 8
+        for (int i = 0; i < kRows; ++i) {
+          const __m512 av = _mm512_set1_ps(ap[i]);
+          acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+          acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
+        }
+      }
+      const int64_t block_rows = rows - block * kRows < kRows ? rows - block * kRows : kRows;
+#pragma GCC unroll 8
+      for (int i = 0; i < kRows; ++i) {
+        if (i >= block_rows) break;
+        float* ci = c + (block * kRows + i) * ldc + j0;
+        if (left >= kColumns) {
+          _mm512_storeu_ps(ci, acc[i][0]);
+          _mm512_storeu_ps(ci + 16, acc[i][1]);
+        } else {
+          _mm512_mask_storeu_ps(ci, mask0, acc[i][0]);
+          _mm512_mask_storeu_ps(ci + 16, mask1, acc[i][1]);
+        }
+      }
+    }
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
   alignas(32) static constexpr int32_t kLaneIndex[8] = {0, 1, 2, 3, 4, 5, 6, 7};
   const __m256i lane = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLaneIndex));
   for (int64_t j0 = 0; j0 < columns; j0 += kColumns) {
@@ -99,7 +146,55 @@ inline void shifted_gemm(const float* packed, int64_t rows, const float* b, cons
 #endif
 }
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
+// One block of shifted_dot: rows [i0, i0 + KB) x taps [p0, p0 + QB), with `rows_here` and
+// `taps_here` of them real (the others repeat the last real one and are not stored).
+template <int KB, int QB>
+void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_t* offset,
+                       int64_t length, int64_t images, int64_t a_image_stride,
+                       int64_t b_image_stride, int64_t i0, int rows_here, int64_t p0, int taps_here,
+                       float* c, int64_t ldc) {
+  __m512 acc[KB][QB];
+#pragma GCC unroll 8
+  for (int i = 0; i < KB; ++i) {
+#pragma GCC unroll 8
+    for (int t = 0; t < QB; ++t) acc[i][t] = _mm512_setzero_ps();
+  }
+  for (int64_t image = 0; image < images; ++image) {
+    const float* ai[KB];
+    const float* bp[QB];
+#pragma GCC unroll 8
+    for (int i = 0; i < KB; ++i) {
+      ai[i] = a + image * a_image_stride + (i0 + (i < rows_here ? i : rows_here - 1)) * lda;
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < QB; ++t) {
+      bp[t] = b + image * b_image_stride + offset[p0 + (t < taps_here ? t : taps_here - 1)];
+    }
+    for (int64_t j = 0; j < length; j += 16) {
+      __m512 bv[QB];
+#pragma GCC unroll 8
+      for (int t = 0; t < QB; ++t) bv[t] = _mm512_loadu_ps(bp[t] + j);
+#pragma GCC unroll 8
+      for (int i = 0; i < KB; ++i) {
+        const __m512 av = _mm512_loadu_ps(ai[i] + j);
+#pragma GCC unroll 8
+        for (int t = 0; t < QB; ++t) acc[i][t] = _mm512_fmadd_ps(av, bv[t], acc[i][t]);
+      }
+    }
+  }
+  // (Not _mm512_reduce_add_ps: GCC 12 warns inside it, -Wmaybe-uninitialized.)
+  alignas(64) float lanes[16];
+  for (int i = 0; i < rows_here; ++i) {
+    for (int t = 0; t < taps_here; ++t) {
+      _mm512_store_ps(lanes, acc[i][t]);
+      float sum = 0.0f;
+      for (int l = 0; l < 16; ++l) sum += lanes[l];
+      c[(i0 + i) * ldc + p0 + t] += sum;
+    }
+  }
+}
+#elif defined(__AVX2__) && defined(__FMA__)
 // Horizontal sums of four vectors, as one 4-float vector: {sum v0, sum v1, sum v2, sum v3}.
 inline __m128 sum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
   const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
@@ -154,7 +249,9 @@ void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_
     for (int t = 0; t < taps_here; ++t) c[(i0 + i) * ldc + p0 + t] += sums[i * QB + t];
   }
 }
+#endif
 
+#if defined(__AVX2__) && defined(__FMA__)
 template <int KB, int QB>
 void shifted_dot_blocks(const float* a, int64_t rows, int64_t lda, const float* b,
                         const int32_t* offset, int64_t taps, int64_t length, int64_t images,
@@ -173,7 +270,7 @@ void shifted_dot_blocks(const float* a, int64_t rows, int64_t lda, const float* 
 // C[i][p] += sum over images m and j < length of A_m[i][j] * B_m[offset[p] + j], for i < rows,
 // p < taps, where A_m = a + m * a_image_stride (row stride lda) and B_m = b + m * b_image_stride:
 // the weight gradient, a dot product per (filter, tap) over the wide output of several images.
-// A must be zero from column `length` up to the next multiple of 8 (and in discarded columns);
+// A must be zero from column `length` up to the next multiple of kVector (and in discarded columns);
 // B is read that far past offset[p] + length. C has row stride ldc.
 inline void shifted_dot(const float* a, int64_t rows, int64_t lda, const float* b,
                         const int32_t* offset, int64_t taps, int64_t length, int64_t images,

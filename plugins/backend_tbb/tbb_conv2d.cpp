@@ -178,7 +178,7 @@ void TbbConv2d::on_prepare() {
   dy_w_ = d.in_w + (d.kernel_w - 1) * d.dilation_w;
   dy_top_ = (d.kernel_h - 1) * d.dilation_h - d.pad_h;
   dy_left_ = (d.kernel_w - 1) * d.dilation_w - d.pad_w;
-  dy_wide_stride_ = round_up(d.out_h * padded_w_, 8);
+  dy_wide_stride_ = round_up(d.out_h * padded_w_, direct::kVector);
 
   const bool pointwise = taps == 1 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 0 &&
                          d.pad_w == 0 && d.out_h == d.in_h && d.out_w == d.in_w;
@@ -206,7 +206,7 @@ void TbbConv2d::on_prepare() {
   small_images_ =
       std::clamp<int64_t>(ceil_div(kSmallTargetColumns, out_plane_), 1,
                           kColumnBudgetFloats / std::max<int64_t>(1, rows_ * out_plane_));
-  small_stride_ = round_up(small_images_ * out_plane_, 8);
+  small_stride_ = round_up(small_images_ * out_plane_, direct::kVector);
   // A dilation-D 3x3 convolution is D*D independent dilation-1 ones, on the input's polyphase
   // components (rows and columns of one residue mod D): Winograd runs on those sub-images.
   const int64_t dilation = d.dilation_h;
@@ -416,7 +416,7 @@ void TbbConv2d::gather_dy(const Block& b, int64_t g, const float* dy, float* gat
                   dy + ((b.n0 + i) * d.out_channels + g * kg_ + k) * out_plane_,
                   static_cast<std::size_t>(out_plane_) * sizeof(float));
     }
-    std::fill(row + columns, row + round_up(columns, 8), 0.0f);
+    std::fill(row + columns, row + round_up(columns, direct::kVector), 0.0f);
   }
 }
 
@@ -855,9 +855,11 @@ void TbbConv2d::small_backward_params(const Block& b, const float* x, const floa
       im2col(d, cg_, x + ((b.n0 + i) * d.in_channels + g * cg_) * in_plane_, 0, d.out_h,
              col + i * out_plane_, small_stride_);
     }
-    // The dot products run to a multiple of 8 columns: zero the tail (0 * garbage may be NaN).
+    // The dot products run to a multiple of kVector columns: zero the tail (0 * garbage may be
+    // NaN).
     for (int64_t p = 0; p < rows_; ++p) {
-      std::fill(col + p * small_stride_ + cols, col + p * small_stride_ + round_up(cols, 8), 0.0f);
+      std::fill(col + p * small_stride_ + cols,
+                col + p * small_stride_ + round_up(cols, direct::kVector), 0.0f);
     }
     gather_dy(b, g, dy, ws.gathered.data());
     direct::shifted_dot(ws.gathered.data(), kg_, small_stride_, col, small_offsets_.data(), rows_,
