@@ -31,8 +31,9 @@
 //     batch-statistics gradient, through the mean and variance of the last training forward
 //     (which backward must follow, as in every training step); in evaluation the affine map
 //     with the running statistics. Parameter gradients: dweight = sum dy * x_hat, dbias = sum dy.
-//   - per-channel sums run in double, one channel per task: channels are split over the
-//     backend's parallel_for, so every backend gives bit-identical results.
+//   - per-channel sums run in double (8 partial sums each, in a fixed order), one channel per task:
+//     channels are split over the backend's parallel_for, so every backend gives bit-identical
+//     results.
 //   - batch independence holds in evaluation only: in training each sample's output depends on
 //     the whole batch through the batch statistics.
 #include <fmt/format.h>
@@ -47,6 +48,30 @@
 namespace strata::layers {
 
 namespace {
+
+// A sum in double over several runs of values, kept as 8 partial sums (element s of a run goes to
+// partial s mod 8): the loop vectorizes without -ffast-math (a single double accumulator is a
+// chain of dependent adds, 4 cycles per element), and the order is fixed, so every backend and
+// thread count still gives the same bits.
+class Partials {
+ public:
+  template <class Value>
+  void add(int64_t n, Value value) {
+    int64_t s = 0;
+    for (; s + kLanes <= n; s += kLanes) {
+      for (int j = 0; j < kLanes; ++j) lanes_[j] += value(s + j);
+    }
+    for (int j = 0; s < n; ++s, ++j) lanes_[j] += value(s);
+  }
+  double total() const {
+    return ((lanes_[0] + lanes_[1]) + (lanes_[2] + lanes_[3])) +
+           ((lanes_[4] + lanes_[5]) + (lanes_[6] + lanes_[7]));
+  }
+
+ private:
+  static constexpr int kLanes = 8;
+  double lanes_[kLanes] = {};
+};
 
 class BatchNorm final : public Layer {
  public:
@@ -113,20 +138,21 @@ class BatchNorm final : public Layer {
     float* running_var = running_var_.data();
     const double momentum = momentum_;
     for_channels(context, batch, [&](int64_t c) {
-      double sum = 0.0;
+      Partials sum;
       for (int64_t n = 0; n < batch; ++n) {
         const float* xs = px + (n * channels_ + c) * spatial_;
-        for (int64_t s = 0; s < spatial_; ++s) sum += xs[s];
+        sum.add(spatial_, [&](int64_t s) { return static_cast<double>(xs[s]); });
       }
-      const double mean = sum / static_cast<double>(count);
-      double squares = 0.0;
+      const double mean = sum.total() / static_cast<double>(count);
+      Partials sum_squares;
       for (int64_t n = 0; n < batch; ++n) {
         const float* xs = px + (n * channels_ + c) * spatial_;
-        for (int64_t s = 0; s < spatial_; ++s) {
+        sum_squares.add(spatial_, [&](int64_t s) {
           const double d = xs[s] - mean;
-          squares += d * d;
-        }
+          return d * d;
+        });
       }
+      const double squares = sum_squares.total();
       const double var = squares / static_cast<double>(count);
       const double inv_std = 1.0 / std::sqrt(var + eps_);
       saved_mean_[static_cast<std::size_t>(c)] = mean;
@@ -174,15 +200,14 @@ class BatchNorm final : public Layer {
       const double inv_std = training ? saved_inv_std_[index]
                                       : 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps_);
       // sum dy and sum dy * x_hat over the channel.
-      double sum_dy = 0.0, sum_dy_xhat = 0.0;
+      Partials dy_sum, dy_xhat_sum;
       for (int64_t n = 0; n < batch; ++n) {
         const float* xs = px + (n * channels_ + c) * spatial_;
         const float* dys = pdy + (n * channels_ + c) * spatial_;
-        for (int64_t s = 0; s < spatial_; ++s) {
-          sum_dy += dys[s];
-          sum_dy_xhat += dys[s] * ((xs[s] - mean) * inv_std);
-        }
+        dy_sum.add(spatial_, [&](int64_t s) { return static_cast<double>(dys[s]); });
+        dy_xhat_sum.add(spatial_, [&](int64_t s) { return dys[s] * ((xs[s] - mean) * inv_std); });
       }
+      const double sum_dy = dy_sum.total(), sum_dy_xhat = dy_xhat_sum.total();
       if (dweight) {
         dweight[c] = static_cast<float>(sum_dy_xhat);
         dbias[c] = static_cast<float>(sum_dy);
