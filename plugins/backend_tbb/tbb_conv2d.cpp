@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 
 #include "depthwise.hpp"
 #include "direct_conv.hpp"
@@ -220,20 +222,29 @@ void TbbConv2d::on_prepare() {
                         cg_ >= kWinogradMinChannels && kg_ >= kWinogradMinChannels;
   if (!winograd) phases_ = 1;
   const bool depthwise = cg_ == 1 && d.groups > 1;
-  forward_plan_ = make_plan(depthwise          ? Method::kDepthwise
-                            : winograd         ? Method::kWinograd
-                            : direct_forward ? Method::kDirect
-                                             : fallback());
-  params_plan_ = forward_plan_;
+  // Where both apply, the direct kernels beat Winograd at forward and backward_data (small
+  // images, at most kDirectMaxChannels), Winograd beats them at backward_params (measured:
+  // docs/performance.md).
+  const auto first = [&](std::initializer_list<std::pair<bool, Method>> choices) {
+    for (const auto& [applies, method] : choices) {
+      if (applies) return method;
+    }
+    return fallback();
+  };
+  forward_plan_ = make_plan(first({{depthwise, Method::kDepthwise},
+                                   {direct_forward, Method::kDirect},
+                                   {winograd, Method::kWinograd}}));
+  data_plan_ = make_plan(first({{depthwise, Method::kDepthwise},
+                                {direct_data, Method::kDirect},
+                                {winograd, Method::kWinograd}}));
+  params_plan_ = make_plan(first({{depthwise, Method::kDepthwise},
+                                  {winograd, Method::kWinograd},
+                                  {direct_forward, Method::kDirect}}));
   if (params_plan_.method == Method::kDirect) {
     // Several images per block, so each block's accumulators are reduced once.
     params_plan_.images = std::clamp<int64_t>(
         kColumnBudgetFloats / (padded_stride_ + kg_ * dy_wide_stride_), 1, kDirectParamsImages);
   }
-  data_plan_ = make_plan(depthwise     ? Method::kDepthwise
-                         : winograd    ? Method::kWinograd
-                         : direct_data ? Method::kDirect
-                                       : fallback());
   if (winograd) {
     const int64_t p = phases_;
     winograd_forward_ =
