@@ -1,6 +1,7 @@
 #include "winograd.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -233,23 +234,26 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
 #if defined(__AVX2__) && defined(__FMA__)
     const int64_t run = std::min({kLanes, g.tiles_w - tw, count - t});
     if (run == kLanes) {
-      const bool inside = h0 >= 0 && w0 >= 0 && h0 + 4 <= g.in_h && w0 + 18 <= g.in_w;
-      alignas(32) float patch[4][24];
+      // Columns [lo, hi) of the 18 the run reads lie inside the image; the others are padding,
+      // zero in `patch` from the start (only the middle is copied per channel and row).
+      const int64_t lo = std::clamp<int64_t>(-w0, 0, 18);
+      const int64_t hi = std::clamp<int64_t>(g.in_w - w0, lo, 18);
+      alignas(32) static constexpr float kZeroRow[24] = {};
+      alignas(32) float patch[4][24] = {};
       for (int64_t c = 0; c < g.channels; ++c) {
         const float* plane = image + c * in_plane;
         const float* rows[4];
         for (int i = 0; i < 4; ++i) {
           const int64_t h = h0 + i;
-          if (inside) {
+          if (h < 0 || h >= g.in_h) {
+            rows[i] = kZeroRow;
+          } else if (lo == 0 && hi == 18) {
             rows[i] = plane + h * g.in_w + w0;
-            continue;
+          } else {
+            std::memcpy(&patch[i][lo], plane + h * g.in_w + w0 + lo,
+                        static_cast<std::size_t>(hi - lo) * sizeof(float));
+            rows[i] = patch[i];
           }
-          for (int j = 0; j < 18; ++j) {
-            const int64_t w = w0 + j;
-            patch[i][j] =
-                h >= 0 && h < g.in_h && w >= 0 && w < g.in_w ? plane[h * g.in_w + w] : 0.0f;
-          }
-          rows[i] = patch[i];
         }
         transform_input8(rows, v + c * count + t, v_plane);
       }
