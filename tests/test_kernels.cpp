@@ -594,8 +594,8 @@ BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
   }
 }
 
-// The Winograd F(2x2, 3x3) path (3x3, stride 1, one group, padding <= 2, >= 32 channels and
-// filters): odd output sizes (partial tiles on both edges), every padding it takes (backward_data
+// The Winograd paths, F(2x2, 3x3) and F(4x4, 3x3) (3x3, stride 1, one group, padding <= 2, >= 32
+// channels and filters): odd output sizes (partial tiles on both edges), every padding it takes (backward_data
 // runs with padding 2 - pad), unequal padding, more channels than filters and the reverse, several
 // tile blocks with a partial last one; and the shapes just outside it (dilation 2, two groups,
 // padding 3, 31 channels), which must still agree through their own paths. Dilated 3x3 runs there
@@ -608,6 +608,11 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(32, 7, 6, 36, 3, 3, 1, 1, 2, 2, 1, 1, 1), 2},    // padding 2: 9x8
       {conv_desc(33, 10, 7, 32, 3, 3, 1, 1, 0, 2, 1, 1, 1), 2},   // unequal padding
       {conv_desc(32, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5},  // many tile blocks
+      // F(4x4, 3x3) (outputs of at least 16, at most 256 channels plus filters):
+      {conv_desc(32, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3},  // partial 4x4 tiles
+      {conv_desc(48, 18, 18, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2},  // no padding: 16x16
+      {conv_desc(32, 16, 21, 36, 3, 3, 1, 1, 2, 0, 1, 1, 1), 2},  // unequal padding 2 and 0
+      {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2},  // dilation 2: 17x18 phases
       {conv_desc(32, 10, 12, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 3},  // dilation 2: 4 phases
       {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2},   // dilation 3, unequal padding
       {conv_desc(32, 8, 8, 32, 3, 3, 1, 1, 4, 4, 2, 2, 1), 2},    // dilation 2, padding 4

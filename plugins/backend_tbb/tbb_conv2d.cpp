@@ -46,6 +46,10 @@ constexpr int64_t kDirectParamsImages = 8;
 constexpr int64_t kWinogradMinChannels = 32;
 // Multiply-adds per task of the depthwise method, about 20 us on one core.
 constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
+// F(4x4, 3x3) needs blocks of at least ~56 tiles (at most this many channels plus filters, within
+// kWinogradBudgetFloats) and outputs of at least this size: below, F(2x2, 3x3) ran faster.
+constexpr int64_t kWinograd43MaxChannels = 256;
+constexpr int64_t kWinograd43MinOutput = 16;
 // Floats of one task's transformed input plus transformed output (its tiles' V and M).
 constexpr int64_t kWinogradBudgetFloats = int64_t{1} << 19;
 
@@ -247,15 +251,28 @@ void TbbConv2d::on_prepare() {
   }
   if (winograd) {
     const int64_t p = phases_;
-    winograd_forward_ =
-        winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p);
+    // F(4x4, 3x3) for forward and backward_data where its blocks of tiles are wide enough for
+    // good matrix products and its 4x4 tiles waste little at the edges (measured:
+    // docs/performance.md); F(2x2, 3x3) otherwise, and always for the weight gradient.
+    const int64_t tile = cg_ + kg_ <= kWinograd43MaxChannels &&
+                                 std::min(d.out_h, d.out_w) / p >= kWinograd43MinOutput
+                             ? 4
+                             : 2;
+    winograd_forward_ = winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p,
+                                                 d.pad_w / p, tile);
     winograd_data_ = winograd::Geometry::make(kg_, cg_, d.out_h / p, d.out_w / p, 2 - d.pad_h / p,
-                                              2 - d.pad_w / p);
+                                              2 - d.pad_w / p, tile);
+    winograd_params_ =
+        winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p, 2);
     winograd_tiles_ =
         std::max<int64_t>(8, kWinogradBudgetFloats / (winograd::kElements * (cg_ + kg_)));
-    winograd_u_forward_.assign(static_cast<std::size_t>(winograd::kElements * cg_ * kg_), 0.0f);
+    winograd_tiles43_ =
+        std::max<int64_t>(8, kWinogradBudgetFloats / (winograd::f43::kElements * (cg_ + kg_)));
+    winograd_u_forward_.assign(static_cast<std::size_t>(winograd_forward_.elements() * cg_ * kg_),
+                               0.0f);
     winograd_u_data_.assign(winograd_u_forward_.size(), 0.0f);
-    winograd_du_.assign(static_cast<std::size_t>(allowed_threads()), winograd_u_data_);
+    winograd_du_.assign(static_cast<std::size_t>(allowed_threads()),
+                        std::vector<float>(static_cast<std::size_t>(winograd::kElements * cg_ * kg_)));
   }
 
   col_floats_ = 0;
@@ -316,8 +333,10 @@ void TbbConv2d::plan_workspace(const Plan& plan) {
       }
       break;
     case Method::kWinograd:
-      col = static_cast<std::size_t>(winograd::kElements *
-                                     winograd::plane_stride(std::max(cg_, kg_), winograd_tiles_));
+      col = static_cast<std::size_t>(std::max(
+          winograd::kElements * winograd::plane_stride(std::max(cg_, kg_), winograd_tiles_),
+          winograd::f43::kElements *
+              winograd::plane_stride(std::max(cg_, kg_), winograd_tiles43_)));
       gathered = col;
       break;
     case Method::kBlas: {
@@ -458,7 +477,11 @@ void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bia
     return;
   }
   if (plan.method == Method::kWinograd) {
-    winograd::transform_weights(weight.data(), kg_, cg_, false, winograd_u_forward_.data());
+    if (winograd_forward_.tile == 4) {
+      winograd::f43::transform_weights(weight.data(), kg_, cg_, false, winograd_u_forward_.data());
+    } else {
+      winograd::transform_weights(weight.data(), kg_, cg_, false, winograd_u_forward_.data());
+    }
     if (phases_ > 1) {
       const int64_t images = n_batch * phases_ * phases_;
       split_phases(x.data(), n_batch, d.in_channels, d.in_h, d.in_w, phase_input(n_batch));
@@ -603,7 +626,11 @@ void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx
     return;
   }
   if (plan.method == Method::kWinograd) {
-    winograd::transform_weights(weight.data(), cg_, kg_, true, winograd_u_data_.data());
+    if (winograd_data_.tile == 4) {
+      winograd::f43::transform_weights(weight.data(), cg_, kg_, true, winograd_u_data_.data());
+    } else {
+      winograd::transform_weights(weight.data(), cg_, kg_, true, winograd_u_data_.data());
+    }
     if (phases_ > 1) {
       const int64_t images = n_batch * phases_ * phases_;
       split_phases(dy.data(), n_batch, d.out_channels, d.out_h, d.out_w, phase_output(n_batch));
@@ -940,27 +967,34 @@ void TbbConv2d::merge_phases(const float* src, int64_t n_batch, int64_t channels
 void TbbConv2d::winograd_run(const winograd::Geometry& g, const float* u, const float* x,
                              const float* bias, float* y, int64_t n_batch) {
   const int64_t total = n_batch * g.tiles_per_image();
-  const int64_t blocks = ceil_div(total, winograd_tiles_);
+  const int64_t tiles = g.tile == 4 ? winograd_tiles43_ : winograd_tiles_;
+  const int64_t blocks = ceil_div(total, tiles);
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks, 1),
                     [&](const tbb::blocked_range<int64_t>& range) {
                       Workspace& ws = local_workspace();
                       for (int64_t block = range.begin(); block != range.end(); ++block) {
-                        const int64_t first = block * winograd_tiles_;
-                        const int64_t count = std::min(winograd_tiles_, total - first);
-                        winograd::convolve_tiles(g, u, x, bias, y, first, count, ws.col.data(),
-                                                 ws.gathered.data());
+                        const int64_t first = block * tiles;
+                        const int64_t count = std::min(tiles, total - first);
+                        if (g.tile == 4) {
+                          winograd::f43::convolve_tiles(g, u, x, bias, y, first, count,
+                                                        ws.col.data(), ws.gathered.data());
+                        } else {
+                          winograd::convolve_tiles(g, u, x, bias, y, first, count, ws.col.data(),
+                                                   ws.gathered.data());
+                        }
                       }
                     });
 }
 
 void TbbConv2d::winograd_backward_weight(const float* x, const float* dy, float* dweight,
                                          int64_t n_batch) {
-  const winograd::Geometry& g = winograd_forward_;
+  const winograd::Geometry& g = winograd_params_;
   const int64_t total = n_batch * g.tiles_per_image();
   const int64_t blocks = ceil_div(total, winograd_tiles_);
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(blocks, allowed_threads()));
   if (winograd_du_.size() < static_cast<std::size_t>(slices)) {  // threads were raised
-    winograd_du_.resize(static_cast<std::size_t>(slices), winograd_u_data_);
+    const std::vector<float> zeros(winograd_du_.front().size());
+    winograd_du_.resize(static_cast<std::size_t>(slices), zeros);
   }
   tbb::parallel_for(
       tbb::blocked_range<int64_t>(0, slices, 1),

@@ -178,8 +178,8 @@ class TbbConv2d : public Conv2dKernel {
   // depthwise (stride 1): the taps' offsets in the padded plane, and flipped for backward_data.
   std::vector<int64_t> depthwise_offsets_, depthwise_flipped_offsets_;
   // winograd: geometries of forward and backward_data, tiles per task, transformed weights.
-  winograd::Geometry winograd_forward_, winograd_data_;
-  int64_t winograd_tiles_ = 0;
+  winograd::Geometry winograd_forward_, winograd_data_, winograd_params_;
+  int64_t winograd_tiles_ = 0, winograd_tiles43_ = 0;  // per task, F(2x2) and F(4x4)
   std::vector<float> winograd_u_forward_, winograd_u_data_;
   std::vector<std::vector<float>> winograd_du_;  // per backward_params slice
   int64_t phases_ = 1;  // dilation run as phases_ x phases_ dilation-1 convolutions

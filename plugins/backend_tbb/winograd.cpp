@@ -12,7 +12,7 @@
 namespace strata::tbb_backend::winograd {
 
 Geometry Geometry::make(int64_t channels, int64_t filters, int64_t in_h, int64_t in_w,
-                        int64_t pad_h, int64_t pad_w) {
+                        int64_t pad_h, int64_t pad_w, int64_t tile) {
   Geometry g;
   g.channels = channels;
   g.filters = filters;
@@ -22,8 +22,9 @@ Geometry Geometry::make(int64_t channels, int64_t filters, int64_t in_h, int64_t
   g.pad_w = pad_w;
   g.out_h = in_h + 2 * pad_h - 2;
   g.out_w = in_w + 2 * pad_w - 2;
-  g.tiles_h = (g.out_h + 1) / 2;
-  g.tiles_w = (g.out_w + 1) / 2;
+  g.tile = tile;
+  g.tiles_h = (g.out_h + tile - 1) / tile;
+  g.tiles_w = (g.out_w + tile - 1) / tile;
   return g;
 }
 

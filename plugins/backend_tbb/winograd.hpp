@@ -28,10 +28,12 @@ inline int64_t plane_stride(int64_t rows, int64_t count) { return rows * count +
 struct Geometry {
   int64_t channels = 0, filters = 0;  // of this convolution (after any swap)
   int64_t in_h = 0, in_w = 0, pad_h = 0, pad_w = 0, out_h = 0, out_w = 0;
-  int64_t tiles_h = 0, tiles_w = 0;  // ceil(out / 2)
+  int64_t tile = 2;                  // output tile: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3)
+  int64_t tiles_h = 0, tiles_w = 0;  // ceil(out / tile)
   int64_t tiles_per_image() const { return tiles_h * tiles_w; }
+  int64_t elements() const { return (tile + 2) * (tile + 2); }  // of a transformed tile
   static Geometry make(int64_t channels, int64_t filters, int64_t in_h, int64_t in_w, int64_t pad_h,
-                       int64_t pad_w);
+                       int64_t pad_w, int64_t tile = 2);
 };
 
 // U[xi][f][c] = (G g G^T)[xi] for the 3x3 filter g = w[f][c] (w is [filters][channels][3][3]).
@@ -57,5 +59,19 @@ void accumulate_weight_gradient(const Geometry& g, const float* x, const float* 
                                 int64_t count, float* v, float* w, float* du);
 // dw[f][c][3][3] = G^T du[.][f][c] G (overwritten).
 void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw);
+
+// F(4x4, 3x3) (winograd43.cpp): 6x6 transformed tiles, 36 products (filters x tiles) *
+// (tiles x channels) per block, 2.25 multiply-adds per output and channel instead of F(2x2)'s 4.
+// For forward and backward_data; the weight gradient stays with F(2x2). Its transforms have
+// coefficients up to 8 (and sixths in G, computed in double), so it loses a little more
+// precision than F(2x2): the conformance tests hold it to the same tolerance.
+namespace f43 {
+inline constexpr int64_t kElements = 36;
+// As winograd::transform_weights, for F(4x4): u holds 36 * filters * channels floats.
+void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u);
+// As winograd::convolve_tiles, for a geometry with tile 4; v and m hold 36 planes.
+void convolve_tiles(const Geometry& g, const float* u, const float* x, const float* bias, float* y,
+                    int64_t first, int64_t count, float* v, float* m);
+}  // namespace f43
 
 }  // namespace strata::tbb_backend::winograd

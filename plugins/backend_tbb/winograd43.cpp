@@ -1,0 +1,308 @@
+// Winograd F(4x4, 3x3): 4x4 output tiles from 6x6 input patches, 36 products per tile instead of
+// 144 (2.25 multiply-adds per output and channel against F(2x2, 3x3)'s 4 and direct's 9).
+// The transforms (Lavin and Gray, 2016, interpolation points 0, +-1, +-2 and infinity):
+//   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]
+//   G   = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1]
+//   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]
+#include <algorithm>
+#include <cstring>
+
+#include "tbb_kernels.hpp"
+#include "winograd.hpp"
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+namespace strata::tbb_backend::winograd::f43 {
+
+// (The input and output transforms below are templates over float and __m256: GCC's vector types
+// take +, - and scalar * element-wise.)
+
+void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u) {
+  const int64_t plane = filters * channels;
+  for (int64_t f = 0; f < filters; ++f) {
+    for (int64_t c = 0; c < channels; ++c) {
+      double g[3][3];
+      for (int r = 0; r < 3; ++r) {
+        for (int s = 0; s < 3; ++s) {
+          g[r][s] = flip ? w[(c * filters + f) * 9 + (2 - r) * 3 + (2 - s)]
+                         : w[(f * channels + c) * 9 + r * 3 + s];
+        }
+      }
+      // t = G g (6x3), then U = t G^T (6x6), in double: G's sixths are not exact in float.
+      const auto rows = [](const double (&in)[3], double (&out)[6]) {
+        out[0] = in[0] / 4.0;
+        out[1] = -(in[0] + in[1] + in[2]) / 6.0;
+        out[2] = -(in[0] - in[1] + in[2]) / 6.0;
+        out[3] = in[0] / 24.0 + in[1] / 12.0 + in[2] / 6.0;
+        out[4] = in[0] / 24.0 - in[1] / 12.0 + in[2] / 6.0;
+        out[5] = in[2];
+      };
+      double t[6][3];
+      for (int s = 0; s < 3; ++s) {
+        const double column[3] = {g[0][s], g[1][s], g[2][s]};
+        double out[6];
+        rows(column, out);
+        for (int i = 0; i < 6; ++i) t[i][s] = out[i];
+      }
+      for (int i = 0; i < 6; ++i) {
+        double out[6];
+        rows(t[i], out);
+        for (int j = 0; j < 6; ++j) {
+          u[(i * 6 + j) * plane + f * channels + c] = static_cast<float>(out[j]);
+        }
+      }
+    }
+  }
+}
+
+namespace {
+
+// B^T applied to 6 values (a column or a row of a patch), written through `out`.
+template <class T, class Out>
+inline void input_rows(const T (&d)[6], Out out) {
+  out(0, 4 * d[0] - 5 * d[2] + d[4]);
+  out(1, (d[3] + d[4]) - 4 * (d[1] + d[2]));
+  out(2, (d[4] - d[3]) + 4 * (d[1] - d[2]));
+  out(3, (d[4] - d[2]) + 2 * (d[3] - d[1]));
+  out(4, (d[4] - d[2]) - 2 * (d[3] - d[1]));
+  out(5, 4 * d[1] - 5 * d[3] + d[5]);
+}
+
+// A^T applied to 6 values.
+template <class T, class Out>
+inline void output_rows(const T (&m)[6], Out out) {
+  const T a = m[1] + m[2], b = m[1] - m[2], c = m[3] + m[4], e = m[3] - m[4];
+  out(0, m[0] + a + c);
+  out(1, b + 2 * e);
+  out(2, a + 4 * c);
+  out(3, b + 8 * e + m[5]);
+}
+
+// V = B^T d B for one 6x6 patch, to v[xi * stride].
+inline void transform_input(const float (&d)[6][6], float* v, int64_t stride) {
+  float t[6][6];
+  for (int j = 0; j < 6; ++j) {
+    const float column[6] = {d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]};
+    input_rows(column, [&](int i, float x) { t[i][j] = x; });
+  }
+  for (int i = 0; i < 6; ++i) {
+    input_rows(t[i], [&](int j, float x) { v[(i * 6 + j) * stride] = x; });
+  }
+}
+
+// Y = A^T m A (+ bias) for one tile, m[xi * stride].
+inline void transform_output(const float* m, int64_t stride, float bias, float (&y)[4][4]) {
+  float s[4][6];
+  for (int j = 0; j < 6; ++j) {
+    float column[6];
+    for (int i = 0; i < 6; ++i) column[i] = m[(i * 6 + j) * stride];
+    output_rows(column, [&](int i, float x) { s[i][j] = x; });
+  }
+  for (int i = 0; i < 4; ++i) {
+    output_rows(s[i], [&](int j, float x) { y[i][j] = x + bias; });
+  }
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+constexpr int kLanes = 8;
+
+// The B^T d B transform of 8 tiles: rows[k][i] points at row i of tile k's 6x6 patch (6 floats
+// are read, through a mask). Rows are loaded as vectors and transposed, 8 tiles to a vector.
+inline void transform_input8(const float* const (&rows)[kLanes][6], float* v, int64_t stride) {
+  const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+  __m256 d[6][6];
+  for (int i = 0; i < 6; ++i) {
+    __m256 r[kLanes];
+    for (int k = 0; k < kLanes; ++k) r[k] = _mm256_maskload_ps(rows[k][i], six);
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    d[i][0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    d[i][1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    d[i][2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    d[i][3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    d[i][4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    d[i][5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  }
+  __m256 t[6][6];
+  for (int j = 0; j < 6; ++j) {
+    const __m256 column[6] = {d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]};
+    input_rows(column, [&](int i, __m256 x) { t[i][j] = x; });
+  }
+  for (int i = 0; i < 6; ++i) {
+    input_rows(t[i], [&](int j, __m256 x) { _mm256_storeu_ps(v + (i * 6 + j) * stride, x); });
+  }
+}
+
+// A^T m A (+ bias) for 8 tiles of one filter; y[i][j] holds output (i, j) of the 8 tiles.
+inline void transform_output8(const float* m, int64_t stride, float bias, __m256 (&y)[4][4]) {
+  __m256 s[4][6];
+  for (int j = 0; j < 6; ++j) {
+    __m256 column[6];
+    for (int i = 0; i < 6; ++i) column[i] = _mm256_loadu_ps(m + (i * 6 + j) * stride);
+    output_rows(column, [&](int i, __m256 x) { s[i][j] = x; });
+  }
+  const __m256 b = _mm256_set1_ps(bias);
+  for (int i = 0; i < 4; ++i) {
+    output_rows(s[i], [&](int j, __m256 x) { y[i][j] = x + b; });
+  }
+}
+
+// The 4 outputs of row i of each of the 8 tiles, as 4-float vectors: row[k] for tile k.
+inline void tile_rows(const __m256 (&y)[4], __m128 (&row)[kLanes]) {
+  const __m256 u0 = _mm256_unpacklo_ps(y[0], y[1]), u1 = _mm256_unpackhi_ps(y[0], y[1]);
+  const __m256 u2 = _mm256_unpacklo_ps(y[2], y[3]), u3 = _mm256_unpackhi_ps(y[2], y[3]);
+  const __m256 w[4] = {_mm256_shuffle_ps(u0, u2, 0x44), _mm256_shuffle_ps(u0, u2, 0xEE),
+                       _mm256_shuffle_ps(u1, u3, 0x44), _mm256_shuffle_ps(u1, u3, 0xEE)};
+  for (int k = 0; k < 4; ++k) {
+    row[k] = _mm256_castps256_ps128(w[k]);
+    row[k + 4] = _mm256_extractf128_ps(w[k], 1);
+  }
+}
+#endif
+
+// Input patch origin of a tile (its first row and column in the unpadded input).
+struct Tile {
+  int64_t n, h0, w0;
+};
+inline Tile tile_at(const Geometry& g, int64_t tile) {
+  const int64_t per_image = g.tiles_per_image(), within = tile % per_image;
+  return {tile / per_image, 4 * (within / g.tiles_w) - g.pad_h, 4 * (within % g.tiles_w) - g.pad_w};
+}
+
+// v[xi][c][t] = (B^T d B)[xi] for the input patches of tiles [first, first + count).
+void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int64_t count,
+                           float* v) {
+  const int64_t in_plane = g.in_h * g.in_w;
+  const int64_t v_plane = plane_stride(g.channels, count);
+  int64_t t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  alignas(32) static constexpr float kZeroRow[8] = {};
+  for (; t + kLanes <= count; t += kLanes) {
+    // Per tile and patch row, decided once for all channels: a row inside the image is read in
+    // place; a row in the top or bottom padding is kZeroRow; a row cut by the left or right
+    // padding is copied into `partial` (its padding columns zeroed here, once).
+    const float* image[kLanes];
+    int64_t offset[kLanes][6], lo[kLanes][6], hi[kLanes][6];  // lo < 0: a padding row
+    alignas(32) float partial[kLanes][6][8] = {};
+    for (int k = 0; k < kLanes; ++k) {
+      const Tile p = tile_at(g, first + t + k);
+      image[k] = x + p.n * g.channels * in_plane;
+      const int64_t left = std::clamp<int64_t>(-p.w0, 0, 6);
+      const int64_t right = std::clamp<int64_t>(g.in_w - p.w0, left, 6);
+      for (int i = 0; i < 6; ++i) {
+        const int64_t h = p.h0 + i;
+        const bool padding = h < 0 || h >= g.in_h || left == right;
+        lo[k][i] = padding ? -1 : left;
+        hi[k][i] = right;
+        offset[k][i] = padding ? 0 : h * g.in_w + p.w0 + left;  // the first real column
+      }
+    }
+    for (int64_t c = 0; c < g.channels; ++c) {
+      const float* rows[kLanes][6];
+      for (int k = 0; k < kLanes; ++k) {
+        const float* plane = image[k] + c * in_plane;
+        for (int i = 0; i < 6; ++i) {
+          if (lo[k][i] < 0) {
+            rows[k][i] = kZeroRow;
+          } else if (lo[k][i] == 0 && hi[k][i] == 6) {
+            rows[k][i] = plane + offset[k][i];
+          } else {
+            std::memcpy(&partial[k][i][lo[k][i]], plane + offset[k][i],
+                        static_cast<std::size_t>(hi[k][i] - lo[k][i]) * sizeof(float));
+            rows[k][i] = partial[k][i];
+          }
+        }
+      }
+      transform_input8(rows, v + c * count + t, v_plane);
+    }
+  }
+#endif
+  for (; t < count; ++t) {
+    const Tile p = tile_at(g, first + t);
+    const float* image = x + p.n * g.channels * in_plane;
+    for (int64_t c = 0; c < g.channels; ++c) {
+      const float* plane = image + c * in_plane;
+      float d[6][6];
+      for (int i = 0; i < 6; ++i) {
+        for (int j = 0; j < 6; ++j) {
+          const int64_t h = p.h0 + i, w = p.w0 + j;
+          d[i][j] = h >= 0 && h < g.in_h && w >= 0 && w < g.in_w ? plane[h * g.in_w + w] : 0.0f;
+        }
+      }
+      transform_input(d, v + c * count + t, v_plane);
+    }
+  }
+}
+
+}  // namespace
+
+void convolve_tiles(const Geometry& g, const float* u, const float* x, const float* bias, float* y,
+                    int64_t first, int64_t count, float* v, float* m) {
+  const int64_t out_plane = g.out_h * g.out_w;
+  const int64_t v_plane = plane_stride(g.channels, count), m_plane = plane_stride(g.filters, count);
+
+  transform_input_tiles(g, x, first, count, v);
+
+  const int64_t u_plane = g.filters * g.channels;
+  for (int64_t xi = 0; xi < kElements; ++xi) {
+    sgemm(false, false, g.filters, count, g.channels, 1.0f, u + xi * u_plane, g.channels,
+          v + xi * v_plane, count, 0.0f, m + xi * m_plane, count);
+  }
+
+  // Output transform, clipped at the output's edge.
+  const auto origin = [&](int64_t tile, int64_t& rows, int64_t& columns) {
+    const Tile p = tile_at(g, tile);
+    const int64_t oh = p.h0 + g.pad_h, ow = p.w0 + g.pad_w;
+    rows = std::min<int64_t>(4, g.out_h - oh);
+    columns = std::min<int64_t>(4, g.out_w - ow);
+    return y + p.n * g.filters * out_plane + oh * g.out_w + ow;
+  };
+  int64_t t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  for (; t + kLanes <= count; t += kLanes) {
+    float* out[kLanes];
+    int64_t rows[kLanes], columns[kLanes];
+    for (int k = 0; k < kLanes; ++k) out[k] = origin(first + t + k, rows[k], columns[k]);
+    for (int64_t f = 0; f < g.filters; ++f) {
+      __m256 yt[4][4];
+      transform_output8(m + f * count + t, m_plane, bias != nullptr ? bias[f] : 0.0f, yt);
+      for (int i = 0; i < 4; ++i) {
+        __m128 row[kLanes];
+        tile_rows(yt[i], row);
+        for (int k = 0; k < kLanes; ++k) {
+          if (i >= rows[k]) continue;
+          float* o = out[k] + f * out_plane + i * g.out_w;
+          if (columns[k] == 4) {
+            _mm_storeu_ps(o, row[k]);
+          } else {
+            alignas(16) float lanes[4];
+            _mm_store_ps(lanes, row[k]);
+            std::copy_n(lanes, columns[k], o);
+          }
+        }
+      }
+    }
+  }
+#endif
+  for (; t < count; ++t) {
+    int64_t rows, columns;
+    float* out = origin(first + t, rows, columns);
+    for (int64_t f = 0; f < g.filters; ++f) {
+      float yt[4][4];
+      transform_output(m + f * count + t, m_plane, bias != nullptr ? bias[f] : 0.0f, yt);
+      for (int64_t i = 0; i < rows; ++i) {
+        std::copy_n(yt[i], columns, out + f * out_plane + i * g.out_w);
+      }
+    }
+  }
+}
+
+}  // namespace strata::tbb_backend::winograd::f43
