@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <initializer_list>
+#include <type_traits>
 #include <utility>
 
 #include "depthwise.hpp"
@@ -477,21 +478,8 @@ void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bia
     return;
   }
   if (plan.method == Method::kWinograd) {
-    if (winograd_forward_.tile == 4) {
-      winograd::f43::transform_weights(weight.data(), kg_, cg_, false, winograd_u_forward_.data());
-    } else {
-      winograd::transform_weights(weight.data(), kg_, cg_, false, winograd_u_forward_.data());
-    }
-    if (phases_ > 1) {
-      const int64_t images = n_batch * phases_ * phases_;
-      split_phases(x.data(), n_batch, d.in_channels, d.in_h, d.in_w, phase_input(n_batch));
-      winograd_run(winograd_forward_, winograd_u_forward_.data(), phase_input_.data(), bias_data,
-                   phase_output(n_batch), images);
-      merge_phases(phase_output_.data(), n_batch, d.out_channels, d.out_h, d.out_w, y.data());
-      return;
-    }
-    winograd_run(winograd_forward_, winograd_u_forward_.data(), x.data(), bias_data, y.data(),
-                 n_batch);
+    winograd_convolve(winograd_forward_, false, weight.data(), winograd_u_forward_, x.data(),
+                      {d.in_h, d.in_w}, bias_data, y.data(), {d.out_h, d.out_w}, n_batch);
     return;
   }
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, block_count(plan, n_batch), 1),
@@ -626,20 +614,8 @@ void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx
     return;
   }
   if (plan.method == Method::kWinograd) {
-    if (winograd_data_.tile == 4) {
-      winograd::f43::transform_weights(weight.data(), cg_, kg_, true, winograd_u_data_.data());
-    } else {
-      winograd::transform_weights(weight.data(), cg_, kg_, true, winograd_u_data_.data());
-    }
-    if (phases_ > 1) {
-      const int64_t images = n_batch * phases_ * phases_;
-      split_phases(dy.data(), n_batch, d.out_channels, d.out_h, d.out_w, phase_output(n_batch));
-      winograd_run(winograd_data_, winograd_u_data_.data(), phase_output_.data(), nullptr,
-                   phase_input(n_batch), images);
-      merge_phases(phase_input_.data(), n_batch, d.in_channels, d.in_h, d.in_w, dx.data());
-      return;
-    }
-    winograd_run(winograd_data_, winograd_u_data_.data(), dy.data(), nullptr, dx.data(), n_batch);
+    winograd_convolve(winograd_data_, true, weight.data(), winograd_u_data_, dy.data(),
+                      {d.out_h, d.out_w}, nullptr, dx.data(), {d.in_h, d.in_w}, n_batch);
     return;
   }
   // Bands of one image overlap in dx, so one task owns each unit of whole images.
@@ -750,10 +726,11 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
   }
   if (plan.method == Method::kWinograd) {
     if (want_weight && phases_ > 1) {
-      split_phases(x.data(), n_batch, d.in_channels, d.in_h, d.in_w, phase_input(n_batch));
-      split_phases(dy.data(), n_batch, d.out_channels, d.out_h, d.out_w, phase_output(n_batch));
-      winograd_backward_weight(phase_input_.data(), phase_output_.data(), dweight.data(),
-                               n_batch * phases_ * phases_);
+      float* x_phases = grow(phase_a_, x.numel());
+      float* dy_phases = grow(phase_b_, dy.numel());
+      split_phases(x.data(), n_batch, d.in_channels, {d.in_h, d.in_w}, x_phases);
+      split_phases(dy.data(), n_batch, d.out_channels, {d.out_h, d.out_w}, dy_phases);
+      winograd_backward_weight(x_phases, dy_phases, dweight.data(), n_batch * phases_ * phases_);
     } else if (want_weight) {
       winograd_backward_weight(x.data(), dy.data(), dweight.data(), n_batch);
     }
@@ -907,61 +884,73 @@ void TbbConv2d::small_backward_params(const Block& b, const float* x, const floa
 
 // ---- winograd ---------------------------------------------------------------------------------
 
-float* TbbConv2d::phase_input(int64_t n_batch) {
-  const auto floats = static_cast<std::size_t>(n_batch * desc_.in_channels * in_plane_);
-  if (phase_input_.size() < floats) phase_input_.resize(floats);
-  return phase_input_.data();
+float* TbbConv2d::grow(std::vector<float>& buffer, int64_t floats) {
+  if (buffer.size() < static_cast<std::size_t>(floats)) {
+    buffer.resize(static_cast<std::size_t>(floats));
+  }
+  return buffer.data();
 }
 
-float* TbbConv2d::phase_output(int64_t n_batch) {
-  const auto floats = static_cast<std::size_t>(n_batch * desc_.out_channels * out_plane_);
-  if (phase_output_.size() < floats) phase_output_.resize(floats);
-  return phase_output_.data();
+void TbbConv2d::winograd_convolve(const winograd::Geometry& g, bool flip, const float* weight,
+                                  std::vector<float>& u, const float* in, Extent in_size,
+                                  const float* bias, float* out, Extent out_size,
+                                  int64_t n_batch) {
+  if (g.tile == 4) {
+    winograd::f43::transform_weights(weight, g.filters, g.channels, flip, u.data());
+  } else {
+    winograd::transform_weights(weight, g.filters, g.channels, flip, u.data());
+  }
+  if (phases_ == 1) {
+    winograd_run(g, u.data(), in, bias, out, n_batch);
+    return;
+  }
+  float* in_phases = grow(phase_a_, n_batch * g.channels * in_size.h * in_size.w);
+  float* out_phases = grow(phase_b_, n_batch * g.filters * out_size.h * out_size.w);
+  split_phases(in, n_batch, g.channels, in_size, in_phases);
+  winograd_run(g, u.data(), in_phases, bias, out_phases, n_batch * phases_ * phases_);
+  merge_phases(out_phases, n_batch, g.filters, out_size, out);
 }
 
-// Image n, phase (a, b) of the split batch is image (n * P + a) * P + b, whose pixel (i, j) of
-// channel c is pixel (i * P + a, j * P + b) of image n's channel c.
-void TbbConv2d::split_phases(const float* src, int64_t n_batch, int64_t channels, int64_t h,
-                             int64_t w, float* dst) const {
-  const int64_t p = phases_, sh = h / p, sw = w / p;
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * channels, 4),
-                    [&](const tbb::blocked_range<int64_t>& range) {
-                      for (int64_t plane = range.begin(); plane != range.end(); ++plane) {
-                        const int64_t n = plane / channels, c = plane % channels;
-                        const float* in = src + plane * h * w;
-                        for (int64_t a = 0; a < p; ++a) {
-                          for (int64_t b = 0; b < p; ++b) {
-                            float* out = dst + (((n * p + a) * p + b) * channels + c) * sh * sw;
-                            for (int64_t i = 0; i < sh; ++i) {
-                              const float* row = in + (i * p + a) * w + b;
-                              for (int64_t j = 0; j < sw; ++j) out[i * sw + j] = row[j * p];
-                            }
-                          }
-                        }
-                      }
-                    });
+// Image n, channel c, phase (a, b) is plane ((n * P + a) * P + b) * channels + c of the split
+// batch, whose pixel (i, j) is pixel (i * P + a, j * P + b) of the image's plane c. Split copies
+// from the whole planes to the split ones, merge back.
+template <bool Split>
+static void copy_phases(int64_t p, int64_t n_batch, int64_t channels, Extent size,
+                 std::conditional_t<Split, const float*, float*> whole,
+                 std::conditional_t<Split, float*, const float*> parts) {
+  const int64_t sh = size.h / p, sw = size.w / p;
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, n_batch * channels, 4),
+      [&](const tbb::blocked_range<int64_t>& range) {
+        for (int64_t plane = range.begin(); plane != range.end(); ++plane) {
+          const int64_t n = plane / channels, c = plane % channels;
+          for (int64_t a = 0; a < p; ++a) {
+            for (int64_t b = 0; b < p; ++b) {
+              const int64_t part = ((n * p + a) * p + b) * channels + c;
+              for (int64_t i = 0; i < sh; ++i) {
+                const int64_t row = plane * size.h * size.w + (i * p + a) * size.w + b;
+                for (int64_t j = 0; j < sw; ++j) {
+                  if constexpr (Split) {
+                    parts[(part * sh + i) * sw + j] = whole[row + j * p];
+                  } else {
+                    whole[row + j * p] = parts[(part * sh + i) * sw + j];
+                  }
+                }
+              }
+            }
+          }
+        }
+      });
 }
 
-void TbbConv2d::merge_phases(const float* src, int64_t n_batch, int64_t channels, int64_t h,
-                             int64_t w, float* dst) const {
-  const int64_t p = phases_, sh = h / p, sw = w / p;
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * channels, 4),
-                    [&](const tbb::blocked_range<int64_t>& range) {
-                      for (int64_t plane = range.begin(); plane != range.end(); ++plane) {
-                        const int64_t n = plane / channels, c = plane % channels;
-                        float* out = dst + plane * h * w;
-                        for (int64_t a = 0; a < p; ++a) {
-                          for (int64_t b = 0; b < p; ++b) {
-                            const float* in =
-                                src + (((n * p + a) * p + b) * channels + c) * sh * sw;
-                            for (int64_t i = 0; i < sh; ++i) {
-                              float* row = out + (i * p + a) * w + b;
-                              for (int64_t j = 0; j < sw; ++j) row[j * p] = in[i * sw + j];
-                            }
-                          }
-                        }
-                      }
-                    });
+void TbbConv2d::split_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
+                             float* dst) const {
+  copy_phases<true>(phases_, n_batch, channels, size, src, dst);
+}
+
+void TbbConv2d::merge_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
+                             float* dst) const {
+  copy_phases<false>(phases_, n_batch, channels, size, dst, src);
 }
 
 void TbbConv2d::winograd_run(const winograd::Geometry& g, const float* u, const float* x,

@@ -83,6 +83,10 @@ class TbbBackend : public Backend {
 // slice 0 accumulates straight into dweight, the others into partial buffers added in slice
 // order, so results are deterministic for a given thread count. A kernel instance is not
 // re-entrant: one layer, one call at a time.
+struct Extent {  // of an image plane
+  int64_t h, w;
+};
+
 class TbbConv2d : public Conv2dKernel {
  public:
   void forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) override;
@@ -137,14 +141,18 @@ class TbbConv2d : public Conv2dKernel {
   void winograd_run(const winograd::Geometry& g, const float* u, const float* x, const float* bias,
                     float* y, int64_t n_batch);
   void winograd_backward_weight(const float* x, const float* dy, float* dweight, int64_t n_batch);
+  // The Winograd convolution of geometry g over the batch: transforms the weights into u (flipped,
+  // for backward_data), then runs the tiles, on the polyphase components when dilated.
+  void winograd_convolve(const winograd::Geometry& g, bool flip, const float* weight,
+                         std::vector<float>& u, const float* in, Extent in_size, const float* bias,
+                         float* out, Extent out_size, int64_t n_batch);
   // Dilation P > 1: the batch's P*P polyphase components as a batch of n_batch * P * P images
-  // (split), and back (merge); the buffers they use, grown to the batch on first use.
-  void split_phases(const float* src, int64_t n_batch, int64_t channels, int64_t h, int64_t w,
+  // (split), and back (merge).
+  void split_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
                     float* dst) const;
-  void merge_phases(const float* src, int64_t n_batch, int64_t channels, int64_t h, int64_t w,
+  void merge_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
                     float* dst) const;
-  float* phase_input(int64_t n_batch);
-  float* phase_output(int64_t n_batch);
+  static float* grow(std::vector<float>& buffer, int64_t floats);  // to at least `floats`
   void gather_dy(const Block& b, int64_t g, const float* dy, float* gathered) const;
   void depthwise_forward(const float* x, const float* w, const float* bias, float* y,
                          int64_t n_batch);
@@ -183,7 +191,7 @@ class TbbConv2d : public Conv2dKernel {
   std::vector<float> winograd_u_forward_, winograd_u_data_;
   std::vector<std::vector<float>> winograd_du_;  // per backward_params slice
   int64_t phases_ = 1;  // dilation run as phases_ x phases_ dilation-1 convolutions
-  std::vector<float> phase_input_, phase_output_;
+  std::vector<float> phase_a_, phase_b_;  // the split input and output (or x and dy)
 };
 
 // Pooling, parallel over the N*C planes with a grain of about kPoolWorkPerTask window reads.

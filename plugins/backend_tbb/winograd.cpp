@@ -103,14 +103,9 @@ inline void deinterleave(const float* p, __m256& even, __m256& odd) {
   odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8));
 }
 
-// Input transform of 8 horizontally adjacent tiles whose patches start at column 0 of the 4 rows
-// rows[i] (each readable for 18 floats): v[xi * stride + lane].
-inline void transform_input8(const float* const (&rows)[4], float* v, int64_t stride) {
-  __m256 d[4][4];
-  for (int i = 0; i < 4; ++i) {
-    deinterleave(rows[i], d[i][0], d[i][1]);
-    deinterleave(rows[i] + 2, d[i][2], d[i][3]);
-  }
+// V = B^T d B for 8 tiles at once, d[i][j] holding element (i, j) of the 8 patches:
+// v[xi * stride + lane].
+inline void transform_input_lanes(const __m256 (&d)[4][4], float* v, int64_t stride) {
   __m256 t[4][4];
   for (int j = 0; j < 4; ++j) {
     t[0][j] = _mm256_sub_ps(d[0][j], d[2][j]);
@@ -124,6 +119,17 @@ inline void transform_input8(const float* const (&rows)[4], float* v, int64_t st
     _mm256_storeu_ps(v + (i * 4 + 2) * stride, _mm256_sub_ps(t[i][2], t[i][1]));
     _mm256_storeu_ps(v + (i * 4 + 3) * stride, _mm256_sub_ps(t[i][1], t[i][3]));
   }
+}
+
+// Input transform of 8 horizontally adjacent tiles whose patches start at column 0 of the 4 rows
+// rows[i] (each readable for 18 floats): v[xi * stride + lane].
+inline void transform_input8(const float* const (&rows)[4], float* v, int64_t stride) {
+  __m256 d[4][4];
+  for (int i = 0; i < 4; ++i) {
+    deinterleave(rows[i], d[i][0], d[i][1]);
+    deinterleave(rows[i] + 2, d[i][2], d[i][3]);
+  }
+  transform_input_lanes(d, v, stride);
 }
 
 // Output transform of 8 adjacent tiles: the two output rows, 16 floats each, interleaved.
@@ -166,20 +172,8 @@ inline void transform_input_gathered(const float* const (&patch)[kLanes], const 
     d[i][2] = _mm256_shuffle_ps(t1, t3, 0x44);
     d[i][3] = _mm256_shuffle_ps(t1, t3, 0xEE);
   }
-  // The lanes now run 0, 1, 2, 3 in the low half and 4, 5, 6, 7 in the high one: tile order.
-  __m256 t[4][4];
-  for (int j = 0; j < 4; ++j) {
-    t[0][j] = _mm256_sub_ps(d[0][j], d[2][j]);
-    t[1][j] = _mm256_add_ps(d[1][j], d[2][j]);
-    t[2][j] = _mm256_sub_ps(d[2][j], d[1][j]);
-    t[3][j] = _mm256_sub_ps(d[1][j], d[3][j]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    _mm256_storeu_ps(v + (i * 4 + 0) * stride, _mm256_sub_ps(t[i][0], t[i][2]));
-    _mm256_storeu_ps(v + (i * 4 + 1) * stride, _mm256_add_ps(t[i][1], t[i][2]));
-    _mm256_storeu_ps(v + (i * 4 + 2) * stride, _mm256_sub_ps(t[i][2], t[i][1]));
-    _mm256_storeu_ps(v + (i * 4 + 3) * stride, _mm256_sub_ps(t[i][1], t[i][3]));
-  }
+  // (The lanes run 0, 1, 2, 3 in the low half and 4, 5, 6, 7 in the high one: tile order.)
+  transform_input_lanes(d, v, stride);
 }
 
 // A e A^T for 8 dy tiles e = [a b; c d] (a vector of 8 tiles each), to out[xi * stride].
