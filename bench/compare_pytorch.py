@@ -217,6 +217,27 @@ def strata_has_workload(build, name):
     return False, result.stderr.strip().splitlines()[0] if result.stderr.strip() else "failed"
 
 
+def strata_backend_description(build):
+    """The tbb backend's libraries and kernel sets, as `strata bench` reports them."""
+    cmd = [os.path.join(build, "bin", "strata"), "bench", WORKLOADS["lenet5"][0], "--iterations",
+           "1", "--warmup", "0", "--json"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        return "unknown (strata bench failed)"
+    return json.loads(result.stdout).get("backend_description", "") or "(no description)"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -247,7 +268,13 @@ def main():
     t = args.threads
     results = {"threads": t, "repeats": args.repeats, "torch": torch.__version__}
     print(f"Strata vs PyTorch {torch.__version__}, {t} threads, best of {args.repeats} "
-          f"alternating rounds{' (quick)' if args.quick else ''}\n")
+          f"alternating rounds{' (quick)' if args.quick else ''}")
+    results["strata_backend"] = strata_backend_description(args.build)
+    results["cpu"] = f"{cpu_model()}, {os.cpu_count()} cores"
+    print(f"CPU: {results['cpu']}; load average {os.getloadavg()[0]:.2f} at the start")
+    print(f"Strata: backend tbb, {results['strata_backend']}")
+    print(f"PyTorch: oneDNN (MKL-DNN) {'on' if torch.backends.mkldnn.is_available() else 'off'}"
+          f"\n")
     missed = []
 
     if "conv" in parts:
