@@ -58,27 +58,28 @@ class TbbBackend : public Backend {
 
 // Convolution, parallel over blocks of images. Each of the three entry points picks one of four
 // methods in on_prepare() (so forward may be direct while backward_data is not):
-//   - direct: stride 1, small padded image, and little waste. Register-blocked AVX2 kernels
-//     (direct_conv.hpp) read the zero-padded image in place: no im2col, no GEMM packing.
+//   - depthwise: one input channel per group (depthwise convolution, or a channel multiplier),
+//     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp). forward and
+//     backward_data are parallel over planes; backward_params over groups, each filter's sum in
+//     a fixed order.
+//   - direct: stride 1, small padded image, and little waste. Register-blocked AVX-512 or AVX2
+//     kernels (direct_conv.hpp) read the zero-padded image in place: no im2col, no GEMM packing.
 //     backward_data runs the same kernel on the padded dy with flipped, transposed weights.
+//     Preferred to winograd for forward and backward_data where both apply.
+//   - winograd: 3x3, stride 1, one group, padding at most 2, at least kWinogradMinChannels
+//     channels and filters: F(4x4, 3x3) (winograd43.cpp) or F(2x2, 3x3) (winograd.hpp) over
+//     blocks of tiles of the whole batch; the weight gradient always with F(2x2), each thread
+//     owning a contiguous range of tile blocks and a transformed-gradient buffer of 16 * K * C
+//     floats, reduced in order (deterministic for a given thread count). Dilation D > 1 too, when
+//     D divides the padding and the input size (and padding / D <= 2): the D*D polyphase
+//     components of the input are a batch D*D times larger of dilation-1 convolutions.
 //   - small: at most kSmallMaxFilters filters per group and a small image. im2col of several
-//     images side by side, then the same register-blocked kernels (OpenBLAS spends as long
-//     packing such thin matrices as multiplying them).
+//     images side by side, then the direct method's register-blocked kernels (OpenBLAS spends as
+//     long packing such thin matrices as multiplying them).
 //   - pointwise: 1x1, stride 1, pad 0. The image itself is the col matrix: OpenBLAS sgemm only.
 //   - blas: everything else. im2col + single-threaded OpenBLAS sgemm per group; a block is several
 //     whole images, or a band of output rows of one image when its col matrix would exceed the
 //     budget.
-//   - depthwise: one input channel per group (depthwise convolution, or a channel multiplier),
-//     any geometry: loops along output rows over one padded plane (depthwise.hpp). forward and
-//     backward_data are parallel over planes; backward_params over groups, each filter's sum in
-//     a fixed order.
-//   - winograd: 3x3, stride 1, dilation 1, one group, padding at most 2, and at least
-//     kWinogradMinChannels channels and filters: F(2x2, 3x3) (winograd.hpp) over blocks of tiles
-//     of the whole batch, for all three entry points. Dilation D > 1 too, when D divides the
-//     padding and the input size (and padding / D <= 2): the D*D polyphase components of the
-//     input are a batch D*D times larger of dilation-1 convolutions with padding / D. backward_params gives each thread a
-//     contiguous range of tile blocks and a transformed-gradient buffer of 16 * K * C floats,
-//     reduced in order (deterministic for a given thread count).
 // backward_params splits the batch into contiguous slices (a few per thread, for load balance);
 // slice 0 accumulates straight into dweight, the others into partial buffers added in slice
 // order, so results are deterministic for a given thread count. A kernel instance is not
