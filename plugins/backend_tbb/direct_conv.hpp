@@ -275,7 +275,17 @@ void shifted_dot_blocks(const float* a, int64_t rows, int64_t lda, const float* 
 inline void shifted_dot(const float* a, int64_t rows, int64_t lda, const float* b,
                         const int32_t* offset, int64_t taps, int64_t length, int64_t images,
                         int64_t a_image_stride, int64_t b_image_stride, float* c, int64_t ldc) {
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
+  // 24 accumulators of the 32 registers either way (12 loads per 24 multiply-adds); pick the
+  // shape that wastes no rows when there are 6 filters.
+  if (rows % 4 != 0 && rows % 6 == 0) {
+    shifted_dot_blocks<6, 4>(a, rows, lda, b, offset, taps, length, images, a_image_stride,
+                             b_image_stride, c, ldc);
+  } else {
+    shifted_dot_blocks<4, 6>(a, rows, lda, b, offset, taps, length, images, a_image_stride,
+                             b_image_stride, c, ldc);
+  }
+#elif defined(__AVX2__) && defined(__FMA__)
   // 12 accumulators either way; pick the shape that wastes no rows when there are 6 filters.
   if (rows % 4 != 0 && rows % 6 == 0) {
     shifted_dot_blocks<6, 2>(a, rows, lda, b, offset, taps, length, images, a_image_stride,
