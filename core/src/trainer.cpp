@@ -667,6 +667,9 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
               static_cast<long long>(train_n), static_cast<long long>(data.val.labels.size()),
               static_cast<long long>(data.test.labels.size()), data_seconds, backend_name.c_str(),
               backend->threads());
+  if (const std::string about = backend->description(); !options.quiet && !about.empty()) {
+    std::printf("backend %s: %s\n", backend_name.c_str(), about.c_str());
+  }
   if (overfit > 0 && !options.quiet) {
     std::printf("overfit check: training on the first %lld training images with no validation "
                 "split, no weight decay and no augmentation; expect the training accuracy to "

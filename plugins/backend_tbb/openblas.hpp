@@ -1,20 +1,20 @@
 // OpenBLAS, loaded by the tbb backend itself (internal to backend_tbb).
 //
-// Why not link it: OpenBLAS picks its kernel set once, in its library constructor, from the CPU's
-// family and model, and Debian 12's OpenBLAS (0.3.21) does not know AMD Zen 4 or Zen 5: it takes
-// them for Haswell and runs 256-bit AVX2 kernels on CPUs with 512-bit AVX-512 units, at about half
-// the speed its SkylakeX kernels reach there (measured: docs/performance.md). The constructor runs
-// when the library is loaded, before any plugin code could intervene, and only the environment
-// variable OPENBLAS_CORETYPE can change its choice. So the plugin loads OpenBLAS with dlopen at
-// registration, after setting OPENBLAS_CORETYPE:
+// Why not link it: OpenBLAS picks its kernel set once, in its library constructor, from the CPU or
+// from the environment variable OPENBLAS_CORETYPE, and nothing changes it afterwards. Machines
+// here set OPENBLAS_CORETYPE=Haswell for every process (a platform default), and on their AMD
+// EPYC (Zen 5, AVX-512) that runs 256-bit AVX2 kernels at about half the speed of OpenBLAS's
+// AVX-512 ones (1024^3 sgemm, one core: 98-105 against 175-190 GFLOP/s; docs/performance.md).
+// Linked, the constructor would run before any plugin code. So the plugin loads OpenBLAS with
+// dlopen at registration, after setting OPENBLAS_CORETYPE:
 //   - to STRATA_OPENBLAS_CORETYPE when that is set (a user's explicit choice for Strata);
 //   - otherwise to SkylakeX when the CPU has AVX-512 (F, DQ, BW and VL, with the OS saving their
-//     registers), even over an OPENBLAS_CORETYPE already in the environment: machines with these
-//     CPUs set OPENBLAS_CORETYPE=Haswell to stop OpenBLAS falling back to its generic kernels,
-//     which is right for the CPUs OpenBLAS knows and half speed on these;
+//     registers), even over an OPENBLAS_CORETYPE already in the environment: a pre-AVX-512 kernel
+//     set there is right for other CPUs and half speed on these (OpenBLAS 0.3.21 itself detects
+//     this CPU as Cooperlake, SkylakeX plus bfloat16, when left alone);
 //   - otherwise it is left alone, and OpenBLAS detects the CPU or reads the user's setting.
 // The variable is set for the whole process (child processes inherit it). describe() says which
-// kernels run and who chose them; `strata bench` prints it.
+// kernels run and who chose them; `strata bench` and `strata train` print it.
 #pragma once
 
 #include <string>
