@@ -146,6 +146,14 @@ inline void shifted_gemm(const float* packed, int64_t rows, const float* b, cons
 #endif
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+// Horizontal sums of four vectors, as one 4-float vector: {sum v0, sum v1, sum v2, sum v3}.
+inline __m128 sum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+#endif
+
 #if defined(__AVX512F__)
 // One block of shifted_dot: rows [i0, i0 + KB) x taps [p0, p0 + QB), with `rows_here` and
 // `taps_here` of them real (the others repeat the last real one and are not stored).
@@ -183,23 +191,28 @@ void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_
       }
     }
   }
-  // (Not _mm512_reduce_add_ps: GCC 12 warns inside it, -Wmaybe-uninitialized.)
-  alignas(64) float lanes[16];
+  // Reduce in groups of four accumulators (row-major over the block): each folded to 8 lanes,
+  // then summed by sum4's tree, then scattered. (A scalar sum per accumulator was a chain of 16
+  // dependent adds, as slow as the products for LeNet-sized images.)
+  alignas(16) float sums[KB * QB + 3];
+  constexpr int kCount = KB * QB;
+  // (The halves by __builtin_shufflevector: GCC 12's extract and permute intrinsics trip
+  // -Wuninitialized inside its own headers.)
+  const auto fold = [&](int k) -> __m256 {
+    if (k >= kCount) return _mm256_setzero_ps();
+    const __m512 a = acc[k / QB][k % QB];
+    return _mm256_add_ps(__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7),
+                         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15));
+  };
+#pragma GCC unroll 8
+  for (int g = 0; g < kCount; g += 4) {
+    _mm_store_ps(sums + g, sum4(fold(g), fold(g + 1), fold(g + 2), fold(g + 3)));
+  }
   for (int i = 0; i < rows_here; ++i) {
-    for (int t = 0; t < taps_here; ++t) {
-      _mm512_store_ps(lanes, acc[i][t]);
-      float sum = 0.0f;
-      for (int l = 0; l < 16; ++l) sum += lanes[l];
-      c[(i0 + i) * ldc + p0 + t] += sum;
-    }
+    for (int t = 0; t < taps_here; ++t) c[(i0 + i) * ldc + p0 + t] += sums[i * QB + t];
   }
 }
 #elif defined(__AVX2__) && defined(__FMA__)
-// Horizontal sums of four vectors, as one 4-float vector: {sum v0, sum v1, sum v2, sum v3}.
-inline __m128 sum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
-  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(v0, v1), _mm256_hadd_ps(v2, v3));
-  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-}
 
 // One block of shifted_dot: rows [i0, i0 + KB) x taps [p0, p0 + QB), with `rows_here` and
 // `taps_here` of them real (the others repeat the last real one and are not stored).
