@@ -613,6 +613,7 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(48, 18, 18, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2},  // no padding: 16x16
       {conv_desc(32, 16, 21, 36, 3, 3, 1, 1, 2, 0, 1, 1, 1), 2},  // unequal padding 2 and 0
       {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2},  // dilation 2: 17x18 phases
+      {conv_desc(128, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2},  // F(4x4) weight gradient too
       {conv_desc(32, 10, 12, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 3},  // dilation 2: 4 phases
       {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2},   // dilation 3, unequal padding
       {conv_desc(32, 8, 8, 32, 3, 3, 1, 1, 4, 4, 2, 2, 1), 2},    // dilation 2, padding 4

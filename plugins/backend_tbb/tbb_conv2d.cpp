@@ -51,6 +51,7 @@ constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
 // kWinogradBudgetFloats) and outputs of at least this size: below, F(2x2, 3x3) ran faster.
 constexpr int64_t kWinograd43MaxChannels = 256;
 constexpr int64_t kWinograd43MinOutput = 16;
+constexpr int64_t kWinograd43MinParamsChannels = 256;
 // Floats of one task's transformed input plus transformed output (its tiles' V and M).
 constexpr int64_t kWinogradBudgetFloats = int64_t{1} << 19;
 
@@ -252,9 +253,9 @@ void TbbConv2d::on_prepare() {
   }
   if (winograd) {
     const int64_t p = phases_;
-    // F(4x4, 3x3) for forward and backward_data where its blocks of tiles are wide enough for
-    // good matrix products and its 4x4 tiles waste little at the edges (measured:
-    // docs/performance.md); F(2x2, 3x3) otherwise, and always for the weight gradient.
+    // F(4x4, 3x3) where its blocks of tiles are wide enough for good matrix products and its 4x4
+    // tiles waste little at the edges (measured: docs/performance.md); F(2x2, 3x3) otherwise.
+    // tile: forward and backward_data.
     const int64_t tile = cg_ + kg_ <= kWinograd43MaxChannels &&
                                  std::min(d.out_h, d.out_w) / p >= kWinograd43MinOutput
                              ? 4
@@ -263,8 +264,11 @@ void TbbConv2d::on_prepare() {
                                                  d.pad_w / p, tile);
     winograd_data_ = winograd::Geometry::make(kg_, cg_, d.out_h / p, d.out_w / p, 2 - d.pad_h / p,
                                               2 - d.pad_w / p, tile);
-    winograd_params_ =
-        winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p, 2);
+    // The weight gradient's products are (filters x tiles) * (tiles x channels): with F(4x4)'s
+    // shorter blocks of tiles they only pay off from 256 channels plus filters.
+    winograd_params_ = winograd::Geometry::make(
+        cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p,
+        tile == 4 && cg_ + kg_ >= kWinograd43MinParamsChannels ? 4 : 2);
     winograd_tiles_ =
         std::max<int64_t>(8, kWinogradBudgetFloats / (winograd::kElements * (cg_ + kg_)));
     winograd_tiles43_ =
@@ -272,8 +276,9 @@ void TbbConv2d::on_prepare() {
     winograd_u_forward_.assign(static_cast<std::size_t>(winograd_forward_.elements() * cg_ * kg_),
                                0.0f);
     winograd_u_data_.assign(winograd_u_forward_.size(), 0.0f);
-    winograd_du_.assign(static_cast<std::size_t>(allowed_threads()),
-                        std::vector<float>(static_cast<std::size_t>(winograd::kElements * cg_ * kg_)));
+    winograd_du_.assign(
+        static_cast<std::size_t>(allowed_threads()),
+        std::vector<float>(static_cast<std::size_t>(winograd_params_.elements() * cg_ * kg_)));
   }
 
   col_floats_ = 0;
@@ -979,7 +984,8 @@ void TbbConv2d::winograd_backward_weight(const float* x, const float* dy, float*
                                          int64_t n_batch) {
   const winograd::Geometry& g = winograd_params_;
   const int64_t total = n_batch * g.tiles_per_image();
-  const int64_t blocks = ceil_div(total, winograd_tiles_);
+  const int64_t tiles = g.tile == 4 ? winograd_tiles43_ : winograd_tiles_;
+  const int64_t blocks = ceil_div(total, tiles);
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(blocks, allowed_threads()));
   if (winograd_du_.size() < static_cast<std::size_t>(slices)) {  // threads were raised
     const std::vector<float> zeros(winograd_du_.front().size());
@@ -994,10 +1000,15 @@ void TbbConv2d::winograd_backward_weight(const float* x, const float* dy, float*
           std::fill(du.begin(), du.end(), 0.0f);
           for (int64_t block = slice * blocks / slices; block < (slice + 1) * blocks / slices;
                ++block) {
-            const int64_t first = block * winograd_tiles_;
-            const int64_t count = std::min(winograd_tiles_, total - first);
-            winograd::accumulate_weight_gradient(g, x, dy, first, count, ws.col.data(),
-                                                 ws.gathered.data(), du.data());
+            const int64_t first = block * tiles;
+            const int64_t count = std::min(tiles, total - first);
+            if (g.tile == 4) {
+              winograd::f43::accumulate_weight_gradient(g, x, dy, first, count, ws.col.data(),
+                                                        ws.gathered.data(), du.data());
+            } else {
+              winograd::accumulate_weight_gradient(g, x, dy, first, count, ws.col.data(),
+                                                   ws.gathered.data(), du.data());
+            }
           }
         }
       },
@@ -1008,7 +1019,11 @@ void TbbConv2d::winograd_backward_weight(const float* x, const float* dy, float*
     const std::vector<float>& part = winograd_du_[slice];
     for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += part[i];
   }
-  winograd::weight_gradient(sum.data(), kg_, cg_, dweight);
+  if (g.tile == 4) {
+    winograd::f43::weight_gradient(sum.data(), kg_, cg_, dweight);
+  } else {
+    winograd::weight_gradient(sum.data(), kg_, cg_, dweight);
+  }
 }
 
 // ---- depthwise --------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ void weight_gradient(const float* du, int64_t filters, int64_t channels, float* 
 
 // F(4x4, 3x3) (winograd43.cpp): 6x6 transformed tiles, 36 products (filters x tiles) *
 // (tiles x channels) per block, 2.25 multiply-adds per output and channel instead of F(2x2)'s 4.
-// For forward and backward_data; the weight gradient stays with F(2x2). Its transforms have
+// For all three passes. Its transforms have
 // coefficients up to 8 (and sixths in G, computed in double), so it loses a little more
 // precision than F(2x2): the conformance tests hold it to the same tolerance.
 namespace f43 {
@@ -72,6 +72,11 @@ void transform_weights(const float* w, int64_t filters, int64_t channels, bool f
 // As winograd::convolve_tiles, for a geometry with tile 4; v and m hold 36 planes.
 void convolve_tiles(const Geometry& g, const float* u, const float* x, const float* bias, float* y,
                     int64_t first, int64_t count, float* v, float* m);
+// As winograd::accumulate_weight_gradient and weight_gradient, for tile 4 (36 planes): dL/dU =
+// sum over tiles of (A dy A^T) .* (B^T d B), then dw = G^T dL/dU G (in double).
+void accumulate_weight_gradient(const Geometry& g, const float* x, const float* dy, int64_t first,
+                                int64_t count, float* v, float* w, float* du);
+void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw);
 }  // namespace f43
 
 }  // namespace strata::tbb_backend::winograd

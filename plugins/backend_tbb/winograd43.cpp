@@ -305,4 +305,140 @@ void convolve_tiles(const Geometry& g, const float* u, const float* x, const flo
   }
 }
 
+namespace {
+
+// A applied to 4 values (A = (A^T)^T, 6x4): the dy side of the weight gradient.
+template <class T, class Out>
+inline void dy_rows(const T (&e)[4], Out out) {
+  const T even = e[0] + e[2], odd = e[1] + e[3];
+  const T even4 = e[0] + 4 * e[2], odd2 = 2 * e[1] + 8 * e[3];
+  out(0, e[0]);
+  out(1, even + odd);
+  out(2, even - odd);
+  out(3, even4 + odd2);
+  out(4, even4 - odd2);
+  out(5, e[3]);
+}
+
+// w[xi][f][t] = (A e A^T)[xi] for the 4x4 dy tiles e of tiles [first, first + count), zero past
+// the output's edge.
+void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64_t count,
+                        float* w) {
+  const int64_t out_plane = g.out_h * g.out_w;
+  const int64_t w_plane = plane_stride(g.filters, count);
+  const auto origin = [&](int64_t tile, int64_t& rows, int64_t& columns) {
+    const Tile p = tile_at(g, tile);
+    const int64_t oh = p.h0 + g.pad_h, ow = p.w0 + g.pad_w;
+    rows = std::min<int64_t>(4, g.out_h - oh);
+    columns = std::min<int64_t>(4, g.out_w - ow);
+    return dy + p.n * g.filters * out_plane + oh * g.out_w + ow;
+  };
+  int64_t t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  for (; t + kLanes <= count; t += kLanes) {
+    const float* base[kLanes];
+    int64_t rows[kLanes], columns[kLanes];
+    for (int k = 0; k < kLanes; ++k) base[k] = origin(first + t + k, rows[k], columns[k]);
+    alignas(16) float copies[kLanes][4][4] = {};
+    for (int64_t f = 0; f < g.filters; ++f) {
+      __m256 e[4][4];
+      for (int i = 0; i < 4; ++i) {
+        __m128 r[kLanes];
+        for (int k = 0; k < kLanes; ++k) {
+          const float* row = base[k] + f * out_plane + i * g.out_w;
+          if (rows[k] == 4 && columns[k] == 4) {
+            r[k] = _mm_loadu_ps(row);
+          } else {
+            for (int j = 0; j < 4; ++j) copies[k][i][j] = i < rows[k] && j < columns[k] ? row[j] : 0.0f;
+            r[k] = _mm_load_ps(copies[k][i]);
+          }
+        }
+        __m256 m[4];
+        for (int k = 0; k < 4; ++k) {
+          m[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(r[k]), r[k + 4], 1);
+        }
+        const __m256 t0 = _mm256_unpacklo_ps(m[0], m[1]), t1 = _mm256_unpackhi_ps(m[0], m[1]);
+        const __m256 t2 = _mm256_unpacklo_ps(m[2], m[3]), t3 = _mm256_unpackhi_ps(m[2], m[3]);
+        e[i][0] = _mm256_shuffle_ps(t0, t2, 0x44);
+        e[i][1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+        e[i][2] = _mm256_shuffle_ps(t1, t3, 0x44);
+        e[i][3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+      }
+      __m256 h[6][4];
+      for (int j = 0; j < 4; ++j) {
+        const __m256 column[4] = {e[0][j], e[1][j], e[2][j], e[3][j]};
+        dy_rows(column, [&](int i, __m256 x) { h[i][j] = x; });
+      }
+      float* out = w + f * count + t;
+      for (int i = 0; i < 6; ++i) {
+        dy_rows(h[i], [&](int j, __m256 x) { _mm256_storeu_ps(out + (i * 6 + j) * w_plane, x); });
+      }
+    }
+  }
+#endif
+  for (; t < count; ++t) {
+    int64_t rows, columns;
+    const float* base = origin(first + t, rows, columns);
+    for (int64_t f = 0; f < g.filters; ++f) {
+      float e[4][4];
+      for (int i = 0; i < 4; ++i) {
+        for (int j = 0; j < 4; ++j) {
+          e[i][j] = i < rows && j < columns ? base[f * out_plane + i * g.out_w + j] : 0.0f;
+        }
+      }
+      float h[6][4];
+      for (int j = 0; j < 4; ++j) {
+        const float column[4] = {e[0][j], e[1][j], e[2][j], e[3][j]};
+        dy_rows(column, [&](int i, float x) { h[i][j] = x; });
+      }
+      float* out = w + f * count + t;
+      for (int i = 0; i < 6; ++i) {
+        dy_rows(h[i], [&](int j, float x) { out[(i * 6 + j) * w_plane] = x; });
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void accumulate_weight_gradient(const Geometry& g, const float* x, const float* dy, int64_t first,
+                                int64_t count, float* v, float* w, float* du) {
+  transform_input_tiles(g, x, first, count, v);
+  transform_dy_tiles(g, dy, first, count, w);
+  const int64_t v_plane = plane_stride(g.channels, count), w_plane = plane_stride(g.filters, count);
+  const int64_t u_plane = g.filters * g.channels;
+  for (int64_t xi = 0; xi < kElements; ++xi) {
+    sgemm(false, true, g.filters, g.channels, count, 1.0f, w + xi * w_plane, count,
+          v + xi * v_plane, count, 1.0f, du + xi * u_plane, g.channels);
+  }
+}
+
+void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw) {
+  const int64_t plane = filters * channels;
+  // G^T (3x6) applied to 6 values, in double.
+  const auto gt = [](const double (&z)[6], double (&out)[3]) {
+    out[0] = z[0] / 4.0 - (z[1] + z[2]) / 6.0 + (z[3] + z[4]) / 24.0;
+    out[1] = (z[2] - z[1]) / 6.0 + (z[3] - z[4]) / 12.0;
+    out[2] = -(z[1] + z[2]) / 6.0 + (z[3] + z[4]) / 6.0 + z[5];
+  };
+  for (int64_t f = 0; f < filters; ++f) {
+    for (int64_t c = 0; c < channels; ++c) {
+      double t[3][6];
+      for (int j = 0; j < 6; ++j) {
+        double column[6];
+        for (int i = 0; i < 6; ++i) column[i] = du[(i * 6 + j) * plane + f * channels + c];
+        double out[3];
+        gt(column, out);
+        for (int r = 0; r < 3; ++r) t[r][j] = out[r];
+      }
+      float* out = dw + (f * channels + c) * 9;
+      for (int r = 0; r < 3; ++r) {
+        double row[3];
+        gt(t[r], row);
+        for (int s = 0; s < 3; ++s) out[r * 3 + s] = static_cast<float>(row[s]);
+      }
+    }
+  }
+}
+
 }  // namespace strata::tbb_backend::winograd::f43
