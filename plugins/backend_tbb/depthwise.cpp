@@ -1,5 +1,7 @@
 #include "depthwise.hpp"
 
+#include "floats.hpp"
+
 #include <algorithm>
 #include <vector>
 
@@ -112,9 +114,9 @@ int64_t max_offset(const Conv2dDesc& d) { return offset(d, d.kernel_h - 1, d.ker
 // (the columns that are not output pixels, and margins for backward_data's flipped taps).
 const float* widen(const Conv2dDesc& d, const float* dy, float* grad) {
   const int64_t pw = padded_w(d);
-  std::fill_n(grad, grad_floats(d), 0.0f);
+  zero_floats(grad, grad_floats(d));
   float* wide = grad + max_offset(d);
-  for (int64_t oh = 0; oh < d.out_h; ++oh) std::copy_n(dy + oh * d.out_w, d.out_w, wide + oh * pw);
+  for (int64_t oh = 0; oh < d.out_h; ++oh) copy_floats(wide + oh * pw, dy + oh * d.out_w, d.out_w);
   return wide;
 }
 
@@ -137,14 +139,14 @@ std::vector<int64_t> tap_offsets(const Conv2dDesc& d, bool flipped) {
 
 void pad_plane(const Conv2dDesc& d, const float* x, float* padded) {
   const int64_t ph = padded_h(d), pw = padded_w(d);
-  std::fill_n(padded, d.pad_h * pw, 0.0f);
+  zero_floats(padded, d.pad_h * pw);
   for (int64_t h = 0; h < d.in_h; ++h) {
     float* row = padded + (h + d.pad_h) * pw;
-    std::fill_n(row, d.pad_w, 0.0f);
-    std::copy_n(x + h * d.in_w, d.in_w, row + d.pad_w);
-    std::fill_n(row + d.pad_w + d.in_w, pw - d.pad_w - d.in_w, 0.0f);
+    zero_floats(row, d.pad_w);
+    copy_floats(row + d.pad_w, x + h * d.in_w, d.in_w);
+    zero_floats(row + d.pad_w + d.in_w, pw - d.pad_w - d.in_w);
   }
-  std::fill_n(padded + (d.pad_h + d.in_h) * pw, (ph - d.pad_h - d.in_h) * pw, 0.0f);
+  zero_floats(padded + (d.pad_h + d.in_h) * pw, (ph - d.pad_h - d.in_h) * pw);
 }
 
 void forward_plane(const Conv2dDesc& d, const int64_t* offsets, const float* padded,
@@ -152,7 +154,7 @@ void forward_plane(const Conv2dDesc& d, const int64_t* offsets, const float* pad
   const int64_t pw = padded_w(d), out_w = d.out_w, sw = d.stride_w;
   if (unit_stride(d)) {
     tap_sums(padded, offsets, w, d.kernel_h * d.kernel_w, bias, false, wide, wide_length(d));
-    for (int64_t oh = 0; oh < d.out_h; ++oh) std::copy_n(wide + oh * pw, out_w, y + oh * out_w);
+    for (int64_t oh = 0; oh < d.out_h; ++oh) copy_floats(y + oh * out_w, wide + oh * pw, out_w);
     return;
   }
   for (int64_t oh = 0; oh < d.out_h; ++oh) {
@@ -180,7 +182,7 @@ void backward_data_plane(const Conv2dDesc& d, const int64_t* flipped_offsets, co
              padded_floats(d));
     return;
   }
-  if (!accumulate) std::fill_n(dx_padded, padded_floats(d), 0.0f);
+  if (!accumulate) zero_floats(dx_padded, padded_floats(d));
   for (int64_t oh = 0; oh < d.out_h; ++oh) {
     const float* __restrict grad = dy + oh * out_w;
     for (int64_t r = 0; r < d.kernel_h; ++r) {
@@ -197,7 +199,7 @@ void backward_data_plane(const Conv2dDesc& d, const int64_t* flipped_offsets, co
 void crop_plane(const Conv2dDesc& d, const float* dx_padded, float* dx) {
   const int64_t pw = padded_w(d);
   for (int64_t h = 0; h < d.in_h; ++h) {
-    std::copy_n(dx_padded + (h + d.pad_h) * pw + d.pad_w, d.in_w, dx + h * d.in_w);
+    copy_floats(dx + h * d.in_w, dx_padded + (h + d.pad_h) * pw + d.pad_w, d.in_w);
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include "depthwise.hpp"
 #include "direct_conv.hpp"
+#include "floats.hpp"
 #include "strata/error.hpp"
 #include "tbb_kernels.hpp"
 
@@ -62,26 +63,6 @@ void check_shape(std::string_view what, const Tensor& t, const Shape& expected) 
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Copies and zero-fills of rows that are often shorter than 32 floats (LeNet's are 10 and 28
-// wide): inline 8-float moves, the last one overlapping, instead of a memmove call per row.
-inline void copy_floats(float* dst, const float* src, int64_t n) {
-  if (n >= 8) {
-    for (int64_t i = 0; i + 8 <= n; i += 8) std::memcpy(dst + i, src + i, 8 * sizeof(float));
-    std::memcpy(dst + n - 8, src + n - 8, 8 * sizeof(float));
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
-}
-inline void zero_floats(float* dst, int64_t n) {
-  static constexpr float kZeros[8] = {};
-  if (n >= 8) {
-    for (int64_t i = 0; i + 8 <= n; i += 8) std::memcpy(dst + i, kZeros, 8 * sizeof(float));
-    std::memcpy(dst + n - 8, kZeros, 8 * sizeof(float));
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) dst[i] = 0.0f;
-}
 
 // Output columns [lo, hi) whose input column ow * stride + offset lies inside [0, width).
 void valid_columns(int64_t offset, int64_t stride, int64_t width, int64_t out_w, int64_t& lo,
