@@ -14,7 +14,7 @@ noise of a shared machine. Strata's conv layers are timed by build/bin/conv_benc
 `strata bench`; PyTorch's by this script (torch.autograd.grad for the conv shapes, nn.Module +
 torch.optim.SGD for training).
 
-usage: /usr/bin/python3 bench/compare_pytorch.py [--build build] [--repeats 3] [--quick]
+usage: /usr/bin/python3 bench/compare_pytorch.py [--build build] [--repeats 5] [--quick]
                                                  [--only conv,train,memory,threads] [--json FILE]
 """
 import argparse
@@ -242,7 +242,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     parser.add_argument("--only", default="conv,train,memory,threads")
     parser.add_argument("--shapes", default="",
