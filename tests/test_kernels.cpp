@@ -580,14 +580,14 @@ BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
     return d;
   };
   const std::vector<std::pair<Conv2dDesc, int64_t>> cases = {
-      {conv_desc(8, 28, 28, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8), 3},      // MobileNet's 3x3
-      {conv_desc(5, 13, 9, 5, 3, 3, 1, 1, 2, 2, 2, 2, 5), 2},       // dilation 2
-      {conv_desc(4, 10, 12, 8, 3, 3, 1, 1, 1, 1, 1, 1, 4), 2},      // channel multiplier 2
-      {conv_desc(6, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6), 2},      // stride 2
-      {conv_desc(3, 11, 14, 6, 5, 5, 2, 1, 2, 2, 1, 1, 3), 2},      // 5x5, stride (2, 1)
-      {conv_desc(3, 5, 5, 3, 3, 3, 1, 1, 4, 4, 1, 1, 3), 2},        // padding past the kernel
+      {conv_desc(8, 28, 28, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8), 3},  // MobileNet's 3x3
+      {conv_desc(5, 13, 9, 5, 3, 3, 1, 1, 2, 2, 2, 2, 5), 2},   // dilation 2
+      {conv_desc(4, 10, 12, 8, 3, 3, 1, 1, 1, 1, 1, 1, 4), 2},  // channel multiplier 2
+      {conv_desc(6, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6), 2},  // stride 2
+      {conv_desc(3, 11, 14, 6, 5, 5, 2, 1, 2, 2, 1, 1, 3), 2},  // 5x5, stride (2, 1)
+      {conv_desc(3, 5, 5, 3, 3, 3, 1, 1, 4, 4, 1, 1, 3), 2},    // padding past the kernel
       {rounded_up(conv_desc(4, 12, 11, 4, 3, 3, 2, 3, 1, 0, 1, 1, 4)), 2},  // rounded up
-      {conv_desc(32, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, 32), 16},  // split over threads
+      {conv_desc(32, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, 32), 16},          // split over threads
   };
   for (const std::string& backend : fast_backends("conv2d")) {
     for (const auto& [desc, n] : cases) compare_conv(desc, n, backend, rng);
@@ -595,11 +595,12 @@ BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
 }
 
 // The Winograd paths, F(2x2, 3x3) and F(4x4, 3x3) (3x3, stride 1, one group, padding <= 2, >= 32
-// channels and filters): odd output sizes (partial tiles on both edges), every padding it takes (backward_data
-// runs with padding 2 - pad), unequal padding, more channels than filters and the reverse, several
-// tile blocks with a partial last one; and the shapes just outside it (dilation 2, two groups,
-// padding 3, 31 channels), which must still agree through their own paths. Dilated 3x3 runs there
-// too, as a batch of polyphase components, when the dilation divides the size and the padding.
+// channels and filters): odd output sizes (partial tiles on both edges), every padding it takes
+// (backward_data runs with padding 2 - pad), unequal padding, more channels than filters and the
+// reverse, several tile blocks with a partial last one; and the shapes just outside it (dilation 2,
+// two groups, padding 3, 31 channels), which must still agree through their own paths. Dilated 3x3
+// runs there too, as a batch of polyphase components, when the dilation divides the size and the
+// padding.
 BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
   std::mt19937 rng(17);
   const std::vector<std::pair<Conv2dDesc, int64_t>> cases = {
@@ -609,19 +610,19 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(33, 10, 7, 32, 3, 3, 1, 1, 0, 2, 1, 1, 1), 2},   // unequal padding
       {conv_desc(32, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5},  // many tile blocks
       // F(4x4, 3x3) (outputs of at least 16, at most 256 channels plus filters):
-      {conv_desc(32, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3},  // partial 4x4 tiles
-      {conv_desc(48, 18, 18, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2},  // no padding: 16x16
-      {conv_desc(32, 16, 21, 36, 3, 3, 1, 1, 2, 0, 1, 1, 1), 2},  // unequal padding 2 and 0
-      {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2},  // dilation 2: 17x18 phases
+      {conv_desc(32, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3},    // partial 4x4 tiles
+      {conv_desc(48, 18, 18, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2},    // no padding: 16x16
+      {conv_desc(32, 16, 21, 36, 3, 3, 1, 1, 2, 0, 1, 1, 1), 2},    // unequal padding 2 and 0
+      {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2},    // dilation 2: 17x18 phases
       {conv_desc(128, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2},  // F(4x4) weight gradient too
-      {conv_desc(32, 10, 12, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 3},  // dilation 2: 4 phases
-      {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2},   // dilation 3, unequal padding
-      {conv_desc(32, 8, 8, 32, 3, 3, 1, 1, 4, 4, 2, 2, 1), 2},    // dilation 2, padding 4
-      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2},    // odd size: not winograd
-      {conv_desc(32, 10, 10, 32, 3, 3, 1, 1, 1, 1, 2, 2, 1), 2},  // padding 1: not winograd
-      {conv_desc(64, 9, 9, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2), 2},    // two groups: not winograd
-      {conv_desc(32, 6, 6, 32, 3, 3, 1, 1, 3, 3, 1, 1, 1), 2},    // padding 3: not winograd
-      {conv_desc(31, 9, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2},    // 31 channels: not winograd
+      {conv_desc(32, 10, 12, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 3},    // dilation 2: 4 phases
+      {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2},     // dilation 3, unequal padding
+      {conv_desc(32, 8, 8, 32, 3, 3, 1, 1, 4, 4, 2, 2, 1), 2},      // dilation 2, padding 4
+      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2},      // odd size: not winograd
+      {conv_desc(32, 10, 10, 32, 3, 3, 1, 1, 1, 1, 2, 2, 1), 2},    // padding 1: not winograd
+      {conv_desc(64, 9, 9, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2), 2},      // two groups: not winograd
+      {conv_desc(32, 6, 6, 32, 3, 3, 1, 1, 3, 3, 1, 1, 1), 2},      // padding 3: not winograd
+      {conv_desc(31, 9, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2},      // 31 channels: not winograd
   };
   for (const std::string& backend : fast_backends("conv2d")) {
     for (const auto& [desc, n] : cases) compare_conv(desc, n, backend, rng);

@@ -1,9 +1,9 @@
 #include "depthwise.hpp"
 
-#include "floats.hpp"
-
 #include <algorithm>
 #include <vector>
+
+#include "floats.hpp"
 
 namespace strata::tbb_backend::depthwise {
 
@@ -149,8 +149,8 @@ void pad_plane(const Conv2dDesc& d, const float* x, float* padded) {
   zero_floats(padded + (d.pad_h + d.in_h) * pw, (ph - d.pad_h - d.in_h) * pw);
 }
 
-void forward_plane(const Conv2dDesc& d, const int64_t* offsets, const float* padded,
-                   const float* w, float bias, float* y, float* wide) {
+void forward_plane(const Conv2dDesc& d, const int64_t* offsets, const float* padded, const float* w,
+                   float bias, float* y, float* wide) {
   const int64_t pw = padded_w(d), out_w = d.out_w, sw = d.stride_w;
   if (unit_stride(d)) {
     tap_sums(padded, offsets, w, d.kernel_h * d.kernel_w, bias, false, wide, wide_length(d));

@@ -36,8 +36,8 @@ void pad_plane(const Conv2dDesc& d, const float* x, float* padded);
 
 // y (out_h x out_w) = bias + correlation of the padded plane with the R x S filter w. `wide` is
 // scratch of wide_floats() floats.
-void forward_plane(const Conv2dDesc& d, const int64_t* offsets, const float* padded,
-                   const float* w, float bias, float* y, float* wide);
+void forward_plane(const Conv2dDesc& d, const int64_t* offsets, const float* padded, const float* w,
+                   float bias, float* y, float* wide);
 
 // dx_padded (the padded plane's layout) = (or +=, with accumulate) filter w's share of dx from
 // dy (out_h x out_w). `grad` is scratch of grad_floats() floats.

@@ -283,8 +283,8 @@ void shifted_dot_blocks(const float* a, int64_t rows, int64_t lda, const float* 
 // C[i][p] += sum over images m and j < length of A_m[i][j] * B_m[offset[p] + j], for i < rows,
 // p < taps, where A_m = a + m * a_image_stride (row stride lda) and B_m = b + m * b_image_stride:
 // the weight gradient, a dot product per (filter, tap) over the wide output of several images.
-// A must be zero from column `length` up to the next multiple of kVector (and in discarded columns);
-// B is read that far past offset[p] + length. C has row stride ldc.
+// A must be zero from column `length` up to the next multiple of kVector (and in discarded
+// columns); B is read that far past offset[p] + length. C has row stride ldc.
 inline void shifted_dot(const float* a, int64_t rows, int64_t lda, const float* b,
                         const int32_t* offset, int64_t taps, int64_t length, int64_t images,
                         int64_t a_image_stride, int64_t b_image_stride, float* c, int64_t ldc) {

@@ -26,9 +26,9 @@ constexpr const char* kStrataCoreTypeVariable = "STRATA_OPENBLAS_CORETYPE";
 
 struct Library {
   SgemmFn sgemm = nullptr;
-  std::string config;       // openblas_get_config(): version and build options
-  std::string core;         // openblas_get_corename(): the kernel set in use
-  std::string chosen_by;    // who chose it
+  std::string config;     // openblas_get_config(): version and build options
+  std::string core;       // openblas_get_corename(): the kernel set in use
+  std::string chosen_by;  // who chose it
 };
 
 Library* library = nullptr;
@@ -75,9 +75,10 @@ Library* open_library() {
   } else if (has_avx512()) {
     requested = "SkylakeX";
     lib->chosen_by = theirs != nullptr && *theirs != '\0'
-                         ? fmt::format("chosen by the tbb backend for this AVX-512 CPU, in place of "
-                                       "{}={} from the environment",
-                                       kCoreTypeVariable, theirs)
+                         ? fmt::format(
+                               "chosen by the tbb backend for this AVX-512 CPU, in place of "
+                               "{}={} from the environment",
+                               kCoreTypeVariable, theirs)
                          : "chosen by the tbb backend for this AVX-512 CPU";
   } else if (theirs != nullptr && *theirs != '\0') {
     lib->chosen_by = fmt::format("{}={} from the environment", kCoreTypeVariable, theirs);

@@ -241,15 +241,15 @@ void TbbConv2d::on_prepare() {
                                  std::min(d.out_h, d.out_w) / p >= kWinograd43MinOutput
                              ? 4
                              : 2;
-    winograd_forward_ = winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p,
-                                                 d.pad_w / p, tile);
+    winograd_forward_ =
+        winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p, tile);
     winograd_data_ = winograd::Geometry::make(kg_, cg_, d.out_h / p, d.out_w / p, 2 - d.pad_h / p,
                                               2 - d.pad_w / p, tile);
     // The weight gradient's products are (filters x tiles) * (tiles x channels): with F(4x4)'s
     // shorter blocks of tiles they only pay off from 256 channels plus filters.
-    winograd_params_ = winograd::Geometry::make(
-        cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p,
-        tile == 4 && cg_ + kg_ >= kWinograd43MinParamsChannels ? 4 : 2);
+    winograd_params_ =
+        winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p,
+                                 tile == 4 && cg_ + kg_ >= kWinograd43MinParamsChannels ? 4 : 2);
     winograd_tiles_ =
         std::max<int64_t>(8, kWinogradBudgetFloats / (winograd::kElements * (cg_ + kg_)));
     winograd_tiles43_ =
@@ -312,8 +312,7 @@ void TbbConv2d::plan_workspace(const Plan& plan) {
       // output or the dy buffer.
       col = static_cast<std::size_t>(depthwise::padded_floats(d));
       gathered = static_cast<std::size_t>(
-          depthwise_wide_offset() +
-          std::max(depthwise::wide_floats(d), depthwise::grad_floats(d)));
+          depthwise_wide_offset() + std::max(depthwise::wide_floats(d), depthwise::grad_floats(d)));
       if (depthwise_offsets_.empty()) {
         depthwise_offsets_ = depthwise::tap_offsets(d, false);
         depthwise_flipped_offsets_ = depthwise::tap_offsets(d, true);
@@ -879,8 +878,7 @@ float* TbbConv2d::grow(std::vector<float>& buffer, int64_t floats) {
 
 void TbbConv2d::winograd_convolve(const winograd::Geometry& g, bool flip, const float* weight,
                                   std::vector<float>& u, const float* in, Extent in_size,
-                                  const float* bias, float* out, Extent out_size,
-                                  int64_t n_batch) {
+                                  const float* bias, float* out, Extent out_size, int64_t n_batch) {
   if (g.tile == 4) {
     winograd::f43::transform_weights(weight, g.filters, g.channels, flip, u.data());
   } else {
@@ -902,31 +900,31 @@ void TbbConv2d::winograd_convolve(const winograd::Geometry& g, bool flip, const 
 // from the whole planes to the split ones, merge back.
 template <bool Split>
 static void copy_phases(int64_t p, int64_t n_batch, int64_t channels, Extent size,
-                 std::conditional_t<Split, const float*, float*> whole,
-                 std::conditional_t<Split, float*, const float*> parts) {
+                        std::conditional_t<Split, const float*, float*> whole,
+                        std::conditional_t<Split, float*, const float*> parts) {
   const int64_t sh = size.h / p, sw = size.w / p;
-  tbb::parallel_for(
-      tbb::blocked_range<int64_t>(0, n_batch * channels, 4),
-      [&](const tbb::blocked_range<int64_t>& range) {
-        for (int64_t plane = range.begin(); plane != range.end(); ++plane) {
-          const int64_t n = plane / channels, c = plane % channels;
-          for (int64_t a = 0; a < p; ++a) {
-            for (int64_t b = 0; b < p; ++b) {
-              const int64_t part = ((n * p + a) * p + b) * channels + c;
-              for (int64_t i = 0; i < sh; ++i) {
-                const int64_t row = plane * size.h * size.w + (i * p + a) * size.w + b;
-                for (int64_t j = 0; j < sw; ++j) {
-                  if constexpr (Split) {
-                    parts[(part * sh + i) * sw + j] = whole[row + j * p];
-                  } else {
-                    whole[row + j * p] = parts[(part * sh + i) * sw + j];
-                  }
-                }
-              }
-            }
-          }
-        }
-      });
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * channels, 4),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      for (int64_t plane = range.begin(); plane != range.end(); ++plane) {
+                        const int64_t n = plane / channels, c = plane % channels;
+                        for (int64_t a = 0; a < p; ++a) {
+                          for (int64_t b = 0; b < p; ++b) {
+                            const int64_t part = ((n * p + a) * p + b) * channels + c;
+                            for (int64_t i = 0; i < sh; ++i) {
+                              const int64_t row =
+                                  plane * size.h * size.w + (i * p + a) * size.w + b;
+                              for (int64_t j = 0; j < sw; ++j) {
+                                if constexpr (Split) {
+                                  parts[(part * sh + i) * sw + j] = whole[row + j * p];
+                                } else {
+                                  whole[row + j * p] = parts[(part * sh + i) * sw + j];
+                                }
+                              }
+                            }
+                          }
+                        }
+                      }
+                    });
 }
 
 void TbbConv2d::split_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
@@ -1024,22 +1022,20 @@ void TbbConv2d::depthwise_forward(const float* x, const float* w, const float* b
                                   int64_t n_batch) {
   const Conv2dDesc& d = desc_;
   const int64_t taps = d.kernel_h * d.kernel_w;
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * d.groups, depthwise_grain()),
-                    [&](const tbb::blocked_range<int64_t>& range) {
-                      Workspace& ws = local_workspace();
-                      for (int64_t p = range.begin(); p != range.end(); ++p) {
-                        const int64_t n = p / d.groups, g = p % d.groups;
-                        depthwise::pad_plane(d, x + (n * d.in_channels + g) * in_plane_,
-                                             ws.col.data());
-                        for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
-                          depthwise::forward_plane(d, depthwise_offsets_.data(), ws.col.data(),
-                                                   w + k * taps,
-                                                   bias != nullptr ? bias[k] : 0.0f,
-                                                   y + (n * d.out_channels + k) * out_plane_,
-                                                   ws.gathered.data());
-                        }
-                      }
-                    });
+  tbb::parallel_for(
+      tbb::blocked_range<int64_t>(0, n_batch * d.groups, depthwise_grain()),
+      [&](const tbb::blocked_range<int64_t>& range) {
+        Workspace& ws = local_workspace();
+        for (int64_t p = range.begin(); p != range.end(); ++p) {
+          const int64_t n = p / d.groups, g = p % d.groups;
+          depthwise::pad_plane(d, x + (n * d.in_channels + g) * in_plane_, ws.col.data());
+          for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
+            depthwise::forward_plane(d, depthwise_offsets_.data(), ws.col.data(), w + k * taps,
+                                     bias != nullptr ? bias[k] : 0.0f,
+                                     y + (n * d.out_channels + k) * out_plane_, ws.gathered.data());
+          }
+        }
+      });
 }
 
 void TbbConv2d::depthwise_backward_data(const float* dy, const float* w, float* dx,
@@ -1055,8 +1051,8 @@ void TbbConv2d::depthwise_backward_data(const float* dy, const float* w, float* 
                         for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
                           depthwise::backward_data_plane(
                               d, depthwise_flipped_offsets_.data(),
-                              dy + (n * d.out_channels + k) * out_plane_, w + k * taps,
-                              k > g * kg_, padded, ws.gathered.data() + depthwise_wide_offset());
+                              dy + (n * d.out_channels + k) * out_plane_, w + k * taps, k > g * kg_,
+                              padded, ws.gathered.data() + depthwise_wide_offset());
                         }
                         depthwise::crop_plane(d, padded, dx + (n * d.in_channels + g) * in_plane_);
                       }
@@ -1085,9 +1081,9 @@ void TbbConv2d::depthwise_backward_params(const float* x, const float* dy, float
             std::fill_n(acc, depthwise::weight_scratch_floats(d), 0.0f);
             for (int64_t n = 0; n < n_batch; ++n) {
               depthwise::pad_plane(d, x + (n * d.in_channels + g) * in_plane_, ws.col.data());
-              depthwise::accumulate_weight_plane(
-                  d, depthwise_offsets_.data(), ws.col.data(),
-                  dy + (n * d.out_channels + k) * out_plane_, acc, acc + depthwise_wide_offset());
+              depthwise::accumulate_weight_plane(d, depthwise_offsets_.data(), ws.col.data(),
+                                                 dy + (n * d.out_channels + k) * out_plane_, acc,
+                                                 acc + depthwise_wide_offset());
             }
             depthwise::reduce_weight(d, acc, dw + k * taps);
           }

@@ -6,10 +6,10 @@
 
 #include <algorithm>
 
+#include "openblas.hpp"
 #include "strata/error.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
-#include "openblas.hpp"
 #include "tbb_kernels.hpp"
 
 namespace strata::tbb_backend {

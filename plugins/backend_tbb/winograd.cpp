@@ -156,8 +156,8 @@ inline void transform_output8(const float* m, int64_t stride, float b, float* ro
 // The B^T d B transform of 8 tiles anywhere (across tile rows or images): patch[k] points at row 0,
 // column 0 of tile k's 4x4 patch, rows `ld` floats apart. The four rows of each patch are loaded
 // as 4-float vectors and transposed, 8 tiles to a vector.
-inline void transform_input_gathered(const float* const (&patch)[kLanes], const int64_t (&ld)[kLanes],
-                                     float* v, int64_t stride) {
+inline void transform_input_gathered(const float* const (&patch)[kLanes],
+                                     const int64_t (&ld)[kLanes], float* v, int64_t stride) {
   __m256 d[4][4];
   for (int i = 0; i < 4; ++i) {
     __m256 m[4];
@@ -263,7 +263,8 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
       bool border[kLanes];
       alignas(32) float copies[kLanes][4][4];
       for (int k = 0; k < kLanes; ++k) {
-        const int64_t tk = first + t + k, nk = tk / tiles, hk = 2 * (tk % tiles / g.tiles_w) - g.pad_h,
+        const int64_t tk = first + t + k, nk = tk / tiles,
+                      hk = 2 * (tk % tiles / g.tiles_w) - g.pad_h,
                       wk = 2 * (tk % g.tiles_w) - g.pad_w;
         border[k] = !(hk >= 0 && wk >= 0 && hk + 4 <= g.in_h && wk + 4 <= g.in_w);
         offset[k] = hk * g.in_w + wk;

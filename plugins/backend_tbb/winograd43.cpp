@@ -31,7 +31,7 @@ void transform_weights(const float* w, int64_t filters, int64_t channels, bool f
         }
       }
       // t = G g (6x3), then U = t G^T (6x6), in double: G's sixths are not exact in float.
-      const auto rows = [](const double (&in)[3], double (&out)[6]) {
+      const auto rows = [](const double(&in)[3], double(&out)[6]) {
         out[0] = in[0] / 4.0;
         out[1] = -(in[0] + in[1] + in[2]) / 6.0;
         out[2] = -(in[0] - in[1] + in[2]) / 6.0;
@@ -349,7 +349,8 @@ void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64
           if (rows[k] == 4 && columns[k] == 4) {
             r[k] = _mm_loadu_ps(row);
           } else {
-            for (int j = 0; j < 4; ++j) copies[k][i][j] = i < rows[k] && j < columns[k] ? row[j] : 0.0f;
+            for (int j = 0; j < 4; ++j)
+              copies[k][i][j] = i < rows[k] && j < columns[k] ? row[j] : 0.0f;
             r[k] = _mm_load_ps(copies[k][i]);
           }
         }
@@ -416,7 +417,7 @@ void accumulate_weight_gradient(const Geometry& g, const float* x, const float* 
 void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw) {
   const int64_t plane = filters * channels;
   // G^T (3x6) applied to 6 values, in double.
-  const auto gt = [](const double (&z)[6], double (&out)[3]) {
+  const auto gt = [](const double(&z)[6], double(&out)[3]) {
     out[0] = z[0] / 4.0 - (z[1] + z[2]) / 6.0 + (z[3] + z[4]) / 24.0;
     out[1] = (z[2] - z[1]) / 6.0 + (z[3] - z[4]) / 12.0;
     out[2] = -(z[1] + z[2]) / 6.0 + (z[3] + z[4]) / 6.0 + z[5];
