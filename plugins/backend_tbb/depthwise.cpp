@@ -1,6 +1,7 @@
 #include "depthwise.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "floats.hpp"
@@ -28,11 +29,17 @@ int64_t wide_floats(const Conv2dDesc& d) { return d.out_h * padded_w(d); }
 
 namespace {
 
-// 16 floats (one AVX-512 register, two AVX2 ones: GCC picks), loadable at any float address.
-using Vec = float __attribute__((vector_size(64), aligned(4), may_alias));
+// 16 floats (one AVX-512 register, two AVX2 ones: the compiler picks), moved to and from any float
+// address with memcpy (an unaligned vector load or store; clang keeps a vector type's 64-byte
+// alignment even where a typedef asks for less, and UBSan then reports every access).
+using Vec = float __attribute__((vector_size(64)));
 constexpr int64_t kLanes = 16;
-inline Vec load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
-inline void store(float* p, Vec v) { *reinterpret_cast<Vec*>(p) = v; }
+inline Vec load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
 inline Vec splat(float x) { return Vec{} + x; }
 
 // out[j] (= or +=) bias + sum over taps t of w[t] * src[offset[t] + j], for j < length. The sums
