@@ -34,10 +34,7 @@ void transform_weights(const float* w, int64_t filters, int64_t channels, bool f
     for (int64_t c = 0; c < channels; ++c) {
       float g[3][3];
       for (int r = 0; r < 3; ++r) {
-        for (int s = 0; s < 3; ++s) {
-          g[r][s] = flip ? w[(c * filters + f) * 9 + (2 - r) * 3 + (2 - s)]
-                         : w[(f * channels + c) * 9 + r * 3 + s];
-        }
+        for (int s = 0; s < 3; ++s) g[r][s] = filter_tap(w, filters, channels, flip, f, c, r, s);
       }
       // t = G g (4x3), then U = t G^T (4x4). G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1].
       float t[4][3];
@@ -132,8 +129,8 @@ inline void transform_input8(const float* const (&rows)[4], float* v, int64_t st
   transform_input_lanes(d, v, stride);
 }
 
-// Output transform of 8 adjacent tiles: the two output rows, 16 floats each, interleaved.
-inline void transform_output8(const float* m, int64_t stride, float b, float* row0, float* row1) {
+// Y = A^T m A (+ bias) for 8 tiles of one filter: y[i][j] holds output (i, j) of the 8 tiles.
+inline void transform_output_vectors(const float* m, int64_t stride, float b, __m256 (&y)[2][2]) {
   __m256 s[2][4];
   for (int j = 0; j < 4; ++j) {
     const __m256 m0 = _mm256_loadu_ps(m + j * stride), m1 = _mm256_loadu_ps(m + (4 + j) * stride);
@@ -144,9 +141,18 @@ inline void transform_output8(const float* m, int64_t stride, float b, float* ro
   }
   const __m256 bias = _mm256_set1_ps(b);
   for (int i = 0; i < 2; ++i) {
-    const __m256 y0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s[i][0], s[i][1]), s[i][2]), bias);
-    const __m256 y1 = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s[i][1], s[i][2]), s[i][3]), bias);
-    const __m256 lo = _mm256_unpacklo_ps(y0, y1), hi = _mm256_unpackhi_ps(y0, y1);
+    y[i][0] = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s[i][0], s[i][1]), s[i][2]), bias);
+    y[i][1] = _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s[i][1], s[i][2]), s[i][3]), bias);
+  }
+}
+
+// Output transform of 8 adjacent tiles: the two output rows, 16 floats each, interleaved.
+inline void transform_output8(const float* m, int64_t stride, float b, float* row0, float* row1) {
+  __m256 y[2][2];
+  transform_output_vectors(m, stride, b, y);
+  for (int i = 0; i < 2; ++i) {
+    const __m256 lo = _mm256_unpacklo_ps(y[i][0], y[i][1]),
+                 hi = _mm256_unpackhi_ps(y[i][0], y[i][1]);
     float* out = i == 0 ? row0 : row1;
     _mm256_storeu_ps(out, _mm256_permute2f128_ps(lo, hi, 0x20));
     _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
@@ -194,20 +200,10 @@ inline void transform_dy8(__m256 a, __m256 b, __m256 c, __m256 d, float* out, in
 // A^T m A for 8 tiles of one filter: y[i][j][k] is output (i, j) of tile k.
 inline void transform_output_lanes(const float* m, int64_t stride, float b,
                                    float (&y)[2][2][kLanes]) {
-  __m256 s[2][4];
-  for (int j = 0; j < 4; ++j) {
-    const __m256 m0 = _mm256_loadu_ps(m + j * stride), m1 = _mm256_loadu_ps(m + (4 + j) * stride);
-    const __m256 m2 = _mm256_loadu_ps(m + (8 + j) * stride),
-                 m3 = _mm256_loadu_ps(m + (12 + j) * stride);
-    s[0][j] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
-    s[1][j] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
-  }
-  const __m256 bias = _mm256_set1_ps(b);
+  __m256 v[2][2];
+  transform_output_vectors(m, stride, b, v);
   for (int i = 0; i < 2; ++i) {
-    _mm256_storeu_ps(y[i][0],
-                     _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s[i][0], s[i][1]), s[i][2]), bias));
-    _mm256_storeu_ps(y[i][1],
-                     _mm256_add_ps(_mm256_sub_ps(_mm256_sub_ps(s[i][1], s[i][2]), s[i][3]), bias));
+    for (int j = 0; j < 2; ++j) _mm256_storeu_ps(y[i][j], v[i][j]);
   }
 }
 #endif

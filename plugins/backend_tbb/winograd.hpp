@@ -36,6 +36,14 @@ struct Geometry {
                        int64_t pad_w, int64_t tile = 2);
 };
 
+// Tap (r, s) of filter f over channel c: w[f][c][r][s] for w stored [filters][channels][3][3], or
+// with flip, backward_data's filter w[c][f][2 - r][2 - s] for w stored [channels][filters][3][3].
+inline float filter_tap(const float* w, int64_t filters, int64_t channels, bool flip, int64_t f,
+                        int64_t c, int r, int s) {
+  return flip ? w[(c * filters + f) * 9 + (2 - r) * 3 + (2 - s)]
+              : w[(f * channels + c) * 9 + r * 3 + s];
+}
+
 // U[xi][f][c] = (G g G^T)[xi] for the 3x3 filter g = w[f][c] (w is [filters][channels][3][3]).
 // With flip, the filters are those of backward_data: g[r][s] = w[c][f][2 - r][2 - s] where w is
 // [channels][filters][3][3] as stored for the forward convolution (so `filters` here is the

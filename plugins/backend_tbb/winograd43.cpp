@@ -25,10 +25,7 @@ void transform_weights(const float* w, int64_t filters, int64_t channels, bool f
     for (int64_t c = 0; c < channels; ++c) {
       double g[3][3];
       for (int r = 0; r < 3; ++r) {
-        for (int s = 0; s < 3; ++s) {
-          g[r][s] = flip ? w[(c * filters + f) * 9 + (2 - r) * 3 + (2 - s)]
-                         : w[(f * channels + c) * 9 + r * 3 + s];
-        }
+        for (int s = 0; s < 3; ++s) g[r][s] = filter_tap(w, filters, channels, flip, f, c, r, s);
       }
       // t = G g (6x3), then U = t G^T (6x6), in double: G's sixths are not exact in float.
       const auto rows = [](const double(&in)[3], double(&out)[6]) {
@@ -177,6 +174,16 @@ inline Tile tile_at(const Geometry& g, int64_t tile) {
   return {tile / per_image, 4 * (within / g.tiles_w) - g.pad_h, 4 * (within % g.tiles_w) - g.pad_w};
 }
 
+// Where a tile's 4x4 outputs start in the batch's output (or dy), and how many of its rows and
+// columns lie inside the output.
+inline int64_t output_window(const Geometry& g, int64_t tile, int64_t& rows, int64_t& columns) {
+  const Tile p = tile_at(g, tile);
+  const int64_t oh = p.h0 + g.pad_h, ow = p.w0 + g.pad_w;
+  rows = std::min<int64_t>(4, g.out_h - oh);
+  columns = std::min<int64_t>(4, g.out_w - ow);
+  return p.n * g.filters * g.out_h * g.out_w + oh * g.out_w + ow;
+}
+
 // v[xi][c][t] = (B^T d B)[xi] for the input patches of tiles [first, first + count).
 void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int64_t count,
                            float* v) {
@@ -259,11 +266,7 @@ void convolve_tiles(const Geometry& g, const float* u, const float* x, const flo
 
   // Output transform, clipped at the output's edge.
   const auto origin = [&](int64_t tile, int64_t& rows, int64_t& columns) {
-    const Tile p = tile_at(g, tile);
-    const int64_t oh = p.h0 + g.pad_h, ow = p.w0 + g.pad_w;
-    rows = std::min<int64_t>(4, g.out_h - oh);
-    columns = std::min<int64_t>(4, g.out_w - ow);
-    return y + p.n * g.filters * out_plane + oh * g.out_w + ow;
+    return y + output_window(g, tile, rows, columns);
   };
   int64_t t = 0;
 #if defined(__AVX2__) && defined(__FMA__)
@@ -327,11 +330,7 @@ void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64
   const int64_t out_plane = g.out_h * g.out_w;
   const int64_t w_plane = plane_stride(g.filters, count);
   const auto origin = [&](int64_t tile, int64_t& rows, int64_t& columns) {
-    const Tile p = tile_at(g, tile);
-    const int64_t oh = p.h0 + g.pad_h, ow = p.w0 + g.pad_w;
-    rows = std::min<int64_t>(4, g.out_h - oh);
-    columns = std::min<int64_t>(4, g.out_w - ow);
-    return dy + p.n * g.filters * out_plane + oh * g.out_w + ow;
+    return dy + output_window(g, tile, rows, columns);
   };
   int64_t t = 0;
 #if defined(__AVX2__) && defined(__FMA__)
