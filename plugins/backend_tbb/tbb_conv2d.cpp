@@ -1009,7 +1009,8 @@ void TbbConv2d::winograd_backward_weight(const float* x, const float* dy, float*
 
 int64_t TbbConv2d::depthwise_wide_offset() const {
   return round_up(
-      std::max(depthwise::padded_floats(desc_), depthwise::weight_scratch_floats(desc_)), 16);
+      std::max(depthwise::padded_floats(desc_), kg_ * depthwise::weight_scratch_floats(desc_)),
+      16);
 }
 
 int64_t TbbConv2d::depthwise_grain() const {
@@ -1067,25 +1068,32 @@ void TbbConv2d::depthwise_backward_params(const float* x, const float* dy, float
   tbb::parallel_for(
       tbb::blocked_range<int64_t>(0, d.groups, 1), [&](const tbb::blocked_range<int64_t>& range) {
         Workspace& ws = local_workspace();
-        float* acc = ws.gathered.data();
+        float* acc = ws.gathered.data();  // the group's filters' tap sums, one after another
+        const int64_t scratch = depthwise::weight_scratch_floats(d);
         for (int64_t g = range.begin(); g != range.end(); ++g) {
-          for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
-            if (db != nullptr) {
+          if (db != nullptr) {
+            for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
               float total = 0.0f;
               for (int64_t n = 0; n < n_batch; ++n) {
                 total += sum_floats(dy + (n * d.out_channels + k) * out_plane_, out_plane_);
               }
               db[k] = total;
             }
-            if (dw == nullptr) continue;
-            std::fill_n(acc, depthwise::weight_scratch_floats(d), 0.0f);
-            for (int64_t n = 0; n < n_batch; ++n) {
-              depthwise::pad_plane(d, x + (n * d.in_channels + g) * in_plane_, ws.col.data());
-              depthwise::accumulate_weight_plane(d, depthwise_offsets_.data(), ws.col.data(),
-                                                 dy + (n * d.out_channels + k) * out_plane_, acc,
-                                                 acc + depthwise_wide_offset());
+          }
+          if (dw == nullptr) continue;
+          std::fill_n(acc, kg_ * scratch, 0.0f);
+          for (int64_t n = 0; n < n_batch; ++n) {
+            // Padded once for all the group's filters.
+            depthwise::pad_plane(d, x + (n * d.in_channels + g) * in_plane_, ws.col.data());
+            for (int64_t j = 0; j < kg_; ++j) {
+              depthwise::accumulate_weight_plane(
+                  d, depthwise_offsets_.data(), ws.col.data(),
+                  dy + (n * d.out_channels + g * kg_ + j) * out_plane_, acc + j * scratch,
+                  ws.gathered.data() + depthwise_wide_offset());
             }
-            depthwise::reduce_weight(d, acc, dw + k * taps);
+          }
+          for (int64_t j = 0; j < kg_; ++j) {
+            depthwise::reduce_weight(d, acc + j * scratch, dw + (g * kg_ + j) * taps);
           }
         }
       });
