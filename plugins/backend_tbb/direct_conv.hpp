@@ -154,7 +154,32 @@ inline __m128 sum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
 }
 #endif
 
+// The vector type of shifted_dot: 16-float AVX-512 registers, or 8-float AVX2 ones. fold() sums
+// one to 8 lanes for sum4.
 #if defined(__AVX512F__)
+struct DotLanes {
+  using V = __m512;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  // (The halves by __builtin_shufflevector: GCC 12's extract and permute intrinsics trip
+  // -Wuninitialized inside its own headers.)
+  static __m256 fold(V a) {
+    return _mm256_add_ps(__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7),
+                         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15));
+  }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+struct DotLanes {
+  using V = __m256;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static __m256 fold(V a) { return a; }
+};
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
 // One block of shifted_dot: rows [i0, i0 + KB) x taps [p0, p0 + QB), with `rows_here` and
 // `taps_here` of them real (the others repeat the last real one and are not stored).
 template <int KB, int QB>
@@ -162,11 +187,12 @@ void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_
                        int64_t length, int64_t images, int64_t a_image_stride,
                        int64_t b_image_stride, int64_t i0, int rows_here, int64_t p0, int taps_here,
                        float* c, int64_t ldc) {
-  __m512 acc[KB][QB];
+  using V = DotLanes::V;
+  V acc[KB][QB];
 #pragma GCC unroll 8
   for (int i = 0; i < KB; ++i) {
 #pragma GCC unroll 8
-    for (int t = 0; t < QB; ++t) acc[i][t] = _mm512_setzero_ps();
+    for (int t = 0; t < QB; ++t) acc[i][t] = DotLanes::zero();
   }
   for (int64_t image = 0; image < images; ++image) {
     const float* ai[KB];
@@ -179,15 +205,15 @@ void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_
     for (int t = 0; t < QB; ++t) {
       bp[t] = b + image * b_image_stride + offset[p0 + (t < taps_here ? t : taps_here - 1)];
     }
-    for (int64_t j = 0; j < length; j += 16) {
-      __m512 bv[QB];
+    for (int64_t j = 0; j < length; j += kVector) {
+      V bv[QB];
 #pragma GCC unroll 8
-      for (int t = 0; t < QB; ++t) bv[t] = _mm512_loadu_ps(bp[t] + j);
+      for (int t = 0; t < QB; ++t) bv[t] = DotLanes::load(bp[t] + j);
 #pragma GCC unroll 8
       for (int i = 0; i < KB; ++i) {
-        const __m512 av = _mm512_loadu_ps(ai[i] + j);
+        const V av = DotLanes::load(ai[i] + j);
 #pragma GCC unroll 8
-        for (int t = 0; t < QB; ++t) acc[i][t] = _mm512_fmadd_ps(av, bv[t], acc[i][t]);
+        for (int t = 0; t < QB; ++t) acc[i][t] = DotLanes::fma(av, bv[t], acc[i][t]);
       }
     }
   }
@@ -196,13 +222,8 @@ void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_
   // dependent adds, as slow as the products for LeNet-sized images.)
   alignas(16) float sums[KB * QB + 3];
   constexpr int kCount = KB * QB;
-  // (The halves by __builtin_shufflevector: GCC 12's extract and permute intrinsics trip
-  // -Wuninitialized inside its own headers.)
-  const auto fold = [&](int k) -> __m256 {
-    if (k >= kCount) return _mm256_setzero_ps();
-    const __m512 a = acc[k / QB][k % QB];
-    return _mm256_add_ps(__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7),
-                         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15));
+  const auto fold = [&](int k) {
+    return k < kCount ? DotLanes::fold(acc[k / QB][k % QB]) : _mm256_setzero_ps();
   };
 #pragma GCC unroll 8
   for (int g = 0; g < kCount; g += 4) {
@@ -212,59 +233,7 @@ void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_
     for (int t = 0; t < taps_here; ++t) c[(i0 + i) * ldc + p0 + t] += sums[i * QB + t];
   }
 }
-#elif defined(__AVX2__) && defined(__FMA__)
 
-// One block of shifted_dot: rows [i0, i0 + KB) x taps [p0, p0 + QB), with `rows_here` and
-// `taps_here` of them real (the others repeat the last real one and are not stored).
-template <int KB, int QB>
-void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_t* offset,
-                       int64_t length, int64_t images, int64_t a_image_stride,
-                       int64_t b_image_stride, int64_t i0, int rows_here, int64_t p0, int taps_here,
-                       float* c, int64_t ldc) {
-  __m256 acc[KB][QB];
-#pragma GCC unroll 8
-  for (int i = 0; i < KB; ++i) {
-#pragma GCC unroll 8
-    for (int t = 0; t < QB; ++t) acc[i][t] = _mm256_setzero_ps();
-  }
-  for (int64_t image = 0; image < images; ++image) {
-    const float* ai[KB];
-    const float* bp[QB];
-#pragma GCC unroll 8
-    for (int i = 0; i < KB; ++i) {
-      ai[i] = a + image * a_image_stride + (i0 + (i < rows_here ? i : rows_here - 1)) * lda;
-    }
-#pragma GCC unroll 8
-    for (int t = 0; t < QB; ++t) {
-      bp[t] = b + image * b_image_stride + offset[p0 + (t < taps_here ? t : taps_here - 1)];
-    }
-    for (int64_t j = 0; j < length; j += 8) {
-      __m256 bv[QB];
-#pragma GCC unroll 8
-      for (int t = 0; t < QB; ++t) bv[t] = _mm256_loadu_ps(bp[t] + j);
-#pragma GCC unroll 8
-      for (int i = 0; i < KB; ++i) {
-        const __m256 av = _mm256_loadu_ps(ai[i] + j);
-#pragma GCC unroll 8
-        for (int t = 0; t < QB; ++t) acc[i][t] = _mm256_fmadd_ps(av, bv[t], acc[i][t]);
-      }
-    }
-  }
-  // Reduce in groups of four accumulators (row-major over the block), then scatter the sums.
-  alignas(16) float sums[KB * QB + 3];
-  constexpr int kCount = KB * QB;
-#pragma GCC unroll 4
-  for (int g = 0; g < kCount; g += 4) {
-    const auto at = [&](int k) { return k < kCount ? acc[k / QB][k % QB] : _mm256_setzero_ps(); };
-    _mm_store_ps(sums + g, sum4(at(g), at(g + 1), at(g + 2), at(g + 3)));
-  }
-  for (int i = 0; i < rows_here; ++i) {
-    for (int t = 0; t < taps_here; ++t) c[(i0 + i) * ldc + p0 + t] += sums[i * QB + t];
-  }
-}
-#endif
-
-#if defined(__AVX2__) && defined(__FMA__)
 template <int KB, int QB>
 void shifted_dot_blocks(const float* a, int64_t rows, int64_t lda, const float* b,
                         const int32_t* offset, int64_t taps, int64_t length, int64_t images,
