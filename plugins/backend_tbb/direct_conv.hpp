@@ -11,6 +11,7 @@
 // block of accumulators in registers and read the padded image straight from L1/L2.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -51,70 +52,72 @@ void pack_rows(int64_t rows, int64_t taps, Value value, float* packed) {
   }
 }
 
+// The vector type of the kernels below: 16-float AVX-512 registers, or 8-float AVX2 ones. A Mask
+// selects the first `left` lanes of a store; fold() sums one vector to 8 lanes for sum4.
+#if defined(__AVX512F__)
+struct Lanes {
+  using V = __m512;
+  using Mask = __mmask16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V splat(const float* p) { return _mm512_set1_ps(*p); }
+  static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static Mask mask(int64_t left) {
+    return left >= 16 ? Mask(0xFFFF) : left <= 0 ? Mask(0) : Mask((1u << left) - 1);
+  }
+  static void store(float* p, Mask m, V v) { _mm512_mask_storeu_ps(p, m, v); }
+  // (The halves by __builtin_shufflevector: GCC 12's extract and permute intrinsics trip
+  // -Wuninitialized inside its own headers.)
+  static __m256 fold(V a) {
+    return _mm256_add_ps(__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7),
+                         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15));
+  }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+struct Lanes {
+  using V = __m256;
+  using Mask = __m256i;
+  static V zero() { return _mm256_setzero_ps(); }
+  static V splat(const float* p) { return _mm256_broadcast_ss(p); }
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static Mask mask(int64_t left) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::clamp<int64_t>(left, 0, 8))),
+                              lane);
+  }
+  static void store(float* p, Mask m, V v) { _mm256_maskstore_ps(p, m, v); }
+  static __m256 fold(V a) { return a; }
+};
+#endif
+
 // C[i][j] = sum_p A[i][p] * b[offset[p] + j] for i < rows, j < columns, with A packed by
 // pack_rows. C is row-major with row stride ldc. Reads b up to max(offset) + round_up(columns,
 // kColumns) - 1: callers leave kColumns floats of slack after the padded image.
 inline void shifted_gemm(const float* packed, int64_t rows, const float* b, const int32_t* offset,
                          int64_t taps, int64_t columns, float* c, int64_t ldc) {
-#if defined(__AVX512F__)
-  const auto mask = [](int64_t left) -> __mmask16 {
-    return left >= 16 ? __mmask16(0xFFFF) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1);
-  };
+#if defined(__AVX2__) && defined(__FMA__)
+  using V = Lanes::V;
+  constexpr int kWidth = kColumns / 2;
   for (int64_t j0 = 0; j0 < columns; j0 += kColumns) {
     const int64_t left = columns - j0;
-    const __mmask16 mask0 = mask(left), mask1 = mask(left - 16);
+    const Lanes::Mask mask0 = Lanes::mask(left), mask1 = Lanes::mask(left - kWidth);
     const float* bj = b + j0;
     for (int64_t block = 0; block * kRows < rows; ++block) {
       const float* ap = packed + block * kRows * taps;
-      __m512 acc[kRows][2];
+      V acc[kRows][2];
 #pragma GCC unroll 8
-      for (int i = 0; i < kRows; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+      for (int i = 0; i < kRows; ++i) acc[i][0] = acc[i][1] = Lanes::zero();
       for (int64_t p = 0; p < taps; ++p, ap += kRows) {
         const float* bp = bj + offset[p];
-        const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+        const V b0 = Lanes::load(bp), b1 = Lanes::load(bp + kWidth);
 #pragma GCC unroll 8
         for (int i = 0; i < kRows; ++i) {
-          const __m512 av = _mm512_set1_ps(ap[i]);
-          acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
-          acc[i][1] = _mm512_fmadd_ps(av, b1, acc[i][1]);
-        }
-      }
-      const int64_t block_rows = rows - block * kRows < kRows ? rows - block * kRows : kRows;
-#pragma GCC unroll 8
-      for (int i = 0; i < kRows; ++i) {
-        if (i >= block_rows) break;
-        float* ci = c + (block * kRows + i) * ldc + j0;
-        if (left >= kColumns) {
-          _mm512_storeu_ps(ci, acc[i][0]);
-          _mm512_storeu_ps(ci + 16, acc[i][1]);
-        } else {
-          _mm512_mask_storeu_ps(ci, mask0, acc[i][0]);
-          _mm512_mask_storeu_ps(ci + 16, mask1, acc[i][1]);
-        }
-      }
-    }
-  }
-#elif defined(__AVX2__) && defined(__FMA__)
-  alignas(32) static constexpr int32_t kLaneIndex[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-  const __m256i lane = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLaneIndex));
-  for (int64_t j0 = 0; j0 < columns; j0 += kColumns) {
-    const int64_t left = columns - j0;
-    const __m256i mask0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)), lane);
-    const __m256i mask1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left - 8)), lane);
-    const float* bj = b + j0;
-    for (int64_t block = 0; block * kRows < rows; ++block) {
-      const float* ap = packed + block * kRows * taps;
-      __m256 acc[kRows][2];
-#pragma GCC unroll 8
-      for (int i = 0; i < kRows; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-      for (int64_t p = 0; p < taps; ++p, ap += kRows) {
-        const float* bp = bj + offset[p];
-        const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
-#pragma GCC unroll 8
-        for (int i = 0; i < kRows; ++i) {
-          const __m256 av = _mm256_broadcast_ss(ap + i);
-          acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
-          acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+          const V av = Lanes::splat(ap + i);
+          acc[i][0] = Lanes::fma(av, b0, acc[i][0]);
+          acc[i][1] = Lanes::fma(av, b1, acc[i][1]);
         }
       }
       const int64_t block_rows = rows - block * kRows < kRows ? rows - block * kRows : kRows;
@@ -125,11 +128,11 @@ inline void shifted_gemm(const float* packed, int64_t rows, const float* b, cons
         if (i >= block_rows) break;
         float* ci = c + (block * kRows + i) * ldc + j0;
         if (left >= kColumns) {
-          _mm256_storeu_ps(ci, acc[i][0]);
-          _mm256_storeu_ps(ci + 8, acc[i][1]);
+          Lanes::store(ci, acc[i][0]);
+          Lanes::store(ci + kWidth, acc[i][1]);
         } else {
-          _mm256_maskstore_ps(ci, mask0, acc[i][0]);
-          _mm256_maskstore_ps(ci + 8, mask1, acc[i][1]);
+          Lanes::store(ci, mask0, acc[i][0]);
+          Lanes::store(ci + kWidth, mask1, acc[i][1]);
         }
       }
     }
@@ -154,31 +157,6 @@ inline __m128 sum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
 }
 #endif
 
-// The vector type of shifted_dot: 16-float AVX-512 registers, or 8-float AVX2 ones. fold() sums
-// one to 8 lanes for sum4.
-#if defined(__AVX512F__)
-struct DotLanes {
-  using V = __m512;
-  static V zero() { return _mm512_setzero_ps(); }
-  static V load(const float* p) { return _mm512_loadu_ps(p); }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  // (The halves by __builtin_shufflevector: GCC 12's extract and permute intrinsics trip
-  // -Wuninitialized inside its own headers.)
-  static __m256 fold(V a) {
-    return _mm256_add_ps(__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7),
-                         __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15));
-  }
-};
-#elif defined(__AVX2__) && defined(__FMA__)
-struct DotLanes {
-  using V = __m256;
-  static V zero() { return _mm256_setzero_ps(); }
-  static V load(const float* p) { return _mm256_loadu_ps(p); }
-  static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static __m256 fold(V a) { return a; }
-};
-#endif
-
 #if defined(__AVX2__) && defined(__FMA__)
 // One block of shifted_dot: rows [i0, i0 + KB) x taps [p0, p0 + QB), with `rows_here` and
 // `taps_here` of them real (the others repeat the last real one and are not stored).
@@ -187,12 +165,12 @@ void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_
                        int64_t length, int64_t images, int64_t a_image_stride,
                        int64_t b_image_stride, int64_t i0, int rows_here, int64_t p0, int taps_here,
                        float* c, int64_t ldc) {
-  using V = DotLanes::V;
+  using V = Lanes::V;
   V acc[KB][QB];
 #pragma GCC unroll 8
   for (int i = 0; i < KB; ++i) {
 #pragma GCC unroll 8
-    for (int t = 0; t < QB; ++t) acc[i][t] = DotLanes::zero();
+    for (int t = 0; t < QB; ++t) acc[i][t] = Lanes::zero();
   }
   for (int64_t image = 0; image < images; ++image) {
     const float* ai[KB];
@@ -208,12 +186,12 @@ void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_
     for (int64_t j = 0; j < length; j += kVector) {
       V bv[QB];
 #pragma GCC unroll 8
-      for (int t = 0; t < QB; ++t) bv[t] = DotLanes::load(bp[t] + j);
+      for (int t = 0; t < QB; ++t) bv[t] = Lanes::load(bp[t] + j);
 #pragma GCC unroll 8
       for (int i = 0; i < KB; ++i) {
-        const V av = DotLanes::load(ai[i] + j);
+        const V av = Lanes::load(ai[i] + j);
 #pragma GCC unroll 8
-        for (int t = 0; t < QB; ++t) acc[i][t] = DotLanes::fma(av, bv[t], acc[i][t]);
+        for (int t = 0; t < QB; ++t) acc[i][t] = Lanes::fma(av, bv[t], acc[i][t]);
       }
     }
   }
@@ -223,7 +201,7 @@ void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_
   alignas(16) float sums[KB * QB + 3];
   constexpr int kCount = KB * QB;
   const auto fold = [&](int k) {
-    return k < kCount ? DotLanes::fold(acc[k / QB][k % QB]) : _mm256_setzero_ps();
+    return k < kCount ? Lanes::fold(acc[k / QB][k % QB]) : _mm256_setzero_ps();
   };
 #pragma GCC unroll 8
   for (int g = 0; g < kCount; g += 4) {
