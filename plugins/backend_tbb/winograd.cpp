@@ -28,6 +28,25 @@ Geometry Geometry::make(int64_t channels, int64_t filters, int64_t in_h, int64_t
   return g;
 }
 
+void multiply_planes(const Geometry& g, const float* u, const float* v, float* m, int64_t count) {
+  const int64_t u_plane = g.filters * g.channels;
+  const int64_t v_plane = plane_stride(g.channels, count), m_plane = plane_stride(g.filters, count);
+  for (int64_t xi = 0; xi < g.elements(); ++xi) {
+    sgemm(false, false, g.filters, count, g.channels, 1.0f, u + xi * u_plane, g.channels,
+          v + xi * v_plane, count, 0.0f, m + xi * m_plane, count);
+  }
+}
+
+void accumulate_planes(const Geometry& g, const float* w, const float* v, float* du,
+                       int64_t count) {
+  const int64_t u_plane = g.filters * g.channels;
+  const int64_t v_plane = plane_stride(g.channels, count), w_plane = plane_stride(g.filters, count);
+  for (int64_t xi = 0; xi < g.elements(); ++xi) {
+    sgemm(false, true, g.filters, g.channels, count, 1.0f, w + xi * w_plane, count,
+          v + xi * v_plane, count, 1.0f, du + xi * u_plane, g.channels);
+  }
+}
+
 void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u) {
   const int64_t plane = filters * channels;
   for (int64_t f = 0; f < filters; ++f) {
@@ -315,16 +334,11 @@ void convolve_tiles(const Geometry& g, const float* u, const float* x, const flo
                     int64_t first, int64_t count, float* v, float* m) {
   const int64_t tiles = g.tiles_per_image();
   const int64_t out_plane = g.out_h * g.out_w;
-  const int64_t v_plane = plane_stride(g.channels, count), m_plane = plane_stride(g.filters, count);
+  const int64_t m_plane = plane_stride(g.filters, count);
 
   transform_input_tiles(g, x, first, count, v);
 
-  // 16 products M[xi] = U[xi] V[xi].
-  const int64_t u_plane = g.filters * g.channels;
-  for (int64_t xi = 0; xi < kElements; ++xi) {
-    sgemm(false, false, g.filters, count, g.channels, 1.0f, u + xi * u_plane, g.channels,
-          v + xi * v_plane, count, 0.0f, m + xi * m_plane, count);
-  }
+  multiply_planes(g, u, v, m, count);
 
   // Output transform, clipped at the output's edge.
   for (int64_t t = 0; t < count;) {
@@ -393,7 +407,7 @@ void accumulate_weight_gradient(const Geometry& g, const float* x, const float* 
   // A = [1 0; 1 1; 1 -1; 0 -1].
   const int64_t tiles = g.tiles_per_image();
   const int64_t out_plane = g.out_h * g.out_w;
-  const int64_t v_plane = plane_stride(g.channels, count), w_plane = plane_stride(g.filters, count);
+  const int64_t w_plane = plane_stride(g.filters, count);
   for (int64_t t = 0; t < count;) {
     const int64_t tile = first + t, n = tile / tiles, th = tile % tiles / g.tiles_w,
                   tw = tile % g.tiles_w;
@@ -469,11 +483,7 @@ void accumulate_weight_gradient(const Geometry& g, const float* x, const float* 
     }
     ++t;
   }
-  const int64_t u_plane = g.filters * g.channels;
-  for (int64_t xi = 0; xi < kElements; ++xi) {
-    sgemm(false, true, g.filters, g.channels, count, 1.0f, w + xi * w_plane, count,
-          v + xi * v_plane, count, 1.0f, du + xi * u_plane, g.channels);
-  }
+  accumulate_planes(g, w, v, du, count);
 }
 
 void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw) {

@@ -36,6 +36,14 @@ struct Geometry {
                        int64_t pad_w, int64_t tile = 2);
 };
 
+// The products of a block of `count` tiles, one per element xi of the transformed tile (16 or 36,
+// by g.tile), single-threaded sgemm: M[xi] (filters x tiles) = U[xi] (filters x channels) *
+// V[xi] (channels x tiles); and for the weight gradient du[xi] (filters x channels) += W[xi]
+// (filters x tiles) * V[xi]^T. Planes of V, M and W are plane_stride() apart, of U and du
+// filters * channels.
+void multiply_planes(const Geometry& g, const float* u, const float* v, float* m, int64_t count);
+void accumulate_planes(const Geometry& g, const float* w, const float* v, float* du, int64_t count);
+
 // Tap (r, s) of filter f over channel c: w[f][c][r][s] for w stored [filters][channels][3][3], or
 // with flip, backward_data's filter w[c][f][2 - r][2 - s] for w stored [channels][filters][3][3].
 inline float filter_tap(const float* w, int64_t filters, int64_t channels, bool flip, int64_t f,

@@ -254,15 +254,11 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
 void convolve_tiles(const Geometry& g, const float* u, const float* x, const float* bias, float* y,
                     int64_t first, int64_t count, float* v, float* m) {
   const int64_t out_plane = g.out_h * g.out_w;
-  const int64_t v_plane = plane_stride(g.channels, count), m_plane = plane_stride(g.filters, count);
+  const int64_t m_plane = plane_stride(g.filters, count);
 
   transform_input_tiles(g, x, first, count, v);
 
-  const int64_t u_plane = g.filters * g.channels;
-  for (int64_t xi = 0; xi < kElements; ++xi) {
-    sgemm(false, false, g.filters, count, g.channels, 1.0f, u + xi * u_plane, g.channels,
-          v + xi * v_plane, count, 0.0f, m + xi * m_plane, count);
-  }
+  multiply_planes(g, u, v, m, count);
 
   // Output transform, clipped at the output's edge.
   const auto origin = [&](int64_t tile, int64_t& rows, int64_t& columns) {
@@ -405,12 +401,7 @@ void accumulate_weight_gradient(const Geometry& g, const float* x, const float* 
                                 int64_t count, float* v, float* w, float* du) {
   transform_input_tiles(g, x, first, count, v);
   transform_dy_tiles(g, dy, first, count, w);
-  const int64_t v_plane = plane_stride(g.channels, count), w_plane = plane_stride(g.filters, count);
-  const int64_t u_plane = g.filters * g.channels;
-  for (int64_t xi = 0; xi < kElements; ++xi) {
-    sgemm(false, true, g.filters, g.channels, count, 1.0f, w + xi * w_plane, count,
-          v + xi * v_plane, count, 1.0f, du + xi * u_plane, g.channels);
-  }
+  accumulate_planes(g, w, v, du, count);
 }
 
 void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw) {
