@@ -250,10 +250,6 @@ void TbbConv2d::on_prepare() {
     winograd_params_ =
         winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p,
                                  tile == 4 && cg_ + kg_ >= kWinograd43MinParamsChannels ? 4 : 2);
-    winograd_tiles_ =
-        std::max<int64_t>(8, kWinogradBudgetFloats / (winograd::kElements * (cg_ + kg_)));
-    winograd_tiles43_ =
-        std::max<int64_t>(8, kWinogradBudgetFloats / (winograd::f43::kElements * (cg_ + kg_)));
     winograd_u_forward_.assign(static_cast<std::size_t>(winograd_forward_.elements() * cg_ * kg_),
                                0.0f);
     winograd_u_data_.assign(winograd_u_forward_.size(), 0.0f);
@@ -319,10 +315,12 @@ void TbbConv2d::plan_workspace(const Plan& plan) {
       }
       break;
     case Method::kWinograd:
-      col = static_cast<std::size_t>(std::max(
-          winograd::kElements * winograd::plane_stride(std::max(cg_, kg_), winograd_tiles_),
-          winograd::f43::kElements *
-              winograd::plane_stride(std::max(cg_, kg_), winograd_tiles43_)));
+      // (The largest of the three passes' V and M, or dy's W.)
+      for (const winograd::Geometry* g : {&winograd_forward_, &winograd_data_, &winograd_params_}) {
+        col = std::max(col, static_cast<std::size_t>(
+                                g->elements() *
+                                winograd::plane_stride(std::max(cg_, kg_), winograd_block(*g))));
+      }
       gathered = col;
       break;
     case Method::kBlas: {
@@ -869,6 +867,10 @@ void TbbConv2d::small_backward_params(const Block& b, const float* x, const floa
 
 // ---- winograd ---------------------------------------------------------------------------------
 
+int64_t TbbConv2d::winograd_block(const winograd::Geometry& g) const {
+  return std::max<int64_t>(8, kWinogradBudgetFloats / (g.elements() * (cg_ + kg_)));
+}
+
 float* TbbConv2d::grow(std::vector<float>& buffer, int64_t floats) {
   if (buffer.size() < static_cast<std::size_t>(floats)) {
     buffer.resize(static_cast<std::size_t>(floats));
@@ -940,7 +942,7 @@ void TbbConv2d::merge_phases(const float* src, int64_t n_batch, int64_t channels
 void TbbConv2d::winograd_run(const winograd::Geometry& g, const float* u, const float* x,
                              const float* bias, float* y, int64_t n_batch) {
   const int64_t total = n_batch * g.tiles_per_image();
-  const int64_t tiles = g.tile == 4 ? winograd_tiles43_ : winograd_tiles_;
+  const int64_t tiles = winograd_block(g);
   const int64_t blocks = ceil_div(total, tiles);
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks, 1),
                     [&](const tbb::blocked_range<int64_t>& range) {
@@ -963,7 +965,7 @@ void TbbConv2d::winograd_backward_weight(const float* x, const float* dy, float*
                                          int64_t n_batch) {
   const winograd::Geometry& g = winograd_params_;
   const int64_t total = n_batch * g.tiles_per_image();
-  const int64_t tiles = g.tile == 4 ? winograd_tiles43_ : winograd_tiles_;
+  const int64_t tiles = winograd_block(g);
   const int64_t blocks = ceil_div(total, tiles);
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(blocks, allowed_threads()));
   if (winograd_du_.size() < static_cast<std::size_t>(slices)) {  // threads were raised
@@ -1009,8 +1011,7 @@ void TbbConv2d::winograd_backward_weight(const float* x, const float* dy, float*
 
 int64_t TbbConv2d::depthwise_wide_offset() const {
   return round_up(
-      std::max(depthwise::padded_floats(desc_), kg_ * depthwise::weight_scratch_floats(desc_)),
-      16);
+      std::max(depthwise::padded_floats(desc_), kg_ * depthwise::weight_scratch_floats(desc_)), 16);
 }
 
 int64_t TbbConv2d::depthwise_grain() const {

@@ -153,7 +153,9 @@ class TbbConv2d : public Conv2dKernel {
                     float* dst) const;
   void merge_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
                     float* dst) const;
-  static float* grow(std::vector<float>& buffer, int64_t floats);  // to at least `floats`
+  static float* grow(std::vector<float>& buffer, int64_t floats);
+  // Tiles per task for geometry g: its V and M within kWinogradBudgetFloats.
+  int64_t winograd_block(const winograd::Geometry& g) const;  // to at least `floats`
   void gather_dy(const Block& b, int64_t g, const float* dy, float* gathered) const;
   void depthwise_forward(const float* x, const float* w, const float* bias, float* y,
                          int64_t n_batch);
@@ -188,7 +190,6 @@ class TbbConv2d : public Conv2dKernel {
   std::vector<int64_t> depthwise_offsets_, depthwise_flipped_offsets_;
   // winograd: geometries of forward and backward_data, tiles per task, transformed weights.
   winograd::Geometry winograd_forward_, winograd_data_, winograd_params_;
-  int64_t winograd_tiles_ = 0, winograd_tiles43_ = 0;  // per task, F(2x2) and F(4x4)
   std::vector<float> winograd_u_forward_, winograd_u_data_;
   std::vector<std::vector<float>> winograd_du_;  // per backward_params slice
   int64_t phases_ = 1;  // dilation run as phases_ x phases_ dilation-1 convolutions
