@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -27,6 +28,7 @@
 
 #include "file_descriptor.hpp"
 #include "file_seal.hpp"
+#include "hdf5_probe.hpp"
 #include "strata/error.hpp"
 
 namespace strata {
@@ -210,20 +212,86 @@ std::string absolute_name(const FileContext& context, const std::string& name) {
 
 // ---- objects ----
 
+// Link access properties that refuse to follow external links (H5Pset_elink_cb), for every open:
+// the explicit checks in object_exists() name the link; this is the backstop for any path they do
+// not see.
+herr_t refuse_external_link(const char*, const char*, const char*, const char*, unsigned*, hid_t,
+                            void*) {
+  return -1;
+}
+
+// Dataset access properties are link access properties too, so one list serves H5Oopen and H5Dopen2.
+Handle local_links_only(const FileContext& context) {
+  Handle properties(context.check(H5Pcreate(H5P_DATASET_ACCESS), "cannot create link properties"),
+                    H5Pclose);
+  context.check_status(H5Pset_elink_cb(properties, refuse_external_link, nullptr),
+                       "cannot set link properties");
+  return properties;
+}
+
+constexpr std::string_view kOnlyLocalData =
+    "Strata reads only data stored in the file itself, never through links to or storage in other "
+    "files";
+
+// HDF5 follows at most this many soft links in one path (H5L_NUM_LINKS); so does object_exists.
+constexpr int kMaxSoftLinks = 16;
+
 // Whether `path` (absolute) names an object, checking each level so that a missing or non-group
-// parent answers false instead of failing.
-bool object_exists(const FileContext& context, hid_t file, const std::string& path) {
+// parent answers false instead of failing. An external link anywhere on the way is an error naming
+// it and its target; a soft link is followed only to a target that passes the same checks.
+bool object_exists(const FileContext& context, hid_t file, const std::string& path,
+                   int soft_links = 0) {
   std::string prefix;
   const std::vector<std::string_view> parts = split_path(std::string_view(path).substr(1));
   for (std::size_t i = 0; i < parts.size(); ++i) {
+    const std::string parent = prefix.empty() ? "/" : prefix;
     prefix += '/';
     prefix += parts[i];
     if (!context.check_bool(H5Lexists(file, prefix.c_str(), H5P_DEFAULT),
                             fmt::format("cannot look up {}", prefix))) {
       return false;
     }
+    H5L_info_t link{};
+    context.check_status(H5Lget_info(file, prefix.c_str(), &link, H5P_DEFAULT),
+                         fmt::format("cannot look up {}", prefix));
+    if (link.type == H5L_TYPE_EXTERNAL || link.type == H5L_TYPE_SOFT) {
+      // The value of a link is at most a few KB of names; a damaged size is refused first.
+      if (link.u.val_size > 65536) context.fail(fmt::format("the link {} is damaged", prefix));
+      std::string value(link.u.val_size, '\0');
+      context.check_status(H5Lget_val(file, prefix.c_str(), value.data(), value.size(),
+                                      H5P_DEFAULT),
+                           fmt::format("cannot read the link {}", prefix));
+      if (link.type == H5L_TYPE_EXTERNAL) {
+        const char* target_file = nullptr;
+        const char* target_path = nullptr;
+        unsigned flags = 0;
+        const bool unpacked = H5Lunpack_elink_val(value.data(), value.size(), &flags, &target_file,
+                                                  &target_path) >= 0;
+        H5Eclear2(H5E_DEFAULT);
+        context.fail(fmt::format("{} is an external link{}: {}", prefix,
+                                 unpacked ? fmt::format(" to {}:{}", target_file, target_path)
+                                          : std::string(),
+                                 kOnlyLocalData));
+      }
+      const std::string target(value.c_str());
+      if (soft_links >= kMaxSoftLinks) {
+        context.fail(fmt::format("{} is a soft link to {}, and soft links follow each other more "
+                                 "than {} times",
+                                 prefix, target, kMaxSoftLinks));
+      }
+      const std::string absolute = target.starts_with('/')
+                                       ? target
+                                       : (parent == "/" ? "/" : parent + "/") + target;
+      if (absolute.size() < 2 || !object_exists(context, file, absolute, soft_links + 1)) {
+        return false;
+      }
+    } else if (link.type != H5L_TYPE_HARD) {
+      context.fail(fmt::format("{} is a user-defined link (type {}): {}", prefix,
+                               static_cast<int>(link.type), kOnlyLocalData));
+    }
     if (i + 1 < parts.size()) {
-      Handle object(context.check(H5Oopen(file, prefix.c_str(), H5P_DEFAULT),
+      Handle links = local_links_only(context);
+      Handle object(context.check(H5Oopen(file, prefix.c_str(), links),
                                   fmt::format("cannot open {}", prefix)),
                     H5Oclose);
       if (H5Iget_type(object) != H5I_GROUP) return false;
@@ -232,16 +300,53 @@ bool object_exists(const FileContext& context, hid_t file, const std::string& pa
   return true;
 }
 
+// A dataset whose elements live outside the file: a virtual dataset (its mapping names source
+// files) or one with external raw storage (a list of files holding its bytes).
+void check_local_storage(const FileContext& context, hid_t dataset, const std::string& path) {
+  Handle properties(context.check(H5Dget_create_plist(dataset),
+                                  fmt::format("cannot read the properties of {}", path)),
+                    H5Pclose);
+  if (H5Pget_layout(properties) == H5D_VIRTUAL) {
+    std::string source;
+    size_t count = 0;
+    if (H5Pget_virtual_count(properties, &count) >= 0 && count > 0) {
+      const ssize_t length = H5Pget_virtual_filename(properties, 0, nullptr, 0);
+      if (length > 0 && length < 4096) {
+        std::string name(static_cast<std::size_t>(length) + 1, '\0');
+        H5Pget_virtual_filename(properties, 0, name.data(), name.size());
+        source = fmt::format(" (its first source is in {})", name.c_str());
+      }
+    }
+    H5Eclear2(H5E_DEFAULT);
+    context.fail(fmt::format("{} is a virtual dataset{}: {}", path, source, kOnlyLocalData));
+  }
+  const int external = H5Pget_external_count(properties);
+  context.check(external, fmt::format("cannot read the properties of {}", path));
+  if (external > 0) {
+    char name[1024] = {};
+    off_t offset = 0;
+    hsize_t size = 0;
+    const bool named = H5Pget_external(properties, 0, sizeof name, name, &offset, &size) >= 0;
+    H5Eclear2(H5E_DEFAULT);
+    context.fail(fmt::format("{} keeps its data in {} external file{}{}: {}", path, external,
+                             external == 1 ? "" : "s",
+                             named ? fmt::format(" ({})", name) : std::string(), kOnlyLocalData));
+  }
+}
+
 Handle open_dataset(const FileContext& context, hid_t file, const std::string& path) {
+  Handle links = local_links_only(context);
   Handle object(
-      context.check(H5Oopen(file, path.c_str(), H5P_DEFAULT), fmt::format("cannot open {}", path)),
+      context.check(H5Oopen(file, path.c_str(), links), fmt::format("cannot open {}", path)),
       H5Oclose);
   if (H5Iget_type(object) != H5I_DATASET) {
     context.fail(fmt::format("{} is a group, not a dataset", path));
   }
-  return Handle(context.check(H5Dopen2(file, path.c_str(), H5P_DEFAULT),
-                              fmt::format("cannot open dataset {}", path)),
-                H5Dclose);
+  Handle dataset(context.check(H5Dopen2(file, path.c_str(), links),
+                               fmt::format("cannot open dataset {}", path)),
+                 H5Dclose);
+  check_local_storage(context, dataset, path);
+  return dataset;
 }
 
 Shape dataset_shape(const FileContext& context, hid_t dataset, const std::string& path) {
@@ -257,6 +362,11 @@ Shape dataset_shape(const FileContext& context, hid_t dataset, const std::string
       std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
       context.check(H5Sget_simple_extent_dims(space, dims.data(), nullptr),
                     fmt::format("cannot read the shape of {}", path));
+      for (hsize_t d : dims) {
+        if (d > static_cast<hsize_t>(std::numeric_limits<int64_t>::max())) {
+          context.fail(fmt::format("{} claims an extent of {}: the file is damaged", path, d));
+        }
+      }
       return Shape(std::vector<int64_t>(dims.begin(), dims.end()));
     }
     default:
@@ -297,15 +407,26 @@ H5T_class_t dataset_type_class(const FileContext& context, hid_t dataset, const 
   return H5Tget_class(type);
 }
 
-// Absolute paths of the datasets under `group_path` (recursively, sorted by name).
-herr_t collect_dataset(hid_t group, const char* name, const H5L_info_t* info, void* datasets) {
-  if (info->type != H5L_TYPE_HARD) return 0;  // soft and external links are not ours
-  const hid_t object = H5Oopen(group, name, H5P_DEFAULT);
-  if (object < 0) return -1;
-  const bool is_dataset = H5Iget_type(object) == H5I_DATASET;
-  H5Oclose(object);
+// Absolute paths of the datasets under `group_path` (recursively, sorted by name). Soft links are
+// not listed (what they point to is listed under its own name); an external or user-defined link
+// is an error naming it.
+struct CollectedLinks {
+  std::vector<std::string> datasets;
+  std::vector<std::string> foreign;  // external and user-defined links
+};
+
+herr_t collect_dataset(hid_t group, const char* name, const H5L_info_t* info, void* collected) {
+  auto& links = *static_cast<CollectedLinks*>(collected);
   try {
-    if (is_dataset) static_cast<std::vector<std::string>*>(datasets)->emplace_back(name);
+    if (info->type != H5L_TYPE_HARD) {
+      if (info->type != H5L_TYPE_SOFT) links.foreign.emplace_back(name);
+      return 0;
+    }
+    const hid_t object = H5Oopen(group, name, H5P_DEFAULT);
+    if (object < 0) return -1;
+    const bool is_dataset = H5Iget_type(object) == H5I_DATASET;
+    H5Oclose(object);
+    if (is_dataset) links.datasets.emplace_back(name);
   } catch (...) {
     return -1;  // never let an exception cross the C library
   }
@@ -317,12 +438,16 @@ std::vector<std::string> list_datasets(const FileContext& context, hid_t file,
   Handle group(context.check(H5Gopen2(file, group_path.c_str(), H5P_DEFAULT),
                              fmt::format("cannot open group {}", group_path)),
                H5Gclose);
-  std::vector<std::string> relative;
-  context.check_status(H5Lvisit(group, H5_INDEX_NAME, H5_ITER_INC, collect_dataset, &relative),
+  CollectedLinks links;
+  context.check_status(H5Lvisit(group, H5_INDEX_NAME, H5_ITER_INC, collect_dataset, &links),
                        fmt::format("cannot list the contents of {}", group_path));
   std::vector<std::string> paths;
   const std::string prefix = group_path == "/" ? "/" : group_path + "/";
-  for (const std::string& name : relative) paths.push_back(prefix + name);
+  for (const std::string& name : links.foreign) {
+    object_exists(context, file, prefix + name);  // fails, naming the link and its target
+    context.fail(fmt::format("{}{} is not a link within the file", prefix, name));
+  }
+  for (const std::string& name : links.datasets) paths.push_back(prefix + name);
   return paths;
 }
 
@@ -373,6 +498,12 @@ std::string read_string_attribute(const FileContext& context, hid_t object,
   const std::string what = fmt::format("the attribute {} of {}", name, object_path);
   Handle type(context.check(H5Aget_type(attribute), "cannot read " + what), H5Tclose);
   Handle space(context.check(H5Aget_space(attribute), "cannot read " + what), H5Sclose);
+  // A fixed-length string claims its size in its type (up to 4 GB): its bytes must be stored.
+  if (H5Tget_class(type) == H5T_STRING && H5Tis_variable_str(type) == 0 &&
+      H5Tget_size(type) > H5Aget_storage_size(attribute)) {
+    context.fail(fmt::format("{} claims {} bytes but stores {}: the file is damaged", what,
+                             H5Tget_size(type), H5Aget_storage_size(attribute)));
+  }
   return read_string(context, type, space, what, [&](hid_t memory_type, void* buffer) {
     return H5Aread(attribute, memory_type, buffer);
   });
@@ -396,33 +527,38 @@ int64_t read_integer_attribute(const FileContext& context, hid_t object,
   return value;
 }
 
+// A dataset must plausibly store what its shape claims before anything of that size is
+// allocated (a 2 KB file can claim 20 GB, or [1e9, 1e9]): a contiguous or compact dataset stores
+// every byte, and a chunked one, compressed, at least 1/1100 of them (hdf5_probe.hpp).
+void check_storage(const FileContext& context, hid_t dataset, const std::string& path,
+                   const Shape& shape) {
+  Handle type(context.check(H5Dget_type(dataset), "cannot read the dataset's type"), H5Tclose);
+  const std::size_t element = H5Tget_size(type);
+  const auto needed = static_cast<long double>(shape.numel()) * static_cast<long double>(element);
+  uint64_t stored = 0;
+  bool chunked = false;
+  if (hdf5_probe::storage_plausible(dataset, needed, stored, chunked)) return;
+  if (chunked) {
+    context.fail(fmt::format(
+        "dataset {} has shape {} ({}) but stores only {} bytes, more than {:.0f} times less than "
+        "even deflate can compress: the file is damaged, or its chunks were never written",
+        path, shape.str(), bytes_text(static_cast<double>(needed)), stored,
+        hdf5_probe::kMaxCompressionRatio));
+  }
+  context.fail(fmt::format("dataset {} has shape {} ({}) but stores only {} bytes: the "
+                           "file is damaged",
+                           path, shape.str(), bytes_text(static_cast<double>(needed)), stored));
+}
+
 std::string read_string_dataset(const FileContext& context, hid_t file, const std::string& path) {
   if (!object_exists(context, file, path)) context.fail(fmt::format("{} is missing", path));
   Handle dataset = open_dataset(context, file, path);
   Handle type(context.check(H5Dget_type(dataset), "cannot read " + path), H5Tclose);
   Handle space(context.check(H5Dget_space(dataset), "cannot read " + path), H5Sclose);
+  check_storage(context, dataset, path, dataset_shape(context, dataset, path));
   return read_string(context, type, space, path, [&](hid_t memory_type, void* buffer) {
     return H5Dread(dataset, memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buffer);
   });
-}
-
-// A contiguous (unchunked, so uncompressed) dataset stores every element in the file: one whose
-// storage is smaller than its shape says is damaged, and is refused before a tensor of the shape
-// it claims is allocated (a 2 KB file can claim 20 GB).
-void check_contiguous_storage(const FileContext& context, hid_t dataset, const std::string& path,
-                              const Shape& shape) {
-  Handle properties(context.check(H5Dget_create_plist(dataset), "cannot read dataset properties"),
-                    H5Pclose);
-  if (H5Pget_layout(properties) != H5D_CONTIGUOUS) return;
-  Handle type(context.check(H5Dget_type(dataset), "cannot read the dataset's type"), H5Tclose);
-  const std::size_t element = H5Tget_size(type);
-  const auto needed = static_cast<long double>(shape.numel()) * static_cast<long double>(element);
-  const hsize_t stored = H5Dget_storage_size(dataset);
-  if (static_cast<long double>(stored) < needed) {
-    context.fail(fmt::format("dataset {} has shape {} ({}) but stores only {} bytes: the "
-                             "file is damaged",
-                             path, shape.str(), bytes_text(static_cast<double>(needed)), stored));
-  }
 }
 
 // ---- opening for reading ----
@@ -435,8 +571,14 @@ Handle open_for_reading(const FileContext& context, const fs::path& path) {
   }
   if (!fs::exists(status)) context.fail("no such file");
   if (fs::is_directory(status)) context.fail("is a folder, not an HDF5 file");
+  if (!fs::is_regular_file(status)) {
+    context.fail("is not a regular file (a device, FIFO or socket), so not an HDF5 file");
+  }
   // A file Strata wrote carries a checksum: verify it before HDF5 parses anything.
-  if (const std::string problem = file_seal::verify(path); !problem.empty()) context.fail(problem);
+  bool sealed = false;
+  if (const std::string problem = file_seal::verify(path, &sealed); !problem.empty()) {
+    context.fail(problem);
+  }
   const htri_t is_hdf5 = H5Fis_hdf5(path.c_str());
   if (is_hdf5 == 0) context.fail("not an HDF5 file");
   context.check_bool(is_hdf5, "cannot read the file");
@@ -444,6 +586,12 @@ Handle open_for_reading(const FileContext& context, const fs::path& path) {
                 H5Pclose);
   context.check_status(H5Pset_fclose_degree(access, H5F_CLOSE_STRONG),
                        "cannot set file properties");
+  // Any other file (h5py's) may be damaged in ways that crash libhdf5: read it in a child first.
+  if (!sealed) {
+    if (const std::string problem = hdf5_probe::probe(path, access); !problem.empty()) {
+      context.fail(problem);
+    }
+  }
   return Handle(
       context.check(H5Fopen(path.c_str(), H5F_ACC_RDONLY, access), "cannot open the file"),
       H5Fclose);
@@ -912,6 +1060,9 @@ std::vector<PluginRecord> load_checkpoint_plugins(const fs::path& path) {
                        "cannot list /plugins");
   for (const std::string& name : names) {
     const std::string group_path = "/plugins/" + name;
+    if (!object_exists(context, file, group_path)) {
+      context.fail(fmt::format("{} is a link to nothing", group_path));
+    }
     Handle group(context.check(H5Gopen2(file, group_path.c_str(), H5P_DEFAULT),
                                fmt::format("cannot open group {}", group_path)),
                  H5Gclose);
@@ -949,6 +1100,7 @@ std::optional<TrainingState> load_checkpoint_training_state(const fs::path& path
         context.fail(fmt::format("{} holds {} values, expected floating point", dataset_path,
                                  type_class_name(type_class)));
       }
+      check_storage(context, dataset, dataset_path, shape);
       std::vector<double> values(static_cast<std::size_t>(shape[0]));
       if (!values.empty()) {
         context.check_status(
@@ -981,7 +1133,7 @@ Tensor read_hdf5_tensor(const fs::path& path, const std::string& dataset) {
     context.fail(fmt::format("dataset {} holds {} values, expected floating point", dataset_path,
                              type_class_name(type_class)));
   }
-  check_contiguous_storage(context, handle, dataset_path, shape);
+  check_storage(context, handle, dataset_path, shape);
   Tensor tensor(shape);
   if (tensor.numel() > 0) {
     context.check_status(
@@ -1065,6 +1217,7 @@ std::map<std::string, std::map<std::string, std::vector<double>>> read_hdf5_seri
       context.fail(fmt::format("{} has shape {}, expected a rank-1 floating-point series",
                                dataset_path, shape.str()));
     }
+    check_storage(context, dataset, dataset_path, shape);
     std::vector<double> values(static_cast<std::size_t>(shape[0]));
     if (!values.empty()) {
       context.check_status(

@@ -53,8 +53,23 @@ bool read_fully(int fd, char* buffer, std::size_t size, off_t offset) {
   return true;
 }
 
+// A block whose first bytes differ from the magic in at most this many bits is a seal whose magic
+// was damaged, not an unsealed file: otherwise one flipped bit would turn a sealed file into an
+// unsealed one and hand it to HDF5 unchecked. (HDF5's own signature at offset 0 of an unsealed
+// file, "\211HDF\r\n\032\n", and a zero user block are dozens of bits away.)
+constexpr int kMaxMagicBitErrors = 8;
+
+int bit_distance(std::string_view a, std::string_view b) {
+  int bits = 0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    bits += __builtin_popcount(static_cast<unsigned char>(a[i] ^ b[i]));
+  }
+  return bits;
+}
+
 struct Header {
   bool present = false;
+  bool damaged_magic = false;
   uint32_t crc = 0;
   unsigned long long length = 0;
   bool parsed = false;
@@ -64,7 +79,12 @@ Header read_header(int fd) {
   char block[kUserBlock];
   Header header;
   if (!read_fully(fd, block, kUserBlock, 0)) return header;
-  if (std::string_view(block, kMagic.size()) != kMagic) return header;
+  if (std::string_view(block, kMagic.size()) != kMagic) {
+    header.damaged_magic = bit_distance(std::string_view(block, kMagic.size()), kMagic) <=
+                           kMaxMagicBitErrors;
+    header.present = header.damaged_magic;
+    return header;
+  }
   header.present = true;
   const std::string text(block + kMagic.size(), strnlen(block + kMagic.size(), kUserBlock - kMagic.size()));
   unsigned crc = 0;
@@ -98,7 +118,8 @@ std::string header_for(const char* data, std::size_t size) {
   return header;
 }
 
-std::string verify(const std::filesystem::path& path) {
+std::string verify(const std::filesystem::path& path, bool* sealed) {
+  if (sealed != nullptr) *sealed = false;
   FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return "";  // the HDF5 open that follows reports it
   struct stat status {};
@@ -110,11 +131,19 @@ std::string verify(const std::filesystem::path& path) {
                 status.st_mtim.tv_nsec};
   {
     std::lock_guard lock(mutex);
-    if (verified.count(key) != 0) return "";
+    if (verified.count(key) != 0) {
+      if (sealed != nullptr) *sealed = true;
+      return "";
+    }
   }
   try {
     const Header header = read_header(fd.get());
     if (!header.present) return "";
+    if (sealed != nullptr) *sealed = true;
+    if (header.damaged_magic) {
+      return "its checksum header (the first 512 bytes) is damaged: it starts with a corrupted "
+             "form of \"strata-checksum v1\"";
+    }
     if (!header.parsed) return "its checksum header (the first 512 bytes) is damaged";
     const auto actual = static_cast<unsigned long long>(status.st_size) - kUserBlock;
     if (static_cast<unsigned long long>(status.st_size) < kUserBlock || actual != header.length) {
@@ -140,7 +169,7 @@ void reseal(const std::filesystem::path& path) {
   if (fd.get() < 0) fail("{}: cannot open: {}", path.string(), std::strerror(errno));
   struct stat status {};
   if (::fstat(fd.get(), &status) != 0) fail("{}: {}", path.string(), std::strerror(errno));
-  if (!read_header(fd.get()).present) {
+  if (const Header header = read_header(fd.get()); !header.present || header.damaged_magic) {
     fail("{}: has no Strata checksum header to reseal (only files written by Strata have one)",
          path.string());
   }

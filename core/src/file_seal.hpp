@@ -24,9 +24,11 @@ inline constexpr std::size_t kUserBlock = 512;
 std::string header_for(const char* data, std::size_t size);
 
 // Checks a file that carries the header; returns "" when it is intact or has no header, else what
-// is wrong ("its contents do not match ..."). Results are cached by path, size, inode and mtime,
-// so the several reads of one load verify the file once.
-std::string verify(const std::filesystem::path& path);
+// is wrong ("its contents do not match ..."). A first block that is within a few bit flips of the
+// header's magic counts as a damaged header, not as no header. `sealed` (when given) is set to
+// whether the file carries a header, damaged or not. Results are cached by path, size, inode and
+// mtime, so the several reads of one load verify the file once.
+std::string verify(const std::filesystem::path& path, bool* sealed = nullptr);
 
 // Rewrites the header of a file that has one, after an intentional edit; an Error for a file
 // without it.

@@ -1,0 +1,113 @@
+#!/bin/bash
+# Hostile HDF5 files (issue 20, items 2 and 9): a forward input or a checkpoint whose data lives in
+# another file (external raw storage, a virtual dataset, an external link, a soft link through an
+# external link) is refused at every entry point, naming the dataset; nothing of the other file
+# reaches an output. Tiny files whose chunked datasets claim huge shapes are refused before any
+# allocation. The fixtures are written by h5py (tests/scripts/hdf5_fixtures.py).
+set -u
+: "${STRATA:?}" "${STRATA_SOURCE_DIR:?}"
+PYTHON=${PYTHON:-/usr/bin/python3}
+"$PYTHON" -c "import h5py" 2>/dev/null || { echo "h5py is missing: skipped"; exit 77; }
+STRATA=$(realpath "$STRATA")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work" || exit 1
+failures=0
+passed=0
+
+# expect_error NAME EXPECTED-TEXT -- strata args...: exit status 1, the text on stderr, no output
+# file (out.h5) written, no crash.
+expect_error() {
+  local name=$1 expected=$2
+  shift 3
+  rm -f out.h5
+  "$STRATA" "$@" >"$name.stdout" 2>"$name.stderr"
+  local rc=$? problem=""
+  [ "$rc" -eq 1 ] || problem="exit status $rc (expected 1)"
+  grep -qF -- "$expected" "$name.stderr" || problem="$problem; stderr lacks: $expected"
+  [ -e out.h5 ] && problem="$problem; wrote out.h5"
+  if [ -n "$problem" ]; then
+    echo "FAIL $name: $problem"
+    sed 's/^/    /' "$name.stderr"
+    failures=$((failures + 1))
+  else
+    echo "ok   $name: $(head -1 "$name.stderr")"
+    passed=$((passed + 1))
+  fi
+}
+
+expect_success() {
+  local name=$1
+  shift 2
+  if "$STRATA" "$@" >"$name.stdout" 2>"$name.stderr"; then
+    echo "ok   $name"
+    passed=$((passed + 1))
+  else
+    echo "FAIL $name: exit status $?"
+    sed 's/^/    /' "$name.stderr"
+    failures=$((failures + 1))
+  fi
+}
+
+cat >ok.yaml <<'YAML'
+seed: 1
+data: {type: synthetic, classes: 4, shape: [1, 8, 8], train_size: 64, test_size: 32}
+model:
+  input: [1, 8, 8]
+  layers:
+    - {name: conv1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+    - {name: relu1, type: relu}
+    - {name: fc1, type: linear, out_features: 4}
+optimizer: {type: sgd, lr: 0.01}
+train: {epochs: 1, batch_size: 16}
+YAML
+"$STRATA" train ok.yaml --out run >train.log 2>&1 || { cat train.log; exit 1; }
+"$PYTHON" "$STRATA_SOURCE_DIR/tests/scripts/hdf5_fixtures.py" indirection "$work" run/model.h5 || exit 1
+"$PYTHON" "$STRATA_SOURCE_DIR/tests/scripts/hdf5_fixtures.py" claims "$work" || exit 1
+
+local_only="Strata reads only data stored in the file itself"
+# forward's input, in both forms.
+for form in experiment checkpoint; do
+  if [ "$form" = experiment ]; then args=(forward ok.yaml --weights run/model.h5); else args=(forward run/model.h5); fi
+  expect_error "$form-input-external" "/data keeps its data in 1 external file ($work/secret.bin): $local_only" -- "${args[@]}" --input input_external.h5 --output out.h5
+  expect_error "$form-input-virtual" "/data is a virtual dataset (its first source is in $work/source.h5): $local_only" -- "${args[@]}" --input input_virtual.h5 --output out.h5
+  expect_error "$form-input-extlink" "/data is an external link to $work/source.h5:/src: $local_only" -- "${args[@]}" --input input_extlink.h5 --output out.h5
+  expect_error "$form-input-soft-to-external" "/elsewhere is an external link to $work/source.h5:/: $local_only" -- "${args[@]}" --input input_softext.h5 --output out.h5
+  expect_error "$form-input-soft-loop" "/data is a soft link to /data, and soft links follow each other more than 16 times" -- "${args[@]}" --input input_softloop.h5 --output out.h5
+  expect_error "$form-input-claims-1e18" "dataset /data has shape [1000000000, 1000000000] (4.0 EB) but stores only 0 bytes" -- "${args[@]}" --input claims_huge.h5 --output out.h5
+  expect_error "$form-input-claims-1.6GB" "dataset /data has shape [100000, 1, 64, 64] (1.6 GB) but stores only" -- "${args[@]}" --input claims_large.h5 --output out.h5
+  expect_success "$form-input-soft-link-inside" -- "${args[@]}" --input input_soft_ok.h5 --output soft_ok_$form.h5
+  expect_success "$form-input-compressed" -- "${args[@]}" --input claims_ok.h5 --output compressed_$form.h5
+done
+
+# Checkpoints, sealed (edited with h5py and resealed) and unsealed, through every loader.
+declare -A message=(
+  [external]="/model/fc1/bias keeps its data in 1 external file ($work/bias.bin): $local_only"
+  [virtual]="/model/fc1/bias is a virtual dataset (its first source is in $work/source.h5): $local_only"
+  [extlink]="/model/fc1/bias is an external link to $work/source.h5:/bias: $local_only"
+  [extlink_unsealed]="/model/fc1/bias is an external link to $work/source.h5:/bias: $local_only"
+)
+for kind in external virtual extlink extlink_unsealed; do
+  ckpt=ckpt_$kind.h5
+  expect_error "eval-$kind" "${message[$kind]}" -- eval "$ckpt"
+  expect_error "forward-$kind" "${message[$kind]}" -- forward "$ckpt" --input input_soft_ok.h5 --output out.h5
+  expect_error "forward-weights-$kind" "${message[$kind]}" -- forward ok.yaml --weights "$ckpt" --input input_soft_ok.h5 --output out.h5
+  expect_error "train-weights-$kind" "${message[$kind]}" -- train ok.yaml --out "run_w_$kind" --weights "$ckpt"
+  mkdir -p "run_r_$kind" && cp "$ckpt" "run_r_$kind/model.h5"
+  expect_error "train-resume-$kind" "${message[$kind]}" -- train ok.yaml --out "run_r_$kind" --resume --set train.epochs=2
+done
+# inspect reads the experiment, the plugins and the training state: an external link there.
+"$PYTHON" - "$work" <<'PY' || exit 1
+import shutil, sys, h5py
+work = sys.argv[1]
+shutil.copyfile(work + "/run/model.h5", work + "/ckpt_history.h5")
+with h5py.File(work + "/ckpt_history.h5", "r+") as f:
+    del f["history/train_loss"]
+    f["history/train_loss"] = h5py.ExternalLink(work + "/source.h5", "/bias")
+PY
+"$PYTHON" -c "import sys; sys.path.insert(0, '$STRATA_SOURCE_DIR/python'); from strata_analysis import reseal; reseal('ckpt_history.h5')"
+expect_error "inspect-history-extlink" "/history/train_loss is an external link to $work/source.h5:/bias: $local_only" -- inspect ckpt_history.h5
+expect_error "inspect-virtual" "${message[virtual]}" -- inspect ckpt_virtual.h5
+
+echo "$passed passed, $failures failed"
+[ "$failures" -eq 0 ]
