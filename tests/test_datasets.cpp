@@ -935,3 +935,89 @@ BOOST_AUTO_TEST_CASE(errors) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// Issue 20, item 9: a dataset file is read only as far as its header (or its size) declares, and a
+// declared size beyond memory is refused before anything is allocated.
+BOOST_AUTO_TEST_SUITE(bounded_reads)
+
+// A gzip "bomb": a header declaring 3 images, their pixels, then 256 MB of zeros in 256 gzip
+// members (about 256 KB on disk). Refused as trailing data after inflating at most 16 MB more.
+BOOST_AUTO_TEST_CASE(idx_gzip_bomb_is_not_inflated) {
+  std::mt19937 rng(301);
+  IdxFolder folder(rng, ".gz");
+  const fs::path file = folder.path("train-images-idx3-ubyte.gz");
+  IdxSplit small = random_idx(rng, folder.train.rows, folder.train.columns, folder.classes);
+  small.count = 3;
+  small.pixels.resize(std::size_t{3} * small.rows * small.columns);
+  write_gz(file, small.image_file());
+  const fs::path zeros = folder.path("zeros.gz");
+  write_gz(zeros, Bytes(std::size_t{1} << 20, 0));
+  const Bytes member = read_raw(zeros);
+  {
+    std::ofstream out(file, std::ios::binary | std::ios::app);
+    for (int i = 0; i < 256; ++i) {
+      out.write(reinterpret_cast<const char*>(member.data()),
+                static_cast<std::streamsize>(member.size()));
+    }
+  }
+  BOOST_TEST(fs::file_size(file) < (std::size_t{2} << 20));
+  auto dataset = make_dataset(folder.config());
+  const std::string message = error_of([&] { dataset->load("train"); });
+  STRATA_CHECK_CONTAINS(message, fmt::format("dataset {}: trailing data: header says 3 images of "
+                                             "{}x{} (16 + {} bytes), file holds more than {} "
+                                             "bytes after decompression (more than 16777216 "
+                                             "extra; the rest was not read)",
+                                             file.string(), small.rows, small.columns,
+                                             small.pixels.size(),
+                                             16 + small.pixels.size() + 16777216));
+}
+
+// A header that declares more than memory holds: refused before the payload is read; and a short
+// gzip stream declaring a million images is truncated, after reading only what it holds.
+BOOST_AUTO_TEST_CASE(idx_declared_sizes_are_checked_first) {
+  std::mt19937 rng(302);
+  for (const std::string suffix : {"", ".gz"}) {
+    IdxFolder folder(rng, suffix);
+    const fs::path file = folder.path("t10k-images-idx3-ubyte" + suffix);
+    IdxSplit huge = folder.test;
+    huge.count = 4000000000u;
+    write_file(file, huge.image_file());
+    auto dataset = make_dataset(folder.config());
+    // A raw file's size is known without reading it: it is truncated. A gzip file's is not.
+    STRATA_CHECK_CONTAINS(error_of([&] { dataset->load("test"); }),
+                          fmt::format("dataset {}: {}header says 4000000000 images of {}x{} (16 + "
+                                      "{} bytes), {}",
+                                      file.string(), suffix.empty() ? "truncated: " : "",
+                                      huge.rows, huge.columns,
+                                      uint64_t{4000000000u} * huge.rows * huge.columns,
+                                      suffix.empty() ? "file holds"
+                                                     : "more than this machine's memory"));
+    huge.count = 1000000;
+    write_file(file, huge.image_file());
+    STRATA_CHECK_CONTAINS(error_of([&] { dataset->load("test"); }),
+                          fmt::format("truncated: header says 1000000 images of {}x{}", huge.rows,
+                                      huge.columns));
+  }
+}
+
+// CIFAR-10 is read in blocks of 1024 records: a file of more records round-trips exactly, and a
+// (sparse) file larger than memory is refused before anything is allocated.
+BOOST_AUTO_TEST_CASE(cifar_blocks_and_size_bound) {
+  std::mt19937 rng(303);
+  TempDir dir;
+  const Bytes train = random_cifar(rng, 1500);
+  write_raw(dir / "train.bin", train);
+  write_raw(dir / "test.bin", random_cifar(rng, 2));
+  const std::string config = fmt::format("{{type: cifar10, train_files: [{}], test_files: [{}]}}",
+                                         (dir / "train.bin").string(), (dir / "test.bin").string());
+  check_cifar(make_dataset(config)->load("train"), train);
+
+  write_raw(dir / "train.bin", {});
+  fs::resize_file(dir / "train.bin", std::uintmax_t{kCifarRecord} * 100000000u);  // 307 GB, sparse
+  STRATA_CHECK_CONTAINS(error_of([&] { make_dataset(config)->load("train"); }),
+                        fmt::format("dataset {}: 100000000 records of 32x32x3 need 1.2 TB as "
+                                    "float32, more than this machine's memory",
+                                    (dir / "train.bin").string()));
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -16,6 +16,8 @@
 //   - sample_shape() is [3, 32, 32]; num_classes() is 10.
 //   - load("train") / load("test") return images [N, 3, 32, 32] as float32 byte/255 in [0, 1], in
 //     the file's channel order (R, G, B), and N labels in [0, 10). Any other split is an error.
+//   - Files are read in blocks of 1024 records, only as far as their size said when counted; a
+//     split larger than the machine's memory is refused before anything is allocated.
 //   - Errors name the file: missing file, a size that is not a positive multiple of the record
 //     size (with the size, the record size and the remainder), a label above 9.
 #include <array>
@@ -31,6 +33,7 @@
 #include "strata/error.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
+#include "strata/tensor.hpp"
 
 namespace {
 
@@ -146,6 +149,16 @@ class Cifar10Dataset final : public strata::Dataset {
       total += counts.back();
     }
 
+    // The sizes come from the files themselves (a 3 GB file of records is 3 GB of data), but a
+    // sparse or huge file must be refused with the figures, not by std::bad_alloc.
+    const uint64_t memory = strata::physical_memory_bytes();
+    if (total > memory / (kPixelBytes * sizeof(float) + sizeof(int))) {
+      fail("dataset {}{}: {} records of 32x32x3 need {} as float32, more than this machine's "
+           "memory ({})",
+           files.front().string(), files.size() > 1 ? " and the other files of its split" : "",
+           total, strata::bytes_text(static_cast<double>(total) * kPixelBytes * sizeof(float)),
+           strata::bytes_text(static_cast<double>(memory)));
+    }
     strata::Split result;
     result.images =
         strata::Tensor(strata::Shape{static_cast<int64_t>(total), kChannels, kSide, kSide});
@@ -153,25 +166,33 @@ class Cifar10Dataset final : public strata::Dataset {
     std::array<float, 256> scale{};
     for (int value = 0; value < 256; ++value) scale[value] = static_cast<float>(value) / 255.0f;
 
+    // Read in blocks of records, so that only one block of raw bytes is held besides the floats;
+    // each file is read only as far as its size said when it was counted.
+    constexpr std::size_t kBlockRecords = 1024;
     std::size_t record = 0;
     std::vector<uint8_t> bytes;
     for (std::size_t f = 0; f < files.size(); ++f) {
       const fs::path& path = files[f];
-      bytes.resize(counts[f] * kRecordBytes);
       std::ifstream in(path, std::ios::binary);
-      in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-      if (!in || static_cast<std::size_t>(in.gcount()) != bytes.size()) {
-        fail("dataset {}: read {} of its {} bytes", path.string(), in.gcount(), bytes.size());
-      }
-      for (std::size_t i = 0; i < counts[f]; ++i, ++record) {
-        const uint8_t* source = bytes.data() + i * kRecordBytes;
-        if (source[0] >= kClasses) {
-          fail("dataset {}: record {} has label {}; CIFAR-10 labels are 0 to 9", path.string(), i,
-               source[0]);
+      for (std::size_t first = 0; first < counts[f]; first += kBlockRecords) {
+        const std::size_t block = std::min(kBlockRecords, counts[f] - first);
+        bytes.resize(block * kRecordBytes);
+        in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+        if (!in || static_cast<std::size_t>(in.gcount()) != bytes.size()) {
+          fail("dataset {}: read {} of its {} bytes", path.string(),
+               first * kRecordBytes + static_cast<std::size_t>(std::max<std::streamsize>(0, in.gcount())),
+               counts[f] * kRecordBytes);
         }
-        result.labels[record] = source[0];
-        float* out = result.images.data() + record * kPixelBytes;
-        for (std::size_t p = 0; p < kPixelBytes; ++p) out[p] = scale[source[1 + p]];
+        for (std::size_t i = 0; i < block; ++i, ++record) {
+          const uint8_t* source = bytes.data() + i * kRecordBytes;
+          if (source[0] >= kClasses) {
+            fail("dataset {}: record {} has label {}; CIFAR-10 labels are 0 to 9", path.string(),
+                 first + i, source[0]);
+          }
+          result.labels[record] = source[0];
+          float* out = result.images.data() + record * kPixelBytes;
+          for (std::size_t p = 0; p < kPixelBytes; ++p) out[p] = scale[source[1 + p]];
+        }
       }
     }
     return result;

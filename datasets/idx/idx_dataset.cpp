@@ -28,6 +28,9 @@
 //     file, bad magic number, zero dimensions, truncated file or trailing bytes (with the counts
 //     from the header, the expected and the actual byte sizes), corrupt gzip stream, image and
 //     label counts that differ, a label >= classes, test images whose size differs from train's.
+//   - A file is read only as far as its header declares (plus at most 16 MB more, to report
+//     trailing data), and a header whose payload would not fit in memory is refused before it is
+//     read: a small gzip file that inflates to gigabytes costs no more than its header announces.
 #include <zlib.h>
 
 #include <array>
@@ -44,6 +47,7 @@
 #include "strata/error.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
+#include "strata/tensor.hpp"
 
 namespace {
 
@@ -98,22 +102,6 @@ class GzFile {
     return total;
   }
 
-  // Everything not read yet, decompressed.
-  std::vector<uint8_t> read_rest() {
-    std::vector<uint8_t> bytes;
-    std::size_t size = 0;
-    std::size_t capacity = 1 << 20;
-    for (;;) {
-      bytes.resize(capacity);
-      const std::size_t got = read(bytes.data() + size, capacity - size);
-      size += got;
-      if (size < capacity) break;
-      capacity *= 2;
-    }
-    bytes.resize(size);
-    return bytes;
-  }
-
  private:
   [[noreturn]] void corrupt() {
     int status = Z_OK;
@@ -132,22 +120,101 @@ class GzFile {
   gzFile file_ = nullptr;
 };
 
-// The whole file, decompressed when it is gzip.
+// A file's header and exactly the payload the header declares, decompressed when it is gzip.
 struct FileBytes {
   std::vector<uint8_t> bytes;
   bool compressed = false;
 
   // "1234 bytes" or "1234 bytes after decompression".
-  std::string size_text() const {
-    return fmt::format("{} bytes{}", bytes.size(), compressed ? " after decompression" : "");
+  std::string size_text() const { return size_text(bytes.size()); }
+  std::string size_text(uint64_t size) const {
+    return fmt::format("{} bytes{}", size, compressed ? " after decompression" : "");
   }
 };
 
-FileBytes read_file(const fs::path& path) {
+// What a header announces: `payload` bytes after it (`overflows` when that exceeds 2^64), and the
+// header's description for messages ("100 images of 28x28").
+struct Declared {
+  uint64_t payload = 0;
+  bool overflows = false;
+  std::string description;
+};
+
+// How far past the declared end a gzip stream is inflated to report how much trailing data it
+// holds; beyond this the message says "more than".
+constexpr uint64_t kCountedTrailingBytes = uint64_t{16} << 20;
+
+// Reads the header (`header_bytes`), lets `declare` check it and say how long the payload is, then
+// reads exactly that payload and never more: a 4 MB gzip file that inflates to 4 GB behind a header
+// declaring 100 images costs 100 images of memory, and a short file claiming many images costs only
+// what it holds. `memory_per_byte` is what one payload byte costs once loaded (the byte plus its
+// float), checked against the machine's memory before the payload is read.
+template <class Declare>
+FileBytes read_declared(const fs::path& path, std::size_t header_bytes, uint64_t memory_per_byte,
+                        Declare declare) {
   GzFile file(path);
   FileBytes result;
-  result.bytes = file.read_rest();
   result.compressed = file.compressed();
+  result.bytes.resize(header_bytes);
+  result.bytes.resize(file.read(result.bytes.data(), header_bytes));
+  const Declared declared = declare(result.bytes.data(), result.bytes.size(), result.size_text());
+  const std::string expected =
+      declared.overflows ? fmt::format("{} + more than 2^64 bytes", header_bytes)
+                         : fmt::format("{} + {} bytes", header_bytes, declared.payload);
+  const uint64_t target = header_bytes + declared.payload;
+  if (!result.compressed) {
+    // Its size is known without reading it.
+    std::error_code ec;
+    const uint64_t size = fs::file_size(path, ec);
+    if (ec) fail("dataset {}: cannot read the file size: {}", path.string(), ec.message());
+    if (declared.overflows || size < target) {
+      fail("dataset {}: truncated: header says {} ({}), file holds {}", path.string(),
+           declared.description, expected, result.size_text(size));
+    }
+    if (size > target) {
+      fail("dataset {}: trailing data: header says {} ({}), file holds {} ({} extra)",
+           path.string(), declared.description, expected, result.size_text(size), size - target);
+    }
+  }
+  const uint64_t memory = strata::physical_memory_bytes();
+  if (declared.overflows || declared.payload > memory / memory_per_byte) {
+    fail("dataset {}: header says {} ({}), more than this machine's memory ({}) can load",
+         path.string(), declared.description, expected,
+         strata::bytes_text(static_cast<double>(memory)));
+  }
+  // Grow the buffer as the data arrives.
+  std::size_t have = result.bytes.size();
+  while (have < target) {
+    const std::size_t next = static_cast<std::size_t>(
+        std::min<uint64_t>(target, std::max<uint64_t>(uint64_t{have} * 2, uint64_t{1} << 20)));
+    result.bytes.resize(next);
+    const std::size_t got = file.read(result.bytes.data() + have, next - have);
+    have += got;
+    if (have < next) break;  // the end of the data
+  }
+  result.bytes.resize(have);
+  if (have < target) {
+    fail("dataset {}: truncated: header says {} ({}), file holds {}", path.string(),
+         declared.description, expected, result.size_text());
+  }
+  // Trailing data: counted up to a bound, never kept.
+  uint64_t extra = 0;
+  std::vector<uint8_t> scratch(std::size_t{1} << 16);
+  while (extra <= kCountedTrailingBytes) {
+    const std::size_t got = file.read(scratch.data(), scratch.size());
+    if (got == 0) break;
+    extra += got;
+  }
+  if (extra > kCountedTrailingBytes) {
+    fail("dataset {}: trailing data: header says {} ({}), file holds more than {} (more than {} "
+         "extra; the rest was not read)",
+         path.string(), declared.description, expected,
+         result.size_text(target + kCountedTrailingBytes), kCountedTrailingBytes);
+  }
+  if (extra > 0) {
+    fail("dataset {}: trailing data: header says {} ({}), file holds {} ({} extra)", path.string(),
+         declared.description, expected, result.size_text(target + extra), extra);
+  }
   return result;
 }
 
@@ -186,25 +253,6 @@ ImagesHeader parse_images_header(const fs::path& path, const uint8_t* header, st
          path.string(), result.count, result.rows, result.columns);
   }
   return result;
-}
-
-// The byte count that follows the header, and a mismatch (truncation or trailing data) reported
-// with the header's description, the expected and the actual sizes.
-void check_payload_size(const fs::path& path, const FileBytes& file, std::size_t header_bytes,
-                        uint64_t payload_bytes, bool payload_overflows,
-                        const std::string& description) {
-  const uint64_t actual = file.bytes.size();
-  const std::string expected = payload_overflows
-                                   ? fmt::format("{} + more than 2^64 bytes", header_bytes)
-                                   : fmt::format("{} + {} bytes", header_bytes, payload_bytes);
-  if (payload_overflows || actual < header_bytes + payload_bytes) {
-    fail("dataset {}: truncated: header says {} ({}), file holds {}", path.string(), description,
-         expected, file.size_text());
-  }
-  if (actual > header_bytes + payload_bytes) {
-    fail("dataset {}: trailing data: header says {} ({}), file holds {} ({} extra)", path.string(),
-         description, expected, file.size_text(), actual - header_bytes - payload_bytes);
-  }
 }
 
 struct SplitFiles {
@@ -320,31 +368,40 @@ class IdxDataset final : public strata::Dataset {
  private:
   strata::Split load_files(const SplitFiles& files, std::string_view split) const {
     strata::Split result;
-    const FileBytes images = read_file(files.images);
-    const ImagesHeader header = parse_images_header(files.images, images.bytes.data(),
-                                                    images.bytes.size(), images.size_text());
+    ImagesHeader header;
     uint64_t pixels = 0;
-    const bool overflows = __builtin_mul_overflow(uint64_t{header.count},
-                                                  uint64_t{header.rows} * header.columns, &pixels);
-    check_payload_size(
-        files.images, images, kImagesHeaderBytes, pixels, overflows,
-        fmt::format("{} images of {}x{}", header.count, header.rows, header.columns));
+    // Each pixel costs its byte and its float.
+    const FileBytes images = read_declared(
+        files.images, kImagesHeaderBytes, 1 + sizeof(float),
+        [&](const uint8_t* bytes, std::size_t got, const std::string& size_text) {
+          header = parse_images_header(files.images, bytes, got, size_text);
+          Declared declared;
+          declared.overflows = __builtin_mul_overflow(
+              uint64_t{header.count}, uint64_t{header.rows} * header.columns, &pixels);
+          declared.payload = pixels;
+          declared.description =
+              fmt::format("{} images of {}x{}", header.count, header.rows, header.columns);
+          return declared;
+        });
     if (header.rows != rows_ || header.columns != columns_) {
       fail("dataset {}: {} images are {}x{} but the train images ({}) are {}x{}",
            files.images.string(), split, header.rows, header.columns, train_.images.string(), rows_,
            columns_);
     }
 
-    const FileBytes labels = read_file(files.labels);
-    if (labels.bytes.size() < kLabelsHeaderBytes) {
-      fail("dataset {}: truncated: an IDX label file starts with an {}-byte header, file holds {}",
-           files.labels.string(), kLabelsHeaderBytes, labels.size_text());
-    }
-    check_magic(files.labels, labels.bytes.data(), kLabelsMagic,
-                "labels (unsigned bytes, 1 dimension)");
-    const uint32_t label_count = read_big_endian(labels.bytes.data() + 4);
-    check_payload_size(files.labels, labels, kLabelsHeaderBytes, label_count, false,
-                       fmt::format("{} labels", label_count));
+    uint32_t label_count = 0;
+    const FileBytes labels = read_declared(
+        files.labels, kLabelsHeaderBytes, 1 + sizeof(int),
+        [&](const uint8_t* bytes, std::size_t got, const std::string& size_text) {
+          if (got < kLabelsHeaderBytes) {
+            fail("dataset {}: truncated: an IDX label file starts with an {}-byte header, file "
+                 "holds {}",
+                 files.labels.string(), kLabelsHeaderBytes, size_text);
+          }
+          check_magic(files.labels, bytes, kLabelsMagic, "labels (unsigned bytes, 1 dimension)");
+          label_count = read_big_endian(bytes + 4);
+          return Declared{label_count, false, fmt::format("{} labels", label_count)};
+        });
     if (label_count != header.count) {
       fail("dataset {}: holds {} labels but the {} images ({}) number {}", files.labels.string(),
            label_count, split, files.images.string(), header.count);
