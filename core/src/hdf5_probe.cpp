@@ -182,7 +182,20 @@ void walk(const char* path, hid_t access) {
   const hid_t file = H5Fopen(path, H5F_ACC_RDONLY, access);
   if (file < 0) return;
   read_object(file);
-  for (const char* known : kKnownPaths) H5Lexists(file, known, H5P_DEFAULT);
+  // By name first, as Strata opens them: a damaged link table can end the iteration below early
+  // while a lookup by name still reaches (and crashes on) what lies behind it.
+  for (const char* known : kKnownPaths) {
+    if (H5Lexists(file, known, H5P_DEFAULT) <= 0) continue;
+    H5L_info_t info{};
+    if (H5Lget_info(file, known, &info, H5P_DEFAULT) < 0 || info.type != H5L_TYPE_HARD) continue;
+    const hid_t object = H5Oopen(file, known, H5P_DEFAULT);
+    if (object < 0) continue;
+    read_object(object);
+    if (H5Iget_type(object) == H5I_GROUP) {
+      H5Lvisit(object, H5_INDEX_NAME, H5_ITER_INC, visit_link, nullptr);
+    }
+    H5Oclose(object);
+  }
   H5Lvisit(file, H5_INDEX_NAME, H5_ITER_INC, visit_link, nullptr);
   H5Fclose(file);
 }

@@ -3,6 +3,7 @@
   hdf5_fixtures.py indirection DIR CKPT   inputs and checkpoints whose data lives in other files
   hdf5_fixtures.py unsealed PATH SEED     an h5py-written checkpoint (no Strata seal) to damage
   hdf5_fixtures.py claims DIR             tiny files whose datasets claim huge sizes
+  hdf5_fixtures.py errors-doc DIR YAML    the h5_*.h5 files of docs/errors.md's rows
 
 Run with /usr/bin/python3 (Debian's python3-h5py). Every value is drawn from a seeded generator.
 """
@@ -132,6 +133,58 @@ def claims(out):
                          chunks=(1, 1, 8, 8), compression="gzip")
 
 
+def errors_doc(out, experiment):
+    """For docs/errors.md (test_errors_doc.sh): weights for the page's experiment (conv1 4x1x3x3,
+    fc1 4x256), written by h5py, and inputs and checkpoints that reach into other files."""
+    rng = np.random.default_rng(12)
+    shapes = {"conv1/weight": (4, 1, 3, 3), "conv1/bias": (4,), "fc1/weight": (4, 256),
+              "fc1/bias": (4,)}
+    source = os.path.join(out, "h5_source.h5")
+    with h5py.File(source, "w") as f:
+        f["src"] = rng.standard_normal((2, 1, 8, 8)).astype("<f4")
+        f["bias"] = rng.standard_normal(4).astype("<f4")
+
+    def checkpoint(name, bias):
+        with h5py.File(os.path.join(out, name), "w") as f:
+            f.attrs["format"] = "strata-checkpoint"
+            f.attrs["format_version"] = np.int32(2)
+            f["experiment"] = open(experiment).read()
+            f.create_group("preprocess")
+            for key, shape in shapes.items():
+                f[f"model/{key}"] = rng.standard_normal(shape).astype("<f4")
+            if bias is not None:
+                del f["model/fc1/bias"]
+                f["model/fc1/bias"] = bias
+
+    checkpoint("h5_weights.h5", None)
+    checkpoint("h5_extlink.h5", h5py.ExternalLink(source, "/bias"))
+    with h5py.File(os.path.join(out, "h5_virtual.h5"), "w") as f:
+        layout = h5py.VirtualLayout(shape=(2, 1, 8, 8), dtype="<f4")
+        layout[...] = h5py.VirtualSource(source, "src", shape=(2, 1, 8, 8))
+        f.create_virtual_dataset("data", layout)
+    raw = os.path.join(out, "h5_raw.bin")
+    rng.standard_normal(128).astype("<f4").tofile(raw)
+    with h5py.File(os.path.join(out, "h5_external.h5"), "w") as f:
+        f.create_dataset("data", shape=(2, 1, 8, 8), dtype="<f4", external=[(raw, 0, 512)])
+    with h5py.File(os.path.join(out, "h5_claims.h5"), "w") as f:
+        f.create_dataset("data", shape=(10**9, 10**9), chunks=(1, 1024), dtype="<f4")
+    # An h5py-style file (no seal) on which libhdf5 1.10.8 itself crashes (SIGSEGV in H5HG_read):
+    # found by fuzz_checkpoint.
+    shutil.copyfile(os.path.join(os.path.dirname(__file__), "..", "fuzz", "corpus", "checkpoint",
+                                 "crash-hdf5-global-heap-segv"), os.path.join(out, "h5_crash.h5"))
+    # A sealed file (user block with Strata's header) whose magic then loses one bit.
+    sealed = os.path.join(out, "h5_sealed.h5")
+    with h5py.File(sealed, "w", userblock_size=512) as f:
+        f["data"] = rng.standard_normal((2, 1, 8, 8)).astype("<f4")
+    with open(sealed, "r+b") as f:
+        f.write(b"strata-checksum v1\n")
+    reseal(sealed)
+    with open(sealed, "r+b") as f:
+        first = f.read(1)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 0x04]))
+
+
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "indirection":
@@ -140,5 +193,7 @@ if __name__ == "__main__":
         unsealed(sys.argv[2], sys.argv[3])
     elif command == "claims":
         claims(sys.argv[2])
+    elif command == "errors-doc":
+        errors_doc(sys.argv[2], sys.argv[3])
     else:
         sys.exit(f"unknown command {command}")

@@ -12,6 +12,8 @@ awk '/^```yaml/{on=1; next} /^```/{if (on) exit} on' "$doc" >"$work/ok.yaml"
 # `input:` line indented by a tab, and a value nested 1000 lists deep.
 sed 's/^  input:/\tinput:/' "$work/ok.yaml" >"$work/tab.yaml"
 awk 'BEGIN { printf "seed: "; for (i = 0; i < 1000; i++) printf "["; for (i = 0; i < 1000; i++) printf "]"; print "" }' >"$work/deep.yaml"
+# The rows on hostile HDF5 files read {work}/h5_*.h5, written by h5py.
+/usr/bin/python3 "$STRATA_SOURCE_DIR/tests/scripts/hdf5_fixtures.py" errors-doc "$work" "$work/ok.yaml" || exit 1
 failures=0 rows=0
 while IFS= read -r line; do
   rows=$((rows + 1))
