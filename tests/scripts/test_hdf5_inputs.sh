@@ -80,6 +80,11 @@ for form in experiment checkpoint; do
   expect_success "$form-input-compressed" -- "${args[@]}" --input claims_ok.h5 --output compressed_$form.h5
 done
 
+# Devices and FIFOs are refused without being opened (a FIFO would block the reader forever).
+mkfifo fifo.h5
+expect_error "input-fifo" "HDF5 file fifo.h5: is not a regular file (a device, FIFO or socket), so not an HDF5 file" -- forward run/model.h5 --input fifo.h5 --output out.h5
+expect_error "weights-device" "checkpoint /dev/zero: is not a regular file (a device, FIFO or socket), so not an HDF5 file" -- eval /dev/zero
+
 # Checkpoints, sealed (edited with h5py and resealed) and unsealed, through every loader.
 declare -A message=(
   [external]="/model/fc1/bias keeps its data in 1 external file ($work/bias.bin): $local_only"
