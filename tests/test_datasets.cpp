@@ -963,13 +963,13 @@ BOOST_AUTO_TEST_CASE(idx_gzip_bomb_is_not_inflated) {
   BOOST_TEST(fs::file_size(file) < (std::size_t{2} << 20));
   auto dataset = make_dataset(folder.config());
   const std::string message = error_of([&] { dataset->load("train"); });
-  STRATA_CHECK_CONTAINS(message, fmt::format("dataset {}: trailing data: header says 3 images of "
-                                             "{}x{} (16 + {} bytes), file holds more than {} "
-                                             "bytes after decompression (more than 16777216 "
-                                             "extra; the rest was not read)",
-                                             file.string(), small.rows, small.columns,
-                                             small.pixels.size(),
-                                             16 + small.pixels.size() + 16777216));
+  STRATA_CHECK_CONTAINS(message,
+                        fmt::format("dataset {}: trailing data: header says 3 images of "
+                                    "{}x{} (16 + {} bytes), file holds more than {} "
+                                    "bytes after decompression (more than 16777216 "
+                                    "extra; the rest was not read)",
+                                    file.string(), small.rows, small.columns, small.pixels.size(),
+                                    16 + small.pixels.size() + 16777216));
 }
 
 // A header that declares more than memory holds: refused before the payload is read; and a short
@@ -984,19 +984,18 @@ BOOST_AUTO_TEST_CASE(idx_declared_sizes_are_checked_first) {
     write_file(file, huge.image_file());
     auto dataset = make_dataset(folder.config());
     // A raw file's size is known without reading it: it is truncated. A gzip file's is not.
-    STRATA_CHECK_CONTAINS(error_of([&] { dataset->load("test"); }),
-                          fmt::format("dataset {}: {}header says 4000000000 images of {}x{} (16 + "
-                                      "{} bytes), {}",
-                                      file.string(), suffix.empty() ? "truncated: " : "",
-                                      huge.rows, huge.columns,
-                                      uint64_t{4000000000u} * huge.rows * huge.columns,
-                                      suffix.empty() ? "file holds"
-                                                     : "more than this machine's memory"));
+    STRATA_CHECK_CONTAINS(
+        error_of([&] { dataset->load("test"); }),
+        fmt::format("dataset {}: {}header says 4000000000 images of {}x{} (16 + "
+                    "{} bytes), {}",
+                    file.string(), suffix.empty() ? "truncated: " : "", huge.rows, huge.columns,
+                    uint64_t{4000000000u} * huge.rows * huge.columns,
+                    suffix.empty() ? "file holds" : "more than this machine's memory"));
     huge.count = 1000000;
     write_file(file, huge.image_file());
-    STRATA_CHECK_CONTAINS(error_of([&] { dataset->load("test"); }),
-                          fmt::format("truncated: header says 1000000 images of {}x{}", huge.rows,
-                                      huge.columns));
+    STRATA_CHECK_CONTAINS(
+        error_of([&] { dataset->load("test"); }),
+        fmt::format("truncated: header says 1000000 images of {}x{}", huge.rows, huge.columns));
   }
 }
 

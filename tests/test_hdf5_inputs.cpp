@@ -3,6 +3,7 @@
 // magic lost a bit is a damaged seal, not an unsealed file handed to HDF5 unchecked.
 // The h5py fixture comes from tests/scripts/hdf5_fixtures.py (run with /usr/bin/python3).
 #define BOOST_TEST_MODULE hdf5_inputs
+#include <fmt/format.h>
 #include <hdf5.h>
 
 #include <boost/test/unit_test.hpp>
@@ -10,8 +11,6 @@
 #include <fstream>
 #include <iterator>
 #include <random>
-
-#include <fmt/format.h>
 
 #include "strata/checkpoint.hpp"
 #include "strata/error.hpp"
@@ -112,9 +111,10 @@ BOOST_AUTO_TEST_CASE(bit_flips_in_unsealed_files_never_crash) {
     }
     fs::remove(path);
   }
-  BOOST_TEST_MESSAGE(fmt::format("200 flips: {} loaded, {} refused ({} crashed libhdf5 in the "
-                                 "probe)",
-                                 loaded, refused, crashed_in_child));
+  BOOST_TEST_MESSAGE(
+      fmt::format("200 flips: {} loaded, {} refused ({} crashed libhdf5 in the "
+                  "probe)",
+                  loaded, refused, crashed_in_child));
   BOOST_TEST(loaded + refused == 200);
 }
 
@@ -124,8 +124,8 @@ BOOST_AUTO_TEST_CASE(a_flipped_bit_in_the_seal_magic_is_a_damaged_seal) {
   TempDir dir;
   std::mt19937 rng(21);
   const fs::path path = dir / "sealed.h5";
-  strata::write_hdf5_tensors(path, std::vector<NamedTensor>{
-                                       {"data", strata::test::random_tensor(Shape{2, 3}, rng)}});
+  strata::write_hdf5_tensors(
+      path, std::vector<NamedTensor>{{"data", strata::test::random_tensor(Shape{2, 3}, rng)}});
   const std::string bytes = read_bytes(path);
   BOOST_REQUIRE(bytes.rfind("strata-checksum v1\n", 0) == 0u);
   std::uniform_int_distribution<int> byte(0, 18), bit(0, 7);
@@ -135,8 +135,9 @@ BOOST_AUTO_TEST_CASE(a_flipped_bit_in_the_seal_magic_is_a_damaged_seal) {
     damaged[at] = static_cast<char>(damaged[at] ^ (1 << bit(rng)));
     const fs::path flipped = dir / fmt::format("magic{}.h5", trial);
     write_bytes(flipped, damaged);
-    STRATA_CHECK_CONTAINS(strata::test::error_of([&] { strata::read_hdf5_tensor(flipped, "data"); }),
-                          "its checksum header (the first 512 bytes) is damaged");
+    STRATA_CHECK_CONTAINS(
+        strata::test::error_of([&] { strata::read_hdf5_tensor(flipped, "data"); }),
+        "its checksum header (the first 512 bytes) is damaged");
   }
   // The intact file still loads.
   BOOST_TEST(strata::read_hdf5_tensor(path, "data").numel() == 6);

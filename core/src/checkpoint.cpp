@@ -220,7 +220,8 @@ herr_t refuse_external_link(const char*, const char*, const char*, const char*, 
   return -1;
 }
 
-// Dataset access properties are link access properties too, so one list serves H5Oopen and H5Dopen2.
+// Dataset access properties are link access properties too, so one list serves H5Oopen and
+// H5Dopen2.
 Handle local_links_only(const FileContext& context) {
   Handle properties(context.check(H5Pcreate(H5P_DATASET_ACCESS), "cannot create link properties"),
                     H5Pclose);
@@ -258,9 +259,9 @@ bool object_exists(const FileContext& context, hid_t file, const std::string& pa
       // The value of a link is at most a few KB of names; a damaged size is refused first.
       if (link.u.val_size > 65536) context.fail(fmt::format("the link {} is damaged", prefix));
       std::string value(link.u.val_size, '\0');
-      context.check_status(H5Lget_val(file, prefix.c_str(), value.data(), value.size(),
-                                      H5P_DEFAULT),
-                           fmt::format("cannot read the link {}", prefix));
+      context.check_status(
+          H5Lget_val(file, prefix.c_str(), value.data(), value.size(), H5P_DEFAULT),
+          fmt::format("cannot read the link {}", prefix));
       if (link.type == H5L_TYPE_EXTERNAL) {
         const char* target_file = nullptr;
         const char* target_path = nullptr;
@@ -268,20 +269,20 @@ bool object_exists(const FileContext& context, hid_t file, const std::string& pa
         const bool unpacked = H5Lunpack_elink_val(value.data(), value.size(), &flags, &target_file,
                                                   &target_path) >= 0;
         H5Eclear2(H5E_DEFAULT);
-        context.fail(fmt::format("{} is an external link{}: {}", prefix,
-                                 unpacked ? fmt::format(" to {}:{}", target_file, target_path)
-                                          : std::string(),
-                                 kOnlyLocalData));
+        context.fail(fmt::format(
+            "{} is an external link{}: {}", prefix,
+            unpacked ? fmt::format(" to {}:{}", target_file, target_path) : std::string(),
+            kOnlyLocalData));
       }
       const std::string target(value.c_str());
       if (soft_links >= kMaxSoftLinks) {
-        context.fail(fmt::format("{} is a soft link to {}, and soft links follow each other more "
-                                 "than {} times",
-                                 prefix, target, kMaxSoftLinks));
+        context.fail(
+            fmt::format("{} is a soft link to {}, and soft links follow each other more "
+                        "than {} times",
+                        prefix, target, kMaxSoftLinks));
       }
-      const std::string absolute = target.starts_with('/')
-                                       ? target
-                                       : (parent == "/" ? "/" : parent + "/") + target;
+      const std::string absolute =
+          target.starts_with('/') ? target : (parent == "/" ? "/" : parent + "/") + target;
       if (absolute.size() < 2 || !object_exists(context, file, absolute, soft_links + 1)) {
         return false;
       }
@@ -545,9 +546,10 @@ void check_storage(const FileContext& context, hid_t dataset, const std::string&
         path, shape.str(), bytes_text(static_cast<double>(needed)), stored,
         hdf5_probe::kMaxCompressionRatio));
   }
-  context.fail(fmt::format("dataset {} has shape {} ({}) but stores only {} bytes: the "
-                           "file is damaged",
-                           path, shape.str(), bytes_text(static_cast<double>(needed)), stored));
+  context.fail(
+      fmt::format("dataset {} has shape {} ({}) but stores only {} bytes: the "
+                  "file is damaged",
+                  path, shape.str(), bytes_text(static_cast<double>(needed)), stored));
 }
 
 std::string read_string_dataset(const FileContext& context, hid_t file, const std::string& path) {

@@ -80,8 +80,8 @@ Header read_header(int fd) {
   Header header;
   if (!read_fully(fd, block, kUserBlock, 0)) return header;
   if (std::string_view(block, kMagic.size()) != kMagic) {
-    header.damaged_magic = bit_distance(std::string_view(block, kMagic.size()), kMagic) <=
-                           kMaxMagicBitErrors;
+    header.damaged_magic =
+        bit_distance(std::string_view(block, kMagic.size()), kMagic) <= kMaxMagicBitErrors;
     header.present = header.damaged_magic;
     return header;
   }

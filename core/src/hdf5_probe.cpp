@@ -44,8 +44,7 @@ herr_t read_attribute(hid_t object, const char* name, const H5A_info_t*, void*) 
       }
       free(texts);
       H5Tclose(memory);
-    } else if (type_class == H5T_STRING || type_class == H5T_INTEGER ||
-               type_class == H5T_FLOAT) {
+    } else if (type_class == H5T_STRING || type_class == H5T_INTEGER || type_class == H5T_FLOAT) {
       const hid_t memory = type_class == H5T_STRING    ? H5Tcopy(type)
                            : type_class == H5T_INTEGER ? H5Tcopy(H5T_NATIVE_INT64)
                                                        : H5Tcopy(H5T_NATIVE_DOUBLE);
@@ -67,8 +66,8 @@ herr_t read_attribute(hid_t object, const char* name, const H5A_info_t*, void*) 
 }
 
 // The names Strata looks up in every object that has them (checkpoint.cpp).
-constexpr const char* kAttributeNames[] = {"format", "format_version", "epoch", "iteration",
-                                           "rng_state", "version", "path"};
+constexpr const char* kAttributeNames[] = {"format",    "format_version", "epoch", "iteration",
+                                           "rng_state", "version",        "path"};
 
 void read_dataset(hid_t dataset) {
   const hid_t properties = H5Dget_create_plist(dataset);
@@ -161,7 +160,8 @@ herr_t visit_link(hid_t root, const char* name, const H5L_info_t* info, void*) {
   if (H5Lexists(root, name, H5P_DEFAULT) <= 0) return 0;
   if (info->type == H5L_TYPE_SOFT) {
     char target[4096];
-    if (info->u.val_size < sizeof target) H5Lget_val(root, name, target, sizeof target, H5P_DEFAULT);
+    if (info->u.val_size < sizeof target)
+      H5Lget_val(root, name, target, sizeof target, H5P_DEFAULT);
     return 0;
   }
   if (info->type != H5L_TYPE_HARD) return 0;
@@ -173,7 +173,7 @@ herr_t visit_link(hid_t root, const char* name, const H5L_info_t* info, void*) {
 }
 
 // The groups and datasets Strata looks up in every file (they may be absent).
-constexpr const char* kKnownPaths[] = {"/experiment", "/plugins",  "/training", "/history",
+constexpr const char* kKnownPaths[] = {"/experiment", "/plugins",   "/training",   "/history",
                                        "/model",      "/optimizer", "/preprocess", "/schedule",
                                        "/data",       "/trials"};
 
@@ -211,7 +211,8 @@ void walk(const char* path, hid_t access) {
   }
   sigset_t unblock;
   sigemptyset(&unblock);
-  for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGALRM}) sigaddset(&unblock, signal);
+  for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGALRM})
+    sigaddset(&unblock, signal);
   sigprocmask(SIG_UNBLOCK, &unblock, nullptr);
   // What libhdf5 (or a sanitizer) prints about a damaged file is not the user's business: the
   // parent reports the outcome.
@@ -258,9 +259,9 @@ std::string probe(const std::filesystem::path& path, hid_t access) {
   using Key = std::tuple<std::string, dev_t, ino_t, off_t, long, long, long, long>;
   static std::mutex mutex;
   static std::map<Key, std::string> probed;
-  const Key key{path.string(),          status.st_dev,          status.st_ino,
-                status.st_size,         status.st_mtim.tv_sec,  status.st_mtim.tv_nsec,
-                status.st_ctim.tv_sec,  status.st_ctim.tv_nsec};
+  const Key key{path.string(),         status.st_dev,         status.st_ino,
+                status.st_size,        status.st_mtim.tv_sec, status.st_mtim.tv_nsec,
+                status.st_ctim.tv_sec, status.st_ctim.tv_nsec};
   {
     std::lock_guard lock(mutex);
     if (const auto found = probed.find(key); found != probed.end()) return found->second;
@@ -283,8 +284,8 @@ std::string probe(const std::filesystem::path& path, hid_t access) {
     if (done == pid) break;
     if (done < 0 && errno != EINTR) {
       // SIGCHLD ignored by the application (the child was reaped for us): nothing to learn.
-      return errno == ECHILD ? "" : fmt::format("cannot check it: waitpid failed: {}",
-                                                strerror(errno));
+      return errno == ECHILD ? ""
+                             : fmt::format("cannot check it: waitpid failed: {}", strerror(errno));
     }
     timespec now{};
     clock_gettime(CLOCK_MONOTONIC, &now);

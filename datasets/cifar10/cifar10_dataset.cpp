@@ -153,11 +153,12 @@ class Cifar10Dataset final : public strata::Dataset {
     // sparse or huge file must be refused with the figures, not by std::bad_alloc.
     const uint64_t memory = strata::physical_memory_bytes();
     if (total > memory / (kPixelBytes * sizeof(float) + sizeof(int))) {
-      fail("dataset {}{}: {} records of 32x32x3 need {} as float32, more than this machine's "
-           "memory ({})",
-           files.front().string(), files.size() > 1 ? " and the other files of its split" : "",
-           total, strata::bytes_text(static_cast<double>(total) * kPixelBytes * sizeof(float)),
-           strata::bytes_text(static_cast<double>(memory)));
+      fail(
+          "dataset {}{}: {} records of 32x32x3 need {} as float32, more than this machine's "
+          "memory ({})",
+          files.front().string(), files.size() > 1 ? " and the other files of its split" : "",
+          total, strata::bytes_text(static_cast<double>(total) * kPixelBytes * sizeof(float)),
+          strata::bytes_text(static_cast<double>(memory)));
     }
     strata::Split result;
     result.images =
@@ -180,7 +181,8 @@ class Cifar10Dataset final : public strata::Dataset {
         in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
         if (!in || static_cast<std::size_t>(in.gcount()) != bytes.size()) {
           fail("dataset {}: read {} of its {} bytes", path.string(),
-               first * kRecordBytes + static_cast<std::size_t>(std::max<std::streamsize>(0, in.gcount())),
+               first * kRecordBytes +
+                   static_cast<std::size_t>(std::max<std::streamsize>(0, in.gcount())),
                counts[f] * kRecordBytes);
         }
         for (std::size_t i = 0; i < block; ++i, ++record) {

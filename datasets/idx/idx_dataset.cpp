@@ -158,9 +158,9 @@ FileBytes read_declared(const fs::path& path, std::size_t header_bytes, uint64_t
   result.bytes.resize(header_bytes);
   result.bytes.resize(file.read(result.bytes.data(), header_bytes));
   const Declared declared = declare(result.bytes.data(), result.bytes.size(), result.size_text());
-  const std::string expected =
-      declared.overflows ? fmt::format("{} + more than 2^64 bytes", header_bytes)
-                         : fmt::format("{} + {} bytes", header_bytes, declared.payload);
+  const std::string expected = declared.overflows
+                                   ? fmt::format("{} + more than 2^64 bytes", header_bytes)
+                                   : fmt::format("{} + {} bytes", header_bytes, declared.payload);
   const uint64_t target = header_bytes + declared.payload;
   if (!result.compressed) {
     // Its size is known without reading it.
@@ -206,10 +206,11 @@ FileBytes read_declared(const fs::path& path, std::size_t header_bytes, uint64_t
     extra += got;
   }
   if (extra > kCountedTrailingBytes) {
-    fail("dataset {}: trailing data: header says {} ({}), file holds more than {} (more than {} "
-         "extra; the rest was not read)",
-         path.string(), declared.description, expected,
-         result.size_text(target + kCountedTrailingBytes), kCountedTrailingBytes);
+    fail(
+        "dataset {}: trailing data: header says {} ({}), file holds more than {} (more than {} "
+        "extra; the rest was not read)",
+        path.string(), declared.description, expected,
+        result.size_text(target + kCountedTrailingBytes), kCountedTrailingBytes);
   }
   if (extra > 0) {
     fail("dataset {}: trailing data: header says {} ({}), file holds {} ({} extra)", path.string(),
@@ -394,9 +395,10 @@ class IdxDataset final : public strata::Dataset {
         files.labels, kLabelsHeaderBytes, 1 + sizeof(int),
         [&](const uint8_t* bytes, std::size_t got, const std::string& size_text) {
           if (got < kLabelsHeaderBytes) {
-            fail("dataset {}: truncated: an IDX label file starts with an {}-byte header, file "
-                 "holds {}",
-                 files.labels.string(), kLabelsHeaderBytes, size_text);
+            fail(
+                "dataset {}: truncated: an IDX label file starts with an {}-byte header, file "
+                "holds {}",
+                files.labels.string(), kLabelsHeaderBytes, size_text);
           }
           check_magic(files.labels, bytes, kLabelsMagic, "labels (unsigned bytes, 1 dimension)");
           label_count = read_big_endian(bytes + 4);
