@@ -6,12 +6,35 @@ import h5py
 import numpy as np
 
 
+def check_local(f, path):
+    """Raises ValueError when any object of the open file `f` keeps its data in another file: an
+    external link, a virtual dataset or external raw storage (docs/checkpoint-format.md, "Hostile
+    files"). Strata's C++ readers refuse these too; h5py would follow them."""
+    def check(group, prefix):
+        for name in group:
+            link = group.get(name, getlink=True)
+            full = f"{prefix}/{name}"
+            if isinstance(link, h5py.ExternalLink):
+                raise ValueError(f"{path}: {full} is an external link to {link.filename}:"
+                                 f"{link.path}: Strata reads only data stored in the file itself")
+            if isinstance(link, h5py.SoftLink):
+                continue  # its target is checked under its own name
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                check(obj, full)
+            elif isinstance(obj, h5py.Dataset) and (obj.is_virtual or obj.external):
+                raise ValueError(f"{path}: {full} is a virtual dataset or keeps its data in an "
+                                 "external file: Strata reads only data stored in the file itself")
+    check(f, "")
+
+
 class Checkpoint:
     """The parts of a Strata checkpoint the plots use, read once."""
 
     def __init__(self, path):
         self.path = path
         with h5py.File(path, "r") as f:
+            check_local(f, path)
             if f.attrs.get("format") != "strata-checkpoint":
                 raise ValueError(f"{path}: not a Strata checkpoint (no root attribute format)")
             self.experiment = f["experiment"].asstr()[()]

@@ -114,5 +114,23 @@ PY
 expect_error "inspect-history-extlink" "/history/train_loss is an external link to $work/source.h5:/bias: $local_only" -- inspect ckpt_history.h5
 expect_error "inspect-virtual" "${message[virtual]}" -- inspect ckpt_virtual.h5
 
+# The Python analysis library (strata-plot) refuses them too, where h5py would follow them.
+for kind in external virtual extlink; do
+  if PYTHONPATH="$STRATA_SOURCE_DIR/python" "$PYTHON" -c '
+import sys
+from strata_analysis.checkpoint import Checkpoint
+try:
+    Checkpoint(sys.argv[1])
+except ValueError as error:
+    sys.exit(0 if "Strata reads only data stored in the file itself" in str(error) else 1)
+sys.exit(1)' "ckpt_$kind.h5"; then
+    echo "ok   python-$kind"
+    passed=$((passed + 1))
+  else
+    echo "FAIL python-$kind: strata_analysis.Checkpoint read ckpt_$kind.h5"
+    failures=$((failures + 1))
+  fi
+done
+
 echo "$passed passed, $failures failed"
 [ "$failures" -eq 0 ]
