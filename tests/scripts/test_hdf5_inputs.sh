@@ -109,9 +109,19 @@ shutil.copyfile(work + "/run/model.h5", work + "/ckpt_history.h5")
 with h5py.File(work + "/ckpt_history.h5", "r+") as f:
     del f["history/train_loss"]
     f["history/train_loss"] = h5py.ExternalLink(work + "/source.h5", "/bias")
+# A history array claiming 10^12 values (8 TB), chunked, never written: a few KB.
+shutil.copyfile(work + "/run/model.h5", work + "/ckpt_history_claims.h5")
+with h5py.File(work + "/ckpt_history_claims.h5", "r+") as f:
+    del f["history/train_loss"]
+    f.create_dataset("history/train_loss", shape=(10**12,), chunks=(4096,), dtype="<f8")
 PY
-"$PYTHON" -c "import sys; sys.path.insert(0, '$STRATA_SOURCE_DIR/python'); from strata_analysis import reseal; reseal('ckpt_history.h5')"
+for file in ckpt_history.h5 ckpt_history_claims.h5; do
+  "$PYTHON" -c "import sys; sys.path.insert(0, '$STRATA_SOURCE_DIR/python'); from strata_analysis import reseal; reseal('$file')"
+done
 expect_error "inspect-history-extlink" "/history/train_loss is an external link to $work/source.h5:/bias: $local_only" -- inspect ckpt_history.h5
+expect_error "inspect-history-claims" "dataset /history/train_loss has shape [1000000000000] (8.0 TB) but stores only 0 bytes" -- inspect ckpt_history_claims.h5
+mkdir -p run_claims && cp ckpt_history_claims.h5 run_claims/model.h5
+expect_error "resume-history-claims" "dataset /history/train_loss has shape [1000000000000] (8.0 TB) but stores only 0 bytes" -- train ok.yaml --out run_claims --resume --set train.epochs=2
 expect_error "inspect-virtual" "${message[virtual]}" -- inspect ckpt_virtual.h5
 
 # The Python analysis library (strata-plot) refuses them too, where h5py would follow them.
