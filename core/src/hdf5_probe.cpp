@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -200,7 +201,7 @@ void walk(const char* path, hid_t access) {
   H5Fclose(file);
 }
 
-[[noreturn]] void child(const char* path, hid_t access, unsigned timeout_seconds) {
+[[noreturn]] void child(const char* path, hid_t access, unsigned timeout_seconds, pid_t parent) {
   // The parent's crash handlers (Boost.Test's, a sanitizer's) must not catch a crash here: a
   // crash has to end this process so that the parent sees it.
   struct sigaction default_action {};
@@ -214,6 +215,14 @@ void walk(const char* path, hid_t access) {
   for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGALRM})
     sigaddset(&unblock, signal);
   sigprocmask(SIG_UNBLOCK, &unblock, nullptr);
+  // Ctrl-C reaches the whole process group: the parent decides what it means. The child ends
+  // with the parent in any case.
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  for (int signal : {SIGINT, SIGQUIT, SIGTSTP}) sigaction(signal, &ignore, nullptr);
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(0);  // the parent ended before prctl took effect
   // What libhdf5 (or a sanitizer) prints about a damaged file is not the user's business: the
   // parent reports the outcome.
   const int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
@@ -270,9 +279,10 @@ std::string probe(const std::filesystem::path& path, hid_t access) {
   const auto timeout_seconds =
       static_cast<unsigned>(60 + static_cast<uint64_t>(status.st_size) / (20u << 20));
   const std::string path_text = path.string();
+  const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
-  if (pid < 0) return fmt::format("cannot check it: fork failed: {}", strerror(errno));
-  if (pid == 0) child(path_text.c_str(), access, timeout_seconds);
+  if (pid < 0) return fmt::format("cannot check the file: fork failed: {}", strerror(errno));
+  if (pid == 0) child(path_text.c_str(), access, timeout_seconds, parent);
 
   int wait_status = 0;
   timespec start{};
@@ -285,7 +295,7 @@ std::string probe(const std::filesystem::path& path, hid_t access) {
     if (done < 0 && errno != EINTR) {
       // SIGCHLD ignored by the application (the child was reaped for us): nothing to learn.
       return errno == ECHILD ? ""
-                             : fmt::format("cannot check it: waitpid failed: {}", strerror(errno));
+                             : fmt::format("cannot check the file: waitpid failed: {}", strerror(errno));
     }
     timespec now{};
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -302,11 +312,20 @@ std::string probe(const std::filesystem::path& path, hid_t access) {
     pause_ns = std::min(pause_ns * 2, 20'000'000L);
   }
   if (problem.empty() && WIFSIGNALED(wait_status)) {
-    problem = WTERMSIG(wait_status) == SIGALRM
-                  ? fmt::format("the file is damaged: reading it did not finish within {} s",
-                                timeout_seconds)
-                  : fmt::format("the file is damaged: reading it crashed libhdf5 ({})",
-                                signal_text(WTERMSIG(wait_status)));
+    const int signal = WTERMSIG(wait_status);
+    if (signal == SIGALRM) {
+      problem = fmt::format("the file is damaged: reading it did not finish within {} s",
+                            timeout_seconds);
+    } else if (signal == SIGSEGV || signal == SIGBUS || signal == SIGFPE || signal == SIGILL ||
+               signal == SIGABRT || signal == SIGSYS || signal == SIGTRAP) {
+      problem = fmt::format("the file is damaged: reading it crashed libhdf5 ({})",
+                            signal_text(signal));
+    } else {
+      // Killed from outside (the OOM killer, a signal to the process group): says nothing about
+      // the file, so it is not remembered.
+      return fmt::format("cannot check the file: the process reading it was stopped by {}",
+                         signal_text(signal));
+    }
   } else if (problem.empty() && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) != 0) {
     // A sanitizer ends the child with a status of its own when libhdf5 misbehaves.
     problem = fmt::format("the file is damaged: reading it stopped libhdf5 (exit status {})",
