@@ -5,12 +5,14 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <random>
 
 #include "../core/src/trainer_checks.hpp"
 #include "strata/checkpoint.hpp"
@@ -384,6 +386,95 @@ BOOST_AUTO_TEST_CASE(out_of_range_numbers_and_folders_are_errors) {
   test::TempDir dir;
   BOOST_TEST(test::error_of([&] { Config::parse_file(dir.path().string()); }) ==
              dir.path().string() + ": is a folder, not an experiment file");
+}
+
+// Issue 20: an alias inside its own anchor recursed until the stack overflowed.
+BOOST_AUTO_TEST_CASE(self_referencing_aliases_are_errors_not_stack_overflows) {
+  for (const char* text :
+       {"a: &x [*x]\n", "a: &x {b: [1, *x]}\n", "seed: 1\nm: &m {n: &n [*m]}\n"}) {
+    STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_string(text, "cycle.yaml"); }),
+                          "malformed YAML: an alias refers to a list or map that contains it");
+  }
+  STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_string("a: &x [*x]\n", "cycle.yaml"); }),
+                        "cycle.yaml:1:4: ");
+  // An alias of a sibling is fine, however often it is used.
+  const Config shared = Config::parse_string("a: &x [1, 2]\nb: [*x, *x]\n", "shared.yaml");
+  BOOST_TEST(shared.at("b").items().size() == 2u);
+  Config config = Config::parse_string("seed: 1\n", "s.yaml");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { config.set("seed", "&x [*x]"); }),
+                        "--set seed=&x [*x]:1:");
+  // Aliases nest deeper than the text: 2 x 300 levels, each within the parser's own limit.
+  const std::string deep = std::string(300, '[') + "1" + std::string(300, ']');
+  const std::string deeper = std::string(300, '[') + "*d" + std::string(300, ']');
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          Config::parse_string("a: &d " + deep + "\nb: " + deeper + "\n", "d.yaml");
+                        }),
+                        "nested deeper than 500 levels of lists or maps (through YAML aliases?)");
+}
+
+BOOST_AUTO_TEST_CASE(a_second_document_is_an_error) {
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { Config::parse_string("seed: 1\n---\nseed: 2\n", "two.yaml"); }),
+      "two.yaml:3:1: the text holds 2 YAML documents");
+  BOOST_TEST(Config::parse_string("---\nseed: 1\n", "one.yaml").get<int>("seed") == 1);
+}
+
+BOOST_AUTO_TEST_CASE(numbers_that_are_zero_as_floats_are_errors) {
+  Rng rng(20);
+  std::uniform_real_distribution<double> mantissa(1.0, 9.0);
+  const double tiny = mantissa(rng) * 1e-47;
+  const double small = mantissa(rng) * 1e-30;
+  Config config =
+      Config::parse_string(fmt::format("tiny: {}\nsmall: {}\nzero: 0\n", tiny, small), "f.yaml");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { config.get<double>("tiny"); }), "f.yaml:1:7: tiny: ");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { config.get<float>("tiny"); }),
+                        "is 0 as a 32-bit float: expected 0 or a magnitude of at least 1.4013e-45");
+  BOOST_TEST(config.get<double>("small") == small);
+  BOOST_TEST(config.get<float>("zero") == 0.0f);
+}
+
+BOOST_AUTO_TEST_CASE(experiment_files_must_be_regular_and_bounded) {
+  test::TempDir dir;
+  const fs::path fifo = dir.path() / "fifo.yaml";
+  BOOST_REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // Without O_NONBLOCK this would wait for a writer forever.
+  STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_file(fifo.string()); }),
+                        "is a named pipe (FIFO), not a regular file");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_file("/dev/zero"); }),
+                        "experiment file /dev/zero: is a character device, not a regular file");
+  const fs::path loop = dir.path() / "loop.yaml";
+  fs::create_symlink(loop, loop);
+  STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_file(loop.string()); }),
+                        "is a symbolic link loop");
+  const fs::path big = dir.path() / "big.yaml";
+  { std::ofstream(big) << "seed: 1\n"; }
+  fs::resize_file(big, (std::uintmax_t{16} << 20) + 1);  // the limit is 16 MiB
+  STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_file(big.string()); }),
+                        "more than the limit of 16777216 bytes (16 MiB)");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { Config::parse_file((dir.path() / "none.yaml").string()); }),
+      "none.yaml: does not exist");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(divergence_advice_names_the_cause)
+
+BOOST_AUTO_TEST_CASE(eps_and_weight_decay_are_blamed_before_the_learning_rate) {
+  const Config plain = Config::parse_string("{type: adam, lr: 0.001}", "o.yaml");
+  BOOST_TEST(divergence_advice(plain) == "lower optimizer.lr (or its schedule) or check the data");
+  const Config no_eps = Config::parse_string("{type: rmsprop, lr: 0.001, eps: 0}", "o.yaml");
+  STRATA_CHECK_CONTAINS(divergence_advice(no_eps), "the likely cause is optimizer.eps is 0");
+  const Config decay = Config::parse_string("{type: sgd, lr: 0.5, weight_decay: 8}", "o.yaml");
+  STRATA_CHECK_CONTAINS(divergence_advice(decay),
+                        "optimizer.weight_decay is 8 with lr 0.5: weight decay alone multiplies "
+                        "the weights by 1 - lr x weight_decay = -3 each step");
+  const std::vector<NamedTensor> none;
+  STRATA_CHECK_CONTAINS(test::error_of([&] {
+                          check_not_diverged(2, std::nan(""), 0.5, false, none, none, "m.h5", 1,
+                                             divergence_advice(no_eps));
+                        }),
+                        "still holds epoch 1. The likely cause is optimizer.eps is 0");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

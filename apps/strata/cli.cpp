@@ -1,10 +1,12 @@
 #include "cli.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
 
 #include "strata/error.hpp"
+#include "strata/plugin_probe.hpp"
 
 namespace strata::cli {
 
@@ -96,7 +98,7 @@ Config load_experiment(const std::string& path, const po::variables_map& vm) {
   return config;
 }
 
-void load_experiment_plugins(const Config& experiment, PluginLoader& loader) {
+void load_experiment_plugins(const Config& experiment, PluginLoader& loader, bool probe) {
   auto plugins = experiment.find("plugins");
   if (!plugins) return;
   const fs::path base = fs::path(experiment.source_file()).parent_path();
@@ -104,7 +106,11 @@ void load_experiment_plugins(const Config& experiment, PluginLoader& loader) {
     fs::path file = item.as<std::string>();
     if (file.is_relative()) file = base / file;
     try {
-      loader.load_file(file);
+      if (probe) {
+        load_plugin_probed(loader, file);
+      } else {
+        loader.load_file(file);
+      }
     } catch (const Error& error) {
       item.fail(error.what());
     }
@@ -114,6 +120,53 @@ void load_experiment_plugins(const Config& experiment, PluginLoader& loader) {
 std::string option_or(const po::variables_map& vm, const std::string& name,
                       const std::string& fallback) {
   return vm.count(name) ? vm[name].as<std::string>() : fallback;
+}
+
+std::vector<std::string> layers_option(const po::variables_map& vm) {
+  if (!vm.count("layers")) return {};
+  const std::string list = vm["layers"].as<std::string>();
+  if (list.empty()) {
+    fail(
+        "--layers: empty; give layer names separated by commas (e.g. --layers conv1,fc1), or "
+        "leave the option out for the last layer");
+  }
+  std::vector<std::string> names;
+  for (std::size_t start = 0; start <= list.size();) {
+    const std::size_t comma = std::min(list.find(',', start), list.size());
+    if (comma == start) {
+      fail("--layers {}: an empty layer name at character {}; separate names with single commas",
+           list, start + 1);
+    }
+    names.push_back(list.substr(start, comma - start));
+    start = comma + 1;
+  }
+  return names;
+}
+
+fs::path output_folder(const po::variables_map& vm, const std::string& experiment,
+                       const std::string& suffix) {
+  if (vm.count("out")) {
+    const std::string out = vm["out"].as<std::string>();
+    if (out.empty()) fail("--out: empty; give the output folder (e.g. --out runs/my_run)");
+    return out;
+  }
+  // The file name without its .yaml (or .yml): "", "." and ".." are not folders of their own
+  // (std::filesystem's stem() of ".yaml" is ".yaml", a hidden folder, so strip by hand).
+  std::string stem = fs::path(experiment).filename().string();
+  if (stem.ends_with(".yaml")) {
+    stem.resize(stem.size() - 5);
+  } else if (stem.ends_with(".yml")) {
+    stem.resize(stem.size() - 4);
+  } else {
+    stem = fs::path(stem).stem().string();
+  }
+  if (stem.empty() || stem == "." || stem == "..") {
+    fail(
+        "{}: the file name gives no name for the default output folder (runs/{}{} would not be "
+        "a folder of its own); give one with --out",
+        experiment, stem, suffix);
+  }
+  return fs::path("runs") / (stem + suffix);
 }
 
 }  // namespace strata::cli

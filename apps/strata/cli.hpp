@@ -8,6 +8,7 @@
 #pragma once
 
 #include <boost/program_options.hpp>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
@@ -47,11 +48,22 @@ void add_set_option(po::options_description& options);
 Config load_experiment(const std::string& path, const po::variables_map& vm);
 
 // Loads the plugin files an experiment lists under `plugins:` (relative to the file's folder);
-// an error points at the list entry.
-void load_experiment_plugins(const Config& experiment, PluginLoader& loader);
+// an error points at the list entry. `probe`: try each in a child process first
+// (strata/plugin_probe.hpp), so that a crashing plugin is an error, not a crash.
+void load_experiment_plugins(const Config& experiment, PluginLoader& loader, bool probe = false);
 
 // The value of a string option, or `fallback` when it was not given.
 std::string option_or(const po::variables_map& vm, const std::string& name,
                       const std::string& fallback);
+
+// The layer names of a `--layers a,b,c` option; empty when the option was not given. An empty
+// list (`--layers ''`) or an empty name in it (`a,,b`) is an Error: it would select nothing.
+std::vector<std::string> layers_option(const po::variables_map& vm);
+
+// A command's output folder: `--out` when given (an empty --out is an Error), else
+// runs/<the experiment file's stem><suffix>, which must name a folder of its own (a file named
+// `.yaml` or `..yaml` has no usable stem: an Error asking for --out).
+std::filesystem::path output_folder(const po::variables_map& vm, const std::string& experiment,
+                                    const std::string& suffix);
 
 }  // namespace strata::cli

@@ -9,6 +9,7 @@
 #include "cli.hpp"
 #include "strata/conformance.hpp"
 #include "strata/error.hpp"
+#include "strata/plugin_probe.hpp"
 
 namespace strata::cli {
 
@@ -53,7 +54,9 @@ int run_check_plugin(Session& session, const std::vector<std::string>& args) {
   if (!vm) return 0;
   const fs::path file = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
 
-  session.loader.load_file(file);  // a broken plugin fails here, with the loader's message
+  // A broken plugin fails here, with the loader's message; one that crashes while loading is
+  // tried in a child process first and reported by file and signal.
+  load_plugin_probed(session.loader, file);
   const fs::path canonical = fs::canonical(file);
   PluginRef plugin;
   for (const PluginRef& loaded : session.loader.plugins()) {

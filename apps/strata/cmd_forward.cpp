@@ -13,20 +13,6 @@
 
 namespace strata::cli {
 
-namespace {
-
-std::vector<std::string> split_commas(const std::string& list) {
-  std::vector<std::string> items;
-  for (std::size_t start = 0; start <= list.size();) {
-    const std::size_t comma = std::min(list.find(',', start), list.size());
-    if (comma > start) items.push_back(list.substr(start, comma - start));
-    start = comma + 1;
-  }
-  return items;
-}
-
-}  // namespace
-
 int run_forward(Session& session, const std::vector<std::string>& args) {
   po::options_description options("options");
   options.add_options()("weights", po::value<std::string>(),
@@ -63,7 +49,7 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
     const std::filesystem::path output_path = (*vm)["output"].as<std::string>();
     Tensor input = read_hdf5_tensor(input_path, "data");
     if (vm->count("preprocess")) model.preprocess(input);
-    std::vector<std::string> layers = split_commas(option_or(*vm, "layers", ""));
+    std::vector<std::string> layers = layers_option(*vm);
     if (layers.empty()) layers.push_back(model.graph().name(model.graph().size() - 1));
     const std::vector<NamedTensor> outputs = model.run(input, layers);
     write_hdf5_tensors(output_path, outputs);
@@ -118,7 +104,7 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
          input.shape().str(), fmt::join(graph.input_shape().dims(), ", "));
   }
 
-  std::vector<std::string> layers = split_commas(option_or(*vm, "layers", ""));
+  std::vector<std::string> layers = layers_option(*vm);
   if (layers.empty()) layers.push_back(graph.name(graph.size() - 1));
   std::vector<std::string> known;
   for (std::size_t i = 0; i < graph.size(); ++i) known.push_back(graph.name(i));

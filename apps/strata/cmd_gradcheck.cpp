@@ -3,6 +3,7 @@
 // Checks the model's backward() against centered finite differences (strata/gradcheck.hpp has the
 // method and the threshold), prints one line per tensor and exits 1 when any tensor fails.
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 
 #include "cli.hpp"
@@ -21,7 +22,7 @@ int run_gradcheck(Session& session, const std::vector<std::string>& args) {
       "entries checked per tensor, a random sample (0: all)")(
       "backend", po::value<std::string>()->default_value("reference"),
       "compute backend (reference: double accumulation, the ground truth)")(
-      "seed", po::value<uint32_t>()->default_value(1), "seed of the batch and the sample");
+      "seed", po::value<int64_t>()->default_value(1), "seed of the batch and the sample");
   add_set_option(options);
   const Usage usage{"gradcheck", "EXP.yaml [options]",
                     "Check the model's analytic gradients (every parameter and the input) against\n"
@@ -36,16 +37,15 @@ int run_gradcheck(Session& session, const std::vector<std::string>& args) {
   GradcheckOptions check;
   check.batch = (*vm)["batch"].as<int64_t>();
   check.max_entries = (*vm)["entries"].as<int64_t>();
-  check.seed = (*vm)["seed"].as<uint32_t>();
+  const int64_t seed = (*vm)["seed"].as<int64_t>();  // uint32_t would take -1 as 4294967295
+  if (seed < 0 || seed > int64_t{UINT32_MAX}) {
+    fail("--seed: must be between 0 and 4294967295 (2^32 - 1), found {}", seed);
+  }
+  check.seed = static_cast<uint32_t>(seed);
   if (check.batch < 1) fail("--batch: must be at least 1, found {}", check.batch);
   if (check.max_entries < 0)
     fail("--entries: must be 0 (all) or positive, found {}", check.max_entries);
-  const std::string list = option_or(*vm, "layers", "");
-  for (std::size_t start = 0; start <= list.size();) {
-    const std::size_t comma = std::min(list.find(',', start), list.size());
-    if (comma > start) check.layers.push_back(list.substr(start, comma - start));
-    start = comma + 1;
-  }
+  check.layers = layers_option(*vm);
   const std::string backend = (*vm)["backend"].as<std::string>();
   std::printf("gradcheck %s: batch %lld, up to %lld entries per tensor, backend %s, eps %g\n",
               path.c_str(), static_cast<long long>(check.batch),

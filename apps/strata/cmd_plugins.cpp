@@ -32,7 +32,7 @@ int run_plugins(Session& session, const std::vector<std::string>& args) {
   if (!words.empty()) {
     const std::size_t before = session.loader.plugins().size();
     const Config experiment = Config::parse_file(words[0]);
-    load_experiment_plugins(experiment, session.loader);
+    load_experiment_plugins(experiment, session.loader, /*probe=*/true);
     std::printf("plugins the experiment %s loads (its `plugins:` list):\n", words[0].c_str());
     const auto& all = session.loader.plugins();
     if (all.size() == before) std::printf("  (none beyond the default folders)\n");

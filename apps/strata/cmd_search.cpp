@@ -47,10 +47,7 @@ int run_search(Session& session, const std::vector<std::string>& args) {
   Config experiment = load_experiment(path, *vm);
   load_experiment_plugins(experiment, session.loader);
   search::SearchOptions search_options;
-  search_options.out_dir = vm->count("out")
-                               ? std::filesystem::path((*vm)["out"].as<std::string>())
-                               : std::filesystem::path("runs") /
-                                     (std::filesystem::path(path).stem().string() + "_search");
+  search_options.out_dir = output_folder(*vm, path, "_search");
   search_options.resume = (*vm)["resume"].as<bool>();
   if (vm->count("concurrency")) search_options.concurrency = (*vm)["concurrency"].as<int>();
   if (vm->count("threads-per-trial")) {

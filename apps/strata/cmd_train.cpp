@@ -36,9 +36,7 @@ int run_train(Session& session, const std::vector<std::string>& args) {
   Config experiment = load_experiment(path, *vm);
   load_experiment_plugins(experiment, session.loader);
   TrainOptions train_options;
-  train_options.out_dir = vm->count("out")
-                              ? std::filesystem::path((*vm)["out"].as<std::string>())
-                              : std::filesystem::path("runs") / std::filesystem::path(path).stem();
+  train_options.out_dir = output_folder(*vm, path, "");
   train_options.resume = (*vm)["resume"].as<bool>();
   train_options.force = (*vm)["force"].as<bool>();
   train_options.allow_nonfinite = (*vm)["allow-nonfinite"].as<bool>();

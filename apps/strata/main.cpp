@@ -1,15 +1,20 @@
 // strata: the command-line tool. One file per subcommand (cmd_<name>.cpp); this file only lists
 // them and turns errors into messages and exit statuses:
-//   0 success, 1 a strata::Error (bad input, with a complete message), 2 an internal error.
+//   0 success, 1 a strata::Error (bad input, with a complete message), 2 an internal error (the
+//   message names the subcommand, the exception type and its text).
 //
 // Plugins are loaded from <folder of this program>/../lib/strata, then from each folder of
 // STRATA_PLUGIN_PATH, then the files an experiment lists under `plugins:`.
+#include <boost/core/demangle.hpp>
 #include <cstdio>
+#include <new>
 #include <string>
+#include <typeinfo>
 #include <vector>
 
 #include "cli.hpp"
 #include "strata/error.hpp"
+#include "strata/plugin_probe.hpp"
 
 namespace strata::cli {
 
@@ -72,7 +77,13 @@ int dispatch(int argc, char** argv) {
   for (const Command& command : kCommands) {
     if (name != command.name) continue;
     Session session;
-    session.loader.load_default();
+    // The commands that look at plugins try each one in a child process first, so that a plugin
+    // crashing in its registration is reported by file and signal instead of killing them.
+    if (name == "plugins" || name == "check-plugin") {
+      load_default_plugins_probed(session.loader);
+    } else {
+      session.loader.load_default();
+    }
     return command.run(session, args);
   }
   std::vector<std::string> names;
@@ -92,9 +103,27 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     std::fprintf(stderr, "error: %s\n", error.what());
     return 1;
+  } catch (const std::bad_alloc&) {
+    std::fflush(stdout);
+    std::fprintf(stderr,
+                 "error: strata %s: out of memory (std::bad_alloc): an input asked for more "
+                 "memory than this machine could give; please report the input that did this\n",
+                 argc > 1 ? argv[1] : "");
+    return 2;
   } catch (const std::exception& error) {
     std::fflush(stdout);
-    std::fprintf(stderr, "error: internal: %s\n", error.what());
+    std::fprintf(stderr,
+                 "error: strata %s: internal error (%s: %s); this is a bug in strata, please "
+                 "report it with the command line\n",
+                 argc > 1 ? argv[1] : "", boost::core::demangle(typeid(error).name()).c_str(),
+                 error.what());
+    return 2;
+  } catch (...) {
+    std::fflush(stdout);
+    std::fprintf(stderr,
+                 "error: strata %s: internal error (an exception that is not a std::exception); "
+                 "this is a bug in strata, please report it with the command line\n",
+                 argc > 1 ? argv[1] : "");
     return 2;
   }
 }

@@ -30,6 +30,7 @@
 #include "file_seal.hpp"
 #include "hdf5_probe.hpp"
 #include "strata/error.hpp"
+#include "strata/file_check.hpp"
 
 namespace strata {
 namespace fs = std::filesystem;
@@ -566,15 +567,14 @@ std::string read_string_dataset(const FileContext& context, hid_t file, const st
 // ---- opening for reading ----
 
 Handle open_for_reading(const FileContext& context, const fs::path& path) {
-  std::error_code error;
-  const fs::file_status status = fs::status(path, error);
-  if (error && error != std::errc::no_such_file_or_directory) {
-    context.fail(fmt::format("cannot read the file: {}", error.message()));
-  }
-  if (!fs::exists(status)) context.fail("no such file");
-  if (fs::is_directory(status)) context.fail("is a folder, not an HDF5 file");
-  if (!fs::is_regular_file(status)) {
-    context.fail("is not a regular file (a device, FIFO or socket), so not an HDF5 file");
+  // A folder, FIFO, device or symbolic link loop is named as what it is (and a FIFO is never
+  // opened: that would wait for a writer).
+  if (const std::string problem = regular_file_problem(path); problem == "does not exist") {
+    context.fail("no such file");
+  } else if (problem.starts_with("is a folder")) {
+    context.fail("is a folder, not an HDF5 file");
+  } else if (!problem.empty()) {
+    context.fail(problem);
   }
   // A file Strata wrote carries a checksum: verify it before HDF5 parses anything.
   bool sealed = false;

@@ -7,11 +7,13 @@
 #include <charconv>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
+#include "config_origin.hpp"
 #include "strata/error.hpp"
+#include "strata/file_check.hpp"
 
 namespace strata {
 
@@ -67,26 +69,66 @@ std::string kind_name(const Node& node) {
   return "?";
 }
 
+// "file:line:col"; a source without a position (line 0, such as a value a search drew) is named
+// alone, its text saying where it came from.
 std::string position(const std::shared_ptr<const std::string>& file, int line, int column) {
-  return fmt::format("{}:{}:{}", file ? *file : std::string("<config>"), line, column);
+  const std::string name = file ? *file : std::string("<config>");
+  if (line <= 0) return name;
+  return fmt::format("{}:{}:{}", name, line, column);
 }
+
+// The largest experiment file parse_file() reads, checked before yaml-cpp sees a byte: the largest
+// experiment in experiments/ is a few kilobytes (docs/experiment-file.md).
+constexpr std::uint64_t kMaxExperimentFileBytes = std::uint64_t{16} << 20;
 
 // Aliases make a small file expand into a huge tree ("billion laughs"); no experiment comes near
 // this many values.
 constexpr std::size_t kMaxNodes = 1'000'000;
+// yaml-cpp refuses text nested deeper than this; aliases can nest a tree deeper than its text (an
+// alias of a deep list inside another deep list), and convert() recurses once per level.
+constexpr int kMaxDepth = 500;
 
-std::shared_ptr<Node> convert(const YAML::Node& yaml, const std::shared_ptr<const std::string>& file,
-                              int line_offset, int column_offset, std::size_t& budget) {
-  if (budget == 0) {
-    const YAML::Mark mark = yaml.Mark();
-    fail("{}: the document expands to more than {} values (through YAML aliases?); an experiment "
-         "file is far smaller",
-         position(file, mark.line + 1 + line_offset, mark.column + 1 + column_offset), kMaxNodes);
+// Where convert() is: the budget of values left, and the chain of YAML nodes from the root to the
+// current one (an alias of an enclosing node, `a: &x [*x]`, would make the tree infinite).
+struct ConvertState {
+  std::size_t budget = kMaxNodes;
+  std::vector<YAML::Node> ancestors;
+};
+
+std::shared_ptr<Node> convert(const YAML::Node& yaml,
+                              const std::shared_ptr<const std::string>& file, int line_offset,
+                              int column_offset, ConvertState& state) {
+  const YAML::Mark mark = yaml.Mark();
+  const auto here = [&] {
+    return position(file, mark.line + 1 + line_offset, mark.column + 1 + column_offset);
+  };
+  if (state.budget == 0) {
+    fail(
+        "{}: the document expands to more than {} values (through YAML aliases?); an experiment "
+        "file is far smaller",
+        here(), kMaxNodes);
   }
-  --budget;
+  --state.budget;
+  if (yaml.IsSequence() || yaml.IsMap()) {
+    for (const YAML::Node& ancestor : state.ancestors) {
+      if (ancestor.is(yaml)) {
+        // yaml-cpp gives an alias the position of its anchor: both name the same node.
+        fail(
+            "{}: malformed YAML: an alias refers to a list or map that contains it (an anchor "
+            "used inside its own value, such as `a: &x [*x]`), which would make the value "
+            "infinitely deep",
+            here());
+      }
+    }
+    if (state.ancestors.size() >= static_cast<std::size_t>(kMaxDepth)) {
+      fail(
+          "{}: malformed YAML: nested deeper than {} levels of lists or maps (through YAML "
+          "aliases?)",
+          here(), kMaxDepth);
+    }
+  }
   auto node = std::make_shared<Node>();
   node->file = file;
-  const YAML::Mark mark = yaml.Mark();
   node->line = mark.line + 1 + line_offset;
   node->column = mark.column + 1 + column_offset;
   switch (yaml.Type()) {
@@ -100,12 +142,15 @@ std::shared_ptr<Node> convert(const YAML::Node& yaml, const std::shared_ptr<cons
       break;
     case YAML::NodeType::Sequence:
       node->kind = Kind::kSequence;
+      state.ancestors.push_back(yaml);
       for (const auto& item : yaml) {
-        node->sequence.push_back(convert(item, file, line_offset, column_offset, budget));
+        node->sequence.push_back(convert(item, file, line_offset, column_offset, state));
       }
+      state.ancestors.pop_back();
       break;
     case YAML::NodeType::Map:
       node->kind = Kind::kMap;
+      state.ancestors.push_back(yaml);
       for (const auto& item : yaml) {
         const YAML::Mark key_mark = item.first.Mark();
         if (!item.first.IsScalar()) {
@@ -120,9 +165,10 @@ std::shared_ptr<Node> convert(const YAML::Node& yaml, const std::shared_ptr<cons
         if (node->find(entry.key) != nullptr) {
           fail("{}: duplicate key '{}'", position(file, entry.key_line, entry.key_column), entry.key);
         }
-        entry.value = convert(item.second, file, line_offset, column_offset, budget);
+        entry.value = convert(item.second, file, line_offset, column_offset, state);
         node->map.push_back(std::move(entry));
       }
+      state.ancestors.pop_back();
       break;
   }
   return node;
@@ -147,9 +193,9 @@ std::string tab_indent_hint(const std::string& text, int error_line) {
 
 std::shared_ptr<Node> parse_yaml(const std::string& text, const std::string& source_name) {
   auto file = std::make_shared<const std::string>(source_name);
-  YAML::Node yaml;
+  std::vector<YAML::Node> documents;
   try {
-    yaml = YAML::Load(text);
+    documents = YAML::LoadAll(text);
   } catch (const YAML::DeepRecursion& error) {
     // yaml-cpp's own message for this is "bad file".
     fail("{}: malformed YAML: nested deeper than {} levels of lists or maps",
@@ -158,8 +204,17 @@ std::shared_ptr<Node> parse_yaml(const std::string& text, const std::string& sou
     fail("{}: malformed YAML: {}{}", position(file, error.mark.line + 1, error.mark.column + 1), error.msg,
          tab_indent_hint(text, error.mark.line + 1));
   }
-  std::size_t budget = kMaxNodes;
-  return convert(yaml, file, 0, 0, budget);
+  if (documents.size() > 1) {
+    // Reading the first document alone would ignore the rest without a word.
+    const YAML::Mark mark = documents[1].Mark();
+    const bool known = !mark.is_null() && mark.line >= 0;
+    fail(
+        "{}: the text holds {} YAML documents (separated by '---'); an experiment is one "
+        "document: merge them or remove the '---' line",
+        known ? position(file, mark.line + 1, mark.column + 1) : *file, documents.size());
+  }
+  ConvertState state;
+  return convert(documents.empty() ? YAML::Node() : documents[0], file, 0, 0, state);
 }
 
 // Typed conversion of a scalar node; `describe` is what the error says was expected.
@@ -277,11 +332,9 @@ Config Config::parse_file(const std::string& path) {
   if (std::filesystem::is_directory(path, ec)) {
     strata::fail("{}: is a folder, not an experiment file", path);
   }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) strata::fail("{}: cannot open the experiment file", path);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return parse_string(buffer.str(), path);
+  // A regular file of bounded size, checked before yaml-cpp reads it: /dev/zero or a FIFO would
+  // otherwise be read forever (or hang waiting for a writer).
+  return parse_string(read_regular_file(path, kMaxExperimentFileBytes, "experiment file"), path);
 }
 
 Config Config::parse_string(const std::string& text, const std::string& source_name) {
@@ -332,10 +385,25 @@ Config Config::synthesize(const std::string& yaml, const Config& origin, std::st
   return Config(root, path);
 }
 
+namespace {
+thread_local const SetOrigin* innermost_origin = nullptr;
+}  // namespace
+
+SetOrigin::SetOrigin(std::string origin) : origin_(std::move(origin)), previous_(innermost_origin) {
+  innermost_origin = this;
+}
+SetOrigin::~SetOrigin() { innermost_origin = previous_; }
+const std::string* SetOrigin::current() {
+  return innermost_origin ? &innermost_origin->origin_ : nullptr;
+}
+
 void Config::set(std::string_view path, std::string_view yaml_value) {
   if (!node_) strata::fail("--set {}: no configuration to override", path);
-  const std::string source = fmt::format("--set {}={}", path, yaml_value);
+  const std::string* origin = SetOrigin::current();
+  const std::string source = origin ? *origin : fmt::format("--set {}={}", path, yaml_value);
   auto value = parse_yaml(std::string(yaml_value), source);
+  // A value the program chose names its origin only: its text has no line the user wrote.
+  if (origin) relocate(*value, value->file, 0, 0);
 
   // Split "a.b[2].c" into steps: a key, optionally followed by indices.
   std::shared_ptr<Node> node = node_;
@@ -513,6 +581,18 @@ T Config::as() const {
     T value{};
     if (!parse_scalar(node_->scalar, value)) {
       fail(fmt::format("expected {}, found '{}'", expected_name<T>(), node_->scalar));
+    }
+    if constexpr (std::is_floating_point_v<T>) {
+      // Every number ends up in 32-bit float arithmetic (weights, learning rates, epsilons): a
+      // nonzero value below the smallest float would silently become 0 there.
+      double exact = 0;
+      parse_scalar(node_->scalar, exact);
+      if (exact != 0 && static_cast<float>(exact) == 0.0f) {
+        fail(fmt::format(
+            "{} is 0 as a 32-bit float: expected 0 or a magnitude of at least {:g} "
+            "(the smallest nonzero float)",
+            node_->scalar, static_cast<double>(std::numeric_limits<float>::denorm_min())));
+      }
     }
     return value;
   }

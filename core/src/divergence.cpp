@@ -2,7 +2,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <optional>
 
 #include "strata/error.hpp"
 #include "trainer_checks.hpp"
@@ -19,9 +21,39 @@ std::string kept_checkpoint_text(const std::filesystem::path& checkpoint, int64_
                      saved_epoch);
 }
 
+std::string divergence_advice(const Config& optimizer) {
+  // The optimizer has read its keys already: only numbers it accepted are looked at here.
+  const auto number = [&](std::string_view key) -> std::optional<double> {
+    if (!optimizer.is_map() || !optimizer.has(key)) return std::nullopt;
+    try {
+      return optimizer.find(key)->as<double>();
+    } catch (const Error&) {
+      return std::nullopt;
+    }
+  };
+  std::vector<std::string> causes;
+  if (const auto eps = number("eps"); eps && *eps < 1e-12) {
+    causes.push_back(fmt::format(
+        "optimizer.eps is {}: the update divides by sqrt(v) + eps, which is 0 (0/0 = nan) or "
+        "tiny for a weight whose gradients were 0; use eps of about 1e-8 (the default)",
+        number_text(*eps)));
+  }
+  const auto lr = number("lr");
+  if (const auto decay = number("weight_decay"); decay && lr && *decay * *lr >= 1) {
+    causes.push_back(fmt::format(
+        "optimizer.weight_decay is {} with lr {}: weight decay alone multiplies the weights by "
+        "1 - lr x weight_decay = {} each step, so they flip sign and grow; lower weight_decay "
+        "(typical values are 1e-5 to 1e-2)",
+        number_text(*decay), number_text(*lr), number_text(1 - *decay * *lr)));
+  }
+  if (causes.empty()) return "lower optimizer.lr (or its schedule) or check the data";
+  return fmt::format("the likely cause is {}", fmt::join(causes, "; and "));
+}
+
 void check_not_diverged(int64_t epoch, double train_loss, double val_loss, bool has_validation,
                         std::span<const NamedTensor> model, std::span<const NamedTensor> optimizer,
-                        const std::filesystem::path& checkpoint, int64_t saved_epoch) {
+                        const std::filesystem::path& checkpoint, int64_t saved_epoch,
+                        std::string advice) {
   std::string what;
   if (!std::isfinite(train_loss)) {
     what = fmt::format("the training loss is {}", number_text(train_loss));
@@ -35,10 +67,10 @@ void check_not_diverged(int64_t epoch, double train_loss, double val_loss, bool 
   } else {
     return;
   }
-  fail(
-      "training diverged in epoch {}: {}; {}. Lower optimizer.lr (or its schedule) or check the "
-      "data",
-      epoch, what, kept_checkpoint_text(checkpoint, saved_epoch));
+  if (advice.empty()) advice = "lower optimizer.lr (or its schedule) or check the data";
+  advice[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(advice[0])));
+  fail("training diverged in epoch {}: {}; {}. {}", epoch, what,
+       kept_checkpoint_text(checkpoint, saved_epoch), advice);
 }
 
 void check_memory(const Graph& graph, int64_t batch_size, int64_t eval_batch, const Config& train) {

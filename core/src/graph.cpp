@@ -24,7 +24,13 @@ std::vector<std::string> read_input_names(const Config& item) {
   auto inputs = item.find("inputs");
   if (!inputs) return {};
   if (inputs->is_scalar()) return {inputs->as<std::string>()};
-  return inputs->as<std::vector<std::string>>();
+  std::vector<std::string> names = inputs->as<std::vector<std::string>>();
+  if (names.empty()) {
+    inputs->fail(
+        "an empty list: name the layers (or 'input') this layer reads, or leave out "
+        "`inputs:` to read the layer before it");
+  }
+  return names;
 }
 
 // A layer's `lr_mult` or `decay_mult`: a number for every parameter of the layer, or a map from
@@ -131,11 +137,52 @@ std::string invalid_layer_name(const std::string& name) {
   if (name == "input") return "'input' is reserved for the model input";
   if (name == "." || name == "..") return "'.' and '..' are not valid HDF5 path components";
   if (name.find('/') != std::string::npos) return "it contains '/' (the checkpoint's path separator)";
+  if (name.find(',') != std::string::npos) {
+    return "it contains ',' (which separates the names of a --layers list)";
+  }
   for (char c : name) {
     if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return "it contains a control character";
   }
   if (!valid_utf8(name)) return "it is not valid UTF-8";
   return "";
+}
+
+// After copy `copy` (made of `copy_layers`; `layers` in the model so far) of a block with `repeat`
+// copies: an Error at the block's `repeat` when the copies to come would pass kMaxLayers layers
+// or, by this copy's parameters and activations, the machine's memory.
+void check_repeat(const Config& item, const std::string& name, const std::string& type,
+                  int64_t repeat, int64_t copy, const std::vector<Layer*>& copy_layers,
+                  std::size_t layers_so_far) {
+  // A model this deep is a typo: ResNet-1001 has about 3000 layers.
+  constexpr long double kMaxLayers = 100000;
+  const std::size_t per_copy = copy_layers.size();
+  const long double remaining = static_cast<long double>(repeat - copy - 1);
+  const long double layers = static_cast<long double>(layers_so_far) + remaining * per_copy;
+  if (layers > kMaxLayers) {
+    item.fail_key("repeat", fmt::format("{} copies of block '{}' ({}, {} layers each) make a model "
+                                        "of {:.0f} layers, more than {:.0f}",
+                                        repeat, name, type, per_copy, static_cast<double>(layers),
+                                        static_cast<double>(kMaxLayers)));
+  }
+  // Each further copy holds at least this copy's parameters (with gradients and two optimizer
+  // slots) and the activations of one image (with their gradients): a lower bound.
+  long double floats = 0;
+  for (Layer* layer : copy_layers) {
+    for (Param* param : layer->params()) floats += 4.0L * param->value.numel();
+    floats += 2.0L * layer->output_shape().numel();
+  }
+  const long double needed = floats * sizeof(float) * static_cast<long double>(repeat);
+  const long double memory = static_cast<long double>(physical_memory_bytes());
+  if (needed > memory) {
+    item.fail_key("repeat",
+                  fmt::format("{} copies of block '{}' ({}) need at least {} ({} per copy "
+                              "for its parameters, their gradients and optimizer state "
+                              "and one image's activations), more than this machine's "
+                              "memory ({})",
+                              repeat, name, type, bytes_text(static_cast<double>(needed)),
+                              bytes_text(static_cast<double>(floats * sizeof(float))),
+                              bytes_text(static_cast<double>(memory))));
+  }
 }
 
 }  // namespace
@@ -254,6 +301,7 @@ void Graph::build(const Config& model, Rng* init_rng) {
     const int block_index = static_cast<int>(blocks_.size());
     blocks_.push_back(BlockInfo{name, type, repeat, static_cast<int>(nodes_.size()), 0});
     for (int64_t copy = 0; copy < repeat; ++copy) {
+      const std::size_t copy_start = nodes_.size();
       const std::string prefix = repeated ? fmt::format("{}.{}", name, copy) : name;
       if (repeated) check_new_name(prefix, item);
       const int count = static_cast<int>(input_names.size());
@@ -325,6 +373,14 @@ void Graph::build(const Config& model, Rng* init_rng) {
       const int output = static_cast<int>(nodes_.size()) - 1;
       if (repeated) aliases_.emplace_back(prefix, output);
       input_names = {nodes_.back().layer->name()};
+      // The first two copies (the first may change the shape) measure what the rest will need:
+      // `repeat: 1000000000` is an error here, not a billion allocations.
+      if (copy < 2 && copy + 1 < repeat) {
+        std::vector<Layer*> copy_layers;
+        for (std::size_t i = copy_start; i < nodes_.size(); ++i)
+          copy_layers.push_back(nodes_[i].layer.get());
+        check_repeat(item, name, type, repeat, copy, copy_layers, nodes_.size());
+      }
     }
     blocks_.back().end = static_cast<int>(nodes_.size());
     apply_training_keys(keys, first_node);

@@ -8,6 +8,8 @@
 #include <sstream>
 
 #include "strata/error.hpp"
+#include "strata/file_check.hpp"
+#include "strata/plugin_probe.hpp"
 #include "strata/registry.hpp"
 
 namespace strata {
@@ -15,8 +17,9 @@ namespace strata {
 namespace fs = std::filesystem;
 
 void PluginLoader::load_file(const fs::path& file) {
-  std::error_code ec;
-  if (!fs::is_regular_file(file, ec)) fail("plugin {}: no such file", file.string());
+  if (const std::string problem = regular_file_problem(file); !problem.empty()) {
+    fail("plugin {}: {}", file.string(), problem == "does not exist" ? "no such file" : problem);
+  }
   const fs::path canonical = fs::canonical(file);
   for (const auto& plugin : plugins_) {
     if (plugin->path == canonical) return;  // already loaded
@@ -84,7 +87,7 @@ void PluginLoader::load_file(const fs::path& file) {
   plugins_.push_back(std::move(plugin));
 }
 
-void PluginLoader::load_dir(const fs::path& dir) {
+std::vector<fs::path> plugin_files_in(const fs::path& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) fail("plugin folder {}: not a directory", dir.string());
   std::vector<fs::path> files;
@@ -106,7 +109,11 @@ void PluginLoader::load_dir(const fs::path& dir) {
   }
   if (ec) unreadable(ec);
   std::sort(files.begin(), files.end());
-  for (const auto& file : files) load_file(file);
+  return files;
+}
+
+void PluginLoader::load_dir(const fs::path& dir) {
+  for (const auto& file : plugin_files_in(dir)) load_file(file);
 }
 
 std::vector<fs::path> PluginLoader::default_dirs() {

@@ -21,6 +21,7 @@
 #include <sstream>
 #include <thread>
 
+#include "config_origin.hpp"
 #include "strata/checkpoint.hpp"
 #include "strata/error.hpp"
 
@@ -33,6 +34,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// The most trials one stage may hold, drawn or on a grid: each is a line of the journal and a
+// folder of checkpoints, so more is a typo, not a search.
+constexpr int64_t kMaxGridPoints = 100000;
 
 const std::vector<std::string> kDistributions = {"log_uniform", "uniform", "int", "log_int",
                                                  "choice"};
@@ -165,6 +169,7 @@ Axis parse_axis(const std::string& path, const Config& entry) {
   Axis axis;
   axis.path = path;
   axis.where = entry.where();
+  axis.key = entry.path();
   const auto parts = split_key_path(path);
   axis.name = parts.empty() ? path : parts.back();
   if (!entry.is_map()) {
@@ -193,6 +198,10 @@ Axis parse_axis(const std::string& path, const Config& entry) {
   axis.name = entry.get<std::string>("name", axis.name);
   axis.points = entry.get<int64_t>("points", 0);
   if (entry.has("points") && axis.points < 2) entry.fail_key("points", "must be at least 2");
+  if (axis.points > kMaxGridPoints) {
+    entry.fail_key("points",
+                   fmt::format("must be at most {}, found {}", kMaxGridPoints, axis.points));
+  }
   const Config value = entry.at(found);
   if (found == "choice") {
     axis.distribution = Distribution::kChoice;
@@ -264,11 +273,19 @@ Stage parse_stage(const Config& c, const Stage* defaults, bool first, const Conf
     }
     stage.trials = c.get<int64_t>("trials");
     if (stage.trials < 1) c.fail_key("trials", "must be at least 1");
+    if (stage.trials > kMaxGridPoints) {
+      c.fail_key("trials",
+                 fmt::format("must be at most {}, found {}", kMaxGridPoints, stage.trials));
+    }
   }
   stage.epochs = c.get<int64_t>("epochs", stage.epochs);
   if (stage.epochs < 1) c.fail_key("epochs", "must be at least 1");
   stage.grid_points = c.get<int64_t>("grid_points", stage.grid_points);
   if (stage.grid_points < 2) c.fail_key("grid_points", "must be at least 2");
+  if (stage.grid_points > kMaxGridPoints) {
+    c.fail_key("grid_points",
+               fmt::format("must be at most {}, found {}", kMaxGridPoints, stage.grid_points));
+  }
   // The section's own space is the first stage's; a first stage's entries add to it or replace
   // entries for the same key path. A later stage lists only what it changes: the rest comes
   // from the previous stage (narrowed, with `narrow:`).
@@ -393,13 +410,18 @@ Plan parse_search(const Config& experiment, int cores) {
   if (auto overrides = s.find("overrides")) {
     if (!overrides->is_map()) overrides->fail("expected a map of key paths to values");
     for (const std::string& path : overrides->keys()) {
-      plan.overrides.emplace_back(path, trim(overrides->at(path).dump()));
+      const Config value = overrides->at(path);
+      plan.overrides.emplace_back(path, trim(value.dump()));
+      plan.override_origins.push_back(fmt::format("{} ({})", value.path(), value.where()));
     }
   }
 
   // The experiment every trial starts from, for key paths and the epochs default.
   Config with_overrides = plan.base.clone();
-  for (const auto& [path, value] : plan.overrides) with_overrides.set(path, value);
+  for (std::size_t i = 0; i < plan.overrides.size(); ++i) {
+    const SetOrigin origin(plan.override_origins[i]);
+    with_overrides.set(plan.overrides[i].first, plan.overrides[i].second);
+  }
   int64_t experiment_epochs = 1;
   if (auto train = with_overrides.clone().find("train")) {
     experiment_epochs = train->get<int64_t>("epochs", 1);
@@ -499,10 +521,15 @@ std::vector<Value> grid_values(const Axis& axis, int64_t points) {
   return values;
 }
 
+// The number of grid points, or kMaxGridPoints + 1 as soon as the product passes kMaxGridPoints
+// (a product of axes' sizes may overflow int64: 2^32 x 2^32 "points" were once 0 trials).
 int64_t grid_size(const Stage& stage, const std::vector<Axis>& axes) {
   int64_t size = 1;
-  for (const Axis& axis : axes)
-    size *= static_cast<int64_t>(grid_values(axis, stage.grid_points).size());
+  for (const Axis& axis : axes) {
+    const auto n = static_cast<int64_t>(grid_values(axis, stage.grid_points).size());
+    if (n > 0 && size > kMaxGridPoints / n) return kMaxGridPoints + 1;
+    size *= n;
+  }
   return size;
 }
 
@@ -515,7 +542,17 @@ std::vector<Trial> draw_trials(const Stage& stage, const std::vector<Axis>& axes
     std::vector<std::vector<Value>> per_axis;
     for (const Axis& axis : axes) per_axis.push_back(grid_values(axis, stage.grid_points));
     const int64_t size = grid_size(stage, axes);
-    if (size > 100000) fail("a grid of {} points is too large (at most 100000)", size);
+    if (size > kMaxGridPoints) {
+      std::vector<std::string> sizes;
+      for (const Axis& axis : axes) {
+        sizes.push_back(
+            fmt::format("{} ({})", axis.path, grid_values(axis, stage.grid_points).size()));
+      }
+      fail(
+          "{}: the grid has more than {} points (the axes give {}); lower grid_points or the "
+          "axes' points",
+          stage.where, kMaxGridPoints, fmt::join(sizes, " x "));
+    }
     for (int64_t i = 0; i < size; ++i) {
       Trial trial;
       trial.stage = stage_index;
@@ -639,10 +676,19 @@ json number_json(double value) { return std::isfinite(value) ? json(value) : jso
 Config trial_experiment(const Plan& plan, const Trial& trial, bool with_overrides) {
   Config config = plan.base.clone();
   if (with_overrides) {
-    for (const auto& [path, value] : plan.overrides) config.set(path, value);
+    for (std::size_t i = 0; i < plan.overrides.size(); ++i) {
+      const SetOrigin origin(i < plan.override_origins.size() ? plan.override_origins[i]
+                                                              : "search.overrides");
+      config.set(plan.overrides[i].first, plan.overrides[i].second);
+    }
   }
+  // A drawn value's errors point at the search entry that drew it, not at a `--set` nobody typed.
   for (std::size_t a = 0; a < trial.axes.size(); ++a) {
-    config.set(trial.axes[a].path, value_yaml(trial.axes[a], trial.values[a]));
+    const Axis& axis = trial.axes[a];
+    const std::string value = value_yaml(axis, trial.values[a]);
+    const SetOrigin origin(fmt::format("{} ({}): drawn value {}",
+                                       axis.key.empty() ? axis.path : axis.key, axis.where, value));
+    config.set(axis.path, value);
   }
   return config;
 }
@@ -1213,9 +1259,12 @@ Trial Search::run_job(Job& job) {
   TrialSpec spec;
   spec.trial = &trial;
   spec.experiment = trial_experiment(plan_, trial, true);
-  spec.experiment.set("train.epochs", std::to_string(stage.epochs));
-  spec.experiment.set("threads", std::to_string(plan_.threads_per_trial));
-  spec.experiment.set("checkpoint.every", stage.asha ? "1" : "0");
+  {
+    const SetOrigin origin(fmt::format("the search's stage {} ({})", trial.stage + 1, stage.where));
+    spec.experiment.set("train.epochs", std::to_string(stage.epochs));
+    spec.experiment.set("threads", std::to_string(plan_.threads_per_trial));
+    spec.experiment.set("checkpoint.every", stage.asha ? "1" : "0");
+  }
   spec.out_dir = options_.out_dir / "trials" / trial.id();
   spec.resume = job.resume;
   std::error_code ec;
@@ -1394,8 +1443,11 @@ void Search::validate_first_trial(const std::vector<Trial>& trials) {
   Trial probe = trials.front();
   auto check = [&](const Trial& trial, const std::string& what) {
     Config config = trial_experiment(plan_, trial, true);
-    config.set("train.epochs", std::to_string(plan_.stages[0].epochs));
-    config.set("threads", std::to_string(plan_.threads_per_trial));
+    {
+      const SetOrigin origin(fmt::format("the search's stage 1 ({})", plan_.stages[0].where));
+      config.set("train.epochs", std::to_string(plan_.stages[0].epochs));
+      config.set("threads", std::to_string(plan_.threads_per_trial));
+    }
     try {
       runner_.validate(config);
     } catch (const Error& error) {

@@ -21,6 +21,7 @@
 #include "strata/data_loader.hpp"
 #include "strata/dataset.hpp"
 #include "strata/diagnostics.hpp"
+#include "strata/file_check.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
@@ -244,8 +245,9 @@ const std::string kHistorySeries[] = {"train_loss", "train_regularization", "tra
 
 // Before any data is loaded: a resume needs a checkpoint, written by this same experiment.
 void check_resumable(const fs::path& checkpoint, const std::string& experiment_yaml, bool force) {
-  std::error_code ec;
-  if (!fs::exists(checkpoint, ec)) {
+  // Only a path with nothing at all there is "nothing to resume"; a folder, FIFO or link loop is
+  // named as what it is by the checkpoint reader.
+  if (regular_file_problem(checkpoint) == "does not exist") {
     fail("--resume: {} does not exist, so there is nothing to resume (run without --resume to "
          "start a new run)",
          checkpoint.string());
@@ -453,6 +455,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     optimizer_cfg.fail_key("lr", fmt::format("is {} as a 32-bit float: expected |lr| < 3.4e38",
                                              optimizer->base_lr()));
   }
+  // What a divergence message advises: the learning rate, unless eps or weight_decay explain it.
+  const std::string advice = divergence_advice(optimizer_cfg);
   std::vector<ParamRef> params = graph.params();
   // train.overfit: no regularization. Weight decay is switched off through every parameter's
   // decay_mult, which each optimizer's weight decay is scaled by.
@@ -762,10 +766,11 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                                    "(train.explode_factor)",
                                    batch_loss, explode_factor, initial_loss)
                      : fmt::format("the loss is {}", number_text(batch_loss));
-        fail("training diverged at iteration {} (epoch {}, step {} of {}, learning rate {:.4g}): {}; "
-             "lower optimizer.lr or check the data. Stopped without saving: {}",
-             state.iteration + 1, epoch + 1, step + 1, steps, lr, what,
-             kept_checkpoint_text(checkpoint_path, saved_epoch));
+        fail(
+            "training diverged at iteration {} (epoch {}, step {} of {}, learning rate {:.4g}): "
+            "{}; {}. Stopped without saving: {}",
+            state.iteration + 1, epoch + 1, step + 1, steps, lr, what, advice,
+            kept_checkpoint_text(checkpoint_path, saved_epoch));
       }
       correct += count_correct(logits, batch.labels);
       graph.backward(context, dl);
@@ -805,7 +810,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     report.val_loss = val.loss;
     report.val_accuracy = val.accuracy;
     check_not_diverged(report.epoch, report.train_loss, report.val_loss, !data.val.labels.empty(),
-                       graph.state_tensors(), optimizer->state(), checkpoint_path, saved_epoch);
+                       graph.state_tensors(), optimizer->state(), checkpoint_path, saved_epoch,
+                       advice);
     Metrics metrics{{"train_loss", report.train_loss}, {"train_accuracy", report.train_accuracy}};
     if (!data.val.labels.empty()) {
       metrics["val_loss"] = report.val_loss;

@@ -28,11 +28,19 @@ std::string number_text(double value);
 // and still holds epoch 3" or "no checkpoint was written".
 std::string kept_checkpoint_text(const std::filesystem::path& checkpoint, int64_t saved_epoch);
 
+// What to do about a divergence, from the optimizer's settings: "lower optimizer.lr (or its
+// schedule) or check the data", unless a setting explains it better: an `eps` of 0 (or below
+// 1e-12: adam, rmsprop, adagrad divide by sqrt(v) + eps) or a weight_decay with
+// lr x weight_decay >= 1 ("the likely cause is optimizer.eps is 0: ...").
+std::string divergence_advice(const Config& optimizer);
+
 // Throws "training diverged in epoch N: ..." when the epoch's validation loss (if there is a
-// validation split), its training loss, or any tensor in `model` or `optimizer` is not finite.
+// validation split), its training loss, or any tensor in `model` or `optimizer` is not finite;
+// the message ends with `advice` (divergence_advice(); empty: lower the learning rate).
 void check_not_diverged(int64_t epoch, double train_loss, double val_loss, bool has_validation,
                         std::span<const NamedTensor> model, std::span<const NamedTensor> optimizer,
-                        const std::filesystem::path& checkpoint, int64_t saved_epoch);
+                        const std::filesystem::path& checkpoint, int64_t saved_epoch,
+                        std::string advice = {});
 
 // Before any data is loaded or activation allocated: the activations of batches of
 // max(batch_size, eval_batch_size), their gradients, and the parameters with gradients and

@@ -31,6 +31,7 @@
 #include "strata/config.hpp"
 #include "strata/dataset.hpp"
 #include "strata/error.hpp"
+#include "strata/file_check.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
 #include "strata/tensor.hpp"
@@ -40,6 +41,8 @@ namespace {
 namespace fs = std::filesystem;
 using strata::Config;
 using strata::fail;
+using strata::regular_file_problem;
+using strata::require_regular_file;
 
 constexpr int kClasses = 10;
 constexpr int64_t kChannels = 3;
@@ -50,7 +53,7 @@ constexpr std::size_t kRecordBytes = 1 + kPixelBytes;           // 3073
 // Number of records in `path`, after checking that its size is a whole number of records.
 std::size_t record_count(const fs::path& path) {
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) fail("dataset {}: no such file", path.string());
+  require_regular_file(path, "dataset");
   const std::uintmax_t size = fs::file_size(path, ec);
   if (ec) fail("dataset {}: cannot read the file size: {}", path.string(), ec.message());
   if (size == 0) {
@@ -106,17 +109,19 @@ class Cifar10Dataset final : public strata::Dataset {
         for (const Config& item : items) {
           fs::path path = item.as<std::string>();
           if (path.is_relative() && dir) path = *dir / path;
-          std::error_code ec;
-          if (!fs::is_regular_file(path, ec)) {
-            item.fail(fmt::format("dataset file {} does not exist", path.string()));
+          if (const std::string problem = regular_file_problem(path); !problem.empty()) {
+            item.fail(fmt::format("dataset file {} {}", path.string(), problem));
           }
           paths[i].push_back(path);
         }
       } else {
         for (const std::string& name : list.default_names) {
           const fs::path path = *dir / name;
-          std::error_code ec;
-          if (!fs::is_regular_file(path, ec)) {
+          if (const std::string problem = regular_file_problem(path);
+              !problem.empty() && problem != "does not exist") {
+            config.fail_key("dir",
+                            fmt::format("dataset cifar10: file {} {}", path.string(), problem));
+          } else if (!problem.empty()) {
             config.fail_key("dir", fmt::format("dataset cifar10: missing file {} (the binary "
                                                "version has data_batch_1.bin ... "
                                                "data_batch_5.bin and test_batch.bin)",

@@ -45,6 +45,7 @@
 #include "strata/config.hpp"
 #include "strata/dataset.hpp"
 #include "strata/error.hpp"
+#include "strata/file_check.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
 #include "strata/tensor.hpp"
@@ -54,6 +55,8 @@ namespace {
 namespace fs = std::filesystem;
 using strata::Config;
 using strata::fail;
+using strata::regular_file_problem;
+using strata::require_regular_file;
 
 constexpr uint32_t kImagesMagic = 0x00000803;  // unsigned bytes, 3 dimensions
 constexpr uint32_t kLabelsMagic = 0x00000801;  // unsigned bytes, 1 dimension
@@ -69,8 +72,7 @@ uint32_t read_big_endian(const uint8_t* bytes) {
 class GzFile {
  public:
   explicit GzFile(const fs::path& path) : path_(path) {
-    std::error_code ec;
-    if (!fs::is_regular_file(path, ec)) fail("dataset {}: no such file", path.string());
+    require_regular_file(path, "dataset");
     file_ = gzopen(path.c_str(), "rb");
     if (file_ == nullptr) fail("dataset {}: cannot open: {}", path.string(), std::strerror(errno));
     gzbuffer(file_, 1 << 18);
@@ -321,19 +323,24 @@ class IdxDataset final : public strata::Dataset {
       if (entry.node) {
         fs::path path = entry.node->as<std::string>();
         if (path.is_relative() && dir) path = *dir / path;
-        std::error_code ec;
-        if (!fs::is_regular_file(path, ec)) {
-          entry.node->fail(fmt::format("dataset file {} does not exist", path.string()));
+        if (const std::string problem = regular_file_problem(path); !problem.empty()) {
+          entry.node->fail(fmt::format("dataset file {} {}", path.string(), problem));
         }
         paths[i] = path;
       } else {
         const fs::path raw = *dir / entry.default_name;
         const fs::path gz = *dir / (std::string(entry.default_name) + ".gz");
-        std::error_code ec;
-        if (fs::is_regular_file(raw, ec)) {
+        const std::string raw_problem = regular_file_problem(raw);
+        const std::string gz_problem = regular_file_problem(gz);
+        if (raw_problem.empty()) {
           paths[i] = raw;
-        } else if (fs::is_regular_file(gz, ec)) {
+        } else if (gz_problem.empty()) {
           paths[i] = gz;
+        } else if (raw_problem != "does not exist" || gz_problem != "does not exist") {
+          // Something is there but cannot be read: say what it is, not "does not exist".
+          const bool raw_there = raw_problem != "does not exist";
+          config.fail_key("dir", fmt::format("dataset file {} {}", (raw_there ? raw : gz).string(),
+                                             raw_there ? raw_problem : gz_problem));
         } else {
           config.fail_key("dir", fmt::format("dataset idx: neither {} nor {} exists", raw.string(),
                                              gz.string()));

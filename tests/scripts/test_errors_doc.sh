@@ -14,6 +14,19 @@ sed 's/^  input:/\tinput:/' "$work/ok.yaml" >"$work/tab.yaml"
 awk 'BEGIN { printf "seed: "; for (i = 0; i < 1000; i++) printf "["; for (i = 0; i < 1000; i++) printf "]"; print "" }' >"$work/deep.yaml"
 # The rows on hostile HDF5 files read {work}/h5_*.h5, written by h5py.
 /usr/bin/python3 "$STRATA_SOURCE_DIR/tests/scripts/hdf5_fixtures.py" errors-doc "$work" "$work/ok.yaml" || exit 1
+# Files for the rows on hostile inputs: an alias inside its own anchor, two YAML documents, a FIFO,
+# a symbolic link loop, a file named `..yaml`, a search grid whose size overflows int64, a search
+# drawing a value the trainer refuses, and a plugin that aborts in its registration.
+{ echo 'a: &x [*x]'; cat "$work/ok.yaml"; } >"$work/anchor.yaml"
+{ cat "$work/ok.yaml"; printf -- '---\nseed: 2\n'; } >"$work/two.yaml"
+mkfifo "$work/fifo.yaml"
+ln -s "$work/loop.yaml" "$work/loop.yaml"
+cp "$work/ok.yaml" "$work/..yaml"
+{ cat "$work/ok.yaml"; printf 'search:\n  mode: grid\n  metric: train_loss\n  space:\n'
+  for key in optimizer.lr seed train.batch_size 'model.layers[0].out_channels'; do
+    printf '    %s: {int: [1, 1000000], points: 100000}\n' "$key"; done; } >"$work/grid.yaml"
+{ cat "$work/ok.yaml"; printf 'search:\n  trials: 2\n  metric: train_loss\n  space:\n    optimizer.lr: {log_uniform: [1e39, 1e40]}\n'; } >"$work/drawn.yaml"
+cp "$(dirname "$STRATA")/../tests/plugins/libstrata_test_crashing.so" "$work/"
 failures=0 rows=0
 while IFS= read -r line; do
   rows=$((rows + 1))

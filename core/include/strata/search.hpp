@@ -52,6 +52,7 @@ struct Axis {
   std::vector<std::string> choices;  // kChoice: each value as YAML text
   int64_t points = 0;                // grid points on this axis (0: the stage's grid_points)
   std::string where;                 // file:line:col of the entry, for errors
+  std::string key;                   // its key path in the file: "search.space.optimizer.lr"
 
   bool is_log() const {
     return distribution == Distribution::kLogUniform || distribution == Distribution::kLogInt;
@@ -90,6 +91,7 @@ struct Stage {
 struct Plan {
   Config base;  // the experiment without its search section, overrides not applied
   std::vector<std::pair<std::string, std::string>> overrides;  // applied to trials only
+  std::vector<std::string> override_origins;  // each override's "key path (file:line:col)"
   std::vector<Stage> stages;
   std::string metric = "val_accuracy";
   bool maximize = true;
