@@ -1,7 +1,6 @@
 #include "strata/trainer.hpp"
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -21,6 +20,7 @@
 #include "strata/data_loader.hpp"
 #include "strata/dataset.hpp"
 #include "strata/diagnostics.hpp"
+#include "strata/files.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
@@ -171,60 +171,6 @@ void write_file_atomically(const fs::path& path, const std::string& text) {
   }
 }
 
-// An exclusive flock() on <out>/.lock for the lifetime of the run, so that two runs writing to the
-// same folder cannot interleave their checkpoints. Creating the lock file also proves, before any
-// data is loaded, that the folder is writable. The kernel drops the lock when the process dies.
-class OutputLock {
- public:
-  explicit OutputLock(const fs::path& out_dir) {
-    std::error_code ec;
-    fs::create_directories(out_dir, ec);
-    if (ec) fail("{}: cannot create the output folder: {}", out_dir.string(), ec.message());
-    const fs::path lock = out_dir / ".lock";
-    fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd_ < 0) {
-      fail("{}: the output folder is not writable: cannot create {}: {}", out_dir.string(),
-           lock.filename().string(), std::strerror(errno));
-    }
-    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-      const int error = errno;
-      ::close(fd_);
-      if (error == EWOULDBLOCK) {
-        fail("{}: another strata run is writing to this output folder (it holds {}); wait for it "
-             "or choose another --out",
-             out_dir.string(), lock.string());
-      }
-      fail("{}: cannot lock {}: {}", out_dir.string(), lock.string(), std::strerror(error));
-    }
-    remove_partial_files(out_dir);
-  }
-  ~OutputLock() { ::close(fd_); }
-
-  // A run killed while saving leaves its half-written "<file>.tmp-<pid>" behind (the rename that
-  // would have replaced the checkpoint never happened, so nothing is lost). With the lock held, no
-  // other run is writing here: delete them, and say so.
-  static void remove_partial_files(const fs::path& out_dir) {
-    std::error_code ec;
-    for (fs::directory_iterator it(out_dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
-      const std::string name = it->path().filename().string();
-      const auto mark = name.rfind(".tmp-");
-      if (mark == std::string::npos || mark + 5 == name.size() ||
-          name.find_first_not_of("0123456789", mark + 5) != std::string::npos) {
-        continue;
-      }
-      std::error_code removed;
-      if (fs::remove(it->path(), removed)) {
-        fmt::print("removed {}, a partial file left by an interrupted run\n", it->path().string());
-      }
-    }
-  }
-  OutputLock(const OutputLock&) = delete;
-  OutputLock& operator=(const OutputLock&) = delete;
-
- private:
-  int fd_ = -1;
-};
-
 std::string json_number(double value) {
   if (!std::isfinite(value)) return "null";
   return fmt::format("{}", value);
@@ -235,6 +181,9 @@ std::string json_list(const std::vector<double>& values) {
   for (double v : values) items.push_back(json_number(v));
   return fmt::format("[{}]", fmt::join(items, ", "));
 }
+
+// The files a run writes in its output folder, each atomically, through "<name>.tmp-<pid>".
+const std::vector<std::string> kRunFiles = {"model.h5", "best.h5", "summary.json"};
 
 // The per-epoch metrics the trainer records in /history (a resume checks each is whole).
 // The per-epoch history series; a resume checks that each holds one value per completed epoch.
@@ -489,7 +438,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   // The lock creates the folder, proves it writable and keeps other runs out; a validate-only
   // call (strata search checking a trial's experiment) writes nothing and takes none.
   std::optional<OutputLock> lock;
-  if (!options.validate_only) lock.emplace(out_dir);
+  if (!options.validate_only) lock.emplace(out_dir, kRunFiles);
   if (resuming) check_resumable(checkpoint_path, experiment_yaml, options.force);
 
   // ---- Shapes through the transforms: the dataset's, after preprocess, after augment. ----
