@@ -12,13 +12,20 @@
 #include <fstream>
 #include <random>
 
+#include "strata/checkpoint.hpp"
 #include "strata/files.hpp"
+#include "strata/trainer.hpp"
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;
 using namespace strata;
 
 namespace {
+
+std::string read_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
 
 void write_text(const fs::path& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);
@@ -76,6 +83,54 @@ BOOST_AUTO_TEST_CASE(start_up_cleanup_removes_only_strata_temporaries_of_its_nam
                           "another strata run is writing to this output folder");
   }
   OutputLock again(dir.path(), {});  // released with the first
+}
+
+// Issue 20, group 5: a new run never silently replaces the run a folder holds.
+BOOST_AUTO_TEST_CASE(a_new_run_refuses_a_folder_holding_a_run_unless_overwrite) {
+  test::TempDir dir;
+  std::mt19937 rng(std::random_device{}());
+  const auto train = [&](int epochs, bool resume, bool overwrite) {
+    Config experiment = Config::parse_string(fmt::format(R"(
+seed: {}
+backend: reference
+threads: 1
+data: {{type: synthetic, classes: 3, shape: [1, 4, 4], train_size: 60, test_size: 12,
+       validation: 12}}
+model:
+  input: [1, 4, 4]
+  layers: [{{name: fc1, type: linear, out_features: 3}}]
+optimizer: {{type: sgd, lr: 0.05}}
+train: {{epochs: {}, batch_size: 12}}
+)",
+                                                         1 + rng() % 1000, epochs),
+                                             "fresh.yaml");
+    if (resume) experiment = Config::parse_string(load_checkpoint_experiment(dir / "model.h5"), "x");
+    if (resume) experiment.set("train.epochs", std::to_string(epochs));
+    TrainOptions options;
+    options.out_dir = dir.path();
+    options.quiet = true;
+    options.resume = resume;
+    options.overwrite = overwrite;
+    return train_experiment(experiment, test::registries(), options);
+  };
+  train(2, false, false);
+  BOOST_TEST_REQUIRE(fs::exists(dir / "best.h5"));
+  const std::string run = read_bytes(dir / "model.h5");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { train(1, false, false); }),
+                        dir.path().string() + ": already holds a run (model.h5, best.h5, "
+                        "summary.json); continue it with --resume, start it over with --overwrite");
+  BOOST_TEST((read_bytes(dir / "model.h5") == run));  // untouched
+  train(3, true, false);                               // --resume continues it
+  BOOST_TEST(load_checkpoint_training_state(dir / "model.h5")->epoch == 3);
+  // best.h5 alone (or summary.json alone) is a run too.
+  fs::remove(dir / "model.h5");
+  fs::remove(dir / "summary.json");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { train(1, false, false); }), "(best.h5)");
+  // --overwrite starts over: the old files go, the new run's are epoch 1.
+  write_text(dir / "notes.txt", "mine");
+  train(1, false, true);
+  BOOST_TEST(load_checkpoint_training_state(dir / "model.h5")->epoch == 1);
+  BOOST_TEST(fs::exists(dir / "notes.txt"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

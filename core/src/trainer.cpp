@@ -182,8 +182,18 @@ std::string json_list(const std::vector<double>& values) {
   return fmt::format("[{}]", fmt::join(items, ", "));
 }
 
-// The files a run writes in its output folder, each atomically, through "<name>.tmp-<pid>".
+// The files a run writes in its output folder (each atomically, through "<name>.tmp-<pid>"); any
+// of them there means the folder holds a run.
 const std::vector<std::string> kRunFiles = {"model.h5", "best.h5", "summary.json"};
+
+std::vector<fs::path> run_files_in(const fs::path& out_dir) {
+  std::vector<fs::path> found;
+  for (const std::string& name : kRunFiles) {
+    std::error_code ec;
+    if (fs::exists(fs::symlink_status(out_dir / name, ec))) found.push_back(out_dir / name);
+  }
+  return found;
+}
 
 // The per-epoch metrics the trainer records in /history (a resume checks each is whole).
 // The per-epoch history series; a resume checks that each holds one value per completed epoch.
@@ -440,6 +450,15 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   std::optional<OutputLock> lock;
   if (!options.validate_only) lock.emplace(out_dir, kRunFiles);
   if (resuming) check_resumable(checkpoint_path, experiment_yaml, options.force);
+  const std::vector<fs::path> previous_run =
+      options.validate_only || resuming ? std::vector<fs::path>{} : run_files_in(out_dir);
+  if (!previous_run.empty() && !options.overwrite) {
+    std::vector<std::string> names;
+    for (const fs::path& file : previous_run) names.push_back(file.filename().string());
+    fail("{}: already holds a run ({}); continue it with --resume, start it over with "
+         "--overwrite (which deletes them), or choose another --out",
+         out_dir.string(), fmt::join(names, ", "));
+  }
 
   // ---- Shapes through the transforms: the dataset's, after preprocess, after augment. ----
   Shape sample = dataset->sample_shape();
@@ -589,6 +608,14 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                 static_cast<long long>(state.epoch), static_cast<long long>(state.iteration));
   } else if (!options.weights.empty()) {
     load_finetuning_weights(graph, options, checkpoint_path);
+  }
+  // --overwrite: the previous run's files go once this run has its data and is about to train, so
+  // that a new run never leaves a folder mixing two runs (an old best.h5 beside a new model.h5).
+  for (const fs::path& file : previous_run) {
+    std::error_code removed;
+    fs::remove(file, removed);
+    if (removed) fail("{}: cannot delete it for --overwrite: {}", file.string(), removed.message());
+    if (!options.quiet) std::printf("--overwrite: deleted %s of the previous run\n", file.c_str());
   }
 
   auto save = [&](const fs::path& path) {
