@@ -130,10 +130,11 @@ BOOST_AUTO_TEST_CASE(a_missing_plugin_names_itself_and_its_version) {
                         "checkpoint m.h5: needs plugin 'prelu_gone' version 2.5, which is not "
                         "loaded and is in none of the trusted plugin folders (");
   STRATA_CHECK_CONTAINS(message, PluginLoader::default_dirs().front().string());
-  STRATA_CHECK_CONTAINS(message, "the checkpoint says it was loaded from "
-                                 "/nowhere/libstrata_prelu_gone.so, but a path recorded in a file "
-                                 "is never loaded: put the folder of libstrata_prelu_gone.so in "
-                                 "STRATA_PLUGIN_PATH");
+  STRATA_CHECK_CONTAINS(message,
+                        "the checkpoint says it was loaded from "
+                        "/nowhere/libstrata_prelu_gone.so, but a path recorded in a file "
+                        "is never loaded: put the folder of libstrata_prelu_gone.so in "
+                        "STRATA_PLUGIN_PATH");
 }
 
 // Issue 20, group 1: a checkpoint is data and never chooses code. test_marker stands for a
@@ -142,7 +143,8 @@ BOOST_AUTO_TEST_CASE(a_missing_plugin_names_itself_and_its_version) {
 BOOST_AUTO_TEST_CASE(a_checkpoint_never_makes_strata_load_the_path_it_records) {
   test::TempDir dir;
   const fs::path marker = dir / "marker";
-  const fs::path evil = fs::canonical(fs::path(STRATA_TEST_PLUGIN_DIR) / "libstrata_test_marker.so");
+  const fs::path evil =
+      fs::canonical(fs::path(STRATA_TEST_PLUGIN_DIR) / "libstrata_test_marker.so");
   ::setenv("STRATA_TEST_MARKER", marker.c_str(), 1);
   ::unsetenv("STRATA_PLUGIN_PATH");
 
@@ -176,13 +178,13 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_never_makes_strata_load_the_path_it_records) {
     PluginLoader loader(registries);
     const std::string message =
         test::error_of([&] { TrainedModel model(checkpoint, registries, loader); });
-    STRATA_CHECK_CONTAINS(message, "needs plugin 'test_marker' version 0.0, which is not loaded and "
-                                   "is in none of the trusted plugin folders");
+    STRATA_CHECK_CONTAINS(message,
+                          "needs plugin 'test_marker' version 0.0, which is not loaded and "
+                          "is in none of the trusted plugin folders");
     STRATA_CHECK_CONTAINS(message, evil.string());
     BOOST_TEST(!fs::exists(marker));
     for (const PluginRef& plugin : loader.plugins()) {
-      BOOST_TEST(plugin->path.parent_path() ==
-                 fs::canonical(PluginLoader::default_dirs().front()));
+      BOOST_TEST(plugin->path.parent_path() == fs::canonical(PluginLoader::default_dirs().front()));
     }
   }
   // A record whose name is a trusted plugin but whose path is the malicious file: the trusted
@@ -220,8 +222,9 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_naming_an_invalid_plugin_is_refused) {
       {std::string(65, 'x'), "it is 65 characters long"},
       {"tab\there", "it contains a control character"}};
   for (const auto& [name, problem] : cases) {
-    const std::string message = test::error_of(
-        [&] { ensure_plugins_loaded({{name, "1.0", "/tmp/libstrata_x.so"}}, loader, "m.h5"); });
+    const std::string message = test::error_of([&] {
+      ensure_plugins_loaded({{name, "1.0", "/tmp/libstrata_x.so"}}, loader, "m.h5");
+    });
     STRATA_CHECK_CONTAINS(message, fmt::format("checkpoint m.h5: /plugins names a plugin '{}', "
                                                "which is not a valid plugin name: {}",
                                                name, problem));

@@ -219,13 +219,15 @@ BOOST_AUTO_TEST_CASE(bad_plugin_and_type_names_are_refused_when_the_plugin_loads
   PluginLoader loader(r);
   const std::string escaping =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_bad_name.so"); });
-  STRATA_CHECK_CONTAINS(escaping, "libstrata_test_bad_name.so: its name '../evil' is not a valid "
-                                  "plugin name: it contains '/'");
+  STRATA_CHECK_CONTAINS(escaping,
+                        "libstrata_test_bad_name.so: its name '../evil' is not a valid "
+                        "plugin name: it contains '/'");
   const std::string empty_type =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_bad_type_name.so"); });
-  STRATA_CHECK_CONTAINS(empty_type, "libstrata_test_bad_type_name.so: registration failed: it "
-                                    "registers a layer type '', which is not a valid type name: "
-                                    "it is empty");
+  STRATA_CHECK_CONTAINS(empty_type,
+                        "libstrata_test_bad_type_name.so: registration failed: it "
+                        "registers a layer type '', which is not a valid type name: "
+                        "it is empty");
   BOOST_TEST(loader.plugins().empty());
   // Every plugin that ships passes the same rule.
   Registries shipped;

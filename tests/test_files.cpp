@@ -32,6 +32,14 @@ void write_text(const fs::path& path, const std::string& text) {
   out << text;
 }
 
+// Creates `path` with plain POSIX calls (what a forked child may safely do).
+void create_file(const fs::path& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return;
+  [[maybe_unused]] const ssize_t written = ::write(fd, "partial", 7);
+  ::close(fd);
+}
+
 // Runs `child` in a forked process and returns its wait status.
 template <class Child>
 int in_child(Child&& child) {
@@ -56,7 +64,7 @@ BOOST_AUTO_TEST_CASE(own_temporaries_are_recognized_by_name_and_pid_format) {
   const std::string pid = std::to_string(1 + rng() % 4000000);
   BOOST_TEST(is_own_temporary("model.h5.tmp-" + pid, names));
   BOOST_TEST(is_own_temporary("summary.json.tmp-" + pid, names));
-  BOOST_TEST(!is_own_temporary("notes.tmp-" + pid, names));          // not our output name
+  BOOST_TEST(!is_own_temporary("notes.tmp-" + pid, names));           // not our output name
   BOOST_TEST(!is_own_temporary("model.h5.tmp-abc", names));           // not a pid
   BOOST_TEST(!is_own_temporary("model.h5.tmp-", names));              // no pid
   BOOST_TEST(!is_own_temporary("model.h5.tmp-" + pid + "x", names));  // trailing text
@@ -85,54 +93,6 @@ BOOST_AUTO_TEST_CASE(start_up_cleanup_removes_only_strata_temporaries_of_its_nam
   OutputLock again(dir.path(), {});  // released with the first
 }
 
-// Issue 20, group 5: a new run never silently replaces the run a folder holds.
-BOOST_AUTO_TEST_CASE(a_new_run_refuses_a_folder_holding_a_run_unless_overwrite) {
-  test::TempDir dir;
-  std::mt19937 rng(std::random_device{}());
-  const auto train = [&](int epochs, bool resume, bool overwrite) {
-    Config experiment = Config::parse_string(fmt::format(R"(
-seed: {}
-backend: reference
-threads: 1
-data: {{type: synthetic, classes: 3, shape: [1, 4, 4], train_size: 60, test_size: 12,
-       validation: 12}}
-model:
-  input: [1, 4, 4]
-  layers: [{{name: fc1, type: linear, out_features: 3}}]
-optimizer: {{type: sgd, lr: 0.05}}
-train: {{epochs: {}, batch_size: 12}}
-)",
-                                                         1 + rng() % 1000, epochs),
-                                             "fresh.yaml");
-    if (resume) experiment = Config::parse_string(load_checkpoint_experiment(dir / "model.h5"), "x");
-    if (resume) experiment.set("train.epochs", std::to_string(epochs));
-    TrainOptions options;
-    options.out_dir = dir.path();
-    options.quiet = true;
-    options.resume = resume;
-    options.overwrite = overwrite;
-    return train_experiment(experiment, test::registries(), options);
-  };
-  train(2, false, false);
-  BOOST_TEST_REQUIRE(fs::exists(dir / "best.h5"));
-  const std::string run = read_bytes(dir / "model.h5");
-  STRATA_CHECK_CONTAINS(test::error_of([&] { train(1, false, false); }),
-                        dir.path().string() + ": already holds a run (model.h5, best.h5, "
-                        "summary.json); continue it with --resume, start it over with --overwrite");
-  BOOST_TEST((read_bytes(dir / "model.h5") == run));  // untouched
-  train(3, true, false);                               // --resume continues it
-  BOOST_TEST(load_checkpoint_training_state(dir / "model.h5")->epoch == 3);
-  // best.h5 alone (or summary.json alone) is a run too.
-  fs::remove(dir / "model.h5");
-  fs::remove(dir / "summary.json");
-  STRATA_CHECK_CONTAINS(test::error_of([&] { train(1, false, false); }), "(best.h5)");
-  // --overwrite starts over: the old files go, the new run's are epoch 1.
-  write_text(dir / "notes.txt", "mine");
-  train(1, false, true);
-  BOOST_TEST(load_checkpoint_training_state(dir / "model.h5")->epoch == 1);
-  BOOST_TEST(fs::exists(dir / "notes.txt"));
-}
-
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(output_file)
@@ -147,8 +107,8 @@ BOOST_AUTO_TEST_CASE(an_output_that_is_an_input_however_spelled_is_refused) {
   write_text(dir / "data" / "train.idx", "pixels");
   const std::vector<CommandInput> inputs = {{"--input", input}, {"the dataset's", dir / "data"}};
   const std::string same = "is the same file as --input " + input.string();
-  for (const fs::path& output :
-       {input, dir / "hard.h5", dir / "soft.h5", dir / "." / "in.h5", dir / "data" / ".." / "in.h5"}) {
+  for (const fs::path& output : {input, dir / "hard.h5", dir / "soft.h5", dir / "." / "in.h5",
+                                 dir / "data" / ".." / "in.h5"}) {
     STRATA_CHECK_CONTAINS(test::error_of([&] { check_output_file("--output", output, inputs); }),
                           "--output " + output.string() + " " + same);
   }
@@ -161,14 +121,14 @@ BOOST_AUTO_TEST_CASE(an_output_that_is_an_input_however_spelled_is_refused) {
   // A file inside a folder input.
   STRATA_CHECK_CONTAINS(
       test::error_of([&] { check_output_file("--output", dir / "data" / "train.idx", inputs); }),
-      "is the same file as " + (dir / "data" / "train.idx").string() + ", a file of the dataset's " +
-          (dir / "data").string());
+      "is the same file as " + (dir / "data" / "train.idx").string() +
+          ", a file of the dataset's " + (dir / "data").string());
   // Inputs that do not exist yet: the same path is still the same file.
-  STRATA_CHECK_CONTAINS(test::error_of([&] {
-                          check_output_file("--output", dir / "x" / ".." / "new.h5",
-                                            {{"--weights", dir / "new.h5"}});
-                        }),
-                        "is the same file as --weights");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] {
+        check_output_file("--output", dir / "x" / ".." / "new.h5", {{"--weights", dir / "new.h5"}});
+      }),
+      "is the same file as --weights");
   // A new file, an unrelated existing file and a sibling of the dataset's files are fine.
   check_output_file("--output", dir / "out.h5", inputs);
   write_text(dir / "old.h5", "previous output");
@@ -182,12 +142,11 @@ BOOST_AUTO_TEST_CASE(an_existing_non_regular_output_is_refused) {
   fs::create_symlink(dir / "nowhere", dir / "dangling");
   write_text(dir / "target.h5", "t");
   fs::create_symlink(dir / "target.h5", dir / "link.h5");
-  const std::pair<fs::path, std::string> cases[] = {
-      {"/dev/null", "a character device"},
-      {dir / "fifo", "a FIFO"},
-      {dir / "folder", "a folder"},
-      {dir / "dangling", "a symbolic link"},
-      {dir / "link.h5", "a symbolic link"}};
+  const std::pair<fs::path, std::string> cases[] = {{"/dev/null", "a character device"},
+                                                    {dir / "fifo", "a FIFO"},
+                                                    {dir / "folder", "a folder"},
+                                                    {dir / "dangling", "a symbolic link"},
+                                                    {dir / "link.h5", "a symbolic link"}};
   for (const auto& [output, kind] : cases) {
     STRATA_CHECK_CONTAINS(test::error_of([&] { check_output_file("--output", output, {}); }),
                           "--output " + output.string() + " exists and is " + kind +
@@ -210,9 +169,9 @@ BOOST_AUTO_TEST_CASE(a_signal_removes_the_registered_temporary_file_and_ends_the
       std::signal(signal_number, SIG_DFL);
       remove_temporary_files_on_signal();
       { const TemporaryFile done(kept); }  // registered, then released: not deleted
-      write_text(kept, "not registered any more");
+      create_file(kept);
       const TemporaryFile registered(temporary);
-      write_text(temporary, "half written");
+      create_file(temporary);
       ::raise(signal_number);
       ::_exit(3);  // not reached: the signal ends the process
     });
@@ -231,12 +190,68 @@ BOOST_AUTO_TEST_CASE(an_inherited_ignored_sigint_stays_ignored) {
     std::signal(SIGINT, SIG_IGN);
     remove_temporary_files_on_signal();
     const TemporaryFile registered(temporary);
-    write_text(temporary, "half written");
+    create_file(temporary);
     ::raise(SIGINT);
     ::_exit(7);
   });
   BOOST_TEST((WIFEXITED(status) && WEXITSTATUS(status) == 7));
   BOOST_TEST(fs::exists(temporary));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// Last: training starts worker threads, and the signal tests above fork.
+BOOST_AUTO_TEST_SUITE(fresh_run)
+
+// Issue 20, group 5: a new run never silently replaces the run a folder holds.
+BOOST_AUTO_TEST_CASE(a_new_run_refuses_a_folder_holding_a_run_unless_overwrite) {
+  test::TempDir dir;
+  std::mt19937 rng(std::random_device{}());
+  const auto train = [&](int epochs, bool resume, bool overwrite) {
+    Config experiment = Config::parse_string(fmt::format(R"(
+seed: {}
+backend: reference
+threads: 1
+data: {{type: synthetic, classes: 3, shape: [1, 4, 4], train_size: 60, test_size: 12,
+       validation: 12}}
+model:
+  input: [1, 4, 4]
+  layers: [{{name: fc1, type: linear, out_features: 3}}]
+optimizer: {{type: sgd, lr: 0.05}}
+train: {{epochs: {}, batch_size: 12}}
+)",
+                                                         1 + rng() % 1000, epochs),
+                                             "fresh.yaml");
+    if (resume)
+      experiment = Config::parse_string(load_checkpoint_experiment(dir / "model.h5"), "x");
+    if (resume) experiment.set("train.epochs", std::to_string(epochs));
+    TrainOptions options;
+    options.out_dir = dir.path();
+    options.quiet = true;
+    options.resume = resume;
+    options.overwrite = overwrite;
+    return train_experiment(experiment, test::registries(), options);
+  };
+  train(2, false, false);
+  BOOST_TEST_REQUIRE(fs::exists(dir / "best.h5"));
+  const std::string run = read_bytes(dir / "model.h5");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { train(1, false, false); }),
+      dir.path().string() +
+          ": already holds a run (model.h5, best.h5, "
+          "summary.json); continue it with --resume, start it over with --overwrite");
+  BOOST_TEST((read_bytes(dir / "model.h5") == run));  // untouched
+  train(3, true, false);                              // --resume continues it
+  BOOST_TEST(load_checkpoint_training_state(dir / "model.h5")->epoch == 3);
+  // best.h5 alone (or summary.json alone) is a run too.
+  fs::remove(dir / "model.h5");
+  fs::remove(dir / "summary.json");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { train(1, false, false); }), "(best.h5)");
+  // --overwrite starts over: the old files go, the new run's are epoch 1.
+  write_text(dir / "notes.txt", "mine");
+  train(1, false, true);
+  BOOST_TEST(load_checkpoint_training_state(dir / "model.h5")->epoch == 1);
+  BOOST_TEST(fs::exists(dir / "notes.txt"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

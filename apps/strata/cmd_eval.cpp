@@ -39,12 +39,14 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
   remove_temporary_files_on_signal();
   std::vector<CommandInput> inputs = {{"the checkpoint", path}};
   const auto check_output = [&] {
-    if (vm->count("output")) check_output_file("--output", (*vm)["output"].as<std::string>(), inputs);
+    if (vm->count("output"))
+      check_output_file("--output", (*vm)["output"].as<std::string>(), inputs);
   };
   check_output();
   TrainedModel model(path, session.registries, session.loader);
   for (const auto& data : model.dataset_paths()) inputs.push_back({"the dataset's", data});
-  for (const PluginRef& plugin : session.loader.plugins()) inputs.push_back({"the plugin", plugin->path});
+  for (const PluginRef& plugin : session.loader.plugins())
+    inputs.push_back({"the plugin", plugin->path});
   check_output();
   const Split split = model.load_split(split_name);
   const Tensor logits = model.run(split.images);

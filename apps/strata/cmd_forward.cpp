@@ -72,7 +72,8 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
   }
   const auto check_output = [&] {
     std::vector<CommandInput> all = inputs;
-    for (const PluginRef& plugin : session.loader.plugins()) all.push_back({"the plugin", plugin->path});
+    for (const PluginRef& plugin : session.loader.plugins())
+      all.push_back({"the plugin", plugin->path});
     check_output_file("--output", output_option, all);
   };
   check_output();

@@ -5,8 +5,8 @@
 #include <functional>
 #include <set>
 
-#include "strata/backend.hpp"
 #include "plugin_names.hpp"
+#include "strata/backend.hpp"
 #include "strata/error.hpp"
 
 namespace strata {
@@ -107,13 +107,15 @@ void ensure_plugins_loaded(const std::vector<PluginRecord>& plugins, PluginLoade
     }
     if (!plugin) {
       std::vector<std::string> searched;
-      for (const fs::path& folder : PluginLoader::default_dirs()) searched.push_back(folder.string());
-      fail("checkpoint {}: needs plugin '{}' version {}, which is not loaded and is in none of the "
-           "trusted plugin folders ({}); the checkpoint says it was loaded from {}, but a path "
-           "recorded in a file is never loaded: put the folder of libstrata_{}.so in "
-           "STRATA_PLUGIN_PATH",
-           checkpoint.string(), record.name, record.version, fmt::join(searched, ", "),
-           record.path.empty() ? std::string("(no path recorded)") : record.path, record.name);
+      for (const fs::path& folder : PluginLoader::default_dirs())
+        searched.push_back(folder.string());
+      fail(
+          "checkpoint {}: needs plugin '{}' version {}, which is not loaded and is in none of the "
+          "trusted plugin folders ({}); the checkpoint says it was loaded from {}, but a path "
+          "recorded in a file is never loaded: put the folder of libstrata_{}.so in "
+          "STRATA_PLUGIN_PATH",
+          checkpoint.string(), record.name, record.version, fmt::join(searched, ", "),
+          record.path.empty() ? std::string("(no path recorded)") : record.path, record.name);
     }
     if (plugin->version != record.version) {
       std::fprintf(stderr,

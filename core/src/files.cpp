@@ -47,9 +47,10 @@ OutputLock::OutputLock(const fs::path& dir, const std::vector<std::string>& own_
     const int error = errno;
     ::close(fd_);
     if (error == EWOULDBLOCK) {
-      fail("{}: another strata run is writing to this output folder (it holds {}); wait for it "
-           "or choose another --out",
-           dir.string(), lock.string());
+      fail(
+          "{}: another strata run is writing to this output folder (it holds {}); wait for it "
+          "or choose another --out",
+          dir.string(), lock.string());
     }
     fail("{}: cannot lock {}: {}", dir.string(), lock.string(), std::strerror(error));
   }
@@ -57,7 +58,8 @@ OutputLock::OutputLock(const fs::path& dir, const std::vector<std::string>& own_
   // that would have replaced the file never happened, so nothing is lost). With the lock held, no
   // other Strata process writes this folder's outputs: delete those of our own names, and say so.
   // Any other file, however it is named, is not ours to delete.
-  for (fs::directory_iterator it(dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+  for (fs::directory_iterator it(dir, ec); !ec && it != fs::directory_iterator();
+       it.increment(ec)) {
     if (!is_own_temporary(it->path().filename().string(), own_outputs)) continue;
     std::error_code removed;
     if (!it->is_regular_file(removed)) continue;
@@ -92,8 +94,7 @@ bool same_file(const struct stat& a, const struct stat& b) {
 void check_output_file(const std::string& option, const fs::path& output,
                        const std::vector<CommandInput>& inputs) {
   const auto refuse_same = [&](const std::string& what) {
-    fail("{} {} is the same file as {}: choose another output file", option, output.string(),
-         what);
+    fail("{} {} is the same file as {}: choose another output file", option, output.string(), what);
   };
   struct stat target {};
   const bool exists = ::stat(output.c_str(), &target) == 0;
@@ -130,9 +131,10 @@ void check_output_file(const std::string& option, const fs::path& output,
   // node, a FIFO or a symbolic link (not what it points to) by a regular file.
   struct stat link {};
   if (::lstat(output.c_str(), &link) == 0 && !S_ISREG(link.st_mode)) {
-    fail("{} {} exists and is {}, not a regular file: the output would replace it; choose a "
-         "regular file or a new name",
-         option, output.string(), file_kind(link.st_mode));
+    fail(
+        "{} {} exists and is {}, not a regular file: the output would replace it; choose a "
+        "regular file or a new name",
+        option, output.string(), file_kind(link.st_mode));
   }
 }
 

@@ -41,9 +41,10 @@ void check_type_names(const R& registry, const PluginRef& owner, const fs::path&
   for (const auto& [type, entry] : registry.entries()) {
     if (entry.owner != owner) continue;
     if (const std::string problem = plugin_name_problem(type); !problem.empty()) {
-      fail("plugin {}: registration failed: it registers a {} type '{}', which is not a valid "
-           "type name: {} ({})",
-           file.string(), registry.kind(), type, problem, kPluginNameRule);
+      fail(
+          "plugin {}: registration failed: it registers a {} type '{}', which is not a valid "
+          "type name: {} ({})",
+          file.string(), registry.kind(), type, problem, kPluginNameRule);
     }
   }
 }
@@ -54,9 +55,10 @@ void check_kernel_names(const KernelRegistry& kernels, const PluginRef& owner,
     if (entry.owner != owner) continue;
     for (const std::string& name : {key.first, key.second}) {
       if (const std::string problem = plugin_name_problem(name); !problem.empty()) {
-        fail("plugin {}: registration failed: it registers a kernel for op '{}' and backend '{}', "
-             "and '{}' is not a valid name: {} ({})",
-             file.string(), key.first, key.second, name, problem, kPluginNameRule);
+        fail(
+            "plugin {}: registration failed: it registers a kernel for op '{}' and backend '{}', "
+            "and '{}' is not a valid name: {} ({})",
+            file.string(), key.first, key.second, name, problem, kPluginNameRule);
       }
     }
   }

@@ -455,9 +455,10 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   if (!previous_run.empty() && !options.overwrite) {
     std::vector<std::string> names;
     for (const fs::path& file : previous_run) names.push_back(file.filename().string());
-    fail("{}: already holds a run ({}); continue it with --resume, start it over with "
-         "--overwrite (which deletes them), or choose another --out",
-         out_dir.string(), fmt::join(names, ", "));
+    fail(
+        "{}: already holds a run ({}); continue it with --resume, start it over with "
+        "--overwrite (which deletes them), or choose another --out",
+        out_dir.string(), fmt::join(names, ", "));
   }
 
   // ---- Shapes through the transforms: the dataset's, after preprocess, after augment. ----

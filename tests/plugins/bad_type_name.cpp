@@ -6,9 +6,8 @@
 
 namespace {
 void register_all(strata::Registries& registries) {
-  registries.layers.add("", [](const strata::Config&) -> std::unique_ptr<strata::Layer> {
-    return nullptr;
-  });
+  registries.layers.add(
+      "", [](const strata::Config&) -> std::unique_ptr<strata::Layer> { return nullptr; });
 }
 }  // namespace
 
