@@ -4,6 +4,7 @@
 #define BOOST_TEST_MODULE analysis
 #include <boost/test/unit_test.hpp>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -127,5 +128,106 @@ BOOST_AUTO_TEST_CASE(a_missing_plugin_names_itself_and_its_version) {
   });
   STRATA_CHECK_CONTAINS(message,
                         "checkpoint m.h5: needs plugin 'prelu_gone' version 2.5, which is not "
-                        "loaded and is no longer at /nowhere/libstrata_prelu_gone.so");
+                        "loaded and is in none of the trusted plugin folders (");
+  STRATA_CHECK_CONTAINS(message, PluginLoader::default_dirs().front().string());
+  STRATA_CHECK_CONTAINS(message,
+                        "the checkpoint says it was loaded from "
+                        "/nowhere/libstrata_prelu_gone.so, but a path recorded in a file "
+                        "is never loaded: put the folder of libstrata_prelu_gone.so in "
+                        "STRATA_PLUGIN_PATH");
+}
+
+// Issue 20, group 1: a checkpoint is data and never chooses code. test_marker stands for a
+// malicious plugin: loading it creates the STRATA_TEST_MARKER file (its library constructor runs
+// at dlopen, before anything could refuse it).
+BOOST_AUTO_TEST_CASE(a_checkpoint_never_makes_strata_load_the_path_it_records) {
+  test::TempDir dir;
+  const fs::path marker = dir / "marker";
+  const fs::path evil =
+      fs::canonical(fs::path(STRATA_TEST_PLUGIN_DIR) / "libstrata_test_marker.so");
+  ::setenv("STRATA_TEST_MARKER", marker.c_str(), 1);
+  ::unsetenv("STRATA_PLUGIN_PATH");
+
+  // A real checkpoint that records test_marker (loaded, legitimately, for training).
+  fs::path checkpoint;
+  {
+    Registries registries;
+    PluginLoader loader(registries);
+    loader.load_default();
+    loader.load_file(evil);
+    BOOST_TEST_REQUIRE(fs::exists(marker));  // the marker does detect a load
+    TrainOptions options;
+    options.out_dir = dir / "run";
+    options.progress = "none";
+    options.quiet = true;
+    Config experiment = Config::parse_string(kExperiment, "a.yaml");
+    experiment.set("train.epochs", "1");
+    checkpoint = train_experiment(experiment, registries, options).checkpoint;
+  }
+  const auto records = load_checkpoint_plugins(checkpoint);
+  const auto recorded = std::find_if(records.begin(), records.end(),
+                                     [](const PluginRecord& r) { return r.name == "test_marker"; });
+  BOOST_TEST_REQUIRE((recorded != records.end()));
+  BOOST_TEST(fs::path(recorded->path) == evil);
+  fs::remove(marker);
+
+  // Reopened with nothing loaded: every other plugin comes from the trusted folder, test_marker
+  // is named as missing, and its recorded path is not touched.
+  {
+    Registries registries;
+    PluginLoader loader(registries);
+    const std::string message =
+        test::error_of([&] { TrainedModel model(checkpoint, registries, loader); });
+    STRATA_CHECK_CONTAINS(message,
+                          "needs plugin 'test_marker' version 0.0, which is not loaded and "
+                          "is in none of the trusted plugin folders");
+    STRATA_CHECK_CONTAINS(message, evil.string());
+    BOOST_TEST(!fs::exists(marker));
+    for (const PluginRef& plugin : loader.plugins()) {
+      BOOST_TEST(plugin->path.parent_path() == fs::canonical(PluginLoader::default_dirs().front()));
+    }
+  }
+  // A record whose name is a trusted plugin but whose path is the malicious file: the trusted
+  // plugin is loaded by name, the recorded file never.
+  {
+    Registries registries;
+    PluginLoader loader(registries);
+    ensure_plugins_loaded({{"layers", "1.0", evil.string()}}, loader, checkpoint);
+    BOOST_TEST_REQUIRE(loader.plugins().size() == 1u);
+    BOOST_TEST(loader.plugins()[0]->name == "layers");
+    BOOST_TEST(loader.plugins()[0]->path.filename() == "libstrata_layers.so");
+    BOOST_TEST(!fs::exists(marker));
+  }
+  // A plugin the user loaded (an experiment file's `plugins:`, or the API's caller) is trusted.
+  {
+    Registries registries;
+    PluginLoader loader(registries);
+    loader.load_default();
+    loader.load_file(evil);
+    TrainedModel model(checkpoint, registries, loader);
+    BOOST_TEST(model.training()->epoch == 1);
+  }
+  ::unsetenv("STRATA_TEST_MARKER");
+}
+
+BOOST_AUTO_TEST_CASE(a_checkpoint_naming_an_invalid_plugin_is_refused) {
+  Registries registries;
+  PluginLoader loader(registries);
+  const std::pair<std::string, std::string> cases[] = {
+      {"", "it is empty"},
+      {"..", "it starts with '.'"},
+      {"../../tmp/evil", "it contains '/'"},
+      {"-rf", "it starts with '-'"},
+      {"a b", "it contains ' '"},
+      {std::string(65, 'x'), "it is 65 characters long"},
+      {"tab\there", "it contains a control character"}};
+  for (const auto& [name, problem] : cases) {
+    const std::string message = test::error_of([&] {
+      ensure_plugins_loaded({{name, "1.0", "/tmp/libstrata_x.so"}}, loader, "m.h5");
+    });
+    STRATA_CHECK_CONTAINS(message, fmt::format("checkpoint m.h5: /plugins names a plugin '{}', "
+                                               "which is not a valid plugin name: {}",
+                                               name, problem));
+  }
+  BOOST_TEST(loader.plugins().empty());
 }

@@ -212,6 +212,30 @@ BOOST_AUTO_TEST_CASE(duplicate_registration_names_both_plugins) {
   STRATA_CHECK_CONTAINS(message, "by plugin 'test_duplicate_layer'");
 }
 
+// Plugin and type names become HDF5 paths and file names: a bad one is refused when the plugin
+// loads, before the first checkpoint (issue 20, group 3).
+BOOST_AUTO_TEST_CASE(bad_plugin_and_type_names_are_refused_when_the_plugin_loads) {
+  Registries r;
+  PluginLoader loader(r);
+  const std::string escaping =
+      test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_bad_name.so"); });
+  STRATA_CHECK_CONTAINS(escaping,
+                        "libstrata_test_bad_name.so: its name '../evil' is not a valid "
+                        "plugin name: it contains '/'");
+  const std::string empty_type =
+      test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_bad_type_name.so"); });
+  STRATA_CHECK_CONTAINS(empty_type,
+                        "libstrata_test_bad_type_name.so: registration failed: it "
+                        "registers a layer type '', which is not a valid type name: "
+                        "it is empty");
+  BOOST_TEST(loader.plugins().empty());
+  // Every plugin that ships passes the same rule.
+  Registries shipped;
+  PluginLoader shipped_loader(shipped);
+  shipped_loader.load_default();
+  BOOST_TEST(shipped_loader.plugins().size() > 5u);
+}
+
 BOOST_AUTO_TEST_CASE(a_plugin_stays_loaded_while_its_objects_live) {
   const fs::path file = fs::canonical(kBadPlugins / "libstrata_test_lifetime.so");
   auto is_loaded = [&] {

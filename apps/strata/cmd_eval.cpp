@@ -7,6 +7,7 @@
 #include "cli.hpp"
 #include "strata/analysis.hpp"
 #include "strata/checkpoint.hpp"
+#include "strata/files.hpp"
 
 namespace strata::cli {
 
@@ -33,7 +34,20 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
   const int wrong_count = (*vm)["wrong"].as<int>();
   if (wrong_count < 0) fail("eval: --wrong must be 0 or positive");
 
+  // The output never replaces an input (the checkpoint, the dataset's files, a plugin) nor a
+  // device, FIFO, folder or link; checked before the work and again before the write.
+  remove_temporary_files_on_signal();
+  std::vector<CommandInput> inputs = {{"the checkpoint", path}};
+  const auto check_output = [&] {
+    if (vm->count("output"))
+      check_output_file("--output", (*vm)["output"].as<std::string>(), inputs);
+  };
+  check_output();
   TrainedModel model(path, session.registries, session.loader);
+  for (const auto& data : model.dataset_paths()) inputs.push_back({"the dataset's", data});
+  for (const PluginRef& plugin : session.loader.plugins())
+    inputs.push_back({"the plugin", plugin->path});
+  check_output();
   const Split split = model.load_split(split_name);
   const Tensor logits = model.run(split.images);
   const int64_t n = logits.dim(0);
@@ -120,6 +134,7 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
                                               {"predictions", predictions},
                                               {"probabilities", probabilities},
                                               {"logits", logits}};
+    check_output();
     write_hdf5_tensors(output, tensors);
     std::printf("\nwrote /labels, /predictions, /probabilities, /logits for %lld images to %s\n",
                 static_cast<long long>(n), output.c_str());

@@ -9,6 +9,7 @@
 #include "strata/backend.hpp"
 #include "strata/checkpoint.hpp"
 #include "strata/error.hpp"
+#include "strata/files.hpp"
 #include "strata/graph.hpp"
 
 namespace strata::cli {
@@ -43,8 +44,28 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
          "checkpoint alone: strata forward CKPT.h5 --input IN.h5 --output OUT.h5",
          path);
   }
+  // The output never replaces an input (checkpoint, --input, --weights, the experiment file, a
+  // plugin) nor a device, FIFO, folder or link; checked before the work and again before the
+  // write. A signal mid-write removes the temporary file.
+  remove_temporary_files_on_signal();
+  const std::filesystem::path output_option = (*vm)["output"].as<std::string>();
+  std::vector<CommandInput> inputs = {{"--input", (*vm)["input"].as<std::string>()}};
+  if (vm->count("weights")) {
+    inputs.push_back({"--weights", (*vm)["weights"].as<std::string>()});
+    inputs.push_back({"the experiment file", path});
+  } else {
+    inputs.push_back({"the checkpoint", path});
+  }
+  const auto check_output = [&] {
+    std::vector<CommandInput> all = inputs;
+    for (const PluginRef& plugin : session.loader.plugins())
+      all.push_back({"the plugin", plugin->path});
+    check_output_file("--output", output_option, all);
+  };
+  check_output();
   if (!vm->count("weights")) {
     TrainedModel model(path, session.registries, session.loader);
+    check_output();
     const std::filesystem::path input_path = (*vm)["input"].as<std::string>();
     const std::filesystem::path output_path = (*vm)["output"].as<std::string>();
     Tensor input = read_hdf5_tensor(input_path, "data");
@@ -52,6 +73,7 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
     std::vector<std::string> layers = layers_option(*vm);
     if (layers.empty()) layers.push_back(model.graph().name(model.graph().size() - 1));
     const std::vector<NamedTensor> outputs = model.run(input, layers);
+    check_output();
     write_hdf5_tensors(output_path, outputs);
     std::printf("wrote %zu dataset(s) for %lld input(s) to %s\n", outputs.size(),
                 static_cast<long long>(input.dim(0)), output_path.c_str());
@@ -69,20 +91,7 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
   const std::filesystem::path input_path = (*vm)["input"].as<std::string>();
   const std::filesystem::path output_path = (*vm)["output"].as<std::string>();
   Registries& registries = session.registries;
-  // The output replaces its file: never one of the inputs.
-  for (const auto& [option, other] :
-       {std::pair{"--weights", weights}, std::pair{"--input", input_path}}) {
-    // equivalent() needs both files to exist; otherwise compare the normalized paths.
-    std::error_code ec_same, ec_out, ec_other;
-    const auto out_path = std::filesystem::weakly_canonical(output_path, ec_out);
-    const auto other_path = std::filesystem::weakly_canonical(other, ec_other);
-    const bool same = std::filesystem::equivalent(output_path, other, ec_same) ||
-                      (!ec_out && !ec_other && out_path == other_path);
-    if (same) {
-      fail("--output {} is the same file as {} {}: choose another output file",
-           output_path.string(), option, other.string());
-    }
-  }
+  check_output();  // with the experiment's plugins now loaded
 
   const std::string backend_name = experiment.get<std::string>("backend", "tbb");
   std::optional<Config> backend_key = experiment.find("backend");
@@ -128,6 +137,7 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
       rows.copy_from(graph.activation(output.name));
     }
   }
+  check_output();
   write_hdf5_tensors(output_path, outputs);
   std::printf("wrote %zu dataset(s) for %lld input(s) to %s\n", outputs.size(),
               static_cast<long long>(n), output_path.c_str());

@@ -1,4 +1,4 @@
-// strata train EXP.yaml [--set key.path=value]... [--out DIR] [--resume [--force]
+// strata train EXP.yaml [--set key.path=value]... [--out DIR] [--overwrite | --resume [--force]
 //   [--allow-nonfinite]] [--weights CKPT [--weights-partial]] [--progress MODE]
 #include <cstdio>
 #include <filesystem>
@@ -17,6 +17,9 @@ int run_train(Session& session, const std::vector<std::string>& args) {
                                                                   "continue from DIR/model.h5")(
       "force", po::bool_switch(),
       "with --resume: continue even when the experiment differs from the checkpoint's")(
+      "overwrite", po::bool_switch(),
+      "start a new run in a folder that holds one: its model.h5, best.h5 and summary.json are "
+      "deleted once the data is loaded (without it, such a folder is refused)")(
       "allow-nonfinite", po::bool_switch(),
       "with --resume or --weights: load a checkpoint that holds NaN or infinite values")(
       "weights", po::value<std::string>(),
@@ -39,6 +42,10 @@ int run_train(Session& session, const std::vector<std::string>& args) {
   train_options.out_dir = output_folder(*vm, path, "");
   train_options.resume = (*vm)["resume"].as<bool>();
   train_options.force = (*vm)["force"].as<bool>();
+  train_options.overwrite = (*vm)["overwrite"].as<bool>();
+  if (train_options.overwrite && train_options.resume) {
+    fail("--overwrite starts the run in DIR over and --resume continues it: give one of them");
+  }
   train_options.allow_nonfinite = (*vm)["allow-nonfinite"].as<bool>();
   if (vm->count("weights")) train_options.weights = (*vm)["weights"].as<std::string>();
   train_options.weights_partial = (*vm)["weights-partial"].as<bool>();

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <set>
 
+#include "plugin_names.hpp"
 #include "strata/backend.hpp"
 #include "strata/error.hpp"
 
@@ -58,39 +60,69 @@ std::vector<PluginRecord> plugins_needed(
   return records;
 }
 
+namespace {
+
+PluginRef loaded_plugin(const PluginLoader& loader, const std::string& name) {
+  for (const PluginRef& plugin : loader.plugins()) {
+    if (plugin->name == name) return plugin;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 void ensure_plugins_loaded(const std::vector<PluginRecord>& plugins, PluginLoader& loader,
                            const fs::path& checkpoint) {
+  // A checkpoint is data: it names the plugins it needs, but never chooses the code that runs.
+  // The path it records is where the plugin was at training time, shown by `strata inspect` and
+  // in errors, and never loaded. Plugins come from what is loaded already (the tool's folder,
+  // STRATA_PLUGIN_PATH, an experiment file the user passed) or from the trusted folders.
+  bool scanned = false;
   for (const PluginRecord& record : plugins) {
-    auto loaded = [&]() -> PluginRef {
-      for (const PluginRef& plugin : loader.plugins()) {
-        if (plugin->name == record.name) return plugin;
-      }
-      return nullptr;
-    };
-    PluginRef plugin = loaded();
+    if (const std::string problem = plugin_name_problem(record.name); !problem.empty()) {
+      fail("checkpoint {}: /plugins names a plugin '{}', which is not a valid plugin name: {}",
+           checkpoint.string(), record.name, problem);
+    }
+    PluginRef plugin = loaded_plugin(loader, record.name);
+    std::vector<fs::path> folders;
     std::error_code ec;
-    if (!plugin && !record.path.empty() && fs::is_regular_file(record.path, ec)) {
-      loader.load_file(record.path);
-      plugin = loaded();
-      if (!plugin) {
-        fail("checkpoint {}: needs plugin '{}' version {}, but {} holds another plugin",
-             checkpoint.string(), record.name, record.version, record.path);
+    for (const fs::path& folder : PluginLoader::default_dirs()) {
+      if (fs::is_directory(folder, ec)) folders.push_back(folder);
+    }
+    if (!plugin) {
+      // By name first (libstrata_<name>.so), then every plugin of the trusted folders (a file
+      // named otherwise): both load only what these folders hold.
+      for (const fs::path& folder : folders) {
+        const fs::path file = folder / ("libstrata_" + record.name + ".so");
+        if (fs::is_regular_file(file, ec)) {
+          loader.load_file(file);
+          if ((plugin = loaded_plugin(loader, record.name))) break;
+        }
+      }
+      if (!plugin && !scanned) {
+        for (const fs::path& folder : folders) loader.load_dir(folder);
+        scanned = true;
+        plugin = loaded_plugin(loader, record.name);
       }
     }
     if (!plugin) {
+      std::vector<std::string> searched;
+      for (const fs::path& folder : PluginLoader::default_dirs())
+        searched.push_back(folder.string());
       fail(
-          "checkpoint {}: needs plugin '{}' version {}, which is not loaded and is no longer at "
-          "{}; "
-          "put the folder of libstrata_{}.so in STRATA_PLUGIN_PATH",
-          checkpoint.string(), record.name, record.version,
+          "checkpoint {}: needs plugin '{}' version {}, which is not loaded and is in none of the "
+          "trusted plugin folders ({}); the checkpoint says it was loaded from {}, but a path "
+          "recorded in a file is never loaded: put the folder of libstrata_{}.so in "
+          "STRATA_PLUGIN_PATH",
+          checkpoint.string(), record.name, record.version, fmt::join(searched, ", "),
           record.path.empty() ? std::string("(no path recorded)") : record.path, record.name);
     }
     if (plugin->version != record.version) {
-      std::fprintf(
-          stderr,
-          "note: checkpoint %s was saved with plugin '%s' version %s; using version %s (%s)\n",
-          checkpoint.c_str(), record.name.c_str(), record.version.c_str(), plugin->version.c_str(),
-          plugin->path.c_str());
+      std::fprintf(stderr,
+                   "warning: checkpoint %s was saved with plugin '%s' version %s; using version "
+                   "%s (%s)\n",
+                   checkpoint.c_str(), record.name.c_str(), record.version.c_str(),
+                   plugin->version.c_str(), plugin->path.c_str());
     }
   }
 }
@@ -198,6 +230,25 @@ Dataset& TrainedModel::dataset() {
     dataset_ = registries_.datasets.create(data);
   }
   return *dataset_;
+}
+
+std::vector<fs::path> TrainedModel::dataset_paths() const {
+  std::vector<fs::path> paths;
+  // A fresh parse: reading the stored experiment's own tree would mark its keys used.
+  const Config copy = Config::parse_string(experiment_yaml_, path_.string() + ":/experiment");
+  const std::function<void(const Config&)> walk = [&](const Config& node) {
+    if (node.is_map()) {
+      for (const std::string& key : node.keys()) walk(node.at(key));
+    } else if (node.is_sequence()) {
+      for (const Config& item : node.items()) walk(item);
+    } else if (node.is_scalar()) {
+      const std::string text = node.as<std::string>();
+      std::error_code ec;
+      if (!text.empty() && fs::exists(text, ec)) paths.emplace_back(text);
+    }
+  };
+  if (auto data = copy.find("data")) walk(*data);
+  return paths;
 }
 
 Split TrainedModel::load_split(const std::string& split) {

@@ -31,6 +31,7 @@
 #include "hdf5_probe.hpp"
 #include "strata/error.hpp"
 #include "strata/file_check.hpp"
+#include "strata/files.hpp"
 
 namespace strata {
 namespace fs = std::filesystem;
@@ -778,7 +779,9 @@ void write_atomically(const FileContext& context, const fs::path& path, std::siz
     context.fail(fmt::format("cannot save: the folder {} does not exist", folder.string()));
   }
   fs::path temporary = path;
-  temporary += fmt::format(".tmp-{}", ::getpid());
+  temporary += temporary_suffix();
+  // Deleted by the handlers of remove_temporary_files_on_signal() if a signal ends the process.
+  const TemporaryFile registered(temporary);
 
   // A regular file under the temporary name is left over from a crashed save by a process with
   // our pid; anything else there is not ours to replace.

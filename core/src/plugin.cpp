@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "plugin_names.hpp"
 #include "strata/error.hpp"
 #include "strata/file_check.hpp"
 #include "strata/plugin_probe.hpp"
@@ -15,6 +16,57 @@
 namespace strata {
 
 namespace fs = std::filesystem;
+
+std::string plugin_name_problem(std::string_view name) {
+  if (name.empty()) return "it is empty";
+  if (name.size() > 64) return fmt::format("it is {} characters long", name.size());
+  for (const char c : name) {
+    const bool allowed = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                         (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
+    if (allowed) continue;
+    if (c == '/') return "it contains '/'";
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return "it contains a control character";
+    return fmt::format("it contains '{}'", c);
+  }
+  if (name.front() == '.' || name.front() == '-') {
+    return fmt::format("it starts with '{}'", name.front());
+  }
+  return {};
+}
+
+namespace {
+
+// Every type the plugin `owner` registered, with the kind of registry it went to, for the name
+// check after register_all().
+template <class R>
+void check_type_names(const R& registry, const PluginRef& owner, const fs::path& file) {
+  for (const auto& [type, entry] : registry.entries()) {
+    if (entry.owner != owner) continue;
+    if (const std::string problem = plugin_name_problem(type); !problem.empty()) {
+      fail(
+          "plugin {}: registration failed: it registers a {} type '{}', which is not a valid "
+          "type name: {} ({})",
+          file.string(), registry.kind(), type, problem, kPluginNameRule);
+    }
+  }
+}
+
+void check_kernel_names(const KernelRegistry& kernels, const PluginRef& owner,
+                        const fs::path& file) {
+  for (const auto& [key, entry] : kernels.entries()) {
+    if (entry.owner != owner) continue;
+    for (const std::string& name : {key.first, key.second}) {
+      if (const std::string problem = plugin_name_problem(name); !problem.empty()) {
+        fail(
+            "plugin {}: registration failed: it registers a kernel for op '{}' and backend '{}', "
+            "and '{}' is not a valid name: {} ({})",
+            file.string(), key.first, key.second, name, problem, kPluginNameRule);
+      }
+    }
+  }
+}
+
+}  // namespace
 
 void PluginLoader::load_file(const fs::path& file) {
   if (const std::string problem = regular_file_problem(file); !problem.empty()) {
@@ -57,6 +109,22 @@ void PluginLoader::load_file(const fs::path& file) {
   if (name.empty() || info->register_all == nullptr) {
     fail("plugin {}: the entry point gives no name or no register function", canonical.string());
   }
+  // The name ends up in checkpoints (/plugins/<name>) and is looked up as libstrata_<name>.so:
+  // checked now, before the plugin registers anything, rather than at the first save.
+  if (const std::string problem = plugin_name_problem(name); !problem.empty()) {
+    fail("plugin {}: its name '{}' is not a valid plugin name: {} ({})", canonical.string(), name,
+         problem, kPluginNameRule);
+  }
+  const std::string version = info->version ? info->version : "";
+  for (const char c : version) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+      fail("plugin {}: its version string contains a control character", canonical.string());
+    }
+  }
+  if (version.size() > 64) {
+    fail("plugin {}: its version string is {} characters long (at most 64)", canonical.string(),
+         version.size());
+  }
   for (const auto& plugin : plugins_) {
     if (plugin->name == name) {
       fail("plugin name '{}' is used by two files: {} and {}", name, plugin->path.string(),
@@ -64,8 +132,7 @@ void PluginLoader::load_file(const fs::path& file) {
     }
   }
 
-  auto plugin = std::make_shared<const Plugin>(
-      Plugin{name, info->version ? info->version : "", canonical, library});
+  auto plugin = std::make_shared<const Plugin>(Plugin{name, version, canonical, library});
   PluginRef previous = registries_.current;
   registries_.current = plugin;
   try {
@@ -84,6 +151,16 @@ void PluginLoader::load_file(const fs::path& file) {
          canonical.string());
   }
   registries_.current = previous;
+  check_type_names(registries_.layers, plugin, canonical);
+  check_type_names(registries_.blocks, plugin, canonical);
+  check_type_names(registries_.losses, plugin, canonical);
+  check_type_names(registries_.optimizers, plugin, canonical);
+  check_type_names(registries_.schedules, plugin, canonical);
+  check_type_names(registries_.initializers, plugin, canonical);
+  check_type_names(registries_.datasets, plugin, canonical);
+  check_type_names(registries_.transforms, plugin, canonical);
+  check_type_names(registries_.backends, plugin, canonical);
+  check_kernel_names(registries_.kernels, plugin, canonical);
   plugins_.push_back(std::move(plugin));
 }
 

@@ -24,6 +24,7 @@
 #include "config_origin.hpp"
 #include "strata/checkpoint.hpp"
 #include "strata/error.hpp"
+#include "strata/files.hpp"
 
 namespace strata::search {
 
@@ -966,6 +967,7 @@ class Search {
   int current_stage_ = 0;
   int64_t done_in_stage_ = 0, running_ = 0, last_progress_ = -1;
   bool interrupted_ = false;
+  std::optional<OutputLock> lock_;  // on the search folder, from prepare_folder() on
 };
 
 void Search::prepare_folder() {
@@ -973,6 +975,9 @@ void Search::prepare_folder() {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) fail("{}: cannot create the search folder: {}", dir.string(), ec.message());
+  // The lock `strata train` takes: two searches, or a search and a run, never share a folder.
+  lock_.emplace(dir, std::vector<std::string>{"trials.jsonl", "search.h5", "search.yaml",
+                                              "search.json", "best.yaml"});
   const fs::path stored = dir / "search.yaml";
   const std::string text = experiment_.dump();
   const bool has_journal = fs::exists(journal_) && fs::file_size(journal_) > 0;

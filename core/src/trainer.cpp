@@ -1,7 +1,6 @@
 #include "strata/trainer.hpp"
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -22,6 +21,7 @@
 #include "strata/dataset.hpp"
 #include "strata/diagnostics.hpp"
 #include "strata/file_check.hpp"
+#include "strata/files.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
@@ -172,60 +172,6 @@ void write_file_atomically(const fs::path& path, const std::string& text) {
   }
 }
 
-// An exclusive flock() on <out>/.lock for the lifetime of the run, so that two runs writing to the
-// same folder cannot interleave their checkpoints. Creating the lock file also proves, before any
-// data is loaded, that the folder is writable. The kernel drops the lock when the process dies.
-class OutputLock {
- public:
-  explicit OutputLock(const fs::path& out_dir) {
-    std::error_code ec;
-    fs::create_directories(out_dir, ec);
-    if (ec) fail("{}: cannot create the output folder: {}", out_dir.string(), ec.message());
-    const fs::path lock = out_dir / ".lock";
-    fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd_ < 0) {
-      fail("{}: the output folder is not writable: cannot create {}: {}", out_dir.string(),
-           lock.filename().string(), std::strerror(errno));
-    }
-    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-      const int error = errno;
-      ::close(fd_);
-      if (error == EWOULDBLOCK) {
-        fail("{}: another strata run is writing to this output folder (it holds {}); wait for it "
-             "or choose another --out",
-             out_dir.string(), lock.string());
-      }
-      fail("{}: cannot lock {}: {}", out_dir.string(), lock.string(), std::strerror(error));
-    }
-    remove_partial_files(out_dir);
-  }
-  ~OutputLock() { ::close(fd_); }
-
-  // A run killed while saving leaves its half-written "<file>.tmp-<pid>" behind (the rename that
-  // would have replaced the checkpoint never happened, so nothing is lost). With the lock held, no
-  // other run is writing here: delete them, and say so.
-  static void remove_partial_files(const fs::path& out_dir) {
-    std::error_code ec;
-    for (fs::directory_iterator it(out_dir, ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
-      const std::string name = it->path().filename().string();
-      const auto mark = name.rfind(".tmp-");
-      if (mark == std::string::npos || mark + 5 == name.size() ||
-          name.find_first_not_of("0123456789", mark + 5) != std::string::npos) {
-        continue;
-      }
-      std::error_code removed;
-      if (fs::remove(it->path(), removed)) {
-        fmt::print("removed {}, a partial file left by an interrupted run\n", it->path().string());
-      }
-    }
-  }
-  OutputLock(const OutputLock&) = delete;
-  OutputLock& operator=(const OutputLock&) = delete;
-
- private:
-  int fd_ = -1;
-};
-
 std::string json_number(double value) {
   if (!std::isfinite(value)) return "null";
   return fmt::format("{}", value);
@@ -235,6 +181,19 @@ std::string json_list(const std::vector<double>& values) {
   std::vector<std::string> items;
   for (double v : values) items.push_back(json_number(v));
   return fmt::format("[{}]", fmt::join(items, ", "));
+}
+
+// The files a run writes in its output folder (each atomically, through "<name>.tmp-<pid>"); any
+// of them there means the folder holds a run.
+const std::vector<std::string> kRunFiles = {"model.h5", "best.h5", "summary.json"};
+
+std::vector<fs::path> run_files_in(const fs::path& out_dir) {
+  std::vector<fs::path> found;
+  for (const std::string& name : kRunFiles) {
+    std::error_code ec;
+    if (fs::exists(fs::symlink_status(out_dir / name, ec))) found.push_back(out_dir / name);
+  }
+  return found;
 }
 
 // The per-epoch metrics the trainer records in /history (a resume checks each is whole).
@@ -493,8 +452,18 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   // The lock creates the folder, proves it writable and keeps other runs out; a validate-only
   // call (strata search checking a trial's experiment) writes nothing and takes none.
   std::optional<OutputLock> lock;
-  if (!options.validate_only) lock.emplace(out_dir);
+  if (!options.validate_only) lock.emplace(out_dir, kRunFiles);
   if (resuming) check_resumable(checkpoint_path, experiment_yaml, options.force);
+  const std::vector<fs::path> previous_run =
+      options.validate_only || resuming ? std::vector<fs::path>{} : run_files_in(out_dir);
+  if (!previous_run.empty() && !options.overwrite) {
+    std::vector<std::string> names;
+    for (const fs::path& file : previous_run) names.push_back(file.filename().string());
+    fail(
+        "{}: already holds a run ({}); continue it with --resume, start it over with "
+        "--overwrite (which deletes them), or choose another --out",
+        out_dir.string(), fmt::join(names, ", "));
+  }
 
   // ---- Shapes through the transforms: the dataset's, after preprocess, after augment. ----
   Shape sample = dataset->sample_shape();
@@ -644,6 +613,14 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                 static_cast<long long>(state.epoch), static_cast<long long>(state.iteration));
   } else if (!options.weights.empty()) {
     load_finetuning_weights(graph, options, checkpoint_path);
+  }
+  // --overwrite: the previous run's files go once this run has its data and is about to train, so
+  // that a new run never leaves a folder mixing two runs (an old best.h5 beside a new model.h5).
+  for (const fs::path& file : previous_run) {
+    std::error_code removed;
+    fs::remove(file, removed);
+    if (removed) fail("{}: cannot delete it for --overwrite: {}", file.string(), removed.message());
+    if (!options.quiet) std::printf("--overwrite: deleted %s of the previous run\n", file.c_str());
   }
 
   auto save = [&](const fs::path& path) {

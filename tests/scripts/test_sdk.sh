@@ -6,7 +6,8 @@
 #   4. a tiny experiment lists it under `plugins:` and trains; `strata plugins EXP.yaml` lists it;
 #   5. from another folder, with the build folder gone from the path: inspect, eval (the val split
 #      matches the trainer's own val metrics) and forward --preprocess on raw images work from the
-#      checkpoint alone; a missing plugin is an error naming it and its version.
+#      checkpoint and the plugin's folder in STRATA_PLUGIN_PATH (never from the path the checkpoint
+#      records); a missing plugin is an error naming it and its version.
 set -euo pipefail
 : "${STRATA:?}" "${STRATA_SOURCE_DIR:?}" "${PYTHON:=python3}"
 build_dir=$(dirname "$(dirname "$STRATA")")
@@ -66,9 +67,12 @@ with h5py.File(sys.argv[1], "r") as f:
     assert w.shape == (6,) and abs(w.mean() - 0.25) < 0.2, w   # starts at 0.25, learned since
 PY
 
-# 5. Analysis from another folder, from the checkpoint alone.
+# 5. Analysis from another folder, from the checkpoint alone. The checkpoint records prelu's path,
+# but a path recorded in a file is never loaded: prelu must come from a trusted folder.
 mkdir "$work/elsewhere"
 cd "$work/elsewhere"
+expect_error "needs plugin 'prelu' version 1.0, which is not loaded and is in none of the trusted plugin folders" -- inspect "$ckpt"
+export STRATA_PLUGIN_PATH="$example/build"
 "$tool" inspect "$ckpt" >"$work/inspect.txt"
 grep -qE "^training: epoch 1, iteration 13$" "$work/inspect.txt" || fail "inspect: training state"
 grep -qE "^  act1/weight +\[6\] +6 " "$work/inspect.txt" || fail "inspect: act1/weight row"
@@ -110,5 +114,6 @@ with h5py.File(sys.argv[1], "r") as a, h5py.File(sys.argv[2], "r") as b:
 PY
 # A checkpoint whose plugin is gone: the error names it and its version.
 rm -rf "$example/build"
-expect_error "needs plugin 'prelu' version 1.0, which is not loaded and is no longer at $plugin" -- eval "$ckpt"
+unset STRATA_PLUGIN_PATH
+expect_error "the checkpoint says it was loaded from $plugin, but a path recorded in a file is never loaded" -- eval "$ckpt"
 echo "sdk: all checks passed"

@@ -12,9 +12,12 @@
 // A checkpoint holds everything needed: the experiment (/experiment), the weights (/model), the
 // fitted preprocessing (/preprocess) and the plugins it needs by name and version (/plugins). The
 // constructor makes sure every recorded plugin is loaded: one already loaded under that name is
-// used (a different version is reported on stderr), otherwise the file it was loaded from at
-// training time is loaded if it still exists; else it is an Error naming the plugin, its version
-// and where it was. Nothing depends on the current folder or on the experiment file.
+// used (a different version is a warning on stderr), otherwise it is looked for by name in the
+// trusted plugin folders only (PluginLoader::default_dirs(): the tool's folder and
+// STRATA_PLUGIN_PATH); else it is an Error naming the plugin, its version and the folders
+// searched. A checkpoint is data and never chooses code: the path it records for a plugin is
+// shown, never loaded, and neither are the `plugins:` of the experiment stored inside it. To use
+// a plugin from elsewhere, load it into `loader` first. Nothing depends on the current folder.
 #pragma once
 
 #include <cstdint>
@@ -67,6 +70,9 @@ class TrainedModel {
 
   // The experiment's dataset, built from its `data` section.
   Dataset& dataset();
+  // The existing files and folders that strings of the experiment's `data` section name (the
+  // dataset's files), read from the stored experiment without building the dataset.
+  std::vector<std::filesystem::path> dataset_paths() const;
   std::vector<std::string> class_names() { return dataset().class_names(); }
   // "train", "val" or "test": exactly the rows the trainer used (train_limit, test_limit, the
   // seed's validation split), with the checkpoint's preprocessing applied.
@@ -100,7 +106,8 @@ std::vector<PluginRecord> plugins_needed(const Registries& registries, const Gra
                                          const std::string& loss,
                                          const std::vector<std::shared_ptr<Transform>>& transforms);
 
-// Makes sure every recorded plugin is loaded (see above); `checkpoint` names the file in errors.
+// Makes sure every recorded plugin is loaded, from the trusted folders only (see above);
+// `checkpoint` names the file in errors.
 void ensure_plugins_loaded(const std::vector<PluginRecord>& plugins, PluginLoader& loader,
                            const std::filesystem::path& checkpoint);
 

@@ -37,6 +37,9 @@ struct TrainOptions {
   std::filesystem::path out_dir;  // receives model.h5 and summary.json
   bool resume = false;            // continue from out_dir/model.h5 (an error when there is none)
   bool force = false;             // resume even when the experiment differs from the checkpoint's
+  // A new run (no `resume`) refuses a folder that holds a run (model.h5, best.h5 or summary.json)
+  // unless `overwrite`: then those files are deleted once the data is loaded, before training.
+  bool overwrite = false;
   bool allow_nonfinite = false;   // resume from a checkpoint holding NaN or infinite values
   // Fine-tuning: start a new run from this checkpoint's /model tensors, matched by layer and
   // parameter name. Every tensor of the model must be there with its shape, and nothing else,
