@@ -117,6 +117,10 @@ const std::vector<LayerCase> kConformanceCases = {
     {"{type: tanh}", {{3, 4, 4}}, {3, 4, 4}},
     {"{type: sigmoid}", {{3, 4, 4}}, {3, 4, 4}},
     {"{type: swish}", {{3, 4, 4}}, {3, 4, 4}},
+    {"{type: relu6}", {{3, 4, 5}}, {3, 4, 5}},
+    {"{type: hard_sigmoid}", {{3, 4, 4}}, {3, 4, 4}},
+    {"{type: hardswish}", {{3, 4, 4}}, {3, 4, 4}},
+    {"{type: hardswish}", {{11}}, {11}},
     // shape and regularisation
     {"{type: flatten}", {{2, 3, 4}}, {24}},
     {"{type: flatten}", {{5}}, {5}},
@@ -132,6 +136,10 @@ const std::vector<LayerCase> kConformanceCases = {
     {"{type: add}", {{3, 4, 4}, {3, 4, 4}}, {3, 4, 4}},
     {"{type: add}", {{2, 3, 5}, {2, 3, 5}, {2, 3, 5}}, {2, 3, 5}},
     {"{type: add}", {{7}, {7}}, {7}},
+    {"{type: multiply}", {{3, 4, 4}, {3, 4, 4}}, {3, 4, 4}},
+    {"{type: multiply}", {{4, 3, 5}, {4, 1, 1}}, {4, 3, 5}},
+    {"{type: multiply}", {{2, 1, 1}, {2, 3, 3}}, {2, 3, 3}},
+    {"{type: multiply}", {{7}, {7}}, {7}},
     {"{type: concat}", {{2, 4, 4}, {3, 4, 4}}, {5, 4, 4}},
     {"{type: concat}", {{1, 3, 5}, {2, 3, 5}, {3, 3, 5}}, {6, 3, 5}},
     {"{type: concat}", {{4}, {3}}, {7}},
@@ -640,6 +648,100 @@ BOOST_AUTO_TEST_CASE(flatten_aliases_when_it_may) {
 BOOST_AUTO_TEST_SUITE_END()
 
 // ------------------------------------------------------------------------------------------------
+// relu6, hard_sigmoid, hardswish: outside the conformance suite's inputs in [-2, 2]
+// ------------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(piecewise_activations)
+
+// Values and gradients (dy = 1) printed by PyTorch 1.13's F.relu6, F.hardsigmoid and F.hardswish
+// at and between the kinks, in the saturated ranges and for NaN: the conventions at the kinks are
+// PyTorch's (tests/scripts/modern_layers_vs_pytorch.py compares whole networks).
+BOOST_AUTO_TEST_CASE(values_and_gradients_at_the_kinks_match_pytorch) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> x = {-4, -3, -1.5f, 0, 1.5f, 3, 4.5f, 6, 7, nan};
+  struct Expected {
+    const char* type;
+    std::vector<float> y, dx;
+  };
+  const std::vector<Expected> table = {
+      {"relu6", {0, 0, 0, 0, 1.5f, 3, 4.5f, 6, 6, nan}, {0, 0, 0, 0, 1, 1, 1, 0, 0, 1}},
+      {"hard_sigmoid",
+       {0, 0, 0.25f, 0.5f, 0.75f, 1, 1, 1, 1, nan},
+       {0, 0, 1 / 6.0f, 1 / 6.0f, 1 / 6.0f, 0, 0, 0, 0, 0}},
+      {"hardswish",
+       {0, 0, -0.375f, 0, 1.125f, 3, 4.5f, 6, 7, nan},
+       {0, -0.5f, 0, 0.5f, 1, 1.5f, 1, 1, 1, 1}},
+  };
+  const auto n = static_cast<int64_t>(x.size());
+  for (const Expected& expected : table) {
+    for (const std::string backend : {"reference", "tbb"}) {
+      Instance layer = make_layer(fmt::format("{{type: {}}}", expected.type), {{n}}, backend);
+      Tensor input({1, n});
+      std::copy(x.begin(), x.end(), input.data());
+      const Tensor y = run_forward(layer, {input}, true, 1);
+      Tensor dy({1, n});
+      dy.fill(1.0f);
+      const auto dx = run_backward(layer, {input}, y, dy, true, 1);
+      for (int64_t i = 0; i < n; ++i) {
+        const float want_y = expected.y[static_cast<std::size_t>(i)];
+        const float got_y = y.data()[i];
+        BOOST_TEST((std::isnan(want_y) ? std::isnan(got_y) : std::abs(got_y - want_y) <= 1e-6f),
+                   expected.type << " (" << backend << ")(" << x[static_cast<std::size_t>(i)]
+                                 << ") = " << got_y << ", PyTorch " << want_y);
+        BOOST_TEST(dx[0].data()[i] == expected.dx[static_cast<std::size_t>(i)],
+                   expected.type << " (" << backend << ")'(" << x[static_cast<std::size_t>(i)]
+                                 << ") = " << dx[0].data()[i] << ", PyTorch "
+                                 << expected.dx[static_cast<std::size_t>(i)]);
+      }
+    }
+  }
+}
+
+// Over [-8, 8], where the saturated pieces are, backward agrees with central differences at
+// points at least 0.05 from every kink (eps 1e-2: each piece is at most quadratic, so the
+// difference is exact up to float rounding, ~1e-5 after dividing by 2 eps).
+BOOST_AUTO_TEST_CASE(gradients_over_the_whole_range) {
+  Rng rng(17);
+  std::uniform_real_distribution<float> uniform(-8.0f, 8.0f);
+  const int64_t n = 4000;
+  Tensor input({1, n});
+  for (int64_t i = 0; i < n; ++i) {
+    float v = 0;
+    do {
+      v = uniform(rng);
+    } while (std::abs(v + 3) < 0.05f || std::abs(v) < 0.05f || std::abs(v - 3) < 0.05f ||
+             std::abs(v - 6) < 0.05f);
+    input.data()[i] = v;
+  }
+  const Tensor dy = random_tensor({1, n}, rng);
+  for (const char* type : {"relu6", "hard_sigmoid", "hardswish"}) {
+    Instance layer = make_layer(fmt::format("{{type: {}}}", type), {{n}}, "tbb");
+    const Tensor y = run_forward(layer, {input}, true, 1);
+    const auto dx = run_backward(layer, {input}, y, dy, true, 1);
+    Tensor shifted = input.clone();
+    int64_t saturated = 0, failed = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = input.data()[i];
+      saturated += v < -3 || v > 6;
+      shifted.data()[i] = v + 1e-2f;
+      const double up = shifted.data()[i];
+      const Tensor plus = run_forward(layer, {shifted}, true, 1);
+      shifted.data()[i] = v - 1e-2f;
+      const double down = shifted.data()[i];
+      const Tensor minus = run_forward(layer, {shifted}, true, 1);
+      shifted.data()[i] = v;
+      const double numerical =
+          (static_cast<double>(plus.data()[i]) - minus.data()[i]) / (up - down) * dy.data()[i];
+      if (std::abs(numerical - dx[0].data()[i]) > 1e-4) ++failed;
+    }
+    BOOST_TEST(saturated > n / 4, type << ": the draw reaches the saturated pieces");
+    BOOST_TEST(failed == 0, type << ": " << failed << " of " << n << " gradients disagree");
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
 // Dropout
 // ------------------------------------------------------------------------------------------------
 
@@ -1006,6 +1108,61 @@ BOOST_AUTO_TEST_CASE(concat_stacks_channels_in_input_order) {
   }
 }
 
+// multiply: the same-shape product and the squeeze-and-excitation gate [C, 1, 1] over [C, H, W],
+// with the gate as either input, on both backends, at a batch large enough that tbb splits it.
+BOOST_AUTO_TEST_CASE(multiply_products_and_channel_gates) {
+  Rng rng(43);
+  for (const std::string backend : {"reference", "tbb"}) {
+    Instance same = make_layer("{type: multiply}", {{3, 5, 7}, {3, 5, 7}}, backend);
+    const std::vector<Tensor> ab = {random_tensor({200, 3, 5, 7}, rng),
+                                    random_tensor({200, 3, 5, 7}, rng)};
+    const Tensor y = run_forward(same, ab, true, 1);
+    const Tensor dy = random_tensor(y.shape(), rng);
+    const auto d = run_backward(same, ab, y, dy, true, 1);
+    bool exact = true;
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      exact = exact && y.data()[i] == ab[0].data()[i] * ab[1].data()[i] &&
+              d[0].data()[i] == dy.data()[i] * ab[1].data()[i] &&
+              d[1].data()[i] == dy.data()[i] * ab[0].data()[i];
+    }
+    BOOST_TEST(exact, backend << ": y != a * b, or its gradients are not dy * b and dy * a");
+
+    for (const bool gate_first : {false, true}) {
+      const Shape map{4, 6, 5}, gate{4, 1, 1};
+      Instance gated = make_layer(
+          "{type: multiply}",
+          gate_first ? std::vector<Shape>{gate, map} : std::vector<Shape>{map, gate}, backend);
+      BOOST_TEST_REQUIRE(gated.output == map);
+      const Tensor x = random_tensor(map.with_batch(150), rng);
+      const Tensor g = random_tensor(gate.with_batch(150), rng);
+      const std::vector<Tensor> inputs =
+          gate_first ? std::vector<Tensor>{g, x} : std::vector<Tensor>{x, g};
+      const Tensor out = run_forward(gated, inputs, true, 1);
+      const Tensor dout = random_tensor(out.shape(), rng);
+      const auto din = run_backward(gated, inputs, out, dout, true, 1);
+      const Tensor& dx = din[gate_first ? 1 : 0];
+      const Tensor& dg = din[gate_first ? 0 : 1];
+      bool forward_ok = true, dx_ok = true;
+      double worst_dg = 0;
+      for (int64_t p = 0; p < 150 * 4; ++p) {
+        double sum = 0;
+        for (int64_t i = 0; i < 30; ++i) {
+          const int64_t at = p * 30 + i;
+          forward_ok = forward_ok && out.data()[at] == x.data()[at] * g.data()[p];
+          dx_ok = dx_ok && dx.data()[at] == dout.data()[at] * g.data()[p];
+          sum += static_cast<double>(dout.data()[at]) * x.data()[at];
+        }
+        worst_dg = std::max(worst_dg, std::abs(sum - dg.data()[p]));
+      }
+      BOOST_TEST(forward_ok, backend << " gate_first " << gate_first << ": y != x * g[c]");
+      BOOST_TEST(dx_ok, backend << " gate_first " << gate_first << ": dx != dy * g[c]");
+      BOOST_TEST(worst_dg < 1e-5, backend << " gate_first " << gate_first
+                                          << ": dg is not the plane sum of dy * x, off by "
+                                          << worst_dg);
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(mismatched_inputs_are_clear_errors) {
   auto error = [](const std::string& layer_yaml, const std::vector<Shape>& inputs) {
     return error_of([&] { make_layer(layer_yaml, inputs, "reference"); });
@@ -1022,6 +1179,19 @@ BOOST_AUTO_TEST_CASE(mismatched_inputs_are_clear_errors) {
                         "input 1 is [24]");
   STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8}, {3, 8}}), "input 0 is [3, 8]");
   STRATA_CHECK_CONTAINS(error("{type: concat}", {{3, 8, 8}}), "takes at least 2 inputs, got 1");
+  // multiply broadcasts only a [C, 1, 1] gate over [C, H, W] of the same C.
+  for (const auto& [a, b] : std::vector<std::pair<Shape, Shape>>{{{3, 4, 4}, {4, 1, 1}},
+                                                                 {{3}, {3, 4, 4}},
+                                                                 {{1, 4, 4}, {3, 4, 4}},
+                                                                 {{3, 4, 4}, {3, 4, 1}},
+                                                                 {{3, 4, 4}, {3, 5, 4}}}) {
+    STRATA_CHECK_CONTAINS(error("{type: multiply}", {a, b}),
+                          "multiply needs two inputs of the same shape, or a per-channel gate "
+                          "[C, 1, 1] and a feature map [C, H, W] with the same C, but input 0 is " +
+                              a.str() + " and input 1 is " + b.str());
+  }
+  STRATA_CHECK_CONTAINS(error("{type: multiply}", {{3, 4, 4}, {3, 4, 4}, {3, 4, 4}}),
+                        "takes 2 input(s), got 3");
 
   // Inside a model: the file position, the layer and both producers are named.
   Rng rng(1);
@@ -1361,6 +1531,58 @@ BOOST_AUTO_TEST_CASE(gradient_matches_central_differences) {
     const double down = v, minus = loss->forward_backward(logits, labels, nullptr);
     v = saved;
     BOOST_TEST(std::abs((plus - minus) / (up - down) - grad.data()[i]) < 2e-4, "logit " << i);
+  }
+}
+
+// CrossEntropyLoss(label_smoothing=0.1) in PyTorch 1.13 on the logits of `hand_computed`:
+// loss 0.9576058983802795, gradient [[0.02834862, 0.10569758, -0.13404617],
+// [0.31595382, -0.34430242, 0.02834862]].
+BOOST_AUTO_TEST_CASE(label_smoothing_matches_pytorch) {
+  auto loss =
+      registries().losses.create(yaml("{type: softmax_cross_entropy, label_smoothing: 0.1}"));
+  const Tensor logits = tensor_of({2, 3}, {1, 2, 3, 1, 0, -1});
+  const std::vector<int32_t> labels = {2, 1};
+  Tensor grad({2, 3});
+  BOOST_TEST(loss->forward_backward(logits, labels, &grad) == 0.9576058983802795f,
+             boost::test_tools::tolerance(1e-6f));
+  const float expected[] = {0.02834862f, 0.10569758f,  -0.13404617f,
+                            0.31595382f, -0.34430242f, 0.02834862f};
+  for (int i = 0; i < 6; ++i) {
+    BOOST_TEST(grad.data()[i] == expected[i], boost::test_tools::tolerance(1e-5f));
+  }
+  // Smoothing 0 is the plain loss, bit for bit; the chance value stays ln(classes).
+  auto plain = registries().losses.create("softmax_cross_entropy", Config{});
+  auto zero = registries().losses.create(yaml("{type: softmax_cross_entropy, label_smoothing: 0}"));
+  Rng rng(9);
+  const Tensor random_logits = random_tensor({6, 7}, rng, -4.0f, 4.0f);
+  const std::vector<int32_t> random_labels = {0, 6, 3, 3, 1, 5};
+  Tensor g0({6, 7}), g1({6, 7});
+  BOOST_TEST(plain->forward_backward(random_logits, random_labels, &g0) ==
+             zero->forward_backward(random_logits, random_labels, &g1));
+  BOOST_TEST(max_abs_diff(g0, g1) == 0.0f);
+  BOOST_TEST(*loss->chance_loss(7) == std::log(7.0), boost::test_tools::tolerance(1e-12));
+  // The gradient of a smoothed loss against central differences (as above).
+  auto smoothed =
+      registries().losses.create(yaml("{type: softmax_cross_entropy, label_smoothing: 0.3}"));
+  Tensor x = random_logits.clone();
+  Tensor gs({6, 7});
+  smoothed->forward_backward(x, random_labels, &gs);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    float& v = x.data()[i];
+    const float saved = v;
+    v = saved + 1e-2f;
+    const double up = v, plus = smoothed->forward_backward(x, random_labels, nullptr);
+    v = saved - 1e-2f;
+    const double down = v, minus = smoothed->forward_backward(x, random_labels, nullptr);
+    v = saved;
+    BOOST_TEST(std::abs((plus - minus) / (up - down) - gs.data()[i]) < 2e-4, "logit " << i);
+  }
+  for (const char* bad : {"-0.1", "1.5", "nan"}) {
+    STRATA_CHECK_CONTAINS(error_of([&] {
+                            registries().losses.create(yaml(fmt::format(
+                                "{{type: softmax_cross_entropy, label_smoothing: {}}}", bad)));
+                          }),
+                          "label_smoothing");
   }
 }
 

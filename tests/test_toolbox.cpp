@@ -2,12 +2,15 @@
 // determinism), and babysitting (per-iteration history, diagnostics, the initial-loss check,
 // train.overfit, the explosion guard, early stopping and best.h5).
 #define BOOST_TEST_MODULE toolbox
+#include <fmt/format.h>
 #include <tbb/task_arena.h>
 
 #include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <numeric>
+#include <random>
 #include <set>
 #include <sstream>
 
@@ -363,6 +366,56 @@ layers:
   BOOST_REQUIRE(notes.size() >= 2u);
   STRATA_CHECK_CONTAINS(notes[0], "conv1 update/weight 5.0e-01");
   STRATA_CHECK_CONTAINS(notes[1], "relu1 75% dead");
+}
+
+// An epoch's measurements become at most one line per layer, saying in how many of the epoch's
+// checks each warning fired and its most extreme value; a warning that fired in half of the
+// checks or fewer (noisy batches) is left out, unless the gradient was not finite; take_lines()
+// starts the next epoch.
+BOOST_AUTO_TEST_CASE(diagnostics_are_summarized_per_epoch) {
+  constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<double> healthy(2e-4, 5e-3), high(2e-2, 9e-2);
+  DiagnosticsSummary summary;
+  double worst_high = 0;
+  double worst_dead = 0;
+  for (int check = 0; check < 8; ++check) {
+    const double conv1 = check == 3 ? healthy(rng) : high(rng);  // too high in 7 of 8
+    if (check != 3) worst_high = std::max(worst_high, conv1);
+    const bool dying = check != 1 && check != 6 && check != 7;  // dead in 5 of 8
+    const double dead = dying ? 0.6 + 0.01 * check : 0.2;
+    if (dying) worst_dead = std::max(worst_dead, dead);
+    const std::vector<LayerDiagnostics> results = {
+        {"conv1", "conv2d", conv1, 1.0, 2.0, 0.1, 1.0, kNaN},
+        {"relu1", "relu", kNaN, kNaN, kNaN, 0.1, 1.0, dead},
+        {"fc1", "linear", healthy(rng), 1.0, 2.0, 0.1, 1.0, kNaN},
+        {"fc2", "linear", check < 4 ? high(rng) : healthy(rng), 1.0, 2.0, 0.1, 1.0, kNaN},
+    };
+    summary.add(results);
+  }
+  BOOST_TEST(summary.checks() == 8);
+  const std::vector<std::string> lines = summary.take_lines(3);
+  BOOST_TEST_REQUIRE(lines.size() == 2u);  // fc1 stayed healthy, fc2 was high in 4 of 8 only
+  BOOST_TEST(lines[0] ==
+             fmt::format("epoch 3 diagnostics: conv1 update/weight up to {:.1e} (lr too "
+                         "high?) in 7 of 8 checks",
+                         worst_high));
+  BOOST_TEST(lines[1] ==
+             fmt::format("epoch 3 diagnostics: relu1 up to {:.0f}% dead in 5 of 8 checks",
+                         100 * worst_dead));
+  // The next epoch starts empty; a layer with two kinds of warning still gets one line, and a
+  // non-finite gradient norm is reported even once.
+  BOOST_TEST(summary.checks() == 0);
+  BOOST_TEST(summary.take_lines(4).empty());
+  const double inf = std::numeric_limits<double>::infinity();
+  summary.add(std::vector<LayerDiagnostics>{{"fc1", "linear", 0.5, inf, 2.0, 0, 1, kNaN}});
+  summary.add(std::vector<LayerDiagnostics>{{"fc1", "linear", 0.2, 1.0, 2.0, 0, 1, kNaN}});
+  summary.add(std::vector<LayerDiagnostics>{{"fc1", "linear", 3e-5, 1.0, 2.0, 0, 1, kNaN}});
+  const std::vector<std::string> mixed = summary.take_lines(5);
+  BOOST_TEST_REQUIRE(mixed.size() == 1u);
+  BOOST_TEST(mixed[0] ==
+             "epoch 5 diagnostics: fc1 update/weight up to 5.0e-01 (lr too high?) in 2 "
+             "of 3 checks; gradient norm inf in 1 of 3 checks");
 }
 
 // /history/iterations/... and /history/diagnostics/<layer>/... are nested groups in the file

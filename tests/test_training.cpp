@@ -2,6 +2,7 @@
 // learn the synthetic dataset, an interrupted run must resume to the same weights, and a
 // diverging run must stop naming the iteration.
 #define BOOST_TEST_MODULE training
+#include <algorithm>
 #include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <fstream>
@@ -290,6 +291,47 @@ BOOST_AUTO_TEST_CASE(resume_continues_exactly) {
   auto state = load_checkpoint_training_state(interrupted / "model.h5");
   BOOST_TEST(state->epoch == 2);
   BOOST_TEST(state->history.at("train_loss").size() == 2u);
+}
+
+// With gradient clipping (by value and by norm) and label smoothing, an interrupted run still
+// resumes to bit-identical weights and the same per-iteration history, grad_norm included.
+BOOST_AUTO_TEST_CASE(resume_with_clipping_and_label_smoothing_continues_exactly) {
+  test::TempDir straight, interrupted;
+  const std::vector<std::pair<std::string, std::string>> base{
+      {"backend", "reference"},
+      {"loss", "{type: softmax_cross_entropy, label_smoothing: 0.1}"},
+      {"train.clip_grad_norm", "0.5"},
+      {"train.clip_grad_value", "0.05"},
+      {"train.log_every", "5"},
+      {"data.train_size", "600"}};
+  auto with_epochs = [&](const char* epochs) {
+    auto sets = base;
+    sets.emplace_back("train.epochs", epochs);
+    return sets;
+  };
+  run(kSmallExperiment, straight.path(), false, with_epochs("2"));
+  run(kSmallExperiment, interrupted.path(), false, with_epochs("1"));
+  run(kSmallExperiment, interrupted.path(), true, with_epochs("2"));
+
+  Rng rng(1);
+  Config model = Config::parse_string(kSmallExperiment, "small.yaml").at("model");
+  Graph a(model, test::registries(), "reference", rng);
+  Graph b(model, test::registries(), "reference", rng);
+  std::vector<NamedTensor> sa = a.state_tensors(), sb = b.state_tensors();
+  load_checkpoint_tensors(straight / "model.h5", "model", sa);
+  load_checkpoint_tensors(interrupted / "model.h5", "model", sb);
+  for (std::size_t i = 0; i < sa.size(); ++i) {
+    BOOST_TEST(test::max_abs_diff(sa[i].tensor, sb[i].tensor) == 0.0f, sa[i].name);
+  }
+  const auto full = load_checkpoint_training_state(straight / "model.h5");
+  const auto resumed = load_checkpoint_training_state(interrupted / "model.h5");
+  const std::vector<double>& norms = full->history.at("iterations/grad_norm");
+  BOOST_TEST(norms.size() == full->history.at("iterations/loss").size());
+  BOOST_TEST(!norms.empty());
+  // Pre-clip norms above the bound: the clipping really changed steps.
+  BOOST_TEST(*std::max_element(norms.begin(), norms.end()) > 0.5);
+  BOOST_TEST(resumed->history.at("iterations/grad_norm") == norms);
+  BOOST_TEST(resumed->history.at("iterations/loss") == full->history.at("iterations/loss"));
 }
 
 BOOST_AUTO_TEST_CASE(diverging_loss_stops_and_names_the_iteration) {

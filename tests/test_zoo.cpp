@@ -216,3 +216,41 @@ BOOST_AUTO_TEST_CASE(json_and_table_carry_the_same_numbers) {
   STRATA_CHECK_CONTAINS(table, "60,965,224");
   STRATA_CHECK_CONTAINS(table, "conv2");
 }
+
+// A MobileNetV3-style block with squeeze-and-excitation: the activations and the gating multiply
+// count no parameters and no multiply-adds, keep their input's shape (the gate broadcasts back to
+// the feature map's [C, H, W]), and their outputs count in the activation memory.
+BOOST_AUTO_TEST_CASE(squeeze_and_excitation_block_is_accounted) {
+  const Config config = Config::parse_string(R"(
+input: [3, 16, 16]
+layers:
+  - {name: conv1, type: conv2d, out_channels: 16, kernel: 3, padding: 1}
+  - {name: hs1, type: hardswish}
+  - {name: dw, type: conv2d, out_channels: 16, kernel: 3, padding: 1, groups: 16}
+  - {name: r6, type: relu6}
+  - {name: se_pool, type: global_avg_pool}
+  - {name: se_fc1, type: conv2d, out_channels: 4, kernel: 1}
+  - {name: se_relu, type: relu}
+  - {name: se_fc2, type: conv2d, out_channels: 16, kernel: 1}
+  - {name: se_gate, type: hard_sigmoid}
+  - {name: se, type: multiply, inputs: [r6, se_gate]}
+  - {name: pool, type: global_avg_pool}
+  - {name: fc, type: linear, out_features: 4}
+)",
+                                             "se.yaml");
+  Graph graph(config, test::registries(), "tbb");
+  const ModelSummary summary = summarize(graph, true, 1);
+  for (const char* name : {"hs1", "r6", "se_gate", "se"}) {
+    BOOST_CHECK_EQUAL(row(summary, name).parameters, 0);
+    BOOST_CHECK_EQUAL(row(summary, name).multiply_adds, 0);
+  }
+  BOOST_CHECK_EQUAL(row(summary, "se_gate").output, (Shape{16, 1, 1}));
+  BOOST_CHECK_EQUAL(row(summary, "se").output, (Shape{16, 16, 16}));
+  BOOST_CHECK_EQUAL(row(summary, "se").activations, 16 * 16 * 16);
+  BOOST_CHECK_EQUAL(row(summary, "se").activation_bytes, 16 * 16 * 16 * 4);
+  // conv1 448, dw 160, se_fc1 68, se_fc2 80, fc 68.
+  BOOST_CHECK_EQUAL(summary.parameters, 824);
+  // input 768; conv1, hs1, dw, r6, se 4096 each; se_pool 16, se_fc1 4, se_relu 4, se_fc2 16,
+  // se_gate 16; pool 16, fc 4.
+  BOOST_CHECK_EQUAL(summary.activations, 768 + 5 * 4096 + 16 + 4 + 4 + 16 + 16 + 16 + 4);
+}

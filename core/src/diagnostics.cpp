@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -131,6 +132,71 @@ std::vector<std::string> diagnostic_warnings(std::span<const LayerDiagnostics> r
     }
   }
   return notes;
+}
+
+void DiagnosticsSummary::add(std::span<const LayerDiagnostics> results) {
+  ++checks_;
+  for (const LayerDiagnostics& r : results) {
+    auto note = [&](Kind kind, double value, bool larger_is_worse) {
+      auto it = std::find_if(layers_.begin(), layers_.end(),
+                             [&](const LayerIssues& l) { return l.layer == r.layer; });
+      if (it == layers_.end()) {
+        layers_.push_back(LayerIssues{r.layer, {}});
+        it = layers_.end() - 1;
+      }
+      Issue& issue = it->issues[kind];
+      if (issue.count == 0 || (larger_is_worse ? value > issue.extreme : value < issue.extreme)) {
+        issue.extreme = value;
+      }
+      ++issue.count;
+    };
+    if (!std::isnan(r.update_ratio)) {
+      if (r.update_ratio > kUpdateRatioHigh) note(kUpdateHigh, r.update_ratio, true);
+      if (!(r.update_ratio >= kUpdateRatioLow)) note(kUpdateLow, r.update_ratio, false);
+    }
+    if (!std::isnan(r.grad_norm) && !std::isfinite(r.grad_norm)) {
+      note(kGradientNotFinite, r.grad_norm, true);
+    }
+    if (!std::isnan(r.dead_fraction) && r.dead_fraction > kDeadFractionHigh) {
+      note(kDead, r.dead_fraction, true);
+    }
+  }
+}
+
+std::vector<std::string> DiagnosticsSummary::take_lines(int64_t epoch) {
+  // Layers in the order of their first issue within the epoch: graph order when they start at
+  // the same measurement (StepDiagnostics reports in graph order).
+  std::vector<std::string> lines;
+  // A ratio or dead fraction outside its range in half of the epoch's checks or fewer describes
+  // some batches, not the epoch: it stays in the history but is not reported. A non-finite
+  // gradient is reported however rarely it happened.
+  auto persistent = [&](const Issue& issue) { return 2 * issue.count > checks_; };
+  for (const LayerIssues& l : layers_) {
+    std::vector<std::string> parts;
+    auto times = [&](const Issue& issue) {
+      return fmt::format("in {} of {} checks", issue.count, checks_);
+    };
+    if (const Issue& i = l.issues[kUpdateHigh]; persistent(i)) {
+      parts.push_back(
+          fmt::format("update/weight up to {:.1e} (lr too high?) {}", i.extreme, times(i)));
+    }
+    if (const Issue& i = l.issues[kUpdateLow]; persistent(i)) {
+      parts.push_back(
+          fmt::format("update/weight down to {:.1e} (lr too low?) {}", i.extreme, times(i)));
+    }
+    if (const Issue& i = l.issues[kGradientNotFinite]; i.count > 0) {
+      parts.push_back(fmt::format("gradient norm {} {}", i.extreme, times(i)));
+    }
+    if (const Issue& i = l.issues[kDead]; persistent(i)) {
+      parts.push_back(fmt::format("up to {:.0f}% dead {}", 100 * i.extreme, times(i)));
+    }
+    if (parts.empty()) continue;
+    lines.push_back(
+        fmt::format("epoch {} diagnostics: {} {}", epoch, l.layer, fmt::join(parts, "; ")));
+  }
+  layers_.clear();
+  checks_ = 0;
+  return lines;
 }
 
 MetricProgress metric_progress(std::span<const double> values, bool maximize, double min_delta) {

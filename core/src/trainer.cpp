@@ -22,6 +22,7 @@
 #include "strata/diagnostics.hpp"
 #include "strata/file_check.hpp"
 #include "strata/files.hpp"
+#include "strata/gradient_clipping.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
@@ -365,6 +366,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   if (log_every < 0) train_cfg.fail_key("log_every", "must be 0 (off) or positive");
   if (diagnostics_every < 0) train_cfg.fail_key("diagnostics_every", "must be 0 (off) or positive");
   if (overfit < 0) train_cfg.fail_key("overfit", "must be 0 (off) or a number of training images");
+  const GradientClipping clipping = GradientClipping::read(train_cfg);
   if (!(explode_factor == 0 || explode_factor > 1)) {
     train_cfg.fail_key("explode_factor",
                        fmt::format("must be 0 (only NaN and Inf stop a run) or above 1, found {}",
@@ -709,6 +711,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   };
 
   StepDiagnostics diagnostics(graph);
+  DiagnosticsSummary diagnostics_summary;  // the epoch's warnings, printed once at its end
   Tensor dlogits(graph.output_shape().with_batch(batch_size));
   std::vector<int64_t> order(train_n);
   bool stopped_early = false;
@@ -751,6 +754,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       }
       correct += count_correct(logits, batch.labels);
       graph.backward(context, dl);
+      const double grad_norm = clipping.enabled() ? clip_gradients(params, clipping) : 0.0;
       const bool measure = diagnostics_every > 0 && (state.iteration + 1) % diagnostics_every == 0;
       if (measure) diagnostics.before_step();
       optimizer->step(lr);
@@ -758,16 +762,14 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       if (measure) {
         const std::vector<LayerDiagnostics> results = diagnostics.after_step();
         record_diagnostics(state.history, state.iteration, results);
-        const std::vector<std::string> warnings = diagnostic_warnings(results);
-        if (!warnings.empty()) {
-          progress.note(fmt::format("iteration {}: {}", state.iteration, fmt::join(warnings, "; ")));
-        }
+        diagnostics_summary.add(results);
       }
       if (log_every > 0 && state.iteration % log_every == 0) {
         state.history["iterations/iteration"].push_back(static_cast<double>(state.iteration));
         state.history["iterations/loss"].push_back(batch_loss);
         state.history["iterations/regularization"].push_back(optimizer->regularization_loss());
         state.history["iterations/lr"].push_back(lr);
+        if (clipping.enabled()) state.history["iterations/grad_norm"].push_back(grad_norm);
       }
       loss_sum += static_cast<double>(batch_loss) * n;
       seen += n;
@@ -818,6 +820,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       if (best.best_epoch == state.epoch) save(best_path);
     }
     progress.epoch_done(report);
+    for (const std::string& line : diagnostics_summary.take_lines(report.epoch))
+      progress.note(line);
     if (stop_reason) progress.note(*stop_reason);
     if (on_epoch) on_epoch(report);
   }

@@ -1,4 +1,4 @@
-// Element-wise activations: relu, leaky_relu, tanh, sigmoid.
+// Element-wise activations: relu, leaky_relu, tanh, sigmoid, relu6, hard_sigmoid, hardswish.
 //
 // WHAT THESE OBJECTS REPRESENT
 //   y = f(x) applied to every element independently:
@@ -6,6 +6,14 @@
 //     leaky_relu  f(x) = x > 0 ? x : negative_slope*x   key negative_slope (0.01)
 //     tanh        f(x) = tanh(x)                        f' = 1 - y^2 (from the output)
 //     sigmoid     f(x) = 1 / (1 + exp(-x))              f' = y (1 - y) (from the output)
+//   MobileNet's piecewise-linear pieces, exactly as torch.nn.ReLU6, Hardsigmoid and Hardswish,
+//   including PyTorch's derivatives at the kinks and for NaN (checked by layers_vs_pytorch.py):
+//     relu6         f(x) = min(max(x, 0), 6)          f' = 1 on (0, 6), else 0 (0 at x = 0 and 6)
+//     hard_sigmoid  f(x) = relu6(x + 3) / 6           f' = 1/6 on (-3, 3), else 0 (0 at x = +-3)
+//     hardswish     f(x) = x relu6(x + 3) / 6         f' = 0 for x < -3, x/3 + 1/2 on [-3, 3]
+//                                                     (-1/2 at x = -3, 3/2 at x = 3), 1 above
+//   A NaN input gives f' = 1 for relu6 and hardswish and 0 for hard_sigmoid, as PyTorch's
+//   backward kernels do (their comparisons are false for NaN).
 //   No parameters. NaN propagates through every one of them, as in PyTorch (relu(NaN) = NaN), so
 //   that a model with a NaN weight gives a NaN output instead of a plausible finite one.
 //
@@ -98,6 +106,39 @@ struct SigmoidOp {
   float derivative(float, float y) const { return y * (1.0f - y); }
 };
 
+// relu6(v) with NaN passing through (every comparison with NaN is false).
+inline float relu6(float v) { return v <= 0.0f ? 0.0f : (v >= 6.0f ? 6.0f : v); }
+
+struct Relu6Op {
+  static constexpr const char* kName = "relu6";
+  explicit Relu6Op(const Config&) {}
+  float value(float x) const { return relu6(x); }
+  // PyTorch's relu6 is hardtanh(x, 0, 6), whose backward zeroes the gradient where x <= 0 or
+  // x >= 6 and passes it everywhere else, NaN included.
+  float derivative(float x, float) const { return x <= 0.0f || x >= 6.0f ? 0.0f : 1.0f; }
+};
+
+struct HardSigmoidOp {
+  static constexpr const char* kName = "hard_sigmoid";
+  explicit HardSigmoidOp(const Config&) {}
+  // As PyTorch's vectorized kernel: clamp(x + 3, 0, 6) times the float 1/6.
+  float value(float x) const { return relu6(x + 3.0f) * (1.0f / 6.0f); }
+  float derivative(float x, float) const {
+    return x > -3.0f && x < 3.0f ? 1.0f / 6.0f : 0.0f;  // NaN: 0, as hardsigmoid_backward
+  }
+};
+
+struct HardswishOp {
+  static constexpr const char* kName = "hardswish";
+  explicit HardswishOp(const Config&) {}
+  float value(float x) const { return x * relu6(x + 3.0f) / 6.0f; }
+  float derivative(float x, float) const {
+    if (x < -3.0f) return 0.0f;
+    if (x <= 3.0f) return x / 3.0f + 0.5f;
+    return 1.0f;  // x > 3, and NaN (hardswish_backward passes the gradient through)
+  }
+};
+
 }  // namespace
 
 void register_activations(Registries& registries) {
@@ -105,6 +146,9 @@ void register_activations(Registries& registries) {
   registries.layers.add<Elementwise<LeakyReluOp>>("leaky_relu");
   registries.layers.add<Elementwise<TanhOp>>("tanh");
   registries.layers.add<Elementwise<SigmoidOp>>("sigmoid");
+  registries.layers.add<Elementwise<Relu6Op>>("relu6");
+  registries.layers.add<Elementwise<HardSigmoidOp>>("hard_sigmoid");
+  registries.layers.add<Elementwise<HardswishOp>>("hardswish");
 }
 
 }  // namespace strata::layers

@@ -16,6 +16,7 @@ void register_dropout(Registries& registries);
 void register_losses(Registries& registries);
 void register_batch_norm(Registries& registries);
 void register_add(Registries& registries);
+void register_multiply(Registries& registries);
 void register_concat(Registries& registries);
 void register_global_avg_pool(Registries& registries);
 void register_softmax(Registries& registries);
@@ -33,6 +34,7 @@ void register_all(Registries& registries) {
   register_losses(registries);
   register_batch_norm(registries);
   register_add(registries);
+  register_multiply(registries);
   register_concat(registries);
   register_global_avg_pool(registries);
   register_softmax(registries);

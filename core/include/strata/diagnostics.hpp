@@ -72,6 +72,36 @@ void record_diagnostics(std::map<std::string, std::vector<double>>& history, int
 // when all is well.
 std::vector<std::string> diagnostic_warnings(std::span<const LayerDiagnostics> results);
 
+// The warnings of one epoch, summarized: the trainer adds every measurement of the epoch and
+// prints, at its end, at most one line per layer that was outside a healthy range in more than
+// half of the epoch's checks (any non-finite gradient norm counts), saying how often and how far,
+// instead of a line at every measurement:
+//   epoch 3 diagnostics: conv1 update/weight up to 3.1e-02 (lr too high?) in 7 of 8 checks
+//   epoch 3 diagnostics: relu2 up to 76% dead in 8 of 8 checks
+class DiagnosticsSummary {
+ public:
+  // One measurement (one call of StepDiagnostics::after_step()).
+  void add(std::span<const LayerDiagnostics> results);
+  // Measurements added since the last take_lines().
+  int64_t checks() const { return checks_; }
+  // One line per layer with warnings, in graph order, prefixed "epoch <epoch> diagnostics: ";
+  // empty when all was well. Starts a new epoch (forgets what was added).
+  std::vector<std::string> take_lines(int64_t epoch);
+
+ private:
+  enum Kind { kUpdateHigh, kUpdateLow, kGradientNotFinite, kDead, kKinds };
+  struct Issue {
+    int64_t count = 0;
+    double extreme = 0;  // the largest ratio or dead fraction, the smallest low ratio
+  };
+  struct LayerIssues {
+    std::string layer;
+    Issue issues[kKinds];
+  };
+  int64_t checks_ = 0;
+  std::vector<LayerIssues> layers_;  // in the order layers first had an issue within the epoch
+};
+
 // The best value of a per-epoch metric so far and how long ago it was.
 struct MetricProgress {
   int64_t best_epoch = 0;  // 1-based; 0 when no value was finite
