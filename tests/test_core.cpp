@@ -338,3 +338,36 @@ BOOST_AUTO_TEST_CASE(errors_cycles_missing_files_and_malformed_included_files) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(split_rows)
+
+// split_validation_rows names the dataset row of every row split_validation returns (what
+// strata eval --output stores as /index).
+BOOST_AUTO_TEST_CASE(rows_trace_each_part_back_to_the_dataset) {
+  std::mt19937 rng(std::random_device{}());
+  const int64_t n = 50 + static_cast<int64_t>(rng() % 200);
+  const int64_t validation = 1 + static_cast<int64_t>(rng() % (n - 1));
+  const uint32_t seed = rng();
+  Split all;
+  all.images = test::random_tensor(Shape{n, 1, 2, 2}, rng);
+  for (int64_t i = 0; i < n; ++i) all.labels.push_back(static_cast<int32_t>(rng() % 1000));
+  const TrainValSplit parts = split_validation(all, validation, seed);
+  const TrainValRows rows = split_validation_rows(n, validation, seed);
+  BOOST_TEST_REQUIRE(rows.val.size() == parts.val.labels.size());
+  BOOST_TEST_REQUIRE(rows.train.size() == parts.train.labels.size());
+  BOOST_TEST(static_cast<int64_t>(rows.val.size()) == validation);
+  for (std::size_t i = 0; i < rows.val.size(); ++i) {
+    BOOST_TEST(parts.val.labels[i] == all.labels[rows.val[i]]);
+    BOOST_TEST(parts.val.images.data()[i * 4 + 3] == all.images.data()[rows.val[i] * 4 + 3]);
+  }
+  for (std::size_t i = 0; i < rows.train.size(); ++i) {
+    BOOST_TEST(parts.train.labels[i] == all.labels[rows.train[i]]);
+  }
+  std::vector<int64_t> every(rows.train);
+  every.insert(every.end(), rows.val.begin(), rows.val.end());
+  std::sort(every.begin(), every.end());
+  for (int64_t i = 0; i < n; ++i) BOOST_TEST(every[i] == i);
+  BOOST_TEST(split_validation_rows(n, 0, seed).train.size() == static_cast<std::size_t>(n));
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -166,5 +166,32 @@ PY'
 run "$work/fw3.log" forward "$work/a/model.h5" --input "$work/in.h5" --output "$work/o3.h5" --set 'model.layers[2].out_features=2'
 check "forward CKPT --set of a model key is refused" '[ $rc -eq 1 ] && grep -q "cannot change when checkpoint" "$work/fw3.log" && [ ! -e "$work/o3.h5" ]'
 
+# ---- include: from the command line ----
+# The base lives in another folder and lists a plugin relative to itself; the including file
+# changes one key. The checkpoint stores the merged experiment, without include:.
+mkdir -p "$work/base"
+cp "$(dirname "$STRATA")/../tests/plugins/libstrata_test_sum.so" "$work/base/"
+sed 's/^train: .*/train: {epochs: 1, batch_size: 16}/' "$work/a.yaml" >"$work/base/base.yaml"
+echo "plugins: [libstrata_test_sum.so]" >>"$work/base/base.yaml"
+printf 'include: base/base.yaml\ntrain: {batch_size: 8}\n' >"$work/top.yaml"
+run "$work/top.log" train "$work/top.yaml" --out "$work/top" --progress none
+check "an included experiment trains, its plugins relative to the included file" '[ $rc -eq 0 ] && "$PYTHON" - "$work/top/summary.json" "$work/top/model.h5" <<PY
+import json, sys, h5py
+summary = json.load(open(sys.argv[1]))
+assert summary["batch_size"] == 8 and summary["epochs"] == 1, summary
+with h5py.File(sys.argv[2]) as f:
+    experiment = f["experiment"][()].decode()
+assert "include" not in experiment and "seed: $seed" in experiment, experiment
+PY'
+printf 'include: base/base.yaml\ntrain: {batch_sise: 8}\n' >"$work/typo.yaml"
+run "$work/typo.log" train "$work/typo.yaml" --out "$work/typo"
+check "an unknown key in the including file names that file" '[ $rc -eq 1 ] && grep -q "typo.yaml:2:9: train.batch_sise: unknown key" "$work/typo.log"'
+sed 's/^optimizer: {type: sgd,/optimizer: {type: sgd, lr_typo: 1,/' "$work/base/base.yaml" >"$work/base/bad.yaml"
+printf 'include: base/bad.yaml\n' >"$work/uses_bad.yaml"
+run "$work/bad.log" train "$work/uses_bad.yaml" --out "$work/bad"
+check "an unknown key in an included file names the included file" '[ $rc -eq 1 ] && grep -q "base/bad.yaml:[0-9]*:[0-9]*: optimizer.lr_typo: unknown key" "$work/bad.log"'
+run "$work/inc_epochs.log" train "$work/top.yaml" --epochs 2
+check "--epochs on an including file suggests --set train.epochs" '[ $rc -eq 1 ] && grep -qF "use --set train.epochs=2" "$work/inc_epochs.log"'
+
 echo "$passed passed, $failures failed"
 [ "$failures" -eq 0 ]
