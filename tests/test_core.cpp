@@ -332,6 +332,8 @@ BOOST_AUTO_TEST_CASE(errors_cycles_missing_files_and_malformed_included_files) {
   const std::string broken = test::error_of([&] { Config::parse_file(top); });
   STRATA_CHECK_CONTAINS(broken, "broken.yaml:2:");
   STRATA_CHECK_CONTAINS(broken, "malformed YAML");
+  const std::string none = folder.write("none.yaml", "include: []\nseed: 5\n");
+  BOOST_TEST(Config::parse_file(none).get<int64_t>("seed") == 5);
   const std::string map = folder.write("map.yaml", "include: {file: a.yaml}\n");
   STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_file(map); }),
                         "map.yaml:1:10: include: expected a file name or a list of file names");

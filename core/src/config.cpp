@@ -377,6 +377,10 @@ void Config::resolve_includes(Config& config, std::vector<std::string>& chain) {
   }
   // The file's own keys, without `include`, override what it included.
   config.erase("include");
+  if (!merged) {  // include: []
+    chain.pop_back();
+    return;
+  }
   merge_map(*merged, *config.node_);
   config.node_ = merged;
   chain.pop_back();
