@@ -278,6 +278,12 @@ BOOST_AUTO_TEST_CASE(maps_merge_lists_and_scalars_are_replaced_nested_includes_r
                               lr_milli, epochs));
   const Config config = Config::parse_file(top);
   BOOST_TEST(!config.has("include"));
+  // A map naming another type replaces the included one whole (sgd's momentum is not adam's).
+  const std::string adam = folder.write(
+      "adam.yaml", "include: sub/base.yaml\noptimizer: {type: adam, lr: 0.01}\n");
+  BOOST_TEST(Config::parse_file(adam).at("optimizer").keys() ==
+                 (std::vector<std::string>{"type", "lr"}),
+             boost::test_tools::per_element());
   BOOST_TEST(config.get<int64_t>("seed") == 3);
   BOOST_TEST(config.at("train").get<int64_t>("epochs") == epochs);
   BOOST_TEST(config.at("train").get<int64_t>("batch_size") == 32);  // merged, not replaced

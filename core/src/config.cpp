@@ -305,9 +305,16 @@ Config Config::parse_string(const std::string& text, const std::string& source_n
 
 namespace {
 
+// The scalar `type:` of a map ("" when it has none).
+std::string type_of(const Node& node) {
+  const ConfigNode::Entry* type = node.find("type");
+  return type != nullptr && type->value->kind == Kind::kScalar ? type->value->scalar : "";
+}
+
 // `over` deep-merged onto `base` (both maps), in place: a key in both whose values are both maps
-// is merged recursively; otherwise `over`'s value replaces `base`'s. Keys keep the file and
-// position they came from; the merged map takes `over`'s position (the including file).
+// is merged recursively, unless they name different `type:`s (another optimizer or schedule: the
+// old one's keys would not apply), then, like any other value, `over`'s replaces `base`'s. Keys
+// keep the file and position they came from; the merged map takes `over`'s position.
 void merge_map(Node& base, const Node& over) {
   base.file = over.file;
   base.line = over.line;
@@ -316,7 +323,9 @@ void merge_map(Node& base, const Node& over) {
     ConfigNode::Entry* existing = base.find(entry.key);
     if (existing == nullptr) {
       base.map.push_back(entry);
-    } else if (existing->value->kind == Kind::kMap && entry.value->kind == Kind::kMap) {
+    } else if (existing->value->kind == Kind::kMap && entry.value->kind == Kind::kMap &&
+               (type_of(*entry.value).empty() ||
+                type_of(*entry.value) == type_of(*existing->value))) {
       merge_map(*existing->value, *entry.value);
       existing->key_file = entry.key_file;
       existing->key_line = entry.key_line;
