@@ -264,26 +264,27 @@ BOOST_AUTO_TEST_CASE(maps_merge_lists_and_scalars_are_replaced_nested_includes_r
   IncludeFolder folder;
   std::mt19937 rng(std::random_device{}());
   const int epochs = 2 + static_cast<int>(rng() % 50), lr_milli = 1 + static_cast<int>(rng() % 99);
-  folder.write("sub/root.yaml", "seed: 3\ndata: {type: idx, dir: /a, validation: 100}\n"
-                                "train: {epochs: 9, batch_size: 32}\n");
+  folder.write("sub/root.yaml",
+               "seed: 3\ndata: {type: idx, dir: /a, validation: 100}\n"
+               "train: {epochs: 9, batch_size: 32}\n");
   // Relative to the including file's folder (sub/), not to the current folder.
   folder.write("sub/base.yaml",
                "include: root.yaml\nmodel:\n  input: [1, 28, 28]\n  layers:\n"
                "    - {name: a, type: relu}\n    - {name: b, type: relu}\n"
                "optimizer: {type: sgd, lr: 0.5, momentum: 0.9}\n");
-  const std::string top = folder.write(
-      "top.yaml", fmt::format("include: sub/base.yaml\noptimizer: {{lr: 0.{:03d}}}\n"
-                              "model:\n  layers:\n    - {{name: c, type: relu}}\n"
-                              "train: {{epochs: {}}}\n",
-                              lr_milli, epochs));
+  const std::string top =
+      folder.write("top.yaml", fmt::format("include: sub/base.yaml\noptimizer: {{lr: 0.{:03d}}}\n"
+                                           "model:\n  layers:\n    - {{name: c, type: relu}}\n"
+                                           "train: {{epochs: {}}}\n",
+                                           lr_milli, epochs));
   const Config config = Config::parse_file(top);
   BOOST_TEST(!config.has("include"));
   // A map naming another type replaces the included one whole (sgd's momentum is not adam's).
-  const std::string adam = folder.write(
-      "adam.yaml", "include: sub/base.yaml\noptimizer: {type: adam, lr: 0.01}\n");
-  BOOST_TEST(Config::parse_file(adam).at("optimizer").keys() ==
-                 (std::vector<std::string>{"type", "lr"}),
-             boost::test_tools::per_element());
+  const std::string adam =
+      folder.write("adam.yaml", "include: sub/base.yaml\noptimizer: {type: adam, lr: 0.01}\n");
+  BOOST_TEST(
+      Config::parse_file(adam).at("optimizer").keys() == (std::vector<std::string>{"type", "lr"}),
+      boost::test_tools::per_element());
   BOOST_TEST(config.get<int64_t>("seed") == 3);
   BOOST_TEST(config.at("train").get<int64_t>("epochs") == epochs);
   BOOST_TEST(config.at("train").get<int64_t>("batch_size") == 32);  // merged, not replaced
@@ -300,8 +301,7 @@ BOOST_AUTO_TEST_CASE(maps_merge_lists_and_scalars_are_replaced_nested_includes_r
   BOOST_TEST(again.at("train").get<int64_t>("batch_size") == 32);
   BOOST_TEST(!again.has("include"));
   // Positions: a value from an included file is reported in THAT file, at its line.
-  const std::string type_error =
-      test::error_of([&] { config.at("data").get<int64_t>("type"); });
+  const std::string type_error = test::error_of([&] { config.at("data").get<int64_t>("type"); });
   STRATA_CHECK_CONTAINS(type_error, "sub/root.yaml:2:14: data.type: expected an integer");
   const std::string own_error = test::error_of([&] { config.at("train").get<bool>("epochs"); });
   STRATA_CHECK_CONTAINS(own_error, "top.yaml:6:17: train.epochs");
@@ -324,9 +324,10 @@ BOOST_AUTO_TEST_CASE(errors_cycles_missing_files_and_malformed_included_files) {
   folder.write("a.yaml", "include: b.yaml\nseed: 1\n");
   folder.write("b.yaml", "seed: 2\ninclude: [c.yaml]\n");
   folder.write("c.yaml", "include: a.yaml\n");
-  STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_file((folder.dir / "a.yaml").string()); }),
-                        "c.yaml:1:10: include: 'a.yaml' is already being included: a cycle "
-                        "(a.yaml -> b.yaml -> c.yaml -> a.yaml)");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { Config::parse_file((folder.dir / "a.yaml").string()); }),
+      "c.yaml:1:10: include: 'a.yaml' is already being included: a cycle "
+      "(a.yaml -> b.yaml -> c.yaml -> a.yaml)");
   const std::string self = folder.write("self.yaml", "seed: 1\ninclude: self.yaml\n");
   STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_file(self); }),
                         "self.yaml:2:10: include: 'self.yaml' is already being included");

@@ -30,14 +30,35 @@ std::string usage_text(const Usage& usage, const po::options_description& option
 // Keys of the experiment file (docs/experiment-file.md) that a user may try as options
 // ("--epochs 3"); the keys of the file at hand are added to them. Optional keys are listed because
 // a file need not hold them.
-const char* const kExperimentKeys[] = {
-    "seed", "backend", "threads", "data.type", "data.dir", "data.validation", "data.train_limit",
-    "data.test_limit", "data.class_names", "model.input", "loss.type", "optimizer.type",
-    "optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "optimizer.nesterov",
-    "optimizer.betas", "optimizer.eps", "optimizer.schedule.type", "train.epochs",
-    "train.batch_size", "train.eval_batch_size", "train.shuffle", "train.log_every",
-    "train.diagnostics_every", "train.overfit", "train.explode_factor",
-    "checkpoint.every", "checkpoint.best"};
+const char* const kExperimentKeys[] = {"seed",
+                                       "backend",
+                                       "threads",
+                                       "data.type",
+                                       "data.dir",
+                                       "data.validation",
+                                       "data.train_limit",
+                                       "data.test_limit",
+                                       "data.class_names",
+                                       "model.input",
+                                       "loss.type",
+                                       "optimizer.type",
+                                       "optimizer.lr",
+                                       "optimizer.momentum",
+                                       "optimizer.weight_decay",
+                                       "optimizer.nesterov",
+                                       "optimizer.betas",
+                                       "optimizer.eps",
+                                       "optimizer.schedule.type",
+                                       "train.epochs",
+                                       "train.batch_size",
+                                       "train.eval_batch_size",
+                                       "train.shuffle",
+                                       "train.log_every",
+                                       "train.diagnostics_every",
+                                       "train.overfit",
+                                       "train.explode_factor",
+                                       "checkpoint.every",
+                                       "checkpoint.best"};
 
 // Every key path of the maps in `config` (lists are not entered: model.layers[i] keys are not
 // options anyone would guess).
@@ -73,7 +94,8 @@ std::string set_suggestion(const std::string& given, const std::vector<std::stri
   }
   std::vector<std::string> matches;
   for (const std::string& key : keys) {
-    const std::string last = key.substr(key.rfind('.') == std::string::npos ? 0 : key.rfind('.') + 1);
+    const std::string last =
+        key.substr(key.rfind('.') == std::string::npos ? 0 : key.rfind('.') + 1);
     const bool match = name.find('.') != std::string::npos ? key == name : last == name;
     if (match && std::find(matches.begin(), matches.end(), key) == matches.end()) {
       matches.push_back(key);
@@ -172,9 +194,10 @@ Config load_experiment(const std::string& path, const po::variables_map& vm) {
     const auto eq = set.find('=');
     if (eq == std::string::npos || eq == 0) fail("--set {}: expected key.path=value", set);
     if (set.substr(0, eq) == "include" || set.starts_with("include[")) {
-      fail("--set {}: include: is resolved when the experiment file is read, so it can only be "
-           "written in the file",
-           set);
+      fail(
+          "--set {}: include: is resolved when the experiment file is read, so it can only be "
+          "written in the file",
+          set);
     }
     config.set(set.substr(0, eq), set.substr(eq + 1));
   }

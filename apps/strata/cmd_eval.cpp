@@ -20,8 +20,8 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
       "output", po::value<std::string>(),
       "write every prediction to this HDF5 file: /labels, /predictions, /index (int64 [N]; "
       "/index is each row's row in the dataset's file), /probabilities, /logits (float32 "
-      "[N, classes])")(
-      "wrong", po::value<int>()->default_value(10), "how many confidently wrong examples to list")(
+      "[N, classes])")("wrong", po::value<int>()->default_value(10),
+                       "how many confidently wrong examples to list")(
       "json", po::bool_switch(), "print the results as one JSON object instead of text");
   add_set_option(options);
   const Usage usage{
@@ -96,8 +96,7 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
   std::string output;
   if (vm->count("output")) {
     output = (*vm)["output"].as<std::string>();
-    const std::vector<NamedTensor> tensors = {{"probabilities", probabilities},
-                                              {"logits", logits}};
+    const std::vector<NamedTensor> tensors = {{"probabilities", probabilities}, {"logits", logits}};
     const std::vector<NamedIntegers> integers = {
         {"labels", labels}, {"predictions", predictions}, {"index", dataset_rows}};
     const std::map<std::string, std::string> attributes = {
@@ -137,10 +136,17 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
                             {"confidence", w.confidence}});
     }
     const nlohmann::json result = {
-        {"checkpoint", path},   {"split", split_name},          {"images", n},
-        {"accuracy", number(accuracy)}, {"loss", number(loss)}, {"correct", correct},
-        {"classes", names},     {"confusion", confusion_rows},  {"per_class", per_class},
-        {"wrong_count", wrong.size()}, {"most_confidently_wrong", wrong_rows},
+        {"checkpoint", path},
+        {"split", split_name},
+        {"images", n},
+        {"accuracy", number(accuracy)},
+        {"loss", number(loss)},
+        {"correct", correct},
+        {"classes", names},
+        {"confusion", confusion_rows},
+        {"per_class", per_class},
+        {"wrong_count", wrong.size()},
+        {"most_confidently_wrong", wrong_rows},
         {"output", output.empty() ? nlohmann::json(nullptr) : nlohmann::json(output)}};
     // Class names come from files: dump() escapes them, and replaces invalid UTF-8 rather than
     // throwing.

@@ -88,7 +88,8 @@ FinalMetrics final_metrics(const TrainedModel& model) {
   if (auto it = training->history.find("val_accuracy"); it != training->history.end()) {
     for (std::size_t i = 0; i < it->second.size(); ++i) {
       const double value = it->second[i];
-      if (std::isfinite(value) && (!metrics.best_val_accuracy || value > *metrics.best_val_accuracy)) {
+      if (std::isfinite(value) &&
+          (!metrics.best_val_accuracy || value > *metrics.best_val_accuracy)) {
         metrics.best_val_accuracy = value;
         metrics.best_val_epoch = static_cast<int64_t>(i) + 1;
       }
@@ -137,24 +138,25 @@ int run_inspect(Session& session, const std::vector<std::string>& args) {
   if ((*vm)["json"].as<bool>()) {
     nlohmann::json result;
     result["checkpoint"] = path;
-    nlohmann::json final = {{"epochs", metrics.epochs},
-                            {"iteration", metrics.iteration},
-                            {"test_accuracy", number_or_null(metrics.test_accuracy)},
-                            {"test_loss", number_or_null(metrics.test_loss)},
-                            {"best_val_accuracy", number_or_null(metrics.best_val_accuracy)},
-                            {"best_val_epoch", metrics.best_val_accuracy
-                                                   ? nlohmann::json(metrics.best_val_epoch)
-                                                   : nlohmann::json(nullptr)},
-                            {"train_loss", number_or_null(metrics.train_loss)},
-                            {"train_accuracy", number_or_null(metrics.train_accuracy)},
-                            {"val_loss", number_or_null(metrics.val_loss)},
-                            {"val_accuracy", number_or_null(metrics.val_accuracy)}};
+    nlohmann::json final = {
+        {"epochs", metrics.epochs},
+        {"iteration", metrics.iteration},
+        {"test_accuracy", number_or_null(metrics.test_accuracy)},
+        {"test_loss", number_or_null(metrics.test_loss)},
+        {"best_val_accuracy", number_or_null(metrics.best_val_accuracy)},
+        {"best_val_epoch", metrics.best_val_accuracy ? nlohmann::json(metrics.best_val_epoch)
+                                                     : nlohmann::json(nullptr)},
+        {"train_loss", number_or_null(metrics.train_loss)},
+        {"train_accuracy", number_or_null(metrics.train_accuracy)},
+        {"val_loss", number_or_null(metrics.val_loss)},
+        {"val_accuracy", number_or_null(metrics.val_accuracy)}};
     result["final"] = final;
     result["training_state"] = model.training().has_value();
     result["experiment"] = yaml;
     nlohmann::json plugins = nlohmann::json::array();
     for (const PluginRecord& plugin : model.plugins()) {
-      plugins.push_back({{"name", plugin.name}, {"version", plugin.version}, {"path", plugin.path}});
+      plugins.push_back(
+          {{"name", plugin.name}, {"version", plugin.version}, {"path", plugin.path}});
     }
     result["plugins"] = plugins;
     nlohmann::json parameters = nlohmann::json::array();

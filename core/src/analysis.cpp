@@ -121,12 +121,13 @@ TrainedModel::TrainedModel(const fs::path& checkpoint, Registries& registries, P
     const std::string key = set.substr(0, eq);
     if (!evaluation_may_change(key)) {
       const bool model = key == "model" || key.starts_with("model.");
-      fail("--set {}: '{}' cannot change when checkpoint {} is reloaded: {}\n  keys that may "
-           "change: backend, threads, train.eval_batch_size and data.* (except data.preprocess)",
-           set, key, checkpoint.string(),
-           model ? "its weights were trained for the stored model (to train a changed model from "
-                   "them: strata train EXP.yaml --weights CKPT --weights-partial)"
-                 : "it describes the training that made the weights, not the evaluation");
+      fail(
+          "--set {}: '{}' cannot change when checkpoint {} is reloaded: {}\n  keys that may "
+          "change: backend, threads, train.eval_batch_size and data.* (except data.preprocess)",
+          set, key, checkpoint.string(),
+          model ? "its weights were trained for the stored model (to train a changed model from "
+                  "them: strata train EXP.yaml --weights CKPT --weights-partial)"
+                : "it describes the training that made the weights, not the evaluation");
     }
     experiment_.set(key, set.substr(eq + 1));
     set_threads = set_threads || key == "threads";
@@ -140,7 +141,9 @@ TrainedModel::TrainedModel(const fs::path& checkpoint, Registries& registries, P
   int threads = options.threads;
   if (threads == 0 && set_threads) {
     threads = experiment_.get<int>("threads");
-    if (threads < 0) experiment_.fail_key("threads", fmt::format("must be 0 (all cores) or positive, found {}", threads));
+    if (threads < 0)
+      experiment_.fail_key("threads",
+                           fmt::format("must be 0 (all cores) or positive, found {}", threads));
   }
   backend_->set_threads(threads);
   if (set_batch) {

@@ -372,9 +372,10 @@ void Config::resolve_includes(Config& config, std::vector<std::string>& chain) {
                             fmt::join(cycle, " -> ")));
     }
     if (!fs::is_regular_file(target, ec)) {
-      item.fail(fmt::format("cannot include '{}': {} is not a file (include paths are relative to "
-                            "the including file's folder)",
-                            name, target.string()));
+      item.fail(
+          fmt::format("cannot include '{}': {} is not a file (include paths are relative to "
+                      "the including file's folder)",
+                      name, target.string()));
     }
     Config included = parse_one_file(target.string());
     resolve_includes(included, chain);

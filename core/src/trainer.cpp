@@ -339,10 +339,11 @@ void load_finetuning_weights(Graph& graph, const TrainOptions& options, const fs
       load_checkpoint_tensors(options.weights, "model", state, false, options.allow_nonfinite);
     } catch (const Error& error) {
       if (stored == wanted) throw;
-      fail("{}\n  --weights loads every tensor of the model, matched by name and shape; to load "
-           "the ones that match and initialize the rest as usual (e.g. a new head), add "
-           "--weights-partial",
-           error.what());
+      fail(
+          "{}\n  --weights loads every tensor of the model, matched by name and shape; to load "
+          "the ones that match and initialize the rest as usual (e.g. a new head), add "
+          "--weights-partial",
+          error.what());
     }
     if (!options.quiet) {
       std::printf("fine-tuning from %s: loaded all %zu tensors\n", options.weights.c_str(), state.size());
