@@ -1,10 +1,13 @@
 // Core unit tests: tensor, "did you mean", config errors and overrides, registries, plugin loading.
 #define BOOST_TEST_MODULE core
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <boost/test/unit_test.hpp>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <random>
 
 #include "strata/config.hpp"
 #include "strata/dataset.hpp"
@@ -258,6 +261,146 @@ BOOST_AUTO_TEST_CASE(a_plugin_stays_loaded_while_its_objects_live) {
   layer.reset();
   BOOST_TEST(destroyed == 1);  // the destructor ran from the still-loaded library
   BOOST_TEST(!is_loaded());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// `include:` (Config::parse_file): a file starts from others, deep-merged under its own keys.
+BOOST_AUTO_TEST_SUITE(config_include)
+
+namespace {
+
+// A fresh folder per test, removed at the end.
+struct IncludeFolder {
+  fs::path dir = fs::temp_directory_path() /
+                 fmt::format("strata_include_{}_{}", ::getpid(), std::random_device{}());
+  IncludeFolder() { fs::create_directories(dir / "sub"); }
+  ~IncludeFolder() { fs::remove_all(dir); }
+  std::string write(const std::string& name, const std::string& text) const {
+    std::ofstream(dir / name) << text;
+    return (dir / name).string();
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(maps_merge_lists_and_scalars_are_replaced_nested_includes_resolve) {
+  IncludeFolder folder;
+  std::mt19937 rng(std::random_device{}());
+  const int epochs = 2 + static_cast<int>(rng() % 50), lr_milli = 1 + static_cast<int>(rng() % 99);
+  folder.write("sub/root.yaml",
+               "seed: 3\ndata: {type: idx, dir: /a, validation: 100}\n"
+               "train: {epochs: 9, batch_size: 32}\n");
+  // Relative to the including file's folder (sub/), not to the current folder.
+  folder.write("sub/base.yaml",
+               "include: root.yaml\nmodel:\n  input: [1, 28, 28]\n  layers:\n"
+               "    - {name: a, type: relu}\n    - {name: b, type: relu}\n"
+               "optimizer: {type: sgd, lr: 0.5, momentum: 0.9}\n");
+  const std::string top =
+      folder.write("top.yaml", fmt::format("include: sub/base.yaml\noptimizer: {{lr: 0.{:03d}}}\n"
+                                           "model:\n  layers:\n    - {{name: c, type: relu}}\n"
+                                           "train: {{epochs: {}}}\n",
+                                           lr_milli, epochs));
+  const Config config = Config::parse_file(top);
+  BOOST_TEST(!config.has("include"));
+  // A map naming another type replaces the included one whole (sgd's momentum is not adam's).
+  const std::string adam =
+      folder.write("adam.yaml", "include: sub/base.yaml\noptimizer: {type: adam, lr: 0.01}\n");
+  BOOST_TEST(
+      Config::parse_file(adam).at("optimizer").keys() == (std::vector<std::string>{"type", "lr"}),
+      boost::test_tools::per_element());
+  BOOST_TEST(config.get<int64_t>("seed") == 3);
+  BOOST_TEST(config.at("train").get<int64_t>("epochs") == epochs);
+  BOOST_TEST(config.at("train").get<int64_t>("batch_size") == 32);  // merged, not replaced
+  BOOST_TEST(config.at("optimizer").get<double>("lr") == lr_milli / 1000.0);
+  BOOST_TEST(config.at("optimizer").get<double>("momentum") == 0.9);
+  BOOST_TEST(config.at("optimizer").get<std::string>("type") == "sgd");
+  BOOST_TEST(config.at("data").get<int64_t>("validation") == 100);
+  BOOST_TEST(config.at("model").get<std::vector<int64_t>>("input").size() == 3u);
+  const std::vector<Config> layers = config.at("model").at("layers").items();  // replaced
+  BOOST_TEST_REQUIRE(layers.size() == 1u);
+  BOOST_TEST(layers[0].get<std::string>("name") == "c");
+  // The merged tree is the experiment: its dump (what a checkpoint stores) needs no other file.
+  const Config again = Config::parse_string(config.dump(), "dump");
+  BOOST_TEST(again.at("train").get<int64_t>("batch_size") == 32);
+  BOOST_TEST(!again.has("include"));
+  // Positions: a value from an included file is reported in THAT file, at its line.
+  const std::string type_error = test::error_of([&] { config.at("data").get<int64_t>("type"); });
+  STRATA_CHECK_CONTAINS(type_error, "sub/root.yaml:2:14: data.type: expected an integer");
+  const std::string own_error = test::error_of([&] { config.at("train").get<bool>("epochs"); });
+  STRATA_CHECK_CONTAINS(own_error, "top.yaml:6:17: train.epochs");
+}
+
+BOOST_AUTO_TEST_CASE(unknown_keys_of_an_included_file_name_that_file) {
+  IncludeFolder folder;
+  folder.write("base.yaml", "seed: 1\ntrain:\n  epochs: 1\n  epohcs: 2\n");
+  const std::string top = folder.write("top.yaml", "include: base.yaml\ntrain: {batch_size: 4}\n");
+  const Config config = Config::parse_file(top);
+  config.get<int64_t>("seed");
+  config.at("train").get<int64_t>("epochs");
+  config.at("train").get<int64_t>("batch_size");
+  const std::string message = test::error_of([&] { config.check_unused(); });
+  STRATA_CHECK_CONTAINS(message, "base.yaml:4:3: train.epohcs: unknown key 'epohcs'");
+}
+
+BOOST_AUTO_TEST_CASE(errors_cycles_missing_files_and_malformed_included_files) {
+  IncludeFolder folder;
+  folder.write("a.yaml", "include: b.yaml\nseed: 1\n");
+  folder.write("b.yaml", "seed: 2\ninclude: [c.yaml]\n");
+  folder.write("c.yaml", "include: a.yaml\n");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { Config::parse_file((folder.dir / "a.yaml").string()); }),
+      "c.yaml:1:10: include: 'a.yaml' is already being included: a cycle "
+      "(a.yaml -> b.yaml -> c.yaml -> a.yaml)");
+  const std::string self = folder.write("self.yaml", "seed: 1\ninclude: self.yaml\n");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_file(self); }),
+                        "self.yaml:2:10: include: 'self.yaml' is already being included");
+  const std::string missing = folder.write("missing.yaml", "include: nowhere.yaml\n");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_file(missing); }),
+                        "missing.yaml:1:10: include: cannot include 'nowhere.yaml'");
+  folder.write("broken.yaml", "seed: 1\ntrain: {epochs: [1, 2}\n");
+  const std::string top = folder.write("top.yaml", "include: broken.yaml\n");
+  const std::string broken = test::error_of([&] { Config::parse_file(top); });
+  STRATA_CHECK_CONTAINS(broken, "broken.yaml:2:");
+  STRATA_CHECK_CONTAINS(broken, "malformed YAML");
+  const std::string none = folder.write("none.yaml", "include: []\nseed: 5\n");
+  BOOST_TEST(Config::parse_file(none).get<int64_t>("seed") == 5);
+  const std::string map = folder.write("map.yaml", "include: {file: a.yaml}\n");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_file(map); }),
+                        "map.yaml:1:10: include: expected a file name or a list of file names");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(split_rows)
+
+// split_validation_rows names the dataset row of every row split_validation returns (what
+// strata eval --output stores as /index).
+BOOST_AUTO_TEST_CASE(rows_trace_each_part_back_to_the_dataset) {
+  std::mt19937 rng(std::random_device{}());
+  const int64_t n = 50 + static_cast<int64_t>(rng() % 200);
+  const int64_t validation = 1 + static_cast<int64_t>(rng() % (n - 1));
+  const uint32_t seed = rng();
+  Split all;
+  all.images = test::random_tensor(Shape{n, 1, 2, 2}, rng);
+  for (int64_t i = 0; i < n; ++i) all.labels.push_back(static_cast<int32_t>(rng() % 1000));
+  const TrainValSplit parts = split_validation(all, validation, seed);
+  const TrainValRows rows = split_validation_rows(n, validation, seed);
+  BOOST_TEST_REQUIRE(rows.val.size() == parts.val.labels.size());
+  BOOST_TEST_REQUIRE(rows.train.size() == parts.train.labels.size());
+  BOOST_TEST(static_cast<int64_t>(rows.val.size()) == validation);
+  for (std::size_t i = 0; i < rows.val.size(); ++i) {
+    BOOST_TEST(parts.val.labels[i] == all.labels[rows.val[i]]);
+    BOOST_TEST(parts.val.images.data()[i * 4 + 3] == all.images.data()[rows.val[i] * 4 + 3]);
+  }
+  for (std::size_t i = 0; i < rows.train.size(); ++i) {
+    BOOST_TEST(parts.train.labels[i] == all.labels[rows.train[i]]);
+  }
+  std::vector<int64_t> every(rows.train);
+  every.insert(every.end(), rows.val.begin(), rows.val.end());
+  std::sort(every.begin(), every.end());
+  for (int64_t i = 0; i < n; ++i) BOOST_TEST(every[i] == i);
+  BOOST_TEST(split_validation_rows(n, 0, seed).train.size() == static_cast<std::size_t>(n));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -28,6 +28,100 @@ std::string usage_text(const Usage& usage, const po::options_description& option
   return text.str();
 }
 
+// Keys of the experiment file (docs/experiment-file.md) that a user may try as options
+// ("--epochs 3"); the keys of the file at hand are added to them. Optional keys are listed because
+// a file need not hold them.
+const char* const kExperimentKeys[] = {"seed",
+                                       "backend",
+                                       "threads",
+                                       "data.type",
+                                       "data.dir",
+                                       "data.validation",
+                                       "data.train_limit",
+                                       "data.test_limit",
+                                       "data.class_names",
+                                       "model.input",
+                                       "loss.type",
+                                       "optimizer.type",
+                                       "optimizer.lr",
+                                       "optimizer.momentum",
+                                       "optimizer.weight_decay",
+                                       "optimizer.nesterov",
+                                       "optimizer.betas",
+                                       "optimizer.eps",
+                                       "optimizer.schedule.type",
+                                       "train.epochs",
+                                       "train.batch_size",
+                                       "train.eval_batch_size",
+                                       "train.shuffle",
+                                       "train.log_every",
+                                       "train.diagnostics_every",
+                                       "train.overfit",
+                                       "train.explode_factor",
+                                       "checkpoint.every",
+                                       "checkpoint.best"};
+
+// Every key path of the maps in `config` (lists are not entered: model.layers[i] keys are not
+// options anyone would guess).
+void collect_key_paths(const Config& config, const std::string& prefix,
+                       std::vector<std::string>& out) {
+  if (!config.is_map()) return;
+  for (const std::string& key : config.keys()) {
+    const std::string path = prefix.empty() ? key : prefix + "." + key;
+    out.push_back(path);
+    collect_key_paths(*config.find(key), path, out);
+  }
+}
+
+// For an unknown option such as --epochs (or --batch-size, --train.epochs=3) that names a key of
+// the experiment: "; to change train.epochs use --set train.epochs=3". Empty when none matches.
+std::string set_suggestion(const std::string& given, const std::vector<std::string>& args) {
+  const std::string option = given.substr(0, given.find('='));  // "--lr=0.1" comes whole
+  std::string name = option.substr(option.find_first_not_of('-') == std::string::npos
+                                       ? option.size()
+                                       : option.find_first_not_of('-'));
+  std::replace(name.begin(), name.end(), '-', '_');
+  if (name.empty()) return "";
+  std::vector<std::string> keys(std::begin(kExperimentKeys), std::end(kExperimentKeys));
+  // The experiment named on the command line, when there is one and it parses.
+  for (const std::string& word : args) {
+    const std::string extension = fs::path(word).extension().string();
+    if (word.starts_with("-") || (extension != ".yaml" && extension != ".yml")) continue;
+    try {
+      collect_key_paths(Config::parse_file(word), "", keys);
+    } catch (const Error&) {
+    }
+    break;
+  }
+  std::vector<std::string> matches;
+  for (const std::string& key : keys) {
+    const std::string last =
+        key.substr(key.rfind('.') == std::string::npos ? 0 : key.rfind('.') + 1);
+    const bool match = name.find('.') != std::string::npos ? key == name : last == name;
+    if (match && std::find(matches.begin(), matches.end(), key) == matches.end()) {
+      matches.push_back(key);
+    }
+  }
+  if (matches.empty()) return "";
+  // The value the user gave: --epochs=3, or the word after --epochs.
+  std::string value = "VALUE";
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (args[i].starts_with(option + "=")) {
+      value = args[i].substr(option.size() + 1);
+    } else if (args[i] == option && i + 1 < args.size() && !args[i + 1].starts_with("-")) {
+      value = args[i + 1];
+    } else {
+      continue;
+    }
+    break;
+  }
+  if (matches.size() == 1) {
+    return fmt::format("; to change {} use --set {}={}", matches[0], matches[0], value);
+  }
+  return fmt::format("; to change one of {} use --set KEY={} (e.g. --set {}={})",
+                     fmt::join(matches, ", "), value, matches[0], value);
+}
+
 }  // namespace
 
 std::optional<po::variables_map> parse(const Usage& usage, const po::options_description& options,
@@ -56,7 +150,12 @@ std::optional<po::variables_map> parse(const Usage& usage, const po::options_des
     // --help wins over missing required options, so notify() (which checks them) comes after.
     if (!vm.count("help")) po::notify(vm);
   } catch (const po::unknown_option& error) {
-    fail("{}: unknown option '{}'\n{}", usage.command, error.get_option_name(), usage_hint(usage));
+    const std::string suggestion = options.find_nothrow("set", false) != nullptr
+                                       ? set_suggestion(error.get_option_name(), args)
+                                       : std::string();
+    fail("{}: unknown option '{}'{}\n{}", usage.command,
+         error.get_option_name().substr(0, error.get_option_name().find('=')), suggestion,
+         usage_hint(usage));
   } catch (const po::error& error) {
     fail("{}: {}\n{}", usage.command, error.what(), usage_hint(usage));
   }
@@ -86,14 +185,22 @@ void add_set_option(po::options_description& options) {
                         "e.g. --set train.epochs=2 --set 'model.input=[1, 28, 28]'); repeatable");
 }
 
+std::vector<std::string> set_options(const po::variables_map& vm) {
+  return vm.count("set") ? vm["set"].as<std::vector<std::string>>() : std::vector<std::string>{};
+}
+
 Config load_experiment(const std::string& path, const po::variables_map& vm) {
   Config config = Config::parse_file(path);
-  if (vm.count("set")) {
-    for (const std::string& set : vm["set"].as<std::vector<std::string>>()) {
-      const auto eq = set.find('=');
-      if (eq == std::string::npos || eq == 0) fail("--set {}: expected key.path=value", set);
-      config.set(set.substr(0, eq), set.substr(eq + 1));
+  for (const std::string& set : set_options(vm)) {
+    const auto eq = set.find('=');
+    if (eq == std::string::npos || eq == 0) fail("--set {}: expected key.path=value", set);
+    if (set.substr(0, eq) == "include" || set.starts_with("include[")) {
+      fail(
+          "--set {}: include: is resolved when the experiment file is read, so it can only be "
+          "written in the file",
+          set);
     }
+    config.set(set.substr(0, eq), set.substr(eq + 1));
   }
   return config;
 }
@@ -104,7 +211,13 @@ void load_experiment_plugins(const Config& experiment, PluginLoader& loader, boo
   const fs::path base = fs::path(experiment.source_file()).parent_path();
   for (const Config& item : plugins->items()) {
     fs::path file = item.as<std::string>();
-    if (file.is_relative()) file = base / file;
+    // Relative to the file that lists it (an included file may be in another folder); a --set
+    // value is relative to the experiment file.
+    std::error_code ec;
+    const fs::path listed_in = item.source_file();
+    if (file.is_relative()) {
+      file = (fs::is_regular_file(listed_in, ec) ? listed_in.parent_path() : base) / file;
+    }
     try {
       if (probe) {
         load_plugin_probed(loader, file);

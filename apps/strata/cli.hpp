@@ -36,13 +36,18 @@ struct Usage {
 
 // Parses `args` against `options` (plus `--help`) and the positional `names` (each taken once, in
 // order; a trailing "..." name takes all the rest). Returns nullopt after printing the usage when
-// --help was given. Unknown options, missing values and extra words are Errors naming the word.
+// --help was given. Unknown options, missing values and extra words are Errors naming the word;
+// for a command with --set, an unknown option named like an experiment key (--epochs) suggests
+// the --set form (--set train.epochs=3).
 std::optional<po::variables_map> parse(const Usage& usage, const po::options_description& options,
                                        const std::vector<std::string>& positional_names,
                                        const std::vector<std::string>& args);
 
 // The `--set key.path=value` option (repeatable), for commands that read an experiment.
 void add_set_option(po::options_description& options);
+
+// The `--set` values in `vm` ("key.path=value"), in order.
+std::vector<std::string> set_options(const po::variables_map& vm);
 
 // The experiment file at `path` with the `--set` overrides in `vm` applied.
 Config load_experiment(const std::string& path, const po::variables_map& vm);

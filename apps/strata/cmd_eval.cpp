@@ -1,7 +1,10 @@
-// strata eval CKPT.h5 [--split test|val|train] [--output preds.h5] [--wrong N]
+// strata eval CKPT.h5 [--split test|val|train] [--output preds.h5] [--wrong N] [--json]
+//   [--set key.path=value]...
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <numeric>
 
 #include "cli.hpp"
@@ -16,14 +19,20 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
   options.add_options()("split", po::value<std::string>()->default_value("test"),
                         "test, val (the held-out split the trainer used) or train")(
       "output", po::value<std::string>(),
-      "write every prediction to this HDF5 file: /labels, /predictions (float32 [N]), "
-      "/probabilities [N, classes], /logits [N, classes]")(
-      "wrong", po::value<int>()->default_value(10), "how many confidently wrong examples to list");
+      "write every prediction to this HDF5 file: /labels, /predictions, /index (int64 [N]; "
+      "/index is each row's row in the dataset's file), /probabilities, /logits (float32 "
+      "[N, classes])")("wrong", po::value<int>()->default_value(10),
+                       "how many confidently wrong examples to list")(
+      "json", po::bool_switch(), "print the results as one JSON object instead of text");
+  add_set_option(options);
   const Usage usage{
       "eval", "CKPT.h5 [options]",
       "Evaluate a checkpoint on a split of its experiment's dataset, preprocessed as in\n"
       "training: accuracy and loss, the confusion matrix (rows: true class, columns:\n"
-      "predicted), per-class accuracy and the most confidently wrong examples."};
+      "predicted), per-class accuracy and the most confidently wrong examples.\n"
+      "--set changes the stored experiment for this evaluation: backend, threads,\n"
+      "train.eval_batch_size and data.* (e.g. data.test_limit, data.dir) may change;\n"
+      "the model, the fitted data.preprocess and the training settings may not."};
   auto vm = parse(usage, options, {"CKPT.h5"}, args);
   if (!vm) return 0;
   const std::string path = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
@@ -43,12 +52,16 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
       check_output_file("--output", (*vm)["output"].as<std::string>(), inputs);
   };
   check_output();
-  TrainedModel model(path, session.registries, session.loader);
+  const bool json = (*vm)["json"].as<bool>();
+  TrainedModelOptions model_options;
+  model_options.set = set_options(*vm);
+  TrainedModel model(path, session.registries, session.loader, model_options);
   for (const auto& data : model.dataset_paths()) inputs.push_back({"the dataset's", data});
   for (const PluginRef& plugin : session.loader.plugins())
     inputs.push_back({"the plugin", plugin->path});
   check_output();
-  const Split split = model.load_split(split_name);
+  std::vector<int64_t> dataset_rows;
+  const Split split = model.load_split(split_name, dataset_rows);
   const Tensor logits = model.run(split.images);
   const int64_t n = logits.dim(0);
   const int64_t classes = logits.numel() / std::max<int64_t>(n, 1);
@@ -60,8 +73,7 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
   }
 
   Tensor probabilities(logits.shape());
-  Tensor predictions(Shape{n});
-  Tensor labels(Shape{n});
+  std::vector<int64_t> predictions(n), labels(n);
   std::vector<int64_t> confusion(classes * classes, 0);
   int64_t correct = 0;
   struct Wrong {
@@ -81,8 +93,8 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
       prob[c] = static_cast<float>(std::exp(static_cast<double>(row[c]) - top) / z);
     const int64_t best = std::max_element(row, row + classes) - row;
     const int32_t label = split.labels[i];
-    predictions.data()[i] = static_cast<float>(best);
-    labels.data()[i] = static_cast<float>(label);
+    predictions[i] = best;
+    labels[i] = label;
     if (label >= 0 && label < classes) ++confusion[label * classes + best];
     if (best == label) {
       ++correct;
@@ -90,6 +102,73 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
       wrong.push_back({i, label, best, prob[best]});
     }
   }
+  std::sort(wrong.begin(), wrong.end(), [](const Wrong& a, const Wrong& b) {
+    return a.confidence != b.confidence ? a.confidence > b.confidence : a.index < b.index;
+  });
+  const std::size_t shown =
+      std::min<std::size_t>(wrong.size(), static_cast<std::size_t>(wrong_count));
+  std::string output;
+  if (vm->count("output")) {
+    output = (*vm)["output"].as<std::string>();
+    const std::vector<NamedTensor> tensors = {{"probabilities", probabilities}, {"logits", logits}};
+    const std::vector<NamedIntegers> integers = {
+        {"labels", labels}, {"predictions", predictions}, {"index", dataset_rows}};
+    const std::map<std::string, std::string> attributes = {
+        {"checkpoint", path},
+        {"split", split_name},
+        {"index_of", split_name == "test" ? "test" : "train"}};
+    check_output();
+    write_hdf5_tensors(output, tensors, integers, attributes);
+  }
+
+  if (json) {
+    const double accuracy = n ? static_cast<double>(correct) / n : NAN;
+    auto number = [](double value) {
+      return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr);
+    };
+    nlohmann::json confusion_rows = nlohmann::json::array();
+    nlohmann::json per_class = nlohmann::json::array();
+    for (int64_t t = 0; t < classes; ++t) {
+      const std::vector<int64_t> row(confusion.begin() + t * classes,
+                                     confusion.begin() + (t + 1) * classes);
+      const int64_t total = std::accumulate(row.begin(), row.end(), int64_t{0});
+      confusion_rows.push_back(row);
+      per_class.push_back({{"class", t},
+                           {"name", names[t]},
+                           {"accuracy", number(total ? static_cast<double>(row[t]) / total : NAN)},
+                           {"correct", row[t]},
+                           {"total", total}});
+    }
+    nlohmann::json wrong_rows = nlohmann::json::array();
+    for (std::size_t i = 0; i < shown; ++i) {
+      const Wrong& w = wrong[i];
+      wrong_rows.push_back({{"row", w.index},
+                            {"index", dataset_rows[w.index]},
+                            {"label", w.label},
+                            {"label_name", names[w.label]},
+                            {"predicted", w.predicted},
+                            {"predicted_name", names[w.predicted]},
+                            {"confidence", w.confidence}});
+    }
+    const nlohmann::json result = {
+        {"checkpoint", path},
+        {"split", split_name},
+        {"images", n},
+        {"accuracy", number(accuracy)},
+        {"loss", number(loss)},
+        {"correct", correct},
+        {"classes", names},
+        {"confusion", confusion_rows},
+        {"per_class", per_class},
+        {"wrong_count", wrong.size()},
+        {"most_confidently_wrong", wrong_rows},
+        {"output", output.empty() ? nlohmann::json(nullptr) : nlohmann::json(output)}};
+    // Class names come from files: dump() escapes them, and replaces invalid UTF-8 rather than
+    // throwing.
+    std::puts(result.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    return 0;
+  }
+
   std::printf("checkpoint %s, split %s: %lld images\naccuracy %.4f  loss %.4f\n", path.c_str(),
               split_name.c_str(), static_cast<long long>(n),
               n ? static_cast<double>(correct) / n : NAN, loss);
@@ -115,11 +194,6 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
                 total ? static_cast<double>(confusion[c * classes + c]) / total : NAN,
                 static_cast<long long>(confusion[c * classes + c]), static_cast<long long>(total));
   }
-  std::sort(wrong.begin(), wrong.end(), [](const Wrong& a, const Wrong& b) {
-    return a.confidence != b.confidence ? a.confidence > b.confidence : a.index < b.index;
-  });
-  const std::size_t shown =
-      std::min<std::size_t>(wrong.size(), static_cast<std::size_t>(wrong_count));
   std::printf("\nmost confidently wrong (%zu of %zu wrong; index = row of the %s split)\n", shown,
               wrong.size(), split_name.c_str());
   for (std::size_t i = 0; i < shown; ++i) {
@@ -128,16 +202,10 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
                 static_cast<int>(width), names[w.label].c_str(), static_cast<int>(width),
                 names[w.predicted].c_str(), w.confidence);
   }
-  if (vm->count("output")) {
-    const std::string output = (*vm)["output"].as<std::string>();
-    const std::vector<NamedTensor> tensors = {{"labels", labels},
-                                              {"predictions", predictions},
-                                              {"probabilities", probabilities},
-                                              {"logits", logits}};
-    check_output();
-    write_hdf5_tensors(output, tensors);
-    std::printf("\nwrote /labels, /predictions, /probabilities, /logits for %lld images to %s\n",
-                static_cast<long long>(n), output.c_str());
+  if (!output.empty()) {
+    std::printf(
+        "\nwrote /labels, /predictions, /index, /probabilities, /logits for %lld images to %s\n",
+        static_cast<long long>(n), output.c_str());
   }
   return 0;
 }

@@ -34,7 +34,9 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
       "requested layers' activations to OUT.h5. Given a checkpoint alone, the model is\n"
       "rebuilt from the experiment stored inside it (its plugins are loaded as\n"
       "recorded), from any folder; --preprocess then applies its fitted preprocessing.\n"
-      "Without --preprocess, /data is used as is."};
+      "Without --preprocess, /data is used as is. --set changes the experiment file, or\n"
+      "for a checkpoint the stored experiment as for strata eval (backend, threads,\n"
+      "train.eval_batch_size, data.*; the model cannot change)."};
   auto vm = parse(usage, options, {"CKPT.h5|EXP.yaml"}, args);
   if (!vm) return 0;
   const std::string path = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
@@ -64,7 +66,10 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
   };
   check_output();
   if (!vm->count("weights")) {
-    TrainedModel model(path, session.registries, session.loader);
+    // --set changes the stored experiment as for strata eval (backend, threads, ...).
+    TrainedModelOptions model_options;
+    model_options.set = set_options(*vm);
+    TrainedModel model(path, session.registries, session.loader, model_options);
     check_output();
     const std::filesystem::path input_path = (*vm)["input"].as<std::string>();
     const std::filesystem::path output_path = (*vm)["output"].as<std::string>();

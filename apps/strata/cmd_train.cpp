@@ -1,5 +1,5 @@
 // strata train EXP.yaml [--set key.path=value]... [--out DIR] [--overwrite | --resume [--force]
-//   [--allow-nonfinite]] [--weights CKPT [--weights-partial]] [--progress MODE]
+//   [--allow-nonfinite]] [--weights CKPT [--weights-partial]] [--progress MODE] [--threads N]
 #include <cstdio>
 #include <filesystem>
 
@@ -27,7 +27,9 @@ int run_train(Session& session, const std::vector<std::string>& args) {
       "match)")("weights-partial", po::bool_switch(),
                 "with --weights: load the tensors that match by name and shape, list the rest")(
       "progress", po::value<std::string>()->default_value("auto"),
-      "auto (a bar on a terminal, plain lines otherwise), bar, lines or none");
+      "auto (a bar on a terminal, plain lines otherwise), bar, lines or none")(
+      "threads", po::value<int>(),
+      "worker threads of the backend (0: all cores); the same as --set threads=N");
   add_set_option(options);
   const Usage usage{"train", "EXP.yaml [options]",
                     "Train the experiment. Writes DIR/model.h5 (an HDF5 checkpoint, replaced\n"
@@ -37,6 +39,11 @@ int run_train(Session& session, const std::vector<std::string>& args) {
   const std::string path = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
 
   Config experiment = load_experiment(path, *vm);
+  if (vm->count("threads")) {
+    const int threads = (*vm)["threads"].as<int>();
+    if (threads < 0) fail("--threads {}: expected 0 (all cores) or a positive count", threads);
+    experiment.set("threads", std::to_string(threads));
+  }
   load_experiment_plugins(experiment, session.loader);
   TrainOptions train_options;
   train_options.out_dir = output_folder(*vm, path, "");

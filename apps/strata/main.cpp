@@ -13,8 +13,10 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "strata/checkpoint.hpp"
 #include "strata/error.hpp"
 #include "strata/plugin_probe.hpp"
+#include "strata/plugin.hpp"
 
 namespace strata::cli {
 
@@ -53,7 +55,9 @@ const Command kCommands[] = {
 
 void print_usage(std::FILE* out) {
   std::fprintf(
-      out, "usage: strata COMMAND [options]   (strata COMMAND --help for details)\n\ncommands:\n");
+      out,
+      "usage: strata COMMAND [options]   (strata help COMMAND or strata COMMAND --help for "
+      "details)\n       strata --version\n\ncommands:\n");
   for (const Command& command : kCommands)
     std::fprintf(out, "  %-14s %s\n", command.name, command.summary);
   std::fprintf(
@@ -68,12 +72,24 @@ int dispatch(int argc, char** argv) {
     print_usage(stderr);
     fail("no command given");
   }
-  const std::string name = argv[1];
-  if (name == "--help" || name == "-h" || name == "help") {
-    print_usage(stdout);
+  std::string name = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  if (name == "--version" || name == "version") {
+    if (!args.empty()) fail("{} takes no arguments, found '{}'", name, args[0]);
+    std::printf("strata %s (plugin API %d, checkpoint format_version %d)\n", STRATA_VERSION,
+                kPluginApi, kCheckpointFormatVersion);
     return 0;
   }
-  const std::vector<std::string> args(argv + 2, argv + argc);
+  if (name == "--help" || name == "-h" || name == "help") {
+    if (args.empty()) {
+      print_usage(stdout);
+      return 0;
+    }
+    // `strata help train` is `strata train --help`.
+    if (args.size() > 1) fail("help: expected one command name, found '{}'", fmt::join(args, " "));
+    name = args[0];
+    args = {"--help"};
+  }
   for (const Command& command : kCommands) {
     if (name != command.name) continue;
     Session session;

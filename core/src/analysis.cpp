@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <functional>
+#include <numeric>
 #include <set>
 
 #include "plugin_names.hpp"
@@ -127,6 +128,16 @@ void ensure_plugins_loaded(const std::vector<PluginRecord>& plugins, PluginLoade
   }
 }
 
+bool evaluation_may_change(std::string_view key) {
+  auto under = [&](std::string_view prefix) {
+    return key == prefix ||
+           (key.starts_with(prefix) && (key[prefix.size()] == '.' || key[prefix.size()] == '['));
+  };
+  if (under("data.preprocess")) return false;
+  return key == "backend" || key == "threads" || key == "train.eval_batch_size" ||
+         key.starts_with("data.");
+}
+
 TrainedModel::TrainedModel(const fs::path& checkpoint, Registries& registries, PluginLoader& loader,
                            const TrainedModelOptions& options)
     : path_(checkpoint), registries_(registries) {
@@ -135,12 +146,45 @@ TrainedModel::TrainedModel(const fs::path& checkpoint, Registries& registries, P
   training_ = load_checkpoint_training_state(checkpoint);
   ensure_plugins_loaded(plugins_, loader, checkpoint);
   experiment_ = Config::parse_string(experiment_yaml_, checkpoint.string() + ":/experiment");
+  bool set_threads = false, set_batch = false;
+  for (const std::string& set : options.set) {
+    const auto eq = set.find('=');
+    if (eq == std::string::npos || eq == 0) fail("--set {}: expected key.path=value", set);
+    const std::string key = set.substr(0, eq);
+    if (!evaluation_may_change(key)) {
+      const bool model = key == "model" || key.starts_with("model.");
+      fail(
+          "--set {}: '{}' cannot change when checkpoint {} is reloaded: {}\n  keys that may "
+          "change: backend, threads, train.eval_batch_size and data.* (except data.preprocess)",
+          set, key, checkpoint.string(),
+          model ? "its weights were trained for the stored model (to train a changed model from "
+                  "them: strata train EXP.yaml --weights CKPT --weights-partial)"
+                : "it describes the training that made the weights, not the evaluation");
+    }
+    experiment_.set(key, set.substr(eq + 1));
+    set_threads = set_threads || key == "threads";
+    set_batch = set_batch || key == "train.eval_batch_size";
+  }
 
   seed_ = static_cast<uint32_t>(experiment_.get<int64_t>("seed", 1));
   const std::string backend_name =
       options.backend.empty() ? experiment_.get<std::string>("backend", "tbb") : options.backend;
   backend_ = registries.backends.create(backend_name, Config{});
-  backend_->set_threads(options.threads);
+  int threads = options.threads;
+  if (threads == 0 && set_threads) {
+    threads = experiment_.get<int>("threads");
+    if (threads < 0)
+      experiment_.fail_key("threads",
+                           fmt::format("must be 0 (all cores) or positive, found {}", threads));
+  }
+  backend_->set_threads(threads);
+  if (set_batch) {
+    batch_ = experiment_.at("train").get<int64_t>("eval_batch_size");
+    if (batch_ <= 0) {
+      experiment_.at("train").fail_key("eval_batch_size",
+                                       fmt::format("must be positive, found {}", batch_));
+    }
+  }
   rng_ = std::make_unique<Rng>(seed_);
   const Config model = experiment_.at("model");
   graph_ = std::make_unique<Graph>(model, registries, backend_name, *rng_);
@@ -203,10 +247,9 @@ std::vector<NamedTensor> TrainedModel::run(const Tensor& images,
         {name, Tensor(graph_->layer(index).output_shape().with_batch(images.dim(0)))});
   }
   Context context{false, rng_.get(), backend_.get()};
-  constexpr int64_t kBatch = 256;
   const int64_t n = images.dim(0);
-  for (int64_t begin = 0; begin < n; begin += kBatch) {
-    const int64_t end = std::min(n, begin + kBatch);
+  for (int64_t begin = 0; begin < n; begin += batch_) {
+    const int64_t end = std::min(n, begin + batch_);
     graph_->forward(context, images.batch_slice(begin, end));
     for (NamedTensor& output : outputs) {
       Tensor rows = output.tensor.batch_slice(begin, end);
@@ -252,20 +295,30 @@ std::vector<fs::path> TrainedModel::dataset_paths() const {
 }
 
 Split TrainedModel::load_split(const std::string& split) {
+  std::vector<int64_t> rows;
+  return load_split(split, rows);
+}
+
+Split TrainedModel::load_split(const std::string& split, std::vector<int64_t>& dataset_rows) {
   if (split != "train" && split != "val" && split != "test") {
     fail("split '{}': expected train, val or test", split);
   }
   Split result;
   if (split == "test") {
     result = first_rows(dataset().load("test"), test_limit_);
+    dataset_rows.resize(result.labels.size());
+    std::iota(dataset_rows.begin(), dataset_rows.end(), int64_t{0});
   } else {
-    TrainValSplit parts =
-        split_validation(first_rows(dataset().load("train"), train_limit_), validation_, seed_);
+    const Split train = first_rows(dataset().load("train"), train_limit_);
+    TrainValSplit parts = split_validation(train, validation_, seed_);
     if (split == "val" && validation_ <= 0) {
       fail("checkpoint {}: the experiment held out no validation split (data.validation is 0)",
            path_.string());
     }
+    TrainValRows rows =
+        split_validation_rows(static_cast<int64_t>(train.labels.size()), validation_, seed_);
     result = split == "val" ? std::move(parts.val) : std::move(parts.train);
+    dataset_rows = split == "val" ? std::move(rows.val) : std::move(rows.train);
   }
   preprocess(result.images);
   return result;

@@ -1149,18 +1149,34 @@ Tensor read_hdf5_tensor(const fs::path& path, const std::string& dataset) {
 }
 
 void write_hdf5_tensors(const fs::path& path, std::span<const NamedTensor> tensors) {
+  write_hdf5_tensors(path, tensors, {}, {});
+}
+
+void write_hdf5_tensors(const fs::path& path, std::span<const NamedTensor> tensors,
+                        std::span<const NamedIntegers> integers,
+                        const std::map<std::string, std::string>& root_texts) {
   QuietHdf5 quiet;
   const FileContext context = hdf5_file_context(path);
   std::vector<std::string> paths;
   for (const NamedTensor& entry : tensors) paths.push_back(absolute_name(context, entry.name));
+  for (const NamedIntegers& entry : integers) paths.push_back(absolute_name(context, entry.name));
   check_paths_distinct(context, paths);
   std::size_t data_bytes = 0;
   for (const NamedTensor& entry : tensors) {
     data_bytes += static_cast<std::size_t>(entry.tensor.numel()) * sizeof(float);
   }
+  for (const NamedIntegers& entry : integers) data_bytes += entry.values.size() * sizeof(int64_t);
+  for (const auto& [name, text] : root_texts) data_bytes += 64 + text.size();
   write_atomically(context, path, data_bytes, [&](hid_t file) {
     for (std::size_t i = 0; i < tensors.size(); ++i) {
       write_tensor(context, file, paths[i], tensors[i].tensor);
+    }
+    for (std::size_t i = 0; i < integers.size(); ++i) {
+      write_dataset(context, file, paths[tensors.size() + i], {integers[i].values.size()},
+                    H5T_STD_I64LE, H5T_NATIVE_INT64, integers[i].values.data());
+    }
+    for (const auto& [name, text] : root_texts) {
+      write_string_attribute(context, file, "/", name.c_str(), text);
     }
   });
 }

@@ -328,6 +328,13 @@ void emit(YAML::Emitter& out, const Node& node) {
 }  // namespace
 
 Config Config::parse_file(const std::string& path) {
+  Config config = parse_one_file(path);
+  std::vector<std::string> chain;
+  resolve_includes(config, chain);
+  return config;
+}
+
+Config Config::parse_one_file(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) {
     strata::fail("{}: is a folder, not an experiment file", path);
@@ -347,6 +354,99 @@ Config Config::parse_string(const std::string& text, const std::string& source_n
          position(root->file, root->line, root->column), kind_name(*root));
   }
   return Config(root, "");
+}
+
+namespace {
+
+// The scalar `type:` of a map ("" when it has none).
+std::string type_of(const Node& node) {
+  const ConfigNode::Entry* type = node.find("type");
+  return type != nullptr && type->value->kind == Kind::kScalar ? type->value->scalar : "";
+}
+
+// `over` deep-merged onto `base` (both maps), in place: a key in both whose values are both maps
+// is merged recursively, unless they name different `type:`s (another optimizer or schedule: the
+// old one's keys would not apply), then, like any other value, `over`'s replaces `base`'s. Keys
+// keep the file and position they came from; the merged map takes `over`'s position.
+void merge_map(Node& base, const Node& over) {
+  base.file = over.file;
+  base.line = over.line;
+  base.column = over.column;
+  for (const ConfigNode::Entry& entry : over.map) {
+    ConfigNode::Entry* existing = base.find(entry.key);
+    if (existing == nullptr) {
+      base.map.push_back(entry);
+    } else if (existing->value->kind == Kind::kMap && entry.value->kind == Kind::kMap &&
+               (type_of(*entry.value).empty() ||
+                type_of(*entry.value) == type_of(*existing->value))) {
+      merge_map(*existing->value, *entry.value);
+      existing->key_file = entry.key_file;
+      existing->key_line = entry.key_line;
+      existing->key_column = entry.key_column;
+    } else {
+      *existing = entry;
+    }
+  }
+}
+
+}  // namespace
+
+void Config::resolve_includes(Config& config, std::vector<std::string>& chain) {
+  const std::string file = config.source_file();
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  chain.push_back(fs::weakly_canonical(fs::absolute(file), ec).string());
+  if (!config.is_map() || config.node_->find("include") == nullptr) {
+    chain.pop_back();
+    return;
+  }
+  const Config include = config.at("include");
+  std::vector<Config> items;
+  if (include.is_scalar()) {
+    items.push_back(include);
+  } else if (include.is_sequence()) {
+    items = include.items();
+  } else {
+    include.fail("expected a file name or a list of file names (relative to this file's folder)");
+  }
+  std::shared_ptr<Node> merged;
+  for (const Config& item : items) {
+    const std::string name = item.as<std::string>();
+    fs::path target = name;
+    if (target.is_relative()) target = fs::path(file).parent_path() / target;
+    const std::string canonical = fs::weakly_canonical(fs::absolute(target), ec).string();
+    if (std::find(chain.begin(), chain.end(), canonical) != chain.end()) {
+      std::vector<std::string> cycle;
+      for (auto it = std::find(chain.begin(), chain.end(), canonical); it != chain.end(); ++it) {
+        cycle.push_back(fs::path(*it).filename().string());
+      }
+      cycle.push_back(fs::path(canonical).filename().string());
+      item.fail(fmt::format("'{}' is already being included: a cycle ({})", name,
+                            fmt::join(cycle, " -> ")));
+    }
+    if (!fs::is_regular_file(target, ec)) {
+      item.fail(
+          fmt::format("cannot include '{}': {} is not a file (include paths are relative to "
+                      "the including file's folder)",
+                      name, target.string()));
+    }
+    Config included = parse_one_file(target.string());
+    resolve_includes(included, chain);
+    if (!merged) {
+      merged = included.node_;
+    } else {
+      merge_map(*merged, *included.node_);
+    }
+  }
+  // The file's own keys, without `include`, override what it included.
+  config.erase("include");
+  if (!merged) {  // include: []
+    chain.pop_back();
+    return;
+  }
+  merge_map(*merged, *config.node_);
+  config.node_ = merged;
+  chain.pop_back();
 }
 
 namespace {

@@ -33,18 +33,24 @@ Split first_rows(const Split& split, int64_t limit) {
   return take_rows(split, rows);
 }
 
-TrainValSplit split_validation(const Split& train, int64_t validation, uint32_t seed) {
-  if (validation <= 0) return {train, {}};
-  const int64_t available = static_cast<int64_t>(train.labels.size());
+TrainValRows split_validation_rows(int64_t available, int64_t validation, uint32_t seed) {
   std::vector<int64_t> order(available);
   std::iota(order.begin(), order.end(), 0);
+  if (validation <= 0) return {order, {}};
   std::mt19937 split_rng(seed ^ 0x9e3779b9u);
   std::shuffle(order.begin(), order.end(), split_rng);
   std::vector<int64_t> val_rows(order.begin(), order.begin() + validation);
   std::vector<int64_t> train_rows(order.begin() + validation, order.end());
   std::sort(val_rows.begin(), val_rows.end());
   std::sort(train_rows.begin(), train_rows.end());
-  return {take_rows(train, train_rows), take_rows(train, val_rows)};
+  return {std::move(train_rows), std::move(val_rows)};
+}
+
+TrainValSplit split_validation(const Split& train, int64_t validation, uint32_t seed) {
+  if (validation <= 0) return {train, {}};
+  const TrainValRows rows =
+      split_validation_rows(static_cast<int64_t>(train.labels.size()), validation, seed);
+  return {take_rows(train, rows.train), take_rows(train, rows.val)};
 }
 
 }  // namespace strata

@@ -292,7 +292,21 @@ void load_finetuning_weights(Graph& graph, const TrainOptions& options, const fs
   }
   std::vector<NamedTensor> state = graph.state_tensors();
   if (!options.weights_partial) {
-    load_checkpoint_tensors(options.weights, "model", state, false, options.allow_nonfinite);
+    // A checkpoint of a different model (a new head, a renamed layer): the strict load names the
+    // first difference, and the partial load is probably what was meant.
+    const std::map<std::string, Shape> stored = checkpoint_tensor_shapes(options.weights, "model");
+    std::map<std::string, Shape> wanted;
+    for (const NamedTensor& entry : state) wanted.emplace(entry.name, entry.tensor.shape());
+    try {
+      load_checkpoint_tensors(options.weights, "model", state, false, options.allow_nonfinite);
+    } catch (const Error& error) {
+      if (stored == wanted) throw;
+      fail(
+          "{}\n  --weights loads every tensor of the model, matched by name and shape; to load "
+          "the ones that match and initialize the rest as usual (e.g. a new head), add "
+          "--weights-partial",
+          error.what());
+    }
     if (!options.quiet) {
       std::printf("fine-tuning from %s: loaded all %zu tensors\n", options.weights.c_str(), state.size());
     }

@@ -25,6 +25,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "strata/checkpoint.hpp"
@@ -39,8 +40,18 @@ namespace strata {
 
 struct TrainedModelOptions {
   std::string backend;  // empty: the experiment's backend
-  int threads = 0;      // 0: all cores
+  int threads = 0;      // 0: all cores (or the `threads` a --set gave)
+  // Overrides of the stored experiment, "key.path=value" as `--set` takes them (value in YAML),
+  // applied before anything is built. Only keys that leave the trained model as it is may change
+  // (evaluation_may_change()); any other key is an Error that says why.
+  std::vector<std::string> set;
 };
+
+// Whether `key` (a --set key path) may be changed when a trained model is reloaded: backend,
+// threads, train.eval_batch_size (the inference batch) and data.* (which dataset files and rows
+// to evaluate on) except data.preprocess, whose fitted statistics are stored in the checkpoint.
+// Everything else (model.*, optimizer.*, seed, ...) describes the training that made the weights.
+bool evaluation_may_change(std::string_view key);
 
 class TrainedModel {
  public:
@@ -77,6 +88,9 @@ class TrainedModel {
   // "train", "val" or "test": exactly the rows the trainer used (train_limit, test_limit, the
   // seed's validation split), with the checkpoint's preprocessing applied.
   Split load_split(const std::string& split);
+  // The same, and in `dataset_rows` the row of the dataset's file (its "train" file for the train
+  // and val splits, its "test" file for test) that each row of the result came from.
+  Split load_split(const std::string& split, std::vector<int64_t>& dataset_rows);
   // The experiment's loss (softmax_cross_entropy when it names none).
   Loss& loss();
 
@@ -94,6 +108,7 @@ class TrainedModel {
   std::shared_ptr<Dataset> dataset_;
   std::shared_ptr<Loss> loss_;
   uint32_t seed_ = 1;
+  int64_t batch_ = 256;  // inference batch of run(): train.eval_batch_size when --set
   int64_t validation_ = 0, train_limit_ = 0, test_limit_ = 0;
 };
 

@@ -91,6 +91,16 @@ void reseal_hdf5_file(const std::filesystem::path& path);
 Tensor read_hdf5_tensor(const std::filesystem::path& path, const std::string& dataset);
 // Writes float32 datasets into a new file, atomically (temporary file, then rename).
 void write_hdf5_tensors(const std::filesystem::path& path, std::span<const NamedTensor> tensors);
+// A rank-1 int64 dataset (class labels, dataset row indices).
+struct NamedIntegers {
+  std::string name;
+  std::vector<int64_t> values;
+};
+// The same, with int64 datasets beside the float32 ones and UTF-8 string attributes on "/"
+// (`strata eval --output`).
+void write_hdf5_tensors(const std::filesystem::path& path, std::span<const NamedTensor> tensors,
+                        std::span<const NamedIntegers> integers,
+                        const std::map<std::string, std::string>& root_texts);
 
 // One HDF5 group of float64 series with scalar attributes (`strata search` writes one per trial).
 struct SeriesGroup {

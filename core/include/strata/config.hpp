@@ -28,6 +28,10 @@ class Config {
   Config() = default;
 
   // Parse a YAML file or string. Malformed YAML is an Error naming file, line and column.
+  // A file may start from others: a top-level `include: base.yaml` (or a list of files, merged in
+  // order), relative to the including file's folder, is deep-merged under the file's own keys
+  // (maps merged key by key, lists and scalars replaced); included files may include others, a
+  // cycle is an Error, and every key keeps the file and line it came from.
   static Config parse_file(const std::string& path);
   static Config parse_string(const std::string& text, const std::string& source_name);
   // A Config written by code rather than by the user, such as a sub-layer a block plugin emits:
@@ -88,6 +92,11 @@ class Config {
  private:
   Config(std::shared_ptr<ConfigNode> node, std::string path)
       : node_(std::move(node)), path_(std::move(path)) {}
+  // parse_file() of one file, its `include:` key left as it is.
+  static Config parse_one_file(const std::string& path);
+  // Replaces the `include:` key of `config` (a file's root) by the included files' contents;
+  // `chain` holds the files being included, outermost first, to detect cycles.
+  static void resolve_includes(Config& config, std::vector<std::string>& chain);
   std::string child_path(std::string_view key) const;
 
   std::shared_ptr<ConfigNode> node_;

@@ -41,6 +41,12 @@ struct TrainValSplit {
   Split train, val;
 };
 TrainValSplit split_validation(const Split& train, int64_t validation, uint32_t seed);
+// The rows (of a training split of `available` rows) that split_validation puts in each part, in
+// order: what traces an evaluated row back to its dataset row.
+struct TrainValRows {
+  std::vector<int64_t> train, val;
+};
+TrainValRows split_validation_rows(int64_t available, int64_t validation, uint32_t seed);
 
 
 using Rng = std::mt19937;  // the same generator as strata/layer.hpp's
