@@ -12,6 +12,36 @@ trap 'rm -rf "$work"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 src=$STRATA_SOURCE_DIR
 
+echo "== the runner refuses an unmarked block and reports what it does not run"
+mkdir -p "$work/self/docs"
+cat >"$work/self/page.md" <<'MD'
+<!-- not-runnable: a synopsis -->
+```sh
+strata train EXP.yaml [--resume]
+```
+
+<!-- runnable
+skip: never-there: listed
+check:
+test "$(cat out.txt)" = hello
+-->
+```sh
+echo hello >out.txt
+echo never-there
+```
+
+```python
+print("no marker")
+```
+MD
+if "$PYTHON" "$src/tests/scripts/run_docs.py" "$work/self" "$work/self/run" page.md >"$work/self/out.txt" 2>&1; then
+  cat "$work/self/out.txt"; fail "an unmarked block passed"
+fi
+grep -q "^not run page.md:2: a synopsis" "$work/self/out.txt" || fail "the not-runnable block is not listed"
+grep -q "^ok      page.md:11 sh" "$work/self/out.txt" || fail "the runnable block did not run"
+grep -q "^  skip    page.md:11: \`echo never-there\`: listed" "$work/self/out.txt" || fail "the skipped command is not listed"
+grep -q "^FAIL    page.md:16: a python block without a marker" "$work/self/out.txt" || fail "the unmarked block is not named"
+
 echo "== the blocks"
 # shellcheck disable=SC2086
 "$PYTHON" "$src/tests/scripts/run_docs.py" "$src" "$work/blocks" ${DOCS_FILES:-}
