@@ -58,6 +58,10 @@ def provenance(data):
     load = data.get("load_average")
     load_text = f", load average {load:.2f} at the start" if isinstance(load, (int, float)) else ""
     note = f" {data['note']}" if data.get("note") else ""
+    cpus = re.search(r"(\d+) CPUs", data["machine"])
+    if isinstance(load, (int, float)) and cpus and load > int(cpus.group(1)):
+        note += (" The machine was busy (a load average above its CPU count), so the speeds are lower"
+                 " bounds: rerun it on a quiet machine, then bench/render_docs.py.")
     return f"Measured on {data['machine']}, {data['date']}{load_text}, by `{data['command']}`.{note}"
 
 
