@@ -41,11 +41,11 @@ class Checkpoint:
                             self.diagnostics[layer] = {m: d[()] for m, d in obj.items()}
 
     def config(self):
-        """The stored experiment as a dict (needs python3-yaml; {} without it)."""
+        """The stored experiment as a dict, or None without python3-yaml."""
         try:
             import yaml
         except ImportError:
-            return {}
+            return None
         return yaml.safe_load(self.experiment) or {}
 
     def name(self):
@@ -56,7 +56,7 @@ class Checkpoint:
     def title(self):
         """What a picture is of: the name, the model's input, the optimizer and the epoch reached,
         e.g. "runs/small/model.h5: [1, 28, 28] -> 5 weighted layers, sgd lr 0.05, batch 128, epoch 4 of 4"."""
-        c = self.config()
+        c = self.config() or {}
         parts = []
         model, optimizer, train = c.get("model", {}), c.get("optimizer", {}), c.get("train", {})
         if isinstance(model, dict) and model.get("input"):
@@ -76,13 +76,13 @@ class Checkpoint:
 
     def top_level_layers(self):
         """The names of model.layers in the experiment, in the order the model runs them."""
-        try:
-            import yaml  # noqa: F401
-            layers = self.config().get("model", {}).get("layers", [])
-            return [str(layer["name"]) for layer in layers if isinstance(layer, dict) and "name" in layer]
-        except ImportError:  # without python3-yaml: the `name:` keys in the order they are written
+        config = self.config()
+        if config is None:  # without python3-yaml: the `name:` keys in the order they are written
             block = self.experiment.split("\nmodel:", 1)[-1]
             return re.findall(r"\bname:\s*['\"]?([A-Za-z0-9_.\-]+)", block)
+        model = config.get("model") if isinstance(config.get("model"), dict) else {}
+        layers = model.get("layers") or []
+        return [str(layer["name"]) for layer in layers if isinstance(layer, dict) and "name" in layer]
 
     def layers(self):
         """Layer names with a weight, in model order: the order of model.layers in the stored
