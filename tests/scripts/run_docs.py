@@ -14,6 +14,9 @@ with it; nothing is skipped silently:
   set train: ...                                 --set only for `strata train`
   env: NAME=VALUE ...                            extra environment ({work}: the block's folder)
   args: A B                                      python: sys.argv[1:]
+  expect: REGEX                                  the lines of the next unlabeled fenced block (the
+                                                 sample output the page shows) that match REGEX
+                                                 must each be a line the block printed
   skip: SUBSTRING: REASON                        a command (a logical line) that contains SUBSTRING
                                                  is not run, and is listed with REASON
   setup:                                         shell lines run before the block (to its end
@@ -61,13 +64,13 @@ def parse_marker(lines, where):
     if not head.startswith("runnable"):
         return None
     marker.update(kind="runnable", set={"train": [], "search": []}, env={}, args=[], skip=[],
-                  setup=[], check=[])
+                  setup=[], check=[], expect=None)
     rest = head[len("runnable"):].lstrip(":").strip()
     body = ([rest] if rest else []) + lines[1:]
     section = None
     for line in body:
         stripped = line.strip()
-        key = re.match(r"^(set(?: train| search)?|env|args|skip|setup|check):(.*)$", stripped)
+        key = re.match(r"^(set(?: train| search)?|env|args|skip|expect|setup|check):(.*)$", stripped)
         if key and section is None or key and key.group(1) in ("setup", "check"):
             name, value = key.group(1), key.group(2).strip()
             if name in ("setup", "check"):
@@ -82,6 +85,8 @@ def parse_marker(lines, where):
                 for item in shlex.split(value):
                     k, _, v = item.partition("=")
                     marker["env"][k] = v
+            elif name == "expect":
+                marker["expect"] = re.compile(value)
             elif name == "args":
                 marker["args"] += shlex.split(value)
             elif name == "skip":
@@ -125,8 +130,17 @@ def blocks_of(path, display):
                     text = text[text.index("<!--") + 4:text.rindex("-->")]
                     comment = text.split("\n")
                     marker = parse_marker(comment, where) if comment[0].strip() else None
+            sample = None  # the next fenced block, when it has no language: the output shown
+            k = end + 1
+            while k < len(lines) and not lines[k].startswith("```"):
+                k += 1
+            if k < len(lines) and lines[k].strip() == "```":
+                stop = k + 1
+                while stop < len(lines) and not lines[stop].startswith("```"):
+                    stop += 1
+                sample = lines[k + 1:stop]
             result.append({"line": i + 1, "where": where, "lang": "python" if lang in PYTHONS else "sh",
-                           "text": "\n".join(lines[i + 1:end]), "marker": marker})
+                           "text": "\n".join(lines[i + 1:end]), "marker": marker, "sample": sample})
         i = end + 1
     return result
 
@@ -212,6 +226,16 @@ def run_block(block, work, env, report):
     if done.returncode != 0:
         tail = (done.stdout + done.stderr).strip().split("\n")[-30:]
         return f"exit {done.returncode}:\n" + "\n".join("      " + t for t in tail)
+    if marker["expect"] is not None:
+        if block["sample"] is None:
+            return "expect: no sample output block follows"
+        printed = {line.rstrip() for line in done.stdout.split("\n")}
+        wanted = [line.rstrip() for line in block["sample"] if marker["expect"].search(line)]
+        missing = [line for line in wanted if line not in printed]
+        if not wanted or missing:
+            return ("the sample output shown after the block differs from what it printed; not printed:\n"
+                    + "\n".join("      " + line for line in missing or ["(no sample line matches expect)"])
+                    + "\n    printed:\n" + "\n".join("      " + line for line in done.stdout.split("\n")[:60]))
     return None
 
 
