@@ -266,7 +266,13 @@ def main():
     def train_iters(name):
         return 3 if args.quick else WORKLOADS[name][2]
     t = args.threads
-    results = {"threads": t, "repeats": args.repeats, "torch": torch.__version__}
+    # Where, when and how this was measured: bench/render_docs.py prints it above every figure
+    # it puts into the docs.
+    from render_docs import machine
+    results = {"threads": t, "repeats": args.repeats, "torch": torch.__version__,
+               "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+               "command": " ".join(["bench/compare_pytorch.py"] + sys.argv[1:]),
+               "load_average": os.getloadavg()[0], "quick": args.quick}
     print(f"Strata vs PyTorch {torch.__version__}, {t} threads, best of {args.repeats} "
           f"alternating rounds{' (quick)' if args.quick else ''}")
     results["strata_backend"] = strata_backend_description(args.build)

@@ -1,6 +1,8 @@
 """Reading a checkpoint (HDF5) and a search folder (trials.jsonl)."""
 import json
+import math
 import os
+import re
 
 import h5py
 import numpy as np
@@ -38,6 +40,7 @@ class Checkpoint:
             if f.attrs.get("format") != "strata-checkpoint":
                 raise ValueError(f"{path}: not a Strata checkpoint (no root attribute format)")
             self.experiment = f["experiment"].asstr()[()]
+            self.epoch = int(f["training"].attrs["epoch"]) if "training" in f else None
             self.params = {}          # "conv1/weight" -> ndarray, in file order
             f["model"].visititems(lambda name, obj: self.params.__setitem__(name, obj[()])
                                   if isinstance(obj, h5py.Dataset) else None)
@@ -60,15 +63,75 @@ class Checkpoint:
                         elif isinstance(obj, h5py.Group):
                             self.diagnostics[layer] = {m: d[()] for m, d in obj.items()}
 
+    def config(self):
+        """The stored experiment as a dict, or None without python3-yaml."""
+        try:
+            import yaml
+        except ImportError:
+            return None
+        return yaml.safe_load(self.experiment) or {}
+
+    def name(self):
+        """The experiment's `name:`, else the checkpoint's folder and file (runs/small/model.h5)."""
+        match = re.search(r"^name:\s*['\"]?([^'\"#\n]+?)['\"]?\s*(#.*)?$", self.experiment, re.M)
+        return match.group(1) if match else self.path
+
+    def title(self):
+        """What a picture is of: the name, the model's input, the optimizer and the epoch reached,
+        e.g. "runs/small/model.h5: [1, 28, 28] -> 5 weighted layers, sgd lr 0.05, batch 128, epoch 4 of 4"."""
+        c = self.config() or {}
+        parts = []
+        model, optimizer, train = c.get("model", {}), c.get("optimizer", {}), c.get("train", {})
+        if isinstance(model, dict) and model.get("input"):
+            parts.append(f"input {list(model['input'])}, {len(self.layers())} weighted layers")
+        if isinstance(optimizer, dict) and optimizer.get("type"):
+            parts.append(f"{optimizer['type']} lr {optimizer.get('lr', '?')}")
+        if isinstance(train, dict) and train.get("batch_size"):
+            parts.append(f"batch {train['batch_size']}")
+        if self.epoch is not None:
+            total = train.get("epochs") if isinstance(train, dict) else None
+            parts.append(f"epoch {self.epoch}" + (f" of {total}" if total else ""))
+        return f"{self.name()}: {', '.join(parts)}" if parts else self.name()
+
+    def short_title(self):
+        """The name and the epoch: "runs/small/model.h5, epoch 4"."""
+        return self.name() + (f", epoch {self.epoch}" if self.epoch is not None else "")
+
+    def top_level_layers(self):
+        """The names of model.layers in the experiment, in the order the model runs them."""
+        config = self.config()
+        if config is None:  # without python3-yaml: the `name:` keys in the order they are written
+            block = self.experiment.split("\nmodel:", 1)[-1]
+            return re.findall(r"\bname:\s*['\"]?([A-Za-z0-9_.\-]+)", block)
+        model = config.get("model") if isinstance(config.get("model"), dict) else {}
+        layers = model.get("layers") or []
+        return [str(layer["name"]) for layer in layers if isinstance(layer, dict) and "name" in layer]
+
     def layers(self):
-        """Layer names with a weight, in file order."""
-        return [name.rsplit("/", 1)[0] for name in self.params if name.endswith("/weight")]
+        """Layer names with a weight, in model order: the order of model.layers in the stored
+        experiment; inside a block (layer1.0.conv1, layer1.0.bn1, ...) by the numbers in the names,
+        a convolution before the normalization of the same number, as torchvision runs them.
+        Names the experiment does not mention come last, alphabetically."""
+        names = [name.rsplit("/", 1)[0] for name in self.params if name.endswith("/weight")]
+        order = {name: i for i, name in enumerate(self.top_level_layers())}
+
+        def part_key(part):
+            number = re.search(r"(\d+)$", part)
+            kind = 0 if "conv" in part else 1 if ("bn" in part or "norm" in part) else 2
+            return (int(number.group(1)) if number else math.inf, kind, part)
+
+        def key(layer):
+            parts = layer.split(".")
+            top = order.get(parts[0], len(order))
+            return (top, parts[0] if top == len(order) else "", [part_key(p) for p in parts[1:]])
+        return sorted(names, key=key)
 
     def first_conv_weight(self):
-        """The first rank-4 weight [out, in, kh, kw], or None."""
-        for name, value in self.params.items():
-            if name.endswith("/weight") and value.ndim == 4:
-                return name, value
+        """The model's first convolution weight [out, in, kh, kw] in model order, or None."""
+        for layer in self.layers():
+            value = self.params[f"{layer}/weight"]
+            if value.ndim == 4:
+                return f"{layer}/weight", value
         return None
 
 
