@@ -1,5 +1,6 @@
 # Strata: the two commands of the quick start.
 #   make run    install missing packages, build (Release, in build/), train the default experiment
+#               (anew each time: --overwrite replaces the previous run in RUN_DIR)
 #   make test   install missing packages, build, run the whole test suite through ctest
 #   make install  build, then install the tool, plugins, libstrata_core, headers, CMake package
 #               and strata-plot into PREFIX (default $(HOME)/.local; PREFIX=/usr/local works too)
@@ -33,7 +34,7 @@ SANITIZER_ENV  := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:allocator_may_ret
 .PHONY: run test build install configure deps deps-test bench clean test-asan test-tsan test-long fuzz asan-build
 
 run: deps build
-	$(BUILD_DIR)/bin/strata train $(EXPERIMENT) --out $(RUN_DIR)
+	$(BUILD_DIR)/bin/strata train $(EXPERIMENT) --out $(RUN_DIR) --overwrite
 
 test: deps deps-test build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
