@@ -319,6 +319,22 @@ std::vector<std::shared_ptr<Transform>> read_transforms(const Config& data_cfg, 
   return transforms;
 }
 
+}  // namespace
+
+DataSettings read_data_settings(const Config& data, const Registries& registries) {
+  DataSettings settings;
+  settings.validation = data.get<int64_t>("validation", 0);
+  settings.train_limit = data.get<int64_t>("train_limit", 0);
+  settings.test_limit = data.get<int64_t>("test_limit", 0);
+  if (settings.train_limit < 0) data.fail_key("train_limit", "must be 0 (all images) or positive");
+  if (settings.test_limit < 0) data.fail_key("test_limit", "must be 0 (all images) or positive");
+  settings.preprocess = read_transforms(data, "preprocess", false, registries);
+  settings.augment = read_transforms(data, "augment", true, registries);
+  return settings;
+}
+
+namespace {
+
 // `--weights CKPT`: the model starts from another checkpoint's /model tensors. Strict by default
 // (every tensor present with the model's shape, no extra ones: load_checkpoint_tensors names the
 // offender and both shapes); with weights_partial, what matches by name and shape is loaded and
@@ -411,15 +427,13 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   }
 
   const Config data_cfg = experiment.at("data");
-  const int64_t validation_key = data_cfg.get<int64_t>("validation", 0);
+  DataSettings data_settings = read_data_settings(data_cfg, registries);
+  const int64_t validation_key = data_settings.validation;
   const int64_t validation = overfit > 0 ? 0 : validation_key;
-  const int64_t train_limit = data_cfg.get<int64_t>("train_limit", 0);
-  const int64_t test_limit = data_cfg.get<int64_t>("test_limit", 0);
-  if (train_limit < 0) data_cfg.fail_key("train_limit", "must be 0 (all images) or positive");
-  if (test_limit < 0) data_cfg.fail_key("test_limit", "must be 0 (all images) or positive");
-  std::vector<std::shared_ptr<Transform>> transforms =
-      read_transforms(data_cfg, "preprocess", false, registries);
-  std::vector<std::shared_ptr<Transform>> augment = read_transforms(data_cfg, "augment", true, registries);
+  const int64_t train_limit = data_settings.train_limit;
+  const int64_t test_limit = data_settings.test_limit;
+  std::vector<std::shared_ptr<Transform>> transforms = std::move(data_settings.preprocess);
+  std::vector<std::shared_ptr<Transform>> augment = std::move(data_settings.augment);
   auto dataset = registries.datasets.create(data_cfg);
 
   const std::string why_no_validation =
@@ -531,9 +545,11 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                                              last_layer, logits[0], dataset->num_classes()));
   }
   check_memory(graph, batch_size, eval_batch, train_cfg);
+  std::vector<std::shared_ptr<Transform>> all_transforms = transforms;  // augment too: reloading
+  all_transforms.insert(all_transforms.end(), augment.begin(), augment.end());  // reads its keys
   const std::vector<PluginRecord> plugin_records = plugins_needed(
       registries, graph, backend_name, data_cfg.get<std::string>("type"),
-      loss_cfg ? loss_cfg->get<std::string>("type") : "softmax_cross_entropy", transforms);
+      loss_cfg ? loss_cfg->get<std::string>("type") : "softmax_cross_entropy", all_transforms);
 
   // ---- Data: load, hold out validation, fit preprocessing on the training part only. ----
   if (options.validate_only) return {};

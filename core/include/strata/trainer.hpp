@@ -22,6 +22,7 @@
 #include <string>
 
 #include "strata/config.hpp"
+#include "strata/dataset.hpp"
 #include "strata/registry.hpp"
 
 namespace strata {
@@ -79,6 +80,18 @@ struct TrainSummary {
   double best_value = 0;
   std::filesystem::path best_checkpoint;    // best.h5, empty when none was written
 };
+
+// The keys of an experiment's `data` section that training reads beside the dataset reader's own:
+// validation, train_limit, test_limit, preprocess (deterministic transforms) and augment (random
+// ones). One reader for the trainer and for every tool that rebuilds a trained run from its
+// experiment (TrainedModel, so `strata eval`), so that whatever trains also reloads. Errors
+// (a negative limit, a random transform under preprocess or the reverse) point at the key.
+struct DataSettings {
+  int64_t validation = 0, train_limit = 0, test_limit = 0;
+  std::vector<std::shared_ptr<Transform>> preprocess;
+  std::vector<std::shared_ptr<Transform>> augment;
+};
+DataSettings read_data_settings(const Config& data, const Registries& registries);
 
 // Trains the experiment described by `experiment` (a parsed file, with --set overrides applied).
 // `on_epoch`, when set, is called after every epoch (after the checkpoint is written); it may
