@@ -179,7 +179,8 @@ BOOST_AUTO_TEST_CASE(a_run_with_augmentation_reopens) {
     const int64_t c = plane % 2;
     for (int64_t y = 0; y < 5; ++y) {
       for (int64_t x = 0; x < 5; ++x) {
-        const float expected = (raw.data()[plane * 36 + y * 6 + x] - mean.data()[c]) / std_dev.data()[c];
+        const float expected =
+            (raw.data()[plane * 36 + y * 6 + x] - mean.data()[c]) / std_dev.data()[c];
         BOOST_REQUIRE_SMALL(processed.data()[plane * 25 + y * 5 + x] - expected, 1e-5f);
       }
     }

@@ -281,9 +281,10 @@ TrainSummary run_until(const fs::path& out, int64_t stop_at, bool resume) {
     if (report.iteration == stop_at) stop.store(true);
   };
   // Dropout draws from the trainer's generator on every step: it must continue exactly.
-  return train_experiment(experiment({{"model.layers[1]", "{name: drop1, type: dropout, keep_prob: 0.75}"},
-                                      {"data.augment", "[{type: hflip}]"}}),
-                          test::registries(), options);
+  return train_experiment(
+      experiment({{"model.layers[1]", "{name: drop1, type: dropout, keep_prob: 0.75}"},
+                  {"data.augment", "[{type: hflip}]"}}),
+      test::registries(), options);
 }
 
 BOOST_AUTO_TEST_CASE(stopped_mid_epoch_and_resumed_is_bit_identical) {

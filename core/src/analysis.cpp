@@ -172,10 +172,11 @@ void TrainedModel::preprocess(Tensor& images) const {
   // data.augment transform (a centre crop for random_crop, nothing for hflip).
   for (const auto& transform : augment_) transform->apply(images);
   if (images.shape().without_batch() != graph_->input_shape()) {
-    fail("images of shape [N, {}] become [N, {}] through data.preprocess and data.augment, but the "
-         "model's input is [N, {}]",
-         fmt::join(raw.dims(), ", "), fmt::join(images.shape().without_batch().dims(), ", "),
-         fmt::join(graph_->input_shape().dims(), ", "));
+    fail(
+        "images of shape [N, {}] become [N, {}] through data.preprocess and data.augment, but the "
+        "model's input is [N, {}]",
+        fmt::join(raw.dims(), ", "), fmt::join(images.shape().without_batch().dims(), ", "),
+        fmt::join(graph_->input_shape().dims(), ", "));
   }
 }
 

@@ -611,7 +611,8 @@ namespace {
 // load_experiment_plugins), so it is rewritten relative to best.yaml's folder: `strata train
 // best.yaml` then loads the same file, and moving the project with its runs keeps it working.
 // Absolute entries stay as they are.
-void rebase_plugin_paths(Config& experiment, const fs::path& experiment_dir, const fs::path& out_dir) {
+void rebase_plugin_paths(Config& experiment, const fs::path& experiment_dir,
+                         const fs::path& out_dir) {
   std::optional<Config> plugins = experiment.find("plugins");
   if (!plugins || !plugins->is_sequence()) return;
   const std::vector<Config> items = plugins->items();

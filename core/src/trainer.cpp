@@ -766,7 +766,8 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   auto read_rng = [&](const std::string& text) {
     std::istringstream in(text);
     in >> rng;
-    if (!in) fail("checkpoint {}: the stored random generator state is corrupt", checkpoint_path.string());
+    if (!in)
+      fail("checkpoint {}: the stored random generator state is corrupt", checkpoint_path.string());
   };
 
   for (int64_t epoch = state.epoch; epoch < epochs && !stopped_early && !interrupted; ++epoch) {
@@ -841,13 +842,19 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                     seen / (seconds_before + seconds_since(epoch_start)));
       // The last step's stop request is honoured at the end of the epoch, after its save.
       if (step + 1 < steps && stop_requested()) {
-        state.partial = PartialEpoch{step + 1, epoch_rng_state, loss_sum, correct, seen,
-                                     seconds_before + seconds_since(epoch_start)};
+        PartialEpoch partial;
+        partial.step = step + 1;
+        partial.rng_state = epoch_rng_state;
+        partial.loss_sum = loss_sum;
+        partial.correct = correct;
+        partial.seen = seen;
+        partial.seconds = seconds_before + seconds_since(epoch_start);
+        state.partial = std::move(partial);
         save(checkpoint_path);
-        progress.note(fmt::format("interrupted: stopped after iteration {} (epoch {}, step {} of "
-                                  "{}); {} holds this point",
-                                  state.iteration, epoch + 1, step + 1, steps,
-                                  checkpoint_path.string()));
+        progress.note(
+            fmt::format("interrupted: stopped after iteration {} (epoch {}, step {} of "
+                        "{}); {} holds this point",
+                        state.iteration, epoch + 1, step + 1, steps, checkpoint_path.string()));
         interrupted = true;
         break;
       }
@@ -900,9 +907,10 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     if (on_epoch) on_epoch(report);
     if (!stopped_early && state.epoch < epochs && stop_requested()) {
       if (saved_epoch != state.epoch) save(checkpoint_path);
-      progress.note(fmt::format("interrupted: stopped after epoch {} (iteration {}); {} holds this "
-                                "point",
-                                state.epoch, state.iteration, checkpoint_path.string()));
+      progress.note(
+          fmt::format("interrupted: stopped after epoch {} (iteration {}); {} holds this "
+                      "point",
+                      state.epoch, state.iteration, checkpoint_path.string()));
       interrupted = true;
     }
   }

@@ -76,7 +76,9 @@ class PRelu final : public strata::Layer {
     std::vector<double> dslope(static_cast<std::size_t>(channels_), 0.0);
     for (int64_t i = 0; i < x.numel(); ++i) {
       const float v = xs[i];
-      if (v <= 0.0f) dslope[static_cast<std::size_t>((i % per_sample) / inner)] += static_cast<double>(v) * dys[i];
+      if (v <= 0.0f)
+        dslope[static_cast<std::size_t>((i % per_sample) / inner)] +=
+            static_cast<double>(v) * dys[i];
     }
     for (int64_t c = 0; c < channels_; ++c) weight_.grad.data()[c] = static_cast<float>(dslope[c]);
   }
