@@ -54,7 +54,7 @@ struct TrainingState {
   int64_t iteration = 0;  // optimizer steps taken
   std::string rng_state;  // the trainer's Rng, as written by operator<<
   std::map<std::string, std::vector<double>> history;  // metric name -> one value per epoch
-  std::optional<PartialEpoch> partial;  // set when saved in the middle of epoch `epoch + 1`
+  std::optional<PartialEpoch> partial = std::nullopt;  // saved inside epoch `epoch + 1`
 };
 
 struct Checkpoint {
