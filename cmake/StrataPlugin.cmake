@@ -11,6 +11,9 @@
 #     unless OUTPUT_DIRECTORY says otherwise. Load it through an experiment's `plugins:` list,
 #     STRATA_PLUGIN_PATH, or install it into STRATA_PLUGIN_INSTALL_DIR.
 #
+# Optimized by default: with no CMAKE_BUILD_TYPE the plugin is compiled with the Release flags
+# (CMAKE_CXX_FLAGS_RELEASE, -O3 -DNDEBUG), as a property of the plugin target only.
+#
 # KEEP_LOADED: once loaded, the library is never unmapped (linked with -z nodelete). Use it for a
 # plugin whose libraries start threads that outlive its objects, as oneTBB's workers do: unloading
 # libtbb under its sleeping workers crashes the process at exit.
@@ -35,6 +38,14 @@ function(strata_add_plugin name)
       target_link_libraries(${target} PRIVATE ${flags})
     endif()
   endforeach()
+  # A plugin is numeric code: built with no build type (CMake's empty configuration, what a plain
+  # `cmake -S . -B build` gives) it would get no optimization at all, about 40 % slower end to end.
+  # Then this target alone gets the Release flags; an explicit CMAKE_BUILD_TYPE (Debug included)
+  # or a multi-config generator's choice is left as it is.
+  separate_arguments(release_flags UNIX_COMMAND "${CMAKE_CXX_FLAGS_RELEASE}")
+  if(release_flags)
+    target_compile_options(${target} PRIVATE "$<$<STREQUAL:$<CONFIG>,>:${release_flags}>")
+  endif()
   set_target_properties(${target} PROPERTIES
     PREFIX "lib"
     LIBRARY_OUTPUT_DIRECTORY ${ARG_OUTPUT_DIRECTORY}

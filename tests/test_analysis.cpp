@@ -231,3 +231,60 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_naming_an_invalid_plugin_is_refused) {
   }
   BOOST_TEST(loader.plugins().empty());
 }
+
+// Whatever trains also reloads: a run with data.augment (issue 21: eval refused every such
+// checkpoint with "data.augment: unknown key 'augment'"), reopened from its checkpoint. The
+// augment plugin is recorded with the others, and the reloaded val split is the trainer's: the
+// crop to 5x5 has its deterministic counterpart (a centre crop) applied as in training.
+BOOST_AUTO_TEST_CASE(a_run_with_augmentation_reopens) {
+  test::TempDir dir;
+  TrainOptions options;
+  options.out_dir = dir.path();
+  options.progress = "none";
+  Config experiment = Config::parse_string(kExperiment, "augmented.yaml");
+  experiment.set("data.augment",
+                 "[{type: random_crop, padding: 1, size: 5}, {type: hflip, p: 0.5}]");
+  experiment.set("model.input", "[2, 5, 5]");
+  const TrainSummary summary = train_experiment(experiment, test::registries(), options);
+
+  const auto records = load_checkpoint_plugins(summary.checkpoint);
+  BOOST_TEST((std::find_if(records.begin(), records.end(), [](const PluginRecord& r) {
+                return r.name == "augment";
+              }) != records.end()));
+
+  Registries registries;
+  PluginLoader loader(registries);
+  loader.load_default();
+  TrainedModel model(summary.checkpoint, registries, loader);
+  const Split val = model.load_split("val");
+  BOOST_TEST_REQUIRE(val.labels.size() == 80u);
+  const Tensor logits = model.run(val.images);
+  int correct = 0;
+  for (int i = 0; i < 80; ++i) {
+    const float* row = logits.data() + i * 4;
+    correct += (std::max_element(row, row + 4) - row) == val.labels[i];
+  }
+  BOOST_TEST(std::abs(correct / 80.0 - json_last(summary.summary, "val_accuracy")) < 1e-9);
+  BOOST_TEST(std::abs(model.loss().forward_backward(logits, val.labels, nullptr) -
+                      json_last(summary.summary, "val_loss")) < 1e-4);
+
+  // Raw images get the preprocessing, then the centre crop, as the trainer's evaluation images.
+  std::mt19937 rng(21);
+  Tensor raw = test::random_tensor({3, 2, 6, 6}, rng, 0.0f, 1.0f);
+  Tensor processed = raw.clone();
+  model.preprocess(processed);
+  BOOST_TEST_REQUIRE(processed.shape() == (Shape{3, 2, 5, 5}));
+  Tensor mean(Shape{2}), std_dev(Shape{2});
+  std::vector<NamedTensor> stats{{"0.normalize/mean", mean}, {"0.normalize/std", std_dev}};
+  load_checkpoint_tensors(summary.checkpoint, "preprocess", stats);
+  for (int64_t plane = 0; plane < 6; ++plane) {  // the centre 5x5 of 6x6 starts at (0, 0)
+    const int64_t c = plane % 2;
+    for (int64_t y = 0; y < 5; ++y) {
+      for (int64_t x = 0; x < 5; ++x) {
+        const float expected =
+            (raw.data()[plane * 36 + y * 6 + x] - mean.data()[c]) / std_dev.data()[c];
+        BOOST_REQUIRE_SMALL(processed.data()[plane * 25 + y * 5 + x] - expected, 1e-5f);
+      }
+    }
+  }
+}

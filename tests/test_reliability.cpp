@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <fstream>
@@ -262,6 +263,93 @@ BOOST_AUTO_TEST_CASE(corrupt_training_state_is_refused_before_training) {
     STRATA_CHECK_CONTAINS(test::error_of([&] { run(dir.path(), {}, true); }),
                           std::string(metric) + " is missing");
   }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// TrainOptions::stop (Ctrl-C in `strata train`, issue 21): the run stops after the step during
+// which the flag was raised, saves that point, and a resume ends bit-identical to a run that was
+// never stopped. The flag is raised from on_iteration, so the stops land on chosen steps.
+BOOST_AUTO_TEST_SUITE(interrupt)
+
+TrainSummary run_until(const fs::path& out, int64_t stop_at, bool resume) {
+  std::atomic<bool> stop{false};
+  TrainOptions options;
+  options.out_dir = out;
+  options.resume = resume;
+  options.progress = "none";
+  options.stop = &stop;
+  options.on_iteration = [&](const IterationReport& report) {
+    if (report.iteration == stop_at) stop.store(true);
+  };
+  // Dropout draws from the trainer's generator on every step: it must continue exactly.
+  return train_experiment(
+      experiment({{"model.layers[1]", "{name: drop1, type: dropout, keep_prob: 0.75}"},
+                  {"data.augment", "[{type: hflip}]"}}),
+      test::registries(), options);
+}
+
+BOOST_AUTO_TEST_CASE(stopped_mid_epoch_and_resumed_is_bit_identical) {
+  test::TempDir straight, stopped;
+  const TrainSummary whole = run_until(straight.path(), -1, false);
+  BOOST_TEST(!whole.interrupted);
+  BOOST_TEST(whole.iterations == 38);  // 2 epochs of 19 steps
+
+  // Step 7 of epoch 1, step 5 of epoch 2, the last step of epoch 2 (no stop: the run ends).
+  TrainSummary first = run_until(stopped.path(), 7, false);
+  BOOST_TEST(first.interrupted);
+  BOOST_TEST(first.iterations == 7);
+  std::optional<TrainingState> state = load_checkpoint_training_state(stopped / "model.h5");
+  BOOST_TEST_REQUIRE(state->partial.has_value());
+  BOOST_TEST(state->epoch == 0);
+  BOOST_TEST(state->partial->step == 7);
+  BOOST_TEST(state->partial->seen == 7 * 64);
+  BOOST_TEST(!fs::exists(stopped / "summary.json"));
+
+  TrainSummary second = run_until(stopped.path(), 19 + 5, true);
+  BOOST_TEST(second.interrupted);
+  state = load_checkpoint_training_state(stopped / "model.h5");
+  BOOST_TEST(state->epoch == 1);
+  BOOST_TEST(state->partial->step == 5);
+  BOOST_TEST(state->history["train_loss"].size() == 1u);
+
+  const TrainSummary last = run_until(stopped.path(), 38, true);
+  BOOST_TEST(!last.interrupted);
+  BOOST_TEST(last.test_accuracy == whole.test_accuracy);
+  for (const char* group : {"model", "optimizer"}) {
+    for (const auto& [name, shape] : checkpoint_tensor_shapes(straight / "model.h5", group)) {
+      Tensor a(shape), b(shape);
+      std::vector<NamedTensor> x{{name, a}}, y{{name, b}};
+      load_checkpoint_tensors(straight / "model.h5", group, x, true);
+      load_checkpoint_tensors(stopped / "model.h5", group, y, true);
+      BOOST_TEST(test::max_abs_diff(a, b) == 0.0f, group << "/" << name);
+    }
+  }
+  const auto a = load_checkpoint_training_state(straight / "model.h5");
+  const auto b = load_checkpoint_training_state(stopped / "model.h5");
+  for (const char* metric : {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"}) {
+    BOOST_TEST(a->history.at(metric) == b->history.at(metric), metric);
+  }
+  BOOST_TEST(!b->partial.has_value());
+}
+
+BOOST_AUTO_TEST_CASE(a_stop_in_the_last_step_ends_the_epoch_first) {
+  test::TempDir dir;
+  const TrainSummary summary = run_until(dir.path(), 19, false);
+  BOOST_TEST(summary.interrupted);
+  const std::optional<TrainingState> state = load_checkpoint_training_state(dir / "model.h5");
+  BOOST_TEST(state->epoch == 1);
+  BOOST_TEST(state->iteration == 19);
+  BOOST_TEST(!state->partial.has_value());
+  BOOST_TEST(state->history.at("val_loss").size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(a_hand_edited_epoch_step_is_refused) {
+  test::TempDir dir;
+  run_until(dir.path(), 4, false);
+  set_integer_attribute(dir / "model.h5", "/training", "epoch_step", 19);
+  STRATA_CHECK_CONTAINS(test::error_of([&] { run_until(dir.path(), -1, true); }),
+                        "/training epoch_step is 19, expected 1 to 18 (steps into epoch 1 of 2)");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,5 +1,7 @@
 // strata train EXP.yaml [--set key.path=value]... [--out DIR] [--overwrite | --resume [--force]
 //   [--allow-nonfinite]] [--weights CKPT [--weights-partial]] [--progress MODE] [--threads N]
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 
@@ -8,6 +10,68 @@
 #include "strata/trainer.hpp"
 
 namespace strata::cli {
+
+namespace {
+
+std::atomic<bool> stop_requested{false};
+std::atomic<int> stop_signal{0};
+
+// The first SIGINT or SIGTERM asks the trainer to stop at the next step boundary and save that
+// point. SA_RESETHAND restores the default action, so a second one kills the process at once: the
+// save in progress is abandoned and the previous checkpoint stays intact (saves are atomic).
+extern "C" void on_stop_signal(int signal) {
+  stop_signal.store(signal);
+  stop_requested.store(true);
+}
+
+// A signal the process inherited as ignored stays ignored (as a shell without job control starts
+// background commands with SIGINT ignored, so that Ctrl-C on the script leaves them running).
+void install_stop_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  action.sa_flags = SA_RESETHAND;
+  sigemptyset(&action.sa_mask);
+  for (const int signal : {SIGINT, SIGTERM}) {
+    struct sigaction previous {};
+    if (sigaction(signal, nullptr, &previous) == 0 && previous.sa_handler == SIG_IGN) continue;
+    sigaction(signal, &action, nullptr);
+  }
+}
+
+// A word as the shell reads it back: quoted unless it is plain.
+std::string shell_word(const std::string& word) {
+  if (!word.empty() &&
+      word.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                             "_-+=.,/:@%") == std::string::npos) {
+    return word;
+  }
+  std::string quoted = "'";
+  for (const char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
+// The command that continues an interrupted run: this one's words (experiment, --set, ...) without
+// the options that start or force a run, with --out DIR --resume.
+std::string resume_command(const std::vector<std::string>& args, const std::filesystem::path& out) {
+  std::string command = "strata train";
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    const std::string& word = args[i];
+    if (word == "--resume" || word == "--force" || word == "--weights-partial") continue;
+    if (word == "--out" || word == "--weights") {
+      ++i;  // and its value
+      continue;
+    }
+    if (word.starts_with("--out=") || word.starts_with("--weights=")) continue;
+    command += ' ';
+    command += shell_word(word);
+  }
+  command += " --out ";
+  command += shell_word(out.string());
+  command += " --resume";
+  return command;
+}
+
+}  // namespace
 
 int run_train(Session& session, const std::vector<std::string>& args) {
   po::options_description options("options");
@@ -33,7 +97,9 @@ int run_train(Session& session, const std::vector<std::string>& args) {
   add_set_option(options);
   const Usage usage{"train", "EXP.yaml [options]",
                     "Train the experiment. Writes DIR/model.h5 (an HDF5 checkpoint, replaced\n"
-                    "atomically) and DIR/summary.json."};
+                    "atomically) and DIR/summary.json. Ctrl-C (or SIGTERM) stops at the next\n"
+                    "step, saves DIR/model.h5 there and prints the --resume command that\n"
+                    "continues exactly (exit status 130, or 143 for SIGTERM)."};
   auto vm = parse(usage, options, {"EXP.yaml"}, args);
   if (!vm) return 0;
   const std::string path = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
@@ -72,7 +138,14 @@ int run_train(Session& session, const std::vector<std::string>& args) {
   if (mode != "auto" && mode != "bar" && mode != "lines" && mode != "none") {
     fail("--progress {}: expected auto, bar, lines or none", mode);
   }
+  train_options.stop = &stop_requested;
+  install_stop_handlers();
   const TrainSummary summary = train_experiment(experiment, session.registries, train_options);
+  if (summary.interrupted) {
+    std::printf("continue with: %s\n", resume_command(args, train_options.out_dir).c_str());
+    std::fflush(stdout);
+    return 128 + stop_signal.load();
+  }
   std::printf(
       "test accuracy %.4f (loss %.4f) after %lld epochs, %.1fs of training at %.0f images/s\n",
       summary.test_accuracy, summary.test_loss, static_cast<long long>(summary.epochs),

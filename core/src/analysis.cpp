@@ -9,6 +9,7 @@
 #include "plugin_names.hpp"
 #include "strata/backend.hpp"
 #include "strata/error.hpp"
+#include "strata/trainer.hpp"
 
 namespace strata {
 
@@ -191,23 +192,37 @@ TrainedModel::TrainedModel(const fs::path& checkpoint, Registries& registries, P
   std::vector<NamedTensor> state = graph_->state_tensors();
   load_checkpoint_tensors(checkpoint, "model", state);
 
-  const Config data = experiment_.at("data");
-  validation_ = data.get<int64_t>("validation", 0);
-  train_limit_ = data.get<int64_t>("train_limit", 0);
-  test_limit_ = data.get<int64_t>("test_limit", 0);
-  if (auto preprocess = data.find("preprocess")) {
-    for (const Config& item : preprocess->items())
-      transforms_.push_back(registries.transforms.create(item));
-  }
+  // The data section as the trainer reads it (the same function), so every key a training run
+  // accepts is accepted here: augment is checked but not used (evaluation is not augmented).
+  DataSettings data = read_data_settings(experiment_.at("data"), registries);
+  validation_ = data.validation;
+  train_limit_ = data.train_limit;
+  test_limit_ = data.test_limit;
+  transforms_ = std::move(data.preprocess);
+  augment_ = std::move(data.augment);
+  // Without augmentation the raw images have the model's input shape; with it (a crop may shrink
+  // them) the preprocessing is set up on the first images it sees.
+  if (augment_.empty()) set_up_preprocessing(graph_->input_shape());
+}
+
+void TrainedModel::set_up_preprocessing(const Shape& sample) const {
+  if (prepared_for_ == sample) return;
+  Shape shape = sample;
   std::vector<NamedTensor> preprocess_state;
   for (std::size_t i = 0; i < transforms_.size(); ++i) {
-    transforms_[i]->setup(graph_->input_shape());
+    transforms_[i]->setup(shape);
+    shape = transforms_[i]->output_shape(shape);
     for (NamedTensor& t : transforms_[i]->state()) {
       preprocess_state.push_back(
           {fmt::format("{}.{}/{}", i, transforms_[i]->type(), t.name), t.tensor});
     }
   }
-  load_checkpoint_tensors(checkpoint, "preprocess", preprocess_state);
+  load_checkpoint_tensors(path_, "preprocess", preprocess_state);
+  for (const auto& transform : augment_) {
+    transform->setup(shape);
+    shape = transform->output_shape(shape);
+  }
+  prepared_for_ = sample;
 }
 
 Tensor TrainedModel::parameter(const std::string& name) {
@@ -222,11 +237,23 @@ Tensor TrainedModel::parameter(const std::string& name) {
 
 void TrainedModel::preprocess(Tensor& images) const {
   if (images.rank() != graph_->input_shape().rank() + 1 ||
-      images.shape().without_batch() != graph_->input_shape()) {
+      (augment_.empty() && images.shape().without_batch() != graph_->input_shape())) {
     fail("images of shape {} cannot be preprocessed for a model whose input is [N, {}]",
          images.shape().str(), fmt::join(graph_->input_shape().dims(), ", "));
   }
+  const Shape raw = images.shape().without_batch();
+  set_up_preprocessing(raw);
   for (const auto& transform : transforms_) transform->apply(images);
+  // Then, as the trainer does for evaluation images, the deterministic counterpart of each
+  // data.augment transform (a centre crop for random_crop, nothing for hflip).
+  for (const auto& transform : augment_) transform->apply(images);
+  if (images.shape().without_batch() != graph_->input_shape()) {
+    fail(
+        "images of shape [N, {}] become [N, {}] through data.preprocess and data.augment, but the "
+        "model's input is [N, {}]",
+        fmt::join(raw.dims(), ", "), fmt::join(images.shape().without_batch().dims(), ", "),
+        fmt::join(graph_->input_shape().dims(), ", "));
+  }
 }
 
 std::vector<NamedTensor> TrainedModel::run(const Tensor& images,
@@ -265,12 +292,9 @@ Tensor TrainedModel::run(const Tensor& images) {
 
 Dataset& TrainedModel::dataset() {
   if (!dataset_) {
-    const Config data = experiment_.at("data");
-    data.get<int64_t>("validation", 0);  // read by the constructor: marks them used here too
-    data.get<int64_t>("train_limit", 0);
-    data.get<int64_t>("test_limit", 0);
-    if (auto preprocess = data.find("preprocess")) preprocess->mark_used();
-    dataset_ = registries_.datasets.create(data);
+    // The constructor's read_data_settings() has read (marked used) the keys that are not the
+    // reader's, so the reader's unknown-key check sees only its own.
+    dataset_ = registries_.datasets.create(experiment_.at("data"));
   }
   return *dataset_;
 }

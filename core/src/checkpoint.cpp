@@ -554,6 +554,24 @@ void check_storage(const FileContext& context, hid_t dataset, const std::string&
                   path, shape.str(), bytes_text(static_cast<double>(needed)), stored));
 }
 
+double read_double_attribute(const FileContext& context, hid_t object,
+                             const std::string& object_path, const char* name) {
+  Handle attribute = open_attribute(context, object, object_path, name);
+  const std::string what = fmt::format("the attribute {} of {}", name, object_path);
+  Handle type(context.check(H5Aget_type(attribute), "cannot read " + what), H5Tclose);
+  Handle space(context.check(H5Aget_space(attribute), "cannot read " + what), H5Sclose);
+  const H5T_class_t type_class = H5Tget_class(type);
+  if (type_class != H5T_FLOAT && type_class != H5T_INTEGER) {
+    context.fail(fmt::format("{} is {}, expected a number", what, type_class_name(type_class)));
+  }
+  if (H5Sget_simple_extent_npoints(space) != 1) {
+    context.fail(fmt::format("{} holds several values, expected one number", what));
+  }
+  double value = 0;
+  context.check_status(H5Aread(attribute, H5T_NATIVE_DOUBLE, &value), "cannot read " + what);
+  return value;
+}
+
 std::string read_string_dataset(const FileContext& context, hid_t file, const std::string& path) {
   if (!object_exists(context, file, path)) context.fail(fmt::format("{} is missing", path));
   Handle dataset = open_dataset(context, file, path);
@@ -891,6 +909,7 @@ void save_checkpoint(const fs::path& path, const Checkpoint& checkpoint) {
                            checkpoint.experiment_yaml.size();
   if (checkpoint.training) {
     data_bytes += checkpoint.training->rng_state.size();
+    if (checkpoint.training->partial) data_bytes += checkpoint.training->partial->rng_state.size();
     for (const auto& [metric, values] : checkpoint.training->history) {
       data_bytes += values.size() * sizeof(double);
     }
@@ -931,6 +950,19 @@ void save_checkpoint(const fs::path& path, const Checkpoint& checkpoint) {
       write_integer_attribute<int64_t>(context, group, "/training", "iteration", H5T_STD_I64LE,
                                        H5T_NATIVE_INT64, training->iteration);
       write_string_attribute(context, group, "/training", "rng_state", training->rng_state);
+      if (const auto& partial = training->partial) {
+        write_integer_attribute<int64_t>(context, group, "/training", "epoch_step", H5T_STD_I64LE,
+                                         H5T_NATIVE_INT64, partial->step);
+        write_string_attribute(context, group, "/training", "epoch_rng_state", partial->rng_state);
+        write_integer_attribute<double>(context, group, "/training", "epoch_loss_sum",
+                                        H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, partial->loss_sum);
+        write_integer_attribute<int64_t>(context, group, "/training", "epoch_correct",
+                                         H5T_STD_I64LE, H5T_NATIVE_INT64, partial->correct);
+        write_integer_attribute<int64_t>(context, group, "/training", "epoch_seen", H5T_STD_I64LE,
+                                         H5T_NATIVE_INT64, partial->seen);
+        write_integer_attribute<double>(context, group, "/training", "epoch_seconds",
+                                        H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, partial->seconds);
+      }
       create_group(context, file, "/history");
       for (const auto& [metric, values] : training->history) {
         write_dataset(context, file, "/history/" + metric, {values.size()}, H5T_IEEE_F64LE,
@@ -1091,6 +1123,17 @@ std::optional<TrainingState> load_checkpoint_training_state(const fs::path& path
   state.epoch = read_integer_attribute(context, group, "/training", "epoch");
   state.iteration = read_integer_attribute(context, group, "/training", "iteration");
   state.rng_state = read_string_attribute(context, group, "/training", "rng_state");
+  if (context.check_bool(H5Aexists(group, "epoch_step"),
+                         "cannot look up the attribute epoch_step of /training")) {
+    PartialEpoch partial;
+    partial.step = read_integer_attribute(context, group, "/training", "epoch_step");
+    partial.rng_state = read_string_attribute(context, group, "/training", "epoch_rng_state");
+    partial.loss_sum = read_double_attribute(context, group, "/training", "epoch_loss_sum");
+    partial.correct = read_integer_attribute(context, group, "/training", "epoch_correct");
+    partial.seen = read_integer_attribute(context, group, "/training", "epoch_seen");
+    partial.seconds = read_double_attribute(context, group, "/training", "epoch_seconds");
+    state.partial = std::move(partial);
+  }
 
   if (object_exists(context, file, "/history")) {
     for (const std::string& dataset_path : list_datasets(context, file, "/history")) {

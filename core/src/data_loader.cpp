@@ -91,18 +91,24 @@ int64_t TrainingLoader::batches_per_epoch() const {
   return (n + batch_size_ - 1) / batch_size_;
 }
 
-void TrainingLoader::start_epoch(int64_t epoch, std::vector<int64_t> order) {
+void TrainingLoader::start_epoch(int64_t epoch, std::vector<int64_t> order, int64_t first_batch) {
   impl_->wait();
   if (order.size() != train_.labels.size()) {
     fail("training loader: the epoch order has {} rows for {} training images", order.size(),
          train_.labels.size());
   }
+  if (first_batch < 0 || (first_batch > 0 && first_batch >= batches_per_epoch())) {
+    fail("training loader: cannot start an epoch of {} batches at batch {}", batches_per_epoch(),
+         first_batch + 1);
+  }
   epoch_ = epoch;
   order_ = std::move(order);
-  next_batch_ = 0;
+  next_batch_ = first_batch;
   if (batches_per_epoch() > 0) {
-    impl_->pending = 0;
-    impl_->tasks.run([this] { assemble(0, impl_->buffers[0].images, impl_->buffers[0].labels); });
+    impl_->pending = first_batch;
+    Impl::Buffer& target = impl_->buffers[first_batch % 2];
+    impl_->tasks.run(
+        [this, first_batch, &target] { assemble(first_batch, target.images, target.labels); });
   }
 }
 

@@ -193,9 +193,28 @@ void PluginLoader::load_dir(const fs::path& dir) {
   for (const auto& file : plugin_files_in(dir)) load_file(file);
 }
 
+namespace {
+
+// The plugins installed with this libstrata_core: <folder of the library>/strata. dladdr() on an
+// object of the library names the file the process loaded, so the tool (PREFIX/bin/strata), the
+// tests (build/bin) and any other program linked against the library find the same folder,
+// PREFIX/lib/strata, wherever the prefix now is. (Should dladdr fail: <program>/../lib/strata.)
+fs::path installed_plugin_dir() {
+  static const char anchor = 0;
+  Dl_info info{};
+  if (::dladdr(&anchor, &info) != 0 && info.dli_fname != nullptr && *info.dli_fname != '\0') {
+    std::error_code ec;
+    const fs::path library = fs::absolute(info.dli_fname, ec);
+    if (!ec) return (library.parent_path() / "strata").lexically_normal();
+  }
+  return boost::dll::program_location().parent_path().parent_path() / "lib" / "strata";
+}
+
+}  // namespace
+
 std::vector<fs::path> PluginLoader::default_dirs() {
   std::vector<fs::path> dirs;
-  dirs.push_back(boost::dll::program_location().parent_path().parent_path() / "lib" / "strata");
+  dirs.push_back(installed_plugin_dir());
   if (const char* extra = std::getenv("STRATA_PLUGIN_PATH"); extra != nullptr) {
     std::stringstream stream(extra);
     std::string item;
@@ -208,8 +227,8 @@ std::vector<fs::path> PluginLoader::default_dirs() {
 
 void PluginLoader::load_default() {
   const auto dirs = default_dirs();
-  // The folder beside the executable is optional (an installed tool may rely on
-  // STRATA_PLUGIN_PATH); folders named in STRATA_PLUGIN_PATH must exist.
+  // The installed folder is optional (a library copied alone may rely on STRATA_PLUGIN_PATH);
+  // folders named in STRATA_PLUGIN_PATH must exist.
   std::error_code ec;
   if (fs::is_directory(dirs.front(), ec)) load_dir(dirs.front());
   for (std::size_t i = 1; i < dirs.size(); ++i) {

@@ -117,14 +117,28 @@ void validate_training_state(const TrainingState& saved, const std::filesystem::
         "(raise train.epochs to train further)",
         file, saved.epoch, epochs);
   }
-  // The trainer saves only at the end of an epoch, so the optimizer has taken exactly this many
-  // steps; anything else is a hand-edited or foreign file.
-  if (saved.iteration != saved.epoch * steps_per_epoch) {
-    fail("checkpoint {}: /training iteration is {} but {} epochs of {} steps make {}", file,
-         saved.iteration, saved.epoch, steps_per_epoch, saved.epoch * steps_per_epoch);
+  // The trainer saves at the end of an epoch, or (interrupted) after step `partial->step` of the
+  // next one, so the optimizer has taken exactly this many steps; anything else is a hand-edited
+  // or foreign file.
+  const int64_t step = saved.partial ? saved.partial->step : 0;
+  if (saved.partial && (step < 1 || step >= steps_per_epoch || saved.epoch >= epochs)) {
+    fail("checkpoint {}: /training epoch_step is {}, expected 1 to {} (steps into epoch {} of {})",
+         file, step, steps_per_epoch - 1, saved.epoch + 1, epochs);
+  }
+  if (saved.partial && (saved.partial->seen < 1 || saved.partial->correct < 0 ||
+                        saved.partial->correct > saved.partial->seen)) {
+    fail("checkpoint {}: /training epoch_correct {} and epoch_seen {} are not counts of images",
+         file, saved.partial->correct, saved.partial->seen);
+  }
+  if (saved.iteration != saved.epoch * steps_per_epoch + step) {
+    fail("checkpoint {}: /training iteration is {} but {} epochs of {} steps{} make {}", file,
+         saved.iteration, saved.epoch, steps_per_epoch,
+         step ? fmt::format(" and {} more", step) : std::string(),
+         saved.epoch * steps_per_epoch + step);
   }
   for (const std::string& metric : metrics) {
     auto it = saved.history.find(metric);
+    if (it == saved.history.end() && saved.epoch == 0) continue;  // stopped inside epoch 1
     if (it == saved.history.end()) {
       fail("checkpoint {}: /history/{} is missing (the trainer records it every epoch)", file,
            metric);

@@ -644,6 +644,33 @@ std::vector<Axis> narrow_axes(const std::vector<Axis>& axes, const std::vector<c
 
 namespace {
 
+// best.yaml is written to the search's output folder, not beside the experiment. A relative entry
+// of `plugins:` is relative to the experiment file's folder (apps/strata/cli.cpp,
+// load_experiment_plugins), so it is rewritten relative to best.yaml's folder: `strata train
+// best.yaml` then loads the same file, and moving the project with its runs keeps it working.
+// Absolute entries stay as they are.
+void rebase_plugin_paths(Config& experiment, const fs::path& experiment_dir,
+                         const fs::path& out_dir) {
+  std::optional<Config> plugins = experiment.find("plugins");
+  if (!plugins || !plugins->is_sequence()) return;
+  const std::vector<Config> items = plugins->items();
+  const fs::path from = fs::weakly_canonical(fs::absolute(out_dir));
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (!items[i].is_scalar()) continue;
+    const fs::path file = items[i].as<std::string>();
+    if (file.empty() || file.is_absolute()) continue;
+    const fs::path target = fs::weakly_canonical(fs::absolute(experiment_dir / file));
+    fs::path rebased = target.lexically_relative(from);
+    if (rebased.empty()) rebased = target;
+    std::string quoted = "\"";
+    for (const char c : rebased.string()) {
+      if (c == '"' || c == '\\') quoted += '\\';
+      quoted += c;
+    }
+    experiment.set(fmt::format("plugins[{}]", i), quoted + "\"");
+  }
+}
+
 std::string value_yaml(const Axis& axis, const Value& value) {
   if (axis.distribution == Distribution::kChoice) return axis.choices[value.choice];
   if (axis.is_integer()) return fmt::format("{}", static_cast<int64_t>(value.number));
@@ -1653,6 +1680,7 @@ SearchResult Search::run() {
   result.best_stage = best.stage;
   result.best_index = best.index;
   Config winner = trial_experiment(plan_, best, false);
+  rebase_plugin_paths(winner, fs::path(experiment_.source_file()).parent_path(), options_.out_dir);
   std::vector<std::string> values;
   for (std::size_t a = 0; a < best.axes.size(); ++a) {
     values.push_back(

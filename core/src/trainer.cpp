@@ -13,7 +13,9 @@
 #include <fstream>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <sstream>
+#include <utility>
 
 #include "strata/backend.hpp"
 #include "strata/checkpoint.hpp"
@@ -281,6 +283,22 @@ std::vector<std::shared_ptr<Transform>> read_transforms(const Config& data_cfg, 
   return transforms;
 }
 
+}  // namespace
+
+DataSettings read_data_settings(const Config& data, const Registries& registries) {
+  DataSettings settings;
+  settings.validation = data.get<int64_t>("validation", 0);
+  settings.train_limit = data.get<int64_t>("train_limit", 0);
+  settings.test_limit = data.get<int64_t>("test_limit", 0);
+  if (settings.train_limit < 0) data.fail_key("train_limit", "must be 0 (all images) or positive");
+  if (settings.test_limit < 0) data.fail_key("test_limit", "must be 0 (all images) or positive");
+  settings.preprocess = read_transforms(data, "preprocess", false, registries);
+  settings.augment = read_transforms(data, "augment", true, registries);
+  return settings;
+}
+
+namespace {
+
 // `--weights CKPT`: the model starts from another checkpoint's /model tensors. Strict by default
 // (every tensor present with the model's shape, no extra ones: load_checkpoint_tensors names the
 // offender and both shapes); with weights_partial, what matches by name and shape is loaded and
@@ -388,15 +406,13 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   }
 
   const Config data_cfg = experiment.at("data");
-  const int64_t validation_key = data_cfg.get<int64_t>("validation", 0);
+  DataSettings data_settings = read_data_settings(data_cfg, registries);
+  const int64_t validation_key = data_settings.validation;
   const int64_t validation = overfit > 0 ? 0 : validation_key;
-  const int64_t train_limit = data_cfg.get<int64_t>("train_limit", 0);
-  const int64_t test_limit = data_cfg.get<int64_t>("test_limit", 0);
-  if (train_limit < 0) data_cfg.fail_key("train_limit", "must be 0 (all images) or positive");
-  if (test_limit < 0) data_cfg.fail_key("test_limit", "must be 0 (all images) or positive");
-  std::vector<std::shared_ptr<Transform>> transforms =
-      read_transforms(data_cfg, "preprocess", false, registries);
-  std::vector<std::shared_ptr<Transform>> augment = read_transforms(data_cfg, "augment", true, registries);
+  const int64_t train_limit = data_settings.train_limit;
+  const int64_t test_limit = data_settings.test_limit;
+  std::vector<std::shared_ptr<Transform>> transforms = std::move(data_settings.preprocess);
+  std::vector<std::shared_ptr<Transform>> augment = std::move(data_settings.augment);
   auto dataset = registries.datasets.create(data_cfg);
 
   const std::string why_no_validation =
@@ -520,9 +536,11 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                                              last_layer, logits[0], dataset->num_classes()));
   }
   check_memory(graph, batch_size, eval_batch, train_cfg);
+  std::vector<std::shared_ptr<Transform>> all_transforms = transforms;  // augment too: reloading
+  all_transforms.insert(all_transforms.end(), augment.begin(), augment.end());  // reads its keys
   const std::vector<PluginRecord> plugin_records = plugins_needed(
       registries, graph, backend_name, data_cfg.get<std::string>("type"),
-      loss_cfg ? loss_cfg->get<std::string>("type") : "softmax_cross_entropy", transforms);
+      loss_cfg ? loss_cfg->get<std::string>("type") : "softmax_cross_entropy", all_transforms);
 
   // ---- Data: load, hold out validation, fit preprocessing on the training part only. ----
   if (options.validate_only) return {};
@@ -624,9 +642,15 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     std::istringstream rng_text(state.rng_state);
     rng_text >> rng;
     if (!rng_text) fail("checkpoint {}: the stored random generator state is corrupt", checkpoint_path.string());
-    if (!options.quiet)
+    if (!options.quiet && state.partial) {
+      std::printf("resuming %s in epoch %lld after step %lld of %lld (iteration %lld)\n",
+                  checkpoint_path.c_str(), static_cast<long long>(state.epoch + 1),
+                  static_cast<long long>(state.partial->step), static_cast<long long>(steps),
+                  static_cast<long long>(state.iteration));
+    } else if (!options.quiet) {
       std::printf("resuming %s after epoch %lld (iteration %lld)\n", checkpoint_path.c_str(),
                 static_cast<long long>(state.epoch), static_cast<long long>(state.iteration));
+    }
   } else if (!options.weights.empty()) {
     load_finetuning_weights(graph, options, checkpoint_path);
   }
@@ -734,15 +758,40 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
     stopped_early = true;
   }
 
-  for (int64_t epoch = state.epoch; epoch < epochs && !stopped_early; ++epoch) {
+  // Ctrl-C (options.stop) ends the run at a step boundary, with a checkpoint of that point.
+  bool interrupted = false;
+  auto stop_requested = [&] { return options.stop != nullptr && options.stop->load(); };
+  auto read_rng = [&](const std::string& text) {
+    std::istringstream in(text);
+    in >> rng;
+    if (!in)
+      fail("checkpoint {}: the stored random generator state is corrupt", checkpoint_path.string());
+  };
+
+  for (int64_t epoch = state.epoch; epoch < epochs && !stopped_early && !interrupted; ++epoch) {
+    // An interrupted epoch continues where it stopped: the generator as it was when the epoch
+    // began gives the same order, then it continues from where it was at the stop.
+    const std::optional<PartialEpoch> resumed = std::exchange(state.partial, std::nullopt);
+    std::string epoch_rng_state;
+    if (resumed) {
+      epoch_rng_state = resumed->rng_state;
+      read_rng(epoch_rng_state);
+    } else {
+      std::ostringstream text;
+      text << rng;
+      epoch_rng_state = text.str();
+    }
     std::iota(order.begin(), order.end(), 0);
     if (shuffle) std::shuffle(order.begin(), order.end(), rng);
-    loader.start_epoch(epoch, order);
+    if (resumed) read_rng(state.rng_state);
+    const int64_t first_step = resumed ? resumed->step : 0;
+    loader.start_epoch(epoch, order, first_step);
     float lr = 0;
     const auto epoch_start = Clock::now();
-    double loss_sum = 0;
-    int64_t correct = 0, seen = 0;
-    for (int64_t step = 0; step < steps; ++step) {
+    const double seconds_before = resumed ? resumed->seconds : 0.0;
+    double loss_sum = resumed ? resumed->loss_sum : 0.0;
+    int64_t correct = resumed ? resumed->correct : 0, seen = resumed ? resumed->seen : 0;
+    for (int64_t step = first_step; step < steps; ++step) {
       const Batch batch = loader.next();
       const int64_t n = batch.size();
       Tensor dl = n == batch_size ? dlogits : dlogits.batch_slice(0, n);
@@ -788,12 +837,31 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       loss_sum += static_cast<double>(batch_loss) * n;
       seen += n;
       progress.step(epoch + 1, step + 1, loss_sum / seen, static_cast<double>(correct) / seen,
-                    seen / seconds_since(epoch_start));
+                    seen / (seconds_before + seconds_since(epoch_start)));
+      // The last step's stop request is honoured at the end of the epoch, after its save.
+      if (step + 1 < steps && stop_requested()) {
+        PartialEpoch partial;
+        partial.step = step + 1;
+        partial.rng_state = epoch_rng_state;
+        partial.loss_sum = loss_sum;
+        partial.correct = correct;
+        partial.seen = seen;
+        partial.seconds = seconds_before + seconds_since(epoch_start);
+        state.partial = std::move(partial);
+        save(checkpoint_path);
+        progress.note(
+            fmt::format("interrupted: stopped after iteration {} (epoch {}, step {} of "
+                        "{}); {} holds this point",
+                        state.iteration, epoch + 1, step + 1, steps, checkpoint_path.string()));
+        interrupted = true;
+        break;
+      }
     }
+    if (interrupted) break;
     EpochReport report;
     report.epoch = epoch + 1;
     report.epochs = epochs;
-    report.seconds = seconds_since(epoch_start);
+    report.seconds = seconds_before + seconds_since(epoch_start);
     report.images_per_second = seen / report.seconds;
     report.train_loss = loss_sum / seen;
     report.train_regularization = optimizer->regularization_loss();
@@ -838,6 +906,23 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
       progress.note(line);
     if (stop_reason) progress.note(*stop_reason);
     if (on_epoch) on_epoch(report);
+    if (!stopped_early && state.epoch < epochs && stop_requested()) {
+      if (saved_epoch != state.epoch) save(checkpoint_path);
+      progress.note(
+          fmt::format("interrupted: stopped after epoch {} (iteration {}); {} holds this "
+                      "point",
+                      state.epoch, state.iteration, checkpoint_path.string()));
+      interrupted = true;
+    }
+  }
+  if (interrupted) {
+    TrainSummary summary;
+    summary.interrupted = true;
+    summary.epochs = state.epoch;
+    summary.iterations = state.iteration;
+    summary.initial_loss = initial_loss;
+    summary.checkpoint = checkpoint_path;
+    return summary;
   }
   if (state.epoch == 0 || !fs::exists(checkpoint_path)) save(checkpoint_path);
 
@@ -847,6 +932,7 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
   summary.test_accuracy = test.accuracy;
   summary.test_loss = test.loss;
   summary.epochs = state.epoch;
+  summary.iterations = state.iteration;
   summary.stopped_early = stopped_early;
   summary.initial_loss = initial_loss;
   if (best_metric != "none") {

@@ -58,7 +58,8 @@ std::vector<std::string> experiment_differences(const std::string& saved,
                                                 const std::string& current);
 
 // Throws unless `saved` fits the experiment being resumed: epoch in [0, epochs], iteration equal to
-// epoch * steps per epoch, every /history metric present with exactly `saved.epoch` values.
+// epoch * steps per epoch (plus the steps of an interrupted epoch, which must lie inside one of
+// the run's epochs), every /history metric present with exactly `saved.epoch` values.
 void validate_training_state(const TrainingState& saved, const std::filesystem::path& checkpoint,
                              int64_t epochs, int64_t steps_per_epoch,
                              std::span<const std::string> metrics);

@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include "strata/conformance.hpp"
+#include "strata/elementwise.hpp"
 #include "strata/layer.hpp"
 #include "strata/plugin.hpp"
 
@@ -37,16 +38,21 @@ class PRelu final : public strata::Layer {
   std::string_view type() const override { return "prelu"; }
   std::vector<Param*> params() override { return {&weight_}; }
 
+  // Element-wise, so it runs through strata::parallel_elementwise (strata/elementwise.hpp): chunks
+  // on the backend's threads, each a plain loop the compiler vectorizes.
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     const Tensor& x = in[0];
     const int64_t n = x.dim(0), per_sample = x.numel() / std::max<int64_t>(n, 1);
     const int64_t inner = per_sample / channels_;
     const float* slope = weight_.value.data();
-    for (int64_t i = 0; i < x.numel(); ++i) {
-      const int64_t c = (i % per_sample) / inner;
-      const float v = x.data()[i];
-      out.data()[i] = v > 0.0f ? v : slope[c] * v;
-    }
+    const float* xs = x.data();
+    float* ys = out.data();
+    strata::parallel_elementwise(context, x.numel(), [=](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const float v = xs[i];
+        ys[i] = v > 0.0f ? v : slope[(i % per_sample) / inner] * v;
+      }
+    });
   }
 
   void backward(Context& context, std::span<const Tensor> in, const Tensor& out, const Tensor& dout,
@@ -55,13 +61,24 @@ class PRelu final : public strata::Layer {
     const int64_t n = x.dim(0), per_sample = x.numel() / std::max<int64_t>(n, 1);
     const int64_t inner = per_sample / channels_;
     const float* slope = weight_.value.data();
+    const float* xs = x.data();
+    const float* dys = dout.data();
+    if (din[0].defined()) {
+      float* dxs = din[0].data();
+      strata::parallel_elementwise(context, x.numel(), [=](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) {
+          dxs[i] = xs[i] > 0.0f ? dys[i] : slope[(i % per_sample) / inner] * dys[i];
+        }
+      });
+    }
+    // The slope's gradient sums over every element of a channel: a reduction, kept serial (and
+    // in double) rather than split into chunks that would race on dslope.
     std::vector<double> dslope(static_cast<std::size_t>(channels_), 0.0);
     for (int64_t i = 0; i < x.numel(); ++i) {
-      const int64_t c = (i % per_sample) / inner;
-      const float v = x.data()[i];
-      if (v <= 0.0f) dslope[static_cast<std::size_t>(c)] += static_cast<double>(v) * dout.data()[i];
-      if (din[0].defined())
-        din[0].data()[i] = v > 0.0f ? dout.data()[i] : slope[c] * dout.data()[i];
+      const float v = xs[i];
+      if (v <= 0.0f)
+        dslope[static_cast<std::size_t>((i % per_sample) / inner)] +=
+            static_cast<double>(v) * dys[i];
     }
     for (int64_t c = 0; c < channels_; ++c) weight_.grad.data()[c] = static_cast<float>(dslope[c]);
   }

@@ -95,14 +95,4 @@ void prepare_output(Tensor& out, const Shape& shape) {
   }
 }
 
-void parallel_elementwise(Context& context, int64_t n,
-                          const std::function<void(int64_t, int64_t)>& body) {
-  if (n <= 0) return;
-  if (context.backend == nullptr || n <= kElementwiseGrain) {
-    body(0, n);
-    return;
-  }
-  context.backend->parallel_for(0, n, kElementwiseGrain, body);
-}
-
 }  // namespace strata::layers

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "strata/config.hpp"
+#include "strata/elementwise.hpp"
 #include "strata/layer.hpp"
 
 namespace strata::layers {
@@ -49,14 +50,11 @@ void require_image_shape(const Shape& shape, std::string_view what);
 // empty tensor), otherwise checks that the caller allocated the right shape.
 void prepare_output(Tensor& out, const Shape& shape);
 
-// Element-wise work is split into chunks of this many elements: large enough that a chunk costs
-// far more than scheduling it (tiny layers stay on one thread), small enough to spread a
-// [64, 32, 28, 28] activation over both cores.
-inline constexpr int64_t kElementwiseGrain = 16384;
 using strata::kMaxExtent;
 
-// Runs body(lo, hi) over [0, n) on the context's backend (serially when it has none).
-void parallel_elementwise(Context& context, int64_t n,
-                          const std::function<void(int64_t, int64_t)>& body);
+// Element-wise loops over the context's backend: the SDK's own helper (strata/elementwise.hpp),
+// the same one out-of-tree plugins use.
+using strata::kElementwiseGrain;
+using strata::parallel_elementwise;
 
 }  // namespace strata::layers

@@ -30,24 +30,7 @@ YAML
 "$STRATA" train "$work/exp.yaml" --out "$work/straight" --progress none >"$work/straight.log" 2>&1 \
   || { echo "FAIL: the uninterrupted run failed"; cat "$work/straight.log"; exit 1; }
 
-validate() {
-  "$PYTHON" - "$1" <<'PY'
-import sys, h5py, numpy as np
-with h5py.File(sys.argv[1], "r") as f:
-    assert f.attrs["format"] in (b"strata-checkpoint", "strata-checkpoint")
-    epoch = int(f["training"].attrs["epoch"])
-    assert 1 <= epoch <= 12, epoch
-    assert int(f["training"].attrs["iteration"]) == epoch * 120
-    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
-                 "epoch_seconds", "images_per_second"):
-        assert f["history"][name].shape == (epoch,), (name, f["history"][name].shape)
-    def finite(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f":
-            assert np.isfinite(obj[()]).all(), name
-    f["model"].visititems(finite)
-    print(epoch)
-PY
-}
+source "$(dirname "$0")/checkpoint_helpers.sh"  # validate_checkpoint, same_checkpoints
 
 run=$work/killed
 killed=0 finished=0 attempts=0 partials=0
@@ -67,7 +50,7 @@ while [ "$killed" -lt "$KILLS" ]; do
     finished=1
   fi
   if [ -f "$run/model.h5" ]; then
-    epoch=$(validate "$run/model.h5") || { echo "FAIL: model.h5 does not validate after kill $killed"; exit 1; }
+    epoch=$(validate_checkpoint "$run/model.h5" 12 120) || { echo "FAIL: model.h5 does not validate after kill $killed"; exit 1; }
     echo "kill $killed: model.h5 holds epoch $epoch"
   else
     echo "kill $killed: no checkpoint yet"
@@ -85,17 +68,6 @@ left=$(find "$run" -maxdepth 1 -name '*.tmp-*')
 [ -z "$left" ] || { echo "FAIL: partial files left after the final run: $left"; exit 1; }
 echo "partial files seen after a kill and removed by the next run: $partials"
 
-"$PYTHON" - "$work/straight/model.h5" "$run/model.h5" <<'PY' || exit 1
-import sys, h5py, numpy as np
-a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
-names = []
-a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-for group in ("model", "optimizer", "preprocess"):
-    for n in [n for n in names if n.startswith(group + "/")]:
-        x, y = a[n][()], b[n][()]
-        assert x.shape == y.shape and np.array_equal(x, y), f"{n} differs after kill-and-resume"
-for metric in ("train_loss", "val_loss", "val_accuracy", "lr"):
-    assert np.array_equal(a["history"][metric][()], b["history"][metric][()]), metric
-print("ok: kill-and-resume is bit-identical to the uninterrupted run")
-PY
+same_checkpoints "$work/straight/model.h5" "$run/model.h5" || exit 1
+echo "ok: kill-and-resume is bit-identical to the uninterrupted run"
 echo "ok: $KILLS kills"

@@ -70,7 +70,8 @@ class TrainedModel {
   std::vector<NamedTensor> parameters() { return graph_->state_tensors(); }
   Tensor parameter(const std::string& name);
 
-  // The fitted preprocessing (/preprocess), applied in place to raw images [N, C, H, W].
+  // The fitted preprocessing (/preprocess), applied in place to raw images [N, C, H, W], then
+  // the deterministic counterpart of data.augment (a centre crop), as for evaluation images.
   void preprocess(Tensor& images) const;
   bool has_preprocessing() const { return !transforms_.empty(); }
 
@@ -105,6 +106,11 @@ class TrainedModel {
   std::unique_ptr<Rng> rng_;
   std::unique_ptr<Graph> graph_;
   std::vector<std::shared_ptr<Transform>> transforms_;
+  std::vector<std::shared_ptr<Transform>> augment_;  // only their deterministic apply()
+  // Sets the transforms up for raw samples of `sample` and loads /preprocess into them (again
+  // only when the shape changes).
+  void set_up_preprocessing(const Shape& sample) const;
+  mutable Shape prepared_for_;
   std::shared_ptr<Dataset> dataset_;
   std::shared_ptr<Loss> loss_;
   uint32_t seed_ = 1;

@@ -38,11 +38,23 @@ struct PluginRecord {
   std::string path;
 };
 
+// An epoch stopped between two of its steps (`strata train` interrupted by Ctrl-C or SIGTERM):
+// what resuming it exactly needs beside the weights. Stored as /training attributes epoch_step,
+// epoch_rng_state, epoch_loss_sum, epoch_correct, epoch_seen and epoch_seconds.
+struct PartialEpoch {
+  int64_t step = 0;               // steps of epoch `epoch + 1` already taken (>= 1)
+  std::string rng_state;          // the trainer's Rng when that epoch began, before its shuffle
+  double loss_sum = 0;            // sum over those steps of batch loss x batch size
+  int64_t correct = 0, seen = 0;  // training predictions right, and images seen, in them
+  double seconds = 0;             // time spent in them
+};
+
 struct TrainingState {
   int64_t epoch = 0;      // epochs completed
   int64_t iteration = 0;  // optimizer steps taken
   std::string rng_state;  // the trainer's Rng, as written by operator<<
   std::map<std::string, std::vector<double>> history;  // metric name -> one value per epoch
+  std::optional<PartialEpoch> partial = std::nullopt;  // saved inside epoch `epoch + 1`
 };
 
 struct Checkpoint {

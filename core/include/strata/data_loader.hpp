@@ -48,8 +48,9 @@ class TrainingLoader {
   const Shape& sample_shape() const { return output_sample_; }  // after augmentation
 
   // Begins epoch `epoch` (0-based) over the rows `order` (a permutation of the training rows),
-  // and starts assembling its first batch.
-  void start_epoch(int64_t epoch, std::vector<int64_t> order);
+  // and starts assembling its batch `first_batch` (0, or where an interrupted epoch resumes;
+  // the batches are the same as those of an epoch started at 0).
+  void start_epoch(int64_t epoch, std::vector<int64_t> order, int64_t first_batch = 0);
   // The epoch's next batch (waits for it if needed), and starts assembling the one after.
   // Calling it more than batches_per_epoch() times in an epoch is an Error.
   Batch next();

@@ -56,8 +56,10 @@ class PluginLoader {
   void load_file(const std::filesystem::path& file);
   // Loads every `*.so` file in a folder whose name starts with "libstrata_" (sorted by name).
   void load_dir(const std::filesystem::path& dir);
-  // The default search path: <folder of the executable>/../lib/strata, then each folder of
-  // STRATA_PLUGIN_PATH (colon-separated).
+  // The default search path: the plugins installed with this libstrata_core, i.e. the folder
+  // `strata` beside the library file itself (PREFIX/lib/strata; build/lib/strata in the build
+  // tree; found through dladdr, so it holds for any program linked against the library and after
+  // the whole prefix has been moved), then each folder of STRATA_PLUGIN_PATH (colon-separated).
   static std::vector<std::filesystem::path> default_dirs();
   // load_dir() on every default folder that exists.
   void load_default();

@@ -16,12 +16,14 @@
 // `force`), and must hold a whole training state (docs/checkpoint-format.md, "Resuming").
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <string>
 
 #include "strata/config.hpp"
+#include "strata/dataset.hpp"
 #include "strata/registry.hpp"
 
 namespace strata {
@@ -54,6 +56,11 @@ struct TrainOptions {
   // Called after every training step's forward pass, before its loss is checked for NaN. It may
   // throw to abort the run (the search's explosion abort); the exception propagates unchanged.
   std::function<void(const IterationReport&)> on_iteration;
+  // When set and it becomes true (`strata train`'s SIGINT/SIGTERM handler sets it), the run stops
+  // at the next step boundary: it saves a resumable checkpoint of that point (in the middle of an
+  // epoch: TrainingState::partial), skips the test evaluation and summary.json, and returns with
+  // TrainSummary::interrupted set. A resume from it ends bit-identical to an uninterrupted run.
+  const std::atomic<bool>* stop = nullptr;
 };
 
 // One line of the history: what a finished epoch measured.
@@ -81,7 +88,21 @@ struct TrainSummary {
   int64_t best_epoch = 0;                   // of checkpoint.best's metric; 0 without one
   double best_value = 0;
   std::filesystem::path best_checkpoint;    // best.h5, empty when none was written
+  bool interrupted = false;  // TrainOptions::stop ended the run; `checkpoint` holds where
+  int64_t iterations = 0;    // optimizer steps taken, over the whole run
 };
+
+// The keys of an experiment's `data` section that training reads beside the dataset reader's own:
+// validation, train_limit, test_limit, preprocess (deterministic transforms) and augment (random
+// ones). One reader for the trainer and for every tool that rebuilds a trained run from its
+// experiment (TrainedModel, so `strata eval`), so that whatever trains also reloads. Errors
+// (a negative limit, a random transform under preprocess or the reverse) point at the key.
+struct DataSettings {
+  int64_t validation = 0, train_limit = 0, test_limit = 0;
+  std::vector<std::shared_ptr<Transform>> preprocess;
+  std::vector<std::shared_ptr<Transform>> augment;
+};
+DataSettings read_data_settings(const Config& data, const Registries& registries);
 
 // Trains the experiment described by `experiment` (a parsed file, with --set overrides applied).
 // `on_epoch`, when set, is called after every epoch (after the checkpoint is written); it may
