@@ -6,6 +6,8 @@
 //     leaky_relu  f(x) = x > 0 ? x : negative_slope*x   key negative_slope (0.01)
 //     tanh        f(x) = tanh(x)                        f' = 1 - y^2 (from the output)
 //     sigmoid     f(x) = 1 / (1 + exp(-x))              f' = y (1 - y) (from the output)
+//   relu and leaky_relu have a kink at 0: with a FrozenBranches in the Context (gradient checking)
+//   they record which side of it each element lies on, then keep to that side.
 //   No parameters. NaN propagates through every one of them, as in PyTorch (relu(NaN) = NaN), so
 //   that a model with a NaN weight gives a NaN output instead of a plausible finite one.
 //
@@ -35,6 +37,19 @@ class Elementwise final : public Layer {
     const float* x = in[0].data();
     float* y = out.data();
     const Op op = op_;
+    if constexpr (requires(float v) { op.branch(v); }) {
+      if (context.frozen != nullptr) {  // gradient checking: see FrozenBranches
+        int64_t* taken = context.frozen->of(this, in[0].numel()).data();
+        const bool recording = context.frozen->recording;
+        parallel_elementwise(context, in[0].numel(), [=](int64_t lo, int64_t hi) {
+          for (int64_t i = lo; i < hi; ++i) {
+            if (recording) taken[i] = op.branch(x[i]);
+            y[i] = op.value_on(taken[i], x[i]);
+          }
+        });
+        return;
+      }
+    }
     parallel_elementwise(context, in[0].numel(), [=](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) y[i] = op.value(x[i]);
     });
@@ -69,6 +84,9 @@ struct ReluOp {
   // threshold_backward): a NaN weight must show in the output, where the divergence check sees it.
   float value(float x) const { return x <= 0.0f ? 0.0f : x; }
   float derivative(float x, float) const { return x <= 0.0f ? 0.0f : 1.0f; }
+  // The smooth pieces, for FrozenBranches: 0 (y = 0) and 1 (y = x).
+  int64_t branch(float x) const { return x <= 0.0f ? 0 : 1; }
+  float value_on(int64_t branch, float x) const { return branch == 0 ? 0.0f : x; }
 };
 
 struct LeakyReluOp {
@@ -76,6 +94,8 @@ struct LeakyReluOp {
   explicit LeakyReluOp(const Config& config) : slope(config.get<float>("negative_slope", 0.01f)) {}
   float value(float x) const { return x > 0.0f ? x : slope * x; }  // NaN: slope * NaN = NaN
   float derivative(float x, float) const { return x > 0.0f ? 1.0f : slope; }
+  int64_t branch(float x) const { return x > 0.0f ? 1 : 0; }
+  float value_on(int64_t branch, float x) const { return branch == 1 ? x : slope * x; }
   float slope;
 };
 
