@@ -23,13 +23,15 @@
 // Dropout and other stochastic layers run in training mode with the random generator reseeded
 // before every forward pass, so each evaluation draws the same mask.
 //
-// Two step sizes. An entry whose error at h exceeds threshold / 4 is measured again at h / 2.
-// If n(h) and n(h / 2) disagree by more than threshold / 4, the difference is not a reliable
-// derivative there (curvature, rounding, or a kink in a layer that cannot freeze its branches):
-// the entry is counted as skipped, never silently. Otherwise its error is that of n(h / 2).
+// Three step sizes. An entry whose error at h exceeds threshold / 4 is measured again at h / 2
+// (less truncation); if n(h) and n(h / 2) agree within threshold / 4, its error is that of
+// n(h / 2). Otherwise it is measured at 2 h (less rounding); if n(2 h) and n(h) agree, its error
+// is that of n(h). If neither pair agrees, the difference is no reliable derivative there
+// (curvature, rounding, or a kink in a layer that cannot freeze its branches): the entry is
+// counted as skipped, never silently.
 //
 // Pass rule: a tensor passes when EVERY compared (not skipped) entry is within the threshold 1e-2
-// and at most 10% of its checked entries were skipped. A derivative 5% off fails by 5x; a wrong
+// and at most half of its checked entries were skipped. A derivative 5% off fails by 5x; a wrong
 // backward() confined to one element fails as soon as that element is among the checked ones
 // (`--entries 0` checks all).
 #pragma once
@@ -62,7 +64,7 @@ struct TensorGradcheck {
   std::string shape;     // "[2, 1, 28, 28]"
   int64_t entries = 0;   // elements of the tensor
   int64_t checked = 0;   // entries measured (skipped ones included)
-  int64_t skipped = 0;   // entries left out: the differences at eps and eps / 2 disagree
+  int64_t skipped = 0;   // entries left out: differences at eps/2, eps, 2 eps disagree
   int64_t within = 0;    // compared entries whose relative error is within the threshold
   double max_error = 0;  // largest relative error over the compared (not skipped) entries
   int64_t worst_index = -1;
