@@ -114,8 +114,8 @@ BOOST_AUTO_TEST_CASE(frozen_branches_make_a_deep_relu_network_comparable) {
 }
 
 BOOST_AUTO_TEST_CASE(frozen_branches_reproduce_the_plain_forward_pass) {
-  const Config model = Config::parse_string(std::string("input: [2, 8, 8]\nlayers:\n") + kDeepRelu,
-                                            "model.yaml");
+  const Config model =
+      Config::parse_string(std::string("input: [2, 8, 8]\nlayers:\n") + kDeepRelu, "model.yaml");
   Rng init(std::random_device{}());
   Graph graph(model, registries_with_broken_layer(), "reference", init);
   auto backend = registries_with_broken_layer().backends.create("reference", Config{});

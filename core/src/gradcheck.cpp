@@ -183,9 +183,9 @@ GradcheckReport gradient_check(Graph& graph, Backend& backend, const GradcheckOp
 std::string GradcheckReport::text() const {
   std::size_t width = 24;  // ResNet names such as layer2.0.downsample.0/weight are longer
   for (const TensorGradcheck& t : tensors) width = std::max(width, t.name.size());
-  std::string out = fmt::format("{:<{}} {:<18} {:>8} {:>8} {:>7} {:>8} {:>12}  {}\n", "tensor",
-                                width, "shape", "entries", "checked", "skipped", "within",
-                                "max rel err", "result");
+  std::string out =
+      fmt::format("{:<{}} {:<18} {:>8} {:>8} {:>7} {:>8} {:>12}  {}\n", "tensor", width, "shape",
+                  "entries", "checked", "skipped", "within", "max rel err", "result");
   int failed = 0;
   for (const TensorGradcheck& t : tensors) {
     std::string verdict = t.passed ? "pass" : "FAIL";
@@ -196,9 +196,10 @@ std::string GradcheckReport::text() const {
         verdict += fmt::format("  (worst: entry {}, numerical {:.6g}, backward {:.6g})",
                                t.worst_index, t.worst_numerical, t.worst_analytic);
       } else {
-        verdict += fmt::format("  ({} of {} entries skipped: differences at eps/2, eps, 2 eps "
-                               "disagree)",
-                               t.skipped, t.checked);
+        verdict += fmt::format(
+            "  ({} of {} entries skipped: differences at eps/2, eps, 2 eps "
+            "disagree)",
+            t.skipped, t.checked);
       }
     }
     const double within =
