@@ -1,8 +1,10 @@
 // strata gradcheck EXP.yaml [--layers a,b] [--batch N] [--entries N] [--backend B] [--seed S]
+//                           [--eps H]
 //
 // Checks the model's backward() against centered finite differences (strata/gradcheck.hpp has the
 // method and the threshold), prints one line per tensor and exits 1 when any tensor fails.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 
@@ -22,7 +24,9 @@ int run_gradcheck(Session& session, const std::vector<std::string>& args) {
       "entries checked per tensor, a random sample (0: all)")(
       "backend", po::value<std::string>()->default_value("reference"),
       "compute backend (reference: double accumulation, the ground truth)")(
-      "seed", po::value<int64_t>()->default_value(1), "seed of the batch and the sample");
+      "seed", po::value<int64_t>()->default_value(1), "seed of the batch and the sample")(
+      "eps", po::value<double>()->default_value(GradcheckOptions{}.eps),
+      "the finite-difference step h (relu/max-pool decisions are frozen, so h need not be tiny)");
   add_set_option(options);
   const Usage usage{"gradcheck", "EXP.yaml [options]",
                     "Check the model's analytic gradients (every parameter and the input) against\n"
@@ -42,6 +46,9 @@ int run_gradcheck(Session& session, const std::vector<std::string>& args) {
     fail("--seed: must be between 0 and 4294967295 (2^32 - 1), found {}", seed);
   }
   check.seed = static_cast<uint32_t>(seed);
+  check.eps = (*vm)["eps"].as<double>();
+  if (!(check.eps > 0) || !std::isfinite(check.eps))
+    fail("--eps: must be a positive number, found {}", check.eps);
   if (check.batch < 1) fail("--batch: must be at least 1, found {}", check.batch);
   if (check.max_entries < 0)
     fail("--entries: must be 0 (all) or positive, found {}", check.max_entries);

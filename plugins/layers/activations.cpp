@@ -14,6 +14,8 @@
 //                                                     (-1/2 at x = -3, 3/2 at x = 3), 1 above
 //   A NaN input gives f' = 1 for relu6 and hardswish and 0 for hard_sigmoid, as PyTorch's
 //   backward kernels do (their comparisons are false for NaN).
+//   relu and leaky_relu have a kink at 0: with a FrozenBranches in the Context (gradient checking)
+//   they record which side of it each element lies on, then keep to that side.
 //   No parameters. NaN propagates through every one of them, as in PyTorch (relu(NaN) = NaN), so
 //   that a model with a NaN weight gives a NaN output instead of a plausible finite one.
 //
@@ -43,6 +45,19 @@ class Elementwise final : public Layer {
     const float* x = in[0].data();
     float* y = out.data();
     const Op op = op_;
+    if constexpr (requires(float v) { op.branch(v); }) {
+      if (context.frozen != nullptr) {  // gradient checking: see FrozenBranches
+        int64_t* taken = context.frozen->of(this, in[0].numel()).data();
+        const bool recording = context.frozen->recording;
+        parallel_elementwise(context, in[0].numel(), [=](int64_t lo, int64_t hi) {
+          for (int64_t i = lo; i < hi; ++i) {
+            if (recording) taken[i] = op.branch(x[i]);
+            y[i] = op.value_on(taken[i], x[i]);
+          }
+        });
+        return;
+      }
+    }
     parallel_elementwise(context, in[0].numel(), [=](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) y[i] = op.value(x[i]);
     });
@@ -77,6 +92,9 @@ struct ReluOp {
   // threshold_backward): a NaN weight must show in the output, where the divergence check sees it.
   float value(float x) const { return x <= 0.0f ? 0.0f : x; }
   float derivative(float x, float) const { return x <= 0.0f ? 0.0f : 1.0f; }
+  // The smooth pieces, for FrozenBranches: 0 (y = 0) and 1 (y = x).
+  int64_t branch(float x) const { return x <= 0.0f ? 0 : 1; }
+  float value_on(int64_t branch, float x) const { return branch == 0 ? 0.0f : x; }
 };
 
 struct LeakyReluOp {
@@ -84,6 +102,8 @@ struct LeakyReluOp {
   explicit LeakyReluOp(const Config& config) : slope(config.get<float>("negative_slope", 0.01f)) {}
   float value(float x) const { return x > 0.0f ? x : slope * x; }  // NaN: slope * NaN = NaN
   float derivative(float x, float) const { return x > 0.0f ? 1.0f : slope; }
+  int64_t branch(float x) const { return x > 0.0f ? 1 : 0; }
+  float value_on(int64_t branch, float x) const { return branch == 1 ? x : slope * x; }
   float slope;
 };
 

@@ -7,7 +7,8 @@
 //   avg_pool: the mean over the window. Padded zeros count toward the divisor when
 //             count_include_pad (PyTorch's default), otherwise the divisor is the number of
 //             real input elements in the window.
-//   No parameters.
+//   No parameters. With a FrozenBranches in the Context (gradient checking), max_pool records
+//   which element won each window and then keeps taking it.
 //
 // KEYS
 //   kernel             required: k or [kh, kw]
@@ -65,8 +66,12 @@ class Pool2d : public Layer {
     return window;
   }
 
-  void forward(Context&, std::span<const Tensor> in, Tensor& out) override {
+  void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, output_shape().with_batch(in[0].dim(0)));
+    if (mode_ == Pool2dDesc::Mode::kMax && context.frozen != nullptr) {
+      frozen_max_forward(*context.frozen, in[0], out);
+      return;
+    }
     kernel_impl_->forward(in[0], out);
   }
 
@@ -94,10 +99,41 @@ class Pool2d : public Layer {
     desc.out_h = output_extent("height", in[1], kernel_[0], 1, padding_[0], stride_[0], rounding_);
     desc.out_w = output_extent("width", in[2], kernel_[1], 1, padding_[1], stride_[1], rounding_);
     kernel_impl_ = context.kernel<Pool2dKernel>("pool2d", desc);
+    desc_ = desc;
     return Shape{in[0], desc.out_h, desc.out_w};
   }
 
  private:
+  // Max pooling under FrozenBranches (gradient checking): while recording, the first maximum of
+  // each window, as the kernels define it; afterwards the recorded element, whatever the values.
+  void frozen_max_forward(FrozenBranches& frozen, const Tensor& x, Tensor& y) const {
+    const Pool2dDesc& d = desc_;
+    const int64_t planes = x.dim(0) * d.channels;
+    const int64_t in_plane = d.in_h * d.in_w, out_plane = d.out_h * d.out_w;
+    int64_t* taken = frozen.of(this, y.numel()).data();
+    for (int64_t p = 0; p < planes; ++p) {
+      const float* xp = x.data() + p * in_plane;
+      for (int64_t o = p * out_plane; o < (p + 1) * out_plane; ++o) {
+        if (frozen.recording) {
+          const int64_t oh = (o - p * out_plane) / d.out_w, ow = (o - p * out_plane) % d.out_w;
+          int64_t best = -1;
+          for (int64_t kh = 0; kh < d.kernel_h; ++kh) {
+            const int64_t ih = oh * d.stride_h - d.pad_h + kh;
+            if (ih < 0 || ih >= d.in_h) continue;
+            for (int64_t kw = 0; kw < d.kernel_w; ++kw) {
+              const int64_t iw = ow * d.stride_w - d.pad_w + kw;
+              if (iw < 0 || iw >= d.in_w) continue;
+              if (best < 0 || xp[ih * d.in_w + iw] > xp[best]) best = ih * d.in_w + iw;
+            }
+          }
+          taken[o] = best;
+        }
+        y.data()[o] = xp[taken[o]];
+      }
+    }
+  }
+
+  Pool2dDesc desc_;
   Pool2dDesc::Mode mode_;
   Pair kernel_, stride_, padding_;
   Rounding rounding_;

@@ -3,6 +3,8 @@
 //   broken: none    both gradients right
 //   broken: input   din = 1.05 * weight * dout (5% too large)
 //   broken: weight  dweight leaves out the last sample of the batch
+//   broken: one     one element wrong, the rest right: din of the middle element of the batch
+//                   has the wrong sign, and dweight of the middle element is 10% too large
 #include "strata/config.hpp"
 #include "strata/layer.hpp"
 #include "strata/plugin.hpp"
@@ -12,8 +14,8 @@ class BrokenScale final : public strata::Layer {
  public:
   explicit BrokenScale(const strata::Config& config)
       : broken_(config.get<std::string>("broken", "none")) {
-    if (broken_ != "none" && broken_ != "input" && broken_ != "weight") {
-      config.fail_key("broken", "expected none, input or weight");
+    if (broken_ != "none" && broken_ != "input" && broken_ != "weight" && broken_ != "one") {
+      config.fail_key("broken", "expected none, input, weight or one");
     }
   }
   std::string_view type() const override { return "test_broken_scale"; }
@@ -37,6 +39,10 @@ class BrokenScale final : public strata::Layer {
     const int64_t samples = broken_ == "weight" ? batch - 1 : batch;
     for (int64_t i = 0; i < samples * per_sample; ++i) {
       weight_.grad.data()[i % per_sample] += in[0].data()[i] * dout.data()[i];
+    }
+    if (broken_ == "one") {
+      if (din[0].defined()) din[0].data()[dout.numel() / 2] *= -1.0f;
+      weight_.grad.data()[per_sample / 2] *= 1.1f;
     }
   }
 

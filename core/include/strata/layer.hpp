@@ -19,6 +19,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "strata/backend.hpp"
@@ -72,11 +73,39 @@ class SetupContext {
   std::string layer_name_;
 };
 
+// Branch decisions held fixed, for gradient checking (strata/gradcheck.hpp). A layer whose output
+// is only piecewise smooth in its input (relu, leaky_relu, max_pool) takes, per output element, one
+// of several smooth pieces (relu: x or 0; max_pool: which window element). With a FrozenBranches in
+// the Context, such a layer records the piece of each element while `recording`, and on later
+// passes takes the recorded piece whatever its input. The network then computes one smooth
+// function that equals the real one around the recorded point, so a finite difference of any step
+// measures the derivative there instead of straddling a kink. Layers key their record by `this`.
+class FrozenBranches {
+ public:
+  bool recording = true;
+
+  // The record of `layer` with `count` entries: reset to zeros while recording; afterwards an
+  // Error unless the layer recorded exactly `count` entries.
+  std::span<int64_t> of(const void* layer, int64_t count) {
+    std::vector<int64_t>& taken = taken_[layer];
+    if (recording) {
+      taken.assign(static_cast<std::size_t>(count), 0);
+    } else if (static_cast<int64_t>(taken.size()) != count) {
+      fail("frozen branches: a layer recorded {} decisions but now needs {}", taken.size(), count);
+    }
+    return taken;
+  }
+
+ private:
+  std::unordered_map<const void*, std::vector<int64_t>> taken_;
+};
+
 // What forward()/backward() may use.
 struct Context {
   bool training = false;
   Rng* rng = nullptr;          // for stochastic layers (dropout); owned by the trainer
   Backend* backend = nullptr;  // parallel_for for element-wise work
+  FrozenBranches* frozen = nullptr;  // gradient checking only: see FrozenBranches
 };
 
 // The sliding-window geometry of a layer along height and width, for receptive-field accounting
