@@ -189,8 +189,9 @@ int run_inspect(Session& session, const std::vector<std::string>& args) {
     auto value = [](std::optional<double> v) {
       return v ? fmt::format("{:.4f}", *v) : std::string("-");
     };
-    std::printf("after %lld epochs (%lld iterations):\n", static_cast<long long>(metrics.epochs),
-                static_cast<long long>(metrics.iteration));
+    std::printf("after %lld epoch%s (%lld iteration%s):\n", static_cast<long long>(metrics.epochs),
+                metrics.epochs == 1 ? "" : "s", static_cast<long long>(metrics.iteration),
+                metrics.iteration == 1 ? "" : "s");
     if (metrics.test_accuracy) {
       std::printf("  test accuracy      %s (loss %s; from summary.json)\n",
                   value(metrics.test_accuracy).c_str(), value(metrics.test_loss).c_str());

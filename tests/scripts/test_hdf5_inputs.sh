@@ -82,8 +82,8 @@ done
 
 # Devices and FIFOs are refused without being opened (a FIFO would block the reader forever).
 mkfifo fifo.h5
-expect_error "input-fifo" "HDF5 file fifo.h5: is not a regular file (a device, FIFO or socket), so not an HDF5 file" -- forward run/model.h5 --input fifo.h5 --output out.h5
-expect_error "weights-device" "checkpoint /dev/zero: is not a regular file (a device, FIFO or socket), so not an HDF5 file" -- eval /dev/zero
+expect_error "input-fifo" "HDF5 file fifo.h5: is a named pipe (FIFO), not a regular file" -- forward run/model.h5 --input fifo.h5 --output out.h5
+expect_error "weights-device" "checkpoint /dev/zero: is a character device, not a regular file" -- eval /dev/zero
 
 # Checkpoints, sealed (edited with h5py and resealed) and unsealed, through every loader.
 declare -A message=(
