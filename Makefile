@@ -43,11 +43,12 @@ test: deps deps-test build
 test-long: deps deps-test build
 	cd $(BUILD_DIR) && KILLS=50 ctest --output-on-failure -R kill_resume
 
-# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included). It runs in
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included), less the two
+# slow whole-network script tests labelled release_only (tests/CMakeLists.txt). It runs in
 # build-asan/, a clang build that also holds the libFuzzer targets, so its suite includes a brief
 # run of each (STRATA_FUZZ_RUNS mutations) and `make fuzz` reuses the build. docs/testing.md.
 test-asan: asan-build
-	cd build-asan && $(SANITIZER_ENV) ctest --output-on-failure -j $(JOBS)
+	cd build-asan && $(SANITIZER_ENV) ctest --output-on-failure -j $(JOBS) -LE release_only
 
 # The tbb backend and everything concurrent (kernels, layers, the training loop with its prefetching
 # loader, search trials in parallel, the reliability cases) under ThreadSanitizer, in build-tsan/.
