@@ -253,4 +253,10 @@ layers:
   // input 768; conv1, hs1, dw, r6, se 4096 each; se_pool 16, se_fc1 4, se_relu 4, se_fc2 16,
   // se_gate 16; pool 16, fc 4.
   BOOST_CHECK_EQUAL(summary.activations, 768 + 5 * 4096 + 16 + 4 + 4 + 16 + 16 + 16 + 4);
+  // The gate sees the whole image, so the product's receptive field does too (dw's 5 plus 15
+  // global-pool steps); its jump is the feature map's (1), not the broadcast gate's (16).
+  using Pair = std::array<int64_t, 2>;
+  BOOST_CHECK((row(summary, "se_gate").jump == Pair{16, 16}));
+  BOOST_CHECK((row(summary, "se").receptive_field == Pair{20, 20}));
+  BOOST_CHECK((row(summary, "se").jump == Pair{1, 1}));
 }

@@ -56,7 +56,9 @@ std::string resume_command(const std::vector<std::string>& args, const std::file
   std::string command = "strata train";
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& word = args[i];
-    if (word == "--resume" || word == "--force" || word == "--weights-partial") continue;
+    if (word == "--resume" || word == "--force" || word == "--weights-partial" ||
+        word == "--overwrite")
+      continue;  // --overwrite would start the run over: the printed command continues it
     if (word == "--out" || word == "--weights") {
       ++i;  // and its value
       continue;

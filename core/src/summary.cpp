@@ -22,11 +22,23 @@ struct Field {
 
 // The receptive field of a layer's output from those of its inputs.
 Field propagate(const Layer& layer, const std::vector<Field>& inputs, const std::vector<Shape>& shapes) {
+  // Every input widens the receptive field (a squeeze-and-excitation gate sees the whole image),
+  // but the jump (input pixels between neighbouring outputs) comes from the inputs laid out like
+  // the output: a broadcast [C, 1, 1] gate has no spacing of its own.
+  const Shape& output = layer.output_shape();
+  const auto spatially_like_output = [&](const Shape& shape) {
+    return output.rank() == 3 && shape.rank() == 3 && shape[1] == output[1] &&
+           shape[2] == output[2];
+  };
+  const bool any_like_output =
+      std::any_of(shapes.begin(), shapes.end(), spatially_like_output);
   Field in;
-  for (const Field& field : inputs) {
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const bool sets_jump = !any_like_output || spatially_like_output(shapes[i]);
     for (int axis = 0; axis < 2; ++axis) {
-      in.receptive_field[axis] = std::max(in.receptive_field[axis], field.receptive_field[axis]);
-      in.jump[axis] = std::max(in.jump[axis], field.jump[axis]);
+      in.receptive_field[axis] =
+          std::max(in.receptive_field[axis], inputs[i].receptive_field[axis]);
+      if (sets_jump) in.jump[axis] = std::max(in.jump[axis], inputs[i].jump[axis]);
     }
   }
   const Window window = layer.window();

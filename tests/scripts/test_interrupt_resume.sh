@@ -56,7 +56,9 @@ interrupt() {
   status=$?
 }
 
-interrupt INT 1
+# Started with --overwrite (as `make run` does): the printed command must leave it out, since
+# --overwrite and --resume together are refused.
+interrupt INT 1 --overwrite
 [ "$status" -eq 130 ] || { cat "$work/run.log"; fail "SIGINT: exit status $status, expected 130"; }
 grep -qE "interrupted: stopped after iteration [0-9]+ \(epoch 1, step [0-9]+ of $STEPS\)" "$work/run.log" \
   || { cat "$work/run.log"; fail "SIGINT: no 'interrupted: stopped after ...' line"; }
