@@ -147,7 +147,8 @@ BOOST_AUTO_TEST_CASE(an_existing_non_regular_output_is_refused) {
                                                     {dir / "folder", "a folder"},
                                                     {dir / "dangling", "a symbolic link"},
                                                     {dir / "link.h5", "a symbolic link"}};
-  for (const auto& [output, kind] : cases) {
+  for (const auto& [output_path, kind] : cases) {
+    const auto& output = output_path;  // clang 14 cannot capture a structured binding in a lambda
     STRATA_CHECK_CONTAINS(test::error_of([&] { check_output_file("--output", output, {}); }),
                           "--output " + output.string() + " exists and is " + kind +
                               ", not a regular file: the output would replace it");
