@@ -37,8 +37,17 @@ with h5py.File(sys.argv[1], 'r') as f: print(f['plugins/layers'].attrs['path'])"
 
 mv "$work/first" "$work/moved"
 consumer=$work/consumer
+# Under make test-asan the installed libstrata_core is instrumented: a program linked against it
+# needs the same compiler and the sanitizer runtimes (as the strata tool itself is linked).
+cache="$build_dir/CMakeCache.txt"
+sanitize=$(sed -n 's/^STRATA_SANITIZE:STRING=//p' "$cache")
+sanitizer_flags=()
+if [ -n "$sanitize" ]; then
+  sanitizer_flags=("-DCMAKE_CXX_COMPILER=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$cache")"
+                   "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=$sanitize")
+fi
 cmake -S "$STRATA_SOURCE_DIR/examples/analysis_consumer" -B "$consumer" -G Ninja \
-  -DCMAKE_PREFIX_PATH="$work/moved" -DCMAKE_BUILD_TYPE=Release >"$work/configure.log" 2>&1 \
+  -DCMAKE_PREFIX_PATH="$work/moved" -DCMAKE_BUILD_TYPE=Release "${sanitizer_flags[@]}" >"$work/configure.log" 2>&1 \
   || { cat "$work/configure.log"; fail "configure the consumer against the moved prefix"; }
 cmake --build "$consumer" >"$work/build.log" 2>&1 || { cat "$work/build.log"; fail "build the consumer"; }
 
