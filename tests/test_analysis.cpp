@@ -1,4 +1,4 @@
-// strata/analysis.hpp: a trained model reopened from its checkpoint alone gives what the trainer
+// strata/tools/analysis.hpp: a trained model reopened from its checkpoint alone gives what the trainer
 // saw (its validation metrics), any layer's activations, its parameters and its preprocessing; the
 // plugins it needs are recorded and a missing one is an error naming it and its version.
 #define BOOST_TEST_MODULE analysis
@@ -8,9 +8,9 @@
 #include <fstream>
 #include <sstream>
 
-#include "strata/analysis.hpp"
+#include "strata/tools/analysis.hpp"
 #include "strata/checkpoint.hpp"
-#include "strata/trainer.hpp"
+#include "strata/training/trainer.hpp"
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;

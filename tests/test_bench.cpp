@@ -7,7 +7,7 @@
 #include <numeric>
 #include <string>
 
-#include "strata/bench.hpp"
+#include "strata/tools/bench.hpp"
 #include "strata/error.hpp"
 #include "test_support.hpp"
 

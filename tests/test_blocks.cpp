@@ -7,7 +7,7 @@
 
 #include "strata/block.hpp"
 #include "strata/graph.hpp"
-#include "strata/summary.hpp"
+#include "strata/tools/summary.hpp"
 #include "test_support.hpp"
 
 using namespace strata;

@@ -14,7 +14,7 @@
 
 #include "strata/checkpoint.hpp"
 #include "strata/files.hpp"
-#include "strata/trainer.hpp"
+#include "strata/training/trainer.hpp"
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;

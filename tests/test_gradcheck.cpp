@@ -1,4 +1,4 @@
-// The whole-model gradient checker (core/src/gradcheck.cpp): a correct model with kinks (relu,
+// The whole-model gradient checker (tools/src/gradcheck.cpp): a correct model with kinks (relu,
 // max pool) and dropout passes, and a layer whose backward() is wrong (the test-only plugin
 // test_broken_scale) is caught, in the tensor it corrupts and in every tensor upstream of it,
 // down to one wrong element. Frozen branches (FrozenBranches) make a deep relu/max-pool network
@@ -8,7 +8,7 @@
 #include <map>
 
 #include "strata/backend.hpp"
-#include "strata/gradcheck.hpp"
+#include "strata/tools/gradcheck.hpp"
 #include "strata/graph.hpp"
 #include "strata/plugin.hpp"
 #include "test_support.hpp"

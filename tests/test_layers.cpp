@@ -2,7 +2,7 @@
 // schedules.
 //
 // Conformance: every case of kConformanceCases (a layer's YAML and its input sample shapes) goes
-// through the checks of strata/conformance.hpp (core/src/conformance.cpp, the same code that
+// through the checks of strata/tools/conformance.hpp (tools/src/conformance.cpp, the same code that
 // `strata check-plugin` runs for plugin authors): shape inference, gradients against central
 // differences, backends against the reference, batch independence and the checkpoint round trip.
 // `every_registered_layer_has_a_case` fails when an in-tree plugin registers a layer type the
@@ -31,7 +31,7 @@
 #include <vector>
 
 #include "strata/checkpoint.hpp"
-#include "strata/conformance.hpp"
+#include "strata/tools/conformance.hpp"
 #include "strata/error.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
@@ -268,7 +268,7 @@ float max_abs_diff(const Tensor& a, const Tensor& b) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// The checks (strata/conformance.hpp documents each one and its tolerance)
+// The checks (strata/tools/conformance.hpp documents each one and its tolerance)
 // ------------------------------------------------------------------------------------------------
 
 BOOST_AUTO_TEST_SUITE(conformance)

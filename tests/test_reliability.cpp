@@ -15,10 +15,10 @@
 #include <limits>
 #include <random>
 
-#include "../core/src/trainer_checks.hpp"
+#include "strata/training/checks.hpp"
 #include "strata/checkpoint.hpp"
 #include "strata/graph.hpp"
-#include "strata/trainer.hpp"
+#include "strata/training/trainer.hpp"
 #include "test_support.hpp"
 
 using namespace strata;

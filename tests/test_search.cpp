@@ -1,4 +1,4 @@
-// Hyperparameter search (strata/search.hpp): sampling, grids, stage narrowing, the explosion
+// Hyperparameter search (strata/search/search.hpp): sampling, grids, stage narrowing, the explosion
 // abort, ASHA promotions, reproducibility, resume, best.yaml, search.h5 and every bad input.
 // Most cases use fake trial runners whose metric is a known function of the parameters and the
 // epoch; a few run the real trainer on a tiny synthetic dataset.
@@ -14,7 +14,7 @@
 #include <sstream>
 
 #include "strata/checkpoint.hpp"
-#include "strata/search.hpp"
+#include "strata/search/search.hpp"
 #include "test_support.hpp"
 
 using namespace strata;

@@ -15,11 +15,11 @@
 #include <sstream>
 
 #include "strata/checkpoint.hpp"
-#include "strata/data_loader.hpp"
+#include "strata/training/data_loader.hpp"
 #include "strata/dataset.hpp"
-#include "strata/diagnostics.hpp"
+#include "strata/training/diagnostics.hpp"
 #include "strata/graph.hpp"
-#include "strata/trainer.hpp"
+#include "strata/training/trainer.hpp"
 #include "test_support.hpp"
 
 using namespace strata;

@@ -11,7 +11,7 @@
 #include "strata/checkpoint.hpp"
 #include "strata/graph.hpp"
 #include "strata/plugin.hpp"
-#include "strata/trainer.hpp"
+#include "strata/training/trainer.hpp"
 #include "test_support.hpp"
 
 using namespace strata;

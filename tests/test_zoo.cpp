@@ -1,4 +1,4 @@
-// The case-study zoo in experiments/: `strata summary`'s accounting (core/src/summary.cpp) on the
+// The case-study zoo in experiments/: `strata summary`'s accounting (tools/src/summary.cpp) on the
 // checked-in YAML files must give the published parameter counts and multiply-adds, and the
 // lecture's per-layer figures (AlexNet CONV1/POOL1, every row of the VGG-16 table, GoogLeNet's
 // inception depths, the receptive fields of a dilated stack).
@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "strata/graph.hpp"
-#include "strata/summary.hpp"
+#include "strata/tools/summary.hpp"
 #include "test_support.hpp"
 
 using namespace strata;

@@ -1,10 +1,10 @@
 // strata bench EXP.yaml [--iterations N] [--warmup N] [--threads T] [--json] [--set k=v]...
-// Times the experiment's model on synthetic data (strata/bench.hpp says exactly what is timed).
+// Times the experiment's model on synthetic data (strata/tools/bench.hpp says exactly what is timed).
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
-#include "strata/bench.hpp"
+#include "strata/tools/bench.hpp"
 #include "strata/error.hpp"
 
 namespace strata::cli {

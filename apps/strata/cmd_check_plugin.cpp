@@ -1,5 +1,5 @@
 // strata check-plugin LIB.so [--layer TYPE] [--config YAML] [--input C,H,W]: the conformance checks
-// of strata/conformance.hpp on every layer a plugin registers, as a pass/fail table.
+// of strata/tools/conformance.hpp on every layer a plugin registers, as a pass/fail table.
 #include <unistd.h>
 
 #include <cstdio>
@@ -7,7 +7,7 @@
 #include <map>
 
 #include "cli.hpp"
-#include "strata/conformance.hpp"
+#include "strata/tools/conformance.hpp"
 #include "strata/error.hpp"
 #include "strata/plugin_probe.hpp"
 

@@ -8,7 +8,7 @@
 #include <numeric>
 
 #include "cli.hpp"
-#include "strata/analysis.hpp"
+#include "strata/tools/analysis.hpp"
 #include "strata/checkpoint.hpp"
 #include "strata/files.hpp"
 

@@ -5,7 +5,7 @@
 #include <filesystem>
 
 #include "cli.hpp"
-#include "strata/analysis.hpp"
+#include "strata/tools/analysis.hpp"
 #include "strata/backend.hpp"
 #include "strata/checkpoint.hpp"
 #include "strata/error.hpp"

@@ -1,7 +1,7 @@
 // strata gradcheck EXP.yaml [--layers a,b] [--batch N] [--entries N] [--backend B] [--seed S]
 //                           [--eps H]
 //
-// Checks the model's backward() against centered finite differences (strata/gradcheck.hpp has the
+// Checks the model's backward() against centered finite differences (strata/tools/gradcheck.hpp has the
 // method and the threshold), prints one line per tensor and exits 1 when any tensor fails.
 #include <algorithm>
 #include <cmath>
@@ -10,7 +10,7 @@
 
 #include "cli.hpp"
 #include "strata/error.hpp"
-#include "strata/gradcheck.hpp"
+#include "strata/tools/gradcheck.hpp"
 
 namespace strata::cli {
 

@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
-#include "strata/analysis.hpp"
+#include "strata/tools/analysis.hpp"
 
 namespace strata::cli {
 

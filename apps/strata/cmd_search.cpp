@@ -8,7 +8,7 @@
 
 #include "cli.hpp"
 #include "strata/error.hpp"
-#include "strata/search.hpp"
+#include "strata/search/search.hpp"
 
 namespace strata::cli {
 

@@ -1,10 +1,10 @@
 // strata summary EXP.yaml [--json] [--expand] [--set key=value]...
-// The model's accounting (core/src/summary.cpp): one row per layer or block, then totals. Builds
+// The model's accounting (tools/src/summary.cpp): one row per layer or block, then totals. Builds
 // the model without initializing it and loads no data, so even VGG-19 summarises in a second.
 #include <cstdio>
 
 #include "cli.hpp"
-#include "strata/summary.hpp"
+#include "strata/tools/summary.hpp"
 
 namespace strata::cli {
 

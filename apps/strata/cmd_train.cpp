@@ -7,7 +7,7 @@
 
 #include "cli.hpp"
 #include "strata/error.hpp"
-#include "strata/trainer.hpp"
+#include "strata/training/trainer.hpp"
 
 namespace strata::cli {
 

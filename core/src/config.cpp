@@ -11,7 +11,7 @@
 #include <set>
 #include <sstream>
 
-#include "config_origin.hpp"
+#include "strata/config_origin.hpp"
 #include "strata/error.hpp"
 #include "strata/file_check.hpp"
 

@@ -5,7 +5,13 @@
 #include <numeric>
 #include <random>
 
+#include "strata/error.hpp"
+
 namespace strata {
+
+void Transform::augment(const float*, float*, Rng&) const {
+  fail("transform {} is not a random transform: it has no augment()", type());
+}
 
 namespace {
 

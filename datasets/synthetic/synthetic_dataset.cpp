@@ -33,42 +33,13 @@
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
 #include "strata/tensor.hpp"
+#include "strata/random.hpp"
 
 namespace {
 
 using strata::Config;
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// Draws that do not depend on the standard library implementation.
-class Stream {
- public:
-  Stream(uint64_t seed, uint64_t stream) : engine_(splitmix64(splitmix64(seed) ^ stream)) {}
-
-  double uniform() { return static_cast<double>(engine_() >> 11) * 0x1.0p-53; }  // [0, 1)
-  uint64_t below(uint64_t n) { return engine_() % n; }  // bias below 2^-50 for small n
-  double gaussian() {                                   // Box-Muller, both values used
-    if (has_spare_) {
-      has_spare_ = false;
-      return spare_;
-    }
-    const double radius = std::sqrt(-2.0 * std::log(1.0 - uniform()));  // 1 - u is in (0, 1]
-    const double angle = 2.0 * std::numbers::pi * uniform();
-    spare_ = radius * std::sin(angle);
-    has_spare_ = true;
-    return radius * std::cos(angle);
-  }
-
- private:
-  std::mt19937_64 engine_;
-  double spare_ = 0;
-  bool has_spare_ = false;
-};
+using strata::Stream;
 
 constexpr uint64_t kPrototypeStream = 1;
 constexpr uint64_t kTrainStream = 2;

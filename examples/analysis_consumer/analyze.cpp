@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <exception>
 
-#include "strata/analysis.hpp"
+#include "strata/tools/analysis.hpp"
 #include "strata/error.hpp"
 
 int main(int argc, char** argv) {

@@ -18,7 +18,7 @@
 //     (decay_mult 0: decaying a slope towards 0 would turn PReLU into ReLU).
 #include <fmt/format.h>
 
-#include "strata/conformance.hpp"
+#include "strata/conformance_cases.hpp"
 #include "strata/elementwise.hpp"
 #include "strata/layer.hpp"
 #include "strata/plugin.hpp"

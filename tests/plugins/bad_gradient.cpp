@@ -1,6 +1,6 @@
 // test_bad_gradient: "test_double" computes out = 2 * in but its backward returns dout (a wrong
 // gradient), so the conformance checks must fail it; it exports its own conformance case.
-#include "strata/conformance.hpp"
+#include "strata/conformance_cases.hpp"
 #include "strata/layer.hpp"
 #include "strata/plugin.hpp"
 

@@ -7,7 +7,7 @@
      <!-- measured: MACHINE, YYYY-MM-DD ... --> ... <!-- /measured -->   a record of a past run
    and each such block names a machine and a date.
 2. The keys a resume may change, listed in docs between <!-- resume-keys --> and
-   <!-- /resume-keys -->, are exactly those of resume_may_change() in core/src/resume.cpp.
+   <!-- /resume-keys -->, are exactly those of resume_may_change() in training/src/resume.cpp.
 3. Every format_version a sample in docs/checkpoint-format.md shows is the version the tool writes
    (read from CHECKPOINT, one the tool just wrote), and the supported range it quotes is the
    tool's.
@@ -66,10 +66,10 @@ def check_figures(root, problems):
 
 
 def check_resume_keys(root, problems):
-    source = open(os.path.join(root, "core", "src", "resume.cpp")).read()
+    source = open(os.path.join(root, "training", "src", "resume.cpp")).read()
     body = re.search(r"kAllowed\{(.*?)\};", source, re.S)
     if not body:
-        problems.append("core/src/resume.cpp: cannot find kAllowed{...} in resume_may_change()")
+        problems.append("training/src/resume.cpp: cannot find kAllowed{...} in resume_may_change()")
         return
     code_keys = {k for k in re.findall(r'"([^"]+)"', re.sub(r"//.*", "", body.group(1)))
                  if not k.endswith("[]")}
@@ -82,7 +82,7 @@ def check_resume_keys(root, problems):
             doc_keys = set(re.findall(r"`([a-z_.]+)`", number_block.group(1)))
             if doc_keys != code_keys:
                 problems.append(f"{name}:{line}: the resume keys listed ({', '.join(sorted(doc_keys))}) "
-                                f"differ from core/src/resume.cpp's ({', '.join(sorted(code_keys))}): "
+                                f"differ from training/src/resume.cpp's ({', '.join(sorted(code_keys))}): "
                                 f"missing {sorted(code_keys - doc_keys)}, extra {sorted(doc_keys - code_keys)}")
     if not found:
         problems.append("no <!-- resume-keys --> list in the docs")

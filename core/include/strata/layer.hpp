@@ -73,7 +73,7 @@ class SetupContext {
   std::string layer_name_;
 };
 
-// Branch decisions held fixed, for gradient checking (strata/gradcheck.hpp). A layer whose output
+// Branch decisions held fixed, for gradient checking (strata/tools/gradcheck.hpp). A layer whose output
 // is only piecewise smooth in its input (relu, leaky_relu, max_pool) takes, per output element, one
 // of several smooth pieces (relu: x or 0; max_pool: which window element). With a FrozenBranches in
 // the Context, such a layer records the piece of each element while `recording`, and on later

@@ -46,7 +46,7 @@ class Optimizer {
 };
 
 // 0.5 * weight_decay * sum over params of decay_mult * ||w||^2 (in double precision; defined in
-// core/src/diagnostics.cpp).
+// training/src/diagnostics.cpp).
 double l2_penalty(std::span<const ParamRef> params, double weight_decay);
 
 // What a run looks like, for schedules that span it (cosine) or check metric names (plateau).

@@ -1,0 +1,245 @@
+#include "strata/tools/analysis.hpp"
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <numeric>
+#include <set>
+
+#include "strata/backend.hpp"
+#include "strata/error.hpp"
+#include "strata/training/trainer.hpp"
+
+namespace strata {
+
+namespace fs = std::filesystem;
+
+bool evaluation_may_change(std::string_view key) {
+  auto under = [&](std::string_view prefix) {
+    return key == prefix ||
+           (key.starts_with(prefix) && (key[prefix.size()] == '.' || key[prefix.size()] == '['));
+  };
+  if (under("data.preprocess")) return false;
+  return key == "backend" || key == "threads" || key == "train.eval_batch_size" ||
+         key.starts_with("data.");
+}
+
+TrainedModel::TrainedModel(const fs::path& checkpoint, Registries& registries, PluginLoader& loader,
+                           const TrainedModelOptions& options)
+    : path_(checkpoint), registries_(registries) {
+  experiment_yaml_ = load_checkpoint_experiment(checkpoint);
+  plugins_ = load_checkpoint_plugins(checkpoint);
+  training_ = load_checkpoint_training_state(checkpoint);
+  ensure_plugins_loaded(plugins_, loader, checkpoint);
+  experiment_ = Config::parse_string(experiment_yaml_, checkpoint.string() + ":/experiment");
+  bool set_threads = false, set_batch = false;
+  for (const std::string& set : options.set) {
+    const auto eq = set.find('=');
+    if (eq == std::string::npos || eq == 0) fail("--set {}: expected key.path=value", set);
+    const std::string key = set.substr(0, eq);
+    if (!evaluation_may_change(key)) {
+      const bool model = key == "model" || key.starts_with("model.");
+      fail(
+          "--set {}: '{}' cannot change when checkpoint {} is reloaded: {}\n  keys that may "
+          "change: backend, threads, train.eval_batch_size and data.* (except data.preprocess)",
+          set, key, checkpoint.string(),
+          model ? "its weights were trained for the stored model (to train a changed model from "
+                  "them: strata train EXP.yaml --weights CKPT --weights-partial)"
+                : "it describes the training that made the weights, not the evaluation");
+    }
+    experiment_.set(key, set.substr(eq + 1));
+    set_threads = set_threads || key == "threads";
+    set_batch = set_batch || key == "train.eval_batch_size";
+  }
+
+  seed_ = static_cast<uint32_t>(experiment_.get<int64_t>("seed", 1));
+  const std::string backend_name =
+      options.backend.empty() ? experiment_.get<std::string>("backend", "tbb") : options.backend;
+  backend_ = registries.backends.create(backend_name, Config{});
+  int threads = options.threads;
+  if (threads == 0 && set_threads) {
+    threads = experiment_.get<int>("threads");
+    if (threads < 0)
+      experiment_.fail_key("threads",
+                           fmt::format("must be 0 (all cores) or positive, found {}", threads));
+  }
+  backend_->set_threads(threads);
+  if (set_batch) {
+    batch_ = experiment_.at("train").get<int64_t>("eval_batch_size");
+    if (batch_ <= 0) {
+      experiment_.at("train").fail_key("eval_batch_size",
+                                       fmt::format("must be positive, found {}", batch_));
+    }
+  }
+  rng_ = std::make_unique<Rng>(seed_);
+  const Config model = experiment_.at("model");
+  graph_ = std::make_unique<Graph>(model, registries, backend_name, *rng_);
+  std::vector<NamedTensor> state = graph_->state_tensors();
+  load_checkpoint_tensors(checkpoint, "model", state);
+
+  // The data section as the trainer reads it (the same function), so every key a training run
+  // accepts is accepted here: augment is checked but not used (evaluation is not augmented).
+  DataSettings data = read_data_settings(experiment_.at("data"), registries);
+  validation_ = data.validation;
+  train_limit_ = data.train_limit;
+  test_limit_ = data.test_limit;
+  transforms_ = std::move(data.preprocess);
+  augment_ = std::move(data.augment);
+  // Without augmentation the raw images have the model's input shape; with it (a crop may shrink
+  // them) the preprocessing is set up on the first images it sees.
+  if (augment_.empty()) set_up_preprocessing(graph_->input_shape());
+}
+
+void TrainedModel::set_up_preprocessing(const Shape& sample) const {
+  if (prepared_for_ == sample) return;
+  Shape shape = sample;
+  std::vector<NamedTensor> preprocess_state;
+  for (std::size_t i = 0; i < transforms_.size(); ++i) {
+    transforms_[i]->setup(shape);
+    shape = transforms_[i]->output_shape(shape);
+    for (NamedTensor& t : transforms_[i]->state()) {
+      preprocess_state.push_back(
+          {fmt::format("{}.{}/{}", i, transforms_[i]->type(), t.name), t.tensor});
+    }
+  }
+  load_checkpoint_tensors(path_, "preprocess", preprocess_state);
+  for (const auto& transform : augment_) {
+    transform->setup(shape);
+    shape = transform->output_shape(shape);
+  }
+  prepared_for_ = sample;
+}
+
+Tensor TrainedModel::parameter(const std::string& name) {
+  std::vector<std::string> known;
+  for (NamedTensor& entry : graph_->state_tensors()) {
+    if (entry.name == name) return entry.tensor;
+    known.push_back(entry.name);
+  }
+  fail("checkpoint {}: the model has no parameter or buffer '{}'\n  {}", path_.string(), name,
+       suggestion_text(name, known, "parameters"));
+}
+
+void TrainedModel::preprocess(Tensor& images) const {
+  if (images.rank() != graph_->input_shape().rank() + 1 ||
+      (augment_.empty() && images.shape().without_batch() != graph_->input_shape())) {
+    fail("images of shape {} cannot be preprocessed for a model whose input is [N, {}]",
+         images.shape().str(), fmt::join(graph_->input_shape().dims(), ", "));
+  }
+  const Shape raw = images.shape().without_batch();
+  set_up_preprocessing(raw);
+  for (const auto& transform : transforms_) transform->apply(images);
+  // Then, as the trainer does for evaluation images, the deterministic counterpart of each
+  // data.augment transform (a centre crop for random_crop, nothing for hflip).
+  for (const auto& transform : augment_) transform->apply(images);
+  if (images.shape().without_batch() != graph_->input_shape()) {
+    fail(
+        "images of shape [N, {}] become [N, {}] through data.preprocess and data.augment, but the "
+        "model's input is [N, {}]",
+        fmt::join(raw.dims(), ", "), fmt::join(images.shape().without_batch().dims(), ", "),
+        fmt::join(graph_->input_shape().dims(), ", "));
+  }
+}
+
+std::vector<NamedTensor> TrainedModel::run(const Tensor& images,
+                                           const std::vector<std::string>& layers) {
+  if (images.rank() != graph_->input_shape().rank() + 1 ||
+      images.shape().without_batch() != graph_->input_shape()) {
+    fail("input of shape {}, but the model expects [N, {}]", images.shape().str(),
+         fmt::join(graph_->input_shape().dims(), ", "));
+  }
+  std::vector<std::string> known;
+  for (std::size_t i = 0; i < graph_->size(); ++i) known.push_back(graph_->name(i));
+  std::vector<NamedTensor> outputs;
+  for (const std::string& name : layers) {
+    const int index = graph_->index_of(name);
+    if (index < 0)
+      fail("the model has no layer '{}'\n  {}", name, suggestion_text(name, known, "layers"));
+    outputs.push_back(
+        {name, Tensor(graph_->layer(index).output_shape().with_batch(images.dim(0)))});
+  }
+  Context context{false, rng_.get(), backend_.get()};
+  const int64_t n = images.dim(0);
+  for (int64_t begin = 0; begin < n; begin += batch_) {
+    const int64_t end = std::min(n, begin + batch_);
+    graph_->forward(context, images.batch_slice(begin, end));
+    for (NamedTensor& output : outputs) {
+      Tensor rows = output.tensor.batch_slice(begin, end);
+      rows.copy_from(graph_->activation(output.name));
+    }
+  }
+  return outputs;
+}
+
+Tensor TrainedModel::run(const Tensor& images) {
+  return run(images, {graph_->name(graph_->size() - 1)}).at(0).tensor;
+}
+
+Dataset& TrainedModel::dataset() {
+  if (!dataset_) {
+    // The constructor's read_data_settings() has read (marked used) the keys that are not the
+    // reader's, so the reader's unknown-key check sees only its own.
+    dataset_ = registries_.datasets.create(experiment_.at("data"));
+  }
+  return *dataset_;
+}
+
+std::vector<fs::path> TrainedModel::dataset_paths() const {
+  std::vector<fs::path> paths;
+  // A fresh parse: reading the stored experiment's own tree would mark its keys used.
+  const Config copy = Config::parse_string(experiment_yaml_, path_.string() + ":/experiment");
+  const std::function<void(const Config&)> walk = [&](const Config& node) {
+    if (node.is_map()) {
+      for (const std::string& key : node.keys()) walk(node.at(key));
+    } else if (node.is_sequence()) {
+      for (const Config& item : node.items()) walk(item);
+    } else if (node.is_scalar()) {
+      const std::string text = node.as<std::string>();
+      std::error_code ec;
+      if (!text.empty() && fs::exists(text, ec)) paths.emplace_back(text);
+    }
+  };
+  if (auto data = copy.find("data")) walk(*data);
+  return paths;
+}
+
+Split TrainedModel::load_split(const std::string& split) {
+  std::vector<int64_t> rows;
+  return load_split(split, rows);
+}
+
+Split TrainedModel::load_split(const std::string& split, std::vector<int64_t>& dataset_rows) {
+  if (split != "train" && split != "val" && split != "test") {
+    fail("split '{}': expected train, val or test", split);
+  }
+  Split result;
+  if (split == "test") {
+    result = first_rows(dataset().load("test"), test_limit_);
+    dataset_rows.resize(result.labels.size());
+    std::iota(dataset_rows.begin(), dataset_rows.end(), int64_t{0});
+  } else {
+    const Split train = first_rows(dataset().load("train"), train_limit_);
+    TrainValSplit parts = split_validation(train, validation_, seed_);
+    if (split == "val" && validation_ <= 0) {
+      fail("checkpoint {}: the experiment held out no validation split (data.validation is 0)",
+           path_.string());
+    }
+    TrainValRows rows =
+        split_validation_rows(static_cast<int64_t>(train.labels.size()), validation_, seed_);
+    result = split == "val" ? std::move(parts.val) : std::move(parts.train);
+    dataset_rows = split == "val" ? std::move(rows.val) : std::move(rows.train);
+  }
+  preprocess(result.images);
+  return result;
+}
+
+Loss& TrainedModel::loss() {
+  if (!loss_) {
+    std::optional<Config> loss_cfg = experiment_.find("loss");
+    loss_ = loss_cfg ? registries_.losses.create(*loss_cfg)
+                     : registries_.losses.create("softmax_cross_entropy", Config{});
+  }
+  return *loss_;
+}
+
+}  // namespace strata

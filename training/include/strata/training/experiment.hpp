@@ -1,0 +1,113 @@
+// strata/training/experiment.hpp: an experiment file, read once into types.
+//
+// Every command that runs a model from an experiment (train, bench, summary, gradcheck, forward,
+// eval and the analysis API) builds an Experiment from the parsed Config (with its --set overrides)
+// and reads nothing of the file itself, so a key has one meaning, one default and one range check
+// everywhere. docs/experiment-file.md documents the keys.
+//
+//   Experiment run = Experiment::read(config, registries);           // the whole run
+//   Experiment model = Experiment::read(config, registries, Experiment::Scope::model);
+//
+// Scope::model reads what running the model needs (seed, backend, threads, model, loss) and builds
+// the backend and the initialized graph; Scope::shapes the same with parameters left at zero (a
+// 140M-parameter model stays cheap to account for); Scope::training reads every section, range-checks
+// it, builds the optimizer and schedule too, and then refuses any key nobody read (a typo anywhere
+// fails before any work); only this scope builds the dataset reader, which may open its files.
+// Errors name the file, the key path and its line.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "strata/backend.hpp"
+#include "strata/config.hpp"
+#include "strata/dataset.hpp"
+#include "strata/graph.hpp"
+#include "strata/layer.hpp"
+#include "strata/optimizer.hpp"
+#include "strata/registry.hpp"
+#include "strata/training/gradient_clipping.hpp"
+
+namespace strata {
+
+// The keys of an experiment's `data` section that training reads beside the dataset reader's own:
+// validation, train_limit, test_limit, preprocess (deterministic transforms) and augment (random
+// ones). One reader for the trainer and for every tool that rebuilds a trained run from its
+// experiment (TrainedModel, so `strata eval`), so that whatever trains also reloads. Errors
+// (a negative limit, a random transform under preprocess or the reverse) point at the key.
+struct DataSettings {
+  int64_t validation = 0, train_limit = 0, test_limit = 0;
+  std::vector<std::shared_ptr<Transform>> preprocess;
+  std::vector<std::shared_ptr<Transform>> augment;
+};
+DataSettings read_data_settings(const Config& data, const Registries& registries);
+
+// train.early_stopping.
+struct EarlyStopping {
+  std::string metric;  // one of epoch_metrics()
+  int64_t patience = 5;
+  double min_delta = 0;
+};
+
+// The per-epoch metrics early stopping and best.h5 may follow, and which way is better.
+const std::vector<std::string>& epoch_metrics();
+bool metric_is_maximized(const std::string& metric);
+
+// The `train` section.
+struct TrainSettings {
+  int64_t epochs = 0;
+  int64_t batch_size = 0;
+  int64_t eval_batch_size = 500;
+  bool shuffle = true;
+  int64_t log_every = 10;           // 0: off
+  int64_t diagnostics_every = 100;  // 0: off
+  int64_t overfit = 0;              // 0: off; else train on that many images, no regularization
+  double explode_factor = 3.0;      // 0: only NaN and Inf stop a run
+  GradientClipping clipping;
+  std::optional<EarlyStopping> early_stopping;
+};
+
+// The `checkpoint` section.
+struct CheckpointPolicy {
+  int64_t every = 1;                // 0: only at the end
+  std::string best_metric = "none";  // best.h5 follows this metric; "none": no best.h5
+};
+
+class Experiment {
+ public:
+  enum class Scope { shapes, model, training };
+  static Experiment read(const Config& experiment, const Registries& registries,
+                         Scope scope = Scope::training);
+
+  Config config;  // the experiment as given (with --set overrides)
+  Scope scope = Scope::training;
+
+  // ---- Every scope ----
+  uint32_t seed = 1;         // `seed`, 0 .. 2^32 - 1
+  std::string backend_name;  // `backend`, or the default backend
+  int threads = 0;           // `threads`; 0: all cores
+  std::shared_ptr<Backend> backend;
+  Config model_config;       // the `model` section
+  Rng rng;                   // seeded with `seed`, after it initialized the graph (Scope::model on)
+  std::unique_ptr<Graph> graph;
+  std::string loss_type;     // `loss.type`, softmax_cross_entropy when there is no `loss`
+  std::shared_ptr<Loss> loss;
+
+  // ---- Scope::training ----
+  TrainSettings train;
+  Config data_config;        // the `data` section
+  std::shared_ptr<Dataset> dataset;  // its reader, built (files not yet loaded)
+  DataSettings data;         // limits and transforms
+  int64_t validation = 0;    // the validation images to hold out (0 under train.overfit)
+  std::string why_no_validation;  // "data.validation is 0" or "train.overfit uses none"
+  std::shared_ptr<Optimizer> optimizer;  // set up on graph->params(), weight decay off under overfit
+  std::shared_ptr<Schedule> schedule;
+  CheckpointPolicy checkpoint;
+  std::string divergence_advice;  // what a divergence message advises (strata/training/checks.hpp)
+  std::string yaml;               // the experiment with every default filled in, as run
+};
+
+}  // namespace strata

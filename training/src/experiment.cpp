@@ -1,0 +1,211 @@
+// Reading an experiment file into an Experiment (strata/training/experiment.hpp): every default and
+// range check of the top-level keys and of the train, data, optimizer and checkpoint sections.
+#include "strata/training/experiment.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "strata/error.hpp"
+#include "strata/training/checks.hpp"
+
+namespace strata {
+
+namespace {
+
+std::string read_epoch_metric(const Config& config, std::string_view key, const std::string& fallback,
+                              bool has_validation, std::string_view why_no_validation) {
+  const std::string metric = config.get<std::string>(key, fallback);
+  const auto& metrics = epoch_metrics();
+  if (std::find(metrics.begin(), metrics.end(), metric) == metrics.end()) {
+    config.fail_key(key, fmt::format("unknown metric '{}'\n  {}", metric,
+                                     suggestion_text(metric, metrics, "metrics")));
+  }
+  if (metric.starts_with("val_") && !has_validation) {
+    config.fail_key(key, fmt::format("{} needs a validation split, and {}", metric, why_no_validation));
+  }
+  return metric;
+}
+
+std::vector<std::shared_ptr<Transform>> read_transforms(const Config& data_cfg, std::string_view key,
+                                                        bool random, const Registries& registries) {
+  std::vector<std::shared_ptr<Transform>> transforms;
+  std::optional<Config> list = data_cfg.find(key);
+  if (!list) return transforms;
+  for (const Config& item : list->items()) {
+    std::shared_ptr<Transform> transform = registries.transforms.create(item);
+    if (transform->random() != random) {
+      item.fail_key("type", random ? fmt::format("'{}' is not a random transform; list it under "
+                                                 "data.preprocess",
+                                                 transform->type())
+                                   : fmt::format("'{}' is a random transform (data augmentation); "
+                                                 "list it under data.augment",
+                                                 transform->type()));
+    }
+    transforms.push_back(std::move(transform));
+  }
+  return transforms;
+}
+
+TrainSettings read_train_settings(const Config& train_cfg) {
+  TrainSettings train;
+  train.epochs = train_cfg.get<int64_t>("epochs");
+  train.batch_size = train_cfg.get<int64_t>("batch_size");
+  train.eval_batch_size = train_cfg.get<int64_t>("eval_batch_size", 500);
+  train.shuffle = train_cfg.get<bool>("shuffle", true);
+  if (train.epochs < 1) train_cfg.fail_key("epochs", "must be at least 1");
+  if (train.batch_size < 1) train_cfg.fail_key("batch_size", "must be at least 1");
+  if (train.eval_batch_size < 1) train_cfg.fail_key("eval_batch_size", "must be at least 1");
+  // Babysitting (docs/training.md).
+  train.log_every = train_cfg.get<int64_t>("log_every", 10);
+  train.diagnostics_every = train_cfg.get<int64_t>("diagnostics_every", 100);
+  train.overfit = train_cfg.get<int64_t>("overfit", 0);
+  train.explode_factor = train_cfg.get<double>("explode_factor", 3.0);
+  if (train.log_every < 0) train_cfg.fail_key("log_every", "must be 0 (off) or positive");
+  if (train.diagnostics_every < 0) {
+    train_cfg.fail_key("diagnostics_every", "must be 0 (off) or positive");
+  }
+  if (train.overfit < 0) {
+    train_cfg.fail_key("overfit", "must be 0 (off) or a number of training images");
+  }
+  train.clipping = GradientClipping::read(train_cfg);
+  if (!(train.explode_factor == 0 || train.explode_factor > 1)) {
+    train_cfg.fail_key("explode_factor",
+                       fmt::format("must be 0 (only NaN and Inf stop a run) or above 1, found {}",
+                                   train.explode_factor));
+  }
+  return train;
+}
+
+// Seed, backend and threads: the keys every scope reads.
+void read_run_keys(Experiment& run, const Config& experiment, const Registries& registries) {
+  const int64_t seed_value = experiment.get<int64_t>("seed", 1);
+  if (seed_value < 0 || seed_value > int64_t{0xffffffff}) {
+    experiment.fail_key("seed", fmt::format("must be between 0 and 4294967295 (2^32 - 1), found {}",
+                                            seed_value));
+  }
+  run.seed = static_cast<uint32_t>(seed_value);
+  run.backend_name = experiment.get<std::string>("backend", "tbb");
+  run.threads = experiment.get<int>("threads", 0);
+  if (run.threads < 0) experiment.fail_key("threads", "must be 0 (all cores) or positive");
+  std::optional<Config> backend_key = experiment.find("backend");
+  run.backend = registries.backends.create(run.backend_name, backend_key ? *backend_key : Config{});
+  run.backend->set_threads(run.threads);
+}
+
+void read_loss(Experiment& run, const Config& experiment, const Registries& registries) {
+  std::optional<Config> loss_cfg = experiment.find("loss");
+  run.loss = loss_cfg ? registries.losses.create(*loss_cfg)
+                      : registries.losses.create("softmax_cross_entropy", Config{});
+  run.loss_type =
+      loss_cfg ? loss_cfg->get<std::string>("type") : std::string("softmax_cross_entropy");
+}
+
+// The optimizer and its schedule, set up on the graph's parameters.
+void read_optimizer(Experiment& run, const Config& experiment, const Registries& registries) {
+  const Config optimizer_cfg = experiment.at("optimizer");
+  // The schedule is nested in the optimizer's section but is not the optimizer's to read: build
+  // it first, so the optimizer's unknown-key check finds its keys already read.
+  std::optional<Config> schedule_cfg = optimizer_cfg.find("schedule");
+  run.schedule = schedule_cfg ? registries.schedules.create(*schedule_cfg)
+                              : registries.schedules.create("constant", Config{});
+  run.optimizer = registries.optimizers.create(optimizer_cfg);
+  if (!std::isfinite(run.optimizer->base_lr())) {
+    optimizer_cfg.fail_key("lr", fmt::format("is {} as a 32-bit float: expected |lr| < 3.4e38",
+                                             run.optimizer->base_lr()));
+  }
+  run.divergence_advice = divergence_advice(optimizer_cfg);
+  std::vector<ParamRef> params = run.graph->params();
+  // train.overfit: no regularization. Weight decay is switched off through every parameter's
+  // decay_mult, which each optimizer's weight decay is scaled by.
+  if (run.train.overfit > 0) {
+    for (ParamRef& ref : params) ref.param->decay_mult = 0.0f;
+  }
+  run.optimizer->setup(params);
+}
+
+void read_checkpoint_policy(Experiment& run, const Config& experiment) {
+  const bool has_validation = run.validation > 0;
+  run.checkpoint.best_metric = run.train.early_stopping ? run.train.early_stopping->metric
+                               : has_validation         ? std::string("val_accuracy")
+                                                        : std::string("none");
+  if (auto checkpoint_cfg = experiment.find("checkpoint")) {
+    run.checkpoint.every = checkpoint_cfg->get<int64_t>("every", 1);
+    if (run.checkpoint.every < 0) {
+      checkpoint_cfg->fail_key("every", "must be 0 (only at the end) or positive");
+    }
+    if (checkpoint_cfg->has("best") && checkpoint_cfg->get<std::string>("best") != "none") {
+      run.checkpoint.best_metric = read_epoch_metric(
+          *checkpoint_cfg, "best", run.checkpoint.best_metric, has_validation, run.why_no_validation);
+    } else if (checkpoint_cfg->has("best")) {
+      run.checkpoint.best_metric = "none";
+    }
+  }
+}
+
+}  // namespace
+
+const std::vector<std::string>& epoch_metrics() {
+  static const std::vector<std::string> metrics = {"val_accuracy", "val_loss", "train_accuracy",
+                                                   "train_loss"};
+  return metrics;
+}
+
+bool metric_is_maximized(const std::string& metric) { return metric.ends_with("accuracy"); }
+
+DataSettings read_data_settings(const Config& data, const Registries& registries) {
+  DataSettings settings;
+  settings.validation = data.get<int64_t>("validation", 0);
+  settings.train_limit = data.get<int64_t>("train_limit", 0);
+  settings.test_limit = data.get<int64_t>("test_limit", 0);
+  if (settings.train_limit < 0) data.fail_key("train_limit", "must be 0 (all images) or positive");
+  if (settings.test_limit < 0) data.fail_key("test_limit", "must be 0 (all images) or positive");
+  settings.preprocess = read_transforms(data, "preprocess", false, registries);
+  settings.augment = read_transforms(data, "augment", true, registries);
+  return settings;
+}
+
+Experiment Experiment::read(const Config& experiment, const Registries& registries, Scope scope) {
+  Experiment run;
+  run.config = experiment;
+  run.scope = scope;
+  read_run_keys(run, experiment, registries);
+  if (scope == Scope::training) {
+    const Config train_cfg = experiment.at("train");
+    run.train = read_train_settings(train_cfg);
+    run.data_config = experiment.at("data");
+    run.data = read_data_settings(run.data_config, registries);
+    run.dataset = registries.datasets.create(run.data_config);
+    run.validation = run.train.overfit > 0 ? 0 : run.data.validation;
+    run.why_no_validation =
+        run.train.overfit > 0 ? "train.overfit uses none" : "data.validation is 0";
+    if (auto es = train_cfg.find("early_stopping")) {
+      EarlyStopping& stopping = run.train.early_stopping.emplace();
+      stopping.metric = read_epoch_metric(*es, "metric", "val_accuracy", run.validation > 0,
+                                          run.why_no_validation);
+      stopping.patience = es->get<int64_t>("patience", 5);
+      stopping.min_delta = es->get<double>("min_delta", 0.0);
+      if (stopping.patience < 1) es->fail_key("patience", "must be at least 1 epoch");
+      if (!(stopping.min_delta >= 0)) es->fail_key("min_delta", "must be >= 0");
+    }
+  }
+  run.model_config = experiment.at("model");
+  run.rng = Rng(run.seed);
+  run.graph = scope == Scope::shapes
+                  ? std::make_unique<Graph>(run.model_config, registries, run.backend_name)
+                  : std::make_unique<Graph>(run.model_config, registries, run.backend_name, run.rng);
+  read_loss(run, experiment, registries);
+  if (scope != Scope::training) return run;
+
+  read_optimizer(run, experiment, registries);
+  read_checkpoint_policy(run, experiment);
+  // `plugins` is handled by the command line tool before the registries are used.
+  if (auto plugins = experiment.find("plugins")) plugins->mark_used();
+  // `search` is read by `strata search` (docs/search.md); training runs the experiment as written.
+  if (auto search = experiment.find("search")) search->mark_used();
+  experiment.check_unused();
+  // Every key has been read, so every default is recorded: this is the experiment as run.
+  run.yaml = experiment.dump();
+  return run;
+}
+
+}  // namespace strata
