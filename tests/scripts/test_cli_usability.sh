@@ -12,10 +12,14 @@ trap 'rm -rf "$work"' EXIT
 failures=0; passed=0
 check() {  # check NAME COMMAND...
   local name=$1; shift
-  if eval "$@"; then echo "ok   $name"; passed=$((passed + 1)); else echo "FAIL $name"; failures=$((failures + 1)); fi
+  if eval "$@"; then echo "ok   $name"; passed=$((passed + 1)); else
+    echo "FAIL $name"; failures=$((failures + 1))
+    [ -n "${last_log:-}" ] && tail -5 "$last_log" | sed 's/^/     /'
+  fi
 }
 run() {  # run LOG ARGS...: strata ARGS with stdout and stderr in LOG; sets rc
   local log=$1; shift
+  last_log=$log
   "$STRATA" "$@" >"$log" 2>&1; rc=$?
 }
 
@@ -46,8 +50,10 @@ model:
     - {name: conv1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
     - {name: relu1, type: relu}
     - {name: fc1, type: linear, out_features: 4}
-optimizer: {type: sgd, lr: 0.05, momentum: 0.9}
-train: {epochs: 3, batch_size: 16}
+optimizer: {type: sgd, lr: 0.02, momentum: 0.9}
+# Off: with lr 0.05 about 1 seed in 250 tripped the explosion guard in the first steps, and this
+# test is about the command line, not about training.
+train: {epochs: 3, batch_size: 16, explode_factor: 0}
 YAML
 
 # ---- Unknown options named like experiment keys ----
