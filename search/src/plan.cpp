@@ -16,6 +16,74 @@ namespace {
 const std::vector<std::string> kMetrics = {"val_accuracy", "val_loss", "train_accuracy",
                                            "train_loss"};
 
+// The stage's axes. The section's own space is the first stage's; a first stage's entries add to
+// it or replace entries for the same key path. A later stage lists only what it changes: the rest
+// comes from the previous stage (narrowed, with `narrow:`).
+void read_stage_space(const Config& c, const Stage* defaults, bool first, const Config& experiment,
+                      Stage& stage) {
+  if (!defaults) {
+    if (auto space = c.find("space")) stage.written = parse_space(*space, experiment);
+  } else if (first) {
+    if (auto space = c.find("space")) {
+      for (Axis& axis : parse_space(*space, experiment)) {
+        auto same = std::find_if(stage.written.begin(), stage.written.end(),
+                                 [&](const Axis& a) { return a.path == axis.path; });
+        if (same != stage.written.end())
+          *same = axis;
+        else
+          stage.written.push_back(axis);
+      }
+    }
+  } else {
+    stage.written.clear();
+    if (auto space = c.find("space")) stage.written = parse_space(*space, experiment);
+  }
+}
+
+// `narrow:` (around the best top_k of the stage before); a stage narrows only if it says so.
+void read_narrow(const Config& c, const Stage* defaults, bool first, Stage& stage) {
+  if (auto narrow = c.find("narrow")) {
+    if (first) narrow->fail("the first stage has no earlier stage to narrow around");
+    stage.narrow_top_k = narrow->get<int64_t>("top_k");
+    if (stage.narrow_top_k < 1) narrow->fail_key("top_k", "must be at least 1");
+    stage.narrow_margin = narrow->get<double>("margin", 0.25);
+    if (stage.narrow_margin < 0) narrow->fail_key("margin", "must be 0 or positive");
+  } else if (defaults) {
+    stage.narrow_top_k = 0;
+  }
+}
+
+// `asha:`, or an ASHA inherited from the section whose top rung is this stage's epochs.
+void read_asha(const Config& c, Stage& stage) {
+  if (auto asha = c.find("asha")) {
+    Asha a;
+    a.min_epochs = asha->get<int64_t>("min_epochs", 1);
+    a.eta = asha->get<int64_t>("eta", 3);
+    a.max_epochs = asha->get<int64_t>("max_epochs", stage.epochs);
+    if (a.min_epochs < 1) asha->fail_key("min_epochs", "must be at least 1");
+    if (a.eta < 2) asha->fail_key("eta", "must be at least 2 (keep the best 1/eta at each rung)");
+    if (a.max_epochs <= a.min_epochs) {
+      asha->fail(
+          fmt::format("max_epochs ({}) must be above min_epochs ({})", a.max_epochs, a.min_epochs));
+    }
+    if (c.has("epochs") && a.max_epochs != stage.epochs) {
+      asha->fail_key(
+          "max_epochs",
+          fmt::format("differs from the stage's epochs ({}); give one of them", stage.epochs));
+    }
+    if (stage.mode == "grid") asha->fail("ASHA draws its trials at random: use mode: random");
+    stage.epochs = a.max_epochs;
+    stage.asha = a;
+  } else if (stage.asha &&
+             c.has("epochs")) {  // inherited ASHA: its top rung is this stage's epochs
+    if (stage.epochs <= stage.asha->min_epochs) {
+      c.fail_key("epochs",
+                 fmt::format("must be above asha.min_epochs ({})", stage.asha->min_epochs));
+    }
+    stage.asha->max_epochs = stage.epochs;
+  }
+}
+
 // The keys a stage may set; `defaults` is the search section's own stage (or nothing).
 Stage parse_stage(const Config& c, const Stage* defaults, bool first, const Config& experiment,
                   int64_t experiment_epochs) {
@@ -47,79 +115,15 @@ Stage parse_stage(const Config& c, const Stage* defaults, bool first, const Conf
     c.fail_key("grid_points",
                fmt::format("must be at most {}, found {}", kMaxGridPoints, stage.grid_points));
   }
-  // The section's own space is the first stage's; a first stage's entries add to it or replace
-  // entries for the same key path. A later stage lists only what it changes: the rest comes
-  // from the previous stage (narrowed, with `narrow:`).
-  if (!defaults) {
-    if (auto space = c.find("space")) stage.written = parse_space(*space, experiment);
-  } else if (first) {
-    if (auto space = c.find("space")) {
-      for (Axis& axis : parse_space(*space, experiment)) {
-        auto same = std::find_if(stage.written.begin(), stage.written.end(),
-                                 [&](const Axis& a) { return a.path == axis.path; });
-        if (same != stage.written.end())
-          *same = axis;
-        else
-          stage.written.push_back(axis);
-      }
-    }
-  } else {
-    stage.written.clear();
-    if (auto space = c.find("space")) stage.written = parse_space(*space, experiment);
-  }
-  if (auto narrow = c.find("narrow")) {
-    if (first) narrow->fail("the first stage has no earlier stage to narrow around");
-    stage.narrow_top_k = narrow->get<int64_t>("top_k");
-    if (stage.narrow_top_k < 1) narrow->fail_key("top_k", "must be at least 1");
-    stage.narrow_margin = narrow->get<double>("margin", 0.25);
-    if (stage.narrow_margin < 0) narrow->fail_key("margin", "must be 0 or positive");
-  } else if (defaults) {
-    stage.narrow_top_k = 0;
-  }
-  if (auto asha = c.find("asha")) {
-    Asha a;
-    a.min_epochs = asha->get<int64_t>("min_epochs", 1);
-    a.eta = asha->get<int64_t>("eta", 3);
-    a.max_epochs = asha->get<int64_t>("max_epochs", stage.epochs);
-    if (a.min_epochs < 1) asha->fail_key("min_epochs", "must be at least 1");
-    if (a.eta < 2) asha->fail_key("eta", "must be at least 2 (keep the best 1/eta at each rung)");
-    if (a.max_epochs <= a.min_epochs) {
-      asha->fail(
-          fmt::format("max_epochs ({}) must be above min_epochs ({})", a.max_epochs, a.min_epochs));
-    }
-    if (c.has("epochs") && a.max_epochs != stage.epochs) {
-      asha->fail_key(
-          "max_epochs",
-          fmt::format("differs from the stage's epochs ({}); give one of them", stage.epochs));
-    }
-    if (stage.mode == "grid") asha->fail("ASHA draws its trials at random: use mode: random");
-    stage.epochs = a.max_epochs;
-    stage.asha = a;
-  } else if (stage.asha &&
-             c.has("epochs")) {  // inherited ASHA: its top rung is this stage's epochs
-    if (stage.epochs <= stage.asha->min_epochs) {
-      c.fail_key("epochs",
-                 fmt::format("must be above asha.min_epochs ({})", stage.asha->min_epochs));
-    }
-    stage.asha->max_epochs = stage.epochs;
-  }
+  read_stage_space(c, defaults, first, experiment, stage);
+  read_narrow(c, defaults, first, stage);
+  read_asha(c, stage);
   return stage;
 }
 
-}  // namespace
-
-Plan parse_search(const Config& experiment, int cores) {
-  auto section = experiment.find("search");
-  if (!section) {
-    experiment.fail("the experiment has no `search:` section (docs/search.md describes it)");
-  }
-  const Config& s = *section;
-  if (!s.is_map()) s.fail("expected a map (space, trials, epochs, stages, ...)");
-  Plan plan;
-  plan.base = experiment.clone();
-  plan.base.erase("search");
-
-  plan.seed = static_cast<uint64_t>(s.get<int64_t>("seed", 1));
+// `metric:` (one the trainer reports; the short names val_acc and train_acc get a hint) and
+// `goal:` (max or min; by default min for a loss, max for an accuracy).
+void read_metric(const Config& s, Plan& plan) {
   plan.metric = s.get<std::string>("metric", "val_accuracy");
   if (std::find(kMetrics.begin(), kMetrics.end(), plan.metric) == kMetrics.end()) {
     std::string hint = suggestion_text(plan.metric, kMetrics, "metrics");
@@ -136,6 +140,79 @@ Plan parse_search(const Config& experiment, int cores) {
     s.fail_key("goal", fmt::format("expected max or min, found '{}'", goal));
   }
   plan.maximize = goal == "max";
+}
+
+// `overrides:` (set on every trial, not in best.yaml); returns the experiment every trial starts
+// from, for key paths and the epochs default.
+Config read_overrides(const Config& s, Plan& plan) {
+  if (auto overrides = s.find("overrides")) {
+    if (!overrides->is_map()) overrides->fail("expected a map of key paths to values");
+    for (const std::string& path : overrides->keys()) {
+      const Config value = overrides->at(path);
+      plan.overrides.emplace_back(path, trim(value.dump()));
+      plan.override_origins.push_back(fmt::format("{} ({})", value.path(), value.where()));
+    }
+  }
+  Config with_overrides = plan.base.clone();
+  for (std::size_t i = 0; i < plan.overrides.size(); ++i) {
+    const SetOrigin origin(plan.override_origins[i]);
+    with_overrides.set(plan.overrides[i].first, plan.overrides[i].second);
+  }
+  return with_overrides;
+}
+
+// The section's own stage, or each of `stages:` on top of it.
+void read_stages(const Config& s, const Config& with_overrides, Plan& plan) {
+  int64_t experiment_epochs = 1;
+  if (auto train = with_overrides.clone().find("train")) {
+    experiment_epochs = train->get<int64_t>("epochs", 1);
+  }
+  const Stage defaults = parse_stage(s, nullptr, true, with_overrides, experiment_epochs);
+  if (auto stages = s.find("stages")) {
+    const auto items = stages->items();
+    if (items.empty()) stages->fail("expected at least one stage");
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      if (!items[i].is_map()) items[i].fail("expected a map (trials, epochs, space, narrow, ...)");
+      plan.stages.push_back(
+          parse_stage(items[i], &defaults, i == 0, with_overrides, experiment_epochs));
+      items[i].check_unused();
+    }
+  } else {
+    plan.stages.push_back(defaults);
+  }
+}
+
+// A validation metric needs a validation split.
+void check_validation_split(const Config& s, const Plan& plan, const Config& with_overrides) {
+  if (plan.metric.starts_with("val_")) {
+    int64_t validation = 0;
+    if (auto data = with_overrides.clone().find("data"))
+      validation = data->get<int64_t>("validation", 0);
+    if (validation <= 0) {
+      s.fail_key("metric",
+                 fmt::format("{} needs a validation split, but data.validation is {}; set "
+                             "data.validation (images held out of training) or search "
+                             "on train_loss/train_accuracy",
+                             plan.metric, validation));
+    }
+  }
+}
+
+}  // namespace
+
+Plan parse_search(const Config& experiment, int cores) {
+  auto section = experiment.find("search");
+  if (!section) {
+    experiment.fail("the experiment has no `search:` section (docs/search.md describes it)");
+  }
+  const Config& s = *section;
+  if (!s.is_map()) s.fail("expected a map (space, trials, epochs, stages, ...)");
+  Plan plan;
+  plan.base = experiment.clone();
+  plan.base.erase("search");
+
+  plan.seed = static_cast<uint64_t>(s.get<int64_t>("seed", 1));
+  read_metric(s, plan);
   plan.concurrency = s.get<int>("concurrency", 1);
   if (plan.concurrency < 1) s.fail_key("concurrency", "must be at least 1");
   plan.threads_per_trial = s.get<int>("threads_per_trial", 0);
@@ -150,39 +227,9 @@ Plan parse_search(const Config& experiment, int cores) {
   }
   plan.top = s.get<int64_t>("top", 10);
   if (plan.top < 1) s.fail_key("top", "must be at least 1");
-  if (auto overrides = s.find("overrides")) {
-    if (!overrides->is_map()) overrides->fail("expected a map of key paths to values");
-    for (const std::string& path : overrides->keys()) {
-      const Config value = overrides->at(path);
-      plan.overrides.emplace_back(path, trim(value.dump()));
-      plan.override_origins.push_back(fmt::format("{} ({})", value.path(), value.where()));
-    }
-  }
+  const Config with_overrides = read_overrides(s, plan);
 
-  // The experiment every trial starts from, for key paths and the epochs default.
-  Config with_overrides = plan.base.clone();
-  for (std::size_t i = 0; i < plan.overrides.size(); ++i) {
-    const SetOrigin origin(plan.override_origins[i]);
-    with_overrides.set(plan.overrides[i].first, plan.overrides[i].second);
-  }
-  int64_t experiment_epochs = 1;
-  if (auto train = with_overrides.clone().find("train")) {
-    experiment_epochs = train->get<int64_t>("epochs", 1);
-  }
-
-  const Stage defaults = parse_stage(s, nullptr, true, with_overrides, experiment_epochs);
-  if (auto stages = s.find("stages")) {
-    const auto items = stages->items();
-    if (items.empty()) stages->fail("expected at least one stage");
-    for (std::size_t i = 0; i < items.size(); ++i) {
-      if (!items[i].is_map()) items[i].fail("expected a map (trials, epochs, space, narrow, ...)");
-      plan.stages.push_back(
-          parse_stage(items[i], &defaults, i == 0, with_overrides, experiment_epochs));
-      items[i].check_unused();
-    }
-  } else {
-    plan.stages.push_back(defaults);
-  }
+  read_stages(s, with_overrides, plan);
   s.check_unused();
   if (plan.stages[0].written.empty()) {
     s.fail("nothing to search: give `space:` (key paths of the experiment with distributions)");
@@ -195,19 +242,7 @@ Plan parse_search(const Config& experiment, int cores) {
     }
   }
 
-  // A validation metric needs a validation split.
-  if (plan.metric.starts_with("val_")) {
-    int64_t validation = 0;
-    if (auto data = with_overrides.clone().find("data"))
-      validation = data->get<int64_t>("validation", 0);
-    if (validation <= 0) {
-      s.fail_key("metric",
-                 fmt::format("{} needs a validation split, but data.validation is {}; set "
-                             "data.validation (images held out of training) or search "
-                             "on train_loss/train_accuracy",
-                             plan.metric, validation));
-    }
-  }
+  check_validation_split(s, plan, with_overrides);
   return plan;
 }
 
