@@ -111,20 +111,8 @@ void check_key_path(const Config& root, const std::string& path, const Config& e
   }
 }
 
-Axis parse_axis(const std::string& path, const Config& entry) {
-  Axis axis;
-  axis.path = path;
-  axis.where = entry.where();
-  axis.key = entry.path();
-  const auto parts = split_key_path(path);
-  axis.name = parts.empty() ? path : parts.back();
-  if (!entry.is_map()) {
-    entry.fail(
-        fmt::format("expected a distribution such as {{log_uniform: [1e-6, 1e-3]}} (one of "
-                    "{}), found {}",
-                    fmt::join(kDistributions, ", "),
-                    entry.is_scalar() ? "'" + entry.as<std::string>() + "'" : "a list"));
-  }
+// The one distribution key of an axis's entry (its other keys: name, points).
+std::string distribution_key(const Config& entry) {
   std::string found;
   for (const std::string& key : entry.keys()) {
     if (key == "name" || key == "points") continue;
@@ -141,21 +129,11 @@ Axis parse_axis(const std::string& path, const Config& entry) {
     entry.fail(
         fmt::format("no distribution given; expected one of {}", fmt::join(kDistributions, ", ")));
   }
-  axis.name = entry.get<std::string>("name", axis.name);
-  axis.points = entry.get<int64_t>("points", 0);
-  if (entry.has("points") && axis.points < 2) entry.fail_key("points", "must be at least 2");
-  if (axis.points > kMaxGridPoints) {
-    entry.fail_key("points",
-                   fmt::format("must be at most {}, found {}", kMaxGridPoints, axis.points));
-  }
-  const Config value = entry.at(found);
-  if (found == "choice") {
-    axis.distribution = Distribution::kChoice;
-    if (!value.is_sequence()) value.fail("expected a list of values to choose from");
-    for (const Config& item : value.items()) axis.choices.push_back(trim(item.dump()));
-    if (axis.choices.size() < 2) value.fail("a choice needs at least two values");
-    return axis;
-  }
+  return found;
+}
+
+// A numeric axis's distribution `found` and its range [low, high] from `value`.
+void read_range(Axis& axis, const std::string& found, const Config& value) {
   axis.distribution = found == "uniform"       ? Distribution::kUniform
                       : found == "log_uniform" ? Distribution::kLogUniform
                       : found == "int"         ? Distribution::kInt
@@ -187,6 +165,39 @@ Axis parse_axis(const std::string& path, const Config& entry) {
                     "undefined); use uniform or int for ranges that include 0",
                     found, axis.low, axis.high, axis.low));
   }
+}
+
+Axis parse_axis(const std::string& path, const Config& entry) {
+  Axis axis;
+  axis.path = path;
+  axis.where = entry.where();
+  axis.key = entry.path();
+  const auto parts = split_key_path(path);
+  axis.name = parts.empty() ? path : parts.back();
+  if (!entry.is_map()) {
+    entry.fail(
+        fmt::format("expected a distribution such as {{log_uniform: [1e-6, 1e-3]}} (one of "
+                    "{}), found {}",
+                    fmt::join(kDistributions, ", "),
+                    entry.is_scalar() ? "'" + entry.as<std::string>() + "'" : "a list"));
+  }
+  const std::string found = distribution_key(entry);
+  axis.name = entry.get<std::string>("name", axis.name);
+  axis.points = entry.get<int64_t>("points", 0);
+  if (entry.has("points") && axis.points < 2) entry.fail_key("points", "must be at least 2");
+  if (axis.points > kMaxGridPoints) {
+    entry.fail_key("points",
+                   fmt::format("must be at most {}, found {}", kMaxGridPoints, axis.points));
+  }
+  const Config value = entry.at(found);
+  if (found == "choice") {
+    axis.distribution = Distribution::kChoice;
+    if (!value.is_sequence()) value.fail("expected a list of values to choose from");
+    for (const Config& item : value.items()) axis.choices.push_back(trim(item.dump()));
+    if (axis.choices.size() < 2) value.fail("a choice needs at least two values");
+    return axis;
+  }
+  read_range(axis, found, value);
   return axis;
 }
 
