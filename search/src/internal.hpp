@@ -44,6 +44,10 @@ inline std::string short_metric(const std::string& metric) {
 // space.cpp: the axes of a `space:` map, each key path checked against `experiment`.
 std::vector<Axis> parse_space(const Config& space, const Config& experiment);
 
+// space.cpp: puts each axis of `from` into `into`, replacing the axis of the same key path or
+// appending it.
+void merge_axes(std::vector<Axis>& into, const std::vector<Axis>& from);
+
 // space.cpp: a drawn value as YAML text (for Config::set and best.yaml), as shown in the live
 // lines, and as JSON (the journal: numbers stay numbers, a choice is its value).
 std::string value_yaml(const Axis& axis, const Value& value);

@@ -24,16 +24,7 @@ void read_stage_space(const Config& c, const Stage* defaults, bool first, const 
   if (!defaults) {
     if (auto space = c.find("space")) stage.written = parse_space(*space, experiment);
   } else if (first) {
-    if (auto space = c.find("space")) {
-      for (Axis& axis : parse_space(*space, experiment)) {
-        auto same = std::find_if(stage.written.begin(), stage.written.end(),
-                                 [&](const Axis& a) { return a.path == axis.path; });
-        if (same != stage.written.end())
-          *same = axis;
-        else
-          stage.written.push_back(axis);
-      }
-    }
+    if (auto space = c.find("space")) merge_axes(stage.written, parse_space(*space, experiment));
   } else {
     stage.written.clear();
     if (auto space = c.find("space")) stage.written = parse_space(*space, experiment);

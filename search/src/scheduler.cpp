@@ -111,7 +111,7 @@ std::optional<Job> AshaTrials::promotion() {
       if (!std::isnan(entry.second)) sorted.push_back(entry);
     }
     std::stable_sort(sorted.begin(), sorted.end(), [&](const auto& a, const auto& b) {
-      return maximize_ ? a.second > b.second : a.second < b.second;
+      return better(a.second, b.second, maximize_);
     });
     const std::size_t keep = sorted.size() / static_cast<std::size_t>(eta_);
     for (std::size_t i = 0; i < keep; ++i) {
@@ -173,16 +173,7 @@ std::vector<Axis> stage_axes(const Plan& plan, int index, const std::vector<Axis
     axes = narrow_axes(axes, best, stage.narrow_margin);
     note = fmt::format(" (narrowed around the best {} of stage {})", best.size(), index);
   }
-  if (index > 0) {
-    for (const Axis& axis : stage.written) {
-      auto same = std::find_if(axes.begin(), axes.end(),
-                               [&](const Axis& a) { return a.path == axis.path; });
-      if (same != axes.end())
-        *same = axis;
-      else
-        axes.push_back(axis);
-    }
-  }
+  if (index > 0) merge_axes(axes, stage.written);
   return axes;
 }
 

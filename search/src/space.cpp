@@ -214,6 +214,17 @@ std::vector<Axis> parse_space(const Config& space, const Config& experiment) {
   return axes;
 }
 
+void merge_axes(std::vector<Axis>& into, const std::vector<Axis>& from) {
+  for (const Axis& axis : from) {
+    auto same =
+        std::find_if(into.begin(), into.end(), [&](const Axis& a) { return a.path == axis.path; });
+    if (same != into.end())
+      *same = axis;
+    else
+      into.push_back(axis);
+  }
+}
+
 std::string Axis::describe() const {
   static const char* names[] = {"uniform", "log_uniform", "int", "log_int", "choice"};
   const char* kind = names[static_cast<int>(distribution)];
