@@ -157,12 +157,14 @@ std::vector<const Trial*> ranked(const std::vector<Trial>& trials, bool maximize
   return result;
 }
 
-std::vector<Axis> stage_axes(const Plan& plan, int index, const std::vector<Axis>& previous,
-                             const std::vector<Trial>& previous_trials, std::string& note) {
+std::vector<Axis> stage_axes(const Plan& plan, int index,
+                             const std::vector<std::vector<Axis>>& axes_before,
+                             const std::vector<std::vector<Trial>>& trials_before,
+                             std::string& note) {
   const Stage& stage = plan.stages[index];
-  std::vector<Axis> axes = index == 0 ? stage.written : previous;
+  std::vector<Axis> axes = index == 0 ? stage.written : axes_before[index - 1];
   if (index > 0 && stage.narrow_top_k > 0) {
-    auto best = ranked(previous_trials, plan.maximize);
+    auto best = ranked(trials_before[index - 1], plan.maximize);
     if (best.empty()) {
       fail(
           "stage {} narrows around the best {} trials of stage {}, but no trial of stage {} "

@@ -111,11 +111,13 @@ inline bool better(double a, double b, bool maximize) { return maximize ? a > b 
 // longer-trained first.
 std::vector<const Trial*> ranked(const std::vector<Trial>& trials, bool maximize);
 
-// The axes of stage `index`: the previous stage's (`previous`, drawn as `previous_trials`),
-// narrowed around its best if the stage asks, then the stage's own entries. `note` tells how
-// they were narrowed (or nothing).
-std::vector<Axis> stage_axes(const Plan& plan, int index, const std::vector<Axis>& previous,
-                             const std::vector<Trial>& previous_trials, std::string& note);
+// The axes of stage `index`: the previous stage's, narrowed around its best trials if the stage
+// asks, then the stage's own entries (the first stage: its own). `axes_before` and
+// `trials_before` hold the stages before it. `note` tells how they were narrowed (or stays).
+std::vector<Axis> stage_axes(const Plan& plan, int index,
+                             const std::vector<std::vector<Axis>>& axes_before,
+                             const std::vector<std::vector<Trial>>& trials_before,
+                             std::string& note);
 
 // Fills result.best (among trials that ran all their stage's epochs; failing any, the
 // longest-trained of those ASHA stopped early) and result.best_per_stage from `stages`.

@@ -170,9 +170,7 @@ void Search::validate_first_trial(const std::vector<Trial>& trials) {
 std::vector<Trial>& Search::draw_stage(int index) {
   const Stage& stage = plan_.stages[index];
   std::string narrowed_note;
-  const std::vector<Axis> axes =
-      stage_axes(plan_, index, index == 0 ? std::vector<Axis>() : stage_axes_[index - 1],
-                 index == 0 ? std::vector<Trial>() : stages_[index - 1], narrowed_note);
+  const std::vector<Axis> axes = stage_axes(plan_, index, stage_axes_, stages_, narrowed_note);
   stage_axes_.push_back(axes);
   stages_.push_back(draw_trials(stage, axes, index, plan_.seed));
   auto& trials = stages_.back();
