@@ -1,5 +1,6 @@
 // Hyperparameter search (strata/search/search.hpp): sampling, grids, stage narrowing, the explosion
-// abort, ASHA promotions, reproducibility, resume, best.yaml, search.h5 and every bad input.
+// abort, ASHA promotions, reproducibility, resume, best.yaml, search.h5, the journal on its own
+// (strata/search/journal.hpp) and every bad input.
 // Most cases use fake trial runners whose metric is a known function of the parameters and the
 // epoch; a few run the real trainer on a tiny synthetic dataset.
 #define BOOST_TEST_MODULE search
@@ -10,10 +11,12 @@
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <set>
 #include <sstream>
 
 #include "strata/checkpoint.hpp"
+#include "strata/search/journal.hpp"
 #include "strata/search/search.hpp"
 #include "test_support.hpp"
 
@@ -286,6 +289,43 @@ BOOST_AUTO_TEST_CASE(stages_narrow_around_the_best_of_the_previous_stage) {
   BOOST_TEST(result.best_per_stage.size() == 3u);
   // Narrowing towards lr = 1e-2 helps: stage 2's best is at least stage 1's third best.
   BOOST_TEST(result.best_per_stage[1] >= first[2]->metric);
+}
+
+BOOST_AUTO_TEST_CASE(narrowing_integer_axes_keeps_whole_numbers_around_the_best) {
+  const Plan plan = plan_of(
+      "  trials: 3\n  space:\n    data.validation: {log_int: [1, 4096]}\n"
+      "    train.batch_size: {int: [2, 300]}\n");
+  const auto& axes = plan.stages[0].written;
+  std::mt19937 rng(17);
+  for (uint64_t seed = 1; seed <= 200; ++seed) {
+    const auto trials = draw_trials(plan.stages[0], axes, 0, seed);
+    std::vector<const Trial*> best;
+    for (const Trial& t : trials) best.push_back(&t);
+    best.resize(1 + rng() % 3);
+    const double margin = std::uniform_real_distribution<double>(0.05, 1.0)(rng);
+    const auto narrowed = narrow_axes(axes, best, margin);
+    for (std::size_t a = 0; a < axes.size(); ++a) {
+      const Axis& n = narrowed[a];
+      BOOST_TEST_CONTEXT("seed " << seed << ", " << axes[a].path << " " << n.describe()) {
+        BOOST_TEST(n.low == std::floor(n.low));
+        BOOST_TEST(n.high == std::floor(n.high));
+        BOOST_TEST(n.low < n.high);
+        BOOST_TEST(n.low >= axes[a].low);
+        BOOST_TEST(n.high <= axes[a].high);
+        for (const Trial* t : best) {
+          BOOST_TEST(t->values[a].number >= n.low);
+          BOOST_TEST(t->values[a].number <= n.high);
+        }
+      }
+    }
+  }
+  // The log_int hull [8, 32] widened by half its log width on each side: [4, 64].
+  auto trials = draw_trials(plan.stages[0], axes, 0, 3);
+  trials[0].values[0].number = 8;
+  trials[1].values[0].number = 32;
+  const auto narrowed = narrow_axes(axes, {&trials[0], &trials[1]}, 0.5);
+  BOOST_TEST(narrowed[0].low == 4);
+  BOOST_TEST(narrowed[0].high == 64);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -591,6 +631,126 @@ BOOST_AUTO_TEST_CASE(resume_refuses_a_changed_search_and_an_empty_folder) {
   STRATA_CHECK_CONTAINS(
       test::error_of([&] { run_search(test::yaml(fake_experiment(search)), runner, nothing); }),
       "no search to resume");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(journal)
+
+// Trials of a two-axis plan with random results, as a finished stage holds them.
+std::vector<Trial> finished_trials(uint64_t seed) {
+  const Plan plan = plan_of(
+      "  trials: 5\n  space:\n    optimizer.lr: {log_uniform: [1e-6, 1]}\n"
+      "    train.batch_size: {choice: [16, 32, 64]}\n");
+  auto trials = draw_trials(plan.stages[0], plan.stages[0].written, 0, seed);
+  std::mt19937 rng(static_cast<unsigned>(seed));
+  std::uniform_real_distribution<double> unit(0.05, 0.95);
+  for (Trial& t : trials) {
+    t.status = t.index == 3 ? "exploded" : "ok";
+    t.epochs = 2 + static_cast<int64_t>(rng() % 3);
+    t.iterations = 4 * t.epochs;
+    t.seconds = unit(rng);
+    t.initial_loss = 2 + unit(rng);
+    for (int64_t e = 0; e < t.epochs; ++e) t.curves["val_accuracy"].push_back(unit(rng));
+    for (int64_t i = 0; i < t.iterations; ++i) t.curves["iteration_loss"].push_back(unit(rng));
+    t.last["val_accuracy"] = t.curves["val_accuracy"].back();
+    t.last["val_loss"] = unit(rng);
+    t.metric = t.status == "ok" ? t.last["val_accuracy"] : std::nan("");
+    if (t.status == "exploded") t.error = "loss 9.5 > 3 x the first loss 2.3 at iteration 4";
+  }
+  return trials;
+}
+
+BOOST_AUTO_TEST_CASE(recorded_trials_restore_with_their_results_and_curves) {
+  test::TempDir dir;
+  std::vector<std::vector<Trial>> stages = {finished_trials(31)};
+  Journal writer(dir.path(), "val_accuracy", "exp.yaml");
+  BOOST_TEST(!writer.started());
+  for (const Trial& t : stages[0]) writer.record(stages, t);
+  BOOST_TEST(writer.started());
+  BOOST_TEST(journal_lines(writer.path()).size() == 5u);
+
+  Journal reader(dir.path(), "val_accuracy", "exp.yaml");
+  BOOST_TEST(!reader.load());
+  reader.load_curves();
+  for (const Trial& written : stages[0]) {
+    Trial fresh = written;  // as drawn again on resume: same values, no results
+    fresh.status = "pending";
+    fresh.metric = std::nan("");
+    fresh.curves.clear();
+    fresh.last.clear();
+    BOOST_REQUIRE(reader.restore(fresh));
+    BOOST_TEST(fresh.status == written.status);
+    BOOST_TEST(fresh.epochs == written.epochs);
+    BOOST_TEST(fresh.iterations == written.iterations);
+    BOOST_TEST(fresh.error == written.error);
+    BOOST_TEST(
+        (std::isnan(fresh.metric) ? std::isnan(written.metric) : fresh.metric == written.metric));
+    BOOST_TEST(fresh.last.at("val_loss") == written.last.at("val_loss"));
+    BOOST_TEST(fresh.curves.at("val_accuracy") == written.curves.at("val_accuracy"));
+    BOOST_TEST(fresh.curves.at("iteration_loss") == written.curves.at("iteration_loss"));
+  }
+  Trial other = stages[0][0];
+  other.stage = 1;  // never journaled
+  BOOST_TEST(!reader.restore(other));
+  BOOST_TEST(reader.lines("1_0") == nullptr);
+  BOOST_REQUIRE(reader.lines("0_2") != nullptr);
+  BOOST_TEST(reader.lines("0_2")->size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(a_cut_off_last_line_is_dropped_and_the_file_rewritten) {
+  test::TempDir dir;
+  std::vector<std::vector<Trial>> stages = {finished_trials(32)};
+  Journal writer(dir.path(), "val_accuracy", "exp.yaml");
+  for (const Trial& t : stages[0]) writer.record(stages, t);
+  // As after kill -9 in the middle of an append: part of a sixth line.
+  const std::string sixth = writer.line(stages[0][1]).dump();
+  std::ofstream(writer.path(), std::ios::app) << sixth.substr(0, sixth.size() / 2);
+
+  Journal reader(dir.path(), "val_accuracy", "exp.yaml");
+  BOOST_TEST(reader.load());                        // dropped a line
+  const auto lines = journal_lines(reader.path());  // every line parses again
+  BOOST_REQUIRE_EQUAL(lines.size(), 5u);
+  for (std::size_t i = 0; i < lines.size(); ++i) BOOST_TEST(lines[i]["index"] == i);
+  BOOST_TEST(reader.lines("0_1")->size() == 1u);
+  // A second load finds nothing to drop.
+  Journal again(dir.path(), "val_accuracy", "exp.yaml");
+  BOOST_TEST(!again.load());
+}
+
+BOOST_AUTO_TEST_CASE(a_damaged_line_before_the_last_is_an_error_naming_the_line) {
+  test::TempDir dir;
+  std::vector<std::vector<Trial>> stages = {finished_trials(33)};
+  Journal writer(dir.path(), "val_accuracy", "exp.yaml");
+  const std::string first = writer.line(stages[0][0]).dump(),
+                    second = writer.line(stages[0][1]).dump();
+  std::ofstream(dir / "trials.jsonl") << first << "\n"
+                                      << second.substr(0, 9) << "\n"
+                                      << second << "\n";
+  Journal reader(dir.path(), "val_accuracy", "exp.yaml");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { reader.load(); }),
+                        "trials.jsonl:2: not a JSON object");
+  std::ofstream(dir / "trials.jsonl") << first << "\n[1, 2]\n" << second << "\n";
+  Journal list(dir.path(), "val_accuracy", "exp.yaml");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { list.load(); }),
+                        "trials.jsonl:2: expected a trial record with stage and index");
+}
+
+BOOST_AUTO_TEST_CASE(restore_refuses_a_trial_drawn_with_other_values) {
+  test::TempDir dir;
+  std::vector<std::vector<Trial>> stages = {finished_trials(34)};
+  Journal writer(dir.path(), "val_accuracy", "exp.yaml");
+  for (const Trial& t : stages[0]) writer.record(stages, t);
+  Journal reader(dir.path(), "val_accuracy", "exp.yaml");
+  reader.load();
+  Trial changed = stages[0][2];
+  changed.values[0].number *= 1.5;
+  STRATA_CHECK_CONTAINS(test::error_of([&] { reader.restore(changed); }),
+                        "trial 2 of stage 1 was run with optimizer.lr = ");
+  Trial other_choice = stages[0][4];
+  other_choice.values[1].choice = (other_choice.values[1].choice + 1) % 3;
+  STRATA_CHECK_CONTAINS(test::error_of([&] { reader.restore(other_choice); }),
+                        "the search section or its seed changed");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,7 +1,8 @@
 #!/bin/bash
 # `strata search` end to end on synthetic data: the live lines, the files (h5py reads search.h5),
-# kill -9 in the middle and --resume without rerunning finished trials, best.yaml trains, and a
-# bad search section fails before any trial with the file and line.
+# kill -9 in the middle and --resume without rerunning finished trials, a cut-off journal line
+# dropped on resume, best.yaml trains, and a bad search section fails before any trial with the
+# file and line.
 set -u
 : "${STRATA:?}" "${PYTHON:=/usr/bin/python3}"
 work=$(mktemp -d)
@@ -72,6 +73,16 @@ check "not resumed without --resume" '[ $? -ne 0 ] && grep -q -- "--resume" "$wo
 check "resume finishes" '[ $? -eq 0 ] && [ -f "$work/b/best.yaml" ]'
 check "resume reran no finished trial" '[ "$("$PYTHON" -c "import json,sys; ids=[(r[\"stage\"],r[\"index\"]) for r in map(json.loads, open(sys.argv[1]))]; print(len(ids), len(set(ids)))" "$work/b/trials.jsonl")" = "16 16" ]'
 check "resume says so" 'grep -q "resuming: $before trials" "$work/b3.log"'
+
+# A journal line cut short (kill -9 during the append itself): --resume says it dropped it, and
+# reruns that one trial, so every trial is again in the journal exactly once.
+last=$(tail -n 1 "$work/b/trials.jsonl")
+head -n 15 "$work/b/trials.jsonl" >"$work/b/cut.jsonl"
+printf '%s' "${last:0:40}" >>"$work/b/cut.jsonl"
+mv "$work/b/cut.jsonl" "$work/b/trials.jsonl"
+"$STRATA" search "$work/exp.yaml" --out "$work/b" --set search.epochs=6 --resume >"$work/b4.log" 2>&1
+check "a cut-off journal line is dropped" '[ $? -eq 0 ] && grep -q "^note: dropped an incomplete last line of .*trials.jsonl" "$work/b4.log"'
+check "and its trial runs again" '[ "$("$PYTHON" -c "import json,sys; ids=[(r[\"stage\"],r[\"index\"]) for r in map(json.loads, open(sys.argv[1]))]; print(len(ids), len(set(ids)))" "$work/b/trials.jsonl")" = "16 16" ] && grep -q "resuming: 3 trials of this stage" "$work/b4.log"'
 
 # Bad input: exit 1 before any trial, naming file, line and key path.
 sed 's/optimizer.lr: {log_uniform: \[1e-3, 1e3\]/optimizer.lrr: {log_uniform: [1e-3, 1e3]/' "$work/exp.yaml" >"$work/bad.yaml"
