@@ -877,23 +877,6 @@ std::string format_seconds(double seconds) {
   return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
 }
 
-void write_text_atomically(const fs::path& path, const std::string& text) {
-  const fs::path temporary = path.string() + fmt::format(".tmp-{}", ::getpid());
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(temporary, ec);
-      fail("{}: cannot write", path.string());
-    }
-  }
-  std::error_code ec;
-  fs::rename(temporary, path, ec);
-  if (ec) fail("{}: cannot replace: {}", path.string(), ec.message());
-}
-
 void append_and_sync(const fs::path& path, const std::string& line) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
   if (fd < 0) fail("{}: cannot open for appending: {}", path.string(), std::strerror(errno));
@@ -1017,7 +1000,7 @@ void Search::prepare_folder() {
         "--out folder",
         dir.string());
   }
-  write_text_atomically(stored, text);
+  write_file_atomically(stored, text);
   // How each key path is distributed, for tools that read the search without a YAML parser
   // (strata-plot draws log-distributed parameters on log axes).
   json space = json::object();
@@ -1026,7 +1009,7 @@ void Search::prepare_folder() {
       space[axis.path] = {{"log", axis.is_log()}, {"name", axis.name}, {"distribution", axis.describe()}};
     }
   }
-  write_text_atomically(dir / "search.json", json{{"space", space}}.dump(2) + "\n");
+  write_file_atomically(dir / "search.json", json{{"space", space}}.dump(2) + "\n");
 }
 
 void Search::load_journal() {
@@ -1060,7 +1043,7 @@ void Search::load_journal() {
   if (truncated) {
     std::string text;
     for (const auto& kept : good) text += kept + "\n";
-    write_text_atomically(journal_, text);
+    write_file_atomically(journal_, text);
     say(fmt::format("note: dropped an incomplete last line of {}", journal_.string()));
   }
   if (fs::exists(curves_)) stored_curves_ = read_hdf5_series(curves_, "/trials");
@@ -1676,7 +1659,7 @@ SearchResult Search::run() {
       experiment_.source_file(), best.stage + 1, best.index, plan_.metric, best.metric, best.epochs,
       fmt::join(values, ", "));
   result.best_yaml = options_.out_dir / "best.yaml";
-  write_text_atomically(result.best_yaml, header + winner.dump());
+  write_file_atomically(result.best_yaml, header + winner.dump());
   std::vector<std::string> per_stage;
   for (std::size_t s = 0; s < result.best_per_stage.size(); ++s) {
     per_stage.push_back(fmt::format("stage {} {:.6f}", s + 1, result.best_per_stage[s]));
