@@ -6,6 +6,7 @@
 #include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -355,6 +356,19 @@ BOOST_AUTO_TEST_CASE(typo_anywhere_fails_before_training) {
   STRATA_CHECK_CONTAINS(test::error_of([&] { run(kSmallExperiment, dir.path(), false, {{"optimiser", "{type: sgd}"}}); }),
                  "unknown key 'optimiser'");
   BOOST_TEST(!fs::exists(dir / "model.h5"));
+}
+
+// summary.json is real JSON whatever the output folder is called (it was formatted by hand,
+// without escaping, so a quote or a backslash in the path broke it).
+BOOST_AUTO_TEST_CASE(summary_json_escapes_the_paths_it_names) {
+  test::TempDir dir;
+  const fs::path out = dir / "a \"quoted\" \\ folder";
+  run(kSmallExperiment, out, false,
+      {{"data.train_size", "400"}, {"data.validation", "100"}, {"train.epochs", "1"}});
+  const nlohmann::json summary = nlohmann::json::parse(read_text(out / "summary.json"));
+  BOOST_TEST(summary.at("checkpoint").get<std::string>() == (out / "model.h5").string());
+  BOOST_TEST(summary.at("epochs").get<int>() == 1);
+  BOOST_TEST(summary.at("history").at("train_loss").size() == 1u);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
