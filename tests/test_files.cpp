@@ -159,6 +159,41 @@ BOOST_AUTO_TEST_CASE(an_existing_non_regular_output_is_refused) {
 
 BOOST_AUTO_TEST_SUITE_END()
 
+// write_file_atomically: the one writer of whole text files (summary.json, a search's journal).
+BOOST_AUTO_TEST_SUITE(atomic_text_file)
+
+BOOST_AUTO_TEST_CASE(replaces_the_file_whole_and_leaves_no_temporary) {
+  test::TempDir dir;
+  std::mt19937 draw(std::random_device{}());
+  std::string first(1 + draw() % 5000, 'a'), second(1 + draw() % 5000, 'b');
+  for (char& c : first) c = static_cast<char>(draw());  // any bytes, NUL included
+  write_file_atomically(dir / "out.txt", first);
+  BOOST_TEST((read_bytes(dir / "out.txt") == first));
+  write_file_atomically(dir / "out.txt", second);
+  BOOST_TEST((read_bytes(dir / "out.txt") == second));
+  for (const auto& entry : fs::directory_iterator(dir.path())) {
+    BOOST_TEST(entry.path().filename() == "out.txt");
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_failure_names_the_file_and_the_reason_and_keeps_the_old_one) {
+  test::TempDir dir;
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { write_file_atomically(dir / "no/such/x.json", "{}"); }),
+      "no/such/x.json: cannot write: No such file or directory");
+  // A folder in the way of the rename: the old content stays, no temporary is left.
+  fs::create_directory(dir / "taken");
+  std::ofstream(dir / "taken" / "inside") << "keep";
+  STRATA_CHECK_CONTAINS(test::error_of([&] { write_file_atomically(dir / "taken", "new"); }),
+                        "taken: cannot replace: ");
+  BOOST_TEST(fs::is_directory(dir / "taken"));
+  for (const auto& entry : fs::directory_iterator(dir.path())) {
+    BOOST_TEST(entry.path().filename().string().find(".tmp-") == std::string::npos);
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
 BOOST_AUTO_TEST_SUITE(signals)
 
 BOOST_AUTO_TEST_CASE(a_signal_removes_the_registered_temporary_file_and_ends_the_process) {

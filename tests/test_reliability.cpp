@@ -14,6 +14,7 @@
 #include <fstream>
 #include <limits>
 #include <random>
+#include <sstream>
 
 #include "strata/training/checks.hpp"
 #include "strata/checkpoint.hpp"
@@ -92,6 +93,27 @@ void set_integer_attribute(const fs::path& file, const char* group, const char* 
   BOOST_REQUIRE(a >= 0);
   BOOST_REQUIRE(H5Awrite(a, H5T_NATIVE_INT64, &value) >= 0);
   H5Aclose(a);
+  H5Gclose(g);
+  H5Fclose(f);
+  reseal_hdf5_file(file);
+}
+
+// Replaces a string attribute (variable-length UTF-8, as the checkpoint writes them).
+void set_string_attribute(const fs::path& file, const char* group, const char* name,
+                          const std::string& value) {
+  hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  hid_t g = H5Gopen2(f, group, H5P_DEFAULT);
+  BOOST_REQUIRE(H5Adelete(g, name) >= 0);
+  hid_t type = H5Tcopy(H5T_C_S1);
+  H5Tset_size(type, H5T_VARIABLE);
+  H5Tset_cset(type, H5T_CSET_UTF8);
+  hid_t space = H5Screate(H5S_SCALAR);
+  hid_t a = H5Acreate2(g, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+  const char* text = value.c_str();
+  BOOST_REQUIRE(H5Awrite(a, type, &text) >= 0);
+  H5Aclose(a);
+  H5Sclose(space);
+  H5Tclose(type);
   H5Gclose(g);
   H5Fclose(f);
   reseal_hdf5_file(file);
@@ -331,6 +353,23 @@ BOOST_AUTO_TEST_CASE(stopped_mid_epoch_and_resumed_is_bit_identical) {
     BOOST_TEST(a->history.at(metric) == b->history.at(metric), metric);
   }
   BOOST_TEST(!b->partial.has_value());
+}
+
+// The order of an epoch comes from (seed, epoch), not from the generator; a checkpoint stopped
+// mid-epoch says so. One written before (its epoch_rng_state a std::mt19937, whose std::shuffle
+// drew the order) cannot finish its epoch in the same order, so its resume is refused by name.
+BOOST_AUTO_TEST_CASE(a_mid_epoch_checkpoint_shuffled_by_std_shuffle_is_refused) {
+  test::TempDir dir;
+  BOOST_TEST(run_until(dir.path(), 7, false).interrupted);
+  const auto state = load_checkpoint_training_state(dir / "model.h5");
+  BOOST_TEST_REQUIRE(state->partial.has_value());
+  BOOST_TEST(state->partial->rng_state == "order: strata::Stream(seed, epoch)");
+  std::ostringstream old_generator;
+  old_generator << std::mt19937(std::random_device{}());
+  set_string_attribute(dir / "model.h5", "/training", "epoch_rng_state", old_generator.str());
+  STRATA_CHECK_CONTAINS(test::error_of([&] { run_until(dir.path(), -1, true); }),
+                        "was interrupted in epoch 1 by a Strata that shuffled the batches with "
+                        "std::shuffle");
 }
 
 BOOST_AUTO_TEST_CASE(a_stop_in_the_last_step_ends_the_epoch_first) {

@@ -6,11 +6,17 @@
 #include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
 #include <sstream>
 
 #include "strata/checkpoint.hpp"
 #include "strata/graph.hpp"
 #include "strata/plugin.hpp"
+#include "strata/random.hpp"
+#include "strata/training/data_loader.hpp"
+#include "strata/training/hooks.hpp"
 #include "strata/training/trainer.hpp"
 #include "test_support.hpp"
 
@@ -350,6 +356,172 @@ BOOST_AUTO_TEST_CASE(typo_anywhere_fails_before_training) {
   STRATA_CHECK_CONTAINS(test::error_of([&] { run(kSmallExperiment, dir.path(), false, {{"optimiser", "{type: sgd}"}}); }),
                  "unknown key 'optimiser'");
   BOOST_TEST(!fs::exists(dir / "model.h5"));
+}
+
+// summary.json is real JSON whatever the output folder is called (it was formatted by hand,
+// without escaping, so a quote or a backslash in the path broke it).
+BOOST_AUTO_TEST_CASE(summary_json_escapes_the_paths_it_names) {
+  test::TempDir dir;
+  const fs::path out = dir / "a \"quoted\" \\ folder";
+  run(kSmallExperiment, out, false,
+      {{"data.train_size", "400"}, {"data.validation", "100"}, {"train.epochs", "1"}});
+  const nlohmann::json summary = nlohmann::json::parse(read_text(out / "summary.json"));
+  BOOST_TEST(summary.at("checkpoint").get<std::string>() == (out / "model.h5").string());
+  BOOST_TEST(summary.at("epochs").get<int>() == 1);
+  BOOST_TEST(summary.at("history").at("train_loss").size() == 1u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The loop's seam (strata/training/hooks.hpp): a hook added through TrainOptions::hooks sees every
+// event in order, after the built-in hooks and the search's callbacks.
+BOOST_AUTO_TEST_SUITE(hooks)
+
+// Writes one line per event: "loss 1.3" is on_loss at epoch 1, step 3.
+class RecordingHook : public TrainingHook {
+ public:
+  explicit RecordingHook(std::vector<std::string>& log, fs::path checkpoint)
+      : log_(log), checkpoint_(std::move(checkpoint)) {}
+  void on_run_start(const RunStartEvent& e) override {
+    log_.push_back(fmt::format("start {} {}", e.epochs, e.steps_per_epoch));
+    BOOST_TEST(std::isfinite(e.initial_loss));
+  }
+  void on_loss(const StepEvent& e) override { step("loss", e); }
+  void on_backward(const StepEvent& e) override { step("backward", e); }
+  void on_gradients(const StepEvent& e) override { step("gradients", e); }
+  void on_step(const StepEvent& e) override {
+    step("step", e);
+    BOOST_TEST(e.seen == std::min<int64_t>(e.step * 64, 300));  // 300 training images
+    BOOST_TEST(e.loss_sum > 0);
+  }
+  void on_epoch_end(const EpochReport& r) override {
+    log_.push_back(fmt::format("epoch {}", r.epoch));
+    // The checkpoint hook saved this epoch before any later hook saw it.
+    BOOST_TEST(load_checkpoint_training_state(checkpoint_)->epoch == r.epoch);
+  }
+  void on_run_end(const RunEndEvent& e) override {
+    log_.push_back(fmt::format("end {}", e.interrupted));
+    BOOST_TEST(e.summary.epochs == 2);
+  }
+
+ private:
+  void step(const char* what, const StepEvent& e) {
+    log_.push_back(fmt::format("{} {}.{}", what, e.epoch, e.step));
+    BOOST_TEST(e.iteration == (e.epoch - 1) * 5 + e.step);
+    BOOST_TEST(std::isfinite(e.loss));
+  }
+  std::vector<std::string>& log_;
+  fs::path checkpoint_;
+};
+
+BOOST_AUTO_TEST_CASE(a_hook_sees_every_event_in_order) {
+  test::TempDir dir;
+  Config config = Config::parse_string(kSmallExperiment, "small.yaml");
+  for (const auto& [key, value] :
+       std::vector<std::pair<std::string, std::string>>{{"data.train_size", "400"},
+                                                        {"data.validation", "100"},
+                                                        {"data.test_size", "50"},
+                                                        {"train.epochs", "2"},
+                                                        {"train.batch_size", "64"}}) {
+    config.set(key, value);
+  }
+  std::vector<std::string> log;
+  TrainOptions options;
+  options.out_dir = dir.path();
+  options.progress = "none";
+  options.on_iteration = [&](const IterationReport& r) {
+    log.push_back(fmt::format("on_iteration {}", r.iteration));
+  };
+  options.hooks.push_back(std::make_shared<RecordingHook>(log, dir / "model.h5"));
+  const TrainSummary summary = train_experiment(
+      config, test::registries(), options,
+      [&](const EpochReport& r) { log.push_back(fmt::format("on_epoch {}", r.epoch)); });
+  std::vector<std::string> expected = {"start 2 5"};
+  for (int epoch = 1; epoch <= 2; ++epoch) {
+    for (int step = 1; step <= 5; ++step) {  // 300 images in batches of 64
+      expected.push_back(fmt::format("on_iteration {}", (epoch - 1) * 5 + step));
+      for (const char* what : {"loss", "backward", "gradients", "step"}) {
+        expected.push_back(fmt::format("{} {}.{}", what, epoch, step));
+      }
+    }
+    expected.push_back(fmt::format("on_epoch {}", epoch));
+    expected.push_back(fmt::format("epoch {}", epoch));
+  }
+  expected.push_back("end false");
+  BOOST_TEST(log == expected, boost::test_tools::per_element());
+  BOOST_TEST(summary.iterations == 10);
+}
+
+// A hook that throws in on_loss ends the run before that step changes anything: the exception
+// leaves train_experiment unchanged and no checkpoint or summary is written.
+BOOST_AUTO_TEST_CASE(a_hook_that_throws_stops_the_run_before_the_step) {
+  struct Abort : std::runtime_error {
+    using std::runtime_error::runtime_error;
+  };
+  class AbortAtThree : public TrainingHook {
+   public:
+    void on_loss(const StepEvent& e) override {
+      if (e.iteration == 3) throw Abort("stop at 3");
+    }
+    void on_step(const StepEvent& e) override { steps_taken = e.iteration; }
+    int64_t steps_taken = 0;
+  };
+  test::TempDir dir;
+  Config config = Config::parse_string(kSmallExperiment, "small.yaml");
+  config.set("data.train_size", "400");
+  config.set("data.validation", "100");
+  TrainOptions options;
+  options.out_dir = dir.path();
+  options.progress = "none";
+  auto hook = std::make_shared<AbortAtThree>();
+  options.hooks.push_back(hook);
+  BOOST_CHECK_THROW(train_experiment(config, test::registries(), options), Abort);
+  BOOST_TEST(hook->steps_taken == 2);
+  BOOST_TEST(!fs::exists(dir / "model.h5"));
+  BOOST_TEST(!fs::exists(dir / "summary.json"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The epoch's batch order (epoch_order) comes from strata::Stream, so it is the same with every
+// standard library: only std::mt19937_64's output, which the standard fixes, goes into it.
+BOOST_AUTO_TEST_SUITE(epoch_order_is_deterministic)
+
+BOOST_AUTO_TEST_CASE(the_engine_is_the_standard_one) {
+  std::mt19937_64 engine;  // [rand.predef]: the 10000th output of a default-constructed engine
+  engine.discard(9999);
+  BOOST_TEST(engine() == 9981545732273789042ull);
+}
+
+BOOST_AUTO_TEST_CASE(same_seed_and_epoch_same_order) {
+  std::mt19937 draw(20261204);
+  for (int trial = 0; trial < 20; ++trial) {
+    const uint32_t seed = draw();
+    const int64_t epoch = draw() % 100, rows = 1 + draw() % 500;
+    const std::vector<int64_t> order = epoch_order(seed, epoch, rows);
+    BOOST_TEST((order == epoch_order(seed, epoch, rows)));
+    std::vector<int64_t> sorted = order;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<int64_t> rows_in_order(static_cast<std::size_t>(rows));
+    std::iota(rows_in_order.begin(), rows_in_order.end(), 0);
+    BOOST_TEST((sorted == rows_in_order));  // a permutation
+    BOOST_TEST((epoch_order(seed, epoch, rows, false) == rows_in_order));
+    if (rows >= 20) {
+      BOOST_TEST((order != epoch_order(seed, epoch + 1, rows)));
+      BOOST_TEST((order != epoch_order(seed + 1, epoch, rows)));
+    }
+  }
+}
+
+// The expected orders come from an independent Python implementation of std::mt19937_64 (which
+// reproduces the standard's 10000th value), splitmix64 and the Fisher-Yates loop of Stream.
+BOOST_AUTO_TEST_CASE(orders_match_an_independent_implementation) {
+  BOOST_TEST(epoch_order(3, 0, 10) == (std::vector<int64_t>{8, 1, 4, 9, 6, 5, 2, 3, 0, 7}),
+             boost::test_tools::per_element());
+  BOOST_TEST(epoch_order(3, 1, 10) == (std::vector<int64_t>{4, 0, 7, 8, 6, 3, 5, 9, 2, 1}),
+             boost::test_tools::per_element());
+  BOOST_TEST(epoch_order(7, 0, 10) == (std::vector<int64_t>{0, 5, 3, 6, 4, 1, 9, 7, 8, 2}),
+             boost::test_tools::per_element());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

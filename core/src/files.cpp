@@ -16,6 +16,47 @@ namespace strata {
 
 namespace fs = std::filesystem;
 
+// ---- atomic text files ----
+
+void write_file_atomically(const fs::path& path, std::string_view text) {
+  const fs::path temporary = path.string() + temporary_suffix();
+  const TemporaryFile registered(temporary);
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail("{}: cannot write: {}", path.string(), std::strerror(errno));
+  std::size_t written = 0;
+  int error = 0;
+  while (written < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + written, text.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      error = n < 0 ? errno : EIO;
+      break;
+    }
+    written += static_cast<std::size_t>(n);
+  }
+  if (error == 0 && ::fsync(fd) != 0) error = errno;
+  if (::close(fd) != 0 && error == 0) error = errno;
+  if (error != 0) {
+    ::unlink(temporary.c_str());
+    fail("{}: cannot write: {}", path.string(), std::strerror(error));
+  }
+  if (::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int rename_error = errno;  // before unlink() can change it
+    ::unlink(temporary.c_str());
+    fail("{}: cannot replace: {}", path.string(), std::strerror(rename_error));
+  }
+  // The rename is durable once the folder is synced.
+  const fs::path folder = path.has_parent_path() ? path.parent_path() : fs::path(".");
+  const int folder_fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (folder_fd < 0 || ::fsync(folder_fd) != 0) {
+    const int sync_error = errno;
+    if (folder_fd >= 0) ::close(folder_fd);
+    fail("{}: written, but cannot sync the folder {}: {}", path.string(), folder.string(),
+         std::strerror(sync_error));
+  }
+  ::close(folder_fd);
+}
+
 // ---- the output folder's lock ----
 
 std::string temporary_suffix() { return fmt::format(".tmp-{}", ::getpid()); }

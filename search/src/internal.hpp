@@ -55,7 +55,5 @@ std::string value_display(const Axis& axis, const Value& value);
 nlohmann::json value_json(const Axis& axis, const Value& value);
 nlohmann::json number_json(double value);  // null for NaN and Inf
 
-// journal.cpp: replaces `path` with `text` (through "<path>.tmp-<pid>", then a rename).
-void write_text_atomically(const std::filesystem::path& path, const std::string& text);
 
 }  // namespace strata::search

@@ -14,28 +14,12 @@
 #include "internal.hpp"
 #include "strata/checkpoint.hpp"
 #include "strata/error.hpp"
+#include "strata/files.hpp"
 
 namespace strata::search {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-void write_text_atomically(const fs::path& path, const std::string& text) {
-  const fs::path temporary = path.string() + fmt::format(".tmp-{}", ::getpid());
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(temporary, ec);
-      fail("{}: cannot write", path.string());
-    }
-  }
-  std::error_code ec;
-  fs::rename(temporary, path, ec);
-  if (ec) fail("{}: cannot replace: {}", path.string(), ec.message());
-}
 
 namespace {
 
@@ -101,7 +85,7 @@ bool Journal::load() {
   if (truncated) {
     std::string text;
     for (const auto& kept : good) text += kept + "\n";
-    write_text_atomically(path_, text);
+    write_file_atomically(path_, text);
   }
   return truncated;
 }

@@ -201,7 +201,7 @@ fs::path write_best_yaml(const Plan& plan, const Config& experiment, const Trial
       experiment.source_file(), best.stage + 1, best.index, plan.metric, best.metric, best.epochs,
       fmt::join(assignments(best), ", "));
   const fs::path path = out_dir / "best.yaml";
-  write_text_atomically(path, header + winner.dump());
+  write_file_atomically(path, header + winner.dump());
   return path;
 }
 

@@ -116,7 +116,7 @@ void Search::prepare_folder() {
         "--out folder",
         dir.string());
   }
-  write_text_atomically(stored, text);
+  write_file_atomically(stored, text);
   // How each key path is distributed, for tools that read the search without a YAML parser
   // (strata-plot draws log-distributed parameters on log axes).
   json space = json::object();
@@ -125,7 +125,7 @@ void Search::prepare_folder() {
       space[axis.path] = {{"log", axis.is_log()}, {"name", axis.name}, {"distribution", axis.describe()}};
     }
   }
-  write_text_atomically(dir / "search.json", json{{"space", space}}.dump(2) + "\n");
+  write_file_atomically(dir / "search.json", json{{"space", space}}.dump(2) + "\n");
 }
 
 void Search::validate_first_trial(const std::vector<Trial>& trials) {

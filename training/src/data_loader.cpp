@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <optional>
 
 #include "strata/error.hpp"
@@ -20,6 +21,16 @@ namespace {
 constexpr std::size_t kSamplesPerTask = 16;
 
 }  // namespace
+
+std::vector<int64_t> epoch_order(uint32_t seed, int64_t epoch, int64_t rows, bool shuffle) {
+  std::vector<int64_t> order(static_cast<std::size_t>(rows));
+  std::iota(order.begin(), order.end(), 0);
+  if (shuffle) {
+    Stream stream(seed, kEpochOrderStream + static_cast<uint64_t>(epoch));
+    stream.shuffle(order.begin(), order.end());
+  }
+  return order;
+}
 
 Rng sample_rng(uint32_t seed, int64_t epoch, int64_t row) {
   uint64_t h = splitmix64(seed);

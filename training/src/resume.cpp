@@ -66,7 +66,10 @@ std::string without_indices(const std::string& path) {
 
 }  // namespace
 
-bool resume_may_change(const std::string& key_path) {
+namespace {
+
+// The one list (docs_lint.py checks the docs' <!-- resume-keys --> lists against it).
+const std::vector<std::string>& resume_keys() {
   // More (or, down to the epochs already done, fewer) epochs; how many threads and which backend
   // compute the same model; how often to save; how large the evaluation batches are; how much of
   // the test split the final evaluation uses; where plugins are loaded from.
@@ -76,8 +79,24 @@ bool resume_may_change(const std::string& key_path) {
       // What the run records and how watchfully, not what it computes (docs/training.md).
       "train.log_every", "train.diagnostics_every", "train.explode_factor",
       "train.early_stopping.patience"};
-  const std::string key = without_indices(key_path);
-  return std::find(kAllowed.begin(), kAllowed.end(), key) != kAllowed.end();
+  return kAllowed;
+}
+
+}  // namespace
+
+bool resume_may_change(const std::string& key_path) {
+  const std::vector<std::string>& keys = resume_keys();
+  return std::find(keys.begin(), keys.end(), without_indices(key_path)) != keys.end();
+}
+
+std::string resume_may_change_text() {
+  std::vector<std::string> keys;
+  for (const std::string& key : resume_keys()) {
+    if (!key.ends_with("[]")) keys.push_back(key);
+  }
+  const std::string last = keys.back();
+  keys.pop_back();
+  return fmt::format("{} and {}", fmt::join(keys, ", "), last);
 }
 
 std::vector<std::string> experiment_differences(const std::string& saved,

@@ -1,9 +1,8 @@
+// train_experiment: the setup, in named steps (prepare_output, check_model_fits_data, load_data,
+// preprocess, restore_or_start, initial_loss_check), then train_loop, a short loop over epochs
+// and steps that emits the events of strata/training/hooks.hpp. The concerns around it are the
+// built-in hooks (builtin_hooks(), one file each, sharing the Run of loop.hpp).
 #include "strata/training/trainer.hpp"
-
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
 
 #include <algorithm>
 #include <chrono>
@@ -17,20 +16,21 @@
 #include <sstream>
 #include <utility>
 
+#include "loop.hpp"
 #include "strata/backend.hpp"
 #include "strata/checkpoint.hpp"
-#include "strata/training/data_loader.hpp"
 #include "strata/dataset.hpp"
-#include "strata/training/diagnostics.hpp"
 #include "strata/file_check.hpp"
 #include "strata/files.hpp"
-#include "strata/training/gradient_clipping.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
-#include "strata/training/checks.hpp"
-#include "strata/training/experiment.hpp"
 #include "strata/plugin_records.hpp"
+#include "strata/training/checks.hpp"
+#include "strata/training/data_loader.hpp"
+#include "strata/training/diagnostics.hpp"
+#include "strata/training/experiment.hpp"
+#include "strata/training/gradient_clipping.hpp"
 
 namespace strata {
 
@@ -46,7 +46,6 @@ double seconds_since(Clock::time_point start) {
 
 struct Data {
   Split train, val, test;
-  std::vector<std::shared_ptr<Transform>> transforms;
 };
 
 int64_t count_correct(const Tensor& logits, std::span<const int32_t> labels) {
@@ -82,111 +81,6 @@ Evaluation evaluate(Graph& graph, Loss& loss, Context& context, const Split& spl
   return {total_loss / n, static_cast<double>(correct) / n};
 }
 
-// A progress bar redrawn in place on a terminal, or plain lines (at most one every 10 s).
-class Progress {
- public:
-  Progress(const std::string& mode, int64_t epochs, int64_t steps)
-      : epochs_(epochs), steps_(steps) {
-    const bool tty = ::isatty(::fileno(stdout)) != 0;
-    bar_ = mode == "bar" || (mode == "auto" && tty);
-    quiet_ = mode == "none";
-  }
-
-  void step(int64_t epoch, int64_t step, double loss, double accuracy, double images_per_second) {
-    if (quiet_) return;
-    const auto now = Clock::now();
-    const double since = std::chrono::duration<double>(now - last_).count();
-    if (bar_) {
-      if (since < 0.1 && step != steps_) return;
-      constexpr int kWidth = 24;
-      const int filled = static_cast<int>(kWidth * step / std::max<int64_t>(steps_, 1));
-      std::printf("\r\033[Kepoch %lld/%lld [%s%s] %lld/%lld  loss %.4f  acc %.4f  %.0f img/s",
-                  static_cast<long long>(epoch), static_cast<long long>(epochs_),
-                  std::string(filled, '=').c_str(), std::string(kWidth - filled, ' ').c_str(),
-                  static_cast<long long>(step), static_cast<long long>(steps_), loss, accuracy,
-                  images_per_second);
-      std::fflush(stdout);
-    } else {
-      if (since < 10.0) return;
-      std::printf("epoch %lld/%lld  step %lld/%lld  loss %.4f  acc %.4f  %.0f img/s\n",
-                  static_cast<long long>(epoch), static_cast<long long>(epochs_),
-                  static_cast<long long>(step), static_cast<long long>(steps_), loss, accuracy,
-                  images_per_second);
-      std::fflush(stdout);
-    }
-    last_ = now;
-  }
-
-  // A line of its own (a warning, a sanity check), also in bar mode.
-  void note(const std::string& text) {
-    if (quiet_) return;
-    if (bar_) std::printf("\r\033[K");
-    std::printf("%s\n", text.c_str());
-    std::fflush(stdout);
-  }
-
-  void epoch_done(const EpochReport& r) {
-    if (quiet_) return;
-    if (bar_) std::printf("\r\033[K");
-    std::string val = std::isnan(r.val_loss)
-                          ? std::string()
-                          : fmt::format("  val loss {:.4f} acc {:.4f}", r.val_loss, r.val_accuracy);
-    const std::string reg = r.train_regularization > 0
-                                ? fmt::format(" (+{:.4f} reg)", r.train_regularization)
-                                : std::string();
-    std::printf("epoch %lld/%lld  train loss %.4f%s acc %.4f%s  lr %.4g  %.1fs  %.0f img/s\n",
-                static_cast<long long>(r.epoch), static_cast<long long>(r.epochs), r.train_loss,
-                reg.c_str(), r.train_accuracy, val.c_str(), r.lr, r.seconds, r.images_per_second);
-    std::fflush(stdout);
-    last_ = Clock::now();
-  }
-
- private:
-  int64_t epochs_, steps_;
-  bool bar_ = false, quiet_ = false;
-  Clock::time_point last_ = Clock::now();
-};
-
-// Writes through POSIX calls so that a failure keeps its errno text ("No space left on device").
-void write_file_atomically(const fs::path& path, const std::string& text) {
-  const fs::path temporary = path.string() + fmt::format(".tmp-{}", ::getpid());
-  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail("{}: cannot write: {}", path.string(), std::strerror(errno));
-  std::size_t written = 0;
-  int error = 0;
-  while (written < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + written, text.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      error = n < 0 ? errno : EIO;
-      break;
-    }
-    written += static_cast<std::size_t>(n);
-  }
-  if (error == 0 && ::fsync(fd) != 0) error = errno;
-  if (::close(fd) != 0 && error == 0) error = errno;
-  if (error != 0) {
-    ::unlink(temporary.c_str());
-    fail("{}: cannot write: {}", path.string(), std::strerror(error));
-  }
-  if (::rename(temporary.c_str(), path.c_str()) != 0) {
-    const int rename_error = errno;  // before unlink() can change it
-    ::unlink(temporary.c_str());
-    fail("{}: cannot replace: {}", path.string(), std::strerror(rename_error));
-  }
-}
-
-std::string json_number(double value) {
-  if (!std::isfinite(value)) return "null";
-  return fmt::format("{}", value);
-}
-
-std::string json_list(const std::vector<double>& values) {
-  std::vector<std::string> items;
-  for (double v : values) items.push_back(json_number(v));
-  return fmt::format("[{}]", fmt::join(items, ", "));
-}
-
 // The files a run writes in its output folder (each atomically, through "<name>.tmp-<pid>"); any
 // of them there means the folder holds a run.
 const std::vector<std::string> kRunFiles = {"model.h5", "best.h5", "summary.json"};
@@ -199,12 +93,6 @@ std::vector<fs::path> run_files_in(const fs::path& out_dir) {
   }
   return found;
 }
-
-// The per-epoch metrics the trainer records in /history (a resume checks each is whole).
-// The per-epoch history series; a resume checks that each holds one value per completed epoch.
-const std::string kHistorySeries[] = {"train_loss", "train_regularization", "train_accuracy",
-                                      "val_loss",   "val_accuracy",         "lr",
-                                      "epoch_seconds", "images_per_second"};
 
 // Before any data is loaded: a resume needs a checkpoint, written by this same experiment.
 void check_resumable(const fs::path& checkpoint, const std::string& experiment_yaml, bool force) {
@@ -227,13 +115,10 @@ void check_resumable(const fs::path& checkpoint, const std::string& experiment_y
                 fmt::format("{}", fmt::join(refused, "\n  ")).c_str());
     return;
   }
-  fail("--resume: the experiment differs from the one that wrote {} (its /experiment):\n  {}\n"
-       "Resume may change only train.epochs, threads, backend, checkpoint.every, "
-       "train.eval_batch_size, data.test_limit, plugins, train.log_every, "
-       "train.diagnostics_every, train.explode_factor and train.early_stopping.patience. Use "
-       "another --out for a new run, or "
-       "--force to resume anyway",
-       checkpoint.string(), fmt::join(refused, "\n  "));
+  fail(
+      "--resume: the experiment differs from the one that wrote {} (its /experiment):\n  {}\n"
+      "Resume may change only {}. Use another --out for a new run, or --force to resume anyway",
+      checkpoint.string(), fmt::join(refused, "\n  "), resume_may_change_text());
 }
 
 }  // namespace
@@ -306,118 +191,90 @@ void load_finetuning_weights(Graph& graph, const TrainOptions& options, const fs
 
 }  // namespace
 
+namespace {
 
-TrainSummary train_experiment(const Config& experiment, const Registries& registries,
-                              const TrainOptions& options,
-                              const std::function<void(const EpochReport&)>& on_epoch) {
-  // ---- Read the whole experiment before doing any work. ----
-  Experiment run = Experiment::read(experiment, registries);
-  const uint32_t seed = run.seed;
-  const std::string& backend_name = run.backend_name;
-  const std::shared_ptr<Backend>& backend = run.backend;
-  const Config train_cfg = experiment.at("train");
-  const int64_t epochs = run.train.epochs;
-  const int64_t batch_size = run.train.batch_size;
-  const int64_t eval_batch = run.train.eval_batch_size;
-  const bool shuffle = run.train.shuffle;
-  const int64_t log_every = run.train.log_every;
-  const int64_t diagnostics_every = run.train.diagnostics_every;
-  const int64_t overfit = run.train.overfit;
-  const double explode_factor = run.train.explode_factor;
-  const GradientClipping clipping = run.train.clipping;
-  const Config& data_cfg = run.data_config;
-  const int64_t validation_key = run.data.validation;
-  const int64_t validation = run.validation;
-  const int64_t train_limit = run.data.train_limit;
-  const int64_t test_limit = run.data.test_limit;
-  std::vector<std::shared_ptr<Transform>> transforms = run.data.preprocess;
-  std::vector<std::shared_ptr<Transform>> augment = run.data.augment;
-  const std::shared_ptr<Dataset>& dataset = run.dataset;
-  const std::optional<EarlyStopping>& early_stopping = run.train.early_stopping;
-  Rng& rng = run.rng;
-  Graph& graph = *run.graph;
-  const std::shared_ptr<Loss>& loss = run.loss;
-  const std::string& loss_type = run.loss_type;
-  const std::shared_ptr<Schedule>& schedule = run.schedule;
-  const std::shared_ptr<Optimizer>& optimizer = run.optimizer;
-  const std::string& advice = run.divergence_advice;
-  const int64_t checkpoint_every = run.checkpoint.every;
-  const std::string& best_metric = run.checkpoint.best_metric;
-  const std::string& experiment_yaml = run.yaml;
-  const std::vector<ParamRef> params = graph.params();
+using training_loop::Progress;
+using training_loop::Run;
 
-  const fs::path out_dir = options.out_dir;
-  const fs::path checkpoint_path = out_dir / "model.h5";
-  const bool resuming = options.resume;
-  // The lock creates the folder, proves it writable and keeps other runs out; a validate-only
-  // call (strata search checking a trial's experiment) writes nothing and takes none.
-  std::optional<OutputLock> lock;
-  if (!options.validate_only) lock.emplace(out_dir, kRunFiles);
-  if (resuming) check_resumable(checkpoint_path, experiment_yaml, options.force);
-  const std::vector<fs::path> previous_run =
-      options.validate_only || resuming ? std::vector<fs::path>{} : run_files_in(out_dir);
+// ---- Setup: named steps, in the order train_experiment takes them. ----
+
+// The lock creates the folder, proves it writable and keeps other runs out (a validate-only call,
+// strata search checking a trial's experiment, writes nothing and takes none). A resume needs
+// this experiment's checkpoint; a new run refuses a folder holding a run unless --overwrite.
+// Returns the previous run's files that --overwrite deletes once the data is loaded.
+std::vector<fs::path> prepare_output(const Run& run, std::optional<OutputLock>& lock) {
+  const TrainOptions& options = run.options;
+  if (!options.validate_only) lock.emplace(options.out_dir, kRunFiles);
+  if (options.resume) check_resumable(run.checkpoint_path, run.experiment.yaml, options.force);
+  if (options.validate_only || options.resume) return {};
+  std::vector<fs::path> previous_run = run_files_in(options.out_dir);
   if (!previous_run.empty() && !options.overwrite) {
     std::vector<std::string> names;
     for (const fs::path& file : previous_run) names.push_back(file.filename().string());
     fail(
         "{}: already holds a run ({}); continue it with --resume, start it over with "
         "--overwrite (which deletes them), or choose another --out",
-        out_dir.string(), fmt::join(names, ", "));
+        options.out_dir.string(), fmt::join(names, ", "));
   }
+  return previous_run;
+}
 
-  // ---- Shapes through the transforms: the dataset's, after preprocess, after augment. ----
-  Shape sample = dataset->sample_shape();
-  for (auto& transform : transforms) {
-    transform->setup(sample);
-    sample = transform->output_shape(sample);
-  }
-  const Shape preprocessed_sample = sample;
-  for (auto& transform : augment) {
-    transform->setup(sample);
-    sample = transform->output_shape(sample);
+// Before any data is loaded: the dataset's images, through data.preprocess and data.augment, are
+// the model's input, its logits one score per class, and the activations fit in memory. Returns
+// the plugins a checkpoint of this run needs.
+std::vector<PluginRecord> check_model_fits_data(Experiment& run, const Registries& registries) {
+  Dataset& dataset = *run.dataset;
+  Graph& graph = *run.graph;
+  Shape sample = dataset.sample_shape();
+  for (auto* transforms : {&run.data.preprocess, &run.data.augment}) {
+    for (auto& transform : *transforms) {
+      transform->setup(sample);
+      sample = transform->output_shape(sample);
+    }
   }
   if (graph.input_shape() != sample) {
-    const std::string through = sample == dataset->sample_shape()
+    const std::string through = sample == dataset.sample_shape()
                                     ? std::string()
-                                    : fmt::format(" ({} from the dataset, through data.preprocess "
-                                                  "and data.augment)",
-                                                  dataset->sample_shape().str());
-    experiment.at("model").fail_key(
+                                    : fmt::format(
+                                          " ({} from the dataset, through data.preprocess "
+                                          "and data.augment)",
+                                          dataset.sample_shape().str());
+    run.config.at("model").fail_key(
         "input", fmt::format("the model input is {} but the dataset's images are {}{}",
                              graph.input_shape().str(), sample.str(), through));
   }
-
-  // The logits must be one score per class of the dataset: checked here, before the data is loaded,
-  // rather than by the loss at the first batch.
+  // Checked here, before the data is loaded, rather than by the loss at the first batch.
   const Shape logits = graph.output_shape();
-  const Config last_item = experiment.at("model").at("layers").items().back();
+  const Config last_item = run.config.at("model").at("layers").items().back();
   const std::string last_layer = graph.name(graph.size() - 1);
   if (logits.rank() != 1) {
-    last_item.fail(fmt::format("the last layer '{}' gives {} per image, but the loss "
-                                             "expects one score per class (a rank-1 shape such as "
-                                             "[{}]); end the model with a linear layer",
-                                             last_layer, logits.str(), dataset->num_classes()));
+    last_item.fail(
+        fmt::format("the last layer '{}' gives {} per image, but the loss "
+                    "expects one score per class (a rank-1 shape such as "
+                    "[{}]); end the model with a linear layer",
+                    last_layer, logits.str(), dataset.num_classes()));
   }
-  if (logits[0] != dataset->num_classes()) {
-    last_item.fail(fmt::format("the last layer '{}' gives {} scores per image but the "
-                                             "dataset has {} classes",
-                                             last_layer, logits[0], dataset->num_classes()));
+  if (logits[0] != dataset.num_classes()) {
+    last_item.fail(
+        fmt::format("the last layer '{}' gives {} scores per image but the "
+                    "dataset has {} classes",
+                    last_layer, logits[0], dataset.num_classes()));
   }
-  check_memory(graph, batch_size, eval_batch, train_cfg);
-  std::vector<std::shared_ptr<Transform>> all_transforms = transforms;  // augment too: reloading
-  all_transforms.insert(all_transforms.end(), augment.begin(), augment.end());  // reads its keys
-  const std::vector<PluginRecord> plugin_records = plugins_needed(
-      registries, graph, backend_name, data_cfg.get<std::string>("type"),
-      loss_type, all_transforms);
+  check_memory(graph, run.train.batch_size, run.train.eval_batch_size, run.config.at("train"));
+  std::vector<std::shared_ptr<Transform>> all_transforms = run.data.preprocess;  // augment too:
+  all_transforms.insert(all_transforms.end(), run.data.augment.begin(),  // reloading reads its keys
+                        run.data.augment.end());
+  return plugins_needed(registries, graph, run.backend_name,
+                        run.data_config.get<std::string>("type"), run.loss_type, all_transforms);
+}
 
-  // ---- Data: load, hold out validation, fit preprocessing on the training part only. ----
-  if (options.validate_only) return {};
-  const auto data_start = Clock::now();
-  Data data;
+// Loads the splits, applies the limits and train.overfit, holds out the validation images.
+Data load_data(const Experiment& run) {
+  const Config& data_cfg = run.data_config;
   // A dataset too large for memory is reported at the data section, with the figure.
   auto load_split = [&](const char* split) {
     try {
-      return dataset->load(split);
+      return run.dataset->load(split);
     } catch (const Error& error) {
       data_cfg.fail(error.what());
     } catch (const std::bad_alloc&) {
@@ -425,425 +282,418 @@ TrainSummary train_experiment(const Config& experiment, const Registries& regist
                                 bytes_text(static_cast<double>(physical_memory_bytes()))));
     }
   };
-  data.train = first_rows(load_split("train"), train_limit);
-  data.test = first_rows(load_split("test"), test_limit);
+  Data data;
+  data.train = first_rows(load_split("train"), run.data.train_limit);
+  data.test = first_rows(load_split("test"), run.data.test_limit);
   const int64_t available = static_cast<int64_t>(data.train.labels.size());
+  const int64_t validation_key = run.data.validation, overfit = run.train.overfit;
   if (validation_key < 0 || (overfit == 0 && validation_key >= available)) {
     data_cfg.fail_key("validation", fmt::format("must be between 0 and {} (the training images), found {}",
                                                 available - 1, validation_key));
   }
   if (overfit > 0) {
     if (overfit > available) {
-      train_cfg.fail_key("overfit", fmt::format("asks for {} images, but the training split holds {}",
-                                                overfit, available));
+      run.config.at("train").fail_key(
+          "overfit",
+          fmt::format("asks for {} images, but the training split holds {}", overfit, available));
     }
     data.train = first_rows(data.train, overfit);
   }
-  if (validation > 0) {
-    TrainValSplit parts = split_validation(data.train, validation, seed);
+  if (run.validation > 0) {
+    TrainValSplit parts = split_validation(data.train, run.validation, run.seed);
     data.train = std::move(parts.train);
     data.val = std::move(parts.val);
   }
+  return data;
+}
 
-  const fs::path best_path = out_dir / "best.h5";
-
-  std::vector<NamedTensor> preprocess_state;
+// Fits data.preprocess on the training images (or restores what a resumed run fitted) and applies
+// it to every split. Evaluation images get the deterministic counterpart of each augmentation (a
+// centre crop for a crop, nothing for a flip); so do the training images when train.overfit turns
+// augmentation off. Returns the random transforms the loader applies to every training batch.
+std::vector<std::shared_ptr<const Transform>> preprocess(Run& run, Data& data) {
+  const auto& transforms = run.experiment.data.preprocess;
+  const auto& augment = run.experiment.data.augment;
+  const bool overfit = run.experiment.train.overfit > 0;
   for (std::size_t i = 0; i < transforms.size(); ++i) {
     for (NamedTensor& t : transforms[i]->state()) {
-      preprocess_state.push_back({fmt::format("{}.{}/{}", i, transforms[i]->type(), t.name), t.tensor});
+      run.preprocess_state.push_back(
+          {fmt::format("{}.{}/{}", i, transforms[i]->type(), t.name), t.tensor});
     }
   }
-  if (resuming) {
-    load_checkpoint_tensors(checkpoint_path, "preprocess", preprocess_state, false,
-                            options.allow_nonfinite);
-  } else {
-    for (auto& transform : transforms) {
-      transform->fit(data.train.images);
-      transform->apply(data.train.images);
-    }
-  }
-  if (resuming) {
-    for (auto& transform : transforms) transform->apply(data.train.images);
+  if (run.options.resume) {
+    load_checkpoint_tensors(run.checkpoint_path, "preprocess", run.preprocess_state, false,
+                            run.options.allow_nonfinite);
   }
   for (auto& transform : transforms) {
-    if (!data.val.labels.empty()) transform->apply(data.val.images);
-    transform->apply(data.test.images);
+    if (!run.options.resume) transform->fit(data.train.images);
+    transform->apply(data.train.images);
   }
-  // Evaluation images get the deterministic counterpart of each augmentation (a centre crop for
-  // a crop, nothing for a flip); so do the training images when train.overfit turns augmentation
-  // off. Otherwise the loader augments every training batch afresh.
-  for (auto& transform : augment) {
-    if (!data.val.labels.empty()) transform->apply(data.val.images);
-    transform->apply(data.test.images);
-    if (overfit > 0) transform->apply(data.train.images);
+  for (auto* transforms_in_order : {&transforms, &augment}) {
+    for (auto& transform : *transforms_in_order) {
+      if (!data.val.labels.empty()) transform->apply(data.val.images);
+      transform->apply(data.test.images);
+      if (overfit && transforms_in_order == &augment) transform->apply(data.train.images);
+    }
   }
   std::vector<std::shared_ptr<const Transform>> loader_augment;
-  if (overfit == 0) loader_augment.assign(augment.begin(), augment.end());
-  const double data_seconds = seconds_since(data_start);
+  if (!overfit) loader_augment.assign(augment.begin(), augment.end());
+  return loader_augment;
+}
 
-  // ---- Resume, or start fresh. ----
-  const int64_t train_n = static_cast<int64_t>(data.train.labels.size());
-  const int64_t steps = (train_n + batch_size - 1) / batch_size;
-  TrainingState state;
+// Sets up the schedule, then restores a resumed run (weights, optimizer, schedule, training state,
+// generator) or loads --weights.
+void restore_or_start(Run& run, bool has_validation) {
+  Experiment& experiment = run.experiment;
   SchedulePlan plan;
-  plan.base_lr = optimizer->base_lr();
-  plan.epochs = epochs;
-  plan.iterations_per_epoch = steps;
+  plan.base_lr = experiment.optimizer->base_lr();
+  plan.epochs = experiment.train.epochs;
+  plan.iterations_per_epoch = run.steps;
   plan.metrics = {"train_loss", "train_accuracy"};
-  if (!data.val.labels.empty()) plan.metrics.insert(plan.metrics.end(), {"val_loss", "val_accuracy"});
-  schedule->setup(plan);
-  int64_t saved_epoch = -1;  // the epoch model.h5 holds; -1: this run has not written one
-  if (resuming) {
-    auto saved = load_checkpoint_training_state(checkpoint_path);
-    if (!saved) fail("checkpoint {}: has no training state to resume from", checkpoint_path.string());
-    validate_training_state(*saved, checkpoint_path, epochs, steps, kHistorySeries);
-    std::vector<NamedTensor> model_state = graph.state_tensors();
-    load_checkpoint_tensors(checkpoint_path, "model", model_state, false, options.allow_nonfinite);
-    std::vector<NamedTensor> optimizer_state = optimizer->state();
-    load_checkpoint_tensors(checkpoint_path, "optimizer", optimizer_state, false,
-                            options.allow_nonfinite);
-    // A plateau schedule's best value is +-inf until a metric was finite: not a sign of damage.
-    std::vector<NamedTensor> schedule_state = schedule->state();
-    load_checkpoint_tensors(checkpoint_path, "schedule", schedule_state, false, true);
-    state = *saved;
-    saved_epoch = state.epoch;
-    std::istringstream rng_text(state.rng_state);
-    rng_text >> rng;
-    if (!rng_text) fail("checkpoint {}: the stored random generator state is corrupt", checkpoint_path.string());
-    if (!options.quiet && state.partial) {
-      std::printf("resuming %s in epoch %lld after step %lld of %lld (iteration %lld)\n",
-                  checkpoint_path.c_str(), static_cast<long long>(state.epoch + 1),
-                  static_cast<long long>(state.partial->step), static_cast<long long>(steps),
-                  static_cast<long long>(state.iteration));
-    } else if (!options.quiet) {
-      std::printf("resuming %s after epoch %lld (iteration %lld)\n", checkpoint_path.c_str(),
-                static_cast<long long>(state.epoch), static_cast<long long>(state.iteration));
-    }
-  } else if (!options.weights.empty()) {
-    load_finetuning_weights(graph, options, checkpoint_path);
+  if (has_validation) plan.metrics.insert(plan.metrics.end(), {"val_loss", "val_accuracy"});
+  experiment.schedule->setup(plan);
+  const TrainOptions& options = run.options;
+  const fs::path& checkpoint = run.checkpoint_path;
+  if (!options.resume) {
+    if (!options.weights.empty()) load_finetuning_weights(*experiment.graph, options, checkpoint);
+    return;
   }
-  // --overwrite: the previous run's files go once this run has its data and is about to train, so
-  // that a new run never leaves a folder mixing two runs (an old best.h5 beside a new model.h5).
+  auto saved = load_checkpoint_training_state(checkpoint);
+  if (!saved) fail("checkpoint {}: has no training state to resume from", checkpoint.string());
+  validate_training_state(*saved, checkpoint, experiment.train.epochs, run.steps,
+                          training_loop::kHistorySeries);
+  if (saved->partial && saved->partial->rng_state != training_loop::kStreamOrder) {
+    fail(
+        "checkpoint {}: was interrupted in epoch {} by a Strata that shuffled the batches with "
+        "std::shuffle; this one draws each epoch's order from (seed, epoch) and cannot finish that "
+        "epoch in the same order. Resume it with the Strata that wrote it, or start the run over "
+        "(--overwrite)",
+        checkpoint.string(), saved->epoch + 1);
+  }
+  std::vector<NamedTensor> model_state = experiment.graph->state_tensors();
+  load_checkpoint_tensors(checkpoint, "model", model_state, false, options.allow_nonfinite);
+  std::vector<NamedTensor> optimizer_state = experiment.optimizer->state();
+  load_checkpoint_tensors(checkpoint, "optimizer", optimizer_state, false, options.allow_nonfinite);
+  // A plateau schedule's best value is +-inf until a metric was finite: not a sign of damage.
+  std::vector<NamedTensor> schedule_state = experiment.schedule->state();
+  load_checkpoint_tensors(checkpoint, "schedule", schedule_state, false, true);
+  run.state = *saved;
+  run.saved_epoch = run.state.epoch;
+  std::istringstream rng_text(run.state.rng_state);
+  rng_text >> experiment.rng;
+  if (!rng_text)
+    fail("checkpoint {}: the stored random generator state is corrupt", checkpoint.string());
+  if (options.quiet) return;
+  if (run.state.partial) {
+    std::printf("resuming %s in epoch %lld after step %lld of %lld (iteration %lld)\n",
+                checkpoint.c_str(), static_cast<long long>(run.state.epoch + 1),
+                static_cast<long long>(run.state.partial->step), static_cast<long long>(run.steps),
+                static_cast<long long>(run.state.iteration));
+  } else {
+    std::printf("resuming %s after epoch %lld (iteration %lld)\n", checkpoint.c_str(),
+                static_cast<long long>(run.state.epoch),
+                static_cast<long long>(run.state.iteration));
+  }
+}
+
+// --overwrite: the previous run's files go once this run has its data and is about to train, so
+// that a new run never leaves a folder mixing two runs (an old best.h5 beside a new model.h5).
+void delete_previous_run(const std::vector<fs::path>& previous_run, bool quiet) {
   for (const fs::path& file : previous_run) {
     std::error_code removed;
     fs::remove(file, removed);
     if (removed) fail("{}: cannot delete it for --overwrite: {}", file.string(), removed.message());
-    if (!options.quiet) std::printf("--overwrite: deleted %s of the previous run\n", file.c_str());
+    if (!quiet) std::printf("--overwrite: deleted %s of the previous run\n", file.c_str());
   }
+}
 
-  auto save = [&](const fs::path& path) {
-    Checkpoint checkpoint;
-    checkpoint.model = graph.state_tensors();
-    checkpoint.optimizer = optimizer->state();
-    checkpoint.schedule = schedule->state();
-    checkpoint.preprocess = preprocess_state;
-    checkpoint.experiment_yaml = experiment_yaml;
-    checkpoint.plugins = plugin_records;
-    std::ostringstream rng_text;
-    rng_text << rng;
-    state.rng_state = rng_text.str();
-    checkpoint.training = state;
-    save_checkpoint(path, checkpoint);
-    if (path == checkpoint_path) saved_epoch = state.epoch;
-  };
-
-  TrainingLoader loader(data.train, loader_augment, batch_size, seed);
-  if (loader.batches_per_epoch() != steps) fail("internal: the loader plans {} batches, the trainer {}", loader.batches_per_epoch(), steps);
-  if (!options.quiet)
-    std::printf("model: %zu layers, %lld parameters; data: %lld train, %lld validation, %lld test "
-              "images (loaded in %.1fs); backend %s, %d thread(s)\n",
-              graph.size(), static_cast<long long>(graph.num_parameters()),
-              static_cast<long long>(train_n), static_cast<long long>(data.val.labels.size()),
-              static_cast<long long>(data.test.labels.size()), data_seconds, backend_name.c_str(),
-              backend->threads());
-  if (const std::string about = backend->description(); !options.quiet && !about.empty()) {
-    std::printf("backend %s: %s\n", backend_name.c_str(), about.c_str());
+void print_run_header(const Run& run, double data_seconds) {
+  if (run.options.quiet) return;
+  const Experiment& experiment = run.experiment;
+  std::printf(
+      "model: %zu layers, %lld parameters; data: %lld train, %lld validation, %lld test "
+      "images (loaded in %.1fs); backend %s, %d thread(s)\n",
+      experiment.graph->size(), static_cast<long long>(experiment.graph->num_parameters()),
+      static_cast<long long>(run.train_images), static_cast<long long>(run.validation_images),
+      static_cast<long long>(run.test_images), data_seconds, experiment.backend_name.c_str(),
+      experiment.backend->threads());
+  if (const std::string about = experiment.backend->description(); !about.empty()) {
+    std::printf("backend %s: %s\n", experiment.backend_name.c_str(), about.c_str());
   }
-  if (overfit > 0 && !options.quiet) {
-    std::printf("overfit check: training on the first %lld training images with no validation "
-                "split, no weight decay and no augmentation; expect the training accuracy to "
-                "reach about 1\n",
-                static_cast<long long>(train_n));
+  if (experiment.train.overfit > 0) {
+    std::printf(
+        "overfit check: training on the first %lld training images with no validation "
+        "split, no weight decay and no augmentation; expect the training accuracy to "
+        "reach about 1\n",
+        static_cast<long long>(run.train_images));
   }
+}
 
-  Context context{true, &rng, backend.get()};
-  Progress progress(options.quiet ? "none" : options.progress, epochs, steps);
-
-  // ---- Sanity check: the loss before any step, beside its value at chance. ----
-  double initial_loss = std::numeric_limits<double>::quiet_NaN();
-  if (auto it = state.history.find("sanity/initial_loss"); it != state.history.end() && !it->second.empty()) {
-    initial_loss = it->second.front();
-  } else if (state.iteration == 0 && train_n > 0) {
-    Split first = first_rows(data.train, std::min(batch_size, train_n));
-    if (overfit == 0) {
-      for (auto& transform : augment) transform->apply(first.images);
-    }
-    initial_loss = evaluate(graph, *loss, context, first, eval_batch).loss;
-    const std::optional<double> expected = loss->chance_loss(graph.output_shape().numel());
-    state.history["sanity/initial_loss"] = {initial_loss};
-    std::string line = fmt::format("initial loss {:.4f} on the first {} training images", initial_loss,
-                                   first.labels.size());
-    if (expected) {
-      state.history["sanity/expected_initial_loss"] = {*expected};
-      line += fmt::format(" (expected about {:.4f} for {} at chance", *expected, loss_type);
-      if (loss_type == "softmax_cross_entropy") {
-        line += fmt::format(": ln({})", graph.output_shape().numel());
-      }
-      line += ")";
-      if (!(initial_loss < 1.5 * *expected && initial_loss > 0.5 * *expected)) {
-        line += "; far from it: check the initialization scale and the data";
-      }
-    }
-    progress.note(line);
-    if (!std::isfinite(initial_loss)) {
-      fail("the initial loss is {} before any training step: check the data and the model's "
-           "initialization",
-           initial_loss);
+// The loss before any step, beside its value at chance (Loss::chance_loss); a resumed run keeps
+// the one its first part measured. A non-finite one stops the run.
+double initial_loss_check(Run& run, const Data& data, Context& context) {
+  auto& history = run.state.history;
+  if (auto it = history.find("sanity/initial_loss"); it != history.end() && !it->second.empty()) {
+    return it->second.front();
+  }
+  if (run.state.iteration != 0 || run.train_images == 0)
+    return std::numeric_limits<double>::quiet_NaN();
+  Experiment& experiment = run.experiment;
+  Split first = first_rows(data.train, std::min(experiment.train.batch_size, run.train_images));
+  if (experiment.train.overfit == 0) {
+    for (auto& transform : experiment.data.augment) transform->apply(first.images);
+  }
+  const double initial_loss = evaluate(*experiment.graph, *experiment.loss, context, first,
+                                       experiment.train.eval_batch_size)
+                                  .loss;
+  const int64_t classes = experiment.graph->output_shape().numel();
+  const std::optional<double> expected = experiment.loss->chance_loss(classes);
+  history["sanity/initial_loss"] = {initial_loss};
+  std::string line = fmt::format("initial loss {:.4f} on the first {} training images",
+                                 initial_loss, first.labels.size());
+  if (expected) {
+    history["sanity/expected_initial_loss"] = {*expected};
+    line +=
+        fmt::format(" (expected about {:.4f} for {} at chance", *expected, experiment.loss_type);
+    // Said of the number, whatever loss gives it (cross-entropy, with or without smoothing).
+    if (*expected == std::log(static_cast<double>(classes)))
+      line += fmt::format(": ln({})", classes);
+    line += ")";
+    if (!(initial_loss < 1.5 * *expected && initial_loss > 0.5 * *expected)) {
+      line += "; far from it: check the initialization scale and the data";
     }
   }
-
-  // Early stopping and best.h5 look at the whole history, so a resumed run picks up where the
-  // interrupted one was.
-  auto early_stop_reason = [&]() -> std::optional<std::string> {
-    if (!early_stopping) return std::nullopt;
-    const auto& values = state.history[early_stopping->metric];
-    const MetricProgress p = metric_progress(values, metric_is_maximized(early_stopping->metric),
-                                             early_stopping->min_delta);
-    if (p.epochs_without_improvement < early_stopping->patience) return std::nullopt;
-    return fmt::format("early stopping after epoch {}: {} has not improved by more than {} for {} "
-                       "epochs (best {:.4f} at epoch {})",
-                       state.epoch, early_stopping->metric, early_stopping->min_delta,
-                       p.epochs_without_improvement, p.best, p.best_epoch);
-  };
-
-  StepDiagnostics diagnostics(graph);
-  DiagnosticsSummary diagnostics_summary;  // the epoch's warnings, printed once at its end
-  Tensor dlogits(graph.output_shape().with_batch(batch_size));
-  std::vector<int64_t> order(train_n);
-  bool stopped_early = false;
-  if (auto reason = early_stop_reason()) {
-    progress.note(*reason);
-    stopped_early = true;
+  run.progress->note(line);
+  if (!std::isfinite(initial_loss)) {
+    fail(
+        "the initial loss is {} before any training step: check the data and the model's "
+        "initialization",
+        initial_loss);
   }
+  return initial_loss;
+}
 
-  // Ctrl-C (options.stop) ends the run at a step boundary, with a checkpoint of that point.
-  bool interrupted = false;
-  auto stop_requested = [&] { return options.stop != nullptr && options.stop->load(); };
-  auto read_rng = [&](const std::string& text) {
-    std::istringstream in(text);
-    in >> rng;
-    if (!in)
-      fail("checkpoint {}: the stored random generator state is corrupt", checkpoint_path.string());
-  };
+// ---- The loop. ----
 
-  for (int64_t epoch = state.epoch; epoch < epochs && !stopped_early && !interrupted; ++epoch) {
-    // An interrupted epoch continues where it stopped: the generator as it was when the epoch
-    // began gives the same order, then it continues from where it was at the stop.
-    const std::optional<PartialEpoch> resumed = std::exchange(state.partial, std::nullopt);
-    std::string epoch_rng_state;
-    if (resumed) {
-      epoch_rng_state = resumed->rng_state;
-      read_rng(epoch_rng_state);
-    } else {
-      std::ostringstream text;
-      text << rng;
-      epoch_rng_state = text.str();
-    }
-    std::iota(order.begin(), order.end(), 0);
-    if (shuffle) std::shuffle(order.begin(), order.end(), rng);
-    if (resumed) read_rng(state.rng_state);
-    const int64_t first_step = resumed ? resumed->step : 0;
-    loader.start_epoch(epoch, order, first_step);
-    float lr = 0;
-    const auto epoch_start = Clock::now();
-    const double seconds_before = resumed ? resumed->seconds : 0.0;
-    double loss_sum = resumed ? resumed->loss_sum : 0.0;
-    int64_t correct = resumed ? resumed->correct : 0, seen = resumed ? resumed->seen : 0;
-    for (int64_t step = first_step; step < steps; ++step) {
-      const Batch batch = loader.next();
-      const int64_t n = batch.size();
-      Tensor dl = n == batch_size ? dlogits : dlogits.batch_slice(0, n);
+// The data seam: each epoch's training batches, in the order epoch_order() draws from (seed,
+// epoch). The streaming-data issue replaces this class; the loop only calls start_epoch and next.
+class EpochBatches {
+ public:
+  EpochBatches(const Experiment& experiment, const Split& train,
+               std::vector<std::shared_ptr<const Transform>> augment)
+      : loader_(train, std::move(augment), experiment.train.batch_size, experiment.seed),
+        seed_(experiment.seed),
+        shuffle_(experiment.train.shuffle),
+        rows_(static_cast<int64_t>(train.labels.size())) {}
 
-      lr = schedule->lr(epoch, state.iteration);
-      context.training = true;
-      const Tensor& logits = graph.forward(context, batch.images);
-      const float batch_loss = loss->forward_backward(logits, batch.labels, &dl);
-      if (options.on_iteration) options.on_iteration({epoch + 1, state.iteration + 1, batch_loss});
-      // The explosion guard: stop before this step touches the weights.
-      const bool exploded = explode_factor > 0 && batch_loss > explode_factor * initial_loss;
-      if (!std::isfinite(batch_loss) || exploded) {
-        const std::string what =
-            exploded ? fmt::format("the loss {:.4g} exceeds {} x the initial loss {:.4g} "
-                                   "(train.explode_factor)",
-                                   batch_loss, explode_factor, initial_loss)
-                     : fmt::format("the loss is {}", number_text(batch_loss));
-        fail(
-            "training diverged at iteration {} (epoch {}, step {} of {}, learning rate {:.4g}): "
-            "{}; {}. Stopped without saving: {}",
-            state.iteration + 1, epoch + 1, step + 1, steps, lr, what, advice,
-            kept_checkpoint_text(checkpoint_path, saved_epoch));
-      }
-      correct += count_correct(logits, batch.labels);
-      graph.backward(context, dl);
-      const double grad_norm = clipping.enabled() ? clip_gradients(params, clipping) : 0.0;
-      const bool measure = diagnostics_every > 0 && (state.iteration + 1) % diagnostics_every == 0;
-      if (measure) diagnostics.before_step();
-      optimizer->step(lr);
-      ++state.iteration;
-      if (measure) {
-        const std::vector<LayerDiagnostics> results = diagnostics.after_step();
-        record_diagnostics(state.history, state.iteration, results);
-        diagnostics_summary.add(results);
-      }
-      if (log_every > 0 && state.iteration % log_every == 0) {
-        state.history["iterations/iteration"].push_back(static_cast<double>(state.iteration));
-        state.history["iterations/loss"].push_back(batch_loss);
-        state.history["iterations/regularization"].push_back(optimizer->regularization_loss());
-        state.history["iterations/lr"].push_back(lr);
-        if (clipping.enabled()) state.history["iterations/grad_norm"].push_back(grad_norm);
-      }
-      loss_sum += static_cast<double>(batch_loss) * n;
-      seen += n;
-      progress.step(epoch + 1, step + 1, loss_sum / seen, static_cast<double>(correct) / seen,
-                    seen / (seconds_before + seconds_since(epoch_start)));
-      // The last step's stop request is honoured at the end of the epoch, after its save.
-      if (step + 1 < steps && stop_requested()) {
-        PartialEpoch partial;
-        partial.step = step + 1;
-        partial.rng_state = epoch_rng_state;
-        partial.loss_sum = loss_sum;
-        partial.correct = correct;
-        partial.seen = seen;
-        partial.seconds = seconds_before + seconds_since(epoch_start);
-        state.partial = std::move(partial);
-        save(checkpoint_path);
-        progress.note(
-            fmt::format("interrupted: stopped after iteration {} (epoch {}, step {} of "
-                        "{}); {} holds this point",
-                        state.iteration, epoch + 1, step + 1, steps, checkpoint_path.string()));
-        interrupted = true;
-        break;
-      }
-    }
-    if (interrupted) break;
-    EpochReport report;
-    report.epoch = epoch + 1;
-    report.epochs = epochs;
-    report.seconds = seconds_before + seconds_since(epoch_start);
-    report.images_per_second = seen / report.seconds;
-    report.train_loss = loss_sum / seen;
-    report.train_regularization = optimizer->regularization_loss();
-    report.train_accuracy = static_cast<double>(correct) / seen;
-    report.lr = lr;
-    const Evaluation val = evaluate(graph, *loss, context, data.val, eval_batch);
-    report.val_loss = val.loss;
-    report.val_accuracy = val.accuracy;
-    check_not_diverged(report.epoch, report.train_loss, report.val_loss, !data.val.labels.empty(),
-                       graph.state_tensors(), optimizer->state(), checkpoint_path, saved_epoch,
-                       advice);
-    Metrics metrics{{"train_loss", report.train_loss}, {"train_accuracy", report.train_accuracy}};
-    if (!data.val.labels.empty()) {
-      metrics["val_loss"] = report.val_loss;
-      metrics["val_accuracy"] = report.val_accuracy;
-    }
-    schedule->on_epoch_end(epoch, metrics);
-
-    state.epoch = epoch + 1;
-    static_assert(std::size(kHistorySeries) == 8, "every series below is listed in kHistorySeries");
-    state.history["train_loss"].push_back(report.train_loss);
-    state.history["train_regularization"].push_back(report.train_regularization);
-    state.history["train_accuracy"].push_back(report.train_accuracy);
-    state.history["val_loss"].push_back(report.val_loss);
-    state.history["val_accuracy"].push_back(report.val_accuracy);
-    state.history["lr"].push_back(report.lr);
-    state.history["epoch_seconds"].push_back(report.seconds);
-    state.history["images_per_second"].push_back(report.images_per_second);
-    const std::optional<std::string> stop_reason = early_stop_reason();
-    stopped_early = stop_reason.has_value();
-    if ((checkpoint_every > 0 && state.epoch % checkpoint_every == 0) || state.epoch == epochs ||
-        stopped_early) {
-      save(checkpoint_path);
-    }
-    if (best_metric != "none") {
-      const MetricProgress best =
-          metric_progress(state.history[best_metric], metric_is_maximized(best_metric), 0.0);
-      if (best.best_epoch == state.epoch) save(best_path);
-    }
-    progress.epoch_done(report);
-    for (const std::string& line : diagnostics_summary.take_lines(report.epoch))
-      progress.note(line);
-    if (stop_reason) progress.note(*stop_reason);
-    if (on_epoch) on_epoch(report);
-    if (!stopped_early && state.epoch < epochs && stop_requested()) {
-      if (saved_epoch != state.epoch) save(checkpoint_path);
-      progress.note(
-          fmt::format("interrupted: stopped after epoch {} (iteration {}); {} holds this "
-                      "point",
-                      state.epoch, state.iteration, checkpoint_path.string()));
-      interrupted = true;
-    }
+  int64_t steps() const { return loader_.batches_per_epoch(); }
+  // Epoch `epoch` (0-based), from its step `first_step` (where an interrupted epoch resumes).
+  void start_epoch(int64_t epoch, int64_t first_step) {
+    loader_.start_epoch(epoch, epoch_order(seed_, epoch, rows_, shuffle_), first_step);
   }
-  if (interrupted) {
-    TrainSummary summary;
-    summary.interrupted = true;
-    summary.epochs = state.epoch;
-    summary.iterations = state.iteration;
-    summary.initial_loss = initial_loss;
-    summary.checkpoint = checkpoint_path;
-    return summary;
-  }
-  if (state.epoch == 0 || !fs::exists(checkpoint_path)) save(checkpoint_path);
+  Batch next() { return loader_.next(); }
 
-  // ---- Test once, at the end (on the final weights, not best.h5's). ----
-  const Evaluation test = evaluate(graph, *loss, context, data.test, eval_batch);
+ private:
+  TrainingLoader loader_;
+  uint32_t seed_;
+  bool shuffle_;
+  int64_t rows_;
+};
+
+// The hooks in the order the loop calls them: the search's abort sees a step's loss before the
+// guards; the guards and early stopping decide before the checkpoint hook saves; the progress
+// line follows the save; the search's on_epoch sees a saved epoch; the interrupt hook comes last.
+std::vector<std::shared_ptr<TrainingHook>> builtin_hooks(
+    Run& run, const std::function<void(const EpochReport&)>& on_epoch) {
+  namespace loop = training_loop;
+  std::vector<std::shared_ptr<TrainingHook>> hooks = {
+      loop::iteration_callback_hook(run.options.on_iteration),
+      loop::divergence_guard_hook(run),
+      loop::diagnostics_hook(run),
+      loop::early_stopping_hook(run),
+      loop::checkpoint_hook(run),
+      loop::progress_hook(run),
+      loop::epoch_callback_hook(on_epoch),
+      loop::interrupt_hook(run),
+      loop::summary_hook(run)};
+  std::erase(hooks, nullptr);
+  hooks.insert(hooks.end(), run.options.hooks.begin(), run.options.hooks.end());
+  return hooks;
+}
+
+template <class Event>
+void emit(const std::vector<std::shared_ptr<TrainingHook>>& hooks,
+          void (TrainingHook::*handler)(const Event&), const Event& event) {
+  for (const auto& hook : hooks) ((*hook).*handler)(event);
+}
+
+// The end of an epoch: the validation figures, the schedule's epoch hook, the history series.
+EpochReport finish_epoch(Run& run, const Data& data, Context& context, const StepEvent& last,
+                         int64_t epoch) {
+  Experiment& experiment = run.experiment;
+  EpochReport report;
+  report.epoch = epoch + 1;
+  report.epochs = experiment.train.epochs;
+  report.seconds = last.seconds;
+  report.images_per_second = last.seen / report.seconds;
+  report.train_loss = last.loss_sum / last.seen;
+  report.train_regularization = experiment.optimizer->regularization_loss();
+  report.train_accuracy = static_cast<double>(last.correct) / last.seen;
+  report.lr = static_cast<float>(last.lr);
+  const Evaluation val = evaluate(*experiment.graph, *experiment.loss, context, data.val,
+                                  experiment.train.eval_batch_size);
+  report.val_loss = val.loss;
+  report.val_accuracy = val.accuracy;
+  Metrics metrics{{"train_loss", report.train_loss}, {"train_accuracy", report.train_accuracy}};
+  if (!data.val.labels.empty()) {
+    metrics["val_loss"] = report.val_loss;
+    metrics["val_accuracy"] = report.val_accuracy;
+  }
+  experiment.schedule->on_epoch_end(epoch, metrics);
+  run.state.epoch = epoch + 1;
+  static_assert(std::size(training_loop::kHistorySeries) == 8, "each series below is listed");
+  auto& history = run.state.history;
+  history["train_loss"].push_back(report.train_loss);
+  history["train_regularization"].push_back(report.train_regularization);
+  history["train_accuracy"].push_back(report.train_accuracy);
+  history["val_loss"].push_back(report.val_loss);
+  history["val_accuracy"].push_back(report.val_accuracy);
+  history["lr"].push_back(report.lr);
+  history["epoch_seconds"].push_back(report.seconds);
+  history["images_per_second"].push_back(report.images_per_second);
+  return report;
+}
+
+// What train_experiment returns; after the last epoch, the test split is evaluated once (on the
+// final weights, not best.h5's).
+TrainSummary run_summary(Run& run, const Data& data, Context& context) {
   TrainSummary summary;
+  summary.epochs = run.state.epoch;
+  summary.iterations = run.state.iteration;
+  summary.initial_loss = run.initial_loss;
+  summary.checkpoint = run.checkpoint_path;
+  summary.interrupted = run.interrupted;
+  if (run.interrupted) return summary;
+  Experiment& experiment = run.experiment;
+  const Evaluation test = evaluate(*experiment.graph, *experiment.loss, context, data.test,
+                                   experiment.train.eval_batch_size);
   summary.test_accuracy = test.accuracy;
   summary.test_loss = test.loss;
-  summary.epochs = state.epoch;
-  summary.iterations = state.iteration;
-  summary.stopped_early = stopped_early;
-  summary.initial_loss = initial_loss;
-  if (best_metric != "none") {
+  summary.stopped_early = run.stopped_early;
+  if (const std::string& metric = experiment.checkpoint.best_metric; metric != "none") {
     const MetricProgress best =
-        metric_progress(state.history[best_metric], metric_is_maximized(best_metric), 0.0);
+        metric_progress(run.state.history[metric], metric_is_maximized(metric), 0.0);
     summary.best_epoch = best.best_epoch;
     summary.best_value = best.best;
-    if (best.best_epoch > 0) summary.best_checkpoint = best_path;
+    if (best.best_epoch > 0) summary.best_checkpoint = run.best_path;
   }
-  const auto& seconds = state.history["epoch_seconds"];
-  const auto& rates = state.history["images_per_second"];
+  const auto& seconds = run.state.history["epoch_seconds"];
+  const auto& rates = run.state.history["images_per_second"];
   double images = 0;
   for (std::size_t i = 0; i < seconds.size(); ++i) images += seconds[i] * rates[i];
   summary.train_seconds = std::accumulate(seconds.begin(), seconds.end(), 0.0);
   summary.train_images_per_second = summary.train_seconds > 0 ? images / summary.train_seconds : 0;
-  summary.checkpoint = checkpoint_path;
-  summary.summary = out_dir / "summary.json";
-
-  std::vector<std::string> history;
-  for (const auto& [metric, values] : state.history) {
-    history.push_back(fmt::format("    \"{}\": {}", metric, json_list(values)));
-  }
-  const std::string json = fmt::format(
-      "{{\n  \"test_accuracy\": {},\n  \"test_loss\": {},\n  \"epochs\": {},\n"
-      "  \"train_seconds\": {},\n  \"train_images_per_second\": {},\n  \"parameters\": {},\n"
-      "  \"train_images\": {},\n  \"validation_images\": {},\n  \"test_images\": {},\n"
-      "  \"backend\": \"{}\",\n  \"threads\": {},\n  \"batch_size\": {},\n  \"checkpoint\": \"{}\",\n"
-      "  \"initial_loss\": {},\n  \"stopped_early\": {},\n  \"best_metric\": \"{}\",\n"
-      "  \"best_epoch\": {},\n  \"best_value\": {},\n  \"best_checkpoint\": \"{}\",\n"
-      "  \"history\": {{\n{}\n  }}\n}}\n",
-      json_number(summary.test_accuracy), json_number(summary.test_loss), summary.epochs,
-      json_number(summary.train_seconds), json_number(summary.train_images_per_second),
-      graph.num_parameters(), train_n, data.val.labels.size(), data.test.labels.size(), backend_name,
-      backend->threads(), batch_size, checkpoint_path.string(), json_number(initial_loss),
-      stopped_early, best_metric, summary.best_epoch, json_number(summary.best_value),
-      summary.best_checkpoint.string(), fmt::join(history, ",\n"));
-  try {
-    write_file_atomically(summary.summary, json);
-  } catch (const Error& error) {
-    fail("{} (the run itself finished: test accuracy {:.4f}, loss {:.4f}; checkpoint {})", error.what(),
-         summary.test_accuracy, summary.test_loss, checkpoint_path.string());
-  }
   return summary;
+}
+
+// Epochs of steps, each step: the next batch, forward and loss, backward, clipping, the optimizer
+// step; each emitting its event (strata/training/hooks.hpp). The hooks do everything else.
+TrainSummary train_loop(Run& run, const Data& data, EpochBatches& batches, Context& context,
+                        const std::vector<std::shared_ptr<TrainingHook>>& hooks) {
+  Experiment& experiment = run.experiment;
+  Graph& graph = *experiment.graph;
+  TrainingState& state = run.state;
+  const std::vector<ParamRef> params = graph.params();
+  const int64_t batch_size = experiment.train.batch_size;
+  Tensor dlogits(graph.output_shape().with_batch(batch_size));
+  emit(hooks, &TrainingHook::on_run_start,
+       RunStartEvent{experiment.train.epochs, run.steps, state.epoch, state.iteration,
+                     run.initial_loss});
+  for (int64_t epoch = state.epoch;
+       epoch < experiment.train.epochs && !run.stopped_early && !run.interrupted; ++epoch) {
+    // An interrupted epoch continues where it stopped, with its running totals.
+    const std::optional<PartialEpoch> resumed = std::exchange(state.partial, std::nullopt);
+    StepEvent e;
+    e.epoch = epoch + 1;
+    e.steps = run.steps;
+    if (resumed) {
+      e.step = resumed->step;
+      e.loss_sum = resumed->loss_sum;
+      e.correct = resumed->correct;
+      e.seen = resumed->seen;
+    }
+    const double seconds_before = resumed ? resumed->seconds : 0.0;
+    batches.start_epoch(epoch, e.step);
+    const auto epoch_start = Clock::now();
+    while (e.step < run.steps && !run.interrupted) {
+      const Batch batch = batches.next();  // the data seam
+      e.step += 1;
+      e.iteration = state.iteration + 1;
+      e.images = batch.size();
+      Tensor dl = e.images == batch_size ? dlogits : dlogits.batch_slice(0, e.images);
+      const float lr = experiment.schedule->lr(epoch, state.iteration);
+      e.lr = lr;
+      context.training = true;
+      const Tensor& logits = graph.forward(context, batch.images);
+      const float loss = experiment.loss->forward_backward(logits, batch.labels, &dl);
+      e.loss = loss;
+      emit(hooks, &TrainingHook::on_loss, e);  // may throw: the step is not taken
+      const int64_t correct = count_correct(logits, batch.labels);
+      graph.backward(context, dl);
+      emit(hooks, &TrainingHook::on_backward, e);  // where an MPI gradient reduction goes
+      const GradientClipping& clipping = experiment.train.clipping;
+      e.grad_norm = clipping.enabled() ? clip_gradients(params, clipping) : 0.0;
+      emit(hooks, &TrainingHook::on_gradients, e);
+      experiment.optimizer->step(lr);
+      ++state.iteration;
+      e.loss_sum += static_cast<double>(loss) * e.images;
+      e.correct += correct;
+      e.seen += e.images;
+      e.seconds = seconds_before + seconds_since(epoch_start);
+      emit(hooks, &TrainingHook::on_step, e);
+    }
+    if (run.interrupted) break;
+    emit(hooks, &TrainingHook::on_epoch_end, finish_epoch(run, data, context, e, epoch));
+  }
+  TrainSummary summary = run_summary(run, data, context);
+  emit(hooks, &TrainingHook::on_run_end, RunEndEvent{summary, run.interrupted});
+  return summary;
+}
+
+}  // namespace
+
+TrainSummary train_experiment(const Config& experiment_config, const Registries& registries,
+                              const TrainOptions& options,
+                              const std::function<void(const EpochReport&)>& on_epoch) {
+  // Read the whole experiment before doing any work.
+  Experiment experiment = Experiment::read(experiment_config, registries);
+  Run run(experiment, options);
+  std::optional<OutputLock> lock;
+  const std::vector<fs::path> previous_run = prepare_output(run, lock);
+  run.plugin_records = check_model_fits_data(experiment, registries);
+  if (options.validate_only) return {};
+
+  const auto data_start = Clock::now();
+  Data data = load_data(experiment);
+  const std::vector<std::shared_ptr<const Transform>> augment = preprocess(run, data);
+  const double data_seconds = seconds_since(data_start);
+  run.train_images = static_cast<int64_t>(data.train.labels.size());
+  run.validation_images = static_cast<int64_t>(data.val.labels.size());
+  run.test_images = static_cast<int64_t>(data.test.labels.size());
+  run.steps = (run.train_images + experiment.train.batch_size - 1) / experiment.train.batch_size;
+
+  restore_or_start(run, run.validation_images > 0);
+  delete_previous_run(previous_run, options.quiet);
+  EpochBatches batches(experiment, data.train, augment);
+  if (batches.steps() != run.steps)
+    fail("internal: the loader plans {} batches, the trainer {}", batches.steps(), run.steps);
+  print_run_header(run, data_seconds);
+
+  Context context{true, &experiment.rng, experiment.backend.get()};
+  Progress progress(options.quiet ? "none" : options.progress, experiment.train.epochs, run.steps);
+  run.progress = &progress;
+  run.initial_loss = initial_loss_check(run, data, context);
+  return train_loop(run, data, batches, context, builtin_hooks(run, on_epoch));
 }
 
 }  // namespace strata

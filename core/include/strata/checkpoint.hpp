@@ -43,7 +43,7 @@ struct PluginRecord {
 // epoch_rng_state, epoch_loss_sum, epoch_correct, epoch_seen and epoch_seconds.
 struct PartialEpoch {
   int64_t step = 0;               // steps of epoch `epoch + 1` already taken (>= 1)
-  std::string rng_state;          // the trainer's Rng when that epoch began, before its shuffle
+  std::string rng_state;          // how the epoch's order was drawn (docs/checkpoint-format.md)
   double loss_sum = 0;            // sum over those steps of batch loss x batch size
   int64_t correct = 0, seen = 0;  // training predictions right, and images seen, in them
   double seconds = 0;             // time spent in them

@@ -9,10 +9,13 @@
 //   file are caught) nor anything but a regular file (a device, a FIFO, a folder, a symbolic link).
 // - TemporaryFile and remove_temporary_files_on_signal: the temporary file of an atomic save is
 //   deleted when SIGINT or SIGTERM ends the process mid-save.
+// - write_file_atomically: the one writer of whole text files (summary.json, a search's journal,
+//   search.json and best.yaml); checkpoints have their own in checkpoint.cpp (an HDF5 image).
 #pragma once
 
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -64,6 +67,13 @@ class TemporaryFile {
  private:
   int slot_ = -1;
 };
+
+// Replaces `path` with `text` atomically and durably: writes "<path>.tmp-<pid>" (registered as a
+// TemporaryFile) with POSIX calls, fsyncs it, renames it over `path` and fsyncs the folder. A reader
+// sees the old file or the new one, never a part; after a crash, the new one is on disk once this
+// returned. On failure the temporary file is removed, `path` is untouched and the Error names
+// `path` with the system's reason ("<path>: cannot write: No space left on device").
+void write_file_atomically(const std::filesystem::path& path, std::string_view text);
 
 // Installs handlers for SIGINT, SIGTERM and SIGHUP that delete the registered temporary files and
 // then end the process by the same signal (exit status 128 + signal: 130, 143, 129), as if no

@@ -51,6 +51,8 @@ void check_memory(const Graph& graph, int64_t batch_size, int64_t eval_batch, co
 // Keys whose value may change between a run and its resume: they change neither the data, the
 // model nor the optimization done so far.
 bool resume_may_change(const std::string& key_path);
+// Those keys, for messages: "train.epochs, threads, ... and train.early_stopping.patience".
+std::string resume_may_change_text();
 
 // "key: old -> new" for each leaf that differs between the checkpoint's experiment (`saved`, with
 // defaults filled in) and the current one, both as YAML text.

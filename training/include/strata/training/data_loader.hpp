@@ -29,6 +29,13 @@ namespace strata {
 // (a SplitMix64 hash of the three seeds std::mt19937).
 Rng sample_rng(uint32_t seed, int64_t epoch, int64_t row);
 
+// The order of the `rows` training rows in epoch `epoch` (0-based): with `shuffle`, a Fisher-Yates
+// permutation drawn by strata::Stream(seed, kEpochOrderStream + epoch) (strata/random.hpp), the
+// same with every standard library; without, 0, 1, ..., rows - 1. A function of its arguments
+// only, so a resumed run (even one stopped mid-epoch) orders every epoch as an uninterrupted one.
+inline constexpr uint64_t kEpochOrderStream = 0x6F72646572000000ull;  // "order"
+std::vector<int64_t> epoch_order(uint32_t seed, int64_t epoch, int64_t rows, bool shuffle = true);
+
 struct Batch {
   Tensor images;                    // [n, C, H, W]: the model's input shape
   std::span<const int32_t> labels;  // n labels

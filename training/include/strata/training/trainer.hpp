@@ -20,12 +20,15 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "strata/config.hpp"
 #include "strata/dataset.hpp"
 #include "strata/registry.hpp"
 #include "strata/training/experiment.hpp"
+#include "strata/training/hooks.hpp"
 
 namespace strata {
 
@@ -62,6 +65,8 @@ struct TrainOptions {
   // epoch: TrainingState::partial), skips the test evaluation and summary.json, and returns with
   // TrainSummary::interrupted set. A resume from it ends bit-identical to an uninterrupted run.
   const std::atomic<bool>* stop = nullptr;
+  // More hooks (strata/training/hooks.hpp), called after the built-in ones at every event.
+  std::vector<std::shared_ptr<TrainingHook>> hooks;
 };
 
 // One line of the history: what a finished epoch measured.
