@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "scheduler.hpp"
+#include "strata/files.hpp"
 
 namespace strata::search {
 
