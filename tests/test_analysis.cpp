@@ -3,6 +3,7 @@
 // plugins it needs are recorded and a missing one is an error naming it and its version.
 #define BOOST_TEST_MODULE analysis
 #include <boost/test/unit_test.hpp>
+#include <nlohmann/json.hpp>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -36,14 +37,9 @@ train: {epochs: 2, batch_size: 16}
 
 double json_last(const fs::path& summary, const std::string& metric) {
   std::ifstream in(summary);
-  std::stringstream text;
-  text << in.rdbuf();
-  const std::string s = text.str();
-  const auto at = s.find("\"" + metric + "\": [");
-  BOOST_TEST_REQUIRE(at != std::string::npos);
-  const auto end = s.find(']', at);
-  const auto comma = s.rfind(' ', end);
-  return std::stod(s.substr(comma + 1, end - comma - 1));
+  const nlohmann::json json = nlohmann::json::parse(in);
+  BOOST_TEST_REQUIRE(json.at("history").contains(metric));
+  return json.at("history").at(metric).back().get<double>();
 }
 
 }  // namespace
