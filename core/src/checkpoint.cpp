@@ -570,6 +570,19 @@ double read_double_attribute(const FileContext& context, hid_t object,
                                        H5T_FLOAT, true, "a number", "number");
 }
 
+// The values of a rank-1 floating-point dataset of `shape`, as doubles, after check_storage().
+std::vector<double> read_double_series(const FileContext& context, hid_t dataset,
+                                       const std::string& path, const Shape& shape) {
+  check_storage(context, dataset, path, shape);
+  std::vector<double> values(static_cast<std::size_t>(shape[0]));
+  if (!values.empty()) {
+    context.check_status(
+        H5Dread(dataset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()),
+        fmt::format("cannot read {}", path));
+  }
+  return values;
+}
+
 std::string read_string_dataset(const FileContext& context, hid_t file, const std::string& path) {
   if (!object_exists(context, file, path)) context.fail(fmt::format("{} is missing", path));
   Handle dataset = open_dataset(context, file, path);
@@ -1146,13 +1159,7 @@ std::optional<TrainingState> load_checkpoint_training_state(const fs::path& path
         context.fail(fmt::format("{} holds {} values, expected floating point", dataset_path,
                                  type_class_name(type_class)));
       }
-      check_storage(context, dataset, dataset_path, shape);
-      std::vector<double> values(static_cast<std::size_t>(shape[0]));
-      if (!values.empty()) {
-        context.check_status(
-            H5Dread(dataset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()),
-            fmt::format("cannot read {}", dataset_path));
-      }
+      std::vector<double> values = read_double_series(context, dataset, dataset_path, shape);
       state.history[dataset_path.substr(std::string_view("/history/").size())] = std::move(values);
     }
   }
@@ -1279,13 +1286,7 @@ std::map<std::string, std::map<std::string, std::vector<double>>> read_hdf5_seri
       context.fail(fmt::format("{} has shape {}, expected a rank-1 floating-point series",
                                dataset_path, shape.str()));
     }
-    check_storage(context, dataset, dataset_path, shape);
-    std::vector<double> values(static_cast<std::size_t>(shape[0]));
-    if (!values.empty()) {
-      context.check_status(
-          H5Dread(dataset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()),
-          fmt::format("cannot read {}", dataset_path));
-    }
+    std::vector<double> values = read_double_series(context, dataset, dataset_path, shape);
     const std::size_t slash = dataset_path.rfind('/');
     result[dataset_path.substr(0, slash)][dataset_path.substr(slash + 1)] = std::move(values);
   }
