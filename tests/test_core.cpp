@@ -232,11 +232,31 @@ BOOST_AUTO_TEST_CASE(bad_plugin_and_type_names_are_refused_when_the_plugin_loads
                         "registers a layer type '', which is not a valid type name: "
                         "it is empty");
   BOOST_TEST(loader.plugins().empty());
+  BOOST_TEST(!r.layers.contains(""));  // the refused type is not left behind
   // Every plugin that ships passes the same rule.
   Registries shipped;
   PluginLoader shipped_loader(shipped);
   shipped_loader.load_default();
   BOOST_TEST(shipped_loader.plugins().size() > 5u);
+}
+
+// Registration is transactional: a plugin that throws after registering two types leaves neither
+// behind, and a plugin registering the same names afterwards loads.
+BOOST_AUTO_TEST_CASE(a_failed_registration_leaves_none_of_its_types_behind) {
+  Registries r;
+  PluginLoader loader(r);
+  const std::string message =
+      test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_half_registered.so"); });
+  STRATA_CHECK_CONTAINS(message, "registration failed: register_all() threw an exception: "
+                                 "failed after registering two types");
+  BOOST_TEST(!r.layers.contains("half_layer"));
+  BOOST_TEST(!r.optimizers.contains("half_optimizer"));
+  BOOST_TEST(loader.plugins().empty());
+  loader.load_file(kBadPlugins / "libstrata_test_half_registered_ok.so");
+  BOOST_TEST(r.layers.contains("half_layer"));
+  BOOST_TEST(r.optimizers.contains("half_optimizer"));
+  BOOST_TEST(r.layers.entries().at("half_layer").owner->name == "test_half_registered_ok");
+  BOOST_TEST(loader.plugins().size() == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(a_plugin_stays_loaded_while_its_objects_live) {

@@ -162,109 +162,20 @@ std::string case_type(const LayerCase& layer_case) {
 // Helpers
 // ------------------------------------------------------------------------------------------------
 
-// A layer set up on one backend, with that backend's execution policy.
-struct Instance {
-  std::shared_ptr<Layer> layer;
-  std::shared_ptr<strata::Backend> backend;
-  Shape output;  // sample shape from setup()
-};
+// The conformance harness (strata/tools/conformance.hpp): the same helpers the checks use.
+using Instance = strata::conformance::LayerInstance;
+using strata::conformance::all_finite;
+using strata::conformance::dot;
+using strata::conformance::max_abs;
+using strata::conformance::max_abs_diff;
+using strata::conformance::randomize_params;
+using strata::conformance::rms;
+using strata::conformance::run_backward;
+using strata::conformance::run_forward;
 
 Instance make_layer(const std::string& layer_yaml, const std::vector<Shape>& inputs,
                     const std::string& backend_name) {
-  auto& r = registries();
-  const std::string type = yaml(layer_yaml).get<std::string>("type");
-  BOOST_TEST_REQUIRE(r.layers.contains(type), "layer type '"
-                                                  << type
-                                                  << "' is in the conformance table but no "
-                                                     "loaded plugin registers it");
-  BOOST_TEST_REQUIRE(r.backends.contains(backend_name),
-                     "backend '" << backend_name << "' is not registered (is its plugin built?)");
-  Instance instance;
-  instance.layer = r.layers.create(yaml(layer_yaml));
-  instance.layer->set_name("l");
-  const SetupContext setup(r.kernels, backend_name, "l");
-  instance.output = instance.layer->setup(setup, inputs);
-  instance.backend = r.backends.create(backend_name, Config{});
-  instance.backend->set_threads(0);
-  return instance;
-}
-
-// Parameters get U(-1, 1); buffers (batch norm's running statistics) U(0.5, 1.5), positive so
-// that a running variance stays valid, and different from their initial 0 and 1, so that the
-// evaluation path and the checkpoint round trip of buffers are really exercised.
-void randomize_params(Layer& layer, Rng& rng) {
-  for (Param* param : layer.params())
-    param->value.copy_from(random_tensor(param->value.shape(), rng));
-  for (strata::NamedTensor& buffer : layer.buffers())
-    buffer.tensor.copy_from(random_tensor(buffer.tensor.shape(), rng, 0.5f, 1.5f));
-}
-
-// Runs forward with a freshly seeded Rng, so stochastic layers (dropout) draw the same mask on
-// every call with the same seed. The output buffer is pre-filled with NaN: a layer that reads its
-// output before writing it, or leaves part of it unwritten, produces NaNs that the checks see.
-Tensor run_forward(Instance& instance, const std::vector<Tensor>& inputs, bool training,
-                   uint32_t seed) {
-  Rng rng(seed);
-  Context context{training, &rng, instance.backend.get()};
-  Tensor out(instance.output.with_batch(inputs.at(0).dim(0)));
-  out.fill(std::numeric_limits<float>::quiet_NaN());
-  instance.layer->forward(context, inputs, out);
-  return out;
-}
-
-// backward() into NaN-filled input and parameter gradients (they must be overwritten, never
-// accumulated). `want_input_grads` false passes undefined din tensors (nobody needs them).
-std::vector<Tensor> run_backward(Instance& instance, const std::vector<Tensor>& inputs,
-                                 const Tensor& out, const Tensor& dout, bool training,
-                                 uint32_t seed, bool want_input_grads = true) {
-  Rng rng(seed);
-  Context context{training, &rng, instance.backend.get()};
-  std::vector<Tensor> din;
-  for (const Tensor& x : inputs) {
-    din.push_back(want_input_grads ? Tensor(x.shape()) : Tensor());
-    if (want_input_grads) din.back().fill(std::numeric_limits<float>::quiet_NaN());
-  }
-  for (Param* param : instance.layer->params()) {
-    param->grad.fill(std::numeric_limits<float>::quiet_NaN());
-  }
-  instance.layer->backward(context, inputs, out, dout, din);
-  return din;
-}
-
-double dot(const Tensor& a, const Tensor& b) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    sum += static_cast<double>(a.data()[i]) * static_cast<double>(b.data()[i]);
-  }
-  return sum;
-}
-
-bool all_finite(const Tensor& t) {
-  return std::all_of(t.span().begin(), t.span().end(), [](float v) { return std::isfinite(v); });
-}
-
-float max_abs(const Tensor& t) {
-  float m = 0.0f;
-  for (float v : t.span()) m = std::max(m, std::abs(v));
-  return m;
-}
-
-double rms(const Tensor& t) {
-  double sum = 0.0;
-  for (float v : t.span()) sum += static_cast<double>(v) * v;
-  return t.numel() == 0 ? 0.0 : std::sqrt(sum / static_cast<double>(t.numel()));
-}
-
-// |a - b| over all elements, NaN-aware: any non-finite element makes the result +inf.
-float max_abs_diff(const Tensor& a, const Tensor& b) {
-  BOOST_TEST_REQUIRE(a.numel() == b.numel());
-  float worst = 0.0f;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const float d = std::abs(a.data()[i] - b.data()[i]);
-    if (!std::isfinite(d)) return std::numeric_limits<float>::infinity();
-    worst = std::max(worst, d);
-  }
-  return worst;
+  return strata::conformance::make_layer(registries(), yaml(layer_yaml), inputs, backend_name);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -350,6 +261,28 @@ BOOST_AUTO_TEST_CASE(sample_shapes_parse) {
 }
 
 // A new layer plugin must add itself to the table above: this fails otherwise.
+// Context::backend may be null (strata/layer.hpp): every layer that splits its work over the
+// backend (parallel_elementwise) then runs serially, with the output it gives on tbb. The inputs
+// are larger than one task (kElementwiseGrain elements), so on tbb the work is really split.
+BOOST_AUTO_TEST_CASE(layers_run_without_a_backend) {
+  const std::vector<std::pair<std::string, Shape>> cases = {
+      {"{type: swish}", {8, 48, 48}},           {"{type: relu}", {8, 48, 48}},
+      {"{type: softmax}", {8, 48, 48}},         {"{type: lrn, size: 3}", {8, 48, 48}},
+      {"{type: global_avg_pool}", {8, 48, 48}}, {"{type: batch_norm}", {8, 48, 48}},
+  };
+  Rng rng(11);
+  for (const auto& [layer_yaml, sample] : cases) {
+    Instance instance = make_layer(layer_yaml, {sample}, "tbb");
+    randomize_params(*instance.layer, rng);
+    const std::vector<Tensor> inputs = {random_tensor(sample.with_batch(3), rng)};
+    const Tensor on_tbb = run_forward(instance, inputs, false, 5);
+    Context serial{false, nullptr, nullptr};
+    Tensor out(on_tbb.shape());
+    instance.layer->forward(serial, inputs, out);
+    BOOST_TEST(max_abs_diff(out, on_tbb) == 0.0f, layer_yaml);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(every_registered_layer_has_a_case) {
   std::set<std::string> covered;
   for (const LayerCase& layer_case : kConformanceCases) covered.insert(case_type(layer_case));

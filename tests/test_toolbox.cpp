@@ -167,6 +167,15 @@ BOOST_AUTO_TEST_CASE(random_crop_centre_crops_evaluation_images) {
       test::error_of([&] { make_transform("{type: random_crop, padding: 1, size: 9}", sample); });
   STRATA_CHECK_CONTAINS(too_big, "size");
   STRATA_CHECK_CONTAINS(too_big, "does not fit");
+  // The same pair reader as the layers' geometry (Config::get_pair): a padding of 2^62 is refused
+  // at the key rather than overflowing H + 2 * padding.
+  STRATA_CHECK_CONTAINS(
+      test::error_of(
+          [&] { make_transform("{type: random_crop, padding: 4611686018427387904}", sample); }),
+      "padding: must be at most 2147483647 (2^31 - 1), found 4611686018427387904");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { make_transform("{type: random_crop, size: [2, 3, 4]}", sample); }),
+      "size: expected an integer or a list [height, width], found a list of 3");
 }
 
 // Same seed: the same batches, whatever the thread count; another seed or epoch: other images.

@@ -512,22 +512,32 @@ std::string read_string_attribute(const FileContext& context, hid_t object,
   });
 }
 
-int64_t read_integer_attribute(const FileContext& context, hid_t object,
-                               const std::string& object_path, const char* name) {
+// One scalar attribute, read as T through `memory_type`. Its type class must be `type_class` (or,
+// with `or_integer`, an integer); errors name the attribute and the `kind` expected ("integer").
+template <class T>
+T read_scalar_attribute(const FileContext& context, hid_t object, const std::string& object_path,
+                        const char* name, hid_t memory_type, H5T_class_t type_class,
+                        bool or_integer, const char* a_kind, const char* kind) {
   Handle attribute = open_attribute(context, object, object_path, name);
   const std::string what = fmt::format("the attribute {} of {}", name, object_path);
   Handle type(context.check(H5Aget_type(attribute), "cannot read " + what), H5Tclose);
   Handle space(context.check(H5Aget_space(attribute), "cannot read " + what), H5Sclose);
-  const H5T_class_t type_class = H5Tget_class(type);
-  if (type_class != H5T_INTEGER) {
-    context.fail(fmt::format("{} is {}, expected an integer", what, type_class_name(type_class)));
+  const H5T_class_t found = H5Tget_class(type);
+  if (found != type_class && !(or_integer && found == H5T_INTEGER)) {
+    context.fail(fmt::format("{} is {}, expected {}", what, type_class_name(found), a_kind));
   }
   if (H5Sget_simple_extent_npoints(space) != 1) {
-    context.fail(fmt::format("{} holds several values, expected one integer", what));
+    context.fail(fmt::format("{} holds several values, expected one {}", what, kind));
   }
-  int64_t value = 0;
-  context.check_status(H5Aread(attribute, H5T_NATIVE_INT64, &value), "cannot read " + what);
+  T value = 0;
+  context.check_status(H5Aread(attribute, memory_type, &value), "cannot read " + what);
   return value;
+}
+
+int64_t read_integer_attribute(const FileContext& context, hid_t object,
+                               const std::string& object_path, const char* name) {
+  return read_scalar_attribute<int64_t>(context, object, object_path, name, H5T_NATIVE_INT64,
+                                        H5T_INTEGER, false, "an integer", "integer");
 }
 
 // A dataset must plausibly store what its shape claims before anything of that size is
@@ -556,20 +566,21 @@ void check_storage(const FileContext& context, hid_t dataset, const std::string&
 
 double read_double_attribute(const FileContext& context, hid_t object,
                              const std::string& object_path, const char* name) {
-  Handle attribute = open_attribute(context, object, object_path, name);
-  const std::string what = fmt::format("the attribute {} of {}", name, object_path);
-  Handle type(context.check(H5Aget_type(attribute), "cannot read " + what), H5Tclose);
-  Handle space(context.check(H5Aget_space(attribute), "cannot read " + what), H5Sclose);
-  const H5T_class_t type_class = H5Tget_class(type);
-  if (type_class != H5T_FLOAT && type_class != H5T_INTEGER) {
-    context.fail(fmt::format("{} is {}, expected a number", what, type_class_name(type_class)));
+  return read_scalar_attribute<double>(context, object, object_path, name, H5T_NATIVE_DOUBLE,
+                                       H5T_FLOAT, true, "a number", "number");
+}
+
+// The values of a rank-1 floating-point dataset of `shape`, as doubles, after check_storage().
+std::vector<double> read_double_series(const FileContext& context, hid_t dataset,
+                                       const std::string& path, const Shape& shape) {
+  check_storage(context, dataset, path, shape);
+  std::vector<double> values(static_cast<std::size_t>(shape[0]));
+  if (!values.empty()) {
+    context.check_status(
+        H5Dread(dataset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()),
+        fmt::format("cannot read {}", path));
   }
-  if (H5Sget_simple_extent_npoints(space) != 1) {
-    context.fail(fmt::format("{} holds several values, expected one number", what));
-  }
-  double value = 0;
-  context.check_status(H5Aread(attribute, H5T_NATIVE_DOUBLE, &value), "cannot read " + what);
-  return value;
+  return values;
 }
 
 std::string read_string_dataset(const FileContext& context, hid_t file, const std::string& path) {
@@ -1148,13 +1159,7 @@ std::optional<TrainingState> load_checkpoint_training_state(const fs::path& path
         context.fail(fmt::format("{} holds {} values, expected floating point", dataset_path,
                                  type_class_name(type_class)));
       }
-      check_storage(context, dataset, dataset_path, shape);
-      std::vector<double> values(static_cast<std::size_t>(shape[0]));
-      if (!values.empty()) {
-        context.check_status(
-            H5Dread(dataset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()),
-            fmt::format("cannot read {}", dataset_path));
-      }
+      std::vector<double> values = read_double_series(context, dataset, dataset_path, shape);
       state.history[dataset_path.substr(std::string_view("/history/").size())] = std::move(values);
     }
   }
@@ -1281,13 +1286,7 @@ std::map<std::string, std::map<std::string, std::vector<double>>> read_hdf5_seri
       context.fail(fmt::format("{} has shape {}, expected a rank-1 floating-point series",
                                dataset_path, shape.str()));
     }
-    check_storage(context, dataset, dataset_path, shape);
-    std::vector<double> values(static_cast<std::size_t>(shape[0]));
-    if (!values.empty()) {
-      context.check_status(
-          H5Dread(dataset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()),
-          fmt::format("cannot read {}", dataset_path));
-    }
+    std::vector<double> values = read_double_series(context, dataset, dataset_path, shape);
     const std::size_t slash = dataset_path.rfind('/');
     result[dataset_path.substr(0, slash)][dataset_path.substr(slash + 1)] = std::move(values);
   }

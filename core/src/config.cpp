@@ -14,6 +14,7 @@
 #include "strata/config_origin.hpp"
 #include "strata/error.hpp"
 #include "strata/file_check.hpp"
+#include "strata/tensor.hpp"
 
 namespace strata {
 
@@ -648,6 +649,32 @@ std::optional<Config> Config::find(std::string_view key) const {
   if (entry == nullptr) return std::nullopt;
   entry->used = true;
   return Config(entry->value, child_path(key));
+}
+
+std::optional<std::array<int64_t, 2>> Config::get_pair(std::string_view key,
+                                                       int64_t minimum) const {
+  std::optional<Config> node = find(key);
+  if (!node) return std::nullopt;
+  std::array<int64_t, 2> pair{};
+  if (node->is_sequence()) {
+    const auto values = node->as<std::vector<int64_t>>();
+    if (values.size() != 2) {
+      node->fail(fmt::format("expected an integer or a list [height, width], found a list of {}",
+                             values.size()));
+    }
+    pair = {values[0], values[1]};
+  } else {
+    const auto value = node->as<int64_t>();
+    pair = {value, value};
+  }
+  for (int64_t value : pair) {
+    if (value < minimum) node->fail(fmt::format("must be at least {}, found {}", minimum, value));
+    // Beyond any image; the bound also keeps dilation * (kernel - 1) + 2 * padding in 64 bits.
+    if (value > kMaxExtent) {
+      node->fail(fmt::format("must be at most {} (2^31 - 1), found {}", kMaxExtent, value));
+    }
+  }
+  return pair;
 }
 
 Config Config::at(std::string_view key) const {

@@ -66,6 +66,40 @@ void check_kernel_names(const KernelRegistry& kernels, const PluginRef& owner,
   }
 }
 
+// Runs the plugin's register_all() with `plugin` as the owner of what it adds, then checks the
+// names it registered. Throws the Error to report; the caller removes what was registered.
+void register_plugin(Registries& registries, const PluginInfo& info, const PluginRef& plugin,
+                     const fs::path& canonical) {
+  PluginRef previous = registries.current;
+  registries.current = plugin;
+  try {
+    info.register_all(registries);
+  } catch (const Error& error) {
+    registries.current = previous;
+    fail("plugin {}: registration failed: {}", canonical.string(), error.what());
+  } catch (const std::exception& error) {
+    registries.current = previous;
+    fail("plugin {}: registration failed: register_all() threw an exception: {}",
+         canonical.string(), error.what());
+  } catch (...) {
+    registries.current = previous;
+    fail("plugin {}: registration failed: register_all() threw something that is not a "
+         "std::exception",
+         canonical.string());
+  }
+  registries.current = previous;
+  check_type_names(registries.layers, plugin, canonical);
+  check_type_names(registries.blocks, plugin, canonical);
+  check_type_names(registries.losses, plugin, canonical);
+  check_type_names(registries.optimizers, plugin, canonical);
+  check_type_names(registries.schedules, plugin, canonical);
+  check_type_names(registries.initializers, plugin, canonical);
+  check_type_names(registries.datasets, plugin, canonical);
+  check_type_names(registries.transforms, plugin, canonical);
+  check_type_names(registries.backends, plugin, canonical);
+  check_kernel_names(registries.kernels, plugin, canonical);
+}
+
 }  // namespace
 
 void PluginLoader::load_file(const fs::path& file) {
@@ -133,34 +167,14 @@ void PluginLoader::load_file(const fs::path& file) {
   }
 
   auto plugin = std::make_shared<const Plugin>(Plugin{name, version, canonical, library});
-  PluginRef previous = registries_.current;
-  registries_.current = plugin;
   try {
-    info->register_all(registries_);
-  } catch (const Error& error) {
-    registries_.current = previous;
-    fail("plugin {}: registration failed: {}", canonical.string(), error.what());
-  } catch (const std::exception& error) {
-    registries_.current = previous;
-    fail("plugin {}: registration failed: register_all() threw an exception: {}",
-         canonical.string(), error.what());
+    register_plugin(registries_, *info, plugin, canonical);
   } catch (...) {
-    registries_.current = previous;
-    fail("plugin {}: registration failed: register_all() threw something that is not a "
-         "std::exception",
-         canonical.string());
+    // Transactional: whatever the plugin registered before it failed goes, before its library is
+    // released (the factories' code lives in it), so no half-registered plugin stays behind.
+    registries_.remove_owned_by(plugin);
+    throw;
   }
-  registries_.current = previous;
-  check_type_names(registries_.layers, plugin, canonical);
-  check_type_names(registries_.blocks, plugin, canonical);
-  check_type_names(registries_.losses, plugin, canonical);
-  check_type_names(registries_.optimizers, plugin, canonical);
-  check_type_names(registries_.schedules, plugin, canonical);
-  check_type_names(registries_.initializers, plugin, canonical);
-  check_type_names(registries_.datasets, plugin, canonical);
-  check_type_names(registries_.transforms, plugin, canonical);
-  check_type_names(registries_.backends, plugin, canonical);
-  check_kernel_names(registries_.kernels, plugin, canonical);
   plugins_.push_back(std::move(plugin));
 }
 

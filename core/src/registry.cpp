@@ -17,6 +17,19 @@ std::string plugin_label(const PluginRef& plugin) {
 Registries::Registries()
     : current(std::make_shared<const Plugin>(Plugin{"host", "", {}, nullptr})) {}
 
+void Registries::remove_owned_by(const PluginRef& owner) {
+  layers.remove_owned_by(owner);
+  blocks.remove_owned_by(owner);
+  losses.remove_owned_by(owner);
+  optimizers.remove_owned_by(owner);
+  schedules.remove_owned_by(owner);
+  initializers.remove_owned_by(owner);
+  datasets.remove_owned_by(owner);
+  transforms.remove_owned_by(owner);
+  backends.remove_owned_by(owner);
+  kernels.remove_owned_by(owner);
+}
+
 void KernelRegistry::add(const std::string& op, const std::string& backend, Factory factory) {
   auto key = std::make_pair(op, backend);
   if (auto it = entries_.find(key); it != entries_.end()) {

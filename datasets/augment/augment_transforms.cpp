@@ -10,7 +10,7 @@
 //     Pads the image by `padding` pixels on every side with the value `fill`, then cuts out a
 //     window of `size` at a uniformly drawn position: top in [0, H + 2*padding - size_h], left in
 //     [0, W + 2*padding - size_w], each drawn as rng() % (range + 1).
-//     keys: padding (0; an integer or [vertical, horizontal], >= 0)
+//     keys: padding (0; an integer or [vertical, horizontal], >= 0 and at most 2^31 - 1)
 //           size (the image's [H, W]; an integer or [height, width], >= 1, at most the padded
 //                 extent)
 //           fill (0.0): the padding value, in the units of the images after data.preprocess
@@ -57,26 +57,12 @@ struct Pair {
   int64_t vertical = 0, horizontal = 0;
 };
 
-// An integer or a list [vertical, horizontal]; nullopt when the key is absent.
+// An integer or a list [vertical, horizontal], each in [minimum, 2^31 - 1] (Config::get_pair);
+// nullopt when the key is absent.
 std::optional<Pair> read_pair(const Config& config, std::string_view key, int64_t minimum) {
-  std::optional<Config> node = config.find(key);
-  if (!node) return std::nullopt;
-  Pair pair;
-  if (node->is_sequence()) {
-    const auto values = node->as<std::vector<int64_t>>();
-    if (values.size() != 2) {
-      node->fail(fmt::format("expected an integer or a list [height, width], found a list of {}",
-                             values.size()));
-    }
-    pair = {values[0], values[1]};
-  } else {
-    const auto value = node->as<int64_t>();
-    pair = {value, value};
-  }
-  for (int64_t value : {pair.vertical, pair.horizontal}) {
-    if (value < minimum) node->fail(fmt::format("must be at least {}, found {}", minimum, value));
-  }
-  return pair;
+  const auto pair = config.get_pair(key, minimum);
+  if (!pair) return std::nullopt;
+  return Pair{(*pair)[0], (*pair)[1]};
 }
 
 void check_sample_shape(std::string_view type, const Shape& shape) {

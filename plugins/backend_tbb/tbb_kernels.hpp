@@ -16,7 +16,8 @@
 //     at most 256 KiB each (larger only when one output row's col matrix is; the Winograd method
 //     uses two of at most 2 MiB together, its transformed tiles), never a copy of the batch per
 //     thread (tiny-dnn #151). Weight gradients get up to four partial buffers per thread when they
-//     are small (64K floats), one when larger (Winograd: one of 16 * K * C floats per thread).
+//     are small (64K floats), one when larger (Winograd: one of (tile + 2)^2 * K * C floats per
+//     thread, allocated in on_prepare()).
 #pragma once
 
 #include <tbb/enumerable_thread_specific.h>
@@ -56,8 +57,10 @@ class TbbBackend : public Backend {
   std::unique_ptr<tbb::global_control> control_;
 };
 
-// Convolution, parallel over blocks of images. Each of the three entry points picks one of four
-// methods in on_prepare() (so forward may be direct while backward_data is not):
+// Convolution, parallel over blocks of images. Each of the three entry points picks one of six
+// methods in on_prepare() (so forward may be direct while backward_data is not), the first that
+// applies in the order depthwise, direct, winograd (backward_params: depthwise, winograd,
+// direct), then small, pointwise, blas:
 //   - depthwise: one input channel per group (depthwise convolution, or a channel multiplier),
 //     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp). forward and
 //     backward_data are parallel over planes; backward_params over groups, each filter's sum in
@@ -68,11 +71,15 @@ class TbbBackend : public Backend {
 //     Preferred to winograd for forward and backward_data where both apply.
 //   - winograd: 3x3, stride 1, one group, padding at most 2, at least kWinogradMinChannels
 //     channels and filters: F(4x4, 3x3) (winograd43.cpp) or F(2x2, 3x3) (winograd.hpp) over
-//     blocks of tiles of the whole batch; the weight gradient always with F(2x2), each thread
-//     owning a contiguous range of tile blocks and a transformed-gradient buffer of 16 * K * C
-//     floats, reduced in order (deterministic for a given thread count). Dilation D > 1 too, when
-//     D divides the padding and the input size (and padding / D <= 2): the D*D polyphase
-//     components of the input are a batch D*D times larger of dilation-1 convolutions.
+//     blocks of tiles of the whole batch. F(4x4) where channels plus filters are at most
+//     kWinograd43MaxChannels and the output is at least kWinograd43MinOutput wide and high; the
+//     weight gradient uses F(4x4) only when, besides, channels plus filters are at least
+//     kWinograd43MinParamsChannels (with the bound above: exactly 256), else F(2x2). Each thread
+//     owns a contiguous range of tile blocks and a transformed-gradient buffer of
+//     (tile + 2)^2 * K * C floats (16 or 36 per filter and channel), reduced in order
+//     (deterministic for a given thread count). Dilation D > 1 too, when D divides the padding
+//     and the input size (and padding / D <= 2): the D*D polyphase components of the input are a
+//     batch D*D times larger of dilation-1 convolutions.
 //   - small: at most kSmallMaxFilters filters per group and a small image. im2col of several
 //     images side by side, then the direct method's register-blocked kernels (OpenBLAS spends as
 //     long packing such thin matrices as multiplying them).

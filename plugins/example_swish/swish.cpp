@@ -7,6 +7,7 @@
 //             din = dout * s * (1 + x * (1 - s)), with s = sigmoid(x).
 #include <cmath>
 
+#include "strata/elementwise.hpp"
 #include "strata/layer.hpp"
 #include "strata/plugin.hpp"
 
@@ -24,7 +25,7 @@ class Swish final : public strata::Layer {
                strata::Tensor& out) override {
     const float* x = in[0].data();
     float* y = out.data();
-    context.backend->parallel_for(0, in[0].numel(), kGrain, [&](int64_t lo, int64_t hi) {
+    strata::parallel_elementwise(context, in[0].numel(), [=](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) y[i] = x[i] / (1.0f + std::exp(-x[i]));
     });
   }
@@ -36,7 +37,7 @@ class Swish final : public strata::Layer {
     const float* x = in[0].data();
     const float* dy = dout.data();
     float* dx = din[0].data();
-    context.backend->parallel_for(0, in[0].numel(), kGrain, [&](int64_t lo, int64_t hi) {
+    strata::parallel_elementwise(context, in[0].numel(), [=](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; ++i) {
         const float s = 1.0f / (1.0f + std::exp(-x[i]));
         dx[i] = dy[i] * s * (1.0f + x[i] * (1.0f - s));
@@ -49,9 +50,6 @@ class Swish final : public strata::Layer {
                             std::span<const strata::Shape> inputs) override {
     return inputs[0];  // element-wise: same shape out
   }
-
- private:
-  static constexpr int64_t kGrain = 16384;  // elements per task: small layers stay serial
 };
 
 void register_all(strata::Registries& registries) {

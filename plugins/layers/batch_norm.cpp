@@ -263,16 +263,10 @@ class BatchNorm final : public Layer {
   // kElementwiseGrain values, so small layers stay on one thread.
   template <class Body>
   void for_channels(Context& context, int64_t batch, const Body& body) const {
-    const int64_t per_channel = std::max<int64_t>(1, batch * spatial_);
-    const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / per_channel);
     auto run = [&](int64_t lo, int64_t hi) {
       for (int64_t c = lo; c < hi; ++c) body(c);
     };
-    if (context.backend == nullptr || channels_ <= grain) {
-      run(0, channels_);
-      return;
-    }
-    context.backend->parallel_for(0, channels_, grain, run);
+    parallel_elementwise(context, channels_, batch * spatial_, run);
   }
 
   double momentum_;

@@ -21,31 +21,9 @@ std::string format_quotient(int64_t numerator, int64_t stride) {
 
 Pair read_pair(const Config& config, std::string_view key, std::optional<Pair> fallback,
                int64_t minimum) {
-  std::optional<Config> node = config.find(key);
-  if (!node) {
-    if (!fallback) config.at(key);  // raises "missing required key"
-    return *fallback;
-  }
-  Pair pair{};
-  if (node->is_sequence()) {
-    const auto values = node->as<std::vector<int64_t>>();
-    if (values.size() != 2) {
-      node->fail(fmt::format("expected an integer or a list [height, width], found a list of {}",
-                             values.size()));
-    }
-    pair = {values[0], values[1]};
-  } else {
-    const auto value = node->as<int64_t>();
-    pair = {value, value};
-  }
-  for (int64_t value : pair) {
-    if (value < minimum) node->fail(fmt::format("must be at least {}, found {}", minimum, value));
-    // Beyond any image; the bound also keeps dilation * (kernel - 1) + 2 * padding in 64 bits.
-    if (value > kMaxExtent) {
-      node->fail(fmt::format("must be at most {} (2^31 - 1), found {}", kMaxExtent, value));
-    }
-  }
-  return pair;
+  if (std::optional<Pair> pair = config.get_pair(key, minimum)) return *pair;
+  if (!fallback) config.at(key);  // raises "missing required key"
+  return *fallback;
 }
 
 Rounding read_rounding(const Config& config) {

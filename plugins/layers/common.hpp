@@ -24,8 +24,8 @@ enum class Rounding {
   kFloor,  // drop the incomplete last window, as PyTorch does
 };
 
-// Reads `key` as an integer (used for both extents) or a list [height, width].
-//   requires: the value is >= minimum (each element), else a config error at the key.
+// Reads `key` as an integer (used for both extents) or a list [height, width]: Config::get_pair.
+//   requires: each value is in [minimum, kMaxExtent], else a config error at the key.
 //   ensures:  a missing key returns `fallback`, or is a "missing required key" error when
 //             fallback is empty.
 Pair read_pair(const Config& config, std::string_view key, std::optional<Pair> fallback,

@@ -106,13 +106,7 @@ class Concat final : public Layer {
     auto run = [&](int64_t lo, int64_t hi) {
       for (int64_t n = lo; n < hi; ++n) body(n);
     };
-    const int64_t grain =
-        std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(1, output_numel_));
-    if (context.backend == nullptr || batch <= grain) {
-      run(0, batch);
-      return;
-    }
-    context.backend->parallel_for(0, batch, grain, run);
+    parallel_elementwise(context, batch, output_numel_, run);
   }
 
   std::vector<int64_t> sizes_;  // elements per sample of each input

@@ -76,12 +76,7 @@ class GlobalAvgPool final : public Layer {
  private:
   void for_planes(Context& context, int64_t planes,
                   const std::function<void(int64_t, int64_t)>& body) const {
-    const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / area_);
-    if (context.backend == nullptr || planes <= grain) {
-      body(0, planes);
-      return;
-    }
-    context.backend->parallel_for(0, planes, grain, body);
+    parallel_elementwise(context, planes, area_, body);
   }
 
   int64_t channels_ = 0;

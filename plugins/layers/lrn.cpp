@@ -133,12 +133,7 @@ class Lrn final : public Layer {
       std::vector<float> scratch(static_cast<std::size_t>(area_));
       for (int64_t p = lo; p < hi; ++p) body(p / channels_, p % channels_, scratch.data());
     };
-    const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / (area_ * size_));
-    if (context.backend == nullptr || planes <= grain) {
-      run(0, planes);
-      return;
-    }
-    context.backend->parallel_for(0, planes, grain, run);
+    parallel_elementwise(context, planes, area_ * size_, run);
   }
 
   int64_t size_;

@@ -131,12 +131,7 @@ class Multiply final : public Layer {
   // kElementwiseGrain elements (serially when the context has no backend).
   void for_planes(Context& context, int64_t planes,
                   const std::function<void(int64_t, int64_t)>& body) const {
-    const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / area_);
-    if (context.backend == nullptr || planes <= grain) {
-      body(0, planes);
-      return;
-    }
-    context.backend->parallel_for(0, planes, grain, body);
+    parallel_elementwise(context, planes, area_, body);
   }
 
   int gate_ = -1;     // which input is the [C, 1, 1] gate; -1: same shapes

@@ -88,12 +88,7 @@ class Softmax final : public Layer {
     auto run = [&](int64_t lo, int64_t hi) {
       for (int64_t g = lo; g < hi; ++g) body(g);
     };
-    const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / size_);
-    if (context.backend == nullptr || groups <= grain) {
-      run(0, groups);
-      return;
-    }
-    context.backend->parallel_for(0, groups, grain, run);
+    parallel_elementwise(context, groups, size_, run);
   }
 
   int64_t size_ = 1;    // elements in one softmax group (the first sample axis)

@@ -13,9 +13,11 @@
 //   regularization_loss(): 0.5 * weight_decay * sum decay_mult * ||w||^2, the L2 term whose
 //   gradient the update adds.
 //   A frozen parameter (`freeze: true` on its layer) is skipped: no update, its momentum stays.
+//   Errors: "sgd: <param key> has N gradient values for M parameters" (from the base class).
 
 #include <fmt/format.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,14 +31,18 @@ namespace strata::sgd {
 
 namespace {
 
-class Sgd final : public Optimizer {
+// The per-parameter loop, frozen parameters, the multipliers, state() naming and
+// regularization_loss() are the runtime's PerParameterOptimizer (strata/optimizer.hpp), as for the
+// optimizers plugin; sgd keeps no step counts (torch.optim.SGD has none either).
+class Sgd final : public PerParameterOptimizer {
  public:
   explicit Sgd(const Config& config)
-      : lr_(config.get<double>("lr")),
+      : PerParameterOptimizer("sgd", config.get<double>("lr")),
         momentum_(config.get<double>("momentum", 0.0)),
         nesterov_(config.get<bool>("nesterov", false)),
         weight_decay_(config.get<double>("weight_decay", 0.0)) {
-    if (!(lr_ > 0.0)) config.fail_key("lr", fmt::format("must be positive, found {}", lr_));
+    const double lr = config.get<double>("lr");
+    if (!(lr > 0.0)) config.fail_key("lr", fmt::format("must be positive, found {}", lr));
     if (!(momentum_ >= 0.0 && momentum_ < 1.0)) {
       config.fail_key("momentum", fmt::format("must be in [0, 1), found {}", momentum_));
     }
@@ -46,62 +52,38 @@ class Sgd final : public Optimizer {
     if (!(weight_decay_ >= 0.0)) {
       config.fail_key("weight_decay", fmt::format("must be >= 0, found {}", weight_decay_));
     }
+    set_weight_decay(weight_decay_);
+    no_step_counts();
+    if (momentum_ > 0.0) momentum_slot_ = add_slot("momentum");
   }
 
-  void setup(std::span<const ParamRef> params) override {
-    params_.assign(params.begin(), params.end());
-    velocity_.clear();
-    if (momentum_ > 0.0) {
-      for (const ParamRef& ref : params_) velocity_.push_back(Tensor(ref.param->value.shape()));
+ protected:
+  void update(std::size_t p, Param& param, double lr, double weight_decay, float) override {
+    const int64_t n = param.value.numel();
+    float* w = param.value.data();
+    const float* grad = param.grad.data();
+    // lr and lr_mult are floats: their product in double is exact, so rounding it to float gives
+    // the float product, bit for bit.
+    const auto step_size = static_cast<float>(lr);
+    const auto decay = static_cast<float>(weight_decay);
+    if (!momentum_slot_) {
+      for (int64_t i = 0; i < n; ++i) w[i] -= step_size * (grad[i] + decay * w[i]);
+      return;
     }
-  }
-
-  void step(float lr) override {
     const auto mu = static_cast<float>(momentum_);
-    for (std::size_t p = 0; p < params_.size(); ++p) {
-      Param& param = *params_[p].param;
-      if (param.frozen) continue;
-      if (param.grad.numel() != param.value.numel()) {
-        fail("sgd: {} has {} gradient values for {} parameters", params_[p].key, param.grad.numel(),
-             param.value.numel());
-      }
-      const int64_t n = param.value.numel();
-      float* w = param.value.data();
-      const float* grad = param.grad.data();
-      const float step_size = lr * param.lr_mult;
-      const auto decay = static_cast<float>(weight_decay_ * param.decay_mult);
-      if (velocity_.empty()) {
-        for (int64_t i = 0; i < n; ++i) w[i] -= step_size * (grad[i] + decay * w[i]);
-        continue;
-      }
-      float* v = velocity_[p].data();
-      for (int64_t i = 0; i < n; ++i) {
-        const float g = grad[i] + decay * w[i];
-        v[i] = mu * v[i] + g;
-        w[i] -= step_size * (nesterov_ ? g + mu * v[i] : v[i]);
-      }
+    float* v = slot(*momentum_slot_, p);
+    for (int64_t i = 0; i < n; ++i) {
+      const float g = grad[i] + decay * w[i];
+      v[i] = mu * v[i] + g;
+      w[i] -= step_size * (nesterov_ ? g + mu * v[i] : v[i]);
     }
-  }
-
-  float base_lr() const override { return static_cast<float>(lr_); }
-
-  double regularization_loss() const override { return l2_penalty(params_, weight_decay_); }
-
-  std::vector<NamedTensor> state() override {
-    std::vector<NamedTensor> result;
-    for (std::size_t p = 0; p < velocity_.size(); ++p) {
-      result.push_back({params_[p].key + "/momentum", velocity_[p]});
-    }
-    return result;
   }
 
  private:
-  double lr_;
   double momentum_;
   bool nesterov_;
   double weight_decay_;
-  std::vector<ParamRef> params_;
-  std::vector<Tensor> velocity_;  // parallel to params_, empty without momentum
+  std::optional<std::size_t> momentum_slot_;  // only with momentum > 0
 };
 
 void register_all(Registries& registries) {

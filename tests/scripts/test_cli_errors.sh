@@ -6,41 +6,12 @@ set -u
 STRATA=$(realpath "$STRATA")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-failures=0; passed=0
-
-# expect_error NAME EXPECTED-TEXT -- strata args...
-expect_error() {
-  local name=$1 expected=$2; shift 3
-  local out="$work/$name.out"
-  "$STRATA" "$@" >"$out.stdout" 2>"$out"
-  local rc=$?
-  local problem=""
-  [ "$rc" -eq 1 ] || problem="exit status $rc (expected 1)"
-  grep -qF -- "$expected" "$out" || problem="$problem; stderr lacks: $expected"
-  grep -qiE "terminate called|Aborted|Segmentation|core dumped|std::|boost::" "$out" && problem="$problem; looks like a crash"
-  if find "$work" -name '*.tmp-*' | grep -q .; then problem="$problem; left a temporary file"; fi
-  if [ -n "$problem" ]; then
-    echo "FAIL $name: $problem"; sed 's/^/    /' "$out"; failures=$((failures + 1))
-  else
-    echo "ok   $name: $(head -1 "$out")"; passed=$((passed + 1))
-  fi
-}
+source "$STRATA_SOURCE_DIR/tests/scripts/lib.sh"
+no_temp_files_in=$work  # no half-written output
 
 # A small, valid experiment on the synthetic dataset; each case breaks one thing.
-cat >"$work/ok.yaml" <<'YAML'
-seed: 1
-data: {type: synthetic, classes: 4, shape: [1, 8, 8], train_size: 64, test_size: 32}
-model:
-  input: [1, 8, 8]
-  layers:
-    - {name: conv1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
-    - {name: relu1, type: relu}
-    - {name: fc1, type: linear, out_features: 4}
-optimizer: {type: sgd, lr: 0.01}
-train: {epochs: 1, batch_size: 16}
-YAML
+small_experiment >"$work/ok.yaml"
 ok="$work/ok.yaml"
-run() { "$STRATA" train "$ok" --out "$work/run" --progress none "$@"; }
 
 "$STRATA" train "$ok" --out "$work/good" --progress none >"$work/good.log" 2>&1 \
   || { echo "FAIL the valid experiment does not train"; cat "$work/good.log"; exit 1; }
@@ -178,5 +149,4 @@ fi
 STRATA=$tool
 chmod 700 "$work/locked"
 
-echo "$passed passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

@@ -9,19 +9,7 @@ set -u
 PYTHON=${PYTHON:-/usr/bin/python3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-failures=0; passed=0
-check() {  # check NAME COMMAND...
-  local name=$1; shift
-  if eval "$@"; then echo "ok   $name"; passed=$((passed + 1)); else
-    echo "FAIL $name"; failures=$((failures + 1))
-    [ -n "${last_log:-}" ] && tail -5 "$last_log" | sed 's/^/     /'
-  fi
-}
-run() {  # run LOG ARGS...: strata ARGS with stdout and stderr in LOG; sets rc
-  local log=$1; shift
-  last_log=$log
-  "$STRATA" "$@" >"$log" 2>&1; rc=$?
-}
+source "$STRATA_SOURCE_DIR/tests/scripts/lib.sh"  # run, check, finish
 
 # ---- --version and help ----
 version=$(sed -nE 's/^project\(Strata VERSION ([0-9.]+).*/\1/p' "$STRATA_SOURCE_DIR/CMakeLists.txt")
@@ -199,5 +187,4 @@ check "an unknown key in an included file names the included file" '[ $rc -eq 1 
 run "$work/inc_epochs.log" train "$work/top.yaml" --epochs 2
 check "--epochs on an including file suggests --set train.epochs" '[ $rc -eq 1 ] && grep -qF "use --set train.epochs=2" "$work/inc_epochs.log"'
 
-echo "$passed passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

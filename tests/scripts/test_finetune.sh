@@ -7,11 +7,7 @@ set -u
 PYTHON=${PYTHON:-/usr/bin/python3}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-failures=0; passed=0
-check() {  # check NAME COMMAND...
-  local name=$1; shift
-  if eval "$@"; then echo "ok   $name"; passed=$((passed + 1)); else echo "FAIL $name"; failures=$((failures + 1)); fi
-}
+source "$STRATA_SOURCE_DIR/tests/scripts/lib.sh"  # check, finish
 
 # A body (conv1) and a 4-class head (fc1), on synthetic data.
 cat >"$work/a.yaml" <<'YAML'
@@ -63,5 +59,4 @@ check "--weights with --resume is refused" '[ $rc -eq 1 ] && grep -q "give one o
 "$STRATA" train "$work/a.yaml" --out "$work/g" --weights "$work/nothing.h5" >"$work/g.log" 2>&1; rc=$?
 check "--weights names a missing file" '[ $rc -eq 1 ] && grep -q "nothing.h5" "$work/g.log"'
 
-echo "$passed passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

@@ -12,55 +12,10 @@ STRATA=$(realpath "$STRATA")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work" || exit 1
-failures=0
-passed=0
+source "$STRATA_SOURCE_DIR/tests/scripts/lib.sh"
+not_written=out.h5  # an expected error writes no output file
 
-# expect_error NAME EXPECTED-TEXT -- strata args...: exit status 1, the text on stderr, no output
-# file (out.h5) written, no crash.
-expect_error() {
-  local name=$1 expected=$2
-  shift 3
-  rm -f out.h5
-  "$STRATA" "$@" >"$name.stdout" 2>"$name.stderr"
-  local rc=$? problem=""
-  [ "$rc" -eq 1 ] || problem="exit status $rc (expected 1)"
-  grep -qF -- "$expected" "$name.stderr" || problem="$problem; stderr lacks: $expected"
-  [ -e out.h5 ] && problem="$problem; wrote out.h5"
-  if [ -n "$problem" ]; then
-    echo "FAIL $name: $problem"
-    sed 's/^/    /' "$name.stderr"
-    failures=$((failures + 1))
-  else
-    echo "ok   $name: $(head -1 "$name.stderr")"
-    passed=$((passed + 1))
-  fi
-}
-
-expect_success() {
-  local name=$1
-  shift 2
-  if "$STRATA" "$@" >"$name.stdout" 2>"$name.stderr"; then
-    echo "ok   $name"
-    passed=$((passed + 1))
-  else
-    echo "FAIL $name: exit status $?"
-    sed 's/^/    /' "$name.stderr"
-    failures=$((failures + 1))
-  fi
-}
-
-cat >ok.yaml <<'YAML'
-seed: 1
-data: {type: synthetic, classes: 4, shape: [1, 8, 8], train_size: 64, test_size: 32}
-model:
-  input: [1, 8, 8]
-  layers:
-    - {name: conv1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
-    - {name: relu1, type: relu}
-    - {name: fc1, type: linear, out_features: 4}
-optimizer: {type: sgd, lr: 0.01}
-train: {epochs: 1, batch_size: 16}
-YAML
+small_experiment >ok.yaml
 "$STRATA" train ok.yaml --out run >train.log 2>&1 || { cat train.log; exit 1; }
 "$PYTHON" "$STRATA_SOURCE_DIR/tests/scripts/hdf5_fixtures.py" indirection "$work" run/model.h5 || exit 1
 "$PYTHON" "$STRATA_SOURCE_DIR/tests/scripts/hdf5_fixtures.py" claims "$work" || exit 1
@@ -142,5 +97,4 @@ sys.exit(1)' "ckpt_$kind.h5"; then
   fi
 done
 
-echo "$passed passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

@@ -11,42 +11,10 @@ tests_plugins=$(dirname "$STRATA")/../tests/plugins
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work" || exit 1
-failures=0; passed=0
+source "$STRATA_SOURCE_DIR/tests/scripts/lib.sh"
+crash_pattern="$crash_pattern|internal"  # an "internal" error is a bug, not a clear message
 
-# expect_error NAME EXPECTED-TEXT -- strata args...   (each run is bounded: a hang is a failure)
-expect_error() {
-  local name=$1 expected=$2; shift 3
-  local out="$work/$name.err"
-  timeout 60 "$STRATA" "$@" >"$work/$name.stdout" 2>"$out" </dev/null
-  local rc=$?
-  local problem=""
-  [ "$rc" -eq 124 ] && problem="timed out (a hang)"
-  [ "$rc" -eq 1 ] || problem="$problem; exit status $rc (expected 1)"
-  grep -qF -- "$expected" "$out" || problem="$problem; stderr lacks: $expected"
-  grep -qiE "terminate called|core dumped|std::|boost::|internal" "$out" && problem="$problem; looks like a crash"
-  if [ -n "$problem" ]; then
-    echo "FAIL $name: $problem"; sed 's/^/    /' "$out"; failures=$((failures + 1))
-  else
-    echo "ok   $name: $(head -1 "$out")"; passed=$((passed + 1))
-  fi
-}
-check() {  # check NAME CONDITION-COMMAND...
-  local name=$1; shift
-  if "$@"; then echo "ok   $name"; passed=$((passed + 1)); else echo "FAIL $name"; failures=$((failures + 1)); fi
-}
-
-cat >"$work/ok.yaml" <<'YAML'
-seed: 1
-data: {type: synthetic, classes: 4, shape: [1, 8, 8], train_size: 64, test_size: 32}
-model:
-  input: [1, 8, 8]
-  layers:
-    - {name: conv1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
-    - {name: relu1, type: relu}
-    - {name: fc1, type: linear, out_features: 4}
-optimizer: {type: sgd, lr: 0.01}
-train: {epochs: 1, batch_size: 16}
-YAML
+small_experiment >"$work/ok.yaml"
 ok="$work/ok.yaml"
 
 # ---- YAML that would recurse forever, or hides a second document ----
@@ -142,7 +110,7 @@ search:
 YAML
 expect_error search_drawn_value "search.space.optimizer.lr ($work/drawn.yaml:16:19): drawn value" -- \
   search "$work/drawn.yaml" --out "$work/drawn_run"
-grep -q -- "--set" "$work/search_drawn_value.err" && { echo "FAIL search_drawn_value quotes a --set"; failures=$((failures + 1)); }
+grep -q -- "--set" "$work/search_drawn_value.stderr" && { echo "FAIL search_drawn_value quotes a --set"; failures=$((failures + 1)); }
 
 # ---- divergence caused by eps or weight decay, not by the learning rate ----
 # A side branch (conv_side) adds nothing to the loss: its gradients are exactly 0, and rmsprop with
@@ -228,5 +196,4 @@ else
   echo "FAIL check_plugin_sound_plugin"; sed 's/^/    /' "$work/sum.out"; failures=$((failures + 1))
 fi
 
-echo "$passed passed, $failures failed"
-[ "$failures" -eq 0 ]
+finish

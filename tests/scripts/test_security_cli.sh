@@ -19,20 +19,9 @@ cleanup() {
 }
 trap cleanup EXIT
 unset STRATA_PLUGIN_PATH
-failures=0
-fail() { echo "FAIL: $*" >&2; failures=$((failures + 1)); }
-ok() { echo "ok   $*"; }
-# expect_error NAME TEXT -- ARGS...: strata exits 1 and says TEXT.
-expect_error() {
-  local name=$1 text=$2; shift 3
-  "$STRATA" "$@" >"$work/out.txt" 2>"$work/err.txt"
-  local rc=$?
-  if [ "$rc" -ne 1 ] || ! grep -qF -- "$text" "$work/err.txt"; then
-    fail "$name (exit $rc): expected: $text"; sed 's/^/    /' "$work/err.txt" >&2
-  else
-    ok "$name"
-  fi
-}
+source "$STRATA_SOURCE_DIR/tests/scripts/lib.sh"  # expect_error, pass, failed, finish
+fail() { failed "$*"; }
+ok() { pass "$*"; }
 
 # A small IDX dataset (random pixels, 4 classes), so that eval has dataset files to protect.
 mkdir -p "$work/idx"
@@ -223,5 +212,4 @@ expect_error "search beside a running train" "$work/t: another strata run is wri
   -- search "$work/long.yaml" --out "$work/t"
 kill "$train_pid"; wait "$train_pid" 2>/dev/null
 
-[ "$failures" = 0 ] && echo "security: all checks passed"
-[ "$failures" = 0 ]
+finish

@@ -26,6 +26,109 @@ std::ostream& operator<<(std::ostream& os, const ConformanceCase& layer_case) {
   return os;
 }
 
+namespace conformance {
+
+Tensor random_tensor(const Shape& shape, Rng& rng, float low, float high) {
+  Tensor t(shape);
+  std::uniform_real_distribution<float> dist(low, high);
+  for (float& v : t.span()) v = dist(rng);
+  return t;
+}
+
+LayerInstance make_layer(const Registries& registries, const Config& layer_config,
+                         const std::vector<Shape>& inputs, const std::string& backend_name) {
+  LayerInstance instance;
+  instance.layer = registries.layers.create(layer_config);
+  instance.layer->set_name("l");
+  const SetupContext setup(registries.kernels, backend_name, "l");
+  instance.output = instance.layer->setup(setup, inputs);
+  instance.backend = registries.backends.create(backend_name, Config{});
+  instance.backend->set_threads(0);
+  return instance;
+}
+
+// Parameters get U(-1, 1); buffers (batch norm's running statistics) U(0.5, 1.5), positive so
+// that a running variance stays valid, and different from their initial 0 and 1, so that the
+// evaluation path and the checkpoint round trip of buffers are really exercised.
+void randomize_params(Layer& layer, Rng& rng) {
+  for (Param* param : layer.params())
+    param->value.copy_from(random_tensor(param->value.shape(), rng));
+  for (NamedTensor& buffer : layer.buffers()) {
+    buffer.tensor.copy_from(random_tensor(buffer.tensor.shape(), rng, 0.5f, 1.5f));
+  }
+}
+
+// Runs forward with a freshly seeded Rng, so stochastic layers (dropout) draw the same mask on
+// every call with the same seed. The output buffer is pre-filled with NaN: a layer that reads its
+// output before writing it, or leaves part of it unwritten, produces NaNs that the checks see.
+Tensor run_forward(LayerInstance& instance, const std::vector<Tensor>& inputs, bool training,
+                   uint32_t seed) {
+  Rng rng(seed);
+  Context context{training, &rng, instance.backend.get()};
+  Tensor out(instance.output.with_batch(inputs.at(0).dim(0)));
+  out.fill(std::numeric_limits<float>::quiet_NaN());
+  instance.layer->forward(context, inputs, out);
+  return out;
+}
+
+// backward() into NaN-filled input and parameter gradients (they must be overwritten, never
+// accumulated). `want_input_grads` false passes undefined din tensors (nobody needs them).
+std::vector<Tensor> run_backward(LayerInstance& instance, const std::vector<Tensor>& inputs,
+                                 const Tensor& out, const Tensor& dout, bool training,
+                                 uint32_t seed, bool want_input_grads) {
+  Rng rng(seed);
+  Context context{training, &rng, instance.backend.get()};
+  std::vector<Tensor> din;
+  for (const Tensor& x : inputs) {
+    din.push_back(want_input_grads ? Tensor(x.shape()) : Tensor());
+    if (want_input_grads) din.back().fill(std::numeric_limits<float>::quiet_NaN());
+  }
+  for (Param* param : instance.layer->params()) {
+    param->grad.fill(std::numeric_limits<float>::quiet_NaN());
+  }
+  instance.layer->backward(context, inputs, out, dout, din);
+  return din;
+}
+
+double dot(const Tensor& a, const Tensor& b) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    sum += static_cast<double>(a.data()[i]) * static_cast<double>(b.data()[i]);
+  }
+  return sum;
+}
+
+bool all_finite(const Tensor& t) {
+  return std::all_of(t.span().begin(), t.span().end(), [](float v) { return std::isfinite(v); });
+}
+
+float max_abs(const Tensor& t) {
+  float m = 0.0f;
+  for (float v : t.span()) m = std::max(m, std::abs(v));
+  return m;
+}
+
+// |a - b| over all elements, NaN-aware: any non-finite element makes the result +inf.
+float max_abs_diff(const Tensor& a, const Tensor& b) {
+  if (a.numel() != b.numel())
+    fail("tensors of shapes {} and {} compared", a.shape().str(), b.shape().str());
+  float worst = 0.0f;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const float d = std::abs(a.data()[i] - b.data()[i]);
+    if (!std::isfinite(d)) return std::numeric_limits<float>::infinity();
+    worst = std::max(worst, d);
+  }
+  return worst;
+}
+
+double rms(const Tensor& t) {
+  double sum = 0.0;
+  for (float v : t.span()) sum += static_cast<double>(v) * v;
+  return t.numel() == 0 ? 0.0 : std::sqrt(sum / static_cast<double>(t.numel()));
+}
+
+}  // namespace conformance
+
 namespace {
 
 // A failed expectation inside a check: ends the check with this message.
@@ -63,20 +166,24 @@ uint32_t case_seed(const ConformanceCase& layer_case) {
   return static_cast<uint32_t>(std::hash<std::string>{}(layer_case.yaml) & 0x7fffffff);
 }
 
-Tensor random_tensor(const Shape& shape, Rng& rng, float low = -1.0f, float high = 1.0f) {
-  Tensor t(shape);
-  std::uniform_real_distribution<float> dist(low, high);
-  for (float& v : t.span()) v = dist(rng);
-  return t;
+using conformance::all_finite;
+using conformance::dot;
+using conformance::max_abs;
+using conformance::max_abs_diff;
+using conformance::random_tensor;
+using conformance::randomize_params;
+using conformance::rms;
+using conformance::run_backward;
+using conformance::run_forward;
+using Instance = conformance::LayerInstance;
+
+std::vector<Shape> batched(const std::vector<Shape>& samples, int64_t batch) {
+  std::vector<Shape> shapes;
+  for (const Shape& shape : samples) shapes.push_back(shape.with_batch(batch));
+  return shapes;
 }
 
-// A layer set up on one backend, with that backend's execution policy.
-struct Instance {
-  std::shared_ptr<Layer> layer;
-  std::shared_ptr<Backend> backend;
-  Shape output;  // sample shape from setup()
-};
-
+// The harness's own precondition checks: a missing type or backend ends the check with its detail.
 Instance make_layer(const Registries& registries, const ConformanceCase& layer_case,
                     const std::string& backend_name) {
   const Config config = case_config(layer_case);
@@ -86,94 +193,7 @@ Instance make_layer(const Registries& registries, const ConformanceCase& layer_c
   if (!registries.backends.contains(backend_name)) {
     check_fail("backend '{}' is not registered (is its plugin loaded?)", backend_name);
   }
-  Instance instance;
-  instance.layer = registries.layers.create(config);
-  instance.layer->set_name("l");
-  const SetupContext setup(registries.kernels, backend_name, "l");
-  instance.output = instance.layer->setup(setup, layer_case.inputs);
-  instance.backend = registries.backends.create(backend_name, Config{});
-  instance.backend->set_threads(0);
-  return instance;
-}
-
-std::vector<Shape> batched(const std::vector<Shape>& samples, int64_t batch) {
-  std::vector<Shape> shapes;
-  for (const Shape& shape : samples) shapes.push_back(shape.with_batch(batch));
-  return shapes;
-}
-
-// Parameters get U(-1, 1); buffers (batch norm's running statistics) U(0.5, 1.5), positive so
-// that a running variance stays valid, and different from their initial 0 and 1, so that the
-// evaluation path and the checkpoint round trip of buffers are really exercised.
-void randomize_params(Layer& layer, Rng& rng) {
-  for (Param* param : layer.params())
-    param->value.copy_from(random_tensor(param->value.shape(), rng));
-  for (NamedTensor& buffer : layer.buffers()) {
-    buffer.tensor.copy_from(random_tensor(buffer.tensor.shape(), rng, 0.5f, 1.5f));
-  }
-}
-
-// Runs forward with a freshly seeded Rng, so stochastic layers (dropout) draw the same mask on
-// every call with the same seed. The output buffer is pre-filled with NaN: a layer that reads its
-// output before writing it, or leaves part of it unwritten, produces NaNs that the checks see.
-Tensor run_forward(Instance& instance, const std::vector<Tensor>& inputs, bool training,
-                   uint32_t seed) {
-  Rng rng(seed);
-  Context context{training, &rng, instance.backend.get()};
-  Tensor out(instance.output.with_batch(inputs.at(0).dim(0)));
-  out.fill(std::numeric_limits<float>::quiet_NaN());
-  instance.layer->forward(context, inputs, out);
-  return out;
-}
-
-// backward() into NaN-filled input and parameter gradients (they must be overwritten, never
-// accumulated). `want_input_grads` false passes undefined din tensors (nobody needs them).
-std::vector<Tensor> run_backward(Instance& instance, const std::vector<Tensor>& inputs,
-                                 const Tensor& out, const Tensor& dout, bool training,
-                                 uint32_t seed, bool want_input_grads = true) {
-  Rng rng(seed);
-  Context context{training, &rng, instance.backend.get()};
-  std::vector<Tensor> din;
-  for (const Tensor& x : inputs) {
-    din.push_back(want_input_grads ? Tensor(x.shape()) : Tensor());
-    if (want_input_grads) din.back().fill(std::numeric_limits<float>::quiet_NaN());
-  }
-  for (Param* param : instance.layer->params()) {
-    param->grad.fill(std::numeric_limits<float>::quiet_NaN());
-  }
-  instance.layer->backward(context, inputs, out, dout, din);
-  return din;
-}
-
-double dot(const Tensor& a, const Tensor& b) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    sum += static_cast<double>(a.data()[i]) * static_cast<double>(b.data()[i]);
-  }
-  return sum;
-}
-
-bool all_finite(const Tensor& t) {
-  return std::all_of(t.span().begin(), t.span().end(), [](float v) { return std::isfinite(v); });
-}
-
-float max_abs(const Tensor& t) {
-  float m = 0.0f;
-  for (float v : t.span()) m = std::max(m, std::abs(v));
-  return m;
-}
-
-// |a - b| over all elements, NaN-aware: any non-finite element makes the result +inf.
-float max_abs_diff(const Tensor& a, const Tensor& b) {
-  if (a.numel() != b.numel())
-    check_fail("tensors of shapes {} and {} compared", a.shape().str(), b.shape().str());
-  float worst = 0.0f;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const float d = std::abs(a.data()[i] - b.data()[i]);
-    if (!std::isfinite(d)) return std::numeric_limits<float>::infinity();
-    worst = std::max(worst, d);
-  }
-  return worst;
+  return conformance::make_layer(registries, config, layer_case.inputs, backend_name);
 }
 
 // Inputs for the gradient check: a shuffled grid of distinct values in [-2, 2] with spacing s,
@@ -192,12 +212,6 @@ Tensor kink_free_tensor(const Shape& shape, Rng& rng, double* spacing) {
     t.data()[i] = static_cast<float>(-2.0 + (k + 0.5) * *spacing);
   }
   return t;
-}
-
-double rms(const Tensor& t) {
-  double sum = 0.0;
-  for (float v : t.span()) sum += static_cast<double>(v) * v;
-  return t.numel() == 0 ? 0.0 : std::sqrt(sum / static_cast<double>(t.numel()));
 }
 
 struct GradientReport {

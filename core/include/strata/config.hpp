@@ -12,6 +12,7 @@
 // mean 'stride'?") rather than a silently ignored setting.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -69,6 +70,14 @@ class Config {
   T get(std::string_view key, const T& fallback) const;  // optional
   template <class T>
   T as() const;  // this node's own value
+
+  // A window extent pair: `key` as an integer (used for both) or a list [height, width].
+  //   requires: each value is in [minimum, kMaxExtent] (2^31 - 1, strata/tensor.hpp), else an
+  //             Error at the value: "expected an integer or a list [height, width], found a list
+  //             of 3", "must be at least 1, found 0" or "must be at most 2147483647 (2^31 - 1),
+  //             found ...".
+  //   ensures:  nullopt when the key is absent (the caller picks the default or requires it).
+  std::optional<std::array<int64_t, 2>> get_pair(std::string_view key, int64_t minimum) const;
 
   Config at(std::string_view key) const;                  // required child node
   std::optional<Config> find(std::string_view key) const;  // optional child node

@@ -14,7 +14,10 @@
 //   parallel_elementwise(context, n, body) calls body(lo, hi) on disjoint chunks covering
 //   [0, n), spread over the context's backend (its parallel_for, on the backend's threads) in
 //   chunks of kElementwiseGrain elements; serially, in one call, when n is at most one chunk or
-//   the context has no backend.
+//   the context has no backend. parallel_elementwise(context, items, elements_per_item, body)
+//   does the same over items (planes, channels, samples) of that many elements each, in tasks of
+//   about kElementwiseGrain elements (batch_norm, concat, global_avg_pool, lrn, multiply,
+//   softmax).
 // REQUIRES
 //   - body may run concurrently on different chunks: it writes only elements lo..hi-1 of its
 //     outputs (a reduction over all elements, such as a parameter gradient, needs per-chunk
@@ -26,6 +29,7 @@
 //     floats is vectorized; keep per-element functions inline and branch-light.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 
@@ -39,14 +43,25 @@ namespace strata {
 // [64, 32, 28, 28] activation over both cores.
 inline constexpr int64_t kElementwiseGrain = 16384;
 
-inline void parallel_elementwise(Context& context, int64_t n,
+// The same over `items` items of about `elements_per_item` elements each (planes, channels,
+// samples): body(lo, hi) gets item indices, and a task takes max(1, kElementwiseGrain /
+// elements_per_item) items, so it still holds about kElementwiseGrain elements. Serial when
+// `items` fits in one task or the context has no backend.
+inline void parallel_elementwise(Context& context, int64_t items, int64_t elements_per_item,
                                  const std::function<void(int64_t, int64_t)>& body) {
-  if (n <= 0) return;
-  if (context.backend == nullptr || n <= kElementwiseGrain) {
-    body(0, n);
+  if (items <= 0) return;
+  const int64_t grain =
+      std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(1, elements_per_item));
+  if (context.backend == nullptr || items <= grain) {
+    body(0, items);
     return;
   }
-  context.backend->parallel_for(0, n, kElementwiseGrain, body);
+  context.backend->parallel_for(0, items, grain, body);
+}
+
+inline void parallel_elementwise(Context& context, int64_t n,
+                                 const std::function<void(int64_t, int64_t)>& body) {
+  parallel_elementwise(context, n, 1, body);
 }
 
 }  // namespace strata

@@ -12,8 +12,11 @@
 //
 // Layers run in file order; each produces one tensor named after the layer, and "input" names the
 // model input. A layer may consume any earlier tensor, and a tensor may feed several layers: the
-// graph sums the gradients flowing back into it. Activations and gradients are allocated once per
-// batch size and reused, so a training step allocates nothing.
+// graph sums the gradients flowing back into it. Activations and gradients are allocated once for
+// the largest batch seen and reused (a smaller batch gets views), so a step allocates no
+// activation or gradient tensor. It is not allocation-free: layers may allocate scratch (lrn's
+// per-task plane, the params() lists), and the input-gradient buffers of gradient checking are
+// made per call.
 #pragma once
 
 #include <cstdint>

@@ -8,8 +8,9 @@
 //   3. forward()/backward(): every step, with batch-first tensors whose first dimension is N.
 //
 // Contract of backward(): `din[i]` has the shape of `in[i]` and is overwritten; an undefined
-// `din[i]` means nobody needs that gradient and the layer should skip computing it. Parameter
-// gradients (Param::grad) are overwritten, not accumulated.
+// `din[i]` (Tensor::defined() false: no storage) means nobody needs that gradient and the layer
+// should skip computing it. Parameter gradients (Param::grad) are overwritten, not accumulated.
+// Pointers in the Context may be null (see Context); `out` and `dout` are always defined.
 #pragma once
 
 #include <array>
@@ -100,12 +101,27 @@ class FrozenBranches {
   std::unordered_map<const void*, std::vector<int64_t>> taken_;
 };
 
-// What forward()/backward() may use.
+// Context: what forward()/backward() may use besides their tensors.
+//
+// WHAT IT REPRESENTS
+//   The mode of one pass and the services of the run, owned by whoever runs the graph (the
+//   trainer, `strata forward`, eval, bench, gradcheck, the conformance harness, tests). The layer
+//   borrows them for the call and keeps no pointer.
+// MAY BE NULL
+//   - rng: null is allowed; the runtime's callers always set it, but a bare Context{} (tests)
+//     has none. A stochastic layer that needs it in training fails with an Error when it is
+//     null (dropout: "training needs a random generator in the Context"); in inference it is
+//     not read.
+//   - backend: null is allowed (a bare Context{}, or a caller that has no backend): the work
+//     then runs serially on the calling thread. Never dereference it unchecked; use
+//     parallel_elementwise (strata/elementwise.hpp), which does the check.
+//   - frozen: null except under gradient checking (see FrozenBranches); layers with branch
+//     decisions test it before use.
 struct Context {
   bool training = false;
-  Rng* rng = nullptr;          // for stochastic layers (dropout); owned by the trainer
-  Backend* backend = nullptr;  // parallel_for for element-wise work
-  FrozenBranches* frozen = nullptr;  // gradient checking only: see FrozenBranches
+  Rng* rng = nullptr;                // for stochastic layers (dropout); may be null, see above
+  Backend* backend = nullptr;        // parallel_for for element-wise work; may be null, see above
+  FrozenBranches* frozen = nullptr;  // gradient checking only; null otherwise
 };
 
 // The sliding-window geometry of a layer along height and width, for receptive-field accounting

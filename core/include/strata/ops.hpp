@@ -36,6 +36,7 @@ void validate(const Conv2dDesc& desc, std::string_view kernel);
 class Conv2dKernel : public OpKernel<Conv2dDesc> {
  public:
   ~Conv2dKernel() override;
+  // y = x (*) weight + bias. bias may be null, or point at an undefined Tensor: no bias.
   virtual void forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) = 0;
   // dx = conv_transpose(dy, weight)
   virtual void backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) = 0;

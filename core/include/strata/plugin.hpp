@@ -30,6 +30,8 @@ inline constexpr int kPluginApi = 2;
 
 class Registries;
 
+// What a plugin's strata_plugin() entry point returns (STRATA_PLUGIN fills it); the loader refuses
+// a null PluginInfo, a null or empty name and a null register_all; a null version reads as "".
 struct PluginInfo {
   int api;  // must stay the first member: it is read before anything else
   const char* name;
@@ -42,8 +44,9 @@ struct Plugin {
   std::string name;
   std::string version;
   std::filesystem::path path;  // empty for types registered by the host program itself
-  std::shared_ptr<boost::dll::shared_library> library;
+  std::shared_ptr<boost::dll::shared_library> library;  // null for the host program itself
 };
+// Never null in a registry entry: the host program's own types have the "host" Plugin.
 using PluginRef = std::shared_ptr<const Plugin>;
 
 class PluginLoader {
@@ -51,7 +54,9 @@ class PluginLoader {
   explicit PluginLoader(Registries& registries) : registries_(registries) {}
 
   // Loads one plugin file. Errors: missing file, not a Strata plugin (no entry point), API
-  // mismatch, two plugins with the same name, or a registration error (duplicate type).
+  // mismatch, two plugins with the same name, or a registration error (duplicate type, an
+  // exception from register_all(), an invalid type name). A failed load is transactional: none
+  // of the plugin's types stays in any registry, and the plugin is not in plugins().
   // Loading a file that is already loaded is a no-op.
   void load_file(const std::filesystem::path& file);
   // Loads every `*.so` file in a folder whose name starts with "libstrata_" (sorted by name).

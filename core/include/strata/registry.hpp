@@ -6,6 +6,11 @@
 //   - after the factory returns, rejects any key the factory did not read (Config::check_unused);
 //   - returns a shared_ptr that also keeps the owning plugin's library loaded.
 // Registering a type twice is an error naming both plugins.
+//
+// Registration is transactional per plugin: when a plugin's register_all() throws, or a name it
+// registered is refused afterwards, PluginLoader::load_file() removes every entry that plugin
+// added (Registries::remove_owned_by) before it reports the error, so a failed load leaves no type
+// of that plugin behind, and a later plugin may register the same names.
 #pragma once
 
 #include <fmt/format.h>
@@ -84,6 +89,10 @@ class Registry {
   }
   const std::map<std::string, Entry>& entries() const { return entries_; }
   const std::string& kind() const { return kind_; }
+  // Removes every type `owner` registered; entries of other plugins are untouched.
+  void remove_owned_by(const PluginRef& owner) {
+    std::erase_if(entries_, [&](const auto& item) { return item.second.owner == owner; });
+  }
 
   // Creates the type named by the config's `type` key.
   std::shared_ptr<Base> create(const Config& config) const {
@@ -133,6 +142,10 @@ class KernelRegistry {
 
   bool contains(std::string_view op, std::string_view backend) const;
   const std::map<std::pair<std::string, std::string>, Entry>& entries() const { return entries_; }
+  // Removes every kernel `owner` registered.
+  void remove_owned_by(const PluginRef& owner) {
+    std::erase_if(entries_, [&](const auto& item) { return item.second.owner == owner; });
+  }
 
   // Creates the kernel for `op` on `backend`, or the reference kernel when `backend` has none or
   // it does not support `desc`. A fallback is reported once on stderr, naming `who` (the layer);
@@ -185,6 +198,9 @@ class Registries {
   Registries();
   Registries(const Registries&) = delete;
   Registries& operator=(const Registries&) = delete;
+
+  // Removes everything `owner` registered, from every registry (the rollback of a failed load).
+  void remove_owned_by(const PluginRef& owner);
 
   PluginRef current;  // owner attributed to add() calls; "host" outside plugin loading
 

@@ -26,17 +26,21 @@
 // (strata/conformance_cases.hpp).
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <iosfwd>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "strata/conformance_cases.hpp"
+#include "strata/layer.hpp"
 #include "strata/plugin.hpp"
 #include "strata/tensor.hpp"
 
 namespace strata {
 
+class Backend;
 class Registries;
 
 struct ConformanceCase {
@@ -78,6 +82,46 @@ std::vector<Shape> parse_sample_shapes(const std::string& text, const std::strin
 
 // The cases a plugin exports with STRATA_CONFORMANCE_CASES (empty when it exports none).
 std::vector<ConformanceCase> exported_conformance_cases(const Plugin& plugin);
+
+// The harness the checks run on, for tests that drive a layer by hand (tests/test_layers.cpp uses
+// it beside the checks, so there is one copy).
+namespace conformance {
+
+// A layer set up on one backend, with that backend's execution policy (set_threads(0)).
+struct LayerInstance {
+  std::shared_ptr<Layer> layer;
+  std::shared_ptr<Backend> backend;
+  Shape output;  // sample shape from setup()
+};
+// Creates the layer from `layer_config` (named "l"), sets it up for `inputs` (sample shapes) with
+// the kernels of `backend_name`, and creates that backend. Errors are the registries' (unknown
+// type or backend, bad keys, shapes the layer refuses).
+LayerInstance make_layer(const Registries& registries, const Config& layer_config,
+                         const std::vector<Shape>& inputs, const std::string& backend_name);
+
+// U(low, high) in every element.
+Tensor random_tensor(const Shape& shape, Rng& rng, float low = -1.0f, float high = 1.0f);
+// Parameters get U(-1, 1); buffers (batch norm's running statistics) U(0.5, 1.5): positive, so a
+// running variance stays valid, and unlike their initial 0 and 1.
+void randomize_params(Layer& layer, Rng& rng);
+// forward() in `training` mode with an Rng seeded by `seed` (a stochastic layer draws the same
+// mask for the same seed), into an output pre-filled with NaN (unwritten elements show).
+Tensor run_forward(LayerInstance& instance, const std::vector<Tensor>& inputs, bool training,
+                   uint32_t seed);
+// backward() into NaN-filled input and parameter gradients (they must be overwritten, never
+// accumulated); returns the input gradients. `want_input_grads` false passes undefined din.
+std::vector<Tensor> run_backward(LayerInstance& instance, const std::vector<Tensor>& inputs,
+                                 const Tensor& out, const Tensor& dout, bool training,
+                                 uint32_t seed, bool want_input_grads = true);
+
+double dot(const Tensor& a, const Tensor& b);  // in double
+bool all_finite(const Tensor& t);
+float max_abs(const Tensor& t);
+double rms(const Tensor& t);  // 0 for an empty tensor
+// max |a - b|, NaN-aware: any non-finite difference gives +inf. Different sizes: an Error.
+float max_abs_diff(const Tensor& a, const Tensor& b);
+
+}  // namespace conformance
 
 }  // namespace strata
 
