@@ -17,6 +17,10 @@ std::string plugin_label(const PluginRef& plugin) {
 Registries::Registries()
     : current(std::make_shared<const Plugin>(Plugin{"host", "", {}, nullptr})) {}
 
+std::string Registries::default_backend() const {
+  return backends.default_type().empty() ? std::string("reference") : backends.default_type();
+}
+
 void KernelRegistry::add(const std::string& op, const std::string& backend, Factory factory) {
   auto key = std::make_pair(op, backend);
   if (auto it = entries_.find(key); it != entries_.end()) {
