@@ -22,7 +22,7 @@ std::set<std::string> state_names(Graph& graph) {
 
 Graph build(const std::string& layers, const std::string& input = "[3, 32, 32]") {
   Config model = test::yaml("input: " + input + "\nlayers:\n" + layers);
-  Graph graph(model, test::registries(), "reference");
+  Graph graph(model, test::registries(), test::backend());
   model.check_unused();
   return graph;
 }
@@ -168,7 +168,7 @@ layers:
   - {name: fc, type: linear, out_features: 3}
 )");
   Rng rng(7);
-  Graph graph(model, test::registries(), "reference", rng);
+  Graph graph(model, test::registries(), test::backend(), rng);
   std::mt19937 data_rng(11);
   Tensor input = test::random_tensor(Shape{4, 3, 12, 12}, data_rng);
   Context context{true, &rng, nullptr};

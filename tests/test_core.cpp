@@ -215,6 +215,47 @@ BOOST_AUTO_TEST_CASE(duplicate_registration_names_both_plugins) {
   STRATA_CHECK_CONTAINS(message, "by plugin 'test_duplicate_layer'");
 }
 
+// The core names no plugin: the default backend, loss and schedule are whatever the loaded plugins
+// declare (issue 15). With only the reference backend loaded it is the default backend; loading
+// the tbb plugin, which declares itself the default, changes that.
+BOOST_AUTO_TEST_CASE(plugins_declare_the_defaults_the_core_uses) {
+  const fs::path plugins = fs::path(STRATA_BIN_DIR) / ".." / "lib" / "strata";
+  Registries r;
+  PluginLoader loader(r);
+  BOOST_TEST(r.default_backend() == "reference");
+  loader.load_file(plugins / "libstrata_backend_reference.so");
+  BOOST_TEST(r.default_backend() == "reference");
+  BOOST_TEST(r.backends.default_type().empty());
+  loader.load_file(plugins / "libstrata_backend_tbb.so");
+  BOOST_TEST(r.default_backend() == "tbb");
+  BOOST_TEST(r.losses.default_type().empty());
+  loader.load_file(plugins / "libstrata_layers.so");
+  loader.load_file(plugins / "libstrata_schedules.so");
+  BOOST_TEST(r.losses.default_type() == "softmax_cross_entropy");
+  BOOST_TEST(r.schedules.default_type() == "constant");
+
+  // A default must be a registered type, and a kind has one default.
+  STRATA_CHECK_CONTAINS(test::error_of([&] { r.losses.declare_default("hinge"); }),
+                        "declares loss type 'hinge' the default, but registers no such type");
+  r.losses.add("other_loss", [](const Config&) -> std::unique_ptr<Loss> { return nullptr; });
+  const std::string twice = test::error_of([&] { r.losses.declare_default("other_loss"); });
+  STRATA_CHECK_CONTAINS(twice, "two default loss types: 'softmax_cross_entropy' by plugin 'layers'");
+  STRATA_CHECK_CONTAINS(twice, "'other_loss' by plugin 'host'");
+  r.losses.declare_default("softmax_cross_entropy");  // the same one again is no conflict
+  BOOST_TEST(r.losses.default_type() == "softmax_cross_entropy");
+}
+
+// Diagnostics ask a layer whether its units can die instead of naming relu.
+BOOST_AUTO_TEST_CASE(layers_declare_dead_units) {
+  const auto layer = [](const std::string& type) {
+    return test::registries().layers.create(type, Config{});
+  };
+  BOOST_TEST(layer("relu")->has_dead_units());
+  for (const std::string type : {"leaky_relu", "tanh", "sigmoid", "flatten"}) {
+    BOOST_TEST_CONTEXT(type) { BOOST_TEST(!layer(type)->has_dead_units()); }
+  }
+}
+
 // Plugin and type names become HDF5 paths and file names: a bad one is refused when the plugin
 // loads, before the first checkpoint (issue 20, group 3).
 BOOST_AUTO_TEST_CASE(bad_plugin_and_type_names_are_refused_when_the_plugin_loads) {

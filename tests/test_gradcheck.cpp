@@ -37,13 +37,13 @@ std::map<std::string, TensorGradcheck> by_name(const GradcheckReport& report) {
 
 GradcheckReport check(const std::string& layers_yaml, GradcheckOptions options = {}) {
   const Config experiment = Config::parse_string(
-      "seed: 3\nmodel:\n  input: [2, 8, 8]\n  layers:\n" + layers_yaml +
+      "seed: 3\nbackend: reference\nmodel:\n  input: [2, 8, 8]\n  layers:\n" + layers_yaml +
           "optimizer: {type: sgd, lr: 0.1}\ntrain: {epochs: 1, batch_size: 4}\n",
       "net.yaml");
   options.seed = std::random_device{}();
   BOOST_TEST_MESSAGE("seed " << options.seed);
   const GradcheckReport report =
-      gradient_check_experiment(experiment, registries_with_broken_layer(), "reference", options);
+      gradient_check_experiment(experiment, registries_with_broken_layer(), options);
   BOOST_TEST_MESSAGE(report.text());
   return report;
 }
@@ -117,7 +117,7 @@ BOOST_AUTO_TEST_CASE(frozen_branches_reproduce_the_plain_forward_pass) {
   const Config model =
       Config::parse_string(std::string("input: [2, 8, 8]\nlayers:\n") + kDeepRelu, "model.yaml");
   Rng init(std::random_device{}());
-  Graph graph(model, registries_with_broken_layer(), "reference", init);
+  Graph graph(model, registries_with_broken_layer(), strata::test::backend(), init);
   auto backend = registries_with_broken_layer().backends.create("reference", Config{});
   Tensor x(graph.input_shape().with_batch(3));
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);

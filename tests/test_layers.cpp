@@ -937,7 +937,7 @@ BOOST_AUTO_TEST_CASE(parameters_buffers_and_defaults) {
   // Through a Graph, so the default initializers are the ones the layer asks for.
   Rng rng(3);
   strata::Graph graph(yaml("{input: [4, 3, 3], layers: [{name: bn1, type: batch_norm}]}"),
-                      registries(), "reference", rng);
+                      registries(), strata::test::backend(), rng);
   std::vector<std::string> keys;
   for (const strata::NamedTensor& t : graph.state_tensors()) keys.push_back(t.name);
   BOOST_TEST(keys == (std::vector<std::string>{"bn1/weight", "bn1/bias", "bn1/running_mean",
@@ -1137,7 +1137,7 @@ layers:
   - {name: mixed, type: concat, inputs: [a, b]}
 )",
                                              "net.yaml"),
-                        registries(), "reference", rng);
+                        registries(), strata::test::backend(), rng);
   });
   STRATA_CHECK_CONTAINS(graph_error, "net.yaml:6:5: layers[2]");
   STRATA_CHECK_CONTAINS(graph_error, "(8x8) and input 1 is [3, 4, 4] (4x4)");
@@ -1166,7 +1166,7 @@ layers:
   - {name: fc, type: linear, out_features: 4}
 )",
                                              "net.yaml"),
-                        registries(), backend, rng);
+                        registries(), strata::test::backend(backend), rng);
     BOOST_TEST(graph.input_names(4) == (std::vector<std::string>{"act1", "conv2", "conv3"}),
                boost::test_tools::per_element());
     BOOST_TEST(graph.output_shape() == Shape{4});
@@ -1235,8 +1235,8 @@ layers:
   - {name: fc, type: linear, out_features: 3}
 )";
   Rng rng(44);
-  strata::Graph with_side(Config::parse_string(trunk, "side.yaml"), registries(), "reference", rng);
-  strata::Graph without(Config::parse_string(plain, "plain.yaml"), registries(), "reference", rng);
+  strata::Graph with_side(Config::parse_string(trunk, "side.yaml"), registries(), strata::test::backend(), rng);
+  strata::Graph without(Config::parse_string(plain, "plain.yaml"), registries(), strata::test::backend(), rng);
   for (const strata::ParamRef& ref : without.params()) {
     for (const strata::ParamRef& other : with_side.params()) {
       if (other.key == ref.key) ref.param->value.copy_from(other.param->value);

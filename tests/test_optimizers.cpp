@@ -268,7 +268,7 @@ layers:
   - {name: fc2, type: linear, out_features: 3, decay_mult: 0.5}
   - {name: fc3, type: linear, out_features: 2}
 )"),
-              registries(), "reference", rng);
+              registries(), test::backend(), rng);
   struct Expect {
     const char* key;
     float lr_mult, decay_mult;
@@ -294,7 +294,7 @@ BOOST_AUTO_TEST_CASE(yaml_key_errors) {
     return error_of([&] {
       Rng rng(1);
       Graph g(Config::parse_string("input: [4]\nlayers:\n  - " + layer + "\n", "net.yaml"),
-              registries(), "reference", rng);
+              registries(), test::backend(), rng);
     });
   };
   const std::string typo = build("{name: fc, type: linear, out_features: 2, lr_mult: {wieght: 2}}");
@@ -326,7 +326,7 @@ layers:
   - {{name: fc2, type: linear, out_features: 4}}
 )",
                                                     freeze_conv1, freeze_fc1)),
-                                   registries(), "reference", rng);
+                                   registries(), test::backend(), rng);
   };
   const Tensor x = test::random_tensor(Shape{3, 2, 5, 5}, data_rng);
   const Tensor dout = test::random_tensor(Shape{3, 4}, data_rng);
@@ -650,7 +650,7 @@ BOOST_AUTO_TEST_CASE(resume_is_bit_identical_for_every_optimizer) {
 
     // Objects of the same shapes name what to compare.
     Rng rng(1);
-    Graph graph(yaml(kTinyExperiment).at("model"), registries(), "reference", rng);
+    Graph graph(yaml(kTinyExperiment).at("model"), registries(), test::backend(), rng);
     auto optimizer_object = registries().optimizers.create(yaml(optimizer));
     optimizer_object->setup(graph.params());
     auto schedule_object = registries().schedules.create(yaml(schedule));

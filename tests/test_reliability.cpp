@@ -67,7 +67,7 @@ TrainSummary run(const fs::path& out, const Sets& sets = {}, bool resume = false
 
 std::vector<NamedTensor> load_model(const fs::path& checkpoint, bool allow_nonfinite = false) {
   Rng rng(1);
-  Graph graph(experiment({}).at("model"), test::registries(), "reference", rng);
+  Graph graph(experiment({}).at("model"), test::registries(), test::backend(), rng);
   std::vector<NamedTensor> state = graph.state_tensors();
   load_checkpoint_tensors(checkpoint, "model", state, false, allow_nonfinite);
   return state;
@@ -399,7 +399,7 @@ BOOST_AUTO_TEST_CASE(invalid_layer_names_fail_at_graph_build) {
   Rng rng(1);
   auto build = [&](const std::string& name) {
     Config model = test::yaml("input: [4]\nlayers:\n  - {name: \"" + name + "\", type: relu}\n");
-    Graph graph(model, test::registries(), "reference", rng);
+    Graph graph(model, test::registries(), test::backend(), rng);
   };
   STRATA_CHECK_CONTAINS(
       test::error_of([&] { build("."); }),
@@ -420,7 +420,7 @@ BOOST_AUTO_TEST_CASE(init_must_be_a_map) {
         std::string("input: [4]\nlayers:\n  - {name: fc, type: linear, out_features: 2, init: ") +
         init + "}\n");
     STRATA_CHECK_CONTAINS(
-        test::error_of([&] { Graph graph(model, test::registries(), "reference", rng); }),
+        test::error_of([&] { Graph graph(model, test::registries(), test::backend(), rng); }),
         "layers[0].init: expected a map from parameter name to initializer");
   }
 }

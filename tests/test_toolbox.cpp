@@ -329,7 +329,7 @@ layers:
   - {name: relu1, type: relu}
   - {name: fc1, type: linear, out_features: 4}
 )");
-  Graph graph(model, test::registries(), "reference", rng);
+  Graph graph(model, test::registries(), test::backend(), rng);
   auto backend = test::registries().backends.create("reference", Config{});
   Context context{true, &rng, backend.get()};
   std::mt19937 data_rng(3);
@@ -487,7 +487,7 @@ BOOST_AUTO_TEST_CASE(history_holds_iterations_diagnostics_and_regularization) {
   // decay_mult 0), from the final weights in the checkpoint.
   Rng rng(1);
   Graph graph(Config::parse_string(kExperiment, "small.yaml").at("model"), test::registries(),
-              "tbb", rng);
+              test::backend("tbb"), rng);
   std::vector<NamedTensor> weights = graph.state_tensors();
   load_checkpoint_tensors(dir / "model.h5", "model", weights);
   double squares = 0;

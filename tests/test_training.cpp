@@ -88,7 +88,7 @@ layers:
   - {name: conv2, type: conv2d, out_channels: 4, kernel: 3}
 )", "net.yaml");
   const std::string message =
-      test::error_of([&] { Graph g(config, test::registries(), "reference", rng); });
+      test::error_of([&] { Graph g(config, test::registries(), test::backend(), rng); });
   STRATA_CHECK_CONTAINS(message, "net.yaml:5:5: layers[1]");
   STRATA_CHECK_CONTAINS(message, "conv2");
   STRATA_CHECK_CONTAINS(message, "'fc1' gives [20]");
@@ -100,7 +100,7 @@ BOOST_AUTO_TEST_CASE(window_that_does_not_fit_is_an_error_with_the_numbers) {
       "input: [1, 7, 7]\nlayers:\n  - {name: conv1, type: conv2d, out_channels: 2, kernel: 3, stride: 3}\n",
       "net.yaml");
   const std::string message =
-      test::error_of([&] { Graph g(config, test::registries(), "reference", rng); });
+      test::error_of([&] { Graph g(config, test::registries(), test::backend(), rng); });
   STRATA_CHECK_CONTAINS(message, "net.yaml:3:5: layers[0]");
   STRATA_CHECK_CONTAINS(message, "(7 - 3 + 2*0)/3 + 1 = 2.33");
 }
@@ -108,7 +108,7 @@ BOOST_AUTO_TEST_CASE(window_that_does_not_fit_is_an_error_with_the_numbers) {
 BOOST_AUTO_TEST_CASE(unknown_input_names_and_duplicates_are_errors) {
   Rng rng(1);
   auto build = [&](const std::string& text) {
-    Graph g(Config::parse_string(text, "net.yaml"), test::registries(), "reference", rng);
+    Graph g(Config::parse_string(text, "net.yaml"), test::registries(), test::backend(), rng);
   };
   STRATA_CHECK_CONTAINS(test::error_of([&] {
                    build("input: [4]\nlayers:\n  - {name: a, type: relu}\n  - {name: b, type: relu, inputs: [c]}\n");
@@ -128,7 +128,7 @@ BOOST_AUTO_TEST_CASE(custom_initializer_is_applied) {
       "input: [4]\nlayers:\n  - {name: fc, type: linear, out_features: 3, "
       "init: {weight: {type: constant, value: 0.25}, bias: {type: constant, value: -1}}}\n",
       "net.yaml");
-  Graph graph(config, test::registries(), "reference", rng);
+  Graph graph(config, test::registries(), test::backend(), rng);
   for (const ParamRef& ref : graph.params()) {
     const float expected = ref.param->name == "weight" ? 0.25f : -1.0f;
     for (float v : ref.param->value.span()) BOOST_TEST(v == expected);
@@ -143,7 +143,7 @@ BOOST_AUTO_TEST_CASE(default_initializer_carries_its_settings) {
     Rng rng(1);
     const std::string text = "input: [3]\nlayers:\n  - {name: probe, type: test_init_spec, "
                              "default_init: \"" + spec + "\"}\n";
-    return std::make_unique<Graph>(Config::parse_string(text, "net.yaml"), registries, "reference",
+    return std::make_unique<Graph>(Config::parse_string(text, "net.yaml"), registries, test::backend(),
                                    rng);
   };
   auto values = [](Graph& graph) {
@@ -176,7 +176,7 @@ BOOST_AUTO_TEST_CASE(default_initializer_carries_its_settings) {
                                         "default_init: constant, init: {weight: {type: constant, "
                                         "value: -2}}}\n",
                                         "net.yaml"),
-                   registries, "reference", rng);
+                   registries, test::backend(), rng);
   BOOST_TEST(values(overridden) == (std::vector<float>{-2.0f, -2.0f, -2.0f}),
              boost::test_tools::per_element());
 }
@@ -197,7 +197,7 @@ layers:
   - {name: sum, type: test_sum, inputs: [act1, conv2]}
   - {name: fc, type: linear, out_features: 4}
 )", "net.yaml");
-  Graph graph(config, registries, "reference", rng);
+  Graph graph(config, registries, test::backend(), rng);
   BOOST_TEST(graph.input_names(3) == (std::vector<std::string>{"act1", "conv2"}), boost::test_tools::per_element());
   std::mt19937 data_rng(5);
   Tensor x = test::random_tensor(Shape{2, 2, 5, 5}, data_rng);
@@ -286,8 +286,8 @@ BOOST_AUTO_TEST_CASE(resume_continues_exactly) {
 
   Rng rng(1);
   Config model = Config::parse_string(kSmallExperiment, "small.yaml").at("model");
-  Graph a(model, test::registries(), "reference", rng);
-  Graph b(model, test::registries(), "reference", rng);
+  Graph a(model, test::registries(), test::backend(), rng);
+  Graph b(model, test::registries(), test::backend(), rng);
   std::vector<NamedTensor> sa = a.state_tensors(), sb = b.state_tensors();
   load_checkpoint_tensors(straight / "model.h5", "model", sa);
   load_checkpoint_tensors(interrupted / "model.h5", "model", sb);
@@ -321,8 +321,8 @@ BOOST_AUTO_TEST_CASE(resume_with_clipping_and_label_smoothing_continues_exactly)
 
   Rng rng(1);
   Config model = Config::parse_string(kSmallExperiment, "small.yaml").at("model");
-  Graph a(model, test::registries(), "reference", rng);
-  Graph b(model, test::registries(), "reference", rng);
+  Graph a(model, test::registries(), test::backend(), rng);
+  Graph b(model, test::registries(), test::backend(), rng);
   std::vector<NamedTensor> sa = a.state_tensors(), sb = b.state_tensors();
   load_checkpoint_tensors(straight / "model.h5", "model", sa);
   load_checkpoint_tensors(interrupted / "model.h5", "model", sb);

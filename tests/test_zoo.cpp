@@ -61,7 +61,7 @@ BOOST_AUTO_TEST_CASE(published_parameter_counts_and_multiply_adds) {
 
 BOOST_AUTO_TEST_CASE(alexnet_conv1_and_pool1_as_in_the_lecture) {
   Config config = experiment("alexnet");
-  Graph graph(config.at("model"), test::registries(), "tbb");
+  Graph graph(config.at("model"), test::registries(), test::backend("tbb"));
   config.mark_used();
   const Layer& conv1 = graph.layer(graph.index_of("conv1"));
   BOOST_CHECK_EQUAL(conv1.output_shape(), (Shape{96, 55, 55}));
@@ -161,7 +161,7 @@ layers:
   - {name: d4, type: conv2d, out_channels: 2, kernel: 3, dilation: 4, padding: 4}
   - {name: ctx, type: context_module, dilations: [1, 2, 4]}
 )");
-  Graph graph(model, test::registries(), "reference");
+  Graph graph(model, test::registries(), test::backend());
   const ModelSummary summary = summarize(graph, true, 1);
   BOOST_CHECK_EQUAL(row(summary, "d1").receptive_field[0], 3);
   BOOST_CHECK_EQUAL(row(summary, "d2").receptive_field[0], 7);
@@ -238,7 +238,7 @@ layers:
   - {name: fc, type: linear, out_features: 4}
 )",
                                              "se.yaml");
-  Graph graph(config, test::registries(), "tbb");
+  Graph graph(config, test::registries(), test::backend("tbb"));
   const ModelSummary summary = summarize(graph, true, 1);
   for (const char* name : {"hs1", "r6", "se_gate", "se"}) {
     BOOST_CHECK_EQUAL(row(summary, name).parameters, 0);

@@ -11,6 +11,7 @@
 #include "strata/error.hpp"
 #include "strata/files.hpp"
 #include "strata/graph.hpp"
+#include "strata/training/experiment.hpp"
 
 namespace strata::cli {
 
@@ -98,15 +99,11 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
   Registries& registries = session.registries;
   check_output();  // with the experiment's plugins now loaded
 
-  const std::string backend_name = experiment.get<std::string>("backend", "tbb");
-  std::optional<Config> backend_key = experiment.find("backend");
-  auto backend = registries.backends.create(backend_name, backend_key ? *backend_key : Config{});
-  backend->set_threads(experiment.get<int>("threads", 0));
-  Rng rng(static_cast<uint32_t>(experiment.get<int64_t>("seed", 1)));
-  const Config model = experiment.at("model");
-  Graph graph(model, registries, backend_name, rng);
-  model.check_unused();
-  experiment.mark_used();  // data, optimizer and training settings do not matter here
+  // The model as every command builds it (seed, backend, threads); data, optimizer and training
+  // settings do not matter here.
+  Experiment run = Experiment::read(experiment, registries, Experiment::Scope::model);
+  Graph& graph = *run.graph;
+  Rng& rng = run.rng;
 
   std::vector<NamedTensor> state = graph.state_tensors();
   load_checkpoint_tensors(weights, "model", state, false, (*vm)["allow-nonfinite"].as<bool>());
@@ -131,7 +128,7 @@ int run_forward(Session& session, const std::vector<std::string>& args) {
     outputs.push_back({name, Tensor(graph.layer(index).output_shape().with_batch(input.dim(0)))});
   }
 
-  Context context{false, &rng, backend.get()};
+  Context context{false, &rng, run.backend.get()};
   constexpr int64_t kBatch = 256;
   const int64_t n = input.dim(0);
   for (int64_t begin = 0; begin < n; begin += kBatch) {

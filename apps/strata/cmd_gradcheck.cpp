@@ -11,6 +11,7 @@
 #include "cli.hpp"
 #include "strata/error.hpp"
 #include "strata/tools/gradcheck.hpp"
+#include "strata/training/experiment.hpp"
 
 namespace strata::cli {
 
@@ -22,8 +23,9 @@ int run_gradcheck(Session& session, const std::vector<std::string>& args) {
       "batch", po::value<int64_t>()->default_value(2), "samples in the random batch")(
       "entries", po::value<int64_t>()->default_value(200),
       "entries checked per tensor, a random sample (0: all)")(
-      "backend", po::value<std::string>()->default_value("reference"),
-      "compute backend (reference: double accumulation, the ground truth)")(
+      "backend", po::value<std::string>(),
+      "compute backend, as --set backend=B (default: the experiment's, as for every command; "
+      "reference: double accumulation, the ground truth)")(
       "seed", po::value<int64_t>()->default_value(1), "seed of the batch and the sample")(
       "eps", po::value<double>()->default_value(GradcheckOptions{}.eps),
       "the finite-difference step h (relu/max-pool decisions are frozen, so h need not be tiny)");
@@ -36,6 +38,8 @@ int run_gradcheck(Session& session, const std::vector<std::string>& args) {
   if (!vm) return 0;
   const std::string path = (*vm)["positional-words"].as<std::vector<std::string>>()[0];
   Config experiment = load_experiment(path, *vm);
+  // --backend B is --set backend=B: the backend, like every key, is read by Experiment.
+  if (vm->count("backend")) experiment.set("backend", (*vm)["backend"].as<std::string>());
   load_experiment_plugins(experiment, session.loader);
 
   GradcheckOptions check;
@@ -53,12 +57,12 @@ int run_gradcheck(Session& session, const std::vector<std::string>& args) {
   if (check.max_entries < 0)
     fail("--entries: must be 0 (all) or positive, found {}", check.max_entries);
   check.layers = layers_option(*vm);
-  const std::string backend = (*vm)["backend"].as<std::string>();
+  // The model as every command builds it: seed, backend (the default one unless given), threads.
+  const Experiment run = Experiment::read(experiment, session.registries, Experiment::Scope::model);
   std::printf("gradcheck %s: batch %lld, up to %lld entries per tensor, backend %s, eps %g\n",
               path.c_str(), static_cast<long long>(check.batch),
-              static_cast<long long>(check.max_entries), backend.c_str(), check.eps);
-  const GradcheckReport report =
-      gradient_check_experiment(experiment, session.registries, backend, check);
+              static_cast<long long>(check.max_entries), run.backend_name.c_str(), check.eps);
+  const GradcheckReport report = gradient_check(*run.graph, *run.backend, check);
   std::fputs(report.text().c_str(), stdout);
   return report.passed ? 0 : 1;
 }

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <map>
 
+#include "strata/backend.hpp"
 #include "strata/block.hpp"
 #include "strata/registry.hpp"
 
@@ -81,17 +82,6 @@ void apply_multiplier(const Multiplier& m, std::string_view key, const std::stri
                                            name, key, suggestion_text(name, names, "parameters")));
     }
   }
-}
-
-// The training settings a layer (or a whole block) carries besides its own keys.
-struct TrainingKeys {
-  Multiplier lr_mult, decay_mult;
-  bool freeze = false;
-};
-
-TrainingKeys read_training_keys(const Config& item) {
-  return {read_multiplier(item, "lr_mult"), read_multiplier(item, "decay_mult"),
-          item.get<bool>("freeze", false)};
 }
 
 // The initializer a layer asks for in Param::default_init: a type name ("he_normal") or a flow
@@ -187,13 +177,14 @@ void check_repeat(const Config& item, const std::string& name, const std::string
 
 }  // namespace
 
-Graph::Graph(const Config& model, const Registries& registries, std::string backend, Rng& init_rng)
-    : registries_(registries), backend_(std::move(backend)) {
+Graph::Graph(const Config& model, const Registries& registries, const Backend& backend,
+             Rng& init_rng)
+    : registries_(registries), backend_(backend.name()) {
   build(model, &init_rng);
 }
 
-Graph::Graph(const Config& model, const Registries& registries, std::string backend)
-    : registries_(registries), backend_(std::move(backend)) {
+Graph::Graph(const Config& model, const Registries& registries, const Backend& backend)
+    : registries_(registries), backend_(backend.name()) {
   build(model, nullptr);
 }
 
@@ -209,17 +200,29 @@ void Graph::check_new_name(const std::string& name, const Config& where) const {
   if (index_of(name) >= 0) where.fail_key("name", fmt::format("duplicate layer name '{}'", name));
 }
 
-void Graph::build(const Config& model, Rng* init_rng) {
-  // lr_mult, decay_mult and freeze apply to the parameters of the nodes from `first` on: one
-  // layer's, or every sub-layer of a block.
-  auto apply_training_keys = [&](const TrainingKeys& keys, std::size_t first) {
-    for (std::size_t i = first; i < nodes_.size(); ++i) {
-      const std::vector<Param*> params = nodes_[i].layer->params();
-      apply_multiplier(keys.lr_mult, "lr_mult", nodes_[i].layer->name(), params, &Param::lr_mult);
-      apply_multiplier(keys.decay_mult, "decay_mult", nodes_[i].layer->name(), params, &Param::decay_mult);
-      for (Param* param : params) param->frozen = keys.freeze;
-    }
-  };
+// The training settings a layer (or a whole block) carries besides its own keys.
+struct Graph::TrainingKeys {
+  Multiplier lr_mult, decay_mult;
+  bool freeze = false;
+
+  static TrainingKeys read(const Config& item) {
+    return {read_multiplier(item, "lr_mult"), read_multiplier(item, "decay_mult"),
+            item.get<bool>("freeze", false)};
+  }
+};
+
+// lr_mult, decay_mult and freeze apply to the parameters of the nodes from `first` on: one
+// layer's, or every sub-layer of a block.
+void Graph::apply_training_keys(const TrainingKeys& keys, std::size_t first) {
+  for (std::size_t i = first; i < nodes_.size(); ++i) {
+    const std::vector<Param*> params = nodes_[i].layer->params();
+    apply_multiplier(keys.lr_mult, "lr_mult", nodes_[i].layer->name(), params, &Param::lr_mult);
+    apply_multiplier(keys.decay_mult, "decay_mult", nodes_[i].layer->name(), params, &Param::decay_mult);
+    for (Param* param : params) param->frozen = keys.freeze;
+  }
+}
+
+void Graph::read_input_shape(const Config& model) {
   auto input = model.get<std::vector<int64_t>>("input");
   for (int64_t d : input) {
     if (d <= 0) model.fail_key("input", fmt::format("extents must be positive, found {}", Shape(input).str()));
@@ -234,7 +237,10 @@ void Graph::build(const Config& model, Rng* init_rng) {
     model.fail_key("input", error.what());
   }
   input_shape_ = Shape(input);
+}
 
+void Graph::build(const Config& model, Rng* init_rng) {
+  read_input_shape(model);
   const std::vector<Config> items = model.at("layers").items();
   if (items.empty()) model.fail_key("layers", "the model has no layers");
 
@@ -246,145 +252,162 @@ void Graph::build(const Config& model, Rng* init_rng) {
     check_new_name(name, item);
     std::vector<std::string> input_names = read_input_names(item);
     if (input_names.empty()) input_names.push_back(index == 0 ? "input" : nodes_.back().layer->name());
+    if (registries_.blocks.contains(type)) {
+      add_block_entry(item, name, type, std::move(input_names), init_rng);
+    } else {
+      add_layer_entry(item, name, type, input_names, init_rng);
+    }
+  }
+}
 
-    if (!registries_.blocks.contains(type)) {
-      if (!registries_.layers.contains(type)) {
-        // The closest match is sought among both kinds; each kind is then listed on its own.
-        std::vector<std::string> known = registries_.layers.types();
-        for (const std::string& block : registries_.blocks.types()) known.push_back(block);
-        const std::string match = closest_match(type, known);
-        item.fail_key("type", fmt::format("unknown layer or block type '{}'\n  {}known layer types: {}\n  "
-                                          "known block types: {}",
-                                          type, match.empty() ? "" : fmt::format("did you mean '{}'? ", match),
-                                          fmt::join(registries_.layers.types(), ", "),
-                                          fmt::join(registries_.blocks.types(), ", ")));
-      }
-      // `init` belongs to the graph, not the layer: it is read before the registry checks keys.
-      // Its initializers are built first, so the registry's check sees their keys as read.
-      std::optional<Config> init = item.find("init");
-      std::map<std::string, std::shared_ptr<Initializer>> initializers;
-      if (init) {
-        if (!init->is_map()) {
-          init->fail("expected a map from parameter name to initializer, such as {weight: {type: "
-                     "normal, std: 0.01}}");
-        }
-        for (const std::string& key : init->keys()) {
-          initializers.emplace(key, registries_.initializers.create(*init->find(key)));
-        }
-      }
-      const TrainingKeys keys = read_training_keys(item);
-      auto layer = registries_.layers.create(item);
-      add_node(name, std::move(layer), input_names, item, init, initializers, init_rng, -1);
-      apply_training_keys(keys, nodes_.size() - 1);
-      continue;
+void Graph::add_layer_entry(const Config& item, const std::string& name, const std::string& type,
+                            const std::vector<std::string>& input_names, Rng* init_rng) {
+  if (!registries_.layers.contains(type)) {
+    // The closest match is sought among both kinds; each kind is then listed on its own.
+    std::vector<std::string> known = registries_.layers.types();
+    for (const std::string& block : registries_.blocks.types()) known.push_back(block);
+    const std::string match = closest_match(type, known);
+    item.fail_key("type", fmt::format("unknown layer or block type '{}'\n  {}known layer types: {}\n  "
+                                      "known block types: {}",
+                                      type, match.empty() ? "" : fmt::format("did you mean '{}'? ", match),
+                                      fmt::join(registries_.layers.types(), ", "),
+                                      fmt::join(registries_.blocks.types(), ", ")));
+  }
+  // `init` belongs to the graph, not the layer: it is read before the registry checks keys.
+  // Its initializers are built first, so the registry's check sees their keys as read.
+  std::optional<Config> init = item.find("init");
+  std::map<std::string, std::shared_ptr<Initializer>> initializers;
+  if (init) {
+    if (!init->is_map()) {
+      init->fail("expected a map from parameter name to initializer, such as {weight: {type: "
+                 "normal, std: 0.01}}");
     }
+    for (const std::string& key : init->keys()) {
+      initializers.emplace(key, registries_.initializers.create(*init->find(key)));
+    }
+  }
+  const TrainingKeys keys = TrainingKeys::read(item);
+  auto layer = registries_.layers.create(item);
+  add_node(name, std::move(layer), input_names, item, init, initializers, init_rng, -1);
+  apply_training_keys(keys, nodes_.size() - 1);
+}
 
-    // A block: read the graph's keys, let the plugin read (and the registry check) the rest,
-    // then expand each copy in place.
-    const bool repeated = item.has("repeat");
-    const int64_t repeat = item.get<int64_t>("repeat", 1);
-    if (repeat < 1) {
-      item.fail_key("repeat", fmt::format("must be at least 1 (the number of copies of the block), found {}", repeat));
+// A block: read the graph's keys, let the plugin read (and the registry check) the rest, then
+// expand each copy in place.
+void Graph::add_block_entry(const Config& item, const std::string& name, const std::string& type,
+                            std::vector<std::string> input_names, Rng* init_rng) {
+  const bool repeated = item.has("repeat");
+  const int64_t repeat = item.get<int64_t>("repeat", 1);
+  if (repeat < 1) {
+    item.fail_key("repeat", fmt::format("must be at least 1 (the number of copies of the block), found {}", repeat));
+  }
+  if (item.has("init")) {
+    item.fail_key("init", "blocks take no `init`: their sub-layers use their default initializers");
+  }
+  const TrainingKeys keys = TrainingKeys::read(item);
+  for (const Multiplier* m : {&keys.lr_mult, &keys.decay_mult}) {
+    if (!m->per_param.empty()) {
+      item.fail_key(m == &keys.lr_mult ? "lr_mult" : "decay_mult",
+                    "on a block, give one number for every parameter of its sub-layers");
     }
-    if (item.has("init")) {
-      item.fail_key("init", "blocks take no `init`: their sub-layers use their default initializers");
+  }
+  const std::size_t first_node = nodes_.size();
+  std::shared_ptr<Block> block = registries_.blocks.create(item);
+  const int block_index = static_cast<int>(blocks_.size());
+  blocks_.push_back(BlockInfo{name, type, repeat, static_cast<int>(nodes_.size()), 0});
+  for (int64_t copy = 0; copy < repeat; ++copy) {
+    const std::size_t copy_start = nodes_.size();
+    const std::string prefix = repeated ? fmt::format("{}.{}", name, copy) : name;
+    if (repeated) check_new_name(prefix, item);
+    add_block_copy(item, *block, prefix, copy, repeat, input_names, init_rng, block_index);
+    const int output = static_cast<int>(nodes_.size()) - 1;
+    if (repeated) aliases_.emplace_back(prefix, output);
+    input_names = {nodes_.back().layer->name()};
+    // The first two copies (the first may change the shape) measure what the rest will need:
+    // `repeat: 1000000000` is an error here, not a billion allocations.
+    if (copy < 2 && copy + 1 < repeat) {
+      std::vector<Layer*> copy_layers;
+      for (std::size_t i = copy_start; i < nodes_.size(); ++i)
+        copy_layers.push_back(nodes_[i].layer.get());
+      check_repeat(item, name, type, repeat, copy, copy_layers, nodes_.size());
     }
-    const TrainingKeys keys = read_training_keys(item);
-    for (const Multiplier* m : {&keys.lr_mult, &keys.decay_mult}) {
-      if (!m->per_param.empty()) {
-        item.fail_key(m == &keys.lr_mult ? "lr_mult" : "decay_mult",
-                      "on a block, give one number for every parameter of its sub-layers");
-      }
-    }
-    const std::size_t first_node = nodes_.size();
-    std::shared_ptr<Block> block = registries_.blocks.create(item);
-    const int block_index = static_cast<int>(blocks_.size());
-    blocks_.push_back(BlockInfo{name, type, repeat, static_cast<int>(nodes_.size()), 0});
-    for (int64_t copy = 0; copy < repeat; ++copy) {
-      const std::size_t copy_start = nodes_.size();
-      const std::string prefix = repeated ? fmt::format("{}.{}", name, copy) : name;
-      if (repeated) check_new_name(prefix, item);
-      const int count = static_cast<int>(input_names.size());
-      if (count < block->min_inputs() || count > block->max_inputs()) {
-        item.fail(fmt::format("block '{}' ({}) takes {} to {} input(s), got {}{}", prefix, type,
-                              block->min_inputs(), block->max_inputs(), count,
-                              copy > 0 ? " (copies after the first read the previous copy's output)" : ""));
-      }
-      std::vector<Shape> shapes;
-      for (const std::string& input_name : input_names) {
-        const int producer = input_name == "input" ? -1 : index_of(input_name);
-        if (producer < 0 && input_name != "input") {
-          std::vector<std::string> known{"input"};
-          for (const auto& earlier : nodes_) known.push_back(earlier.layer->name());
-          item.fail_key("inputs", fmt::format("unknown input '{}' (a block may only read the model "
-                                              "input or earlier layers)\n  {}",
-                                              input_name, suggestion_text(input_name, known, "tensors")));
-        }
-        shapes.push_back(producer < 0 ? input_shape_ : nodes_[producer].layer->output_shape());
-      }
-      const BlockContext context(item, prefix, shapes, copy, repeat);
-      const std::vector<BlockPart> parts = block->expand(context);
-      if (parts.empty()) context.fail("the block expanded into no layers");
+  }
+  blocks_.back().end = static_cast<int>(nodes_.size());
+  apply_training_keys(keys, first_node);
+  aliases_.emplace_back(name, static_cast<int>(nodes_.size()) - 1);
+}
 
-      std::vector<std::string> part_names;
-      for (std::size_t p = 0; p < parts.size(); ++p) {
-        const BlockPart& part = parts[p];
-        const std::string full = fmt::format("{}.{}", prefix, part.name);
-        if (std::find(part_names.begin(), part_names.end(), part.name) != part_names.end()) {
-          context.fail(fmt::format("the block plugin emitted the part '{}' twice", part.name));
+// One copy of a block (`prefix`: its name) reading `input_names`: the plugin expands it into
+// parts, and each part becomes a node named "<prefix>.<part>".
+void Graph::add_block_copy(const Config& item, Block& block, const std::string& prefix,
+                           int64_t copy, int64_t repeat, const std::vector<std::string>& input_names,
+                           Rng* init_rng, int block_index) {
+  const std::string& type = blocks_[block_index].type;
+  const int count = static_cast<int>(input_names.size());
+  if (count < block.min_inputs() || count > block.max_inputs()) {
+    item.fail(fmt::format("block '{}' ({}) takes {} to {} input(s), got {}{}", prefix, type,
+                          block.min_inputs(), block.max_inputs(), count,
+                          copy > 0 ? " (copies after the first read the previous copy's output)" : ""));
+  }
+  std::vector<Shape> shapes;
+  for (const std::string& input_name : input_names) {
+    const int producer = input_name == "input" ? -1 : index_of(input_name);
+    if (producer < 0 && input_name != "input") {
+      std::vector<std::string> known{"input"};
+      for (const auto& earlier : nodes_) known.push_back(earlier.layer->name());
+      item.fail_key("inputs", fmt::format("unknown input '{}' (a block may only read the model "
+                                          "input or earlier layers)\n  {}",
+                                          input_name, suggestion_text(input_name, known, "tensors")));
+    }
+    shapes.push_back(producer < 0 ? input_shape_ : nodes_[producer].layer->output_shape());
+  }
+  const BlockContext context(item, prefix, shapes, copy, repeat);
+  const std::vector<BlockPart> parts = block.expand(context);
+  if (parts.empty()) context.fail("the block expanded into no layers");
+
+  std::vector<std::string> part_names;
+  for (std::size_t p = 0; p < parts.size(); ++p) {
+    const BlockPart& part = parts[p];
+    const std::string full = fmt::format("{}.{}", prefix, part.name);
+    if (std::find(part_names.begin(), part_names.end(), part.name) != part_names.end()) {
+      context.fail(fmt::format("the block plugin emitted the part '{}' twice", part.name));
+    }
+    std::vector<std::string> part_inputs;
+    for (const std::string& ref : part.inputs) {
+      if (ref.starts_with("@in")) {
+        std::size_t which = 0;
+        const char* digits = ref.data() + 3;
+        if (ref.size() > 3 && (std::from_chars(digits, ref.data() + ref.size(), which).ptr !=
+                               ref.data() + ref.size())) {
+          context.fail(fmt::format("part '{}' reads '{}': not a block input", part.name, ref));
         }
-        std::vector<std::string> part_inputs;
-        for (const std::string& ref : part.inputs) {
-          if (ref.starts_with("@in")) {
-            std::size_t which = 0;
-            const char* digits = ref.data() + 3;
-            if (ref.size() > 3 && (std::from_chars(digits, ref.data() + ref.size(), which).ptr !=
-                                   ref.data() + ref.size())) {
-              context.fail(fmt::format("part '{}' reads '{}': not a block input", part.name, ref));
-            }
-            if (which >= input_names.size()) {
-              context.fail(fmt::format("part '{}' reads block input {}, but the block has {} input(s)",
-                                       part.name, which, input_names.size()));
-            }
-            part_inputs.push_back(input_names[which]);
-          } else if (std::find(part_names.begin(), part_names.end(), ref) != part_names.end()) {
-            part_inputs.push_back(fmt::format("{}.{}", prefix, ref));
-          } else {
-            context.fail(fmt::format("part '{}' reads '{}', which is not an earlier part of the "
-                                     "block (known: {})",
-                                     part.name, ref, fmt::join(part_names, ", ")));
-          }
+        if (which >= input_names.size()) {
+          context.fail(fmt::format("part '{}' reads block input {}, but the block has {} input(s)",
+                                   part.name, which, input_names.size()));
         }
-        if (part_inputs.empty()) {
-          part_inputs.push_back(p == 0 ? input_names[0] : fmt::format("{}.{}", prefix, parts[p - 1].name));
-        }
-        if (index_of(full) >= 0) context.fail(fmt::format("layer name '{}' is already taken", full));
-        const std::string part_type = part.config.get<std::string>("type");
-        if (!registries_.layers.contains(part_type)) {
-          context.fail(fmt::format("part '{}' needs layer type '{}', which no loaded plugin "
-                                   "registers\n  {}",
-                                   part.name, part_type,
-                                   suggestion_text(part_type, registries_.layers.types(), "layer types")));
-        }
-        auto layer = registries_.layers.create(part.config);
-        add_node(full, std::move(layer), part_inputs, item, std::nullopt, {}, init_rng, block_index);
-        part_names.push_back(part.name);
-      }
-      const int output = static_cast<int>(nodes_.size()) - 1;
-      if (repeated) aliases_.emplace_back(prefix, output);
-      input_names = {nodes_.back().layer->name()};
-      // The first two copies (the first may change the shape) measure what the rest will need:
-      // `repeat: 1000000000` is an error here, not a billion allocations.
-      if (copy < 2 && copy + 1 < repeat) {
-        std::vector<Layer*> copy_layers;
-        for (std::size_t i = copy_start; i < nodes_.size(); ++i)
-          copy_layers.push_back(nodes_[i].layer.get());
-        check_repeat(item, name, type, repeat, copy, copy_layers, nodes_.size());
+        part_inputs.push_back(input_names[which]);
+      } else if (std::find(part_names.begin(), part_names.end(), ref) != part_names.end()) {
+        part_inputs.push_back(fmt::format("{}.{}", prefix, ref));
+      } else {
+        context.fail(fmt::format("part '{}' reads '{}', which is not an earlier part of the "
+                                 "block (known: {})",
+                                 part.name, ref, fmt::join(part_names, ", ")));
       }
     }
-    blocks_.back().end = static_cast<int>(nodes_.size());
-    apply_training_keys(keys, first_node);
-    aliases_.emplace_back(name, static_cast<int>(nodes_.size()) - 1);
+    if (part_inputs.empty()) {
+      part_inputs.push_back(p == 0 ? input_names[0] : fmt::format("{}.{}", prefix, parts[p - 1].name));
+    }
+    if (index_of(full) >= 0) context.fail(fmt::format("layer name '{}' is already taken", full));
+    const std::string part_type = part.config.get<std::string>("type");
+    if (!registries_.layers.contains(part_type)) {
+      context.fail(fmt::format("part '{}' needs layer type '{}', which no loaded plugin "
+                               "registers\n  {}",
+                               part.name, part_type,
+                               suggestion_text(part_type, registries_.layers.types(), "layer types")));
+    }
+    auto layer = registries_.layers.create(part.config);
+    add_node(full, std::move(layer), part_inputs, item, std::nullopt, {}, init_rng, block_index);
+    part_names.push_back(part.name);
   }
 }
 

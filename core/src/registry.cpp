@@ -30,6 +30,10 @@ void Registries::remove_owned_by(const PluginRef& owner) {
   kernels.remove_owned_by(owner);
 }
 
+std::string Registries::default_backend() const {
+  return backends.default_type().empty() ? std::string("reference") : backends.default_type();
+}
+
 void KernelRegistry::add(const std::string& op, const std::string& backend, Factory factory) {
   auto key = std::make_pair(op, backend);
   if (auto it = entries_.find(key); it != entries_.end()) {

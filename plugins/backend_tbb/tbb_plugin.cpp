@@ -62,6 +62,8 @@ void register_all(Registries& r) {
   // TBB tasks would oversubscribe) and chooses its kernel set (openblas.hpp).
   openblas::load();
   r.backends.add<TbbBackend>("tbb");
+  // The default backend of an experiment that names none (else "reference" is).
+  r.backends.declare_default("tbb");
   r.kernels.add<TbbConv2d>("conv2d", "tbb");
   r.kernels.add<TbbPool2d>("pool2d", "tbb");
   r.kernels.add<TbbGemm>("gemm", "tbb");

@@ -39,6 +39,11 @@ class Elementwise final : public Layer {
   explicit Elementwise(const Config& config) : op_(config) {}
 
   std::string_view type() const override { return Op::kName; }
+  // An op declares `kDeadUnits = true` when a unit can die (training diagnostics count them).
+  bool has_dead_units() const override {
+    if constexpr (requires { Op::kDeadUnits; }) return Op::kDeadUnits;
+    return false;
+  }
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, in[0].shape());
@@ -87,6 +92,7 @@ class Elementwise final : public Layer {
 
 struct ReluOp {
   static constexpr const char* kName = "relu";
+  static constexpr bool kDeadUnits = true;  // 0 for every x <= 0
   explicit ReluOp(const Config&) {}
   // Written as "x <= 0 ? 0 : x" so that NaN passes through, as in PyTorch (threshold and
   // threshold_backward): a NaN weight must show in the output, where the divergence check sees it.

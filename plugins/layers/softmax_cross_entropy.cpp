@@ -105,6 +105,7 @@ class SoftmaxCrossEntropy final : public Loss {
 
 void register_losses(Registries& registries) {
   registries.losses.add<SoftmaxCrossEntropy>("softmax_cross_entropy");
+  registries.losses.declare_default("softmax_cross_entropy");  // an experiment without `loss`
 }
 
 }  // namespace strata::layers

@@ -329,6 +329,7 @@ class PlateauSchedule final : public Schedule {
 
 void register_all(Registries& registries) {
   registries.schedules.add<ConstantSchedule>("constant");
+  registries.schedules.declare_default("constant");  // an optimizer without `schedule`
   registries.schedules.add<StepSchedule>("step");
   registries.schedules.add<MultiStepSchedule>("multistep");
   registries.schedules.add<ExponentialSchedule>("exponential");

@@ -7,6 +7,8 @@
 #   - a model whose backward() is wrong in one element (test_broken_scale, broken: one) FAILs
 #     with exit status 1 and says where, and the same model with a correct backward() passes.
 # Any experiment added to experiments/ is checked too: unknown names get the whole-model check.
+# All on the reference backend (the ground truth, double accumulation), named explicitly since
+# gradcheck, like every command, defaults to the default backend (tbb).
 set -u
 : "${STRATA:?}" "${STRATA_SOURCE_DIR:?}"
 work=$(mktemp -d)
@@ -38,7 +40,7 @@ for exp in "$STRATA_SOURCE_DIR"/experiments/*.yaml; do
   esac
   count=$((count + 1))
   start=$SECONDS
-  if "$STRATA" gradcheck "$exp" "${opts[@]}" >"$work/out" 2>&1; then
+  if "$STRATA" gradcheck "$exp" --backend reference "${opts[@]}" >"$work/out" 2>&1; then
     echo "ok: $name passes ($((SECONDS - start)) s): ${opts[*]}"
   else
     echo "FAIL: strata gradcheck $name ${opts[*]}"
@@ -53,6 +55,7 @@ plugins=$(dirname "$STRATA")/../tests/plugins
 write_model() {
   cat >"$work/broken.yaml" <<YAML
 seed: 5
+backend: reference
 plugins: [$plugins/libstrata_test_broken_backward.so]
 model:
   input: [2, 8, 8]

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <memory>
 
 #include "strata/error.hpp"
 #include "strata/plugin.hpp"
@@ -20,6 +22,16 @@ Registries& registries() {
     return r;
   }();
   return *instance;
+}
+
+const Backend& backend(const std::string& name) {
+  static std::map<std::string, std::shared_ptr<Backend>> backends;
+  std::shared_ptr<Backend>& entry = backends[name];
+  if (!entry) {
+    entry = registries().backends.create(name, Config{});
+    entry->set_threads(0);
+  }
+  return *entry;
 }
 
 Tensor random_tensor(const Shape& shape, std::mt19937& rng, float low, float high) {

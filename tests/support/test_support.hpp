@@ -6,6 +6,7 @@
 #include <random>
 #include <string>
 
+#include "strata/backend.hpp"
 #include "strata/config.hpp"
 #include "strata/error.hpp"
 #include "strata/registry.hpp"
@@ -16,6 +17,10 @@ namespace strata::test {
 // Registries filled from the build's plugin folder (bin/../lib/strata), loaded once per process;
 // STRATA_PLUGIN_PATH is ignored.
 Registries& registries();
+
+// A backend of registries() (built once per name and process, all cores): what a Graph is built
+// for. "reference" unless a test needs another.
+const Backend& backend(const std::string& name = "reference");
 
 // Uniform random values in [low, high): tests never run on zeros or constants.
 Tensor random_tensor(const Shape& shape, std::mt19937& rng, float low = -1.0f, float high = 1.0f);

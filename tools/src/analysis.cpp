@@ -8,6 +8,7 @@
 
 #include "strata/backend.hpp"
 #include "strata/error.hpp"
+#include "strata/training/experiment.hpp"
 #include "strata/training/trainer.hpp"
 
 namespace strata {
@@ -52,28 +53,19 @@ TrainedModel::TrainedModel(const fs::path& checkpoint, Registries& registries, P
     set_batch = set_batch || key == "train.eval_batch_size";
   }
 
-  seed_ = static_cast<uint32_t>(experiment_.get<int64_t>("seed", 1));
-  const std::string backend_name =
-      options.backend.empty() ? experiment_.get<std::string>("backend", "tbb") : options.backend;
-  backend_ = registries.backends.create(backend_name, Config{});
-  int threads = options.threads;
-  if (threads == 0 && set_threads) {
-    threads = experiment_.get<int>("threads");
-    if (threads < 0)
-      experiment_.fail_key("threads",
-                           fmt::format("must be 0 (all cores) or positive, found {}", threads));
-  }
-  backend_->set_threads(threads);
-  if (set_batch) {
-    batch_ = experiment_.at("train").get<int64_t>("eval_batch_size");
-    if (batch_ <= 0) {
-      experiment_.at("train").fail_key("eval_batch_size",
-                                       fmt::format("must be positive, found {}", batch_));
-    }
-  }
-  rng_ = std::make_unique<Rng>(seed_);
-  const Config model = experiment_.at("model");
-  graph_ = std::make_unique<Graph>(model, registries, backend_name, *rng_);
+  // The model as every command builds it (strata/training/experiment.hpp), read from a copy that
+  // also takes the options: options.backend, and options.threads unless a --set gave `threads`
+  // (the stored `threads` describes the training machine, not this one). No dataset is built.
+  Config effective = experiment_.clone();
+  if (!options.backend.empty()) effective.set("backend", options.backend);
+  if (!set_threads || options.threads != 0) effective.set("threads", std::to_string(options.threads));
+  Experiment run = Experiment::read(effective, registries, Experiment::Scope::model);
+  seed_ = run.seed;
+  backend_ = run.backend;
+  if (set_batch) batch_ = run.train.eval_batch_size;
+  rng_ = std::make_unique<Rng>(run.rng);
+  graph_ = std::move(run.graph);
+  loss_ = run.loss;
   std::vector<NamedTensor> state = graph_->state_tensors();
   load_checkpoint_tensors(checkpoint, "model", state);
 
@@ -233,13 +225,6 @@ Split TrainedModel::load_split(const std::string& split, std::vector<int64_t>& d
   return result;
 }
 
-Loss& TrainedModel::loss() {
-  if (!loss_) {
-    std::optional<Config> loss_cfg = experiment_.find("loss");
-    loss_ = loss_cfg ? registries_.losses.create(*loss_cfg)
-                     : registries_.losses.create("softmax_cross_entropy", Config{});
-  }
-  return *loss_;
-}
+Loss& TrainedModel::loss() { return *loss_; }
 
 }  // namespace strata

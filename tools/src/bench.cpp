@@ -12,6 +12,7 @@
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
+#include "strata/training/experiment.hpp"
 
 namespace strata {
 
@@ -49,35 +50,22 @@ BenchReport bench_experiment(const Config& experiment, const Registries& registr
 
   BenchReport report;
   report.experiment = experiment.source_file();
-  report.backend = experiment.get<std::string>("backend", "tbb");
-  int threads = experiment.get<int>("threads", 0);
-  if (threads < 0) experiment.fail_key("threads", "must be 0 (all cores) or positive");
-  if (options.threads >= 0) threads = options.threads;
-  std::optional<Config> backend_key = experiment.find("backend");
-  auto backend = registries.backends.create(report.backend, backend_key ? *backend_key : Config{});
-  backend->set_threads(threads);
-
-  const Config train_cfg = experiment.at("train");
-  report.batch = train_cfg.get<int64_t>("batch_size");
-  if (report.batch < 1) train_cfg.fail_key("batch_size", "must be at least 1");
-  train_cfg.mark_used();
-
-  const auto seed = static_cast<uint32_t>(experiment.get<int64_t>("seed", 1));
-  Rng rng(seed);
-  Graph graph(experiment.at("model"), registries, report.backend, rng);
-  std::optional<Config> loss_cfg = experiment.find("loss");
-  auto loss = loss_cfg ? registries.losses.create(*loss_cfg)
-                       : registries.losses.create("softmax_cross_entropy", Config{});
-  const Config optimizer_cfg = experiment.at("optimizer");
-  if (auto schedule_cfg = optimizer_cfg.find("schedule")) {
-    registries.schedules.create(*schedule_cfg);  // validated, but the bench steps at base_lr
+  // --threads overrides the experiment's `threads` as `--set threads=N` would.
+  Config overridden = experiment;
+  if (options.threads >= 0) {
+    overridden = experiment.clone();
+    overridden.set("threads", std::to_string(options.threads));
   }
-  auto optimizer = registries.optimizers.create(optimizer_cfg);
-  std::vector<ParamRef> params = graph.params();
-  optimizer->setup(params);
-  // The rest (data, checkpoint, plugins, ...) is not used: synthetic data stands in for the data.
-  for (const std::string& key : experiment.keys()) experiment.find(key)->mark_used();
-  experiment.check_unused();
+  // The model, loss, optimizer and schedule (validated, but the bench steps at base_lr). The rest
+  // (data, checkpoint, plugins, ...) is not read: synthetic data stands in for the data.
+  Experiment run = Experiment::read(overridden, registries, Experiment::Scope::optimization);
+  report.backend = run.backend_name;
+  report.batch = run.required_batch_size();
+  Backend* backend = run.backend.get();
+  Graph& graph = *run.graph;
+  Loss* loss = run.loss.get();
+  Optimizer* optimizer = run.optimizer.get();
+  Rng& rng = run.rng;
 
   // Synthetic batch: uniform images, labels below the number of outputs.
   const Shape sample = graph.input_shape();
@@ -91,7 +79,7 @@ BenchReport bench_experiment(const Config& experiment, const Registries& registr
   for (int32_t& l : labels) l = label(rng);
   Tensor dlogits(graph.output_shape().with_batch(report.batch));
 
-  Context context{true, &rng, backend.get()};
+  Context context{true, &rng, backend};
   const float lr = optimizer->base_lr();
   GraphProfile profile;
   double forward = 0, loss_time = 0, backward = 0, step_opt = 0, whole = 0;

@@ -10,6 +10,7 @@
 #include "strata/backend.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
+#include "strata/training/experiment.hpp"
 
 namespace strata {
 
@@ -216,16 +217,9 @@ std::string GradcheckReport::text() const {
 }
 
 GradcheckReport gradient_check_experiment(const Config& experiment, const Registries& registries,
-                                          const std::string& backend_name,
                                           const GradcheckOptions& options) {
-  Rng init_rng(static_cast<uint32_t>(experiment.get<int64_t>("seed", 1)));
-  auto backend = registries.backends.create(backend_name, Config{});
-  backend->set_threads(experiment.get<int>("threads", 0));
-  const Config model = experiment.at("model");
-  Graph graph(model, registries, backend_name, init_rng);
-  model.check_unused();
-  experiment.mark_used();  // data, optimizer and training settings play no part here
-  return gradient_check(graph, *backend, options);
+  const Experiment run = Experiment::read(experiment, registries, Experiment::Scope::model);
+  return gradient_check(*run.graph, *run.backend, options);
 }
 
 }  // namespace strata

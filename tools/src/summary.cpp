@@ -8,6 +8,7 @@
 #include "strata/config.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
+#include "strata/training/experiment.hpp"
 
 namespace strata {
 
@@ -171,15 +172,10 @@ ModelSummary summarize(Graph& graph, bool expand, int64_t batch_size) {
 }
 
 ModelSummary summarize_experiment(const Config& experiment, const Registries& registries, bool expand) {
-  const std::string backend = experiment.get<std::string>("backend", "tbb");
-  const Config model = experiment.at("model");
-  Graph graph(model, registries, backend);
-  model.check_unused();
-  int64_t batch_size = 1;
-  if (auto train = experiment.find("train")) batch_size = train->get<int64_t>("batch_size", 1);
-  if (batch_size < 1) experiment.at("train").fail_key("batch_size", fmt::format("must be at least 1, found {}", batch_size));
-  experiment.mark_used();  // data, optimizer and the rest do not matter here
-  return summarize(graph, expand, batch_size);
+  // The model's shapes only: data, optimizer and the rest do not matter here (no data file is read).
+  const Experiment run = Experiment::read(experiment, registries, Experiment::Scope::shapes);
+  const int64_t batch_size = run.train.batch_size > 0 ? run.train.batch_size : 1;
+  return summarize(*run.graph, expand, batch_size);
 }
 
 std::string format_summary(const ModelSummary& summary) {

@@ -39,7 +39,7 @@ StepDiagnostics::StepDiagnostics(Graph& graph) : graph_(graph) {
   for (std::size_t i = 0; i < graph.size(); ++i) {
     Layer& layer = graph.layer(i);
     std::vector<Param*> params = layer.params();
-    if (params.empty() && layer.type() != "relu") continue;
+    if (params.empty() && !layer.has_dead_units()) continue;
     Watched w;
     w.node = i;
     w.params = params;
@@ -52,8 +52,8 @@ void StepDiagnostics::before_step() {
   for (Watched& w : watched_) {
     const Layer& layer = graph_.layer(w.node);
     LayerDiagnostics& r = w.result;
-    r = LayerDiagnostics{
-        graph_.name(w.node), std::string(layer.type()), kNaN, kNaN, kNaN, kNaN, kNaN, kNaN};
+    r = LayerDiagnostics{graph_.name(w.node), std::string(layer.type()), kNaN, kNaN, kNaN, kNaN,
+                         kNaN, kNaN, layer.has_dead_units()};
     const Tensor& out = graph_.activation(graph_.name(w.node));
     if (out.numel() > 0) {
       double sum = 0;
@@ -64,7 +64,7 @@ void StepDiagnostics::before_step() {
       r.activation_mean = mean;
       r.activation_std = std::sqrt(squares / static_cast<double>(out.numel()));
     }
-    if (layer.type() == "relu") r.dead_fraction = dead_unit_fraction(out);
+    if (r.has_dead_units) r.dead_fraction = dead_unit_fraction(out);
     if (w.params.empty()) continue;
     double grad = 0, weight = 0;
     for (std::size_t p = 0; p < w.params.size(); ++p) {
@@ -111,7 +111,7 @@ void record_diagnostics(std::map<std::string, std::vector<double>>& history, int
     }
     history[prefix + "activation_mean"].push_back(r.activation_mean);
     history[prefix + "activation_std"].push_back(r.activation_std);
-    if (r.type == "relu") history[prefix + "dead_fraction"].push_back(r.dead_fraction);
+    if (r.has_dead_units) history[prefix + "dead_fraction"].push_back(r.dead_fraction);
   }
 }
 

@@ -76,6 +76,21 @@ TrainSettings read_train_settings(const Config& train_cfg) {
   return train;
 }
 
+// The batch sizes of `train` for the scopes that do not train: read (and range-checked as for
+// training) when given; the section and the keys may be absent.
+void read_batch_sizes(Experiment& run, const Config& experiment) {
+  std::optional<Config> train_cfg = experiment.find("train");
+  if (!train_cfg || !train_cfg->is_map()) return;
+  if (train_cfg->has("batch_size")) {
+    run.train.batch_size = train_cfg->get<int64_t>("batch_size");
+    if (run.train.batch_size < 1) train_cfg->fail_key("batch_size", "must be at least 1");
+  }
+  if (train_cfg->has("eval_batch_size")) {
+    run.train.eval_batch_size = train_cfg->get<int64_t>("eval_batch_size");
+    if (run.train.eval_batch_size < 1) train_cfg->fail_key("eval_batch_size", "must be at least 1");
+  }
+}
+
 // Seed, backend and threads: the keys every scope reads.
 void read_run_keys(Experiment& run, const Config& experiment, const Registries& registries) {
   const int64_t seed_value = experiment.get<int64_t>("seed", 1);
@@ -84,7 +99,7 @@ void read_run_keys(Experiment& run, const Config& experiment, const Registries& 
                                             seed_value));
   }
   run.seed = static_cast<uint32_t>(seed_value);
-  run.backend_name = experiment.get<std::string>("backend", "tbb");
+  run.backend_name = experiment.get<std::string>("backend", registries.default_backend());
   run.threads = experiment.get<int>("threads", 0);
   if (run.threads < 0) experiment.fail_key("threads", "must be 0 (all cores) or positive");
   std::optional<Config> backend_key = experiment.find("backend");
@@ -92,12 +107,24 @@ void read_run_keys(Experiment& run, const Config& experiment, const Registries& 
   run.backend->set_threads(run.threads);
 }
 
+// The type a plugin declared the default of `registry`'s kind, for an experiment without `key`.
+template <class Base>
+const std::string& default_type(const Registry<Base>& registry, const Config& parent,
+                                std::string_view key) {
+  if (registry.default_type().empty()) {
+    parent.fail(fmt::format("`{}` is not given and no loaded plugin declares a default {} type; "
+                            "give `{}: {{type: ...}}`, one of: {}",
+                            key, registry.kind(), key, fmt::join(registry.types(), ", ")));
+  }
+  return registry.default_type();
+}
+
 void read_loss(Experiment& run, const Config& experiment, const Registries& registries) {
   std::optional<Config> loss_cfg = experiment.find("loss");
+  run.loss_type = loss_cfg ? loss_cfg->get<std::string>("type")
+                           : default_type(registries.losses, experiment, "loss");
   run.loss = loss_cfg ? registries.losses.create(*loss_cfg)
-                      : registries.losses.create("softmax_cross_entropy", Config{});
-  run.loss_type =
-      loss_cfg ? loss_cfg->get<std::string>("type") : std::string("softmax_cross_entropy");
+                      : registries.losses.create(run.loss_type, Config{});
 }
 
 // The optimizer and its schedule, set up on the graph's parameters.
@@ -107,7 +134,9 @@ void read_optimizer(Experiment& run, const Config& experiment, const Registries&
   // it first, so the optimizer's unknown-key check finds its keys already read.
   std::optional<Config> schedule_cfg = optimizer_cfg.find("schedule");
   run.schedule = schedule_cfg ? registries.schedules.create(*schedule_cfg)
-                              : registries.schedules.create("constant", Config{});
+                              : registries.schedules.create(
+                                    default_type(registries.schedules, optimizer_cfg, "schedule"),
+                                    Config{});
   run.optimizer = registries.optimizers.create(optimizer_cfg);
   if (!std::isfinite(run.optimizer->base_lr())) {
     optimizer_cfg.fail_key("lr", fmt::format("is {} as a 32-bit float: expected |lr| < 3.4e38",
@@ -142,6 +171,27 @@ void read_checkpoint_policy(Experiment& run, const Config& experiment) {
   }
 }
 
+// The `train` and `data` sections as training reads them (Scope::training).
+void read_training_sections(Experiment& run, const Config& experiment,
+                            const Registries& registries) {
+  const Config train_cfg = experiment.at("train");
+  run.train = read_train_settings(train_cfg);
+  run.data_config = experiment.at("data");
+  run.data = read_data_settings(run.data_config, registries);
+  run.dataset = registries.datasets.create(run.data_config);
+  run.validation = run.train.overfit > 0 ? 0 : run.data.validation;
+  run.why_no_validation = run.train.overfit > 0 ? "train.overfit uses none" : "data.validation is 0";
+  if (auto es = train_cfg.find("early_stopping")) {
+    EarlyStopping& stopping = run.train.early_stopping.emplace();
+    stopping.metric = read_epoch_metric(*es, "metric", "val_accuracy", run.validation > 0,
+                                        run.why_no_validation);
+    stopping.patience = es->get<int64_t>("patience", 5);
+    stopping.min_delta = es->get<double>("min_delta", 0.0);
+    if (stopping.patience < 1) es->fail_key("patience", "must be at least 1 epoch");
+    if (!(stopping.min_delta >= 0)) es->fail_key("min_delta", "must be >= 0");
+  }
+}
+
 }  // namespace
 
 const std::vector<std::string>& epoch_metrics() {
@@ -164,37 +214,35 @@ DataSettings read_data_settings(const Config& data, const Registries& registries
   return settings;
 }
 
+int64_t Experiment::required_batch_size() const {
+  if (train.batch_size > 0) return train.batch_size;
+  return config.at("train").get<int64_t>("batch_size");  // the error for the missing key
+}
+
 Experiment Experiment::read(const Config& experiment, const Registries& registries, Scope scope) {
   Experiment run;
   run.config = experiment;
   run.scope = scope;
   read_run_keys(run, experiment, registries);
   if (scope == Scope::training) {
-    const Config train_cfg = experiment.at("train");
-    run.train = read_train_settings(train_cfg);
-    run.data_config = experiment.at("data");
-    run.data = read_data_settings(run.data_config, registries);
-    run.dataset = registries.datasets.create(run.data_config);
-    run.validation = run.train.overfit > 0 ? 0 : run.data.validation;
-    run.why_no_validation =
-        run.train.overfit > 0 ? "train.overfit uses none" : "data.validation is 0";
-    if (auto es = train_cfg.find("early_stopping")) {
-      EarlyStopping& stopping = run.train.early_stopping.emplace();
-      stopping.metric = read_epoch_metric(*es, "metric", "val_accuracy", run.validation > 0,
-                                          run.why_no_validation);
-      stopping.patience = es->get<int64_t>("patience", 5);
-      stopping.min_delta = es->get<double>("min_delta", 0.0);
-      if (stopping.patience < 1) es->fail_key("patience", "must be at least 1 epoch");
-      if (!(stopping.min_delta >= 0)) es->fail_key("min_delta", "must be >= 0");
-    }
+    read_training_sections(run, experiment, registries);
+  } else {
+    read_batch_sizes(run, experiment);
   }
   run.model_config = experiment.at("model");
   run.rng = Rng(run.seed);
   run.graph = scope == Scope::shapes
-                  ? std::make_unique<Graph>(run.model_config, registries, run.backend_name)
-                  : std::make_unique<Graph>(run.model_config, registries, run.backend_name, run.rng);
+                  ? std::make_unique<Graph>(run.model_config, registries, *run.backend)
+                  : std::make_unique<Graph>(run.model_config, registries, *run.backend, run.rng);
   read_loss(run, experiment, registries);
-  if (scope != Scope::training) return run;
+  if (scope == Scope::optimization) read_optimizer(run, experiment, registries);
+  if (scope != Scope::training) {
+    // The rest of the file (data, checkpoint, plugins, ...) is not this scope's to read; the
+    // model's own keys are, and a typo there is an error.
+    run.model_config.check_unused();
+    experiment.mark_used();
+    return run;
+  }
 
   read_optimizer(run, experiment, registries);
   read_checkpoint_policy(run, experiment);

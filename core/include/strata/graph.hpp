@@ -34,6 +34,8 @@
 namespace strata {
 
 class Registries;
+class Backend;
+class Block;
 
 // Wall time per layer, accumulated by Graph::forward()/backward() while attached with
 // Graph::set_profile() (strata bench uses it). Detached, the graph pays one branch per layer.
@@ -47,12 +49,13 @@ struct GraphProfile {
 
 class Graph {
  public:
-  // Builds and sets up every layer, then initializes parameters with `init_rng`. Per-layer
+  // Builds and sets up every layer for `backend` (whose kernels the layers pick, falling back to
+  // the reference ones), then initializes parameters with `init_rng`. Per-layer
   // `init: {weight: {type: xavier_uniform}}` overrides a parameter's default initializer.
-  Graph(const Config& model, const Registries& registries, std::string backend, Rng& init_rng);
+  Graph(const Config& model, const Registries& registries, const Backend& backend, Rng& init_rng);
   // The same without initializing: parameters stay zero (for `strata summary`, or before loading
   // a checkpoint), which keeps a 140M-parameter model cheap to build.
-  Graph(const Config& model, const Registries& registries, std::string backend);
+  Graph(const Config& model, const Registries& registries, const Backend& backend);
 
   // One block entry of the model: nodes [first, end) are its sub-layers, in order.
   struct BlockInfo {
@@ -105,7 +108,18 @@ class Graph {
     int consumers = 0;
     std::vector<Tensor> in, din;  // per-step views handed to the layer (reused, not reallocated)
   };
+  struct TrainingKeys;  // an entry's lr_mult, decay_mult and freeze (graph.cpp)
+  // build(): the input shape, then each entry of `layers` in order, a layer or a block.
   void build(const Config& model, Rng* init_rng);
+  void read_input_shape(const Config& model);
+  void add_layer_entry(const Config& item, const std::string& name, const std::string& type,
+                       const std::vector<std::string>& input_names, Rng* init_rng);
+  void add_block_entry(const Config& item, const std::string& name, const std::string& type,
+                       std::vector<std::string> input_names, Rng* init_rng);
+  void add_block_copy(const Config& item, Block& block, const std::string& prefix, int64_t copy,
+                      int64_t repeat, const std::vector<std::string>& input_names, Rng* init_rng,
+                      int block_index);
+  void apply_training_keys(const TrainingKeys& keys, std::size_t first);
   // Sets up and (with an rng) initializes one layer reading the tensors `input_names`, with the
   // initializers built from its `init` section (whose names are checked against the parameters);
   // errors are reported at `where` (the layer's or the block's entry).
@@ -118,7 +132,7 @@ class Graph {
   void allocate(int64_t batch);
 
   const Registries& registries_;
-  std::string backend_;
+  std::string backend_;  // the name of the backend the layers pick their kernels for
   Shape input_shape_;
   std::vector<Node> nodes_;
   std::vector<BlockInfo> blocks_;

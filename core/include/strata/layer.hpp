@@ -167,6 +167,11 @@ class Layer {
   virtual int64_t multiply_adds() const { return 0; }
   virtual Window window() const { return {}; }
 
+  // Traits the runtime asks of a layer instead of naming its type. has_dead_units(): an
+  // activation whose output is exactly 0 over a whole region of inputs (relu), so that a unit
+  // may die; training diagnostics then report the fraction of units that output 0 for a batch.
+  virtual bool has_dead_units() const { return false; }
+
   const std::string& name() const { return name_; }
   void set_name(std::string name) { name_ = std::move(name); }
 

@@ -81,6 +81,24 @@ class Registry {
     add(type, [](const Config& config) -> std::unique_ptr<Base> { return std::make_unique<T>(config); });
   }
 
+  // Declares `type` (already added) the default of this kind: what the core uses where an
+  // experiment names none (the default backend, loss, schedule), so the core names no plugin. A
+  // plugin declares only its own types; a second declaration by another plugin is an error
+  // naming both. default_type() is "" when no loaded plugin declared one.
+  void declare_default(const std::string& type) {
+    if (!contains(type)) {
+      fail("plugin {} declares {} type '{}' the default, but registers no such type",
+           detail::plugin_label(*current_), kind_, type);
+    }
+    if (!default_type_.empty() && default_type_ != type) {
+      fail("two default {} types: '{}' by plugin {} and '{}' by plugin {}", kind_, default_type_,
+           detail::plugin_label(entries_.at(default_type_).owner), type,
+           detail::plugin_label(*current_));
+    }
+    default_type_ = type;
+  }
+  const std::string& default_type() const { return default_type_; }
+
   bool contains(std::string_view type) const { return entries_.find(std::string(type)) != entries_.end(); }
   std::vector<std::string> types() const {
     std::vector<std::string> names;
@@ -89,9 +107,11 @@ class Registry {
   }
   const std::map<std::string, Entry>& entries() const { return entries_; }
   const std::string& kind() const { return kind_; }
-  // Removes every type `owner` registered; entries of other plugins are untouched.
+  // Removes every type `owner` registered, and its default declaration; entries of other plugins
+  // are untouched.
   void remove_owned_by(const PluginRef& owner) {
     std::erase_if(entries_, [&](const auto& item) { return item.second.owner == owner; });
+    if (!default_type_.empty() && !contains(default_type_)) default_type_.clear();
   }
 
   // Creates the type named by the config's `type` key.
@@ -122,6 +142,7 @@ class Registry {
   std::string kind_;
   const PluginRef* current_;
   std::map<std::string, Entry> entries_;
+  std::string default_type_;
 };
 
 // Compute kernels are keyed by (op, backend) rather than by a single type name.
@@ -214,6 +235,11 @@ class Registries {
   Registry<Transform> transforms{"transform", &current};
   Registry<Backend> backends{"backend", &current};
   KernelRegistry kernels{&current};
+
+  // The backend of an experiment that names none: the one a loaded plugin declared the default
+  // (backends.declare_default(): the tbb plugin does), else "reference", the fallback and ground
+  // truth every kernel falls back to.
+  std::string default_backend() const;
 };
 
 }  // namespace strata

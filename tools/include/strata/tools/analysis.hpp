@@ -93,7 +93,7 @@ class TrainedModel {
   // The same, and in `dataset_rows` the row of the dataset's file (its "train" file for the train
   // and val splits, its "test" file for test) that each row of the result came from.
   Split load_split(const std::string& split, std::vector<int64_t>& dataset_rows);
-  // The experiment's loss (softmax_cross_entropy when it names none).
+  // The experiment's loss (the default loss type when it names none).
   Loss& loss();
 
  private:

@@ -7,8 +7,10 @@
 //   discarded (first-touch allocation, kernel workspaces), then `iterations` steps are timed:
 //   the forward pass of each layer, the loss (forward and its gradient), the backward pass of each
 //   layer, and the optimizer step. Times are means over the timed steps; images/s is
-//   batch / mean step time. The `data`, `train` (except batch_size), `checkpoint`, `seed` and
-//   `plugins` sections are not used, so any experiment file runs as checked in.
+//   batch / mean step time. The experiment is read as every command reads it
+//   (strata/training/experiment.hpp, Scope::optimization: seed, backend, threads, model, loss,
+//   optimizer and schedule, train.batch_size); the `data`, the rest of `train`, `checkpoint` and
+//   `plugins` sections are not used, so any experiment file runs as checked in, without its data.
 //
 //   FLOPs: a layer with a learnable `weight` of rank 2 or 4 (linear, conv2d, including grouped and
 //   depthwise) does weight.numel() / weight.dim(0) multiply-adds per output element in forward

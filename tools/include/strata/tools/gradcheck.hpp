@@ -83,10 +83,10 @@ struct GradcheckReport {
 // layers are checked too); their values are restored afterwards.
 GradcheckReport gradient_check(Graph& graph, Backend& backend, const GradcheckOptions& options);
 
-// Builds the experiment's model (its `seed`, the `model` section; every other section is
-// ignored) on `backend_name` and checks it.
+// Builds the experiment's model as every command does (strata/training/experiment.hpp,
+// Experiment::Scope::model: its seed, backend, threads and `model`; the data, optimizer and
+// training settings are not read) and checks it on the experiment's backend.
 GradcheckReport gradient_check_experiment(const Config& experiment, const Registries& registries,
-                                          const std::string& backend_name,
                                           const GradcheckOptions& options);
 
 }  // namespace strata

@@ -1,6 +1,7 @@
 // strata/training/diagnostics.hpp: watching a training run (CS231n's "babysitting the learning process").
 //
-// Per-layer health measured on one training step (layers with parameters, and relu layers):
+// Per-layer health measured on one training step (layers with parameters, and activations with
+// dead units: Layer::has_dead_units(), relu):
 //   update_ratio     ||w_after - w_before|| / ||w_before||, over all the layer's parameters taken
 //                    together (so a bias that starts at zero does not divide by zero). This is
 //                    ||lr * update|| / ||w|| with everything the optimizer applied (momentum,
@@ -9,7 +10,7 @@
 //   weight_norm      ||w|| before the step.
 //   activation_mean, activation_std
 //                    mean and population standard deviation of the layer's output over the batch.
-//   dead_fraction    relu layers only: the fraction of units (output elements of one sample,
+//   dead_fraction    activations with dead units only: the fraction of units (output elements of one sample,
 //                    e.g. every (channel, y, x) of a conv feature map) whose output is <= 0 for
 //                    every sample of the batch.
 // Values that do not apply are NaN.
@@ -32,6 +33,7 @@ struct LayerDiagnostics {
   double update_ratio, grad_norm, weight_norm;
   double activation_mean, activation_std;
   double dead_fraction;
+  bool has_dead_units = false;  // Layer::has_dead_units(): dead_fraction is measured
 };
 
 // Healthy ranges behind the warnings printed during training.

@@ -8,12 +8,22 @@
 //   Experiment run = Experiment::read(config, registries);           // the whole run
 //   Experiment model = Experiment::read(config, registries, Experiment::Scope::model);
 //
-// Scope::model reads what running the model needs (seed, backend, threads, model, loss) and builds
-// the backend and the initialized graph; Scope::shapes the same with parameters left at zero (a
-// 140M-parameter model stays cheap to account for); Scope::training reads every section, range-checks
-// it, builds the optimizer and schedule too, and then refuses any key nobody read (a typo anywhere
-// fails before any work); only this scope builds the dataset reader, which may open its files.
-// Errors name the file, the key path and its line.
+// Every scope reads the keys running the model needs (seed, backend, threads, model, loss) and
+// builds the backend, the graph on it and the loss. Scope::shapes leaves the parameters at zero
+// (a 140M-parameter model stays cheap to account for: `strata summary`); Scope::model initializes
+// them from the seed (forward, gradcheck, eval and the analysis API, which then load weights);
+// Scope::optimization also builds the optimizer and its schedule (`strata bench`). These scopes
+// read train.batch_size and train.eval_batch_size where given (with training's range checks),
+// check the model's keys, and leave every other section unread: no dataset is built, no data file
+// is needed. Scope::training reads every section, range-checks it, builds the optimizer and
+// schedule, and then refuses any key nobody read (a typo anywhere fails before any work); only
+// this scope builds the dataset reader, which may open its files.
+//
+// Defaults the core does not name: without `backend`, the backend a plugin declared the default
+// (Registries::default_backend(): tbb when its plugin is loaded, else reference); without `loss`
+// or `optimizer.schedule`, the loss and schedule type a plugin declared the default
+// (Registry::declare_default(): softmax_cross_entropy, constant). Errors name the file, the key
+// path and its line.
 #pragma once
 
 #include <cstdint>
@@ -78,7 +88,7 @@ struct CheckpointPolicy {
 
 class Experiment {
  public:
-  enum class Scope { shapes, model, training };
+  enum class Scope { shapes, model, optimization, training };
   static Experiment read(const Config& experiment, const Registries& registries,
                          Scope scope = Scope::training);
 
@@ -93,20 +103,26 @@ class Experiment {
   Config model_config;       // the `model` section
   Rng rng;                   // seeded with `seed`, after it initialized the graph (Scope::model on)
   std::unique_ptr<Graph> graph;
-  std::string loss_type;     // `loss.type`, softmax_cross_entropy when there is no `loss`
+  std::string loss_type;     // `loss.type`, or the default loss type
   std::shared_ptr<Loss> loss;
+  // train.batch_size and train.eval_batch_size; outside Scope::training only where given
+  // (batch_size 0 and eval_batch_size 500 otherwise).
+  TrainSettings train;
+  // train.batch_size, or the error of a missing `train.batch_size` (for a scope that needs it).
+  int64_t required_batch_size() const;
+
+  // ---- Scope::optimization and Scope::training ----
+  std::shared_ptr<Optimizer> optimizer;  // set up on graph->params(), weight decay off under overfit
+  std::shared_ptr<Schedule> schedule;
+  std::string divergence_advice;  // what a divergence message advises (strata/training/checks.hpp)
 
   // ---- Scope::training ----
-  TrainSettings train;
   Config data_config;        // the `data` section
   std::shared_ptr<Dataset> dataset;  // its reader, built (files not yet loaded)
   DataSettings data;         // limits and transforms
   int64_t validation = 0;    // the validation images to hold out (0 under train.overfit)
   std::string why_no_validation;  // "data.validation is 0" or "train.overfit uses none"
-  std::shared_ptr<Optimizer> optimizer;  // set up on graph->params(), weight decay off under overfit
-  std::shared_ptr<Schedule> schedule;
   CheckpointPolicy checkpoint;
-  std::string divergence_advice;  // what a divergence message advises (strata/training/checks.hpp)
   std::string yaml;               // the experiment with every default filled in, as run
 };
 
