@@ -10,6 +10,7 @@
 #include <numeric>
 #include <ostream>
 
+#include "central_difference.hpp"
 #include "strata/checkpoint.hpp"
 #include "strata/config.hpp"
 #include "strata/error.hpp"
@@ -241,17 +242,8 @@ void check_tensor_gradient(const std::string& what, Tensor values, const Tensor&
   if (!all_finite(analytic)) check_fail("{}: backward left NaN or inf in the gradient", what);
   const double scale = rms(analytic);
   for (int64_t i = 0; i < values.numel(); ++i) {
-    float& v = values.data()[i];
-    const float saved = v;
-    v = static_cast<float>(saved + eps);
-    const double step_up = v;
-    const double plus = objective();
-    v = static_cast<float>(saved - eps);
-    const double step_down = v;
-    const double minus = objective();
-    v = saved;
-    compare_gradient(what, i, (plus - minus) / (step_up - step_down), analytic.data()[i], scale,
-                     report);
+    compare_gradient(what, i, central_difference(values.data()[i], eps, objective),
+                     analytic.data()[i], scale, report);
   }
 }
 

@@ -7,6 +7,7 @@
 #include <numeric>
 #include <random>
 
+#include "central_difference.hpp"
 #include "strata/backend.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
@@ -123,16 +124,7 @@ GradcheckReport gradient_check(Graph& graph, Backend& backend, const GradcheckOp
     }
     const double floor = kFloorFactor * rms(target.analytic);
     auto difference = [&](int64_t i, double eps) {
-      float& v = target.values.data()[i];
-      const float saved = v;
-      v = static_cast<float>(saved + eps);
-      const double up = v;
-      const double plus = objective();
-      v = static_cast<float>(saved - eps);
-      const double down = v;
-      const double minus = objective();
-      v = saved;
-      return (plus - minus) / (up - down);
+      return central_difference(target.values.data()[i], eps, objective);
     };
     auto relative = [&](double x, double y) {
       return std::abs(x - y) / std::max({std::abs(x), std::abs(y), floor, 1e-30});
