@@ -9,34 +9,49 @@
 
 namespace strata {
 
-void Transform::augment(const float*, float*, Rng&) const {
-  fail("transform {} is not a random transform: it has no augment()", type());
-}
+BadSample::~BadSample() = default;
 
-namespace {
+std::string SplitReader::describe(int64_t index) const { return fmt::format("sample {}", index); }
 
-// Rows `rows` of `split`, copied.
-Split take_rows(const Split& split, std::span<const int64_t> rows) {
-  Split out;
-  const Shape sample = split.images.shape().without_batch();
-  out.images = Tensor(sample.with_batch(static_cast<int64_t>(rows.size())));
-  const int64_t row_size = sample.numel();
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    std::memcpy(out.images.data() + i * row_size, split.images.data() + rows[i] * row_size,
-                row_size * sizeof(float));
-    out.labels.push_back(split.labels[rows[i]]);
+InMemorySplit::InMemorySplit(Split split) : split_(std::move(split)) {
+  const Tensor& images = split_.images;
+  if (images.rank() != 4 || images.dim(0) != static_cast<int64_t>(split_.labels.size())) {
+    fail("in-memory split: expected images [N, C, H, W] for {} labels, got {}",
+         split_.labels.size(), images.shape().str());
   }
-  return out;
 }
 
-}  // namespace
+void InMemorySplit::read(int64_t index, Image& out) const {
+  if (index < 0 || index >= size()) {
+    fail("in-memory split: sample {} requested, but the split has {}", index, size());
+  }
+  const Tensor& images = split_.images;
+  out.resize(images.dim(1), images.dim(2), images.dim(3));
+  const int64_t row = out.channels * out.plane_size();
+  std::memcpy(out.pixels.data(), images.data() + index * row, row * sizeof(float));
+}
 
-Split first_rows(const Split& split, int64_t limit) {
-  const int64_t n = static_cast<int64_t>(split.labels.size());
-  if (limit <= 0 || limit >= n) return split;
-  std::vector<int64_t> rows(limit);
-  std::iota(rows.begin(), rows.end(), 0);
-  return take_rows(split, rows);
+std::shared_ptr<const SplitReader> InMemoryDataset::open(std::string_view split) {
+  return std::make_shared<InMemorySplit>(load(split));
+}
+
+void Transform::augment(Image& image, Image& scratch, Rng&) const { apply(image, scratch); }
+
+void Transform::fit(const FitImages&) {
+  fail("transform {} has no statistics to fit", type());
+}
+
+std::vector<int64_t> shard(std::span<const int64_t> order, int rank, int ranks) {
+  if (ranks < 1 || rank < 0 || rank >= ranks) {
+    fail("shard: rank {} of {} does not exist (expected 0 <= rank < ranks)", rank, ranks);
+  }
+  std::vector<int64_t> part;
+  part.reserve(order.size() / ranks + 1);
+  for (std::size_t i = static_cast<std::size_t>(rank); i < order.size();
+       i += static_cast<std::size_t>(ranks)) {
+    part.push_back(order[i]);
+  }
+  return part;
 }
 
 TrainValRows split_validation_rows(int64_t available, int64_t validation, uint32_t seed) {
@@ -50,13 +65,6 @@ TrainValRows split_validation_rows(int64_t available, int64_t validation, uint32
   std::sort(val_rows.begin(), val_rows.end());
   std::sort(train_rows.begin(), train_rows.end());
   return {std::move(train_rows), std::move(val_rows)};
-}
-
-TrainValSplit split_validation(const Split& train, int64_t validation, uint32_t seed) {
-  if (validation <= 0) return {train, {}};
-  const TrainValRows rows =
-      split_validation_rows(static_cast<int64_t>(train.labels.size()), validation, seed);
-  return {take_rows(train, rows.train), take_rows(train, rows.val)};
 }
 
 }  // namespace strata

@@ -135,9 +135,15 @@ void PluginLoader::load_file(const fs::path& file) {
   if (info == nullptr) fail("plugin {}: strata_plugin() returned null", canonical.string());
   // Only `api` may be read before the version check: the rest of the struct may differ.
   if (info->api != kPluginApi) {
-    fail("plugin {}: built for plugin API version {}, but this Strata supports version {}; "
+    // What changed since the plugin's version, so its author knows what to port.
+    const std::string changes =
+        info->api == 2 ? " (API 3: a dataset reads samples on demand through Dataset::open and a "
+                         "SplitReader, or derives from InMemoryDataset to keep its load(); a "
+                         "transform works on one Image at a time; see docs/data.md)"
+                       : "";
+    fail("plugin {}: built for plugin API version {}, but this Strata supports version {}{}; "
          "rebuild the plugin against this Strata",
-         canonical.string(), info->api, kPluginApi);
+         canonical.string(), info->api, kPluginApi, changes);
   }
   const std::string name = info->name ? info->name : "";
   if (name.empty() || info->register_all == nullptr) {

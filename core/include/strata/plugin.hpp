@@ -26,7 +26,9 @@ namespace strata {
 // Bump when any interface a plugin compiles against changes incompatibly.
 // 2: Layer::multiply_adds() and Layer::window(), the Block interface, and
 //    Dataset::class_names() (new virtual functions change every layer's and dataset's vtable).
-inline constexpr int kPluginApi = 2;
+// 3: datasets read samples on demand (Dataset::open, SplitReader; whole-split readers derive
+//    from InMemoryDataset), transforms work one Image at a time, Layer::has_dead_units().
+inline constexpr int kPluginApi = 3;
 
 class Registries;
 
