@@ -91,7 +91,7 @@ class RandomCrop final : public Transform {
     }
     const int64_t top = (image.height - crop_.vertical) / 2;
     const int64_t left = (image.width - crop_.horizontal) / 2;
-    copy_window(image, top, left, scratch);
+    copy_window(image, top, left, crop_.vertical, crop_.horizontal, fill_, scratch);
     std::swap(image, scratch);
   }
 
@@ -106,7 +106,7 @@ class RandomCrop final : public Transform {
         static_cast<int64_t>(rng() % static_cast<uint32_t>(range_y + 1)) - padding_.vertical;
     const int64_t left =
         static_cast<int64_t>(rng() % static_cast<uint32_t>(range_x + 1)) - padding_.horizontal;
-    copy_window(image, top, left, scratch);
+    copy_window(image, top, left, crop_.vertical, crop_.horizontal, fill_, scratch);
     std::swap(image, scratch);
   }
 
@@ -120,30 +120,6 @@ class RandomCrop final : public Transform {
                               crop_.vertical, crop_.horizontal, height + 2 * padding_.vertical,
                               width + 2 * padding_.horizontal, height, width, padding_.vertical,
                               padding_.horizontal));
-    }
-  }
-
-  // The crop window whose top-left corner is (top, left) in `image` (negative or past the edge:
-  // `fill`), into `out`.
-  void copy_window(const Image& image, int64_t top, int64_t left, Image& out) const {
-    const int64_t height = image.height, width = image.width;
-    out.resize(image.channels, crop_.vertical, crop_.horizontal);
-    // Columns of the window that fall inside the image: [x0, x1).
-    const int64_t x0 = std::clamp<int64_t>(-left, 0, crop_.horizontal);
-    const int64_t x1 = std::clamp<int64_t>(width - left, x0, crop_.horizontal);
-    for (int64_t c = 0; c < image.channels; ++c) {
-      const float* plane = image.plane(c);
-      for (int64_t y = 0; y < crop_.vertical; ++y) {
-        float* row = out.plane(c) + y * crop_.horizontal;
-        const int64_t source_y = top + y;
-        if (source_y < 0 || source_y >= height) {
-          std::fill(row, row + crop_.horizontal, fill_);
-          continue;
-        }
-        std::fill(row, row + x0, fill_);
-        std::memcpy(row + x0, plane + source_y * width + left + x0, (x1 - x0) * sizeof(float));
-        std::fill(row + x1, row + crop_.horizontal, fill_);
-      }
     }
   }
 
@@ -184,6 +160,29 @@ class HorizontalFlip final : public Transform {
 
 }  // namespace
 
+void copy_window(const Image& image, int64_t top, int64_t left, int64_t height, int64_t width,
+                 float fill, Image& out) {
+  out.resize(image.channels, height, width);
+  // Columns of the window that fall inside the image: [x0, x1).
+  const int64_t x0 = std::clamp<int64_t>(-left, 0, width);
+  const int64_t x1 = std::clamp<int64_t>(image.width - left, x0, width);
+  for (int64_t c = 0; c < image.channels; ++c) {
+    const float* plane = image.plane(c);
+    for (int64_t y = 0; y < height; ++y) {
+      float* row = out.plane(c) + y * width;
+      const int64_t source_y = top + y;
+      if (source_y < 0 || source_y >= image.height) {
+        std::fill(row, row + width, fill);
+        continue;
+      }
+      std::fill(row, row + x0, fill);
+      std::memcpy(row + x0, plane + source_y * image.width + left + x0,
+                  (x1 - x0) * sizeof(float));
+      std::fill(row + x1, row + width, fill);
+    }
+  }
+}
+
 void flip_horizontally(Image& image) {
   const int64_t rows = image.channels * image.height, width = image.width;
   float* data = image.pixels.data();
@@ -220,7 +219,11 @@ void register_augment(Registries& registries) {
 }  // namespace strata::augment
 
 namespace {
-void register_all(strata::Registries& registries) { strata::augment::register_augment(registries); }
+void register_all(strata::Registries& registries) {
+  strata::augment::register_augment(registries);
+  strata::augment::register_resize(registries);
+  strata::augment::register_color(registries);
+}
 }  // namespace
 
 STRATA_PLUGIN("augment", "1.0", register_all)

@@ -5,6 +5,14 @@
 //   what torchvision's Normalize(mean, std) computes, so the saved state maps onto it directly.
 //
 // CONFIGURATION
+//   Statistics given in the configuration (then nothing is fitted, needs_fit() is false, and they
+//   are still saved in checkpoints), per channel:
+//     mean: [m_1, .., m_C] and std: [s_1, .., s_C], both or neither, one value per channel of the
+//           images (checked at setup), every std > 0; or
+//     preset: imagenet: mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225] (torchvision's
+//           ImageNet statistics; 3-channel images).
+//   They exclude per: pixel, scale: none and epsilon (which describe fitting).
+//   Without them, the statistics are fitted on the training images:
 //   per: channel (default) | pixel.
 //   scale: std (default): subtract the mean and divide by the standard deviation; none: subtract
 //          the mean only (std stays all ones).
@@ -97,16 +105,12 @@ struct Moments {
 class Normalize final : public strata::Transform {
  public:
   explicit Normalize(const Config& config) : config_(config) {
-    per_pixel_ = get_choice(config, "per", "channel", {"channel", "pixel"}) == "pixel";
-    divide_by_std_ = get_choice(config, "scale", "std", {"std", "none"}) == "std";
-    epsilon_ = config.get<double>("epsilon", 1e-8);
-    if (!(epsilon_ > 0)) {
-      config.fail_key("epsilon", fmt::format("must be positive, got {}", epsilon_));
-    }
+    read_given_statistics(config);
+    if (given_mean_.empty()) read_fit_options(config);
   }
 
   std::string_view type() const override { return "normalize"; }
-  bool needs_fit() const override { return true; }
+  bool needs_fit() const override { return given_mean_.empty(); }
 
   void setup(const Shape& input) override {
     if (input.rank() != 3 || input[0] <= 0 || input[1] < 0 || input[2] < 0) {
@@ -124,10 +128,25 @@ class Normalize final : public strata::Transform {
     mean_ = Tensor(stats_shape);
     std_ = Tensor(stats_shape);
     std_.fill(1.0f);
+    if (!given_mean_.empty()) {
+      if (static_cast<int64_t>(given_mean_.size()) != input[0]) {
+        const char* key = config_.has("preset") ? "preset" : "mean";
+        config_.fail_key(key, fmt::format("gives statistics for {} channels, but the images have "
+                                          "{} ({})",
+                                          given_mean_.size(), input[0], input.str()));
+      }
+      for (std::size_t c = 0; c < given_mean_.size(); ++c) {
+        mean_.data()[c] = static_cast<float>(given_mean_[c]);
+        std_.data()[c] = static_cast<float>(given_std_[c]);
+      }
+    }
   }
 
   void fit(const strata::FitImages& images) override {
     check_setup("fit");
+    if (!given_mean_.empty()) {
+      fail("transform normalize: fit() called, but the statistics are given in the configuration");
+    }
     const int64_t count = images.size();
     if (count <= 0) fail("transform normalize: fit() needs at least one training image");
     const auto stats = static_cast<std::size_t>(mean_.numel());
@@ -197,6 +216,61 @@ class Normalize final : public strata::Transform {
   std::vector<strata::NamedTensor> state() override { return {{"mean", mean_}, {"std", std_}}; }
 
  private:
+  // mean/std or preset, into given_mean_/given_std_ (left empty when absent).
+  void read_given_statistics(const Config& config) {
+    const bool has_mean = config.has("mean"), has_std = config.has("std");
+    const bool has_preset = config.has("preset");
+    if (!has_mean && !has_std && !has_preset) return;
+    for (const char* fit_key : {"per", "scale", "epsilon"}) {
+      if (config.has(fit_key)) {
+        config.fail_key(fit_key, fmt::format("describes fitting the statistics, but they are "
+                                             "given ({}); remove one",
+                                             has_preset ? "preset" : "mean and std"));
+      }
+    }
+    if (has_preset) {
+      if (has_mean || has_std) {
+        config.fail_key(has_mean ? "mean" : "std",
+                        "is given twice: by `preset` and here; remove one");
+      }
+      get_choice(config, "preset", "", {"imagenet"});  // the only preset
+      given_mean_ = {0.485, 0.456, 0.406};
+      given_std_ = {0.229, 0.224, 0.225};
+      return;
+    }
+    if (!has_mean || !has_std) {
+      config.fail(fmt::format("`{}` is given without `{}`: give both (one value per channel), "
+                              "`preset: imagenet`, or neither to fit them",
+                              has_mean ? "mean" : "std", has_mean ? "std" : "mean"));
+    }
+    given_mean_ = config.get<std::vector<double>>("mean");
+    given_std_ = config.get<std::vector<double>>("std");
+    if (given_mean_.empty()) config.fail_key("mean", "expected one value per channel, found none");
+    if (given_std_.size() != given_mean_.size()) {
+      config.fail_key("std", fmt::format("has {} values, but mean has {}: one per channel each",
+                                         given_std_.size(), given_mean_.size()));
+    }
+    for (std::size_t c = 0; c < given_mean_.size(); ++c) {
+      if (!std::isfinite(given_mean_[c])) {
+        config.fail_key("mean", fmt::format("mean[{}] is {}; expected a finite number", c,
+                                            given_mean_[c]));
+      }
+      if (!(given_std_[c] > 0) || !std::isfinite(given_std_[c])) {
+        config.fail_key("std", fmt::format("std[{}] is {}; every std must be positive", c,
+                                           given_std_[c]));
+      }
+    }
+  }
+
+  void read_fit_options(const Config& config) {
+    per_pixel_ = get_choice(config, "per", "channel", {"channel", "pixel"}) == "pixel";
+    divide_by_std_ = get_choice(config, "scale", "std", {"std", "none"}) == "std";
+    epsilon_ = config.get<double>("epsilon", 1e-8);
+    if (!(epsilon_ > 0)) {
+      config.fail_key("epsilon", fmt::format("must be positive, got {}", epsilon_));
+    }
+  }
+
   // Adds one image's values to `moments`: per channel, the image's own mean and M2 (two passes)
   // merged as one group; per pixel, one value per statistic (Welford's update).
   void add_image(const Image& image, Moments& moments) const {
@@ -238,6 +312,7 @@ class Normalize final : public strata::Transform {
   }
 
   Config config_;  // for errors found at setup, which name the key
+  std::vector<double> given_mean_, given_std_;  // empty: fitted
   bool per_pixel_ = false;
   bool divide_by_std_ = true;
   double epsilon_ = 1e-8;
