@@ -176,8 +176,7 @@ void copy_window(const Image& image, int64_t top, int64_t left, int64_t height, 
         continue;
       }
       std::fill(row, row + x0, fill);
-      std::memcpy(row + x0, plane + source_y * image.width + left + x0,
-                  (x1 - x0) * sizeof(float));
+      std::memcpy(row + x0, plane + source_y * image.width + left + x0, (x1 - x0) * sizeof(float));
       std::fill(row + x1, row + width, fill);
     }
   }
@@ -198,9 +197,10 @@ std::optional<Pair> read_pair(const Config& config, std::string_view key, int64_
 void check_input_shape(std::string_view type, const Shape& shape) {
   if (shape.rank() != 3 || shape[0] <= 0 || shape[1] < 0 || shape[2] < 0 ||
       ((shape[1] == 0) != (shape[2] == 0))) {
-    fail("transform {}: images must have shape [C, H, W] (or [C, 0, 0] when their size varies), "
-         "got {}",
-         type, shape.str());
+    fail(
+        "transform {}: images must have shape [C, H, W] (or [C, 0, 0] when their size varies), "
+        "got {}",
+        type, shape.str());
   }
 }
 

@@ -50,8 +50,8 @@ std::optional<std::array<double, 2>> read_factor(const Config& config, std::stri
   if (node->is_sequence()) {
     const auto values = node->as<std::vector<double>>();
     if (values.size() != 2) {
-      node->fail(fmt::format("expected a number or a list [min, max], found a list of {}",
-                             values.size()));
+      node->fail(
+          fmt::format("expected a number or a list [min, max], found a list of {}", values.size()));
     }
     if (!(values[0] >= 0 && values[0] <= values[1] && std::isfinite(values[1]))) {
       node->fail(fmt::format("expected 0 <= min <= max, found [{}, {}]", values[0], values[1]));
@@ -110,7 +110,8 @@ class ColorJitter final : public Transform {
     }
     std::array<float, 3> factors{};
     for (std::size_t k = 0; k < 3; ++k) {
-      if (ranges_[k]) factors[k] = static_cast<float>(uniform(rng, (*ranges_[k])[0], (*ranges_[k])[1]));
+      if (ranges_[k])
+        factors[k] = static_cast<float>(uniform(rng, (*ranges_[k])[0], (*ranges_[k])[1]));
     }
     for (int k : order) {
       const auto index = static_cast<std::size_t>(k);

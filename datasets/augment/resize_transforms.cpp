@@ -80,8 +80,8 @@ int64_t center_offset(int64_t size, int64_t crop) {
 
 // The centre crop of `image` to height x width (padding with 0 where larger), into `out`.
 void center_crop(const Image& image, int64_t height, int64_t width, Image& out) {
-  copy_window(image, center_offset(image.height, height), center_offset(image.width, width),
-              height, width, 0.0f, out);
+  copy_window(image, center_offset(image.height, height), center_offset(image.width, width), height,
+              width, 0.0f, out);
 }
 
 // The target size of resizing the shorter side of a height x width image to `shorter`
@@ -146,13 +146,12 @@ class Resize final : public Transform {
     }
     if (const auto max_size = config.find("max_size")) {
       if (size_) {
-        max_size->fail("max_size needs an integer size (the shorter side), but size is "
-                       "[height, width]");
+        max_size->fail("needs an integer size (the shorter side), but size is [height, width]");
       }
       max_size_ = max_size->as<int64_t>();
       if (max_size_ <= shorter_ || max_size_ > kMaxExtent) {
-        max_size->fail(fmt::format("must be greater than size ({}), found {}", shorter_,
-                                   max_size_));
+        max_size->fail(
+            fmt::format("must be greater than size ({}), found {}", shorter_, max_size_));
       }
     }
   }

@@ -117,11 +117,11 @@ class Normalize final : public strata::Transform {
       fail("transform normalize: samples must have shape [C, H, W], got {}", input.str());
     }
     if (per_pixel_ && (input[1] == 0 || input[2] == 0)) {
-      config_.fail_key("per",
-                       fmt::format("per: pixel needs images of one size, but they vary ({}); "
-                                   "resize or crop them to one size in a transform before "
-                                   "normalize (resize: [H, W], center_crop, random_resized_crop)",
-                                   input.str()));
+      config_.fail_key(
+          "per", fmt::format("statistics per pixel need images of one size, but they vary ({}); "
+                             "resize or crop them to one size in a transform before "
+                             "normalize (resize: [H, W], center_crop, random_resized_crop)",
+                             input.str()));
     }
     input_ = input;
     const Shape stats_shape = per_pixel_ ? input : Shape{input[0]};
@@ -239,9 +239,10 @@ class Normalize final : public strata::Transform {
       return;
     }
     if (!has_mean || !has_std) {
-      config.fail(fmt::format("`{}` is given without `{}`: give both (one value per channel), "
-                              "`preset: imagenet`, or neither to fit them",
-                              has_mean ? "mean" : "std", has_mean ? "std" : "mean"));
+      config.fail(
+          fmt::format("`{}` is given without `{}`: give both (one value per channel), "
+                      "`preset: imagenet`, or neither to fit them",
+                      has_mean ? "mean" : "std", has_mean ? "std" : "mean"));
     }
     given_mean_ = config.get<std::vector<double>>("mean");
     given_std_ = config.get<std::vector<double>>("std");
@@ -252,12 +253,12 @@ class Normalize final : public strata::Transform {
     }
     for (std::size_t c = 0; c < given_mean_.size(); ++c) {
       if (!std::isfinite(given_mean_[c])) {
-        config.fail_key("mean", fmt::format("mean[{}] is {}; expected a finite number", c,
-                                            given_mean_[c]));
+        config.fail_key("mean",
+                        fmt::format("mean[{}] is {}; expected a finite number", c, given_mean_[c]));
       }
       if (!(given_std_[c] > 0) || !std::isfinite(given_std_[c])) {
-        config.fail_key("std", fmt::format("std[{}] is {}; every std must be positive", c,
-                                           given_std_[c]));
+        config.fail_key("std",
+                        fmt::format("std[{}] is {}; every std must be positive", c, given_std_[c]));
       }
     }
   }
@@ -305,13 +306,14 @@ class Normalize final : public strata::Transform {
     const bool fits = image.channels == input_[0] &&
                       (!per_pixel_ || (image.height == input_[1] && image.width == input_[2]));
     if (!fits) {
-      fail("transform normalize: {}() got an image of shape {}, but setup() was for images of "
-           "shape {}",
-           operation, image.shape().str(), input_.str());
+      fail(
+          "transform normalize: {}() got an image of shape {}, but setup() was for images of "
+          "shape {}",
+          operation, image.shape().str(), input_.str());
     }
   }
 
-  Config config_;  // for errors found at setup, which name the key
+  Config config_;                               // for errors found at setup, which name the key
   std::vector<double> given_mean_, given_std_;  // empty: fitted
   bool per_pixel_ = false;
   bool divide_by_std_ = true;

@@ -29,7 +29,8 @@ using namespace strata;
 namespace {
 
 Image to_image(const Tensor& tensor) {
-  if (tensor.rank() != 3) fail("transform_apply: expected an image [C, H, W], got {}", tensor.shape().str());
+  if (tensor.rank() != 3)
+    fail("transform_apply: expected an image [C, H, W], got {}", tensor.shape().str());
   Image image;
   image.resize(tensor.dim(0), tensor.dim(1), tensor.dim(2));
   std::memcpy(image.pixels.data(), tensor.data(), image.pixels.size() * sizeof(float));
@@ -45,8 +46,8 @@ Tensor to_tensor(const Image& image) {
 // The window of height x width at (top, left), which must lie inside the image.
 Image crop(const Image& image, int64_t top, int64_t left, int64_t height, int64_t width) {
   if (top < 0 || left < 0 || top + height > image.height || left + width > image.width) {
-    fail("transform_apply: crop {}x{} at ({}, {}) leaves the {}x{} image", height, width, top,
-         left, image.height, image.width);
+    fail("transform_apply: crop {}x{} at ({}, {}) leaves the {}x{} image", height, width, top, left,
+         image.height, image.width);
   }
   Image out;
   out.resize(image.channels, height, width);
