@@ -599,6 +599,30 @@ BOOST_AUTO_TEST_CASE(resize_preserves_constants) {
   }
 }
 
+// Channels are resized independently of each other (in groups of up to 4 inside): a 6-channel
+// image gives, channel by channel, what each channel alone gives (up to float rounding: stb's
+// loops for 1 and for 4 channels may order their sums differently).
+BOOST_AUTO_TEST_CASE(channels_are_resized_independently) {
+  std::mt19937 rng(1634);
+  const Image image = random_image(6, 19, 27, rng);
+  for (const char* config : {"{type: resize, size: [8, 11]}", "{type: resize, size: [40, 33]}"}) {
+    const Image out = applied(*make(config, Shape{6, 0, 0}), image);
+    auto single = make(config, Shape{1, 0, 0});
+    for (int64_t c = 0; c < 6; ++c) {
+      Image channel;
+      channel.resize(1, 19, 27);
+      std::copy(image.plane(c), image.plane(c) + image.plane_size(), channel.pixels.begin());
+      const Image alone = applied(*single, channel);
+      float worst = 0;
+      for (int64_t i = 0; i < alone.plane_size(); ++i) {
+        worst =
+            std::max(worst, std::abs(alone.pixels[static_cast<std::size_t>(i)] - out.plane(c)[i]));
+      }
+      BOOST_TEST(worst <= 1e-6f, config << " channel " << c << ": " << worst);
+    }
+  }
+}
+
 // center_crop: torchvision's offsets (Python's round, halves to even) and zero padding.
 BOOST_AUTO_TEST_CASE(center_crop_offsets_and_padding) {
   std::mt19937 rng(1633);

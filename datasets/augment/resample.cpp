@@ -15,10 +15,12 @@
 //   gives exactly PIL's renormalized value. Both passes being separable, the image of ones is the
 //   outer product of the 1-D resizes of a row of ones and a column of ones (two tiny stb calls).
 //
-// MEMORY
-//   stb allocates one working block per call through STBIR_MALLOC; here that is a per-thread
-//   buffer that only grows, so a loader thread allocates nothing once it has seen its largest
-//   image.
+// SPEED AND MEMORY
+//   Planar channels are interleaved into groups of up to 4 (one copy of the region), because stb's
+//   loops specialized for 1 to 4 interleaved channels are about 2.5 times faster on an RGB image
+//   than three 1-channel calls. stb allocates one working block per call through STBIR_MALLOC;
+//   here that, and the interleaved buffers, are per-thread buffers that only grow, so a loader
+//   thread allocates nothing once it has seen its largest image.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -55,15 +57,20 @@ void* arena_allocate(std::size_t size, void* context) {
 namespace strata::augment {
 namespace {
 
-// One stb resize of a single-channel float image (rows `in_stride` floats apart) with the
-// triangle filter and zero edges.
+// stb has loops specialized for 1 to 4 interleaved channels, about 2.5 times faster on 3
+// channels than three 1-channel calls; planar images are resized in groups of up to 4 channels.
+constexpr int64_t kGroup = 4;
+
+// One stb resize of an image of `channels` interleaved float channels (rows `in_stride` floats
+// apart) with the triangle filter and zero edges.
 void stb_resize(const float* in, int64_t in_h, int64_t in_w, int64_t in_stride, float* out,
-                int64_t out_h, int64_t out_w, std::vector<unsigned char>& arena) {
+                int64_t out_h, int64_t out_w, int64_t channels, std::vector<unsigned char>& arena) {
   const int ok = stbir_resize(
       in, static_cast<int>(in_w), static_cast<int>(in_h), static_cast<int>(in_stride * 4), out,
-      static_cast<int>(out_w), static_cast<int>(out_h), static_cast<int>(out_w * 4),
-      STBIR_TYPE_FLOAT, 1, STBIR_ALPHA_CHANNEL_NONE, 0, STBIR_EDGE_ZERO, STBIR_EDGE_ZERO,
-      STBIR_FILTER_TRIANGLE, STBIR_FILTER_TRIANGLE, STBIR_COLORSPACE_LINEAR, &arena);
+      static_cast<int>(out_w), static_cast<int>(out_h), static_cast<int>(out_w * channels * 4),
+      STBIR_TYPE_FLOAT, static_cast<int>(channels), STBIR_ALPHA_CHANNEL_NONE, 0, STBIR_EDGE_ZERO,
+      STBIR_EDGE_ZERO, STBIR_FILTER_TRIANGLE, STBIR_FILTER_TRIANGLE, STBIR_COLORSPACE_LINEAR,
+      &arena);
   if (!ok) {
     fail("resize: stb_image_resize refused to resize {}x{} to {}x{}", in_h, in_w, out_h, out_w);
   }
@@ -78,35 +85,56 @@ void resize_region(const Image& in, int64_t top, int64_t left, int64_t height, i
     fail("resize: region {}x{} at ({}, {}) of a {}x{} image to {}x{} is not valid", height, width,
          top, left, in.height, in.width, out_height, out_width);
   }
-  if (out_height > kMaxExtent || out_width > kMaxExtent ||
-      out_height * out_width > kMaxExtent / 4) {
-    fail("resize: {}x{} is larger than stb_image_resize can produce", out_height, out_width);
+  // stb takes int sizes and byte strides.
+  const int64_t limit = kMaxExtent / (4 * kGroup);
+  if (in.width > limit || out_width > limit || out_height > kMaxExtent ||
+      out_height * out_width > limit) {
+    fail("resize: {}x{} to {}x{} is larger than stb_image_resize can take", in.height, in.width,
+         out_height, out_width);
   }
   thread_local std::vector<unsigned char> arena;
   // The weight that falls inside the image, per output column and per output row.
   thread_local std::vector<float> ones, column_weight, row_weight;
+  // A group of channels, interleaved, before and after resizing.
+  thread_local std::vector<float> group_in, group_out;
   out.resize(in.channels, out_height, out_width);
   if (ones.size() < static_cast<std::size_t>(std::max(height, width))) {
     ones.assign(static_cast<std::size_t>(std::max(height, width)), 1.0f);
   }
   column_weight.resize(static_cast<std::size_t>(out_width));
   row_weight.resize(static_cast<std::size_t>(out_height));
-  stb_resize(ones.data(), 1, width, width, column_weight.data(), 1, out_width, arena);
-  stb_resize(ones.data(), height, 1, 1, row_weight.data(), out_height, 1, arena);
+  stb_resize(ones.data(), 1, width, width, column_weight.data(), 1, out_width, 1, arena);
+  stb_resize(ones.data(), height, 1, 1, row_weight.data(), out_height, 1, 1, arena);
 
   // Multiplying by reciprocals: within a few float ulps of dividing, and no division per pixel.
   for (float& weight : column_weight) weight = 1.0f / weight;
   for (float& weight : row_weight) weight = 1.0f / weight;
 
-  for (int64_t c = 0; c < in.channels; ++c) {
-    const float* source = in.plane(c) + top * in.width + left;
-    float* target = out.plane(c);
-    stb_resize(source, height, width, in.width, target, out_height, out_width, arena);
-    for (int64_t y = 0; y < out_height; ++y) {
-      float* row = target + y * out_width;
-      const float row_scale = row_weight[static_cast<std::size_t>(y)];
-      const float* column_scale = column_weight.data();
-      for (int64_t x = 0; x < out_width; ++x) row[x] *= row_scale * column_scale[x];
+  for (int64_t first = 0; first < in.channels; first += kGroup) {
+    const int64_t channels = std::min(kGroup, in.channels - first);
+    group_in.resize(static_cast<std::size_t>(channels * height * width));
+    group_out.resize(static_cast<std::size_t>(channels * out_height * out_width));
+    for (int64_t c = 0; c < channels; ++c) {
+      const float* source = in.plane(first + c) + top * in.width + left;
+      for (int64_t y = 0; y < height; ++y) {
+        const float* row = source + y * in.width;
+        float* target = group_in.data() + y * width * channels + c;
+        for (int64_t x = 0; x < width; ++x) target[x * channels] = row[x];
+      }
+    }
+    stb_resize(group_in.data(), height, width, width * channels, group_out.data(), out_height,
+               out_width, channels, arena);
+    for (int64_t c = 0; c < channels; ++c) {
+      float* target = out.plane(first + c);
+      for (int64_t y = 0; y < out_height; ++y) {
+        const float* row = group_out.data() + y * out_width * channels + c;
+        const float row_scale = row_weight[static_cast<std::size_t>(y)];
+        const float* column_scale = column_weight.data();
+        float* out_row = target + y * out_width;
+        for (int64_t x = 0; x < out_width; ++x) {
+          out_row[x] = row[x * channels] * (row_scale * column_scale[x]);
+        }
+      }
     }
   }
 }
