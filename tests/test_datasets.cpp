@@ -917,13 +917,19 @@ BOOST_AUTO_TEST_CASE(errors) {
   STRATA_CHECK_CONTAINS(error_of([&] { strata::test::fit_on(*transform, images); }), "fit() called before setup()");
   transform->setup(Shape{3, 5, 7});
   strata::test::fit_on(*transform, images);
+  // Per channel, any height and width normalizes; other channel counts do not.
   Tensor other = strata::test::random_tensor(Shape{4, 3, 7, 5}, rng);
-  const std::string message = error_of([&] { strata::test::apply_batch(*transform, other); });
-  STRATA_CHECK_CONTAINS(message, "apply() got images of shape [4, 3, 7, 5]");
-  STRATA_CHECK_CONTAINS(message, "samples of shape [3, 5, 7]");
-  STRATA_CHECK_CONTAINS(error_of([&] { strata::test::fit_on(*transform, other); }), "fit() got images of shape");
-  Tensor flat = strata::test::random_tensor(Shape{4, 105}, rng);
-  STRATA_CHECK_CONTAINS(error_of([&] { strata::test::apply_batch(*transform, flat); }), "apply() got images of shape [4, 105]");
+  strata::test::apply_batch(*transform, other);
+  Tensor two = strata::test::random_tensor(Shape{4, 2, 5, 7}, rng);
+  const std::string message = error_of([&] { strata::test::apply_batch(*transform, two); });
+  STRATA_CHECK_CONTAINS(message, "apply() got an image of shape [2, 5, 7]");
+  STRATA_CHECK_CONTAINS(message, "images of shape [3, 5, 7]");
+  STRATA_CHECK_CONTAINS(error_of([&] { strata::test::fit_on(*transform, two); }), "fit() got an image of shape");
+  // Per pixel, the statistics have the image's shape.
+  auto pixel = make_normalize("{type: normalize, per: pixel}");
+  pixel->setup(Shape{3, 5, 7});
+  STRATA_CHECK_CONTAINS(error_of([&] { strata::test::apply_batch(*pixel, other); }),
+                        "apply() got an image of shape [3, 7, 5]");
 
   STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, per: pixle}"); }),
                  "did you mean 'pixel'?");
@@ -931,8 +937,10 @@ BOOST_AUTO_TEST_CASE(errors) {
                  "unknown value 'unit'");
   STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, epsilon: 0}"); }),
                  "epsilon: must be positive");
-  STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, mean: 0.5}"); }),
-                 "unknown key 'mean'");
+  STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, mean: [0.5]}"); }),
+                 "`mean` is given without `std`");
+  STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, maen: 0.5}"); }),
+                 "unknown key 'maen'");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
