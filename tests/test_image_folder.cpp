@@ -7,6 +7,7 @@
 // the largest difference seen is printed with --log_level=message.
 #define BOOST_TEST_MODULE image_folder
 #include <oneapi/tbb/parallel_for.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -502,6 +503,10 @@ BOOST_AUTO_TEST_CASE(read_errors_are_bad_samples) {
   BOOST_TEST(read(*split, doomed).channels == 3);
   fs::remove(dir / "doomed.jpg");
   STRATA_CHECK_CONTAINS(bad_sample_of(*split, doomed), "cannot open: No such file or directory");
+  // Swapped for a named pipe after open(): refused without blocking.
+  BOOST_REQUIRE_EQUAL(::mkfifo((dir / "doomed.jpg").c_str(), 0600), 0);
+  STRATA_CHECK_CONTAINS(bad_sample_of(*split, doomed), "is not a regular file");
+  fs::remove(dir / "doomed.jpg");
   // An unreadable file (only when not root: root reads anything).
   if (::geteuid() != 0) {
     copy_image(images.good_file("rgb420.jpg"), dir / "doomed.jpg");
