@@ -50,13 +50,29 @@ def png_chunk(kind, data):
             struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
 
-def write_png16(path, samples, color_type):
-    """samples: uint16 [H, W, C]; color_type 0 grey, 2 RGB, 4 grey+alpha, 6 RGBA."""
+ADAM7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+         (0, 1, 1, 2)]  # (x0, y0, dx, dy) of each pass
+
+
+def write_png(path, samples, color_type, interlaced=False):
+    """samples: uint8 or uint16 [H, W, C]; color_type 0 grey, 2 RGB, 4 grey+alpha, 6 RGBA.
+    Written by hand: PIL writes neither 16-bit colour nor interlaced PNGs."""
     height, width, _ = samples.shape
-    rows = b"".join(b"\x00" + samples[y].astype(">u2").tobytes() for y in range(height))
+    depth = 16 if samples.dtype == np.uint16 else 8
+    big_endian = samples.astype(">u2") if depth == 16 else samples
+
+    def scanlines(image):
+        return b"".join(b"\x00" + image[y].tobytes() for y in range(image.shape[0]))
+
+    if interlaced:
+        raw = b"".join(scanlines(big_endian[y0::dy, x0::dx]) for x0, y0, dx, dy in ADAM7
+                       if big_endian[y0::dy, x0::dx].size)
+    else:
+        raw = scanlines(big_endian)
     data = (b"\x89PNG\r\n\x1a\n" +
-            png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)) +
-            png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b""))
+            png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0,
+                                           int(interlaced))) +
+            png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b""))
     Path(path).write_bytes(data)
 
 
@@ -152,6 +168,11 @@ def main():
     with Image.open(good / "palette.png") as check:
         assert check.mode == "P"
     add("palette.png", pil_expected(good / "palette.png"), EXACT)
+    # Interlaced (Adam7) RGB.
+    samples = smooth(*size()[::-1], 3)
+    write_png(good / "interlaced.png", samples, 2, interlaced=True)
+    add("interlaced.png", pil_expected(good / "interlaced.png"), EXACT)
+    assert np.array_equal(np.asarray(Image.open(good / "interlaced.png")), samples)
     # A PNG whose name says JPEG: found by its content.
     (good / "png_named.jpg").write_bytes((good / "rgb.png").read_bytes())
     add("png_named.jpg", pil_expected(good / "png_named.jpg"), EXACT)
@@ -161,7 +182,7 @@ def main():
                                        ("rgb16.png", 3, 2), ("rgba16.png", 4, 6)]:
         width, height = size()
         samples = rng.integers(0, 65536, (height, width, channels)).astype(np.uint16)
-        write_png16(good / name, samples, color_type)
+        write_png(good / name, samples, color_type)
         add(name, expected16(samples), EXACT)
     (out / "good.txt").write_text("\n".join(manifest) + "\n")
 
