@@ -517,6 +517,66 @@ BOOST_AUTO_TEST_CASE(read_errors_are_bad_samples) {
   BOOST_TEST(read(*split, 0).height == images.find("rgb.png").height);
 }
 
+// Random damage (bytes overwritten, the file cut anywhere) to JPEG and PNG files: each read either
+// decodes an image of the right size or throws BadSample naming the file; never anything else
+// (under the sanitizers: no invalid access either).
+BOOST_AUTO_TEST_CASE(randomly_damaged_files_decode_or_are_bad_samples) {
+  const Generated& images = generated();
+  std::mt19937 rng(std::random_device{}());
+  TempDir dir;
+  std::string list;
+  std::vector<const Reference*> sources;
+  int count = 0;
+  for (const std::string name :
+       {"rgb420.jpg", "rgb444p.jpeg", "cmyk.jpg", "palette.png", "rgb16.png", "interlaced.png"}) {
+    const Reference& ref = images.find(name);
+    std::ifstream in(images.good_file(name), std::ios::binary);
+    const std::string original((std::istreambuf_iterator<char>(in)),
+                               std::istreambuf_iterator<char>());
+    for (int i = 0; i < 40; ++i) {
+      std::string damaged = original;
+      if (i % 2 == 0) {
+        damaged.resize(std::uniform_int_distribution<std::size_t>(1, damaged.size() - 1)(rng));
+      } else {
+        const int flips = std::uniform_int_distribution<int>(1, 4)(rng);
+        for (int f = 0; f < flips; ++f) {
+          // Past the signature, so that the decoder (not the format check) meets the damage.
+          damaged[std::uniform_int_distribution<std::size_t>(8, damaged.size() - 1)(rng)] =
+              static_cast<char>(std::uniform_int_distribution<int>(0, 255)(rng));
+        }
+      }
+      const fs::path path = dir / fmt::format("{}{}", count++, fs::path(name).extension().string());
+      std::ofstream(path, std::ios::binary) << damaged;
+      list += path.string() + ",0\n";
+      sources.push_back(&ref);
+    }
+  }
+  write_text(dir / "list.txt", list);
+  auto split = dataset(fmt::format("train: {}\n", (dir / "list.txt").string()))->open("train");
+  int decoded = 0, bad = 0;
+  for (int64_t i = 0; i < split->size(); ++i) {
+    Image image;
+    try {
+      split->read(i, image);
+      ++decoded;
+      // A flipped byte may change what a header says, never the shape contract.
+      BOOST_TEST(image.channels == 3);
+      BOOST_TEST(image.pixels.size() == static_cast<std::size_t>(3 * image.height * image.width));
+      for (float v : image.pixels) {
+        if (!(v >= 0.0f && v <= 1.0f)) {
+          BOOST_ERROR(split->describe(i) << ": value " << v << " outside [0, 1]");
+          break;
+        }
+      }
+    } catch (const strata::BadSample& error) {
+      ++bad;
+      STRATA_CHECK_CONTAINS(std::string(error.what()), split->describe(i));
+    }
+  }
+  BOOST_TEST_MESSAGE(decoded << " damaged files decoded, " << bad << " refused");
+  BOOST_TEST(bad > 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Threads
 
