@@ -76,6 +76,28 @@ def write_png(path, samples, color_type, interlaced=False):
     Path(path).write_bytes(data)
 
 
+def ycck_jpeg(cmyk):
+    """A YCCK JPEG (Adobe transform 2) of uint8 [H, W, 4] CMYK samples, written by TurboJPEG
+    through ctypes (PIL writes CMYK JPEGs only as plain CMYK): tjCompress2 turns TJPF_CMYK into
+    YCCK."""
+    import ctypes
+    tj = ctypes.CDLL("libturbojpeg.so.0")
+    tj.tjInitCompress.restype = ctypes.c_void_p
+    handle = ctypes.c_void_p(tj.tjInitCompress())
+    height, width, _ = cmyk.shape
+    source = np.ascontiguousarray(cmyk).tobytes()
+    out = ctypes.POINTER(ctypes.c_ubyte)()
+    size = ctypes.c_ulong(0)
+    tjpf_cmyk, tjsamp_420 = 11, 2
+    status = tj.tjCompress2(handle, source, width, 0, height, tjpf_cmyk, ctypes.byref(out),
+                            ctypes.byref(size), tjsamp_420, 90, 0)
+    assert status == 0, "tjCompress2 failed"
+    data = ctypes.string_at(out, size.value)
+    tj.tjFree(out)
+    tj.tjDestroy(handle)
+    return data
+
+
 def expected16(samples):
     values = samples.astype(np.float64)
     colour = samples.shape[2] >= 3
@@ -138,8 +160,8 @@ def main():
         im.save(path, **save)
         return path
 
-    # JPEG: RGB (4:2:0 and 4:4:4 progressive), grey, CMYK (Adobe, as PIL writes it) and CMYK
-    # without the Adobe segment (PIL still assumes the inverted polarity).
+    # JPEG: RGB (4:2:0 and 4:4:4 progressive), grey, CMYK (Adobe, as PIL writes it), CMYK
+    # without the Adobe segment (PIL still assumes the inverted polarity) and YCCK.
     for name, mode, save in [("rgb420.jpg", "RGB", {"quality": 90}),
                              ("rgb444p.jpeg", "RGB", {"quality": 95, "subsampling": 0,
                                                       "progressive": True}),
@@ -151,6 +173,12 @@ def main():
     plain.write_bytes(strip_adobe((good / "cmyk.jpg").read_bytes()))
     assert b"Adobe" not in plain.read_bytes()
     add(plain.name, pil_expected(plain), JPEG_TOLERANCE)
+
+    ycck = good / "ycck.jpg"
+    ycck.write_bytes(ycck_jpeg(smooth(*size()[::-1], 4)))
+    adobe = ycck.read_bytes().find(b"Adobe")
+    assert adobe > 0 and ycck.read_bytes()[adobe + 11] == 2, "not a YCCK JPEG"
+    add(ycck.name, pil_expected(ycck), JPEG_TOLERANCE)
 
     # PNG, 8-bit and below: exact.
     for name, mode in [("grey.png", "L"), ("grey_alpha.png", "LA"), ("rgb.png", "RGB"),
