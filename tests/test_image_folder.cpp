@@ -507,6 +507,12 @@ BOOST_AUTO_TEST_CASE(read_errors_are_bad_samples) {
   BOOST_REQUIRE_EQUAL(::mkfifo((dir / "doomed.jpg").c_str(), 0600), 0);
   STRATA_CHECK_CONTAINS(bad_sample_of(*split, doomed), "is not a regular file");
   fs::remove(dir / "doomed.jpg");
+  // A (sparse) file of more than 1 GiB is refused before it is read.
+  { std::ofstream(dir / "doomed.jpg", std::ios::binary) << "\xff\xd8\xff"; }
+  fs::resize_file(dir / "doomed.jpg", (std::uintmax_t{1} << 30) + 1);
+  STRATA_CHECK_CONTAINS(bad_sample_of(*split, doomed),
+                        "is 1073741825 bytes, more than the 1 GiB an image file may hold");
+  fs::remove(dir / "doomed.jpg");
   // An unreadable file (only when not root: root reads anything).
   if (::geteuid() != 0) {
     copy_image(images.good_file("rgb420.jpg"), dir / "doomed.jpg");

@@ -52,7 +52,7 @@
 //     decodes). BadSample, naming the file and the sample index, for: an unreadable or empty
 //     file, content that is neither JPEG nor PNG, a truncated or corrupt image (a libjpeg-turbo
 //     warning such as "premature end of data" counts: no grey filler is ever returned), an image
-//     of more than 2^28 pixels.
+//     of more than 2^28 pixels, a file of more than 1 GiB.
 //   - EXIF orientation is not applied (neither does torchvision's PIL loader).
 #include <fcntl.h>
 #include <png.h>
@@ -94,6 +94,7 @@ using strata::Image;
 
 constexpr uint64_t kMaxPixels = uint64_t{1} << 28;
 constexpr uint64_t kMaxListFileBytes = uint64_t{1} << 30;
+constexpr uint64_t kMaxImageFileBytes = uint64_t{1} << 30;  // no JPEG or PNG this large is a sample
 
 std::string lowercase(std::string text) {
   for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -440,6 +441,10 @@ void read_file(const std::string& path, std::vector<uint8_t>& bytes) {
   if (::fstat(fd, &status) != 0)
     throw DecodeProblem{fmt::format("cannot stat: {}", std::strerror(errno))};
   if (!S_ISREG(status.st_mode)) throw DecodeProblem{"is not a regular file"};
+  if (static_cast<uint64_t>(status.st_size) > kMaxImageFileBytes) {
+    throw DecodeProblem{fmt::format("is {} bytes, more than the 1 GiB an image file may hold",
+                                    static_cast<uint64_t>(status.st_size))};
+  }
   bytes.resize(static_cast<std::size_t>(status.st_size));
   std::size_t have = 0;
   while (have < bytes.size()) {
