@@ -323,6 +323,7 @@ struct PngSource {
 
 struct PngState {
   char message[256];
+  bool refused = false;  // set by the allocator: `message` is the whole reason, not libpng's
 };
 
 void png_read_memory(png_structp png, png_bytep out, png_size_t count) {
@@ -348,7 +349,8 @@ struct PngInfo {
 };
 
 // Reads the header (with the transforms set) into `info`, then, after `allocate(info)` returned a
-// buffer of height * row_bytes bytes, the pixels. Returns false with state.message on an error.
+// buffer of height * row_bytes bytes and sized `rows` to height, the pixels. Returns false with
+// state.message on an error.
 template <class Allocate>
 bool png_decode(const std::vector<uint8_t>& bytes, PngState& state, PngInfo& info,
                 Allocate& allocate, std::vector<png_bytep>& rows) {
@@ -389,7 +391,6 @@ bool png_decode(const std::vector<uint8_t>& bytes, PngState& state, PngInfo& inf
     png_destroy_read_struct(&png, &header, nullptr);
     return false;
   }
-  rows.resize(info.height);
   for (png_uint_32 y = 0; y < info.height; ++y) rows[y] = pixels + y * info.row_bytes;
   png_read_image(png, rows.data());
   png_read_end(png, nullptr);
@@ -402,20 +403,30 @@ void decode_png(const std::vector<uint8_t>& bytes, int channels, Image& out,
   PngState state{};
   PngInfo info;
   std::vector<png_bytep> rows;
-  auto allocate = [&](const PngInfo& header) -> png_bytep {
+  // Never throws: an exception must not leave png_decode() between setjmp and its cleanup.
+  auto allocate = [&](const PngInfo& header) noexcept -> png_bytep {
+    state.refused = true;
     if (uint64_t{header.width} * header.height > kMaxPixels) {
       std::snprintf(state.message, sizeof state.message,
                     "PNG of %ux%u pixels is larger than the 2^28 pixels allowed",
                     static_cast<unsigned>(header.width), static_cast<unsigned>(header.height));
       return nullptr;
     }
-    buffer.resize(header.row_bytes * header.height);
+    try {
+      buffer.resize(header.row_bytes * header.height);
+      rows.resize(header.height);
+    } catch (const std::bad_alloc&) {
+      std::snprintf(state.message, sizeof state.message,
+                    "not enough memory for a PNG of %ux%u pixels",
+                    static_cast<unsigned>(header.width), static_cast<unsigned>(header.height));
+      return nullptr;
+    }
+    state.refused = false;
     return buffer.data();
   };
   if (!png_decode(bytes, state, info, allocate, rows)) {
-    const std::string message = state.message;
-    if (message.find("larger than") != std::string::npos) throw DecodeProblem{message};
-    throw DecodeProblem{fmt::format("truncated or corrupt PNG data: {}", message)};
+    if (state.refused) throw DecodeProblem{state.message};
+    throw DecodeProblem{fmt::format("truncated or corrupt PNG data: {}", state.message)};
   }
   if (info.bit_depth == 16) {
     std::vector<uint16_t> samples(buffer.size() / 2);
