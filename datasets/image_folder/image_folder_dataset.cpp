@@ -578,6 +578,15 @@ bool is_folder(const fs::path& path) {
   return fs::is_directory(path, ec);  // follows symbolic links
 }
 
+// "" when `path` (symbolic links followed) is a regular file, else what it is. Whether it can be
+// read is left to read(): an unreadable file is a BadSample there, which on_bad_image can skip.
+std::string not_a_file_problem(const fs::path& path) {
+  std::error_code ec;
+  if (fs::is_regular_file(path, ec)) return "";
+  const std::string problem = strata::regular_file_problem(path);
+  return problem.empty() ? "is not a regular file" : problem;
+}
+
 class Lister {
  public:
   explicit Lister(const std::vector<std::string>& extensions) : extensions_(extensions) {}
@@ -594,12 +603,15 @@ class Lister {
     ancestors_.insert(canonical.string());
     for (const fs::directory_entry& entry : list_folder(folder)) {
       const fs::path& path = entry.path();
-      if (is_folder(path)) {
+      std::error_code ec;  // the entry's cached type, symbolic links followed: no stat for most
+      if (entry.is_directory(ec)) {
         walk(path, files);
         continue;
       }
-      if (const std::string problem = strata::regular_file_problem(path); !problem.empty()) {
-        fail("dataset image_folder: {} {}", path.string(), problem);
+      if (!entry.is_regular_file(ec)) {
+        if (const std::string problem = not_a_file_problem(path); !problem.empty()) {
+          fail("dataset image_folder: {} {}", path.string(), problem);
+        }
       }
       const std::string extension = lowercase(path.extension().string());
       if (std::find(extensions_.begin(), extensions_.end(), extension) == extensions_.end()) {
@@ -623,7 +635,8 @@ std::vector<std::string> class_folders(const fs::path& root) {
   std::vector<std::string> names;
   std::size_t files = 0;
   for (const fs::directory_entry& entry : list_folder(root)) {
-    if (is_folder(entry.path())) {
+    std::error_code ec;
+    if (entry.is_directory(ec)) {
       names.push_back(entry.path().filename().string());
     } else {
       ++files;
@@ -686,7 +699,7 @@ ListFile parse_list(const fs::path& list) {
     }
     fs::path path = name;
     if (path.is_relative()) path = base / path;
-    if (const std::string problem = strata::regular_file_problem(path); !problem.empty()) {
+    if (const std::string problem = not_a_file_problem(path); !problem.empty()) {
       fail("dataset image_folder: {}:{}: image {} {}", list.string(), line_number, path.string(),
            problem);
     }
