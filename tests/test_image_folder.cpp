@@ -407,6 +407,13 @@ BOOST_AUTO_TEST_CASE(open_errors_name_the_path) {
           ->open("train")
           ->size() == 3);
   fs::remove(dir / "train" / "dog" / "notes.txt");
+  // An ending with two dots.
+  write_text(dir / "train" / "dog" / "d.Photo.Dat", "x");
+  BOOST_TEST(dataset(fmt::format("train: {}\nextensions: [.jpg, .jpeg, .photo.dat]\n",
+                                 (dir / "train").string()))
+                 ->open("train")
+                 ->size() == 3);
+  fs::remove(dir / "train" / "dog" / "d.Photo.Dat");
   // A symbolic link loop; a link to a folder elsewhere is followed.
   copy_image(jpg, dir / "other" / "c.jpg");
   fs::create_directory_symlink(dir / "other", dir / "train" / "dog" / "linked");

@@ -613,8 +613,9 @@ class Lister {
           fail("dataset image_folder: {} {}", path.string(), problem);
         }
       }
-      const std::string extension = lowercase(path.extension().string());
-      if (std::find(extensions_.begin(), extensions_.end(), extension) == extensions_.end()) {
+      const std::string name = lowercase(path.filename().string());
+      if (std::none_of(extensions_.begin(), extensions_.end(),
+                       [&](const std::string& ending) { return name.ends_with(ending); })) {
         fail(
             "dataset image_folder: {} is not an image file (its extension '{}' is not one of "
             "extensions: {}); remove it, or add its extension to the dataset's `extensions`",
