@@ -194,6 +194,12 @@ BOOST_AUTO_TEST_CASE(wrong_api_version_is_refused_before_registration) {
   STRATA_CHECK_CONTAINS(message, fmt::format("built for plugin API version {}", kPluginApi + 41));
   STRATA_CHECK_CONTAINS(message, fmt::format("supports version {}", kPluginApi));
   BOOST_TEST(loader.plugins().empty());
+  // A plugin of API 2 (whole-split datasets) is told what to port.
+  const std::string old = test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_2.so"); });
+  STRATA_CHECK_CONTAINS(old, "built for plugin API version 2, but this Strata supports version 3");
+  STRATA_CHECK_CONTAINS(old, "a dataset reads samples on demand through Dataset::open");
+  STRATA_CHECK_CONTAINS(old, "InMemoryDataset");
+  BOOST_TEST(loader.plugins().empty());
 }
 
 BOOST_AUTO_TEST_CASE(missing_file_and_non_plugin_library_are_clear_errors) {

@@ -31,6 +31,7 @@
 #include "strata/training/data_loader.hpp"
 #include "strata/training/diagnostics.hpp"
 #include "strata/training/experiment.hpp"
+#include "strata/training/run_data.hpp"
 #include "strata/training/gradient_clipping.hpp"
 
 namespace strata {
@@ -44,12 +45,6 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
-
-struct Data {
-  SampleSet train, val, test;
-  std::vector<std::shared_ptr<const Transform>> transforms;  // set up and fitted
-  Shape sample;  // the model's input: the samples' shape after the transforms
-};
 
 int64_t count_correct(const Tensor& logits, std::span<const int32_t> labels) {
   const int64_t n = logits.dim(0);
@@ -71,7 +66,7 @@ struct Evaluation {
 // The loss and accuracy over `samples`, through the transforms' deterministic apply(), read in
 // batches of `batch` (a loader of its own, so memory is two batches whatever the split's size).
 // Skipped bad images (data.on_bad_image: skip) count in neither and are noted.
-Evaluation evaluate(const Experiment& experiment, Context& context, const Data& data,
+Evaluation evaluate(const Experiment& experiment, Context& context, const RunData& data,
                     const SampleSet& samples, training_loop::Progress* progress = nullptr) {
   if (samples.size() == 0) return {};
   LoaderOptions options;
@@ -288,115 +283,9 @@ std::vector<PluginRecord> check_model_fits_data(Experiment& run, const Registrie
                         run.data_config.get<std::string>("type"), run.loss_type, run.data.transforms);
 }
 
-// Opens a split of the dataset (its files listed and labels read, no image decoded yet); an error
-// is reported at the data section.
-std::shared_ptr<const SplitReader> open_split(const Experiment& run, const char* split) {
-  const Config& data_cfg = run.data_config;
-  std::shared_ptr<const SplitReader> reader;
-  try {
-    reader = run.dataset->open(split);
-  } catch (const Error& error) {
-    data_cfg.fail(error.what());
-  } catch (const std::bad_alloc&) {
-    data_cfg.fail(fmt::format("not enough memory to load the {} split (this machine has {})", split,
-                              bytes_text(static_cast<double>(physical_memory_bytes()))));
-  }
-  if (reader == nullptr) data_cfg.fail(fmt::format("the dataset opened no {} split", split));
-  const int classes = run.dataset->num_classes();
-  const std::span<const int32_t> labels = reader->labels();
-  if (static_cast<int64_t>(labels.size()) != reader->size()) {
-    data_cfg.fail(fmt::format("the {} split has {} samples but {} labels", split, reader->size(),
-                              labels.size()));
-  }
-  for (std::size_t i = 0; i < labels.size(); ++i) {
-    if (labels[i] < 0 || labels[i] >= classes) {
-      data_cfg.fail(fmt::format("{} {}: label {} is outside [0, {}) (the dataset has {} classes)",
-                                split, reader->describe(static_cast<int64_t>(i)), labels[i],
-                                classes, classes));
-    }
-  }
-  return reader;
-}
-
-std::vector<int64_t> first_positions(int64_t available, int64_t limit) {
-  std::vector<int64_t> rows(static_cast<std::size_t>(limit <= 0 ? available : std::min(available, limit)));
-  std::iota(rows.begin(), rows.end(), 0);
-  return rows;
-}
-
-// Opens the splits, applies the limits and train.overfit, holds out the validation images.
-Data load_data(const Experiment& run) {
-  const Config& data_cfg = run.data_config;
-  Data data;
-  data.train.name = "train";
-  data.train.reader = open_split(run, "train");
-  data.train.rows = first_positions(data.train.reader->size(), run.data.train_limit);
-  data.test.name = "test";
-  data.test.reader = open_split(run, "test");
-  data.test.rows = first_positions(data.test.reader->size(), run.data.test_limit);
-  const int64_t available = data.train.size();
-  const int64_t validation_key = run.data.validation, overfit = run.train.overfit;
-  if (validation_key < 0 || (overfit == 0 && validation_key >= available)) {
-    data_cfg.fail_key("validation", fmt::format("must be between 0 and {} (the training images), found {}",
-                                                available - 1, validation_key));
-  }
-  if (overfit > 0) {
-    if (overfit > available) {
-      run.config.at("train").fail_key(
-          "overfit",
-          fmt::format("asks for {} images, but the training split holds {}", overfit, available));
-    }
-    data.train.rows.resize(static_cast<std::size_t>(overfit));
-  }
-  data.val.name = "validation";
-  data.val.reader = data.train.reader;
-  if (run.validation > 0) {
-    const TrainValRows parts = split_validation_rows(data.train.size(), run.validation, run.seed);
-    for (int64_t position : parts.val) data.val.rows.push_back(data.train.rows[position]);
-    std::vector<int64_t> train_rows;
-    for (int64_t position : parts.train) train_rows.push_back(data.train.rows[position]);
-    data.train.rows = std::move(train_rows);
-  }
-  return data;
-}
-
-// The images a transform is fitted on: `rows` of the training split, through the transforms
-// before it (their apply()).
-class FitSample final : public FitImages {
- public:
-  FitSample(const SampleSet& train, std::vector<int64_t> rows,
-            std::span<const std::shared_ptr<const Transform>> before)
-      : train_(train), rows_(std::move(rows)), before_(before) {}
-  int64_t size() const override { return static_cast<int64_t>(rows_.size()); }
-  void read(int64_t i, Image& out) const override {
-    thread_local Image scratch;
-    train_.reader->read(rows_.at(static_cast<std::size_t>(i)), out);
-    for (const auto& transform : before_) transform->apply(out, scratch);
-  }
-
- private:
-  const SampleSet& train_;
-  std::vector<int64_t> rows_;
-  std::span<const std::shared_ptr<const Transform>> before_;
-};
-
-// The training rows statistics are fitted on: all of them when there are at most data.fit_samples,
-// else that many drawn without replacement by Stream(seed, kFitStream), in increasing order.
-std::vector<int64_t> fit_rows(const SampleSet& train, int64_t fit_samples, uint32_t seed) {
-  constexpr uint64_t kFitStream = 0x6669740000000000ull;  // "fit"
-  std::vector<int64_t> rows = train.rows;
-  if (static_cast<int64_t>(rows.size()) > fit_samples) {
-    Stream stream(seed, kFitStream);
-    stream.shuffle(rows.begin(), rows.end());
-    rows.resize(static_cast<std::size_t>(fit_samples));
-    std::sort(rows.begin(), rows.end());
-  }
-  return rows;
-}
-
 // Fits the transforms that have statistics on a sample of the training images (or restores what a
-// resumed run fitted), and completes `data` with the pipeline and the model's sample shape.
-void fit_transforms(Run& run, Data& data) {
+// resumed run fitted), and names their statistics for the checkpoint.
+void prepare_transforms(Run& run, const RunData& data) {
   const auto& transforms = run.experiment.data.transforms;
   for (std::size_t i = 0; i < transforms.size(); ++i) {
     for (NamedTensor& t : transforms[i]->state()) {
@@ -404,21 +293,12 @@ void fit_transforms(Run& run, Data& data) {
           {fmt::format("{}.{}/{}", i, transforms[i]->type(), t.name), t.tensor});
     }
   }
-  data.transforms.assign(transforms.begin(), transforms.end());
-  data.sample = run.experiment.graph->input_shape();
   if (run.options.resume) {
     load_checkpoint_tensors(run.checkpoint_path, "preprocess", run.preprocess_state, false,
                             run.options.allow_nonfinite);
     return;
   }
-  for (std::size_t i = 0; i < transforms.size(); ++i) {
-    if (!transforms[i]->needs_fit()) continue;
-    if (data.train.size() == 0) fail("transform {}: no training images to fit it on", transforms[i]->type());
-    const FitSample sample(
-        data.train, fit_rows(data.train, run.experiment.data.fit_samples, run.experiment.seed),
-        std::span<const std::shared_ptr<const Transform>>(data.transforms.data(), i));
-    transforms[i]->fit(sample);
-  }
+  fit_transforms(run.experiment, data);
 }
 
 // Sets up the schedule, then restores a resumed run (weights, optimizer, schedule, training state,
@@ -511,7 +391,7 @@ void print_run_header(const Run& run, double data_seconds) {
 
 // The loss before any step, beside its value at chance (Loss::chance_loss); a resumed run keeps
 // the one its first part measured. A non-finite one stops the run.
-double initial_loss_check(Run& run, const Data& data, Context& context) {
+double initial_loss_check(Run& run, const RunData& data, Context& context) {
   auto& history = run.state.history;
   if (auto it = history.find("sanity/initial_loss"); it != history.end() && !it->second.empty()) {
     return it->second.front();
@@ -555,7 +435,7 @@ double initial_loss_check(Run& run, const Data& data, Context& context) {
 // epoch); the loop only calls start_epoch and next.
 class EpochBatches {
  public:
-  EpochBatches(const Experiment& experiment, const Data& data)
+  EpochBatches(const Experiment& experiment, const RunData& data)
       : loader_(data.train, data.transforms, data.sample, options(experiment)),
         seed_(experiment.seed),
         shuffle_(experiment.train.shuffle),
@@ -612,7 +492,7 @@ void emit(const std::vector<std::shared_ptr<TrainingHook>>& hooks,
 }
 
 // The end of an epoch: the validation figures, the schedule's epoch hook, the history series.
-EpochReport finish_epoch(Run& run, const Data& data, Context& context, const StepEvent& last,
+EpochReport finish_epoch(Run& run, const RunData& data, Context& context, const StepEvent& last,
                          int64_t epoch) {
   Experiment& experiment = run.experiment;
   EpochReport report;
@@ -649,7 +529,7 @@ EpochReport finish_epoch(Run& run, const Data& data, Context& context, const Ste
 
 // What train_experiment returns; after the last epoch, the test split is evaluated once (on the
 // final weights, not best.h5's).
-TrainSummary run_summary(Run& run, const Data& data, Context& context) {
+TrainSummary run_summary(Run& run, const RunData& data, Context& context) {
   TrainSummary summary;
   summary.epochs = run.state.epoch;
   summary.iterations = run.state.iteration;
@@ -680,7 +560,7 @@ TrainSummary run_summary(Run& run, const Data& data, Context& context) {
 
 // Epochs of steps, each step: the next batch, forward and loss, backward, clipping, the optimizer
 // step; each emitting its event (strata/training/hooks.hpp). The hooks do everything else.
-TrainSummary train_loop(Run& run, const Data& data, EpochBatches& batches, Context& context,
+TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Context& context,
                         const std::vector<std::shared_ptr<TrainingHook>>& hooks) {
   Experiment& experiment = run.experiment;
   Graph& graph = *experiment.graph;
@@ -765,8 +645,8 @@ TrainSummary train_experiment(const Config& experiment_config, const Registries&
   if (options.validate_only) return {};
 
   const auto data_start = Clock::now();
-  Data data = load_data(experiment);
-  fit_transforms(run, data);
+  RunData data = open_run_data(experiment);
+  prepare_transforms(run, data);
   const double data_seconds = seconds_since(data_start);
   run.train_images = data.train.size();
   run.validation_images = data.val.size();
