@@ -3,10 +3,15 @@
 // random arrays this test draws, so every pixel read is compared with the value written.
 #define BOOST_TEST_MODULE hdf5_dataset
 #include <fmt/format.h>
+#include <hdf5.h>
 #include <malloc.h>
 
 #include <boost/test/unit_test.hpp>
+#include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -15,6 +20,7 @@
 #include "strata/dataset.hpp"
 #include "strata/error.hpp"
 #include "strata/registry.hpp"
+#include "strata/training/data_cache.hpp"
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;
@@ -422,4 +428,214 @@ BOOST_AUTO_TEST_CASE(bad_files_are_clear_errors) {
                           hdf5_dataset(fmt::format("{{type: hdf5, train: {}, test: {}}}", good, good));
                         }),
                         "/train: no such group (train_group)");
+}
+
+// ---- the decoded cache ----
+
+namespace {
+
+// A split in memory that counts its reads and can fail at one index (BadSample or Error).
+class CountingSplit final : public SplitReader {
+ public:
+  CountingSplit(strata::Split split, int64_t fail_at = -1, bool bad_sample = true)
+      : inner_(std::move(split)), fail_at_(fail_at), bad_sample_(bad_sample) {}
+  int64_t size() const override { return inner_.size(); }
+  std::span<const int32_t> labels() const override { return inner_.labels(); }
+  void read(int64_t index, Image& out) const override {
+    ++reads;
+    if (index == fail_at_) {
+      if (bad_sample_) throw strata::BadSample(fmt::format("{}: truncated JPEG", describe(index)));
+      throw strata::Error("disk on fire");
+    }
+    inner_.read(index, out);
+  }
+  std::string describe(int64_t index) const override {
+    return fmt::format("photos/{:04}.jpg", index);
+  }
+  mutable std::atomic<int64_t> reads{0};
+
+ private:
+  strata::InMemorySplit inner_;
+  int64_t fail_at_;
+  bool bad_sample_;
+};
+
+class FixedDataset final : public strata::Dataset {
+ public:
+  FixedDataset(strata::Shape shape, int classes) : shape_(std::move(shape)), classes_(classes) {}
+  strata::Shape sample_shape() const override { return shape_; }
+  int num_classes() const override { return classes_; }
+  std::vector<std::string> class_names() const override { return {"cat", "dog", "emu"}; }
+  std::shared_ptr<const SplitReader> open(std::string_view) override { return nullptr; }
+
+ private:
+  strata::Shape shape_;
+  int classes_;
+};
+
+strata::Split random_split(int64_t n, const strata::Shape& shape, std::mt19937& rng) {
+  strata::Split split;
+  split.images = strata::test::random_tensor(
+      strata::Shape{n, shape[0], shape[1], shape[2]}, rng, 0.0f, 1.0f);
+  for (int64_t i = 0; i < n; ++i) split.labels.push_back(static_cast<int32_t>(rng() % 3));
+  return split;
+}
+
+// What the cache must hold for sample `index`: the source image through `transforms`, rounded to
+// bytes and scaled back.
+std::vector<float> expected_cached(const SplitReader& source, int64_t index,
+                                   const std::vector<std::shared_ptr<strata::Transform>>& transforms) {
+  Image image, scratch;
+  source.read(index, image);
+  for (const auto& transform : transforms) transform->apply(image, scratch);
+  std::vector<float> values;
+  for (float v : image.pixels) {
+    const float scaled = std::clamp(v * 255.0f, 0.0f, 255.0f);
+    values.push_back(static_cast<float>(std::lround(scaled)) / 255.0f);
+  }
+  return values;
+}
+
+std::shared_ptr<strata::Transform> transform(const std::string& text, const strata::Shape& input) {
+  auto made = registries().transforms.create(yaml(text));
+  made->setup(input);
+  return made;
+}
+
+void check_cached(const SplitReader& cached, const SplitReader& source,
+                  const std::vector<std::shared_ptr<strata::Transform>>& transforms,
+                  const strata::Shape& shape) {
+  BOOST_REQUIRE_EQUAL(cached.size(), source.size());
+  BOOST_CHECK(std::equal(cached.labels().begin(), cached.labels().end(), source.labels().begin()));
+  Image image;
+  for (int64_t i = 0; i < cached.size(); ++i) {
+    cached.read(i, image);
+    BOOST_REQUIRE(image.shape() == shape);
+    const std::vector<float> expected = expected_cached(source, i, transforms);
+    BOOST_REQUIRE(std::equal(image.pixels.begin(), image.pixels.end(), expected.begin()));
+  }
+}
+
+}  // namespace
+
+// Built once (every source sample read once), in blocks (300 samples: two blocks), one sample per
+// gzip chunk; read back with the same pixels; a second call reads no source sample.
+BOOST_AUTO_TEST_CASE(cache_is_written_once_and_reread) {
+  TempDir dir;
+  std::mt19937 rng(1605);
+  const strata::Shape shape{3, 12, 10};
+  FixedDataset dataset(shape, 3);
+  auto source = std::make_shared<CountingSplit>(random_split(300, shape, rng));
+  const strata::Config cache = yaml(fmt::format(
+      "{{path: '{}/cache/{{split}}.h5', size: [6, 8], compression: 6}}", dir.path().string()));
+  const auto cached = strata::cached_split(cache, dataset, source, "train", registries(), "a: 1\n");
+  BOOST_CHECK_EQUAL(source->reads.load(), 300);
+  const fs::path file = dir / "cache/train.h5";
+  BOOST_REQUIRE(fs::is_regular_file(file));
+  BOOST_CHECK_EQUAL(std::distance(fs::directory_iterator(dir / "cache"), fs::directory_iterator()), 1);
+  source->reads = 0;
+  const std::vector<std::shared_ptr<strata::Transform>> stretch{
+      transform("{type: resize, size: [6, 8]}", shape)};
+  check_cached(*cached, *source, stretch, strata::Shape{3, 6, 8});
+  source->reads = 0;
+  const auto again = strata::cached_split(cache, dataset, source, "train", registries(), "a: 1\n");
+  BOOST_CHECK_EQUAL(source->reads.load(), 0);
+  check_cached(*again, *source, stretch, strata::Shape{3, 6, 8});
+  STRATA_CHECK_CONTAINS(again->describe(7), "train.h5:/images[7]");
+
+  // The file: [N, C, H, W] uint8, one sample per chunk, gzip level 6, labels.
+  const hid_t h5 = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  BOOST_REQUIRE(h5 >= 0);
+  const hid_t images = H5Dopen2(h5, "images", H5P_DEFAULT);
+  const hid_t properties = H5Dget_create_plist(images);
+  std::array<hsize_t, 4> chunk{};
+  BOOST_CHECK_EQUAL(H5Pget_chunk(properties, 4, chunk.data()), 4);
+  BOOST_CHECK(chunk == (std::array<hsize_t, 4>{1, 3, 6, 8}));
+  unsigned flags = 0, level = 0;
+  std::size_t elements = 1;
+  BOOST_CHECK_EQUAL(H5Pget_filter2(properties, 0, &flags, &elements, &level, 0, nullptr, nullptr),
+                    H5Z_FILTER_DEFLATE);
+  BOOST_CHECK_EQUAL(level, 6u);
+  const hid_t type = H5Dget_type(images);
+  BOOST_CHECK(H5Tequal(type, H5T_STD_U8LE) > 0);
+  H5Tclose(type);
+  H5Pclose(properties);
+  H5Dclose(images);
+  H5Fclose(h5);
+
+  // size S: the shorter side to S, then the centre S x S; without {split} in the path the split
+  // is appended to the name.
+  source->reads = 0;
+  const strata::Config square =
+      yaml(fmt::format("{{path: {}/square.h5, size: 5}}", dir.path().string()));
+  const auto cropped = strata::cached_split(square, dataset, source, "test", registries(), "b\n");
+  BOOST_CHECK(fs::is_regular_file(dir / "square-test.h5"));
+  BOOST_CHECK_EQUAL(source->reads.load(), 300);
+  auto resize = transform("{type: resize, size: 5}", shape);
+  auto crop = transform("{type: center_crop, size: 5}", resize->output_shape(shape));
+  check_cached(*cropped, *source, {resize, crop}, strata::Shape{3, 5, 5});
+}
+
+// An existing cache written for something else is refused, saying what differs and to delete it.
+BOOST_AUTO_TEST_CASE(cache_mismatch_is_an_error) {
+  TempDir dir;
+  std::mt19937 rng(1606);
+  const strata::Shape shape{1, 8, 8};
+  FixedDataset dataset(shape, 3);
+  strata::Split split = random_split(20, shape, rng);
+  auto source = std::make_shared<CountingSplit>(split);
+  const std::string path = (dir / "c.h5").string();
+  const auto cache_yaml = [&](const std::string& size) {
+    return yaml(fmt::format("{{path: {}, size: {}}}", path, size));
+  };
+  strata::cached_split(cache_yaml("[4, 4]"), dataset, source, "train", registries(), "type: x\n");
+  const auto error = [&](const std::string& size, const std::string& source_yaml,
+                         std::shared_ptr<const SplitReader> from) {
+    return error_of([&] {
+      strata::cached_split(cache_yaml(size), dataset, from, "train", registries(), source_yaml);
+    });
+  };
+  const std::string other_source = error("[4, 4]", "type: y\n", source);
+  STRATA_CHECK_CONTAINS(other_source, "was written for another dataset");
+  STRATA_CHECK_CONTAINS(other_source, "type: x");
+  STRATA_CHECK_CONTAINS(other_source, "Delete " + fs::path(dir / "c-train.h5").string());
+  STRATA_CHECK_CONTAINS(error("[4, 5]", "type: x\n", source),
+                        "another size:\n  the file has: [4, 4]\n  this run has: [4, 5]");
+  STRATA_CHECK_CONTAINS(error("[4, 4]", "type: x\n",
+                              std::make_shared<CountingSplit>(random_split(21, shape, rng))),
+                        "another number of samples");
+  split.labels[13] = (split.labels[13] + 1) % 3;
+  STRATA_CHECK_CONTAINS(error("[4, 4]", "type: x\n", std::make_shared<CountingSplit>(split)),
+                        "of sample 13 (photos/0013.jpg)");
+  std::ofstream(dir / "junk-train.h5") << "junk";
+  STRATA_CHECK_CONTAINS(error_of([&] {
+                          strata::cached_split(
+                              yaml(fmt::format("{{path: {}/junk.h5}}", dir.path().string())),
+                              dataset, source, "train", registries(), "type: x\n");
+                        }),
+                        "exists but is not an HDF5 file; delete it");
+}
+
+// A failure mid-write (a bad sample in the second block, or any other error) leaves no cache
+// file and no temporary file; a bad sample is an Error naming the cache and the sample.
+BOOST_AUTO_TEST_CASE(cache_is_written_atomically) {
+  TempDir dir;
+  std::mt19937 rng(1607);
+  const strata::Shape shape{1, 8, 8};
+  FixedDataset dataset(shape, 3);
+  const strata::Config cache = yaml(fmt::format("{{path: '{}/{{split}}.h5'}}", dir.path().string()));
+  for (const bool bad_sample : {true, false}) {
+    auto source = std::make_shared<CountingSplit>(random_split(600, shape, rng), 555, bad_sample);
+    const std::string message = error_of(
+        [&] { strata::cached_split(cache, dataset, source, "train", registries(), "a\n"); });
+    if (bad_sample) {
+      STRATA_CHECK_CONTAINS(message, "decoded cache " + (dir / "train.h5").string());
+      STRATA_CHECK_CONTAINS(message, "photos/0555.jpg: truncated JPEG");
+      STRATA_CHECK_CONTAINS(message, "fix or remove that file");
+    } else {
+      STRATA_CHECK_CONTAINS(message, "disk on fire");
+    }
+    BOOST_CHECK_GE(source->reads.load(), 512);  // two blocks were written before the failure
+    BOOST_CHECK(fs::is_empty(dir.path()));
+  }
 }
