@@ -6,9 +6,9 @@
 #include <hdf5.h>
 #include <malloc.h>
 
-#include <boost/test/unit_test.hpp>
 #include <algorithm>
 #include <atomic>
+#include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -43,8 +43,8 @@ struct Array {
 };
 
 // Images [n, c, h, w] of `dtype` ("uint8" or "float32"), stored NHWC when `nhwc`.
-Array random_images(int64_t n, int64_t c, int64_t h, int64_t w, const std::string& dtype,
-                    bool nhwc, std::mt19937& rng) {
+Array random_images(int64_t n, int64_t c, int64_t h, int64_t w, const std::string& dtype, bool nhwc,
+                    std::mt19937& rng) {
   Array array;
   array.dtype = dtype;
   array.shape = nhwc ? std::vector<int64_t>{n, h, w, c} : std::vector<int64_t>{n, c, h, w};
@@ -134,8 +134,8 @@ class H5pyFiles {
     const fs::path spec = dir_ / "spec.json";
     std::ofstream(spec) << spec_.dump();
     const std::string command =
-        fmt::format("/usr/bin/python3 {}/tests/scripts/hdf5_dataset_files.py {}",
-                    STRATA_SOURCE_DIR, spec.string());
+        fmt::format("/usr/bin/python3 {}/tests/scripts/hdf5_dataset_files.py {}", STRATA_SOURCE_DIR,
+                    spec.string());
     BOOST_REQUIRE_MESSAGE(std::system(command.c_str()) == 0, "failed: " << command);
     spec_ = nlohmann::json::array();
   }
@@ -162,8 +162,8 @@ void check_reads(const SplitReader& reader, const Array& images, const std::vect
   for (int64_t i = 0; i < reader.size(); ++i) {
     reader.read(i, image);
     BOOST_REQUIRE(image.shape() == strata::Shape(chw));
-    BOOST_REQUIRE(std::equal(image.pixels.begin(), image.pixels.end(),
-                             images.expected.begin() + i * row));
+    BOOST_REQUIRE(
+        std::equal(image.pixels.begin(), image.pixels.end(), images.expected.begin() + i * row));
   }
 }
 
@@ -188,9 +188,13 @@ BOOST_AUTO_TEST_CASE(layouts_types_and_storage_read_exactly) {
   for (const std::string dtype : {"uint8", "float32"}) {
     for (const bool nhwc : {false, true}) {
       for (const bool chunked : {false, true}) {
-        Case item{fmt::format("{}_{}_{}.h5", dtype, nhwc ? "nhwc" : "nchw", chunked), dtype, nhwc,
-                  chunked, random_images(9, 3, 5, 7, dtype, nhwc, rng),
-                  random_images(4, 3, 5, 7, dtype, nhwc, rng), random_labels(9, 6, rng),
+        Case item{fmt::format("{}_{}_{}.h5", dtype, nhwc ? "nhwc" : "nchw", chunked),
+                  dtype,
+                  nhwc,
+                  chunked,
+                  random_images(9, 3, 5, 7, dtype, nhwc, rng),
+                  random_images(4, 3, 5, 7, dtype, nhwc, rng),
+                  random_labels(9, 6, rng),
                   random_labels(4, 6, rng)};
         const std::vector<int64_t> chunks =
             chunked ? (nhwc ? std::vector<int64_t>{2, 5, 7, 3} : std::vector<int64_t>{2, 3, 5, 7})
@@ -207,8 +211,8 @@ BOOST_AUTO_TEST_CASE(layouts_types_and_storage_read_exactly) {
   for (const Case& item : cases) {
     BOOST_TEST_CONTEXT(item.file) {
       const std::string path = (dir / item.file).string();
-      auto dataset = hdf5_dataset(fmt::format("{{type: hdf5, train: {}, test: {}, classes: 6}}",
-                                              path, path));
+      auto dataset =
+          hdf5_dataset(fmt::format("{{type: hdf5, train: {}, test: {}, classes: 6}}", path, path));
       BOOST_CHECK(dataset->sample_shape() == strata::Shape({3, 5, 7}));
       BOOST_CHECK_EQUAL(dataset->num_classes(), 6);
       check_reads(*dataset->open("train"), item.train, item.train_labels, {3, 5, 7});
@@ -220,7 +224,8 @@ BOOST_AUTO_TEST_CASE(layouts_types_and_storage_read_exactly) {
       // Layout forced: NHWC read as NCHW gives [5, 7, 3] images.
       auto forced = hdf5_dataset(fmt::format("{{type: hdf5, train: {}, test: {}, layout: {}}}",
                                              path, path, item.nhwc ? "nchw" : "nhwc"));
-      const strata::Shape forced_shape = item.nhwc ? strata::Shape({5, 7, 3}) : strata::Shape({7, 3, 5});
+      const strata::Shape forced_shape =
+          item.nhwc ? strata::Shape({5, 7, 3}) : strata::Shape({7, 3, 5});
       BOOST_CHECK(forced->sample_shape() == forced_shape);
     }
   }
@@ -411,7 +416,8 @@ BOOST_AUTO_TEST_CASE(bad_files_are_clear_errors) {
   STRATA_CHECK_CONTAINS(open("rank.h5"), "rank.h5: /images: expected 4 dimensions");
   STRATA_CHECK_CONTAINS(open("rank.h5"), "found 3 [5, 4, 4]");
   STRATA_CHECK_CONTAINS(open("int16.h5"), "int16.h5: /images: unsupported type int16");
-  STRATA_CHECK_CONTAINS(open("float_labels.h5"), "float_labels.h5: /labels: unsupported type float32");
+  STRATA_CHECK_CONTAINS(open("float_labels.h5"),
+                        "float_labels.h5: /labels: unsupported type float32");
   STRATA_CHECK_CONTAINS(open("count.h5"), "count.h5: /labels: holds 4 labels but /images holds 5");
   STRATA_CHECK_CONTAINS(open("range.h5", ", classes: 5"),
                         "range.h5: /labels: label 7 at index 3 is out of range for classes: 5");
@@ -424,10 +430,10 @@ BOOST_AUTO_TEST_CASE(bad_files_are_clear_errors) {
                         "expected a byte count or a size such as 512MB");
   STRATA_CHECK_CONTAINS(open("good.h5", ", layout: chw"), "expected auto, nchw or nhwc");
   // Same file for both splits: the default groups are train and test.
-  STRATA_CHECK_CONTAINS(error_of([&] {
-                          hdf5_dataset(fmt::format("{{type: hdf5, train: {}, test: {}}}", good, good));
-                        }),
-                        "/train: no such group (train_group)");
+  STRATA_CHECK_CONTAINS(
+      error_of(
+          [&] { hdf5_dataset(fmt::format("{{type: hdf5, train: {}, test: {}}}", good, good)); }),
+      "/train: no such group (train_group)");
 }
 
 // ---- the decoded cache ----
@@ -475,16 +481,17 @@ class FixedDataset final : public strata::Dataset {
 
 strata::Split random_split(int64_t n, const strata::Shape& shape, std::mt19937& rng) {
   strata::Split split;
-  split.images = strata::test::random_tensor(
-      strata::Shape{n, shape[0], shape[1], shape[2]}, rng, 0.0f, 1.0f);
+  split.images =
+      strata::test::random_tensor(strata::Shape{n, shape[0], shape[1], shape[2]}, rng, 0.0f, 1.0f);
   for (int64_t i = 0; i < n; ++i) split.labels.push_back(static_cast<int32_t>(rng() % 3));
   return split;
 }
 
 // What the cache must hold for sample `index`: the source image through `transforms`, rounded to
 // bytes and scaled back.
-std::vector<float> expected_cached(const SplitReader& source, int64_t index,
-                                   const std::vector<std::shared_ptr<strata::Transform>>& transforms) {
+std::vector<float> expected_cached(
+    const SplitReader& source, int64_t index,
+    const std::vector<std::shared_ptr<strata::Transform>>& transforms) {
   Image image, scratch;
   source.read(index, image);
   for (const auto& transform : transforms) transform->apply(image, scratch);
@@ -532,7 +539,8 @@ BOOST_AUTO_TEST_CASE(cache_is_written_once_and_reread) {
   BOOST_CHECK_EQUAL(source->reads.load(), 300);
   const fs::path file = dir / "cache/train.h5";
   BOOST_REQUIRE(fs::is_regular_file(file));
-  BOOST_CHECK_EQUAL(std::distance(fs::directory_iterator(dir / "cache"), fs::directory_iterator()), 1);
+  BOOST_CHECK_EQUAL(std::distance(fs::directory_iterator(dir / "cache"), fs::directory_iterator()),
+                    1);
   source->reads = 0;
   const std::vector<std::shared_ptr<strata::Transform>> stretch{
       transform("{type: resize, size: [6, 8]}", shape)};
@@ -580,7 +588,8 @@ BOOST_AUTO_TEST_CASE(cache_is_written_once_and_reread) {
 BOOST_AUTO_TEST_CASE(cache_mismatch_is_an_error) {
   TempDir dir;
   std::mt19937 rng(1606);
-  const strata::Shape shape{1, 8, 8};
+  // Two channels of 4 x 4: [N, 2, 4, 4] would pass for NHWC, so the cache must say NCHW.
+  const strata::Shape shape{2, 8, 8};
   FixedDataset dataset(shape, 3);
   strata::Split split = random_split(20, shape, rng);
   auto source = std::make_shared<CountingSplit>(split);
@@ -588,7 +597,10 @@ BOOST_AUTO_TEST_CASE(cache_mismatch_is_an_error) {
   const auto cache_yaml = [&](const std::string& size) {
     return yaml(fmt::format("{{path: {}, size: {}}}", path, size));
   };
-  strata::cached_split(cache_yaml("[4, 4]"), dataset, source, "train", registries(), "type: x\n");
+  const auto built = strata::cached_split(cache_yaml("[4, 4]"), dataset, source, "train",
+                                          registries(), "type: x\n");
+  check_cached(*built, *source, {transform("{type: resize, size: [4, 4]}", shape)},
+               strata::Shape{2, 4, 4});
   const auto error = [&](const std::string& size, const std::string& source_yaml,
                          std::shared_ptr<const SplitReader> from) {
     return error_of([&] {
@@ -601,9 +613,9 @@ BOOST_AUTO_TEST_CASE(cache_mismatch_is_an_error) {
   STRATA_CHECK_CONTAINS(other_source, "Delete " + fs::path(dir / "c-train.h5").string());
   STRATA_CHECK_CONTAINS(error("[4, 5]", "type: x\n", source),
                         "another size:\n  the file has: [4, 4]\n  this run has: [4, 5]");
-  STRATA_CHECK_CONTAINS(error("[4, 4]", "type: x\n",
-                              std::make_shared<CountingSplit>(random_split(21, shape, rng))),
-                        "another number of samples");
+  STRATA_CHECK_CONTAINS(
+      error("[4, 4]", "type: x\n", std::make_shared<CountingSplit>(random_split(21, shape, rng))),
+      "another number of samples");
   split.labels[13] = (split.labels[13] + 1) % 3;
   STRATA_CHECK_CONTAINS(error("[4, 4]", "type: x\n", std::make_shared<CountingSplit>(split)),
                         "of sample 13 (photos/0013.jpg)");
@@ -623,7 +635,8 @@ BOOST_AUTO_TEST_CASE(cache_is_written_atomically) {
   std::mt19937 rng(1607);
   const strata::Shape shape{1, 8, 8};
   FixedDataset dataset(shape, 3);
-  const strata::Config cache = yaml(fmt::format("{{path: '{}/{{split}}.h5'}}", dir.path().string()));
+  const strata::Config cache =
+      yaml(fmt::format("{{path: '{}/{{split}}.h5'}}", dir.path().string()));
   for (const bool bad_sample : {true, false}) {
     auto source = std::make_shared<CountingSplit>(random_split(600, shape, rng), 555, bad_sample);
     const std::string message = error_of(

@@ -270,9 +270,9 @@ Handle open_file(const Where& where) {
   Handle access(where.check(H5Pcreate(H5P_FILE_ACCESS), "", "cannot create file properties"),
                 H5Pclose);
   H5Pset_fclose_degree(access, H5F_CLOSE_STRONG);
-  return Handle(where.check(H5Fopen(where.file.c_str(), H5F_ACC_RDONLY, access), "",
-                            "cannot open the file"),
-                H5Fclose);
+  return Handle(
+      where.check(H5Fopen(where.file.c_str(), H5F_ACC_RDONLY, access), "", "cannot open the file"),
+      H5Fclose);
 }
 
 // Opens `group` ("/", "train", "/a/b"), or fails listing what its parent holds.
@@ -282,21 +282,21 @@ Handle open_group(const Where& where, hid_t file, const std::string& group, cons
     const std::size_t end = std::min(group.find('/', start), group.size());
     const std::string parent = path;
     path = join_path(path, group.substr(start, end - start));
-    Handle parent_group(where.check(H5Gopen2(file, parent.c_str(), H5P_DEFAULT), parent,
-                                    "cannot open the group"),
-                        H5Gclose);
+    Handle parent_group(
+        where.check(H5Gopen2(file, parent.c_str(), H5P_DEFAULT), parent, "cannot open the group"),
+        H5Gclose);
     const htri_t exists = H5Lexists(file, path.c_str(), H5P_DEFAULT);
     H5Eclear2(H5E_DEFAULT);
     if (exists <= 0 || object_type(file, path) != H5I_GROUP) {
       H5Eclear2(H5E_DEFAULT);
-      where.fail(path, fmt::format("no such group ({}); {} {}", key, parent,
-                                   contents_text(parent_group)));
+      where.fail(
+          path, fmt::format("no such group ({}); {} {}", key, parent, contents_text(parent_group)));
     }
     start = group.find_first_not_of('/', end);
   }
-  return Handle(where.check(H5Gopen2(file, path.c_str(), H5P_DEFAULT), path,
-                            "cannot open the group"),
-                H5Gclose);
+  return Handle(
+      where.check(H5Gopen2(file, path.c_str(), H5P_DEFAULT), path, "cannot open the group"),
+      H5Gclose);
 }
 
 // Opens the dataset `name` of `group`, or fails listing what the group holds.
@@ -310,12 +310,10 @@ Handle open_dataset(const Where& where, hid_t group, const std::string& group_pa
     where.fail(path, fmt::format("no such dataset (key {}: '{}'); {} {}", key, name, group_path,
                                  contents_text(group)));
   }
-  return Handle(where.check(H5Dopen2(group, name.c_str(), access), path, "cannot open"),
-                H5Dclose);
+  return Handle(where.check(H5Dopen2(group, name.c_str(), access), path, "cannot open"), H5Dclose);
 }
 
-void inspect_images(const Where& where, hid_t dataset, const std::string& layout,
-                    ArrayInfo& info) {
+void inspect_images(const Where& where, hid_t dataset, const std::string& layout, ArrayInfo& info) {
   const std::vector<int64_t> dims = dataset_dims(where, dataset, info.images);
   if (dims.size() != 4) {
     where.fail(info.images,
@@ -334,22 +332,24 @@ void inspect_images(const Where& where, hid_t dataset, const std::string& layout
                            type_text(type)));
   }
   const auto channel_like = [](int64_t d) { return d == 1 || d == 3 || d == 4; };
-  info.nhwc = layout == "nhwc" ||
-              (layout == "auto" && channel_like(dims[3]) && !channel_like(dims[1]));
+  info.nhwc =
+      layout == "nhwc" || (layout == "auto" && channel_like(dims[3]) && !channel_like(dims[1]));
   info.n = dims[0];
   info.c = info.nhwc ? dims[3] : dims[1];
   info.h = info.nhwc ? dims[1] : dims[2];
   info.w = info.nhwc ? dims[2] : dims[3];
-  if (info.n == 0) where.fail(info.images, fmt::format("holds no images (shape {})", dims_text(dims)));
+  if (info.n == 0)
+    where.fail(info.images, fmt::format("holds no images (shape {})", dims_text(dims)));
   if (info.c == 0 || info.h == 0 || info.w == 0) {
     where.fail(info.images, fmt::format("has an empty image extent (shape {})", dims_text(dims)));
   }
-  Handle properties(where.check(H5Dget_create_plist(dataset), info.images,
-                                "cannot read the properties"),
-                    H5Pclose);
+  Handle properties(
+      where.check(H5Dget_create_plist(dataset), info.images, "cannot read the properties"),
+      H5Pclose);
   if (H5Pget_layout(properties) == H5D_CHUNKED) {
     std::array<hsize_t, 4> chunk{};
-    if (H5Pget_chunk(properties, 4, chunk.data()) == 4) info.chunk_rows = static_cast<int64_t>(chunk[0]);
+    if (H5Pget_chunk(properties, 4, chunk.data()) == 4)
+      info.chunk_rows = static_cast<int64_t>(chunk[0]);
   }
 }
 
@@ -366,8 +366,8 @@ std::vector<int64_t> read_labels(const Where& where, hid_t dataset, ArrayInfo& i
                                         type_text(type)));
   }
   if (dims[0] != info.n) {
-    where.fail(info.labels, fmt::format("holds {} labels but {} holds {} images", dims[0],
-                                        info.images, info.n));
+    where.fail(info.labels,
+               fmt::format("holds {} labels but {} holds {} images", dims[0], info.images, info.n));
   }
   std::vector<int64_t> values(static_cast<std::size_t>(info.n));
   if (H5Dread(dataset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()) < 0) {
@@ -418,7 +418,8 @@ void convert(const ArrayInfo& info, const uint8_t* raw, strata::Image& out) {
       for (int64_t i = 0; i < count; ++i) pixels[i] = scale[raw[i]];
     } else {
       for (int64_t p = 0; p < plane; ++p) {
-        for (int64_t ch = 0; ch < info.c; ++ch) pixels[ch * plane + p] = scale[raw[p * info.c + ch]];
+        for (int64_t ch = 0; ch < info.c; ++ch)
+          pixels[ch * plane + p] = scale[raw[p * info.c + ch]];
       }
     }
     return;
@@ -453,8 +454,7 @@ class Hdf5Split final : public strata::SplitReader {
     Handle dataset = open_dataset(where, group, info_.group, name, "images", access);
     if (info_.array_bytes() <= budget_) {
       whole_.resize(info_.array_bytes());
-      if (H5Dread(dataset, info_.memory_type(), H5S_ALL, H5S_ALL, H5P_DEFAULT, whole_.data()) <
-          0) {
+      if (H5Dread(dataset, info_.memory_type(), H5S_ALL, H5S_ALL, H5P_DEFAULT, whole_.data()) < 0) {
         where.fail(info_.images, "cannot read" + hdf5_reason());
       }
       return;
@@ -491,8 +491,8 @@ class Hdf5Split final : public strata::SplitReader {
       std::lock_guard guard(mutex_);
       if (block_rows_ > 0) {
         const std::vector<uint8_t>& block = cached_block(index / block_rows_);
-        std::memcpy(raw.data(), block.data() + static_cast<std::size_t>(index % block_rows_) * bytes,
-                    bytes);
+        std::memcpy(raw.data(),
+                    block.data() + static_cast<std::size_t>(index % block_rows_) * bytes, bytes);
       } else {
         read_rows(index, 1, raw.data());
       }
@@ -512,8 +512,8 @@ class Hdf5Split final : public strata::SplitReader {
     const hsize_t elements = extent[0] * extent[1] * extent[2] * extent[3];
     Handle memory(H5Screate_simple(1, &elements, nullptr), H5Sclose);
     if (space < 0 || memory < 0 ||
-        H5Sselect_hyperslab(space, H5S_SELECT_SET, offset.data(), nullptr, extent.data(),
-                            nullptr) < 0 ||
+        H5Sselect_hyperslab(space, H5S_SELECT_SET, offset.data(), nullptr, extent.data(), nullptr) <
+            0 ||
         H5Dread(dataset_, info_.memory_type(), memory, space, H5P_DEFAULT, out) < 0) {
       const std::string reason = hdf5_reason();
       throw strata::BadSample(fmt::format("dataset hdf5 {}: {}: cannot read samples {} to {}{}",
@@ -579,9 +579,10 @@ uint64_t parse_budget(const Config& config) {
   const auto unit_it = std::find_if(units.begin(), units.end(),
                                     [&](const auto& entry) { return entry.first == unit; });
   if (used == 0 || unit_it == units.end() || !(value >= 0) || value * unit_it->second > 1e18) {
-    node->fail(fmt::format("expected a byte count or a size such as 512MB or 2GB (KB, MB, GB: "
-                           "powers of 1024), found '{}'",
-                           text));
+    node->fail(
+        fmt::format("expected a byte count or a size such as 512MB or 2GB (KB, MB, GB: "
+                    "powers of 1024), found '{}'",
+                    text));
   }
   return static_cast<uint64_t>(value * unit_it->second);
 }
@@ -612,24 +613,28 @@ class Hdf5Dataset final : public strata::Dataset {
     names.labels = config.get<std::string>("labels", names.labels);
     names.layout = config.get<std::string>("layout", names.layout);
     if (names.layout != "auto" && names.layout != "nchw" && names.layout != "nhwc") {
-      config.fail_key("layout", fmt::format("expected auto, nchw or nhwc, found '{}'", names.layout));
+      config.fail_key("layout",
+                      fmt::format("expected auto, nchw or nhwc, found '{}'", names.layout));
     }
     budget_ = parse_budget(config);
     std::vector<int64_t> train_labels, test_labels;
     train_ = inspect_split(train, train_group, names, "train_group", train_labels);
     test_ = inspect_split(test, test_group, names, "test_group", test_labels);
     if (test_.c != train_.c || test_.h != train_.h || test_.w != train_.w) {
-      fail("dataset hdf5 {}: {}: test images are [C, H, W] = [{}, {}, {}] but the train images "
-           "({}:{}) are [{}, {}, {}]",
-           test_.file, test_.images, test_.c, test_.h, test_.w, train_.file, train_.images,
-           train_.c, train_.h, train_.w);
+      fail(
+          "dataset hdf5 {}: {}: test images are [C, H, W] = [{}, {}, {}] but the train images "
+          "({}:{}) are [{}, {}, {}]",
+          test_.file, test_.images, test_.c, test_.h, test_.w, train_.file, train_.images, train_.c,
+          train_.h, train_.w);
     }
     set_classes(config, train_labels, test_labels);
     train_.label_values = checked_labels(train_, train_labels);
     test_.label_values = checked_labels(test_, test_labels);
   }
 
-  strata::Shape sample_shape() const override { return strata::Shape{train_.c, train_.h, train_.w}; }
+  strata::Shape sample_shape() const override {
+    return strata::Shape{train_.c, train_.h, train_.w};
+  }
   int num_classes() const override { return classes_; }
   std::vector<std::string> class_names() const override { return class_names_; }
 
@@ -644,16 +649,18 @@ class Hdf5Dataset final : public strata::Dataset {
                    const std::vector<int64_t>& test) {
     if (config.has("classes")) {
       classes_ = config.get<int>("classes");
-      if (classes_ < 1) config.fail_key("classes", fmt::format("must be at least 1, got {}", classes_));
+      if (classes_ < 1)
+        config.fail_key("classes", fmt::format("must be at least 1, got {}", classes_));
     } else {
       int64_t largest = 0;
       for (const auto* labels : {&train, &test}) {
         for (int64_t label : *labels) largest = std::max(largest, label);
       }
       if (largest >= (int64_t{1} << 24)) {
-        fail("dataset hdf5 {}: {}: the largest label is {}, more classes than Strata takes (2^24); "
-             "labels must be 0 ... classes - 1",
-             train_.file, train_.labels, largest);
+        fail(
+            "dataset hdf5 {}: {}: the largest label is {}, more classes than Strata takes (2^24); "
+            "labels must be 0 ... classes - 1",
+            train_.file, train_.labels, largest);
       }
       classes_ = static_cast<int>(largest + 1);
     }
@@ -669,9 +676,10 @@ class Hdf5Dataset final : public strata::Dataset {
     std::vector<int32_t> result(labels.size());
     for (std::size_t i = 0; i < labels.size(); ++i) {
       if (labels[i] < 0 || labels[i] >= classes_) {
-        fail("dataset hdf5 {}: {}: label {} at index {} is out of range for classes: {} (labels "
-             "must be 0 ... {})",
-             info.file, info.labels, labels[i], i, classes_, classes_ - 1);
+        fail(
+            "dataset hdf5 {}: {}: label {} at index {} is out of range for classes: {} (labels "
+            "must be 0 ... {})",
+            info.file, info.labels, labels[i], i, classes_, classes_ - 1);
       }
       result[i] = static_cast<int32_t>(labels[i]);
     }
@@ -684,9 +692,7 @@ class Hdf5Dataset final : public strata::Dataset {
   std::vector<std::string> class_names_;
 };
 
-void register_all(strata::Registries& registries) {
-  registries.datasets.add<Hdf5Dataset>("hdf5");
-}
+void register_all(strata::Registries& registries) { registries.datasets.add<Hdf5Dataset>("hdf5"); }
 
 }  // namespace
 

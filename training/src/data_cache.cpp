@@ -13,15 +13,15 @@
 #include <array>
 #include <cctype>
 #include <cerrno>
-#include <cstring>
-#include <span>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -146,18 +146,18 @@ Settings read_settings(const Config& cache, const Dataset& dataset, std::string_
   }
   settings.compression = cache.get<int>("compression", 4);
   if (settings.compression < 0 || settings.compression > 9) {
-    cache.fail_key("compression",
-                   fmt::format("expected a gzip level from 0 (none) to 9, found {}",
-                               settings.compression));
+    cache.fail_key("compression", fmt::format("expected a gzip level from 0 (none) to 9, found {}",
+                                              settings.compression));
   }
   settings.budget = cache.get<std::string>("memory_budget", "1GB");
   const Shape source = dataset.sample_shape();
   if (settings.size) {
     settings.shape = Shape{source[0], (*settings.size)[0], (*settings.size)[1]};
   } else if (source[1] == 0 || source[2] == 0) {
-    cache.fail(fmt::format("the images vary in size (the dataset gives {}): give `size: S` (the "
-                           "shorter side, then a centre crop) or `size: [H, W]`",
-                           source.str()));
+    cache.fail(
+        fmt::format("the images vary in size (the dataset gives {}): give `size: S` (the "
+                    "shorter side, then a centre crop) or `size: [H, W]`",
+                    source.str()));
   } else {
     settings.shape = source;
   }
@@ -208,8 +208,7 @@ class Writer {
                          "cannot create the file"),
                    H5Fclose);
     const Shape& shape = settings.shape;
-    const std::array<hsize_t, 4> dims{static_cast<hsize_t>(samples),
-                                      static_cast<hsize_t>(shape[0]),
+    const std::array<hsize_t, 4> dims{static_cast<hsize_t>(samples), static_cast<hsize_t>(shape[0]),
                                       static_cast<hsize_t>(shape[1]),
                                       static_cast<hsize_t>(shape[2])};
     std::array<hsize_t, 4> chunk = dims;
@@ -223,13 +222,12 @@ class Writer {
             "cannot set the compression");
     }
     Handle access(check(H5Pcreate(H5P_DATASET_ACCESS), "cannot create properties"), H5Pclose);
-    check(H5Pset_chunk_cache(access, H5D_CHUNK_CACHE_NSLOTS_DEFAULT, 0,
-                             H5D_CHUNK_CACHE_W0_DEFAULT),
+    check(H5Pset_chunk_cache(access, H5D_CHUNK_CACHE_NSLOTS_DEFAULT, 0, H5D_CHUNK_CACHE_W0_DEFAULT),
           "cannot set the chunk cache");
-    images_ = Handle(check(H5Dcreate2(file_, "images", H5T_STD_U8LE, space, H5P_DEFAULT,
-                                      properties, access),
-                           "cannot create /images"),
-                     H5Dclose);
+    images_ = Handle(
+        check(H5Dcreate2(file_, "images", H5T_STD_U8LE, space, H5P_DEFAULT, properties, access),
+              "cannot create /images"),
+        H5Dclose);
   }
   ~Writer() {
     Hdf5Lock lock;
@@ -244,8 +242,8 @@ class Writer {
     const hsize_t count = labels.size();
     Handle space(check(H5Screate_simple(1, &count, nullptr), "cannot create a dataspace"),
                  H5Sclose);
-    Handle dataset(check(H5Dcreate2(file_, "labels", H5T_STD_I32LE, space, H5P_DEFAULT,
-                                    H5P_DEFAULT, H5P_DEFAULT),
+    Handle dataset(check(H5Dcreate2(file_, "labels", H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT,
+                                    H5P_DEFAULT),
                          "cannot create /labels"),
                    H5Dclose);
     check(H5Dwrite(dataset, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, labels.data()),
@@ -260,8 +258,7 @@ class Writer {
     H5Sget_simple_extent_dims(space, count.data(), nullptr);
     count[0] = static_cast<hsize_t>(rows);
     const std::array<hsize_t, 4> offset{static_cast<hsize_t>(first), 0, 0, 0};
-    check(H5Sselect_hyperslab(space, H5S_SELECT_SET, offset.data(), nullptr, count.data(),
-                              nullptr),
+    check(H5Sselect_hyperslab(space, H5S_SELECT_SET, offset.data(), nullptr, count.data(), nullptr),
           "cannot select rows of /images");
     Handle memory(check(H5Screate_simple(4, count.data(), nullptr), "cannot create a dataspace"),
                   H5Sclose);
@@ -325,23 +322,26 @@ uint8_t to_byte(float value) {
 }
 
 // Samples [first, first + rows) of `source`, transformed and converted, into `out`.
-void decode_rows(const SplitReader& source, const std::vector<std::shared_ptr<Transform>>& transforms,
-                 const Shape& shape, int64_t first, int64_t rows, uint8_t* out) {
+void decode_rows(const SplitReader& source,
+                 const std::vector<std::shared_ptr<Transform>>& transforms, const Shape& shape,
+                 int64_t first, int64_t rows, uint8_t* out) {
   const int64_t sample_bytes = shape.numel();
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows), [&](const tbb::blocked_range<int64_t>& range) {
-    Image image, scratch;
-    for (int64_t row = range.begin(); row < range.end(); ++row) {
-      const int64_t index = first + row;
-      source.read(index, image);
-      for (const auto& transform : transforms) transform->apply(image, scratch);
-      if (image.shape() != shape) {
-        fail("decoded cache: {} is {} after resizing, expected {}", source.describe(index),
-             image.shape().str(), shape.str());
-      }
-      uint8_t* target = out + row * sample_bytes;
-      for (int64_t i = 0; i < sample_bytes; ++i) target[i] = to_byte(image.pixels[i]);
-    }
-  });
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      Image image, scratch;
+                      for (int64_t row = range.begin(); row < range.end(); ++row) {
+                        const int64_t index = first + row;
+                        source.read(index, image);
+                        for (const auto& transform : transforms) transform->apply(image, scratch);
+                        if (image.shape() != shape) {
+                          fail("decoded cache: {} is {} after resizing, expected {}",
+                               source.describe(index), image.shape().str(), shape.str());
+                        }
+                        uint8_t* target = out + row * sample_bytes;
+                        for (int64_t i = 0; i < sample_bytes; ++i)
+                          target[i] = to_byte(image.pixels[i]);
+                      }
+                    });
 }
 
 // Writes the whole cache of `source` to `path` through "<path>.tmp-<pid>".
@@ -373,9 +373,10 @@ void build(const Settings& settings, const Attributes& attributes, const SplitRe
       try {
         decode_rows(source, transforms, settings.shape, first, rows, buffer.data());
       } catch (const BadSample& bad) {
-        fail("decoded cache {}: {}\n  The cache needs every sample: fix or remove that file, then "
-             "run again.",
-             path.string(), bad.what());
+        fail(
+            "decoded cache {}: {}\n  The cache needs every sample: fix or remove that file, then "
+            "run again.",
+            path.string(), bad.what());
       }
       writer.write_rows(first, rows, buffer.data());
       if (seconds_since(last_report) >= 10.0) {
@@ -423,7 +424,8 @@ Attributes read_attributes(const Config& cache, const fs::path& path) {
     H5Tset_size(memory, H5T_VARIABLE);
     H5Tset_cset(memory, H5T_CSET_UTF8);
     char* text = nullptr;
-    if (H5Aread(attribute, memory, &text) < 0 || text == nullptr) refuse("cannot be read" + hdf5_reason());
+    if (H5Aread(attribute, memory, &text) < 0 || text == nullptr)
+      refuse("cannot be read" + hdf5_reason());
     std::string value(text);
     H5free_memory(text);
     return value;
@@ -439,8 +441,8 @@ Attributes read_attributes(const Config& cache, const fs::path& path) {
   };
   if (read_string("format") != kFormat) refuse("is not a Strata decoded cache");
   if (const int64_t version = read_integer("format_version"); version != kFormatVersion) {
-    refuse(fmt::format("has cache format version {}, this Strata writes {}", version,
-                       kFormatVersion));
+    refuse(
+        fmt::format("has cache format version {}, this Strata writes {}", version, kFormatVersion));
   }
   Attributes attributes;
   attributes.source = read_string("source");
@@ -455,7 +457,8 @@ void check_attributes(const Config& cache, const fs::path& path, const Attribute
                       const Attributes& expected) {
   const auto differs = [&](std::string_view what, std::string file, std::string now) {
     for (std::string* text : {&file, &now}) {
-      while (!text->empty() && std::isspace(static_cast<unsigned char>(text->back()))) text->pop_back();
+      while (!text->empty() && std::isspace(static_cast<unsigned char>(text->back())))
+        text->pop_back();
     }
     cache.fail_key("path", fmt::format("the cache {} was written for another {}:\n  the file has: "
                                        "{}\n  this run has: {}\n  Delete {} to build it again.",
@@ -479,12 +482,14 @@ std::shared_ptr<const SplitReader> open_cache(const Config& cache, const Dataset
                                               const Settings& settings,
                                               const Registries& registries) {
   if (!registries.datasets.contains("hdf5")) {
-    cache.fail("the decoded cache is read by the `hdf5` dataset plugin (libstrata_hdf5.so), which "
-               "is not loaded");
+    cache.fail(
+        "the decoded cache is read by the `hdf5` dataset plugin (libstrata_hdf5.so), which "
+        "is not loaded");
   }
   const std::string file = quoted(settings.path.string());
   std::string yaml = fmt::format(
-      "{{type: hdf5, train: {}, test: {}, train_group: /, test_group: /, classes: {}, "
+      "{{type: hdf5, train: {}, test: {}, train_group: /, test_group: /, layout: nchw, classes: "
+      "{}, "
       "memory_budget: {}",
       file, file, dataset.num_classes(), quoted(settings.budget));
   if (const auto names = dataset.class_names(); !names.empty()) {
@@ -496,8 +501,9 @@ std::shared_ptr<const SplitReader> open_cache(const Config& cache, const Dataset
   std::shared_ptr<Dataset> reader_dataset =
       registries.datasets.create(Config::synthesize(yaml, cache, "path"));
   std::shared_ptr<const SplitReader> reader = reader_dataset->open("train");
-  auto holder = std::make_shared<std::pair<std::shared_ptr<Dataset>, std::shared_ptr<const SplitReader>>>(
-      std::move(reader_dataset), reader);
+  auto holder =
+      std::make_shared<std::pair<std::shared_ptr<Dataset>, std::shared_ptr<const SplitReader>>>(
+          std::move(reader_dataset), reader);
   return std::shared_ptr<const SplitReader>(holder, reader.get());
 }
 
@@ -510,9 +516,9 @@ void check_labels(const Config& cache, const fs::path& path, const SplitReader& 
       cache.fail_key("path", fmt::format("the cache {} was written for other samples: label {} of "
                                          "sample {} ({}) is {} in the cache\n  Delete {} to build "
                                          "it again.",
-                                         path.string(), source_labels[i], i, source.describe(
-                                             static_cast<int64_t>(i)),
-                                         cached_labels[i], path.string()));
+                                         path.string(), source_labels[i], i,
+                                         source.describe(static_cast<int64_t>(i)), cached_labels[i],
+                                         path.string()));
     }
   }
 }
