@@ -47,6 +47,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -237,7 +238,9 @@ struct ArrayInfo {
   int64_t n = 0, c = 0, h = 0, w = 0;
   bool nhwc = false;
   bool is_float = false;
-  int64_t chunk_rows = 0;  // rows of one chunk along N; 0 when the array is not chunked
+  int64_t chunk_rows = 0;             // rows of one chunk along N; 0 when the array is not chunked
+  std::vector<int64_t> chunk;         // the chunk shape, empty when not chunked
+  bool chunk_splits_samples = false;  // a chunk holds only part of each image
   std::vector<int32_t> label_values;
 
   int64_t sample_bytes() const { return c * h * w * (is_float ? 4 : 1); }
@@ -348,8 +351,13 @@ void inspect_images(const Where& where, hid_t dataset, const std::string& layout
       H5Pclose);
   if (H5Pget_layout(properties) == H5D_CHUNKED) {
     std::array<hsize_t, 4> chunk{};
-    if (H5Pget_chunk(properties, 4, chunk.data()) == 4)
+    if (H5Pget_chunk(properties, 4, chunk.data()) == 4) {
       info.chunk_rows = static_cast<int64_t>(chunk[0]);
+      info.chunk.assign(chunk.begin(), chunk.end());
+      info.chunk_splits_samples = chunk[1] < static_cast<hsize_t>(dims[1]) ||
+                                  chunk[2] < static_cast<hsize_t>(dims[2]) ||
+                                  chunk[3] < static_cast<hsize_t>(dims[3]);
+    }
   }
 }
 
@@ -461,6 +469,7 @@ class Hdf5Split final : public strata::SplitReader {
     }
     const uint64_t block_bytes = static_cast<uint64_t>(info_.chunk_rows) * info_.sample_bytes();
     if (info_.chunk_rows > 0 && block_bytes <= budget_) block_rows_ = info_.chunk_rows;
+    if (info_.chunk_rows > 64 || info_.chunk_splits_samples) note_slow_chunks();
     file_ = std::move(file);
     dataset_ = std::move(dataset);
   }
@@ -501,6 +510,26 @@ class Hdf5Split final : public strata::SplitReader {
   }
 
  private:
+  // Read in random order, a chunk of many samples is decoded again for most samples read, and
+  // a chunk that cuts images apart is slow to gather (h5py chunks a compressed array that way
+  // unless told otherwise): said once per file and dataset, on stderr.
+  void note_slow_chunks() const {
+    static std::mutex mutex;
+    static std::set<std::string> noted;
+    std::lock_guard guard(mutex);
+    if (!noted.insert(info_.file + ":" + info_.images).second) return;
+    const std::vector<int64_t> sample = info_.nhwc
+                                            ? std::vector<int64_t>{info_.h, info_.w, info_.c}
+                                            : std::vector<int64_t>{info_.c, info_.h, info_.w};
+    fmt::print(stderr,
+               "note: dataset hdf5 {}: {} is larger than memory_budget and read sample by sample, "
+               "but its chunks {} hold {} samples{}: reading in random order is slow. Rewrite it "
+               "with chunks of whole images, e.g. h5py's chunks=(1, {}).\n",
+               info_.file, info_.images, dims_text(info_.chunk), info_.chunk_rows,
+               info_.chunk_splits_samples ? " and cut each image apart" : "",
+               fmt::join(sample, ", "));
+  }
+
   // Reads rows [first, first + count) of the images into `out` (BadSample when HDF5 cannot).
   void read_rows(int64_t first, int64_t count, uint8_t* out) const {
     Hdf5Lock lock;
@@ -509,8 +538,7 @@ class Hdf5Split final : public strata::SplitReader {
     std::array<hsize_t, 4> extent{};
     H5Sget_simple_extent_dims(space, extent.data(), nullptr);
     extent[0] = static_cast<hsize_t>(count);
-    const hsize_t elements = extent[0] * extent[1] * extent[2] * extent[3];
-    Handle memory(H5Screate_simple(1, &elements, nullptr), H5Sclose);
+    Handle memory(H5Screate_simple(4, extent.data(), nullptr), H5Sclose);
     if (space < 0 || memory < 0 ||
         H5Sselect_hyperslab(space, H5S_SELECT_SET, offset.data(), nullptr, extent.data(), nullptr) <
             0 ||
