@@ -17,10 +17,12 @@ PREFIX     ?= $(HOME)/.local
 
 BUILD_PACKAGES := build-essential cmake ninja-build pkg-config git \
                   libboost-dev libboost-test-dev libboost-program-options-dev nlohmann-json3-dev libtbb-dev libhdf5-dev libyaml-cpp-dev libfmt-dev \
-                  zlib1g-dev libopenblas-dev dataset-fashion-mnist
+                  zlib1g-dev libopenblas-dev libstb-dev dataset-fashion-mnist
+BUILD_PACKAGES += libturbojpeg0-dev libpng-dev  # the image_folder reader: JPEG and PNG
 # The test suite cross-checks checkpoints with h5py and layers with PyTorch, and draws the
 # strata-plot pictures with matplotlib; make bench measures peak memory with /usr/bin/time.
 TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch python3-torchvision python3-matplotlib time
+TEST_PACKAGES  += python3-pil  # test_image_folder writes its images and PIL's decodes of them
 # The fuzz targets and sanitizer builds need clang's libFuzzer and sanitizer runtimes; test-tsan
 # also fetches oneTBB's source from Debian's archive (cmake/build-tsan-tbb.sh).
 FUZZ_PACKAGES  := clang-14 libclang-rt-14-dev

@@ -29,6 +29,7 @@ using strata::Shape;
 using strata::Split;
 using strata::Tensor;
 using strata::test::error_of;
+using strata::test::load_split;
 using strata::test::registries;
 using strata::test::TempDir;
 using strata::test::yaml;
@@ -180,18 +181,18 @@ BOOST_AUTO_TEST_CASE(raw_files_round_trip) {
   BOOST_TEST(dataset->sample_shape().str() ==
              Shape({1, folder.train.rows, folder.train.columns}).str());
   BOOST_TEST(dataset->num_classes() == folder.classes);
-  check_exact(dataset->load("train"), folder.train.shape(), folder.train.pixels,
+  check_exact(load_split(*dataset, "train"), folder.train.shape(), folder.train.pixels,
               folder.train.labels);
-  check_exact(dataset->load("test"), folder.test.shape(), folder.test.pixels, folder.test.labels);
+  check_exact(load_split(*dataset, "test"), folder.test.shape(), folder.test.pixels, folder.test.labels);
 }
 
 BOOST_AUTO_TEST_CASE(gzip_files_round_trip) {
   std::mt19937 rng(102);
   IdxFolder folder(rng, ".gz");
   auto dataset = make_dataset(folder.config());
-  check_exact(dataset->load("train"), folder.train.shape(), folder.train.pixels,
+  check_exact(load_split(*dataset, "train"), folder.train.shape(), folder.train.pixels,
               folder.train.labels);
-  check_exact(dataset->load("test"), folder.test.shape(), folder.test.pixels, folder.test.labels);
+  check_exact(load_split(*dataset, "test"), folder.test.shape(), folder.test.pixels, folder.test.labels);
 }
 
 BOOST_AUTO_TEST_CASE(raw_file_is_preferred_over_gzip) {
@@ -203,7 +204,7 @@ BOOST_AUTO_TEST_CASE(raw_file_is_preferred_over_gzip) {
   other.pixels = random_bytes(folder.train.pixels.size(), rng);
   write_gz(folder.path("train-images-idx3-ubyte.gz"), other.image_file());
   auto dataset = make_dataset(folder.config());
-  check_exact(dataset->load("train"), folder.train.shape(), folder.train.pixels,
+  check_exact(load_split(*dataset, "train"), folder.train.shape(), folder.train.pixels,
               folder.train.labels);
 }
 
@@ -218,8 +219,8 @@ BOOST_AUTO_TEST_CASE(explicit_paths) {
   auto relative = make_dataset(fmt::format(
       "{{type: idx, dir: {}, classes: {}, test_images: sub/imgs.gz, test_labels: sub/lbls}}",
       folder.dir.path().string(), folder.classes));
-  check_exact(relative->load("test"), swapped.shape(), swapped.pixels, swapped.labels);
-  check_exact(relative->load("train"), folder.train.shape(), folder.train.pixels,
+  check_exact(load_split(*relative, "test"), swapped.shape(), swapped.pixels, swapped.labels);
+  check_exact(load_split(*relative, "train"), folder.train.shape(), folder.train.pixels,
               folder.train.labels);
 
   auto absolute = make_dataset(
@@ -228,14 +229,14 @@ BOOST_AUTO_TEST_CASE(explicit_paths) {
                   folder.classes, folder.path("t10k-images-idx3-ubyte").string(),
                   folder.path("t10k-labels-idx1-ubyte").string(),
                   folder.path("sub/imgs.gz").string(), folder.path("sub/lbls").string()));
-  check_exact(absolute->load("train"), folder.test.shape(), folder.test.pixels, folder.test.labels);
+  check_exact(load_split(*absolute, "train"), folder.test.shape(), folder.test.pixels, folder.test.labels);
 }
 
 BOOST_AUTO_TEST_CASE(unknown_split) {
   std::mt19937 rng(105);
   IdxFolder folder(rng, "");
   auto dataset = make_dataset(folder.config());
-  const std::string message = error_of([&] { dataset->load("valid"); });
+  const std::string message = error_of([&] { load_split(*dataset, "valid"); });
   STRATA_CHECK_CONTAINS(message, "unknown split 'valid'");
 }
 
@@ -273,7 +274,7 @@ BOOST_AUTO_TEST_CASE(truncated_images) {
     bytes.resize(bytes.size() - cut);
     write_file(file, bytes);
     auto dataset = make_dataset(folder.config());  // the header alone is intact
-    const std::string message = error_of([&] { dataset->load("train"); });
+    const std::string message = error_of([&] { load_split(*dataset, "train"); });
     const IdxSplit& t = folder.train;
     STRATA_CHECK_CONTAINS(message, "dataset " + file.string() + ": truncated: ");
     STRATA_CHECK_CONTAINS(message, fmt::format("header says {} images of {}x{} (16 + {} bytes)", t.count,
@@ -300,7 +301,7 @@ BOOST_AUTO_TEST_CASE(trailing_bytes) {
   bytes.insert(bytes.end(), garbage.begin(), garbage.end());
   write_gz(file, bytes);
   auto dataset = make_dataset(folder.config());
-  const std::string message = error_of([&] { dataset->load("test"); });
+  const std::string message = error_of([&] { load_split(*dataset, "test"); });
   STRATA_CHECK_CONTAINS(message, fmt::format("dataset {}: trailing data: header says {} images of {}x{}",
                                       file.string(), folder.test.count, folder.test.rows,
                                       folder.test.columns));
@@ -311,7 +312,7 @@ BOOST_AUTO_TEST_CASE(trailing_bytes) {
   Bytes labels = folder.train.label_file();
   labels.push_back(static_cast<uint8_t>(random_int(rng, 0, 255)));
   write_gz(folder.path("train-labels-idx1-ubyte.gz"), labels);
-  const std::string label_message = error_of([&] { dataset->load("train"); });
+  const std::string label_message = error_of([&] { load_split(*dataset, "train"); });
   STRATA_CHECK_CONTAINS(label_message, folder.path("train-labels-idx1-ubyte.gz").string());
   STRATA_CHECK_CONTAINS(label_message,
                  fmt::format("trailing data: header says {} labels (8 + {} bytes), file holds {} "
@@ -337,7 +338,7 @@ BOOST_AUTO_TEST_CASE(bad_magic) {
   labels[0] |= 0x10;  // never 0x00000801 by chance
   write_raw(folder.path("t10k-labels-idx1-ubyte"), labels);
   auto dataset = make_dataset(folder.config());
-  const std::string label_message = error_of([&] { dataset->load("test"); });
+  const std::string label_message = error_of([&] { load_split(*dataset, "test"); });
   STRATA_CHECK_CONTAINS(label_message, folder.path("t10k-labels-idx1-ubyte").string());
   STRATA_CHECK_CONTAINS(label_message,
                  fmt::format("bad magic number 0x{:02x}{:02x}{:02x}{:02x}, expected 0x00000801",
@@ -351,7 +352,7 @@ BOOST_AUTO_TEST_CASE(label_count_mismatch) {
   fewer.labels.pop_back();
   write_raw(folder.path("train-labels-idx1-ubyte"), fewer.label_file());
   auto dataset = make_dataset(folder.config());
-  const std::string message = error_of([&] { dataset->load("train"); });
+  const std::string message = error_of([&] { load_split(*dataset, "train"); });
   STRATA_CHECK_CONTAINS(message, folder.path("train-labels-idx1-ubyte").string());
   STRATA_CHECK_CONTAINS(message, fmt::format("holds {} labels", fewer.labels.size()));
   STRATA_CHECK_CONTAINS(message, fmt::format("number {}", folder.train.count));
@@ -365,7 +366,7 @@ BOOST_AUTO_TEST_CASE(label_out_of_range) {
   bad.labels[index] = static_cast<uint8_t>(random_int(rng, folder.classes, 255));
   write_gz(folder.path("t10k-labels-idx1-ubyte.gz"), bad.label_file());
   auto dataset = make_dataset(folder.config());
-  const std::string message = error_of([&] { dataset->load("test"); });
+  const std::string message = error_of([&] { load_split(*dataset, "test"); });
   STRATA_CHECK_CONTAINS(message, folder.path("t10k-labels-idx1-ubyte.gz").string());
   STRATA_CHECK_CONTAINS(message, fmt::format("label {} at index {} is out of range for classes: {}",
                                       bad.labels[index], index, folder.classes));
@@ -387,13 +388,13 @@ BOOST_AUTO_TEST_CASE(corrupt_gzip) {
         static_cast<uint8_t>(random_int(rng, 1, 255));
   }
   write_raw(file, damaged);
-  const std::string message = error_of([&] { make_dataset(folder.config())->load("train"); });
+  const std::string message = error_of([&] { load_split(*make_dataset(folder.config()), "train"); });
   STRATA_CHECK_CONTAINS(message, "dataset " + file.string() + ": corrupt gzip stream");
 
   // A gzip stream cut short.
   Bytes cut(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(good.size() / 2));
   write_raw(file, cut);
-  const std::string cut_message = error_of([&] { make_dataset(folder.config())->load("train"); });
+  const std::string cut_message = error_of([&] { load_split(*make_dataset(folder.config()), "train"); });
   STRATA_CHECK_CONTAINS(cut_message, "dataset " + file.string() + ": corrupt gzip stream");
 
   // Not gzip at all, though named .gz.
@@ -409,7 +410,7 @@ BOOST_AUTO_TEST_CASE(test_images_of_another_size) {
   write_raw(folder.path("t10k-images-idx3-ubyte"), other.image_file());
   write_raw(folder.path("t10k-labels-idx1-ubyte"), other.label_file());
   auto dataset = make_dataset(folder.config());
-  const std::string message = error_of([&] { dataset->load("test"); });
+  const std::string message = error_of([&] { load_split(*dataset, "test"); });
   STRATA_CHECK_CONTAINS(message, fmt::format("test images are {}x{} but the train images", other.rows,
                                       other.columns));
 }
@@ -442,8 +443,8 @@ BOOST_AUTO_TEST_CASE(fashion_mnist) {
   }
   const auto start = std::chrono::steady_clock::now();
   auto dataset = make_dataset(fmt::format("{{type: idx, dir: {}}}", dir.string()));
-  const Split train = dataset->load("train");
-  const Split test = dataset->load("test");
+  const Split train = load_split(*dataset, "train");
+  const Split test = load_split(*dataset, "test");
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   BOOST_TEST_MESSAGE("Fashion-MNIST loaded (train + test, gzip) in " << seconds << " s");
@@ -531,8 +532,8 @@ BOOST_AUTO_TEST_CASE(explicit_files_round_trip) {
                   dir.path().string(), (dir / "test_batch.bin").string()));
   BOOST_TEST(dataset->sample_shape().str() == "[3, 32, 32]");
   BOOST_TEST(dataset->num_classes() == 10);
-  check_cifar(dataset->load("train"), concat(batch1, batch2));
-  check_cifar(dataset->load("test"), test);
+  check_cifar(load_split(*dataset, "train"), concat(batch1, batch2));
+  check_cifar(load_split(*dataset, "test"), test);
 }
 
 BOOST_AUTO_TEST_CASE(default_names_round_trip) {
@@ -547,8 +548,8 @@ BOOST_AUTO_TEST_CASE(default_names_round_trip) {
   const Bytes test = random_cifar(rng, 3);
   write_raw(dir / "test_batch.bin", test);
   auto dataset = make_dataset(fmt::format("{{type: cifar10, dir: {}}}", dir.path().string()));
-  check_cifar(dataset->load("train"), train);
-  check_cifar(dataset->load("test"), test);
+  check_cifar(load_split(*dataset, "train"), train);
+  check_cifar(load_split(*dataset, "test"), test);
 }
 
 BOOST_AUTO_TEST_CASE(bad_files) {
@@ -567,26 +568,26 @@ BOOST_AUTO_TEST_CASE(bad_files) {
   const std::size_t extra = static_cast<std::size_t>(random_int(rng, 1, 3000));
   const Bytes odd = concat(random_cifar(rng, 7), random_bytes(extra, rng));
   write_raw(dir / "train.bin", odd);
-  const std::string size = error_of([&] { make_dataset(config)->load("train"); });
+  const std::string size = error_of([&] { load_split(*make_dataset(config), "train"); });
   STRATA_CHECK_CONTAINS(size, "dataset " + (dir / "train.bin").string());
   STRATA_CHECK_CONTAINS(size, fmt::format("size {} bytes is not a multiple of the 3073-byte", odd.size()));
   STRATA_CHECK_CONTAINS(size, fmt::format("7 whole records and {} bytes left over", extra));
 
   // Empty file.
   write_raw(dir / "train.bin", {});
-  STRATA_CHECK_CONTAINS(error_of([&] { make_dataset(config)->load("train"); }),
+  STRATA_CHECK_CONTAINS(error_of([&] { load_split(*make_dataset(config), "train"); }),
                  "train.bin: the file is empty");
 
   // CIFAR-100 records (two label bytes) are recognised as such.
   write_raw(dir / "train.bin", random_bytes(3 * 3074, rng));
-  STRATA_CHECK_CONTAINS(error_of([&] { make_dataset(config)->load("train"); }), "is this CIFAR-100?");
+  STRATA_CHECK_CONTAINS(error_of([&] { load_split(*make_dataset(config), "train"); }), "is this CIFAR-100?");
 
   // A label above 9.
   Bytes bad_label = random_cifar(rng, 6);
   const std::size_t record = static_cast<std::size_t>(random_int(rng, 0, 5));
   bad_label[record * kCifarRecord] = static_cast<uint8_t>(random_int(rng, 10, 255));
   write_raw(dir / "train.bin", bad_label);
-  const std::string label = error_of([&] { make_dataset(config)->load("train"); });
+  const std::string label = error_of([&] { load_split(*make_dataset(config), "train"); });
   STRATA_CHECK_CONTAINS(
       label, fmt::format("dataset {}: record {} has label {}", (dir / "train.bin").string(), record,
                          bad_label[record * kCifarRecord]));
@@ -666,8 +667,8 @@ BOOST_AUTO_TEST_CASE(defaults_shapes_and_balance) {
   auto dataset = make_dataset("{type: synthetic}");
   BOOST_TEST(dataset->sample_shape().str() == "[1, 16, 16]");
   BOOST_TEST(dataset->num_classes() == 10);
-  const Split train = dataset->load("train");
-  const Split test = dataset->load("test");
+  const Split train = load_split(*dataset, "train");
+  const Split test = load_split(*dataset, "test");
   BOOST_TEST(train.images.shape().str() == "[2000, 1, 16, 16]");
   BOOST_TEST(test.images.shape().str() == "[500, 1, 16, 16]");
   for (const Split* split : {&train, &test}) {
@@ -698,11 +699,11 @@ BOOST_AUTO_TEST_CASE(deterministic_for_a_seed) {
   auto first = make_dataset(config);
   auto second = make_dataset(config);
   BOOST_TEST(first->sample_shape().str() == "[3, 6, 9]");
-  const Split train = first->load("train");
+  const Split train = load_split(*first, "train");
   BOOST_TEST(train.images.shape().str() == "[103, 3, 6, 9]");
-  BOOST_TEST(same_split(train, second->load("train")));
-  BOOST_TEST(same_split(first->load("test"), second->load("test")));
-  BOOST_TEST(same_split(train, first->load("train")));  // loading twice gives the same data
+  BOOST_TEST(same_split(train, load_split(*second, "train")));
+  BOOST_TEST(same_split(load_split(*first, "test"), load_split(*second, "test")));
+  BOOST_TEST(same_split(train, load_split(*first, "train")));  // loading twice gives the same data
   std::vector<int> counts(4, 0);
   for (int32_t label : train.labels) ++counts[label];
   for (int count : counts) BOOST_TEST((count == 25 || count == 26));  // 103 = 4 * 25 + 3
@@ -710,9 +711,9 @@ BOOST_AUTO_TEST_CASE(deterministic_for_a_seed) {
   auto other_seed = make_dataset(
       "{type: synthetic, classes: 4, shape: [3, 6, 9], train_size: 103, test_size: 41, seed: 8, "
       "noise: 0.2}");
-  BOOST_TEST(!same_split(train, other_seed->load("train")));
+  BOOST_TEST(!same_split(train, load_split(*other_seed, "train")));
   // Train and test are different draws.
-  const Split test = first->load("test");
+  const Split test = load_split(*first, "test");
   const auto train_values = train.images.span();
   BOOST_TEST(!std::equal(train_values.begin(), train_values.begin() + 3 * 6 * 9,
                          test.images.span().begin()));
@@ -720,7 +721,7 @@ BOOST_AUTO_TEST_CASE(deterministic_for_a_seed) {
   auto more_train = make_dataset(
       "{type: synthetic, classes: 4, shape: [3, 6, 9], train_size: 500, test_size: 41, seed: 7, "
       "noise: 0.2}");
-  BOOST_TEST(same_split(first->load("test"), more_train->load("test")));
+  BOOST_TEST(same_split(load_split(*first, "test"), load_split(*more_train, "test")));
 }
 
 BOOST_AUTO_TEST_CASE(config_errors) {
@@ -730,7 +731,7 @@ BOOST_AUTO_TEST_CASE(config_errors) {
                  "classes: must be at least 2");
   STRATA_CHECK_CONTAINS(error_of([] { make_dataset("{type: synthetic, seeed: 3}"); }),
                  "did you mean 'seed'?");
-  STRATA_CHECK_CONTAINS(error_of([] { make_dataset("{type: synthetic}")->load("validation"); }),
+  STRATA_CHECK_CONTAINS(error_of([] { load_split(*make_dataset("{type: synthetic}"), "validation"); }),
                  "unknown split 'validation'");
 }
 
@@ -815,7 +816,7 @@ void check_normalize(bool per_pixel, bool divide) {
                                  per_pixel ? "pixel" : "channel", divide ? "std" : "none"));
   BOOST_TEST(transform->type() == "normalize");
   transform->setup(sample);
-  transform->fit(train);
+  strata::test::fit_on(*transform, train);
 
   const Moments expected = moments(train, per_pixel);
   const Tensor mean = state_of(*transform, "mean");
@@ -835,7 +836,7 @@ void check_normalize(bool per_pixel, bool divide) {
   // Train: centred, and unit spread when dividing (float32 values: tolerance 1e-5 on the mean,
   // 1e-5 relative on the std), or unchanged spread with scale: none.
   Tensor normalized_train = train.clone();
-  transform->apply(normalized_train);
+  strata::test::apply_batch(*transform, normalized_train);
   const Moments after = moments(normalized_train, per_pixel);
   for (std::size_t s = 0; s < after.mean.size(); ++s) {
     BOOST_TEST(std::abs(after.mean[s]) < 1e-5);
@@ -845,7 +846,7 @@ void check_normalize(bool per_pixel, bool divide) {
 
   // Test: uses the train statistics, exactly (x - mean) / std in float32.
   Tensor normalized_test = test.clone();
-  transform->apply(normalized_test);
+  strata::test::apply_batch(*transform, normalized_test);
   const int64_t plane = 5 * 7;
   float worst = 0;
   for (int64_t n = 0; n < 17; ++n)
@@ -876,7 +877,7 @@ BOOST_AUTO_TEST_CASE(state_round_trip) {
   const Tensor test = shifted_images(sample.with_batch(9), rng);
   auto fitted = make_normalize("{type: normalize, per: pixel}");
   fitted->setup(sample);
-  fitted->fit(train);
+  strata::test::fit_on(*fitted, train);
   auto loaded = make_normalize("{type: normalize, per: pixel}");
   loaded->setup(sample);
   auto target = loaded->state();
@@ -886,8 +887,8 @@ BOOST_AUTO_TEST_CASE(state_round_trip) {
     }
   }
   Tensor a = test.clone(), b = test.clone();
-  fitted->apply(a);
-  loaded->apply(b);
+  strata::test::apply_batch(*fitted, a);
+  strata::test::apply_batch(*loaded, b);
   BOOST_TEST(strata::test::max_abs_diff(a, b) == 0.0f);
   BOOST_TEST(strata::test::max_abs_diff(a, test) > 0.1f);
 }
@@ -900,12 +901,12 @@ BOOST_AUTO_TEST_CASE(constant_pixel_is_only_centred) {
   for (int64_t n = 0; n < 25; ++n) train.data()[n * 12 + 5] = constant;
   auto transform = make_normalize("{type: normalize, per: pixel}");
   transform->setup(sample);
-  transform->fit(train);
+  strata::test::fit_on(*transform, train);
   BOOST_TEST(state_of(*transform, "std").data()[5] == 1.0f);
   BOOST_TEST(state_of(*transform, "mean").data()[5] == constant);
   Tensor test = strata::test::random_tensor(sample.with_batch(3), rng, 0.0f, 1.0f);
   const float before = test.data()[5];
-  transform->apply(test);
+  strata::test::apply_batch(*transform, test);
   BOOST_TEST(test.data()[5] == before - constant);
 }
 
@@ -913,16 +914,22 @@ BOOST_AUTO_TEST_CASE(errors) {
   std::mt19937 rng(305);
   auto transform = make_normalize("{type: normalize}");
   Tensor images = strata::test::random_tensor(Shape{4, 3, 5, 7}, rng);
-  STRATA_CHECK_CONTAINS(error_of([&] { transform->fit(images); }), "fit() called before setup()");
+  STRATA_CHECK_CONTAINS(error_of([&] { strata::test::fit_on(*transform, images); }), "fit() called before setup()");
   transform->setup(Shape{3, 5, 7});
-  transform->fit(images);
+  strata::test::fit_on(*transform, images);
+  // Per channel, any height and width normalizes; other channel counts do not.
   Tensor other = strata::test::random_tensor(Shape{4, 3, 7, 5}, rng);
-  const std::string message = error_of([&] { transform->apply(other); });
-  STRATA_CHECK_CONTAINS(message, "apply() got images of shape [4, 3, 7, 5]");
-  STRATA_CHECK_CONTAINS(message, "samples of shape [3, 5, 7]");
-  STRATA_CHECK_CONTAINS(error_of([&] { transform->fit(other); }), "fit() got images of shape");
-  Tensor flat = strata::test::random_tensor(Shape{4, 105}, rng);
-  STRATA_CHECK_CONTAINS(error_of([&] { transform->apply(flat); }), "apply() got images of shape [4, 105]");
+  strata::test::apply_batch(*transform, other);
+  Tensor two = strata::test::random_tensor(Shape{4, 2, 5, 7}, rng);
+  const std::string message = error_of([&] { strata::test::apply_batch(*transform, two); });
+  STRATA_CHECK_CONTAINS(message, "apply() got an image of shape [2, 5, 7]");
+  STRATA_CHECK_CONTAINS(message, "images of shape [3, 5, 7]");
+  STRATA_CHECK_CONTAINS(error_of([&] { strata::test::fit_on(*transform, two); }), "fit() got an image of shape");
+  // Per pixel, the statistics have the image's shape.
+  auto pixel = make_normalize("{type: normalize, per: pixel}");
+  pixel->setup(Shape{3, 5, 7});
+  STRATA_CHECK_CONTAINS(error_of([&] { strata::test::apply_batch(*pixel, other); }),
+                        "apply() got an image of shape [3, 7, 5]");
 
   STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, per: pixle}"); }),
                  "did you mean 'pixel'?");
@@ -930,8 +937,10 @@ BOOST_AUTO_TEST_CASE(errors) {
                  "unknown value 'unit'");
   STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, epsilon: 0}"); }),
                  "epsilon: must be positive");
-  STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, mean: 0.5}"); }),
-                 "unknown key 'mean'");
+  STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, mean: [0.5]}"); }),
+                 "`mean` is given without `std`");
+  STRATA_CHECK_CONTAINS(error_of([] { make_normalize("{type: normalize, maen: 0.5}"); }),
+                 "unknown key 'maen'");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -962,7 +971,7 @@ BOOST_AUTO_TEST_CASE(idx_gzip_bomb_is_not_inflated) {
   }
   BOOST_TEST(fs::file_size(file) < (std::size_t{2} << 20));
   auto dataset = make_dataset(folder.config());
-  const std::string message = error_of([&] { dataset->load("train"); });
+  const std::string message = error_of([&] { load_split(*dataset, "train"); });
   STRATA_CHECK_CONTAINS(message,
                         fmt::format("dataset {}: trailing data: header says 3 images of "
                                     "{}x{} (16 + {} bytes), file holds more than {} "
@@ -985,7 +994,7 @@ BOOST_AUTO_TEST_CASE(idx_declared_sizes_are_checked_first) {
     auto dataset = make_dataset(folder.config());
     // A raw file's size is known without reading it: it is truncated. A gzip file's is not.
     STRATA_CHECK_CONTAINS(
-        error_of([&] { dataset->load("test"); }),
+        error_of([&] { load_split(*dataset, "test"); }),
         fmt::format("dataset {}: {}header says 4000000000 images of {}x{} (16 + "
                     "{} bytes), {}",
                     file.string(), suffix.empty() ? "truncated: " : "", huge.rows, huge.columns,
@@ -994,7 +1003,7 @@ BOOST_AUTO_TEST_CASE(idx_declared_sizes_are_checked_first) {
     huge.count = 1000000;
     write_file(file, huge.image_file());
     STRATA_CHECK_CONTAINS(
-        error_of([&] { dataset->load("test"); }),
+        error_of([&] { load_split(*dataset, "test"); }),
         fmt::format("truncated: header says 1000000 images of {}x{}", huge.rows, huge.columns));
   }
 }
@@ -1009,11 +1018,11 @@ BOOST_AUTO_TEST_CASE(cifar_blocks_and_size_bound) {
   write_raw(dir / "test.bin", random_cifar(rng, 2));
   const std::string config = fmt::format("{{type: cifar10, train_files: [{}], test_files: [{}]}}",
                                          (dir / "train.bin").string(), (dir / "test.bin").string());
-  check_cifar(make_dataset(config)->load("train"), train);
+  check_cifar(load_split(*make_dataset(config), "train"), train);
 
   write_raw(dir / "train.bin", {});
   fs::resize_file(dir / "train.bin", std::uintmax_t{kCifarRecord} * 100000000u);  // 307 GB, sparse
-  STRATA_CHECK_CONTAINS(error_of([&] { make_dataset(config)->load("train"); }),
+  STRATA_CHECK_CONTAINS(error_of([&] { load_split(*make_dataset(config), "train"); }),
                         fmt::format("dataset {}: 100000000 records of 32x32x3 need 1.2 TB as "
                                     "float32, more than this machine's memory",
                                     (dir / "train.bin").string()));

@@ -91,7 +91,7 @@ BOOST_AUTO_TEST_CASE(hflip_mirrors_every_row_or_copies) {
   const Tensor image = test::random_tensor(sample.with_batch(1), data_rng);
   Tensor out(sample.with_batch(1));
   Rng rng(1);
-  make_transform("{type: hflip, p: 1}", sample)->augment(image.data(), out.data(), rng);
+  test::augment_one(*make_transform("{type: hflip, p: 1}", sample), image, out, rng);
   for (int64_t c = 0; c < 3; ++c) {
     for (int64_t y = 0; y < 4; ++y) {
       for (int64_t x = 0; x < 5; ++x) {
@@ -99,13 +99,13 @@ BOOST_AUTO_TEST_CASE(hflip_mirrors_every_row_or_copies) {
       }
     }
   }
-  make_transform("{type: hflip, p: 0}", sample)->augment(image.data(), out.data(), rng);
+  test::augment_one(*make_transform("{type: hflip, p: 0}", sample), image, out, rng);
   BOOST_TEST(test::max_abs_diff(out, image) == 0.0f);
   // p = 0.5: about half of many draws flip.
   auto half = make_transform("{type: hflip}", sample);
   int flips = 0;
   for (int i = 0; i < 1000; ++i) {
-    half->augment(image.data(), out.data(), rng);
+    test::augment_one(*half, image, out, rng);
     flips += out.data()[0] != image.data()[0];
   }
   BOOST_TEST(flips > 420);
@@ -129,7 +129,7 @@ BOOST_AUTO_TEST_CASE(random_crop_cuts_the_padded_image_at_the_drawn_offset) {
     const int64_t top = static_cast<int64_t>(replay() % (6 + 4 - 5 + 1)) - 2;
     const int64_t left = static_cast<int64_t>(replay() % (7 + 4 - 6 + 1)) - 2;
     offsets.insert({top, left});
-    crop->augment(image.data(), out.data(), rng);
+    test::augment_one(*crop, image, out, rng);
     for (int64_t c = 0; c < 2; ++c) {
       for (int64_t y = 0; y < 5; ++y) {
         for (int64_t x = 0; x < 6; ++x) {
@@ -149,7 +149,7 @@ BOOST_AUTO_TEST_CASE(random_crop_centre_crops_evaluation_images) {
   const Shape sample{1, 6, 6};
   Tensor images = test::random_tensor(sample.with_batch(3), data_rng);
   const Tensor original = images.clone();
-  make_transform("{type: random_crop, size: 3}", sample)->apply(images);
+  test::apply_batch(*make_transform("{type: random_crop, size: 3}", sample), images);
   BOOST_REQUIRE(images.shape() == (Shape{3, 1, 3, 3}));
   for (int64_t n = 0; n < 3; ++n) {
     for (int64_t y = 0; y < 3; ++y) {
@@ -161,7 +161,7 @@ BOOST_AUTO_TEST_CASE(random_crop_centre_crops_evaluation_images) {
   }
   // The same size as the image with padding: evaluation images are untouched.
   Tensor same = original.clone();
-  make_transform("{type: random_crop, padding: 4}", sample)->apply(same);
+  test::apply_batch(*make_transform("{type: random_crop, padding: 4}", sample), same);
   BOOST_TEST(test::max_abs_diff(same, original) == 0.0f);
   const std::string too_big =
       test::error_of([&] { make_transform("{type: random_crop, padding: 1, size: 9}", sample); });
@@ -193,7 +193,11 @@ BOOST_AUTO_TEST_CASE(loader_is_deterministic_and_prefetch_matches) {
     std::vector<Tensor> result;
     tbb::task_arena arena(threads);
     arena.execute([&] {
-      TrainingLoader loader(train, augment, 16, seed);
+      LoaderOptions options;
+      options.batch_size = 16;
+      options.seed = seed;
+      options.augment = true;
+      BatchLoader loader(test::samples_of(train), augment, sample, options);
       BOOST_TEST(loader.batches_per_epoch() == 5);
       loader.start_epoch(epoch, order);
       for (int64_t b = 0; b < loader.batches_per_epoch(); ++b) {
@@ -222,7 +226,10 @@ BOOST_AUTO_TEST_CASE(loader_is_deterministic_and_prefetch_matches) {
   }
   // Augmentation changed the images (a flip or a shift of random data is never the identity for
   // all 16 samples).
-  TrainingLoader plain(train, {}, 16, 9);
+  LoaderOptions options;
+  options.batch_size = 16;
+  options.seed = 9;
+  BatchLoader plain(test::samples_of(train), {}, sample, options);
   plain.start_epoch(0, order);
   BOOST_TEST(test::max_abs_diff(plain.next().images, one[0]) > 0.0f);
 }

@@ -80,7 +80,7 @@ struct FileList {
   std::optional<Config> node;
 };
 
-class Cifar10Dataset final : public strata::Dataset {
+class Cifar10Dataset final : public strata::InMemoryDataset {
  public:
   explicit Cifar10Dataset(const Config& config) {
     std::optional<fs::path> dir;

@@ -263,7 +263,7 @@ struct SplitFiles {
   fs::path labels;
 };
 
-class IdxDataset final : public strata::Dataset {
+class IdxDataset final : public strata::InMemoryDataset {
  public:
   explicit IdxDataset(const Config& config) {
     classes_ = config.get<int>("classes", 10);

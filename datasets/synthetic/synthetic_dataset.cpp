@@ -46,7 +46,7 @@ constexpr uint64_t kTrainStream = 2;
 constexpr uint64_t kTestStream = 3;
 constexpr int kGrid = 4;  // control points per axis of a prototype
 
-class SyntheticDataset final : public strata::Dataset {
+class SyntheticDataset final : public strata::InMemoryDataset {
  public:
   explicit SyntheticDataset(const Config& config) {
     classes_ = config.get<int>("classes", 10);

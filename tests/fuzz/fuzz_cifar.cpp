@@ -18,7 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
                                              "', train_files: [train.bin], test_files: [test.bin]}",
                                          "fuzz");
     auto dataset = registries.datasets.create(config);
-    dataset->load("train");
+    dataset->open("train");
   } catch (const Error&) {
   }
   return 0;

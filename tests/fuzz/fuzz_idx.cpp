@@ -38,7 +38,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
     auto dataset = registries.datasets.create(config);
     dataset->sample_shape();
     dataset->num_classes();
-    dataset->load("train");
+    dataset->open("train");
   } catch (const Error&) {
   }
   return 0;

@@ -6,6 +6,7 @@
 #include <random>
 #include <string>
 
+#include "strata/dataset.hpp"
 #include "strata/backend.hpp"
 #include "strata/config.hpp"
 #include "strata/error.hpp"
@@ -24,6 +25,19 @@ const Backend& backend(const std::string& name = "reference");
 
 // Uniform random values in [low, high): tests never run on zeros or constants.
 Tensor random_tensor(const Shape& shape, std::mt19937& rng, float low = -1.0f, float high = 1.0f);
+
+// Every sample of `dataset`'s split `split` ("train" or "test"), read through Dataset::open and
+// SplitReader::read into one tensor (the samples must share one shape).
+Split load_split(Dataset& dataset, std::string_view split);
+
+// Batch helpers over the per-sample Transform API, for tests written on tensors [N, C, H, W]:
+// apply() to every sample (the tensor takes the output shape); fit() on the images of a tensor;
+// augment() of one image [1, C, H, W] into `out` [1, output shape].
+void apply_batch(const Transform& transform, Tensor& images);
+void fit_on(Transform& transform, const Tensor& images);
+void augment_one(const Transform& transform, const Tensor& image, Tensor& out, Rng& rng);
+// An in-memory split as the SampleSet of all its rows.
+SampleSet samples_of(const Split& split, const std::string& name = "train");
 
 // A YAML snippet as a Config (source name "<test>").
 Config yaml(const std::string& text);

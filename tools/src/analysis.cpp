@@ -8,6 +8,7 @@
 
 #include "strata/backend.hpp"
 #include "strata/error.hpp"
+#include "strata/training/data_loader.hpp"
 #include "strata/training/experiment.hpp"
 #include "strata/training/trainer.hpp"
 
@@ -75,11 +76,14 @@ TrainedModel::TrainedModel(const fs::path& checkpoint, Registries& registries, P
   validation_ = data.validation;
   train_limit_ = data.train_limit;
   test_limit_ = data.test_limit;
-  transforms_ = std::move(data.preprocess);
-  augment_ = std::move(data.augment);
-  // Without augmentation the raw images have the model's input shape; with it (a crop may shrink
-  // them) the preprocessing is set up on the first images it sees.
-  if (augment_.empty()) set_up_preprocessing(graph_->input_shape());
+  transforms_ = std::move(data.transforms);
+  // When no transform changes the size, the raw images have the model's input shape; otherwise
+  // (a crop, a resize) the transforms are set up on the first images they see.
+  bool keeps_size = true;
+  for (const auto& transform : transforms_) {
+    keeps_size = keeps_size && transform->output_shape(graph_->input_shape()) == graph_->input_shape();
+  }
+  if (keeps_size) set_up_preprocessing(graph_->input_shape());
 }
 
 void TrainedModel::set_up_preprocessing(const Shape& sample) const {
@@ -95,10 +99,6 @@ void TrainedModel::set_up_preprocessing(const Shape& sample) const {
     }
   }
   load_checkpoint_tensors(path_, "preprocess", preprocess_state);
-  for (const auto& transform : augment_) {
-    transform->setup(shape);
-    shape = transform->output_shape(shape);
-  }
   prepared_for_ = sample;
 }
 
@@ -113,24 +113,31 @@ Tensor TrainedModel::parameter(const std::string& name) {
 }
 
 void TrainedModel::preprocess(Tensor& images) const {
-  if (images.rank() != graph_->input_shape().rank() + 1 ||
-      (augment_.empty() && images.shape().without_batch() != graph_->input_shape())) {
-    fail("images of shape {} cannot be preprocessed for a model whose input is [N, {}]",
+  if (images.rank() != 4) {
+    fail("images of shape {} cannot be preprocessed: expected [N, C, H, W] for a model whose input "
+         "is [N, {}]",
          images.shape().str(), fmt::join(graph_->input_shape().dims(), ", "));
   }
   const Shape raw = images.shape().without_batch();
   set_up_preprocessing(raw);
-  for (const auto& transform : transforms_) transform->apply(images);
-  // Then, as the trainer does for evaluation images, the deterministic counterpart of each
-  // data.augment transform (a centre crop for random_crop, nothing for hflip).
-  for (const auto& transform : augment_) transform->apply(images);
-  if (images.shape().without_batch() != graph_->input_shape()) {
-    fail(
-        "images of shape [N, {}] become [N, {}] through data.preprocess and data.augment, but the "
-        "model's input is [N, {}]",
-        fmt::join(raw.dims(), ", "), fmt::join(images.shape().without_batch().dims(), ", "),
-        fmt::join(graph_->input_shape().dims(), ", "));
+  // The deterministic version of every transform, as the trainer gives evaluation images (a
+  // centre crop for random_crop, nothing for hflip).
+  Tensor out(graph_->input_shape().with_batch(images.dim(0)));
+  const int64_t in_size = raw.numel(), out_size = graph_->input_shape().numel();
+  Image image, scratch;
+  for (int64_t n = 0; n < images.dim(0); ++n) {
+    image.resize(raw[0], raw[1], raw[2]);
+    std::copy_n(images.data() + n * in_size, in_size, image.pixels.data());
+    for (const auto& transform : transforms_) transform->apply(image, scratch);
+    if (image.shape() != graph_->input_shape()) {
+      fail("images of shape [N, {}] become [N, {}] through the data transforms, but the model's "
+           "input is [N, {}]",
+           fmt::join(raw.dims(), ", "), fmt::join(image.shape().dims(), ", "),
+           fmt::join(graph_->input_shape().dims(), ", "));
+    }
+    std::copy_n(image.pixels.data(), out_size, out.data() + n * out_size);
   }
+  images = std::move(out);
 }
 
 std::vector<NamedTensor> TrainedModel::run(const Tensor& images,
@@ -200,29 +207,36 @@ Split TrainedModel::load_split(const std::string& split) {
   return load_split(split, rows);
 }
 
-Split TrainedModel::load_split(const std::string& split, std::vector<int64_t>& dataset_rows) {
+SampleSet TrainedModel::samples(const std::string& split) {
   if (split != "train" && split != "val" && split != "test") {
     fail("split '{}': expected train, val or test", split);
   }
-  Split result;
-  if (split == "test") {
-    result = first_rows(dataset().load("test"), test_limit_);
-    dataset_rows.resize(result.labels.size());
-    std::iota(dataset_rows.begin(), dataset_rows.end(), int64_t{0});
-  } else {
-    const Split train = first_rows(dataset().load("train"), train_limit_);
-    TrainValSplit parts = split_validation(train, validation_, seed_);
-    if (split == "val" && validation_ <= 0) {
-      fail("checkpoint {}: the experiment held out no validation split (data.validation is 0)",
-           path_.string());
-    }
-    TrainValRows rows =
-        split_validation_rows(static_cast<int64_t>(train.labels.size()), validation_, seed_);
-    result = split == "val" ? std::move(parts.val) : std::move(parts.train);
-    dataset_rows = split == "val" ? std::move(rows.val) : std::move(rows.train);
+  SampleSet samples;
+  samples.name = split == "val" ? "validation" : split;
+  samples.reader = dataset().open(split == "test" ? "test" : "train");
+  const int64_t limit = split == "test" ? test_limit_ : train_limit_;
+  const int64_t available = samples.reader->size();
+  samples.rows.resize(static_cast<std::size_t>(limit <= 0 ? available : std::min(available, limit)));
+  std::iota(samples.rows.begin(), samples.rows.end(), int64_t{0});
+  if (split == "test") return samples;
+  if (split == "val" && validation_ <= 0) {
+    fail("checkpoint {}: the experiment held out no validation split (data.validation is 0)",
+         path_.string());
   }
-  preprocess(result.images);
-  return result;
+  const TrainValRows rows = split_validation_rows(samples.size(), validation_, seed_);
+  samples.rows = split == "val" ? rows.val : rows.train;
+  return samples;
+}
+
+std::vector<std::shared_ptr<const Transform>> TrainedModel::evaluation_transforms() {
+  set_up_preprocessing(dataset().sample_shape());
+  return {transforms_.begin(), transforms_.end()};
+}
+
+Split TrainedModel::load_split(const std::string& split, std::vector<int64_t>& dataset_rows) {
+  const SampleSet set = samples(split);
+  dataset_rows = set.rows;
+  return read_all(set, evaluation_transforms(), graph_->input_shape(), batch_);
 }
 
 Loss& TrainedModel::loss() { return *loss_; }

@@ -16,9 +16,10 @@ namespace strata {
 
 namespace {
 
-
-// Samples per task: a sample is a copy and a few cheap passes, so give each task several.
-constexpr std::size_t kSamplesPerTask = 16;
+// Samples per task: enough to amortize a task, few enough to spread a batch over the cores.
+constexpr std::size_t kSamplesPerTask = 4;
+// The skip messages kept per epoch (the count covers all of them).
+constexpr std::size_t kSkipExamples = 3;
 
 }  // namespace
 
@@ -32,17 +33,19 @@ std::vector<int64_t> epoch_order(uint32_t seed, int64_t epoch, int64_t rows, boo
   return order;
 }
 
-Rng sample_rng(uint32_t seed, int64_t epoch, int64_t row) {
+Rng sample_rng(uint32_t seed, int64_t epoch, int64_t position) {
   uint64_t h = splitmix64(seed);
   h = splitmix64(h ^ static_cast<uint64_t>(epoch));
-  h = splitmix64(h ^ static_cast<uint64_t>(row));
+  h = splitmix64(h ^ static_cast<uint64_t>(position));
   return Rng(static_cast<uint32_t>(h ^ (h >> 32)));
 }
 
-struct TrainingLoader::Impl {
+struct BatchLoader::Impl {
   struct Buffer {
     Tensor images;
     std::vector<int32_t> labels;
+    int64_t count = 0;
+    std::vector<std::string> skips;
   };
   Buffer buffers[2];
   tbb::task_group tasks;
@@ -55,32 +58,27 @@ struct TrainingLoader::Impl {
   }
 };
 
-TrainingLoader::TrainingLoader(const Split& train,
-                               std::vector<std::shared_ptr<const Transform>> augment,
-                               int64_t batch_size, uint32_t seed)
+BatchLoader::BatchLoader(SampleSet samples, std::vector<std::shared_ptr<const Transform>> transforms,
+                         const Shape& sample_shape, LoaderOptions options)
     : impl_(std::make_unique<Impl>()),
-      train_(train),
-      augment_(std::move(augment)),
-      batch_size_(batch_size),
-      seed_(seed) {
-  if (batch_size_ < 1)
-    fail("training loader: the batch size must be at least 1, got {}", batch_size_);
-  shapes_.push_back(train_.images.shape().without_batch());
-  for (const auto& transform : augment_) {
-    if (!transform->random()) {
-      fail("training loader: transform {} is not random; it belongs in data.preprocess",
-           transform->type());
-    }
-    shapes_.push_back(transform->output_shape(shapes_.back()));
-  }
-  output_sample_ = shapes_.back();
+      samples_(std::move(samples)),
+      transforms_(std::move(transforms)),
+      sample_shape_(sample_shape),
+      options_(options) {
+  if (options_.batch_size < 1)
+    fail("{} loader: the batch size must be at least 1, got {}", samples_.name, options_.batch_size);
+  if (options_.ranks < 1 || options_.rank < 0 || options_.rank >= options_.ranks)
+    fail("{} loader: rank {} of {} does not exist", samples_.name, options_.rank, options_.ranks);
+  if (sample_shape_.rank() != 3 || sample_shape_.numel() <= 0)
+    fail("{} loader: the sample shape must be [C, H, W], got {}", samples_.name, sample_shape_.str());
   for (auto& buffer : impl_->buffers) {
-    buffer.images = Tensor(output_sample_.with_batch(batch_size_));
-    buffer.labels.resize(batch_size_);
+    buffer.images = Tensor(sample_shape_.with_batch(options_.batch_size));
+    buffer.labels.resize(options_.batch_size);
   }
+  positions_ = shard(epoch_order(0, 0, samples_.size(), false), options_.rank, options_.ranks);
 }
 
-TrainingLoader::~TrainingLoader() {
+BatchLoader::~BatchLoader() {
   try {
     impl_->wait();
   } catch (...) {
@@ -88,36 +86,40 @@ TrainingLoader::~TrainingLoader() {
   }
 }
 
-int64_t TrainingLoader::batches_per_epoch() const {
-  const auto n = static_cast<int64_t>(train_.labels.size());
-  return (n + batch_size_ - 1) / batch_size_;
+int64_t BatchLoader::batches_per_epoch() const {
+  const auto n = static_cast<int64_t>(positions_.size());
+  return (n + options_.batch_size - 1) / options_.batch_size;
 }
 
-void TrainingLoader::start_epoch(int64_t epoch, std::vector<int64_t> order, int64_t first_batch) {
+void BatchLoader::start_epoch(int64_t epoch, std::vector<int64_t> order, int64_t first_batch) {
   impl_->wait();
-  if (order.size() != train_.labels.size()) {
-    fail("training loader: the epoch order has {} rows for {} training images", order.size(),
-         train_.labels.size());
+  if (order.empty()) order = epoch_order(0, 0, samples_.size(), false);
+  if (static_cast<int64_t>(order.size()) != samples_.size()) {
+    fail("{} loader: the epoch order has {} positions for {} samples", samples_.name, order.size(),
+         samples_.size());
   }
+  positions_ = shard(order, options_.rank, options_.ranks);
   if (first_batch < 0 || (first_batch > 0 && first_batch >= batches_per_epoch())) {
-    fail("training loader: cannot start an epoch of {} batches at batch {}", batches_per_epoch(),
-         first_batch + 1);
+    fail("{} loader: cannot start an epoch of {} batches at batch {}", samples_.name,
+         batches_per_epoch(), first_batch + 1);
   }
   epoch_ = epoch;
-  order_ = std::move(order);
   next_batch_ = first_batch;
+  skipped_ = 0;
+  skip_examples_.clear();
   if (batches_per_epoch() > 0) {
     impl_->pending = first_batch;
     Impl::Buffer& target = impl_->buffers[first_batch % 2];
-    impl_->tasks.run(
-        [this, first_batch, &target] { assemble(first_batch, target.images, target.labels); });
+    impl_->tasks.run([this, first_batch, &target] {
+      target.count = assemble(first_batch, target.images, target.labels, &target.skips);
+    });
   }
 }
 
-Batch TrainingLoader::next() {
+Batch BatchLoader::next() {
   const int64_t index = next_batch_;
   if (index >= batches_per_epoch()) {
-    fail("training loader: batch {} requested, but an epoch has {}", index + 1,
+    fail("{} loader: batch {} requested, but an epoch has {}", samples_.name, index + 1,
          batches_per_epoch());
   }
   Impl::Buffer& buffer = impl_->buffers[index % 2];
@@ -125,62 +127,107 @@ Batch TrainingLoader::next() {
     impl_->wait();
   } else {
     impl_->wait();
-    assemble(index, buffer.images, buffer.labels);
+    buffer.count = assemble(index, buffer.images, buffer.labels, &buffer.skips);
   }
   ++next_batch_;
   if (next_batch_ < batches_per_epoch()) {
     const int64_t following = next_batch_;
     Impl::Buffer& target = impl_->buffers[following % 2];
     impl_->pending = following;
-    impl_->tasks.run(
-        [this, following, &target] { assemble(following, target.images, target.labels); });
+    impl_->tasks.run([this, following, &target] {
+      target.count = assemble(following, target.images, target.labels, &target.skips);
+    });
   }
-  const auto total = static_cast<int64_t>(train_.labels.size());
-  const int64_t n = std::min(batch_size_, total - index * batch_size_);
+  const auto total = static_cast<int64_t>(positions_.size());
+  const int64_t planned = std::min(options_.batch_size, total - index * options_.batch_size);
+  const int64_t n = buffer.count;
+  skipped_ += planned - n;
+  for (std::string& message : buffer.skips) {
+    if (skip_examples_.size() < kSkipExamples) skip_examples_.push_back(std::move(message));
+  }
   Batch batch;
-  batch.images = n == batch_size_ ? buffer.images : buffer.images.batch_slice(0, n);
+  batch.images = n == options_.batch_size ? buffer.images : buffer.images.batch_slice(0, n);
   batch.labels = std::span<const int32_t>(buffer.labels.data(), static_cast<std::size_t>(n));
+  batch.skipped = planned - n;
   return batch;
 }
 
-void TrainingLoader::assemble(int64_t index, Tensor& images, std::vector<int32_t>& labels) const {
-  const auto total = static_cast<int64_t>(order_.size());
-  const int64_t begin = index * batch_size_;
-  const int64_t n = std::min(batch_size_, total - begin);
+int64_t BatchLoader::assemble(int64_t index, Tensor& images, std::vector<int32_t>& labels,
+                              std::vector<std::string>* skips) const {
+  const auto total = static_cast<int64_t>(positions_.size());
+  const int64_t begin = index * options_.batch_size;
+  const int64_t n = std::min(options_.batch_size, total - begin);
   if (n <= 0 || images.dim(0) < n || static_cast<int64_t>(labels.size()) < n) {
-    fail("training loader: batch {} does not fit (rows {} of {}, buffer of {})", index, begin,
-         total, images.dim(0));
+    fail("{} loader: batch {} does not fit (positions {} of {}, buffer of {})", samples_.name,
+         index, begin, total, images.dim(0));
   }
-  const int64_t in_size = shapes_.front().numel();
-  const int64_t out_size = output_sample_.numel();
-  int64_t largest = 0;
-  for (const Shape& shape : shapes_) largest = std::max(largest, shape.numel());
-
+  const int64_t sample_size = sample_shape_.numel();
+  // Per slot: the message of a skipped sample (empty: read).
+  std::vector<std::string> bad(static_cast<std::size_t>(n));
   auto body = [&](const tbb::blocked_range<int64_t>& range) {
-    std::vector<float> scratch[2];
-    if (augment_.size() > 1) {
-      scratch[0].resize(largest);
-      scratch[1].resize(largest);
-    }
+    Image image, scratch;
     for (int64_t i = range.begin(); i != range.end(); ++i) {
-      const int64_t row = order_[begin + i];
-      labels[i] = train_.labels[row];
-      const float* source = train_.images.data() + row * in_size;
-      float* target = images.data() + i * out_size;
-      if (augment_.empty()) {
-        std::memcpy(target, source, in_size * sizeof(float));
+      const int64_t position = positions_[begin + i];
+      const int64_t row = samples_.rows[position];
+      labels[i] = samples_.reader->labels()[row];
+      try {
+        samples_.reader->read(row, image);
+      } catch (const BadSample& error) {
+        if (!options_.skip_bad) throw;
+        bad[i] = error.what();
         continue;
       }
-      Rng rng = sample_rng(seed_, epoch_, row);
-      for (std::size_t t = 0; t < augment_.size(); ++t) {
-        const bool last = t + 1 == augment_.size();
-        float* out = last ? target : scratch[t % 2].data();
-        augment_[t]->augment(source, out, rng);
-        source = out;
+      if (options_.augment) {
+        Rng rng = sample_rng(options_.seed, epoch_, position);
+        for (const auto& transform : transforms_) transform->augment(image, scratch, rng);
+      } else {
+        for (const auto& transform : transforms_) transform->apply(image, scratch);
       }
+      if (image.shape() != sample_shape_) {
+        fail("{} {}: is {} after the transforms, but the model takes {}", samples_.name,
+             samples_.reader->describe(row), image.shape().str(), sample_shape_.str());
+      }
+      std::memcpy(images.data() + i * sample_size, image.pixels.data(), sample_size * sizeof(float));
     }
   };
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, kSamplesPerTask), body);
+  // Close the gaps that skipped samples left, in order.
+  int64_t kept = 0;
+  if (skips) skips->clear();
+  for (int64_t i = 0; i < n; ++i) {
+    if (!bad[i].empty()) {
+      if (skips && skips->size() < kSkipExamples) skips->push_back(std::move(bad[i]));
+      continue;
+    }
+    if (kept != i) {
+      std::memmove(images.data() + kept * sample_size, images.data() + i * sample_size,
+                   sample_size * sizeof(float));
+      labels[kept] = labels[i];
+    }
+    ++kept;
+  }
+  return kept;
+}
+
+Split read_all(const SampleSet& samples, const std::vector<std::shared_ptr<const Transform>>& transforms,
+               const Shape& sample_shape, int64_t batch_size) {
+  Split split;
+  split.images = Tensor(sample_shape.with_batch(samples.size()));
+  split.labels.reserve(samples.rows.size());
+  if (samples.size() == 0) return split;
+  LoaderOptions options;
+  options.batch_size = std::min(batch_size, samples.size());
+  BatchLoader loader(samples, transforms, sample_shape, options);
+  loader.start_epoch(0);
+  int64_t filled = 0;
+  for (int64_t b = 0; b < loader.batches_per_epoch(); ++b) {
+    const Batch batch = loader.next();
+    std::memcpy(split.images.data() + filled * sample_shape.numel(), batch.images.data(),
+                batch.images.numel() * sizeof(float));
+    split.labels.insert(split.labels.end(), batch.labels.begin(), batch.labels.end());
+    filled += batch.size();
+  }
+  return split;
 }
 
 }  // namespace strata

@@ -209,8 +209,28 @@ DataSettings read_data_settings(const Config& data, const Registries& registries
   settings.test_limit = data.get<int64_t>("test_limit", 0);
   if (settings.train_limit < 0) data.fail_key("train_limit", "must be 0 (all images) or positive");
   if (settings.test_limit < 0) data.fail_key("test_limit", "must be 0 (all images) or positive");
-  settings.preprocess = read_transforms(data, "preprocess", false, registries);
-  settings.augment = read_transforms(data, "augment", true, registries);
+  if (data.find("transforms")) {
+    for (const char* older : {"preprocess", "augment"}) {
+      if (data.find(older)) {
+        data.fail_key(older, fmt::format("give either data.transforms (one list, in order) or "
+                                         "data.preprocess and data.augment, not both"));
+      }
+    }
+    for (const Config& item : data.at("transforms").items())
+      settings.transforms.push_back(registries.transforms.create(item));
+  } else {
+    settings.transforms = read_transforms(data, "preprocess", false, registries);
+    for (auto& transform : read_transforms(data, "augment", true, registries))
+      settings.transforms.push_back(std::move(transform));
+  }
+  settings.fit_samples = data.get<int64_t>("fit_samples", 10000);
+  if (settings.fit_samples < 1) data.fail_key("fit_samples", "must be at least 1");
+  const std::string on_bad = data.get<std::string>("on_bad_image", "error");
+  if (on_bad != "error" && on_bad != "skip") {
+    data.fail_key("on_bad_image", fmt::format("must be error or skip, found '{}'", on_bad));
+  }
+  settings.skip_bad_images = on_bad == "skip";
+  if (auto cache = data.find("cache")) settings.cache = *cache;
   return settings;
 }
 

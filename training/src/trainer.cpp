@@ -26,10 +26,12 @@
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
 #include "strata/plugin_records.hpp"
+#include "strata/random.hpp"
 #include "strata/training/checks.hpp"
 #include "strata/training/data_loader.hpp"
 #include "strata/training/diagnostics.hpp"
 #include "strata/training/experiment.hpp"
+#include "strata/training/run_data.hpp"
 #include "strata/training/gradient_clipping.hpp"
 
 namespace strata {
@@ -43,10 +45,6 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
-
-struct Data {
-  Split train, val, test;
-};
 
 int64_t count_correct(const Tensor& logits, std::span<const int32_t> labels) {
   const int64_t n = logits.dim(0);
@@ -65,20 +63,35 @@ struct Evaluation {
   double accuracy = std::numeric_limits<double>::quiet_NaN();
 };
 
-Evaluation evaluate(Graph& graph, Loss& loss, Context& context, const Split& split, int64_t batch) {
-  const int64_t n = static_cast<int64_t>(split.labels.size());
-  if (n == 0) return {};
+// The loss and accuracy over `samples`, through the transforms' deterministic apply(), read in
+// batches of `batch` (a loader of its own, so memory is two batches whatever the split's size).
+// Skipped bad images (data.on_bad_image: skip) count in neither and are noted.
+Evaluation evaluate(const Experiment& experiment, Context& context, const RunData& data,
+                    const SampleSet& samples, training_loop::Progress* progress = nullptr) {
+  if (samples.size() == 0) return {};
+  LoaderOptions options;
+  options.batch_size = std::min(experiment.train.eval_batch_size, samples.size());
+  options.skip_bad = experiment.data.skip_bad_images;
+  BatchLoader loader(samples, data.transforms, data.sample, options);
+  loader.start_epoch(0);
   context.training = false;
   double total_loss = 0;
-  int64_t correct = 0;
-  for (int64_t begin = 0; begin < n; begin += batch) {
-    const int64_t end = std::min(n, begin + batch);
-    const Tensor& logits = graph.forward(context, split.images.batch_slice(begin, end));
-    std::span<const int32_t> labels(split.labels.data() + begin, end - begin);
-    total_loss += static_cast<double>(loss.forward_backward(logits, labels, nullptr)) * (end - begin);
-    correct += count_correct(logits, labels);
+  int64_t correct = 0, seen = 0;
+  for (int64_t b = 0; b < loader.batches_per_epoch(); ++b) {
+    const Batch batch = loader.next();
+    if (batch.size() == 0) continue;
+    const Tensor& logits = experiment.graph->forward(context, batch.images);
+    total_loss += static_cast<double>(experiment.loss->forward_backward(logits, batch.labels, nullptr)) *
+                  batch.size();
+    correct += count_correct(logits, batch.labels);
+    seen += batch.size();
   }
-  return {total_loss / n, static_cast<double>(correct) / n};
+  if (loader.skipped() > 0 && progress != nullptr) {
+    progress->note(fmt::format("{}: skipped {} bad image(s) (data.on_bad_image: skip), e.g. {}",
+                               samples.name, loader.skipped(), loader.skip_examples().front()));
+  }
+  if (seen == 0) return {};
+  return {total_loss / seen, static_cast<double>(correct) / seen};
 }
 
 // The files a run writes in its output folder (each atomically, through "<name>.tmp-<pid>"); any
@@ -226,19 +239,24 @@ std::vector<PluginRecord> check_model_fits_data(Experiment& run, const Registrie
   Dataset& dataset = *run.dataset;
   Graph& graph = *run.graph;
   Shape sample = dataset.sample_shape();
-  for (auto* transforms : {&run.data.preprocess, &run.data.augment}) {
-    for (auto& transform : *transforms) {
-      transform->setup(sample);
-      sample = transform->output_shape(sample);
-    }
+  for (auto& transform : run.data.transforms) {
+    transform->setup(sample);
+    sample = transform->output_shape(sample);
   }
   if (graph.input_shape() != sample) {
     const std::string through = sample == dataset.sample_shape()
                                     ? std::string()
                                     : fmt::format(
-                                          " ({} from the dataset, through data.preprocess "
-                                          "and data.augment)",
+                                          " ({} from the dataset, through the data transforms)",
                                           dataset.sample_shape().str());
+    const bool varies = sample.rank() == 3 && (sample[1] == 0 || sample[2] == 0);
+    if (varies) {
+      run.config.at("model").fail_key(
+          "input", fmt::format("the model input is {} but the dataset's images vary in size ({}); "
+                               "give them one size with a transform (resize: [H, W], center_crop "
+                               "or random_resized_crop)",
+                               graph.input_shape().str(), sample.str()));
+    }
     run.config.at("model").fail_key(
         "input", fmt::format("the model input is {} but the dataset's images are {}{}",
                              graph.input_shape().str(), sample.str(), through));
@@ -261,60 +279,14 @@ std::vector<PluginRecord> check_model_fits_data(Experiment& run, const Registrie
                     last_layer, logits[0], dataset.num_classes()));
   }
   check_memory(graph, run.train.batch_size, run.train.eval_batch_size, run.config.at("train"));
-  std::vector<std::shared_ptr<Transform>> all_transforms = run.data.preprocess;  // augment too:
-  all_transforms.insert(all_transforms.end(), run.data.augment.begin(),  // reloading reads its keys
-                        run.data.augment.end());
   return plugins_needed(registries, graph, run.backend_name,
-                        run.data_config.get<std::string>("type"), run.loss_type, all_transforms);
+                        run.data_config.get<std::string>("type"), run.loss_type, run.data.transforms);
 }
 
-// Loads the splits, applies the limits and train.overfit, holds out the validation images.
-Data load_data(const Experiment& run) {
-  const Config& data_cfg = run.data_config;
-  // A dataset too large for memory is reported at the data section, with the figure.
-  auto load_split = [&](const char* split) {
-    try {
-      return run.dataset->load(split);
-    } catch (const Error& error) {
-      data_cfg.fail(error.what());
-    } catch (const std::bad_alloc&) {
-      data_cfg.fail(fmt::format("not enough memory to load the {} split (this machine has {})", split,
-                                bytes_text(static_cast<double>(physical_memory_bytes()))));
-    }
-  };
-  Data data;
-  data.train = first_rows(load_split("train"), run.data.train_limit);
-  data.test = first_rows(load_split("test"), run.data.test_limit);
-  const int64_t available = static_cast<int64_t>(data.train.labels.size());
-  const int64_t validation_key = run.data.validation, overfit = run.train.overfit;
-  if (validation_key < 0 || (overfit == 0 && validation_key >= available)) {
-    data_cfg.fail_key("validation", fmt::format("must be between 0 and {} (the training images), found {}",
-                                                available - 1, validation_key));
-  }
-  if (overfit > 0) {
-    if (overfit > available) {
-      run.config.at("train").fail_key(
-          "overfit",
-          fmt::format("asks for {} images, but the training split holds {}", overfit, available));
-    }
-    data.train = first_rows(data.train, overfit);
-  }
-  if (run.validation > 0) {
-    TrainValSplit parts = split_validation(data.train, run.validation, run.seed);
-    data.train = std::move(parts.train);
-    data.val = std::move(parts.val);
-  }
-  return data;
-}
-
-// Fits data.preprocess on the training images (or restores what a resumed run fitted) and applies
-// it to every split. Evaluation images get the deterministic counterpart of each augmentation (a
-// centre crop for a crop, nothing for a flip); so do the training images when train.overfit turns
-// augmentation off. Returns the random transforms the loader applies to every training batch.
-std::vector<std::shared_ptr<const Transform>> preprocess(Run& run, Data& data) {
-  const auto& transforms = run.experiment.data.preprocess;
-  const auto& augment = run.experiment.data.augment;
-  const bool overfit = run.experiment.train.overfit > 0;
+// Fits the transforms that have statistics on a sample of the training images (or restores what a
+// resumed run fitted), and names their statistics for the checkpoint.
+void prepare_transforms(Run& run, const RunData& data) {
+  const auto& transforms = run.experiment.data.transforms;
   for (std::size_t i = 0; i < transforms.size(); ++i) {
     for (NamedTensor& t : transforms[i]->state()) {
       run.preprocess_state.push_back(
@@ -324,21 +296,9 @@ std::vector<std::shared_ptr<const Transform>> preprocess(Run& run, Data& data) {
   if (run.options.resume) {
     load_checkpoint_tensors(run.checkpoint_path, "preprocess", run.preprocess_state, false,
                             run.options.allow_nonfinite);
+    return;
   }
-  for (auto& transform : transforms) {
-    if (!run.options.resume) transform->fit(data.train.images);
-    transform->apply(data.train.images);
-  }
-  for (auto* transforms_in_order : {&transforms, &augment}) {
-    for (auto& transform : *transforms_in_order) {
-      if (!data.val.labels.empty()) transform->apply(data.val.images);
-      transform->apply(data.test.images);
-      if (overfit && transforms_in_order == &augment) transform->apply(data.train.images);
-    }
-  }
-  std::vector<std::shared_ptr<const Transform>> loader_augment;
-  if (!overfit) loader_augment.assign(augment.begin(), augment.end());
-  return loader_augment;
+  fit_transforms(run.experiment, data);
 }
 
 // Sets up the schedule, then restores a resumed run (weights, optimizer, schedule, training state,
@@ -431,7 +391,7 @@ void print_run_header(const Run& run, double data_seconds) {
 
 // The loss before any step, beside its value at chance (Loss::chance_loss); a resumed run keeps
 // the one its first part measured. A non-finite one stops the run.
-double initial_loss_check(Run& run, const Data& data, Context& context) {
+double initial_loss_check(Run& run, const RunData& data, Context& context) {
   auto& history = run.state.history;
   if (auto it = history.find("sanity/initial_loss"); it != history.end() && !it->second.empty()) {
     return it->second.front();
@@ -439,18 +399,14 @@ double initial_loss_check(Run& run, const Data& data, Context& context) {
   if (run.state.iteration != 0 || run.train_images == 0)
     return std::numeric_limits<double>::quiet_NaN();
   Experiment& experiment = run.experiment;
-  Split first = first_rows(data.train, std::min(experiment.train.batch_size, run.train_images));
-  if (experiment.train.overfit == 0) {
-    for (auto& transform : experiment.data.augment) transform->apply(first.images);
-  }
-  const double initial_loss = evaluate(*experiment.graph, *experiment.loss, context, first,
-                                       experiment.train.eval_batch_size)
-                                  .loss;
+  SampleSet first = data.train;
+  first.rows.resize(static_cast<std::size_t>(std::min(experiment.train.batch_size, run.train_images)));
+  const double initial_loss = evaluate(experiment, context, data, first).loss;
   const int64_t classes = experiment.graph->output_shape().numel();
   const std::optional<double> expected = experiment.loss->chance_loss(classes);
   history["sanity/initial_loss"] = {initial_loss};
   std::string line = fmt::format("initial loss {:.4f} on the first {} training images",
-                                 initial_loss, first.labels.size());
+                                 initial_loss, first.rows.size());
   if (expected) {
     history["sanity/expected_initial_loss"] = {*expected};
     line +=
@@ -476,15 +432,14 @@ double initial_loss_check(Run& run, const Data& data, Context& context) {
 // ---- The loop. ----
 
 // The data seam: each epoch's training batches, in the order epoch_order() draws from (seed,
-// epoch). The streaming-data issue replaces this class; the loop only calls start_epoch and next.
+// epoch); the loop only calls start_epoch and next.
 class EpochBatches {
  public:
-  EpochBatches(const Experiment& experiment, const Split& train,
-               std::vector<std::shared_ptr<const Transform>> augment)
-      : loader_(train, std::move(augment), experiment.train.batch_size, experiment.seed),
+  EpochBatches(const Experiment& experiment, const RunData& data)
+      : loader_(data.train, data.transforms, data.sample, options(experiment)),
         seed_(experiment.seed),
         shuffle_(experiment.train.shuffle),
-        rows_(static_cast<int64_t>(train.labels.size())) {}
+        rows_(data.train.size()) {}
 
   int64_t steps() const { return loader_.batches_per_epoch(); }
   // Epoch `epoch` (0-based), from its step `first_step` (where an interrupted epoch resumes).
@@ -492,9 +447,18 @@ class EpochBatches {
     loader_.start_epoch(epoch, epoch_order(seed_, epoch, rows_, shuffle_), first_step);
   }
   Batch next() { return loader_.next(); }
+  const BatchLoader& loader() const { return loader_; }
 
  private:
-  TrainingLoader loader_;
+  static LoaderOptions options(const Experiment& experiment) {
+    LoaderOptions options;
+    options.batch_size = experiment.train.batch_size;
+    options.seed = experiment.seed;
+    options.augment = experiment.train.overfit == 0;  // overfit: no augmentation
+    options.skip_bad = experiment.data.skip_bad_images;
+    return options;
+  }
+  BatchLoader loader_;
   uint32_t seed_;
   bool shuffle_;
   int64_t rows_;
@@ -528,7 +492,7 @@ void emit(const std::vector<std::shared_ptr<TrainingHook>>& hooks,
 }
 
 // The end of an epoch: the validation figures, the schedule's epoch hook, the history series.
-EpochReport finish_epoch(Run& run, const Data& data, Context& context, const StepEvent& last,
+EpochReport finish_epoch(Run& run, const RunData& data, Context& context, const StepEvent& last,
                          int64_t epoch) {
   Experiment& experiment = run.experiment;
   EpochReport report;
@@ -540,12 +504,11 @@ EpochReport finish_epoch(Run& run, const Data& data, Context& context, const Ste
   report.train_regularization = experiment.optimizer->regularization_loss();
   report.train_accuracy = static_cast<double>(last.correct) / last.seen;
   report.lr = static_cast<float>(last.lr);
-  const Evaluation val = evaluate(*experiment.graph, *experiment.loss, context, data.val,
-                                  experiment.train.eval_batch_size);
+  const Evaluation val = evaluate(experiment, context, data, data.val, run.progress);
   report.val_loss = val.loss;
   report.val_accuracy = val.accuracy;
   Metrics metrics{{"train_loss", report.train_loss}, {"train_accuracy", report.train_accuracy}};
-  if (!data.val.labels.empty()) {
+  if (data.val.size() > 0) {
     metrics["val_loss"] = report.val_loss;
     metrics["val_accuracy"] = report.val_accuracy;
   }
@@ -566,7 +529,7 @@ EpochReport finish_epoch(Run& run, const Data& data, Context& context, const Ste
 
 // What train_experiment returns; after the last epoch, the test split is evaluated once (on the
 // final weights, not best.h5's).
-TrainSummary run_summary(Run& run, const Data& data, Context& context) {
+TrainSummary run_summary(Run& run, const RunData& data, Context& context) {
   TrainSummary summary;
   summary.epochs = run.state.epoch;
   summary.iterations = run.state.iteration;
@@ -575,8 +538,7 @@ TrainSummary run_summary(Run& run, const Data& data, Context& context) {
   summary.interrupted = run.interrupted;
   if (run.interrupted) return summary;
   Experiment& experiment = run.experiment;
-  const Evaluation test = evaluate(*experiment.graph, *experiment.loss, context, data.test,
-                                   experiment.train.eval_batch_size);
+  const Evaluation test = evaluate(experiment, context, data, data.test, run.progress);
   summary.test_accuracy = test.accuracy;
   summary.test_loss = test.loss;
   summary.stopped_early = run.stopped_early;
@@ -598,7 +560,7 @@ TrainSummary run_summary(Run& run, const Data& data, Context& context) {
 
 // Epochs of steps, each step: the next batch, forward and loss, backward, clipping, the optimizer
 // step; each emitting its event (strata/training/hooks.hpp). The hooks do everything else.
-TrainSummary train_loop(Run& run, const Data& data, EpochBatches& batches, Context& context,
+TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Context& context,
                         const std::vector<std::shared_ptr<TrainingHook>>& hooks) {
   Experiment& experiment = run.experiment;
   Graph& graph = *experiment.graph;
@@ -628,6 +590,7 @@ TrainSummary train_loop(Run& run, const Data& data, EpochBatches& batches, Conte
     while (e.step < run.steps && !run.interrupted) {
       const Batch batch = batches.next();  // the data seam
       e.step += 1;
+      if (batch.size() == 0) continue;  // every image of the batch was skipped as bad
       e.iteration = state.iteration + 1;
       e.images = batch.size();
       Tensor dl = e.images == batch_size ? dlogits : dlogits.batch_slice(0, e.images);
@@ -653,7 +616,15 @@ TrainSummary train_loop(Run& run, const Data& data, EpochBatches& batches, Conte
       emit(hooks, &TrainingHook::on_step, e);
     }
     if (run.interrupted) break;
-    emit(hooks, &TrainingHook::on_epoch_end, finish_epoch(run, data, context, e, epoch));
+    const BatchLoader& loader = batches.loader();
+    if (loader.skipped() > 0) {
+      run.progress->note(fmt::format(
+          "epoch {}: skipped {} bad training image(s) (data.on_bad_image: skip); the first: {}",
+          epoch + 1, loader.skipped(), fmt::join(loader.skip_examples(), "; ")));
+    }
+    EpochReport report = finish_epoch(run, data, context, e, epoch);
+    report.skipped_images = loader.skipped();
+    emit(hooks, &TrainingHook::on_epoch_end, report);
   }
   TrainSummary summary = run_summary(run, data, context);
   emit(hooks, &TrainingHook::on_run_end, RunEndEvent{summary, run.interrupted});
@@ -674,17 +645,17 @@ TrainSummary train_experiment(const Config& experiment_config, const Registries&
   if (options.validate_only) return {};
 
   const auto data_start = Clock::now();
-  Data data = load_data(experiment);
-  const std::vector<std::shared_ptr<const Transform>> augment = preprocess(run, data);
+  RunData data = open_run_data(experiment);
+  prepare_transforms(run, data);
   const double data_seconds = seconds_since(data_start);
-  run.train_images = static_cast<int64_t>(data.train.labels.size());
-  run.validation_images = static_cast<int64_t>(data.val.labels.size());
-  run.test_images = static_cast<int64_t>(data.test.labels.size());
+  run.train_images = data.train.size();
+  run.validation_images = data.val.size();
+  run.test_images = data.test.size();
   run.steps = (run.train_images + experiment.train.batch_size - 1) / experiment.train.batch_size;
 
   restore_or_start(run, run.validation_images > 0);
   delete_previous_run(previous_run, options.quiet);
-  EpochBatches batches(experiment, data.train, augment);
+  EpochBatches batches(experiment, data);
   if (batches.steps() != run.steps)
     fail("internal: the loader plans {} batches, the trainer {}", batches.steps(), run.steps);
   print_run_header(run, data_seconds);

@@ -123,6 +123,15 @@ class InMemoryDataset : public Dataset {
   std::shared_ptr<const SplitReader> open(std::string_view split) override;
 };
 
+// The rows of one split that a run uses (after train_limit, the validation hold-out, ...), and the
+// split they come from.
+struct SampleSet {
+  std::string name;                           // "train", "validation", "test": for messages
+  std::shared_ptr<const SplitReader> reader;  // the dataset split
+  std::vector<int64_t> rows;                  // dataset rows, in the split's order
+  int64_t size() const { return static_cast<int64_t>(rows.size()); }
+};
+
 // The positions of an epoch's `order` that rank `rank` of `ranks` reads: order[rank],
 // order[rank + ranks], ... (0 <= rank < ranks). Shard sizes differ by at most one.
 std::vector<int64_t> shard(std::span<const int64_t> order, int rank, int ranks);

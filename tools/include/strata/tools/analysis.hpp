@@ -93,6 +93,12 @@ class TrainedModel {
   // The same, and in `dataset_rows` the row of the dataset's file (its "train" file for the train
   // and val splits, its "test" file for test) that each row of the result came from.
   Split load_split(const std::string& split, std::vector<int64_t>& dataset_rows);
+  // The rows of "train", "val" or "test" the trainer used, read on demand (for a split too large
+  // to hold: feed it to a BatchLoader with evaluation_transforms()).
+  SampleSet samples(const std::string& split);
+  // The data transforms, set up for the dataset's samples with the checkpoint's statistics; their
+  // apply() is what evaluation images get.
+  std::vector<std::shared_ptr<const Transform>> evaluation_transforms();
   // The experiment's loss (the default loss type when it names none).
   Loss& loss();
 
@@ -106,8 +112,7 @@ class TrainedModel {
   std::shared_ptr<Backend> backend_;
   std::unique_ptr<Rng> rng_;
   std::unique_ptr<Graph> graph_;
-  std::vector<std::shared_ptr<Transform>> transforms_;
-  std::vector<std::shared_ptr<Transform>> augment_;  // only their deterministic apply()
+  std::vector<std::shared_ptr<Transform>> transforms_;  // only their deterministic apply()
   // Sets the transforms up for raw samples of `sample` and loads /preprocess into them (again
   // only when the shape changes).
   void set_up_preprocessing(const Shape& sample) const;

@@ -43,15 +43,21 @@
 
 namespace strata {
 
-// The keys of an experiment's `data` section that training reads beside the dataset reader's own:
-// validation, train_limit, test_limit, preprocess (deterministic transforms) and augment (random
-// ones). One reader for the trainer and for every tool that rebuilds a trained run from its
+// The keys of an experiment's `data` section that training reads beside the dataset reader's own
+// (docs/data.md): validation, train_limit, test_limit, the transforms, fit_samples, on_bad_image
+// and cache. One reader for the trainer and for every tool that rebuilds a trained run from its
 // experiment (TrainedModel, so `strata eval`), so that whatever trains also reloads. Errors
-// (a negative limit, a random transform under preprocess or the reverse) point at the key.
+// (a negative limit, a random transform under preprocess or the reverse, both `transforms` and
+// the older keys) point at the key.
 struct DataSettings {
   int64_t validation = 0, train_limit = 0, test_limit = 0;
-  std::vector<std::shared_ptr<Transform>> preprocess;
-  std::vector<std::shared_ptr<Transform>> augment;
+  // The per-sample pipeline, in order: data.transforms (any transforms, in the torchvision order),
+  // or the older data.preprocess (deterministic) followed by data.augment (random).
+  std::vector<std::shared_ptr<Transform>> transforms;
+  // How many training images (at most) a transform's statistics are fitted on.
+  int64_t fit_samples = 10000;
+  bool skip_bad_images = false;  // data.on_bad_image: skip (default error)
+  std::optional<Config> cache;   // data.cache (strata/training/data_cache.hpp), when given
 };
 DataSettings read_data_settings(const Config& data, const Registries& registries);
 

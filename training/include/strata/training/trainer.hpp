@@ -79,6 +79,7 @@ struct EpochReport {
   double lr = 0;
   double seconds = 0;
   double images_per_second = 0;
+  int64_t skipped_images = 0;  // bad training images skipped this epoch (data.on_bad_image: skip)
 };
 
 struct TrainSummary {

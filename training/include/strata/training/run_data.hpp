@@ -1,0 +1,45 @@
+// strata/training/run_data.hpp: the samples a run trains, validates and tests on, and the
+// transforms between them and the model.
+//
+// WHAT THIS OBJECT REPRESENTS
+//   open_run_data() opens the experiment's dataset splits (SplitReaders: files listed and labels
+//   read, no image decoded; through the decoded cache when data.cache is given) and chooses the
+//   rows a run uses, exactly as the trainer always has:
+//     train: the first data.train_limit rows of the dataset's "train" split (all when 0), or under
+//            train.overfit its first `overfit` rows; then, with data.validation = V > 0, the V rows
+//            split_validation_rows(n, V, seed) picks become `val`, the rest stay `train`;
+//     test:  the first data.test_limit rows of the "test" split.
+//   Every label is checked against the dataset's classes here, once, naming the sample.
+//
+//   fit_transforms() fits each transform with statistics (normalize) on a sample of the training
+//   rows -- all of them when there are at most data.fit_samples, else fit_samples rows drawn
+//   without replacement from (seed) -- each passed through the transforms listed before it.
+//
+// Errors are reported at the experiment's data section (file, key, line).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "strata/dataset.hpp"
+#include "strata/training/experiment.hpp"
+
+namespace strata {
+
+struct RunData {
+  SampleSet train, val, test;  // val reads the train split; empty without data.validation
+  std::vector<std::shared_ptr<const Transform>> transforms;  // the experiment's, set up
+  Shape sample;  // the model's input: every sample's shape after the transforms
+};
+
+// `experiment` must have been read with Scope::training, and its transforms set up (the trainer's
+// check_model_fits_data does both).
+RunData open_run_data(const Experiment& experiment);
+
+// Fits the transforms that need it (Transform::needs_fit) on the training rows, in order.
+void fit_transforms(const Experiment& experiment, const RunData& data);
+
+// The training rows a transform's statistics are fitted on.
+std::vector<int64_t> fit_rows(const SampleSet& train, int64_t fit_samples, uint32_t seed);
+
+}  // namespace strata
