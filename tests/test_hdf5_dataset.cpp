@@ -595,7 +595,7 @@ BOOST_AUTO_TEST_CASE(cache_mismatch_is_an_error) {
   auto source = std::make_shared<CountingSplit>(split);
   const std::string path = (dir / "c.h5").string();
   const auto cache_yaml = [&](const std::string& size) {
-    return yaml(fmt::format("{{path: {}, size: {}}}", path, size));
+    return yaml(fmt::format("{{path: {}, size: {}, compression: 0}}", path, size));
   };
   const auto built = strata::cached_split(cache_yaml("[4, 4]"), dataset, source, "train",
                                           registries(), "type: x\n");

@@ -8,6 +8,7 @@
 #include <hdf5.h>
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <array>
@@ -250,20 +251,15 @@ class Writer {
           "cannot write /labels");
   }
 
-  // Rows [first, first + rows) of /images from `data` ([rows, C, H, W] bytes).
-  void write_rows(int64_t first, int64_t rows, const uint8_t* data) {
+  // One chunk per row, from `first` on, stored as they are (already through the filters).
+  void write_chunks(int64_t first, const std::vector<std::vector<uint8_t>>& chunks) {
     Hdf5Lock lock;
-    Handle space(check(H5Dget_space(images_), "cannot read the shape of /images"), H5Sclose);
-    std::array<hsize_t, 4> count{};
-    H5Sget_simple_extent_dims(space, count.data(), nullptr);
-    count[0] = static_cast<hsize_t>(rows);
-    const std::array<hsize_t, 4> offset{static_cast<hsize_t>(first), 0, 0, 0};
-    check(H5Sselect_hyperslab(space, H5S_SELECT_SET, offset.data(), nullptr, count.data(), nullptr),
-          "cannot select rows of /images");
-    Handle memory(check(H5Screate_simple(4, count.data(), nullptr), "cannot create a dataspace"),
-                  H5Sclose);
-    check(H5Dwrite(images_, H5T_NATIVE_UINT8, memory, space, H5P_DEFAULT, data),
-          fmt::format("cannot write images {} to {}", first, first + rows - 1));
+    for (std::size_t row = 0; row < chunks.size(); ++row) {
+      const std::array<hsize_t, 4> offset{static_cast<hsize_t>(first) + row, 0, 0, 0};
+      check(H5Dwrite_chunk(images_, H5P_DEFAULT, 0, offset.data(), chunks[row].size(),
+                           chunks[row].data()),
+            fmt::format("cannot write image {}", first + static_cast<int64_t>(row)));
+    }
   }
 
   void write_attributes(const Attributes& attributes) {
@@ -322,13 +318,18 @@ uint8_t to_byte(float value) {
 }
 
 // Samples [first, first + rows) of `source`, transformed and converted, into `out`.
+// Samples [first, first + rows) of `source`, transformed, converted to bytes and, with
+// `compression` > 0, deflated as HDF5's gzip filter stores a chunk (a zlib stream): one chunk per
+// sample, compressed in parallel, so that writing the block is only I/O.
 void decode_rows(const SplitReader& source,
                  const std::vector<std::shared_ptr<Transform>>& transforms, const Shape& shape,
-                 int64_t first, int64_t rows, uint8_t* out) {
-  const int64_t sample_bytes = shape.numel();
+                 int compression, int64_t first, std::vector<std::vector<uint8_t>>& chunks) {
+  const auto sample_bytes = static_cast<std::size_t>(shape.numel());
+  const auto rows = static_cast<int64_t>(chunks.size());
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows),
                     [&](const tbb::blocked_range<int64_t>& range) {
                       Image image, scratch;
+                      std::vector<uint8_t> bytes(sample_bytes);
                       for (int64_t row = range.begin(); row < range.end(); ++row) {
                         const int64_t index = first + row;
                         source.read(index, image);
@@ -337,9 +338,20 @@ void decode_rows(const SplitReader& source,
                           fail("decoded cache: {} is {} after resizing, expected {}",
                                source.describe(index), image.shape().str(), shape.str());
                         }
-                        uint8_t* target = out + row * sample_bytes;
-                        for (int64_t i = 0; i < sample_bytes; ++i)
-                          target[i] = to_byte(image.pixels[i]);
+                        for (std::size_t i = 0; i < sample_bytes; ++i)
+                          bytes[i] = to_byte(image.pixels[i]);
+                        std::vector<uint8_t>& chunk = chunks[static_cast<std::size_t>(row)];
+                        if (compression == 0) {
+                          chunk = bytes;
+                          continue;
+                        }
+                        uLongf size = compressBound(static_cast<uLong>(sample_bytes));
+                        chunk.resize(size);
+                        if (compress2(chunk.data(), &size, bytes.data(),
+                                      static_cast<uLong>(sample_bytes), compression) != Z_OK) {
+                          fail("decoded cache: cannot compress {}", source.describe(index));
+                        }
+                        chunk.resize(size);
                       }
                     });
 }
@@ -367,18 +379,19 @@ void build(const Settings& settings, const Attributes& attributes, const SplitRe
     Writer writer(temporary, settings, samples);
     writer.write_labels(source.labels());
     writer.write_attributes(attributes);
-    std::vector<uint8_t> buffer(static_cast<std::size_t>(std::min(block, samples) * sample_bytes));
+    std::vector<std::vector<uint8_t>> chunks;
     for (int64_t first = 0; first < samples; first += block) {
-      const int64_t rows = std::min(block, samples - first);
+      chunks.resize(static_cast<std::size_t>(std::min(block, samples - first)));
       try {
-        decode_rows(source, transforms, settings.shape, first, rows, buffer.data());
+        decode_rows(source, transforms, settings.shape, settings.compression, first, chunks);
       } catch (const BadSample& bad) {
         fail(
             "decoded cache {}: {}\n  The cache needs every sample: fix or remove that file, then "
             "run again.",
             path.string(), bad.what());
       }
-      writer.write_rows(first, rows, buffer.data());
+      writer.write_chunks(first, chunks);
+      const int64_t rows = static_cast<int64_t>(chunks.size());
       if (seconds_since(last_report) >= 10.0) {
         last_report = std::chrono::steady_clock::now();
         fmt::print("cache {}: {}/{} images, {:.0f} s\n", path.string(), first + rows, samples,
