@@ -3,6 +3,7 @@
 # error that names the file (and the sample index or list line), with exit status 1; with
 # `data.on_bad_image: skip` the undecodable images are skipped, and every epoch ends with a line
 # that counts them. Tiny runs on a few 8x8 images drawn at random (PIL, h5py), a few seconds in all.
+# Not here: a file without read permission (the tests run as root, who reads it anyway).
 set -u
 : "${STRATA:?}" "${STRATA_SOURCE_DIR:?}"
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -81,6 +82,11 @@ rm -rf case_empty_class && cp -r good case_empty_class && mkdir case_empty_class
 experiment "$(folder_data case_empty_class/train)" 1 3 >empty_class.yaml
 expect_error "empty class folder" "class folder case_empty_class/train/c holds no images" -- train empty_class.yaml --out run_empty_class --progress none
 
+rm -rf case_loop && cp -r good case_loop && ln -s .. case_loop/train/b/up
+experiment "$(folder_data case_loop/train)" >loop.yaml
+expect_error "symbolic link loop" "case_loop/train/b/up" -- train loop.yaml --out run_loop --progress none
+grep -q "symbolic link loop" symbolic_link_loop.stderr && pass "loop: says loop" || failed "loop: says loop" "" symbolic_link_loop.stderr
+
 mkdir -p lists && cp good/train/a/0.png good/train/b/1.jpg lists/
 printf '0.png,0\n1.jpg,1\nmissing.png,1\n' >lists/missing.txt
 printf '0.png,0\n1.jpg,1\n' >lists/test.txt
@@ -92,6 +98,37 @@ experiment "$(printf '  type: image_folder\n  train: lists/range.txt\n  test: li
 expect_error "list label out of range" "lists/range.txt:2" -- train range.yaml --out run_range --progress none
 grep -q "label 5 is out of range for 2 classes" "list_label_out_of_range.stderr" && pass "range: says which label" \
   || failed "range: says which label" "" list_label_out_of_range.stderr
+
+echo "== HDF5 arrays (h5py-written): counts that disagree, a label out of range"
+"$PYTHON" - <<'PY' || exit 1
+import h5py
+import numpy as np
+rng = np.random.default_rng()
+n = int(rng.integers(8, 20))
+def write(name, labels):
+    with h5py.File(name, "w") as f:
+        f["train/images"] = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+        f["train/labels"] = labels
+        f["test/images"] = rng.integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
+        f["test/labels"] = np.array([0, 1, 0, 1])
+write("count.h5", rng.integers(0, 2, n - 1))
+labels = rng.integers(0, 2, n)
+labels[n // 2] = 7
+write("range.h5", labels)
+open("bad_index.txt", "w").write(f"{n - 1} {n // 2}")
+PY
+read -r n_labels bad_index <bad_index.txt
+hdf5_data() { printf '  type: hdf5
+  train: %s
+  test: %s
+  classes: 2
+' "$1" "$1"; }
+experiment "$(hdf5_data count.h5)" >count.yaml
+expect_error "hdf5 labels and images disagree" "dataset hdf5 count.h5: /train/labels: holds $n_labels labels but /train/images holds $((n_labels + 1)) images" \
+  -- train count.yaml --out run_count --progress none
+experiment "$(hdf5_data range.h5)" >range_h5.yaml
+expect_error "hdf5 label out of range" "dataset hdf5 range.h5: /train/labels: label 7 at index $bad_index is out of range for classes: 2" \
+  -- train range_h5.yaml --out run_range_h5 --progress none
 
 echo "== on_bad_image: skip"
 rm -rf case_skip && cp -r good case_skip
