@@ -8,9 +8,10 @@ for tests/scripts/test_data_end_to_end.sh:
       that sorting the folders by name, as image_folder and torchvision do, gives every image the
       label it has in the IDX file. <index> is the image's position in the IDX file, zero-padded,
       so within a class the folder holds the images in IDX order.
-  OUT/fashion.h5   one HDF5 file written by h5py: train/images [60000, 28, 28] uint8 (chunked,
-      gzip), train/labels [60000] uint8, test/images [10000, 1, 28, 28] uint8 (contiguous),
-      test/labels [10000] int64: both image layouts, both storages, two label types.
+  OUT/fashion.h5   one HDF5 file written by h5py: train/images [60000, 28, 28, 1] uint8 (NHWC,
+      chunked, gzip), train/labels [60000] uint8, test/images [10000, 1, 28, 28] uint8 (NCHW,
+      contiguous), test/labels [10000] int64: both image layouts, both storages, two label types.
+      (The hdf5 reader takes 4-dimensional images only, not a grey [N, 28, 28].)
 
 usage: fmnist_export.py IDX_DIR OUT [--folder] [--hdf5]   (both when neither is given)
 """
@@ -53,7 +54,8 @@ def write_folder(out, split, images, labels):
 def write_hdf5(out, splits):
     with h5py.File(os.path.join(out, "fashion.h5"), "w") as f:
         images, labels = splits["train"]
-        f.create_dataset("train/images", data=images, chunks=(64, 28, 28), compression="gzip")
+        f.create_dataset("train/images", data=images[..., None], chunks=(64, 28, 28, 1),
+                         compression="gzip")
         f.create_dataset("train/labels", data=labels)
         images, labels = splits["test"]
         f.create_dataset("test/images", data=images[:, None, :, :])
