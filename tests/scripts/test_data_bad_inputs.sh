@@ -144,6 +144,8 @@ echo "== on_bad_image: skip with normalize fitted on a sample that holds the bad
 experiment "$(printf '  type: image_folder\n  train: case_skip/train\n  test: good/test\n  on_bad_image: skip\n  transforms: [{type: center_crop, size: 8}, {type: normalize}]')" >skip_fit.yaml
 run skip_fit.log train skip_fit.yaml --out run_skip_fit --progress lines
 check "skip + fitted normalize: the run completes" '[ "$rc" -eq 0 ] && grep -q "^test accuracy" skip_fit.log'
+check "skip + fitted normalize: the fit reports its 4 skips" \
+  'grep -q "fitting the data transforms: skipped 4 bad image(s) (data.on_bad_image: skip)" skip_fit.log'
 experiment "$(printf '  type: image_folder\n  train: case_skip/train\n  test: good/test\n  transforms: [{type: center_crop, size: 8}, {type: normalize}]')" >error_fit.yaml
 expect_error "fitted normalize, on_bad_image: error" "case_skip/train/b/x-" -- train error_fit.yaml --out run_error_fit --progress none
 
