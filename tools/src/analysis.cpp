@@ -8,6 +8,7 @@
 
 #include "strata/backend.hpp"
 #include "strata/error.hpp"
+#include "strata/training/data_cache.hpp"
 #include "strata/training/data_loader.hpp"
 #include "strata/training/experiment.hpp"
 #include "strata/training/trainer.hpp"
@@ -214,7 +215,9 @@ SampleSet TrainedModel::samples(const std::string& split) {
   }
   SampleSet samples;
   samples.name = split == "val" ? "validation" : split;
-  samples.reader = dataset().open(split == "test" ? "test" : "train");
+  samples.reader = open_dataset_split(experiment_.at("data"), dataset(),
+                                      split == "test" ? "test" : "train", registries_,
+                                      experiment_.dump());
   const int64_t limit = split == "test" ? test_limit_ : train_limit_;
   const int64_t available = samples.reader->size();
   samples.rows.resize(static_cast<std::size_t>(limit <= 0 ? available : std::min(available, limit)));
@@ -230,7 +233,9 @@ SampleSet TrainedModel::samples(const std::string& split) {
 }
 
 std::vector<std::shared_ptr<const Transform>> TrainedModel::evaluation_transforms() {
-  set_up_preprocessing(dataset().sample_shape());
+  const Config data = experiment_.at("data");
+  set_up_preprocessing(data.find("cache") ? cached_sample_shape(*data.find("cache"), dataset())
+                                          : dataset().sample_shape());
   return {transforms_.begin(), transforms_.end()};
 }
 

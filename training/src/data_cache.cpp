@@ -571,4 +571,32 @@ std::shared_ptr<const SplitReader> cached_split(const Config& cache, const Datas
   return reader;
 }
 
+void check_cache_keys(const Config& cache) {
+  split_path(cache, "train");
+  if (cache.find("size")) cache.get_pair("size", 1);
+  const int compression = cache.get<int>("compression", 4);
+  if (compression < 0 || compression > 9) {
+    cache.fail_key("compression",
+                   fmt::format("expected a gzip level from 0 (none) to 9, found {}", compression));
+  }
+  cache.get<std::string>("memory_budget", "1GB");
+  cache.check_unused();
+}
+
+Shape cached_sample_shape(const Config& cache, const Dataset& dataset) {
+  return read_settings(cache, dataset, "train").shape;
+}
+
+std::shared_ptr<const SplitReader> open_dataset_split(const Config& data, Dataset& dataset,
+                                                      std::string_view split,
+                                                      const Registries& registries,
+                                                      const std::string& as_run_yaml) {
+  std::shared_ptr<const SplitReader> reader = dataset.open(split);
+  const std::optional<Config> cache = data.find("cache");
+  if (!cache || reader == nullptr) return reader;
+  const Config as_run = Config::parse_string(as_run_yaml, "the experiment as run");
+  return cached_split(*cache, dataset, std::move(reader), split, registries,
+                      cache_source_yaml(as_run.at("data")));
+}
+
 }  // namespace strata

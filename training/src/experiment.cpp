@@ -7,6 +7,7 @@
 
 #include "strata/error.hpp"
 #include "strata/training/checks.hpp"
+#include "strata/training/data_cache.hpp"
 
 namespace strata {
 
@@ -179,6 +180,8 @@ void read_training_sections(Experiment& run, const Config& experiment,
   run.data_config = experiment.at("data");
   run.data = read_data_settings(run.data_config, registries);
   run.dataset = registries.datasets.create(run.data_config);
+  run.sample_shape = run.data.cache ? cached_sample_shape(*run.data.cache, *run.dataset)
+                                    : run.dataset->sample_shape();
   run.validation = run.train.overfit > 0 ? 0 : run.data.validation;
   run.why_no_validation = run.train.overfit > 0 ? "train.overfit uses none" : "data.validation is 0";
   if (auto es = train_cfg.find("early_stopping")) {
@@ -230,7 +233,10 @@ DataSettings read_data_settings(const Config& data, const Registries& registries
     data.fail_key("on_bad_image", fmt::format("must be error or skip, found '{}'", on_bad));
   }
   settings.skip_bad_images = on_bad == "skip";
-  if (auto cache = data.find("cache")) settings.cache = *cache;
+  if (auto cache = data.find("cache")) {
+    check_cache_keys(*cache);
+    settings.cache = *cache;
+  }
   return settings;
 }
 

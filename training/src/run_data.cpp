@@ -8,6 +8,7 @@
 #include "strata/error.hpp"
 #include "strata/files.hpp"
 #include "strata/random.hpp"
+#include "strata/training/data_cache.hpp"
 
 namespace strata {
 
@@ -15,11 +16,12 @@ namespace {
 
 // Opens a split of the dataset (its files listed and labels read, no image decoded yet); an error
 // is reported at the data section.
-std::shared_ptr<const SplitReader> open_split(const Experiment& run, const char* split) {
+std::shared_ptr<const SplitReader> open_split(const Experiment& run, const Registries& registries,
+                                              const char* split) {
   const Config& data_cfg = run.data_config;
   std::shared_ptr<const SplitReader> reader;
   try {
-    reader = run.dataset->open(split);
+    reader = open_dataset_split(data_cfg, *run.dataset, split, registries, run.yaml);
   } catch (const Error& error) {
     data_cfg.fail(error.what());
   } catch (const std::bad_alloc&) {
@@ -81,16 +83,16 @@ class FitSample final : public FitImages {
 
 }  // namespace
 
-RunData open_run_data(const Experiment& run) {
+RunData open_run_data(const Experiment& run, const Registries& registries) {
   const Config& data_cfg = run.data_config;
   RunData data;
   data.transforms.assign(run.data.transforms.begin(), run.data.transforms.end());
   data.sample = run.graph->input_shape();
   data.train.name = "train";
-  data.train.reader = open_split(run, "train");
+  data.train.reader = open_split(run, registries, "train");
   data.train.rows = first_positions(data.train.reader->size(), run.data.train_limit);
   data.test.name = "test";
-  data.test.reader = open_split(run, "test");
+  data.test.reader = open_split(run, registries, "test");
   data.test.rows = first_positions(data.test.reader->size(), run.data.test_limit);
   const int64_t available = data.train.size();
   const int64_t validation_key = run.data.validation, overfit = run.train.overfit;

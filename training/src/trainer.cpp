@@ -238,17 +238,17 @@ std::vector<fs::path> prepare_output(const Run& run, std::optional<OutputLock>& 
 std::vector<PluginRecord> check_model_fits_data(Experiment& run, const Registries& registries) {
   Dataset& dataset = *run.dataset;
   Graph& graph = *run.graph;
-  Shape sample = dataset.sample_shape();
+  Shape sample = run.sample_shape;
   for (auto& transform : run.data.transforms) {
     transform->setup(sample);
     sample = transform->output_shape(sample);
   }
   if (graph.input_shape() != sample) {
-    const std::string through = sample == dataset.sample_shape()
+    const std::string through = sample == run.sample_shape
                                     ? std::string()
                                     : fmt::format(
                                           " ({} from the dataset, through the data transforms)",
-                                          dataset.sample_shape().str());
+                                          run.sample_shape.str());
     const bool varies = sample.rank() == 3 && (sample[1] == 0 || sample[2] == 0);
     if (varies) {
       run.config.at("model").fail_key(
@@ -403,13 +403,17 @@ double initial_loss_check(Run& run, const RunData& data, Context& context) {
   if (run.state.iteration != 0 || run.train_images == 0)
     return std::numeric_limits<double>::quiet_NaN();
   Experiment& experiment = run.experiment;
+  // The first batch of the first epoch (not the first rows: an image folder lists one class first).
   SampleSet first = data.train;
+  const std::vector<int64_t> order =
+      epoch_order(experiment.seed, 0, run.train_images, experiment.train.shuffle);
   first.rows.resize(static_cast<std::size_t>(std::min(experiment.train.batch_size, run.train_images)));
+  for (std::size_t i = 0; i < first.rows.size(); ++i) first.rows[i] = data.train.rows[order[i]];
   const double initial_loss = evaluate(experiment, context, data, first).loss;
   const int64_t classes = experiment.graph->output_shape().numel();
   const std::optional<double> expected = experiment.loss->chance_loss(classes);
   history["sanity/initial_loss"] = {initial_loss};
-  std::string line = fmt::format("initial loss {:.4f} on the first {} training images",
+  std::string line = fmt::format("initial loss {:.4f} on the first batch ({} training images)",
                                  initial_loss, first.rows.size());
   if (expected) {
     history["sanity/expected_initial_loss"] = {*expected};
@@ -649,7 +653,7 @@ TrainSummary train_experiment(const Config& experiment_config, const Registries&
   if (options.validate_only) return {};
 
   const auto data_start = Clock::now();
-  RunData data = open_run_data(experiment);
+  RunData data = open_run_data(experiment, registries);
   prepare_transforms(run, data);
   const double data_seconds = seconds_since(data_start);
   run.train_images = data.train.size();

@@ -59,4 +59,21 @@ std::shared_ptr<const SplitReader> cached_split(const Config& cache, const Datas
 // on_bad_image, cache): a cache stays valid when only those change.
 std::string cache_source_yaml(const Config& data);
 
+// Reads every key of `cache` and refuses unknown ones (called where the experiment is read,
+// before the dataset reader checks its own keys).
+void check_cache_keys(const Config& cache);
+
+// The shape of the samples a cache gives ([C, H, W] of `size`, or the dataset's own when it has
+// none); reads and checks every key of `cache`, so an experiment's errors come before any work.
+Shape cached_sample_shape(const Config& cache, const Dataset& dataset);
+
+// Dataset::open(split), through the decoded cache when the data section has one: what the
+// trainer and every tool that re-reads a run's data (strata eval) open. `as_run_yaml` is the
+// whole experiment as run (every default filled in: Experiment::yaml, or a checkpoint's
+// /experiment), whose data section identifies the cache's samples.
+std::shared_ptr<const SplitReader> open_dataset_split(const Config& data, Dataset& dataset,
+                                                      std::string_view split,
+                                                      const Registries& registries,
+                                                      const std::string& as_run_yaml);
+
 }  // namespace strata

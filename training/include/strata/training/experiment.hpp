@@ -125,6 +125,7 @@ class Experiment {
   // ---- Scope::training ----
   Config data_config;        // the `data` section
   std::shared_ptr<Dataset> dataset;  // its reader, built (files not yet loaded)
+  Shape sample_shape;  // what the reader gives: the dataset's sample_shape(), or data.cache's
   DataSettings data;         // limits and transforms
   int64_t validation = 0;    // the validation images to hold out (0 under train.overfit)
   std::string why_no_validation;  // "data.validation is 0" or "train.overfit uses none"

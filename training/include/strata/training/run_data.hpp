@@ -3,7 +3,8 @@
 //
 // WHAT THIS OBJECT REPRESENTS
 //   open_run_data() opens the experiment's dataset splits (SplitReaders: files listed and labels
-//   read, no image decoded; through the decoded cache when data.cache is given) and chooses the
+//   read, no image decoded; through the decoded cache when data.cache is given: the cache is
+//   built there, the first time) and chooses the
 //   rows a run uses, exactly as the trainer always has:
 //     train: the first data.train_limit rows of the dataset's "train" split (all when 0), or under
 //            train.overfit its first `overfit` rows; then, with data.validation = V > 0, the V rows
@@ -34,7 +35,7 @@ struct RunData {
 
 // `experiment` must have been read with Scope::training, and its transforms set up (the trainer's
 // check_model_fits_data does both).
-RunData open_run_data(const Experiment& experiment);
+RunData open_run_data(const Experiment& experiment, const Registries& registries);
 
 // Fits the transforms that need it (Transform::needs_fit) on the training rows, in order.
 // Returns the bad images skipped (data.on_bad_image: skip; without it a bad image is an Error).
