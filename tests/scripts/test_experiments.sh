@@ -5,6 +5,8 @@
 # that each file works end to end, not what it learns (the full runs are in docs/zoo.md).
 # The ImageNet-shaped zoo (AlexNet ... ResNet-152) is only summarised here: one epoch of it
 # would take minutes to hours on 2 cores (the full runs are `make run` and the benchmark).
+# imagenet_resnet18_folder reads an image folder: it trains one epoch on a generated folder of 10
+# JPEGs (one per class, experiments/data/make_imagenet_folder.py), a few seconds.
 set -u
 : "${STRATA:?}" "${STRATA_SOURCE_DIR:?}"
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -21,13 +23,19 @@ for experiment in "$STRATA_SOURCE_DIR"/experiments/*.yaml; do
 import json, math, sys
 summary = json.load(open(sys.argv[1]))
 print(math.prod(summary["input"]), summary["totals"]["parameters"])' "$work/$name.json")
-  if [ "$input_size" -gt 3072 ]; then
+  small=(--set data.train_limit=256 --set data.validation=64 --set data.test_limit=128)
+  if [ "$name" = imagenet_resnet18_folder ]; then
+    "$PYTHON" "$STRATA_SOURCE_DIR/experiments/data/make_imagenet_folder.py" --out "$work/imagenet" \
+      --train 1 --val 1 >/dev/null
+    small=(--set data.train="$work/imagenet/train" --set data.test="$work/imagenet/val"
+           --set train.batch_size=5 --set train.eval_batch_size=5)
+  elif [ "$input_size" -gt 3072 ]; then
     echo "ok   $name: summarised only ($parameters parameters, input of $input_size values)"
     passed=$((passed + 1))
     continue
   fi
   if "$STRATA" train "$experiment" --out "$work/$name" --progress none --set train.epochs=1 \
-      --set data.train_limit=256 --set data.validation=64 --set data.test_limit=128 >"$work/$name.log" 2>&1 \
+      "${small[@]}" >"$work/$name.log" 2>&1 \
       && grep -q "^test accuracy" "$work/$name.log" && [ -f "$work/$name/model.h5" ]; then
     echo "ok   $name: $(grep '^test accuracy' "$work/$name.log")"; passed=$((passed + 1))
   else
