@@ -207,11 +207,14 @@ namespace {
 class Images final : public strata::FitImages {
  public:
   std::vector<Image> images;
+  std::vector<int64_t> skipped;  // indices read() reports as skipped bad images
   int64_t size() const override { return static_cast<int64_t>(images.size()); }
-  void read(int64_t i, Image& out) const override {
+  bool read(int64_t i, Image& out) const override {
+    if (std::find(skipped.begin(), skipped.end(), i) != skipped.end()) return false;
     const Image& source = images[static_cast<std::size_t>(i)];
     out.resize(source.channels, source.height, source.width);
     std::copy(source.pixels.begin(), source.pixels.end(), out.pixels.begin());
+    return true;
   }
 };
 
@@ -337,6 +340,37 @@ BOOST_AUTO_TEST_CASE(many_chunks) {
     BOOST_TEST(state_of(*one, "mean").data()[c] == state_of(*two, "mean").data()[c]);
     BOOST_TEST(state_of(*one, "std").data()[c] == state_of(*two, "std").data()[c]);
   }
+}
+
+// Images the reader skipped as bad (data.on_bad_image: skip) are left out of the statistics: the
+// fit equals the fit on the others; when every image is skipped, the fit is an error.
+BOOST_AUTO_TEST_CASE(skipped_images_are_left_out) {
+  std::mt19937 rng(1614);
+  Images train = shifted_images(150, 3, false, rng);
+  Images kept;
+  for (int64_t i = 0; i < train.size(); ++i) {
+    if (rng() % 4 == 0) {
+      train.skipped.push_back(i);
+    } else {
+      kept.images.push_back(train.images[static_cast<std::size_t>(i)]);
+    }
+  }
+  auto with_skips = make("{type: normalize}", Shape{3, 0, 0});
+  auto reference_fit = make("{type: normalize}", Shape{3, 0, 0});
+  fit_with_threads(*with_skips, train, 2);
+  fit_with_threads(*reference_fit, kept, 2);
+  const Reference expected = reference(kept, false);
+  for (std::size_t c = 0; c < 3; ++c) {
+    BOOST_TEST(std::abs(state_of(*with_skips, "mean").data()[c] - expected.mean[c]) <=
+               1e-6 * std::abs(expected.mean[c]));
+    BOOST_TEST(std::abs(state_of(*with_skips, "std").data()[c] - expected.std[c]) <=
+               1e-6 * expected.std[c]);
+  }
+  Images none = shifted_images(3, 3, false, rng);
+  none.skipped = {0, 1, 2};
+  auto empty = make("{type: normalize}", Shape{3, 0, 0});
+  STRATA_CHECK_CONTAINS(error_of([&] { empty->fit(none); }),
+                        "every one of the 3 images to fit it on was skipped as bad");
 }
 
 BOOST_AUTO_TEST_CASE(constant_pixel_is_only_centred) {

@@ -11,6 +11,7 @@
 #include "strata/tools/analysis.hpp"
 #include "strata/checkpoint.hpp"
 #include "strata/files.hpp"
+#include "strata/training/data_loader.hpp"
 
 namespace strata::cli {
 
@@ -33,7 +34,7 @@ struct EvalScores {
   std::vector<Wrong> wrong;        // most confident first
 };
 
-EvalScores score(const Tensor& logits, const Split& split, double loss,
+EvalScores score(const Tensor& logits, std::span<const int32_t> labels, double loss,
                  std::vector<std::string> names) {
   EvalScores s;
   s.n = logits.dim(0);
@@ -58,7 +59,7 @@ EvalScores score(const Tensor& logits, const Split& split, double loss,
     for (int64_t c = 0; c < classes; ++c)
       prob[c] = static_cast<float>(std::exp(static_cast<double>(row[c]) - top) / z);
     const int64_t best = std::max_element(row, row + classes) - row;
-    const int32_t label = split.labels[i];
+    const int32_t label = labels[i];
     s.predictions[i] = best;
     s.labels[i] = label;
     if (label >= 0 && label < classes) ++s.confusion[label * classes + best];
@@ -72,6 +73,28 @@ EvalScores score(const Tensor& logits, const Split& split, double loss,
     return a.confidence != b.confidence ? a.confidence > b.confidence : a.index < b.index;
   });
   return s;
+}
+
+// The model's logits for every sample of `samples`, read and transformed in batches (memory is a
+// few batches whatever the split's size); `labels` receives their labels.
+Tensor model_logits(TrainedModel& model, const SampleSet& samples, std::vector<int32_t>& labels) {
+  const Shape input = model.input_shape();
+  Tensor logits;
+  if (samples.size() == 0) return Tensor(Shape{0, 1});
+  LoaderOptions options;
+  options.batch_size = std::min(model.batch_size(), samples.size());
+  BatchLoader loader(samples, model.evaluation_transforms(), input, options);
+  loader.start_epoch(0);
+  int64_t filled = 0;
+  for (int64_t b = 0; b < loader.batches_per_epoch(); ++b) {
+    const Batch batch = loader.next();
+    const Tensor out = model.run(batch.images);
+    if (b == 0) logits = Tensor(out.shape().without_batch().with_batch(samples.size()));
+    std::copy_n(out.data(), out.numel(), logits.data() + filled * out.numel() / out.dim(0));
+    labels.insert(labels.end(), batch.labels.begin(), batch.labels.end());
+    filled += batch.size();
+  }
+  return logits;
 }
 
 void print_json(const EvalScores& s, const std::string& path, const std::string& split_name,
@@ -216,12 +239,13 @@ int run_eval(Session& session, const std::vector<std::string>& args) {
   for (const PluginRef& plugin : session.loader.plugins())
     inputs.push_back({"the plugin", plugin->path});
   check_output();
-  std::vector<int64_t> dataset_rows;
-  const Split split = model.load_split(split_name, dataset_rows);
-  const Tensor logits = model.run(split.images);
+  const SampleSet samples = model.samples(split_name);
+  const std::vector<int64_t>& dataset_rows = samples.rows;
+  std::vector<int32_t> labels;
+  const Tensor logits = model_logits(model, samples, labels);
   const double loss =
-      logits.dim(0) > 0 ? model.loss().forward_backward(logits, split.labels, nullptr) : NAN;
-  const EvalScores scores = score(logits, split, loss, model.class_names());
+      logits.dim(0) > 0 ? model.loss().forward_backward(logits, labels, nullptr) : NAN;
+  const EvalScores scores = score(logits, labels, loss, model.class_names());
   const std::size_t shown =
       std::min<std::size_t>(scores.wrong.size(), static_cast<std::size_t>(wrong_count));
   std::string output;

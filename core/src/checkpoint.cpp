@@ -32,20 +32,21 @@
 #include "strata/error.hpp"
 #include "strata/file_check.hpp"
 #include "strata/files.hpp"
+#include "strata/hdf5_lock.hpp"
 
 namespace strata {
 namespace fs = std::filesystem;
+
+std::recursive_mutex& hdf5_mutex() {
+  static std::recursive_mutex mutex;
+  return mutex;
+}
 
 namespace {
 
 constexpr std::string_view kFormatName = "strata-checkpoint";
 
 // ---- HDF5 plumbing ----
-
-std::recursive_mutex& hdf5_mutex() {
-  static std::recursive_mutex mutex;
-  return mutex;
-}
 
 // Holds the HDF5 lock and switches off HDF5's automatic error printing for the lifetime of the
 // object.

@@ -37,7 +37,8 @@
 //       After 10 failures the fallback: the central crop of the whole image clamped to the ratio
 //       range (w = W, h = round(W / min ratio) when W / H < min ratio; h = H,
 //       w = round(H * max ratio) when W / H > max ratio; else the whole image), top = (H - h) // 2,
-//       left = (W - w) // 2. The crop is resized to `size` without being copied.
+//       left = (W - w) // 2. The crop is resized to `size` (read in place: resample.cpp copies
+//       only the crop, interleaving its channels for stb).
 //       Draws, in this order per attempt: area (2 draws of rng: a 53-bit uniform), aspect (2),
 //       and on success top then left (1 each, rng() % (range + 1)).
 //     apply() (evaluation): resize the shorter side to eval_resize, then center_crop to `size`:

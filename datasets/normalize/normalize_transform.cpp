@@ -165,7 +165,7 @@ class Normalize final : public strata::Transform {
                             moments.reset(stats);
                             const int64_t end = std::min(count, (chunk + 1) * kChunk);
                             for (int64_t i = chunk * kChunk; i < end; ++i) {
-                              images.read(i, image);
+                              if (!images.read(i, image)) continue;  // a skipped bad image
                               check_image(image, "fit");
                               add_image(image, moments);
                             }
@@ -176,6 +176,9 @@ class Normalize final : public strata::Transform {
       }
     }
 
+    if (stats > 0 && total.count[0] == 0) {
+      fail("transform normalize: every one of the {} images to fit it on was skipped as bad", count);
+    }
     for (std::size_t s = 0; s < stats; ++s) mean_.data()[s] = static_cast<float>(total.mean[s]);
     std_.fill(1.0f);
     if (!divide_by_std_) return;

@@ -106,6 +106,16 @@ def main():
         case(f"normalize_given_{image}", image, "apply",
              f"{{type: normalize, mean: {mean}, std: {std}}}", F.normalize(t, mean, std),
              EXACT_TOLERANCE)
+    # A sweep of sizes, 1 to 60 pixels to 1 to 60, down and up in each direction (stb's own
+    # consistency checks misjudge about one downscaling ratio in ten: the results must not).
+    for size in range(1, 61, 3):
+        name = f"sweep{size}"
+        images[name] = rng.random((2, size, size + 2), dtype=np.float32)
+        tensors[name] = torch.from_numpy(images[name])
+        for out in range(1, 61, 4):
+            case(f"sweep_{size}x{size + 2}_to_{out}x{out + 3}", name, "apply",
+                 f"{{type: resize, size: [{out}, {out + 3}]}}", resize(tensors[name], [out, out + 3]),
+                 RESIZE_TOLERANCE)
     for image in ["rgb", "smooth"]:
         case(f"normalize_imagenet_{image}", image, "apply", "{type: normalize, preset: imagenet}",
              F.normalize(tensors[image], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
@@ -138,8 +148,12 @@ def main():
                 maxima[kind] = max(maxima.get(kind, 0.0), difference)
                 verdict = "ok  " if difference <= tolerance else "FAIL"
                 failures += difference > tolerance
+                if name.startswith("sweep") and difference <= tolerance:
+                    continue  # listed in the summary line only
                 print(f"{verdict} {name}: shape {list(got.shape)}, max |strata - torchvision| = "
                       f"{difference:.3g} ({difference * 255:.3g}/255, tolerance {tolerance:.3g})")
+    sweep = [case for case in cases if case[0].startswith("sweep")]
+    print(f"size sweep: {len(sweep)} resizes, within tolerance unless listed above")
     print(f"largest difference: resizes {maxima.get('resize', 0):.3g} "
           f"({maxima.get('resize', 0) * 255:.3g}/255), others {maxima.get('exact', 0):.3g}")
     print(f"{len(cases) - failures} of {len(cases)} cases within tolerance")

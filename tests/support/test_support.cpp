@@ -25,7 +25,10 @@ class TensorImages final : public FitImages {
  public:
   explicit TensorImages(const Tensor& images) : images_(images) {}
   int64_t size() const override { return images_.dim(0); }
-  void read(int64_t i, Image& out) const override { to_image(images_, i, out); }
+  bool read(int64_t i, Image& out) const override {
+    to_image(images_, i, out);
+    return true;
+  }
 
  private:
   const Tensor& images_;

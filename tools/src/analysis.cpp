@@ -21,7 +21,8 @@ bool evaluation_may_change(std::string_view key) {
     return key == prefix ||
            (key.starts_with(prefix) && (key[prefix.size()] == '.' || key[prefix.size()] == '['));
   };
-  if (under("data.preprocess")) return false;
+  // The fitted statistics belong to the listed transforms, position by position.
+  if (under("data.preprocess") || under("data.transforms")) return false;
   return key == "backend" || key == "threads" || key == "train.eval_batch_size" ||
          key.starts_with("data.");
 }
@@ -43,7 +44,7 @@ TrainedModel::TrainedModel(const fs::path& checkpoint, Registries& registries, P
       const bool model = key == "model" || key.starts_with("model.");
       fail(
           "--set {}: '{}' cannot change when checkpoint {} is reloaded: {}\n  keys that may "
-          "change: backend, threads, train.eval_batch_size and data.* (except data.preprocess)",
+          "change: backend, threads, train.eval_batch_size and data.* (except data.preprocess and data.transforms)",
           set, key, checkpoint.string(),
           model ? "its weights were trained for the stored model (to train a changed model from "
                   "them: strata train EXP.yaml --weights CKPT --weights-partial)"

@@ -165,7 +165,8 @@ int64_t BatchLoader::assemble(int64_t index, Tensor& images, std::vector<int32_t
   // Per slot: the message of a skipped sample (empty: read).
   std::vector<std::string> bad(static_cast<std::size_t>(n));
   auto body = [&](const tbb::blocked_range<int64_t>& range) {
-    Image image, scratch;
+    // Per thread and kept: a decoded photo is megabytes, so its buffers are reused, not remade.
+    thread_local Image image, scratch;
     for (int64_t i = range.begin(); i != range.end(); ++i) {
       const int64_t position = positions_[begin + i];
       const int64_t row = samples_.rows[position];

@@ -1,6 +1,7 @@
 #include "strata/training/run_data.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <numeric>
 #include <span>
 
@@ -53,19 +54,29 @@ std::vector<int64_t> first_positions(int64_t available, int64_t limit) {
 class FitSample final : public FitImages {
  public:
   FitSample(const SampleSet& train, std::vector<int64_t> rows,
-            std::span<const std::shared_ptr<const Transform>> before)
-      : train_(train), rows_(std::move(rows)), before_(before) {}
+            std::span<const std::shared_ptr<const Transform>> before, bool skip_bad)
+      : train_(train), rows_(std::move(rows)), before_(before), skip_bad_(skip_bad) {}
   int64_t size() const override { return static_cast<int64_t>(rows_.size()); }
-  void read(int64_t i, Image& out) const override {
+  bool read(int64_t i, Image& out) const override {
     thread_local Image scratch;
-    train_.reader->read(rows_.at(static_cast<std::size_t>(i)), out);
+    try {
+      train_.reader->read(rows_.at(static_cast<std::size_t>(i)), out);
+    } catch (const BadSample&) {
+      if (!skip_bad_) throw;
+      skipped_.fetch_add(1);
+      return false;
+    }
     for (const auto& transform : before_) transform->apply(out, scratch);
+    return true;
   }
+  int64_t skipped() const { return skipped_.load(); }
 
  private:
   const SampleSet& train_;
   std::vector<int64_t> rows_;
   std::span<const std::shared_ptr<const Transform>> before_;
+  bool skip_bad_;
+  mutable std::atomic<int64_t> skipped_{0};
 };
 
 }  // namespace
@@ -119,7 +130,8 @@ std::vector<int64_t> fit_rows(const SampleSet& train, int64_t fit_samples, uint3
   return rows;
 }
 
-void fit_transforms(const Experiment& experiment, const RunData& data) {
+int64_t fit_transforms(const Experiment& experiment, const RunData& data) {
+  int64_t skipped = 0;
   const auto& transforms = experiment.data.transforms;
   for (std::size_t i = 0; i < transforms.size(); ++i) {
     if (!transforms[i]->needs_fit()) continue;
@@ -128,9 +140,12 @@ void fit_transforms(const Experiment& experiment, const RunData& data) {
     }
     const FitSample sample(
         data.train, fit_rows(data.train, experiment.data.fit_samples, experiment.seed),
-        std::span<const std::shared_ptr<const Transform>>(data.transforms.data(), i));
+        std::span<const std::shared_ptr<const Transform>>(data.transforms.data(), i),
+        experiment.data.skip_bad_images);
     transforms[i]->fit(sample);
+    skipped += sample.skipped();
   }
+  return skipped;
 }
 
 }  // namespace strata

@@ -298,7 +298,11 @@ void prepare_transforms(Run& run, const RunData& data) {
                             run.options.allow_nonfinite);
     return;
   }
-  fit_transforms(run.experiment, data);
+  const int64_t skipped = fit_transforms(run.experiment, data);
+  if (skipped > 0 && !run.options.quiet) {
+    std::printf("fitting the data transforms: skipped %lld bad image(s) (data.on_bad_image: skip)\n",
+                static_cast<long long>(skipped));
+  }
 }
 
 // Sets up the schedule, then restores a resumed run (weights, optimizer, schedule, training state,

@@ -154,8 +154,9 @@ class FitImages {
  public:
   virtual ~FitImages() = default;
   virtual int64_t size() const = 0;
-  // Image `i` (0 <= i < size()); safe to call from many threads at once.
-  virtual void read(int64_t i, Image& out) const = 0;
+  // Image `i` (0 <= i < size()); safe to call from many threads at once. Returns false for an
+  // image skipped as bad (data.on_bad_image: skip), which the fit leaves out.
+  virtual bool read(int64_t i, Image& out) const = 0;
 };
 
 // A step between the dataset and the model, one sample at a time.

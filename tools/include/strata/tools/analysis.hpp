@@ -96,6 +96,9 @@ class TrainedModel {
   // The rows of "train", "val" or "test" the trainer used, read on demand (for a split too large
   // to hold: feed it to a BatchLoader with evaluation_transforms()).
   SampleSet samples(const std::string& split);
+  // The model's input [C, H, W], and the batch run() uses (train.eval_batch_size when --set).
+  const Shape& input_shape() const { return graph_->input_shape(); }
+  int64_t batch_size() const { return batch_; }
   // The data transforms, set up for the dataset's samples with the checkpoint's statistics; their
   // apply() is what evaluation images get.
   std::vector<std::shared_ptr<const Transform>> evaluation_transforms();

@@ -37,7 +37,8 @@ struct RunData {
 RunData open_run_data(const Experiment& experiment);
 
 // Fits the transforms that need it (Transform::needs_fit) on the training rows, in order.
-void fit_transforms(const Experiment& experiment, const RunData& data);
+// Returns the bad images skipped (data.on_bad_image: skip; without it a bad image is an Error).
+int64_t fit_transforms(const Experiment& experiment, const RunData& data);
 
 // The training rows a transform's statistics are fitted on.
 std::vector<int64_t> fit_rows(const SampleSet& train, int64_t fit_samples, uint32_t seed);
