@@ -75,8 +75,7 @@ PY
 echo "ok   json"
 
 # A zero-byte image: named by default, skipped and counted under on_bad_image: skip. (normalize
-# with given statistics: fitting reads every training image and, on_bad_image or not, stops at a
-# bad one -- run_data.cpp's fit_transforms; here the loader's handling is what is tested.)
+# with given statistics, so that the loader meets it, not the fitting, which reads every image.)
 : >"$work/photos/dog/broken.jpg"
 sed 's/{type: normalize}/{type: normalize, preset: imagenet}/' "$work/exp.yaml" >"$work/given.yaml"
 "$STRATA" bench --data "$work/given.yaml" --batches 3 --warmup 0 >"$work/o" 2>"$work/e"; rc=$?
