@@ -82,6 +82,7 @@ asan-build: deps deps-test
 
 bench: deps deps-test build
 	/usr/bin/python3 bench/compare_pytorch.py --build $(BUILD_DIR)
+	/usr/bin/python3 bench/data_loader_vs_pytorch.py --build $(BUILD_DIR)
 
 install: deps build
 	cmake --install $(BUILD_DIR) --prefix $(PREFIX)
