@@ -39,36 +39,6 @@ int64_t current_rss_bytes() {
   return resident * static_cast<int64_t>(::sysconf(_SC_PAGESIZE));
 }
 
-// The trainer's check_model_fits_data (training/src/trainer.cpp), its data half: each transform
-// set up on what the one before gives, and the chain's output must be the model's input.
-Shape setup_transforms(Experiment& run) {
-  const Shape from_dataset = run.dataset->sample_shape();
-  Shape sample = from_dataset;
-  for (auto& transform : run.data.transforms) {
-    transform->setup(sample);
-    sample = transform->output_shape(sample);
-  }
-  const Shape input = run.graph->input_shape();
-  if (input != sample) {
-    const bool varies = sample.rank() == 3 && (sample[1] == 0 || sample[2] == 0);
-    if (varies) {
-      run.config.at("model").fail_key(
-          "input", fmt::format("the model input is {} but the dataset's images vary in size ({}); "
-                               "give them one size with a transform (resize: [H, W], center_crop "
-                               "or random_resized_crop)",
-                               input.str(), sample.str()));
-    }
-    run.config.at("model").fail_key(
-        "input", fmt::format("the model input is {} but the dataset's images are {}{}", input.str(),
-                             sample.str(),
-                             sample == from_dataset
-                                 ? std::string()
-                                 : fmt::format(" ({} from the dataset, through the data transforms)",
-                                               from_dataset.str())));
-  }
-  return sample;
-}
-
 // Takes `warmup` batches, then times `batches` more; an epoch that runs out starts the next.
 void time_batches(const Experiment& run, const RunData& data, const DataBenchOptions& options,
                   DataBenchReport& report) {
@@ -142,10 +112,10 @@ DataBenchReport bench_data(const Config& experiment, const Registries& registrie
   tbb::task_arena arena(run.threads > 0 ? run.threads : tbb::task_arena::automatic);
   arena.execute([&] {
     report.threads = tbb::this_task_arena::max_concurrency();
-    const Shape sample = setup_transforms(run);
+    const Shape sample = set_up_transforms(run);
     report.sample_shape = sample.dims();
     Clock::time_point t = Clock::now();
-    const RunData data = open_run_data(run);
+    const RunData data = open_run_data(run, registries);
     report.open_seconds = seconds_since(t);
     t = Clock::now();
     fit_transforms(run, data);

@@ -83,6 +83,31 @@ class FitSample final : public FitImages {
 
 }  // namespace
 
+Shape set_up_transforms(Experiment& run) {
+  const Shape& from_dataset = run.sample_shape;
+  Shape sample = from_dataset;
+  for (auto& transform : run.data.transforms) {
+    transform->setup(sample);
+    sample = transform->output_shape(sample);
+  }
+  const Shape& input = run.graph->input_shape();
+  if (input == sample) return sample;
+  if (sample.rank() == 3 && (sample[1] == 0 || sample[2] == 0)) {
+    run.config.at("model").fail_key(
+        "input", fmt::format("the model input is {} but the dataset's images vary in size ({}); "
+                             "give them one size with a transform (resize: [H, W], center_crop "
+                             "or random_resized_crop)",
+                             input.str(), sample.str()));
+  }
+  const std::string through =
+      sample == from_dataset
+          ? std::string()
+          : fmt::format(" ({} from the dataset, through the data transforms)", from_dataset.str());
+  run.config.at("model").fail_key(
+      "input", fmt::format("the model input is {} but the dataset's images are {}{}", input.str(),
+                           sample.str(), through));
+}
+
 RunData open_run_data(const Experiment& run, const Registries& registries) {
   const Config& data_cfg = run.data_config;
   RunData data;

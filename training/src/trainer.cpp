@@ -238,29 +238,7 @@ std::vector<fs::path> prepare_output(const Run& run, std::optional<OutputLock>& 
 std::vector<PluginRecord> check_model_fits_data(Experiment& run, const Registries& registries) {
   Dataset& dataset = *run.dataset;
   Graph& graph = *run.graph;
-  Shape sample = run.sample_shape;
-  for (auto& transform : run.data.transforms) {
-    transform->setup(sample);
-    sample = transform->output_shape(sample);
-  }
-  if (graph.input_shape() != sample) {
-    const std::string through = sample == run.sample_shape
-                                    ? std::string()
-                                    : fmt::format(
-                                          " ({} from the dataset, through the data transforms)",
-                                          run.sample_shape.str());
-    const bool varies = sample.rank() == 3 && (sample[1] == 0 || sample[2] == 0);
-    if (varies) {
-      run.config.at("model").fail_key(
-          "input", fmt::format("the model input is {} but the dataset's images vary in size ({}); "
-                               "give them one size with a transform (resize: [H, W], center_crop "
-                               "or random_resized_crop)",
-                               graph.input_shape().str(), sample.str()));
-    }
-    run.config.at("model").fail_key(
-        "input", fmt::format("the model input is {} but the dataset's images are {}{}",
-                             graph.input_shape().str(), sample.str(), through));
-  }
+  set_up_transforms(run);
   // Checked here, before the data is loaded, rather than by the loss at the first batch.
   const Shape logits = graph.output_shape();
   const Config last_item = run.config.at("model").at("layers").items().back();

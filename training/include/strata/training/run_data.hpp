@@ -33,8 +33,12 @@ struct RunData {
   Shape sample;  // the model's input: every sample's shape after the transforms
 };
 
-// `experiment` must have been read with Scope::training, and its transforms set up (the trainer's
-// check_model_fits_data does both).
+// Sets the experiment's transforms up in order, from the samples the reader gives
+// (Experiment::sample_shape), and checks that they end at the model's input (an Error at
+// model.input otherwise, saying when the images still vary in size). Returns that shape.
+Shape set_up_transforms(Experiment& experiment);
+
+// `experiment` must have been read with Scope::training, and its transforms set up.
 RunData open_run_data(const Experiment& experiment, const Registries& registries);
 
 // Fits the transforms that need it (Transform::needs_fit) on the training rows, in order.
