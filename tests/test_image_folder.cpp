@@ -20,6 +20,7 @@
 #include <map>
 #include <random>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -122,7 +123,7 @@ void write_text(const fs::path& path, const std::string& text) {
 }
 
 // Largest |a - b|, failing when the sizes differ.
-double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+double max_diff(std::span<const float> a, std::span<const float> b) {
   BOOST_REQUIRE_EQUAL(a.size(), b.size());
   double worst = 0;
   for (std::size_t i = 0; i < a.size(); ++i)
