@@ -231,6 +231,41 @@ BOOST_AUTO_TEST_CASE(layouts_types_and_storage_read_exactly) {
   }
 }
 
+// Grey images as numpy holds MNIST, [N, H, W]: one channel, read whole, streamed through a tiny
+// budget, contiguous or chunked one image per chunk.
+BOOST_AUTO_TEST_CASE(grey_three_dimensional_arrays) {
+  BOOST_REQUIRE(have_h5py());
+  TempDir dir;
+  std::mt19937 rng(1602);
+  H5pyFiles files(dir);
+  Array train = random_images(11, 1, 5, 6, "uint8", true, rng);
+  Array test = random_images(3, 1, 5, 6, "uint8", true, rng);
+  train.shape = {11, 5, 6};
+  test.shape = {3, 5, 6};
+  const std::vector<int64_t> train_labels = random_labels(11, 4, rng), test_labels = random_labels(3, 4, rng);
+  for (const bool chunked : {false, true}) {
+    const std::string file = chunked ? "grey_chunked.h5" : "grey.h5";
+    const std::vector<int64_t> chunks = chunked ? std::vector<int64_t>{1, 5, 6} : std::vector<int64_t>{};
+    files.add(file, "train/images", train, chunks, chunked);
+    files.add(file, "train/labels", labels_array(train_labels, "int64"));
+    files.add(file, "test/images", test, chunks, chunked);
+    files.add(file, "test/labels", labels_array(test_labels, "int64"));
+  }
+  files.write();
+  for (const std::string file : {"grey.h5", "grey_chunked.h5"}) {
+    BOOST_TEST_CONTEXT(file) {
+      const std::string path = (dir / file).string();
+      for (const std::string budget : {"1GB", "100"}) {
+        auto dataset = hdf5_dataset(fmt::format(
+            "{{type: hdf5, train: {}, test: {}, classes: 4, memory_budget: {}}}", path, path, budget));
+        BOOST_CHECK(dataset->sample_shape() == strata::Shape({1, 5, 6}));
+        check_reads(*dataset->open("train"), train, train_labels, {1, 5, 6});
+        check_reads(*dataset->open("test"), test, test_labels, {1, 5, 6});
+      }
+    }
+  }
+}
+
 // Explicit groups and dataset names, one file per split, labels of any integer type; classes
 // default to 1 + the largest label of both splits; class_names are kept.
 BOOST_AUTO_TEST_CASE(groups_names_and_default_classes) {
@@ -377,7 +412,7 @@ BOOST_AUTO_TEST_CASE(bad_files_are_clear_errors) {
   files.add("good.h5", "labels", labels);
   files.add("no_images.h5", "labels", labels);
   files.add("no_labels.h5", "images", images);
-  files.add("rank.h5", "images", Array{"uint8", {5, 4, 4}, images.bytes, {}});
+  files.add("rank.h5", "images", Array{"uint8", {5, 16}, images.bytes, {}});
   files.add("rank.h5", "labels", labels);
   files.add("int16.h5", "images", Array{"int16", {5, 1, 4, 2}, images.bytes, {}});
   files.add("int16.h5", "labels", labels);
@@ -414,7 +449,7 @@ BOOST_AUTO_TEST_CASE(bad_files_are_clear_errors) {
   STRATA_CHECK_CONTAINS(no_labels, "no_labels.h5: /y: no such dataset (key labels: 'y')");
   STRATA_CHECK_CONTAINS(no_labels, "holds: images (uint8 [5, 1, 4, 4])");
   STRATA_CHECK_CONTAINS(open("rank.h5"), "rank.h5: /images: expected 4 dimensions");
-  STRATA_CHECK_CONTAINS(open("rank.h5"), "found 3 [5, 4, 4]");
+  STRATA_CHECK_CONTAINS(open("rank.h5"), "(or 3, [N, H, W], for grey images), found 2 [5, 16]");
   STRATA_CHECK_CONTAINS(open("int16.h5"), "int16.h5: /images: unsupported type int16");
   STRATA_CHECK_CONTAINS(open("float_labels.h5"),
                         "float_labels.h5: /labels: unsupported type float32");

@@ -13,7 +13,7 @@
 //        one split, "train" and "test" when train and test are the same file.
 //   images: the images' dataset name in the group, default "images". labels: default "labels".
 //   layout: auto (default), nchw or nhwc. auto takes [N, H, W, C] when the last extent is 1, 3 or
-//        4 and the second is not, else [N, C, H, W].
+//        4 and the second is not, else [N, C, H, W]. A 3-D array [N, H, W] is grey images (C = 1).
 //   classes: default 1 + the largest label of both splits. class_names: optional list.
 //   memory_budget: default "1GB"; a byte count or a number with KB, MB or GB (binary: 1 KB =
 //        1024 bytes). An images array of at most this many bytes (as stored: 1 per uint8, 4 per
@@ -236,6 +236,7 @@ struct ArrayInfo {
   std::string images;  // "/train/images"
   std::string labels;
   int64_t n = 0, c = 0, h = 0, w = 0;
+  int rank = 4;  // 3 for grey images stored [N, H, W]
   bool nhwc = false;
   bool is_float = false;
   int64_t chunk_rows = 0;             // rows of one chunk along N; 0 when the array is not chunked
@@ -317,12 +318,17 @@ Handle open_dataset(const Where& where, hid_t group, const std::string& group_pa
 }
 
 void inspect_images(const Where& where, hid_t dataset, const std::string& layout, ArrayInfo& info) {
-  const std::vector<int64_t> dims = dataset_dims(where, dataset, info.images);
-  if (dims.size() != 4) {
+  std::vector<int64_t> dims = dataset_dims(where, dataset, info.images);
+  if (dims.size() != 4 && dims.size() != 3) {
     where.fail(info.images,
-               fmt::format("expected 4 dimensions, [N, C, H, W] or [N, H, W, C], found {} {}",
+               fmt::format("expected 4 dimensions, [N, C, H, W] or [N, H, W, C] (or 3, [N, H, W], "
+                           "for grey images), found {} {}",
                            dims.size(), dims_text(dims)));
   }
+  // [N, H, W] (MNIST as numpy holds it): grey images, the same bytes as [N, H, W, 1].
+  info.rank = static_cast<int>(dims.size());
+  const bool grey = info.rank == 3;
+  if (grey) dims.push_back(1);
   Handle type(where.check(H5Dget_type(dataset), info.images, "cannot read the type"), H5Tclose);
   const H5T_class_t type_class = H5Tget_class(type);
   const std::size_t bytes = H5Tget_size(type);
@@ -335,8 +341,8 @@ void inspect_images(const Where& where, hid_t dataset, const std::string& layout
                            type_text(type)));
   }
   const auto channel_like = [](int64_t d) { return d == 1 || d == 3 || d == 4; };
-  info.nhwc =
-      layout == "nhwc" || (layout == "auto" && channel_like(dims[3]) && !channel_like(dims[1]));
+  info.nhwc = grey || layout == "nhwc" ||
+              (layout == "auto" && channel_like(dims[3]) && !channel_like(dims[1]));
   info.n = dims[0];
   info.c = info.nhwc ? dims[3] : dims[1];
   info.h = info.nhwc ? dims[1] : dims[2];
@@ -350,10 +356,10 @@ void inspect_images(const Where& where, hid_t dataset, const std::string& layout
       where.check(H5Dget_create_plist(dataset), info.images, "cannot read the properties"),
       H5Pclose);
   if (H5Pget_layout(properties) == H5D_CHUNKED) {
-    std::array<hsize_t, 4> chunk{};
-    if (H5Pget_chunk(properties, 4, chunk.data()) == 4) {
+    std::array<hsize_t, 4> chunk{0, 0, 0, 1};
+    if (H5Pget_chunk(properties, info.rank, chunk.data()) == info.rank) {
       info.chunk_rows = static_cast<int64_t>(chunk[0]);
-      info.chunk.assign(chunk.begin(), chunk.end());
+      info.chunk.assign(chunk.begin(), chunk.begin() + info.rank);
       info.chunk_splits_samples = chunk[1] < static_cast<hsize_t>(dims[1]) ||
                                   chunk[2] < static_cast<hsize_t>(dims[2]) ||
                                   chunk[3] < static_cast<hsize_t>(dims[3]);
@@ -538,7 +544,7 @@ class Hdf5Split final : public strata::SplitReader {
     std::array<hsize_t, 4> extent{};
     H5Sget_simple_extent_dims(space, extent.data(), nullptr);
     extent[0] = static_cast<hsize_t>(count);
-    Handle memory(H5Screate_simple(4, extent.data(), nullptr), H5Sclose);
+    Handle memory(H5Screate_simple(info_.rank, extent.data(), nullptr), H5Sclose);
     if (space < 0 || memory < 0 ||
         H5Sselect_hyperslab(space, H5S_SELECT_SET, offset.data(), nullptr, extent.data(), nullptr) <
             0 ||
