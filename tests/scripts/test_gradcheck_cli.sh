@@ -30,7 +30,7 @@ for exp in "$STRATA_SOURCE_DIR"/experiments/*.yaml; do
     googlenet)  # the final 7x7 average pool shrinks with the input
       opts=(--entries 2 --set 'model.input=[3, 64, 64]' --set 'model.layers[21].kernel=2'
         --layers input,conv1,inception4a.branch2.0.conv,fc) ;;
-    resnet18 | resnet34)
+    resnet18 | resnet34 | imagenet_resnet18_folder)
       opts=(--entries 2 --set 'model.input=[3, 64, 64]' --layers input,conv1,layer2.0.conv1,fc) ;;
     resnet50 | resnet101 | resnet152)
       # Under 50+ batch norms in float32 the first stages' single entries sink into rounding
