@@ -54,7 +54,7 @@ test-asan: asan-build
 
 # The tbb backend and everything concurrent (kernels, layers, the training loop with its prefetching
 # loader, search trials in parallel, the reliability cases) under ThreadSanitizer, in build-tsan/.
-TSAN_TESTS := test_kernels|test_layers|test_blocks|test_training|test_reliability|test_search|test_datasets
+TSAN_TESTS := test_kernels|test_layers|test_blocks|test_training|test_reliability|test_search|test_datasets|test_toolbox|test_transforms|test_image_folder|test_hdf5_dataset
 test-tsan: deps deps-test
 	@sh cmake/install-packages.sh $(FUZZ_PACKAGES) $(TSAN_PACKAGES)
 	sh cmake/build-tsan-tbb.sh $(CURDIR)/build-tsan-tbb
