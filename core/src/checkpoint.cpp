@@ -2,12 +2,12 @@
 //
 // Every HDF5 call goes through FileContext::check(), which turns a failure into a strata::Error
 // that names the file and the object, followed by the innermost reason from HDF5's error stack.
-// HDF5's own printing of that stack is switched off while a public function runs (QuietHdf5) and
+// HDF5's own printing of that stack is switched off while a public function runs (Hdf5Lock) and
 // restored afterwards, so other HDF5 users in the process keep their settings. Every identifier
 // lives in a Handle, so an exception closes whatever was open.
 //
 // HDF5 is not thread-safe in Debian's serial build, so every public function here holds one
-// process-wide lock (taken by QuietHdf5) while it runs: trials of `strata search` save their
+// process-wide lock (taken by Hdf5Lock) while it runs: trials of `strata search` save their
 // checkpoints from several threads.
 #include "strata/checkpoint.hpp"
 
@@ -37,63 +37,12 @@
 namespace strata {
 namespace fs = std::filesystem;
 
-std::recursive_mutex& hdf5_mutex() {
-  static std::recursive_mutex mutex;
-  return mutex;
-}
 
 namespace {
 
 constexpr std::string_view kFormatName = "strata-checkpoint";
 
 // ---- HDF5 plumbing ----
-
-// Holds the HDF5 lock and switches off HDF5's automatic error printing for the lifetime of the
-// object.
-class QuietHdf5 {
- public:
-  QuietHdf5() : lock_(hdf5_mutex()) {
-    saved_ = H5Eget_auto2(H5E_DEFAULT, &function_, &data_) >= 0;
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~QuietHdf5() {
-    if (saved_) H5Eset_auto2(H5E_DEFAULT, function_, data_);
-  }
-  QuietHdf5(const QuietHdf5&) = delete;
-  QuietHdf5& operator=(const QuietHdf5&) = delete;
-
- private:
-  std::lock_guard<std::recursive_mutex> lock_;
-  H5E_auto2_t function_ = nullptr;
-  void* data_ = nullptr;
-  bool saved_ = false;
-};
-
-herr_t keep_innermost_error(unsigned n, const H5E_error2_t* error, void* reason) {
-  if (n == 0 && error->desc != nullptr) *static_cast<std::string*>(reason) = error->desc;
-  return 0;
-}
-
-// " (HDF5: <innermost description>)" from the current error stack, which it then clears.
-std::string hdf5_reason() {
-  std::string reason;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, keep_innermost_error, &reason);
-  H5Eclear2(H5E_DEFAULT);
-  if (reason.empty()) return "";
-  // System call failures read "file write failed: time = ..., filename = ..., errno = 27, error
-  // message = 'File too large', buf = ...": keep the summary and the system's message.
-  const std::string_view marker = "error message = '";
-  const std::size_t start = reason.find(marker);
-  if (start != std::string::npos) {
-    const std::size_t text = start + marker.size();
-    const std::size_t end = reason.find('\'', text);
-    const std::size_t colon = reason.find(':');
-    if (end != std::string::npos && colon < start) {
-      reason = reason.substr(0, colon) + ": " + reason.substr(text, end - text);
-    }
-  }
-  return " (HDF5: " + reason + ")";
-}
 
 // Owns one HDF5 identifier and closes it with the matching H5?close function.
 class Handle {
@@ -142,14 +91,14 @@ struct FileContext {
     throw Error(fmt::format("{}: {}", prefix, what));
   }
   hid_t check(hid_t id, std::string_view what) const {
-    if (id < 0) fail(fmt::format("{}{}", what, hdf5_reason()));
+    if (id < 0) fail(fmt::format("{}{}", what, hdf5_error_reason()));
     return id;
   }
   void check_status(herr_t status, std::string_view what) const {
-    if (status < 0) fail(fmt::format("{}{}", what, hdf5_reason()));
+    if (status < 0) fail(fmt::format("{}{}", what, hdf5_error_reason()));
   }
   bool check_bool(htri_t answer, std::string_view what) const {
-    if (answer < 0) fail(fmt::format("{}{}", what, hdf5_reason()));
+    if (answer < 0) fail(fmt::format("{}{}", what, hdf5_error_reason()));
     return answer > 0;
   }
 };
@@ -850,7 +799,7 @@ void write_atomically(const FileContext& context, const fs::path& path, std::siz
     context.check(H5Fget_file_image(file, image.get(), image_size),
                   "cannot finish the file in memory");
     if (!file.close()) {
-      context.fail(fmt::format("cannot finish the file in memory{}", hdf5_reason()));
+      context.fail(fmt::format("cannot finish the file in memory{}", hdf5_error_reason()));
     }
   }
   // HDF5's image starts at the superblock; the user block in front of it carries the checksum.
@@ -892,7 +841,7 @@ void add_paths(const FileContext& context, const std::string& root,
 // ---- public API ----
 
 void save_checkpoint(const fs::path& path, const Checkpoint& checkpoint) {
-  QuietHdf5 quiet;
+  Hdf5Lock quiet;
   const FileContext context = checkpoint_context(path);
 
   // Every name is checked before the temporary file exists.
@@ -985,7 +934,7 @@ void save_checkpoint(const fs::path& path, const Checkpoint& checkpoint) {
 }
 
 std::map<std::string, Shape> checkpoint_tensor_shapes(const fs::path& path, const std::string& group) {
-  QuietHdf5 quiet;
+  Hdf5Lock quiet;
   const FileContext context = checkpoint_context(path);
   Handle file = open_for_reading(context, path);
   check_format(context, file);
@@ -1002,7 +951,7 @@ std::map<std::string, Shape> checkpoint_tensor_shapes(const fs::path& path, cons
 void load_checkpoint_tensors(const fs::path& path, const std::string& group,
                              std::span<NamedTensor> into, bool allow_extra,
                              bool allow_nonfinite) {
-  QuietHdf5 quiet;
+  Hdf5Lock quiet;
   const FileContext context = checkpoint_context(path);
   const std::string party = expecting_party(context, group);
   Handle file = open_for_reading(context, path);
@@ -1077,7 +1026,7 @@ void load_checkpoint_tensors(const fs::path& path, const std::string& group,
 }
 
 std::string load_checkpoint_experiment(const fs::path& path) {
-  QuietHdf5 quiet;
+  Hdf5Lock quiet;
   const FileContext context = checkpoint_context(path);
   Handle file = open_for_reading(context, path);
   check_format(context, file);
@@ -1096,7 +1045,7 @@ herr_t collect_group_name(hid_t, const char* name, const H5L_info_t*, void* name
 }  // namespace
 
 std::vector<PluginRecord> load_checkpoint_plugins(const fs::path& path) {
-  QuietHdf5 quiet;
+  Hdf5Lock quiet;
   const FileContext context = checkpoint_context(path);
   Handle file = open_for_reading(context, path);
   check_format(context, file);
@@ -1122,7 +1071,7 @@ std::vector<PluginRecord> load_checkpoint_plugins(const fs::path& path) {
 }
 
 std::optional<TrainingState> load_checkpoint_training_state(const fs::path& path) {
-  QuietHdf5 quiet;
+  Hdf5Lock quiet;
   const FileContext context = checkpoint_context(path);
   Handle file = open_for_reading(context, path);
   check_format(context, file);
@@ -1170,7 +1119,7 @@ std::optional<TrainingState> load_checkpoint_training_state(const fs::path& path
 void reseal_hdf5_file(const fs::path& path) { file_seal::reseal(path); }
 
 Tensor read_hdf5_tensor(const fs::path& path, const std::string& dataset) {
-  QuietHdf5 quiet;
+  Hdf5Lock quiet;
   const FileContext context = hdf5_file_context(path);
   const std::string dataset_path = absolute_name(context, dataset);
   Handle file = open_for_reading(context, path);
@@ -1204,7 +1153,7 @@ void write_hdf5_tensors(const fs::path& path, std::span<const NamedTensor> tenso
 void write_hdf5_tensors(const fs::path& path, std::span<const NamedTensor> tensors,
                         std::span<const NamedIntegers> integers,
                         const std::map<std::string, std::string>& root_texts) {
-  QuietHdf5 quiet;
+  Hdf5Lock quiet;
   const FileContext context = hdf5_file_context(path);
   std::vector<std::string> paths;
   for (const NamedTensor& entry : tensors) paths.push_back(absolute_name(context, entry.name));
@@ -1232,7 +1181,7 @@ void write_hdf5_tensors(const fs::path& path, std::span<const NamedTensor> tenso
 
 void write_hdf5_series(const fs::path& path, std::span<const SeriesGroup> groups,
                        const std::map<std::string, std::string>& root_texts) {
-  QuietHdf5 quiet;
+  Hdf5Lock quiet;
   const FileContext context = hdf5_file_context(path);
   std::vector<std::string> paths;
   std::size_t data_bytes = 0;
@@ -1274,7 +1223,7 @@ void write_hdf5_series(const fs::path& path, std::span<const SeriesGroup> groups
 
 std::map<std::string, std::map<std::string, std::vector<double>>> read_hdf5_series(
     const fs::path& path, const std::string& root) {
-  QuietHdf5 quiet;
+  Hdf5Lock quiet;
   const FileContext context = hdf5_file_context(path);
   const std::string root_path = absolute_name(context, root);
   Handle file = open_for_reading(context, path);

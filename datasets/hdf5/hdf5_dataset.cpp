@@ -33,8 +33,8 @@
 //     a block larger than the budget is not cached (each sample read decodes its chunks again).
 //     HDF5's own chunk cache is switched off, so the budget is the whole of what is kept. A sample
 //     whose chunk HDF5 cannot decode is a BadSample naming the file, dataset and index.
-//   - HDF5 calls hold strata::hdf5_mutex() (strata/hdf5_lock.hpp) unless the library is built
-//     thread-safe, with HDF5's error printing off; a cache hit is a memcpy under the reader's lock.
+//   - HDF5 calls hold the process's HDF5 lock (strata::Hdf5Lock, strata/hdf5_lock.hpp), with
+//     HDF5's error printing off; a cache hit is a memcpy under the reader's lock.
 #include <hdf5.h>
 
 #include <algorithm>
@@ -69,49 +69,6 @@ using strata::Config;
 using strata::fail;
 
 // ---- HDF5 plumbing ----
-
-bool library_threadsafe() {
-  static const bool safe = [] {
-    hbool_t answer = 0;
-    return H5is_library_threadsafe(&answer) >= 0 && answer > 0;
-  }();
-  return safe;
-}
-
-// Holds the process's HDF5 lock (unless libhdf5 is thread-safe) and switches HDF5's automatic
-// error printing off while alive; errors are read from the stack and reported as strata::Error.
-class Hdf5Lock {
- public:
-  Hdf5Lock() {
-    if (!library_threadsafe()) lock_ = std::unique_lock(strata::hdf5_mutex());
-    saved_ = H5Eget_auto2(H5E_DEFAULT, &function_, &data_) >= 0;
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~Hdf5Lock() {
-    if (saved_) H5Eset_auto2(H5E_DEFAULT, function_, data_);
-  }
-  Hdf5Lock(const Hdf5Lock&) = delete;
-  Hdf5Lock& operator=(const Hdf5Lock&) = delete;
-
- private:
-  std::unique_lock<std::recursive_mutex> lock_;
-  H5E_auto2_t function_ = nullptr;
-  void* data_ = nullptr;
-  bool saved_ = false;
-};
-
-herr_t keep_innermost(unsigned n, const H5E_error2_t* error, void* reason) {
-  if (n == 0 && error->desc != nullptr) *static_cast<std::string*>(reason) = error->desc;
-  return 0;
-}
-
-// " (HDF5: <innermost description>)" from the error stack, which it clears.
-std::string hdf5_reason() {
-  std::string reason;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, keep_innermost, &reason);
-  H5Eclear2(H5E_DEFAULT);
-  return reason.empty() ? "" : " (HDF5: " + reason + ")";
-}
 
 // Owns one HDF5 identifier. Close it with the HDF5 lock held.
 class Handle {
@@ -151,7 +108,7 @@ struct Where {
     strata::fail("dataset hdf5 {}: {}: {}", file, object, what);
   }
   hid_t check(hid_t id, std::string_view object, std::string_view what) const {
-    if (id < 0) fail(object, fmt::format("{}{}", what, hdf5_reason()));
+    if (id < 0) fail(object, fmt::format("{}{}", what, strata::hdf5_error_reason()));
     return id;
   }
 };
@@ -178,7 +135,7 @@ std::string type_text(hid_t type) {
 std::vector<int64_t> dataset_dims(const Where& where, hid_t dataset, const std::string& name) {
   Handle space(where.check(H5Dget_space(dataset), name, "cannot read the shape"), H5Sclose);
   const int rank = H5Sget_simple_extent_ndims(space);
-  if (rank < 0) where.fail(name, "cannot read the shape" + hdf5_reason());
+  if (rank < 0) where.fail(name, "cannot read the shape" + strata::hdf5_error_reason());
   std::vector<hsize_t> dims(static_cast<std::size_t>(rank));
   if (rank > 0) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
   return {dims.begin(), dims.end()};
@@ -270,7 +227,7 @@ H5I_type_t object_type(hid_t location, const std::string& path) {
 Handle open_file(const Where& where) {
   const htri_t is_hdf5 = H5Fis_hdf5(where.file.c_str());
   if (is_hdf5 == 0) where.fail("", "not an HDF5 file");
-  if (is_hdf5 < 0) where.fail("", "cannot read the file" + hdf5_reason());
+  if (is_hdf5 < 0) where.fail("", "cannot read the file" + strata::hdf5_error_reason());
   Handle access(where.check(H5Pcreate(H5P_FILE_ACCESS), "", "cannot create file properties"),
                 H5Pclose);
   H5Pset_fclose_degree(access, H5F_CLOSE_STRONG);
@@ -385,7 +342,7 @@ std::vector<int64_t> read_labels(const Where& where, hid_t dataset, ArrayInfo& i
   }
   std::vector<int64_t> values(static_cast<std::size_t>(info.n));
   if (H5Dread(dataset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()) < 0) {
-    where.fail(info.labels, "cannot read" + hdf5_reason());
+    where.fail(info.labels, "cannot read" + strata::hdf5_error_reason());
   }
   return values;
 }
@@ -393,7 +350,7 @@ std::vector<int64_t> read_labels(const Where& where, hid_t dataset, ArrayInfo& i
 // Everything about one split but its pixels; labels as stored (checked by the caller).
 ArrayInfo inspect_split(const fs::path& file, const std::string& group, const Names& names,
                         const char* group_key, std::vector<int64_t>& labels) {
-  Hdf5Lock lock;
+  strata::Hdf5Lock lock;
   const Where where{file.string()};
   ArrayInfo info;
   info.file = file.string();
@@ -454,7 +411,7 @@ class Hdf5Split final : public strata::SplitReader {
   Hdf5Split(ArrayInfo info, uint64_t budget) : info_(std::move(info)), budget_(budget) {
     // Handles are opened into locals and moved into the members at the end, so that an exception
     // closes them while the lock is still held.
-    Hdf5Lock lock;
+    strata::Hdf5Lock lock;
     const Where where{info_.file};
     Handle file = open_file(where);
     Handle group(where.check(H5Gopen2(file, info_.group.c_str(), H5P_DEFAULT), info_.group,
@@ -469,7 +426,7 @@ class Hdf5Split final : public strata::SplitReader {
     if (info_.array_bytes() <= budget_) {
       whole_.resize(info_.array_bytes());
       if (H5Dread(dataset, info_.memory_type(), H5S_ALL, H5S_ALL, H5P_DEFAULT, whole_.data()) < 0) {
-        where.fail(info_.images, "cannot read" + hdf5_reason());
+        where.fail(info_.images, "cannot read" + strata::hdf5_error_reason());
       }
       return;
     }
@@ -480,7 +437,7 @@ class Hdf5Split final : public strata::SplitReader {
     dataset_ = std::move(dataset);
   }
   ~Hdf5Split() override {
-    Hdf5Lock lock;
+    strata::Hdf5Lock lock;
     dataset_.reset();
     file_.reset();
   }
@@ -538,7 +495,7 @@ class Hdf5Split final : public strata::SplitReader {
 
   // Reads rows [first, first + count) of the images into `out` (BadSample when HDF5 cannot).
   void read_rows(int64_t first, int64_t count, uint8_t* out) const {
-    Hdf5Lock lock;
+    strata::Hdf5Lock lock;
     Handle space(H5Dget_space(dataset_), H5Sclose);
     const std::array<hsize_t, 4> offset{static_cast<hsize_t>(first), 0, 0, 0};
     std::array<hsize_t, 4> extent{};
@@ -549,7 +506,7 @@ class Hdf5Split final : public strata::SplitReader {
         H5Sselect_hyperslab(space, H5S_SELECT_SET, offset.data(), nullptr, extent.data(), nullptr) <
             0 ||
         H5Dread(dataset_, info_.memory_type(), memory, space, H5P_DEFAULT, out) < 0) {
-      const std::string reason = hdf5_reason();
+      const std::string reason = strata::hdf5_error_reason();
       throw strata::BadSample(fmt::format("dataset hdf5 {}: {}: cannot read samples {} to {}{}",
                                           info_.file, info_.images, first, first + count - 1,
                                           reason));

@@ -41,46 +41,6 @@ constexpr int64_t kFormatVersion = 1;
 
 // ---- HDF5 plumbing ----
 
-bool library_threadsafe() {
-  static const bool safe = [] {
-    hbool_t answer = 0;
-    return H5is_library_threadsafe(&answer) >= 0 && answer > 0;
-  }();
-  return safe;
-}
-
-class Hdf5Lock {
- public:
-  Hdf5Lock() {
-    if (!library_threadsafe()) lock_ = std::unique_lock(hdf5_mutex());
-    saved_ = H5Eget_auto2(H5E_DEFAULT, &function_, &data_) >= 0;
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~Hdf5Lock() {
-    if (saved_) H5Eset_auto2(H5E_DEFAULT, function_, data_);
-  }
-  Hdf5Lock(const Hdf5Lock&) = delete;
-  Hdf5Lock& operator=(const Hdf5Lock&) = delete;
-
- private:
-  std::unique_lock<std::recursive_mutex> lock_;
-  H5E_auto2_t function_ = nullptr;
-  void* data_ = nullptr;
-  bool saved_ = false;
-};
-
-herr_t keep_innermost(unsigned n, const H5E_error2_t* error, void* reason) {
-  if (n == 0 && error->desc != nullptr) *static_cast<std::string*>(reason) = error->desc;
-  return 0;
-}
-
-std::string hdf5_reason() {
-  std::string reason;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, keep_innermost, &reason);
-  H5Eclear2(H5E_DEFAULT);
-  return reason.empty() ? "" : " (HDF5: " + reason + ")";
-}
-
 // Owns one HDF5 identifier; destroy it with the lock held.
 class Handle {
  public:
@@ -277,13 +237,13 @@ class Writer {
   void finish() {
     Hdf5Lock lock;
     if (!images_.close() || !file_.close()) {
-      fail("{}: cannot finish the file{}", what_, hdf5_reason());
+      fail("{}: cannot finish the file{}", what_, strata::hdf5_error_reason());
     }
   }
 
  private:
   hid_t check(hid_t id, std::string_view what) const {
-    if (id < 0) fail("{}: {}{}", what_, what, hdf5_reason());
+    if (id < 0) fail("{}: {}{}", what_, what, strata::hdf5_error_reason());
     return id;
   }
   void write_string(const char* name, const std::string& value) {
@@ -425,7 +385,7 @@ Attributes read_attributes(const Config& cache, const fs::path& path) {
   };
   if (H5Fis_hdf5(path.c_str()) <= 0) refuse("exists but is not an HDF5 file");
   Handle file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-  if (file < 0) refuse("cannot be opened" + hdf5_reason());
+  if (file < 0) refuse("cannot be opened" + strata::hdf5_error_reason());
   const auto read_string = [&](const char* name) -> std::string {
     Handle attribute(H5Aexists(file, name) > 0 ? H5Aopen(file, name, H5P_DEFAULT) : -1, H5Aclose);
     Handle type(attribute >= 0 ? H5Aget_type(attribute) : -1, H5Tclose);
@@ -438,7 +398,7 @@ Attributes read_attributes(const Config& cache, const fs::path& path) {
     H5Tset_cset(memory, H5T_CSET_UTF8);
     char* text = nullptr;
     if (H5Aread(attribute, memory, &text) < 0 || text == nullptr)
-      refuse("cannot be read" + hdf5_reason());
+      refuse("cannot be read" + strata::hdf5_error_reason());
     std::string value(text);
     H5free_memory(text);
     return value;
