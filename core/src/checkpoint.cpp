@@ -44,44 +44,7 @@ constexpr std::string_view kFormatName = "strata-checkpoint";
 
 // ---- HDF5 plumbing ----
 
-// Owns one HDF5 identifier and closes it with the matching H5?close function.
-class Handle {
- public:
-  using Closer = herr_t (*)(hid_t);
-  Handle() = default;
-  Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-  Handle(Handle&& other) noexcept
-      : id_(std::exchange(other.id_, H5I_INVALID_HID)), closer_(other.closer_) {}
-  Handle& operator=(Handle&& other) noexcept {
-    if (this != &other) {
-      reset();
-      id_ = std::exchange(other.id_, H5I_INVALID_HID);
-      closer_ = other.closer_;
-    }
-    return *this;
-  }
-  Handle(const Handle&) = delete;
-  Handle& operator=(const Handle&) = delete;
-  ~Handle() { reset(); }
-
-  hid_t get() const { return id_; }
-  operator hid_t() const { return id_; }  // NOLINT: handles pass straight into the C API
-
-  // Closes now; false when closing failed (for a file, closing is when the data gets flushed).
-  bool close() {
-    const hid_t id = std::exchange(id_, H5I_INVALID_HID);
-    return id < 0 || closer_(id) >= 0;
-  }
-
- private:
-  void reset() {
-    if (id_ >= 0) closer_(id_);
-    id_ = H5I_INVALID_HID;
-  }
-
-  hid_t id_ = H5I_INVALID_HID;
-  Closer closer_ = nullptr;
-};
+using Handle = Hdf5Handle;
 
 // The file an operation works on, for error messages: "checkpoint runs/a/model.h5: ...".
 struct FileContext {

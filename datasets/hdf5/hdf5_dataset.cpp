@@ -70,35 +70,7 @@ using strata::fail;
 
 // ---- HDF5 plumbing ----
 
-// Owns one HDF5 identifier. Close it with the HDF5 lock held.
-class Handle {
- public:
-  using Closer = herr_t (*)(hid_t);
-  Handle() = default;
-  Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-  Handle(Handle&& other) noexcept
-      : id_(std::exchange(other.id_, H5I_INVALID_HID)), closer_(other.closer_) {}
-  Handle& operator=(Handle&& other) noexcept {
-    if (this != &other) {
-      reset();
-      id_ = std::exchange(other.id_, H5I_INVALID_HID);
-      closer_ = other.closer_;
-    }
-    return *this;
-  }
-  Handle(const Handle&) = delete;
-  Handle& operator=(const Handle&) = delete;
-  ~Handle() { reset(); }
-  operator hid_t() const { return id_; }  // NOLINT: handles pass straight into the C API
-  void reset() {
-    if (id_ >= 0) closer_(id_);
-    id_ = H5I_INVALID_HID;
-  }
-
- private:
-  hid_t id_ = H5I_INVALID_HID;
-  Closer closer_ = nullptr;
-};
+using Handle = strata::Hdf5Handle;
 
 // A file being read, for messages: "dataset hdf5 <file>: <object>: <what>".
 struct Where {
@@ -438,8 +410,8 @@ class Hdf5Split final : public strata::SplitReader {
   }
   ~Hdf5Split() override {
     strata::Hdf5Lock lock;
-    dataset_.reset();
-    file_.reset();
+    dataset_.close();
+    file_.close();
   }
 
   int64_t size() const override { return info_.n; }

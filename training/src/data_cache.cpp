@@ -41,35 +41,7 @@ constexpr int64_t kFormatVersion = 1;
 
 // ---- HDF5 plumbing ----
 
-// Owns one HDF5 identifier; destroy it with the lock held.
-class Handle {
- public:
-  using Closer = herr_t (*)(hid_t);
-  Handle() = default;
-  Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-  Handle(Handle&& other) noexcept
-      : id_(std::exchange(other.id_, H5I_INVALID_HID)), closer_(other.closer_) {}
-  Handle& operator=(Handle&& other) noexcept {
-    if (this != &other) {
-      close();
-      id_ = std::exchange(other.id_, H5I_INVALID_HID);
-      closer_ = other.closer_;
-    }
-    return *this;
-  }
-  Handle(const Handle&) = delete;
-  Handle& operator=(const Handle&) = delete;
-  ~Handle() { close(); }
-  operator hid_t() const { return id_; }  // NOLINT: handles pass straight into the C API
-  bool close() {
-    const hid_t id = std::exchange(id_, H5I_INVALID_HID);
-    return id < 0 || closer_(id) >= 0;
-  }
-
- private:
-  hid_t id_ = H5I_INVALID_HID;
-  Closer closer_ = nullptr;
-};
+using Handle = Hdf5Handle;
 
 // ---- settings ----
 

@@ -14,6 +14,7 @@
 
 #include <mutex>
 #include <string>
+#include <utility>
 
 namespace strata {
 
@@ -38,6 +39,41 @@ class Hdf5Lock {
   H5E_auto2_t function_ = nullptr;
   void* data_ = nullptr;
   bool saved_ = false;
+};
+
+// Owns one HDF5 identifier and closes it with the matching H5?close function. Close (destroy) it
+// with the lock held.
+class Hdf5Handle {
+ public:
+  using Closer = herr_t (*)(hid_t);
+  Hdf5Handle() = default;
+  Hdf5Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
+  Hdf5Handle(Hdf5Handle&& other) noexcept
+      : id_(std::exchange(other.id_, H5I_INVALID_HID)), closer_(other.closer_) {}
+  Hdf5Handle& operator=(Hdf5Handle&& other) noexcept {
+    if (this != &other) {
+      close();
+      id_ = std::exchange(other.id_, H5I_INVALID_HID);
+      closer_ = other.closer_;
+    }
+    return *this;
+  }
+  Hdf5Handle(const Hdf5Handle&) = delete;
+  Hdf5Handle& operator=(const Hdf5Handle&) = delete;
+  ~Hdf5Handle() { close(); }
+
+  hid_t get() const { return id_; }
+  operator hid_t() const { return id_; }  // NOLINT: handles pass straight into the C API
+
+  // Closes now; false when closing failed (for a file, closing is when the data gets flushed).
+  bool close() {
+    const hid_t id = std::exchange(id_, H5I_INVALID_HID);
+    return id < 0 || closer_(id) >= 0;
+  }
+
+ private:
+  hid_t id_ = H5I_INVALID_HID;
+  Closer closer_ = nullptr;
 };
 
 // " (HDF5: <innermost description>)" from the current error stack, which it then clears; "" when
