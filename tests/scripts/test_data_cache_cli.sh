@@ -43,7 +43,7 @@ model:
     - {type: flatten}
     - {type: linear, out_features: 3}
 optimizer: {type: sgd, lr: 0.01, momentum: 0.9}
-train: {epochs: 2, batch_size: 8}
+train: {epochs: 2, batch_size: 8, explode_factor: 0}  # about the cache, not divergence
 YAML
 
 "$STRATA" train exp.yaml --out run1 >first.log 2>&1 || { cat first.log; fail "first run"; }

@@ -42,11 +42,7 @@ int64_t current_rss_bytes() {
 // Takes `warmup` batches, then times `batches` more; an epoch that runs out starts the next.
 void time_batches(const Experiment& run, const RunData& data, const DataBenchOptions& options,
                   DataBenchReport& report) {
-  LoaderOptions loader_options;
-  loader_options.batch_size = report.batch;
-  loader_options.seed = run.seed;
-  loader_options.augment = true;
-  loader_options.skip_bad = run.data.skip_bad_images;
+  const LoaderOptions loader_options = training_loader_options(run);
   const int64_t n = data.train.size();
   BatchLoader loader(data.train, data.transforms, data.sample, loader_options);
   int64_t epoch = 0;

@@ -162,8 +162,9 @@ int64_t BatchLoader::assemble(int64_t index, Tensor& images, std::vector<int32_t
          index, begin, total, images.dim(0));
   }
   const int64_t sample_size = sample_shape_.numel();
-  // Per slot: the message of a skipped sample (empty: read).
-  std::vector<std::string> bad(static_cast<std::size_t>(n));
+  // Per slot, only when skipping: the message of a skipped sample (empty: read). Without
+  // skip_bad a bad sample throws, so a training step allocates nothing here.
+  std::vector<std::string> bad(options_.skip_bad ? static_cast<std::size_t>(n) : 0);
   auto body = [&](const tbb::blocked_range<int64_t>& range) {
     // Per thread and kept: a decoded photo is megabytes, so its buffers are reused, not remade.
     thread_local Image image, scratch;
@@ -192,9 +193,10 @@ int64_t BatchLoader::assemble(int64_t index, Tensor& images, std::vector<int32_t
     }
   };
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, n, kSamplesPerTask), body);
+  if (skips) skips->clear();
+  if (bad.empty()) return n;
   // Close the gaps that skipped samples left, in order.
   int64_t kept = 0;
-  if (skips) skips->clear();
   for (int64_t i = 0; i < n; ++i) {
     if (!bad[i].empty()) {
       if (skips && skips->size() < kSkipExamples) skips->push_back(std::move(bad[i]));

@@ -157,6 +157,15 @@ std::vector<int64_t> fit_rows(const SampleSet& train, int64_t fit_samples, uint3
   return rows;
 }
 
+LoaderOptions training_loader_options(const Experiment& experiment) {
+  LoaderOptions options;
+  options.batch_size = experiment.train.batch_size;
+  options.seed = experiment.seed;
+  options.augment = experiment.train.overfit == 0;  // overfit: no augmentation
+  options.skip_bad = experiment.data.skip_bad_images;
+  return options;
+}
+
 int64_t fit_transforms(const Experiment& experiment, const RunData& data) {
   int64_t skipped = 0;
   const auto& transforms = experiment.data.transforms;

@@ -422,7 +422,7 @@ double initial_loss_check(Run& run, const RunData& data, Context& context) {
 class EpochBatches {
  public:
   EpochBatches(const Experiment& experiment, const RunData& data)
-      : loader_(data.train, data.transforms, data.sample, options(experiment)),
+      : loader_(data.train, data.transforms, data.sample, training_loader_options(experiment)),
         seed_(experiment.seed),
         shuffle_(experiment.train.shuffle),
         rows_(data.train.size()) {}
@@ -436,14 +436,6 @@ class EpochBatches {
   const BatchLoader& loader() const { return loader_; }
 
  private:
-  static LoaderOptions options(const Experiment& experiment) {
-    LoaderOptions options;
-    options.batch_size = experiment.train.batch_size;
-    options.seed = experiment.seed;
-    options.augment = experiment.train.overfit == 0;  // overfit: no augmentation
-    options.skip_bad = experiment.data.skip_bad_images;
-    return options;
-  }
   BatchLoader loader_;
   uint32_t seed_;
   bool shuffle_;

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "strata/dataset.hpp"
+#include "strata/training/data_loader.hpp"
 #include "strata/training/experiment.hpp"
 
 namespace strata {
@@ -44,6 +45,10 @@ RunData open_run_data(const Experiment& experiment, const Registries& registries
 // Fits the transforms that need it (Transform::needs_fit) on the training rows, in order.
 // Returns the bad images skipped (data.on_bad_image: skip; without it a bad image is an Error).
 int64_t fit_transforms(const Experiment& experiment, const RunData& data);
+
+// How the trainer's loader reads the training rows: train.batch_size, seed, augmentation (off under
+// train.overfit) and data.on_bad_image. strata bench --data uses the same.
+LoaderOptions training_loader_options(const Experiment& experiment);
 
 // The training rows a transform's statistics are fitted on.
 std::vector<int64_t> fit_rows(const SampleSet& train, int64_t fit_samples, uint32_t seed);
