@@ -5,6 +5,9 @@
 #include <fmt/format.h>
 #include <tbb/task_arena.h>
 
+#include <malloc.h>
+
+#include <atomic>
 #include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <fstream>
@@ -290,6 +293,76 @@ BOOST_AUTO_TEST_CASE(training_with_a_smaller_crop_learns) {
                        {"model.input", "[1, 10, 10]"}});
   BOOST_TEST_MESSAGE("test accuracy with 10x10 crops " << s.test_accuracy);
   BOOST_TEST(s.test_accuracy > 0.3);  // chance is 0.1
+}
+
+namespace {
+
+// A split of `size` samples [3, 32, 32] made up on demand (never held): what a dataset larger
+// than memory looks like to the loader. Counts its reads.
+class VirtualSplit final : public SplitReader {
+ public:
+  explicit VirtualSplit(int64_t size) : labels_(static_cast<std::size_t>(size)) {
+    for (std::size_t i = 0; i < labels_.size(); ++i) labels_[i] = static_cast<int32_t>(i % 10);
+  }
+  int64_t size() const override { return static_cast<int64_t>(labels_.size()); }
+  std::span<const int32_t> labels() const override { return labels_; }
+  void read(int64_t index, Image& out) const override {
+    reads_.fetch_add(1);
+    out.resize(3, 32, 32);
+    for (std::size_t i = 0; i < out.pixels.size(); ++i)
+      out.pixels[i] = static_cast<float>((index * 31 + static_cast<int64_t>(i)) % 255) / 255.0f;
+  }
+  int64_t reads() const { return reads_.load(); }
+
+ private:
+  std::vector<int32_t> labels_;
+  mutable std::atomic<int64_t> reads_{0};
+};
+
+int64_t heap_in_use() {
+  const struct mallinfo2 info = mallinfo2();
+  return static_cast<int64_t>(info.uordblks + info.hblkhd);
+}
+
+}  // namespace
+
+// The streaming loader reads only the samples of the batches it assembles (the one it returns
+// and the one it prefetches), and its memory does not grow with the batches it has delivered:
+// 2 million samples of [3, 32, 32] (24 GB as float32) cost a few batches and the index arrays.
+BOOST_AUTO_TEST_CASE(loader_memory_is_bounded_by_batches_not_the_dataset) {
+  const int64_t n = 2'000'000, batch = 64, taken = 5;
+  auto split = std::make_shared<VirtualSplit>(n);
+  SampleSet samples;
+  samples.name = "train";
+  samples.reader = split;
+  samples.rows.resize(static_cast<std::size_t>(n));
+  std::iota(samples.rows.begin(), samples.rows.end(), int64_t{0});
+  const int64_t before = heap_in_use();
+  int64_t after_first = 0, after_all = 0;
+  {
+    LoaderOptions options;
+    options.batch_size = batch;
+    options.augment = true;
+    const Shape sample{3, 32, 32};
+    std::vector<std::shared_ptr<const Transform>> flip{make_transform("{type: hflip}", sample)};
+    BatchLoader loader(samples, flip, sample, options);
+    loader.start_epoch(0, epoch_order(7, 0, n));
+    for (int64_t b = 0; b < taken; ++b) {
+      const Batch got = loader.next();
+      BOOST_REQUIRE(got.size() == batch);
+      if (b == 0) after_first = heap_in_use();
+    }
+    after_all = heap_in_use();
+  }  // the loader waits for the batch it prefetched
+  BOOST_TEST(split->reads() == (taken + 1) * batch);  // 5 returned + 1 prefetched, nothing else
+  // glibc's counters (a sanitizer's allocator is not counted: then only the reads are checked).
+  BOOST_TEST_MESSAGE("heap: +" << (after_all - before) / 1024 << " KiB for the loader, +"
+                                << (after_all - after_first) / 1024 << " KiB over 4 batches");
+  if (after_all > before) {
+    const int64_t index_arrays = 3 * n * static_cast<int64_t>(sizeof(int64_t));  // order, shard
+    BOOST_TEST(after_all - before < index_arrays + (64 << 20));
+    BOOST_TEST(after_all - after_first < (4 << 20));  // no growth per batch
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
