@@ -19,6 +19,7 @@ BUILD_PACKAGES := build-essential cmake ninja-build pkg-config git \
                   libboost-dev libboost-test-dev libboost-program-options-dev nlohmann-json3-dev libtbb-dev libhdf5-dev libyaml-cpp-dev libfmt-dev \
                   zlib1g-dev libopenblas-dev libstb-dev dataset-fashion-mnist
 BUILD_PACKAGES += libturbojpeg0-dev libpng-dev  # the image_folder reader: JPEG and PNG
+BUILD_PACKAGES += openmpi-bin libopenmpi-dev  # plugins/comm_mpi: training and search on MPI
 # The test suite cross-checks checkpoints with h5py and layers with PyTorch, and draws the
 # strata-plot pictures with matplotlib; make bench measures peak memory with /usr/bin/time.
 TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch python3-torchvision python3-matplotlib time

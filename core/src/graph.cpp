@@ -544,7 +544,8 @@ const Tensor& Graph::forward(Context& context, const Tensor& input) {
   return outputs_.back();
 }
 
-void Graph::backward(Context& context, const Tensor& doutput) {
+void Graph::backward(Context& context, const Tensor& doutput,
+                     const std::function<void(std::size_t)>& node_done) {
   if (doutput.shape() != outputs_.back().shape()) {
     fail("backward: the output gradient has shape {} but the output is {}", doutput.shape().str(),
          outputs_.back().shape().str());
@@ -575,54 +576,62 @@ void Graph::backward(Context& context, const Tensor& doutput) {
     if (nodes_[i].consumers > 1 && flows_[i]) grads_[i].fill(0.0f);
   }
   for (std::size_t i = nodes_.size(); i-- > 0;) {
-    if (!flows_[i]) continue;
-    Node& node = nodes_[i];
-    if (i + 1 != nodes_.size() && node.consumers == 0) {
-      // Nothing reads this layer's output (a side branch kept for `strata forward --layers`):
-      // it adds nothing to the loss, so its parameters get zero gradients and its inputs no
-      // share. A producer read only by it gets a zero gradient.
-      for (Param* param : node.layer->params()) param->grad.fill(0.0f);
-      for (const int producer : node.inputs) {
-        if (producer >= 0 && nodes_[producer].consumers == 1) grads_[producer].fill(0.0f);
-      }
-      continue;
-    }
-    const Tensor& dout = i + 1 == nodes_.size() ? doutput : grads_[i];
-    const auto start = profile_ != nullptr ? ProfileClock::now() : ProfileClock::time_point{};
-    for (std::size_t j = 0; j < node.inputs.size(); ++j) {
-      const int producer = node.inputs[j];
-      if (producer < 0) {
-        // The gradient of the model input is computed only on request (gradient checking).
-        node.din[j] = !input_gradient_        ? Tensor()
-                      : input_consumers > 1 ? input_scratch
-                                            : input_gradient_storage_;
-      } else if (!flows_[producer]) {
-        node.din[j] = Tensor();  // nothing before it learns: skip that work
-      } else {
-        node.din[j] = nodes_[producer].consumers > 1 ? scratch_[producer] : grads_[producer];
-      }
-    }
-    node.layer->backward(context, node.in, outputs_[i], dout, node.din);
-    for (std::size_t j = 0; j < node.inputs.size(); ++j) {
-      const int producer = node.inputs[j];
-      Tensor* sum = nullptr;
-      const Tensor* part = nullptr;
-      if (producer >= 0 && flows_[producer] && nodes_[producer].consumers > 1) {
-        sum = &grads_[producer];
-        part = &scratch_[producer];
-      } else if (producer < 0 && input_gradient_ && input_consumers > 1) {
-        sum = &input_gradient_storage_;
-        part = &input_scratch;
-      }
-      if (sum != nullptr) {
-        float* total = sum->data();
-        const float* share = part->data();
-        const int64_t n = sum->numel();
-        for (int64_t k = 0; k < n; ++k) total[k] += share[k];
-      }
-    }
-    if (profile_ != nullptr) profile_->backward_seconds[i] += seconds_since(start);
+    backward_node(context, doutput, i, input_consumers, input_scratch);
+    if (node_done) node_done(i);
   }
+}
+
+// One node of backward(): its layer's backward, then its share summed into tensors that several
+// layers read.
+void Graph::backward_node(Context& context, const Tensor& doutput, std::size_t i,
+                          int input_consumers, Tensor& input_scratch) {
+  if (!flows_[i]) return;
+  Node& node = nodes_[i];
+  if (i + 1 != nodes_.size() && node.consumers == 0) {
+    // Nothing reads this layer's output (a side branch kept for `strata forward --layers`):
+    // it adds nothing to the loss, so its parameters get zero gradients and its inputs no
+    // share. A producer read only by it gets a zero gradient.
+    for (Param* param : node.layer->params()) param->grad.fill(0.0f);
+    for (const int producer : node.inputs) {
+      if (producer >= 0 && nodes_[producer].consumers == 1) grads_[producer].fill(0.0f);
+    }
+    return;
+  }
+  const Tensor& dout = i + 1 == nodes_.size() ? doutput : grads_[i];
+  const auto start = profile_ != nullptr ? ProfileClock::now() : ProfileClock::time_point{};
+  for (std::size_t j = 0; j < node.inputs.size(); ++j) {
+    const int producer = node.inputs[j];
+    if (producer < 0) {
+      // The gradient of the model input is computed only on request (gradient checking).
+      node.din[j] = !input_gradient_        ? Tensor()
+                    : input_consumers > 1 ? input_scratch
+                                          : input_gradient_storage_;
+    } else if (!flows_[producer]) {
+      node.din[j] = Tensor();  // nothing before it learns: skip that work
+    } else {
+      node.din[j] = nodes_[producer].consumers > 1 ? scratch_[producer] : grads_[producer];
+    }
+  }
+  node.layer->backward(context, node.in, outputs_[i], dout, node.din);
+  for (std::size_t j = 0; j < node.inputs.size(); ++j) {
+    const int producer = node.inputs[j];
+    Tensor* sum = nullptr;
+    const Tensor* part = nullptr;
+    if (producer >= 0 && flows_[producer] && nodes_[producer].consumers > 1) {
+      sum = &grads_[producer];
+      part = &scratch_[producer];
+    } else if (producer < 0 && input_gradient_ && input_consumers > 1) {
+      sum = &input_gradient_storage_;
+      part = &input_scratch;
+    }
+    if (sum != nullptr) {
+      float* total = sum->data();
+      const float* share = part->data();
+      const int64_t n = sum->numel();
+      for (int64_t k = 0; k < n; ++k) total[k] += share[k];
+    }
+  }
+  if (profile_ != nullptr) profile_->backward_seconds[i] += seconds_since(start);
 }
 
 void Graph::set_profile(GraphProfile* profile) {

@@ -136,11 +136,17 @@ void PluginLoader::load_file(const fs::path& file) {
   // Only `api` may be read before the version check: the rest of the struct may differ.
   if (info->api != kPluginApi) {
     // What changed since the plugin's version, so its author knows what to port.
-    const std::string changes =
-        info->api == 2 ? " (API 3: a dataset reads samples on demand through Dataset::open and a "
-                         "SplitReader, or derives from InMemoryDataset to keep its load(); a "
-                         "transform works on one Image at a time; see docs/data.md)"
-                       : "";
+    std::string changes;
+    if (info->api <= 2) {
+      changes += " (API 3: a dataset reads samples on demand through Dataset::open and a "
+                 "SplitReader, or derives from InMemoryDataset to keep its load(); a transform "
+                 "works on one Image at a time; see docs/data.md)";
+    }
+    if (info->api <= 3) {
+      changes += " (API 4: Context carries the run's Communicator and Registries holds "
+                 "communicators, so every plugin must be rebuilt; no source change is needed "
+                 "unless it builds a Context; see docs/distributed.md)";
+    }
     fail("plugin {}: built for plugin API version {}, but this Strata supports version {}{}; "
          "rebuild the plugin against this Strata",
          canonical.string(), info->api, kPluginApi, changes);

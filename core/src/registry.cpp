@@ -27,6 +27,7 @@ void Registries::remove_owned_by(const PluginRef& owner) {
   datasets.remove_owned_by(owner);
   transforms.remove_owned_by(owner);
   backends.remove_owned_by(owner);
+  communicators.remove_owned_by(owner);
   kernels.remove_owned_by(owner);
 }
 

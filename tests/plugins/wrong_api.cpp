@@ -8,10 +8,10 @@ namespace {
 void register_all(strata::Registries&) { std::abort(); }
 }  // namespace
 
-// STRATA_TEST_API_2: a plugin built for API 2, whose datasets loaded whole splits: the refusal
-// says what changed.
-#ifdef STRATA_TEST_API_2
-constexpr int kApi = 2;
+// STRATA_TEST_API: a plugin built for that older API (2: datasets loaded whole splits; 3: before
+// Context carried the communicator): the refusal says what changed since.
+#ifdef STRATA_TEST_API
+constexpr int kApi = STRATA_TEST_API;
 #else
 constexpr int kApi = strata::kPluginApi + 41;
 #endif

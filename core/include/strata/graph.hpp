@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -85,7 +86,13 @@ class Graph {
   // parameter that is not frozen. A layer runs no backward when nothing before it (or in it)
   // learns, so the gradients of frozen parameters are left as they were unless a trainable layer
   // further up makes the gradient pass through their layer anyway.
-  void backward(Context& context, const Tensor& doutput);
+  // `node_done`, when given, is called with each node's index in the order backward finishes
+  // with it (last node first), also for nodes it skipped: from then on backward no longer touches
+  // that node's parameter gradients, so they may be sent (the MPI gradient buckets).
+  // gradient_flowed(i) then tells whether node i's gradients were computed in this pass.
+  void backward(Context& context, const Tensor& doutput,
+                const std::function<void(std::size_t)>& node_done = {});
+  bool gradient_flowed(std::size_t i) const { return i < flows_.size() && flows_[i] != 0; }
   // Whether backward() also computes the gradient of the model input (off by default; gradient
   // checking turns it on). input_gradient() is that gradient after the last backward().
   void set_input_gradient(bool wanted) { input_gradient_ = wanted; }
@@ -130,6 +137,8 @@ class Graph {
                 Rng* init_rng, int block);
   void check_new_name(const std::string& name, const Config& where) const;
   void allocate(int64_t batch);
+  void backward_node(Context& context, const Tensor& doutput, std::size_t i, int input_consumers,
+                     Tensor& input_scratch);
 
   const Registries& registries_;
   std::string backend_;  // the name of the backend the layers pick their kernels for

@@ -117,11 +117,16 @@ class FrozenBranches {
 //     parallel_elementwise (strata/elementwise.hpp), which does the check.
 //   - frozen: null except under gradient checking (see FrozenBranches); layers with branch
 //     decisions test it before use.
+//   - communicator: the job's ranks under MPI (strata/communicator.hpp), null in a single process.
+//     Only layers that reduce across ranks read it (batch_norm with `sync: true`); with it null
+//     they compute what one process computes. It is set only in training passes, when every rank
+//     runs the same forward and backward in step.
 struct Context {
   bool training = false;
   Rng* rng = nullptr;                // for stochastic layers (dropout); may be null, see above
   Backend* backend = nullptr;        // parallel_for for element-wise work; may be null, see above
   FrozenBranches* frozen = nullptr;  // gradient checking only; null otherwise
+  Communicator* communicator = nullptr;  // the ranks of an MPI job; null in a single process
 };
 
 // The sliding-window geometry of a layer along height and width, for receptive-field accounting

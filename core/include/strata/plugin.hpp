@@ -28,7 +28,7 @@ namespace strata {
 //    Dataset::class_names() (new virtual functions change every layer's and dataset's vtable).
 // 3: datasets read samples on demand (Dataset::open, SplitReader; whole-split readers derive
 //    from InMemoryDataset), transforms work one Image at a time, Layer::has_dead_units().
-inline constexpr int kPluginApi = 3;
+inline constexpr int kPluginApi = 4;
 
 class Registries;
 

@@ -39,6 +39,7 @@ class Transform;
 class Loss;
 class Backend;
 class Kernel;
+class Communicator;
 
 namespace detail {
 std::string plugin_label(const PluginRef& plugin);  // "'layers_basic' (/path/libstrata_layers_basic.so)"
@@ -234,6 +235,9 @@ class Registries {
   Registry<Dataset> datasets{"dataset", &current};
   Registry<Transform> transforms{"transform", &current};
   Registry<Backend> backends{"backend", &current};
+  // The processes of a job (strata/communicator.hpp): "mpi" from plugins/comm_mpi. Only a
+  // launcher's process (mpirun, srun) creates one; a plain run has none.
+  Registry<Communicator> communicators{"communicator", &current};
   KernelRegistry kernels{&current};
 
   // The backend of an experiment that names none: the one a loaded plugin declared the default
