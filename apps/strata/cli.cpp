@@ -1,6 +1,7 @@
 #include "cli.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -280,6 +281,32 @@ fs::path output_folder(const po::variables_map& vm, const std::string& experimen
         experiment, stem, suffix);
   }
   return fs::path("runs") / (stem + suffix);
+}
+
+std::optional<std::string> launcher_evidence() {
+  // Sizes first: a variable that gives the job's size says more than one that gives a rank.
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK",
+                           "SLURM_STEP_NUM_TASKS"}) {
+    if (const char* value = std::getenv(name); value != nullptr && *value != '\0') {
+      return fmt::format("{}={}", name, value);
+    }
+  }
+  return std::nullopt;
+}
+
+Communicator* job_communicator(Session& session) {
+  if (session.communicator) return session.communicator.get();
+  const std::optional<std::string> evidence = launcher_evidence();
+  if (!evidence) return nullptr;
+  if (!session.registries.communicators.contains("mpi")) {
+    fail(
+        "this process was started by an MPI launcher ({}), but no plugin provides the 'mpi' "
+        "communicator: Strata was built without MPI. Install openmpi-bin and libopenmpi-dev "
+        "(`make deps` does) and rebuild, or run strata without mpirun/srun",
+        *evidence);
+  }
+  session.communicator = session.registries.communicators.create("mpi", Config());
+  return session.communicator.get();
 }
 
 }  // namespace strata::cli

@@ -9,10 +9,12 @@
 
 #include <boost/program_options.hpp>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "strata/communicator.hpp"
 #include "strata/config.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
@@ -25,7 +27,18 @@ namespace po = boost::program_options;
 struct Session {
   Registries registries;
   PluginLoader loader{registries};
+  std::shared_ptr<Communicator> communicator;  // set by job_communicator(); destroyed first
 };
+
+// What says that a launcher started this process as one rank of a job ("OMPI_COMM_WORLD_SIZE=2"
+// from Open MPI's mpirun, PMI_SIZE/PMIX_RANK from MPICH, PMIx or Slurm's PMI, SLURM_STEP_NUM_TASKS
+// from srun), or nothing for a process started on its own.
+std::optional<std::string> launcher_evidence();
+
+// The job this process is a rank of: the "mpi" communicator (plugins/comm_mpi), created once,
+// when launcher_evidence() finds a launcher; null otherwise, and the run is a plain single process.
+// A launcher without the plugin is an Error saying how to get it.
+Communicator* job_communicator(Session& session);
 
 // How a subcommand presents itself in `strata CMD --help`.
 struct Usage {

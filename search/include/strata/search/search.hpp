@@ -37,6 +37,7 @@
 #include <optional>
 #include <vector>
 
+#include "strata/communicator.hpp"
 #include "strata/config.hpp"
 #include "strata/search/runner.hpp"
 #include "strata/search/space.hpp"
@@ -51,6 +52,9 @@ struct SearchOptions {
   const std::atomic<bool>* stop = nullptr;  // set (by Ctrl-C) to stop: trials in flight abort
   std::optional<int> concurrency;           // overrides search.concurrency
   std::optional<int> threads_per_trial;     // overrides search.threads_per_trial
+  // The ranks of an MPI job (docs/distributed.md, "Distributed search"): rank 0 schedules and
+  // journals, every rank trains trials; null: one process.
+  Communicator* communicator = nullptr;
 };
 
 struct SearchResult {

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "strata/communicator.hpp"
 #include "strata/config.hpp"
 #include "strata/dataset.hpp"
 #include "strata/registry.hpp"
@@ -65,6 +66,8 @@ struct TrainOptions {
   // epoch: TrainingState::partial), skips the test evaluation and summary.json, and returns with
   // TrainSummary::interrupted set. A resume from it ends bit-identical to an uninterrupted run.
   const std::atomic<bool>* stop = nullptr;
+  // The ranks of an MPI job (data-parallel training, docs/distributed.md); null: one process.
+  Communicator* communicator = nullptr;
   // More hooks (strata/training/hooks.hpp), called after the built-in ones at every event.
   std::vector<std::shared_ptr<TrainingHook>> hooks;
 };
