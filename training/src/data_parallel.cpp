@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <set>
 
 #include "strata/error.hpp"
 #include "strata/layer.hpp"
@@ -65,6 +66,11 @@ DataParallel::DataParallel(Communicator* communicator, Graph& graph,
   if (!current.entries.empty()) {
     bucket_of_node_[current.first_node] = static_cast<int>(buckets_.size());
     close();
+  }
+  std::set<std::string> param_keys;
+  for (const ParamRef& ref : graph.params()) param_keys.insert(ref.key);
+  for (NamedTensor& entry : graph.state_tensors()) {
+    if (!param_keys.contains(entry.name)) buffers_.push_back(std::move(entry));
   }
 }
 
@@ -134,10 +140,16 @@ uint64_t hash_tensors(const std::vector<NamedTensor>& tensors, uint64_t hash) {
 
 }  // namespace
 
-void DataParallel::check_replicas(Graph& graph, Optimizer& optimizer, std::string_view where) {
+void DataParallel::sync_buffers(std::string_view what) { broadcast(buffers_, what); }
+
+void DataParallel::check_replicas(Graph& graph, Optimizer& optimizer, bool with_buffers,
+                                  std::string_view where) {
   if (communicator_ == nullptr || communicator_->size() == 1) return;
-  uint64_t hash = hash_tensors(graph.state_tensors(), 14695981039346656037ull);
+  std::vector<NamedTensor> values;
+  for (const ParamRef& ref : graph.params()) values.push_back({ref.key, ref.param->value});
+  uint64_t hash = hash_tensors(values, 14695981039346656037ull);
   hash = hash_tensors(optimizer.state(), hash);
+  if (with_buffers) hash = hash_tensors(buffers_, hash);
   // The minimum and maximum over the ranks are equal exactly when every rank's hash is.
   int64_t low = static_cast<int64_t>(hash), high = low;
   communicator_->allreduce(std::span<int64_t>(&low, 1), ReduceOp::min,

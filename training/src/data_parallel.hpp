@@ -73,8 +73,14 @@ class DataParallel {
   void broadcast(std::string& text, std::string_view what);
   // Sums over the ranks, in place.
   void sum(std::span<double> values, std::string_view what);
-  // Fails (on every rank) unless every rank's parameters and optimizer state are bitwise equal.
-  void check_replicas(Graph& graph, Optimizer& optimizer, std::string_view where);
+  // Rank 0's buffers (state tensors that are not parameters: batch norm's running statistics)
+  // to every rank, as PyTorch DDP's broadcast_buffers: a rank's running statistics follow its own
+  // batches (unless batch_norm has `sync: true`), so before an evaluation or a save rank 0's are
+  // taken, and the replicas are whole copies of one model again.
+  void sync_buffers(std::string_view what);
+  // Fails (on every rank) unless every rank's parameters and optimizer state (with
+  // `with_buffers`, also the buffers) are bitwise equal.
+  void check_replicas(Graph& graph, Optimizer& optimizer, bool with_buffers, std::string_view where);
 
   // ---- One step ----
   // The step's images over all ranks. `error`: this rank could not read its batch.
@@ -102,6 +108,7 @@ class DataParallel {
   std::vector<Bucket> buckets_;
   std::vector<int64_t> bucket_floats_;
   std::vector<int> bucket_of_node_;  // the bucket that closes when backward is done with node i
+  std::vector<NamedTensor> buffers_;   // views of the graph's non-parameter state tensors
 };
 
 }  // namespace strata::training_loop

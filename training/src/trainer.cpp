@@ -748,7 +748,7 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
       e.seen += images;
       e.seconds = seconds_before + seconds_since(epoch_start);
       if (check_every_step) {
-        parallel.check_replicas(graph, *experiment.optimizer,
+        parallel.check_replicas(graph, *experiment.optimizer, false,
                                 fmt::format("after iteration {}", state.iteration));
       }
       emit(hooks, &TrainingHook::on_step, e);
@@ -765,10 +765,12 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
           "epoch {}: skipped {} bad training image(s) (data.on_bad_image: skip); the first: {}",
           epoch + 1, skipped, fmt::join(loader.skip_examples(), "; ")));
     }
+    parallel.sync_buffers(fmt::format("the buffers after epoch {}", epoch + 1));
     EpochReport report = finish_epoch(run, data, context, e, epoch);
     report.skipped_images = skipped;
     if (experiment.distributed.check_replicas != "never") {
-      parallel.check_replicas(graph, *experiment.optimizer, fmt::format("after epoch {}", epoch + 1));
+      parallel.check_replicas(graph, *experiment.optimizer, true,
+                              fmt::format("after epoch {}", epoch + 1));
     }
     emit(hooks, &TrainingHook::on_epoch_end, report);
   }
