@@ -61,6 +61,15 @@ class DataParallel {
   // backward at every step, on 0 images when it has none.
   bool every_rank_runs_every_pass() const { return communicating_layers_; }
   const std::vector<int64_t>& bucket_sizes() const { return bucket_floats_; }  // floats per bucket
+  // What the training loop spent waiting for the other ranks: the step's two agreements and the
+  // gradient sums not yet done when backward finished (the part the overlap did not hide), over
+  // `steps` steps; the bytes summed per step.
+  struct CommunicationTime {
+    double seconds = 0;
+    int64_t steps = 0;
+    int64_t gradient_bytes = 0;
+  };
+  const CommunicationTime& communication() const { return communication_; }
 
   // ---- Setup and epochs (collectives too: every rank, same order) ----
   // Runs `work` on every rank and agrees afterwards: when it threw an Error on any rank, every
@@ -109,6 +118,7 @@ class DataParallel {
   std::vector<int64_t> bucket_floats_;
   std::vector<int> bucket_of_node_;  // the bucket that closes when backward is done with node i
   std::vector<NamedTensor> buffers_;   // views of the graph's non-parameter state tensors
+  CommunicationTime communication_;
 };
 
 }  // namespace strata::training_loop

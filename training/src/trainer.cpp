@@ -775,6 +775,18 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
     emit(hooks, &TrainingHook::on_epoch_end, report);
   }
   TrainSummary summary = run_summary(run, data, context);
+  if (parallel.distributed()) {
+    const training_loop::DataParallel::CommunicationTime& time = parallel.communication();
+    summary.ranks = parallel.ranks();
+    summary.gradient_bytes_per_step = time.gradient_bytes;
+    if (time.steps > 0) summary.communication_seconds_per_step = time.seconds / time.steps;
+    run.progress->note(fmt::format(
+        "MPI: {} steps on {} ranks; waiting for the other ranks {:.2f} ms per step (agreements "
+        "and the part of the gradient sums backward did not hide), {:.2f} MB of gradients summed "
+        "per step",
+        time.steps, parallel.ranks(), 1e3 * summary.communication_seconds_per_step,
+        time.gradient_bytes / 1e6));
+  }
   emit(hooks, &TrainingHook::on_run_end, RunEndEvent{summary, run.interrupted});
   return summary;
 }
