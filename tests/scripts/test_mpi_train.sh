@@ -149,6 +149,16 @@ train_on 2 "$work/skew.log" "$work/skew.yaml" --out "$work/skew"
   && pass "a plugin that makes the replicas differ is caught after the first step" \
   || failed "replica check" "exit $rc" "$work/skew.log"
 
+# ---- The watchdog: rank 1 hangs in its first forward; rank 0 waits in the step's agreement ----
+sed 's/type: test_rank_skew}/type: test_rank_skew, mode: hang}/; s/check_replicas: step}/check_replicas: step, watchdog_seconds: 3}/' \
+  "$work/skew.yaml" >"$work/hang.yaml"
+start=$SECONDS
+train_on 2 "$work/hang.log" "$work/hang.yaml" --out "$work/hang"
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ $((SECONDS - start)) -lt 60 ] \
+  && grep -q "rank 0 of 2 (.*): the loss of iteration 1 has not completed after 3 s" "$work/hang.log" \
+  && pass "a hung rank: the watchdog aborts the job after 3 s naming the waiting rank and collective" \
+  || failed "watchdog" "exit $rc after $((SECONDS - start)) s" "$work/hang.log"
+
 # ---- A global batch the ranks cannot share ----
 train_on 3 "$work/indivisible.log" "$work/sgd.yaml" --out "$work/indivisible"
 [ "$rc" -eq 1 ] && grep -q "train.batch_size: 64 is the global batch, split evenly among the 3 ranks" "$work/indivisible.log" \

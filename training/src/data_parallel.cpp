@@ -97,30 +97,40 @@ DataParallel::DataParallel(Communicator* communicator, Graph& graph,
 
 DataParallel::~DataParallel() = default;
 
-void DataParallel::fail_with(int failing_rank, std::string message, std::string_view what) {
-  // Every rank stops with the failing rank's message, named by its rank (one rank: unchanged).
-  if (communicator_->size() > 1) {
-    communicator_->broadcast(message, failing_rank, what);
-    message = fmt::format("rank {} of {}: {}", failing_rank, communicator_->size(), message);
+namespace {
+
+// Every rank stops with the failing rank's message, named by its rank (one rank: unchanged).
+[[noreturn]] void fail_everywhere(Communicator& communicator, int failing_rank, std::string message,
+                                  std::string_view what) {
+  if (communicator.size() > 1) {
+    communicator.broadcast(message, failing_rank, what);
+    message = fmt::format("rank {} of {}: {}", failing_rank, communicator.size(), message);
   }
   throw JobError(message);
 }
 
-void DataParallel::agree(std::string_view what, const std::function<void()>& work) {
+}  // namespace
+
+void agree_on_errors(Communicator* communicator, std::string_view what,
+                     const std::function<void()>& work) {
   std::optional<std::string> error;
   try {
     work();
   } catch (const Error& e) {
-    if (communicator_ == nullptr) throw;
+    if (communicator == nullptr) throw;
     error = e.what();
   }
-  if (communicator_ == nullptr) return;
-  int64_t first_failing = error ? communicator_->rank() : std::numeric_limits<int64_t>::max();
-  communicator_->allreduce(std::span<int64_t>(&first_failing, 1), ReduceOp::min,
-                           fmt::format("agreement after {}", what));
+  if (communicator == nullptr) return;
+  int64_t first_failing = error ? communicator->rank() : std::numeric_limits<int64_t>::max();
+  communicator->allreduce(std::span<int64_t>(&first_failing, 1), ReduceOp::min,
+                          fmt::format("agreement after {}", what));
   if (first_failing == std::numeric_limits<int64_t>::max()) return;
-  fail_with(static_cast<int>(first_failing), error.value_or(""),
-            fmt::format("the error message of {}", what));
+  fail_everywhere(*communicator, static_cast<int>(first_failing), error.value_or(""),
+                  fmt::format("the error message of {}", what));
+}
+
+void DataParallel::agree(std::string_view what, const std::function<void()>& work) {
+  agree_on_errors(communicator_, what, work);
 }
 
 void DataParallel::broadcast(std::vector<NamedTensor>& tensors, std::string_view what) {
@@ -202,8 +212,8 @@ int64_t DataParallel::agree_images(int64_t local_images, const std::optional<std
   communicator_->allreduce(std::span<int64_t>(&first_failing, 1), ReduceOp::min,
                            fmt::format("the data errors of iteration {}", iteration));
   if (first_failing != std::numeric_limits<int64_t>::max()) {
-    fail_with(static_cast<int>(first_failing), error.value_or(""),
-              fmt::format("the data error of iteration {}", iteration));
+    fail_everywhere(*communicator_, static_cast<int>(first_failing), error.value_or(""),
+                    fmt::format("the data error of iteration {}", iteration));
   }
   return images;
 }

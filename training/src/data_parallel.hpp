@@ -46,6 +46,12 @@
 
 namespace strata::training_loop {
 
+// Runs `work` on every rank of `communicator` (or just runs it, without one) and agrees
+// afterwards: when it threw an Error on any rank, every rank throws a JobError with the first
+// failing rank's message. `work` must make no collective call after it may have thrown.
+void agree_on_errors(Communicator* communicator, std::string_view what,
+                     const std::function<void()>& work);
+
 class DataParallel {
  public:
   DataParallel(Communicator* communicator, Graph& graph, const DistributedSettings& settings);
@@ -109,7 +115,6 @@ class DataParallel {
  private:
   struct Bucket;
   void start_bucket(Graph& graph, Bucket& bucket, int64_t iteration);
-  [[noreturn]] void fail_with(int failing_rank, std::string message, std::string_view what);
 
   Communicator* communicator_;
   DistributedSettings settings_;
