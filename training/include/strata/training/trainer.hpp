@@ -33,6 +33,15 @@
 
 namespace strata {
 
+// Under MPI: an Error that every rank of the job throws alike (one rank's data error, a loss that
+// diverged: the ranks agree on them, docs/distributed.md), so each rank may end normally. Any
+// other exception leaving train_experiment on one rank must end the whole job
+// (Communicator::abort): the other ranks would wait for it in their next collective.
+class JobError : public Error {
+ public:
+  using Error::Error;
+};
+
 // What one training step measured (for TrainOptions::on_iteration).
 struct IterationReport {
   int64_t epoch = 0;      // 1-based
@@ -100,6 +109,12 @@ struct TrainSummary {
   std::filesystem::path best_checkpoint;    // best.h5, empty when none was written
   bool interrupted = false;  // TrainOptions::stop ended the run; `checkpoint` holds where
   int64_t iterations = 0;    // optimizer steps taken, over the whole run
+  // Under MPI (docs/distributed.md): the ranks, and per step of this process's run the seconds
+  // the loop waited for the other ranks (agreements and gradient sums that backward did not
+  // hide) and the gradient bytes each rank summed.
+  int ranks = 1;
+  double communication_seconds_per_step = 0;
+  int64_t gradient_bytes_per_step = 0;
 };
 
 
