@@ -113,6 +113,9 @@ class BatchNorm final : public Layer {
   }
 
   std::string_view type() const override { return "batch_norm"; }
+  // Synchronized, every training pass makes collectives: the trainer runs it on every rank, with
+  // 0 images where a rank has none.
+  bool communicates() const override { return sync_; }
 
   std::vector<Param*> params() override {
     if (affine_) return {&weight_, &bias_};

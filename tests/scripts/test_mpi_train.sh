@@ -2,7 +2,8 @@
 # Data-parallel `strata train` under mpirun (issue 17, docs/distributed.md), on one machine:
 #   - N ranks with global batch B end with the weights of one process with batch B (2 and 4
 #     ranks; SGD with momentum and weight decay, and Adam; a dataset that does not divide evenly,
-#     whose last batch leaves some ranks with no image), within a relative 1e-5;
+#     whose last batch leaves some ranks with no image; a net with `sync: true` batch norm), within
+#     a relative 1e-5;
 #   - the replicas are bitwise identical after every step (distributed.check_replicas: step, a
 #     hash of every parameter and optimizer state compared over the ranks), and a plugin that
 #     makes them differ is caught and named;
@@ -131,6 +132,29 @@ train_on 4 "$work/uneven4.log" "$work/uneven.yaml" --out "$work/uneven4"
 [ "$rc" -eq 0 ] && equivalent "a last batch of 2 images on 4 ranks finishes and matches" \
   "$work/uneven1/model.h5" "$work/uneven4/model.h5" \
   || failed "uneven data on 4 ranks: exit $rc" "" "$work/uneven4.log"
+
+# Synchronized batch norm on the same uneven data: 4 ranks (two of them with no image in the last
+# batch, which still run forward and backward with zero contributions) match one process; without
+# `sync` each rank normalizes its own 16 images and the weights differ.
+experiment "$work/syncbn.yaml" "$sgd" 998
+# (conv1 without a bias, as before any batch norm: its gradient would be rounding noise alone.)
+sed -i -e 's/    - {name: relu1, type: relu}/    - {name: bn1, type: batch_norm, sync: true}\n&/' \
+  -e 's/kernel: 3, padding: 1}/kernel: 3, padding: 1, bias: false}/' "$work/syncbn.yaml"
+train_on 0 "$work/syncbn1.log" "$work/syncbn.yaml" --out "$work/syncbn1"
+train_on 4 "$work/syncbn4.log" "$work/syncbn.yaml" --out "$work/syncbn4"
+[ "$rc" -eq 0 ] && equivalent "batch_norm sync: true, 4 ranks (a last batch of 2) vs one process" \
+  "$work/syncbn1/model.h5" "$work/syncbn4/model.h5" \
+  || failed "sync batch norm on 4 ranks: exit $rc" "" "$work/syncbn4.log"
+train_on 1 "$work/syncbn-np1.log" "$work/syncbn.yaml" --out "$work/syncbn-np1"
+result=$(compare "$work/syncbn1/model.h5" "$work/syncbn-np1/model.h5")
+[ "$rc" -eq 0 ] && [ "${result#* }" = exact ] \
+  && pass "batch_norm sync: true under mpirun -np 1 is bit-identical to a run without MPI" \
+  || failed "sync batch norm, mpirun -np 1" "exit $rc, $result" "$work/syncbn-np1.log"
+train_on 4 "$work/unsynced4.log" "$work/syncbn.yaml" --out "$work/unsynced4" --set model.layers[1].sync=false
+result=$(compare "$work/syncbn1/model.h5" "$work/unsynced4/model.h5")
+[ "$rc" -eq 0 ] && "$PYTHON" -c "import sys; sys.exit(0 if float('${result% *}') > 1e-3 else 1)" \
+  && pass "without sync the 4 ranks' per-rank statistics differ from one process (${result% *})" \
+  || failed "batch_norm without sync on 4 ranks" "exit $rc, difference ${result% *}" "$work/unsynced4.log"
 
 # ---- One rank is exactly a plain run ----
 train_on 1 "$work/np1.log" "$work/sgd.yaml" --out "$work/np1"
