@@ -79,10 +79,6 @@ void drive(JobSource& source, const std::vector<Worker>& workers, const std::ato
   if (fatal) std::rethrow_exception(fatal);
 }
 
-void drive(JobSource& source, int concurrency, const Worker& run, const std::atomic<bool>* stop) {
-  drive(source, std::vector<Worker>(static_cast<std::size_t>(std::max(concurrency, 1)), run), stop);
-}
-
 std::optional<Job> AllTrials::next() {
   while (next_ < trials_.size() && trials_[next_].status != "pending") ++next_;
   if (next_ == trials_.size()) return std::nullopt;

@@ -45,8 +45,6 @@ using Worker = std::function<Trial(Job&)>;
 // load balances itself. The first exception of a worker, `next` or `finish` stops the workers
 // and is rethrown once all have stopped.
 void drive(JobSource& source, const std::vector<Worker>& workers, const std::atomic<bool>* stop);
-// The same with `concurrency` workers that all call `run`.
-void drive(JobSource& source, int concurrency, const Worker& run, const std::atomic<bool>* stop);
 
 // Random and grid stages: every trial once, in index order.
 class AllTrials final : public JobSource {
