@@ -1,9 +1,13 @@
 // strata train EXP.yaml [--set key.path=value]... [--out DIR] [--overwrite | --resume [--force]
 //   [--allow-nonfinite]] [--weights CKPT [--weights-partial]] [--progress MODE] [--threads N]
+#include <sched.h>
+
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <thread>
 
 #include "cli.hpp"
 #include "strata/error.hpp"
@@ -73,6 +77,26 @@ std::string resume_command(const std::vector<std::string>& args, const std::file
   return command;
 }
 
+// Under MPI, an experiment that does not set `threads` gets the node's cores divided among the
+// ranks on it; a rank that mpirun bound to fewer cores than that is told how to unbind it.
+void set_threads_per_rank(Config& experiment, const Communicator& communicator) {
+  const auto given = experiment.find("threads");
+  if (given && given->as<int>() != 0) return;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = std::max(1, cores / communicator.local_size());
+  experiment.set("threads", std::to_string(threads));
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return;
+  const int usable = CPU_COUNT(&allowed);
+  if (usable < threads && communicator.rank() == 0) {
+    std::printf(
+        "warning: this rank may run on %d core(s) only (the launcher bound it), so its %d "
+        "threads share them; run mpirun with --bind-to none (srun: --cpu-bind=none) to give each "
+        "of the %d ranks on this node %d core(s)\n",
+        usable, threads, communicator.local_size(), threads);
+  }
+}
+
 }  // namespace
 
 int run_train(Session& session, const std::vector<std::string>& args) {
@@ -113,7 +137,10 @@ int run_train(Session& session, const std::vector<std::string>& args) {
     experiment.set("threads", std::to_string(threads));
   }
   load_experiment_plugins(experiment, session.loader);
+  Communicator* communicator = job_communicator(session);
+  if (communicator != nullptr) set_threads_per_rank(experiment, *communicator);
   TrainOptions train_options;
+  train_options.communicator = communicator;
   train_options.out_dir = output_folder(*vm, path, "");
   train_options.resume = (*vm)["resume"].as<bool>();
   train_options.force = (*vm)["force"].as<bool>();
@@ -142,11 +169,25 @@ int run_train(Session& session, const std::vector<std::string>& args) {
   }
   train_options.stop = &stop_requested;
   install_stop_handlers();
-  const TrainSummary summary = train_experiment(experiment, session.registries, train_options);
+  TrainSummary summary;
+  try {
+    summary = train_experiment(experiment, session.registries, train_options);
+  } catch (const JobError&) {
+    // Every rank holds the same message; rank 0 prints it (main), the others end quietly.
+    if (communicator != nullptr && communicator->rank() > 0) return 1;
+    throw;
+  } catch (const std::exception& error) {
+    // One rank alone failed: the others would wait for it forever, so the job ends here.
+    if (communicator == nullptr || communicator->size() == 1) throw;
+    communicator->abort(error.what(), 1);
+  }
+  // A rank that agreed to stop without being signalled itself exits as if interrupted (130).
+  const int stop_status = 128 + (stop_signal.load() != 0 ? stop_signal.load() : SIGINT);
+  if (communicator != nullptr && communicator->rank() > 0) return summary.interrupted ? stop_status : 0;
   if (summary.interrupted) {
     std::printf("continue with: %s\n", resume_command(args, train_options.out_dir).c_str());
     std::fflush(stdout);
-    return 128 + stop_signal.load();
+    return stop_status;
   }
   std::printf(
       "test accuracy %.4f (loss %.4f) after %lld epochs, %.1fs of training at %.0f images/s\n",

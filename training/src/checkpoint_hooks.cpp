@@ -22,6 +22,8 @@ namespace strata::training_loop {
 namespace fs = std::filesystem;
 
 void Run::save(const fs::path& path) {
+  if (path == checkpoint_path) saved_epoch = state.epoch;
+  if (!writes_files()) return;
   Checkpoint checkpoint;
   checkpoint.model = experiment.graph->state_tensors();
   checkpoint.optimizer = experiment.optimizer->state();
@@ -34,7 +36,6 @@ void Run::save(const fs::path& path) {
   state.rng_state = rng_text.str();
   checkpoint.training = state;
   save_checkpoint(path, checkpoint);
-  if (path == checkpoint_path) saved_epoch = state.epoch;
 }
 
 namespace {
@@ -96,7 +97,9 @@ class CheckpointHook : public TrainingHook {
 
   void on_run_end(const RunEndEvent& e) override {
     if (e.interrupted) return;
-    if (run_.state.epoch == 0 || !fs::exists(run_.checkpoint_path)) run_.save(run_.checkpoint_path);
+    if (run_.state.epoch == 0 || (run_.writes_files() && !fs::exists(run_.checkpoint_path))) {
+      run_.save(run_.checkpoint_path);
+    }
   }
 
  private:
@@ -140,7 +143,7 @@ class InterruptHook : public TrainingHook {
   }
 
  private:
-  bool stop_requested() const { return run_.options.stop != nullptr && run_.options.stop->load(); }
+  bool stop_requested() const { return run_.stop_requested; }
 
   Run& run_;
 };

@@ -172,6 +172,31 @@ void read_checkpoint_policy(Experiment& run, const Config& experiment) {
   }
 }
 
+// The `distributed` section, when given (its defaults are not recorded in the experiment as
+// run: a plain run's checkpoint stays as it was).
+DistributedSettings read_distributed(const Config& experiment) {
+  DistributedSettings settings;
+  const auto section = experiment.find("distributed");
+  if (!section) return settings;
+  settings.bucket_mb = section->get<double>("bucket_mb", settings.bucket_mb);
+  if (!(settings.bucket_mb > 0 && settings.bucket_mb <= 4096)) {
+    section->fail_key("bucket_mb", fmt::format("must be in (0, 4096] MiB, found {}", settings.bucket_mb));
+  }
+  settings.overlap = section->get<bool>("overlap", settings.overlap);
+  settings.watchdog_seconds = section->get<double>("watchdog_seconds", settings.watchdog_seconds);
+  if (!(settings.watchdog_seconds >= 0)) {
+    section->fail_key("watchdog_seconds", "must be 0 (off) or a number of seconds");
+  }
+  settings.check_replicas = section->get<std::string>("check_replicas", settings.check_replicas);
+  if (settings.check_replicas != "epoch" && settings.check_replicas != "step" &&
+      settings.check_replicas != "never") {
+    section->fail_key("check_replicas", fmt::format("must be epoch, step or never, found '{}'",
+                                                    settings.check_replicas));
+  }
+  section->check_unused();
+  return settings;
+}
+
 // The `train` and `data` sections as training reads them (Scope::training).
 void read_training_sections(Experiment& run, const Config& experiment,
                             const Registries& registries) {
@@ -272,6 +297,7 @@ Experiment Experiment::read(const Config& experiment, const Registries& registri
 
   read_optimizer(run, experiment, registries);
   read_checkpoint_policy(run, experiment);
+  run.distributed = read_distributed(experiment);
   // `plugins` is handled by the command line tool before the registries are used.
   if (auto plugins = experiment.find("plugins")) plugins->mark_used();
   // `search` is read by `strata search` (docs/search.md); training runs the experiment as written.

@@ -24,6 +24,8 @@
 
 namespace strata::training_loop {
 
+class DataParallel;  // data_parallel.hpp
+
 using Clock = std::chrono::steady_clock;
 
 // PartialEpoch::rng_state as this Strata writes it: the epoch's order is drawn from (seed, epoch)
@@ -73,8 +75,14 @@ struct Run {
   std::vector<PluginRecord> plugin_records;
   std::vector<std::string> epoch_notes;  // printed after the epoch's line, then cleared
   Progress* progress = nullptr;
+  DataParallel* parallel = nullptr;  // the ranks of an MPI job (a no-op without one)
+  int rank = 0;                      // this process's rank; only rank 0 prints and writes files
+  // TrainOptions::stop as every rank agrees on it (the loop sets it at every step and epoch end).
+  bool stop_requested = false;
 
-  // A checkpoint of the run as it is now (weights, optimizer, schedule, state, generator).
+  bool writes_files() const { return rank == 0; }
+  // A checkpoint of the run as it is now (weights, optimizer, schedule, state, generator); on
+  // rank 0 only (the replicas are identical).
   void save(const std::filesystem::path& path);
 };
 

@@ -78,7 +78,10 @@ const std::vector<std::string>& resume_keys() {
       "checkpoint.every", "data.test_limit",       "plugins", "plugins[]",
       // What the run records and how watchfully, not what it computes (docs/training.md).
       "train.log_every", "train.diagnostics_every", "train.explode_factor",
-      "train.early_stopping.patience"};
+      "train.early_stopping.patience",
+      // How the ranks of an MPI job communicate, not what they compute (docs/distributed.md).
+      "distributed.bucket_mb", "distributed.overlap", "distributed.watchdog_seconds",
+      "distributed.check_replicas"};
   return kAllowed;
 }
 

@@ -22,7 +22,7 @@ class SummaryWriter : public TrainingHook {
   explicit SummaryWriter(Run& run) : run_(run) {}
 
   void on_run_end(const RunEndEvent& e) override {
-    if (e.interrupted) return;
+    if (e.interrupted || !run_.writes_files()) return;
     TrainSummary& summary = e.summary;
     summary.summary = run_.options.out_dir / "summary.json";
     const Experiment& experiment = run_.experiment;

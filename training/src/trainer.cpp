@@ -16,6 +16,7 @@
 #include <sstream>
 #include <utility>
 
+#include "data_parallel.hpp"
 #include "loop.hpp"
 #include "strata/backend.hpp"
 #include "strata/checkpoint.hpp"
@@ -66,12 +67,16 @@ struct Evaluation {
 // The loss and accuracy over `samples`, through the transforms' deterministic apply(), read in
 // batches of `batch` (a loader of its own, so memory is two batches whatever the split's size).
 // Skipped bad images (data.on_bad_image: skip) count in neither and are noted.
+// Under MPI each rank evaluates its shard and the sums are reduced, so every rank returns the same.
 Evaluation evaluate(const Experiment& experiment, Context& context, const RunData& data,
-                    const SampleSet& samples, training_loop::Progress* progress = nullptr) {
+                    const SampleSet& samples, training_loop::DataParallel& parallel,
+                    training_loop::Progress* progress = nullptr) {
   if (samples.size() == 0) return {};
   LoaderOptions options;
   options.batch_size = std::min(experiment.train.eval_batch_size, samples.size());
   options.skip_bad = experiment.data.skip_bad_images;
+  options.rank = parallel.rank();
+  options.ranks = parallel.ranks();
   BatchLoader loader(samples, data.transforms, data.sample, options);
   loader.start_epoch(0);
   context.training = false;
@@ -86,9 +91,18 @@ Evaluation evaluate(const Experiment& experiment, Context& context, const RunDat
     correct += count_correct(logits, batch.labels);
     seen += batch.size();
   }
-  if (loader.skipped() > 0 && progress != nullptr) {
-    progress->note(fmt::format("{}: skipped {} bad image(s) (data.on_bad_image: skip), e.g. {}",
-                               samples.name, loader.skipped(), loader.skip_examples().front()));
+  double sums[4] = {total_loss, static_cast<double>(correct), static_cast<double>(seen),
+                    static_cast<double>(loader.skipped())};
+  parallel.sum(sums, fmt::format("the evaluation of {}", samples.name));
+  total_loss = sums[0];
+  correct = static_cast<int64_t>(sums[1]);
+  seen = static_cast<int64_t>(sums[2]);
+  const auto skipped = static_cast<int64_t>(sums[3]);
+  if (skipped > 0 && progress != nullptr) {
+    const std::string example =
+        loader.skip_examples().empty() ? "" : ", e.g. " + loader.skip_examples().front();
+    progress->note(fmt::format("{}: skipped {} bad image(s) (data.on_bad_image: skip){}",
+                               samples.name, skipped, example));
   }
   if (seen == 0) return {};
   return {total_loss / seen, static_cast<double>(correct) / seen};
@@ -271,6 +285,8 @@ void prepare_transforms(Run& run, const RunData& data) {
           {fmt::format("{}.{}/{}", i, transforms[i]->type(), t.name), t.tensor});
     }
   }
+  // Under MPI rank 0 fits (or restores) them and broadcasts them (share_run_state).
+  if (!run.writes_files()) return;
   if (run.options.resume) {
     load_checkpoint_tensors(run.checkpoint_path, "preprocess", run.preprocess_state, false,
                             run.options.allow_nonfinite);
@@ -296,6 +312,7 @@ void restore_or_start(Run& run, bool has_validation) {
   experiment.schedule->setup(plan);
   const TrainOptions& options = run.options;
   const fs::path& checkpoint = run.checkpoint_path;
+  if (!run.writes_files()) return;  // under MPI, rank 0 reads and shares (share_run_state)
   if (!options.resume) {
     if (!options.weights.empty()) load_finetuning_weights(*experiment.graph, options, checkpoint);
     return;
@@ -338,6 +355,58 @@ void restore_or_start(Run& run, bool has_validation) {
   }
 }
 
+// Under MPI: rank 0's weights (initialized, fine-tuned or resumed), optimizer and schedule state,
+// fitted transform statistics and training position go to every rank, so that every replica
+// starts identical whatever each rank could read. Ranks > 0 then draw dropout masks from a
+// generator of their own (seeded from the seed, the rank and the iteration), so the ranks do not
+// drop the same units of different images.
+void share_run_state(Run& run) {
+  training_loop::DataParallel& parallel = *run.parallel;
+  if (!parallel.distributed()) return;
+  Experiment& experiment = run.experiment;
+  std::vector<NamedTensor> model = experiment.graph->state_tensors();
+  parallel.broadcast(model, "the model's weights");
+  std::vector<NamedTensor> optimizer = experiment.optimizer->state();
+  parallel.broadcast(optimizer, "the optimizer state");
+  std::vector<NamedTensor> schedule = experiment.schedule->state();
+  parallel.broadcast(schedule, "the schedule state");
+  parallel.broadcast(run.preprocess_state, "the transform statistics");
+  TrainingState& state = run.state;
+  const PartialEpoch partial = state.partial.value_or(PartialEpoch{});
+  auto& history = state.history;
+  const auto initial = history.find("sanity/initial_loss");
+  const bool has_initial = initial != history.end() && !initial->second.empty();
+  double position[10] = {static_cast<double>(state.epoch),
+                         static_cast<double>(state.iteration),
+                         state.partial ? 1.0 : 0.0,
+                         static_cast<double>(partial.step),
+                         partial.loss_sum,
+                         static_cast<double>(partial.correct),
+                         static_cast<double>(partial.seen),
+                         partial.seconds,
+                         has_initial ? 1.0 : 0.0,
+                         has_initial ? initial->second.front() : 0.0};
+  parallel.broadcast(position, "the training position");
+  if (run.rank == 0) return;
+  state.epoch = static_cast<int64_t>(position[0]);
+  state.iteration = static_cast<int64_t>(position[1]);
+  if (position[2] != 0) {
+    PartialEpoch& resumed = state.partial.emplace();
+    resumed.step = static_cast<int64_t>(position[3]);
+    resumed.rng_state = training_loop::kStreamOrder;
+    resumed.loss_sum = position[4];
+    resumed.correct = static_cast<int64_t>(position[5]);
+    resumed.seen = static_cast<int64_t>(position[6]);
+    resumed.seconds = position[7];
+  }
+  if (position[8] != 0) history["sanity/initial_loss"] = {position[9]};
+  run.saved_epoch = state.epoch;
+  const auto iteration = static_cast<uint64_t>(state.iteration);
+  std::seed_seq seeds{experiment.seed, static_cast<uint32_t>(run.rank),
+                      static_cast<uint32_t>(iteration), static_cast<uint32_t>(iteration >> 32)};
+  experiment.rng.seed(seeds);
+}
+
 // --overwrite: the previous run's files go once this run has its data and is about to train, so
 // that a new run never leaves a folder mixing two runs (an old best.h5 beside a new model.h5).
 void delete_previous_run(const std::vector<fs::path>& previous_run, bool quiet) {
@@ -347,6 +416,18 @@ void delete_previous_run(const std::vector<fs::path>& previous_run, bool quiet) 
     if (removed) fail("{}: cannot delete it for --overwrite: {}", file.string(), removed.message());
     if (!quiet) std::printf("--overwrite: deleted %s of the previous run\n", file.c_str());
   }
+}
+
+// Under MPI train.batch_size is the global batch: each of N ranks computes batch_size / N.
+void check_global_batch(const Experiment& experiment, int ranks) {
+  const int64_t batch = experiment.train.batch_size;
+  if (ranks <= 1 || batch % ranks == 0) return;
+  experiment.config.at("train").fail_key(
+      "batch_size",
+      fmt::format("{} is the global batch, split evenly among the {} ranks of this MPI job, but "
+                  "{} / {} is not a whole number; choose a multiple of {} (e.g. {} or {})",
+                  batch, ranks, batch, ranks, ranks, batch / ranks * ranks,
+                  (batch / ranks + 1) * ranks));
 }
 
 void print_run_header(const Run& run, double data_seconds) {
@@ -361,6 +442,21 @@ void print_run_header(const Run& run, double data_seconds) {
       experiment.backend->threads());
   if (const std::string about = experiment.backend->description(); !about.empty()) {
     std::printf("backend %s: %s\n", experiment.backend_name.c_str(), about.c_str());
+  }
+  if (const training_loop::DataParallel& parallel = *run.parallel; parallel.distributed()) {
+    const Communicator& communicator = *parallel.communicator();
+    const int64_t batch = experiment.train.batch_size;
+    std::printf(
+        "MPI: %d rank(s), %d per node (rank 0 on %s), %d thread(s) per rank; global batch %lld = "
+        "%d x %lld; gradients in %zu bucket(s) of up to %g MiB%s\n",
+        communicator.size(), communicator.local_size(), communicator.host().c_str(),
+        experiment.backend->threads(), static_cast<long long>(batch), communicator.size(),
+        static_cast<long long>(batch / communicator.size()), parallel.bucket_sizes().size(),
+        experiment.distributed.bucket_mb,
+        experiment.distributed.overlap ? ", overlapped with backward" : "");
+    if (const std::string about = communicator.description(); !about.empty()) {
+      std::printf("MPI: %s\n", about.c_str());
+    }
   }
   if (experiment.train.overfit > 0) {
     std::printf(
@@ -387,7 +483,7 @@ double initial_loss_check(Run& run, const RunData& data, Context& context) {
       epoch_order(experiment.seed, 0, run.train_images, experiment.train.shuffle);
   first.rows.resize(static_cast<std::size_t>(std::min(experiment.train.batch_size, run.train_images)));
   for (std::size_t i = 0; i < first.rows.size(); ++i) first.rows[i] = data.train.rows[order[i]];
-  const double initial_loss = evaluate(experiment, context, data, first).loss;
+  const double initial_loss = evaluate(experiment, context, data, first, *run.parallel).loss;
   const int64_t classes = experiment.graph->output_shape().numel();
   const std::optional<double> expected = experiment.loss->chance_loss(classes);
   history["sanity/initial_loss"] = {initial_loss};
@@ -418,28 +514,48 @@ double initial_loss_check(Run& run, const RunData& data, Context& context) {
 // ---- The loop. ----
 
 // The data seam: each epoch's training batches, in the order epoch_order() draws from (seed,
-// epoch); the loop only calls start_epoch and next.
+// epoch); the loop only calls start_epoch and next. Under MPI, rank r of N reads only its shard
+// (positions r, r + N, ... of the epoch's order) in batches of batch_size / N, so that the
+// ranks' batch k together hold exactly the images of a single process's batch k. A rank whose
+// shard has fewer batches than the epoch's steps (an uneven last batch) gets empty batches.
 class EpochBatches {
  public:
-  EpochBatches(const Experiment& experiment, const RunData& data)
-      : loader_(data.train, data.transforms, data.sample, training_loader_options(experiment)),
+  EpochBatches(const Experiment& experiment, const RunData& data, int rank, int ranks)
+      : loader_(data.train, data.transforms, data.sample,
+                rank_options(training_loader_options(experiment), rank, ranks)),
         seed_(experiment.seed),
         shuffle_(experiment.train.shuffle),
-        rows_(data.train.size()) {}
+        rows_(data.train.size()),
+        empty_(Shape(data.sample).with_batch(0)) {}
 
   int64_t steps() const { return loader_.batches_per_epoch(); }
   // Epoch `epoch` (0-based), from its step `first_step` (where an interrupted epoch resumes).
   void start_epoch(int64_t epoch, int64_t first_step) {
-    loader_.start_epoch(epoch, epoch_order(seed_, epoch, rows_, shuffle_), first_step);
+    next_ = first_step;
+    // A shard with no batch left at first_step starts at 0 (its next() is never called).
+    loader_.start_epoch(epoch, epoch_order(seed_, epoch, rows_, shuffle_),
+                        first_step < steps() ? first_step : 0);
   }
-  Batch next() { return loader_.next(); }
+  Batch next() {
+    if (next_++ >= steps()) return Batch{empty_, {}, 0};
+    return loader_.next();
+  }
   const BatchLoader& loader() const { return loader_; }
 
  private:
+  static LoaderOptions rank_options(LoaderOptions options, int rank, int ranks) {
+    options.batch_size /= ranks;
+    options.rank = rank;
+    options.ranks = ranks;
+    return options;
+  }
+
   BatchLoader loader_;
   uint32_t seed_;
   bool shuffle_;
   int64_t rows_;
+  Tensor empty_;  // [0, sample]: the batch of a rank with no images in a step
+  int64_t next_ = 0;
 };
 
 // The hooks in the order the loop calls them: the search's abort sees a step's loss before the
@@ -482,7 +598,7 @@ EpochReport finish_epoch(Run& run, const RunData& data, Context& context, const 
   report.train_regularization = experiment.optimizer->regularization_loss();
   report.train_accuracy = static_cast<double>(last.correct) / last.seen;
   report.lr = static_cast<float>(last.lr);
-  const Evaluation val = evaluate(experiment, context, data, data.val, run.progress);
+  const Evaluation val = evaluate(experiment, context, data, data.val, *run.parallel, run.progress);
   report.val_loss = val.loss;
   report.val_accuracy = val.accuracy;
   Metrics metrics{{"train_loss", report.train_loss}, {"train_accuracy", report.train_accuracy}};
@@ -516,7 +632,7 @@ TrainSummary run_summary(Run& run, const RunData& data, Context& context) {
   summary.interrupted = run.interrupted;
   if (run.interrupted) return summary;
   Experiment& experiment = run.experiment;
-  const Evaluation test = evaluate(experiment, context, data, data.test, run.progress);
+  const Evaluation test = evaluate(experiment, context, data, data.test, *run.parallel, run.progress);
   summary.test_accuracy = test.accuracy;
   summary.test_loss = test.loss;
   summary.stopped_early = run.stopped_early;
@@ -537,15 +653,21 @@ TrainSummary run_summary(Run& run, const RunData& data, Context& context) {
 }
 
 // Epochs of steps, each step: the next batch, forward and loss, backward, clipping, the optimizer
-// step; each emitting its event (strata/training/hooks.hpp). The hooks do everything else.
+// step; each emitting its event (strata/training/hooks.hpp). The hooks do everything else. Under
+// MPI the step's collectives (data_parallel.hpp) sit between them, taken by every rank in the same
+// order whatever happened to it, so that a rank's data error, NaN or stop request stops every
+// rank at the same step; the events then carry the global batch's figures.
 TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Context& context,
                         const std::vector<std::shared_ptr<TrainingHook>>& hooks) {
   Experiment& experiment = run.experiment;
   Graph& graph = *experiment.graph;
   TrainingState& state = run.state;
+  training_loop::DataParallel& parallel = *run.parallel;
   const std::vector<ParamRef> params = graph.params();
-  const int64_t batch_size = experiment.train.batch_size;
-  Tensor dlogits(graph.output_shape().with_batch(batch_size));
+  const int64_t local_batch = experiment.train.batch_size / parallel.ranks();
+  Tensor dlogits(graph.output_shape().with_batch(local_batch));
+  const bool check_every_step = experiment.distributed.check_replicas == "step";
+  auto stop_flag = [&] { return run.options.stop != nullptr && run.options.stop->load(); };
   emit(hooks, &TrainingHook::on_run_start,
        RunStartEvent{experiment.train.epochs, run.steps, state.epoch, state.iteration,
                      run.initial_loss});
@@ -566,42 +688,90 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
     batches.start_epoch(epoch, e.step);
     const auto epoch_start = Clock::now();
     while (e.step < run.steps && !run.interrupted) {
-      const Batch batch = batches.next();  // the data seam
+      Batch batch;
+      std::optional<std::string> data_error;
+      try {
+        batch = batches.next();  // the data seam
+      } catch (const Error& error) {
+        if (!parallel.distributed()) throw;
+        data_error = error.what();
+      }
       e.step += 1;
-      if (batch.size() == 0) continue;  // every image of the batch was skipped as bad
+      const int64_t images = parallel.agree_images(batch.size(), data_error, state.iteration + 1);
+      if (images == 0) continue;  // every image of the batch was skipped as bad
       e.iteration = state.iteration + 1;
-      e.images = batch.size();
-      Tensor dl = e.images == batch_size ? dlogits : dlogits.batch_slice(0, e.images);
+      e.images = images;
       const float lr = experiment.schedule->lr(epoch, state.iteration);
       e.lr = lr;
-      context.training = true;
-      const Tensor& logits = graph.forward(context, batch.images);
-      const float loss = experiment.loss->forward_backward(logits, batch.labels, &dl);
-      e.loss = loss;
-      emit(hooks, &TrainingHook::on_loss, e);  // may throw: the step is not taken
-      const int64_t correct = count_correct(logits, batch.labels);
-      graph.backward(context, dl);
-      emit(hooks, &TrainingHook::on_backward, e);  // where an MPI gradient reduction goes
+      // This rank's part: forward and loss on its images (none: under MPI a rank may have no
+      // image in the last batch; it still runs the passes when a layer communicates in them).
+      Tensor dl = batch.size() == local_batch ? dlogits : dlogits.batch_slice(0, batch.size());
+      training_loop::DataParallel::Totals local;
+      float loss = 0;
+      const bool runs_passes = batch.size() > 0 || parallel.every_rank_runs_every_pass();
+      if (runs_passes) {
+        context.training = true;
+        const Tensor& logits = graph.forward(context, batch.images);
+        if (batch.size() > 0) {
+          loss = experiment.loss->forward_backward(logits, batch.labels, &dl);
+          local.loss_sum = static_cast<double>(loss) * batch.size();
+          local.correct = count_correct(logits, batch.labels);
+          // The loss is this rank's mean; the gradient summed over the ranks must be the global
+          // batch's mean (exactly 1 for one rank, leaving dl as it is).
+          if (const float share = static_cast<float>(batch.size()) / static_cast<float>(images);
+              share != 1.0f) {
+            float* d = dl.data();
+            for (int64_t k = 0, n = dl.numel(); k < n; ++k) d[k] *= share;
+          }
+        }
+      }
+      local.stop = stop_flag();
+      const training_loop::DataParallel::Totals totals = parallel.agree_totals(local, e.iteration);
+      run.stop_requested = totals.stop;
+      e.loss = parallel.distributed() ? totals.loss_sum / static_cast<double>(images) : loss;
+      try {
+        emit(hooks, &TrainingHook::on_loss, e);  // may throw: the step is not taken
+      } catch (const Error& error) {
+        // The guards judge the global loss, which every rank holds: every rank throws alike.
+        if (!parallel.distributed()) throw;
+        throw JobError(error.what());
+      }
+      parallel.backward(graph, context, dl, runs_passes, e.iteration);
+      emit(hooks, &TrainingHook::on_backward, e);  // the gradients are the global batch's
       const GradientClipping& clipping = experiment.train.clipping;
       e.grad_norm = clipping.enabled() ? clip_gradients(params, clipping) : 0.0;
       emit(hooks, &TrainingHook::on_gradients, e);
       experiment.optimizer->step(lr);
       ++state.iteration;
-      e.loss_sum += static_cast<double>(loss) * e.images;
-      e.correct += correct;
-      e.seen += e.images;
+      e.loss_sum += totals.loss_sum;
+      e.correct += totals.correct;
+      e.seen += images;
       e.seconds = seconds_before + seconds_since(epoch_start);
+      if (check_every_step) {
+        parallel.check_replicas(graph, *experiment.optimizer, false,
+                                fmt::format("after iteration {}", state.iteration));
+      }
       emit(hooks, &TrainingHook::on_step, e);
     }
     if (run.interrupted) break;
     const BatchLoader& loader = batches.loader();
-    if (loader.skipped() > 0) {
+    // The epoch's bad images over all ranks, and a stop request that came after the last step.
+    double epoch_end[2] = {static_cast<double>(loader.skipped()), stop_flag() ? 1.0 : 0.0};
+    parallel.sum(epoch_end, fmt::format("the end of epoch {}", epoch + 1));
+    const auto skipped = static_cast<int64_t>(epoch_end[0]);
+    run.stop_requested = run.stop_requested || epoch_end[1] > 0;
+    if (skipped > 0) {
       run.progress->note(fmt::format(
           "epoch {}: skipped {} bad training image(s) (data.on_bad_image: skip); the first: {}",
-          epoch + 1, loader.skipped(), fmt::join(loader.skip_examples(), "; ")));
+          epoch + 1, skipped, fmt::join(loader.skip_examples(), "; ")));
     }
+    parallel.sync_buffers(fmt::format("the buffers after epoch {}", epoch + 1));
     EpochReport report = finish_epoch(run, data, context, e, epoch);
-    report.skipped_images = loader.skipped();
+    report.skipped_images = skipped;
+    if (experiment.distributed.check_replicas != "never") {
+      parallel.check_replicas(graph, *experiment.optimizer, true,
+                              fmt::format("after epoch {}", epoch + 1));
+    }
     emit(hooks, &TrainingHook::on_epoch_end, report);
   }
   TrainSummary summary = run_summary(run, data, context);
@@ -612,36 +782,62 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
 }  // namespace
 
 TrainSummary train_experiment(const Config& experiment_config, const Registries& registries,
-                              const TrainOptions& options,
+                              const TrainOptions& given_options,
                               const std::function<void(const EpochReport&)>& on_epoch) {
-  // Read the whole experiment before doing any work.
+  // Read the whole experiment before doing any work (every rank: the same file, the same errors).
   Experiment experiment = Experiment::read(experiment_config, registries);
+  Communicator* communicator = given_options.communicator;
+  TrainOptions options = given_options;
+  if (communicator != nullptr && communicator->rank() > 0) options.quiet = true;  // rank 0 speaks
   Run run(experiment, options);
+  training_loop::DataParallel parallel(communicator, *experiment.graph, experiment.distributed);
+  run.parallel = &parallel;
+  run.rank = parallel.rank();
+  // Setup may keep ranks waiting for rank 0 far longer than a step (a cache to build, statistics
+  // to fit): the watchdog guards the training loop only.
+  if (communicator != nullptr) communicator->set_watchdog(0);
+
   std::optional<OutputLock> lock;
-  const std::vector<fs::path> previous_run = prepare_output(run, lock);
-  run.plugin_records = check_model_fits_data(experiment, registries);
+  std::vector<fs::path> previous_run;
+  parallel.agree("checking the output folder", [&] {
+    if (run.writes_files()) previous_run = prepare_output(run, lock);
+  });
+  parallel.agree("checking the model against the data", [&] {
+    run.plugin_records = check_model_fits_data(experiment, registries);
+    check_global_batch(experiment, parallel.ranks());
+  });
   if (options.validate_only) return {};
 
   const auto data_start = Clock::now();
-  RunData data = open_run_data(experiment, registries);
-  prepare_transforms(run, data);
+  RunData data;
+  // A decoded cache is built by the first rank to open the data; rank 0 builds it, the others
+  // open it once it is there.
+  const bool rank0_first = experiment.data.cache.has_value() && parallel.ranks() > 1;
+  for (const bool rank0_turn : rank0_first ? std::vector<bool>{true, false} : std::vector<bool>{true}) {
+    parallel.agree("opening the data", [&] {
+      if (!rank0_first || rank0_turn == (run.rank == 0)) data = open_run_data(experiment, registries);
+    });
+  }
+  parallel.agree("fitting the transforms", [&] { prepare_transforms(run, data); });
   const double data_seconds = seconds_since(data_start);
   run.train_images = data.train.size();
   run.validation_images = data.val.size();
   run.test_images = data.test.size();
   run.steps = (run.train_images + experiment.train.batch_size - 1) / experiment.train.batch_size;
 
-  restore_or_start(run, run.validation_images > 0);
+  parallel.agree("restoring the run", [&] { restore_or_start(run, run.validation_images > 0); });
+  share_run_state(run);
   delete_previous_run(previous_run, options.quiet);
-  EpochBatches batches(experiment, data);
-  if (batches.steps() != run.steps)
+  EpochBatches batches(experiment, data, parallel.rank(), parallel.ranks());
+  if (batches.steps() > run.steps || (parallel.ranks() == 1 && batches.steps() != run.steps))
     fail("internal: the loader plans {} batches, the trainer {}", batches.steps(), run.steps);
   print_run_header(run, data_seconds);
 
-  Context context{true, &experiment.rng, experiment.backend.get()};
+  Context context{true, &experiment.rng, experiment.backend.get(), nullptr, communicator};
   Progress progress(options.quiet ? "none" : options.progress, experiment.train.epochs, run.steps);
   run.progress = &progress;
   run.initial_loss = initial_loss_check(run, data, context);
+  if (communicator != nullptr) communicator->set_watchdog(experiment.distributed.watchdog_seconds);
   return train_loop(run, data, batches, context, builtin_hooks(run, on_epoch));
 }
 

@@ -176,6 +176,11 @@ class Layer {
   // activation whose output is exactly 0 over a whole region of inputs (relu), so that a unit
   // may die; training diagnostics then report the fraction of units that output 0 for a batch.
   virtual bool has_dead_units() const { return false; }
+  // communicates(): its training forward/backward make collective calls through
+  // Context::communicator (batch_norm with `sync: true`). Under MPI the trainer then runs every
+  // training pass on every rank, with a batch of 0 images on a rank that has none that step, so
+  // the collectives match; such a layer must handle an empty batch.
+  virtual bool communicates() const { return false; }
 
   const std::string& name() const { return name_; }
   void set_name(std::string name) { name_ = std::move(name); }

@@ -92,6 +92,16 @@ struct CheckpointPolicy {
   std::string best_metric = "none";  // best.h5 follows this metric; "none": no best.h5
 };
 
+// The `distributed` section: how the ranks of an MPI job train together (docs/distributed.md).
+// Read always, used only under a launcher; none of it changes what is computed, so a resume may
+// change any of it.
+struct DistributedSettings {
+  double bucket_mb = 25;   // gradient bucket size (MiB of float32), as PyTorch DDP's 25 MB
+  bool overlap = true;     // start each bucket's allreduce while backward runs for earlier layers
+  double watchdog_seconds = 300;  // a training collective stuck this long aborts the job; 0: off
+  std::string check_replicas = "epoch";  // epoch, step or never: hash-compare the replicas
+};
+
 class Experiment {
  public:
   enum class Scope { shapes, model, optimization, training };
@@ -130,6 +140,7 @@ class Experiment {
   int64_t validation = 0;    // the validation images to hold out (0 under train.overfit)
   std::string why_no_validation;  // "data.validation is 0" or "train.overfit uses none"
   CheckpointPolicy checkpoint;
+  DistributedSettings distributed;
   std::string yaml;               // the experiment with every default filled in, as run
 };
 

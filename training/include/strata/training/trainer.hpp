@@ -33,6 +33,15 @@
 
 namespace strata {
 
+// Under MPI: an Error that every rank of the job throws alike (one rank's data error, a loss that
+// diverged: the ranks agree on them, docs/distributed.md), so each rank may end normally. Any
+// other exception leaving train_experiment on one rank must end the whole job
+// (Communicator::abort): the other ranks would wait for it in their next collective.
+class JobError : public Error {
+ public:
+  using Error::Error;
+};
+
 // What one training step measured (for TrainOptions::on_iteration).
 struct IterationReport {
   int64_t epoch = 0;      // 1-based

@@ -1,0 +1,546 @@
+// The "mpi" communicator (mpi_communicator.hpp): the queue, the communication thread, the watchdog.
+#include "mpi_communicator.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "strata/error.hpp"
+
+namespace strata::comm_mpi {
+
+namespace {
+
+// MPI counts are ints: larger buffers go in pieces of this many elements.
+constexpr std::size_t kMaxChunk = std::size_t{1} << 30;
+// How long receive() sleeps between two probes.
+constexpr auto kProbeInterval = std::chrono::milliseconds(1);
+// How long abort_job() lets MPI_Abort take before it ends this process itself.
+constexpr auto kAbortGrace = std::chrono::seconds(5);
+
+// Set by the first MpiCommunicator: MPI cannot be initialized twice in one process.
+std::atomic<bool> communicator_created{false};
+
+// Calls body(first element, count) for each piece of at most kMaxChunk elements of `size`.
+template <class Body>
+void for_each_chunk(std::size_t size, Body&& body) {
+  for (std::size_t begin = 0; begin < size; begin += kMaxChunk) {
+    body(begin, static_cast<int>(std::min(kMaxChunk, size - begin)));
+  }
+}
+
+template <class T>
+MPI_Datatype mpi_type();
+template <>
+MPI_Datatype mpi_type<float>() {
+  return MPI_FLOAT;
+}
+template <>
+MPI_Datatype mpi_type<double>() {
+  return MPI_DOUBLE;
+}
+template <>
+MPI_Datatype mpi_type<int64_t>() {
+  return MPI_INT64_T;
+}
+
+MPI_Op mpi_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::sum:
+      return MPI_SUM;
+    case ReduceOp::min:
+      return MPI_MIN;
+    case ReduceOp::max:
+      return MPI_MAX;
+  }
+  fail("communicator 'mpi': unknown reduction {}", static_cast<int>(op));
+}
+
+std::string error_text(int error_code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  if (MPI_Error_string(error_code, text, &length) != MPI_SUCCESS) {
+    return fmt::format("MPI error {}", error_code);
+  }
+  return std::string(text, static_cast<std::size_t>(length));
+}
+
+std::string thread_level_name(int level) {
+  switch (level) {
+    case MPI_THREAD_SINGLE:
+      return "single";
+    case MPI_THREAD_FUNNELED:
+      return "funneled";
+    case MPI_THREAD_SERIALIZED:
+      return "serialized";
+    case MPI_THREAD_MULTIPLE:
+      return "multiple";
+  }
+  return fmt::format("level {}", level);
+}
+
+// During initialization, where there is no rank to name yet.
+void check_init(int error_code, const char* call) {
+  if (error_code != MPI_SUCCESS) {
+    fail("communicator 'mpi': {} failed: {}", call, error_text(error_code));
+  }
+}
+
+}  // namespace
+
+// ---- Construction and destruction ----
+
+MpiCommunicator::MpiCommunicator(const Config&) {
+  if (communicator_created.exchange(true)) {
+    fail(
+        "communicator 'mpi': a process can create it only once (MPI cannot be initialized again "
+        "once finalized); keep the first one");
+  }
+  communication_ = std::thread([this] { communication_thread(); });
+  std::unique_lock lock(mutex_);
+  completed_.wait(lock, [this] { return initialized_ || init_error_; });
+  if (init_error_) {
+    lock.unlock();
+    communication_.join();
+    std::rethrow_exception(init_error_);
+  }
+  lock.unlock();
+  watchdog_ = std::thread([this] { watchdog_thread(); });
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  queued_.notify_all();
+  communication_.join();  // it completes the queue and the sends, then finalizes MPI (watched)
+  {
+    std::lock_guard lock(mutex_);
+    watchdog_stop_ = true;
+  }
+  watchdog_wake_.notify_all();
+  watchdog_.join();
+}
+
+// ---- The communication thread ----
+
+void MpiCommunicator::communication_thread() {
+  try {
+    initialize_mpi();
+  } catch (...) {
+    std::lock_guard lock(mutex_);
+    init_error_ = std::current_exception();
+    completed_.notify_all();
+    return;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    initialized_ = true;
+  }
+  completed_.notify_all();
+  serve_queue();
+  finish_sends();
+  finalize_mpi();
+}
+
+void MpiCommunicator::initialize_mpi() {
+  int provided = MPI_THREAD_SINGLE;
+  check_init(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+  if (provided < MPI_THREAD_FUNNELED) {
+    fail("communicator 'mpi': MPI_Init_thread provides thread level '{}', Strata needs 'funneled'",
+         thread_level_name(provided));
+  }
+  check_init(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
+  // Errors come back to us, so that a failure names the rank and the operation.
+  check_init(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+  check_init(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+  check_init(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+
+  MPI_Comm node = MPI_COMM_NULL;
+  check_init(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node),
+             "MPI_Comm_split_type");
+  check_init(MPI_Comm_rank(node, &local_rank_), "MPI_Comm_rank");
+  check_init(MPI_Comm_size(node, &local_size_), "MPI_Comm_size");
+  check_init(MPI_Comm_free(&node), "MPI_Comm_free");
+
+  char name[MPI_MAX_PROCESSOR_NAME];
+  int length = 0;
+  check_init(MPI_Get_processor_name(name, &length), "MPI_Get_processor_name");
+  host_.assign(name, strnlen(name, static_cast<std::size_t>(length)));
+  label_ = fmt::format("rank {} of {} ({})", rank_, size_, host_);
+
+  void* tag_bound = nullptr;
+  int found = 0;
+  check_init(MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &tag_bound, &found),
+             "MPI_Comm_get_attr(MPI_TAG_UB)");
+  if (found) tag_upper_bound_ = *static_cast<int*>(tag_bound);
+
+  // The number of nodes, for the description: one collective, at start-up.
+  int first_on_node = local_rank_ == 0 ? 1 : 0;
+  int nodes = 0;
+  check_init(MPI_Allreduce(&first_on_node, &nodes, 1, MPI_INT, MPI_SUM, comm_), "MPI_Allreduce");
+
+  char version[MPI_MAX_LIBRARY_VERSION_STRING];
+  check_init(MPI_Get_library_version(version, &length), "MPI_Get_library_version");
+  // OpenMPI counts the terminating zero in `length`: read the text up to it.
+  std::string library(version, strnlen(version, static_cast<std::size_t>(length)));
+  library = library.substr(0, library.find('\n'));
+  while (!library.empty() && (library.back() == ',' || library.back() == ' ')) library.pop_back();
+  description_ = fmt::format("{}; thread level {}; {} rank{} on {} node{}", library,
+                             thread_level_name(provided), size_, size_ == 1 ? "" : "s", nodes,
+                             nodes == 1 ? "" : "s");
+  // The transport, when the user chose it (mpirun --mca btl tcp,self exports OMPI_MCA_btl); else
+  // OpenMPI picks shared memory within a node and the fastest network between nodes.
+  for (const char* variable : {"OMPI_MCA_pml", "OMPI_MCA_btl"}) {
+    if (const char* value = std::getenv(variable); value != nullptr && *value != '\0') {
+      description_ += fmt::format("; {} {}", std::string_view(variable).substr(9), value);
+    }
+  }
+}
+
+void MpiCommunicator::serve_queue() {
+  for (;;) {
+    Operation operation;
+    bool cancelled = false;
+    {
+      std::unique_lock lock(mutex_);
+      while (queue_.empty() && !stopping_) {
+        if (pending_sends_.empty()) {
+          queued_.wait(lock);
+        } else {
+          // A send in flight needs MPI calls to progress (a long message goes in pieces, once
+          // the receiver has posted its receive): test it every millisecond until it is done.
+          lock.unlock();
+          progress_sends();
+          lock.lock();
+          if (queue_.empty() && !stopping_ && !pending_sends_.empty()) {
+            queued_.wait_for(lock, kProbeInterval);
+          }
+        }
+      }
+      if (queue_.empty()) return;  // stopping, and nothing left to do
+      operation = std::move(queue_.front());
+      queue_.pop_front();
+      if (operation.probe) {
+        cancelled = operation.probe->cancelled;
+        operation.probe->started = true;
+      }
+      if (operation.watched && !cancelled) {
+        running_ = Running{true, operation.what, Clock::now()};
+        if (watchdog_idle_) watchdog_wake_.notify_one();
+      }
+    }
+    std::exception_ptr error;
+    if (!cancelled) {
+      try {
+        operation.run();
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    if (!pending_sends_.empty()) progress_sends();
+    {
+      std::lock_guard lock(mutex_);
+      running_.active = false;
+      completed_ticket_ = operation.ticket;
+      if (error) errors_[operation.ticket] = error;
+    }
+    completed_.notify_all();
+  }
+}
+
+void MpiCommunicator::progress_sends() {
+  for (auto it = pending_sends_.begin(); it != pending_sends_.end();) {
+    int done = 0;
+    MPI_Status status;
+    if (const int code = MPI_Test(&it->request, &done, &status); code != MPI_SUCCESS) {
+      abort_job(fmt::format("{}: sending {} bytes to rank {} (tag {}) failed: {}", label_,
+                            it->body.size(), it->to, it->tag, error_text(code)),
+                1);
+    }
+    it = done ? pending_sends_.erase(it) : std::next(it);
+  }
+}
+
+void MpiCommunicator::finish_sends() {
+  if (pending_sends_.empty()) return;
+  {
+    std::lock_guard lock(mutex_);
+    running_ = Running{
+        true,
+        fmt::format("delivering {} sent message(s) before MPI_Finalize (first: to "
+                    "rank {}, tag {})",
+                    pending_sends_.size(), pending_sends_.front().to, pending_sends_.front().tag),
+        Clock::now()};
+    if (watchdog_idle_) watchdog_wake_.notify_one();
+  }
+  while (!pending_sends_.empty()) {
+    progress_sends();
+    if (!pending_sends_.empty()) std::this_thread::sleep_for(kProbeInterval);
+  }
+  std::lock_guard lock(mutex_);
+  running_.active = false;
+}
+
+void MpiCommunicator::finalize_mpi() {
+  {
+    std::lock_guard lock(mutex_);
+    running_ = Running{true, "MPI_Finalize (every rank destroys its communicator)", Clock::now()};
+    if (watchdog_idle_) watchdog_wake_.notify_one();
+  }
+  MPI_Comm_free(&comm_);
+  MPI_Finalize();
+  std::lock_guard lock(mutex_);
+  running_.active = false;
+}
+
+// ---- Queueing ----
+
+MpiCommunicator::Ticket MpiCommunicator::enqueue(std::string what, bool watched,
+                                                 std::function<void()> run,
+                                                 std::shared_ptr<ProbeState> probe) {
+  Ticket ticket = 0;
+  {
+    std::lock_guard lock(mutex_);
+    ticket = next_ticket_++;
+    queue_.push_back(Operation{ticket, std::move(what), watched, std::move(run), std::move(probe)});
+  }
+  queued_.notify_one();
+  return ticket;
+}
+
+void MpiCommunicator::wait_for(Ticket ticket) {
+  std::unique_lock lock(mutex_);
+  completed_.wait(lock, [&] { return completed_ticket_ >= ticket; });
+  if (auto it = errors_.find(ticket); it != errors_.end()) {
+    std::exception_ptr error = it->second;
+    errors_.erase(it);
+    lock.unlock();
+    std::rethrow_exception(error);
+  }
+}
+
+void MpiCommunicator::wait(Ticket ticket) {
+  {
+    std::lock_guard lock(mutex_);
+    if (ticket <= 0 || ticket >= next_ticket_) {
+      fail("{}: wait(): ticket {} was never issued (the last ticket issued is {})", label_, ticket,
+           next_ticket_ - 1);
+    }
+  }
+  wait_for(ticket);
+}
+
+[[noreturn]] void MpiCommunicator::collective_failed(const std::string& what, int error_code) {
+  abort_job(fmt::format("{}: {} failed: {}; the ranks can no longer agree, aborting the job",
+                        label_, what, error_text(error_code)),
+            1);
+}
+
+// ---- Collectives ----
+
+template <class T>
+MpiCommunicator::Ticket MpiCommunicator::queue_allreduce(std::span<T> data, ReduceOp op,
+                                                         std::string what) {
+  const MPI_Op reduction = mpi_op(op);
+  return enqueue(what, true, [this, data, reduction, what] {
+    for_each_chunk(data.size(), [&](std::size_t begin, int count) {
+      const int code =
+          MPI_Allreduce(MPI_IN_PLACE, data.data() + begin, count, mpi_type<T>(), reduction, comm_);
+      if (code != MPI_SUCCESS) collective_failed(what, code);
+    });
+  });
+}
+
+MpiCommunicator::Ticket MpiCommunicator::start_allreduce(std::span<float> data, std::string what) {
+  return queue_allreduce(data, ReduceOp::sum, std::move(what));
+}
+
+void MpiCommunicator::allreduce(std::span<float> data, ReduceOp op, std::string_view what) {
+  wait_for(queue_allreduce(data, op, std::string(what)));
+}
+void MpiCommunicator::allreduce(std::span<double> data, ReduceOp op, std::string_view what) {
+  wait_for(queue_allreduce(data, op, std::string(what)));
+}
+void MpiCommunicator::allreduce(std::span<int64_t> data, ReduceOp op, std::string_view what) {
+  wait_for(queue_allreduce(data, op, std::string(what)));
+}
+
+void MpiCommunicator::broadcast(std::span<std::byte> data, int root, std::string_view what) {
+  if (root < 0 || root >= size_) {
+    fail("{}: broadcast '{}': root {} is not a rank (the job has ranks 0 to {})", label_, what,
+         root, size_ - 1);
+  }
+  wait_for(enqueue(std::string(what), true, [this, data, root, what = std::string(what)] {
+    for_each_chunk(data.size(), [&](std::size_t begin, int count) {
+      const int code = MPI_Bcast(data.data() + begin, count, MPI_BYTE, root, comm_);
+      if (code != MPI_SUCCESS) collective_failed(what, code);
+    });
+  }));
+}
+
+void MpiCommunicator::barrier(std::string_view what) {
+  wait_for(enqueue(std::string(what), true, [this, what = std::string(what)] {
+    if (const int code = MPI_Barrier(comm_); code != MPI_SUCCESS) collective_failed(what, code);
+  }));
+}
+
+// ---- Messages ----
+
+void MpiCommunicator::send(int to, int tag, std::string body) {
+  if (to < 0 || to >= size_) {
+    fail("{}: send: rank {} does not exist (the job has ranks 0 to {})", label_, to, size_ - 1);
+  }
+  if (tag < 0 || tag > tag_upper_bound_) {
+    fail("{}: send to rank {}: tag {} is outside MPI's range 0 to {}", label_, to, tag,
+         tag_upper_bound_);
+  }
+  if (body.size() > static_cast<std::size_t>(INT_MAX)) {
+    fail("{}: send to rank {}: a message of {} bytes is longer than MPI's limit of {} bytes",
+         label_, to, body.size(), INT_MAX);
+  }
+  const std::string what =
+      fmt::format("sending {} bytes to rank {} (tag {})", body.size(), to, tag);
+  wait_for(enqueue(what, false, [this, to, tag, what, body = std::move(body)]() mutable {
+    PendingSend& pending = pending_sends_.emplace_back();
+    pending.to = to;
+    pending.tag = tag;
+    pending.body = std::move(body);
+    const int code = MPI_Isend(pending.body.data(), static_cast<int>(pending.body.size()), MPI_BYTE,
+                               to, tag, comm_, &pending.request);
+    if (code != MPI_SUCCESS) {
+      pending_sends_.pop_back();
+      fail("{}: {} failed: {}", label_, what, error_text(code));
+    }
+  }));
+}
+
+std::optional<Message> MpiCommunicator::receive(int from, int tag,
+                                                std::chrono::milliseconds timeout) {
+  if (from != kAnySource && (from < 0 || from >= size_)) {
+    fail("{}: receive: rank {} does not exist (the job has ranks 0 to {}; kAnySource is {})",
+         label_, from, size_ - 1, kAnySource);
+  }
+  if (tag != kAnyTag && (tag < 0 || tag > tag_upper_bound_)) {
+    fail("{}: receive: tag {} is outside MPI's range 0 to {} (kAnyTag is {})", label_, tag,
+         tag_upper_bound_, kAnyTag);
+  }
+  if (timeout.count() < 0) {
+    fail("{}: receive: the timeout is negative ({} ms)", label_, timeout.count());
+  }
+  const int source = from == kAnySource ? MPI_ANY_SOURCE : from;
+  const int mpi_tag = tag == kAnyTag ? MPI_ANY_TAG : tag;
+  // A timeout beyond a year is "forever" (and keeps now + timeout from overflowing).
+  const auto limit = std::min<std::chrono::milliseconds>(timeout, std::chrono::hours(24 * 366));
+  const Clock::time_point deadline = Clock::now() + limit;
+  for (;;) {
+    auto probe = std::make_shared<ProbeState>();
+    // The probe reads only its own state and the communicator: a cancelled probe never runs.
+    const Ticket ticket = enqueue("receive", false, [this, probe, source, mpi_tag] {
+      int found = 0;
+      MPI_Message handle = MPI_MESSAGE_NULL;
+      MPI_Status status;
+      if (const int code = MPI_Improbe(source, mpi_tag, comm_, &found, &handle, &status);
+          code != MPI_SUCCESS) {
+        fail("{}: receive: MPI_Improbe failed: {}", label_, error_text(code));
+      }
+      if (!found) return;
+      int bytes = 0;
+      MPI_Get_count(&status, MPI_BYTE, &bytes);
+      Message message{status.MPI_SOURCE, status.MPI_TAG,
+                      std::string(static_cast<std::size_t>(bytes), '\0')};
+      if (const int code = MPI_Mrecv(message.body.data(), bytes, MPI_BYTE, &handle, &status);
+          code != MPI_SUCCESS) {
+        fail("{}: receive: MPI_Mrecv of {} bytes from rank {} failed: {}", label_, bytes,
+             message.source, error_text(code));
+      }
+      std::lock_guard lock(mutex_);
+      probe->message = std::move(message);
+    });
+    {
+      std::unique_lock lock(mutex_);
+      // The queue may be busy with a long collective: give up at the deadline unless the probe
+      // has started (then it may be receiving a message, which must not be lost).
+      if (!completed_.wait_until(lock, deadline, [&] { return completed_ticket_ >= ticket; }) &&
+          !probe->started) {
+        probe->cancelled = true;
+        return std::nullopt;
+      }
+    }
+    wait_for(ticket);  // rethrows the probe's error
+    {
+      std::lock_guard lock(mutex_);
+      if (probe->message) return std::move(probe->message);
+    }
+    const auto now = Clock::now();
+    if (now >= deadline) return std::nullopt;
+    std::this_thread::sleep_for(std::min<Clock::duration>(kProbeInterval, deadline - now));
+  }
+}
+
+// ---- Watchdog and abort ----
+
+void MpiCommunicator::set_watchdog(double seconds) {
+  if (!(seconds >= 0) || seconds > 1e9) {
+    fail("{}: set_watchdog: {} s is not a time limit (0 turns the watchdog off)", label_, seconds);
+  }
+  {
+    std::lock_guard lock(mutex_);
+    watchdog_seconds_ = seconds;
+  }
+  watchdog_wake_.notify_all();
+}
+
+void MpiCommunicator::watchdog_thread() {
+  std::unique_lock lock(mutex_);
+  while (!watchdog_stop_) {
+    if (!running_.active || watchdog_seconds_ <= 0) {
+      // Woken when an operation starts (serve_queue), or by set_watchdog or the destructor.
+      watchdog_idle_ = true;
+      watchdog_wake_.wait(lock);
+      watchdog_idle_ = false;
+      continue;
+    }
+    const auto deadline = running_.since + std::chrono::duration_cast<Clock::duration>(
+                                               std::chrono::duration<double>(watchdog_seconds_));
+    if (Clock::now() < deadline) {
+      // The operation may end before then: the next one is checked when this wait ends.
+      watchdog_wake_.wait_until(lock, deadline);
+      continue;
+    }
+    const std::string line = fmt::format(
+        "{}: {} has not completed after {:g} s; another rank is not taking part (it crashed, "
+        "hangs, or took a different path); aborting the job",
+        label_, running_.what, watchdog_seconds_);
+    lock.unlock();
+    abort_job(line, 1);
+  }
+}
+
+void MpiCommunicator::abort(const std::string& message, int code) {
+  abort_job(fmt::format("{}: {}", label_, message), code);
+}
+
+void MpiCommunicator::abort_job(const std::string& line, int code) {
+  std::fprintf(stderr, "strata: %s\n", line.c_str());
+  std::fflush(stderr);
+  // MPI_Abort may be called from a thread other than the one that initialized MPI (the watchdog,
+  // or the caller of abort()) while that thread is inside a collective; OpenMPI's abort asks the
+  // launcher to kill the job and does not wait for the communication thread, but if it ever does
+  // not return nor end this process, end it ourselves.
+  std::thread([code] {
+    std::this_thread::sleep_for(kAbortGrace);
+    _exit(code);
+  }).detach();
+  MPI_Abort(MPI_COMM_WORLD, code);
+  _exit(code);
+}
+
+}  // namespace strata::comm_mpi
