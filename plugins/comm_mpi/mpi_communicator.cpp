@@ -443,27 +443,30 @@ std::optional<Message> MpiCommunicator::receive(int from, int tag,
   for (;;) {
     auto probe = std::make_shared<ProbeState>();
     // The probe reads only its own state and the communicator: a cancelled probe never runs.
-    const Ticket ticket = enqueue("receive", false, [this, probe, source, mpi_tag] {
-      int found = 0;
-      MPI_Message handle = MPI_MESSAGE_NULL;
-      MPI_Status status;
-      if (const int code = MPI_Improbe(source, mpi_tag, comm_, &found, &handle, &status);
-          code != MPI_SUCCESS) {
-        fail("{}: receive: MPI_Improbe failed: {}", label_, error_text(code));
-      }
-      if (!found) return;
-      int bytes = 0;
-      MPI_Get_count(&status, MPI_BYTE, &bytes);
-      Message message{status.MPI_SOURCE, status.MPI_TAG,
-                      std::string(static_cast<std::size_t>(bytes), '\0')};
-      if (const int code = MPI_Mrecv(message.body.data(), bytes, MPI_BYTE, &handle, &status);
-          code != MPI_SUCCESS) {
-        fail("{}: receive: MPI_Mrecv of {} bytes from rank {} failed: {}", label_, bytes,
-             message.source, error_text(code));
-      }
-      std::lock_guard lock(mutex_);
-      probe->message = std::move(message);
-    });
+    const Ticket ticket = enqueue(
+        "receive", false,
+        [this, probe, source, mpi_tag] {
+          int found = 0;
+          MPI_Message handle = MPI_MESSAGE_NULL;
+          MPI_Status status;
+          if (const int code = MPI_Improbe(source, mpi_tag, comm_, &found, &handle, &status);
+              code != MPI_SUCCESS) {
+            fail("{}: receive: MPI_Improbe failed: {}", label_, error_text(code));
+          }
+          if (!found) return;
+          int bytes = 0;
+          MPI_Get_count(&status, MPI_BYTE, &bytes);
+          Message message{status.MPI_SOURCE, status.MPI_TAG,
+                          std::string(static_cast<std::size_t>(bytes), '\0')};
+          if (const int code = MPI_Mrecv(message.body.data(), bytes, MPI_BYTE, &handle, &status);
+              code != MPI_SUCCESS) {
+            fail("{}: receive: MPI_Mrecv of {} bytes from rank {} failed: {}", label_, bytes,
+                 message.source, error_text(code));
+          }
+          std::lock_guard lock(mutex_);
+          probe->message = std::move(message);
+        },
+        probe);  // the queue marks it started, or skips it once cancelled
     {
       std::unique_lock lock(mutex_);
       // The queue may be busy with a long collective: give up at the deadline unless the probe
