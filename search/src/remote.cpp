@@ -3,6 +3,7 @@
 // for the design and the protocol.
 #include "remote.hpp"
 
+#include <sched.h>
 #include <tbb/info.h>
 
 #include <algorithm>
@@ -154,9 +155,22 @@ Trial trial_from_json(const json& j) {
 }
 
 int rank_cores(const Communicator* communicator) {
-  const int cores = static_cast<int>(tbb::info::default_concurrency());
-  if (!communicator) return cores;
+  if (!communicator) return static_cast<int>(tbb::info::default_concurrency());
+  // The machine's cores, not the ones this rank is bound to (as `strata train` counts them): a
+  // launcher's binding is warned about (binding_warning), not silently divided again.
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   return std::max(1, cores / std::max(1, communicator->local_size()));
+}
+
+std::string binding_warning(const Communicator& communicator, int threads) {
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return "";
+  const int usable = CPU_COUNT(&allowed);
+  if (usable >= threads) return "";
+  return fmt::format(
+      "warning: rank {} may run on {} core(s) only (the launcher bound it), so its {} trial "
+      "thread(s) share them; run mpirun with --bind-to none (srun: --cpu-bind=none)",
+      communicator.rank(), usable, threads);
 }
 
 std::string search_fingerprint(const Config& experiment, const SearchOptions& options) {

@@ -86,6 +86,9 @@ Trial trial_from_json(const nlohmann::json& json);
 // The cores the trials of this rank share: all of them in one process, and under MPI the node's
 // cores divided among the ranks on the node (Communicator::local_size), at least 1.
 int rank_cores(const Communicator* communicator);
+// A warning when the launcher bound this rank to fewer cores than the `threads` its trials run
+// (mpirun binds each rank to one core by default); "" otherwise.
+std::string binding_warning(const Communicator& communicator, int threads);
 
 // What identifies the search a rank runs: a hash of the experiment's text and of the options that
 // change the plan. Equal on every rank of a job that runs one search. Take it before the

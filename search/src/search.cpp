@@ -59,7 +59,7 @@ class Search {
         communicator_(ranks ? options.communicator : nullptr),
         plan_(plan_for(experiment, options)),
         journal_(options.out_dir, plan_.metric, experiment.source_file()),
-        report_(plan_, options.out, options.live) {}
+        report_(plan_, options.out, options.live, ranks == nullptr) {}
 
   SearchResult run();
 
@@ -330,6 +330,11 @@ SearchResult Search::run() {
                   "thread(s) each; results in {}",
                   plan_.stages.size(), plan_.metric, plan_.maximize ? "max" : "min", plan_.seed,
                   ranks, plan_.concurrency, plan_.threads_per_trial, options_.out_dir.string()));
+  if (communicator_) {
+    const std::string warning =
+        binding_warning(*communicator_, plan_.concurrency * plan_.threads_per_trial);
+    if (!warning.empty()) say(warning);
+  }
   for (int s = 0; s < static_cast<int>(plan_.stages.size()); ++s) {
     run_stage(s);
     if (interrupted_) break;
