@@ -17,6 +17,9 @@ trap 'rm -rf "$work"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # Without --bind-to none, OpenMPI binds each rank to one core (docs/search.md, "On MPI").
 mpirun=(timeout 120 "$MPIEXEC" --bind-to none)
+# status_of CMD...: runs CMD (with the caller's redirections); its exit status goes into $status,
+# and a failure does not end the test (set -e).
+status_of() { status=0; "$@" || status=$?; }
 
 # Trials of 2 epochs (a fraction of a second each); lr up to 100 makes some explode.
 cat >"$work/exp.yaml" <<'YAML'
@@ -83,11 +86,8 @@ for ranks in 2 3; do
   extra=()
   [ "$ranks" -gt 2 ] && extra=(--oversubscribe)
   start=$(date +%s%N)
-  set +e
-  "${mpirun[@]}" -np "$ranks" "${extra[@]}" "$STRATA" search "$work/exp.yaml" --out "$work/np$ranks" \
+  status_of "${mpirun[@]}" -np "$ranks" "${extra[@]}" "$STRATA" search "$work/exp.yaml" --out "$work/np$ranks" \
     >"$work/np$ranks.log" 2>"$work/np$ranks.err"
-  status=$?
-  set -e
   ms=$(since "$start")
   if [ "$status" -ne 0 ]; then
     failed "$ranks ranks: exit status $status" "" "$work/np$ranks.err"
@@ -106,11 +106,8 @@ for ranks in 2 3; do
 done
 
 # mpirun's default binding gives each of 2 ranks one core: 2 threads per trial would share it.
-set +e
-timeout 120 "$MPIEXEC" -np 2 "$STRATA" search "$work/exp.yaml" --out "$work/bound" --threads-per-trial 2 \
+status_of timeout 120 "$MPIEXEC" -np 2 "$STRATA" search "$work/exp.yaml" --out "$work/bound" --threads-per-trial 2 \
   --set 'search.stages=[{trials: 2}]' >"$work/bound.log" 2>&1
-status=$?
-set -e
 check "bound ranks are warned about" '[ "$status" -eq 0 ] &&
   grep -q "^warning: rank 0 may run on 1 core(s) only (the launcher bound it), so its 2 trial thread(s) share them; run mpirun with --bind-to none" "$work/bound.log"'
 
@@ -121,10 +118,7 @@ check "bound ranks are warned about" '[ "$status" -eq 0 ] &&
 # is below 1 in 500 and falls tenfold with every 4 more.
 sed -e 's/log_uniform: \[1e-3, 1e2\]/log_uniform: [1e-3, 1]/' -e 's/^  epochs: 2$/  epochs: 4\n  asha: {min_epochs: 1, eta: 2}/' \
   -e 's/    - {trials: 8}/    - {trials: 24}/' -e '/narrow: {top_k: 3}/d' "$work/exp.yaml" >"$work/asha.yaml"
-set +e
-"${mpirun[@]}" -np 3 --oversubscribe "$STRATA" search "$work/asha.yaml" --out "$work/asha" >"$work/asha.log" 2>&1
-status=$?
-set -e
+status_of "${mpirun[@]}" -np 3 --oversubscribe "$STRATA" search "$work/asha.yaml" --out "$work/asha" >"$work/asha.log" 2>&1
 if [ "$status" -ne 0 ]; then
   failed "ASHA on 3 ranks: exit status $status" "" "$work/asha.log"
 elif result=$("$PYTHON" - "$work/asha" <<'PY' 2>&1
@@ -197,18 +191,12 @@ job=$!
 if wait_for_lines "$work/kill/trials.jsonl" 2 && launcher=$(pgrep -P "$job") &&
    victim=$(rank_pid "$launcher" 2); then
   kill -9 "$victim"
-  set +e
-  wait "$job"
-  status=$?
-  set -e
+  status_of wait "$job"
   before=$(wc -l <"$work/kill/trials.jsonl")
   check "a worker killed mid-trial ends the job (exit status $status, $before of 12 trials journaled)" \
     '[ "$status" -ne 0 ] && [ "$status" -ne 124 ] && [ "$before" -ge 2 ] && [ "$before" -lt 12 ]'
-  set +e
-  "$STRATA" search "$work/long.yaml" --out "$work/kill" --resume \
+  status_of "$STRATA" search "$work/long.yaml" --out "$work/kill" --resume \
     >"$work/resume.log" 2>&1
-  status=$?
-  set -e
   rerun=$(grep -c '^val_acc: ' "$work/resume.log" || true)
   check "one process resumes it, running only the $((12 - before)) unfinished trial(s)" \
     '[ "$status" -eq 0 ] && [ -f "$work/kill/best.yaml" ] && journal_check "$work/kill" &&
@@ -225,19 +213,13 @@ fi
 job=$!
 if wait_for_lines "$work/int/trials.jsonl" 2 && launcher=$(pgrep -P "$job"); then
   kill -INT "$launcher"
-  set +e
-  wait "$job"
-  status=$?
-  set -e
+  status_of wait "$job"
   before=$(wc -l <"$work/int/trials.jsonl")
   check "Ctrl-C stops every rank (exit status $status, $before trials journaled)" \
     '[ "$status" -ne 0 ] && [ "$status" -ne 124 ] && [ "$before" -lt 12 ] &&
      grep -q "^interrupted after .*continue with --resume" "$work/int.log"'
-  set +e
-  "${mpirun[@]}" -np 2 "$STRATA" search "$work/long.yaml" --out "$work/int" \
+  status_of "${mpirun[@]}" -np 2 "$STRATA" search "$work/long.yaml" --out "$work/int" \
     --resume >"$work/int-resume.log" 2>&1
-  status=$?
-  set -e
   check "2 ranks resume it" '[ "$status" -eq 0 ] && [ -f "$work/int/best.yaml" ] && journal_check "$work/int"'
 else
   kill "$job" 2>/dev/null || true
