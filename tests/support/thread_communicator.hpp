@@ -30,6 +30,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -72,14 +73,23 @@ class ThreadCommunicator final : public Communicator {
     return "threads of one process (tests/support/thread_communicator.hpp)";
   }
 
+  // Any thread may start (backward's callbacks) and wait; the queued reductions run in ticket
+  // order, one wait() at a time, as the plugin's communication thread runs them.
   Ticket start_allreduce(std::span<float> data, std::string what) override {
+    std::lock_guard lock(pending_mutex_);
     pending_.push_back({data, std::move(what), ++last_ticket_});
     return last_ticket_;
   }
   void wait(Ticket ticket) override {
-    while (!pending_.empty() && pending_.front().ticket <= ticket) {
-      Pending next = std::move(pending_.front());
-      pending_.pop_front();
+    std::lock_guard in_order(wait_mutex_);
+    for (;;) {
+      Pending next;
+      {
+        std::lock_guard lock(pending_mutex_);
+        if (pending_.empty() || pending_.front().ticket > ticket) return;
+        next = std::move(pending_.front());
+        pending_.pop_front();
+      }
       allreduce(next.data, ReduceOp::sum, next.what);
     }
   }
@@ -104,14 +114,14 @@ class ThreadCommunicator final : public Communicator {
   void set_watchdog(double seconds) override { watchdog_seconds_ = seconds; }
   [[noreturn]] void abort(const std::string& message, int code) override;
 
-  // Collectives this rank has completed (a test can check that every rank made the same calls).
-  int64_t collectives() const { return sequence_; }
+  // Collectives this rank has entered (a test can check that every rank made the same calls).
+  int64_t collectives() const;
 
  private:
   struct Pending {
     std::span<float> data;
     std::string what;
-    Ticket ticket;
+    Ticket ticket = 0;
   };
   using Contributions = std::vector<std::vector<std::byte>>;
 
@@ -125,8 +135,9 @@ class ThreadCommunicator final : public Communicator {
 
   ThreadJob& job_;
   int rank_;
-  int64_t sequence_ = 0;
-  double watchdog_seconds_ = 0;
+  int64_t sequence_ = 0;  // under the job's mutex
+  std::atomic<double> watchdog_seconds_{0};
+  std::mutex pending_mutex_, wait_mutex_;
   Ticket last_ticket_ = 0;
   std::deque<Pending> pending_;
 };
@@ -219,6 +230,10 @@ inline int ThreadCommunicator::local_size() const {
   const int first = rank_ / job_.per_node_ * job_.per_node_;
   return std::min(job_.per_node_, job_.size_ - first);
 }
+inline int64_t ThreadCommunicator::collectives() const {
+  std::lock_guard lock(job_.mutex_);
+  return sequence_;
+}
 inline std::string ThreadCommunicator::host() const {
   return fmt::format("node{}", rank_ / job_.per_node_);
 }
@@ -254,9 +269,9 @@ inline void ThreadCommunicator::broadcast(std::span<std::byte> data, int root,
 inline void ThreadCommunicator::collective(const std::string& signature, std::span<std::byte> data,
                                            std::string_view what,
                                            const std::function<void(Contributions&)>& combine) {
-  const int64_t number = sequence_++;
   std::unique_lock lock(job_.mutex_);
   job_.check_aborted();
+  const int64_t number = sequence_++;
   auto& round = job_.rounds_[number];
   if (round.first_rank < 0) {
     round.signature = signature;
@@ -277,15 +292,15 @@ inline void ThreadCommunicator::collective(const std::string& signature, std::sp
     round.done = true;
     job_.changed_.notify_all();
   }
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::duration<double>(watchdog_seconds_);
+  const double watchdog = watchdog_seconds_.load();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(watchdog);
   while (!round.done) {
     job_.check_aborted();
-    if (watchdog_seconds_ > 0) {
+    if (watchdog > 0) {
       if (job_.changed_.wait_until(lock, deadline) == std::cv_status::timeout && !round.done) {
         lock.unlock();
         abort(fmt::format("watchdog: {} ({}) did not complete within {} s on {}", what, signature,
-                          watchdog_seconds_, rank_label(*this)),
+                          watchdog, rank_label(*this)),
               1);
       }
     } else {
