@@ -21,16 +21,26 @@
 #include <boost/test/data/monomorphic.hpp>
 #include <boost/test/data/test_case.hpp>
 #include <boost/test/unit_test.hpp>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <exception>
 #include <functional>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <numeric>
+#include <optional>
 #include <ostream>
 #include <set>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "strata/checkpoint.hpp"
+#include "strata/communicator.hpp"
 #include "strata/tools/conformance.hpp"
 #include "strata/error.hpp"
 #include "strata/graph.hpp"
@@ -132,6 +142,7 @@ const std::vector<LayerCase> kConformanceCases = {
     {"{type: batch_norm, momentum: 0.3, eps: 0.001}", {{2, 3, 5}}, {2, 3, 5}},
     {"{type: batch_norm, affine: false}", {{4, 3, 3}}, {4, 3, 3}},
     {"{type: batch_norm}", {{5}}, {5}, 6},
+    {"{type: batch_norm, sync: true}", {{2, 3, 3}}, {2, 3, 3}},  // no communicator: as sync false
     // joins of several inputs
     {"{type: add}", {{3, 4, 4}, {3, 4, 4}}, {3, 4, 4}},
     {"{type: add}", {{2, 3, 5}, {2, 3, 5}, {2, 3, 5}}, {2, 3, 5}},
@@ -981,6 +992,393 @@ BOOST_AUTO_TEST_CASE(bad_input_is_a_clear_error) {
   STRATA_CHECK_CONTAINS(error_of([&] { run_forward(bn, {x}, true, 1); }),
                         "training needs more than one value per channel");
   BOOST_CHECK_NO_THROW(run_forward(bn, {x}, false, 1));  // evaluation uses running statistics
+}
+
+// ---- sync: true, across ranks played by threads ----
+
+// A job of `size` ranks inside one process, one thread each (tests only; no MPI): the blocking
+// collectives meet at a rendezvous, each rank's values go to a shared slot, and every rank sums the
+// slots in rank order, so a sum is the same bits on every rank, as Communicator promises. A rank
+// that waits more than 30 s for the others throws (a test that breaks the collectives' order
+// fails instead of hanging), as does a collective whose size or name differs between ranks.
+// Messages and the watchdog are not needed here. (A minimal stand-in: the shared in-process
+// communicator, tests/support/thread_communicator.hpp, was not on main yet.)
+class ThreadJob {
+ public:
+  explicit ThreadJob(int size) : size_(size), slots_(static_cast<std::size_t>(size)) {}
+  int size() const { return size_; }
+
+  class Rank final : public strata::Communicator {
+   public:
+    Rank(ThreadJob& job, int rank) : job_(job), rank_(rank) {}
+    std::string_view type() const override { return "threads"; }
+    int rank() const override { return rank_; }
+    int size() const override { return job_.size_; }
+    int local_rank() const override { return rank_; }
+    int local_size() const override { return job_.size_; }
+    std::string host() const override { return "localhost"; }
+    Ticket start_allreduce(std::span<float> data, std::string what) override {
+      allreduce(data, strata::ReduceOp::sum, what);
+      return ++tickets_;
+    }
+    void wait(Ticket) override {}
+    void allreduce(std::span<float> data, strata::ReduceOp op, std::string_view what) override {
+      job_.reduce(rank_, data, op, what);
+    }
+    void allreduce(std::span<double> data, strata::ReduceOp op, std::string_view what) override {
+      job_.reduce(rank_, data, op, what);
+    }
+    void allreduce(std::span<int64_t> data, strata::ReduceOp op, std::string_view what) override {
+      job_.reduce(rank_, data, op, what);
+    }
+    void broadcast(std::span<std::byte> data, int root, std::string_view what) override {
+      job_.exchange(rank_, std::as_bytes(data), what);
+      const auto& from = job_.slots_[static_cast<std::size_t>(root)].bytes;
+      std::copy(from.begin(), from.end(), data.begin());
+      job_.rendezvous();
+    }
+    void barrier(std::string_view what) override {
+      job_.exchange(rank_, {}, what);
+      job_.rendezvous();
+    }
+    void send(int, int, std::string) override { throw std::logic_error("ThreadJob: no messages"); }
+    std::optional<strata::Message> receive(int, int, std::chrono::milliseconds) override {
+      throw std::logic_error("ThreadJob: no messages");
+    }
+    void set_watchdog(double) override {}
+    [[noreturn]] void abort(const std::string& message, int) override {
+      throw std::runtime_error("abort: " + message);
+    }
+    // The collectives this rank has made, by name.
+    std::vector<std::string> calls;
+
+   private:
+    ThreadJob& job_;
+    int rank_;
+    Ticket tickets_ = 0;
+  };
+
+  // Runs body(rank, communicator) on one thread per rank; rethrows the first rank's exception.
+  template <class Body>
+  void run(const Body& body) {
+    ranks_.clear();
+    for (int r = 0; r < size_; ++r) ranks_.push_back(std::make_unique<Rank>(*this, r));
+    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(size_));
+    std::vector<std::thread> threads;
+    for (int r = 0; r < size_; ++r) {
+      threads.emplace_back([&, r] {
+        try {
+          body(r, *ranks_[static_cast<std::size_t>(r)]);
+        } catch (...) {
+          errors[static_cast<std::size_t>(r)] = std::current_exception();
+        }
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    for (const std::exception_ptr& error : errors) {
+      if (error) std::rethrow_exception(error);
+    }
+  }
+  Rank& rank(int r) { return *ranks_.at(static_cast<std::size_t>(r)); }
+
+ private:
+  struct Slot {
+    std::vector<std::byte> bytes;
+    std::string what;
+  };
+
+  void rendezvous() {
+    std::unique_lock lock(mutex_);
+    const int64_t generation = generation_;
+    if (++arrived_ == size_) {
+      arrived_ = 0;
+      ++generation_;
+      arrived_all_.notify_all();
+      return;
+    }
+    if (!arrived_all_.wait_for(lock, std::chrono::seconds(30),
+                               [&] { return generation_ != generation; })) {
+      throw std::runtime_error("ThreadJob: a rank waited 30 s for the others");
+    }
+  }
+  // Publishes this rank's bytes and the collective's name, waits for every rank, and checks that
+  // they all made the same call.
+  void exchange(int rank, std::span<const std::byte> bytes, std::string_view what) {
+    Slot& mine = slots_[static_cast<std::size_t>(rank)];
+    mine.bytes.assign(bytes.begin(), bytes.end());
+    mine.what = what;
+    ranks_[static_cast<std::size_t>(rank)]->calls.emplace_back(what);
+    rendezvous();
+    for (const Slot& other : slots_) {
+      if (other.what != mine.what || other.bytes.size() != mine.bytes.size()) {
+        throw std::runtime_error(
+            fmt::format("ThreadJob: rank {} called '{}' ({} bytes), another "
+                        "rank '{}' ({} bytes)",
+                        rank, mine.what, mine.bytes.size(), other.what, other.bytes.size()));
+      }
+    }
+  }
+  template <class T>
+  void reduce(int rank, std::span<T> data, strata::ReduceOp op, std::string_view what) {
+    exchange(rank, std::as_bytes(data), what);
+    for (std::size_t i = 0; i < data.size(); ++i) {
+      T total{};
+      for (std::size_t r = 0; r < slots_.size(); ++r) {
+        T value;
+        std::memcpy(&value, slots_[r].bytes.data() + i * sizeof(T), sizeof(T));
+        total = r == 0                        ? value
+                : op == strata::ReduceOp::sum ? total + value
+                : op == strata::ReduceOp::min ? std::min(total, value)
+                                              : std::max(total, value);
+      }
+      data[i] = total;
+    }
+    rendezvous();  // nobody overwrites a slot before every rank has read them all
+  }
+
+  int size_;
+  std::vector<Slot> slots_;
+  std::vector<std::unique_ptr<Rank>> ranks_;
+  std::mutex mutex_;
+  std::condition_variable arrived_all_;
+  int arrived_ = 0;
+  int64_t generation_ = 0;
+};
+
+// One input tensor, as Layer::forward and backward take their inputs.
+std::span<const Tensor> single(const Tensor& x) { return {&x, 1}; }
+
+// Largest |got - want| relative to the largest |want| of the tensor (1 when that is smaller).
+double relative_error(const Tensor& got, const Tensor& want) {
+  BOOST_TEST_REQUIRE(got.numel() == want.numel());
+  return max_abs_diff(got, want) / std::max(1.0f, max_abs(want));
+}
+
+Tensor concat_batches(const std::vector<Tensor>& parts, const Shape& whole) {
+  Tensor result(whole);
+  int64_t offset = 0;
+  for (const Tensor& part : parts) {
+    std::copy(part.data(), part.data() + part.numel(), result.data() + offset);
+    offset += part.numel();
+  }
+  BOOST_TEST_REQUIRE(offset == result.numel());
+  return result;
+}
+
+// The parameters and buffers of `from` into `to` (two batch_norm layers of the same shape).
+void copy_state(Layer& from, Layer& to) {
+  for (std::size_t i = 0; i < from.params().size(); ++i) {
+    to.params().at(i)->value.copy_from(from.params()[i]->value);
+  }
+  for (std::size_t i = 0; i < from.buffers().size(); ++i) {
+    to.buffers().at(i).tensor.copy_from(from.buffers()[i].tensor);
+  }
+}
+
+// What one training forward and backward leaves (copies): output, input gradient, parameter
+// gradients and running statistics.
+struct StepResult {
+  Tensor y, dx, dweight, dbias, running_mean, running_var, tracked;
+};
+
+StepResult step_result(Instance& bn, const Tensor& y, const Tensor& dx) {
+  return {y.clone(),
+          dx.clone(),
+          bn.layer->params().at(0)->grad.clone(),
+          bn.layer->params().at(1)->grad.clone(),
+          buffer(*bn.layer, "running_mean").tensor.clone(),
+          buffer(*bn.layer, "running_var").tensor.clone(),
+          buffer(*bn.layer, "num_batches_tracked").tensor.clone()};
+}
+
+// N ranks, each with batch_norm (sync: true) on its slice of a random batch (uneven slices, some
+// empty), equal one layer on the whole batch: outputs and input gradients concatenated, parameter
+// gradients summed over the ranks, running statistics on every rank, after each of two training
+// steps. Tolerance: 1e-5 of the largest magnitude of each tensor (only the order of the double
+// sums differs, so the float results differ by an ulp or so). dy is the same on each rank as in
+// the one process: the trainer scales each rank's loss gradient by n_rank / n_global.
+BOOST_AUTO_TEST_CASE(sync_over_ranks_equals_one_process) {
+  struct Split {
+    Shape sample;
+    std::vector<int64_t> images;  // per rank
+  };
+  const std::vector<Split> splits = {{{3, 4, 5}, {3, 4}},    {{3, 4, 5}, {7, 0}},
+                                     {{3, 4, 5}, {2, 0, 5}}, {{3, 4, 5}, {1, 4, 2}},
+                                     {{6}, {0, 5, 3}},       {{2, 1, 1}, {2, 0}}};
+  const std::string layer_yaml = "{type: batch_norm, momentum: 0.3, eps: 0.001, sync: true}";
+  Rng rng(33);
+  double worst = 0;
+  for (const Split& split : splits) {
+    const int ranks = static_cast<int>(split.images.size());
+    const int64_t total = std::accumulate(split.images.begin(), split.images.end(), int64_t{0});
+    const std::string label =
+        fmt::format("sample {} split {}", split.sample.str(), fmt::join(split.images, "+"));
+    // One process: sync: true without a communicator, which must be batch_norm as it always was.
+    Instance one = make_layer(layer_yaml, {split.sample}, "reference");
+    Instance plain =
+        make_layer("{type: batch_norm, momentum: 0.3, eps: 0.001}", {split.sample}, "reference");
+    randomize_params(*one.layer, rng);
+    std::vector<Instance> per_rank;
+    for (int r = 0; r < ranks; ++r) {
+      per_rank.push_back(make_layer(layer_yaml, {split.sample}, r % 2 ? "tbb" : "reference"));
+    }
+    copy_state(*one.layer, *plain.layer);
+    for (Instance& copy : per_rank) copy_state(*one.layer, *copy.layer);
+    ThreadJob job(ranks);
+    for (int step = 0; step < 2; ++step) {
+      const Tensor x = random_tensor(split.sample.with_batch(total), rng, -2.0f, 3.0f);
+      const Tensor dy = random_tensor(x.shape(), rng);
+      const Tensor y_one = run_forward(one, {x}, true, 1);
+      const StepResult want =
+          step_result(one, y_one, run_backward(one, {x}, y_one, dy, true, 1)[0]);
+      const Tensor y_plain = run_forward(plain, {x}, true, 1);
+      const StepResult unsynced =
+          step_result(plain, y_plain, run_backward(plain, {x}, y_plain, dy, true, 1)[0]);
+      const std::string same = label + ": sync without a communicator differs from sync: false";
+      BOOST_TEST(max_abs_diff(unsynced.y, want.y) == 0.0f, same);
+      BOOST_TEST(max_abs_diff(unsynced.dx, want.dx) == 0.0f, same);
+      BOOST_TEST(max_abs_diff(unsynced.dweight, want.dweight) == 0.0f, same);
+      BOOST_TEST(max_abs_diff(unsynced.dbias, want.dbias) == 0.0f, same);
+      BOOST_TEST(max_abs_diff(unsynced.running_mean, want.running_mean) == 0.0f, same);
+      BOOST_TEST(max_abs_diff(unsynced.running_var, want.running_var) == 0.0f, same);
+
+      std::vector<StepResult> got(static_cast<std::size_t>(ranks));
+      job.run([&](int r, strata::Communicator& communicator) {
+        int64_t begin = 0;
+        for (int k = 0; k < r; ++k) begin += split.images[static_cast<std::size_t>(k)];
+        const int64_t end = begin + split.images[static_cast<std::size_t>(r)];
+        Instance& bn = per_rank[static_cast<std::size_t>(r)];
+        const Tensor x_rank = x.batch_slice(begin, end).clone();
+        const Tensor dy_rank = dy.batch_slice(begin, end).clone();
+        Rng unused(1);
+        Context context{true, &unused, bn.backend.get()};
+        context.communicator = &communicator;
+        Tensor y(x_rank.shape());
+        bn.layer->forward(context, single(x_rank), y);
+        std::vector<Tensor> dx{Tensor(x_rank.shape())};
+        bn.layer->backward(context, single(x_rank), y, dy_rank, dx);
+        got[static_cast<std::size_t>(r)] = step_result(bn, y, dx[0]);
+      });
+
+      std::vector<Tensor> ys, dxs;
+      Tensor dweight(want.dweight.shape()), dbias(want.dbias.shape());
+      for (int r = 0; r < ranks; ++r) {
+        const StepResult& rank = got[static_cast<std::size_t>(r)];
+        ys.push_back(rank.y);
+        dxs.push_back(rank.dx);
+        for (int64_t c = 0; c < dweight.numel(); ++c) {
+          dweight.data()[c] += rank.dweight.data()[c];
+          dbias.data()[c] += rank.dbias.data()[c];
+        }
+        // Every rank holds the same running statistics, bit for bit.
+        BOOST_TEST(max_abs_diff(rank.running_mean, got[0].running_mean) == 0.0f, label);
+        BOOST_TEST(max_abs_diff(rank.running_var, got[0].running_var) == 0.0f, label);
+        BOOST_TEST(max_abs_diff(rank.tracked, want.tracked) == 0.0f, label);
+        // Two allreduces per training forward, one per training backward, on every rank.
+        BOOST_TEST(job.rank(r).calls.size() == 3u, label);
+      }
+      const double tolerance = 1e-5;
+      const std::vector<std::pair<const char*, double>> errors = {
+          {"y", relative_error(concat_batches(ys, x.shape()), want.y)},
+          {"dx", relative_error(concat_batches(dxs, x.shape()), want.dx)},
+          {"dweight", relative_error(dweight, want.dweight)},
+          {"dbias", relative_error(dbias, want.dbias)},
+          {"running_mean", relative_error(got[0].running_mean, want.running_mean)},
+          {"running_var", relative_error(got[0].running_var, want.running_var)}};
+      for (const auto& [what, error] : errors) {
+        BOOST_TEST(error <= tolerance, label << " step " << step << ": " << what);
+        worst = std::max(worst, error);
+      }
+    }
+  }
+  BOOST_TEST_MESSAGE("sync batch_norm: largest relative difference from one process " << worst);
+}
+
+// One rank: the synchronized path is the unsynchronized one, bit for bit (the MPI path with one
+// rank equals a run without MPI); in evaluation nothing is reduced.
+BOOST_AUTO_TEST_CASE(sync_with_one_rank_is_bitwise_the_single_process) {
+  Rng rng(34);
+  Instance synced = make_layer("{type: batch_norm, sync: true}", {{4, 3, 3}}, "tbb");
+  Instance plain = make_layer("{type: batch_norm}", {{4, 3, 3}}, "tbb");
+  randomize_params(*synced.layer, rng);
+  copy_state(*synced.layer, *plain.layer);
+  const Tensor x = random_tensor({6, 4, 3, 3}, rng, -1.0f, 4.0f);
+  const Tensor dy = random_tensor(x.shape(), rng);
+  const Tensor y_plain = run_forward(plain, {x}, true, 1);
+  const StepResult want =
+      step_result(plain, y_plain, run_backward(plain, {x}, y_plain, dy, true, 1)[0]);
+  ThreadJob job(1);
+  StepResult got;
+  Tensor y_eval(x.shape());
+  job.run([&](int, strata::Communicator& communicator) {
+    Rng unused(1);
+    Context context{true, &unused, synced.backend.get()};
+    context.communicator = &communicator;
+    Tensor y(x.shape());
+    synced.layer->forward(context, single(x), y);
+    std::vector<Tensor> dx{Tensor(x.shape())};
+    synced.layer->backward(context, single(x), y, dy, dx);
+    got = step_result(synced, y, dx[0]);
+    context.training = false;
+    synced.layer->forward(context, single(x), y_eval);
+    synced.layer->backward(context, single(x), y_eval, dy, dx);
+  });
+  BOOST_TEST(job.rank(0).calls.size() == 3u, "evaluation must not reduce");
+  BOOST_TEST(max_abs_diff(got.y, want.y) == 0.0f);
+  BOOST_TEST(max_abs_diff(got.dx, want.dx) == 0.0f);
+  BOOST_TEST(max_abs_diff(got.dweight, want.dweight) == 0.0f);
+  BOOST_TEST(max_abs_diff(got.dbias, want.dbias) == 0.0f);
+  BOOST_TEST(max_abs_diff(got.running_mean, want.running_mean) == 0.0f);
+  BOOST_TEST(max_abs_diff(got.running_var, want.running_var) == 0.0f);
+  BOOST_TEST(max_abs_diff(y_eval, run_forward(plain, {x}, false, 1)) == 0.0f);
+}
+
+// Too few values over all the ranks is the same error on every rank (after the first collective,
+// so none waits for the others); a backward that does not match its forward's synchronization is
+// an error.
+BOOST_AUTO_TEST_CASE(sync_errors) {
+  Rng rng(35);
+  const Tensor one_image = random_tensor({1, 3}, rng);
+  const Tensor no_image({0, 3});
+  std::vector<Instance> per_rank;
+  for (int r = 0; r < 2; ++r)
+    per_rank.push_back(make_layer("{type: batch_norm, sync: true}", {{3}}, "reference"));
+  std::vector<std::string> messages(2);
+  ThreadJob job(2);
+  job.run([&](int r, strata::Communicator& communicator) {
+    Rng unused(1);
+    Context context{true, &unused, nullptr};
+    context.communicator = &communicator;
+    Tensor y(r == 0 ? one_image.shape() : no_image.shape());
+    try {
+      per_rank[static_cast<std::size_t>(r)].layer->forward(
+          context, single(r == 0 ? one_image : no_image), y);
+    } catch (const strata::Error& error) {
+      messages[static_cast<std::size_t>(r)] = error.what();
+    }
+  });
+  for (const std::string& message : messages) {
+    STRATA_CHECK_CONTAINS(message,
+                          "training needs more than one value per channel to compute "
+                          "batch statistics, got 1 per channel over the 2 ranks");
+  }
+  // A synchronized forward followed by a backward without the communicator.
+  const Tensor x = random_tensor({4, 3}, rng);
+  Instance bn = make_layer("{type: batch_norm, sync: true}", {{3}}, "reference");
+  ThreadJob one_rank(1);
+  Tensor y(x.shape());
+  one_rank.run([&](int, strata::Communicator& communicator) {
+    Rng unused(1);
+    Context context{true, &unused, nullptr};
+    context.communicator = &communicator;
+    bn.layer->forward(context, single(x), y);
+  });
+  STRATA_CHECK_CONTAINS(error_of([&] { run_backward(bn, {x}, y, x, true, 1); }),
+                        "sync: backward does not reduce across ranks, but the training forward it "
+                        "follows did");
+  STRATA_CHECK_CONTAINS(
+      error_of([] { registries().layers.create(yaml("{type: batch_norm, sync: yes please}")); }),
+      "sync");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

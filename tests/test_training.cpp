@@ -122,6 +122,54 @@ BOOST_AUTO_TEST_CASE(unknown_input_names_and_duplicates_are_errors) {
                  "layer 'a' has no parameter 'wieght'");
 }
 
+// A rank of an MPI job may get no images in a step (an uneven last batch) and still run forward
+// and backward with the others, with zero contributions: a batch of 0 images through conv2d
+// (plain, strided, 1x1, depthwise), relu, add, max_pool, avg_pool, global_avg_pool, flatten and
+// linear, on both backends, as the first batch (the graph then allocates for 0) and after a
+// non-empty one. The output is [0, classes], every parameter gradient is exactly 0, and a
+// following non-empty batch is unaffected (finite gradients). (batch_norm needs `sync: true` for
+// this: test_layers.cpp.)
+BOOST_AUTO_TEST_CASE(an_empty_batch_runs_forward_and_backward) {
+  const Config model = Config::parse_string(R"(
+input: [3, 8, 8]
+layers:
+  - {name: c1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+  - {name: r1, type: relu}
+  - {name: c2, type: conv2d, out_channels: 4, kernel: 3, padding: 1, groups: 4}
+  - {name: sum, type: add, inputs: [c2, c1]}
+  - {name: c3, type: conv2d, out_channels: 6, kernel: 1, stride: 2, round: floor}
+  - {name: p1, type: max_pool, kernel: 2}
+  - {name: p2, type: avg_pool, kernel: 2}
+  - {name: gap, type: global_avg_pool}
+  - {name: flat, type: flatten}
+  - {name: fc, type: linear, out_features: 3}
+)",
+                                            "net.yaml");
+  std::mt19937 gen(17);
+  for (const std::string backend : {"reference", "tbb"}) {
+    for (const std::vector<int64_t>& batches : {std::vector<int64_t>{0, 5, 0}, {4, 0, 3}}) {
+      Rng rng(2);
+      auto engine = test::registries().backends.create(backend, Config{});
+      Graph graph(model, test::registries(), *engine, rng);
+      graph.set_input_gradient(true);
+      for (const int64_t batch : batches) {
+        Context context{true, &rng, engine.get()};
+        const Tensor& y = graph.forward(context, test::random_tensor({batch, 3, 8, 8}, gen));
+        BOOST_TEST(y.shape() == (Shape{batch, 3}));
+        graph.backward(context, test::random_tensor(y.shape(), gen));
+        BOOST_TEST(graph.input_gradient().shape() == (Shape{batch, 3, 8, 8}));
+        for (const ParamRef& ref : graph.params()) {
+          for (float g : ref.param->grad.span()) {
+            BOOST_TEST_REQUIRE(
+                (batch == 0 ? g == 0.0f : std::isfinite(g)),
+                backend << " batch " << batch << ": " << ref.key << " gradient " << g);
+          }
+        }
+      }
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(custom_initializer_is_applied) {
   Rng rng(1);
   Config config = Config::parse_string(

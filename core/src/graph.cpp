@@ -509,12 +509,9 @@ void Graph::allocate(int64_t batch) {
   scratch_.resize(nodes_.size());
   for (std::size_t i = 0; i < nodes_.size(); ++i) {
     outputs_[i] = outputs_storage_[i].batch_slice(0, batch);
-    grads_[i] = grads_storage_[i].defined() && grads_storage_[i].numel() > 0
-                    ? grads_storage_[i].batch_slice(0, batch)
-                    : Tensor();
-    scratch_[i] = edge_scratch_[i].defined() && edge_scratch_[i].numel() > 0
-                      ? edge_scratch_[i].batch_slice(0, batch)
-                      : Tensor();
+    // (A Tensor of no elements, [0, ...] when the first batch was empty, is defined.)
+    grads_[i] = grads_storage_[i].defined() ? grads_storage_[i].batch_slice(0, batch) : Tensor();
+    scratch_[i] = edge_scratch_[i].defined() ? edge_scratch_[i].batch_slice(0, batch) : Tensor();
     nodes_[i].in.resize(nodes_[i].inputs.size());
     nodes_[i].din.resize(nodes_[i].inputs.size());
   }
@@ -640,7 +637,7 @@ void Graph::set_profile(GraphProfile* profile) {
 }
 
 const Tensor& Graph::input_gradient() const {
-  if (!input_gradient_ || !input_gradient_storage_.defined() || input_gradient_storage_.numel() == 0) {
+  if (!input_gradient_ || !input_gradient_storage_.defined()) {  // (defined with 0 images too)
     fail("no input gradient: call set_input_gradient(true), then forward() and backward()");
   }
   return input_gradient_storage_;
@@ -649,7 +646,7 @@ const Tensor& Graph::input_gradient() const {
 const Tensor& Graph::activation(std::string_view layer_name) const {
   const int index = index_of(layer_name);
   if (index < 0) fail("the model has no layer '{}'", layer_name);
-  if (batch_ == 0) fail("no activations yet: run forward() first");
+  if (batch_ < 0) fail("no activations yet: run forward() first");
   return outputs_[index];
 }
 

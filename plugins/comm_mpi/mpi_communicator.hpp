@@ -7,10 +7,12 @@
 //   may add, and finalizes MPI when the communicator is destroyed. Operations complete in the order
 //   they were queued, so tickets complete in order.
 //
-//   A watchdog thread aborts the job (MPI_Abort, then _exit if that does not return) when one
-//   collective has run for longer than the watchdog limit, naming this rank, its host and the
-//   collective: on a job where one rank crashed or took a different path, every other rank would
-//   otherwise wait forever.
+//   A watchdog thread aborts the job when one collective has run for longer than the watchdog limit
+//   (set_watchdog, default 600 s), naming this rank, its host and the collective: on a job where
+//   one rank crashed or took a different path, every other rank would otherwise wait forever.
+//   Aborts (the watchdog's and abort()'s) are carried out by the communication thread, which
+//   checks for them between tests; MPI_Abort from the requesting thread and then _exit follow
+//   5 s apart if it does not.
 //
 // REQUIRES
 //   - At most one MpiCommunicator per process, ever (MPI cannot be initialized twice); a second one
@@ -18,11 +20,15 @@
 //   - The calling program was started by mpirun/srun, or MPI can start a singleton.
 //
 // ENSURES
-//   - Everything strata/communicator.hpp promises. Sums are bitwise identical on every rank: each
-//     of OpenMPI's allreduce algorithms either computes each element's final value on one rank and
-//     sends it to the others (ring, Rabenseifner) or has both partners of an exchange add the same
-//     two values (recursive doubling), and IEEE addition is commutative bit for bit.
-//     tests/scripts/test_mpi_communicator.sh checks it at sizes on both sides of the switch.
+//   - Everything strata/communicator.hpp promises. Sums are bitwise identical on every rank:
+//     collectives are nonblocking (MPI_Iallreduce, OpenMPI's coll/libnbc), and each of libnbc's
+//     allreduce algorithms computes every element's final value on one rank and copies it to the
+//     others (an in-place call always takes the binomial tree: sum up to rank 0, broadcast down;
+//     ring and Rabenseifner, which a user may force, do the same per block).
+//     tests/scripts/test_mpi_communicator.sh checks it on 2 and 4 ranks at several sizes.
+//   - No MPI call spins: the communication thread tests each request, busy for 20 us and then
+//     asleep between tests (mpi_communicator.cpp says why, with measurements), and sleeps on a
+//     condition variable when the queue is empty.
 //   - receive() never occupies the communication thread while it waits: it queues one probe at a
 //     time (MPI_Improbe) and sleeps 1 ms between probes on the calling thread, so collectives that
 //     other threads queue meanwhile run between the probes.
@@ -56,6 +62,8 @@ namespace strata::comm_mpi {
 
 class MpiCommunicator final : public Communicator {
  public:
+  // `config` may set watchdog_seconds (the limit until set_watchdog is called, start-up
+  // included; default kDefaultWatchdogSeconds).
   explicit MpiCommunicator(const Config& config);
   // Completes every queued operation and every pending send, then finalizes MPI.
   ~MpiCommunicator() override;
@@ -120,9 +128,18 @@ class MpiCommunicator final : public Communicator {
   Ticket queue_allreduce(std::span<T> data, ReduceOp op, std::string what);
   // Called on the communication thread when a collective's MPI call fails: aborts the job.
   [[noreturn]] void collective_failed(const std::string& what, int error_code);
+  // On the communication thread: starts one collective (`start(MPI_Request*)` makes the MPI
+  // call and returns its error code) and waits for it; a failure aborts the job.
+  template <class Start>
+  void run_collective(const std::string& what, Start&& start);
+  // Tests `request` until it completes (yielding, then sleeping); returns MPI's error code.
+  int complete(MPI_Request& request);
+  [[noreturn]] void abort_from_communication_thread();
+  void receive_if_there(ProbeState& probe, int source, int tag);
 
   void communication_thread();  // the whole life of MPI
   void initialize_mpi();
+  void describe_job(int thread_level);  // the tag bound, the node count, description_
   void serve_queue();
   void progress_sends();  // tests the pending sends, drops the finished ones
   void finish_sends();    // at shutdown: waits until every pending send is done
@@ -138,7 +155,8 @@ class MpiCommunicator final : public Communicator {
   int tag_upper_bound_ = 32767;
   std::string host_;
   std::string description_;
-  std::string label_;  // "rank 1 of 4 (node7)"
+  // "rank 1 of 4 (node7)", from the launcher's environment until MPI knows. Written under mutex_.
+  std::string label_;
   std::exception_ptr init_error_;
   bool initialized_ = false;
 
@@ -167,6 +185,14 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;  // the duplicate of MPI_COMM_WORLD
   bool watchdog_idle_ = false;     // the watchdog sleeps until an operation starts
   bool watchdog_stop_ = false;
+  // An abort requested by another thread, carried out by the communication thread.
+  std::atomic<bool> abort_requested_{false};
+  std::optional<int> abort_code_;  // guarded by mutex_
+  std::atomic<std::thread::id> communication_id_;
+
+  std::chrono::microseconds spin_{20};
+  std::chrono::microseconds first_pause_{50};
+  std::chrono::microseconds longest_pause_{250};
 
   std::thread communication_;
   std::thread watchdog_;

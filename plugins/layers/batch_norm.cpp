@@ -10,6 +10,18 @@
 //     evaluation: y = (x - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c]
 //   The running statistics change only in a training forward. Without `affine`, weight is 1 and
 //   bias 0 and the layer has no parameters.
+//   Synchronized (`sync: true`, in a training pass whose Context::communicator is set): the batch
+//   is the union of every rank's batch, m = the sum of N_r*H*W over the ranks, and the formulas
+//   above hold for that batch, so N ranks with B/N images each compute what one process computes
+//   with B (up to the order of the sums). Per training forward, two blocking allreduces of doubles
+//   (the per-channel sums with the count: C + 1 values, then the per-channel squared deviations
+//   from the global mean: C values): the same two passes as one process makes, so no
+//   cancellation (a one-pass sum of squares would lose digits when |mean| >> std). Per training
+//   backward, one allreduce of 2C values (sum dy and sum dy * x_hat, in the units the trainer
+//   scaled dy to: each rank's loss gradient times n_rank / n_global, so plain sums are right). A
+//   rank with no images still takes part, with zero contributions. Without a communicator (a single
+//   process), in evaluation, and with `sync: false` (the default, PyTorch DDP's per-rank
+//   statistics) nothing is reduced and each rank normalizes with its own batch.
 //   Parameters (PyTorch names): weight [C] (default init constant 1) and bias [C] (constant 0),
 //   both with decay_mult 0 (no weight decay, as is usual for normalization parameters).
 //   Buffers, saved in checkpoints under PyTorch's state_dict names: running_mean [C] (starts 0),
@@ -21,28 +33,42 @@
 //             convention, the opposite of Keras' and Caffe's "moving average fraction")
 //   eps       1e-5, > 0: added to the variance before the square root
 //   affine    true: learn weight and bias
+//   sync      false: true reduces the batch statistics across the ranks of an MPI job (above);
+//             no effect in a single process. Not saved: a checkpoint does not depend on it.
 //
 // REQUIRES
 //   - one input of sample shape [C, H, W] (BatchNorm2d) or [C] (BatchNorm1d on features).
-//   - in training, more than one value per channel (N*H*W > 1), as PyTorch requires.
+//   - in training, more than one value per channel (N*H*W > 1), as PyTorch requires; synchronized,
+//     over all ranks together (a rank's own batch may then be empty, N = 0).
+//   - synchronized: every rank runs the same training forwards and backwards in the same order
+//     (the collectives' contract, strata/communicator.hpp), and each backward follows the
+//     forward it belongs to with the same communicator.
 // ENSURES
 //   - output sample shape == input sample shape.
 //   - backward matches the forward's mode (Context::training): in training the full
 //     batch-statistics gradient, through the mean and variance of the last training forward
 //     (which backward must follow, as in every training step); in evaluation the affine map
-//     with the running statistics. Parameter gradients: dweight = sum dy * x_hat, dbias = sum dy.
+//     with the running statistics. Parameter gradients: dweight = sum dy * x_hat, dbias = sum dy,
+//     over this rank's values (synchronized too, with x_hat from the global statistics): the
+//     trainer sums parameter gradients across ranks, as for every other layer.
 //   - per-channel sums run in double (8 partial sums each, in a fixed order), one channel per task:
 //     channels are split over the backend's parallel_for, so every backend gives bit-identical
-//     results.
+//     results. Synchronized, the reduced sums are the same bits on every rank (the communicator's
+//     guarantee), so are the running statistics; with one rank they equal the unsynchronized ones
+//     bit for bit.
 //   - batch independence holds in evaluation only: in training each sample's output depends on
 //     the whole batch through the batch statistics.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
+#include <span>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
+#include "strata/communicator.hpp"
 #include "strata/error.hpp"
 
 namespace strata::layers {
@@ -78,7 +104,8 @@ class BatchNorm final : public Layer {
   explicit BatchNorm(const Config& config)
       : momentum_(config.get<double>("momentum", 0.1)),
         eps_(config.get<double>("eps", 1e-5)),
-        affine_(config.get<bool>("affine", true)) {
+        affine_(config.get<bool>("affine", true)),
+        sync_(config.get<bool>("sync", false)) {
     if (!(momentum_ >= 0.0 && momentum_ <= 1.0)) {
       config.fail_key("momentum", fmt::format("must be in [0, 1], found {}", momentum_));
     }
@@ -126,24 +153,17 @@ class BatchNorm final : public Layer {
       return;
     }
 
-    if (count < 2) {
-      fail(
-          "training needs more than one value per channel to compute batch statistics, got "
-          "input {} (PyTorch refuses this too)",
-          x.shape().str());
-    }
-    saved_mean_.resize(static_cast<std::size_t>(channels_));
-    saved_inv_std_.resize(static_cast<std::size_t>(channels_));
-    float* running_mean = running_mean_.data();
-    float* running_var = running_var_.data();
-    const double momentum = momentum_;
-    for_channels(context, batch, [&](int64_t c) {
+    // The three passes over a channel: its sum, its squared deviations from the mean, and the
+    // output with the running statistics' update (m: the values per channel over the whole batch).
+    auto channel_sum = [&](int64_t c) {
       Partials sum;
       for (int64_t n = 0; n < batch; ++n) {
         const float* xs = px + (n * channels_ + c) * spatial_;
         sum.add(spatial_, [&](int64_t s) { return static_cast<double>(xs[s]); });
       }
-      const double mean = sum.total() / static_cast<double>(count);
+      return sum.total();
+    };
+    auto channel_squares = [&](int64_t c, double mean) {
       Partials sum_squares;
       for (int64_t n = 0; n < batch; ++n) {
         const float* xs = px + (n * channels_ + c) * spatial_;
@@ -152,8 +172,13 @@ class BatchNorm final : public Layer {
           return d * d;
         });
       }
-      const double squares = sum_squares.total();
-      const double var = squares / static_cast<double>(count);
+      return sum_squares.total();
+    };
+    float* running_mean = running_mean_.data();
+    float* running_var = running_var_.data();
+    const double momentum = momentum_;
+    auto normalize_channel = [&](int64_t c, double mean, double squares, double m) {
+      const double var = squares / m;
       const double inv_std = 1.0 / std::sqrt(var + eps_);
       saved_mean_[static_cast<std::size_t>(c)] = mean;
       saved_inv_std_[static_cast<std::size_t>(c)] = inv_std;
@@ -165,11 +190,56 @@ class BatchNorm final : public Layer {
         float* ys = py + (n * channels_ + c) * spatial_;
         for (int64_t s = 0; s < spatial_; ++s) ys[s] = xs[s] * scale_f + shift_f;
       }
-      const double unbiased = squares / static_cast<double>(count - 1);
+      const double unbiased = squares / (m - 1.0);
       running_mean[c] = static_cast<float>((1.0 - momentum) * running_mean[c] + momentum * mean);
       running_var[c] = static_cast<float>((1.0 - momentum) * running_var[c] + momentum * unbiased);
-    });
+    };
+    auto too_few_values = [&](double m, std::string_view over) {
+      fail(
+          "training needs more than one value per channel to compute batch statistics, got {} "
+          "per channel{} (input {}; PyTorch refuses this too)",
+          m, over, x.shape().str());
+    };
+
+    saved_mean_.resize(static_cast<std::size_t>(channels_));
+    saved_inv_std_.resize(static_cast<std::size_t>(channels_));
+    Communicator* ranks = sync_ ? context.communicator : nullptr;
+    if (ranks == nullptr) {
+      // One channel at a time through all three passes, while its values are in cache.
+      if (count < 2) too_few_values(static_cast<double>(count), "");
+      const auto m = static_cast<double>(count);
+      for_channels(context, batch, [&](int64_t c) {
+        const double mean = channel_sum(c) / m;
+        normalize_channel(c, mean, channel_squares(c, mean), m);
+      });
+      saved_count_ = m;
+    } else {
+      // Each pass over every channel, with the sums reduced across the ranks in between.
+      const auto channels = static_cast<std::size_t>(channels_);
+      reduced_.assign(channels + 1, 0.0);
+      for_channels(context, batch,
+                   [&](int64_t c) { reduced_[static_cast<std::size_t>(c)] = channel_sum(c); });
+      reduced_[channels] = static_cast<double>(count);
+      ranks->allreduce(std::span<double>(reduced_), ReduceOp::sum,
+                       "batch_norm (sync) forward: per-channel sums and count");
+      const double m = reduced_[channels];  // the same on every rank: all fail, or none
+      if (m < 2) too_few_values(m, fmt::format(" over the {} ranks", ranks->size()));
+      for (std::size_t c = 0; c < channels; ++c) saved_mean_[c] = reduced_[c] / m;
+      reduced_.resize(channels);
+      for_channels(context, batch, [&](int64_t c) {
+        const auto index = static_cast<std::size_t>(c);
+        reduced_[index] = channel_squares(c, saved_mean_[index]);
+      });
+      ranks->allreduce(std::span<double>(reduced_), ReduceOp::sum,
+                       "batch_norm (sync) forward: per-channel squared deviations");
+      for_channels(context, batch, [&](int64_t c) {
+        const auto index = static_cast<std::size_t>(c);
+        normalize_channel(c, saved_mean_[index], reduced_[index], m);
+      });
+      saved_count_ = m;
+    }
     saved_batch_ = batch;
+    saved_synchronized_ = ranks != nullptr;
     num_batches_tracked_.data()[0] += 1.0f;
   }
 
@@ -177,13 +247,19 @@ class BatchNorm final : public Layer {
                 std::span<Tensor> din) override {
     const Tensor& x = in[0];
     const int64_t batch = x.dim(0);
-    const int64_t count = batch * spatial_;
     const bool training = context.training;
+    Communicator* ranks = training && sync_ ? context.communicator : nullptr;
     if (training && saved_batch_ != batch) {
       fail(
           "backward in training mode needs the batch statistics of a training forward on the "
           "same batch (last training forward had batch {}, backward got {})",
           saved_batch_, batch);
+    }
+    if (training && saved_synchronized_ != (ranks != nullptr)) {
+      fail(
+          "sync: backward {} across ranks, but the training forward it follows {} (both must run "
+          "with the same Context::communicator)",
+          ranks ? "reduces" : "does not reduce", saved_synchronized_ ? "did" : "did not");
     }
     const float* weight = affine_ ? weight_.value.data() : nullptr;
     float* dweight = affine_ ? weight_.grad.data() : nullptr;
@@ -194,12 +270,16 @@ class BatchNorm final : public Layer {
     const float* pdy = dout.data();
     float* pdx = din[0].defined() ? din[0].data() : nullptr;
 
-    for_channels(context, batch, [&](int64_t c) {
-      const auto index = static_cast<std::size_t>(c);
-      const double mean = training ? saved_mean_[index] : running_mean[c];
-      const double inv_std = training ? saved_inv_std_[index]
-                                      : 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps_);
-      // sum dy and sum dy * x_hat over the channel.
+    auto mean_of = [&](int64_t c) -> double {
+      return training ? saved_mean_[static_cast<std::size_t>(c)] : running_mean[c];
+    };
+    auto inv_std_of = [&](int64_t c) -> double {
+      return training ? saved_inv_std_[static_cast<std::size_t>(c)]
+                      : 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps_);
+    };
+    // sum dy and sum dy * x_hat over this rank's values of the channel; they are the parameter
+    // gradients.
+    auto gradient_sums = [&](int64_t c, double mean, double inv_std) {
       Partials dy_sum, dy_xhat_sum;
       for (int64_t n = 0; n < batch; ++n) {
         const float* xs = px + (n * channels_ + c) * spatial_;
@@ -212,13 +292,16 @@ class BatchNorm final : public Layer {
         dweight[c] = static_cast<float>(sum_dy_xhat);
         dbias[c] = static_cast<float>(sum_dy);
       }
-      if (!pdx) return;
+      return std::pair{sum_dy, sum_dy_xhat};
+    };
+    // Training: dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)), the means over
+    // the whole (synchronized: global) batch. Evaluation: the statistics are constants,
+    // dx = gamma * inv_std * dy.
+    auto input_gradient = [&](int64_t c, double mean, double inv_std, double sum_dy,
+                              double sum_dy_xhat) {
       const double gamma = weight ? weight[c] : 1.0f;
-      // Training: dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)).
-      // Evaluation: the statistics are constants, dx = gamma * inv_std * dy.
-      const double m = static_cast<double>(count);
-      const double mean_dy = training ? sum_dy / m : 0.0;
-      const double mean_dy_xhat = training ? sum_dy_xhat / m : 0.0;
+      const double mean_dy = training ? sum_dy / saved_count_ : 0.0;
+      const double mean_dy_xhat = training ? sum_dy_xhat / saved_count_ : 0.0;
       const double scale = gamma * inv_std;
       for (int64_t n = 0; n < batch; ++n) {
         const float* xs = px + (n * channels_ + c) * spatial_;
@@ -229,6 +312,30 @@ class BatchNorm final : public Layer {
           dxs[s] = static_cast<float>(scale * (dys[s] - mean_dy - x_hat * mean_dy_xhat));
         }
       }
+    };
+
+    if (ranks == nullptr) {
+      for_channels(context, batch, [&](int64_t c) {
+        const double mean = mean_of(c), inv_std = inv_std_of(c);
+        const auto [sum_dy, sum_dy_xhat] = gradient_sums(c, mean, inv_std);
+        if (pdx) input_gradient(c, mean, inv_std, sum_dy, sum_dy_xhat);
+      });
+      return;
+    }
+    // Synchronized training: reduced even when no input gradient is wanted, so that every
+    // training backward makes the same collective on every rank.
+    reduced_.assign(static_cast<std::size_t>(2 * channels_), 0.0);
+    for_channels(context, batch, [&](int64_t c) {
+      const auto [sum_dy, sum_dy_xhat] = gradient_sums(c, mean_of(c), inv_std_of(c));
+      reduced_[static_cast<std::size_t>(2 * c)] = sum_dy;
+      reduced_[static_cast<std::size_t>(2 * c + 1)] = sum_dy_xhat;
+    });
+    ranks->allreduce(std::span<double>(reduced_), ReduceOp::sum,
+                     "batch_norm (sync) backward: per-channel sums of dy and dy * x_hat");
+    if (!pdx) return;
+    for_channels(context, batch, [&](int64_t c) {
+      input_gradient(c, mean_of(c), inv_std_of(c), reduced_[static_cast<std::size_t>(2 * c)],
+                     reduced_[static_cast<std::size_t>(2 * c + 1)]);
     });
   }
 
@@ -272,6 +379,7 @@ class BatchNorm final : public Layer {
   double momentum_;
   double eps_;
   bool affine_;
+  bool sync_;
   int64_t channels_ = 0;
   int64_t spatial_ = 1;
   Param weight_, bias_;
@@ -279,6 +387,10 @@ class BatchNorm final : public Layer {
   // Statistics of the last training forward, for backward.
   std::vector<double> saved_mean_, saved_inv_std_;
   int64_t saved_batch_ = -1;
+  double saved_count_ = 0;  // m: the values per channel it normalized over (all ranks' when synced)
+  bool saved_synchronized_ = false;
+  // What a synchronized pass reduces across the ranks (kept, so that a step allocates nothing).
+  std::vector<double> reduced_;
 };
 
 }  // namespace

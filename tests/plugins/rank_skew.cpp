@@ -1,8 +1,14 @@
 // test_rank_skew: out = in * scale, a layer with one learnable parameter `scale` [1] that
-// misbehaves under MPI: in a training forward on a rank other than 0 it nudges its own scale by
-// 1e-3, as a plugin whose state depends on the rank would. The replicas then differ, which the
-// trainer's replica check (distributed.check_replicas) must catch and name. In one process (no
-// communicator, or rank 0) it is a plain learnable scale.
+// misbehaves under MPI, as a plugin whose behaviour depends on the rank would:
+//   mode: drift (default)  in a training forward on a rank other than 0 it nudges its own scale
+//                          by 1e-3; the replicas then differ, which the trainer's replica check
+//                          (distributed.check_replicas) must catch and name;
+//   mode: hang             rank 1's first training forward never returns (it sleeps), so the
+//                          other ranks wait in the step's collective until the watchdog aborts.
+// In one process (no communicator, or rank 0) it is a plain learnable scale.
+#include <chrono>
+#include <thread>
+
 #include "strata/communicator.hpp"
 #include "strata/layer.hpp"
 #include "strata/plugin.hpp"
@@ -10,13 +16,14 @@
 namespace {
 class RankSkew final : public strata::Layer {
  public:
-  explicit RankSkew(const strata::Config&) {}
+  explicit RankSkew(const strata::Config& config) : hang_(config.get<std::string>("mode", "drift") == "hang") {}
   std::string_view type() const override { return "test_rank_skew"; }
   std::vector<strata::Param*> params() override { return {&scale_}; }
   void forward(strata::Context& context, std::span<const strata::Tensor> in,
                strata::Tensor& out) override {
     if (context.training && context.communicator != nullptr && context.communicator->rank() > 0) {
-      scale_.value.data()[0] += 1e-3f;
+      if (hang_ && context.communicator->rank() == 1) std::this_thread::sleep_for(std::chrono::hours(1));
+      if (!hang_) scale_.value.data()[0] += 1e-3f;
     }
     const float scale = scale_.value.data()[0];
     for (int64_t i = 0; i < out.numel(); ++i) out.data()[i] = in[0].data()[i] * scale;
@@ -38,6 +45,7 @@ class RankSkew final : public strata::Layer {
   }
 
  private:
+  bool hang_;
   strata::Param scale_ = 
       strata::Param::make("scale", strata::Shape{1}, "{type: constant, value: 1}", 1, 1, 0.0f);
 };

@@ -56,6 +56,22 @@ else
   failed "watchdog" "exit status $status after ${elapsed} s; expected non-zero within 30 s and: $expected" "$work/watchdog.txt"
 fi
 
+# The watchdog during start-up: the last rank creates its communicator 120 s late; the others
+# wait in MPI_Init_thread, where only the watchdog thread can abort (after its 5 s grace).
+start=$(date +%s)
+set +e
+timeout 60 "${mpirun[@]}" -np 2 "$MPI_CHECK" late 1 >"$work/late.txt" 2>&1
+status=$?
+set -e
+elapsed=$(($(date +%s) - start))
+expected="strata: rank 0 of 2 ($(hostname)): start-up (MPI_Init_thread and MPI_Comm_idup wait until every rank has created its communicator) has not completed after 1 s"
+if [ "$status" -ne 0 ] && [ "$status" -ne 124 ] && [ "$elapsed" -lt 30 ] &&
+   grep -qF -- "$expected" "$work/late.txt"; then
+  pass "watchdog during start-up: exit status $status after ${elapsed} s"
+else
+  failed "watchdog during start-up" "exit status $status after ${elapsed} s; expected non-zero within 30 s and: $expected" "$work/late.txt"
+fi
+
 # abort(): the last rank aborts with code 3 while the others wait in a barrier.
 set +e
 timeout 60 "${mpirun[@]}" -np 2 "$MPI_CHECK" abort 3 >"$work/abort.txt" 2>&1

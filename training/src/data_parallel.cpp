@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <limits>
 #include <set>
@@ -14,6 +15,25 @@
 #include "strata/training/trainer.hpp"
 
 namespace strata::training_loop {
+
+namespace {
+
+// Adds the seconds from its construction to its destruction to `total`.
+class Stopwatch {
+ public:
+  explicit Stopwatch(double& total) : total_(total), start_(std::chrono::steady_clock::now()) {}
+  ~Stopwatch() {
+    total_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+  Stopwatch(const Stopwatch&) = delete;
+  Stopwatch& operator=(const Stopwatch&) = delete;
+
+ private:
+  double& total_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace
 
 // A run of parameters, fused into one buffer whose sum over the ranks is one allreduce.
 struct DataParallel::Bucket {
@@ -67,6 +87,7 @@ DataParallel::DataParallel(Communicator* communicator, Graph& graph,
     bucket_of_node_[current.first_node] = static_cast<int>(buckets_.size());
     close();
   }
+  for (const int64_t n : bucket_floats_) communication_.gradient_bytes += n * static_cast<int64_t>(sizeof(float));
   std::set<std::string> param_keys;
   for (const ParamRef& ref : graph.params()) param_keys.insert(ref.key);
   for (NamedTensor& entry : graph.state_tensors()) {
@@ -76,30 +97,40 @@ DataParallel::DataParallel(Communicator* communicator, Graph& graph,
 
 DataParallel::~DataParallel() = default;
 
-void DataParallel::fail_with(int failing_rank, std::string message, std::string_view what) {
-  // Every rank stops with the failing rank's message, named by its rank (one rank: unchanged).
-  if (communicator_->size() > 1) {
-    communicator_->broadcast(message, failing_rank, what);
-    message = fmt::format("rank {} of {}: {}", failing_rank, communicator_->size(), message);
+namespace {
+
+// Every rank stops with the failing rank's message, named by its rank (one rank: unchanged).
+[[noreturn]] void fail_everywhere(Communicator& communicator, int failing_rank, std::string message,
+                                  std::string_view what) {
+  if (communicator.size() > 1) {
+    communicator.broadcast(message, failing_rank, what);
+    message = fmt::format("rank {} of {}: {}", failing_rank, communicator.size(), message);
   }
   throw JobError(message);
 }
 
-void DataParallel::agree(std::string_view what, const std::function<void()>& work) {
+}  // namespace
+
+void agree_on_errors(Communicator* communicator, std::string_view what,
+                     const std::function<void()>& work) {
   std::optional<std::string> error;
   try {
     work();
   } catch (const Error& e) {
-    if (communicator_ == nullptr) throw;
+    if (communicator == nullptr) throw;
     error = e.what();
   }
-  if (communicator_ == nullptr) return;
-  int64_t first_failing = error ? communicator_->rank() : std::numeric_limits<int64_t>::max();
-  communicator_->allreduce(std::span<int64_t>(&first_failing, 1), ReduceOp::min,
-                           fmt::format("agreement after {}", what));
+  if (communicator == nullptr) return;
+  int64_t first_failing = error ? communicator->rank() : std::numeric_limits<int64_t>::max();
+  communicator->allreduce(std::span<int64_t>(&first_failing, 1), ReduceOp::min,
+                          fmt::format("agreement after {}", what));
   if (first_failing == std::numeric_limits<int64_t>::max()) return;
-  fail_with(static_cast<int>(first_failing), error.value_or(""),
-            fmt::format("the error message of {}", what));
+  fail_everywhere(*communicator, static_cast<int>(first_failing), error.value_or(""),
+                  fmt::format("the error message of {}", what));
+}
+
+void DataParallel::agree(std::string_view what, const std::function<void()>& work) {
+  agree_on_errors(communicator_, what, work);
 }
 
 void DataParallel::broadcast(std::vector<NamedTensor>& tensors, std::string_view what) {
@@ -172,7 +203,8 @@ int64_t DataParallel::agree_images(int64_t local_images, const std::optional<std
     if (error) throw Error(*error);  // not reached: a single process's loop lets it propagate
     return local_images;
   }
-  // [images, first failing rank]
+  Stopwatch stopwatch(communication_.seconds);
+  ++communication_.steps;
   int64_t images = local_images;
   int64_t first_failing = error ? communicator_->rank() : std::numeric_limits<int64_t>::max();
   communicator_->allreduce(std::span<int64_t>(&images, 1), ReduceOp::sum,
@@ -180,14 +212,15 @@ int64_t DataParallel::agree_images(int64_t local_images, const std::optional<std
   communicator_->allreduce(std::span<int64_t>(&first_failing, 1), ReduceOp::min,
                            fmt::format("the data errors of iteration {}", iteration));
   if (first_failing != std::numeric_limits<int64_t>::max()) {
-    fail_with(static_cast<int>(first_failing), error.value_or(""),
-              fmt::format("the data error of iteration {}", iteration));
+    fail_everywhere(*communicator_, static_cast<int>(first_failing), error.value_or(""),
+                    fmt::format("the data error of iteration {}", iteration));
   }
   return images;
 }
 
 DataParallel::Totals DataParallel::agree_totals(const Totals& local, int64_t iteration) {
   if (communicator_ == nullptr) return local;
+  Stopwatch stopwatch(communication_.seconds);
   double values[3] = {local.loss_sum, static_cast<double>(local.correct), local.stop ? 1.0 : 0.0};
   communicator_->allreduce(std::span<double>(values, 3), ReduceOp::sum,
                            fmt::format("the loss of iteration {}", iteration));
@@ -233,6 +266,7 @@ void DataParallel::backward(Graph& graph, Context& context, const Tensor& dlogit
     graph.backward(context, dlogits);
     for (Bucket& bucket : buckets_) start_bucket(graph, bucket, iteration);
   }
+  Stopwatch stopwatch(communication_.seconds);
   for (Bucket& bucket : buckets_) {
     communicator_->wait(bucket.ticket);
     for (const Bucket::Entry& entry : bucket.entries) {

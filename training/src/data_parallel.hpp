@@ -46,6 +46,12 @@
 
 namespace strata::training_loop {
 
+// Runs `work` on every rank of `communicator` (or just runs it, without one) and agrees
+// afterwards: when it threw an Error on any rank, every rank throws a JobError with the first
+// failing rank's message. `work` must make no collective call after it may have thrown.
+void agree_on_errors(Communicator* communicator, std::string_view what,
+                     const std::function<void()>& work);
+
 class DataParallel {
  public:
   DataParallel(Communicator* communicator, Graph& graph, const DistributedSettings& settings);
@@ -61,6 +67,15 @@ class DataParallel {
   // backward at every step, on 0 images when it has none.
   bool every_rank_runs_every_pass() const { return communicating_layers_; }
   const std::vector<int64_t>& bucket_sizes() const { return bucket_floats_; }  // floats per bucket
+  // What the training loop spent waiting for the other ranks: the step's two agreements and the
+  // gradient sums not yet done when backward finished (the part the overlap did not hide), over
+  // `steps` steps; the bytes summed per step.
+  struct CommunicationTime {
+    double seconds = 0;
+    int64_t steps = 0;
+    int64_t gradient_bytes = 0;
+  };
+  const CommunicationTime& communication() const { return communication_; }
 
   // ---- Setup and epochs (collectives too: every rank, same order) ----
   // Runs `work` on every rank and agrees afterwards: when it threw an Error on any rank, every
@@ -100,7 +115,6 @@ class DataParallel {
  private:
   struct Bucket;
   void start_bucket(Graph& graph, Bucket& bucket, int64_t iteration);
-  [[noreturn]] void fail_with(int failing_rank, std::string message, std::string_view what);
 
   Communicator* communicator_;
   DistributedSettings settings_;
@@ -109,6 +123,7 @@ class DataParallel {
   std::vector<int64_t> bucket_floats_;
   std::vector<int> bucket_of_node_;  // the bucket that closes when backward is done with node i
   std::vector<NamedTensor> buffers_;   // views of the graph's non-parameter state tensors
+  CommunicationTime communication_;
 };
 
 }  // namespace strata::training_loop

@@ -52,6 +52,9 @@ class SummaryWriter : public TrainingHook {
         {"best_epoch", summary.best_epoch},
         {"best_value", number(summary.best_value)},
         {"best_checkpoint", summary.best_checkpoint.string()},
+        {"ranks", summary.ranks},
+        {"communication_seconds_per_step", number(summary.communication_seconds_per_step)},
+        {"gradient_bytes_per_step", summary.gradient_bytes_per_step},
         {"history", std::move(history)}};
     try {
       write_file_atomically(

@@ -418,6 +418,25 @@ void delete_previous_run(const std::vector<fs::path>& previous_run, bool quiet) 
   }
 }
 
+// Under MPI every rank must read the same splits (a shared file system, or identical copies): the
+// shards, the steps per epoch and the evaluations all assume it.
+void check_same_data(training_loop::DataParallel& parallel, const RunData& data) {
+  if (!parallel.distributed()) return;
+  const double sizes[3] = {static_cast<double>(data.train.size()), static_cast<double>(data.val.size()),
+                           static_cast<double>(data.test.size())};
+  double low[3] = {sizes[0], sizes[1], sizes[2]}, high[3] = {sizes[0], sizes[1], sizes[2]};
+  Communicator& communicator = *parallel.communicator();
+  communicator.allreduce(std::span<double>(low), ReduceOp::min, "the split sizes (min)");
+  communicator.allreduce(std::span<double>(high), ReduceOp::max, "the split sizes (max)");
+  if (std::equal(low, low + 3, high)) return;
+  throw JobError(fmt::format(
+      "the ranks read different data: between {:.0f} and {:.0f} training, {:.0f} and {:.0f} "
+      "validation, {:.0f} and {:.0f} test images (this rank, {}: {:.0f}, {:.0f}, {:.0f}); every "
+      "rank must see the same files (a shared file system, or the same copy on every node)",
+      low[0], high[0], low[1], high[1], low[2], high[2], rank_label(communicator), sizes[0],
+      sizes[1], sizes[2]));
+}
+
 // Under MPI train.batch_size is the global batch: each of N ranks computes batch_size / N.
 void check_global_batch(const Experiment& experiment, int ranks) {
   const int64_t batch = experiment.train.batch_size;
@@ -727,7 +746,6 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
       }
       local.stop = stop_flag();
       const training_loop::DataParallel::Totals totals = parallel.agree_totals(local, e.iteration);
-      run.stop_requested = totals.stop;
       e.loss = parallel.distributed() ? totals.loss_sum / static_cast<double>(images) : loss;
       try {
         emit(hooks, &TrainingHook::on_loss, e);  // may throw: the step is not taken
@@ -751,6 +769,9 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
         parallel.check_replicas(graph, *experiment.optimizer, false,
                                 fmt::format("after iteration {}", state.iteration));
       }
+      // A stop request is honoured after the step: under MPI as the ranks agreed with the loss;
+      // in one process as it stands now (a hook of this step may have made it).
+      run.stop_requested = parallel.distributed() ? totals.stop : stop_flag();
       emit(hooks, &TrainingHook::on_step, e);
     }
     if (run.interrupted) break;
@@ -775,6 +796,18 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
     emit(hooks, &TrainingHook::on_epoch_end, report);
   }
   TrainSummary summary = run_summary(run, data, context);
+  if (parallel.distributed()) {
+    const training_loop::DataParallel::CommunicationTime& time = parallel.communication();
+    summary.ranks = parallel.ranks();
+    summary.gradient_bytes_per_step = time.gradient_bytes;
+    if (time.steps > 0) summary.communication_seconds_per_step = time.seconds / time.steps;
+    run.progress->note(fmt::format(
+        "MPI: {} steps on {} ranks; waiting for the other ranks {:.2f} ms per step (agreements "
+        "and the part of the gradient sums backward did not hide), {:.2f} MB of gradients summed "
+        "per step",
+        time.steps, parallel.ranks(), 1e3 * summary.communication_seconds_per_step,
+        time.gradient_bytes / 1e6));
+  }
   emit(hooks, &TrainingHook::on_run_end, RunEndEvent{summary, run.interrupted});
   return summary;
 }
@@ -784,9 +817,14 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
 TrainSummary train_experiment(const Config& experiment_config, const Registries& registries,
                               const TrainOptions& given_options,
                               const std::function<void(const EpochReport&)>& on_epoch) {
-  // Read the whole experiment before doing any work (every rank: the same file, the same errors).
-  Experiment experiment = Experiment::read(experiment_config, registries);
+  // Read the whole experiment before doing any work (under MPI every rank reads it, and a rank
+  // that cannot, say for a file missing on its node, stops them all).
   Communicator* communicator = given_options.communicator;
+  std::optional<Experiment> read;
+  training_loop::agree_on_errors(communicator, "reading the experiment", [&] {
+    read.emplace(Experiment::read(experiment_config, registries));
+  });
+  Experiment& experiment = *read;
   TrainOptions options = given_options;
   if (communicator != nullptr && communicator->rank() > 0) options.quiet = true;  // rank 0 speaks
   Run run(experiment, options);
@@ -818,6 +856,7 @@ TrainSummary train_experiment(const Config& experiment_config, const Registries&
       if (!rank0_first || rank0_turn == (run.rank == 0)) data = open_run_data(experiment, registries);
     });
   }
+  check_same_data(parallel, data);
   parallel.agree("fitting the transforms", [&] { prepare_transforms(run, data); });
   const double data_seconds = seconds_since(data_start);
   run.train_images = data.train.size();

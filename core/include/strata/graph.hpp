@@ -147,7 +147,7 @@ class Graph {
   std::vector<BlockInfo> blocks_;
   std::vector<std::pair<std::string, int>> aliases_;  // block outputs: name -> node
   int64_t allocated_batch_ = -1;
-  int64_t batch_ = 0;
+  int64_t batch_ = -1;  // of the last forward(); -1 before the first (a batch may be empty)
   // Per node, sized for the largest batch seen: outputs, output gradients, and for tensors read
   // by several layers a scratch buffer each consumer writes its share of the gradient into.
   std::vector<Tensor> outputs_storage_, grads_storage_, edge_scratch_;

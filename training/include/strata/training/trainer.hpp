@@ -109,6 +109,12 @@ struct TrainSummary {
   std::filesystem::path best_checkpoint;    // best.h5, empty when none was written
   bool interrupted = false;  // TrainOptions::stop ended the run; `checkpoint` holds where
   int64_t iterations = 0;    // optimizer steps taken, over the whole run
+  // Under MPI (docs/distributed.md): the ranks, and per step of this process's run the seconds
+  // the loop waited for the other ranks (agreements and gradient sums that backward did not
+  // hide) and the gradient bytes each rank summed.
+  int ranks = 1;
+  double communication_seconds_per_step = 0;
+  int64_t gradient_bytes_per_step = 0;
 };
 
 
