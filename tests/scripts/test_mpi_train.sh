@@ -127,6 +127,26 @@ train_on 2 "$work/adam2.log" "$work/adam.yaml" --out "$work/adam2"
 [ "$rc" -eq 0 ] && equivalent "adam, 2 ranks vs one process" "$work/adam1/model.h5" "$work/adam2/model.h5" \
   || failed "adam on 2 ranks: exit $rc" "" "$work/adam2.log"
 
+# A frozen layer: its parameters still take part in every gradient sum (the buckets are the same
+# on every rank), and nothing moves them.
+train_on 0 "$work/frozen1.log" "$work/adam.yaml" --out "$work/frozen1" --set 'model.layers[0].freeze=true'
+train_on 2 "$work/frozen2.log" "$work/adam.yaml" --out "$work/frozen2" --set 'model.layers[0].freeze=true'
+[ "$rc" -eq 0 ] && equivalent "a frozen first layer, 2 ranks vs one process" "$work/frozen1/model.h5" "$work/frozen2/model.h5" \
+  || failed "frozen layer on 2 ranks: exit $rc" "" "$work/frozen2.log"
+
+# Threads per rank: without `threads`, a rank takes the node's cores divided by its ranks, and a
+# rank that mpirun bound to one core (its default for 1 or 2 ranks) is told so.
+sed '/^threads: 1$/d' "$work/sgd.yaml" >"$work/nothreads.yaml"
+timeout 120 "$MPIEXEC" -np 1 "$STRATA" train "$work/nothreads.yaml" --out "$work/bound" --progress none \
+  --set train.epochs=1 >"$work/bound.log" 2>&1
+cores=$(nproc)
+if [ "$cores" -gt 1 ]; then
+  grep -q "MPI: 1 rank(s), 1 per node (rank 0 on .*), $cores thread(s) per rank" "$work/bound.log" \
+    && grep -q "warning: this rank may run on 1 core(s) only (the launcher bound it).*--bind-to none" "$work/bound.log" \
+    && pass "1 rank: $cores threads, and a warning that mpirun bound it to one core" \
+    || failed "threads per rank and binding" "" "$work/bound.log"
+fi
+
 # 898 training images: the last batch holds 2, so on 4 ranks two of them have none.
 experiment "$work/uneven.yaml" "$sgd" 998
 train_on 0 "$work/uneven1.log" "$work/uneven.yaml" --out "$work/uneven1"
