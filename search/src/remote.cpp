@@ -359,7 +359,8 @@ class TrialServer {
   TrialRunner& runner_;
   const SearchOptions& options_;
   Communicator& communicator_;
-  std::optional<Plan> plan_;  // parsed at the first job (rank 0 has checked it by then)
+  std::optional<Plan> plan_;          // parsed at the first job (rank 0 has checked it by then)
+  std::atomic<bool> leaving_{false};  // rank 0 said stop
   bool folder_checked_ = false;
   std::vector<std::unique_ptr<Slot>> slots_;
   std::mutex mutex_;
@@ -388,6 +389,10 @@ SearchResult TrialServer::serve() {
       } else if (message->tag == kTagInterrupt) {
         slot(body).stop.store(true);
       } else if (message->tag == kTagStop) {
+        // Rank 0 has every result it waits for; a trial still running here (rank 0 failed) is
+        // interrupted, and its result not sent: nobody would receive it, and a long message
+        // undelivered at MPI_Finalize would hold this rank there.
+        leaving_.store(true);
         for (auto& slot : slots_) slot->stop.store(true);
         for (auto& slot : slots_) {
           if (slot->thread.joinable()) slot->thread.join();
@@ -462,7 +467,7 @@ void TrialServer::run(Slot& slot, int index, Job job, const fs::path& out) {
     trial.rank = communicator_.rank();
     std::string body = body_of(trial_json(trial));
     slot.busy.store(false);  // before the send: rank 0 may send the next job at once
-    communicator_.send(0, kTagResult + index, std::move(body));
+    if (!leaving_.load()) communicator_.send(0, kTagResult + index, std::move(body));
     return;
   } catch (const std::exception& error) {
     failure = error.what();
