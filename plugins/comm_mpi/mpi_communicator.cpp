@@ -627,9 +627,10 @@ std::optional<Message> MpiCommunicator::receive(int from, int tag,
   for (;;) {
     auto probe = std::make_shared<ProbeState>();
     // The probe reads only its own state and the communicator: a cancelled probe never runs.
-    const Ticket ticket = enqueue("receive", false, [this, probe, source, mpi_tag] {
-      receive_if_there(*probe, source, mpi_tag);
-    });
+    const Ticket ticket = enqueue(
+        "receive", false,
+        [this, probe, source, mpi_tag] { receive_if_there(*probe, source, mpi_tag); },
+        probe);  // the queue marks it started, or skips it once cancelled
     {
       std::unique_lock lock(mutex_);
       // The queue may be busy with a long collective: give up at the deadline unless the probe
