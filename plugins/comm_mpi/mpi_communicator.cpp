@@ -380,6 +380,13 @@ void MpiCommunicator::serve_queue() {
 }
 
 void MpiCommunicator::progress_sends() {
+  // A burst of tests, as in complete(): a send over TCP moves only when OpenMPI polls its sockets.
+  for (int round = 0; round < kTestsPerWake && !pending_sends_.empty(); ++round) {
+    test_sends_once();
+  }
+}
+
+void MpiCommunicator::test_sends_once() {
   for (auto it = pending_sends_.begin(); it != pending_sends_.end();) {
     int done = 0;
     MPI_Status status;
@@ -586,9 +593,13 @@ void MpiCommunicator::receive_if_there(ProbeState& probe, int source, int tag) {
   int found = 0;
   MPI_Message handle = MPI_MESSAGE_NULL;
   MPI_Status status;
-  if (const int code = MPI_Improbe(source, tag, comm_, &found, &handle, &status);
-      code != MPI_SUCCESS) {
-    fail("{}: receive: MPI_Improbe failed: {}", label_, error_text(code));
+  // A burst of probes, as in complete(): a message over TCP is seen only when OpenMPI polls its
+  // sockets.
+  for (int probe_count = 0; probe_count < kTestsPerWake && !found; ++probe_count) {
+    if (const int code = MPI_Improbe(source, tag, comm_, &found, &handle, &status);
+        code != MPI_SUCCESS) {
+      fail("{}: receive: MPI_Improbe failed: {}", label_, error_text(code));
+    }
   }
   if (!found) return;
   int bytes = 0;

@@ -141,8 +141,9 @@ class MpiCommunicator final : public Communicator {
   void initialize_mpi();
   void describe_job(int thread_level);  // the tag bound, the node count, description_
   void serve_queue();
-  void progress_sends();  // tests the pending sends, drops the finished ones
-  void finish_sends();    // at shutdown: waits until every pending send is done
+  void progress_sends();   // tests the pending sends (a burst), drops the finished ones
+  void test_sends_once();  // one test of each pending send
+  void finish_sends();     // at shutdown: waits until every pending send is done
   void finalize_mpi();
   void watchdog_thread();
   [[noreturn]] void abort_job(const std::string& line, int code);
