@@ -28,11 +28,11 @@
 // to every test that finds nothing to do, which is the slow row of the table above.
 //
 // ABORTS are made on the communication thread (MPI_THREAD_FUNNELED): the watchdog and abort()
-// post a request that complete() and the idle loop act on; only a communication thread stuck in
-// a blocking call (MPI_Finalize) makes the requesting thread call MPI_Abort itself after 5 s, and
-// _exit ends the process 5 s after that in any case. (MPI_Abort called from the watchdog thread
-// while the communication thread was inside MPI_Allreduce printed "ORTE_ERROR_LOG: Data unpack
-// had inadequate space" instead of OpenMPI's abort message.)
+// post a request that complete() and the idle loop act on; only when that thread is stuck in a
+// blocking call (MPI_Init_thread, MPI_Finalize) does the requesting thread call MPI_Abort itself,
+// after 3 s, and _exit ends the process 3 s after that in any case. (MPI_Abort called from the
+// watchdog thread while the communication thread was inside MPI_Allreduce printed
+// "ORTE_ERROR_LOG: Data unpack had inadequate space" instead of OpenMPI's abort message.)
 #include "mpi_communicator.hpp"
 
 #include <dlfcn.h>
@@ -63,7 +63,7 @@ constexpr int kTestsPerWake = 8;
 // How long receive() sleeps between two probes.
 constexpr auto kProbeInterval = std::chrono::milliseconds(1);
 // How long abort_job() lets MPI_Abort take before it ends this process itself.
-constexpr auto kAbortGrace = std::chrono::seconds(5);
+constexpr auto kAbortGrace = std::chrono::seconds(3);
 
 // Set by the first MpiCommunicator: MPI cannot be initialized twice in one process.
 std::atomic<bool> communicator_created{false};

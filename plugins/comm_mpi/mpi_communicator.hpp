@@ -12,7 +12,7 @@
 //   one rank crashed or took a different path, every other rank would otherwise wait forever.
 //   Aborts (the watchdog's and abort()'s) are carried out by the communication thread, which
 //   checks for them between tests; MPI_Abort from the requesting thread and then _exit follow
-//   5 s apart if it does not.
+//   3 s apart if it does not.
 //
 // REQUIRES
 //   - At most one MpiCommunicator per process, ever (MPI cannot be initialized twice); a second one

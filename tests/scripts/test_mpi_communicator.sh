@@ -67,7 +67,7 @@ expect_job_failure "watchdog" "strata: rank 0 of 2 ($host): the collective the l
   watchdog 2
 
 # The watchdog during start-up: the last rank creates its communicator 120 s late; the others
-# wait in MPI_Init_thread, where only the watchdog thread can abort (after its 5 s grace).
+# wait in MPI_Init_thread, where only the watchdog thread can abort (after its 3 s grace).
 expect_job_failure "watchdog during start-up" "strata: rank 0 of 2 ($host): start-up (MPI_Init_thread and MPI_Comm_idup wait until every rank has created its communicator) has not completed after 1 s" \
   late 1
 
