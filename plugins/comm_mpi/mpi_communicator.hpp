@@ -26,7 +26,7 @@
 //     others (an in-place call always takes the binomial tree: sum up to rank 0, broadcast down;
 //     ring and Rabenseifner, which a user may force, do the same per block).
 //     tests/scripts/test_mpi_communicator.sh checks it on 2 and 4 ranks at several sizes.
-//   - No MPI call spins: the communication thread tests each request, busy for 20 us and then
+//   - No MPI call spins: the communication thread tests each request, busy for 50 us and then
 //     asleep between tests (mpi_communicator.cpp says why, with measurements), and sleeps on a
 //     condition variable when the queue is empty.
 //   - receive() never occupies the communication thread while it waits: it queues one probe at a
@@ -191,9 +191,10 @@ class MpiCommunicator final : public Communicator {
   std::optional<int> abort_code_;  // guarded by mutex_
   std::atomic<std::thread::id> communication_id_;
 
-  std::chrono::microseconds spin_{20};
-  std::chrono::microseconds first_pause_{50};
-  std::chrono::microseconds longest_pause_{250};
+  // complete()'s busy spell and sleeps (mpi_communicator.cpp says how they were chosen).
+  std::chrono::microseconds spin_{50};
+  std::chrono::microseconds first_pause_{20};
+  std::chrono::microseconds longest_pause_{200};
 
   std::thread communication_;
   std::thread watchdog_;
