@@ -8,11 +8,11 @@
 //   they were queued, so tickets complete in order.
 //
 //   A watchdog thread aborts the job when one collective has run for longer than the watchdog limit
-//   (set_watchdog, default 600 s), naming this rank, its host and the collective: on a job where
-//   one rank crashed or took a different path, every other rank would otherwise wait forever.
-//   Aborts (the watchdog's and abort()'s) are carried out by the communication thread, which
-//   checks for them between tests; MPI_Abort from the requesting thread and then _exit follow
-//   3 s apart if it does not.
+//   (the config key watchdog_seconds, then set_watchdog; default 600 s), naming this rank, its host
+//   and the collective: on a job where one rank crashed or took a different path, every other rank
+//   would otherwise wait forever. Aborts (the watchdog's and abort()'s) are carried out by the
+//   communication thread, which checks for them between tests; MPI_Abort from the requesting thread
+//   and then _exit follow 3 s apart if it does not.
 //
 // REQUIRES
 //   - At most one MpiCommunicator per process, ever (MPI cannot be initialized twice); a second one
@@ -28,7 +28,8 @@
 //     tests/scripts/test_mpi_communicator.sh checks it on 2 and 4 ranks at several sizes.
 //   - No MPI call spins: the communication thread tests each request, busy for 50 us and then
 //     asleep between tests (mpi_communicator.cpp says why, with measurements), and sleeps on a
-//     condition variable when the queue is empty.
+//     condition variable when the queue is empty. Only MPI_Init_thread, MPI_Comm_split_type (at
+//     start-up, once every rank is there) and MPI_Finalize, which have no nonblocking form, block.
 //   - receive() never occupies the communication thread while it waits: it queues one probe at a
 //     time (MPI_Improbe) and sleeps 1 ms between probes on the calling thread, so collectives that
 //     other threads queue meanwhile run between the probes.
