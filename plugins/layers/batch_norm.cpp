@@ -113,8 +113,8 @@ class BatchNorm final : public Layer {
   }
 
   std::string_view type() const override { return "batch_norm"; }
-  // Synchronized, every training pass makes collectives: the trainer runs it on every rank, with
-  // 0 images where a rank has none.
+  // Synchronized, its training passes are collectives: the trainer runs them on every rank at
+  // every step, with 0 images on a rank that has none.
   bool communicates() const override { return sync_; }
 
   std::vector<Param*> params() override {
