@@ -1110,6 +1110,20 @@ StepResult step_result(Instance& bn, const Tensor& y, const Tensor& dx) {
           buffer(*bn.layer, "num_batches_tracked").tensor.clone()};
 }
 
+// One forward and backward of `bn` on x with output gradient dy, in training or evaluation, with
+// `communicator` (null: a single process).
+StepResult run_step(Instance& bn, const Tensor& x, const Tensor& dy, bool training,
+                    strata::Communicator* communicator = nullptr) {
+  Rng unused(1);
+  Context context{training, &unused, bn.backend.get()};
+  context.communicator = communicator;
+  Tensor y(x.shape());
+  bn.layer->forward(context, single(x), y);
+  std::vector<Tensor> dx{Tensor(x.shape())};
+  bn.layer->backward(context, single(x), y, dy, dx);
+  return step_result(bn, y, dx[0]);
+}
+
 // N ranks, each with batch_norm (sync: true) on its slice of a random batch (uneven slices, some
 // empty), equal one layer on the whole batch: outputs and input gradients concatenated, parameter
 // gradients summed over the ranks, running statistics on every rank, after each of two training
@@ -1146,12 +1160,8 @@ BOOST_AUTO_TEST_CASE(sync_over_ranks_equals_one_process) {
     for (int step = 0; step < 2; ++step) {
       const Tensor x = random_tensor(split.sample.with_batch(total), rng, -2.0f, 3.0f);
       const Tensor dy = random_tensor(x.shape(), rng);
-      const Tensor y_one = run_forward(one, {x}, true, 1);
-      const StepResult want =
-          step_result(one, y_one, run_backward(one, {x}, y_one, dy, true, 1)[0]);
-      const Tensor y_plain = run_forward(plain, {x}, true, 1);
-      const StepResult unsynced =
-          step_result(plain, y_plain, run_backward(plain, {x}, y_plain, dy, true, 1)[0]);
+      const StepResult want = run_step(one, x, dy, true);
+      const StepResult unsynced = run_step(plain, x, dy, true);
       const std::string same = label + ": sync without a communicator differs from sync: false";
       BOOST_TEST(max_abs_diff(unsynced.y, want.y) == 0.0f, same);
       BOOST_TEST(max_abs_diff(unsynced.dx, want.dx) == 0.0f, same);
@@ -1166,17 +1176,9 @@ BOOST_AUTO_TEST_CASE(sync_over_ranks_equals_one_process) {
             int64_t begin = 0;
             for (int k = 0; k < r; ++k) begin += split.images[static_cast<std::size_t>(k)];
             const int64_t end = begin + split.images[static_cast<std::size_t>(r)];
-            Instance& bn = per_rank[static_cast<std::size_t>(r)];
-            const Tensor x_rank = x.batch_slice(begin, end).clone();
-            const Tensor dy_rank = dy.batch_slice(begin, end).clone();
-            Rng unused(1);
-            Context context{true, &unused, bn.backend.get()};
-            context.communicator = &communicator;
-            Tensor y(x_rank.shape());
-            bn.layer->forward(context, single(x_rank), y);
-            std::vector<Tensor> dx{Tensor(x_rank.shape())};
-            bn.layer->backward(context, single(x_rank), y, dy_rank, dx);
-            got[static_cast<std::size_t>(r)] = step_result(bn, y, dx[0]);
+            got[static_cast<std::size_t>(r)] =
+                run_step(per_rank[static_cast<std::size_t>(r)], x.batch_slice(begin, end).clone(),
+                         dy.batch_slice(begin, end).clone(), true, &communicator);
           });
 
       std::vector<Tensor> ys, dxs;
@@ -1223,23 +1225,11 @@ BOOST_AUTO_TEST_CASE(sync_with_one_rank_is_bitwise_the_single_process) {
   copy_state(*synced.layer, *plain.layer);
   const Tensor x = random_tensor({6, 4, 3, 3}, rng, -1.0f, 4.0f);
   const Tensor dy = random_tensor(x.shape(), rng);
-  const Tensor y_plain = run_forward(plain, {x}, true, 1);
-  const StepResult want =
-      step_result(plain, y_plain, run_backward(plain, {x}, y_plain, dy, true, 1)[0]);
-  StepResult got;
-  Tensor y_eval(x.shape());
+  const StepResult want = run_step(plain, x, dy, true);
+  StepResult got, evaluated;
   const std::vector<int> calls = run_ranks(1, [&](int, strata::Communicator& communicator) {
-    Rng unused(1);
-    Context context{true, &unused, synced.backend.get()};
-    context.communicator = &communicator;
-    Tensor y(x.shape());
-    synced.layer->forward(context, single(x), y);
-    std::vector<Tensor> dx{Tensor(x.shape())};
-    synced.layer->backward(context, single(x), y, dy, dx);
-    got = step_result(synced, y, dx[0]);
-    context.training = false;
-    synced.layer->forward(context, single(x), y_eval);
-    synced.layer->backward(context, single(x), y_eval, dy, dx);
+    got = run_step(synced, x, dy, true, &communicator);
+    evaluated = run_step(synced, x, dy, false, &communicator);
   });
   BOOST_TEST(calls[0] == 3, "evaluation must not reduce");
   BOOST_TEST(max_abs_diff(got.y, want.y) == 0.0f);
@@ -1248,7 +1238,7 @@ BOOST_AUTO_TEST_CASE(sync_with_one_rank_is_bitwise_the_single_process) {
   BOOST_TEST(max_abs_diff(got.dbias, want.dbias) == 0.0f);
   BOOST_TEST(max_abs_diff(got.running_mean, want.running_mean) == 0.0f);
   BOOST_TEST(max_abs_diff(got.running_var, want.running_var) == 0.0f);
-  BOOST_TEST(max_abs_diff(y_eval, run_forward(plain, {x}, false, 1)) == 0.0f);
+  BOOST_TEST(max_abs_diff(evaluated.y, run_forward(plain, {x}, false, 1)) == 0.0f);
 }
 
 // Too few values over all the ranks is the same error on every rank (after the first collective,
