@@ -1379,6 +1379,9 @@ BOOST_AUTO_TEST_CASE(sync_errors) {
   STRATA_CHECK_CONTAINS(
       error_of([] { registries().layers.create(yaml("{type: batch_norm, sync: yes please}")); }),
       "sync");
+  // The trait that makes the trainer run every pass on every rank.
+  BOOST_TEST(registries().layers.create(yaml("{type: batch_norm, sync: true}"))->communicates());
+  BOOST_TEST(!registries().layers.create(yaml("{type: batch_norm}"))->communicates());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

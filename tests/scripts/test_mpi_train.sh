@@ -189,6 +189,11 @@ result=$(compare "$work/syncbn1/model.h5" "$work/localbn/model.h5")
 [ "$rc" -eq 0 ] && "$PYTHON" -c "import sys; sys.exit(0 if float('${result% *}') > 1e-4 else 1)" \
   && pass "per-rank batch norm: replicas identical every step, and not one process's result (${result% *})" \
   || failed "per-rank batch norm on 2 ranks: exit $rc, difference ${result% *}" "" "$work/localbn.log"
+train_on 1 "$work/syncbn-np1.log" "$work/syncbn.yaml" --out "$work/syncbn-np1"
+result=$(compare "$work/syncbn1/model.h5" "$work/syncbn-np1/model.h5")
+[ "$rc" -eq 0 ] && [ "${result#* }" = exact ] \
+  && pass "batch_norm sync: true under mpirun -np 1 is bit-identical to a run without MPI" \
+  || failed "sync batch norm, mpirun -np 1" "exit $rc, $result" "$work/syncbn-np1.log"
 
 # ---- One rank is exactly a plain run ----
 train_on 1 "$work/np1.log" "$work/sgd.yaml" --out "$work/np1"
