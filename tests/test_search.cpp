@@ -1179,7 +1179,7 @@ BOOST_AUTO_TEST_CASE(a_rank_with_another_experiment_stops_the_search_before_any_
     SearchOptions options = quiet_options(dir.path());
     options.communicator = &communicator;
     if (r == 0) {
-      error = test::error_of([&] { run_search(experiment, r0, options); });
+      error = test::thrown_message([&] { run_search(experiment, r0, options); });
     } else {
       run_search(experiment, r1, options);
     }

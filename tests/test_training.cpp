@@ -670,7 +670,7 @@ BOOST_AUTO_TEST_CASE(an_indivisible_batch_stops_every_rank_alike) {
     options.progress = "none";
     options.out_dir = out.path();
     options.communicator = &communicator;
-    messages[communicator.rank()] = test::error_of([&] {
+    messages[communicator.rank()] = test::thrown_message([&] {
       train_experiment(Config::parse_string(kParallelExperiment, "parallel.yaml"),
                        test::registries(), options);
     });

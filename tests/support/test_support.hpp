@@ -68,6 +68,19 @@ std::string error_of(Action&& action) {
   return "";
 }
 
+// The message of the strata::Error that `action` throws, or "" when it throws none. Unlike
+// error_of it logs and checks nothing, so a rank's thread in a test::ThreadJob may call it
+// (Boost.Test's log and checks are not thread-safe; check the result on the main thread).
+template <class Action>
+std::string thrown_message(Action&& action) {
+  try {
+    action();
+  } catch (const Error& error) {
+    return error.what();
+  }
+  return "";
+}
+
 // Largest |a - b| over all elements (shapes must have equal element counts).
 float max_abs_diff(const Tensor& a, const Tensor& b);
 
