@@ -265,8 +265,23 @@ void MpiCommunicator::communication_thread() {
   finalize_mpi();
 }
 
+// THE ALLREDUCE ALGORITHM. Open MPI 4.1 serves MPI_Iallreduce from libnbc, which sums an in-place
+// buffer (ours: the gradient buckets are summed where they are) with a binomial tree whatever its
+// size: rank 0 receives and sends the whole buffer ceil(log2 N) times each, 2 log2 N times the
+// bucket through one link where a ring or Rabenseifner's reduce-scatter + allgather moves
+// 2(N-1)/N times it. On 8 nodes that is 3.4x the time, the difference between 69 % and 95 %
+// weak-scaling efficiency for ResNet-50 on 25 Gb/s in the cost model (docs/distributed.md).
+// So, unless the user chose one (mpirun --mca coll_libnbc_iallreduce_algorithm K exports the
+// variable), we ask libnbc for algorithm 3, Rabenseifner's, which it uses when the buffer has at
+// least as many elements as the largest power of two <= N, and its ring otherwise (the small
+// agreements). Both compute each sum on one rank and send it to the others, so every rank still
+// gets the same bits. Measured on 2 ranks: bench/mpi_allreduce.py, docs/distributed.md.
+// Other MPI libraries ignore the variable.
+constexpr const char* kAllreduceAlgorithmVariable = "OMPI_MCA_coll_libnbc_iallreduce_algorithm";
+
 void MpiCommunicator::initialize_mpi() {
   make_libmpi_global();
+  setenv(kAllreduceAlgorithmVariable, "3", /*overwrite=*/0);
   int provided = MPI_THREAD_SINGLE;
   // OpenMPI's MPI_Init_thread waits here (asleep) until every rank has called it.
   check_init(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
@@ -328,8 +343,9 @@ void MpiCommunicator::describe_job(int thread_level) {
                              thread_level_name(thread_level), size_, size_ == 1 ? "" : "s", nodes,
                              nodes == 1 ? "" : "s");
   // The transport, when the user chose it (mpirun --mca btl tcp,self exports OMPI_MCA_btl); else
-  // OpenMPI picks shared memory within a node and the fastest network between nodes.
-  for (const char* variable : {"OMPI_MCA_pml", "OMPI_MCA_btl"}) {
+  // OpenMPI picks shared memory within a node and the fastest network between nodes. And libnbc's
+  // allreduce algorithm (ours or the user's, see initialize_mpi).
+  for (const char* variable : {"OMPI_MCA_pml", "OMPI_MCA_btl", kAllreduceAlgorithmVariable}) {
     if (const char* value = std::getenv(variable); value != nullptr && *value != '\0') {
       description_ += fmt::format("; {} {}", std::string_view(variable).substr(9), value);
     }
