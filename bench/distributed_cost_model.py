@@ -70,7 +70,7 @@ LARGE_BATCH, SMALL_BATCH = 32, 128
 # The bench runs at most this much training memory (strata summary's estimate) on the shared
 # machine; a model that needs more at the per-rank batch is measured at a smaller one and its
 # times scaled linearly (per image; see --measure's linearity check).
-MEMORY_CAP = 5 << 30
+MEMORY_CAP = [5 << 30]  # --memory-cap-gib
 # The models and global batches of bench/mpi_scaling.py.
 SCALING = {"lenet5": ("lenet5_fashion", 128), "resnet_fashion": ("resnet_fashion", 128),
            "resnet18": ("resnet18", 16)}
@@ -129,7 +129,7 @@ def measure_model(build, name, work):
     while batch > 4:
         estimate = strata_json(build, "summary", path, "--json",
                                "--set", f"train.batch_size={batch}")["totals"]
-        if estimate["training_bytes_estimate"] <= MEMORY_CAP:
+        if estimate["training_bytes_estimate"] <= MEMORY_CAP[0]:
             break
         batch //= 2
     iterations = iterations_for(totals["multiply_adds_per_image"], batch)
@@ -144,8 +144,9 @@ def measure_model(build, name, work):
     if names != [layer["name"] for layer in report["layers"]]:
         sys.exit(f"distributed_cost_model: {name}: strata summary --expand and strata bench list "
                  f"different layers")
-    layers = [{"name": r["name"], "type": r["type"], "parameters": r["parameters"],
-               "forward_seconds": b["forward_seconds"], "backward_seconds": b["backward_seconds"]}
+    # What the overlap model needs, per layer in graph order: parameters and backward time.
+    layers = [{"name": r["name"], "parameters": r["parameters"],
+               "backward_seconds": float(f"{b['backward_seconds']:.4g}")}
               for r, b in zip(rows, report["layers"])]
     record = {"model": name, "input": summary["input"], "parameters": totals["parameters"],
               "multiply_adds_per_image": totals["multiply_adds_per_image"],
@@ -192,6 +193,7 @@ def measure(args):
     """Measures into args.measure, adding to (or replacing models in) the file if it exists, and
     writing it after each model so that an error later keeps what was measured."""
     WAIT_QUIET[:] = [args.wait_quiet, args.patience]
+    MEMORY_CAP[0] = int(args.memory_cap_gib * (1 << 30))
     only = args.only.split(",") if args.only else ZOO + ["pairs"]
     data = {"machine": machine.record(), "models": [], "pairs": []}
     if os.path.exists(args.measure):
@@ -202,8 +204,10 @@ def measure(args):
     def save():
         data["machine"]["end"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         data["models"].sort(key=lambda m: order.get(m["model"], len(order)))
-        with open(args.measure, "w") as f:
-            json.dump(data, f, indent=1)
+        with open(args.measure, "w") as f:  # one line per model: the layers make it long
+            f.write("{\"machine\": " + json.dumps(data["machine"]) + ",\n \"models\": [\n  "
+                    + ",\n  ".join(json.dumps(m) for m in data["models"]) + "],\n \"pairs\": [\n  "
+                    + ",\n  ".join(json.dumps(p) for p in data["pairs"]) + "]}\n")
 
     for name in only:
         if name in ZOO:
@@ -254,20 +258,29 @@ class Network:
 
 
 def buckets(layers, bucket_bytes, bytes_per_parameter=4):
-    """[(seconds into backward when the bucket is whole, bytes)], as DataParallel builds them."""
+    """[(seconds into backward when the bucket is whole, bytes sent)], as DataParallel builds them
+    (float32 parameters up to bucket_bytes); bytes_per_parameter 2 sends the same buckets as bf16."""
     out, current, elapsed = [], 0, 0.0
     for layer in reversed(layers):
         elapsed += layer["backward_seconds"]
         if layer["parameters"] == 0:
             continue
-        current += bytes_per_parameter * layer["parameters"]
+        current += 4 * layer["parameters"]
         ready = elapsed
         if current >= bucket_bytes:
-            out.append((ready, current))
+            out.append((ready, current * bytes_per_parameter // 4))
             current = 0
     if current:
-        out.append((ready, current))
+        out.append((ready, current * bytes_per_parameter // 4))
     return out
+
+
+def normalized_layers(record):
+    """The layers with their backward times scaled to add up to the measured backward pass (the
+    per-layer timings miss the graph's own work between layers)."""
+    total = sum(layer["backward_seconds"] for layer in record["layers"]) or 1.0
+    factor = record["backward_seconds"] / total
+    return [dict(layer, backward_seconds=layer["backward_seconds"] * factor) for layer in record["layers"]]
 
 
 class Model:
@@ -285,7 +298,7 @@ class Model:
         if nodes * ranks_per_node <= 1:
             return self.compute
         layers = [dict(layer, backward_seconds=layer["backward_seconds"] * self.scale)
-                  for layer in self.record["layers"]]
+                  for layer in normalized_layers(self.record)]
         plan = buckets(layers, bucket_mb * 1024 * 1024, bytes_per_parameter)
         if ranks_per_node > 1:
             # Hierarchical: within the node over shared memory (intra: bytes/s, reduce-scatter and
@@ -358,7 +371,23 @@ def tables(data, args):
         lines.append(f"| {title(r)} | {r['parameters']:,} | {4 * r['parameters'] / 1e6:,.1f} | "
                      f"{model.batch} | {r['measured_batch']} x {r['iterations']} | {model.compute:.3f} | "
                      f"{100 * r['backward_seconds'] / r['step_seconds']:.0f} % | {len(plan)} |")
-    for speedup in [float(x) for x in args.node_speedups.split(",")]:
+    speedups = [float(x) for x in args.node_speedups.split(",")]
+    lines.append("")
+    lines.append("The smallest number of nodes (of 2 to 64) at which the predicted efficiency falls below "
+                 "90 %, ring allreduce, overlapped (no overlap):")
+    lines.append("")
+    lines.append("| model | " + " | ".join(f"{g} Gb/s, node {x:g}x" for x in speedups for g in RATES_GBIT) + " |")
+    lines.append("| --- | " + " | ".join("---:" for _ in speedups for _ in RATES_GBIT) + " |")
+    for r in records:
+        cells = []
+        for x in speedups:
+            model = Model(r, speedup=x)
+            for g in RATES_GBIT:
+                a = first_below(model, network(args, g), bucket_mb=args.bucket_mb)
+                b = first_below(model, network(args, g), overlap=False, bucket_mb=args.bucket_mb)
+                cells.append(a if a == b else f"{a} ({b})")
+        lines.append(f"| {title(r)} | " + " | ".join(cells) + " |")
+    for speedup in speedups:
         for gbit in RATES_GBIT:
             ring, tree = network(args, gbit), network(args, gbit, "tree")
             lines.append("")
@@ -390,31 +419,32 @@ def resnet50_table(data, args):
         return ""
     ring, tree = network(args, 25), network(args, 25, "tree")
     base = Model(record)
-    lines = [f"ResNet-50 on 25 Gb/s Ethernet: efficiency, %, at 2, 4 and 8 nodes for a node 1x, 16x "
-             f"and 64x this machine (which trains {base.batch / base.compute:.2f} images/s at batch "
-             f"{base.batch}), and the fastest node for which 8 nodes keep 90 %.", ""]
-    lines.append("| variant | node | 2 nodes | 4 nodes | 8 nodes | 90 % at 8 nodes up to a node of |")
-    lines.append("| --- | --- | ---: | ---: | ---: | ---: |")
+    fast = Model(record, 32, 16.0)
+    lines = [f"ResNet-50 on 25 Gb/s Ethernet: efficiency, %, at 2, 4 and 8 nodes of a node 16x this machine "
+             f"({32 / fast.compute:,.0f} images/s at batch 32; this machine: {base.batch / base.compute:.1f}), "
+             f"at 8 nodes of a node 64x, and the fastest node with which 8 nodes keep 90 %:", ""]
+    lines.append("| variant | 2 nodes, 16x | 4 nodes, 16x | 8 nodes, 16x | 8 nodes, 64x | "
+                 "90 % at 8 nodes up to a node of |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
     variants = [
         ("ring, fp32, batch 32, overlap", ring, {}, 32),
         ("ring, fp32, batch 32, no overlap", ring, {"overlap": False}, 32),
         ("tree (Strata today), fp32, batch 32, overlap", tree, {}, 32),
+        (f"tree, fp32, batch 32, overlap, {args.communicator_latency_us:g} us a message",
+         Network(25, args.line_fraction, args.communicator_latency_us * 1e-6, "tree"), {}, 32),
+        ("ring, fp32, batch 32, overlap, 60 % of line rate", Network(25, 0.6, args.latency_us * 1e-6), {}, 32),
+        ("ring, fp32, batch 32, overlap, 6 MiB buckets", ring, {"bucket_mb": 6.0}, 32),
         ("ring, bf16 gradients, batch 32, overlap", ring, {"bytes_per_parameter": 2}, 32),
         ("ring, fp32, batch 64, overlap", ring, {}, 64),
         ("ring, fp32, batch 128, overlap", ring, {}, 128),
-        ("ring, bf16, batch 64, overlap", ring, {"bytes_per_parameter": 2}, 64),
-        ("ring, fp32, batch 32, overlap, 6 MiB buckets", ring, {"bucket_mb": 6.0}, 32),
-        ("ring, fp32, batch 32, overlap, 60 % of line rate", Network(25, 0.6, args.latency_us * 1e-6), {}, 32),
+        ("ring, bf16 gradients, batch 64, overlap", ring, {"bytes_per_parameter": 2}, 64),
     ]
     for label, net, kw, batch in variants:
         even = breakeven_speedup(record, net, 8, batch=batch, **kw)
-        for speed in (1.0, 16.0, 64.0):
-            model = Model(record, batch, speed)
-            cells = " | ".join(f"{100 * model.efficiency(n, net, **kw):.1f}" for n in (2, 4, 8))
-            rate = batch / model.compute
-            lines.append(f"| {label} | {speed:g}x ({rate:,.1f} img/s) | {cells} | "
-                         + (f"{even:.0f}x ({even * batch / Model(record, batch).compute:,.0f} img/s)"
-                            if speed == 1.0 else "") + " |")
+        model = Model(record, batch, 16.0)
+        cells = " | ".join(f"{100 * model.efficiency(n, net, **kw):.1f}" for n in (2, 4, 8))
+        lines.append(f"| {label} | {cells} | {100 * Model(record, batch, 64.0).efficiency(8, net, **kw):.1f} | "
+                     f"{even:.0f}x ({even * batch / Model(record, batch).compute:,.0f} img/s) |")
     # Hierarchical: 2 ranks per node (one per socket) against one flat ring of 16 ranks.
     intra = Network(8 * args.intra_gbyte, 1.0, 2e-6)
     lines.append("")
@@ -477,7 +507,7 @@ def check(data, args):
             continue
         one = pair["one_process_2_threads"]
         rank = max(pair["two_processes_1_thread"], key=lambda p: p["step_seconds"])
-        plan = buckets(record["layers"], (scaling.get("bucket_mb") or 25) * 1024 * 1024)
+        plan = buckets(normalized_layers(record), (scaling.get("bucket_mb") or 25) * 1024 * 1024)
         small = interpolate_seconds(table, 8)
         ar = [interpolate_seconds(table, b) for _, b in plan]
         # Overlap: the scaled per-layer backward of one rank (1 thread, half batch).
@@ -512,6 +542,9 @@ def main():
                         help="with --measure: before each bench, wait until the rest of the machine "
                              "uses fewer than CORES CPUs (at most --patience seconds)")
     parser.add_argument("--patience", type=float, default=120)
+    parser.add_argument("--memory-cap-gib", type=float, default=5.0,
+                        help="with --measure: the largest training memory (strata summary's "
+                             "estimate) a bench may take; above it the batch is halved")
     parser.add_argument("--quiet", type=float, metavar="CORES",
                         help="the check uses only the mpi_scaling runs during which the rest of the "
                              "machine used fewer than CORES CPUs")
@@ -521,6 +554,10 @@ def main():
     parser.add_argument("--allreduce", help="a bench/allreduce_bench --json file (2 ranks, here)")
     parser.add_argument("--line-fraction", type=float, default=0.9)
     parser.add_argument("--latency-us", type=float, default=25.0)
+    parser.add_argument("--communicator-latency-us", type=float, default=700.0,
+                        help="a ResNet-50 variant with this latency per message: the communicator's "
+                             "4 KiB allreduce over TCP took 1.4 ms here (bench/mpi_allreduce.py), "
+                             "two messages at 2 ranks")
     parser.add_argument("--bucket-mb", type=float, default=25.0)
     parser.add_argument("--node-speedups", default="1,16",
                         help="compute of a node as a multiple of this machine's, one table set each")
