@@ -11,10 +11,11 @@ Two steps:
                    bench/mpi_scaling.py, the step of one rank of two: two `strata bench --threads 1`
                    run at the same time at half the global batch (the two ranks share the cores,
                    caches and memory as they do under mpirun).
-  (default)        reads FILE (--measurements) and prints the tables; with --scaling (a
-                   bench/mpi_scaling.py --json file) and --allreduce (a bench/allreduce_bench
-                   --json file for 2 ranks on this machine), also checks the model against the
-                   measured 2-rank training.
+  (default)        reads FILE (--measurements, default docs/generated/distributed_cost.json)
+                   and prints the tables, then checks the model against the measured 2-rank
+                   training: --scaling (bench/mpi_scaling.py --json files) and --allreduce
+                   (bench/mpi_allreduce.py --json for 2 ranks on this machine), by default the
+                   docs' measurements in docs/generated.
 
 THE MODEL (one rank per node; N nodes; each computes a per-rank batch b; weak scaling)
   gradient bytes per step  G = 4 x parameters (float32; every parameter, frozen ones included,
@@ -55,7 +56,7 @@ import tempfile
 
 import machine
 
-SOURCE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 DEFAULT_MEASUREMENTS = os.path.join(SOURCE, "docs", "generated", "distributed_cost.json")
 
 # The zoo (docs/zoo.md): every architecture among experiments/*.yaml once. The other files train
@@ -549,9 +550,15 @@ def main():
                         help="the check uses only the mpi_scaling runs during which the rest of the "
                              "machine used fewer than CORES CPUs")
     parser.add_argument("--measurements", default=DEFAULT_MEASUREMENTS)
+    generated = os.path.join(SOURCE, "docs", "generated")
     parser.add_argument("--scaling", nargs="+", metavar="FILE",
-                        help="bench/mpi_scaling.py --json files to check against")
-    parser.add_argument("--allreduce", help="a bench/allreduce_bench --json file (2 ranks, here)")
+                        default=[os.path.join(generated, "mpi_scaling.json")],
+                        help="bench/mpi_scaling.py --json files to check against (default: the "
+                             "docs' measurements)")
+    parser.add_argument("--allreduce", default=os.path.join(generated, "mpi_allreduce.json"),
+                        help="a bench/mpi_allreduce.py or allreduce_bench --json file (2 ranks, this "
+                             "machine; default: the docs' measurements)")
+    parser.add_argument("--no-check", action="store_true", help="no check against the measurements")
     parser.add_argument("--line-fraction", type=float, default=0.9)
     parser.add_argument("--latency-us", type=float, default=25.0)
     parser.add_argument("--communicator-latency-us", type=float, default=700.0,
@@ -572,7 +579,7 @@ def main():
     print(tables(data, args))
     print()
     print(resnet50_table(data, args))
-    if args.scaling and args.allreduce:
+    if not args.no_check and all(os.path.exists(p) for p in args.scaling + [args.allreduce]):
         print()
         print(check(data, args))
     if args.json:

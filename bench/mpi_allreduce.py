@@ -28,7 +28,7 @@ import tempfile
 
 import machine
 
-SOURCE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 TRANSPORTS = {"shm": [], "tcp": ["--mca", "btl", "tcp,self"]}
 
 

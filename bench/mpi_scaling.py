@@ -43,7 +43,7 @@ import tempfile
 
 import machine
 
-SOURCE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 # Global batch and the overrides that make a run short. `epochs`: the first is discarded.
 MODELS = {
