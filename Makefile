@@ -46,16 +46,17 @@ test: deps deps-test build
 test-long: deps deps-test build
 	cd $(BUILD_DIR) && KILLS=50 ctest --output-on-failure -R kill_resume
 
-# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included), less the two
-# slow whole-network script tests labelled release_only (tests/CMakeLists.txt). It runs in
+# The whole suite under AddressSanitizer + UndefinedBehaviorSanitizer (leaks included), less the
+# slow whole-network script tests labelled release_only and the mpirun tests labelled mpi
+# (tests/CMakeLists.txt; their code runs here in-process, docs/testing.md "MPI"). It runs in
 # build-asan/, a clang build that also holds the libFuzzer targets, so its suite includes a brief
 # run of each (STRATA_FUZZ_RUNS mutations) and `make fuzz` reuses the build. docs/testing.md.
 test-asan: asan-build
-	cd build-asan && $(SANITIZER_ENV) ctest --output-on-failure -j $(JOBS) -LE release_only
+	cd build-asan && $(SANITIZER_ENV) ctest --output-on-failure -j $(JOBS) -LE 'release_only|mpi'
 
 # The tbb backend and everything concurrent (kernels, layers, the training loop with its prefetching
 # loader, search trials in parallel, the reliability cases) under ThreadSanitizer, in build-tsan/.
-TSAN_TESTS := test_kernels|test_layers|test_blocks|test_training|test_reliability|test_search|test_datasets|test_toolbox|test_transforms|test_image_folder|test_hdf5_dataset
+TSAN_TESTS := test_kernels|test_layers|test_blocks|test_training|test_thread_communicator|test_reliability|test_search|test_datasets|test_toolbox|test_transforms|test_image_folder|test_hdf5_dataset
 test-tsan: deps deps-test
 	@sh cmake/install-packages.sh $(FUZZ_PACKAGES) $(TSAN_PACKAGES)
 	sh cmake/build-tsan-tbb.sh $(CURDIR)/build-tsan-tbb

@@ -23,20 +23,15 @@
 #include <boost/test/unit_test.hpp>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
-#include <cstring>
 #include <exception>
 #include <functional>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <numeric>
 #include <optional>
 #include <ostream>
 #include <set>
-#include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "strata/checkpoint.hpp"
@@ -48,6 +43,7 @@
 #include "strata/optimizer.hpp"
 #include "strata/plugin.hpp"
 #include "test_support.hpp"
+#include "thread_communicator.hpp"
 
 namespace {
 
@@ -994,156 +990,79 @@ BOOST_AUTO_TEST_CASE(bad_input_is_a_clear_error) {
   BOOST_CHECK_NO_THROW(run_forward(bn, {x}, false, 1));  // evaluation uses running statistics
 }
 
-// ---- sync: true, across ranks played by threads ----
+// ---- sync: true, across ranks played by threads (tests/support/thread_communicator.hpp) ----
 
-// A job of `size` ranks inside one process, one thread each (tests only; no MPI): the blocking
-// collectives meet at a rendezvous, each rank's values go to a shared slot, and every rank sums the
-// slots in rank order, so a sum is the same bits on every rank, as Communicator promises. A rank
-// that waits more than 30 s for the others throws (a test that breaks the collectives' order
-// fails instead of hanging), as does a collective whose size or name differs between ranks.
-// Messages and the watchdog are not needed here. (A minimal stand-in: the shared in-process
-// communicator, tests/support/thread_communicator.hpp, was not on main yet.)
-class ThreadJob {
+// A rank's communicator that counts the collectives made through it: a synchronized batch_norm
+// makes two per training forward, one per training backward, none in evaluation.
+class CountingCommunicator final : public strata::Communicator {
  public:
-  explicit ThreadJob(int size) : size_(size), slots_(static_cast<std::size_t>(size)) {}
-  int size() const { return size_; }
+  explicit CountingCommunicator(strata::Communicator& inner) : inner_(inner) {}
+  int collectives = 0;
 
-  class Rank final : public strata::Communicator {
-   public:
-    Rank(ThreadJob& job, int rank) : job_(job), rank_(rank) {}
-    std::string_view type() const override { return "threads"; }
-    int rank() const override { return rank_; }
-    int size() const override { return job_.size_; }
-    int local_rank() const override { return rank_; }
-    int local_size() const override { return job_.size_; }
-    std::string host() const override { return "localhost"; }
-    Ticket start_allreduce(std::span<float> data, std::string what) override {
-      allreduce(data, strata::ReduceOp::sum, what);
-      return ++tickets_;
-    }
-    void wait(Ticket) override {}
-    void allreduce(std::span<float> data, strata::ReduceOp op, std::string_view what) override {
-      job_.reduce(rank_, data, op, what);
-    }
-    void allreduce(std::span<double> data, strata::ReduceOp op, std::string_view what) override {
-      job_.reduce(rank_, data, op, what);
-    }
-    void allreduce(std::span<int64_t> data, strata::ReduceOp op, std::string_view what) override {
-      job_.reduce(rank_, data, op, what);
-    }
-    void broadcast(std::span<std::byte> data, int root, std::string_view what) override {
-      job_.exchange(rank_, std::as_bytes(data), what);
-      const auto& from = job_.slots_[static_cast<std::size_t>(root)].bytes;
-      std::copy(from.begin(), from.end(), data.begin());
-      job_.rendezvous();
-    }
-    void barrier(std::string_view what) override {
-      job_.exchange(rank_, {}, what);
-      job_.rendezvous();
-    }
-    void send(int, int, std::string) override { throw std::logic_error("ThreadJob: no messages"); }
-    std::optional<strata::Message> receive(int, int, std::chrono::milliseconds) override {
-      throw std::logic_error("ThreadJob: no messages");
-    }
-    void set_watchdog(double) override {}
-    [[noreturn]] void abort(const std::string& message, int) override {
-      throw std::runtime_error("abort: " + message);
-    }
-    // The collectives this rank has made, by name.
-    std::vector<std::string> calls;
-
-   private:
-    ThreadJob& job_;
-    int rank_;
-    Ticket tickets_ = 0;
-  };
-
-  // Runs body(rank, communicator) on one thread per rank; rethrows the first rank's exception.
-  template <class Body>
-  void run(const Body& body) {
-    ranks_.clear();
-    for (int r = 0; r < size_; ++r) ranks_.push_back(std::make_unique<Rank>(*this, r));
-    std::vector<std::exception_ptr> errors(static_cast<std::size_t>(size_));
-    std::vector<std::thread> threads;
-    for (int r = 0; r < size_; ++r) {
-      threads.emplace_back([&, r] {
-        try {
-          body(r, *ranks_[static_cast<std::size_t>(r)]);
-        } catch (...) {
-          errors[static_cast<std::size_t>(r)] = std::current_exception();
-        }
-      });
-    }
-    for (std::thread& t : threads) t.join();
-    for (const std::exception_ptr& error : errors) {
-      if (error) std::rethrow_exception(error);
-    }
+  std::string_view type() const override { return inner_.type(); }
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  int local_rank() const override { return inner_.local_rank(); }
+  int local_size() const override { return inner_.local_size(); }
+  std::string host() const override { return inner_.host(); }
+  Ticket start_allreduce(std::span<float> data, std::string what) override {
+    ++collectives;
+    return inner_.start_allreduce(data, std::move(what));
   }
-  Rank& rank(int r) { return *ranks_.at(static_cast<std::size_t>(r)); }
+  void wait(Ticket ticket) override { inner_.wait(ticket); }
+  void allreduce(std::span<float> data, strata::ReduceOp op, std::string_view what) override {
+    ++collectives;
+    inner_.allreduce(data, op, what);
+  }
+  void allreduce(std::span<double> data, strata::ReduceOp op, std::string_view what) override {
+    ++collectives;
+    inner_.allreduce(data, op, what);
+  }
+  void allreduce(std::span<int64_t> data, strata::ReduceOp op, std::string_view what) override {
+    ++collectives;
+    inner_.allreduce(data, op, what);
+  }
+  void broadcast(std::span<std::byte> data, int root, std::string_view what) override {
+    ++collectives;
+    inner_.broadcast(data, root, what);
+  }
+  void barrier(std::string_view what) override {
+    ++collectives;
+    inner_.barrier(what);
+  }
+  void send(int to, int tag, std::string body) override { inner_.send(to, tag, std::move(body)); }
+  std::optional<strata::Message> receive(int from, int tag,
+                                         std::chrono::milliseconds timeout) override {
+    return inner_.receive(from, tag, timeout);
+  }
+  void set_watchdog(double seconds) override { inner_.set_watchdog(seconds); }
+  [[noreturn]] void abort(const std::string& message, int code) override {
+    inner_.abort(message, code);
+    std::terminate();  // not reached: the call through the base does not carry [[noreturn]]
+  }
 
  private:
-  struct Slot {
-    std::vector<std::byte> bytes;
-    std::string what;
-  };
-
-  void rendezvous() {
-    std::unique_lock lock(mutex_);
-    const int64_t generation = generation_;
-    if (++arrived_ == size_) {
-      arrived_ = 0;
-      ++generation_;
-      arrived_all_.notify_all();
-      return;
-    }
-    if (!arrived_all_.wait_for(lock, std::chrono::seconds(30),
-                               [&] { return generation_ != generation; })) {
-      throw std::runtime_error("ThreadJob: a rank waited 30 s for the others");
-    }
-  }
-  // Publishes this rank's bytes and the collective's name, waits for every rank, and checks that
-  // they all made the same call.
-  void exchange(int rank, std::span<const std::byte> bytes, std::string_view what) {
-    Slot& mine = slots_[static_cast<std::size_t>(rank)];
-    mine.bytes.assign(bytes.begin(), bytes.end());
-    mine.what = what;
-    ranks_[static_cast<std::size_t>(rank)]->calls.emplace_back(what);
-    rendezvous();
-    for (const Slot& other : slots_) {
-      if (other.what != mine.what || other.bytes.size() != mine.bytes.size()) {
-        throw std::runtime_error(
-            fmt::format("ThreadJob: rank {} called '{}' ({} bytes), another "
-                        "rank '{}' ({} bytes)",
-                        rank, mine.what, mine.bytes.size(), other.what, other.bytes.size()));
-      }
-    }
-  }
-  template <class T>
-  void reduce(int rank, std::span<T> data, strata::ReduceOp op, std::string_view what) {
-    exchange(rank, std::as_bytes(data), what);
-    for (std::size_t i = 0; i < data.size(); ++i) {
-      T total{};
-      for (std::size_t r = 0; r < slots_.size(); ++r) {
-        T value;
-        std::memcpy(&value, slots_[r].bytes.data() + i * sizeof(T), sizeof(T));
-        total = r == 0                        ? value
-                : op == strata::ReduceOp::sum ? total + value
-                : op == strata::ReduceOp::min ? std::min(total, value)
-                                              : std::max(total, value);
-      }
-      data[i] = total;
-    }
-    rendezvous();  // nobody overwrites a slot before every rank has read them all
-  }
-
-  int size_;
-  std::vector<Slot> slots_;
-  std::vector<std::unique_ptr<Rank>> ranks_;
-  std::mutex mutex_;
-  std::condition_variable arrived_all_;
-  int arrived_ = 0;
-  int64_t generation_ = 0;
+  strata::Communicator& inner_;
 };
+
+// Runs body(rank, communicator) once per rank of a job of `ranks` threads (a 30 s watchdog turns
+// a broken collective order into a failure, not a hang); returns each rank's collectives. A rank
+// that does not return fails the test.
+std::vector<int> run_ranks(int ranks, const std::function<void(int, strata::Communicator&)>& body) {
+  strata::test::ThreadJob job(ranks);
+  std::vector<int> collectives(static_cast<std::size_t>(ranks));
+  const auto outcomes = job.run([&](strata::test::ThreadCommunicator& communicator) {
+    communicator.set_watchdog(30);
+    CountingCommunicator counting(communicator);
+    body(communicator.rank(), counting);
+    collectives[static_cast<std::size_t>(communicator.rank())] = counting.collectives;
+  });
+  for (const auto& outcome : outcomes) {
+    if (outcome.error) std::rethrow_exception(outcome.error);
+    if (outcome.aborted) BOOST_FAIL("the job aborted: " << outcome.aborted->message);
+  }
+  return collectives;
+}
 
 // One input tensor, as Layer::forward and backward take their inputs.
 std::span<const Tensor> single(const Tensor& x) { return {&x, 1}; }
@@ -1191,6 +1110,20 @@ StepResult step_result(Instance& bn, const Tensor& y, const Tensor& dx) {
           buffer(*bn.layer, "num_batches_tracked").tensor.clone()};
 }
 
+// One forward and backward of `bn` on x with output gradient dy, in training or evaluation, with
+// `communicator` (null: a single process).
+StepResult run_step(Instance& bn, const Tensor& x, const Tensor& dy, bool training,
+                    strata::Communicator* communicator = nullptr) {
+  Rng unused(1);
+  Context context{training, &unused, bn.backend.get()};
+  context.communicator = communicator;
+  Tensor y(x.shape());
+  bn.layer->forward(context, single(x), y);
+  std::vector<Tensor> dx{Tensor(x.shape())};
+  bn.layer->backward(context, single(x), y, dy, dx);
+  return step_result(bn, y, dx[0]);
+}
+
 // N ranks, each with batch_norm (sync: true) on its slice of a random batch (uneven slices, some
 // empty), equal one layer on the whole batch: outputs and input gradients concatenated, parameter
 // gradients summed over the ranks, running statistics on every rank, after each of two training
@@ -1224,16 +1157,11 @@ BOOST_AUTO_TEST_CASE(sync_over_ranks_equals_one_process) {
     }
     copy_state(*one.layer, *plain.layer);
     for (Instance& copy : per_rank) copy_state(*one.layer, *copy.layer);
-    ThreadJob job(ranks);
     for (int step = 0; step < 2; ++step) {
       const Tensor x = random_tensor(split.sample.with_batch(total), rng, -2.0f, 3.0f);
       const Tensor dy = random_tensor(x.shape(), rng);
-      const Tensor y_one = run_forward(one, {x}, true, 1);
-      const StepResult want =
-          step_result(one, y_one, run_backward(one, {x}, y_one, dy, true, 1)[0]);
-      const Tensor y_plain = run_forward(plain, {x}, true, 1);
-      const StepResult unsynced =
-          step_result(plain, y_plain, run_backward(plain, {x}, y_plain, dy, true, 1)[0]);
+      const StepResult want = run_step(one, x, dy, true);
+      const StepResult unsynced = run_step(plain, x, dy, true);
       const std::string same = label + ": sync without a communicator differs from sync: false";
       BOOST_TEST(max_abs_diff(unsynced.y, want.y) == 0.0f, same);
       BOOST_TEST(max_abs_diff(unsynced.dx, want.dx) == 0.0f, same);
@@ -1243,22 +1171,15 @@ BOOST_AUTO_TEST_CASE(sync_over_ranks_equals_one_process) {
       BOOST_TEST(max_abs_diff(unsynced.running_var, want.running_var) == 0.0f, same);
 
       std::vector<StepResult> got(static_cast<std::size_t>(ranks));
-      job.run([&](int r, strata::Communicator& communicator) {
-        int64_t begin = 0;
-        for (int k = 0; k < r; ++k) begin += split.images[static_cast<std::size_t>(k)];
-        const int64_t end = begin + split.images[static_cast<std::size_t>(r)];
-        Instance& bn = per_rank[static_cast<std::size_t>(r)];
-        const Tensor x_rank = x.batch_slice(begin, end).clone();
-        const Tensor dy_rank = dy.batch_slice(begin, end).clone();
-        Rng unused(1);
-        Context context{true, &unused, bn.backend.get()};
-        context.communicator = &communicator;
-        Tensor y(x_rank.shape());
-        bn.layer->forward(context, single(x_rank), y);
-        std::vector<Tensor> dx{Tensor(x_rank.shape())};
-        bn.layer->backward(context, single(x_rank), y, dy_rank, dx);
-        got[static_cast<std::size_t>(r)] = step_result(bn, y, dx[0]);
-      });
+      const std::vector<int> calls =
+          run_ranks(ranks, [&](int r, strata::Communicator& communicator) {
+            int64_t begin = 0;
+            for (int k = 0; k < r; ++k) begin += split.images[static_cast<std::size_t>(k)];
+            const int64_t end = begin + split.images[static_cast<std::size_t>(r)];
+            got[static_cast<std::size_t>(r)] =
+                run_step(per_rank[static_cast<std::size_t>(r)], x.batch_slice(begin, end).clone(),
+                         dy.batch_slice(begin, end).clone(), true, &communicator);
+          });
 
       std::vector<Tensor> ys, dxs;
       Tensor dweight(want.dweight.shape()), dbias(want.dbias.shape());
@@ -1275,7 +1196,7 @@ BOOST_AUTO_TEST_CASE(sync_over_ranks_equals_one_process) {
         BOOST_TEST(max_abs_diff(rank.running_var, got[0].running_var) == 0.0f, label);
         BOOST_TEST(max_abs_diff(rank.tracked, want.tracked) == 0.0f, label);
         // Two allreduces per training forward, one per training backward, on every rank.
-        BOOST_TEST(job.rank(r).calls.size() == 3u, label);
+        BOOST_TEST(calls[static_cast<std::size_t>(r)] == 3, label);
       }
       const double tolerance = 1e-5;
       const std::vector<std::pair<const char*, double>> errors = {
@@ -1304,33 +1225,20 @@ BOOST_AUTO_TEST_CASE(sync_with_one_rank_is_bitwise_the_single_process) {
   copy_state(*synced.layer, *plain.layer);
   const Tensor x = random_tensor({6, 4, 3, 3}, rng, -1.0f, 4.0f);
   const Tensor dy = random_tensor(x.shape(), rng);
-  const Tensor y_plain = run_forward(plain, {x}, true, 1);
-  const StepResult want =
-      step_result(plain, y_plain, run_backward(plain, {x}, y_plain, dy, true, 1)[0]);
-  ThreadJob job(1);
-  StepResult got;
-  Tensor y_eval(x.shape());
-  job.run([&](int, strata::Communicator& communicator) {
-    Rng unused(1);
-    Context context{true, &unused, synced.backend.get()};
-    context.communicator = &communicator;
-    Tensor y(x.shape());
-    synced.layer->forward(context, single(x), y);
-    std::vector<Tensor> dx{Tensor(x.shape())};
-    synced.layer->backward(context, single(x), y, dy, dx);
-    got = step_result(synced, y, dx[0]);
-    context.training = false;
-    synced.layer->forward(context, single(x), y_eval);
-    synced.layer->backward(context, single(x), y_eval, dy, dx);
+  const StepResult want = run_step(plain, x, dy, true);
+  StepResult got, evaluated;
+  const std::vector<int> calls = run_ranks(1, [&](int, strata::Communicator& communicator) {
+    got = run_step(synced, x, dy, true, &communicator);
+    evaluated = run_step(synced, x, dy, false, &communicator);
   });
-  BOOST_TEST(job.rank(0).calls.size() == 3u, "evaluation must not reduce");
+  BOOST_TEST(calls[0] == 3, "evaluation must not reduce");
   BOOST_TEST(max_abs_diff(got.y, want.y) == 0.0f);
   BOOST_TEST(max_abs_diff(got.dx, want.dx) == 0.0f);
   BOOST_TEST(max_abs_diff(got.dweight, want.dweight) == 0.0f);
   BOOST_TEST(max_abs_diff(got.dbias, want.dbias) == 0.0f);
   BOOST_TEST(max_abs_diff(got.running_mean, want.running_mean) == 0.0f);
   BOOST_TEST(max_abs_diff(got.running_var, want.running_var) == 0.0f);
-  BOOST_TEST(max_abs_diff(y_eval, run_forward(plain, {x}, false, 1)) == 0.0f);
+  BOOST_TEST(max_abs_diff(evaluated.y, run_forward(plain, {x}, false, 1)) == 0.0f);
 }
 
 // Too few values over all the ranks is the same error on every rank (after the first collective,
@@ -1344,8 +1252,7 @@ BOOST_AUTO_TEST_CASE(sync_errors) {
   for (int r = 0; r < 2; ++r)
     per_rank.push_back(make_layer("{type: batch_norm, sync: true}", {{3}}, "reference"));
   std::vector<std::string> messages(2);
-  ThreadJob job(2);
-  job.run([&](int r, strata::Communicator& communicator) {
+  run_ranks(2, [&](int r, strata::Communicator& communicator) {
     Rng unused(1);
     Context context{true, &unused, nullptr};
     context.communicator = &communicator;
@@ -1365,9 +1272,8 @@ BOOST_AUTO_TEST_CASE(sync_errors) {
   // A synchronized forward followed by a backward without the communicator.
   const Tensor x = random_tensor({4, 3}, rng);
   Instance bn = make_layer("{type: batch_norm, sync: true}", {{3}}, "reference");
-  ThreadJob one_rank(1);
   Tensor y(x.shape());
-  one_rank.run([&](int, strata::Communicator& communicator) {
+  run_ranks(1, [&](int, strata::Communicator& communicator) {
     Rng unused(1);
     Context context{true, &unused, nullptr};
     context.communicator = &communicator;
@@ -1379,6 +1285,9 @@ BOOST_AUTO_TEST_CASE(sync_errors) {
   STRATA_CHECK_CONTAINS(
       error_of([] { registries().layers.create(yaml("{type: batch_norm, sync: yes please}")); }),
       "sync");
+  // The trait that makes the trainer run every pass on every rank.
+  BOOST_TEST(registries().layers.create(yaml("{type: batch_norm, sync: true}"))->communicates());
+  BOOST_TEST(!registries().layers.create(yaml("{type: batch_norm}"))->communicates());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

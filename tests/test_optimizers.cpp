@@ -18,6 +18,7 @@
 #include "strata/checkpoint.hpp"
 #include "strata/graph.hpp"
 #include "strata/optimizer.hpp"
+#include "strata/training/experiment.hpp"
 #include "strata/training/trainer.hpp"
 #include "test_support.hpp"
 
@@ -698,6 +699,158 @@ BOOST_AUTO_TEST_CASE(learning_rate_per_iteration_in_the_history) {
                           run_tiny(dir.path(), false, {{"train.log_every", "-1"}});
                         }),
                         "train.log_every: must be 0 (off) or positive");
+}
+
+// optimizer.lr_scaling in a run: 320 training images in batches of 32 (10 iterations per epoch)
+// against a reference batch of 16 give k = 2, lr 0.05 -> 0.1, ramped over the first epoch and
+// then under a step schedule; the history records the rate each step used. A resume may not change
+// the rule.
+BOOST_AUTO_TEST_CASE(lr_scaling_sets_the_rate_of_every_step) {
+  test::TempDir dir;
+  const std::vector<std::pair<std::string, std::string>> sets = {
+      {"optimizer.schedule", "{type: step, step_size: 2, gamma: 0.1}"},
+      {"optimizer.lr_scaling", "{rule: linear, reference_batch: 16, warmup_epochs: 1}"},
+      {"train.log_every", "1"}};
+  run_tiny(dir.path(), false, sets);
+  const auto state = load_checkpoint_training_state(dir / "model.h5");
+  BOOST_TEST_REQUIRE(state.has_value());
+  const std::vector<double>& lr = state->history.at("iterations/lr");
+  BOOST_TEST_REQUIRE(lr.size() == 30u);
+  for (std::size_t i = 0; i < lr.size(); ++i) {
+    const double step = static_cast<double>(i);  // the 0-based iteration that used lr[i]
+    const double expected = i < 10 ? 0.1 * (0.5 + 0.5 * step / 10) : i < 20 ? 0.1 : 0.01;
+    BOOST_TEST(lr[i] == expected, boost::test_tools::tolerance(1e-6) << "iteration " << i);
+  }
+  auto changed = sets;
+  changed.push_back({"optimizer.lr_scaling.reference_batch", "32"});
+  changed.push_back({"train.epochs", "4"});
+  STRATA_CHECK_CONTAINS(error_of([&] { run_tiny(dir.path(), true, changed); }),
+                        "optimizer.lr_scaling.reference_batch");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ------------------------------------------------------------------------------------------------
+// optimizer.lr_scaling (strata/training/lr_scaling.hpp): Goyal et al. 2017's linear scaling with a
+// gradual warmup, read by Experiment::read.
+// ------------------------------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_SUITE(lr_scaling)
+
+const char* kScalingExperiment = R"(model:
+  input: [1, 4, 4]
+  layers:
+    - {name: fc1, type: linear, out_features: 3}
+optimizer:
+  type: sgd
+  lr: 0.1
+  momentum: 0.9
+  schedule: {type: multistep, milestones: [3]}
+  lr_scaling: {rule: linear, reference_batch: 256, warmup_epochs: 2}
+train: {epochs: 4, batch_size: 1024}
+)";
+
+Experiment read_scaling(const std::vector<std::pair<std::string, std::string>>& sets = {}) {
+  Config config = Config::parse_string(kScalingExperiment, "scaling.yaml");
+  for (const auto& [key, value] : sets) config.set(key, value);
+  return Experiment::read(config, registries(), Experiment::Scope::optimization);
+}
+
+// The rates of `epochs` epochs of 5 iterations, from the experiment's (wrapped) schedule.
+std::vector<double> rates(Experiment& experiment, int64_t epochs) {
+  experiment.schedule->setup({experiment.optimizer->base_lr(), epochs, 5, {"train_loss"}});
+  std::vector<double> result;
+  for (int64_t i = 0; i < epochs * 5; ++i) result.push_back(experiment.schedule->lr(i / 5, i));
+  return result;
+}
+
+// Batch 1024 against 256: k = 4, lr 0.1 -> 0.4. Over the first 2 epochs of 5 iterations the rate
+// is (1/k + (1 - 1/k) i / 10) * 0.4, from 0.1 at iteration 0; then 0.4; the multistep schedule's
+// drop at epoch 3 applies to 0.4.
+BOOST_AUTO_TEST_CASE(linear_scaling_with_warmup_follows_the_formula) {
+  Experiment experiment = read_scaling();
+  BOOST_TEST_REQUIRE(experiment.lr_scaling.has_value());
+  const std::vector<double> got = rates(experiment, 4);
+  for (int64_t i = 0; i < 20; ++i) {
+    const double base = 0.1, k = 1024.0 / 256.0, peak = base * k;
+    const double expected = i < 10   ? (1 / k + (1 - 1 / k) * i / 10.0) * peak
+                            : i < 15 ? peak
+                                     : 0.1 * peak;
+    BOOST_TEST(got[static_cast<std::size_t>(i)] == expected, boost::test_tools::tolerance(1e-6)
+                                                                 << "iteration " << i);
+  }
+  BOOST_TEST(got[0] == 0.1, boost::test_tools::tolerance(1e-7));  // starts at optimizer.lr
+  BOOST_TEST(experiment.lr_scaling->describe(0.1f, 20) ==
+             "lr scaling (linear, Goyal et al. 2017): global batch 1024 / reference 256: lr 0.1 "
+             "-> 0.4, warmed up over 2 epochs");
+  BOOST_TEST(experiment.lr_scaling->describe(0.1f, 1) ==
+             "lr scaling (linear, Goyal et al. 2017): global batch 1024 / reference 256: lr 0.1 "
+             "-> 0.4, warmed up over 2 epochs (longer than this run's 1: the rate stays below "
+             "0.4)");
+
+  // No warmup: the scaled rate from the first iteration.
+  Experiment sudden = read_scaling({{"optimizer.lr_scaling.warmup_epochs", "0"}});
+  const std::vector<double> flat = rates(sudden, 2);
+  for (double rate : flat) BOOST_TEST(rate == 0.4, boost::test_tools::tolerance(1e-6));
+  BOOST_TEST(sudden.lr_scaling->describe(0.1f, 4).ends_with("lr 0.1 -> 0.4, no warmup"));
+  // A batch below the reference scales the rate down, with no ramp.
+  Experiment small = read_scaling({{"train.batch_size", "64"}});
+  for (double rate : rates(small, 2)) BOOST_TEST(rate == 0.025, boost::test_tools::tolerance(1e-6));
+  BOOST_TEST(small.lr_scaling->describe(0.1f, 4) ==
+             "lr scaling (linear, Goyal et al. 2017): global batch 64 / reference 256: lr 0.1 -> "
+             "0.025, no warmup (the rate is not raised)");
+}
+
+// Without the key the schedule is the optimizer's own, rate for rate.
+BOOST_AUTO_TEST_CASE(without_the_key_nothing_changes) {
+  Config config = Config::parse_string(kScalingExperiment, "scaling.yaml");
+  BOOST_TEST_REQUIRE(config.at("optimizer").erase("lr_scaling"));
+  Experiment experiment = Experiment::read(config, registries(), Experiment::Scope::optimization);
+  BOOST_TEST(!experiment.lr_scaling.has_value());
+  auto plain = schedules::make_schedule("{type: multistep, milestones: [3]}", 0.1f, 4, 5);
+  const std::vector<double> got = rates(experiment, 4);
+  for (int64_t i = 0; i < 20; ++i) {
+    BOOST_TEST(got[static_cast<std::size_t>(i)] == plain->lr(i / 5, i), "iteration " << i);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(bad_values_point_at_the_key) {
+  auto error = [](std::vector<std::pair<std::string, std::string>> sets) {
+    return error_of([&] { read_scaling(sets); });
+  };
+  // The file's line and column (a --set value points at the --set instead).
+  std::string text = kScalingExperiment;
+  text.replace(text.find("rule: linear"), 12, "rule: sqrt");
+  STRATA_CHECK_CONTAINS(error_of([&] {
+                          Experiment::read(Config::parse_string(text, "scaling.yaml"), registries(),
+                                           Experiment::Scope::optimization);
+                        }),
+                        "scaling.yaml:10:22: optimizer.lr_scaling.rule: unknown rule 'sqrt'; "
+                        "known: linear");
+  STRATA_CHECK_CONTAINS(error({{"optimizer.lr_scaling.reference_batch", "0"}}),
+                        "optimizer.lr_scaling.reference_batch: must be at least 1 (the batch "
+                        "optimizer.lr was tuned for), found 0");
+  STRATA_CHECK_CONTAINS(error({{"optimizer.lr_scaling.warmup_epochs", "-1"}}),
+                        "optimizer.lr_scaling.warmup_epochs: must be 0 (no warmup) or a number of "
+                        "epochs, found -1");
+  STRATA_CHECK_CONTAINS(error({{"optimizer.lr_scaling.warmup_epochs", "1.5"}}),
+                        "optimizer.lr_scaling.warmup_epochs");
+  STRATA_CHECK_CONTAINS(error({{"optimizer.lr_scaling", "{rule: linear, reference_batch: 256}"}}),
+                        "missing required key 'warmup_epochs'");
+  STRATA_CHECK_CONTAINS(error({{"optimizer.lr_scaling",
+                                "{rule: linear, reference_batch: 256, "
+                                "warmup_epochs: 1, warmup: 2}"}}),
+                        "optimizer.lr_scaling.warmup: unknown key 'warmup'");
+  STRATA_CHECK_CONTAINS(error({{"optimizer.lr_scaling", "linear"}}),
+                        "optimizer.lr_scaling: expected a map such as {rule: linear, "
+                        "reference_batch: 256, warmup_epochs: 5}");
+  STRATA_CHECK_CONTAINS(error({{"optimizer.schedule", "{type: warmup, epochs: 1}"}}),
+                        "optimizer.lr_scaling.warmup_epochs: optimizer.schedule is a `warmup` "
+                        "already");
+  BOOST_CHECK_NO_THROW(read_scaling({{"optimizer.schedule", "{type: warmup, epochs: 1}"},
+                                     {"optimizer.lr_scaling.warmup_epochs", "0"}}));
+  STRATA_CHECK_CONTAINS(error({{"optimizer.lr", "1e38"}}),
+                        "optimizer.lr_scaling: scales lr 1e+38 by 4 to inf");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

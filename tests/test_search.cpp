@@ -14,11 +14,13 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "strata/checkpoint.hpp"
 #include "strata/search/journal.hpp"
 #include "strata/search/search.hpp"
 #include "test_support.hpp"
+#include "thread_communicator.hpp"
 
 using namespace strata;
 using namespace strata::search;
@@ -51,6 +53,8 @@ class FakeRunner : public TrialRunner {
     return 2.3 - 0.001 * iteration;
   };
   int iterations_per_epoch = 3;
+  int epoch_milliseconds = 0;       // sleeps this long per epoch (trials that take time)
+  bool nan_train_accuracy = false;  // reports train_accuracy NaN (as a trainer without it)
   std::atomic<bool>* stop_flag = nullptr;
   int stop_after_runs = -1;  // sets *stop_flag when this many runs have finished
 
@@ -90,9 +94,12 @@ class FakeRunner : public TrialRunner {
       report.epochs = epochs;
       report.val_accuracy = metric(lr, wd, epoch);
       report.val_loss = 1 - report.val_accuracy;
-      report.train_accuracy = report.val_accuracy;
+      report.train_accuracy = nan_train_accuracy ? std::nan("") : report.val_accuracy;
       report.train_loss = report.val_loss;
       report.lr = lr;
+      if (epoch_milliseconds > 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(epoch_milliseconds));
+      }
       monitor.epoch(report);
     }
     std::lock_guard lock(mutex);
@@ -850,6 +857,359 @@ BOOST_AUTO_TEST_CASE(a_trial_experiment_the_trainer_rejects_fails_before_any_tri
   STRATA_CHECK_CONTAINS(message, "model.layers[0]: missing required key 'out_features'");
   STRATA_CHECK_CONTAINS(message, "before any trial starts");
   BOOST_TEST(!fs::exists(dir / "trials.jsonl"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// The search on the ranks of an MPI job (search/src/remote.hpp), each rank a thread of this
+// process (test::ThreadJob): rank 0 schedules and journals, every rank trains trials.
+BOOST_AUTO_TEST_SUITE(distributed)
+
+namespace {
+
+struct JobRun {
+  std::vector<SearchResult> results;  // per rank
+  std::vector<test::ThreadJob::Outcome> outcomes;
+};
+
+// Runs the search of `text` (fake_experiment's) on `runners.size()` ranks: rank r with runners[r]
+// and options[r] (each rank reads its own copy of the experiment, as each process would).
+JobRun run_on_ranks(const std::string& text, const std::vector<FakeRunner*>& runners,
+                    std::vector<SearchOptions> options) {
+  test::ThreadJob job(static_cast<int>(runners.size()));
+  JobRun run;
+  run.results.resize(runners.size());
+  run.outcomes = job.run([&](test::ThreadCommunicator& communicator) {
+    const int r = communicator.rank();
+    const Config experiment = test::yaml(text);
+    options[r].communicator = &communicator;
+    run.results[r] = run_search(experiment, *runners[r], options[r]);
+  });
+  for (std::size_t r = 0; r < run.outcomes.size(); ++r) {
+    if (const auto& aborted = run.outcomes[r].aborted) {
+      BOOST_TEST_MESSAGE("rank " << r << ": aborted by rank " << aborted->rank << ": "
+                                 << aborted->message);
+    }
+    if (run.outcomes[r].error) {
+      try {
+        std::rethrow_exception(run.outcomes[r].error);
+      } catch (const std::exception& error) {
+        BOOST_TEST_MESSAGE("rank " << r << ": " << error.what());
+      }
+    }
+  }
+  return run;
+}
+
+std::vector<SearchOptions> same_options(const SearchOptions& options, int ranks) {
+  return std::vector<SearchOptions>(static_cast<std::size_t>(ranks), options);
+}
+
+// The last journal line of each trial, by id.
+std::map<std::string, json> last_lines(const fs::path& journal) {
+  std::map<std::string, json> last;
+  for (const json& line : journal_lines(journal)) {
+    last[fmt::format("{}_{}", line["stage"].get<int>(), line["index"].get<int>())] = line;
+  }
+  return last;
+}
+
+bool same_curves(const std::vector<double>& a, const std::vector<double>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (!(a[i] == b[i] || (std::isnan(a[i]) && std::isnan(b[i])))) return false;
+  }
+  return true;
+}
+
+std::string file_text(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+// Two stages (the second narrowed around the first's best), an explosion, NaN in the curves.
+const std::string kTwoStages = fake_experiment(
+    "  seed: 4\n  epochs: 3\n  space:\n    optimizer.lr: {log_uniform: [1e-3, 10]}\n"
+    "    optimizer.weight_decay: {log_uniform: [1e-5, 1]}\n"
+    "  stages: [{trials: 12}, {trials: 6, narrow: {top_k: 3}}]\n");
+
+void explode_above_a_tenth(FakeRunner& runner) {
+  runner.loss = [](double lr, int64_t iteration) {
+    return lr > 0.1 ? 2.0 * std::pow(1.5, iteration - 1) : 2.3 - 0.001 * iteration;
+  };
+  runner.nan_train_accuracy = true;
+  runner.epoch_milliseconds = 5;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(three_ranks_journal_what_one_process_does) {
+  test::TempDir single_dir, job_dir;
+  FakeRunner single;
+  explode_above_a_tenth(single);
+  const SearchResult expected =
+      run_search(test::yaml(kTwoStages), single, quiet_options(single_dir.path()));
+
+  FakeRunner r0, r1, r2;
+  for (FakeRunner* r : {&r0, &r1, &r2}) explode_above_a_tenth(*r);
+  const JobRun run =
+      run_on_ranks(kTwoStages, {&r0, &r1, &r2}, same_options(quiet_options(job_dir.path()), 3));
+  for (const auto& outcome : run.outcomes) BOOST_TEST(outcome.returned);
+  for (const SearchResult& result : run.results) BOOST_TEST(!result.interrupted);
+  // Workers return nothing but how the search ended; rank 0 has the search.
+  BOOST_TEST(run.results[1].trials.empty());
+  const SearchResult& got = run.results[0];
+
+  // Every trial once, with the values and results of the single-process search.
+  const auto lines = journal_lines(job_dir / "trials.jsonl");
+  BOOST_TEST(lines.size() == 18u);
+  const auto expected_lines = last_lines(single_dir / "trials.jsonl");
+  const auto got_lines = last_lines(job_dir / "trials.jsonl");
+  BOOST_REQUIRE_EQUAL(got_lines.size(), 18u);
+  std::map<int, int> per_rank;
+  int exploded = 0;
+  for (const auto& [id, line] : got_lines) {
+    const json& want = expected_lines.at(id);
+    BOOST_TEST(line["params"] == want["params"], id);
+    BOOST_TEST(line["metric"] == want["metric"], id);
+    BOOST_TEST(line["status"] == want["status"], id);
+    BOOST_TEST(line["epochs"] == want["epochs"], id);
+    BOOST_TEST(line["last"] == want["last"], id);
+    BOOST_TEST(line.value("error", "") == want.value("error", ""), id);
+    BOOST_TEST(!want.contains("rank"));  // one process journals no rank
+    ++per_rank[line.at("rank").get<int>()];
+    exploded += line["status"] == "exploded";
+  }
+  BOOST_TEST(exploded > 0);
+  // Each rank took its first job at once, so each ran trials.
+  BOOST_TEST(per_rank.size() == 3u);
+  BOOST_TEST(r0.runs + r1.runs + r2.runs + exploded == 18);
+  BOOST_TEST(r1.runs > 0);
+  BOOST_TEST(r2.runs > 0);
+  BOOST_TEST(r1.validations == 0);  // rank 0 checks the first trial; workers only train
+
+  // search.h5 holds the same curves (NaN where one process has NaN), best.yaml the same winner.
+  const auto want_curves = read_hdf5_series(single_dir / "search.h5", "/trials");
+  const auto got_curves = read_hdf5_series(job_dir / "search.h5", "/trials");
+  BOOST_REQUIRE_EQUAL(got_curves.size(), want_curves.size());
+  for (const auto& [group, series] : want_curves) {
+    for (const auto& [name, values] : series) {
+      if (name == "epoch_seconds") continue;
+      BOOST_TEST(same_curves(got_curves.at(group).at(name), values), group << "/" << name);
+    }
+  }
+  BOOST_TEST(std::isnan(got_curves.at("/trials/0_0").at("train_accuracy").at(0)));
+  BOOST_TEST(file_text(job_dir / "best.yaml") == file_text(single_dir / "best.yaml"));
+  BOOST_REQUIRE(got.best);
+  BOOST_TEST(got.best->id() == expected.best->id());
+  BOOST_TEST(got.best->metric == expected.best->metric);
+  BOOST_TEST(!fs::exists(job_dir / "trials"));
+}
+
+BOOST_AUTO_TEST_CASE(asha_promotes_across_ranks_from_the_checkpoint_another_rank_paused) {
+  test::TempDir dir;
+  const std::string text = fake_experiment(
+      "  trials: 27\n  epochs: 9\n  asha: {min_epochs: 1, eta: 3}\n"
+      "  space:\n    optimizer.lr: {log_uniform: [1e-6, 1]}\n");
+  // Each trial is worse than the ones before it, at every epoch: a trial is never promoted by
+  // the slot that just paused it, only later, when enough worse trials make it the top third of
+  // its rung, by whichever slot is free then (on another rank 2 times in 3).
+  struct LaterIsWorse : FakeRunner {
+    int64_t index = 0;  // of the trial running (each rank runs one at a time)
+    LaterIsWorse() {
+      metric = [this](double, double, int64_t epoch) {
+        return (1.0 - 0.01 * static_cast<double>(index)) * (1.0 - 0.5 / static_cast<double>(epoch));
+      };
+      epoch_milliseconds = 2;
+    }
+    void run(const TrialSpec& spec, TrialMonitor& monitor) override {
+      index = spec.trial->index;
+      FakeRunner::run(spec, monitor);
+    }
+  };
+  LaterIsWorse r0, r1, r2;
+  const JobRun run =
+      run_on_ranks(text, {&r0, &r1, &r2}, same_options(quiet_options(dir.path()), 3));
+  for (const auto& outcome : run.outcomes) BOOST_TEST(outcome.returned);
+  const SearchResult& result = run.results[0];
+  BOOST_REQUIRE_EQUAL(result.trials.size(), 27u);
+  int at[10] = {};
+  for (const Trial& t : result.trials) {
+    BOOST_TEST((t.epochs == 1 || t.epochs == 3 || t.epochs == 9));
+    ++at[t.epochs];
+    BOOST_TEST(t.status == (t.epochs == 9 ? "ok" : "stopped_early"));
+  }
+  // ASHA's final state: the top third of every rung was promoted (asynchronous promotions may
+  // have taken a few more, decided on fewer trials).
+  BOOST_TEST(at[3] + at[9] >= 9);
+  BOOST_TEST(3 * at[9] >= at[3] + at[9] - 2);
+  BOOST_TEST(at[1] > at[3] + at[9]);
+  for (int index = 0; index < 9; ++index) BOOST_TEST(result.trials[index].epochs >= 3, index);
+  for (int index = 0; index < 3; ++index) BOOST_TEST(result.trials[index].epochs == 9, index);
+  BOOST_REQUIRE(result.best);
+  BOOST_TEST(result.best->index == 0);
+
+  // Each promotion continued from the epoch its rung paused at, on whichever rank was free: some
+  // on another rank than the one that paused it.
+  std::map<std::string, std::vector<int64_t>> starts;
+  for (FakeRunner* r : {&r0, &r1, &r2}) {
+    for (const auto& [id, start] : r->starts) starts[id].push_back(start);
+  }
+  for (const Trial& t : result.trials) {
+    auto s = starts[t.id()];
+    std::sort(s.begin(), s.end());
+    if (t.epochs == 1) BOOST_TEST(s == std::vector<int64_t>({1}));
+    if (t.epochs == 3) BOOST_TEST(s == std::vector<int64_t>({1, 2}));
+    if (t.epochs == 9) BOOST_TEST(s == std::vector<int64_t>({1, 2, 4}));
+    BOOST_TEST(t.curves.at("iteration_loss").size() == static_cast<std::size_t>(3 * t.epochs));
+  }
+  std::map<std::string, int> paused_on;
+  int moved = 0, promotions = 0;
+  for (const json& line : journal_lines(dir / "trials.jsonl")) {
+    if (line["status"] == "stopped_early") continue;
+    const std::string id = fmt::format("0_{}", line["index"].get<int>());
+    if (line["rung"].get<int>() > 0) {
+      ++promotions;
+      moved += paused_on.at(id) != line["rank"].get<int>();
+    }
+    paused_on[id] = line["rank"].get<int>();
+  }
+  BOOST_TEST(promotions == at[3] + 2 * at[9]);
+  BOOST_TEST_MESSAGE(moved << " of " << promotions << " promotions continued on another rank");
+  BOOST_TEST(moved > 0);
+  BOOST_TEST(!fs::exists(dir / "trials"));
+}
+
+BOOST_AUTO_TEST_CASE(ctrl_c_on_rank_0_interrupts_every_rank_and_resume_finishes_the_search) {
+  test::TempDir whole, pieces;
+  FakeRunner reference;
+  const SearchResult expected =
+      run_search(test::yaml(kTwoStages), reference, quiet_options(whole.path()));
+
+  // Ctrl-C reaches rank 0 alone, while trials run on every rank (rank 1's runner sets rank 0's
+  // flag after its second trial, mid-search).
+  std::atomic<bool> stop{false};
+  FakeRunner r0, r1, r2;
+  for (FakeRunner* r : {&r0, &r1, &r2}) r->epoch_milliseconds = 20;
+  r1.stop_flag = &stop;
+  r1.stop_after_runs = 2;
+  auto options = same_options(quiet_options(pieces.path()), 3);
+  options[0].stop = &stop;
+  const JobRun run = run_on_ranks(kTwoStages, {&r0, &r1, &r2}, options);
+  for (const auto& outcome : run.outcomes) BOOST_TEST(outcome.returned);
+  for (const SearchResult& result : run.results) BOOST_TEST(result.interrupted);
+  const auto journaled = journal_lines(pieces / "trials.jsonl");
+  BOOST_TEST(journaled.size() >= 2u);
+  BOOST_TEST(journaled.size() < 12u);
+  BOOST_TEST(!fs::exists(pieces / "best.yaml"));
+
+  // One process resumes it: only the trials not journaled run, and the search ends as the
+  // uninterrupted one did.
+  FakeRunner resumer;
+  SearchOptions resume = quiet_options(pieces.path());
+  resume.resume = true;
+  const SearchResult resumed = run_search(test::yaml(kTwoStages), resumer, resume);
+  BOOST_TEST(resumer.runs == static_cast<int>(18 - journaled.size()));
+  std::set<std::string> journaled_ids;
+  for (const json& line : journaled) {
+    journaled_ids.insert(fmt::format("0_{}", line["index"].get<int>()));
+  }
+  for (const auto& [id, start] : resumer.starts) BOOST_TEST(!journaled_ids.count(id), id);
+  BOOST_REQUIRE_EQUAL(resumed.trials.size(), expected.trials.size());
+  for (std::size_t i = 0; i < expected.trials.size(); ++i) {
+    BOOST_TEST(resumed.trials[i].values[0].number == expected.trials[i].values[0].number);
+    BOOST_TEST(resumed.trials[i].metric == expected.trials[i].metric);
+  }
+  BOOST_TEST(file_text(pieces / "best.yaml") == file_text(whole / "best.yaml"));
+}
+
+BOOST_AUTO_TEST_CASE(a_signal_on_one_worker_alone_stops_the_whole_search) {
+  test::TempDir dir;
+  std::atomic<bool> worker_signal{true};  // rank 2 was signalled before its first trial ended
+  FakeRunner r0, r1, r2;
+  for (FakeRunner* r : {&r0, &r1, &r2}) r->epoch_milliseconds = 10;
+  auto options = same_options(quiet_options(dir.path()), 3);
+  options[2].stop = &worker_signal;
+  const JobRun run = run_on_ranks(kTwoStages, {&r0, &r1, &r2}, options);
+  for (const auto& outcome : run.outcomes) BOOST_TEST(outcome.returned);
+  BOOST_TEST(run.results[0].interrupted);
+  BOOST_TEST(r2.runs == 0);
+  // Rank 0 stopped handing out trials: far fewer than the 12 of stage 1 ran.
+  BOOST_TEST(journal_lines(dir / "trials.jsonl").size() < 6u);
+}
+
+BOOST_AUTO_TEST_CASE(a_failure_outside_training_on_a_worker_aborts_the_job_naming_the_trial) {
+  test::TempDir dir;
+  struct Crash {};  // escapes the trial runner: no strata::Error, no std::exception
+  struct CrashingRunner : FakeRunner {
+    void run(const TrialSpec& spec, TrialMonitor& monitor) override {
+      if (spec.trial->index >= 4) throw Crash{};
+      FakeRunner::run(spec, monitor);
+    }
+  };
+  FakeRunner r0, r1;
+  CrashingRunner r2;
+  for (FakeRunner* r : {&r0, &r1, static_cast<FakeRunner*>(&r2)}) r->epoch_milliseconds = 10;
+  const JobRun run =
+      run_on_ranks(kTwoStages, {&r0, &r1, &r2}, same_options(quiet_options(dir.path()), 3));
+  // Every rank ended with the abort (MPI_Abort ends every process); rank 0 did not hang.
+  for (const auto& outcome : run.outcomes) BOOST_TEST(outcome.aborted.has_value());
+  const auto& aborted = *run.outcomes[0].aborted;
+  BOOST_TEST(aborted.rank == 2);
+  BOOST_TEST(aborted.code != 0);
+  STRATA_CHECK_CONTAINS(aborted.message, "stopped the search");
+  STRATA_CHECK_CONTAINS(aborted.message, "--resume");
+  BOOST_TEST_MESSAGE("abort: " << aborted.message);
+  // The journal holds only whole lines of finished trials.
+  for (const json& line : journal_lines(dir / "trials.jsonl")) BOOST_TEST(line["status"] == "ok");
+}
+
+BOOST_AUTO_TEST_CASE(a_rank_with_another_experiment_stops_the_search_before_any_trial) {
+  test::TempDir dir;
+  FakeRunner r0, r1;
+  test::ThreadJob job(2);
+  std::string error;
+  const auto outcomes = job.run([&](test::ThreadCommunicator& communicator) {
+    const int r = communicator.rank();
+    std::string text = kTwoStages;
+    if (r == 1) text.replace(text.find("  seed: 4"), 9, "  seed: 5");  // another search
+    const Config experiment = test::yaml(text);
+    SearchOptions options = quiet_options(dir.path());
+    options.communicator = &communicator;
+    if (r == 0) {
+      error = test::error_of([&] { run_search(experiment, r0, options); });
+    } else {
+      run_search(experiment, r1, options);
+    }
+  });
+  STRATA_CHECK_CONTAINS(error, "rank 1 (node0) runs another search than rank 0");
+  BOOST_TEST(outcomes[0].returned);
+  BOOST_TEST(outcomes[1].returned);  // told to stop, it left quietly
+  BOOST_TEST(r0.runs + r1.runs == 0);
+  BOOST_TEST(!fs::exists(dir / "trials.jsonl"));
+}
+
+BOOST_AUTO_TEST_CASE(one_rank_is_one_process) {
+  // A job of one rank (mpirun -np 1) searches as a process without MPI does, journal and all.
+  test::TempDir a, b;
+  FakeRunner plain, ranked;
+  run_search(test::yaml(kTwoStages), plain, quiet_options(a.path()));
+  test::ThreadJob job(1);
+  job.run([&](test::ThreadCommunicator& communicator) {
+    SearchOptions options = quiet_options(b.path());
+    options.communicator = &communicator;
+    run_search(test::yaml(kTwoStages), ranked, options);
+  });
+  const auto la = journal_lines(a / "trials.jsonl"), lb = journal_lines(b / "trials.jsonl");
+  BOOST_REQUIRE_EQUAL(la.size(), lb.size());
+  for (std::size_t i = 0; i < la.size(); ++i) {
+    json x = la[i], y = lb[i];
+    x.erase("seconds");
+    y.erase("seconds");
+    BOOST_TEST(x == y);
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

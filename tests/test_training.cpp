@@ -19,6 +19,7 @@
 #include "strata/training/hooks.hpp"
 #include "strata/training/trainer.hpp"
 #include "test_support.hpp"
+#include "thread_communicator.hpp"
 
 using namespace strata;
 namespace fs = std::filesystem;
@@ -570,6 +571,115 @@ BOOST_AUTO_TEST_CASE(orders_match_an_independent_implementation) {
              boost::test_tools::per_element());
   BOOST_TEST(epoch_order(7, 0, 10) == (std::vector<int64_t>{0, 5, 3, 6, 4, 1, 9, 7, 8, 2}),
              boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// Data-parallel training with the ranks as threads of this process (tests/support/
+// thread_communicator.hpp): the same DataParallel code the MPI tests run under mpirun
+// (tests/scripts/test_mpi_train.sh), here also under AddressSanitizer and ThreadSanitizer.
+BOOST_AUTO_TEST_SUITE(data_parallel_on_thread_ranks)
+
+// 898 training images in batches of 64: the last step holds 2 images, so of 3 ranks one has none
+// (it still takes part in batch norm's reductions). Batch norm is synchronized, so the ranks
+// compute what one process computes.
+const char* kParallelExperiment = R"(
+seed: 5
+backend: tbb
+threads: 1
+data: {type: synthetic, classes: 3, shape: [2, 8, 8], train_size: 998, test_size: 60, seed: 2,
+       validation: 100}
+model:
+  input: [2, 8, 8]
+  layers:
+    - {name: conv1, type: conv2d, out_channels: 4, kernel: 3, padding: 1, bias: false}
+    - {name: bn1, type: batch_norm, sync: true}
+    - {name: relu1, type: relu}
+    - {name: pool1, type: max_pool, kernel: 2}
+    - {name: fc1, type: linear, out_features: 3}
+optimizer: {type: sgd, lr: 0.05, momentum: 0.9, weight_decay: 0.0005}
+train: {epochs: 2, batch_size: 66, explode_factor: 0}
+distributed: {check_replicas: step, bucket_mb: 0.0001}
+)";
+// (bucket_mb 0.0001: buckets of 26 floats, so the layers' gradients travel in many buckets,
+// started one after another as backward finishes each layer.)
+
+std::vector<NamedTensor> model_tensors(const fs::path& checkpoint) {
+  std::vector<NamedTensor> tensors;
+  for (const auto& [name, shape] : checkpoint_tensor_shapes(checkpoint, "model")) {
+    tensors.push_back({name, Tensor(shape)});
+  }
+  load_checkpoint_tensors(checkpoint, "model", tensors, false, false);
+  return tensors;
+}
+
+BOOST_AUTO_TEST_CASE(three_ranks_match_one_process) {
+  test::TempDir single, parallel;
+  TrainOptions options;
+  options.progress = "none";
+  options.out_dir = single.path();
+  const Config experiment = Config::parse_string(kParallelExperiment, "parallel.yaml");
+  const TrainSummary alone = train_experiment(experiment, test::registries(), options);
+
+  test::ThreadJob job(3);
+  std::vector<TrainSummary> summaries(3);
+  const auto outcomes = job.run([&](test::ThreadCommunicator& communicator) {
+    TrainOptions rank_options = options;
+    rank_options.out_dir = parallel.path();
+    rank_options.communicator = &communicator;
+    summaries[communicator.rank()] =
+        train_experiment(Config::parse_string(kParallelExperiment, "parallel.yaml"),
+                         test::registries(), rank_options);
+  });
+  for (const auto& outcome : outcomes) BOOST_TEST_REQUIRE(outcome.returned);
+  for (const TrainSummary& summary : summaries) {
+    BOOST_TEST(summary.ranks == 3);
+    BOOST_TEST(summary.iterations == alone.iterations);
+    // The test evaluation is split over the ranks and reduced: the same figures everywhere.
+    BOOST_TEST(summary.test_accuracy == summaries[0].test_accuracy);
+    BOOST_TEST(summary.test_loss == summaries[0].test_loss);
+    BOOST_TEST(summary.gradient_bytes_per_step > 0);
+  }
+  BOOST_TEST(summaries[0].test_accuracy == alone.test_accuracy);
+  BOOST_TEST(std::abs(summaries[0].test_loss - alone.test_loss) < 1e-5);
+  // Only rank 0 wrote, and its weights are one process's, to rounding.
+  BOOST_TEST(fs::exists(parallel / "summary.json"));
+  const auto expected = model_tensors(single / "model.h5");
+  const auto got = model_tensors(parallel / "model.h5");
+  BOOST_TEST_REQUIRE(expected.size() == got.size());
+  for (std::size_t t = 0; t < expected.size(); ++t) {
+    const Tensor& a = expected[t].tensor;
+    const Tensor& b = got[t].tensor;
+    float scale = 1e-3f, worst = 0;
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      scale = std::max(scale, std::abs(a.data()[i]));
+      worst = std::max(worst, std::abs(a.data()[i] - b.data()[i]));
+    }
+    BOOST_TEST(worst / scale < 1e-5, expected[t].name << ": relative difference " << worst / scale);
+  }
+}
+
+// A global batch the ranks cannot share is refused alike on every rank (each throws the same
+// message), and none is left waiting in a collective.
+BOOST_AUTO_TEST_CASE(an_indivisible_batch_stops_every_rank_alike) {
+  test::TempDir out;
+  test::ThreadJob job(4);
+  std::vector<std::string> messages(4);
+  const auto outcomes = job.run([&](test::ThreadCommunicator& communicator) {
+    TrainOptions options;
+    options.progress = "none";
+    options.out_dir = out.path();
+    options.communicator = &communicator;
+    messages[communicator.rank()] = test::error_of([&] {
+      train_experiment(Config::parse_string(kParallelExperiment, "parallel.yaml"),
+                       test::registries(), options);
+    });
+  });
+  for (int r = 0; r < 4; ++r) {
+    BOOST_TEST(outcomes[r].returned);
+    STRATA_CHECK_CONTAINS(messages[r], "train.batch_size: 66 is the global batch, split evenly among the 4 ranks");
+  }
+  BOOST_TEST(!fs::exists(out / "model.h5"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

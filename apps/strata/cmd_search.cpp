@@ -1,7 +1,7 @@
 // strata search EXP.yaml [--out DIR] [--resume] [--concurrency N] [--threads-per-trial N]
 //                        [--set key.path=value]...
 // Runs the experiment's `search:` section (docs/search.md); the logic is
-// strata::search::run_search.
+// strata::search::run_search. Under an MPI launcher every rank runs this command.
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -54,6 +54,12 @@ int run_search(Session& session, const std::vector<std::string>& args) {
     search_options.threads_per_trial = (*vm)["threads-per-trial"].as<int>();
   }
   search_options.stop = &interrupt_requested;
+  // Under mpirun or srun: rank 0 schedules, journals and prints; every rank trains trials
+  // (docs/search.md, "On MPI"). The other ranks print nothing but errors.
+  search_options.communicator = job_communicator(session);
+  if (search_options.communicator && search_options.communicator->rank() != 0) {
+    search_options.live = false;
+  }
 
   struct sigaction action {};
   action.sa_handler = on_interrupt;

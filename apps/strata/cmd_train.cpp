@@ -172,10 +172,17 @@ int run_train(Session& session, const std::vector<std::string>& args) {
   TrainSummary summary;
   try {
     summary = train_experiment(experiment, session.registries, train_options);
-  } catch (const JobError&) {
-    // Every rank holds the same message; rank 0 prints it (main), the others end quietly.
-    if (communicator != nullptr && communicator->rank() > 0) return 1;
-    throw;
+  } catch (const JobError& error) {
+    if (communicator == nullptr) throw;
+    // Every rank holds the same message: rank 0 prints it, then the ranks leave together (a rank
+    // that exits non-zero first makes mpirun kill the others, maybe before rank 0 has printed).
+    if (communicator->rank() == 0) {
+      std::fflush(stdout);
+      std::fprintf(stderr, "error: %s\n", error.what());
+      std::fflush(stderr);
+    }
+    communicator->barrier("the end of the run");
+    return 1;
   } catch (const std::exception& error) {
     // One rank alone failed: the others would wait for it forever, so the job ends here.
     if (communicator == nullptr || communicator->size() == 1) throw;
@@ -183,18 +190,23 @@ int run_train(Session& session, const std::vector<std::string>& args) {
   }
   // A rank that agreed to stop without being signalled itself exits as if interrupted (130).
   const int stop_status = 128 + (stop_signal.load() != 0 ? stop_signal.load() : SIGINT);
-  if (communicator != nullptr && communicator->rank() > 0) return summary.interrupted ? stop_status : 0;
-  if (summary.interrupted) {
-    std::printf("continue with: %s\n", resume_command(args, train_options.out_dir).c_str());
+  if (communicator == nullptr || communicator->rank() == 0) {
+    if (summary.interrupted) {
+      std::printf("continue with: %s\n", resume_command(args, train_options.out_dir).c_str());
+    } else {
+      std::printf(
+          "test accuracy %.4f (loss %.4f) after %lld epochs, %.1fs of training at %.0f images/s\n",
+          summary.test_accuracy, summary.test_loss, static_cast<long long>(summary.epochs),
+          summary.train_seconds, summary.train_images_per_second);
+      std::printf("checkpoint: %s\nsummary: %s\n", summary.checkpoint.c_str(),
+                  summary.summary.c_str());
+    }
     std::fflush(stdout);
-    return stop_status;
   }
-  std::printf(
-      "test accuracy %.4f (loss %.4f) after %lld epochs, %.1fs of training at %.0f images/s\n",
-      summary.test_accuracy, summary.test_loss, static_cast<long long>(summary.epochs),
-      summary.train_seconds, summary.train_images_per_second);
-  std::printf("checkpoint: %s\nsummary: %s\n", summary.checkpoint.c_str(), summary.summary.c_str());
-  return 0;
+  // Under MPI the ranks leave together, once rank 0 has written and printed everything: a rank
+  // exiting 130 first would make mpirun kill rank 0, maybe in the middle of its last save.
+  if (communicator != nullptr) communicator->barrier("the end of the run");
+  return summary.interrupted ? stop_status : 0;
 }
 
 }  // namespace strata::cli

@@ -8,11 +8,11 @@
 //   they were queued, so tickets complete in order.
 //
 //   A watchdog thread aborts the job when one collective has run for longer than the watchdog limit
-//   (set_watchdog, default 600 s), naming this rank, its host and the collective: on a job where
-//   one rank crashed or took a different path, every other rank would otherwise wait forever.
-//   Aborts (the watchdog's and abort()'s) are carried out by the communication thread, which
-//   checks for them between tests; MPI_Abort from the requesting thread and then _exit follow
-//   5 s apart if it does not.
+//   (the config key watchdog_seconds, then set_watchdog; default 600 s), naming this rank, its host
+//   and the collective: on a job where one rank crashed or took a different path, every other rank
+//   would otherwise wait forever. Aborts (the watchdog's and abort()'s) are carried out by the
+//   communication thread, which checks for them between tests; MPI_Abort from the requesting thread
+//   and then _exit follow 3 s apart if it does not.
 //
 // REQUIRES
 //   - At most one MpiCommunicator per process, ever (MPI cannot be initialized twice); a second one
@@ -26,9 +26,10 @@
 //     others (an in-place call always takes the binomial tree: sum up to rank 0, broadcast down;
 //     ring and Rabenseifner, which a user may force, do the same per block).
 //     tests/scripts/test_mpi_communicator.sh checks it on 2 and 4 ranks at several sizes.
-//   - No MPI call spins: the communication thread tests each request, busy for 20 us and then
+//   - No MPI call spins: the communication thread tests each request, busy for 50 us and then
 //     asleep between tests (mpi_communicator.cpp says why, with measurements), and sleeps on a
-//     condition variable when the queue is empty.
+//     condition variable when the queue is empty. Only MPI_Init_thread, MPI_Comm_split_type (at
+//     start-up, once every rank is there) and MPI_Finalize, which have no nonblocking form, block.
 //   - receive() never occupies the communication thread while it waits: it queues one probe at a
 //     time (MPI_Improbe) and sleeps 1 ms between probes on the calling thread, so collectives that
 //     other threads queue meanwhile run between the probes.
@@ -141,8 +142,9 @@ class MpiCommunicator final : public Communicator {
   void initialize_mpi();
   void describe_job(int thread_level);  // the tag bound, the node count, description_
   void serve_queue();
-  void progress_sends();  // tests the pending sends, drops the finished ones
-  void finish_sends();    // at shutdown: waits until every pending send is done
+  void progress_sends();   // tests the pending sends (a burst), drops the finished ones
+  void test_sends_once();  // one test of each pending send
+  void finish_sends();     // at shutdown: waits until every pending send is done
   void finalize_mpi();
   void watchdog_thread();
   [[noreturn]] void abort_job(const std::string& line, int code);
@@ -190,9 +192,10 @@ class MpiCommunicator final : public Communicator {
   std::optional<int> abort_code_;  // guarded by mutex_
   std::atomic<std::thread::id> communication_id_;
 
-  std::chrono::microseconds spin_{20};
-  std::chrono::microseconds first_pause_{50};
-  std::chrono::microseconds longest_pause_{250};
+  // complete()'s busy spell and sleeps (mpi_communicator.cpp says how they were chosen).
+  std::chrono::microseconds spin_{50};
+  std::chrono::microseconds first_pause_{20};
+  std::chrono::microseconds longest_pause_{200};
 
   std::thread communication_;
   std::thread watchdog_;

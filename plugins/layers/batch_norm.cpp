@@ -113,6 +113,9 @@ class BatchNorm final : public Layer {
   }
 
   std::string_view type() const override { return "batch_norm"; }
+  // Synchronized, its training passes are collectives: the trainer runs them on every rank at
+  // every step, with 0 images on a rank that has none.
+  bool communicates() const override { return sync_; }
 
   std::vector<Param*> params() override {
     if (affine_) return {&weight_, &bias_};

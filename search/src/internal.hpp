@@ -8,6 +8,7 @@
 //                     the ASHA pause
 //   journal.cpp       trials.jsonl and search.h5: append, replay, resume
 //   report.cpp        the live lines, the rankings, the summary and best.yaml
+//   remote.cpp        under MPI: trials as messages, rank 0's remote slots, the workers' loop
 //   search.cpp        run_search: the output folder, then each stage with the parts above
 #pragma once
 
@@ -40,6 +41,13 @@ inline std::string short_metric(const std::string& metric) {
   if (metric == "train_accuracy") return "train_acc";
   return metric;
 }
+
+struct SearchOptions;
+
+// search.cpp: the experiment's plan with the command line's --concurrency and
+// --threads-per-trial; threads per trial default to the cores this rank's trials share
+// (remote.hpp, rank_cores) / concurrency.
+Plan plan_for(const Config& experiment, const SearchOptions& options);
 
 // space.cpp: the axes of a `space:` map, each key path checked against `experiment`.
 std::vector<Axis> parse_space(const Config& space, const Config& experiment);

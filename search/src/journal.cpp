@@ -121,6 +121,7 @@ json Journal::line(const Trial& trial) const {
   record["last"] = last;
   if (trial.rung >= 0) record["rung"] = trial.rung;
   if (!trial.error.empty()) record["error"] = trial.error;
+  if (trial.rank >= 0) record["rank"] = trial.rank;
   return record;
 }
 
@@ -157,6 +158,7 @@ bool Journal::restore(Trial& trial) const {
   trial.initial_loss = number(record.value("initial_loss", json()));
   trial.rung = record.value("rung", int64_t{-1});
   trial.error = record.value("error", std::string());
+  trial.rank = record.value("rank", -1);
   trial.last.clear();
   if (record.contains("last")) {
     for (const auto& [name, value] : record["last"].items()) trial.last[name] = number(value);

@@ -64,8 +64,8 @@ void rebase_plugin_paths(Config& experiment, const fs::path& experiment_dir,
 
 }  // namespace
 
-Report::Report(const Plan& plan, std::FILE* out, bool live)
-    : plan_(plan), out_(out), live_(live), tty_(live && ::isatty(::fileno(out)) != 0) {}
+Report::Report(const Plan& plan, std::FILE* out, bool live, bool redraw)
+    : plan_(plan), out_(out), live_(live), tty_(live && redraw && ::isatty(::fileno(out)) != 0) {}
 
 void Report::say(const std::string& text) {
   if (!live_) return;

@@ -18,7 +18,10 @@ namespace strata::search {
 
 class Report {
  public:
-  Report(const Plan& plan, std::FILE* out, bool live);
+  // `redraw`: redraw the progress line in place when `out` is a terminal. Under MPI it is not:
+  // the launcher gives ranks a pseudo-terminal whatever its own output goes to (a file, for a
+  // batch job), which would fill with escape codes.
+  Report(const Plan& plan, std::FILE* out, bool live, bool redraw);
 
   // Prints a line (over the progress line on a terminal).
   void say(const std::string& text);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -23,13 +24,12 @@ std::vector<int64_t> Asha::rungs() const {
   return result;
 }
 
-void drive(JobSource& source, int concurrency, const std::function<Trial(Job&)>& run,
-           const std::atomic<bool>* stop) {
+void drive(JobSource& source, const std::vector<Worker>& workers, const std::atomic<bool>* stop) {
   std::mutex mutex;
   std::condition_variable changed;
   int running = 0;
   std::exception_ptr fatal;
-  auto worker = [&] {
+  auto worker = [&](const Worker& run) {
     std::unique_lock lock(mutex);
     for (;;) {
       if (fatal || (stop && stop->load())) break;
@@ -69,11 +69,11 @@ void drive(JobSource& source, int concurrency, const std::function<Trial(Job&)>&
     }
     changed.notify_all();
   };
-  if (concurrency <= 1) {
-    worker();
+  if (workers.size() == 1) {
+    worker(workers[0]);
   } else {
     std::vector<std::thread> threads;
-    for (int i = 0; i < concurrency; ++i) threads.emplace_back(worker);
+    for (const Worker& run : workers) threads.emplace_back(worker, std::cref(run));
     for (auto& thread : threads) thread.join();
   }
   if (fatal) std::rethrow_exception(fatal);

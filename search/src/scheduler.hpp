@@ -2,8 +2,9 @@
 //
 // A stage's trials become jobs (train this trial up to that many epochs). A JobSource hands them
 // out: AllTrials runs every trial once, in index order (random and grid stages); AshaTrials runs
-// asynchronous successive halving. drive() runs jobs on `concurrency` workers until the source
-// has none left and none is running.
+// asynchronous successive halving. drive() runs jobs on its workers (threads of this process, and
+// under MPI the trial slots of the other ranks) until the source has none left and none is
+// running.
 #pragma once
 
 #include <atomic>
@@ -35,11 +36,15 @@ class JobSource {
   virtual void finish(Trial result) = 0;
 };
 
-// Runs `run` on the jobs of `source` with `concurrency` threads (the calling thread alone for 1),
-// until none is left or `stop` is set. The first exception of `run`, `next` or `finish` stops
-// the workers and is rethrown once all have stopped.
-void drive(JobSource& source, int concurrency, const std::function<Trial(Job&)>& run,
-           const std::atomic<bool>* stop);
+// One worker of drive(): runs a job to its end and returns the trial (run_trial here, or a
+// worker rank of an MPI job that does so: remote.hpp).
+using Worker = std::function<Trial(Job&)>;
+
+// Runs the jobs of `source` on `workers`, each on a thread of its own (the calling thread alone
+// for one worker), until none is left or `stop` is set. A free worker takes the next job: the
+// load balances itself. The first exception of a worker, `next` or `finish` stops the workers
+// and is rethrown once all have stopped.
+void drive(JobSource& source, const std::vector<Worker>& workers, const std::atomic<bool>* stop);
 
 // Random and grid stages: every trial once, in index order.
 class AllTrials final : public JobSource {

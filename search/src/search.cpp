@@ -5,14 +5,14 @@
 // The parts are listed in internal.hpp; the API is strata/search/search.hpp.
 #include "strata/search/search.hpp"
 
-#include <tbb/info.h>
-
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <sstream>
 
 #include "internal.hpp"
+#include "remote.hpp"
 #include "report.hpp"
 #include "scheduler.hpp"
 #include "strata/config_origin.hpp"
@@ -26,11 +26,9 @@ namespace strata::search {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-namespace {
-
-// Overrides the plan's concurrency and threads per trial with the command line's.
-Plan with_options(Plan plan, const SearchOptions& options) {
-  const int cores = static_cast<int>(tbb::info::default_concurrency());
+Plan plan_for(const Config& experiment, const SearchOptions& options) {
+  const int cores = rank_cores(options.communicator);
+  Plan plan = parse_search(experiment, cores);
   if (options.concurrency) {
     if (*options.concurrency < 1) fail("--concurrency must be at least 1");
     plan.concurrency = *options.concurrency;
@@ -40,24 +38,36 @@ Plan with_options(Plan plan, const SearchOptions& options) {
     if (*options.threads_per_trial < 1) fail("--threads-per-trial must be at least 1");
     plan.threads_per_trial = *options.threads_per_trial;
   }
+  if (options.communicator && plan.concurrency > kMaxSlots) {
+    fail("concurrency {}: under MPI a rank runs at most {} trials at once", plan.concurrency,
+         kMaxSlots);
+  }
   return plan;
 }
 
+namespace {
+
 class Search {
  public:
-  Search(const Config& experiment, TrialRunner& runner, const SearchOptions& options)
+  // `ranks`: under MPI, on rank 0, the other ranks (remote.hpp); null in one process.
+  Search(const Config& experiment, TrialRunner& runner, const SearchOptions& options,
+         WorkerRanks* ranks)
       : experiment_(experiment),
         runner_(runner),
         options_(options),
-        plan_(with_options(
-            parse_search(experiment, static_cast<int>(tbb::info::default_concurrency())), options)),
+        ranks_(ranks),
+        communicator_(ranks ? options.communicator : nullptr),
+        plan_(plan_for(experiment, options)),
         journal_(options.out_dir, plan_.metric, experiment.source_file()),
-        report_(plan_, options.out, options.live) {}
+        report_(plan_, options.out, options.live, ranks == nullptr) {}
 
   SearchResult run();
 
  private:
   void say(const std::string& text) { report_.say(text); }
+  // What stops the trials: Ctrl-C, and under MPI also a worker's interrupted trial.
+  const std::atomic<bool>* stop() const { return communicator_ ? &stop_ : options_.stop; }
+  std::vector<Worker> workers();
   void prepare_folder();
   void validate_first_trial(const std::vector<Trial>& trials);
   void run_stage(int index);
@@ -70,6 +80,10 @@ class Search {
   const Config& experiment_;
   TrialRunner& runner_;
   const SearchOptions& options_;
+  WorkerRanks* ranks_;
+  Communicator* communicator_;  // the MPI job, if it has more than this rank (remote.hpp)
+  std::atomic<bool> stop_{false};
+  std::map<int, int64_t> jobs_per_rank_;
   Plan plan_;
   Journal journal_;
   Report report_;
@@ -210,6 +224,7 @@ void Search::finish_trial(std::vector<Trial>& trials, Trial&& result) {
   Trial& slot = trials[result.index];
   slot = std::move(result);
   ++done_in_stage_;
+  if (communicator_) ++jobs_per_rank_[slot.rank];
   journal_.record(stages_, slot);
   int64_t finished = 0;
   for (const Trial& t : trials) finished += t.status != "pending" && t.status != "running";
@@ -219,6 +234,7 @@ void Search::finish_trial(std::vector<Trial>& trials, Trial&& result) {
     counter = fmt::format("(trial {} of {}, {} epochs{})", slot.index, total, slot.epochs,
                           slot.status == "paused" ? ", paused at a rung" : "");
   }
+  if (communicator_) counter.insert(counter.size() - 1, fmt::format(", rank {}", slot.rank));
   report_.trial(slot, counter);
   report_.progress(trials, running_, done_in_stage_, false);
 }
@@ -242,16 +258,32 @@ void Search::run_stage(int index) {
   auto& trials = draw_stage(index);
   auto source = job_source(index, [&](Trial&& result) { finish_trial(trials, std::move(result)); });
   Counting counting(*source, running_);
-  drive(
-      counting, plan_.concurrency,
-      [&](Job& job) { return run_trial(job, plan_, runner_, options_.out_dir, options_.stop); },
-      options_.stop);
-  if (options_.stop && options_.stop->load()) interrupted_ = true;
+  drive(counting, workers(), stop());
+  if (stop() && stop()->load()) interrupted_ = true;
   for (Trial& trial : trials) {
     if (trial.status == "running") trial.status = "pending";
   }
   if (interrupted_) return;
   finish_stage(index);
+}
+
+// This process's `concurrency` trial slots, and under MPI those of every other rank (remote.hpp).
+std::vector<Worker> Search::workers() {
+  std::vector<Worker> result;
+  const int rank = communicator_ ? 0 : -1;
+  for (int slot = 0; slot < plan_.concurrency; ++slot) {
+    result.push_back([this, rank](Job& job) {
+      Trial trial = run_trial(job, plan_, runner_, options_.out_dir, stop());
+      trial.rank = rank;
+      return trial;
+    });
+  }
+  for (int other = 1; communicator_ && other < communicator_->size(); ++other) {
+    for (int slot = 0; slot < plan_.concurrency; ++slot) {
+      result.push_back(ranks_->slot(other, slot, options_.out_dir, stop_));
+    }
+  }
+  return result;
 }
 
 // ASHA: trials left at a rung below the top were stopped early; that is their final line.
@@ -281,20 +313,38 @@ SearchResult Search::result() const {
 
 SearchResult Search::run() {
   prepare_folder();
+  int machines = 1;
+  if (ranks_) machines = ranks_->meet();
+  const StopRelay relay(communicator_ ? options_.stop : nullptr, stop_);
   if (options_.resume) {
     if (journal_.load()) {
       say(fmt::format("note: dropped an incomplete last line of {}", journal_.path().string()));
     }
     journal_.load_curves();
   }
+  const std::string ranks = communicator_ ? fmt::format("{} ranks on {} machine(s), each ",
+                                                        communicator_->size(), machines)
+                                          : std::string();
   say(
-      fmt::format("search: {} stage(s), metric {} ({}), seed {}; {} trial(s) at a time x {} "
+      fmt::format("search: {} stage(s), metric {} ({}), seed {}; {}{} trial(s) at a time x {} "
                   "thread(s) each; results in {}",
                   plan_.stages.size(), plan_.metric, plan_.maximize ? "max" : "min", plan_.seed,
-                  plan_.concurrency, plan_.threads_per_trial, options_.out_dir.string()));
+                  ranks, plan_.concurrency, plan_.threads_per_trial, options_.out_dir.string()));
+  if (communicator_) {
+    const std::string warning =
+        binding_warning(*communicator_, plan_.concurrency * plan_.threads_per_trial);
+    if (!warning.empty()) say(warning);
+  }
   for (int s = 0; s < static_cast<int>(plan_.stages.size()); ++s) {
     run_stage(s);
     if (interrupted_) break;
+  }
+  if (communicator_) {
+    std::vector<std::string> counts;
+    for (int rank = 0; rank < communicator_->size(); ++rank) {
+      counts.push_back(fmt::format("rank {} {}", rank, jobs_per_rank_[rank]));
+    }
+    say(fmt::format("trials run (ASHA: rungs) per rank: {}", fmt::join(counts, ", ")));
   }
 
   SearchResult result = this->result();
@@ -320,8 +370,21 @@ SearchResult Search::run() {
 
 SearchResult run_search(const Config& experiment, TrialRunner& runner,
                         const SearchOptions& options) {
-  Search search(experiment, runner, options);
-  SearchResult result = search.run();
+  Communicator* communicator = options.communicator;
+  const bool distributed = communicator && communicator->size() > 1;
+  if (distributed && communicator->rank() != 0) return serve_trials(experiment, runner, options);
+  std::optional<WorkerRanks> ranks;
+  if (distributed) ranks.emplace(*communicator, search_fingerprint(experiment, options));
+  SearchResult result;
+  try {
+    Search search(experiment, runner, options, ranks ? &*ranks : nullptr);
+    result = search.run();
+  } catch (...) {
+    // Rank 0: whatever ends the search, the workers are told to leave (remote.hpp).
+    if (ranks) ranks->release(false, true);
+    throw;
+  }
+  if (ranks) ranks->release(result.interrupted, false);
   // `best` pointed into a vector that may have moved since: find it again.
   if (result.best) {
     const int stage = result.best_stage;

@@ -46,6 +46,10 @@ std::string divergence_advice(const Config& optimizer) {
         "(typical values are 1e-5 to 1e-2)",
         number_text(*decay), number_text(*lr), number_text(1 - *decay * *lr)));
   }
+  if (causes.empty() && optimizer.is_map() && optimizer.has("lr_scaling")) {
+    return "lower optimizer.lr (optimizer.lr_scaling multiplies it by the batch over its "
+           "reference_batch), lengthen lr_scaling.warmup_epochs, or check the data";
+  }
   if (causes.empty()) return "lower optimizer.lr (or its schedule) or check the data";
   return fmt::format("the likely cause is {}", fmt::join(causes, "; and "));
 }

@@ -8,6 +8,7 @@
 #include "strata/error.hpp"
 #include "strata/training/checks.hpp"
 #include "strata/training/data_cache.hpp"
+#include "strata/training/lr_scaling.hpp"
 
 namespace strata {
 
@@ -138,10 +139,24 @@ void read_optimizer(Experiment& run, const Config& experiment, const Registries&
                               : registries.schedules.create(
                                     default_type(registries.schedules, optimizer_cfg, "schedule"),
                                     Config{});
+  // optimizer.lr_scaling (strata/training/lr_scaling.hpp) wraps the schedule; read before the
+  // optimizer too, for the same reason.
+  if (optimizer_cfg.has("lr_scaling")) {
+    const std::string schedule_type =
+        schedule_cfg && schedule_cfg->is_map() ? schedule_cfg->get<std::string>("type") : "";
+    run.lr_scaling = LrScaling::read(optimizer_cfg, run.required_batch_size(), schedule_type);
+    run.schedule = scaled_schedule(*run.lr_scaling, run.schedule);
+  }
   run.optimizer = registries.optimizers.create(optimizer_cfg);
   if (!std::isfinite(run.optimizer->base_lr())) {
     optimizer_cfg.fail_key("lr", fmt::format("is {} as a 32-bit float: expected |lr| < 3.4e38",
                                              run.optimizer->base_lr()));
+  }
+  if (run.lr_scaling && !std::isfinite(run.lr_scaling->peak_lr(run.optimizer->base_lr()))) {
+    optimizer_cfg.fail_key(
+        "lr_scaling",
+        fmt::format("scales lr {} by {} to {} as a 32-bit float", run.optimizer->base_lr(),
+                    run.lr_scaling->factor(), run.lr_scaling->peak_lr(run.optimizer->base_lr())));
   }
   run.divergence_advice = divergence_advice(optimizer_cfg);
   std::vector<ParamRef> params = run.graph->params();

@@ -477,6 +477,10 @@ void print_run_header(const Run& run, double data_seconds) {
       std::printf("MPI: %s\n", about.c_str());
     }
   }
+  if (const auto& scaling = experiment.lr_scaling) {
+    const float lr = experiment.optimizer->base_lr();
+    std::printf("%s\n", scaling->describe(lr, experiment.train.epochs).c_str());
+  }
   if (experiment.train.overfit > 0) {
     std::printf(
         "overfit check: training on the first %lld training images with no validation "

@@ -52,8 +52,8 @@ struct SearchOptions {
   const std::atomic<bool>* stop = nullptr;  // set (by Ctrl-C) to stop: trials in flight abort
   std::optional<int> concurrency;           // overrides search.concurrency
   std::optional<int> threads_per_trial;     // overrides search.threads_per_trial
-  // The ranks of an MPI job (docs/distributed.md, "Distributed search"): rank 0 schedules and
-  // journals, every rank trains trials; null: one process.
+  // The ranks of an MPI job (docs/search.md, "On MPI"): rank 0 schedules, journals and prints,
+  // every rank trains trials; null (or a job of one rank): one process.
   Communicator* communicator = nullptr;
 };
 

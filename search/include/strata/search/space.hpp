@@ -108,6 +108,7 @@ struct Trial {
   double initial_loss = std::numeric_limits<double>::quiet_NaN();
   std::string error;
   std::map<std::string, std::vector<double>> curves;
+  int rank = -1;  // distributed search: the MPI rank that ran it (its last job); -1 in one process
 
   std::string id() const { return std::to_string(stage) + "_" + std::to_string(index); }
 };

@@ -40,6 +40,7 @@
 #include "strata/optimizer.hpp"
 #include "strata/registry.hpp"
 #include "strata/training/gradient_clipping.hpp"
+#include "strata/training/lr_scaling.hpp"
 
 namespace strata {
 
@@ -129,7 +130,9 @@ class Experiment {
 
   // ---- Scope::optimization and Scope::training ----
   std::shared_ptr<Optimizer> optimizer;  // set up on graph->params(), weight decay off under overfit
+  // The optimizer.schedule (or the default schedule), wrapped by optimizer.lr_scaling when given.
   std::shared_ptr<Schedule> schedule;
+  std::optional<LrScaling> lr_scaling;  // optimizer.lr_scaling (strata/training/lr_scaling.hpp)
   std::string divergence_advice;  // what a divergence message advises (strata/training/checks.hpp)
 
   // ---- Scope::training ----
