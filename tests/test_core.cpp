@@ -196,15 +196,23 @@ BOOST_AUTO_TEST_CASE(wrong_api_version_is_refused_before_registration) {
   BOOST_TEST(loader.plugins().empty());
   // A plugin of API 2 (whole-split datasets) is told what to port.
   const std::string old = test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_2.so"); });
-  STRATA_CHECK_CONTAINS(old, "built for plugin API version 2, but this Strata supports version 4");
+  STRATA_CHECK_CONTAINS(old, "built for plugin API version 2, but this Strata supports version 5");
   STRATA_CHECK_CONTAINS(old, "a dataset reads samples on demand through Dataset::open");
   STRATA_CHECK_CONTAINS(old, "InMemoryDataset");
   STRATA_CHECK_CONTAINS(old, "Context carries the run's Communicator");
+  STRATA_CHECK_CONTAINS(old, "optional export_to() hook");
   // A plugin of API 3 is told only what changed since 3.
   const std::string api3 = test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_3.so"); });
-  STRATA_CHECK_CONTAINS(api3, "built for plugin API version 3, but this Strata supports version 4");
+  STRATA_CHECK_CONTAINS(api3, "built for plugin API version 3, but this Strata supports version 5");
   STRATA_CHECK_CONTAINS(api3, "Context carries the run's Communicator");
+  STRATA_CHECK_CONTAINS(api3, "optional export_to() hook");
   BOOST_TEST(api3.find("InMemoryDataset") == std::string::npos);
+  // A plugin of API 4 is told only about the export hook.
+  const std::string api4 =
+      test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_4.so"); });
+  STRATA_CHECK_CONTAINS(api4, "built for plugin API version 4, but this Strata supports version 5");
+  STRATA_CHECK_CONTAINS(api4, "optional export_to() hook");
+  BOOST_TEST(api4.find("Communicator") == std::string::npos);
   BOOST_TEST(loader.plugins().empty());
 }
 

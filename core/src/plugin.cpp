@@ -147,6 +147,13 @@ void PluginLoader::load_file(const fs::path& file) {
                  "communicators, so every plugin must be rebuilt; no source change is needed "
                  "unless it builds a Context; see docs/distributed.md)";
     }
+    if (info->api <= 4) {
+      changes +=
+          " (API 5: Layer and Transform gain the optional export_to() hook of "
+          "`strata export`, which changes their vtables, so every plugin must be rebuilt; "
+          "no source change is needed, and a layer may implement it to be exportable; see "
+          "docs/writing-a-plugin.md, \"Export\")";
+    }
     fail("plugin {}: built for plugin API version {}, but this Strata supports version {}{}; "
          "rebuild the plugin against this Strata",
          canonical.string(), info->api, kPluginApi, changes);

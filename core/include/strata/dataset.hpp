@@ -40,6 +40,8 @@
 
 namespace strata {
 
+class ExportContext;
+
 // An allocator that leaves new elements uninitialized (default-initialized): a reader or a
 // transform writes every pixel of an image it resizes, so zero-filling first would be wasted
 // (it was a tenth of the loader's time on photos).
@@ -213,6 +215,15 @@ class Transform {
   virtual void fit(const FitImages& images);
   // The statistics, saved in checkpoints ("mean", "std"); loading writes into them.
   virtual std::vector<NamedTensor> state() { return {}; }
+
+  // ---- export (strata/export.hpp) ----
+  // Describes apply() on images of the model's input shape as ONNX nodes, for `strata export
+  // --preprocess`; false (the default): no description (a transform whose apply() leaves such
+  // images unchanged is then left out, any other is an Error).
+  virtual bool export_to(ExportContext& context) const {
+    (void)context;
+    return false;
+  }
 };
 
 }  // namespace strata

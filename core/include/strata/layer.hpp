@@ -30,6 +30,7 @@
 
 namespace strata {
 
+class ExportContext;
 using Rng = std::mt19937;
 
 // A learnable parameter. Names and shapes follow PyTorch ("weight" [out, in, kh, kw], "bias").
@@ -181,6 +182,15 @@ class Layer {
   // training pass on every rank, with a batch of 0 images on a rank that has none that step, so
   // the collectives match; such a layer must handle an empty batch.
   virtual bool communicates() const { return false; }
+
+  // Describes the layer's inference-mode computation as nodes of the ONNX operator vocabulary
+  // (strata/export.hpp), for `strata export`; valid after setup(). Returns false when the layer
+  // has no such description (the default): exporting a model with it is then an Error naming the
+  // layer, its type and its plugin. A setting the mapping cannot express is an Error (fail()).
+  virtual bool export_to(ExportContext& context) const {
+    (void)context;
+    return false;
+  }
 
   const std::string& name() const { return name_; }
   void set_name(std::string name) { name_ = std::move(name); }

@@ -28,7 +28,9 @@ namespace strata {
 //    Dataset::class_names() (new virtual functions change every layer's and dataset's vtable).
 // 3: datasets read samples on demand (Dataset::open, SplitReader; whole-split readers derive
 //    from InMemoryDataset), transforms work one Image at a time, Layer::has_dead_units().
-inline constexpr int kPluginApi = 4;
+// 4: Context::communicator and the communicator registry (strata/communicator.hpp).
+// 5: Layer::export_to() and Transform::export_to(), the optional export hooks (strata/export.hpp).
+inline constexpr int kPluginApi = 5;
 
 class Registries;
 
