@@ -50,6 +50,7 @@
 #include "strata/config.hpp"
 #include "strata/dataset.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
 
@@ -217,6 +218,17 @@ class Normalize final : public strata::Transform {
   }
 
   std::vector<strata::NamedTensor> state() override { return {{"mean", mean_}, {"std", std_}}; }
+
+  // ONNX Sub then Div, by the statistics as initializers "preprocess.<i>.normalize.mean" and
+  // ".std" (per channel viewed as [C, 1, 1], so that they broadcast over [N, C, H, W]).
+  bool export_to(strata::ExportContext& context) const override {
+    check_setup("export_to");
+    const Shape shape = per_pixel_ ? input_ : Shape{input_[0], 1, 1};
+    const std::string centred = context.value("centred");
+    context.node("Sub", {context.input(), context.parameter("mean", mean_.view(shape))}, {centred});
+    context.node("Div", {centred, context.parameter("std", std_.view(shape))}, {context.output()});
+    return true;
+  }
 
  private:
   // mean/std or preset, into given_mean_/given_std_ (left empty when absent).

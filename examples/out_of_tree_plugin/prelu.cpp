@@ -16,10 +16,12 @@
 // ENSURES
 //   - output shape = input shape; weight has shape [C], is excluded from weight decay
 //     (decay_mult 0: decaying a slope towards 0 would turn PReLU into ReLU).
+//   - export_to() writes it as ONNX PRelu, so models using it export with `strata export`.
 #include <fmt/format.h>
 
 #include "strata/conformance_cases.hpp"
 #include "strata/elementwise.hpp"
+#include "strata/export.hpp"
 #include "strata/layer.hpp"
 #include "strata/plugin.hpp"
 
@@ -37,6 +39,17 @@ class PRelu final : public strata::Layer {
 
   std::string_view type() const override { return "prelu"; }
   std::vector<Param*> params() override { return {&weight_}; }
+
+  // The optional export hook (`strata export --onnx`, docs/writing-a-plugin.md "Export"): ONNX
+  // PRelu, with the slope as the initializer "<layer>.weight" viewed as [C, 1, ...] so that it
+  // broadcasts over the sample's other axes, as torch.onnx.export writes nn.PReLU.
+  bool export_to(strata::ExportContext& context) const override {
+    std::vector<int64_t> dims(context.input_shape().rank(), 1);
+    dims[0] = channels_;
+    const std::string slope = context.parameter("weight", weight_.value.view(Shape(dims)));
+    context.node("PRelu", {context.input(), slope}, {context.output()});
+    return true;
+  }
 
   // Element-wise, so it runs through strata::parallel_elementwise (strata/elementwise.hpp): chunks
   // on the backend's threads, each a plain loop the compiler vectorizes.

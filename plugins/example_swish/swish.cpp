@@ -4,10 +4,12 @@
 //
 //   requires: any input shape; no configuration keys.
 //   ensures:  output has the input's shape; backward writes
-//             din = dout * s * (1 + x * (1 - s)), with s = sigmoid(x).
+//             din = dout * s * (1 + x * (1 - s)), with s = sigmoid(x); export_to() describes it
+//             as ONNX Sigmoid and Mul for `strata export`.
 #include <cmath>
 
 #include "strata/elementwise.hpp"
+#include "strata/export.hpp"
 #include "strata/layer.hpp"
 #include "strata/plugin.hpp"
 
@@ -20,6 +22,15 @@ class Swish final : public strata::Layer {
   explicit Swish(const strata::Config&) {}
 
   std::string_view type() const override { return "swish"; }
+
+  // Optional: how `strata export --onnx` writes the layer, x * Sigmoid(x) in ONNX operators.
+  // Without it, exporting a model that uses swish is an error naming this plugin.
+  bool export_to(strata::ExportContext& context) const override {
+    const std::string gate = context.value("sigmoid");
+    context.node("Sigmoid", {context.input()}, {gate});
+    context.node("Mul", {context.input(), gate}, {context.output()});
+    return true;
+  }
 
   void forward(strata::Context& context, std::span<const strata::Tensor> in,
                strata::Tensor& out) override {

@@ -27,6 +27,7 @@
 #include <cmath>
 
 #include "common.hpp"
+#include "strata/export.hpp"
 
 namespace strata::layers {
 
@@ -43,6 +44,12 @@ class Elementwise final : public Layer {
   bool has_dead_units() const override {
     if constexpr (requires { Op::kDeadUnits; }) return Op::kDeadUnits;
     return false;
+  }
+
+  // Each op describes itself as ONNX nodes (export_to below).
+  bool export_to(ExportContext& context) const override {
+    op_.export_to(context);
+    return true;
   }
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
@@ -101,6 +108,7 @@ struct ReluOp {
   // The smooth pieces, for FrozenBranches: 0 (y = 0) and 1 (y = x).
   int64_t branch(float x) const { return x <= 0.0f ? 0 : 1; }
   float value_on(int64_t branch, float x) const { return branch == 0 ? 0.0f : x; }
+  void export_to(ExportContext& c) const { c.node("Relu", {c.input()}, {c.output()}); }
 };
 
 struct LeakyReluOp {
@@ -110,6 +118,9 @@ struct LeakyReluOp {
   float derivative(float x, float) const { return x > 0.0f ? 1.0f : slope; }
   int64_t branch(float x) const { return x > 0.0f ? 1 : 0; }
   float value_on(int64_t branch, float x) const { return branch == 1 ? x : slope * x; }
+  void export_to(ExportContext& c) const {
+    c.node("LeakyRelu", {c.input()}, {c.output()}).set("alpha", slope);
+  }
   float slope;
 };
 
@@ -118,6 +129,7 @@ struct TanhOp {
   explicit TanhOp(const Config&) {}
   float value(float x) const { return std::tanh(x); }
   float derivative(float, float y) const { return 1.0f - y * y; }
+  void export_to(ExportContext& c) const { c.node("Tanh", {c.input()}, {c.output()}); }
 };
 
 struct SigmoidOp {
@@ -130,6 +142,7 @@ struct SigmoidOp {
     return e / (1.0f + e);
   }
   float derivative(float, float y) const { return y * (1.0f - y); }
+  void export_to(ExportContext& c) const { c.node("Sigmoid", {c.input()}, {c.output()}); }
 };
 
 // relu6(v) with NaN passing through (every comparison with NaN is false).
@@ -142,6 +155,12 @@ struct Relu6Op {
   // PyTorch's relu6 is hardtanh(x, 0, 6), whose backward zeroes the gradient where x <= 0 or
   // x >= 6 and passes it everywhere else, NaN included.
   float derivative(float x, float) const { return x <= 0.0f || x >= 6.0f ? 0.0f : 1.0f; }
+  // Clip with its bounds as scalar inputs (opset 11 and later).
+  void export_to(ExportContext& c) const {
+    Tensor low(Shape{}), high(Shape{});
+    high.fill(6.0f);
+    c.node("Clip", {c.input(), c.parameter("min", low), c.parameter("max", high)}, {c.output()});
+  }
 };
 
 struct HardSigmoidOp {
@@ -151,6 +170,10 @@ struct HardSigmoidOp {
   float value(float x) const { return relu6(x + 3.0f) * (1.0f / 6.0f); }
   float derivative(float x, float) const {
     return x > -3.0f && x < 3.0f ? 1.0f / 6.0f : 0.0f;  // NaN: 0, as hardsigmoid_backward
+  }
+  // ONNX HardSigmoid is max(0, min(1, alpha x + beta)): relu6(x + 3) / 6.
+  void export_to(ExportContext& c) const {
+    c.node("HardSigmoid", {c.input()}, {c.output()}).set("alpha", 1.0f / 6.0f).set("beta", 0.5f);
   }
 };
 
@@ -162,6 +185,12 @@ struct HardswishOp {
     if (x < -3.0f) return 0.0f;
     if (x <= 3.0f) return x / 3.0f + 0.5f;
     return 1.0f;  // x > 3, and NaN (hardswish_backward passes the gradient through)
+  }
+  // x * HardSigmoid(x): ONNX HardSwish exists only from opset 14, and OpenCV 4.6 lacks it.
+  void export_to(ExportContext& c) const {
+    const std::string gate = c.value("hard_sigmoid");
+    c.node("HardSigmoid", {c.input()}, {gate}).set("alpha", 1.0f / 6.0f).set("beta", 0.5f);
+    c.node("Mul", {c.input(), gate}, {c.output()});
   }
 };
 

@@ -17,6 +17,7 @@
 
 #include "common.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 
 namespace strata::layers {
 
@@ -29,6 +30,14 @@ class Add final : public Layer {
   std::string_view type() const override { return "add"; }
   int min_inputs() const override { return 2; }
   int max_inputs() const override { return std::numeric_limits<int>::max(); }
+
+  // ONNX Add for two inputs, Sum for more.
+  bool export_to(ExportContext& context) const override {
+    std::vector<std::string> inputs;
+    for (std::size_t i = 0; i < context.num_inputs(); ++i) inputs.push_back(context.input(i));
+    context.node(inputs.size() == 2 ? "Add" : "Sum", std::move(inputs), {context.output()});
+    return true;
+  }
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, in[0].shape());

@@ -70,6 +70,7 @@
 #include "common.hpp"
 #include "strata/communicator.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 
 namespace strata::layers {
 
@@ -126,6 +127,28 @@ class BatchNorm final : public Layer {
     return {{"running_mean", running_mean_},
             {"running_var", running_var_},
             {"num_batches_tracked", num_batches_tracked_}};
+  }
+
+  // Inference: ONNX BatchNormalization with the running statistics (without `affine`, a scale of
+  // ones and a shift of zeros, which are no checkpoint tensors).
+  bool export_to(ExportContext& context) const override {
+    std::string scale, shift;
+    if (affine_) {
+      scale = context.parameter("weight", weight_.value);
+      shift = context.parameter("bias", bias_.value);
+    } else {
+      Tensor ones(Shape{channels_}), zeros(Shape{channels_});
+      ones.fill(1.0f);
+      scale = context.parameter("unit_scale", ones);
+      shift = context.parameter("zero_shift", zeros);
+    }
+    context
+        .node("BatchNormalization",
+              {context.input(), scale, shift, context.parameter("running_mean", running_mean_),
+               context.parameter("running_var", running_var_)},
+              {context.output()})
+        .set("epsilon", static_cast<float>(eps_));
+    return true;
   }
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {

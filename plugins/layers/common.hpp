@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "strata/config.hpp"
 #include "strata/elementwise.hpp"
@@ -51,6 +52,13 @@ void require_image_shape(const Shape& shape, std::string_view what);
 void prepare_output(Tensor& out, const Shape& shape);
 
 using strata::kMaxExtent;
+
+// For export hooks (strata/export.hpp): a (height, width) pair as an ONNX list of ints, and the
+// padding before and after each axis as ONNX `pads` [top, left, bottom, right].
+inline std::vector<int64_t> onnx_ints(const Pair& pair) { return {pair[0], pair[1]}; }
+inline std::vector<int64_t> onnx_pads(const Pair& begin, const Pair& end) {
+  return {begin[0], begin[1], end[0], end[1]};
+}
 
 // Element-wise loops over the context's backend: the SDK's own helper (strata/elementwise.hpp),
 // the same one out-of-tree plugins use.

@@ -22,6 +22,7 @@
 
 #include "common.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 
 namespace strata::layers {
 
@@ -39,6 +40,14 @@ class Concat final : public Layer {
   std::string_view type() const override { return "concat"; }
   int min_inputs() const override { return 2; }
   int max_inputs() const override { return std::numeric_limits<int>::max(); }
+
+  // ONNX Concat on axis 1 (the first sample axis).
+  bool export_to(ExportContext& context) const override {
+    std::vector<std::string> inputs;
+    for (std::size_t i = 0; i < context.num_inputs(); ++i) inputs.push_back(context.input(i));
+    context.node("Concat", std::move(inputs), {context.output()}).set("axis", int64_t{1});
+    return true;
+  }
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     const int64_t batch = in[0].dim(0);

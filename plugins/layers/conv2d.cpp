@@ -33,6 +33,7 @@
 
 #include "common.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 #include "strata/ops.hpp"
 
 namespace strata::layers {
@@ -79,6 +80,19 @@ class Conv2d final : public Layer {
     window.stride = stride_;
     window.dilation = dilation_;
     return window;
+  }
+
+  // ONNX Conv, whose output size is always floor()ed: the same as both `round` rules.
+  bool export_to(ExportContext& context) const override {
+    std::vector<std::string> inputs = {context.input(), context.parameter("weight", weight_.value)};
+    if (has_bias_) inputs.push_back(context.parameter("bias", bias_.value));
+    context.node("Conv", std::move(inputs), {context.output()})
+        .set("kernel_shape", onnx_ints(kernel_))
+        .set("strides", onnx_ints(stride_))
+        .set("dilations", onnx_ints(dilation_))
+        .set("pads", onnx_pads(padding_, padding_))
+        .set("group", groups_);
+    return true;
   }
 
   void forward(Context&, std::span<const Tensor> in, Tensor& out) override {

@@ -22,6 +22,7 @@
 
 #include "common.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 
 namespace strata::layers {
 
@@ -39,6 +40,12 @@ class Dropout final : public Layer {
   }
 
   std::string_view type() const override { return "dropout"; }
+
+  // Inference is the identity: no node, later layers read the input.
+  bool export_to(ExportContext& context) const override {
+    context.pass_through();
+    return true;
+  }
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, in[0].shape());

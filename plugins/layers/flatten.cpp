@@ -15,6 +15,7 @@
 
 #include "common.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 
 namespace strata::layers {
 
@@ -25,6 +26,12 @@ class Flatten final : public Layer {
   explicit Flatten(const Config&) {}
 
   std::string_view type() const override { return "flatten"; }
+
+  // ONNX Flatten with axis 1: [N, C, H, W] -> [N, C*H*W], row-major as here.
+  bool export_to(ExportContext& context) const override {
+    context.node("Flatten", {context.input()}, {context.output()}).set("axis", int64_t{1});
+    return true;
+  }
 
   void forward(Context&, std::span<const Tensor> in, Tensor& out) override {
     const Shape shape = output_shape().with_batch(in[0].dim(0));

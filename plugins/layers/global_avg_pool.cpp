@@ -17,6 +17,7 @@
 
 #include "common.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 
 namespace strata::layers {
 
@@ -31,6 +32,12 @@ class GlobalAvgPool final : public Layer {
     Window window;
     window.global = true;
     return window;
+  }
+
+  // ONNX GlobalAveragePool, which keeps the [C, 1, 1] sample shape as this layer does.
+  bool export_to(ExportContext& context) const override {
+    context.node("GlobalAveragePool", {context.input()}, {context.output()});
+    return true;
   }
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {

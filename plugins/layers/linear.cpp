@@ -23,6 +23,7 @@
 
 #include "common.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 #include "strata/ops.hpp"
 
 namespace strata::layers {
@@ -51,6 +52,19 @@ class Linear final : public Layer {
     Window window;
     window.global = true;
     return window;
+  }
+
+  // ONNX Gemm with transB (the weight is [out, in]), after a Flatten for a sample of rank > 1.
+  bool export_to(ExportContext& context) const override {
+    std::string x = context.input();
+    if (context.input_shape().rank() != 1) {
+      x = context.value("flat");
+      context.node("Flatten", {context.input()}, {x}).set("axis", int64_t{1});
+    }
+    std::vector<std::string> inputs = {x, context.parameter("weight", weight_.value)};
+    if (has_bias_) inputs.push_back(context.parameter("bias", bias_.value));
+    context.node("Gemm", std::move(inputs), {context.output()}).set("transB", int64_t{1});
+    return true;
   }
 
   void forward(Context&, std::span<const Tensor> in, Tensor& out) override {

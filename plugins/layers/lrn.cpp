@@ -33,6 +33,7 @@
 
 #include "common.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 
 namespace strata::layers {
 
@@ -51,6 +52,23 @@ class Lrn final : public Layer {
   }
 
   std::string_view type() const override { return "lrn"; }
+
+  // ONNX LRN: the same formula (alpha divided by size) over the window
+  // [c - floor((size-1)/2), c + ceil((size-1)/2)], which is PyTorch's for an odd size only.
+  bool export_to(ExportContext& context) const override {
+    if (size_ % 2 == 0) {
+      fail(
+          "size {} is even: ONNX LRN's window then reaches one channel further up, PyTorch's "
+          "(and this layer's) one further down, so there is no exact ONNX mapping",
+          size_);
+    }
+    context.node("LRN", {context.input()}, {context.output()})
+        .set("size", size_)
+        .set("alpha", static_cast<float>(alpha_))
+        .set("beta", static_cast<float>(beta_))
+        .set("bias", static_cast<float>(k_));
+    return true;
+  }
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, in[0].shape());

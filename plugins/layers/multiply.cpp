@@ -28,6 +28,7 @@
 
 #include "common.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 
 namespace strata::layers {
 
@@ -40,6 +41,12 @@ class Multiply final : public Layer {
   std::string_view type() const override { return "multiply"; }
   int min_inputs() const override { return 2; }
   int max_inputs() const override { return 2; }
+
+  // ONNX Mul: its broadcasting of a gate [N, C, 1, 1] over [N, C, H, W] is this layer's.
+  bool export_to(ExportContext& context) const override {
+    context.node("Mul", {context.input(0), context.input(1)}, {context.output()});
+    return true;
+  }
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, output_shape().with_batch(in[0].dim(0)));

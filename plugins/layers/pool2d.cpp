@@ -28,6 +28,7 @@
 
 #include "common.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 #include "strata/ops.hpp"
 
 namespace strata::layers {
@@ -64,6 +65,20 @@ class Pool2d : public Layer {
     window.kernel = kernel_;
     window.stride = stride_;
     return window;
+  }
+
+  // ONNX MaxPool / AveragePool. Both `round` rules are ONNX's ceil_mode 0 (exact: the division
+  // is whole, so flooring changes nothing).
+  bool export_to(ExportContext& context) const override {
+    const bool max = mode_ == Pool2dDesc::Mode::kMax;
+    ExportNode& node =
+        context.node(max ? "MaxPool" : "AveragePool", {context.input()}, {context.output()});
+    node.set("kernel_shape", onnx_ints(kernel_))
+        .set("strides", onnx_ints(stride_))
+        .set("pads", onnx_pads(padding_, padding_))
+        .set("ceil_mode", int64_t{0});
+    if (!max) node.set("count_include_pad", int64_t{count_include_pad_ ? 1 : 0});
+    return true;
   }
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {

@@ -18,6 +18,7 @@
 
 #include "common.hpp"
 #include "strata/error.hpp"
+#include "strata/export.hpp"
 
 namespace strata::layers {
 
@@ -28,6 +29,12 @@ class Softmax final : public Layer {
   explicit Softmax(const Config&) {}
 
   std::string_view type() const override { return "softmax"; }
+
+  // ONNX Softmax over axis 1 (the first sample axis); its single-axis meaning is opset 13's.
+  bool export_to(ExportContext& context) const override {
+    context.node("Softmax", {context.input()}, {context.output()}).set("axis", int64_t{1});
+    return true;
+  }
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, in[0].shape());
