@@ -30,6 +30,7 @@ int run_gradcheck(Session& session, const std::vector<std::string>& args);
 int run_summary(Session& session, const std::vector<std::string>& args);
 int run_inspect(Session& session, const std::vector<std::string>& args);
 int run_eval(Session& session, const std::vector<std::string>& args);
+int run_export(Session& session, const std::vector<std::string>& args);
 
 namespace {
 
@@ -51,6 +52,7 @@ const Command kCommands[] = {
     {"eval", "evaluate a checkpoint: accuracy, loss, confusion matrix, confident mistakes", run_eval},
     {"check-plugin", "run the layer conformance checks on a plugin's layers", run_check_plugin},
     {"gradcheck", "check the model's backward() against finite differences", run_gradcheck},
+    {"export", "write a checkpoint's network as an ONNX model (--onnx FILE)", run_export},
 };
 
 void print_usage(std::FILE* out) {

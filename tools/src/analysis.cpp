@@ -247,4 +247,9 @@ Split TrainedModel::load_split(const std::string& split, std::vector<int64_t>& d
 
 Loss& TrainedModel::loss() { return *loss_; }
 
+std::vector<std::shared_ptr<const Transform>> TrainedModel::model_input_transforms() {
+  set_up_preprocessing(graph_->input_shape());
+  return {transforms_.begin(), transforms_.end()};
+}
+
 }  // namespace strata

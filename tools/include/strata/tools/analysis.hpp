@@ -104,6 +104,9 @@ class TrainedModel {
   std::vector<std::shared_ptr<const Transform>> evaluation_transforms();
   // The experiment's loss (the default loss type when it names none).
   Loss& loss();
+  // The data transforms set up for raw images of the model's input shape, with the checkpoint's
+  // statistics loaded (no dataset is built), for describing them (`strata export --preprocess`).
+  std::vector<std::shared_ptr<const Transform>> model_input_transforms();
 
  private:
   std::filesystem::path path_;
