@@ -52,6 +52,21 @@ std::vector<std::string> basic_block_keys(const std::string& prefix, bool downsa
 
 }  // namespace
 
+// The experiment a checkpoint stores is the effective one (Config::dump(), defaults written out);
+// rebuilt from it, a block without `repeat` must keep its names ("context.conv1", not
+// "context.0.conv1"), or `strata forward/eval/export CKPT` cannot load the weights.
+BOOST_AUTO_TEST_CASE(a_block_without_repeat_keeps_its_names_when_rebuilt_from_the_stored_experiment) {
+  Config model = test::yaml(R"(input: [4, 8, 8]
+layers:
+  - {name: context, type: context_module, dilations: [1, 2]}
+  - {name: fc, type: linear, out_features: 2}
+)");
+  Graph graph(model, test::registries(), test::backend());
+  Graph rebuilt(test::yaml(model.dump()), test::registries(), test::backend());
+  BOOST_TEST(state_names(rebuilt) == state_names(graph));
+  BOOST_TEST(state_names(graph).count("context.conv1/weight") == 1u);
+}
+
 BOOST_AUTO_TEST_CASE(residual_stage_expands_with_torchvision_names) {
   Graph graph = build(R"(
   - {name: conv1, type: conv2d, out_channels: 16, kernel: 3, padding: 1, bias: false}

@@ -297,7 +297,9 @@ void Graph::add_layer_entry(const Config& item, const std::string& name, const s
 void Graph::add_block_entry(const Config& item, const std::string& name, const std::string& type,
                             std::vector<std::string> input_names, Rng* init_rng) {
   const bool repeated = item.has("repeat");
-  const int64_t repeat = item.get<int64_t>("repeat", 1);
+  // Read only when written: get() with a default would record `repeat: 1` in the experiment a
+  // checkpoint stores, which rebuilt would name the layers "<block>.0.<part>".
+  const int64_t repeat = repeated ? item.get<int64_t>("repeat") : 1;
   if (repeat < 1) {
     item.fail_key("repeat", fmt::format("must be at least 1 (the number of copies of the block), found {}", repeat));
   }
