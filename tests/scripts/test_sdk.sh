@@ -129,6 +129,28 @@ with h5py.File(sys.argv[1], "r") as a, h5py.File(sys.argv[2], "r") as b:
         assert np.allclose(a[name][()], b[name][()], atol=1e-4), name
     assert a["fc3"].shape == (5, 10)
 PY
+# The example's export hook: the model exports with prelu as ONNX PRelu, which onnx's checker
+# accepts and OpenCV runs as strata forward --preprocess does (skipped, visibly, without them).
+"$tool" export "$ckpt" --onnx "$work/prelu.onnx" --preprocess >/dev/null
+"$PYTHON" - "$work/prelu.onnx" "$work/raw.h5" "$work/a.h5" <<'PY'
+import sys, h5py, numpy as np
+try:
+    import onnx
+except ImportError:
+    sys.exit(print("SKIP: python3-onnx is not installed: the exported prelu model is not checked"))
+model = onnx.load(sys.argv[1])
+onnx.checker.check_model(model, full_check=True)
+assert [n.op_type for n in model.graph.node].count("PRelu") == 4, [n.op_type for n in model.graph.node]
+try:
+    import cv2
+except ImportError:
+    sys.exit(print("SKIP: python3-opencv is not installed: the exported prelu model is not run"))
+net = cv2.dnn.readNetFromONNX(sys.argv[1])
+with h5py.File(sys.argv[2], "r") as f, h5py.File(sys.argv[3], "r") as g:
+    net.setInput(f["data"][()])
+    got, expected = net.forward(), g["fc3"][()]
+assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), (got, expected)
+PY
 # A checkpoint whose plugin is gone: the error names it and its version.
 rm -rf "$example/build"
 unset STRATA_PLUGIN_PATH
