@@ -159,6 +159,14 @@ if [ "$cores" -gt 1 ]; then
     && pass "1 rank: $cores threads, and a warning that mpirun bound it to one core" \
     || failed "threads per rank and binding" "" "$work/bound.log"
 fi
+# Under Slurm, --cpus-per-task (SLURM_CPUS_PER_TASK) is what each rank gets.
+SLURM_CPUS_PER_TASK=1 timeout 120 "$MPIEXEC" -np 2 --bind-to none -x SLURM_CPUS_PER_TASK "$STRATA" \
+  train "$work/nothreads.yaml" --out "$work/slurm" --progress none --set train.epochs=1 \
+  >"$work/slurm.log" 2>&1 || true
+grep -q "MPI: 2 rank(s), 2 per node (rank 0 on .*), 1 thread(s) per rank" "$work/slurm.log" \
+  && ! grep -q "warning: this rank may run" "$work/slurm.log" \
+  && pass "SLURM_CPUS_PER_TASK=1: 1 thread per rank, no binding warning" \
+  || failed "threads per rank from SLURM_CPUS_PER_TASK" "" "$work/slurm.log"
 
 # 898 training images: the last batch holds 2, so on 4 ranks two of them have none.
 experiment "$work/uneven.yaml" "$sgd" 998
