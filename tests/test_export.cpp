@@ -3,6 +3,7 @@
 // preprocessing, the errors (a layer without a mapping names its plugin), and interop's ONNX
 // writer (checker, shape inference, refused opsets, the shape cross-check).
 #define BOOST_TEST_MODULE export
+#include <algorithm>
 #include <boost/test/unit_test.hpp>
 #include <filesystem>
 #include <random>
@@ -197,6 +198,51 @@ BOOST_AUTO_TEST_CASE(activations_and_batch_norm_without_affine) {
   BOOST_TEST(last.op == "Identity");
   BOOST_TEST(last.inputs == (std::vector<std::string>{"g"}));
   BOOST_TEST(last.outputs == (std::vector<std::string>{"logits"}));
+}
+
+BOOST_AUTO_TEST_CASE(padding_rounding_dilation_and_axis_settings_map_to_onnx_attributes) {
+  Graph graph = build(R"(
+  - {name: conv, type: conv2d, out_channels: 4, kernel: 2, padding: same}
+  - {name: reflected, type: conv2d, out_channels: 4, kernel: 3, padding: 1, padding_mode: reflect}
+  - {name: pool, type: max_pool, kernel: 3, stride: 2, dilation: 2, round: ceil}
+  - {name: padded, type: pad, padding: [1, 0, 2, 1], value: 0.5}
+  - {name: probabilities, type: softmax, axis: -1}
+)");
+  const ExportedModel model = describe(graph);
+  // `same` with an even kernel: the odd padding row and column at the end.
+  BOOST_TEST(attribute<Ints>(node_named(model, "conv"), "pads") == (Ints{0, 0, 1, 1}));
+  // A padding mode: Pad (reflect) with int64 pads [0, 0, top, left, 0, 0, bottom, right], then an
+  // unpadded Conv.
+  const ExportNode& pad = node_named(model, "reflected");
+  BOOST_TEST(pad.op == "Pad");
+  BOOST_TEST(std::get<std::string>(*pad.find("mode")) == "reflect");
+  const auto pads = std::find_if(model.initializers.begin(), model.initializers.end(),
+                                 [](const auto& init) { return init.name == "reflected.pads"; });
+  BOOST_TEST_REQUIRE((pads != model.initializers.end() && pads->int64_values.has_value()));
+  BOOST_TEST(*pads->int64_values == (Ints{0, 0, 1, 1, 0, 0, 1, 1}));
+  BOOST_TEST(pad.inputs == (std::vector<std::string>{"conv", "reflected.pads"}));  // no value
+  BOOST_TEST(node_named(model, "reflected/1").op == "Conv");
+  BOOST_TEST(node_named(model, "reflected/1").inputs[0] == "reflected/padded");
+  BOOST_TEST(attribute<Ints>(node_named(model, "reflected/1"), "pads") == (Ints{0, 0, 0, 0}));
+  const ExportNode& pool = node_named(model, "pool");
+  BOOST_TEST(attribute<int64_t>(pool, "ceil_mode") == 1);
+  BOOST_TEST(attribute<Ints>(pool, "dilations") == (Ints{2, 2}));
+  const ExportNode& padded = node_named(model, "padded");
+  BOOST_TEST(padded.op == "Pad");
+  BOOST_TEST(std::get<std::string>(*padded.find("mode")) == "constant");
+  BOOST_TEST(initializer(model, "padded.value").data()[0] == 0.5f);
+  BOOST_TEST(attribute<int64_t>(node_named(model, "probabilities"), "axis") == -1);
+  // ONNX's shape inference agrees with every layer's shape (ceil, same, the pads).
+  BOOST_TEST(interop::onnx_model(model, {}, "settings.onnx").size() > 100u);
+  // What ONNX cannot express at these opsets is refused, naming the setting.
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { describe(build("  - {name: p, type: pad, padding: 1, mode: circular}\n")); }),
+      "circular padding is ONNX Pad's mode 'wrap'");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] {
+        describe(build("  - {name: bn, type: batch_norm, track_running_stats: false}\n"));
+      }),
+      "layer 'bn' (batch_norm): track_running_stats: false");
 }
 
 BOOST_AUTO_TEST_CASE(blocks_export_as_their_layers_under_checkpoint_names) {

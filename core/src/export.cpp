@@ -44,7 +44,13 @@ std::string ExportContext::parameter(std::string_view name, const Tensor& tensor
     if (existing.name == full)
       fail("export: layer '{}' adds the initializer '{}' twice", layer_, full);
   }
-  initializers_.push_back({full, tensor});
+  initializers_.push_back({full, tensor, std::nullopt});
+  return full;
+}
+
+std::string ExportContext::int64_constant(std::string_view name, std::vector<int64_t> values) {
+  std::string full = parameter(name, Tensor());
+  initializers_.back().int64_values = std::move(values);
   return full;
 }
 

@@ -41,6 +41,12 @@ void set_tensor_type(onnx::ValueInfoProto& value, const std::string& name, const
 void add_initializer(onnx::GraphProto& graph, const ExportInitializer& initializer) {
   onnx::TensorProto* tensor = graph.add_initializer();
   tensor->set_name(initializer.name);
+  if (initializer.int64_values) {
+    tensor->set_data_type(onnx::TensorProto_DataType_INT64);
+    tensor->add_dims(static_cast<int64_t>(initializer.int64_values->size()));
+    for (const int64_t value : *initializer.int64_values) tensor->add_int64_data(value);
+    return;
+  }
   tensor->set_data_type(onnx::TensorProto_DataType_FLOAT);
   for (const int64_t extent : initializer.value.shape().dims()) tensor->add_dims(extent);
   // raw_data is little-endian float32, as this machine stores floats.

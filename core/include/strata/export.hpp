@@ -25,6 +25,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -63,10 +64,12 @@ struct ExportNode {
   const ExportAttributeValue* find(std::string_view attribute) const;
 };
 
-// A constant of the model: a parameter, a buffer or a constant a mapping needs (float32).
+// A constant of the model: a parameter, a buffer or a constant a mapping needs: float32
+// `value`, or, when `int64_values` is set, a 1-D int64 tensor of those values (Pad's pads).
 struct ExportInitializer {
   std::string name;
   Tensor value;
+  std::optional<std::vector<int64_t>> int64_values;
 };
 
 // ExportContext
@@ -104,6 +107,9 @@ class ExportContext {
   // Adds the initializer "<layer>.<name>" holding `tensor` (shared, not copied) and returns its
   // name. Parameters and buffers use their checkpoint name (Param::name: "weight", "running_var").
   std::string parameter(std::string_view name, const Tensor& tensor);
+  // Adds the 1-D int64 initializer "<layer>.<name>" (operator inputs that ONNX types as int64,
+  // such as Pad's pads) and returns its name.
+  std::string int64_constant(std::string_view name, std::vector<int64_t> values);
   // Adds a node computing `outputs` from `inputs` (value or initializer names).
   ExportNode& node(std::string op, std::vector<std::string> inputs,
                    std::vector<std::string> outputs);
