@@ -20,10 +20,12 @@ BUILD_PACKAGES := build-essential cmake ninja-build pkg-config git \
                   zlib1g-dev libopenblas-dev libstb-dev dataset-fashion-mnist
 BUILD_PACKAGES += libturbojpeg0-dev libpng-dev  # the image_folder reader: JPEG and PNG
 BUILD_PACKAGES += openmpi-bin libopenmpi-dev  # plugins/comm_mpi: training and search on MPI
+BUILD_PACKAGES += libonnx-dev libprotobuf-dev  # interop/: strata export (and import) of ONNX models
 # The test suite cross-checks checkpoints with h5py and layers with PyTorch, and draws the
 # strata-plot pictures with matplotlib; make bench measures peak memory with /usr/bin/time.
 TEST_PACKAGES  := python3 python3-numpy python3-h5py python3-torch python3-torchvision python3-matplotlib time
 TEST_PACKAGES  += python3-pil  # test_image_folder writes its images and PIL's decodes of them
+TEST_PACKAGES  += python3-onnx python3-opencv python3-yaml  # exported ONNX models: onnx checker, OpenCV DNN
 # The fuzz targets and sanitizer builds need clang's libFuzzer and sanitizer runtimes; test-tsan
 # also fetches oneTBB's source from Debian's archive (cmake/build-tsan-tbb.sh).
 FUZZ_PACKAGES  := clang-14 libclang-rt-14-dev

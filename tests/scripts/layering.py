@@ -5,6 +5,7 @@
     training  training/    strata/training/*.hpp   on the runtime
     search    search/      strata/search/*.hpp     on training
     tools     tools/       strata/tools/*.hpp      on training (not on search)
+    interop   interop/     strata/interop/*.hpp    on the runtime (the only ONNX/protobuf user)
     apps      apps/        -                       on everything above
     plugins   plugins/ datasets/ examples/out_of_tree_plugin/: the runtime's public headers only
 
@@ -24,13 +25,14 @@ ALLOWED = {
     "training": {"", "training"},
     "search": {"", "training", "search"},
     "tools": {"", "training", "tools"},
-    "apps": {"", "training", "search", "tools"},
+    "interop": {"", "interop"},
+    "apps": {"", "training", "search", "tools", "interop"},
     "plugin": {""},
-    "test": {"", "training", "search", "tools"},
+    "test": {"", "training", "search", "tools", "interop"},
 }
 FOLDERS = [  # (folder, layer); the first match wins
     ("core", "runtime"), ("training", "training"), ("search", "search"), ("tools", "tools"),
-    ("apps", "apps"), ("plugins", "plugin"), ("datasets", "plugin"),
+    ("interop", "interop"), ("apps", "apps"), ("plugins", "plugin"), ("datasets", "plugin"),
     ("examples/out_of_tree_plugin", "plugin"), ("examples", "test"), ("tests/plugins", "plugin"),
     ("tests", "test"), ("bench", "test"),
 ]
@@ -39,8 +41,13 @@ PUBLIC_ROOTS = {  # where each prefix's headers live
     "training": "training/include/strata/training",
     "search": "search/include/strata/search",
     "tools": "tools/include/strata/tools",
+    "interop": "interop/include/strata/interop",
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"')
+# ONNX and protobuf headers: interop/ alone may include them (the runtime and the plugins describe
+# models for export in the neutral form of strata/export.hpp), and the tests, which build small
+# ONNX models with the protobuf classes (tests/test_onnx_import.cpp).
+ONNX_INCLUDE = re.compile(r'^\s*#\s*include\s*<(onnx/|google/protobuf/)')
 
 
 def layer_of(rel):
@@ -76,6 +83,10 @@ def check(root):
                     continue  # walked again under its more specific folder
                 with open(path, encoding="utf-8") as source:
                     for number, line in enumerate(source, 1):
+                        if layer not in ("interop", "test") and ONNX_INCLUDE.match(line):
+                            problems.append(f"{rel}:{number}: {line.strip()}: only interop/ may "
+                                            "include ONNX or protobuf headers")
+                            continue
                         match = INCLUDE.match(line)
                         if not match:
                             continue
@@ -110,7 +121,7 @@ def judge(root, rel, layer, include):
         return f"reaches into {target_rel}, a private header of another part of the tree"
     if layer in ("plugin",) and "/include/" in target_rel:
         return "a plugin includes a public header by path instead of as strata/..."
-    if layer == "test" and (target_rel.startswith(("core/", "training/", "search/", "tools/"))):
+    if layer == "test" and (target_rel.startswith(("core/", "training/", "search/", "tools/", "interop/"))):
         return "a test includes a private header"
     return None
 

@@ -40,6 +40,7 @@ check "core links no other Strata library" links_only core core ""
 check "training links only the runtime" links_only training training "core"
 check "search links only training and the runtime" links_only search search "core|training"
 check "tools link only training and the runtime" links_only tools tools "core|training"
+check "interop links only the runtime" links_only interop interop "core"
 plugins_link_runtime() {
   ! grep -rn 'strata::\(training\|search\|tools\)' "$STRATA_SOURCE_DIR/plugins" \
       "$STRATA_SOURCE_DIR/datasets" "$STRATA_SOURCE_DIR/cmake/StrataPlugin.cmake" \
