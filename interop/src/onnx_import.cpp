@@ -133,6 +133,14 @@ std::string sanitized_name(std::string name) {
   return name;
 }
 
+// Text for a YAML comment line: control characters (a line break) become spaces.
+std::string comment_text(std::string text) {
+  for (char& c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  }
+  return text;
+}
+
 // A name as a YAML scalar: plain when it cannot be read as anything but this string, else quoted.
 std::string yaml_string(const std::string& text) {
   static const std::set<std::string> kSpecial = {"true", "false", "yes", "no", "on",
@@ -1375,10 +1383,10 @@ std::string Importer::experiment_yaml() const {
       "#   strata forward experiment.yaml --weights weights.h5 --input IN.h5 --output OUT.h5\n"
       "#   strata train experiment.yaml --weights weights.h5   (with your dataset below)\n"
       "model:\n  input: [{}]\n  layers:\n",
-      sanitized_name(std::filesystem::path(file_).filename().string()), opset_,
+      comment_text(std::filesystem::path(file_).filename().string()), opset_,
       model_.producer_name().empty() ? ""
-                                     : sanitized_name(", written by " + model_.producer_name() +
-                                                      " " + model_.producer_version()),
+                                     : comment_text(", written by " + model_.producer_name() + " " +
+                                                    model_.producer_version()),
       fmt::join(input_shape_.dims(), ", "));
   std::string previous = "input";
   for (const LayerEntry& entry : layers_) {
