@@ -235,10 +235,15 @@ Tensor float_tensor(const onnx::TensorProto& tensor, std::string_view what) {
   const std::vector<int64_t> dims = dims_of(tensor);
   const int64_t n = element_count(dims);
   Tensor result{Shape(dims)};
-  if (tensor.data_type() == onnx::TensorProto::FLOAT) {
-    const std::vector<float> values = tensor.has_raw_data()
-                                          ? raw_values<float>(tensor, n, what)
-                                          : field_values<float>(tensor.float_data(), n, what);
+  if (tensor.data_type() == onnx::TensorProto::FLOAT && tensor.has_raw_data()) {
+    // The usual form, and the large one (VGG's 400 MB): copied once.
+    if (tensor.raw_data().size() != static_cast<std::size_t>(n) * sizeof(float)) {
+      fail("{}: raw_data holds {} bytes, but {} float values were expected", what,
+           tensor.raw_data().size(), n);
+    }
+    if (n > 0) std::memcpy(result.data(), tensor.raw_data().data(), tensor.raw_data().size());
+  } else if (tensor.data_type() == onnx::TensorProto::FLOAT) {
+    const std::vector<float> values = field_values<float>(tensor.float_data(), n, what);
     std::copy(values.begin(), values.end(), result.data());
   } else if (tensor.data_type() == onnx::TensorProto::DOUBLE) {
     const std::vector<double> values = tensor.has_raw_data()
@@ -863,8 +868,8 @@ void Importer::gemm(const onnx::NodeProto& node) {
     fail("{}: input '{}' has shape [{}], but B takes [N, {}]", where(node), node.input(0),
          fmt::join(in, ", "), features);
   }
-  Tensor weight{Shape{out, features}};
-  for (int64_t o = 0; o < out; ++o) {
+  Tensor weight = trans_b && alpha == 1.0f ? b : Tensor(Shape{out, features});
+  for (int64_t o = 0; o < out && weight.data() != b.data(); ++o) {
     for (int64_t i = 0; i < features; ++i) {
       weight.data()[o * features + i] =
           alpha * (trans_b ? b.data()[o * features + i] : b.data()[i * out + o]);
@@ -1510,10 +1515,12 @@ std::vector<std::string> supported_onnx_operators() {
   return names;
 }
 
-OnnxImport import_onnx(const std::filesystem::path& path) {
+namespace {
+
+// The file parsed, its bytes freed before the mapping starts (a large model is then held once).
+void parse_model(const std::filesystem::path& path, onnx::ModelProto& model) {
   const std::string file = path.string();
   const std::string bytes = read_regular_file(path, kMaxModelBytes, "ONNX model");
-  onnx::ModelProto model;
   if (!model.ParseFromString(bytes)) {
     fail(
         "{}: not an ONNX model, or a truncated one: its {} bytes do not parse as an ONNX "
@@ -1527,6 +1534,14 @@ OnnxImport import_onnx(const std::filesystem::path& path) {
                                  : "opset_import",
          bytes.size());
   }
+}
+
+}  // namespace
+
+OnnxImport import_onnx(const std::filesystem::path& path) {
+  const std::string file = path.string();
+  onnx::ModelProto model;
+  parse_model(path, model);
   const int64_t opset = default_opset(model, file);
   try {
     onnx::checker::check_model(model);
