@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The cost model of data-parallel training (docs/distributed-cost.md): predicted weak-scaling
+"""The cost model of data-parallel training (docs/distributed.md, "What to expect"): predicted weak-scaling
 efficiency of every zoo model at 2 to 64 nodes on 10, 25 and 100 Gb/s, from measured compute.
 
 Two steps:
@@ -23,9 +23,11 @@ THE MODEL (one rank per node; N nodes; each computes a per-rank batch b; weak sc
                            as training/src/data_parallel.cpp builds them)
   ring allreduce of a bucket of g bytes  t(g) = 2(N-1)/N x g / (line rate x line fraction)
                                                 + 2(N-1) x latency
-                           (--algorithm tree: 2 ceil(log2 N) x (g / rate + latency), Open MPI
-                           4.1's binomial tree for an in-place MPI_Iallreduce, which is what
-                           the "mpi" communicator calls today)
+                           Rabenseifner's (reduce-scatter by recursive halving, allgather by
+                           doubling), what the "mpi" communicator asks libnbc for: the ring's
+                           bytes, 2 ceil(log2 N) x latency. Open MPI 4.1's own choice for an
+                           in-place MPI_Iallreduce, the binomial tree: 2 ceil(log2 N) x
+                           (g / rate + latency)
   the step's agreements    3 small allreduces, each 2 ceil(log2 N) x latency
   compute                  t_c = the measured step (forward, loss, backward, optimizer) at the
                            per-rank batch, divided by a node speed-up (--node-speedups; 1: this
@@ -239,9 +241,12 @@ def measure(args):
 class Network:
     """A link of `gbit` Gb/s of which `fraction` is reached, and `latency` seconds per message.
     algorithm "ring": the bandwidth-optimal ring (reduce-scatter, then allgather), what the issue's
-    formula assumes; "tree": what Open MPI 4.1 does with the communicator's in-place
-    MPI_Iallreduce (libnbc's binomial tree: ceil(log2 N) rounds of whole buffers into rank 0, then
-    a binomial broadcast from it; rank 0's link carries 2 ceil(log2 N) buffers)."""
+    formula assumes; "rabenseifner": the same bytes in 2 log2 N messages (recursive halving, then
+    doubling; N a power of two), what the "mpi" communicator asks libnbc for
+    (coll_libnbc_iallreduce_algorithm 3); "tree": what Open MPI 4.1 does with an in-place
+    MPI_Iallreduce unless told otherwise (libnbc's binomial tree: ceil(log2 N) rounds of whole
+    buffers into rank 0, then a binomial broadcast from it; rank 0's link carries 2 ceil(log2 N)
+    buffers)."""
 
     def __init__(self, gbit, fraction, latency, algorithm="ring"):
         self.gbit, self.bytes_per_second, self.latency = gbit, gbit * 1e9 / 8 * fraction, latency
@@ -252,6 +257,9 @@ class Network:
             return 0.0
         if self.algorithm == "tree":
             return 2 * math.ceil(math.log2(nodes)) * (nbytes / self.bytes_per_second + self.latency)
+        if self.algorithm == "rabenseifner":
+            return (2 * (nodes - 1) / nodes * nbytes / self.bytes_per_second
+                    + 2 * math.ceil(math.log2(nodes)) * self.latency)
         return 2 * (nodes - 1) / nodes * nbytes / self.bytes_per_second + 2 * (nodes - 1) * self.latency
 
     def agreements(self, nodes):
@@ -390,14 +398,16 @@ def tables(data, args):
         lines.append(f"| {title(r)} | " + " | ".join(cells) + " |")
     for speedup in speedups:
         for gbit in RATES_GBIT:
-            ring, tree = network(args, gbit), network(args, gbit, "tree")
+            ring, strata, tree = (network(args, gbit), network(args, gbit, "rabenseifner"),
+                                  network(args, gbit, "tree"))
             lines.append("")
             lines.append(f"Predicted weak-scaling efficiency, %, {gbit} Gb/s, compute of "
                          + ("this machine (2 cores)" if speedup == 1 else f"a node {speedup:g}x this machine")
                          + ": ring allreduce, overlapped (no overlap in parentheses where it is lower):")
             lines.append("")
             lines.append("| model | ring ms at 8 nodes | " + " | ".join(f"{n} nodes" for n in NODES)
-                         + " | below 90 % from: ring, overlap / ring, none / tree, overlap |")
+                         + " | below 90 % from: ring, overlap / ring, none / Strata (Rabenseifner), "
+                         "overlap / tree, overlap |")
             lines.append("| --- | ---: | " + " | ".join("---:" for _ in NODES) + " | --- |")
             for r in records:
                 model = Model(r, speedup=speedup)
@@ -410,6 +420,7 @@ def tables(data, args):
                 lines.append(f"| {title(r)} | {1e3 * full:.1f} | " + " | ".join(cells) + " | "
                              f"{first_below(model, ring, bucket_mb=args.bucket_mb)} / "
                              f"{first_below(model, ring, overlap=False, bucket_mb=args.bucket_mb)} / "
+                             f"{first_below(model, strata, bucket_mb=args.bucket_mb)} / "
                              f"{first_below(model, tree, bucket_mb=args.bucket_mb)} |")
     return "\n".join(lines)
 
@@ -418,7 +429,7 @@ def resnet50_table(data, args):
     record = next((r for r in data["models"] if r["model"] == "resnet50"), None)
     if record is None:
         return ""
-    ring, tree = network(args, 25), network(args, 25, "tree")
+    ring, strata, tree = network(args, 25), network(args, 25, "rabenseifner"), network(args, 25, "tree")
     base = Model(record)
     fast = Model(record, 32, 16.0)
     lines = [f"ResNet-50 on 25 Gb/s Ethernet: efficiency, %, at 2, 4 and 8 nodes of a node 16x this machine "
@@ -430,9 +441,10 @@ def resnet50_table(data, args):
     variants = [
         ("ring, fp32, batch 32, overlap", ring, {}, 32),
         ("ring, fp32, batch 32, no overlap", ring, {"overlap": False}, 32),
-        ("tree (Strata today), fp32, batch 32, overlap", tree, {}, 32),
-        (f"tree, fp32, batch 32, overlap, {args.communicator_latency_us:g} us a message",
-         Network(25, args.line_fraction, args.communicator_latency_us * 1e-6, "tree"), {}, 32),
+        ("Rabenseifner (Strata), fp32, batch 32, overlap", strata, {}, 32),
+        (f"Rabenseifner (Strata), fp32, batch 32, overlap, {args.communicator_latency_us:g} us a message",
+         Network(25, args.line_fraction, args.communicator_latency_us * 1e-6, "rabenseifner"), {}, 32),
+        ("binomial tree (Open MPI's default in place), fp32, batch 32, overlap", tree, {}, 32),
         ("ring, fp32, batch 32, overlap, 60 % of line rate", Network(25, 0.6, args.latency_us * 1e-6), {}, 32),
         ("ring, fp32, batch 32, overlap, 6 MiB buckets", ring, {"bucket_mb": 6.0}, 32),
         ("ring, bf16 gradients, batch 32, overlap", ring, {"bytes_per_parameter": 2}, 32),
@@ -561,10 +573,10 @@ def main():
     parser.add_argument("--no-check", action="store_true", help="no check against the measurements")
     parser.add_argument("--line-fraction", type=float, default=0.9)
     parser.add_argument("--latency-us", type=float, default=25.0)
-    parser.add_argument("--communicator-latency-us", type=float, default=700.0,
-                        help="a ResNet-50 variant with this latency per message: the communicator's "
-                             "4 KiB allreduce over TCP took 1.4 ms here (bench/mpi_allreduce.py), "
-                             "two messages at 2 ranks")
+    parser.add_argument("--communicator-latency-us", type=float, default=100.0,
+                        help="a ResNet-50 variant with this latency per message, to show how much "
+                             "the latency matters (the communicator's 4 KiB allreduce over loopback "
+                             "TCP took 46 us here, two messages at 2 ranks: bench/mpi_allreduce.py)")
     parser.add_argument("--bucket-mb", type=float, default=25.0)
     parser.add_argument("--node-speedups", default="1,16",
                         help="compute of a node as a multiple of this machine's, one table set each")
@@ -588,7 +600,7 @@ def main():
             for speedup in [float(x) for x in args.node_speedups.split(",")]:
                 model = Model(r, speedup=speedup)
                 for g in RATES_GBIT:
-                    for algorithm in ("ring", "tree"):
+                    for algorithm in ("ring", "rabenseifner", "tree"):
                         key = f"{r['model']} x{speedup:g} {g}Gb/s {algorithm}"
                         out["efficiency"][key] = {str(n): model.efficiency(n, network(args, g, algorithm),
                                                                            bucket_mb=args.bucket_mb)

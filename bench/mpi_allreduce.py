@@ -11,11 +11,12 @@ Runs build/bin/allreduce_bench (bench/allreduce_bench.cpp: the "mpi" communicato
 and reports, per size, the time of one sum and the bus bandwidth (nccl-tests: algbw = bytes /
 time, busbw = algbw x 2(n-1)/n; for 2 ranks busbw = algbw) as min / median / max over the rounds.
 
---ring also runs the communicator with coll_libnbc_iallreduce_algorithm=1: Open MPI 4.1 sums an
-in-place MPI_Iallreduce (what the communicator calls) with libnbc's binomial tree (reduce to
-rank 0, then broadcast) unless told otherwise; the ring is what the cost model assumes.
+The communicator asks libnbc for Rabenseifner's allreduce (coll_libnbc_iallreduce_algorithm=3,
+plugins/comm_mpi/mpi_communicator.cpp). --tree also runs it with algorithm 2, the binomial tree
+(reduce to rank 0, then broadcast) that Open MPI 4.1 uses for an in-place MPI_Iallreduce unless
+told otherwise; --ring with algorithm 1, the ring that the cost model's formula assumes.
 
-usage: /usr/bin/python3 bench/mpi_allreduce.py [--build build] [--repeats 3] [--raw] [--ring]
+usage: /usr/bin/python3 bench/mpi_allreduce.py [--build build] [--repeats 3] [--raw] [--tree] [--ring]
          [--transports shm,tcp] [--seconds 0.3] [--json FILE]
 """
 import argparse
@@ -42,6 +43,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--transports", default="shm,tcp")
     parser.add_argument("--raw", action="store_true", help="also MPI_Allreduce on the main thread")
+    parser.add_argument("--tree", action="store_true",
+                        help="also the communicator with coll_libnbc_iallreduce_algorithm=2 (tree)")
     parser.add_argument("--ring", action="store_true",
                         help="also the communicator with coll_libnbc_iallreduce_algorithm=1 (ring)")
     parser.add_argument("--seconds", default="0.3", help="allreduce_bench --seconds per size")
@@ -51,6 +54,8 @@ def main():
     if not os.path.exists(bench):
         sys.exit(f"mpi_allreduce: {bench} not found (it is built where MPI is found)")
     modes = [("communicator", [], [])]
+    if args.tree:
+        modes.append(("communicator, tree", [], ["--mca", "coll_libnbc_iallreduce_algorithm", "2"]))
     if args.ring:
         modes.append(("communicator, ring", [], ["--mca", "coll_libnbc_iallreduce_algorithm", "1"]))
     if args.raw:

@@ -182,6 +182,35 @@ layers:
   }
 }
 
+// sync_batch_norm: true makes every batch_norm part of the block a synchronized one (it
+// communicates), downsample.1 included; without it none is.
+BOOST_AUTO_TEST_CASE(sync_batch_norm_reaches_every_batch_norm_part) {
+  for (const bool sync : {false, true}) {
+    const std::string flag = sync ? ", sync_batch_norm: true" : "";
+    Graph graph = build(
+        "  - {name: basic, type: residual_basic, out_channels: 8, stride: 2, repeat: 2" + flag + "}\n"
+        "  - {name: bottle, type: residual_bottleneck, out_channels: 16, stride: 2" + flag + "}\n"
+        "  - {name: incep, type: inception, ch1x1: 2, ch3x3red: 2, ch3x3: 2, ch5x5red: 2, ch5x5: 2, "
+        "pool_proj: 2, batch_norm: true" + flag + "}\n"
+        "  - {name: context, type: context_module, dilations: [1, 2], batch_norm: true" + flag + "}\n");
+    int batch_norms = 0;
+    for (std::size_t i = 0; i < graph.size(); ++i) {
+      const Layer& layer = graph.layer(i);
+      if (layer.type() != "batch_norm") continue;
+      ++batch_norms;
+      BOOST_TEST(layer.communicates() == sync, graph.name(i));
+    }
+    // basic: 2 x 2 + downsample.1; bottle: 3 + downsample.1; incep: 6; context: 3.
+    BOOST_TEST(batch_norms == 5 + 4 + 6 + 3);
+  }
+  STRATA_CHECK_CONTAINS(
+      build_error("  - {name: context, type: context_module, sync_batch_norm: true}\n"),
+      "sync_batch_norm");
+  STRATA_CHECK_CONTAINS(
+      build_error("  - {name: context, type: context_module, sync_batch_norm: true}\n"),
+      "the block has no batch norm: set batch_norm: true");
+}
+
 BOOST_AUTO_TEST_CASE(repeat_zero_is_an_error_at_the_key) {
   const std::string message = build_error(
       "  - {name: conv, type: conv2d, out_channels: 4, kernel: 3}\n"

@@ -653,6 +653,97 @@ BOOST_AUTO_TEST_CASE(pool2d_random) {
   }
 }
 
+// What interop needs: end padding that differs from the begin padding (ONNX pads, `same` with an
+// even kernel), sizes rounded up (ceil_mode, the last window running past the padded input) and
+// dilated max pooling. Window, divisor and first-maximum rules must match the reference.
+BOOST_AUTO_TEST_CASE(pool2d_asymmetric_dilated_random) {
+  std::mt19937 rng(19);
+  for (const std::string& backend : fast_backends("pool2d")) {
+    for (int i = 0; i < 600; ++i) {
+      const Mode mode = i % 2 == 0 ? Mode::kMax : Mode::kAverage;
+      Pool2dDesc d = random_pool(rng, mode, i % 4 == 1, i % 5 == 0);
+      d.pad_h_end = uniform(rng, 0, d.kernel_h / 2);
+      d.pad_w_end = uniform(rng, 0, d.kernel_w / 2);
+      if (mode == Mode::kMax && i % 4 != 2) {
+        d.dilation_h = uniform(rng, 1, 3);
+        d.dilation_w = uniform(rng, 1, 3);
+      }
+      // PyTorch's ceil rule with the end padding: rounded up, the last window starting inside
+      // the input or the begin padding; otherwise the floor.
+      const bool ceil = i % 3 == 0;
+      const auto extent = [&](int64_t in, int64_t kernel, int64_t stride, int64_t pad,
+                              int64_t pad_end, int64_t dilation) -> int64_t {
+        const int64_t span = in + pad + pad_end - dilation * (kernel - 1) - 1;
+        if (span < 0) return 0;
+        if (!ceil) return span / stride + 1;
+        int64_t out = (span + stride - 1) / stride + 1;
+        if ((out - 1) * stride >= in + pad) --out;
+        return out;
+      };
+      d.out_h = extent(d.in_h, d.kernel_h, d.stride_h, d.pad_h, d.pad_h_end, d.dilation_h);
+      d.out_w = extent(d.in_w, d.kernel_w, d.stride_w, d.pad_w, d.pad_w_end, d.dilation_w);
+      if (d.out_h < 1 || d.out_w < 1) continue;
+      // A dilated window may skip over a small input entirely (its max is -inf, which
+      // check_close treats as unwritten): keep geometries where every window reads the input.
+      const auto every_window_reads = [](int64_t out, int64_t in, int64_t kernel, int64_t stride,
+                                         int64_t pad, int64_t dilation) {
+        for (int64_t o = 0; o < out; ++o) {
+          bool reads = false;
+          for (int64_t i = 0; i < kernel; ++i) {
+            const int64_t at = o * stride - pad + i * dilation;
+            reads = reads || (at >= 0 && at < in);
+          }
+          if (!reads) return false;
+        }
+        return true;
+      };
+      if (!every_window_reads(d.out_h, d.in_h, d.kernel_h, d.stride_h, d.pad_h, d.dilation_h) ||
+          !every_window_reads(d.out_w, d.in_w, d.kernel_w, d.stride_w, d.pad_w, d.dilation_w)) {
+        continue;
+      }
+      const int64_t n = uniform(rng, 1, 3);
+      Tensor x = random_tensor({n, d.channels, d.in_h, d.in_w}, rng);
+      if (i % 7 == 3) {
+        for (float& v : x.span()) v = std::round(v * 2.0f);  // ties
+      }
+      BOOST_TEST_CONTEXT("end padding " << d.pad_h_end << "x" << d.pad_w_end << ", dilation "
+                                        << d.dilation_h << "x" << d.dilation_w) {
+        compare_pool(d, n, backend, x, rng);
+      }
+    }
+  }
+}
+
+// The fast convolution kernels take symmetric padding only (the conv2d layer pads the rest
+// explicitly): asymmetric padding is refused when the kernel is prepared, never ignored. The
+// reference handles it: the end padding only adds output rows and columns that read zeros.
+BOOST_AUTO_TEST_CASE(conv2d_asymmetric_padding) {
+  Conv2dDesc d = conv_desc(2, 6, 5, 3, 3, 2, 1, 1, 0, 1, 1, 1, 1);
+  d.pad_h_end = 2;
+  d.out_h = 6 + 0 + 2 - 3 + 1;
+  const std::string refused =
+      strata::test::error_of([&] { kernel<Conv2dKernel>("conv2d", "tbb", d); });
+  BOOST_TEST(refused.find("tbb conv2d: asymmetric padding (top 0, bottom 2, left 1, right 1)") !=
+                 std::string::npos,
+             refused);
+  // Reference: the same as padding the input with two zero rows at the bottom.
+  std::mt19937 rng(23);
+  auto asymmetric = kernel<Conv2dKernel>("conv2d", "reference", d);
+  Conv2dDesc padded_desc = conv_desc(2, 8, 5, 3, 3, 2, 1, 1, 0, 1, 1, 1, 1);
+  auto padded = kernel<Conv2dKernel>("conv2d", "reference", padded_desc);
+  BOOST_TEST_REQUIRE(padded_desc.out_h == d.out_h);
+  const Tensor x = random_tensor({2, 2, 6, 5}, rng), w = random_tensor({3, 2, 3, 2}, rng);
+  Tensor x_padded({2, 2, 8, 5});
+  x_padded.fill(0.0f);
+  for (int64_t p = 0; p < 4; ++p) {
+    std::copy_n(x.data() + p * 30, 30, x_padded.data() + p * 40);
+  }
+  Tensor y({2, 3, d.out_h, d.out_w}), y_padded({2, 3, d.out_h, d.out_w});
+  asymmetric->forward(x, w, nullptr, y);
+  padded->forward(x_padded, w, nullptr, y_padded);
+  check_close(y, y_padded, "forward with bottom padding 2");
+}
+
 BOOST_AUTO_TEST_CASE(gemm_random) {
   std::mt19937 rng(17);
   struct Size {

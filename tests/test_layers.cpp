@@ -97,6 +97,28 @@ const std::vector<LayerCase> kConformanceCases = {
      "round: floor}",
      {{3, 4, 9}},
      {2, 4, 3}},
+    // conv2d for interop: asymmetric padding [top, bottom, left, right], `same` with even kernels
+    // (SAME_UPPER) and same_lower, padding modes (explicit padding, then the kernel).
+    {"{type: conv2d, out_channels: 3, kernel: 2, padding: same}", {{2, 5, 5}}, {3, 5, 5}},
+    {"{type: conv2d, out_channels: 3, kernel: 3, stride: 2, padding: [1, 2, 0, 1], round: floor}",
+     {{2, 6, 7}},
+     {3, 4, 3}},
+    {"{type: conv2d, out_channels: 4, kernel: 4, padding: same_lower, dilation: [1, 2]}",
+     {{2, 6, 9}},
+     {4, 6, 9}},
+    {"{type: conv2d, out_channels: 3, kernel: 3, padding: 1, padding_mode: reflect}",
+     {{2, 5, 5}},
+     {3, 5, 5}},
+    {"{type: conv2d, out_channels: 2, kernel: 3, padding: [2, 1], padding_mode: replicate, "
+     "stride: 2}",
+     {{2, 7, 5}},
+     {2, 5, 3}},
+    {"{type: conv2d, out_channels: 4, kernel: 3, padding: same, padding_mode: circular, groups: 2}",
+     {{4, 5, 5}},
+     {4, 5, 5}},
+    {"{type: conv2d, out_channels: 3, kernel: 2, padding: [1, 0, 2, 1], padding_mode: reflect}",
+     {{2, 4, 5}},
+     {3, 4, 7}},
     // max_pool / avg_pool
     {"{type: max_pool, kernel: 2}", {{3, 6, 6}}, {3, 3, 3}},
     {"{type: max_pool, kernel: 3, stride: 2, padding: 1}", {{2, 7, 7}}, {2, 4, 4}},
@@ -111,6 +133,33 @@ const std::vector<LayerCase> kConformanceCases = {
     {"{type: avg_pool, kernel: [3, 2], stride: [3, 2], padding: [1, 1], round: floor}",
      {{2, 8, 7}},
      {2, 3, 4}},
+    // pooling for interop: round ceil (the last window clipped), max-pool dilation, asymmetric
+    // padding and `same`.
+    {"{type: max_pool, kernel: 3, stride: 2, round: ceil}", {{2, 8, 8}}, {2, 4, 4}},
+    {"{type: avg_pool, kernel: 3, stride: 2, padding: 1, round: ceil}", {{2, 8, 8}}, {2, 5, 5}},
+    {"{type: avg_pool, kernel: 2, stride: 2, round: ceil, count_include_pad: false}",
+     {{1, 5, 7}},
+     {1, 3, 4}},
+    {"{type: max_pool, kernel: 3, stride: 1, dilation: 2, padding: 1}", {{2, 7, 7}}, {2, 5, 5}},
+    {"{type: max_pool, kernel: 2, stride: 2, dilation: [2, 3], round: ceil}",
+     {{2, 8, 9}},
+     {2, 4, 4}},
+    {"{type: max_pool, kernel: 3, stride: 2, padding: [0, 1, 1, 0], round: floor}",
+     {{2, 7, 8}},
+     {2, 3, 4}},
+    {"{type: avg_pool, kernel: 2, stride: 1, padding: same}", {{2, 5, 6}}, {2, 5, 6}},
+    {"{type: avg_pool, kernel: [2, 3], stride: 1, padding: same_lower, count_include_pad: false}",
+     {{2, 4, 5}},
+     {2, 4, 5}},
+    {"{type: avg_pool, kernel: 3, stride: 2, padding: [1, 0, 0, 1], round: ceil}",
+     {{1, 7, 6}},
+     {1, 4, 3}},
+    // pad
+    {"{type: pad, padding: [1, 2, 0, 3]}", {{2, 4, 5}}, {2, 7, 8}},
+    {"{type: pad, padding: 2, mode: reflect}", {{3, 4, 5}}, {3, 8, 9}},
+    {"{type: pad, padding: [1, 3], mode: replicate}", {{2, 3, 3}}, {2, 5, 9}},
+    {"{type: pad, padding: [2, 0, 1, 3], mode: circular}", {{2, 3, 4}}, {2, 5, 8}},
+    {"{type: pad, padding: 1, value: 0.5}", {{1, 3, 3}}, {1, 5, 5}},
     // linear (flattens any sample shape)
     {"{type: linear, out_features: 5}", {{7}}, {5}},
     {"{type: linear, out_features: 3, bias: false}", {{2, 3, 4}}, {3}},
@@ -139,6 +188,8 @@ const std::vector<LayerCase> kConformanceCases = {
     {"{type: batch_norm, affine: false}", {{4, 3, 3}}, {4, 3, 3}},
     {"{type: batch_norm}", {{5}}, {5}, 6},
     {"{type: batch_norm, sync: true}", {{2, 3, 3}}, {2, 3, 3}},  // no communicator: as sync false
+    {"{type: batch_norm, momentum: null}", {{3, 4, 4}}, {3, 4, 4}},
+    {"{type: batch_norm, momentum: null, affine: false}", {{4}}, {4}, 6},
     // joins of several inputs
     {"{type: add}", {{3, 4, 4}, {3, 4, 4}}, {3, 4, 4}},
     {"{type: add}", {{2, 3, 5}, {2, 3, 5}, {2, 3, 5}}, {2, 3, 5}},
@@ -155,10 +206,25 @@ const std::vector<LayerCase> kConformanceCases = {
     {"{type: global_avg_pool}", {{2, 1, 1}}, {2, 1, 1}},
     {"{type: softmax}", {{7}}, {7}},
     {"{type: softmax}", {{4, 3, 2}}, {4, 3, 2}},
+    {"{type: softmax, axis: -1}", {{4, 3, 2}}, {4, 3, 2}},
+    {"{type: softmax, axis: 2}", {{4, 3, 5}}, {4, 3, 5}},
+    {"{type: softmax, axis: 3}", {{2, 3, 5}}, {2, 3, 5}},
+    {"{type: softmax, axis: -3}", {{4, 3, 2}}, {4, 3, 2}},
     {"{type: lrn, size: 3}", {{5, 3, 3}}, {5, 3, 3}},
     {"{type: lrn, size: 4, alpha: 0.5, beta: 0.9, k: 2}", {{6, 2, 3}}, {6, 2, 3}},
     {"{type: lrn, size: 5, alpha: 1.5, beta: 0.75, k: 1}", {{3, 2, 2}}, {3, 2, 2}},
     {"{type: lrn, size: 1, alpha: 0.3}", {{2, 3, 3}}, {2, 3, 3}},
+};
+
+// Layers whose samples mix in evaluation too (batch_norm without running statistics normalizes
+// every batch with its own statistics, as PyTorch's track_running_stats=False does): every check
+// but batch independence and NaN isolation, which assume evaluation maps each sample alone.
+const std::vector<LayerCase> kBatchCoupledCases = {
+    {"{type: batch_norm, track_running_stats: false}", {{3, 4, 4}}, {3, 4, 4}},
+    {"{type: batch_norm, track_running_stats: false, affine: false, momentum: null}",
+     {{5}},
+     {5},
+     6},
 };
 
 std::string case_type(const LayerCase& layer_case) {
@@ -224,6 +290,19 @@ BOOST_DATA_TEST_CASE(checkpoint_round_trip, boost::unit_test::data::make(kConfor
   const strata::CheckResult result =
       strata::check_checkpoint_round_trip(registries(), layer_case, dir.path());
   BOOST_TEST(result.passed, result.detail);
+}
+
+BOOST_DATA_TEST_CASE(batch_coupled_layers, boost::unit_test::data::make(kBatchCoupledCases),
+                     layer_case) {
+  BOOST_TEST_REQUIRE(registries().backends.contains("tbb"), "the tbb backend plugin is not built");
+  strata::test::TempDir dir;
+  for (const strata::CheckResult& result :
+       {strata::check_shapes(registries(), layer_case),
+        strata::check_gradients(registries(), layer_case),
+        strata::check_backends_agree(registries(), layer_case, {"tbb"}),
+        strata::check_checkpoint_round_trip(registries(), layer_case, dir.path())}) {
+    BOOST_TEST(result.passed, result.check << ": " << result.detail);
+  }
 }
 
 // The checks are not vacuous: a layer with a wrong backward fails the gradient check (and only
@@ -411,16 +490,248 @@ BOOST_AUTO_TEST_CASE(padding_same) {
   BOOST_TEST(
       (contains(strided, "<test>:1:") && contains(strided, "padding: 'same' needs stride 1")),
       strided);
-  const std::string even = error_of([] {
-    registries().layers.create(yaml("{type: conv2d, out_channels: 3, kernel: 4, padding: same}"));
-  });
-  BOOST_TEST((contains(even, "'same' needs an odd kernel extent") && contains(even, "spans 4")),
-             even);
   const std::string typo = error_of([] {
     registries().layers.create(yaml("{type: conv2d, out_channels: 3, kernel: 3, padding: valid}"));
   });
-  BOOST_TEST(contains(typo, "expected an integer, a list [height, width] or 'same', found 'valid'"),
+  BOOST_TEST(contains(typo,
+                      "expected an integer, a list [height, width] or [top, bottom, left, "
+                      "right], 'same' or 'same_lower', found 'valid'"),
              typo);
+}
+
+// Even kernels: `same` puts the odd row and column at the end (PyTorch's padding='same', ONNX
+// SAME_UPPER), `same_lower` at the beginning; both compute what the explicit [top, bottom, left,
+// right] padding computes, on both backends (the layer pads the asymmetric part explicitly).
+BOOST_AUTO_TEST_CASE(padding_same_with_even_kernels) {
+  Rng rng(8);
+  const std::vector<std::pair<std::string, std::string>> pairs = {
+      {"padding: same", "padding: [1, 2, 0, 1]"},  // windows 4 and 2
+      {"padding: same_lower", "padding: [2, 1, 1, 0]"},
+  };
+  for (const std::string backend : {"reference", "tbb"}) {
+    for (const auto& [same_key, explicit_key] : pairs) {
+      Instance same =
+          make_layer(fmt::format("{{type: conv2d, out_channels: 3, kernel: [4, 2], {}}}", same_key),
+                     {{2, 6, 7}}, backend);
+      Instance explicit_padding = make_layer(
+          fmt::format("{{type: conv2d, out_channels: 3, kernel: [4, 2], {}}}", explicit_key),
+          {{2, 6, 7}}, backend);
+      BOOST_TEST(same.output == (Shape{3, 6, 7}));
+      randomize_params(*same.layer, rng);
+      for (std::size_t p = 0; p < same.layer->params().size(); ++p) {
+        explicit_padding.layer->params()[p]->value.copy_from(same.layer->params()[p]->value);
+      }
+      const std::vector<Tensor> inputs = {random_tensor({2, 2, 6, 7}, rng)};
+      BOOST_TEST(max_abs_diff(run_forward(same, inputs, false, 1),
+                              run_forward(explicit_padding, inputs, false, 1)) == 0.0f,
+                 backend << " " << same_key);
+    }
+  }
+}
+
+// conv2d with a padding mode, or with asymmetric zero padding, equals the pad layer followed by
+// conv2d without padding, forward and backward (input and weight gradients), on both backends.
+BOOST_AUTO_TEST_CASE(conv2d_padding_modes_equal_pad_then_conv) {
+  Rng rng(9);
+  struct Case {
+    std::string conv_keys, pad_keys;
+  };
+  const std::vector<Case> cases = {
+      {"padding: [1, 2], padding_mode: reflect", "padding: [1, 2], mode: reflect"},
+      {"padding: [2, 0, 1, 1], padding_mode: replicate", "padding: [2, 0, 1, 1], mode: replicate"},
+      {"padding: 2, padding_mode: circular", "padding: 2, mode: circular"},
+      {"padding: [0, 2, 1, 3]", "padding: [0, 2, 1, 3]"},
+  };
+  for (const std::string backend : {"reference", "tbb"}) {
+    for (const Case& c : cases) {
+      const std::string what = backend + ": " + c.conv_keys;
+      Instance conv = make_layer(
+          fmt::format("{{type: conv2d, out_channels: 3, kernel: 3, stride: [1, 2], round: floor, "
+                      "{}}}",
+                      c.conv_keys),
+          {{2, 5, 6}}, backend);
+      Instance pad = make_layer(fmt::format("{{type: pad, {}}}", c.pad_keys), {{2, 5, 6}}, backend);
+      Instance plain =
+          make_layer("{type: conv2d, out_channels: 3, kernel: 3, stride: [1, 2], round: floor}",
+                     {pad.output}, backend);
+      BOOST_TEST_REQUIRE(conv.output == plain.output, what);
+      randomize_params(*conv.layer, rng);
+      for (std::size_t p = 0; p < conv.layer->params().size(); ++p) {
+        plain.layer->params()[p]->value.copy_from(conv.layer->params()[p]->value);
+      }
+      const std::vector<Tensor> x = {random_tensor({2, 2, 5, 6}, rng)};
+      const Tensor y = run_forward(conv, x, true, 1);
+      const std::vector<Tensor> padded = {run_forward(pad, x, true, 1)};
+      const Tensor y_plain = run_forward(plain, padded, true, 1);
+      BOOST_TEST(max_abs_diff(y, y_plain) <= 1e-5f, what);
+      const Tensor dy = random_tensor(y.shape(), rng);
+      const Tensor dx = run_backward(conv, x, y, dy, true, 1)[0];
+      const Tensor dpadded = run_backward(plain, padded, y_plain, dy, true, 1)[0];
+      const Tensor dx_plain = run_backward(pad, x, padded[0], dpadded, true, 1)[0];
+      BOOST_TEST(max_abs_diff(dx, dx_plain) <= 1e-5f, what);
+      BOOST_TEST(
+          max_abs_diff(conv.layer->params()[0]->grad, plain.layer->params()[0]->grad) <= 1e-4f,
+          what);
+    }
+  }
+}
+
+// PyTorch's output sizes with ceil_mode=True, including the dropped last window, and with
+// dilation:
+//   nn.MaxPool2d(3, stride=2, ceil_mode=True)(112x112) -> 56 (GoogLeNet's first pool)
+//   nn.MaxPool2d(2, stride=2, padding=1, ceil_mode=True)(5x5) -> 3 (ceil(5/2) + 1 = 4 would
+//     start the last window at 6 >= 5 + 1: dropped)
+//   nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True)(8x8) -> 5
+//   nn.MaxPool2d(3, stride=1, dilation=2)(9x9) -> 5
+BOOST_AUTO_TEST_CASE(round_ceil_matches_pytorch) {
+  struct Expect {
+    std::string yaml;
+    Shape input, output;
+  };
+  const std::vector<Expect> cases = {
+      {"{type: max_pool, kernel: 3, stride: 2, round: ceil}", {2, 112, 112}, {2, 56, 56}},
+      {"{type: max_pool, kernel: 2, stride: 2, padding: 1, round: ceil}", {1, 5, 5}, {1, 3, 3}},
+      {"{type: avg_pool, kernel: 3, stride: 2, padding: 1, round: ceil}", {1, 8, 8}, {1, 5, 5}},
+      {"{type: max_pool, kernel: 3, stride: 1, dilation: 2}", {1, 9, 9}, {1, 5, 5}},
+      {"{type: max_pool, kernel: 3, stride: 2, round: ceil}", {1, 7, 8}, {1, 3, 4}},
+  };
+  for (const Expect& expect : cases) {
+    const Instance instance = make_layer(expect.yaml, {expect.input}, "reference");
+    BOOST_TEST(instance.output == expect.output,
+               expect.yaml << ": " << instance.output.str() << " != " << expect.output.str());
+  }
+}
+
+// avg_pool with ceil rounding and asymmetric padding against PyTorch's definition, written out
+// here: the window clipped to the padded input [-top, H + bottom) is the divisor with
+// count_include_pad (the overhang past it does not count), the real elements without.
+BOOST_AUTO_TEST_CASE(avg_pool_ceil_matches_its_definition) {
+  Rng rng(13);
+  for (const std::string backend : {"reference", "tbb"}) {
+    for (const bool include_pad : {true, false}) {
+      Instance pool = make_layer(fmt::format("{{type: avg_pool, kernel: 3, stride: 2, "
+                                             "padding: [1, 0, 0, 1], round: ceil, "
+                                             "count_include_pad: {}}}",
+                                             include_pad),
+                                 {{2, 7, 6}}, backend);
+      BOOST_TEST_REQUIRE(pool.output == (Shape{2, 4, 3}));
+      const Tensor x = random_tensor({1, 2, 7, 6}, rng);
+      const Tensor y = run_forward(pool, {x}, false, 1);
+      float worst = 0.0f;
+      for (int64_t c = 0; c < 2; ++c) {
+        for (int64_t i = 0; i < 4; ++i) {
+          for (int64_t j = 0; j < 3; ++j) {
+            const int64_t h0 = i * 2 - 1, w0 = j * 2;
+            const int64_t area =
+                (std::min<int64_t>(h0 + 3, 7 + 0) - h0) * (std::min<int64_t>(w0 + 3, 6 + 1) - w0);
+            double sum = 0.0;
+            int count = 0;
+            for (int64_t h = std::max<int64_t>(h0, 0); h < std::min<int64_t>(h0 + 3, 7); ++h) {
+              for (int64_t w = w0; w < std::min<int64_t>(w0 + 3, 6); ++w) {
+                sum += x.data()[(c * 7 + h) * 6 + w];
+                ++count;
+              }
+            }
+            const double expected = sum / static_cast<double>(include_pad ? area : count);
+            worst = std::max(
+                worst, static_cast<float>(std::abs(y.data()[(c * 4 + i) * 3 + j] - expected)));
+          }
+        }
+      }
+      BOOST_TEST(worst < 1e-6f, backend << " count_include_pad " << include_pad);
+    }
+  }
+}
+
+// Dilated max pooling against its definition: the taps dilation apart, padding never wins.
+BOOST_AUTO_TEST_CASE(max_pool_dilation_matches_its_definition) {
+  Rng rng(14);
+  for (const std::string backend : {"reference", "tbb"}) {
+    Instance pool = make_layer(
+        "{type: max_pool, kernel: [2, 3], stride: [2, 1], dilation: [3, 2], padding: 1, "
+        "round: ceil}",
+        {{2, 9, 8}}, backend);
+    // height: ceil((9 + 2 - 4)/2) + 1 = 5; width: (8 + 2 - 5)/1 + 1 = 6.
+    BOOST_TEST_REQUIRE(pool.output == (Shape{2, 5, 6}));
+    const Tensor x = random_tensor({1, 2, 9, 8}, rng);
+    const Tensor y = run_forward(pool, {x}, false, 1);
+    float worst = 0.0f;
+    for (int64_t c = 0; c < 2; ++c) {
+      for (int64_t i = 0; i < 5; ++i) {
+        for (int64_t j = 0; j < 6; ++j) {
+          float best = -std::numeric_limits<float>::infinity();
+          for (int64_t r = 0; r < 2; ++r) {
+            for (int64_t s = 0; s < 3; ++s) {
+              const int64_t h = i * 2 - 1 + r * 3, w = j - 1 + s * 2;
+              if (h < 0 || h >= 9 || w < 0 || w >= 8) continue;
+              best = std::max(best, x.data()[(c * 9 + h) * 8 + w]);
+            }
+          }
+          worst = std::max(worst, std::abs(y.data()[(c * 5 + i) * 6 + j] - best));
+        }
+      }
+    }
+    BOOST_TEST(worst == 0.0f, backend);
+  }
+}
+
+// Bad interop geometry is an error at the key, with the reason.
+BOOST_AUTO_TEST_CASE(interop_geometry_errors) {
+  const auto create_error = [](const std::string& layer_yaml) {
+    return error_of([&] { registries().layers.create(yaml(layer_yaml)); });
+  };
+  const std::string conv_ceil =
+      create_error("{type: conv2d, out_channels: 3, kernel: 3, round: ceil}");
+  BOOST_TEST((contains(conv_ceil, "<test>:1:") && contains(conv_ceil,
+                                                           "round: 'ceil' is for "
+                                                           "pooling only")),
+             conv_ceil);
+  const std::string three = create_error("{type: max_pool, kernel: 3, padding: [1, 1, 1]}");
+  BOOST_TEST((contains(three, "<test>:1:") &&
+              contains(three,
+                       "[top, bottom, left, right], 'same' or 'same_lower', found a list "
+                       "of 3")),
+             three);
+  const std::string bottom = create_error("{type: max_pool, kernel: 2, padding: [0, 2, 0, 0]}");
+  BOOST_TEST(contains(bottom, "bottom padding 2 is more than half the kernel 2"), bottom);
+  const std::string avg_dilation = create_error("{type: avg_pool, kernel: 2, dilation: 2}");
+  BOOST_TEST((contains(avg_dilation, "dilation: avg_pool has no dilation")), avg_dilation);
+  const std::string same_strided =
+      create_error("{type: max_pool, kernel: 2, stride: 2, padding: same}");
+  BOOST_TEST(contains(same_strided, "padding: 'same' needs stride 1"), same_strided);
+  const std::string mode =
+      create_error("{type: conv2d, out_channels: 3, kernel: 3, padding: 1, padding_mode: mirror}");
+  BOOST_TEST(contains(mode,
+                      "padding_mode: expected 'zeros', 'reflect', 'replicate' or "
+                      "'circular', found 'mirror'"),
+             mode);
+  const std::string pad_value = create_error("{type: pad, padding: 1, mode: reflect, value: 1}");
+  BOOST_TEST(contains(pad_value, "value: is the fill of mode constant"), pad_value);
+  const std::string pad_missing = create_error("{type: pad, mode: reflect}");
+  BOOST_TEST(contains(pad_missing, "missing required key 'padding'"), pad_missing);
+  const std::string pad_same = create_error("{type: pad, padding: same}");
+  BOOST_TEST(contains(pad_same, "'same' is not available here"), pad_same);
+  // Setup: reflect needs padding below the input extent (PyTorch's rule), circular at most it.
+  const std::string reflect = setup_error(
+      "{type: conv2d, out_channels: 2, kernel: 3, padding: 3, padding_mode: reflect}", {1, 3, 8});
+  BOOST_TEST(contains(reflect,
+                      "padding mode reflect needs each height padding to be less than "
+                      "the input height 3, found 3"),
+             reflect);
+  const std::string circular =
+      setup_error("{type: pad, padding: [0, 0, 5, 0], mode: circular}", {1, 3, 4});
+  BOOST_TEST(contains(circular,
+                      "circular needs each width padding to be at most the input width "
+                      "4, found 5"),
+             circular);
+  const std::string axis = setup_error("{type: softmax, axis: 0}", {4, 3, 2});
+  BOOST_TEST((contains(axis,
+                       "axis: must be a sample axis of the input [N, 4, 3, 2]: 1 to 3 or -3 "
+                       "to -1 (0 is the batch axis), found 0") &&
+              contains(axis, "<test>:1:")),
+             axis);
+  const std::string axis_low = setup_error("{type: softmax, axis: -4}", {4, 3, 2});
+  BOOST_TEST(contains(axis_low, "found -4"), axis_low);
 }
 
 BOOST_AUTO_TEST_CASE(conv2d_config_errors) {
@@ -443,7 +754,11 @@ BOOST_AUTO_TEST_CASE(conv2d_config_errors) {
   const std::string round = error_of([] {
     registries().layers.create(yaml("{type: conv2d, out_channels: 3, kernel: 3, round: ceil}"));
   });
-  BOOST_TEST(contains(round, "round: expected 'exact' or 'floor', found 'ceil'"), round);
+  BOOST_TEST(contains(round, "round: 'ceil' is for pooling only"), round);
+  const std::string round_typo =
+      error_of([] { registries().layers.create(yaml("{type: max_pool, kernel: 3, round: up}")); });
+  BOOST_TEST(contains(round_typo, "round: expected 'exact', 'floor' or 'ceil', found 'up'"),
+             round_typo);
   const std::string typo = error_of([] {
     registries().layers.create(yaml("{type: conv2d, out_channels: 3, kernel: 3, stirde: 2}"));
   });
@@ -790,6 +1105,71 @@ strata::NamedTensor buffer(Layer& layer, const std::string& name) {
   }
   BOOST_FAIL("no buffer " << name);
   return {};
+}
+
+// momentum: null (PyTorch's momentum=None): the running statistics are the plain average of every
+// batch's statistics so far (the mean, and the unbiased variance), whatever the order.
+BOOST_AUTO_TEST_CASE(momentum_null_is_the_cumulative_average) {
+  Rng rng(21);
+  Instance bn = make_layer("{type: batch_norm, momentum: null}", {{2, 3, 2}}, "reference");
+  std::vector<double> mean_sum(2, 0.0), var_sum(2, 0.0);
+  const int batches = 3;
+  for (int b = 0; b < batches; ++b) {
+    const Tensor x = random_tensor({4, 2, 3, 2}, rng, -1.0f + b, 2.0f + 2 * b);
+    run_forward(bn, {x}, true, 1);
+    for (int64_t c = 0; c < 2; ++c) {
+      std::vector<double> values;
+      for (int64_t n = 0; n < 4; ++n) {
+        for (int64_t i = 0; i < 6; ++i) values.push_back(x.data()[(n * 2 + c) * 6 + i]);
+      }
+      const double mean = std::accumulate(values.begin(), values.end(), 0.0) / 24.0;
+      double squares = 0.0;
+      for (double v : values) squares += (v - mean) * (v - mean);
+      mean_sum[static_cast<std::size_t>(c)] += mean;
+      var_sum[static_cast<std::size_t>(c)] += squares / 23.0;
+    }
+  }
+  BOOST_TEST(buffer(*bn.layer, "num_batches_tracked").tensor.data()[0] == 3.0f);
+  check_close(
+      "running_mean", buffer(*bn.layer, "running_mean").tensor,
+      {static_cast<float>(mean_sum[0] / batches), static_cast<float>(mean_sum[1] / batches)},
+      1e-5f);
+  check_close("running_var", buffer(*bn.layer, "running_var").tensor,
+              {static_cast<float>(var_sum[0] / batches), static_cast<float>(var_sum[1] / batches)},
+              1e-5f);
+  const std::string bad =
+      error_of([] { registries().layers.create(yaml("{type: batch_norm, momentum: fast}")); });
+  BOOST_TEST(contains(bad, "momentum"), bad);
+}
+
+// track_running_stats: false keeps no buffers (the checkpoint holds none) and normalizes with the
+// batch's statistics in evaluation too: evaluation gives the training output, and its backward
+// the training gradient.
+BOOST_AUTO_TEST_CASE(without_running_statistics_evaluation_uses_the_batch) {
+  Rng rng(22);
+  Instance bn =
+      make_layer("{type: batch_norm, track_running_stats: false}", {{3, 2, 2}}, "reference");
+  BOOST_TEST(bn.layer->buffers().empty());
+  randomize_params(*bn.layer, rng);
+  const std::vector<Tensor> x = {random_tensor({5, 3, 2, 2}, rng, -2.0f, 3.0f)};
+  const Tensor dy = random_tensor({5, 3, 2, 2}, rng);
+  const Tensor train_out = run_forward(bn, x, true, 1);
+  const Tensor train_dx = run_backward(bn, x, train_out, dy, true, 1)[0];
+  const Tensor eval_out = run_forward(bn, x, false, 1);
+  const Tensor eval_dx = run_backward(bn, x, eval_out, dy, false, 1)[0];
+  BOOST_TEST(max_abs_diff(train_out, eval_out) == 0.0f);
+  BOOST_TEST(max_abs_diff(train_dx, eval_dx) == 0.0f);
+  // Normalized per channel: mean 0 over the batch (affine aside, with weight 1 and bias 0).
+  Instance plain = make_layer("{type: batch_norm, track_running_stats: false, affine: false}",
+                              {{3, 2, 2}}, "reference");
+  const Tensor y = run_forward(plain, x, false, 1);
+  for (int64_t c = 0; c < 3; ++c) {
+    double sum = 0.0;
+    for (int64_t n = 0; n < 5; ++n) {
+      for (int64_t i = 0; i < 4; ++i) sum += y.data()[(n * 3 + c) * 4 + i];
+    }
+    BOOST_TEST(std::abs(sum / 20.0) < 1e-6);
+  }
 }
 
 // Values printed by PyTorch 1.13 (python3-torch) for

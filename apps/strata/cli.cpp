@@ -283,13 +283,34 @@ fs::path output_folder(const po::variables_map& vm, const std::string& experimen
   return fs::path("runs") / (stem + suffix);
 }
 
+namespace {
+
+const char* environment(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && *value != '\0' ? value : nullptr;
+}
+
+}  // namespace
+
 std::optional<std::string> launcher_evidence() {
+  // srun gives its tasks a PMI only when asked (--mpi=..., or MpiDefault in slurm.conf), and
+  // Open MPI as Debian builds it starts only through PMIx (PMI-2 fails in MPI_Init too). A step
+  // of one task without PMIx is a single process; more tasks would each train alone, writing the
+  // same files, so that is an error before MPI prints its own, which blames the build.
+  if (const char* tasks = environment("SLURM_STEP_NUM_TASKS");
+      tasks != nullptr && environment("PMIX_RANK") == nullptr &&
+      environment("OMPI_COMM_WORLD_SIZE") == nullptr) {
+    if (std::string_view(tasks) == "1") return std::nullopt;
+    const char* type = environment("SLURM_MPI_TYPE");
+    fail("srun started {} tasks (SLURM_STEP_NUM_TASKS={}) without PMIx ({}), and Open MPI cannot "
+         "make them one job without it: run `srun --mpi=pmix ...`, or set MpiDefault=pmix in "
+         "slurm.conf",
+         tasks, tasks,
+         type != nullptr ? fmt::format("SLURM_MPI_TYPE={}", type) : "no --mpi and no MpiDefault");
+  }
   // Sizes first: a variable that gives the job's size says more than one that gives a rank.
-  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK",
-                           "SLURM_STEP_NUM_TASKS"}) {
-    if (const char* value = std::getenv(name); value != nullptr && *value != '\0') {
-      return fmt::format("{}={}", name, value);
-    }
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"}) {
+    if (const char* value = environment(name)) return fmt::format("{}={}", name, value);
   }
   return std::nullopt;
 }

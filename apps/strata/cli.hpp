@@ -31,8 +31,9 @@ struct Session {
 };
 
 // What says that a launcher started this process as one rank of a job ("OMPI_COMM_WORLD_SIZE=2"
-// from Open MPI's mpirun, PMI_SIZE/PMIX_RANK from MPICH, PMIx or Slurm's PMI, SLURM_STEP_NUM_TASKS
-// from srun), or nothing for a process started on its own.
+// from Open MPI's mpirun, PMI_SIZE/PMIX_RANK from MPICH, PMIx or Slurm's PMI), or nothing for a
+// process started on its own. srun without PMIx (SLURM_STEP_NUM_TASKS but no PMIX_RANK): one
+// task is a process on its own, more are an Error saying to run srun --mpi=pmix.
 std::optional<std::string> launcher_evidence();
 
 // The job this process is a rank of: the "mpi" communicator (plugins/comm_mpi), created once,

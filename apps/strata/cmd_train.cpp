@@ -6,6 +6,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
@@ -77,13 +78,22 @@ std::string resume_command(const std::vector<std::string>& args, const std::file
   return command;
 }
 
-// Under MPI, an experiment that does not set `threads` gets the node's cores divided among the
-// ranks on it; a rank that mpirun bound to fewer cores than that is told how to unbind it.
+// Under MPI, an experiment that does not set `threads` gets the cores Slurm allocated to each task
+// (SLURM_CPUS_PER_TASK, set by `--cpus-per-task`), or else the node's cores divided among the
+// ranks on it; a rank that the launcher bound to fewer cores than that is told how to unbind it.
 void set_threads_per_rank(Config& experiment, const Communicator& communicator) {
   const auto given = experiment.find("threads");
   if (given && given->as<int>() != 0) return;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int threads = std::max(1, cores / communicator.local_size());
+  int threads = std::max(1, cores / communicator.local_size());
+  if (const char* per_task = std::getenv("SLURM_CPUS_PER_TASK")) {
+    char* end = nullptr;
+    const long allocated = std::strtol(per_task, &end, 10);
+    if (end == per_task || *end != '\0' || allocated < 1) {
+      fail("SLURM_CPUS_PER_TASK is '{}', expected a whole number of CPUs of at least 1", per_task);
+    }
+    threads = static_cast<int>(allocated);
+  }
   experiment.set("threads", std::to_string(threads));
   cpu_set_t allowed;
   if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return;

@@ -16,7 +16,7 @@ void validate(const Conv2dDesc& d, std::string_view kernel) {
          d.in_channels, d.in_h, d.in_w, d.out_channels, d.kernel_h, d.kernel_w, d.out_h, d.out_w);
   }
   if (d.stride_h <= 0 || d.stride_w <= 0 || d.dilation_h <= 0 || d.dilation_w <= 0 || d.pad_h < 0 ||
-      d.pad_w < 0) {
+      d.pad_w < 0 || d.pad_h_end < -1 || d.pad_w_end < -1) {
     fail("{}: stride and dilation must be positive and padding non-negative", kernel);
   }
   if (d.groups <= 0 || d.in_channels % d.groups != 0 || d.out_channels % d.groups != 0) {
@@ -28,11 +28,16 @@ void validate(const Conv2dDesc& d, std::string_view kernel) {
 void validate(const Pool2dDesc& d, std::string_view kernel) {
   if (d.channels <= 0 || d.in_h <= 0 || d.in_w <= 0 || d.kernel_h <= 0 || d.kernel_w <= 0 ||
       d.out_h <= 0 || d.out_w <= 0 || d.stride_h <= 0 || d.stride_w <= 0 || d.pad_h < 0 ||
-      d.pad_w < 0) {
-    fail("{}: extents and strides must be positive and padding non-negative (C={}, H={}, W={}, "
-         "kernel {}x{}, stride {}x{}, pad {}x{}, out {}x{})",
-         kernel, d.channels, d.in_h, d.in_w, d.kernel_h, d.kernel_w, d.stride_h, d.stride_w,
-         d.pad_h, d.pad_w, d.out_h, d.out_w);
+      d.pad_w < 0 || d.pad_h_end < -1 || d.pad_w_end < -1 || d.dilation_h <= 0 ||
+      d.dilation_w <= 0) {
+    fail(
+        "{}: extents, strides and dilations must be positive and padding non-negative (C={}, "
+        "H={}, W={}, kernel {}x{}, stride {}x{}, dilation {}x{}, pad {}x{} (end {}x{}), out {}x{})",
+        kernel, d.channels, d.in_h, d.in_w, d.kernel_h, d.kernel_w, d.stride_h, d.stride_w,
+        d.dilation_h, d.dilation_w, d.pad_h, d.pad_w, d.pad_h_end, d.pad_w_end, d.out_h, d.out_w);
+  }
+  if (d.mode == Pool2dDesc::Mode::kAverage && (d.dilation_h != 1 || d.dilation_w != 1)) {
+    fail("{}: average pooling has no dilation (got {}x{})", kernel, d.dilation_h, d.dilation_w);
   }
 }
 

@@ -36,9 +36,11 @@ class ReferenceBackend : public Backend {
 };
 
 // y[n,k,oh,ow] = bias[k] + sum_{c,r,s} w[k,c,r,s] * xpad[n, g*C/G + c, oh*sh + r*dh, ow*sw + s*dw]
-// with g = k / (K/G) and xpad the input with pad_h/pad_w zeros on each side. backward_data is the
-// exact transpose of that map (a scatter of dy through the same index arithmetic); backward_params
-// correlates dy with the same padded input.
+// with g = k / (K/G) and xpad the input with pad_h/pad_w zeros before and pad_bottom()/pad_right()
+// after (the end padding only makes out_h/out_w larger: taps past the input read zeros).
+// backward_data is the exact transpose of that map (a scatter of dy through the same index
+// arithmetic); backward_params correlates dy with the same padded input.
+//
 // requires: C and K divisible by groups; all extents, strides and dilations positive.
 class ReferenceConv2d : public Conv2dKernel {
  public:
@@ -50,14 +52,15 @@ class ReferenceConv2d : public Conv2dKernel {
   void on_prepare() override;
 };
 
-// Window of output (oh, ow): rows oh*sh - ph .. + kh - 1, columns likewise; positions outside the
-// input are padding.
+// Window of output (oh, ow): taps at rows oh*sh - ph + i*dh (i < kh), columns likewise; positions
+// outside the input are padding (pad_h before, pad_bottom() after).
 //   max: the largest input in the window; padding counts as -inf, so it never wins over a real
 //        element. backward sends dy to the FIRST maximum in row-major scan order, recomputed
 //        from x (a NaN counts as the maximum, so NaNs propagate as in PyTorch).
 //   average: the sum of the real elements divided by
-//        count_include_pad: the window's area clipped to the padded input (PyTorch's rule; equal
-//                           to kh*kw unless the layer rounds output sizes up);
+//        count_include_pad: the window's area clipped to the padded input [-ph, H + pad_bottom())
+//                           (PyTorch's rule; equal to kh*kw unless the layer rounds output sizes
+//                           up, when the last window may run past the padded input);
 //        otherwise:         the number of real elements.
 //   A window with no real element (possible only with padding wider than the kernel) yields -inf
 //   for max and 0 for average, and passes no gradient.

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -16,40 +17,52 @@ void check_shape(std::string_view what, const Tensor& t, const Shape& expected) 
   }
 }
 
-// One pooling window: rows [h_lo, h_hi) and columns [w_lo, w_hi) of the input that it covers,
-// and the divisor an average uses.
+// The taps of one pooling window along one axis: tap i (i_lo <= i < i_hi) reads input index
+// start + i*dilation, and only those lie inside the input.
+struct Taps {
+  int64_t start, dilation, i_lo, i_hi;
+  int64_t at(int64_t i) const { return start + i * dilation; }
+  int64_t count() const { return i_hi - i_lo; }
+};
+
+Taps taps_at(int64_t o, int64_t stride, int64_t pad, int64_t kernel, int64_t dilation, int64_t in) {
+  Taps taps{o * stride - pad, dilation, 0, 0};
+  taps.i_lo = taps.start >= 0 ? 0 : (-taps.start + dilation - 1) / dilation;
+  taps.i_hi = taps.start > in - 1 ? 0 : std::min(kernel, (in - 1 - taps.start) / dilation + 1);
+  taps.i_hi = std::max(taps.i_hi, taps.i_lo);
+  return taps;
+}
+
+// One pooling window: its taps along each axis and the divisor an average uses.
 struct Window {
-  int64_t h_lo, h_hi, w_lo, w_hi;
+  Taps h, w;
   int64_t divisor;
-  bool empty() const { return h_lo >= h_hi || w_lo >= w_hi; }
+  bool empty() const { return h.count() <= 0 || w.count() <= 0; }
 };
 
 Window window_at(const Pool2dDesc& d, int64_t oh, int64_t ow) {
-  const int64_t h_start = oh * d.stride_h - d.pad_h;
-  const int64_t w_start = ow * d.stride_w - d.pad_w;
   Window win;
-  win.h_lo = std::max<int64_t>(h_start, 0);
-  win.h_hi = std::min(h_start + d.kernel_h, d.in_h);
-  win.w_lo = std::max<int64_t>(w_start, 0);
-  win.w_hi = std::min(w_start + d.kernel_w, d.in_w);
+  win.h = taps_at(oh, d.stride_h, d.pad_h, d.kernel_h, d.dilation_h, d.in_h);
+  win.w = taps_at(ow, d.stride_w, d.pad_w, d.kernel_w, d.dilation_w, d.in_w);
   if (d.count_include_pad) {
-    // PyTorch: the window clipped to the padded input, padding included.
-    const int64_t h_end = std::min(h_start + d.kernel_h, d.in_h + d.pad_h);
-    const int64_t w_end = std::min(w_start + d.kernel_w, d.in_w + d.pad_w);
-    win.divisor = (h_end - h_start) * (w_end - w_start);
+    // PyTorch: the window clipped to the padded input, padding included (average: dilation 1).
+    const int64_t h_end = std::min(win.h.start + d.kernel_h, d.in_h + d.pad_bottom());
+    const int64_t w_end = std::min(win.w.start + d.kernel_w, d.in_w + d.pad_right());
+    win.divisor = (h_end - win.h.start) * (w_end - win.w.start);
   } else {
-    win.divisor = win.empty() ? 0 : (win.h_hi - win.h_lo) * (win.w_hi - win.w_lo);
+    win.divisor = win.empty() ? 0 : win.h.count() * win.w.count();
   }
   return win;
 }
 
 // Index (within the plane) of the first maximum of a non-empty window, scanning row-major.
 int64_t first_max(const Pool2dDesc& d, const float* plane, const Window& win) {
-  int64_t best = win.h_lo * d.in_w + win.w_lo;
-  for (int64_t h = win.h_lo; h < win.h_hi; ++h) {
-    for (int64_t w = win.w_lo; w < win.w_hi; ++w) {
-      const float v = plane[h * d.in_w + w];
-      if (v > plane[best] || (std::isnan(v) && !std::isnan(plane[best]))) best = h * d.in_w + w;
+  int64_t best = win.h.at(win.h.i_lo) * d.in_w + win.w.at(win.w.i_lo);
+  for (int64_t i = win.h.i_lo; i < win.h.i_hi; ++i) {
+    for (int64_t j = win.w.i_lo; j < win.w.i_hi; ++j) {
+      const int64_t index = win.h.at(i) * d.in_w + win.w.at(j);
+      const float v = plane[index];
+      if (v > plane[best] || (std::isnan(v) && !std::isnan(plane[best]))) best = index;
     }
   }
   return best;
@@ -80,8 +93,9 @@ void ReferencePool2d::forward(const Tensor& x, Tensor& y) {
           continue;
         }
         double sum = 0;
-        for (int64_t h = win.h_lo; h < win.h_hi; ++h) {
-          for (int64_t w = win.w_lo; w < win.w_hi; ++w) sum += plane[h * d.in_w + w];
+        for (int64_t i = win.h.i_lo; i < win.h.i_hi; ++i) {
+          for (int64_t j = win.w.i_lo; j < win.w.i_hi; ++j)
+            sum += plane[win.h.at(i) * d.in_w + win.w.at(j)];
         }
         result = win.empty() ? 0.0f : static_cast<float>(sum / static_cast<double>(win.divisor));
       }
@@ -110,8 +124,10 @@ void ReferencePool2d::backward(const Tensor& x, const Tensor& y, const Tensor& d
           continue;
         }
         const float share = static_cast<float>(static_cast<double>(grad) / win.divisor);
-        for (int64_t h = win.h_lo; h < win.h_hi; ++h) {
-          for (int64_t w = win.w_lo; w < win.w_hi; ++w) grad_in[h * d.in_w + w] += share;
+        for (int64_t i = win.h.i_lo; i < win.h.i_hi; ++i) {
+          for (int64_t j = win.w.i_lo; j < win.w.i_hi; ++j) {
+            grad_in[win.h.at(i) * d.in_w + win.w.at(j)] += share;
+          }
         }
       }
     }

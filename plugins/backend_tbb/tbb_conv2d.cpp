@@ -154,6 +154,15 @@ int64_t round_up(int64_t a, int64_t multiple) { return ceil_div(a, multiple) * m
 void TbbConv2d::on_prepare() {
   const Conv2dDesc& d = desc_;
   validate(d, "tbb conv2d");
+  if (!d.symmetric_padding()) {
+    // Every method below assumes pad_h/pad_w zeros on both sides (padded_h_, the Winograd and
+    // direct geometries): refuse rather than compute with the wrong output extent. The conv2d layer
+    // never asks for this: it pads asymmetric inputs explicitly (plugins/layers/conv2d.cpp).
+    fail(
+        "tbb conv2d: asymmetric padding (top {}, bottom {}, left {}, right {}) is not supported; "
+        "pad explicitly and pass symmetric padding",
+        d.pad_h, d.pad_bottom(), d.pad_w, d.pad_right());
+  }
   cg_ = d.in_channels / d.groups;
   kg_ = d.out_channels / d.groups;
   rows_ = cg_ * d.kernel_h * d.kernel_w;

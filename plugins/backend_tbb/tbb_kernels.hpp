@@ -87,6 +87,8 @@ class TbbBackend : public Backend {
 //   - blas: everything else. im2col + single-threaded OpenBLAS sgemm per group; a block is several
 //     whole images, or a band of output rows of one image when its col matrix would exceed the
 //     budget.
+// Padding must be symmetric (Conv2dDesc::symmetric_padding()): on_prepare() refuses end padding
+// that differs from the begin padding; the conv2d layer pads such inputs explicitly.
 // backward_params splits the batch into contiguous slices (a few per thread, for load balance);
 // slice 0 accumulates straight into dweight, the others into partial buffers added in slice
 // order, so results are deterministic for a given thread count. A kernel instance is not
@@ -205,7 +207,9 @@ class TbbConv2d : public Conv2dKernel {
 
 // Pooling, parallel over the N*C planes with a grain of about kPoolWorkPerTask window reads.
 // Window bounds are tabulated in on_prepare(); the window rules are exactly the reference's
-// (first maximum in row-major order, NaN wins; PyTorch's divisors).
+// (first maximum in row-major order, NaN wins; PyTorch's divisors, with the end padding and the
+// windows of ceil rounding clipped as PyTorch clips them). Dilated max pooling takes a plain
+// scalar loop over the taps (dilated_forward_plane); undilated pooling keeps its fast paths.
 class TbbPool2d : public Pool2dKernel {
  public:
   void forward(const Tensor& x, Tensor& y) override;
@@ -219,9 +223,16 @@ class TbbPool2d : public Pool2dKernel {
   int64_t divisor(int64_t oh, int64_t ow) const;  // of an average window with real elements
   void forward_plane(const float* in, float* out) const;
   void backward_plane(const float* in, const float* grad_out, float* grad_in) const;
+  void dilated_forward_plane(const float* in, float* out) const;
+  void dilated_backward_plane(const float* in, const float* grad_out, float* grad_in) const;
+  // Index (in the plane) of the first maximum of dilated window (oh, ow), or -1 if it is empty.
+  int64_t dilated_argmax(const float* in, int64_t oh, int64_t ow) const;
   // Per output row / column: first and one-past-last input row / column, and the extent the
-  // count_include_pad divisor uses.
+  // count_include_pad divisor uses. Dilated: first and one-past-last tap index inside the input,
+  // the tap i reading h_start_[oh] + i * dilation_h (columns likewise).
   std::vector<int64_t> h_lo_, h_hi_, h_span_, w_lo_, w_hi_, w_span_;
+  bool dilated_ = false;
+  std::vector<int64_t> h_start_, w_start_;
   // 2x2 stride-2 pooling (the common case) has a vectorizable loop over output columns
   // [pair_lo_, pair_hi_), whose windows lie fully inside the input.
   bool pairs_ = false;

@@ -29,8 +29,9 @@ void check_shape(std::string_view what, const Tensor& t, const Shape& expected) 
   }
 }
 
-// Bounds of every window along one axis: input [lo, hi) and the padded extent PyTorch divides by.
-void tabulate(int64_t out, int64_t stride, int64_t pad, int64_t kernel, int64_t in,
+// Bounds of every window along one axis: input [lo, hi) and the padded extent PyTorch divides by
+// (padding `pad` before the input, `pad_end` after it).
+void tabulate(int64_t out, int64_t stride, int64_t pad, int64_t pad_end, int64_t kernel, int64_t in,
               std::vector<int64_t>& lo, std::vector<int64_t>& hi, std::vector<int64_t>& span) {
   lo.resize(static_cast<std::size_t>(out));
   hi.resize(static_cast<std::size_t>(out));
@@ -39,7 +40,24 @@ void tabulate(int64_t out, int64_t stride, int64_t pad, int64_t kernel, int64_t 
     const int64_t start = o * stride - pad;
     lo[o] = std::clamp<int64_t>(start, 0, in);
     hi[o] = std::clamp<int64_t>(start + kernel, lo[o], in);
-    span[o] = std::min(start + kernel, in + pad) - start;
+    span[o] = std::min(start + kernel, in + pad_end) - start;
+  }
+}
+
+// Dilated windows along one axis: the window's first tap, and the tap indices [lo, hi) that read
+// inside the input.
+void tabulate_taps(int64_t out, int64_t stride, int64_t pad, int64_t kernel, int64_t dilation,
+                   int64_t in, std::vector<int64_t>& start, std::vector<int64_t>& lo,
+                   std::vector<int64_t>& hi) {
+  start.resize(static_cast<std::size_t>(out));
+  lo.resize(static_cast<std::size_t>(out));
+  hi.resize(static_cast<std::size_t>(out));
+  for (int64_t o = 0; o < out; ++o) {
+    const int64_t first = o * stride - pad;
+    start[o] = first;
+    lo[o] = first >= 0 ? 0 : (-first + dilation - 1) / dilation;
+    hi[o] = first > in - 1 ? 0 : std::min(kernel, (in - 1 - first) / dilation + 1);
+    hi[o] = std::max(hi[o], lo[o]);
   }
 }
 
@@ -48,8 +66,17 @@ void tabulate(int64_t out, int64_t stride, int64_t pad, int64_t kernel, int64_t 
 void TbbPool2d::on_prepare() {
   const Pool2dDesc& d = desc_;
   validate(d, "tbb pool2d");
-  tabulate(d.out_h, d.stride_h, d.pad_h, d.kernel_h, d.in_h, h_lo_, h_hi_, h_span_);
-  tabulate(d.out_w, d.stride_w, d.pad_w, d.kernel_w, d.in_w, w_lo_, w_hi_, w_span_);
+  dilated_ = d.dilation_h != 1 || d.dilation_w != 1;
+  if (dilated_) {
+    tabulate_taps(d.out_h, d.stride_h, d.pad_h, d.kernel_h, d.dilation_h, d.in_h, h_start_, h_lo_,
+                  h_hi_);
+    tabulate_taps(d.out_w, d.stride_w, d.pad_w, d.kernel_w, d.dilation_w, d.in_w, w_start_, w_lo_,
+                  w_hi_);
+    pairs_ = false;
+    return;
+  }
+  tabulate(d.out_h, d.stride_h, d.pad_h, d.pad_bottom(), d.kernel_h, d.in_h, h_lo_, h_hi_, h_span_);
+  tabulate(d.out_w, d.stride_w, d.pad_w, d.pad_right(), d.kernel_w, d.in_w, w_lo_, w_hi_, w_span_);
   // Output columns whose 2x2, stride-2 window lies fully inside the input.
   pairs_ = d.kernel_h == 2 && d.kernel_w == 2 && d.stride_h == 2 && d.stride_w == 2;
   pair_lo_ = std::min(d.out_w, (d.pad_w + 1) / 2);
@@ -174,7 +201,50 @@ inline __m256 permute_lanes(__m256 v) {
 
 }  // namespace
 
+// Dilated max pooling (the reference's rule: the first maximum in row-major order, the first NaN
+// wins over numbers). A plain loop: dilated pooling is rare (interop), the common cases keep the
+// vectorized paths below.
+int64_t TbbPool2d::dilated_argmax(const float* in, int64_t oh, int64_t ow) const {
+  const Pool2dDesc& d = desc_;
+  int64_t best = -1;
+  for (int64_t i = h_lo_[oh]; i < h_hi_[oh]; ++i) {
+    const int64_t row = (h_start_[oh] + i * d.dilation_h) * d.in_w;
+    for (int64_t j = w_lo_[ow]; j < w_hi_[ow]; ++j) {
+      const int64_t index = row + w_start_[ow] + j * d.dilation_w;
+      const float v = in[index];
+      if (best < 0 || v > in[best] || (std::isnan(v) && !std::isnan(in[best]))) best = index;
+    }
+  }
+  return best;
+}
+
+void TbbPool2d::dilated_forward_plane(const float* in, float* out) const {
+  const Pool2dDesc& d = desc_;
+  for (int64_t oh = 0; oh < d.out_h; ++oh) {
+    for (int64_t ow = 0; ow < d.out_w; ++ow) {
+      const int64_t best = dilated_argmax(in, oh, ow);
+      out[oh * d.out_w + ow] = best < 0 ? -std::numeric_limits<float>::infinity() : in[best];
+    }
+  }
+}
+
+void TbbPool2d::dilated_backward_plane(const float* in, const float* grad_out,
+                                       float* grad_in) const {
+  const Pool2dDesc& d = desc_;
+  std::fill_n(grad_in, d.in_h * d.in_w, 0.0f);
+  for (int64_t oh = 0; oh < d.out_h; ++oh) {
+    for (int64_t ow = 0; ow < d.out_w; ++ow) {
+      const int64_t best = dilated_argmax(in, oh, ow);
+      if (best >= 0) grad_in[best] += grad_out[oh * d.out_w + ow];
+    }
+  }
+}
+
 void TbbPool2d::forward_plane(const float* in, float* out) const {
+  if (dilated_) {
+    dilated_forward_plane(in, out);
+    return;
+  }
   const Pool2dDesc& d = desc_;
   const bool max = d.mode == Mode::kMax;
   for (int64_t oh = 0; oh < d.out_h; ++oh) {
@@ -234,6 +304,10 @@ void TbbPool2d::forward_plane(const float* in, float* out) const {
 }
 
 void TbbPool2d::backward_plane(const float* in, const float* grad_out, float* grad_in) const {
+  if (dilated_) {
+    dilated_backward_plane(in, grad_out, grad_in);
+    return;
+  }
   const Pool2dDesc& d = desc_;
   const bool max = d.mode == Mode::kMax;
   std::fill_n(grad_in, d.in_h * d.in_w, 0.0f);

@@ -13,9 +13,17 @@ std::string conv_yaml(int64_t out_channels, int64_t kernel, int64_t stride, int6
       stride > 1 ? ", round: floor" : "");
 }
 
-std::string batch_norm_yaml(double eps) {
-  if (eps <= 0.0) return "{type: batch_norm}";
-  return fmt::format("{{type: batch_norm, eps: {}}}", eps);
+std::string batch_norm_yaml(bool sync, double eps) {
+  return fmt::format("{{type: batch_norm{}{}}}", eps > 0.0 ? fmt::format(", eps: {}", eps) : "",
+                     sync ? ", sync: true" : "");
+}
+
+bool read_sync_batch_norm(const Config& config, bool batch_norm) {
+  const bool sync = config.get<bool>("sync_batch_norm", false);
+  if (sync && !batch_norm) {
+    config.fail_key("sync_batch_norm", "is true, but the block has no batch norm: set batch_norm: true");
+  }
+  return sync;
 }
 
 int64_t image_channels(const BlockContext& context) {
@@ -62,12 +70,12 @@ bool needs_projection(const BlockContext& context, Shortcut shortcut, int64_t in
 
 void append_shortcut_and_join(std::vector<BlockPart>& parts, const BlockContext& context,
                               Shortcut shortcut, int64_t in_channels, int64_t out_channels,
-                              int64_t stride, const std::string& residual) {
+                              int64_t stride, const std::string& residual, bool sync_batch_norm) {
   std::string input = BlockContext::input();
   if (needs_projection(context, shortcut, in_channels, out_channels, stride)) {
     parts.push_back(context.part("downsample.0", conv_yaml(out_channels, 1, stride, 0, false),
                                  {BlockContext::input()}));
-    parts.push_back(context.part("downsample.1", batch_norm_yaml()));
+    parts.push_back(context.part("downsample.1", batch_norm_yaml(sync_batch_norm)));
     input = "downsample.1";
   }
   parts.push_back(context.part("add", "{type: add}", {residual, input}));

@@ -16,8 +16,13 @@ namespace strata::blocks {
 // rely on: a 3x3 stride-2 convolution with padding 1 halves an even extent).
 std::string conv_yaml(int64_t out_channels, int64_t kernel, int64_t stride, int64_t padding,
                       bool bias, int64_t dilation = 1);
-// {type: batch_norm[, eps: E]}; eps <= 0 keeps the layer's default (PyTorch's 1e-5).
-std::string batch_norm_yaml(double eps = 0.0);
+// {type: batch_norm[, eps: E][, sync: true]}; eps <= 0 keeps the layer's default (PyTorch's
+// 1e-5). `sync`: the statistics are reduced across the ranks of an MPI job (docs/distributed.md,
+// "Batch norm across ranks").
+std::string batch_norm_yaml(bool sync, double eps = 0.0);
+// The block's `sync_batch_norm` key (default false): whether its batch_norm parts are `sync`.
+// `batch_norm`: whether the block has any (true on a block without them is an error).
+bool read_sync_batch_norm(const Config& config, bool batch_norm = true);
 
 // Requires a [C, H, W] input; returns C.
 int64_t image_channels(const BlockContext& context);
@@ -45,6 +50,6 @@ bool needs_projection(const BlockContext& context, Shortcut shortcut, int64_t in
 // then `add` of `residual` (the last part of the main branch) and the shortcut, then `relu`.
 void append_shortcut_and_join(std::vector<BlockPart>& parts, const BlockContext& context,
                               Shortcut shortcut, int64_t in_channels, int64_t out_channels,
-                              int64_t stride, const std::string& residual);
+                              int64_t stride, const std::string& residual, bool sync_batch_norm);
 
 }  // namespace strata::blocks

@@ -18,6 +18,9 @@
 //   channels     the input's C. The module keeps C channels throughout: a value other than the
 //                input's channel count is an error
 //   batch_norm   false
+//   sync_batch_norm  false; true: the block's batch_norm parts (batch_norm: true) reduce their
+//                    statistics across the ranks of an MPI job (batch_norm's `sync`,
+//                    docs/distributed.md)
 //   final_relu   false
 //
 // REQUIRES
@@ -40,6 +43,7 @@ class ContextModule final : public Block {
   explicit ContextModule(const Config& config)
       : dilations_(config.get<std::vector<int64_t>>("dilations", {1, 1, 2, 4, 8, 16, 1})),
         batch_norm_(config.get<bool>("batch_norm", false)),
+        sync_batch_norm_(read_sync_batch_norm(config, batch_norm_)),
         final_relu_(config.get<bool>("final_relu", false)) {
     if (dilations_.empty()) config.fail_key("dilations", "needs at least one dilation");
     for (int64_t dilation : dilations_) {
@@ -61,7 +65,7 @@ class ContextModule final : public Block {
     auto layer = [&](std::size_t k, int64_t kernel, int64_t dilation, bool relu) {
       parts.push_back(context.part(fmt::format("conv{}", k),
                                    conv_yaml(channels, kernel, 1, dilation * (kernel / 2), !batch_norm_, dilation)));
-      if (batch_norm_) parts.push_back(context.part(fmt::format("bn{}", k), batch_norm_yaml()));
+      if (batch_norm_) parts.push_back(context.part(fmt::format("bn{}", k), batch_norm_yaml(sync_batch_norm_)));
       if (relu) parts.push_back(context.part(fmt::format("relu{}", k), "{type: relu}"));
     };
     for (std::size_t i = 0; i < dilations_.size(); ++i) layer(i + 1, 3, dilations_[i], true);
@@ -72,6 +76,7 @@ class ContextModule final : public Block {
  private:
   std::vector<int64_t> dilations_;
   bool batch_norm_;
+  bool sync_batch_norm_;
   bool final_relu_;
   std::optional<int64_t> channels_;
 };

@@ -22,6 +22,9 @@
 // KEYS (the paper's columns #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj; each >= 1)
 //   ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj   required
 //   batch_norm   false
+//   sync_batch_norm  false; true: the block's batch_norm parts (batch_norm: true) reduce their
+//                    statistics across the ranks of an MPI job (batch_norm's `sync`,
+//                    docs/distributed.md)
 //
 // REQUIRES
 //   - one input of sample shape [C, H, W].
@@ -45,7 +48,8 @@ class Inception final : public Block {
         ch5x5red_(read_channels(config, "ch5x5red")),
         ch5x5_(read_channels(config, "ch5x5")),
         pool_proj_(read_channels(config, "pool_proj")),
-        batch_norm_(config.get<bool>("batch_norm", false)) {}
+        batch_norm_(config.get<bool>("batch_norm", false)),
+        sync_batch_norm_(read_sync_batch_norm(config, batch_norm_)) {}
 
   std::string_view type() const override { return "inception"; }
 
@@ -56,7 +60,7 @@ class Inception final : public Block {
     auto conv = [&](const std::string& prefix, int64_t out, int64_t kernel, const std::string& input) {
       parts.push_back(context.part(prefix + ".conv", conv_yaml(out, kernel, 1, kernel / 2, !batch_norm_),
                                    {input}));
-      if (batch_norm_) parts.push_back(context.part(prefix + ".bn", batch_norm_yaml(0.001)));
+      if (batch_norm_) parts.push_back(context.part(prefix + ".bn", batch_norm_yaml(sync_batch_norm_, 0.001)));
       parts.push_back(context.part(prefix + ".relu", "{type: relu}"));
       return prefix + ".relu";
     };
@@ -74,6 +78,7 @@ class Inception final : public Block {
  private:
   int64_t ch1x1_, ch3x3red_, ch3x3_, ch5x5red_, ch5x5_, pool_proj_;
   bool batch_norm_;
+  bool sync_batch_norm_;
 };
 
 }  // namespace

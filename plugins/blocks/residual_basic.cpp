@@ -15,6 +15,8 @@
 //   stride        1, >= 1; applies to the first copy only (later copies use 1), as in a ResNet stage
 //   shortcut      auto (default: project when the channels or the stride change), projection,
 //                 or identity (an error when the shape changes)
+//   sync_batch_norm  false; true: the block's batch_norm parts reduce their statistics across
+//                    the ranks of an MPI job (batch_norm's `sync`, docs/distributed.md)
 //   (and the graph's: name, type, inputs, repeat)
 //
 // REQUIRES
@@ -35,7 +37,8 @@ class ResidualBasic final : public Block {
   explicit ResidualBasic(const Config& config)
       : out_channels_(read_channels(config, "out_channels")),
         stride_(read_positive(config, "stride", 1)),
-        shortcut_(read_shortcut(config)) {}
+        shortcut_(read_shortcut(config)),
+        sync_batch_norm_(read_sync_batch_norm(config)) {}
 
   std::string_view type() const override { return "residual_basic"; }
 
@@ -44,11 +47,12 @@ class ResidualBasic final : public Block {
     const int64_t stride = context.index() == 0 ? stride_ : 1;
     std::vector<BlockPart> parts;
     parts.push_back(context.part("conv1", conv_yaml(out_channels_, 3, stride, 1, false)));
-    parts.push_back(context.part("bn1", batch_norm_yaml()));
+    parts.push_back(context.part("bn1", batch_norm_yaml(sync_batch_norm_)));
     parts.push_back(context.part("relu1", "{type: relu}"));
     parts.push_back(context.part("conv2", conv_yaml(out_channels_, 3, 1, 1, false)));
-    parts.push_back(context.part("bn2", batch_norm_yaml()));
-    append_shortcut_and_join(parts, context, shortcut_, in_channels, out_channels_, stride, "bn2");
+    parts.push_back(context.part("bn2", batch_norm_yaml(sync_batch_norm_)));
+    append_shortcut_and_join(parts, context, shortcut_, in_channels, out_channels_, stride, "bn2",
+                             sync_batch_norm_);
     return parts;
   }
 
@@ -56,6 +60,7 @@ class ResidualBasic final : public Block {
   int64_t out_channels_;
   int64_t stride_;
   Shortcut shortcut_;
+  bool sync_batch_norm_;
 };
 
 }  // namespace

@@ -17,6 +17,8 @@
 //   expansion     4: out_channels / width; out_channels must be divisible by it
 //   stride        1; applies to the first copy only
 //   shortcut      auto (default), projection or identity: as for residual_basic
+//   sync_batch_norm  false; true: the block's batch_norm parts reduce their statistics across
+//                    the ranks of an MPI job (batch_norm's `sync`, docs/distributed.md)
 //
 // REQUIRES
 //   - one input of sample shape [C, H, W].
@@ -37,7 +39,8 @@ class ResidualBottleneck final : public Block {
       : out_channels_(read_channels(config, "out_channels")),
         expansion_(read_positive(config, "expansion", 4)),
         stride_(read_positive(config, "stride", 1)),
-        shortcut_(read_shortcut(config)) {
+        shortcut_(read_shortcut(config)),
+        sync_batch_norm_(read_sync_batch_norm(config)) {
     if (out_channels_ % expansion_ != 0) {
       config.fail_key("out_channels",
                       fmt::format("channels do not fit: out_channels {} is not divisible by "
@@ -54,14 +57,15 @@ class ResidualBottleneck final : public Block {
     const int64_t width = out_channels_ / expansion_;
     std::vector<BlockPart> parts;
     parts.push_back(context.part("conv1", conv_yaml(width, 1, 1, 0, false)));
-    parts.push_back(context.part("bn1", batch_norm_yaml()));
+    parts.push_back(context.part("bn1", batch_norm_yaml(sync_batch_norm_)));
     parts.push_back(context.part("relu1", "{type: relu}"));
     parts.push_back(context.part("conv2", conv_yaml(width, 3, stride, 1, false)));
-    parts.push_back(context.part("bn2", batch_norm_yaml()));
+    parts.push_back(context.part("bn2", batch_norm_yaml(sync_batch_norm_)));
     parts.push_back(context.part("relu2", "{type: relu}"));
     parts.push_back(context.part("conv3", conv_yaml(out_channels_, 1, 1, 0, false)));
-    parts.push_back(context.part("bn3", batch_norm_yaml()));
-    append_shortcut_and_join(parts, context, shortcut_, in_channels, out_channels_, stride, "bn3");
+    parts.push_back(context.part("bn3", batch_norm_yaml(sync_batch_norm_)));
+    append_shortcut_and_join(parts, context, shortcut_, in_channels, out_channels_, stride, "bn3",
+                             sync_batch_norm_);
     return parts;
   }
 
@@ -70,6 +74,7 @@ class ResidualBottleneck final : public Block {
   int64_t expansion_;
   int64_t stride_;
   Shortcut shortcut_;
+  bool sync_batch_norm_;
 };
 
 }  // namespace

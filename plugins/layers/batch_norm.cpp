@@ -8,8 +8,13 @@
 //                 running_var  = (1 - momentum) * running_var  + momentum * var_c * m/(m - 1)
 //                 num_batches_tracked += 1                                   (unbiased update)
 //     evaluation: y = (x - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c]
-//   The running statistics change only in a training forward. Without `affine`, weight is 1 and
-//   bias 0 and the layer has no parameters.
+//   The running statistics change only in a training forward. With `momentum: null` (PyTorch's
+//   momentum=None) the running statistics are the cumulative average of the batches' statistics:
+//   momentum above is 1/num_batches_tracked (after its increment), so each batch weighs the same.
+//   With `track_running_stats: false` there are no running statistics at all: training and
+//   evaluation both normalize with the batch's statistics (and backward, in both modes, is the
+//   batch-statistics gradient), and the checkpoint holds no buffers (as PyTorch's state_dict).
+//   Without `affine`, weight is 1 and bias 0 and the layer has no parameters.
 //   Synchronized (`sync: true`, in a training pass whose Context::communicator is set): the batch
 //   is the union of every rank's batch, m = the sum of N_r*H*W over the ranks, and the formulas
 //   above hold for that batch, so N ranks with B/N images each compute what one process computes
@@ -30,7 +35,10 @@
 //
 // KEYS
 //   momentum  0.1, in [0, 1]: weight of the new batch in the running statistics (PyTorch's
-//             convention, the opposite of Keras' and Caffe's "moving average fraction")
+//             convention, the opposite of Keras' and Caffe's "moving average fraction"); null:
+//             the cumulative average (weight 1/num_batches_tracked)
+//   track_running_stats  true: false keeps no running statistics and normalizes with the batch's
+//             statistics in evaluation too (PyTorch's track_running_stats=False)
 //   eps       1e-5, > 0: added to the variance before the square root
 //   affine    true: learn weight and bias
 //   sync      false: true reduces the batch statistics across the ranks of an MPI job (above);
@@ -56,8 +64,9 @@
 //     results. Synchronized, the reduced sums are the same bits on every rank (the communicator's
 //     guarantee), so are the running statistics; with one rank they equal the unsynchronized ones
 //     bit for bit.
-//   - batch independence holds in evaluation only: in training each sample's output depends on
-//     the whole batch through the batch statistics.
+//   - batch independence holds in evaluation only, and only with track_running_stats: in training
+//     (and always without running statistics) each sample's output depends on the whole batch
+//     through the batch statistics.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -102,10 +111,12 @@ class Partials {
 class BatchNorm final : public Layer {
  public:
   explicit BatchNorm(const Config& config)
-      : momentum_(config.get<double>("momentum", 0.1)),
+      : cumulative_(config.find("momentum") && config.at("momentum").is_null()),
+        momentum_(cumulative_ ? 0.0 : config.get<double>("momentum", 0.1)),
         eps_(config.get<double>("eps", 1e-5)),
         affine_(config.get<bool>("affine", true)),
-        sync_(config.get<bool>("sync", false)) {
+        sync_(config.get<bool>("sync", false)),
+        track_running_stats_(config.get<bool>("track_running_stats", true)) {
     if (!(momentum_ >= 0.0 && momentum_ <= 1.0)) {
       config.fail_key("momentum", fmt::format("must be in [0, 1], found {}", momentum_));
     }
@@ -123,6 +134,7 @@ class BatchNorm final : public Layer {
   }
 
   std::vector<NamedTensor> buffers() override {
+    if (!track_running_stats_) return {};
     return {{"running_mean", running_mean_},
             {"running_var", running_var_},
             {"num_batches_tracked", num_batches_tracked_}};
@@ -138,7 +150,8 @@ class BatchNorm final : public Layer {
     const float* px = x.data();
     float* py = out.data();
 
-    if (!context.training) {
+    // Without running statistics, evaluation normalizes with the batch's, as training does.
+    if (!context.training && track_running_stats_) {
       const float* running_mean = running_mean_.data();
       const float* running_var = running_var_.data();
       for_channels(context, batch, [&](int64_t c) {
@@ -177,9 +190,13 @@ class BatchNorm final : public Layer {
       }
       return sum_squares.total();
     };
-    float* running_mean = running_mean_.data();
-    float* running_var = running_var_.data();
-    const double momentum = momentum_;
+    const bool update_running = context.training && track_running_stats_;
+    float* running_mean = update_running ? running_mean_.data() : nullptr;
+    float* running_var = update_running ? running_var_.data() : nullptr;
+    const double momentum = !update_running ? 0.0
+                            : cumulative_
+                                ? 1.0 / (static_cast<double>(num_batches_tracked_.data()[0]) + 1.0)
+                                : momentum_;
     auto normalize_channel = [&](int64_t c, double mean, double squares, double m) {
       const double var = squares / m;
       const double inv_std = 1.0 / std::sqrt(var + eps_);
@@ -193,6 +210,7 @@ class BatchNorm final : public Layer {
         float* ys = py + (n * channels_ + c) * spatial_;
         for (int64_t s = 0; s < spatial_; ++s) ys[s] = xs[s] * scale_f + shift_f;
       }
+      if (!update_running) return;
       const double unbiased = squares / (m - 1.0);
       running_mean[c] = static_cast<float>((1.0 - momentum) * running_mean[c] + momentum * mean);
       running_var[c] = static_cast<float>((1.0 - momentum) * running_var[c] + momentum * unbiased);
@@ -206,7 +224,7 @@ class BatchNorm final : public Layer {
 
     saved_mean_.resize(static_cast<std::size_t>(channels_));
     saved_inv_std_.resize(static_cast<std::size_t>(channels_));
-    Communicator* ranks = sync_ ? context.communicator : nullptr;
+    Communicator* ranks = sync_ && context.training ? context.communicator : nullptr;
     if (ranks == nullptr) {
       // One channel at a time through all three passes, while its values are in cache.
       if (count < 2) too_few_values(static_cast<double>(count), "");
@@ -243,15 +261,16 @@ class BatchNorm final : public Layer {
     }
     saved_batch_ = batch;
     saved_synchronized_ = ranks != nullptr;
-    num_batches_tracked_.data()[0] += 1.0f;
+    if (update_running) num_batches_tracked_.data()[0] += 1.0f;
   }
 
   void backward(Context& context, std::span<const Tensor> in, const Tensor&, const Tensor& dout,
                 std::span<Tensor> din) override {
     const Tensor& x = in[0];
     const int64_t batch = x.dim(0);
-    const bool training = context.training;
-    Communicator* ranks = training && sync_ ? context.communicator : nullptr;
+    // Batch statistics: in training, and in evaluation without running statistics.
+    const bool training = context.training || !track_running_stats_;
+    Communicator* ranks = context.training && sync_ ? context.communicator : nullptr;
     if (training && saved_batch_ != batch) {
       fail(
           "backward in training mode needs the batch statistics of a training forward on the "
@@ -267,8 +286,8 @@ class BatchNorm final : public Layer {
     const float* weight = affine_ ? weight_.value.data() : nullptr;
     float* dweight = affine_ ? weight_.grad.data() : nullptr;
     float* dbias = affine_ ? bias_.grad.data() : nullptr;
-    const float* running_mean = running_mean_.data();
-    const float* running_var = running_var_.data();
+    const float* running_mean = track_running_stats_ ? running_mean_.data() : nullptr;
+    const float* running_var = track_running_stats_ ? running_var_.data() : nullptr;
     const float* px = x.data();
     const float* pdy = dout.data();
     float* pdx = din[0].defined() ? din[0].data() : nullptr;
@@ -361,10 +380,12 @@ class BatchNorm final : public Layer {
                             channels_, 0.0f);
       bias_ = Param::make("bias", Shape{channels_}, "constant", channels_, channels_, 0.0f);
     }
-    running_mean_ = Tensor(Shape{channels_});
-    running_var_ = Tensor(Shape{channels_});
-    running_var_.fill(1.0f);
-    num_batches_tracked_ = Tensor(Shape{});
+    if (track_running_stats_) {
+      running_mean_ = Tensor(Shape{channels_});
+      running_var_ = Tensor(Shape{channels_});
+      running_var_.fill(1.0f);
+      num_batches_tracked_ = Tensor(Shape{});
+    }
     return in;
   }
 
@@ -379,10 +400,12 @@ class BatchNorm final : public Layer {
     parallel_elementwise(context, channels_, batch * spatial_, run);
   }
 
+  bool cumulative_;  // momentum: null
   double momentum_;
   double eps_;
   bool affine_;
   bool sync_;
+  bool track_running_stats_;
   int64_t channels_ = 0;
   int64_t spatial_ = 1;
   Param weight_, bias_;

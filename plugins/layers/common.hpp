@@ -22,6 +22,21 @@ using Pair = std::array<int64_t, 2>;
 enum class Rounding {
   kExact,  // the output size must be a whole number, else setup fails with the arithmetic
   kFloor,  // drop the incomplete last window, as PyTorch does
+  kCeil,   // keep it (PyTorch's ceil_mode=True, ONNX ceil_mode=1), unless it would start past the
+           // input and the begin padding: then it is dropped, as PyTorch drops it
+};
+
+// Padding before (top, left) and after (bottom, right) the input, per axis [height, width].
+struct Padding {
+  Pair begin{0, 0}, end{0, 0};
+  bool symmetric() const { return begin == end; }
+  bool zero() const { return begin == Pair{0, 0} && end == Pair{0, 0}; }
+};
+
+// What `padding: same` / `same_lower` needs to know: the effective window extents
+// dilation*(kernel-1)+1 and the strides.
+struct SameRule {
+  Pair window, stride;
 };
 
 // Reads `key` as an integer (used for both extents) or a list [height, width]: Config::get_pair.
@@ -31,17 +46,31 @@ enum class Rounding {
 Pair read_pair(const Config& config, std::string_view key, std::optional<Pair> fallback,
                int64_t minimum);
 
-// Reads `round: exact|floor` (default exact).
-Rounding read_rounding(const Config& config);
+// Reads `round: exact|floor|ceil` (default exact); `allow_ceil` false (conv2d) refuses ceil at the
+// key, with the reason.
+Rounding read_rounding(const Config& config, bool allow_ceil = true);
+
+// Reads the `padding` key (default 0):
+//   p                          p on every side
+//   [ph, pw]                   ph above and below, pw left and right
+//   [top, bottom, left, right] (ONNX's `pads` order is [top, left, bottom, right]: not this one)
+//   same                       out = in at stride 1: total padding window - 1 per axis, the odd
+//                              one at the end (ONNX auto_pad SAME_UPPER, PyTorch padding='same')
+//   same_lower                 the same with the odd one at the beginning (SAME_LOWER)
+//   requires: numbers in [0, kMaxExtent]; `same`/`same_lower` only when `same` is given, and then
+//             stride 1 on both axes. Anything else is a config error at the key naming the forms.
+Padding read_padding(const Config& config, std::optional<SameRule> same);
 
 // The output extent of a sliding window along one axis:
-//   out = (in - window + 2*pad)/stride + 1, window = dilation*(kernel-1)+1.
+//   out = (in - window + pad_begin + pad_end)/stride + 1, window = dilation*(kernel-1)+1, the
+//   quotient rounded as `rounding` says (kCeil: rounded up, then the last window dropped if it
+//   would start at or past in + pad_begin, PyTorch's rule).
 //   Fails (naming `axis`, "height" or "width", and the numbers) when the window does not fit in
 //   the padded input, or when the quotient is not whole and rounding is kExact:
 //   output width (7 - 3 + 2*0)/3 + 1 = 2.33 is not a whole number; choose stride/padding that
 //   fit, or set round: floor
 int64_t output_extent(std::string_view axis, int64_t in, int64_t kernel, int64_t dilation,
-                      int64_t pad, int64_t stride, Rounding rounding);
+                      int64_t pad_begin, int64_t pad_end, int64_t stride, Rounding rounding);
 
 // Requires a [C, H, W] sample shape; `what` names the layer kind in the message.
 void require_image_shape(const Shape& shape, std::string_view what);

@@ -11,14 +11,25 @@
 //   out_channels  required, >= 1
 //   kernel        required: k or [kh, kw]
 //   stride        1 or [sh, sw]
-//   padding       0, p, [ph, pw], or `same` (out = in). `same` is symmetric zero padding
-//                 (effective kernel - 1)/2, so it requires stride 1 and an odd effective kernel
-//                 dilation*(kernel-1)+1 on both axes (padding is always symmetric).
+//   padding       0, p, [ph, pw], [top, bottom, left, right], `same` or `same_lower`.
+//                 [top, bottom, left, right] is not ONNX's `pads` order ([top, left, bottom,
+//                 right]): reorder. `same` (out = in, stride 1 only) pads F_eff - 1 in all on each
+//                 axis, F_eff = dilation*(kernel-1)+1, half before and half after, the odd one
+//                 after for an even F_eff (PyTorch's padding='same', ONNX auto_pad SAME_UPPER);
+//                 `same_lower` puts the odd one before (ONNX SAME_LOWER).
+//   padding_mode  zeros (default) | reflect | replicate | circular: PyTorch's padding_mode (ONNX
+//                 Pad modes reflect, edge, wrap before the Conv). Other than zeros, the input is
+//                 padded explicitly (pad.hpp: reflect needs each padding less than the input,
+//                 circular at most the input), then convolved without padding, as PyTorch does.
+//                 Asymmetric zero padding is split the same way: the symmetric part stays in the
+//                 kernel, the rest is padded explicitly (the fast kernels take symmetric padding).
 //   dilation      1 or [dh, dw]
 //   groups        1; in_channels and out_channels must both be divisible by it
 //   bias          true
 //   round         exact (default): (in - F_eff + 2P)/S + 1 must be whole, else setup fails with
-//                 the arithmetic; floor: PyTorch's floor((in - F_eff + 2P)/S) + 1
+//                 the arithmetic; floor: PyTorch's floor((in - F_eff + 2P)/S) + 1. (2P is
+//                 top + bottom, or left + right.) No ceil: PyTorch's and ONNX's convolutions have
+//                 none, and `round: ceil` is an error naming the key.
 //
 // REQUIRES
 //   - one input with sample shape [C, H, W], C divisible by groups, and the dilated kernel fits
@@ -29,9 +40,11 @@
 //     geometry.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <memory>
 
 #include "common.hpp"
+#include "pad.hpp"
 #include "strata/error.hpp"
 #include "strata/ops.hpp"
 
@@ -48,7 +61,8 @@ class Conv2d final : public Layer {
         dilation_(read_pair(config, "dilation", Pair{1, 1}, 1)),
         groups_(config.get<int64_t>("groups", 1)),
         has_bias_(config.get<bool>("bias", true)),
-        rounding_(read_rounding(config)) {
+        rounding_(read_rounding(config, /*allow_ceil=*/false)),
+        padding_mode_(read_pad_mode(config, "padding_mode", "zeros")) {
     if (out_channels_ < 1) {
       config.fail_key("out_channels", fmt::format("must be at least 1, found {}", out_channels_));
     }
@@ -59,7 +73,8 @@ class Conv2d final : public Layer {
       config.fail_key("groups", fmt::format("out_channels {} is not divisible by groups {}",
                                             out_channels_, groups_));
     }
-    read_padding(config);
+    const Pair window{dilation_[0] * (kernel_[0] - 1) + 1, dilation_[1] * (kernel_[1] - 1) + 1};
+    padding_ = read_padding(config, SameRule{window, stride_});
   }
 
   std::string_view type() const override { return "conv2d"; }
@@ -81,15 +96,30 @@ class Conv2d final : public Layer {
     return window;
   }
 
-  void forward(Context&, std::span<const Tensor> in, Tensor& out) override {
+  void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, output_shape().with_batch(in[0].dim(0)));
-    kernel_impl_->forward(in[0], weight_.value, has_bias_ ? &bias_.value : nullptr, out);
+    const Tensor& x = explicit_padding_ ? padded(context, in[0]) : in[0];
+    kernel_impl_->forward(x, weight_.value, has_bias_ ? &bias_.value : nullptr, out);
   }
 
-  void backward(Context&, std::span<const Tensor> in, const Tensor&, const Tensor& dout,
+  void backward(Context& context, std::span<const Tensor> in, const Tensor&, const Tensor& dout,
                 std::span<Tensor> din) override {
-    if (din[0].defined()) kernel_impl_->backward_data(dout, weight_.value, din[0]);
-    kernel_impl_->backward_params(in[0], dout, weight_.grad, has_bias_ ? &bias_.grad : nullptr);
+    if (!explicit_padding_) {
+      if (din[0].defined()) kernel_impl_->backward_data(dout, weight_.value, din[0]);
+      kernel_impl_->backward_params(in[0], dout, weight_.grad, has_bias_ ? &bias_.grad : nullptr);
+      return;
+    }
+    // Padded again from this backward's input (not the last forward's), then the transpose of
+    // the padding sums the padded input's gradient back onto the input.
+    const Tensor& x = padded(context, in[0]);
+    if (din[0].defined()) {
+      if (!padded_grad_.defined() || padded_grad_.shape() != x.shape()) {
+        padded_grad_ = Tensor(x.shape());
+      }
+      kernel_impl_->backward_data(dout, weight_.value, padded_grad_);
+      pad_backward(context, pad_plan_, padded_grad_, din[0]);
+    }
+    kernel_impl_->backward_params(x, dout, weight_.grad, has_bias_ ? &bias_.grad : nullptr);
   }
 
  protected:
@@ -105,20 +135,36 @@ class Conv2d final : public Layer {
     desc.in_channels = in_channels;
     desc.in_h = in[1];
     desc.in_w = in[2];
+    desc.out_h = output_extent("height", in[1], kernel_[0], dilation_[0], padding_.begin[0],
+                               padding_.end[0], stride_[0], rounding_);
+    desc.out_w = output_extent("width", in[2], kernel_[1], dilation_[1], padding_.begin[1],
+                               padding_.end[1], stride_[1], rounding_);
+    // The kernel's (symmetric, zero) padding, and what is padded explicitly before it.
+    Pair kernel_pad{0, 0};
+    Padding explicit_pad = padding_;
+    if (padding_mode_ == PadMode::kConstant) {
+      for (int axis = 0; axis < 2; ++axis) {
+        kernel_pad[axis] = std::min(padding_.begin[axis], padding_.end[axis]);
+        explicit_pad.begin[axis] -= kernel_pad[axis];
+        explicit_pad.end[axis] -= kernel_pad[axis];
+      }
+    }
+    explicit_padding_ = !explicit_pad.zero();
+    if (explicit_padding_) {
+      pad_plan_ = make_pad_plan(padding_mode_, 0.0f, explicit_pad, in);
+      desc.in_h = pad_plan_.out_h;
+      desc.in_w = pad_plan_.out_w;
+    }
     desc.out_channels = out_channels_;
     desc.kernel_h = kernel_[0];
     desc.kernel_w = kernel_[1];
     desc.stride_h = stride_[0];
     desc.stride_w = stride_[1];
-    desc.pad_h = padding_[0];
-    desc.pad_w = padding_[1];
+    desc.pad_h = kernel_pad[0];
+    desc.pad_w = kernel_pad[1];
     desc.dilation_h = dilation_[0];
     desc.dilation_w = dilation_[1];
     desc.groups = groups_;
-    desc.out_h = output_extent("height", in[1], kernel_[0], dilation_[0], padding_[0], stride_[0],
-                               rounding_);
-    desc.out_w =
-        output_extent("width", in[2], kernel_[1], dilation_[1], padding_[1], stride_[1], rounding_);
 
     const int64_t per_group_in = in_channels / groups_;
     const int64_t per_group_out = out_channels_ / groups_;
@@ -135,43 +181,22 @@ class Conv2d final : public Layer {
   }
 
  private:
-  void read_padding(const Config& config) {
-    std::optional<Config> node = config.find("padding");
-    const std::string text = node && node->is_scalar() ? node->as<std::string>() : std::string();
-    if (!text.empty() && text != "same" &&
-        text.find_first_not_of("+-0123456789") != std::string::npos) {
-      node->fail(
-          fmt::format("expected an integer, a list [height, width] or 'same', found '{}'", text));
-    }
-    if (text == "same") {
-      for (int axis = 0; axis < 2; ++axis) {
-        const char* name = axis == 0 ? "height" : "width";
-        const int64_t window = dilation_[axis] * (kernel_[axis] - 1) + 1;
-        if (stride_[axis] != 1) {
-          config.fail_key("padding", fmt::format("'same' needs stride 1, but the {} stride is {}; "
-                                                 "give the padding as numbers",
-                                                 name, stride_[axis]));
-        }
-        if (window % 2 == 0) {
-          config.fail_key("padding",
-                          fmt::format("'same' needs an odd kernel extent, but the {} kernel spans "
-                                      "{} (asymmetric padding is not supported); give the "
-                                      "padding as numbers",
-                                      name, window));
-        }
-        padding_[axis] = (window - 1) / 2;
-      }
-      return;
-    }
-    padding_ = read_pair(config, "padding", Pair{0, 0}, 0);
+  // The input padded as pad_plan_ says, in a buffer kept between steps.
+  const Tensor& padded(Context& context, const Tensor& x) {
+    pad_forward(context, pad_plan_, x, padded_input_);
+    return padded_input_;
   }
 
   int64_t out_channels_;
   Pair kernel_, stride_, dilation_;
-  Pair padding_{0, 0};
+  Padding padding_;
   int64_t groups_;
   bool has_bias_;
   Rounding rounding_;
+  PadMode padding_mode_;
+  bool explicit_padding_ = false;
+  PadPlan pad_plan_;
+  Tensor padded_input_, padded_grad_;
   Param weight_, bias_;
   Conv2dDesc desc_;
   std::shared_ptr<Conv2dKernel> kernel_impl_;

@@ -9,6 +9,7 @@ namespace strata::layers {
 
 void register_conv2d(Registries& registries);
 void register_pooling(Registries& registries);
+void register_pad(Registries& registries);
 void register_linear(Registries& registries);
 void register_activations(Registries& registries);
 void register_flatten(Registries& registries);
@@ -27,6 +28,7 @@ namespace {
 void register_all(Registries& registries) {
   register_conv2d(registries);
   register_pooling(registries);
+  register_pad(registries);
   register_linear(registries);
   register_activations(registries);
   register_flatten(registries);

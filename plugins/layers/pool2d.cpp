@@ -2,8 +2,8 @@
 //
 // WHAT THIS OBJECT REPRESENTS
 //   max_pool: y[n, c, i, j] = max of x[n, c] over the window at (i*sh - ph, j*sw - pw) of size
-//             kh x kw; padding never wins (it acts as -inf). The gradient flows to the first
-//             maximum of each window.
+//             kh x kw, its taps dilation apart; padding never wins (it acts as -inf). The
+//             gradient flows to the first maximum of each window.
 //   avg_pool: the mean over the window. Padded zeros count toward the divisor when
 //             count_include_pad (PyTorch's default), otherwise the divisor is the number of
 //             real input elements in the window.
@@ -13,9 +13,19 @@
 // KEYS
 //   kernel             required: k or [kh, kw]
 //   stride             default: the kernel (non-overlapping windows)
-//   padding            0 or [ph, pw]; at most half the kernel on each axis (as in PyTorch), so
-//                      that every window covers at least one real element
-//   round              exact (default) | floor, the same rule as conv2d
+//   padding            0, p, [ph, pw], [top, bottom, left, right] (ONNX's `pads` order is
+//                      [top, left, bottom, right]: reorder), `same` or `same_lower` (stride 1
+//                      only: window - 1 in all, the odd one at the end, or the beginning for
+//                      same_lower, as ONNX SAME_UPPER/SAME_LOWER). Each side at most half the
+//                      kernel (as in PyTorch), so that every window covers a real element
+//   round              exact (default) | floor | ceil. exact and floor: the same rule as conv2d;
+//                      ceil: PyTorch's ceil_mode=True (ONNX ceil_mode=1): out =
+//                      ceil((in + top + bottom - window)/stride) + 1, minus one when the last
+//                      window would start at or past in + top. A window running past the padded
+//                      input is clipped; avg_pool's divisor is then the clipped area (padding
+//                      counts, the overhang does not), as in PyTorch
+//   dilation           1 or [dh, dw] (max_pool only; PyTorch's MaxPool2d dilation, ONNX
+//                      MaxPool dilations): window = dilation*(kernel-1)+1
 //   count_include_pad  true (avg_pool only)
 //
 // REQUIRES
@@ -40,17 +50,30 @@ class Pool2d : public Layer {
       : mode_(mode),
         kernel_(read_pair(config, "kernel", std::nullopt, 1)),
         stride_(read_pair(config, "stride", kernel_, 1)),
-        padding_(read_pair(config, "padding", Pair{0, 0}, 0)),
+        dilation_(mode == Pool2dDesc::Mode::kMax ? read_pair(config, "dilation", Pair{1, 1}, 1)
+                                                 : Pair{1, 1}),
         rounding_(read_rounding(config)),
         count_include_pad_(mode == Pool2dDesc::Mode::kAverage
                                ? config.get<bool>("count_include_pad", true)
                                : true) {
+    if (mode == Pool2dDesc::Mode::kAverage && config.has("dilation")) {
+      config.fail_key("dilation",
+                      "avg_pool has no dilation (nor has PyTorch's AvgPool2d or ONNX "
+                      "AveragePool); use max_pool, or dilation 1");
+    }
+    const Pair window{dilation_[0] * (kernel_[0] - 1) + 1, dilation_[1] * (kernel_[1] - 1) + 1};
+    padding_ = read_padding(config, SameRule{window, stride_});
     for (int axis = 0; axis < 2; ++axis) {
-      if (2 * padding_[axis] > kernel_[axis]) {
+      for (const bool end : {false, true}) {
+        const int64_t pad = end ? padding_.end[axis] : padding_.begin[axis];
+        if (2 * pad <= kernel_[axis]) continue;
+        const char* side = padding_.symmetric() ? (axis == 0 ? "height" : "width")
+                           : axis == 0          ? (end ? "bottom" : "top")
+                                                : (end ? "right" : "left");
         config.fail_key("padding",
                         fmt::format("{} padding {} is more than half the kernel {}: some windows "
                                     "would cover only padding",
-                                    axis == 0 ? "height" : "width", padding_[axis], kernel_[axis]));
+                                    side, pad, kernel_[axis]));
       }
     }
   }
@@ -63,6 +86,7 @@ class Pool2d : public Layer {
     Window window;
     window.kernel = kernel_;
     window.stride = stride_;
+    window.dilation = dilation_;
     return window;
   }
 
@@ -93,11 +117,17 @@ class Pool2d : public Layer {
     desc.kernel_w = kernel_[1];
     desc.stride_h = stride_[0];
     desc.stride_w = stride_[1];
-    desc.pad_h = padding_[0];
-    desc.pad_w = padding_[1];
+    desc.pad_h = padding_.begin[0];
+    desc.pad_w = padding_.begin[1];
+    desc.pad_h_end = padding_.end[0];
+    desc.pad_w_end = padding_.end[1];
+    desc.dilation_h = dilation_[0];
+    desc.dilation_w = dilation_[1];
     desc.count_include_pad = count_include_pad_;
-    desc.out_h = output_extent("height", in[1], kernel_[0], 1, padding_[0], stride_[0], rounding_);
-    desc.out_w = output_extent("width", in[2], kernel_[1], 1, padding_[1], stride_[1], rounding_);
+    desc.out_h = output_extent("height", in[1], kernel_[0], dilation_[0], padding_.begin[0],
+                               padding_.end[0], stride_[0], rounding_);
+    desc.out_w = output_extent("width", in[2], kernel_[1], dilation_[1], padding_.begin[1],
+                               padding_.end[1], stride_[1], rounding_);
     kernel_impl_ = context.kernel<Pool2dKernel>("pool2d", desc);
     desc_ = desc;
     return Shape{in[0], desc.out_h, desc.out_w};
@@ -118,10 +148,10 @@ class Pool2d : public Layer {
           const int64_t oh = (o - p * out_plane) / d.out_w, ow = (o - p * out_plane) % d.out_w;
           int64_t best = -1;
           for (int64_t kh = 0; kh < d.kernel_h; ++kh) {
-            const int64_t ih = oh * d.stride_h - d.pad_h + kh;
+            const int64_t ih = oh * d.stride_h - d.pad_h + kh * d.dilation_h;
             if (ih < 0 || ih >= d.in_h) continue;
             for (int64_t kw = 0; kw < d.kernel_w; ++kw) {
-              const int64_t iw = ow * d.stride_w - d.pad_w + kw;
+              const int64_t iw = ow * d.stride_w - d.pad_w + kw * d.dilation_w;
               if (iw < 0 || iw >= d.in_w) continue;
               if (best < 0 || xp[ih * d.in_w + iw] > xp[best]) best = ih * d.in_w + iw;
             }
@@ -135,7 +165,8 @@ class Pool2d : public Layer {
 
   Pool2dDesc desc_;
   Pool2dDesc::Mode mode_;
-  Pair kernel_, stride_, padding_;
+  Pair kernel_, stride_, dilation_;
+  Padding padding_;
   Rounding rounding_;
   bool count_include_pad_;
   std::shared_ptr<Pool2dKernel> kernel_impl_;

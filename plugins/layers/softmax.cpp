@@ -1,18 +1,27 @@
 // softmax: turns scores into probabilities, for inference outputs.
 //
 // WHAT THIS OBJECT REPRESENTS
-//   y = exp(x - max) / sum exp(x - max) over the first axis of the sample: over the features of
-//   [F] (a classifier's logits), and over the channels at each position of [C, H, W] (a dense
-//   prediction). This is torch.softmax(x, dim=1). No parameters, no keys.
+//   y = exp(x - max) / sum exp(x - max) over one axis, by default the first axis of the sample:
+//   over the features of [F] (a classifier's logits), and over the channels at each position of
+//   [C, H, W] (a dense prediction). This is torch.softmax(x, dim=axis) and ONNX Softmax (opset
+//   13) with the same axis. No parameters.
 //   For training, end the model with the logits: the softmax_cross_entropy loss applies the
 //   softmax itself, in a numerically safer way. Add this layer for `strata forward` outputs.
 //
+// KEYS
+//   axis  1: counted as PyTorch and ONNX count it, on the batch [N, ...sample]: 1 is the first
+//         sample axis, 2 the next, -1 the last (of [N, C, H, W]: 3 or -1, the width). The batch
+//         axis (0, or -(R + 1)) is refused: it would mix the samples.
+//
 // REQUIRES
-//   - one input of any non-empty sample shape.
+//   - one input of any non-empty sample shape, of rank R; axis in [1, R] or [-R, -1].
 // ENSURES
 //   - output sample shape == input sample shape; each softmax group sums to 1.
 //   - backward: dx = y * (dy - sum over the group of dy * y).
 //   - sums run in double; groups are split over the backend's parallel_for.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -25,7 +34,7 @@ namespace {
 
 class Softmax final : public Layer {
  public:
-  explicit Softmax(const Config&) {}
+  explicit Softmax(const Config& config) : axis_(config.get<int64_t>("axis", 1)), origin_(config) {}
 
   std::string_view type() const override { return "softmax"; }
 
@@ -35,7 +44,7 @@ class Softmax final : public Layer {
     float* y = out.data();
     const int64_t size = size_, stride = stride_;
     for_groups(context, in[0].dim(0), [=](int64_t group) {
-      // group = n * stride + position; the elements are size apart.
+      // group = (n * outer + o) * stride + position; the elements are stride apart.
       const int64_t base = (group / stride) * size * stride + group % stride;
       float max = x[base];
       for (int64_t c = 1; c < size; ++c) max = std::max(max, x[base + c * stride]);
@@ -76,23 +85,36 @@ class Softmax final : public Layer {
     if (in.rank() == 0 || in.numel() == 0) {
       fail("softmax expects a non-empty sample ([features] or [channels, ...]), got {}", in.str());
     }
-    size_ = in[0];
-    stride_ = in.numel() / size_;
+    const auto rank = static_cast<int64_t>(in.rank()) + 1;  // with the batch axis
+    const int64_t axis = axis_ < 0 ? axis_ + rank : axis_;
+    if (axis < 1 || axis >= rank) {
+      origin_.fail_key("axis",
+                       fmt::format("must be a sample axis of the input [N, {}]: 1 to {} or "
+                                   "{} to -1 (0 is the batch axis), found {}",
+                                   fmt::join(in.dims(), ", "), rank - 1, -(rank - 1), axis_));
+    }
+    size_ = in[axis - 1];
+    stride_ = 1;
+    for (int64_t a = axis; a < rank - 1; ++a) stride_ *= in[a];
+    outer_ = in.numel() / (size_ * stride_);
     return in;
   }
 
  private:
   template <class Body>
   void for_groups(Context& context, int64_t batch, const Body& body) const {
-    const int64_t groups = batch * stride_;
+    const int64_t groups = batch * outer_ * stride_;
     auto run = [&](int64_t lo, int64_t hi) {
       for (int64_t g = lo; g < hi; ++g) body(g);
     };
     parallel_elementwise(context, groups, size_, run);
   }
 
-  int64_t size_ = 1;    // elements in one softmax group (the first sample axis)
-  int64_t stride_ = 1;  // distance between them (positions per channel)
+  int64_t axis_;        // as configured (negative: from the end)
+  Config origin_;       // for errors at the key, found at setup
+  int64_t size_ = 1;    // elements in one softmax group (along the axis)
+  int64_t stride_ = 1;  // distance between them (the elements after the axis)
+  int64_t outer_ = 1;   // groups of groups per sample (the sample axes before the axis)
 };
 
 }  // namespace

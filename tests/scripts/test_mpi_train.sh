@@ -159,6 +159,28 @@ if [ "$cores" -gt 1 ]; then
     && pass "1 rank: $cores threads, and a warning that mpirun bound it to one core" \
     || failed "threads per rank and binding" "" "$work/bound.log"
 fi
+# Under Slurm, --cpus-per-task (SLURM_CPUS_PER_TASK) is what each rank gets.
+SLURM_CPUS_PER_TASK=1 timeout 120 "$MPIEXEC" -np 2 --bind-to none -x SLURM_CPUS_PER_TASK "$STRATA" \
+  train "$work/nothreads.yaml" --out "$work/slurm" --progress none --set train.epochs=1 \
+  >"$work/slurm.log" 2>&1 || true
+grep -q "MPI: 2 rank(s), 2 per node (rank 0 on .*), 1 thread(s) per rank" "$work/slurm.log" \
+  && ! grep -q "warning: this rank may run" "$work/slurm.log" \
+  && pass "SLURM_CPUS_PER_TASK=1: 1 thread per rank, no binding warning" \
+  || failed "threads per rank from SLURM_CPUS_PER_TASK" "" "$work/slurm.log"
+
+# srun without PMIx: one task trains as a single process; more are refused before MPI starts
+# (Debian's Open MPI would fail in MPI_Init with a message that blames its build).
+SLURM_STEP_NUM_TASKS=1 timeout 120 "$STRATA" train "$work/nothreads.yaml" --out "$work/srun1" \
+  --progress none --set train.epochs=1 >"$work/srun1.log" 2>&1 && srun1=0 || srun1=$?
+[ "$srun1" -eq 0 ] && ! grep -q "^MPI:" "$work/srun1.log" \
+  && pass "srun -n 1 without PMIx: a single process" \
+  || failed "srun -n 1 without PMIx: exit $srun1" "" "$work/srun1.log"
+SLURM_STEP_NUM_TASKS=2 SLURM_MPI_TYPE=pmi2 timeout 120 "$STRATA" train "$work/nothreads.yaml" \
+  --out "$work/srun2" --progress none >"$work/srun2.log" 2>&1 && srun2=0 || srun2=$?
+[ "$srun2" -ne 0 ] && grep -q "srun started 2 tasks (SLURM_STEP_NUM_TASKS=2) without PMIx (SLURM_MPI_TYPE=pmi2).*srun --mpi=pmix" "$work/srun2.log" \
+  && [ ! -e "$work/srun2/model.h5" ] \
+  && pass "srun -n 2 without PMIx: an error naming --mpi=pmix, nothing written" \
+  || failed "srun -n 2 without PMIx: exit $srun2" "" "$work/srun2.log"
 
 # 898 training images: the last batch holds 2, so on 4 ranks two of them have none.
 experiment "$work/uneven.yaml" "$sgd" 998

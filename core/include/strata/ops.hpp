@@ -15,21 +15,30 @@
 
 namespace strata {
 
-// 2-D convolution (cross-correlation, as in PyTorch) with stride, zero padding, dilation and groups.
+// 2-D convolution (cross-correlation, as in PyTorch) with stride, zero padding, dilation and
+// groups.
 //   x [N, C, H, W], weight [K, C/groups, R, S], bias [K] (optional), y [N, K, out_h, out_w]
-//   out_h = (H + 2*pad_h - dilation_h*(R-1) - 1) / stride_h + 1  (the layer decides rounding)
+//   out_h = (H + pad_h + pad_bottom() - dilation_h*(R-1) - 1) / stride_h + 1  (the layer decides
+//   rounding). pad_h/pad_w are the zeros before the input (top, left); pad_h_end/pad_w_end those
+//   after it (bottom, right), -1 meaning "as many as before" (symmetric, the default). The end
+//   padding enters only out_h/out_w: output (oh, ow) reads rows oh*stride_h - pad_h + r*dilation_h.
 struct Conv2dDesc {
   int64_t in_channels = 0, in_h = 0, in_w = 0;
   int64_t out_channels = 0, kernel_h = 0, kernel_w = 0;
   int64_t stride_h = 1, stride_w = 1;
   int64_t pad_h = 0, pad_w = 0;
+  int64_t pad_h_end = -1, pad_w_end = -1;  // -1: equal to pad_h / pad_w
   int64_t dilation_h = 1, dilation_w = 1;
   int64_t groups = 1;
   int64_t out_h = 0, out_w = 0;
+  int64_t pad_bottom() const { return pad_h_end < 0 ? pad_h : pad_h_end; }
+  int64_t pad_right() const { return pad_w_end < 0 ? pad_w : pad_w_end; }
+  bool symmetric_padding() const { return pad_bottom() == pad_h && pad_right() == pad_w; }
 };
 
 // Throws an Error, prefixed with `kernel` ("tbb conv2d"), unless every extent, stride and
-// dilation is positive, padding is non-negative and groups divides both channel counts.
+// dilation is positive, padding is non-negative (end padding -1 or more) and groups divides both
+// channel counts.
 // Kernels call it from on_prepare(), so every backend rejects the same descriptors.
 void validate(const Conv2dDesc& desc, std::string_view kernel);
 
@@ -47,6 +56,12 @@ class Conv2dKernel : public OpKernel<Conv2dDesc> {
 
 // 2-D max or average pooling. Padding is implicit: -inf for max, and for average it counts
 // toward the divisor when count_include_pad (PyTorch's default), otherwise it does not.
+// Window (oh, ow) has taps at rows oh*stride_h - pad_h + i*dilation_h (i < kernel_h), columns
+// likewise; taps outside the input are padding. pad_h_end/pad_w_end: the padding after the input
+// (bottom, right), -1 meaning "as many as before"; with count_include_pad, an average divides by
+// the window's area clipped to [-pad_h, in_h + pad_bottom()) (PyTorch's rule, which also clips
+// the last window of ceil rounding). Dilation is for max pooling only (validate() refuses it for
+// average, as PyTorch's AvgPool2d has none).
 struct Pool2dDesc {
   enum class Mode { kMax, kAverage };
   Mode mode = Mode::kMax;
@@ -54,12 +69,16 @@ struct Pool2dDesc {
   int64_t kernel_h = 0, kernel_w = 0;
   int64_t stride_h = 1, stride_w = 1;
   int64_t pad_h = 0, pad_w = 0;
+  int64_t pad_h_end = -1, pad_w_end = -1;  // -1: equal to pad_h / pad_w
+  int64_t dilation_h = 1, dilation_w = 1;
   bool count_include_pad = true;
   int64_t out_h = 0, out_w = 0;
+  int64_t pad_bottom() const { return pad_h_end < 0 ? pad_h : pad_h_end; }
+  int64_t pad_right() const { return pad_w_end < 0 ? pad_w : pad_w_end; }
 };
 
-// Throws an Error, prefixed with `kernel`, unless extents and strides are positive and padding
-// is non-negative.
+// Throws an Error, prefixed with `kernel`, unless extents, strides and dilations are positive,
+// padding is non-negative (end padding -1 or more) and an average has dilation 1.
 void validate(const Pool2dDesc& desc, std::string_view kernel);
 
 class Pool2dKernel : public OpKernel<Pool2dDesc> {

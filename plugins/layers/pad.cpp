@@ -1,0 +1,203 @@
+// pad: explicit padding of an image sample (PyTorch's F.pad on the last two axes, ONNX Pad).
+//
+// WHAT THIS OBJECT REPRESENTS
+//   y = x with `padding` rows and columns added around each channel, filled as `mode` says:
+//   constant (the `value`), reflect (mirror without repeating the edge), replicate (repeat the
+//   edge) or circular (wrap around); pad.hpp states the index rules. No parameters. backward sums
+//   dy over every output element that read an input element (reflect, replicate and circular
+//   read some inputs several times).
+//
+// KEYS
+//   padding  required: p, [ph, pw] or [top, bottom, left, right] (ONNX Pad's `pads` for an
+//            image are [0, 0, top, left, 0, 0, bottom, right]: reorder)
+//   mode     constant (default) | reflect | replicate | circular (ONNX: constant, reflect, edge,
+//            wrap)
+//   value    0: the fill of mode constant (an error with another mode)
+//
+// REQUIRES
+//   - one input with sample shape [C, H, W]; reflect: each padding less than the input extent on
+//     its axis; circular: at most the input extent.
+// ENSURES
+//   - output sample shape [C, H + top + bottom, W + left + right].
+#include "pad.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <string>
+
+#include "strata/error.hpp"
+
+namespace strata::layers {
+
+PadMode read_pad_mode(const Config& config, std::string_view key, std::string_view constant_name) {
+  const auto text = config.get<std::string>(key, std::string(constant_name));
+  if (text == constant_name) return PadMode::kConstant;
+  if (text == "reflect") return PadMode::kReflect;
+  if (text == "replicate") return PadMode::kReplicate;
+  if (text == "circular") return PadMode::kCircular;
+  config.fail_key(key,
+                  fmt::format("expected '{}', 'reflect', 'replicate' or 'circular', found '{}'",
+                              constant_name, text));
+}
+
+namespace {
+
+const char* mode_name(PadMode mode) {
+  switch (mode) {
+    case PadMode::kConstant:
+      return "constant";
+    case PadMode::kReflect:
+      return "reflect";
+    case PadMode::kReplicate:
+      return "replicate";
+    case PadMode::kCircular:
+      return "circular";
+  }
+  return "?";
+}
+
+// The source index of every output index along one axis (-1: the constant).
+std::vector<int64_t> source_indices(PadMode mode, int64_t in, int64_t begin, int64_t end,
+                                    const char* axis) {
+  for (const int64_t pad : {begin, end}) {
+    if (mode == PadMode::kReflect && pad >= in) {
+      fail("padding mode reflect needs each {} padding to be less than the input {} {}, found {}",
+           axis, axis, in, pad);
+    }
+    if (mode == PadMode::kCircular && pad > in) {
+      fail("padding mode circular needs each {} padding to be at most the input {} {}, found {}",
+           axis, axis, in, pad);
+    }
+  }
+  std::vector<int64_t> source(static_cast<std::size_t>(in + begin + end));
+  for (int64_t o = 0; o < in + begin + end; ++o) {
+    int64_t i = o - begin;
+    if (i < 0 || i >= in) {
+      switch (mode) {
+        case PadMode::kConstant:
+          i = -1;
+          break;
+        case PadMode::kReflect:
+          i = i < 0 ? -i : 2 * (in - 1) - i;
+          break;
+        case PadMode::kReplicate:
+          i = i < 0 ? 0 : in - 1;
+          break;
+        case PadMode::kCircular:
+          i = (i % in + in) % in;
+          break;
+      }
+    }
+    source[static_cast<std::size_t>(o)] = i;
+  }
+  return source;
+}
+
+}  // namespace
+
+PadPlan make_pad_plan(PadMode mode, float value, const Padding& padding, const Shape& sample) {
+  require_image_shape(sample, "pad");
+  PadPlan plan;
+  plan.mode = mode;
+  plan.value = value;
+  plan.channels = sample[0];
+  plan.in_h = sample[1];
+  plan.in_w = sample[2];
+  plan.source_h = source_indices(mode, plan.in_h, padding.begin[0], padding.end[0], "height");
+  plan.source_w = source_indices(mode, plan.in_w, padding.begin[1], padding.end[1], "width");
+  plan.out_h = static_cast<int64_t>(plan.source_h.size());
+  plan.out_w = static_cast<int64_t>(plan.source_w.size());
+  return plan;
+}
+
+void pad_forward(Context& context, const PadPlan& plan, const Tensor& x, Tensor& y) {
+  const Shape shape{x.dim(0), plan.channels, plan.out_h, plan.out_w};
+  if (!y.defined() || y.shape() != shape) y = Tensor(shape);
+  const int64_t in_plane = plan.in_h * plan.in_w, out_plane = plan.out_h * plan.out_w;
+  const float* px = x.data();
+  float* py = y.data();
+  parallel_elementwise(context, x.dim(0) * plan.channels, out_plane, [&](int64_t lo, int64_t hi) {
+    for (int64_t p = lo; p < hi; ++p) {
+      const float* in = px + p * in_plane;
+      float* out = py + p * out_plane;
+      for (int64_t oh = 0; oh < plan.out_h; ++oh) {
+        const int64_t ih = plan.source_h[static_cast<std::size_t>(oh)];
+        float* row = out + oh * plan.out_w;
+        for (int64_t ow = 0; ow < plan.out_w; ++ow) {
+          const int64_t iw = plan.source_w[static_cast<std::size_t>(ow)];
+          row[ow] = ih < 0 || iw < 0 ? plan.value : in[ih * plan.in_w + iw];
+        }
+      }
+    }
+  });
+}
+
+void pad_backward(Context& context, const PadPlan& plan, const Tensor& dy, Tensor& dx) {
+  const int64_t in_plane = plan.in_h * plan.in_w, out_plane = plan.out_h * plan.out_w;
+  const float* pdy = dy.data();
+  float* pdx = dx.data();
+  parallel_elementwise(context, dy.dim(0) * plan.channels, out_plane, [&](int64_t lo, int64_t hi) {
+    for (int64_t p = lo; p < hi; ++p) {
+      const float* grad_out = pdy + p * out_plane;
+      float* grad_in = pdx + p * in_plane;
+      std::fill_n(grad_in, in_plane, 0.0f);
+      for (int64_t oh = 0; oh < plan.out_h; ++oh) {
+        const int64_t ih = plan.source_h[static_cast<std::size_t>(oh)];
+        if (ih < 0) continue;
+        const float* row = grad_out + oh * plan.out_w;
+        for (int64_t ow = 0; ow < plan.out_w; ++ow) {
+          const int64_t iw = plan.source_w[static_cast<std::size_t>(ow)];
+          if (iw >= 0) grad_in[ih * plan.in_w + iw] += row[ow];
+        }
+      }
+    }
+  });
+}
+
+namespace {
+
+class Pad final : public Layer {
+ public:
+  explicit Pad(const Config& config)
+      : padding_(read_padding(config, std::nullopt)),
+        mode_(read_pad_mode(config, "mode", "constant")),
+        value_(config.get<float>("value", 0.0f)) {
+    if (!config.has("padding")) config.at("padding");  // raises "missing required key"
+    if (mode_ != PadMode::kConstant && config.has("value")) {
+      config.fail_key("value", fmt::format("is the fill of mode constant; mode {} fills from the "
+                                           "input",
+                                           mode_name(mode_)));
+    }
+  }
+
+  std::string_view type() const override { return "pad"; }
+
+  void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
+    prepare_output(out, output_shape().with_batch(in[0].dim(0)));
+    pad_forward(context, plan_, in[0], out);
+  }
+
+  void backward(Context& context, std::span<const Tensor>, const Tensor&, const Tensor& dout,
+                std::span<Tensor> din) override {
+    if (din[0].defined()) pad_backward(context, plan_, dout, din[0]);
+  }
+
+ protected:
+  Shape infer_shape(const SetupContext&, std::span<const Shape> inputs) override {
+    plan_ = make_pad_plan(mode_, value_, padding_, inputs[0]);
+    return Shape{plan_.channels, plan_.out_h, plan_.out_w};
+  }
+
+ private:
+  Padding padding_;
+  PadMode mode_;
+  float value_;
+  PadPlan plan_;
+};
+
+}  // namespace
+
+void register_pad(Registries& registries) { registries.layers.add<Pad>("pad"); }
+
+}  // namespace strata::layers
