@@ -42,8 +42,10 @@ struct Dim {
 // An integer vector computed in the graph (a shape, an index): the results of Shape, Gather,
 // Unsqueeze, Squeeze, Concat, Slice and Cast on shapes, and integer constants.
 struct IntValue {
-  std::vector<Dim> dims;
+  std::vector<Dim> dims;  // the values, row by row
   bool scalar = false;
+  int64_t columns = 0;  // > 0: a matrix [dims.size() / columns, columns] (PyTorch's pads
+                        // computation reshapes, flips and transposes one)
 };
 
 // A layer of the experiment being written.
@@ -288,8 +290,9 @@ std::optional<IntValue> int_constant(const onnx::TensorProto& tensor, std::strin
   return result;
 }
 
-const std::vector<std::string> kIntegerOps = {"Shape",   "Gather", "Unsqueeze",
-                                              "Squeeze", "Slice",  "Cast"};
+const std::vector<std::string> kIntegerOps = {"Shape",   "Gather",    "Unsqueeze",
+                                              "Squeeze", "Slice",     "Cast",
+                                              "Reshape", "Transpose", "ConstantOfShape"};
 
 class Importer {
  public:
@@ -324,6 +327,14 @@ class Importer {
     producer_[node.output(0)] = layer;
   }
   void require_unused_outputs(const onnx::NodeProto& node, int first) const;
+  void infer(const onnx::NodeProto& node, std::vector<int64_t> shape);
+  void infer_after(const onnx::NodeProto& node);
+  void same_shape(const onnx::NodeProto& node) { infer(node, shape_of(node, node.input(0))); }
+  std::vector<int64_t> window_shape(const onnx::NodeProto& node, int64_t channels,
+                                    const std::array<int64_t, 2>& kernel,
+                                    const std::array<int64_t, 2>& stride,
+                                    const std::array<int64_t, 2>& dilation, const Pads& pads,
+                                    bool ceil);
 
   // ---- attributes ----
   const onnx::AttributeProto* attribute(const onnx::NodeProto& node, const std::string& name) const;
@@ -377,6 +388,9 @@ class Importer {
   void squeeze(const onnx::NodeProto& node);
   void slice(const onnx::NodeProto& node);
   void cast(const onnx::NodeProto& node);
+  void transpose(const onnx::NodeProto& node);
+  void constant_of_shape(const onnx::NodeProto& node);
+  void reshape_integers(const onnx::NodeProto& node);
 
   // ---- the result ----
   void place_output_last();
@@ -432,6 +446,8 @@ const std::map<std::string, Importer::Handler>& Importer::handlers() {
       {"Squeeze", &Importer::squeeze},
       {"Slice", &Importer::slice},
       {"Cast", &Importer::cast},
+      {"Transpose", &Importer::transpose},
+      {"ConstantOfShape", &Importer::constant_of_shape},
   };
   return kHandlers;
 }
@@ -600,6 +616,73 @@ void Importer::require_unused_outputs(const onnx::NodeProto& node, int first) co
            node.output(i));
     }
   }
+}
+
+// The output shape of a node, where ONNX shape inference did not find it (a Pad whose pads
+// PyTorch computes leaves every later extent unknown to it).
+void Importer::infer(const onnx::NodeProto& node, std::vector<int64_t> shape) {
+  std::vector<int64_t>& known = shapes_[node.output(0)];
+  const bool complete = !known.empty() && std::all_of(known.begin() + 1, known.end(),
+                                                      [](int64_t d) { return d >= 0; });
+  if (!complete) known = std::move(shape);
+}
+
+// The shapes of the other operators' outputs, from their inputs' (see infer()).
+void Importer::infer_after(const onnx::NodeProto& node) {
+  static const std::set<std::string> kSameShape = {
+      "Relu",    "Tanh",        "Sigmoid", "HardSwish", "LeakyRelu",
+      "Clip",    "HardSigmoid", "LRN",     "Softmax",   "BatchNormalization",
+      "Dropout", "Identity",    "Add",     "Sum"};
+  const std::string& value = node.output_size() > 0 ? node.output(0) : "";
+  if (!producer_.contains(value) && !pads_.contains(value)) return;  // an integer or a constant
+  const auto input = [&](int i) {
+    const auto found = i < node.input_size() ? shapes_.find(node.input(i)) : shapes_.end();
+    return found == shapes_.end() ? std::vector<int64_t>{} : found->second;
+  };
+  std::vector<int64_t> shape = input(0);
+  if (shape.empty()) return;
+  const std::string& op = node.op_type();
+  if (op == "Mul" && input(1).size() == shape.size() && shape.size() == 4 &&
+      shape[2] * shape[3] < input(1)[2] * input(1)[3]) {
+    shape = input(1);  // a [C, 1, 1] gate times a feature map
+  } else if (op == "Gemm" || op == "MatMul") {
+    shape = {shape[0], layer_named(producer_.at(value))->params[0].tensor.dim(0)};
+  } else if (op == "Concat" && shape.size() > 1) {
+    for (int i = 1; i < node.input_size(); ++i) shape[1] += input(i).size() > 1 ? input(i)[1] : 0;
+  } else if (op == "Flatten") {
+    int64_t features = 1;
+    for (std::size_t i = 1; i < shape.size(); ++i) features *= shape[i];
+    shape = {shape[0], features};
+  } else if (op == "Pad" && shape.size() == 4) {
+    const Pads& pads = pads_.at(value).pads;
+    shape[2] += pads[0] + pads[1];
+    shape[3] += pads[2] + pads[3];
+  } else if (!kSameShape.contains(op) && op != "Mul") {
+    return;
+  }
+  infer(node, std::move(shape));
+}
+
+// [N, channels, H', W'] of a convolution or pooling window on the node's input, with PyTorch's
+// ceil rule (the last window starts inside the input or its begin padding).
+std::vector<int64_t> Importer::window_shape(const onnx::NodeProto& node, int64_t channels,
+                                            const std::array<int64_t, 2>& kernel,
+                                            const std::array<int64_t, 2>& stride,
+                                            const std::array<int64_t, 2>& dilation,
+                                            const Pads& pads, bool ceil) {
+  const std::vector<int64_t> in = shape_of(node, node.input(0));
+  if (in.size() != 4)
+    fail("{}: expected a 4-D input [N, C, H, W], found rank {}", where(node), in.size());
+  std::vector<int64_t> out = {in[0], channels < 0 ? in[1] : channels, 0, 0};
+  for (int axis = 0; axis < 2; ++axis) {
+    const int64_t span = in[2 + axis] + pads[2 * axis] + pads[2 * axis + 1] -
+                         dilation[axis] * (kernel[axis] - 1) - 1;
+    if (span < 0) fail("{}: the window is larger than the padded input", where(node));
+    int64_t extent = (ceil ? (span + stride[axis] - 1) / stride[axis] : span / stride[axis]) + 1;
+    if (ceil && (extent - 1) * stride[axis] >= in[2 + axis] + pads[2 * axis]) --extent;
+    out[2 + axis] = extent;
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -778,6 +861,7 @@ void Importer::conv(const onnx::NodeProto& node) {
   const auto dilation = attr_pair(node, "dilations", 1);
   const int64_t groups = attr_int(node, "group", 1);
   Pads pads = attr_pads(node, kernel, stride, dilation);
+  infer(node, window_shape(node, weight.dim(0), kernel, stride, dilation, pads, false));
   std::string padding_mode = "zeros";
   std::string source = node.input(0);
   if (const auto found = pads_.find(source); found != pads_.end()) {
@@ -822,6 +906,7 @@ void Importer::pool(const onnx::NodeProto& node, bool max) {
   const bool ceil = attr_int(node, "ceil_mode", 0) != 0;
   bool count_include_pad = attr_int(node, "count_include_pad", 0) != 0;
   Pads pads = attr_pads(node, kernel, stride, dilation);
+  infer(node, window_shape(node, -1, kernel, stride, dilation, pads, ceil));
   std::string source = node.input(0);
   // PyTorch writes avg_pool2d(count_include_pad=True) as a zero Pad, then AveragePool without
   // padding: one avg_pool with the padding counted.
@@ -852,6 +937,7 @@ void Importer::global_average_pool(const onnx::NodeProto& node) {
   if (in.size() != 4)
     fail("{}: expected a 4-D input [N, C, H, W], found rank {}", where(node), in.size());
   add_layer(node, "global_avg_pool", {activation(node, 0)});
+  infer(node, {in[0], in[1], 1, 1});
 }
 
 void Importer::gemm(const onnx::NodeProto& node) {
@@ -1022,6 +1108,8 @@ void Importer::concat(const onnx::NodeProto& node) {
     IntValue result;
     for (int i = 0; i < node.input_size(); ++i) {
       const IntValue part = int_input(node, i);
+      if (part.columns > 0)
+        fail("{}: only integer vectors are concatenated at import", where(node));
       result.dims.insert(result.dims.end(), part.dims.begin(), part.dims.end());
     }
     ints_[node.output(0)] = result;
@@ -1199,6 +1287,10 @@ void Importer::flatten(const onnx::NodeProto& node) {
 // A Reshape that keeps the batch and flattens the rest ([N, C, H, W] -> [N, C*H*W]) is a flatten;
 // one that changes nothing is dropped. Its target may be a constant or computed from Shape.
 void Importer::reshape(const onnx::NodeProto& node) {
+  if (int_value(node.input(0))) {
+    reshape_integers(node);
+    return;
+  }
   const std::vector<int64_t> in = shape_of(node, node.input(0));
   const IntValue target = int_input(node, 1);
   const bool allow_zero = attr_int(node, "allowzero", 0) != 0;
@@ -1327,6 +1419,8 @@ void Importer::squeeze(const onnx::NodeProto& node) {
   ints_[node.output(0)] = value;
 }
 
+// Along axis 0 of a vector or a matrix (its rows), with ONNX's clamping, step 1 or -1 (the flip
+// in PyTorch's pads computation).
 void Importer::slice(const onnx::NodeProto& node) {
   const IntValue data = int_input(node, 0);
   const std::vector<int64_t> starts = known_ints(node, 1), ends = known_ints(node, 2);
@@ -1334,16 +1428,82 @@ void Importer::slice(const onnx::NodeProto& node) {
       has_input(node, 3) ? known_ints(node, 3) : std::vector<int64_t>{0};
   const std::vector<int64_t> steps =
       has_input(node, 4) ? known_ints(node, 4) : std::vector<int64_t>{1};
+  const int64_t rank = data.columns > 0 ? 2 : 1;
   if (data.scalar || starts.size() != 1 || ends.size() != 1 || axes.size() != 1 ||
-      steps.size() != 1 || (axes[0] != 0 && axes[0] != -1) || steps[0] != 1) {
-    fail("{}: only a step-1 slice of a vector is supported", where(node));
+      steps.size() != 1 || (axes[0] != 0 && axes[0] != -rank) ||
+      (steps[0] != 1 && steps[0] != -1)) {
+    fail("{}: only a slice of step 1 or -1 along the first axis of a vector or matrix is supported",
+         where(node));
   }
-  const auto n = static_cast<int64_t>(data.dims.size());
-  const auto clamp = [n](int64_t i) { return std::clamp<int64_t>(i < 0 ? i + n : i, 0, n); };
+  const int64_t width = std::max<int64_t>(data.columns, 1);
+  const auto n = static_cast<int64_t>(data.dims.size()) / width;
+  const auto wrap = [n](int64_t i) { return i < 0 ? i + n : i; };
   IntValue result;
-  for (int64_t i = clamp(starts[0]); i < clamp(ends[0]); ++i)
-    result.dims.push_back(data.dims[static_cast<std::size_t>(i)]);
+  result.columns = data.columns;
+  const auto take = [&](int64_t row) {
+    for (int64_t c = 0; c < width; ++c)
+      result.dims.push_back(data.dims[static_cast<std::size_t>(row * width + c)]);
+  };
+  if (steps[0] == 1) {
+    for (int64_t i = std::clamp<int64_t>(wrap(starts[0]), 0, n);
+         i < std::clamp<int64_t>(wrap(ends[0]), 0, n); ++i)
+      take(i);
+  } else {
+    const int64_t end = std::clamp<int64_t>(wrap(ends[0]), -1, n - 1);
+    for (int64_t i = std::clamp<int64_t>(wrap(starts[0]), 0, n - 1); i > end; --i) take(i);
+  }
   ints_[node.output(0)] = result;
+}
+
+// A matrix's rows and columns swapped (perm [1, 0]).
+void Importer::transpose(const onnx::NodeProto& node) {
+  const IntValue data = int_input(node, 0);
+  if (data.columns <= 0 || attr_ints(node, "perm", {1, 0}) != std::vector<int64_t>{1, 0}) {
+    fail(
+        "{}: only the transposition of a matrix known at import (PyTorch's pads computation) is "
+        "supported",
+        where(node));
+  }
+  const int64_t columns = data.columns, rows = static_cast<int64_t>(data.dims.size()) / columns;
+  IntValue result;
+  result.columns = rows;
+  for (int64_t c = 0; c < columns; ++c) {
+    for (int64_t r = 0; r < rows; ++r)
+      result.dims.push_back(data.dims[static_cast<std::size_t>(r * columns + c)]);
+  }
+  ints_[node.output(0)] = result;
+}
+
+// A vector of `value` (an integer), as long as its input says.
+void Importer::constant_of_shape(const onnx::NodeProto& node) {
+  const std::vector<int64_t> length = known_ints(node, 0);
+  const onnx::AttributeProto* value = attribute(node, "value");
+  std::optional<IntValue> fill = value ? int_constant(value->t(), where(node)) : std::nullopt;
+  if (length.size() != 1 || length[0] < 0 || length[0] > 4096 || !fill || fill->dims.size() != 1) {
+    fail("{}: only an integer vector of a known length (PyTorch's pads computation) is supported",
+         where(node));
+  }
+  IntValue result;
+  result.dims.assign(static_cast<std::size_t>(length[0]), fill->dims[0]);
+  ints_[node.output(0)] = result;
+}
+
+// An integer vector or matrix reshaped to [-1] or [-1, k] (PyTorch's pads computation).
+void Importer::reshape_integers(const onnx::NodeProto& node) {
+  IntValue value = int_input(node, 0);
+  const std::vector<int64_t> target = known_ints(node, 1);
+  const auto n = static_cast<int64_t>(value.dims.size());
+  if (target.size() == 1 && (target[0] == -1 || target[0] == n)) {
+    value.columns = 0;
+  } else if (target.size() == 2 && target[1] > 0 && n % target[1] == 0 &&
+             (target[0] == -1 || target[0] * target[1] == n)) {
+    value.columns = target[1];
+  } else {
+    fail("{}: an integer tensor of {} values reshaped to [{}]: only [-1] and [-1, k] are supported",
+         where(node), n, fmt::join(target, ", "));
+  }
+  value.scalar = false;
+  ints_[node.output(0)] = value;
 }
 
 void Importer::cast(const onnx::NodeProto& node) { ints_[node.output(0)] = int_input(node, 0); }
@@ -1467,6 +1627,7 @@ OnnxImport Importer::run() {
            fmt::join(supported_onnx_operators(), ", "));
     }
     (this->*handler->second)(node);
+    infer_after(node);
   }
   place_output_last();
   if (!shapes_.contains(model_.graph().output(0).name())) {

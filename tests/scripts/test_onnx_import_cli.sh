@@ -57,6 +57,30 @@ with torch.no_grad():
 with h5py.File(f"{work}/x.h5", "w") as f:
     f["data"] = x.numpy()
 export(Tiny(nn.ELU()).eval(), f"{work}/elu.onnx", x)
+
+class Modern(nn.Module):
+    """What needs the interop layer keys: padding_mode, round: ceil, pool dilation, a pad
+    layer with [top, bottom, left, right], batch_norm momentum: null, softmax axis."""
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1, padding_mode="reflect")
+        self.bn = nn.BatchNorm2d(6, momentum=None)
+        self.ceil = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.dilated = nn.MaxPool2d(2, stride=1, dilation=2)
+        self.head = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        x = self.ceil(self.bn(torch.relu(self.conv(x))))
+        x = self.dilated(self.pad(x))
+        return torch.softmax(self.head(x), dim=2).flatten(1)
+
+modern = Modern().eval()
+with torch.no_grad():
+    modern.bn.running_mean.uniform_(-0.5, 0.5)
+    modern.bn.running_var.uniform_(0.5, 1.5)
+    np.save(f"{work}/modern_expected.npy", modern(x).numpy())
+export(modern, f"{work}/modern.onnx", x)
 newer = onnx.load(f"{work}/tiny.onnx")
 newer.opset_import[0].version = 18
 onnx.save(newer, f"{work}/opset18.onnx")
@@ -91,6 +115,20 @@ check "strata eval runs on weights.h5 (its placeholder data)" '[ $rc -eq 0 ]'
 run "$work/train.log" train "$work/tiny/experiment.yaml" --weights "$work/tiny/weights.h5" \
   --out "$work/run" --progress none
 check "strata train --weights fine-tunes the imported model" '[ $rc -eq 0 ] && grep -q "loaded all" "$work/train.log"'
+
+run "$work/modern.log" import "$work/modern.onnx" --out "$work/modern"
+check "the interop layer keys are written" '[ $rc -eq 0 ] && grep -q "padding_mode: reflect" "$work/modern/experiment.yaml" && grep -q "round: ceil" "$work/modern/experiment.yaml" && grep -q "dilation: 2" "$work/modern/experiment.yaml" && grep -q "type: pad, padding: \[0, 1, 0, 1\]" "$work/modern/experiment.yaml" && grep -q "momentum: null" "$work/modern/experiment.yaml" && grep -q "type: softmax, axis: -2" "$work/modern/experiment.yaml"'
+run "$work/modern_forward.log" forward "$work/modern/weights.h5" --input "$work/x.h5" --output "$work/modern_y.h5"
+check "and compute what PyTorch computes" '[ $rc -eq 0 ] && "$PYTHON" - "$work" <<PY
+import sys, h5py, numpy as np
+work = sys.argv[1]
+expected = np.load(work + "/modern_expected.npy")
+with h5py.File(work + "/modern_y.h5") as f:
+    actual = f[list(f.keys())[0]][()]
+error = np.abs(actual - expected).max() / np.abs(expected).max()
+print("max relative error", error)
+assert actual.shape == expected.shape and error <= 1e-4, error
+PY'
 
 # Bad input: an error, and nothing written.
 no_temp_files_in=$work
