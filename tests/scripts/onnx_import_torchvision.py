@@ -23,6 +23,9 @@ import numpy as np
 import torch
 import torchvision
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+from torchvision_to_strata import randomize_batch_norm  # noqa: E402
+
 TOLERANCE = 1e-4
 
 # name: (input size, constructor)
@@ -35,24 +38,12 @@ MODELS = {
 }
 
 
-def randomized(model, seed):
-    """Random batch-norm parameters and statistics (fresh ones are 1, 0, 0, 1), eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                c = module.num_features
-                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
-                module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-    return model.eval()
-
-
 def check(strata, name, seed, work):
     size, constructor = MODELS[name]
     torch.manual_seed(seed)
-    model = randomized(constructor(), seed)
+    model = constructor()
+    randomize_batch_norm(model, seed)  # python/torchvision_to_strata.py
+    model.eval()
     x = torch.from_numpy(np.random.default_rng(seed).standard_normal((2, 3, size, size)).astype(np.float32))
     with torch.no_grad():
         expected = model(x).numpy()
