@@ -346,6 +346,42 @@ BOOST_AUTO_TEST_CASE(a_pad_folds_into_the_conv_or_average_pool_after_it) {
                "{name: pool2_2, type: max_pool, kernel: 2, round: floor}");
 }
 
+// nn.Conv2d(padding_mode='reflect') as torch.onnx.export 1.13 writes it: the pads [1, 1, 1, 1]
+// (PyTorch's order: left, right, top, bottom) extended with zeros to 8, reshaped to [4, 2],
+// flipped, transposed and flattened into ONNX's order, then a reflect Pad and the Conv.
+BOOST_AUTO_TEST_CASE(the_pads_pytorch_computes_are_evaluated) {
+  TempDir dir;
+  OnnxBuilder b({2, 6, 6});
+  b.ints("four", {4});
+  b.ints("torch_pads", {0, 1, 2, 3});  // left 0, right 1, top 2, bottom 3
+  auto& zeros = b.node("ConstantOfShape", {"four"}, "zeros", "/conv/ConstantOfShape");
+  auto* value = zeros.add_attribute();
+  value->set_name("value");
+  value->set_type(onnx::AttributeProto::TENSOR);
+  value->mutable_t()->set_data_type(onnx::TensorProto::INT64);
+  value->mutable_t()->add_dims(1);
+  value->mutable_t()->add_int64_data(0);
+  attr(b.node("Concat", {"torch_pads", "zeros"}, "eight", "/conv/Concat"), "axis", 0);
+  b.ints("pairs", {-1, 2});
+  b.node("Reshape", {"eight", "pairs"}, "matrix", "/conv/Reshape");
+  b.ints("start", {-1});
+  b.ints("end", {-9223372036854775807});
+  b.ints("axis0", {0});
+  b.node("Slice", {"matrix", "start", "end", "axis0", "start"}, "flipped", "/conv/Slice");
+  attr(b.node("Transpose", {"flipped"}, "columns", "/conv/Transpose"), "perm", {1, 0});
+  b.node("Reshape", {"columns", "start"}, "onnx_pads", "/conv/Reshape_1");
+  attr(b.node("Cast", {"onnx_pads"}, "pads", "/conv/Cast"), "to", 7);
+  attr_s(b.node("Pad", {"x", "pads"}, "padded", "/conv/Pad"), "mode", "reflect");
+  add_conv(b, "padded", "c", "/conv/Conv", 2, 3, 3);
+  b.node("Relu", {"c"}, "y", "/relu/Relu");  // its shape, which ONNX leaves unknown, is needed
+  b.output("y", 4);
+  const OnnxImport imported = b.import(dir);
+  CHECK_LAYERS(imported,
+               "{name: conv, type: conv2d, out_channels: 3, kernel: 3, padding: [2, 3, 0, 1], "
+               "padding_mode: reflect, bias: false}",
+               "{name: relu, type: relu}");
+}
+
 BOOST_AUTO_TEST_CASE(pooling_and_convolution_attributes) {
   TempDir dir;
   OnnxBuilder b({2, 9, 9});
