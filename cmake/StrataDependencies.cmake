@@ -9,6 +9,9 @@ find_package(fmt REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)  # JSON output (summary.json, --json)
 find_package(ZLIB REQUIRED)
 find_package(Threads REQUIRED)
+# ONNX (libonnx-dev, libprotobuf-dev): interop/ only, for `strata import` and `strata export`.
+find_package(Protobuf REQUIRED)
+find_package(ONNX CONFIG REQUIRED)
 # OpenBLAS: backend_tbb loads libopenblas.so.0 at run time (plugins/backend_tbb/openblas.hpp).
 pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
 

@@ -43,17 +43,23 @@ def build_model(name, state_dict_path=None, randomize_bn=False, seed=0):
     if state_dict_path:
         model.load_state_dict(torch.load(state_dict_path, map_location="cpu"))
     if randomize_bn:
-        generator = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for module in model.modules():
-                if isinstance(module, torch.nn.BatchNorm2d):
-                    c = module.num_features
-                    module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
-                    module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
-                    module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
-                    module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-                    module.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=generator)))
+        randomize_batch_norm(model, seed + 1)
     return model.eval()
+
+
+def randomize_batch_norm(model, seed):
+    """Random batch-norm affine parameters and running statistics (fresh ones are 1, 0, 0, 1), so
+    that a comparison in eval mode exercises them (also used by tests/scripts/onnx_import_torchvision.py)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                c = module.num_features
+                module.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(c, generator=generator) * 0.1)
+                module.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+                module.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=generator)))
 
 
 def state_dict_to_checkpoint(state_dict, path, experiment_text=""):

@@ -30,6 +30,7 @@ int run_gradcheck(Session& session, const std::vector<std::string>& args);
 int run_summary(Session& session, const std::vector<std::string>& args);
 int run_inspect(Session& session, const std::vector<std::string>& args);
 int run_eval(Session& session, const std::vector<std::string>& args);
+int run_import(Session& session, const std::vector<std::string>& args);
 int run_export(Session& session, const std::vector<std::string>& args);
 
 namespace {
@@ -50,6 +51,7 @@ const Command kCommands[] = {
     {"bench", "time a model's training step per layer on synthetic data", run_bench},
     {"inspect", "show a checkpoint: experiment, plugins, training state, parameter statistics", run_inspect},
     {"eval", "evaluate a checkpoint: accuracy, loss, confusion matrix, confident mistakes", run_eval},
+    {"import", "an ONNX model as an experiment file and a checkpoint", run_import},
     {"check-plugin", "run the layer conformance checks on a plugin's layers", run_check_plugin},
     {"gradcheck", "check the model's backward() against finite differences", run_gradcheck},
     {"export", "write a checkpoint's network as an ONNX model (--onnx FILE)", run_export},
