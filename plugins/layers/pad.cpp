@@ -163,16 +163,23 @@ class Pad final : public Layer {
   explicit Pad(const Config& config)
       : padding_(read_padding(config, std::nullopt)),
         mode_(read_pad_mode(config, "mode", "constant")),
-        value_(config.get<float>("value", 0.0f)) {
+        value_(read_value(config, mode_)) {
     if (!config.has("padding")) config.at("padding");  // raises "missing required key"
-    if (mode_ != PadMode::kConstant && config.has("value")) {
-      config.fail_key("value", fmt::format("is the fill of mode constant; mode {} fills from the "
-                                           "input",
-                                           mode_name(mode_)));
-    }
   }
 
   std::string_view type() const override { return "pad"; }
+
+  // `value` is read (and so written out with the checkpoint's experiment) only for mode
+  // constant: a checkpoint of a replicate pad must not carry a value its rebuild would refuse.
+  static float read_value(const Config& config, PadMode mode) {
+    if (mode == PadMode::kConstant) return config.get<float>("value", 0.0f);
+    if (config.has("value")) {
+      config.fail_key("value", fmt::format("is the fill of mode constant; mode {} fills from the "
+                                           "input",
+                                           mode_name(mode)));
+    }
+    return 0.0f;
+  }
 
   // ONNX Pad (export_pad).
   bool export_to(ExportContext& context) const override {
