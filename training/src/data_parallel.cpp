@@ -61,7 +61,7 @@ DataParallel::DataParallel(Communicator* communicator, Graph& graph,
   auto close = [&] {
     if (current.entries.empty()) return;
     current.buffer.assign(static_cast<std::size_t>(floats), 0.0f);
-    bucket_floats_.push_back(floats);
+    communication_.gradient_bytes += floats * static_cast<int64_t>(sizeof(float));
     buckets_.push_back(std::move(current));
     current = Bucket{};
     floats = 0;
@@ -87,7 +87,6 @@ DataParallel::DataParallel(Communicator* communicator, Graph& graph,
     bucket_of_node_[current.first_node] = static_cast<int>(buckets_.size());
     close();
   }
-  for (const int64_t n : bucket_floats_) communication_.gradient_bytes += n * static_cast<int64_t>(sizeof(float));
   std::set<std::string> param_keys;
   for (const ParamRef& ref : graph.params()) param_keys.insert(ref.key);
   for (NamedTensor& entry : graph.state_tensors()) {
@@ -96,6 +95,8 @@ DataParallel::DataParallel(Communicator* communicator, Graph& graph,
 }
 
 DataParallel::~DataParallel() = default;
+
+std::size_t DataParallel::bucket_count() const { return buckets_.size(); }
 
 namespace {
 
@@ -227,11 +228,12 @@ DataParallel::Totals DataParallel::agree_totals(const Totals& local, int64_t ite
   return {values[0], static_cast<int64_t>(values[1]), values[2] > 0};
 }
 
-void DataParallel::start_bucket(Graph& graph, Bucket& bucket, int64_t iteration) {
+void DataParallel::start_bucket(const Graph& graph, Bucket& bucket, int64_t iteration,
+                                bool ran_backward) {
   for (const Bucket::Entry& entry : bucket.entries) {
     float* slot = bucket.buffer.data() + entry.offset;
     const Tensor& grad = entry.param->grad;
-    if (graph.gradient_flowed(entry.node)) {
+    if (ran_backward && graph.gradient_flowed(entry.node)) {
       std::memcpy(slot, grad.data(), static_cast<std::size_t>(grad.numel()) * sizeof(float));
     } else {
       std::fill(slot, slot + grad.numel(), 0.0f);
@@ -249,22 +251,17 @@ void DataParallel::backward(Graph& graph, Context& context, const Tensor& dlogit
     graph.backward(context, dlogits);
     return;
   }
-  if (!run_backward) {
-    // No images here and nothing communicates inside the passes: zeros, in the fixed order.
-    for (Bucket& bucket : buckets_) {
-      std::fill(bucket.buffer.begin(), bucket.buffer.end(), 0.0f);
-      bucket.ticket = communicator_->start_allreduce(
-          bucket.buffer,
-          fmt::format("gradient bucket {} of {} at iteration {}",
-                      &bucket - buckets_.data() + 1, buckets_.size(), iteration));
-    }
-  } else if (settings_.overlap) {
+  if (run_backward && settings_.overlap) {
     graph.backward(context, dlogits, [&](std::size_t node) {
-      if (const int b = bucket_of_node_[node]; b >= 0) start_bucket(graph, buckets_[b], iteration);
+      if (const int b = bucket_of_node_[node]; b >= 0)
+        start_bucket(graph, buckets_[b], iteration, true);
     });
   } else {
-    graph.backward(context, dlogits);
-    for (Bucket& bucket : buckets_) start_bucket(graph, bucket, iteration);
+    // Without overlap every bucket starts after backward; with no images here (and nothing
+    // communicating inside the passes) there is no backward, and the buckets send zeros, in the
+    // same fixed order.
+    if (run_backward) graph.backward(context, dlogits);
+    for (Bucket& bucket : buckets_) start_bucket(graph, bucket, iteration, run_backward);
   }
   Stopwatch stopwatch(communication_.seconds);
   for (Bucket& bucket : buckets_) {

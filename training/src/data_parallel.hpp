@@ -66,7 +66,7 @@ class DataParallel {
   // A layer reduces across ranks in its passes (Layer::communicates): every rank runs forward and
   // backward at every step, on 0 images when it has none.
   bool every_rank_runs_every_pass() const { return communicating_layers_; }
-  const std::vector<int64_t>& bucket_sizes() const { return bucket_floats_; }  // floats per bucket
+  std::size_t bucket_count() const;  // the gradient buckets, each one allreduce per step
   // What the training loop spent waiting for the other ranks: the step's two agreements and the
   // gradient sums not yet done when backward finished (the part the overlap did not hide), over
   // `steps` steps; the bytes summed per step.
@@ -114,13 +114,14 @@ class DataParallel {
 
  private:
   struct Bucket;
-  void start_bucket(Graph& graph, Bucket& bucket, int64_t iteration);
+  // Copies the bucket's gradients in (zeros for a parameter no gradient reached, or for all of
+  // them when `ran_backward` is false: a rank with no images) and starts its allreduce.
+  void start_bucket(const Graph& graph, Bucket& bucket, int64_t iteration, bool ran_backward);
 
   Communicator* communicator_;
   DistributedSettings settings_;
   bool communicating_layers_ = false;
   std::vector<Bucket> buckets_;
-  std::vector<int64_t> bucket_floats_;
   std::vector<int> bucket_of_node_;  // the bucket that closes when backward is done with node i
   std::vector<NamedTensor> buffers_;   // views of the graph's non-parameter state tensors
   CommunicationTime communication_;

@@ -470,7 +470,7 @@ void print_run_header(const Run& run, double data_seconds) {
         "%d x %lld; gradients in %zu bucket(s) of up to %g MiB%s\n",
         communicator.size(), communicator.local_size(), communicator.host().c_str(),
         experiment.backend->threads(), static_cast<long long>(batch), communicator.size(),
-        static_cast<long long>(batch / communicator.size()), parallel.bucket_sizes().size(),
+        static_cast<long long>(batch / communicator.size()), parallel.bucket_count(),
         experiment.distributed.bucket_mb,
         experiment.distributed.overlap ? ", overlapped with backward" : "");
     if (const std::string about = communicator.description(); !about.empty()) {
