@@ -283,14 +283,10 @@ fs::path output_folder(const po::variables_map& vm, const std::string& experimen
   return fs::path("runs") / (stem + suffix);
 }
 
-namespace {
-
 const char* environment(const char* name) {
   const char* value = std::getenv(name);
   return value != nullptr && *value != '\0' ? value : nullptr;
 }
-
-}  // namespace
 
 std::optional<std::string> launcher_evidence() {
   // srun gives its tasks a PMI only when asked (--mpi=..., or MpiDefault in slurm.conf), and

@@ -30,6 +30,9 @@ struct Session {
   std::shared_ptr<Communicator> communicator;  // set by job_communicator(); destroyed first
 };
 
+// The environment variable `name`, or null when it is unset or empty.
+const char* environment(const char* name);
+
 // What says that a launcher started this process as one rank of a job ("OMPI_COMM_WORLD_SIZE=2"
 // from Open MPI's mpirun, PMI_SIZE/PMIX_RANK from MPICH, PMIx or Slurm's PMI), or nothing for a
 // process started on its own. srun without PMIx (SLURM_STEP_NUM_TASKS but no PMIX_RANK): one

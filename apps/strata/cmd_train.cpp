@@ -86,7 +86,7 @@ void set_threads_per_rank(Config& experiment, const Communicator& communicator) 
   if (given && given->as<int>() != 0) return;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   int threads = std::max(1, cores / communicator.local_size());
-  if (const char* per_task = std::getenv("SLURM_CPUS_PER_TASK")) {
+  if (const char* per_task = environment("SLURM_CPUS_PER_TASK")) {
     char* end = nullptr;
     const long allocated = std::strtol(per_task, &end, 10);
     if (end == per_task || *end != '\0' || allocated < 1) {
