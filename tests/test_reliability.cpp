@@ -546,6 +546,17 @@ BOOST_AUTO_TEST_CASE(a_second_document_is_an_error) {
   BOOST_TEST(Config::parse_string("---\nseed: 1\n", "one.yaml").get<int>("seed") == 1);
 }
 
+// yaml-cpp's LoadAll loops forever on a stray ',' after a top-level flow collection (found by
+// fuzz_experiment): the parse stops at it with an error naming it.
+BOOST_AUTO_TEST_CASE(a_stray_token_after_the_top_level_value_is_an_error) {
+  STRATA_CHECK_CONTAINS(test::error_of([&] { Config::parse_string("[1],", "stray.yaml"); }),
+                        "stray.yaml:1:4: malformed YAML: unexpected ',' after the document's "
+                        "top-level value");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { Config::parse_string(" [2, 3, 4]\n, repeat: 9}", "stray.yaml"); }),
+      "stray.yaml:2:1: malformed YAML: unexpected ','");
+}
+
 BOOST_AUTO_TEST_CASE(numbers_that_are_zero_as_floats_are_errors) {
   Rng rng(20);
   std::uniform_real_distribution<double> mantissa(1.0, 9.0);

@@ -1,6 +1,7 @@
 #include "strata/config.hpp"
 
 #include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -192,11 +193,73 @@ std::string tab_indent_hint(const std::string& text, int error_line) {
   return "";
 }
 
+// The documents of a YAML text: where each starts and where its top-level value is. yaml-cpp
+// 0.7's LoadAll never returns on a stray flow token after a top-level collection ("[1],",
+// "[1]\n, a: 1}"): its parser reports an empty document there without consuming the token, again
+// and again, while the list of documents grows until memory runs out. This pass over the events
+// stops at a document that does not advance.
+class DocumentScan : public YAML::EventHandler {
+ public:
+  struct Document {
+    YAML::Mark start;
+    YAML::Mark value;  // of the top-level node
+  };
+
+  // A yaml-cpp exception for a syntax error, or for a stuck parser one naming the token it cannot
+  // get past.
+  static std::vector<Document> of(const std::string& text) {
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    DocumentScan scan;
+    while (parser.HandleNextDocument(scan)) {
+      const std::vector<Document>& found = scan.documents_;
+      if (found.size() >= 2 && found.back().start.pos == found[found.size() - 2].start.pos) {
+        const YAML::Mark stuck = found.back().start;
+        const auto at = static_cast<std::size_t>(stuck.pos);
+        throw YAML::ParserException(
+            stuck, fmt::format("unexpected '{}' after the document's top-level value",
+                               at < text.size() ? text.substr(at, 1) : std::string()));
+      }
+    }
+    return std::move(scan.documents_);
+  }
+
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    documents_.push_back({mark, YAML::Mark::null_mark()});
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { node(mark); }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { node(mark); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                const std::string&) override {
+    node(mark);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    node(mark);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {
+    node(mark);
+  }
+  void OnMapEnd() override {}
+
+ private:
+  void node(const YAML::Mark& mark) {
+    if (!documents_.empty() && documents_.back().value.is_null()) documents_.back().value = mark;
+  }
+
+  std::vector<Document> documents_;
+};
+
 std::shared_ptr<Node> parse_yaml(const std::string& text, const std::string& source_name) {
   auto file = std::make_shared<const std::string>(source_name);
-  std::vector<YAML::Node> documents;
+  std::vector<DocumentScan::Document> documents;
+  YAML::Node document;
   try {
-    documents = YAML::LoadAll(text);
+    documents = DocumentScan::of(text);
+    document = YAML::Load(text);  // the first document (the scan found the text's syntax sound)
   } catch (const YAML::DeepRecursion& error) {
     // yaml-cpp's own message for this is "bad file".
     fail("{}: malformed YAML: nested deeper than {} levels of lists or maps",
@@ -207,15 +270,14 @@ std::shared_ptr<Node> parse_yaml(const std::string& text, const std::string& sou
   }
   if (documents.size() > 1) {
     // Reading the first document alone would ignore the rest without a word.
-    const YAML::Mark mark = documents[1].Mark();
-    const bool known = !mark.is_null() && mark.line >= 0;
+    const YAML::Mark mark = documents[1].value.is_null() ? documents[1].start : documents[1].value;
     fail(
         "{}: the text holds {} YAML documents (separated by '---'); an experiment is one "
         "document: merge them or remove the '---' line",
-        known ? position(file, mark.line + 1, mark.column + 1) : *file, documents.size());
+        position(file, mark.line + 1, mark.column + 1), documents.size());
   }
   ConvertState state;
-  return convert(documents.empty() ? YAML::Node() : documents[0], file, 0, 0, state);
+  return convert(document, file, 0, 0, state);
 }
 
 // Typed conversion of a scalar node; `describe` is what the error says was expected.
