@@ -137,6 +137,23 @@ std::string invalid_layer_name(const std::string& name) {
   return "";
 }
 
+}  // namespace
+
+// The rules of invalid_layer_name() and of Graph::check_new_name()'s '@', applied.
+std::string sanitized_layer_name(std::string name) {
+  const bool utf8 = valid_utf8(name);
+  for (char& c : name) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (c == '/' || c == ',' || c == '@' || byte < 0x20 || byte == 0x7f || (!utf8 && byte >= 0x80))
+      c = '_';
+  }
+  if (name == "input") return "input_";
+  if (name.empty() || name == "." || name == "..") return "_";
+  return name;
+}
+
+namespace {
+
 // After copy `copy` (made of `copy_layers`; `layers` in the model so far) of a block with `repeat`
 // copies: an Error at the block's `repeat` when the copies to come would pass kMaxLayers layers
 // or, by this copy's parameters and activations, the machine's memory.

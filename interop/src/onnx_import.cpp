@@ -24,6 +24,7 @@
 
 #include "strata/error.hpp"
 #include "strata/file_check.hpp"
+#include "strata/graph.hpp"
 
 namespace strata::interop {
 
@@ -102,38 +103,6 @@ std::string padding_text(const Pads& p) {
 
 // A float as YAML: the shortest text that reads back as the same float.
 std::string float_text(float value) { return fmt::format("{}", value); }
-
-bool valid_utf8(std::string_view text) {
-  std::size_t i = 0;
-  while (i < text.size()) {
-    const auto byte = static_cast<unsigned char>(text[i]);
-    const std::size_t length = byte < 0x80           ? 1
-                               : (byte >> 5) == 0x6  ? 2
-                               : (byte >> 4) == 0xE  ? 3
-                               : (byte >> 3) == 0x1E ? 4
-                                                     : 0;
-    if (length == 0 || i + length > text.size()) return false;
-    for (std::size_t k = 1; k < length; ++k) {
-      if ((static_cast<unsigned char>(text[i + k]) >> 6) != 0x2) return false;
-    }
-    i += length;
-  }
-  return true;
-}
-
-// A layer name Strata accepts (core/src/graph.cpp, invalid_layer_name): '/', ',', '@' and control
-// characters become '_', and so does every non-ASCII byte of a name that is not UTF-8.
-std::string sanitized_name(std::string name) {
-  const bool utf8 = valid_utf8(name);
-  for (char& c : name) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (c == '/' || c == ',' || c == '@' || byte < 0x20 || byte == 0x7f || (!utf8 && byte >= 0x80))
-      c = '_';
-  }
-  if (name == "input") return "input_";
-  if (name == "." || name == "..") return "_";
-  return name;
-}
 
 // Text for a YAML comment line: control characters (a line break) become spaces.
 std::string comment_text(std::string text) {
@@ -803,7 +772,7 @@ std::string Importer::unique_name(const onnx::NodeProto& node, const std::string
     while (name.starts_with("/")) name.erase(0, 1);
   }
   if (name.empty()) name = fmt::format("{}{}", type, layers_.size());
-  name = sanitized_name(name);
+  name = sanitized_layer_name(name);
   std::string candidate = name;
   for (int suffix = 2; names_.contains(candidate); ++suffix)
     candidate = fmt::format("{}_{}", name, suffix);

@@ -48,6 +48,13 @@ struct GraphProfile {
   }
 };
 
+// `name` made a valid layer name by replacing what a layer name may not contain: '/', ',', '@'
+// and control characters become '_', and so does every non-ASCII byte when `name` is not UTF-8;
+// "input" becomes "input_", "." and ".." (and "") become "_". Other names are returned unchanged.
+// ENSURES: the graph accepts the result as a layer name (unless another layer has it already).
+// Used where names come from elsewhere (an imported ONNX graph's nodes).
+std::string sanitized_layer_name(std::string name);
+
 class Graph {
  public:
   // Builds and sets up every layer for `backend` (whose kernels the layers pick, falling back to
