@@ -307,6 +307,9 @@ class Importer {
 
   // ---- attributes ----
   const onnx::AttributeProto* attribute(const onnx::NodeProto& node, const std::string& name) const;
+  const onnx::AttributeProto* typed_attribute(const onnx::NodeProto& node, const std::string& name,
+                                              onnx::AttributeProto::AttributeType type,
+                                              const char* noun) const;
   int64_t attr_int(const onnx::NodeProto& node, const std::string& name, int64_t fallback) const;
   float attr_float(const onnx::NodeProto& node, const std::string& name, float fallback) const;
   std::string attr_string(const onnx::NodeProto& node, const std::string& name,
@@ -665,40 +668,39 @@ const onnx::AttributeProto* Importer::attribute(const onnx::NodeProto& node,
   return nullptr;
 }
 
+// The attribute `name` of `node`, or null when it has none; an Error naming it and `noun` ("an
+// integer") when it is not of `type`.
+const onnx::AttributeProto* Importer::typed_attribute(const onnx::NodeProto& node,
+                                                      const std::string& name,
+                                                      onnx::AttributeProto::AttributeType type,
+                                                      const char* noun) const {
+  const auto* a = attribute(node, name);
+  if (a && a->type() != type) fail("{}: attribute '{}' must be {}", where(node), name, noun);
+  return a;
+}
+
 int64_t Importer::attr_int(const onnx::NodeProto& node, const std::string& name,
                            int64_t fallback) const {
-  const auto* a = attribute(node, name);
-  if (!a) return fallback;
-  if (a->type() != onnx::AttributeProto::INT)
-    fail("{}: attribute '{}' must be an integer", where(node), name);
-  return a->i();
+  const auto* a = typed_attribute(node, name, onnx::AttributeProto::INT, "an integer");
+  return a ? a->i() : fallback;
 }
 
 float Importer::attr_float(const onnx::NodeProto& node, const std::string& name,
                            float fallback) const {
-  const auto* a = attribute(node, name);
-  if (!a) return fallback;
-  if (a->type() != onnx::AttributeProto::FLOAT)
-    fail("{}: attribute '{}' must be a float", where(node), name);
-  return a->f();
+  const auto* a = typed_attribute(node, name, onnx::AttributeProto::FLOAT, "a float");
+  return a ? a->f() : fallback;
 }
 
 std::string Importer::attr_string(const onnx::NodeProto& node, const std::string& name,
                                   std::string fallback) const {
-  const auto* a = attribute(node, name);
-  if (!a) return fallback;
-  if (a->type() != onnx::AttributeProto::STRING)
-    fail("{}: attribute '{}' must be a string", where(node), name);
-  return a->s();
+  const auto* a = typed_attribute(node, name, onnx::AttributeProto::STRING, "a string");
+  return a ? a->s() : fallback;
 }
 
 std::vector<int64_t> Importer::attr_ints(const onnx::NodeProto& node, const std::string& name,
                                          std::vector<int64_t> fallback) const {
-  const auto* a = attribute(node, name);
-  if (!a) return fallback;
-  if (a->type() != onnx::AttributeProto::INTS)
-    fail("{}: attribute '{}' must be a list of integers", where(node), name);
-  return {a->ints().begin(), a->ints().end()};
+  const auto* a = typed_attribute(node, name, onnx::AttributeProto::INTS, "a list of integers");
+  return a ? std::vector<int64_t>(a->ints().begin(), a->ints().end()) : fallback;
 }
 
 // A 2-D attribute such as strides = [sh, sw]; `fallback` for both when absent.
