@@ -298,7 +298,6 @@ class Importer {
   void require_unused_outputs(const onnx::NodeProto& node, int first) const;
   void infer(const onnx::NodeProto& node, std::vector<int64_t> shape);
   void infer_after(const onnx::NodeProto& node);
-  void same_shape(const onnx::NodeProto& node) { infer(node, shape_of(node, node.input(0))); }
   std::vector<int64_t> window_shape(const onnx::NodeProto& node, int64_t channels,
                                     const std::array<int64_t, 2>& kernel,
                                     const std::array<int64_t, 2>& stride,
@@ -982,16 +981,17 @@ void Importer::add(const onnx::NodeProto& node) {
   const std::string& value = node.input(tensor_index);
   LayerEntry* layer = layer_named(producer_.contains(value) ? producer_.at(value) : "");
   const Tensor bias = float_tensor(constant(node, 1 - tensor_index), where(node) + ": constant");
-  const int64_t channels = layer && layer->type == "linear"   ? layer->params[0].tensor.dim(0)
-                           : layer && layer->type == "conv2d" ? layer->params[0].tensor.dim(0)
-                                                              : -1;
+  // bias_pending is set only on a linear or a conv2d, whose weight's first extent is the outputs.
+  const bool pending =
+      layer && layer->bias_pending && layer->output_value == value && consumers(value) == 1;
+  const int64_t channels = pending ? layer->params[0].tensor.dim(0) : -1;
+  // A linear's bias is [out]; a Conv's broadcasts over [C, 1, 1].
   const std::vector<int64_t> bias_dims = bias.shape().dims();
   const bool per_channel =
       bias.numel() == channels &&
       (layer->type == "linear" ||
        (bias.rank() >= 3 && bias_dims[bias.rank() - 1] == 1 && bias_dims[bias.rank() - 2] == 1));
-  if (!layer || !layer->bias_pending || layer->output_value != value || consumers(value) != 1 ||
-      !per_channel) {
+  if (!per_channel) {
     fail(
         "{}: adding the constant '{}' (shape {}) is supported only as the bias of the MatMul or "
         "bias-free Conv right before it (one value per output channel)",
@@ -1612,7 +1612,6 @@ OnnxImport Importer::run() {
   }
   result.input_shape = input_shape_;
   result.output_layer = layers_.back().name;
-  result.layer_count = layers_.size();
   result.opset = opset_;
   result.producer = (model_.producer_name() + " " + model_.producer_version());
   return result;
