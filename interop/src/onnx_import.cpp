@@ -1336,15 +1336,9 @@ void Importer::pad(const onnx::NodeProto& node) {
 }
 
 void Importer::shape(const onnx::NodeProto& node) {
-  const auto found = shapes_.find(node.input(0));
-  if (found == shapes_.end())
-    fail("{}: ONNX shape inference gave no shape for '{}'", where(node), node.input(0));
+  const std::vector<int64_t> shape = shape_of(node, node.input(0));
   IntValue value;
-  for (std::size_t i = 0; i < found->second.size(); ++i) {
-    if (i > 0 && found->second[i] < 0)
-      fail("{}: the extent {} of '{}' is unknown", where(node), i, node.input(0));
-    value.dims.push_back({found->second[i], i == 0});
-  }
+  for (std::size_t i = 0; i < shape.size(); ++i) value.dims.push_back({shape[i], i == 0});
   const auto rank = static_cast<int64_t>(value.dims.size());
   int64_t start = attr_int(node, "start", 0), end = attr_int(node, "end", rank);
   if (start < 0) start += rank;
