@@ -78,7 +78,7 @@ struct LayerEntry {
 struct PendingPad {
   std::string source;             // the padded ONNX value
   std::array<int64_t, 4> pads{};  // top, bottom, left, right
-  std::string mode;               // constant, reflect, edge
+  std::string mode;               // Strata's: constant, reflect, replicate (ONNX's edge)
   float value = 0;                // for constant
   const onnx::NodeProto* node = nullptr;
 };
@@ -803,11 +803,10 @@ LayerEntry* Importer::layer_named(const std::string& name) {
 std::string Importer::materialize(const PendingPad& pad) {
   const onnx::NodeProto& node = *pad.node;
   const std::string source = resolve(node, pad.source);
-  const std::string mode = pad.mode == "edge" ? "replicate" : pad.mode;
   LayerEntry& entry = add_layer(node, "pad", {source});
   entry.set("padding", padding_text(pad.pads));
-  if (mode != "constant") entry.set("mode", mode);
-  if (mode == "constant" && pad.value != 0) entry.set("value", float_text(pad.value));
+  if (pad.mode != "constant") entry.set("mode", pad.mode);
+  if (pad.mode == "constant" && pad.value != 0) entry.set("value", float_text(pad.value));
   return entry.name;
 }
 
@@ -839,7 +838,7 @@ void Importer::conv(const onnx::NodeProto& node) {
     const bool zeros = pad.mode == "constant" && pad.value == 0;
     if (zeros || (all_zero(pads) && pad.mode != "constant")) {
       for (int i = 0; i < 4; ++i) pads[i] += pad.pads[i];
-      padding_mode = zeros ? "zeros" : pad.mode == "edge" ? "replicate" : pad.mode;
+      padding_mode = zeros ? "zeros" : pad.mode;
       source = pad.source;
     }
   }
@@ -1326,6 +1325,7 @@ void Importer::pad(const onnx::NodeProto& node) {
   if (pending.mode != "constant" && pending.mode != "reflect" && pending.mode != "edge") {
     fail("{}: mode '{}': expected constant, reflect or edge", where(node), pending.mode);
   }
+  if (pending.mode == "edge") pending.mode = "replicate";
   if (has_input(node, 2)) {
     const Tensor value = float_tensor(constant(node, 2), where(node) + ": constant_value");
     pending.value = value.numel() > 0 ? value.data()[0] : 0.0f;
