@@ -334,6 +334,7 @@ class Importer {
   void max_pool(const onnx::NodeProto& node) { pool(node, true); }
   void average_pool(const onnx::NodeProto& node) { pool(node, false); }
   void global_average_pool(const onnx::NodeProto& node);
+  void reduce_mean(const onnx::NodeProto& node);
   void gemm(const onnx::NodeProto& node);
   void matmul(const onnx::NodeProto& node);
   void add(const onnx::NodeProto& node);
@@ -410,6 +411,7 @@ const std::map<std::string, Importer::Handler>& Importer::handlers() {
       {"Constant", &Importer::constant_node},
       {"Flatten", &Importer::flatten},
       {"Reshape", &Importer::reshape},
+      {"ReduceMean", &Importer::reduce_mean},
       {"Pad", &Importer::pad},
       {"Shape", &Importer::shape},
       {"Gather", &Importer::gather},
@@ -907,6 +909,36 @@ void Importer::global_average_pool(const onnx::NodeProto& node) {
     fail("{}: expected a 4-D input [N, C, H, W], found rank {}", where(node), in.size());
   add_layer(node, "global_avg_pool", {activation(node, 0)});
   infer(node, {in[0], in[1], 1, 1});
+}
+
+// PyTorch's x.mean([2, 3]) (mnasnet): the mean over the height and width of [N, C, H, W], a
+// global_avg_pool, then a flatten to [N, C] when keepdims is 0 (the two layers' names unique; the
+// node's output is the last one's).
+void Importer::reduce_mean(const onnx::NodeProto& node) {
+  const std::vector<int64_t> in = shape_of(node, node.input(0));
+  const auto rank = static_cast<int64_t>(in.size());
+  const std::vector<int64_t> given = attr_ints(node, "axes", {});
+  std::vector<int64_t> axes = given;
+  for (int64_t& axis : axes) axis += axis < 0 ? rank : 0;
+  std::sort(axes.begin(), axes.end());
+  if (rank != 4 || axes != std::vector<int64_t>{2, 3}) {
+    fail(
+        "{}: ReduceMean over {} of a rank-{} input: only the mean over the height and width "
+        "(axes [2, 3]) of [N, C, H, W] is supported (a global_avg_pool)",
+        where(node),
+        given.empty() ? std::string("every axis")
+                      : fmt::format("axes [{}]", fmt::join(given, ", ")),
+        rank);
+  }
+  const bool keep_dims = attr_int(node, "keepdims", 1) != 0;
+  const std::string pool = add_layer(node, "global_avg_pool", {activation(node, 0)}).name;
+  if (keep_dims) {
+    infer(node, {in[0], in[1], 1, 1});
+    return;
+  }
+  layer_named(pool)->output_value.clear();  // an intermediate value no ONNX node names
+  add_layer(node, "flatten", {pool});
+  infer(node, {in[0], in[1]});
 }
 
 void Importer::gemm(const onnx::NodeProto& node) {
