@@ -417,6 +417,65 @@ BOOST_AUTO_TEST_CASE(pooling_and_convolution_attributes) {
       "[1, 2], round: floor, bias: false}");
 }
 
+// PyTorch writes x.mean([2, 3]) (mnasnet) as ReduceMean over axes [2, 3] with keepdims 0.
+BOOST_AUTO_TEST_CASE(reduce_mean_over_height_and_width_is_a_global_average_pool) {
+  TempDir dir;
+  {
+    OnnxBuilder b({4, 3, 5});
+    auto& mean = b.node("ReduceMean", {"x"}, "m", "/ReduceMean");
+    attr(mean, "axes", {2, 3});
+    attr(mean, "keepdims", 0);
+    const Tensor weight = b.weight("classifier.weight", Shape{2, 4});
+    attr(b.node("Gemm", {"m", "classifier.weight"}, "y", "/classifier/Gemm"), "transB", 1);
+    b.output("y", 2);
+    const OnnxImport imported = b.import(dir);
+    CHECK_LAYERS(imported, "{name: ReduceMean, type: global_avg_pool}",
+                 "{name: ReduceMean_2, type: flatten}",
+                 "{name: classifier, type: linear, out_features: 2, bias: false}");
+
+    strata::Config experiment = strata::Config::parse_string(imported.experiment_yaml, "<import>");
+    strata::Experiment run = strata::Experiment::read(experiment, strata::test::registries(),
+                                                      strata::Experiment::Scope::model);
+    for (NamedTensor& tensor : run.graph->state_tensors())
+      tensor.tensor.copy_from(weight_of(imported, tensor.name));
+    std::mt19937 rng(5);
+    const Tensor x = random_tensor(Shape{2, 4, 3, 5}, rng);
+    strata::Context context{false, &run.rng, run.backend.get()};
+    const Tensor& y = run.graph->forward(context, x);
+    BOOST_TEST(y.shape() == (Shape{2, 2}));
+    for (int64_t n = 0; n < 2; ++n) {
+      for (int64_t o = 0; o < 2; ++o) {
+        double expected = 0;
+        for (int64_t c = 0; c < 4; ++c) {
+          double mean_value = 0;
+          for (int64_t i = 0; i < 15; ++i) mean_value += x.data()[(n * 4 + c) * 15 + i];
+          expected += mean_value / 15 * weight.data()[o * 4 + c];
+        }
+        BOOST_TEST(static_cast<double>(y.data()[n * 2 + o]) == expected,
+                   boost::test_tools::tolerance(1e-5));
+      }
+    }
+  }
+  {
+    OnnxBuilder b({4, 3, 5});
+    attr(b.node("ReduceMean", {"x"}, "m", "/pool/ReduceMean"), "axes", {-1, -2});  // keepdims 1
+    b.node("Relu", {"m"}, "y", "/relu/Relu");
+    b.output("y", 4);
+    CHECK_LAYERS(b.import(dir), "{name: pool, type: global_avg_pool}", "{name: relu, type: relu}");
+  }
+  for (const std::vector<int64_t>& axes : {std::vector<int64_t>{1}, std::vector<int64_t>{}}) {
+    OnnxBuilder b({4, 3, 5});
+    auto& mean = b.node("ReduceMean", {"x"}, "y", "/ReduceMean");
+    if (!axes.empty()) attr(mean, "axes", axes);
+    b.output("y", 4);
+    STRATA_CHECK_CONTAINS(error_of([&] { b.import(dir); }),
+                          axes.empty() ? "node '/ReduceMean' (ReduceMean): ReduceMean over every "
+                                         "axis of a rank-4 input: only the mean over the height"
+                                       : "node '/ReduceMean' (ReduceMean): ReduceMean over axes "
+                                         "[1] of a rank-4 input: only the mean over the height");
+  }
+}
+
 BOOST_AUTO_TEST_CASE(activations_softmax_lrn_dropout_concat_and_identity) {
   TempDir dir;
   OnnxBuilder b({4, 5, 5}, 14);

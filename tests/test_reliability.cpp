@@ -413,6 +413,23 @@ BOOST_AUTO_TEST_CASE(invalid_layer_names_fail_at_graph_build) {
   build("conv_ü1");  // valid UTF-8 is fine
 }
 
+BOOST_AUTO_TEST_CASE(sanitized_layer_names_build) {
+  Rng rng(1);
+  auto build = [&](const std::string& name) {
+    Config model = test::yaml("input: [4]\nlayers:\n  - {name: \"" + name + "\", type: relu}\n");
+    Graph graph(model, test::registries(), test::backend(), rng);
+  };
+  for (const std::string& name :
+       {std::string("."), std::string(".."), std::string(""), std::string("input"),
+        std::string("a/b,c@d"), std::string("\xff\xfe"), std::string("a\tb\x7f")}) {
+    build(sanitized_layer_name(name));
+  }
+  BOOST_TEST(sanitized_layer_name("a/b,c@d") == "a_b_c_d");
+  BOOST_TEST(sanitized_layer_name("input") == "input_");
+  BOOST_TEST(sanitized_layer_name("conv_ü1") == "conv_ü1");
+  BOOST_TEST(sanitized_layer_name("x\xff") == "x_");
+}
+
 BOOST_AUTO_TEST_CASE(init_must_be_a_map) {
   Rng rng(1);
   for (const char* init : {"normal", "[{type: normal}]"}) {

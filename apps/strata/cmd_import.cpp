@@ -1,7 +1,7 @@
 // strata import MODEL.onnx --out DIR [--overwrite]
 // An ONNX model (interop/, strata/interop/onnx_import.hpp) as DIR/experiment.yaml and
-// DIR/weights.h5, checked against the layers this Strata's plugins build before anything is
-// written; both files appear together at the end, or neither does.
+// DIR/weights.h5, checked against the layers this Strata's plugins build before either file is
+// in place; both files appear together at the end, or neither does.
 #include <fmt/ranges.h>
 #include <unistd.h>
 
@@ -25,48 +25,26 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The imported model built as every command builds it, and its parameters and buffers compared
-// with the imported weights by name and shape: a difference is a mapping the layers do not
-// accept, reported before any file is written.
+// The imported model built as every command builds it (its weights are checked against its
+// layers by write_import, which loads the checkpoint it wrote into them).
 Experiment build_imported(const interop::OnnxImport& imported, const std::string& source,
                           Registries& registries) {
   Config experiment =
       Config::parse_string(imported.experiment_yaml, source + " (imported experiment)");
-  Experiment run = [&] {
-    try {
-      return Experiment::read(experiment, registries, Experiment::Scope::shapes);
-    } catch (const Error& error) {
-      fail(
-          "{}\n  the experiment mapped from {} does not build in this Strata (a layer key its "
-          "plugins do not know?); nothing was written",
-          error.what(), source);
-    }
-  }();
-  std::map<std::string, Shape> imported_shapes;
-  for (const NamedTensor& weight : imported.weights)
-    imported_shapes.emplace(weight.name, weight.tensor.shape());
-  for (const NamedTensor& state : run.graph->state_tensors()) {
-    const auto found = imported_shapes.find(state.name);
-    if (found == imported_shapes.end()) {
-      fail("{}: the imported model's layers expect /model/{} {}, which the ONNX graph did not give",
-           source, state.name, state.tensor.shape().str());
-    }
-    if (found->second != state.tensor.shape()) {
-      fail("{}: /model/{} was imported with shape {} but the layer expects {}", source, state.name,
-           found->second.str(), state.tensor.shape().str());
-    }
-    imported_shapes.erase(found);
+  try {
+    return Experiment::read(experiment, registries, Experiment::Scope::shapes);
+  } catch (const Error& error) {
+    fail(
+        "{}\n  the experiment mapped from {} does not build in this Strata (a layer key its "
+        "plugins do not know?); nothing was written",
+        error.what(), source);
   }
-  if (!imported_shapes.empty()) {
-    fail("{}: the import gave /model/{}, which no layer of the imported model holds", source,
-         imported_shapes.begin()->first);
-  }
-  return run;
 }
 
 // Writes experiment.yaml and weights.h5 under temporary names in `out`, checks that the
-// checkpoint loads into the model, then renames both into place. On failure nothing is left:
-// not the temporary files, nor `out` when this call created it.
+// checkpoint loads into the model (every tensor its layers hold, by name and shape, none more,
+// and finite), then renames both into place. On failure nothing is left: not the temporary
+// files, nor `out` when this call created it.
 void write_import(const fs::path& out, const interop::OnnxImport& imported, Experiment& run,
                   Registries& registries) {
   const bool created = !fs::exists(out);

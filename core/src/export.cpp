@@ -174,16 +174,10 @@ ExportedModel export_graph(const Graph& graph, const Registries& registries,
   for (std::size_t i = 0; i < graph.size(); ++i) {
     const Layer& layer = graph.layer(i);
     std::vector<std::string> inputs;
-    std::vector<Shape> shapes;
-    for (const std::string& producer : graph.input_names(i)) {
+    for (const std::string& producer : graph.input_names(i))
       inputs.push_back(value_of.at(producer));
-      shapes.push_back(
-          producer == "input"
-              ? graph.input_shape()
-              : graph.layer(static_cast<std::size_t>(graph.index_of(producer))).output_shape());
-    }
     const bool last = i + 1 == graph.size();
-    context.begin(graph.name(i), std::move(inputs), std::move(shapes),
+    context.begin(graph.name(i), std::move(inputs), graph.input_shapes(i),
                   last ? options.output_name : graph.name(i), layer.output_shape());
     bool described = false;
     try {

@@ -137,6 +137,23 @@ std::string invalid_layer_name(const std::string& name) {
   return "";
 }
 
+}  // namespace
+
+// The rules of invalid_layer_name() and of Graph::check_new_name()'s '@', applied.
+std::string sanitized_layer_name(std::string name) {
+  const bool utf8 = valid_utf8(name);
+  for (char& c : name) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (c == '/' || c == ',' || c == '@' || byte < 0x20 || byte == 0x7f || (!utf8 && byte >= 0x80))
+      c = '_';
+  }
+  if (name == "input") return "input_";
+  if (name.empty() || name == "." || name == "..") return "_";
+  return name;
+}
+
+namespace {
+
 // After copy `copy` (made of `copy_layers`; `layers` in the model so far) of a block with `repeat`
 // copies: an Error at the block's `repeat` when the copies to come would pass kMaxLayers layers
 // or, by this copy's parameters and activations, the machine's memory.
@@ -361,7 +378,7 @@ void Graph::add_block_copy(const Config& item, Block& block, const std::string& 
                                           "input or earlier layers)\n  {}",
                                           input_name, suggestion_text(input_name, known, "tensors")));
     }
-    shapes.push_back(producer < 0 ? input_shape_ : nodes_[producer].layer->output_shape());
+    shapes.push_back(produced_shape(producer));
   }
   const BlockContext context(item, prefix, shapes, copy, repeat);
   const std::vector<BlockPart> parts = block.expand(context);
@@ -432,7 +449,7 @@ void Graph::add_node(const std::string& name, std::shared_ptr<Layer> layer,
                                            input_name, suggestion_text(input_name, known, "tensors")));
     }
     node.inputs.push_back(producer);
-    input_shapes.push_back(producer < 0 ? input_shape_ : nodes_[producer].layer->output_shape());
+    input_shapes.push_back(produced_shape(producer));
   }
 
   node.layer = std::move(layer);
@@ -489,6 +506,12 @@ std::vector<std::string> Graph::input_names(std::size_t i) const {
   std::vector<std::string> names;
   for (int producer : nodes_[i].inputs) names.push_back(producer < 0 ? "input" : name(producer));
   return names;
+}
+
+std::vector<Shape> Graph::input_shapes(std::size_t i) const {
+  std::vector<Shape> shapes;
+  for (int producer : nodes_[i].inputs) shapes.push_back(produced_shape(producer));
+  return shapes;
 }
 
 void Graph::allocate(int64_t batch) {

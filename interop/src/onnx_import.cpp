@@ -24,6 +24,7 @@
 
 #include "strata/error.hpp"
 #include "strata/file_check.hpp"
+#include "strata/graph.hpp"
 
 namespace strata::interop {
 
@@ -77,7 +78,7 @@ struct LayerEntry {
 struct PendingPad {
   std::string source;             // the padded ONNX value
   std::array<int64_t, 4> pads{};  // top, bottom, left, right
-  std::string mode;               // constant, reflect, edge
+  std::string mode;               // Strata's: constant, reflect, replicate (ONNX's edge)
   float value = 0;                // for constant
   const onnx::NodeProto* node = nullptr;
 };
@@ -102,38 +103,6 @@ std::string padding_text(const Pads& p) {
 
 // A float as YAML: the shortest text that reads back as the same float.
 std::string float_text(float value) { return fmt::format("{}", value); }
-
-bool valid_utf8(std::string_view text) {
-  std::size_t i = 0;
-  while (i < text.size()) {
-    const auto byte = static_cast<unsigned char>(text[i]);
-    const std::size_t length = byte < 0x80           ? 1
-                               : (byte >> 5) == 0x6  ? 2
-                               : (byte >> 4) == 0xE  ? 3
-                               : (byte >> 3) == 0x1E ? 4
-                                                     : 0;
-    if (length == 0 || i + length > text.size()) return false;
-    for (std::size_t k = 1; k < length; ++k) {
-      if ((static_cast<unsigned char>(text[i + k]) >> 6) != 0x2) return false;
-    }
-    i += length;
-  }
-  return true;
-}
-
-// A layer name Strata accepts (core/src/graph.cpp, invalid_layer_name): '/', ',', '@' and control
-// characters become '_', and so does every non-ASCII byte of a name that is not UTF-8.
-std::string sanitized_name(std::string name) {
-  const bool utf8 = valid_utf8(name);
-  for (char& c : name) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (c == '/' || c == ',' || c == '@' || byte < 0x20 || byte == 0x7f || (!utf8 && byte >= 0x80))
-      c = '_';
-  }
-  if (name == "input") return "input_";
-  if (name == "." || name == "..") return "_";
-  return name;
-}
 
 // Text for a YAML comment line: control characters (a line break) become spaces.
 std::string comment_text(std::string text) {
@@ -329,7 +298,6 @@ class Importer {
   void require_unused_outputs(const onnx::NodeProto& node, int first) const;
   void infer(const onnx::NodeProto& node, std::vector<int64_t> shape);
   void infer_after(const onnx::NodeProto& node);
-  void same_shape(const onnx::NodeProto& node) { infer(node, shape_of(node, node.input(0))); }
   std::vector<int64_t> window_shape(const onnx::NodeProto& node, int64_t channels,
                                     const std::array<int64_t, 2>& kernel,
                                     const std::array<int64_t, 2>& stride,
@@ -338,6 +306,9 @@ class Importer {
 
   // ---- attributes ----
   const onnx::AttributeProto* attribute(const onnx::NodeProto& node, const std::string& name) const;
+  const onnx::AttributeProto* typed_attribute(const onnx::NodeProto& node, const std::string& name,
+                                              onnx::AttributeProto::AttributeType type,
+                                              const char* noun) const;
   int64_t attr_int(const onnx::NodeProto& node, const std::string& name, int64_t fallback) const;
   float attr_float(const onnx::NodeProto& node, const std::string& name, float fallback) const;
   std::string attr_string(const onnx::NodeProto& node, const std::string& name,
@@ -363,6 +334,7 @@ class Importer {
   void max_pool(const onnx::NodeProto& node) { pool(node, true); }
   void average_pool(const onnx::NodeProto& node) { pool(node, false); }
   void global_average_pool(const onnx::NodeProto& node);
+  void reduce_mean(const onnx::NodeProto& node);
   void gemm(const onnx::NodeProto& node);
   void matmul(const onnx::NodeProto& node);
   void add(const onnx::NodeProto& node);
@@ -439,6 +411,7 @@ const std::map<std::string, Importer::Handler>& Importer::handlers() {
       {"Constant", &Importer::constant_node},
       {"Flatten", &Importer::flatten},
       {"Reshape", &Importer::reshape},
+      {"ReduceMean", &Importer::reduce_mean},
       {"Pad", &Importer::pad},
       {"Shape", &Importer::shape},
       {"Gather", &Importer::gather},
@@ -696,40 +669,39 @@ const onnx::AttributeProto* Importer::attribute(const onnx::NodeProto& node,
   return nullptr;
 }
 
+// The attribute `name` of `node`, or null when it has none; an Error naming it and `noun` ("an
+// integer") when it is not of `type`.
+const onnx::AttributeProto* Importer::typed_attribute(const onnx::NodeProto& node,
+                                                      const std::string& name,
+                                                      onnx::AttributeProto::AttributeType type,
+                                                      const char* noun) const {
+  const auto* a = attribute(node, name);
+  if (a && a->type() != type) fail("{}: attribute '{}' must be {}", where(node), name, noun);
+  return a;
+}
+
 int64_t Importer::attr_int(const onnx::NodeProto& node, const std::string& name,
                            int64_t fallback) const {
-  const auto* a = attribute(node, name);
-  if (!a) return fallback;
-  if (a->type() != onnx::AttributeProto::INT)
-    fail("{}: attribute '{}' must be an integer", where(node), name);
-  return a->i();
+  const auto* a = typed_attribute(node, name, onnx::AttributeProto::INT, "an integer");
+  return a ? a->i() : fallback;
 }
 
 float Importer::attr_float(const onnx::NodeProto& node, const std::string& name,
                            float fallback) const {
-  const auto* a = attribute(node, name);
-  if (!a) return fallback;
-  if (a->type() != onnx::AttributeProto::FLOAT)
-    fail("{}: attribute '{}' must be a float", where(node), name);
-  return a->f();
+  const auto* a = typed_attribute(node, name, onnx::AttributeProto::FLOAT, "a float");
+  return a ? a->f() : fallback;
 }
 
 std::string Importer::attr_string(const onnx::NodeProto& node, const std::string& name,
                                   std::string fallback) const {
-  const auto* a = attribute(node, name);
-  if (!a) return fallback;
-  if (a->type() != onnx::AttributeProto::STRING)
-    fail("{}: attribute '{}' must be a string", where(node), name);
-  return a->s();
+  const auto* a = typed_attribute(node, name, onnx::AttributeProto::STRING, "a string");
+  return a ? a->s() : fallback;
 }
 
 std::vector<int64_t> Importer::attr_ints(const onnx::NodeProto& node, const std::string& name,
                                          std::vector<int64_t> fallback) const {
-  const auto* a = attribute(node, name);
-  if (!a) return fallback;
-  if (a->type() != onnx::AttributeProto::INTS)
-    fail("{}: attribute '{}' must be a list of integers", where(node), name);
-  return {a->ints().begin(), a->ints().end()};
+  const auto* a = typed_attribute(node, name, onnx::AttributeProto::INTS, "a list of integers");
+  return a ? std::vector<int64_t>(a->ints().begin(), a->ints().end()) : fallback;
 }
 
 // A 2-D attribute such as strides = [sh, sw]; `fallback` for both when absent.
@@ -803,7 +775,7 @@ std::string Importer::unique_name(const onnx::NodeProto& node, const std::string
     while (name.starts_with("/")) name.erase(0, 1);
   }
   if (name.empty()) name = fmt::format("{}{}", type, layers_.size());
-  name = sanitized_name(name);
+  name = sanitized_layer_name(name);
   std::string candidate = name;
   for (int suffix = 2; names_.contains(candidate); ++suffix)
     candidate = fmt::format("{}_{}", name, suffix);
@@ -833,11 +805,10 @@ LayerEntry* Importer::layer_named(const std::string& name) {
 std::string Importer::materialize(const PendingPad& pad) {
   const onnx::NodeProto& node = *pad.node;
   const std::string source = resolve(node, pad.source);
-  const std::string mode = pad.mode == "edge" ? "replicate" : pad.mode;
   LayerEntry& entry = add_layer(node, "pad", {source});
   entry.set("padding", padding_text(pad.pads));
-  if (mode != "constant") entry.set("mode", mode);
-  if (mode == "constant" && pad.value != 0) entry.set("value", float_text(pad.value));
+  if (pad.mode != "constant") entry.set("mode", pad.mode);
+  if (pad.mode == "constant" && pad.value != 0) entry.set("value", float_text(pad.value));
   return entry.name;
 }
 
@@ -869,7 +840,7 @@ void Importer::conv(const onnx::NodeProto& node) {
     const bool zeros = pad.mode == "constant" && pad.value == 0;
     if (zeros || (all_zero(pads) && pad.mode != "constant")) {
       for (int i = 0; i < 4; ++i) pads[i] += pad.pads[i];
-      padding_mode = zeros ? "zeros" : pad.mode == "edge" ? "replicate" : pad.mode;
+      padding_mode = zeros ? "zeros" : pad.mode;
       source = pad.source;
     }
   }
@@ -938,6 +909,36 @@ void Importer::global_average_pool(const onnx::NodeProto& node) {
     fail("{}: expected a 4-D input [N, C, H, W], found rank {}", where(node), in.size());
   add_layer(node, "global_avg_pool", {activation(node, 0)});
   infer(node, {in[0], in[1], 1, 1});
+}
+
+// PyTorch's x.mean([2, 3]) (mnasnet): the mean over the height and width of [N, C, H, W], a
+// global_avg_pool, then a flatten to [N, C] when keepdims is 0 (the two layers' names unique; the
+// node's output is the last one's).
+void Importer::reduce_mean(const onnx::NodeProto& node) {
+  const std::vector<int64_t> in = shape_of(node, node.input(0));
+  const auto rank = static_cast<int64_t>(in.size());
+  const std::vector<int64_t> given = attr_ints(node, "axes", {});
+  std::vector<int64_t> axes = given;
+  for (int64_t& axis : axes) axis += axis < 0 ? rank : 0;
+  std::sort(axes.begin(), axes.end());
+  if (rank != 4 || axes != std::vector<int64_t>{2, 3}) {
+    fail(
+        "{}: ReduceMean over {} of a rank-{} input: only the mean over the height and width "
+        "(axes [2, 3]) of [N, C, H, W] is supported (a global_avg_pool)",
+        where(node),
+        given.empty() ? std::string("every axis")
+                      : fmt::format("axes [{}]", fmt::join(given, ", ")),
+        rank);
+  }
+  const bool keep_dims = attr_int(node, "keepdims", 1) != 0;
+  const std::string pool = add_layer(node, "global_avg_pool", {activation(node, 0)}).name;
+  if (keep_dims) {
+    infer(node, {in[0], in[1], 1, 1});
+    return;
+  }
+  layer_named(pool)->output_value.clear();  // an intermediate value no ONNX node names
+  add_layer(node, "flatten", {pool});
+  infer(node, {in[0], in[1]});
 }
 
 void Importer::gemm(const onnx::NodeProto& node) {
@@ -1011,16 +1012,17 @@ void Importer::add(const onnx::NodeProto& node) {
   const std::string& value = node.input(tensor_index);
   LayerEntry* layer = layer_named(producer_.contains(value) ? producer_.at(value) : "");
   const Tensor bias = float_tensor(constant(node, 1 - tensor_index), where(node) + ": constant");
-  const int64_t channels = layer && layer->type == "linear"   ? layer->params[0].tensor.dim(0)
-                           : layer && layer->type == "conv2d" ? layer->params[0].tensor.dim(0)
-                                                              : -1;
+  // bias_pending is set only on a linear or a conv2d, whose weight's first extent is the outputs.
+  const bool pending =
+      layer && layer->bias_pending && layer->output_value == value && consumers(value) == 1;
+  const int64_t channels = pending ? layer->params[0].tensor.dim(0) : -1;
+  // A linear's bias is [out]; a Conv's broadcasts over [C, 1, 1].
   const std::vector<int64_t> bias_dims = bias.shape().dims();
   const bool per_channel =
       bias.numel() == channels &&
       (layer->type == "linear" ||
        (bias.rank() >= 3 && bias_dims[bias.rank() - 1] == 1 && bias_dims[bias.rank() - 2] == 1));
-  if (!layer || !layer->bias_pending || layer->output_value != value || consumers(value) != 1 ||
-      !per_channel) {
+  if (!per_channel) {
     fail(
         "{}: adding the constant '{}' (shape {}) is supported only as the bias of the MatMul or "
         "bias-free Conv right before it (one value per output channel)",
@@ -1355,6 +1357,7 @@ void Importer::pad(const onnx::NodeProto& node) {
   if (pending.mode != "constant" && pending.mode != "reflect" && pending.mode != "edge") {
     fail("{}: mode '{}': expected constant, reflect or edge", where(node), pending.mode);
   }
+  if (pending.mode == "edge") pending.mode = "replicate";
   if (has_input(node, 2)) {
     const Tensor value = float_tensor(constant(node, 2), where(node) + ": constant_value");
     pending.value = value.numel() > 0 ? value.data()[0] : 0.0f;
@@ -1365,15 +1368,9 @@ void Importer::pad(const onnx::NodeProto& node) {
 }
 
 void Importer::shape(const onnx::NodeProto& node) {
-  const auto found = shapes_.find(node.input(0));
-  if (found == shapes_.end())
-    fail("{}: ONNX shape inference gave no shape for '{}'", where(node), node.input(0));
+  const std::vector<int64_t> shape = shape_of(node, node.input(0));
   IntValue value;
-  for (std::size_t i = 0; i < found->second.size(); ++i) {
-    if (i > 0 && found->second[i] < 0)
-      fail("{}: the extent {} of '{}' is unknown", where(node), i, node.input(0));
-    value.dims.push_back({found->second[i], i == 0});
-  }
+  for (std::size_t i = 0; i < shape.size(); ++i) value.dims.push_back({shape[i], i == 0});
   const auto rank = static_cast<int64_t>(value.dims.size());
   int64_t start = attr_int(node, "start", 0), end = attr_int(node, "end", rank);
   if (start < 0) start += rank;
@@ -1641,7 +1638,6 @@ OnnxImport Importer::run() {
   }
   result.input_shape = input_shape_;
   result.output_layer = layers_.back().name;
-  result.layer_count = layers_.size();
   result.opset = opset_;
   result.producer = (model_.producer_name() + " " + model_.producer_version());
   return result;

@@ -148,6 +148,12 @@ struct SigmoidOp {
 // relu6(v) with NaN passing through (every comparison with NaN is false).
 inline float relu6(float v) { return v <= 0.0f ? 0.0f : (v >= 6.0f ? 6.0f : v); }
 
+// ONNX HardSigmoid, max(0, min(1, alpha x + beta)), from the layer's input to `output`, with
+// PyTorch's alpha 1/6 and beta 0.5: relu6(x + 3) / 6.
+void export_hard_sigmoid(ExportContext& c, const std::string& output) {
+  c.node("HardSigmoid", {c.input()}, {output}).set("alpha", 1.0f / 6.0f).set("beta", 0.5f);
+}
+
 struct Relu6Op {
   static constexpr const char* kName = "relu6";
   explicit Relu6Op(const Config&) {}
@@ -171,10 +177,7 @@ struct HardSigmoidOp {
   float derivative(float x, float) const {
     return x > -3.0f && x < 3.0f ? 1.0f / 6.0f : 0.0f;  // NaN: 0, as hardsigmoid_backward
   }
-  // ONNX HardSigmoid is max(0, min(1, alpha x + beta)): relu6(x + 3) / 6.
-  void export_to(ExportContext& c) const {
-    c.node("HardSigmoid", {c.input()}, {c.output()}).set("alpha", 1.0f / 6.0f).set("beta", 0.5f);
-  }
+  void export_to(ExportContext& c) const { export_hard_sigmoid(c, c.output()); }
 };
 
 struct HardswishOp {
@@ -189,7 +192,7 @@ struct HardswishOp {
   // x * HardSigmoid(x): ONNX HardSwish exists only from opset 14, and OpenCV 4.6 lacks it.
   void export_to(ExportContext& c) const {
     const std::string gate = c.value("hard_sigmoid");
-    c.node("HardSigmoid", {c.input()}, {gate}).set("alpha", 1.0f / 6.0f).set("beta", 0.5f);
+    export_hard_sigmoid(c, gate);
     c.node("Mul", {c.input(), gate}, {c.output()});
   }
 };

@@ -33,9 +33,7 @@ class Add final : public Layer {
 
   // ONNX Add for two inputs, Sum for more.
   bool export_to(ExportContext& context) const override {
-    std::vector<std::string> inputs;
-    for (std::size_t i = 0; i < context.num_inputs(); ++i) inputs.push_back(context.input(i));
-    context.node(inputs.size() == 2 ? "Add" : "Sum", std::move(inputs), {context.output()});
+    context.node(context.num_inputs() == 2 ? "Add" : "Sum", context.inputs(), {context.output()});
     return true;
   }
 

@@ -43,9 +43,7 @@ class Concat final : public Layer {
 
   // ONNX Concat on axis 1 (the first sample axis).
   bool export_to(ExportContext& context) const override {
-    std::vector<std::string> inputs;
-    for (std::size_t i = 0; i < context.num_inputs(); ++i) inputs.push_back(context.input(i));
-    context.node("Concat", std::move(inputs), {context.output()}).set("axis", int64_t{1});
+    context.node("Concat", context.inputs(), {context.output()}).set("axis", int64_t{1});
     return true;
   }
 

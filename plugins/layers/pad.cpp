@@ -214,9 +214,11 @@ class Pad final : public Layer {
 
 void export_pad(ExportContext& context, const std::string& input, const std::string& output,
                 PadMode mode, float value, const Padding& padding) {
-  if (mode == PadMode::kCircular) {
-    fail("circular padding is ONNX Pad's mode 'wrap', which needs opset 19; this export writes "
-         "opsets up to 17");
+  if (mode == PadMode::kCircular && context.opset() < 19) {
+    fail(
+        "circular padding is ONNX Pad's mode 'wrap', which needs opset 19; this export writes "
+        "opset {}",
+        context.opset());
   }
   std::vector<std::string> inputs = {
       input, context.int64_constant("pads", {0, 0, padding.begin[0], padding.begin[1], 0, 0,
@@ -227,9 +229,10 @@ void export_pad(ExportContext& context, const std::string& input, const std::str
     inputs.push_back(context.parameter("value", fill));
   }
   context.node("Pad", std::move(inputs), {output})
-      .set("mode", std::string(mode == PadMode::kConstant  ? "constant"
-                               : mode == PadMode::kReflect ? "reflect"
-                                                           : "edge"));
+      .set("mode", std::string(mode == PadMode::kConstant   ? "constant"
+                               : mode == PadMode::kReflect  ? "reflect"
+                               : mode == PadMode::kCircular ? "wrap"
+                                                            : "edge"));
 }
 
 void register_pad(Registries& registries) { registries.layers.add<Pad>("pad"); }

@@ -52,8 +52,8 @@ void pad_forward(Context& context, const PadPlan& plan, const Tensor& x, Tensor&
 void pad_backward(Context& context, const PadPlan& plan, const Tensor& dy, Tensor& dx);
 
 // For export hooks: ONNX Pad from the value `input` to `output` for an image [N, C, H, W]: int64
-// pads [0, 0, top, left, 0, 0, bottom, right], mode constant (with `value`), reflect or edge
-// (replicate). circular is ONNX's 'wrap', which needs opset 19: an Error.
+// pads [0, 0, top, left, 0, 0, bottom, right], mode constant (with `value`), reflect, edge
+// (replicate) or wrap (circular, from opset 19: an Error at an earlier context.opset()).
 void export_pad(ExportContext& context, const std::string& input, const std::string& output,
                 PadMode mode, float value, const Padding& padding);
 

@@ -5,9 +5,9 @@ For each model named on the command line: torchvision's constructor with random 
 torch.onnx.export (opset 13, do_constant_folding=True, a dynamic batch); `strata import`; then
 `strata forward` of the imported experiment and weights on random inputs, whose logits must equal
 PyTorch's within TOLERANCE (max |strata - torch| / max |torch|). The input size is the smallest
-the model allows: the ResNets and GoogLeNet end in global average pooling (64x64), VGG and AlexNet
-in an adaptive pooling to 7x7 and 6x6, which ONNX can express only when the feature map is a
-multiple of it (224x224).
+the model allows: the ResNets, GoogLeNet and MNASNet end in global average pooling (64x64; MNASNet's
+x.mean([2, 3]) is a ReduceMean), VGG and AlexNet in an adaptive pooling to 7x7 and 6x6, which ONNX
+can express only when the feature map is a multiple of it (224x224).
 
     onnx_import_torchvision.py --strata build/bin/strata resnet18 vgg11_bn
 """
@@ -35,6 +35,17 @@ MODELS = {
     "vgg11_bn": (224, lambda: torchvision.models.vgg11_bn(weights=None)),
     "googlenet": (64, lambda: torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)),
     "alexnet": (224, lambda: torchvision.models.alexnet(weights=None)),
+    "mnasnet0_5": (64, lambda: torchvision.models.mnasnet0_5(weights=None)),
+    "mobilenet_v3_small": (64, lambda: torchvision.models.mobilenet_v3_small(weights=None)),
+    "squeezenet1_1": (64, lambda: torchvision.models.squeezenet1_1(weights=None)),
+    # Not in the ctest run, for time; each imports and agrees when named on the command line.
+    "squeezenet1_0": (64, lambda: torchvision.models.squeezenet1_0(weights=None)),
+    "mobilenet_v2": (64, lambda: torchvision.models.mobilenet_v2(weights=None)),
+    "densenet121": (64, lambda: torchvision.models.densenet121(weights=None)),
+    "resnext50_32x4d": (64, lambda: torchvision.models.resnext50_32x4d(weights=None)),
+    "efficientnet_b0": (64, lambda: torchvision.models.efficientnet_b0(weights=None)),
+    "regnet_y_400mf": (64, lambda: torchvision.models.regnet_y_400mf(weights=None)),
+    "inception_v3": (96, lambda: torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True)),
 }
 
 

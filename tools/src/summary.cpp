@@ -116,13 +116,11 @@ ModelSummary summarize(Graph& graph, bool expand, int64_t batch_size) {
     row.multiply_adds = layer.multiply_adds();
 
     std::vector<Field> input_fields;
-    std::vector<Shape> input_shapes;
     for (const std::string& input : row.inputs) {
       const int producer = input == "input" ? -1 : graph.index_of(input);
       input_fields.push_back(producer < 0 ? Field{} : fields[producer]);
-      input_shapes.push_back(producer < 0 ? graph.input_shape() : graph.layer(producer).output_shape());
     }
-    fields[i] = propagate(layer, input_fields, input_shapes);
+    fields[i] = propagate(layer, input_fields, graph.input_shapes(i));
     row.receptive_field = fields[i].receptive_field;
     row.jump = fields[i].jump;
 

@@ -97,6 +97,7 @@ class ExportContext {
   const std::string& layer() const { return layer_; }
   std::size_t num_inputs() const { return inputs_.size(); }
   const std::string& input(std::size_t i = 0) const { return inputs_.at(i); }
+  const std::vector<std::string>& inputs() const { return inputs_; }  // every input(i), in order
   const Shape& input_shape(std::size_t i = 0) const { return input_shapes_.at(i); }  // no batch
   const std::string& output() const { return output_; }
   const Shape& output_shape() const { return output_shape_; }  // no batch

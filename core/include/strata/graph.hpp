@@ -48,6 +48,13 @@ struct GraphProfile {
   }
 };
 
+// `name` made a valid layer name by replacing what a layer name may not contain: '/', ',', '@'
+// and control characters become '_', and so does every non-ASCII byte when `name` is not UTF-8;
+// "input" becomes "input_", "." and ".." (and "") become "_". Other names are returned unchanged.
+// ENSURES: the graph accepts the result as a layer name (unless another layer has it already).
+// Used where names come from elsewhere (an imported ONNX graph's nodes).
+std::string sanitized_layer_name(std::string name);
+
 class Graph {
  public:
   // Builds and sets up every layer for `backend` (whose kernels the layers pick, falling back to
@@ -79,6 +86,8 @@ class Graph {
   // the node producing its output.
   int index_of(std::string_view layer_name) const;
   std::vector<std::string> input_names(std::size_t i) const;
+  // The sample shapes (no batch) of the tensors layer i reads, in the order of input_names(i).
+  std::vector<Shape> input_shapes(std::size_t i) const;
 
   // Runs every layer on `input` [N, C, H, W]; returns the last layer's output.
   const Tensor& forward(Context& context, const Tensor& input);
@@ -136,6 +145,10 @@ class Graph {
                 const std::map<std::string, std::shared_ptr<Initializer>>& custom_initializers,
                 Rng* init_rng, int block);
   void check_new_name(const std::string& name, const Config& where) const;
+  // The sample shape of the tensor node `producer` gives (-1: the model input).
+  const Shape& produced_shape(int producer) const {
+    return producer < 0 ? input_shape_ : nodes_[producer].layer->output_shape();
+  }
   void allocate(int64_t batch);
   void backward_node(Context& context, const Tensor& doutput, std::size_t i, int input_consumers,
                      Tensor& input_scratch);

@@ -44,7 +44,6 @@ struct OnnxImport {
   std::vector<NamedTensor> weights;  // "<layer>/<param>": the checkpoint's /model group
   Shape input_shape;                 // the model input without the batch extent
   std::string output_layer;          // the last layer, whose output is the graph output
-  std::size_t layer_count = 0;
   int64_t opset = 0;
   std::string producer;  // "pytorch 1.13.1"
   // How many nodes of each operator the graph had, in order of first appearance.
