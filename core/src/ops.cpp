@@ -1,5 +1,7 @@
 #include "strata/ops.hpp"
 
+#include <algorithm>
+
 #include "strata/error.hpp"
 
 namespace strata {
@@ -39,6 +41,17 @@ void validate(const Pool2dDesc& d, std::string_view kernel) {
   if (d.mode == Pool2dDesc::Mode::kAverage && (d.dilation_h != 1 || d.dilation_w != 1)) {
     fail("{}: average pooling has no dilation (got {}x{})", kernel, d.dilation_h, d.dilation_w);
   }
+}
+
+PoolTaps pool_taps(int64_t o, int64_t stride, int64_t pad, int64_t pad_end, int64_t kernel,
+                   int64_t dilation, int64_t in) {
+  PoolTaps taps;
+  taps.start = o * stride - pad;
+  taps.lo = taps.start >= 0 ? 0 : (-taps.start + dilation - 1) / dilation;
+  taps.hi = taps.start > in - 1 ? 0 : std::min(kernel, (in - 1 - taps.start) / dilation + 1);
+  taps.hi = std::max(taps.hi, taps.lo);
+  taps.span = std::min(taps.start + kernel, in + pad_end) - taps.start;
+  return taps;
 }
 
 }  // namespace strata

@@ -1,4 +1,3 @@
-#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -17,50 +16,38 @@ void check_shape(std::string_view what, const Tensor& t, const Shape& expected) 
   }
 }
 
-// The taps of one pooling window along one axis: tap i (i_lo <= i < i_hi) reads input index
-// start + i*dilation, and only those lie inside the input.
-struct Taps {
-  int64_t start, dilation, i_lo, i_hi;
-  int64_t at(int64_t i) const { return start + i * dilation; }
-  int64_t count() const { return i_hi - i_lo; }
-};
-
-Taps taps_at(int64_t o, int64_t stride, int64_t pad, int64_t kernel, int64_t dilation, int64_t in) {
-  Taps taps{o * stride - pad, dilation, 0, 0};
-  taps.i_lo = taps.start >= 0 ? 0 : (-taps.start + dilation - 1) / dilation;
-  taps.i_hi = taps.start > in - 1 ? 0 : std::min(kernel, (in - 1 - taps.start) / dilation + 1);
-  taps.i_hi = std::max(taps.i_hi, taps.i_lo);
-  return taps;
-}
-
-// One pooling window: its taps along each axis and the divisor an average uses.
+// One pooling window: its taps along each axis (pool_taps) and the divisor an average uses.
 struct Window {
-  Taps h, w;
+  PoolTaps h, w;
+  int64_t dilation_h, dilation_w, in_w;
   int64_t divisor;
   bool empty() const { return h.count() <= 0 || w.count() <= 0; }
+  // Index (within the plane) of tap (i, j).
+  int64_t at(int64_t i, int64_t j) const {
+    return (h.start + i * dilation_h) * in_w + w.start + j * dilation_w;
+  }
 };
 
 Window window_at(const Pool2dDesc& d, int64_t oh, int64_t ow) {
   Window win;
-  win.h = taps_at(oh, d.stride_h, d.pad_h, d.kernel_h, d.dilation_h, d.in_h);
-  win.w = taps_at(ow, d.stride_w, d.pad_w, d.kernel_w, d.dilation_w, d.in_w);
-  if (d.count_include_pad) {
-    // PyTorch: the window clipped to the padded input, padding included (average: dilation 1).
-    const int64_t h_end = std::min(win.h.start + d.kernel_h, d.in_h + d.pad_bottom());
-    const int64_t w_end = std::min(win.w.start + d.kernel_w, d.in_w + d.pad_right());
-    win.divisor = (h_end - win.h.start) * (w_end - win.w.start);
-  } else {
-    win.divisor = win.empty() ? 0 : win.h.count() * win.w.count();
-  }
+  win.h = pool_taps(oh, d.stride_h, d.pad_h, d.pad_bottom(), d.kernel_h, d.dilation_h, d.in_h);
+  win.w = pool_taps(ow, d.stride_w, d.pad_w, d.pad_right(), d.kernel_w, d.dilation_w, d.in_w);
+  win.dilation_h = d.dilation_h;
+  win.dilation_w = d.dilation_w;
+  win.in_w = d.in_w;
+  // count_include_pad: PyTorch's window clipped to the padded input, padding included.
+  win.divisor = d.count_include_pad ? win.h.span * win.w.span
+                : win.empty()       ? 0
+                                    : win.h.count() * win.w.count();
   return win;
 }
 
 // Index (within the plane) of the first maximum of a non-empty window, scanning row-major.
-int64_t first_max(const Pool2dDesc& d, const float* plane, const Window& win) {
-  int64_t best = win.h.at(win.h.i_lo) * d.in_w + win.w.at(win.w.i_lo);
-  for (int64_t i = win.h.i_lo; i < win.h.i_hi; ++i) {
-    for (int64_t j = win.w.i_lo; j < win.w.i_hi; ++j) {
-      const int64_t index = win.h.at(i) * d.in_w + win.w.at(j);
+int64_t first_max(const float* plane, const Window& win) {
+  int64_t best = win.at(win.h.lo, win.w.lo);
+  for (int64_t i = win.h.lo; i < win.h.hi; ++i) {
+    for (int64_t j = win.w.lo; j < win.w.hi; ++j) {
+      const int64_t index = win.at(i, j);
       const float v = plane[index];
       if (v > plane[best] || (std::isnan(v) && !std::isnan(plane[best]))) best = index;
     }
@@ -88,14 +75,13 @@ void ReferencePool2d::forward(const Tensor& x, Tensor& y) {
         const Window win = window_at(d, oh, ow);
         float& result = out[oh * d.out_w + ow];
         if (d.mode == Mode::kMax) {
-          result = win.empty() ? -std::numeric_limits<float>::infinity()
-                               : plane[first_max(d, plane, win)];
+          result =
+              win.empty() ? -std::numeric_limits<float>::infinity() : plane[first_max(plane, win)];
           continue;
         }
         double sum = 0;
-        for (int64_t i = win.h.i_lo; i < win.h.i_hi; ++i) {
-          for (int64_t j = win.w.i_lo; j < win.w.i_hi; ++j)
-            sum += plane[win.h.at(i) * d.in_w + win.w.at(j)];
+        for (int64_t i = win.h.lo; i < win.h.hi; ++i) {
+          for (int64_t j = win.w.lo; j < win.w.hi; ++j) sum += plane[win.at(i, j)];
         }
         result = win.empty() ? 0.0f : static_cast<float>(sum / static_cast<double>(win.divisor));
       }
@@ -120,14 +106,12 @@ void ReferencePool2d::backward(const Tensor& x, const Tensor& y, const Tensor& d
         if (win.empty()) continue;
         const float grad = grad_out[oh * d.out_w + ow];
         if (d.mode == Mode::kMax) {
-          grad_in[first_max(d, x.data() + p * d.in_h * d.in_w, win)] += grad;
+          grad_in[first_max(x.data() + p * d.in_h * d.in_w, win)] += grad;
           continue;
         }
         const float share = static_cast<float>(static_cast<double>(grad) / win.divisor);
-        for (int64_t i = win.h.i_lo; i < win.h.i_hi; ++i) {
-          for (int64_t j = win.w.i_lo; j < win.w.i_hi; ++j) {
-            grad_in[win.h.at(i) * d.in_w + win.w.at(j)] += share;
-          }
+        for (int64_t i = win.h.lo; i < win.h.hi; ++i) {
+          for (int64_t j = win.w.lo; j < win.w.hi; ++j) grad_in[win.at(i, j)] += share;
         }
       }
     }

@@ -227,12 +227,12 @@ class TbbPool2d : public Pool2dKernel {
   void dilated_backward_plane(const float* in, const float* grad_out, float* grad_in) const;
   // Index (in the plane) of the first maximum of dilated window (oh, ow), or -1 if it is empty.
   int64_t dilated_argmax(const float* in, int64_t oh, int64_t ow) const;
-  // Per output row / column: first and one-past-last input row / column, and the extent the
-  // count_include_pad divisor uses. Dilated: first and one-past-last tap index inside the input,
-  // the tap i reading h_start_[oh] + i * dilation_h (columns likewise).
+  // Per output row / column (pool_taps): the window reads the input rows [h_lo_[oh], h_hi_[oh])
+  // dilation_h apart from the first (undilated: every row), and h_span_[oh] is the extent the
+  // count_include_pad divisor uses (columns likewise). A window with no row inside the input has
+  // h_lo_ == h_hi_, not necessarily in [0, in_h): test for that before indexing with them.
   std::vector<int64_t> h_lo_, h_hi_, h_span_, w_lo_, w_hi_, w_span_;
   bool dilated_ = false;
-  std::vector<int64_t> h_start_, w_start_;
   // 2x2 stride-2 pooling (the common case) has a vectorizable loop over output columns
   // [pair_lo_, pair_hi_), whose windows lie fully inside the input.
   bool pairs_ = false;

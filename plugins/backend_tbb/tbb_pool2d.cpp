@@ -29,35 +29,20 @@ void check_shape(std::string_view what, const Tensor& t, const Shape& expected) 
   }
 }
 
-// Bounds of every window along one axis: input [lo, hi) and the padded extent PyTorch divides by
-// (padding `pad` before the input, `pad_end` after it).
-void tabulate(int64_t out, int64_t stride, int64_t pad, int64_t pad_end, int64_t kernel, int64_t in,
-              std::vector<int64_t>& lo, std::vector<int64_t>& hi, std::vector<int64_t>& span) {
+// Every window along one axis (pool_taps), as input indices: the window reads the input indices
+// [lo, hi) that are `dilation` apart from lo (undilated: all of them; lo == hi: none, and then
+// neither need lie inside the input), and span is the extent count_include_pad divides by.
+void tabulate(int64_t out, int64_t stride, int64_t pad, int64_t pad_end, int64_t kernel,
+              int64_t dilation, int64_t in, std::vector<int64_t>& lo, std::vector<int64_t>& hi,
+              std::vector<int64_t>& span) {
   lo.resize(static_cast<std::size_t>(out));
   hi.resize(static_cast<std::size_t>(out));
   span.resize(static_cast<std::size_t>(out));
   for (int64_t o = 0; o < out; ++o) {
-    const int64_t start = o * stride - pad;
-    lo[o] = std::clamp<int64_t>(start, 0, in);
-    hi[o] = std::clamp<int64_t>(start + kernel, lo[o], in);
-    span[o] = std::min(start + kernel, in + pad_end) - start;
-  }
-}
-
-// Dilated windows along one axis: the window's first tap, and the tap indices [lo, hi) that read
-// inside the input.
-void tabulate_taps(int64_t out, int64_t stride, int64_t pad, int64_t kernel, int64_t dilation,
-                   int64_t in, std::vector<int64_t>& start, std::vector<int64_t>& lo,
-                   std::vector<int64_t>& hi) {
-  start.resize(static_cast<std::size_t>(out));
-  lo.resize(static_cast<std::size_t>(out));
-  hi.resize(static_cast<std::size_t>(out));
-  for (int64_t o = 0; o < out; ++o) {
-    const int64_t first = o * stride - pad;
-    start[o] = first;
-    lo[o] = first >= 0 ? 0 : (-first + dilation - 1) / dilation;
-    hi[o] = first > in - 1 ? 0 : std::min(kernel, (in - 1 - first) / dilation + 1);
-    hi[o] = std::max(hi[o], lo[o]);
+    const PoolTaps taps = pool_taps(o, stride, pad, pad_end, kernel, dilation, in);
+    lo[o] = taps.start + taps.lo * dilation;
+    hi[o] = taps.start + taps.hi * dilation;
+    span[o] = taps.span;
   }
 }
 
@@ -66,17 +51,15 @@ void tabulate_taps(int64_t out, int64_t stride, int64_t pad, int64_t kernel, int
 void TbbPool2d::on_prepare() {
   const Pool2dDesc& d = desc_;
   validate(d, "tbb pool2d");
+  tabulate(d.out_h, d.stride_h, d.pad_h, d.pad_bottom(), d.kernel_h, d.dilation_h, d.in_h, h_lo_,
+           h_hi_, h_span_);
+  tabulate(d.out_w, d.stride_w, d.pad_w, d.pad_right(), d.kernel_w, d.dilation_w, d.in_w, w_lo_,
+           w_hi_, w_span_);
   dilated_ = d.dilation_h != 1 || d.dilation_w != 1;
   if (dilated_) {
-    tabulate_taps(d.out_h, d.stride_h, d.pad_h, d.kernel_h, d.dilation_h, d.in_h, h_start_, h_lo_,
-                  h_hi_);
-    tabulate_taps(d.out_w, d.stride_w, d.pad_w, d.kernel_w, d.dilation_w, d.in_w, w_start_, w_lo_,
-                  w_hi_);
     pairs_ = false;
     return;
   }
-  tabulate(d.out_h, d.stride_h, d.pad_h, d.pad_bottom(), d.kernel_h, d.in_h, h_lo_, h_hi_, h_span_);
-  tabulate(d.out_w, d.stride_w, d.pad_w, d.pad_right(), d.kernel_w, d.in_w, w_lo_, w_hi_, w_span_);
   // Output columns whose 2x2, stride-2 window lies fully inside the input.
   pairs_ = d.kernel_h == 2 && d.kernel_w == 2 && d.stride_h == 2 && d.stride_w == 2;
   pair_lo_ = std::min(d.out_w, (d.pad_w + 1) / 2);
@@ -207,10 +190,9 @@ inline __m256 permute_lanes(__m256 v) {
 int64_t TbbPool2d::dilated_argmax(const float* in, int64_t oh, int64_t ow) const {
   const Pool2dDesc& d = desc_;
   int64_t best = -1;
-  for (int64_t i = h_lo_[oh]; i < h_hi_[oh]; ++i) {
-    const int64_t row = (h_start_[oh] + i * d.dilation_h) * d.in_w;
-    for (int64_t j = w_lo_[ow]; j < w_hi_[ow]; ++j) {
-      const int64_t index = row + w_start_[ow] + j * d.dilation_w;
+  for (int64_t h = h_lo_[oh]; h < h_hi_[oh]; h += d.dilation_h) {
+    for (int64_t w = w_lo_[ow]; w < w_hi_[ow]; w += d.dilation_w) {
+      const int64_t index = h * d.in_w + w;
       const float v = in[index];
       if (best < 0 || v > in[best] || (std::isnan(v) && !std::isnan(in[best]))) best = index;
     }

@@ -162,14 +162,16 @@ class Pool2d : public Layer {
       for (int64_t o = p * out_plane; o < (p + 1) * out_plane; ++o) {
         if (frozen.recording) {
           const int64_t oh = (o - p * out_plane) / d.out_w, ow = (o - p * out_plane) % d.out_w;
+          const PoolTaps h =
+              pool_taps(oh, d.stride_h, d.pad_h, d.pad_bottom(), d.kernel_h, d.dilation_h, d.in_h);
+          const PoolTaps w =
+              pool_taps(ow, d.stride_w, d.pad_w, d.pad_right(), d.kernel_w, d.dilation_w, d.in_w);
           int64_t best = -1;
-          for (int64_t kh = 0; kh < d.kernel_h; ++kh) {
-            const int64_t ih = oh * d.stride_h - d.pad_h + kh * d.dilation_h;
-            if (ih < 0 || ih >= d.in_h) continue;
-            for (int64_t kw = 0; kw < d.kernel_w; ++kw) {
-              const int64_t iw = ow * d.stride_w - d.pad_w + kw * d.dilation_w;
-              if (iw < 0 || iw >= d.in_w) continue;
-              if (best < 0 || xp[ih * d.in_w + iw] > xp[best]) best = ih * d.in_w + iw;
+          for (int64_t i = h.lo; i < h.hi; ++i) {
+            const int64_t row = (h.start + i * d.dilation_h) * d.in_w;
+            for (int64_t j = w.lo; j < w.hi; ++j) {
+              const int64_t index = row + w.start + j * d.dilation_w;
+              if (best < 0 || xp[index] > xp[best]) best = index;
             }
           }
           taken[o] = best;

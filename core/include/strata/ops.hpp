@@ -81,6 +81,19 @@ struct Pool2dDesc {
 // padding is non-negative (end padding -1 or more) and an average has dilation 1.
 void validate(const Pool2dDesc& desc, std::string_view kernel);
 
+// Window o of a pooling along one axis (stride, padding `pad` before the input and `pad_end`
+// after it, `kernel` taps `dilation` apart, input extent `in`): tap i reads input index
+// start + i*dilation, and the taps [lo, hi) are those inside [0, in) (lo == hi: none).
+// span: the window [start, start + kernel) clipped to [-pad, in + pad_end), what an average with
+// count_include_pad divides by along this axis (averages have dilation 1).
+//   requires: stride, kernel and dilation positive.
+struct PoolTaps {
+  int64_t start, lo, hi, span;
+  int64_t count() const { return hi - lo; }
+};
+PoolTaps pool_taps(int64_t o, int64_t stride, int64_t pad, int64_t pad_end, int64_t kernel,
+                   int64_t dilation, int64_t in);
+
 class Pool2dKernel : public OpKernel<Pool2dDesc> {
  public:
   ~Pool2dKernel() override;
