@@ -43,6 +43,14 @@ void validate(const Pool2dDesc& d, std::string_view kernel) {
   }
 }
 
+int64_t window_output_extent(int64_t in, int64_t window, int64_t pad_begin, int64_t pad_end,
+                             int64_t stride, bool ceil) {
+  const int64_t numerator = in + pad_begin + pad_end - window;
+  if (!ceil) return numerator / stride + 1;
+  const int64_t out = (numerator + stride - 1) / stride + 1;
+  return (out - 1) * stride >= in + pad_begin ? out - 1 : out;
+}
+
 PoolTaps pool_taps(int64_t o, int64_t stride, int64_t pad, int64_t pad_end, int64_t kernel,
                    int64_t dilation, int64_t in) {
   PoolTaps taps;

@@ -6,10 +6,14 @@
 #include <vector>
 
 #include "strata/error.hpp"
+#include "strata/ops.hpp"
 
 namespace strata::layers {
 
 namespace {
+
+// The input positions a window spans along one axis: dilation*(kernel-1)+1.
+int64_t dilated_extent(int64_t kernel, int64_t dilation) { return dilation * (kernel - 1) + 1; }
 
 // 2 -> "2", 2.3333 -> "2.33": whole values print without decimals.
 std::string format_quotient(int64_t numerator, int64_t stride) {
@@ -44,17 +48,17 @@ namespace {
 constexpr const char* kPaddingForms =
     "an integer, a list [height, width] or [top, bottom, left, right], 'same' or 'same_lower'";
 
-Padding same_padding(const Config& config, const SameRule& rule, bool lower) {
+Padding same_padding(const Config& config, const Window& window, bool lower) {
   Padding padding;
   for (int axis = 0; axis < 2; ++axis) {
     const char* name = axis == 0 ? "height" : "width";
-    if (rule.stride[axis] != 1) {
+    if (window.stride[axis] != 1) {
       config.fail_key("padding",
                       fmt::format("'{}' needs stride 1, but the {} stride is {}; give "
                                   "the padding as numbers",
-                                  lower ? "same_lower" : "same", name, rule.stride[axis]));
+                                  lower ? "same_lower" : "same", name, window.stride[axis]));
     }
-    const int64_t total = rule.window[axis] - 1;
+    const int64_t total = dilated_extent(window.kernel[axis], window.dilation[axis]) - 1;
     padding.begin[axis] = lower ? total - total / 2 : total / 2;
     padding.end[axis] = total - padding.begin[axis];
   }
@@ -63,7 +67,7 @@ Padding same_padding(const Config& config, const SameRule& rule, bool lower) {
 
 }  // namespace
 
-Padding read_padding(const Config& config, std::optional<SameRule> same) {
+Padding read_padding(const Config& config, std::optional<Window> same) {
   std::optional<Config> node = config.find("padding");
   if (!node) return Padding{};
   if (node->is_scalar()) {
@@ -109,7 +113,7 @@ Padding read_padding(const Config& config, std::optional<SameRule> same) {
 
 int64_t output_extent(std::string_view axis, int64_t in, int64_t kernel, int64_t dilation,
                       int64_t pad_begin, int64_t pad_end, int64_t stride, Rounding rounding) {
-  const int64_t window = dilation * (kernel - 1) + 1;
+  const int64_t window = dilated_extent(kernel, dilation);
   const int64_t numerator = in - window + pad_begin + pad_end;
   const std::string pads = pad_begin == pad_end ? fmt::format("2*{}", pad_begin)
                                                 : fmt::format("{} + {}", pad_begin, pad_end);
@@ -129,11 +133,17 @@ int64_t output_extent(std::string_view axis, int64_t in, int64_t kernel, int64_t
         "floor",
         formula, format_quotient(numerator, stride), window_note);
   }
-  if (rounding != Rounding::kCeil) return numerator / stride + 1;  // numerator >= 0: the floor
-  int64_t out = (numerator + stride - 1) / stride + 1;
-  // PyTorch (pooling_output_shape): the last window must start inside the input or the begin
-  // padding, else it is dropped.
-  if ((out - 1) * stride >= in + pad_begin) --out;
+  return window_output_extent(in, window, pad_begin, pad_end, stride, rounding == Rounding::kCeil);
+}
+
+Pair output_extents(const Shape& sample, const Window& window, const Padding& padding,
+                    Rounding rounding) {
+  Pair out;
+  for (int axis = 0; axis < 2; ++axis) {
+    out[axis] = output_extent(axis == 0 ? "height" : "width", sample[1 + axis], window.kernel[axis],
+                              window.dilation[axis], padding.begin[axis], padding.end[axis],
+                              window.stride[axis], rounding);
+  }
   return out;
 }
 

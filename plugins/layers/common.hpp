@@ -34,12 +34,6 @@ struct Padding {
   bool zero() const { return begin == Pair{0, 0} && end == Pair{0, 0}; }
 };
 
-// What `padding: same` / `same_lower` needs to know: the effective window extents
-// dilation*(kernel-1)+1 and the strides.
-struct SameRule {
-  Pair window, stride;
-};
-
 // Reads `key` as an integer (used for both extents) or a list [height, width]: Config::get_pair.
 //   requires: each value is in [minimum, kMaxExtent], else a config error at the key.
 //   ensures:  a missing key returns `fallback`, or is a "missing required key" error when
@@ -55,14 +49,15 @@ Rounding read_rounding(const Config& config, bool allow_ceil = true);
 //   p                          p on every side
 //   [ph, pw]                   ph above and below, pw left and right
 //   [top, bottom, left, right] (ONNX's `pads` order is [top, left, bottom, right]: not this one)
-//   same                       out = in at stride 1: total padding window - 1 per axis, the odd
-//                              one at the end (ONNX auto_pad SAME_UPPER, PyTorch padding='same')
+//   same                       out = in at stride 1: total padding F_eff - 1 per axis, with
+//                              F_eff = dilation*(kernel-1)+1 from the window `same`, the odd one
+//                              at the end (ONNX auto_pad SAME_UPPER, PyTorch padding='same')
 //   same_lower                 the same with the odd one at the beginning (SAME_LOWER)
 //   requires: numbers in [0, kMaxExtent]; `same`/`same_lower` only when `same` is given, and then
 //             stride 1 on both axes. Anything else is a config error at the key naming the forms.
-Padding read_padding(const Config& config, std::optional<SameRule> same);
+Padding read_padding(const Config& config, std::optional<Window> same);
 
-// The output extent of a sliding window along one axis:
+// The output extent of a sliding window along one axis (strata::window_output_extent):
 //   out = (in - window + pad_begin + pad_end)/stride + 1, window = dilation*(kernel-1)+1, the
 //   quotient rounded as `rounding` says (kCeil: rounded up, then the last window dropped if it
 //   would start at or past in + pad_begin, PyTorch's rule).
@@ -72,6 +67,11 @@ Padding read_padding(const Config& config, std::optional<SameRule> same);
 //   fit, or set round: floor
 int64_t output_extent(std::string_view axis, int64_t in, int64_t kernel, int64_t dilation,
                       int64_t pad_begin, int64_t pad_end, int64_t stride, Rounding rounding);
+
+// The output [height, width] of `window` (its kernel, stride and dilation) sliding over the
+// [C, H, W] `sample` with `padding`: output_extent per axis, failing as it does.
+Pair output_extents(const Shape& sample, const Window& window, const Padding& padding,
+                    Rounding rounding);
 
 // Requires a [C, H, W] sample shape; `what` names the layer kind in the message.
 void require_image_shape(const Shape& shape, std::string_view what);

@@ -74,8 +74,7 @@ class Conv2d final : public Layer {
       config.fail_key("groups", fmt::format("out_channels {} is not divisible by groups {}",
                                             out_channels_, groups_));
     }
-    const Pair window{dilation_[0] * (kernel_[0] - 1) + 1, dilation_[1] * (kernel_[1] - 1) + 1};
-    padding_ = read_padding(config, SameRule{window, stride_});
+    padding_ = read_padding(config, Window{kernel_, stride_, dilation_});
   }
 
   std::string_view type() const override { return "conv2d"; }
@@ -89,13 +88,7 @@ class Conv2d final : public Layer {
     return desc_.out_channels * desc_.out_h * desc_.out_w * (desc_.in_channels / groups_) *
            kernel_[0] * kernel_[1];
   }
-  Window window() const override {
-    Window window;
-    window.kernel = kernel_;
-    window.stride = stride_;
-    window.dilation = dilation_;
-    return window;
-  }
+  Window window() const override { return Window{kernel_, stride_, dilation_}; }
 
   // ONNX Conv (its output size is always floor()ed: both `round` rules), with `pads` [top,
   // left, bottom, right]; another padding_mode is a Pad (export_pad) before it.
@@ -157,10 +150,9 @@ class Conv2d final : public Layer {
     desc.in_channels = in_channels;
     desc.in_h = in[1];
     desc.in_w = in[2];
-    desc.out_h = output_extent("height", in[1], kernel_[0], dilation_[0], padding_.begin[0],
-                               padding_.end[0], stride_[0], rounding_);
-    desc.out_w = output_extent("width", in[2], kernel_[1], dilation_[1], padding_.begin[1],
-                               padding_.end[1], stride_[1], rounding_);
+    const Pair out = output_extents(in, window(), padding_, rounding_);
+    desc.out_h = out[0];
+    desc.out_w = out[1];
     // The kernel's (symmetric, zero) padding, and what is padded explicitly before it.
     Pair kernel_pad{0, 0};
     Padding explicit_pad = padding_;

@@ -62,8 +62,7 @@ class Pool2d : public Layer {
                       "avg_pool has no dilation (nor has PyTorch's AvgPool2d or ONNX "
                       "AveragePool); use max_pool, or dilation 1");
     }
-    const Pair window{dilation_[0] * (kernel_[0] - 1) + 1, dilation_[1] * (kernel_[1] - 1) + 1};
-    padding_ = read_padding(config, SameRule{window, stride_});
+    padding_ = read_padding(config, Window{kernel_, stride_, dilation_});
     for (int axis = 0; axis < 2; ++axis) {
       for (const bool end : {false, true}) {
         const int64_t pad = end ? padding_.end[axis] : padding_.begin[axis];
@@ -83,13 +82,7 @@ class Pool2d : public Layer {
     return mode_ == Pool2dDesc::Mode::kMax ? "max_pool" : "avg_pool";
   }
 
-  Window window() const override {
-    Window window;
-    window.kernel = kernel_;
-    window.stride = stride_;
-    window.dilation = dilation_;
-    return window;
-  }
+  Window window() const override { return Window{kernel_, stride_, dilation_}; }
 
   // ONNX MaxPool / AveragePool. round: exact and floor are ceil_mode 0 (exact: the division is
   // whole, so flooring changes nothing), ceil is ceil_mode 1; pads [top, left, bottom, right].
@@ -140,10 +133,9 @@ class Pool2d : public Layer {
     desc.dilation_h = dilation_[0];
     desc.dilation_w = dilation_[1];
     desc.count_include_pad = count_include_pad_;
-    desc.out_h = output_extent("height", in[1], kernel_[0], dilation_[0], padding_.begin[0],
-                               padding_.end[0], stride_[0], rounding_);
-    desc.out_w = output_extent("width", in[2], kernel_[1], dilation_[1], padding_.begin[1],
-                               padding_.end[1], stride_[1], rounding_);
+    const Pair out = output_extents(in, window(), padding_, rounding_);
+    desc.out_h = out[0];
+    desc.out_w = out[1];
     kernel_impl_ = context.kernel<Pool2dKernel>("pool2d", desc);
     desc_ = desc;
     return Shape{in[0], desc.out_h, desc.out_w};

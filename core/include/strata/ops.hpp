@@ -81,6 +81,16 @@ struct Pool2dDesc {
 // padding is non-negative (end padding -1 or more) and an average has dilation 1.
 void validate(const Pool2dDesc& desc, std::string_view kernel);
 
+// The number of windows along one axis, PyTorch's rule (pooling_output_shape, and the
+// convolutions' floor): a window spanning `window` inputs (dilation*(kernel-1)+1) slides by
+// `stride` over the input of extent `in` padded by pad_begin before and pad_end after it:
+//   out = (in + pad_begin + pad_end - window)/stride + 1,
+// the quotient floored, or with `ceil` rounded up and then the last window dropped if it would
+// start at or past in + pad_begin (in the end padding).
+//   requires: in + pad_begin + pad_end - window >= 0 (the window fits) and stride positive.
+int64_t window_output_extent(int64_t in, int64_t window, int64_t pad_begin, int64_t pad_end,
+                             int64_t stride, bool ceil);
+
 // Window o of a pooling along one axis (stride, padding `pad` before the input and `pad_end`
 // after it, `kernel` taps `dilation` apart, input extent `in`): tap i reads input index
 // start + i*dilation, and the taps [lo, hi) are those inside [0, in) (lo == hi: none).
