@@ -100,7 +100,6 @@ std::vector<int64_t> source_indices(PadMode mode, int64_t in, int64_t begin, int
 PadPlan make_pad_plan(PadMode mode, float value, const Padding& padding, const Shape& sample) {
   require_image_shape(sample, "pad");
   PadPlan plan;
-  plan.mode = mode;
   plan.value = value;
   plan.channels = sample[0];
   plan.in_h = sample[1];
@@ -112,47 +111,50 @@ PadPlan make_pad_plan(PadMode mode, float value, const Padding& padding, const S
   return plan;
 }
 
-void pad_forward(Context& context, const PadPlan& plan, const Tensor& x, Tensor& y) {
-  const Shape shape{x.dim(0), plan.channels, plan.out_h, plan.out_w};
-  if (!y.defined() || y.shape() != shape) y = Tensor(shape);
-  const int64_t in_plane = plan.in_h * plan.in_w, out_plane = plan.out_h * plan.out_w;
-  const float* px = x.data();
-  float* py = y.data();
-  parallel_elementwise(context, x.dim(0) * plan.channels, out_plane, [&](int64_t lo, int64_t hi) {
+namespace {
+
+// Walks the index map of `planes` planes: body(p, o, i) for every output o (oh * out_w + ow) of
+// plane p, with i (ih * in_w + iw) the input it reads, or -1 for the constant. The planes are
+// spread over the context's backend, each plane walked in order by one thread: a body may add
+// into plane p's inputs (several outputs of a plane read the same input) without a race.
+template <class Body>
+void for_each_source(Context& context, const PadPlan& plan, int64_t planes, Body body) {
+  parallel_elementwise(context, planes, plan.out_h * plan.out_w, [&](int64_t lo, int64_t hi) {
     for (int64_t p = lo; p < hi; ++p) {
-      const float* in = px + p * in_plane;
-      float* out = py + p * out_plane;
       for (int64_t oh = 0; oh < plan.out_h; ++oh) {
         const int64_t ih = plan.source_h[static_cast<std::size_t>(oh)];
-        float* row = out + oh * plan.out_w;
         for (int64_t ow = 0; ow < plan.out_w; ++ow) {
           const int64_t iw = plan.source_w[static_cast<std::size_t>(ow)];
-          row[ow] = ih < 0 || iw < 0 ? plan.value : in[ih * plan.in_w + iw];
+          body(p, oh * plan.out_w + ow, ih < 0 || iw < 0 ? -1 : ih * plan.in_w + iw);
         }
       }
     }
   });
 }
 
+}  // namespace
+
+void pad_forward(Context& context, const PadPlan& plan, const Tensor& x, Tensor& y) {
+  const Shape shape{x.dim(0), plan.channels, plan.out_h, plan.out_w};
+  if (!y.defined() || y.shape() != shape) y = Tensor(shape);
+  const int64_t in_plane = plan.in_h * plan.in_w, out_plane = plan.out_h * plan.out_w;
+  const float* px = x.data();
+  float* py = y.data();
+  for_each_source(context, plan, x.dim(0) * plan.channels, [&](int64_t p, int64_t o, int64_t i) {
+    py[p * out_plane + o] = i < 0 ? plan.value : px[p * in_plane + i];
+  });
+}
+
 void pad_backward(Context& context, const PadPlan& plan, const Tensor& dy, Tensor& dx) {
   const int64_t in_plane = plan.in_h * plan.in_w, out_plane = plan.out_h * plan.out_w;
+  const int64_t planes = dy.dim(0) * plan.channels;
   const float* pdy = dy.data();
   float* pdx = dx.data();
-  parallel_elementwise(context, dy.dim(0) * plan.channels, out_plane, [&](int64_t lo, int64_t hi) {
-    for (int64_t p = lo; p < hi; ++p) {
-      const float* grad_out = pdy + p * out_plane;
-      float* grad_in = pdx + p * in_plane;
-      std::fill_n(grad_in, in_plane, 0.0f);
-      for (int64_t oh = 0; oh < plan.out_h; ++oh) {
-        const int64_t ih = plan.source_h[static_cast<std::size_t>(oh)];
-        if (ih < 0) continue;
-        const float* row = grad_out + oh * plan.out_w;
-        for (int64_t ow = 0; ow < plan.out_w; ++ow) {
-          const int64_t iw = plan.source_w[static_cast<std::size_t>(ow)];
-          if (iw >= 0) grad_in[ih * plan.in_w + iw] += row[ow];
-        }
-      }
-    }
+  parallel_elementwise(context, planes, in_plane, [&](int64_t lo, int64_t hi) {
+    std::fill(pdx + lo * in_plane, pdx + hi * in_plane, 0.0f);
+  });
+  for_each_source(context, plan, planes, [&](int64_t p, int64_t o, int64_t i) {
+    if (i >= 0) pdx[p * in_plane + i] += pdy[p * out_plane + o];
   });
 }
 

@@ -36,7 +36,6 @@ enum class PadMode { kConstant, kReflect, kReplicate, kCircular };
 PadMode read_pad_mode(const Config& config, std::string_view key, std::string_view constant_name);
 
 struct PadPlan {
-  PadMode mode = PadMode::kConstant;
   float value = 0.0f;
   int64_t channels = 0, in_h = 0, in_w = 0, out_h = 0, out_w = 0;
   std::vector<int64_t> source_h, source_w;  // -1: the constant
