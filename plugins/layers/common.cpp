@@ -164,4 +164,8 @@ void prepare_output(Tensor& out, const Shape& shape) {
   }
 }
 
+void reuse_buffer(Tensor& buffer, const Shape& shape) {
+  if (!buffer.defined() || buffer.shape() != shape) buffer = Tensor(shape);
+}
+
 }  // namespace strata::layers

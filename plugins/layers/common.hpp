@@ -80,6 +80,10 @@ void require_image_shape(const Shape& shape, std::string_view what);
 // empty tensor), otherwise checks that the caller allocated the right shape.
 void prepare_output(Tensor& out, const Shape& shape);
 
+// Makes `buffer` (scratch a layer keeps between steps) a tensor of `shape`: allocates it when
+// undefined or of another shape, otherwise keeps it, contents and all.
+void reuse_buffer(Tensor& buffer, const Shape& shape);
+
 using strata::kMaxExtent;
 
 // For export hooks (strata/export.hpp): a (height, width) pair as an ONNX list of ints, and the

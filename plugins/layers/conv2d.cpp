@@ -42,6 +42,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 
 #include "common.hpp"
 #include "pad.hpp"
@@ -113,26 +114,23 @@ class Conv2d final : public Layer {
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, output_shape().with_batch(in[0].dim(0)));
-    const Tensor& x = explicit_padding_ ? padded(context, in[0]) : in[0];
+    const Tensor& x = pad_plan_ ? padded(context, in[0]) : in[0];
     kernel_impl_->forward(x, weight_.value, has_bias_ ? &bias_.value : nullptr, out);
   }
 
   void backward(Context& context, std::span<const Tensor> in, const Tensor&, const Tensor& dout,
                 std::span<Tensor> din) override {
-    if (!explicit_padding_) {
-      if (din[0].defined()) kernel_impl_->backward_data(dout, weight_.value, din[0]);
-      kernel_impl_->backward_params(in[0], dout, weight_.grad, has_bias_ ? &bias_.grad : nullptr);
-      return;
-    }
-    // Padded again from this backward's input (not the last forward's), then the transpose of
-    // the padding sums the padded input's gradient back onto the input.
-    const Tensor& x = padded(context, in[0]);
+    // Explicit padding: padded again from this backward's input (not the last forward's), and
+    // the transpose of the padding sums the padded input's gradient back onto the input.
+    const Tensor& x = pad_plan_ ? padded(context, in[0]) : in[0];
     if (din[0].defined()) {
-      if (!padded_grad_.defined() || padded_grad_.shape() != x.shape()) {
-        padded_grad_ = Tensor(x.shape());
+      if (!pad_plan_) {
+        kernel_impl_->backward_data(dout, weight_.value, din[0]);
+      } else {
+        reuse_buffer(padded_grad_, x.shape());
+        kernel_impl_->backward_data(dout, weight_.value, padded_grad_);
+        pad_backward(context, *pad_plan_, padded_grad_, din[0]);
       }
-      kernel_impl_->backward_data(dout, weight_.value, padded_grad_);
-      pad_backward(context, pad_plan_, padded_grad_, din[0]);
     }
     kernel_impl_->backward_params(x, dout, weight_.grad, has_bias_ ? &bias_.grad : nullptr);
   }
@@ -163,11 +161,11 @@ class Conv2d final : public Layer {
         explicit_pad.end[axis] -= kernel_pad[axis];
       }
     }
-    explicit_padding_ = !explicit_pad.zero();
-    if (explicit_padding_) {
+    pad_plan_.reset();
+    if (!explicit_pad.zero()) {
       pad_plan_ = make_pad_plan(padding_mode_, 0.0f, explicit_pad, in);
-      desc.in_h = pad_plan_.out_h;
-      desc.in_w = pad_plan_.out_w;
+      desc.in_h = pad_plan_->out_h;
+      desc.in_w = pad_plan_->out_w;
     }
     desc.out_channels = out_channels_;
     desc.kernel_h = kernel_[0];
@@ -196,8 +194,9 @@ class Conv2d final : public Layer {
 
  private:
   // The input padded as pad_plan_ says, in a buffer kept between steps.
+  //   requires: pad_plan_ (explicit padding).
   const Tensor& padded(Context& context, const Tensor& x) {
-    pad_forward(context, pad_plan_, x, padded_input_);
+    pad_forward(context, *pad_plan_, x, padded_input_);
     return padded_input_;
   }
 
@@ -208,8 +207,9 @@ class Conv2d final : public Layer {
   bool has_bias_;
   Rounding rounding_;
   PadMode padding_mode_;
-  bool explicit_padding_ = false;
-  PadPlan pad_plan_;
+  // What is padded explicitly before the kernel (another padding_mode, or the asymmetric part of
+  // zero padding); empty when the kernel's own padding does it all.
+  std::optional<PadPlan> pad_plan_;
   Tensor padded_input_, padded_grad_;
   Param weight_, bias_;
   Conv2dDesc desc_;

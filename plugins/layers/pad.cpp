@@ -136,7 +136,7 @@ void for_each_source(Context& context, const PadPlan& plan, int64_t planes, Body
 
 void pad_forward(Context& context, const PadPlan& plan, const Tensor& x, Tensor& y) {
   const Shape shape{x.dim(0), plan.channels, plan.out_h, plan.out_w};
-  if (!y.defined() || y.shape() != shape) y = Tensor(shape);
+  reuse_buffer(y, shape);
   const int64_t in_plane = plan.in_h * plan.in_w, out_plane = plan.out_h * plan.out_w;
   const float* px = x.data();
   float* py = y.data();
