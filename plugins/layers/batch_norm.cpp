@@ -53,12 +53,13 @@
 //     forward it belongs to with the same communicator.
 // ENSURES
 //   - output sample shape == input sample shape.
-//   - backward matches the forward's mode (Context::training): in training the full
-//     batch-statistics gradient, through the mean and variance of the last training forward
-//     (which backward must follow, as in every training step); in evaluation the affine map
-//     with the running statistics. Parameter gradients: dweight = sum dy * x_hat, dbias = sum dy,
-//     over this rank's values (synchronized too, with x_hat from the global statistics): the
-//     trainer sums parameter gradients across ranks, as for every other layer.
+//   - backward matches the forward's mode (Context::training): in training (and always without
+//     running statistics) the full batch-statistics gradient, through the mean and variance of
+//     the last forward that computed them (which backward must follow, as in every training
+//     step); in evaluation the affine map with the running statistics. Parameter gradients:
+//     dweight = sum dy * x_hat, dbias = sum dy, over this rank's values (synchronized too, with
+//     x_hat from the global statistics): the trainer sums parameter gradients across ranks, as
+//     for every other layer.
 //   - per-channel sums run in double (8 partial sums each, in a fixed order), one channel per task:
 //     channels are split over the backend's parallel_for, so every backend gives bit-identical
 //     results. Synchronized, the reduced sums are the same bits on every rank (the communicator's
@@ -71,6 +72,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <utility>
@@ -112,14 +114,15 @@ class Partials {
 class BatchNorm final : public Layer {
  public:
   explicit BatchNorm(const Config& config)
-      : cumulative_(config.find("momentum") && config.at("momentum").is_null()),
-        momentum_(cumulative_ ? 0.0 : config.get<double>("momentum", 0.1)),
+      : momentum_(config.find("momentum") && config.at("momentum").is_null()
+                      ? std::nullopt
+                      : std::optional<double>(config.get<double>("momentum", 0.1))),
         eps_(config.get<double>("eps", 1e-5)),
         affine_(config.get<bool>("affine", true)),
         sync_(config.get<bool>("sync", false)),
         track_running_stats_(config.get<bool>("track_running_stats", true)) {
-    if (!(momentum_ >= 0.0 && momentum_ <= 1.0)) {
-      config.fail_key("momentum", fmt::format("must be in [0, 1], found {}", momentum_));
+    if (momentum_ && !(*momentum_ >= 0.0 && *momentum_ <= 1.0)) {
+      config.fail_key("momentum", fmt::format("must be in [0, 1], found {}", *momentum_));
     }
     if (!(eps_ > 0.0)) config.fail_key("eps", fmt::format("must be positive, found {}", eps_));
   }
@@ -179,7 +182,7 @@ class BatchNorm final : public Layer {
     float* py = out.data();
 
     // Without running statistics, evaluation normalizes with the batch's, as training does.
-    if (!context.training && track_running_stats_) {
+    if (!batch_statistics(context)) {
       const float* running_mean = running_mean_.data();
       const float* running_var = running_var_.data();
       for_channels(context, batch, [&](int64_t c) {
@@ -222,9 +225,9 @@ class BatchNorm final : public Layer {
     float* running_mean = update_running ? running_mean_.data() : nullptr;
     float* running_var = update_running ? running_var_.data() : nullptr;
     const double momentum = !update_running ? 0.0
-                            : cumulative_
-                                ? 1.0 / (static_cast<double>(num_batches_tracked_.data()[0]) + 1.0)
-                                : momentum_;
+                            : momentum_
+                                ? *momentum_
+                                : 1.0 / (static_cast<double>(num_batches_tracked_.data()[0]) + 1.0);
     auto normalize_channel = [&](int64_t c, double mean, double squares, double m) {
       const double var = squares / m;
       const double inv_std = 1.0 / std::sqrt(var + eps_);
@@ -296,16 +299,16 @@ class BatchNorm final : public Layer {
                 std::span<Tensor> din) override {
     const Tensor& x = in[0];
     const int64_t batch = x.dim(0);
-    // Batch statistics: in training, and in evaluation without running statistics.
-    const bool training = context.training || !track_running_stats_;
+    const bool batch_stats = batch_statistics(context);
     Communicator* ranks = context.training && sync_ ? context.communicator : nullptr;
-    if (training && saved_batch_ != batch) {
+    if (batch_stats && saved_batch_ != batch) {
       fail(
-          "backward in training mode needs the batch statistics of a training forward on the "
-          "same batch (last training forward had batch {}, backward got {})",
+          "backward with batch statistics (in training, or track_running_stats: false) needs "
+          "those of a forward on the same batch (the last such forward had batch {}, backward got "
+          "{})",
           saved_batch_, batch);
     }
-    if (training && saved_synchronized_ != (ranks != nullptr)) {
+    if (batch_stats && saved_synchronized_ != (ranks != nullptr)) {
       fail(
           "sync: backward {} across ranks, but the training forward it follows {} (both must run "
           "with the same Context::communicator)",
@@ -321,11 +324,11 @@ class BatchNorm final : public Layer {
     float* pdx = din[0].defined() ? din[0].data() : nullptr;
 
     auto mean_of = [&](int64_t c) -> double {
-      return training ? saved_mean_[static_cast<std::size_t>(c)] : running_mean[c];
+      return batch_stats ? saved_mean_[static_cast<std::size_t>(c)] : running_mean[c];
     };
     auto inv_std_of = [&](int64_t c) -> double {
-      return training ? saved_inv_std_[static_cast<std::size_t>(c)]
-                      : 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps_);
+      return batch_stats ? saved_inv_std_[static_cast<std::size_t>(c)]
+                         : 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps_);
     };
     // sum dy and sum dy * x_hat over this rank's values of the channel; they are the parameter
     // gradients.
@@ -344,14 +347,14 @@ class BatchNorm final : public Layer {
       }
       return std::pair{sum_dy, sum_dy_xhat};
     };
-    // Training: dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)), the means over
-    // the whole (synchronized: global) batch. Evaluation: the statistics are constants,
-    // dx = gamma * inv_std * dy.
+    // Batch statistics: dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)), the
+    // means over the whole (synchronized: global) batch. Running statistics (evaluation): the
+    // statistics are constants, dx = gamma * inv_std * dy.
     auto input_gradient = [&](int64_t c, double mean, double inv_std, double sum_dy,
                               double sum_dy_xhat) {
       const double gamma = weight ? weight[c] : 1.0f;
-      const double mean_dy = training ? sum_dy / saved_count_ : 0.0;
-      const double mean_dy_xhat = training ? sum_dy_xhat / saved_count_ : 0.0;
+      const double mean_dy = batch_stats ? sum_dy / saved_count_ : 0.0;
+      const double mean_dy_xhat = batch_stats ? sum_dy_xhat / saved_count_ : 0.0;
       const double scale = gamma * inv_std;
       for (int64_t n = 0; n < batch; ++n) {
         const float* xs = px + (n * channels_ + c) * spatial_;
@@ -418,6 +421,12 @@ class BatchNorm final : public Layer {
   }
 
  private:
+  // Whether this pass normalizes with the batch's statistics: in training, and in evaluation
+  // without running statistics (track_running_stats: false); otherwise with the running ones.
+  bool batch_statistics(const Context& context) const {
+    return context.training || !track_running_stats_;
+  }
+
   // Runs body(c) for every channel; a task takes enough channels to hold about
   // kElementwiseGrain values, so small layers stay on one thread.
   template <class Body>
@@ -428,8 +437,7 @@ class BatchNorm final : public Layer {
     parallel_elementwise(context, channels_, batch * spatial_, run);
   }
 
-  bool cumulative_;  // momentum: null
-  double momentum_;
+  std::optional<double> momentum_;  // empty: momentum: null, the cumulative average
   double eps_;
   bool affine_;
   bool sync_;
