@@ -649,7 +649,7 @@ std::vector<int64_t> Importer::window_shape(const onnx::NodeProto& node, int64_t
     fail("{}: expected a 4-D input [N, C, H, W], found rank {}", where(node), in.size());
   std::vector<int64_t> out = {in[0], channels < 0 ? in[1] : channels, 0, 0};
   for (int axis = 0; axis < 2; ++axis) {
-    const int64_t window = dilation[axis] * (kernel[axis] - 1) + 1;
+    const int64_t window = dilated_extent(kernel[axis], dilation[axis]);
     const int64_t span = in[2 + axis] + pads[2 * axis] + pads[2 * axis + 1] - window;
     if (span < 0) fail("{}: the window is larger than the padded input", where(node));
     out[2 + axis] = window_output_extent(in[2 + axis], window, pads[2 * axis], pads[2 * axis + 1],

@@ -12,9 +12,6 @@ namespace strata::layers {
 
 namespace {
 
-// The input positions a window spans along one axis: dilation*(kernel-1)+1.
-int64_t dilated_extent(int64_t kernel, int64_t dilation) { return dilation * (kernel - 1) + 1; }
-
 // 2 -> "2", 2.3333 -> "2.33": whole values print without decimals.
 std::string format_quotient(int64_t numerator, int64_t stride) {
   if (numerator % stride == 0) return fmt::format("{}", numerator / stride + 1);

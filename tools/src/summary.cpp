@@ -8,6 +8,7 @@
 #include "strata/config.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
+#include "strata/ops.hpp"
 #include "strata/training/experiment.hpp"
 
 namespace strata {
@@ -54,7 +55,7 @@ Field propagate(const Layer& layer, const std::vector<Field>& inputs, const std:
       out.receptive_field[axis] = in.receptive_field[axis] + (extent - 1) * in.jump[axis];
       out.jump[axis] = in.jump[axis] * extent;
     } else {
-      const int64_t effective = window.dilation[axis] * (window.kernel[axis] - 1) + 1;
+      const int64_t effective = dilated_extent(window.kernel[axis], window.dilation[axis]);
       out.receptive_field[axis] = in.receptive_field[axis] + (effective - 1) * in.jump[axis];
       out.jump[axis] = in.jump[axis] * window.stride[axis];
     }

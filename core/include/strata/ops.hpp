@@ -81,8 +81,14 @@ struct Pool2dDesc {
 // padding is non-negative (end padding -1 or more) and an average has dilation 1.
 void validate(const Pool2dDesc& desc, std::string_view kernel);
 
+// The input positions a window of `kernel` taps `dilation` apart spans along one axis:
+// dilation*(kernel-1)+1 (the effective kernel size).
+inline int64_t dilated_extent(int64_t kernel, int64_t dilation) {
+  return dilation * (kernel - 1) + 1;
+}
+
 // The number of windows along one axis, PyTorch's rule (pooling_output_shape, and the
-// convolutions' floor): a window spanning `window` inputs (dilation*(kernel-1)+1) slides by
+// convolutions' floor): a window spanning `window` inputs (dilated_extent) slides by
 // `stride` over the input of extent `in` padded by pad_begin before and pad_end after it:
 //   out = (in + pad_begin + pad_end - window)/stride + 1,
 // the quotient floored, or with `ceil` rounded up and then the last window dropped if it would
