@@ -10,6 +10,7 @@
 #include <numeric>
 #include <random>
 
+#include "strata/backend.hpp"
 #include "strata/config.hpp"
 #include "strata/dataset.hpp"
 #include "strata/error.hpp"
@@ -168,6 +169,101 @@ BOOST_AUTO_TEST_CASE(keys_the_factory_did_not_read_are_rejected) {
   STRATA_CHECK_CONTAINS(message, "unknown key 'inplace'");
 }
 
+// Kernels: an ordered list of named implementations per (op, backend).
+struct ToyDesc {
+  int size = 0;
+};
+class ToyKernel : public OpKernel<ToyDesc> {};
+class UpToFour : public ToyKernel {  // refuses sizes above 4
+ public:
+  bool supports(const ToyDesc& desc) const override { return desc.size <= 4; }
+};
+class AnySize : public ToyKernel {};
+
+std::shared_ptr<ToyKernel> pick_toy(const Registries& r, const std::string& op,
+                                    const std::string& backend, int size) {
+  return r.kernels.pick<ToyKernel>(op, backend, ToyDesc{size}, "layer 'toy1'");
+}
+
+BOOST_AUTO_TEST_CASE(kernel_implementations_are_tried_in_registration_order) {
+  Registries r;
+  r.kernels.add<AnySize>("toy", "reference");
+  r.kernels.add<UpToFour>("toy", "fast", "up_to_four");
+  r.kernels.add<AnySize>("toy", "fast", "any_size");
+  BOOST_TEST(r.kernels.implementations("toy", "fast") ==
+                 (std::vector<std::string>{"up_to_four", "any_size"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(r.kernels.implementations("toy", "none").empty());
+  // The first that supports the descriptor; one that refuses falls through to the next.
+  BOOST_TEST(pick_toy(r, "toy", "fast", 3)->implementation() == "up_to_four");
+  BOOST_TEST(pick_toy(r, "toy", "fast", 9)->implementation() == "any_size");
+  // Order, not specificity, decides: the general one first shadows the other.
+  r.kernels.add<AnySize>("toy", "general_first", "any_size");
+  r.kernels.add<UpToFour>("toy", "general_first", "up_to_four");
+  BOOST_TEST(pick_toy(r, "toy", "general_first", 3)->implementation() == "any_size");
+  // A named implementation can be created directly (tests, benchmarks), and prepared.
+  auto made = r.kernels.create<ToyKernel>("toy", "general_first", "up_to_four", ToyDesc{2});
+  BOOST_TEST(made->implementation() == "up_to_four");
+  BOOST_TEST(made->desc().size == 2);
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { r.kernels.create<ToyKernel>("toy", "fast", "up_to_four", ToyDesc{9}); }),
+      "implementation 'up_to_four' of op 'toy' on backend 'fast' does not "
+      "support this configuration");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { r.kernels.create<ToyKernel>("toy", "fast", "up_to_5", ToyDesc{1}); }),
+      "backend 'fast' has no implementation 'up_to_5' of op 'toy'; it has: up_to_four, any_size");
+  // Removing a plugin's kernels leaves no empty list behind.
+  r.kernels.remove_owned_by(r.current);
+  BOOST_TEST(!r.kernels.contains("toy", "fast"));
+  BOOST_TEST(r.kernels.entries().empty());
+}
+
+BOOST_AUTO_TEST_CASE(a_duplicate_implementation_name_is_refused) {
+  Registries r;
+  r.kernels.add<UpToFour>("toy", "fast", "up_to_four");
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { r.kernels.add<AnySize>("toy", "fast", "up_to_four"); }),
+      "kernel 'toy' for backend 'fast' is registered twice under the implementation name "
+      "'up_to_four': by plugin 'host' and by plugin 'host'");
+  // The same name on another backend or op is another implementation.
+  r.kernels.add<AnySize>("toy", "other", "up_to_four");
+  r.kernels.add<AnySize>("toy2", "fast", "up_to_four");
+  // The old form names its one implementation after the backend, so it is refused a second time.
+  r.kernels.add<AnySize>("toy", "plain");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { r.kernels.add<AnySize>("toy", "plain"); }),
+                        "is registered twice under the implementation name 'plain'");
+}
+
+BOOST_AUTO_TEST_CASE(old_style_registration_and_the_fallback_note_are_unchanged) {
+  Registries r;
+  // add<K>(op, backend) and add(op, backend, factory): one implementation named after the backend.
+  r.kernels.add<AnySize>("toy_fallback", "reference");
+  r.kernels.add("toy_fallback", "picky",
+                []() -> std::unique_ptr<Kernel> { return std::make_unique<UpToFour>(); });
+  BOOST_TEST(
+      r.kernels.implementations("toy_fallback", "picky") == std::vector<std::string>{"picky"},
+      boost::test_tools::per_element());
+  BOOST_TEST(pick_toy(r, "toy_fallback", "picky", 4)->implementation() == "picky");
+  // A descriptor the backend refuses runs on the reference, with one note per (op, backend).
+  test::StderrCapture capture;
+  auto fallback = pick_toy(r, "toy_fallback", "picky", 5);
+  pick_toy(r, "toy_fallback", "picky", 6);
+  const std::string note = capture.finish();
+  BOOST_TEST(fallback->implementation() == "reference");
+  BOOST_TEST(note ==
+             "note: layer 'toy1': the 'toy_fallback' kernel of backend 'picky' does not support "
+             "this configuration; using the reference kernel\n");
+  // With several implementations the note names every one it tried.
+  r.kernels.add<UpToFour>("toy_fallback", "fast", "up_to_four");
+  r.kernels.add<UpToFour>("toy_fallback", "fast", "also_up_to_four");
+  test::StderrCapture second;
+  pick_toy(r, "toy_fallback", "fast", 5);
+  STRATA_CHECK_CONTAINS(second.finish(),
+                        "no 'toy_fallback' implementation of backend 'fast' supports this "
+                        "configuration (tried up_to_four, also_up_to_four); using the reference "
+                        "kernel");
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(plugins)
@@ -196,23 +292,30 @@ BOOST_AUTO_TEST_CASE(wrong_api_version_is_refused_before_registration) {
   BOOST_TEST(loader.plugins().empty());
   // A plugin of API 2 (whole-split datasets) is told what to port.
   const std::string old = test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_2.so"); });
-  STRATA_CHECK_CONTAINS(old, "built for plugin API version 2, but this Strata supports version 5");
+  STRATA_CHECK_CONTAINS(old, "built for plugin API version 2, but this Strata supports version 6");
   STRATA_CHECK_CONTAINS(old, "a dataset reads samples on demand through Dataset::open");
   STRATA_CHECK_CONTAINS(old, "InMemoryDataset");
   STRATA_CHECK_CONTAINS(old, "Context carries the run's Communicator");
   STRATA_CHECK_CONTAINS(old, "optional export_to() hook");
   // A plugin of API 3 is told only what changed since 3.
   const std::string api3 = test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_3.so"); });
-  STRATA_CHECK_CONTAINS(api3, "built for plugin API version 3, but this Strata supports version 5");
+  STRATA_CHECK_CONTAINS(api3, "built for plugin API version 3, but this Strata supports version 6");
   STRATA_CHECK_CONTAINS(api3, "Context carries the run's Communicator");
   STRATA_CHECK_CONTAINS(api3, "optional export_to() hook");
   BOOST_TEST(api3.find("InMemoryDataset") == std::string::npos);
-  // A plugin of API 4 is told only about the export hook.
+  // A plugin of API 4 is told about the export hook and what came after.
   const std::string api4 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_4.so"); });
-  STRATA_CHECK_CONTAINS(api4, "built for plugin API version 4, but this Strata supports version 5");
+  STRATA_CHECK_CONTAINS(api4, "built for plugin API version 4, but this Strata supports version 6");
   STRATA_CHECK_CONTAINS(api4, "optional export_to() hook");
   BOOST_TEST(api4.find("Communicator") == std::string::npos);
+  STRATA_CHECK_CONTAINS(api4, "Kernel and Layer gain implementation()");
+  // A plugin of API 5 is told only about the implementation names.
+  const std::string api5 =
+      test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_5.so"); });
+  STRATA_CHECK_CONTAINS(api5, "built for plugin API version 5, but this Strata supports version 6");
+  STRATA_CHECK_CONTAINS(api5, "Kernel and Layer gain implementation()");
+  BOOST_TEST(api5.find("export_to") == std::string::npos);
   BOOST_TEST(loader.plugins().empty());
 }
 

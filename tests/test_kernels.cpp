@@ -8,7 +8,6 @@
 // exactly.
 #define BOOST_TEST_MODULE kernels
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <boost/test/unit_test.hpp>
@@ -38,6 +37,7 @@ using strata::Shape;
 using strata::Tensor;
 using strata::test::random_tensor;
 using strata::test::registries;
+using strata::test::StderrCapture;
 using Mode = Pool2dDesc::Mode;
 
 constexpr float kRelativeTolerance = 1e-4f;
@@ -46,7 +46,7 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 // Every backend other than the reference that has a kernel for `op`.
 std::vector<std::string> fast_backends(const std::string& op) {
   std::vector<std::string> names;
-  for (const auto& [key, entry] : registries().kernels.entries()) {
+  for (const auto& [key, list] : registries().kernels.entries()) {
     if (key.first == op && key.second != "reference") names.push_back(key.second);
   }
   return names;
@@ -250,35 +250,6 @@ Pool2dDesc random_pool(std::mt19937& rng, Mode mode, bool count_include_pad, boo
     if (d.out_h >= 1 && d.out_w >= 1) return d;
   }
 }
-
-// Redirects stderr (the file descriptor, as KernelRegistry writes with fprintf) into a string.
-class StderrCapture {
- public:
-  StderrCapture() : file_(std::tmpfile()) {
-    std::fflush(stderr);
-    saved_ = ::dup(2);
-    ::dup2(::fileno(file_), 2);
-  }
-  ~StderrCapture() {
-    if (file_ != nullptr) finish();
-  }
-  std::string finish() {
-    std::fflush(stderr);
-    ::dup2(saved_, 2);
-    ::close(saved_);
-    std::string text;
-    std::rewind(file_);
-    for (int ch = std::fgetc(file_); ch != EOF; ch = std::fgetc(file_))
-      text.push_back(static_cast<char>(ch));
-    std::fclose(file_);
-    file_ = nullptr;
-    return text;
-  }
-
- private:
-  std::FILE* file_;
-  int saved_ = -1;
-};
 
 // Runs every conv2d entry point of `backend` and of the reference on the same random data.
 void compare_conv(const Conv2dDesc& d, int64_t n, const std::string& backend, std::mt19937& rng) {
@@ -838,7 +809,7 @@ BOOST_AUTO_TEST_CASE(pick_returns_the_backends_kernel) {
   const auto made_by = [&](const std::string& op,
                            const std::string& backend) -> const std::type_info& {
     static std::vector<std::unique_ptr<strata::Kernel>> keep;  // typeid of a live object
-    keep.push_back(entries.at({op, backend}).factory());
+    keep.push_back(entries.at({op, backend}).front().factory());
     const strata::Kernel& made = *keep.back();
     return typeid(made);
   };

@@ -56,10 +56,12 @@ int run_plugins(Session& session, const std::vector<std::string>& args) {
   list_types("dataset types", registries.datasets);
   list_types("transform types", registries.transforms);
   list_types("backends", registries.backends);
-  std::printf("kernels (op: backend, plugin):\n");
-  for (const auto& [key, entry] : registries.kernels.entries()) {
-    std::printf("  %-12s %-12s %s\n", key.first.c_str(), key.second.c_str(),
-                entry.owner->name.c_str());
+  std::printf("kernels (op, backend, implementation in the order they are tried, plugin):\n");
+  for (const auto& [key, list] : registries.kernels.entries()) {
+    for (const KernelRegistry::Entry& entry : list) {
+      std::printf("  %-12s %-12s %-16s %s\n", key.first.c_str(), key.second.c_str(),
+                  entry.name.c_str(), entry.owner->name.c_str());
+    }
   }
   return 0;
 }

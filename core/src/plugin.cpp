@@ -53,14 +53,16 @@ void check_type_names(const R& registry, const PluginRef& owner, const fs::path&
 
 void check_kernel_names(const KernelRegistry& kernels, const PluginRef& owner,
                         const fs::path& file) {
-  for (const auto& [key, entry] : kernels.entries()) {
-    if (entry.owner != owner) continue;
-    for (const std::string& name : {key.first, key.second}) {
-      if (const std::string problem = plugin_name_problem(name); !problem.empty()) {
-        fail(
-            "plugin {}: registration failed: it registers a kernel for op '{}' and backend '{}', "
-            "and '{}' is not a valid name: {} ({})",
-            file.string(), key.first, key.second, name, problem, kPluginNameRule);
+  for (const auto& [key, list] : kernels.entries()) {
+    for (const KernelRegistry::Entry& entry : list) {
+      if (entry.owner != owner) continue;
+      for (const std::string& name : {key.first, key.second, entry.name}) {
+        if (const std::string problem = plugin_name_problem(name); !problem.empty()) {
+          fail(
+              "plugin {}: registration failed: it registers a kernel for op '{}' and backend '{}' "
+              "(implementation '{}'), and '{}' is not a valid name: {} ({})",
+              file.string(), key.first, key.second, entry.name, name, problem, kPluginNameRule);
+        }
       }
     }
   }
@@ -153,6 +155,13 @@ void PluginLoader::load_file(const fs::path& file) {
           "`strata export`, which changes their vtables, so every plugin must be rebuilt; "
           "no source change is needed, and a layer may implement it to be exportable; see "
           "docs/writing-a-plugin.md, \"Export\")";
+    }
+    if (info->api <= 5) {
+      changes +=
+          " (API 6: Kernel and Layer gain implementation(), the name `strata bench` prints, and "
+          "the kernel registry keeps an ordered list of named implementations per op and "
+          "backend, which changes their layout, so every plugin must be rebuilt; no source "
+          "change is needed; see docs/writing-a-plugin.md, \"Kernels\")";
     }
     fail("plugin {}: built for plugin API version {}, but this Strata supports version {}{}; "
          "rebuild the plugin against this Strata",

@@ -41,12 +41,15 @@ std::vector<PluginRecord> plugins_needed(
   }
   note_owner(registries.backends, backend, records);
   note_owner(registries.backends, "reference", records);  // the fallback for every kernel
-  for (const auto& [key, entry] : registries.kernels.entries()) {
-    if ((key.second == backend || key.second == "reference") && entry.owner &&
-        !entry.owner->path.empty() &&
-        std::none_of(records.begin(), records.end(),
-                     [&owner = entry.owner](const PluginRecord& r) { return r.name == owner->name; })) {
-      records.push_back({entry.owner->name, entry.owner->version, entry.owner->path.string()});
+  for (const auto& [key, list] : registries.kernels.entries()) {
+    if (key.second != backend && key.second != "reference") continue;
+    for (const KernelRegistry::Entry& entry : list) {
+      if (entry.owner && !entry.owner->path.empty() &&
+          std::none_of(
+              records.begin(), records.end(),
+              [&owner = entry.owner](const PluginRecord& r) { return r.name == owner->name; })) {
+        records.push_back({entry.owner->name, entry.owner->version, entry.owner->path.string()});
+      }
     }
   }
   // Building a graph runs its parameters' initializers (before the weights are loaded), so every

@@ -9,8 +9,8 @@ void register_all(strata::Registries&) { std::abort(); }
 }  // namespace
 
 // STRATA_TEST_API: a plugin built for that older API (2: datasets loaded whole splits; 3: before
-// Context carried the communicator; 4: before the export hooks): the refusal says what changed
-// since.
+// Context carried the communicator; 4: before the export hooks; 5: before implementation() and
+// the kernel implementation lists): the refusal says what changed since.
 #ifdef STRATA_TEST_API
 constexpr int kApi = STRATA_TEST_API;
 #else

@@ -1,14 +1,17 @@
 // Shared helpers for the Boost.Test suites.
 #pragma once
 
+#include <unistd.h>
+
 #include <boost/test/unit_test.hpp>
+#include <cstdio>
 #include <filesystem>
 #include <random>
 #include <string>
 
-#include "strata/dataset.hpp"
 #include "strata/backend.hpp"
 #include "strata/config.hpp"
+#include "strata/dataset.hpp"
 #include "strata/error.hpp"
 #include "strata/registry.hpp"
 #include "strata/tensor.hpp"
@@ -41,6 +44,36 @@ SampleSet samples_of(const Split& split, const std::string& name = "train");
 
 // A YAML snippet as a Config (source name "<test>").
 Config yaml(const std::string& text);
+
+// Redirects stderr (the file descriptor, as KernelRegistry writes with fprintf) into a string
+// until finish().
+class StderrCapture {
+ public:
+  StderrCapture() : file_(std::tmpfile()) {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    ::dup2(::fileno(file_), 2);
+  }
+  ~StderrCapture() {
+    if (file_ != nullptr) finish();
+  }
+  std::string finish() {
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+    std::string text;
+    std::rewind(file_);
+    for (int ch = std::fgetc(file_); ch != EOF; ch = std::fgetc(file_))
+      text.push_back(static_cast<char>(ch));
+    std::fclose(file_);
+    file_ = nullptr;
+    return text;
+  }
+
+ private:
+  std::FILE* file_;
+  int saved_ = -1;
+};
 
 // A fresh, empty temporary folder, removed when the object goes out of scope.
 class TempDir {

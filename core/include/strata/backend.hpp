@@ -4,8 +4,9 @@
 // thread count and offers parallel_for to layers that do simple element-wise work themselves.
 //
 // Heavy ops go through kernels, in the describe-pick-run style: a layer fills an op descriptor once
-// at setup (ops.hpp), KernelRegistry::pick() finds the backend's kernel for that op (falling back to
-// "reference", with a note, when the backend has none or it does not support the descriptor),
+// at setup (ops.hpp), KernelRegistry::pick() finds the backend's kernel for that op: the first of
+// the backend's ordered implementations whose supports() accepts the descriptor (falling back to
+// "reference", with a note, when the backend has none or none supports the descriptor),
 // the kernel prepare()s for the descriptor (plans workspace), and then runs on every step.
 // "reference" is the ground truth every other backend is tested against.
 #pragma once
@@ -33,9 +34,20 @@ class Backend {
                             const std::function<void(int64_t, int64_t)>& body) = 0;
 };
 
+class KernelRegistry;
+
 class Kernel {
  public:
   virtual ~Kernel() = default;
+  // Which implementation runs, for `strata bench`, logs and tests. Defaults to the name the
+  // kernel was registered under (KernelRegistry::add); a kernel that chooses among several paths
+  // itself reports the ones it chose for its descriptor (e.g. tbb conv2d:
+  // "fwd=direct bwd_data=small bwd_weights=winograd23"). Meaningful once prepared.
+  virtual std::string implementation() const { return registered_name_; }
+
+ private:
+  friend class KernelRegistry;  // sets the registered name when it creates the kernel
+  std::string registered_name_;
 };
 
 // Base of every op-specific kernel interface. Desc is the op's descriptor type.

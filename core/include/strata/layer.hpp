@@ -172,6 +172,10 @@ class Layer {
   // additions) counts 0. window(): see Window.
   virtual int64_t multiply_adds() const { return 0; }
   virtual Window window() const { return {}; }
+  // The kernel implementation the layer runs (Kernel::implementation(), e.g. "direct" or
+  // "fwd=direct bwd_data=small bwd_weights=winograd23"), for `strata bench`; empty for a layer
+  // that computes without a kernel. Valid after setup().
+  virtual std::string implementation() const { return {}; }
 
   // Traits the runtime asks of a layer instead of naming its type. has_dead_units(): an
   // activation whose output is exactly 0 over a whole region of inputs (relu), so that a unit

@@ -30,7 +30,9 @@ namespace strata {
 //    from InMemoryDataset), transforms work one Image at a time, Layer::has_dead_units().
 // 4: Context::communicator and the communicator registry (strata/communicator.hpp).
 // 5: Layer::export_to() and Transform::export_to(), the optional export hooks (strata/export.hpp).
-inline constexpr int kPluginApi = 5;
+// 6: Kernel::implementation() and Layer::implementation(); KernelRegistry holds an ordered list
+//    of named implementations per (op, backend). Source-compatible: add<K>(op, backend) works.
+inline constexpr int kPluginApi = 6;
 
 class Registries;
 

@@ -146,32 +146,57 @@ class Registry {
   std::string default_type_;
 };
 
-// Compute kernels are keyed by (op, backend) rather than by a single type name.
+// Compute kernels are keyed by (op, backend), and each key holds an ORDERED list of named
+// implementations (oneDNN's implementation list): pick() tries them in registration order and
+// takes the first that supports the descriptor, so a backend registers its specialised
+// implementations first and its general one last.
+//   - add<K>(op, backend, name) appends implementation `name`; a second (op, backend, name) is an
+//     Error naming both plugins. Names follow the plugin name rule (plugin.cpp).
+//   - add<K>(op, backend) and add(op, backend, factory), the forms older plugins use, register
+//     one implementation named after the backend.
+//   - The created kernel's implementation() defaults to its registered name (Kernel, backend.hpp).
 class KernelRegistry {
  public:
   using Factory = std::function<std::unique_ptr<Kernel>()>;
   struct Entry {
-    PluginRef owner;  // destroyed after the factory, whose code lives in the plugin
+    PluginRef owner;   // destroyed after the factory, whose code lives in the plugin
+    std::string name;  // the implementation's name, unique within its (op, backend) list
     Factory factory;
   };
+  using Key = std::pair<std::string, std::string>;  // (op, backend)
   explicit KernelRegistry(const PluginRef* current) : current_(current) {}
 
-  void add(const std::string& op, const std::string& backend, Factory factory);
+  void add(const std::string& op, const std::string& backend, const std::string& name,
+           Factory factory);
+  void add(const std::string& op, const std::string& backend, Factory factory) {
+    add(op, backend, backend, std::move(factory));
+  }
+  template <class K>
+  void add(const std::string& op, const std::string& backend, const std::string& name) {
+    add(op, backend, name, []() -> std::unique_ptr<Kernel> { return std::make_unique<K>(); });
+  }
   template <class K>
   void add(const std::string& op, const std::string& backend) {
-    add(op, backend, []() -> std::unique_ptr<Kernel> { return std::make_unique<K>(); });
+    add<K>(op, backend, backend);
   }
 
   bool contains(std::string_view op, std::string_view backend) const;
-  const std::map<std::pair<std::string, std::string>, Entry>& entries() const { return entries_; }
+  // The implementations of `op` on `backend`, in the order pick() tries them (empty if none).
+  std::vector<std::string> implementations(std::string_view op, std::string_view backend) const;
+  // Every (op, backend) list, sorted by key; each list in registration order.
+  const std::map<Key, std::vector<Entry>>& entries() const { return entries_; }
   // Removes every kernel `owner` registered.
   void remove_owned_by(const PluginRef& owner) {
-    std::erase_if(entries_, [&](const auto& item) { return item.second.owner == owner; });
+    for (auto& [key, list] : entries_) {
+      std::erase_if(list, [&](const Entry& entry) { return entry.owner == owner; });
+    }
+    std::erase_if(entries_, [](const auto& item) { return item.second.empty(); });
   }
 
-  // Creates the kernel for `op` on `backend`, or the reference kernel when `backend` has none or
-  // it does not support `desc`. A fallback is reported once on stderr, naming `who` (the layer);
-  // no kernel at all is an Error. The kernel is prepare()d for `desc` before it is returned.
+  // Creates the kernel for `op` on `backend`: the first implementation of the backend's list that
+  // supports `desc`, else the first of the reference's. A fallback is reported once per
+  // (op, backend) on stderr, naming `who` (the layer); no kernel at all is an Error. The kernel is
+  // prepare()d for `desc` before it is returned.
   template <class K>
   std::shared_ptr<K> pick(std::string_view op, std::string_view backend,
                           const typename K::Desc& desc, std::string_view who) const {
@@ -186,6 +211,21 @@ class KernelRegistry {
     fail("{}: no kernel for op '{}' on backend '{}' or 'reference' ({})", who, op, backend, reason);
   }
 
+  // Creates implementation `name` of `op` on `backend` and prepares it for `desc`, for tests and
+  // benchmarks that must run one particular implementation. An Error if there is no such
+  // implementation or it does not support `desc`.
+  template <class K>
+  std::shared_ptr<K> create(std::string_view op, std::string_view backend, std::string_view name,
+                            const typename K::Desc& desc) const {
+    const Entry& entry = find(op, backend, name);
+    std::unique_ptr<K> kernel = make<K>(op, backend, entry);
+    if (!kernel->supports(desc)) {
+      fail("implementation '{}' of op '{}' on backend '{}' does not support this configuration",
+           name, op, backend);
+    }
+    return finish(std::move(kernel), entry, desc);
+  }
+
  private:
   template <class K>
   std::shared_ptr<K> try_create(std::string_view op, std::string_view backend,
@@ -195,23 +235,42 @@ class KernelRegistry {
       reason = fmt::format("backend '{}' has no '{}' kernel", backend, op);
       return nullptr;
     }
-    std::unique_ptr<Kernel> base = it->second.factory();
+    for (const Entry& entry : it->second) {
+      std::unique_ptr<K> kernel = make<K>(op, backend, entry);
+      if (kernel->supports(desc)) return finish(std::move(kernel), entry, desc);
+    }
+    reason = refusal(op, backend, it->second);
+    return nullptr;
+  }
+  template <class K>
+  static std::unique_ptr<K> make(std::string_view op, std::string_view backend,
+                                 const Entry& entry) {
+    std::unique_ptr<Kernel> base = entry.factory();
     auto* typed = dynamic_cast<K*>(base.get());
-    if (typed == nullptr) fail("kernel '{}' of backend '{}' does not implement the op's interface", op, backend);
-    if (!typed->supports(desc)) {
-      reason = fmt::format("the '{}' kernel of backend '{}' does not support this configuration", op, backend);
-      return nullptr;
+    if (typed == nullptr) {
+      fail(
+          "kernel '{}' of backend '{}' (implementation '{}') does not implement the op's interface",
+          op, backend, entry.name);
     }
     base.release();
-    auto kernel = detail::keep_plugin_alive(std::unique_ptr<K>(typed), it->second.owner);
-    kernel->prepare(desc);
-    return kernel;
+    return std::unique_ptr<K>(typed);
   }
+  template <class K>
+  static std::shared_ptr<K> finish(std::unique_ptr<K> kernel, const Entry& entry,
+                                   const typename K::Desc& desc) {
+    kernel->registered_name_ = entry.name;
+    auto shared = detail::keep_plugin_alive(std::move(kernel), entry.owner);
+    shared->prepare(desc);
+    return shared;
+  }
+  const Entry& find(std::string_view op, std::string_view backend, std::string_view name) const;
+  static std::string refusal(std::string_view op, std::string_view backend,
+                             const std::vector<Entry>& list);
   void note_fallback(std::string_view op, std::string_view backend, std::string_view who,
                      const std::string& reason) const;
 
   const PluginRef* current_;
-  std::map<std::pair<std::string, std::string>, Entry> entries_;
+  std::map<Key, std::vector<Entry>> entries_;
 };
 
 // Every registry, plus the plugin currently registering (set by the PluginLoader).
