@@ -6,7 +6,9 @@
 //
 // Prints one JSON object: the best (minimum) seconds of each pass over I timed iterations after W
 // untimed ones, and GFLOP/s of the three passes together, counting 2 * N * K * (C/groups) * R * S *
-// out_h * out_w floating-point operations per pass (multiply and add). bench/compare_pytorch.py
+// out_h * out_w floating-point operations per pass (multiply and add), and the kernel's
+// implementation (Kernel::implementation(): for tbb, the method of each pass, e.g.
+// "fwd=direct bwd_data=small bwd_weights=winograd23"). bench/compare_pytorch.py
 // runs it beside PyTorch; it is a benchmark, not a test, and asserts nothing about speed.
 #include <algorithm>
 #include <chrono>
@@ -151,10 +153,12 @@ int run(int argc, char** argv) {
   std::printf(
       "{\"backend\": \"%s\", \"threads\": %d, \"shape\": \"%s\", \"out_h\": %lld, \"out_w\": %lld, "
       "\"forward_s\": %.6g, \"backward_data_s\": %.6g, \"backward_params_s\": %.6g, "
-      "\"total_s\": %.6g, \"gflops\": %.6g, \"forward_gflops\": %.6g}\n",
+      "\"total_s\": %.6g, \"gflops\": %.6g, \"forward_gflops\": %.6g, \"implementation\": "
+      "\"%s\"}\n",
       backend_name.c_str(), backend->threads(), shape_text.c_str(), static_cast<long long>(d.out_h),
       static_cast<long long>(d.out_w), best_forward, best_data, best_params, best_total,
-      3.0 * flops_per_pass / best_total * 1e-9, flops_per_pass / best_forward * 1e-9);
+      3.0 * flops_per_pass / best_total * 1e-9, flops_per_pass / best_forward * 1e-9,
+      conv->implementation().c_str());
   return 0;
 }
 

@@ -512,6 +512,29 @@ BOOST_AUTO_TEST_CASE(conv2d_random) {
   }
 }
 
+// A shape, a batch, and the implementations the tbb conv2d kernel runs for it, one per pass
+// (TbbConv2d::implementation(), backend_tbb/tbb_kernels.hpp): a path test asserts the path it
+// means to reach, so a retuned threshold that moves a shape to another path fails here rather
+// than leaving the path untested. The names do not depend on the CPU's vector width: shapes with
+// direct backward_data have at least 8 channels per group (direct::kRows is 8 with AVX-512, 6
+// with AVX2).
+struct PathCase {
+  Conv2dDesc desc;
+  int64_t n;
+  std::string path;
+};
+
+void check_paths(const std::vector<PathCase>& cases, std::mt19937& rng) {
+  BOOST_TEST_REQUIRE(registries().kernels.contains("conv2d", "tbb"));
+  for (const PathCase& c : cases) {
+    BOOST_TEST(kernel<Conv2dKernel>("conv2d", "tbb", c.desc)->implementation() == c.path,
+               describe(c.desc, c.n));
+  }
+  for (const std::string& backend : fast_backends("conv2d")) {
+    for (const PathCase& c : cases) compare_conv(c.desc, c.n, backend, rng);
+  }
+}
+
 // Shapes that reach every path of the tbb kernel (see TbbConv2d in backend_tbb/tbb_kernels.hpp):
 // LeNet's layers (direct forward, "small" backward_data), several images per block with a
 // partial last block, direct backward_data (also with padding wider than the kernel reaches),
@@ -519,23 +542,28 @@ BOOST_AUTO_TEST_CASE(conv2d_random) {
 // pointwise (over 64 channels, so not direct) and depthwise.
 BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
   std::mt19937 rng(11);
-  const std::vector<std::pair<Conv2dDesc, int64_t>> cases = {
-      {conv_desc(1, 28, 28, 6, 5, 5, 1, 1, 2, 2, 1, 1, 1), 9},     // LeNet conv1
-      {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1), 13},   // LeNet conv2
-      {conv_desc(3, 5, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37},      // many images per block
-      {conv_desc(20, 30, 26, 6, 5, 5, 1, 1, 2, 2, 1, 1, 2), 2},    // bands of output rows
-      {conv_desc(16, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2},    // bands, strided, dilated
-      {conv_desc(8, 9, 9, 12, 1, 1, 2, 2, 0, 0, 1, 1, 4), 5},      // 1x1 stride 2
-      {conv_desc(32, 20, 20, 24, 1, 1, 1, 1, 0, 0, 1, 1, 1), 6},   // 1x1, direct
-      {conv_desc(72, 6, 6, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1), 3},      // pointwise
-      {conv_desc(6, 8, 8, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1), 3},       // padding beyond the kernel
-      {conv_desc(12, 9, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1), 17},     // direct backward_data
-      {conv_desc(4, 7, 7, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9},      // blas, many images
-      {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7},  // depthwise
+  const std::string direct = "fwd=direct bwd_data=direct bwd_weights=direct";
+  const std::string direct_small = "fwd=direct bwd_data=small bwd_weights=direct";
+  const std::string blas = "fwd=blas bwd_data=blas bwd_weights=blas";
+  const std::vector<PathCase> cases = {
+      {conv_desc(1, 28, 28, 6, 5, 5, 1, 1, 2, 2, 1, 1, 1), 9, direct_small},    // LeNet conv1
+      {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1), 13, direct_small},  // LeNet conv2
+      {conv_desc(3, 5, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37, direct_small},     // images per block
+      {conv_desc(20, 30, 26, 6, 5, 5, 1, 1, 2, 2, 1, 1, 2), 2, direct},         // two groups
+      {conv_desc(16, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2, blas},  // bands, strided, dilated
+      {conv_desc(8, 9, 9, 12, 1, 1, 2, 2, 0, 0, 1, 1, 4), 5,
+       "fwd=small bwd_data=small bwd_weights=small"},                     // 1x1 stride 2
+      {conv_desc(32, 20, 20, 24, 1, 1, 1, 1, 0, 0, 1, 1, 1), 6, direct},  // 1x1, direct
+      {conv_desc(72, 6, 6, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1), 3,
+       "fwd=pointwise bwd_data=pointwise bwd_weights=pointwise"},     // over 64 channels
+      {conv_desc(8, 8, 8, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1), 3, direct},  // padding beyond the kernel
+      {conv_desc(12, 9, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1), 17, direct_small},  // too much dy border
+      {conv_desc(12, 20, 20, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5, direct},  // direct backward_data
+      {conv_desc(4, 7, 7, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9, blas},      // blas, many images
+      {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7,
+       "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise"},
   };
-  for (const std::string& backend : fast_backends("conv2d")) {
-    for (const auto& [desc, n] : cases) compare_conv(desc, n, backend, rng);
-  }
+  check_paths(cases, rng);
 }
 
 // The depthwise path (one input channel per group, any geometry): stride 1 (the wide tap loops,
@@ -550,19 +578,18 @@ BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
     d.out_w = out_extent_ceil(d.in_w, d.kernel_w, d.stride_w, d.pad_w, d.dilation_w);
     return d;
   };
-  const std::vector<std::pair<Conv2dDesc, int64_t>> cases = {
-      {conv_desc(8, 28, 28, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8), 3},  // MobileNet's 3x3
-      {conv_desc(5, 13, 9, 5, 3, 3, 1, 1, 2, 2, 2, 2, 5), 2},   // dilation 2
-      {conv_desc(4, 10, 12, 8, 3, 3, 1, 1, 1, 1, 1, 1, 4), 2},  // channel multiplier 2
-      {conv_desc(6, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6), 2},  // stride 2
-      {conv_desc(3, 11, 14, 6, 5, 5, 2, 1, 2, 2, 1, 1, 3), 2},  // 5x5, stride (2, 1)
-      {conv_desc(3, 5, 5, 3, 3, 3, 1, 1, 4, 4, 1, 1, 3), 2},    // padding past the kernel
-      {rounded_up(conv_desc(4, 12, 11, 4, 3, 3, 2, 3, 1, 0, 1, 1, 4)), 2},  // rounded up
-      {conv_desc(32, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, 32), 16},          // split over threads
+  const std::string depthwise = "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise";
+  const std::vector<PathCase> cases = {
+      {conv_desc(8, 28, 28, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8), 3, depthwise},  // MobileNet's 3x3
+      {conv_desc(5, 13, 9, 5, 3, 3, 1, 1, 2, 2, 2, 2, 5), 2, depthwise},   // dilation 2
+      {conv_desc(4, 10, 12, 8, 3, 3, 1, 1, 1, 1, 1, 1, 4), 2, depthwise},  // channel multiplier 2
+      {conv_desc(6, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6), 2, depthwise},  // stride 2
+      {conv_desc(3, 11, 14, 6, 5, 5, 2, 1, 2, 2, 1, 1, 3), 2, depthwise},  // 5x5, stride (2, 1)
+      {conv_desc(3, 5, 5, 3, 3, 3, 1, 1, 4, 4, 1, 1, 3), 2, depthwise},  // padding past the kernel
+      {rounded_up(conv_desc(4, 12, 11, 4, 3, 3, 2, 3, 1, 0, 1, 1, 4)), 2, depthwise},  // rounded up
+      {conv_desc(32, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, 32), 16, depthwise},  // split over threads
   };
-  for (const std::string& backend : fast_backends("conv2d")) {
-    for (const auto& [desc, n] : cases) compare_conv(desc, n, backend, rng);
-  }
+  check_paths(cases, rng);
 }
 
 // The Winograd paths, F(2x2, 3x3) and F(4x4, 3x3) (3x3, stride 1, one group, padding <= 2, >= 32
@@ -571,33 +598,44 @@ BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
 // reverse, several tile blocks with a partial last one; and the shapes just outside it (dilation 2,
 // two groups, padding 3, 31 channels), which must still agree through their own paths. Dilated 3x3
 // runs there too, as a batch of polyphase components, when the dilation divides the size and the
-// padding.
+// padding. Where the direct kernels fit (at most 64 channels and filters, a small image) they run
+// forward and often backward_data, and Winograd the weight gradient.
 BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
   std::mt19937 rng(17);
-  const std::vector<std::pair<Conv2dDesc, int64_t>> cases = {
-      {conv_desc(32, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3},   // odd 9x11 output
-      {conv_desc(48, 8, 8, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2},    // no padding: 6x6
-      {conv_desc(32, 7, 6, 36, 3, 3, 1, 1, 2, 2, 1, 1, 1), 2},    // padding 2: 9x8
-      {conv_desc(33, 10, 7, 32, 3, 3, 1, 1, 0, 2, 1, 1, 1), 2},   // unequal padding
-      {conv_desc(32, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5},  // many tile blocks
+  const std::string direct_23 = "fwd=direct bwd_data=winograd23 bwd_weights=winograd23";
+  const std::string direct_direct_23 = "fwd=direct bwd_data=direct bwd_weights=winograd23";
+  const std::string direct_small = "fwd=direct bwd_data=small bwd_weights=direct";
+  const std::vector<PathCase> cases = {
+      {conv_desc(32, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, direct_23},        // odd 9x11 output
+      {conv_desc(48, 8, 8, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2, direct_23},         // no padding: 6x6
+      {conv_desc(32, 7, 6, 36, 3, 3, 1, 1, 2, 2, 1, 1, 1), 2, direct_direct_23},  // padding 2: 9x8
+      {conv_desc(33, 10, 7, 32, 3, 3, 1, 1, 0, 2, 1, 1, 1), 2, direct_23},        // unequal padding
+      {conv_desc(32, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5, direct_direct_23},  // many blocks
+      {conv_desc(72, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // over 64 channels: no direct
       // F(4x4, 3x3) (outputs of at least 16, at most 256 channels plus filters):
-      {conv_desc(32, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3},    // partial 4x4 tiles
-      {conv_desc(48, 18, 18, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2},    // no padding: 16x16
-      {conv_desc(32, 16, 21, 36, 3, 3, 1, 1, 2, 0, 1, 1, 1), 2},    // unequal padding 2 and 0
-      {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2},    // dilation 2: 17x18 phases
-      {conv_desc(128, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2},  // F(4x4) weight gradient too
-      {conv_desc(32, 10, 12, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 3},    // dilation 2: 4 phases
-      {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2},     // dilation 3, unequal padding
-      {conv_desc(32, 8, 8, 32, 3, 3, 1, 1, 4, 4, 2, 2, 1), 2},      // dilation 2, padding 4
-      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2},      // odd size: not winograd
-      {conv_desc(32, 10, 10, 32, 3, 3, 1, 1, 1, 1, 2, 2, 1), 2},    // padding 1: not winograd
-      {conv_desc(64, 9, 9, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2), 2},      // two groups: not winograd
-      {conv_desc(32, 6, 6, 32, 3, 3, 1, 1, 3, 3, 1, 1, 1), 2},      // padding 3: not winograd
-      {conv_desc(31, 9, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2},      // 31 channels: not winograd
+      {conv_desc(32, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, direct_direct_23},  // direct fits
+      {conv_desc(72, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3,
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // partial 4x4 tiles
+      {conv_desc(48, 18, 18, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2,
+       "fwd=direct bwd_data=winograd43 bwd_weights=winograd23"},  // no padding: 16x16
+      {conv_desc(32, 16, 21, 36, 3, 3, 1, 1, 2, 0, 1, 1, 1), 2, direct_direct_23},  // padding 2, 0
+      {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // dilation 2: 17x18 phases
+      {conv_desc(128, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // F(4x4) weight gradient too
+      {conv_desc(32, 10, 12, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 3, direct_23},  // dilation 2: 4 phases
+      {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // dilation 3, unequal pad
+      {conv_desc(32, 8, 8, 32, 3, 3, 1, 1, 4, 4, 2, 2, 1), 2, direct_direct_23},  // dil 2, pad 4
+      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2, direct_small},      // odd size: not
+      {conv_desc(32, 10, 10, 32, 3, 3, 1, 1, 1, 1, 2, 2, 1), 2, direct_small},    // padding 1: not
+      {conv_desc(64, 9, 9, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2), 2, direct_small},      // two groups: not
+      {conv_desc(32, 6, 6, 32, 3, 3, 1, 1, 3, 3, 1, 1, 1), 2,
+       "fwd=direct bwd_data=direct bwd_weights=direct"},  // padding 3: not winograd
+      {conv_desc(31, 9, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2, direct_small},  // 31 channels: not
   };
-  for (const std::string& backend : fast_backends("conv2d")) {
-    for (const auto& [desc, n] : cases) compare_conv(desc, n, backend, rng);
-  }
+  check_paths(cases, rng);
 }
 
 BOOST_AUTO_TEST_CASE(pool2d_random) {
@@ -834,6 +872,40 @@ BOOST_AUTO_TEST_CASE(pick_returns_the_backends_kernel) {
   BOOST_TEST((typeid(fallen_back) == made_by("conv2d", "reference")));
   BOOST_TEST(note.find("no_such_backend") != std::string::npos, "note: " << note);
   BOOST_TEST(note.find("reference") != std::string::npos, "note: " << note);
+}
+
+// Pooling and GEMM name the path they run too (Kernel::implementation()); the reference kernels
+// carry their registered name.
+BOOST_AUTO_TEST_CASE(kernels_name_their_paths) {
+  const auto pool_path = [](const std::string& backend, const Pool2dDesc& d) {
+    return kernel<Pool2dKernel>("pool2d", backend, d)->implementation();
+  };
+  const Pool2dDesc pairs = pool_desc(Mode::kMax, 2, 8, 8, 2, 2, 2, 2, 0, 0, true);
+  BOOST_TEST(pool_path("tbb", pairs) == "pairs2x2");
+  BOOST_TEST(pool_path("tbb", pool_desc(Mode::kAverage, 2, 9, 9, 3, 3, 2, 2, 1, 1, true)) ==
+             "windows");
+  Pool2dDesc dilated = pool_desc(Mode::kMax, 2, 9, 9, 2, 2, 1, 1, 0, 0, true);
+  dilated.dilation_h = dilated.dilation_w = 2;
+  dilated.out_h = dilated.out_w = 7;
+  BOOST_TEST(pool_path("tbb", dilated) == "dilated");
+  BOOST_TEST(pool_path("reference", pairs) == "reference");
+  BOOST_TEST(kernel<GemmKernel>("gemm", "tbb", {})->implementation() == "openblas");
+  BOOST_TEST(kernel<GemmKernel>("gemm", "reference", {})->implementation() == "reference");
+  const Conv2dDesc conv = conv_desc(2, 6, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1);
+  BOOST_TEST(kernel<Conv2dKernel>("conv2d", "reference", conv)->implementation() == "reference");
+  // The registry lists each backend's implementations in the order pick() tries them.
+  BOOST_TEST(
+      registries().kernels.implementations("gemm", "tbb") == std::vector<std::string>{"openblas"},
+      boost::test_tools::per_element());
+  // create() builds one named implementation, refusing a name the backend does not have.
+  BOOST_TEST(
+      registries().kernels.create<GemmKernel>("gemm", "tbb", "openblas", {})->implementation() ==
+      "openblas");
+  const std::string message = strata::test::error_of(
+      [] { registries().kernels.create<GemmKernel>("gemm", "tbb", "mkl", {}); });
+  BOOST_TEST(message.find("backend 'tbb' has no implementation 'mkl' of op 'gemm'; it has: "
+                          "openblas") != std::string::npos,
+             message);
 }
 
 BOOST_AUTO_TEST_CASE(backends_parallel_for) {

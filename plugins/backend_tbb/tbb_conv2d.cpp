@@ -149,7 +149,153 @@ float sum_floats(const float* p, int64_t n) {
 
 int64_t round_up(int64_t a, int64_t multiple) { return ceil_div(a, multiple) * multiple; }
 
+// ---- which implementation fits a descriptor -----------------------------------------------------
+// Each implementation of a pass refuses what it cannot run, or would run badly: these are its
+// supports(). The thresholds are the constants above (measured: docs/performance.md).
+
+int64_t channels_per_group(const Conv2dDesc& d) { return d.in_channels / d.groups; }
+int64_t filters_per_group(const Conv2dDesc& d) { return d.out_channels / d.groups; }
+
+bool depthwise_fits(const Conv2dDesc& d) { return channels_per_group(d) == 1 && d.groups > 1; }
+
+bool pointwise_fits(const Conv2dDesc& d) {
+  return d.kernel_h * d.kernel_w == 1 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 0 &&
+         d.pad_w == 0 && d.out_h == d.in_h && d.out_w == d.in_w;
+}
+
+bool small_fits(const Conv2dDesc& d) {
+  const int64_t rows = channels_per_group(d) * d.kernel_h * d.kernel_w;
+  return filters_per_group(d) <= kSmallMaxFilters &&
+         rows * d.out_h * d.out_w <= kColumnBudgetFloats;
+}
+
+bool blas_fits(const Conv2dDesc&) { return true; }
+
+// Extents of the direct method's padded input and of backward_data's padded dy.
+Extent padded_extent(const Conv2dDesc& d) { return {d.in_h + 2 * d.pad_h, d.in_w + 2 * d.pad_w}; }
+Extent padded_dy_extent(const Conv2dDesc& d) {
+  return {d.in_h + (d.kernel_h - 1) * d.dilation_h, d.in_w + (d.kernel_w - 1) * d.dilation_w};
+}
+
+bool direct_fits(const Conv2dDesc& d) {
+  const Extent padded = padded_extent(d), dy = padded_dy_extent(d);
+  const int64_t cg = channels_per_group(d), kg = filters_per_group(d);
+  return d.stride_h == 1 && d.stride_w == 1 &&
+         d.out_h == padded.h - (d.kernel_h - 1) * d.dilation_h &&
+         d.out_w == padded.w - (d.kernel_w - 1) * d.dilation_w && cg <= kDirectMaxChannels &&
+         kg <= kDirectMaxChannels && cg * padded.h * padded.w <= kDirectBudgetFloats &&
+         kg * dy.h * dy.w <= kDirectBudgetFloats;
+}
+
+// Forward and backward_params compute over the wide output; backward_data over the input's
+// wide rows, reading a dy padded to dy.h x dy.w of which only out_h x out_w is real.
+bool direct_forward_fits(const Conv2dDesc& d) {
+  const double efficiency = static_cast<double>(d.out_w) / static_cast<double>(padded_extent(d).w);
+  return direct_fits(d) && efficiency >= kDirectMinEfficiency;
+}
+
+bool direct_data_fits(const Conv2dDesc& d) {
+  const Extent dy = padded_dy_extent(d);
+  const double efficiency = static_cast<double>(d.in_w) / static_cast<double>(dy.w) *
+                            static_cast<double>(d.out_h * d.out_w) /
+                            static_cast<double>(dy.h * dy.w);
+  return direct_fits(d) && channels_per_group(d) >= direct::kRows &&
+         efficiency >= kDirectMinEfficiency;
+}
+
+// A dilation-D 3x3 convolution is D*D independent dilation-1 ones, on the input's polyphase
+// components (rows and columns of one residue mod D): Winograd runs on those sub-images. D when
+// the descriptor allows that split, else 1.
+int64_t polyphase_factor(const Conv2dDesc& d) {
+  const int64_t dilation = d.dilation_h;
+  const bool polyphase = dilation > 1 && d.dilation_w == dilation && d.pad_h % dilation == 0 &&
+                         d.pad_w % dilation == 0 && d.in_h % dilation == 0 &&
+                         d.in_w % dilation == 0;
+  return polyphase ? dilation : 1;
+}
+
+bool winograd_fits(const Conv2dDesc& d) {
+  const int64_t p = polyphase_factor(d);
+  return d.kernel_h == 3 && d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 &&
+         (p > 1 || (d.dilation_h == 1 && d.dilation_w == 1)) && d.groups == 1 && d.pad_h / p <= 2 &&
+         d.pad_w / p <= 2 && channels_per_group(d) >= kWinogradMinChannels &&
+         filters_per_group(d) >= kWinogradMinChannels;
+}
+
+// F(4x4, 3x3) where its blocks of tiles are wide enough for good matrix products and its 4x4
+// tiles waste little at the edges (measured: docs/performance.md); F(2x2, 3x3) otherwise.
+bool winograd43_fits(const Conv2dDesc& d) {
+  return winograd_fits(d) && d.in_channels + d.out_channels <= kWinograd43MaxChannels &&
+         std::min(d.out_h, d.out_w) / polyphase_factor(d) >= kWinograd43MinOutput;
+}
+
+// The weight gradient's products are (filters x tiles) * (tiles x channels): with F(4x4)'s
+// shorter blocks of tiles they only pay off from 256 channels plus filters.
+bool winograd43_params_fits(const Conv2dDesc& d) {
+  return winograd43_fits(d) && d.in_channels + d.out_channels >= kWinograd43MinParamsChannels;
+}
+
 }  // namespace
+
+// ---- the ordered lists ------------------------------------------------------------------------
+// Each pass takes the first implementation of its list that supports the descriptor (the last,
+// blas, supports everything). Where both apply, the direct kernels beat Winograd at forward and
+// backward_data (small images, at most kDirectMaxChannels), Winograd beats them at
+// backward_params (measured: docs/performance.md).
+
+std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementations() {
+  static const ForwardImplementation list[] = {
+      {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise, &TbbConv2d::depthwise_forward},
+      {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_forward,
+       &TbbConv2d::forward_direct},
+      {"winograd43", winograd43_fits, &TbbConv2d::prepare_winograd_forward<4>,
+       &TbbConv2d::forward_winograd},
+      {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_forward<2>,
+       &TbbConv2d::forward_winograd},
+      {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::forward_pointwise},
+      {"small", small_fits, &TbbConv2d::prepare_small_forward, &TbbConv2d::forward_small},
+      {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::forward_blas},
+  };
+  return list;
+}
+
+std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations() {
+  static const DataImplementation list[] = {
+      {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
+       &TbbConv2d::depthwise_backward_data},
+      {"direct", direct_data_fits, &TbbConv2d::prepare_direct_data, &TbbConv2d::data_direct},
+      {"winograd43", winograd43_fits, &TbbConv2d::prepare_winograd_data<4>,
+       &TbbConv2d::data_winograd},
+      {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_data<2>,
+       &TbbConv2d::data_winograd},
+      {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::data_pointwise},
+      {"small", small_fits, &TbbConv2d::prepare_small_data, &TbbConv2d::data_small},
+      {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::data_blas},
+  };
+  return list;
+}
+
+std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementations() {
+  static const ParamsImplementation list[] = {
+      {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
+       &TbbConv2d::depthwise_backward_params},
+      {"winograd43", winograd43_params_fits, &TbbConv2d::prepare_winograd_params<4>,
+       &TbbConv2d::params_winograd},
+      {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_params<2>,
+       &TbbConv2d::params_winograd},
+      {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_params, &TbbConv2d::params_direct},
+      {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::params_pointwise},
+      {"small", small_fits, &TbbConv2d::prepare_small_params, &TbbConv2d::params_small},
+      {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::params_blas},
+  };
+  return list;
+}
+
+std::string TbbConv2d::implementation() const {
+  if (forward_ == nullptr) return Conv2dKernel::implementation();  // not prepared yet
+  return fmt::format("fwd={} bwd_data={} bwd_weights={}", forward_->name, data_->name,
+                     params_->name);
+}
 
 void TbbConv2d::on_prepare() {
   const Conv2dDesc& d = desc_;
@@ -163,109 +309,27 @@ void TbbConv2d::on_prepare() {
         "pad explicitly and pass symmetric padding",
         d.pad_h, d.pad_bottom(), d.pad_w, d.pad_right());
   }
-  cg_ = d.in_channels / d.groups;
-  kg_ = d.out_channels / d.groups;
+  cg_ = channels_per_group(d);
+  kg_ = filters_per_group(d);
   rows_ = cg_ * d.kernel_h * d.kernel_w;
   in_plane_ = d.in_h * d.in_w;
   out_plane_ = d.out_h * d.out_w;
-  const int64_t taps = d.kernel_h * d.kernel_w;
 
-  padded_h_ = d.in_h + 2 * d.pad_h;
-  padded_w_ = d.in_w + 2 * d.pad_w;
-  dy_h_ = d.in_h + (d.kernel_h - 1) * d.dilation_h;
-  dy_w_ = d.in_w + (d.kernel_w - 1) * d.dilation_w;
+  const Extent padded = padded_extent(d), dy = padded_dy_extent(d);
+  padded_h_ = padded.h;
+  padded_w_ = padded.w;
+  dy_h_ = dy.h;
+  dy_w_ = dy.w;
   dy_top_ = (d.kernel_h - 1) * d.dilation_h - d.pad_h;
   dy_left_ = (d.kernel_w - 1) * d.dilation_w - d.pad_w;
   dy_wide_stride_ = round_up(d.out_h * padded_w_, direct::kVector);
-
-  const bool pointwise = taps == 1 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 0 &&
-                         d.pad_w == 0 && d.out_h == d.in_h && d.out_w == d.in_w;
-  const bool direct = d.stride_h == 1 && d.stride_w == 1 &&
-                      d.out_h == padded_h_ - (d.kernel_h - 1) * d.dilation_h &&
-                      d.out_w == padded_w_ - (d.kernel_w - 1) * d.dilation_w &&
-                      cg_ <= kDirectMaxChannels && kg_ <= kDirectMaxChannels &&
-                      cg_ * padded_h_ * padded_w_ <= kDirectBudgetFloats &&
-                      kg_ * dy_h_ * dy_w_ <= kDirectBudgetFloats;
-  const bool small = kg_ <= kSmallMaxFilters && rows_ * out_plane_ <= kColumnBudgetFloats;
-  const auto fallback = [&] {
-    return pointwise ? Method::kPointwise : small ? Method::kSmall : Method::kBlas;
-  };
-  // Forward and backward_params compute over the wide output; backward_data over the input's
-  // wide rows, reading a dy padded to dy_h_ x dy_w_ of which only out_h x out_w is real.
-  const double forward_efficiency = static_cast<double>(d.out_w) / static_cast<double>(padded_w_);
-  const double data_efficiency = static_cast<double>(d.in_w) / static_cast<double>(dy_w_) *
-                                 static_cast<double>(out_plane_) /
-                                 static_cast<double>(dy_h_ * dy_w_);
-  const bool direct_forward = direct && forward_efficiency >= kDirectMinEfficiency;
-  const bool direct_data =
-      direct && cg_ >= direct::kRows && data_efficiency >= kDirectMinEfficiency;
   padded_stride_ =
       round_up(cg_ * padded_h_ * padded_w_ + kSlackFloats + d.kernel_w * d.dilation_w, 16);
   small_images_ =
       std::clamp<int64_t>(ceil_div(kSmallTargetColumns, out_plane_), 1,
                           kColumnBudgetFloats / std::max<int64_t>(1, rows_ * out_plane_));
   small_stride_ = round_up(small_images_ * out_plane_, direct::kVector);
-  // A dilation-D 3x3 convolution is D*D independent dilation-1 ones, on the input's polyphase
-  // components (rows and columns of one residue mod D): Winograd runs on those sub-images.
-  const int64_t dilation = d.dilation_h;
-  const bool polyphase = dilation > 1 && d.dilation_w == dilation && d.pad_h % dilation == 0 &&
-                         d.pad_w % dilation == 0 && d.in_h % dilation == 0 &&
-                         d.in_w % dilation == 0;
-  phases_ = polyphase ? dilation : 1;
-  const bool winograd = d.kernel_h == 3 && d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 &&
-                        (polyphase || (d.dilation_h == 1 && d.dilation_w == 1)) && d.groups == 1 &&
-                        d.pad_h / phases_ <= 2 && d.pad_w / phases_ <= 2 &&
-                        cg_ >= kWinogradMinChannels && kg_ >= kWinogradMinChannels;
-  if (!winograd) phases_ = 1;
-  const bool depthwise = cg_ == 1 && d.groups > 1;
-  // Where both apply, the direct kernels beat Winograd at forward and backward_data (small
-  // images, at most kDirectMaxChannels), Winograd beats them at backward_params (measured:
-  // docs/performance.md).
-  const auto first = [&](std::initializer_list<std::pair<bool, Method>> choices) {
-    for (const auto& [applies, method] : choices) {
-      if (applies) return method;
-    }
-    return fallback();
-  };
-  forward_plan_ = make_plan(first({{depthwise, Method::kDepthwise},
-                                   {direct_forward, Method::kDirect},
-                                   {winograd, Method::kWinograd}}));
-  data_plan_ = make_plan(first({{depthwise, Method::kDepthwise},
-                                {direct_data, Method::kDirect},
-                                {winograd, Method::kWinograd}}));
-  params_plan_ = make_plan(first({{depthwise, Method::kDepthwise},
-                                  {winograd, Method::kWinograd},
-                                  {direct_forward, Method::kDirect}}));
-  if (params_plan_.method == Method::kDirect) {
-    // Several images per block, so each block's accumulators are reduced once.
-    params_plan_.images = std::clamp<int64_t>(
-        kColumnBudgetFloats / (padded_stride_ + kg_ * dy_wide_stride_), 1, kDirectParamsImages);
-  }
-  if (winograd) {
-    const int64_t p = phases_;
-    // F(4x4, 3x3) where its blocks of tiles are wide enough for good matrix products and its 4x4
-    // tiles waste little at the edges (measured: docs/performance.md); F(2x2, 3x3) otherwise.
-    // tile: forward and backward_data.
-    const int64_t tile = cg_ + kg_ <= kWinograd43MaxChannels &&
-                                 std::min(d.out_h, d.out_w) / p >= kWinograd43MinOutput
-                             ? 4
-                             : 2;
-    winograd_forward_ =
-        winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p, tile);
-    winograd_data_ = winograd::Geometry::make(kg_, cg_, d.out_h / p, d.out_w / p, 2 - d.pad_h / p,
-                                              2 - d.pad_w / p, tile);
-    // The weight gradient's products are (filters x tiles) * (tiles x channels): with F(4x4)'s
-    // shorter blocks of tiles they only pay off from 256 channels plus filters.
-    winograd_params_ =
-        winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p,
-                                 tile == 4 && cg_ + kg_ >= kWinograd43MinParamsChannels ? 4 : 2);
-    winograd_u_forward_.assign(static_cast<std::size_t>(winograd_forward_.elements() * cg_ * kg_),
-                               0.0f);
-    winograd_u_data_.assign(winograd_u_forward_.size(), 0.0f);
-    winograd_du_.assign(
-        static_cast<std::size_t>(allowed_threads()),
-        std::vector<float>(static_cast<std::size_t>(winograd_params_.elements() * cg_ * kg_)));
-  }
+  phases_ = winograd_fits(d) ? polyphase_factor(d) : 1;
 
   col_floats_ = 0;
   gathered_floats_ = 0;
@@ -276,7 +340,9 @@ void TbbConv2d::on_prepare() {
   depthwise_offsets_.clear();
   depthwise_flipped_offsets_.clear();
   small_offsets_.clear();
-  for (const Plan* plan : {&forward_plan_, &data_plan_, &params_plan_}) plan_workspace(*plan);
+  forward_ = choose(forward_implementations(), forward_plan_);
+  data_ = choose(data_implementations(), data_plan_);
+  params_ = choose(params_implementations(), params_plan_);
 
   const int64_t slices = max_slices();
   partial_weight_.assign(static_cast<std::size_t>(slices - 1),
@@ -285,84 +351,75 @@ void TbbConv2d::on_prepare() {
                        std::vector<float>(static_cast<std::size_t>(d.out_channels)));
 }
 
-TbbConv2d::Plan TbbConv2d::make_plan(Method method) const {
-  const Conv2dDesc& d = desc_;
-  Plan plan;
-  plan.method = method;
-  plan.band_rows = d.out_h;
-  if (method == Method::kSmall) {
-    plan.images = small_images_;
-  } else if (method == Method::kBlas) {
-    if (rows_ * out_plane_ <= kColumnBudgetFloats) {
-      plan.images = std::clamp<int64_t>(ceil_div(kTargetColumns, out_plane_), 1,
-                                        kColumnBudgetFloats / (rows_ * out_plane_));
-    } else {  // one image's col matrix does not fit: cut the output into bands of whole rows
-      plan.band_rows = std::clamp<int64_t>(kColumnBudgetFloats / (rows_ * d.out_w), 1, d.out_h);
-    }
+template <class I>
+const I* TbbConv2d::choose(std::span<const I> list, Plan& plan) {
+  for (const I& implementation : list) {
+    if (!implementation.supports(desc_)) continue;
+    plan = Plan{};
+    plan.band_rows = desc_.out_h;
+    (this->*implementation.prepare)(plan);
+    plan.bands = ceil_div(desc_.out_h, plan.band_rows);
+    return &implementation;
   }
-  plan.bands = ceil_div(d.out_h, plan.band_rows);
-  return plan;
+  fail("tbb conv2d: no implementation supports this descriptor");  // (blas supports every one)
 }
 
-// Sizes the per-thread buffers and the tables `plan` needs (called for forward/params and data).
-void TbbConv2d::plan_workspace(const Plan& plan) {
+// ---- preparing: each implementation's plan, workspace and tables -------------------------------
+
+void TbbConv2d::reserve_workspace(int64_t col, int64_t gathered) {
+  col_floats_ = std::max(col_floats_, static_cast<std::size_t>(col));
+  gathered_floats_ = std::max(gathered_floats_, static_cast<std::size_t>(gathered));
+}
+
+void TbbConv2d::prepare_pointwise(Plan&) {}  // the image is the col matrix: no workspace
+
+void TbbConv2d::prepare_blas(Plan& plan) {
   const Conv2dDesc& d = desc_;
-  const int64_t taps = d.kernel_h * d.kernel_w;
-  std::size_t col = 0, gathered = 0;
-  switch (plan.method) {
-    case Method::kPointwise:
-      break;
-    case Method::kDepthwise:
-      // col: the padded input plane; gathered: dx's padded plane or the tap sums, then the wide
-      // output or the dy buffer.
-      col = static_cast<std::size_t>(depthwise::padded_floats(d));
-      gathered = static_cast<std::size_t>(
-          depthwise_wide_offset() + std::max(depthwise::wide_floats(d), depthwise::grad_floats(d)));
-      if (depthwise_offsets_.empty()) {
-        depthwise_offsets_ = depthwise::tap_offsets(d, false);
-        depthwise_flipped_offsets_ = depthwise::tap_offsets(d, true);
-      }
-      break;
-    case Method::kWinograd:
-      // (The largest of the three passes' V and M, or dy's W.)
-      for (const winograd::Geometry* g : {&winograd_forward_, &winograd_data_, &winograd_params_}) {
-        col = std::max(col, static_cast<std::size_t>(
-                                g->elements() *
-                                winograd::plane_stride(std::max(cg_, kg_), winograd_block(*g))));
-      }
-      gathered = col;
-      break;
-    case Method::kBlas: {
-      const int64_t columns = plan.images * plan.band_rows * d.out_w;
-      col = static_cast<std::size_t>(rows_ * columns);
-      gathered = plan.images > 1 ? static_cast<std::size_t>(kg_ * columns) : 0;
-      break;
-    }
-    case Method::kSmall:
-      // Rows of the col matrix and of the gathered dy are small_stride_ apart; the kernels may
-      // read one register block past the last column.
-      col = static_cast<std::size_t>(rows_ * small_stride_ + direct::kColumns);
-      gathered = static_cast<std::size_t>(kg_ * small_stride_ + direct::kColumns);
-      if (small_offsets_.empty()) {
-        for (int64_t p = 0; p < std::max(rows_, kg_); ++p) {
-          small_offsets_.push_back(static_cast<int32_t>(p * small_stride_));
-        }
-      }
-      break;
-    case Method::kDirect: {
-      const int64_t slack = kSlackFloats + d.kernel_w * d.dilation_w;
-      col = static_cast<std::size_t>(
-          std::max(plan.images * padded_stride_, kg_ * dy_h_ * dy_w_ + slack));
-      gathered = static_cast<std::size_t>(std::max({kg_ * d.out_h * padded_w_, cg_ * d.in_h * dy_w_,
-                                                    plan.images * kg_ * dy_wide_stride_}) +
-                                          direct::kColumns);
-      break;
+  if (rows_ * out_plane_ <= kColumnBudgetFloats) {
+    plan.images = std::clamp<int64_t>(ceil_div(kTargetColumns, out_plane_), 1,
+                                      kColumnBudgetFloats / (rows_ * out_plane_));
+  } else {  // one image's col matrix does not fit: cut the output into bands of whole rows
+    plan.band_rows = std::clamp<int64_t>(kColumnBudgetFloats / (rows_ * d.out_w), 1, d.out_h);
+  }
+  const int64_t columns = plan.images * plan.band_rows * d.out_w;
+  reserve_workspace(rows_ * columns, plan.images > 1 ? kg_ * columns : 0);
+}
+
+void TbbConv2d::prepare_small(Plan& plan) {
+  plan.images = small_images_;
+  // Rows of the col matrix and of the gathered dy are small_stride_ apart; the kernels may read
+  // one register block past the last column.
+  reserve_workspace(rows_ * small_stride_ + direct::kColumns,
+                    kg_ * small_stride_ + direct::kColumns);
+  if (small_offsets_.empty()) {
+    for (int64_t p = 0; p < std::max(rows_, kg_); ++p) {
+      small_offsets_.push_back(static_cast<int32_t>(p * small_stride_));
     }
   }
-  col_floats_ = std::max(col_floats_, col);
-  gathered_floats_ = std::max(gathered_floats_, gathered);
+}
 
-  if (&plan == &forward_plan_ && plan.method == Method::kDirect) {
+void TbbConv2d::prepare_small_forward(Plan& plan) {
+  prepare_small(plan);
+  packed_forward_.assign(static_cast<std::size_t>(desc_.groups * direct::packed_size(kg_, rows_)),
+                         0.0f);
+}
+
+void TbbConv2d::prepare_small_data(Plan& plan) {
+  prepare_small(plan);
+  packed_backward_.assign(static_cast<std::size_t>(desc_.groups * direct::packed_size(rows_, kg_)),
+                          0.0f);
+}
+
+void TbbConv2d::prepare_small_params(Plan& plan) { prepare_small(plan); }
+
+void TbbConv2d::prepare_direct(const Plan& plan) {
+  const Conv2dDesc& d = desc_;
+  const int64_t slack = kSlackFloats + d.kernel_w * d.dilation_w;
+  reserve_workspace(std::max(plan.images * padded_stride_, kg_ * dy_h_ * dy_w_ + slack),
+                    std::max({kg_ * d.out_h * padded_w_, cg_ * d.in_h * dy_w_,
+                              plan.images * kg_ * dy_wide_stride_}) +
+                        direct::kColumns);
+  if (forward_offsets_.empty()) {  // the taps in the padded input (forward and backward_params)
     for (int64_t c = 0; c < cg_; ++c) {
       for (int64_t r = 0; r < d.kernel_h; ++r) {
         for (int64_t s = 0; s < d.kernel_w; ++s) {
@@ -372,29 +429,88 @@ void TbbConv2d::plan_workspace(const Plan& plan) {
       }
     }
   }
-  if (&plan == &data_plan_ && plan.method == Method::kDirect) {
-    for (int64_t k = 0; k < kg_; ++k) {
-      for (int64_t r = 0; r < d.kernel_h; ++r) {
-        for (int64_t s = 0; s < d.kernel_w; ++s) {
-          backward_offsets_.push_back(
-              static_cast<int32_t>((k * dy_h_ + r * d.dilation_h) * dy_w_ + s * d.dilation_w));
-        }
+}
+
+void TbbConv2d::prepare_direct_forward(Plan& plan) {
+  prepare_direct(plan);
+  packed_forward_.assign(static_cast<std::size_t>(desc_.groups * direct::packed_size(kg_, rows_)),
+                         0.0f);
+}
+
+void TbbConv2d::prepare_direct_data(Plan& plan) {
+  const Conv2dDesc& d = desc_;
+  const int64_t taps = d.kernel_h * d.kernel_w;
+  prepare_direct(plan);
+  for (int64_t k = 0; k < kg_; ++k) {
+    for (int64_t r = 0; r < d.kernel_h; ++r) {
+      for (int64_t s = 0; s < d.kernel_w; ++s) {
+        backward_offsets_.push_back(
+            static_cast<int32_t>((k * dy_h_ + r * d.dilation_h) * dy_w_ + s * d.dilation_w));
       }
     }
   }
-  if (&plan == &forward_plan_ &&
-      (plan.method == Method::kDirect || plan.method == Method::kSmall)) {
-    packed_forward_.assign(static_cast<std::size_t>(d.groups * direct::packed_size(kg_, rows_)),
-                           0.0f);
+  packed_backward_.assign(static_cast<std::size_t>(d.groups * direct::packed_size(cg_, kg_ * taps)),
+                          0.0f);
+}
+
+void TbbConv2d::prepare_direct_params(Plan& plan) {
+  // Several images per block, so each block's accumulators are reduced once.
+  plan.images = std::clamp<int64_t>(kColumnBudgetFloats / (padded_stride_ + kg_ * dy_wide_stride_),
+                                    1, kDirectParamsImages);
+  prepare_direct(plan);
+}
+
+void TbbConv2d::prepare_depthwise(Plan&) {
+  const Conv2dDesc& d = desc_;
+  // col: the padded input plane; gathered: dx's padded plane or the tap sums, then the wide
+  // output or the dy buffer.
+  reserve_workspace(
+      depthwise::padded_floats(d),
+      depthwise_wide_offset() + std::max(depthwise::wide_floats(d), depthwise::grad_floats(d)));
+  if (depthwise_offsets_.empty()) {
+    depthwise_offsets_ = depthwise::tap_offsets(d, false);
+    depthwise_flipped_offsets_ = depthwise::tap_offsets(d, true);
   }
-  if (&plan == &data_plan_ && plan.method == Method::kDirect) {
-    packed_backward_.assign(
-        static_cast<std::size_t>(d.groups * direct::packed_size(cg_, kg_ * taps)), 0.0f);
-  }
-  if (&plan == &data_plan_ && plan.method == Method::kSmall) {
-    packed_backward_.assign(static_cast<std::size_t>(d.groups * direct::packed_size(rows_, kg_)),
-                            0.0f);
-  }
+}
+
+// Each thread's V and M (or dy's W) for geometry g.
+void TbbConv2d::reserve_winograd(const winograd::Geometry& g) {
+  const int64_t floats =
+      g.elements() * winograd::plane_stride(std::max(cg_, kg_), winograd_block(g));
+  reserve_workspace(floats, floats);
+}
+
+template <int Tile>
+void TbbConv2d::prepare_winograd_forward(Plan&) {
+  const Conv2dDesc& d = desc_;
+  const int64_t p = phases_;
+  winograd_forward_ =
+      winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p, Tile);
+  winograd_u_forward_.assign(static_cast<std::size_t>(winograd_forward_.elements() * cg_ * kg_),
+                             0.0f);
+  reserve_winograd(winograd_forward_);
+}
+
+template <int Tile>
+void TbbConv2d::prepare_winograd_data(Plan&) {
+  const Conv2dDesc& d = desc_;
+  const int64_t p = phases_;
+  winograd_data_ = winograd::Geometry::make(kg_, cg_, d.out_h / p, d.out_w / p, 2 - d.pad_h / p,
+                                            2 - d.pad_w / p, Tile);
+  winograd_u_data_.assign(static_cast<std::size_t>(winograd_data_.elements() * cg_ * kg_), 0.0f);
+  reserve_winograd(winograd_data_);
+}
+
+template <int Tile>
+void TbbConv2d::prepare_winograd_params(Plan&) {
+  const Conv2dDesc& d = desc_;
+  const int64_t p = phases_;
+  winograd_params_ =
+      winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p, Tile);
+  winograd_du_.assign(
+      static_cast<std::size_t>(allowed_threads()),
+      std::vector<float>(static_cast<std::size_t>(winograd_params_.elements() * cg_ * kg_)));
+  reserve_winograd(winograd_params_);
 }
 
 TbbConv2d::Workspace& TbbConv2d::local_workspace() {
@@ -443,6 +559,18 @@ void TbbConv2d::gather_dy(const Block& b, int64_t g, const float* dy, float* gat
   }
 }
 
+// Runs body(block, workspace) over the blocks of `plan`, in parallel.
+template <class Body>
+void TbbConv2d::for_each_block(const Plan& plan, int64_t n_batch, const Body& body) {
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, block_count(plan, n_batch), 1),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      Workspace& ws = local_workspace();
+                      for (int64_t i = range.begin(); i != range.end(); ++i) {
+                        body(block(plan, i, n_batch), ws);
+                      }
+                    });
+}
+
 // ---- forward ----------------------------------------------------------------------------------
 
 void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) {
@@ -453,54 +581,59 @@ void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bia
   const bool has_bias = bias != nullptr && bias->defined();
   if (has_bias) check_shape("bias", *bias, {d.out_channels});
   check_shape("y", y, {n_batch, d.out_channels, d.out_h, d.out_w});
+  (this->*forward_->run)(x.data(), weight.data(), has_bias ? bias->data() : nullptr, y.data(),
+                         n_batch);
+}
 
-  const Plan& plan = forward_plan_;
-  if (plan.method == Method::kDirect || plan.method == Method::kSmall) {
-    const int64_t stride = direct::packed_size(kg_, rows_);
-    for (int64_t g = 0; g < d.groups; ++g) {
-      const float* wg = weight.data() + g * kg_ * rows_;
-      direct::pack_rows(
-          kg_, rows_, [&](int64_t k, int64_t p) { return wg[k * rows_ + p]; },
-          packed_forward_.data() + g * stride);
-    }
+// The weights in the direct::pack_rows layout of the direct and small forward kernels.
+void TbbConv2d::pack_forward_weights(const float* w) {
+  const int64_t stride = direct::packed_size(kg_, rows_);
+  for (int64_t g = 0; g < desc_.groups; ++g) {
+    const float* wg = w + g * kg_ * rows_;
+    direct::pack_rows(
+        kg_, rows_, [&](int64_t k, int64_t p) { return wg[k * rows_ + p]; },
+        packed_forward_.data() + g * stride);
   }
-  const float* bias_data = has_bias ? bias->data() : nullptr;
-  if (plan.method == Method::kDepthwise) {
-    depthwise_forward(x.data(), weight.data(), bias_data, y.data(), n_batch);
-    return;
-  }
-  if (plan.method == Method::kWinograd) {
-    winograd_convolve(winograd_forward_, false, weight.data(), winograd_u_forward_, x.data(),
-                      {d.in_h, d.in_w}, bias_data, y.data(), {d.out_h, d.out_w}, n_batch);
-    return;
-  }
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, block_count(plan, n_batch), 1),
-                    [&](const tbb::blocked_range<int64_t>& range) {
-                      Workspace& ws = local_workspace();
-                      for (int64_t i = range.begin(); i != range.end(); ++i) {
-                        const Block b = block(plan, i, n_batch);
-                        switch (plan.method) {
-                          case Method::kDirect:
-                            direct_forward(b.n0, x.data(), bias_data, y.data(), ws);
-                            break;
-                          case Method::kSmall:
-                            small_forward(b, x.data(), bias_data, y.data(), ws);
-                            break;
-                          case Method::kPointwise:
-                          case Method::kBlas:
-                          case Method::kWinograd:
-                          case Method::kDepthwise:  // (handled above)
-                            blas_forward(b, x.data(), weight.data(), bias_data, y.data(), ws);
-                            break;
-                        }
-                      }
-                    });
+}
+
+void TbbConv2d::forward_direct(const float* x, const float* w, const float* bias, float* y,
+                               int64_t n_batch) {
+  pack_forward_weights(w);
+  for_each_block(forward_plan_, n_batch,
+                 [&](const Block& b, Workspace& ws) { direct_forward(b.n0, x, bias, y, ws); });
+}
+
+void TbbConv2d::forward_small(const float* x, const float* w, const float* bias, float* y,
+                              int64_t n_batch) {
+  pack_forward_weights(w);
+  for_each_block(forward_plan_, n_batch,
+                 [&](const Block& b, Workspace& ws) { small_forward(b, x, bias, y, ws); });
+}
+
+void TbbConv2d::forward_pointwise(const float* x, const float* w, const float* bias, float* y,
+                                  int64_t n_batch) {
+  for_each_block(forward_plan_, n_batch, [&](const Block& b, Workspace& ws) {
+    blas_forward(b, x, w, bias, y, ws, /*pointwise=*/true);
+  });
+}
+
+void TbbConv2d::forward_blas(const float* x, const float* w, const float* bias, float* y,
+                             int64_t n_batch) {
+  for_each_block(forward_plan_, n_batch, [&](const Block& b, Workspace& ws) {
+    blas_forward(b, x, w, bias, y, ws, /*pointwise=*/false);
+  });
+}
+
+void TbbConv2d::forward_winograd(const float* x, const float* w, const float* bias, float* y,
+                                 int64_t n_batch) {
+  const Conv2dDesc& d = desc_;
+  winograd_convolve(winograd_forward_, false, w, winograd_u_forward_, x, {d.in_h, d.in_w}, bias, y,
+                    {d.out_h, d.out_w}, n_batch);
 }
 
 void TbbConv2d::blas_forward(const Block& b, const float* x, const float* w, const float* bias,
-                             float* y, Workspace& ws) const {
+                             float* y, Workspace& ws, bool pointwise) const {
   const Conv2dDesc& d = desc_;
-  const bool pointwise = forward_plan_.method == Method::kPointwise;
   const int64_t cols = b.columns(d.out_w);
   for (int64_t g = 0; g < d.groups; ++g) {
     const float* wg = w + g * kg_ * rows_;
@@ -575,75 +708,83 @@ void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx
   check_shape("dy", dy, {n_batch, d.out_channels, d.out_h, d.out_w});
   check_shape("weight", weight, {d.out_channels, cg_, d.kernel_h, d.kernel_w});
   check_shape("dx", dx, {n_batch, d.in_channels, d.in_h, d.in_w});
+  (this->*data_->run)(dy.data(), weight.data(), dx.data(), n_batch);
+}
 
+// Runs body(block, workspace) over data_plan_'s blocks. Bands of one image overlap in dx, so one
+// task owns each unit of whole images; `zero`: clear the unit's dx first (col2im adds).
+template <class Body>
+void TbbConv2d::for_each_data_unit(float* dx, int64_t n_batch, bool zero, const Body& body) {
   const Plan& plan = data_plan_;
-  const int64_t taps = d.kernel_h * d.kernel_w;
-  if (plan.method == Method::kDirect) {
-    // dx = full correlation of dy with the flipped kernel, channels and filters swapped:
-    // A[c][(k, t)] = w[k][c][taps - 1 - t] over the kernel's taps t.
-    const int64_t stride = direct::packed_size(cg_, kg_ * taps);
-    for (int64_t g = 0; g < d.groups; ++g) {
-      const float* wg = weight.data() + g * kg_ * rows_;
-      direct::pack_rows(
-          cg_, kg_ * taps,
-          [&](int64_t c, int64_t p) {
-            return wg[(p / taps) * rows_ + c * taps + (taps - 1 - p % taps)];
-          },
-          packed_backward_.data() + g * stride);
-    }
-  } else if (plan.method == Method::kSmall) {
-    // dcol = W^T dy: A[p][k] = w[k][p].
-    const int64_t stride = direct::packed_size(rows_, kg_);
-    for (int64_t g = 0; g < d.groups; ++g) {
-      const float* wg = weight.data() + g * kg_ * rows_;
-      direct::pack_rows(
-          rows_, kg_, [&](int64_t p, int64_t k) { return wg[k * rows_ + p]; },
-          packed_backward_.data() + g * stride);
-    }
+  const int64_t image_floats = desc_.in_channels * in_plane_;
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, ceil_div(n_batch, plan.images), 1),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      Workspace& ws = local_workspace();
+                      for (int64_t unit = range.begin(); unit != range.end(); ++unit) {
+                        const Block first = block(plan, unit * plan.bands, n_batch);
+                        if (zero) {
+                          std::fill_n(dx + first.n0 * image_floats, first.images * image_floats,
+                                      0.0f);
+                        }
+                        for (int64_t band = 0; band < plan.bands; ++band) {
+                          body(block(plan, unit * plan.bands + band, n_batch), ws);
+                        }
+                      }
+                    });
+}
+
+void TbbConv2d::data_direct(const float* dy, const float* w, float* dx, int64_t n_batch) {
+  // dx = full correlation of dy with the flipped kernel, channels and filters swapped:
+  // A[c][(k, t)] = w[k][c][taps - 1 - t] over the kernel's taps t.
+  const int64_t taps = desc_.kernel_h * desc_.kernel_w;
+  const int64_t stride = direct::packed_size(cg_, kg_ * taps);
+  for (int64_t g = 0; g < desc_.groups; ++g) {
+    const float* wg = w + g * kg_ * rows_;
+    direct::pack_rows(
+        cg_, kg_ * taps,
+        [&](int64_t c, int64_t p) {
+          return wg[(p / taps) * rows_ + c * taps + (taps - 1 - p % taps)];
+        },
+        packed_backward_.data() + g * stride);
   }
-  if (plan.method == Method::kDepthwise) {
-    depthwise_backward_data(dy.data(), weight.data(), dx.data(), n_batch);
-    return;
+  for_each_data_unit(dx, n_batch, false, [&](const Block& b, Workspace& ws) {
+    direct_backward_data(b.n0, dy, dx, ws);
+  });
+}
+
+void TbbConv2d::data_small(const float* dy, const float* w, float* dx, int64_t n_batch) {
+  // dcol = W^T dy: A[p][k] = w[k][p].
+  const int64_t stride = direct::packed_size(rows_, kg_);
+  for (int64_t g = 0; g < desc_.groups; ++g) {
+    const float* wg = w + g * kg_ * rows_;
+    direct::pack_rows(
+        rows_, kg_, [&](int64_t p, int64_t k) { return wg[k * rows_ + p]; },
+        packed_backward_.data() + g * stride);
   }
-  if (plan.method == Method::kWinograd) {
-    winograd_convolve(winograd_data_, true, weight.data(), winograd_u_data_, dy.data(),
-                      {d.out_h, d.out_w}, nullptr, dx.data(), {d.in_h, d.in_w}, n_batch);
-    return;
-  }
-  // Bands of one image overlap in dx, so one task owns each unit of whole images.
-  const int64_t units = ceil_div(n_batch, plan.images);
-  tbb::parallel_for(
-      tbb::blocked_range<int64_t>(0, units, 1), [&](const tbb::blocked_range<int64_t>& range) {
-        Workspace& ws = local_workspace();
-        for (int64_t unit = range.begin(); unit != range.end(); ++unit) {
-          const Block first = block(plan, unit * plan.bands, n_batch);
-          if (plan.method == Method::kBlas || plan.method == Method::kSmall) {  // col2im adds
-            std::fill_n(dx.data() + first.n0 * d.in_channels * in_plane_,
-                        first.images * d.in_channels * in_plane_, 0.0f);
-          }
-          for (int64_t band = 0; band < plan.bands; ++band) {
-            const Block b = block(plan, unit * plan.bands + band, n_batch);
-            switch (plan.method) {
-              case Method::kDirect:
-                direct_backward_data(b.n0, dy.data(), dx.data(), ws);
-                break;
-              case Method::kSmall:
-                small_backward_data(b, dy.data(), dx.data(), ws);
-                break;
-              case Method::kPointwise:
-              case Method::kBlas:
-              case Method::kWinograd:
-              case Method::kDepthwise:  // (handled above)
-                blas_backward_data(b, dy.data(), weight.data(), dx.data(), ws);
-                break;
-            }
-          }
-        }
-      });
+  for_each_data_unit(dx, n_batch, true,
+                     [&](const Block& b, Workspace& ws) { small_backward_data(b, dy, dx, ws); });
+}
+
+void TbbConv2d::data_pointwise(const float* dy, const float* w, float* dx, int64_t n_batch) {
+  for_each_data_unit(dx, n_batch, false, [&](const Block& b, Workspace& ws) {
+    blas_backward_data(b, dy, w, dx, ws, /*pointwise=*/true);
+  });
+}
+
+void TbbConv2d::data_blas(const float* dy, const float* w, float* dx, int64_t n_batch) {
+  for_each_data_unit(dx, n_batch, true, [&](const Block& b, Workspace& ws) {
+    blas_backward_data(b, dy, w, dx, ws, /*pointwise=*/false);
+  });
+}
+
+void TbbConv2d::data_winograd(const float* dy, const float* w, float* dx, int64_t n_batch) {
+  const Conv2dDesc& d = desc_;
+  winograd_convolve(winograd_data_, true, w, winograd_u_data_, dy, {d.out_h, d.out_w}, nullptr, dx,
+                    {d.in_h, d.in_w}, n_batch);
 }
 
 void TbbConv2d::blas_backward_data(const Block& b, const float* dy, const float* w, float* dx,
-                                   Workspace& ws) const {
+                                   Workspace& ws, bool pointwise) const {
   const Conv2dDesc& d = desc_;
   const int64_t cols = b.columns(d.out_w);
   for (int64_t g = 0; g < d.groups; ++g) {
@@ -652,7 +793,7 @@ void TbbConv2d::blas_backward_data(const Block& b, const float* dy, const float*
       const int64_t n = b.n0;
       const float* dyg = dy + (n * d.out_channels + g * kg_) * out_plane_ + b.oh0 * d.out_w;
       float* dxg = dx + (n * d.in_channels + g * cg_) * in_plane_;
-      if (data_plan_.method == Method::kPointwise) {  // dx is the col matrix: write it directly
+      if (pointwise) {  // dx is the col matrix: write it directly
         sgemm(true, false, cg_, cols, kg_, 1.0f, wg, rows_, dyg, out_plane_, 0.0f, dxg, in_plane_);
         continue;
       }
@@ -708,41 +849,75 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
     check_shape("dweight", dweight, {d.out_channels, cg_, d.kernel_h, d.kernel_w});
   }
   if (want_bias) check_shape("dbias", *dbias, {d.out_channels});
+  (this->*params_->run)(want_weight ? x.data() : nullptr, dy.data(),
+                        want_weight ? dweight.data() : nullptr, want_bias ? dbias->data() : nullptr,
+                        n_batch);
+}
 
-  const Plan& plan = params_plan_;
-  if (plan.method == Method::kDepthwise) {
-    depthwise_backward_params(want_weight ? x.data() : nullptr, dy.data(),
-                              want_weight ? dweight.data() : nullptr,
-                              want_bias ? dbias->data() : nullptr, n_batch);
-    return;
+void TbbConv2d::params_winograd(const float* x, const float* dy, float* dweight, float* dbias,
+                                int64_t n_batch) {
+  const Conv2dDesc& d = desc_;
+  if (dweight != nullptr && phases_ > 1) {
+    float* x_phases = grow(phase_a_, n_batch * d.in_channels * in_plane_);
+    float* dy_phases = grow(phase_b_, n_batch * d.out_channels * out_plane_);
+    split_phases(x, n_batch, d.in_channels, {d.in_h, d.in_w}, x_phases);
+    split_phases(dy, n_batch, d.out_channels, {d.out_h, d.out_w}, dy_phases);
+    winograd_backward_weight(x_phases, dy_phases, dweight, n_batch * phases_ * phases_);
+  } else if (dweight != nullptr) {
+    winograd_backward_weight(x, dy, dweight, n_batch);
   }
-  if (plan.method == Method::kWinograd) {
-    if (want_weight && phases_ > 1) {
-      float* x_phases = grow(phase_a_, x.numel());
-      float* dy_phases = grow(phase_b_, dy.numel());
-      split_phases(x.data(), n_batch, d.in_channels, {d.in_h, d.in_w}, x_phases);
-      split_phases(dy.data(), n_batch, d.out_channels, {d.out_h, d.out_w}, dy_phases);
-      winograd_backward_weight(x_phases, dy_phases, dweight.data(), n_batch * phases_ * phases_);
-    } else if (want_weight) {
-      winograd_backward_weight(x.data(), dy.data(), dweight.data(), n_batch);
-    }
-    if (want_bias) {  // one task per filter: each sum runs in a fixed order
-      tbb::parallel_for(tbb::blocked_range<int64_t>(0, d.out_channels, 8),
-                        [&](const tbb::blocked_range<int64_t>& range) {
-                          for (int64_t k = range.begin(); k != range.end(); ++k) {
-                            float total = 0.0f;
-                            for (int64_t n = 0; n < n_batch; ++n) {
-                              total += sum_floats(dy.data() + (n * d.out_channels + k) * out_plane_,
-                                                  out_plane_);
-                            }
-                            dbias->data()[k] = total;
+  if (dbias != nullptr) {  // one task per filter: each sum runs in a fixed order
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, d.out_channels, 8),
+                      [&](const tbb::blocked_range<int64_t>& range) {
+                        for (int64_t k = range.begin(); k != range.end(); ++k) {
+                          float total = 0.0f;
+                          for (int64_t n = 0; n < n_batch; ++n) {
+                            total +=
+                                sum_floats(dy + (n * d.out_channels + k) * out_plane_, out_plane_);
                           }
-                        });
-    }
-    return;
+                          dbias[k] = total;
+                        }
+                      });
   }
-  // Contiguous slices of blocks, each with its own partial sums; slice 0 accumulates into dweight
-  // itself.
+}
+
+void TbbConv2d::params_direct(const float* x, const float* dy, float* dweight, float* dbias,
+                              int64_t n_batch) {
+  params_by_slices(dy, dweight, dbias, n_batch, [&](const Block& b, float* dw, Workspace& ws) {
+    direct_backward_params(b, x, dy, dw, ws);
+  });
+}
+
+void TbbConv2d::params_small(const float* x, const float* dy, float* dweight, float* dbias,
+                             int64_t n_batch) {
+  params_by_slices(dy, dweight, dbias, n_batch, [&](const Block& b, float* dw, Workspace& ws) {
+    small_backward_params(b, x, dy, dw, ws);
+  });
+}
+
+void TbbConv2d::params_pointwise(const float* x, const float* dy, float* dweight, float* dbias,
+                                 int64_t n_batch) {
+  params_by_slices(dy, dweight, dbias, n_batch, [&](const Block& b, float* dw, Workspace& ws) {
+    blas_backward_params(b, x, dy, dw, ws, /*pointwise=*/true);
+  });
+}
+
+void TbbConv2d::params_blas(const float* x, const float* dy, float* dweight, float* dbias,
+                            int64_t n_batch) {
+  params_by_slices(dy, dweight, dbias, n_batch, [&](const Block& b, float* dw, Workspace& ws) {
+    blas_backward_params(b, x, dy, dw, ws, /*pointwise=*/false);
+  });
+}
+
+// params_plan_'s blocks in contiguous slices, each with its own partial sums; slice 0 accumulates
+// into dweight itself. weight_block(block, dw, workspace) adds one block's weight gradient to dw.
+// Either gradient may be null (not wanted).
+template <class WeightBlock>
+void TbbConv2d::params_by_slices(const float* dy, float* dweight, float* dbias, int64_t n_batch,
+                                 const WeightBlock& weight_block) {
+  const Conv2dDesc& d = desc_;
+  const Plan& plan = params_plan_;
+  const bool want_weight = dweight != nullptr, want_bias = dbias != nullptr;
   const int64_t blocks = block_count(plan, n_batch);
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(blocks, max_slices()));
   const int64_t weight_floats = d.out_channels * rows_;
@@ -760,35 +935,19 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
       [&](const tbb::blocked_range<int64_t>& range) {
         Workspace& ws = local_workspace();
         for (int64_t slice = range.begin(); slice != range.end(); ++slice) {
-          float* dw = slice == 0 ? dweight.data() : partial_weight_[slice - 1].data();
+          float* dw = slice == 0 ? dweight : partial_weight_[slice - 1].data();
           float* db = partial_bias_[slice].data();
           if (want_weight) std::fill_n(dw, weight_floats, 0.0f);
           std::fill_n(db, d.out_channels, 0.0f);
           const int64_t first = slice * blocks / slices, last = (slice + 1) * blocks / slices;
           for (int64_t i = first; i < last; ++i) {
             const Block b = block(plan, i, n_batch);
-            if (want_weight) {
-              switch (plan.method) {
-                case Method::kDirect:
-                  direct_backward_params(b, x.data(), dy.data(), dw, ws);
-                  break;
-                case Method::kSmall:
-                  small_backward_params(b, x.data(), dy.data(), dw, ws);
-                  break;
-                case Method::kPointwise:
-                case Method::kBlas:
-                case Method::kWinograd:  // (handled above)
-                case Method::kDepthwise:
-                  blas_backward_params(b, x.data(), dy.data(), dw, ws);
-                  break;
-              }
-            }
+            if (want_weight) weight_block(b, dw, ws);
             if (want_bias) {
               for (int64_t n = b.n0; n < b.n0 + b.images; ++n) {
                 for (int64_t k = 0; k < d.out_channels; ++k) {
-                  db[k] += sum_floats(
-                      dy.data() + (n * d.out_channels + k) * out_plane_ + b.oh0 * d.out_w,
-                      (b.oh1 - b.oh0) * d.out_w);
+                  db[k] += sum_floats(dy + (n * d.out_channels + k) * out_plane_ + b.oh0 * d.out_w,
+                                      (b.oh1 - b.oh0) * d.out_w);
                 }
               }
             }
@@ -801,10 +960,11 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
   if (want_weight && slices > 1) {
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, weight_floats, 4096),
                       [&](const tbb::blocked_range<int64_t>& range) {
-                        float* out = dweight.data();
                         for (int64_t s = 1; s < slices; ++s) {
                           const float* part = partial_weight_[s - 1].data();
-                          for (int64_t i = range.begin(); i != range.end(); ++i) out[i] += part[i];
+                          for (int64_t i = range.begin(); i != range.end(); ++i) {
+                            dweight[i] += part[i];
+                          }
                         }
                       });
   }
@@ -812,13 +972,13 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
     for (int64_t k = 0; k < d.out_channels; ++k) {
       float total = 0.0f;
       for (int64_t s = 0; s < slices; ++s) total += partial_bias_[s][k];
-      dbias->data()[k] = total;
+      dbias[k] = total;
     }
   }
 }
 
 void TbbConv2d::blas_backward_params(const Block& b, const float* x, const float* dy, float* dw,
-                                     Workspace& ws) const {
+                                     Workspace& ws, bool pointwise) const {
   const Conv2dDesc& d = desc_;
   const int64_t cols = b.columns(d.out_w);
   for (int64_t g = 0; g < d.groups; ++g) {
@@ -829,7 +989,7 @@ void TbbConv2d::blas_backward_params(const Block& b, const float* x, const float
       const float* xg = x + (n * d.in_channels + g * cg_) * in_plane_;
       const float* col = xg;
       int64_t ld = in_plane_;
-      if (params_plan_.method != Method::kPointwise) {
+      if (!pointwise) {
         im2col(d, cg_, xg, b.oh0, b.oh1, ws.col.data(), cols);
         col = ws.col.data();
         ld = cols;

@@ -26,6 +26,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -57,10 +59,14 @@ class TbbBackend : public Backend {
   std::unique_ptr<tbb::global_control> control_;
 };
 
-// Convolution, parallel over blocks of images. Each of the three entry points picks one of six
-// methods in on_prepare() (so forward may be direct while backward_data is not), the first that
-// applies in the order depthwise, direct, winograd (backward_params: depthwise, winograd,
-// direct), then small, pointwise, blas:
+// Convolution, parallel over blocks of images. Each pass (forward, backward_data, backward_params)
+// has its own ordered list of named implementations (tbb_conv2d.cpp: forward_implementations()
+// and the two after it), in the style of oneDNN's implementation lists: on_prepare() takes, per
+// pass, the first whose supports(desc) holds, so forward may be direct while backward_data is
+// not. implementation() names the three: "fwd=direct bwd_data=small bwd_weights=winograd23".
+//   forward, backward_data: depthwise, direct, winograd43, winograd23, pointwise, small, blas
+//   backward_params:        depthwise, winograd43, winograd23, direct, pointwise, small, blas
+// The methods:
 //   - depthwise: one input channel per group (depthwise convolution, or a channel multiplier),
 //     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp). forward and
 //     backward_data are parallel over planes; backward_params over groups, each filter's sum in
@@ -69,11 +75,11 @@ class TbbBackend : public Backend {
 //     kernels (direct_conv.hpp) read the zero-padded image in place: no im2col, no GEMM packing.
 //     backward_data runs the same kernel on the padded dy with flipped, transposed weights.
 //     Preferred to winograd for forward and backward_data where both apply.
-//   - winograd: 3x3, stride 1, one group, padding at most 2, at least kWinogradMinChannels
-//     channels and filters: F(4x4, 3x3) (winograd43.cpp) or F(2x2, 3x3) (winograd.hpp) over
-//     blocks of tiles of the whole batch. F(4x4) where channels plus filters are at most
-//     kWinograd43MaxChannels and the output is at least kWinograd43MinOutput wide and high; the
-//     weight gradient uses F(4x4) only when, besides, channels plus filters are at least
+//   - winograd43, winograd23: F(4x4, 3x3) (winograd43.cpp) or F(2x2, 3x3) (winograd.hpp) over
+//     blocks of tiles of the whole batch, for 3x3, stride 1, one group, padding at most 2, at
+//     least kWinogradMinChannels channels and filters. F(4x4) where channels plus filters are at
+//     most kWinograd43MaxChannels and the output is at least kWinograd43MinOutput wide and high;
+//     the weight gradient uses F(4x4) only when, besides, channels plus filters are at least
 //     kWinograd43MinParamsChannels (with the bound above: exactly 256), else F(2x2). Each thread
 //     owns a contiguous range of tile blocks and a transformed-gradient buffer of
 //     (tile + 2)^2 * K * C floats (16 or 36 per filter and channel), reduced in order
@@ -102,6 +108,8 @@ class TbbConv2d : public Conv2dKernel {
   void forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) override;
   void backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) override;
   void backward_params(const Tensor& x, const Tensor& dy, Tensor& dweight, Tensor* dbias) override;
+  // "fwd=<name> bwd_data=<name> bwd_weights=<name>", once prepared.
+  std::string implementation() const override;
 
   struct Workspace {
     std::vector<float> col;       // col matrix, or the padded image (direct)
@@ -112,31 +120,108 @@ class TbbConv2d : public Conv2dKernel {
   void on_prepare() override;
 
  private:
-  enum class Method { kDirect, kSmall, kPointwise, kBlas, kWinograd, kDepthwise };
-  // How one entry point walks the batch: blocks of `images` whole images, or bands of
+  // How a blocked implementation walks the batch: blocks of `images` whole images, or bands of
   // `band_rows` output rows of one image (blas only, when one image's col matrix is too big).
   struct Plan {
-    Method method = Method::kBlas;
     int64_t images = 1, band_rows = 0, bands = 1;
   };
+  // One implementation of one pass: its name, whether it can run a descriptor, prepare (sets
+  // the plan's images and band_rows, sizes the workspace, builds tables; called once, from
+  // on_prepare()) and the pass's entry point. Null gradient pointers are skipped.
+  template <class Run>
+  struct Implementation {
+    std::string_view name;
+    bool (*supports)(const Conv2dDesc&);
+    void (TbbConv2d::*prepare)(Plan& plan);
+    Run run;
+  };
+  using ForwardImplementation = Implementation<void (TbbConv2d::*)(
+      const float* x, const float* w, const float* bias, float* y, int64_t n_batch)>;
+  using DataImplementation = Implementation<void (TbbConv2d::*)(const float* dy, const float* w,
+                                                                float* dx, int64_t n_batch)>;
+  using ParamsImplementation = Implementation<void (TbbConv2d::*)(
+      const float* x, const float* dy, float* dweight, float* dbias, int64_t n_batch)>;
+  // The ordered lists, tried first to last.
+  static std::span<const ForwardImplementation> forward_implementations();
+  static std::span<const DataImplementation> data_implementations();
+  static std::span<const ParamsImplementation> params_implementations();
+  // The first of `list` that supports desc_, prepared, with its plan.
+  template <class I>
+  const I* choose(std::span<const I> list, Plan& plan);
+
   // A unit of work: images [n0, n0 + images) x output rows [oh0, oh1).
   struct Block {
     int64_t n0, images, oh0, oh1;
     int64_t columns(int64_t out_w) const { return images * (oh1 - oh0) * out_w; }
   };
-  Plan make_plan(Method method) const;
-  void plan_workspace(const Plan& plan);
   int64_t block_count(const Plan& plan, int64_t n_batch) const;
   Block block(const Plan& plan, int64_t index, int64_t n_batch) const;
+  template <class Body>
+  void for_each_block(const Plan& plan, int64_t n_batch, const Body& body);
+  template <class Body>
+  void for_each_data_unit(float* dx, int64_t n_batch, bool zero, const Body& body);
+  template <class WeightBlock>
+  void params_by_slices(const float* dy, float* dweight, float* dbias, int64_t n_batch,
+                        const WeightBlock& weight_block);
   Workspace& local_workspace();
   int64_t max_slices() const;  // of backward_params
 
+  // prepare: per implementation (and pass, where they differ).
+  void reserve_workspace(int64_t col, int64_t gathered);  // per thread, at least
+  void prepare_pointwise(Plan& plan);
+  void prepare_blas(Plan& plan);
+  void prepare_small(Plan& plan);
+  void prepare_small_forward(Plan& plan);
+  void prepare_small_data(Plan& plan);
+  void prepare_small_params(Plan& plan);
+  void prepare_direct(const Plan& plan);
+  void prepare_direct_forward(Plan& plan);
+  void prepare_direct_data(Plan& plan);
+  void prepare_direct_params(Plan& plan);
+  void prepare_depthwise(Plan& plan);
+  void reserve_winograd(const winograd::Geometry& g);
+  template <int Tile>
+  void prepare_winograd_forward(Plan& plan);
+  template <int Tile>
+  void prepare_winograd_data(Plan& plan);
+  template <int Tile>
+  void prepare_winograd_params(Plan& plan);
+
+  // The passes' entry points (Implementation::run).
+  void forward_direct(const float* x, const float* w, const float* bias, float* y, int64_t n_batch);
+  void forward_small(const float* x, const float* w, const float* bias, float* y, int64_t n_batch);
+  void forward_pointwise(const float* x, const float* w, const float* bias, float* y,
+                         int64_t n_batch);
+  void forward_blas(const float* x, const float* w, const float* bias, float* y, int64_t n_batch);
+  void forward_winograd(const float* x, const float* w, const float* bias, float* y,
+                        int64_t n_batch);
+  void depthwise_forward(const float* x, const float* w, const float* bias, float* y,
+                         int64_t n_batch);
+  void data_direct(const float* dy, const float* w, float* dx, int64_t n_batch);
+  void data_small(const float* dy, const float* w, float* dx, int64_t n_batch);
+  void data_pointwise(const float* dy, const float* w, float* dx, int64_t n_batch);
+  void data_blas(const float* dy, const float* w, float* dx, int64_t n_batch);
+  void data_winograd(const float* dy, const float* w, float* dx, int64_t n_batch);
+  void depthwise_backward_data(const float* dy, const float* w, float* dx, int64_t n_batch);
+  void params_direct(const float* x, const float* dy, float* dweight, float* dbias,
+                     int64_t n_batch);
+  void params_small(const float* x, const float* dy, float* dweight, float* dbias, int64_t n_batch);
+  void params_pointwise(const float* x, const float* dy, float* dweight, float* dbias,
+                        int64_t n_batch);
+  void params_blas(const float* x, const float* dy, float* dweight, float* dbias, int64_t n_batch);
+  void params_winograd(const float* x, const float* dy, float* dweight, float* dbias,
+                       int64_t n_batch);
+  void depthwise_backward_params(const float* x, const float* dy, float* dw, float* db,
+                                 int64_t n_batch);
+
+  // One block's work (pointwise: the image itself is the col matrix).
+  void pack_forward_weights(const float* w);
   void blas_forward(const Block& b, const float* x, const float* w, const float* bias, float* y,
-                    Workspace& ws) const;
-  void blas_backward_data(const Block& b, const float* dy, const float* w, float* dx,
-                          Workspace& ws) const;
+                    Workspace& ws, bool pointwise) const;
+  void blas_backward_data(const Block& b, const float* dy, const float* w, float* dx, Workspace& ws,
+                          bool pointwise) const;
   void blas_backward_params(const Block& b, const float* x, const float* dy, float* dw,
-                            Workspace& ws) const;
+                            Workspace& ws, bool pointwise) const;
   void small_forward(const Block& b, const float* x, const float* bias, float* y,
                      Workspace& ws) const;
   void small_backward_data(const Block& b, const float* dy, float* dx, Workspace& ws) const;
@@ -166,17 +251,16 @@ class TbbConv2d : public Conv2dKernel {
   // Tiles per task for geometry g: its V and M within kWinogradBudgetFloats.
   int64_t winograd_block(const winograd::Geometry& g) const;  // to at least `floats`
   void gather_dy(const Block& b, int64_t g, const float* dy, float* gathered) const;
-  void depthwise_forward(const float* x, const float* w, const float* bias, float* y,
-                         int64_t n_batch);
-  void depthwise_backward_data(const float* dy, const float* w, float* dx, int64_t n_batch);
-  void depthwise_backward_params(const float* x, const float* dy, float* dw, float* db,
-                                 int64_t n_batch);
   int64_t depthwise_grain() const;        // input planes per task
   int64_t depthwise_wide_offset() const;  // of the wide scratch in Workspace::gathered
 
   int64_t cg_ = 0, kg_ = 0;  // channels and filters per group
   int64_t rows_ = 0;         // cg * R * S: taps of one group
   int64_t in_plane_ = 0, out_plane_ = 0;
+  // The implementation each pass runs, and how it walks the batch.
+  const ForwardImplementation* forward_ = nullptr;
+  const DataImplementation* data_ = nullptr;
+  const ParamsImplementation* params_ = nullptr;
   Plan forward_plan_, data_plan_, params_plan_;
   std::size_t col_floats_ = 0, gathered_floats_ = 0;
   std::vector<std::vector<float>> partial_weight_;  // slices 1.. of backward_params
@@ -210,10 +294,14 @@ class TbbConv2d : public Conv2dKernel {
 // (first maximum in row-major order, NaN wins; PyTorch's divisors, with the end padding and the
 // windows of ceil rounding clipped as PyTorch clips them). Dilated max pooling takes a plain
 // scalar loop over the taps (dilated_forward_plane); undilated pooling keeps its fast paths.
+// implementation(), once prepared, names the path: "dilated"; "pairs2x2" (2x2 windows, stride 2:
+// a vectorized loop over the windows that lie fully inside the input, the tabulated loop at the
+// edges); or "windows" (the tabulated window loop, every other undilated window).
 class TbbPool2d : public Pool2dKernel {
  public:
   void forward(const Tensor& x, Tensor& y) override;
   void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) override;
+  std::string implementation() const override;
 
  protected:
   void on_prepare() override;
@@ -240,7 +328,8 @@ class TbbPool2d : public Pool2dKernel {
 };
 
 // cblas_sgemm, split over rows of C (or columns, when C is short and wide) across TBB tasks when
-// the product has at least kParallelGemmMacs multiply-adds.
+// the product has at least kParallelGemmMacs multiply-adds. Registered as the implementation
+// "openblas" (the split is chosen per call, not per descriptor).
 class TbbGemm : public GemmKernel {
  public:
   void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,

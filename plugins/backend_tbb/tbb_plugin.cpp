@@ -64,9 +64,11 @@ void register_all(Registries& r) {
   r.backends.add<TbbBackend>("tbb");
   // The default backend of an experiment that names none (else "reference" is).
   r.backends.declare_default("tbb");
+  // conv2d and pool2d: one implementation each, which chooses its own path per descriptor (conv2d
+  // per pass, from ordered lists) and names it in implementation().
   r.kernels.add<TbbConv2d>("conv2d", "tbb");
   r.kernels.add<TbbPool2d>("pool2d", "tbb");
-  r.kernels.add<TbbGemm>("gemm", "tbb");
+  r.kernels.add<TbbGemm>("gemm", "tbb", "openblas");
 }
 
 }  // namespace

@@ -66,6 +66,11 @@ void TbbPool2d::on_prepare() {
   pair_hi_ = std::clamp<int64_t>((d.in_w + d.pad_w - 2) / 2 + 1, pair_lo_, d.out_w);
 }
 
+std::string TbbPool2d::implementation() const {
+  if (h_lo_.empty()) return Pool2dKernel::implementation();  // not prepared yet
+  return dilated_ ? "dilated" : pairs_ ? "pairs2x2" : "windows";
+}
+
 int64_t TbbPool2d::divisor(int64_t oh, int64_t ow) const {
   if (desc_.count_include_pad) return h_span_[oh] * w_span_[ow];
   return (h_hi_[oh] - h_lo_[oh]) * (w_hi_[ow] - w_lo_[ow]);
