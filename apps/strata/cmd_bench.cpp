@@ -23,7 +23,8 @@ nlohmann::json to_json(const BenchReport& r) {
                           {"forward_seconds", l.forward_seconds},
                           {"backward_seconds", l.backward_seconds},
                           {"forward_flops", l.forward_flops},
-                          {"backward_flops", l.backward_flops}};
+                          {"backward_flops", l.backward_flops},
+                          {"implementation", l.implementation}};
     row["forward_gflops"] =
         l.forward_flops > 0 ? nlohmann::json(l.forward_flops / l.forward_seconds * 1e-9) : nullptr;
     row["backward_gflops"] = l.backward_flops > 0

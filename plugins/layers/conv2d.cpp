@@ -90,6 +90,9 @@ class Conv2d final : public Layer {
            kernel_[0] * kernel_[1];
   }
   Window window() const override { return Window{kernel_, stride_, dilation_}; }
+  std::string implementation() const override {
+    return kernel_impl_ ? kernel_impl_->implementation() : std::string();
+  }
 
   // ONNX Conv (its output size is always floor()ed: both `round` rules), with `pads` [top,
   // left, bottom, right]; another padding_mode is a Pad (export_pad) before it.

@@ -53,6 +53,7 @@ class Linear final : public Layer {
     window.global = true;
     return window;
   }
+  std::string implementation() const override { return gemm_ ? gemm_->implementation() : ""; }
 
   // ONNX Gemm with transB (the weight is [out, in]), after a Flatten for a sample of rank > 1.
   bool export_to(ExportContext& context) const override {

@@ -83,6 +83,9 @@ class Pool2d : public Layer {
   }
 
   Window window() const override { return Window{kernel_, stride_, dilation_}; }
+  std::string implementation() const override {
+    return kernel_impl_ ? kernel_impl_->implementation() : std::string();
+  }
 
   // ONNX MaxPool / AveragePool. round: exact and floor are ceil_mode 0 (exact: the division is
   // whole, so flooring changes nothing), ceil is ceil_mode 1; pads [top, left, bottom, right].

@@ -131,6 +131,7 @@ BenchReport bench_experiment(const Config& experiment, const Registries& registr
     row.output_shape = layer.output_shape().dims();
     row.forward_seconds = profile.forward_seconds[i] / steps;
     row.backward_seconds = profile.backward_seconds[i] / steps;
+    row.implementation = layer.implementation();
     const double macs = macs_per_output(layer) * static_cast<double>(layer.output_shape().numel()) *
                         static_cast<double>(report.batch);
     row.forward_flops = 2.0 * macs;
@@ -164,16 +165,18 @@ std::string format_bench_report(const BenchReport& r) {
     return flops > 0 && seconds > 0 ? fmt::format("{:7.1f}", flops / seconds * 1e-9)
                                     : std::string(7, ' ');
   };
-  out += fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>9}  {:>9}  {:>6}  {:>7}  {:>7}\n", "layer",
+  out += fmt::format("{:<{}}  {:<{}}  {:<{}}  {:>9}  {:>9}  {:>6}  {:>7}  {:>7}  {}\n", "layer",
                      name_width, "type", type_width, "output", shape_width, "fwd ms", "bwd ms",
-                     "step%", "fwd GF/s", "bwd GF/s");
+                     "step%", "fwd GF/s", "bwd GF/s", "implementation");
   for (const LayerTiming& l : r.layers) {
     const double share = 100.0 * (l.forward_seconds + l.backward_seconds) / r.step_seconds;
-    out += fmt::format("{:<{}}  {:<{}}  {:<{}}  {:9.3f}  {:9.3f}  {:5.1f}%  {}   {}\n", l.name,
-                       name_width, l.type, type_width, Shape(l.output_shape).str(), shape_width,
-                       l.forward_seconds * 1e3, l.backward_seconds * 1e3, share,
-                       gflops(l.forward_flops, l.forward_seconds),
-                       gflops(l.backward_flops, l.backward_seconds));
+    std::string row = fmt::format(
+        "{:<{}}  {:<{}}  {:<{}}  {:9.3f}  {:9.3f}  {:5.1f}%  {}   {}   {}", l.name, name_width,
+        l.type, type_width, Shape(l.output_shape).str(), shape_width, l.forward_seconds * 1e3,
+        l.backward_seconds * 1e3, share, gflops(l.forward_flops, l.forward_seconds),
+        gflops(l.backward_flops, l.backward_seconds), l.implementation);
+    row.erase(row.find_last_not_of(' ') + 1);  // no trailing blanks for a layer without one
+    out += row + "\n";
   }
   const std::size_t label_width = name_width + type_width + shape_width + 4;
   // (the labels below are at most 16 characters; the three columns are at least 21 wide)

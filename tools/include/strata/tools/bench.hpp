@@ -18,6 +18,10 @@
 //   that reads nothing but the model input, whose gradient nobody needs); GFLOP/s counts 2 FLOPs
 //   per multiply-add. Other layers report no FLOPs.
 //
+//   Each layer also reports its kernel implementation (Layer::implementation(): for conv2d on tbb
+//   e.g. "fwd=direct bwd_data=small bwd_weights=winograd23"; empty for a layer without a kernel),
+//   the path that produced its times.
+//
 //   Peak resident memory is getrusage(RUSAGE_SELF).ru_maxrss of the whole process at the end
 //   (everything loaded, the model, activations, gradients, optimizer state and workspaces).
 #pragma once
@@ -43,6 +47,7 @@ struct LayerTiming {
   double forward_seconds = 0, backward_seconds = 0;  // mean per step
   double forward_flops = 0;                          // per step (whole batch); 0 when unknown
   double backward_flops = 0;
+  std::string implementation;  // Layer::implementation(): the kernel path it runs; may be empty
 };
 
 struct BenchReport {
