@@ -13,6 +13,8 @@
 #include <boost/test/unit_test.hpp>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <random>
@@ -313,6 +315,222 @@ void compare_pool(const Pool2dDesc& d, int64_t n, const std::string& backend, co
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+// Batch normalization and activations: helpers.
+
+using strata::ActivationDesc;
+using strata::ActivationKernel;
+using strata::BatchNormDesc;
+using strata::BatchNormKernel;
+using Kind = ActivationDesc::Kind;
+
+// Everything a batch-norm layer computes in one training step, through one kernel: the statistics
+// (as batch_norm.cpp forms them from the kernel's sums), y, the gradient sums and dx.
+struct BatchNormStep {
+  std::vector<double> sum, squares, sum_dy, sum_dy_xhat;
+  Tensor y, dx;
+};
+
+BatchNormStep batch_norm_step(BatchNormKernel& kernel, const Tensor& x, const Tensor& dy,
+                              double eps, const std::vector<float>& weight,
+                              const std::vector<float>& bias) {
+  const auto channels = static_cast<std::size_t>(kernel.desc().channels);
+  const double m = static_cast<double>(x.numel()) / static_cast<double>(channels);
+  BatchNormStep step;
+  step.sum.assign(channels, kNaN);
+  step.squares.assign(channels, kNaN);
+  step.sum_dy.assign(channels, kNaN);
+  step.sum_dy_xhat.assign(channels, kNaN);
+  kernel.channel_sums(x, step.sum.data());
+  std::vector<double> mean(channels), inv_std(channels), scale(channels), mean_dy(channels),
+      mean_dy_xhat(channels);
+  for (std::size_t c = 0; c < channels; ++c) mean[c] = step.sum[c] / m;
+  kernel.channel_squares(x, mean.data(), step.squares.data());
+  std::vector<float> scale_f(channels), shift_f(channels);
+  for (std::size_t c = 0; c < channels; ++c) {
+    inv_std[c] = 1.0 / std::sqrt(step.squares[c] / m + eps);
+    scale[c] = weight[c] * inv_std[c];
+    scale_f[c] = static_cast<float>(scale[c]);
+    shift_f[c] = static_cast<float>(bias[c] - mean[c] * scale[c]);
+  }
+  step.y = poisoned(x.shape());
+  kernel.affine(x, scale_f.data(), shift_f.data(), step.y);
+  kernel.gradient_sums(x, dy, mean.data(), inv_std.data(), step.sum_dy.data(),
+                       step.sum_dy_xhat.data());
+  for (std::size_t c = 0; c < channels; ++c) {
+    mean_dy[c] = step.sum_dy[c] / m;
+    mean_dy_xhat[c] = step.sum_dy_xhat[c] / m;
+  }
+  step.dx = poisoned(x.shape());
+  kernel.input_gradient(x, dy, mean.data(), inv_std.data(), scale.data(), mean_dy.data(),
+                        mean_dy_xhat.data(), step.dx);
+  return step;
+}
+
+// got agrees with want element by element: equal (infinities too), or within tolerance *
+// max(|want|, 1), and NaN where want is NaN (and only there).
+void check_close_elementwise(const Tensor& got, const Tensor& want, float tolerance,
+                             const std::string& what) {
+  BOOST_TEST_CONTEXT(what) {
+    BOOST_TEST_REQUIRE((got.shape() == want.shape()));
+    int64_t bad = 0, first_bad = -1;
+    for (int64_t i = 0; i < got.numel(); ++i) {
+      const float g = got.data()[i], w = want.data()[i];
+      const bool ok =
+          g == w || (std::isnan(w) ? std::isnan(g)
+                                   : std::abs(g - w) <= tolerance * std::max(std::abs(w), 1.0f));
+      if (!ok && bad++ == 0) first_bad = i;
+    }
+    BOOST_TEST(bad == 0, bad << " elements differ, first " << first_bad << ": got "
+                             << got.data()[std::max<int64_t>(first_bad, 0)] << ", want "
+                             << want.data()[std::max<int64_t>(first_bad, 0)]);
+  }
+}
+
+// Per-channel double sums agree within `bound[c]` (NaN where want is NaN).
+void check_sums(const std::vector<double>& got, const std::vector<double>& want,
+                const std::vector<double>& bound, const std::string& what) {
+  BOOST_TEST_CONTEXT(what) {
+    for (std::size_t c = 0; c < want.size(); ++c) {
+      if (std::isnan(want[c])) {
+        BOOST_TEST(std::isnan(got[c]), "channel " << c << ": got " << got[c] << ", want NaN");
+      } else {
+        BOOST_TEST(std::abs(got[c] - want[c]) <= bound[c],
+                   "channel " << c << ": got " << got[c] << ", want " << want[c] << " (bound "
+                              << bound[c] << ")");
+      }
+    }
+  }
+}
+
+// Sums in double may differ between backends by their order of addition (at most
+// 2 (n - 1) 2^-53 sum |term|, 1.6e-12 relative for n = 9 x 800 terms) and through the terms, which
+// use each backend's own mean and inv_std (a relative ~1e-13 when |mean| is 100 std): 1e-10 of
+// sum |term| bounds both, and is still far below anything a lost or doubled term would change.
+constexpr double kSumTolerance = 1e-10;
+
+// kSumTolerance * sum over channel c's values of |term(index, x value)|.
+std::vector<double> sum_bound(const Tensor& x, int64_t channels, int64_t spatial,
+                              const std::function<double(int64_t, float)>& term) {
+  std::vector<double> bound(static_cast<std::size_t>(channels), 0.0);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    bound[static_cast<std::size_t>(i / spatial % channels)] += std::abs(term(i, x.data()[i]));
+  }
+  for (double& b : bound) b *= kSumTolerance;
+  return bound;
+}
+
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() &&
+         std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.numel()) * sizeof(float)) == 0;
+}
+
+bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+}
+
+ActivationDesc activation_desc(Kind kind, float slope = 0.01f) {
+  ActivationDesc d;
+  d.kind = kind;
+  d.negative_slope = slope;
+  return d;
+}
+
+constexpr Kind kActivationKinds[] = {Kind::kRelu,     Kind::kLeakyRelu, Kind::kTanh,
+                                     Kind::kSigmoid,  Kind::kRelu6,     Kind::kHardSigmoid,
+                                     Kind::kHardswish};
+
+// Tolerance of y and dx: both backends compute them element by element with the same formulas,
+// from statistics that agree to ~1e-13; what remains is float rounding, chiefly whether
+// x * scale + shift is contracted into an FMA (half an ulp of x * scale, which is about
+// |x - mean| / std + |mean| / std times |weight| ulps of y). 1e-5 of max(|y|, 1) allows |mean| up
+// to about 80 std, and the inputs below stay under 70.
+constexpr float kNormTolerance = 1e-5f;
+
+std::string describe(const BatchNormDesc& d, int64_t n, double eps, bool affine) {
+  return fmt::format("batch_norm N={} C={} spatial={} eps={} affine={}", n, d.channels, d.spatial,
+                     eps, affine);
+}
+
+// A batch [n, C, spatial] whose channels have means in [-4, 4] and spreads in [0.1, 2].
+Tensor batch_norm_input(const BatchNormDesc& d, int64_t n, std::mt19937& rng) {
+  Tensor x = random_tensor({n, d.channels, d.spatial}, rng);
+  std::uniform_real_distribution<float> offset(-4.0f, 4.0f), spread(0.1f, 2.0f);
+  std::vector<float> offsets(static_cast<std::size_t>(d.channels)),
+      spreads(static_cast<std::size_t>(d.channels));
+  for (int64_t c = 0; c < d.channels; ++c) {
+    offsets[static_cast<std::size_t>(c)] = offset(rng);
+    spreads[static_cast<std::size_t>(c)] = spread(rng);
+  }
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const auto c = static_cast<std::size_t>(i / d.spatial % d.channels);
+    x.data()[i] = offsets[c] + spreads[c] * x.data()[i];
+  }
+  return x;
+}
+
+void compare_batch_norm(const BatchNormDesc& d, const Tensor& x, double eps, bool affine,
+                        const std::string& backend, std::mt19937& rng) {
+  const int64_t n = x.dim(0);
+  BOOST_TEST_CONTEXT(backend << " " << describe(d, n, eps, affine)) {
+    const auto channels = static_cast<std::size_t>(d.channels);
+    std::vector<float> weight(channels, 1.0f), bias(channels, 0.0f);
+    if (affine) {
+      std::uniform_real_distribution<float> w(-2.0f, 2.0f), b(-1.0f, 1.0f);
+      for (std::size_t c = 0; c < channels; ++c) {
+        weight[c] = w(rng);
+        bias[c] = b(rng);
+      }
+    }
+    const Tensor dy = random_tensor(x.shape(), rng);
+    auto ref = kernel<BatchNormKernel>("batch_norm", "reference", d);
+    auto fast = kernel<BatchNormKernel>("batch_norm", backend, d);
+    const BatchNormStep want = batch_norm_step(*ref, x, dy, eps, weight, bias);
+    const BatchNormStep got = batch_norm_step(*fast, x, dy, eps, weight, bias);
+    const double m = static_cast<double>(n * d.spatial);
+    const auto mean = [&](int64_t i) {
+      return want.sum[static_cast<std::size_t>(i / d.spatial % d.channels)] / m;
+    };
+    const auto x_hat = [&](int64_t i, float v) {
+      const auto c = static_cast<std::size_t>(i / d.spatial % d.channels);
+      return (v - mean(i)) / std::sqrt(want.squares[c] / m + eps);
+    };
+    check_sums(got.sum, want.sum,
+               sum_bound(x, d.channels, d.spatial, [](int64_t, float v) { return v; }), "sum");
+    check_sums(got.squares, want.squares,
+               sum_bound(x, d.channels, d.spatial,
+                         [&](int64_t i, float v) { return (v - mean(i)) * (v - mean(i)); }),
+               "squares");
+    check_sums(got.sum_dy, want.sum_dy,
+               sum_bound(x, d.channels, d.spatial, [&](int64_t i, float) { return dy.data()[i]; }),
+               "sum dy");
+    check_sums(got.sum_dy_xhat, want.sum_dy_xhat,
+               sum_bound(x, d.channels, d.spatial,
+                         [&](int64_t i, float v) { return dy.data()[i] * x_hat(i, v); }),
+               "sum dy * x_hat");
+    check_close_elementwise(got.y, want.y, kNormTolerance, "y");
+    check_close_elementwise(got.dx, want.dx, kNormTolerance, "dx");
+  }
+}
+
+// Each activation's x: uniform on [-8, 8] with the kinks, zeros, infinities and NaN mixed in.
+Tensor activation_input(int64_t n, std::mt19937& rng) {
+  Tensor x = random_tensor({n}, rng, -8.0f, 8.0f);
+  const float inf = std::numeric_limits<float>::infinity();
+  const float special[] = {0.0f, -0.0f, 3.0f, -3.0f, 6.0f, -6.0f, inf, -inf, kNaN, 1e-30f};
+  for (int64_t i = 0; i < n; i += 1 + uniform(rng, 0, 12)) {
+    x.data()[i] = special[uniform(rng, 0, std::size(special) - 1)];
+  }
+  return x;
+}
+
+std::string describe(const ActivationDesc& d) {
+  static const char* const kNames[] = {"relu",  "leaky_relu",   "tanh",     "sigmoid",
+                                       "relu6", "hard_sigmoid", "hardswish"};
+  return fmt::format("activation {} (negative_slope {})", kNames[static_cast<int>(d.kind)],
+                     d.negative_slope);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The ground truth, checked by hand.
 
 BOOST_AUTO_TEST_SUITE(reference_known_answers)
@@ -441,6 +659,64 @@ BOOST_AUTO_TEST_CASE(gemm_small) {
   BOOST_TEST(garbage == std::vector<float>({4, 5, 10, 11}), boost::test_tools::per_element());
 }
 
+// x [2, 2, 2] (N, C, spatial): channel 0 holds 1, 3, 5, 7 (mean 4), channel 1 -2, 0, 2, 4 (mean
+// 1); every pass by hand, all values exact in float.
+BOOST_AUTO_TEST_CASE(batch_norm_passes) {
+  BatchNormDesc d;
+  d.channels = 2;
+  d.spatial = 2;
+  auto bn = kernel<BatchNormKernel>("batch_norm", "reference", d);
+  const Shape shape{2, 2, 2};
+  const Tensor x = make_tensor(shape, {1, 3, -2, 0, 5, 7, 2, 4});
+  const Tensor dy = make_tensor(shape, {1, 0, 2, -1, 0, -1, 1, 1});
+  std::vector<double> sum(2), squares(2), sum_dy(2), sum_dy_xhat(2);
+  bn->channel_sums(x, sum.data());
+  BOOST_TEST(sum == (std::vector<double>{16, 4}), boost::test_tools::per_element());
+  const double mean[] = {4, 1}, inv_std[] = {0.5, 0.25};
+  bn->channel_squares(x, mean, squares.data());
+  BOOST_TEST(squares == (std::vector<double>{20, 20}), boost::test_tools::per_element());
+  const float scale_f[] = {2, -1}, shift_f[] = {1, 0.5};
+  Tensor y = poisoned(shape);
+  bn->affine(x, scale_f, shift_f, y);
+  check_values(y, {3, 7, 2.5, 0.5, 11, 15, -1.5, -3.5}, "affine");
+  bn->gradient_sums(x, dy, mean, inv_std, sum_dy.data(), sum_dy_xhat.data());
+  BOOST_TEST(sum_dy == (std::vector<double>{0, 3}), boost::test_tools::per_element());
+  BOOST_TEST(sum_dy_xhat == (std::vector<double>{-3, -0.25}), boost::test_tools::per_element());
+  const double scale[] = {1, 2}, mean_dy[] = {0, 0.75}, mean_dy_xhat[] = {-0.75, -0.0625};
+  Tensor dx = poisoned(shape);
+  bn->input_gradient(x, dy, mean, inv_std, scale, mean_dy, mean_dy_xhat, dx);
+  check_values(dx, {-0.125, -0.375, 2.40625, -3.53125, 0.375, 0.125, 0.53125, 0.59375},
+               "input gradient");
+}
+
+// PyTorch's values and derivatives at the kinks of relu6, hard_sigmoid and hardswish, and for NaN
+// (activations.cpp states them).
+BOOST_AUTO_TEST_CASE(activation_kinks_and_nan) {
+  const Tensor x = make_tensor({7}, {-4, -3, 0, 3, 6, 7, kNaN});
+  Tensor dy({7});
+  dy.fill(1.0f);
+  struct Case {
+    Kind kind;
+    std::vector<float> value, derivative;
+  };
+  const float sixth = 1.0f / 6.0f;
+  const std::vector<Case> cases = {
+      {Kind::kRelu, {0, 0, 0, 3, 6, 7, kNaN}, {0, 0, 0, 1, 1, 1, 1}},
+      {Kind::kRelu6, {0, 0, 0, 3, 6, 6, kNaN}, {0, 0, 0, 1, 0, 0, 1}},
+      {Kind::kHardSigmoid, {0, 0, 0.5, 1, 1, 1, kNaN}, {0, 0, sixth, 0, 0, 0, 0}},
+      {Kind::kHardswish, {0, 0, 0, 3, 6, 7, kNaN}, {0, -0.5, 0.5, 1.5, 1, 1, 1}},
+  };
+  for (const Case& c : cases) {
+    const ActivationDesc d = activation_desc(c.kind);
+    auto act = kernel<ActivationKernel>("activation", "reference", d);
+    Tensor y = poisoned({7}), dx = poisoned({7});
+    act->forward(x, y);
+    act->backward(x, y, dy, dx);
+    check_close_elementwise(y, make_tensor({7}, c.value), 0.0f, describe(d) + " value");
+    check_close_elementwise(dx, make_tensor({7}, c.derivative), 0.0f, describe(d) + " derivative");
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---------------------------------------------------------------------------------------------
@@ -500,6 +776,8 @@ BOOST_AUTO_TEST_CASE(there_is_a_fast_backend) {
   BOOST_TEST(registries().kernels.contains("conv2d", "tbb"));
   BOOST_TEST(registries().kernels.contains("pool2d", "tbb"));
   BOOST_TEST(registries().kernels.contains("gemm", "tbb"));
+  BOOST_TEST(registries().kernels.contains("batch_norm", "tbb"));
+  BOOST_TEST(registries().kernels.contains("activation", "tbb"));
 }
 
 BOOST_AUTO_TEST_CASE(conv2d_random) {
@@ -804,6 +1082,102 @@ BOOST_AUTO_TEST_CASE(gemm_random) {
   }
 }
 
+// Random descriptors: channels 1..70, spatial sizes 1..800, batches 1..9, three eps, with and
+// without affine; then shapes whose channels are cut into several blocks of images (tbb's
+// kBlockValues is 16384 values), a partial last block included; then a NaN in one channel, which
+// must make that channel's statistics, y and dx NaN and leave the others as they were.
+BOOST_AUTO_TEST_CASE(batch_norm_random) {
+  std::mt19937 rng(23);
+  for (const std::string& backend : fast_backends("batch_norm")) {
+    for (int i = 0; i < 300; ++i) {
+      BatchNormDesc d;
+      d.channels = uniform(rng, 1, 70);
+      d.spatial = i % 3 == 0 ? uniform(rng, 1, 20) : uniform(rng, 1, 800);
+      const double eps = std::array{1e-5, 1e-3, 0.1}[static_cast<std::size_t>(i % 3)];
+      compare_batch_norm(d, batch_norm_input(d, uniform(rng, 1, 9), rng), eps, i % 2 == 0, backend,
+                         rng);
+    }
+    const std::array<std::array<int64_t, 3>, 4> large = {
+        {{64, 16, 784}, {9, 3, 3000}, {3, 2, 20000}, {64, 64, 49}}};
+    for (const auto& [n, channels, spatial] : large) {
+      const BatchNormDesc d{channels, spatial};
+      compare_batch_norm(d, batch_norm_input(d, n, rng), 1e-5, true, backend, rng);
+    }
+    for (const auto& [n, channels, spatial] : {std::array<int64_t, 3>{5, 7, 30}, {9, 2, 3000}}) {
+      const BatchNormDesc d{channels, spatial};
+      Tensor x = batch_norm_input(d, n, rng);
+      x.data()[(n / 2 * channels + 1) * spatial + spatial / 2] = kNaN;  // channel 1
+      compare_batch_norm(d, x, 1e-5, true, backend, rng);
+    }
+  }
+}
+
+// The same input gives the same bits, run after run and with 1 or 2 threads: the order of every
+// sum is fixed by the shape (a synchronized batch norm with one rank equals the unsynchronized
+// one only so).
+BOOST_AUTO_TEST_CASE(batch_norm_is_deterministic) {
+  std::mt19937 rng(29);
+  auto tbb = registries().backends.create("tbb", strata::Config());
+  for (const std::string& backend : fast_backends("batch_norm")) {
+    for (const auto& [n, channels, spatial] :
+         {std::array<int64_t, 3>{64, 16, 784}, {9, 5, 3000}, {64, 64, 49}}) {
+      const BatchNormDesc d{channels, spatial};
+      BOOST_TEST_CONTEXT(backend << " " << describe(d, n, 1e-5, true)) {
+        const Tensor x = batch_norm_input(d, n, rng), dy = random_tensor(x.shape(), rng);
+        const std::vector<float> weight(static_cast<std::size_t>(channels), 1.5f),
+            bias(static_cast<std::size_t>(channels), 0.25f);
+        auto bn = kernel<BatchNormKernel>("batch_norm", backend, d);
+        std::vector<BatchNormStep> runs;
+        for (int threads : {2, 2, 1, 2}) {
+          tbb->set_threads(threads);
+          runs.push_back(batch_norm_step(*bn, x, dy, 1e-5, weight, bias));
+        }
+        for (std::size_t r = 1; r < runs.size(); ++r) {
+          BOOST_TEST_CONTEXT("run " << r) {
+            BOOST_TEST(same_bits(runs[r].sum, runs[0].sum));
+            BOOST_TEST(same_bits(runs[r].squares, runs[0].squares));
+            BOOST_TEST(same_bits(runs[r].sum_dy, runs[0].sum_dy));
+            BOOST_TEST(same_bits(runs[r].sum_dy_xhat, runs[0].sum_dy_xhat));
+            BOOST_TEST(same_bits(runs[r].y, runs[0].y));
+            BOOST_TEST(same_bits(runs[r].dx, runs[0].dx));
+          }
+        }
+      }
+    }
+  }
+  tbb->set_threads(0);
+}
+
+// Every kind on sizes below, at and above one task (kElementwiseGrain, 16384), kinks, infinities
+// and NaN included. Both backends evaluate the same per-element functions (strata::activation),
+// so they may differ only where one contracts a multiply and an add into an FMA (one rounding):
+// 1e-6 of max(|want|, 1).
+BOOST_AUTO_TEST_CASE(activation_random) {
+  std::mt19937 rng(31);
+  for (const std::string& backend : fast_backends("activation")) {
+    for (Kind kind : kActivationKinds) {
+      for (int64_t n : {int64_t{1}, int64_t{13}, int64_t{16384}, int64_t{16385}, int64_t{100003},
+                        uniform(rng, 2, 50000)}) {
+        const ActivationDesc d =
+            activation_desc(kind, std::uniform_real_distribution<float>(0.0f, 0.5f)(rng));
+        BOOST_TEST_CONTEXT(backend << " " << describe(d) << " n=" << n) {
+          auto ref = kernel<ActivationKernel>("activation", "reference", d);
+          auto fast = kernel<ActivationKernel>("activation", backend, d);
+          const Tensor x = activation_input(n, rng), dy = random_tensor({n}, rng);
+          Tensor y_ref = poisoned({n}), y_fast = poisoned({n});
+          ref->forward(x, y_ref);
+          fast->forward(x, y_fast);
+          check_close_elementwise(y_fast, y_ref, 1e-6f, "forward");
+          Tensor dx_ref = poisoned({n}), dx_fast = poisoned({n});
+          ref->backward(x, y_ref, dy, dx_ref);
+          fast->backward(x, y_ref, dy, dx_fast);
+          check_close_elementwise(dx_fast, dx_ref, 1e-6f, "backward");
+        }
+      }
+    }
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---------------------------------------------------------------------------------------------
@@ -822,6 +1196,11 @@ BOOST_AUTO_TEST_CASE(unwanted_gradients_are_skipped) {
       auto pool = kernel<Pool2dKernel>("pool2d", backend,
                                        pool_desc(Mode::kMax, 2, 6, 6, 2, 2, 2, 2, 0, 0, true));
       BOOST_CHECK_NO_THROW(pool->backward(undefined, undefined, undefined, undefined));
+      auto bn = kernel<BatchNormKernel>("batch_norm", backend, BatchNormDesc{2, 3});
+      BOOST_CHECK_NO_THROW(bn->input_gradient(undefined, undefined, nullptr, nullptr, nullptr,
+                                              nullptr, nullptr, undefined));
+      auto act = kernel<ActivationKernel>("activation", backend, activation_desc(Kind::kTanh));
+      BOOST_CHECK_NO_THROW(act->backward(undefined, undefined, undefined, undefined));
     }
   }
 }
@@ -834,7 +1213,22 @@ BOOST_AUTO_TEST_CASE(shape_mismatch_is_an_error) {
     const Tensor x = random_tensor({1, 2, 6, 7}, rng), w = random_tensor({3, 2, 3, 3}, rng);
     Tensor y({1, 3, 6, 6});
     BOOST_CHECK_THROW(conv->forward(x, w, nullptr, y), strata::Error);
+    // Batch norm: 3 channels where the descriptor says 2, then 4 values per channel and image
+    // where it says 3; the message names the kernel, the tensor and both shapes.
+    auto bn = kernel<BatchNormKernel>("batch_norm", backend, BatchNormDesc{2, 3});
+    std::vector<double> sums(3);
+    STRATA_CHECK_CONTAINS(strata::test::error_of([&] {
+                            bn->channel_sums(random_tensor({1, 3, 3}, rng), sums.data());
+                          }),
+                          "batch_norm: x has shape [1, 3, 3], expected [N, 2, ...]");
+    BOOST_CHECK_THROW(bn->channel_sums(random_tensor({2, 2, 4}, rng), sums.data()), strata::Error);
+    auto act = kernel<ActivationKernel>("activation", backend, activation_desc(Kind::kRelu));
+    Tensor short_y({5});
+    BOOST_CHECK_THROW(act->forward(random_tensor({6}, rng), short_y), strata::Error);
   }
+  // Batch norm refuses an empty descriptor when prepared.
+  BOOST_CHECK_THROW(kernel<BatchNormKernel>("batch_norm", "tbb", BatchNormDesc{0, 3}),
+                    strata::Error);
   // Groups that do not divide the channels are refused when the kernel is prepared.
   BOOST_CHECK_THROW(
       kernel<Conv2dKernel>("conv2d", "tbb", conv_desc(3, 6, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 2)),

@@ -10,6 +10,8 @@ namespace strata {
 Conv2dKernel::~Conv2dKernel() = default;
 Pool2dKernel::~Pool2dKernel() = default;
 GemmKernel::~GemmKernel() = default;
+BatchNormKernel::~BatchNormKernel() = default;
+ActivationKernel::~ActivationKernel() = default;
 
 void validate(const Conv2dDesc& d, std::string_view kernel) {
   if (d.in_channels <= 0 || d.in_h <= 0 || d.in_w <= 0 || d.out_channels <= 0 || d.kernel_h <= 0 ||
@@ -40,6 +42,32 @@ void validate(const Pool2dDesc& d, std::string_view kernel) {
   }
   if (d.mode == Pool2dDesc::Mode::kAverage && (d.dilation_h != 1 || d.dilation_w != 1)) {
     fail("{}: average pooling has no dilation (got {}x{})", kernel, d.dilation_h, d.dilation_w);
+  }
+}
+
+void validate(const BatchNormDesc& d, std::string_view kernel) {
+  if (d.channels <= 0 || d.spatial <= 0) {
+    fail("{}: channels and spatial size must be positive (channels={}, spatial={})", kernel,
+         d.channels, d.spatial);
+  }
+}
+
+int64_t batch_norm_batch(const BatchNormDesc& d, const Tensor& t, std::string_view kernel,
+                         std::string_view what) {
+  const Shape& shape = t.shape();
+  if (shape.rank() < 2 || shape[1] != d.channels ||
+      t.numel() != shape[0] * d.channels * d.spatial) {
+    fail("{}: {} has shape {}, expected [N, {}, ...] with {} values per channel and image", kernel,
+         what, shape.str(), d.channels, d.spatial);
+  }
+  return shape[0];
+}
+
+void check_same_count(const Tensor& t, const Tensor& x, std::string_view kernel,
+                      std::string_view what) {
+  if (t.numel() != x.numel()) {
+    fail("{}: {} has shape {}, x has {}: they must hold as many elements", kernel, what,
+         t.shape().str(), x.shape().str());
   }
 }
 

@@ -82,4 +82,30 @@ class ReferenceGemm : public GemmKernel {
             int64_t ldc) override;
 };
 
+// Batch normalization's passes (strata/ops.hpp), one channel after another. Each channel's sum is
+// accumulated as 8 partial sums in double (element s of an image's run goes to partial s mod 8;
+// the runs follow in image order), added in a fixed tree: the loop vectorizes without
+// -ffast-math, and the bits are those batch_norm computed inside the layer before it had kernels.
+class ReferenceBatchNorm : public BatchNormKernel {
+ public:
+  void channel_sums(const Tensor& x, double* sum) override;
+  void channel_squares(const Tensor& x, const double* mean, double* squares) override;
+  void affine(const Tensor& x, const float* scale, const float* shift, Tensor& y) override;
+  void gradient_sums(const Tensor& x, const Tensor& dy, const double* mean, const double* inv_std,
+                     double* sum_dy, double* sum_dy_xhat) override;
+  void input_gradient(const Tensor& x, const Tensor& dy, const double* mean, const double* inv_std,
+                      const double* scale, const double* mean_dy, const double* mean_dy_xhat,
+                      Tensor& dx) override;
+
+ protected:
+  void on_prepare() override;
+};
+
+// One plain loop over the elements with strata::activation's functions.
+class ReferenceActivation : public ActivationKernel {
+ public:
+  void forward(const Tensor& x, Tensor& y) override;
+  void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) override;
+};
+
 }  // namespace strata::reference

@@ -1,4 +1,5 @@
-// Registers the "reference" backend and its conv2d, pool2d and gemm kernels.
+// Registers the "reference" backend and its conv2d, pool2d, gemm, batch_norm and activation
+// kernels.
 #include "reference_kernels.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
@@ -17,6 +18,8 @@ void register_all(Registries& r) {
   r.kernels.add<ReferenceConv2d>("conv2d", "reference");
   r.kernels.add<ReferencePool2d>("pool2d", "reference");
   r.kernels.add<ReferenceGemm>("gemm", "reference");
+  r.kernels.add<ReferenceBatchNorm>("batch_norm", "reference");
+  r.kernels.add<ReferenceActivation>("activation", "reference");
 }
 
 }  // namespace

@@ -20,9 +20,12 @@
 //     thread, allocated in on_prepare()).
 #pragma once
 
+#include <tbb/blocked_range.h>
 #include <tbb/enumerable_thread_specific.h>
 #include <tbb/global_control.h>
+#include <tbb/parallel_for.h>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -40,6 +43,18 @@ namespace strata::tbb_backend {
 
 // Threads allowed right now (the tbb backend's set_threads(), or all cores).
 int allowed_threads();
+
+// Runs body(lo, hi) over [0, items) in TBB tasks of at least `grain` items; serially, in one call,
+// when the range is one grain or less.
+template <class Body>
+void parallel_chunks(int64_t items, int64_t grain, const Body& body) {
+  if (items <= grain) {
+    if (items > 0) body(int64_t{0}, items);
+    return;
+  }
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, items, grain),
+                    [&](const tbb::blocked_range<int64_t>& r) { body(r.begin(), r.end()); });
+}
 
 // parallel_for splits [begin, end) into chunks of at least `grain` elements and runs them as TBB
 // tasks. set_threads(n) holds a tbb::global_control for the life of the backend (0 = all cores).
@@ -325,6 +340,61 @@ class TbbPool2d : public Pool2dKernel {
   // [pair_lo_, pair_hi_), whose windows lie fully inside the input.
   bool pairs_ = false;
   int64_t pair_lo_ = 0, pair_hi_ = 0;
+};
+
+// Batch normalization's passes, parallel over (channel x block of images). A channel's values
+// are cut into blocks of whole images, about kBlockValues values each (the count depends on N and
+// the spatial size only); each task sums one block into 16 double lanes and the blocks' sums are
+// added per channel in block order afterwards. So the bits depend on the shape alone, never on
+// the thread count or on which thread ran what (a synchronized batch norm with one rank equals
+// the unsynchronized one, bit for bit). The element-wise passes (affine, input_gradient) compute
+// exactly the reference's per-element arithmetic, parallel over planes.
+class TbbBatchNorm : public BatchNormKernel {
+ public:
+  // Values per block: 64 KiB of floats, a task that costs far more than scheduling it.
+  static constexpr int64_t kBlockValues = 16384;
+
+  void channel_sums(const Tensor& x, double* sum) override;
+  void channel_squares(const Tensor& x, const double* mean, double* squares) override;
+  void affine(const Tensor& x, const float* scale, const float* shift, Tensor& y) override;
+  void gradient_sums(const Tensor& x, const Tensor& dy, const double* mean, const double* inv_std,
+                     double* sum_dy, double* sum_dy_xhat) override;
+  void input_gradient(const Tensor& x, const Tensor& dy, const double* mean, const double* inv_std,
+                      const double* scale, const double* mean_dy, const double* mean_dy_xhat,
+                      Tensor& dx) override;
+
+ protected:
+  void on_prepare() override;
+
+ private:
+  // The images of a batch cut into `count` blocks; block b holds images [first(b), first(b + 1)).
+  struct Blocks {
+    int64_t batch = 0, count = 1;
+    int64_t first(int64_t block) const { return block * batch / count; }
+    int64_t values(int64_t spatial) const { return batch * spatial / count; }
+  };
+  Blocks blocks(int64_t batch) const;
+  // out[k][c] = the sum over channel c's blocks, in block order, of what
+  // block_sums(c, first image, end image, double result[kSums]) wrote at result[k].
+  template <int kSums, class BlockSums>
+  void reduce(int64_t batch, const BlockSums& block_sums, const std::array<double*, kSums>& out);
+  // out[c] = the sum over channel c's values v of term(c)(v), a double.
+  template <class Term>
+  void sum_channels(const Tensor& x, double* out, const Term& term);
+  // body(channel, offset of the plane's first value) for every plane (image, channel).
+  template <class PlaneBody>
+  void for_planes(int64_t batch, const PlaneBody& body) const;
+
+  std::vector<double> partials_;  // per (channel, block): grows to the largest batch, then stays
+};
+
+// Element-wise activations (strata::activation's functions), in TBB tasks of kElementwiseGrain
+// elements; each task's loop is compiled per kind, so the piecewise-linear ones vectorize.
+// Results equal the reference's bit for bit (the same per-element functions).
+class TbbActivation : public ActivationKernel {
+ public:
+  void forward(const Tensor& x, Tensor& y) override;
+  void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) override;
 };
 
 // cblas_sgemm, split over rows of C (or columns, when C is short and wide) across TBB tasks when

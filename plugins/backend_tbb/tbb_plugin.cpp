@@ -1,4 +1,4 @@
-// Registers the "tbb" backend and its conv2d, pool2d and gemm kernels.
+// Registers the "tbb" backend and its conv2d, pool2d, gemm, batch_norm and activation kernels.
 #include <tbb/blocked_range.h>
 #include <tbb/info.h>
 #include <tbb/parallel_for.h>
@@ -69,6 +69,8 @@ void register_all(Registries& r) {
   r.kernels.add<TbbConv2d>("conv2d", "tbb");
   r.kernels.add<TbbPool2d>("pool2d", "tbb");
   r.kernels.add<TbbGemm>("gemm", "tbb", "openblas");
+  r.kernels.add<TbbBatchNorm>("batch_norm", "tbb");
+  r.kernels.add<TbbActivation>("activation", "tbb");
 }
 
 }  // namespace

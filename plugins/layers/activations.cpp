@@ -23,17 +23,24 @@
 //   - one input of any sample shape.
 // ENSURES
 //   - output sample shape == input sample shape.
-//   - the work is split over the backend's parallel_for in chunks of kElementwiseGrain elements.
-#include <cmath>
+//   - forward and backward run on the backend's "activation" kernel (strata/ops.hpp holds the
+//     per-element functions; every backend computes them element by element, so backends agree
+//     bit for bit); the FrozenBranches path runs in the layer, over the backend's parallel_for.
+#include <memory>
 
 #include "common.hpp"
 #include "strata/export.hpp"
+#include "strata/ops.hpp"
 
 namespace strata::layers {
 
 namespace {
 
-// Op provides value(x) and derivative(x, y); both are pure functions of one element.
+using Kind = ActivationDesc::Kind;
+
+// Op provides the kernel's descriptor (desc()), the layer's name, its ONNX export and, for relu
+// and leaky_relu, the branches FrozenBranches holds fixed. The math is strata::activation's
+// (strata/ops.hpp), computed by the backend's "activation" kernel.
 template <class Op>
 class Elementwise final : public Layer {
  public:
@@ -54,11 +61,11 @@ class Elementwise final : public Layer {
 
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, in[0].shape());
-    const float* x = in[0].data();
-    float* y = out.data();
-    const Op op = op_;
-    if constexpr (requires(float v) { op.branch(v); }) {
+    if constexpr (requires(float v) { op_.branch(v); }) {
       if (context.frozen != nullptr) {  // gradient checking: see FrozenBranches
+        const float* x = in[0].data();
+        float* y = out.data();
+        const Op op = op_;
         int64_t* taken = context.frozen->of(this, in[0].numel()).data();
         const bool recording = context.frozen->recording;
         parallel_elementwise(context, in[0].numel(), [=](int64_t lo, int64_t hi) {
@@ -70,42 +77,32 @@ class Elementwise final : public Layer {
         return;
       }
     }
-    parallel_elementwise(context, in[0].numel(), [=](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) y[i] = op.value(x[i]);
-    });
+    kernel_->forward(in[0], out);
   }
 
-  void backward(Context& context, std::span<const Tensor> in, const Tensor& out, const Tensor& dout,
+  void backward(Context&, std::span<const Tensor> in, const Tensor& out, const Tensor& dout,
                 std::span<Tensor> din) override {
-    if (!din[0].defined()) return;
-    const float* x = in[0].data();
-    const float* y = out.data();
-    const float* dy = dout.data();
-    float* dx = din[0].data();
-    const Op op = op_;
-    parallel_elementwise(context, in[0].numel(), [=](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) dx[i] = dy[i] * op.derivative(x[i], y[i]);
-    });
+    kernel_->backward(in[0], out, dout, din[0]);
   }
 
  protected:
-  Shape infer_shape(const SetupContext&, std::span<const Shape> inputs) override {
+  Shape infer_shape(const SetupContext& context, std::span<const Shape> inputs) override {
+    kernel_ = context.kernel<ActivationKernel>("activation", op_.desc());
     return inputs[0];
   }
 
  private:
   Op op_;
+  std::shared_ptr<ActivationKernel> kernel_;
 };
 
 struct ReluOp {
   static constexpr const char* kName = "relu";
   static constexpr bool kDeadUnits = true;  // 0 for every x <= 0
   explicit ReluOp(const Config&) {}
-  // Written as "x <= 0 ? 0 : x" so that NaN passes through, as in PyTorch (threshold and
-  // threshold_backward): a NaN weight must show in the output, where the divergence check sees it.
-  float value(float x) const { return x <= 0.0f ? 0.0f : x; }
-  float derivative(float x, float) const { return x <= 0.0f ? 0.0f : 1.0f; }
-  // The smooth pieces, for FrozenBranches: 0 (y = 0) and 1 (y = x).
+  ActivationDesc desc() const { return {Kind::kRelu}; }
+  // The smooth pieces, for FrozenBranches: 0 (y = 0) and 1 (y = x). "x <= 0" as in the value,
+  // so that NaN takes the y = x piece and passes through.
   int64_t branch(float x) const { return x <= 0.0f ? 0 : 1; }
   float value_on(int64_t branch, float x) const { return branch == 0 ? 0.0f : x; }
   void export_to(ExportContext& c) const { c.node("Relu", {c.input()}, {c.output()}); }
@@ -114,8 +111,7 @@ struct ReluOp {
 struct LeakyReluOp {
   static constexpr const char* kName = "leaky_relu";
   explicit LeakyReluOp(const Config& config) : slope(config.get<float>("negative_slope", 0.01f)) {}
-  float value(float x) const { return x > 0.0f ? x : slope * x; }  // NaN: slope * NaN = NaN
-  float derivative(float x, float) const { return x > 0.0f ? 1.0f : slope; }
+  ActivationDesc desc() const { return {Kind::kLeakyRelu, slope}; }
   int64_t branch(float x) const { return x > 0.0f ? 1 : 0; }
   float value_on(int64_t branch, float x) const { return branch == 1 ? x : slope * x; }
   void export_to(ExportContext& c) const {
@@ -127,26 +123,16 @@ struct LeakyReluOp {
 struct TanhOp {
   static constexpr const char* kName = "tanh";
   explicit TanhOp(const Config&) {}
-  float value(float x) const { return std::tanh(x); }
-  float derivative(float, float y) const { return 1.0f - y * y; }
+  ActivationDesc desc() const { return {Kind::kTanh}; }
   void export_to(ExportContext& c) const { c.node("Tanh", {c.input()}, {c.output()}); }
 };
 
 struct SigmoidOp {
   static constexpr const char* kName = "sigmoid";
   explicit SigmoidOp(const Config&) {}
-  // Written so that exp() never overflows: for x < 0 use exp(x) / (1 + exp(x)).
-  float value(float x) const {
-    if (x >= 0.0f) return 1.0f / (1.0f + std::exp(-x));
-    const float e = std::exp(x);
-    return e / (1.0f + e);
-  }
-  float derivative(float, float y) const { return y * (1.0f - y); }
+  ActivationDesc desc() const { return {Kind::kSigmoid}; }
   void export_to(ExportContext& c) const { c.node("Sigmoid", {c.input()}, {c.output()}); }
 };
-
-// relu6(v) with NaN passing through (every comparison with NaN is false).
-inline float relu6(float v) { return v <= 0.0f ? 0.0f : (v >= 6.0f ? 6.0f : v); }
 
 // ONNX HardSigmoid, max(0, min(1, alpha x + beta)), from the layer's input to `output`, with
 // PyTorch's alpha 1/6 and beta 0.5: relu6(x + 3) / 6.
@@ -157,10 +143,7 @@ void export_hard_sigmoid(ExportContext& c, const std::string& output) {
 struct Relu6Op {
   static constexpr const char* kName = "relu6";
   explicit Relu6Op(const Config&) {}
-  float value(float x) const { return relu6(x); }
-  // PyTorch's relu6 is hardtanh(x, 0, 6), whose backward zeroes the gradient where x <= 0 or
-  // x >= 6 and passes it everywhere else, NaN included.
-  float derivative(float x, float) const { return x <= 0.0f || x >= 6.0f ? 0.0f : 1.0f; }
+  ActivationDesc desc() const { return {Kind::kRelu6}; }
   // Clip with its bounds as scalar inputs (opset 11 and later).
   void export_to(ExportContext& c) const {
     Tensor low(Shape{}), high(Shape{});
@@ -172,23 +155,14 @@ struct Relu6Op {
 struct HardSigmoidOp {
   static constexpr const char* kName = "hard_sigmoid";
   explicit HardSigmoidOp(const Config&) {}
-  // As PyTorch's vectorized kernel: clamp(x + 3, 0, 6) times the float 1/6.
-  float value(float x) const { return relu6(x + 3.0f) * (1.0f / 6.0f); }
-  float derivative(float x, float) const {
-    return x > -3.0f && x < 3.0f ? 1.0f / 6.0f : 0.0f;  // NaN: 0, as hardsigmoid_backward
-  }
+  ActivationDesc desc() const { return {Kind::kHardSigmoid}; }
   void export_to(ExportContext& c) const { export_hard_sigmoid(c, c.output()); }
 };
 
 struct HardswishOp {
   static constexpr const char* kName = "hardswish";
   explicit HardswishOp(const Config&) {}
-  float value(float x) const { return x * relu6(x + 3.0f) / 6.0f; }
-  float derivative(float x, float) const {
-    if (x < -3.0f) return 0.0f;
-    if (x <= 3.0f) return x / 3.0f + 0.5f;
-    return 1.0f;  // x > 3, and NaN (hardswish_backward passes the gradient through)
-  }
+  ActivationDesc desc() const { return {Kind::kHardswish}; }
   // x * HardSigmoid(x): ONNX HardSwish exists only from opset 14, and OpenCV 4.6 lacks it.
   void export_to(ExportContext& c) const {
     const std::string gate = c.value("hard_sigmoid");

@@ -60,11 +60,16 @@
 //     dweight = sum dy * x_hat, dbias = sum dy, over this rank's values (synchronized too, with
 //     x_hat from the global statistics): the trainer sums parameter gradients across ranks, as
 //     for every other layer.
-//   - per-channel sums run in double (8 partial sums each, in a fixed order), one channel per task:
-//     channels are split over the backend's parallel_for, so every backend gives bit-identical
-//     results. Synchronized, the reduced sums are the same bits on every rank (the communicator's
+//   - the passes over the data run on the backend's "batch_norm" kernel (strata/ops.hpp:
+//     per-channel sums and squared deviations, the per-channel affine map, the gradient sums and
+//     the input gradient); the layer keeps the statistics, the reductions across ranks and the
+//     running statistics. Every sum runs in double, in an order fixed by the kernel and the shape,
+//     so a backend gives the same bits for the same input whatever its thread count; backends
+//     differ only in that order ("reference": 8 partial sums per channel; "tbb": blocks of images
+//     per channel, 16 partial sums each), which the conformance check bounds (1e-4 relative).
+//     Synchronized, the reduced sums are the same bits on every rank (the communicator's
 //     guarantee), so are the running statistics; with one rank they equal the unsynchronized ones
-//     bit for bit.
+//     bit for bit (the same kernel passes, without the reductions).
 //   - batch independence holds in evaluation only, and only with track_running_stats: in training
 //     (and always without running statistics) each sample's output depends on the whole batch
 //     through the batch statistics.
@@ -72,6 +77,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string_view>
@@ -82,34 +88,11 @@
 #include "strata/communicator.hpp"
 #include "strata/error.hpp"
 #include "strata/export.hpp"
+#include "strata/ops.hpp"
 
 namespace strata::layers {
 
 namespace {
-
-// A sum in double over several runs of values, kept as 8 partial sums (element s of a run goes to
-// partial s mod 8): the loop vectorizes without -ffast-math (a single double accumulator is a
-// chain of dependent adds, 4 cycles per element), and the order is fixed, so every backend and
-// thread count still gives the same bits.
-class Partials {
- public:
-  template <class Value>
-  void add(int64_t n, Value value) {
-    int64_t s = 0;
-    for (; s + kLanes <= n; s += kLanes) {
-      for (int j = 0; j < kLanes; ++j) lanes_[j] += value(s + j);
-    }
-    for (int j = 0; s < n; ++s, ++j) lanes_[j] += value(s);
-  }
-  double total() const {
-    return ((lanes_[0] + lanes_[1]) + (lanes_[2] + lanes_[3])) +
-           ((lanes_[4] + lanes_[5]) + (lanes_[6] + lanes_[7]));
-  }
-
- private:
-  static constexpr int kLanes = 8;
-  double lanes_[kLanes] = {};
-};
 
 class BatchNorm final : public Layer {
  public:
@@ -176,120 +159,68 @@ class BatchNorm final : public Layer {
     prepare_output(out, x.shape());
     const int64_t batch = x.dim(0);
     const int64_t count = batch * spatial_;
-    const float* weight = affine_ ? weight_.value.data() : nullptr;
-    const float* bias = affine_ ? bias_.value.data() : nullptr;
-    const float* px = x.data();
-    float* py = out.data();
+    const auto channels = static_cast<std::size_t>(channels_);
+    scale_.resize(channels);
+    shift_.resize(channels);
 
     // Without running statistics, evaluation normalizes with the batch's, as training does.
     if (!batch_statistics(context)) {
-      const float* running_mean = running_mean_.data();
-      const float* running_var = running_var_.data();
-      for_channels(context, batch, [&](int64_t c) {
-        const double inv_std = 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps_);
-        const double scale = inv_std * (weight ? weight[c] : 1.0f);
-        const double shift = (bias ? bias[c] : 0.0f) - running_mean[c] * scale;
-        const auto scale_f = static_cast<float>(scale);
-        const auto shift_f = static_cast<float>(shift);
-        for (int64_t n = 0; n < batch; ++n) {
-          const float* xs = px + (n * channels_ + c) * spatial_;
-          float* ys = py + (n * channels_ + c) * spatial_;
-          for (int64_t s = 0; s < spatial_; ++s) ys[s] = xs[s] * scale_f + shift_f;
-        }
-      });
+      for (std::size_t c = 0; c < channels; ++c) {
+        const double inv_std = 1.0 / std::sqrt(static_cast<double>(running_var_.data()[c]) + eps_);
+        set_affine(c, running_mean_.data()[c], inv_std);
+      }
+      kernel_->affine(x, scale_.data(), shift_.data(), out);
       return;
     }
 
-    // The three passes over a channel: its sum, its squared deviations from the mean, and the
-    // output with the running statistics' update (m: the values per channel over the whole batch).
-    auto channel_sum = [&](int64_t c) {
-      Partials sum;
-      for (int64_t n = 0; n < batch; ++n) {
-        const float* xs = px + (n * channels_ + c) * spatial_;
-        sum.add(spatial_, [&](int64_t s) { return static_cast<double>(xs[s]); });
-      }
-      return sum.total();
-    };
-    auto channel_squares = [&](int64_t c, double mean) {
-      Partials sum_squares;
-      for (int64_t n = 0; n < batch; ++n) {
-        const float* xs = px + (n * channels_ + c) * spatial_;
-        sum_squares.add(spatial_, [&](int64_t s) {
-          const double d = xs[s] - mean;
-          return d * d;
-        });
-      }
-      return sum_squares.total();
-    };
-    const bool update_running = context.training && track_running_stats_;
-    float* running_mean = update_running ? running_mean_.data() : nullptr;
-    float* running_var = update_running ? running_var_.data() : nullptr;
-    const double momentum = !update_running ? 0.0
-                            : momentum_
-                                ? *momentum_
-                                : 1.0 / (static_cast<double>(num_batches_tracked_.data()[0]) + 1.0);
-    auto normalize_channel = [&](int64_t c, double mean, double squares, double m) {
-      const double var = squares / m;
-      const double inv_std = 1.0 / std::sqrt(var + eps_);
-      saved_mean_[static_cast<std::size_t>(c)] = mean;
-      saved_inv_std_[static_cast<std::size_t>(c)] = inv_std;
-      const double scale = inv_std * (weight ? weight[c] : 1.0f);
-      const auto scale_f = static_cast<float>(scale);
-      const auto shift_f = static_cast<float>((bias ? bias[c] : 0.0f) - mean * scale);
-      for (int64_t n = 0; n < batch; ++n) {
-        const float* xs = px + (n * channels_ + c) * spatial_;
-        float* ys = py + (n * channels_ + c) * spatial_;
-        for (int64_t s = 0; s < spatial_; ++s) ys[s] = xs[s] * scale_f + shift_f;
-      }
-      if (!update_running) return;
-      const double unbiased = squares / (m - 1.0);
-      running_mean[c] = static_cast<float>((1.0 - momentum) * running_mean[c] + momentum * mean);
-      running_var[c] = static_cast<float>((1.0 - momentum) * running_var[c] + momentum * unbiased);
-    };
     auto too_few_values = [&](double m, std::string_view over) {
       fail(
           "training needs more than one value per channel to compute batch statistics, got {} "
           "per channel{} (input {}; PyTorch refuses this too)",
           m, over, x.shape().str());
     };
-
-    saved_mean_.resize(static_cast<std::size_t>(channels_));
-    saved_inv_std_.resize(static_cast<std::size_t>(channels_));
+    // The passes are the kernel's; synchronized, the sums are reduced across the ranks in
+    // between. Unsynchronized, the same passes without the reductions: one rank gives the same
+    // bits as none.
     Communicator* ranks = sync_ && context.training ? context.communicator : nullptr;
-    if (ranks == nullptr) {
-      // One channel at a time through all three passes, while its values are in cache.
-      if (count < 2) too_few_values(static_cast<double>(count), "");
-      const auto m = static_cast<double>(count);
-      for_channels(context, batch, [&](int64_t c) {
-        const double mean = channel_sum(c) / m;
-        normalize_channel(c, mean, channel_squares(c, mean), m);
-      });
-      saved_count_ = m;
-    } else {
-      // Each pass over every channel, with the sums reduced across the ranks in between.
-      const auto channels = static_cast<std::size_t>(channels_);
-      reduced_.assign(channels + 1, 0.0);
-      for_channels(context, batch,
-                   [&](int64_t c) { reduced_[static_cast<std::size_t>(c)] = channel_sum(c); });
-      reduced_[channels] = static_cast<double>(count);
+    if (ranks == nullptr && count < 2) too_few_values(static_cast<double>(count), "");
+    reduced_.assign(channels + 1, 0.0);
+    kernel_->channel_sums(x, reduced_.data());
+    reduced_[channels] = static_cast<double>(count);
+    if (ranks) {
       ranks->allreduce(std::span<double>(reduced_), ReduceOp::sum,
                        "batch_norm (sync) forward: per-channel sums and count");
-      const double m = reduced_[channels];  // the same on every rank: all fail, or none
-      if (m < 2) too_few_values(m, fmt::format(" over the {} ranks", ranks->size()));
-      for (std::size_t c = 0; c < channels; ++c) saved_mean_[c] = reduced_[c] / m;
-      reduced_.resize(channels);
-      for_channels(context, batch, [&](int64_t c) {
-        const auto index = static_cast<std::size_t>(c);
-        reduced_[index] = channel_squares(c, saved_mean_[index]);
-      });
+    }
+    const double m = reduced_[channels];  // the same on every rank: all fail, or none
+    if (ranks && m < 2) too_few_values(m, fmt::format(" over the {} ranks", ranks->size()));
+    saved_mean_.resize(channels);
+    saved_inv_std_.resize(channels);
+    for (std::size_t c = 0; c < channels; ++c) saved_mean_[c] = reduced_[c] / m;
+    reduced_.resize(channels);
+    kernel_->channel_squares(x, saved_mean_.data(), reduced_.data());
+    if (ranks) {
       ranks->allreduce(std::span<double>(reduced_), ReduceOp::sum,
                        "batch_norm (sync) forward: per-channel squared deviations");
-      for_channels(context, batch, [&](int64_t c) {
-        const auto index = static_cast<std::size_t>(c);
-        normalize_channel(c, saved_mean_[index], reduced_[index], m);
-      });
-      saved_count_ = m;
     }
+
+    const bool update_running = context.training && track_running_stats_;
+    const double momentum = !update_running ? 0.0
+                            : momentum_
+                                ? *momentum_
+                                : 1.0 / (static_cast<double>(num_batches_tracked_.data()[0]) + 1.0);
+    for (std::size_t c = 0; c < channels; ++c) {
+      const double mean = saved_mean_[c], squares = reduced_[c];
+      saved_inv_std_[c] = 1.0 / std::sqrt(squares / m + eps_);
+      set_affine(c, mean, saved_inv_std_[c]);
+      if (!update_running) continue;
+      float& running_mean = running_mean_.data()[c];
+      float& running_var = running_var_.data()[c];
+      const double unbiased = squares / (m - 1.0);
+      running_mean = static_cast<float>((1.0 - momentum) * running_mean + momentum * mean);
+      running_var = static_cast<float>((1.0 - momentum) * running_var + momentum * unbiased);
+    }
+    kernel_->affine(x, scale_.data(), shift_.data(), out);
+    saved_count_ = m;
     saved_batch_ = batch;
     saved_synchronized_ = ranks != nullptr;
     if (update_running) num_batches_tracked_.data()[0] += 1.0f;
@@ -314,86 +245,56 @@ class BatchNorm final : public Layer {
           "with the same Context::communicator)",
           ranks ? "reduces" : "does not reduce", saved_synchronized_ ? "did" : "did not");
     }
-    const float* weight = affine_ ? weight_.value.data() : nullptr;
-    float* dweight = affine_ ? weight_.grad.data() : nullptr;
-    float* dbias = affine_ ? bias_.grad.data() : nullptr;
-    const float* running_mean = track_running_stats_ ? running_mean_.data() : nullptr;
-    const float* running_var = track_running_stats_ ? running_var_.data() : nullptr;
-    const float* px = x.data();
-    const float* pdy = dout.data();
-    float* pdx = din[0].defined() ? din[0].data() : nullptr;
-
-    auto mean_of = [&](int64_t c) -> double {
-      return batch_stats ? saved_mean_[static_cast<std::size_t>(c)] : running_mean[c];
-    };
-    auto inv_std_of = [&](int64_t c) -> double {
-      return batch_stats ? saved_inv_std_[static_cast<std::size_t>(c)]
-                         : 1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps_);
-    };
-    // sum dy and sum dy * x_hat over this rank's values of the channel; they are the parameter
-    // gradients.
-    auto gradient_sums = [&](int64_t c, double mean, double inv_std) {
-      Partials dy_sum, dy_xhat_sum;
-      for (int64_t n = 0; n < batch; ++n) {
-        const float* xs = px + (n * channels_ + c) * spatial_;
-        const float* dys = pdy + (n * channels_ + c) * spatial_;
-        dy_sum.add(spatial_, [&](int64_t s) { return static_cast<double>(dys[s]); });
-        dy_xhat_sum.add(spatial_, [&](int64_t s) { return dys[s] * ((xs[s] - mean) * inv_std); });
+    const auto channels = static_cast<std::size_t>(channels_);
+    // The statistics the forward normalized with: the batch's (saved), or the running ones.
+    const double* mean = saved_mean_.data();
+    const double* inv_std = saved_inv_std_.data();
+    if (!batch_stats) {
+      running_.resize(2 * channels);
+      for (std::size_t c = 0; c < channels; ++c) {
+        running_[c] = running_mean_.data()[c];
+        running_[channels + c] =
+            1.0 / std::sqrt(static_cast<double>(running_var_.data()[c]) + eps_);
       }
-      const double sum_dy = dy_sum.total(), sum_dy_xhat = dy_xhat_sum.total();
-      if (dweight) {
-        dweight[c] = static_cast<float>(sum_dy_xhat);
-        dbias[c] = static_cast<float>(sum_dy);
+      mean = running_.data();
+      inv_std = running_.data() + channels;
+    }
+    // sum dy and sum dy * x_hat over this rank's values of each channel: the parameter gradients.
+    reduced_.assign(2 * channels, 0.0);
+    double* sum_dy = reduced_.data();
+    double* sum_dy_xhat = reduced_.data() + channels;
+    kernel_->gradient_sums(x, dout, mean, inv_std, sum_dy, sum_dy_xhat);
+    if (affine_) {
+      for (std::size_t c = 0; c < channels; ++c) {
+        weight_.grad.data()[c] = static_cast<float>(sum_dy_xhat[c]);
+        bias_.grad.data()[c] = static_cast<float>(sum_dy[c]);
       }
-      return std::pair{sum_dy, sum_dy_xhat};
-    };
-    // Batch statistics: dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)), the
-    // means over the whole (synchronized: global) batch. Running statistics (evaluation): the
-    // statistics are constants, dx = gamma * inv_std * dy.
-    auto input_gradient = [&](int64_t c, double mean, double inv_std, double sum_dy,
-                              double sum_dy_xhat) {
-      const double gamma = weight ? weight[c] : 1.0f;
-      const double mean_dy = batch_stats ? sum_dy / saved_count_ : 0.0;
-      const double mean_dy_xhat = batch_stats ? sum_dy_xhat / saved_count_ : 0.0;
-      const double scale = gamma * inv_std;
-      for (int64_t n = 0; n < batch; ++n) {
-        const float* xs = px + (n * channels_ + c) * spatial_;
-        const float* dys = pdy + (n * channels_ + c) * spatial_;
-        float* dxs = pdx + (n * channels_ + c) * spatial_;
-        for (int64_t s = 0; s < spatial_; ++s) {
-          const double x_hat = (xs[s] - mean) * inv_std;
-          dxs[s] = static_cast<float>(scale * (dys[s] - mean_dy - x_hat * mean_dy_xhat));
-        }
-      }
-    };
-
-    if (ranks == nullptr) {
-      for_channels(context, batch, [&](int64_t c) {
-        const double mean = mean_of(c), inv_std = inv_std_of(c);
-        const auto [sum_dy, sum_dy_xhat] = gradient_sums(c, mean, inv_std);
-        if (pdx) input_gradient(c, mean, inv_std, sum_dy, sum_dy_xhat);
-      });
-      return;
     }
     // Synchronized training: reduced even when no input gradient is wanted, so that every
     // training backward makes the same collective on every rank.
-    reduced_.assign(static_cast<std::size_t>(2 * channels_), 0.0);
-    for_channels(context, batch, [&](int64_t c) {
-      const auto [sum_dy, sum_dy_xhat] = gradient_sums(c, mean_of(c), inv_std_of(c));
-      reduced_[static_cast<std::size_t>(2 * c)] = sum_dy;
-      reduced_[static_cast<std::size_t>(2 * c + 1)] = sum_dy_xhat;
-    });
-    ranks->allreduce(std::span<double>(reduced_), ReduceOp::sum,
-                     "batch_norm (sync) backward: per-channel sums of dy and dy * x_hat");
-    if (!pdx) return;
-    for_channels(context, batch, [&](int64_t c) {
-      input_gradient(c, mean_of(c), inv_std_of(c), reduced_[static_cast<std::size_t>(2 * c)],
-                     reduced_[static_cast<std::size_t>(2 * c + 1)]);
-    });
+    if (ranks) {
+      ranks->allreduce(std::span<double>(reduced_), ReduceOp::sum,
+                       "batch_norm (sync) backward: per-channel sums of dy and dy * x_hat");
+    }
+    if (!din[0].defined()) return;
+    // Batch statistics: dx = gamma * inv_std * (dy - mean(dy) - x_hat * mean(dy * x_hat)), the
+    // means over the whole (synchronized: global) batch. Running statistics (evaluation): the
+    // statistics are constants, dx = gamma * inv_std * dy.
+    coefficients_.resize(3 * channels);
+    double* scale = coefficients_.data();
+    double* mean_dy = scale + channels;
+    double* mean_dy_xhat = mean_dy + channels;
+    for (std::size_t c = 0; c < channels; ++c) {
+      const double gamma = affine_ ? weight_.value.data()[c] : 1.0f;
+      scale[c] = gamma * inv_std[c];
+      mean_dy[c] = batch_stats ? sum_dy[c] / saved_count_ : 0.0;
+      mean_dy_xhat[c] = batch_stats ? sum_dy_xhat[c] / saved_count_ : 0.0;
+    }
+    kernel_->input_gradient(x, dout, mean, inv_std, scale, mean_dy, mean_dy_xhat, din[0]);
   }
 
  protected:
-  Shape infer_shape(const SetupContext&, std::span<const Shape> inputs) override {
+  Shape infer_shape(const SetupContext& context, std::span<const Shape> inputs) override {
     const Shape& in = inputs[0];
     if (in.rank() != 3 && in.rank() != 1) {
       fail(
@@ -406,6 +307,7 @@ class BatchNorm final : public Layer {
     }
     channels_ = in[0];
     spatial_ = in.numel() / channels_;
+    kernel_ = context.kernel<BatchNormKernel>("batch_norm", BatchNormDesc{channels_, spatial_});
     if (affine_) {
       weight_ = Param::make("weight", Shape{channels_}, "{type: constant, value: 1}", channels_,
                             channels_, 0.0f);
@@ -427,14 +329,12 @@ class BatchNorm final : public Layer {
     return context.training || !track_running_stats_;
   }
 
-  // Runs body(c) for every channel; a task takes enough channels to hold about
-  // kElementwiseGrain values, so small layers stay on one thread.
-  template <class Body>
-  void for_channels(Context& context, int64_t batch, const Body& body) const {
-    auto run = [&](int64_t lo, int64_t hi) {
-      for (int64_t c = lo; c < hi; ++c) body(c);
-    };
-    parallel_elementwise(context, channels_, batch * spatial_, run);
+  // The per-channel float scale and shift of y = x * scale + shift: the normalization with mean
+  // and inv_std, then the affine map (weight 1 and bias 0 without `affine`).
+  void set_affine(std::size_t c, double mean, double inv_std) {
+    const double scale = inv_std * (affine_ ? weight_.value.data()[c] : 1.0f);
+    scale_[c] = static_cast<float>(scale);
+    shift_[c] = static_cast<float>((affine_ ? bias_.value.data()[c] : 0.0f) - mean * scale);
   }
 
   std::optional<double> momentum_;  // empty: momentum: null, the cumulative average
@@ -451,8 +351,12 @@ class BatchNorm final : public Layer {
   int64_t saved_batch_ = -1;
   double saved_count_ = 0;  // m: the values per channel it normalized over (all ranks' when synced)
   bool saved_synchronized_ = false;
-  // What a synchronized pass reduces across the ranks (kept, so that a step allocates nothing).
-  std::vector<double> reduced_;
+  std::shared_ptr<BatchNormKernel> kernel_;
+  // Per-channel workspace, kept so that a step allocates nothing: the sums a pass computes (and a
+  // synchronized one reduces across the ranks), the forward's float scale and shift, evaluation's
+  // running mean and inv_std, and the input gradient's coefficients.
+  std::vector<double> reduced_, running_, coefficients_;
+  std::vector<float> scale_, shift_;
 };
 
 }  // namespace

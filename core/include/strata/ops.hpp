@@ -7,6 +7,7 @@
 //   - a gradient output that is an undefined Tensor (or a null pointer) is not wanted: skip it.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string_view>
 
@@ -115,6 +116,159 @@ class Pool2dKernel : public OpKernel<Pool2dDesc> {
   ~Pool2dKernel() override;
   virtual void forward(const Tensor& x, Tensor& y) = 0;
   // For max pooling the gradient goes to the first maximum of each window (recomputed from x).
+  virtual void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) = 0;
+};
+
+// Batch normalization's per-channel passes (torch.nn.BatchNorm2d, and BatchNorm1d on [C]).
+//   x, dy, y, dx [N, C, spatial...] with `spatial` values per channel and image (H*W; 1 for
+//   features [N, C]). Channel c's values are the N runs x[n, c, 0..spatial).
+// The kernel does the passes over the data; the layer keeps everything between them: the
+// allreduce of a synchronized batch norm, the mean, variance and 1/sqrt(var + eps), the running
+// statistics, momentum, weight and bias. So eps and affine are not in the descriptor: they only
+// enter the per-channel constants the layer hands in. Per-channel arrays hold `channels` values.
+struct BatchNormDesc {
+  int64_t channels = 0;
+  int64_t spatial = 1;
+};
+
+// Throws an Error, prefixed with `kernel` ("tbb batch_norm"), unless channels and spatial are
+// positive.
+void validate(const BatchNormDesc& desc, std::string_view kernel);
+
+// N of a batch-norm tensor: throws an Error naming `kernel`, `what` and the shape unless `t` has
+// rank 2 or more, t.dim(1) == channels and N * channels * spatial elements.
+int64_t batch_norm_batch(const BatchNormDesc& desc, const Tensor& t, std::string_view kernel,
+                         std::string_view what);
+
+// Every sum runs in double. The order of its terms is the kernel's own, but fixed: the same
+// kernel gives the same bits for the same input, whatever the thread count and scheduling (a
+// synchronized batch norm with one rank relies on it to equal the unsynchronized one).
+class BatchNormKernel : public OpKernel<BatchNormDesc> {
+ public:
+  ~BatchNormKernel() override;
+  // sum[c] = sum over n, s of x[n, c, s]
+  virtual void channel_sums(const Tensor& x, double* sum) = 0;
+  // squares[c] = sum over n, s of (x[n, c, s] - mean[c])^2, the difference taken in double (two
+  // passes, not a sum of squares minus a squared sum: no cancellation when |mean| >> std)
+  virtual void channel_squares(const Tensor& x, const double* mean, double* squares) = 0;
+  // y[n, c, s] = x[n, c, s] * scale[c] + shift[c] in float: the normalization with its affine
+  // map folded into one scale and shift per channel (training and evaluation alike)
+  virtual void affine(const Tensor& x, const float* scale, const float* shift, Tensor& y) = 0;
+  // sum_dy[c] = sum of dy, sum_dy_xhat[c] = sum of dy * x_hat with x_hat = (x - mean[c]) *
+  // inv_std[c] (double), over n, s of channel c
+  virtual void gradient_sums(const Tensor& x, const Tensor& dy, const double* mean,
+                             const double* inv_std, double* sum_dy, double* sum_dy_xhat) = 0;
+  // dx = float(scale[c] * (dy - mean_dy[c] - x_hat * mean_dy_xhat[c])), in double with x_hat as
+  // above: batch statistics' input gradient (scale = weight * inv_std, mean_dy = sum_dy / m,
+  // mean_dy_xhat = sum_dy_xhat / m); with mean_dy = mean_dy_xhat = 0 the running statistics'.
+  virtual void input_gradient(const Tensor& x, const Tensor& dy, const double* mean,
+                              const double* inv_std, const double* scale, const double* mean_dy,
+                              const double* mean_dy_xhat, Tensor& dx) = 0;
+};
+
+// Element-wise activations y = f(x), with PyTorch's values and derivatives (at the kinks and for
+// NaN too; plugins/layers/activations.cpp is their spec). negative_slope: leaky_relu only.
+struct ActivationDesc {
+  enum class Kind { kRelu, kLeakyRelu, kTanh, kSigmoid, kRelu6, kHardSigmoid, kHardswish };
+  Kind kind = Kind::kRelu;
+  float negative_slope = 0.01f;
+};
+
+// The per-element functions every activation kernel computes, one struct per kind with
+// value(x) and derivative(x, y) (y = value(x)); visit_activation(desc, body) calls body with the
+// one for desc, so that a kernel's loop is compiled (and vectorized) once per kind.
+namespace activation {
+
+// min(max(v, 0), 6) with NaN passing through (every comparison with NaN is false).
+inline float relu6(float v) { return v <= 0.0f ? 0.0f : (v >= 6.0f ? 6.0f : v); }
+
+struct Relu {  // "x <= 0 ? 0 : x": NaN passes through, as in PyTorch's threshold
+  float value(float x) const { return x <= 0.0f ? 0.0f : x; }
+  float derivative(float x, float) const { return x <= 0.0f ? 0.0f : 1.0f; }
+};
+struct LeakyRelu {
+  float slope;
+  float value(float x) const { return x > 0.0f ? x : slope * x; }
+  float derivative(float x, float) const { return x > 0.0f ? 1.0f : slope; }
+};
+struct Tanh {
+  float value(float x) const { return std::tanh(x); }
+  float derivative(float, float y) const { return 1.0f - y * y; }
+};
+struct Sigmoid {  // exp() never overflows: for x < 0, exp(x) / (1 + exp(x))
+  float value(float x) const {
+    if (x >= 0.0f) return 1.0f / (1.0f + std::exp(-x));
+    const float e = std::exp(x);
+    return e / (1.0f + e);
+  }
+  float derivative(float, float y) const { return y * (1.0f - y); }
+};
+struct Relu6 {  // hardtanh(x, 0, 6): the gradient passes on (0, 6) and for NaN
+  float value(float x) const { return relu6(x); }
+  float derivative(float x, float) const { return x <= 0.0f || x >= 6.0f ? 0.0f : 1.0f; }
+};
+struct HardSigmoid {  // clamp(x + 3, 0, 6) times the float 1/6, as PyTorch's vectorized kernel
+  float value(float x) const { return relu6(x + 3.0f) * (1.0f / 6.0f); }
+  float derivative(float x, float) const { return x > -3.0f && x < 3.0f ? 1.0f / 6.0f : 0.0f; }
+};
+struct Hardswish {
+  float value(float x) const { return x * relu6(x + 3.0f) / 6.0f; }
+  float derivative(float x, float) const {
+    if (x < -3.0f) return 0.0f;
+    if (x <= 3.0f) return x / 3.0f + 0.5f;
+    return 1.0f;  // x > 3, and NaN (hardswish_backward passes the gradient through)
+  }
+};
+
+template <class Body>
+decltype(auto) visit_activation(const ActivationDesc& desc, Body&& body) {
+  using Kind = ActivationDesc::Kind;
+  switch (desc.kind) {
+    case Kind::kRelu:
+      return body(Relu{});
+    case Kind::kLeakyRelu:
+      return body(LeakyRelu{desc.negative_slope});
+    case Kind::kTanh:
+      return body(Tanh{});
+    case Kind::kSigmoid:
+      return body(Sigmoid{});
+    case Kind::kRelu6:
+      return body(Relu6{});
+    case Kind::kHardSigmoid:
+      return body(HardSigmoid{});
+    case Kind::kHardswish:
+      break;
+  }
+  return body(Hardswish{});
+}
+
+// y[i] = f(x[i]) and dx[i] = dy[i] * f'(x[i], y[i]) for i in [lo, hi): the loops every activation
+// kernel runs (the reference over all elements, tbb per task), compiled once per kind.
+inline void forward_range(const ActivationDesc& desc, const float* x, float* y, int64_t lo,
+                          int64_t hi) {
+  visit_activation(desc, [&](auto f) {
+    for (int64_t i = lo; i < hi; ++i) y[i] = f.value(x[i]);
+  });
+}
+inline void backward_range(const ActivationDesc& desc, const float* x, const float* y,
+                           const float* dy, float* dx, int64_t lo, int64_t hi) {
+  visit_activation(desc, [&](auto f) {
+    for (int64_t i = lo; i < hi; ++i) dx[i] = dy[i] * f.derivative(x[i], y[i]);
+  });
+}
+
+}  // namespace activation
+
+// Throws an Error naming `kernel`, `what` and both shapes unless `t` holds as many elements as x.
+void check_same_count(const Tensor& t, const Tensor& x, std::string_view kernel,
+                      std::string_view what);
+
+// The activation of desc over whole tensors (any shape; x, y, dy, dx of equal element counts).
+class ActivationKernel : public OpKernel<ActivationDesc> {
+ public:
+  ~ActivationKernel() override;
+  virtual void forward(const Tensor& x, Tensor& y) = 0;
+  // dx = dy * f'(x, y): y is the forward's output for x
   virtual void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) = 0;
 };
 
