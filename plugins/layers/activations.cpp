@@ -47,6 +47,7 @@ class Elementwise final : public Layer {
   explicit Elementwise(const Config& config) : op_(config) {}
 
   std::string_view type() const override { return Op::kName; }
+  std::string implementation() const override { return kernel_ ? kernel_->implementation() : ""; }
   // An op declares `kDeadUnits = true` when a unit can die (training diagnostics count them).
   bool has_dead_units() const override {
     if constexpr (requires { Op::kDeadUnits; }) return Op::kDeadUnits;
