@@ -131,6 +131,7 @@ class BatchNorm final : public Layer {
   // Synchronized, its training passes are collectives: the trainer runs them on every rank at
   // every step, with 0 images on a rank that has none.
   bool communicates() const override { return sync_; }
+  bool mixes_samples_in_inference() const override { return !track_running_stats_; }
 
   std::vector<Param*> params() override {
     if (affine_) return {&weight_, &bias_};
