@@ -15,6 +15,7 @@
 #include "strata/dataset.hpp"
 #include "strata/error.hpp"
 #include "strata/layer.hpp"
+#include "strata/memory_plan.hpp"
 #include "strata/optimizer.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
@@ -56,6 +57,79 @@ BOOST_AUTO_TEST_CASE(views_and_slices_alias_clone_copies) {
   STRATA_CHECK_CONTAINS(test::error_of([&] { t.view(Shape{5, 5}); }), "element counts differ");
   STRATA_CHECK_CONTAINS(test::error_of([&] { t.batch_slice(3, 5); }), "out of range");
   BOOST_TEST(!Tensor().defined());
+}
+
+BOOST_AUTO_TEST_CASE(region_views_a_range) {
+  Tensor t(Shape{10});
+  for (int i = 0; i < 10; ++i) t.data()[i] = static_cast<float>(i);
+  const Tensor r = t.region(4, Shape{2, 3});
+  BOOST_TEST(r.shape() == (Shape{2, 3}));
+  BOOST_TEST(r.data()[0] == 4.0f);
+  BOOST_TEST(r.same_storage(t));
+  BOOST_TEST(t.region(10, Shape{0}).numel() == 0);
+  STRATA_CHECK_CONTAINS(test::error_of([&] { t.region(5, Shape{6}); }), "out of range");
+  STRATA_CHECK_CONTAINS(test::error_of([&] { t.region(-1, Shape{1}); }), "out of range");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// plan_arena (strata/memory_plan.hpp): buffers live at a common step never overlap, the others
+// may share, offsets are aligned, and the arena is never below the peak of live sizes.
+BOOST_AUTO_TEST_SUITE(memory_plan)
+
+namespace {
+bool overlaps(const BufferRequest& a, int64_t offset_a, const BufferRequest& b, int64_t offset_b) {
+  const bool in_time = a.first <= b.last && b.first <= a.last;
+  const bool in_memory = offset_a < offset_b + b.floats && offset_b < offset_a + a.floats;
+  return in_time && in_memory && a.floats > 0 && b.floats > 0;
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_chain_needs_two_buffers) {
+  // Gradients of a chain: buffer i live over steps [i, i + 1].
+  std::vector<BufferRequest> requests;
+  for (int i = 0; i < 8; ++i) requests.push_back({100, i, i + 1});
+  const ArenaPlan plan = plan_arena(requests);
+  BOOST_TEST(plan.floats == 2 * 112);  // 100 floats rounded up to 64 bytes, twice
+  BOOST_TEST(peak_live_floats(requests) == 200);
+  for (std::size_t i = 0; i < requests.size(); ++i) BOOST_TEST(plan.offsets[i] % 16 == 0);
+}
+
+BOOST_AUTO_TEST_CASE(disjoint_lifetimes_share_and_overlapping_ones_do_not) {
+  const std::vector<BufferRequest> requests = {{64, 0, 0}, {32, 1, 1}, {16, 0, 1}, {0, 0, 5}};
+  const ArenaPlan plan = plan_arena(requests);
+  BOOST_TEST(plan.offsets[0] == plan.offsets[1]);  // steps 0 and 1: the same memory
+  BOOST_TEST(plan.floats == 80);
+  STRATA_CHECK_CONTAINS(test::error_of([] {
+                          plan_arena(std::vector<BufferRequest>{{4, 2, 1}});
+                        }),
+                        "live over steps [2, 1]");
+}
+
+BOOST_AUTO_TEST_CASE(random_requests_never_overlap_while_live) {
+  std::mt19937 rng(7);
+  for (int round = 0; round < 200; ++round) {
+    std::vector<BufferRequest> requests(1 + rng() % 40);
+    for (BufferRequest& r : requests) {
+      r.floats = static_cast<int64_t>(rng() % 5 == 0 ? 0 : 1 + rng() % 1000);
+      r.first = static_cast<int>(rng() % 30);
+      r.last = r.first + static_cast<int>(rng() % 8);
+    }
+    const ArenaPlan plan = plan_arena(requests);
+    BOOST_TEST_REQUIRE(plan.offsets.size() == requests.size());
+    int64_t total = 0;
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      total += (requests[i].floats + 15) / 16 * 16;
+      BOOST_TEST_REQUIRE(plan.offsets[i] % 16 == 0);
+      BOOST_TEST_REQUIRE(plan.offsets[i] + requests[i].floats <= plan.floats);
+      for (std::size_t j = 0; j < i; ++j) {
+        BOOST_TEST_REQUIRE(!overlaps(requests[i], plan.offsets[i], requests[j], plan.offsets[j]),
+                           "round " << round << ": buffers " << j << " and " << i << " overlap");
+      }
+    }
+    BOOST_TEST_REQUIRE(plan.floats >= peak_live_floats(requests));
+    BOOST_TEST_REQUIRE(plan.floats <= total);
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -67,6 +67,23 @@ const char* kCnn = R"(    - {name: conv1, type: conv2d, out_channels: 4, kernel:
 
 }  // namespace
 
+// The graph's gradient plan (strata/memory_plan.hpp) with every kind of fan-out: a tensor read by
+// four layers (twice by one of them, once by a side branch nobody reads), a concat of three
+// tensors, one of them read earlier too. The gradient of every tensor is checked.
+BOOST_AUTO_TEST_CASE(a_model_with_fan_out_and_a_side_branch_passes) {
+  const GradcheckReport report =
+      check(R"(    - {name: conv1, type: conv2d, out_channels: 3, kernel: 3, padding: 1}
+    - {name: t1, type: tanh}
+    - {name: twice, type: add, inputs: [t1, t1]}
+    - {name: side, type: tanh, inputs: [t1]}
+    - {name: conv2, type: conv2d, out_channels: 2, kernel: 3, padding: 1, inputs: [t1]}
+    - {name: cat, type: concat, inputs: [twice, conv2, conv1]}
+    - {name: fc, type: linear, out_features: 5}
+)");
+  BOOST_TEST(report.passed, report.text());
+  BOOST_TEST(by_name(report).size() == 7u);  // the input and 3 layers x (weight, bias)
+}
+
 BOOST_AUTO_TEST_CASE(a_correct_model_with_kinks_and_dropout_passes) {
   const GradcheckReport report = check(kCnn);
   BOOST_TEST(report.passed, report.text());

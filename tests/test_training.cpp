@@ -123,6 +123,78 @@ BOOST_AUTO_TEST_CASE(unknown_input_names_and_duplicates_are_errors) {
                  "layer 'a' has no parameter 'wieght'");
 }
 
+// Gradients share memory by lifetime (strata/memory_plan.hpp): in a chain of ten layers at most
+// two output gradients are live at once, an inference-only graph holds none, and what a backward
+// allocates is what memory() predicts.
+BOOST_AUTO_TEST_CASE(gradients_share_memory_and_exist_only_after_a_backward) {
+  Rng rng(1);
+  std::string yaml = "input: [4, 8, 8]\nlayers:\n";
+  for (int i = 0; i < 10; ++i) yaml += fmt::format("  - {{name: t{}, type: tanh}}\n", i);
+  Graph graph(Config::parse_string(yaml, "chain.yaml"), test::registries(), test::backend(), rng);
+  const int64_t batch = 3, output_bytes = batch * 4 * 8 * 8 * 4;
+  const Graph::Memory planned = graph.memory(batch);
+  BOOST_TEST(planned.outputs == 10 * output_bytes);
+  BOOST_TEST(planned.gradients == 2 * output_bytes);  // 9 gradients, 2 live at a time
+  Context context;
+  context.training = true;
+  std::mt19937 gen(2);
+  const Tensor x = test::random_tensor({batch, 4, 8, 8}, gen);
+  const Tensor y = graph.forward(context, x).clone();
+  BOOST_TEST(graph.held().outputs == planned.outputs);
+  BOOST_TEST(graph.held().gradients == 0);
+  // The input gradient through ten tanh layers, computed by hand.
+  graph.set_input_gradient(true);
+  const Tensor dy = test::random_tensor(y.shape(), gen);
+  graph.backward(context, dy);
+  BOOST_TEST(graph.held().gradients == planned.gradients);
+  std::vector<float> expected(dy.span().begin(), dy.span().end());
+  for (int i = 9; i >= 0; --i) {
+    const Tensor& out = graph.activation(fmt::format("t{}", i));
+    for (std::size_t k = 0; k < expected.size(); ++k)
+      expected[k] *= 1 - out.data()[k] * out.data()[k];
+  }
+  const Tensor& dx = graph.input_gradient();
+  for (std::size_t k = 0; k < expected.size(); ++k) {
+    BOOST_TEST(dx.data()[k] == expected[k], boost::test_tools::tolerance(1e-5f));
+  }
+  // A smaller batch reuses the arena; a larger one grows it to memory()'s figure.
+  graph.forward(context, x.batch_slice(0, 1));
+  graph.backward(context, dy.batch_slice(0, 1));
+  BOOST_TEST(graph.held().gradients == planned.gradients);
+  graph.forward(context, test::random_tensor({5, 4, 8, 8}, gen));
+  graph.backward(context, test::random_tensor({5, 4, 8, 8}, gen));
+  BOOST_TEST(graph.held().gradients == graph.memory(5).gradients);
+}
+
+// A tensor read by several layers keeps its gradient live from its last reader's backward to its
+// own, and each later reader writes a scratch of its own: the plan never lets buffers that are
+// live together overlap, so the sum is right (the gradient check of such graphs is in
+// test_gradcheck). Here: the planned arena is smaller than one buffer per gradient would be,
+// and no smaller than the most that is ever live at once.
+BOOST_AUTO_TEST_CASE(fan_out_gradients_are_planned_within_bounds) {
+  Rng rng(1);
+  Graph graph(Config::parse_string(R"(
+input: [2, 6, 6]
+layers:
+  - {name: a, type: tanh}
+  - {name: b, type: tanh}
+  - {name: c, type: tanh, inputs: [a]}
+  - {name: d, type: add, inputs: [b, c, a]}
+  - {name: e, type: tanh}
+  - {name: f, type: tanh}
+  - {name: g, type: add, inputs: [e, f, d]}
+)",
+                                   "fan.yaml"),
+              test::registries(), test::backend(), rng);
+  const int64_t bytes = 7 * 2 * 6 * 6 * 4;  // one tensor at batch 7
+  const Graph::Memory planned = graph.memory(7);
+  // Six gradients (a..f; g's comes from the loss) and seven scratches: a is read by b, c and d,
+  // d by e and g, e by f and g, and every reader but the first to run backward gets a scratch.
+  BOOST_TEST(planned.gradients < 13 * bytes);
+  // Live at g's backward: the gradients of d, e and f and the scratches of g's inputs e and d.
+  BOOST_TEST(planned.gradients >= 5 * bytes);
+}
+
 // A rank of an MPI job may get no images in a step (an uneven last batch) and still run forward
 // and backward with the others, with zero contributions: a batch of 0 images through conv2d
 // (plain, strided, 1x1, depthwise), relu, add, max_pool, avg_pool, global_avg_pool, flatten and

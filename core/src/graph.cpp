@@ -485,7 +485,9 @@ void Graph::add_node(const std::string& name, std::shared_ptr<Layer> layer,
     }
   }
   for (int producer : node.inputs) {
-    if (producer >= 0) ++nodes_[producer].consumers;
+    if (producer < 0) continue;
+    ++nodes_[producer].consumers;
+    nodes_[producer].last_consumer = static_cast<int>(nodes_.size());
   }
   nodes_.push_back(std::move(node));
 }
@@ -517,30 +519,117 @@ std::vector<Shape> Graph::input_shapes(std::size_t i) const {
 void Graph::allocate(int64_t batch) {
   if (batch > allocated_batch_) {
     outputs_storage_.clear();
-    grads_storage_.clear();
-    edge_scratch_.clear();
     for (const Node& node : nodes_) {
-      const Shape shape = node.layer->output_shape().with_batch(batch);
-      outputs_storage_.emplace_back(shape);
-      // The last node's gradient comes from the loss; a node nobody reads needs none.
-      const bool needs_grad = &node != &nodes_.back() && node.consumers > 0;
-      grads_storage_.push_back(needs_grad ? Tensor(shape) : Tensor());
-      edge_scratch_.push_back(node.consumers > 1 ? Tensor(shape) : Tensor());
+      outputs_storage_.emplace_back(node.layer->output_shape().with_batch(batch));
     }
     allocated_batch_ = batch;
   }
   outputs_.resize(nodes_.size());
-  grads_.resize(nodes_.size());
-  scratch_.resize(nodes_.size());
   for (std::size_t i = 0; i < nodes_.size(); ++i) {
-    outputs_[i] = outputs_storage_[i].batch_slice(0, batch);
     // (A Tensor of no elements, [0, ...] when the first batch was empty, is defined.)
-    grads_[i] = grads_storage_[i].defined() ? grads_storage_[i].batch_slice(0, batch) : Tensor();
-    scratch_[i] = edge_scratch_[i].defined() ? edge_scratch_[i].batch_slice(0, batch) : Tensor();
+    outputs_[i] = outputs_storage_[i].batch_slice(0, batch);
     nodes_[i].in.resize(nodes_[i].inputs.size());
     nodes_[i].din.resize(nodes_[i].inputs.size());
   }
   batch_ = batch;
+}
+
+std::vector<BufferRequest> Graph::gradient_requests(int64_t batch,
+                                                    std::vector<std::pair<int, int>>* slots) const {
+  // Backward runs node n-1 at step 0, ..., node 0 at step n-1.
+  const int n = static_cast<int>(nodes_.size());
+  const auto step = [n](int node) { return n - 1 - node; };
+  const auto floats = [&](int node) {
+    return nodes_[node].layer->output_shape().with_batch(batch).numel();
+  };
+  std::vector<BufferRequest> requests;
+  // An output gradient: written first by the backward of the last layer reading the tensor, read
+  // last by the backward of the layer producing it. The last node's comes from the loss.
+  for (int i = 0; i + 1 < n; ++i) {
+    if (nodes_[i].consumers == 0) continue;
+    requests.push_back({floats(i), step(nodes_[i].last_consumer), step(i)});
+    if (slots) slots->emplace_back(i, -1);
+  }
+  // A consumer's share of the gradient of a tensor several layers read: written and summed in
+  // the consumer's backward step.
+  for (int c = 0; c < n; ++c) {
+    for (std::size_t j = 0; j < nodes_[c].inputs.size(); ++j) {
+      const int producer = nodes_[c].inputs[j];
+      if (producer < 0 || nodes_[producer].consumers < 2) continue;
+      requests.push_back({floats(producer), step(c), step(c)});
+      if (slots) slots->emplace_back(c, static_cast<int>(j));
+    }
+  }
+  return requests;
+}
+
+void Graph::allocate_gradients() {
+  if (batch_ > gradient_batch_) {
+    const int64_t batch = allocated_batch_;  // plan for what the outputs hold: grows at most once
+    std::vector<std::pair<int, int>> slots;
+    const std::vector<BufferRequest> requests = gradient_requests(batch, &slots);
+    const ArenaPlan plan = plan_arena(requests);
+    gradient_arena_ = Tensor(Shape{plan.floats});
+    grads_storage_.assign(nodes_.size(), Tensor());
+    scratch_storage_.assign(nodes_.size(), {});
+    for (std::size_t k = 0; k < requests.size(); ++k) {
+      const auto [node, input] = slots[k];
+      const int producer = input < 0 ? node : nodes_[node].inputs[input];
+      Tensor region = gradient_arena_.region(
+          plan.offsets[k], nodes_[producer].layer->output_shape().with_batch(batch));
+      if (input < 0) {
+        grads_storage_[node] = std::move(region);
+      } else {
+        scratch_storage_[node].resize(nodes_[node].inputs.size());
+        scratch_storage_[node][input] = std::move(region);
+      }
+    }
+    gradient_batch_ = batch;
+  }
+  gradient_views_batch_ = batch_;
+  const auto slice = [this](const Tensor& storage) {
+    return storage.defined() ? storage.batch_slice(0, batch_) : Tensor();
+  };
+  grads_.resize(nodes_.size());
+  scratch_.resize(nodes_.size());
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    grads_[i] = slice(grads_storage_[i]);
+    scratch_[i].resize(scratch_storage_[i].size());
+    for (std::size_t j = 0; j < scratch_storage_[i].size(); ++j) {
+      scratch_[i][j] = slice(scratch_storage_[i][j]);
+    }
+  }
+}
+
+Graph::Memory Graph::memory(int64_t batch) const {
+  Memory memory;
+  for (const Node& node : nodes_) {
+    memory.outputs += node.layer->output_shape().with_batch(batch).numel();
+    for (const Param* param : node.layer->params()) memory.parameters += 2 * param->value.numel();
+  }
+  memory.gradients = plan_arena(gradient_requests(batch, nullptr)).floats;
+  for (int64_t* figure : {&memory.outputs, &memory.gradients, &memory.parameters}) {
+    *figure *= static_cast<int64_t>(sizeof(float));
+  }
+  return memory;
+}
+
+Graph::Memory Graph::held() const {
+  Memory memory;
+  for (const Tensor& output : outputs_storage_) memory.outputs += output.numel();
+  memory.gradients = gradient_arena_.defined() ? gradient_arena_.numel() : 0;
+  for (const Node& node : nodes_) {
+    for (const Param* param : node.layer->params()) memory.parameters += 2 * param->value.numel();
+  }
+  for (int64_t* figure : {&memory.outputs, &memory.gradients, &memory.parameters}) {
+    *figure *= static_cast<int64_t>(sizeof(float));
+  }
+  return memory;
+}
+
+bool Graph::samples_independent_in_inference() const {
+  return std::none_of(nodes_.begin(), nodes_.end(),
+                      [](const Node& node) { return node.layer->mixes_samples_in_inference(); });
 }
 
 const Tensor& Graph::forward(Context& context, const Tensor& input) {
@@ -593,10 +682,8 @@ void Graph::backward(Context& context, const Tensor& doutput,
     input_gradient_storage_.fill(0.0f);
     if (input_consumers > 1) input_scratch = Tensor(shape);
   }
-  // Tensors read by several layers accumulate their gradient: start those at zero.
-  for (std::size_t i = 0; i < nodes_.size(); ++i) {
-    if (nodes_[i].consumers > 1 && flows_[i]) grads_[i].fill(0.0f);
-  }
+  if (gradient_views_batch_ != batch_) allocate_gradients();
+  written_.assign(nodes_.size(), 0);
   for (std::size_t i = nodes_.size(); i-- > 0;) {
     backward_node(context, doutput, i, input_consumers, input_scratch);
     if (node_done) node_done(i);
@@ -613,13 +700,16 @@ void Graph::backward_node(Context& context, const Tensor& doutput, std::size_t i
     // Nothing reads this layer's output (a side branch kept for `strata forward --layers`):
     // it adds nothing to the loss, so its parameters get zero gradients and its inputs no
     // share. A producer read only by it gets a zero gradient.
+    // (Its producers' gradients get no share: see below.)
     for (Param* param : node.layer->params()) param->grad.fill(0.0f);
-    for (const int producer : node.inputs) {
-      if (producer >= 0 && nodes_[producer].consumers == 1) grads_[producer].fill(0.0f);
-    }
     return;
   }
+  // The first consumer to run backward writes a tensor's gradient, the others write a scratch
+  // and add it in. A tensor whose readers all add nothing to the loss (side branches) has
+  // received nothing: its gradient is zero.
+  if (i + 1 != nodes_.size() && !written_[i]) grads_[i].fill(0.0f);
   const Tensor& dout = i + 1 == nodes_.size() ? doutput : grads_[i];
+  into_scratch_.assign(node.inputs.size(), 0);
   const auto start = profile_ != nullptr ? ProfileClock::now() : ProfileClock::time_point{};
   for (std::size_t j = 0; j < node.inputs.size(); ++j) {
     const int producer = node.inputs[j];
@@ -630,8 +720,12 @@ void Graph::backward_node(Context& context, const Tensor& doutput, std::size_t i
                                           : input_gradient_storage_;
     } else if (!flows_[producer]) {
       node.din[j] = Tensor();  // nothing before it learns: skip that work
+    } else if (!written_[producer]) {
+      node.din[j] = grads_[producer];
+      written_[producer] = 1;
     } else {
-      node.din[j] = nodes_[producer].consumers > 1 ? scratch_[producer] : grads_[producer];
+      node.din[j] = scratch_[i][j];
+      into_scratch_[j] = 1;
     }
   }
   node.layer->backward(context, node.in, outputs_[i], dout, node.din);
@@ -639,9 +733,9 @@ void Graph::backward_node(Context& context, const Tensor& doutput, std::size_t i
     const int producer = node.inputs[j];
     Tensor* sum = nullptr;
     const Tensor* part = nullptr;
-    if (producer >= 0 && flows_[producer] && nodes_[producer].consumers > 1) {
+    if (producer >= 0 && into_scratch_[j]) {
       sum = &grads_[producer];
-      part = &scratch_[producer];
+      part = &scratch_[i][j];
     } else if (producer < 0 && input_gradient_ && input_consumers > 1) {
       sum = &input_gradient_storage_;
       part = &input_scratch;

@@ -1,14 +1,15 @@
 #include "strata/tensor.hpp"
 
 #include <fmt/format.h>
-
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <limits>
 #include <new>
 #include <ostream>
 
@@ -24,6 +25,19 @@ int64_t Shape::numel() const {
     }
   }
   return n;
+}
+
+int64_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  if (!(statm >> size >> resident)) return 0;
+  return resident * ::sysconf(_SC_PAGE_SIZE);
+}
+
+int64_t peak_resident_bytes() {
+  rusage usage{};
+  if (::getrusage(RUSAGE_SELF, &usage) != 0) return 0;
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // KiB on Linux
 }
 
 uint64_t physical_memory_bytes() {
@@ -112,6 +126,17 @@ Tensor Tensor::batch_slice(int64_t begin, int64_t end) const {
   const int64_t row = shape_[0] == 0 ? 0 : numel() / shape_[0];
   result.data_ = data_ + begin * row;
   result.shape_[0] = end - begin;
+  return result;
+}
+
+Tensor Tensor::region(int64_t offset, Shape shape) const {
+  const int64_t count = shape.numel();
+  if (offset < 0 || count > numel() || offset > numel() - count) {
+    fail("region of {} elements at {} is out of range for shape {}", count, offset, shape_.str());
+  }
+  Tensor result = *this;
+  result.data_ = data_ + offset;
+  result.shape_ = std::move(shape);
   return result;
 }
 

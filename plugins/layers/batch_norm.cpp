@@ -115,6 +115,7 @@ class BatchNorm final : public Layer {
   // every step, with 0 images on a rank that has none.
   bool communicates() const override { return sync_; }
   std::string implementation() const override { return kernel_ ? kernel_->implementation() : ""; }
+  bool mixes_samples_in_inference() const override { return !track_running_stats_; }
 
   std::vector<Param*> params() override {
     if (affine_) return {&weight_, &bias_};

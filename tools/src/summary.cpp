@@ -10,6 +10,7 @@
 #include "strata/layer.hpp"
 #include "strata/ops.hpp"
 #include "strata/training/experiment.hpp"
+#include "strata/training/run_data.hpp"
 
 namespace strata {
 
@@ -166,7 +167,10 @@ ModelSummary summarize(Graph& graph, bool expand, int64_t batch_size) {
   summary.activations += summary.input.numel();
   summary.activation_bytes = summary.activations * kFloatBytes;
   summary.parameter_bytes = summary.parameters * kFloatBytes;
-  summary.training_bytes = batch_size * 2 * summary.activation_bytes + 3 * summary.parameter_bytes;
+  const Graph::Memory planned = graph.memory(batch_size);
+  summary.output_bytes = planned.outputs;
+  summary.gradient_bytes = planned.gradients;
+  summary.training_bytes = planned.outputs + planned.gradients + 3 * summary.parameter_bytes;
   return summary;
 }
 
@@ -175,6 +179,25 @@ ModelSummary summarize_experiment(const Config& experiment, const Registries& re
   const Experiment run = Experiment::read(experiment, registries, Experiment::Scope::shapes);
   const int64_t batch_size = run.train.batch_size > 0 ? run.train.batch_size : 1;
   return summarize(*run.graph, expand, batch_size);
+}
+
+void measure_run_memory(const Config& experiment, const Registries& registries,
+                        ModelSummary& summary) {
+  const Experiment run = Experiment::read(experiment, registries, Experiment::Scope::training);
+  // The parameters are allocated and counted in the resident set already, as in a run.
+  const int64_t process = resident_bytes() - summary.parameter_bytes;
+  const RunData data = open_run_data(run, registries);
+  summary.data_bytes = std::max<int64_t>(0, resident_bytes() - process - summary.parameter_bytes);
+  summary.process_bytes = process;
+  // A batch holds at most the training images there are (a small train_limit).
+  if (data.train.size() > 0 && data.train.size() < summary.batch_size) {
+    summary.batch_size = data.train.size();
+    const Graph::Memory planned = run.graph->memory(summary.batch_size);
+    summary.output_bytes = planned.outputs;
+    summary.gradient_bytes = planned.gradients;
+    summary.training_bytes = planned.outputs + planned.gradients + 3 * summary.parameter_bytes;
+  }
+  summary.run_bytes = summary.process_bytes + summary.data_bytes + summary.training_bytes;
 }
 
 std::string format_summary(const ModelSummary& summary) {
@@ -209,9 +232,18 @@ std::string format_summary(const ModelSummary& summary) {
                      bytes_text(summary.parameter_bytes));
   out += fmt::format("activations:        {} per image ({}, forward: input and every layer output)\n",
                      with_commas(summary.activations), bytes_text(summary.activation_bytes));
-  out += fmt::format("training memory:    about {} at batch size {} (activations and their gradients, "
-                     "parameters with gradients and momentum)\n",
-                     bytes_text(summary.training_bytes), summary.batch_size);
+  out += fmt::format(
+      "training memory:    about {} at batch size {}: layer outputs {}, their gradients "
+      "{} (planned by lifetime), parameters with gradients and momentum {}\n",
+      bytes_text(summary.training_bytes), summary.batch_size, bytes_text(summary.output_bytes),
+      bytes_text(summary.gradient_bytes), bytes_text(3 * summary.parameter_bytes));
+  if (summary.run_bytes >= 0) {
+    out += fmt::format(
+        "run memory:         about {} at its peak: the training memory above, data {} "
+        "(measured when opened), process {} (code and libraries, measured)\n",
+        bytes_text(summary.run_bytes), bytes_text(summary.data_bytes),
+        bytes_text(summary.process_bytes));
+  }
   out += fmt::format("multiply-adds:      {} per image ({})\n", with_commas(summary.multiply_adds),
                      short_count(summary.multiply_adds));
   return out;
@@ -247,7 +279,14 @@ std::string summary_json(const ModelSummary& summary) {
                 {"activation_bytes_per_image", summary.activation_bytes},
                 {"batch_size", summary.batch_size},
                 {"training_bytes_estimate", summary.training_bytes},
+                {"training_output_bytes", summary.output_bytes},
+                {"training_gradient_bytes", summary.gradient_bytes},
                 {"multiply_adds_per_image", summary.multiply_adds}}}};
+  if (summary.run_bytes >= 0) {
+    out["totals"]["run_bytes_estimate"] = summary.run_bytes;
+    out["totals"]["data_bytes"] = summary.data_bytes;
+    out["totals"]["process_bytes"] = summary.process_bytes;
+  }
   return out.dump(2) + "\n";
 }
 

@@ -78,15 +78,13 @@ void check_not_diverged(int64_t epoch, double train_loss, double val_loss, bool 
 }
 
 void check_memory(const Graph& graph, int64_t batch_size, int64_t eval_batch, const Config& train) {
-  // long double: the figures are estimates and must not overflow for absurd settings.
-  long double per_sample = 0;
-  for (std::size_t i = 0; i < graph.size(); ++i) {
-    per_sample += static_cast<long double>(graph.layer(i).output_shape().numel());
-  }
+  // The graph's own figures per image (outputs and the planned gradient arena), times the
+  // largest batch it will see, in long double so that absurd settings cannot overflow; then the
+  // parameters with gradients and up to two optimizer slots.
   const int64_t batch = std::max(batch_size, eval_batch);
-  // Outputs, gradients and (for tensors read twice) a scratch copy: count three floats each.
-  const long double activations = per_sample * batch * 3 * sizeof(float);
-  // Value, gradient and up to two optimizer slots per parameter.
+  const Graph::Memory per_image = graph.memory(1);
+  const long double activations =
+      static_cast<long double>(per_image.outputs + per_image.gradients) * batch;
   const long double parameters =
       static_cast<long double>(graph.num_parameters()) * 4 * sizeof(float);
   const long double memory = static_cast<long double>(physical_memory_bytes());

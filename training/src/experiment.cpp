@@ -280,6 +280,12 @@ DataSettings read_data_settings(const Config& data, const Registries& registries
   return settings;
 }
 
+int64_t evaluation_batch(const Graph& graph, const TrainSettings& train) {
+  if (train.batch_size < 1 || !graph.samples_independent_in_inference())
+    return train.eval_batch_size;
+  return std::min(train.eval_batch_size, train.batch_size);
+}
+
 int64_t Experiment::required_batch_size() const {
   if (train.batch_size > 0) return train.batch_size;
   return config.at("train").get<int64_t>("batch_size");  // the error for the missing key

@@ -68,6 +68,9 @@ struct Run {
   int64_t steps = 0;    // per epoch
   int64_t train_images = 0, validation_images = 0, test_images = 0;
   double initial_loss = std::numeric_limits<double>::quiet_NaN();
+  // The process's resident set before the model's first forward (code, data, parameters): the
+  // peak minus this is what training itself took (summary.json; docs/memory.md).
+  int64_t resident_before_model = 0;
   int64_t saved_epoch = -1;    // the epoch model.h5 holds; -1: this run has not written one
   bool stopped_early = false;  // train.early_stopping ended the run
   bool interrupted = false;    // TrainOptions::stop ended the run

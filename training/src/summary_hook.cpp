@@ -17,6 +17,12 @@ nlohmann::ordered_json number(double value) {
   return value;
 }
 
+// What the graph holds: outputs, the gradient arena, parameters and their gradients.
+int64_t model_bytes(const Graph& graph) {
+  const Graph::Memory held = graph.held();
+  return held.outputs + held.gradients + held.parameters;
+}
+
 class SummaryWriter : public TrainingHook {
  public:
   explicit SummaryWriter(Run& run) : run_(run) {}
@@ -55,6 +61,9 @@ class SummaryWriter : public TrainingHook {
         {"ranks", summary.ranks},
         {"communication_seconds_per_step", number(summary.communication_seconds_per_step)},
         {"gradient_bytes_per_step", summary.gradient_bytes_per_step},
+        {"peak_memory_bytes", peak_resident_bytes()},
+        {"memory_before_model_bytes", run_.resident_before_model},
+        {"model_memory_bytes", model_bytes(*experiment.graph)},
         {"history", std::move(history)}};
     try {
       write_file_atomically(

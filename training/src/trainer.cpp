@@ -65,7 +65,8 @@ struct Evaluation {
 };
 
 // The loss and accuracy over `samples`, through the transforms' deterministic apply(), read in
-// batches of `batch` (a loader of its own, so memory is two batches whatever the split's size).
+// batches of evaluation_batch() (a loader of its own, so memory is two batches whatever the
+// split's size).
 // Skipped bad images (data.on_bad_image: skip) count in neither and are noted.
 // Under MPI each rank evaluates its shard and the sums are reduced, so every rank returns the same.
 Evaluation evaluate(const Experiment& experiment, Context& context, const RunData& data,
@@ -73,7 +74,8 @@ Evaluation evaluate(const Experiment& experiment, Context& context, const RunDat
                     training_loop::Progress* progress = nullptr) {
   if (samples.size() == 0) return {};
   LoaderOptions options;
-  options.batch_size = std::min(experiment.train.eval_batch_size, samples.size());
+  options.batch_size =
+      std::min(evaluation_batch(*experiment.graph, experiment.train), samples.size());
   options.skip_bad = experiment.data.skip_bad_images;
   options.rank = parallel.rank();
   options.ranks = parallel.ranks();
@@ -270,7 +272,8 @@ std::vector<PluginRecord> check_model_fits_data(Experiment& run, const Registrie
                     "dataset has {} classes",
                     last_layer, logits[0], dataset.num_classes()));
   }
-  check_memory(graph, run.train.batch_size, run.train.eval_batch_size, run.config.at("train"));
+  check_memory(graph, run.train.batch_size, evaluation_batch(graph, run.train),
+               run.config.at("train"));
   return plugins_needed(registries, graph, run.backend_name,
                         run.data_config.get<std::string>("type"), run.loss_type, run.data.transforms);
 }
@@ -879,6 +882,7 @@ TrainSummary train_experiment(const Config& experiment_config, const Registries&
   Context context{true, &experiment.rng, experiment.backend.get(), nullptr, communicator};
   Progress progress(options.quiet ? "none" : options.progress, experiment.train.epochs, run.steps);
   run.progress = &progress;
+  run.resident_before_model = resident_bytes();
   run.initial_loss = initial_loss_check(run, data, context);
   if (communicator != nullptr) communicator->set_watchdog(experiment.distributed.watchdog_seconds);
   return train_loop(run, data, batches, context, builtin_hooks(run, on_epoch));

@@ -12,11 +12,19 @@
 //
 // Layers run in file order; each produces one tensor named after the layer, and "input" names the
 // model input. A layer may consume any earlier tensor, and a tensor may feed several layers: the
-// graph sums the gradients flowing back into it. Activations and gradients are allocated once for
-// the largest batch seen and reused (a smaller batch gets views), so a step allocates no
-// activation or gradient tensor. It is not allocation-free: layers may allocate scratch (lrn's
-// per-task plane, the params() lists), and the input-gradient buffers of gradient checking are
-// made per call.
+// graph sums the gradients flowing back into it.
+//
+// Memory. Every layer's output is kept for the largest batch seen (backward reads them, and
+// activation() returns them). The gradients of the outputs exist only once a backward has run
+// (an inference-only graph never holds any), and they share memory: a gradient is live from the
+// backward step of the last layer reading that tensor to the backward step of the layer that
+// produced it, and the buffers of all of them, with the per-consumer scratch of tensors read by
+// several layers, are placed by lifetime in one arena (strata/memory_plan.hpp). In a chain of
+// layers two gradients are live at a time, whatever the depth. memory() gives the figures for
+// any batch without allocating. Buffers are allocated once for the largest batch seen and reused
+// (a smaller batch gets views), so a step allocates no activation or gradient tensor. It is not
+// allocation-free: layers may allocate scratch (lrn's per-task plane, the params() lists), and
+// the input-gradient buffers of gradient checking are made per call.
 #pragma once
 
 #include <cstdint>
@@ -30,6 +38,7 @@
 
 #include "strata/config.hpp"
 #include "strata/layer.hpp"
+#include "strata/memory_plan.hpp"
 #include "strata/optimizer.hpp"
 
 namespace strata {
@@ -112,6 +121,20 @@ class Graph {
   // of a layer includes summing its input gradients into tensors read by several layers.
   void set_profile(GraphProfile* profile);
 
+  // What the graph holds for a batch of `batch` images, in bytes: every layer's output, the
+  // gradient arena a backward allocates (output gradients and scratch placed by lifetime), and
+  // the parameters' values and gradients. Layer scratch and kernel workspaces are not included.
+  struct Memory {
+    int64_t outputs = 0, gradients = 0, parameters = 0;
+  };
+  Memory memory(int64_t batch) const;
+  // What the graph holds now: outputs for the largest batch seen, and the gradient arena only
+  // once a backward has run (zero for a graph used for inference alone).
+  Memory held() const;
+  // Whether inference maps each sample on its own (no layer says it mixes_samples_in_inference):
+  // then running a batch in smaller pieces gives the same outputs.
+  bool samples_independent_in_inference() const;
+
   std::vector<ParamRef> params();            // keys "<layer>/<param>"
   std::vector<NamedTensor> state_tensors();  // parameters and buffers, "<layer>/<name>"
   int64_t num_parameters() const;
@@ -123,6 +146,7 @@ class Graph {
     std::vector<int> inputs;  // indices of producing nodes; -1 is the model input
     int consumers = 0;
     std::vector<Tensor> in, din;  // per-step views handed to the layer (reused, not reallocated)
+    int last_consumer = -1;       // the highest index of a node reading this one (-1: none)
   };
   struct TrainingKeys;  // an entry's lr_mult, decay_mult and freeze (graph.cpp)
   // build(): the input shape, then each entry of `layers` in order, a layer or a block.
@@ -150,6 +174,13 @@ class Graph {
     return producer < 0 ? input_shape_ : nodes_[producer].layer->output_shape();
   }
   void allocate(int64_t batch);
+  // The gradient arena's buffers for `batch` images, in this order: the output gradient of each
+  // node that needs one, then a scratch per (node, input) whose producer is read by several
+  // layers. `slots` (when given) receives, per request, the node and the input index (-1 for an
+  // output gradient).
+  std::vector<BufferRequest> gradient_requests(int64_t batch,
+                                               std::vector<std::pair<int, int>>* slots) const;
+  void allocate_gradients();  // for batch_ images: plans the arena when the batch outgrew it
   void backward_node(Context& context, const Tensor& doutput, std::size_t i, int input_consumers,
                      Tensor& input_scratch);
 
@@ -161,10 +192,20 @@ class Graph {
   std::vector<std::pair<std::string, int>> aliases_;  // block outputs: name -> node
   int64_t allocated_batch_ = -1;
   int64_t batch_ = -1;  // of the last forward(); -1 before the first (a batch may be empty)
-  // Per node, sized for the largest batch seen: outputs, output gradients, and for tensors read
-  // by several layers a scratch buffer each consumer writes its share of the gradient into.
-  std::vector<Tensor> outputs_storage_, grads_storage_, edge_scratch_;
-  std::vector<Tensor> outputs_, grads_, scratch_;  // views for the current batch
+  // Per node, sized for the largest batch seen: its output.
+  std::vector<Tensor> outputs_storage_;
+  std::vector<Tensor> outputs_;  // views for the current batch
+  // Backward's buffers, views into one arena planned by lifetime for gradient_batch_ images: per
+  // node its output gradient (undefined when none is needed), and per node and input the scratch
+  // it writes its share into when that input is read by several layers and another consumer
+  // wrote first. grads_ and scratch_ are the views for the current batch.
+  Tensor gradient_arena_;
+  int64_t gradient_batch_ = -1;
+  std::vector<Tensor> grads_storage_, grads_;
+  std::vector<std::vector<Tensor>> scratch_storage_, scratch_;
+  int64_t gradient_views_batch_ = -1;  // the batch of grads_ and scratch_
+  std::vector<char> written_;       // per node: has a consumer written its gradient (this backward)
+  std::vector<char> into_scratch_;  // per input of the node in backward_node: wrote its scratch
   Tensor input_;                                   // view of the current input
   GraphProfile* profile_ = nullptr;
   bool input_gradient_ = false;

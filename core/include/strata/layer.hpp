@@ -186,6 +186,11 @@ class Layer {
   // training pass on every rank, with a batch of 0 images on a rank that has none that step, so
   // the collectives match; such a layer must handle an empty batch.
   virtual bool communicates() const { return false; }
+  // mixes_samples_in_inference(): an inference forward's output for a sample depends on the
+  // other samples of the batch (batch_norm without running statistics). Otherwise (the default)
+  // evaluation may run a batch in pieces of any size, which bounds its memory, and conformance's
+  // batch-independence check holds the layer to it.
+  virtual bool mixes_samples_in_inference() const { return false; }
 
   // Describes the layer's inference-mode computation as nodes of the ONNX operator vocabulary
   // (strata/export.hpp), for `strata export`; valid after setup(). Returns false when the layer

@@ -68,6 +68,9 @@ class Tensor {
 
   Tensor view(Shape shape) const;                        // same data, numel must match
   Tensor batch_slice(int64_t begin, int64_t end) const;  // rows [begin, end) of dimension 0
+  // Elements [offset, offset + shape.numel()) of this tensor, viewed as `shape` (the graph's
+  // buffers in an arena); the range must lie inside this tensor.
+  Tensor region(int64_t offset, Shape shape) const;
   Tensor clone() const;                                  // deep copy
 
   void fill(float value);
@@ -90,6 +93,9 @@ struct NamedTensor {
 // The machine's physical memory (or STRATA_MEMORY_LIMIT_MB megabytes when that environment
 // variable is set and lower), the ceiling every size estimate is checked against.
 uint64_t physical_memory_bytes();
+// This process's resident set now, and its peak so far (0 where the system does not say).
+int64_t resident_bytes();
+int64_t peak_resident_bytes();
 // 1234567 -> "1.2 MB" (decimal units).
 std::string bytes_text(double bytes);
 

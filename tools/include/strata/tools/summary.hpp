@@ -53,7 +53,18 @@ struct ModelSummary {
   int64_t activations = 0;        // per image: input plus every layer output
   int64_t activation_bytes = 0;   // per image, forward
   int64_t batch_size = 0;
-  int64_t training_bytes = 0;     // estimate for forward + backward at batch_size
+  // Training at batch_size, from the graph's plan (Graph::memory): every output, the gradient
+  // arena (gradients placed by lifetime), and parameters with gradients and one optimizer slot.
+  int64_t output_bytes = 0;
+  int64_t gradient_bytes = 0;
+  int64_t training_bytes = 0;  // their sum with 3 * parameter_bytes
+  // With measure_run_memory(): a whole training run's peak, the model's training memory above
+  // plus this process's resident set with the plugins loaded and the model built (code,
+  // libraries) and what opening the data as training does added to it (the splits in-memory
+  // readers hold, file lists). -1: not measured.
+  int64_t process_bytes = -1;
+  int64_t data_bytes = -1;
+  int64_t run_bytes = -1;
   int64_t multiply_adds = 0;      // per image
 };
 
@@ -65,6 +76,12 @@ ModelSummary summarize(Graph& graph, bool expand, int64_t batch_size);
 // experiment's train.batch_size (1 when the experiment has none). Every other section is left
 // unchecked: only the model matters here.
 ModelSummary summarize_experiment(const Config& experiment, const Registries& registries, bool expand);
+
+// Fills summary.process_bytes, data_bytes and run_bytes for the experiment (`strata summary
+// --memory`): measures this process's resident set, opens the data as `strata train` does
+// (loading the splits of in-memory readers, building a missing data.cache), and measures it again.
+void measure_run_memory(const Config& experiment, const Registries& registries,
+                        ModelSummary& summary);
 
 // A fixed-width table (one row per layer or block, then the totals).
 std::string format_summary(const ModelSummary& summary);

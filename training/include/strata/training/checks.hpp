@@ -43,8 +43,8 @@ void check_not_diverged(int64_t epoch, double train_loss, double val_loss, bool 
                         std::string advice = {});
 
 // Before any data is loaded or activation allocated: the activations of batches of
-// max(batch_size, eval_batch_size), their gradients, and the parameters with gradients and
-// optimizer state must fit in the machine's memory, else an Error at train.batch_size with the
+// max(batch_size, eval_batch), their gradients (Graph::memory), and the parameters with gradients
+// and optimizer state must fit in the machine's memory, else an Error at train.batch_size with the
 // figures.
 void check_memory(const Graph& graph, int64_t batch_size, int64_t eval_batch, const Config& train);
 

@@ -87,6 +87,13 @@ struct TrainSettings {
   std::optional<EarlyStopping> early_stopping;
 };
 
+// The batch validation and test run at: train.eval_batch_size, but never more than a training
+// batch when the model maps samples independently in inference (the usual case): the results are
+// the same, so a large eval_batch_size costs no memory beyond training's. A model whose layers mix
+// the samples in inference (batch_norm without running statistics) gets eval_batch_size as given,
+// since its results depend on it.
+int64_t evaluation_batch(const Graph& graph, const TrainSettings& train);
+
 // The `checkpoint` section.
 struct CheckpointPolicy {
   int64_t every = 1;                // 0: only at the end
