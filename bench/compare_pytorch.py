@@ -484,7 +484,8 @@ def train_section(args, names, results, missed):
     """Tables 2 and 3: every workload in Strata and in both PyTorch layouts, --repeats rounds."""
     t, repeats = args.threads, args.repeats
     warm = (lambda name: 1) if args.quick else (lambda name: WORKLOADS[name].warmup)
-    iters = (lambda name: 1 if WORKLOADS[name].batch == 32 else 3) if args.quick else \
+    # --quick: 3 timed steps, 1 for the 224x224 nets (whose full runs time only 2 or 3)
+    iters = (lambda name: min(3, max(1, WORKLOADS[name].steps // 3))) if args.quick else \
         (lambda name: WORKLOADS[name].steps)
     runs = {name: {"strata": [], "strata_rss": [], "loads": [], "others": [], "pending": None,
                    **{layout: [] for layout in LAYOUTS},
