@@ -61,11 +61,11 @@ BOOST_AUTO_TEST_CASE(reports_every_layer_with_flops_from_weight_shapes) {
   BOOST_TEST(r.total_flops == 2 * conv1 + 3 * conv2 + 3 * fc);
   BOOST_TEST(r.parameters == 4 * 1 * 9 + 4 + 6 * 4 * 9 + 6 + 5 * 294 + 5);
   // Each layer names the kernel path it ran (Layer::implementation(), one name per conv pass);
-  // relu runs no kernel. conv1 has one channel per group; conv2's 4 channels are too few for
+  // relu runs the activation kernel. conv1 has one channel per group; conv2's 4 channels are too few for
   // the direct backward_data kernel (direct::kRows is 6 or 8).
   BOOST_TEST(r.layers[0].implementation ==
              "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise");
-  BOOST_TEST(r.layers[1].implementation == "");
+  BOOST_TEST(r.layers[1].implementation == "elementwise");
   BOOST_TEST(r.layers[2].implementation == "fwd=direct bwd_data=small bwd_weights=direct");
   BOOST_TEST(r.layers[3].implementation == "openblas");
 

@@ -69,8 +69,8 @@ void register_all(Registries& r) {
   r.kernels.add<TbbConv2d>("conv2d", "tbb");
   r.kernels.add<TbbPool2d>("pool2d", "tbb");
   r.kernels.add<TbbGemm>("gemm", "tbb", "openblas");
-  r.kernels.add<TbbBatchNorm>("batch_norm", "tbb");
-  r.kernels.add<TbbActivation>("activation", "tbb");
+  r.kernels.add<TbbBatchNorm>("batch_norm", "tbb", "blocked_sums");
+  r.kernels.add<TbbActivation>("activation", "tbb", "elementwise");
 }
 
 }  // namespace

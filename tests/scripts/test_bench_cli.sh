@@ -58,9 +58,9 @@ conv = r["layers"][0]
 assert conv["forward_flops"] == 2 * 6 * 8 * 10 * 10 * 27, conv  # first layer: no data gradient
 assert conv["backward_flops"] == conv["forward_flops"], conv
 assert r["layers"][1]["forward_gflops"] is None
-# The kernel path each layer ran (Layer::implementation()); relu runs none.
+# The kernel path each layer ran (Layer::implementation()).
 assert [l["implementation"] for l in r["layers"]] == [
-    "fwd=direct bwd_data=small bwd_weights=direct", "", "pairs2x2", "openblas"], r["layers"]
+    "fwd=direct bwd_data=small bwd_weights=direct", "elementwise", "pairs2x2", "openblas"], r["layers"]
 assert r["images_per_second"] > 0 and r["peak_rss_bytes"] > 0
 assert abs(r["images_per_second"] - 6 / r["step_seconds"]) < 1e-6 * r["images_per_second"]
 PY
