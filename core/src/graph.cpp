@@ -601,30 +601,28 @@ void Graph::allocate_gradients() {
   }
 }
 
+namespace {
+
+// Element counts to bytes; the parameters count twice (values and gradients).
+Graph::Memory memory_in_bytes(int64_t outputs, int64_t gradients, int64_t parameters) {
+  constexpr auto kFloat = static_cast<int64_t>(sizeof(float));
+  return {outputs * kFloat, gradients * kFloat, 2 * parameters * kFloat};
+}
+
+}  // namespace
+
 Graph::Memory Graph::memory(int64_t batch) const {
-  Memory memory;
-  for (const Node& node : nodes_) {
-    memory.outputs += node.layer->output_shape().with_batch(batch).numel();
-    for (const Param* param : node.layer->params()) memory.parameters += 2 * param->value.numel();
-  }
-  memory.gradients = plan_arena(gradient_requests(batch, nullptr)).floats;
-  for (int64_t* figure : {&memory.outputs, &memory.gradients, &memory.parameters}) {
-    *figure *= static_cast<int64_t>(sizeof(float));
-  }
-  return memory;
+  int64_t outputs = 0;
+  for (const Node& node : nodes_) outputs += node.layer->output_shape().with_batch(batch).numel();
+  return memory_in_bytes(outputs, plan_arena(gradient_requests(batch, nullptr)).floats,
+                         num_parameters());
 }
 
 Graph::Memory Graph::held() const {
-  Memory memory;
-  for (const Tensor& output : outputs_storage_) memory.outputs += output.numel();
-  memory.gradients = gradient_arena_.defined() ? gradient_arena_.numel() : 0;
-  for (const Node& node : nodes_) {
-    for (const Param* param : node.layer->params()) memory.parameters += 2 * param->value.numel();
-  }
-  for (int64_t* figure : {&memory.outputs, &memory.gradients, &memory.parameters}) {
-    *figure *= static_cast<int64_t>(sizeof(float));
-  }
-  return memory;
+  int64_t outputs = 0;
+  for (const Tensor& output : outputs_storage_) outputs += output.numel();
+  return memory_in_bytes(outputs, gradient_arena_.defined() ? gradient_arena_.numel() : 0,
+                         num_parameters());
 }
 
 bool Graph::samples_independent_in_inference() const {

@@ -1,6 +1,7 @@
 #include "strata/ops.hpp"
 
 #include <algorithm>
+#include <utility>
 
 #include "strata/error.hpp"
 
@@ -88,6 +89,13 @@ PoolTaps pool_taps(int64_t o, int64_t stride, int64_t pad, int64_t pad_end, int6
   taps.hi = std::max(taps.hi, taps.lo);
   taps.span = std::min(taps.start + kernel, in + pad_end) - taps.start;
   return taps;
+}
+
+void check_backward_counts(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx,
+                           std::string_view kernel) {
+  for (const auto& [t, what] : {std::pair{&y, "y"}, {&dy, "dy"}, {&dx, "dx"}}) {
+    check_same_count(*t, x, kernel, what);
+  }
 }
 
 }  // namespace strata

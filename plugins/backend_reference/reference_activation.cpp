@@ -15,9 +15,7 @@ void ReferenceActivation::forward(const Tensor& x, Tensor& y) {
 
 void ReferenceActivation::backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) {
   if (!dx.defined()) return;
-  for (const auto& [t, what] : {std::pair{&y, "y"}, {&dy, "dy"}, {&dx, "dx"}}) {
-    check_same_count(*t, x, kName, what);
-  }
+  check_backward_counts(x, y, dy, dx, kName);
   activation::backward_range(desc_, x.data(), y.data(), dy.data(), dx.data(), 0, x.numel());
 }
 

@@ -20,9 +20,7 @@ void TbbActivation::forward(const Tensor& x, Tensor& y) {
 
 void TbbActivation::backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) {
   if (!dx.defined()) return;
-  for (const auto& [t, what] : {std::pair{&y, "y"}, {&dy, "dy"}, {&dx, "dx"}}) {
-    check_same_count(*t, x, kName, what);
-  }
+  check_backward_counts(x, y, dy, dx, kName);
   const float *in = x.data(), *out = y.data(), *grad_out = dy.data();
   float* grad_in = dx.data();
   parallel_chunks(x.numel(), kElementwiseGrain, [&](int64_t lo, int64_t hi) {

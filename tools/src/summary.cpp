@@ -95,12 +95,21 @@ std::string field_text(const std::array<int64_t, 2>& value) {
   return fmt::format("{}x{}", value[0], value[1]);
 }
 
+// Training memory at `batch` from the graph's plan: outputs, the gradient arena, and parameters
+// with gradients and one optimizer slot.
+void set_training_memory(ModelSummary& summary, const Graph& graph, int64_t batch) {
+  const Graph::Memory planned = graph.memory(batch);
+  summary.batch_size = batch;
+  summary.output_bytes = planned.outputs;
+  summary.gradient_bytes = planned.gradients;
+  summary.training_bytes = planned.outputs + planned.gradients + 3 * summary.parameter_bytes;
+}
+
 }  // namespace
 
 ModelSummary summarize(Graph& graph, bool expand, int64_t batch_size) {
   ModelSummary summary;
   summary.input = graph.input_shape();
-  summary.batch_size = batch_size;
 
   std::vector<SummaryRow> layer_rows;
   std::vector<Field> fields(graph.size());
@@ -167,10 +176,7 @@ ModelSummary summarize(Graph& graph, bool expand, int64_t batch_size) {
   summary.activations += summary.input.numel();
   summary.activation_bytes = summary.activations * kFloatBytes;
   summary.parameter_bytes = summary.parameters * kFloatBytes;
-  const Graph::Memory planned = graph.memory(batch_size);
-  summary.output_bytes = planned.outputs;
-  summary.gradient_bytes = planned.gradients;
-  summary.training_bytes = planned.outputs + planned.gradients + 3 * summary.parameter_bytes;
+  set_training_memory(summary, graph, batch_size);
   return summary;
 }
 
@@ -184,18 +190,14 @@ ModelSummary summarize_experiment(const Config& experiment, const Registries& re
 void measure_run_memory(const Config& experiment, const Registries& registries,
                         ModelSummary& summary) {
   const Experiment run = Experiment::read(experiment, registries, Experiment::Scope::training);
-  // The parameters are allocated and counted in the resident set already, as in a run.
-  const int64_t process = resident_bytes() - summary.parameter_bytes;
+  const int64_t before_data = resident_bytes();
   const RunData data = open_run_data(run, registries);
-  summary.data_bytes = std::max<int64_t>(0, resident_bytes() - process - summary.parameter_bytes);
-  summary.process_bytes = process;
+  summary.data_bytes = std::max<int64_t>(0, resident_bytes() - before_data);
+  // The parameters are allocated and counted in the resident set already, as in a run.
+  summary.process_bytes = before_data - summary.parameter_bytes;
   // A batch holds at most the training images there are (a small train_limit).
   if (data.train.size() > 0 && data.train.size() < summary.batch_size) {
-    summary.batch_size = data.train.size();
-    const Graph::Memory planned = run.graph->memory(summary.batch_size);
-    summary.output_bytes = planned.outputs;
-    summary.gradient_bytes = planned.gradients;
-    summary.training_bytes = planned.outputs + planned.gradients + 3 * summary.parameter_bytes;
+    set_training_memory(summary, *run.graph, data.train.size());
   }
   summary.run_bytes = summary.process_bytes + summary.data_bytes + summary.training_bytes;
 }

@@ -262,6 +262,9 @@ inline void backward_range(const ActivationDesc& desc, const float* x, const flo
 // Throws an Error naming `kernel`, `what` and both shapes unless `t` holds as many elements as x.
 void check_same_count(const Tensor& t, const Tensor& x, std::string_view kernel,
                       std::string_view what);
+// check_same_count for y, dy and dx against x: an activation backward's tensors.
+void check_backward_counts(const Tensor& x, const Tensor& y, const Tensor& dy, const Tensor& dx,
+                           std::string_view kernel);
 
 // The activation of desc over whole tensors (any shape; x, y, dy, dx of equal element counts).
 class ActivationKernel : public OpKernel<ActivationDesc> {
