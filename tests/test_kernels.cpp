@@ -345,15 +345,16 @@ BatchNormStep batch_norm_step(BatchNormKernel& kernel, const Tensor& x, const Te
       mean_dy_xhat(channels);
   for (std::size_t c = 0; c < channels; ++c) mean[c] = step.sum[c] / m;
   kernel.channel_squares(x, mean.data(), step.squares.data());
-  std::vector<float> scale_f(channels), shift_f(channels);
+  std::vector<float> center_f(channels), scale_f(channels), shift_f(channels);
   for (std::size_t c = 0; c < channels; ++c) {
     inv_std[c] = 1.0 / std::sqrt(step.squares[c] / m + eps);
     scale[c] = weight[c] * inv_std[c];
+    center_f[c] = static_cast<float>(mean[c]);
     scale_f[c] = static_cast<float>(scale[c]);
-    shift_f[c] = static_cast<float>(bias[c] - mean[c] * scale[c]);
+    shift_f[c] = static_cast<float>(bias[c]);
   }
   step.y = poisoned(x.shape());
-  kernel.affine(x, scale_f.data(), shift_f.data(), step.y);
+  kernel.normalize(x, center_f.data(), scale_f.data(), shift_f.data(), step.y);
   kernel.gradient_sums(x, dy, mean.data(), inv_std.data(), step.sum_dy.data(),
                        step.sum_dy_xhat.data());
   for (std::size_t c = 0; c < channels; ++c) {
@@ -675,10 +676,10 @@ BOOST_AUTO_TEST_CASE(batch_norm_passes) {
   const double mean[] = {4, 1}, inv_std[] = {0.5, 0.25};
   bn->channel_squares(x, mean, squares.data());
   BOOST_TEST(squares == (std::vector<double>{20, 20}), boost::test_tools::per_element());
-  const float scale_f[] = {2, -1}, shift_f[] = {1, 0.5};
+  const float center_f[] = {1, 2}, scale_f[] = {2, -1}, shift_f[] = {1, 0.5};
   Tensor y = poisoned(shape);
-  bn->affine(x, scale_f, shift_f, y);
-  check_values(y, {3, 7, 2.5, 0.5, 11, 15, -1.5, -3.5}, "affine");
+  bn->normalize(x, center_f, scale_f, shift_f, y);
+  check_values(y, {1, 5, 4.5, 2.5, 9, 13, 0.5, -1.5}, "normalize");
   bn->gradient_sums(x, dy, mean, inv_std, sum_dy.data(), sum_dy_xhat.data());
   BOOST_TEST(sum_dy == (std::vector<double>{0, 3}), boost::test_tools::per_element());
   BOOST_TEST(sum_dy_xhat == (std::vector<double>{-3, -0.25}), boost::test_tools::per_element());

@@ -63,8 +63,8 @@ void ReferenceBatchNorm::channel_squares(const Tensor& x, const double* mean, do
   });
 }
 
-void ReferenceBatchNorm::affine(const Tensor& x, const float* scale, const float* shift,
-                                Tensor& y) {
+void ReferenceBatchNorm::normalize(const Tensor& x, const float* center, const float* scale,
+                                   const float* shift, Tensor& y) {
   const int64_t batch = batch_norm_batch(desc_, x, kName, "x");
   batch_norm_batch(desc_, y, kName, "y");
   const int64_t spatial = desc_.spatial;
@@ -72,7 +72,7 @@ void ReferenceBatchNorm::affine(const Tensor& x, const float* scale, const float
     const int64_t c = plane % desc_.channels;
     const float* xs = x.data() + plane * spatial;
     float* ys = y.data() + plane * spatial;
-    for (int64_t s = 0; s < spatial; ++s) ys[s] = xs[s] * scale[c] + shift[c];
+    for (int64_t s = 0; s < spatial; ++s) ys[s] = (xs[s] - center[c]) * scale[c] + shift[c];
   }
 }
 

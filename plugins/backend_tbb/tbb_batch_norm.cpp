@@ -138,7 +138,8 @@ void TbbBatchNorm::for_planes(int64_t batch, const PlaneBody& body) const {
   });
 }
 
-void TbbBatchNorm::affine(const Tensor& x, const float* scale, const float* shift, Tensor& y) {
+void TbbBatchNorm::normalize(const Tensor& x, const float* center, const float* scale,
+                             const float* shift, Tensor& y) {
   const int64_t batch = batch_norm_batch(desc_, x, kName, "x");
   batch_norm_batch(desc_, y, kName, "y");
   const int64_t spatial = desc_.spatial;
@@ -147,8 +148,8 @@ void TbbBatchNorm::affine(const Tensor& x, const float* scale, const float* shif
   for_planes(batch, [&](int64_t c, int64_t offset) {
     const float* xs = px + offset;
     float* ys = py + offset;
-    const float a = scale[c], b = shift[c];
-    for (int64_t s = 0; s < spatial; ++s) ys[s] = xs[s] * a + b;
+    const float m = center[c], a = scale[c], b = shift[c];
+    for (int64_t s = 0; s < spatial; ++s) ys[s] = (xs[s] - m) * a + b;
   });
 }
 

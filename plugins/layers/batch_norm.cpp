@@ -162,6 +162,7 @@ class BatchNorm final : public Layer {
     const int64_t batch = x.dim(0);
     const int64_t count = batch * spatial_;
     const auto channels = static_cast<std::size_t>(channels_);
+    center_.resize(channels);
     scale_.resize(channels);
     shift_.resize(channels);
 
@@ -171,7 +172,7 @@ class BatchNorm final : public Layer {
         const double inv_std = 1.0 / std::sqrt(static_cast<double>(running_var_.data()[c]) + eps_);
         set_affine(c, running_mean_.data()[c], inv_std);
       }
-      kernel_->affine(x, scale_.data(), shift_.data(), out);
+      kernel_->normalize(x, center_.data(), scale_.data(), shift_.data(), out);
       return;
     }
 
@@ -221,7 +222,7 @@ class BatchNorm final : public Layer {
       running_mean = static_cast<float>((1.0 - momentum) * running_mean + momentum * mean);
       running_var = static_cast<float>((1.0 - momentum) * running_var + momentum * unbiased);
     }
-    kernel_->affine(x, scale_.data(), shift_.data(), out);
+    kernel_->normalize(x, center_.data(), scale_.data(), shift_.data(), out);
     saved_count_ = m;
     saved_batch_ = batch;
     saved_synchronized_ = ranks != nullptr;
@@ -331,12 +332,13 @@ class BatchNorm final : public Layer {
     return context.training || !track_running_stats_;
   }
 
-  // The per-channel float scale and shift of y = x * scale + shift: the normalization with mean
-  // and inv_std, then the affine map (weight 1 and bias 0 without `affine`).
+  // The per-channel float center, scale and shift of y = (x - center) * scale + shift: the
+  // normalization with mean and inv_std, then the affine map (weight 1 and bias 0 without
+  // `affine`).
   void set_affine(std::size_t c, double mean, double inv_std) {
-    const double scale = inv_std * (affine_ ? weight_.value.data()[c] : 1.0f);
-    scale_[c] = static_cast<float>(scale);
-    shift_[c] = static_cast<float>((affine_ ? bias_.value.data()[c] : 0.0f) - mean * scale);
+    center_[c] = static_cast<float>(mean);
+    scale_[c] = static_cast<float>(inv_std * (affine_ ? weight_.value.data()[c] : 1.0f));
+    shift_[c] = affine_ ? bias_.value.data()[c] : 0.0f;
   }
 
   std::optional<double> momentum_;  // empty: momentum: null, the cumulative average
@@ -358,7 +360,7 @@ class BatchNorm final : public Layer {
   // synchronized one reduces across the ranks), the forward's float scale and shift, evaluation's
   // running mean and inv_std, and the input gradient's coefficients.
   std::vector<double> reduced_, running_, coefficients_;
-  std::vector<float> scale_, shift_;
+  std::vector<float> center_, scale_, shift_;
 };
 
 }  // namespace

@@ -151,9 +151,13 @@ class BatchNormKernel : public OpKernel<BatchNormDesc> {
   // squares[c] = sum over n, s of (x[n, c, s] - mean[c])^2, the difference taken in double (two
   // passes, not a sum of squares minus a squared sum: no cancellation when |mean| >> std)
   virtual void channel_squares(const Tensor& x, const double* mean, double* squares) = 0;
-  // y[n, c, s] = x[n, c, s] * scale[c] + shift[c] in float: the normalization with its affine
-  // map folded into one scale and shift per channel (training and evaluation alike)
-  virtual void affine(const Tensor& x, const float* scale, const float* shift, Tensor& y) = 0;
+  // y[n, c, s] = (x[n, c, s] - center[c]) * scale[c] + shift[c] in float: the normalization with
+  // its affine map folded into a center (the mean), a scale (weight * inv_std) and a shift (the
+  // bias) per channel, training and evaluation alike. Centering first keeps the product small:
+  // folded into x * scale + (bias - mean * scale), a channel with |mean| * inv_std large loses
+  // y's low bits to cancellation, differently with and without fused multiply-adds.
+  virtual void normalize(const Tensor& x, const float* center, const float* scale,
+                         const float* shift, Tensor& y) = 0;
   // sum_dy[c] = sum of dy, sum_dy_xhat[c] = sum of dy * x_hat with x_hat = (x - mean[c]) *
   // inv_std[c] (double), over n, s of channel c
   virtual void gradient_sums(const Tensor& x, const Tensor& dy, const double* mean,
