@@ -18,8 +18,3 @@ pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
 # Warnings are errors for our own code.
 add_library(strata_warnings INTERFACE)
 target_compile_options(strata_warnings INTERFACE -Wall -Wextra -Wpedantic -Werror -Wno-unused-parameter)
-# The build machine is the machine that runs: let the compiler use its vector units (AVX2, FMA).
-# RelWithDebInfo too: the sanitizer builds use it, and must run the same AVX2 kernels as Release
-# (without it they ran the scalar fallbacks, untested and 700x slower under ASan + UBSan).
-add_library(strata_native INTERFACE)
-target_compile_options(strata_native INTERFACE $<$<CONFIG:Release,RelWithDebInfo>:-march=native>)

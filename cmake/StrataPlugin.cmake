@@ -1,5 +1,5 @@
 # strata_add_plugin(<name> SOURCES <files...> [LIBRARIES <targets...>] [OUTPUT_DIRECTORY <dir>]
-#                   [KEEP_LOADED])
+#                   [KEEP_LOADED] [ISAS <levels...>])
 #
 # Builds a Strata plugin: a shared module named libstrata_<name>.so, linked against the core,
 # exporting only its `strata_plugin` entry point (and `strata_conformance_cases`, when defined).
@@ -14,11 +14,45 @@
 # Optimized by default: with no CMAKE_BUILD_TYPE the plugin is compiled with the Release flags
 # (CMAKE_CXX_FLAGS_RELEASE, -O3 -DNDEBUG), as a property of the plugin target only.
 #
+# Portable: a plugin is compiled for the compiler's baseline (x86-64), never for the build machine
+# (-march=native), so a build runs on any x86-64 CPU. Code that profits from wider vector units
+# names ISAS: SOURCES are then compiled once per level (generic, avx2 = x86-64-v3, avx512 =
+# x86-64-v4) into <dir>/<name>/<level>.so, and libstrata_<name>.so is a baseline dispatcher that
+# opens the one this CPU runs best (or STRATA_ISA's choice) when the plugin is loaded. The sources
+# do not change: their STRATA_PLUGIN(...) line exports each copy's entry point. strata/isa.hpp
+# explains the choice, its errors, and why the copies are separate modules.
+#
 # KEEP_LOADED: once loaded, the library is never unmapped (linked with -z nodelete). Use it for a
 # plugin whose libraries start threads that outlive its objects, as oneTBB's workers do: unloading
 # libtbb under its sleeping workers crashes the process at exit.
+# The compiler flags of each instruction-set level of strata_add_plugin(... ISAS ...).
+set(STRATA_ISA_FLAGS_generic "")
+set(STRATA_ISA_FLAGS_avx2 "-march=x86-64-v3")
+set(STRATA_ISA_FLAGS_avx512 "-march=x86-64-v4")
+
+# What every plugin module (a plugin file, or one ISA copy of one) shares: the core, the project's
+# warning flags in the source tree, Release flags with no build type, hidden symbols.
+function(_strata_plugin_module target output_directory)
+  target_link_libraries(${target} PRIVATE strata::core)
+  if(TARGET strata_warnings)
+    target_link_libraries(${target} PRIVATE strata_warnings)
+  endif()
+  # A plugin is numeric code: built with no build type (CMake's empty configuration, what a plain
+  # `cmake -S . -B build` gives) it would get no optimization at all, about 40 % slower end to end.
+  # Then this target alone gets the Release flags; an explicit CMAKE_BUILD_TYPE (Debug included)
+  # or a multi-config generator's choice is left as it is.
+  separate_arguments(release_flags UNIX_COMMAND "${CMAKE_CXX_FLAGS_RELEASE}")
+  if(release_flags)
+    target_compile_options(${target} PRIVATE "$<$<STREQUAL:$<CONFIG>,>:${release_flags}>")
+  endif()
+  set_target_properties(${target} PROPERTIES
+    LIBRARY_OUTPUT_DIRECTORY ${output_directory}
+    CXX_VISIBILITY_PRESET hidden
+    VISIBILITY_INLINES_HIDDEN ON)
+endfunction()
+
 function(strata_add_plugin name)
-  cmake_parse_arguments(ARG "KEEP_LOADED" "OUTPUT_DIRECTORY" "SOURCES;LIBRARIES" ${ARGN})
+  cmake_parse_arguments(ARG "KEEP_LOADED" "OUTPUT_DIRECTORY" "SOURCES;LIBRARIES;ISAS" ${ARGN})
   if(NOT ARG_SOURCES)
     message(FATAL_ERROR "strata_add_plugin(${name}): SOURCES is required")
   endif()
@@ -29,34 +63,62 @@ function(strata_add_plugin name)
       set(ARG_OUTPUT_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
     endif()
   endif()
-  set(target strata_${name})
-  add_library(${target} MODULE ${ARG_SOURCES})
-  target_link_libraries(${target} PRIVATE strata::core ${ARG_LIBRARIES})
-  # In the source tree: the project's warning flags (-Werror) and -march=native.
-  foreach(flags strata_warnings strata_native)
-    if(TARGET ${flags})
-      target_link_libraries(${target} PRIVATE ${flags})
-    endif()
-  endforeach()
-  # A plugin is numeric code: built with no build type (CMake's empty configuration, what a plain
-  # `cmake -S . -B build` gives) it would get no optimization at all, about 40 % slower end to end.
-  # Then this target alone gets the Release flags; an explicit CMAKE_BUILD_TYPE (Debug included)
-  # or a multi-config generator's choice is left as it is.
-  separate_arguments(release_flags UNIX_COMMAND "${CMAKE_CXX_FLAGS_RELEASE}")
-  if(release_flags)
-    target_compile_options(${target} PRIVATE "$<$<STREQUAL:$<CONFIG>,>:${release_flags}>")
+  set(installed_in_tree OFF)
+  if(DEFINED STRATA_PLUGIN_DIR AND ARG_OUTPUT_DIRECTORY STREQUAL STRATA_PLUGIN_DIR)
+    set(installed_in_tree ON)
   endif()
+  set(target strata_${name})
+
+  if(ARG_ISAS)
+    foreach(isa IN LISTS ARG_ISAS)
+      if(NOT DEFINED STRATA_ISA_FLAGS_${isa})
+        message(FATAL_ERROR "strata_add_plugin(${name}): unknown ISA '${isa}' (generic, avx2, avx512)")
+      endif()
+    endforeach()
+    if(NOT CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
+      message(STATUS "strata_add_plugin(${name}): ${CMAKE_SYSTEM_PROCESSOR} is not x86-64: generic only")
+      set(ARG_ISAS generic)
+    endif()
+    string(JOIN "," built ${ARG_ISAS})
+    set(dispatcher ${CMAKE_CURRENT_BINARY_DIR}/${target}_dispatch.cpp)
+    file(CONFIGURE OUTPUT ${dispatcher} CONTENT
+         "// Generated by strata_add_plugin(${name} ISAS ...): strata/isa.hpp.\n#include \"strata/isa.hpp\"\n\nSTRATA_ISA_DISPATCHER(\"${name}\", \"${built}\")\n")
+    add_library(${target} MODULE ${dispatcher})
+    target_link_libraries(${target} PRIVATE ${CMAKE_DL_LIBS})
+    foreach(isa IN LISTS ARG_ISAS)
+      set(variant ${target}_${isa})
+      add_library(${variant} MODULE ${ARG_SOURCES})
+      target_link_libraries(${variant} PRIVATE ${ARG_LIBRARIES})
+      _strata_plugin_module(${variant} ${ARG_OUTPUT_DIRECTORY}/${name})
+      separate_arguments(isa_flags UNIX_COMMAND "${STRATA_ISA_FLAGS_${isa}}")
+      target_compile_options(${variant} PRIVATE ${isa_flags})
+      target_compile_definitions(${variant} PRIVATE STRATA_ISA_VARIANT="${isa}"
+                                                    STRATA_PLUGIN_ISAS="${built}")
+      set_target_properties(${variant} PROPERTIES PREFIX "" OUTPUT_NAME ${isa}
+                                                  INSTALL_RPATH "$ORIGIN/../..")
+      if(ARG_KEEP_LOADED)
+        target_link_options(${variant} PRIVATE LINKER:-z,nodelete)
+      endif()
+      # Building the plugin builds its copies.
+      add_dependencies(${target} ${variant})
+      if(installed_in_tree)
+        install(TARGETS ${variant} LIBRARY DESTINATION lib/strata/${name})
+      endif()
+    endforeach()
+  else()
+    add_library(${target} MODULE ${ARG_SOURCES})
+    target_link_libraries(${target} PRIVATE ${ARG_LIBRARIES})
+  endif()
+
+  _strata_plugin_module(${target} ${ARG_OUTPUT_DIRECTORY})
   set_target_properties(${target} PROPERTIES
     PREFIX "lib"
-    LIBRARY_OUTPUT_DIRECTORY ${ARG_OUTPUT_DIRECTORY}
-    CXX_VISIBILITY_PRESET hidden
-    VISIBILITY_INLINES_HIDDEN ON
     # Installed plugins live in PREFIX/lib/strata and find libstrata_core in PREFIX/lib.
     INSTALL_RPATH "$ORIGIN/..")
   if(ARG_KEEP_LOADED)
     target_link_options(${target} PRIVATE LINKER:-z,nodelete)
   endif()
-  if(DEFINED STRATA_PLUGIN_DIR AND ARG_OUTPUT_DIRECTORY STREQUAL STRATA_PLUGIN_DIR)
+  if(installed_in_tree)
     set_property(GLOBAL APPEND PROPERTY STRATA_PLUGIN_TARGETS ${target})
   endif()
 endfunction()

@@ -8,12 +8,14 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "strata/backend.hpp"
 #include "strata/config.hpp"
 #include "strata/dataset.hpp"
 #include "strata/error.hpp"
+#include "strata/isa.hpp"
 #include "strata/layer.hpp"
 #include "strata/memory_plan.hpp"
 #include "strata/optimizer.hpp"
@@ -366,30 +368,37 @@ BOOST_AUTO_TEST_CASE(wrong_api_version_is_refused_before_registration) {
   BOOST_TEST(loader.plugins().empty());
   // A plugin of API 2 (whole-split datasets) is told what to port.
   const std::string old = test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_2.so"); });
-  STRATA_CHECK_CONTAINS(old, "built for plugin API version 2, but this Strata supports version 6");
+  STRATA_CHECK_CONTAINS(old, "built for plugin API version 2, but this Strata supports version 7");
   STRATA_CHECK_CONTAINS(old, "a dataset reads samples on demand through Dataset::open");
   STRATA_CHECK_CONTAINS(old, "InMemoryDataset");
   STRATA_CHECK_CONTAINS(old, "Context carries the run's Communicator");
   STRATA_CHECK_CONTAINS(old, "optional export_to() hook");
   // A plugin of API 3 is told only what changed since 3.
   const std::string api3 = test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_3.so"); });
-  STRATA_CHECK_CONTAINS(api3, "built for plugin API version 3, but this Strata supports version 6");
+  STRATA_CHECK_CONTAINS(api3, "built for plugin API version 3, but this Strata supports version 7");
   STRATA_CHECK_CONTAINS(api3, "Context carries the run's Communicator");
   STRATA_CHECK_CONTAINS(api3, "optional export_to() hook");
   BOOST_TEST(api3.find("InMemoryDataset") == std::string::npos);
   // A plugin of API 4 is told about the export hook and what came after.
   const std::string api4 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_4.so"); });
-  STRATA_CHECK_CONTAINS(api4, "built for plugin API version 4, but this Strata supports version 6");
+  STRATA_CHECK_CONTAINS(api4, "built for plugin API version 4, but this Strata supports version 7");
   STRATA_CHECK_CONTAINS(api4, "optional export_to() hook");
   BOOST_TEST(api4.find("Communicator") == std::string::npos);
   STRATA_CHECK_CONTAINS(api4, "Kernel and Layer gain implementation()");
-  // A plugin of API 5 is told only about the implementation names.
+  // A plugin of API 5 is told about the implementation names and what came after.
   const std::string api5 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_5.so"); });
-  STRATA_CHECK_CONTAINS(api5, "built for plugin API version 5, but this Strata supports version 6");
+  STRATA_CHECK_CONTAINS(api5, "built for plugin API version 5, but this Strata supports version 7");
   STRATA_CHECK_CONTAINS(api5, "Kernel and Layer gain implementation()");
+  STRATA_CHECK_CONTAINS(api5, "API 7: BatchNormKernel::affine");
   BOOST_TEST(api5.find("export_to") == std::string::npos);
+  // A plugin of API 6 is told only about the batch norm kernel's new pass.
+  const std::string api6 =
+      test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_6.so"); });
+  STRATA_CHECK_CONTAINS(api6, "built for plugin API version 6, but this Strata supports version 7");
+  STRATA_CHECK_CONTAINS(api6, "became normalize(x, center, scale, shift, y)");
+  BOOST_TEST(api6.find("implementation()") == std::string::npos);
   BOOST_TEST(loader.plugins().empty());
 }
 
@@ -411,6 +420,119 @@ BOOST_AUTO_TEST_CASE(duplicate_registration_names_both_plugins) {
   STRATA_CHECK_CONTAINS(message, "layer type 'relu' is registered twice");
   STRATA_CHECK_CONTAINS(message, "by plugin 'layers'");
   STRATA_CHECK_CONTAINS(message, "by plugin 'test_duplicate_layer'");
+}
+
+namespace {
+
+// STRATA_ISA set for one scope, restored (or removed) after it.
+class IsaVariable {
+ public:
+  explicit IsaVariable(const char* value) {
+    if (const char* old = std::getenv("STRATA_ISA")) saved_ = old;
+    if (value == nullptr) {
+      ::unsetenv("STRATA_ISA");
+    } else {
+      ::setenv("STRATA_ISA", value, 1);
+    }
+  }
+  ~IsaVariable() {
+    if (saved_) {
+      ::setenv("STRATA_ISA", saved_->c_str(), 1);
+    } else {
+      ::unsetenv("STRATA_ISA");
+    }
+  }
+
+ private:
+  std::optional<std::string> saved_;
+};
+
+}  // namespace
+
+// Plugins built once per instruction-set level (strata/isa.hpp): the names, the choice and its
+// errors. Which copy of backend_tbb a process runs is tested in tests/scripts/test_bench_cli.sh
+// (one choice per process) and by ctest's test_kernels_<level>.
+BOOST_AUTO_TEST_CASE(isa_levels_are_chosen_by_cpu_and_environment) {
+  for (const isa::Isa level : {isa::Isa::kGeneric, isa::Isa::kAvx2, isa::Isa::kAvx512}) {
+    BOOST_TEST((isa::parse(isa::name(level)) == level));
+  }
+  BOOST_TEST(!isa::parse("sse4").has_value());
+  BOOST_TEST(!isa::parse("AVX2").has_value());
+  BOOST_TEST(isa::cpu_runs(isa::Isa::kGeneric));
+  if (isa::cpu_runs(isa::Isa::kAvx512)) BOOST_TEST(isa::cpu_runs(isa::Isa::kAvx2));
+
+  {
+    IsaVariable unset(nullptr);
+    const isa::Isa widest = isa::cpu_runs(isa::Isa::kAvx512) ? isa::Isa::kAvx512
+                            : isa::cpu_runs(isa::Isa::kAvx2) ? isa::Isa::kAvx2
+                                                             : isa::Isa::kGeneric;
+    const isa::Choice best = isa::choose("avx512,generic,avx2");  // any order
+    BOOST_TEST((best.isa == widest));
+    BOOST_TEST(best.reason == "the best this CPU runs");
+    BOOST_TEST((isa::choose("generic").isa == isa::Isa::kGeneric));
+    STRATA_CHECK_CONTAINS(isa::describe(best), "kernels, the best this CPU runs");
+    STRATA_CHECK_CONTAINS(test::error_of([] { isa::choose("generic,sse9"); }),
+                          "unknown instruction-set level 'sse9'");
+    STRATA_CHECK_CONTAINS(test::error_of([] { isa::choose(""); }), "built for no instruction-set");
+  }
+  {
+    IsaVariable generic("generic");
+    const isa::Choice forced = isa::choose("generic,avx2,avx512");
+    BOOST_TEST((forced.isa == isa::Isa::kGeneric));
+    BOOST_TEST(isa::describe(forced) ==
+               "generic (x86-64 baseline) kernels, STRATA_ISA=generic from the environment");
+  }
+  {
+    IsaVariable bogus("avx1024");
+    STRATA_CHECK_CONTAINS(test::error_of([] { isa::choose("generic,avx2,avx512"); }),
+                          "STRATA_ISA=avx1024: not an instruction-set level (expected one of "
+                          "generic, avx2, avx512)");
+  }
+  {
+    IsaVariable not_built("avx2");
+    STRATA_CHECK_CONTAINS(test::error_of([] { isa::choose("generic"); }),
+                          "STRATA_ISA=avx2: this plugin was built for generic only");
+  }
+  if (!isa::cpu_runs(isa::Isa::kAvx512)) {
+    IsaVariable too_wide("avx512");
+    STRATA_CHECK_CONTAINS(test::error_of([] { isa::choose("generic,avx512"); }),
+                          "STRATA_ISA=avx512: this CPU cannot run avx512 code (x86-64-v4");
+  }
+}
+
+// A dispatcher whose copies are missing or mislabelled fails to load, naming the file; nothing
+// it would have registered stays behind. (Copies of the files: a library already loaded under its
+// own path keeps the choice it made first.)
+BOOST_AUTO_TEST_CASE(isa_dispatcher_refuses_missing_and_mislabelled_copies) {
+  const fs::path plugins = fs::path(STRATA_BIN_DIR) / ".." / "lib" / "strata";
+  IsaVariable generic("generic");
+  test::TempDir dir;
+  fs::copy_file(plugins / "libstrata_backend_tbb.so", dir / "libstrata_backend_tbb.so");
+  {
+    Registries r;
+    PluginLoader loader(r);
+    const std::string missing =
+        test::error_of([&] { loader.load_file(dir / "libstrata_backend_tbb.so"); });
+    STRATA_CHECK_CONTAINS(missing,
+                          "libstrata_backend_tbb.so: registration failed: its generic "
+                          "variant");
+    STRATA_CHECK_CONTAINS(missing,
+                          "backend_tbb/generic.so (STRATA_ISA=generic from the "
+                          "environment) is missing: the plugin is installed incompletely");
+    BOOST_TEST(!r.backends.contains("tbb"));
+    BOOST_TEST(loader.plugins().empty());
+  }
+  if (!isa::cpu_runs(isa::Isa::kAvx2)) return;  // opening the avx2 copy runs its initializers
+  test::TempDir other;
+  fs::copy_file(plugins / "libstrata_backend_tbb.so", other / "libstrata_backend_tbb.so");
+  fs::create_directory(other / "backend_tbb");
+  fs::copy_file(plugins / "backend_tbb" / "avx2.so", other / "backend_tbb/generic.so");
+  Registries r;
+  PluginLoader loader(r);
+  STRATA_CHECK_CONTAINS(
+      test::error_of([&] { loader.load_file(other / "libstrata_backend_tbb.so"); }),
+      "backend_tbb/generic.so was compiled for 'avx2', not for 'generic'");
+  BOOST_TEST(!r.backends.contains("tbb"));
 }
 
 // The core names no plugin: the default backend, loss and schedule are whatever the loaded plugins

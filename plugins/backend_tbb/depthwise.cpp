@@ -32,6 +32,10 @@ namespace {
 // 16 floats (one AVX-512 register, two AVX2 ones: the compiler picks), moved to and from any float
 // address with memcpy (an unaligned vector load or store; clang keeps a vector type's 64-byte
 // alignment even where a typedef asks for less, and UBSan then reports every access).
+// Below AVX-512 (the generic and avx2 copies of this file, strata/isa.hpp) gcc warns that passing
+// such a vector by value has another ABI there: these functions are internal and inlined, so no
+// call between differently compiled code ever passes one.
+#pragma GCC diagnostic ignored "-Wpsabi"
 using Vec = float __attribute__((vector_size(64)));
 constexpr int64_t kLanes = 16;
 inline Vec load(const float* p) {

@@ -8,11 +8,23 @@
 
 #include "openblas.hpp"
 #include "strata/error.hpp"
+#include "strata/isa.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
 #include "tbb_kernels.hpp"
 
+#if !defined(STRATA_PLUGIN_ISAS)
+#error "backend_tbb is built once per ISA: strata_add_plugin(backend_tbb ISAS ...) defines this"
+#endif
+
 namespace strata::tbb_backend {
+
+namespace {
+
+// Which copy of the kernels runs, and why (strata/isa.hpp); set at registration.
+isa::Choice chosen_isa;
+
+}  // namespace
 
 int allowed_threads() {
   const auto limit = static_cast<int>(
@@ -25,8 +37,8 @@ TbbBackend::TbbBackend(const Config&) : threads_(tbb::info::default_concurrency(
 TbbBackend::~TbbBackend() = default;
 
 std::string TbbBackend::description() const {
-  return fmt::format("oneTBB {}.{}, {}", TBB_VERSION_MAJOR, TBB_VERSION_MINOR,
-                     openblas::describe());
+  return fmt::format("oneTBB {}.{}, {}; {}", TBB_VERSION_MAJOR, TBB_VERSION_MINOR,
+                     isa::describe(chosen_isa), openblas::describe());
 }
 
 void TbbBackend::set_threads(int threads) {
@@ -58,6 +70,8 @@ void TbbBackend::parallel_for(int64_t begin, int64_t end, int64_t grain,
 namespace {
 
 void register_all(Registries& r) {
+  // The same choice the dispatcher made when it opened this copy (the environment is read again).
+  chosen_isa = isa::choose(STRATA_PLUGIN_ISAS);
   // Before anything can run a kernel; pins OpenBLAS to one thread (an OpenBLAS thread pool under
   // TBB tasks would oversubscribe) and chooses its kernel set (openblas.hpp).
   openblas::load();

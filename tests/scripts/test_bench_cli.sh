@@ -28,9 +28,20 @@ for word in conv1 relu1 pool1 fc1 "optimizer step" total images/s "peak memory" 
 done
 echo "ok   table"
 
-# The backend line says which BLAS kernels run and who chose them (plugins/backend_tbb/openblas.hpp).
-grep -qE "^backend tbb: oneTBB [0-9.]+, OpenBLAS [0-9.]+ \(.+ kernels, .+\)$" "$work/table" ||
+# The backend line says which copy of the tbb kernels runs (strata/isa.hpp) and which BLAS kernels
+# run, and who chose each (plugins/backend_tbb/openblas.hpp).
+grep -qE "^backend tbb: oneTBB [0-9.]+, .+ kernels, the best this CPU runs; OpenBLAS [0-9.]+ \(.+ kernels, .+\)$" "$work/table" ||
   { cat "$work/table"; fail "table lacks the backend description"; }
+STRATA_ISA=generic "$STRATA" bench "$work/exp.yaml" --iterations 1 --warmup 0 >"$work/generic" 2>&1 ||
+  { cat "$work/generic"; fail "STRATA_ISA=generic run"; }
+grep -qF "generic (x86-64 baseline) kernels, STRATA_ISA=generic from the environment;" "$work/generic" ||
+  { cat "$work/generic"; fail "STRATA_ISA=generic not honoured"; }
+if STRATA_ISA=avx3 "$STRATA" bench "$work/exp.yaml" --iterations 1 --warmup 0 >"$work/bad_isa" 2>&1; then
+  fail "STRATA_ISA=avx3 ran"
+fi
+grep -qF "libstrata_backend_tbb.so: registration failed: STRATA_ISA=avx3: not an instruction-set level (expected one of generic, avx2, avx512)" "$work/bad_isa" ||
+  { cat "$work/bad_isa"; fail "STRATA_ISA=avx3 error"; }
+echo "ok   backend description names the copy of the kernels (STRATA_ISA honoured, checked)"
 STRATA_OPENBLAS_CORETYPE=Haswell "$STRATA" bench "$work/exp.yaml" --iterations 1 --warmup 0 \
   >"$work/forced" 2>&1 || { cat "$work/forced"; fail "forced core type run"; }
 grep -qF "(Haswell kernels, STRATA_OPENBLAS_CORETYPE=Haswell from the environment)" "$work/forced" ||

@@ -23,6 +23,13 @@ tool="$prefix/bin/strata"
 # later write to the closed pipe (SIGPIPE) would fail the test.
 "$tool" plugins >"$work/plugins.txt"
 grep -qE "^  layers +1.0 +$prefix/lib/strata/libstrata_layers.so" "$work/plugins.txt" || fail "installed tool does not load its plugins"
+# The tbb backend's copies per instruction-set level (strata/isa.hpp) are installed beside its
+# dispatcher, and the installed dispatcher opens them.
+for level in generic avx2 avx512; do
+  [ -f "$prefix/lib/strata/backend_tbb/$level.so" ] || fail "backend_tbb/$level.so is not installed"
+done
+grep -qE "^  backend_tbb +1.0 +$prefix/lib/strata/libstrata_backend_tbb.so" "$work/plugins.txt" || fail "installed tbb backend does not load"
+STRATA_ISA=generic "$tool" plugins >/dev/null || fail "installed tool with STRATA_ISA=generic"
 
 # 2. The out-of-tree example, against the installed tree only.
 example="$work/example"

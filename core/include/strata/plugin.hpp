@@ -32,7 +32,9 @@ namespace strata {
 // 5: Layer::export_to() and Transform::export_to(), the optional export hooks (strata/export.hpp).
 // 6: Kernel::implementation() and Layer::implementation(); KernelRegistry holds an ordered list
 //    of named implementations per (op, backend). Source-compatible: add<K>(op, backend) works.
-inline constexpr int kPluginApi = 6;
+// 7: BatchNormKernel::normalize(x, center, scale, shift, y) replaces affine(x, scale, shift, y);
+//    plugins built once per ISA (strata/isa.hpp) export strata_plugin_variant.
+inline constexpr int kPluginApi = 7;
 
 class Registries;
 
@@ -90,8 +92,20 @@ class PluginLoader {
 #define STRATA_EXPORT __attribute__((visibility("default")))
 #endif
 
-#define STRATA_PLUGIN(NAME, VERSION, REGISTER_FN)                                          \
-  extern "C" STRATA_EXPORT const ::strata::PluginInfo* strata_plugin() {                   \
+// In a plugin built once per ISA (strata_add_plugin(... ISAS ...), strata/isa.hpp), CMake defines
+// STRATA_ISA_VARIANT as the level a copy is compiled for; the copy then exports its entry point as
+// strata_plugin_variant, and the level as strata_plugin_isa, for the plugin's dispatcher to find.
+#if defined(STRATA_ISA_VARIANT)
+#define STRATA_PLUGIN(NAME, VERSION, REGISTER_FN)                                             \
+  extern "C" STRATA_EXPORT const ::strata::PluginInfo* strata_plugin_variant() {              \
     static const ::strata::PluginInfo info{::strata::kPluginApi, NAME, VERSION, REGISTER_FN}; \
-    return &info;                                                                          \
+    return &info;                                                                             \
+  }                                                                                           \
+  extern "C" STRATA_EXPORT const char* strata_plugin_isa() { return STRATA_ISA_VARIANT; }
+#else
+#define STRATA_PLUGIN(NAME, VERSION, REGISTER_FN)                                             \
+  extern "C" STRATA_EXPORT const ::strata::PluginInfo* strata_plugin() {                      \
+    static const ::strata::PluginInfo info{::strata::kPluginApi, NAME, VERSION, REGISTER_FN}; \
+    return &info;                                                                             \
   }
+#endif
