@@ -6,9 +6,11 @@
 #include <cmath>
 #include <numeric>
 #include <string>
+#include <utility>
+#include <vector>
 
-#include "strata/tools/bench.hpp"
 #include "strata/error.hpp"
+#include "strata/tools/bench.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -32,7 +34,45 @@ optimizer: {type: sgd, lr: 0.01, momentum: 0.9}
 train: {epochs: 3, batch_size: 7}
 )";
 
+// LRN, a softmax over the channels at each position, global average pooling: the layers that
+// compute through the normalization kernels (docs/performance.md section 11).
+const char* kNormalizationModel = R"(
+threads: 1
+data: {type: idx, dir: /nonexistent/strata-bench-test}
+model:
+  input: [6, 5, 5]
+  layers:
+    - {name: conv, type: conv2d, out_channels: 8, kernel: 3, padding: 1}
+    - {name: norm, type: lrn, size: 3}
+    - {name: probabilities, type: softmax}
+    - {name: pool, type: global_avg_pool}
+    - {name: fc, type: linear, out_features: 4}
+optimizer: {type: sgd, lr: 0.01}
+train: {epochs: 1, batch_size: 3}
+)";
+
 }  // namespace
+
+// LRN, a softmax over the channels at each position and global average pooling compute through
+// kernels (docs/performance.md section 11), and strata bench names the one each ran.
+BOOST_AUTO_TEST_CASE(normalization_layers_name_their_kernels) {
+  strata::BenchOptions options;
+  options.iterations = 1;
+  options.warmup = 0;
+  const std::vector<std::pair<std::string, std::vector<std::string>>> expected = {
+      {"tbb", {"channel_window", "vector_exp", "planes"}},
+      {"reference", {"reference", "reference", "reference"}}};
+  for (const auto& [backend, names] : expected) {
+    BOOST_TEST_CONTEXT(backend) {
+      const strata::BenchReport r = bench_experiment(
+          yaml("backend: " + backend + std::string(kNormalizationModel)), registries(), options);
+      BOOST_TEST_REQUIRE(r.layers.size() == 5u);
+      for (std::size_t i = 0; i < names.size(); ++i) {
+        BOOST_TEST(r.layers[i + 1].implementation == names[i], r.layers[i + 1].name);
+      }
+    }
+  }
+}
 
 BOOST_AUTO_TEST_CASE(reports_every_layer_with_flops_from_weight_shapes) {
   strata::BenchOptions options;

@@ -532,6 +532,103 @@ std::string describe(const ActivationDesc& d) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Softmax, LRN and global average pooling: helpers.
+
+using strata::GlobalAvgPoolDesc;
+using strata::GlobalAvgPoolKernel;
+using strata::LrnDesc;
+using strata::LrnKernel;
+using strata::SoftmaxDesc;
+using strata::SoftmaxKernel;
+
+// The reference and every fast backend: known answers hold for all of them.
+std::vector<std::string> all_backends(const std::string& op) {
+  std::vector<std::string> names = fast_backends(op);
+  names.insert(names.begin(), "reference");
+  return names;
+}
+
+std::string describe(const SoftmaxDesc& d, int64_t n) {
+  return fmt::format("softmax N={} outer={} axis={} inner={}", n, d.outer, d.axis, d.inner);
+}
+
+std::string describe(const LrnDesc& d, int64_t n) {
+  return fmt::format("lrn N={} channels={} area={} size={} alpha={} beta={} k={}", n, d.channels,
+                     d.area, d.size, d.alpha, d.beta, d.k);
+}
+
+std::string describe(const GlobalAvgPoolDesc& d, int64_t n) {
+  return fmt::format("global_avg_pool N={} channels={} area={}", n, d.channels, d.area);
+}
+
+LrnDesc lrn_desc(int64_t channels, int64_t area, int64_t size, double alpha, double beta,
+                 double k) {
+  LrnDesc d;
+  d.channels = channels;
+  d.area = area;
+  d.size = size;
+  d.alpha = alpha;
+  d.beta = beta;
+  d.k = k;
+  return d;
+}
+
+// Both passes of a kernel with forward(x, y) and backward(input, dy, dx) on `backend` and on the
+// reference, element by element within `tolerance` of max(|reference|, 1). backward's input is x,
+// or with `backward_reads_y` the reference's y on both (softmax's), so that the passes are
+// compared one at a time.
+template <class K>
+void compare_passes(const std::string& op, const typename K::Desc& d, const std::string& what,
+                    const Tensor& x, bool backward_reads_y, float tolerance,
+                    const std::string& backend, std::mt19937& rng) {
+  BOOST_TEST_CONTEXT(backend << " " << what) {
+    auto ref = kernel<K>(op, "reference", d);
+    auto fast = kernel<K>(op, backend, d);
+    Tensor y_ref = poisoned(x.shape()), y_fast = poisoned(x.shape());
+    ref->forward(x, y_ref);
+    fast->forward(x, y_fast);
+    check_close_elementwise(y_fast, y_ref, tolerance, "forward");
+    const Tensor dy = random_tensor(x.shape(), rng);
+    const Tensor& input = backward_reads_y ? y_ref : x;
+    Tensor dx_ref = poisoned(x.shape()), dx_fast = poisoned(x.shape());
+    ref->backward(input, dy, dx_ref);
+    fast->backward(input, dy, dx_fast);
+    check_close_elementwise(dx_fast, dx_ref, tolerance, "backward");
+  }
+}
+
+// Softmax: exp within 2 ulp, sums in double, so a few float roundings of each y in [0, 1].
+void compare_softmax(const SoftmaxDesc& d, const Tensor& x, const std::string& backend,
+                     std::mt19937& rng) {
+  compare_passes<SoftmaxKernel>("softmax", d, describe(d, x.dim(0)), x, true, 1e-6f, backend, rng);
+}
+
+// LRN: the powers, std::pow against exp(-beta log s) within a few ulp, times beta log s (< 20
+// here) in the exponent: 1e-5 of max(|y|, 1).
+void compare_lrn(const LrnDesc& d, const Tensor& x, const std::string& backend, std::mt19937& rng) {
+  compare_passes<LrnKernel>("lrn", d, describe(d, x.dim(0)), x, false, 1e-5f, backend, rng);
+}
+
+void compare_global_avg_pool(const GlobalAvgPoolDesc& d, int64_t n, const std::string& backend,
+                             std::mt19937& rng) {
+  BOOST_TEST_CONTEXT(backend << " " << describe(d, n)) {
+    auto ref = kernel<GlobalAvgPoolKernel>("global_avg_pool", "reference", d);
+    auto fast = kernel<GlobalAvgPoolKernel>("global_avg_pool", backend, d);
+    const Shape planes{n, d.channels, d.area, 1}, means{n, d.channels, 1, 1};
+    const Tensor x = random_tensor(planes, rng, -3.0f, 5.0f), dy = random_tensor(means, rng);
+    Tensor y_ref = poisoned(means), y_fast = poisoned(means);
+    ref->forward(x, y_ref);
+    fast->forward(x, y_fast);
+    // Both sum in double, in different orders: the float results differ by at most one rounding.
+    check_close_elementwise(y_fast, y_ref, 2e-7f, "forward");
+    Tensor dx_ref = poisoned(planes), dx_fast = poisoned(planes);
+    ref->backward(dy, dx_ref);
+    fast->backward(dy, dx_fast);
+    check_close_elementwise(dx_fast, dx_ref, 0.0f, "backward");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The ground truth, checked by hand.
 
 BOOST_AUTO_TEST_SUITE(reference_known_answers)
@@ -718,6 +815,71 @@ BOOST_AUTO_TEST_CASE(activation_kinks_and_nan) {
   }
 }
 
+// Softmax over axis 2 of [1, 2, 2] (inner 2): groups (0, ln 3) -> (1/4, 3/4) and (1, 1) -> (1/2,
+// 1/2); backward with dy (1, 0) and (2, -2): dot 1/4 and 0. On every backend.
+BOOST_AUTO_TEST_CASE(softmax_groups) {
+  SoftmaxDesc d;
+  d.axis = 2;
+  d.inner = 2;
+  const float ln3 = std::log(3.0f);
+  const Tensor x = make_tensor({1, 2, 2}, {0, 1, ln3, 1});
+  const Tensor dy = make_tensor({1, 2, 2}, {1, 2, 0, -2});
+  for (const std::string& backend : all_backends("softmax")) {
+    BOOST_TEST_CONTEXT(backend) {
+      auto softmax = kernel<SoftmaxKernel>("softmax", backend, d);
+      Tensor y = poisoned({1, 2, 2}), dx = poisoned({1, 2, 2});
+      softmax->forward(x, y);
+      check_close_elementwise(y, make_tensor({1, 2, 2}, {0.25f, 0.5f, 0.75f, 0.5f}), 1e-6f, "y");
+      softmax->backward(y, dy, dx);
+      check_close_elementwise(dx, make_tensor({1, 2, 2}, {0.1875f, 1, -0.1875f, -1}), 1e-6f, "dx");
+    }
+  }
+}
+
+// LRN over 3 channels at one position, size 3, alpha 3 (alpha/size = 1), beta 1, k 1, x = (1, 2,
+// 3): s = (1 + 1 + 4, 1 + 1 + 4 + 9, 1 + 4 + 9) = (6, 15, 14), y = x / s; backward with dy = 1:
+// dx[i] = 1/s[i] - 2 x[i] * sum over the windows holding i of x[c] / s[c]^2. On every backend.
+BOOST_AUTO_TEST_CASE(lrn_window) {
+  const LrnDesc d = lrn_desc(3, 1, 3, 3.0, 1.0, 1.0);
+  const Tensor x = make_tensor({1, 3, 1, 1}, {1, 2, 3});
+  Tensor dy({1, 3, 1, 1});
+  dy.fill(1.0f);
+  const double t0 = 1.0 / 36, t1 = 2.0 / 225, t2 = 3.0 / 196;
+  const auto f = [](double v) { return static_cast<float>(v); };
+  for (const std::string& backend : all_backends("lrn")) {
+    BOOST_TEST_CONTEXT(backend) {
+      auto lrn = kernel<LrnKernel>("lrn", backend, d);
+      Tensor y = poisoned(x.shape()), dx = poisoned(x.shape());
+      lrn->forward(x, y);
+      check_close_elementwise(y, make_tensor(x.shape(), {f(1.0 / 6), f(2.0 / 15), f(3.0 / 14)}),
+                              1e-6f, "y");
+      lrn->backward(x, dy, dx);
+      check_close_elementwise(
+          dx,
+          make_tensor(x.shape(), {f(1.0 / 6 - 2 * (t0 + t1)), f(1.0 / 15 - 4 * (t0 + t1 + t2)),
+                                  f(1.0 / 14 - 6 * (t1 + t2))}),
+          1e-6f, "dx");
+    }
+  }
+}
+
+// Two images of 2 channels of 3 positions: the means, and dy / 3 back. On every backend.
+BOOST_AUTO_TEST_CASE(global_avg_pool_means) {
+  const GlobalAvgPoolDesc d{2, 3};
+  const Tensor x = make_tensor({2, 2, 3, 1}, {1, 2, 3, -1, 0, 4, 6, 6, 6, 0.5f, 0, 1});
+  const Tensor dy = make_tensor({2, 2, 1, 1}, {3, 6, -1.5f, 0});
+  for (const std::string& backend : all_backends("global_avg_pool")) {
+    BOOST_TEST_CONTEXT(backend) {
+      auto pool = kernel<GlobalAvgPoolKernel>("global_avg_pool", backend, d);
+      Tensor y = poisoned(dy.shape()), dx = poisoned(x.shape());
+      pool->forward(x, y);
+      check_values(y, {2, 1, 6, 0.5f}, "y");
+      pool->backward(dy, dx);
+      check_values(dx, {1, 1, 1, 2, 2, 2, -0.5f, -0.5f, -0.5f, 0, 0, 0}, "dx");
+    }
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---------------------------------------------------------------------------------------------
@@ -779,6 +941,9 @@ BOOST_AUTO_TEST_CASE(there_is_a_fast_backend) {
   BOOST_TEST(registries().kernels.contains("gemm", "tbb"));
   BOOST_TEST(registries().kernels.contains("batch_norm", "tbb"));
   BOOST_TEST(registries().kernels.contains("activation", "tbb"));
+  BOOST_TEST(registries().kernels.contains("softmax", "tbb"));
+  BOOST_TEST(registries().kernels.contains("lrn", "tbb"));
+  BOOST_TEST(registries().kernels.contains("global_avg_pool", "tbb"));
 }
 
 BOOST_AUTO_TEST_CASE(conv2d_random) {
@@ -1179,6 +1344,148 @@ BOOST_AUTO_TEST_CASE(activation_random) {
   }
 }
 
+// Softmax on random shapes: inner 1 (one contiguous row per group: axis 1, below, at and above
+// the 16 lanes, a classifier's 1000 and 1001) and inner > 1 (tiles of 256 positions: one, a
+// partial second one, several), outer 1 and 3; values spread over [-30, 30] so that exp spans
+// many binades; then groups holding a NaN, +inf or only -inf, which must come out NaN as the
+// reference's do.
+BOOST_AUTO_TEST_CASE(softmax_random) {
+  std::mt19937 rng(37);
+  for (const std::string& backend : fast_backends("softmax")) {
+    for (int64_t axis : {1, 2, 7, 16, 17, 33, 1000, 1001}) {
+      for (int64_t inner : {1, 3, 49, 256, 257, 600}) {
+        SoftmaxDesc d;
+        d.outer = uniform(rng, 0, 2) == 0 ? 3 : 1;
+        d.axis = axis;
+        d.inner = inner;
+        if (d.outer * axis * inner > 400000) d.outer = 1;
+        const int64_t n = uniform(rng, 1, 3);
+        compare_softmax(d, random_tensor({n, d.outer * axis * inner}, rng, -30.0f, 30.0f), backend,
+                        rng);
+      }
+    }
+    for (const int64_t inner : {int64_t{1}, int64_t{20}}) {
+      SoftmaxDesc d;
+      d.axis = 40;
+      d.inner = inner;
+      Tensor x = random_tensor({4, 40 * inner}, rng);
+      const float inf = std::numeric_limits<float>::infinity();
+      x.data()[0 * 40 * inner + 5 * inner] = kNaN;  // image 0: its first group holds a NaN
+      x.data()[1 * 40 * inner + 0] = kNaN;          // image 1: the NaN comes first
+      x.data()[2 * 40 * inner + 7 * inner] = inf;   // image 2: +inf
+      for (int64_t a = 0; a < 40; ++a) x.data()[3 * 40 * inner + a * inner] = -inf;  // image 3
+      compare_softmax(d, x, backend, rng);
+    }
+  }
+}
+
+// LRN on random shapes: sizes 1 to 5 (even ones reach one channel further down), channels from 1
+// (fewer than the window) to 40, positions 1 (fully connected features), 7x7 and odd sizes, alpha
+// up to 1.5 and beta 0.5 to 2; then shapes cut into several tiles of positions (tbb's tile holds
+// about kTileValues = 65536 values), the last one partial: AlexNet's norm1, a 56x56 one and a wide
+// layer whose tile is the 16-position minimum; and AlexNet's norm2 (one tile of a whole plane).
+BOOST_AUTO_TEST_CASE(lrn_random) {
+  std::mt19937 rng(41);
+  for (const std::string& backend : fast_backends("lrn")) {
+    for (int i = 0; i < 120; ++i) {
+      const int64_t size = 1 + i % 5;
+      const int64_t channels = i % 4 == 0 ? uniform(rng, 1, size) : uniform(rng, 1, 40);
+      const int64_t area =
+          std::array<int64_t, 4>{1, 49, uniform(rng, 2, 40), uniform(rng, 41, 300)}[(i / 5) % 4];
+      const LrnDesc d = lrn_desc(channels, area, size, std::array{1e-4, 0.5, 1.5}[i % 3],
+                                 std::array{0.75, 0.5, 2.0, 1.3}[i % 4], i % 2 == 0 ? 1.0 : 2.0);
+      const int64_t n = uniform(rng, 1, 4);
+      compare_lrn(d, random_tensor({n, channels, area, 1}, rng, -3.0f, 3.0f), backend, rng);
+    }
+    for (const auto& [n, channels, area] : {std::array<int64_t, 3>{3, 96, 27 * 27},
+                                            {2, 64, 56 * 56},
+                                            {2, 5000, 37},
+                                            {2, 256, 13 * 13}}) {
+      const LrnDesc d = lrn_desc(channels, area, 5, 1e-4, 0.75, 2.0);
+      compare_lrn(d, random_tensor({n, channels, area, 1}, rng, -40.0f, 40.0f), backend, rng);
+    }
+  }
+}
+
+// Global average pooling over 1x1, 7x7, 8x8 (ResNet-20's), odd and 56x56 planes, channels and
+// batches of several sizes, some below and some above one task.
+BOOST_AUTO_TEST_CASE(global_avg_pool_random) {
+  std::mt19937 rng(43);
+  for (const std::string& backend : fast_backends("global_avg_pool")) {
+    for (int64_t area : {1, 7, 49, 64, 15 * 13, 56 * 56}) {
+      for (int i = 0; i < 4; ++i) {
+        const GlobalAvgPoolDesc d{uniform(rng, 1, i == 3 && area <= 64 ? 300 : 70), area};
+        compare_global_avg_pool(d, uniform(rng, 1, area == 1 ? 200 : 9), backend, rng);
+      }
+    }
+  }
+}
+
+// The same input gives the same bits, with 2 threads and with 1: the arithmetic of every group,
+// tile and plane is fixed by the shape.
+BOOST_AUTO_TEST_CASE(softmax_lrn_global_avg_pool_are_deterministic) {
+  std::mt19937 rng(47);
+  auto tbb = registries().backends.create("tbb", strata::Config());
+  const auto runs = [&](const std::function<std::vector<Tensor>()>& run) {
+    std::vector<std::vector<Tensor>> results;
+    for (int threads : {2, 1, 2}) {
+      tbb->set_threads(threads);
+      results.push_back(run());
+    }
+    for (std::size_t r = 1; r < results.size(); ++r) {
+      for (std::size_t t = 0; t < results[0].size(); ++t) {
+        BOOST_TEST(same_bits(results[r][t], results[0][t]), "run " << r << ", tensor " << t);
+      }
+    }
+  };
+  for (const std::string& backend : fast_backends("softmax")) {
+    for (int64_t inner : {1, 300}) {
+      SoftmaxDesc d;
+      d.axis = 1000 / inner + 3;
+      d.inner = inner;
+      BOOST_TEST_CONTEXT(backend << " " << describe(d, 64)) {
+        const Tensor x = random_tensor({64, d.axis * inner}, rng, -10.0f, 10.0f),
+                     dy = random_tensor(x.shape(), rng);
+        auto softmax = kernel<SoftmaxKernel>("softmax", backend, d);
+        runs([&] {
+          Tensor y(x.shape()), dx(x.shape());
+          softmax->forward(x, y);
+          softmax->backward(y, dy, dx);
+          return std::vector<Tensor>{y, dx};
+        });
+      }
+    }
+  }
+  for (const std::string& backend : fast_backends("lrn")) {
+    const LrnDesc d = lrn_desc(96, 27 * 27, 5, 1e-4, 0.75, 2.0);
+    BOOST_TEST_CONTEXT(backend << " " << describe(d, 8)) {
+      const Tensor x = random_tensor({8, 96, 27, 27}, rng, -20.0f, 20.0f),
+                   dy = random_tensor(x.shape(), rng);
+      auto lrn = kernel<LrnKernel>("lrn", backend, d);
+      runs([&] {
+        Tensor y(x.shape()), dx(x.shape());
+        lrn->forward(x, y);
+        lrn->backward(x, dy, dx);
+        return std::vector<Tensor>{y, dx};
+      });
+    }
+  }
+  for (const std::string& backend : fast_backends("global_avg_pool")) {
+    const GlobalAvgPoolDesc d{64, 49};
+    BOOST_TEST_CONTEXT(backend << " " << describe(d, 64)) {
+      const Tensor x = random_tensor({64, 64, 7, 7}, rng), dy = random_tensor({64, 64, 1, 1}, rng);
+      auto pool = kernel<GlobalAvgPoolKernel>("global_avg_pool", backend, d);
+      runs([&] {
+        Tensor y(dy.shape()), dx(x.shape());
+        pool->forward(x, y);
+        pool->backward(dy, dx);
+        return std::vector<Tensor>{y, dx};
+      });
+    }
+  }
+  tbb->set_threads(0);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // ---------------------------------------------------------------------------------------------
@@ -1202,6 +1509,14 @@ BOOST_AUTO_TEST_CASE(unwanted_gradients_are_skipped) {
                                               nullptr, nullptr, undefined));
       auto act = kernel<ActivationKernel>("activation", backend, activation_desc(Kind::kTanh));
       BOOST_CHECK_NO_THROW(act->backward(undefined, undefined, undefined, undefined));
+      SoftmaxDesc softmax_d;
+      softmax_d.axis = 4;
+      auto softmax = kernel<SoftmaxKernel>("softmax", backend, softmax_d);
+      BOOST_CHECK_NO_THROW(softmax->backward(undefined, undefined, undefined));
+      auto lrn = kernel<LrnKernel>("lrn", backend, lrn_desc(4, 9, 3, 1e-4, 0.75, 1.0));
+      BOOST_CHECK_NO_THROW(lrn->backward(undefined, undefined, undefined));
+      auto pool_avg = kernel<GlobalAvgPoolKernel>("global_avg_pool", backend, {4, 9});
+      BOOST_CHECK_NO_THROW(pool_avg->backward(undefined, undefined));
     }
   }
 }
@@ -1226,6 +1541,44 @@ BOOST_AUTO_TEST_CASE(shape_mismatch_is_an_error) {
     auto act = kernel<ActivationKernel>("activation", backend, activation_desc(Kind::kRelu));
     Tensor short_y({5});
     BOOST_CHECK_THROW(act->forward(random_tensor({6}, rng), short_y), strata::Error);
+    // Softmax, LRN and global average pooling name the tensor and the values per sample their
+    // descriptor expects.
+    SoftmaxDesc softmax_d;
+    softmax_d.axis = 3;
+    softmax_d.inner = 2;
+    auto softmax = kernel<SoftmaxKernel>("softmax", backend, softmax_d);
+    Tensor y7({2, 7});
+    STRATA_CHECK_CONTAINS(
+        strata::test::error_of([&] {
+          softmax->forward(random_tensor({2, 7}, rng), y7);
+        }),
+        "softmax: x has shape [2, 7], expected [N, ...] with 6 values per sample");
+    Tensor y6({3, 6});
+    BOOST_CHECK_THROW(softmax->forward(random_tensor({2, 6}, rng), y6), strata::Error);
+    auto lrn = kernel<LrnKernel>("lrn", backend, lrn_desc(4, 9, 3, 1e-4, 0.75, 1.0));
+    Tensor lrn_y({2, 4, 3, 3});
+    STRATA_CHECK_CONTAINS(strata::test::error_of([&] {
+                            lrn->forward(random_tensor({2, 5, 3, 3}, rng), lrn_y);
+                          }),
+                          "lrn: x has shape [2, 5, 3, 3], expected [N, ...] with 36 values");
+    auto pool_avg = kernel<GlobalAvgPoolKernel>("global_avg_pool", backend, {4, 9});
+    Tensor means({3, 4, 1, 1});
+    STRATA_CHECK_CONTAINS(strata::test::error_of([&] {
+                            pool_avg->forward(random_tensor({2, 4, 3, 3}, rng), means);
+                          }),
+                          "global_avg_pool: x has shape [2, 4, 3, 3] and y [3, 4, 1, 1]: they "
+                          "must hold the same batch");
+  }
+  // Empty or invalid descriptors are refused when the kernel is prepared, by every backend.
+  for (const std::string backend : {"reference", "tbb"}) {
+    BOOST_CHECK_THROW(kernel<SoftmaxKernel>("softmax", backend, SoftmaxDesc{1, 0, 1}),
+                      strata::Error);
+    BOOST_CHECK_THROW(kernel<LrnKernel>("lrn", backend, lrn_desc(4, 9, 0, 1e-4, 0.75, 1.0)),
+                      strata::Error);
+    BOOST_CHECK_THROW(kernel<LrnKernel>("lrn", backend, lrn_desc(4, 9, 3, 1e-4, 0.75, 0.0)),
+                      strata::Error);
+    BOOST_CHECK_THROW(kernel<GlobalAvgPoolKernel>("global_avg_pool", backend, {0, 9}),
+                      strata::Error);
   }
   // Batch norm refuses an empty descriptor when prepared.
   BOOST_CHECK_THROW(kernel<BatchNormKernel>("batch_norm", "tbb", BatchNormDesc{0, 3}),
@@ -1286,6 +1639,20 @@ BOOST_AUTO_TEST_CASE(kernels_name_their_paths) {
   BOOST_TEST(pool_path("reference", pairs) == "reference");
   BOOST_TEST(kernel<GemmKernel>("gemm", "tbb", {})->implementation() == "openblas");
   BOOST_TEST(kernel<GemmKernel>("gemm", "reference", {})->implementation() == "reference");
+  // The normalization kernels' names (strata bench's column; docs/performance.md section 11).
+  SoftmaxDesc softmax;
+  softmax.axis = 10;
+  BOOST_TEST(kernel<SoftmaxKernel>("softmax", "tbb", softmax)->implementation() == "vector_exp");
+  BOOST_TEST(kernel<SoftmaxKernel>("softmax", "reference", softmax)->implementation() ==
+             "reference");
+  const LrnDesc lrn = lrn_desc(96, 729, 5, 1e-4, 0.75, 2.0);
+  BOOST_TEST(kernel<LrnKernel>("lrn", "tbb", lrn)->implementation() == "channel_window");
+  BOOST_TEST(kernel<LrnKernel>("lrn", "reference", lrn)->implementation() == "reference");
+  BOOST_TEST(kernel<GlobalAvgPoolKernel>("global_avg_pool", "tbb", {64, 49})->implementation() ==
+             "planes");
+  BOOST_TEST(
+      kernel<GlobalAvgPoolKernel>("global_avg_pool", "reference", {64, 49})->implementation() ==
+      "reference");
   const Conv2dDesc conv = conv_desc(2, 6, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1);
   BOOST_TEST(kernel<Conv2dKernel>("conv2d", "reference", conv)->implementation() == "reference");
   // The registry lists each backend's implementations in the order pick() tries them.

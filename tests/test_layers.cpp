@@ -26,6 +26,7 @@
 #include <exception>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <optional>
@@ -36,12 +37,12 @@
 
 #include "strata/checkpoint.hpp"
 #include "strata/communicator.hpp"
-#include "strata/tools/conformance.hpp"
 #include "strata/error.hpp"
 #include "strata/graph.hpp"
 #include "strata/layer.hpp"
 #include "strata/optimizer.hpp"
 #include "strata/plugin.hpp"
+#include "strata/tools/conformance.hpp"
 #include "test_support.hpp"
 #include "thread_communicator.hpp"
 
@@ -271,6 +272,27 @@ BOOST_DATA_TEST_CASE(backends_agree, boost::unit_test::data::make(kConformanceCa
   BOOST_TEST_REQUIRE(registries().backends.contains("tbb"), "the tbb backend plugin is not built");
   const strata::CheckResult result = strata::check_backends_agree(registries(), layer_case, {"tbb"});
   BOOST_TEST(result.passed, result.detail);
+}
+
+// The layers that compute through kernels compare two implementations there: the backends
+// check names the one tbb ran (Layer::implementation()), never the reference's own.
+BOOST_AUTO_TEST_CASE(backends_check_names_the_kernels_it_compared) {
+  const std::map<std::string, std::string> kernels = {{"softmax", "tbb (vector_exp)"},
+                                                      {"lrn", "tbb (channel_window)"},
+                                                      {"global_avg_pool", "tbb (planes)"},
+                                                      {"batch_norm", "tbb (blocked_sums)"},
+                                                      {"relu", "tbb (elementwise)"}};
+  std::map<std::string, int> checked;
+  for (const LayerCase& layer_case : kConformanceCases) {
+    const auto kernel = kernels.find(case_type(layer_case));
+    if (kernel == kernels.end()) continue;
+    const strata::CheckResult result =
+        strata::check_backends_agree(registries(), layer_case, {"tbb"});
+    BOOST_TEST(result.passed, result.detail);
+    BOOST_TEST(result.detail == kernel->second);
+    ++checked[kernel->first];
+  }
+  BOOST_TEST(checked.size() == kernels.size(), "a kernel layer has no conformance case");
 }
 
 BOOST_DATA_TEST_CASE(samples_are_independent, boost::unit_test::data::make(kConformanceCases),

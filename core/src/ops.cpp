@@ -13,6 +13,9 @@ Pool2dKernel::~Pool2dKernel() = default;
 GemmKernel::~GemmKernel() = default;
 BatchNormKernel::~BatchNormKernel() = default;
 ActivationKernel::~ActivationKernel() = default;
+SoftmaxKernel::~SoftmaxKernel() = default;
+LrnKernel::~LrnKernel() = default;
+GlobalAvgPoolKernel::~GlobalAvgPoolKernel() = default;
 
 void validate(const Conv2dDesc& d, std::string_view kernel) {
   if (d.in_channels <= 0 || d.in_h <= 0 || d.in_w <= 0 || d.out_channels <= 0 || d.kernel_h <= 0 ||
@@ -62,6 +65,50 @@ int64_t batch_norm_batch(const BatchNormDesc& d, const Tensor& t, std::string_vi
          what, shape.str(), d.channels, d.spatial);
   }
   return shape[0];
+}
+
+void validate(const SoftmaxDesc& d, std::string_view kernel) {
+  if (d.outer <= 0 || d.axis <= 0 || d.inner <= 0) {
+    fail("{}: outer, axis and inner must be positive (outer={}, axis={}, inner={})", kernel,
+         d.outer, d.axis, d.inner);
+  }
+}
+
+void validate(const LrnDesc& d, std::string_view kernel) {
+  if (d.channels <= 0 || d.area <= 0 || d.size <= 0) {
+    fail("{}: channels, area and size must be positive (channels={}, area={}, size={})", kernel,
+         d.channels, d.area, d.size);
+  }
+  if (!(d.alpha >= 0.0) || !(d.k > 0.0)) {
+    fail("{}: alpha must be >= 0 and k positive (alpha={}, k={})", kernel, d.alpha, d.k);
+  }
+}
+
+void validate(const GlobalAvgPoolDesc& d, std::string_view kernel) {
+  if (d.channels <= 0 || d.area <= 0) {
+    fail("{}: channels and area must be positive (channels={}, area={})", kernel, d.channels,
+         d.area);
+  }
+}
+
+int64_t sample_batch(const Tensor& t, int64_t per_sample, std::string_view kernel,
+                     std::string_view what) {
+  const Shape& shape = t.shape();
+  if (shape.rank() < 1 || t.numel() != shape[0] * per_sample) {
+    fail("{}: {} has shape {}, expected [N, ...] with {} values per sample", kernel, what,
+         shape.str(), per_sample);
+  }
+  return shape[0];
+}
+
+int64_t global_avg_pool_batch(const GlobalAvgPoolDesc& d, const Tensor& planes, const Tensor& means,
+                              std::string_view kernel, std::array<std::string_view, 2> names) {
+  const int64_t batch = sample_batch(planes, d.channels * d.area, kernel, names[0]);
+  if (sample_batch(means, d.channels, kernel, names[1]) != batch) {
+    fail("{}: {} has shape {} and {} {}: they must hold the same batch", kernel, names[0],
+         planes.shape().str(), names[1], means.shape().str());
+  }
+  return batch;
 }
 
 void check_same_count(const Tensor& t, const Tensor& x, std::string_view kernel,

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <string_view>
+#include <vector>
 
 #include "strata/backend.hpp"
 #include "strata/config.hpp"
@@ -107,6 +108,53 @@ class ReferenceActivation : public ActivationKernel {
  public:
   void forward(const Tensor& x, Tensor& y) override;
   void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) override;
+};
+
+// Softmax group by group: the maximum, then exp(x - max) in float summed in double, then the
+// products with the float reciprocal of the sum; backward's dot product in double. The loops
+// softmax computed inside the layer before it had kernels (the same bits).
+class ReferenceSoftmax : public SoftmaxKernel {
+ public:
+  void forward(const Tensor& x, Tensor& y) override;
+  void backward(const Tensor& y, const Tensor& dy, Tensor& dx) override;
+
+ protected:
+  void on_prepare() override;
+
+ private:
+  // N * outer * inner: the groups of `t`, whose shape is checked.
+  int64_t groups(const Tensor& t, std::string_view what) const;
+};
+
+// Local response normalization plane by plane (image, channel): the window's squares summed in
+// float in channel order, std::pow for both powers. backward keeps one workspace the size of x
+// (t = dy x s^(-beta-1) of every element, which pass 2 sums over the windows), grown only when
+// the batch grows. The loops lrn computed inside the layer before it had kernels (the same bits).
+class ReferenceLrn : public LrnKernel {
+ public:
+  void forward(const Tensor& x, Tensor& y) override;
+  void backward(const Tensor& x, const Tensor& dy, Tensor& dx) override;
+
+ protected:
+  void on_prepare() override;
+
+ private:
+  // scale[p] = k + alpha/size * sum over j in W(c) of x[n, j, p]^2, for the area positions p.
+  void window_scale(const float* x, int64_t n, int64_t c, float* scale) const;
+
+  std::vector<float> scale_;      // one plane
+  std::vector<float> workspace_;  // backward's t, the size of x
+};
+
+// One plane after another: its sum in double (one accumulator, in order), divided by the area;
+// backward fills each plane with dy / area in float. The layer's former loops (the same bits).
+class ReferenceGlobalAvgPool : public GlobalAvgPoolKernel {
+ public:
+  void forward(const Tensor& x, Tensor& y) override;
+  void backward(const Tensor& dy, Tensor& dx) override;
+
+ protected:
+  void on_prepare() override;
 };
 
 }  // namespace strata::reference

@@ -1,5 +1,5 @@
-// Registers the "reference" backend and its conv2d, pool2d, gemm, batch_norm and activation
-// kernels.
+// Registers the "reference" backend and its conv2d, pool2d, gemm, batch_norm, activation, softmax,
+// lrn and global_avg_pool kernels.
 #include "reference_kernels.hpp"
 #include "strata/plugin.hpp"
 #include "strata/registry.hpp"
@@ -20,6 +20,9 @@ void register_all(Registries& r) {
   r.kernels.add<ReferenceGemm>("gemm", "reference");
   r.kernels.add<ReferenceBatchNorm>("batch_norm", "reference");
   r.kernels.add<ReferenceActivation>("activation", "reference");
+  r.kernels.add<ReferenceSoftmax>("softmax", "reference");
+  r.kernels.add<ReferenceLrn>("lrn", "reference");
+  r.kernels.add<ReferenceGlobalAvgPool>("global_avg_pool", "reference");
 }
 
 }  // namespace

@@ -17,7 +17,8 @@
 //     uses two of at most 2 MiB together, its transformed tiles), never a copy of the batch per
 //     thread (tiny-dnn #151). Weight gradients get up to four partial buffers per thread when they
 //     are small (64K floats), one when larger (Winograd: one of (tile + 2)^2 * K * C floats per
-//     thread, allocated in on_prepare()).
+//     thread, allocated in on_prepare()). LRN keeps one buffer per thread of (channels + 1) x
+//     its tile of positions, about 256 KiB (TbbLrn).
 #pragma once
 
 #include <tbb/blocked_range.h>
@@ -396,6 +397,72 @@ class TbbActivation : public ActivationKernel {
  public:
   void forward(const Tensor& x, Tensor& y) override;
   void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) override;
+};
+
+// Softmax ("vector_exp"), parallel over groups, each group's arithmetic fixed by the shape alone
+// (so the bits do not depend on the thread count), exp from vector_math.hpp so that the loops
+// vectorize. inner == 1 (a classifier's features): a group is one contiguous row, its maximum and
+// sums taken in kLanes lanes (the sums in double) combined in a fixed order. inner > 1: the
+// groups of kTile neighbouring positions run together, every pass a vector loop along the
+// positions (contiguous) with one running maximum and one double sum per position.
+class TbbSoftmax : public SoftmaxKernel {
+ public:
+  static constexpr int kLanes = 16;
+  static constexpr int64_t kTile = 256;
+
+  void forward(const Tensor& x, Tensor& y) override;
+  void backward(const Tensor& y, const Tensor& dy, Tensor& dx) override;
+
+ protected:
+  void on_prepare() override;
+
+ private:
+  // body(block, first position, end position) over every (block of one sample's outer index) x
+  // (tile of inner positions), in TBB tasks of about kElementwiseGrain values; N from `t`.
+  template <class Body>
+  void for_tiles(const Tensor& t, std::string_view what, const Body& body) const;
+};
+
+// Local response normalization ("channel_window"), parallel over (image x tile of positions):
+// a task runs the channel windows of its tile, each pass a vector loop along the tile's positions
+// (the powers from vector_math.hpp's exp and log). The window sums run in channel order as in the
+// reference; backward keeps t = dy x s^(-beta-1) of its tile only, in a buffer per thread of
+// channels x tile floats (the tile is chosen in on_prepare() so that this stays near
+// kTileValues), never one the size of the input. The bits depend on the shape only.
+class TbbLrn : public LrnKernel {
+ public:
+  // 256 KiB of floats: tiles of whole planes up to 256 channels at 13x13 (AlexNet's norm2; 16384
+  // values, 64 positions there, ran its forward 1.6x slower on one thread: short loops).
+  static constexpr int64_t kTileValues = 65536;
+
+  void forward(const Tensor& x, Tensor& y) override;
+  void backward(const Tensor& x, const Tensor& dy, Tensor& dx) override;
+
+ protected:
+  void on_prepare() override;
+
+ private:
+  // body(image, first position, end position, scratch) over every (image, tile); scratch holds
+  // (channels + 1) * tile_ floats private to the running thread.
+  template <class Body>
+  void for_tiles(int64_t batch, const Body& body);
+
+  int64_t tile_ = 1;  // positions per task
+  tbb::enumerable_thread_specific<std::vector<float>> scratch_;
+};
+
+// Global average pooling ("planes"), parallel over (image, channel) planes in TBB tasks of about
+// kElementwiseGrain values; a plane's sum runs in kLanes double lanes (element i in lane i mod
+// kLanes) added in a fixed order, so the loop vectorizes and the bits depend on the shape only.
+class TbbGlobalAvgPool : public GlobalAvgPoolKernel {
+ public:
+  static constexpr int kLanes = 8;
+
+  void forward(const Tensor& x, Tensor& y) override;
+  void backward(const Tensor& dy, Tensor& dx) override;
+
+ protected:
+  void on_prepare() override;
 };
 
 // cblas_sgemm, split over rows of C (or columns, when C is short and wide) across TBB tasks when

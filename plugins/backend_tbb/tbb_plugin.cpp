@@ -1,4 +1,5 @@
-// Registers the "tbb" backend and its conv2d, pool2d, gemm, batch_norm and activation kernels.
+// Registers the "tbb" backend and its conv2d, pool2d, gemm, batch_norm, activation, softmax, lrn
+// and global_avg_pool kernels.
 #include <tbb/blocked_range.h>
 #include <tbb/info.h>
 #include <tbb/parallel_for.h>
@@ -85,6 +86,9 @@ void register_all(Registries& r) {
   r.kernels.add<TbbGemm>("gemm", "tbb", "openblas");
   r.kernels.add<TbbBatchNorm>("batch_norm", "tbb", "blocked_sums");
   r.kernels.add<TbbActivation>("activation", "tbb", "elementwise");
+  r.kernels.add<TbbSoftmax>("softmax", "tbb", "vector_exp");
+  r.kernels.add<TbbLrn>("lrn", "tbb", "channel_window");
+  r.kernels.add<TbbGlobalAvgPool>("global_avg_pool", "tbb", "planes");
 }
 
 }  // namespace

@@ -11,13 +11,15 @@
 // ENSURES
 //   - output sample shape [C, 1, 1].
 //   - backward: dx[n, c, h, w] = dy[n, c] / (H*W).
-//   - sums run in double, one (sample, channel) plane per step, split over the backend's
-//     parallel_for, so every backend gives identical results.
-#include <algorithm>
+//   - forward and backward run on the backend's "global_avg_pool" kernel (strata/ops.hpp's
+//     GlobalAvgPoolDesc); every kernel sums in double, and agrees with the reference within the
+//     conformance tolerance.
+#include <memory>
 
 #include "common.hpp"
 #include "strata/error.hpp"
 #include "strata/export.hpp"
+#include "strata/ops.hpp"
 
 namespace strata::layers {
 
@@ -28,6 +30,7 @@ class GlobalAvgPool final : public Layer {
   explicit GlobalAvgPool(const Config&) {}
 
   std::string_view type() const override { return "global_avg_pool"; }
+  std::string implementation() const override { return kernel_ ? kernel_->implementation() : ""; }
   Window window() const override {  // every output sees its whole channel
     Window window;
     window.global = true;
@@ -40,54 +43,28 @@ class GlobalAvgPool final : public Layer {
     return true;
   }
 
-  void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
-    const int64_t planes = in[0].dim(0) * channels_;
+  void forward(Context&, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, output_shape().with_batch(in[0].dim(0)));
-    const float* x = in[0].data();
-    float* y = out.data();
-    const int64_t area = area_;
-    for_planes(context, planes, [=](int64_t lo, int64_t hi) {
-      for (int64_t p = lo; p < hi; ++p) {
-        const float* plane = x + p * area;
-        double sum = 0.0;
-        for (int64_t i = 0; i < area; ++i) sum += plane[i];
-        y[p] = static_cast<float>(sum / static_cast<double>(area));
-      }
-    });
+    kernel_->forward(in[0], out);
   }
 
-  void backward(Context& context, std::span<const Tensor> in, const Tensor&, const Tensor& dout,
+  void backward(Context&, std::span<const Tensor>, const Tensor&, const Tensor& dout,
                 std::span<Tensor> din) override {
-    if (!din[0].defined()) return;
-    const int64_t planes = in[0].dim(0) * channels_;
-    const float* dy = dout.data();
-    float* dx = din[0].data();
-    const int64_t area = area_;
-    const float inverse = 1.0f / static_cast<float>(area);
-    for_planes(context, planes, [=](int64_t lo, int64_t hi) {
-      for (int64_t p = lo; p < hi; ++p) {
-        const float value = dy[p] * inverse;
-        std::fill(dx + p * area, dx + (p + 1) * area, value);
-      }
-    });
+    kernel_->backward(dout, din[0]);
   }
 
  protected:
-  Shape infer_shape(const SetupContext&, std::span<const Shape> inputs) override {
+  Shape infer_shape(const SetupContext& context, std::span<const Shape> inputs) override {
     require_image_shape(inputs[0], "global_avg_pool");
-    channels_ = inputs[0][0];
-    area_ = inputs[0][1] * inputs[0][2];
-    return Shape{channels_, 1, 1};
+    GlobalAvgPoolDesc desc;
+    desc.channels = inputs[0][0];
+    desc.area = inputs[0][1] * inputs[0][2];
+    kernel_ = context.kernel<GlobalAvgPoolKernel>("global_avg_pool", desc);
+    return Shape{desc.channels, 1, 1};
   }
 
  private:
-  void for_planes(Context& context, int64_t planes,
-                  const std::function<void(int64_t, int64_t)>& body) const {
-    parallel_elementwise(context, planes, area_, body);
-  }
-
-  int64_t channels_ = 0;
-  int64_t area_ = 1;
+  std::shared_ptr<GlobalAvgPoolKernel> kernel_;
 };
 
 }  // namespace

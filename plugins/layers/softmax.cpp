@@ -18,16 +18,18 @@
 // ENSURES
 //   - output sample shape == input sample shape; each softmax group sums to 1.
 //   - backward: dx = y * (dy - sum over the group of dy * y).
-//   - sums run in double; groups are split over the backend's parallel_for.
+//   - forward and backward run on the backend's "softmax" kernel (strata/ops.hpp's SoftmaxDesc:
+//     the sample axes before the axis, the axis, and those after it); the reference's sums run
+//     in double, and every backend agrees with it within the conformance tolerance.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <algorithm>
-#include <cmath>
+#include <memory>
 
 #include "common.hpp"
 #include "strata/error.hpp"
 #include "strata/export.hpp"
+#include "strata/ops.hpp"
 
 namespace strata::layers {
 
@@ -38,6 +40,7 @@ class Softmax final : public Layer {
   explicit Softmax(const Config& config) : axis_(config.get<int64_t>("axis", 1)), origin_(config) {}
 
   std::string_view type() const override { return "softmax"; }
+  std::string implementation() const override { return kernel_ ? kernel_->implementation() : ""; }
 
   // ONNX Softmax over the same axis (counted on [N, ...sample] as ONNX does); its single-axis
   // meaning is opset 13's.
@@ -46,49 +49,18 @@ class Softmax final : public Layer {
     return true;
   }
 
-  void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
+  void forward(Context&, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, in[0].shape());
-    const float* x = in[0].data();
-    float* y = out.data();
-    const int64_t size = size_, stride = stride_;
-    for_groups(context, in[0].dim(0), [=](int64_t group) {
-      // group = (n * outer + o) * stride + position; the elements are stride apart.
-      const int64_t base = (group / stride) * size * stride + group % stride;
-      float max = x[base];
-      for (int64_t c = 1; c < size; ++c) max = std::max(max, x[base + c * stride]);
-      double sum = 0.0;
-      for (int64_t c = 0; c < size; ++c) {
-        const float e = std::exp(x[base + c * stride] - max);
-        y[base + c * stride] = e;
-        sum += e;
-      }
-      const auto inverse = static_cast<float>(1.0 / sum);
-      for (int64_t c = 0; c < size; ++c) y[base + c * stride] *= inverse;
-    });
+    kernel_->forward(in[0], out);
   }
 
-  void backward(Context& context, std::span<const Tensor> in, const Tensor& out, const Tensor& dout,
+  void backward(Context&, std::span<const Tensor>, const Tensor& out, const Tensor& dout,
                 std::span<Tensor> din) override {
-    if (!din[0].defined()) return;
-    const float* y = out.data();
-    const float* dy = dout.data();
-    float* dx = din[0].data();
-    const int64_t size = size_, stride = stride_;
-    for_groups(context, in[0].dim(0), [=](int64_t group) {
-      const int64_t base = (group / stride) * size * stride + group % stride;
-      double dot = 0.0;
-      for (int64_t c = 0; c < size; ++c) {
-        dot += static_cast<double>(dy[base + c * stride]) * y[base + c * stride];
-      }
-      for (int64_t c = 0; c < size; ++c) {
-        const int64_t i = base + c * stride;
-        dx[i] = static_cast<float>(y[i] * (dy[i] - dot));
-      }
-    });
+    kernel_->backward(out, dout, din[0]);
   }
 
  protected:
-  Shape infer_shape(const SetupContext&, std::span<const Shape> inputs) override {
+  Shape infer_shape(const SetupContext& context, std::span<const Shape> inputs) override {
     const Shape& in = inputs[0];
     if (in.rank() == 0 || in.numel() == 0) {
       fail("softmax expects a non-empty sample ([features] or [channels, ...]), got {}", in.str());
@@ -101,28 +73,18 @@ class Softmax final : public Layer {
                                    "{} to -1 (0 is the batch axis), found {}",
                                    fmt::join(in.dims(), ", "), rank - 1, -(rank - 1), axis_));
     }
-    size_ = in[axis - 1];
-    stride_ = 1;
-    for (int64_t a = axis; a < rank - 1; ++a) stride_ *= in[a];
-    outer_ = in.numel() / (size_ * stride_);
+    SoftmaxDesc desc;
+    desc.axis = in[axis - 1];
+    for (int64_t a = axis; a < rank - 1; ++a) desc.inner *= in[a];
+    desc.outer = in.numel() / (desc.axis * desc.inner);
+    kernel_ = context.kernel<SoftmaxKernel>("softmax", desc);
     return in;
   }
 
  private:
-  template <class Body>
-  void for_groups(Context& context, int64_t batch, const Body& body) const {
-    const int64_t groups = batch * outer_ * stride_;
-    auto run = [&](int64_t lo, int64_t hi) {
-      for (int64_t g = lo; g < hi; ++g) body(g);
-    };
-    parallel_elementwise(context, groups, size_, run);
-  }
-
-  int64_t axis_;        // as configured (negative: from the end)
-  Config origin_;       // for errors at the key, found at setup
-  int64_t size_ = 1;    // elements in one softmax group (along the axis)
-  int64_t stride_ = 1;  // distance between them (the elements after the axis)
-  int64_t outer_ = 1;   // groups of groups per sample (the sample axes before the axis)
+  int64_t axis_;   // as configured (negative: from the end)
+  Config origin_;  // for errors at the key, found at setup
+  std::shared_ptr<SoftmaxKernel> kernel_;
 };
 
 }  // namespace

@@ -369,6 +369,8 @@ CheckResult check_gradients(const Registries& registries, const ConformanceCase&
 // reference| <= 1e-4 * max(1, max |reference|) per tensor. The reference sums in double; a float
 // kernel summing K terms in another order is off by ~sqrt(K) * 6e-8 relative (K <= ~5000 here,
 // so ~5e-6), 20x below the bound, while an indexing or border bug gives O(1) relative errors.
+// The detail names each backend with the kernel implementation its layer ran
+// (Layer::implementation(), e.g. "tbb (channel_window)"), so a reader sees what was compared.
 CheckResult check_backends_agree(const Registries& registries, const ConformanceCase& layer_case,
                                  std::vector<std::string> backends) {
   return run_check("backends", [&] {
@@ -378,6 +380,7 @@ CheckResult check_backends_agree(const Registries& registries, const Conformance
       }
     }
     if (backends.empty()) return std::string("no backend besides reference");
+    std::vector<std::string> compared;  // each backend, with the kernel implementation it ran
     for (const std::string& backend : backends) {
       const uint32_t seed = case_seed(layer_case) + 1;
       Rng rng(seed);
@@ -444,8 +447,11 @@ CheckResult check_backends_agree(const Registries& registries, const Conformance
         compare(reference_buffers[b].name + " after a training forward", other_buffers[b].tensor,
                 reference_buffers[b].tensor);
       }
+      const std::string implementation = other.layer->implementation();
+      compared.push_back(implementation.empty() ? backend
+                                                : fmt::format("{} ({})", backend, implementation));
     }
-    return fmt::format("{}", fmt::join(backends, ", "));
+    return fmt::format("{}", fmt::join(compared, ", "));
   });
 }
 

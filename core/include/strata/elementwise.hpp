@@ -16,8 +16,8 @@
 //   chunks of kElementwiseGrain elements; serially, in one call, when n is at most one chunk or
 //   the context has no backend. parallel_elementwise(context, items, elements_per_item, body)
 //   does the same over items (planes, channels, samples) of that many elements each, in tasks of
-//   about kElementwiseGrain elements (batch_norm, concat, global_avg_pool, lrn, multiply,
-//   softmax).
+//   about kElementwiseGrain elements (concat, multiply; the normalizations, softmax and pooling
+//   run through kernels, strata/ops.hpp).
 // REQUIRES
 //   - body may run concurrently on different chunks: it writes only elements lo..hi-1 of its
 //     outputs (a reduction over all elements, such as a parameter gradient, needs per-chunk

@@ -7,6 +7,7 @@
 //   - a gradient output that is an undefined Tensor (or a null pointer) is not wanted: skip it.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <string_view>
@@ -277,6 +278,102 @@ class ActivationKernel : public OpKernel<ActivationDesc> {
   virtual void forward(const Tensor& x, Tensor& y) = 0;
   // dx = dy * f'(x, y): y is the forward's output for x
   virtual void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) = 0;
+};
+
+// N of a tensor holding `per_sample` values per sample: throws an Error naming `kernel`, `what`
+// and the shape unless `t` has rank 1 or more and t.dim(0) * per_sample elements.
+int64_t sample_batch(const Tensor& t, int64_t per_sample, std::string_view kernel,
+                     std::string_view what);
+
+// Softmax over one axis (torch.softmax(x, dim)). A sample's values form `outer` blocks of
+// `axis` x `inner` values ([outer..., axis, inner...] flattened); a group is the `axis` values of
+// one block at one inner position, `inner` apart. So x, y, dy, dx hold N * outer * axis * inner
+// values (a [N, C, H, W] tensor over the channels: outer 1, axis C, inner H*W).
+struct SoftmaxDesc {
+  int64_t outer = 1;  // the product of the sample axes before the softmax axis
+  int64_t axis = 1;   // the extent of the softmax axis: values per group
+  int64_t inner = 1;  // the product of the sample axes after it: the distance between them
+};
+
+// Throws an Error, prefixed with `kernel`, unless outer, axis and inner are positive.
+void validate(const SoftmaxDesc& desc, std::string_view kernel);
+
+class SoftmaxKernel : public OpKernel<SoftmaxDesc> {
+ public:
+  ~SoftmaxKernel() override;
+  // y = exp(x - max) / sum exp(x - max) over each group (a NaN in a group, or an infinity, makes
+  // the group NaN, as in PyTorch)
+  virtual void forward(const Tensor& x, Tensor& y) = 0;
+  // dx = y * (dy - sum over the group of dy * y): y is the forward's output
+  virtual void backward(const Tensor& y, const Tensor& dy, Tensor& dx) = 0;
+};
+
+// Local response normalization across channels (torch.nn.LocalResponseNorm), on x [N, channels,
+// H, W] with area = H*W:
+//   y[c] = x[c] * s[c]^-beta,  s[c] = k + alpha/size * sum over j in W(c) of x[j]^2
+// at every position, W(c) = [c - size/2, c + (size-1)/2] clipped to the channels that exist.
+// The backward pass (plugins/layers/lrn.cpp states its formula) needs a per-element temporary;
+// each kernel keeps whatever workspace it needs itself (the reference one the size of x, grown
+// with the batch; tbb's a tile per thread).
+struct LrnDesc {
+  int64_t channels = 0, area = 1;
+  int64_t size = 1;
+  double alpha = 1e-4, beta = 0.75, k = 1.0;
+};
+
+// Throws an Error, prefixed with `kernel`, unless channels, area and size are positive, alpha is
+// at least 0 and k positive.
+void validate(const LrnDesc& desc, std::string_view kernel);
+
+// A range of channels, both ends included.
+struct ChannelRange {
+  int64_t first, last;
+};
+// W(c), the channels whose squares enter s[c]: [c - size/2, c + (size-1)/2] clipped.
+inline ChannelRange lrn_window(const LrnDesc& d, int64_t c) {
+  return {c - d.size / 2 < 0 ? 0 : c - d.size / 2,
+          c + (d.size - 1) / 2 > d.channels - 1 ? d.channels - 1 : c + (d.size - 1) / 2};
+}
+// The channels c whose window W(c) holds channel i (backward's second sum): [i - (size-1)/2,
+// i + size/2] clipped.
+inline ChannelRange lrn_windows_holding(const LrnDesc& d, int64_t i) {
+  return {i - (d.size - 1) / 2 < 0 ? 0 : i - (d.size - 1) / 2,
+          i + d.size / 2 > d.channels - 1 ? d.channels - 1 : i + d.size / 2};
+}
+
+class LrnKernel : public OpKernel<LrnDesc> {
+ public:
+  ~LrnKernel() override;
+  virtual void forward(const Tensor& x, Tensor& y) = 0;
+  // dx[i] = dy[i] s[i]^-beta - 2 alpha beta / size * x[i] * sum over c with i in W(c) of
+  //         dy[c] x[c] s[c]^(-beta-1)
+  virtual void backward(const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
+};
+
+// The mean of each channel over its positions (torch.nn.AdaptiveAvgPool2d((1, 1))):
+//   x, dx [N, channels, H, W] with area = H*W; y, dy [N, channels, 1, 1] (any shape of N *
+//   channels values).
+struct GlobalAvgPoolDesc {
+  int64_t channels = 0, area = 1;
+};
+
+// Throws an Error, prefixed with `kernel`, unless channels and area are positive.
+void validate(const GlobalAvgPoolDesc& desc, std::string_view kernel);
+
+// N of a global average pooling pass: throws an Error naming `kernel` and both shapes unless
+// `planes` (x, or dx) holds N * channels * area values and `means` (y, or dy) N * channels, with
+// the same N; `names` are the two tensors' names ("x", "y").
+int64_t global_avg_pool_batch(const GlobalAvgPoolDesc& desc, const Tensor& planes,
+                              const Tensor& means, std::string_view kernel,
+                              std::array<std::string_view, 2> names);
+
+class GlobalAvgPoolKernel : public OpKernel<GlobalAvgPoolDesc> {
+ public:
+  ~GlobalAvgPoolKernel() override;
+  // y[n, c] = sum over p of x[n, c, p] / area, the sum in double
+  virtual void forward(const Tensor& x, Tensor& y) = 0;
+  // dx[n, c, p] = dy[n, c] / area
+  virtual void backward(const Tensor& dy, Tensor& dx) = 0;
 };
 
 // Row-major single-precision matrix product: C = alpha * op(A) * op(B) + beta * C, where op(A)

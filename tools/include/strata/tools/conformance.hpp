@@ -12,7 +12,8 @@
 //                on the reference backend; gradients are overwritten, never accumulated, and an
 //                undefined din leaves the parameter gradients unchanged;
 //   backends     every other registered backend agrees with "reference" on forward, input and
-//                parameter gradients (max |b - ref| <= 1e-4 * max(1, max |ref|) per tensor);
+//                parameter gradients (max |b - ref| <= 1e-4 * max(1, max |ref|) per tensor); the
+//                detail names the kernel implementation each ran, e.g. "tbb (channel_window)";
 //   batch        in inference mode, a sample run alone (as a batch_slice view) gives the output it
 //                gets inside a batch, on every backend (1e-6 relative);
 //   nan          an all-NaN sample gives NaN outputs (as in PyTorch) on every backend, in both
