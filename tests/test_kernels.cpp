@@ -1288,9 +1288,9 @@ BOOST_AUTO_TEST_CASE(kernels_name_their_paths) {
   const Conv2dDesc conv = conv_desc(2, 6, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1);
   BOOST_TEST(kernel<Conv2dKernel>("conv2d", "reference", conv)->implementation() == "reference");
   // The registry lists each backend's implementations in the order pick() tries them.
-  BOOST_TEST(
-      registries().kernels.implementations("gemm", "tbb") == std::vector<std::string>{"openblas"},
-      boost::test_tools::per_element());
+  BOOST_TEST(registries().kernels.implementations("gemm", "tbb") ==
+                 (std::vector<std::string>{"bf16", "openblas"}),
+             boost::test_tools::per_element());
   // create() builds one named implementation, refusing a name the backend does not have.
   BOOST_TEST(
       registries().kernels.create<GemmKernel>("gemm", "tbb", "openblas", {})->implementation() ==
@@ -1298,7 +1298,7 @@ BOOST_AUTO_TEST_CASE(kernels_name_their_paths) {
   const std::string message = strata::test::error_of(
       [] { registries().kernels.create<GemmKernel>("gemm", "tbb", "mkl", {}); });
   BOOST_TEST(message.find("backend 'tbb' has no implementation 'mkl' of op 'gemm'; it has: "
-                          "openblas") != std::string::npos,
+                          "bf16, openblas") != std::string::npos,
              message);
 }
 

@@ -68,6 +68,7 @@ void register_all(Registries& r) {
   // per pass, from ordered lists) and names it in implementation().
   r.kernels.add<TbbConv2d>("conv2d", "tbb");
   r.kernels.add<TbbPool2d>("pool2d", "tbb");
+  r.kernels.add<TbbBf16Gemm>("gemm", "tbb", "bf16");  // precision bf16 only
   r.kernels.add<TbbGemm>("gemm", "tbb", "openblas");
   r.kernels.add<TbbBatchNorm>("batch_norm", "tbb", "blocked_sums");
   r.kernels.add<TbbActivation>("activation", "tbb", "elementwise");
