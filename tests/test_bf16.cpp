@@ -27,6 +27,7 @@
 #include "strata/error.hpp"
 #include "strata/ops.hpp"
 #include "strata/registry.hpp"
+#include "strata/training/experiment.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -264,3 +265,277 @@ BOOST_AUTO_TEST_CASE(bf16_refused_without_the_cpu_feature) {
                  ->implementation() == "reference");
 }
 
+namespace {
+
+using strata::Conv2dDesc;
+using strata::Conv2dKernel;
+
+struct ConvCase {
+  int64_t n, c, h, w, k, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+  int64_t pad_bottom = -1, pad_right = -1;
+};
+
+Conv2dDesc bf16_conv(const ConvCase& t) {
+  Conv2dDesc d;
+  d.in_channels = t.c;
+  d.in_h = t.h;
+  d.in_w = t.w;
+  d.out_channels = t.k;
+  d.kernel_h = t.kh;
+  d.kernel_w = t.kw;
+  d.stride_h = t.sh;
+  d.stride_w = t.sw;
+  d.pad_h = t.ph;
+  d.pad_w = t.pw;
+  d.pad_h_end = t.pad_bottom;
+  d.pad_w_end = t.pad_right;
+  d.dilation_h = t.dh;
+  d.dilation_w = t.dw;
+  d.groups = t.groups;
+  d.out_h = (t.h + t.ph + d.pad_bottom() - t.dh * (t.kh - 1) - 1) / t.sh + 1;
+  d.out_w = (t.w + t.pw + d.pad_right() - t.dw * (t.kw - 1) - 1) / t.sw + 1;
+  d.precision = Precision::kBf16;
+  return d;
+}
+
+float largest(const Tensor& t) {
+  float m = 1.0f;
+  for (float v : t.span()) m = std::max(m, std::abs(v));
+  return m;
+}
+
+void check_near(const Tensor& got, const Tensor& want, const std::string& what) {
+  BOOST_TEST_CONTEXT(what) {
+    bool finite = true;
+    for (float v : got.span()) finite = finite && std::isfinite(v);
+    BOOST_TEST(finite, "non-finite value (an element not written?)");
+    const float diff = strata::test::max_abs_diff(got, want);
+    BOOST_TEST(diff <= kRelativeTolerance * largest(want),
+               "max |tbb - reference| = " << diff << ", largest " << largest(want));
+  }
+}
+
+Tensor nan_filled(const strata::Shape& shape) {
+  Tensor t(shape);
+  t.fill(std::numeric_limits<float>::quiet_NaN());
+  return t;
+}
+
+}  // namespace
+
+// tbb's bf16_gemm conv2d against the reference's bf16 emulation, all three passes, on geometries
+// that cover 1x1 (pointwise, no im2col), 3x3 with padding, strides, dilation, groups (depthwise
+// too), end padding, an image of one pixel, batches split into several blocks, channels that are
+// not multiples of the 8 x 48 tile and odd reduction lengths.
+BOOST_AUTO_TEST_CASE(conv2d_against_reference_emulation) {
+  const std::vector<ConvCase> cases = {
+      {2, 3, 9, 9, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1},        // odd C*R*S = 27
+      {5, 16, 8, 8, 24, 1, 1, 1, 1, 0, 0, 1, 1, 1},      // pointwise
+      {3, 6, 1, 1, 10, 1, 1, 1, 1, 0, 0, 1, 1, 1},       // pointwise, one pixel
+      {4, 8, 11, 7, 12, 3, 3, 2, 2, 1, 1, 1, 1, 1},      // stride 2
+      {2, 8, 12, 12, 8, 3, 3, 1, 1, 2, 2, 2, 2, 1},      // dilation 2
+      {3, 12, 9, 10, 18, 3, 3, 1, 1, 1, 1, 1, 1, 3},     // groups
+      {2, 16, 10, 10, 16, 3, 3, 1, 1, 1, 1, 1, 1, 16},   // depthwise
+      {2, 6, 9, 8, 7, 5, 3, 1, 2, 2, 1, 1, 1, 1},        // 5x3, mixed strides
+      {2, 5, 8, 8, 6, 3, 3, 1, 1, 0, 0, 1, 1, 1, 2, 1},  // end padding only
+      {9, 32, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1},    // several blocks, K over 256
+      {3, 20, 7, 7, 50, 1, 1, 2, 2, 0, 0, 1, 1, 2},      // strided 1x1 with groups
+  };
+  std::mt19937 rng(29);
+  for (const ConvCase& t : cases) {
+    const Conv2dDesc d = bf16_conv(t);
+    const std::string what = fmt::format(
+        "n={} c={} {}x{} k={} {}x{} stride {},{} pad {},{} end {},{} dilation {},{} "
+        "groups {}",
+        t.n, t.c, t.h, t.w, t.k, t.kh, t.kw, t.sh, t.sw, t.ph, t.pw, d.pad_bottom(), d.pad_right(),
+        t.dh, t.dw, t.groups);
+    BOOST_TEST_CONTEXT(what) {
+      auto ref = registries().kernels.pick<Conv2dKernel>("conv2d", "reference", d, "t");
+      if (!cpu_has_bf16()) {
+        const std::string message = strata::test::error_of(
+            [&] { registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "conv1"); });
+        BOOST_TEST(message.find("AVX512-BF16") != std::string::npos, message);
+        continue;
+      }
+      auto fast = registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t");
+      BOOST_TEST(fast->implementation() == "bf16_gemm");
+      const Tensor x = random_tensor({t.n, t.c, t.h, t.w}, rng);
+      const Tensor w = random_tensor({t.k, t.c / t.groups, t.kh, t.kw}, rng);
+      const Tensor b = random_tensor({t.k}, rng);
+      const Tensor dy = random_tensor({t.n, t.k, d.out_h, d.out_w}, rng);
+      Tensor y_ref({t.n, t.k, d.out_h, d.out_w}), y = nan_filled(y_ref.shape());
+      ref->forward(x, w, &b, y_ref);
+      fast->forward(x, w, &b, y);
+      check_near(y, y_ref, "forward");
+      Tensor dx_ref(x.shape()), dx = nan_filled(x.shape());
+      ref->backward_data(dy, w, dx_ref);
+      fast->backward_data(dy, w, dx);
+      check_near(dx, dx_ref, "backward_data");
+      Tensor dw_ref(w.shape()), dw = nan_filled(w.shape()), db_ref(b.shape()),
+                                db = nan_filled(b.shape());
+      ref->backward_params(x, dy, dw_ref, &db_ref);
+      fast->backward_params(x, dy, dw, &db);
+      check_near(dw, dw_ref, "backward_params weight");
+      check_near(db, db_ref, "backward_params bias");
+      // The passes run twice give the same bits (workspace reuse, no accumulation).
+      Tensor y_again = nan_filled(y.shape());
+      fast->forward(x, w, &b, y_again);
+      BOOST_TEST(strata::test::max_abs_diff(y_again, y) == 0.0f);
+    }
+  }
+}
+
+// The emulation really rounds: for inputs that are not bf16, the bf16 reference differs from the
+// fp32 one, and equals the fp32 reference run on inputs rounded beforehand.
+BOOST_AUTO_TEST_CASE(reference_emulation_rounds_the_inputs) {
+  const ConvCase t{2, 4, 6, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+  const Conv2dDesc bf16 = bf16_conv(t);
+  Conv2dDesc fp32 = bf16;
+  fp32.precision = Precision::kFp32;
+  auto emulated = registries().kernels.pick<Conv2dKernel>("conv2d", "reference", bf16, "t");
+  auto plain = registries().kernels.pick<Conv2dKernel>("conv2d", "reference", fp32, "t");
+  std::mt19937 rng(5);
+  const Tensor x = random_tensor({t.n, t.c, t.h, t.w}, rng), w = random_tensor({3, 4, 3, 3}, rng);
+  const Tensor dy = random_tensor({t.n, 3, 6, 6}, rng);
+  const auto rounded = [](const Tensor& t) {
+    Tensor r = t.clone();
+    for (float& v : r.span()) v = round_to_bf16(v);
+    return r;
+  };
+  Tensor y_bf16({t.n, 3, 6, 6}), y_fp32(y_bf16.shape()), y_pre(y_bf16.shape());
+  emulated->forward(x, w, nullptr, y_bf16);
+  plain->forward(x, w, nullptr, y_fp32);
+  plain->forward(rounded(x), rounded(w), nullptr, y_pre);
+  BOOST_TEST(strata::test::max_abs_diff(y_bf16, y_fp32) > 1e-4f);
+  BOOST_TEST(strata::test::max_abs_diff(y_bf16, y_pre) == 0.0f);
+  Tensor dx_bf16(x.shape()), dx_pre(x.shape());
+  emulated->backward_data(dy, w, dx_bf16);
+  plain->backward_data(rounded(dy), rounded(w), dx_pre);
+  BOOST_TEST(strata::test::max_abs_diff(dx_bf16, dx_pre) == 0.0f);
+  Tensor dw_bf16(w.shape()), dw_pre(w.shape()), db_bf16({3}), db_fp32({3});
+  emulated->backward_params(x, dy, dw_bf16, &db_bf16);
+  plain->backward_params(rounded(x), rounded(dy), dw_pre, nullptr);
+  BOOST_TEST(strata::test::max_abs_diff(dw_bf16, dw_pre) == 0.0f);
+  plain->backward_params(x, dy, dw_pre, &db_fp32);  // the bias gradient sums the float dy
+  BOOST_TEST(strata::test::max_abs_diff(db_bf16, db_fp32) == 0.0f);
+}
+
+// Precision picks the implementation: fp32 descriptors never reach bf16_gemm, and bf16 ones never
+// an fp32 implementation (the fp32 conv2d refuses them).
+BOOST_AUTO_TEST_CASE(conv2d_implementations_by_precision) {
+  Conv2dDesc d = bf16_conv({2, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1});
+  const std::vector<std::string> list = registries().kernels.implementations("conv2d", "tbb");
+  BOOST_TEST_REQUIRE(list.size() == 2u);
+  BOOST_TEST(list[0] == "bf16_gemm");
+  BOOST_TEST(list[1] == "tbb");
+  const std::string refused = strata::test::error_of(
+      [&] { registries().kernels.create<Conv2dKernel>("conv2d", "tbb", "tbb", d); });
+  BOOST_TEST(refused.find("does not support") != std::string::npos, refused);
+  d.precision = Precision::kFp32;
+  BOOST_TEST(registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t")->implementation() !=
+             "bf16_gemm");
+  const std::string refused_fp32 = strata::test::error_of(
+      [&] { registries().kernels.create<Conv2dKernel>("conv2d", "tbb", "bf16_gemm", d); });
+  BOOST_TEST(refused_fp32.find("does not support") != std::string::npos, refused_fp32);
+}
+
+BOOST_AUTO_TEST_CASE(conv2d_refused_without_the_cpu_feature) {
+  ScopedEnv no_bf16("STRATA_NO_AVX512BF16", "1");
+  const Conv2dDesc d = bf16_conv({2, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1});
+  const std::string message = strata::test::error_of(
+      [&] { registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "conv1"); });
+  BOOST_TEST(
+      message.find("tbb conv2d: precision bf16 needs a CPU with AVX512-BF16") != std::string::npos,
+      message);
+}
+
+namespace {
+
+// A small model with a conv2d (3x3, padded), batch norm, relu, pooling and linear layers.
+std::string experiment_text(const std::string& backend, const std::string& precision) {
+  return fmt::format(R"(
+backend: {}
+precision: {}
+seed: 3
+model:
+  input: [3, 12, 12]
+  layers:
+    - {{name: conv1, type: conv2d, out_channels: 16, kernel: 3, padding: 1}}
+    - {{name: bn1, type: batch_norm}}
+    - {{name: relu1, type: relu}}
+    - {{name: pool1, type: max_pool, kernel: 2, stride: 2}}
+    - {{name: conv2, type: conv2d, out_channels: 24, kernel: 1}}
+    - {{name: fc, type: linear, out_features: 10}}
+)",
+                     backend, precision);
+}
+
+strata::Experiment read_model(const std::string& backend, const std::string& precision) {
+  return strata::Experiment::read(strata::test::yaml(experiment_text(backend, precision)),
+                                  registries(), strata::Experiment::Scope::model);
+}
+
+std::string implementation_of(const strata::Experiment& run, const std::string& layer) {
+  return run.graph->layer(static_cast<std::size_t>(run.graph->index_of(layer))).implementation();
+}
+
+}  // namespace
+
+// The experiment's `precision` reaches the layers: conv2d and linear pick bf16 implementations,
+// the rest is unchanged; fp32 is the default; other values are errors naming the key.
+BOOST_AUTO_TEST_CASE(experiment_precision_key) {
+  const strata::Experiment fp32 = read_model("tbb", "fp32");
+  BOOST_TEST((fp32.precision == Precision::kFp32));
+  BOOST_TEST(implementation_of(fp32, "conv1") != "bf16_gemm");
+  BOOST_TEST(implementation_of(fp32, "fc") == "openblas");
+  const strata::Experiment emulated = read_model("reference", "bf16");
+  BOOST_TEST((emulated.precision == Precision::kBf16));
+  BOOST_TEST(implementation_of(emulated, "conv1") == "reference");
+  const std::string bad = strata::test::error_of([] { read_model("tbb", "fp16"); });
+  BOOST_TEST(bad.find("precision") != std::string::npos, bad);
+  BOOST_TEST(bad.find("must be fp32 or bf16, found 'fp16'") != std::string::npos, bad);
+  {
+    // Without the CPU feature, setting up the model fails at the first conv2d, naming it.
+    ScopedEnv no_bf16("STRATA_NO_AVX512BF16", "1");
+    const std::string refused = strata::test::error_of([] { read_model("tbb", "bf16"); });
+    BOOST_TEST(refused.find("conv1") != std::string::npos, refused);
+    BOOST_TEST(refused.find("needs a CPU with AVX512-BF16") != std::string::npos, refused);
+  }
+  if (!cpu_has_bf16()) return;
+  const strata::Experiment bf16 = read_model("tbb", "bf16");
+  BOOST_TEST(implementation_of(bf16, "conv1") == "bf16_gemm");
+  BOOST_TEST(implementation_of(bf16, "conv2") == "bf16_gemm");
+  BOOST_TEST(implementation_of(bf16, "fc") == "bf16");
+  BOOST_TEST(implementation_of(bf16, "bn1") == implementation_of(fp32, "bn1"));
+}
+
+// A whole model in bf16 on tbb against the same model on the reference's emulation (same
+// parameters, same batch): the logits and the input gradient agree to float accumulation order.
+BOOST_AUTO_TEST_CASE(model_bf16_tbb_matches_reference_emulation) {
+  if (!cpu_has_bf16()) {
+    const std::string message = strata::test::error_of([] { read_model("tbb", "bf16"); });
+    BOOST_TEST(message.find("AVX512-BF16") != std::string::npos, message);
+    return;
+  }
+  strata::Experiment fast = read_model("tbb", "bf16");
+  strata::Experiment ref = read_model("reference", "bf16");
+  strata::Experiment plain = read_model("reference", "fp32");
+  std::vector<strata::NamedTensor> from = fast.graph->state_tensors();
+  for (strata::Experiment* run : {&ref, &plain}) {
+    std::vector<strata::NamedTensor> to = run->graph->state_tensors();
+    BOOST_REQUIRE(to.size() == from.size());
+    for (std::size_t i = 0; i < to.size(); ++i) to[i].tensor.copy_from(from[i].tensor);
+  }
+  std::mt19937 rng(8);
+  const Tensor x = random_tensor({6, 3, 12, 12}, rng);
+  strata::Context c_fast{false, &fast.rng, fast.backend.get()};
+  strata::Context c_ref{false, &ref.rng, ref.backend.get()};
+  strata::Context c_plain{false, &plain.rng, plain.backend.get()};
+  fast.graph->forward(c_fast, x);
+  ref.graph->forward(c_ref, x);
+  plain.graph->forward(c_plain, x);
+  check_near(fast.graph->activation("fc"), ref.graph->activation("fc"), "logits");
+  // ... and bf16 is not fp32: the emulation's logits differ from the fp32 ones.
+  BOOST_TEST(strata::test::max_abs_diff(ref.graph->activation("fc"),
+                                        plain.graph->activation("fc")) > 1e-5f);
+}
