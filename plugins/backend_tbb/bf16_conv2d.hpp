@@ -8,9 +8,12 @@
 //
 // THE PASSES (per group; bf16_gemm.hpp packs and multiplies, rounding every input to bf16)
 //   forward:         y = W x cols             (im2col of a block of images)
-//   backward_data:   dcols = W^T x dy,  then col2im into dx
+//   backward_data:   stride 1: dx = W' x cols(dy), the correlation of dy with the flipped
+//                    weights W' (padding dilation*(kernel-1) - pad); else dcols = W^T x dy, then
+//                    col2im into dx
 //   backward_params: dW = dy x cols^T,  dbias = sum of the float dy (in double)
-// 1x1, stride 1, no padding ("pointwise"): the images themselves are the col matrix, no im2col.
+// The col matrices are never stored: the packing gathers them from the images (bf16::Im2col,
+// masked at the padding). 1x1, stride 1, no padding ("pointwise"): the images are the col matrix.
 // Work is split into blocks of whole images (enough columns for the 8 x 48 tile, a col matrix of
 // at most kColsBudget floats), run in TBB tasks with per-thread workspace. backward_params
 // accumulates blocks into a few contiguous slices of the batch, each into its own partial dW,
@@ -22,7 +25,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "bf16_gemm.hpp"
 #include "strata/ops.hpp"
+#include "tbb_kernels.hpp"
 
 namespace strata::tbb_backend {
 
@@ -40,9 +45,9 @@ class TbbBf16Conv2d : public Conv2dKernel {
 
  private:
   struct Workspace {
-    std::vector<float> cols;         // im2col of a block, C*R*S x columns
-    std::vector<float> product;      // a GEMM's float result, before it is scattered
-    std::vector<uint16_t> packed_a;  // packed bf16 operands
+    std::vector<int32_t> base, ih0, iw0;  // per column of a block (bf16::Im2col)
+    std::vector<float> product;           // a GEMM's float result, before it is scattered
+    std::vector<uint16_t> packed_a;       // packed bf16 operands
     std::vector<uint16_t> packed_b;
   };
   Workspace& local_workspace() { return workspace_.local(); }
@@ -50,19 +55,34 @@ class TbbBf16Conv2d : public Conv2dKernel {
   // body(workspace, first image, images) for every block of the batch, in TBB tasks.
   template <class Body>
   void for_each_block(int64_t n_batch, const Body& body);
-  // im2col of images [0, images) of `x` (the block's first image) into cols (rows C*R*S, row
-  // stride `columns` = images * out_h * out_w), and its transpose: col2im adds into dx.
-  void im2col(const float* x, int64_t images, float* cols) const;
+  // Per column (image, oh, ow) of a block of `images` outputs of size `out` read from inputs of
+  // size `in`, `image_stride` floats apart: ih0 = oh * stride - pad_h (stride 0: the
+  // descriptor's), iw0 likewise, base = image * image_stride + ih0 * in.w + iw0, into ws.
+  void column_taps(int64_t images, Extent out, Extent in, int64_t stride, int64_t pad_h,
+                   int64_t pad_w, int64_t image_stride, Workspace& ws) const;
+  // The col matrix of `channels` planes of size `in` from `data`, with ws's column taps
+  // (unit_stride: bf16::Im2col's, for stride 1).
+  bf16::Im2col gathered(const float* data, int64_t channels, Extent in, bool unit_stride,
+                        const Workspace& ws) const;
+  // dcols (rows C/groups*R*S of group `group`, row stride `columns`) added into dx.
   void col2im(const float* cols, int64_t images, int64_t columns, int64_t group, float* dx) const;
-  // Packs `count` panels of the weights of each group, as A (rows kg, k = crs) or transposed
-  // (rows crs, k = kg), into packed_weights_.
-  void pack_weights(const float* w, bool transposed);
+  // Packs the weights of each group into packed_weights_ as the A of a product: forward
+  // (rows kg, k = crs), transposed (rows crs, k = kg: strided backward_data) or flipped (rows
+  // C/groups, k = (filter, R-1-r, S-1-s): stride-1 backward_data, a correlation of dy).
+  enum class WeightForm { kForward, kTransposed, kFlipped };
+  void pack_weights(const float* w, WeightForm form);
+  // Stride-1 backward_data as the correlation of dy with the flipped weights, padded by
+  // dilation*(kernel-1) - pad: no col2im.
+  void data_by_correlation(const float* dy, float* dx, int64_t n_batch);
 
   bool pointwise_ = false;
   int64_t cg_ = 0, kg_ = 0, crs_ = 0, in_plane_ = 0, out_plane_ = 0;
   std::vector<uint16_t> packed_weights_;  // per group, packed_group_ elements
   int64_t packed_group_ = 0;
   std::vector<float> partials_;  // backward_params: one dW per slice
+  std::vector<float> flipped_;   // the flipped weights of stride-1 backward_data
+  // bf16::Im2col's per-row taps (offsets, then dr, then ds) of the col matrices of x and of dy.
+  std::vector<int32_t> input_taps_, dy_taps_;
   tbb::enumerable_thread_specific<Workspace> workspace_;
 };
 

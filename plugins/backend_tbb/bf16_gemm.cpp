@@ -126,6 +126,157 @@ STRATA_BF16_TARGET void pack_k_contiguous(const Operand& s, int64_t count, int64
   }
 }
 
+// Two float vectors converted to bf16 and interleaved into 16 words (v0[j], v1[j]), stored at
+// out (lanes words, the rest of the vector not written).
+STRATA_BF16_TARGET inline void store_pairs(__m512 v0, __m512 v1, int64_t lanes, uint16_t* out) {
+  alignas(64) static constexpr uint16_t kInterleave[32] = {
+      0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
+      8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(v1, v0);
+  const __m512i words = _mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), both);
+  const __mmask32 mask =
+      lanes >= 16 ? ~__mmask32{0} : static_cast<__mmask32>((1u << (2 * lanes)) - 1u);
+  _mm512_mask_storeu_epi16(out, mask, words);
+}
+
+// Row `row` of the col matrix: its offset from a column's base, and its tap (r * dh, s * dw).
+struct Tap {
+  int32_t offset, dr, ds;
+};
+inline Tap tap_of(const Im2col& g, int64_t row) {
+  return {g.tap_offset[row], g.tap_dr[row], g.tap_ds[row]};
+}
+
+// Entries (row, j) for 16 columns j from `column` (valid of them), gathered with the padding zero.
+STRATA_BF16_TARGET inline __m512 gather_columns(const Im2col& g, const Tap& t, int64_t column,
+                                                int64_t valid) {
+  if (valid <= 0) return _mm512_setzero_ps();
+  const __mmask16 in_range = static_cast<__mmask16>(valid >= 16 ? 0xffffu : (1u << valid) - 1u);
+  const __m512i ih =
+      _mm512_add_epi32(_mm512_maskz_loadu_epi32(in_range, g.ih0 + column), _mm512_set1_epi32(t.dr));
+  const __m512i iw =
+      _mm512_add_epi32(_mm512_maskz_loadu_epi32(in_range, g.iw0 + column), _mm512_set1_epi32(t.ds));
+  __mmask16 mask = in_range;
+  mask &= _mm512_cmpge_epi32_mask(ih, _mm512_setzero_si512());
+  mask &= _mm512_cmplt_epi32_mask(ih, _mm512_set1_epi32(static_cast<int32_t>(g.in_h)));
+  mask &= _mm512_cmpge_epi32_mask(iw, _mm512_setzero_si512());
+  mask &= _mm512_cmplt_epi32_mask(iw, _mm512_set1_epi32(static_cast<int32_t>(g.in_w)));
+  const __m512i index = _mm512_add_epi32(_mm512_maskz_loadu_epi32(in_range, g.base + column),
+                                         _mm512_set1_epi32(t.offset));
+  return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, index, g.data, 4);
+}
+
+// 16 columns of the col matrix cut into runs of consecutive input positions (same image and
+// input row, stride 1): lane L of run r reads data + start[r] + L + (the row's offset).
+struct Runs {
+  int count = 0;
+  __mmask16 lanes[16];
+  int32_t start[16], ih0[16];
+};
+
+// Row `row` of the col matrix at 16 columns from `column` (valid of them): a zero-masked load per
+// run (independent loads, OR-ed), or a gather when the stride is not 1.
+STRATA_BF16_TARGET inline __m512 run_values(const Im2col& g, const Runs& runs, __m512i iw0,
+                                            int64_t row, int64_t column, int64_t valid) {
+  const Tap t = tap_of(g, row);
+  if (!g.unit_stride) return gather_columns(g, t, column, valid);
+  const __m512i iw = _mm512_add_epi32(iw0, _mm512_set1_epi32(t.ds));
+  const __mmask16 columns_in =
+      _mm512_cmpge_epi32_mask(iw, _mm512_setzero_si512()) &
+      _mm512_cmplt_epi32_mask(iw, _mm512_set1_epi32(static_cast<int32_t>(g.in_w)));
+  __m512 v = _mm512_setzero_ps();
+  for (int r = 0; r < runs.count; ++r) {
+    const int64_t ih = runs.ih0[r] + t.dr;
+    if (ih < 0 || ih >= g.in_h) continue;
+    v = _mm512_or_ps(
+        v, _mm512_maskz_loadu_ps(runs.lanes[r] & columns_in, g.data + runs.start[r] + t.offset));
+  }
+  return v;
+}
+
+STRATA_BF16_TARGET void pack_columns_gathered(const Im2col& g, int64_t columns, int64_t first,
+                                              int64_t end, uint16_t* out) {
+  const int64_t k = g.rows(), p_count = pairs(k);
+  Runs runs;
+  for (int64_t panel = first; panel < end; ++panel) {
+    uint16_t* dst = out + panel * kColumns * p_count * 2;
+    const int64_t j0 = panel * kColumns;
+    for (int64_t c = 0; c < kColumns; c += 16) {
+      const int64_t valid = std::min<int64_t>(16, columns - (j0 + c));
+      if (g.unit_stride && valid > 0) {
+        const int64_t j = j0 + c;
+        runs.count = 0;
+        for (int64_t l = 0; l < valid; ++l) {
+          if (l == 0 || g.base[j + l] != g.base[j + l - 1] + 1 ||
+              g.ih0[j + l] != g.ih0[j + l - 1]) {
+            runs.start[runs.count] = g.base[j + l] - static_cast<int32_t>(l);
+            runs.ih0[runs.count] = g.ih0[j + l];
+            runs.lanes[runs.count] = 0;
+            ++runs.count;
+          }
+          runs.lanes[runs.count - 1] |= static_cast<__mmask16>(1u << l);
+        }
+      }
+      const __mmask16 in_range = static_cast<__mmask16>(valid >= 16  ? 0xffffu
+                                                        : valid <= 0 ? 0u
+                                                                     : (1u << valid) - 1u);
+      const __m512i iw0 = _mm512_maskz_loadu_epi32(in_range, g.iw0 + j0 + c);
+      for (int64_t q = 0; q < p_count; ++q) {
+        const __m512 v0 =
+            valid > 0 ? run_values(g, runs, iw0, 2 * q, j0 + c, valid) : _mm512_setzero_ps();
+        const __m512 v1 = valid > 0 && 2 * q + 1 < k
+                              ? run_values(g, runs, iw0, 2 * q + 1, j0 + c, valid)
+                              : _mm512_setzero_ps();
+        store_pairs(v0, v1, 16, dst + (q * kColumns + c) * 2);
+      }
+    }
+  }
+}
+
+// Entries (row, column) for the 16 rows of `taps` (valid of them) at one column.
+STRATA_BF16_TARGET inline __m512 gather_rows(const Im2col& g, const int32_t* offset,
+                                             const int32_t* dr, const int32_t* ds, __mmask16 valid,
+                                             int64_t column) {
+  const __m512i ih = _mm512_add_epi32(_mm512_loadu_si512(dr), _mm512_set1_epi32(g.ih0[column]));
+  const __m512i iw = _mm512_add_epi32(_mm512_loadu_si512(ds), _mm512_set1_epi32(g.iw0[column]));
+  __mmask16 mask = valid;
+  mask &= _mm512_cmpge_epi32_mask(ih, _mm512_setzero_si512());
+  mask &= _mm512_cmplt_epi32_mask(ih, _mm512_set1_epi32(static_cast<int32_t>(g.in_h)));
+  mask &= _mm512_cmpge_epi32_mask(iw, _mm512_setzero_si512());
+  mask &= _mm512_cmplt_epi32_mask(iw, _mm512_set1_epi32(static_cast<int32_t>(g.in_w)));
+  const __m512i index =
+      _mm512_add_epi32(_mm512_loadu_si512(offset), _mm512_set1_epi32(g.base[column]));
+  return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, index, g.data, 4);
+}
+
+STRATA_BF16_TARGET void pack_rows_gathered(const Im2col& g, int64_t columns, int64_t first,
+                                           int64_t end, uint16_t* out) {
+  const int64_t rows = g.rows(), p_count = pairs(columns);
+  alignas(64) int32_t offset[kColumns], dr[kColumns], ds[kColumns];
+  for (int64_t panel = first; panel < end; ++panel) {
+    uint16_t* dst = out + panel * kColumns * p_count * 2;
+    const int64_t i0 = panel * kColumns;
+    for (int64_t i = 0; i < kColumns; ++i) {
+      const Tap t = tap_of(g, std::min(i0 + i, rows - 1));
+      offset[i] = t.offset;
+      dr[i] = t.dr;
+      ds[i] = t.ds;
+    }
+    for (int64_t q = 0; q < p_count; ++q) {
+      const bool odd_end = 2 * q + 1 >= columns;
+      for (int64_t c = 0; c < kColumns; c += 16) {
+        const int64_t valid_rows = std::clamp<int64_t>(rows - (i0 + c), 0, 16);
+        const __mmask16 valid =
+            static_cast<__mmask16>(valid_rows >= 16 ? 0xffffu : (1u << valid_rows) - 1u);
+        const __m512 v0 = gather_rows(g, offset + c, dr + c, ds + c, valid, 2 * q);
+        const __m512 v1 = odd_end ? _mm512_setzero_ps()
+                                  : gather_rows(g, offset + c, dr + c, ds + c, valid, 2 * q + 1);
+        store_pairs(v0, v1, 16, dst + (q * kColumns + c) * 2);
+      }
+    }
+  }
+}
+
 // One kRows x kColumns tile over `block` pairs of k: C = alpha * A B + beta * C for the first
 // `rows` rows and `cols` columns (beta == 0: C not read).
 STRATA_BF16_TARGET void tile(int64_t block, const uint16_t* a, const uint16_t* b, float* c,
@@ -181,6 +332,24 @@ void pack(const Operand& src, int64_t count, int64_t k, int64_t width, int64_t f
   } else {
     pack_index_contiguous(src, count, k, width, first, end, out);
   }
+}
+
+void tabulate_taps(const Im2col& g, int32_t* offset, int32_t* dr, int32_t* ds) {
+  for (int64_t row = 0; row < g.rows(); ++row) {
+    const int64_t s = row % g.kw, r = (row / g.kw) % g.kh, c = row / (g.kw * g.kh);
+    offset[row] = static_cast<int32_t>(c * g.in_plane + r * g.dh * g.in_w + s * g.dw);
+    dr[row] = static_cast<int32_t>(r * g.dh);
+    ds[row] = static_cast<int32_t>(s * g.dw);
+  }
+}
+
+void pack_im2col_columns(const Im2col& g, int64_t columns, int64_t first, int64_t end,
+                         uint16_t* out) {
+  pack_columns_gathered(g, columns, first, end, out);
+}
+
+void pack_im2col_rows(const Im2col& g, int64_t columns, int64_t first, int64_t end, uint16_t* out) {
+  pack_rows_gathered(g, columns, first, end, out);
 }
 
 void multiply(const uint16_t* a, const uint16_t* b, int64_t k, int64_t m0, int64_t m1, int64_t n0,

@@ -71,6 +71,39 @@ struct Operand {
 void pack(const Operand& src, int64_t count, int64_t k, int64_t width, int64_t first, int64_t end,
           uint16_t* out);
 
+// The col matrix (im2col) of a block of images, read in place by the packing (AVX-512 gathers,
+// masked at the padding), never stored: row (c, r, s) = (c * kh + r) * kw + s, column j an output
+// position of one image; entry (row, j) = data[base[j] + c * in_plane + r * dh * in_w + s * dw]
+// when ih0[j] + r * dh is in [0, in_h) and iw0[j] + s * dw in [0, in_w), else 0. base, ih0 and
+// iw0 (one per column, int32) are the caller's: column j's image offset + ih0 * in_w + iw0, and its
+// top-left input row and column (negative in the padding).
+struct Im2col {
+  const float* data = nullptr;
+  int64_t channels = 0, kh = 1, kw = 1, dh = 1, dw = 1;
+  int64_t in_h = 0, in_w = 0, in_plane = 0;
+  const int32_t* base = nullptr;
+  const int32_t* ih0 = nullptr;
+  const int32_t* iw0 = nullptr;
+  bool unit_stride = false;  // columns of one output row read consecutive inputs (stride 1)
+  // Per row (rows() of each): c * in_plane + r * dh * in_w + s * dw, r * dh and s * dw
+  // (tabulate_taps() fills them).
+  const int32_t* tap_offset = nullptr;
+  const int32_t* tap_dr = nullptr;
+  const int32_t* tap_ds = nullptr;
+  int64_t rows() const { return channels * kh * kw; }
+};
+
+// Fills offset, dr and ds (g.rows() each) with g's per-row taps (see Im2col).
+void tabulate_taps(const Im2col& g, int32_t* offset, int32_t* dr, int32_t* ds);
+
+// Packs panels [first, end) of kColumns columns of the col matrix (i = column, k = row): the B of
+// W x cols. Needs cpu_supported().
+void pack_im2col_columns(const Im2col& g, int64_t columns, int64_t first, int64_t end,
+                         uint16_t* out);
+// Packs panels [first, end) of kColumns rows of the col matrix (i = row, k = column): the B of
+// dy x cols^T. Needs cpu_supported().
+void pack_im2col_rows(const Im2col& g, int64_t columns, int64_t first, int64_t end, uint16_t* out);
+
 // C[m0..m1) x [n0..n1) of alpha * A * B + beta * C, single-threaded, from packed A (kRows panels)
 // and B (kColumns panels) of m x k and k x n. m0 a multiple of kRows, n0 of kColumns. beta == 0:
 // C is not read. Needs cpu_supported().
