@@ -57,6 +57,7 @@ CONV_SHAPES = [
 ]
 
 LAYOUTS = ("nchw", "channels_last")
+PRECISION = "fp32"  # --precision: of both frameworks' training runs
 
 
 class Workload(NamedTuple):
@@ -218,8 +219,11 @@ def torch_parameters(name):
     return sum(p.numel() for p in torch_models()[name]().parameters())
 
 
-def torch_train_child(name, threads, iterations, warmup, layout):
-    """Runs in a child process: trains `name` on synthetic data and prints images/s as JSON."""
+def torch_train_child(name, threads, iterations, warmup, layout, precision="fp32"):
+    """Runs in a child process: trains `name` on synthetic data and prints images/s as JSON.
+    precision bf16: forward and loss under torch.autocast("cpu", dtype=torch.bfloat16), PyTorch's
+    own CPU mixed precision (the weights and the optimizer stay float)."""
+    import contextlib
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(threads)
@@ -237,7 +241,9 @@ def torch_train_child(name, threads, iterations, warmup, layout):
         if i == warmup:
             start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
+        with (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+              else contextlib.nullcontext()):
+            loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
     seconds = time.perf_counter() - start
@@ -318,7 +324,8 @@ def strata_train(build, name, threads, iterations, warmup):
     """`strata bench` of the workload: (images/s, peak RSS bytes, parameters)."""
     work = WORKLOADS[name]
     cmd = [os.path.join(build, "bin", "strata"), "bench", work.experiment, "--threads", str(threads),
-           "--iterations", str(iterations), "--warmup", str(warmup), "--json"] + set_args(work.sets)
+           "--iterations", str(iterations), "--warmup", str(warmup), "--json"] + set_args(
+               list(work.sets) + ([f"precision={PRECISION}"] if PRECISION != "fp32" else []))
     stdout, _, _, rss = run_child(cmd)
     data = json.loads(stdout)
     return data["images_per_second"], rss, data["parameters"]
@@ -328,7 +335,7 @@ def torch_train(name, threads, iterations, warmup, layout):
     """The PyTorch net in a child process: (images/s, peak RSS bytes, parameters)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-child", name, "--threads",
            str(threads), "--iterations", str(iterations), "--warmup", str(warmup),
-           "--layout", layout]
+           "--layout", layout, "--precision", PRECISION]
     stdout, _, _, rss = run_child(cmd)
     data = json.loads(stdout.strip().splitlines()[-1])
     return data["images_per_second"], rss, data["parameters"]
@@ -696,6 +703,9 @@ def main():
                         help="time nothing: check that every workload's files exist and that the "
                              "Strata and PyTorch nets have the same parameter count")
     parser.add_argument("--list", action="store_true", help="list the workloads and conv shapes")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="training tables in bf16: Strata with --set precision=bf16, PyTorch "
+                             "under torch.autocast('cpu', dtype=torch.bfloat16)")
     parser.add_argument("--wait-quiet", type=float, metavar="CORES",
                         help="before each round, wait until the rest of the machine uses fewer "
                              "than CORES CPUs (over 3 s), at most --patience seconds")
@@ -706,8 +716,11 @@ def main():
     parser.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global PRECISION
+    PRECISION = args.precision
     if args.torch_child:
-        torch_train_child(args.torch_child, args.threads, args.iterations, args.warmup, args.layout)
+        torch_train_child(args.torch_child, args.threads, args.iterations, args.warmup, args.layout,
+                          args.precision)
         return 0
 
     names = [name for name in args.workloads.split(",") if name]

@@ -2,7 +2,13 @@
 // fresh random data, the way a conv layer runs inside a training step.
 //
 //   conv_bench --shape N,C,H,W,K,R,S,stride,pad,dilation[,groups] [--backend tbb] [--threads T]
-//              [--iterations I] [--warmup W] [--no-bias]
+//              [--iterations I] [--warmup W] [--no-bias] [--precision fp32|bf16]
+//   conv_bench --gemm M,N,K [--backend tbb] [--threads T] [--iterations I] [--warmup W]
+//
+// --gemm times the backend's "gemm" op instead, C = A B (M x K times K x N, row-major), in fp32
+// (the tbb backend: OpenBLAS sgemm, split over TBB tasks) and in bf16 (the tbb backend: its own
+// AVX512-BF16 kernel, bf16_gemm.hpp), and prints both GFLOP/s (2 M N K flops per product) in one
+// JSON object.
 //
 // Prints one JSON object: the best (minimum) seconds of each pass over I timed iterations after W
 // untimed ones, and GFLOP/s of the three passes together, counting 2 * N * K * (C/groups) * R * S *
@@ -10,6 +16,8 @@
 // implementation (Kernel::implementation(): for tbb, the method of each pass, e.g.
 // "fwd=direct bwd_data=small bwd_weights=winograd23"). bench/compare_pytorch.py
 // runs it beside PyTorch; it is a benchmark, not a test, and asserts nothing about speed.
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -32,7 +40,9 @@ using Clock = std::chrono::steady_clock;
 
 constexpr const char* kUsage =
     "usage: conv_bench --shape N,C,H,W,K,R,S,stride,pad,dilation[,groups] [--backend tbb]\n"
-    "                  [--threads T] [--iterations I] [--warmup W] [--no-bias]\n";
+    "                  [--threads T] [--iterations I] [--warmup W] [--no-bias]\n"
+    "                  [--precision fp32|bf16]\n"
+    "       conv_bench --gemm M,N,K [--backend tbb] [--threads T] [--iterations I] [--warmup W]\n";
 
 std::vector<int64_t> parse_list(const std::string& text) {
   std::vector<int64_t> values;
@@ -61,8 +71,43 @@ double seconds(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// Best seconds of `iterations` products after `warmup`, for each precision; prints one JSON line.
+int run_gemm(const std::string& sizes, const std::string& backend_name, int threads, int iterations,
+             int warmup) {
+  const std::vector<int64_t> v = parse_list(sizes);
+  if (v.size() != 3) strata::fail("--gemm {}: expected M,N,K\n{}", sizes, kUsage);
+  const int64_t m = v[0], n = v[1], k = v[2];
+  strata::Registries registries;
+  strata::PluginLoader loader(registries);
+  loader.load_default();
+  auto backend = registries.backends.create(backend_name, strata::Config{});
+  backend->set_threads(threads);
+  std::mt19937 rng(12345);
+  const strata::Tensor a = random_tensor({m, k}, rng), b = random_tensor({k, n}, rng);
+  strata::Tensor c({m, n});
+  std::string fields;
+  for (const strata::Precision precision : {strata::Precision::kFp32, strata::Precision::kBf16}) {
+    auto gemm = registries.kernels.pick<strata::GemmKernel>(
+        "gemm", backend_name, strata::GemmDesc{precision}, "conv_bench");
+    double best = std::numeric_limits<double>::infinity();
+    for (int it = 0; it < warmup + iterations; ++it) {
+      const auto t0 = Clock::now();
+      gemm->gemm(false, false, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c.data(), n);
+      if (it >= warmup) best = std::min(best, seconds(t0));
+    }
+    const std::string name(strata::precision_name(precision));
+    fields +=
+        fmt::format(", \"{}_s\": {:.6g}, \"{}_gflops\": {:.6g}, \"{}_implementation\": \"{}\"",
+                    name, best, name, 2.0 * m * n * k / best * 1e-9, name, gemm->implementation());
+  }
+  std::printf("{\"backend\": \"%s\", \"threads\": %d, \"gemm\": \"%s\"%s}\n", backend_name.c_str(),
+              backend->threads(), sizes.c_str(), fields.c_str());
+  return 0;
+}
+
 int run(int argc, char** argv) {
-  std::string shape_text, backend_name = "tbb";
+  std::string shape_text, gemm_text, backend_name = "tbb";
+  strata::Precision precision = strata::Precision::kFp32;
   int threads = 0;
   int iterations = 10, warmup = 2;
   bool bias = true;
@@ -84,14 +129,22 @@ int run(int argc, char** argv) {
       warmup = std::stoi(value());
     } else if (arg == "--no-bias") {
       bias = false;
+    } else if (arg == "--gemm") {
+      gemm_text = value();
+    } else if (arg == "--precision") {
+      const std::string name = value();
+      const auto parsed = strata::parse_precision(name);
+      if (!parsed) strata::fail("--precision {}: expected fp32 or bf16", name);
+      precision = *parsed;
     } else {
       strata::fail("unknown argument '{}'\n{}", arg, kUsage);
     }
   }
-  if (shape_text.empty()) strata::fail("--shape is required\n{}", kUsage);
   if (iterations < 1 || warmup < 0 || threads < 0) {
     strata::fail("--iterations must be >= 1, --warmup and --threads >= 0");
   }
+  if (!gemm_text.empty()) return run_gemm(gemm_text, backend_name, threads, iterations, warmup);
+  if (shape_text.empty()) strata::fail("--shape or --gemm is required\n{}", kUsage);
   const std::vector<int64_t> v = parse_list(shape_text);
   if (v.size() != 10 && v.size() != 11) {
     strata::fail("--shape {}: expected 10 or 11 integers, found {}\n{}", shape_text, v.size(),
@@ -109,6 +162,7 @@ int run(int argc, char** argv) {
   d.pad_h = d.pad_w = v[8];
   d.dilation_h = d.dilation_w = v[9];
   d.groups = v.size() == 11 ? v[10] : 1;
+  d.precision = precision;
   d.out_h = (d.in_h + 2 * d.pad_h - d.dilation_h * (d.kernel_h - 1) - 1) / d.stride_h + 1;
   d.out_w = (d.in_w + 2 * d.pad_w - d.dilation_w * (d.kernel_w - 1) - 1) / d.stride_w + 1;
 

@@ -1595,7 +1595,8 @@ BOOST_AUTO_TEST_CASE(pick_returns_the_backends_kernel) {
   const auto made_by = [&](const std::string& op,
                            const std::string& backend) -> const std::type_info& {
     static std::vector<std::unique_ptr<strata::Kernel>> keep;  // typeid of a live object
-    keep.push_back(entries.at({op, backend}).front().factory());
+    // The last of the list: the general (fp32) implementation; bf16 ones come first.
+    keep.push_back(entries.at({op, backend}).back().factory());
     const strata::Kernel& made = *keep.back();
     return typeid(made);
   };
@@ -1656,9 +1657,9 @@ BOOST_AUTO_TEST_CASE(kernels_name_their_paths) {
   const Conv2dDesc conv = conv_desc(2, 6, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1);
   BOOST_TEST(kernel<Conv2dKernel>("conv2d", "reference", conv)->implementation() == "reference");
   // The registry lists each backend's implementations in the order pick() tries them.
-  BOOST_TEST(
-      registries().kernels.implementations("gemm", "tbb") == std::vector<std::string>{"openblas"},
-      boost::test_tools::per_element());
+  BOOST_TEST(registries().kernels.implementations("gemm", "tbb") ==
+                 (std::vector<std::string>{"bf16", "openblas"}),
+             boost::test_tools::per_element());
   // create() builds one named implementation, refusing a name the backend does not have.
   BOOST_TEST(
       registries().kernels.create<GemmKernel>("gemm", "tbb", "openblas", {})->implementation() ==
@@ -1666,7 +1667,7 @@ BOOST_AUTO_TEST_CASE(kernels_name_their_paths) {
   const std::string message = strata::test::error_of(
       [] { registries().kernels.create<GemmKernel>("gemm", "tbb", "mkl", {}); });
   BOOST_TEST(message.find("backend 'tbb' has no implementation 'mkl' of op 'gemm'; it has: "
-                          "openblas") != std::string::npos,
+                          "bf16, openblas") != std::string::npos,
              message);
 }
 

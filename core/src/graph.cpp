@@ -195,13 +195,14 @@ void check_repeat(const Config& item, const std::string& name, const std::string
 }  // namespace
 
 Graph::Graph(const Config& model, const Registries& registries, const Backend& backend,
-             Rng& init_rng)
-    : registries_(registries), backend_(backend.name()) {
+             Rng& init_rng, Precision precision)
+    : registries_(registries), backend_(backend.name()), precision_(precision) {
   build(model, &init_rng);
 }
 
-Graph::Graph(const Config& model, const Registries& registries, const Backend& backend)
-    : registries_(registries), backend_(backend.name()) {
+Graph::Graph(const Config& model, const Registries& registries, const Backend& backend,
+             Precision precision)
+    : registries_(registries), backend_(backend.name()), precision_(precision) {
   build(model, nullptr);
 }
 
@@ -455,7 +456,7 @@ void Graph::add_node(const std::string& name, std::shared_ptr<Layer> layer,
   node.layer = std::move(layer);
   node.layer->set_name(name);
   try {
-    node.layer->setup(SetupContext(registries_.kernels, backend_, name), input_shapes);
+    node.layer->setup(SetupContext(registries_.kernels, backend_, name, precision_), input_shapes);
   } catch (const Error& error) {
     // Name the producers too, so a mismatch reads as "A gives X, B wanted Y".
     std::vector<std::string> sources;

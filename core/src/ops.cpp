@@ -7,6 +7,16 @@
 
 namespace strata {
 
+std::string_view precision_name(Precision precision) {
+  return precision == Precision::kBf16 ? "bf16" : "fp32";
+}
+
+std::optional<Precision> parse_precision(std::string_view name) {
+  if (name == "fp32") return Precision::kFp32;
+  if (name == "bf16") return Precision::kBf16;
+  return std::nullopt;
+}
+
 // Out of line, so the interfaces' type information lives in the core, shared by every plugin.
 Conv2dKernel::~Conv2dKernel() = default;
 Pool2dKernel::~Pool2dKernel() = default;

@@ -15,6 +15,15 @@ void check_shape(std::string_view what, const Tensor& t, const Shape& expected) 
 
 }  // namespace
 
+const Tensor& ReferenceConv2d::operand(const Tensor& t, Tensor& rounded) const {
+  if (desc_.precision != Precision::kBf16) return t;
+  rounded = Tensor(t.shape());
+  const float* in = t.data();
+  float* out = rounded.data();
+  for (int64_t i = 0; i < t.numel(); ++i) out[i] = round_to_bf16(in[i]);
+  return rounded;
+}
+
 void ReferenceConv2d::on_prepare() {
   const Conv2dDesc& d = desc_;
   validate(d, "reference conv2d");
@@ -31,8 +40,9 @@ void ReferenceConv2d::forward(const Tensor& x, const Tensor& weight, const Tenso
   if (has_bias) check_shape("bias", *bias, {d.out_channels});
   check_shape("y", y, {n_batch, d.out_channels, d.out_h, d.out_w});
 
-  const float* xp = x.data();
-  const float* wp = weight.data();
+  Tensor x_rounded, w_rounded;  // precision bf16: the emulation's rounded inputs
+  const float* xp = operand(x, x_rounded).data();
+  const float* wp = operand(weight, w_rounded).data();
   float* yp = y.data();
   for (int64_t n = 0; n < n_batch; ++n) {
     for (int64_t k = 0; k < d.out_channels; ++k) {
@@ -72,8 +82,9 @@ void ReferenceConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tens
 
   // The forward loop nest with the multiply-add reversed: every (output, tap) pair that read
   // x[i] adds w * dy to dx[i]. Padding taps read nothing, so they receive nothing.
-  const float* dyp = dy.data();
-  const float* wp = weight.data();
+  Tensor dy_rounded, w_rounded;
+  const float* dyp = operand(dy, dy_rounded).data();
+  const float* wp = operand(weight, w_rounded).data();
   const int64_t image = d.in_channels * d.in_h * d.in_w;
   std::vector<double> acc(static_cast<std::size_t>(image));
   for (int64_t n = 0; n < n_batch; ++n) {
@@ -130,7 +141,9 @@ void ReferenceConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor&
   check_shape("x", x, {n_batch, d.in_channels, d.in_h, d.in_w});
   check_shape("dweight", dweight, {d.out_channels, cg, d.kernel_h, d.kernel_w});
 
-  const float* xp = x.data();
+  Tensor x_rounded, dy_rounded;  // the bias gradient above sums the float dy
+  const float* xp = operand(x, x_rounded).data();
+  dyp = operand(dy, dy_rounded).data();
   float* dwp = dweight.data();
   for (int64_t k = 0; k < d.out_channels; ++k) {
     const int64_t g = k / kg;

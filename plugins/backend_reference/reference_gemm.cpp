@@ -11,12 +11,17 @@ void ReferenceGemm::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64
     fail("reference gemm: leading dimensions too small (m={} n={} k={} lda={} ldb={} ldc={})", m, n,
          k, lda, ldb, ldc);
   }
+  const bool bf16 = desc_.precision == Precision::kBf16;  // the emulation: inputs rounded
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = 0; j < n; ++j) {
       double sum = 0;
       for (int64_t p = 0; p < k; ++p) {
-        const float a_ip = trans_a ? a[p * lda + i] : a[i * lda + p];
-        const float b_pj = trans_b ? b[j * ldb + p] : b[p * ldb + j];
+        float a_ip = trans_a ? a[p * lda + i] : a[i * lda + p];
+        float b_pj = trans_b ? b[j * ldb + p] : b[p * ldb + j];
+        if (bf16) {
+          a_ip = round_to_bf16(a_ip);
+          b_pj = round_to_bf16(b_pj);
+        }
         sum += static_cast<double>(a_ip) * b_pj;
       }
       float& out = c[i * ldc + j];

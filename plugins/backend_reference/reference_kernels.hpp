@@ -42,6 +42,10 @@ class ReferenceBackend : public Backend {
 // backward_data is the exact transpose of that map (a scatter of dy through the same index
 // arithmetic); backward_params correlates dy with the same padded input.
 //
+// Precision bf16 (the oracle of the fast bf16 kernels): x, weight and dy are rounded with
+// round_to_bf16 into copies before the same loops (sums in double); the bias and the bias gradient
+// (a sum of the float dy) are not rounded.
+//
 // requires: C and K divisible by groups; all extents, strides and dilations positive.
 class ReferenceConv2d : public Conv2dKernel {
  public:
@@ -51,6 +55,10 @@ class ReferenceConv2d : public Conv2dKernel {
 
  protected:
   void on_prepare() override;
+
+ private:
+  // t itself in fp32; in bf16, `rounded` filled with t's values rounded, and returned.
+  const Tensor& operand(const Tensor& t, Tensor& rounded) const;
 };
 
 // Window of output (oh, ow): taps at rows oh*sh - ph + i*dh (i < kh), columns likewise; positions
@@ -76,6 +84,8 @@ class ReferencePool2d : public Pool2dKernel {
 
 // C = alpha * op(A) * op(B) + beta * C, row-major, as in strata/ops.hpp. With beta == 0, C is
 // not read (as in BLAS), so it may hold garbage.
+// Precision bf16 (the oracle of the fast bf16 kernels): every element of A and B is rounded with
+// round_to_bf16 before its product; the sum stays in double.
 class ReferenceGemm : public GemmKernel {
  public:
   void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,

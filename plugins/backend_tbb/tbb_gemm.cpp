@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "bf16_gemm.hpp"
 #include "openblas.hpp"
 #include "strata/error.hpp"
 #include "tbb_kernels.hpp"
@@ -39,14 +40,19 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
                   c, to_blas(std::max<int64_t>(ldc, 1)));
 }
 
+void check_gemm_sizes(std::string_view kernel, bool trans_a, bool trans_b, int64_t m, int64_t n,
+                      int64_t k, int64_t lda, int64_t ldb, int64_t ldc) {
+  if (m < 0 || n < 0 || k < 0) fail("{}: negative size m={} n={} k={}", kernel, m, n, k);
+  if (lda < (trans_a ? m : k) || ldb < (trans_b ? k : n) || ldc < n) {
+    fail("{}: leading dimensions too small (m={} n={} k={} lda={} ldb={} ldc={})", kernel, m, n, k,
+         lda, ldb, ldc);
+  }
+}
+
 void TbbGemm::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                    const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
                    int64_t ldc) {
-  if (m < 0 || n < 0 || k < 0) fail("tbb gemm: negative size m={} n={} k={}", m, n, k);
-  if (lda < (trans_a ? m : k) || ldb < (trans_b ? k : n) || ldc < n) {
-    fail("tbb gemm: leading dimensions too small (m={} n={} k={} lda={} ldb={} ldc={})", m, n, k,
-         lda, ldb, ldc);
-  }
+  check_gemm_sizes("tbb gemm", trans_a, trans_b, m, n, k, lda, ldb, ldc);
   const int threads = allowed_threads();
   const bool split_rows = m >= std::max(n, 2 * kMinSplitExtent);
   const int64_t extent = split_rows ? m : n;
@@ -73,6 +79,21 @@ void TbbGemm::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, 
         }
       },
       tbb::simple_partitioner());
+}
+
+void TbbBf16Gemm::on_prepare() { bf16::require_cpu("tbb gemm"); }
+
+void TbbBf16Gemm::gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                       const float* a, int64_t lda, const float* b, int64_t ldb, float beta,
+                       float* c, int64_t ldc) {
+  check_gemm_sizes("tbb gemm (bf16)", trans_a, trans_b, m, n, k, lda, ldb, ldc);
+  const auto grow = [](std::vector<uint16_t>& buffer, int64_t size) {
+    if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<std::size_t>(size));
+  };
+  grow(packed_a_, bf16::packed_size(m, k, bf16::kRows));
+  grow(packed_b_, bf16::packed_size(n, k, bf16::kColumns));
+  bf16::gemm(bf16::matrix_a(a, lda, trans_a), bf16::matrix_b(b, ldb, trans_b), m, n, k, alpha, beta,
+             c, ldc, packed_a_.data(), packed_b_.data());
 }
 
 }  // namespace strata::tbb_backend

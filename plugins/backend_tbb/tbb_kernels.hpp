@@ -121,6 +121,10 @@ struct Extent {  // of an image plane
 
 class TbbConv2d : public Conv2dKernel {
  public:
+  // fp32 only: precision bf16 is TbbBf16Conv2d's (bf16_conv2d.hpp), registered before this one.
+  bool supports(const Conv2dDesc& desc) const override {
+    return desc.precision == Precision::kFp32;
+  }
   void forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) override;
   void backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) override;
   void backward_params(const Tensor& x, const Tensor& dy, Tensor& dweight, Tensor* dbias) override;
@@ -470,10 +474,33 @@ class TbbGlobalAvgPool : public GlobalAvgPoolKernel {
 // "openblas" (the split is chosen per call, not per descriptor).
 class TbbGemm : public GemmKernel {
  public:
+  bool supports(const GemmDesc& desc) const override { return desc.precision == Precision::kFp32; }
   void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
             const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
             int64_t ldc) override;
 };
+
+// The bf16 product (bf16_gemm.hpp: AVX512-BF16 vdpbf16ps, float sums), packing and multiplying in
+// TBB tasks; registered as "bf16" before "openblas", and only for GemmDesc precision kBf16. On a
+// CPU without AVX512-BF16, on_prepare() is an Error naming the missing feature (never an fp32 run).
+// The packed operands live in the kernel and grow to the largest product it has run.
+class TbbBf16Gemm : public GemmKernel {
+ public:
+  bool supports(const GemmDesc& desc) const override { return desc.precision == Precision::kBf16; }
+  void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+            int64_t ldc) override;
+
+ protected:
+  void on_prepare() override;
+
+ private:
+  std::vector<uint16_t> packed_a_, packed_b_;
+};
+
+// Throws an Error naming `kernel` unless sizes are non-negative and the leading dimensions fit.
+void check_gemm_sizes(std::string_view kernel, bool trans_a, bool trans_b, int64_t m, int64_t n,
+                      int64_t k, int64_t lda, int64_t ldb, int64_t ldc);
 
 // Single-threaded row-major sgemm with size checks (cblas takes 32-bit ints).
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "bf16_conv2d.hpp"
 #include "openblas.hpp"
 #include "strata/error.hpp"
 #include "strata/isa.hpp"
@@ -81,8 +82,11 @@ void register_all(Registries& r) {
   r.backends.declare_default("tbb");
   // conv2d and pool2d: one implementation each, which chooses its own path per descriptor (conv2d
   // per pass, from ordered lists) and names it in implementation().
+  // conv2d in precision bf16 (AVX512-BF16); TbbConv2d takes fp32 only.
+  r.kernels.add<TbbBf16Conv2d>("conv2d", "tbb", "bf16_gemm");
   r.kernels.add<TbbConv2d>("conv2d", "tbb");
   r.kernels.add<TbbPool2d>("pool2d", "tbb");
+  r.kernels.add<TbbBf16Gemm>("gemm", "tbb", "bf16");  // precision bf16 only
   r.kernels.add<TbbGemm>("gemm", "tbb", "openblas");
   r.kernels.add<TbbBatchNorm>("batch_norm", "tbb", "blocked_sums");
   r.kernels.add<TbbActivation>("activation", "tbb", "elementwise");

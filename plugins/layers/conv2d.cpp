@@ -37,7 +37,8 @@
 // ENSURES
 //   - output sample shape [out_channels, out_h, out_w].
 //   - the arithmetic runs in the backend's "conv2d" kernel, chosen once at setup for this
-//     geometry.
+//     geometry and the experiment's precision (bf16: x, weight and dy rounded to bfloat16, float
+//     sums; the bias and its gradient stay float).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -180,6 +181,7 @@ class Conv2d final : public Layer {
     desc.dilation_h = dilation_[0];
     desc.dilation_w = dilation_[1];
     desc.groups = groups_;
+    desc.precision = context.precision();
 
     const int64_t per_group_in = in_channels / groups_;
     const int64_t per_group_out = out_channels_ / groups_;

@@ -15,7 +15,9 @@
 // REQUIRES
 //   - one input of any non-empty sample shape; in_features is its element count.
 // ENSURES
-//   - output sample shape [out_features]; the products run in the backend's "gemm" kernel.
+//   - output sample shape [out_features]; the products run in the backend's "gemm" kernel, in the
+//     experiment's precision (bf16: x, weight and dy rounded to bfloat16, float sums; the bias
+//     and its gradient stay float).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -120,7 +122,7 @@ class Linear final : public Layer {
       bias_ =
           Param::make("bias", Shape{out_features_}, "constant", in_features_, out_features_, 0.0f);
     }
-    gemm_ = context.kernel<GemmKernel>("gemm", GemmDesc{});
+    gemm_ = context.kernel<GemmKernel>("gemm", GemmDesc{context.precision()});
     return Shape{out_features_};
   }
 

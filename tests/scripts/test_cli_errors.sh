@@ -30,6 +30,12 @@ expect_error unknown_layer_lists "known layer types:" -- train "$ok" --out "$wor
 expect_error unknown_optimizer "unknown optimizer type 'sgdd'" -- train "$ok" --out "$work/run" --set optimizer.type=sgdd
 expect_error unknown_dataset "unknown dataset type 'synthetc'" -- train "$ok" --out "$work/run" --set data.type=synthetc
 expect_error unknown_backend "unknown backend type 'cuda'" -- train "$ok" --out "$work/run" --set backend=cuda
+expect_error unknown_precision "precision: must be fp32 or bf16, found 'fp16'" -- train "$ok" --out "$work/run" --set precision=fp16
+# bf16 on a CPU without AVX512-BF16 (forced by the override): an error naming the feature and the
+# layer, never a silent fp32 run.
+export STRATA_NO_AVX512BF16=1
+expect_error bf16_without_cpu_feature "needs a CPU with AVX512-BF16" -- train "$ok" --out "$work/run" --set precision=bf16
+unset STRATA_NO_AVX512BF16
 expect_error shapes_do_not_connect "'fc1' gives [20]" -- train "$ok" --out "$work/run" \
   --set 'model.layers=[{name: fc1, type: linear, out_features: 20}, {name: conv2, type: conv2d, out_channels: 4, kernel: 3}]'
 expect_error window_does_not_fit "(8 - 3 + 2*0)/3 + 1 = 2.67 is not a whole number" -- train "$ok" --out "$work/run" \

@@ -93,7 +93,7 @@ void read_batch_sizes(Experiment& run, const Config& experiment) {
   }
 }
 
-// Seed, backend and threads: the keys every scope reads.
+// Seed, backend, threads and precision: the keys every scope reads.
 void read_run_keys(Experiment& run, const Config& experiment, const Registries& registries) {
   const int64_t seed_value = experiment.get<int64_t>("seed", 1);
   if (seed_value < 0 || seed_value > int64_t{0xffffffff}) {
@@ -107,6 +107,12 @@ void read_run_keys(Experiment& run, const Config& experiment, const Registries& 
   std::optional<Config> backend_key = experiment.find("backend");
   run.backend = registries.backends.create(run.backend_name, backend_key ? *backend_key : Config{});
   run.backend->set_threads(run.threads);
+  const std::string precision = experiment.get<std::string>("precision", "fp32");
+  const std::optional<Precision> parsed = parse_precision(precision);
+  if (!parsed) {
+    experiment.fail_key("precision", fmt::format("must be fp32 or bf16, found '{}'", precision));
+  }
+  run.precision = *parsed;
 }
 
 // The type a plugin declared the default of `registry`'s kind, for an experiment without `key`.
@@ -303,9 +309,11 @@ Experiment Experiment::read(const Config& experiment, const Registries& registri
   }
   run.model_config = experiment.at("model");
   run.rng = Rng(run.seed);
-  run.graph = scope == Scope::shapes
-                  ? std::make_unique<Graph>(run.model_config, registries, *run.backend)
-                  : std::make_unique<Graph>(run.model_config, registries, *run.backend, run.rng);
+  run.graph =
+      scope == Scope::shapes
+          ? std::make_unique<Graph>(run.model_config, registries, *run.backend, run.precision)
+          : std::make_unique<Graph>(run.model_config, registries, *run.backend, run.rng,
+                                    run.precision);
   read_loss(run, experiment, registries);
   if (scope == Scope::optimization) read_optimizer(run, experiment, registries);
   if (scope != Scope::training) {

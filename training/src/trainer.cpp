@@ -465,6 +465,12 @@ void print_run_header(const Run& run, double data_seconds) {
   if (const std::string about = experiment.backend->description(); !about.empty()) {
     std::printf("backend %s: %s\n", experiment.backend_name.c_str(), about.c_str());
   }
+  if (experiment.precision != Precision::kFp32) {
+    std::printf(
+        "precision %s: conv2d and linear multiply bfloat16-rounded inputs, sums and "
+        "weights in float (docs/precision.md)\n",
+        std::string(precision_name(experiment.precision)).c_str());
+  }
   if (const training_loop::DataParallel& parallel = *run.parallel; parallel.distributed()) {
     const Communicator& communicator = *parallel.communicator();
     const int64_t batch = experiment.train.batch_size;

@@ -13,10 +13,22 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 
 namespace strata {
+
+// The arithmetic of the matrix products of conv2d and linear (the experiment's `precision`
+// key, docs/precision.md). kFp32: float inputs, float (or double) sums. kBf16: each input operand
+// of a product (activations, weights, and in the backward the output gradients) rounded to
+// bfloat16 (round to nearest even), products summed in float. Everything else stays float.
+enum class Precision { kFp32, kBf16 };
+
+// "fp32", "bf16"
+std::string_view precision_name(Precision precision);
+// The precision named `name` ("fp32" or "bf16"), nullopt for any other text.
+std::optional<Precision> parse_precision(std::string_view name);
 
 class Backend {
  public:

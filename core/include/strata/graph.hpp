@@ -69,10 +69,13 @@ class Graph {
   // Builds and sets up every layer for `backend` (whose kernels the layers pick, falling back to
   // the reference ones), then initializes parameters with `init_rng`. Per-layer
   // `init: {weight: {type: xavier_uniform}}` overrides a parameter's default initializer.
-  Graph(const Config& model, const Registries& registries, const Backend& backend, Rng& init_rng);
+  // `precision` reaches every layer's SetupContext (conv2d and linear compute in it).
+  Graph(const Config& model, const Registries& registries, const Backend& backend, Rng& init_rng,
+        Precision precision = Precision::kFp32);
   // The same without initializing: parameters stay zero (for `strata summary`, or before loading
   // a checkpoint), which keeps a 140M-parameter model cheap to build.
-  Graph(const Config& model, const Registries& registries, const Backend& backend);
+  Graph(const Config& model, const Registries& registries, const Backend& backend,
+        Precision precision = Precision::kFp32);
 
   // One block entry of the model: nodes [first, end) are its sub-layers, in order.
   struct BlockInfo {
@@ -186,6 +189,7 @@ class Graph {
 
   const Registries& registries_;
   std::string backend_;  // the name of the backend the layers pick their kernels for
+  Precision precision_ = Precision::kFp32;  // of the layers' matrix products
   Shape input_shape_;
   std::vector<Node> nodes_;
   std::vector<BlockInfo> blocks_;

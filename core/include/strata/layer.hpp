@@ -57,22 +57,29 @@ struct Param {
                     int64_t fan_out, float decay_mult = 1.0f);
 };
 
-// What setup() may use: the kernel registry and the chosen backend.
+// What setup() may use: the kernel registry, the chosen backend and the experiment's precision
+// (which layers with matrix products, conv2d and linear, put into their op descriptors).
 class SetupContext {
  public:
-  SetupContext(const KernelRegistry& kernels, std::string_view backend, std::string layer_name)
-      : kernels_(kernels), backend_(backend), layer_name_(std::move(layer_name)) {}
+  SetupContext(const KernelRegistry& kernels, std::string_view backend, std::string layer_name,
+               Precision precision = Precision::kFp32)
+      : kernels_(kernels),
+        backend_(backend),
+        layer_name_(std::move(layer_name)),
+        precision_(precision) {}
 
   template <class K>
   std::shared_ptr<K> kernel(std::string_view op, const typename K::Desc& desc) const {
     return kernels_.pick<K>(op, backend_, desc, layer_name_);
   }
   std::string_view backend() const { return backend_; }
+  Precision precision() const { return precision_; }
 
  private:
   const KernelRegistry& kernels_;
   std::string_view backend_;
   std::string layer_name_;
+  Precision precision_;
 };
 
 // Branch decisions held fixed, for gradient checking (strata/tools/gradcheck.hpp). A layer whose output

@@ -10,12 +10,33 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string_view>
 
 #include "strata/backend.hpp"
 #include "strata/tensor.hpp"
 
 namespace strata {
+
+// v rounded to the nearest bfloat16 (8 significand bits), ties to even, returned as the float of
+// equal value: what AVX512-BF16's vcvtne2ps2bf16 computes, denormal inputs included (they become
+// zero of the same sign). NaN stays a (quiet) NaN; values that round past the largest bfloat16
+// become infinite. The reference backend's bf16 emulation rounds every product input with it.
+inline float round_to_bf16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  if ((bits & 0x7f800000u) == 0) {
+    bits &= 0x80000000u;  // zero and denormals: signed zero
+  } else if ((bits & 0x7fffffffu) > 0x7f800000u) {
+    bits |= 0x00400000u;  // NaN: quiet, payload's top bits kept
+  } else {
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+  }
+  bits &= 0xffff0000u;
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
 
 // 2-D convolution (cross-correlation, as in PyTorch) with stride, zero padding, dilation and
 // groups.
@@ -33,6 +54,7 @@ struct Conv2dDesc {
   int64_t dilation_h = 1, dilation_w = 1;
   int64_t groups = 1;
   int64_t out_h = 0, out_w = 0;
+  Precision precision = Precision::kFp32;  // kBf16: x, weight and dy rounded to bfloat16
   int64_t pad_bottom() const { return pad_h_end < 0 ? pad_h : pad_h_end; }
   int64_t pad_right() const { return pad_w_end < 0 ? pad_w : pad_w_end; }
   bool symmetric_padding() const { return pad_bottom() == pad_h && pad_right() == pad_w; }
@@ -378,7 +400,11 @@ class GlobalAvgPoolKernel : public OpKernel<GlobalAvgPoolDesc> {
 
 // Row-major single-precision matrix product: C = alpha * op(A) * op(B) + beta * C, where op(A)
 // is M x K and op(B) is K x N. lda/ldb/ldc are row strides of A, B, C as stored.
-struct GemmDesc {};
+// precision kBf16: every element of A and B rounded to bfloat16 (round_to_bf16) before the
+// products, which are summed in float (or wider); C, alpha and beta stay float.
+struct GemmDesc {
+  Precision precision = Precision::kFp32;
+};
 
 class GemmKernel : public OpKernel<GemmDesc> {
  public:

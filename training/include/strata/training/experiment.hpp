@@ -123,6 +123,7 @@ class Experiment {
   uint32_t seed = 1;         // `seed`, 0 .. 2^32 - 1
   std::string backend_name;  // `backend`, or the default backend
   int threads = 0;           // `threads`; 0: all cores
+  Precision precision = Precision::kFp32;  // `precision` (docs/precision.md)
   std::shared_ptr<Backend> backend;
   Config model_config;       // the `model` section
   Rng rng;                   // seeded with `seed`, after it initialized the graph (Scope::model on)
