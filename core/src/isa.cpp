@@ -1,8 +1,12 @@
 #include "strata/isa.hpp"
 
 #include <dlfcn.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #include <array>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 
@@ -70,20 +74,58 @@ std::string_view requirement(Isa isa) {
     case Isa::kGeneric:
       return "x86-64 baseline";
     case Isa::kAvx2:
-      return "x86-64-v3: AVX2, FMA, F16C, BMI1/2 and MOVBE";
+      return "x86-64-v3: AVX2, FMA, F16C, BMI1/2, LZCNT and MOVBE";
     case Isa::kAvx512:
       return "x86-64-v4: x86-64-v3 and AVX-512 F, BW, CD, DQ and VL";
   }
   return "?";
 }
 
+#if defined(__x86_64__)
+namespace {
+
+// The CPU's feature bits (CPUID) and the register state the operating system saves (XGETBV), the
+// same tests gcc's and clang's x86-64-v3 / x86-64-v4 levels stand for. Spelled out with cpuid.h
+// because clang 14's __builtin_cpu_supports knows neither the levels nor MOVBE and F16C.
+struct Features {
+  bool v3 = false, v4 = false;
+};
+
+uint64_t saved_state() {
+  uint32_t low = 0, high = 0;
+  __asm__ volatile("xgetbv" : "=a"(low), "=d"(high) : "c"(0));
+  return (static_cast<uint64_t>(high) << 32) | low;
+}
+
+Features detect() {
+  Features f;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid(1, &a, &b, &c, &d) == 0) return f;
+  const auto bit = [](unsigned reg, int n) { return ((reg >> n) & 1u) != 0; };
+  const bool fma = bit(c, 12), movbe = bit(c, 22), osxsave = bit(c, 27), avx = bit(c, 28),
+             f16c = bit(c, 29);
+  if (!osxsave || !avx) return f;
+  const uint64_t xcr0 = saved_state();
+  const bool ymm_state = (xcr0 & 0x6u) == 0x6u;     // SSE and AVX registers
+  const bool zmm_state = (xcr0 & 0xe0u) == 0xe0u;   // opmask, upper ZMM0-15, ZMM16-31
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return f;
+  const bool bmi1 = bit(b, 3), avx2 = bit(b, 5), bmi2 = bit(b, 8);
+  const bool avx512 = bit(b, 16) && bit(b, 17) && bit(b, 28) && bit(b, 30) && bit(b, 31);  // F DQ CD BW VL
+  unsigned ea = 0, eb = 0, ec = 0, ed = 0;
+  const bool lzcnt = __get_cpuid(0x80000001u, &ea, &eb, &ec, &ed) != 0 && bit(ec, 5);
+  f.v3 = ymm_state && avx2 && fma && f16c && movbe && bmi1 && bmi2 && lzcnt;
+  f.v4 = f.v3 && zmm_state && avx512;
+  return f;
+}
+
+}  // namespace
+#endif
+
 bool cpu_runs(Isa isa) {
   if (isa == Isa::kGeneric) return true;
 #if defined(__x86_64__)
-  // libgcc's checks include the operating system's support for the wider register state (XCR0).
-  __builtin_cpu_init();
-  return isa == Isa::kAvx2 ? __builtin_cpu_supports("x86-64-v3") != 0
-                           : __builtin_cpu_supports("x86-64-v4") != 0;
+  static const Features features = detect();
+  return isa == Isa::kAvx2 ? features.v3 : features.v4;
 #else
   return false;
 #endif

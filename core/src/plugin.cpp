@@ -166,9 +166,10 @@ void PluginLoader::load_file(const fs::path& file) {
     if (info->api <= 6) {
       changes +=
           " (API 7: BatchNormKernel::affine(x, scale, shift, y) became normalize(x, center, "
-          "scale, shift, y), which subtracts the center before scaling; a backend with a "
-          "batch_norm kernel must port it, every other plugin only needs a rebuild; see "
-          "docs/writing-a-plugin.md, \"Plugin API version\")";
+          "scale, shift, y), which subtracts the center before scaling, and the conv2d and gemm "
+          "descriptors gained a precision (bf16); a backend with a batch_norm kernel must port "
+          "it, every other plugin only needs a rebuild; see docs/writing-a-plugin.md, \"Plugin "
+          "API version\")";
     }
     fail("plugin {}: built for plugin API version {}, but this Strata supports version {}{}; "
          "rebuild the plugin against this Strata",

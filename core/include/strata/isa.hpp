@@ -20,7 +20,7 @@
 //
 // The levels are the x86-64 micro-architecture levels that gcc and clang name:
 //   generic  the compiler's baseline (x86-64: SSE2); scalar code paths, runs everywhere;
-//   avx2     x86-64-v3: AVX, AVX2, FMA, F16C, BMI1/2, MOVBE;
+//   avx2     x86-64-v3: AVX, AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE;
 //   avx512   x86-64-v4: v3 plus AVX-512 F, BW, CD, DQ and VL.
 // STRATA_ISA=<isa> in the environment overrides the choice (tests run every variant the CPU
 // supports this way); naming a level this CPU cannot run, or one the plugin was not built for, is

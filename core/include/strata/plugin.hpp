@@ -33,7 +33,9 @@ namespace strata {
 // 6: Kernel::implementation() and Layer::implementation(); KernelRegistry holds an ordered list
 //    of named implementations per (op, backend). Source-compatible: add<K>(op, backend) works.
 // 7: BatchNormKernel::normalize(x, center, scale, shift, y) replaces affine(x, scale, shift, y);
-//    plugins built once per ISA (strata/isa.hpp) export strata_plugin_variant.
+//    Conv2dDesc and GemmDesc carry a Precision, SetupContext::precision(); the softmax, lrn and
+//    global_avg_pool kernels; plugins built once per ISA (strata/isa.hpp) export
+//    strata_plugin_variant.
 inline constexpr int kPluginApi = 7;
 
 class Registries;
