@@ -4,6 +4,7 @@
 #define BOOST_TEST_MODULE training
 #include <algorithm>
 #include <boost/test/unit_test.hpp>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -355,7 +356,10 @@ BOOST_AUTO_TEST_SUITE(trainer)
 
 BOOST_AUTO_TEST_CASE(small_cnn_learns_far_above_chance) {
   test::TempDir dir;
+  const auto start = std::chrono::steady_clock::now();
   const TrainSummary summary = run(kSmallExperiment, dir.path());
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   BOOST_TEST_MESSAGE("synthetic test accuracy " << summary.test_accuracy);
   BOOST_TEST(summary.test_accuracy > 0.8);  // chance is 0.1
   BOOST_TEST(summary.epochs == 3);
@@ -364,6 +368,27 @@ BOOST_AUTO_TEST_CASE(small_cnn_learns_far_above_chance) {
   for (const char* key : {"\"test_accuracy\"", "\"test_loss\"", "\"epochs\": 3", "\"train_seconds\"",
                           "\"train_images_per_second\"", "\"val_accuracy\""}) {
     BOOST_TEST(json.find(key) != std::string::npos, key);
+  }
+  // Where the time went: every phase measured, none negative, together within the run's wall
+  // time, and the same figures in summary.json.
+  const LoopTime& time = summary.time;
+  BOOST_TEST(time.steps > 0);
+  BOOST_TEST(time.validation > 0);  // three validations of 300 images
+  BOOST_TEST(time.test > 0);
+  BOOST_TEST(time.epoch_ends > 0);  // three checkpoints
+  BOOST_TEST(time.data >= 0);
+  BOOST_TEST(time.step_hooks > 0);  // progress and the guards run at every step
+  BOOST_TEST(time.steps + time.overhead() <= wall);
+  BOOST_TEST(time.overhead_fraction() == time.overhead() / time.steps);
+  const nlohmann::json written = nlohmann::json::parse(json);
+  for (const auto& [key, value] : {std::pair{"steps", time.steps},
+                                   {"data", time.data},
+                                   {"step_hooks", time.step_hooks},
+                                   {"validation", time.validation},
+                                   {"test", time.test},
+                                   {"epoch_ends", time.epoch_ends},
+                                   {"overhead_fraction", time.overhead_fraction()}}) {
+    BOOST_TEST(written.at("time").at(key).get<double>() == value, key);
   }
   auto state = load_checkpoint_training_state(dir / "model.h5");
   BOOST_REQUIRE(state.has_value());

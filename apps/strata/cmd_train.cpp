@@ -208,6 +208,12 @@ int run_train(Session& session, const std::vector<std::string>& args) {
           "test accuracy %.4f (loss %.4f) after %lld epochs, %.1fs of training at %.0f images/s\n",
           summary.test_accuracy, summary.test_loss, static_cast<long long>(summary.epochs),
           summary.train_seconds, summary.train_images_per_second);
+      const LoopTime& time = summary.time;
+      std::printf(
+          "time: steps %.1fs; besides them, waiting for data %.1fs, step hooks %.1fs, validation "
+          "%.1fs, test %.1fs, epoch ends (checkpoints) %.1fs: %.1f%% of the steps' time\n",
+          time.steps, time.data, time.step_hooks, time.validation, time.test, time.epoch_ends,
+          100.0 * time.overhead_fraction());
       std::printf("checkpoint: %s\nsummary: %s\n", summary.checkpoint.c_str(),
                   summary.summary.c_str());
     }

@@ -82,6 +82,7 @@ struct Run {
   int rank = 0;                      // this process's rank; only rank 0 prints and writes files
   // TrainOptions::stop as every rank agrees on it (the loop sets it at every step and epoch end).
   bool stop_requested = false;
+  LoopTime time;  // where this invocation's time went (summary.json "time")
 
   bool writes_files() const { return rank == 0; }
   // A checkpoint of the run as it is now (weights, optimizer, schedule, state, generator); on

@@ -64,6 +64,14 @@ class SummaryWriter : public TrainingHook {
         {"peak_memory_bytes", peak_resident_bytes()},
         {"memory_before_model_bytes", run_.resident_before_model},
         {"model_memory_bytes", model_bytes(*experiment.graph)},
+        {"time",
+         {{"steps", number(summary.time.steps)},
+          {"data", number(summary.time.data)},
+          {"step_hooks", number(summary.time.step_hooks)},
+          {"validation", number(summary.time.validation)},
+          {"test", number(summary.time.test)},
+          {"epoch_ends", number(summary.time.epoch_ends)},
+          {"overhead_fraction", number(summary.time.overhead_fraction())}}},
         {"history", std::move(history)}};
     try {
       write_file_atomically(

@@ -630,7 +630,9 @@ EpochReport finish_epoch(Run& run, const RunData& data, Context& context, const 
   report.train_regularization = experiment.optimizer->regularization_loss();
   report.train_accuracy = static_cast<double>(last.correct) / last.seen;
   report.lr = static_cast<float>(last.lr);
+  const auto validation_start = Clock::now();
   const Evaluation val = evaluate(experiment, context, data, data.val, *run.parallel, run.progress);
+  run.time.validation += seconds_since(validation_start);
   report.val_loss = val.loss;
   report.val_accuracy = val.accuracy;
   Metrics metrics{{"train_loss", report.train_loss}, {"train_accuracy", report.train_accuracy}};
@@ -664,7 +666,9 @@ TrainSummary run_summary(Run& run, const RunData& data, Context& context) {
   summary.interrupted = run.interrupted;
   if (run.interrupted) return summary;
   Experiment& experiment = run.experiment;
+  const auto test_start = Clock::now();
   const Evaluation test = evaluate(experiment, context, data, data.test, *run.parallel, run.progress);
+  run.time.test += seconds_since(test_start);
   summary.test_accuracy = test.accuracy;
   summary.test_loss = test.loss;
   summary.stopped_early = run.stopped_early;
@@ -720,6 +724,9 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
     batches.start_epoch(epoch, e.step);
     const auto epoch_start = Clock::now();
     while (e.step < run.steps && !run.interrupted) {
+      // The step's time, less the batch wait and the hooks, is run.time.steps.
+      const auto step_start = Clock::now();
+      const double hooks_before = run.time.step_hooks;
       Batch batch;
       std::optional<std::string> data_error;
       try {
@@ -728,9 +735,19 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
         if (!parallel.distributed()) throw;
         data_error = error.what();
       }
+      const double data_seconds = seconds_since(step_start);
+      run.time.data += data_seconds;
+      const auto timed_emit = [&](auto handler, const auto& event) {
+        const auto start = Clock::now();
+        emit(hooks, handler, event);
+        run.time.step_hooks += seconds_since(start);
+      };
       e.step += 1;
       const int64_t images = parallel.agree_images(batch.size(), data_error, state.iteration + 1);
-      if (images == 0) continue;  // every image of the batch was skipped as bad
+      if (images == 0) {  // every image of the batch was skipped as bad
+        run.time.steps += seconds_since(step_start) - data_seconds;
+        continue;
+      }
       e.iteration = state.iteration + 1;
       e.images = images;
       const float lr = experiment.schedule->lr(epoch, state.iteration);
@@ -761,17 +778,17 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
       const training_loop::DataParallel::Totals totals = parallel.agree_totals(local, e.iteration);
       e.loss = parallel.distributed() ? totals.loss_sum / static_cast<double>(images) : loss;
       try {
-        emit(hooks, &TrainingHook::on_loss, e);  // may throw: the step is not taken
+        timed_emit(&TrainingHook::on_loss, e);  // may throw: the step is not taken
       } catch (const Error& error) {
         // The guards judge the global loss, which every rank holds: every rank throws alike.
         if (!parallel.distributed()) throw;
         throw JobError(error.what());
       }
       parallel.backward(graph, context, dl, runs_passes, e.iteration);
-      emit(hooks, &TrainingHook::on_backward, e);  // the gradients are the global batch's
+      timed_emit(&TrainingHook::on_backward, e);  // the gradients are the global batch's
       const GradientClipping& clipping = experiment.train.clipping;
       e.grad_norm = clipping.enabled() ? clip_gradients(params, clipping) : 0.0;
-      emit(hooks, &TrainingHook::on_gradients, e);
+      timed_emit(&TrainingHook::on_gradients, e);
       experiment.optimizer->step(lr);
       ++state.iteration;
       e.loss_sum += totals.loss_sum;
@@ -785,9 +802,13 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
       // A stop request is honoured after the step: under MPI as the ranks agreed with the loss;
       // in one process as it stands now (a hook of this step may have made it).
       run.stop_requested = parallel.distributed() ? totals.stop : stop_flag();
-      emit(hooks, &TrainingHook::on_step, e);
+      timed_emit(&TrainingHook::on_step, e);
+      run.time.steps +=
+          seconds_since(step_start) - data_seconds - (run.time.step_hooks - hooks_before);
     }
     if (run.interrupted) break;
+    const auto epoch_end_start = Clock::now();
+    const double validation_before = run.time.validation;
     const BatchLoader& loader = batches.loader();
     // The epoch's bad images over all ranks, and a stop request that came after the last step.
     double epoch_end[2] = {static_cast<double>(loader.skipped()), stop_flag() ? 1.0 : 0.0};
@@ -807,8 +828,11 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
                               fmt::format("after epoch {}", epoch + 1));
     }
     emit(hooks, &TrainingHook::on_epoch_end, report);
+    run.time.epoch_ends +=
+        seconds_since(epoch_end_start) - (run.time.validation - validation_before);
   }
   TrainSummary summary = run_summary(run, data, context);
+  summary.time = run.time;
   if (parallel.distributed()) {
     const training_loop::DataParallel::CommunicationTime& time = parallel.communication();
     summary.ranks = parallel.ranks();

@@ -94,6 +94,23 @@ struct EpochReport {
   int64_t skipped_images = 0;  // bad training images skipped this epoch (data.on_bad_image: skip)
 };
 
+// Where this invocation's time went, in seconds (a resumed run counts from its resume). `steps` is
+// the work of the training steps themselves: forward, loss, backward, clipping, the optimizer
+// step (and under MPI the agreements and gradient sums). The rest is the loop's overhead: waiting
+// for the next batch, the hooks at every step (guards, diagnostics, progress), validation, the
+// test evaluation, and the ends of epochs (checkpoints, best.h5, the epoch hooks).
+struct LoopTime {
+  double steps = 0;
+  double data = 0;
+  double step_hooks = 0;
+  double validation = 0;
+  double test = 0;
+  double epoch_ends = 0;
+  double overhead() const { return data + step_hooks + validation + test + epoch_ends; }
+  // The overhead as a fraction of the steps' time (0 when no step ran).
+  double overhead_fraction() const { return steps > 0 ? overhead() / steps : 0.0; }
+};
+
 struct TrainSummary {
   double test_accuracy = 0;
   double test_loss = 0;
@@ -115,6 +132,7 @@ struct TrainSummary {
   int ranks = 1;
   double communication_seconds_per_step = 0;
   int64_t gradient_bytes_per_step = 0;
+  LoopTime time;
 };
 
 
