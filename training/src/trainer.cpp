@@ -688,6 +688,37 @@ TrainSummary run_summary(Run& run, const RunData& data, Context& context) {
   return summary;
 }
 
+// The end of an epoch, on every rank alike: the bad images and a late stop request agreed over the
+// ranks, the buffers synchronized, the validation (finish_epoch), the replicas checked, and the
+// epoch hooks (checkpoints). Its time, less the validation's, is run.time.epoch_ends.
+void end_epoch(Run& run, const RunData& data, const BatchLoader& loader, Context& context,
+               const StepEvent& e, int64_t epoch, bool stop_flag,
+               const std::vector<std::shared_ptr<TrainingHook>>& hooks) {
+  Experiment& experiment = run.experiment;
+  training_loop::DataParallel& parallel = *run.parallel;
+  const auto start = Clock::now();
+  const double validation_before = run.time.validation;
+  // The epoch's bad images over all ranks, and a stop request that came after the last step.
+  double epoch_end[2] = {static_cast<double>(loader.skipped()), stop_flag ? 1.0 : 0.0};
+  parallel.sum(epoch_end, fmt::format("the end of epoch {}", epoch + 1));
+  const auto skipped = static_cast<int64_t>(epoch_end[0]);
+  run.stop_requested = run.stop_requested || epoch_end[1] > 0;
+  if (skipped > 0) {
+    run.progress->note(fmt::format(
+        "epoch {}: skipped {} bad training image(s) (data.on_bad_image: skip); the first: {}",
+        epoch + 1, skipped, fmt::join(loader.skip_examples(), "; ")));
+  }
+  parallel.sync_buffers(fmt::format("the buffers after epoch {}", epoch + 1));
+  EpochReport report = finish_epoch(run, data, context, e, epoch);
+  report.skipped_images = skipped;
+  if (experiment.distributed.check_replicas != "never") {
+    parallel.check_replicas(*experiment.graph, *experiment.optimizer, true,
+                            fmt::format("after epoch {}", epoch + 1));
+  }
+  emit(hooks, &TrainingHook::on_epoch_end, report);
+  run.time.epoch_ends += seconds_since(start) - (run.time.validation - validation_before);
+}
+
 // Epochs of steps, each step: the next batch, forward and loss, backward, clipping, the optimizer
 // step; each emitting its event (strata/training/hooks.hpp). The hooks do everything else. Under
 // MPI the step's collectives (data_parallel.hpp) sit between them, taken by every rank in the same
@@ -807,29 +838,7 @@ TrainSummary train_loop(Run& run, const RunData& data, EpochBatches& batches, Co
           seconds_since(step_start) - data_seconds - (run.time.step_hooks - hooks_before);
     }
     if (run.interrupted) break;
-    const auto epoch_end_start = Clock::now();
-    const double validation_before = run.time.validation;
-    const BatchLoader& loader = batches.loader();
-    // The epoch's bad images over all ranks, and a stop request that came after the last step.
-    double epoch_end[2] = {static_cast<double>(loader.skipped()), stop_flag() ? 1.0 : 0.0};
-    parallel.sum(epoch_end, fmt::format("the end of epoch {}", epoch + 1));
-    const auto skipped = static_cast<int64_t>(epoch_end[0]);
-    run.stop_requested = run.stop_requested || epoch_end[1] > 0;
-    if (skipped > 0) {
-      run.progress->note(fmt::format(
-          "epoch {}: skipped {} bad training image(s) (data.on_bad_image: skip); the first: {}",
-          epoch + 1, skipped, fmt::join(loader.skip_examples(), "; ")));
-    }
-    parallel.sync_buffers(fmt::format("the buffers after epoch {}", epoch + 1));
-    EpochReport report = finish_epoch(run, data, context, e, epoch);
-    report.skipped_images = skipped;
-    if (experiment.distributed.check_replicas != "never") {
-      parallel.check_replicas(graph, *experiment.optimizer, true,
-                              fmt::format("after epoch {}", epoch + 1));
-    }
-    emit(hooks, &TrainingHook::on_epoch_end, report);
-    run.time.epoch_ends +=
-        seconds_since(epoch_end_start) - (run.time.validation - validation_before);
+    end_epoch(run, data, batches.loader(), context, e, epoch, stop_flag(), hooks);
   }
   TrainSummary summary = run_summary(run, data, context);
   summary.time = run.time;
