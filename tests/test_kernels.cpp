@@ -1529,6 +1529,19 @@ BOOST_AUTO_TEST_CASE(shape_mismatch_is_an_error) {
     const Tensor x = random_tensor({1, 2, 6, 7}, rng), w = random_tensor({3, 2, 3, 3}, rng);
     Tensor y({1, 3, 6, 6});
     BOOST_CHECK_THROW(conv->forward(x, w, nullptr, y), strata::Error);
+    // Every pass of every backend's conv2d runs the same checks (conv2d_*_batch in ops.hpp): the
+    // message names the kernel, the tensor and both shapes.
+    STRATA_CHECK_CONTAINS(strata::test::error_of([&] { conv->forward(x, w, nullptr, y); }),
+                          "conv2d: x has shape [1, 2, 6, 7], expected [1, 2, 6, 6]");
+    const Tensor x_ok = random_tensor({1, 2, 6, 6}, rng), dy = random_tensor({1, 3, 6, 6}, rng);
+    Tensor dx({1, 2, 6, 6}), narrow_dw({3, 2, 3, 2});
+    STRATA_CHECK_CONTAINS(strata::test::error_of([&] {
+                            conv->backward_data(random_tensor({1, 3, 6, 5}, rng), w, dx);
+                          }),
+                          "conv2d: dy has shape [1, 3, 6, 5], expected [1, 3, 6, 6]");
+    STRATA_CHECK_CONTAINS(
+        strata::test::error_of([&] { conv->backward_params(x_ok, dy, narrow_dw, nullptr); }),
+        "conv2d: dweight has shape [3, 2, 3, 2], expected [3, 2, 3, 3]");
     // Batch norm: 3 channels where the descriptor says 2, then 4 values per channel and image
     // where it says 3; the message names the kernel, the tensor and both shapes.
     auto bn = kernel<BatchNormKernel>("batch_norm", backend, BatchNormDesc{2, 3});

@@ -88,7 +88,7 @@ namespace {
 // same tests gcc's and clang's x86-64-v3 / x86-64-v4 levels stand for. Spelled out with cpuid.h
 // because clang 14's __builtin_cpu_supports knows neither the levels nor MOVBE and F16C.
 struct Features {
-  bool v3 = false, v4 = false;
+  bool v3 = false, v4 = false, avx512_bf16 = false;
 };
 
 uint64_t saved_state() {
@@ -115,17 +115,32 @@ Features detect() {
   const bool lzcnt = __get_cpuid(0x80000001u, &ea, &eb, &ec, &ed) != 0 && bit(ec, 5);
   f.v3 = ymm_state && avx2 && fma && f16c && movbe && bmi1 && bmi2 && lzcnt;
   f.v4 = f.v3 && zmm_state && avx512;
+  f.avx512_bf16 = f.v4 && __get_cpuid_count(7, 1, &a, &b, &c, &d) != 0 && bit(a, 5);
   return f;
 }
 
 }  // namespace
 #endif
 
+#if defined(__x86_64__)
+const Features& features() {
+  static const Features detected = detect();
+  return detected;
+}
+#endif
+
 bool cpu_runs(Isa isa) {
   if (isa == Isa::kGeneric) return true;
 #if defined(__x86_64__)
-  static const Features features = detect();
-  return isa == Isa::kAvx2 ? features.v3 : features.v4;
+  return isa == Isa::kAvx2 ? features().v3 : features().v4;
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__)
+  return features().avx512_bf16;
 #else
   return false;
 #endif

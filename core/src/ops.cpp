@@ -43,6 +43,86 @@ void validate(const Conv2dDesc& d, std::string_view kernel) {
   }
 }
 
+namespace {
+
+void check_shape(const Tensor& t, const Shape& expected, std::string_view kernel,
+                 std::string_view what) {
+  if (t.shape() != expected) {
+    fail("{}: {} has shape {}, expected {}", kernel, what, t.shape().str(), expected.str());
+  }
+}
+
+// N of a batched 4-D tensor (-1 when it is not 4-D, which its shape check then reports).
+int64_t batch_of(const Tensor& t) { return t.rank() == 4 ? t.dim(0) : -1; }
+
+Shape conv2d_weight_shape(const Conv2dDesc& d) {
+  return {d.out_channels, d.in_channels / d.groups, d.kernel_h, d.kernel_w};
+}
+
+}  // namespace
+
+int64_t conv2d_forward_batch(const Conv2dDesc& d, const Tensor& x, const Tensor& weight,
+                             const Tensor* bias, const Tensor& y, std::string_view kernel) {
+  const int64_t n = batch_of(x);
+  check_shape(x, {n, d.in_channels, d.in_h, d.in_w}, kernel, "x");
+  check_shape(weight, conv2d_weight_shape(d), kernel, "weight");
+  if (bias != nullptr && bias->defined()) check_shape(*bias, {d.out_channels}, kernel, "bias");
+  check_shape(y, {n, d.out_channels, d.out_h, d.out_w}, kernel, "y");
+  return n;
+}
+
+int64_t conv2d_data_batch(const Conv2dDesc& d, const Tensor& dy, const Tensor& weight,
+                          const Tensor& dx, std::string_view kernel) {
+  const int64_t n = batch_of(dy);
+  check_shape(dy, {n, d.out_channels, d.out_h, d.out_w}, kernel, "dy");
+  check_shape(weight, conv2d_weight_shape(d), kernel, "weight");
+  if (dx.defined()) check_shape(dx, {n, d.in_channels, d.in_h, d.in_w}, kernel, "dx");
+  return n;
+}
+
+int64_t conv2d_params_batch(const Conv2dDesc& d, const Tensor& x, const Tensor& dy,
+                            const Tensor& dweight, const Tensor* dbias, std::string_view kernel) {
+  const int64_t n = batch_of(dy);
+  check_shape(dy, {n, d.out_channels, d.out_h, d.out_w}, kernel, "dy");
+  if (dweight.defined()) {
+    check_shape(x, {n, d.in_channels, d.in_h, d.in_w}, kernel, "x");
+    check_shape(dweight, conv2d_weight_shape(d), kernel, "dweight");
+  }
+  if (dbias != nullptr && dbias->defined()) check_shape(*dbias, {d.out_channels}, kernel, "dbias");
+  return n;
+}
+
+void conv2d_bias_gradient(const Conv2dDesc& d, const float* dy, int64_t batch, int64_t first,
+                          int64_t end, float* dbias) {
+  const int64_t plane = d.out_h * d.out_w;
+  for (int64_t k = first; k < end; ++k) {
+    double sum = 0;
+    for (int64_t n = 0; n < batch; ++n) {
+      const float* values = dy + (n * d.out_channels + k) * plane;
+      for (int64_t i = 0; i < plane; ++i) sum += values[i];
+    }
+    dbias[k] = static_cast<float>(sum);
+  }
+}
+
+int64_t pool2d_forward_batch(const Pool2dDesc& d, const Tensor& x, const Tensor& y,
+                             std::string_view kernel) {
+  const int64_t n = batch_of(x);
+  check_shape(x, {n, d.channels, d.in_h, d.in_w}, kernel, "x");
+  check_shape(y, {n, d.channels, d.out_h, d.out_w}, kernel, "y");
+  return n;
+}
+
+int64_t pool2d_backward_batch(const Pool2dDesc& d, const Tensor& x, const Tensor& dy,
+                              const Tensor& dx, std::string_view kernel) {
+  const int64_t n = batch_of(dy);
+  check_shape(dy, {n, d.channels, d.out_h, d.out_w}, kernel, "dy");
+  check_shape(dx, {n, d.channels, d.in_h, d.in_w}, kernel, "dx");
+  if (d.mode == Pool2dDesc::Mode::kMax)
+    check_shape(x, {n, d.channels, d.in_h, d.in_w}, kernel, "x");
+  return n;
+}
+
 void validate(const Pool2dDesc& d, std::string_view kernel) {
   if (d.channels <= 0 || d.in_h <= 0 || d.in_w <= 0 || d.kernel_h <= 0 || d.kernel_w <= 0 ||
       d.out_h <= 0 || d.out_w <= 0 || d.stride_h <= 0 || d.stride_w <= 0 || d.pad_h < 0 ||

@@ -1,17 +1,12 @@
 #include <vector>
 
 #include "reference_kernels.hpp"
-#include "strata/error.hpp"
 
 namespace strata::reference {
 
 namespace {
 
-void check_shape(std::string_view what, const Tensor& t, const Shape& expected) {
-  if (t.shape() != expected) {
-    fail("reference conv2d: {} has shape {}, expected {}", what, t.shape().str(), expected.str());
-  }
-}
+constexpr std::string_view kName = "reference conv2d";
 
 }  // namespace
 
@@ -26,19 +21,15 @@ const Tensor& ReferenceConv2d::operand(const Tensor& t, Tensor& rounded) const {
 
 void ReferenceConv2d::on_prepare() {
   const Conv2dDesc& d = desc_;
-  validate(d, "reference conv2d");
+  validate(d, kName);
 }
 
 void ReferenceConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bias,
                               Tensor& y) {
   const Conv2dDesc& d = desc_;
-  const int64_t n_batch = x.rank() == 4 ? x.dim(0) : -1;
+  const int64_t n_batch = conv2d_forward_batch(d, x, weight, bias, y, kName);
   const int64_t cg = d.in_channels / d.groups, kg = d.out_channels / d.groups;
-  check_shape("x", x, {n_batch, d.in_channels, d.in_h, d.in_w});
-  check_shape("weight", weight, {d.out_channels, cg, d.kernel_h, d.kernel_w});
   const bool has_bias = bias != nullptr && bias->defined();
-  if (has_bias) check_shape("bias", *bias, {d.out_channels});
-  check_shape("y", y, {n_batch, d.out_channels, d.out_h, d.out_w});
 
   Tensor x_rounded, w_rounded;  // precision bf16: the emulation's rounded inputs
   const float* xp = operand(x, x_rounded).data();
@@ -74,11 +65,8 @@ void ReferenceConv2d::forward(const Tensor& x, const Tensor& weight, const Tenso
 void ReferenceConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) {
   if (!dx.defined()) return;
   const Conv2dDesc& d = desc_;
-  const int64_t n_batch = dy.rank() == 4 ? dy.dim(0) : -1;
+  const int64_t n_batch = conv2d_data_batch(d, dy, weight, dx, kName);
   const int64_t cg = d.in_channels / d.groups, kg = d.out_channels / d.groups;
-  check_shape("dy", dy, {n_batch, d.out_channels, d.out_h, d.out_w});
-  check_shape("weight", weight, {d.out_channels, cg, d.kernel_h, d.kernel_w});
-  check_shape("dx", dx, {n_batch, d.in_channels, d.in_h, d.in_w});
 
   // The forward loop nest with the multiply-add reversed: every (output, tap) pair that read
   // x[i] adds w * dy to dx[i]. Padding taps read nothing, so they receive nothing.
@@ -121,29 +109,14 @@ void ReferenceConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor&
   const bool want_bias = dbias != nullptr && dbias->defined();
   if (!want_weight && !want_bias) return;
   const Conv2dDesc& d = desc_;
-  const int64_t n_batch = dy.rank() == 4 ? dy.dim(0) : -1;
+  const int64_t n_batch = conv2d_params_batch(d, x, dy, dweight, dbias, kName);
   const int64_t cg = d.in_channels / d.groups, kg = d.out_channels / d.groups;
-  check_shape("dy", dy, {n_batch, d.out_channels, d.out_h, d.out_w});
-
-  const float* dyp = dy.data();
-  if (want_bias) {
-    check_shape("dbias", *dbias, {d.out_channels});
-    for (int64_t k = 0; k < d.out_channels; ++k) {
-      double sum = 0;
-      for (int64_t n = 0; n < n_batch; ++n) {
-        const float* plane = dyp + (n * d.out_channels + k) * d.out_h * d.out_w;
-        for (int64_t i = 0; i < d.out_h * d.out_w; ++i) sum += plane[i];
-      }
-      dbias->data()[k] = static_cast<float>(sum);
-    }
-  }
+  if (want_bias) conv2d_bias_gradient(d, dy.data(), n_batch, 0, d.out_channels, dbias->data());
   if (!want_weight) return;
-  check_shape("x", x, {n_batch, d.in_channels, d.in_h, d.in_w});
-  check_shape("dweight", dweight, {d.out_channels, cg, d.kernel_h, d.kernel_w});
 
   Tensor x_rounded, dy_rounded;  // the bias gradient above sums the float dy
   const float* xp = operand(x, x_rounded).data();
-  dyp = operand(dy, dy_rounded).data();
+  const float* dyp = operand(dy, dy_rounded).data();
   float* dwp = dweight.data();
   for (int64_t k = 0; k < d.out_channels; ++k) {
     const int64_t g = k / kg;

@@ -2,7 +2,6 @@
 #include <limits>
 
 #include "reference_kernels.hpp"
-#include "strata/error.hpp"
 
 namespace strata::reference {
 
@@ -10,11 +9,7 @@ namespace {
 
 using Mode = Pool2dDesc::Mode;
 
-void check_shape(std::string_view what, const Tensor& t, const Shape& expected) {
-  if (t.shape() != expected) {
-    fail("reference pool2d: {} has shape {}, expected {}", what, t.shape().str(), expected.str());
-  }
-}
+constexpr std::string_view kName = "reference pool2d";
 
 // One pooling window: its taps along each axis (pool_taps) and the divisor an average uses.
 struct Window {
@@ -59,14 +54,12 @@ int64_t first_max(const float* plane, const Window& win) {
 
 void ReferencePool2d::on_prepare() {
   const Pool2dDesc& d = desc_;
-  validate(d, "reference pool2d");
+  validate(d, kName);
 }
 
 void ReferencePool2d::forward(const Tensor& x, Tensor& y) {
   const Pool2dDesc& d = desc_;
-  const int64_t n_batch = x.rank() == 4 ? x.dim(0) : -1;
-  check_shape("x", x, {n_batch, d.channels, d.in_h, d.in_w});
-  check_shape("y", y, {n_batch, d.channels, d.out_h, d.out_w});
+  const int64_t n_batch = pool2d_forward_batch(d, x, y, kName);
   for (int64_t p = 0; p < n_batch * d.channels; ++p) {
     const float* plane = x.data() + p * d.in_h * d.in_w;
     float* out = y.data() + p * d.out_h * d.out_w;
@@ -92,10 +85,7 @@ void ReferencePool2d::forward(const Tensor& x, Tensor& y) {
 void ReferencePool2d::backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) {
   if (!dx.defined()) return;
   const Pool2dDesc& d = desc_;
-  const int64_t n_batch = dy.rank() == 4 ? dy.dim(0) : -1;
-  check_shape("dy", dy, {n_batch, d.channels, d.out_h, d.out_w});
-  check_shape("dx", dx, {n_batch, d.channels, d.in_h, d.in_w});
-  if (d.mode == Mode::kMax) check_shape("x", x, {n_batch, d.channels, d.in_h, d.in_w});
+  const int64_t n_batch = pool2d_backward_batch(d, x, dy, dx, kName);
   dx.fill(0.0f);
   for (int64_t p = 0; p < n_batch * d.channels; ++p) {
     const float* grad_out = dy.data() + p * d.out_h * d.out_w;

@@ -4,7 +4,6 @@
 #include <cstring>
 
 #include "bf16_gemm.hpp"
-#include "strata/error.hpp"
 #include "tbb_kernels.hpp"
 
 namespace strata::tbb_backend {
@@ -16,11 +15,7 @@ constexpr int64_t kColsBudget = int64_t{1} << 18;
 // Columns a block aims for: several 48-wide panels per packed row block.
 constexpr int64_t kTargetColumns = 512;
 
-void check_shape(std::string_view what, const Tensor& t, const Shape& expected) {
-  if (t.shape() != expected) {
-    fail("tbb conv2d (bf16): {} has shape {}, expected {}", what, t.shape().str(), expected.str());
-  }
-}
+constexpr std::string_view kName = "tbb conv2d (bf16)";
 
 template <class T>
 T* grown(std::vector<T>& buffer, int64_t size) {
@@ -231,12 +226,8 @@ void TbbBf16Conv2d::data_by_correlation(const float* dyp, float* dxp, int64_t n_
 
 void TbbBf16Conv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) {
   const Conv2dDesc& d = desc_;
-  const int64_t n_batch = x.rank() == 4 ? x.dim(0) : -1;
-  check_shape("x", x, {n_batch, d.in_channels, d.in_h, d.in_w});
-  check_shape("weight", weight, {d.out_channels, cg_, d.kernel_h, d.kernel_w});
+  const int64_t n_batch = conv2d_forward_batch(d, x, weight, bias, y, kName);
   const bool has_bias = bias != nullptr && bias->defined();
-  if (has_bias) check_shape("bias", *bias, {d.out_channels});
-  check_shape("y", y, {n_batch, d.out_channels, d.out_h, d.out_w});
   if (n_batch == 0) return;
   pack_weights(weight.data(), WeightForm::kForward);
   const bool unit_stride = d.stride_h == 1 && d.stride_w == 1;
@@ -266,15 +257,8 @@ void TbbBf16Conv2d::forward(const Tensor& x, const Tensor& weight, const Tensor*
       }
       bf16::multiply(packed_weights_.data() + g * packed_group_, packed, crs_, 0, kg_, 0, columns,
                      1.0f, 0.0f, product, columns);
-      for (int64_t img = 0; img < count; ++img) {
-        for (int64_t k = 0; k < kg_; ++k) {
-          const int64_t channel = g * kg_ + k;
-          const float* src = product + k * columns + img * out_plane_;
-          float* dst = yp + ((n0 + img) * d.out_channels + channel) * out_plane_;
-          const float add = bp != nullptr ? bp[channel] : 0.0f;
-          for (int64_t i = 0; i < out_plane_; ++i) dst[i] = src[i] + add;
-        }
-      }
+      scatter_planes(product, columns, count, out_plane_, g * kg_, kg_, d.out_channels, bp,
+                     yp + n0 * d.out_channels * out_plane_);
     }
   });
 }
@@ -282,10 +266,7 @@ void TbbBf16Conv2d::forward(const Tensor& x, const Tensor& weight, const Tensor*
 void TbbBf16Conv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) {
   if (!dx.defined()) return;
   const Conv2dDesc& d = desc_;
-  const int64_t n_batch = dy.rank() == 4 ? dy.dim(0) : -1;
-  check_shape("dy", dy, {n_batch, d.out_channels, d.out_h, d.out_w});
-  check_shape("weight", weight, {d.out_channels, cg_, d.kernel_h, d.kernel_w});
-  check_shape("dx", dx, {n_batch, d.in_channels, d.in_h, d.in_w});
+  const int64_t n_batch = conv2d_data_batch(d, dy, weight, dx, kName);
   if (n_batch == 0) return;
   if (!pointwise_ && d.stride_h == 1 && d.stride_w == 1) {
     pack_weights(weight.data(), WeightForm::kFlipped);
@@ -330,26 +311,14 @@ void TbbBf16Conv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& d
   const bool want_bias = dbias != nullptr && dbias->defined();
   if (!want_weight && !want_bias) return;
   const Conv2dDesc& d = desc_;
-  const int64_t n_batch = dy.rank() == 4 ? dy.dim(0) : -1;
-  check_shape("dy", dy, {n_batch, d.out_channels, d.out_h, d.out_w});
+  const int64_t n_batch = conv2d_params_batch(d, x, dy, dweight, dbias, kName);
   const float* dyp = dy.data();
   if (want_bias) {  // the float dy, summed in double per filter (a fixed order)
-    check_shape("dbias", *dbias, {d.out_channels});
-    float* db = dbias->data();
     parallel_chunks(d.out_channels, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t k = lo; k < hi; ++k) {
-        double sum = 0;
-        for (int64_t n = 0; n < n_batch; ++n) {
-          const float* plane = dyp + (n * d.out_channels + k) * out_plane_;
-          for (int64_t i = 0; i < out_plane_; ++i) sum += plane[i];
-        }
-        db[k] = static_cast<float>(sum);
-      }
+      conv2d_bias_gradient(d, dyp, n_batch, lo, hi, dbias->data());
     });
   }
   if (!want_weight) return;
-  check_shape("x", x, {n_batch, d.in_channels, d.in_h, d.in_w});
-  check_shape("dweight", dweight, {d.out_channels, cg_, d.kernel_h, d.kernel_w});
   const int64_t size = dweight.numel();
   float* dw = dweight.data();
   if (n_batch == 0) {

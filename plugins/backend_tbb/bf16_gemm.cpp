@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "strata/error.hpp"
+#include "strata/isa.hpp"
 #include "tbb_kernels.hpp"
 
 // Every function that executes AVX-512 or BF16 instructions carries this target, whatever the
@@ -19,10 +20,7 @@ namespace strata::tbb_backend::bf16 {
 bool cpu_supported() {
   const char* off = std::getenv("STRATA_NO_AVX512BF16");
   if (off != nullptr && *off != '\0') return false;
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512bf16");
+  return isa::cpu_has_avx512_bf16();
 }
 
 void require_cpu(std::string_view who) {

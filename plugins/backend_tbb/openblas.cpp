@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "strata/error.hpp"
+#include "strata/isa.hpp"
 
 namespace strata::tbb_backend::openblas {
 
@@ -33,13 +34,6 @@ struct Library {
 
 Library* library = nullptr;
 std::once_flag loaded;
-
-bool has_avx512() {
-  __builtin_cpu_init();
-  // libgcc's checks include the OS's support for the 512-bit register state (XCR0).
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-}
 
 bool equal_ignoring_case(const std::string& a, const std::string& b) {
   return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
@@ -72,7 +66,7 @@ Library* open_library() {
   if (ours != nullptr && *ours != '\0') {
     requested = ours;
     lib->chosen_by = fmt::format("{}={} from the environment", kStrataCoreTypeVariable, ours);
-  } else if (has_avx512()) {
+  } else if (isa::cpu_runs(isa::Isa::kAvx512)) {  // with the OS saving the 512-bit registers
     requested = "SkylakeX";
     lib->chosen_by = theirs != nullptr && *theirs != '\0'
                          ? fmt::format(

@@ -8,10 +8,11 @@
 // Linked, the constructor would run before any plugin code. So the plugin loads OpenBLAS with
 // dlopen at registration, after setting OPENBLAS_CORETYPE:
 //   - to STRATA_OPENBLAS_CORETYPE when that is set (a user's explicit choice for Strata);
-//   - otherwise to SkylakeX when the CPU has AVX-512 (F, DQ, BW and VL, with the OS saving their
-//     registers), even over an OPENBLAS_CORETYPE already in the environment: a pre-AVX-512 kernel
-//     set there is right for other CPUs and half speed on these (OpenBLAS 0.3.21 itself detects
-//     this CPU as Cooperlake, SkylakeX plus bfloat16, when left alone);
+//   - otherwise to SkylakeX when the CPU runs x86-64-v4 code (AVX-512 F, BW, CD, DQ and VL, with
+//     the OS saving their registers: strata::isa::cpu_runs), even over an OPENBLAS_CORETYPE already
+//     in the environment: a pre-AVX-512 kernel set there is right for other CPUs and half speed on
+//     these (OpenBLAS 0.3.21 itself detects this CPU as Cooperlake, SkylakeX plus bfloat16, when
+//     left alone);
 //   - otherwise it is left alone, and OpenBLAS detects the CPU or reads the user's setting.
 // The variable is set for the whole process (child processes inherit it). describe() says which
 // kernels run and who chose them; `strata bench` and `strata train` print it.

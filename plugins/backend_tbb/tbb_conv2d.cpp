@@ -56,11 +56,7 @@ constexpr int64_t kWinograd43MinParamsChannels = 256;
 // Floats of one task's transformed input plus transformed output (its tiles' V and M).
 constexpr int64_t kWinogradBudgetFloats = int64_t{1} << 19;
 
-void check_shape(std::string_view what, const Tensor& t, const Shape& expected) {
-  if (t.shape() != expected) {
-    fail("tbb conv2d: {} has shape {}, expected {}", what, t.shape().str(), expected.str());
-  }
-}
+constexpr std::string_view kName = "tbb conv2d";
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -299,7 +295,7 @@ std::string TbbConv2d::implementation() const {
 
 void TbbConv2d::on_prepare() {
   const Conv2dDesc& d = desc_;
-  validate(d, "tbb conv2d");
+  validate(d, kName);
   if (!d.symmetric_padding()) {
     // Every method below assumes pad_h/pad_w zeros on both sides (padded_h_, the Winograd and
     // direct geometries): refuse rather than compute with the wrong output extent. The conv2d layer
@@ -573,14 +569,22 @@ void TbbConv2d::for_each_block(const Plan& plan, int64_t n_batch, const Body& bo
 
 // ---- forward ----------------------------------------------------------------------------------
 
+void scatter_planes(const float* product, int64_t stride, int64_t images, int64_t plane,
+                    int64_t first, int64_t count, int64_t filters, const float* bias, float* y) {
+  for (int64_t i = 0; i < images; ++i) {
+    for (int64_t k = 0; k < count; ++k) {
+      const float* src = product + k * stride + i * plane;
+      float* dst = y + (i * filters + first + k) * plane;
+      const float beta = bias != nullptr ? bias[first + k] : 0.0f;
+      for (int64_t p = 0; p < plane; ++p) dst[p] = src[p] + beta;
+    }
+  }
+}
+
 void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) {
   const Conv2dDesc& d = desc_;
-  const int64_t n_batch = x.rank() == 4 ? x.dim(0) : -1;
-  check_shape("x", x, {n_batch, d.in_channels, d.in_h, d.in_w});
-  check_shape("weight", weight, {d.out_channels, cg_, d.kernel_h, d.kernel_w});
+  const int64_t n_batch = conv2d_forward_batch(d, x, weight, bias, y, kName);
   const bool has_bias = bias != nullptr && bias->defined();
-  if (has_bias) check_shape("bias", *bias, {d.out_channels});
-  check_shape("y", y, {n_batch, d.out_channels, d.out_h, d.out_w});
   (this->*forward_->run)(x.data(), weight.data(), has_bias ? bias->data() : nullptr, y.data(),
                          n_batch);
 }
@@ -664,14 +668,8 @@ void TbbConv2d::blas_forward(const Block& b, const float* x, const float* w, con
     float* product = ws.gathered.data();
     sgemm(false, false, kg_, cols, rows_, 1.0f, wg, rows_, ws.col.data(), cols, 0.0f, product,
           cols);
-    for (int64_t i = 0; i < b.images; ++i) {
-      for (int64_t k = 0; k < kg_; ++k) {
-        const float* src = product + k * cols + i * out_plane_;
-        float* dst = y + ((b.n0 + i) * d.out_channels + g * kg_ + k) * out_plane_;
-        const float beta = bias != nullptr ? bias[g * kg_ + k] : 0.0f;
-        for (int64_t p = 0; p < out_plane_; ++p) dst[p] = src[p] + beta;
-      }
-    }
+    scatter_planes(product, cols, b.images, out_plane_, g * kg_, kg_, d.out_channels, bias,
+                   y + b.n0 * d.out_channels * out_plane_);
   }
 }
 
@@ -688,14 +686,8 @@ void TbbConv2d::small_forward(const Block& b, const float* x, const float* bias,
     float* product = ws.gathered.data();
     direct::shifted_gemm(packed_forward_.data() + g * packed_stride, kg_, ws.col.data(),
                          small_offsets_.data(), rows_, cols, product, small_stride_);
-    for (int64_t i = 0; i < b.images; ++i) {
-      for (int64_t k = 0; k < kg_; ++k) {
-        const float* src = product + k * small_stride_ + i * out_plane_;
-        float* dst = y + ((b.n0 + i) * d.out_channels + g * kg_ + k) * out_plane_;
-        const float beta = bias != nullptr ? bias[g * kg_ + k] : 0.0f;
-        for (int64_t p = 0; p < out_plane_; ++p) dst[p] = src[p] + beta;
-      }
-    }
+    scatter_planes(product, small_stride_, b.images, out_plane_, g * kg_, kg_, d.out_channels, bias,
+                   y + b.n0 * d.out_channels * out_plane_);
   }
 }
 
@@ -704,10 +696,7 @@ void TbbConv2d::small_forward(const Block& b, const float* x, const float* bias,
 void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) {
   if (!dx.defined()) return;
   const Conv2dDesc& d = desc_;
-  const int64_t n_batch = dy.rank() == 4 ? dy.dim(0) : -1;
-  check_shape("dy", dy, {n_batch, d.out_channels, d.out_h, d.out_w});
-  check_shape("weight", weight, {d.out_channels, cg_, d.kernel_h, d.kernel_w});
-  check_shape("dx", dx, {n_batch, d.in_channels, d.in_h, d.in_w});
+  const int64_t n_batch = conv2d_data_batch(d, dy, weight, dx, kName);
   (this->*data_->run)(dy.data(), weight.data(), dx.data(), n_batch);
 }
 
@@ -842,13 +831,7 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
   const bool want_bias = dbias != nullptr && dbias->defined();
   if (!want_weight && !want_bias) return;
   const Conv2dDesc& d = desc_;
-  const int64_t n_batch = dy.rank() == 4 ? dy.dim(0) : -1;
-  check_shape("dy", dy, {n_batch, d.out_channels, d.out_h, d.out_w});
-  if (want_weight) {
-    check_shape("x", x, {n_batch, d.in_channels, d.in_h, d.in_w});
-    check_shape("dweight", dweight, {d.out_channels, cg_, d.kernel_h, d.kernel_w});
-  }
-  if (want_bias) check_shape("dbias", *dbias, {d.out_channels});
+  const int64_t n_batch = conv2d_params_batch(d, x, dy, dweight, dbias, kName);
   (this->*params_->run)(want_weight ? x.data() : nullptr, dy.data(),
                         want_weight ? dweight.data() : nullptr, want_bias ? dbias->data() : nullptr,
                         n_batch);

@@ -502,6 +502,12 @@ class TbbBf16Gemm : public GemmKernel {
 void check_gemm_sizes(std::string_view kernel, bool trans_a, bool trans_b, int64_t m, int64_t n,
                       int64_t k, int64_t lda, int64_t ldb, int64_t ldc);
 
+// A conv's product back into NCHW: row k of `product` (row stride `stride`) holds filter
+// first + k's output planes of `images` images side by side; y[i, first + k] = that plane +
+// bias[first + k] (0 without a bias), for k < count, where y is image 0 of `filters` planes each.
+void scatter_planes(const float* product, int64_t stride, int64_t images, int64_t plane,
+                    int64_t first, int64_t count, int64_t filters, const float* bias, float* y);
+
 // Single-threaded row-major sgemm with size checks (cblas takes 32-bit ints).
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
            int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);

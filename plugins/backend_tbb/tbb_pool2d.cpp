@@ -10,7 +10,6 @@
 #include <immintrin.h>
 #endif
 
-#include "strata/error.hpp"
 #include "tbb_kernels.hpp"
 
 namespace strata::tbb_backend {
@@ -23,11 +22,7 @@ using Mode = Pool2dDesc::Mode;
 // tiny layer runs as one task on the calling thread instead of getting slower (tiny-dnn #714).
 constexpr int64_t kPoolWorkPerTask = int64_t{1} << 16;
 
-void check_shape(std::string_view what, const Tensor& t, const Shape& expected) {
-  if (t.shape() != expected) {
-    fail("tbb pool2d: {} has shape {}, expected {}", what, t.shape().str(), expected.str());
-  }
-}
+constexpr std::string_view kName = "tbb pool2d";
 
 // Every window along one axis (pool_taps), as input indices: the window reads the input indices
 // [lo, hi) that are `dilation` apart from lo (undilated: all of them; lo == hi: none, and then
@@ -50,7 +45,7 @@ void tabulate(int64_t out, int64_t stride, int64_t pad, int64_t pad_end, int64_t
 
 void TbbPool2d::on_prepare() {
   const Pool2dDesc& d = desc_;
-  validate(d, "tbb pool2d");
+  validate(d, kName);
   tabulate(d.out_h, d.stride_h, d.pad_h, d.pad_bottom(), d.kernel_h, d.dilation_h, d.in_h, h_lo_,
            h_hi_, h_span_);
   tabulate(d.out_w, d.stride_w, d.pad_w, d.pad_right(), d.kernel_w, d.dilation_w, d.in_w, w_lo_,
@@ -367,9 +362,7 @@ void TbbPool2d::backward_plane(const float* in, const float* grad_out, float* gr
 
 void TbbPool2d::forward(const Tensor& x, Tensor& y) {
   const Pool2dDesc& d = desc_;
-  const int64_t n_batch = x.rank() == 4 ? x.dim(0) : -1;
-  check_shape("x", x, {n_batch, d.channels, d.in_h, d.in_w});
-  check_shape("y", y, {n_batch, d.channels, d.out_h, d.out_w});
+  const int64_t n_batch = pool2d_forward_batch(d, x, y, kName);
   const int64_t in_plane = d.in_h * d.in_w, out_plane = d.out_h * d.out_w;
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * d.channels, planes_per_task()),
                     [&](const tbb::blocked_range<int64_t>& range) {
@@ -382,11 +375,8 @@ void TbbPool2d::forward(const Tensor& x, Tensor& y) {
 void TbbPool2d::backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) {
   if (!dx.defined()) return;
   const Pool2dDesc& d = desc_;
-  const int64_t n_batch = dy.rank() == 4 ? dy.dim(0) : -1;
-  check_shape("dy", dy, {n_batch, d.channels, d.out_h, d.out_w});
-  check_shape("dx", dx, {n_batch, d.channels, d.in_h, d.in_w});
+  const int64_t n_batch = pool2d_backward_batch(d, x, dy, dx, kName);
   const bool max = d.mode == Mode::kMax;
-  if (max) check_shape("x", x, {n_batch, d.channels, d.in_h, d.in_w});
   const int64_t in_plane = d.in_h * d.in_w, out_plane = d.out_h * d.out_w;
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * d.channels, planes_per_task()),
                     [&](const tbb::blocked_range<int64_t>& range) {

@@ -49,6 +49,8 @@ std::string_view requirement(Isa isa);
 // Whether this CPU (and its operating system, which must save the wider registers) runs code
 // compiled for `isa`.
 bool cpu_runs(Isa isa);
+// Whether this CPU runs AVX512-BF16 instructions (vdpbf16ps, vcvtne2ps2bf16) besides x86-64-v4.
+bool cpu_has_avx512_bf16();
 
 struct Choice {
   Isa isa = Isa::kGeneric;

@@ -66,6 +66,22 @@ struct Conv2dDesc {
 // Kernels call it from on_prepare(), so every backend rejects the same descriptors.
 void validate(const Conv2dDesc& desc, std::string_view kernel);
 
+// The batch N of a conv2d pass, after checking its tensors against the descriptor: x and dx
+// [N, C, H, W], weight and dweight [K, C/groups, R, S], bias and dbias [K], y and dy
+// [N, K, out_h, out_w]. A null bias or dbias, or an undefined dweight, dbias or dx, is not checked
+// (nor x, when dweight is undefined). A mismatch throws "<kernel>: <name> has shape .., expected
+// ..". Every backend's conv2d calls these, so all report the same errors.
+int64_t conv2d_forward_batch(const Conv2dDesc& desc, const Tensor& x, const Tensor& weight,
+                             const Tensor* bias, const Tensor& y, std::string_view kernel);
+int64_t conv2d_data_batch(const Conv2dDesc& desc, const Tensor& dy, const Tensor& weight,
+                          const Tensor& dx, std::string_view kernel);
+int64_t conv2d_params_batch(const Conv2dDesc& desc, const Tensor& x, const Tensor& dy,
+                            const Tensor& dweight, const Tensor* dbias, std::string_view kernel);
+// The bias gradient of filters [first, end): dbias[k] = the sum of dy[n, k, :, :] over the batch,
+// in double, images in order and each plane in order (a fixed order: every backend's bits agree).
+void conv2d_bias_gradient(const Conv2dDesc& desc, const float* dy, int64_t batch, int64_t first,
+                          int64_t end, float* dbias);
+
 class Conv2dKernel : public OpKernel<Conv2dDesc> {
  public:
   ~Conv2dKernel() override;
@@ -104,6 +120,13 @@ struct Pool2dDesc {
 // Throws an Error, prefixed with `kernel`, unless extents, strides and dilations are positive,
 // padding is non-negative (end padding -1 or more) and an average has dilation 1.
 void validate(const Pool2dDesc& desc, std::string_view kernel);
+
+// The batch N of a pool2d pass, after checking x and dx [N, C, in_h, in_w] and y and dy
+// [N, C, out_h, out_w] (the backward's x only for max pooling), as conv2d's checks do.
+int64_t pool2d_forward_batch(const Pool2dDesc& desc, const Tensor& x, const Tensor& y,
+                             std::string_view kernel);
+int64_t pool2d_backward_batch(const Pool2dDesc& desc, const Tensor& x, const Tensor& dy,
+                              const Tensor& dx, std::string_view kernel);
 
 // The input positions a window of `kernel` taps `dilation` apart spans along one axis:
 // dilation*(kernel-1)+1 (the effective kernel size).
