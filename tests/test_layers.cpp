@@ -307,6 +307,44 @@ BOOST_DATA_TEST_CASE(nan_propagates, boost::unit_test::data::make(kConformanceCa
   BOOST_TEST(result.passed, result.detail);
 }
 
+BOOST_DATA_TEST_CASE(backward_reads, boost::unit_test::data::make(kConformanceCases), layer_case) {
+  const strata::CheckResult result = strata::check_backward_reads(registries(), layer_case);
+  BOOST_TEST(result.passed, result.detail);
+}
+
+// The layers training keeps fewer tensors for say so, and the check above holds them to it.
+BOOST_AUTO_TEST_CASE(layers_that_read_less_in_backward_are_checked) {
+  const std::map<std::string, std::string> expected = {
+      {"relu", "inputs unread"},
+      {"tanh", "inputs unread"},
+      {"sigmoid", "inputs unread"},
+      {"relu6", "inputs unread"},
+      {"softmax", "inputs unread"},
+      {"conv2d", "output unread"},
+      {"linear", "output unread"},
+      {"batch_norm", "output unread"},
+      {"lrn", "output unread"},
+      {"max_pool", "output unread"},
+      {"add", "inputs and output unread"},
+      {"concat", "inputs and output unread"},
+      {"avg_pool", "inputs and output unread"},
+      {"global_avg_pool", "inputs and output unread"},
+      {"dropout", "inputs and output unread"},
+      {"flatten", "inputs and output unread"},
+      {"hardswish", "output unread"},
+      {"hard_sigmoid", "output unread"}};
+  std::map<std::string, int> checked;
+  for (const LayerCase& layer_case : kConformanceCases) {
+    const auto want = expected.find(case_type(layer_case));
+    if (want == expected.end()) continue;
+    const strata::CheckResult result = strata::check_backward_reads(registries(), layer_case);
+    BOOST_TEST(result.passed, result.detail);
+    BOOST_TEST(result.detail.starts_with(want->second), layer_case << ": " << result.detail);
+    ++checked[want->first];
+  }
+  BOOST_TEST(checked.size() == expected.size(), "a layer type has no conformance case");
+}
+
 BOOST_DATA_TEST_CASE(checkpoint_round_trip, boost::unit_test::data::make(kConformanceCases),
                      layer_case) {
   strata::test::TempDir dir;
@@ -347,12 +385,21 @@ BOOST_AUTO_TEST_CASE(a_wrong_gradient_fails) {
   BOOST_TEST(cases[0].output == (Shape{2, 3, 3}));
   strata::test::TempDir dir;
   const auto results = strata::run_conformance(r, cases[0], dir.path());
-  BOOST_TEST_REQUIRE(results.size() == 6u);
+  BOOST_TEST_REQUIRE(results.size() == 7u);
   for (const strata::CheckResult& result : results) {
     BOOST_TEST(result.passed == (result.check != "gradients"), result.check << ": " << result.detail);
   }
   STRATA_CHECK_CONTAINS(results[1].detail, "36 of 36 gradient elements disagree");
   STRATA_CHECK_CONTAINS(results[1].detail, "input0[0]: numerical");
+  // A layer that says its backward does not read its input, but does, fails the reads check
+  // (and only it).
+  const strata::ConformanceCase square{"{type: test_square}", {{2, 3, 3}}, {2, 3, 3}};
+  BOOST_TEST(strata::check_gradients(r, square).passed);
+  const auto lying = strata::check_backward_reads(r, square);
+  BOOST_TEST(!lying.passed);
+  STRATA_CHECK_CONTAINS(lying.detail,
+                        "reference: the layer says its backward does not read its inputs, but "
+                        "with them changed the input0 gradient changed by");
   // A wrong expected shape and a layer that fails setup are failed checks, not exceptions.
   const auto wrong_shape = strata::check_shapes(r, {"{type: test_double}", {{2, 3, 3}}, {2, 3}});
   BOOST_TEST(!wrong_shape.passed);

@@ -399,7 +399,9 @@ BOOST_AUTO_TEST_CASE(metric_progress_counts_epochs_without_improvement) {
 }
 
 // Diagnostics of one step against direct computation: a known update w += 1e-3 w gives a ratio
-// of 1e-3; gradient norms and activation statistics match sums over the tensors.
+// of 1e-3; gradient norms and activation statistics match sums over the tensors. The statistics
+// are taken during the training forward, as training keeps only the outputs backward reads
+// (conv1's is not kept here), and an inference forward in between does not replace them.
 BOOST_AUTO_TEST_CASE(step_diagnostics_match_direct_computation) {
   Rng rng(2);
   Config model = test::yaml(R"(
@@ -414,9 +416,17 @@ layers:
   Context context{true, &rng, backend.get()};
   std::mt19937 data_rng(3);
   const Tensor x = test::random_tensor(Shape{5, 1, 6, 6}, data_rng);
+  graph.forward(context, x);  // every output kept (OutputRetention::kAll): the expected values
+  const Tensor conv = graph.activation("conv1").clone(), relu = graph.activation("relu1").clone();
+  graph.set_output_retention(OutputRetention::kBackward);
+  BOOST_TEST(!graph.keeps_output(0));
+  StepDiagnostics diagnostics(graph);
+  diagnostics.watch_forward(true);
+  graph.forward(context, x);
+  Context inference{false, &rng, backend.get()};
+  graph.forward(inference, test::random_tensor(Shape{2, 1, 6, 6}, data_rng));
   graph.forward(context, x);
   graph.backward(context, test::random_tensor(Shape{5, 4}, data_rng));
-  StepDiagnostics diagnostics(graph);
   diagnostics.before_step();
   for (ParamRef& ref : graph.params()) {
     for (float& w : ref.param->value.span()) w += 1e-3f * w;
@@ -430,15 +440,16 @@ layers:
   }
   BOOST_TEST(std::isnan(results[1].update_ratio));
   BOOST_TEST(std::isnan(results[0].dead_fraction));
-  const Tensor& relu = graph.activation("relu1");
   BOOST_TEST(results[1].dead_fraction == dead_unit_fraction(relu));
-  double sum = 0, squares = 0;
-  for (float v : relu.span()) sum += v;
-  const double mean = sum / relu.numel();
-  for (float v : relu.span()) squares += (v - mean) * (v - mean);
-  BOOST_TEST(results[1].activation_mean == mean, boost::test_tools::tolerance(1e-9));
-  BOOST_TEST(results[1].activation_std == std::sqrt(squares / relu.numel()),
-             boost::test_tools::tolerance(1e-9));
+  for (const auto& [index, out] : {std::pair{0, conv}, std::pair{1, relu}}) {
+    double sum = 0, squares = 0;
+    for (float v : out.span()) sum += v;
+    const double mean = sum / out.numel();
+    for (float v : out.span()) squares += (v - mean) * (v - mean);
+    BOOST_TEST(results[index].activation_mean == mean, boost::test_tools::tolerance(1e-9));
+    BOOST_TEST(results[index].activation_std == std::sqrt(squares / out.numel()),
+               boost::test_tools::tolerance(1e-9));
+  }
   double grad = 0;
   for (ParamRef& ref : graph.params()) {
     if (ref.key.starts_with("fc1/")) {

@@ -133,7 +133,7 @@ BOOST_AUTO_TEST_CASE(gradients_share_memory_and_exist_only_after_a_backward) {
   for (int i = 0; i < 10; ++i) yaml += fmt::format("  - {{name: t{}, type: tanh}}\n", i);
   Graph graph(Config::parse_string(yaml, "chain.yaml"), test::registries(), test::backend(), rng);
   const int64_t batch = 3, output_bytes = batch * 4 * 8 * 8 * 4;
-  const Graph::Memory planned = graph.memory(batch);
+  const Graph::Memory planned = graph.memory(batch, OutputRetention::kAll);
   BOOST_TEST(planned.outputs == 10 * output_bytes);
   BOOST_TEST(planned.gradients == 2 * output_bytes);  // 9 gradients, 2 live at a time
   Context context;
@@ -164,7 +164,7 @@ BOOST_AUTO_TEST_CASE(gradients_share_memory_and_exist_only_after_a_backward) {
   BOOST_TEST(graph.held().gradients == planned.gradients);
   graph.forward(context, test::random_tensor({5, 4, 8, 8}, gen));
   graph.backward(context, test::random_tensor({5, 4, 8, 8}, gen));
-  BOOST_TEST(graph.held().gradients == graph.memory(5).gradients);
+  BOOST_TEST(graph.held().gradients == graph.memory(5, OutputRetention::kAll).gradients);
 }
 
 // A tensor read by several layers keeps its gradient live from its last reader's backward to its
@@ -188,12 +188,81 @@ layers:
                                    "fan.yaml"),
               test::registries(), test::backend(), rng);
   const int64_t bytes = 7 * 2 * 6 * 6 * 4;  // one tensor at batch 7
-  const Graph::Memory planned = graph.memory(7);
+  const Graph::Memory planned = graph.memory(7, OutputRetention::kAll);
   // Six gradients (a..f; g's comes from the loss) and seven scratches: a is read by b, c and d,
   // d by e and g, e by f and g, and every reader but the first to run backward gets a scratch.
   BOOST_TEST(planned.gradients < 13 * bytes);
   // Live at g's backward: the gradients of d, e and f and the scratches of g's inputs e and d.
   BOOST_TEST(planned.gradients >= 5 * bytes);
+}
+
+// Training keeps only the outputs a backward reads (OutputRetention::kBackward): in a residual
+// block of conv, batch norm and relu, the batch norm outputs, the sum and the pooled map are
+// reused, the rest kept. The gradients are bit-identical to those of a graph that keeps every
+// output, activation() refuses an output that was not kept, and memory() predicts the arena.
+BOOST_AUTO_TEST_CASE(training_keeps_only_the_outputs_backward_reads) {
+  const Config model = Config::parse_string(R"(
+input: [3, 8, 8]
+layers:
+  - {name: c1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+  - {name: b1, type: batch_norm}
+  - {name: r1, type: relu}
+  - {name: c2, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+  - {name: b2, type: batch_norm}
+  - {name: s, type: add, inputs: [b2, r1]}
+  - {name: r2, type: relu}
+  - {name: p, type: avg_pool, kernel: 2}
+  - {name: f, type: flatten}
+  - {name: fc, type: linear, out_features: 5}
+)",
+                                            "block.yaml");
+  Rng init_all(4), init_kept(4);
+  Graph all(model, test::registries(), test::backend(), init_all);
+  Graph kept(model, test::registries(), test::backend(), init_kept);
+  kept.set_output_retention(OutputRetention::kBackward);
+  const int64_t batch = 3, map = batch * 4 * 8 * 8 * 4, pooled = batch * 4 * 4 * 4 * 4;
+  const int64_t logits = batch * 5 * 4;
+  const int64_t alignment = 64;  // bytes: each buffer starts at a multiple
+  const int64_t everything = all.memory(batch, OutputRetention::kAll).outputs;
+  BOOST_TEST(everything >= 7 * map + 2 * pooled + logits);
+  BOOST_TEST(everything < 7 * map + 2 * pooled + logits + alignment);
+  // Kept: c1, r1, c2, r2 (maps), f and fc. At the add, b2 and s are live besides c1, r1 and c2:
+  // five maps, the most live at once; the small late buffers fit where b1 and b2 were.
+  const int64_t planned = kept.memory(batch, OutputRetention::kBackward).outputs;
+  BOOST_TEST(planned >= 5 * map);
+  BOOST_TEST(planned < 5 * map + 2 * pooled + logits + 3 * alignment);
+  for (const char* name : {"c1", "r1", "c2", "r2", "f", "fc"}) {
+    BOOST_TEST(kept.keeps_output(kept.index_of(name)), name);
+  }
+  for (const char* name : {"b1", "b2", "s", "p"}) {
+    BOOST_TEST(!kept.keeps_output(kept.index_of(name)), name);
+  }
+
+  std::mt19937 gen(5);
+  const Tensor x = test::random_tensor({batch, 3, 8, 8}, gen);
+  const Tensor dy = test::random_tensor({batch, 5}, gen);
+  Rng rng(6);
+  auto backend = test::registries().backends.create("reference", Config{});
+  Context context{true, &rng, backend.get()};
+  const Tensor out_all = all.forward(context, x).clone();
+  all.backward(context, dy);
+  const Tensor out_kept = kept.forward(context, x).clone();
+  BOOST_TEST(kept.held().outputs == planned);
+  kept.backward(context, dy);
+  BOOST_TEST(test::max_abs_diff(out_kept, out_all) == 0.0f);
+  const std::vector<ParamRef> params_all = all.params(), params_kept = kept.params();
+  BOOST_REQUIRE(params_all.size() == params_kept.size());
+  for (std::size_t k = 0; k < params_all.size(); ++k) {
+    BOOST_TEST(test::max_abs_diff(params_kept[k].param->grad, params_all[k].param->grad) == 0.0f,
+               params_all[k].key);
+  }
+  BOOST_TEST(test::max_abs_diff(kept.activation("r1"), all.activation("r1")) == 0.0f);
+  STRATA_CHECK_CONTAINS(test::error_of([&] { kept.activation("b2"); }),
+                        "the output of layer 'b2' is not kept after forward");
+  // Switching re-plans at the next forward.
+  all.set_output_retention(OutputRetention::kBackward);
+  all.forward(context, x);
+  BOOST_TEST(all.held().outputs == planned);
 }
 
 // A rank of an MPI job may get no images in a step (an uneven last batch) and still run forward

@@ -517,11 +517,47 @@ std::vector<Shape> Graph::input_shapes(std::size_t i) const {
   return shapes;
 }
 
+bool Graph::keeps_output(std::size_t i) const { return keeps_output(i, retention_); }
+
+bool Graph::keeps_output(std::size_t i, OutputRetention retention) const {
+  if (retention == OutputRetention::kAll || i + 1 == nodes_.size()) return true;
+  if (nodes_[i].layer->backward_reads_output()) return true;
+  for (std::size_t c = i + 1; c < nodes_.size(); ++c) {
+    const std::vector<int>& inputs = nodes_[c].inputs;
+    const bool reads = std::find(inputs.begin(), inputs.end(), static_cast<int>(i)) != inputs.end();
+    if (reads && nodes_[c].layer->backward_reads_inputs()) return true;
+  }
+  return false;
+}
+
+void Graph::set_output_retention(OutputRetention retention) {
+  if (retention == retention_) return;
+  retention_ = retention;
+  allocated_batch_ = -1;  // re-plan at the next forward
+  batch_ = -1;
+}
+
+std::vector<BufferRequest> Graph::output_requests(int64_t batch, OutputRetention retention) const {
+  const int n = static_cast<int>(nodes_.size());
+  std::vector<BufferRequest> requests;
+  for (int i = 0; i < n; ++i) {
+    const int last = keeps_output(i, retention) ? n - 1 : std::max(i, nodes_[i].last_consumer);
+    requests.push_back({nodes_[i].layer->output_shape().with_batch(batch).numel(), i, last});
+  }
+  return requests;
+}
+
 void Graph::allocate(int64_t batch) {
   if (batch > allocated_batch_) {
+    const ArenaPlan plan = plan_arena(output_requests(batch, retention_));
+    // Every view of the old arena goes first, so that it is freed before the new one is made.
     outputs_storage_.clear();
-    for (const Node& node : nodes_) {
-      outputs_storage_.emplace_back(node.layer->output_shape().with_batch(batch));
+    outputs_.clear();
+    for (Node& node : nodes_) node.in.clear();
+    output_arena_ = Tensor(Shape{plan.floats});
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      outputs_storage_.push_back(
+          output_arena_.region(plan.offsets[i], nodes_[i].layer->output_shape().with_batch(batch)));
     }
     allocated_batch_ = batch;
   }
@@ -612,18 +648,14 @@ Graph::Memory memory_in_bytes(int64_t outputs, int64_t gradients, int64_t parame
 
 }  // namespace
 
-Graph::Memory Graph::memory(int64_t batch) const {
-  int64_t outputs = 0;
-  for (const Node& node : nodes_) outputs += node.layer->output_shape().with_batch(batch).numel();
-  return memory_in_bytes(outputs, plan_arena(gradient_requests(batch, nullptr)).floats,
-                         num_parameters());
+Graph::Memory Graph::memory(int64_t batch, OutputRetention retention) const {
+  return memory_in_bytes(plan_arena(output_requests(batch, retention)).floats,
+                         plan_arena(gradient_requests(batch, nullptr)).floats, num_parameters());
 }
 
 Graph::Memory Graph::held() const {
-  int64_t outputs = 0;
-  for (const Tensor& output : outputs_storage_) outputs += output.numel();
-  return memory_in_bytes(outputs, gradient_arena_.defined() ? gradient_arena_.numel() : 0,
-                         num_parameters());
+  const auto floats = [](const Tensor& arena) { return arena.defined() ? arena.numel() : 0; };
+  return memory_in_bytes(floats(output_arena_), floats(gradient_arena_), num_parameters());
 }
 
 bool Graph::samples_independent_in_inference() const {
@@ -650,6 +682,7 @@ const Tensor& Graph::forward(Context& context, const Tensor& input) {
       node.layer->forward(context, node.in, outputs_[i]);
       profile_->forward_seconds[i] += seconds_since(start);
     }
+    if (observer_) observer_(i, outputs_[i], context);
   }
   return outputs_.back();
 }
@@ -765,6 +798,13 @@ const Tensor& Graph::activation(std::string_view layer_name) const {
   const int index = index_of(layer_name);
   if (index < 0) fail("the model has no layer '{}'", layer_name);
   if (batch_ < 0) fail("no activations yet: run forward() first");
+  if (!keeps_output(static_cast<std::size_t>(index))) {
+    fail(
+        "the output of layer '{}' is not kept after forward: this graph keeps only the outputs "
+        "a backward reads (OutputRetention::kBackward, as training does) and reused its memory; "
+        "set OutputRetention::kAll, or read it during forward with a forward observer",
+        layer_name);
+  }
   return outputs_[index];
 }
 

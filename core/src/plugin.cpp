@@ -171,6 +171,13 @@ void PluginLoader::load_file(const fs::path& file) {
           "it, every other plugin only needs a rebuild; see docs/writing-a-plugin.md, \"Plugin "
           "API version\")";
     }
+    if (info->api <= 7) {
+      changes +=
+          " (API 8: Layer gains backward_reads_inputs() and backward_reads_output(), which let "
+          "training reuse the memory of outputs no backward reads; the defaults keep every "
+          "tensor, so a plugin only needs a rebuild; see docs/writing-a-plugin.md, \"Layer "
+          "traits\")";
+    }
     fail("plugin {}: built for plugin API version {}, but this Strata supports version {}{}; "
          "rebuild the plugin against this Strata",
          canonical.string(), info->api, kPluginApi, changes);

@@ -53,6 +53,13 @@ class Elementwise final : public Layer {
     if constexpr (requires { Op::kDeadUnits; }) return Op::kDeadUnits;
     return false;
   }
+  // The derivative reads x or y, never both (strata/ops.hpp).
+  bool backward_reads_inputs() const override {
+    return activation::derivative_reads_input(op_.desc());
+  }
+  bool backward_reads_output() const override {
+    return activation::derivative_reads_output(op_.desc());
+  }
 
   // Each op describes itself as ONNX nodes (export_to below).
   bool export_to(ExportContext& context) const override {

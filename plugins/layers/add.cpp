@@ -28,6 +28,9 @@ class Add final : public Layer {
   explicit Add(const Config&) {}
 
   std::string_view type() const override { return "add"; }
+  // backward copies or spreads dout: it reads neither tensor's values.
+  bool backward_reads_inputs() const override { return false; }
+  bool backward_reads_output() const override { return false; }
   int min_inputs() const override { return 2; }
   int max_inputs() const override { return std::numeric_limits<int>::max(); }
 

@@ -111,6 +111,8 @@ class BatchNorm final : public Layer {
   }
 
   std::string_view type() const override { return "batch_norm"; }
+  // backward reads its input (x, for x_hat), never its output.
+  bool backward_reads_output() const override { return false; }
   // Synchronized, its training passes are collectives: the trainer runs them on every rank at
   // every step, with 0 images on a rank that has none.
   bool communicates() const override { return sync_; }

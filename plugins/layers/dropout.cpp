@@ -40,6 +40,9 @@ class Dropout final : public Layer {
   }
 
   std::string_view type() const override { return "dropout"; }
+  // backward applies the saved mask to dout: it reads neither tensor's values.
+  bool backward_reads_inputs() const override { return false; }
+  bool backward_reads_output() const override { return false; }
 
   // Inference is the identity: no node, later layers read the input.
   bool export_to(ExportContext& context) const override {

@@ -26,6 +26,9 @@ class Flatten final : public Layer {
   explicit Flatten(const Config&) {}
 
   std::string_view type() const override { return "flatten"; }
+  // backward copies or spreads dout: it reads neither tensor's values.
+  bool backward_reads_inputs() const override { return false; }
+  bool backward_reads_output() const override { return false; }
 
   // ONNX Flatten with axis 1: [N, C, H, W] -> [N, C*H*W], row-major as here.
   bool export_to(ExportContext& context) const override {

@@ -30,6 +30,9 @@ class GlobalAvgPool final : public Layer {
   explicit GlobalAvgPool(const Config&) {}
 
   std::string_view type() const override { return "global_avg_pool"; }
+  // backward copies or spreads dout: it reads neither tensor's values.
+  bool backward_reads_inputs() const override { return false; }
+  bool backward_reads_output() const override { return false; }
   std::string implementation() const override { return kernel_ ? kernel_->implementation() : ""; }
   Window window() const override {  // every output sees its whole channel
     Window window;

@@ -39,6 +39,8 @@ class Multiply final : public Layer {
   explicit Multiply(const Config&) {}
 
   std::string_view type() const override { return "multiply"; }
+  // backward reads its inputs (each is the other's derivative), never its output.
+  bool backward_reads_output() const override { return false; }
   int min_inputs() const override { return 2; }
   int max_inputs() const override { return 2; }
 

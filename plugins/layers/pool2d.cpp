@@ -81,6 +81,10 @@ class Pool2d : public Layer {
   std::string_view type() const override {
     return mode_ == Pool2dDesc::Mode::kMax ? "max_pool" : "avg_pool";
   }
+  // Max pooling's backward finds each window's maximum in x again; average pooling spreads dout
+  // by the window's divisor. Neither reads y.
+  bool backward_reads_inputs() const override { return mode_ == Pool2dDesc::Mode::kMax; }
+  bool backward_reads_output() const override { return false; }
 
   Window window() const override { return Window{kernel_, stride_, dilation_}; }
   std::string implementation() const override {

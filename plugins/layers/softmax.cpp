@@ -40,6 +40,8 @@ class Softmax final : public Layer {
   explicit Softmax(const Config& config) : axis_(config.get<int64_t>("axis", 1)), origin_(config) {}
 
   std::string_view type() const override { return "softmax"; }
+  // backward reads its output (y), never its input.
+  bool backward_reads_inputs() const override { return false; }
   std::string implementation() const override { return kernel_ ? kernel_->implementation() : ""; }
 
   // ONNX Softmax over the same axis (counted on [N, ...sample] as ONNX does); its single-axis

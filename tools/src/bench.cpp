@@ -63,6 +63,7 @@ BenchReport bench_experiment(const Config& experiment, const Registries& registr
   report.batch = run.required_batch_size();
   Backend* backend = run.backend.get();
   Graph& graph = *run.graph;
+  graph.set_output_retention(OutputRetention::kBackward);  // what training holds
   Loss* loss = run.loss.get();
   Optimizer* optimizer = run.optimizer.get();
   Rng& rng = run.rng;

@@ -550,6 +550,61 @@ CheckResult check_nan_propagates(const Registries& registries, const Conformance
   });
 }
 
+// ---- what backward reads ----
+//
+// A layer that says its backward does not read its inputs' or its output's values
+// (Layer::backward_reads_inputs()/backward_reads_output() false) gets, in training, tensors whose
+// memory the graph has reused since the forward. So after a training forward and a backward, the
+// check runs backward again with those tensors overwritten by other random values: every input
+// and parameter gradient must come out bit-identical, on every backend (nothing else changed, and
+// the kernels are deterministic for a given shape).
+CheckResult check_backward_reads(const Registries& registries, const ConformanceCase& layer_case) {
+  return run_check("reads", [&]() -> std::string {
+    const uint32_t seed = case_seed(layer_case) + 7;
+    std::vector<std::string> backends = registries.backends.types();
+    std::string unread;
+    for (const std::string& backend : backends) {
+      Rng rng(seed);
+      Instance instance = make_layer(registries, layer_case, backend);
+      const bool reads_inputs = instance.layer->backward_reads_inputs();
+      const bool reads_output = instance.layer->backward_reads_output();
+      if (reads_inputs && reads_output) return "not applicable: backward reads every tensor";
+      unread = !reads_inputs && !reads_output ? "inputs and output"
+               : !reads_inputs                ? "inputs"
+                                              : "output";
+      randomize_params(*instance.layer, rng);
+      std::vector<Tensor> inputs;
+      for (const Shape& shape : batched(layer_case.inputs, layer_case.gradient_batch))
+        inputs.push_back(random_tensor(shape, rng));
+      const Tensor out = run_forward(instance, inputs, true, seed);
+      const Tensor dout = random_tensor(out.shape(), rng);
+      std::vector<Tensor> gradients = run_backward(instance, inputs, out, dout, true, seed);
+      for (Param* param : instance.layer->params()) gradients.push_back(param->grad.clone());
+      std::vector<Tensor> other_inputs = inputs;
+      if (!reads_inputs) {
+        for (Tensor& input : other_inputs) input = random_tensor(input.shape(), rng, -3.0f, 3.0f);
+      }
+      const Tensor other_out = reads_output ? out : random_tensor(out.shape(), rng, -3.0f, 3.0f);
+      std::vector<Tensor> again = run_backward(instance, other_inputs, other_out, dout, true, seed);
+      for (Param* param : instance.layer->params()) again.push_back(param->grad.clone());
+      for (std::size_t k = 0; k < gradients.size(); ++k) {
+        const float diff = max_abs_diff(again[k], gradients[k]);
+        if (!(diff == 0.0f)) {
+          const std::size_t n = inputs.size();
+          check_fail(
+              "{}: the layer says its backward does not read its {}, but with them changed the {} "
+              "changed by {}",
+              backend, unread,
+              k < n ? fmt::format("input{} gradient", k)
+                    : instance.layer->params()[k - n]->name + " gradient",
+              diff);
+        }
+      }
+    }
+    return fmt::format("{} unread on {}", unread, fmt::join(backends, ", "));
+  });
+}
+
 // ---- checkpoint round trip ----
 //
 // Parameters and buffers go into a Checkpoint as "<layer>/<name>", through save_checkpoint into an
@@ -601,9 +656,12 @@ CheckResult check_checkpoint_round_trip(const Registries& registries,
 std::vector<CheckResult> run_conformance(const Registries& registries,
                                          const ConformanceCase& layer_case,
                                          const fs::path& scratch_dir) {
-  return {check_shapes(registries, layer_case), check_gradients(registries, layer_case),
-          check_backends_agree(registries, layer_case), check_batch_independence(registries, layer_case),
+  return {check_shapes(registries, layer_case),
+          check_gradients(registries, layer_case),
+          check_backends_agree(registries, layer_case),
+          check_batch_independence(registries, layer_case),
           check_nan_propagates(registries, layer_case),
+          check_backward_reads(registries, layer_case),
           check_checkpoint_round_trip(registries, layer_case, scratch_dir)};
 }
 

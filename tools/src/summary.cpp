@@ -95,10 +95,10 @@ std::string field_text(const std::array<int64_t, 2>& value) {
   return fmt::format("{}x{}", value[0], value[1]);
 }
 
-// Training memory at `batch` from the graph's plan: outputs, the gradient arena, and parameters
-// with gradients and one optimizer slot.
+// Training memory at `batch` from the graph's plan: the outputs training keeps and shares, the
+// gradient arena, and parameters with gradients and one optimizer slot.
 void set_training_memory(ModelSummary& summary, const Graph& graph, int64_t batch) {
-  const Graph::Memory planned = graph.memory(batch);
+  const Graph::Memory planned = graph.memory(batch, OutputRetention::kBackward);
   summary.batch_size = batch;
   summary.output_bytes = planned.outputs;
   summary.gradient_bytes = planned.gradients;

@@ -35,7 +35,7 @@ double dead_unit_fraction(const Tensor& activation) {
   return static_cast<double>(dead) / static_cast<double>(units);
 }
 
-StepDiagnostics::StepDiagnostics(Graph& graph) : graph_(graph) {
+StepDiagnostics::StepDiagnostics(Graph& graph) : graph_(graph), watched_index_(graph.size(), -1) {
   for (std::size_t i = 0; i < graph.size(); ++i) {
     Layer& layer = graph.layer(i);
     std::vector<Param*> params = layer.params();
@@ -44,27 +44,48 @@ StepDiagnostics::StepDiagnostics(Graph& graph) : graph_(graph) {
     w.node = i;
     w.params = params;
     for (Param* p : params) w.before.push_back(Tensor(p->value.shape()));
+    w.activation_mean = w.activation_std = w.dead_fraction = kNaN;
+    watched_index_[i] = static_cast<int>(watched_.size());
     watched_.push_back(std::move(w));
   }
+  graph_.set_forward_observer([this](std::size_t node, const Tensor& out, const Context& context) {
+    if (armed_ && context.training) observe(node, out);
+  });
+}
+
+StepDiagnostics::~StepDiagnostics() { graph_.set_forward_observer({}); }
+
+void StepDiagnostics::observe(std::size_t node, const Tensor& out) {
+  if (node >= watched_index_.size() || watched_index_[node] < 0) return;
+  Watched& w = watched_[static_cast<std::size_t>(watched_index_[node])];
+  w.activation_mean = w.activation_std = kNaN;
+  if (out.numel() > 0) {
+    double sum = 0;
+    for (float v : out.span()) sum += v;
+    const double mean = sum / static_cast<double>(out.numel());
+    double squares = 0;
+    for (float v : out.span()) squares += (v - mean) * (v - mean);
+    w.activation_mean = mean;
+    w.activation_std = std::sqrt(squares / static_cast<double>(out.numel()));
+  }
+  w.dead_fraction = graph_.layer(node).has_dead_units() ? dead_unit_fraction(out) : kNaN;
 }
 
 void StepDiagnostics::before_step() {
+  armed_ = false;
   for (Watched& w : watched_) {
     const Layer& layer = graph_.layer(w.node);
     LayerDiagnostics& r = w.result;
-    r = LayerDiagnostics{graph_.name(w.node), std::string(layer.type()), kNaN, kNaN, kNaN, kNaN,
-                         kNaN, kNaN, layer.has_dead_units()};
-    const Tensor& out = graph_.activation(graph_.name(w.node));
-    if (out.numel() > 0) {
-      double sum = 0;
-      for (float v : out.span()) sum += v;
-      const double mean = sum / static_cast<double>(out.numel());
-      double squares = 0;
-      for (float v : out.span()) squares += (v - mean) * (v - mean);
-      r.activation_mean = mean;
-      r.activation_std = std::sqrt(squares / static_cast<double>(out.numel()));
-    }
-    if (r.has_dead_units) r.dead_fraction = dead_unit_fraction(out);
+    r = LayerDiagnostics{graph_.name(w.node),
+                         std::string(layer.type()),
+                         kNaN,
+                         kNaN,
+                         kNaN,
+                         w.activation_mean,
+                         w.activation_std,
+                         w.dead_fraction,
+                         layer.has_dead_units()};
+    w.activation_mean = w.activation_std = w.dead_fraction = kNaN;
     if (w.params.empty()) continue;
     double grad = 0, weight = 0;
     for (std::size_t p = 0; p < w.params.size(); ++p) {

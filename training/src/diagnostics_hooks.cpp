@@ -14,9 +14,13 @@ class DiagnosticsHook : public TrainingHook {
  public:
   explicit DiagnosticsHook(Run& run) : run_(run), diagnostics_(*run.experiment.graph) {}
 
+  // The activations are measured during the forward of a measured step: armed before it.
+  void on_run_start(const RunStartEvent& e) override {
+    diagnostics_.watch_forward(measures(e.iteration + 1));
+  }
+
   void on_gradients(const StepEvent& e) override {
-    const int64_t every = run_.experiment.train.diagnostics_every;
-    measuring_ = every > 0 && e.iteration % every == 0;
+    measuring_ = measures(e.iteration);
     if (measuring_) diagnostics_.before_step();
   }
 
@@ -27,6 +31,7 @@ class DiagnosticsHook : public TrainingHook {
       record_diagnostics(history, e.iteration, results);
       summary_.add(results);
     }
+    diagnostics_.watch_forward(measures(e.iteration + 1));
     const int64_t log_every = run_.experiment.train.log_every;
     if (log_every > 0 && e.iteration % log_every == 0) {
       history["iterations/iteration"].push_back(static_cast<double>(e.iteration));
@@ -38,6 +43,12 @@ class DiagnosticsHook : public TrainingHook {
         history["iterations/grad_norm"].push_back(e.grad_norm);
       }
     }
+  }
+
+  // Whether the step with this (1-based) iteration is measured: every train.diagnostics_every.
+  bool measures(int64_t iteration) const {
+    const int64_t every = run_.experiment.train.diagnostics_every;
+    return every > 0 && iteration % every == 0;
   }
 
   void on_epoch_end(const EpochReport& report) override {

@@ -82,7 +82,7 @@ void check_memory(const Graph& graph, int64_t batch_size, int64_t eval_batch, co
   // largest batch it will see, in long double so that absurd settings cannot overflow; then the
   // parameters with gradients and up to two optimizer slots.
   const int64_t batch = std::max(batch_size, eval_batch);
-  const Graph::Memory per_image = graph.memory(1);
+  const Graph::Memory per_image = graph.memory(1, OutputRetention::kBackward);
   const long double activations =
       static_cast<long double>(per_image.outputs + per_image.gradients) * batch;
   const long double parameters =

@@ -871,6 +871,8 @@ TrainSummary train_experiment(const Config& experiment_config, const Registries&
     read.emplace(Experiment::read(experiment_config, registries));
   });
   Experiment& experiment = *read;
+  // Training keeps only the outputs a backward reads; the rest share memory (strata/graph.hpp).
+  experiment.graph->set_output_retention(OutputRetention::kBackward);
   TrainOptions options = given_options;
   if (communicator != nullptr && communicator->rank() > 0) options.quiet = true;  // rank 0 speaks
   Run run(experiment, options);

@@ -14,13 +14,18 @@
 // model input. A layer may consume any earlier tensor, and a tensor may feed several layers: the
 // graph sums the gradients flowing back into it.
 //
-// Memory. Every layer's output is kept for the largest batch seen (backward reads them, and
-// activation() returns them). The gradients of the outputs exist only once a backward has run
-// (an inference-only graph never holds any), and they share memory: a gradient is live from the
-// backward step of the last layer reading that tensor to the backward step of the layer that
-// produced it, and the buffers of all of them, with the per-consumer scratch of tensors read by
-// several layers, are placed by lifetime in one arena (strata/memory_plan.hpp). In a chain of
-// layers two gradients are live at a time, whatever the depth. memory() gives the figures for
+// Memory. The layers' outputs are allocated once for the largest batch seen, in one arena. Under
+// OutputRetention::kAll (the default) every output is kept until the next forward, so
+// activation() returns any of them. Training sets kBackward: an output stays only when a backward
+// reads it (Layer::backward_reads_inputs() of a consumer, backward_reads_output() of its
+// producer) or it is the model's output; the others are live from the layer's forward to the
+// last forward reading them, and share memory by lifetime. In a conv, batch norm, relu chain the
+// batch norm outputs then all share one buffer. The gradients of the outputs exist only once a
+// backward has run (an inference-only graph never holds any), and they share memory: a gradient is
+// live from the backward step of the last layer reading that tensor to the backward step of the
+// layer that produced it, and the buffers of all of them, with the per-consumer scratch of tensors
+// read by several layers, are placed by lifetime in one arena (strata/memory_plan.hpp). In a chain
+// of layers two gradients are live at a time, whatever the depth. memory() gives the figures for
 // any batch without allocating. Buffers are allocated once for the largest batch seen and reused
 // (a smaller batch gets views), so a step allocates no activation or gradient tensor. It is not
 // allocation-free: layers may allocate scratch (lrn's per-task plane, the params() lists), and
@@ -63,6 +68,12 @@ struct GraphProfile {
 // ENSURES: the graph accepts the result as a layer name (unless another layer has it already).
 // Used where names come from elsewhere (an imported ONNX graph's nodes).
 std::string sanitized_layer_name(std::string name);
+
+// Which layer outputs outlive the forward pass that wrote them (see Memory above).
+enum class OutputRetention {
+  kAll,       // every output, readable through activation() until the next forward
+  kBackward,  // those a backward reads, and the model's output: what training needs
+};
 
 class Graph {
  public:
@@ -118,21 +129,34 @@ class Graph {
   // checking turns it on). input_gradient() is that gradient after the last backward().
   void set_input_gradient(bool wanted) { input_gradient_ = wanted; }
   const Tensor& input_gradient() const;
-  // A layer's output from the last forward().
+  // A layer's output from the last forward(). Under OutputRetention::kBackward, an Error for an
+  // output that was not kept (its memory was reused later in the pass); see set_forward_observer.
   const Tensor& activation(std::string_view layer_name) const;
+  // kAll by default. A change takes effect at the next forward(), which re-plans the outputs (the
+  // outputs of earlier passes are lost).
+  void set_output_retention(OutputRetention retention);
+  OutputRetention output_retention() const { return retention_; }
+  // Whether activation(name of node i) is readable after a forward under the current retention.
+  bool keeps_output(std::size_t i) const;
+  // Called by forward() after each layer's forward with the node's index, its output and the
+  // pass's Context, while set (an empty function detaches it). This is how code that watches
+  // activations (training diagnostics) reads outputs that kBackward does not keep.
+  using ForwardObserver = std::function<void(std::size_t, const Tensor&, const Context&)>;
+  void set_forward_observer(ForwardObserver observer) { observer_ = std::move(observer); }
   // Attaches a profile (sized to size() by the graph) or detaches it (nullptr). The backward time
   // of a layer includes summing its input gradients into tensors read by several layers.
   void set_profile(GraphProfile* profile);
 
-  // What the graph holds for a batch of `batch` images, in bytes: every layer's output, the
-  // gradient arena a backward allocates (output gradients and scratch placed by lifetime), and
-  // the parameters' values and gradients. Layer scratch and kernel workspaces are not included.
+  // What the graph holds for a batch of `batch` images, in bytes, under `retention` (training's is
+  // kBackward): the output arena, the gradient arena a backward allocates (output gradients
+  // and scratch placed by lifetime), and the parameters' values and gradients. Layer scratch and
+  // kernel workspaces are not included.
   struct Memory {
     int64_t outputs = 0, gradients = 0, parameters = 0;
   };
-  Memory memory(int64_t batch) const;
-  // What the graph holds now: outputs for the largest batch seen, and the gradient arena only
-  // once a backward has run (zero for a graph used for inference alone).
+  Memory memory(int64_t batch, OutputRetention retention) const;
+  // What the graph holds now: the output arena for the largest batch seen, and the gradient arena
+  // only once a backward has run (zero for a graph used for inference alone).
   Memory held() const;
   // Whether inference maps each sample on its own (no layer says it mixes_samples_in_inference):
   // then running a batch in smaller pieces gives the same outputs.
@@ -177,6 +201,11 @@ class Graph {
     return producer < 0 ? input_shape_ : nodes_[producer].layer->output_shape();
   }
   void allocate(int64_t batch);
+  // The output arena's buffers for `batch` images, one per node, over forward steps (node i runs
+  // at step i): a kept output (keeps_output) lives to the last step, the others to their last
+  // reader's forward.
+  std::vector<BufferRequest> output_requests(int64_t batch, OutputRetention retention) const;
+  bool keeps_output(std::size_t i, OutputRetention retention) const;
   // The gradient arena's buffers for `batch` images, in this order: the output gradient of each
   // node that needs one, then a scratch per (node, input) whose producer is read by several
   // layers. `slots` (when given) receives, per request, the node and the input index (-1 for an
@@ -196,7 +225,10 @@ class Graph {
   std::vector<std::pair<std::string, int>> aliases_;  // block outputs: name -> node
   int64_t allocated_batch_ = -1;
   int64_t batch_ = -1;  // of the last forward(); -1 before the first (a batch may be empty)
-  // Per node, sized for the largest batch seen: its output.
+  OutputRetention retention_ = OutputRetention::kAll;
+  ForwardObserver observer_;
+  // Per node, sized for the largest batch seen: its output, a view into output_arena_.
+  Tensor output_arena_;
   std::vector<Tensor> outputs_storage_;
   std::vector<Tensor> outputs_;  // views for the current batch
   // Backward's buffers, views into one arena planned by lifetime for gradient_batch_ images: per

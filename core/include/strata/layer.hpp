@@ -198,6 +198,14 @@ class Layer {
   // evaluation may run a batch in pieces of any size, which bounds its memory, and conformance's
   // batch-independence check holds the layer to it.
   virtual bool mixes_samples_in_inference() const { return false; }
+  // What backward() reads besides `dout`: the values of `in` (backward_reads_inputs()) and of
+  // `out` (backward_reads_output()). Shapes may always be read. The graph keeps a tensor from
+  // forward to backward only when some backward reads it, and reuses the memory of the others
+  // (Graph, OutputRetention::kBackward), so a layer that answers no gets tensors of the right
+  // shapes whose values are unspecified. The defaults (yes) are always safe; conformance checks a
+  // layer's no by running its backward again with those tensors overwritten.
+  virtual bool backward_reads_inputs() const { return true; }
+  virtual bool backward_reads_output() const { return true; }
 
   // Describes the layer's inference-mode computation as nodes of the ONNX operator vocabulary
   // (strata/export.hpp), for `strata export`; valid after setup(). Returns false when the layer

@@ -232,14 +232,19 @@ namespace activation {
 // min(max(v, 0), 6) with NaN passing through (every comparison with NaN is false).
 inline float relu6(float v) { return v <= 0.0f ? 0.0f : (v >= 6.0f ? 6.0f : v); }
 
+// Where a derivative can be read off y as exactly as off x, it is (relu, relu6, tanh, sigmoid,
+// leaky_relu with a slope >= 0): the layer's input then need not be kept for backward
+// (derivative_reads_input below, Layer::backward_reads_inputs()).
 struct Relu {  // "x <= 0 ? 0 : x": NaN passes through, as in PyTorch's threshold
   float value(float x) const { return x <= 0.0f ? 0.0f : x; }
-  float derivative(float x, float) const { return x <= 0.0f ? 0.0f : 1.0f; }
+  // y > 0 exactly when x > 0, and y is NaN when x is
+  float derivative(float, float y) const { return y <= 0.0f ? 0.0f : 1.0f; }
 };
 struct LeakyRelu {
   float slope;
   float value(float x) const { return x > 0.0f ? x : slope * x; }
-  float derivative(float x, float) const { return x > 0.0f ? 1.0f : slope; }
+  // With slope >= 0, y > 0 exactly when x > 0 (NaN: both false); a negative slope needs x.
+  float derivative(float x, float y) const { return (slope >= 0.0f ? y : x) > 0.0f ? 1.0f : slope; }
 };
 struct Tanh {
   float value(float x) const { return std::tanh(x); }
@@ -255,7 +260,8 @@ struct Sigmoid {  // exp() never overflows: for x < 0, exp(x) / (1 + exp(x))
 };
 struct Relu6 {  // hardtanh(x, 0, 6): the gradient passes on (0, 6) and for NaN
   float value(float x) const { return relu6(x); }
-  float derivative(float x, float) const { return x <= 0.0f || x >= 6.0f ? 0.0f : 1.0f; }
+  // y is x on (0, 6), 0 at and below 0, 6 at and above 6, NaN for NaN
+  float derivative(float, float y) const { return y <= 0.0f || y >= 6.0f ? 0.0f : 1.0f; }
 };
 struct HardSigmoid {  // clamp(x + 3, 0, 6) times the float 1/6, as PyTorch's vectorized kernel
   float value(float x) const { return relu6(x + 3.0f) * (1.0f / 6.0f); }
@@ -290,6 +296,17 @@ decltype(auto) visit_activation(const ActivationDesc& desc, Body&& body) {
       break;
   }
   return body(Hardswish{});
+}
+
+// Whether desc's derivative reads x (hard_sigmoid, hardswish, leaky_relu with a negative slope)
+// and whether it reads y (the others).
+inline bool derivative_reads_input(const ActivationDesc& desc) {
+  using Kind = ActivationDesc::Kind;
+  return desc.kind == Kind::kHardSigmoid || desc.kind == Kind::kHardswish ||
+         (desc.kind == Kind::kLeakyRelu && !(desc.negative_slope >= 0.0f));
+}
+inline bool derivative_reads_output(const ActivationDesc& desc) {
+  return !derivative_reads_input(desc);
 }
 
 // y[i] = f(x[i]) and dx[i] = dy[i] * f'(x[i], y[i]) for i in [lo, hi): the loops every activation

@@ -36,7 +36,9 @@ namespace strata {
 //    Conv2dDesc and GemmDesc carry a Precision, SetupContext::precision(); the softmax, lrn and
 //    global_avg_pool kernels; plugins built once per ISA (strata/isa.hpp) export
 //    strata_plugin_variant.
-inline constexpr int kPluginApi = 7;
+// 8: Layer::backward_reads_inputs() and backward_reads_output(), which let training reuse the
+//    memory of outputs no backward reads (Graph, OutputRetention).
+inline constexpr int kPluginApi = 8;
 
 class Registries;
 

@@ -19,6 +19,9 @@
 //   nan          an all-NaN sample gives NaN outputs (as in PyTorch) on every backend, in both
 //                modes, and does not leak into the other sample (unless the layer mixes samples
 //                in training, as batch_norm does);
+//   reads        a layer that says its backward does not read its inputs' or output's values
+//                (Layer::backward_reads_inputs()/backward_reads_output()) computes bit-identical
+//                gradients with those tensors overwritten, on every backend;
 //   checkpoint   parameters and buffers survive save_checkpoint/load_checkpoint_tensors into a
 //                fresh layer, which then computes a bit-identical output.
 // Tolerances and the reasoning behind them are documented beside each check in conformance.cpp.
@@ -56,7 +59,7 @@ struct ConformanceCase {
 std::ostream& operator<<(std::ostream& os, const ConformanceCase& layer_case);
 
 struct CheckResult {
-  std::string check;   // "shapes", "gradients", "backends", "batch", "nan", "checkpoint"
+  std::string check;  // "shapes", "gradients", "backends", "batch", "nan", "reads", "checkpoint"
   bool passed = false;
   std::string detail;  // what failed, or what was checked ("312 elements", "tbb")
 };
@@ -69,11 +72,12 @@ CheckResult check_backends_agree(const Registries& registries, const Conformance
 CheckResult check_batch_independence(const Registries& registries,
                                      const ConformanceCase& layer_case);
 CheckResult check_nan_propagates(const Registries& registries, const ConformanceCase& layer_case);
+CheckResult check_backward_reads(const Registries& registries, const ConformanceCase& layer_case);
 // Writes its checkpoint into `scratch_dir`, which must exist.
 CheckResult check_checkpoint_round_trip(const Registries& registries,
                                         const ConformanceCase& layer_case,
                                         const std::filesystem::path& scratch_dir);
-// All six, in the order above.
+// All seven, in the order above.
 std::vector<CheckResult> run_conformance(const Registries& registries,
                                          const ConformanceCase& layer_case,
                                          const std::filesystem::path& scratch_dir);

@@ -45,11 +45,24 @@ inline constexpr double kDeadFractionHigh = 0.5;
 double dead_unit_fraction(const Tensor& activation);
 
 // One measurement around one optimizer step.
+//
+// The activation statistics are taken while the forward runs (a Graph forward observer), since
+// training keeps only the outputs a backward reads (OutputRetention::kBackward): arm with
+// watch_forward(true) before the step's forward. Only training forwards (Context::training) are
+// measured, so an evaluation in between does not count; the last one before before_step() does.
 class StepDiagnostics {
  public:
+  // Attaches a forward observer to `graph` (detached by the destructor).
   explicit StepDiagnostics(Graph& graph);
-  // After forward() and backward(), before the optimizer step: reads activations and gradients,
-  // and copies the weights.
+  ~StepDiagnostics();
+  StepDiagnostics(const StepDiagnostics&) = delete;
+  StepDiagnostics& operator=(const StepDiagnostics&) = delete;
+
+  // Whether the training forwards from now on measure the watched layers' activations.
+  void watch_forward(bool on) { armed_ = on; }
+  // After forward() and backward(), before the optimizer step: takes the activation statistics
+  // measured since watch_forward(true) (NaN when none was), reads the gradients, copies the
+  // weights, and disarms.
   void before_step();
   // After the step: the update ratios. Returns one entry per watched layer, in graph order.
   std::vector<LayerDiagnostics> after_step();
@@ -60,9 +73,13 @@ class StepDiagnostics {
     std::vector<Param*> params;
     std::vector<Tensor> before;
     LayerDiagnostics result;
+    double activation_mean, activation_std, dead_fraction;  // from the last measured forward
   };
+  void observe(std::size_t node, const Tensor& out);
   Graph& graph_;
   std::vector<Watched> watched_;
+  std::vector<int> watched_index_;  // per node: its index in watched_, or -1
+  bool armed_ = false;
 };
 
 // Appends `results` at `iteration` to a history: "diagnostics/iteration" and
