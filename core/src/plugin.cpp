@@ -171,6 +171,12 @@ void PluginLoader::load_file(const fs::path& file) {
           "it, every other plugin only needs a rebuild; see docs/writing-a-plugin.md, \"Plugin "
           "API version\")";
     }
+    if (info->api <= 7) {
+      changes +=
+          " (API 8: Conv2dKernel gains arithmetic(), the multiply-adds each pass performs, which "
+          "changes its vtable, so every plugin must be rebuilt; no source change is needed; see "
+          "docs/writing-a-plugin.md, \"Plugin API version\")";
+    }
     fail("plugin {}: built for plugin API version {}, but this Strata supports version {}{}; "
          "rebuild the plugin against this Strata",
          canonical.string(), info->api, kPluginApi, changes);

@@ -36,7 +36,9 @@ namespace strata {
 //    Conv2dDesc and GemmDesc carry a Precision, SetupContext::precision(); the softmax, lrn and
 //    global_avg_pool kernels; plugins built once per ISA (strata/isa.hpp) export
 //    strata_plugin_variant.
-inline constexpr int kPluginApi = 7;
+// 8: Conv2dKernel::arithmetic(), the multiply-adds each pass performs (a new virtual function
+//    changes every conv2d kernel's vtable; the default needs no source change).
+inline constexpr int kPluginApi = 8;
 
 class Registries;
 
