@@ -778,8 +778,8 @@ def print_roofline(rows, peak, precision):
             continue
         method = row["method"] if row["pass"] != "total" else ""
         print(f"     {names[row['pass']]:18} {method:>11} {row['direct_gflops']:14.1f} "
-              f"{row['actual_gflops']:7.1f} {100 * row['direct_fraction']:12.0f}% "
-              f"{100 * row['actual_fraction']:6.0f}% {row['ms_above_roofline']:9.1f} "
+              f"{row['actual_gflops']:7.1f} {100 * row['direct_fraction']:12.1f}% "
+              f"{100 * row['actual_fraction']:6.1f}% {row['ms_above_roofline']:9.1f} "
               f"{row['spread']:5.0f}%")
 
 
@@ -793,9 +793,10 @@ def roofline_section(args, results):
     precisions = ("fp32", "bf16")
     runs = {p: {s[0]: [] for s in shapes} for p in precisions}
     peaks_seen = {p: [] for p in precisions}
-    loads = []
+    loads, others = [], []
     for r in range(args.repeats):
         start_round(args, "roofline", r, loads)
+        share = CpuShare()
         peaks = strata_peaks(args.build, args.threads, args.peak_size)
         bf16 = ("none (no bf16 products)" if peaks["bf16"] is None
                 else f"{peaks['bf16']:.1f} GFLOP/s")
@@ -810,9 +811,12 @@ def roofline_section(args, results):
                     continue
                 runs[p][shape[0]].append(strata_roofline(args.build, shape, args.threads, iters,
                                                          warm, p, peaks))
+        others.append(share.stop()[2])
+        print(f"   (the rest of the machine used {others[-1]:.1f} cores during the round)",
+              flush=True)
     out = {"peaks": {p: max(v) if v else None for p, v in peaks_seen.items()},
            "peak_rounds": peaks_seen, "peak_size": args.peak_size, "rows": [],
-           "load_averages": loads}
+           "load_averages": loads, "others_cores": others}
     for p in precisions:
         peak = out["peaks"][p]
         if peak is None:
@@ -826,7 +830,7 @@ def roofline_section(args, results):
         low = min(timed, key=lambda row: row["actual_fraction"])
         most = max(timed, key=lambda row: row["ms_above_roofline"])
         print(f"   farthest from the roofline: {low['shape']}, {low['pass']} ({low['method']}, "
-              f"{low['precision']}) at {100 * low['actual_fraction']:.0f}% of the peak")
+              f"{low['precision']}) at {100 * low['actual_fraction']:.1f}% of the peak")
         print(f"   the most time above it: {most['shape']}, {most['pass']} ({most['method']}, "
               f"{most['precision']}), {most['ms_above_roofline']:.1f} ms")
         out["farthest"], out["most_time_above"] = low, most
@@ -834,7 +838,8 @@ def roofline_section(args, results):
           f"pass; actual: the kernel's own arithmetic (Conv2dKernel::arithmetic()); % peak: of the "
           f"precision's best peak over the rounds; ms above: the pass's best time less its actual "
           f"flops at the peak; spread: (best - worst) / best of the rounds; load average "
-          f"{load_range(loads)})\n", flush=True)
+          f"{load_range(loads)}; the rest of the machine used up to {max(others, default=0):.1f} "
+          f"cores in a round)\n", flush=True)
     results["roofline"] = out
 
 
