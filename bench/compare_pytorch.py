@@ -1,6 +1,7 @@
 """Strata against PyTorch, side by side in one run, on this machine (issues 9 and 18's instruments).
 
-Five tables, each with the ratio Strata / PyTorch (higher is better for Strata, except memory):
+Six tables, the first five with the ratio Strata / PyTorch (higher is better for Strata, except
+memory):
   1. conv2d forward + backward (data and weights) GFLOP/s for seven layer shapes;
   2. training images/s (forward, loss, backward, SGD step) on synthetic data of each net's input
      shape at its batch size: LeNet-5, the CIFAR-style VGG net, a small ResNet, ResNet-20 and a
@@ -9,7 +10,11 @@ Five tables, each with the ratio Strata / PyTorch (higher is better for Strata, 
      own, under /usr/bin/time, so neither counts the other);
   4. speed-up from 1 to 2 threads on the 32x32 workloads;
   5. `strata train` against `strata bench` on experiments/resnet_fashion.yaml (Fashion-MNIST):
-     the training loop's own overhead beyond the step.
+     the training loop's own overhead beyond the step;
+  6. the roofline (Strata alone): table 1's conv shapes in fp32 and bf16, each pass's GFLOP/s
+     counted as direct convolution and as the arithmetic the kernel does (Winograd's fewer
+     products and its transforms), as a share of this machine's fp32 and bf16 GEMM peak, which
+     conv_bench measures at the start of every round.
 
 PyTorch at its best: every PyTorch figure is timed in both memory layouts, NCHW (the default) and
 channels_last (model and input `.to(memory_format=torch.channels_last)`, the faster layout for
@@ -26,7 +31,8 @@ shapes, nn.Module + torch.optim.SGD for training). The two nets of each workload
 parameter count, printed for both (`--check` compares them without timing anything).
 
 usage: /usr/bin/python3 bench/compare_pytorch.py [--build build] [--repeats 5] [--quick]
-           [--only conv,train,memory,threads,loop] [--workloads resnet18,googlenet] [--json FILE]
+           [--only conv,train,memory,threads,loop,roofline] [--workloads resnet18,googlenet]
+           [--json FILE]
        /usr/bin/python3 bench/compare_pytorch.py --check [--workloads ...]   (no timing)
        /usr/bin/python3 bench/compare_pytorch.py --list
 """
@@ -111,6 +117,13 @@ LOOP_SETS = ("train.epochs=2", "data.train_limit=3300", "data.validation=300",
              "data.test_limit=100")
 
 TARGETS = {"conv": 1.2, "conv3x3": 1.5, "memory": 0.5, "threads": 1.8, "loop_overhead": 0.10}
+
+# Table 6's peak: the backend's fp32 and bf16 GEMM on a PEAK_SIZE^3 product, best of PEAK_RUNS
+# after one warm-up (conv_bench --roofline measures its own peak the same way).
+PEAK_SIZE = 2048
+PEAK_RUNS = 3
+ROOFLINE_PASSES = (("forward", "forward"), ("backward_data", "backward data"),
+                   ("backward_params", "backward weights"), ("total", "all three"))
 
 
 # ---- PyTorch side -----------------------------------------------------------------------------
@@ -284,13 +297,47 @@ def torch_conv(shape, threads, iterations, warmup, layout):
 
 def strata_conv(build, shape, threads, iterations, warmup):
     _, n, c, h, w, k, f, stride, pad, dil, groups = shape
-    spec = ",".join(str(v) for v in (n, c, h, w, k, f, f, stride, pad, dil, groups))
-    cmd = [os.path.join(build, "bin", "conv_bench"), "--shape", spec, "--threads", str(threads),
+    cmd = [os.path.join(build, "bin", "conv_bench"), "--shape", conv_spec(shape), "--threads",
+           str(threads),
            "--iterations", str(iterations), "--warmup", str(warmup)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"conv_bench failed: {' '.join(cmd)}\n{out.stderr}")
     return json.loads(out.stdout)["gflops"]
+
+
+def conv_spec(shape):
+    _, n, c, h, w, k, f, stride, pad, dil, groups = shape
+    return ",".join(str(v) for v in (n, c, h, w, k, f, f, stride, pad, dil, groups))
+
+
+def strata_peaks(build, threads, size):
+    """This machine's GEMM peak, GFLOP/s, on a size^3 product: {"fp32": .., "bf16": .. or None
+    (no bf16 products)}."""
+    size = ",".join([str(size)] * 3)
+    cmd = [os.path.join(build, "bin", "conv_bench"), "--gemm", size, "--threads", str(threads),
+           "--iterations", str(PEAK_RUNS), "--warmup", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"conv_bench failed: {' '.join(cmd)}\n{out.stderr}")
+    data = json.loads(out.stdout)
+    return {"fp32": data["fp32_gflops"], "bf16": data["bf16_gflops"]}
+
+
+def strata_roofline(build, shape, threads, iterations, warmup, precision, peaks):
+    """conv_bench --roofline of one shape in `precision`, against the peaks given: its "roofline"
+    object, or the error conv_bench printed (a string) when it cannot run the shape."""
+    cmd = [os.path.join(build, "bin", "conv_bench"), "--shape", conv_spec(shape), "--threads",
+           str(threads), "--iterations", str(iterations), "--warmup", str(warmup), "--precision",
+           precision, "--roofline"]
+    for name, value in peaks.items():
+        if value:
+            cmd += [f"--peak-{name}", f"{value:.6g}"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines()
+        return lines[-1] if lines else f"exit status {out.returncode}"
+    return json.loads(out.stdout)["roofline"]
 
 
 class ChildFailed(Exception):
@@ -684,16 +731,130 @@ def loop_section(args, results, missed):
                        "run_rounds": whole_runs, "load_averages": loads}
 
 
+def shape_label(shape):
+    label, n, c, h, w, k, f, stride, pad, dil, groups = shape
+    return f"{label}: ({n}, {c}, {h}x{w}, {k}, {f}x{f}, {stride}, {pad}, {dil}, {groups})"
+
+
+def roofline_rows(shapes, runs, peak, precision):
+    """Table 6's rows of one precision from every round's conv_bench runs: per shape and pass the
+    best round's seconds, the GFLOP/s and fractions of `peak` both ways, and the milliseconds
+    above the roofline (the pass's time less its actual flops at the peak)."""
+    rows = []
+    for shape in shapes:
+        rounds = runs[shape[0]]
+        refused = next((r for r in rounds if isinstance(r, str)), None)
+        if refused is not None:
+            rows.append({"shape": shape_label(shape), "precision": precision, "refused": refused})
+            continue
+        for key, _ in ROOFLINE_PASSES:
+            times = [r["passes"][key]["seconds"] for r in rounds]
+            first = rounds[0]["passes"][key]
+            seconds = min(times)
+            direct = first["direct_flops"] / seconds * 1e-9
+            actual = first["actual_flops"] / seconds * 1e-9
+            rows.append({"shape": shape_label(shape), "precision": precision, "pass": key,
+                         "method": first["method"], "seconds": seconds, "direct_gflops": direct,
+                         "actual_gflops": actual, "direct_fraction": direct / peak,
+                         "actual_fraction": actual / peak,
+                         "ms_above_roofline": 1e3 * (seconds - first["actual_flops"] / peak * 1e-9),
+                         "spread": spread([1 / t for t in times]), "rounds_seconds": times})
+    return rows
+
+
+def print_roofline(rows, peak, precision):
+    print(f"   {precision}, against the {precision} peak of {peak:.1f} GFLOP/s:")
+    print(f"   {'shape (N, C, HxW, K, filter, stride, pad, dilation, groups) / pass':20}")
+    print(f"     {'':18} {'method':>11} {'GFLOP/s direct':>14} {'actual':>7} "
+          f"{'% peak direct':>13} {'actual':>7} {'ms above':>9} {'spread':>6}")
+    names = dict(ROOFLINE_PASSES)
+    shape = None
+    for row in rows:
+        if row["shape"] != shape:
+            shape = row["shape"]
+            print(f"   {shape}")
+        if "refused" in row:
+            print(f"     refused in {precision}: {row['refused']}")
+            continue
+        method = row["method"] if row["pass"] != "total" else ""
+        print(f"     {names[row['pass']]:18} {method:>11} {row['direct_gflops']:14.1f} "
+              f"{row['actual_gflops']:7.1f} {100 * row['direct_fraction']:12.1f}% "
+              f"{100 * row['actual_fraction']:6.1f}% {row['ms_above_roofline']:9.1f} "
+              f"{row['spread']:5.0f}%")
+
+
+def roofline_section(args, results):
+    """Table 6: table 1's shapes in fp32 and bf16 against the GEMM peaks, Strata alone."""
+    iters, warm = (2, 1) if args.quick else (5, 2)
+    chosen = [int(i) for i in args.shapes.split(",")] if args.shapes else range(len(CONV_SHAPES))
+    shapes = [CONV_SHAPES[i] for i in chosen]
+    print(f"6. the roofline: conv2d against this machine's GEMM peak ({args.peak_size}^3, best of "
+          f"{PEAK_RUNS}), {args.threads} threads")
+    precisions = ("fp32", "bf16")
+    runs = {p: {s[0]: [] for s in shapes} for p in precisions}
+    peaks_seen = {p: [] for p in precisions}
+    loads, others = [], []
+    for r in range(args.repeats):
+        start_round(args, "roofline", r, loads)
+        share = CpuShare()
+        peaks = strata_peaks(args.build, args.threads, args.peak_size)
+        bf16 = ("none (no bf16 products)" if peaks["bf16"] is None
+                else f"{peaks['bf16']:.1f} GFLOP/s")
+        print(f"   peak fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {bf16}", flush=True)
+        for p in precisions:
+            if peaks[p] is not None:
+                peaks_seen[p].append(peaks[p])
+        for shape in shapes:
+            for p in precisions:
+                if peaks[p] is None:
+                    runs[p][shape[0]].append(f"no {p} products on this CPU")
+                    continue
+                runs[p][shape[0]].append(strata_roofline(args.build, shape, args.threads, iters,
+                                                         warm, p, peaks))
+        others.append(share.stop()[2])
+        print(f"   (the rest of the machine used {others[-1]:.1f} cores during the round)",
+              flush=True)
+    out = {"peaks": {p: max(v) if v else None for p, v in peaks_seen.items()},
+           "peak_rounds": peaks_seen, "peak_size": args.peak_size, "rows": [],
+           "load_averages": loads, "others_cores": others}
+    for p in precisions:
+        peak = out["peaks"][p]
+        if peak is None:
+            print(f"   {p}: no {p} products on this CPU\n")
+            continue
+        rows = roofline_rows(shapes, runs[p], peak, p)
+        print_roofline(rows, peak, p)
+        out["rows"] += rows
+    timed = [row for row in out["rows"] if "refused" not in row and row["pass"] != "total"]
+    if timed:
+        low = min(timed, key=lambda row: row["actual_fraction"])
+        most = max(timed, key=lambda row: row["ms_above_roofline"])
+        print(f"   farthest from the roofline: {low['shape']}, {low['pass']} ({low['method']}, "
+              f"{low['precision']}) at {100 * low['actual_fraction']:.1f}% of the peak")
+        print(f"   the most time above it: {most['shape']}, {most['pass']} ({most['method']}, "
+              f"{most['precision']}), {most['ms_above_roofline']:.1f} ms")
+        out["farthest"], out["most_time_above"] = low, most
+    print(f"   (direct: flops counted as direct convolution, 2 N K C/groups R S out_h out_w a "
+          f"pass; actual: the kernel's own arithmetic (Conv2dKernel::arithmetic()); % peak: of the "
+          f"precision's best peak over the rounds; ms above: the pass's best time less its actual "
+          f"flops at the peak; spread: (best - worst) / best of the rounds; load average "
+          f"{load_range(loads)}; the rest of the machine used up to {max(others, default=0):.1f} "
+          f"cores in a round)\n", flush=True)
+    results["roofline"] = out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
-    parser.add_argument("--only", default="conv,train,memory,threads,loop",
-                        help="tables to run: conv, train (and memory, the same runs), threads, loop")
+    parser.add_argument("--only", default="conv,train,memory,threads,loop,roofline",
+                        help="tables to run: conv, train (and memory, the same runs), threads, "
+                             "loop, roofline")
     parser.add_argument("--shapes", default="",
-                        help="conv shapes to run: indices into the list, comma-separated (all)")
+                        help="conv shapes of tables 1 and 6 to run: indices into the list, "
+                             "comma-separated (all)")
     parser.add_argument("--workloads", default=",".join(WORKLOADS),
                         help=f"training workloads to run, comma-separated (all: "
                              f"{','.join(WORKLOADS)})")
@@ -710,6 +871,8 @@ def main():
                         help="before each round, wait until the rest of the machine uses fewer "
                              "than CORES CPUs (over 3 s), at most --patience seconds")
     parser.add_argument("--patience", type=float, default=120)
+    parser.add_argument("--peak-size", type=int, default=PEAK_SIZE, metavar="M",
+                        help=f"table 6's peak: an M x M x M GEMM (default {PEAK_SIZE})")
     parser.add_argument("--json", help="also write every measurement to this file")
     parser.add_argument("--torch-child", help=argparse.SUPPRESS)
     parser.add_argument("--layout", default="nchw", choices=LAYOUTS, help=argparse.SUPPRESS)
@@ -746,24 +909,34 @@ def main():
     if args.check:
         return check_workloads(args.build, names)
 
-    import torch
     parts = set(args.only.split(","))
+    tables = {"conv", "train", "memory", "threads", "loop", "roofline"}
+    if not parts <= tables:
+        parser.error(f"--only {args.only}: unknown table {', '.join(sorted(parts - tables))} "
+                     f"(known: {', '.join(sorted(tables))})")
+    # PyTorch only where a table times it (the loop and the roofline are Strata's alone).
+    torch = None
+    if parts & {"conv", "train", "memory", "threads"}:
+        import torch
+    version = torch.__version__ if torch else "(not run)"
     t = args.threads
     # Where, when and how this was measured: bench/render_docs.py prints it above every figure
     # it puts into the docs.
     from render_docs import machine
-    results = {"threads": t, "repeats": args.repeats, "torch": torch.__version__,
+    results = {"threads": t, "repeats": args.repeats, "torch": version,
                "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
                "command": " ".join(["bench/compare_pytorch.py"] + sys.argv[1:]),
                "load_average": os.getloadavg()[0], "quick": args.quick}
-    print(f"Strata vs PyTorch {torch.__version__}, {t} threads, best of {args.repeats} "
+    print(f"Strata vs PyTorch {version}, {t} threads, best of {args.repeats} "
           f"alternating rounds{' (quick)' if args.quick else ''}")
     results["strata_backend"] = strata_backend_description(args.build)
     results["cpu"] = f"{cpu_model()}, {os.cpu_count()} cores"
     print(f"CPU: {results['cpu']}; load average {os.getloadavg()[0]:.2f} at the start")
     print(f"Strata: backend tbb, {results['strata_backend']}")
-    print(f"PyTorch: oneDNN (MKL-DNN) {'on' if torch.backends.mkldnn.is_available() else 'off'}, "
-          f"timed in NCHW and in channels_last\n", flush=True)
+    if torch is not None:
+        print(f"PyTorch: oneDNN (MKL-DNN) {'on' if torch.backends.mkldnn.is_available() else 'off'}"
+              f", timed in NCHW and in channels_last", flush=True)
+    print(flush=True)
     missed = []
     if "conv" in parts:
         conv_section(args, results, missed)
@@ -773,6 +946,8 @@ def main():
         threads_section(args, names, results, missed)
     if "loop" in parts:
         loop_section(args, results, missed)
+    if "roofline" in parts:
+        roofline_section(args, results)
 
     print("missed targets: " + ("none" if not missed else "\n  " + "\n  ".join(missed)))
     results["missed"] = missed

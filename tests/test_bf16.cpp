@@ -449,6 +449,34 @@ BOOST_AUTO_TEST_CASE(conv2d_refused_without_the_cpu_feature) {
       message);
 }
 
+// The bf16 kernel's arithmetic per image (Conv2dKernel::arithmetic(), conv_bench's roofline):
+// direct convolution's count, but for backward_data, which with stride 1 correlates the padded dy
+// with the flipped weights over every dx position (C * K * R * S * H * W), and otherwise adds
+// col2im's additions to W^T dy's direct count. Needs the CPU feature (prepare refuses without).
+BOOST_AUTO_TEST_CASE(conv2d_arithmetic) {
+  if (!cpu_has_bf16()) {
+    BOOST_TEST_MESSAGE("no AVX512-BF16 on this CPU: the bf16 kernel's arithmetic is not checked");
+    return;
+  }
+  // Stride 1, no padding, 8x8 -> 6x6: 6 * 4 * 9 * 36 products forward and for the weights;
+  // backward_data 4 * 6 * 9 * 64.
+  const auto unit = registries().kernels.pick<Conv2dKernel>(
+      "conv2d", "tbb", bf16_conv({1, 4, 8, 8, 6, 3, 3, 1, 1, 0, 0, 1, 1, 1}), "t");
+  BOOST_TEST_REQUIRE(unit->implementation() == "bf16_gemm");
+  const strata::Conv2dArithmetic a = unit->arithmetic();
+  BOOST_TEST((a.forward == strata::Conv2dPassArithmetic{7776, 0}));
+  BOOST_TEST((a.backward_data == strata::Conv2dPassArithmetic{13824, 0}));
+  BOOST_TEST((a.backward_params == strata::Conv2dPassArithmetic{7776, 0}));
+  // Stride 2, padding 1, 7x7 -> 4x4: 70 * 36 * 16 products a pass, and col2im adds the 10 of 12
+  // (tap, output) pairs per axis that read real pixels: 4 * 10 * 10.
+  const auto strided = registries().kernels.pick<Conv2dKernel>(
+      "conv2d", "tbb", bf16_conv({1, 4, 7, 7, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1}), "t");
+  const strata::Conv2dArithmetic b = strided->arithmetic();
+  BOOST_TEST((b.forward == strata::Conv2dPassArithmetic{40320, 0}));
+  BOOST_TEST((b.backward_data == strata::Conv2dPassArithmetic{40320, 400}));
+  BOOST_TEST((b.backward_params == strata::Conv2dPassArithmetic{40320, 0}));
+}
+
 namespace {
 
 // A small model with a conv2d (3x3, padded), batch norm, relu, pooling and linear layers.

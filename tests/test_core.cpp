@@ -398,14 +398,15 @@ BOOST_AUTO_TEST_CASE(wrong_api_version_is_refused_before_registration) {
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_6.so"); });
   STRATA_CHECK_CONTAINS(api6, "built for plugin API version 6, but this Strata supports version 8");
   STRATA_CHECK_CONTAINS(api6, "became normalize(x, center, scale, shift, y)");
+  BOOST_TEST(api6.find("implementation()") == std::string::npos);
   STRATA_CHECK_CONTAINS(api6, "API 8: Layer gains backward_reads_inputs()");
-  // A plugin of API 7 is told only about the layer traits.
+  // A plugin of API 7 is told only about the layer traits and the conv2d kernel's arithmetic().
   const std::string api7 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_7.so"); });
   STRATA_CHECK_CONTAINS(api7, "built for plugin API version 7, but this Strata supports version 8");
   STRATA_CHECK_CONTAINS(api7, "API 8: Layer gains backward_reads_inputs()");
+  STRATA_CHECK_CONTAINS(api7, "Conv2dKernel gains arithmetic()");
   BOOST_TEST(api7.find("API 7:") == std::string::npos);
-  BOOST_TEST(api6.find("implementation()") == std::string::npos);
   BOOST_TEST(loader.plugins().empty());
 }
 

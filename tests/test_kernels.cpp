@@ -17,6 +17,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <ostream>
 #include <random>
 #include <string>
 #include <typeinfo>
@@ -27,6 +28,13 @@
 #include "strata/ops.hpp"
 #include "strata/registry.hpp"
 #include "test_support.hpp"
+
+// For BOOST_TEST's message when two conv2d arithmetic counts differ.
+namespace strata {
+std::ostream& operator<<(std::ostream& out, const Conv2dPassArithmetic& a) {
+  return out << "{multiply_adds " << a.multiply_adds << ", other_flops " << a.other_flops << "}";
+}
+}  // namespace strata
 
 namespace {
 
@@ -1080,6 +1088,99 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(31, 9, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2, direct_small},  // 31 channels: not
   };
   check_paths(cases, rng);
+}
+
+// Conv2dKernel::arithmetic(), what conv_bench's roofline divides by the time: per image and pass,
+// the multiply-adds and the other flops (Conv2dPassArithmetic), computed here by hand for shapes
+// that reach each method of the tbb kernel (its path is asserted too, so a retuned threshold
+// that moves a shape shows up here rather than as a wrong expectation).
+struct ArithmeticCase {
+  Conv2dDesc desc;
+  std::string path;
+  strata::Conv2dArithmetic expected;
+};
+
+BOOST_AUTO_TEST_CASE(conv2d_arithmetic_per_method) {
+  BOOST_TEST_REQUIRE(registries().kernels.contains("conv2d", "tbb"));
+  const std::vector<ArithmeticCase> cases = {
+      // F(4x4) forward and backward_data, F(2x2) weight gradient; 72 channels (too many for
+      // direct), 40 filters, 16x16: 4x4 tiles of 4x4 (16), 8x8 tiles of 2x2 (64).
+      //   forward: 36 * 72 * 40 * 16 products; transforms 16 * (72 * 252 + 40 * 130)
+      //   backward_data: channels and filters swapped: 16 * (40 * 252 + 72 * 130)
+      //   backward_params: 16 * 72 * 40 * 64 products; transforms 64 * (72 * 32 + 40 * 18)
+      {conv_desc(72, 16, 16, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1),
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23",
+       {{1658880, 373504}, {1658880, 311040}, {2949120, 193536}}},
+      // F(2x2) everywhere, 9x11: 5x6 tiles (30), the last row and column of tiles half outside.
+      //   16 * 72 * 40 * 30 products each; transforms 30 * (72 * 32 + 40 * 24),
+      //   30 * (40 * 32 + 72 * 24) and 30 * (72 * 32 + 40 * 18)
+      {conv_desc(72, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1),
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23",
+       {{1382400, 97920}, {1382400, 90240}, {1382400, 90720}}},
+      // Dilation 2 as 4 polyphase components of 17x18 each: F(4x4) 5x5 tiles (100 per image),
+      // F(2x2) 9x9 (324 per image). 36 * 32 * 32 * 100 products, transforms 100 * 32 * (252 +
+      // 130); 16 * 32 * 32 * 324 products, transforms 324 * 32 * (32 + 18).
+      {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1),
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23",
+       {{3686400, 1222400}, {3686400, 1222400}, {5308416, 518400}}},
+      // LeNet's conv2: the direct kernels over the wide output, 14 columns a row (9 rows of 14,
+      // then 10): 16 * 150 * 136; the weight gradient every wide row: 16 * 150 * 10 * 14;
+      // backward_data ("small") the direct 16 * 150 * 100 plus col2im's 6 * 50 * 50 additions
+      // (no padding: every tap of every output reads a real pixel).
+      {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1),
+       "fwd=direct bwd_data=small bwd_weights=direct",
+       {{326400, 0}, {240000, 15000}, {336000, 0}}},
+      // Direct backward_data: 20x20 padded to 22x22, dy padded to 22x22: 8 * 108 * (19 * 22 + 20)
+      // both ways, 8 * 108 * 20 * 22 for the weight gradient.
+      {conv_desc(12, 20, 20, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1),
+       "fwd=direct bwd_data=direct bwd_weights=direct",
+       {{378432, 0}, {378432, 0}, {380160, 0}}},
+      // im2col + GEMM, stride 2, padding 1: 70 * 36 * 16 products a pass; col2im adds the taps that
+      // read real pixels, 10 of the 12 (tap, output) pairs along each axis: 4 * 10 * 10.
+      {conv_desc(4, 7, 7, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1),
+       "fwd=blas bwd_data=blas bwd_weights=blas",
+       {{40320, 0}, {40320, 400}, {40320, 0}}},
+      // Pointwise: the GEMM on the images themselves, 8 * 72 * 36.
+      {conv_desc(72, 6, 6, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1),
+       "fwd=pointwise bwd_data=pointwise bwd_weights=pointwise",
+       {{20736, 0}, {20736, 0}, {20736, 0}}},
+      // Depthwise, stride 1: 12 planes, 9 taps over the wide output (10 rows of 13, then 11: 141)
+      // or, for backward_data, the whole 13x13 padded plane.
+      {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12),
+       "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise",
+       {{15228, 0}, {18252, 0}, {15228, 0}}},
+      // Depthwise, stride 2: exactly the 8x8 outputs, 6 * 9 * 64.
+      {conv_desc(6, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6),
+       "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise",
+       {{3456, 0}, {3456, 0}, {3456, 0}}},
+  };
+  for (const ArithmeticCase& c : cases) {
+    const auto conv = kernel<Conv2dKernel>("conv2d", "tbb", c.desc);
+    BOOST_TEST_REQUIRE(conv->implementation() == c.path, describe(c.desc, 1));
+    const strata::Conv2dArithmetic a = conv->arithmetic();
+    BOOST_TEST_CONTEXT(describe(c.desc, 1) << ", " << c.path) {
+      BOOST_TEST(a.forward == c.expected.forward);
+      BOOST_TEST(a.backward_data == c.expected.backward_data);
+      BOOST_TEST(a.backward_params == c.expected.backward_params);
+    }
+  }
+  // flops(): 2 per multiply-add plus the others.
+  BOOST_TEST((strata::Conv2dPassArithmetic{1658880, 373504}.flops() == 2 * 1658880 + 373504));
+}
+
+// The default (Conv2dKernel::arithmetic()), which the reference backend keeps: direct
+// convolution's K * C/groups * R * S * out_h * out_w for every pass, nothing else.
+BOOST_AUTO_TEST_CASE(conv2d_arithmetic_default_is_direct) {
+  const Conv2dDesc plain = conv_desc(3, 10, 10, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1);  // 8*3*9*100
+  const Conv2dDesc grouped = conv_desc(4, 6, 6, 6, 3, 3, 1, 1, 0, 0, 1, 1, 2);  // 6*2*9*16
+  BOOST_TEST(strata::conv2d_direct_multiply_adds(plain) == 21600);
+  BOOST_TEST(strata::conv2d_direct_multiply_adds(grouped) == 1728);
+  for (const auto& [d, count] :
+       {std::pair{plain, int64_t{21600}}, std::pair{grouped, int64_t{1728}}}) {
+    const strata::Conv2dArithmetic a = kernel<Conv2dKernel>("conv2d", "reference", d)->arithmetic();
+    const strata::Conv2dPassArithmetic direct{count, 0};
+    BOOST_TEST((a.forward == direct && a.backward_data == direct && a.backward_params == direct));
+  }
 }
 
 BOOST_AUTO_TEST_CASE(pool2d_random) {

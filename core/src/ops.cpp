@@ -43,6 +43,15 @@ void validate(const Conv2dDesc& d, std::string_view kernel) {
   }
 }
 
+int64_t conv2d_direct_multiply_adds(const Conv2dDesc& d) {
+  return d.out_channels * (d.in_channels / d.groups) * d.kernel_h * d.kernel_w * d.out_h * d.out_w;
+}
+
+Conv2dArithmetic Conv2dKernel::arithmetic() const {
+  const Conv2dPassArithmetic direct{conv2d_direct_multiply_adds(desc_), 0};
+  return {direct, direct, direct};
+}
+
 namespace {
 
 void check_shape(const Tensor& t, const Shape& expected, std::string_view kernel,

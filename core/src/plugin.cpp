@@ -174,9 +174,10 @@ void PluginLoader::load_file(const fs::path& file) {
     if (info->api <= 7) {
       changes +=
           " (API 8: Layer gains backward_reads_inputs() and backward_reads_output(), which let "
-          "training reuse the memory of outputs no backward reads; the defaults keep every "
-          "tensor, so a plugin only needs a rebuild; see docs/writing-a-plugin.md, \"Layer "
-          "traits\")";
+          "training reuse the memory of outputs no backward reads, and Conv2dKernel gains "
+          "arithmetic(), the multiply-adds each pass performs; the defaults keep the old "
+          "behaviour, so a plugin only needs a rebuild; see docs/writing-a-plugin.md, \"Layer "
+          "traits\" and \"Plugin API version\")";
     }
     fail("plugin {}: built for plugin API version {}, but this Strata supports version {}{}; "
          "rebuild the plugin against this Strata",

@@ -60,6 +60,18 @@ void TbbBf16Conv2d::on_prepare() {
                d.pad_h == 0 && d.pad_w == 0 && d.out_h == d.in_h && d.out_w == d.in_w;
 }
 
+Conv2dArithmetic TbbBf16Conv2d::arithmetic() const {
+  const Conv2dDesc& d = desc_;
+  const Conv2dPassArithmetic direct{conv2d_direct_multiply_adds(d), 0};
+  Conv2dPassArithmetic data = direct;  // pointwise: dx is the product itself
+  if (!pointwise_ && d.stride_h == 1 && d.stride_w == 1) {
+    data = {d.groups * cg_ * kg_ * d.kernel_h * d.kernel_w * in_plane_, 0};
+  } else if (!pointwise_) {
+    data.other_flops = col2im_additions(d);
+  }
+  return {direct, data, direct};
+}
+
 template <class Body>
 void TbbBf16Conv2d::for_each_block(int64_t n_batch, const Body& body) {
   const int64_t images = images_per_block(n_batch);

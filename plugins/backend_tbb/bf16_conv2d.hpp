@@ -39,6 +39,10 @@ class TbbBf16Conv2d : public Conv2dKernel {
   void forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) override;
   void backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) override;
   void backward_params(const Tensor& x, const Tensor& dy, Tensor& dweight, Tensor* dbias) override;
+  // Direct convolution's multiply-adds, but for backward_data: with stride 1 the correlation
+  // computes every dx position from all kg * R * S taps of the padded dy (C/groups * kg * R * S *
+  // H * W per group), otherwise W^T dy's direct count plus col2im's additions.
+  Conv2dArithmetic arithmetic() const override;
 
  protected:
   void on_prepare() override;

@@ -133,6 +133,14 @@ const float* widen(const Conv2dDesc& d, const float* dy, float* grad) {
 
 }  // namespace
 
+int64_t forward_multiply_adds(const Conv2dDesc& d) {
+  return d.kernel_h * d.kernel_w * (unit_stride(d) ? wide_length(d) : d.out_h * d.out_w);
+}
+int64_t data_multiply_adds(const Conv2dDesc& d) {
+  return d.kernel_h * d.kernel_w * (unit_stride(d) ? padded_floats(d) : d.out_h * d.out_w);
+}
+int64_t params_multiply_adds(const Conv2dDesc& d) { return forward_multiply_adds(d); }
+
 int64_t weight_scratch_floats(const Conv2dDesc& d) {
   return d.kernel_h * d.kernel_w * (unit_stride(d) ? kLanes : d.out_w);
 }

@@ -31,6 +31,14 @@ int64_t grad_floats(const Conv2dDesc& d);
 // into backward_data's dy buffer.
 std::vector<int64_t> tap_offsets(const Conv2dDesc& d, bool flipped);
 
+// Multiply-adds of one plane and one of its filters in each pass, as the loops below run them:
+// with stride 1, forward and the weight gradient run every tap over the wide output
+// ((out_h - 1) * padded width + out_w columns) and backward_data over the whole padded plane;
+// with other strides, every tap over the out_h x out_w outputs.
+int64_t forward_multiply_adds(const Conv2dDesc& d);
+int64_t data_multiply_adds(const Conv2dDesc& d);
+int64_t params_multiply_adds(const Conv2dDesc& d);
+
 // Copies plane x (in_h x in_w) into the middle of `padded`, zero around it.
 void pad_plane(const Conv2dDesc& d, const float* x, float* padded);
 

@@ -241,16 +241,20 @@ bool winograd43_params_fits(const Conv2dDesc& d) {
 
 std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementations() {
   static const ForwardImplementation list[] = {
-      {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise, &TbbConv2d::depthwise_forward},
+      {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise, &TbbConv2d::depthwise_forward,
+       &TbbConv2d::depthwise_forward_arithmetic},
       {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_forward,
-       &TbbConv2d::forward_direct},
+       &TbbConv2d::forward_direct, &TbbConv2d::direct_forward_arithmetic},
       {"winograd43", winograd43_fits, &TbbConv2d::prepare_winograd_forward<4>,
-       &TbbConv2d::forward_winograd},
+       &TbbConv2d::forward_winograd, &TbbConv2d::winograd_forward_arithmetic},
       {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_forward<2>,
-       &TbbConv2d::forward_winograd},
-      {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::forward_pointwise},
-      {"small", small_fits, &TbbConv2d::prepare_small_forward, &TbbConv2d::forward_small},
-      {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::forward_blas},
+       &TbbConv2d::forward_winograd, &TbbConv2d::winograd_forward_arithmetic},
+      {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::forward_pointwise,
+       &TbbConv2d::exact_arithmetic},
+      {"small", small_fits, &TbbConv2d::prepare_small_forward, &TbbConv2d::forward_small,
+       &TbbConv2d::exact_arithmetic},
+      {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::forward_blas,
+       &TbbConv2d::exact_arithmetic},
   };
   return list;
 }
@@ -258,15 +262,19 @@ std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementat
 std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations() {
   static const DataImplementation list[] = {
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_backward_data},
-      {"direct", direct_data_fits, &TbbConv2d::prepare_direct_data, &TbbConv2d::data_direct},
+       &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_data_arithmetic},
+      {"direct", direct_data_fits, &TbbConv2d::prepare_direct_data, &TbbConv2d::data_direct,
+       &TbbConv2d::direct_data_arithmetic},
       {"winograd43", winograd43_fits, &TbbConv2d::prepare_winograd_data<4>,
-       &TbbConv2d::data_winograd},
-      {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_data<2>,
-       &TbbConv2d::data_winograd},
-      {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::data_pointwise},
-      {"small", small_fits, &TbbConv2d::prepare_small_data, &TbbConv2d::data_small},
-      {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::data_blas},
+       &TbbConv2d::data_winograd, &TbbConv2d::winograd_data_arithmetic},
+      {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_data<2>, &TbbConv2d::data_winograd,
+       &TbbConv2d::winograd_data_arithmetic},
+      {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::data_pointwise,
+       &TbbConv2d::exact_arithmetic},
+      {"small", small_fits, &TbbConv2d::prepare_small_data, &TbbConv2d::data_small,
+       &TbbConv2d::with_col2im_arithmetic},
+      {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::data_blas,
+       &TbbConv2d::with_col2im_arithmetic},
   };
   return list;
 }
@@ -274,15 +282,19 @@ std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations()
 std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementations() {
   static const ParamsImplementation list[] = {
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_backward_params},
+       &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_params_arithmetic},
       {"winograd43", winograd43_params_fits, &TbbConv2d::prepare_winograd_params<4>,
-       &TbbConv2d::params_winograd},
+       &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic},
       {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_params<2>,
-       &TbbConv2d::params_winograd},
-      {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_params, &TbbConv2d::params_direct},
-      {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::params_pointwise},
-      {"small", small_fits, &TbbConv2d::prepare_small_params, &TbbConv2d::params_small},
-      {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::params_blas},
+       &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic},
+      {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_params, &TbbConv2d::params_direct,
+       &TbbConv2d::direct_params_arithmetic},
+      {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::params_pointwise,
+       &TbbConv2d::exact_arithmetic},
+      {"small", small_fits, &TbbConv2d::prepare_small_params, &TbbConv2d::params_small,
+       &TbbConv2d::exact_arithmetic},
+      {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::params_blas,
+       &TbbConv2d::exact_arithmetic},
   };
   return list;
 }
@@ -291,6 +303,12 @@ std::string TbbConv2d::implementation() const {
   if (forward_ == nullptr) return Conv2dKernel::implementation();  // not prepared yet
   return fmt::format("fwd={} bwd_data={} bwd_weights={}", forward_->name, data_->name,
                      params_->name);
+}
+
+Conv2dArithmetic TbbConv2d::arithmetic() const {
+  if (forward_ == nullptr) return Conv2dKernel::arithmetic();  // not prepared yet
+  return {(this->*forward_->arithmetic)(), (this->*data_->arithmetic)(),
+          (this->*params_->arithmetic)()};
 }
 
 void TbbConv2d::on_prepare() {
@@ -358,6 +376,74 @@ const I* TbbConv2d::choose(std::span<const I> list, Plan& plan) {
     return &implementation;
   }
   fail("tbb conv2d: no implementation supports this descriptor");  // (blas supports every one)
+}
+
+// ---- the arithmetic of each implementation, per image -----------------------------------------
+
+int64_t col2im_additions(const Conv2dDesc& d) {
+  // Along one axis: the (tap, output) pairs whose input index lies inside the input.
+  const auto inside = [](int64_t kernel, int64_t dilation, int64_t stride, int64_t pad, int64_t in,
+                         int64_t out) {
+    int64_t pairs = 0;
+    for (int64_t r = 0; r < kernel; ++r) {
+      for (int64_t o = 0; o < out; ++o) {
+        const int64_t i = o * stride - pad + r * dilation;
+        pairs += i >= 0 && i < in ? 1 : 0;
+      }
+    }
+    return pairs;
+  };
+  return d.in_channels * inside(d.kernel_h, d.dilation_h, d.stride_h, d.pad_h, d.in_h, d.out_h) *
+         inside(d.kernel_w, d.dilation_w, d.stride_w, d.pad_w, d.in_w, d.out_w);
+}
+
+Conv2dPassArithmetic TbbConv2d::exact_arithmetic() const {
+  return {conv2d_direct_multiply_adds(desc_), 0};
+}
+
+Conv2dPassArithmetic TbbConv2d::with_col2im_arithmetic() const {
+  return {conv2d_direct_multiply_adds(desc_), col2im_additions(desc_)};
+}
+
+// The direct kernels' products run over the wide output: (out_h - 1) rows as wide as the padded
+// input plus the last row's out_w columns (forward), every wide row (the weight gradient's
+// zero-filled dy), or the input's wide rows as wide as the padded dy (backward_data).
+Conv2dPassArithmetic TbbConv2d::direct_forward_arithmetic() const {
+  const Conv2dDesc& d = desc_;
+  return {d.groups * kg_ * rows_ * ((d.out_h - 1) * padded_w_ + d.out_w), 0};
+}
+
+Conv2dPassArithmetic TbbConv2d::direct_data_arithmetic() const {
+  const Conv2dDesc& d = desc_;
+  return {d.groups * cg_ * kg_ * d.kernel_h * d.kernel_w * ((d.in_h - 1) * dy_w_ + d.in_w), 0};
+}
+
+Conv2dPassArithmetic TbbConv2d::direct_params_arithmetic() const {
+  return {desc_.groups * kg_ * rows_ * desc_.out_h * padded_w_, 0};
+}
+
+Conv2dPassArithmetic TbbConv2d::depthwise_forward_arithmetic() const {
+  return {desc_.out_channels * depthwise::forward_multiply_adds(desc_), 0};
+}
+
+Conv2dPassArithmetic TbbConv2d::depthwise_data_arithmetic() const {
+  return {desc_.out_channels * depthwise::data_multiply_adds(desc_), 0};
+}
+
+Conv2dPassArithmetic TbbConv2d::depthwise_params_arithmetic() const {
+  return {desc_.out_channels * depthwise::params_multiply_adds(desc_), 0};
+}
+
+Conv2dPassArithmetic TbbConv2d::winograd_forward_arithmetic() const {
+  return winograd::pass_arithmetic(winograd_forward_, phases_, false);
+}
+
+Conv2dPassArithmetic TbbConv2d::winograd_data_arithmetic() const {
+  return winograd::pass_arithmetic(winograd_data_, phases_, false);
+}
+
+Conv2dPassArithmetic TbbConv2d::winograd_params_arithmetic() const {
+  return winograd::pass_arithmetic(winograd_params_, phases_, true);
 }
 
 // ---- preparing: each implementation's plan, workspace and tables -------------------------------

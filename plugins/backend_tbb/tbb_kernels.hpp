@@ -119,6 +119,10 @@ struct Extent {  // of an image plane
   int64_t h, w;
 };
 
+// The additions col2im does for one image: one per tap and output pixel whose input pixel is real
+// (not padding), over every input channel.
+int64_t col2im_additions(const Conv2dDesc& d);
+
 class TbbConv2d : public Conv2dKernel {
  public:
   // fp32 only: precision bf16 is TbbBf16Conv2d's (bf16_conv2d.hpp), registered before this one.
@@ -130,6 +134,9 @@ class TbbConv2d : public Conv2dKernel {
   void backward_params(const Tensor& x, const Tensor& dy, Tensor& dweight, Tensor* dbias) override;
   // "fwd=<name> bwd_data=<name> bwd_weights=<name>", once prepared.
   std::string implementation() const override;
+  // Each pass's arithmetic per image, as its chosen implementation performs it (its
+  // Implementation::arithmetic), once prepared.
+  Conv2dArithmetic arithmetic() const override;
 
   struct Workspace {
     std::vector<float> col;       // col matrix, or the padded image (direct)
@@ -147,13 +154,15 @@ class TbbConv2d : public Conv2dKernel {
   };
   // One implementation of one pass: its name, whether it can run a descriptor, prepare (sets
   // the plan's images and band_rows, sizes the workspace, builds tables; called once, from
-  // on_prepare()) and the pass's entry point. Null gradient pointers are skipped.
+  // on_prepare()), the pass's entry point (null gradient pointers are skipped) and the arithmetic
+  // it performs per image once prepared (Conv2dPassArithmetic).
   template <class Run>
   struct Implementation {
     std::string_view name;
     bool (*supports)(const Conv2dDesc&);
     void (TbbConv2d::*prepare)(Plan& plan);
     Run run;
+    Conv2dPassArithmetic (TbbConv2d::*arithmetic)() const;
   };
   using ForwardImplementation = Implementation<void (TbbConv2d::*)(
       const float* x, const float* w, const float* bias, float* y, int64_t n_batch)>;
@@ -233,6 +242,23 @@ class TbbConv2d : public Conv2dKernel {
                        int64_t n_batch);
   void depthwise_backward_params(const float* x, const float* dy, float* dw, float* db,
                                  int64_t n_batch);
+
+  // The implementations' arithmetic per image (Implementation::arithmetic). exact: direct
+  // convolution's count (pointwise, blas and small multiply the im2col matrix, nothing more);
+  // with_col2im: that plus col2im's additions (blas and small backward_data). The direct methods
+  // multiply their wide outputs' padding columns (and backward_data dy's zero border) too;
+  // depthwise and Winograd count their own (depthwise.hpp, winograd::pass_arithmetic).
+  Conv2dPassArithmetic exact_arithmetic() const;
+  Conv2dPassArithmetic with_col2im_arithmetic() const;
+  Conv2dPassArithmetic direct_forward_arithmetic() const;
+  Conv2dPassArithmetic direct_data_arithmetic() const;
+  Conv2dPassArithmetic direct_params_arithmetic() const;
+  Conv2dPassArithmetic depthwise_forward_arithmetic() const;
+  Conv2dPassArithmetic depthwise_data_arithmetic() const;
+  Conv2dPassArithmetic depthwise_params_arithmetic() const;
+  Conv2dPassArithmetic winograd_forward_arithmetic() const;
+  Conv2dPassArithmetic winograd_data_arithmetic() const;
+  Conv2dPassArithmetic winograd_params_arithmetic() const;
 
   // One block's work (pointwise: the image itself is the col matrix).
   void pack_forward_weights(const float* w);

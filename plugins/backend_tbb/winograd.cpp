@@ -28,6 +28,14 @@ Geometry Geometry::make(int64_t channels, int64_t filters, int64_t in_h, int64_t
   return g;
 }
 
+Conv2dPassArithmetic pass_arithmetic(const Geometry& g, int64_t phases, bool weight_gradient) {
+  const TransformFlops& flops = g.tile == 4 ? f43::kFlops : kFlops;
+  const int64_t tiles = phases * phases * g.tiles_per_image();
+  const int64_t after = weight_gradient ? flops.dy : flops.output;
+  return {g.elements() * g.channels * g.filters * tiles,
+          tiles * (g.channels * flops.input + g.filters * after)};
+}
+
 void multiply_planes(const Geometry& g, const float* u, const float* v, float* m, int64_t count) {
   const int64_t u_plane = g.filters * g.channels;
   const int64_t v_plane = plane_stride(g.channels, count), m_plane = plane_stride(g.filters, count);

@@ -16,6 +16,8 @@
 
 #include <cstdint>
 
+#include "strata/ops.hpp"
+
 namespace strata::tbb_backend::winograd {
 
 inline constexpr int64_t kElements = 16;  // 4x4 transformed tile
@@ -35,6 +37,23 @@ struct Geometry {
   static Geometry make(int64_t channels, int64_t filters, int64_t in_h, int64_t in_w, int64_t pad_h,
                        int64_t pad_w, int64_t tile = 2);
 };
+
+// Flops of one tile's transforms for one channel (input), filter (output) or filter of dy (the
+// weight gradient's A e A^T), counted from the formulas below and in winograd43.cpp: every
+// addition, subtraction, negation and multiplication by a constant is 1, a subexpression the
+// formula repeats verbatim (F(4x4)'s (d4 - d2) and 2 (d3 - d1)) once, the bias not at all. The
+// vector paths compute the same formulas 8 tiles at a time.
+struct TransformFlops {
+  int64_t input, output, dy;
+};
+// F(2x2, 3x3): B^T d B is 16 + 16 additions; A^T m A 4 x 4 + 4 x 2; A e A^T 6 + 4 x 3.
+inline constexpr TransformFlops kFlops{32, 24, 18};
+
+// The arithmetic of one image of a pass of geometry g whose images are `phases` x `phases`
+// polyphase components each (1: undilated): (tile + 2)^2 * channels * filters multiply-adds per
+// tile, partial tiles at the edges counted whole, and the input transform per tile and channel
+// plus the output transform per tile and filter, or with weight_gradient the dy transform.
+Conv2dPassArithmetic pass_arithmetic(const Geometry& g, int64_t phases, bool weight_gradient);
 
 // The products of a block of `count` tiles, one per element xi of the transformed tile (16 or 36,
 // by g.tile), single-threaded sgemm: M[xi] (filters x tiles) = U[xi] (filters x channels) *
@@ -83,6 +102,9 @@ void weight_gradient(const float* du, int64_t filters, int64_t channels, float* 
 // precision than F(2x2): the conformance tests hold it to the same tolerance.
 namespace f43 {
 inline constexpr int64_t kElements = 36;
+// B^T applied to 6 values is 21 flops (7 of them by 4, 5 or 2), 12 times per tile; A^T to 6
+// values 13, 10 times; A to 4 values 11, 10 times.
+inline constexpr TransformFlops kFlops{12 * 21, 10 * 13, 10 * 11};
 // As winograd::transform_weights, for F(4x4): u holds 36 * filters * channels floats.
 void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u);
 // As winograd::convolve_tiles, for a geometry with tile 4; v and m hold 36 planes.

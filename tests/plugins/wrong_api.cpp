@@ -10,7 +10,8 @@ void register_all(strata::Registries&) { std::abort(); }
 
 // STRATA_TEST_API: a plugin built for that older API (2: datasets loaded whole splits; 3: before
 // Context carried the communicator; 4: before the export hooks; 5: before implementation() and
-// the kernel implementation lists): the refusal says what changed since.
+// the kernel implementation lists; 6: before the bf16 precision and normalize(); 7: before
+// Conv2dKernel::arithmetic()): the refusal says what changed since.
 #ifdef STRATA_TEST_API
 constexpr int kApi = STRATA_TEST_API;
 #else

@@ -82,9 +82,43 @@ int64_t conv2d_params_batch(const Conv2dDesc& desc, const Tensor& x, const Tenso
 void conv2d_bias_gradient(const Conv2dDesc& desc, const float* dy, int64_t batch, int64_t first,
                           int64_t end, float* dbias);
 
+// The arithmetic of one conv2d pass over ONE image, as a kernel performs it
+// (Conv2dKernel::arithmetic()); bench/conv_bench.cpp's roofline divides it by the pass's time
+// (docs/performance.md, "The roofline").
+//   multiply_adds: the products summed into the result, 2 flops each, as a GEMM's 2 M N K counts
+//     them: for direct convolution K * C/groups * R * S * out_h * out_w; for Winograd the
+//     element-wise products of the transformed tiles; with any padding or discarded columns the
+//     kernel multiplies too (zeros included, a micro-kernel's rounding up to its register block
+//     not).
+//   other_flops: arithmetic outside those products, 1 flop each: Winograd's input, output and dy
+//     transforms (additions, subtractions, negations and multiplications by constants), col2im's
+//     additions.
+// Neither counts the bias (its addition in forward, its gradient's sums), nor work done once per
+// call whatever the batch (transforming or packing the weights, reducing partial weight
+// gradients).
+struct Conv2dPassArithmetic {
+  int64_t multiply_adds = 0;
+  int64_t other_flops = 0;
+  int64_t flops() const { return 2 * multiply_adds + other_flops; }
+  bool operator==(const Conv2dPassArithmetic&) const = default;
+};
+struct Conv2dArithmetic {
+  Conv2dPassArithmetic forward, backward_data, backward_params;
+  bool operator==(const Conv2dArithmetic&) const = default;
+};
+
+// Direct convolution's multiply-adds of one pass over one image: K * C/groups * R * S * out_h *
+// out_w (each pass does as many: forward, the data gradient and the weight gradient).
+int64_t conv2d_direct_multiply_adds(const Conv2dDesc& desc);
+
 class Conv2dKernel : public OpKernel<Conv2dDesc> {
  public:
   ~Conv2dKernel() override;
+  // The arithmetic each pass performs for one image of the prepared descriptor (see
+  // Conv2dPassArithmetic). The default, for kernels that do not say, is direct convolution's
+  // count for every pass; a kernel whose methods do more or less (Winograd, padded "wide"
+  // outputs) overrides it. Meaningful once prepared.
+  virtual Conv2dArithmetic arithmetic() const;
   // y = x (*) weight + bias. bias may be null, or point at an undefined Tensor: no bias.
   virtual void forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) = 0;
   // dx = conv_transpose(dy, weight)

@@ -37,7 +37,8 @@ namespace strata {
 //    global_avg_pool kernels; plugins built once per ISA (strata/isa.hpp) export
 //    strata_plugin_variant.
 // 8: Layer::backward_reads_inputs() and backward_reads_output(), which let training reuse the
-//    memory of outputs no backward reads (Graph, OutputRetention).
+//    memory of outputs no backward reads (Graph, OutputRetention); Conv2dKernel::arithmetic(),
+//    the multiply-adds each pass performs (the default needs no source change).
 inline constexpr int kPluginApi = 8;
 
 class Registries;
