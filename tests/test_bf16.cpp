@@ -321,12 +321,65 @@ Tensor nan_filled(const strata::Shape& shape) {
   return t;
 }
 
+std::string describe(const ConvCase& t, const Conv2dDesc& d) {
+  return fmt::format(
+      "n={} c={} {}x{} k={} {}x{} stride {},{} pad {},{} end {},{} dilation {},{} groups {}", t.n,
+      t.c, t.h, t.w, t.k, t.kh, t.kw, t.sh, t.sw, t.ph, t.pw, d.pad_bottom(), d.pad_right(), t.dh,
+      t.dw, t.groups);
+}
+
+// True on a CPU without AVX512-BF16, after checking that tbb refuses d with an error naming it.
+bool refused_without_the_feature(const Conv2dDesc& d) {
+  if (cpu_has_bf16()) return false;
+  const std::string message = strata::test::error_of(
+      [&] { registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "conv1"); });
+  BOOST_TEST(message.find("AVX512-BF16") != std::string::npos, message);
+  return true;
+}
+
+// Random inputs of every pass of case t.
+struct PassInputs {
+  Tensor x, w, b, dy;
+};
+PassInputs random_inputs(const ConvCase& t, const Conv2dDesc& d, std::mt19937& rng) {
+  return {random_tensor({t.n, t.c, t.h, t.w}, rng),
+          random_tensor({t.k, t.c / t.groups, t.kh, t.kw}, rng), random_tensor({t.k}, rng),
+          random_tensor({t.n, t.k, d.out_h, d.out_w}, rng)};
+}
+
+// Runs the three passes of `fast` and of `ref` (the reference's emulation) on `in` and compares
+// every output; without `bias`, forward adds none and backward_params computes no bias gradient.
+// Every output of `fast` starts as NaN, so an element left unwritten fails. Returns fast's y.
+Tensor check_passes(Conv2dKernel& fast, Conv2dKernel& ref, const PassInputs& in, bool bias) {
+  const Tensor* b = bias ? &in.b : nullptr;
+  Tensor y_ref(in.dy.shape()), y = nan_filled(in.dy.shape());
+  ref.forward(in.x, in.w, b, y_ref);
+  fast.forward(in.x, in.w, b, y);
+  check_near(y, y_ref, "forward");
+  Tensor dx_ref(in.x.shape()), dx = nan_filled(in.x.shape());
+  ref.backward_data(in.dy, in.w, dx_ref);
+  fast.backward_data(in.dy, in.w, dx);
+  check_near(dx, dx_ref, "backward_data");
+  Tensor dw_ref(in.w.shape()), dw = nan_filled(in.w.shape()), db_ref(in.b.shape()),
+                               db = nan_filled(in.b.shape());
+  ref.backward_params(in.x, in.dy, dw_ref, bias ? &db_ref : nullptr);
+  fast.backward_params(in.x, in.dy, dw, bias ? &db : nullptr);
+  check_near(dw, dw_ref, "backward_params weight");
+  if (bias) check_near(db, db_ref, "backward_params bias");
+  // The passes run twice give the same bits (workspace reuse, no accumulation).
+  Tensor y_again = nan_filled(y.shape());
+  fast.forward(in.x, in.w, b, y_again);
+  BOOST_TEST(strata::test::max_abs_diff(y_again, y) == 0.0f);
+  return y;
+}
+
 }  // namespace
 
 // tbb's bf16_gemm conv2d against the reference's bf16 emulation, all three passes, on geometries
 // that cover 1x1 (pointwise, no im2col), 3x3 with padding, strides, dilation, groups (depthwise
-// too), end padding, an image of one pixel, batches split into several blocks, channels that are
-// not multiples of the 8 x 48 tile and odd reduction lengths.
+// too: created by name, since pick() gives depthwise to bf16_depthwise), end padding, an image of
+// one pixel, batches split into several blocks, channels that are not multiples of the 8 x 48
+// tile and odd reduction lengths.
 BOOST_AUTO_TEST_CASE(conv2d_against_reference_emulation) {
   const std::vector<ConvCase> cases = {
       {2, 3, 9, 9, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1},        // odd C*R*S = 27
@@ -344,43 +397,63 @@ BOOST_AUTO_TEST_CASE(conv2d_against_reference_emulation) {
   std::mt19937 rng(29);
   for (const ConvCase& t : cases) {
     const Conv2dDesc d = bf16_conv(t);
-    const std::string what = fmt::format(
-        "n={} c={} {}x{} k={} {}x{} stride {},{} pad {},{} end {},{} dilation {},{} "
-        "groups {}",
-        t.n, t.c, t.h, t.w, t.k, t.kh, t.kw, t.sh, t.sw, t.ph, t.pw, d.pad_bottom(), d.pad_right(),
-        t.dh, t.dw, t.groups);
-    BOOST_TEST_CONTEXT(what) {
+    BOOST_TEST_CONTEXT(describe(t, d)) {
+      if (refused_without_the_feature(d)) continue;
       auto ref = registries().kernels.pick<Conv2dKernel>("conv2d", "reference", d, "t");
-      if (!cpu_has_bf16()) {
-        const std::string message = strata::test::error_of(
-            [&] { registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "conv1"); });
-        BOOST_TEST(message.find("AVX512-BF16") != std::string::npos, message);
-        continue;
-      }
-      auto fast = registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t");
+      auto fast = registries().kernels.create<Conv2dKernel>("conv2d", "tbb", "bf16_gemm", d);
       BOOST_TEST(fast->implementation() == "bf16_gemm");
-      const Tensor x = random_tensor({t.n, t.c, t.h, t.w}, rng);
-      const Tensor w = random_tensor({t.k, t.c / t.groups, t.kh, t.kw}, rng);
-      const Tensor b = random_tensor({t.k}, rng);
-      const Tensor dy = random_tensor({t.n, t.k, d.out_h, d.out_w}, rng);
-      Tensor y_ref({t.n, t.k, d.out_h, d.out_w}), y = nan_filled(y_ref.shape());
-      ref->forward(x, w, &b, y_ref);
-      fast->forward(x, w, &b, y);
-      check_near(y, y_ref, "forward");
-      Tensor dx_ref(x.shape()), dx = nan_filled(x.shape());
-      ref->backward_data(dy, w, dx_ref);
-      fast->backward_data(dy, w, dx);
-      check_near(dx, dx_ref, "backward_data");
-      Tensor dw_ref(w.shape()), dw = nan_filled(w.shape()), db_ref(b.shape()),
-                                db = nan_filled(b.shape());
-      ref->backward_params(x, dy, dw_ref, &db_ref);
-      fast->backward_params(x, dy, dw, &db);
-      check_near(dw, dw_ref, "backward_params weight");
-      check_near(db, db_ref, "backward_params bias");
-      // The passes run twice give the same bits (workspace reuse, no accumulation).
-      Tensor y_again = nan_filled(y.shape());
-      fast->forward(x, w, &b, y_again);
-      BOOST_TEST(strata::test::max_abs_diff(y_again, y) == 0.0f);
+      check_passes(*fast, *ref, random_inputs(t, d, rng), true);
+    }
+  }
+}
+
+namespace {
+
+constexpr const char* kBf16Depthwise =
+    "fwd=bf16_depthwise bwd_data=bf16_depthwise bwd_weights=bf16_depthwise";
+
+}  // namespace
+
+// Depthwise convolutions in bf16 run the depthwise method on rounded inputs (bf16_depthwise,
+// TbbConv2d): all three passes against the reference's emulation, with bias and without, on
+// stride 1 (the wide tap loops) and 2 (the row loops), 3x3 and 5x5, with and without padding,
+// non-square images, dilation, a channel multiplier and rows longer than the 64-float vector
+// block. And the rounding is real: the fp32 depthwise method's forward on the same inputs differs
+// from bf16_depthwise's by more than the tolerance.
+BOOST_AUTO_TEST_CASE(depthwise_against_reference_emulation) {
+  struct Case {
+    ConvCase conv;
+    bool bias;
+  };
+  const std::vector<Case> cases = {
+      {{4, 16, 10, 10, 16, 3, 3, 1, 1, 1, 1, 1, 1, 16}, true},  // MobileNet's 3x3
+      {{3, 8, 11, 11, 8, 3, 3, 2, 2, 1, 1, 1, 1, 8}, false},    // stride 2
+      {{2, 12, 9, 14, 12, 5, 5, 1, 1, 2, 2, 1, 1, 12}, true},   // 5x5, non-square
+      {{2, 6, 13, 9, 6, 5, 5, 2, 2, 2, 2, 1, 1, 6}, true},      // 5x5, stride 2, non-square
+      {{2, 8, 8, 8, 8, 3, 3, 1, 1, 0, 0, 1, 1, 8}, false},      // no padding
+      {{2, 5, 9, 7, 5, 3, 3, 2, 1, 1, 0, 1, 1, 5}, true},       // mixed strides and padding
+      {{2, 8, 12, 12, 8, 3, 3, 1, 1, 2, 2, 2, 2, 8}, true},     // dilation 2
+      {{2, 4, 9, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 4}, false},      // two filters per channel
+      {{2, 3, 20, 70, 3, 3, 3, 1, 1, 1, 1, 1, 1, 3}, true},     // rows over 64 floats
+  };
+  std::mt19937 rng(31);
+  for (const Case& c : cases) {
+    const ConvCase& t = c.conv;
+    const Conv2dDesc d = bf16_conv(t);
+    BOOST_TEST_CONTEXT(describe(t, d) << (c.bias ? ", bias" : ", no bias")) {
+      if (refused_without_the_feature(d)) continue;
+      auto ref = registries().kernels.pick<Conv2dKernel>("conv2d", "reference", d, "t");
+      auto fast = registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t");
+      BOOST_TEST(fast->implementation() == kBf16Depthwise);
+      const PassInputs in = random_inputs(t, d, rng);
+      const Tensor y = check_passes(*fast, *ref, in, c.bias);
+      Conv2dDesc fp32 = d;
+      fp32.precision = Precision::kFp32;
+      auto plain = registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", fp32, "t");
+      BOOST_TEST(plain->implementation().find("fwd=depthwise") == 0u, plain->implementation());
+      Tensor y_fp32(y.shape());
+      plain->forward(in.x, in.w, c.bias ? &in.b : nullptr, y_fp32);
+      BOOST_TEST(strata::test::max_abs_diff(y, y_fp32) > kRelativeTolerance * largest(y_fp32));
     }
   }
 }
@@ -421,13 +494,15 @@ BOOST_AUTO_TEST_CASE(reference_emulation_rounds_the_inputs) {
 }
 
 // Precision picks the implementation: fp32 descriptors never reach bf16_gemm, and bf16 ones never
-// an fp32 implementation (the fp32 conv2d refuses them).
+// an fp32 method (the fp32 conv2d refuses them, but for depthwise ones, its bf16_depthwise).
 BOOST_AUTO_TEST_CASE(conv2d_implementations_by_precision) {
   Conv2dDesc d = bf16_conv({2, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1});
+  // "tbb" (TbbConv2d) first: it takes the bf16 depthwise descriptors (bf16_depthwise) before
+  // bf16_gemm, which takes every other bf16 one.
   const std::vector<std::string> list = registries().kernels.implementations("conv2d", "tbb");
   BOOST_TEST_REQUIRE(list.size() == 2u);
-  BOOST_TEST(list[0] == "bf16_gemm");
-  BOOST_TEST(list[1] == "tbb");
+  BOOST_TEST(list[0] == "tbb");
+  BOOST_TEST(list[1] == "bf16_gemm");
   const std::string refused = strata::test::error_of(
       [&] { registries().kernels.create<Conv2dKernel>("conv2d", "tbb", "tbb", d); });
   BOOST_TEST(refused.find("does not support") != std::string::npos, refused);
@@ -437,16 +512,30 @@ BOOST_AUTO_TEST_CASE(conv2d_implementations_by_precision) {
   const std::string refused_fp32 = strata::test::error_of(
       [&] { registries().kernels.create<Conv2dKernel>("conv2d", "tbb", "bf16_gemm", d); });
   BOOST_TEST(refused_fp32.find("does not support") != std::string::npos, refused_fp32);
+  if (!cpu_has_bf16()) return;  // bf16 is refused here: conv2d_refused_without_the_cpu_feature
+  // Depthwise in bf16: bf16_depthwise; with end padding (which TbbConv2d refuses) bf16_gemm.
+  const Conv2dDesc depthwise = bf16_conv({2, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8});
+  BOOST_TEST(
+      registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", depthwise, "t")->implementation() ==
+      kBf16Depthwise);
+  const Conv2dDesc end_padded = bf16_conv({2, 8, 8, 8, 8, 3, 3, 2, 2, 0, 0, 1, 1, 8, 1, 1});
+  BOOST_TEST(
+      registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", end_padded, "t")->implementation() ==
+      "bf16_gemm");
 }
 
+// Depthwise too: bf16_depthwise needs no bf16 instruction, but precision bf16 means the same on
+// every tbb method (docs/precision.md), so it is refused the same way.
 BOOST_AUTO_TEST_CASE(conv2d_refused_without_the_cpu_feature) {
   ScopedEnv no_bf16("STRATA_NO_AVX512BF16", "1");
-  const Conv2dDesc d = bf16_conv({2, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1});
-  const std::string message = strata::test::error_of(
-      [&] { registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "conv1"); });
-  BOOST_TEST(
-      message.find("tbb conv2d: precision bf16 needs a CPU with AVX512-BF16") != std::string::npos,
-      message);
+  for (const int64_t groups : {1, 8}) {
+    const Conv2dDesc d = bf16_conv({2, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, groups});
+    const std::string message = strata::test::error_of(
+        [&] { registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "conv1"); });
+    BOOST_TEST(message.find("tbb conv2d: precision bf16 needs a CPU with AVX512-BF16") !=
+                   std::string::npos,
+               "groups " << groups << ": " << message);
+  }
 }
 
 // The bf16 kernel's arithmetic per image (Conv2dKernel::arithmetic(), conv_bench's roofline):
@@ -475,6 +564,22 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic) {
   BOOST_TEST((b.forward == strata::Conv2dPassArithmetic{40320, 0}));
   BOOST_TEST((b.backward_data == strata::Conv2dPassArithmetic{40320, 400}));
   BOOST_TEST((b.backward_params == strata::Conv2dPassArithmetic{40320, 0}));
+  // bf16_depthwise counts what the depthwise loops run, as the fp32 depthwise method does: 16
+  // filters of 9 taps, stride 1 on 10x10 padded by 1 (12 wide): forward and the weight gradient
+  // over the wide output, 9 rows of 12 plus 10 columns (118); backward_data over the padded
+  // plane (144).
+  Conv2dDesc d = bf16_conv({1, 16, 10, 10, 16, 3, 3, 1, 1, 1, 1, 1, 1, 16});
+  const auto depthwise = registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t");
+  BOOST_TEST_REQUIRE(depthwise->implementation() == kBf16Depthwise);
+  const strata::Conv2dArithmetic c = depthwise->arithmetic();
+  BOOST_TEST((c.forward == strata::Conv2dPassArithmetic{16 * 9 * 118, 0}));
+  BOOST_TEST((c.backward_data == strata::Conv2dPassArithmetic{16 * 9 * 144, 0}));
+  BOOST_TEST((c.backward_params == strata::Conv2dPassArithmetic{16 * 9 * 118, 0}));
+  d.precision = Precision::kFp32;
+  const strata::Conv2dArithmetic fp32 =
+      registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t")->arithmetic();
+  BOOST_TEST((fp32.forward == c.forward && fp32.backward_data == c.backward_data &&
+              fp32.backward_params == c.backward_params));
 }
 
 namespace {

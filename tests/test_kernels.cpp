@@ -1706,25 +1706,30 @@ BOOST_AUTO_TEST_CASE(shape_mismatch_is_an_error) {
 BOOST_AUTO_TEST_CASE(pick_returns_the_backends_kernel) {
   const Conv2dDesc d = conv_desc(2, 6, 6, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1);
   const auto& entries = registries().kernels.entries();
-  const auto made_by = [&](const std::string& op,
-                           const std::string& backend) -> const std::type_info& {
+  // The kernel implementation `name` of (op, backend) makes: the general (fp32) one for the
+  // fp32 descriptors below, not the bf16 ones registered beside it.
+  const auto made_by = [&](const std::string& op, const std::string& backend,
+                           const std::string& name) -> const std::type_info& {
     static std::vector<std::unique_ptr<strata::Kernel>> keep;  // typeid of a live object
-    // The last of the list: the general (fp32) implementation; bf16 ones come first.
-    keep.push_back(entries.at({op, backend}).back().factory());
+    const auto& list = entries.at({op, backend});
+    const auto entry =
+        std::find_if(list.begin(), list.end(), [&](const auto& e) { return e.name == name; });
+    BOOST_TEST_REQUIRE((entry != list.end()), op << " has no implementation " << name);
+    keep.push_back(entry->factory());
     const strata::Kernel& made = *keep.back();
     return typeid(made);
   };
   auto tbb_conv = kernel<Conv2dKernel>("conv2d", "tbb", d);
   const strata::Kernel& conv = *tbb_conv;
-  BOOST_TEST((typeid(conv) == made_by("conv2d", "tbb")));
-  BOOST_TEST((typeid(conv) != made_by("conv2d", "reference")));
+  BOOST_TEST((typeid(conv) == made_by("conv2d", "tbb", "tbb")));
+  BOOST_TEST((typeid(conv) != made_by("conv2d", "reference", "reference")));
   auto tbb_pool = kernel<Pool2dKernel>("pool2d", "tbb",
                                        pool_desc(Mode::kAverage, 2, 6, 6, 2, 2, 2, 2, 0, 0, true));
   const strata::Kernel& pool = *tbb_pool;
-  BOOST_TEST((typeid(pool) == made_by("pool2d", "tbb")));
+  BOOST_TEST((typeid(pool) == made_by("pool2d", "tbb", "tbb")));
   auto tbb_gemm = kernel<GemmKernel>("gemm", "tbb", {});
   const strata::Kernel& gemm = *tbb_gemm;
-  BOOST_TEST((typeid(gemm) == made_by("gemm", "tbb")));
+  BOOST_TEST((typeid(gemm) == made_by("gemm", "tbb", "openblas")));
   BOOST_TEST(tbb_conv->desc().out_h == d.out_h, "the kernel was prepared with the descriptor");
 
   // A backend without kernels falls back to the reference, and says so on stderr.
@@ -1732,7 +1737,7 @@ BOOST_AUTO_TEST_CASE(pick_returns_the_backends_kernel) {
   auto fallback = kernel<Conv2dKernel>("conv2d", "no_such_backend", d);
   const std::string note = capture.finish();
   const strata::Kernel& fallen_back = *fallback;
-  BOOST_TEST((typeid(fallen_back) == made_by("conv2d", "reference")));
+  BOOST_TEST((typeid(fallen_back) == made_by("conv2d", "reference", "reference")));
   BOOST_TEST(note.find("no_such_backend") != std::string::npos, "note: " << note);
   BOOST_TEST(note.find("reference") != std::string::npos, "note: " << note);
 }

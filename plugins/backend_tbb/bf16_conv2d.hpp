@@ -1,10 +1,11 @@
 // backend_tbb: conv2d in bf16 (precision bf16, docs/precision.md), internal to backend_tbb.
 //
-// Registered as the tbb backend's conv2d implementation "bf16_gemm", before the fp32 one
-// (TbbConv2d, which refuses bf16 descriptors), and supports() every descriptor whose precision is
-// bf16: any stride, padding (end padding too), dilation and groups. So a bf16 convolution on the
-// tbb backend always runs here; on a CPU without AVX512-BF16, on_prepare() is an Error naming the
-// feature (never a silent fp32 run, never a fallback).
+// Registered as the tbb backend's conv2d implementation "bf16_gemm", after TbbConv2d (which takes
+// fp32, and bf16 only for depthwise descriptors with symmetric padding: its bf16_depthwise
+// method), and supports() every descriptor whose precision is bf16: any stride, padding (end
+// padding too), dilation and groups. So every other bf16 convolution on the tbb backend runs
+// here; on a CPU without AVX512-BF16, on_prepare() is an Error naming the feature (never a silent
+// fp32 run, never a fallback), as TbbConv2d's is for bf16.
 //
 // THE PASSES (per group; bf16_gemm.hpp packs and multiplies, rounding every input to bf16)
 //   forward:         y = W x cols             (im2col of a block of images)

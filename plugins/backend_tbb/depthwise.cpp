@@ -45,6 +45,7 @@ inline Vec load(const float* p) {
 }
 inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof v); }
 inline Vec splat(float x) { return Vec{} + x; }
+using Bits = uint32_t __attribute__((vector_size(64)));
 
 // out[j] (= or +=) bias + sum over taps t of w[t] * src[offset[t] + j], for j < length. The sums
 // stay in registers across the taps: one store per output instead of one per tap.
@@ -132,6 +133,21 @@ const float* widen(const Conv2dDesc& d, const float* dy, float* grad) {
 }
 
 }  // namespace
+
+void round_to_bf16(const float* src, int64_t n, float* dst) {
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    // strata::round_to_bf16's three cases as lane selects: zero and denormals to signed zero, NaN
+    // kept quiet, everything else rounded to nearest even (past the largest bf16: infinity).
+    Bits b;
+    std::memcpy(&b, src + j, sizeof b);
+    Bits r = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+    r = (b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : r;
+    r = (b & 0x7f800000u) == 0 ? b & 0x80000000u : r;
+    std::memcpy(dst + j, &r, sizeof r);
+  }
+  for (; j < n; ++j) dst[j] = strata::round_to_bf16(src[j]);
+}
 
 int64_t forward_multiply_adds(const Conv2dDesc& d) {
   return d.kernel_h * d.kernel_w * (unit_stride(d) ? wide_length(d) : d.out_h * d.out_w);

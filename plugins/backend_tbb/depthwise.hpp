@@ -11,6 +11,11 @@
 //
 // `wide` arguments are scratch of wide_floats() floats.
 //
+// Precision bf16 (docs/precision.md) runs these same loops on inputs rounded beforehand with
+// round_to_bf16 below (the padded plane in place, dy into a copy, the weights into a copy), so
+// every product multiplies bf16 values and every sum stays in float, as the reference's emulation
+// computes them (in double) up to the order of the float sums.
+//
 // Each call handles one plane; TbbConv2d spreads planes (forward, backward_data) or groups
 // (backward_params, so that each filter's sum runs in a fixed order) over threads.
 #pragma once
@@ -38,6 +43,10 @@ std::vector<int64_t> tap_offsets(const Conv2dDesc& d, bool flipped);
 int64_t forward_multiply_adds(const Conv2dDesc& d);
 int64_t data_multiply_adds(const Conv2dDesc& d);
 int64_t params_multiply_adds(const Conv2dDesc& d);
+
+// dst[i] = strata::round_to_bf16(src[i]) for i < n (dst may be src), 16 floats at a time: the
+// same bits, no branch.
+void round_to_bf16(const float* src, int64_t n, float* dst);
 
 // Copies plane x (in_h x in_w) into the middle of `padded`, zero around it.
 void pad_plane(const Conv2dDesc& d, const float* x, float* padded);

@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "bf16_gemm.hpp"
 #include "depthwise.hpp"
 #include "direct_conv.hpp"
 #include "floats.hpp"
@@ -154,6 +155,13 @@ int64_t filters_per_group(const Conv2dDesc& d) { return d.out_channels / d.group
 
 bool depthwise_fits(const Conv2dDesc& d) { return channels_per_group(d) == 1 && d.groups > 1; }
 
+// Precision bf16 (docs/precision.md): the depthwise loops on inputs rounded to bf16. The only
+// bf16 descriptors TbbConv2d supports(), and first in every list, so no fp32 method ever sees
+// one; end padding stays with bf16_gemm, which supports it (on_prepare() below refuses it).
+bool bf16_depthwise_fits(const Conv2dDesc& d) {
+  return d.precision == Precision::kBf16 && depthwise_fits(d) && d.symmetric_padding();
+}
+
 bool pointwise_fits(const Conv2dDesc& d) {
   return d.kernel_h * d.kernel_w == 1 && d.stride_h == 1 && d.stride_w == 1 && d.pad_h == 0 &&
          d.pad_w == 0 && d.out_h == d.in_h && d.out_w == d.in_w;
@@ -235,12 +243,14 @@ bool winograd43_params_fits(const Conv2dDesc& d) {
 
 // ---- the ordered lists ------------------------------------------------------------------------
 // Each pass takes the first implementation of its list that supports the descriptor (the last,
-// blas, supports everything). Where both apply, the direct kernels beat Winograd at forward and
-// backward_data (small images, at most kDirectMaxChannels), Winograd beats them at
-// backward_params (measured: docs/performance.md).
+// blas, supports every fp32 one; bf16_depthwise, the first, every bf16 one supports() admits).
+// Where both apply, the direct kernels beat Winograd at forward and backward_data (small images, at
+// most kDirectMaxChannels), Winograd beats them at backward_params (measured: docs/performance.md).
 
 std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementations() {
   static const ForwardImplementation list[] = {
+      {"bf16_depthwise", bf16_depthwise_fits, &TbbConv2d::prepare_depthwise,
+       &TbbConv2d::depthwise_forward, &TbbConv2d::depthwise_forward_arithmetic},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise, &TbbConv2d::depthwise_forward,
        &TbbConv2d::depthwise_forward_arithmetic},
       {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_forward,
@@ -261,6 +271,8 @@ std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementat
 
 std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations() {
   static const DataImplementation list[] = {
+      {"bf16_depthwise", bf16_depthwise_fits, &TbbConv2d::prepare_depthwise,
+       &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_data_arithmetic},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
        &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_data_arithmetic},
       {"direct", direct_data_fits, &TbbConv2d::prepare_direct_data, &TbbConv2d::data_direct,
@@ -281,6 +293,8 @@ std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations()
 
 std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementations() {
   static const ParamsImplementation list[] = {
+      {"bf16_depthwise", bf16_depthwise_fits, &TbbConv2d::prepare_depthwise,
+       &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_params_arithmetic},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
        &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_params_arithmetic},
       {"winograd43", winograd43_params_fits, &TbbConv2d::prepare_winograd_params<4>,
@@ -299,6 +313,10 @@ std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementatio
   return list;
 }
 
+bool TbbConv2d::supports(const Conv2dDesc& desc) const {
+  return desc.precision == Precision::kFp32 || bf16_depthwise_fits(desc);
+}
+
 std::string TbbConv2d::implementation() const {
   if (forward_ == nullptr) return Conv2dKernel::implementation();  // not prepared yet
   return fmt::format("fwd={} bwd_data={} bwd_weights={}", forward_->name, data_->name,
@@ -314,6 +332,9 @@ Conv2dArithmetic TbbConv2d::arithmetic() const {
 void TbbConv2d::on_prepare() {
   const Conv2dDesc& d = desc_;
   validate(d, kName);
+  // bf16_depthwise needs no bf16 instruction, but precision bf16 means the same on every tbb
+  // method: without AVX512-BF16 it is refused, as bf16_gemm refuses it (docs/precision.md).
+  if (d.precision == Precision::kBf16) bf16::require_cpu(kName);
   if (!d.symmetric_padding()) {
     // Every method below assumes pad_h/pad_w zeros on both sides (padded_h_, the Winograd and
     // direct geometries): refuse rather than compute with the wrong output extent. The conv2d layer
@@ -545,10 +566,9 @@ void TbbConv2d::prepare_direct_params(Plan& plan) {
 void TbbConv2d::prepare_depthwise(Plan&) {
   const Conv2dDesc& d = desc_;
   // col: the padded input plane; gathered: dx's padded plane or the tap sums, then the wide
-  // output or the dy buffer.
-  reserve_workspace(
-      depthwise::padded_floats(d),
-      depthwise_wide_offset() + std::max(depthwise::wide_floats(d), depthwise::grad_floats(d)));
+  // output or the dy buffer, then (bf16) the rounded dy plane.
+  reserve_workspace(depthwise::padded_floats(d),
+                    depthwise_dy_offset() + (d.precision == Precision::kBf16 ? out_plane_ : 0));
   if (depthwise_offsets_.empty()) {
     depthwise_offsets_ = depthwise::tap_offsets(d, false);
     depthwise_flipped_offsets_ = depthwise::tap_offsets(d, true);
@@ -1252,23 +1272,52 @@ int64_t TbbConv2d::depthwise_wide_offset() const {
       std::max(depthwise::padded_floats(desc_), kg_ * depthwise::weight_scratch_floats(desc_)), 16);
 }
 
+int64_t TbbConv2d::depthwise_dy_offset() const {
+  const Conv2dDesc& d = desc_;
+  return depthwise_wide_offset() +
+         round_up(std::max(depthwise::wide_floats(d), depthwise::grad_floats(d)), 16);
+}
+
+const float* TbbConv2d::depthwise_weights(const float* w) {
+  if (desc_.precision != Precision::kBf16) return w;
+  const int64_t floats = desc_.out_channels * rows_;
+  float* rounded = grow(rounded_weights_, floats);
+  depthwise::round_to_bf16(w, floats, rounded);
+  return rounded;
+}
+
+const float* TbbConv2d::depthwise_dy(const float* dy, Workspace& ws) const {
+  if (desc_.precision != Precision::kBf16) return dy;
+  float* rounded = ws.gathered.data() + depthwise_dy_offset();
+  depthwise::round_to_bf16(dy, out_plane_, rounded);
+  return rounded;
+}
+
+void TbbConv2d::depthwise_pad(const float* x, float* padded) const {
+  depthwise::pad_plane(desc_, x, padded);
+  if (desc_.precision == Precision::kBf16) {
+    depthwise::round_to_bf16(padded, depthwise::padded_floats(desc_), padded);
+  }
+}
+
 int64_t TbbConv2d::depthwise_grain() const {
   const Conv2dDesc& d = desc_;
   const int64_t macs = std::max<int64_t>(1, kg_ * out_plane_ * d.kernel_h * d.kernel_w);
   return std::max<int64_t>(1, kDepthwiseTaskMacs / macs);
 }
 
-void TbbConv2d::depthwise_forward(const float* x, const float* w, const float* bias, float* y,
+void TbbConv2d::depthwise_forward(const float* x, const float* weight, const float* bias, float* y,
                                   int64_t n_batch) {
   const Conv2dDesc& d = desc_;
   const int64_t taps = d.kernel_h * d.kernel_w;
+  const float* w = depthwise_weights(weight);
   tbb::parallel_for(
       tbb::blocked_range<int64_t>(0, n_batch * d.groups, depthwise_grain()),
       [&](const tbb::blocked_range<int64_t>& range) {
         Workspace& ws = local_workspace();
         for (int64_t p = range.begin(); p != range.end(); ++p) {
           const int64_t n = p / d.groups, g = p % d.groups;
-          depthwise::pad_plane(d, x + (n * d.in_channels + g) * in_plane_, ws.col.data());
+          depthwise_pad(x + (n * d.in_channels + g) * in_plane_, ws.col.data());
           for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
             depthwise::forward_plane(d, depthwise_offsets_.data(), ws.col.data(), w + k * taps,
                                      bias != nullptr ? bias[k] : 0.0f,
@@ -1278,10 +1327,11 @@ void TbbConv2d::depthwise_forward(const float* x, const float* w, const float* b
       });
 }
 
-void TbbConv2d::depthwise_backward_data(const float* dy, const float* w, float* dx,
+void TbbConv2d::depthwise_backward_data(const float* dy, const float* weight, float* dx,
                                         int64_t n_batch) {
   const Conv2dDesc& d = desc_;
   const int64_t taps = d.kernel_h * d.kernel_w;
+  const float* w = depthwise_weights(weight);
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * d.groups, depthwise_grain()),
                     [&](const tbb::blocked_range<int64_t>& range) {
                       Workspace& ws = local_workspace();
@@ -1291,8 +1341,9 @@ void TbbConv2d::depthwise_backward_data(const float* dy, const float* w, float* 
                         for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
                           depthwise::backward_data_plane(
                               d, depthwise_flipped_offsets_.data(),
-                              dy + (n * d.out_channels + k) * out_plane_, w + k * taps, k > g * kg_,
-                              padded, ws.gathered.data() + depthwise_wide_offset());
+                              depthwise_dy(dy + (n * d.out_channels + k) * out_plane_, ws),
+                              w + k * taps, k > g * kg_, padded,
+                              ws.gathered.data() + depthwise_wide_offset());
                         }
                         depthwise::crop_plane(d, padded, dx + (n * d.in_channels + g) * in_plane_);
                       }
@@ -1323,12 +1374,12 @@ void TbbConv2d::depthwise_backward_params(const float* x, const float* dy, float
           std::fill_n(acc, kg_ * scratch, 0.0f);
           for (int64_t n = 0; n < n_batch; ++n) {
             // Padded once for all the group's filters.
-            depthwise::pad_plane(d, x + (n * d.in_channels + g) * in_plane_, ws.col.data());
+            depthwise_pad(x + (n * d.in_channels + g) * in_plane_, ws.col.data());
             for (int64_t j = 0; j < kg_; ++j) {
               depthwise::accumulate_weight_plane(
                   d, depthwise_offsets_.data(), ws.col.data(),
-                  dy + (n * d.out_channels + g * kg_ + j) * out_plane_, acc + j * scratch,
-                  ws.gathered.data() + depthwise_wide_offset());
+                  depthwise_dy(dy + (n * d.out_channels + g * kg_ + j) * out_plane_, ws),
+                  acc + j * scratch, ws.gathered.data() + depthwise_wide_offset());
             }
           }
           for (int64_t j = 0; j < kg_; ++j) {

@@ -80,9 +80,15 @@ class TbbBackend : public Backend {
 // and the two after it), in the style of oneDNN's implementation lists: on_prepare() takes, per
 // pass, the first whose supports(desc) holds, so forward may be direct while backward_data is
 // not. implementation() names the three: "fwd=direct bwd_data=small bwd_weights=winograd23".
-//   forward, backward_data: depthwise, direct, winograd43, winograd23, pointwise, small, blas
-//   backward_params:        depthwise, winograd43, winograd23, direct, pointwise, small, blas
+//   forward, backward_data: bf16_depthwise, depthwise, direct, winograd43, winograd23, pointwise,
+//                           small, blas
+//   backward_params:        bf16_depthwise, depthwise, winograd43, winograd23, direct, pointwise,
+//                           small, blas
 // The methods:
+//   - bf16_depthwise: precision bf16 (docs/precision.md), depthwise descriptors only: the depthwise
+//     method below on inputs rounded to bf16 (x in place in its padded plane, dy into a plane of
+//     per-thread scratch, the weights into one copy per call), float sums. The only bf16 method
+//     here; on a CPU without AVX512-BF16 on_prepare() refuses it like TbbBf16Conv2d does.
 //   - depthwise: one input channel per group (depthwise convolution, or a channel multiplier),
 //     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp). forward and
 //     backward_data are parallel over planes; backward_params over groups, each filter's sum in
@@ -125,10 +131,10 @@ int64_t col2im_additions(const Conv2dDesc& d);
 
 class TbbConv2d : public Conv2dKernel {
  public:
-  // fp32 only: precision bf16 is TbbBf16Conv2d's (bf16_conv2d.hpp), registered before this one.
-  bool supports(const Conv2dDesc& desc) const override {
-    return desc.precision == Precision::kFp32;
-  }
+  // fp32, and precision bf16 for depthwise descriptors with symmetric padding only (the
+  // bf16_depthwise method); every other bf16 descriptor is TbbBf16Conv2d's (bf16_conv2d.hpp),
+  // registered after this one.
+  bool supports(const Conv2dDesc& desc) const override;
   void forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) override;
   void backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) override;
   void backward_params(const Tensor& x, const Tensor& dy, Tensor& dweight, Tensor* dbias) override;
@@ -299,6 +305,12 @@ class TbbConv2d : public Conv2dKernel {
   void gather_dy(const Block& b, int64_t g, const float* dy, float* gathered) const;
   int64_t depthwise_grain() const;        // input planes per task
   int64_t depthwise_wide_offset() const;  // of the wide scratch in Workspace::gathered
+  int64_t depthwise_dy_offset() const;    // of bf16's rounded dy plane in Workspace::gathered
+  // The depthwise methods' product inputs: as given in fp32; in bf16 rounded (round_to_bf16) into
+  // rounded_weights_, into ws's dy plane (depthwise_dy_offset()), and in place in the padded plane.
+  const float* depthwise_weights(const float* w);
+  const float* depthwise_dy(const float* dy, Workspace& ws) const;
+  void depthwise_pad(const float* x, float* padded) const;
 
   int64_t cg_ = 0, kg_ = 0;  // channels and filters per group
   int64_t rows_ = 0;         // cg * R * S: taps of one group
@@ -327,6 +339,7 @@ class TbbConv2d : public Conv2dKernel {
   std::vector<int32_t> forward_offsets_, backward_offsets_;
   // depthwise (stride 1): the taps' offsets in the padded plane, and flipped for backward_data.
   std::vector<int64_t> depthwise_offsets_, depthwise_flipped_offsets_;
+  std::vector<float> rounded_weights_;  // bf16_depthwise: the weights rounded, on every call
   // winograd: geometries of forward and backward_data, tiles per task, transformed weights.
   winograd::Geometry winograd_forward_, winograd_data_, winograd_params_;
   std::vector<float> winograd_u_forward_, winograd_u_data_;
