@@ -519,15 +519,29 @@ std::vector<Shape> Graph::input_shapes(std::size_t i) const {
 
 bool Graph::keeps_output(std::size_t i) const { return keeps_output(i, retention_); }
 
-bool Graph::keeps_output(std::size_t i, OutputRetention retention) const {
-  if (retention == OutputRetention::kAll || i + 1 == nodes_.size()) return true;
-  if (nodes_[i].layer->backward_reads_output()) return true;
-  for (std::size_t c = i + 1; c < nodes_.size(); ++c) {
-    const std::vector<int>& inputs = nodes_[c].inputs;
-    const bool reads = std::find(inputs.begin(), inputs.end(), static_cast<int>(i)) != inputs.end();
-    if (reads && nodes_[c].layer->backward_reads_inputs()) return true;
+namespace {
+
+// Per node: does its output survive the forward pass under `retention`? Under kBackward when its
+// own backward reads it, a consumer's backward reads its input, or it is the model's output. One
+// pass over the consumers' inputs. (A template so that it can take Graph's private Node type.)
+template <class Nodes>
+std::vector<char> kept_outputs(const Nodes& nodes, OutputRetention retention) {
+  std::vector<char> kept(nodes.size(), retention == OutputRetention::kAll);
+  if (!kept.empty()) kept.back() = 1;
+  for (std::size_t c = 0; c < nodes.size(); ++c) {
+    kept[c] = kept[c] || nodes[c].layer->backward_reads_output();
+    if (!nodes[c].layer->backward_reads_inputs()) continue;
+    for (int producer : nodes[c].inputs) {
+      if (producer >= 0) kept[static_cast<std::size_t>(producer)] = 1;
+    }
   }
-  return false;
+  return kept;
+}
+
+}  // namespace
+
+bool Graph::keeps_output(std::size_t i, OutputRetention retention) const {
+  return kept_outputs(nodes_, retention).at(i) != 0;
 }
 
 void Graph::set_output_retention(OutputRetention retention) {
@@ -539,9 +553,10 @@ void Graph::set_output_retention(OutputRetention retention) {
 
 std::vector<BufferRequest> Graph::output_requests(int64_t batch, OutputRetention retention) const {
   const int n = static_cast<int>(nodes_.size());
+  const std::vector<char> kept = kept_outputs(nodes_, retention);
   std::vector<BufferRequest> requests;
   for (int i = 0; i < n; ++i) {
-    const int last = keeps_output(i, retention) ? n - 1 : std::max(i, nodes_[i].last_consumer);
+    const int last = kept[i] ? n - 1 : std::max(i, nodes_[i].last_consumer);
     requests.push_back({nodes_[i].layer->output_shape().with_batch(batch).numel(), i, last});
   }
   return requests;
