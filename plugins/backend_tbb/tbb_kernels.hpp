@@ -35,6 +35,7 @@
 #include <string_view>
 #include <vector>
 
+#include "lanes.hpp"
 #include "strata/backend.hpp"
 #include "strata/config.hpp"
 #include "strata/ops.hpp"
@@ -80,10 +81,10 @@ class TbbBackend : public Backend {
 // and the two after it), in the style of oneDNN's implementation lists: on_prepare() takes, per
 // pass, the first whose supports(desc) holds, so forward may be direct while backward_data is
 // not. implementation() names the three: "fwd=direct bwd_data=small bwd_weights=winograd23".
-//   forward, backward_data: bf16_depthwise, depthwise, direct, winograd43, winograd23, pointwise,
-//                           small, blas
-//   backward_params:        bf16_depthwise, depthwise, winograd43, winograd23, direct, pointwise,
-//                           small, blas
+//   forward, backward_data: bf16_depthwise, depthwise, lanes, direct, winograd43, winograd23,
+//                           pointwise, small, blas
+//   backward_params:        bf16_depthwise, depthwise, lanes, winograd43, winograd23, direct,
+//                           pointwise, small, blas
 // The methods:
 //   - bf16_depthwise: precision bf16 (docs/precision.md), depthwise descriptors only: the depthwise
 //     method below on inputs rounded to bf16 (x in place in its padded plane, dy into a plane of
@@ -93,6 +94,12 @@ class TbbBackend : public Backend {
 //     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp). forward and
 //     backward_data are parallel over planes; backward_params over groups, each filter's sum in
 //     a fixed order.
+//   - lanes: small images (a block's frames within kLanesBudgetPixels per image), kernels larger
+//     than 1x1, and not what Winograd takes: blocks of lanes::kLanes images interleaved so that one
+//     vector holds one pixel of every image (lanes.hpp). Forward and backward_data are register
+//     tiles of (filters or channels) x output columns over the taps that read real rows; the weight
+//     gradient a tile of filters x taps over the output pixels. backward_data needs stride 1 and
+//     padding within the kernel's reach. LeNet's layers run here.
 //   - direct: stride 1, small padded image, and little waste. Register-blocked AVX-512 or AVX2
 //     kernels (direct_conv.hpp) read the zero-padded image in place: no im2col, no GEMM packing.
 //     backward_data runs the same kernel on the padded dy with flipped, transposed weights.
@@ -214,6 +221,9 @@ class TbbConv2d : public Conv2dKernel {
   void prepare_direct_data(Plan& plan);
   void prepare_direct_params(Plan& plan);
   void prepare_depthwise(Plan& plan);
+  void prepare_lanes_forward(Plan& plan);
+  void prepare_lanes_data(Plan& plan);
+  void prepare_lanes_params(Plan& plan);
   void reserve_winograd(const winograd::Geometry& g);
   template <int Tile>
   void prepare_winograd_forward(Plan& plan);
@@ -232,12 +242,14 @@ class TbbConv2d : public Conv2dKernel {
                         int64_t n_batch);
   void depthwise_forward(const float* x, const float* w, const float* bias, float* y,
                          int64_t n_batch);
+  void forward_lanes(const float* x, const float* w, const float* bias, float* y, int64_t n_batch);
   void data_direct(const float* dy, const float* w, float* dx, int64_t n_batch);
   void data_small(const float* dy, const float* w, float* dx, int64_t n_batch);
   void data_pointwise(const float* dy, const float* w, float* dx, int64_t n_batch);
   void data_blas(const float* dy, const float* w, float* dx, int64_t n_batch);
   void data_winograd(const float* dy, const float* w, float* dx, int64_t n_batch);
   void depthwise_backward_data(const float* dy, const float* w, float* dx, int64_t n_batch);
+  void data_lanes(const float* dy, const float* w, float* dx, int64_t n_batch);
   void params_direct(const float* x, const float* dy, float* dweight, float* dbias,
                      int64_t n_batch);
   void params_small(const float* x, const float* dy, float* dweight, float* dbias, int64_t n_batch);
@@ -248,6 +260,7 @@ class TbbConv2d : public Conv2dKernel {
                        int64_t n_batch);
   void depthwise_backward_params(const float* x, const float* dy, float* dw, float* db,
                                  int64_t n_batch);
+  void params_lanes(const float* x, const float* dy, float* dweight, float* dbias, int64_t n_batch);
 
   // The implementations' arithmetic per image (Implementation::arithmetic). exact: direct
   // convolution's count (pointwise, blas and small multiply the im2col matrix, nothing more);
@@ -265,6 +278,9 @@ class TbbConv2d : public Conv2dKernel {
   Conv2dPassArithmetic winograd_forward_arithmetic() const;
   Conv2dPassArithmetic winograd_data_arithmetic() const;
   Conv2dPassArithmetic winograd_params_arithmetic() const;
+  Conv2dPassArithmetic lanes_forward_arithmetic() const;
+  Conv2dPassArithmetic lanes_data_arithmetic() const;
+  Conv2dPassArithmetic lanes_params_arithmetic() const;
 
   // One block's work (pointwise: the image itself is the col matrix).
   void pack_forward_weights(const float* w);
@@ -284,6 +300,12 @@ class TbbConv2d : public Conv2dKernel {
   void direct_backward_params(const Block& b, const float* x, const float* dy, float* dw,
                               Workspace& ws) const;
   void pad_input(const float* x, float* padded) const;  // one group of one image
+  // The lanes method's work on one block of at most lanes::kLanes images, every group.
+  void lanes_forward_block(const Block& b, const float* x, const float* bias, float* y,
+                           Workspace& ws) const;
+  void lanes_data_block(const Block& b, const float* dy, float* dx, Workspace& ws) const;
+  void lanes_params_block(const Block& b, const float* x, const float* dy, float* dw,
+                          Workspace& ws) const;
   // Runs the Winograd convolution described by `g` with transformed weights `u` over the batch.
   void winograd_run(const winograd::Geometry& g, const float* u, const float* x, const float* bias,
                     float* y, int64_t n_batch);
@@ -324,7 +346,8 @@ class TbbConv2d : public Conv2dKernel {
   std::vector<std::vector<float>> partial_weight_;  // slices 1.. of backward_params
   std::vector<std::vector<float>> partial_bias_;    // every slice
   tbb::enumerable_thread_specific<Workspace> workspace_;
-  // Weights repacked on every call (they change every step), per group, direct::pack_rows layout.
+  // Weights repacked on every call (they change every step), per group, in the layout of the
+  // method that runs the pass (direct::pack_rows; lanes: ProductPass::lda floats per tap).
   std::vector<float> packed_forward_, packed_backward_;
 
   // small: images side by side in the col matrix, whose rows are small_stride_ apart.
@@ -345,6 +368,9 @@ class TbbConv2d : public Conv2dKernel {
   std::vector<float> winograd_u_forward_, winograd_u_data_;
   std::vector<std::vector<float>> winograd_du_;  // per backward_params slice
   int64_t phases_ = 1;  // dilation run as phases_ x phases_ dilation-1 convolutions
+  // lanes: each pass's geometry over interleaved frames of lanes::kLanes images (lanes.hpp).
+  lanes::ProductPass lanes_forward_, lanes_data_;
+  lanes::WeightPass lanes_params_;
   std::vector<float> phase_a_, phase_b_;  // the split input and output (or x and dy)
 };
 
