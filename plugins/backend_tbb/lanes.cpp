@@ -251,31 +251,60 @@ void weight_tile(const float* dy, int64_t dy_stride, const float* x, const int64
   }
 }
 
-// The tiles compiled for this vector width: at most 24 accumulators plus the column vectors in the
-// 32 AVX-512 registers, 12 plus in AVX2's 16; the generic copy keeps its arrays small.
+// The whole weight gradient of one block, in tiles of KB filters x TB taps.
+template <int KB, int TB>
+void weight_tiles(const float* dy, int64_t filters, int64_t dy_stride, const float* x,
+                  const int64_t* offset, int64_t taps, const int64_t* pixel_offset, int64_t pixels,
+                  float* dw, int64_t ldw) {
+  for (int64_t k0 = 0; k0 < filters; k0 += KB) {
+    const int kb = static_cast<int>(std::min<int64_t>(KB, filters - k0));
+    for (int64_t t0 = 0; t0 < taps; t0 += TB) {
+      const int tb = static_cast<int>(std::min<int64_t>(TB, taps - t0));
+      weight_tile<KB, TB>(dy + k0 * dy_stride, dy_stride, x, offset + t0, pixel_offset, pixels, kb,
+                          tb, dw + k0 * ldw + t0, ldw);
+    }
+  }
+}
+
+// The tiles compiled for this vector width, for the shifted product (rows x output columns) and
+// for the weight gradient (filters x taps): at most 24 accumulators plus the vectors loaded per
+// step in the 32 AVX-512 registers, 12 plus in AVX2's 16; the generic copy keeps its arrays small.
 struct TileKernel {
   Tile tile;
   void (*run)(const float*, int64_t, int64_t, const float*, const int64_t*, int64_t, int64_t,
               int64_t, int64_t, float*, int64_t);
+};
+struct WeightKernel {
+  Tile tile;
+  void (*run)(const float*, int64_t, int64_t, const float*, const int64_t*, int64_t, const int64_t*,
+              int64_t, float*, int64_t);
 };
 
 template <int R, int C>
 constexpr TileKernel tile_kernel() {
   return {{R, C}, &product_tiles<R, C>};
 }
+template <int KB, int TB>
+constexpr WeightKernel weight_kernel() {
+  return {{KB, TB}, &weight_tiles<KB, TB>};
+}
 
 #if defined(__AVX512F__)
 constexpr std::array kTiles = {tile_kernel<8, 3>(), tile_kernel<6, 4>(), tile_kernel<4, 6>(),
                                tile_kernel<4, 5>(), tile_kernel<3, 7>(), tile_kernel<2, 10>(),
                                tile_kernel<1, 12>()};
-constexpr int kWeightFilters = 4, kWeightTaps = 6;
+constexpr std::array kWeightTiles = {weight_kernel<4, 6>(), weight_kernel<6, 4>(),
+                                     weight_kernel<8, 3>(), weight_kernel<2, 10>(),
+                                     weight_kernel<1, 12>()};
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr std::array kTiles = {tile_kernel<4, 3>(), tile_kernel<4, 2>(), tile_kernel<3, 3>(),
                                tile_kernel<2, 5>(), tile_kernel<1, 6>()};
-constexpr int kWeightFilters = 2, kWeightTaps = 4;
+constexpr std::array kWeightTiles = {weight_kernel<2, 4>(), weight_kernel<4, 2>(),
+                                     weight_kernel<3, 3>(), weight_kernel<1, 6>()};
 #else
 constexpr std::array kTiles = {tile_kernel<2, 2>(), tile_kernel<1, 4>(), tile_kernel<4, 1>()};
-constexpr int kWeightFilters = 2, kWeightTaps = 2;
+constexpr std::array kWeightTiles = {weight_kernel<2, 2>(), weight_kernel<1, 4>(),
+                                     weight_kernel<4, 1>()};
 #endif
 
 int64_t round_up(int64_t a, int64_t multiple) { return (a + multiple - 1) / multiple * multiple; }
@@ -337,10 +366,14 @@ void deinterleave(const float* src, const Frame& f, int64_t images, int64_t imag
   }
 }
 
-Tile choose_tile(int64_t rows, int64_t columns) {
-  Tile best = kTiles[0].tile;
+namespace {
+
+// The menu's tile that wastes the least work on rows x columns; ties go to more accumulators.
+template <class Menu>
+Tile least_waste(const Menu& menu, int64_t rows, int64_t columns) {
+  Tile best = menu[0].tile;
   int64_t best_work = -1;
-  for (const TileKernel& k : kTiles) {
+  for (const auto& k : menu) {
     const int64_t work = round_up(rows, k.tile.rows) * round_up(columns, k.tile.columns);
     const bool better =
         best_work < 0 || work < best_work ||
@@ -353,32 +386,36 @@ Tile choose_tile(int64_t rows, int64_t columns) {
   return best;
 }
 
+// The menu's kernel of that tile (choose_tile and choose_weight_tile return only those).
+template <class Menu>
+const auto& kernel_of(const Menu& menu, Tile tile) {
+  for (const auto& k : menu) {
+    if (k.tile.rows == tile.rows && k.tile.columns == tile.columns) return k;
+  }
+  fail("tbb conv2d lanes: no {}x{} tile is compiled", tile.rows, tile.columns);
+}
+
+}  // namespace
+
+Tile choose_tile(int64_t rows, int64_t columns) { return least_waste(kTiles, rows, columns); }
+
+Tile choose_weight_tile(int64_t filters, int64_t taps) {
+  return least_waste(kWeightTiles, filters, taps);
+}
+
 int64_t padded_rows(Tile tile, int64_t rows) { return round_up(rows, tile.rows); }
 
 void shifted_product(Tile tile, const float* a, int64_t lda, int64_t rows, const float* b,
                      const int64_t* offset, int64_t t0, int64_t t1, int64_t columns, int64_t step,
                      float* out, int64_t out_stride) {
-  for (const TileKernel& k : kTiles) {
-    if (k.tile.rows == tile.rows && k.tile.columns == tile.columns) {
-      k.run(a, lda, rows, b, offset, t0, t1, columns, step, out, out_stride);
-      return;
-    }
-  }
-  fail("tbb conv2d lanes: no {}x{} tile is compiled", tile.rows, tile.columns);
+  kernel_of(kTiles, tile).run(a, lda, rows, b, offset, t0, t1, columns, step, out, out_stride);
 }
 
-void weight_product(const float* dy, int64_t filters, int64_t dy_stride, const float* x,
+void weight_product(Tile tile, const float* dy, int64_t filters, int64_t dy_stride, const float* x,
                     const int64_t* offset, int64_t taps, const int64_t* pixel_offset,
                     int64_t pixels, float* dw, int64_t ldw) {
-  for (int64_t k0 = 0; k0 < filters; k0 += kWeightFilters) {
-    const int kb = static_cast<int>(std::min<int64_t>(kWeightFilters, filters - k0));
-    for (int64_t t0 = 0; t0 < taps; t0 += kWeightTaps) {
-      const int tb = static_cast<int>(std::min<int64_t>(kWeightTaps, taps - t0));
-      weight_tile<kWeightFilters, kWeightTaps>(dy + k0 * dy_stride, dy_stride, x, offset + t0,
-                                               pixel_offset, pixels, kb, tb, dw + k0 * ldw + t0,
-                                               ldw);
-    }
-  }
+  kernel_of(kWeightTiles, tile)
+      .run(dy, filters, dy_stride, x, offset, taps, pixel_offset, pixels, dw, ldw);
 }
 
 // ---- the passes -------------------------------------------------------------------------------
@@ -520,7 +557,7 @@ int64_t WeightPass::x_floats() const { return x.floats(); }
 
 int64_t WeightPass::multiply_adds() const {
   const int64_t taps = static_cast<int64_t>(offsets.size());
-  return round_up(dy.planes, kWeightFilters) * round_up(taps, kWeightTaps) *
+  return round_up(dy.planes, tile.rows) * round_up(taps, tile.columns) *
          static_cast<int64_t>(pixel_offsets.size());
 }
 
@@ -543,11 +580,12 @@ WeightPass weight_pass(const Conv2dDesc& d) {
       p.pixel_offsets.push_back(p.x.pixel(0, oh * d.stride_h, ow * d.stride_w));
     }
   }
+  p.tile = choose_weight_tile(p.dy.planes, static_cast<int64_t>(p.offsets.size()));
   return p;
 }
 
 void run(const WeightPass& p, const float* dy, const float* x, float* dw, int64_t ldw) {
-  weight_product(dy, p.dy.planes, p.dy.h * p.dy.w * kLanes, x, p.offsets.data(),
+  weight_product(p.tile, dy, p.dy.planes, p.dy.h * p.dy.w * kLanes, x, p.offsets.data(),
                  static_cast<int64_t>(p.offsets.size()), p.pixel_offsets.data(),
                  static_cast<int64_t>(p.pixel_offsets.size()), dw, ldw);
 }

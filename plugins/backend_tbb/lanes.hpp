@@ -65,6 +65,9 @@ struct Tile {
 // tile with more accumulators.
 Tile choose_tile(int64_t rows, int64_t columns);
 
+// The same for the weight gradient's tile of filters (rows) x taps (columns).
+Tile choose_weight_tile(int64_t filters, int64_t taps);
+
 // Rows of `a` per tap that shifted_product reads: rows rounded up to the tile's (zero past rows).
 int64_t padded_rows(Tile tile, int64_t rows);
 
@@ -79,8 +82,9 @@ void shifted_product(Tile tile, const float* a, int64_t lda, int64_t rows, const
 
 // The weight gradient of one block: dw[k * ldw + t] += the sum over lanes and over pixels p <
 // pixels of dy[k * dy_stride + p * kLanes] * x[offset[t] + pixel_offset[p]], for k < filters and
-// t < taps. Lanes of images past the block's end must be zero in dy (interleave zeroes them).
-void weight_product(const float* dy, int64_t filters, int64_t dy_stride, const float* x,
+// t < taps, in tiles of choose_weight_tile(). Lanes of images past the block's end must be zero in
+// dy (interleave zeroes them).
+void weight_product(Tile tile, const float* dy, int64_t filters, int64_t dy_stride, const float* x,
                     const int64_t* offset, int64_t taps, const int64_t* pixel_offset,
                     int64_t pixels, float* dw, int64_t ldw);
 
@@ -125,6 +129,7 @@ void run(const ProductPass& p, const float* packed, const float* in, float* out)
 struct WeightPass {
   Frame x, dy;
   int64_t top = 0, left = 0;           // where the real input starts in x
+  Tile tile;                           // of the weight gradient: filters x taps
   std::vector<int64_t> offsets;        // per tap (channel, kernel row, kernel column)
   std::vector<int64_t> pixel_offsets;  // per output pixel: its first tap's pixel in x
   int64_t x_floats() const;
