@@ -976,6 +976,14 @@ struct PathCase {
   std::string path;
 };
 
+// d with its output extent rounded up (ceil mode): a last window that starts inside the input
+// and runs past the padding.
+Conv2dDesc rounded_up(Conv2dDesc d) {
+  d.out_h = out_extent_ceil(d.in_h, d.kernel_h, d.stride_h, d.pad_h, d.dilation_h);
+  d.out_w = out_extent_ceil(d.in_w, d.kernel_w, d.stride_w, d.pad_w, d.dilation_w);
+  return d;
+}
+
 void check_paths(const std::vector<PathCase>& cases, std::mt19937& rng) {
   BOOST_TEST_REQUIRE(registries().kernels.contains("conv2d", "tbb"));
   for (const PathCase& c : cases) {
@@ -1030,11 +1038,6 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
 // reached on every vector width.
 BOOST_AUTO_TEST_CASE(conv2d_lanes_paths) {
   std::mt19937 rng(29);
-  auto rounded_up = [](Conv2dDesc d) {
-    d.out_h = out_extent_ceil(d.in_h, d.kernel_h, d.stride_h, d.pad_h, d.dilation_h);
-    d.out_w = out_extent_ceil(d.in_w, d.kernel_w, d.stride_w, d.pad_w, d.dilation_w);
-    return d;
-  };
   const std::string lanes = "fwd=lanes bwd_data=lanes bwd_weights=lanes";
   const std::vector<PathCase> cases = {
       {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1), 16, lanes},  // one full block
@@ -1060,11 +1063,6 @@ BOOST_AUTO_TEST_CASE(conv2d_lanes_paths) {
 // enough to be split over threads.
 BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
   std::mt19937 rng(23);
-  auto rounded_up = [](Conv2dDesc d) {
-    d.out_h = out_extent_ceil(d.in_h, d.kernel_h, d.stride_h, d.pad_h, d.dilation_h);
-    d.out_w = out_extent_ceil(d.in_w, d.kernel_w, d.stride_w, d.pad_w, d.dilation_w);
-    return d;
-  };
   const std::string depthwise = "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise";
   const std::vector<PathCase> cases = {
       {conv_desc(8, 28, 28, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8), 3, depthwise},  // MobileNet's 3x3

@@ -109,13 +109,6 @@ inline void transpose(V (&r)[kLanes]) {
 inline V load_first(const float* p, int64_t n) {
   return n >= kLanes ? Lanes::load(p) : _mm512_maskz_loadu_ps(Lanes::mask(n), p);
 }
-inline void store_first(float* p, V v, int64_t n) {
-  if (n >= kLanes) {
-    Lanes::store(p, v);
-  } else {
-    Lanes::store(p, Lanes::mask(n), v);
-  }
-}
 inline V add(V a, V b) { return _mm512_add_ps(a, b); }
 #elif defined(__AVX2__) && defined(__FMA__)
 inline void transpose(V (&r)[kLanes]) {
@@ -139,6 +132,9 @@ inline void transpose(V (&r)[kLanes]) {
 inline V load_first(const float* p, int64_t n) {
   return n >= kLanes ? Lanes::load(p) : _mm256_maskload_ps(p, Lanes::mask(n));
 }
+inline V add(V a, V b) { return _mm256_add_ps(a, b); }
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
 inline void store_first(float* p, V v, int64_t n) {
   if (n >= kLanes) {
     Lanes::store(p, v);
@@ -146,7 +142,6 @@ inline void store_first(float* p, V v, int64_t n) {
     Lanes::store(p, Lanes::mask(n), v);
   }
 }
-inline V add(V a, V b) { return _mm256_add_ps(a, b); }
 #else
 inline void transpose(V (&r)[kLanes]) {
   for (int64_t i = 0; i < kLanes; ++i) {
