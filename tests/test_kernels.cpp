@@ -1022,32 +1022,34 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
 // The polyphase path (stride 2 to 4, more than one tap, at most 64 channels and filters per
 // group, a small image, wide rows at least 65 % real): forward and the weight gradient run the
 // direct kernels over the input's phase planes (polyphase.hpp); backward_data too, one product per
-// phase of dx, where there are at least 8 channels per group and a tap on every phase (else
-// "small" or "blas"). ResNet-20's stride-2 3x3 convolutions (several images per weight-gradient
-// block, a batch not a multiple of it) and its 1x1 downsample (refused: "small" throughout),
-// odd sizes (the second phase row and column one shorter than the first: a partial last phase
-// row and column), unequal padding, padding 0 and 2 (a 5x5 kernel: 3x3, 3x2, 2x3 and 2x2
-// sub-kernels), two groups, stride (2, 1), stride 3 (nine phases of one tap), dilation 2 with
-// stride 2 (every tap on phase (0, 0): backward_data "small"), and a strided, dilated 7x3 kernel
-// (every tap on even rows; a col matrix too big for "small").
+// phase of dx, where there are at least 8 channels per group, a tap on every phase and at least
+// 128 wide columns a phase (else "small" or "blas"). ResNet-20's stride-2 3x3 convolutions
+// (several images per weight-gradient block, a batch not a multiple of it; the 8x8 output's
+// backward_data "small") and its 1x1 downsample (refused: "small" throughout), odd sizes (the
+// second phase row and column one shorter than the first: a partial last phase row and column),
+// unequal padding, padding 0 and 2 (a 5x5 kernel: 3x3, 3x2, 2x3 and 2x2 sub-kernels), two groups,
+// stride (2, 1), stride 3 (nine phases of one tap), dilation 2 with stride 2 (every tap on phase
+// (0, 0): backward_data "small"), and a strided, dilated 7x3 kernel (every tap on even rows; a
+// col matrix too big for "small").
 BOOST_AUTO_TEST_CASE(conv2d_polyphase_paths) {
   std::mt19937 rng(29);
   const std::string polyphase = "fwd=polyphase bwd_data=polyphase bwd_weights=polyphase";
   const std::string small = "fwd=polyphase bwd_data=small bwd_weights=polyphase";
   const std::vector<PathCase> cases = {
       {conv_desc(16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1), 5, polyphase},  // ResNet-20 layer2.0
-      {conv_desc(32, 16, 16, 64, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3, polyphase},  // ResNet-20 layer3.0
+      {conv_desc(32, 16, 16, 64, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3, small},      // ResNet-20 layer3.0
       {conv_desc(16, 32, 32, 32, 1, 1, 2, 2, 0, 0, 1, 1, 1), 3,
        "fwd=small bwd_data=small bwd_weights=small"},                        // 1x1 downsample
-      {conv_desc(8, 15, 13, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1), 11, polyphase},   // odd sizes
-      {conv_desc(8, 12, 14, 12, 3, 3, 2, 2, 2, 0, 1, 1, 1), 4, polyphase},   // padding 2, 0
+      {conv_desc(8, 25, 23, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1), 11, polyphase},   // odd sizes
+      {conv_desc(6, 15, 13, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3, small},        // odd, 6 channels
+      {conv_desc(8, 22, 26, 12, 3, 3, 2, 2, 2, 0, 1, 1, 1), 4, polyphase},   // padding 2, 0
       {conv_desc(4, 11, 11, 6, 3, 3, 2, 2, 0, 0, 1, 1, 1), 3, small},        // padding 0
-      {conv_desc(5, 9, 10, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 3, small},         // 5x5, padding 2
-      {conv_desc(10, 9, 11, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 2, polyphase},    // 5x5, 10 channels
-      {conv_desc(16, 16, 16, 16, 3, 3, 2, 2, 1, 1, 1, 1, 2), 3, polyphase},  // two groups
-      {conv_desc(8, 10, 12, 8, 3, 3, 2, 1, 1, 1, 1, 1, 1), 2, polyphase},    // stride (2, 1)
-      {conv_desc(4, 14, 14, 8, 3, 3, 3, 3, 1, 1, 1, 1, 1), 2, small},        // stride 3
-      {conv_desc(8, 14, 16, 8, 3, 3, 3, 3, 1, 1, 1, 1, 1), 2, polyphase},    // stride 3, 8 channels
+      {conv_desc(10, 21, 23, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 2, polyphase},   // 5x5, padding 2
+      {conv_desc(5, 9, 10, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 3, small},         // 5x5, 5 channels
+      {conv_desc(16, 24, 24, 16, 3, 3, 2, 2, 1, 1, 1, 1, 2), 3, polyphase},  // two groups
+      {conv_desc(8, 20, 12, 8, 3, 3, 2, 1, 1, 1, 1, 1, 1), 2, polyphase},    // stride (2, 1)
+      {conv_desc(8, 38, 38, 8, 3, 3, 3, 3, 1, 1, 1, 1, 1), 2, polyphase},    // stride 3
+      {conv_desc(4, 14, 14, 8, 3, 3, 3, 3, 1, 1, 1, 1, 1), 2, small},        // stride 3, small
       {conv_desc(8, 13, 13, 8, 3, 3, 2, 2, 2, 2, 2, 2, 1), 2, small},        // dilation 2, stride 2
       {conv_desc(16, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2,
        "fwd=polyphase bwd_data=blas bwd_weights=polyphase"},  // 7x3, strided, dilated

@@ -42,6 +42,10 @@ constexpr double kDirectMinEfficiency = 0.65;
 // backward_params slices per thread when the weights have at most kSmallWeightFloats elements.
 constexpr int64_t kSlicesPerThread = 4;
 constexpr int64_t kSmallWeightFloats = int64_t{1} << 16;
+// The polyphase backward_data's least wide columns per phase of dx: below, four short products
+// and the merge lose to "small" (ResNet-20's 8x8 output, 79 columns a phase, ran 4 % slower;
+// its 16x16 one, 287, 1.5x faster: docs/performance.md).
+constexpr int64_t kPolyphaseDataMinColumns = 128;
 // Images per backward_params block of the direct method.
 constexpr int64_t kDirectParamsImages = 8;
 // Winograd pays off once the 16 products per tile block are real matrix products: below this
@@ -227,16 +231,21 @@ bool polyphase_fits(const Conv2dDesc& d) {
 
 // backward_data as one stride-1 correlation per phase of dx (polyphase::DataGeometry): enough
 // channels to fill the kernel's register rows (as direct_data_fits), a tap on every phase
-// (merge() reads every phase's product; dilation 2 with stride 2 puts all taps on one), the
-// padded dy and the wide outputs within the L2 budget, and at most 1 / kDirectMinEfficiency
-// times the exact multiply-adds.
+// (merge() reads every phase's product; dilation 2 with stride 2 puts all taps on one), at least
+// kPolyphaseDataMinColumns wide columns in each phase's product, the padded dy and the wide
+// outputs within the L2 budget, and at most 1 / kDirectMinEfficiency times the exact
+// multiply-adds.
 bool polyphase_data_fits(const Conv2dDesc& d) {
   if (!polyphase_fits(d) || channels_per_group(d) < direct::kRows) return false;
   const int64_t cg = channels_per_group(d), kg = filters_per_group(d);
   const polyphase::DataGeometry data = polyphase::make_data(d, polyphase::make(d), kg, cg);
   const double efficiency = static_cast<double>(d.kernel_h * d.kernel_w * d.out_h * d.out_w) /
                             static_cast<double>(data.multiply_adds());
-  return data.every_phase_has_taps() && data.dy_floats(kg) <= kDirectBudgetFloats &&
+  const bool long_enough =
+      std::all_of(data.phases.begin(), data.phases.end(), [&](const polyphase::DataPhase& p) {
+        return p.row_hi <= p.row_lo || data.columns(p) >= kPolyphaseDataMinColumns;
+      });
+  return data.every_phase_has_taps() && long_enough && data.dy_floats(kg) <= kDirectBudgetFloats &&
          data.wide_floats <= kDirectBudgetFloats && efficiency >= kDirectMinEfficiency;
 }
 
