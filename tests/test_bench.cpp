@@ -101,12 +101,12 @@ BOOST_AUTO_TEST_CASE(reports_every_layer_with_flops_from_weight_shapes) {
   BOOST_TEST(r.total_flops == 2 * conv1 + 3 * conv2 + 3 * fc);
   BOOST_TEST(r.parameters == 4 * 1 * 9 + 4 + 6 * 4 * 9 + 6 + 5 * 294 + 5);
   // Each layer names the kernel path it ran (Layer::implementation(), one name per conv pass);
-  // relu runs the activation kernel. conv1 has one channel per group; conv2's 4 channels are too few for
-  // the direct backward_data kernel (direct::kRows is 6 or 8).
+  // relu runs the activation kernel. conv1 has one channel per group; conv2's 7x7 images of 4
+  // channels run with the images across the vector lanes (backend_tbb/lanes.hpp).
   BOOST_TEST(r.layers[0].implementation ==
              "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise");
   BOOST_TEST(r.layers[1].implementation == "elementwise");
-  BOOST_TEST(r.layers[2].implementation == "fwd=direct bwd_data=small bwd_weights=direct");
+  BOOST_TEST(r.layers[2].implementation == "fwd=lanes bwd_data=lanes bwd_weights=lanes");
   BOOST_TEST(r.layers[3].implementation == "openblas");
 
   // The step is timed as one span; its parts are consecutive spans of it.
@@ -129,7 +129,7 @@ BOOST_AUTO_TEST_CASE(reports_every_layer_with_flops_from_weight_shapes) {
   const std::string table = format_bench_report(r);
   for (const char* word :
        {"conv1", "relu1", "conv2", "fc", "loss", "optimizer step", "images/s", "peak memory",
-        "implementation", "fwd=direct bwd_data=small bwd_weights=direct", "openblas"}) {
+        "implementation", "fwd=lanes bwd_data=lanes bwd_weights=lanes", "openblas"}) {
     BOOST_TEST(table.find(word) != std::string::npos, "table lacks '" << word << "':\n" << table);
   }
 }

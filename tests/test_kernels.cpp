@@ -979,8 +979,8 @@ struct PathCase {
 void check_paths(const std::vector<PathCase>& cases, std::mt19937& rng) {
   BOOST_TEST_REQUIRE(registries().kernels.contains("conv2d", "tbb"));
   for (const PathCase& c : cases) {
-    BOOST_TEST(kernel<Conv2dKernel>("conv2d", "tbb", c.desc)->implementation() == c.path,
-               describe(c.desc, c.n));
+    const std::string path = kernel<Conv2dKernel>("conv2d", "tbb", c.desc)->implementation();
+    BOOST_TEST(path == c.path, describe(c.desc, c.n) << " runs " << path);
   }
   for (const std::string& backend : fast_backends("conv2d")) {
     for (const PathCase& c : cases) compare_conv(c.desc, c.n, backend, rng);
@@ -988,31 +988,34 @@ void check_paths(const std::vector<PathCase>& cases, std::mt19937& rng) {
 }
 
 // Shapes that reach every path of the tbb kernel (see TbbConv2d in backend_tbb/tbb_kernels.hpp):
-// LeNet's layers (direct forward, "small" backward_data), several images per block with a
-// partial last block, direct backward_data (also with padding wider than the kernel reaches),
-// bands of output rows (blas, over 64 channels so not polyphase), blas with many images per GEMM
-// (over 64 filters), strided 1x1 ("small": the polyphase method refuses 1x1), pointwise (over 64
-// channels, so not direct) and depthwise.
+// LeNet's layers (lanes), several images per block with a partial last block (lanes, and small
+// backward_data: 3 channels are too few for direct backward_data, 64 filters of 12x12 too many for
+// lanes' frames), direct backward_data (also with padding wider than the kernel reaches), bands
+// of output rows (blas, over 64 channels so not polyphase), blas with many images per GEMM (over
+// 64 filters), strided 1x1 ("small": polyphase refuses 1x1), pointwise (over 64 channels, so not
+// direct) and depthwise.
 BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
   std::mt19937 rng(11);
   const std::string direct = "fwd=direct bwd_data=direct bwd_weights=direct";
   const std::string direct_small = "fwd=direct bwd_data=small bwd_weights=direct";
   const std::string blas = "fwd=blas bwd_data=blas bwd_weights=blas";
+  const std::string lanes = "fwd=lanes bwd_data=lanes bwd_weights=lanes";
   const std::vector<PathCase> cases = {
-      {conv_desc(1, 28, 28, 6, 5, 5, 1, 1, 2, 2, 1, 1, 1), 9, direct_small},    // LeNet conv1
-      {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1), 13, direct_small},  // LeNet conv2
-      {conv_desc(3, 5, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37, direct_small},     // images per block
+      {conv_desc(1, 28, 28, 6, 5, 5, 1, 1, 2, 2, 1, 1, 1), 9, lanes},    // LeNet conv1
+      {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1), 13, lanes},  // LeNet conv2
+      {conv_desc(3, 5, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37, lanes},     // 16 + 16 + 5 images
+      {conv_desc(3, 12, 12, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37, direct_small},  // images per block
       {conv_desc(20, 30, 26, 6, 5, 5, 1, 1, 2, 2, 1, 1, 2), 2, direct},         // two groups
       {conv_desc(72, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2, blas},  // bands, strided, dilated
       {conv_desc(8, 9, 9, 12, 1, 1, 2, 2, 0, 0, 1, 1, 4), 5,
        "fwd=small bwd_data=small bwd_weights=small"},                     // 1x1 stride 2
       {conv_desc(32, 20, 20, 24, 1, 1, 1, 1, 0, 0, 1, 1, 1), 6, direct},  // 1x1, direct
       {conv_desc(72, 6, 6, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1), 3,
-       "fwd=pointwise bwd_data=pointwise bwd_weights=pointwise"},     // over 64 channels
-      {conv_desc(8, 8, 8, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1), 3, direct},  // padding beyond the kernel
-      {conv_desc(12, 9, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1), 17, direct_small},  // too much dy border
-      {conv_desc(12, 20, 20, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5, direct},  // direct backward_data
-      {conv_desc(4, 7, 7, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9, blas},      // blas, many images
+       "fwd=pointwise bwd_data=pointwise bwd_weights=pointwise"},      // over 64 channels
+      {conv_desc(8, 8, 8, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1), 3, direct},   // padding beyond the kernel
+      {conv_desc(12, 9, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1), 17, lanes},  // odd size, 16 + 1 images
+      {conv_desc(12, 28, 28, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5, direct},  // direct backward_data
+      {conv_desc(4, 21, 21, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9, blas},    // blas, many images
       {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7,
        "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise"},
   };
@@ -1020,7 +1023,8 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
 }
 
 // The polyphase path (stride 2 to 4, more than one tap, at most 64 channels and filters per
-// group, a small image, wide rows at least 65 % real): forward and the weight gradient run the
+// group, a small image but past the lanes method's frames, which come first in the lists, wide
+// rows at least 65 % real): forward and the weight gradient run the
 // direct kernels over the input's phase planes (polyphase.hpp); backward_data too, one product per
 // phase of dx, where there are at least 8 channels per group, a tap on every phase and at least
 // 128 wide columns a phase (else "small" or "blas"). ResNet-20's stride-2 3x3 convolutions
@@ -1040,19 +1044,51 @@ BOOST_AUTO_TEST_CASE(conv2d_polyphase_paths) {
       {conv_desc(32, 16, 16, 64, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3, small},      // ResNet-20 layer3.0
       {conv_desc(16, 32, 32, 32, 1, 1, 2, 2, 0, 0, 1, 1, 1), 3,
        "fwd=small bwd_data=small bwd_weights=small"},                        // 1x1 downsample
-      {conv_desc(8, 25, 23, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1), 11, polyphase},   // odd sizes
-      {conv_desc(6, 15, 13, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3, small},        // odd, 6 channels
-      {conv_desc(8, 22, 26, 12, 3, 3, 2, 2, 2, 0, 1, 1, 1), 4, polyphase},   // padding 2, 0
-      {conv_desc(4, 11, 11, 6, 3, 3, 2, 2, 0, 0, 1, 1, 1), 3, small},        // padding 0
-      {conv_desc(10, 21, 23, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 2, polyphase},   // 5x5, padding 2
-      {conv_desc(5, 9, 10, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 3, small},         // 5x5, 5 channels
-      {conv_desc(16, 24, 24, 16, 3, 3, 2, 2, 1, 1, 1, 1, 2), 3, polyphase},  // two groups
-      {conv_desc(8, 20, 12, 8, 3, 3, 2, 1, 1, 1, 1, 1, 1), 2, polyphase},    // stride (2, 1)
+      {conv_desc(16, 25, 23, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1), 11, polyphase},  // odd sizes
+      {conv_desc(5, 45, 43, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3, small},        // odd, 5 channels
+      {conv_desc(16, 22, 26, 12, 3, 3, 2, 2, 2, 0, 1, 1, 1), 4, polyphase},  // padding 2, 0
+      {conv_desc(4, 47, 47, 6, 3, 3, 2, 2, 0, 0, 1, 1, 1), 3, small},        // padding 0
+      {conv_desc(20, 21, 23, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 2, polyphase},   // 5x5, padding 2
+      {conv_desc(5, 39, 40, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 3, small},        // 5x5, 5 channels
+      {conv_desc(32, 24, 24, 16, 3, 3, 2, 2, 1, 1, 1, 1, 2), 3, polyphase},  // two groups
+      {conv_desc(16, 20, 24, 8, 3, 3, 2, 1, 1, 1, 1, 1, 1), 2, polyphase},   // stride (2, 1)
       {conv_desc(8, 38, 38, 8, 3, 3, 3, 3, 1, 1, 1, 1, 1), 2, polyphase},    // stride 3
-      {conv_desc(4, 14, 14, 8, 3, 3, 3, 3, 1, 1, 1, 1, 1), 2, small},        // stride 3, small
-      {conv_desc(8, 13, 13, 8, 3, 3, 2, 2, 2, 2, 2, 2, 1), 2, small},        // dilation 2, stride 2
+      {conv_desc(4, 46, 46, 8, 3, 3, 3, 3, 1, 1, 1, 1, 1), 2, small},        // stride 3, small
+      {conv_desc(8, 33, 33, 8, 3, 3, 2, 2, 2, 2, 2, 2, 1), 2, small},        // dilation 2, stride 2
       {conv_desc(16, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2,
        "fwd=polyphase bwd_data=blas bwd_weights=polyphase"},  // 7x3, strided, dilated
+  };
+  check_paths(cases, rng);
+}
+
+// The lanes method (backend_tbb/lanes.hpp: lanes::kLanes images across the vector lanes): blocks
+// of exactly kLanes images and one more (kLanes is 16 or 8: 16 and 17 cover both), stride 2 and
+// an output rounded up (forward and the weight gradient; backward_data is stride 1 only), dilation
+// 2, a 5x5 kernel with padding short of its reach (rows of taps skipped on both sides), non-square
+// images and kernels with unequal padding, two groups, and padding beyond the kernel's reach
+// (backward_data refuses it). Tile shapes vary with the rows and columns, so partial tiles are
+// reached on every vector width.
+BOOST_AUTO_TEST_CASE(conv2d_lanes_paths) {
+  std::mt19937 rng(29);
+  auto rounded_up = [](Conv2dDesc d) {
+    d.out_h = out_extent_ceil(d.in_h, d.kernel_h, d.stride_h, d.pad_h, d.dilation_h);
+    d.out_w = out_extent_ceil(d.in_w, d.kernel_w, d.stride_w, d.pad_w, d.dilation_w);
+    return d;
+  };
+  const std::string lanes = "fwd=lanes bwd_data=lanes bwd_weights=lanes";
+  const std::vector<PathCase> cases = {
+      {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1), 16, lanes},  // one full block
+      {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1), 17, lanes},  // and one image more
+      {conv_desc(5, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1), 19,
+       "fwd=lanes bwd_data=small bwd_weights=lanes"},  // stride 2
+      {rounded_up(conv_desc(4, 12, 11, 6, 3, 3, 2, 3, 1, 0, 1, 1, 1)), 5,
+       "fwd=lanes bwd_data=small bwd_weights=lanes"},                    // rounded up
+      {conv_desc(6, 11, 11, 5, 3, 3, 1, 1, 2, 2, 2, 2, 1), 18, lanes},   // dilation 2
+      {conv_desc(4, 9, 13, 7, 5, 5, 1, 1, 1, 1, 1, 1, 1), 20, lanes},    // 5x5, padding 1
+      {conv_desc(5, 8, 11, 9, 3, 5, 1, 1, 1, 2, 1, 1, 1), 11, lanes},    // 3x5, padding (1, 2)
+      {conv_desc(8, 10, 10, 12, 3, 3, 1, 1, 1, 1, 1, 1, 2), 21, lanes},  // two groups
+      {conv_desc(5, 7, 7, 10, 3, 3, 1, 1, 3, 3, 1, 1, 1), 9,
+       "fwd=lanes bwd_data=small bwd_weights=lanes"},  // padding past the kernel's reach
   };
   check_paths(cases, rng);
 }
@@ -1087,7 +1123,8 @@ BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
 // channels and filters): odd output sizes (partial tiles on both edges), every padding it takes
 // (backward_data runs with padding 2 - pad), unequal padding, more channels than filters and the
 // reverse, several tile blocks with a partial last one; and the shapes just outside it (dilation 2,
-// two groups, padding 3, 31 channels), which must still agree through their own paths. Dilated 3x3
+// two groups, padding 3, 31 channels), which must still agree through their own paths (lanes, for
+// these small images). Dilated 3x3
 // runs there too, as a batch of polyphase components, when the dilation divides the size and the
 // padding. Where the direct kernels fit (at most 64 channels and filters, a small image) they run
 // forward and often backward_data, and Winograd the weight gradient.
@@ -1095,7 +1132,7 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
   std::mt19937 rng(17);
   const std::string direct_23 = "fwd=direct bwd_data=winograd23 bwd_weights=winograd23";
   const std::string direct_direct_23 = "fwd=direct bwd_data=direct bwd_weights=winograd23";
-  const std::string direct_small = "fwd=direct bwd_data=small bwd_weights=direct";
+  const std::string lanes = "fwd=lanes bwd_data=lanes bwd_weights=lanes";
   const std::vector<PathCase> cases = {
       {conv_desc(32, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, direct_23},        // odd 9x11 output
       {conv_desc(48, 8, 8, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2, direct_23},         // no padding: 6x6
@@ -1119,12 +1156,12 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // dilation 3, unequal pad
       {conv_desc(32, 8, 8, 32, 3, 3, 1, 1, 4, 4, 2, 2, 1), 2, direct_direct_23},  // dil 2, pad 4
-      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2, direct_small},      // odd size: not
-      {conv_desc(32, 10, 10, 32, 3, 3, 1, 1, 1, 1, 2, 2, 1), 2, direct_small},    // padding 1: not
-      {conv_desc(64, 9, 9, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2), 2, direct_small},      // two groups: not
+      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2, lanes},             // odd size: not
+      {conv_desc(32, 10, 10, 32, 3, 3, 1, 1, 1, 1, 2, 2, 1), 2, lanes},           // padding 1: not
+      {conv_desc(64, 9, 9, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2), 2, lanes},             // two groups: not
       {conv_desc(32, 6, 6, 32, 3, 3, 1, 1, 3, 3, 1, 1, 1), 2,
-       "fwd=direct bwd_data=direct bwd_weights=direct"},  // padding 3: not winograd
-      {conv_desc(31, 9, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2, direct_small},  // 31 channels: not
+       "fwd=lanes bwd_data=direct bwd_weights=lanes"},                 // padding 3: not winograd
+      {conv_desc(31, 9, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2, lanes},  // 31 channels: not
   };
   check_paths(cases, rng);
 }
@@ -1162,23 +1199,31 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic_per_method) {
       {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1),
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23",
        {{3686400, 1222400}, {3686400, 1222400}, {5308416, 518400}}},
-      // LeNet's conv2: the direct kernels over the wide output, 14 columns a row (9 rows of 14,
-      // then 10): 16 * 150 * 136; the weight gradient every wide row: 16 * 150 * 10 * 14;
-      // backward_data ("small") the direct 16 * 150 * 100 plus col2im's 6 * 50 * 50 additions
-      // (no padding: every tap of every output reads a real pixel).
-      {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1),
+      // The direct kernels over the wide output, 14 columns a row (11 rows of 14, then 12):
+      // 64 * 27 * 166; small backward_data (3 channels: too few for direct) the direct
+      // 64 * 27 * 144 plus col2im's 3 * 34 * 34 additions (34 of the 36 (tap, output) pairs along
+      // each axis read a real pixel); the weight gradient every wide row: 64 * 27 * 12 * 14.
+      {conv_desc(3, 12, 12, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1),
        "fwd=direct bwd_data=small bwd_weights=direct",
-       {{326400, 0}, {240000, 15000}, {336000, 0}}},
-      // Direct backward_data: 20x20 padded to 22x22, dy padded to 22x22: 8 * 108 * (19 * 22 + 20)
-      // both ways, 8 * 108 * 20 * 22 for the weight gradient.
-      {conv_desc(12, 20, 20, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1),
+       {{286848, 0}, {248832, 3468}, {290304, 0}}},
+      // Direct backward_data: 28x28 padded to 30x30, dy padded to 30x30: 8 * 108 * (27 * 30 + 28)
+      // both ways, 8 * 108 * 28 * 30 for the weight gradient.
+      {conv_desc(12, 28, 28, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1),
        "fwd=direct bwd_data=direct bwd_weights=direct",
-       {{378432, 0}, {378432, 0}, {380160, 0}}},
-      // im2col + GEMM, stride 2, padding 1: 70 * 36 * 16 products a pass; col2im adds the taps that
-      // read real pixels, 10 of the 12 (tap, output) pairs along each axis: 4 * 10 * 10.
-      {conv_desc(4, 7, 7, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1),
+       {{724032, 0}, {724032, 0}, {725760, 0}}},
+      // Lanes: 8 filters (forward) and 4 channels (backward_data) by 10 columns are whole tiles on
+      // every vector width. Output rows 0 and 9 skip the kernel row in the padding: 28 kernel rows
+      // of taps instead of 30, each 4 * 3 taps forward (8 * 12 * 28 * 10) and 8 * 3 backward
+      // (4 * 24 * 28 * 10); the weight gradient over all 100 pixels: 8 * 36 * 100.
+      {conv_desc(4, 10, 10, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1),
+       "fwd=lanes bwd_data=lanes bwd_weights=lanes",
+       {{26880, 0}, {26880, 0}, {28800, 0}}},
+      // im2col + GEMM, stride 2, padding 1 (70 filters of 11x11: too many for lanes' frames): 70 *
+      // 36 * 121 products a pass; col2im adds the taps that read real pixels, 31 of the 33 (tap,
+      // output) pairs along each axis: 4 * 31 * 31.
+      {conv_desc(4, 21, 21, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1),
        "fwd=blas bwd_data=blas bwd_weights=blas",
-       {{40320, 0}, {40320, 400}, {40320, 0}}},
+       {{304920, 0}, {304920, 3844}, {304920, 0}}},
       // Polyphase, ResNet-20's 16 -> 32 3x3 stride 2 on 32x32: phase planes of 17x17, so 16 rows
       // of 17 wide columns less the last row's discarded one, 271, times 32 * 144 (forward); the
       // weight gradient every wide row, 16 * 17. backward_data: per phase of dx, its 16 real rows

@@ -61,6 +61,11 @@ constexpr int64_t kWinograd43MinParamsChannels = 256;
 // Floats of one task's transformed input plus transformed output (its tiles' V and M).
 constexpr int64_t kWinogradBudgetFloats = int64_t{1} << 19;
 
+// The lanes method's frames (one group) hold at most this many pixels per image: 512 KiB each for a
+// block of 16 images (AVX-512), so a block's input and output frames fit a core's L2 together.
+// Counted per image, so every vector width takes the same descriptors.
+constexpr int64_t kLanesBudgetPixels = int64_t{1} << 13;
+
 constexpr std::string_view kName = "tbb conv2d";
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -281,6 +286,23 @@ bool winograd43_params_fits(const Conv2dDesc& d) {
   return winograd43_fits(d) && d.in_channels + d.out_channels >= kWinograd43MinParamsChannels;
 }
 
+// The lanes method (lanes.hpp): fp32, a block's frames within kLanesBudgetPixels, not 1x1
+// (pointwise and small run those faster) and not what Winograd runs (3x3, stride 1, 32 channels
+// and more: Winograd keeps those; docs/performance.md, section 14).
+bool lanes_fits(const Conv2dDesc& d) {
+  if (d.precision != Precision::kFp32 || d.kernel_h * d.kernel_w == 1 || winograd_fits(d)) {
+    return false;
+  }
+  const lanes::ProductPass p = lanes::forward_pass(d);
+  return p.in.pixels() <= kLanesBudgetPixels && p.out.pixels() <= kLanesBudgetPixels;
+}
+
+bool lanes_data_fits(const Conv2dDesc& d) {
+  if (!lanes_fits(d) || !lanes::data_fits(d)) return false;
+  const lanes::ProductPass p = lanes::data_pass(d);
+  return p.in.pixels() <= kLanesBudgetPixels && p.out.pixels() <= kLanesBudgetPixels;
+}
+
 }  // namespace
 
 // ---- the ordered lists ------------------------------------------------------------------------
@@ -295,6 +317,8 @@ std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementat
        &TbbConv2d::depthwise_forward, &TbbConv2d::depthwise_forward_arithmetic},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise, &TbbConv2d::depthwise_forward,
        &TbbConv2d::depthwise_forward_arithmetic},
+      {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_forward, &TbbConv2d::forward_lanes,
+       &TbbConv2d::lanes_forward_arithmetic},
       {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_forward,
        &TbbConv2d::forward_direct, &TbbConv2d::direct_forward_arithmetic},
       {"polyphase", polyphase_fits, &TbbConv2d::prepare_polyphase_forward,
@@ -319,6 +343,8 @@ std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations()
        &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_data_arithmetic},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
        &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_data_arithmetic},
+      {"lanes", lanes_data_fits, &TbbConv2d::prepare_lanes_data, &TbbConv2d::data_lanes,
+       &TbbConv2d::lanes_data_arithmetic},
       {"direct", direct_data_fits, &TbbConv2d::prepare_direct_data, &TbbConv2d::data_direct,
        &TbbConv2d::direct_data_arithmetic},
       {"polyphase", polyphase_data_fits, &TbbConv2d::prepare_polyphase_data,
@@ -343,6 +369,8 @@ std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementatio
        &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_params_arithmetic},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
        &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_params_arithmetic},
+      {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_params, &TbbConv2d::params_lanes,
+       &TbbConv2d::lanes_params_arithmetic},
       {"winograd43", winograd43_params_fits, &TbbConv2d::prepare_winograd_params<4>,
        &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic},
       {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_params<2>,
@@ -519,6 +547,18 @@ Conv2dPassArithmetic TbbConv2d::winograd_params_arithmetic() const {
   return winograd::pass_arithmetic(winograd_params_, phases_, true);
 }
 
+Conv2dPassArithmetic TbbConv2d::lanes_forward_arithmetic() const {
+  return {desc_.groups * lanes_forward_.multiply_adds(), 0};
+}
+
+Conv2dPassArithmetic TbbConv2d::lanes_data_arithmetic() const {
+  return {desc_.groups * lanes_data_.multiply_adds(), 0};
+}
+
+Conv2dPassArithmetic TbbConv2d::lanes_params_arithmetic() const {
+  return {desc_.groups * lanes_params_.multiply_adds(), 0};
+}
+
 // ---- preparing: each implementation's plan, workspace and tables -------------------------------
 
 void TbbConv2d::reserve_workspace(int64_t col, int64_t gathered) {
@@ -656,6 +696,30 @@ void TbbConv2d::prepare_depthwise(Plan&) {
     depthwise_offsets_ = depthwise::tap_offsets(d, false);
     depthwise_flipped_offsets_ = depthwise::tap_offsets(d, true);
   }
+}
+
+// lanes: blocks of lanes::kLanes images; the frames in the workspace (col: the input frame,
+// gathered: the output frame, or backward_params' dy frame).
+void TbbConv2d::prepare_lanes_forward(Plan& plan) {
+  plan.images = lanes::kLanes;
+  lanes_forward_ = lanes::forward_pass(desc_);
+  reserve_workspace(lanes_forward_.in_floats(), lanes_forward_.out.floats());
+  packed_forward_.assign(static_cast<std::size_t>(desc_.groups * rows_ * lanes_forward_.lda), 0.0f);
+}
+
+void TbbConv2d::prepare_lanes_data(Plan& plan) {
+  plan.images = lanes::kLanes;
+  lanes_data_ = lanes::data_pass(desc_);
+  reserve_workspace(lanes_data_.in_floats(), lanes_data_.out.floats());
+  packed_backward_.assign(static_cast<std::size_t>(desc_.groups * kg_ * desc_.kernel_h *
+                                                   desc_.kernel_w * lanes_data_.lda),
+                          0.0f);
+}
+
+void TbbConv2d::prepare_lanes_params(Plan& plan) {
+  plan.images = lanes::kLanes;
+  lanes_params_ = lanes::weight_pass(desc_);
+  reserve_workspace(lanes_params_.x_floats(), lanes_params_.dy.floats());
 }
 
 // Each thread's V and M (or dy's W) for geometry g.
@@ -1595,6 +1659,79 @@ void TbbConv2d::direct_backward_params(const Block& b, const float* x, const flo
     direct::shifted_dot(ws.gathered.data(), kg_, dy_wide_stride_, ws.col.data(),
                         forward_offsets_.data(), rows_, dy_wide_stride_, b.images, dy_image_stride,
                         padded_stride_, dw + g * kg_ * rows_, rows_);
+  }
+}
+
+// ---- lanes: lanes::kLanes images across the vector lanes (lanes.hpp) ---------------------------
+
+void TbbConv2d::forward_lanes(const float* x, const float* w, const float* bias, float* y,
+                              int64_t n_batch) {
+  const int64_t stride = rows_ * lanes_forward_.lda;
+  for (int64_t g = 0; g < desc_.groups; ++g) {
+    lanes::pack_forward(desc_, lanes_forward_, w + g * kg_ * rows_,
+                        packed_forward_.data() + g * stride);
+  }
+  for_each_block(forward_plan_, n_batch,
+                 [&](const Block& b, Workspace& ws) { lanes_forward_block(b, x, bias, y, ws); });
+}
+
+void TbbConv2d::data_lanes(const float* dy, const float* w, float* dx, int64_t n_batch) {
+  const int64_t stride = kg_ * desc_.kernel_h * desc_.kernel_w * lanes_data_.lda;
+  for (int64_t g = 0; g < desc_.groups; ++g) {
+    lanes::pack_data(desc_, lanes_data_, w + g * kg_ * rows_, packed_backward_.data() + g * stride);
+  }
+  for_each_data_unit(dx, n_batch, false,
+                     [&](const Block& b, Workspace& ws) { lanes_data_block(b, dy, dx, ws); });
+}
+
+void TbbConv2d::params_lanes(const float* x, const float* dy, float* dweight, float* dbias,
+                             int64_t n_batch) {
+  params_by_slices(dy, dweight, dbias, n_batch, [&](const Block& b, float* dw, Workspace& ws) {
+    lanes_params_block(b, x, dy, dw, ws);
+  });
+}
+
+void TbbConv2d::lanes_forward_block(const Block& b, const float* x, const float* bias, float* y,
+                                    Workspace& ws) const {
+  const Conv2dDesc& d = desc_;
+  const lanes::ProductPass& p = lanes_forward_;
+  const int64_t stride = rows_ * p.lda;
+  for (int64_t g = 0; g < d.groups; ++g) {
+    lanes::interleave(x + (b.n0 * d.in_channels + g * cg_) * in_plane_, b.images,
+                      d.in_channels * in_plane_, d.in_h, d.in_w, p.in, p.top, p.left,
+                      ws.col.data());
+    lanes::run(p, packed_forward_.data() + g * stride, ws.col.data(), ws.gathered.data());
+    lanes::deinterleave(ws.gathered.data(), p.out, b.images, d.out_channels * out_plane_,
+                        bias != nullptr ? bias + g * kg_ : nullptr,
+                        y + (b.n0 * d.out_channels + g * kg_) * out_plane_);
+  }
+}
+
+void TbbConv2d::lanes_data_block(const Block& b, const float* dy, float* dx, Workspace& ws) const {
+  const Conv2dDesc& d = desc_;
+  const lanes::ProductPass& p = lanes_data_;
+  const int64_t stride = kg_ * d.kernel_h * d.kernel_w * p.lda;
+  for (int64_t g = 0; g < d.groups; ++g) {
+    lanes::interleave(dy + (b.n0 * d.out_channels + g * kg_) * out_plane_, b.images,
+                      d.out_channels * out_plane_, d.out_h, d.out_w, p.in, p.top, p.left,
+                      ws.col.data());
+    lanes::run(p, packed_backward_.data() + g * stride, ws.col.data(), ws.gathered.data());
+    lanes::deinterleave(ws.gathered.data(), p.out, b.images, d.in_channels * in_plane_, nullptr,
+                        dx + (b.n0 * d.in_channels + g * cg_) * in_plane_);
+  }
+}
+
+void TbbConv2d::lanes_params_block(const Block& b, const float* x, const float* dy, float* dw,
+                                   Workspace& ws) const {
+  const Conv2dDesc& d = desc_;
+  const lanes::WeightPass& p = lanes_params_;
+  for (int64_t g = 0; g < d.groups; ++g) {
+    lanes::interleave(x + (b.n0 * d.in_channels + g * cg_) * in_plane_, b.images,
+                      d.in_channels * in_plane_, d.in_h, d.in_w, p.x, p.top, p.left, ws.col.data());
+    lanes::interleave(dy + (b.n0 * d.out_channels + g * kg_) * out_plane_, b.images,
+                      d.out_channels * out_plane_, d.out_h, d.out_w, p.dy, 0, 0,
+                      ws.gathered.data());
+    lanes::run(p, ws.gathered.data(), ws.col.data(), dw + g * kg_ * rows_, rows_);
   }
 }
 

@@ -35,6 +35,7 @@
 #include <string_view>
 #include <vector>
 
+#include "lanes.hpp"
 #include "polyphase.hpp"
 #include "strata/backend.hpp"
 #include "strata/config.hpp"
@@ -81,11 +82,11 @@ class TbbBackend : public Backend {
 // and the two after it), in the style of oneDNN's implementation lists: on_prepare() takes, per
 // pass, the first whose supports(desc) holds, so forward may be direct while backward_data is
 // not. implementation() names the three: "fwd=direct bwd_data=small bwd_weights=winograd23".
-//   forward:         bf16_depthwise, depthwise, direct, polyphase, winograd43, winograd23,
+//   forward:         bf16_depthwise, depthwise, lanes, direct, polyphase, winograd43, winograd23,
 //                    pointwise, small, blas
-//   backward_data:   bf16_depthwise, depthwise, direct, polyphase, winograd43, winograd23,
+//   backward_data:   bf16_depthwise, depthwise, lanes, direct, polyphase, winograd43, winograd23,
 //                    pointwise, small, blas
-//   backward_params: bf16_depthwise, depthwise, winograd43, winograd23, direct, polyphase,
+//   backward_params: bf16_depthwise, depthwise, lanes, winograd43, winograd23, direct, polyphase,
 //                    pointwise, small, blas
 // The methods:
 //   - bf16_depthwise: precision bf16 (docs/precision.md), depthwise descriptors only: the depthwise
@@ -96,18 +97,26 @@ class TbbBackend : public Backend {
 //     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp). forward and
 //     backward_data are parallel over planes; backward_params over groups, each filter's sum in
 //     a fixed order.
+//   - lanes: small images (a block's frames within kLanesBudgetPixels per image), kernels larger
+//     than 1x1, and not what Winograd takes: blocks of lanes::kLanes images interleaved so that one
+//     vector holds one pixel of every image (lanes.hpp). Forward and backward_data are register
+//     tiles of (filters or channels) x output columns over the taps that read real rows; the weight
+//     gradient a tile of filters x taps over the output pixels. backward_data needs stride 1 and
+//     padding within the kernel's reach. LeNet's layers run here.
 //   - direct: stride 1, small padded image, and little waste. Register-blocked AVX-512 or AVX2
 //     kernels (direct_conv.hpp) read the zero-padded image in place: no im2col, no GEMM packing.
 //     backward_data runs the same kernel on the padded dy with flipped, transposed weights.
 //     Preferred to winograd for forward and backward_data where both apply.
-//   - polyphase: stride > 1 within the direct method's limits (channels and filters, the L2
-//     budget, the wide rows' efficiency), any dilation and groups. Each image group's padded
-//     input is split into its stride_h x stride_w phase planes (polyphase.hpp), on which every
-//     (channel, tap) is one shifted row: forward and backward_params run the direct kernels over
-//     them, with wide rows as wide as a phase plane. 1x1 stride 2 stores one phase, the
-//     subsampled image. backward_data splits dx's padded image the same way: each phase plane is
-//     a stride-1 full correlation of the padded dy with that phase's taps (one shifted_gemm per
-//     phase, no col2im), where there are at least direct::kRows channels per group.
+//   - polyphase: stride 2 to 4 and more than one tap, within the direct method's limits (channels
+//     and filters, the L2 budget, the wide rows' efficiency), any dilation and groups; strided
+//     images small enough for lanes' frames run lanes first (forward and weight gradient). Each
+//     image group's padded input is split into its stride_h x stride_w phase planes
+//     (polyphase.hpp), on which every (channel, tap) is one shifted row: forward and
+//     backward_params run the direct kernels over them, with wide rows as wide as a phase plane.
+//     backward_data splits dx's padded image the same way: each phase plane is a stride-1 full
+//     correlation of the padded dy with that phase's taps (one shifted_gemm per phase, no col2im),
+//     where there are at least direct::kRows channels per group, a tap on every phase and long
+//     enough products.
 //   - winograd43, winograd23: F(4x4, 3x3) (winograd43.cpp) or F(2x2, 3x3) (winograd.hpp) over
 //     blocks of tiles of the whole batch, for 3x3, stride 1, one group, padding at most 2, at
 //     least kWinogradMinChannels channels and filters. F(4x4) where channels plus filters are at
@@ -225,6 +234,9 @@ class TbbConv2d : public Conv2dKernel {
   void prepare_direct_data(Plan& plan);
   void prepare_direct_params(Plan& plan);
   void prepare_depthwise(Plan& plan);
+  void prepare_lanes_forward(Plan& plan);
+  void prepare_lanes_data(Plan& plan);
+  void prepare_lanes_params(Plan& plan);
   void reserve_winograd(const winograd::Geometry& g);
   template <int Tile>
   void prepare_winograd_forward(Plan& plan);
@@ -243,12 +255,14 @@ class TbbConv2d : public Conv2dKernel {
                         int64_t n_batch);
   void depthwise_forward(const float* x, const float* w, const float* bias, float* y,
                          int64_t n_batch);
+  void forward_lanes(const float* x, const float* w, const float* bias, float* y, int64_t n_batch);
   void data_direct(const float* dy, const float* w, float* dx, int64_t n_batch);
   void data_small(const float* dy, const float* w, float* dx, int64_t n_batch);
   void data_pointwise(const float* dy, const float* w, float* dx, int64_t n_batch);
   void data_blas(const float* dy, const float* w, float* dx, int64_t n_batch);
   void data_winograd(const float* dy, const float* w, float* dx, int64_t n_batch);
   void depthwise_backward_data(const float* dy, const float* w, float* dx, int64_t n_batch);
+  void data_lanes(const float* dy, const float* w, float* dx, int64_t n_batch);
   void params_direct(const float* x, const float* dy, float* dweight, float* dbias,
                      int64_t n_batch);
   void params_small(const float* x, const float* dy, float* dweight, float* dbias, int64_t n_batch);
@@ -259,6 +273,7 @@ class TbbConv2d : public Conv2dKernel {
                        int64_t n_batch);
   void depthwise_backward_params(const float* x, const float* dy, float* dw, float* db,
                                  int64_t n_batch);
+  void params_lanes(const float* x, const float* dy, float* dweight, float* dbias, int64_t n_batch);
 
   // The implementations' arithmetic per image (Implementation::arithmetic). exact: direct
   // convolution's count (pointwise, blas and small multiply the im2col matrix, nothing more);
@@ -276,6 +291,9 @@ class TbbConv2d : public Conv2dKernel {
   Conv2dPassArithmetic winograd_forward_arithmetic() const;
   Conv2dPassArithmetic winograd_data_arithmetic() const;
   Conv2dPassArithmetic winograd_params_arithmetic() const;
+  Conv2dPassArithmetic lanes_forward_arithmetic() const;
+  Conv2dPassArithmetic lanes_data_arithmetic() const;
+  Conv2dPassArithmetic lanes_params_arithmetic() const;
 
   // One block's work (pointwise: the image itself is the col matrix).
   void pack_forward_weights(const float* w);
@@ -303,6 +321,12 @@ class TbbConv2d : public Conv2dKernel {
                  const float* bias, float* y) const;
   void widen_dy(int64_t n, int64_t g, const float* dy, int64_t row, int64_t row_stride,
                 float* wide) const;
+  // The lanes method's work on one block of at most lanes::kLanes images, every group.
+  void lanes_forward_block(const Block& b, const float* x, const float* bias, float* y,
+                           Workspace& ws) const;
+  void lanes_data_block(const Block& b, const float* dy, float* dx, Workspace& ws) const;
+  void lanes_params_block(const Block& b, const float* x, const float* dy, float* dw,
+                          Workspace& ws) const;
   // Runs the Winograd convolution described by `g` with transformed weights `u` over the batch.
   void winograd_run(const winograd::Geometry& g, const float* u, const float* x, const float* bias,
                     float* y, int64_t n_batch);
@@ -343,7 +367,8 @@ class TbbConv2d : public Conv2dKernel {
   std::vector<std::vector<float>> partial_weight_;  // slices 1.. of backward_params
   std::vector<std::vector<float>> partial_bias_;    // every slice
   tbb::enumerable_thread_specific<Workspace> workspace_;
-  // Weights repacked on every call (they change every step), per group, direct::pack_rows layout.
+  // Weights repacked on every call (they change every step), per group, in the layout of the
+  // method that runs the pass (direct::pack_rows; lanes: ProductPass::lda floats per tap).
   std::vector<float> packed_forward_, packed_backward_;
 
   // small: images side by side in the col matrix, whose rows are small_stride_ apart.
@@ -364,6 +389,9 @@ class TbbConv2d : public Conv2dKernel {
   std::vector<float> winograd_u_forward_, winograd_u_data_;
   std::vector<std::vector<float>> winograd_du_;  // per backward_params slice
   int64_t phases_ = 1;  // dilation run as phases_ x phases_ dilation-1 convolutions
+  // lanes: each pass's geometry over interleaved frames of lanes::kLanes images (lanes.hpp).
+  lanes::ProductPass lanes_forward_, lanes_data_;
+  lanes::WeightPass lanes_params_;
   std::vector<float> phase_a_, phase_b_;  // the split input and output (or x and dy)
 
   // ---- polyphase (polyphase.hpp): stride > 1 as one stride-1 direct convolution over the

@@ -23,7 +23,7 @@ YAML
 
 "$STRATA" bench "$work/exp.yaml" --iterations 2 --warmup 1 >"$work/table" 2>&1 || { cat "$work/table"; fail "table run"; }
 for word in conv1 relu1 pool1 fc1 "optimizer step" total images/s "peak memory" "batch 5" \
-            implementation "fwd=direct bwd_data=small bwd_weights=direct" pairs2x2 openblas; do
+            implementation "fwd=lanes bwd_data=lanes bwd_weights=lanes" pairs2x2 openblas; do
   grep -qF -- "$word" "$work/table" || { cat "$work/table"; fail "table lacks '$word'"; }
 done
 echo "ok   table"
@@ -71,7 +71,7 @@ assert conv["backward_flops"] == conv["forward_flops"], conv
 assert r["layers"][1]["forward_gflops"] is None
 # The kernel path each layer ran (Layer::implementation()).
 assert [l["implementation"] for l in r["layers"]] == [
-    "fwd=direct bwd_data=small bwd_weights=direct", "elementwise", "pairs2x2", "openblas"], r["layers"]
+    "fwd=lanes bwd_data=lanes bwd_weights=lanes", "elementwise", "pairs2x2", "openblas"], r["layers"]
 assert r["images_per_second"] > 0 and r["peak_rss_bytes"] > 0
 assert abs(r["images_per_second"] - 6 / r["step_seconds"]) < 1e-6 * r["images_per_second"]
 PY

@@ -128,7 +128,7 @@ for line in "6. the roofline: conv2d against this machine's GEMM peak (256^3, be
             "farthest from the roofline: "; do
   grep -qF -- "$line" "$work/table" || { cat "$work/table"; fail "table 6 lacks '$line'"; }
 done
-grep -Eq "^ +forward +direct +[0-9.]+ +[0-9.]+ +[0-9.]+% +[0-9.]+% +-?[0-9.]+ +[0-9]+%$" "$work/table" ||
+grep -Eq "^ +forward +lanes +[0-9.]+ +[0-9.]+ +[0-9.]+% +[0-9.]+% +-?[0-9.]+ +[0-9]+%$" "$work/table" ||
   { cat "$work/table"; fail "table 6 has no forward row"; }
 "$PYTHON" - "$work/table.json" <<'PY' || fail "table 6 json"
 import json, sys
