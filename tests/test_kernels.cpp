@@ -999,8 +999,9 @@ void check_paths(const std::vector<PathCase>& cases, std::mt19937& rng) {
 // LeNet's layers (lanes), several images per block with a partial last block (lanes, and small
 // backward_data: 3 channels are too few for direct backward_data, 64 filters of 12x12 too many for
 // lanes' frames), direct backward_data (also with padding wider than the kernel reaches), bands
-// of output rows (blas), blas with many images per GEMM (over 64 filters), strided 1x1, pointwise
-// (over 64 channels, so not direct) and depthwise.
+// of output rows (blas, over 64 channels so not polyphase), blas with many images per GEMM (over
+// 64 filters), strided 1x1 ("small": polyphase refuses 1x1), pointwise (over 64 channels, so not
+// direct) and depthwise.
 BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
   std::mt19937 rng(11);
   const std::string direct = "fwd=direct bwd_data=direct bwd_weights=direct";
@@ -1013,7 +1014,7 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
       {conv_desc(3, 5, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37, lanes},     // 16 + 16 + 5 images
       {conv_desc(3, 12, 12, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37, direct_small},  // images per block
       {conv_desc(20, 30, 26, 6, 5, 5, 1, 1, 2, 2, 1, 1, 2), 2, direct},         // two groups
-      {conv_desc(16, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2, blas},  // bands, strided, dilated
+      {conv_desc(72, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2, blas},  // bands, strided, dilated
       {conv_desc(8, 9, 9, 12, 1, 1, 2, 2, 0, 0, 1, 1, 4), 5,
        "fwd=small bwd_data=small bwd_weights=small"},                     // 1x1 stride 2
       {conv_desc(32, 20, 20, 24, 1, 1, 1, 1, 0, 0, 1, 1, 1), 6, direct},  // 1x1, direct
@@ -1025,6 +1026,45 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
       {conv_desc(4, 21, 21, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9, blas},    // blas, many images
       {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7,
        "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise"},
+  };
+  check_paths(cases, rng);
+}
+
+// The polyphase path (stride 2 to 4, more than one tap, at most 64 channels and filters per
+// group, a small image but past the lanes method's frames, which come first in the lists, wide
+// rows at least 65 % real): forward and the weight gradient run the
+// direct kernels over the input's phase planes (polyphase.hpp); backward_data too, one product per
+// phase of dx, where there are at least 8 channels per group, a tap on every phase and at least
+// 128 wide columns a phase (else "small" or "blas"). ResNet-20's stride-2 3x3 convolutions
+// (several images per weight-gradient block, a batch not a multiple of it; the 8x8 output's
+// backward_data "small") and its 1x1 downsample (refused: "small" throughout), odd sizes (the
+// second phase row and column one shorter than the first: a partial last phase row and column),
+// unequal padding, padding 0 and 2 (a 5x5 kernel: 3x3, 3x2, 2x3 and 2x2 sub-kernels), two groups,
+// stride (2, 1), stride 3 (nine phases of one tap), dilation 2 with stride 2 (every tap on phase
+// (0, 0): backward_data "small"), and a strided, dilated 7x3 kernel (every tap on even rows; a
+// col matrix too big for "small").
+BOOST_AUTO_TEST_CASE(conv2d_polyphase_paths) {
+  std::mt19937 rng(29);
+  const std::string polyphase = "fwd=polyphase bwd_data=polyphase bwd_weights=polyphase";
+  const std::string small = "fwd=polyphase bwd_data=small bwd_weights=polyphase";
+  const std::vector<PathCase> cases = {
+      {conv_desc(16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1), 5, polyphase},  // ResNet-20 layer2.0
+      {conv_desc(32, 16, 16, 64, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3, small},      // ResNet-20 layer3.0
+      {conv_desc(16, 32, 32, 32, 1, 1, 2, 2, 0, 0, 1, 1, 1), 3,
+       "fwd=small bwd_data=small bwd_weights=small"},                        // 1x1 downsample
+      {conv_desc(16, 25, 23, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1), 11, polyphase},  // odd sizes
+      {conv_desc(5, 45, 43, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3, small},        // odd, 5 channels
+      {conv_desc(16, 22, 26, 12, 3, 3, 2, 2, 2, 0, 1, 1, 1), 4, polyphase},  // padding 2, 0
+      {conv_desc(4, 47, 47, 6, 3, 3, 2, 2, 0, 0, 1, 1, 1), 3, small},        // padding 0
+      {conv_desc(20, 21, 23, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 2, polyphase},   // 5x5, padding 2
+      {conv_desc(5, 39, 40, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 3, small},        // 5x5, 5 channels
+      {conv_desc(32, 24, 24, 16, 3, 3, 2, 2, 1, 1, 1, 1, 2), 3, polyphase},  // two groups
+      {conv_desc(16, 20, 24, 8, 3, 3, 2, 1, 1, 1, 1, 1, 1), 2, polyphase},   // stride (2, 1)
+      {conv_desc(8, 38, 38, 8, 3, 3, 3, 3, 1, 1, 1, 1, 1), 2, polyphase},    // stride 3
+      {conv_desc(4, 46, 46, 8, 3, 3, 3, 3, 1, 1, 1, 1, 1), 2, small},        // stride 3, small
+      {conv_desc(8, 33, 33, 8, 3, 3, 2, 2, 2, 2, 2, 2, 1), 2, small},        // dilation 2, stride 2
+      {conv_desc(16, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2,
+       "fwd=polyphase bwd_data=blas bwd_weights=polyphase"},  // 7x3, strided, dilated
   };
   check_paths(cases, rng);
 }
@@ -1182,6 +1222,14 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic_per_method) {
       {conv_desc(4, 21, 21, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1),
        "fwd=blas bwd_data=blas bwd_weights=blas",
        {{304920, 0}, {304920, 3844}, {304920, 0}}},
+      // Polyphase, ResNet-20's 16 -> 32 3x3 stride 2 on 32x32: phase planes of 17x17, so 16 rows
+      // of 17 wide columns less the last row's discarded one, 271, times 32 * 144 (forward); the
+      // weight gradient every wide row, 16 * 17. backward_data: per phase of dx, its 16 real rows
+      // as wide as the padded dy (17 + 1) but the last (17), 287 columns, for each of the 9 taps
+      // (4 + 2 + 2 + 1 over the phases): 16 * 32 * 9 * 287.
+      {conv_desc(16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1),
+       "fwd=polyphase bwd_data=polyphase bwd_weights=polyphase",
+       {{1248768, 0}, {1322496, 0}, {1253376, 0}}},
       // Pointwise: the GEMM on the images themselves, 8 * 72 * 36.
       {conv_desc(72, 6, 6, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1),
        "fwd=pointwise bwd_data=pointwise bwd_weights=pointwise",

@@ -42,6 +42,10 @@ constexpr double kDirectMinEfficiency = 0.65;
 // backward_params slices per thread when the weights have at most kSmallWeightFloats elements.
 constexpr int64_t kSlicesPerThread = 4;
 constexpr int64_t kSmallWeightFloats = int64_t{1} << 16;
+// The polyphase backward_data's least wide columns per phase of dx: below, four short products
+// and the merge lose to "small" (ResNet-20's 8x8 output, 79 columns a phase, ran 4 % slower;
+// its 16x16 one, 287, 1.5x faster: docs/performance.md).
+constexpr int64_t kPolyphaseDataMinColumns = 128;
 // Images per backward_params block of the direct method.
 constexpr int64_t kDirectParamsImages = 8;
 // Winograd pays off once the 16 products per tile block are real matrix products: below this
@@ -212,6 +216,44 @@ bool direct_data_fits(const Conv2dDesc& d) {
          efficiency >= kDirectMinEfficiency;
 }
 
+// Stride > 1 (polyphase.hpp), up to polyphase::kMaxStride, and a kernel of more than one tap: a
+// 1x1 strided convolution is a subsample and a product, which "small" (im2col is that subsample)
+// ran as fast (ResNet-20's downsample, docs/performance.md). Then the direct method's limits on
+// the phase planes (one image group's, and the wide output, within the L2 budget) and on the
+// wide output's efficiency, out_w real columns of each phase plane's row.
+bool polyphase_fits(const Conv2dDesc& d) {
+  if ((d.stride_h == 1 && d.stride_w == 1) || d.stride_h > polyphase::kMaxStride ||
+      d.stride_w > polyphase::kMaxStride || d.kernel_h * d.kernel_w == 1) {
+    return false;
+  }
+  const polyphase::Geometry g = polyphase::make(d);
+  const int64_t cg = channels_per_group(d), kg = filters_per_group(d);
+  const double efficiency = static_cast<double>(d.out_w) / static_cast<double>(g.plane_w);
+  return polyphase::exact_output(d) && cg <= kDirectMaxChannels && kg <= kDirectMaxChannels &&
+         cg * g.channel_floats() <= kDirectBudgetFloats &&
+         kg * d.out_h * g.plane_w <= kDirectBudgetFloats && efficiency >= kDirectMinEfficiency;
+}
+
+// backward_data as one stride-1 correlation per phase of dx (polyphase::DataGeometry): enough
+// channels to fill the kernel's register rows (as direct_data_fits), a tap on every phase
+// (merge() reads every phase's product; dilation 2 with stride 2 puts all taps on one), at least
+// kPolyphaseDataMinColumns wide columns in each phase's product, the padded dy and the wide
+// outputs within the L2 budget, and at most 1 / kDirectMinEfficiency times the exact
+// multiply-adds.
+bool polyphase_data_fits(const Conv2dDesc& d) {
+  if (!polyphase_fits(d) || channels_per_group(d) < direct::kRows) return false;
+  const int64_t cg = channels_per_group(d), kg = filters_per_group(d);
+  const polyphase::DataGeometry data = polyphase::make_data(d, polyphase::make(d), kg, cg);
+  const double efficiency = static_cast<double>(d.kernel_h * d.kernel_w * d.out_h * d.out_w) /
+                            static_cast<double>(data.multiply_adds());
+  const bool long_enough =
+      std::all_of(data.phases.begin(), data.phases.end(), [&](const polyphase::DataPhase& p) {
+        return p.row_hi <= p.row_lo || data.columns(p) >= kPolyphaseDataMinColumns;
+      });
+  return data.every_phase_has_taps() && long_enough && data.dy_floats(kg) <= kDirectBudgetFloats &&
+         data.wide_floats <= kDirectBudgetFloats && efficiency >= kDirectMinEfficiency;
+}
+
 // A dilation-D 3x3 convolution is D*D independent dilation-1 ones, on the input's polyphase
 // components (rows and columns of one residue mod D): Winograd runs on those sub-images. D when
 // the descriptor allows that split, else 1.
@@ -279,6 +321,8 @@ std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementat
        &TbbConv2d::lanes_forward_arithmetic},
       {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_forward,
        &TbbConv2d::forward_direct, &TbbConv2d::direct_forward_arithmetic},
+      {"polyphase", polyphase_fits, &TbbConv2d::prepare_polyphase_forward,
+       &TbbConv2d::forward_polyphase, &TbbConv2d::polyphase_forward_arithmetic},
       {"winograd43", winograd43_fits, &TbbConv2d::prepare_winograd_forward<4>,
        &TbbConv2d::forward_winograd, &TbbConv2d::winograd_forward_arithmetic},
       {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_forward<2>,
@@ -303,6 +347,8 @@ std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations()
        &TbbConv2d::lanes_data_arithmetic},
       {"direct", direct_data_fits, &TbbConv2d::prepare_direct_data, &TbbConv2d::data_direct,
        &TbbConv2d::direct_data_arithmetic},
+      {"polyphase", polyphase_data_fits, &TbbConv2d::prepare_polyphase_data,
+       &TbbConv2d::data_polyphase, &TbbConv2d::polyphase_data_arithmetic},
       {"winograd43", winograd43_fits, &TbbConv2d::prepare_winograd_data<4>,
        &TbbConv2d::data_winograd, &TbbConv2d::winograd_data_arithmetic},
       {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_data<2>, &TbbConv2d::data_winograd,
@@ -331,6 +377,8 @@ std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementatio
        &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic},
       {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_params, &TbbConv2d::params_direct,
        &TbbConv2d::direct_params_arithmetic},
+      {"polyphase", polyphase_fits, &TbbConv2d::prepare_polyphase_params,
+       &TbbConv2d::params_polyphase, &TbbConv2d::polyphase_params_arithmetic},
       {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::params_pointwise,
        &TbbConv2d::exact_arithmetic},
       {"small", small_fits, &TbbConv2d::prepare_small_params, &TbbConv2d::params_small,
@@ -393,6 +441,9 @@ void TbbConv2d::on_prepare() {
                           kColumnBudgetFloats / std::max<int64_t>(1, rows_ * out_plane_));
   small_stride_ = round_up(small_images_ * out_plane_, direct::kVector);
   phases_ = winograd_fits(d) ? polyphase_factor(d) : 1;
+  polyphase_ = polyphase::make(d);
+  polyphase_stride_ = round_up(polyphase_.floats(cg_), 16);
+  polyphase_dy_stride_ = round_up(d.out_h * polyphase_.plane_w, direct::kVector);
 
   col_floats_ = 0;
   gathered_floats_ = 0;
@@ -403,6 +454,7 @@ void TbbConv2d::on_prepare() {
   depthwise_offsets_.clear();
   depthwise_flipped_offsets_.clear();
   small_offsets_.clear();
+  polyphase_offsets_.clear();
   forward_ = choose(forward_implementations(), forward_plan_);
   data_ = choose(data_implementations(), data_plan_);
   params_ = choose(params_implementations(), params_plan_);
@@ -603,6 +655,37 @@ void TbbConv2d::prepare_direct_params(Plan& plan) {
   prepare_direct(plan);
 }
 
+void TbbConv2d::prepare_polyphase(const Plan& plan) {
+  const Conv2dDesc& d = desc_;
+  reserve_workspace(
+      plan.images * polyphase_stride_,
+      std::max(kg_ * d.out_h * polyphase_.plane_w, plan.images * kg_ * polyphase_dy_stride_) +
+          direct::kColumns);
+  if (polyphase_offsets_.empty()) polyphase_offsets_ = polyphase::tap_offsets(d, polyphase_, cg_);
+}
+
+void TbbConv2d::prepare_polyphase_forward(Plan& plan) {
+  prepare_polyphase(plan);
+  packed_forward_.assign(static_cast<std::size_t>(desc_.groups * direct::packed_size(kg_, rows_)),
+                         0.0f);
+}
+
+void TbbConv2d::prepare_polyphase_params(Plan& plan) {
+  // Several images per block, so each block's accumulators are reduced once.
+  plan.images =
+      std::clamp<int64_t>(kColumnBudgetFloats / (polyphase_stride_ + kg_ * polyphase_dy_stride_), 1,
+                          kDirectParamsImages);
+  prepare_polyphase(plan);
+}
+
+void TbbConv2d::prepare_polyphase_data(Plan&) {
+  const Conv2dDesc& d = desc_;
+  polyphase_data_ = polyphase::make_data(d, polyphase_, kg_, cg_);
+  reserve_workspace(polyphase_data_.dy_floats(kg_) + polyphase_.slack + polyphase_.row_floats(),
+                    polyphase_data_.wide_floats);
+  packed_backward_.assign(static_cast<std::size_t>(d.groups * polyphase_data_.packed_floats), 0.0f);
+}
+
 void TbbConv2d::prepare_depthwise(Plan&) {
   const Conv2dDesc& d = desc_;
   // col: the padded input plane; gathered: dx's padded plane or the tap sums, then the wide
@@ -777,6 +860,13 @@ void TbbConv2d::forward_direct(const float* x, const float* w, const float* bias
                  [&](const Block& b, Workspace& ws) { direct_forward(b.n0, x, bias, y, ws); });
 }
 
+void TbbConv2d::forward_polyphase(const float* x, const float* w, const float* bias, float* y,
+                                  int64_t n_batch) {
+  pack_forward_weights(w);
+  for_each_block(forward_plan_, n_batch,
+                 [&](const Block& b, Workspace& ws) { polyphase_forward(b.n0, x, bias, y, ws); });
+}
+
 void TbbConv2d::forward_small(const float* x, const float* w, const float* bias, float* y,
                               int64_t n_batch) {
   pack_forward_weights(w);
@@ -911,6 +1001,13 @@ void TbbConv2d::data_direct(const float* dy, const float* w, float* dx, int64_t 
   });
 }
 
+void TbbConv2d::data_polyphase(const float* dy, const float* w, float* dx, int64_t n_batch) {
+  pack_polyphase_data_weights(w);
+  for_each_data_unit(dx, n_batch, false, [&](const Block& b, Workspace& ws) {
+    polyphase_backward_data(b.n0, dy, dx, ws);
+  });
+}
+
 void TbbConv2d::data_small(const float* dy, const float* w, float* dx, int64_t n_batch) {
   // dcol = W^T dy: A[p][k] = w[k][p].
   const int64_t stride = direct::packed_size(rows_, kg_);
@@ -1038,6 +1135,13 @@ void TbbConv2d::params_direct(const float* x, const float* dy, float* dweight, f
                               int64_t n_batch) {
   params_by_slices(dy, dweight, dbias, n_batch, [&](const Block& b, float* dw, Workspace& ws) {
     direct_backward_params(b, x, dy, dw, ws);
+  });
+}
+
+void TbbConv2d::params_polyphase(const float* x, const float* dy, float* dweight, float* dbias,
+                                 int64_t n_batch) {
+  params_by_slices(dy, dweight, dbias, n_batch, [&](const Block& b, float* dw, Workspace& ws) {
+    polyphase_backward_params(b, x, dy, dw, ws);
   });
 }
 
@@ -1478,14 +1582,32 @@ void TbbConv2d::direct_forward(int64_t n, const float* x, const float* bias, flo
     float* wide = ws.gathered.data();
     direct::shifted_gemm(packed_forward_.data() + g * packed_stride, kg_, ws.col.data(),
                          forward_offsets_.data(), rows_, columns, wide, wide_stride);
-    for (int64_t k = 0; k < kg_; ++k) {
-      const float beta = bias != nullptr ? bias[g * kg_ + k] : 0.0f;
-      float* out = y + (n * d.out_channels + g * kg_ + k) * out_plane_;
-      for (int64_t oh = 0; oh < d.out_h; ++oh) {
-        const float* src = wide + k * wide_stride + oh * padded_w_;
-        float* dst = out + oh * d.out_w;
-        for (int64_t ow = 0; ow < d.out_w; ++ow) dst[ow] = src[ow] + beta;
-      }
+    crop_wide(n, g, wide, wide_stride, padded_w_, bias, y);
+  }
+}
+
+void TbbConv2d::crop_wide(int64_t n, int64_t g, const float* wide, int64_t wide_stride, int64_t row,
+                          const float* bias, float* y) const {
+  const Conv2dDesc& d = desc_;
+  for (int64_t k = 0; k < kg_; ++k) {
+    const float beta = bias != nullptr ? bias[g * kg_ + k] : 0.0f;
+    float* out = y + (n * d.out_channels + g * kg_ + k) * out_plane_;
+    for (int64_t oh = 0; oh < d.out_h; ++oh) {
+      const float* src = wide + k * wide_stride + oh * row;
+      float* dst = out + oh * d.out_w;
+      for (int64_t ow = 0; ow < d.out_w; ++ow) dst[ow] = src[ow] + beta;
+    }
+  }
+}
+
+void TbbConv2d::widen_dy(int64_t n, int64_t g, const float* dy, int64_t row, int64_t row_stride,
+                         float* wide) const {
+  const Conv2dDesc& d = desc_;
+  std::fill_n(wide, kg_ * row_stride, 0.0f);
+  for (int64_t k = 0; k < kg_; ++k) {
+    const float* plane = dy + (n * d.out_channels + g * kg_ + k) * out_plane_;
+    for (int64_t oh = 0; oh < d.out_h; ++oh) {
+      copy_floats(wide + k * row_stride + oh * row, plane + oh * d.out_w, d.out_w);
     }
   }
 }
@@ -1531,17 +1653,7 @@ void TbbConv2d::direct_backward_params(const Block& b, const float* x, const flo
     for (int64_t i = 0; i < b.images; ++i) {
       const int64_t n = b.n0 + i;
       pad_input(x + (n * d.in_channels + g * cg_) * in_plane_, ws.col.data() + i * padded_stride_);
-      // dy laid out like the wide output, zero in the discarded columns, so the dot products over
-      // every wide column equal the sums over real output pixels.
-      float* wide_dy = ws.gathered.data() + i * dy_image_stride;
-      std::fill_n(wide_dy, dy_image_stride, 0.0f);
-      for (int64_t k = 0; k < kg_; ++k) {
-        const float* plane = dy + (n * d.out_channels + g * kg_ + k) * out_plane_;
-        for (int64_t oh = 0; oh < d.out_h; ++oh) {
-          copy_floats(wide_dy + k * dy_wide_stride_ + oh * padded_w_, plane + oh * d.out_w,
-                      d.out_w);
-        }
-      }
+      widen_dy(n, g, dy, padded_w_, dy_wide_stride_, ws.gathered.data() + i * dy_image_stride);
     }
     // One pass over all the block's images: the accumulators are reduced once per block.
     direct::shifted_dot(ws.gathered.data(), kg_, dy_wide_stride_, ws.col.data(),

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "lanes.hpp"
+#include "polyphase.hpp"
 #include "strata/backend.hpp"
 #include "strata/config.hpp"
 #include "strata/ops.hpp"
@@ -81,10 +82,12 @@ class TbbBackend : public Backend {
 // and the two after it), in the style of oneDNN's implementation lists: on_prepare() takes, per
 // pass, the first whose supports(desc) holds, so forward may be direct while backward_data is
 // not. implementation() names the three: "fwd=direct bwd_data=small bwd_weights=winograd23".
-//   forward, backward_data: bf16_depthwise, depthwise, lanes, direct, winograd43, winograd23,
-//                           pointwise, small, blas
-//   backward_params:        bf16_depthwise, depthwise, lanes, winograd43, winograd23, direct,
-//                           pointwise, small, blas
+//   forward:         bf16_depthwise, depthwise, lanes, direct, polyphase, winograd43, winograd23,
+//                    pointwise, small, blas
+//   backward_data:   bf16_depthwise, depthwise, lanes, direct, polyphase, winograd43, winograd23,
+//                    pointwise, small, blas
+//   backward_params: bf16_depthwise, depthwise, lanes, winograd43, winograd23, direct, polyphase,
+//                    pointwise, small, blas
 // The methods:
 //   - bf16_depthwise: precision bf16 (docs/precision.md), depthwise descriptors only: the depthwise
 //     method below on inputs rounded to bf16 (x in place in its padded plane, dy into a plane of
@@ -104,6 +107,16 @@ class TbbBackend : public Backend {
 //     kernels (direct_conv.hpp) read the zero-padded image in place: no im2col, no GEMM packing.
 //     backward_data runs the same kernel on the padded dy with flipped, transposed weights.
 //     Preferred to winograd for forward and backward_data where both apply.
+//   - polyphase: stride 2 to 4 and more than one tap, within the direct method's limits (channels
+//     and filters, the L2 budget, the wide rows' efficiency), any dilation and groups; strided
+//     images small enough for lanes' frames run lanes first (forward and weight gradient). Each
+//     image group's padded input is split into its stride_h x stride_w phase planes
+//     (polyphase.hpp), on which every (channel, tap) is one shifted row: forward and
+//     backward_params run the direct kernels over them, with wide rows as wide as a phase plane.
+//     backward_data splits dx's padded image the same way: each phase plane is a stride-1 full
+//     correlation of the padded dy with that phase's taps (one shifted_gemm per phase, no col2im),
+//     where there are at least direct::kRows channels per group, a tap on every phase and long
+//     enough products.
 //   - winograd43, winograd23: F(4x4, 3x3) (winograd43.cpp) or F(2x2, 3x3) (winograd.hpp) over
 //     blocks of tiles of the whole batch, for 3x3, stride 1, one group, padding at most 2, at
 //     least kWinogradMinChannels channels and filters. F(4x4) where channels plus filters are at
@@ -300,6 +313,14 @@ class TbbConv2d : public Conv2dKernel {
   void direct_backward_params(const Block& b, const float* x, const float* dy, float* dw,
                               Workspace& ws) const;
   void pad_input(const float* x, float* padded) const;  // one group of one image
+  // The direct and polyphase methods' wide rows (`row` floats apart, k's rows `wide_stride` apart)
+  // of image n's group g: cropped to out_w into y, plus the bias (null: none); and dy laid out
+  // like them into `wide` (k's rows `row_stride` apart), zero in the discarded columns, so the
+  // weight gradient's dot products over every wide column equal the sums over real pixels.
+  void crop_wide(int64_t n, int64_t g, const float* wide, int64_t wide_stride, int64_t row,
+                 const float* bias, float* y) const;
+  void widen_dy(int64_t n, int64_t g, const float* dy, int64_t row, int64_t row_stride,
+                float* wide) const;
   // The lanes method's work on one block of at most lanes::kLanes images, every group.
   void lanes_forward_block(const Block& b, const float* x, const float* bias, float* y,
                            Workspace& ws) const;
@@ -372,6 +393,34 @@ class TbbConv2d : public Conv2dKernel {
   lanes::ProductPass lanes_forward_, lanes_data_;
   lanes::WeightPass lanes_params_;
   std::vector<float> phase_a_, phase_b_;  // the split input and output (or x and dy)
+
+  // ---- polyphase (polyphase.hpp): stride > 1 as one stride-1 direct convolution over the
+  // input's phase planes. Its members are defined in polyphase.cpp, besides the passes' entry
+  // points (in tbb_conv2d.cpp, which owns the block loops).
+  void prepare_polyphase(const Plan& plan);
+  void prepare_polyphase_forward(Plan& plan);
+  void prepare_polyphase_params(Plan& plan);
+  void prepare_polyphase_data(Plan& plan);
+  void forward_polyphase(const float* x, const float* w, const float* bias, float* y,
+                         int64_t n_batch);
+  void params_polyphase(const float* x, const float* dy, float* dweight, float* dbias,
+                        int64_t n_batch);
+  void data_polyphase(const float* dy, const float* w, float* dx, int64_t n_batch);
+  void pack_polyphase_data_weights(const float* w);  // per group and phase, into packed_backward_
+  void polyphase_backward_data(int64_t n, const float* dy, float* dx, Workspace& ws) const;
+  void polyphase_forward(int64_t n, const float* x, const float* bias, float* y,
+                         Workspace& ws) const;
+  void polyphase_backward_params(const Block& b, const float* x, const float* dy, float* dw,
+                                 Workspace& ws) const;
+  Conv2dPassArithmetic polyphase_forward_arithmetic() const;
+  Conv2dPassArithmetic polyphase_params_arithmetic() const;
+  Conv2dPassArithmetic polyphase_data_arithmetic() const;
+  polyphase::Geometry polyphase_;
+  polyphase::DataGeometry polyphase_data_;
+  std::vector<int32_t> polyphase_offsets_;  // tap p's offset in one image group's phase planes
+  // Floats between images' phase planes, and the row stride of backward_params' wide dy (out_h
+  // plane rows, rounded up to direct::kVector).
+  int64_t polyphase_stride_ = 0, polyphase_dy_stride_ = 0;
 };
 
 // Pooling, parallel over the N*C planes with a grain of about kPoolWorkPerTask window reads.
