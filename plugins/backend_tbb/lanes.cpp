@@ -465,21 +465,22 @@ int64_t ProductPass::multiply_adds() const {
   return taps * lda * round_up(out.w, tile.columns);
 }
 
-ProductPass forward_pass(const Conv2dDesc& d) {
-  const int64_t cg = d.in_channels / d.groups, kg = d.out_channels / d.groups;
-  ProductPass p;
-  p.top = d.pad_h;
-  p.left = d.pad_w;
-  p.in_rows = d.in_h;
-  p.in_columns = d.in_w;
+Frame forward_frame(const Conv2dDesc& d) {
   // Tall and wide enough for every tap of every output (an output extent rounded up reads past
   // the padding: zeros).
-  p.in = {cg,
+  return {d.in_channels / d.groups,
           std::max(d.in_h + d.pad_h + d.pad_bottom(),
                    (d.out_h - 1) * d.stride_h + (d.kernel_h - 1) * d.dilation_h + 1),
           std::max(d.in_w + d.pad_w + d.pad_right(),
                    (d.out_w - 1) * d.stride_w + (d.kernel_w - 1) * d.dilation_w + 1)};
-  p.out = {kg, d.out_h, d.out_w};
+}
+
+ProductPass forward_pass(const Conv2dDesc& d) {
+  ProductPass p;
+  p.top = d.pad_h;
+  p.left = d.pad_w;
+  p.in = forward_frame(d);
+  p.out = {d.out_channels / d.groups, d.out_h, d.out_w};
   row_major_taps(p.in, d.kernel_h, d.kernel_w, d.dilation_h, d.dilation_w, d.stride_h, p.top,
                  d.in_h, d.out_h, p);
   finish(p, d.stride_h, d.stride_w);
@@ -491,64 +492,78 @@ bool data_fits(const Conv2dDesc& d) {
          d.pad_w <= (d.kernel_w - 1) * d.dilation_w;
 }
 
+// dy row oh lands at frame row top + oh; dx row ih reads frame rows ih + r' * dilation for the
+// flipped kernel's rows r' = R - 1 - r.
+int64_t data_top(const Conv2dDesc& d) { return (d.kernel_h - 1) * d.dilation_h - d.pad_h; }
+int64_t data_left(const Conv2dDesc& d) { return (d.kernel_w - 1) * d.dilation_w - d.pad_w; }
+
+Frame data_frame(const Conv2dDesc& d) {
+  return {d.out_channels / d.groups,
+          std::max(d.in_h + (d.kernel_h - 1) * d.dilation_h, data_top(d) + d.out_h),
+          std::max(d.in_w + (d.kernel_w - 1) * d.dilation_w, data_left(d) + d.out_w)};
+}
+
 ProductPass data_pass(const Conv2dDesc& d) {
-  const int64_t cg = d.in_channels / d.groups, kg = d.out_channels / d.groups;
   ProductPass p;
-  // dy row oh lands at frame row top + oh; dx row ih reads frame rows ih + r' * dilation for the
-  // flipped kernel's rows r' = R - 1 - r.
-  p.top = (d.kernel_h - 1) * d.dilation_h - d.pad_h;
-  p.left = (d.kernel_w - 1) * d.dilation_w - d.pad_w;
-  p.in_rows = d.out_h;
-  p.in_columns = d.out_w;
-  p.in = {kg, std::max(d.in_h + (d.kernel_h - 1) * d.dilation_h, p.top + d.out_h),
-          std::max(d.in_w + (d.kernel_w - 1) * d.dilation_w, p.left + d.out_w)};
-  p.out = {cg, d.in_h, d.in_w};
+  p.top = data_top(d);
+  p.left = data_left(d);
+  p.in = data_frame(d);
+  p.out = {d.in_channels / d.groups, d.in_h, d.in_w};
   row_major_taps(p.in, d.kernel_h, d.kernel_w, d.dilation_h, d.dilation_w, 1, p.top, d.out_h,
                  d.in_h, p);
   finish(p, 1, 1);
   return p;
 }
 
-void pack_forward(const Conv2dDesc& d, const ProductPass& p, const float* wg, float* packed) {
-  const int64_t cg = d.in_channels / d.groups, kg = d.out_channels / d.groups;
-  const int64_t R = d.kernel_h, S = d.kernel_w;
-  float* a = packed;
-  for (int64_t r = 0; r < R; ++r) {
-    for (int64_t c = 0; c < cg; ++c) {
-      for (int64_t s = 0; s < S; ++s, a += p.lda) {
-        for (int64_t k = 0; k < p.lda; ++k) {
-          a[k] = k < kg ? wg[((k * cg + c) * R + r) * S + s] : 0.0f;
-        }
+namespace {
+
+// a[tap * lda + row] for taps (kernel row r, plane, kernel column s), zero past `rows`:
+// value(row, plane, r, s) is the weight there.
+template <class Value>
+void pack_taps(const Conv2dDesc& d, int64_t planes, int64_t rows, int64_t lda, Value value,
+               float* a) {
+  for (int64_t r = 0; r < d.kernel_h; ++r) {
+    for (int64_t plane = 0; plane < planes; ++plane) {
+      for (int64_t s = 0; s < d.kernel_w; ++s, a += lda) {
+        for (int64_t row = 0; row < lda; ++row)
+          a[row] = row < rows ? value(row, plane, r, s) : 0.0f;
       }
     }
   }
+}
+
+}  // namespace
+
+void pack_forward(const Conv2dDesc& d, const ProductPass& p, const float* wg, float* packed) {
+  const int64_t cg = d.in_channels / d.groups, R = d.kernel_h, S = d.kernel_w;
+  pack_taps(
+      d, cg, p.out.planes, p.lda,
+      [&](int64_t k, int64_t c, int64_t r, int64_t s) {
+        return wg[((k * cg + c) * R + r) * S + s];
+      },
+      packed);
 }
 
 void pack_data(const Conv2dDesc& d, const ProductPass& p, const float* wg, float* packed) {
-  const int64_t cg = d.in_channels / d.groups, kg = d.out_channels / d.groups;
-  const int64_t R = d.kernel_h, S = d.kernel_w;
-  float* a = packed;
-  for (int64_t r = 0; r < R; ++r) {
-    for (int64_t k = 0; k < kg; ++k) {
-      for (int64_t s = 0; s < S; ++s, a += p.lda) {
-        const float* w = wg + (k * cg * R + (R - 1 - r)) * S + (S - 1 - s);
-        for (int64_t c = 0; c < p.lda; ++c) a[c] = c < cg ? w[c * R * S] : 0.0f;
-      }
-    }
-  }
+  // The flipped kernel, filters and channels swapped.
+  const int64_t cg = d.in_channels / d.groups, R = d.kernel_h, S = d.kernel_w;
+  pack_taps(
+      d, d.out_channels / d.groups, cg, p.lda,
+      [&](int64_t c, int64_t k, int64_t r, int64_t s) {
+        return wg[((k * cg + c) * R + (R - 1 - r)) * S + (S - 1 - s)];
+      },
+      packed);
 }
 
 void run(const ProductPass& p, const float* packed, const float* in, float* out) {
+  const TileKernel& kernel = kernel_of(kTiles, p.tile);  // once, not per row
   const int64_t out_stride = p.out.h * p.out.w * kLanes;
   for (int64_t o = 0; o < p.out.h; ++o) {
-    shifted_product(p.tile, packed, p.lda, p.out.planes, in + o * p.row_step, p.offsets.data(),
-                    p.first_tap[static_cast<std::size_t>(o)],
-                    p.end_tap[static_cast<std::size_t>(o)], p.out.w, p.step,
-                    out + o * p.out.w * kLanes, out_stride);
+    kernel.run(packed, p.lda, p.out.planes, in + o * p.row_step, p.offsets.data(),
+               p.first_tap[static_cast<std::size_t>(o)], p.end_tap[static_cast<std::size_t>(o)],
+               p.out.w, p.step, out + o * p.out.w * kLanes, out_stride);
   }
 }
-
-int64_t WeightPass::x_floats() const { return x.floats(); }
 
 int64_t WeightPass::multiply_adds() const {
   const int64_t taps = static_cast<int64_t>(offsets.size());
@@ -557,12 +572,11 @@ int64_t WeightPass::multiply_adds() const {
 }
 
 WeightPass weight_pass(const Conv2dDesc& d) {
-  const ProductPass forward = forward_pass(d);
   WeightPass p;
-  p.x = forward.in;
-  p.top = forward.top;
-  p.left = forward.left;
-  p.dy = forward.out;
+  p.x = forward_frame(d);
+  p.top = d.pad_h;
+  p.left = d.pad_w;
+  p.dy = {d.out_channels / d.groups, d.out_h, d.out_w};
   for (int64_t c = 0; c < p.x.planes; ++c) {
     for (int64_t r = 0; r < d.kernel_h; ++r) {
       for (int64_t s = 0; s < d.kernel_w; ++s) {

@@ -97,7 +97,6 @@ void weight_product(Tile tile, const float* dy, int64_t filters, int64_t dy_stri
 struct ProductPass {
   Frame in;                             // the input frame, padding included
   int64_t top = 0, left = 0;            // where the real input starts in it
-  int64_t in_rows = 0, in_columns = 0;  // the real input's extent
   Frame out;                            // the product's rows (planes) x output pixels
   int64_t step = 0, row_step = 0;       // floats between output columns, and rows, in `in`
   Tile tile;
@@ -109,6 +108,11 @@ struct ProductPass {
   // Multiply-adds per image as run: the tiles' padded rows and columns, the skipped taps not.
   int64_t multiply_adds() const;
 };
+
+// The input frames of forward (x padded; backward_params reads the same) and of backward_data (dy
+// padded for the full correlation): what a budget check needs, without building a pass.
+Frame forward_frame(const Conv2dDesc& d);
+Frame data_frame(const Conv2dDesc& d);
 
 // Forward: rows are the group's filters, taps (kernel row, channel, kernel column).
 ProductPass forward_pass(const Conv2dDesc& d);
@@ -132,7 +136,6 @@ struct WeightPass {
   Tile tile;                           // of the weight gradient: filters x taps
   std::vector<int64_t> offsets;        // per tap (channel, kernel row, kernel column)
   std::vector<int64_t> pixel_offsets;  // per output pixel: its first tap's pixel in x
-  int64_t x_floats() const;
   int64_t multiply_adds() const;  // per image
 };
 WeightPass weight_pass(const Conv2dDesc& d);

@@ -293,14 +293,14 @@ bool lanes_fits(const Conv2dDesc& d) {
   if (d.precision != Precision::kFp32 || d.kernel_h * d.kernel_w == 1 || winograd_fits(d)) {
     return false;
   }
-  const lanes::ProductPass p = lanes::forward_pass(d);
-  return p.in.pixels() <= kLanesBudgetPixels && p.out.pixels() <= kLanesBudgetPixels;
+  return lanes::forward_frame(d).pixels() <= kLanesBudgetPixels &&
+         filters_per_group(d) * d.out_h * d.out_w <= kLanesBudgetPixels;
 }
 
 bool lanes_data_fits(const Conv2dDesc& d) {
   if (!lanes_fits(d) || !lanes::data_fits(d)) return false;
-  const lanes::ProductPass p = lanes::data_pass(d);
-  return p.in.pixels() <= kLanesBudgetPixels && p.out.pixels() <= kLanesBudgetPixels;
+  return lanes::data_frame(d).pixels() <= kLanesBudgetPixels &&
+         channels_per_group(d) * d.in_h * d.in_w <= kLanesBudgetPixels;
 }
 
 }  // namespace
@@ -719,7 +719,7 @@ void TbbConv2d::prepare_lanes_data(Plan& plan) {
 void TbbConv2d::prepare_lanes_params(Plan& plan) {
   plan.images = lanes::kLanes;
   lanes_params_ = lanes::weight_pass(desc_);
-  reserve_workspace(lanes_params_.x_floats(), lanes_params_.dy.floats());
+  reserve_workspace(lanes_params_.x.floats(), lanes_params_.dy.floats());
 }
 
 // Each thread's V and M (or dy's W) for geometry g.
