@@ -280,14 +280,8 @@ void TbbConv2d::polyphase_backward_data(int64_t n, const float* dy, float* dx,
   float* padded = ws.col.data();
   float* row = padded + data.dy_floats(kg_) + polyphase_.slack;
   for (int64_t g = 0; g < d.groups; ++g) {
-    std::fill_n(padded, data.dy_floats(kg_) + polyphase_.slack, 0.0f);
-    for (int64_t k = 0; k < kg_; ++k) {
-      const float* plane = dy + (n * d.out_channels + g * kg_ + k) * out_plane_;
-      for (int64_t oh = 0; oh < d.out_h; ++oh) {
-        copy_floats(padded + (k * data.dy_h + data.top + oh) * data.dy_w + data.left,
-                    plane + oh * d.out_w, d.out_w);
-      }
-    }
+    pad_dy(n, g, dy, {data.dy_h, data.dy_w}, data.top, data.left,
+           data.dy_floats(kg_) + polyphase_.slack, padded);
     for (const polyphase::DataPhase& p : data.phases) {
       if (p.row_hi <= p.row_lo) continue;  // no real dx row (merge reads none)
       direct::shifted_gemm(packed_backward_.data() + g * data.packed_floats + p.packed_at, cg_,

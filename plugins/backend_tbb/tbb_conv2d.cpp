@@ -1600,6 +1600,24 @@ void TbbConv2d::crop_wide(int64_t n, int64_t g, const float* wide, int64_t wide_
   }
 }
 
+void TbbConv2d::pad_dy(int64_t n, int64_t g, const float* dy, Extent size, int64_t top,
+                       int64_t left, int64_t floats, float* padded) const {
+  const Conv2dDesc& d = desc_;
+  std::fill_n(padded, floats, 0.0f);
+  // dy rows land at top + oh (top < 0 crops: padding wider than the kernel's reach means some dy
+  // rows are never read), columns likewise.
+  int64_t ow_lo, ow_hi;
+  valid_columns(-left, 1, d.out_w, size.w, ow_lo, ow_hi);  // padded columns that hold dy
+  for (int64_t k = 0; k < kg_; ++k) {
+    const float* plane = dy + (n * d.out_channels + g * kg_ + k) * out_plane_;
+    for (int64_t a = std::max<int64_t>(0, top); a < std::min(size.h, top + d.out_h); ++a) {
+      const float* src = plane + (a - top) * d.out_w;
+      float* dst = padded + (k * size.h + a) * size.w;
+      for (int64_t b = ow_lo; b < ow_hi; ++b) dst[b] = src[b - left];
+    }
+  }
+}
+
 void TbbConv2d::widen_dy(int64_t n, int64_t g, const float* dy, int64_t row, int64_t row_stride,
                          float* wide) const {
   const Conv2dDesc& d = desc_;
@@ -1618,21 +1636,10 @@ void TbbConv2d::direct_backward_data(int64_t n, const float* dy, float* dx, Work
   const int64_t wide_stride = d.in_h * dy_w_;
   const int64_t columns = (d.in_h - 1) * dy_w_ + d.in_w;
   const int64_t packed_stride = direct::packed_size(cg_, kg_ * taps);
-  // dy rows land at dy_top_ + oh in the padded dy (dy_top_ < 0 crops: padding wider than the
-  // kernel's reach means some dy rows are never read).
-  int64_t ow_lo, ow_hi;
-  valid_columns(-dy_left_, 1, d.out_w, dy_w_, ow_lo, ow_hi);  // padded columns that hold dy
   for (int64_t g = 0; g < d.groups; ++g) {
     float* padded = ws.col.data();
-    std::fill_n(padded, kg_ * dy_h_ * dy_w_ + kSlackFloats + d.kernel_w * d.dilation_w, 0.0f);
-    for (int64_t k = 0; k < kg_; ++k) {
-      const float* plane = dy + (n * d.out_channels + g * kg_ + k) * out_plane_;
-      for (int64_t a = std::max<int64_t>(0, dy_top_); a < std::min(dy_h_, dy_top_ + d.out_h); ++a) {
-        const float* src = plane + (a - dy_top_) * d.out_w;
-        float* dst = padded + (k * dy_h_ + a) * dy_w_;
-        for (int64_t b = ow_lo; b < ow_hi; ++b) dst[b] = src[b - dy_left_];
-      }
-    }
+    pad_dy(n, g, dy, {dy_h_, dy_w_}, dy_top_, dy_left_,
+           kg_ * dy_h_ * dy_w_ + kSlackFloats + d.kernel_w * d.dilation_w, padded);
     float* wide = ws.gathered.data();
     direct::shifted_gemm(packed_backward_.data() + g * packed_stride, cg_, padded,
                          backward_offsets_.data(), kg_ * taps, columns, wide, wide_stride);

@@ -313,6 +313,11 @@ class TbbConv2d : public Conv2dKernel {
   void direct_backward_params(const Block& b, const float* x, const float* dy, float* dw,
                               Workspace& ws) const;
   void pad_input(const float* x, float* padded) const;  // one group of one image
+  // Group g's dy of image n into `padded` (size.h x size.w per filter, zero elsewhere; `floats`
+  // zeroed first), its rows at `top`, its columns at `left` (negative: cropped). backward_data's
+  // full correlation reads it (direct, polyphase).
+  void pad_dy(int64_t n, int64_t g, const float* dy, Extent size, int64_t top, int64_t left,
+              int64_t floats, float* padded) const;
   // The direct and polyphase methods' wide rows (`row` floats apart, k's rows `wide_stride` apart)
   // of image n's group g: cropped to out_w into y, plus the bias (null: none); and dy laid out
   // like them into `wide` (k's rows `row_stride` apart), zero in the discarded columns, so the
