@@ -368,45 +368,52 @@ BOOST_AUTO_TEST_CASE(wrong_api_version_is_refused_before_registration) {
   BOOST_TEST(loader.plugins().empty());
   // A plugin of API 2 (whole-split datasets) is told what to port.
   const std::string old = test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_2.so"); });
-  STRATA_CHECK_CONTAINS(old, "built for plugin API version 2, but this Strata supports version 8");
+  STRATA_CHECK_CONTAINS(old, "built for plugin API version 2, but this Strata supports version 9");
   STRATA_CHECK_CONTAINS(old, "a dataset reads samples on demand through Dataset::open");
   STRATA_CHECK_CONTAINS(old, "InMemoryDataset");
   STRATA_CHECK_CONTAINS(old, "Context carries the run's Communicator");
   STRATA_CHECK_CONTAINS(old, "optional export_to() hook");
   // A plugin of API 3 is told only what changed since 3.
   const std::string api3 = test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_3.so"); });
-  STRATA_CHECK_CONTAINS(api3, "built for plugin API version 3, but this Strata supports version 8");
+  STRATA_CHECK_CONTAINS(api3, "built for plugin API version 3, but this Strata supports version 9");
   STRATA_CHECK_CONTAINS(api3, "Context carries the run's Communicator");
   STRATA_CHECK_CONTAINS(api3, "optional export_to() hook");
   BOOST_TEST(api3.find("InMemoryDataset") == std::string::npos);
   // A plugin of API 4 is told about the export hook and what came after.
   const std::string api4 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_4.so"); });
-  STRATA_CHECK_CONTAINS(api4, "built for plugin API version 4, but this Strata supports version 8");
+  STRATA_CHECK_CONTAINS(api4, "built for plugin API version 4, but this Strata supports version 9");
   STRATA_CHECK_CONTAINS(api4, "optional export_to() hook");
   BOOST_TEST(api4.find("Communicator") == std::string::npos);
   STRATA_CHECK_CONTAINS(api4, "Kernel and Layer gain implementation()");
   // A plugin of API 5 is told about the implementation names and what came after.
   const std::string api5 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_5.so"); });
-  STRATA_CHECK_CONTAINS(api5, "built for plugin API version 5, but this Strata supports version 8");
+  STRATA_CHECK_CONTAINS(api5, "built for plugin API version 5, but this Strata supports version 9");
   STRATA_CHECK_CONTAINS(api5, "Kernel and Layer gain implementation()");
   STRATA_CHECK_CONTAINS(api5, "API 7: BatchNormKernel::affine");
   BOOST_TEST(api5.find("export_to") == std::string::npos);
   // A plugin of API 6 is told about the batch norm kernel's new pass and what came after.
   const std::string api6 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_6.so"); });
-  STRATA_CHECK_CONTAINS(api6, "built for plugin API version 6, but this Strata supports version 8");
+  STRATA_CHECK_CONTAINS(api6, "built for plugin API version 6, but this Strata supports version 9");
   STRATA_CHECK_CONTAINS(api6, "became normalize(x, center, scale, shift, y)");
   BOOST_TEST(api6.find("implementation()") == std::string::npos);
   STRATA_CHECK_CONTAINS(api6, "API 8: Layer gains backward_reads_inputs()");
   // A plugin of API 7 is told only about the layer traits and the conv2d kernel's arithmetic().
   const std::string api7 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_7.so"); });
-  STRATA_CHECK_CONTAINS(api7, "built for plugin API version 7, but this Strata supports version 8");
+  STRATA_CHECK_CONTAINS(api7, "built for plugin API version 7, but this Strata supports version 9");
   STRATA_CHECK_CONTAINS(api7, "API 8: Layer gains backward_reads_inputs()");
   STRATA_CHECK_CONTAINS(api7, "Conv2dKernel gains arithmetic()");
+  STRATA_CHECK_CONTAINS(api7, "API 9: Layer gains fusable_activation()");
   BOOST_TEST(api7.find("API 7:") == std::string::npos);
+  // A plugin of API 8 is told only about fusion.
+  const std::string api8 =
+      test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_8.so"); });
+  STRATA_CHECK_CONTAINS(api8, "built for plugin API version 8, but this Strata supports version 9");
+  STRATA_CHECK_CONTAINS(api8, "BatchNormKernel::normalize takes");
+  BOOST_TEST(api8.find("API 8:") == std::string::npos);
   BOOST_TEST(loader.plugins().empty());
 }
 

@@ -338,9 +338,11 @@ struct BatchNormStep {
   Tensor y, dx;
 };
 
+// Training's passes, as the layer runs them; with `activation`, fused into normalize.
 BatchNormStep batch_norm_step(BatchNormKernel& kernel, const Tensor& x, const Tensor& dy,
                               double eps, const std::vector<float>& weight,
-                              const std::vector<float>& bias) {
+                              const std::vector<float>& bias,
+                              const ActivationDesc* activation = nullptr) {
   const auto channels = static_cast<std::size_t>(kernel.desc().channels);
   const double m = static_cast<double>(x.numel()) / static_cast<double>(channels);
   BatchNormStep step;
@@ -362,7 +364,7 @@ BatchNormStep batch_norm_step(BatchNormKernel& kernel, const Tensor& x, const Te
     shift_f[c] = static_cast<float>(bias[c]);
   }
   step.y = poisoned(x.shape());
-  kernel.normalize(x, center_f.data(), scale_f.data(), shift_f.data(), step.y);
+  kernel.normalize(x, center_f.data(), scale_f.data(), shift_f.data(), step.y, activation);
   kernel.gradient_sums(x, dy, mean.data(), inv_std.data(), step.sum_dy.data(),
                        step.sum_dy_xhat.data());
   for (std::size_t c = 0; c < channels; ++c) {
@@ -783,7 +785,7 @@ BOOST_AUTO_TEST_CASE(batch_norm_passes) {
   BOOST_TEST(squares == (std::vector<double>{20, 20}), boost::test_tools::per_element());
   const float center_f[] = {1, 2}, scale_f[] = {2, -1}, shift_f[] = {1, 0.5};
   Tensor y = poisoned(shape);
-  bn->normalize(x, center_f, scale_f, shift_f, y);
+  bn->normalize(x, center_f, scale_f, shift_f, y, nullptr);
   check_values(y, {1, 5, 4.5, 2.5, 9, 13, 0.5, -1.5}, "normalize");
   bn->gradient_sums(x, dy, mean, inv_std, sum_dy.data(), sum_dy_xhat.data());
   BOOST_TEST(sum_dy == (std::vector<double>{0, 3}), boost::test_tools::per_element());
@@ -1503,6 +1505,46 @@ BOOST_AUTO_TEST_CASE(batch_norm_is_deterministic) {
     }
   }
   tbb->set_threads(0);
+}
+
+// An activation fused into batch norm's normalize (the graph's fusion) gives what the activation
+// kernel gives on normalize's output: bit for bit for the piecewise-linear kinds (relu,
+// leaky_relu, relu6: the same float operations), within 1e-6 for tanh and sigmoid (the activation
+// kernel may evaluate exp and tanh with vector functions), on every backend, for shapes of one
+// and of several tasks. The gradient passes are untouched by fusion (the graph runs the
+// activation's backward first).
+BOOST_AUTO_TEST_CASE(batch_norm_fused_activation) {
+  std::mt19937 rng(37);
+  const std::array<ActivationDesc, 6> activations = {
+      activation_desc(Kind::kRelu),  activation_desc(Kind::kLeakyRelu, 0.1f),
+      activation_desc(Kind::kRelu6), activation_desc(Kind::kLeakyRelu, 0.0f),
+      activation_desc(Kind::kTanh),  activation_desc(Kind::kSigmoid)};
+  for (const std::string& backend : all_backends("batch_norm")) {
+    for (const auto& [n, channels, spatial] :
+         {std::array<int64_t, 3>{5, 7, 30}, {64, 16, 784}, {9, 2, 3000}}) {
+      const BatchNormDesc d{channels, spatial};
+      const Tensor x = batch_norm_input(d, n, rng), dy = random_tensor(x.shape(), rng);
+      const std::vector<float> weight(static_cast<std::size_t>(channels), 1.5f),
+          bias(static_cast<std::size_t>(channels), 0.25f);
+      auto bn = kernel<BatchNormKernel>("batch_norm", backend, d);
+      const BatchNormStep plain = batch_norm_step(*bn, x, dy, 1e-5, weight, bias);
+      for (const ActivationDesc& a : activations) {
+        BOOST_TEST_CONTEXT(backend << " " << describe(d, n, 1e-5, true) << " " << describe(a)) {
+          auto act = kernel<ActivationKernel>("activation", backend, a);
+          Tensor want = poisoned(x.shape());
+          act->forward(plain.y, want);
+          const BatchNormStep got = batch_norm_step(*bn, x, dy, 1e-5, weight, bias, &a);
+          if (a.kind != Kind::kTanh && a.kind != Kind::kSigmoid) {
+            BOOST_TEST(same_bits(got.y, want));
+          } else {
+            check_close_elementwise(got.y, want, 1e-6f, "y");
+          }
+          BOOST_TEST(same_bits(got.sum, plain.sum));
+          BOOST_TEST(same_bits(got.dx, plain.dx));
+        }
+      }
+    }
+  }
 }
 
 // Every kind on sizes below, at and above one task (kElementwiseGrain, 16384), kinks, infinities

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
@@ -17,6 +18,7 @@
 #include "strata/plugin.hpp"
 #include "strata/random.hpp"
 #include "strata/training/data_loader.hpp"
+#include "strata/training/diagnostics.hpp"
 #include "strata/training/hooks.hpp"
 #include "strata/training/trainer.hpp"
 #include "test_support.hpp"
@@ -263,6 +265,124 @@ layers:
   all.set_output_retention(OutputRetention::kBackward);
   all.forward(context, x);
   BOOST_TEST(all.held().outputs == planned);
+}
+
+// Fusion (strata/graph.hpp): under kBackward an activation that alone reads a batch_norm's or an
+// add's output runs inside it, at the last node too; not hardswish (its derivative reads x), not
+// after a batch norm read twice, and nothing under kAll or with set_fusion(false). On both
+// backends, the outputs and every parameter gradient are those of the unfused graph bit for bit
+// (relu and leaky_relu are piecewise linear: the same float operations), in a fused pass, an
+// unfused pass of the same graph (the activations then run in place) and a fused one again.
+BOOST_AUTO_TEST_CASE(activations_fuse_into_batch_norm_and_add) {
+  const Config model = Config::parse_string(R"(
+input: [3, 8, 8]
+layers:
+  - {name: c1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+  - {name: b1, type: batch_norm}
+  - {name: r1, type: relu}
+  - {name: c2, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+  - {name: b2, type: batch_norm}
+  - {name: s, type: add, inputs: [b2, r1]}
+  - {name: r2, type: relu}
+  - {name: c3, type: conv2d, out_channels: 4, kernel: 1}
+  - {name: b3, type: batch_norm}
+  - {name: l3, type: leaky_relu, negative_slope: 0.1}
+  - {name: b4, type: batch_norm}
+  - {name: h4, type: hardswish}
+  - {name: b5, type: batch_norm}
+  - {name: g5, type: sigmoid}
+  - {name: t5, type: add, inputs: [g5, b5]}
+  - {name: f, type: flatten}
+  - {name: fc, type: linear, out_features: 5}
+  - {name: b6, type: batch_norm}
+  - {name: r6, type: relu}
+)",
+                                            "fused.yaml");
+  std::mt19937 gen(7);
+  const int64_t batch = 6;
+  const Tensor x = test::random_tensor({batch, 3, 8, 8}, gen);
+  const Tensor dy = test::random_tensor({batch, 5}, gen);
+  for (const std::string backend_name : {"reference", "tbb"}) {
+    BOOST_TEST_CONTEXT(backend_name) {
+      auto backend_owner = test::registries().backends.create(backend_name, Config{});
+      Backend& backend = *backend_owner;
+      Rng init_all(4), init_fused(4);
+      Graph all(model, test::registries(), backend, init_all);
+      Graph fused(model, test::registries(), backend, init_fused);
+      fused.set_output_retention(OutputRetention::kBackward);
+      Rng rng(6);
+      Context context{true, &rng, &backend};
+      const Tensor want = all.forward(context, x).clone();
+      all.backward(context, dy);
+      const std::vector<ParamRef> params_all = all.params(), params_fused = fused.params();
+      BOOST_REQUIRE(params_all.size() == params_fused.size());
+      const std::map<std::string, std::string> pairs = {
+          {"r1", "b1"}, {"r2", "s"}, {"l3", "b3"}, {"r6", "b6"}};
+      for (const bool fusion : {true, false, true}) {
+        BOOST_TEST_CONTEXT("fusion " << fusion) {
+          fused.set_fusion(fusion);
+          const Tensor got = fused.forward(context, x).clone();
+          fused.backward(context, dy);
+          BOOST_TEST(test::max_abs_diff(got, want) == 0.0f);
+          for (std::size_t k = 0; k < params_all.size(); ++k) {
+            BOOST_TEST(
+                test::max_abs_diff(params_fused[k].param->grad, params_all[k].param->grad) == 0.0f,
+                params_all[k].key);
+          }
+          for (std::size_t i = 0; i < fused.size(); ++i) {
+            const auto pair = pairs.find(fused.name(i));
+            const int want_into = fusion && pair != pairs.end() ? fused.index_of(pair->second) : -1;
+            BOOST_TEST(fused.fused_into(i) == want_into, fused.name(i));
+            BOOST_TEST(all.fused_into(i) == -1, fused.name(i));
+          }
+          const std::string b1 = fused.layer(fused.index_of("b1")).implementation();
+          BOOST_TEST((b1.find("+relu") != std::string::npos) == fusion, b1);
+        }
+      }
+    }
+  }
+}
+
+// Training diagnostics read every layer's output in the passes they watch: those run unfused,
+// and the graph's own setting comes back between them and when the diagnostics go.
+BOOST_AUTO_TEST_CASE(watched_passes_run_unfused) {
+  const Config model = Config::parse_string(R"(
+input: [2, 4, 4]
+layers:
+  - {name: b, type: batch_norm}
+  - {name: r, type: relu}
+  - {name: f, type: flatten}
+  - {name: fc, type: linear, out_features: 3}
+)",
+                                            "watched.yaml");
+  Rng init(1);
+  Graph graph(model, test::registries(), test::backend(), init);
+  graph.set_output_retention(OutputRetention::kBackward);
+  std::mt19937 gen(2);
+  const Tensor x = test::random_tensor({4, 2, 4, 4}, gen);
+  Rng rng(3);
+  auto backend = test::registries().backends.create("reference", Config{});
+  Context context{true, &rng, backend.get()};
+  {
+    StepDiagnostics diagnostics(graph);
+    diagnostics.watch_forward(true);
+    BOOST_TEST(!graph.fusion());
+    graph.forward(context, x);
+    BOOST_TEST(graph.fused_into(1) == -1);
+    diagnostics.watch_forward(false);
+    BOOST_TEST(graph.fusion());
+    graph.forward(context, x);
+    BOOST_TEST(graph.fused_into(1) == 0);
+    diagnostics.watch_forward(true);
+  }
+  BOOST_TEST(graph.fusion());
+  graph.set_fusion(false);
+  {
+    StepDiagnostics diagnostics(graph);
+    diagnostics.watch_forward(false);
+    BOOST_TEST(!graph.fusion());  // off before: stays off
+  }
+  BOOST_TEST(!graph.fusion());
 }
 
 // A rank of an MPI job may get no images in a step (an uneven last batch) and still run forward

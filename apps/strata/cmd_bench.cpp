@@ -39,6 +39,7 @@ nlohmann::json to_json(const BenchReport& r) {
           {"batch_size", r.batch},
           {"iterations", r.iterations},
           {"warmup", r.warmup},
+          {"fusion", r.fusion},
           {"parameters", r.parameters},
           {"layers", layers},
           {"forward_seconds", r.forward_seconds},
@@ -82,11 +83,15 @@ int run_bench(Session& session, const std::vector<std::string>& args) {
   po::options_description options("options");
   options.add_options()("data", po::bool_switch(),
                         "time the training input pipeline (read, transforms, batches) instead of "
-                        "the model")("iterations", po::value<int64_t>(),
-                                     "timed training steps (default 20; the table shows their mean)")(
+                        "the model")(
+      "iterations", po::value<int64_t>(),
+      "timed training steps (default 20; the table shows their mean)")(
       "batches", po::value<int64_t>(), "with --data: timed batches (default 20)")(
       "warmup", po::value<int64_t>(), "untimed steps (or batches) before them (default 3)")(
       "threads", po::value<int>(), "threads (default: the experiment's `threads`; 0: all cores)")(
+      "no-fusion", po::bool_switch(),
+      "run every activation as its own layer (by default one that alone reads a batch_norm's or "
+      "an add's output runs inside it: docs/performance.md, \"Fusion\")")(
       "json", po::bool_switch(), "print the measurements as one JSON object instead of a table");
   add_set_option(options);
   const Usage usage{
@@ -107,6 +112,8 @@ int run_bench(Session& session, const std::vector<std::string>& args) {
   if (data && vm->count("iterations"))
     fail("--iterations counts model steps; with --data, give --batches");
   if (!data && vm->count("batches")) fail("--batches counts loader batches: it needs --data");
+  if (data && (*vm)["no-fusion"].as<bool>())
+    fail("--no-fusion concerns the model: not with --data");
   int threads = -1;
   if (vm->count("threads")) {
     threads = (*vm)["threads"].as<int>();
@@ -135,6 +142,7 @@ int run_bench(Session& session, const std::vector<std::string>& args) {
   bench_options.iterations = vm->count("iterations") ? (*vm)["iterations"].as<int64_t>() : 20;
   bench_options.warmup = warmup;
   bench_options.threads = threads;
+  bench_options.fusion = !(*vm)["no-fusion"].as<bool>();
   const BenchReport report = bench_experiment(experiment, session.registries, bench_options);
   if ((*vm)["json"].as<bool>()) {
     std::printf("%s\n", to_json(report).dump(2).c_str());

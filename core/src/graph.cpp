@@ -276,6 +276,30 @@ void Graph::build(const Config& model, Rng* init_rng) {
       add_layer_entry(item, name, type, input_names, init_rng);
     }
   }
+  find_fusions();
+}
+
+void Graph::find_fusions() {
+  const int n = static_cast<int>(nodes_.size());
+  for (int a = 0; a < n; ++a) {
+    Node& activation = nodes_[a];
+    const std::optional<ActivationDesc> desc = activation.layer->fusable_activation();
+    if (!desc || !activation::derivative_reads_output(*desc) || activation.inputs.size() != 1) {
+      continue;
+    }
+    const int p = activation.inputs[0];
+    // The producer's output must go to the activation alone, and the activation's somewhere (a
+    // side branch's backward is skipped: see backward_node).
+    if (p < 0 || nodes_[p].consumers != 1 || (a + 1 != n && activation.consumers == 0)) continue;
+    // The two share their buffers (shares_output): the producer's backward must not read its
+    // output, which the activation overwrites in place.
+    if (!nodes_[p].layer->fuses(*desc) || nodes_[p].layer->backward_reads_output() ||
+        nodes_[p].layer->output_shape() != activation.layer->output_shape()) {
+      continue;
+    }
+    nodes_[p].fusable = a;
+    activation.fused_producer = p;
+  }
 }
 
 void Graph::add_layer_entry(const Config& item, const std::string& name, const std::string& type,
@@ -555,14 +579,23 @@ std::vector<BufferRequest> Graph::output_requests(int64_t batch, OutputRetention
   const int n = static_cast<int>(nodes_.size());
   const std::vector<char> kept = kept_outputs(nodes_, retention);
   std::vector<BufferRequest> requests;
+  const auto last_read = [&](int i) {
+    return kept[i] ? n - 1 : std::max(i, nodes_[i].last_consumer);
+  };
   for (int i = 0; i < n; ++i) {
-    const int last = kept[i] ? n - 1 : std::max(i, nodes_[i].last_consumer);
+    const int producer = nodes_[i].fused_producer;
+    if (producer >= 0 && shares_output(producer, kept)) {
+      requests.push_back({0, i, i});  // its producer's buffer
+      continue;
+    }
+    const int last = shares_output(i, kept) ? last_read(nodes_[i].fusable) : last_read(i);
     requests.push_back({nodes_[i].layer->output_shape().with_batch(batch).numel(), i, last});
   }
   return requests;
 }
 
 void Graph::allocate(int64_t batch) {
+  kept_ = kept_outputs(nodes_, retention_);
   if (batch > allocated_batch_) {
     const ArenaPlan plan = plan_arena(output_requests(batch, retention_));
     // Every view of the old arena goes first, so that it is freed before the new one is made.
@@ -571,8 +604,12 @@ void Graph::allocate(int64_t batch) {
     for (Node& node : nodes_) node.in.clear();
     output_arena_ = Tensor(Shape{plan.floats});
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      const int producer = nodes_[i].fused_producer;
       outputs_storage_.push_back(
-          output_arena_.region(plan.offsets[i], nodes_[i].layer->output_shape().with_batch(batch)));
+          producer >= 0 && shares_output(producer, kept_)
+              ? outputs_storage_[producer]
+              : output_arena_.region(plan.offsets[i],
+                                     nodes_[i].layer->output_shape().with_batch(batch)));
     }
     allocated_batch_ = batch;
   }
@@ -597,9 +634,15 @@ std::vector<BufferRequest> Graph::gradient_requests(int64_t batch,
   std::vector<BufferRequest> requests;
   // An output gradient: written first by the backward of the last layer reading the tensor, read
   // last by the backward of the layer producing it. The last node's comes from the loss.
+  // A fusable activation and its producer share one (shares_gradient): the activation's
+  // backward writes the producer's in place.
   for (int i = 0; i + 1 < n; ++i) {
     if (nodes_[i].consumers == 0) continue;
-    requests.push_back({floats(i), step(nodes_[i].last_consumer), step(i)});
+    const bool shared = shares_gradient(i);
+    const int producer = nodes_[i].fused_producer;
+    const bool into_producer = producer >= 0 && shares_gradient(producer);
+    requests.push_back({shared ? 0 : floats(i), step(nodes_[i].last_consumer),
+                        step(into_producer ? producer : i)});
     if (slots) slots->emplace_back(i, -1);
   }
   // A consumer's share of the gradient of a tensor several layers read: written and summed in
@@ -626,6 +669,7 @@ void Graph::allocate_gradients() {
     scratch_storage_.assign(nodes_.size(), {});
     for (std::size_t k = 0; k < requests.size(); ++k) {
       const auto [node, input] = slots[k];
+      if (input < 0 && shares_gradient(node)) continue;  // its activation's (below)
       const int producer = input < 0 ? node : nodes_[node].inputs[input];
       Tensor region = gradient_arena_.region(
           plan.offsets[k], nodes_[producer].layer->output_shape().with_batch(batch));
@@ -634,6 +678,11 @@ void Graph::allocate_gradients() {
       } else {
         scratch_storage_[node].resize(nodes_[node].inputs.size());
         scratch_storage_[node][input] = std::move(region);
+      }
+    }
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      if (shares_gradient(static_cast<int>(i))) {
+        grads_storage_[i] = grads_storage_[static_cast<std::size_t>(nodes_[i].fusable)];
       }
     }
     gradient_batch_ = batch;
@@ -685,21 +734,60 @@ const Tensor& Graph::forward(Context& context, const Tensor& input) {
   }
   if (input.dim(0) != batch_) allocate(input.dim(0));
   input_ = input;
+  plan_fusion(context);
   for (std::size_t i = 0; i < nodes_.size(); ++i) {
     Node& node = nodes_[i];
     for (std::size_t j = 0; j < node.inputs.size(); ++j) {
       node.in[j] = node.inputs[j] < 0 ? input_ : outputs_[node.inputs[j]];
     }
+    if (runs_fused(i)) {
+      // Its producer wrote its output (its backward runs as usual).
+      if (observer_) observer_(i, outputs_[i], context);
+      continue;
+    }
+    Tensor& out = fused_[i] ? outputs_[node.fusable] : outputs_[i];
     if (profile_ == nullptr) {
-      node.layer->forward(context, node.in, outputs_[i]);
+      node.layer->forward(context, node.in, out);
     } else {
       const auto start = ProfileClock::now();
-      node.layer->forward(context, node.in, outputs_[i]);
+      node.layer->forward(context, node.in, out);
       profile_->forward_seconds[i] += seconds_since(start);
     }
-    if (observer_) observer_(i, outputs_[i], context);
+    if (observer_ && !fused_[i]) observer_(i, outputs_[i], context);
   }
   return outputs_.back();
+}
+
+void Graph::plan_fusion(const Context& context) {
+  // Not when the producer's output is kept (kAll: activation() returns it), nor under gradient
+  // checking, whose frozen branches the activation layers hold (FrozenBranches).
+  const bool on = fusion_ && context.frozen == nullptr;
+  fused_.assign(nodes_.size(), 0);
+  for (std::size_t p = 0; p < nodes_.size(); ++p) {
+    Node& node = nodes_[p];
+    if (node.fusable < 0) continue;
+    fused_[p] = on && !kept_[p];
+    node.layer->set_fused_activation(fused_[p] ? nodes_[node.fusable].layer->fusable_activation()
+                                               : std::nullopt);
+  }
+}
+
+bool Graph::shares_output(int producer, const std::vector<char>& kept) const {
+  return nodes_[producer].fusable >= 0 && kept[producer] == 0;
+}
+
+bool Graph::shares_gradient(int producer) const {
+  const int activation = nodes_[producer].fusable;
+  return activation >= 0 && activation + 1 != static_cast<int>(nodes_.size());
+}
+
+bool Graph::runs_fused(std::size_t i) const {
+  const int producer = nodes_[i].fused_producer;
+  return producer >= 0 && fused_[producer] != 0;
+}
+
+int Graph::fused_into(std::size_t i) const {
+  return i < nodes_.size() && i < fused_.size() && runs_fused(i) ? nodes_[i].fused_producer : -1;
 }
 
 void Graph::backward(Context& context, const Tensor& doutput,

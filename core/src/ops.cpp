@@ -148,6 +148,27 @@ void validate(const Pool2dDesc& d, std::string_view kernel) {
   }
 }
 
+std::string_view activation_name(const ActivationDesc& desc) {
+  using Kind = ActivationDesc::Kind;
+  switch (desc.kind) {
+    case Kind::kRelu:
+      return "relu";
+    case Kind::kLeakyRelu:
+      return "leaky_relu";
+    case Kind::kTanh:
+      return "tanh";
+    case Kind::kSigmoid:
+      return "sigmoid";
+    case Kind::kRelu6:
+      return "relu6";
+    case Kind::kHardSigmoid:
+      return "hard_sigmoid";
+    case Kind::kHardswish:
+      break;
+  }
+  return "hardswish";
+}
+
 void validate(const BatchNormDesc& d, std::string_view kernel) {
   if (d.channels <= 0 || d.spatial <= 0) {
     fail("{}: channels and spatial size must be positive (channels={}, spatial={})", kernel,

@@ -179,6 +179,14 @@ void PluginLoader::load_file(const fs::path& file) {
           "behaviour, so a plugin only needs a rebuild; see docs/writing-a-plugin.md, \"Layer "
           "traits\" and \"Plugin API version\")";
     }
+    if (info->api <= 8) {
+      changes +=
+          " (API 9: Layer gains fusable_activation(), fuses() and set_fused_activation(), with "
+          "which the graph runs an activation inside the forward of the layer before it, and "
+          "BatchNormKernel::normalize takes a last const ActivationDesc* (null: none) to apply; "
+          "a backend with a batch_norm kernel must port it, every other plugin only needs a "
+          "rebuild; see docs/writing-a-plugin.md, \"Fusion\" and \"Plugin API version\")";
+    }
     fail("plugin {}: built for plugin API version {}, but this Strata supports version {}{}; "
          "rebuild the plugin against this Strata",
          canonical.string(), info->api, kPluginApi, changes);

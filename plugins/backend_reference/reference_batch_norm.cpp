@@ -64,16 +64,20 @@ void ReferenceBatchNorm::channel_squares(const Tensor& x, const double* mean, do
 }
 
 void ReferenceBatchNorm::normalize(const Tensor& x, const float* center, const float* scale,
-                                   const float* shift, Tensor& y) {
+                                   const float* shift, Tensor& y, const ActivationDesc* fused) {
   const int64_t batch = batch_norm_batch(desc_, x, kName, "x");
   batch_norm_batch(desc_, y, kName, "y");
   const int64_t spatial = desc_.spatial;
-  for (int64_t plane = 0; plane < batch * desc_.channels; ++plane) {
-    const int64_t c = plane % desc_.channels;
-    const float* xs = x.data() + plane * spatial;
-    float* ys = y.data() + plane * spatial;
-    for (int64_t s = 0; s < spatial; ++s) ys[s] = (xs[s] - center[c]) * scale[c] + shift[c];
-  }
+  visit_fused(fused, [&](const auto f) {
+    for (int64_t plane = 0; plane < batch * desc_.channels; ++plane) {
+      const int64_t c = plane % desc_.channels;
+      const float* xs = x.data() + plane * spatial;
+      float* ys = y.data() + plane * spatial;
+      for (int64_t s = 0; s < spatial; ++s) {
+        ys[s] = f.value((xs[s] - center[c]) * scale[c] + shift[c]);
+      }
+    }
+  });
 }
 
 void ReferenceBatchNorm::gradient_sums(const Tensor& x, const Tensor& dy, const double* mean,

@@ -139,17 +139,19 @@ void TbbBatchNorm::for_planes(int64_t batch, const PlaneBody& body) const {
 }
 
 void TbbBatchNorm::normalize(const Tensor& x, const float* center, const float* scale,
-                             const float* shift, Tensor& y) {
+                             const float* shift, Tensor& y, const ActivationDesc* fused) {
   const int64_t batch = batch_norm_batch(desc_, x, kName, "x");
   batch_norm_batch(desc_, y, kName, "y");
   const int64_t spatial = desc_.spatial;
   const float* px = x.data();
   float* py = y.data();
-  for_planes(batch, [&](int64_t c, int64_t offset) {
-    const float* xs = px + offset;
-    float* ys = py + offset;
-    const float m = center[c], a = scale[c], b = shift[c];
-    for (int64_t s = 0; s < spatial; ++s) ys[s] = (xs[s] - m) * a + b;
+  visit_fused(fused, [&](const auto f) {
+    for_planes(batch, [&, f](int64_t c, int64_t offset) {
+      const float* xs = px + offset;
+      float* ys = py + offset;
+      const float m = center[c], a = scale[c], b = shift[c];
+      for (int64_t s = 0; s < spatial; ++s) ys[s] = f.value((xs[s] - m) * a + b);
+    });
   });
 }
 

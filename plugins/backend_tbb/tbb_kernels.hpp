@@ -481,7 +481,7 @@ class TbbBatchNorm : public BatchNormKernel {
   void channel_sums(const Tensor& x, double* sum) override;
   void channel_squares(const Tensor& x, const double* mean, double* squares) override;
   void normalize(const Tensor& x, const float* center, const float* scale, const float* shift,
-                 Tensor& y) override;
+                 Tensor& y, const ActivationDesc* fused) override;
   void gradient_sums(const Tensor& x, const Tensor& dy, const double* mean, const double* inv_std,
                      double* sum_dy, double* sum_dy_xhat) override;
   void input_gradient(const Tensor& x, const Tensor& dy, const double* mean, const double* inv_std,

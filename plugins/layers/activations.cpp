@@ -61,6 +61,9 @@ class Elementwise final : public Layer {
     return activation::derivative_reads_output(op_.desc());
   }
 
+  // The graph may run it inside the layer before it (strata/graph.hpp, "Fusion").
+  std::optional<ActivationDesc> fusable_activation() const override { return op_.desc(); }
+
   // Each op describes itself as ONNX nodes (export_to below).
   bool export_to(ExportContext& context) const override {
     op_.export_to(context);

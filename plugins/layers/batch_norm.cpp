@@ -116,8 +116,18 @@ class BatchNorm final : public Layer {
   // Synchronized, its training passes are collectives: the trainer runs them on every rank at
   // every step, with 0 images on a rank that has none.
   bool communicates() const override { return sync_; }
-  std::string implementation() const override { return kernel_ ? kernel_->implementation() : ""; }
+  // The kernel's name, and "+<activation>" while one is fused.
+  std::string implementation() const override {
+    if (!kernel_) return "";
+    if (!fused_) return kernel_->implementation();
+    return fmt::format("{}+{}", kernel_->implementation(), activation_name(*fused_));
+  }
   bool mixes_samples_in_inference() const override { return !track_running_stats_; }
+  // Fusion (Layer): the kernel's normalize applies the activation.
+  bool fuses(const ActivationDesc&) const override { return true; }
+  void set_fused_activation(const std::optional<ActivationDesc>& activation) override {
+    fused_ = activation;
+  }
 
   std::vector<Param*> params() override {
     if (affine_) return {&weight_, &bias_};
@@ -161,6 +171,7 @@ class BatchNorm final : public Layer {
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     const Tensor& x = in[0];
     prepare_output(out, x.shape());
+    const ActivationDesc* fused = fused_ ? &*fused_ : nullptr;
     const int64_t batch = x.dim(0);
     const int64_t count = batch * spatial_;
     const auto channels = static_cast<std::size_t>(channels_);
@@ -174,7 +185,7 @@ class BatchNorm final : public Layer {
         const double inv_std = 1.0 / std::sqrt(static_cast<double>(running_var_.data()[c]) + eps_);
         set_affine(c, running_mean_.data()[c], inv_std);
       }
-      kernel_->normalize(x, center_.data(), scale_.data(), shift_.data(), out);
+      kernel_->normalize(x, center_.data(), scale_.data(), shift_.data(), out, fused);
       return;
     }
 
@@ -224,7 +235,7 @@ class BatchNorm final : public Layer {
       running_mean = static_cast<float>((1.0 - momentum) * running_mean + momentum * mean);
       running_var = static_cast<float>((1.0 - momentum) * running_var + momentum * unbiased);
     }
-    kernel_->normalize(x, center_.data(), scale_.data(), shift_.data(), out);
+    kernel_->normalize(x, center_.data(), scale_.data(), shift_.data(), out, fused);
     saved_count_ = m;
     saved_batch_ = batch;
     saved_synchronized_ = ranks != nullptr;
@@ -363,6 +374,8 @@ class BatchNorm final : public Layer {
   // running mean and inv_std, and the input gradient's coefficients.
   std::vector<double> reduced_, running_, coefficients_;
   std::vector<float> center_, scale_, shift_;
+  // The activation the graph fused into this layer's forward, or none.
+  std::optional<ActivationDesc> fused_;
 };
 
 }  // namespace

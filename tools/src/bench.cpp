@@ -64,6 +64,8 @@ BenchReport bench_experiment(const Config& experiment, const Registries& registr
   Backend* backend = run.backend.get();
   Graph& graph = *run.graph;
   graph.set_output_retention(OutputRetention::kBackward);  // what training holds
+  graph.set_fusion(options.fusion);
+  report.fusion = options.fusion;
   Loss* loss = run.loss.get();
   Optimizer* optimizer = run.optimizer.get();
   Rng& rng = run.rng;
@@ -132,7 +134,9 @@ BenchReport bench_experiment(const Config& experiment, const Registries& registr
     row.output_shape = layer.output_shape().dims();
     row.forward_seconds = profile.forward_seconds[i] / steps;
     row.backward_seconds = profile.backward_seconds[i] / steps;
-    row.implementation = layer.implementation();
+    const int fused_into = graph.fused_into(i);
+    row.implementation = fused_into < 0 ? layer.implementation()
+                                        : fmt::format("fused into {}", graph.name(fused_into));
     const double macs = macs_per_output(layer) * static_cast<double>(layer.output_shape().numel()) *
                         static_cast<double>(report.batch);
     row.forward_flops = 2.0 * macs;
@@ -151,8 +155,9 @@ BenchReport bench_experiment(const Config& experiment, const Registries& registr
 std::string format_bench_report(const BenchReport& r) {
   std::string out = fmt::format(
       "{}: batch {}, backend {}, {} thread(s), {} parameters; mean of {} steps after {} "
-      "warm-up\n\n",
-      r.experiment, r.batch, r.backend, r.threads, r.parameters, r.iterations, r.warmup);
+      "warm-up{}\n\n",
+      r.experiment, r.batch, r.backend, r.threads, r.parameters, r.iterations, r.warmup,
+      r.fusion ? "" : "; no fusion");
   if (!r.backend_description.empty()) {
     out.insert(out.size() - 1, fmt::format("backend {}: {}\n", r.backend, r.backend_description));
   }

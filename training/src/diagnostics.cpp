@@ -35,7 +35,8 @@ double dead_unit_fraction(const Tensor& activation) {
   return static_cast<double>(dead) / static_cast<double>(units);
 }
 
-StepDiagnostics::StepDiagnostics(Graph& graph) : graph_(graph), watched_index_(graph.size(), -1) {
+StepDiagnostics::StepDiagnostics(Graph& graph)
+    : graph_(graph), watched_index_(graph.size(), -1), fusion_(graph.fusion()) {
   for (std::size_t i = 0; i < graph.size(); ++i) {
     Layer& layer = graph.layer(i);
     std::vector<Param*> params = layer.params();
@@ -53,7 +54,15 @@ StepDiagnostics::StepDiagnostics(Graph& graph) : graph_(graph), watched_index_(g
   });
 }
 
-StepDiagnostics::~StepDiagnostics() { graph_.set_forward_observer({}); }
+StepDiagnostics::~StepDiagnostics() {
+  graph_.set_forward_observer({});
+  graph_.set_fusion(fusion_);
+}
+
+void StepDiagnostics::watch_forward(bool on) {
+  armed_ = on;
+  graph_.set_fusion(fusion_ && !on);
+}
 
 void StepDiagnostics::observe(std::size_t node, const Tensor& out) {
   if (node >= watched_index_.size() || watched_index_[node] < 0) return;

@@ -19,17 +19,32 @@
 // activation() returns any of them. Training sets kBackward: an output stays only when a backward
 // reads it (Layer::backward_reads_inputs() of a consumer, backward_reads_output() of its
 // producer) or it is the model's output; the others are live from the layer's forward to the
-// last forward reading them, and share memory by lifetime. In a conv, batch norm, relu chain the
-// batch norm outputs then all share one buffer. The gradients of the outputs exist only once a
-// backward has run (an inference-only graph never holds any), and they share memory: a gradient is
-// live from the backward step of the last layer reading that tensor to the backward step of the
-// layer that produced it, and the buffers of all of them, with the per-consumer scratch of tensors
-// read by several layers, are placed by lifetime in one arena (strata/memory_plan.hpp). In a chain
-// of layers two gradients are live at a time, whatever the depth. memory() gives the figures for
-// any batch without allocating. Buffers are allocated once for the largest batch seen and reused
-// (a smaller batch gets views), so a step allocates no activation or gradient tensor. It is not
-// allocation-free: layers may allocate scratch (lrn's per-task plane, the params() lists), and
-// the input-gradient buffers of gradient checking are made per call.
+// last forward reading them, and share memory by lifetime; an activation that may fuse into its
+// producer (Fusion below) runs in place over that producer's output and gradient. The gradients of
+// the outputs exist only once a backward has run (an inference-only graph never holds any), and
+// they share memory: a gradient is live from the backward step of the last layer reading that
+// tensor to the backward step of the layer that produced it, and the buffers of all of them, with
+// the per-consumer scratch of tensors read by several layers, are placed by lifetime in one arena
+// (strata/memory_plan.hpp). In a chain of layers two gradients are live at a time, whatever the
+// depth. memory() gives the figures for any batch without allocating. Buffers are allocated once
+// for the largest batch seen and reused (a smaller batch gets views), so a step allocates no
+// activation or gradient tensor. It is not allocation-free: layers may allocate scratch (lrn's
+// per-task plane, the params() lists), and the input-gradient buffers of gradient checking are made
+// per call.
+//
+// Fusion. An activation layer (Layer::fusable_activation(): relu, leaky_relu with a slope >= 0,
+// relu6, tanh, sigmoid: those whose derivative reads only their output) that alone reads the
+// output of a layer that fuses it (Layer::fuses(): batch_norm, add) runs inside that layer's
+// forward: the producer writes f(its value) straight into the shared buffer and the activation's
+// own forward pass is skipped (conv, batch norm, relu and ResNet's add, relu). Backward is not
+// fused: the activation's backward runs as usual, in place over the gradient it shares with the
+// producer (fusing it measured slower: docs/performance.md, section 16). The producer's output is
+// never materialized, so a pair fuses only when that output is not kept
+// (OutputRetention::kBackward, training's; under kAll nothing fuses and activation() returns
+// every output), fusion is on (set_fusion), and the pass is not a gradient check
+// (Context::frozen). The results are the unfused bits (the same float operations). A forward
+// observer is called for a fused activation (with the output its producer wrote), not for the
+// producer. fused_into() tells which activations the last forward fused.
 #pragma once
 
 #include <cstdint>
@@ -143,6 +158,13 @@ class Graph {
   // activations (training diagnostics) reads outputs that kBackward does not keep.
   using ForwardObserver = std::function<void(std::size_t, const Tensor&, const Context&)>;
   void set_forward_observer(ForwardObserver observer) { observer_ = std::move(observer); }
+  // Whether forward() fuses activations into the layer before them (see Fusion above). On by
+  // default; training diagnostics turn it off for the passes they watch, whose every output
+  // they read. A change takes effect at the next forward().
+  void set_fusion(bool on) { fusion_ = on; }
+  bool fusion() const { return fusion_; }
+  // The node activation node i ran inside in the last forward, or -1.
+  int fused_into(std::size_t i) const;
   // Attaches a profile (sized to size() by the graph) or detaches it (nullptr). The backward time
   // of a layer includes summing its input gradients into tensors read by several layers.
   void set_profile(GraphProfile* profile);
@@ -174,10 +196,23 @@ class Graph {
     int consumers = 0;
     std::vector<Tensor> in, din;  // per-step views handed to the layer (reused, not reallocated)
     int last_consumer = -1;       // the highest index of a node reading this one (-1: none)
+    // Fusion pairs (find_fusions): on a producer, the activation node that may run inside it; on
+    // that activation, the producer. -1: none.
+    int fusable = -1;
+    int fused_producer = -1;
   };
   struct TrainingKeys;  // an entry's lr_mult, decay_mult and freeze (graph.cpp)
   // build(): the input shape, then each entry of `layers` in order, a layer or a block.
   void build(const Config& model, Rng* init_rng);
+  void find_fusions();  // the fusion pairs (Fusion above), once the nodes are built
+  // Before a forward: which pairs fuse in this pass (fused_), told to their producers.
+  void plan_fusion(const Context& context);
+  bool runs_fused(std::size_t i) const;  // node i is an activation fused in this pass
+  // A fusion pair shares one output buffer, the activation running in place over its producer's
+  // output (or inside it, fused), when that output is not kept; and one gradient buffer, unless
+  // the activation is the last node (its gradient is then the caller's).
+  bool shares_output(int producer, const std::vector<char>& kept) const;
+  bool shares_gradient(int producer) const;
   void read_input_shape(const Config& model);
   void add_layer_entry(const Config& item, const std::string& name, const std::string& type,
                        const std::vector<std::string>& input_names, Rng* init_rng);
@@ -244,6 +279,9 @@ class Graph {
   std::vector<char> into_scratch_;  // per input of the node in backward_node: wrote its scratch
   Tensor input_;                                   // view of the current input
   GraphProfile* profile_ = nullptr;
+  bool fusion_ = true;
+  std::vector<char> kept_;   // per node: keeps_output() under retention_ (set by allocate())
+  std::vector<char> fused_;  // per producer node: ran with its activation fused (last forward)
   bool input_gradient_ = false;
   Tensor input_gradient_storage_;  // d(output)/d(input) when input_gradient_ is set
   std::vector<char> flows_;        // per node: does a gradient flow through it (last backward)

@@ -25,6 +25,7 @@
 
 #include "strata/backend.hpp"
 #include "strata/error.hpp"
+#include "strata/ops.hpp"
 #include "strata/registry.hpp"
 #include "strata/tensor.hpp"
 
@@ -206,6 +207,25 @@ class Layer {
   // layer's no by running its backward again with those tensors overwritten.
   virtual bool backward_reads_inputs() const { return true; }
   virtual bool backward_reads_output() const { return true; }
+
+  // Fusion (Graph, "Fusion" in strata/graph.hpp): an activation layer that alone reads the
+  // output of the layer before it runs inside that layer's forward. fusable_activation(): an
+  // activation layer returns what it computes; other layers return nothing (the default).
+  // fuses(): whether this layer can apply `activation` to its own output in forward (it is
+  // offered only activations whose derivative reads y alone, activation::derivative_reads_output,
+  // and only when its backward_reads_output() says no: the activation then runs in place over
+  // that output). set_fused_activation(): the activation fused into the forwards that follow, or
+  // std::nullopt for none (the graph sets it before every forward). While one is set, forward()
+  // writes f(the layer's value) to `out`; backward() is unchanged (the activation's own backward
+  // has run first). The defaults: nothing fuses.
+  virtual std::optional<ActivationDesc> fusable_activation() const { return std::nullopt; }
+  virtual bool fuses(const ActivationDesc& activation) const {
+    (void)activation;
+    return false;
+  }
+  virtual void set_fused_activation(const std::optional<ActivationDesc>& activation) {
+    (void)activation;
+  }
 
   // Describes the layer's inference-mode computation as nodes of the ONNX operator vocabulary
   // (strata/export.hpp), for `strata export`; valid after setup(). Returns false when the layer

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string_view>
+#include <type_traits>
 
 #include "strata/backend.hpp"
 #include "strata/tensor.hpp"
@@ -199,57 +200,6 @@ class Pool2dKernel : public OpKernel<Pool2dDesc> {
   virtual void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) = 0;
 };
 
-// Batch normalization's per-channel passes (torch.nn.BatchNorm2d, and BatchNorm1d on [C]).
-//   x, dy, y, dx [N, C, spatial...] with `spatial` values per channel and image (H*W; 1 for
-//   features [N, C]). Channel c's values are the N runs x[n, c, 0..spatial).
-// The kernel does the passes over the data; the layer keeps everything between them: the
-// allreduce of a synchronized batch norm, the mean, variance and 1/sqrt(var + eps), the running
-// statistics, momentum, weight and bias. So eps and affine are not in the descriptor: they only
-// enter the per-channel constants the layer hands in. Per-channel arrays hold `channels` values.
-struct BatchNormDesc {
-  int64_t channels = 0;
-  int64_t spatial = 1;
-};
-
-// Throws an Error, prefixed with `kernel` ("tbb batch_norm"), unless channels and spatial are
-// positive.
-void validate(const BatchNormDesc& desc, std::string_view kernel);
-
-// N of a batch-norm tensor: throws an Error naming `kernel`, `what` and the shape unless `t` has
-// rank 2 or more, t.dim(1) == channels and N * channels * spatial elements.
-int64_t batch_norm_batch(const BatchNormDesc& desc, const Tensor& t, std::string_view kernel,
-                         std::string_view what);
-
-// Every sum runs in double. The order of its terms is the kernel's own, but fixed: the same
-// kernel gives the same bits for the same input, whatever the thread count and scheduling (a
-// synchronized batch norm with one rank relies on it to equal the unsynchronized one).
-class BatchNormKernel : public OpKernel<BatchNormDesc> {
- public:
-  ~BatchNormKernel() override;
-  // sum[c] = sum over n, s of x[n, c, s]
-  virtual void channel_sums(const Tensor& x, double* sum) = 0;
-  // squares[c] = sum over n, s of (x[n, c, s] - mean[c])^2, the difference taken in double (two
-  // passes, not a sum of squares minus a squared sum: no cancellation when |mean| >> std)
-  virtual void channel_squares(const Tensor& x, const double* mean, double* squares) = 0;
-  // y[n, c, s] = (x[n, c, s] - center[c]) * scale[c] + shift[c] in float: the normalization with
-  // its affine map folded into a center (the mean), a scale (weight * inv_std) and a shift (the
-  // bias) per channel, training and evaluation alike. Centering first keeps the product small:
-  // folded into x * scale + (bias - mean * scale), a channel with |mean| * inv_std large loses
-  // y's low bits to cancellation, differently with and without fused multiply-adds.
-  virtual void normalize(const Tensor& x, const float* center, const float* scale,
-                         const float* shift, Tensor& y) = 0;
-  // sum_dy[c] = sum of dy, sum_dy_xhat[c] = sum of dy * x_hat with x_hat = (x - mean[c]) *
-  // inv_std[c] (double), over n, s of channel c
-  virtual void gradient_sums(const Tensor& x, const Tensor& dy, const double* mean,
-                             const double* inv_std, double* sum_dy, double* sum_dy_xhat) = 0;
-  // dx = float(scale[c] * (dy - mean_dy[c] - x_hat * mean_dy_xhat[c])), in double with x_hat as
-  // above: batch statistics' input gradient (scale = weight * inv_std, mean_dy = sum_dy / m,
-  // mean_dy_xhat = sum_dy_xhat / m); with mean_dy = mean_dy_xhat = 0 the running statistics'.
-  virtual void input_gradient(const Tensor& x, const Tensor& dy, const double* mean,
-                              const double* inv_std, const double* scale, const double* mean_dy,
-                              const double* mean_dy_xhat, Tensor& dx) = 0;
-};
-
 // Element-wise activations y = f(x), with PyTorch's values and derivatives (at the kinks and for
 // NaN too; plugins/layers/activations.cpp is their spec). negative_slope: leaky_relu only.
 struct ActivationDesc {
@@ -257,6 +207,10 @@ struct ActivationDesc {
   Kind kind = Kind::kRelu;
   float negative_slope = 0.01f;
 };
+
+// The layer type computing desc's kind: "relu", "leaky_relu", "tanh", "sigmoid", "relu6",
+// "hard_sigmoid" or "hardswish".
+std::string_view activation_name(const ActivationDesc& desc);
 
 // The per-element functions every activation kernel computes, one struct per kind with
 // value(x) and derivative(x, y) (y = value(x)); visit_activation(desc, body) calls body with the
@@ -343,6 +297,12 @@ inline bool derivative_reads_output(const ActivationDesc& desc) {
   return !derivative_reads_input(desc);
 }
 
+// No activation: what a kernel with an optional fused activation (visit_fused below) runs when
+// none is fused, so that one loop serves both.
+struct None {
+  float value(float x) const { return x; }
+};
+
 // y[i] = f(x[i]) and dx[i] = dy[i] * f'(x[i], y[i]) for i in [lo, hi): the loops every activation
 // kernel runs (the reference over all elements, tbb per task), compiled once per kind.
 inline void forward_range(const ActivationDesc& desc, const float* x, float* y, int64_t lo,
@@ -374,6 +334,68 @@ class ActivationKernel : public OpKernel<ActivationDesc> {
   virtual void forward(const Tensor& x, Tensor& y) = 0;
   // dx = dy * f'(x, y): y is the forward's output for x
   virtual void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor& dx) = 0;
+};
+
+// Batch normalization's per-channel passes (torch.nn.BatchNorm2d, and BatchNorm1d on [C]).
+//   x, dy, y, dx [N, C, spatial...] with `spatial` values per channel and image (H*W; 1 for
+//   features [N, C]). Channel c's values are the N runs x[n, c, 0..spatial).
+// The kernel does the passes over the data; the layer keeps everything between them: the
+// allreduce of a synchronized batch norm, the mean, variance and 1/sqrt(var + eps), the running
+// statistics, momentum, weight and bias. So eps and affine are not in the descriptor: they only
+// enter the per-channel constants the layer hands in. Per-channel arrays hold `channels` values.
+struct BatchNormDesc {
+  int64_t channels = 0;
+  int64_t spatial = 1;
+};
+
+// Calls body with the functor of the activation fused into an op's forward (Graph's fusion:
+// Layer::set_fused_activation), or with activation::None when `fused` is null, so that a
+// kernel's loop is compiled once per kind.
+template <class Body>
+decltype(auto) visit_fused(const ActivationDesc* fused, Body&& body) {
+  if (fused == nullptr) return body(activation::None{});
+  return activation::visit_activation(*fused, body);
+}
+
+// Throws an Error, prefixed with `kernel` ("tbb batch_norm"), unless channels and spatial are
+// positive.
+void validate(const BatchNormDesc& desc, std::string_view kernel);
+
+// N of a batch-norm tensor: throws an Error naming `kernel`, `what` and the shape unless `t` has
+// rank 2 or more, t.dim(1) == channels and N * channels * spatial elements.
+int64_t batch_norm_batch(const BatchNormDesc& desc, const Tensor& t, std::string_view kernel,
+                         std::string_view what);
+
+// Every sum runs in double. The order of its terms is the kernel's own, but fixed: the same
+// kernel gives the same bits for the same input, whatever the thread count and scheduling (a
+// synchronized batch norm with one rank relies on it to equal the unsynchronized one).
+class BatchNormKernel : public OpKernel<BatchNormDesc> {
+ public:
+  ~BatchNormKernel() override;
+  // sum[c] = sum over n, s of x[n, c, s]
+  virtual void channel_sums(const Tensor& x, double* sum) = 0;
+  // squares[c] = sum over n, s of (x[n, c, s] - mean[c])^2, the difference taken in double (two
+  // passes, not a sum of squares minus a squared sum: no cancellation when |mean| >> std)
+  virtual void channel_squares(const Tensor& x, const double* mean, double* squares) = 0;
+  // y[n, c, s] = (x[n, c, s] - center[c]) * scale[c] + shift[c] in float: the normalization with
+  // its affine map folded into a center (the mean), a scale (weight * inv_std) and a shift (the
+  // bias) per channel, training and evaluation alike. Centering first keeps the product small:
+  // folded into x * scale + (bias - mean * scale), a channel with |mean| * inv_std large loses
+  // y's low bits to cancellation, differently with and without fused multiply-adds.
+  // With an activation fused into it (`fused` not null): y = f(that value), f's value as its
+  // own kernel computes it (strata::activation).
+  virtual void normalize(const Tensor& x, const float* center, const float* scale,
+                         const float* shift, Tensor& y, const ActivationDesc* fused) = 0;
+  // sum_dy[c] = sum of dy, sum_dy_xhat[c] = sum of dy * x_hat with x_hat = (x - mean[c]) *
+  // inv_std[c] (double), over n, s of channel c
+  virtual void gradient_sums(const Tensor& x, const Tensor& dy, const double* mean,
+                             const double* inv_std, double* sum_dy, double* sum_dy_xhat) = 0;
+  // dx = float(scale[c] * (dy - mean_dy[c] - x_hat * mean_dy_xhat[c])), in double with x_hat as
+  // above: batch statistics' input gradient (scale = weight * inv_std, mean_dy = sum_dy / m,
+  // mean_dy_xhat = sum_dy_xhat / m); with mean_dy = mean_dy_xhat = 0 the running statistics'.
+  virtual void input_gradient(const Tensor& x, const Tensor& dy, const double* mean,
+                              const double* inv_std, const double* scale, const double* mean_dy,
+                              const double* mean_dy_xhat, Tensor& dx) = 0;
 };
 
 // N of a tensor holding `per_sample` values per sample: throws an Error naming `kernel`, `what`

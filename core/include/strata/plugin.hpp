@@ -39,7 +39,9 @@ namespace strata {
 // 8: Layer::backward_reads_inputs() and backward_reads_output(), which let training reuse the
 //    memory of outputs no backward reads (Graph, OutputRetention); Conv2dKernel::arithmetic(),
 //    the multiply-adds each pass performs (the default needs no source change).
-inline constexpr int kPluginApi = 8;
+// 9: fusion: Layer::fusable_activation(), fuses() and set_fused_activation() (the defaults fuse
+//    nothing), and BatchNormKernel::normalize takes a last `const ActivationDesc*` (null: none).
+inline constexpr int kPluginApi = 9;
 
 class Registries;
 

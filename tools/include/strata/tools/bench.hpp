@@ -39,6 +39,7 @@ struct BenchOptions {
   int64_t iterations = 20;  // timed steps, at least 1
   int64_t warmup = 3;       // untimed steps first
   int threads = -1;         // -1: the experiment's `threads`; 0: all cores
+  bool fusion = true;       // Graph::set_fusion: activations fused into the layer before them
 };
 
 struct LayerTiming {
@@ -47,7 +48,9 @@ struct LayerTiming {
   double forward_seconds = 0, backward_seconds = 0;  // mean per step
   double forward_flops = 0;                          // per step (whole batch); 0 when unknown
   double backward_flops = 0;
-  std::string implementation;  // Layer::implementation(): the kernel path it runs; may be empty
+  // Layer::implementation(): the kernel path it runs; may be empty. For an activation fused
+  // into the layer before it (Graph::fused_into), "fused into <that layer>".
+  std::string implementation;
 };
 
 struct BenchReport {
@@ -56,6 +59,7 @@ struct BenchReport {
   std::string backend_description;  // Backend::description(): libraries and kernel sets
   int threads = 0;
   int64_t batch = 0, iterations = 0, warmup = 0, parameters = 0;
+  bool fusion = true;  // BenchOptions::fusion
   std::vector<LayerTiming> layers;
   double forward_seconds = 0, loss_seconds = 0, backward_seconds = 0, optimizer_seconds = 0;
   double step_seconds = 0;  // the whole step, timed as one (>= the sum of the parts)

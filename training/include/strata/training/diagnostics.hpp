@@ -59,7 +59,9 @@ class StepDiagnostics {
   StepDiagnostics& operator=(const StepDiagnostics&) = delete;
 
   // Whether the training forwards from now on measure the watched layers' activations.
-  void watch_forward(bool on) { armed_ = on; }
+  // A watched forward runs unfused (Graph::set_fusion): the diagnostics read every layer's
+  // output, and a fused pass does not write those of the layers activations are fused into.
+  void watch_forward(bool on);
   // After forward() and backward(), before the optimizer step: takes the activation statistics
   // measured since watch_forward(true) (NaN when none was), reads the gradients, copies the
   // weights, and disarms.
@@ -80,6 +82,7 @@ class StepDiagnostics {
   std::vector<Watched> watched_;
   std::vector<int> watched_index_;  // per node: its index in watched_, or -1
   bool armed_ = false;
+  bool fusion_ = true;  // the graph's fusion setting when attached, restored between watches
 };
 
 // Appends `results` at `iteration` to a history: "diagnostics/iteration" and
