@@ -77,8 +77,44 @@ assert abs(r["images_per_second"] - 6 / r["step_seconds"]) < 1e-6 * r["images_pe
 PY
 echo "ok   json"
 
+# Fusion (docs/performance.md, section 16): a relu that alone reads a batch_norm runs inside it;
+# --no-fusion runs it as its own layer. The JSON says which.
+cat >"$work/fused.yaml" <<'YAML'
+threads: 1
+data: {type: idx, dir: /nonexistent/never-read}
+model:
+  input: [3, 8, 8]
+  layers:
+    - {name: conv1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+    - {name: bn1, type: batch_norm}
+    - {name: relu1, type: relu}
+    - {name: fc1, type: linear, out_features: 4}
+optimizer: {type: sgd, lr: 0.01}
+train: {epochs: 1, batch_size: 4}
+YAML
+for mode in fused --no-fusion; do
+  flag=""; [ "$mode" = fused ] || flag=$mode
+  # shellcheck disable=SC2086
+  "$STRATA" bench "$work/fused.yaml" --iterations 1 --warmup 0 $flag --json >"$work/$mode.json" \
+    2>"$work/err" || { cat "$work/err"; fail "$mode run"; }
+  "$PYTHON" - "$work/$mode.json" "$mode" <<'PY' || fail "$mode json"
+import json, sys
+r, mode = json.load(open(sys.argv[1])), sys.argv[2]
+bn, relu = r["layers"][1]["implementation"], r["layers"][2]["implementation"]
+if mode == "fused":
+    assert r["fusion"] is True and bn.endswith("+relu") and relu == "fused into bn1", (bn, relu)
+    assert r["layers"][2]["forward_seconds"] == 0, r["layers"][2]
+else:
+    assert r["fusion"] is False and "+" not in bn and relu == "elementwise", (bn, relu)
+PY
+done
+"$STRATA" bench "$work/fused.yaml" --iterations 1 --warmup 0 --no-fusion >"$work/table" 2>&1 ||
+  fail "--no-fusion table"
+grep -qF "warm-up; no fusion" "$work/table" || { cat "$work/table"; fail "table lacks 'no fusion'"; }
+echo "ok   fusion: relu1 fused into bn1, and not with --no-fusion"
+
 for bad in "--iterations 0:--iterations must be at least 1" "--threads -1:--threads -1" \
-           "--bogus:bogus"; do
+           "--bogus:bogus" "--data --no-fusion:--no-fusion concerns the model"; do
   args=${bad%%:*}; want=${bad#*:}
   # shellcheck disable=SC2086
   "$STRATA" bench "$work/exp.yaml" $args >"$work/o" 2>"$work/e"; rc=$?
