@@ -385,7 +385,7 @@ BOOST_AUTO_TEST_CASE(a_wrong_gradient_fails) {
   BOOST_TEST(cases[0].output == (Shape{2, 3, 3}));
   strata::test::TempDir dir;
   const auto results = strata::run_conformance(r, cases[0], dir.path());
-  BOOST_TEST_REQUIRE(results.size() == 7u);
+  BOOST_TEST_REQUIRE(results.size() == 8u);
   for (const strata::CheckResult& result : results) {
     BOOST_TEST(result.passed == (result.check != "gradients"), result.check << ": " << result.detail);
   }
@@ -400,6 +400,19 @@ BOOST_AUTO_TEST_CASE(a_wrong_gradient_fails) {
   STRATA_CHECK_CONTAINS(lying.detail,
                         "reference: the layer says its backward does not read its inputs, but "
                         "with them changed the input0 gradient changed by");
+  // A layer that says it fuses an activation, but ignores it, fails the fusion check (and only
+  // it); batch_norm, which does fuse, passes it.
+  const strata::ConformanceCase false_fusion{"{type: test_false_fusion}", {{2, 3, 3}}, {2, 3, 3}};
+  for (const strata::CheckResult& result : strata::run_conformance(r, false_fusion, dir.path())) {
+    BOOST_TEST(result.passed == (result.check != "fusion"), result.check << ": " << result.detail);
+  }
+  const auto ignored = strata::check_fusion(r, false_fusion);
+  STRATA_CHECK_CONTAINS(ignored.detail,
+                        "reference, training: with relu fused the output differs from relu on its "
+                        "output by");
+  const auto bn = strata::check_fusion(r, {"{type: batch_norm}", {{3, 4, 4}}, {3, 4, 4}});
+  BOOST_TEST(bn.passed, bn.detail);
+  STRATA_CHECK_CONTAINS(bn.detail, "fuses relu, leaky_relu, relu6, tanh, sigmoid on");
   // A wrong expected shape and a layer that fails setup are failed checks, not exceptions.
   const auto wrong_shape = strata::check_shapes(r, {"{type: test_double}", {{2, 3, 3}}, {2, 3}});
   BOOST_TEST(!wrong_shape.passed);

@@ -46,8 +46,9 @@ int run_check_plugin(Session& session, const std::vector<std::string>& args) {
       "check-plugin", "LIB.so [options]",
       "Load the plugin (after the default plugin folders, which provide the backends) and run the\n"
       "conformance checks on each layer type it registers: shape inference, gradients against\n"
-      "central differences, every backend against the reference, batch independence and the\n"
-      "checkpoint round trip. Prints a table; exits with status 1 when a check fails.\n"
+      "central differences, every backend against the reference, batch independence, NaN\n"
+      "propagation, what backward reads, fused activations and the checkpoint round trip.\n"
+      "Prints a table; exits with status 1 when a check fails.\n"
       "A layer that needs keys gets them from --config, or from cases the plugin exports with\n"
       "STRATA_CONFORMANCE_CASES (docs/writing-a-plugin.md)."};
   auto vm = parse(usage, options, {"LIB.so"}, args);

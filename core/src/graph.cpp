@@ -288,8 +288,8 @@ void Graph::find_fusions() {
       continue;
     }
     const int p = activation.inputs[0];
-    // The producer's output must go to the activation alone, and the activation's somewhere (a
-    // side branch's backward is skipped: see backward_node).
+    // The producer's output must go to the activation alone, and the activation's somewhere
+    // (an output nobody reads gets no gradient buffer for the pair to share).
     if (p < 0 || nodes_[p].consumers != 1 || (a + 1 != n && activation.consumers == 0)) continue;
     // The two share their buffers (shares_output): the producer's backward must not read its
     // output, which the activation overwrites in place.

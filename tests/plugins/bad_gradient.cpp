@@ -1,7 +1,9 @@
 // test_bad_gradient: "test_double" computes out = 2 * in but its backward returns dout (a wrong
 // gradient), so the conformance checks must fail it; it exports its own conformance case.
 // "test_square" computes out = in^2 with the right gradient 2 in dout, but says its backward
-// does not read its input, which the `reads` check must catch.
+// does not read its input, which the `reads` check must catch. "test_false_fusion" computes
+// out = 2 * in (gradient 2 dout) and says it fuses every activation, but ignores the one it is
+// given, which the `fusion` check must catch.
 #include "strata/conformance_cases.hpp"
 #include "strata/layer.hpp"
 #include "strata/plugin.hpp"
@@ -47,9 +49,33 @@ class Square final : public strata::Layer {
   }
 };
 
+class FalseFusion final : public strata::Layer {
+ public:
+  explicit FalseFusion(const strata::Config&) {}
+  std::string_view type() const override { return "test_false_fusion"; }
+  bool backward_reads_inputs() const override { return false; }
+  bool backward_reads_output() const override { return false; }
+  bool fuses(const strata::ActivationDesc&) const override { return true; }  // wrong on purpose
+  void forward(strata::Context&, std::span<const strata::Tensor> in, strata::Tensor& out) override {
+    for (int64_t i = 0; i < out.numel(); ++i) out.data()[i] = 2.0f * in[0].data()[i];
+  }
+  void backward(strata::Context&, std::span<const strata::Tensor>, const strata::Tensor&,
+                const strata::Tensor& dout, std::span<strata::Tensor> din) override {
+    if (!din[0].defined()) return;
+    for (int64_t i = 0; i < dout.numel(); ++i) din[0].data()[i] = 2.0f * dout.data()[i];
+  }
+
+ protected:
+  strata::Shape infer_shape(const strata::SetupContext&,
+                            std::span<const strata::Shape> in) override {
+    return in[0];
+  }
+};
+
 void register_all(strata::Registries& registries) {
   registries.layers.add<Double>("test_double");
   registries.layers.add<Square>("test_square");
+  registries.layers.add<FalseFusion>("test_false_fusion");
 }
 }  // namespace
 

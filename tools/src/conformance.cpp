@@ -8,6 +8,7 @@
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <ostream>
 
 #include "central_difference.hpp"
@@ -605,6 +606,72 @@ CheckResult check_backward_reads(const Registries& registries, const Conformance
   });
 }
 
+// ---- fusion ----
+//
+// A layer that says it fuses an activation (Layer::fuses, strata/graph.hpp "Fusion") must write,
+// with it set, what the activation layer writes on its unfused output, in training and in
+// inference, on every backend, and compute as before once it is cleared. The activations are
+// offered as the graph offers them: those whose derivative reads only y, to a layer whose
+// backward does not read its output. relu, leaky_relu and relu6 bit for bit (the same float
+// operations); tanh and sigmoid within 1e-6 of max(|y|, 1), since a backend's activation kernel
+// may evaluate exp and tanh with vector functions.
+CheckResult check_fusion(const Registries& registries, const ConformanceCase& layer_case) {
+  return run_check("fusion", [&]() -> std::string {
+    const uint32_t seed = case_seed(layer_case) + 11;
+    const std::vector<std::string> backends = registries.backends.types();
+    const std::vector<std::pair<std::string, bool>> activations = {
+        {"{type: relu}", true},
+        {"{type: leaky_relu, negative_slope: 0.1}", true},
+        {"{type: relu6}", true},
+        {"{type: tanh}", false},
+        {"{type: sigmoid}", false}};
+    std::vector<std::string> fused;
+    for (const std::string& backend : backends) {
+      Rng rng(seed);
+      Instance instance = make_layer(registries, layer_case, backend);
+      if (instance.layer->backward_reads_output()) {
+        return "not applicable: its backward reads its output";
+      }
+      randomize_params(*instance.layer, rng);
+      std::vector<Tensor> inputs;
+      for (const Shape& shape : batched(layer_case.inputs, layer_case.gradient_batch))
+        inputs.push_back(random_tensor(shape, rng, -3.0f, 3.0f));
+      for (const auto& [yaml, exact] : activations) {
+        const Config config = Config::parse_string(yaml, "<conformance activation>");
+        if (!registries.layers.contains(config.get<std::string>("type"))) continue;
+        Instance activation =
+            conformance::make_layer(registries, config, {instance.output}, backend);
+        const std::optional<ActivationDesc> desc = activation.layer->fusable_activation();
+        if (!desc || !activation::derivative_reads_output(*desc) || !instance.layer->fuses(*desc)) {
+          continue;
+        }
+        for (const bool training : {true, false}) {
+          const char* mode = training ? "training" : "inference";
+          const Tensor plain = run_forward(instance, inputs, training, seed);
+          const Tensor want = run_forward(activation, {plain}, training, seed);
+          instance.layer->set_fused_activation(desc);
+          const Tensor got = run_forward(instance, inputs, training, seed);
+          instance.layer->set_fused_activation(std::nullopt);
+          const Tensor again = run_forward(instance, inputs, training, seed);
+          const float diff = max_abs_diff(got, want);
+          const float bound = exact ? 0.0f : 1e-6f * std::max(max_abs(want), 1.0f);
+          if (!(diff <= bound)) {
+            check_fail("{}, {}: with {} fused the output differs from {} on its output by {}",
+                       backend, mode, activation_name(*desc), activation_name(*desc), diff);
+          }
+          if (!(max_abs_diff(again, plain) == 0.0f)) {
+            check_fail("{}, {}: with the fused {} cleared the output is not the unfused one",
+                       backend, mode, activation_name(*desc));
+          }
+        }
+        if (backend == backends.front()) fused.emplace_back(activation_name(*desc));
+      }
+    }
+    if (fused.empty()) return "not applicable: it fuses no activation";
+    return fmt::format("fuses {} on {}", fmt::join(fused, ", "), fmt::join(backends, ", "));
+  });
+}
+
 // ---- checkpoint round trip ----
 //
 // Parameters and buffers go into a Checkpoint as "<layer>/<name>", through save_checkpoint into an
@@ -662,6 +729,7 @@ std::vector<CheckResult> run_conformance(const Registries& registries,
           check_batch_independence(registries, layer_case),
           check_nan_propagates(registries, layer_case),
           check_backward_reads(registries, layer_case),
+          check_fusion(registries, layer_case),
           check_checkpoint_round_trip(registries, layer_case, scratch_dir)};
 }
 

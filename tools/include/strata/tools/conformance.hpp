@@ -59,7 +59,8 @@ struct ConformanceCase {
 std::ostream& operator<<(std::ostream& os, const ConformanceCase& layer_case);
 
 struct CheckResult {
-  std::string check;  // "shapes", "gradients", "backends", "batch", "nan", "reads", "checkpoint"
+  // "shapes", "gradients", "backends", "batch", "nan", "reads", "fusion", "checkpoint"
+  std::string check;
   bool passed = false;
   std::string detail;  // what failed, or what was checked ("312 elements", "tbb")
 };
@@ -73,11 +74,12 @@ CheckResult check_batch_independence(const Registries& registries,
                                      const ConformanceCase& layer_case);
 CheckResult check_nan_propagates(const Registries& registries, const ConformanceCase& layer_case);
 CheckResult check_backward_reads(const Registries& registries, const ConformanceCase& layer_case);
+CheckResult check_fusion(const Registries& registries, const ConformanceCase& layer_case);
 // Writes its checkpoint into `scratch_dir`, which must exist.
 CheckResult check_checkpoint_round_trip(const Registries& registries,
                                         const ConformanceCase& layer_case,
                                         const std::filesystem::path& scratch_dir);
-// All seven, in the order above.
+// All eight, in the order above.
 std::vector<CheckResult> run_conformance(const Registries& registries,
                                          const ConformanceCase& layer_case,
                                          const std::filesystem::path& scratch_dir);
