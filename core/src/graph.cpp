@@ -745,12 +745,12 @@ const Tensor& Graph::forward(Context& context, const Tensor& input) {
       if (observer_) observer_(i, outputs_[i], context);
       continue;
     }
-    Tensor& out = fused_[i] ? outputs_[node.fusable] : outputs_[i];
+    // Fused, it writes into the buffer it shares with its activation (shares_output).
     if (profile_ == nullptr) {
-      node.layer->forward(context, node.in, out);
+      node.layer->forward(context, node.in, outputs_[i]);
     } else {
       const auto start = ProfileClock::now();
-      node.layer->forward(context, node.in, out);
+      node.layer->forward(context, node.in, outputs_[i]);
       profile_->forward_seconds[i] += seconds_since(start);
     }
     if (observer_ && !fused_[i]) observer_(i, outputs_[i], context);

@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <cstring>
 #include <string_view>
-#include <type_traits>
 
 #include "strata/backend.hpp"
 #include "strata/tensor.hpp"
