@@ -20,6 +20,7 @@
 #include "strata/memory_plan.hpp"
 #include "strata/optimizer.hpp"
 #include "strata/plugin.hpp"
+#include "strata/recompute_plan.hpp"
 #include "strata/registry.hpp"
 #include "strata/tensor.hpp"
 #include "test_support.hpp"
@@ -132,6 +133,68 @@ BOOST_AUTO_TEST_CASE(random_requests_never_overlap_while_live) {
     BOOST_TEST_REQUIRE(plan.floats >= peak_live_floats(requests));
     BOOST_TEST_REQUIRE(plan.floats <= total);
   }
+}
+
+// plan_recomputation (strata/recompute_plan.hpp): segments close at the first allowed cut past
+// the budget; an output backward reads is recomputed when it is read only inside its segment and
+// its layer allows it, and kept otherwise; the timeline runs each segment's replay before its
+// backwards.
+namespace {
+std::vector<RecomputeNode> chain(int length) {
+  std::vector<RecomputeNode> nodes(static_cast<std::size_t>(length));
+  for (int i = 0; i < length; ++i) {
+    nodes[static_cast<std::size_t>(i)] = {{i - 1}, 10, true, true, false, true};
+  }
+  return nodes;
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(recomputation_of_a_chain) {
+  const std::vector<RecomputeNode> nodes = chain(5);
+  // Budget 0: every node is a segment, whose output the next one reads: all kept.
+  const RecomputePlan single = plan_recomputation(nodes, 0);
+  BOOST_TEST(single.segment_end == (std::vector<int>{0, 1, 2, 3, 4}),
+             boost::test_tools::per_element());
+  BOOST_TEST(single.kept == (std::vector<char>{1, 1, 1, 1, 1}), boost::test_tools::per_element());
+  BOOST_TEST(single.replayed_floats == 0);
+  // Budget 25: [0, 2] and [3, 4]; 0, 1 and 3 are read inside their segments.
+  const RecomputePlan plan = plan_recomputation(nodes, 25);
+  BOOST_TEST(plan.segment_end == (std::vector<int>{2, 4}), boost::test_tools::per_element());
+  BOOST_TEST(plan.replayed == (std::vector<char>{1, 1, 0, 1, 0}), boost::test_tools::per_element());
+  BOOST_TEST(plan.kept == (std::vector<char>{0, 0, 1, 0, 1}), boost::test_tools::per_element());
+  BOOST_TEST(plan.replayed_floats == 30);
+  // Forwards 0-4; segment 1 replays at 5, backwards 4 and 3; segment 0 at 8, then 2, 1, 0.
+  BOOST_TEST(plan.replay_step == (std::vector<int>{8, 5}), boost::test_tools::per_element());
+  BOOST_TEST(plan.backward_step == (std::vector<int>{11, 10, 9, 7, 6}),
+             boost::test_tools::per_element());
+  BOOST_TEST(plan.steps == 12);
+  // A layer that cannot run again keeps its output; what it reads is still recomputed.
+  std::vector<RecomputeNode> stubborn = nodes;
+  stubborn[1].recomputable = false;
+  const RecomputePlan kept = plan_recomputation(stubborn, 25);
+  BOOST_TEST(kept.replayed == (std::vector<char>{1, 0, 0, 1, 0}), boost::test_tools::per_element());
+  BOOST_TEST(kept.kept == (std::vector<char>{0, 1, 1, 0, 1}), boost::test_tools::per_element());
+  // No cut between a layer and the activation fused into it.
+  std::vector<RecomputeNode> fused = nodes;
+  fused[2].cut_after = false;
+  BOOST_TEST(plan_recomputation(fused, 25).segment_end == (std::vector<int>{3, 4}),
+             boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(recomputation_cuts_only_where_one_tensor_crosses) {
+  // 0 -> 1 -> 2 -> add(2, 0) = 3 -> 4: inside the residual two tensors cross, so the only cuts
+  // are after 0, after 3 and at the end.
+  std::vector<RecomputeNode> nodes = chain(5);
+  nodes[3].inputs = {2, 0};
+  const RecomputePlan plan = plan_recomputation(nodes, 0);
+  BOOST_TEST(plan.segment_end == (std::vector<int>{0, 3, 4}), boost::test_tools::per_element());
+  // 1 and 2 are recomputed; 0 is read past its segment (by 1 and 3), so it is kept.
+  BOOST_TEST(plan.replayed == (std::vector<char>{0, 1, 1, 0, 0}), boost::test_tools::per_element());
+  BOOST_TEST(plan.kept == (std::vector<char>{1, 0, 0, 1, 1}), boost::test_tools::per_element());
+  // Budgets: 0 first, then multiples of the largest output, and sqrt(total * largest).
+  const std::vector<int64_t> budgets = recompute_budgets(nodes);
+  BOOST_TEST(budgets == (std::vector<int64_t>{0, 10, 20, 22, 40}),
+             boost::test_tools::per_element());
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -368,42 +431,47 @@ BOOST_AUTO_TEST_CASE(wrong_api_version_is_refused_before_registration) {
   BOOST_TEST(loader.plugins().empty());
   // A plugin of API 2 (whole-split datasets) is told what to port.
   const std::string old = test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_2.so"); });
-  STRATA_CHECK_CONTAINS(old, "built for plugin API version 2, but this Strata supports version 9");
+  STRATA_CHECK_CONTAINS(old, "built for plugin API version 2, but this Strata supports version 10");
   STRATA_CHECK_CONTAINS(old, "a dataset reads samples on demand through Dataset::open");
   STRATA_CHECK_CONTAINS(old, "InMemoryDataset");
   STRATA_CHECK_CONTAINS(old, "Context carries the run's Communicator");
   STRATA_CHECK_CONTAINS(old, "optional export_to() hook");
   // A plugin of API 3 is told only what changed since 3.
   const std::string api3 = test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_3.so"); });
-  STRATA_CHECK_CONTAINS(api3, "built for plugin API version 3, but this Strata supports version 9");
+  STRATA_CHECK_CONTAINS(api3,
+                        "built for plugin API version 3, but this Strata supports version 10");
   STRATA_CHECK_CONTAINS(api3, "Context carries the run's Communicator");
   STRATA_CHECK_CONTAINS(api3, "optional export_to() hook");
   BOOST_TEST(api3.find("InMemoryDataset") == std::string::npos);
   // A plugin of API 4 is told about the export hook and what came after.
   const std::string api4 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_4.so"); });
-  STRATA_CHECK_CONTAINS(api4, "built for plugin API version 4, but this Strata supports version 9");
+  STRATA_CHECK_CONTAINS(api4,
+                        "built for plugin API version 4, but this Strata supports version 10");
   STRATA_CHECK_CONTAINS(api4, "optional export_to() hook");
   BOOST_TEST(api4.find("Communicator") == std::string::npos);
   STRATA_CHECK_CONTAINS(api4, "Kernel and Layer gain implementation()");
   // A plugin of API 5 is told about the implementation names and what came after.
   const std::string api5 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_5.so"); });
-  STRATA_CHECK_CONTAINS(api5, "built for plugin API version 5, but this Strata supports version 9");
+  STRATA_CHECK_CONTAINS(api5,
+                        "built for plugin API version 5, but this Strata supports version 10");
   STRATA_CHECK_CONTAINS(api5, "Kernel and Layer gain implementation()");
   STRATA_CHECK_CONTAINS(api5, "API 7: BatchNormKernel::affine");
   BOOST_TEST(api5.find("export_to") == std::string::npos);
   // A plugin of API 6 is told about the batch norm kernel's new pass and what came after.
   const std::string api6 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_6.so"); });
-  STRATA_CHECK_CONTAINS(api6, "built for plugin API version 6, but this Strata supports version 9");
+  STRATA_CHECK_CONTAINS(api6,
+                        "built for plugin API version 6, but this Strata supports version 10");
   STRATA_CHECK_CONTAINS(api6, "became normalize(x, center, scale, shift, y)");
   BOOST_TEST(api6.find("implementation()") == std::string::npos);
   STRATA_CHECK_CONTAINS(api6, "API 8: Layer gains backward_reads_inputs()");
   // A plugin of API 7 is told only about the layer traits and the conv2d kernel's arithmetic().
   const std::string api7 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_7.so"); });
-  STRATA_CHECK_CONTAINS(api7, "built for plugin API version 7, but this Strata supports version 9");
+  STRATA_CHECK_CONTAINS(api7,
+                        "built for plugin API version 7, but this Strata supports version 10");
   STRATA_CHECK_CONTAINS(api7, "API 8: Layer gains backward_reads_inputs()");
   STRATA_CHECK_CONTAINS(api7, "Conv2dKernel gains arithmetic()");
   STRATA_CHECK_CONTAINS(api7, "API 9: Layer gains fusable_activation()");
@@ -411,9 +479,18 @@ BOOST_AUTO_TEST_CASE(wrong_api_version_is_refused_before_registration) {
   // A plugin of API 8 is told only about fusion.
   const std::string api8 =
       test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_8.so"); });
-  STRATA_CHECK_CONTAINS(api8, "built for plugin API version 8, but this Strata supports version 9");
+  STRATA_CHECK_CONTAINS(api8,
+                        "built for plugin API version 8, but this Strata supports version 10");
   STRATA_CHECK_CONTAINS(api8, "BatchNormKernel::normalize takes");
   BOOST_TEST(api8.find("API 8:") == std::string::npos);
+  STRATA_CHECK_CONTAINS(api8, "API 10: Layer gains recomputable()");
+  // A plugin of API 9 is told only about recomputation.
+  const std::string api9 =
+      test::error_of([&] { loader.load_file(kBadPlugins / "libstrata_test_api_9.so"); });
+  STRATA_CHECK_CONTAINS(api9,
+                        "built for plugin API version 9, but this Strata supports version 10");
+  STRATA_CHECK_CONTAINS(api9, "API 10: Layer gains recomputable()");
+  BOOST_TEST(api9.find("API 9:") == std::string::npos);
   BOOST_TEST(loader.plugins().empty());
 }
 

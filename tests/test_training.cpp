@@ -343,6 +343,113 @@ layers:
   }
 }
 
+// Recomputation (strata/graph.hpp): under kBackward with set_recomputation(true) the graph keeps
+// only the outputs read past a segment's end and computes the others again in backward. On both
+// backends, over three steps with batches of 6, 4 and 6 images, a residual net with an inception
+// branch, dropout, max pooling and batch norm gives the outputs, every parameter gradient and
+// the running statistics of a graph that keeps everything, bit for bit (dropout's mask and batch
+// norm's statistics are not drawn or updated again); its one arena is smaller than the plain
+// training plan's two, some outputs are recomputed and activation() refuses them.
+BOOST_AUTO_TEST_CASE(recomputation_gives_the_same_gradients_in_less_memory) {
+  const Config model = Config::parse_string(R"(
+input: [3, 12, 12]
+layers:
+  - {name: c0, type: conv2d, out_channels: 8, kernel: 3, padding: 1}
+  - {name: b0, type: batch_norm}
+  - {name: r0, type: relu}
+  - {name: c1, type: conv2d, out_channels: 8, kernel: 3, padding: 1}
+  - {name: b1, type: batch_norm}
+  - {name: r1, type: relu}
+  - {name: c2, type: conv2d, out_channels: 8, kernel: 3, padding: 1}
+  - {name: b2, type: batch_norm}
+  - {name: s2, type: add, inputs: [b2, r0]}
+  - {name: r2, type: relu}
+  - {name: c3, type: conv2d, out_channels: 8, kernel: 3, padding: 1}
+  - {name: t3, type: tanh}
+  - {name: d3, type: dropout, keep_prob: 0.7}
+  - {name: c4, type: conv2d, out_channels: 8, kernel: 1}
+  - {name: s3, type: add, inputs: [c4, r2]}
+  - {name: p4, type: max_pool, kernel: 2, stride: 2}
+  - {name: i1, type: conv2d, out_channels: 4, kernel: 1, inputs: [p4]}
+  - {name: i3, type: conv2d, out_channels: 4, kernel: 3, padding: 1, inputs: [p4]}
+  - {name: ip, type: avg_pool, kernel: 3, stride: 1, padding: 1, inputs: [p4]}
+  - {name: cat, type: concat, inputs: [i1, i3, ip]}
+  - {name: b5, type: batch_norm}
+  - {name: r5, type: relu}
+  - {name: c5, type: conv2d, out_channels: 8, kernel: 3, padding: 1}
+  - {name: g, type: global_avg_pool}
+  - {name: f, type: flatten}
+  - {name: fc, type: linear, out_features: 5}
+)",
+                                            "recompute.yaml");
+  std::mt19937 gen(11);
+  std::vector<Tensor> xs, dys;
+  for (const int64_t batch : {6, 4, 6}) {
+    xs.push_back(test::random_tensor({batch, 3, 12, 12}, gen));
+    dys.push_back(test::random_tensor({batch, 5}, gen));
+  }
+  for (const std::string backend_name : {"reference", "tbb"}) {
+    BOOST_TEST_CONTEXT(backend_name) {
+      auto backend_owner = test::registries().backends.create(backend_name, Config{});
+      Backend& backend = *backend_owner;
+      Rng init_all(4), init_again(4);
+      Graph all(model, test::registries(), backend, init_all);
+      Graph again(model, test::registries(), backend, init_again);
+      again.set_output_retention(OutputRetention::kBackward);
+      const Graph::Memory plain = again.memory(6, OutputRetention::kBackward);
+      again.set_recomputation(true);
+      BOOST_TEST(again.recomputation());
+      Rng rng_all(6), rng_again(6);  // the same dropout masks
+      Context context_all{true, &rng_all, &backend}, context_again{true, &rng_again, &backend};
+      for (std::size_t step = 0; step < xs.size(); ++step) {
+        BOOST_TEST_CONTEXT("step " << step) {
+          const Tensor want = all.forward(context_all, xs[step]).clone();
+          all.backward(context_all, dys[step]);
+          const Tensor got = again.forward(context_again, xs[step]).clone();
+          again.backward(context_again, dys[step]);
+          BOOST_TEST(test::max_abs_diff(got, want) == 0.0f);
+          const std::vector<ParamRef> params_all = all.params(), params_again = again.params();
+          BOOST_REQUIRE(params_all.size() == params_again.size());
+          for (std::size_t k = 0; k < params_all.size(); ++k) {
+            BOOST_TEST(
+                test::max_abs_diff(params_again[k].param->grad, params_all[k].param->grad) == 0.0f,
+                params_all[k].key);
+          }
+          const std::vector<NamedTensor> state_all = all.state_tensors(),
+                                         state_again = again.state_tensors();
+          for (std::size_t k = 0; k < state_all.size(); ++k) {
+            BOOST_TEST(test::max_abs_diff(state_again[k].tensor, state_all[k].tensor) == 0.0f,
+                       state_all[k].name);
+          }
+        }
+      }
+      // One arena, smaller than the two of plain training, as planned.
+      const Graph::Memory held = again.held();
+      BOOST_TEST(held.gradients == 0);
+      BOOST_TEST(held.outputs == again.memory(6, OutputRetention::kBackward).outputs);
+      BOOST_TEST(held.outputs < plain.outputs + plain.gradients);
+      int recomputed = 0;
+      for (std::size_t i = 0; i < again.size(); ++i) recomputed += again.recomputes(i) ? 1 : 0;
+      BOOST_TEST(recomputed > 0);
+      BOOST_TEST(!again.recomputes(again.size() - 1));
+      BOOST_TEST(!all.recomputes(0));
+      for (std::size_t i = 0; i < again.size(); ++i) {
+        if (again.recomputes(i)) {
+          BOOST_TEST(!again.keeps_output(i), again.name(i));
+          STRATA_CHECK_CONTAINS(test::error_of([&] { again.activation(again.name(i)); }),
+                                "is not kept after forward");
+        }
+      }
+      // Off again: the plain plan at the next forward, the same results.
+      again.set_recomputation(false);
+      again.forward(context_again, xs[0]);
+      again.backward(context_again, dys[0]);
+      BOOST_TEST(again.held().gradients == plain.gradients);
+      BOOST_TEST(again.held().outputs == plain.outputs);
+    }
+  }
+}
+
 // Training diagnostics read every layer's output in the passes they watch: those run unfused,
 // and the graph's own setting comes back between them and when the diagnostics go.
 BOOST_AUTO_TEST_CASE(watched_passes_run_unfused) {

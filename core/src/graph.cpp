@@ -565,14 +565,33 @@ std::vector<char> kept_outputs(const Nodes& nodes, OutputRetention retention) {
 }  // namespace
 
 bool Graph::keeps_output(std::size_t i, OutputRetention retention) const {
-  return kept_outputs(nodes_, retention).at(i) != 0;
+  if (!recomputing(retention)) return kept_outputs(nodes_, retention).at(i) != 0;
+  // The plan allocated, or the one a batch of 32 would get.
+  if (recomputing(retention_) && allocated_batch_ >= 0) return kept_.at(i) != 0;
+  return plan_step(32).recompute.kept.at(i) != 0;
+}
+
+bool Graph::recomputes(std::size_t i) const {
+  return recomputing(retention_) && allocated_batch_ >= 0 && recompute_plan_.replayed.at(i) != 0;
 }
 
 void Graph::set_output_retention(OutputRetention retention) {
   if (retention == retention_) return;
   retention_ = retention;
+  replan();
+}
+
+void Graph::set_recomputation(bool on) {
+  if (on == recompute_) return;
+  recompute_ = on;
+  replan();
+}
+
+void Graph::replan() {
   allocated_batch_ = -1;  // re-plan at the next forward
   batch_ = -1;
+  gradient_batch_ = -1;  // (recomputing, the gradients are in the outputs' arena)
+  gradient_views_batch_ = -1;
 }
 
 std::vector<BufferRequest> Graph::output_requests(int64_t batch, OutputRetention retention) const {
@@ -595,21 +614,19 @@ std::vector<BufferRequest> Graph::output_requests(int64_t batch, OutputRetention
 }
 
 void Graph::allocate(int64_t batch) {
-  kept_ = kept_outputs(nodes_, retention_);
   if (batch > allocated_batch_) {
-    const ArenaPlan plan = plan_arena(output_requests(batch, retention_));
     // Every view of the old arena goes first, so that it is freed before the new one is made.
     outputs_storage_.clear();
+    replay_storage_.clear();
     outputs_.clear();
     for (Node& node : nodes_) node.in.clear();
-    output_arena_ = Tensor(Shape{plan.floats});
-    for (std::size_t i = 0; i < nodes_.size(); ++i) {
-      const int producer = nodes_[i].fused_producer;
-      outputs_storage_.push_back(
-          producer >= 0 && shares_output(producer, kept_)
-              ? outputs_storage_[producer]
-              : output_arena_.region(plan.offsets[i],
-                                     nodes_[i].layer->output_shape().with_batch(batch)));
+    if (recomputing(retention_)) {
+      allocate_step(batch);
+    } else {
+      kept_ = kept_outputs(nodes_, retention_);
+      const ArenaPlan plan = plan_arena(output_requests(batch, retention_));
+      output_arena_ = Tensor(Shape{plan.floats});
+      place_outputs(plan, 0, outputs_storage_, batch);
     }
     allocated_batch_ = batch;
   }
@@ -623,11 +640,124 @@ void Graph::allocate(int64_t batch) {
   batch_ = batch;
 }
 
-std::vector<BufferRequest> Graph::gradient_requests(int64_t batch,
-                                                    std::vector<std::pair<int, int>>* slots) const {
-  // Backward runs node n-1 at step 0, ..., node 0 at step n-1.
+void Graph::place_outputs(const ArenaPlan& plan, std::size_t first, std::vector<Tensor>& storage,
+                          int64_t batch) {
+  storage.assign(nodes_.size(), Tensor());
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    if (plan.offsets[first + i] < 0) continue;  // (no buffer: not recomputed)
+    const int producer = nodes_[i].fused_producer;
+    storage[i] = producer >= 0 && shares_output(producer, kept_)
+                     ? storage[static_cast<std::size_t>(producer)]
+                     : output_arena_.region(plan.offsets[first + i],
+                                            nodes_[i].layer->output_shape().with_batch(batch));
+  }
+}
+
+void Graph::allocate_step(int64_t batch) {
+  StepPlan plan = plan_step(batch);
+  // The gradients' views of an earlier arena go first, too.
+  grads_storage_.clear();
+  scratch_storage_.clear();
+  grads_.clear();
+  scratch_.clear();
+  for (Node& node : nodes_) node.din.clear();
+  gradient_arena_ = Tensor();
+  output_arena_ = Tensor();
+  output_arena_ = Tensor(Shape{plan.arena.floats});
+  kept_ = plan.recompute.kept;
+  const std::size_t n = nodes_.size();
+  place_outputs(plan.arena, 0, outputs_storage_, batch);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!plan.recompute.replayed[i]) plan.arena.offsets[n + i] = -1;
+  }
+  place_outputs(plan.arena, n, replay_storage_, batch);
+  place_gradients(plan.gradient_slots, plan.arena, 2 * n, output_arena_, batch);
+  recompute_plan_ = std::move(plan.recompute);
+}
+
+std::vector<BufferRequest> Graph::step_requests(const RecomputePlan& plan, int64_t batch,
+                                                std::vector<std::pair<int, int>>* slots) const {
   const int n = static_cast<int>(nodes_.size());
-  const auto step = [n](int node) { return n - 1 - node; };
+  const std::vector<char>& kept = plan.kept;
+  const auto floats = [&](int i) {
+    return nodes_[i].layer->output_shape().with_batch(batch).numel();
+  };
+  // At forward, a kept output lives to its node's backward (the model's output to the end of
+  // the step: the caller reads it), the others to their last reader's forward.
+  const auto forward_last = [&](int i) {
+    if (!kept[i]) return std::max(i, nodes_[i].last_consumer);
+    return i + 1 == n ? plan.steps - 1 : plan.backward_step[i];
+  };
+  // Recomputed, an output lives from its segment's replay to the last backward reading it.
+  const auto replay_last = [&](int i) {
+    int last = plan.replay_step[plan.segment_of[i]];
+    if (nodes_[i].layer->backward_reads_output()) last = std::max(last, plan.backward_step[i]);
+    for (int c = i + 1; c <= nodes_[i].last_consumer; ++c) {
+      const Node& consumer = nodes_[c];
+      if (!consumer.layer->backward_reads_inputs()) continue;
+      if (std::find(consumer.inputs.begin(), consumer.inputs.end(), i) != consumer.inputs.end()) {
+        last = std::max(last, plan.backward_step[c]);
+      }
+    }
+    return last;
+  };
+  std::vector<BufferRequest> requests;
+  const auto add = [&](bool replay) {
+    for (int i = 0; i < n; ++i) {
+      const int first = replay ? plan.replay_step[plan.segment_of[i]] : i;
+      const int producer = nodes_[i].fused_producer;
+      if ((replay && !plan.replayed[i]) || (producer >= 0 && shares_output(producer, kept))) {
+        requests.push_back({0, first, first});  // none, or its producer's buffer
+        continue;
+      }
+      const auto last = [&](int node) { return replay ? replay_last(node) : forward_last(node); };
+      const int activation = nodes_[i].fusable;
+      requests.push_back({floats(i), first,
+                          shares_output(i, kept) ? std::max(last(i), last(activation)) : last(i)});
+    }
+  };
+  add(false);
+  add(true);
+  std::vector<BufferRequest> gradients = gradient_requests(batch, slots, &plan.backward_step);
+  requests.insert(requests.end(), gradients.begin(), gradients.end());
+  return requests;
+}
+
+Graph::StepPlan Graph::plan_step(int64_t batch) const {
+  std::vector<RecomputeNode> view(nodes_.size());
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    const Layer& layer = *nodes_[i].layer;
+    view[i].inputs = nodes_[i].inputs;
+    view[i].floats = nodes_[i].fused_producer >= 0 ? 0 : layer.output_shape().numel();
+    view[i].recomputable = layer.recomputable();
+    view[i].backward_reads_inputs = layer.backward_reads_inputs();
+    view[i].backward_reads_output = layer.backward_reads_output();
+    view[i].cut_after = nodes_[i].fusable < 0;
+  }
+  std::optional<StepPlan> best;
+  for (int64_t budget : recompute_budgets(view)) {
+    StepPlan plan;
+    plan.recompute = plan_recomputation(view, budget);
+    plan.requests = step_requests(plan.recompute, batch, &plan.gradient_slots);
+    plan.arena = plan_arena(plan.requests);
+    // The smallest arena; of equal ones, the least recomputation.
+    if (!best || plan.arena.floats < best->arena.floats ||
+        (plan.arena.floats == best->arena.floats &&
+         plan.recompute.replayed_floats < best->recompute.replayed_floats)) {
+      best = std::move(plan);
+    }
+  }
+  return std::move(*best);
+}
+
+std::vector<BufferRequest> Graph::gradient_requests(int64_t batch,
+                                                    std::vector<std::pair<int, int>>* slots,
+                                                    const std::vector<int>* backward_step) const {
+  // Backward runs node n-1 at step 0, ..., node 0 at step n-1 (unless backward_step says).
+  const int n = static_cast<int>(nodes_.size());
+  const auto step = [n, backward_step](int node) {
+    return backward_step ? (*backward_step)[static_cast<std::size_t>(node)] : n - 1 - node;
+  };
   const auto floats = [&](int node) {
     return nodes_[node].layer->output_shape().with_batch(batch).numel();
   };
@@ -658,6 +788,31 @@ std::vector<BufferRequest> Graph::gradient_requests(int64_t batch,
   return requests;
 }
 
+void Graph::place_gradients(const std::vector<std::pair<int, int>>& slots, const ArenaPlan& plan,
+                            std::size_t first, const Tensor& arena, int64_t batch) {
+  grads_storage_.assign(nodes_.size(), Tensor());
+  scratch_storage_.assign(nodes_.size(), {});
+  for (std::size_t k = 0; k < slots.size(); ++k) {
+    const auto [node, input] = slots[k];
+    if (input < 0 && shares_gradient(node)) continue;  // its activation's (below)
+    const int producer = input < 0 ? node : nodes_[node].inputs[input];
+    Tensor region = arena.region(plan.offsets[first + k],
+                                 nodes_[producer].layer->output_shape().with_batch(batch));
+    if (input < 0) {
+      grads_storage_[node] = std::move(region);
+    } else {
+      scratch_storage_[node].resize(nodes_[node].inputs.size());
+      scratch_storage_[node][input] = std::move(region);
+    }
+  }
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    if (shares_gradient(static_cast<int>(i))) {
+      grads_storage_[i] = grads_storage_[static_cast<std::size_t>(nodes_[i].fusable)];
+    }
+  }
+  gradient_batch_ = batch;
+}
+
 void Graph::allocate_gradients() {
   if (batch_ > gradient_batch_) {
     const int64_t batch = allocated_batch_;  // plan for what the outputs hold: grows at most once
@@ -665,27 +820,7 @@ void Graph::allocate_gradients() {
     const std::vector<BufferRequest> requests = gradient_requests(batch, &slots);
     const ArenaPlan plan = plan_arena(requests);
     gradient_arena_ = Tensor(Shape{plan.floats});
-    grads_storage_.assign(nodes_.size(), Tensor());
-    scratch_storage_.assign(nodes_.size(), {});
-    for (std::size_t k = 0; k < requests.size(); ++k) {
-      const auto [node, input] = slots[k];
-      if (input < 0 && shares_gradient(node)) continue;  // its activation's (below)
-      const int producer = input < 0 ? node : nodes_[node].inputs[input];
-      Tensor region = gradient_arena_.region(
-          plan.offsets[k], nodes_[producer].layer->output_shape().with_batch(batch));
-      if (input < 0) {
-        grads_storage_[node] = std::move(region);
-      } else {
-        scratch_storage_[node].resize(nodes_[node].inputs.size());
-        scratch_storage_[node][input] = std::move(region);
-      }
-    }
-    for (std::size_t i = 0; i < nodes_.size(); ++i) {
-      if (shares_gradient(static_cast<int>(i))) {
-        grads_storage_[i] = grads_storage_[static_cast<std::size_t>(nodes_[i].fusable)];
-      }
-    }
-    gradient_batch_ = batch;
+    place_gradients(slots, plan, 0, gradient_arena_, batch);
   }
   gradient_views_batch_ = batch_;
   const auto slice = [this](const Tensor& storage) {
@@ -713,6 +848,9 @@ Graph::Memory memory_in_bytes(int64_t outputs, int64_t gradients, int64_t parame
 }  // namespace
 
 Graph::Memory Graph::memory(int64_t batch, OutputRetention retention) const {
+  if (recomputing(retention)) {
+    return memory_in_bytes(plan_step(batch).arena.floats, 0, num_parameters());
+  }
   return memory_in_bytes(plan_arena(output_requests(batch, retention)).floats,
                          plan_arena(gradient_requests(batch, nullptr)).floats, num_parameters());
 }
@@ -733,6 +871,12 @@ const Tensor& Graph::forward(Context& context, const Tensor& input) {
          input_shape_.with_batch(input.rank() > 0 ? input.dim(0) : 0).str(), input.shape().str());
   }
   if (input.dim(0) != batch_) allocate(input.dim(0));
+  if (recomputing(retention_)) {
+    // The last backward left the recomputed outputs' views in place of the forward's.
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+      if (recompute_plan_.replayed[i]) outputs_[i] = outputs_storage_[i].batch_slice(0, batch_);
+    }
+  }
   input_ = input;
   plan_fusion(context);
   for (std::size_t i = 0; i < nodes_.size(); ++i) {
@@ -819,7 +963,14 @@ void Graph::backward(Context& context, const Tensor& doutput,
   }
   if (gradient_views_batch_ != batch_) allocate_gradients();
   written_.assign(nodes_.size(), 0);
+  const bool recomputing_outputs = recomputing(retention_);
   for (std::size_t i = nodes_.size(); i-- > 0;) {
+    if (recomputing_outputs) {
+      const int segment = recompute_plan_.segment_of[i];
+      if (recompute_plan_.segment_end[segment] == static_cast<int>(i)) {
+        replay_segment(context, segment);
+      }
+    }
     backward_node(context, doutput, i, input_consumers, input_scratch);
     if (node_done) node_done(i);
   }
@@ -848,6 +999,7 @@ void Graph::backward_node(Context& context, const Tensor& doutput, std::size_t i
   const auto start = profile_ != nullptr ? ProfileClock::now() : ProfileClock::time_point{};
   for (std::size_t j = 0; j < node.inputs.size(); ++j) {
     const int producer = node.inputs[j];
+    node.in[j] = producer < 0 ? input_ : outputs_[producer];  // (recomputed since forward?)
     if (producer < 0) {
       // The gradient of the model input is computed only on request (gradient checking).
       node.din[j] = !input_gradient_        ? Tensor()
@@ -883,6 +1035,30 @@ void Graph::backward_node(Context& context, const Tensor& doutput, std::size_t i
     }
   }
   if (profile_ != nullptr) profile_->backward_seconds[i] += seconds_since(start);
+}
+
+void Graph::replay_segment(Context& context, int segment) {
+  const RecomputePlan& plan = recompute_plan_;
+  const int last = plan.segment_end[segment];
+  const int first = segment == 0 ? 0 : plan.segment_end[segment - 1] + 1;
+  bool flows = false;  // no backward runs in the segment: nothing to recompute
+  for (int i = first; i <= last; ++i) flows = flows || flows_[i] != 0;
+  if (!flows) return;
+  Context again = context;
+  again.recomputing = true;
+  for (int i = first; i <= last; ++i) {
+    if (!plan.replayed[i]) continue;
+    Node& node = nodes_[i];
+    outputs_[i] = replay_storage_[i].batch_slice(0, batch_);
+    for (std::size_t j = 0; j < node.inputs.size(); ++j) {
+      node.in[j] = node.inputs[j] < 0 ? input_ : outputs_[node.inputs[j]];
+    }
+    if (runs_fused(i)) continue;  // its producer wrote it, as in forward
+    const auto start = profile_ != nullptr ? ProfileClock::now() : ProfileClock::time_point{};
+    node.layer->forward(again, node.in, outputs_[i]);
+    // The time a step spends recomputing is backward's.
+    if (profile_ != nullptr) profile_->backward_seconds[i] += seconds_since(start);
+  }
 }
 
 void Graph::set_profile(GraphProfile* profile) {

@@ -187,6 +187,13 @@ void PluginLoader::load_file(const fs::path& file) {
           "a backend with a batch_norm kernel must port it, every other plugin only needs a "
           "rebuild; see docs/writing-a-plugin.md, \"Fusion\" and \"Plugin API version\")";
     }
+    if (info->api <= 9) {
+      changes +=
+          " (API 10: Layer gains recomputable(), with which training may run a layer's forward "
+          "again in backward instead of keeping its output, and Context gains recomputing; the "
+          "default recomputes nothing, so a plugin only needs a rebuild; see "
+          "docs/writing-a-plugin.md, \"Recomputation\" and \"Plugin API version\")";
+    }
     fail("plugin {}: built for plugin API version {}, but this Strata supports version {}{}; "
          "rebuild the plugin against this Strata",
          canonical.string(), info->api, kPluginApi, changes);

@@ -60,6 +60,7 @@ class Elementwise final : public Layer {
   bool backward_reads_output() const override {
     return activation::derivative_reads_output(op_.desc());
   }
+  bool recomputable() const override { return true; }
 
   // The graph may run it inside the layer before it (strata/graph.hpp, "Fusion").
   std::optional<ActivationDesc> fusable_activation() const override { return op_.desc(); }

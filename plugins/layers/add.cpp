@@ -41,6 +41,7 @@ class Add final : public Layer {
   // backward copies or spreads dout: it reads neither tensor's values.
   bool backward_reads_inputs() const override { return false; }
   bool backward_reads_output() const override { return false; }
+  bool recomputable() const override { return true; }
   // Fusion (Layer): any activation, applied as the sums are written.
   bool fuses(const ActivationDesc&) const override { return true; }
   void set_fused_activation(const std::optional<ActivationDesc>& activation) override {

@@ -113,6 +113,7 @@ class BatchNorm final : public Layer {
   std::string_view type() const override { return "batch_norm"; }
   // backward reads its input (x, for x_hat), never its output.
   bool backward_reads_output() const override { return false; }
+  bool recomputable() const override { return true; }
   // Synchronized, its training passes are collectives: the trainer runs them on every rank at
   // every step, with 0 images on a rank that has none.
   bool communicates() const override { return sync_; }
@@ -179,6 +180,18 @@ class BatchNorm final : public Layer {
     scale_.resize(channels);
     shift_.resize(channels);
 
+    // Run again for backward (Context::recomputing): the affine map of the forward it repeats,
+    // which normalize() keeps in center_, scale_ and shift_; no statistics, no update.
+    if (context.recomputing) {
+      if (saved_batch_ != batch) {
+        fail(
+            "recomputing a forward needs the one before it on the same batch (that forward had "
+            "batch {}, this one {})",
+            saved_batch_, batch);
+      }
+      kernel_->normalize(x, center_.data(), scale_.data(), shift_.data(), out, fused);
+      return;
+    }
     // Without running statistics, evaluation normalizes with the batch's, as training does.
     if (!batch_statistics(context)) {
       for (std::size_t c = 0; c < channels; ++c) {

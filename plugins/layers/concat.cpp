@@ -41,6 +41,7 @@ class Concat final : public Layer {
   // backward copies or spreads dout: it reads neither tensor's values.
   bool backward_reads_inputs() const override { return false; }
   bool backward_reads_output() const override { return false; }
+  bool recomputable() const override { return true; }
   int min_inputs() const override { return 2; }
   int max_inputs() const override { return std::numeric_limits<int>::max(); }
 

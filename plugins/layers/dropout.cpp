@@ -43,6 +43,7 @@ class Dropout final : public Layer {
   // backward applies the saved mask to dout: it reads neither tensor's values.
   bool backward_reads_inputs() const override { return false; }
   bool backward_reads_output() const override { return false; }
+  bool recomputable() const override { return true; }
 
   // Inference is the identity: no node, later layers read the input.
   bool export_to(ExportContext& context) const override {
@@ -53,9 +54,17 @@ class Dropout final : public Layer {
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, in[0].shape());
     const int64_t n = in[0].numel();
-    masked_ = context.training && keep_prob_ < 1.0;
+    if (!context.recomputing) masked_ = context.training && keep_prob_ < 1.0;
     if (!masked_) {
       out.copy_from(in[0]);
+      return;
+    }
+    if (context.recomputing) {  // run again for backward: the mask it drew (Context)
+      if (static_cast<std::size_t>(n) != mask_.size()) {
+        fail("dropout: recomputing a forward of {} values, but the forward before it masked {}", n,
+             mask_.size());
+      }
+      apply_mask(context, in[0], out);
       return;
     }
     if (context.rng == nullptr) fail("dropout: training needs a random generator in the Context");

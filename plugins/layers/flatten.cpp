@@ -29,6 +29,7 @@ class Flatten final : public Layer {
   // backward copies or spreads dout: it reads neither tensor's values.
   bool backward_reads_inputs() const override { return false; }
   bool backward_reads_output() const override { return false; }
+  bool recomputable() const override { return true; }
 
   // ONNX Flatten with axis 1: [N, C, H, W] -> [N, C*H*W], row-major as here.
   bool export_to(ExportContext& context) const override {

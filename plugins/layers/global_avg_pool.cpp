@@ -33,6 +33,7 @@ class GlobalAvgPool final : public Layer {
   // backward copies or spreads dout: it reads neither tensor's values.
   bool backward_reads_inputs() const override { return false; }
   bool backward_reads_output() const override { return false; }
+  bool recomputable() const override { return true; }
   std::string implementation() const override { return kernel_ ? kernel_->implementation() : ""; }
   Window window() const override {  // every output sees its whole channel
     Window window;

@@ -45,6 +45,7 @@ class Linear final : public Layer {
   std::string_view type() const override { return "linear"; }
   // backward reads its input (x, for the weight gradient), never its output.
   bool backward_reads_output() const override { return false; }
+  bool recomputable() const override { return true; }
 
   std::vector<Param*> params() override {
     if (has_bias_) return {&weight_, &bias_};

@@ -55,6 +55,7 @@ class Lrn final : public Layer {
   std::string_view type() const override { return "lrn"; }
   // backward reads its input (the kernel recomputes the scale from x), never its output.
   bool backward_reads_output() const override { return false; }
+  bool recomputable() const override { return true; }
   std::string implementation() const override { return kernel_ ? kernel_->implementation() : ""; }
 
   // ONNX LRN: the same formula (alpha divided by size) over the window

@@ -41,6 +41,7 @@ class Multiply final : public Layer {
   std::string_view type() const override { return "multiply"; }
   // backward reads its inputs (each is the other's derivative), never its output.
   bool backward_reads_output() const override { return false; }
+  bool recomputable() const override { return true; }
   int min_inputs() const override { return 2; }
   int max_inputs() const override { return 2; }
 

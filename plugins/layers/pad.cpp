@@ -173,6 +173,7 @@ class Pad final : public Layer {
   // backward copies or spreads dout: it reads neither tensor's values.
   bool backward_reads_inputs() const override { return false; }
   bool backward_reads_output() const override { return false; }
+  bool recomputable() const override { return true; }
 
   // `value` is read (and so written out with the checkpoint's experiment) only for mode
   // constant: a checkpoint of a replicate pad must not carry a value its rebuild would refuse.

@@ -85,6 +85,7 @@ class Pool2d : public Layer {
   // by the window's divisor. Neither reads y.
   bool backward_reads_inputs() const override { return mode_ == Pool2dDesc::Mode::kMax; }
   bool backward_reads_output() const override { return false; }
+  bool recomputable() const override { return true; }
 
   Window window() const override { return Window{kernel_, stride_, dilation_}; }
   std::string implementation() const override {

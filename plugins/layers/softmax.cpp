@@ -42,6 +42,7 @@ class Softmax final : public Layer {
   std::string_view type() const override { return "softmax"; }
   // backward reads its output (y), never its input.
   bool backward_reads_inputs() const override { return false; }
+  bool recomputable() const override { return true; }
   std::string implementation() const override { return kernel_ ? kernel_->implementation() : ""; }
 
   // ONNX Softmax over the same axis (counted on [N, ...sample] as ONNX does); its single-axis

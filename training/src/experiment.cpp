@@ -93,7 +93,7 @@ void read_batch_sizes(Experiment& run, const Config& experiment) {
   }
 }
 
-// Seed, backend, threads and precision: the keys every scope reads.
+// Seed, backend, threads, precision and recompute: the keys every scope reads.
 void read_run_keys(Experiment& run, const Config& experiment, const Registries& registries) {
   const int64_t seed_value = experiment.get<int64_t>("seed", 1);
   if (seed_value < 0 || seed_value > int64_t{0xffffffff}) {
@@ -113,6 +113,7 @@ void read_run_keys(Experiment& run, const Config& experiment, const Registries& 
     experiment.fail_key("precision", fmt::format("must be fp32 or bf16, found '{}'", precision));
   }
   run.precision = *parsed;
+  run.recompute = experiment.get<bool>("recompute", false);
 }
 
 // The type a plugin declared the default of `registry`'s kind, for an experiment without `key`.
@@ -314,6 +315,7 @@ Experiment Experiment::read(const Config& experiment, const Registries& registri
           ? std::make_unique<Graph>(run.model_config, registries, *run.backend, run.precision)
           : std::make_unique<Graph>(run.model_config, registries, *run.backend, run.rng,
                                     run.precision);
+  run.graph->set_recomputation(run.recompute);
   read_loss(run, experiment, registries);
   if (scope == Scope::optimization) read_optimizer(run, experiment, registries);
   if (scope != Scope::training) {

@@ -45,6 +45,16 @@
 // (Context::frozen). The results are the unfused bits (the same float operations). A forward
 // observer is called for a fused activation (with the output its producer wrote), not for the
 // producer. fused_into() tells which activations the last forward fused.
+//
+// Recomputation (set_recomputation; off by default). Under kBackward the graph may keep fewer
+// outputs still: it cuts the nodes into segments, keeps the outputs read past their segment's
+// end, and computes the others that backward reads again, segment by segment, just before the
+// segment's backward (strata/recompute_plan.hpp), with Context::recomputing set. Outputs,
+// recomputed outputs and gradients then share one arena planned over the whole step, so an
+// output's memory is reused once its last backward reader has run. Of the segmentations it tries,
+// the graph keeps the one whose arena is smallest. The outputs and gradients are the same bits;
+// the price is a second forward of the recomputed layers. Only layers that say
+// Layer::recomputable() are run again; the others' outputs are kept.
 #pragma once
 
 #include <cstdint>
@@ -60,6 +70,7 @@
 #include "strata/layer.hpp"
 #include "strata/memory_plan.hpp"
 #include "strata/optimizer.hpp"
+#include "strata/recompute_plan.hpp"
 
 namespace strata {
 
@@ -165,6 +176,13 @@ class Graph {
   bool fusion() const { return fusion_; }
   // The node activation node i ran inside in the last forward, or -1.
   int fused_into(std::size_t i) const;
+  // Whether training (kBackward) recomputes outputs in backward instead of keeping them (see
+  // Recomputation above). A change takes effect at the next forward(), which re-plans.
+  void set_recomputation(bool on);
+  bool recomputation() const { return recompute_; }
+  // Whether the last plan computes node i's output again in backward (false unless a forward
+  // under kBackward with recomputation on has run).
+  bool recomputes(std::size_t i) const;
   // Attaches a profile (sized to size() by the graph) or detaches it (nullptr). The backward time
   // of a layer includes summing its input gradients into tensors read by several layers.
   void set_profile(GraphProfile* profile);
@@ -173,6 +191,8 @@ class Graph {
   // kBackward): the output arena, the gradient arena a backward allocates (output gradients
   // and scratch placed by lifetime), and the parameters' values and gradients. Layer scratch and
   // kernel workspaces are not included.
+  // With recomputation under kBackward, outputs and gradients share one arena: `outputs` is
+  // that arena and `gradients` 0.
   struct Memory {
     int64_t outputs = 0, gradients = 0, parameters = 0;
   };
@@ -241,12 +261,42 @@ class Graph {
   // reader's forward.
   std::vector<BufferRequest> output_requests(int64_t batch, OutputRetention retention) const;
   bool keeps_output(std::size_t i, OutputRetention retention) const;
+  // Recomputation: under kBackward with set_recomputation(true).
+  bool recomputing(OutputRetention retention) const {
+    return recompute_ && retention == OutputRetention::kBackward;
+  }
+  // The plan of a recomputing step for `batch` images: the segmentation whose arena is
+  // smallest, and the arena's buffers: n outputs (at forward), n recomputed outputs (size 0
+  // for those not recomputed), then gradient_requests() on the step's timeline.
+  struct StepPlan {
+    RecomputePlan recompute;
+    std::vector<BufferRequest> requests;
+    std::vector<std::pair<int, int>> gradient_slots;
+    ArenaPlan arena;
+  };
+  StepPlan plan_step(int64_t batch) const;
+  std::vector<BufferRequest> step_requests(const RecomputePlan& plan, int64_t batch,
+                                           std::vector<std::pair<int, int>>* slots) const;
+  void allocate_step(int64_t batch);  // allocate() when recomputing
+  // Per node, its buffer in output_arena_ at `plan`'s offsets from request `first` on (none where
+  // the offset is negative), or its producer's when it shares it (shares_output, kept_).
+  void place_outputs(const ArenaPlan& plan, std::size_t first, std::vector<Tensor>& storage,
+                     int64_t batch);
+  // The gradient buffers' storage in `arena` for `batch` images, at `plan`'s offsets from
+  // request `first` on, which are gradient_requests()' with these `slots`.
+  void place_gradients(const std::vector<std::pair<int, int>>& slots, const ArenaPlan& plan,
+                       std::size_t first, const Tensor& arena, int64_t batch);
+  void replay_segment(Context& context, int segment);  // recomputes its outputs for backward
+  void replan();  // drops the buffers' plan: the next forward makes a new one
   // The gradient arena's buffers for `batch` images, in this order: the output gradient of each
   // node that needs one, then a scratch per (node, input) whose producer is read by several
   // layers. `slots` (when given) receives, per request, the node and the input index (-1 for an
   // output gradient).
-  std::vector<BufferRequest> gradient_requests(int64_t batch,
-                                               std::vector<std::pair<int, int>>* slots) const;
+  // `backward_step` (when given) places node i's backward at backward_step[i] instead of
+  // n - 1 - i.
+  std::vector<BufferRequest> gradient_requests(
+      int64_t batch, std::vector<std::pair<int, int>>* slots,
+      const std::vector<int>* backward_step = nullptr) const;
   void allocate_gradients();  // for batch_ images: plans the arena when the batch outgrew it
   void backward_node(Context& context, const Tensor& doutput, std::size_t i, int input_consumers,
                      Tensor& input_scratch);
@@ -282,6 +332,9 @@ class Graph {
   bool fusion_ = true;
   std::vector<char> kept_;   // per node: keeps_output() under retention_ (set by allocate())
   std::vector<char> fused_;  // per producer node: ran with its activation fused (last forward)
+  bool recompute_ = false;
+  RecomputePlan recompute_plan_;        // the plan allocated, while recomputing
+  std::vector<Tensor> replay_storage_;  // per node recomputed: its output in backward
   bool input_gradient_ = false;
   Tensor input_gradient_storage_;  // d(output)/d(input) when input_gradient_ is set
   std::vector<char> flows_;        // per node: does a gradient flow through it (last backward)

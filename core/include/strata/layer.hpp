@@ -130,12 +130,20 @@ class FrozenBranches {
 //     Only layers that reduce across ranks read it (batch_norm with `sync: true`); with it null
 //     they compute what one process computes. It is set only in training passes, when every rank
 //     runs the same forward and backward in step.
+// RECOMPUTING
+//   true while the graph runs a training forward a second time, between that forward and its
+//   backward, to compute again an output it did not keep (Graph, "Recomputation"; only layers
+//   that say Layer::recomputable()). The layer must write the same output as the first time and
+//   leave what its backward reads as the first run left it, changing no other state: batch_norm
+//   normalizes with the statistics it saved (no running-statistics update, no collective),
+//   dropout applies the mask it drew.
 struct Context {
   bool training = false;
   Rng* rng = nullptr;                // for stochastic layers (dropout); may be null, see above
   Backend* backend = nullptr;        // parallel_for for element-wise work; may be null, see above
   FrozenBranches* frozen = nullptr;  // gradient checking only; null otherwise
   Communicator* communicator = nullptr;  // the ranks of an MPI job; null in a single process
+  bool recomputing = false;              // a forward run again for backward (see RECOMPUTING above)
 };
 
 // The sliding-window geometry of a layer along height and width, for receptive-field accounting
@@ -208,6 +216,12 @@ class Layer {
   virtual bool backward_reads_inputs() const { return true; }
   virtual bool backward_reads_output() const { return true; }
 
+  // recomputable(): the graph may run the layer's training forward again, with
+  // Context::recomputing set, between a forward and its backward (Graph, "Recomputation"), and
+  // the layer then keeps the promise written at Context's RECOMPUTING. A layer that does not say
+  // so (the default) is never run again: training keeps its output instead. Conformance checks a
+  // yes by running the forward again and comparing the output and the backward's results.
+  virtual bool recomputable() const { return false; }
   // Fusion (Graph, "Fusion" in strata/graph.hpp): an activation layer that alone reads the
   // output of the layer before it runs inside that layer's forward. fusable_activation(): an
   // activation layer returns what it computes; other layers return nothing (the default).

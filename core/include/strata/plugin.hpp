@@ -41,7 +41,8 @@ namespace strata {
 //    the multiply-adds each pass performs (the default needs no source change).
 // 9: fusion: Layer::fusable_activation(), fuses() and set_fused_activation() (the defaults fuse
 //    nothing), and BatchNormKernel::normalize takes a last `const ActivationDesc*` (null: none).
-inline constexpr int kPluginApi = 9;
+// 10: recomputation: Layer::recomputable() (the default: no) and Context::recomputing.
+inline constexpr int kPluginApi = 10;
 
 class Registries;
 

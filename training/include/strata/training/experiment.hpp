@@ -124,6 +124,7 @@ class Experiment {
   std::string backend_name;  // `backend`, or the default backend
   int threads = 0;           // `threads`; 0: all cores
   Precision precision = Precision::kFp32;  // `precision` (docs/precision.md)
+  bool recompute = false;  // `recompute`: training recomputes outputs (docs/memory.md)
   std::shared_ptr<Backend> backend;
   Config model_config;       // the `model` section
   Rng rng;                   // seeded with `seed`, after it initialized the graph (Scope::model on)
