@@ -385,7 +385,7 @@ BOOST_AUTO_TEST_CASE(a_wrong_gradient_fails) {
   BOOST_TEST(cases[0].output == (Shape{2, 3, 3}));
   strata::test::TempDir dir;
   const auto results = strata::run_conformance(r, cases[0], dir.path());
-  BOOST_TEST_REQUIRE(results.size() == 8u);
+  BOOST_TEST_REQUIRE(results.size() == 9u);
   for (const strata::CheckResult& result : results) {
     BOOST_TEST(result.passed == (result.check != "gradients"), result.check << ": " << result.detail);
   }
@@ -413,6 +413,23 @@ BOOST_AUTO_TEST_CASE(a_wrong_gradient_fails) {
   const auto bn = strata::check_fusion(r, {"{type: batch_norm}", {{3, 4, 4}}, {3, 4, 4}});
   BOOST_TEST(bn.passed, bn.detail);
   STRATA_CHECK_CONTAINS(bn.detail, "fuses relu, leaky_relu, relu6, tanh, sigmoid on");
+  // A layer that says it is recomputable, but draws when recomputing, fails the recompute
+  // check (and only it); batch_norm and dropout, which recompute what they computed, pass it.
+  const strata::ConformanceCase false_recompute{
+      "{type: test_false_recompute}", {{2, 3, 3}}, {2, 3, 3}};
+  for (const strata::CheckResult& result :
+       strata::run_conformance(r, false_recompute, dir.path())) {
+    BOOST_TEST(result.passed == (result.check != "recompute"),
+               result.check << ": " << result.detail);
+  }
+  const auto drawn = strata::check_recompute(r, false_recompute);
+  BOOST_TEST(!drawn.passed);
+  STRATA_CHECK_CONTAINS(drawn.detail, "reference: recomputing the forward changed the output by");
+  for (const char* yaml : {"{type: batch_norm}", "{type: dropout, keep_prob: 0.5}"}) {
+    const auto kept = strata::check_recompute(r, {yaml, {{3, 4, 4}}, {3, 4, 4}});
+    BOOST_TEST(kept.passed, yaml << ": " << kept.detail);
+    STRATA_CHECK_CONTAINS(kept.detail, "recomputed on");
+  }
   // A wrong expected shape and a layer that fails setup are failed checks, not exceptions.
   const auto wrong_shape = strata::check_shapes(r, {"{type: test_double}", {{2, 3, 3}}, {2, 3}});
   BOOST_TEST(!wrong_shape.passed);

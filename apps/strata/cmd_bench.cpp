@@ -40,6 +40,7 @@ nlohmann::json to_json(const BenchReport& r) {
           {"iterations", r.iterations},
           {"warmup", r.warmup},
           {"fusion", r.fusion},
+          {"recompute", r.recompute},
           {"parameters", r.parameters},
           {"layers", layers},
           {"forward_seconds", r.forward_seconds},

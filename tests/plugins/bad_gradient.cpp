@@ -3,7 +3,9 @@
 // "test_square" computes out = in^2 with the right gradient 2 in dout, but says its backward
 // does not read its input, which the `reads` check must catch. "test_false_fusion" computes
 // out = 2 * in (gradient 2 dout) and says it fuses every activation, but ignores the one it is
-// given, which the `fusion` check must catch.
+// given, which the `fusion` check must catch. "test_false_recompute" computes out = in and says
+// it is recomputable, but adds noise drawn from the Context's generator when it recomputes, as a
+// stochastic layer that draws again would, which the `recompute` check must catch.
 #include "strata/conformance_cases.hpp"
 #include "strata/layer.hpp"
 #include "strata/plugin.hpp"
@@ -72,10 +74,37 @@ class FalseFusion final : public strata::Layer {
   }
 };
 
+class FalseRecompute final : public strata::Layer {
+ public:
+  explicit FalseRecompute(const strata::Config&) {}
+  std::string_view type() const override { return "test_false_recompute"; }
+  bool backward_reads_inputs() const override { return false; }
+  bool backward_reads_output() const override { return false; }
+  bool recomputable() const override { return true; }  // wrong on purpose: it draws
+  void forward(strata::Context& context, std::span<const strata::Tensor> in,
+               strata::Tensor& out) override {
+    std::uniform_real_distribution<float> noise(0.0f, 1e-3f);
+    for (int64_t i = 0; i < out.numel(); ++i) {
+      out.data()[i] = in[0].data()[i] + (context.recomputing ? noise(*context.rng) : 0.0f);
+    }
+  }
+  void backward(strata::Context&, std::span<const strata::Tensor>, const strata::Tensor&,
+                const strata::Tensor& dout, std::span<strata::Tensor> din) override {
+    if (din[0].defined()) din[0].copy_from(dout);
+  }
+
+ protected:
+  strata::Shape infer_shape(const strata::SetupContext&,
+                            std::span<const strata::Shape> in) override {
+    return in[0];
+  }
+};
+
 void register_all(strata::Registries& registries) {
   registries.layers.add<Double>("test_double");
   registries.layers.add<Square>("test_square");
   registries.layers.add<FalseFusion>("test_false_fusion");
+  registries.layers.add<FalseRecompute>("test_false_recompute");
 }
 }  // namespace
 

@@ -113,6 +113,64 @@ done
 grep -qF "warm-up; no fusion" "$work/table" || { cat "$work/table"; fail "table lacks 'no fusion'"; }
 echo "ok   fusion: relu1 fused into bn1, and not with --no-fusion"
 
+# Recomputation (docs/memory.md, "Recomputation"): with `recompute: true` the bench says so, marks
+# the layers whose outputs backward computes again, and the JSON carries the setting; strata
+# summary plans one arena for outputs and gradients, smaller than the plain plan's two.
+cat >"$work/recompute.yaml" <<'YAML'
+threads: 1
+data: {type: idx, dir: /nonexistent/never-read}
+model:
+  input: [3, 8, 8]
+  layers:
+    - {name: conv1, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+    - {name: relu1, type: relu}
+    - {name: conv2, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+    - {name: relu2, type: relu}
+    - {name: conv3, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+    - {name: relu3, type: relu}
+    - {name: conv4, type: conv2d, out_channels: 4, kernel: 3, padding: 1}
+    - {name: relu4, type: relu}
+    - {name: fc1, type: linear, out_features: 4}
+optimizer: {type: sgd, lr: 0.01}
+train: {epochs: 1, batch_size: 4}
+YAML
+"$STRATA" bench "$work/recompute.yaml" --iterations 1 --warmup 0 --set recompute=true \
+  >"$work/table" 2>&1 || { cat "$work/table"; fail "recompute table"; }
+grep -qF "; recomputing outputs in backward" "$work/table" ||
+  { cat "$work/table"; fail "table lacks 'recomputing'"; }
+grep -qE '^(conv|relu)[0-9] .*\(recomputed\)$' "$work/table" ||
+  { cat "$work/table"; fail "no layer marked (recomputed)"; }
+"$STRATA" bench "$work/recompute.yaml" --iterations 1 --warmup 0 --set recompute=true --json \
+  >"$work/recompute.json" 2>"$work/err" || { cat "$work/err"; fail "recompute json"; }
+"$PYTHON" - "$work/recompute.json" <<'PY' || fail "recompute json"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["recompute"] is True, r
+assert any(l["implementation"].endswith("(recomputed)") for l in r["layers"]), r["layers"]
+PY
+"$STRATA" summary "$work/recompute.yaml" --set recompute=true --json >"$work/summary_on.json" &&
+  "$STRATA" summary "$work/recompute.yaml" --json >"$work/summary_off.json" ||
+  fail "summary with recompute"
+"$PYTHON" - "$work/summary_on.json" "$work/summary_off.json" <<'PY' || fail "summary recompute"
+import json, sys
+on, off = (json.load(open(f)) for f in sys.argv[1:3])
+def find(d, key):
+    if isinstance(d, dict):
+        if key in d: return d[key]
+        for v in d.values():
+            f = find(v, key)
+            if f is not None: return f
+    return None
+assert find(on, "recompute") is True and find(off, "recompute") is False
+assert find(on, "training_gradient_bytes") == 0
+planned_on = find(on, "training_output_bytes")
+planned_off = find(off, "training_output_bytes") + find(off, "training_gradient_bytes")
+assert 0 < planned_on < planned_off, (planned_on, planned_off)
+PY
+"$STRATA" summary "$work/recompute.yaml" --set recompute=true | grep -qF "one arena, recomputing" ||
+  fail "summary text lacks the recompute plan"
+echo "ok   recompute: bench marks recomputed layers, summary plans one smaller arena"
+
 for bad in "--iterations 0:--iterations must be at least 1" "--threads -1:--threads -1" \
            "--bogus:bogus" "--data --no-fusion:--no-fusion concerns the model"; do
   args=${bad%%:*}; want=${bad#*:}

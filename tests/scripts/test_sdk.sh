@@ -55,8 +55,8 @@ grep -q '#include "strata/elementwise.hpp"' "$example/prelu.cpp" && grep -q "str
 # 3. check-plugin: every check passes on the example; broken plugins are reported.
 "$tool" check-plugin "$plugin" >"$work/check.txt" || { cat "$work/check.txt"; fail "check-plugin failed on prelu"; }
 cat "$work/check.txt"
-[ "$(grep -cE ' pass ' "$work/check.txt")" = 16 ] || fail "expected 16 passing checks (2 cases x 8)"
-grep -q "2 case(s), 16 check(s): 0 failed" "$work/check.txt" || fail "summary line"
+[ "$(grep -cE ' pass ' "$work/check.txt")" = 18 ] || fail "expected 18 passing checks (2 cases x 9)"
+grep -q "2 case(s), 18 check(s): 0 failed" "$work/check.txt" || fail "summary line"
 tests_plugins="$build_dir/tests/plugins"
 if "$tool" check-plugin "$tests_plugins/libstrata_test_bad_gradient.so" >"$work/bad.txt"; then fail "a wrong gradient passed"; fi
 grep -qE "gradients +FAIL +36 of 36 gradient elements disagree" "$work/bad.txt" || fail "bad gradient not reported"
@@ -71,7 +71,7 @@ expect_error "layer type 'relu' is registered twice" -- check-plugin "$tests_plu
 expect_error "register_all() threw an exception: out of cheese" -- check-plugin "$tests_plugins/libstrata_test_throwing.so"
 if "$tool" check-plugin "$prefix/lib/strata/libstrata_layers.so" --layer conv2d >"$work/keys.txt"; then fail "conv2d without keys passed"; fi
 grep -q "missing required key 'out_channels'" "$work/keys.txt" || fail "missing keys not reported"
-"$tool" check-plugin "$prefix/lib/strata/libstrata_layers.so" --layer conv2d --config "{out_channels: 3, kernel: 3, stride: 2}" --input 2,7,7 | grep -q "1 case(s), 8 check(s): 0 failed" || fail "--config"
+"$tool" check-plugin "$prefix/lib/strata/libstrata_layers.so" --layer conv2d --config "{out_channels: 3, kernel: 3, stride: 2}" --input 2,7,7 | grep -q "1 case(s), 9 check(s): 0 failed" || fail "--config"
 
 # 4. Train a tiny experiment that loads the plugin through `plugins:`.
 experiment="$example/prelu_fashion.yaml"

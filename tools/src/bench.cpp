@@ -66,6 +66,7 @@ BenchReport bench_experiment(const Config& experiment, const Registries& registr
   graph.set_output_retention(OutputRetention::kBackward);  // what training holds
   graph.set_fusion(options.fusion);
   report.fusion = options.fusion;
+  report.recompute = graph.recomputation();
   Loss* loss = run.loss.get();
   Optimizer* optimizer = run.optimizer.get();
   Rng& rng = run.rng;
@@ -137,6 +138,7 @@ BenchReport bench_experiment(const Config& experiment, const Registries& registr
     const int fused_into = graph.fused_into(i);
     row.implementation = fused_into < 0 ? layer.implementation()
                                         : fmt::format("fused into {}", graph.name(fused_into));
+    if (graph.recomputes(i)) row.implementation += " (recomputed)";
     const double macs = macs_per_output(layer) * static_cast<double>(layer.output_shape().numel()) *
                         static_cast<double>(report.batch);
     row.forward_flops = 2.0 * macs;
@@ -155,9 +157,11 @@ BenchReport bench_experiment(const Config& experiment, const Registries& registr
 std::string format_bench_report(const BenchReport& r) {
   std::string out = fmt::format(
       "{}: batch {}, backend {}, {} thread(s), {} parameters; mean of {} steps after {} "
-      "warm-up{}\n\n",
+      "warm-up{}{}\n\n",
       r.experiment, r.batch, r.backend, r.threads, r.parameters, r.iterations, r.warmup,
-      r.fusion ? "" : "; no fusion");
+      r.fusion ? "" : "; no fusion",
+      r.recompute ? "; recomputing outputs in backward (its times include the second forwards)"
+                  : "");
   if (!r.backend_description.empty()) {
     out.insert(out.size() - 1, fmt::format("backend {}: {}\n", r.backend, r.backend_description));
   }

@@ -672,6 +672,69 @@ CheckResult check_fusion(const Registries& registries, const ConformanceCase& la
   });
 }
 
+// ---- recomputation ----
+//
+// A layer that says it is recomputable (Layer::recomputable, strata/graph.hpp "Recomputation")
+// may have its training forward run again, with Context::recomputing, between a forward and its
+// backward. On every backend: a training forward, then the same forward again with recomputing
+// set and a generator seeded differently (a layer that draws again is caught), must write the
+// same output bit for bit and leave the buffers (batch norm's running statistics) as the first
+// left them; the backward that follows must give the gradients of a backward right after the
+// first forward, bit for bit.
+CheckResult check_recompute(const Registries& registries, const ConformanceCase& layer_case) {
+  return run_check("recompute", [&]() -> std::string {
+    const uint32_t seed = case_seed(layer_case) + 13;
+    const std::vector<std::string> backends = registries.backends.types();
+    for (const std::string& backend : backends) {
+      Rng rng(seed);
+      Instance instance = make_layer(registries, layer_case, backend);
+      if (!instance.layer->recomputable()) return "not applicable: it is not recomputable";
+      randomize_params(*instance.layer, rng);
+      std::vector<Tensor> inputs;
+      for (const Shape& shape : batched(layer_case.inputs, layer_case.gradient_batch))
+        inputs.push_back(random_tensor(shape, rng));
+      const auto gradients = [&](const Tensor& out, const Tensor& dout) {
+        std::vector<Tensor> all = run_backward(instance, inputs, out, dout, true, seed);
+        for (Param* param : instance.layer->params()) all.push_back(param->grad.clone());
+        return all;
+      };
+      Tensor out = run_forward(instance, inputs, true, seed);
+      const Tensor dout = random_tensor(out.shape(), rng);
+      const std::vector<Tensor> want = gradients(out, dout);
+      out = run_forward(instance, inputs, true, seed);
+      std::vector<Tensor> buffers;
+      for (NamedTensor& buffer : instance.layer->buffers())
+        buffers.push_back(buffer.tensor.clone());
+      Rng other(seed + 1);
+      Context again{true, &other, instance.backend.get()};
+      again.recomputing = true;
+      Tensor recomputed(out.shape());
+      recomputed.fill(std::numeric_limits<float>::quiet_NaN());
+      instance.layer->forward(again, inputs, recomputed);
+      if (const float diff = max_abs_diff(recomputed, out); !(diff == 0.0f)) {
+        check_fail("{}: recomputing the forward changed the output by {}", backend, diff);
+      }
+      const std::vector<NamedTensor> after = instance.layer->buffers();
+      for (std::size_t k = 0; k < after.size(); ++k) {
+        if (!(max_abs_diff(after[k].tensor, buffers[k]) == 0.0f)) {
+          check_fail("{}: recomputing the forward changed the buffer '{}'", backend, after[k].name);
+        }
+      }
+      const std::vector<Tensor> got = gradients(out, dout);
+      for (std::size_t k = 0; k < got.size(); ++k) {
+        if (!(max_abs_diff(got[k], want[k]) == 0.0f)) {
+          const std::size_t n = inputs.size();
+          check_fail("{}: after a recomputed forward the {} changed by {}", backend,
+                     k < n ? fmt::format("input{} gradient", k)
+                           : instance.layer->params()[k - n]->name + " gradient",
+                     max_abs_diff(got[k], want[k]));
+        }
+      }
+    }
+    return fmt::format("recomputed on {}", fmt::join(backends, ", "));
+  });
+}
+
 // ---- checkpoint round trip ----
 //
 // Parameters and buffers go into a Checkpoint as "<layer>/<name>", through save_checkpoint into an
@@ -730,6 +793,7 @@ std::vector<CheckResult> run_conformance(const Registries& registries,
           check_nan_propagates(registries, layer_case),
           check_backward_reads(registries, layer_case),
           check_fusion(registries, layer_case),
+          check_recompute(registries, layer_case),
           check_checkpoint_round_trip(registries, layer_case, scratch_dir)};
 }
 

@@ -102,6 +102,7 @@ void set_training_memory(ModelSummary& summary, const Graph& graph, int64_t batc
   summary.batch_size = batch;
   summary.output_bytes = planned.outputs;
   summary.gradient_bytes = planned.gradients;
+  summary.recompute = graph.recomputation();
   summary.training_bytes = planned.outputs + planned.gradients + 3 * summary.parameter_bytes;
 }
 
@@ -234,11 +235,20 @@ std::string format_summary(const ModelSummary& summary) {
                      bytes_text(summary.parameter_bytes));
   out += fmt::format("activations:        {} per image ({}, forward: input and every layer output)\n",
                      with_commas(summary.activations), bytes_text(summary.activation_bytes));
-  out += fmt::format(
-      "training memory:    about {} at batch size {}: layer outputs {}, their gradients "
-      "{} (planned by lifetime), parameters with gradients and momentum {}\n",
-      bytes_text(summary.training_bytes), summary.batch_size, bytes_text(summary.output_bytes),
-      bytes_text(summary.gradient_bytes), bytes_text(3 * summary.parameter_bytes));
+  if (summary.recompute) {
+    out += fmt::format(
+        "training memory:    about {} at batch size {}: layer outputs and their gradients {} "
+        "(one arena, recomputing outputs in backward), parameters with gradients and momentum "
+        "{}\n",
+        bytes_text(summary.training_bytes), summary.batch_size, bytes_text(summary.output_bytes),
+        bytes_text(3 * summary.parameter_bytes));
+  } else {
+    out += fmt::format(
+        "training memory:    about {} at batch size {}: layer outputs {}, their gradients "
+        "{} (planned by lifetime), parameters with gradients and momentum {}\n",
+        bytes_text(summary.training_bytes), summary.batch_size, bytes_text(summary.output_bytes),
+        bytes_text(summary.gradient_bytes), bytes_text(3 * summary.parameter_bytes));
+  }
   if (summary.run_bytes >= 0) {
     out += fmt::format(
         "run memory:         about {} at its peak: the training memory above, data {} "
@@ -283,6 +293,7 @@ std::string summary_json(const ModelSummary& summary) {
                 {"training_bytes_estimate", summary.training_bytes},
                 {"training_output_bytes", summary.output_bytes},
                 {"training_gradient_bytes", summary.gradient_bytes},
+                {"recompute", summary.recompute},
                 {"multiply_adds_per_image", summary.multiply_adds}}}};
   if (summary.run_bytes >= 0) {
     out["totals"]["run_bytes_estimate"] = summary.run_bytes;

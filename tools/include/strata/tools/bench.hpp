@@ -60,6 +60,9 @@ struct BenchReport {
   int threads = 0;
   int64_t batch = 0, iterations = 0, warmup = 0, parameters = 0;
   bool fusion = true;  // BenchOptions::fusion
+  // The experiment's `recompute` (Graph::set_recomputation): a recomputed layer's backward time
+  // includes its second forward.
+  bool recompute = false;
   std::vector<LayerTiming> layers;
   double forward_seconds = 0, loss_seconds = 0, backward_seconds = 0, optimizer_seconds = 0;
   double step_seconds = 0;  // the whole step, timed as one (>= the sum of the parts)

@@ -59,7 +59,8 @@ struct ConformanceCase {
 std::ostream& operator<<(std::ostream& os, const ConformanceCase& layer_case);
 
 struct CheckResult {
-  // "shapes", "gradients", "backends", "batch", "nan", "reads", "fusion", "checkpoint"
+  // "shapes", "gradients", "backends", "batch", "nan", "reads", "fusion", "recompute",
+  // "checkpoint"
   std::string check;
   bool passed = false;
   std::string detail;  // what failed, or what was checked ("312 elements", "tbb")
@@ -75,6 +76,7 @@ CheckResult check_batch_independence(const Registries& registries,
 CheckResult check_nan_propagates(const Registries& registries, const ConformanceCase& layer_case);
 CheckResult check_backward_reads(const Registries& registries, const ConformanceCase& layer_case);
 CheckResult check_fusion(const Registries& registries, const ConformanceCase& layer_case);
+CheckResult check_recompute(const Registries& registries, const ConformanceCase& layer_case);
 // Writes its checkpoint into `scratch_dir`, which must exist.
 CheckResult check_checkpoint_round_trip(const Registries& registries,
                                         const ConformanceCase& layer_case,

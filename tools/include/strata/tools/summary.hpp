@@ -55,9 +55,12 @@ struct ModelSummary {
   int64_t batch_size = 0;
   // Training at batch_size, from the graph's plan (Graph::memory): every output, the gradient
   // arena (gradients placed by lifetime), and parameters with gradients and one optimizer slot.
+  // With `recompute` (Graph::set_recomputation) outputs and gradients share one arena:
+  // output_bytes is that arena and gradient_bytes 0.
   int64_t output_bytes = 0;
   int64_t gradient_bytes = 0;
   int64_t training_bytes = 0;  // their sum with 3 * parameter_bytes
+  bool recompute = false;
   // With measure_run_memory(): a whole training run's peak, the model's training memory above
   // plus this process's resident set with the plugins loaded and the model built (code,
   // libraries) and what opening the data as training does added to it (the splits in-memory
