@@ -32,7 +32,7 @@ parameter count, printed for both (`--check` compares them without timing anythi
 
 usage: /usr/bin/python3 bench/compare_pytorch.py [--build build] [--repeats 5] [--quick]
            [--only conv,train,memory,threads,loop,roofline] [--workloads resnet18,googlenet]
-           [--json FILE]
+           [--precision bf16] [--recompute] [--json FILE]
        /usr/bin/python3 bench/compare_pytorch.py --check [--workloads ...]   (no timing)
        /usr/bin/python3 bench/compare_pytorch.py --list
 """
@@ -64,6 +64,7 @@ CONV_SHAPES = [
 
 LAYOUTS = ("nchw", "channels_last")
 PRECISION = "fp32"  # --precision: of both frameworks' training runs
+RECOMPUTE = False   # --recompute: Strata's training runs with recompute: true (docs/memory.md)
 
 
 class Workload(NamedTuple):
@@ -372,7 +373,8 @@ def strata_train(build, name, threads, iterations, warmup):
     work = WORKLOADS[name]
     cmd = [os.path.join(build, "bin", "strata"), "bench", work.experiment, "--threads", str(threads),
            "--iterations", str(iterations), "--warmup", str(warmup), "--json"] + set_args(
-               list(work.sets) + ([f"precision={PRECISION}"] if PRECISION != "fp32" else []))
+               list(work.sets) + ([f"precision={PRECISION}"] if PRECISION != "fp32" else []) +
+               (["recompute=true"] if RECOMPUTE else []))
     stdout, _, _, rss = run_child(cmd)
     data = json.loads(stdout)
     return data["images_per_second"], rss, data["parameters"]
@@ -545,7 +547,8 @@ def train_section(args, names, results, missed):
                    **{layout: [] for layout in LAYOUTS},
                    **{layout + "_rss": [] for layout in LAYOUTS}} for name in names}
     params = {}
-    print("2. training images/s (synthetic data, SGD momentum 0.9)")
+    print("2. training images/s (synthetic data, SGD momentum 0.9)"
+          + ("; Strata recomputing outputs in backward (--recompute)" if RECOMPUTE else ""))
     loads = []
     for r in range(repeats):
         start_round(args, "train", r, loads)
@@ -616,7 +619,8 @@ def train_section(args, names, results, missed):
           "rounds, Strata/PyTorch;\n    load: the 1-minute load averages before the row's rounds, "
           "which count this script's own runs;\n    others: the most CPU cores the rest of the "
           "machine used during a round of the row; ! marks nets whose parameter counts differ)\n")
-    print("3. peak resident memory (the least of the rounds; PyTorch: the faster layout's run)")
+    print("3. peak resident memory (the least of the rounds; PyTorch: the faster layout's run)"
+          + ("; Strata recomputing outputs in backward (--recompute)" if RECOMPUTE else ""))
     print(f"   {'workload':16} {'strata MB':>10} {'pt nchw MB':>11} {'pt cl MB':>9} {'ratio':>7}")
     for row in memory_rows:
         mv = verdict(row["ratio"], TARGETS["memory"], lower_is_better=True)
@@ -867,6 +871,9 @@ def main():
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="training tables in bf16: Strata with --set precision=bf16, PyTorch "
                              "under torch.autocast('cpu', dtype=torch.bfloat16)")
+    parser.add_argument("--recompute", action="store_true",
+                        help="training tables with Strata's recomputation (--set recompute=true: "
+                             "less memory, more time; docs/memory.md); PyTorch unchanged")
     parser.add_argument("--wait-quiet", type=float, metavar="CORES",
                         help="before each round, wait until the rest of the machine uses fewer "
                              "than CORES CPUs (over 3 s), at most --patience seconds")
@@ -879,8 +886,9 @@ def main():
     parser.add_argument("--iterations", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global PRECISION
+    global PRECISION, RECOMPUTE
     PRECISION = args.precision
+    RECOMPUTE = args.recompute
     if args.torch_child:
         torch_train_child(args.torch_child, args.threads, args.iterations, args.warmup, args.layout,
                           args.precision)
@@ -926,7 +934,8 @@ def main():
     results = {"threads": t, "repeats": args.repeats, "torch": version,
                "machine": machine(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
                "command": " ".join(["bench/compare_pytorch.py"] + sys.argv[1:]),
-               "load_average": os.getloadavg()[0], "quick": args.quick}
+               "load_average": os.getloadavg()[0], "quick": args.quick,
+               "precision": PRECISION, "recompute": RECOMPUTE}
     print(f"Strata vs PyTorch {version}, {t} threads, best of {args.repeats} "
           f"alternating rounds{' (quick)' if args.quick else ''}")
     results["strata_backend"] = strata_backend_description(args.build)

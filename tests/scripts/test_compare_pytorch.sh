@@ -2,7 +2,7 @@
 # bench/compare_pytorch.py without timing anything (about 20 s): --check finds every workload's
 # experiment file and builds each PyTorch net, and both nets of each workload have the same
 # parameter count; a Strata file that differs from its PyTorch net is named with both counts and
-# fails; --list names every workload; bad workload names are errors. The measurement itself (and
+# fails; --list names every workload; bad workload names are errors; --recompute is passed on. The measurement itself (and
 # both PyTorch layouts) runs in test_docs.sh's short LeNet-5 comparison. Skipped (77) without torch.
 set -u
 : "${STRATA:?}" "${STRATA_SOURCE_DIR:?}" "${PYTHON:=/usr/bin/python3}"
@@ -47,4 +47,15 @@ echo "ok   --list"
 if "$PYTHON" "$script" --check --workloads resnet19 >"$work/unknown" 2>&1; then fail "an unknown workload passed"; fi
 grep -q "unknown workload resnet19 (known: lenet5," "$work/unknown" || { cat "$work/unknown"; fail "unknown workload message"; }
 echo "ok   unknown workload"
+
+# --recompute: Strata's training rows run with recompute: true, the titles and the JSON say so
+# (one quick round of LeNet-5's memory row, about 10 s).
+"$PYTHON" "$script" --build "$build" --only memory --workloads lenet5 --quick --repeats 1 \
+  --recompute --json "$work/recompute.json" >"$work/recompute" 2>&1 ||
+  { cat "$work/recompute"; fail "--recompute run"; }
+grep -q "^3. peak resident memory.*; Strata recomputing outputs in backward (--recompute)" \
+  "$work/recompute" || { cat "$work/recompute"; fail "the memory table does not say --recompute"; }
+"$PYTHON" -c "import json, sys; r = json.load(open(sys.argv[1])); assert r['recompute'] is True and r['memory'], r" \
+  "$work/recompute.json" || fail "--recompute json"
+echo "ok   --recompute"
 echo "compare_pytorch: ok"
