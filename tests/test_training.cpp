@@ -450,6 +450,54 @@ layers:
   }
 }
 
+// Inference that needs only the model's output (OutputRetention::kOutput: strata eval, the
+// analysis API's run()) keeps that output alone: the same output bit for bit as kAll, in less
+// memory than kAll and than training's plan, with activations fused; other outputs are refused,
+// and so is backward.
+BOOST_AUTO_TEST_CASE(inference_keeps_only_the_output) {
+  const Config model = Config::parse_string(R"(
+input: [3, 8, 8]
+layers:
+  - {name: c1, type: conv2d, out_channels: 6, kernel: 3, padding: 1}
+  - {name: b1, type: batch_norm}
+  - {name: r1, type: relu}
+  - {name: c2, type: conv2d, out_channels: 6, kernel: 3, padding: 1}
+  - {name: b2, type: batch_norm}
+  - {name: s, type: add, inputs: [b2, r1]}
+  - {name: r2, type: relu}
+  - {name: c3, type: conv2d, out_channels: 6, kernel: 3, padding: 1}
+  - {name: g, type: global_avg_pool}
+  - {name: f, type: flatten}
+  - {name: fc, type: linear, out_features: 4}
+)",
+                                            "inference.yaml");
+  Rng init_all(3), init_out(3);
+  Graph all(model, test::registries(), test::backend(), init_all);
+  Graph out(model, test::registries(), test::backend(), init_out);
+  out.set_output_retention(OutputRetention::kOutput);
+  const int64_t batch = 5;
+  BOOST_TEST(out.memory(batch, OutputRetention::kOutput).outputs <
+             out.memory(batch, OutputRetention::kBackward).outputs);
+  BOOST_TEST(out.memory(batch, OutputRetention::kBackward).outputs <
+             out.memory(batch, OutputRetention::kAll).outputs);
+  std::mt19937 gen(4);
+  const Tensor x = test::random_tensor({batch, 3, 8, 8}, gen);
+  Rng rng(5);
+  auto backend = test::registries().backends.create("tbb", Config{});
+  Context context{false, &rng, backend.get()};
+  const Tensor want = all.forward(context, x).clone();
+  BOOST_TEST(test::max_abs_diff(out.forward(context, x), want) == 0.0f);
+  BOOST_TEST(test::max_abs_diff(out.activation("fc"), want) == 0.0f);
+  BOOST_TEST(out.fused_into(out.index_of("r1")) == out.index_of("b1"));
+  BOOST_TEST(out.held().outputs == out.memory(batch, OutputRetention::kOutput).outputs);
+  BOOST_TEST(out.held().gradients == 0);
+  STRATA_CHECK_CONTAINS(test::error_of([&] { out.activation("c2"); }),
+                        "the output of layer 'c2' is not kept after forward");
+  const Tensor dy = test::random_tensor({batch, 4}, gen);
+  STRATA_CHECK_CONTAINS(test::error_of([&] { out.backward(context, dy); }),
+                        "keeps only the model's output (OutputRetention::kOutput");
+}
+
 // Training diagnostics read every layer's output in the passes they watch: those run unfused,
 // and the graph's own setting comes back between them and when the diagnostics go.
 BOOST_AUTO_TEST_CASE(watched_passes_run_unfused) {

@@ -552,6 +552,7 @@ template <class Nodes>
 std::vector<char> kept_outputs(const Nodes& nodes, OutputRetention retention) {
   std::vector<char> kept(nodes.size(), retention == OutputRetention::kAll);
   if (!kept.empty()) kept.back() = 1;
+  if (retention == OutputRetention::kOutput) return kept;  // no backward runs
   for (std::size_t c = 0; c < nodes.size(); ++c) {
     kept[c] = kept[c] || nodes[c].layer->backward_reads_output();
     if (!nodes[c].layer->backward_reads_inputs()) continue;
@@ -936,6 +937,11 @@ int Graph::fused_into(std::size_t i) const {
 
 void Graph::backward(Context& context, const Tensor& doutput,
                      const std::function<void(std::size_t)>& node_done) {
+  if (retention_ == OutputRetention::kOutput) {
+    fail(
+        "backward: this graph keeps only the model's output (OutputRetention::kOutput, for "
+        "inference), not what a backward reads; set OutputRetention::kBackward to train");
+  }
   if (doutput.shape() != outputs_.back().shape()) {
     fail("backward: the output gradient has shape {} but the output is {}", doutput.shape().str(),
          outputs_.back().shape().str());

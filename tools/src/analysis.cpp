@@ -152,23 +152,41 @@ std::vector<NamedTensor> TrainedModel::run(const Tensor& images,
   std::vector<std::string> known;
   for (std::size_t i = 0; i < graph_->size(); ++i) known.push_back(graph_->name(i));
   std::vector<NamedTensor> outputs;
+  std::vector<int> nodes;  // of `outputs`
   for (const std::string& name : layers) {
     const int index = graph_->index_of(name);
     if (index < 0)
       fail("the model has no layer '{}'\n  {}", name, suggestion_text(name, known, "layers"));
     outputs.push_back(
         {name, Tensor(graph_->layer(index).output_shape().with_batch(images.dim(0)))});
+    nodes.push_back(index);
   }
+  // The graph keeps only the model's output (kOutput): the layers asked for are copied as the
+  // forward writes them. A layer whose activation fuses into it never writes its own output, so
+  // fusion stays on only when no layer but the last is asked for.
+  const int last = static_cast<int>(graph_->size()) - 1;
+  graph_->set_output_retention(OutputRetention::kOutput);
+  graph_->set_fusion(std::all_of(nodes.begin(), nodes.end(), [&](int i) { return i == last; }));
   Context context{false, rng_.get(), backend_.get()};
   const int64_t n = images.dim(0);
-  for (int64_t begin = 0; begin < n; begin += batch_) {
-    const int64_t end = std::min(n, begin + batch_);
-    graph_->forward(context, images.batch_slice(begin, end));
-    for (NamedTensor& output : outputs) {
-      Tensor rows = output.tensor.batch_slice(begin, end);
-      rows.copy_from(graph_->activation(output.name));
+  int64_t begin = 0, end = 0;
+  graph_->set_forward_observer([&](std::size_t i, const Tensor& out, const Context&) {
+    for (std::size_t k = 0; k < nodes.size(); ++k) {
+      if (nodes[k] != static_cast<int>(i)) continue;
+      Tensor rows = outputs[k].tensor.batch_slice(begin, end);
+      rows.copy_from(out);
     }
+  });
+  try {
+    for (begin = 0; begin < n; begin += batch_) {
+      end = std::min(n, begin + batch_);
+      graph_->forward(context, images.batch_slice(begin, end));
+    }
+  } catch (...) {
+    graph_->set_forward_observer({});
+    throw;
   }
+  graph_->set_forward_observer({});
   return outputs;
 }
 

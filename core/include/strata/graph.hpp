@@ -16,9 +16,12 @@
 //
 // Memory. The layers' outputs are allocated once for the largest batch seen, in one arena. Under
 // OutputRetention::kAll (the default) every output is kept until the next forward, so
-// activation() returns any of them. Training sets kBackward: an output stays only when a backward
-// reads it (Layer::backward_reads_inputs() of a consumer, backward_reads_output() of its
-// producer) or it is the model's output; the others are live from the layer's forward to the
+// activation() returns any of them. Inference that needs only the model's output (strata eval,
+// the analysis API's run(), which reads other layers through a forward observer) sets kOutput:
+// every other output lives from its layer's forward to the last forward reading it, so a chain
+// holds two or three at a time whatever its depth. Training sets kBackward: an output stays only
+// when a backward reads it (Layer::backward_reads_inputs() of a consumer, backward_reads_output()
+// of its producer) or it is the model's output; the others are live from the layer's forward to the
 // last forward reading them, and share memory by lifetime; an activation that may fuse into its
 // producer (Fusion below) runs in place over that producer's output and gradient. The gradients of
 // the outputs exist only once a backward has run (an inference-only graph never holds any), and
@@ -40,9 +43,9 @@
 // fused: the activation's backward runs as usual, in place over the gradient it shares with the
 // producer (fusing it measured slower: docs/performance.md, section 16). The producer's output is
 // never materialized, so a pair fuses only when that output is not kept
-// (OutputRetention::kBackward, training's; under kAll nothing fuses and activation() returns
-// every output), fusion is on (set_fusion), and the pass is not a gradient check
-// (Context::frozen). The results are the unfused bits (the same float operations). A forward
+// (OutputRetention::kBackward, training's, and kOutput; under kAll nothing fuses and
+// activation() returns every output), fusion is on (set_fusion), and the pass is not a gradient
+// check (Context::frozen). The results are the unfused bits (the same float operations). A forward
 // observer is called for a fused activation (with the output its producer wrote), not for the
 // producer. fused_into() tells which activations the last forward fused.
 //
@@ -99,6 +102,7 @@ std::string sanitized_layer_name(std::string name);
 enum class OutputRetention {
   kAll,       // every output, readable through activation() until the next forward
   kBackward,  // those a backward reads, and the model's output: what training needs
+  kOutput,    // the model's output alone: inference (backward() is an Error)
 };
 
 class Graph {

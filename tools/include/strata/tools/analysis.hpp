@@ -77,7 +77,10 @@ class TrainedModel {
   bool has_preprocessing() const { return !transforms_.empty(); }
 
   // Inference mode, in batches: the model output [N, ...] for images [N, C, H, W] (already
-  // preprocessed), or the activations of the named layers, each [N, ...].
+  // preprocessed), or the activations of the named layers, each [N, ...]. The graph then keeps
+  // only the model's output between passes (OutputRetention::kOutput: the memory of a few layer
+  // outputs per image, whatever the depth); set OutputRetention::kAll on graph() before running
+  // it yourself to read every activation.
   Tensor run(const Tensor& images);
   std::vector<NamedTensor> run(const Tensor& images, const std::vector<std::string>& layers);
 
