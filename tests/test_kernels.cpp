@@ -20,6 +20,7 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <thread>
 #include <typeinfo>
 #include <vector>
 
@@ -1164,6 +1165,194 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(31, 9, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2, lanes},  // 31 channels: not
   };
   check_paths(cases, rng);
+}
+
+// TbbConv2d keeps its per-call scratch (per-thread workspace, packed and Winograd-transformed
+// weights, weight-gradient partials, a dilated convolution's split phases) in one pool shared by
+// all its instances (backend_tbb/tbb_kernels.hpp, SHARED SCRATCH). Shapes reaching different
+// methods, whose scratch sizes and layouts differ: F(4x4) and F(2x2) Winograd (dilated too, as
+// 4 and 9 phase batches), polyphase, pointwise, 1x1 direct, small, lanes, blas bands, depthwise.
+const std::vector<PathCase>& scratch_cases() {
+  static const std::vector<PathCase> cases = {
+      {conv_desc(128, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},
+      {conv_desc(72, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},
+      {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // dilation 2
+      {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // dilation 3
+      {conv_desc(16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1), 5,
+       "fwd=polyphase bwd_data=polyphase bwd_weights=polyphase"},
+      {conv_desc(72, 6, 6, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1), 3,
+       "fwd=pointwise bwd_data=pointwise bwd_weights=pointwise"},
+      {conv_desc(32, 20, 20, 24, 1, 1, 1, 1, 0, 0, 1, 1, 1), 6,
+       "fwd=direct bwd_data=direct bwd_weights=direct"},
+      {conv_desc(3, 12, 12, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37,
+       "fwd=direct bwd_data=small bwd_weights=direct"},
+      {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1), 17,
+       "fwd=lanes bwd_data=lanes bwd_weights=lanes"},
+      {conv_desc(72, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2,
+       "fwd=blas bwd_data=blas bwd_weights=blas"},
+      {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7,
+       "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise"},
+  };
+  return cases;
+}
+
+// One conv's inputs (random, or all NaN) and what its three passes wrote.
+struct ConvRun {
+  Tensor x, w, bias, dy;  // inputs
+  Tensor y, dx, dw, db;   // results
+  ConvRun(const Conv2dDesc& d, int64_t n, std::mt19937& rng, bool nan = false) {
+    const Shape x_shape{n, d.in_channels, d.in_h, d.in_w};
+    const Shape y_shape{n, d.out_channels, d.out_h, d.out_w};
+    const Shape w_shape{d.out_channels, d.in_channels / d.groups, d.kernel_h, d.kernel_w};
+    x = random_tensor(x_shape, rng);
+    w = random_tensor(w_shape, rng);
+    bias = random_tensor(Shape{d.out_channels}, rng);
+    dy = random_tensor(y_shape, rng);
+    if (nan) {
+      for (Tensor* t : {&x, &w, &bias, &dy}) t->fill(kNaN);
+    }
+    y = poisoned(y_shape);
+    dx = poisoned(x_shape);
+    dw = poisoned(w_shape);
+    db = poisoned(Shape{d.out_channels});
+  }
+  // The same inputs (shared), fresh poisoned results.
+  ConvRun with_fresh_results() const {
+    ConvRun copy = *this;
+    copy.y = poisoned(y.shape());
+    copy.dx = poisoned(dx.shape());
+    copy.dw = poisoned(dw.shape());
+    copy.db = poisoned(db.shape());
+    return copy;
+  }
+  // pass 0: forward, 1: backward_data, 2: backward_params (every gradient).
+  void run(Conv2dKernel& k, int pass) {
+    if (pass == 0) k.forward(x, w, &bias, y);
+    if (pass == 1) k.backward_data(dy, w, dx);
+    if (pass == 2) k.backward_params(x, dy, dw, &db);
+  }
+};
+
+void check_same_run(const ConvRun& got, const ConvRun& want, const std::string& what) {
+  check_close(got.y, want.y, what + ": forward", /*exact=*/true);
+  check_close(got.dx, want.dx, what + ": backward_data", true);
+  check_close(got.dw, want.dw, what + ": dweight", true);
+  check_close(got.db, want.db, what + ": dbias", true);
+}
+
+// Each case run alone (its kernel the only TbbConv2d alive, so a fresh pool), checked against the
+// reference; the results, from inputs drawn from rng(seed) in case order.
+std::vector<ConvRun> scratch_runs_alone(unsigned seed) {
+  std::mt19937 rng(seed);
+  std::vector<ConvRun> runs;
+  for (const PathCase& c : scratch_cases()) {
+    ConvRun& run = runs.emplace_back(c.desc, c.n, rng);
+    ConvRun ref = run.with_fresh_results();
+    auto tbb = kernel<Conv2dKernel>("conv2d", "tbb", c.desc);
+    BOOST_TEST(tbb->implementation() == c.path, describe(c.desc, c.n));
+    auto reference = kernel<Conv2dKernel>("conv2d", "reference", c.desc);
+    for (int pass = 0; pass < 3; ++pass) {
+      run.run(*tbb, pass);
+      ref.run(*reference, pass);
+    }
+    check_close(run.y, ref.y, describe(c.desc, c.n) + ": forward");
+    check_close(run.dx, ref.dx, describe(c.desc, c.n) + ": backward_data");
+    check_close(run.dw, ref.dw, describe(c.desc, c.n) + ": dweight");
+    check_close(run.db, ref.db, describe(c.desc, c.n) + ": dbias");
+  }
+  return runs;
+}
+
+// All the instances alive at once, their passes interleaved (every case's forward, in one order,
+// then every backward_data in the other, then every backward_params), and before each pass the
+// next case's instance runs the same pass on NaN inputs: the shared scratch was last written by a
+// different shape with NaNs. Any read of scratch the pass did not write itself in this call
+// (stale data another layer left, or a buffer too small for this layer) shows as a NaN or a
+// changed bit.
+BOOST_AUTO_TEST_CASE(conv2d_shared_scratch_interleaved) {
+  const std::vector<PathCase>& cases = scratch_cases();
+  const std::vector<ConvRun> alone = scratch_runs_alone(41);
+  std::mt19937 rng(41), nan_rng(5);
+  std::vector<ConvRun> runs, nan_runs;
+  std::vector<std::shared_ptr<Conv2dKernel>> kernels;
+  for (const PathCase& c : cases) {
+    runs.emplace_back(c.desc, c.n, rng);
+    nan_runs.emplace_back(c.desc, c.n, nan_rng, /*nan=*/true);
+    kernels.push_back(kernel<Conv2dKernel>("conv2d", "tbb", c.desc));
+  }
+  const std::size_t count = cases.size();
+  for (int pass = 0; pass < 3; ++pass) {
+    for (std::size_t step = 0; step < count; ++step) {
+      const std::size_t i = pass == 1 ? count - 1 - step : step;
+      const std::size_t other = (i + 1) % count;
+      nan_runs[other].run(*kernels[other], pass);
+      runs[i].run(*kernels[i], pass);
+    }
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    check_same_run(runs[i], alone[i], "interleaved, " + describe(cases[i].desc, cases[i].n));
+  }
+}
+
+// The first of run's results that differs from want's in any bit, or "" if none.
+std::string first_changed_result(const ConvRun& run, const ConvRun& want) {
+  const auto same = [](const Tensor& a, const Tensor& b) {
+    return std::memcmp(a.data(), b.data(), static_cast<std::size_t>(a.numel()) * sizeof(float)) ==
+           0;
+  };
+  if (!same(run.y, want.y)) return "forward";
+  if (!same(run.dx, want.dx)) return "backward_data";
+  if (!same(run.dw, want.dw)) return "dweight";
+  if (!same(run.db, want.db)) return "dbias";
+  return "";
+}
+
+// Two std::threads, each with its own instance of every case, run all their passes for several
+// rounds, one thread in case order and the other in reverse, so passes of different shapes
+// overlap in time: they must take turns on the shared scratch (its mutex), and every round's
+// results must equal the run alone bit for bit. The threads compare, the main thread reports
+// (Boost.Test's assertions are not thread-safe). Without the mutex this failed in most runs.
+BOOST_AUTO_TEST_CASE(conv2d_shared_scratch_two_threads) {
+  const std::vector<PathCase>& cases = scratch_cases();
+  const std::vector<ConvRun> alone = scratch_runs_alone(43);
+  constexpr int kRounds = 4;
+  // Per thread: its runs and instances, made here (the registry is not for concurrent use).
+  std::vector<std::vector<ConvRun>> runs(2);
+  std::vector<std::vector<std::shared_ptr<Conv2dKernel>>> kernels(2);
+  for (std::size_t thread = 0; thread < 2; ++thread) {
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+      runs[thread].push_back(alone[i].with_fresh_results());
+      kernels[thread].push_back(kernel<Conv2dKernel>("conv2d", "tbb", cases[i].desc));
+    }
+  }
+  std::vector<std::string> failures(2);
+  const auto worker = [&](std::size_t thread) {
+    try {
+      for (int round = 0; round < kRounds; ++round) {
+        for (std::size_t step = 0; step < cases.size(); ++step) {
+          const std::size_t i = thread == 0 ? step : cases.size() - 1 - step;
+          ConvRun& run = runs[thread][i];
+          for (int pass = 0; pass < 3; ++pass) run.run(*kernels[thread][i], pass);
+          const std::string changed = first_changed_result(run, alone[i]);
+          if (!changed.empty() && failures[thread].empty()) {
+            failures[thread] = fmt::format("round {}, {}: {} differs from the run alone", round,
+                                           describe(cases[i].desc, cases[i].n), changed);
+          }
+        }
+      }
+    } catch (const std::exception& e) {
+      failures[thread] = e.what();
+    }
+  };
+  std::thread first(worker, 0), second(worker, 1);
+  first.join();
+  second.join();
+  BOOST_TEST(failures[0] == "");
+  BOOST_TEST(failures[1] == "");
 }
 
 // Conv2dKernel::arithmetic(), what conv_bench's roofline divides by the time: per image and pass,

@@ -228,7 +228,7 @@ void TbbConv2d::polyphase_forward(int64_t n, const float* x, const float* bias, 
   for (int64_t g = 0; g < d.groups; ++g) {
     polyphase::split(d, polyphase_, cg_, x + (n * d.in_channels + g * cg_) * in_plane_,
                      ws.col.data());
-    direct::shifted_gemm(packed_forward_.data() + g * packed_stride, kg_, ws.col.data(),
+    direct::shifted_gemm(packed() + g * packed_stride, kg_, ws.col.data(),
                          polyphase_offsets_.data(), rows_, columns, ws.gathered.data(),
                          wide_stride);
     crop_wide(n, g, ws.gathered.data(), wide_stride, row, bias, y);
@@ -267,7 +267,7 @@ void TbbConv2d::pack_polyphase_data_weights(const float* w) {
           [&](int64_t c, int64_t q) {
             return wg[(q / count) * rows_ + c * taps + p.taps[static_cast<std::size_t>(q % count)]];
           },
-          packed_backward_.data() + g * polyphase_data_.packed_floats + p.packed_at);
+          packed() + g * polyphase_data_.packed_floats + p.packed_at);
     }
   }
 }
@@ -284,8 +284,8 @@ void TbbConv2d::polyphase_backward_data(int64_t n, const float* dy, float* dx,
            data.dy_floats(kg_) + polyphase_.slack, padded);
     for (const polyphase::DataPhase& p : data.phases) {
       if (p.row_hi <= p.row_lo) continue;  // no real dx row (merge reads none)
-      direct::shifted_gemm(packed_backward_.data() + g * data.packed_floats + p.packed_at, cg_,
-                           padded, p.offsets.data(), kg_ * static_cast<int64_t>(p.taps.size()),
+      direct::shifted_gemm(packed() + g * data.packed_floats + p.packed_at, cg_, padded,
+                           p.offsets.data(), kg_ * static_cast<int64_t>(p.taps.size()),
                            data.columns(p), ws.gathered.data() + p.wide_at, data.wide_stride(p));
     }
     polyphase::merge(d, polyphase_, data, cg_, ws.gathered.data(), row,

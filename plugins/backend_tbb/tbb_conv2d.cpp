@@ -1,5 +1,6 @@
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
 
 #include <algorithm>
 #include <cstring>
@@ -447,8 +448,10 @@ void TbbConv2d::on_prepare() {
 
   col_floats_ = 0;
   gathered_floats_ = 0;
-  packed_forward_.clear();
-  packed_backward_.clear();
+  packed_forward_floats_ = 0;
+  packed_backward_floats_ = 0;
+  winograd_u_forward_floats_ = 0;
+  winograd_u_data_floats_ = 0;
   forward_offsets_.clear();
   backward_offsets_.clear();
   depthwise_offsets_.clear();
@@ -458,12 +461,6 @@ void TbbConv2d::on_prepare() {
   forward_ = choose(forward_implementations(), forward_plan_);
   data_ = choose(data_implementations(), data_plan_);
   params_ = choose(params_implementations(), params_plan_);
-
-  const int64_t slices = max_slices();
-  partial_weight_.assign(static_cast<std::size_t>(slices - 1),
-                         std::vector<float>(static_cast<std::size_t>(d.out_channels * rows_)));
-  partial_bias_.assign(static_cast<std::size_t>(slices),
-                       std::vector<float>(static_cast<std::size_t>(d.out_channels)));
 }
 
 template <class I>
@@ -595,14 +592,12 @@ void TbbConv2d::prepare_small(Plan& plan) {
 
 void TbbConv2d::prepare_small_forward(Plan& plan) {
   prepare_small(plan);
-  packed_forward_.assign(static_cast<std::size_t>(desc_.groups * direct::packed_size(kg_, rows_)),
-                         0.0f);
+  packed_forward_floats_ = desc_.groups * direct::packed_size(kg_, rows_);
 }
 
 void TbbConv2d::prepare_small_data(Plan& plan) {
   prepare_small(plan);
-  packed_backward_.assign(static_cast<std::size_t>(desc_.groups * direct::packed_size(rows_, kg_)),
-                          0.0f);
+  packed_backward_floats_ = desc_.groups * direct::packed_size(rows_, kg_);
 }
 
 void TbbConv2d::prepare_small_params(Plan& plan) { prepare_small(plan); }
@@ -628,8 +623,7 @@ void TbbConv2d::prepare_direct(const Plan& plan) {
 
 void TbbConv2d::prepare_direct_forward(Plan& plan) {
   prepare_direct(plan);
-  packed_forward_.assign(static_cast<std::size_t>(desc_.groups * direct::packed_size(kg_, rows_)),
-                         0.0f);
+  packed_forward_floats_ = desc_.groups * direct::packed_size(kg_, rows_);
 }
 
 void TbbConv2d::prepare_direct_data(Plan& plan) {
@@ -644,8 +638,7 @@ void TbbConv2d::prepare_direct_data(Plan& plan) {
       }
     }
   }
-  packed_backward_.assign(static_cast<std::size_t>(d.groups * direct::packed_size(cg_, kg_ * taps)),
-                          0.0f);
+  packed_backward_floats_ = d.groups * direct::packed_size(cg_, kg_ * taps);
 }
 
 void TbbConv2d::prepare_direct_params(Plan& plan) {
@@ -666,8 +659,7 @@ void TbbConv2d::prepare_polyphase(const Plan& plan) {
 
 void TbbConv2d::prepare_polyphase_forward(Plan& plan) {
   prepare_polyphase(plan);
-  packed_forward_.assign(static_cast<std::size_t>(desc_.groups * direct::packed_size(kg_, rows_)),
-                         0.0f);
+  packed_forward_floats_ = desc_.groups * direct::packed_size(kg_, rows_);
 }
 
 void TbbConv2d::prepare_polyphase_params(Plan& plan) {
@@ -683,7 +675,7 @@ void TbbConv2d::prepare_polyphase_data(Plan&) {
   polyphase_data_ = polyphase::make_data(d, polyphase_, kg_, cg_);
   reserve_workspace(polyphase_data_.dy_floats(kg_) + polyphase_.slack + polyphase_.row_floats(),
                     polyphase_data_.wide_floats);
-  packed_backward_.assign(static_cast<std::size_t>(d.groups * polyphase_data_.packed_floats), 0.0f);
+  packed_backward_floats_ = d.groups * polyphase_data_.packed_floats;
 }
 
 void TbbConv2d::prepare_depthwise(Plan&) {
@@ -704,16 +696,14 @@ void TbbConv2d::prepare_lanes_forward(Plan& plan) {
   plan.images = lanes::kLanes;
   lanes_forward_ = lanes::forward_pass(desc_);
   reserve_workspace(lanes_forward_.in_floats(), lanes_forward_.out.floats());
-  packed_forward_.assign(static_cast<std::size_t>(desc_.groups * rows_ * lanes_forward_.lda), 0.0f);
+  packed_forward_floats_ = desc_.groups * rows_ * lanes_forward_.lda;
 }
 
 void TbbConv2d::prepare_lanes_data(Plan& plan) {
   plan.images = lanes::kLanes;
   lanes_data_ = lanes::data_pass(desc_);
   reserve_workspace(lanes_data_.in_floats(), lanes_data_.out.floats());
-  packed_backward_.assign(static_cast<std::size_t>(desc_.groups * kg_ * desc_.kernel_h *
-                                                   desc_.kernel_w * lanes_data_.lda),
-                          0.0f);
+  packed_backward_floats_ = desc_.groups * kg_ * desc_.kernel_h * desc_.kernel_w * lanes_data_.lda;
 }
 
 void TbbConv2d::prepare_lanes_params(Plan& plan) {
@@ -735,8 +725,7 @@ void TbbConv2d::prepare_winograd_forward(Plan&) {
   const int64_t p = phases_;
   winograd_forward_ =
       winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p, Tile);
-  winograd_u_forward_.assign(static_cast<std::size_t>(winograd_forward_.elements() * cg_ * kg_),
-                             0.0f);
+  winograd_u_forward_floats_ = winograd_forward_.elements() * cg_ * kg_;
   reserve_winograd(winograd_forward_);
 }
 
@@ -746,7 +735,7 @@ void TbbConv2d::prepare_winograd_data(Plan&) {
   const int64_t p = phases_;
   winograd_data_ = winograd::Geometry::make(kg_, cg_, d.out_h / p, d.out_w / p, 2 - d.pad_h / p,
                                             2 - d.pad_w / p, Tile);
-  winograd_u_data_.assign(static_cast<std::size_t>(winograd_data_.elements() * cg_ * kg_), 0.0f);
+  winograd_u_data_floats_ = winograd_data_.elements() * cg_ * kg_;
   reserve_winograd(winograd_data_);
 }
 
@@ -756,15 +745,37 @@ void TbbConv2d::prepare_winograd_params(Plan&) {
   const int64_t p = phases_;
   winograd_params_ =
       winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p, Tile);
-  winograd_du_.assign(
-      static_cast<std::size_t>(allowed_threads()),
-      std::vector<float>(static_cast<std::size_t>(winograd_params_.elements() * cg_ * kg_)));
   reserve_winograd(winograd_params_);
 }
 
+std::shared_ptr<TbbConv2d::Scratch> TbbConv2d::shared_scratch() {
+  static std::mutex mutex;  // guards `pool` (kernels are created on any thread)
+  static std::weak_ptr<Scratch> pool;
+  const std::lock_guard<std::mutex> lock(mutex);
+  std::shared_ptr<Scratch> scratch = pool.lock();
+  if (scratch == nullptr) {
+    scratch = std::make_shared<Scratch>();
+    pool = scratch;
+  }
+  return scratch;
+}
+
+template <class Pass>
+void TbbConv2d::run_pass(int64_t packed, int64_t u, const Pass& pass) {
+  const std::lock_guard<std::mutex> lock(scratch_->mutex);
+  // Every shared buffer a task reads through a pointer is sized here, before any task starts
+  // (those sized on demand inside the pass, too, grow before its parallel loops).
+  grow(scratch_->packed, packed);
+  grow(scratch_->winograd_u, u);
+  // Isolated: while this thread waits for the pass's tasks it runs none but theirs, never an outer
+  // task that could call a conv pass and wait on the mutex this thread holds.
+  tbb::this_task_arena::isolate(pass);
+}
+
 TbbConv2d::Workspace& TbbConv2d::local_workspace() {
-  Workspace& ws = workspace_.local();
-  // Only the first call on each thread allocates: the sizes depend on the descriptor alone.
+  Workspace& ws = scratch_->workspace.local();
+  // Only a thread's first call, and a larger layer's, allocate: the sizes depend on the
+  // descriptors alone. The buffers are this thread's: no other thread touches them.
   if (ws.col.size() < col_floats_) ws.col.resize(col_floats_);
   if (ws.gathered.size() < gathered_floats_) ws.gathered.resize(gathered_floats_);
   return ws;
@@ -838,8 +849,10 @@ void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bia
   const Conv2dDesc& d = desc_;
   const int64_t n_batch = conv2d_forward_batch(d, x, weight, bias, y, kName);
   const bool has_bias = bias != nullptr && bias->defined();
-  (this->*forward_->run)(x.data(), weight.data(), has_bias ? bias->data() : nullptr, y.data(),
-                         n_batch);
+  run_pass(packed_forward_floats_, winograd_u_forward_floats_, [&] {
+    (this->*forward_->run)(x.data(), weight.data(), has_bias ? bias->data() : nullptr, y.data(),
+                           n_batch);
+  });
 }
 
 // The weights in the direct::pack_rows layout of the direct and small forward kernels.
@@ -848,8 +861,7 @@ void TbbConv2d::pack_forward_weights(const float* w) {
   for (int64_t g = 0; g < desc_.groups; ++g) {
     const float* wg = w + g * kg_ * rows_;
     direct::pack_rows(
-        kg_, rows_, [&](int64_t k, int64_t p) { return wg[k * rows_ + p]; },
-        packed_forward_.data() + g * stride);
+        kg_, rows_, [&](int64_t k, int64_t p) { return wg[k * rows_ + p]; }, packed() + g * stride);
   }
 }
 
@@ -891,8 +903,8 @@ void TbbConv2d::forward_blas(const float* x, const float* w, const float* bias, 
 void TbbConv2d::forward_winograd(const float* x, const float* w, const float* bias, float* y,
                                  int64_t n_batch) {
   const Conv2dDesc& d = desc_;
-  winograd_convolve(winograd_forward_, false, w, winograd_u_forward_, x, {d.in_h, d.in_w}, bias, y,
-                    {d.out_h, d.out_w}, n_batch);
+  winograd_convolve(winograd_forward_, false, w, x, {d.in_h, d.in_w}, bias, y, {d.out_h, d.out_w},
+                    n_batch);
 }
 
 void TbbConv2d::blas_forward(const Block& b, const float* x, const float* w, const float* bias,
@@ -944,8 +956,8 @@ void TbbConv2d::small_forward(const Block& b, const float* x, const float* bias,
              ws.col.data() + i * out_plane_, small_stride_);
     }
     float* product = ws.gathered.data();
-    direct::shifted_gemm(packed_forward_.data() + g * packed_stride, kg_, ws.col.data(),
-                         small_offsets_.data(), rows_, cols, product, small_stride_);
+    direct::shifted_gemm(packed() + g * packed_stride, kg_, ws.col.data(), small_offsets_.data(),
+                         rows_, cols, product, small_stride_);
     scatter_planes(product, small_stride_, b.images, out_plane_, g * kg_, kg_, d.out_channels, bias,
                    y + b.n0 * d.out_channels * out_plane_);
   }
@@ -957,7 +969,8 @@ void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx
   if (!dx.defined()) return;
   const Conv2dDesc& d = desc_;
   const int64_t n_batch = conv2d_data_batch(d, dy, weight, dx, kName);
-  (this->*data_->run)(dy.data(), weight.data(), dx.data(), n_batch);
+  run_pass(packed_backward_floats_, winograd_u_data_floats_,
+           [&] { (this->*data_->run)(dy.data(), weight.data(), dx.data(), n_batch); });
 }
 
 // Runs body(block, workspace) over data_plan_'s blocks. Bands of one image overlap in dx, so one
@@ -994,7 +1007,7 @@ void TbbConv2d::data_direct(const float* dy, const float* w, float* dx, int64_t 
         [&](int64_t c, int64_t p) {
           return wg[(p / taps) * rows_ + c * taps + (taps - 1 - p % taps)];
         },
-        packed_backward_.data() + g * stride);
+        packed() + g * stride);
   }
   for_each_data_unit(dx, n_batch, false, [&](const Block& b, Workspace& ws) {
     direct_backward_data(b.n0, dy, dx, ws);
@@ -1014,8 +1027,7 @@ void TbbConv2d::data_small(const float* dy, const float* w, float* dx, int64_t n
   for (int64_t g = 0; g < desc_.groups; ++g) {
     const float* wg = w + g * kg_ * rows_;
     direct::pack_rows(
-        rows_, kg_, [&](int64_t p, int64_t k) { return wg[k * rows_ + p]; },
-        packed_backward_.data() + g * stride);
+        rows_, kg_, [&](int64_t p, int64_t k) { return wg[k * rows_ + p]; }, packed() + g * stride);
   }
   for_each_data_unit(dx, n_batch, true,
                      [&](const Block& b, Workspace& ws) { small_backward_data(b, dy, dx, ws); });
@@ -1035,8 +1047,8 @@ void TbbConv2d::data_blas(const float* dy, const float* w, float* dx, int64_t n_
 
 void TbbConv2d::data_winograd(const float* dy, const float* w, float* dx, int64_t n_batch) {
   const Conv2dDesc& d = desc_;
-  winograd_convolve(winograd_data_, true, w, winograd_u_data_, dy, {d.out_h, d.out_w}, nullptr, dx,
-                    {d.in_h, d.in_w}, n_batch);
+  winograd_convolve(winograd_data_, true, w, dy, {d.out_h, d.out_w}, nullptr, dx, {d.in_h, d.in_w},
+                    n_batch);
 }
 
 void TbbConv2d::blas_backward_data(const Block& b, const float* dy, const float* w, float* dx,
@@ -1082,7 +1094,7 @@ void TbbConv2d::small_backward_data(const Block& b, const float* dy, float* dx,
   const int64_t packed_stride = direct::packed_size(rows_, kg_);
   for (int64_t g = 0; g < d.groups; ++g) {
     gather_dy(b, g, dy, ws.gathered.data());
-    direct::shifted_gemm(packed_backward_.data() + g * packed_stride, rows_, ws.gathered.data(),
+    direct::shifted_gemm(packed() + g * packed_stride, rows_, ws.gathered.data(),
                          small_offsets_.data(), kg_, cols, ws.col.data(), small_stride_);
     for (int64_t i = 0; i < b.images; ++i) {
       col2im(d, cg_, ws.col.data() + i * out_plane_, small_stride_, 0, d.out_h,
@@ -1099,17 +1111,19 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
   if (!want_weight && !want_bias) return;
   const Conv2dDesc& d = desc_;
   const int64_t n_batch = conv2d_params_batch(d, x, dy, dweight, dbias, kName);
-  (this->*params_->run)(want_weight ? x.data() : nullptr, dy.data(),
-                        want_weight ? dweight.data() : nullptr, want_bias ? dbias->data() : nullptr,
-                        n_batch);
+  run_pass(0, 0, [&] {
+    (this->*params_->run)(want_weight ? x.data() : nullptr, dy.data(),
+                          want_weight ? dweight.data() : nullptr,
+                          want_bias ? dbias->data() : nullptr, n_batch);
+  });
 }
 
 void TbbConv2d::params_winograd(const float* x, const float* dy, float* dweight, float* dbias,
                                 int64_t n_batch) {
   const Conv2dDesc& d = desc_;
   if (dweight != nullptr && phases_ > 1) {
-    float* x_phases = grow(phase_a_, n_batch * d.in_channels * in_plane_);
-    float* dy_phases = grow(phase_b_, n_batch * d.out_channels * out_plane_);
+    float* x_phases = grow(scratch_->phase_a, n_batch * d.in_channels * in_plane_);
+    float* dy_phases = grow(scratch_->phase_b, n_batch * d.out_channels * out_plane_);
     split_phases(x, n_batch, d.in_channels, {d.in_h, d.in_w}, x_phases);
     split_phases(dy, n_batch, d.out_channels, {d.out_h, d.out_w}, dy_phases);
     winograd_backward_weight(x_phases, dy_phases, dweight, n_batch * phases_ * phases_);
@@ -1178,22 +1192,18 @@ void TbbConv2d::params_by_slices(const float* dy, float* dweight, float* dbias, 
   const int64_t blocks = block_count(plan, n_batch);
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(blocks, max_slices()));
   const int64_t weight_floats = d.out_channels * rows_;
-  if (partial_weight_.size() < static_cast<std::size_t>(slices - 1)) {  // threads were raised
-    partial_weight_.resize(static_cast<std::size_t>(slices - 1),
-                           std::vector<float>(static_cast<std::size_t>(weight_floats)));
-  }
-  if (partial_bias_.size() < static_cast<std::size_t>(slices)) {
-    partial_bias_.resize(static_cast<std::size_t>(slices),
-                         std::vector<float>(static_cast<std::size_t>(d.out_channels)));
-  }
+  std::vector<std::vector<float>>& partial_weight = scratch_->partial_weight;
+  std::vector<std::vector<float>>& partial_bias = scratch_->partial_bias;
+  grow_each(partial_weight, slices - 1, weight_floats);
+  grow_each(partial_bias, slices, d.out_channels);
 
   tbb::parallel_for(
       tbb::blocked_range<int64_t>(0, slices, 1),
       [&](const tbb::blocked_range<int64_t>& range) {
         Workspace& ws = local_workspace();
         for (int64_t slice = range.begin(); slice != range.end(); ++slice) {
-          float* dw = slice == 0 ? dweight : partial_weight_[slice - 1].data();
-          float* db = partial_bias_[slice].data();
+          float* dw = slice == 0 ? dweight : partial_weight[slice - 1].data();
+          float* db = partial_bias[slice].data();
           if (want_weight) std::fill_n(dw, weight_floats, 0.0f);
           std::fill_n(db, d.out_channels, 0.0f);
           const int64_t first = slice * blocks / slices, last = (slice + 1) * blocks / slices;
@@ -1218,7 +1228,7 @@ void TbbConv2d::params_by_slices(const float* dy, float* dweight, float* dbias, 
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, weight_floats, 4096),
                       [&](const tbb::blocked_range<int64_t>& range) {
                         for (int64_t s = 1; s < slices; ++s) {
-                          const float* part = partial_weight_[s - 1].data();
+                          const float* part = partial_weight[s - 1].data();
                           for (int64_t i = range.begin(); i != range.end(); ++i) {
                             dweight[i] += part[i];
                           }
@@ -1228,7 +1238,7 @@ void TbbConv2d::params_by_slices(const float* dy, float* dweight, float* dbias, 
   if (want_bias) {
     for (int64_t k = 0; k < d.out_channels; ++k) {
       float total = 0.0f;
-      for (int64_t s = 0; s < slices; ++s) total += partial_bias_[s][k];
+      for (int64_t s = 0; s < slices; ++s) total += partial_bias[s][k];
       dbias[k] = total;
     }
   }
@@ -1304,22 +1314,30 @@ float* TbbConv2d::grow(std::vector<float>& buffer, int64_t floats) {
   return buffer.data();
 }
 
+void TbbConv2d::grow_each(std::vector<std::vector<float>>& buffers, int64_t count, int64_t floats) {
+  if (buffers.size() < static_cast<std::size_t>(count)) {
+    buffers.resize(static_cast<std::size_t>(count));
+  }
+  for (std::vector<float>& buffer : buffers) grow(buffer, floats);
+}
+
 void TbbConv2d::winograd_convolve(const winograd::Geometry& g, bool flip, const float* weight,
-                                  std::vector<float>& u, const float* in, Extent in_size,
-                                  const float* bias, float* out, Extent out_size, int64_t n_batch) {
+                                  const float* in, Extent in_size, const float* bias, float* out,
+                                  Extent out_size, int64_t n_batch) {
+  float* u = scratch_->winograd_u.data();  // sized by run_pass
   if (g.tile == 4) {
-    winograd::f43::transform_weights(weight, g.filters, g.channels, flip, u.data());
+    winograd::f43::transform_weights(weight, g.filters, g.channels, flip, u);
   } else {
-    winograd::transform_weights(weight, g.filters, g.channels, flip, u.data());
+    winograd::transform_weights(weight, g.filters, g.channels, flip, u);
   }
   if (phases_ == 1) {
-    winograd_run(g, u.data(), in, bias, out, n_batch);
+    winograd_run(g, u, in, bias, out, n_batch);
     return;
   }
-  float* in_phases = grow(phase_a_, n_batch * g.channels * in_size.h * in_size.w);
-  float* out_phases = grow(phase_b_, n_batch * g.filters * out_size.h * out_size.w);
+  float* in_phases = grow(scratch_->phase_a, n_batch * g.channels * in_size.h * in_size.w);
+  float* out_phases = grow(scratch_->phase_b, n_batch * g.filters * out_size.h * out_size.w);
   split_phases(in, n_batch, g.channels, in_size, in_phases);
-  winograd_run(g, u.data(), in_phases, bias, out_phases, n_batch * phases_ * phases_);
+  winograd_run(g, u, in_phases, bias, out_phases, n_batch * phases_ * phases_);
   merge_phases(out_phases, n_batch, g.filters, out_size, out);
 }
 
@@ -1394,42 +1412,42 @@ void TbbConv2d::winograd_backward_weight(const float* x, const float* dy, float*
   const int64_t tiles = winograd_block(g);
   const int64_t blocks = ceil_div(total, tiles);
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(blocks, allowed_threads()));
-  if (winograd_du_.size() < static_cast<std::size_t>(slices)) {  // threads were raised
-    const std::vector<float> zeros(winograd_du_.front().size());
-    winograd_du_.resize(static_cast<std::size_t>(slices), zeros);
-  }
+  // Each slice's transformed gradient: the first `floats` of a shared buffer (it may be longer).
+  const int64_t floats = g.elements() * cg_ * kg_;
+  std::vector<std::vector<float>>& du = scratch_->winograd_du;
+  grow_each(du, slices, floats);
   tbb::parallel_for(
       tbb::blocked_range<int64_t>(0, slices, 1),
       [&](const tbb::blocked_range<int64_t>& range) {
         Workspace& ws = local_workspace();
         for (int64_t slice = range.begin(); slice != range.end(); ++slice) {
-          std::vector<float>& du = winograd_du_[slice];
-          std::fill(du.begin(), du.end(), 0.0f);
+          float* part = du[slice].data();
+          std::fill_n(part, floats, 0.0f);
           for (int64_t block = slice * blocks / slices; block < (slice + 1) * blocks / slices;
                ++block) {
             const int64_t first = block * tiles;
             const int64_t count = std::min(tiles, total - first);
             if (g.tile == 4) {
               winograd::f43::accumulate_weight_gradient(g, x, dy, first, count, ws.col.data(),
-                                                        ws.gathered.data(), du.data());
+                                                        ws.gathered.data(), part);
             } else {
               winograd::accumulate_weight_gradient(g, x, dy, first, count, ws.col.data(),
-                                                   ws.gathered.data(), du.data());
+                                                   ws.gathered.data(), part);
             }
           }
         }
       },
       tbb::simple_partitioner());
   // Reduce in slice order, then transform back to 3x3 filters.
-  std::vector<float>& sum = winograd_du_[0];
+  float* sum = du[0].data();
   for (int64_t slice = 1; slice < slices; ++slice) {
-    const std::vector<float>& part = winograd_du_[slice];
-    for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += part[i];
+    const float* part = du[slice].data();
+    for (int64_t i = 0; i < floats; ++i) sum[i] += part[i];
   }
   if (g.tile == 4) {
-    winograd::f43::weight_gradient(sum.data(), kg_, cg_, dweight);
+    winograd::f43::weight_gradient(sum, kg_, cg_, dweight);
   } else {
-    winograd::weight_gradient(sum.data(), kg_, cg_, dweight);
+    winograd::weight_gradient(sum, kg_, cg_, dweight);
   }
 }
 
@@ -1449,7 +1467,7 @@ int64_t TbbConv2d::depthwise_dy_offset() const {
 const float* TbbConv2d::depthwise_weights(const float* w) {
   if (desc_.precision != Precision::kBf16) return w;
   const int64_t floats = desc_.out_channels * rows_;
-  float* rounded = grow(rounded_weights_, floats);
+  float* rounded = grow(scratch_->rounded_weights, floats);
   depthwise::round_to_bf16(w, floats, rounded);
   return rounded;
 }
@@ -1580,8 +1598,8 @@ void TbbConv2d::direct_forward(int64_t n, const float* x, const float* bias, flo
   for (int64_t g = 0; g < d.groups; ++g) {
     pad_input(x + (n * d.in_channels + g * cg_) * in_plane_, ws.col.data());
     float* wide = ws.gathered.data();
-    direct::shifted_gemm(packed_forward_.data() + g * packed_stride, kg_, ws.col.data(),
-                         forward_offsets_.data(), rows_, columns, wide, wide_stride);
+    direct::shifted_gemm(packed() + g * packed_stride, kg_, ws.col.data(), forward_offsets_.data(),
+                         rows_, columns, wide, wide_stride);
     crop_wide(n, g, wide, wide_stride, padded_w_, bias, y);
   }
 }
@@ -1641,8 +1659,8 @@ void TbbConv2d::direct_backward_data(int64_t n, const float* dy, float* dx, Work
     pad_dy(n, g, dy, {dy_h_, dy_w_}, dy_top_, dy_left_,
            kg_ * dy_h_ * dy_w_ + kSlackFloats + d.kernel_w * d.dilation_w, padded);
     float* wide = ws.gathered.data();
-    direct::shifted_gemm(packed_backward_.data() + g * packed_stride, cg_, padded,
-                         backward_offsets_.data(), kg_ * taps, columns, wide, wide_stride);
+    direct::shifted_gemm(packed() + g * packed_stride, cg_, padded, backward_offsets_.data(),
+                         kg_ * taps, columns, wide, wide_stride);
     for (int64_t c = 0; c < cg_; ++c) {
       float* out = dx + (n * d.in_channels + g * cg_ + c) * in_plane_;
       for (int64_t h = 0; h < d.in_h; ++h) {
@@ -1675,8 +1693,7 @@ void TbbConv2d::forward_lanes(const float* x, const float* w, const float* bias,
                               int64_t n_batch) {
   const int64_t stride = rows_ * lanes_forward_.lda;
   for (int64_t g = 0; g < desc_.groups; ++g) {
-    lanes::pack_forward(desc_, lanes_forward_, w + g * kg_ * rows_,
-                        packed_forward_.data() + g * stride);
+    lanes::pack_forward(desc_, lanes_forward_, w + g * kg_ * rows_, packed() + g * stride);
   }
   for_each_block(forward_plan_, n_batch,
                  [&](const Block& b, Workspace& ws) { lanes_forward_block(b, x, bias, y, ws); });
@@ -1685,7 +1702,7 @@ void TbbConv2d::forward_lanes(const float* x, const float* w, const float* bias,
 void TbbConv2d::data_lanes(const float* dy, const float* w, float* dx, int64_t n_batch) {
   const int64_t stride = kg_ * desc_.kernel_h * desc_.kernel_w * lanes_data_.lda;
   for (int64_t g = 0; g < desc_.groups; ++g) {
-    lanes::pack_data(desc_, lanes_data_, w + g * kg_ * rows_, packed_backward_.data() + g * stride);
+    lanes::pack_data(desc_, lanes_data_, w + g * kg_ * rows_, packed() + g * stride);
   }
   for_each_data_unit(dx, n_batch, false,
                      [&](const Block& b, Workspace& ws) { lanes_data_block(b, dy, dx, ws); });
@@ -1707,7 +1724,7 @@ void TbbConv2d::lanes_forward_block(const Block& b, const float* x, const float*
     lanes::interleave(x + (b.n0 * d.in_channels + g * cg_) * in_plane_, b.images,
                       d.in_channels * in_plane_, d.in_h, d.in_w, p.in, p.top, p.left,
                       ws.col.data());
-    lanes::run(p, packed_forward_.data() + g * stride, ws.col.data(), ws.gathered.data());
+    lanes::run(p, packed() + g * stride, ws.col.data(), ws.gathered.data());
     lanes::deinterleave(ws.gathered.data(), p.out, b.images, d.out_channels * out_plane_,
                         bias != nullptr ? bias + g * kg_ : nullptr,
                         y + (b.n0 * d.out_channels + g * kg_) * out_plane_);
@@ -1722,7 +1739,7 @@ void TbbConv2d::lanes_data_block(const Block& b, const float* dy, float* dx, Wor
     lanes::interleave(dy + (b.n0 * d.out_channels + g * kg_) * out_plane_, b.images,
                       d.out_channels * out_plane_, d.out_h, d.out_w, p.in, p.top, p.left,
                       ws.col.data());
-    lanes::run(p, packed_backward_.data() + g * stride, ws.col.data(), ws.gathered.data());
+    lanes::run(p, packed() + g * stride, ws.col.data(), ws.gathered.data());
     lanes::deinterleave(ws.gathered.data(), p.out, b.images, d.in_channels * in_plane_, nullptr,
                         dx + (b.n0 * d.in_channels + g * cg_) * in_plane_);
   }

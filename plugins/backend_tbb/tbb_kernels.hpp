@@ -12,12 +12,13 @@
 //     pointer is skipped before any work is done. Results agree with the "reference" kernels to
 //     float rounding (tests/test_kernels.cpp states the tolerance).
 //   - no allocation in steady state: workspace is planned in on_prepare() from the descriptor
-//     (never from N) and allocated the first time each thread uses it: two buffers per thread of
+//     (never from N) and allocated the first time each thread uses it (TbbConv2d's is shared by
+//     all its instances and grows to the largest's need, see TbbConv2d): two buffers per thread of
 //     at most 256 KiB each (larger only when one output row's col matrix is; the Winograd method
 //     uses two of at most 2 MiB together, its transformed tiles), never a copy of the batch per
 //     thread (tiny-dnn #151). Weight gradients get up to four partial buffers per thread when they
 //     are small (64K floats), one when larger (Winograd: one of (tile + 2)^2 * K * C floats per
-//     thread, allocated in on_prepare()). LRN keeps one buffer per thread of (channels + 1) x
+//     thread, allocated on first use). LRN keeps one buffer per thread of (channels + 1) x
 //     its tile of positions, about 256 KiB (TbbLrn).
 #pragma once
 
@@ -30,6 +31,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -139,8 +141,18 @@ class TbbBackend : public Backend {
 // that differs from the begin padding; the conv2d layer pads such inputs explicitly.
 // backward_params splits the batch into contiguous slices (a few per thread, for load balance);
 // slice 0 accumulates straight into dweight, the others into partial buffers added in slice
-// order, so results are deterministic for a given thread count. A kernel instance is not
-// re-entrant: one layer, one call at a time.
+// order, so results are deterministic for a given thread count.
+// SHARED SCRATCH: everything a pass rewrites on every call (the per-thread Workspace, the packed
+// and Winograd-transformed weights, the weight gradient's partial sums, the split phases of a
+// dilated convolution, bf16's rounded weights) lives in one Scratch shared by every TbbConv2d of
+// the process, so it costs the largest layer's need, not the sum over layers (docs/memory.md,
+// "The convolution kernel's shared scratch"). Contract: the passes (forward, backward_data,
+// backward_params) of all TbbConv2d instances are serialized process-wide: each pass holds the
+// scratch's mutex from start to end, and runs its TBB tasks in an isolated region (so a thread
+// waiting on them never picks up an outer task that would wait on that mutex). Two graphs run from
+// two threads stay correct; their convolutions take turns. A pass sizes the shared buffers before
+// its tasks start (they only grow), and a per-thread Workspace is touched by its own thread only.
+// Each instance keeps what is not per call: its plans, geometries and offset tables.
 struct Extent {  // of an image plane
   int64_t h, w;
 };
@@ -332,15 +344,39 @@ class TbbConv2d : public Conv2dKernel {
   void lanes_data_block(const Block& b, const float* dy, float* dx, Workspace& ws) const;
   void lanes_params_block(const Block& b, const float* x, const float* dy, float* dw,
                           Workspace& ws) const;
+  // The per-call scratch of every TbbConv2d of the process (the SHARED SCRATCH contract above).
+  // One pool reached through shared_scratch(): every instance holds a reference, so the pool lives
+  // while any TbbConv2d does and is freed with the last one (a function-local static object would
+  // keep the largest layer's scratch until exit, and be destroyed in static-destruction order,
+  // after TBB's runtime may be gone; the backend object is not reachable from a kernel).
+  struct Scratch {
+    std::mutex mutex;  // held for the whole of each pass (run_pass)
+    tbb::enumerable_thread_specific<Workspace> workspace;  // grown by local_workspace()
+    // Weights in a pass's layout (direct::pack_rows, lanes or polyphase; forward and
+    // backward_data never run at once), and Winograd's transformed weights U.
+    std::vector<float> packed, winograd_u;
+    std::vector<std::vector<float>> winograd_du;     // per slice of backward_params
+    std::vector<std::vector<float>> partial_weight;  // slices 1.. of params_by_slices
+    std::vector<std::vector<float>> partial_bias;    // every slice of params_by_slices
+    std::vector<float> phase_a, phase_b;             // dilated Winograd's split input and output
+    std::vector<float> rounded_weights;              // bf16_depthwise: the weights rounded
+  };
+  static std::shared_ptr<Scratch> shared_scratch();
+  // Holds the scratch's mutex, grows its packed weights and Winograd U to this pass's floats
+  // (packed, u), then runs pass() in an isolated TBB region.
+  template <class Pass>
+  void run_pass(int64_t packed, int64_t u, const Pass& pass);
+  float* packed() const { return scratch_->packed.data(); }
   // Runs the Winograd convolution described by `g` with transformed weights `u` over the batch.
   void winograd_run(const winograd::Geometry& g, const float* u, const float* x, const float* bias,
                     float* y, int64_t n_batch);
   void winograd_backward_weight(const float* x, const float* dy, float* dweight, int64_t n_batch);
-  // The Winograd convolution of geometry g over the batch: transforms the weights into u (flipped,
-  // for backward_data), then runs the tiles, on the polyphase components when dilated.
+  // The Winograd convolution of geometry g over the batch: transforms the weights into the
+  // scratch's U (flipped, for backward_data), then runs the tiles, on the polyphase components
+  // when dilated.
   void winograd_convolve(const winograd::Geometry& g, bool flip, const float* weight,
-                         std::vector<float>& u, const float* in, Extent in_size, const float* bias,
-                         float* out, Extent out_size, int64_t n_batch);
+                         const float* in, Extent in_size, const float* bias, float* out,
+                         Extent out_size, int64_t n_batch);
   // Dilation P > 1: the batch's P*P polyphase components as a batch of n_batch * P * P images
   // (split), and back (merge).
   void split_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
@@ -348,6 +384,8 @@ class TbbConv2d : public Conv2dKernel {
   void merge_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
                     float* dst) const;
   static float* grow(std::vector<float>& buffer, int64_t floats);
+  // At least `count` buffers of at least `floats` floats each.
+  static void grow_each(std::vector<std::vector<float>>& buffers, int64_t count, int64_t floats);
   // Tiles per task for geometry g: its V and M within kWinogradBudgetFloats.
   int64_t winograd_block(const winograd::Geometry& g) const;  // to at least `floats`
   void gather_dy(const Block& b, int64_t g, const float* dy, float* gathered) const;
@@ -355,7 +393,8 @@ class TbbConv2d : public Conv2dKernel {
   int64_t depthwise_wide_offset() const;  // of the wide scratch in Workspace::gathered
   int64_t depthwise_dy_offset() const;    // of bf16's rounded dy plane in Workspace::gathered
   // The depthwise methods' product inputs: as given in fp32; in bf16 rounded (round_to_bf16) into
-  // rounded_weights_, into ws's dy plane (depthwise_dy_offset()), and in place in the padded plane.
+  // the scratch's rounded_weights, into ws's dy plane (depthwise_dy_offset()), and in place in the
+  // padded plane.
   const float* depthwise_weights(const float* w);
   const float* depthwise_dy(const float* dy, Workspace& ws) const;
   void depthwise_pad(const float* x, float* padded) const;
@@ -368,13 +407,13 @@ class TbbConv2d : public Conv2dKernel {
   const DataImplementation* data_ = nullptr;
   const ParamsImplementation* params_ = nullptr;
   Plan forward_plan_, data_plan_, params_plan_;
-  std::size_t col_floats_ = 0, gathered_floats_ = 0;
-  std::vector<std::vector<float>> partial_weight_;  // slices 1.. of backward_params
-  std::vector<std::vector<float>> partial_bias_;    // every slice
-  tbb::enumerable_thread_specific<Workspace> workspace_;
-  // Weights repacked on every call (they change every step), per group, in the layout of the
-  // method that runs the pass (direct::pack_rows; lanes: ProductPass::lda floats per tap).
-  std::vector<float> packed_forward_, packed_backward_;
+  std::size_t col_floats_ = 0, gathered_floats_ = 0;  // of each thread's Workspace
+  // Floats of the weights repacked on every call (they change every step) into the scratch's
+  // `packed`, per group, in the layout of the method that runs the pass (direct::pack_rows; lanes:
+  // ProductPass::lda floats per tap); and of the Winograd U of forward and backward_data.
+  int64_t packed_forward_floats_ = 0, packed_backward_floats_ = 0;
+  int64_t winograd_u_forward_floats_ = 0, winograd_u_data_floats_ = 0;
+  std::shared_ptr<Scratch> scratch_ = shared_scratch();
 
   // small: images side by side in the col matrix, whose rows are small_stride_ apart.
   int64_t small_images_ = 1, small_stride_ = 0;
@@ -388,16 +427,12 @@ class TbbConv2d : public Conv2dKernel {
   std::vector<int32_t> forward_offsets_, backward_offsets_;
   // depthwise (stride 1): the taps' offsets in the padded plane, and flipped for backward_data.
   std::vector<int64_t> depthwise_offsets_, depthwise_flipped_offsets_;
-  std::vector<float> rounded_weights_;  // bf16_depthwise: the weights rounded, on every call
-  // winograd: geometries of forward and backward_data, tiles per task, transformed weights.
+  // winograd: the geometries of forward, backward_data and backward_params.
   winograd::Geometry winograd_forward_, winograd_data_, winograd_params_;
-  std::vector<float> winograd_u_forward_, winograd_u_data_;
-  std::vector<std::vector<float>> winograd_du_;  // per backward_params slice
   int64_t phases_ = 1;  // dilation run as phases_ x phases_ dilation-1 convolutions
   // lanes: each pass's geometry over interleaved frames of lanes::kLanes images (lanes.hpp).
   lanes::ProductPass lanes_forward_, lanes_data_;
   lanes::WeightPass lanes_params_;
-  std::vector<float> phase_a_, phase_b_;  // the split input and output (or x and dy)
 
   // ---- polyphase (polyphase.hpp): stride > 1 as one stride-1 direct convolution over the
   // input's phase planes. Its members are defined in polyphase.cpp, besides the passes' entry
@@ -411,7 +446,7 @@ class TbbConv2d : public Conv2dKernel {
   void params_polyphase(const float* x, const float* dy, float* dweight, float* dbias,
                         int64_t n_batch);
   void data_polyphase(const float* dy, const float* w, float* dx, int64_t n_batch);
-  void pack_polyphase_data_weights(const float* w);  // per group and phase, into packed_backward_
+  void pack_polyphase_data_weights(const float* w);  // per group and phase, into packed()
   void polyphase_backward_data(int64_t n, const float* dy, float* dx, Workspace& ws) const;
   void polyphase_forward(int64_t n, const float* x, const float* bias, float* y,
                          Workspace& ws) const;
