@@ -642,10 +642,10 @@ void Graph::allocate(int64_t batch) {
 }
 
 void Graph::place_outputs(const ArenaPlan& plan, std::size_t first, std::vector<Tensor>& storage,
-                          int64_t batch) {
+                          int64_t batch, const std::vector<char>* only) {
   storage.assign(nodes_.size(), Tensor());
   for (std::size_t i = 0; i < nodes_.size(); ++i) {
-    if (plan.offsets[first + i] < 0) continue;  // (no buffer: not recomputed)
+    if (only != nullptr && (*only)[i] == 0) continue;
     const int producer = nodes_[i].fused_producer;
     storage[i] = producer >= 0 && shares_output(producer, kept_)
                      ? storage[static_cast<std::size_t>(producer)]
@@ -668,10 +668,7 @@ void Graph::allocate_step(int64_t batch) {
   kept_ = plan.recompute.kept;
   const std::size_t n = nodes_.size();
   place_outputs(plan.arena, 0, outputs_storage_, batch);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!plan.recompute.replayed[i]) plan.arena.offsets[n + i] = -1;
-  }
-  place_outputs(plan.arena, n, replay_storage_, batch);
+  place_outputs(plan.arena, n, replay_storage_, batch, &plan.recompute.replayed);
   place_gradients(plan.gradient_slots, plan.arena, 2 * n, output_arena_, batch);
   recompute_plan_ = std::move(plan.recompute);
 }
@@ -882,9 +879,7 @@ const Tensor& Graph::forward(Context& context, const Tensor& input) {
   plan_fusion(context);
   for (std::size_t i = 0; i < nodes_.size(); ++i) {
     Node& node = nodes_[i];
-    for (std::size_t j = 0; j < node.inputs.size(); ++j) {
-      node.in[j] = node.inputs[j] < 0 ? input_ : outputs_[node.inputs[j]];
-    }
+    bind_inputs(node);
     if (runs_fused(i)) {
       // Its producer wrote its output (its backward runs as usual).
       if (observer_) observer_(i, outputs_[i], context);
@@ -1002,10 +997,10 @@ void Graph::backward_node(Context& context, const Tensor& doutput, std::size_t i
   if (i + 1 != nodes_.size() && !written_[i]) grads_[i].fill(0.0f);
   const Tensor& dout = i + 1 == nodes_.size() ? doutput : grads_[i];
   into_scratch_.assign(node.inputs.size(), 0);
+  bind_inputs(node);  // (a replay since forward may have moved them)
   const auto start = profile_ != nullptr ? ProfileClock::now() : ProfileClock::time_point{};
   for (std::size_t j = 0; j < node.inputs.size(); ++j) {
     const int producer = node.inputs[j];
-    node.in[j] = producer < 0 ? input_ : outputs_[producer];  // (recomputed since forward?)
     if (producer < 0) {
       // The gradient of the model input is computed only on request (gradient checking).
       node.din[j] = !input_gradient_        ? Tensor()
@@ -1043,6 +1038,12 @@ void Graph::backward_node(Context& context, const Tensor& doutput, std::size_t i
   if (profile_ != nullptr) profile_->backward_seconds[i] += seconds_since(start);
 }
 
+void Graph::bind_inputs(Node& node) const {
+  for (std::size_t j = 0; j < node.inputs.size(); ++j) {
+    node.in[j] = node.inputs[j] < 0 ? input_ : outputs_[node.inputs[j]];
+  }
+}
+
 void Graph::replay_segment(Context& context, int segment) {
   const RecomputePlan& plan = recompute_plan_;
   const int last = plan.segment_end[segment];
@@ -1056,9 +1057,7 @@ void Graph::replay_segment(Context& context, int segment) {
     if (!plan.replayed[i]) continue;
     Node& node = nodes_[i];
     outputs_[i] = replay_storage_[i].batch_slice(0, batch_);
-    for (std::size_t j = 0; j < node.inputs.size(); ++j) {
-      node.in[j] = node.inputs[j] < 0 ? input_ : outputs_[node.inputs[j]];
-    }
+    bind_inputs(node);
     if (runs_fused(i)) continue;  // its producer wrote it, as in forward
     const auto start = profile_ != nullptr ? ProfileClock::now() : ProfileClock::time_point{};
     node.layer->forward(again, node.in, outputs_[i]);

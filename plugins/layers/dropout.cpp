@@ -54,12 +54,14 @@ class Dropout final : public Layer {
   void forward(Context& context, std::span<const Tensor> in, Tensor& out) override {
     prepare_output(out, in[0].shape());
     const int64_t n = in[0].numel();
+    // Run again for backward (Context::recomputing): what the forward it repeats did, with the
+    // mask it drew.
     if (!context.recomputing) masked_ = context.training && keep_prob_ < 1.0;
     if (!masked_) {
       out.copy_from(in[0]);
       return;
     }
-    if (context.recomputing) {  // run again for backward: the mask it drew (Context)
+    if (context.recomputing) {
       if (static_cast<std::size_t>(n) != mask_.size()) {
         fail("dropout: recomputing a forward of {} values, but the forward before it masked {}", n,
              mask_.size());

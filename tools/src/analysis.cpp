@@ -177,16 +177,14 @@ std::vector<NamedTensor> TrainedModel::run(const Tensor& images,
       rows.copy_from(out);
     }
   });
-  try {
-    for (begin = 0; begin < n; begin += batch_) {
-      end = std::min(n, begin + batch_);
-      graph_->forward(context, images.batch_slice(begin, end));
-    }
-  } catch (...) {
-    graph_->set_forward_observer({});
-    throw;
+  struct Detach {  // the observer refers to this frame: gone with it, also on an error
+    Graph& graph;
+    ~Detach() { graph.set_forward_observer({}); }
+  } detach{*graph_};
+  for (begin = 0; begin < n; begin += batch_) {
+    end = std::min(n, begin + batch_);
+    graph_->forward(context, images.batch_slice(begin, end));
   }
-  graph_->set_forward_observer({});
   return outputs;
 }
 

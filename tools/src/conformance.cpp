@@ -551,6 +551,24 @@ CheckResult check_nan_propagates(const Registries& registries, const Conformance
   });
 }
 
+namespace {
+
+// A training backward's input gradients, then its parameter gradients (copied), and the name of
+// the k-th of them in a message: "input0 gradient", "weight gradient".
+std::vector<Tensor> all_gradients(Instance& instance, const std::vector<Tensor>& inputs,
+                                  const Tensor& out, const Tensor& dout, uint32_t seed) {
+  std::vector<Tensor> gradients = run_backward(instance, inputs, out, dout, true, seed);
+  for (Param* param : instance.layer->params()) gradients.push_back(param->grad.clone());
+  return gradients;
+}
+
+std::string gradient_name(Instance& instance, std::size_t inputs, std::size_t k) {
+  return k < inputs ? fmt::format("input{} gradient", k)
+                    : instance.layer->params()[k - inputs]->name + " gradient";
+}
+
+}  // namespace
+
 // ---- what backward reads ----
 //
 // A layer that says its backward does not read its inputs' or its output's values
@@ -579,26 +597,21 @@ CheckResult check_backward_reads(const Registries& registries, const Conformance
         inputs.push_back(random_tensor(shape, rng));
       const Tensor out = run_forward(instance, inputs, true, seed);
       const Tensor dout = random_tensor(out.shape(), rng);
-      std::vector<Tensor> gradients = run_backward(instance, inputs, out, dout, true, seed);
-      for (Param* param : instance.layer->params()) gradients.push_back(param->grad.clone());
+      const std::vector<Tensor> gradients = all_gradients(instance, inputs, out, dout, seed);
       std::vector<Tensor> other_inputs = inputs;
       if (!reads_inputs) {
         for (Tensor& input : other_inputs) input = random_tensor(input.shape(), rng, -3.0f, 3.0f);
       }
       const Tensor other_out = reads_output ? out : random_tensor(out.shape(), rng, -3.0f, 3.0f);
-      std::vector<Tensor> again = run_backward(instance, other_inputs, other_out, dout, true, seed);
-      for (Param* param : instance.layer->params()) again.push_back(param->grad.clone());
+      const std::vector<Tensor> again =
+          all_gradients(instance, other_inputs, other_out, dout, seed);
       for (std::size_t k = 0; k < gradients.size(); ++k) {
         const float diff = max_abs_diff(again[k], gradients[k]);
         if (!(diff == 0.0f)) {
-          const std::size_t n = inputs.size();
           check_fail(
               "{}: the layer says its backward does not read its {}, but with them changed the {} "
               "changed by {}",
-              backend, unread,
-              k < n ? fmt::format("input{} gradient", k)
-                    : instance.layer->params()[k - n]->name + " gradient",
-              diff);
+              backend, unread, gradient_name(instance, inputs.size(), k), diff);
         }
       }
     }
@@ -693,14 +706,9 @@ CheckResult check_recompute(const Registries& registries, const ConformanceCase&
       std::vector<Tensor> inputs;
       for (const Shape& shape : batched(layer_case.inputs, layer_case.gradient_batch))
         inputs.push_back(random_tensor(shape, rng));
-      const auto gradients = [&](const Tensor& out, const Tensor& dout) {
-        std::vector<Tensor> all = run_backward(instance, inputs, out, dout, true, seed);
-        for (Param* param : instance.layer->params()) all.push_back(param->grad.clone());
-        return all;
-      };
       Tensor out = run_forward(instance, inputs, true, seed);
       const Tensor dout = random_tensor(out.shape(), rng);
-      const std::vector<Tensor> want = gradients(out, dout);
+      const std::vector<Tensor> want = all_gradients(instance, inputs, out, dout, seed);
       out = run_forward(instance, inputs, true, seed);
       std::vector<Tensor> buffers;
       for (NamedTensor& buffer : instance.layer->buffers())
@@ -720,14 +728,11 @@ CheckResult check_recompute(const Registries& registries, const ConformanceCase&
           check_fail("{}: recomputing the forward changed the buffer '{}'", backend, after[k].name);
         }
       }
-      const std::vector<Tensor> got = gradients(out, dout);
+      const std::vector<Tensor> got = all_gradients(instance, inputs, out, dout, seed);
       for (std::size_t k = 0; k < got.size(); ++k) {
-        if (!(max_abs_diff(got[k], want[k]) == 0.0f)) {
-          const std::size_t n = inputs.size();
+        if (const float diff = max_abs_diff(got[k], want[k]); !(diff == 0.0f)) {
           check_fail("{}: after a recomputed forward the {} changed by {}", backend,
-                     k < n ? fmt::format("input{} gradient", k)
-                           : instance.layer->params()[k - n]->name + " gradient",
-                     max_abs_diff(got[k], want[k]));
+                     gradient_name(instance, inputs.size(), k), diff);
         }
       }
     }

@@ -282,10 +282,11 @@ class Graph {
   std::vector<BufferRequest> step_requests(const RecomputePlan& plan, int64_t batch,
                                            std::vector<std::pair<int, int>>* slots) const;
   void allocate_step(int64_t batch);  // allocate() when recomputing
-  // Per node, its buffer in output_arena_ at `plan`'s offsets from request `first` on (none where
-  // the offset is negative), or its producer's when it shares it (shares_output, kept_).
+  // Per node (those `only` marks, when given), its buffer in output_arena_ at `plan`'s offsets
+  // from request `first` on, or its producer's when it shares it (shares_output, kept_).
   void place_outputs(const ArenaPlan& plan, std::size_t first, std::vector<Tensor>& storage,
-                     int64_t batch);
+                     int64_t batch, const std::vector<char>* only = nullptr);
+  void bind_inputs(Node& node) const;  // node.in: views of the tensors it reads, as they are now
   // The gradient buffers' storage in `arena` for `batch` images, at `plan`'s offsets from
   // request `first` on, which are gradient_requests()' with these `slots`.
   void place_gradients(const std::vector<std::pair<int, int>>& slots, const ArenaPlan& plan,
