@@ -96,6 +96,7 @@ WORKLOADS = {
     "cifar_resnet20": Workload(_bench("cifar_resnet20.yaml"), 64, 10, 3, (3, 32, 32), 10, 0.1, 1.5),
     "mobilenet_cifar": Workload(_bench("mobilenet_cifar.yaml"), 64, 10, 3, (3, 32, 32), 10, 0.05,
                                 1.5),
+    "dilated_cifar": Workload(_bench("dilated_cifar.yaml"), 64, 10, 3, (3, 32, 32), 10, 0.05, 1.2),
     "resnet18": Workload(_experiment("resnet18.yaml"), 32, 3, 1, (3, 224, 224), 1000, 0.1, 1.5,
                          ("train.batch_size=32",)),
     "resnet50": Workload(_experiment("resnet50.yaml"), 32, 2, 1, (3, 224, 224), 1000, 0.1, 1.5,
@@ -203,6 +204,13 @@ def torch_models():
             cin = cout
         return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10))
 
+    def dilated_cifar():
+        layers = conv_bn_relu(3, 32, 3) + conv_bn_relu(32, 64, 3)
+        for dilation in (2, 4, 8, 1):
+            layers += [nn.Conv2d(64, 64, 3, 1, dilation, dilation, bias=False), nn.BatchNorm2d(64),
+                       nn.ReLU()]
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
     def resnet18():
         return torchvision.models.resnet18(weights=None)  # the same layers as resnet18.yaml
 
@@ -226,6 +234,7 @@ def torch_models():
 
     return {"lenet5": LeNet5, "cifar_vgg": cifar_vgg, "resnet_small": resnet_small,
             "cifar_resnet20": cifar_resnet20, "mobilenet_cifar": mobilenet_cifar,
+            "dilated_cifar": dilated_cifar,
             "resnet18": resnet18, "resnet50": resnet50, "googlenet": googlenet}
 
 

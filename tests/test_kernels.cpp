@@ -1125,10 +1125,11 @@ BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
 // (backward_data runs with padding 2 - pad), unequal padding, more channels than filters and the
 // reverse, several tile blocks with a partial last one; and the shapes just outside it (dilation 2,
 // two groups, padding 3, 31 channels), which must still agree through their own paths (lanes, for
-// these small images). Dilated 3x3
-// runs there too, as a batch of polyphase components, when the dilation divides the size and the
-// padding. Where the direct kernels fit (at most 64 channels and filters, a small image) they run
-// forward and often backward_data, and Winograd the weight gradient.
+// these small images). Dilated 3x3 runs there too, as a batch of polyphase components, when the
+// dilation divides the padding (of any extent: the phases of an extent it does not divide differ
+// in size by one, and are padded to the larger). Where the direct kernels fit (at most 64 channels
+// and filters, a small image) they run forward and often backward_data, and Winograd the weight
+// gradient.
 BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
   std::mt19937 rng(17);
   const std::string direct_23 = "fwd=direct bwd_data=winograd23 bwd_weights=winograd23";
@@ -1157,9 +1158,21 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // dilation 3, unequal pad
       {conv_desc(32, 8, 8, 32, 3, 3, 1, 1, 4, 4, 2, 2, 1), 2, direct_direct_23},  // dil 2, pad 4
-      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2, lanes},             // odd size: not
-      {conv_desc(32, 10, 10, 32, 3, 3, 1, 1, 1, 1, 2, 2, 1), 2, lanes},           // padding 1: not
-      {conv_desc(64, 9, 9, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2), 2, lanes},             // two groups: not
+      // Dilated, of extents the dilation does not divide: phases of unequal size, the shorter
+      // padded (direct runs forward where it fits, so most of these have over 64 channels).
+      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2, direct_23},  // 5x5 and 4x4 phases
+      {conv_desc(72, 13, 11, 40, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // 7x6 and 6x5 phases
+      {conv_desc(72, 11, 12, 40, 3, 3, 1, 1, 0, 0, 2, 2, 1), 2,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // no padding: 7x8 output
+      {conv_desc(72, 35, 33, 40, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // F(4x4): 18x17 phases
+      {conv_desc(72, 16, 17, 32, 3, 3, 1, 1, 3, 3, 3, 3, 1), 2,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // dilation 3: 6x6 .. 5x5
+      {conv_desc(72, 18, 19, 32, 3, 3, 1, 1, 4, 4, 4, 4, 1), 1,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},     // dilation 4: 16 phases
+      {conv_desc(32, 10, 10, 32, 3, 3, 1, 1, 1, 1, 2, 2, 1), 2, lanes},  // padding 1: not
+      {conv_desc(64, 9, 9, 64, 3, 3, 1, 1, 1, 1, 1, 1, 2), 2, lanes},    // two groups: not
       {conv_desc(32, 6, 6, 32, 3, 3, 1, 1, 3, 3, 1, 1, 1), 2,
        "fwd=lanes bwd_data=direct bwd_weights=lanes"},                 // padding 3: not winograd
       {conv_desc(31, 9, 9, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2, lanes},  // 31 channels: not

@@ -59,6 +59,9 @@ constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
 constexpr int64_t kWinograd43MaxChannels = 256;
 constexpr int64_t kWinograd43MinOutput = 16;
 constexpr int64_t kWinograd43MinParamsChannels = 256;
+// The largest dilation Winograd runs as that many squared undilated convolutions
+// (polyphase_factor).
+constexpr int64_t kMaxPhases = 8;
 // Floats of one task's transformed input plus transformed output (its tiles' V and M).
 constexpr int64_t kWinogradBudgetFloats = int64_t{1} << 19;
 
@@ -256,13 +259,13 @@ bool polyphase_data_fits(const Conv2dDesc& d) {
 }
 
 // A dilation-D 3x3 convolution is D*D independent dilation-1 ones, on the input's polyphase
-// components (rows and columns of one residue mod D): Winograd runs on those sub-images. D when
-// the descriptor allows that split, else 1.
+// components (rows and columns of one residue mod D; split_phases() pads the shorter ones of an
+// extent D does not divide): Winograd runs on those sub-images. D when the descriptor allows that
+// split (padding a multiple of D, at most kMaxPhases), else 1.
 int64_t polyphase_factor(const Conv2dDesc& d) {
   const int64_t dilation = d.dilation_h;
-  const bool polyphase = dilation > 1 && d.dilation_w == dilation && d.pad_h % dilation == 0 &&
-                         d.pad_w % dilation == 0 && d.in_h % dilation == 0 &&
-                         d.in_w % dilation == 0;
+  const bool polyphase = dilation > 1 && dilation <= kMaxPhases && d.dilation_w == dilation &&
+                         d.pad_h % dilation == 0 && d.pad_w % dilation == 0;
   return polyphase ? dilation : 1;
 }
 
@@ -723,8 +726,8 @@ template <int Tile>
 void TbbConv2d::prepare_winograd_forward(Plan&) {
   const Conv2dDesc& d = desc_;
   const int64_t p = phases_;
-  winograd_forward_ =
-      winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p, Tile);
+  winograd_forward_ = winograd::Geometry::make(cg_, kg_, ceil_div(d.in_h, p), ceil_div(d.in_w, p),
+                                               d.pad_h / p, d.pad_w / p, Tile);
   winograd_u_forward_floats_ = winograd_forward_.elements() * cg_ * kg_;
   reserve_winograd(winograd_forward_);
 }
@@ -733,8 +736,8 @@ template <int Tile>
 void TbbConv2d::prepare_winograd_data(Plan&) {
   const Conv2dDesc& d = desc_;
   const int64_t p = phases_;
-  winograd_data_ = winograd::Geometry::make(kg_, cg_, d.out_h / p, d.out_w / p, 2 - d.pad_h / p,
-                                            2 - d.pad_w / p, Tile);
+  winograd_data_ = winograd::Geometry::make(kg_, cg_, ceil_div(d.out_h, p), ceil_div(d.out_w, p),
+                                            2 - d.pad_h / p, 2 - d.pad_w / p, Tile);
   winograd_u_data_floats_ = winograd_data_.elements() * cg_ * kg_;
   reserve_winograd(winograd_data_);
 }
@@ -743,8 +746,8 @@ template <int Tile>
 void TbbConv2d::prepare_winograd_params(Plan&) {
   const Conv2dDesc& d = desc_;
   const int64_t p = phases_;
-  winograd_params_ =
-      winograd::Geometry::make(cg_, kg_, d.in_h / p, d.in_w / p, d.pad_h / p, d.pad_w / p, Tile);
+  winograd_params_ = winograd::Geometry::make(cg_, kg_, ceil_div(d.in_h, p), ceil_div(d.in_w, p),
+                                              d.pad_h / p, d.pad_w / p, Tile);
   reserve_winograd(winograd_params_);
 }
 
@@ -1121,14 +1124,21 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
 void TbbConv2d::params_winograd(const float* x, const float* dy, float* dweight, float* dbias,
                                 int64_t n_batch) {
   const Conv2dDesc& d = desc_;
-  if (dweight != nullptr && phases_ > 1) {
-    float* x_phases = grow(scratch_->phase_a, n_batch * d.in_channels * in_plane_);
-    float* dy_phases = grow(scratch_->phase_b, n_batch * d.out_channels * out_plane_);
-    split_phases(x, n_batch, d.in_channels, {d.in_h, d.in_w}, x_phases);
-    split_phases(dy, n_batch, d.out_channels, {d.out_h, d.out_w}, dy_phases);
-    winograd_backward_weight(x_phases, dy_phases, dweight, n_batch * phases_ * phases_);
+  const winograd::Geometry& g = winograd_params_;
+  if (dweight != nullptr && winograd_staged(g)) {
+    const winograd::Geometry staged = g.padded();
+    const int64_t images = n_batch * phases_ * phases_;
+    float* x_staged = grow(scratch_->phase_a, images * g.channels * staged.in_h * staged.in_w);
+    split_phases(x, n_batch, d.in_channels, {d.in_h, d.in_w}, {g.pad_h, g.pad_w}, x_staged);
+    const float* dy_phases = dy;
+    if (phases_ > 1) {
+      float* split = grow(scratch_->phase_b, images * g.filters * g.out_h * g.out_w);
+      split_phases(dy, n_batch, d.out_channels, {d.out_h, d.out_w}, {0, 0}, split);
+      dy_phases = split;
+    }
+    winograd_backward_weight(staged, x_staged, dy_phases, dweight, images);
   } else if (dweight != nullptr) {
-    winograd_backward_weight(x, dy, dweight, n_batch);
+    winograd_backward_weight(g, x, dy, dweight, n_batch);
   }
   if (dbias != nullptr) {  // one task per filter: each sum runs in a fixed order
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, d.out_channels, 8),
@@ -1330,42 +1340,110 @@ void TbbConv2d::winograd_convolve(const winograd::Geometry& g, bool flip, const 
   } else {
     winograd::transform_weights(weight, g.filters, g.channels, flip, u);
   }
-  if (phases_ == 1) {
+  if (!winograd_staged(g)) {
     winograd_run(g, u, in, bias, out, n_batch);
     return;
   }
-  float* in_phases = grow(scratch_->phase_a, n_batch * g.channels * in_size.h * in_size.w);
-  float* out_phases = grow(scratch_->phase_b, n_batch * g.filters * out_size.h * out_size.w);
-  split_phases(in, n_batch, g.channels, in_size, in_phases);
-  winograd_run(g, u, in_phases, bias, out_phases, n_batch * phases_ * phases_);
+  const winograd::Geometry staged = g.padded();
+  const int64_t images = n_batch * phases_ * phases_;
+  float* in_staged = grow(scratch_->phase_a, images * g.channels * staged.in_h * staged.in_w);
+  split_phases(in, n_batch, g.channels, in_size, {g.pad_h, g.pad_w}, in_staged);
+  if (phases_ == 1) {
+    winograd_run(staged, u, in_staged, bias, out, n_batch);
+    return;
+  }
+  float* out_phases = grow(scratch_->phase_b, images * g.filters * g.out_h * g.out_w);
+  winograd_run(staged, u, in_staged, bias, out_phases, images);
   merge_phases(out_phases, n_batch, g.filters, out_size, out);
 }
 
+// Dilated: always (the split is the polyphase method). Undilated: F(2x2) on tile rows shorter than
+// its vector run, whose every border tile its input transform would copy element by element (a
+// padded copy made 14x14 outputs 8 % faster). F(4x4)'s transform handles the border a patch row
+// at a time, and lost 3-5 % to the copy at 28x28 and 56x56 (docs/performance.md).
+bool TbbConv2d::winograd_staged(const winograd::Geometry& g) const {
+  const bool padded = g.pad_h > 0 || g.pad_w > 0;
+  return phases_ > 1 || (padded && g.tile == 2 && g.tiles_w < winograd::kRunTiles);
+}
+
 // Image n, channel c, phase (a, b) is plane ((n * P + a) * P + b) * channels + c of the split
-// batch, whose pixel (i, j) is pixel (i * P + a, j * P + b) of the image's plane c. Split copies
-// from the whole planes to the split ones, merge back.
-template <bool Split>
-static void copy_phases(int64_t p, int64_t n_batch, int64_t channels, Extent size,
-                        std::conditional_t<Split, const float*, float*> whole,
-                        std::conditional_t<Split, float*, const float*> parts) {
-  const int64_t sh = size.h / p, sw = size.w / p;
+// batch: ceil(h / P) x ceil(w / P) pixels, pixel (i, j) being pixel (i * P + a, j * P + b) of the
+// image's plane c, or zero where that lies past the plane's end (phases of an extent that P does
+// not divide are shorter), inside a border of pad.h rows and pad.w columns of zeros.
+
+namespace {
+
+// Row `a` of every phase (a, b), b < P, from one source row: dst[b][j] = src[j * P + b] for the
+// j with j * P + b < width, zero up to `columns`.
+template <int P>
+void split_row(const float* src, int64_t width, int64_t columns, float* const* dst) {
+  const int64_t whole = width / P;  // columns every phase has
+  for (int64_t j = 0; j < whole; ++j) {
+#pragma GCC unroll 4
+    for (int b = 0; b < P; ++b) dst[b][j] = src[j * P + b];
+  }
+  for (int b = 0; b < P; ++b) {
+    for (int64_t j = whole; j < columns; ++j) dst[b][j] = j * P + b < width ? src[j * P + b] : 0.0f;
+  }
+}
+
+void split_row(int64_t p, const float* src, int64_t width, int64_t columns, float* const* dst) {
+  if (p == 1) return static_cast<void>(std::copy_n(src, width, dst[0]));
+  if (p == 2) return split_row<2>(src, width, columns, dst);
+  for (int64_t b = 0; b < p; ++b) {
+    for (int64_t j = 0; j < columns; ++j) dst[b][j] = j * p + b < width ? src[j * p + b] : 0.0f;
+  }
+}
+
+// The inverse for the merge: dst[j * P + b] = src[b][j] where j * P + b < width.
+template <int P>
+void merge_row(const float* const* src, int64_t width, float* dst) {
+  const int64_t whole = width / P;
+  for (int64_t j = 0; j < whole; ++j) {
+#pragma GCC unroll 4
+    for (int b = 0; b < P; ++b) dst[j * P + b] = src[b][j];
+  }
+  for (int64_t k = whole * P; k < width; ++k) dst[k] = src[k % P][k / P];
+}
+
+void merge_row(int64_t p, const float* const* src, int64_t width, float* dst) {
+  if (p == 1) return static_cast<void>(std::copy_n(src[0], width, dst));
+  if (p == 2) return merge_row<2>(src, width, dst);
+  for (int64_t k = 0; k < width; ++k) dst[k] = src[k % p][k / p];
+}
+
+}  // namespace
+
+void TbbConv2d::split_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
+                             Extent pad, float* dst) const {
+  const int64_t p = phases_;
+  const int64_t sh = ceil_div(size.h, p), sw = ceil_div(size.w, p);
+  const int64_t ph = sh + 2 * pad.h, pw = sw + 2 * pad.w;  // a split plane with its border
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * channels, 4),
                     [&](const tbb::blocked_range<int64_t>& range) {
+                      float* rows[kMaxPhases];
                       for (int64_t plane = range.begin(); plane != range.end(); ++plane) {
                         const int64_t n = plane / channels, c = plane % channels;
+                        const float* whole = src + plane * size.h * size.w;
                         for (int64_t a = 0; a < p; ++a) {
+                          float* part[kMaxPhases];
                           for (int64_t b = 0; b < p; ++b) {
-                            const int64_t part = ((n * p + a) * p + b) * channels + c;
-                            for (int64_t i = 0; i < sh; ++i) {
-                              const int64_t row =
-                                  plane * size.h * size.w + (i * p + a) * size.w + b;
-                              for (int64_t j = 0; j < sw; ++j) {
-                                if constexpr (Split) {
-                                  parts[(part * sh + i) * sw + j] = whole[row + j * p];
-                                } else {
-                                  whole[row + j * p] = parts[(part * sh + i) * sw + j];
-                                }
-                              }
+                            part[b] = dst + (((n * p + a) * p + b) * channels + c) * ph * pw;
+                            std::fill_n(part[b], pad.h * pw, 0.0f);
+                            std::fill_n(part[b] + (pad.h + sh) * pw, pad.h * pw, 0.0f);
+                          }
+                          for (int64_t i = 0; i < sh; ++i) {
+                            for (int64_t b = 0; b < p; ++b) {
+                              float* row = part[b] + (pad.h + i) * pw;
+                              std::fill_n(row, pad.w, 0.0f);
+                              std::fill_n(row + pad.w + sw, pad.w, 0.0f);
+                              rows[b] = row + pad.w;
+                            }
+                            const int64_t h = i * p + a;
+                            if (h < size.h) {
+                              split_row(p, whole + h * size.w, size.w, sw, rows);
+                            } else {
+                              for (int64_t b = 0; b < p; ++b) std::fill_n(rows[b], sw, 0.0f);
                             }
                           }
                         }
@@ -1373,14 +1451,25 @@ static void copy_phases(int64_t p, int64_t n_batch, int64_t channels, Extent siz
                     });
 }
 
-void TbbConv2d::split_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
-                             float* dst) const {
-  copy_phases<true>(phases_, n_batch, channels, size, src, dst);
-}
-
 void TbbConv2d::merge_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
                              float* dst) const {
-  copy_phases<false>(phases_, n_batch, channels, size, dst, src);
+  const int64_t p = phases_;
+  const int64_t sh = ceil_div(size.h, p), sw = ceil_div(size.w, p);
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * channels, 4),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      const float* rows[kMaxPhases];
+                      for (int64_t plane = range.begin(); plane != range.end(); ++plane) {
+                        const int64_t n = plane / channels, c = plane % channels;
+                        float* whole = dst + plane * size.h * size.w;
+                        for (int64_t h = 0; h < size.h; ++h) {
+                          const int64_t a = h % p, i = h / p;
+                          for (int64_t b = 0; b < p; ++b) {
+                            rows[b] = src + ((((n * p + a) * p + b) * channels + c) * sh + i) * sw;
+                          }
+                          merge_row(p, rows, size.w, whole + h * size.w);
+                        }
+                      }
+                    });
 }
 
 void TbbConv2d::winograd_run(const winograd::Geometry& g, const float* u, const float* x,
@@ -1405,9 +1494,8 @@ void TbbConv2d::winograd_run(const winograd::Geometry& g, const float* u, const 
                     });
 }
 
-void TbbConv2d::winograd_backward_weight(const float* x, const float* dy, float* dweight,
-                                         int64_t n_batch) {
-  const winograd::Geometry& g = winograd_params_;
+void TbbConv2d::winograd_backward_weight(const winograd::Geometry& g, const float* x,
+                                         const float* dy, float* dweight, int64_t n_batch) {
   const int64_t total = n_batch * g.tiles_per_image();
   const int64_t tiles = winograd_block(g);
   const int64_t blocks = ceil_div(total, tiles);

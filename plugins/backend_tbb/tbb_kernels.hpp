@@ -370,16 +370,22 @@ class TbbConv2d : public Conv2dKernel {
   // Runs the Winograd convolution described by `g` with transformed weights `u` over the batch.
   void winograd_run(const winograd::Geometry& g, const float* u, const float* x, const float* bias,
                     float* y, int64_t n_batch);
-  void winograd_backward_weight(const float* x, const float* dy, float* dweight, int64_t n_batch);
+  void winograd_backward_weight(const winograd::Geometry& g, const float* x, const float* dy,
+                                float* dweight, int64_t n_batch);
   // The Winograd convolution of geometry g over the batch: transforms the weights into the
   // scratch's U (flipped, for backward_data), then runs the tiles, on the polyphase components
   // when dilated.
   void winograd_convolve(const winograd::Geometry& g, bool flip, const float* weight,
                          const float* in, Extent in_size, const float* bias, float* out,
                          Extent out_size, int64_t n_batch);
-  // Dilation P > 1: the batch's P*P polyphase components as a batch of n_batch * P * P images
-  // (split), and back (merge).
-  void split_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
+  // Whether the Winograd passes of geometry g run on a staged copy of their input: split into
+  // its polyphase components when dilated, and zero-padded, so that every tile reads inside its
+  // plane (the transforms' border paths copy element by element; docs/performance.md).
+  bool winograd_staged(const winograd::Geometry& g) const;
+  // The batch's P*P polyphase components (P = phases_, 1 when not dilated) as a batch of
+  // n_batch * P * P images, each plane with a border of `pad` zeros (split), and back without a
+  // border (merge).
+  void split_phases(const float* src, int64_t n_batch, int64_t channels, Extent size, Extent pad,
                     float* dst) const;
   void merge_phases(const float* src, int64_t n_batch, int64_t channels, Extent size,
                     float* dst) const;

@@ -117,6 +117,7 @@ inline void transform_output(const float* m, int64_t stride, float b, float (&y)
 
 #if defined(__AVX2__) && defined(__FMA__)
 constexpr int64_t kLanes = 8;  // tiles side by side in one vector
+static_assert(kLanes == kRunTiles);
 
 // Even and odd elements of p[0..15]: {p0, p2, ..., p14} and {p1, p3, ..., p15}.
 inline void deinterleave(const float* p, __m256& even, __m256& odd) {

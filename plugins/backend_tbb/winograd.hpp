@@ -21,6 +21,9 @@
 namespace strata::tbb_backend::winograd {
 
 inline constexpr int64_t kElements = 16;  // 4x4 transformed tile
+// F(2x2)'s input transform reads runs of this many tiles of one tile row in place; shorter tile
+// rows, and runs across a row's end, go tile by tile, copying each border tile element by element.
+inline constexpr int64_t kRunTiles = 8;
 
 // Floats between the 16 planes of a transformed block of `rows` x `count`. Not a multiple of
 // 4 KiB: with power-of-two plane sizes the 16 streams of a transform's stores all map to the same
@@ -36,6 +39,10 @@ struct Geometry {
   int64_t elements() const { return (tile + 2) * (tile + 2); }  // of a transformed tile
   static Geometry make(int64_t channels, int64_t filters, int64_t in_h, int64_t in_w, int64_t pad_h,
                        int64_t pad_w, int64_t tile = 2);
+  // The same convolution on an input already zero-padded by (pad_h, pad_w): the same tiles.
+  Geometry padded() const {
+    return make(channels, filters, in_h + 2 * pad_h, in_w + 2 * pad_w, 0, 0, tile);
+  }
 };
 
 // Flops of one tile's transforms for one channel (input), filter (output) or filter of dy (the

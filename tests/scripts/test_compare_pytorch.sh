@@ -16,7 +16,7 @@ build=$(dirname "$(dirname "$STRATA")")
 # Every workload but the two large ResNets, whose experiment files the zoo tests already check
 # against torchvision (test_torchvision_weights.sh); googlenet is here because its file is the
 # bench's own.
-small=lenet5,cifar_vgg,resnet_small,cifar_resnet20,mobilenet_cifar,googlenet
+small=lenet5,cifar_vgg,resnet_small,cifar_resnet20,mobilenet_cifar,dilated_cifar,googlenet
 "$PYTHON" "$script" --check --build "$build" --workloads "$small" >"$work/check" 2>&1 ||
   { cat "$work/check"; fail "--check on the workloads as checked in"; }
 for name in ${small//,/ }; do
@@ -38,7 +38,7 @@ grep -Eq "check failed: cifar_resnet20: the nets differ: .*wider.yaml has [0-9,]
 echo "ok   --check names a mismatch"
 
 "$PYTHON" "$script" --list >"$work/list" || fail "--list"
-for name in lenet5 cifar_vgg resnet_small cifar_resnet20 mobilenet_cifar resnet18 resnet50 googlenet loop; do
+for name in lenet5 cifar_vgg resnet_small cifar_resnet20 mobilenet_cifar dilated_cifar resnet18 resnet50 googlenet loop; do
   grep -q "^$name " "$work/list" || { cat "$work/list"; fail "--list lacks $name"; }
 done
 grep -q "^resnet50 .*batch 32.*--set train.batch_size=32" "$work/list" || { cat "$work/list"; fail "resnet50 is not run at batch 32"; }
