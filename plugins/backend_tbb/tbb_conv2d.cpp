@@ -59,6 +59,10 @@ constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
 constexpr int64_t kWinograd43MaxChannels = 256;
 constexpr int64_t kWinograd43MinOutput = 16;
 constexpr int64_t kWinograd43MinParamsChannels = 256;
+// Filter-channel pairs per task of Winograd's weight transforms (about 50 us of F(4x4)'s, in
+// double), and floats per task of the weight gradient's reduction over slices.
+constexpr int64_t kFilterTaskPairs = 1024;
+constexpr int64_t kReduceGrainFloats = int64_t{1} << 14;
 // The largest dilation Winograd runs as that many squared undilated convolutions
 // (polyphase_factor).
 constexpr int64_t kMaxPhases = 8;
@@ -1335,11 +1339,13 @@ void TbbConv2d::winograd_convolve(const winograd::Geometry& g, bool flip, const 
                                   const float* in, Extent in_size, const float* bias, float* out,
                                   Extent out_size, int64_t n_batch) {
   float* u = scratch_->winograd_u.data();  // sized by run_pass
-  if (g.tile == 4) {
-    winograd::f43::transform_weights(weight, g.filters, g.channels, flip, u);
-  } else {
-    winograd::transform_weights(weight, g.filters, g.channels, flip, u);
-  }
+  for_each_filter_block(g.filters, g.channels, [&](winograd::Filters range) {
+    if (g.tile == 4) {
+      winograd::f43::transform_weights(weight, g.filters, g.channels, flip, u, range);
+    } else {
+      winograd::transform_weights(weight, g.filters, g.channels, flip, u, range);
+    }
+  });
   if (!winograd_staged(g)) {
     winograd_run(g, u, in, bias, out, n_batch);
     return;
@@ -1526,17 +1532,34 @@ void TbbConv2d::winograd_backward_weight(const winograd::Geometry& g, const floa
         }
       },
       tbb::simple_partitioner());
-  // Reduce in slice order, then transform back to 3x3 filters.
+  // Reduce in slice order (each element's sum in the same order on any thread count), then
+  // transform back to 3x3 filters.
   float* sum = du[0].data();
-  for (int64_t slice = 1; slice < slices; ++slice) {
-    const float* part = du[slice].data();
-    for (int64_t i = 0; i < floats; ++i) sum[i] += part[i];
-  }
-  if (g.tile == 4) {
-    winograd::f43::weight_gradient(sum, kg_, cg_, dweight);
-  } else {
-    winograd::weight_gradient(sum, kg_, cg_, dweight);
-  }
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, floats, kReduceGrainFloats),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      for (int64_t slice = 1; slice < slices; ++slice) {
+                        const float* part = du[slice].data();
+                        for (int64_t i = range.begin(); i != range.end(); ++i) sum[i] += part[i];
+                      }
+                    });
+  for_each_filter_block(kg_, cg_, [&](winograd::Filters range) {
+    if (g.tile == 4) {
+      winograd::f43::weight_gradient(sum, kg_, cg_, dweight, range);
+    } else {
+      winograd::weight_gradient(sum, kg_, cg_, dweight, range);
+    }
+  });
+}
+
+// The per-filter transforms between 3x3 filters and Winograd's U (each filter's independent of
+// the others'), split over tasks of about kFilterTaskPairs filter-channel pairs.
+template <class Run>
+void TbbConv2d::for_each_filter_block(int64_t filters, int64_t channels, const Run& run) {
+  const int64_t grain = std::max<int64_t>(1, kFilterTaskPairs / channels);
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, filters, grain),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      run(winograd::Filters{range.begin(), range.end()});
+                    });
 }
 
 // ---- depthwise --------------------------------------------------------------------------------

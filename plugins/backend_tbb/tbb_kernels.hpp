@@ -372,6 +372,9 @@ class TbbConv2d : public Conv2dKernel {
                     float* y, int64_t n_batch);
   void winograd_backward_weight(const winograd::Geometry& g, const float* x, const float* dy,
                                 float* dweight, int64_t n_batch);
+  // run(range) over blocks of the filters, in parallel (the weight transforms).
+  template <class Run>
+  static void for_each_filter_block(int64_t filters, int64_t channels, const Run& run);
   // The Winograd convolution of geometry g over the batch: transforms the weights into the
   // scratch's U (flipped, for backward_data), then runs the tiles, on the polyphase components
   // when dilated.

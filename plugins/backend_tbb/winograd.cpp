@@ -55,9 +55,10 @@ void accumulate_planes(const Geometry& g, const float* w, const float* v, float*
   }
 }
 
-void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u) {
+void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u,
+                       Filters range) {
   const int64_t plane = filters * channels;
-  for (int64_t f = 0; f < filters; ++f) {
+  for (int64_t f = range.first; f < range.end; ++f) {
     for (int64_t c = 0; c < channels; ++c) {
       float g[3][3];
       for (int r = 0; r < 3; ++r) {
@@ -495,9 +496,9 @@ void accumulate_weight_gradient(const Geometry& g, const float* x, const float* 
   accumulate_planes(g, w, v, du, count);
 }
 
-void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw) {
+void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw, Filters range) {
   const int64_t plane = filters * channels;
-  for (int64_t f = 0; f < filters; ++f) {
+  for (int64_t f = range.first; f < range.end; ++f) {
     for (int64_t c = 0; c < channels; ++c) {
       float z[4][4];
       for (int xi = 0; xi < 16; ++xi) z[xi / 4][xi % 4] = du[xi * plane + f * channels + c];

@@ -81,8 +81,13 @@ inline float filter_tap(const float* w, int64_t filters, int64_t channels, bool 
 // U[xi][f][c] = (G g G^T)[xi] for the 3x3 filter g = w[f][c] (w is [filters][channels][3][3]).
 // With flip, the filters are those of backward_data: g[r][s] = w[c][f][2 - r][2 - s] where w is
 // [channels][filters][3][3] as stored for the forward convolution (so `filters` here is the
-// forward convolution's channel count). u holds kElements * filters * channels floats.
-void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u);
+// forward convolution's channel count). u holds kElements * filters * channels floats. Only
+// filters [first, end) are written, so that tasks can share the work (Filters below).
+struct Filters {
+  int64_t first, end;
+};
+void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u,
+                       Filters range);
 
 // y[n][f] for the output tiles [first, first + count) of the batch, numbered image by image,
 // row by row. x is [N][channels][in_h][in_w], y [N][filters][out_h][out_w] (overwritten; bias
@@ -99,8 +104,8 @@ void convolve_tiles(const Geometry& g, const float* u, const float* x, const flo
 // is the forward input and dy the forward output's gradient, as in convolve_tiles.
 void accumulate_weight_gradient(const Geometry& g, const float* x, const float* dy, int64_t first,
                                 int64_t count, float* v, float* w, float* du);
-// dw[f][c][3][3] = G^T du[.][f][c] G (overwritten).
-void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw);
+// dw[f][c][3][3] = G^T du[.][f][c] G (overwritten), for filters f in `range`.
+void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw, Filters range);
 
 // F(4x4, 3x3) (winograd43.cpp): 6x6 transformed tiles, 36 products (filters x tiles) *
 // (tiles x channels) per block, 2.25 multiply-adds per output and channel instead of F(2x2)'s 4.
@@ -113,7 +118,8 @@ inline constexpr int64_t kElements = 36;
 // values 13, 10 times; A to 4 values 11, 10 times.
 inline constexpr TransformFlops kFlops{12 * 21, 10 * 13, 10 * 11};
 // As winograd::transform_weights, for F(4x4): u holds 36 * filters * channels floats.
-void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u);
+void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u,
+                       Filters range);
 // As winograd::convolve_tiles, for a geometry with tile 4; v and m hold 36 planes.
 void convolve_tiles(const Geometry& g, const float* u, const float* x, const float* bias, float* y,
                     int64_t first, int64_t count, float* v, float* m);
@@ -121,7 +127,7 @@ void convolve_tiles(const Geometry& g, const float* u, const float* x, const flo
 // sum over tiles of (A dy A^T) .* (B^T d B), then dw = G^T dL/dU G (in double).
 void accumulate_weight_gradient(const Geometry& g, const float* x, const float* dy, int64_t first,
                                 int64_t count, float* v, float* w, float* du);
-void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw);
+void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw, Filters range);
 }  // namespace f43
 
 }  // namespace strata::tbb_backend::winograd

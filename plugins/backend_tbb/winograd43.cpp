@@ -19,9 +19,10 @@ namespace strata::tbb_backend::winograd::f43 {
 // (The input and output transforms below are templates over float and __m256: GCC's vector types
 // take +, - and scalar * element-wise.)
 
-void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u) {
+void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u,
+                       Filters range) {
   const int64_t plane = filters * channels;
-  for (int64_t f = 0; f < filters; ++f) {
+  for (int64_t f = range.first; f < range.end; ++f) {
     for (int64_t c = 0; c < channels; ++c) {
       double g[3][3];
       for (int r = 0; r < 3; ++r) {
@@ -404,7 +405,7 @@ void accumulate_weight_gradient(const Geometry& g, const float* x, const float* 
   accumulate_planes(g, w, v, du, count);
 }
 
-void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw) {
+void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw, Filters range) {
   const int64_t plane = filters * channels;
   // G^T (3x6) applied to 6 values, in double.
   const auto gt = [](const double(&z)[6], double(&out)[3]) {
@@ -412,7 +413,7 @@ void weight_gradient(const float* du, int64_t filters, int64_t channels, float* 
     out[1] = (z[2] - z[1]) / 6.0 + (z[3] - z[4]) / 12.0;
     out[2] = -(z[1] + z[2]) / 6.0 + (z[3] + z[4]) / 6.0 + z[5];
   };
-  for (int64_t f = 0; f < filters; ++f) {
+  for (int64_t f = range.first; f < range.end; ++f) {
     for (int64_t c = 0; c < channels; ++c) {
       double t[3][6];
       for (int j = 0; j < 6; ++j) {
