@@ -19,37 +19,48 @@ namespace strata::tbb_backend::winograd::f43 {
 // (The input and output transforms below are templates over float and __m256: GCC's vector types
 // take +, - and scalar * element-wise.)
 
+// G's coefficients, for G g and G^T z in double.
+constexpr double kQuarter = 1.0 / 4.0, kSixth = 1.0 / 6.0, kTwelfth = 1.0 / 12.0,
+                 kTwentyFourth = 1.0 / 24.0;
+
 void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u,
                        Filters range) {
   const int64_t plane = filters * channels;
+  // t = G g (6x3), then U = t G^T (6x6), in double: G's sixths are not exact in float.
+  const auto rows = [](const double(&in)[3], double(&out)[6]) {
+    out[0] = in[0] * kQuarter;
+    out[1] = -(in[0] + in[1] + in[2]) * kSixth;
+    out[2] = -(in[0] - in[1] + in[2]) * kSixth;
+    out[3] = in[0] * kTwentyFourth + in[1] * kTwelfth + in[2] * kSixth;
+    out[4] = in[0] * kTwentyFourth - in[1] * kTwelfth + in[2] * kSixth;
+    out[5] = in[2];
+  };
   for (int64_t f = range.first; f < range.end; ++f) {
-    for (int64_t c = 0; c < channels; ++c) {
-      double g[3][3];
-      for (int r = 0; r < 3; ++r) {
-        for (int s = 0; s < 3; ++s) g[r][s] = filter_tap(w, filters, channels, flip, f, c, r, s);
-      }
-      // t = G g (6x3), then U = t G^T (6x6), in double: G's sixths are not exact in float.
-      const auto rows = [](const double(&in)[3], double(&out)[6]) {
-        out[0] = in[0] / 4.0;
-        out[1] = -(in[0] + in[1] + in[2]) / 6.0;
-        out[2] = -(in[0] - in[1] + in[2]) / 6.0;
-        out[3] = in[0] / 24.0 + in[1] / 12.0 + in[2] / 6.0;
-        out[4] = in[0] / 24.0 - in[1] / 12.0 + in[2] / 6.0;
-        out[5] = in[2];
-      };
-      double t[6][3];
-      for (int s = 0; s < 3; ++s) {
-        const double column[3] = {g[0][s], g[1][s], g[2][s]};
-        double out[6];
-        rows(column, out);
-        for (int i = 0; i < 6; ++i) t[i][s] = out[i];
-      }
-      for (int i = 0; i < 6; ++i) {
-        double out[6];
-        rows(t[i], out);
-        for (int j = 0; j < 6; ++j) {
-          u[(i * 6 + j) * plane + f * channels + c] = static_cast<float>(out[j]);
+    for (int64_t c0 = 0; c0 < channels; c0 += kPairBlock) {
+      const int64_t pairs = std::min(kPairBlock, channels - c0);
+      float block[kElements][kPairBlock];
+      for (int64_t k = 0; k < pairs; ++k) {
+        double g[3][3];
+        for (int r = 0; r < 3; ++r) {
+          for (int s = 0; s < 3; ++s) {
+            g[r][s] = filter_tap(w, filters, channels, flip, f, c0 + k, r, s);
+          }
         }
+        double t[6][3];
+        for (int s = 0; s < 3; ++s) {
+          const double column[3] = {g[0][s], g[1][s], g[2][s]};
+          double out[6];
+          rows(column, out);
+          for (int i = 0; i < 6; ++i) t[i][s] = out[i];
+        }
+        for (int i = 0; i < 6; ++i) {
+          double out[6];
+          rows(t[i], out);
+          for (int j = 0; j < 6; ++j) block[i * 6 + j][k] = static_cast<float>(out[j]);
+        }
+      }
+      for (int64_t xi = 0; xi < kElements; ++xi) {
+        std::copy_n(block[xi], pairs, u + xi * plane + f * channels + c0);
       }
     }
   }
@@ -409,25 +420,32 @@ void weight_gradient(const float* du, int64_t filters, int64_t channels, float* 
   const int64_t plane = filters * channels;
   // G^T (3x6) applied to 6 values, in double.
   const auto gt = [](const double(&z)[6], double(&out)[3]) {
-    out[0] = z[0] / 4.0 - (z[1] + z[2]) / 6.0 + (z[3] + z[4]) / 24.0;
-    out[1] = (z[2] - z[1]) / 6.0 + (z[3] - z[4]) / 12.0;
-    out[2] = -(z[1] + z[2]) / 6.0 + (z[3] + z[4]) / 6.0 + z[5];
+    out[0] = z[0] * kQuarter - (z[1] + z[2]) * kSixth + (z[3] + z[4]) * kTwentyFourth;
+    out[1] = (z[2] - z[1]) * kSixth + (z[3] - z[4]) * kTwelfth;
+    out[2] = -(z[1] + z[2]) * kSixth + (z[3] + z[4]) * kSixth + z[5];
   };
   for (int64_t f = range.first; f < range.end; ++f) {
-    for (int64_t c = 0; c < channels; ++c) {
-      double t[3][6];
-      for (int j = 0; j < 6; ++j) {
-        double column[6];
-        for (int i = 0; i < 6; ++i) column[i] = du[(i * 6 + j) * plane + f * channels + c];
-        double out[3];
-        gt(column, out);
-        for (int r = 0; r < 3; ++r) t[r][j] = out[r];
+    for (int64_t c0 = 0; c0 < channels; c0 += kPairBlock) {
+      const int64_t pairs = std::min(kPairBlock, channels - c0);
+      float block[kElements][kPairBlock];
+      for (int64_t xi = 0; xi < kElements; ++xi) {
+        std::copy_n(du + xi * plane + f * channels + c0, pairs, block[xi]);
       }
-      float* out = dw + (f * channels + c) * 9;
-      for (int r = 0; r < 3; ++r) {
-        double row[3];
-        gt(t[r], row);
-        for (int s = 0; s < 3; ++s) out[r * 3 + s] = static_cast<float>(row[s]);
+      for (int64_t k = 0; k < pairs; ++k) {
+        double t[3][6];
+        for (int j = 0; j < 6; ++j) {
+          double column[6];
+          for (int i = 0; i < 6; ++i) column[i] = block[i * 6 + j][k];
+          double out[3];
+          gt(column, out);
+          for (int r = 0; r < 3; ++r) t[r][j] = out[r];
+        }
+        float* out = dw + (f * channels + c0 + k) * 9;
+        for (int r = 0; r < 3; ++r) {
+          double row[3];
+          gt(t[r], row);
+          for (int s = 0; s < 3; ++s) out[r * 3 + s] = static_cast<float>(row[s]);
+        }
       }
     }
   }
