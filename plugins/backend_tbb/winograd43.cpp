@@ -117,14 +117,16 @@ inline void transform_output(const float* m, int64_t stride, float bias, float (
 #if defined(__AVX2__) && defined(__FMA__)
 constexpr int kLanes = 8;
 
-// The B^T d B transform of 8 tiles: rows[k][i] points at row i of tile k's 6x6 patch (6 floats
-// are read, through a mask). Rows are loaded as vectors and transposed, 8 tiles to a vector.
-inline void transform_input8(const float* const (&rows)[kLanes][6], float* v, int64_t stride) {
-  const __m256i six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+// The B^T d B transform of 8 tiles: rows[k][i] points at row i of tile k's 6x6 patch, read
+// through masks[k][i] (the patch's columns inside the image; the others, and the lanes past 6, read
+// as zero without touching memory). Rows are loaded as vectors and transposed, 8 tiles to a
+// vector.
+inline void transform_input8(const float* const (&rows)[kLanes][6],
+                             const __m256i (&masks)[kLanes][6], float* v, int64_t stride) {
   __m256 d[6][6];
   for (int i = 0; i < 6; ++i) {
     __m256 r[kLanes];
-    for (int k = 0; k < kLanes; ++k) r[k] = _mm256_maskload_ps(rows[k][i], six);
+    for (int k = 0; k < kLanes; ++k) r[k] = _mm256_maskload_ps(rows[k][i], masks[k][i]);
     const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
     const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
     const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
@@ -205,42 +207,37 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
 #if defined(__AVX2__) && defined(__FMA__)
   alignas(32) static constexpr float kZeroRow[8] = {};
   for (; t + kLanes <= count; t += kLanes) {
-    // Per tile and patch row, decided once for all channels: a row inside the image is read in
-    // place; a row in the top or bottom padding is kZeroRow; a row cut by the left or right
-    // padding is copied into `partial` (its padding columns zeroed here, once).
+    // Per tile and patch row, decided once for all channels: the row's offset in a plane and the
+    // mask of its columns inside the image (none for a row in the top or bottom padding, which
+    // reads kZeroRow). A row cut by the left padding starts before its image row: the masked-off
+    // lanes are never read.
     const float* image[kLanes];
-    int64_t offset[kLanes][6], lo[kLanes][6], hi[kLanes][6];  // lo < 0: a padding row
-    alignas(32) float partial[kLanes][6][8] = {};
+    int64_t offset[kLanes][6];
+    bool padding[kLanes][6];
+    __m256i masks[kLanes][6];
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int k = 0; k < kLanes; ++k) {
       const Tile p = tile_at(g, first + t + k);
       image[k] = x + p.n * g.channels * in_plane;
       const int64_t left = std::clamp<int64_t>(-p.w0, 0, 6);
       const int64_t right = std::clamp<int64_t>(g.in_w - p.w0, left, 6);
+      const __m256i inside =
+          _mm256_and_si256(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32(static_cast<int>(left) - 1)),
+                           _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(right)), lane));
       for (int i = 0; i < 6; ++i) {
         const int64_t h = p.h0 + i;
-        const bool padding = h < 0 || h >= g.in_h || left == right;
-        lo[k][i] = padding ? -1 : left;
-        hi[k][i] = right;
-        offset[k][i] = padding ? 0 : h * g.in_w + p.w0 + left;  // the first real column
+        padding[k][i] = h < 0 || h >= g.in_h || left == right;
+        masks[k][i] = padding[k][i] ? _mm256_setzero_si256() : inside;
+        offset[k][i] = padding[k][i] ? 0 : h * g.in_w + p.w0;
       }
     }
     for (int64_t c = 0; c < g.channels; ++c) {
       const float* rows[kLanes][6];
       for (int k = 0; k < kLanes; ++k) {
         const float* plane = image[k] + c * in_plane;
-        for (int i = 0; i < 6; ++i) {
-          if (lo[k][i] < 0) {
-            rows[k][i] = kZeroRow;
-          } else if (lo[k][i] == 0 && hi[k][i] == 6) {
-            rows[k][i] = plane + offset[k][i];
-          } else {
-            std::memcpy(&partial[k][i][lo[k][i]], plane + offset[k][i],
-                        static_cast<std::size_t>(hi[k][i] - lo[k][i]) * sizeof(float));
-            rows[k][i] = partial[k][i];
-          }
-        }
+        for (int i = 0; i < 6; ++i) rows[k][i] = padding[k][i] ? kZeroRow : plane + offset[k][i];
       }
-      transform_input8(rows, v + c * count + t, v_plane);
+      transform_input8(rows, masks, v + c * count + t, v_plane);
     }
   }
 #endif
