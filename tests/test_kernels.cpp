@@ -1154,6 +1154,8 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // dilation 2: 17x18 phases
       {conv_desc(128, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // F(4x4) weight gradient too
+      {conv_desc(64, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // from 192 channels + filters
       {conv_desc(32, 10, 12, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 3, direct_23},  // dilation 2: 4 phases
       {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // dilation 3, unequal pad

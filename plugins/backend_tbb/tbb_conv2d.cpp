@@ -58,7 +58,7 @@ constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
 // kWinogradBudgetFloats) and outputs of at least this size: below, F(2x2, 3x3) ran faster.
 constexpr int64_t kWinograd43MaxChannels = 256;
 constexpr int64_t kWinograd43MinOutput = 16;
-constexpr int64_t kWinograd43MinParamsChannels = 256;
+constexpr int64_t kWinograd43MinParamsChannels = 192;
 // Filter-channel pairs per task of Winograd's weight transforms (about 50 us of F(4x4)'s, in
 // double), and floats per task of the weight gradient's reduction over slices.
 constexpr int64_t kFilterTaskPairs = 1024;
@@ -289,7 +289,8 @@ bool winograd43_fits(const Conv2dDesc& d) {
 }
 
 // The weight gradient's products are (filters x tiles) * (tiles x channels): with F(4x4)'s
-// shorter blocks of tiles they only pay off from 256 channels plus filters.
+// shorter blocks of tiles they only pay off from 192 channels plus filters (64 -> 128 at 16x16:
+// 12 % faster than F(2x2); 64 -> 64 and 32 -> 32 slower; docs/performance.md, section 18).
 bool winograd43_params_fits(const Conv2dDesc& d) {
   return winograd43_fits(d) && d.in_channels + d.out_channels >= kWinograd43MinParamsChannels;
 }
