@@ -85,24 +85,34 @@ void tap_sums(const float* src, const int64_t* offset, const float* w, int64_t t
   }
 }
 
+// Taps per pass of tap_dots, their sums in registers: a 3x3 filter's nine in one pass with
+// AVX-512 (10 of its 32 registers; in blocks of eight, the ninth tap took a second pass over
+// the plane, and the depthwise weight gradient twice the forward's time); eight with AVX2, whose
+// 16 registers hold half as many of these 16-float vectors.
+#if defined(__AVX512F__)
+constexpr int kDotBlock = 9;
+#else
+constexpr int kDotBlock = 8;
+#endif
+
 // partial[t][lane] += sum over j = lane (mod kLanes), j < length, of grad[j] * src[offset[t] + j]:
-// the taps' dot products, eight taps at a time with their sums in registers.
+// the taps' dot products, kDotBlock taps at a time with their sums in registers.
 void tap_dots(const float* grad, const float* src, const int64_t* offset, int64_t taps,
               int64_t length, float* partial) {
-  constexpr int kBlock = 8;
+  constexpr int kBlock = kDotBlock;
   const int64_t vector_end = length / kLanes * kLanes;
   for (int64_t t0 = 0; t0 < taps; t0 += kBlock) {
     const int64_t count = std::min<int64_t>(kBlock, taps - t0);
     const float* p[kBlock];
     Vec acc[kBlock];
-#pragma GCC unroll 8
+#pragma GCC unroll 9
     for (int u = 0; u < kBlock; ++u) {  // a short last block repeats its last tap, unstored
       p[u] = src + offset[t0 + std::min<int64_t>(u, count - 1)];
       acc[u] = Vec{};
     }
     for (int64_t j = 0; j < vector_end; j += kLanes) {
       const Vec g = load(grad + j);
-#pragma GCC unroll 8
+#pragma GCC unroll 9
       for (int u = 0; u < kBlock; ++u) acc[u] += g * load(p[u] + j);
     }
     for (int u = 0; u < count; ++u) {
