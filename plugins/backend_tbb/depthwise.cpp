@@ -25,7 +25,8 @@ bool unit_stride(const Conv2dDesc& d) { return d.stride_h == 1 && d.stride_w == 
 }  // namespace
 
 int64_t padded_floats(const Conv2dDesc& d) { return padded_h(d) * padded_w(d); }
-int64_t wide_floats(const Conv2dDesc& d) { return d.out_h * padded_w(d); }
+int64_t plane_floats(const Conv2dDesc& d) { return padded_floats(d) + kSlackFloats; }
+int64_t wide_floats(const Conv2dDesc& d) { return d.out_h * padded_w(d) + kSlackFloats; }
 
 namespace {
 
@@ -38,6 +39,7 @@ namespace {
 #pragma GCC diagnostic ignored "-Wpsabi"
 using Vec = float __attribute__((vector_size(64)));
 constexpr int64_t kLanes = 16;
+static_assert(kSlackFloats >= kLanes, "the slack must cover a whole last vector");
 inline Vec load(const float* p) {
   Vec v;
   std::memcpy(&v, p, sizeof v);
@@ -48,7 +50,10 @@ inline Vec splat(float x) { return Vec{} + x; }
 using Bits = uint32_t __attribute__((vector_size(64)));
 
 // out[j] (= or +=) bias + sum over taps t of w[t] * src[offset[t] + j], for j < length. The sums
-// stay in registers across the taps: one store per output instead of one per tap.
+// stay in registers across the taps: one store per output instead of one per tap. The last vector
+// runs whole (to length rounded up to kLanes): it reads src and writes out up to kLanes - 1 floats
+// past their ends, the slack every caller's buffer has (kSlackFloats), and so no scalar tail
+// repeats the taps (on a 4x4 plane, 6 of its 22 wide columns were such a tail).
 void tap_sums(const float* src, const int64_t* offset, const float* w, int64_t taps, float bias,
               bool accumulate, float* out, int64_t length) {
   int64_t j = 0;
@@ -73,15 +78,10 @@ void tap_sums(const float* src, const int64_t* offset, const float* w, int64_t t
     store(out + j + 2 * kLanes, a2);
     store(out + j + 3 * kLanes, a3);
   }
-  for (; j + kLanes <= length; j += kLanes) {
+  for (; j < length; j += kLanes) {
     Vec a = accumulate ? load(out + j) : splat(bias);
     for (int64_t t = 0; t < taps; ++t) a += splat(w[t]) * load(src + offset[t] + j);
     store(out + j, a);
-  }
-  for (; j < length; ++j) {
-    float a = accumulate ? out[j] : bias;
-    for (int64_t t = 0; t < taps; ++t) a += w[t] * src[offset[t] + j];
-    out[j] = a;
   }
 }
 
@@ -96,11 +96,13 @@ constexpr int kDotBlock = 8;
 #endif
 
 // partial[t][lane] += sum over j = lane (mod kLanes), j < length, of grad[j] * src[offset[t] + j]:
-// the taps' dot products, kDotBlock taps at a time with their sums in registers.
+// the taps' dot products, kDotBlock taps at a time with their sums in registers. As tap_sums, the
+// last vector runs whole: grad and src must be zero for kLanes - 1 floats past their ends
+// (widen() and pad_plane() zero that slack), so the lanes past `length` add nothing.
 void tap_dots(const float* grad, const float* src, const int64_t* offset, int64_t taps,
               int64_t length, float* partial) {
   constexpr int kBlock = kDotBlock;
-  const int64_t vector_end = length / kLanes * kLanes;
+  const int64_t vector_end = (length + kLanes - 1) / kLanes * kLanes;
   for (int64_t t0 = 0; t0 < taps; t0 += kBlock) {
     const int64_t count = std::min<int64_t>(kBlock, taps - t0);
     const float* p[kBlock];
@@ -118,7 +120,6 @@ void tap_dots(const float* grad, const float* src, const int64_t* offset, int64_
     for (int u = 0; u < count; ++u) {
       float* sums = partial + (t0 + u) * kLanes;
       store(sums, load(sums) + acc[u]);
-      for (int64_t j = vector_end; j < length; ++j) sums[j % kLanes] += grad[j] * p[u][j];
     }
   }
 }
@@ -170,7 +171,7 @@ int64_t params_multiply_adds(const Conv2dDesc& d) { return forward_multiply_adds
 int64_t weight_scratch_floats(const Conv2dDesc& d) {
   return d.kernel_h * d.kernel_w * (unit_stride(d) ? kLanes : d.out_w);
 }
-int64_t grad_floats(const Conv2dDesc& d) { return max_offset(d) + padded_floats(d); }
+int64_t grad_floats(const Conv2dDesc& d) { return max_offset(d) + padded_floats(d) + kSlackFloats; }
 
 std::vector<int64_t> tap_offsets(const Conv2dDesc& d, bool flipped) {
   std::vector<int64_t> offsets;
@@ -191,7 +192,7 @@ void pad_plane(const Conv2dDesc& d, const float* x, float* padded) {
     copy_floats(row + d.pad_w, x + h * d.in_w, d.in_w);
     zero_floats(row + d.pad_w + d.in_w, pw - d.pad_w - d.in_w);
   }
-  zero_floats(padded + (d.pad_h + d.in_h) * pw, (ph - d.pad_h - d.in_h) * pw);
+  zero_floats(padded + (d.pad_h + d.in_h) * pw, (ph - d.pad_h - d.in_h) * pw + kSlackFloats);
 }
 
 void forward_plane(const Conv2dDesc& d, const int64_t* offsets, const float* padded, const float* w,

@@ -27,8 +27,14 @@
 
 namespace strata::tbb_backend::depthwise {
 
-// Floats of the zero-padded plane; of the wide output; of backward's dy buffer (`grad`).
+// The stride-1 loops run their last vector whole, reading and writing up to this many floats
+// past a plane's end: every buffer below has that slack (zero where it is read).
+inline constexpr int64_t kSlackFloats = 16;
+
+// Floats of the zero-padded plane (its pixels); of a buffer for it, with the slack (pad_plane
+// zeroes it); of the wide output; of backward's dy buffer (`grad`), both with the slack.
 int64_t padded_floats(const Conv2dDesc& d);
+int64_t plane_floats(const Conv2dDesc& d);
 int64_t wide_floats(const Conv2dDesc& d);
 int64_t grad_floats(const Conv2dDesc& d);
 
@@ -48,7 +54,8 @@ int64_t params_multiply_adds(const Conv2dDesc& d);
 // same bits, no branch.
 void round_to_bf16(const float* src, int64_t n, float* dst);
 
-// Copies plane x (in_h x in_w) into the middle of `padded`, zero around it.
+// Copies plane x (in_h x in_w) into the middle of `padded` (plane_floats() floats), zero around
+// it and in the slack.
 void pad_plane(const Conv2dDesc& d, const float* x, float* padded);
 
 // y (out_h x out_w) = bias + correlation of the padded plane with the R x S filter w. `wide` is

@@ -690,7 +690,7 @@ void TbbConv2d::prepare_depthwise(Plan&) {
   const Conv2dDesc& d = desc_;
   // col: the padded input plane; gathered: dx's padded plane or the tap sums, then the wide
   // output or the dy buffer, then (bf16) the rounded dy plane.
-  reserve_workspace(depthwise::padded_floats(d),
+  reserve_workspace(depthwise::plane_floats(d),
                     depthwise_dy_offset() + (d.precision == Precision::kBf16 ? out_plane_ : 0));
   if (depthwise_offsets_.empty()) {
     depthwise_offsets_ = depthwise::tap_offsets(d, false);
