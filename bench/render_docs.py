@@ -91,6 +91,7 @@ WORKLOAD_NAMES = {"lenet5": "LeNet-5 (1x28x28, batch 128)", "cifar_vgg": "CIFAR-
                   "resnet_small": "small ResNet (`bench/workloads/resnet_small.yaml`, batch 64)",
                   "cifar_resnet20": "ResNet-20 (3x32x32, batch 64)",
                   "mobilenet_cifar": "depthwise-separable net (3x32x32, batch 64)",
+                  "dilated_cifar": "dilated stack (`bench/workloads/dilated_cifar.yaml`, batch 64)",
                   "resnet18": "resnet18 (3x224x224, batch 32)", "resnet50": "resnet50 (3x224x224, batch 32)",
                   "googlenet": "GoogLeNet with batch norm (3x224x224, batch 32)"}
 
