@@ -169,12 +169,12 @@ BOOST_AUTO_TEST_CASE(recomputation_of_a_chain) {
              boost::test_tools::per_element());
   BOOST_TEST(plan.steps == 12);
   // A layer that cannot run again keeps its output; what it reads is still recomputed.
-  std::vector<RecomputeNode> stubborn = nodes;
-  stubborn[1].recomputable = false;
-  const RecomputePlan around = plan_recomputation(stubborn, 25);
-  BOOST_TEST(around.replayed == (std::vector<char>{1, 0, 0, 1, 0}),
+  std::vector<RecomputeNode> one_not_recomputable = nodes;
+  one_not_recomputable[1].recomputable = false;
+  const RecomputePlan keeps_1 = plan_recomputation(one_not_recomputable, 25);
+  BOOST_TEST(keeps_1.replayed == (std::vector<char>{1, 0, 0, 1, 0}),
              boost::test_tools::per_element());
-  BOOST_TEST(around.kept == (std::vector<char>{0, 1, 1, 0, 1}), boost::test_tools::per_element());
+  BOOST_TEST(keeps_1.kept == (std::vector<char>{0, 1, 1, 0, 1}), boost::test_tools::per_element());
   // No cut between a layer and the activation fused into it.
   std::vector<RecomputeNode> fused = nodes;
   fused[2].cut_after = false;

@@ -101,21 +101,20 @@ constexpr int kDotBlock = 8;
 // (widen() and pad_plane() zero that slack), so the lanes past `length` add nothing.
 void tap_dots(const float* grad, const float* src, const int64_t* offset, int64_t taps,
               int64_t length, float* partial) {
-  constexpr int kBlock = kDotBlock;
   const int64_t vector_end = (length + kLanes - 1) / kLanes * kLanes;
-  for (int64_t t0 = 0; t0 < taps; t0 += kBlock) {
-    const int64_t count = std::min<int64_t>(kBlock, taps - t0);
-    const float* p[kBlock];
-    Vec acc[kBlock];
+  for (int64_t t0 = 0; t0 < taps; t0 += kDotBlock) {
+    const int64_t count = std::min<int64_t>(kDotBlock, taps - t0);
+    const float* p[kDotBlock];
+    Vec acc[kDotBlock];
 #pragma GCC unroll 9
-    for (int u = 0; u < kBlock; ++u) {  // a short last block repeats its last tap, unstored
+    for (int u = 0; u < kDotBlock; ++u) {  // a short last block repeats its last tap, unstored
       p[u] = src + offset[t0 + std::min<int64_t>(u, count - 1)];
       acc[u] = Vec{};
     }
     for (int64_t j = 0; j < vector_end; j += kLanes) {
       const Vec g = load(grad + j);
 #pragma GCC unroll 9
-      for (int u = 0; u < kBlock; ++u) acc[u] += g * load(p[u] + j);
+      for (int u = 0; u < kDotBlock; ++u) acc[u] += g * load(p[u] + j);
     }
     for (int u = 0; u < count; ++u) {
       float* sums = partial + (t0 + u) * kLanes;

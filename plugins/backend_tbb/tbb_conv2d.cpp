@@ -1131,17 +1131,15 @@ void TbbConv2d::params_winograd(const float* x, const float* dy, float* dweight,
   const Conv2dDesc& d = desc_;
   const winograd::Geometry& g = winograd_params_;
   if (dweight != nullptr && winograd_staged(g)) {
-    const winograd::Geometry staged = g.padded();
     const int64_t images = n_batch * phases_ * phases_;
-    float* x_staged = grow(scratch_->phase_a, images * g.channels * staged.in_h * staged.in_w);
-    split_phases(x, n_batch, d.in_channels, {d.in_h, d.in_w}, {g.pad_h, g.pad_w}, x_staged);
+    const float* x_staged = stage_input(g, x, {d.in_h, d.in_w}, n_batch);
     const float* dy_phases = dy;
     if (phases_ > 1) {
       float* split = grow(scratch_->phase_b, images * g.filters * g.out_h * g.out_w);
       split_phases(dy, n_batch, d.out_channels, {d.out_h, d.out_w}, {0, 0}, split);
       dy_phases = split;
     }
-    winograd_backward_weight(staged, x_staged, dy_phases, dweight, images);
+    winograd_backward_weight(g.padded(), x_staged, dy_phases, dweight, images);
   } else if (dweight != nullptr) {
     winograd_backward_weight(g, x, dy, dweight, n_batch);
   }
@@ -1353,8 +1351,7 @@ void TbbConv2d::winograd_convolve(const winograd::Geometry& g, bool flip, const 
   }
   const winograd::Geometry staged = g.padded();
   const int64_t images = n_batch * phases_ * phases_;
-  float* in_staged = grow(scratch_->phase_a, images * g.channels * staged.in_h * staged.in_w);
-  split_phases(in, n_batch, g.channels, in_size, {g.pad_h, g.pad_w}, in_staged);
+  const float* in_staged = stage_input(g, in, in_size, n_batch);
   if (phases_ == 1) {
     winograd_run(staged, u, in_staged, bias, out, n_batch);
     return;
@@ -1362,6 +1359,15 @@ void TbbConv2d::winograd_convolve(const winograd::Geometry& g, bool flip, const 
   float* out_phases = grow(scratch_->phase_b, images * g.filters * g.out_h * g.out_w);
   winograd_run(staged, u, in_staged, bias, out_phases, images);
   merge_phases(out_phases, n_batch, g.filters, out_size, out);
+}
+
+const float* TbbConv2d::stage_input(const winograd::Geometry& g, const float* in, Extent in_size,
+                                    int64_t n_batch) {
+  const winograd::Geometry staged = g.padded();
+  const int64_t images = n_batch * phases_ * phases_;
+  float* out = grow(scratch_->phase_a, images * g.channels * staged.in_h * staged.in_w);
+  split_phases(in, n_batch, g.channels, in_size, {g.pad_h, g.pad_w}, out);
+  return out;
 }
 
 // Dilated: always (the split is the polyphase method). Undilated: F(2x2) on tile rows shorter than

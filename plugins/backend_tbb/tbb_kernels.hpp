@@ -385,6 +385,10 @@ class TbbConv2d : public Conv2dKernel {
   // its polyphase components when dilated, and zero-padded, so that every tile reads inside its
   // plane (the transforms' border paths copy element by element; docs/performance.md).
   bool winograd_staged(const winograd::Geometry& g) const;
+  // The batch's input `in` (extent in_size) staged for geometry g into the scratch's phase_a:
+  // split_phases with g's padding as the border; g.padded() runs on it.
+  const float* stage_input(const winograd::Geometry& g, const float* in, Extent in_size,
+                           int64_t n_batch);
   // The batch's P*P polyphase components (P = phases_, 1 when not dilated) as a batch of
   // n_batch * P * P images, each plane with a border of `pad` zeros (split), and back without a
   // border (merge).

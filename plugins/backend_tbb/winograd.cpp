@@ -57,18 +57,10 @@ void accumulate_planes(const Geometry& g, const float* w, const float* v, float*
 
 void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u,
                        Filters range) {
-  const int64_t plane = filters * channels;
-  for (int64_t f = range.first; f < range.end; ++f) {
-    for (int64_t c0 = 0; c0 < channels; c0 += kPairBlock) {
-      const int64_t pairs = std::min(kPairBlock, channels - c0);
-      float block[kElements][kPairBlock];
-      for (int64_t k = 0; k < pairs; ++k) {
+  write_pair_blocks<kElements>(
+      u, filters, channels, range, [&](int64_t f, int64_t c, PairColumn out) {
         float g[3][3];
-        for (int r = 0; r < 3; ++r) {
-          for (int s = 0; s < 3; ++s) {
-            g[r][s] = filter_tap(w, filters, channels, flip, f, c0 + k, r, s);
-          }
-        }
+        filter_taps(w, filters, channels, flip, f, c, g);
         // t = G g (4x3), then U = t G^T (4x4). G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1].
         float t[4][3];
         for (int s = 0; s < 3; ++s) {
@@ -80,14 +72,9 @@ void transform_weights(const float* w, int64_t filters, int64_t channels, bool f
         for (int i = 0; i < 4; ++i) {
           const float row[4] = {t[i][0], 0.5f * (t[i][0] + t[i][1] + t[i][2]),
                                 0.5f * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
-          for (int j = 0; j < 4; ++j) block[i * 4 + j][k] = row[j];
+          for (int j = 0; j < 4; ++j) out[i * 4 + j] = row[j];
         }
-      }
-      for (int64_t xi = 0; xi < kElements; ++xi) {
-        std::copy_n(block[xi], pairs, u + xi * plane + f * channels + c0);
-      }
-    }
-  }
+      });
 }
 
 namespace {
@@ -506,33 +493,25 @@ void accumulate_weight_gradient(const Geometry& g, const float* x, const float* 
 }
 
 void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw, Filters range) {
-  const int64_t plane = filters * channels;
-  for (int64_t f = range.first; f < range.end; ++f) {
-    for (int64_t c0 = 0; c0 < channels; c0 += kPairBlock) {
-      const int64_t pairs = std::min(kPairBlock, channels - c0);
-      float block[kElements][kPairBlock];
-      for (int64_t xi = 0; xi < kElements; ++xi) {
-        std::copy_n(du + xi * plane + f * channels + c0, pairs, block[xi]);
-      }
-      for (int64_t k = 0; k < pairs; ++k) {
-        float z[4][4];
-        for (int xi = 0; xi < 16; ++xi) z[xi / 4][xi % 4] = block[xi][k];
-        // t = G^T z (3x4), G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]; then dw = t G.
-        float t[3][4];
-        for (int j = 0; j < 4; ++j) {
-          t[0][j] = z[0][j] + 0.5f * (z[1][j] + z[2][j]);
-          t[1][j] = 0.5f * (z[1][j] - z[2][j]);
-          t[2][j] = 0.5f * (z[1][j] + z[2][j]) + z[3][j];
-        }
-        float* out = dw + (f * channels + c0 + k) * 9;
-        for (int i = 0; i < 3; ++i) {
-          out[i * 3 + 0] = t[i][0] + 0.5f * (t[i][1] + t[i][2]);
-          out[i * 3 + 1] = 0.5f * (t[i][1] - t[i][2]);
-          out[i * 3 + 2] = 0.5f * (t[i][1] + t[i][2]) + t[i][3];
-        }
-      }
-    }
-  }
+  read_pair_blocks<kElements>(du, filters, channels, range,
+                              [&](int64_t f, int64_t c, PairColumn in) {
+                                float z[4][4];
+                                for (int xi = 0; xi < 16; ++xi) z[xi / 4][xi % 4] = in[xi];
+                                // t = G^T z (3x4), G^T = [1 .5 .5 0; 0 .5 -.5 0; 0 .5 .5 1]; then
+                                // dw = t G.
+                                float t[3][4];
+                                for (int j = 0; j < 4; ++j) {
+                                  t[0][j] = z[0][j] + 0.5f * (z[1][j] + z[2][j]);
+                                  t[1][j] = 0.5f * (z[1][j] - z[2][j]);
+                                  t[2][j] = 0.5f * (z[1][j] + z[2][j]) + z[3][j];
+                                }
+                                float* out = dw + (f * channels + c) * 9;
+                                for (int i = 0; i < 3; ++i) {
+                                  out[i * 3 + 0] = t[i][0] + 0.5f * (t[i][1] + t[i][2]);
+                                  out[i * 3 + 1] = 0.5f * (t[i][1] - t[i][2]);
+                                  out[i * 3 + 2] = 0.5f * (t[i][1] + t[i][2]) + t[i][3];
+                                }
+                              });
 }
 
 }  // namespace strata::tbb_backend::winograd

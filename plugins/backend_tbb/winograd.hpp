@@ -14,6 +14,7 @@
 // would save more multiplications but its larger coefficients cost precision.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "strata/ops.hpp"
@@ -77,6 +78,14 @@ inline float filter_tap(const float* w, int64_t filters, int64_t channels, bool 
   return flip ? w[(c * filters + f) * 9 + (2 - r) * 3 + (2 - s)]
               : w[(f * channels + c) * 9 + r * 3 + s];
 }
+// All nine taps of filter f over channel c, as filter_tap reads them.
+template <class T>
+void filter_taps(const float* w, int64_t filters, int64_t channels, bool flip, int64_t f, int64_t c,
+                 T (&g)[3][3]) {
+  for (int r = 0; r < 3; ++r) {
+    for (int s = 0; s < 3; ++s) g[r][s] = filter_tap(w, filters, channels, flip, f, c, r, s);
+  }
+}
 
 // U[xi][f][c] = (G g G^T)[xi] for the 3x3 filter g = w[f][c] (w is [filters][channels][3][3]).
 // With flip, the filters are those of backward_data: g[r][s] = w[c][f][2 - r][2 - s] where w is
@@ -92,6 +101,48 @@ struct Filters {
 // transform took 10 % of a ResNet-like pass. A block writes (or reads) whole cache lines of each
 // plane at once.
 inline constexpr int64_t kPairBlock = 16;
+
+// One filter pair's values inside a block of kPairBlock pairs: element xi at column[xi].
+struct PairColumn {
+  float* values;
+  float& operator[](int64_t xi) const { return values[xi * kPairBlock]; }
+};
+
+// The weight transforms' walk over the filter pairs (f, c) of `range`, kPairBlock channels at a
+// time. write_pair_blocks: pair(f, c, column) fills the pair's Elements values, then the block
+// goes to U's planes (u[xi][f][c]) a cache line per plane. read_pair_blocks: the block is read
+// from dU's planes that way, then pair(f, c, column) reads the pair's values.
+template <int64_t Elements, class Pair>
+void write_pair_blocks(float* u, int64_t filters, int64_t channels, Filters range,
+                       const Pair& pair) {
+  const int64_t plane = filters * channels;
+  float block[Elements * kPairBlock];
+  for (int64_t f = range.first; f < range.end; ++f) {
+    for (int64_t c0 = 0; c0 < channels; c0 += kPairBlock) {
+      const int64_t pairs = std::min(kPairBlock, channels - c0);
+      for (int64_t k = 0; k < pairs; ++k) pair(f, c0 + k, PairColumn{block + k});
+      for (int64_t xi = 0; xi < Elements; ++xi) {
+        std::copy_n(block + xi * kPairBlock, pairs, u + xi * plane + f * channels + c0);
+      }
+    }
+  }
+}
+template <int64_t Elements, class Pair>
+void read_pair_blocks(const float* du, int64_t filters, int64_t channels, Filters range,
+                      const Pair& pair) {
+  const int64_t plane = filters * channels;
+  float block[Elements * kPairBlock];
+  for (int64_t f = range.first; f < range.end; ++f) {
+    for (int64_t c0 = 0; c0 < channels; c0 += kPairBlock) {
+      const int64_t pairs = std::min(kPairBlock, channels - c0);
+      for (int64_t xi = 0; xi < Elements; ++xi) {
+        std::copy_n(du + xi * plane + f * channels + c0, pairs, block + xi * kPairBlock);
+      }
+      for (int64_t k = 0; k < pairs; ++k) pair(f, c0 + k, PairColumn{block + k});
+    }
+  }
+}
+
 void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u,
                        Filters range);
 

@@ -25,7 +25,6 @@ constexpr double kQuarter = 1.0 / 4.0, kSixth = 1.0 / 6.0, kTwelfth = 1.0 / 12.0
 
 void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u,
                        Filters range) {
-  const int64_t plane = filters * channels;
   // t = G g (6x3), then U = t G^T (6x6), in double: G's sixths are not exact in float.
   const auto rows = [](const double(&in)[3], double(&out)[6]) {
     out[0] = in[0] * kQuarter;
@@ -35,35 +34,24 @@ void transform_weights(const float* w, int64_t filters, int64_t channels, bool f
     out[4] = in[0] * kTwentyFourth - in[1] * kTwelfth + in[2] * kSixth;
     out[5] = in[2];
   };
-  for (int64_t f = range.first; f < range.end; ++f) {
-    for (int64_t c0 = 0; c0 < channels; c0 += kPairBlock) {
-      const int64_t pairs = std::min(kPairBlock, channels - c0);
-      float block[kElements][kPairBlock];
-      for (int64_t k = 0; k < pairs; ++k) {
-        double g[3][3];
-        for (int r = 0; r < 3; ++r) {
-          for (int s = 0; s < 3; ++s) {
-            g[r][s] = filter_tap(w, filters, channels, flip, f, c0 + k, r, s);
-          }
-        }
-        double t[6][3];
-        for (int s = 0; s < 3; ++s) {
-          const double column[3] = {g[0][s], g[1][s], g[2][s]};
-          double out[6];
-          rows(column, out);
-          for (int i = 0; i < 6; ++i) t[i][s] = out[i];
-        }
-        for (int i = 0; i < 6; ++i) {
-          double out[6];
-          rows(t[i], out);
-          for (int j = 0; j < 6; ++j) block[i * 6 + j][k] = static_cast<float>(out[j]);
-        }
-      }
-      for (int64_t xi = 0; xi < kElements; ++xi) {
-        std::copy_n(block[xi], pairs, u + xi * plane + f * channels + c0);
-      }
-    }
-  }
+  write_pair_blocks<kElements>(u, filters, channels, range,
+                               [&](int64_t f, int64_t c, PairColumn u_pair) {
+                                 double g[3][3];
+                                 filter_taps(w, filters, channels, flip, f, c, g);
+                                 double t[6][3];
+                                 for (int s = 0; s < 3; ++s) {
+                                   const double column[3] = {g[0][s], g[1][s], g[2][s]};
+                                   double out[6];
+                                   rows(column, out);
+                                   for (int i = 0; i < 6; ++i) t[i][s] = out[i];
+                                 }
+                                 for (int i = 0; i < 6; ++i) {
+                                   double out[6];
+                                   rows(t[i], out);
+                                   for (int j = 0; j < 6; ++j)
+                                     u_pair[i * 6 + j] = static_cast<float>(out[j]);
+                                 }
+                               });
 }
 
 namespace {
@@ -414,38 +402,30 @@ void accumulate_weight_gradient(const Geometry& g, const float* x, const float* 
 }
 
 void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw, Filters range) {
-  const int64_t plane = filters * channels;
   // G^T (3x6) applied to 6 values, in double.
   const auto gt = [](const double(&z)[6], double(&out)[3]) {
     out[0] = z[0] * kQuarter - (z[1] + z[2]) * kSixth + (z[3] + z[4]) * kTwentyFourth;
     out[1] = (z[2] - z[1]) * kSixth + (z[3] - z[4]) * kTwelfth;
     out[2] = -(z[1] + z[2]) * kSixth + (z[3] + z[4]) * kSixth + z[5];
   };
-  for (int64_t f = range.first; f < range.end; ++f) {
-    for (int64_t c0 = 0; c0 < channels; c0 += kPairBlock) {
-      const int64_t pairs = std::min(kPairBlock, channels - c0);
-      float block[kElements][kPairBlock];
-      for (int64_t xi = 0; xi < kElements; ++xi) {
-        std::copy_n(du + xi * plane + f * channels + c0, pairs, block[xi]);
-      }
-      for (int64_t k = 0; k < pairs; ++k) {
-        double t[3][6];
-        for (int j = 0; j < 6; ++j) {
-          double column[6];
-          for (int i = 0; i < 6; ++i) column[i] = block[i * 6 + j][k];
-          double out[3];
-          gt(column, out);
-          for (int r = 0; r < 3; ++r) t[r][j] = out[r];
-        }
-        float* out = dw + (f * channels + c0 + k) * 9;
-        for (int r = 0; r < 3; ++r) {
-          double row[3];
-          gt(t[r], row);
-          for (int s = 0; s < 3; ++s) out[r * 3 + s] = static_cast<float>(row[s]);
-        }
-      }
-    }
-  }
+  read_pair_blocks<kElements>(du, filters, channels, range,
+                              [&](int64_t f, int64_t c, PairColumn in) {
+                                double t[3][6];
+                                for (int j = 0; j < 6; ++j) {
+                                  double column[6];
+                                  for (int i = 0; i < 6; ++i) column[i] = in[i * 6 + j];
+                                  double out[3];
+                                  gt(column, out);
+                                  for (int r = 0; r < 3; ++r) t[r][j] = out[r];
+                                }
+                                float* out = dw + (f * channels + c) * 9;
+                                for (int r = 0; r < 3; ++r) {
+                                  double row[3];
+                                  gt(t[r], row);
+                                  for (int s = 0; s < 3; ++s)
+                                    out[r * 3 + s] = static_cast<float>(row[s]);
+                                }
+                              });
 }
 
 }  // namespace strata::tbb_backend::winograd::f43
