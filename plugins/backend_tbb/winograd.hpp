@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "strata/ops.hpp"
 
@@ -112,35 +113,38 @@ struct PairColumn {
 // time. write_pair_blocks: pair(f, c, column) fills the pair's Elements values, then the block
 // goes to U's planes (u[xi][f][c]) a cache line per plane. read_pair_blocks: the block is read
 // from dU's planes that way, then pair(f, c, column) reads the pair's values.
-template <int64_t Elements, class Pair>
-void write_pair_blocks(float* u, int64_t filters, int64_t channels, Filters range,
-                       const Pair& pair) {
+template <int64_t Elements, class Planes, class Pair>
+void pair_blocks(Planes* planes, int64_t filters, int64_t channels, Filters range,
+                 const Pair& pair) {
+  constexpr bool kWrite = !std::is_const_v<Planes>;
   const int64_t plane = filters * channels;
   float block[Elements * kPairBlock];
   for (int64_t f = range.first; f < range.end; ++f) {
     for (int64_t c0 = 0; c0 < channels; c0 += kPairBlock) {
       const int64_t pairs = std::min(kPairBlock, channels - c0);
+      if constexpr (!kWrite) {
+        for (int64_t xi = 0; xi < Elements; ++xi) {
+          std::copy_n(planes + xi * plane + f * channels + c0, pairs, block + xi * kPairBlock);
+        }
+      }
       for (int64_t k = 0; k < pairs; ++k) pair(f, c0 + k, PairColumn{block + k});
-      for (int64_t xi = 0; xi < Elements; ++xi) {
-        std::copy_n(block + xi * kPairBlock, pairs, u + xi * plane + f * channels + c0);
+      if constexpr (kWrite) {
+        for (int64_t xi = 0; xi < Elements; ++xi) {
+          std::copy_n(block + xi * kPairBlock, pairs, planes + xi * plane + f * channels + c0);
+        }
       }
     }
   }
 }
 template <int64_t Elements, class Pair>
+void write_pair_blocks(float* u, int64_t filters, int64_t channels, Filters range,
+                       const Pair& pair) {
+  pair_blocks<Elements>(u, filters, channels, range, pair);
+}
+template <int64_t Elements, class Pair>
 void read_pair_blocks(const float* du, int64_t filters, int64_t channels, Filters range,
                       const Pair& pair) {
-  const int64_t plane = filters * channels;
-  float block[Elements * kPairBlock];
-  for (int64_t f = range.first; f < range.end; ++f) {
-    for (int64_t c0 = 0; c0 < channels; c0 += kPairBlock) {
-      const int64_t pairs = std::min(kPairBlock, channels - c0);
-      for (int64_t xi = 0; xi < Elements; ++xi) {
-        std::copy_n(du + xi * plane + f * channels + c0, pairs, block + xi * kPairBlock);
-      }
-      for (int64_t k = 0; k < pairs; ++k) pair(f, c0 + k, PairColumn{block + k});
-    }
-  }
+  pair_blocks<Elements>(du, filters, channels, range, pair);
 }
 
 void transform_weights(const float* w, int64_t filters, int64_t channels, bool flip, float* u,
