@@ -53,7 +53,7 @@ void pack_rows(int64_t rows, int64_t taps, Value value, float* packed) {
 }
 
 // The vector type of the kernels below: 16-float AVX-512 registers, or 8-float AVX2 ones. A Mask
-// selects the first `left` lanes of a store; fold() sums one vector to 8 lanes for sum4.
+// selects the first `left` lanes of a load or store; fold() sums one vector to 8 lanes for sum4.
 #if defined(__AVX512F__)
 struct Lanes {
   using V = __m512;
@@ -61,6 +61,7 @@ struct Lanes {
   static V zero() { return _mm512_setzero_ps(); }
   static V splat(const float* p) { return _mm512_set1_ps(*p); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
+  static V load(const float* p, Mask m) { return _mm512_maskz_loadu_ps(m, p); }
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static Mask mask(int64_t left) {
@@ -81,6 +82,7 @@ struct Lanes {
   static V zero() { return _mm256_setzero_ps(); }
   static V splat(const float* p) { return _mm256_broadcast_ss(p); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V load(const float* p, Mask m) { return _mm256_maskload_ps(p, m); }
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static Mask mask(int64_t left) {

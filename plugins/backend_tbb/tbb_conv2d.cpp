@@ -68,6 +68,11 @@ constexpr int64_t kReduceGrainFloats = int64_t{1} << 14;
 constexpr int64_t kMaxPhases = 8;
 // Floats of one task's transformed input plus transformed output (its tiles' V and M).
 constexpr int64_t kWinogradBudgetFloats = int64_t{1} << 19;
+// Tiles per block are rounded down to a multiple of this (or of 8, below it), so that neither the
+// products' column panels (panel::multiply: 48 tiles with AVX-512, 24 with AVX2) nor the input
+// transforms' groups of 8 and 16 tiles leave a remainder (ResNet-like forward 11.1 -> 8.9 ms,
+// docs/performance.md section 19).
+constexpr int64_t kWinogradTileRound = 48;
 
 // The lanes method's frames (one group) hold at most this many pixels per image: 512 KiB each for a
 // block of 16 images (AVX-512), so a block's input and output frames fit a core's L2 together.
@@ -1317,7 +1322,9 @@ void TbbConv2d::small_backward_params(const Block& b, const float* x, const floa
 // ---- winograd ---------------------------------------------------------------------------------
 
 int64_t TbbConv2d::winograd_block(const winograd::Geometry& g) const {
-  return std::max<int64_t>(8, kWinogradBudgetFloats / (g.elements() * (cg_ + kg_)));
+  const int64_t tiles = std::max<int64_t>(8, kWinogradBudgetFloats / (g.elements() * (cg_ + kg_)));
+  const int64_t round = tiles >= kWinogradTileRound ? kWinogradTileRound : 8;
+  return tiles / round * round;
 }
 
 float* TbbConv2d::grow(std::vector<float>& buffer, int64_t floats) {

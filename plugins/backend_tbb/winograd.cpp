@@ -7,6 +7,7 @@
 #include <immintrin.h>
 #endif
 
+#include "panel_gemm.hpp"
 #include "tbb_kernels.hpp"
 
 namespace strata::tbb_backend::winograd {
@@ -40,8 +41,8 @@ void multiply_planes(const Geometry& g, const float* u, const float* v, float* m
   const int64_t u_plane = g.filters * g.channels;
   const int64_t v_plane = plane_stride(g.channels, count), m_plane = plane_stride(g.filters, count);
   for (int64_t xi = 0; xi < g.elements(); ++xi) {
-    sgemm(false, false, g.filters, count, g.channels, 1.0f, u + xi * u_plane, g.channels,
-          v + xi * v_plane, count, 0.0f, m + xi * m_plane, count);
+    panel::multiply(u + xi * u_plane, g.channels, v + xi * v_plane, count, g.filters, g.channels,
+                    count, m + xi * m_plane, count);
   }
 }
 

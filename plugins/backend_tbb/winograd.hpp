@@ -4,7 +4,8 @@
 // so the 36 multiply-adds per output pixel and channel of direct convolution become 16 per
 // 4 pixels (2.25x fewer). The sums over channels are 16 independent matrix products, one per
 // element xi of the 4x4 transformed tile: M[xi] (filters x tiles) = U[xi] (filters x channels) *
-// V[xi] (channels x tiles), run with single-threaded sgemm on a block of tiles at a time.
+// V[xi] (channels x tiles), run on a block of tiles at a time by panel::multiply (the weight
+// gradient's by single-threaded sgemm).
 //
 // backward_data is the same computation on dy, with the filters flipped and channels and
 // filters swapped, and padding 2 - pad (a "full" correlation): transform_weights(flip = true).
@@ -65,10 +66,10 @@ inline constexpr TransformFlops kFlops{32, 24, 18};
 Conv2dPassArithmetic pass_arithmetic(const Geometry& g, int64_t phases, bool weight_gradient);
 
 // The products of a block of `count` tiles, one per element xi of the transformed tile (16 or 36,
-// by g.tile), single-threaded sgemm: M[xi] (filters x tiles) = U[xi] (filters x channels) *
-// V[xi] (channels x tiles); and for the weight gradient du[xi] (filters x channels) += W[xi]
-// (filters x tiles) * V[xi]^T. Planes of V, M and W are plane_stride() apart, of U and du
-// filters * channels.
+// by g.tile): M[xi] (filters x tiles) = U[xi] (filters x channels) * V[xi] (channels x tiles) by
+// panel::multiply; and for the weight gradient du[xi] (filters x channels) += W[xi]
+// (filters x tiles) * V[xi]^T by single-threaded sgemm. Planes of V, M and W are plane_stride()
+// apart, of U and du filters * channels.
 void multiply_planes(const Geometry& g, const float* u, const float* v, float* m, int64_t count);
 void accumulate_planes(const Geometry& g, const float* w, const float* v, float* du, int64_t count);
 

@@ -194,19 +194,21 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
   int64_t t = 0;
 #if defined(__AVX2__) && defined(__FMA__)
   alignas(32) static constexpr float kZeroRow[8] = {};
-  for (; t + kLanes <= count; t += kLanes) {
-    // Per tile and patch row, decided once for all channels: the row's offset in a plane and the
-    // mask of its columns inside the image (none for a row in the top or bottom padding, which
-    // reads kZeroRow). A row cut by the left padding starts before its image row: the masked-off
-    // lanes are never read.
+  // Per tile and patch row, decided once for all channels: the row's offset in a plane and the
+  // mask of its columns inside the image (none for a row in the top or bottom padding, which reads
+  // kZeroRow). A row cut by the left padding starts before its image row: the masked-off lanes are
+  // never read.
+  struct Group {
     const float* image[kLanes];
     int64_t offset[kLanes][6];
     bool padding[kLanes][6];
     __m256i masks[kLanes][6];
+  };
+  const auto prepare = [&](int64_t tile0, Group& group) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int k = 0; k < kLanes; ++k) {
-      const Tile p = tile_at(g, first + t + k);
-      image[k] = x + p.n * g.channels * in_plane;
+      const Tile p = tile_at(g, tile0 + k);
+      group.image[k] = x + p.n * g.channels * in_plane;
       const int64_t left = std::clamp<int64_t>(-p.w0, 0, 6);
       const int64_t right = std::clamp<int64_t>(g.in_w - p.w0, left, 6);
       const __m256i inside =
@@ -214,19 +216,35 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
                            _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(right)), lane));
       for (int i = 0; i < 6; ++i) {
         const int64_t h = p.h0 + i;
-        padding[k][i] = h < 0 || h >= g.in_h || left == right;
-        masks[k][i] = padding[k][i] ? _mm256_setzero_si256() : inside;
-        offset[k][i] = padding[k][i] ? 0 : h * g.in_w + p.w0;
+        group.padding[k][i] = h < 0 || h >= g.in_h || left == right;
+        group.masks[k][i] = group.padding[k][i] ? _mm256_setzero_si256() : inside;
+        group.offset[k][i] = group.padding[k][i] ? 0 : h * g.in_w + p.w0;
       }
     }
+  };
+  // Two groups of 8 tiles per pass over the channels where the block has them: each plane's two
+  // 32-byte stores for a channel then fill one 64-byte line back to back (written a group at a
+  // time, the line's halves were 36 planes x all channels of stores apart, and each was fetched
+  // twice).
+  constexpr int kGroups = 2;
+  Group groups[kGroups];
+  while (t + kLanes <= count) {
+    const int n = t + kGroups * kLanes <= count ? kGroups : 1;
+    for (int k = 0; k < n; ++k) prepare(first + t + k * kLanes, groups[k]);
     for (int64_t c = 0; c < g.channels; ++c) {
-      const float* rows[kLanes][6];
-      for (int k = 0; k < kLanes; ++k) {
-        const float* plane = image[k] + c * in_plane;
-        for (int i = 0; i < 6; ++i) rows[k][i] = padding[k][i] ? kZeroRow : plane + offset[k][i];
+      for (int q = 0; q < n; ++q) {
+        const Group& group = groups[q];
+        const float* rows[kLanes][6];
+        for (int k = 0; k < kLanes; ++k) {
+          const float* plane = group.image[k] + c * in_plane;
+          for (int i = 0; i < 6; ++i) {
+            rows[k][i] = group.padding[k][i] ? kZeroRow : plane + group.offset[k][i];
+          }
+        }
+        transform_input8(rows, group.masks, v + c * count + t + q * kLanes, v_plane);
       }
-      transform_input8(rows, masks, v + c * count + t, v_plane);
     }
+    t += n * kLanes;
   }
 #endif
   for (; t < count; ++t) {
