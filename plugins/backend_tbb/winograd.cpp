@@ -257,7 +257,15 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
       const int64_t hi = std::clamp<int64_t>(g.in_w - w0, lo, 18);
       alignas(32) static constexpr float kZeroRow[24] = {};
       alignas(32) float patch[4][24] = {};
+      RowLines lines;
+      for (int i = 0; i < 4; ++i) {
+        const int64_t h = h0 + i;
+        if (h >= 0 && h < g.in_h && lo < hi) {
+          lines.add(image + h * g.in_w + w0 + lo, image + h * g.in_w + w0 + hi - 1);
+        }
+      }
       for (int64_t c = 0; c < g.channels; ++c) {
+        if (c + kPrefetchChannels < g.channels) lines.prefetch((c + kPrefetchChannels) * in_plane);
         const float* plane = image + c * in_plane;
         const float* rows[4];
         for (int i = 0; i < 4; ++i) {
@@ -293,7 +301,15 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
         base[k] = x + nk * g.channels * in_plane;
         ld[k] = border[k] ? 4 : g.in_w;
       }
+      RowLines lines;  // of the tiles inside the image (the border ones are a few)
+      for (int k = 0; k < kLanes; ++k) {
+        for (int i = 0; !border[k] && i < 4; ++i) {
+          const float* row = base[k] + offset[k] + i * g.in_w;
+          lines.add(row, row + 3);
+        }
+      }
       for (int64_t c = 0; c < g.channels; ++c) {
+        if (c + kPrefetchChannels < g.channels) lines.prefetch((c + kPrefetchChannels) * in_plane);
         const float* patch[kLanes];
         for (int k = 0; k < kLanes; ++k) {
           const float* plane = base[k] + c * in_plane;

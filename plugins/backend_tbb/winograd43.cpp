@@ -203,20 +203,11 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
     int64_t offset[kLanes][6];
     bool padding[kLanes][6];
     __m256i masks[kLanes][6];
-    // The cache lines the rows read in channel 0 (each once), for the prefetches.
-    const float* lines[kLanes * 6 * 2];
-    int line_count;
+    RowLines lines;  // those the rows read in channel 0
   };
   const auto prepare = [&](int64_t tile0, Group& group) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    group.line_count = 0;
-    const auto add_line = [&](const float* p) {
-      const uintptr_t line = reinterpret_cast<uintptr_t>(p) >> 6;
-      for (int l = group.line_count - 1; l >= 0; --l) {
-        if (reinterpret_cast<uintptr_t>(group.lines[l]) >> 6 == line) return;
-      }
-      group.lines[group.line_count++] = p;
-    };
+    group.lines = RowLines{};
     for (int k = 0; k < kLanes; ++k) {
       const Tile p = tile_at(g, tile0 + k);
       group.image[k] = x + p.n * g.channels * in_plane;
@@ -231,8 +222,8 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
         group.masks[k][i] = group.padding[k][i] ? _mm256_setzero_si256() : inside;
         group.offset[k][i] = group.padding[k][i] ? 0 : h * g.in_w + p.w0;
         if (!group.padding[k][i]) {
-          add_line(group.image[k] + group.offset[k][i] + left);
-          add_line(group.image[k] + group.offset[k][i] + right - 1);
+          const float* row = group.image[k] + group.offset[k][i];
+          group.lines.add(row + left, row + right - 1);
         }
       }
     }
@@ -242,25 +233,13 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
   // time, the line's halves were 36 planes x all channels of stores apart, and each was fetched
   // twice).
   constexpr int kGroups = 2;
-  // The rows of the channel this many ahead are prefetched: the input comes from L3 or memory,
-  // 6 short rows per tile row per channel, too scattered for the hardware prefetcher (the loads
-  // took 60 % of the transform's time; a distance of 2 to 16 channels measured the same, VGG-like
-  // forward 15.1 -> 12.8 ms).
-  constexpr int64_t kPrefetchChannels = 4;
   Group groups[kGroups];
   while (t + kLanes <= count) {
     const int n = t + kGroups * kLanes <= count ? kGroups : 1;
     for (int k = 0; k < n; ++k) prepare(first + t + k * kLanes, groups[k]);
     for (int64_t c = 0; c < g.channels; ++c) {
       if (c + kPrefetchChannels < g.channels) {
-        for (int q = 0; q < n; ++q) {
-          const Group& group = groups[q];
-          for (int l = 0; l < group.line_count; ++l) {
-            _mm_prefetch(
-                reinterpret_cast<const char*>(group.lines[l] + (c + kPrefetchChannels) * in_plane),
-                _MM_HINT_T0);
-          }
-        }
+        for (int q = 0; q < n; ++q) groups[q].lines.prefetch((c + kPrefetchChannels) * in_plane);
       }
       for (int q = 0; q < n; ++q) {
         const Group& group = groups[q];
