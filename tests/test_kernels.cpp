@@ -1143,7 +1143,8 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(32, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5, direct_direct_23},  // many blocks
       {conv_desc(72, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // over 64 channels: no direct
-      // F(4x4, 3x3) (outputs of at least 16, at most 256 channels plus filters):
+      // F(4x4, 3x3) (outputs of at least 16, at most 256 channels plus filters; the weight
+      // gradient from 192 to 512):
       {conv_desc(32, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, direct_direct_23},  // direct fits
       {conv_desc(72, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3,
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // partial 4x4 tiles
@@ -1156,6 +1157,10 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // F(4x4) weight gradient too
       {conv_desc(64, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // from 192 channels + filters
+      {conv_desc(160, 16, 17, 144, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd43"},  // weight gradient to 512
+      {conv_desc(264, 16, 16, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1), 1,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},         // past 512: F(2x2)
       {conv_desc(32, 10, 12, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 3, direct_23},  // dilation 2: 4 phases
       {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // dilation 3, unequal pad

@@ -58,7 +58,11 @@ constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
 // kWinogradBudgetFloats) and outputs of at least this size: below, F(2x2, 3x3) ran faster.
 constexpr int64_t kWinograd43MaxChannels = 256;
 constexpr int64_t kWinograd43MinOutput = 16;
+// The weight gradient's range of channels plus filters for F(4x4) (docs/performance.md, sections
+// 18 and 19): from 192, and to 512 (256 -> 256 at 28x28: 53 -> 45 ms; 512 -> 512 at 16x16 twice
+// as slow as F(2x2)).
 constexpr int64_t kWinograd43MinParamsChannels = 192;
+constexpr int64_t kWinograd43MaxParamsChannels = 512;
 // Filter-channel pairs per task of Winograd's weight transforms (about 50 us of F(4x4)'s, in
 // double), and floats per task of the weight gradient's reduction over slices.
 constexpr int64_t kFilterTaskPairs = 1024;
@@ -295,9 +299,13 @@ bool winograd43_fits(const Conv2dDesc& d) {
 
 // The weight gradient's products are (filters x tiles) * (tiles x channels): with F(4x4)'s
 // shorter blocks of tiles they only pay off from 192 channels plus filters (64 -> 128 at 16x16:
-// 12 % faster than F(2x2); 64 -> 64 and 32 -> 32 slower; docs/performance.md, section 18).
+// 12 % faster than F(2x2); 64 -> 64 and 32 -> 32 slower; docs/performance.md, section 18), and
+// up to 512, past the forward's 256 (section 19).
 bool winograd43_params_fits(const Conv2dDesc& d) {
-  return winograd43_fits(d) && d.in_channels + d.out_channels >= kWinograd43MinParamsChannels;
+  const int64_t sum = d.in_channels + d.out_channels;
+  return winograd_fits(d) && sum >= kWinograd43MinParamsChannels &&
+         sum <= kWinograd43MaxParamsChannels &&
+         std::min(d.out_h, d.out_w) / polyphase_factor(d) >= kWinograd43MinOutput;
 }
 
 // The lanes method (lanes.hpp): fp32, a block's frames within kLanesBudgetPixels, not 1x1
