@@ -1004,7 +1004,7 @@ void check_paths(const std::vector<PathCase>& cases, std::mt19937& rng) {
 // lanes' frames), direct backward_data (also with padding wider than the kernel reaches), bands
 // of output rows (blas, over 64 channels so not polyphase), blas with many images per GEMM (over
 // 64 filters), strided 1x1 ("small": polyphase refuses 1x1), pointwise (over 64 channels, so not
-// direct) and depthwise.
+// direct; filters and pixels that are not whole panels of panel::multiply) and depthwise.
 BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
   std::mt19937 rng(11);
   const std::string direct = "fwd=direct bwd_data=direct bwd_weights=direct";
@@ -1022,7 +1022,9 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
        "fwd=small bwd_data=small bwd_weights=small"},                     // 1x1 stride 2
       {conv_desc(32, 20, 20, 24, 1, 1, 1, 1, 0, 0, 1, 1, 1), 6, direct},  // 1x1, direct
       {conv_desc(72, 6, 6, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1), 3,
-       "fwd=pointwise bwd_data=pointwise bwd_weights=pointwise"},      // over 64 channels
+       "fwd=pointwise bwd_data=pointwise bwd_weights=pointwise"},  // over 64 channels
+      {conv_desc(75, 20, 21, 44, 1, 1, 1, 1, 0, 0, 1, 1, 1), 2,
+       "fwd=pointwise bwd_data=pointwise bwd_weights=pointwise"},  // partial row and column panels
       {conv_desc(8, 8, 8, 6, 1, 1, 1, 1, 1, 1, 1, 1, 1), 3, direct},   // padding beyond the kernel
       {conv_desc(12, 9, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1), 17, lanes},  // odd size, 16 + 1 images
       {conv_desc(12, 28, 28, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5, direct},  // direct backward_data

@@ -12,6 +12,7 @@
 #include "depthwise.hpp"
 #include "direct_conv.hpp"
 #include "floats.hpp"
+#include "panel_gemm.hpp"
 #include "strata/error.hpp"
 #include "tbb_kernels.hpp"
 
@@ -949,6 +950,10 @@ void TbbConv2d::blas_forward(const Block& b, const float* x, const float* w, con
         col = ws.col.data();
         ld = cols;
       }
+      if (pointwise) {  // the image is B: no packing at all (OpenBLAS packs it per call)
+        panel::multiply({wg, rows_, 1}, col, ld, kg_, rows_, cols, yg, out_plane_, bias != nullptr);
+        continue;
+      }
       sgemm(false, false, kg_, cols, rows_, 1.0f, wg, rows_, col, ld, bias ? 1.0f : 0.0f, yg,
             out_plane_);
       continue;
@@ -1083,7 +1088,7 @@ void TbbConv2d::blas_backward_data(const Block& b, const float* dy, const float*
       const float* dyg = dy + (n * d.out_channels + g * kg_) * out_plane_ + b.oh0 * d.out_w;
       float* dxg = dx + (n * d.in_channels + g * cg_) * in_plane_;
       if (pointwise) {  // dx is the col matrix: write it directly
-        sgemm(true, false, cg_, cols, kg_, 1.0f, wg, rows_, dyg, out_plane_, 0.0f, dxg, in_plane_);
+        panel::multiply({wg, 1, rows_}, dyg, out_plane_, cg_, kg_, cols, dxg, in_plane_);
         continue;
       }
       sgemm(true, false, rows_, cols, kg_, 1.0f, wg, rows_, dyg, out_plane_, 0.0f, ws.col.data(),

@@ -123,8 +123,9 @@ class TbbBackend : public Backend {
 //     blocks of tiles of the whole batch, for 3x3, stride 1, one group, padding at most 2, at
 //     least kWinogradMinChannels channels and filters. F(4x4) where channels plus filters are at
 //     most kWinograd43MaxChannels and the output is at least kWinograd43MinOutput wide and high;
-//     the weight gradient uses F(4x4) only when, besides, channels plus filters are at least
-//     kWinograd43MinParamsChannels (with the bound above: exactly 256), else F(2x2). Each thread
+//     the weight gradient uses F(4x4) where the output is that large and channels plus filters
+//     are from kWinograd43MinParamsChannels to kWinograd43MaxParamsChannels, else F(2x2). The
+//     products of forward and backward_data run on panel::multiply. Each thread
 //     owns a contiguous range of tile blocks and a transformed-gradient buffer of
 //     (tile + 2)^2 * K * C floats (16 or 36 per filter and channel), reduced in order
 //     (deterministic for a given thread count). Dilation D > 1 too, when D divides the padding
@@ -133,7 +134,9 @@ class TbbBackend : public Backend {
 //   - small: at most kSmallMaxFilters filters per group and a small image. im2col of several
 //     images side by side, then the direct method's register-blocked kernels (OpenBLAS spends as
 //     long packing such thin matrices as multiplying them).
-//   - pointwise: 1x1, stride 1, pad 0. The image itself is the col matrix: OpenBLAS sgemm only.
+//   - pointwise: 1x1, stride 1, pad 0. The image itself is the col matrix. Forward and
+//     backward_data of one image per block by panel::multiply straight from the image (no
+//     packing), several small images side by side and the weight gradient by OpenBLAS sgemm.
 //   - blas: everything else. im2col + single-threaded OpenBLAS sgemm per group; a block is several
 //     whole images, or a band of output rows of one image when its col matrix would exceed the
 //     budget.

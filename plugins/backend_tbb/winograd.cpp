@@ -41,8 +41,8 @@ void multiply_planes(const Geometry& g, const float* u, const float* v, float* m
   const int64_t u_plane = g.filters * g.channels;
   const int64_t v_plane = plane_stride(g.channels, count), m_plane = plane_stride(g.filters, count);
   for (int64_t xi = 0; xi < g.elements(); ++xi) {
-    panel::multiply(u + xi * u_plane, g.channels, v + xi * v_plane, count, g.filters, g.channels,
-                    count, m + xi * m_plane, count);
+    panel::multiply({u + xi * u_plane, g.channels, 1}, v + xi * v_plane, count, g.filters,
+                    g.channels, count, m + xi * m_plane, count);
   }
 }
 
