@@ -1,6 +1,6 @@
-// A small matrix product without packing (internal to backend_tbb): C = A B (or C += A B) for A
-// (rows x depth, row-major or transposed), row-major B (depth x columns) and C, all three already
-// in L1 or L2.
+// Small matrix products without packing (internal to backend_tbb): C = A B (or C += A B) for A
+// (rows x depth, row-major or transposed), row-major B (depth x columns) and C; and C += A B^T for
+// row-major A (rows x depth) and B (columns x depth). All three already in L1 or L2.
 //
 // Winograd's products are many and small (64 filters x 64 channels x 100-250 tiles, 16 or 36 of
 // them per block of tiles), and their operands were just written by the transforms: U once per
@@ -26,9 +26,12 @@ struct Matrix {
 
 #if defined(__AVX512F__)
 inline constexpr int kPanelRows = 8, kPanelVectors = 3;  // 24 of the 32 registers accumulate
+inline constexpr int kDotRows = 6;                       // multiply_nt: 6 x 4 of them
 #else
 inline constexpr int kPanelRows = 4, kPanelVectors = 3;  // 12 of the 16
+inline constexpr int kDotRows = 2;                       // 2 x 4
 #endif
+inline constexpr int kDotColumns = 4;  // one sum4 per row of a multiply_nt tile
 
 #if defined(__AVX2__) && defined(__FMA__)
 // One register tile: rows [i0, i0 + kPanelRows) of C (the first `rows_here` real: the others
@@ -123,6 +126,82 @@ inline void multiply(Matrix a, const float* b, int64_t ldb, int64_t rows, int64_
       float sum = 0.0f;
       for (int64_t p = 0; p < depth; ++p) sum += a.data[i * a.row + p * a.column] * b[p * ldb + j];
       c[i * ldc + j] = accumulate ? c[i * ldc + j] + sum : sum;
+    }
+  }
+#endif
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// One tile of multiply_nt: C[i0 + r][j0 + q] += dot(A row r, B row q) for r < kDotRows, q <
+// kDotColumns (the first rows_here and columns_here real: the others repeat the last real row and
+// are not stored). Each dot product is kept in a vector over the depth, masked past its end, then
+// the four of a row are summed at once by sum4.
+inline void dot_tile(const float* a, int64_t lda, int rows_here, const float* b, int64_t ldb,
+                     int columns_here, int64_t depth, float* c, int64_t ldc) {
+  using L = direct::Lanes;
+  using V = L::V;
+  constexpr int kWidth = direct::kVector;
+  const float* ar[kDotRows];
+  const float* bq[kDotColumns];
+#pragma GCC unroll 8
+  for (int r = 0; r < kDotRows; ++r) ar[r] = a + (r < rows_here ? r : rows_here - 1) * lda;
+#pragma GCC unroll 4
+  for (int q = 0; q < kDotColumns; ++q) bq[q] = b + (q < columns_here ? q : columns_here - 1) * ldb;
+  V acc[kDotRows][kDotColumns];
+#pragma GCC unroll 8
+  for (int r = 0; r < kDotRows; ++r) {
+#pragma GCC unroll 4
+    for (int q = 0; q < kDotColumns; ++q) acc[r][q] = L::zero();
+  }
+  const auto step = [&](int64_t p, auto load) {
+    V bv[kDotColumns];
+#pragma GCC unroll 4
+    for (int q = 0; q < kDotColumns; ++q) bv[q] = load(bq[q] + p);
+#pragma GCC unroll 8
+    for (int r = 0; r < kDotRows; ++r) {
+      const V av = load(ar[r] + p);
+#pragma GCC unroll 4
+      for (int q = 0; q < kDotColumns; ++q) acc[r][q] = L::fma(av, bv[q], acc[r][q]);
+    }
+  };
+  int64_t p = 0;
+  for (; p + kWidth <= depth; p += kWidth) step(p, [](const float* x) { return L::load(x); });
+  if (p < depth) {
+    const typename L::Mask mask = L::mask(depth - p);
+    step(p, [&](const float* x) { return L::load(x, mask); });
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kDotRows; ++r) {
+    if (r >= rows_here) break;
+    alignas(16) float sums[kDotColumns];
+    _mm_store_ps(sums, direct::sum4(L::fold(acc[r][0]), L::fold(acc[r][1]), L::fold(acc[r][2]),
+                                    L::fold(acc[r][3])));
+    float* cr = c + r * ldc;
+    for (int q = 0; q < columns_here; ++q) cr[q] += sums[q];
+  }
+}
+#endif
+
+// C (rows x columns, row stride ldc) += A (rows x depth, lda) * B^T, B (columns x depth, ldb):
+// every element of C a dot product of a row of A and a row of B.
+inline void multiply_nt(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t rows,
+                        int64_t columns, int64_t depth, float* c, int64_t ldc) {
+#if defined(__AVX2__) && defined(__FMA__)
+  for (int64_t i0 = 0; i0 < rows; i0 += kDotRows) {
+    const int rows_here = static_cast<int>(rows - i0 < kDotRows ? rows - i0 : kDotRows);
+    for (int64_t j0 = 0; j0 < columns; j0 += kDotColumns) {
+      const int columns_here =
+          static_cast<int>(columns - j0 < kDotColumns ? columns - j0 : kDotColumns);
+      dot_tile(a + i0 * lda, lda, rows_here, b + j0 * ldb, ldb, columns_here, depth,
+               c + i0 * ldc + j0, ldc);
+    }
+  }
+#else
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < columns; ++j) {
+      float sum = 0.0f;
+      for (int64_t p = 0; p < depth; ++p) sum += a[i * lda + p] * b[j * ldb + p];
+      c[i * ldc + j] += sum;
     }
   }
 #endif

@@ -5,7 +5,7 @@
 // 4 pixels (2.25x fewer). The sums over channels are 16 independent matrix products, one per
 // element xi of the 4x4 transformed tile: M[xi] (filters x tiles) = U[xi] (filters x channels) *
 // V[xi] (channels x tiles), run on a block of tiles at a time by panel::multiply (the weight
-// gradient's by single-threaded sgemm).
+// gradient's by panel::multiply_nt or single-threaded sgemm).
 //
 // backward_data is the same computation on dy, with the filters flipped and channels and
 // filters swapped, and padding 2 - pad (a "full" correlation): transform_weights(flip = true).
@@ -98,8 +98,10 @@ Conv2dPassArithmetic pass_arithmetic(const Geometry& g, int64_t phases, bool wei
 // The products of a block of `count` tiles, one per element xi of the transformed tile (16 or 36,
 // by g.tile): M[xi] (filters x tiles) = U[xi] (filters x channels) * V[xi] (channels x tiles) by
 // panel::multiply; and for the weight gradient du[xi] (filters x channels) += W[xi]
-// (filters x tiles) * V[xi]^T by single-threaded sgemm. Planes of V, M and W are plane_stride()
+// (filters x tiles) * V[xi]^T by panel::multiply_nt from kDotMinTiles tiles, single-threaded
+// sgemm below. Planes of V, M and W are plane_stride()
 // apart, of U and du filters * channels.
+inline constexpr int64_t kDotMinTiles = 96;
 void multiply_planes(const Geometry& g, const float* u, const float* v, float* m, int64_t count);
 void accumulate_planes(const Geometry& g, const float* w, const float* v, float* du, int64_t count);
 
