@@ -32,6 +32,8 @@ inline constexpr int kPanelRows = 4, kPanelVectors = 3;  // 12 of the 16
 inline constexpr int kDotRows = 2;                       // 2 x 4
 #endif
 inline constexpr int kDotColumns = 4;  // one sum4 per row of a multiply_nt tile
+// multiply_nt pays for its final sums from about this depth (docs/performance.md, section 19).
+inline constexpr int64_t kDotMinDepth = 96;
 
 #if defined(__AVX2__) && defined(__FMA__)
 // One register tile: rows [i0, i0 + kPanelRows) of C (the first `rows_here` real: the others

@@ -1292,6 +1292,10 @@ void TbbConv2d::blas_backward_params(const Block& b, const float* x, const float
         col = ws.col.data();
         ld = cols;
       }
+      if (pointwise && cols >= panel::kDotMinDepth) {  // dot products along the image's pixels
+        panel::multiply_nt(dyg, out_plane_, col, ld, kg_, rows_, cols, dwg, rows_);
+        continue;
+      }
       sgemm(false, true, kg_, rows_, cols, 1.0f, dyg, out_plane_, col, ld, 1.0f, dwg, rows_);
       continue;
     }

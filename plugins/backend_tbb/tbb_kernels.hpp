@@ -134,9 +134,10 @@ class TbbBackend : public Backend {
 //   - small: at most kSmallMaxFilters filters per group and a small image. im2col of several
 //     images side by side, then the direct method's register-blocked kernels (OpenBLAS spends as
 //     long packing such thin matrices as multiplying them).
-//   - pointwise: 1x1, stride 1, pad 0. The image itself is the col matrix. Forward and
-//     backward_data of one image per block by panel::multiply straight from the image (no
-//     packing), several small images side by side and the weight gradient by OpenBLAS sgemm.
+//   - pointwise: 1x1, stride 1, pad 0. The image itself is the col matrix, one image per block:
+//     forward and backward_data by panel::multiply straight from the image (no packing), the
+//     weight gradient by panel::multiply_nt from panel::kDotMinDepth pixels, OpenBLAS sgemm
+//     below.
 //   - blas: everything else. im2col + single-threaded OpenBLAS sgemm per group; a block is several
 //     whole images, or a band of output rows of one image when its col matrix would exceed the
 //     budget.

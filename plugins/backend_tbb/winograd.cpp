@@ -53,7 +53,7 @@ void accumulate_planes(const Geometry& g, const float* w, const float* v, float*
   // Dot products over the block's tiles pay for their final sums from blocks of about 100 tiles
   // (F(2x2)'s 240 to 480: 4-15 % faster than OpenBLAS, which packs both operands per call);
   // F(4x4)'s blocks of 24 to 48 tiles ran 40-130 % slower that way than with OpenBLAS.
-  const bool dots = count >= kDotMinTiles;
+  const bool dots = count >= panel::kDotMinDepth;
   for (int64_t xi = 0; xi < g.elements(); ++xi) {
     if (dots) {
       panel::multiply_nt(w + xi * w_plane, count, v + xi * v_plane, count, g.filters, g.channels,

@@ -98,10 +98,9 @@ Conv2dPassArithmetic pass_arithmetic(const Geometry& g, int64_t phases, bool wei
 // The products of a block of `count` tiles, one per element xi of the transformed tile (16 or 36,
 // by g.tile): M[xi] (filters x tiles) = U[xi] (filters x channels) * V[xi] (channels x tiles) by
 // panel::multiply; and for the weight gradient du[xi] (filters x channels) += W[xi]
-// (filters x tiles) * V[xi]^T by panel::multiply_nt from kDotMinTiles tiles, single-threaded
+// (filters x tiles) * V[xi]^T by panel::multiply_nt from panel::kDotMinDepth tiles, single-threaded
 // sgemm below. Planes of V, M and W are plane_stride()
 // apart, of U and du filters * channels.
-inline constexpr int64_t kDotMinTiles = 96;
 void multiply_planes(const Geometry& g, const float* u, const float* v, float* m, int64_t count);
 void accumulate_planes(const Geometry& g, const float* w, const float* v, float* du, int64_t count);
 
