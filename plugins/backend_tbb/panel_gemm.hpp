@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "direct_conv.hpp"
 
@@ -38,8 +39,10 @@ inline constexpr int64_t kDotMinDepth = 96;
 #if defined(__AVX2__) && defined(__FMA__)
 // One register tile: rows [i0, i0 + kPanelRows) of C (the first `rows_here` real: the others
 // repeat the last real row of A and are not stored) by the columns [j0, j0 + vectors * width),
-// masked past `left` columns; added to C's values with `accumulate`.
-template <int Vectors>
+// masked past `left` columns; added to C's values with `accumulate`. A is row-major
+// (a.column == 1, a stride the compiler knows: a runtime one cost the Winograd products 4 %)
+// or, with Transposed, its transpose.
+template <int Vectors, bool Transposed>
 inline void panel_tile(Matrix a, int rows_here, const float* b, int64_t ldb, int64_t depth,
                        int64_t left, bool accumulate, float* c, int64_t ldc) {
   using L = direct::Lanes;
@@ -67,7 +70,7 @@ inline void panel_tile(Matrix a, int rows_here, const float* b, int64_t ldb, int
     }
 #pragma GCC unroll 8
     for (int i = 0; i < kPanelRows; ++i) {
-      const V av = L::splat(ai[i] + p * a.column);
+      const V av = L::splat(ai[i] + (Transposed ? p * a.column : p));
 #pragma GCC unroll 4
       for (int v = 0; v < Vectors; ++v) acc[i][v] = L::fma(av, bv[v], acc[i][v]);
     }
@@ -102,12 +105,20 @@ inline void multiply(Matrix a, const float* b, int64_t ldb, int64_t rows, int64_
     const Matrix ai{a.data + i0 * a.row, a.row, a.column};
     float* ci = c + i0 * ldc + j0;
     static_assert(kPanelVectors == 3);
-    if (vectors == 3) {
-      panel_tile<3>(ai, rows_here, b + j0, ldb, depth, left, accumulate, ci, ldc);
-    } else if (vectors == 2) {
-      panel_tile<2>(ai, rows_here, b + j0, ldb, depth, left, accumulate, ci, ldc);
+    const auto run = [&](auto transposed) {
+      constexpr bool kT = decltype(transposed)::value;
+      if (vectors == 3) {
+        panel_tile<3, kT>(ai, rows_here, b + j0, ldb, depth, left, accumulate, ci, ldc);
+      } else if (vectors == 2) {
+        panel_tile<2, kT>(ai, rows_here, b + j0, ldb, depth, left, accumulate, ci, ldc);
+      } else {
+        panel_tile<1, kT>(ai, rows_here, b + j0, ldb, depth, left, accumulate, ci, ldc);
+      }
+    };
+    if (a.column == 1) {
+      run(std::false_type{});
     } else {
-      panel_tile<1>(ai, rows_here, b + j0, ldb, depth, left, accumulate, ci, ldc);
+      run(std::true_type{});
     }
   };
   // Row-major A: a panel of B's columns stays in L1 while every block of A's rows (whole lines)
