@@ -292,10 +292,14 @@ bool winograd_fits(const Conv2dDesc& d) {
 }
 
 // F(4x4, 3x3) where its blocks of tiles are wide enough for good matrix products and its 4x4
-// tiles waste little at the edges (measured: docs/performance.md); F(2x2, 3x3) otherwise.
+// tiles waste little at the edges (measured: docs/performance.md); F(2x2, 3x3) otherwise. The
+// edge bound is on the output (of each polyphase component when dilated), for every pass.
+bool winograd43_output_fits(const Conv2dDesc& d) {
+  return std::min(d.out_h, d.out_w) / polyphase_factor(d) >= kWinograd43MinOutput;
+}
 bool winograd43_fits(const Conv2dDesc& d) {
   return winograd_fits(d) && d.in_channels + d.out_channels <= kWinograd43MaxChannels &&
-         std::min(d.out_h, d.out_w) / polyphase_factor(d) >= kWinograd43MinOutput;
+         winograd43_output_fits(d);
 }
 
 // The weight gradient's products are (filters x tiles) * (tiles x channels): with F(4x4)'s
@@ -305,8 +309,7 @@ bool winograd43_fits(const Conv2dDesc& d) {
 bool winograd43_params_fits(const Conv2dDesc& d) {
   const int64_t sum = d.in_channels + d.out_channels;
   return winograd_fits(d) && sum >= kWinograd43MinParamsChannels &&
-         sum <= kWinograd43MaxParamsChannels &&
-         std::min(d.out_h, d.out_w) / polyphase_factor(d) >= kWinograd43MinOutput;
+         sum <= kWinograd43MaxParamsChannels && winograd43_output_fits(d);
 }
 
 // The lanes method (lanes.hpp): fp32, a block's frames within kLanesBudgetPixels, not 1x1

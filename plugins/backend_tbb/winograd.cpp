@@ -52,7 +52,7 @@ void accumulate_planes(const Geometry& g, const float* w, const float* v, float*
   const int64_t v_plane = plane_stride(g.channels, count), w_plane = plane_stride(g.filters, count);
   // Dot products over the block's tiles pay for their final sums from blocks of about 100 tiles
   // (F(2x2)'s 240 to 480: 4-15 % faster than OpenBLAS, which packs both operands per call);
-  // F(4x4)'s blocks of 24 to 48 tiles ran 40-130 % slower that way than with OpenBLAS.
+  // F(4x4)'s blocks of 24 to 48 tiles ran 37-128 % slower that way than with OpenBLAS.
   const bool dots = count >= panel::kDotMinDepth;
   for (int64_t xi = 0; xi < g.elements(); ++xi) {
     if (dots) {
@@ -274,7 +274,7 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
         }
       }
       for (int64_t c = 0; c < g.channels; ++c) {
-        if (c + kPrefetchChannels < g.channels) lines.prefetch((c + kPrefetchChannels) * in_plane);
+        lines.prefetch_ahead(c, g.channels, in_plane);
         const float* plane = image + c * in_plane;
         const float* rows[4];
         for (int i = 0; i < 4; ++i) {
@@ -318,7 +318,7 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
         }
       }
       for (int64_t c = 0; c < g.channels; ++c) {
-        if (c + kPrefetchChannels < g.channels) lines.prefetch((c + kPrefetchChannels) * in_plane);
+        lines.prefetch_ahead(c, g.channels, in_plane);
         const float* patch[kLanes];
         for (int k = 0; k < kLanes; ++k) {
           const float* plane = base[k] + c * in_plane;

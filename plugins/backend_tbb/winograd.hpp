@@ -48,8 +48,11 @@ struct RowLines {
     for (const float* p = first; p < last; p += 16) add_line(p);
     add_line(last);
   }
-  // Prefetches every line, `offset` floats on (the same rows of a later channel).
-  void prefetch(int64_t offset) const {
+  // Before channel c of `channels` planes `plane` floats apart: prefetches the same lines in
+  // channel c + kPrefetchChannels, if there is one.
+  void prefetch_ahead(int64_t c, int64_t channels, int64_t plane) const {
+    if (c + kPrefetchChannels >= channels) return;
+    const int64_t offset = (c + kPrefetchChannels) * plane;
     for (int l = 0; l < count; ++l) __builtin_prefetch(lines[l] + offset);
   }
 

@@ -238,9 +238,7 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
     const int n = t + kGroups * kLanes <= count ? kGroups : 1;
     for (int k = 0; k < n; ++k) prepare(first + t + k * kLanes, groups[k]);
     for (int64_t c = 0; c < g.channels; ++c) {
-      if (c + kPrefetchChannels < g.channels) {
-        for (int q = 0; q < n; ++q) groups[q].lines.prefetch((c + kPrefetchChannels) * in_plane);
-      }
+      for (int q = 0; q < n; ++q) groups[q].lines.prefetch_ahead(c, g.channels, in_plane);
       for (int q = 0; q < n; ++q) {
         const Group& group = groups[q];
         const float* rows[kLanes][6];
