@@ -1103,9 +1103,10 @@ BOOST_AUTO_TEST_CASE(conv2d_lanes_paths) {
 
 // The depthwise path (one input channel per group, any geometry): stride 1 (the wide tap loops,
 // with long runs past 64 floats and short tails), dilation, a channel multiplier (backward_data
-// adds two filters' shares), strides 2 and (2, 1) (the row loops), a 5x5 kernel, padding wider
-// than the kernel, an output size rounded up (a last window past the padding), and a batch big
-// enough to be split over threads.
+// adds two filters' shares), strides 2, (2, 1) and 3 (the plane split into phases), stride with
+// dilation (taps of one phase from different rows), a stride past the kernel (phases no tap
+// reaches), a 5x5 kernel, padding wider than the kernel, an output size rounded up (a last window
+// past the padding), and a batch big enough to be split over threads.
 BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
   std::mt19937 rng(23);
   const std::string depthwise = "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise";
@@ -1115,6 +1116,10 @@ BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
       {conv_desc(4, 10, 12, 8, 3, 3, 1, 1, 1, 1, 1, 1, 4), 2, depthwise},  // channel multiplier 2
       {conv_desc(6, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6), 2, depthwise},  // stride 2
       {conv_desc(3, 11, 14, 6, 5, 5, 2, 1, 2, 2, 1, 1, 3), 2, depthwise},  // 5x5, stride (2, 1)
+      {conv_desc(4, 17, 16, 4, 3, 3, 3, 3, 1, 1, 1, 1, 4), 2, depthwise},  // stride 3
+      {conv_desc(4, 16, 19, 8, 3, 3, 2, 2, 2, 2, 3, 3, 4), 2, depthwise},  // stride 2, dilation 3
+      {conv_desc(3, 13, 13, 3, 2, 2, 3, 3, 0, 0, 1, 1, 3), 2, depthwise},  // stride 3 > 2x2
+      {conv_desc(8, 32, 32, 8, 3, 3, 2, 2, 1, 1, 1, 1, 8), 3, depthwise},  // MobileNet's stride 2
       {conv_desc(3, 5, 5, 3, 3, 3, 1, 1, 4, 4, 1, 1, 3), 2, depthwise},  // padding past the kernel
       {rounded_up(conv_desc(4, 12, 11, 4, 3, 3, 2, 3, 1, 0, 1, 1, 4)), 2, depthwise},  // rounded up
       {conv_desc(32, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, 32), 16, depthwise},  // split over threads
@@ -1454,10 +1459,11 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic_per_method) {
       {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12),
        "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise",
        {{15228, 0}, {18252, 0}, {15228, 0}}},
-      // Depthwise, stride 2: exactly the 8x8 outputs, 6 * 9 * 64.
+      // Depthwise, stride 2: the 17x17 padded plane's four phases are 9x9, so 9 taps over the wide
+      // output (7 rows of 9, then 8: 71) or, for backward_data, over their phase (81).
       {conv_desc(6, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6),
        "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise",
-       {{3456, 0}, {3456, 0}, {3456, 0}}},
+       {{6 * 9 * 71, 0}, {6 * 9 * 81, 0}, {6 * 9 * 71, 0}}},
   };
   for (const ArithmeticCase& c : cases) {
     const auto conv = kernel<Conv2dKernel>("conv2d", "tbb", c.desc);

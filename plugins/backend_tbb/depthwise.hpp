@@ -4,10 +4,13 @@
 //
 // Why not im2col + GEMM: a group's "matrix product" is (filters per group) x R*S times R*S x
 // pixels, one to a few rows, so the products run at memory speed while im2col writes R*S copies
-// of the image. These loops read one zero-padded plane from L1/L2. With stride 1 each tap is one
-// long loop over the "wide" output (rows as wide as the padded plane, the extra columns computed
-// and dropped, as in direct_conv.hpp), which the compiler vectorizes; other strides run along
-// output rows. The weight gradient keeps a vector of partial sums per tap.
+// of the image. These loops read one zero-padded plane from L1/L2, split by the stride into its
+// phases (stride_h x stride_w planes of every stride-th row and column; stride 1: one, the
+// padded plane). Then each tap is one long loop at a fixed offset over the "wide" output (rows as
+// wide as a phase, the extra columns computed and dropped, as in direct_conv.hpp), 16 floats at a
+// time, whatever the stride: for stride 2, whose row loops ran at 3-12 GFLOP/s, as fast as
+// stride 1. backward_data computes each phase of dx from the taps that reach it. The weight
+// gradient keeps a vector of partial sums per tap.
 //
 // `wide` arguments are scratch of wide_floats() floats.
 //
@@ -31,21 +34,27 @@ namespace strata::tbb_backend::depthwise {
 // past a plane's end: every buffer below has that slack (zero where it is read).
 inline constexpr int64_t kSlackFloats = 16;
 
-// Floats of the zero-padded plane (its pixels); of a buffer for it, with the slack (pad_plane
-// zeroes it); of the wide output; of backward's dy buffer (`grad`), both with the slack.
+// Floats of the zero-padded plane's phases (their pixels); of a buffer for them, with the slack
+// (pad_plane zeroes it); of the wide output; of backward's dy buffer (`grad`), both with the
+// slack.
 int64_t padded_floats(const Conv2dDesc& d);
 int64_t plane_floats(const Conv2dDesc& d);
 int64_t wide_floats(const Conv2dDesc& d);
 int64_t grad_floats(const Conv2dDesc& d);
 
-// The taps' offsets in the padded plane (stride 1; forward and the weight gradient), or flipped
-// into backward_data's dy buffer.
-std::vector<int64_t> tap_offsets(const Conv2dDesc& d, bool flipped);
+// The taps' tables, built once per descriptor (taps in the filter's order, r-major).
+struct Taps {
+  std::vector<int64_t> offsets;      // where each tap reads the phases (forward, weight gradient)
+  std::vector<int64_t> identity;     // 0, 1, ...: each offset's tap
+  std::vector<int64_t> order;        // the taps phase by phase (backward_data)
+  std::vector<int64_t> flipped;      // per `order` entry: its offset flipped into the dy buffer
+  std::vector<int64_t> phase_begin;  // phase p's taps are order[phase_begin[p], phase_begin[p+1])
+};
+Taps make_taps(const Conv2dDesc& d);
 
 // Multiply-adds of one plane and one of its filters in each pass, as the loops below run them:
-// with stride 1, forward and the weight gradient run every tap over the wide output
-// ((out_h - 1) * padded width + out_w columns) and backward_data over the whole padded plane;
-// with other strides, every tap over the out_h x out_w outputs.
+// forward and the weight gradient run every tap over the wide output ((out_h - 1) * phase width
+// + out_w columns), backward_data every tap over its phase (phase rows x phase width).
 int64_t forward_multiply_adds(const Conv2dDesc& d);
 int64_t data_multiply_adds(const Conv2dDesc& d);
 int64_t params_multiply_adds(const Conv2dDesc& d);
@@ -54,30 +63,32 @@ int64_t params_multiply_adds(const Conv2dDesc& d);
 // same bits, no branch.
 void round_to_bf16(const float* src, int64_t n, float* dst);
 
-// Copies plane x (in_h x in_w) into the middle of `padded` (plane_floats() floats), zero around
-// it and in the slack.
+// Copies plane x (in_h x in_w) into the phases of the zero-padded plane in `padded`
+// (plane_floats() floats), zero around it and in the slack.
 void pad_plane(const Conv2dDesc& d, const float* x, float* padded);
 
 // y (out_h x out_w) = bias + correlation of the padded plane with the R x S filter w. `wide` is
 // scratch of wide_floats() floats.
-void forward_plane(const Conv2dDesc& d, const int64_t* offsets, const float* padded, const float* w,
+void forward_plane(const Conv2dDesc& d, const Taps& taps, const float* padded, const float* w,
                    float bias, float* y, float* wide);
 
-// dx_padded (the padded plane's layout) = (or +=, with accumulate) filter w's share of dx from
+// dx_padded (the padded plane's phases) = (or +=, with accumulate) filter w's share of dx from
 // dy (out_h x out_w). `grad` is scratch of grad_floats() floats.
-void backward_data_plane(const Conv2dDesc& d, const int64_t* flipped_offsets, const float* dy,
-                         const float* w, bool accumulate, float* dx_padded, float* grad);
+void backward_data_plane(const Conv2dDesc& d, const Taps& taps, const float* dy, const float* w,
+                         bool accumulate, float* dx_padded, float* grad);
 
-// Copies the middle of dx_padded (the real in_h x in_w pixels) to dx.
+// Copies the real in_h x in_w pixels of dx_padded's phases to dx.
 void crop_plane(const Conv2dDesc& d, const float* dx_padded, float* dx);
 
 // The weight gradient of one filter, over any number of planes: acc (weight_scratch_floats()
-// floats, zeroed by the caller) gathers partial sums per tap; reduce_weight then adds each tap's
-// partial sums in order into dw[r][s] (overwritten). A fixed order: the result does not depend on
-// the thread count. `grad` is scratch of grad_floats() floats.
+// floats, zeroed by the caller) gathers partial sums per tap and, with sum_dy, partial sums of dy
+// itself (the bias gradient, in the same pass over dy); reduce_weight then adds each tap's partial
+// sums in order into dw[r][s] and the dy sums into *db (each overwritten; db may be null). A
+// fixed order: the result does not depend on the thread count. `grad` is scratch of grad_floats()
+// floats.
 int64_t weight_scratch_floats(const Conv2dDesc& d);
-void accumulate_weight_plane(const Conv2dDesc& d, const int64_t* offsets, const float* padded,
-                             const float* dy, float* acc, float* grad);
-void reduce_weight(const Conv2dDesc& d, const float* acc, float* dw);
+void accumulate_weight_plane(const Conv2dDesc& d, const Taps& taps, const float* padded,
+                             const float* dy, bool sum_dy, float* acc, float* grad);
+void reduce_weight(const Conv2dDesc& d, const float* acc, float* dw, float* db);
 
 }  // namespace strata::tbb_backend::depthwise

@@ -479,8 +479,7 @@ void TbbConv2d::on_prepare() {
   winograd_u_data_floats_ = 0;
   forward_offsets_.clear();
   backward_offsets_.clear();
-  depthwise_offsets_.clear();
-  depthwise_flipped_offsets_.clear();
+  depthwise_taps_ = {};
   small_offsets_.clear();
   polyphase_offsets_.clear();
   forward_ = choose(forward_implementations(), forward_plan_);
@@ -705,14 +704,12 @@ void TbbConv2d::prepare_polyphase_data(Plan&) {
 
 void TbbConv2d::prepare_depthwise(Plan&) {
   const Conv2dDesc& d = desc_;
-  // col: the padded input plane; gathered: dx's padded plane or the tap sums, then the wide
-  // output or the dy buffer, then (bf16) the rounded dy plane.
+  // gathered: the padded input plane (forward), dx's padded plane or the tap sums, then at
+  // depthwise_wide_offset() the wide output or the dy buffer, then (bf16) the rounded dy plane;
+  // col: backward_params' padded input plane.
   reserve_workspace(depthwise::plane_floats(d),
                     depthwise_dy_offset() + (d.precision == Precision::kBf16 ? out_plane_ : 0));
-  if (depthwise_offsets_.empty()) {
-    depthwise_offsets_ = depthwise::tap_offsets(d, false);
-    depthwise_flipped_offsets_ = depthwise::tap_offsets(d, true);
-  }
+  if (depthwise_taps_.offsets.empty()) depthwise_taps_ = depthwise::make_taps(d);
 }
 
 // lanes: blocks of lanes::kLanes images; the frames in the workspace (col: the input frame,
@@ -1598,9 +1595,15 @@ void TbbConv2d::for_each_filter_block(int64_t filters, int64_t channels, const R
 
 // ---- depthwise --------------------------------------------------------------------------------
 
+// Half a page (mod 4 KiB) past the first region's end. The tap loops load from one of the two
+// regions and store to the other a little behind: at a distance near a multiple of 4 KiB the
+// loads wait on those stores (4K aliasing; backward_data lost a fifth of its time to it at 28x28).
 int64_t TbbConv2d::depthwise_wide_offset() const {
-  return round_up(
-      std::max(depthwise::padded_floats(desc_), kg_ * depthwise::weight_scratch_floats(desc_)), 16);
+  constexpr int64_t kPageFloats = 1024;
+  return round_up(std::max(depthwise::padded_floats(desc_),
+                           kg_ * depthwise::weight_scratch_floats(desc_)),
+                  kPageFloats) +
+         kPageFloats / 2;
 }
 
 int64_t TbbConv2d::depthwise_dy_offset() const {
@@ -1646,13 +1649,15 @@ void TbbConv2d::depthwise_forward(const float* x, const float* weight, const flo
       tbb::blocked_range<int64_t>(0, n_batch * d.groups, depthwise_grain()),
       [&](const tbb::blocked_range<int64_t>& range) {
         Workspace& ws = local_workspace();
+        float* padded = ws.gathered.data();
+        float* wide = padded + depthwise_wide_offset();
         for (int64_t p = range.begin(); p != range.end(); ++p) {
           const int64_t n = p / d.groups, g = p % d.groups;
-          depthwise_pad(x + (n * d.in_channels + g) * in_plane_, ws.col.data());
+          depthwise_pad(x + (n * d.in_channels + g) * in_plane_, padded);
           for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
-            depthwise::forward_plane(d, depthwise_offsets_.data(), ws.col.data(), w + k * taps,
+            depthwise::forward_plane(d, depthwise_taps_, padded, w + k * taps,
                                      bias != nullptr ? bias[k] : 0.0f,
-                                     y + (n * d.out_channels + k) * out_plane_, ws.gathered.data());
+                                     y + (n * d.out_channels + k) * out_plane_, wide);
           }
         }
       });
@@ -1671,7 +1676,7 @@ void TbbConv2d::depthwise_backward_data(const float* dy, const float* weight, fl
                         const int64_t n = p / d.groups, g = p % d.groups;
                         for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
                           depthwise::backward_data_plane(
-                              d, depthwise_flipped_offsets_.data(),
+                              d, depthwise_taps_,
                               depthwise_dy(dy + (n * d.out_channels + k) * out_plane_, ws),
                               w + k * taps, k > g * kg_, padded,
                               ws.gathered.data() + depthwise_wide_offset());
@@ -1685,6 +1690,10 @@ void TbbConv2d::depthwise_backward_params(const float* x, const float* dy, float
                                           int64_t n_batch) {
   const Conv2dDesc& d = desc_;
   const int64_t taps = d.kernel_h * d.kernel_w;
+  // fp32: the bias gradient's sums ride along in the weight gradient's pass over dy. bf16: that
+  // pass reads dy rounded to bf16, and the bias gradient sums the float dy (docs/precision.md),
+  // in a pass of its own; as it does without a weight gradient (and maybe without x).
+  const bool fused_bias = db != nullptr && dw != nullptr && d.precision == Precision::kFp32;
   // One task per group: each filter's sums over the batch run in a fixed order.
   tbb::parallel_for(
       tbb::blocked_range<int64_t>(0, d.groups, 1), [&](const tbb::blocked_range<int64_t>& range) {
@@ -1692,7 +1701,7 @@ void TbbConv2d::depthwise_backward_params(const float* x, const float* dy, float
         float* acc = ws.gathered.data();  // the group's filters' tap sums, one after another
         const int64_t scratch = depthwise::weight_scratch_floats(d);
         for (int64_t g = range.begin(); g != range.end(); ++g) {
-          if (db != nullptr) {
+          if (db != nullptr && !fused_bias) {
             for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
               float total = 0.0f;
               for (int64_t n = 0; n < n_batch; ++n) {
@@ -1704,17 +1713,24 @@ void TbbConv2d::depthwise_backward_params(const float* x, const float* dy, float
           if (dw == nullptr) continue;
           std::fill_n(acc, kg_ * scratch, 0.0f);
           for (int64_t n = 0; n < n_batch; ++n) {
+            if (n + 1 < n_batch) {  // the next image's planes: 3 KB runs 400 KB apart at 28x28
+              prefetch_floats(x + ((n + 1) * d.in_channels + g) * in_plane_, in_plane_);
+              prefetch_floats(dy + ((n + 1) * d.out_channels + g * kg_) * out_plane_,
+                              kg_ * out_plane_);
+            }
             // Padded once for all the group's filters.
             depthwise_pad(x + (n * d.in_channels + g) * in_plane_, ws.col.data());
             for (int64_t j = 0; j < kg_; ++j) {
               depthwise::accumulate_weight_plane(
-                  d, depthwise_offsets_.data(), ws.col.data(),
+                  d, depthwise_taps_, ws.col.data(),
                   depthwise_dy(dy + (n * d.out_channels + g * kg_ + j) * out_plane_, ws),
-                  acc + j * scratch, ws.gathered.data() + depthwise_wide_offset());
+                  fused_bias, acc + j * scratch, ws.gathered.data() + depthwise_wide_offset());
             }
           }
           for (int64_t j = 0; j < kg_; ++j) {
-            depthwise::reduce_weight(d, acc + j * scratch, dw + (g * kg_ + j) * taps);
+            const int64_t k = g * kg_ + j;
+            depthwise::reduce_weight(d, acc + j * scratch, dw + k * taps,
+                                     fused_bias ? db + k : nullptr);
           }
         }
       });

@@ -37,6 +37,7 @@
 #include <string_view>
 #include <vector>
 
+#include "depthwise.hpp"
 #include "lanes.hpp"
 #include "polyphase.hpp"
 #include "strata/backend.hpp"
@@ -442,8 +443,8 @@ class TbbConv2d : public Conv2dKernel {
   int64_t padded_stride_ = 0;   // floats between padded images in the workspace
   int64_t dy_wide_stride_ = 0;  // row stride of the zero-filled wide dy in backward_params
   std::vector<int32_t> forward_offsets_, backward_offsets_;
-  // depthwise (stride 1): the taps' offsets in the padded plane, and flipped for backward_data.
-  std::vector<int64_t> depthwise_offsets_, depthwise_flipped_offsets_;
+  // depthwise: the taps' offsets in the padded plane's phases (depthwise.hpp).
+  depthwise::Taps depthwise_taps_;
   // winograd: the geometries of forward, backward_data and backward_params.
   winograd::Geometry winograd_forward_, winograd_data_, winograd_params_;
   int64_t phases_ = 1;  // dilation run as phases_ x phases_ dilation-1 convolutions
