@@ -565,16 +565,15 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic) {
   BOOST_TEST((b.backward_data == strata::Conv2dPassArithmetic{40320, 400}));
   BOOST_TEST((b.backward_params == strata::Conv2dPassArithmetic{40320, 0}));
   // bf16_depthwise counts what the depthwise loops run, as the fp32 depthwise method does: 16
-  // filters of 9 taps, stride 1 on 10x10 padded by 1 (12 wide): forward and the weight gradient
-  // over the wide output, 9 rows of 12 plus 10 columns (118); backward_data over the padded
-  // plane (144).
+  // filters of 9 taps, stride 1 on 10x10 padded by 1, each tap over a stacked image's 12x12
+  // padded plane (144) in every pass.
   Conv2dDesc d = bf16_conv({1, 16, 10, 10, 16, 3, 3, 1, 1, 1, 1, 1, 1, 16});
   const auto depthwise = registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t");
   BOOST_TEST_REQUIRE(depthwise->implementation() == kBf16Depthwise);
   const strata::Conv2dArithmetic c = depthwise->arithmetic();
-  BOOST_TEST((c.forward == strata::Conv2dPassArithmetic{16 * 9 * 118, 0}));
+  BOOST_TEST((c.forward == strata::Conv2dPassArithmetic{16 * 9 * 144, 0}));
   BOOST_TEST((c.backward_data == strata::Conv2dPassArithmetic{16 * 9 * 144, 0}));
-  BOOST_TEST((c.backward_params == strata::Conv2dPassArithmetic{16 * 9 * 118, 0}));
+  BOOST_TEST((c.backward_params == strata::Conv2dPassArithmetic{16 * 9 * 144, 0}));
   d.precision = Precision::kFp32;
   const strata::Conv2dArithmetic fp32 =
       registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t")->arithmetic();

@@ -1106,7 +1106,8 @@ BOOST_AUTO_TEST_CASE(conv2d_lanes_paths) {
 // adds two filters' shares), strides 2, (2, 1) and 3 (the plane split into phases), stride with
 // dilation (taps of one phase from different rows), a stride past the kernel (phases no tap
 // reaches), a 5x5 kernel, padding wider than the kernel, an output size rounded up (a last window
-// past the padding), and a batch big enough to be split over threads.
+// past the padding), a batch big enough to be split over threads, and small planes stacked
+// (depthwise.hpp) into a full block and a short one.
 BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
   std::mt19937 rng(23);
   const std::string depthwise = "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise";
@@ -1123,6 +1124,8 @@ BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
       {conv_desc(3, 5, 5, 3, 3, 3, 1, 1, 4, 4, 1, 1, 3), 2, depthwise},  // padding past the kernel
       {rounded_up(conv_desc(4, 12, 11, 4, 3, 3, 2, 3, 1, 0, 1, 1, 4)), 2, depthwise},  // rounded up
       {conv_desc(32, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, 32), 16, depthwise},  // split over threads
+      {conv_desc(4, 6, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 4), 70, depthwise},       // 64 stacked, then 6
+      {conv_desc(3, 4, 4, 6, 3, 3, 2, 2, 1, 1, 1, 1, 3), 40, depthwise},       // stacked, stride 2
   };
   check_paths(cases, rng);
 }
@@ -1454,16 +1457,16 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic_per_method) {
       {conv_desc(72, 6, 6, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1),
        "fwd=pointwise bwd_data=pointwise bwd_weights=pointwise",
        {{20736, 0}, {20736, 0}, {20736, 0}}},
-      // Depthwise, stride 1: 12 planes, 9 taps over the wide output (10 rows of 13, then 11: 141)
-      // or, for backward_data, the whole 13x13 padded plane.
+      // Depthwise, stride 1: 12 planes, 9 taps over each stacked image's 13x13 padded plane (the
+      // wide output's rows and the garbage rows between images: depthwise.hpp).
       {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12),
        "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise",
-       {{15228, 0}, {18252, 0}, {15228, 0}}},
-      // Depthwise, stride 2: the 17x17 padded plane's four phases are 9x9, so 9 taps over the wide
-      // output (7 rows of 9, then 8: 71) or, for backward_data, over their phase (81).
+       {{12 * 9 * 169, 0}, {12 * 9 * 169, 0}, {12 * 9 * 169, 0}}},
+      // Depthwise, stride 2: the 17x17 padded plane's four phases are 9x9, and each tap runs over
+      // one phase's 81 floats.
       {conv_desc(6, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6),
        "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise",
-       {{6 * 9 * 71, 0}, {6 * 9 * 81, 0}, {6 * 9 * 71, 0}}},
+       {{6 * 9 * 81, 0}, {6 * 9 * 81, 0}, {6 * 9 * 81, 0}}},
   };
   for (const ArithmeticCase& c : cases) {
     const auto conv = kernel<Conv2dKernel>("conv2d", "tbb", c.desc);

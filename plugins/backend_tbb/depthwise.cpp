@@ -10,8 +10,15 @@ namespace strata::tbb_backend::depthwise {
 
 namespace {
 
+// Floats of a block's phases, at most (unless one image has more): 2 KB. Bigger blocks ran
+// slower: their images' planes lie a whole image apart, often at one offset in their pages, and
+// compete for the same L1 sets (16x16 planes: 2.7 ms a training pass unstacked, 3.7 ms in blocks
+// of 12; 4x4: 3.2 ms unstacked, 2.1 ms in blocks of 14).
+constexpr int64_t kStackFloats = 512;
+
 // The padded plane covers every window: the input with its padding, and more zeros below and to
-// the right when the output size was rounded up (a last window past the padding).
+// the right when the output size was rounded up (a last window past the padding). Its phases
+// (depthwise.hpp) are ceil(padded_h / stride_h) x ceil(padded_w / stride_w).
 int64_t padded_h(const Conv2dDesc& d) {
   return std::max(d.in_h + 2 * d.pad_h,
                   (d.out_h - 1) * d.stride_h + (d.kernel_h - 1) * d.dilation_h + 1);
@@ -20,33 +27,6 @@ int64_t padded_w(const Conv2dDesc& d) {
   return std::max(d.in_w + 2 * d.pad_w,
                   (d.out_w - 1) * d.stride_w + (d.kernel_w - 1) * d.dilation_w + 1);
 }
-// The stride's phases: phase (a, b), a < stride_h and b < stride_w, holds the padded plane's rows
-// a, a + stride_h, ... and its columns b, b + stride_w, ..., phase_rows x pitch floats (stride 1:
-// one phase, the padded plane itself). Output (oh, ow) reads, for tap (r, s), padded pixel
-// (oh * stride_h + r * dilation_h, ow * stride_w + s * dilation_w): in phase
-// (r * dilation_h % stride_h, s * dilation_w % stride_w), row oh + r * dilation_h / stride_h,
-// column ow + s * dilation_w / stride_w. So every tap is one run at a fixed offset, any stride.
-int64_t pitch(const Conv2dDesc& d) { return (padded_w(d) + d.stride_w - 1) / d.stride_w; }
-int64_t phase_rows(const Conv2dDesc& d) { return (padded_h(d) + d.stride_h - 1) / d.stride_h; }
-int64_t phase_floats(const Conv2dDesc& d) { return phase_rows(d) * pitch(d); }
-int64_t phase_count(const Conv2dDesc& d) { return d.stride_h * d.stride_w; }
-int64_t tap_phase(const Conv2dDesc& d, int64_t r, int64_t s) {
-  return r * d.dilation_h % d.stride_h * d.stride_w + s * d.dilation_w % d.stride_w;
-}
-int64_t in_phase_offset(const Conv2dDesc& d, int64_t r, int64_t s) {
-  return r * d.dilation_h / d.stride_h * pitch(d) + s * d.dilation_w / d.stride_w;
-}
-// The largest in-phase offset (the last tap's): backward_data's margin of zeros before dy.
-int64_t margin(const Conv2dDesc& d) { return in_phase_offset(d, d.kernel_h - 1, d.kernel_w - 1); }
-
-}  // namespace
-
-int64_t padded_floats(const Conv2dDesc& d) { return phase_count(d) * phase_floats(d); }
-int64_t plane_floats(const Conv2dDesc& d) { return padded_floats(d) + kSlackFloats; }
-int64_t wide_floats(const Conv2dDesc& d) { return d.out_h * pitch(d) + kSlackFloats; }
-
-namespace {
-
 // 16 floats (one AVX-512 register, two AVX2 ones: the compiler picks), moved to and from any float
 // address with memcpy (an unaligned vector load or store; clang keeps a vector type's 64-byte
 // alignment even where a typedef asks for less, and UBSan then reports every access).
@@ -146,26 +126,6 @@ void tap_dots(const float* grad, const float* src, const int64_t* offset, int64_
   }
 }
 
-// Output pixel (oh, ow) is column oh * pitch + ow of the "wide" output, and tap (r, s) reads the
-// phases at that column plus the tap's offset, so each tap is one long loop.
-int64_t wide_length(const Conv2dDesc& d) { return (d.out_h - 1) * pitch(d) + d.out_w; }
-
-// dy in the wide layout at grad + margin(d), zero everywhere else in grad_floats(d) floats (the
-// columns that are not output pixels, and margins for backward_data's flipped taps). Each float is
-// written once: the zeros between the rows with them (zeroing the whole buffer first, a 4 KB
-// memset per plane at 28x28, was a tenth of a depthwise training step).
-const float* widen(const Conv2dDesc& d, const float* dy, float* grad) {
-  const int64_t pw = pitch(d), front = margin(d);
-  zero_floats(grad, front);
-  float* wide = grad + front;
-  for (int64_t oh = 0; oh < d.out_h; ++oh) {
-    copy_floats(wide + oh * pw, dy + oh * d.out_w, d.out_w);
-    zero_floats(wide + oh * pw + d.out_w, pw - d.out_w);
-  }
-  zero_floats(wide + d.out_h * pw, grad_floats(d) - front - d.out_h * pw);
-  return wide;
-}
-
 // Stride 2's column split and its inverse, 16 floats at a time: dst[b][j] = src[2 * j + b] for
 // 2 * j + b < n (b = 0, 1), and back. As scalar loops these were most of a stride-2 pass.
 using Half = float __attribute__((vector_size(32)));
@@ -209,43 +169,62 @@ void round_to_bf16(const float* src, int64_t n, float* dst) {
   for (; j < n; ++j) dst[j] = strata::round_to_bf16(src[j]);
 }
 
-int64_t forward_multiply_adds(const Conv2dDesc& d) {
-  return d.kernel_h * d.kernel_w * wide_length(d);
-}
-int64_t data_multiply_adds(const Conv2dDesc& d) {
-  return d.kernel_h * d.kernel_w * phase_floats(d);
-}
-int64_t params_multiply_adds(const Conv2dDesc& d) { return forward_multiply_adds(d); }
-
-int64_t weight_scratch_floats(const Conv2dDesc& d) {
-  return (d.kernel_h * d.kernel_w + 1) * kLanes;
-}
-int64_t grad_floats(const Conv2dDesc& d) { return margin(d) + phase_floats(d) + kSlackFloats; }
-
-Taps make_taps(const Conv2dDesc& d) {
-  Taps taps;
-  const int64_t count = d.kernel_h * d.kernel_w;
-  for (int64_t t = 0; t < count; ++t) {
+// The stride's phases: phase (a, b), a < stride_h and b < stride_w, holds the padded plane's rows
+// a, a + stride_h, ... and its columns b, b + stride_w, ... (stride 1: one phase, the padded plane
+// itself). Output (oh, ow) reads, for tap (r, s), padded pixel (oh * stride_h + r * dilation_h,
+// ow * stride_w + s * dilation_w): in phase (r * dilation_h % stride_h, s * dilation_w %
+// stride_w), row oh + r * dilation_h / stride_h, column ow + s * dilation_w / stride_w. So every
+// tap is one run at a fixed offset, any stride.
+Plan make_plan(const Conv2dDesc& d) {
+  Plan p;
+  p.pitch = (padded_w(d) + d.stride_w - 1) / d.stride_w;
+  p.phase_rows = (padded_h(d) + d.stride_h - 1) / d.stride_h;
+  p.phase_floats = p.phase_rows * p.pitch;
+  p.phases = d.stride_h * d.stride_w;
+  p.stack = std::max<int64_t>(1, kStackFloats / (p.phases * p.phase_floats));
+  p.out_h = d.out_h;
+  p.out_w = d.out_w;
+  const auto phase = [&](int64_t r, int64_t s) {
+    return r * d.dilation_h % d.stride_h * d.stride_w + s * d.dilation_w % d.stride_w;
+  };
+  const auto in_phase = [&](int64_t r, int64_t s) {
+    return r * d.dilation_h / d.stride_h * p.pitch + s * d.dilation_w / d.stride_w;
+  };
+  p.margin = in_phase(d.kernel_h - 1, d.kernel_w - 1);
+  const int64_t taps = d.kernel_h * d.kernel_w;
+  for (int64_t t = 0; t < taps; ++t) {
     const int64_t r = t / d.kernel_w, s = t % d.kernel_w;
-    taps.offsets.push_back(tap_phase(d, r, s) * phase_floats(d) + in_phase_offset(d, r, s));
-    taps.identity.push_back(t);
+    p.offsets.push_back(phase(r, s) * p.phase_stride() + in_phase(r, s));
+    p.identity.push_back(t);
   }
-  for (int64_t phase = 0; phase < phase_count(d); ++phase) {
-    taps.phase_begin.push_back(static_cast<int64_t>(taps.order.size()));
-    for (int64_t t = 0; t < count; ++t) {
+  for (int64_t ph = 0; ph < p.phases; ++ph) {
+    p.phase_begin.push_back(static_cast<int64_t>(p.order.size()));
+    for (int64_t t = 0; t < taps; ++t) {
       const int64_t r = t / d.kernel_w, s = t % d.kernel_w;
-      if (tap_phase(d, r, s) != phase) continue;
-      taps.order.push_back(t);
-      taps.flipped.push_back(margin(d) - in_phase_offset(d, r, s));
+      if (phase(r, s) != ph) continue;
+      p.order.push_back(t);
+      p.flipped.push_back(p.margin - in_phase(r, s));
     }
   }
-  taps.phase_begin.push_back(count);
-  return taps;
+  p.phase_begin.push_back(taps);
+  return p;
 }
 
-void pad_plane(const Conv2dDesc& d, const float* x, float* padded) {
-  const int64_t pw = pitch(d), rows = phase_rows(d), plane = rows * pw;
-  const int64_t sh = d.stride_h, sw = d.stride_w;
+int64_t padded_floats(const Plan& p) { return p.phases * p.phase_stride() + kSlackFloats; }
+int64_t wide_floats(const Plan& p) { return p.phase_stride() + kSlackFloats; }
+int64_t grad_floats(const Plan& p) { return p.margin + p.phase_stride() + kSlackFloats; }
+int64_t weight_scratch_floats(const Plan& p) {
+  return (static_cast<int64_t>(p.offsets.size()) + 1) * kLanes;
+}
+int64_t multiply_adds(const Plan& p) {
+  return static_cast<int64_t>(p.offsets.size()) * p.phase_floats;
+}
+
+namespace {
+
+// Copies plane x into the phases of its padded plane at `padded` (phase q at q * stride floats).
+void pad_image(const Conv2dDesc& d, const Plan& p, const float* x, int64_t stride, float* padded) {
+  const int64_t pw = p.pitch, rows = p.phase_rows, sh = d.stride_h, sw = d.stride_w;
   const auto valid = [&](int64_t a, int64_t i) {
     const int64_t h = i * sh + a - d.pad_h;
     return h >= 0 && h < d.in_h;
@@ -257,7 +236,7 @@ void pad_plane(const Conv2dDesc& d, const float* x, float* padded) {
     const int64_t hi = std::max(lo, std::min(pw, (d.in_w + d.pad_w - b + sw - 1) / sw));
     for (int64_t a = 0; a < sh; ++a) {
       for (int64_t i = 0; i < rows; ++i) {
-        float* row = padded + (a * sw + b) * plane + i * pw;
+        float* row = padded + (a * sw + b) * stride + i * pw;
         if (!valid(a, i)) {
           zero_floats(row, pw);
           continue;
@@ -270,84 +249,125 @@ void pad_plane(const Conv2dDesc& d, const float* x, float* padded) {
       }
     }
   }
-  // Strides 1 and 2: whole rows. Input column w lands in phase (w + pad_w) % sw at (w + pad_w) /
-  // sw.
-  if (sw <= 2) {
-    for (int64_t a = 0; a < sh; ++a) {
-      for (int64_t i = 0; i < rows; ++i) {
-        if (!valid(a, i)) continue;
-        const float* src = x + (i * sh + a - d.pad_h) * d.in_w;
-        float* row = padded + a * sw * plane + i * pw;
-        if (sw == 1) {
-          copy_floats(row + d.pad_w, src, d.in_w);
-        } else {
-          const int64_t p = d.pad_w % 2;
-          split_pairs(src, d.in_w, row + p * plane + d.pad_w / 2,
-                      row + (1 - p) * plane + (d.pad_w + 1) / 2);
+  // Strides 1 and 2: whole rows. Input column w lands in phase (w + pad_w) % sw at
+  // (w + pad_w) / sw.
+  if (sw > 2) return;
+  for (int64_t a = 0; a < sh; ++a) {
+    for (int64_t i = 0; i < rows; ++i) {
+      if (!valid(a, i)) continue;
+      const float* src = x + (i * sh + a - d.pad_h) * d.in_w;
+      float* row = padded + a * sw * stride + i * pw;
+      if (sw == 1) {
+        copy_floats(row + d.pad_w, src, d.in_w);
+      } else {
+        const int64_t q = d.pad_w % 2;
+        split_pairs(src, d.in_w, row + q * stride + d.pad_w / 2,
+                    row + (1 - q) * stride + (d.pad_w + 1) / 2);
+      }
+    }
+  }
+}
+
+// dy in the wide layout at grad + margin (image i's row oh at (i * phase_rows + oh) * pitch),
+// zero everywhere else up to kSlackFloats past the last image: the columns and rows that are not
+// output pixels, and backward_data's margin for its flipped taps. Each float is written once
+// (zeroing the whole buffer first, a 4 KB memset per plane at 28x28, was a tenth of a depthwise
+// training step).
+const float* widen(const Plan& p, const float* dy, int64_t dy_stride, int64_t count, float* grad) {
+  const int64_t pw = p.pitch;
+  zero_floats(grad, p.margin);
+  float* wide = grad + p.margin;
+  for (int64_t i = 0; i < count; ++i) {
+    float* image = wide + i * p.phase_floats;
+    for (int64_t oh = 0; oh < p.out_h; ++oh) {
+      copy_floats(image + oh * pw, dy + i * dy_stride + oh * p.out_w, p.out_w);
+      zero_floats(image + oh * pw + p.out_w, pw - p.out_w);
+    }
+    zero_floats(image + p.out_h * pw, p.phase_floats - p.out_h * pw);
+  }
+  zero_floats(wide + count * p.phase_floats, kSlackFloats);
+  return wide;
+}
+
+}  // namespace
+
+void pad_planes(const Conv2dDesc& d, const Plan& p, const float* x, int64_t x_stride, int64_t count,
+                float* padded) {
+  // First the zeros past the last image of each phase, which the tap loops' last vectors read
+  // (a stale value there could be a NaN, and 0 * NaN is not 0); a short phase's run into the
+  // next phase is then overwritten.
+  for (int64_t q = 0; q < p.phases; ++q) {
+    zero_floats(padded + q * p.phase_stride() + count * p.phase_floats, kSlackFloats);
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    pad_image(d, p, x + i * x_stride, p.phase_stride(), padded + i * p.phase_floats);
+  }
+}
+
+void forward_planes(const Conv2dDesc& d, const Plan& p, const float* padded, int64_t count,
+                    const float* w, float bias, float* y, int64_t y_stride, float* wide) {
+  tap_sums(padded, p.offsets.data(), p.identity.data(), w, static_cast<int64_t>(p.offsets.size()),
+           bias, false, wide, p.wide_length(count));
+  for (int64_t i = 0; i < count; ++i) {
+    for (int64_t oh = 0; oh < p.out_h; ++oh) {
+      copy_floats(y + i * y_stride + oh * p.out_w, wide + i * p.phase_floats + oh * p.pitch,
+                  p.out_w);
+    }
+  }
+}
+
+void backward_data_planes(const Conv2dDesc& d, const Plan& p, const float* dy, int64_t dy_stride,
+                          int64_t count, const float* w, bool accumulate, float* dx_padded,
+                          float* grad) {
+  // Phase q of dx_padded, at its column i: the sum over q's taps t of w[t] * wide_dy[i -
+  // in-phase offset of t], the same tap sums over dy with a margin of zeros in front and the
+  // offsets flipped. A phase no tap reaches (a stride past the dilated kernel) is zero.
+  widen(p, dy, dy_stride, count, grad);
+  for (int64_t q = 0; q < p.phases; ++q) {
+    const int64_t first = p.phase_begin[q];
+    tap_sums(grad, p.flipped.data() + first, p.order.data() + first, w,
+             p.phase_begin[q + 1] - first, 0.0f, accumulate, dx_padded + q * p.phase_stride(),
+             count * p.phase_floats);
+  }
+}
+
+void crop_planes(const Conv2dDesc& d, const Plan& p, const float* dx_padded, int64_t count,
+                 float* dx, int64_t dx_stride) {
+  const int64_t pw = p.pitch, stride = p.phase_stride(), sh = d.stride_h, sw = d.stride_w;
+  for (int64_t n = 0; n < count; ++n) {
+    const float* image = dx_padded + n * p.phase_floats;
+    for (int64_t h = 0; h < d.in_h; ++h) {
+      const int64_t a = (h + d.pad_h) % sh, i = (h + d.pad_h) / sh;
+      float* out = dx + n * dx_stride + h * d.in_w;
+      const float* row = image + a * sw * stride + i * pw;
+      if (sw == 1) {
+        copy_floats(out, row + d.pad_w, d.in_w);
+      } else if (sw == 2) {  // input column w is in phase (w + pad_w) % 2 at (w + pad_w) / 2
+        const int64_t q = d.pad_w % 2;
+        merge_pairs(row + q * stride + d.pad_w / 2, row + (1 - q) * stride + (d.pad_w + 1) / 2,
+                    d.in_w, out);
+      } else {
+        for (int64_t b = 0; b < sw; ++b) {
+          // Input columns w = first, first + sw, ... are phase b's columns (w + pad_w) / sw.
+          const int64_t first = ((b - d.pad_w) % sw + sw) % sw;
+          const float* src = row + b * stride + (first + d.pad_w) / sw;
+          for (int64_t w = first, j = 0; w < d.in_w; w += sw, ++j) out[w] = src[j];
         }
       }
     }
   }
-  zero_floats(padded + padded_floats(d), kSlackFloats);
 }
 
-void forward_plane(const Conv2dDesc& d, const Taps& taps, const float* padded, const float* w,
-                   float bias, float* y, float* wide) {
-  const int64_t pw = pitch(d), out_w = d.out_w;
-  tap_sums(padded, taps.offsets.data(), taps.identity.data(), w, d.kernel_h * d.kernel_w, bias,
-           false, wide, wide_length(d));
-  for (int64_t oh = 0; oh < d.out_h; ++oh) copy_floats(y + oh * out_w, wide + oh * pw, out_w);
+void accumulate_weight_planes(const Conv2dDesc& d, const Plan& p, const float* padded,
+                              const float* dy, int64_t dy_stride, int64_t count, bool sum_dy,
+                              float* acc, float* grad) {
+  const auto taps = static_cast<int64_t>(p.offsets.size());
+  tap_dots(widen(p, dy, dy_stride, count, grad), padded, p.offsets.data(), taps,
+           p.wide_length(count), acc, sum_dy ? acc + taps * kLanes : nullptr);
 }
 
-void backward_data_plane(const Conv2dDesc& d, const Taps& taps, const float* dy, const float* w,
-                         bool accumulate, float* dx_padded, float* grad) {
-  // Phase p of dx_padded, at its column i: the sum over p's taps t of w[t] * wide_dy[i -
-  // in_phase_offset(t)], the same tap sums over dy with a margin of zeros in front and the
-  // offsets flipped. A phase no tap reaches (a stride past the dilated kernel) is zero.
-  widen(d, dy, grad);
-  const int64_t plane = phase_floats(d);
-  for (int64_t phase = 0; phase < phase_count(d); ++phase) {
-    const int64_t first = taps.phase_begin[phase];
-    tap_sums(grad, taps.flipped.data() + first, taps.order.data() + first, w,
-             taps.phase_begin[phase + 1] - first, 0.0f, accumulate, dx_padded + phase * plane,
-             plane);
-  }
-}
-
-void crop_plane(const Conv2dDesc& d, const float* dx_padded, float* dx) {
-  const int64_t pw = pitch(d), plane = phase_floats(d), sh = d.stride_h, sw = d.stride_w;
-  for (int64_t h = 0; h < d.in_h; ++h) {
-    const int64_t a = (h + d.pad_h) % sh, i = (h + d.pad_h) / sh;
-    float* out = dx + h * d.in_w;
-    if (sw == 1) {
-      copy_floats(out, dx_padded + a * plane + i * pw + d.pad_w, d.in_w);
-      continue;
-    }
-    if (sw == 2) {  // input column w is in phase (w + pad_w) % 2 at (w + pad_w) / 2
-      const float* row = dx_padded + a * sw * plane + i * pw;
-      const int64_t p = d.pad_w % 2;
-      merge_pairs(row + p * plane + d.pad_w / 2, row + (1 - p) * plane + (d.pad_w + 1) / 2, d.in_w,
-                  out);
-      continue;
-    }
-    for (int64_t b = 0; b < sw; ++b) {
-      // Input columns w = first, first + sw, ... are phase b's columns (w + pad_w) / sw.
-      const int64_t first = ((b - d.pad_w) % sw + sw) % sw;
-      const float* src = dx_padded + (a * sw + b) * plane + i * pw + (first + d.pad_w) / sw;
-      for (int64_t w = first, j = 0; w < d.in_w; w += sw, ++j) out[w] = src[j];
-    }
-  }
-}
-
-void accumulate_weight_plane(const Conv2dDesc& d, const Taps& taps, const float* padded,
-                             const float* dy, bool sum_dy, float* acc, float* grad) {
-  const int64_t count = d.kernel_h * d.kernel_w;
-  tap_dots(widen(d, dy, grad), padded, taps.offsets.data(), count, wide_length(d), acc,
-           sum_dy ? acc + count * kLanes : nullptr);
-}
-
-void reduce_weight(const Conv2dDesc& d, const float* acc, float* dw, float* db) {
-  const int64_t taps = d.kernel_h * d.kernel_w;
+void reduce_weight(const Plan& p, const float* acc, float* dw, float* db) {
+  const auto taps = static_cast<int64_t>(p.offsets.size());
   const auto total = [&](int64_t slot) {
     float sum = 0.0f;
     for (int64_t j = 0; j < kLanes; ++j) sum += acc[slot * kLanes + j];

@@ -340,9 +340,9 @@ bool lanes_data_fits(const Conv2dDesc& d) {
 std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementations() {
   static const ForwardImplementation list[] = {
       {"bf16_depthwise", bf16_depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_forward, &TbbConv2d::depthwise_forward_arithmetic},
+       &TbbConv2d::depthwise_forward, &TbbConv2d::depthwise_arithmetic},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise, &TbbConv2d::depthwise_forward,
-       &TbbConv2d::depthwise_forward_arithmetic},
+       &TbbConv2d::depthwise_arithmetic},
       {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_forward, &TbbConv2d::forward_lanes,
        &TbbConv2d::lanes_forward_arithmetic},
       {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_forward,
@@ -366,9 +366,9 @@ std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementat
 std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations() {
   static const DataImplementation list[] = {
       {"bf16_depthwise", bf16_depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_data_arithmetic},
+       &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_arithmetic},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_data_arithmetic},
+       &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_arithmetic},
       {"lanes", lanes_data_fits, &TbbConv2d::prepare_lanes_data, &TbbConv2d::data_lanes,
        &TbbConv2d::lanes_data_arithmetic},
       {"direct", direct_data_fits, &TbbConv2d::prepare_direct_data, &TbbConv2d::data_direct,
@@ -392,9 +392,9 @@ std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations()
 std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementations() {
   static const ParamsImplementation list[] = {
       {"bf16_depthwise", bf16_depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_params_arithmetic},
+       &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_arithmetic},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_params_arithmetic},
+       &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_arithmetic},
       {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_params, &TbbConv2d::params_lanes,
        &TbbConv2d::lanes_params_arithmetic},
       {"winograd43", winograd43_params_fits, &TbbConv2d::prepare_winograd_params<4>,
@@ -479,7 +479,7 @@ void TbbConv2d::on_prepare() {
   winograd_u_data_floats_ = 0;
   forward_offsets_.clear();
   backward_offsets_.clear();
-  depthwise_taps_ = {};
+  depthwise_plan_ = {};
   small_offsets_.clear();
   polyphase_offsets_.clear();
   forward_ = choose(forward_implementations(), forward_plan_);
@@ -544,16 +544,8 @@ Conv2dPassArithmetic TbbConv2d::direct_params_arithmetic() const {
   return {desc_.groups * kg_ * rows_ * desc_.out_h * padded_w_, 0};
 }
 
-Conv2dPassArithmetic TbbConv2d::depthwise_forward_arithmetic() const {
-  return {desc_.out_channels * depthwise::forward_multiply_adds(desc_), 0};
-}
-
-Conv2dPassArithmetic TbbConv2d::depthwise_data_arithmetic() const {
-  return {desc_.out_channels * depthwise::data_multiply_adds(desc_), 0};
-}
-
-Conv2dPassArithmetic TbbConv2d::depthwise_params_arithmetic() const {
-  return {desc_.out_channels * depthwise::params_multiply_adds(desc_), 0};
+Conv2dPassArithmetic TbbConv2d::depthwise_arithmetic() const {
+  return {desc_.out_channels * depthwise::multiply_adds(depthwise_plan_), 0};
 }
 
 Conv2dPassArithmetic TbbConv2d::winograd_forward_arithmetic() const {
@@ -704,12 +696,13 @@ void TbbConv2d::prepare_polyphase_data(Plan&) {
 
 void TbbConv2d::prepare_depthwise(Plan&) {
   const Conv2dDesc& d = desc_;
-  // gathered: the padded input plane (forward), dx's padded plane or the tap sums, then at
-  // depthwise_wide_offset() the wide output or the dy buffer, then (bf16) the rounded dy plane;
-  // col: backward_params' padded input plane.
-  reserve_workspace(depthwise::plane_floats(d),
-                    depthwise_dy_offset() + (d.precision == Precision::kBf16 ? out_plane_ : 0));
-  if (depthwise_taps_.offsets.empty()) depthwise_taps_ = depthwise::make_taps(d);
+  if (depthwise_plan_.offsets.empty()) depthwise_plan_ = depthwise::make_plan(d);
+  // gathered: a block's padded input planes (forward), dx's padded planes or the tap sums, then
+  // at depthwise_wide_offset() the wide output or the dy buffer, then (bf16) the rounded dy
+  // planes; col: backward_params' padded input planes.
+  reserve_workspace(depthwise::padded_floats(depthwise_plan_),
+                    depthwise_dy_offset() +
+                        (d.precision == Precision::kBf16 ? depthwise_plan_.stack * out_plane_ : 0));
 }
 
 // lanes: blocks of lanes::kLanes images; the frames in the workspace (col: the input frame,
@@ -1600,16 +1593,16 @@ void TbbConv2d::for_each_filter_block(int64_t filters, int64_t channels, const R
 // loads wait on those stores (4K aliasing; backward_data lost a fifth of its time to it at 28x28).
 int64_t TbbConv2d::depthwise_wide_offset() const {
   constexpr int64_t kPageFloats = 1024;
-  return round_up(std::max(depthwise::padded_floats(desc_),
-                           kg_ * depthwise::weight_scratch_floats(desc_)),
+  return round_up(std::max(depthwise::padded_floats(depthwise_plan_),
+                           kg_ * depthwise::weight_scratch_floats(depthwise_plan_)),
                   kPageFloats) +
          kPageFloats / 2;
 }
 
 int64_t TbbConv2d::depthwise_dy_offset() const {
-  const Conv2dDesc& d = desc_;
-  return depthwise_wide_offset() +
-         round_up(std::max(depthwise::wide_floats(d), depthwise::grad_floats(d)), 16);
+  return depthwise_wide_offset() + round_up(std::max(depthwise::wide_floats(depthwise_plan_),
+                                                     depthwise::grad_floats(depthwise_plan_)),
+                                            16);
 }
 
 const float* TbbConv2d::depthwise_weights(const float* w) {
@@ -1620,24 +1613,42 @@ const float* TbbConv2d::depthwise_weights(const float* w) {
   return rounded;
 }
 
-const float* TbbConv2d::depthwise_dy(const float* dy, Workspace& ws) const {
-  if (desc_.precision != Precision::kBf16) return dy;
+TbbConv2d::Planes TbbConv2d::depthwise_dy(const float* dy, int64_t count, Workspace& ws) const {
+  const int64_t stride = desc_.out_channels * out_plane_;
+  if (desc_.precision != Precision::kBf16) return {dy, stride};
   float* rounded = ws.gathered.data() + depthwise_dy_offset();
-  depthwise::round_to_bf16(dy, out_plane_, rounded);
-  return rounded;
+  for (int64_t i = 0; i < count; ++i) {
+    depthwise::round_to_bf16(dy + i * stride, out_plane_, rounded + i * out_plane_);
+  }
+  return {rounded, out_plane_};
 }
 
-void TbbConv2d::depthwise_pad(const float* x, float* padded) const {
-  depthwise::pad_plane(desc_, x, padded);
+void TbbConv2d::depthwise_pad(const float* x, int64_t count, float* padded) const {
+  depthwise::pad_planes(desc_, depthwise_plan_, x, desc_.in_channels * in_plane_, count, padded);
   if (desc_.precision == Precision::kBf16) {
-    depthwise::round_to_bf16(padded, depthwise::padded_floats(desc_), padded);
+    depthwise::round_to_bf16(padded, depthwise::padded_floats(depthwise_plan_), padded);
   }
 }
 
 int64_t TbbConv2d::depthwise_grain() const {
   const Conv2dDesc& d = desc_;
-  const int64_t macs = std::max<int64_t>(1, kg_ * out_plane_ * d.kernel_h * d.kernel_w);
+  const int64_t macs =
+      std::max<int64_t>(1, kg_ * depthwise_plan_.stack * out_plane_ * d.kernel_h * d.kernel_w);
   return std::max<int64_t>(1, kDepthwiseTaskMacs / macs);
+}
+
+template <class Body>
+void TbbConv2d::for_depthwise_blocks(int64_t n_batch, const Body& body) {
+  const int64_t stack = depthwise_plan_.stack, blocks = (n_batch + stack - 1) / stack;
+  const int64_t groups = desc_.groups;
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks * groups, depthwise_grain()),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      Workspace& ws = local_workspace();
+                      for (int64_t task = range.begin(); task != range.end(); ++task) {
+                        const int64_t n = task / groups * stack;
+                        body(ws, n, std::min(stack, n_batch - n), task % groups);
+                      }
+                    });
 }
 
 void TbbConv2d::depthwise_forward(const float* x, const float* weight, const float* bias, float* y,
@@ -1645,22 +1656,16 @@ void TbbConv2d::depthwise_forward(const float* x, const float* weight, const flo
   const Conv2dDesc& d = desc_;
   const int64_t taps = d.kernel_h * d.kernel_w;
   const float* w = depthwise_weights(weight);
-  tbb::parallel_for(
-      tbb::blocked_range<int64_t>(0, n_batch * d.groups, depthwise_grain()),
-      [&](const tbb::blocked_range<int64_t>& range) {
-        Workspace& ws = local_workspace();
-        float* padded = ws.gathered.data();
-        float* wide = padded + depthwise_wide_offset();
-        for (int64_t p = range.begin(); p != range.end(); ++p) {
-          const int64_t n = p / d.groups, g = p % d.groups;
-          depthwise_pad(x + (n * d.in_channels + g) * in_plane_, padded);
-          for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
-            depthwise::forward_plane(d, depthwise_taps_, padded, w + k * taps,
-                                     bias != nullptr ? bias[k] : 0.0f,
-                                     y + (n * d.out_channels + k) * out_plane_, wide);
-          }
-        }
-      });
+  for_depthwise_blocks(n_batch, [&](Workspace& ws, int64_t n, int64_t count, int64_t g) {
+    float* padded = ws.gathered.data();
+    depthwise_pad(x + (n * d.in_channels + g) * in_plane_, count, padded);
+    for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
+      depthwise::forward_planes(d, depthwise_plan_, padded, count, w + k * taps,
+                                bias != nullptr ? bias[k] : 0.0f,
+                                y + (n * d.out_channels + k) * out_plane_,
+                                d.out_channels * out_plane_, padded + depthwise_wide_offset());
+    }
+  });
 }
 
 void TbbConv2d::depthwise_backward_data(const float* dy, const float* weight, float* dx,
@@ -1668,28 +1673,23 @@ void TbbConv2d::depthwise_backward_data(const float* dy, const float* weight, fl
   const Conv2dDesc& d = desc_;
   const int64_t taps = d.kernel_h * d.kernel_w;
   const float* w = depthwise_weights(weight);
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, n_batch * d.groups, depthwise_grain()),
-                    [&](const tbb::blocked_range<int64_t>& range) {
-                      Workspace& ws = local_workspace();
-                      float* padded = ws.gathered.data();
-                      for (int64_t p = range.begin(); p != range.end(); ++p) {
-                        const int64_t n = p / d.groups, g = p % d.groups;
-                        for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
-                          depthwise::backward_data_plane(
-                              d, depthwise_taps_,
-                              depthwise_dy(dy + (n * d.out_channels + k) * out_plane_, ws),
-                              w + k * taps, k > g * kg_, padded,
-                              ws.gathered.data() + depthwise_wide_offset());
-                        }
-                        depthwise::crop_plane(d, padded, dx + (n * d.in_channels + g) * in_plane_);
-                      }
-                    });
+  for_depthwise_blocks(n_batch, [&](Workspace& ws, int64_t n, int64_t count, int64_t g) {
+    float* padded = ws.gathered.data();
+    for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
+      const Planes planes = depthwise_dy(dy + (n * d.out_channels + k) * out_plane_, count, ws);
+      depthwise::backward_data_planes(d, depthwise_plan_, planes.data, planes.stride, count,
+                                      w + k * taps, k > g * kg_, padded,
+                                      padded + depthwise_wide_offset());
+    }
+    depthwise::crop_planes(d, depthwise_plan_, padded, count,
+                           dx + (n * d.in_channels + g) * in_plane_, d.in_channels * in_plane_);
+  });
 }
 
 void TbbConv2d::depthwise_backward_params(const float* x, const float* dy, float* dw, float* db,
                                           int64_t n_batch) {
   const Conv2dDesc& d = desc_;
-  const int64_t taps = d.kernel_h * d.kernel_w;
+  const int64_t taps = d.kernel_h * d.kernel_w, stack = depthwise_plan_.stack;
   // fp32: the bias gradient's sums ride along in the weight gradient's pass over dy. bf16: that
   // pass reads dy rounded to bf16, and the bias gradient sums the float dy (docs/precision.md),
   // in a pass of its own; as it does without a weight gradient (and maybe without x).
@@ -1699,7 +1699,7 @@ void TbbConv2d::depthwise_backward_params(const float* x, const float* dy, float
       tbb::blocked_range<int64_t>(0, d.groups, 1), [&](const tbb::blocked_range<int64_t>& range) {
         Workspace& ws = local_workspace();
         float* acc = ws.gathered.data();  // the group's filters' tap sums, one after another
-        const int64_t scratch = depthwise::weight_scratch_floats(d);
+        const int64_t scratch = depthwise::weight_scratch_floats(depthwise_plan_);
         for (int64_t g = range.begin(); g != range.end(); ++g) {
           if (db != nullptr && !fused_bias) {
             for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
@@ -1712,24 +1712,26 @@ void TbbConv2d::depthwise_backward_params(const float* x, const float* dy, float
           }
           if (dw == nullptr) continue;
           std::fill_n(acc, kg_ * scratch, 0.0f);
-          for (int64_t n = 0; n < n_batch; ++n) {
-            if (n + 1 < n_batch) {  // the next image's planes: 3 KB runs 400 KB apart at 28x28
-              prefetch_floats(x + ((n + 1) * d.in_channels + g) * in_plane_, in_plane_);
-              prefetch_floats(dy + ((n + 1) * d.out_channels + g * kg_) * out_plane_,
-                              kg_ * out_plane_);
+          for (int64_t n = 0; n < n_batch; n += stack) {
+            const int64_t count = std::min(stack, n_batch - n);
+            // The next block's planes: runs of a plane or two, a whole image apart.
+            for (int64_t i = n + stack; i < std::min(n_batch, n + 2 * stack); ++i) {
+              prefetch_floats(x + (i * d.in_channels + g) * in_plane_, in_plane_);
+              prefetch_floats(dy + (i * d.out_channels + g * kg_) * out_plane_, kg_ * out_plane_);
             }
             // Padded once for all the group's filters.
-            depthwise_pad(x + (n * d.in_channels + g) * in_plane_, ws.col.data());
+            depthwise_pad(x + (n * d.in_channels + g) * in_plane_, count, ws.col.data());
             for (int64_t j = 0; j < kg_; ++j) {
-              depthwise::accumulate_weight_plane(
-                  d, depthwise_taps_, ws.col.data(),
-                  depthwise_dy(dy + (n * d.out_channels + g * kg_ + j) * out_plane_, ws),
-                  fused_bias, acc + j * scratch, ws.gathered.data() + depthwise_wide_offset());
+              const Planes planes =
+                  depthwise_dy(dy + (n * d.out_channels + g * kg_ + j) * out_plane_, count, ws);
+              depthwise::accumulate_weight_planes(
+                  d, depthwise_plan_, ws.col.data(), planes.data, planes.stride, count, fused_bias,
+                  acc + j * scratch, ws.gathered.data() + depthwise_wide_offset());
             }
           }
           for (int64_t j = 0; j < kg_; ++j) {
             const int64_t k = g * kg_ + j;
-            depthwise::reduce_weight(d, acc + j * scratch, dw + k * taps,
+            depthwise::reduce_weight(depthwise_plan_, acc + j * scratch, dw + k * taps,
                                      fused_bias ? db + k : nullptr);
           }
         }

@@ -302,9 +302,7 @@ class TbbConv2d : public Conv2dKernel {
   Conv2dPassArithmetic direct_forward_arithmetic() const;
   Conv2dPassArithmetic direct_data_arithmetic() const;
   Conv2dPassArithmetic direct_params_arithmetic() const;
-  Conv2dPassArithmetic depthwise_forward_arithmetic() const;
-  Conv2dPassArithmetic depthwise_data_arithmetic() const;
-  Conv2dPassArithmetic depthwise_params_arithmetic() const;
+  Conv2dPassArithmetic depthwise_arithmetic() const;  // the same in the three passes
   Conv2dPassArithmetic winograd_forward_arithmetic() const;
   Conv2dPassArithmetic winograd_data_arithmetic() const;
   Conv2dPassArithmetic winograd_params_arithmetic() const;
@@ -407,15 +405,24 @@ class TbbConv2d : public Conv2dKernel {
   // Tiles per task for geometry g: its V and M within kWinogradBudgetFloats.
   int64_t winograd_block(const winograd::Geometry& g) const;  // to at least `floats`
   void gather_dy(const Block& b, int64_t g, const float* dy, float* gathered) const;
-  int64_t depthwise_grain() const;        // input planes per task
+  int64_t depthwise_grain() const;        // (channel, block of images) tasks per chunk
   int64_t depthwise_wide_offset() const;  // of the wide scratch in Workspace::gathered
-  int64_t depthwise_dy_offset() const;    // of bf16's rounded dy plane in Workspace::gathered
+  int64_t depthwise_dy_offset() const;    // of bf16's rounded dy planes in Workspace::gathered
+  // body(ws, first image, images, group) for every block of the depthwise plan's stack of images
+  // and every group, in parallel.
+  template <class Body>
+  void for_depthwise_blocks(int64_t n_batch, const Body& body);
+  // Planes `stride` floats apart.
+  struct Planes {
+    const float* data;
+    int64_t stride;
+  };
   // The depthwise methods' product inputs: as given in fp32; in bf16 rounded (round_to_bf16) into
-  // the scratch's rounded_weights, into ws's dy plane (depthwise_dy_offset()), and in place in the
-  // padded plane.
+  // the scratch's rounded_weights, into ws's dy planes (depthwise_dy_offset()), and in place in
+  // the padded planes. dy and x: `count` images of one channel.
   const float* depthwise_weights(const float* w);
-  const float* depthwise_dy(const float* dy, Workspace& ws) const;
-  void depthwise_pad(const float* x, float* padded) const;
+  Planes depthwise_dy(const float* dy, int64_t count, Workspace& ws) const;
+  void depthwise_pad(const float* x, int64_t count, float* padded) const;
 
   int64_t cg_ = 0, kg_ = 0;  // channels and filters per group
   int64_t rows_ = 0;         // cg * R * S: taps of one group
@@ -443,8 +450,8 @@ class TbbConv2d : public Conv2dKernel {
   int64_t padded_stride_ = 0;   // floats between padded images in the workspace
   int64_t dy_wide_stride_ = 0;  // row stride of the zero-filled wide dy in backward_params
   std::vector<int32_t> forward_offsets_, backward_offsets_;
-  // depthwise: the taps' offsets in the padded plane's phases (depthwise.hpp).
-  depthwise::Taps depthwise_taps_;
+  // depthwise: its geometry and taps (depthwise.hpp).
+  depthwise::Plan depthwise_plan_;
   // winograd: the geometries of forward, backward_data and backward_params.
   winograd::Geometry winograd_forward_, winograd_data_, winograd_params_;
   int64_t phases_ = 1;  // dilation run as phases_ x phases_ dilation-1 convolutions
