@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "floats.hpp"
@@ -126,6 +127,84 @@ void tap_dots(const float* grad, const float* src, const int64_t* offset, int64_
   }
 }
 
+// Rows of three taps one float apart (3 wide, stride and dilation 1 along the rows: MobileNet's
+// 3x3): a row's three runs come from the same two loads, the second and third shifted one and two
+// lanes along (valignd), in place of three unaligned loads, most of them across two cache lines.
+// The loads were the tap loops' limit: nine per output vector against nine multiply-adds.
+// Row r's runs start at src + base[r] + k for k = 0, 1, 2, with weights w[tap[3 r + k]]. They
+// read up to 2 * kLanes - 1 floats past the vector's end: every buffer's slack covers that.
+inline Vec shifted(Vec a, Vec b, std::integral_constant<int, 1>) {
+  return __builtin_shufflevector(a, b, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
+}
+inline Vec shifted(Vec a, Vec b, std::integral_constant<int, 2>) {
+  return __builtin_shufflevector(a, b, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17);
+}
+using One = std::integral_constant<int, 1>;
+using Two = std::integral_constant<int, 2>;
+
+// tap_sums over rows of three (above): out[j] (= or +=) bias + the rows' sums.
+void row3_sums(const float* src, const int64_t* base, const int64_t* tap, const float* w,
+               int64_t rows, float bias, bool accumulate, float* out, int64_t length) {
+  int64_t j = 0;
+  for (; j + 4 * kLanes <= length; j += 4 * kLanes) {
+    Vec a[4];
+    for (int k = 0; k < 4; ++k) a[k] = accumulate ? load(out + j + k * kLanes) : splat(bias);
+    for (int64_t r = 0; r < rows; ++r) {
+      const Vec w0 = splat(w[tap[3 * r]]), w1 = splat(w[tap[3 * r + 1]]);
+      const Vec w2 = splat(w[tap[3 * r + 2]]);
+      const float* p = src + base[r] + j;
+      Vec v[5];
+      for (int k = 0; k < 5; ++k) v[k] = load(p + k * kLanes);
+      for (int k = 0; k < 4; ++k) {
+        a[k] +=
+            w0 * v[k] + w1 * shifted(v[k], v[k + 1], One{}) + w2 * shifted(v[k], v[k + 1], Two{});
+      }
+    }
+    for (int k = 0; k < 4; ++k) store(out + j + k * kLanes, a[k]);
+  }
+  for (; j < length; j += kLanes) {
+    Vec a = accumulate ? load(out + j) : splat(bias);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* p = src + base[r] + j;
+      const Vec v0 = load(p), v1 = load(p + kLanes);
+      a += splat(w[tap[3 * r]]) * v0 + splat(w[tap[3 * r + 1]]) * shifted(v0, v1, One{}) +
+           splat(w[tap[3 * r + 2]]) * shifted(v0, v1, Two{});
+    }
+    store(out + j, a);
+  }
+}
+
+// tap_dots over rows of three (above), three rows (nine taps) a pass: partial[3 r + k][lane] and
+// grad_sums as tap_dots's.
+void row3_dots(const float* grad, const float* src, const int64_t* base, int64_t rows,
+               int64_t length, float* partial, float* grad_sums) {
+  const int64_t vector_end = (length + kLanes - 1) / kLanes * kLanes;
+  for (int64_t r0 = 0; r0 < rows; r0 += 3) {
+    const int64_t count = std::min<int64_t>(3, rows - r0);
+    const float* p[3];
+    Vec acc[9];
+    for (int u = 0; u < 3; ++u) p[u] = src + base[r0 + std::min<int64_t>(u, count - 1)];
+    for (Vec& a : acc) a = Vec{};
+    const bool sum_grad = grad_sums != nullptr && r0 == 0;
+    Vec grad_acc{};
+    for (int64_t j = 0; j < vector_end; j += kLanes) {
+      const Vec g = load(grad + j);
+      if (sum_grad) grad_acc += g;
+      for (int u = 0; u < 3; ++u) {
+        const Vec v0 = load(p[u] + j), v1 = load(p[u] + j + kLanes);
+        acc[3 * u] += g * v0;
+        acc[3 * u + 1] += g * shifted(v0, v1, One{});
+        acc[3 * u + 2] += g * shifted(v0, v1, Two{});
+      }
+    }
+    for (int u = 0; u < 3 * count; ++u) {
+      float* sums = partial + (3 * r0 + u) * kLanes;
+      store(sums, load(sums) + acc[u]);
+    }
+    if (sum_grad) store(grad_sums, load(grad_sums) + grad_acc);
+  }
+}
+
 // Stride 2's column split and its inverse, 16 floats at a time: dst[b][j] = src[2 * j + b] for
 // 2 * j + b < n (b = 0, 1), and back. As scalar loops these were most of a stride-2 pass.
 using Half = float __attribute__((vector_size(32)));
@@ -207,6 +286,15 @@ Plan make_plan(const Conv2dDesc& d) {
     }
   }
   p.phase_begin.push_back(taps);
+  // Rows of three taps one float apart (row3_sums): forward and the weight gradient read row r
+  // from offsets[3 r] on; backward_data's flipped row from its last tap's offset, the taps
+  // reversed.
+  p.rows3 = d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 && d.dilation_w == 1;
+  for (int64_t r = 0; p.rows3 && r < d.kernel_h; ++r) {
+    p.row_offsets.push_back(p.offsets[3 * r]);
+    p.row_flipped.push_back(p.flipped[3 * r + 2]);
+    for (int64_t k = 0; k < 3; ++k) p.flipped_taps.push_back(3 * r + 2 - k);
+  }
   return p;
 }
 
@@ -306,8 +394,13 @@ void pad_planes(const Conv2dDesc& d, const Plan& p, const float* x, int64_t x_st
 
 void forward_planes(const Conv2dDesc& d, const Plan& p, const float* padded, int64_t count,
                     const float* w, float bias, float* y, int64_t y_stride, float* wide) {
-  tap_sums(padded, p.offsets.data(), p.identity.data(), w, static_cast<int64_t>(p.offsets.size()),
-           bias, false, wide, p.wide_length(count));
+  if (p.rows3) {
+    row3_sums(padded, p.row_offsets.data(), p.identity.data(), w, d.kernel_h, bias, false, wide,
+              p.wide_length(count));
+  } else {
+    tap_sums(padded, p.offsets.data(), p.identity.data(), w, static_cast<int64_t>(p.offsets.size()),
+             bias, false, wide, p.wide_length(count));
+  }
   for (int64_t i = 0; i < count; ++i) {
     for (int64_t oh = 0; oh < p.out_h; ++oh) {
       copy_floats(y + i * y_stride + oh * p.out_w, wide + i * p.phase_floats + oh * p.pitch,
@@ -323,6 +416,11 @@ void backward_data_planes(const Conv2dDesc& d, const Plan& p, const float* dy, i
   // in-phase offset of t], the same tap sums over dy with a margin of zeros in front and the
   // offsets flipped. A phase no tap reaches (a stride past the dilated kernel) is zero.
   widen(p, dy, dy_stride, count, grad);
+  if (p.rows3) {  // one phase
+    row3_sums(grad, p.row_flipped.data(), p.flipped_taps.data(), w, d.kernel_h, 0.0f, accumulate,
+              dx_padded, count * p.phase_floats);
+    return;
+  }
   for (int64_t q = 0; q < p.phases; ++q) {
     const int64_t first = p.phase_begin[q];
     tap_sums(grad, p.flipped.data() + first, p.order.data() + first, w,
@@ -362,8 +460,13 @@ void accumulate_weight_planes(const Conv2dDesc& d, const Plan& p, const float* p
                               const float* dy, int64_t dy_stride, int64_t count, bool sum_dy,
                               float* acc, float* grad) {
   const auto taps = static_cast<int64_t>(p.offsets.size());
-  tap_dots(widen(p, dy, dy_stride, count, grad), padded, p.offsets.data(), taps,
-           p.wide_length(count), acc, sum_dy ? acc + taps * kLanes : nullptr);
+  const float* wide = widen(p, dy, dy_stride, count, grad);
+  float* dy_sums = sum_dy ? acc + taps * kLanes : nullptr;
+  if (p.rows3) {
+    row3_dots(wide, padded, p.row_offsets.data(), d.kernel_h, p.wide_length(count), acc, dy_sums);
+  } else {
+    tap_dots(wide, padded, p.offsets.data(), taps, p.wide_length(count), acc, dy_sums);
+  }
 }
 
 void reduce_weight(const Plan& p, const float* acc, float* dw, float* db) {

@@ -34,9 +34,9 @@
 
 namespace strata::tbb_backend::depthwise {
 
-// The stride-1 loops run their last vector whole, reading and writing up to this many floats
-// past a plane's end: every buffer below has that slack (zero where it is read).
-inline constexpr int64_t kSlackFloats = 16;
+// The loops run their last vector whole, reading up to this many floats past a plane's end (and
+// writing up to 16): every buffer below has that slack (zero where it is read).
+inline constexpr int64_t kSlackFloats = 32;
 
 // A descriptor's geometry and tap tables, built once (make_plan), so that the calls below, run
 // thousands of times a pass, compute no division.
@@ -53,6 +53,11 @@ struct Plan {
   std::vector<int64_t> order;        // the taps phase by phase (backward_data)
   std::vector<int64_t> flipped;      // per `order` entry: its offset flipped into the dy buffer
   std::vector<int64_t> phase_begin;  // phase p's taps are order[phase_begin[p], phase_begin[p+1])
+  // 3-wide filters at stride 1, undilated along the rows: each filter row's three taps read one
+  // float apart, and the loops load them once (row3_sums in depthwise.cpp). Where each row starts
+  // (forward, weight gradient) and flipped (backward_data, with the taps of flipped_taps).
+  bool rows3 = false;
+  std::vector<int64_t> row_offsets, row_flipped, flipped_taps;
 
   int64_t phase_stride() const { return stack * phase_floats; }  // phase p at p * phase_stride()
   // Columns of the wide output of `count` images: image i's pixel (oh, ow) is column
