@@ -97,7 +97,7 @@ constexpr int kDotBlock = 8;
 // the taps' dot products, kDotBlock taps at a time with their sums in registers; and, unless
 // grad_sums is null, grad_sums[lane] += the same sum of grad[j] alone (the bias gradient, in the
 // pass that loads grad anyway). As tap_sums, the last vector runs whole: grad and src must be
-// zero for kLanes - 1 floats past their ends (widen() and pad_plane() zero that slack), so the
+// zero for kLanes - 1 floats past their ends (widen() and pad_planes() zero that slack), so the
 // lanes past `length` add nothing.
 void tap_dots(const float* grad, const float* src, const int64_t* offset, int64_t taps,
               int64_t length, float* partial, float* grad_sums) {
