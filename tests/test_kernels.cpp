@@ -1145,26 +1145,27 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
   const std::string direct_23 = "fwd=direct bwd_data=winograd23 bwd_weights=winograd23";
   const std::string direct_direct_23 = "fwd=direct bwd_data=direct bwd_weights=winograd23";
   const std::string lanes = "fwd=lanes bwd_data=lanes bwd_weights=lanes";
+  const std::string winograd_43 = "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23";
   const std::vector<PathCase> cases = {
       {conv_desc(32, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, direct_23},        // odd 9x11 output
       {conv_desc(48, 8, 8, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2, direct_23},         // no padding: 6x6
       {conv_desc(32, 7, 6, 36, 3, 3, 1, 1, 2, 2, 1, 1, 1), 2, direct_direct_23},  // padding 2: 9x8
       {conv_desc(33, 10, 7, 32, 3, 3, 1, 1, 0, 2, 1, 1, 1), 2, direct_23},        // unequal padding
-      {conv_desc(32, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5, direct_direct_23},  // many blocks
+      {conv_desc(32, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5, winograd_43},     // many blocks
       {conv_desc(33, 30, 26, 38, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
-       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // dot tails: 390 tiles
+       winograd_43},  // dot tails: 390 tiles
       {conv_desc(72, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // over 64 channels: no direct
       // F(4x4, 3x3) (outputs of at least 16, at most 256 channels plus filters; the weight
       // gradient from 192 to 512):
-      {conv_desc(32, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, direct_direct_23},  // direct fits
-      {conv_desc(72, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3,
-       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // partial 4x4 tiles
-      {conv_desc(48, 18, 18, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2,
-       "fwd=direct bwd_data=winograd43 bwd_weights=winograd23"},  // no padding: 16x16
-      {conv_desc(32, 16, 21, 36, 3, 3, 1, 1, 2, 0, 1, 1, 1), 2, direct_direct_23},  // padding 2, 0
+      // (where the direct kernels fit too, F(4x4) runs forward and backward_data: it does a quarter
+      // of their multiplications)
+      {conv_desc(32, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, winograd_43},  // direct fits
+      {conv_desc(72, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, winograd_43},  // partial 4x4 tiles
+      {conv_desc(48, 18, 18, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2, winograd_43},  // no padding: 16x16
+      {conv_desc(32, 16, 21, 36, 3, 3, 1, 1, 2, 0, 1, 1, 1), 2, winograd_43},  // padding 2, 0
       {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
-       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // dilation 2: 17x18 phases
+       winograd_43},  // dilation 2: 17x18 phases
       {conv_desc(128, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // F(4x4) weight gradient too
       {conv_desc(64, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
@@ -1185,7 +1186,7 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(72, 11, 12, 40, 3, 3, 1, 1, 0, 0, 2, 2, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // no padding: 7x8 output
       {conv_desc(72, 35, 33, 40, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
-       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // F(4x4): 18x17 phases
+       winograd_43},  // F(4x4): 18x17 phases
       {conv_desc(72, 16, 17, 32, 3, 3, 1, 1, 3, 3, 3, 3, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // dilation 3: 6x6 .. 5x5
       {conv_desc(72, 18, 19, 32, 3, 3, 1, 1, 4, 4, 4, 4, 1), 1,

@@ -59,6 +59,8 @@ constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
 // kWinogradBudgetFloats) and outputs of at least this size: below, F(2x2, 3x3) ran faster.
 constexpr int64_t kWinograd43MaxChannels = 256;
 constexpr int64_t kWinograd43MinOutput = 16;
+// The fewest channels and filters at which F(2x2, 3x3) beats the direct kernels (both fit).
+constexpr int64_t kWinograd23OverDirect = 48;
 // The weight gradient's range of channels plus filters for F(4x4) (docs/performance.md, sections
 // 18 and 19): from 192, and to 512 (256 -> 256 at 28x28: 53 -> 45 ms; 512 -> 512 at 16x16 twice
 // as slow as F(2x2)).
@@ -78,6 +80,9 @@ constexpr int64_t kWinogradBudgetFloats = int64_t{1} << 19;
 // transforms' groups of 8 and 16 tiles leave a remainder (ResNet-like forward 11.1 -> 8.9 ms,
 // docs/performance.md section 19).
 constexpr int64_t kWinogradTileRound = 48;
+// Forward and backward_data take the largest such block whose tasks leave no thread more than
+// this much above an even share (winograd_block(g, total)).
+constexpr double kWinogradMaxImbalance = 1.05;
 
 // The lanes method's frames (one group) hold at most this many pixels per image: 512 KiB each for a
 // block of 16 images (AVX-512), so a block's input and output frames fit a core's L2 together.
@@ -218,11 +223,14 @@ bool direct_fits(const Conv2dDesc& d) {
          kg * dy.h * dy.w <= kDirectBudgetFloats;
 }
 
+bool winograd_beats_direct(const Conv2dDesc& d);
+
 // Forward and backward_params compute over the wide output; backward_data over the input's
-// wide rows, reading a dy padded to dy.h x dy.w of which only out_h x out_w is real.
+// wide rows, reading a dy padded to dy.h x dy.w of which only out_h x out_w is real. Both
+// refuse what Winograd runs faster (winograd_beats_direct).
 bool direct_forward_fits(const Conv2dDesc& d) {
   const double efficiency = static_cast<double>(d.out_w) / static_cast<double>(padded_extent(d).w);
-  return direct_fits(d) && efficiency >= kDirectMinEfficiency;
+  return direct_fits(d) && efficiency >= kDirectMinEfficiency && !winograd_beats_direct(d);
 }
 
 bool direct_data_fits(const Conv2dDesc& d) {
@@ -231,7 +239,7 @@ bool direct_data_fits(const Conv2dDesc& d) {
                             static_cast<double>(d.out_h * d.out_w) /
                             static_cast<double>(dy.h * dy.w);
   return direct_fits(d) && channels_per_group(d) >= direct::kRows &&
-         efficiency >= kDirectMinEfficiency;
+         efficiency >= kDirectMinEfficiency && !winograd_beats_direct(d);
 }
 
 // Stride > 1 (polyphase.hpp), up to polyphase::kMaxStride, and a kernel of more than one tap: a
@@ -302,6 +310,20 @@ bool winograd43_fits(const Conv2dDesc& d) {
          winograd43_output_fits(d);
 }
 
+// Forward and backward_data of the shapes both Winograd and the direct kernels run (32 to 64
+// channels and filters, small images): F(4x4) does a quarter of the direct kernels'
+// multiplications and wins from 32 channels (ResNet-20's 32 -> 32 at 16x16, batch 64: 0.92 ->
+// 0.64 ms forward); F(2x2) saves less (4/9) and needs kWinograd23OverDirect channels and filters
+// and whole 2x2 tiles (64 -> 64 at 8x8: 1.24 -> 0.86 ms; 32 -> 32 at 14x14 and 64 -> 64 at 7x7
+// ran faster direct). Undilated only: the dilated shapes were not measured against each other.
+// docs/performance.md, section 21.
+bool winograd_beats_direct(const Conv2dDesc& d) {
+  if (!winograd_fits(d) || polyphase_factor(d) != 1) return false;
+  if (winograd43_fits(d)) return true;
+  return std::min(channels_per_group(d), filters_per_group(d)) >= kWinograd23OverDirect &&
+         d.out_h % 2 == 0 && d.out_w % 2 == 0;
+}
+
 // The weight gradient's products are (filters x tiles) * (tiles x channels): with F(4x4)'s
 // shorter blocks of tiles they only pay off from 192 channels plus filters (64 -> 128 at 16x16:
 // 12 % faster than F(2x2); 64 -> 64 and 32 -> 32 slower; docs/performance.md, section 18), and
@@ -334,8 +356,8 @@ bool lanes_data_fits(const Conv2dDesc& d) {
 // ---- the ordered lists ------------------------------------------------------------------------
 // Each pass takes the first implementation of its list that supports the descriptor (the last,
 // blas, supports every fp32 one; bf16_depthwise, the first, every bf16 one supports() admits).
-// Where both apply, the direct kernels beat Winograd at forward and backward_data (small images, at
-// most kDirectMaxChannels), Winograd beats them at backward_params (measured: docs/performance.md).
+// Where both apply, Winograd beats the direct kernels at backward_params, and at forward and
+// backward_data as winograd_beats_direct() says (measured: docs/performance.md, section 21).
 
 std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementations() {
   static const ForwardImplementation list[] = {
@@ -1337,6 +1359,25 @@ int64_t TbbConv2d::winograd_block(const winograd::Geometry& g) const {
   return tiles / round * round;
 }
 
+int64_t TbbConv2d::winograd_block(const winograd::Geometry& g, int64_t total) const {
+  const int64_t most = winograd_block(g);
+  const int64_t threads = allowed_threads();
+  const int64_t round = most >= kWinogradTileRound ? kWinogradTileRound : 8;
+  // The busiest thread's tiles when the blocks are dealt out one at a time, the last (`rest`
+  // tiles) to a thread with the fewest full blocks.
+  const auto busiest = [&](int64_t tiles) {
+    const int64_t full = (total - 1) / tiles, rest = total - full * tiles;
+    return std::max(ceil_div(full, threads) * tiles, full / threads * tiles + rest);
+  };
+  const double even = static_cast<double>(total) / static_cast<double>(threads);
+  int64_t best = most;
+  for (int64_t tiles = most; tiles >= round; tiles -= round) {
+    if (static_cast<double>(busiest(tiles)) <= kWinogradMaxImbalance * even) return tiles;
+    if (busiest(tiles) < busiest(best)) best = tiles;
+  }
+  return best;
+}
+
 float* TbbConv2d::grow(std::vector<float>& buffer, int64_t floats) {
   if (buffer.size() < static_cast<std::size_t>(floats)) {
     buffer.resize(static_cast<std::size_t>(floats));
@@ -1505,7 +1546,7 @@ void TbbConv2d::merge_phases(const float* src, int64_t n_batch, int64_t channels
 void TbbConv2d::winograd_run(const winograd::Geometry& g, const float* u, const float* x,
                              const float* bias, float* y, int64_t n_batch) {
   const int64_t total = n_batch * g.tiles_per_image();
-  const int64_t tiles = winograd_block(g);
+  const int64_t tiles = winograd_block(g, total);
   const int64_t blocks = ceil_div(total, tiles);
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, blocks, 1),
                     [&](const tbb::blocked_range<int64_t>& range) {
