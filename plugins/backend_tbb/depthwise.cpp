@@ -205,32 +205,6 @@ void row3_dots(const float* grad, const float* src, const int64_t* base, int64_t
   }
 }
 
-// Stride 2's column split and its inverse, 16 floats at a time: dst[b][j] = src[2 * j + b] for
-// 2 * j + b < n (b = 0, 1), and back. As scalar loops these were most of a stride-2 pass.
-using Half = float __attribute__((vector_size(32)));
-void split_pairs(const float* src, int64_t n, float* even, float* odd) {
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    const Vec v = load(src + i);
-    const Half e = __builtin_shufflevector(v, v, 0, 2, 4, 6, 8, 10, 12, 14);
-    const Half o = __builtin_shufflevector(v, v, 1, 3, 5, 7, 9, 11, 13, 15);
-    std::memcpy(even + i / 2, &e, sizeof e);
-    std::memcpy(odd + i / 2, &o, sizeof o);
-  }
-  for (; i < n; ++i) (i % 2 == 0 ? even : odd)[i / 2] = src[i];
-}
-void merge_pairs(const float* even, const float* odd, int64_t n, float* dst) {
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    Half e, o;
-    std::memcpy(&e, even + i / 2, sizeof e);
-    std::memcpy(&o, odd + i / 2, sizeof o);
-    store(dst + i,
-          __builtin_shufflevector(e, o, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15));
-  }
-  for (; i < n; ++i) dst[i] = (i % 2 == 0 ? even : odd)[i / 2];
-}
-
 }  // namespace
 
 void round_to_bf16(const float* src, int64_t n, float* dst) {

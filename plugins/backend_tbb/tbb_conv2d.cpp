@@ -1444,42 +1444,29 @@ bool TbbConv2d::winograd_staged(const winograd::Geometry& g) const {
 
 namespace {
 
-// Row `a` of every phase (a, b), b < P, from one source row: dst[b][j] = src[j * P + b] for the
-// j with j * P + b < width, zero up to `columns`.
-template <int P>
-void split_row(const float* src, int64_t width, int64_t columns, float* const* dst) {
-  const int64_t whole = width / P;  // columns every phase has
-  for (int64_t j = 0; j < whole; ++j) {
-#pragma GCC unroll 4
-    for (int b = 0; b < P; ++b) dst[b][j] = src[j * P + b];
-  }
-  for (int b = 0; b < P; ++b) {
-    for (int64_t j = whole; j < columns; ++j) dst[b][j] = j * P + b < width ? src[j * P + b] : 0.0f;
-  }
-}
-
+// Row `a` of every phase (a, b), b < p, from one source row: dst[b][j] = src[j * p + b] for the
+// j with j * p + b < width, zero up to `columns`.
 void split_row(int64_t p, const float* src, int64_t width, int64_t columns, float* const* dst) {
-  if (p == 1) return static_cast<void>(std::copy_n(src, width, dst[0]));
-  if (p == 2) return split_row<2>(src, width, columns, dst);
+  if (p == 1) {
+    copy_floats(dst[0], src, width);
+    zero_floats(dst[0] + width, columns - width);
+    return;
+  }
+  if (p == 2) {
+    split_pairs(src, width, dst[0], dst[1]);
+    zero_floats(dst[0] + (width + 1) / 2, columns - (width + 1) / 2);
+    zero_floats(dst[1] + width / 2, columns - width / 2);
+    return;
+  }
   for (int64_t b = 0; b < p; ++b) {
     for (int64_t j = 0; j < columns; ++j) dst[b][j] = j * p + b < width ? src[j * p + b] : 0.0f;
   }
 }
 
-// The inverse for the merge: dst[j * P + b] = src[b][j] where j * P + b < width.
-template <int P>
-void merge_row(const float* const* src, int64_t width, float* dst) {
-  const int64_t whole = width / P;
-  for (int64_t j = 0; j < whole; ++j) {
-#pragma GCC unroll 4
-    for (int b = 0; b < P; ++b) dst[j * P + b] = src[b][j];
-  }
-  for (int64_t k = whole * P; k < width; ++k) dst[k] = src[k % P][k / P];
-}
-
+// The inverse for the merge: dst[j * p + b] = src[b][j] where j * p + b < width.
 void merge_row(int64_t p, const float* const* src, int64_t width, float* dst) {
-  if (p == 1) return static_cast<void>(std::copy_n(src[0], width, dst));
-  if (p == 2) return merge_row<2>(src, width, dst);
+  if (p == 1) return copy_floats(dst, src[0], width);
+  if (p == 2) return merge_pairs(src[0], src[1], width, dst);
   for (int64_t k = 0; k < width; ++k) dst[k] = src[k % p][k / p];
 }
 
@@ -1500,21 +1487,21 @@ void TbbConv2d::split_phases(const float* src, int64_t n_batch, int64_t channels
                           float* part[kMaxPhases];
                           for (int64_t b = 0; b < p; ++b) {
                             part[b] = dst + (((n * p + a) * p + b) * channels + c) * ph * pw;
-                            std::fill_n(part[b], pad.h * pw, 0.0f);
-                            std::fill_n(part[b] + (pad.h + sh) * pw, pad.h * pw, 0.0f);
+                            zero_floats(part[b], pad.h * pw);
+                            zero_floats(part[b] + (pad.h + sh) * pw, pad.h * pw);
                           }
                           for (int64_t i = 0; i < sh; ++i) {
                             for (int64_t b = 0; b < p; ++b) {
                               float* row = part[b] + (pad.h + i) * pw;
-                              std::fill_n(row, pad.w, 0.0f);
-                              std::fill_n(row + pad.w + sw, pad.w, 0.0f);
+                              zero_floats(row, pad.w);
+                              zero_floats(row + pad.w + sw, pad.w);
                               rows[b] = row + pad.w;
                             }
                             const int64_t h = i * p + a;
                             if (h < size.h) {
                               split_row(p, whole + h * size.w, size.w, sw, rows);
                             } else {
-                              for (int64_t b = 0; b < p; ++b) std::fill_n(rows[b], sw, 0.0f);
+                              for (int64_t b = 0; b < p; ++b) zero_floats(rows[b], sw);
                             }
                           }
                         }
