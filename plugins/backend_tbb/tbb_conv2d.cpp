@@ -23,8 +23,14 @@ namespace {
 // One thread's col buffer: 256 KiB, half of a core's L2, so im2col output is still cached when
 // the GEMM packs it.
 constexpr int64_t kColumnBudgetFloats = int64_t{1} << 16;
-// The direct method keeps one padded image group (and its wide output) in L2.
+// The direct method keeps one padded image group (and its wide output) in L2 ...
 constexpr int64_t kDirectBudgetFloats = int64_t{1} << 15;
+// ... unless Winograd cannot run the shape (fewer than kWinogradMinChannels, a kernel other than
+// 3x3, a padding the dilation does not divide) and it is not 1x1 (pointwise runs those): there
+// the alternative is im2col + GEMM, and the direct kernels run images up to this many floats per
+// buffer, from L3 past L2, still 1.5-2.5x faster (16 channels at 64x64: 17.0 -> 7.0 ms a training
+// pass; at 224x224, batch 8: 48.8 -> 24.2; docs/performance.md, section 22).
+constexpr int64_t kDirectLargeBudgetFloats = int64_t{1} << 20;
 // Above this many filters or channels per group, OpenBLAS's cache blocking beats re-reading the
 // padded image once per 6 filters.
 constexpr int64_t kDirectMaxChannels = 64;
@@ -213,14 +219,18 @@ Extent padded_dy_extent(const Conv2dDesc& d) {
   return {d.in_h + (d.kernel_h - 1) * d.dilation_h, d.in_w + (d.kernel_w - 1) * d.dilation_w};
 }
 
+bool winograd_fits(const Conv2dDesc& d);
+
 bool direct_fits(const Conv2dDesc& d) {
   const Extent padded = padded_extent(d), dy = padded_dy_extent(d);
   const int64_t cg = channels_per_group(d), kg = filters_per_group(d);
+  const bool large = d.kernel_h * d.kernel_w > 1 && !winograd_fits(d);
+  const int64_t budget = large ? kDirectLargeBudgetFloats : kDirectBudgetFloats;
   return d.stride_h == 1 && d.stride_w == 1 &&
          d.out_h == padded.h - (d.kernel_h - 1) * d.dilation_h &&
          d.out_w == padded.w - (d.kernel_w - 1) * d.dilation_w && cg <= kDirectMaxChannels &&
-         kg <= kDirectMaxChannels && cg * padded.h * padded.w <= kDirectBudgetFloats &&
-         kg * dy.h * dy.w <= kDirectBudgetFloats;
+         kg <= kDirectMaxChannels && cg * padded.h * padded.w <= budget &&
+         kg * dy.h * dy.w <= budget;
 }
 
 bool winograd_beats_direct(const Conv2dDesc& d);
