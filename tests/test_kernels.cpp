@@ -1077,6 +1077,10 @@ BOOST_AUTO_TEST_CASE(conv2d_polyphase_paths) {
       {conv_desc(8, 33, 33, 8, 3, 3, 2, 2, 2, 2, 2, 2, 1), 2, small},        // dilation 2, stride 2
       {conv_desc(16, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2,
        "fwd=polyphase bwd_data=blas bwd_weights=polyphase"},  // 7x3, strided, dilated
+      // Phase planes past the L2 budget (kDirectLargeBudgetFloats): these ran "blas" before.
+      {conv_desc(16, 70, 66, 24, 3, 3, 2, 2, 1, 1, 1, 1, 1), 2, polyphase},
+      {conv_desc(3, 90, 90, 20, 7, 7, 2, 2, 3, 3, 1, 1, 1), 2,
+       "fwd=polyphase bwd_data=blas bwd_weights=polyphase"},  // a 7x7/2 first layer
   };
   check_paths(cases, rng);
 }

@@ -255,8 +255,10 @@ bool direct_data_fits(const Conv2dDesc& d) {
 // Stride > 1 (polyphase.hpp), up to polyphase::kMaxStride, and a kernel of more than one tap: a
 // 1x1 strided convolution is a subsample and a product, which "small" (im2col is that subsample)
 // ran as fast (ResNet-20's downsample, docs/performance.md). Then the direct method's limits on
-// the phase planes (one image group's, and the wide output, within the L2 budget) and on the
-// wide output's efficiency, out_w real columns of each phase plane's row.
+// the phase planes (one image group's, and the wide output, within kDirectLargeBudgetFloats:
+// Winograd never runs a strided shape, so im2col + GEMM is the alternative, twice as slow on
+// 16 -> 32 at 64x64, docs/performance.md section 22) and on the wide output's efficiency, out_w
+// real columns of each phase plane's row.
 bool polyphase_fits(const Conv2dDesc& d) {
   if ((d.stride_h == 1 && d.stride_w == 1) || d.stride_h > polyphase::kMaxStride ||
       d.stride_w > polyphase::kMaxStride || d.kernel_h * d.kernel_w == 1) {
@@ -266,8 +268,8 @@ bool polyphase_fits(const Conv2dDesc& d) {
   const int64_t cg = channels_per_group(d), kg = filters_per_group(d);
   const double efficiency = static_cast<double>(d.out_w) / static_cast<double>(g.plane_w);
   return polyphase::exact_output(d) && cg <= kDirectMaxChannels && kg <= kDirectMaxChannels &&
-         cg * g.channel_floats() <= kDirectBudgetFloats &&
-         kg * d.out_h * g.plane_w <= kDirectBudgetFloats && efficiency >= kDirectMinEfficiency;
+         cg * g.channel_floats() <= kDirectLargeBudgetFloats &&
+         kg * d.out_h * g.plane_w <= kDirectLargeBudgetFloats && efficiency >= kDirectMinEfficiency;
 }
 
 // backward_data as one stride-1 correlation per phase of dx (polyphase::DataGeometry): enough
@@ -286,8 +288,9 @@ bool polyphase_data_fits(const Conv2dDesc& d) {
       std::all_of(data.phases.begin(), data.phases.end(), [&](const polyphase::DataPhase& p) {
         return p.row_hi <= p.row_lo || data.columns(p) >= kPolyphaseDataMinColumns;
       });
-  return data.every_phase_has_taps() && long_enough && data.dy_floats(kg) <= kDirectBudgetFloats &&
-         data.wide_floats <= kDirectBudgetFloats && efficiency >= kDirectMinEfficiency;
+  return data.every_phase_has_taps() && long_enough &&
+         data.dy_floats(kg) <= kDirectLargeBudgetFloats &&
+         data.wide_floats <= kDirectLargeBudgetFloats && efficiency >= kDirectMinEfficiency;
 }
 
 // A dilation-D 3x3 convolution is D*D independent dilation-1 ones, on the input's polyphase
