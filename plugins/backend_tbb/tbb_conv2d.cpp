@@ -47,6 +47,11 @@ constexpr int64_t kSmallMaxFilters = 64;
 // The direct method must do at least this fraction of useful work: the rest is the wide output's
 // padding columns (and, for backward_data, dy's zero border).
 constexpr double kDirectMinEfficiency = 0.65;
+// ... or this fraction for backward_data where only im2col + GEMM (and col2im) would run it
+// instead (direct_data_floor): those ran 2x slower than the direct kernels even with 62 % of
+// their multiply-adds wasted (a 7x7 kernel, dilation 2, on 32x32: 22.8 -> 11.4 ms;
+// docs/performance.md, section 22).
+constexpr double kDirectMinEfficiencyOverBlas = 0.3;
 // backward_params slices per thread when the weights have at most kSmallWeightFloats elements.
 constexpr int64_t kSlicesPerThread = 4;
 constexpr int64_t kSmallWeightFloats = int64_t{1} << 16;
@@ -235,6 +240,12 @@ bool direct_fits(const Conv2dDesc& d) {
 
 bool winograd_beats_direct(const Conv2dDesc& d);
 
+// The least useful fraction backward_data's direct kernels (and polyphase's) must reach: lower
+// where Winograd cannot run the shape and "small" does not take it, which leaves only blas.
+double direct_data_floor(const Conv2dDesc& d) {
+  return !winograd_fits(d) && !small_fits(d) ? kDirectMinEfficiencyOverBlas : kDirectMinEfficiency;
+}
+
 // Forward and backward_params compute over the wide output; backward_data over the input's
 // wide rows, reading a dy padded to dy.h x dy.w of which only out_h x out_w is real. Both
 // refuse what Winograd runs faster (winograd_beats_direct).
@@ -249,7 +260,7 @@ bool direct_data_fits(const Conv2dDesc& d) {
                             static_cast<double>(d.out_h * d.out_w) /
                             static_cast<double>(dy.h * dy.w);
   return direct_fits(d) && channels_per_group(d) >= direct::kRows &&
-         efficiency >= kDirectMinEfficiency && !winograd_beats_direct(d);
+         efficiency >= direct_data_floor(d) && !winograd_beats_direct(d);
 }
 
 // Stride > 1 (polyphase.hpp), up to polyphase::kMaxStride, and a kernel of more than one tap: a
@@ -290,7 +301,7 @@ bool polyphase_data_fits(const Conv2dDesc& d) {
       });
   return data.every_phase_has_taps() && long_enough &&
          data.dy_floats(kg) <= kDirectLargeBudgetFloats &&
-         data.wide_floats <= kDirectLargeBudgetFloats && efficiency >= kDirectMinEfficiency;
+         data.wide_floats <= kDirectLargeBudgetFloats && efficiency >= direct_data_floor(d);
 }
 
 // A dilation-D 3x3 convolution is D*D independent dilation-1 ones, on the input's polyphase
