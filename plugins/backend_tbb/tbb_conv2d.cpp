@@ -218,13 +218,55 @@ bool small_fits(const Conv2dDesc& d) {
 
 bool blas_fits(const Conv2dDesc&) { return true; }
 
+// A dilation-D 3x3 convolution is D*D independent dilation-1 ones, on the input's polyphase
+// components (rows and columns of one residue mod D; split_phases() pads the shorter ones of an
+// extent D does not divide): Winograd runs on those sub-images. D when the descriptor allows that
+// split (padding a multiple of D, at most kMaxPhases), else 1.
+int64_t polyphase_factor(const Conv2dDesc& d) {
+  const int64_t dilation = d.dilation_h;
+  const bool polyphase = dilation > 1 && dilation <= kMaxPhases && d.dilation_w == dilation &&
+                         d.pad_h % dilation == 0 && d.pad_w % dilation == 0;
+  return polyphase ? dilation : 1;
+}
+
+bool winograd_fits(const Conv2dDesc& d) {
+  const int64_t p = polyphase_factor(d);
+  return d.kernel_h == 3 && d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 &&
+         (p > 1 || (d.dilation_h == 1 && d.dilation_w == 1)) && d.groups == 1 && d.pad_h / p <= 2 &&
+         d.pad_w / p <= 2 && channels_per_group(d) >= kWinogradMinChannels &&
+         filters_per_group(d) >= kWinogradMinChannels;
+}
+
+// F(4x4, 3x3) where its blocks of tiles are wide enough for good matrix products and its 4x4
+// tiles waste little at the edges (measured: docs/performance.md); F(2x2, 3x3) otherwise. The
+// edge bound is on the output (of each polyphase component when dilated), for every pass.
+bool winograd43_output_fits(const Conv2dDesc& d) {
+  return std::min(d.out_h, d.out_w) / polyphase_factor(d) >= kWinograd43MinOutput;
+}
+bool winograd43_fits(const Conv2dDesc& d) {
+  return winograd_fits(d) && d.in_channels + d.out_channels <= kWinograd43MaxChannels &&
+         winograd43_output_fits(d);
+}
+
+// Forward and backward_data of the shapes both Winograd and the direct kernels run (32 to 64
+// channels and filters, small images): F(4x4) does a quarter of the direct kernels'
+// multiplications and wins from 32 channels (ResNet-20's 32 -> 32 at 16x16, batch 64: 0.92 ->
+// 0.64 ms forward); F(2x2) saves less (4/9) and needs kWinograd23OverDirect channels and filters
+// and whole 2x2 tiles (64 -> 64 at 8x8: 1.24 -> 0.86 ms; 32 -> 32 at 14x14 and 64 -> 64 at 7x7
+// ran faster direct). Undilated only: the dilated shapes were not measured against each other.
+// docs/performance.md, section 21.
+bool winograd_beats_direct(const Conv2dDesc& d) {
+  if (!winograd_fits(d) || polyphase_factor(d) != 1) return false;
+  if (winograd43_fits(d)) return true;
+  return std::min(channels_per_group(d), filters_per_group(d)) >= kWinograd23OverDirect &&
+         d.out_h % 2 == 0 && d.out_w % 2 == 0;
+}
+
 // Extents of the direct method's padded input and of backward_data's padded dy.
 Extent padded_extent(const Conv2dDesc& d) { return {d.in_h + 2 * d.pad_h, d.in_w + 2 * d.pad_w}; }
 Extent padded_dy_extent(const Conv2dDesc& d) {
   return {d.in_h + (d.kernel_h - 1) * d.dilation_h, d.in_w + (d.kernel_w - 1) * d.dilation_w};
 }
-
-bool winograd_fits(const Conv2dDesc& d);
 
 bool direct_fits(const Conv2dDesc& d) {
   const Extent padded = padded_extent(d), dy = padded_dy_extent(d);
@@ -237,8 +279,6 @@ bool direct_fits(const Conv2dDesc& d) {
          kg <= kDirectMaxChannels && cg * padded.h * padded.w <= budget &&
          kg * dy.h * dy.w <= budget;
 }
-
-bool winograd_beats_direct(const Conv2dDesc& d);
 
 // The least useful fraction backward_data's direct kernels (and polyphase's) must reach: lower
 // where Winograd cannot run the shape and "small" does not take it, which leaves only blas.
@@ -302,50 +342,6 @@ bool polyphase_data_fits(const Conv2dDesc& d) {
   return data.every_phase_has_taps() && long_enough &&
          data.dy_floats(kg) <= kDirectLargeBudgetFloats &&
          data.wide_floats <= kDirectLargeBudgetFloats && efficiency >= direct_data_floor(d);
-}
-
-// A dilation-D 3x3 convolution is D*D independent dilation-1 ones, on the input's polyphase
-// components (rows and columns of one residue mod D; split_phases() pads the shorter ones of an
-// extent D does not divide): Winograd runs on those sub-images. D when the descriptor allows that
-// split (padding a multiple of D, at most kMaxPhases), else 1.
-int64_t polyphase_factor(const Conv2dDesc& d) {
-  const int64_t dilation = d.dilation_h;
-  const bool polyphase = dilation > 1 && dilation <= kMaxPhases && d.dilation_w == dilation &&
-                         d.pad_h % dilation == 0 && d.pad_w % dilation == 0;
-  return polyphase ? dilation : 1;
-}
-
-bool winograd_fits(const Conv2dDesc& d) {
-  const int64_t p = polyphase_factor(d);
-  return d.kernel_h == 3 && d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 &&
-         (p > 1 || (d.dilation_h == 1 && d.dilation_w == 1)) && d.groups == 1 && d.pad_h / p <= 2 &&
-         d.pad_w / p <= 2 && channels_per_group(d) >= kWinogradMinChannels &&
-         filters_per_group(d) >= kWinogradMinChannels;
-}
-
-// F(4x4, 3x3) where its blocks of tiles are wide enough for good matrix products and its 4x4
-// tiles waste little at the edges (measured: docs/performance.md); F(2x2, 3x3) otherwise. The
-// edge bound is on the output (of each polyphase component when dilated), for every pass.
-bool winograd43_output_fits(const Conv2dDesc& d) {
-  return std::min(d.out_h, d.out_w) / polyphase_factor(d) >= kWinograd43MinOutput;
-}
-bool winograd43_fits(const Conv2dDesc& d) {
-  return winograd_fits(d) && d.in_channels + d.out_channels <= kWinograd43MaxChannels &&
-         winograd43_output_fits(d);
-}
-
-// Forward and backward_data of the shapes both Winograd and the direct kernels run (32 to 64
-// channels and filters, small images): F(4x4) does a quarter of the direct kernels'
-// multiplications and wins from 32 channels (ResNet-20's 32 -> 32 at 16x16, batch 64: 0.92 ->
-// 0.64 ms forward); F(2x2) saves less (4/9) and needs kWinograd23OverDirect channels and filters
-// and whole 2x2 tiles (64 -> 64 at 8x8: 1.24 -> 0.86 ms; 32 -> 32 at 14x14 and 64 -> 64 at 7x7
-// ran faster direct). Undilated only: the dilated shapes were not measured against each other.
-// docs/performance.md, section 21.
-bool winograd_beats_direct(const Conv2dDesc& d) {
-  if (!winograd_fits(d) || polyphase_factor(d) != 1) return false;
-  if (winograd43_fits(d)) return true;
-  return std::min(channels_per_group(d), filters_per_group(d)) >= kWinograd23OverDirect &&
-         d.out_h % 2 == 0 && d.out_w % 2 == 0;
 }
 
 // The weight gradient's products are (filters x tiles) * (tiles x channels): with F(4x4)'s
