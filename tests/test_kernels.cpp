@@ -1156,6 +1156,8 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
   const std::string direct_direct_23 = "fwd=direct bwd_data=direct bwd_weights=winograd23";
   const std::string lanes = "fwd=lanes bwd_data=lanes bwd_weights=lanes";
   const std::string winograd_43 = "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23";
+  const std::string all_direct = "fwd=direct bwd_data=direct bwd_weights=direct";
+  const std::string direct_23_direct = "fwd=direct bwd_data=winograd23 bwd_weights=direct";
   const std::vector<PathCase> cases = {
       {conv_desc(32, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, direct_23},        // odd 9x11 output
       {conv_desc(48, 8, 8, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2, direct_23},         // no padding: 6x6
@@ -1174,8 +1176,13 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(72, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, winograd_43},  // partial 4x4 tiles
       {conv_desc(48, 18, 18, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2, winograd_43},  // no padding: 16x16
       {conv_desc(32, 16, 21, 36, 3, 3, 1, 1, 2, 0, 1, 1, 1), 2, winograd_43},  // padding 2, 0
-      {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
+      {conv_desc(48, 34, 36, 48, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
        winograd_43},  // dilation 2: 17x18 phases
+      // Dilated, Winograd needs 48 channels and filters to beat the direct kernels (which then
+      // take the weight gradient too), and then runs odd phases as well.
+      {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2, all_direct},  // 32 channels
+      {conv_desc(48, 15, 13, 48, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // 8x7 and 7x6 phases
       {conv_desc(128, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // F(4x4) weight gradient too
       {conv_desc(64, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
@@ -1183,14 +1190,16 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(160, 16, 17, 144, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd43"},  // weight gradient to 512
       {conv_desc(264, 16, 16, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1), 1,
-       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},         // past 512: F(2x2)
-      {conv_desc(32, 10, 12, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 3, direct_23},  // dilation 2: 4 phases
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // past 512: F(2x2)
+      {conv_desc(32, 10, 12, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 3,
+       direct_23_direct},  // dilation 2: 4 phases (backward_data 40 % useful: under the floor)
       {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // dilation 3, unequal pad
-      {conv_desc(32, 8, 8, 32, 3, 3, 1, 1, 4, 4, 2, 2, 1), 2, direct_direct_23},  // dil 2, pad 4
+      {conv_desc(32, 8, 8, 32, 3, 3, 1, 1, 4, 4, 2, 2, 1), 2, all_direct},  // dil 2, pad 4
       // Dilated, of extents the dilation does not divide: phases of unequal size, the shorter
       // padded (direct runs forward where it fits, so most of these have over 64 channels).
-      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2, direct_23},  // 5x5 and 4x4 phases
+      {conv_desc(32, 9, 9, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
+       direct_23_direct},  // 5x5 and 4x4 phases
       {conv_desc(72, 13, 11, 40, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // 7x6 and 6x5 phases
       {conv_desc(72, 11, 12, 40, 3, 3, 1, 1, 0, 0, 2, 2, 1), 2,
@@ -1221,7 +1230,7 @@ const std::vector<PathCase>& scratch_cases() {
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},
       {conv_desc(72, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},
-      {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
+      {conv_desc(48, 34, 36, 48, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // dilation 2
       {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // dilation 3
@@ -1426,11 +1435,11 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic_per_method) {
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23",
        {{1382400, 97920}, {1382400, 90240}, {1382400, 90720}}},
       // Dilation 2 as 4 polyphase components of 17x18 each: F(4x4) 5x5 tiles (100 per image),
-      // F(2x2) 9x9 (324 per image). 36 * 32 * 32 * 100 products, transforms 100 * 32 * (252 +
-      // 130); 16 * 32 * 32 * 324 products, transforms 324 * 32 * (32 + 18).
-      {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1),
+      // F(2x2) 9x9 (324 per image). 36 * 48 * 48 * 100 products, transforms 100 * 48 * (252 +
+      // 130); 16 * 48 * 48 * 324 products, transforms 324 * 48 * (32 + 18).
+      {conv_desc(48, 34, 36, 48, 3, 3, 1, 1, 2, 2, 2, 2, 1),
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23",
-       {{3686400, 1222400}, {3686400, 1222400}, {5308416, 518400}}},
+       {{8294400, 1833600}, {8294400, 1833600}, {11943936, 777600}}},
       // The direct kernels over the wide output, 14 columns a row (11 rows of 14, then 12):
       // 64 * 27 * 166; small backward_data (3 channels: too few for direct) the direct
       // 64 * 27 * 144 plus col2im's 3 * 34 * 34 additions (34 of the 36 (tap, output) pairs along

@@ -26,10 +26,11 @@ constexpr int64_t kColumnBudgetFloats = int64_t{1} << 16;
 // The direct method keeps one padded image group (and its wide output) in L2 ...
 constexpr int64_t kDirectBudgetFloats = int64_t{1} << 15;
 // ... unless Winograd cannot run the shape (fewer than kWinogradMinChannels, a kernel other than
-// 3x3, a padding the dilation does not divide) and it is not 1x1 (pointwise runs those): there
-// the alternative is im2col + GEMM, and the direct kernels run images up to this many floats per
-// buffer, from L3 past L2, still 1.5-2.5x faster (16 channels at 64x64: 17.0 -> 7.0 ms a training
-// pass; at 224x224, batch 8: 48.8 -> 24.2; docs/performance.md, section 22).
+// 3x3, a padding the dilation does not divide) or runs it slower (winograd_beats_direct), and it
+// is not 1x1 (pointwise runs those): there the alternative is im2col + GEMM or a slow Winograd,
+// and the direct kernels run images up to this many floats per buffer, from L3 past L2, still
+// 1.5-2.5x faster (16 channels at 64x64: 17.0 -> 7.0 ms a training pass; at 224x224, batch 8:
+// 48.8 -> 24.2; docs/performance.md, sections 22 and 23).
 constexpr int64_t kDirectLargeBudgetFloats = int64_t{1} << 20;
 // Above this many filters or channels per group, OpenBLAS's cache blocking beats re-reading the
 // padded image once per 6 filters.
@@ -253,13 +254,17 @@ bool winograd43_fits(const Conv2dDesc& d) {
 // multiplications and wins from 32 channels (ResNet-20's 32 -> 32 at 16x16, batch 64: 0.92 ->
 // 0.64 ms forward); F(2x2) saves less (4/9) and needs kWinograd23OverDirect channels and filters
 // and whole 2x2 tiles (64 -> 64 at 8x8: 1.24 -> 0.86 ms; 32 -> 32 at 14x14 and 64 -> 64 at 7x7
-// ran faster direct). Undilated only: the dilated shapes were not measured against each other.
-// docs/performance.md, section 21.
+// ran faster direct). docs/performance.md, section 21. Dilated, Winograd also splits the input
+// into phases and merges the output back: there both tile sizes need kWinograd23OverDirect
+// channels and filters, and then win at any output (32 -> 32 at 32x32, dilation 3: 9.5 -> 4.1 ms
+// forward direct; 64 -> 64 dilation 2 at 30x30, odd phases of 15x15, 18.2 ms a pass with
+// F(2x2) against 20.0 direct: section 23).
 bool winograd_beats_direct(const Conv2dDesc& d) {
-  if (!winograd_fits(d) || polyphase_factor(d) != 1) return false;
-  if (winograd43_fits(d)) return true;
-  return std::min(channels_per_group(d), filters_per_group(d)) >= kWinograd23OverDirect &&
-         d.out_h % 2 == 0 && d.out_w % 2 == 0;
+  if (!winograd_fits(d)) return false;
+  const bool dilated = polyphase_factor(d) > 1;
+  if (!dilated && winograd43_fits(d)) return true;
+  const bool wide = std::min(channels_per_group(d), filters_per_group(d)) >= kWinograd23OverDirect;
+  return wide && (dilated || (d.out_h % 2 == 0 && d.out_w % 2 == 0));
 }
 
 // Extents of the direct method's padded input and of backward_data's padded dy.
@@ -271,7 +276,7 @@ Extent padded_dy_extent(const Conv2dDesc& d) {
 bool direct_fits(const Conv2dDesc& d) {
   const Extent padded = padded_extent(d), dy = padded_dy_extent(d);
   const int64_t cg = channels_per_group(d), kg = filters_per_group(d);
-  const bool large = d.kernel_h * d.kernel_w > 1 && !winograd_fits(d);
+  const bool large = d.kernel_h * d.kernel_w > 1 && !winograd_beats_direct(d);
   const int64_t budget = large ? kDirectLargeBudgetFloats : kDirectBudgetFloats;
   return d.stride_h == 1 && d.stride_w == 1 &&
          d.out_h == padded.h - (d.kernel_h - 1) * d.dilation_h &&
@@ -281,9 +286,12 @@ bool direct_fits(const Conv2dDesc& d) {
 }
 
 // The least useful fraction backward_data's direct kernels (and polyphase's) must reach: lower
-// where Winograd cannot run the shape and "small" does not take it, which leaves only blas.
+// where Winograd cannot run the shape (or runs it slower) and "small" does not take it, which
+// leaves only blas (or that slower Winograd: 32 -> 32 at 32x32, dilation 4, 51 % useful: 7.3 ->
+// 4.3 ms; docs/performance.md, section 23).
 double direct_data_floor(const Conv2dDesc& d) {
-  return !winograd_fits(d) && !small_fits(d) ? kDirectMinEfficiencyOverBlas : kDirectMinEfficiency;
+  return !winograd_beats_direct(d) && !small_fits(d) ? kDirectMinEfficiencyOverBlas
+                                                     : kDirectMinEfficiency;
 }
 
 // Forward and backward_params compute over the wide output; backward_data over the input's
@@ -348,9 +356,16 @@ bool polyphase_data_fits(const Conv2dDesc& d) {
 // shorter blocks of tiles they only pay off from 192 channels plus filters (64 -> 128 at 16x16:
 // 12 % faster than F(2x2); 64 -> 64 and 32 -> 32 slower; docs/performance.md, section 18), and
 // up to 512, past the forward's 256 (section 19).
+// The weight gradient takes Winograd wherever it runs, except on dilated shapes the direct
+// kernels run (as winograd_beats_direct refuses): there the phase split costs more than it saves
+// (32 -> 32 at 32x32, dilation 3: 9.3 -> 4.5 ms; docs/performance.md, section 23).
+bool winograd_params_fits(const Conv2dDesc& d) {
+  return winograd_fits(d) && !(polyphase_factor(d) > 1 && direct_forward_fits(d));
+}
+
 bool winograd43_params_fits(const Conv2dDesc& d) {
   const int64_t sum = d.in_channels + d.out_channels;
-  return winograd_fits(d) && sum >= kWinograd43MinParamsChannels &&
+  return winograd_params_fits(d) && sum >= kWinograd43MinParamsChannels &&
          sum <= kWinograd43MaxParamsChannels && winograd43_output_fits(d);
 }
 
@@ -441,7 +456,7 @@ std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementatio
        &TbbConv2d::lanes_params_arithmetic},
       {"winograd43", winograd43_params_fits, &TbbConv2d::prepare_winograd_params<4>,
        &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic},
-      {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_params<2>,
+      {"winograd23", winograd_params_fits, &TbbConv2d::prepare_winograd_params<2>,
        &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic},
       {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_params, &TbbConv2d::params_direct,
        &TbbConv2d::direct_params_arithmetic},
