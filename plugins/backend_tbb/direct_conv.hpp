@@ -151,6 +151,27 @@ inline void shifted_gemm(const float* packed, int64_t rows, const float* b, cons
 #endif
 }
 
+// An output of `rows` rows of `width` pixels, row i read from b + i * b_stride (the wide output's
+// rows are b_stride apart, its columns past `width` in the padding): whether a shifted_gemm per
+// row, each a whole number of kColumns blocks, computes no more columns than one over the wide
+// output. A 32x32 image with padding 4: 32 blocks by rows against 40 wide; at 16x16 with padding
+// 1: 16 against 9. (shifted_dot stays wide: its runs of a row or two of vectors each, with the
+// pointer setup of every run, made the weight gradient 1.4x slower at 32x32.)
+inline bool by_rows(int64_t rows, int64_t width, int64_t b_stride) {
+  const auto blocks = [](int64_t columns) { return (columns + kColumns - 1) / kColumns; };
+  return rows * blocks(width) <= blocks((rows - 1) * b_stride + width);
+}
+
+// shifted_gemm of that output a row at a time, straight into C's compact rows: row i of plane r
+// at c + r * ldc + i * width. Reads b no further than the wide call does, plus less than kColumns.
+inline void shifted_gemm_rows(const float* packed, int64_t filters, const float* b,
+                              int64_t b_stride, const int32_t* offset, int64_t taps, int64_t rows,
+                              int64_t width, float* c, int64_t ldc) {
+  for (int64_t i = 0; i < rows; ++i) {
+    shifted_gemm(packed, filters, b + i * b_stride, offset, taps, width, c + i * width, ldc);
+  }
+}
+
 #if defined(__AVX2__) && defined(__FMA__)
 // Horizontal sums of four vectors, as one 4-float vector: {sum v0, sum v1, sum v2, sum v3}.
 inline __m128 sum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {

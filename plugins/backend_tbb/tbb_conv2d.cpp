@@ -586,15 +586,21 @@ Conv2dPassArithmetic TbbConv2d::with_col2im_arithmetic() const {
 
 // The direct kernels' products run over the wide output: (out_h - 1) rows as wide as the padded
 // input plus the last row's out_w columns (forward), every wide row (the weight gradient's
-// zero-filled dy), or the input's wide rows as wide as the padded dy (backward_data).
+// zero-filled dy), or the input's wide rows as wide as the padded dy (backward_data); or, where
+// direct::by_rows says so, over the real rows alone (forward and backward_data).
 Conv2dPassArithmetic TbbConv2d::direct_forward_arithmetic() const {
   const Conv2dDesc& d = desc_;
-  return {d.groups * kg_ * rows_ * ((d.out_h - 1) * padded_w_ + d.out_w), 0};
+  const int64_t columns = direct::by_rows(d.out_h, d.out_w, padded_w_)
+                              ? d.out_h * d.out_w
+                              : (d.out_h - 1) * padded_w_ + d.out_w;
+  return {d.groups * kg_ * rows_ * columns, 0};
 }
 
 Conv2dPassArithmetic TbbConv2d::direct_data_arithmetic() const {
   const Conv2dDesc& d = desc_;
-  return {d.groups * cg_ * kg_ * d.kernel_h * d.kernel_w * ((d.in_h - 1) * dy_w_ + d.in_w), 0};
+  const int64_t columns =
+      direct::by_rows(d.in_h, d.in_w, dy_w_) ? d.in_h * d.in_w : (d.in_h - 1) * dy_w_ + d.in_w;
+  return {d.groups * cg_ * kg_ * d.kernel_h * d.kernel_w * columns, 0};
 }
 
 Conv2dPassArithmetic TbbConv2d::direct_params_arithmetic() const {
@@ -1821,11 +1827,23 @@ void TbbConv2d::direct_forward(int64_t n, const float* x, const float* bias, flo
   const int64_t wide_stride = d.out_h * padded_w_;
   const int64_t columns = (d.out_h - 1) * padded_w_ + d.out_w;
   const int64_t packed_stride = direct::packed_size(kg_, rows_);
+  const bool by_rows = direct::by_rows(d.out_h, d.out_w, padded_w_);
   for (int64_t g = 0; g < d.groups; ++g) {
     pad_input(x + (n * d.in_channels + g * cg_) * in_plane_, ws.col.data());
+    const float* w = packed() + g * packed_stride;
+    if (by_rows) {
+      float* out = y + (n * d.out_channels + g * kg_) * out_plane_;
+      direct::shifted_gemm_rows(w, kg_, ws.col.data(), padded_w_, forward_offsets_.data(), rows_,
+                                d.out_h, d.out_w, out, out_plane_);
+      for (int64_t k = 0; bias != nullptr && k < kg_; ++k) {
+        float* plane = out + k * out_plane_;
+        for (int64_t i = 0; i < out_plane_; ++i) plane[i] += bias[g * kg_ + k];
+      }
+      continue;
+    }
     float* wide = ws.gathered.data();
-    direct::shifted_gemm(packed() + g * packed_stride, kg_, ws.col.data(), forward_offsets_.data(),
-                         rows_, columns, wide, wide_stride);
+    direct::shifted_gemm(w, kg_, ws.col.data(), forward_offsets_.data(), rows_, columns, wide,
+                         wide_stride);
     crop_wide(n, g, wide, wide_stride, padded_w_, bias, y);
   }
 }
@@ -1880,13 +1898,20 @@ void TbbConv2d::direct_backward_data(int64_t n, const float* dy, float* dx, Work
   const int64_t wide_stride = d.in_h * dy_w_;
   const int64_t columns = (d.in_h - 1) * dy_w_ + d.in_w;
   const int64_t packed_stride = direct::packed_size(cg_, kg_ * taps);
+  const bool by_rows = direct::by_rows(d.in_h, d.in_w, dy_w_);
   for (int64_t g = 0; g < d.groups; ++g) {
     float* padded = ws.col.data();
     pad_dy(n, g, dy, {dy_h_, dy_w_}, dy_top_, dy_left_,
            kg_ * dy_h_ * dy_w_ + kSlackFloats + d.kernel_w * d.dilation_w, padded);
+    const float* w = packed() + g * packed_stride;
+    if (by_rows) {
+      direct::shifted_gemm_rows(w, cg_, padded, dy_w_, backward_offsets_.data(), kg_ * taps, d.in_h,
+                                d.in_w, dx + (n * d.in_channels + g * cg_) * in_plane_, in_plane_);
+      continue;
+    }
     float* wide = ws.gathered.data();
-    direct::shifted_gemm(packed() + g * packed_stride, cg_, padded, backward_offsets_.data(),
-                         kg_ * taps, columns, wide, wide_stride);
+    direct::shifted_gemm(w, cg_, padded, backward_offsets_.data(), kg_ * taps, columns, wide,
+                         wide_stride);
     for (int64_t c = 0; c < cg_; ++c) {
       float* out = dx + (n * d.in_channels + g * cg_ + c) * in_plane_;
       for (int64_t h = 0; h < d.in_h; ++h) {
