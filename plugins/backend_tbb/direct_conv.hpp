@@ -152,13 +152,13 @@ inline void shifted_gemm(const float* packed, int64_t rows, const float* b, cons
 }
 
 // An output of `rows` rows of `width` pixels, row i read from b + i * b_stride (the wide output's
-// rows are b_stride apart, its columns past `width` in the padding): whether a shifted_gemm per
-// row, each a whole number of kColumns blocks, computes no more columns than one over the wide
-// output. A 32x32 image with padding 4: 32 blocks by rows against 40 wide; at 16x16 with padding
-// 1: 16 against 9. (shifted_dot stays wide: its runs of a row or two of vectors each, with the
-// pointer setup of every run, made the weight gradient 1.4x slower at 32x32.)
-inline bool by_rows(int64_t rows, int64_t width, int64_t b_stride) {
-  const auto blocks = [](int64_t columns) { return (columns + kColumns - 1) / kColumns; };
+// rows are b_stride apart, its columns past `width` in the padding): whether computing it a row
+// at a time, each row a whole number of `block` columns (shifted_gemm's kColumns, shifted_dot's
+// kVector), computes no more columns than one run over the wide output. A 32x32 image with
+// padding 4, by kColumns = 32: 32 blocks by rows against 40 wide; at 16x16 with padding 1: 16
+// against 9.
+inline bool by_rows(int64_t rows, int64_t width, int64_t b_stride, int64_t block = kColumns) {
+  const auto blocks = [block](int64_t columns) { return (columns + block - 1) / block; };
   return rows * blocks(width) <= blocks((rows - 1) * b_stride + width);
 }
 
@@ -171,6 +171,15 @@ inline void shifted_gemm_rows(const float* packed, int64_t filters, const float*
     shifted_gemm(packed, filters, b + i * b_stride, offset, taps, width, c + i * width, ldc);
   }
 }
+
+// The runs of floats shifted_dot sums over: for each of `images` images (A and B advancing by
+// their image strides), `segments` runs of `length` floats (A and B advancing by their segment
+// strides): one run over the wide output, or one per output row.
+struct DotRuns {
+  int64_t length = 0;
+  int64_t images = 1, a_image_stride = 0, b_image_stride = 0;
+  int64_t segments = 1, a_segment_stride = 0, b_segment_stride = 0;
+};
 
 #if defined(__AVX2__) && defined(__FMA__)
 // Horizontal sums of four vectors, as one 4-float vector: {sum v0, sum v1, sum v2, sum v3}.
@@ -185,8 +194,7 @@ inline __m128 sum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
 // `taps_here` of them real (the others repeat the last real one and are not stored).
 template <int KB, int QB>
 void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_t* offset,
-                       int64_t length, int64_t images, int64_t a_image_stride,
-                       int64_t b_image_stride, int64_t i0, int rows_here, int64_t p0, int taps_here,
+                       const DotRuns& runs, int64_t i0, int rows_here, int64_t p0, int taps_here,
                        float* c, int64_t ldc) {
   using V = Lanes::V;
   V acc[KB][QB];
@@ -195,27 +203,33 @@ void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_
 #pragma GCC unroll 8
     for (int t = 0; t < QB; ++t) acc[i][t] = Lanes::zero();
   }
-  for (int64_t image = 0; image < images; ++image) {
+  for (int64_t image = 0; image < runs.images; ++image) {
     const float* ai[KB];
     const float* bp[QB];
 #pragma GCC unroll 8
     for (int i = 0; i < KB; ++i) {
-      ai[i] = a + image * a_image_stride + (i0 + (i < rows_here ? i : rows_here - 1)) * lda;
+      ai[i] = a + image * runs.a_image_stride + (i0 + (i < rows_here ? i : rows_here - 1)) * lda;
     }
 #pragma GCC unroll 8
     for (int t = 0; t < QB; ++t) {
-      bp[t] = b + image * b_image_stride + offset[p0 + (t < taps_here ? t : taps_here - 1)];
+      bp[t] = b + image * runs.b_image_stride + offset[p0 + (t < taps_here ? t : taps_here - 1)];
     }
-    for (int64_t j = 0; j < length; j += kVector) {
-      V bv[QB];
+    for (int64_t segment = 0; segment < runs.segments; ++segment) {
+      for (int64_t j = 0; j < runs.length; j += kVector) {
+        V bv[QB];
 #pragma GCC unroll 8
-      for (int t = 0; t < QB; ++t) bv[t] = Lanes::load(bp[t] + j);
+        for (int t = 0; t < QB; ++t) bv[t] = Lanes::load(bp[t] + j);
 #pragma GCC unroll 8
-      for (int i = 0; i < KB; ++i) {
-        const V av = Lanes::load(ai[i] + j);
+        for (int i = 0; i < KB; ++i) {
+          const V av = Lanes::load(ai[i] + j);
 #pragma GCC unroll 8
-        for (int t = 0; t < QB; ++t) acc[i][t] = Lanes::fma(av, bv[t], acc[i][t]);
+          for (int t = 0; t < QB; ++t) acc[i][t] = Lanes::fma(av, bv[t], acc[i][t]);
+        }
       }
+#pragma GCC unroll 8
+      for (int i = 0; i < KB; ++i) ai[i] += runs.a_segment_stride;
+#pragma GCC unroll 8
+      for (int t = 0; t < QB; ++t) bp[t] += runs.b_segment_stride;
     }
   }
   // Reduce in groups of four accumulators (row-major over the block): each folded to 8 lanes,
@@ -237,54 +251,51 @@ void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_
 
 template <int KB, int QB>
 void shifted_dot_blocks(const float* a, int64_t rows, int64_t lda, const float* b,
-                        const int32_t* offset, int64_t taps, int64_t length, int64_t images,
-                        int64_t a_image_stride, int64_t b_image_stride, float* c, int64_t ldc) {
+                        const int32_t* offset, int64_t taps, const DotRuns& runs, float* c,
+                        int64_t ldc) {
   for (int64_t i0 = 0; i0 < rows; i0 += KB) {
     const int rows_here = static_cast<int>(rows - i0 < KB ? rows - i0 : KB);
     for (int64_t p0 = 0; p0 < taps; p0 += QB) {
       const int taps_here = static_cast<int>(taps - p0 < QB ? taps - p0 : QB);
-      shifted_dot_block<KB, QB>(a, lda, b, offset, length, images, a_image_stride, b_image_stride,
-                                i0, rows_here, p0, taps_here, c, ldc);
+      shifted_dot_block<KB, QB>(a, lda, b, offset, runs, i0, rows_here, p0, taps_here, c, ldc);
     }
   }
 }
 #endif
 
-// C[i][p] += sum over images m and j < length of A_m[i][j] * B_m[offset[p] + j], for i < rows,
-// p < taps, where A_m = a + m * a_image_stride (row stride lda) and B_m = b + m * b_image_stride:
-// the weight gradient, a dot product per (filter, tap) over the wide output of several images.
-// A must be zero from column `length` up to the next multiple of kVector (and in discarded
-// columns); B is read that far past offset[p] + length. C has row stride ldc.
+// C[i][p] += sum over the runs (DotRuns) and j < runs.length of A_r[i][j] * B_r[offset[p] + j],
+// for i < rows, p < taps, where A_r and B_r are a and b advanced to run r (A's row stride lda):
+// the weight gradient, a dot product per (filter, tap) over the output of several images. A must
+// be zero from `length` up to the next multiple of kVector (and in discarded columns); B is read
+// that far past offset[p] + length. C has row stride ldc.
 inline void shifted_dot(const float* a, int64_t rows, int64_t lda, const float* b,
-                        const int32_t* offset, int64_t taps, int64_t length, int64_t images,
-                        int64_t a_image_stride, int64_t b_image_stride, float* c, int64_t ldc) {
+                        const int32_t* offset, int64_t taps, const DotRuns& runs, float* c,
+                        int64_t ldc) {
 #if defined(__AVX512F__)
   // 24 accumulators of the 32 registers either way (12 loads per 24 multiply-adds); pick the
   // shape that wastes no rows when there are 6 filters.
   if (rows % 4 != 0 && rows % 6 == 0) {
-    shifted_dot_blocks<6, 4>(a, rows, lda, b, offset, taps, length, images, a_image_stride,
-                             b_image_stride, c, ldc);
+    shifted_dot_blocks<6, 4>(a, rows, lda, b, offset, taps, runs, c, ldc);
   } else {
-    shifted_dot_blocks<4, 6>(a, rows, lda, b, offset, taps, length, images, a_image_stride,
-                             b_image_stride, c, ldc);
+    shifted_dot_blocks<4, 6>(a, rows, lda, b, offset, taps, runs, c, ldc);
   }
 #elif defined(__AVX2__) && defined(__FMA__)
   // 12 accumulators either way; pick the shape that wastes no rows when there are 6 filters.
   if (rows % 4 != 0 && rows % 6 == 0) {
-    shifted_dot_blocks<6, 2>(a, rows, lda, b, offset, taps, length, images, a_image_stride,
-                             b_image_stride, c, ldc);
+    shifted_dot_blocks<6, 2>(a, rows, lda, b, offset, taps, runs, c, ldc);
   } else {
-    shifted_dot_blocks<4, 3>(a, rows, lda, b, offset, taps, length, images, a_image_stride,
-                             b_image_stride, c, ldc);
+    shifted_dot_blocks<4, 3>(a, rows, lda, b, offset, taps, runs, c, ldc);
   }
 #else
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t p = 0; p < taps; ++p) {
       float sum = 0.0f;
-      for (int64_t m = 0; m < images; ++m) {
-        const float* am = a + m * a_image_stride + i * lda;
-        const float* bm = b + m * b_image_stride + offset[p];
-        for (int64_t j = 0; j < length; ++j) sum += am[j] * bm[j];
+      for (int64_t m = 0; m < runs.images; ++m) {
+        for (int64_t r = 0; r < runs.segments; ++r) {
+          const float* am = a + m * runs.a_image_stride + r * runs.a_segment_stride + i * lda;
+          const float* bm = b + m * runs.b_image_stride + r * runs.b_segment_stride + offset[p];
+          for (int64_t j = 0; j < runs.length; ++j) sum += am[j] * bm[j];
+        }
       }
       c[i * ldc + p] += sum;
     }

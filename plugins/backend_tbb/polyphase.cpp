@@ -248,9 +248,12 @@ void TbbConv2d::polyphase_backward_params(const Block& b, const float* x, const 
                ws.gathered.data() + i * dy_image_stride);
     }
     // One pass over all the block's images: the accumulators are reduced once per block.
+    const direct::DotRuns runs{.length = polyphase_dy_stride_,
+                               .images = b.images,
+                               .a_image_stride = dy_image_stride,
+                               .b_image_stride = polyphase_stride_};
     direct::shifted_dot(ws.gathered.data(), kg_, polyphase_dy_stride_, ws.col.data(),
-                        polyphase_offsets_.data(), rows_, polyphase_dy_stride_, b.images,
-                        dy_image_stride, polyphase_stride_, dw + g * kg_ * rows_, rows_);
+                        polyphase_offsets_.data(), rows_, runs, dw + g * kg_ * rows_, rows_);
   }
 }
 

@@ -587,7 +587,7 @@ Conv2dPassArithmetic TbbConv2d::with_col2im_arithmetic() const {
 // The direct kernels' products run over the wide output: (out_h - 1) rows as wide as the padded
 // input plus the last row's out_w columns (forward), every wide row (the weight gradient's
 // zero-filled dy), or the input's wide rows as wide as the padded dy (backward_data); or, where
-// direct::by_rows says so, over the real rows alone (forward and backward_data).
+// direct::by_rows says so, over the real rows alone.
 Conv2dPassArithmetic TbbConv2d::direct_forward_arithmetic() const {
   const Conv2dDesc& d = desc_;
   const int64_t columns = direct::by_rows(d.out_h, d.out_w, padded_w_)
@@ -604,7 +604,11 @@ Conv2dPassArithmetic TbbConv2d::direct_data_arithmetic() const {
 }
 
 Conv2dPassArithmetic TbbConv2d::direct_params_arithmetic() const {
-  return {desc_.groups * kg_ * rows_ * desc_.out_h * padded_w_, 0};
+  const Conv2dDesc& d = desc_;
+  const int64_t columns = direct::by_rows(d.out_h, d.out_w, padded_w_, direct::kVector)
+                              ? d.out_h * d.out_w
+                              : d.out_h * padded_w_;
+  return {d.groups * kg_ * rows_ * columns, 0};
 }
 
 Conv2dPassArithmetic TbbConv2d::depthwise_arithmetic() const {
@@ -1388,7 +1392,7 @@ void TbbConv2d::small_backward_params(const Block& b, const float* x, const floa
     }
     gather_dy(b, g, dy, ws.gathered.data());
     direct::shifted_dot(ws.gathered.data(), kg_, small_stride_, col, small_offsets_.data(), rows_,
-                        cols, 1, 0, 0, dw + g * kg_ * rows_, rows_);
+                        {.length = cols}, dw + g * kg_ * rows_, rows_);
   }
 }
 
@@ -1924,17 +1928,27 @@ void TbbConv2d::direct_backward_data(int64_t n, const float* dy, float* dx, Work
 void TbbConv2d::direct_backward_params(const Block& b, const float* x, const float* dy, float* dw,
                                        Workspace& ws) const {
   const Conv2dDesc& d = desc_;
-  const int64_t dy_image_stride = kg_ * dy_wide_stride_;
+  // dy's rows `row` floats apart, zero past out_w: a dot product per row (by_rows), or one over
+  // the wide output (rows as wide as the padded input).
+  const bool by_rows = direct::by_rows(d.out_h, d.out_w, padded_w_, direct::kVector);
+  const int64_t row = by_rows ? round_up(d.out_w, direct::kVector) : padded_w_;
+  const int64_t plane = by_rows ? d.out_h * row : dy_wide_stride_;
+  const direct::DotRuns runs{.length = by_rows ? row : plane,
+                             .images = b.images,
+                             .a_image_stride = kg_ * plane,
+                             .b_image_stride = padded_stride_,
+                             .segments = by_rows ? d.out_h : 1,
+                             .a_segment_stride = row,
+                             .b_segment_stride = padded_w_};
   for (int64_t g = 0; g < d.groups; ++g) {
     for (int64_t i = 0; i < b.images; ++i) {
       const int64_t n = b.n0 + i;
       pad_input(x + (n * d.in_channels + g * cg_) * in_plane_, ws.col.data() + i * padded_stride_);
-      widen_dy(n, g, dy, padded_w_, dy_wide_stride_, ws.gathered.data() + i * dy_image_stride);
+      widen_dy(n, g, dy, row, plane, ws.gathered.data() + i * runs.a_image_stride);
     }
     // One pass over all the block's images: the accumulators are reduced once per block.
-    direct::shifted_dot(ws.gathered.data(), kg_, dy_wide_stride_, ws.col.data(),
-                        forward_offsets_.data(), rows_, dy_wide_stride_, b.images, dy_image_stride,
-                        padded_stride_, dw + g * kg_ * rows_, rows_);
+    direct::shifted_dot(ws.gathered.data(), kg_, plane, ws.col.data(), forward_offsets_.data(),
+                        rows_, runs, dw + g * kg_ * rows_, rows_);
   }
 }
 
