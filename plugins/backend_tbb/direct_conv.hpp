@@ -151,15 +151,22 @@ inline void shifted_gemm(const float* packed, int64_t rows, const float* b, cons
 #endif
 }
 
-// An output of `rows` rows of `width` pixels, row i read from b + i * b_stride (the wide output's
-// rows are b_stride apart, its columns past `width` in the padding): whether computing it a row
-// at a time, each row a whole number of `block` columns (shifted_gemm's kColumns, shifted_dot's
-// kVector), computes no more columns than one run over the wide output. A 32x32 image with
-// padding 4, by kColumns = 32: 32 blocks by rows against 40 wide; at 16x16 with padding 1: 16
-// against 9.
+// An output of `rows` rows of `width` pixels, row i read from b + i * b_stride: one run over its
+// wide layout (rows b_stride apart, the columns past `width` in the padding) computes
+// wide_columns; by_rows says whether computing it a row at a time, each row a whole number of
+// `block` columns (shifted_gemm's kColumns, shifted_dot's kVector), computes no more. A 32x32
+// image with padding 4, by kColumns = 32: 32 blocks by rows against 40 wide; at 16x16 with
+// padding 1: 16 against 9. gemm_columns: the columns shifted_gemm then computes (the arithmetic
+// TbbConv2d reports).
+inline int64_t wide_columns(int64_t rows, int64_t width, int64_t b_stride) {
+  return (rows - 1) * b_stride + width;
+}
 inline bool by_rows(int64_t rows, int64_t width, int64_t b_stride, int64_t block = kColumns) {
   const auto blocks = [block](int64_t columns) { return (columns + block - 1) / block; };
-  return rows * blocks(width) <= blocks((rows - 1) * b_stride + width);
+  return rows * blocks(width) <= blocks(wide_columns(rows, width, b_stride));
+}
+inline int64_t gemm_columns(int64_t rows, int64_t width, int64_t b_stride) {
+  return by_rows(rows, width, b_stride) ? rows * width : wide_columns(rows, width, b_stride);
 }
 
 // shifted_gemm of that output a row at a time, straight into C's compact rows: row i of plane r

@@ -223,7 +223,7 @@ void TbbConv2d::polyphase_forward(int64_t n, const float* x, const float* bias, 
   // Output pixel (oh, ow) is column oh * plane_w + ow of the wide output.
   const int64_t row = polyphase_.plane_w;
   const int64_t wide_stride = d.out_h * row;
-  const int64_t columns = (d.out_h - 1) * row + d.out_w;
+  const int64_t columns = direct::wide_columns(d.out_h, d.out_w, row);
   const int64_t packed_stride = direct::packed_size(kg_, rows_);
   for (int64_t g = 0; g < d.groups; ++g) {
     polyphase::split(d, polyphase_, cg_, x + (n * d.in_channels + g * cg_) * in_plane_,
@@ -304,7 +304,7 @@ Conv2dPassArithmetic TbbConv2d::polyphase_data_arithmetic() const {
 // phase plane, then out_w), every wide row for the weight gradient's zero-filled dy.
 Conv2dPassArithmetic TbbConv2d::polyphase_forward_arithmetic() const {
   const Conv2dDesc& d = desc_;
-  return {d.groups * kg_ * rows_ * ((d.out_h - 1) * polyphase_.plane_w + d.out_w), 0};
+  return {d.groups * kg_ * rows_ * direct::wide_columns(d.out_h, d.out_w, polyphase_.plane_w), 0};
 }
 
 Conv2dPassArithmetic TbbConv2d::polyphase_params_arithmetic() const {

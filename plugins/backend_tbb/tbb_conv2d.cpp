@@ -352,10 +352,6 @@ bool polyphase_data_fits(const Conv2dDesc& d) {
          data.wide_floats <= kDirectLargeBudgetFloats && efficiency >= direct_data_floor(d);
 }
 
-// The weight gradient's products are (filters x tiles) * (tiles x channels): with F(4x4)'s
-// shorter blocks of tiles they only pay off from 192 channels plus filters (64 -> 128 at 16x16:
-// 12 % faster than F(2x2); 64 -> 64 and 32 -> 32 slower; docs/performance.md, section 18), and
-// up to 512, past the forward's 256 (section 19).
 // The weight gradient takes Winograd wherever it runs, except on dilated shapes the direct
 // kernels run (as winograd_beats_direct refuses): there the phase split costs more than it saves
 // (32 -> 32 at 32x32, dilation 3: 9.3 -> 4.5 ms; docs/performance.md, section 23).
@@ -363,6 +359,10 @@ bool winograd_params_fits(const Conv2dDesc& d) {
   return winograd_fits(d) && !(polyphase_factor(d) > 1 && direct_forward_fits(d));
 }
 
+// The weight gradient's products are (filters x tiles) * (tiles x channels): with F(4x4)'s
+// shorter blocks of tiles they only pay off from 192 channels plus filters (64 -> 128 at 16x16:
+// 12 % faster than F(2x2); 64 -> 64 and 32 -> 32 slower; docs/performance.md, section 18), and
+// up to 512, past the forward's 256 (section 19).
 bool winograd43_params_fits(const Conv2dDesc& d) {
   const int64_t sum = d.in_channels + d.out_channels;
   return winograd_params_fits(d) && sum >= kWinograd43MinParamsChannels &&
@@ -590,17 +590,14 @@ Conv2dPassArithmetic TbbConv2d::with_col2im_arithmetic() const {
 // direct::by_rows says so, over the real rows alone.
 Conv2dPassArithmetic TbbConv2d::direct_forward_arithmetic() const {
   const Conv2dDesc& d = desc_;
-  const int64_t columns = direct::by_rows(d.out_h, d.out_w, padded_w_)
-                              ? d.out_h * d.out_w
-                              : (d.out_h - 1) * padded_w_ + d.out_w;
-  return {d.groups * kg_ * rows_ * columns, 0};
+  return {d.groups * kg_ * rows_ * direct::gemm_columns(d.out_h, d.out_w, padded_w_), 0};
 }
 
 Conv2dPassArithmetic TbbConv2d::direct_data_arithmetic() const {
   const Conv2dDesc& d = desc_;
-  const int64_t columns =
-      direct::by_rows(d.in_h, d.in_w, dy_w_) ? d.in_h * d.in_w : (d.in_h - 1) * dy_w_ + d.in_w;
-  return {d.groups * cg_ * kg_ * d.kernel_h * d.kernel_w * columns, 0};
+  return {
+      d.groups * cg_ * kg_ * d.kernel_h * d.kernel_w * direct::gemm_columns(d.in_h, d.in_w, dy_w_),
+      0};
 }
 
 Conv2dPassArithmetic TbbConv2d::direct_params_arithmetic() const {
@@ -1829,7 +1826,7 @@ void TbbConv2d::direct_forward(int64_t n, const float* x, const float* bias, flo
   const Conv2dDesc& d = desc_;
   // Output pixel (oh, ow) is column oh * padded_w_ + ow of the wide output.
   const int64_t wide_stride = d.out_h * padded_w_;
-  const int64_t columns = (d.out_h - 1) * padded_w_ + d.out_w;
+  const int64_t columns = direct::wide_columns(d.out_h, d.out_w, padded_w_);
   const int64_t packed_stride = direct::packed_size(kg_, rows_);
   const bool by_rows = direct::by_rows(d.out_h, d.out_w, padded_w_);
   for (int64_t g = 0; g < d.groups; ++g) {
@@ -1900,7 +1897,7 @@ void TbbConv2d::direct_backward_data(int64_t n, const float* dy, float* dx, Work
   const Conv2dDesc& d = desc_;
   const int64_t taps = d.kernel_h * d.kernel_w;
   const int64_t wide_stride = d.in_h * dy_w_;
-  const int64_t columns = (d.in_h - 1) * dy_w_ + d.in_w;
+  const int64_t columns = direct::wide_columns(d.in_h, d.in_w, dy_w_);
   const int64_t packed_stride = direct::packed_size(cg_, kg_ * taps);
   const bool by_rows = direct::by_rows(d.in_h, d.in_w, dy_w_);
   for (int64_t g = 0; g < d.groups; ++g) {
