@@ -1039,7 +1039,7 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
       {conv_desc(16, 50, 47, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2, direct},
       {conv_desc(40, 30, 30, 36, 3, 3, 1, 1, 1, 1, 2, 2, 1), 2, direct},
       {conv_desc(24, 33, 34, 20, 5, 5, 1, 1, 4, 4, 2, 2, 1), 2, direct},
-      {conv_desc(4, 21, 21, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9, blas},  // blas, many images
+      {conv_desc(4, 25, 25, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9, blas},  // blas, many images
       {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7,
        "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise"},
   };
@@ -1065,16 +1065,15 @@ BOOST_AUTO_TEST_CASE(conv2d_polyphase_paths) {
   const std::string small = "fwd=polyphase bwd_data=small bwd_weights=polyphase";
   const std::vector<PathCase> cases = {
       {conv_desc(16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1), 5, polyphase},  // ResNet-20 layer2.0
-      {conv_desc(32, 16, 16, 64, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3, small},      // ResNet-20 layer3.0
       {conv_desc(16, 32, 32, 32, 1, 1, 2, 2, 0, 0, 1, 1, 1), 3,
        "fwd=small bwd_data=small bwd_weights=small"},                        // 1x1 downsample
       {conv_desc(16, 25, 23, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1), 11, polyphase},  // odd sizes
       {conv_desc(5, 45, 43, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3, small},        // odd, 5 channels
-      {conv_desc(16, 22, 26, 12, 3, 3, 2, 2, 2, 0, 1, 1, 1), 4, polyphase},  // padding 2, 0
+      {conv_desc(16, 26, 30, 12, 3, 3, 2, 2, 2, 0, 1, 1, 1), 4, polyphase},  // padding 2, 0
       {conv_desc(4, 47, 47, 6, 3, 3, 2, 2, 0, 0, 1, 1, 1), 3, small},        // padding 0
-      {conv_desc(20, 21, 23, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 2, polyphase},   // 5x5, padding 2
+      {conv_desc(20, 25, 27, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 2, polyphase},   // 5x5, padding 2
       {conv_desc(5, 39, 40, 7, 5, 5, 2, 2, 2, 2, 1, 1, 1), 3, small},        // 5x5, 5 channels
-      {conv_desc(32, 24, 24, 16, 3, 3, 2, 2, 1, 1, 1, 1, 2), 3, polyphase},  // two groups
+      {conv_desc(32, 28, 28, 16, 3, 3, 2, 2, 1, 1, 1, 1, 2), 3, polyphase},  // two groups
       {conv_desc(16, 20, 24, 8, 3, 3, 2, 1, 1, 1, 1, 1, 1), 2, polyphase},   // stride (2, 1)
       {conv_desc(8, 38, 38, 8, 3, 3, 3, 3, 1, 1, 1, 1, 1), 2, polyphase},    // stride 3
       {conv_desc(4, 46, 46, 8, 3, 3, 3, 3, 1, 1, 1, 1, 1), 2, small},        // stride 3, small
@@ -1112,6 +1111,17 @@ BOOST_AUTO_TEST_CASE(conv2d_lanes_paths) {
       {conv_desc(8, 10, 10, 12, 3, 3, 1, 1, 1, 1, 1, 1, 2), 21, lanes},  // two groups
       {conv_desc(5, 7, 7, 10, 3, 3, 1, 1, 3, 3, 1, 1, 1), 9,
        "fwd=lanes bwd_data=small bwd_weights=lanes"},  // padding past the kernel's reach
+      // Strided with at most 144 output pixels a plane: the larger budget
+      // (kLanesStridedBudgetPixels). ResNet-20's layer3.0 (frames of 32 * 18 * 18 pixels); 64 ->
+      // 128 (64 * 18 * 18); 12x12, the most output it takes; and 13x12, one row more: polyphase.
+      {conv_desc(32, 16, 16, 64, 3, 3, 2, 2, 1, 1, 1, 1, 1), 17,
+       "fwd=lanes bwd_data=small bwd_weights=lanes"},
+      {conv_desc(64, 16, 16, 128, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3,
+       "fwd=lanes bwd_data=blas bwd_weights=lanes"},
+      {conv_desc(24, 24, 24, 40, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3,
+       "fwd=lanes bwd_data=polyphase bwd_weights=lanes"},
+      {conv_desc(24, 26, 24, 40, 3, 3, 2, 2, 1, 1, 1, 1, 1), 3,
+       "fwd=polyphase bwd_data=polyphase bwd_weights=polyphase"},
   };
   check_paths(cases, rng);
 }
@@ -1470,12 +1480,12 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic_per_method) {
       {conv_desc(4, 10, 10, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1),
        "fwd=lanes bwd_data=lanes bwd_weights=lanes",
        {{26880, 0}, {26880, 0}, {28800, 0}}},
-      // im2col + GEMM, stride 2, padding 1 (70 filters of 11x11: too many for lanes' frames): 70 *
-      // 36 * 121 products a pass; col2im adds the taps that read real pixels, 31 of the 33 (tap,
-      // output) pairs along each axis: 4 * 31 * 31.
-      {conv_desc(4, 21, 21, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1),
+      // im2col + GEMM, stride 2, padding 1 (70 filters of 13x13: too many for lanes' frames): 70 *
+      // 36 * 169 products a pass; col2im adds the taps that read real pixels, 37 of the 39 (tap,
+      // output) pairs along each axis: 4 * 37 * 37.
+      {conv_desc(4, 25, 25, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1),
        "fwd=blas bwd_data=blas bwd_weights=blas",
-       {{304920, 0}, {304920, 3844}, {304920, 0}}},
+       {{425880, 0}, {425880, 5476}, {425880, 0}}},
       // Polyphase, ResNet-20's 16 -> 32 3x3 stride 2 on 32x32: phase planes of 17x17, so 16 rows
       // of 17 wide columns less the last row's discarded one, 271, times 32 * 144 (forward); the
       // weight gradient every wide row, 16 * 17. backward_data: per phase of dx, its 16 real rows

@@ -21,8 +21,13 @@ namespace strata::tbb_backend {
 namespace {
 
 // One thread's col buffer: 256 KiB, half of a core's L2, so im2col output is still cached when
-// the GEMM packs it.
+// the kernels read it (small; the direct and polyphase weight gradients' blocks of images too) ...
 constexpr int64_t kColumnBudgetFloats = int64_t{1} << 16;
+// ... except for blas: 2 MiB. OpenBLAS packs the weights on every call, so a product over few
+// columns spends its time copying them (256 -> 512 at 14x14, stride 2: bands of 28 columns, 15 % of
+// the time in the copies); the larger budget runs a few hundred columns per call instead (that
+// layer 51.2 -> 34.7 ms a training pass; docs/performance.md, section 25).
+constexpr int64_t kBlasColumnBudgetFloats = int64_t{1} << 19;
 // The direct method keeps one padded image group (and its wide output) in L2 ...
 constexpr int64_t kDirectBudgetFloats = int64_t{1} << 15;
 // ... unless Winograd cannot run the shape (fewer than kWinogradMinChannels, a kernel other than
@@ -100,6 +105,14 @@ constexpr double kWinogradMaxImbalance = 1.05;
 // block of 16 images (AVX-512), so a block's input and output frames fit a core's L2 together.
 // Counted per image, so every vector width takes the same descriptors.
 constexpr int64_t kLanesBudgetPixels = int64_t{1} << 13;
+// ... or, strided with at most kLanesStridedMaxOutput output pixels per plane, this many: there
+// the polyphase products are a few short rows per image (8x8: 72 wide columns, run as 96) and
+// blas packs its weights for a few hundred columns, so lanes, with no column wasted, wins even
+// from past L2: 32 -> 64 at 16x16, stride 2, forward 0.67 -> 0.54 ms and the weight gradient
+// 1.26 -> 0.69; 64 -> 128 forward 2.67 -> 1.78 (docs/performance.md, section 25). From 14x14
+// outputs polyphase is as fast again.
+constexpr int64_t kLanesStridedBudgetPixels = int64_t{1} << 15;
+constexpr int64_t kLanesStridedMaxOutput = 144;
 
 constexpr std::string_view kName = "tbb conv2d";
 
@@ -376,8 +389,11 @@ bool lanes_fits(const Conv2dDesc& d) {
   if (d.precision != Precision::kFp32 || d.kernel_h * d.kernel_w == 1 || winograd_fits(d)) {
     return false;
   }
-  return lanes::forward_frame(d).pixels() <= kLanesBudgetPixels &&
-         filters_per_group(d) * d.out_h * d.out_w <= kLanesBudgetPixels;
+  const bool strided_small =
+      (d.stride_h > 1 || d.stride_w > 1) && d.out_h * d.out_w <= kLanesStridedMaxOutput;
+  const int64_t budget = strided_small ? kLanesStridedBudgetPixels : kLanesBudgetPixels;
+  return lanes::forward_frame(d).pixels() <= budget &&
+         filters_per_group(d) * d.out_h * d.out_w <= budget;
 }
 
 bool lanes_data_fits(const Conv2dDesc& d) {
@@ -647,11 +663,13 @@ void TbbConv2d::prepare_pointwise(Plan&) {}  // the image is the col matrix: no 
 
 void TbbConv2d::prepare_blas(Plan& plan) {
   const Conv2dDesc& d = desc_;
-  if (rows_ * out_plane_ <= kColumnBudgetFloats) {
+  if (rows_ * out_plane_ <= kBlasColumnBudgetFloats) {
     plan.images = std::clamp<int64_t>(ceil_div(kTargetColumns, out_plane_), 1,
-                                      kColumnBudgetFloats / (rows_ * out_plane_));
-  } else {  // one image's col matrix does not fit: cut the output into bands of whole rows
-    plan.band_rows = std::clamp<int64_t>(kColumnBudgetFloats / (rows_ * d.out_w), 1, d.out_h);
+                                      kBlasColumnBudgetFloats / (rows_ * out_plane_));
+  } else {  // one image's col matrix does not fit: cut the output into equal bands of whole rows
+    const int64_t most =
+        std::clamp<int64_t>(kBlasColumnBudgetFloats / (rows_ * d.out_w), 1, d.out_h);
+    plan.band_rows = ceil_div(d.out_h, ceil_div(d.out_h, most));
   }
   const int64_t columns = plan.images * plan.band_rows * d.out_w;
   reserve_workspace(rows_ * columns, plan.images > 1 ? kg_ * columns : 0);

@@ -100,12 +100,14 @@ class TbbBackend : public Backend {
 //     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp). forward and
 //     backward_data are parallel over planes; backward_params over groups, each filter's sum in
 //     a fixed order.
-//   - lanes: small images (a block's frames within kLanesBudgetPixels per image), kernels larger
-//     than 1x1, and not what Winograd takes: blocks of lanes::kLanes images interleaved so that one
-//     vector holds one pixel of every image (lanes.hpp). Forward and backward_data are register
-//     tiles of (filters or channels) x output columns over the taps that read real rows; the weight
-//     gradient a tile of filters x taps over the output pixels. backward_data needs stride 1 and
-//     padding within the kernel's reach. LeNet's layers run here.
+//   - lanes: small images (a block's frames within kLanesBudgetPixels per image, or
+//     kLanesStridedBudgetPixels for a strided layer of at most kLanesStridedMaxOutput output
+//     pixels a plane), kernels larger than 1x1, and not what Winograd takes: blocks of
+//     lanes::kLanes images interleaved so that one vector holds one pixel of every image
+//     (lanes.hpp). Forward and backward_data are register tiles of (filters or channels) x output
+//     columns over the taps that read real rows; the weight gradient a tile of filters x taps over
+//     the output pixels. backward_data needs stride 1 and padding within the kernel's reach.
+//     LeNet's layers run here.
 //   - direct: stride 1, small padded image, and little waste. Register-blocked AVX-512 or AVX2
 //     kernels (direct_conv.hpp) read the zero-padded image in place: no im2col, no GEMM packing.
 //     backward_data runs the same kernel on the padded dy with flipped, transposed weights.
@@ -140,8 +142,9 @@ class TbbBackend : public Backend {
 //     weight gradient by panel::multiply_nt from panel::kDotMinDepth pixels, OpenBLAS sgemm
 //     below.
 //   - blas: everything else. im2col + single-threaded OpenBLAS sgemm per group; a block is several
-//     whole images, or a band of output rows of one image when its col matrix would exceed the
-//     budget.
+//     whole images, or equal bands of output rows of one image when its col matrix would exceed
+//     the budget (kBlasColumnBudgetFloats: OpenBLAS packs the weights on every call, so the
+//     columns per call must be many).
 // Padding must be symmetric (Conv2dDesc::symmetric_padding()): on_prepare() refuses end padding
 // that differs from the begin padding; the conv2d layer pads such inputs explicitly.
 // backward_params splits the batch into contiguous slices (a few per thread, for load balance);
