@@ -1017,7 +1017,7 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
       {conv_desc(3, 5, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37, lanes},     // 16 + 16 + 5 images
       {conv_desc(3, 12, 12, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1), 37, direct_small},  // images per block
       {conv_desc(20, 30, 26, 6, 5, 5, 1, 1, 2, 2, 1, 1, 2), 2, direct},         // two groups
-      {conv_desc(72, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2, blas},  // bands, strided, dilated
+      {conv_desc(136, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2, blas},  // bands, strided, dilated
       {conv_desc(8, 9, 9, 12, 1, 1, 2, 2, 0, 0, 1, 1, 4), 5,
        "fwd=small bwd_data=small bwd_weights=small"},                     // 1x1 stride 2
       {conv_desc(32, 20, 20, 24, 1, 1, 1, 1, 0, 0, 1, 1, 1), 6, direct},  // 1x1, direct
@@ -1039,21 +1039,28 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
       {conv_desc(16, 50, 47, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2, direct},
       {conv_desc(40, 30, 30, 36, 3, 3, 1, 1, 1, 1, 2, 2, 1), 2, direct},
       {conv_desc(24, 33, 34, 20, 5, 5, 1, 1, 4, 4, 2, 2, 1), 2, direct},
-      {conv_desc(4, 25, 25, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9, blas},  // blas, many images
+      // Up to 128 channels and filters where Winograd cannot run the shape
+      // (kDirectLargeMaxChannels): 96 channels with a 5x5 kernel, 128 filters on 16 channels; the
+      // weight gradient only from 27x27 outputs (kDirectLargeParamsMinOutput), blas below.
+      {conv_desc(96, 12, 12, 32, 5, 5, 1, 1, 2, 2, 1, 1, 1), 3,
+       "fwd=direct bwd_data=direct bwd_weights=blas"},
+      {conv_desc(16, 27, 27, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2, direct},
+      {conv_desc(4, 25, 25, 130, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9, blas},  // blas, many images
       {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7,
        "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise"},
   };
   check_paths(cases, rng);
 }
 
-// The polyphase path (stride 2 to 4, more than one tap, at most 64 channels and filters per
+// The polyphase path (stride 2 to 4, more than one tap, at most 128 channels and filters per
 // group, a small image but past the lanes method's frames, which come first in the lists, wide
 // rows at least 65 % real): forward and the weight gradient run the
 // direct kernels over the input's phase planes (polyphase.hpp); backward_data too, one product per
 // phase of dx, where there are at least 8 channels per group, a tap on every phase and at least
-// 128 wide columns a phase (else "small" or "blas"). ResNet-20's stride-2 3x3 convolutions
-// (several images per weight-gradient block, a batch not a multiple of it; the 8x8 output's
-// backward_data "small") and its 1x1 downsample (refused: "small" throughout), odd sizes (the
+// 128 wide columns a phase (else "small" or "blas"). ResNet-20's first stride-2 3x3 convolution
+// (several images per weight-gradient block, a batch not a multiple of it; its second, with an
+// 8x8 output, runs lanes: conv2d_lanes_paths) and its 1x1 downsample (refused: "small"
+// throughout), 128 filters, odd sizes (the
 // second phase row and column one shorter than the first: a partial last phase row and column),
 // unequal padding, padding 0 and 2 (a 5x5 kernel: 3x3, 3x2, 2x3 and 2x2 sub-kernels), two groups,
 // stride (2, 1), stride 3 (nine phases of one tap), dilation 2 with stride 2 (every tap on phase
@@ -1080,6 +1087,11 @@ BOOST_AUTO_TEST_CASE(conv2d_polyphase_paths) {
       {conv_desc(8, 33, 33, 8, 3, 3, 2, 2, 2, 2, 2, 2, 1), 2, small},        // dilation 2, stride 2
       {conv_desc(16, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2,
        "fwd=polyphase bwd_data=blas bwd_weights=polyphase"},  // 7x3, strided, dilated
+      // Over 64 filters (kDirectLargeMaxChannels), outputs past lanes' strided ones: the weight
+      // gradient at 27x27 (kDirectLargeParamsMinOutput) but not at 14x14.
+      {conv_desc(8, 54, 54, 72, 3, 3, 2, 2, 1, 1, 1, 1, 1), 2, polyphase},
+      {conv_desc(64, 28, 28, 128, 3, 3, 2, 2, 1, 1, 1, 1, 1), 2,
+       "fwd=polyphase bwd_data=polyphase bwd_weights=blas"},
       // Phase planes past the L2 budget (kDirectLargeBudgetFloats): these ran "blas" before.
       {conv_desc(16, 70, 66, 24, 3, 3, 2, 2, 1, 1, 1, 1, 1), 2, polyphase},
       {conv_desc(3, 90, 90, 20, 7, 7, 2, 2, 3, 3, 1, 1, 1), 2,
@@ -1259,7 +1271,7 @@ const std::vector<PathCase>& scratch_cases() {
        "fwd=direct bwd_data=small bwd_weights=direct"},
       {conv_desc(6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1), 17,
        "fwd=lanes bwd_data=lanes bwd_weights=lanes"},
-      {conv_desc(72, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2,
+      {conv_desc(136, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2,
        "fwd=blas bwd_data=blas bwd_weights=blas"},
       {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7,
        "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise"},
@@ -1480,12 +1492,12 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic_per_method) {
       {conv_desc(4, 10, 10, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1),
        "fwd=lanes bwd_data=lanes bwd_weights=lanes",
        {{26880, 0}, {26880, 0}, {28800, 0}}},
-      // im2col + GEMM, stride 2, padding 1 (70 filters of 13x13: too many for lanes' frames): 70 *
-      // 36 * 169 products a pass; col2im adds the taps that read real pixels, 37 of the 39 (tap,
-      // output) pairs along each axis: 4 * 37 * 37.
-      {conv_desc(4, 25, 25, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1),
+      // im2col + GEMM, stride 2, padding 1 (130 filters of 13x13: too many for lanes' frames and
+      // polyphase): 130 * 36 * 169 products a pass; col2im adds the taps that read real pixels, 37
+      // of the 39 (tap, output) pairs along each axis: 4 * 37 * 37.
+      {conv_desc(4, 25, 25, 130, 3, 3, 2, 2, 1, 1, 1, 1, 1),
        "fwd=blas bwd_data=blas bwd_weights=blas",
-       {{425880, 0}, {425880, 5476}, {425880, 0}}},
+       {{790920, 0}, {790920, 5476}, {790920, 0}}},
       // Polyphase, ResNet-20's 16 -> 32 3x3 stride 2 on 32x32: phase planes of 17x17, so 16 rows
       // of 17 wide columns less the last row's discarded one, 271, times 32 * 144 (forward); the
       // weight gradient every wide row, 16 * 17. backward_data: per phase of dx, its 16 real rows

@@ -38,8 +38,18 @@ constexpr int64_t kDirectBudgetFloats = int64_t{1} << 15;
 // 48.8 -> 24.2; docs/performance.md, sections 22 and 23).
 constexpr int64_t kDirectLargeBudgetFloats = int64_t{1} << 20;
 // Above this many filters or channels per group, OpenBLAS's cache blocking beats re-reading the
-// padded image once per 6 filters.
+// padded image once per 6 filters ...
 constexpr int64_t kDirectMaxChannels = 64;
+// ... or this many where Winograd cannot run the shape (and for polyphase: Winograd never runs a
+// strided one): there the alternative is blas, and up to 128 the direct kernels beat it (a pass of
+// 96 -> 32 5x5 at 28x28: 79.6 -> 40.0 ms; 16 -> 128 3x3 at 32x32: 15.2 -> 11.9; 64 -> 128 at 56x56,
+// stride 2: 39.8 -> 35.4). At 256 the weight gradient lost (128 -> 256 at 28x28, stride 2: 11.2
+// -> 18.1 ms). docs/performance.md, section 26.
+constexpr int64_t kDirectLargeMaxChannels = 128;
+// ... except for the weight gradient on outputs less than this wide and high: there its dot
+// products with more than 64 filters or channels lost to blas (32 -> 128 5x5 at 14x14: 4.9 ->
+// 8.4 ms; 16 -> 128 3x3 at 14x14: 1.7 -> 2.2), where from AlexNet's 27x27 up they win or tie.
+constexpr int64_t kDirectLargeParamsMinOutput = 27;
 // Floats readable past the end of a padded image: the kernels' last column block may overrun.
 constexpr int64_t kSlackFloats = 64;
 // GEMM width (output pixels) worth batching small images for: below it OpenBLAS spends more time
@@ -291,11 +301,11 @@ bool direct_fits(const Conv2dDesc& d) {
   const int64_t cg = channels_per_group(d), kg = filters_per_group(d);
   const bool large = d.kernel_h * d.kernel_w > 1 && !winograd_beats_direct(d);
   const int64_t budget = large ? kDirectLargeBudgetFloats : kDirectBudgetFloats;
+  const int64_t most = large && !winograd_fits(d) ? kDirectLargeMaxChannels : kDirectMaxChannels;
   return d.stride_h == 1 && d.stride_w == 1 &&
          d.out_h == padded.h - (d.kernel_h - 1) * d.dilation_h &&
-         d.out_w == padded.w - (d.kernel_w - 1) * d.dilation_w && cg <= kDirectMaxChannels &&
-         kg <= kDirectMaxChannels && cg * padded.h * padded.w <= budget &&
-         kg * dy.h * dy.w <= budget;
+         d.out_w == padded.w - (d.kernel_w - 1) * d.dilation_w && cg <= most && kg <= most &&
+         cg * padded.h * padded.w <= budget && kg * dy.h * dy.w <= budget;
 }
 
 // The least useful fraction backward_data's direct kernels (and polyphase's) must reach: lower
@@ -339,8 +349,8 @@ bool polyphase_fits(const Conv2dDesc& d) {
   const polyphase::Geometry g = polyphase::make(d);
   const int64_t cg = channels_per_group(d), kg = filters_per_group(d);
   const double efficiency = static_cast<double>(d.out_w) / static_cast<double>(g.plane_w);
-  return polyphase::exact_output(d) && cg <= kDirectMaxChannels && kg <= kDirectMaxChannels &&
-         cg * g.channel_floats() <= kDirectLargeBudgetFloats &&
+  return polyphase::exact_output(d) && cg <= kDirectLargeMaxChannels &&
+         kg <= kDirectLargeMaxChannels && cg * g.channel_floats() <= kDirectLargeBudgetFloats &&
          kg * d.out_h * g.plane_w <= kDirectLargeBudgetFloats && efficiency >= kDirectMinEfficiency;
 }
 
@@ -363,6 +373,20 @@ bool polyphase_data_fits(const Conv2dDesc& d) {
   return data.every_phase_has_taps() && long_enough &&
          data.dy_floats(kg) <= kDirectLargeBudgetFloats &&
          data.wide_floats <= kDirectLargeBudgetFloats && efficiency >= direct_data_floor(d);
+}
+
+// The weight gradient of the direct and polyphase methods: their forward's conditions, and with
+// more than kDirectMaxChannels channels or filters an output of at least
+// kDirectLargeParamsMinOutput.
+bool direct_params_size_fits(const Conv2dDesc& d) {
+  return std::max(channels_per_group(d), filters_per_group(d)) <= kDirectMaxChannels ||
+         std::min(d.out_h, d.out_w) >= kDirectLargeParamsMinOutput;
+}
+bool direct_params_fits(const Conv2dDesc& d) {
+  return direct_forward_fits(d) && direct_params_size_fits(d);
+}
+bool polyphase_params_fits(const Conv2dDesc& d) {
+  return polyphase_fits(d) && direct_params_size_fits(d);
 }
 
 // The weight gradient takes Winograd wherever it runs, except on dilated shapes the direct
@@ -474,9 +498,9 @@ std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementatio
        &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic},
       {"winograd23", winograd_params_fits, &TbbConv2d::prepare_winograd_params<2>,
        &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic},
-      {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_params, &TbbConv2d::params_direct,
+      {"direct", direct_params_fits, &TbbConv2d::prepare_direct_params, &TbbConv2d::params_direct,
        &TbbConv2d::direct_params_arithmetic},
-      {"polyphase", polyphase_fits, &TbbConv2d::prepare_polyphase_params,
+      {"polyphase", polyphase_params_fits, &TbbConv2d::prepare_polyphase_params,
        &TbbConv2d::params_polyphase, &TbbConv2d::polyphase_params_arithmetic},
       {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::params_pointwise,
        &TbbConv2d::exact_arithmetic},

@@ -108,7 +108,10 @@ class TbbBackend : public Backend {
 //     columns over the taps that read real rows; the weight gradient a tile of filters x taps over
 //     the output pixels. backward_data needs stride 1 and padding within the kernel's reach.
 //     LeNet's layers run here.
-//   - direct: stride 1, small padded image, and little waste. Register-blocked AVX-512 or AVX2
+//   - direct: stride 1, small padded image, little waste, and at most kDirectMaxChannels channels
+//     and filters per group (kDirectLargeMaxChannels where Winograd cannot run the shape, and
+//     polyphase; the weight gradient past kDirectMaxChannels only on outputs of at least
+//     kDirectLargeParamsMinOutput). Register-blocked AVX-512 or AVX2
 //     kernels (direct_conv.hpp) read the zero-padded image in place: no im2col, no GEMM packing.
 //     backward_data runs the same kernel on the padded dy with flipped, transposed weights.
 //     Preferred to winograd for forward and backward_data where both apply.
