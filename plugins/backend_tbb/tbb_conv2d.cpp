@@ -296,12 +296,20 @@ Extent padded_dy_extent(const Conv2dDesc& d) {
   return {d.in_h + (d.kernel_h - 1) * d.dilation_h, d.in_w + (d.kernel_w - 1) * d.dilation_w};
 }
 
+// The most channels and filters per group the direct kernels (and polyphase) take: more where
+// Winograd cannot run the shape, so that blas is the alternative (strided shapes, kernels other
+// than 3x3, few channels); 1x1 has pointwise and small.
+int64_t direct_max_channels(const Conv2dDesc& d) {
+  return d.kernel_h * d.kernel_w > 1 && !winograd_fits(d) ? kDirectLargeMaxChannels
+                                                          : kDirectMaxChannels;
+}
+
 bool direct_fits(const Conv2dDesc& d) {
   const Extent padded = padded_extent(d), dy = padded_dy_extent(d);
   const int64_t cg = channels_per_group(d), kg = filters_per_group(d);
   const bool large = d.kernel_h * d.kernel_w > 1 && !winograd_beats_direct(d);
   const int64_t budget = large ? kDirectLargeBudgetFloats : kDirectBudgetFloats;
-  const int64_t most = large && !winograd_fits(d) ? kDirectLargeMaxChannels : kDirectMaxChannels;
+  const int64_t most = direct_max_channels(d);
   return d.stride_h == 1 && d.stride_w == 1 &&
          d.out_h == padded.h - (d.kernel_h - 1) * d.dilation_h &&
          d.out_w == padded.w - (d.kernel_w - 1) * d.dilation_w && cg <= most && kg <= most &&
@@ -349,8 +357,9 @@ bool polyphase_fits(const Conv2dDesc& d) {
   const polyphase::Geometry g = polyphase::make(d);
   const int64_t cg = channels_per_group(d), kg = filters_per_group(d);
   const double efficiency = static_cast<double>(d.out_w) / static_cast<double>(g.plane_w);
-  return polyphase::exact_output(d) && cg <= kDirectLargeMaxChannels &&
-         kg <= kDirectLargeMaxChannels && cg * g.channel_floats() <= kDirectLargeBudgetFloats &&
+  const int64_t most = direct_max_channels(d);
+  return polyphase::exact_output(d) && cg <= most && kg <= most &&
+         cg * g.channel_floats() <= kDirectLargeBudgetFloats &&
          kg * d.out_h * g.plane_w <= kDirectLargeBudgetFloats && efficiency >= kDirectMinEfficiency;
 }
 
