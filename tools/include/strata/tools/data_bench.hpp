@@ -20,7 +20,9 @@
 //   unless overridden; 0 = all cores), which also caps the backend's threads.
 //
 //   Peak resident memory is getrusage(RUSAGE_SELF).ru_maxrss of the whole process at the end (the
-//   model's parameters included); rss_before_loader is the resident size (/proc/self/statm) after
+//   model's parameters included), raised to the largest resident size sampled (the kernel's two
+//   counters are folded at different times, so ru_maxrss alone can read a few pages under a
+//   sample); rss_before_loader is the resident size (/proc/self/statm) after
 //   open and fit, before the loader exists. Buffer bytes are the loader's two batch buffers,
 //   2 x batch x sample x 4 bytes.
 #pragma once
