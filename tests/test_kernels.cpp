@@ -1182,7 +1182,7 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
   const std::string direct_23 = "fwd=direct bwd_data=winograd23 bwd_weights=winograd23";
   const std::string direct_direct_23 = "fwd=direct bwd_data=direct bwd_weights=winograd23";
   const std::string lanes = "fwd=lanes bwd_data=lanes bwd_weights=lanes";
-  const std::string winograd_43 = "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23";
+  const std::string winograd_43 = "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43";
   const std::string all_direct = "fwd=direct bwd_data=direct bwd_weights=direct";
   const std::string direct_23_direct = "fwd=direct bwd_data=winograd23 bwd_weights=direct";
   const std::vector<PathCase> cases = {
@@ -1195,8 +1195,8 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
        winograd_43},  // dot tails: 390 tiles
       {conv_desc(72, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // over 64 channels: no direct
-      // F(4x4, 3x3) (outputs of at least 16, at most 256 channels plus filters; the weight
-      // gradient from 192 to 512):
+      // F(4x4, 3x3) (outputs of at least 16, at most 256 channels plus filters, in all three
+      // passes; the weight gradient to 512):
       // (where the direct kernels fit too, F(4x4) runs forward and backward_data: it does a quarter
       // of their multiplications)
       {conv_desc(32, 17, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, winograd_43},  // direct fits
@@ -1205,15 +1205,33 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(32, 16, 21, 36, 3, 3, 1, 1, 2, 0, 1, 1, 1), 2, winograd_43},  // padding 2, 0
       {conv_desc(48, 34, 36, 48, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
        winograd_43},  // dilation 2: 17x18 phases
+      // Under 16, F(4x4) where its 4x4 tiles cover the output with no more positions than
+      // F(2x2)'s 2x2 ones (extents 3, 4, 7, 8, 11, 12, 15), also where direct fits; F(2x2) or
+      // direct on 6, 10 and 14. Its weight gradient there only up to 256 channels plus filters.
+      {conv_desc(64, 8, 8, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, winograd_43},    // ResNet-20's 8x8
+      {conv_desc(32, 7, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3, winograd_43},   // partial tiles
+      {conv_desc(48, 3, 4, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5, winograd_43},    // one tile an image
+      {conv_desc(36, 14, 13, 48, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2, winograd_43},  // no padding: 12x11
+      {conv_desc(48, 12, 10, 48, 3, 3, 1, 1, 0, 0, 1, 1, 1), 2,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // 10x8: 4x4 tiles cover 96
+                                                                      // positions, 2x2 80
+      {conv_desc(64, 14, 14, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // 14x14: F(2x2)
+      {conv_desc(48, 6, 6, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // 6x6: F(2x2)
+      {conv_desc(128, 8, 7, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // 256: F(4x4) throughout
+      {conv_desc(160, 8, 8, 144, 3, 3, 1, 1, 1, 1, 1, 1, 1), 1,
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // past 256 at 8x8: F(2x2)
       // Dilated, Winograd needs 48 channels and filters to beat the direct kernels (which then
       // take the weight gradient too), and then runs odd phases as well.
       {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2, all_direct},  // 32 channels
       {conv_desc(48, 15, 13, 48, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
-       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // 8x7 and 7x6 phases
+       winograd_43},  // 8x7 and 7x6 phases, staged as 8x7: whole 4x4 tiles
       {conv_desc(128, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // F(4x4) weight gradient too
       {conv_desc(64, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
-       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // from 192 channels + filters
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // more filters than channels
       {conv_desc(160, 16, 17, 144, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd43"},  // weight gradient to 512
       {conv_desc(264, 16, 16, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1), 1,
@@ -1230,7 +1248,7 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(72, 13, 11, 40, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // 7x6 and 6x5 phases
       {conv_desc(72, 11, 12, 40, 3, 3, 1, 1, 0, 0, 2, 2, 1), 2,
-       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // no padding: 7x8 output
+       winograd_43},  // no padding: 7x8 output, phases of 4x4 and less
       {conv_desc(72, 35, 33, 40, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
        winograd_43},  // F(4x4): 18x17 phases
       {conv_desc(72, 16, 17, 32, 3, 3, 1, 1, 3, 3, 3, 3, 1), 2,
@@ -1258,7 +1276,7 @@ const std::vector<PathCase>& scratch_cases() {
       {conv_desc(72, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},
       {conv_desc(48, 34, 36, 48, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2,
-       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // dilation 2
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // dilation 2
       {conv_desc(32, 12, 9, 40, 3, 3, 1, 1, 3, 0, 3, 3, 1), 2,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // dilation 3
       {conv_desc(16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1), 5,
@@ -1447,26 +1465,26 @@ struct ArithmeticCase {
 BOOST_AUTO_TEST_CASE(conv2d_arithmetic_per_method) {
   BOOST_TEST_REQUIRE(registries().kernels.contains("conv2d", "tbb"));
   const std::vector<ArithmeticCase> cases = {
-      // F(4x4) forward and backward_data, F(2x2) weight gradient; 72 channels (too many for
-      // direct), 40 filters, 16x16: 4x4 tiles of 4x4 (16), 8x8 tiles of 2x2 (64).
+      // F(4x4) everywhere; 72 channels (too many for direct), 40 filters, 16x16: 4x4 tiles of
+      // 4x4 (16).
       //   forward: 36 * 72 * 40 * 16 products; transforms 16 * (72 * 252 + 40 * 130)
       //   backward_data: channels and filters swapped: 16 * (40 * 252 + 72 * 130)
-      //   backward_params: 16 * 72 * 40 * 64 products; transforms 64 * (72 * 32 + 40 * 18)
+      //   backward_params: 36 * 72 * 40 * 16 products; transforms 16 * (72 * 252 + 40 * 110)
       {conv_desc(72, 16, 16, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1),
-       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23",
-       {{1658880, 373504}, {1658880, 311040}, {2949120, 193536}}},
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43",
+       {{1658880, 373504}, {1658880, 311040}, {1658880, 360704}}},
       // F(2x2) everywhere, 9x11: 5x6 tiles (30), the last row and column of tiles half outside.
       //   16 * 72 * 40 * 30 products each; transforms 30 * (72 * 32 + 40 * 24),
       //   30 * (40 * 32 + 72 * 24) and 30 * (72 * 32 + 40 * 18)
       {conv_desc(72, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1),
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23",
        {{1382400, 97920}, {1382400, 90240}, {1382400, 90720}}},
-      // Dilation 2 as 4 polyphase components of 17x18 each: F(4x4) 5x5 tiles (100 per image),
-      // F(2x2) 9x9 (324 per image). 36 * 48 * 48 * 100 products, transforms 100 * 48 * (252 +
-      // 130); 16 * 48 * 48 * 324 products, transforms 324 * 48 * (32 + 18).
+      // Dilation 2 as 4 polyphase components of 17x18 each: F(4x4) 5x5 tiles (100 per image).
+      // 36 * 48 * 48 * 100 products in each pass, transforms 100 * 48 * (252 + 130), and for the
+      // weight gradient 100 * 48 * (252 + 110).
       {conv_desc(48, 34, 36, 48, 3, 3, 1, 1, 2, 2, 2, 2, 1),
-       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23",
-       {{8294400, 1833600}, {8294400, 1833600}, {11943936, 777600}}},
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43",
+       {{8294400, 1833600}, {8294400, 1833600}, {8294400, 1737600}}},
       // The direct kernels over the wide output, 14 columns a row (11 rows of 14, then 12):
       // 64 * 27 * 166; small backward_data (3 channels: too few for direct) the direct
       // 64 * 27 * 144 plus col2im's 3 * 34 * 34 additions (34 of the 36 (tap, output) pairs along

@@ -83,15 +83,14 @@ constexpr int64_t kWinogradMinChannels = 32;
 // Multiply-adds per task of the depthwise method, about 20 us on one core.
 constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
 // F(4x4, 3x3) needs blocks of at least ~56 tiles (at most this many channels plus filters, within
-// kWinogradBudgetFloats) and outputs of at least this size: below, F(2x2, 3x3) ran faster.
+// kWinogradBudgetFloats). From outputs of this size it runs whatever its tiles cover; below, only
+// outputs its 4x4 tiles cover as closely as F(2x2)'s 2x2 ones (winograd43_output_fits).
 constexpr int64_t kWinograd43MaxChannels = 256;
 constexpr int64_t kWinograd43MinOutput = 16;
 // The fewest channels and filters at which F(2x2, 3x3) beats the direct kernels (both fit).
 constexpr int64_t kWinograd23OverDirect = 48;
-// The weight gradient's range of channels plus filters for F(4x4) (docs/performance.md, sections
-// 18 and 19): from 192, and to 512 (256 -> 256 at 28x28: 53 -> 45 ms; 512 -> 512 at 16x16 twice
-// as slow as F(2x2)).
-constexpr int64_t kWinograd43MinParamsChannels = 192;
+// The most channels plus filters of the weight gradient's F(4x4) (docs/performance.md, section 19:
+// 256 -> 256 at 28x28: 53 -> 45 ms; 512 -> 512 at 16x16 twice as slow as F(2x2)).
 constexpr int64_t kWinograd43MaxParamsChannels = 512;
 // Filter-channel pairs per task of Winograd's weight transforms (about 50 us of F(4x4)'s, in
 // double), and floats per task of the weight gradient's reduction over slices.
@@ -262,10 +261,17 @@ bool winograd_fits(const Conv2dDesc& d) {
 }
 
 // F(4x4, 3x3) where its blocks of tiles are wide enough for good matrix products and its 4x4
-// tiles waste little at the edges (measured: docs/performance.md); F(2x2, 3x3) otherwise. The
-// edge bound is on the output (of each polyphase component when dilated), for every pass.
+// tiles waste little at the edges (measured: docs/performance.md, sections 9 and 27); F(2x2, 3x3)
+// otherwise. The edge bound is on the output (of each polyphase component when dilated, staged at
+// the largest component's size), for every pass: outputs of kWinograd43MinOutput or more, and
+// smaller ones that 4x4 tiles cover with no more positions than 2x2 tiles do (extents of 3, 4, 7,
+// 8, 11, 12, 15: ResNet-20's 64 -> 64 at 8x8, batch 64, 1.25 -> 0.79 ms forward). Those that 4x4
+// tiles cover with more (6, 10, 14: up to 1.8x the positions) ran as fast or slower in F(4x4).
 bool winograd43_output_fits(const Conv2dDesc& d) {
-  return std::min(d.out_h, d.out_w) / polyphase_factor(d) >= kWinograd43MinOutput;
+  const int64_t p = polyphase_factor(d);
+  const int64_t h = ceil_div(d.out_h, p), w = ceil_div(d.out_w, p);
+  if (std::min(h, w) >= kWinograd43MinOutput) return true;
+  return round_up(h, 4) * round_up(w, 4) <= round_up(h, 2) * round_up(w, 2);
 }
 bool winograd43_fits(const Conv2dDesc& d) {
   return winograd_fits(d) && d.in_channels + d.out_channels <= kWinograd43MaxChannels &&
@@ -405,14 +411,18 @@ bool winograd_params_fits(const Conv2dDesc& d) {
   return winograd_fits(d) && !(polyphase_factor(d) > 1 && direct_forward_fits(d));
 }
 
-// The weight gradient's products are (filters x tiles) * (tiles x channels): with F(4x4)'s
-// shorter blocks of tiles they only pay off from 192 channels plus filters (64 -> 128 at 16x16:
-// 12 % faster than F(2x2); 64 -> 64 and 32 -> 32 slower; docs/performance.md, section 18), and
-// up to 512, past the forward's 256 (section 19).
+// The weight gradient's products are (filters x tiles) * (tiles x channels). It takes F(4x4)
+// where the forward would (section 27: 32 -> 32 at 20x20, batch 64, 2.22 -> 1.65 ms; 64 -> 64 at
+// 16x16 3.21 -> 2.60; 32 -> 32 at 32x32 and 56x56 within the runs' spread of F(2x2)), and on
+// outputs of kWinograd43MinOutput or more up to kWinograd43MaxParamsChannels, past the forward's
+// 256 (section 19); not below that output past 256 (256 -> 256 at 7x7 and 8x8, batch 32, 6 %
+// slower than F(2x2)).
 bool winograd43_params_fits(const Conv2dDesc& d) {
   const int64_t sum = d.in_channels + d.out_channels;
-  return winograd_params_fits(d) && sum >= kWinograd43MinParamsChannels &&
-         sum <= kWinograd43MaxParamsChannels && winograd43_output_fits(d);
+  const int64_t most = std::min(d.out_h, d.out_w) / polyphase_factor(d) >= kWinograd43MinOutput
+                           ? kWinograd43MaxParamsChannels
+                           : kWinograd43MaxChannels;
+  return winograd_params_fits(d) && sum <= most && winograd43_output_fits(d);
 }
 
 // The lanes method (lanes.hpp): fp32, a block's frames within kLanesBudgetPixels, not 1x1

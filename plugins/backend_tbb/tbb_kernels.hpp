@@ -128,9 +128,10 @@ class TbbBackend : public Backend {
 //   - winograd43, winograd23: F(4x4, 3x3) (winograd43.cpp) or F(2x2, 3x3) (winograd.hpp) over
 //     blocks of tiles of the whole batch, for 3x3, stride 1, one group, padding at most 2, at
 //     least kWinogradMinChannels channels and filters. F(4x4) where channels plus filters are at
-//     most kWinograd43MaxChannels and the output is at least kWinograd43MinOutput wide and high;
-//     the weight gradient uses F(4x4) where the output is that large and channels plus filters
-//     are from kWinograd43MinParamsChannels to kWinograd43MaxParamsChannels, else F(2x2). The
+//     most kWinograd43MaxChannels and the output is at least kWinograd43MinOutput wide and high,
+//     or smaller but covered by 4x4 tiles with no more positions than by 2x2 ones; the weight
+//     gradient the same, and on outputs of kWinograd43MinOutput or more up to
+//     kWinograd43MaxParamsChannels channels plus filters, else F(2x2). The
 //     products of forward and backward_data run on panel::multiply. Each thread
 //     owns a contiguous range of tile blocks and a transformed-gradient buffer of
 //     (tile + 2)^2 * K * C floats (16 or 36 per filter and channel), reduced in order

@@ -66,7 +66,7 @@ PY
 echo "ok   --roofline measures its peak; every pass's flops, GFLOP/s and fractions"
 
 # Peaks given (compare_pytorch.py measures once for all shapes): used as they are. A Winograd
-# shape (72 channels, 40 filters, 16x16: F(4x4) forward and backward_data, F(2x2) weights): its
+# shape (72 channels, 40 filters, 16x16: F(4x4) in all three passes): its
 # actual flops are the kernel's count (tests/test_kernels.cpp, conv2d_arithmetic_per_method):
 # 2 * 1658880 + 373504 forward, against 2 * 40 * 72 * 9 * 256 counted as direct convolution.
 "$bench" --shape 1,72,16,16,40,3,3,1,1,1 --threads 1 --iterations 1 --warmup 0 --roofline \
@@ -81,7 +81,8 @@ forward = roof["passes"]["forward"]
 assert forward["method"] == "winograd43", forward
 assert forward["direct_flops"] == 2 * 40 * 72 * 9 * 256, forward
 assert forward["actual_flops"] == 2 * 1658880 + 373504, forward
-assert roof["passes"]["backward_params"]["method"] == "winograd23", roof
+assert roof["passes"]["backward_params"]["method"] == "winograd43", roof
+assert roof["passes"]["backward_params"]["actual_flops"] == 2 * 1658880 + 360704, roof
 assert abs(forward["actual_fraction"] - forward["actual_gflops"] / 100) <= 1e-4 * forward["actual_fraction"]
 PY
 echo "ok   --roofline with given peaks; Winograd's own count"
