@@ -537,13 +537,18 @@ class TbbPool2d : public Pool2dKernel {
   int64_t pair_lo_ = 0, pair_hi_ = 0;
 };
 
-// Batch normalization's passes, parallel over (channel x block of images). A channel's values
-// are cut into blocks of whole images, about kBlockValues values each (the count depends on N and
-// the spatial size only); each task sums one block into 16 double lanes and the blocks' sums are
-// added per channel in block order afterwards. So the bits depend on the shape alone, never on
-// the thread count or on which thread ran what (a synchronized batch norm with one rank equals
-// the unsynchronized one, bit for bit). The element-wise passes (affine, input_gradient) compute
-// exactly the reference's per-element arithmetic, parallel over planes.
+// Batch normalization's passes. The sums run parallel over blocks of whole images (about
+// kBlockValues values each, all channels; with fewer images than that makes blocks, also over
+// groups of channels; the counts depend on the shape only): a task reads its images in memory
+// order, one run of planes per image, summing each channel's values into 16 double lanes, and
+// the blocks' sums are added per channel in block order afterwards. So the bits depend on the
+// shape alone, never on the thread count or on which thread ran what (a synchronized batch norm
+// with one rank equals the unsynchronized one, bit for bit). (Tasks of one channel each, reading
+// planes a whole image apart, made cifar_resnet20's batch norms 1.6x as slow: docs/performance.md,
+// section 28.)
+// The element-wise passes run parallel over planes: normalize computes the reference's
+// per-element arithmetic; input_gradient the same formula in float with double coefficients
+// (within kernel tolerance of the reference, not bit for bit).
 class TbbBatchNorm : public BatchNormKernel {
  public:
   // Values per block: 64 KiB of floats, a task that costs far more than scheduling it.
@@ -563,17 +568,21 @@ class TbbBatchNorm : public BatchNormKernel {
   void on_prepare() override;
 
  private:
-  // The images of a batch cut into `count` blocks; block b holds images [first(b), first(b + 1)).
+  // The sums' tasks: the images of a batch cut into `image_blocks` blocks (block b holds images
+  // [first_image(b), first_image(b + 1))), and the channels into `channel_groups` groups where
+  // there are fewer image blocks than tasks of kBlockValues values (small batches). Both counts
+  // depend on the shape only.
   struct Blocks {
-    int64_t batch = 0, count = 1;
-    int64_t first(int64_t block) const { return block * batch / count; }
-    int64_t values(int64_t spatial) const { return batch * spatial / count; }
+    int64_t batch = 0, channels = 0, image_blocks = 1, channel_groups = 1;
+    int64_t first_image(int64_t block) const { return block * batch / image_blocks; }
+    int64_t first_channel(int64_t group) const { return group * channels / channel_groups; }
   };
   Blocks blocks(int64_t batch) const;
-  // out[k][c] = the sum over channel c's blocks, in block order, of what
-  // block_sums(c, first image, end image, double result[kSums]) wrote at result[k].
-  template <int kSums, class BlockSums>
-  void reduce(int64_t batch, const BlockSums& block_sums, const std::array<double*, kSums>& out);
+  // out[k][c] = the sum over channel c's image blocks, in block order, of the kLanes-lane sums
+  // plane_sums(c, offset of a plane, double lanes[kSums][kLanes]) accumulated over the block's
+  // planes of channel c, each block's lanes added pairwise (lane_total).
+  template <int kSums, class PlaneSums>
+  void reduce(int64_t batch, const PlaneSums& plane_sums, const std::array<double*, kSums>& out);
   // out[c] = the sum over channel c's values v of term(c)(v), a double.
   template <class Term>
   void sum_channels(const Tensor& x, double* out, const Term& term);
@@ -581,7 +590,8 @@ class TbbBatchNorm : public BatchNormKernel {
   template <class PlaneBody>
   void for_planes(int64_t batch, const PlaneBody& body) const;
 
-  std::vector<double> partials_;  // per (channel, block): grows to the largest batch, then stays
+  std::vector<double>
+      partials_;  // per (image block, channel): grows to the largest batch, then stays
 };
 
 // Element-wise activations (strata::activation's functions), in TBB tasks of kElementwiseGrain
