@@ -1195,7 +1195,7 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
        winograd_43},  // dot tails: 390 tiles
       {conv_desc(72, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // over 64 channels: no direct
-      // F(4x4, 3x3) (outputs of at least 16, at most 256 channels plus filters, in all three
+      // F(4x4, 3x3) (outputs of at least 16, at most 448 channels plus filters, in all three
       // passes; the weight gradient to 512):
       // (where the direct kernels fit too, F(4x4) runs forward and backward_data: it does a quarter
       // of their multiplications)
@@ -1222,7 +1222,7 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(128, 8, 7, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // 256: F(4x4) throughout
       {conv_desc(160, 8, 8, 144, 3, 3, 1, 1, 1, 1, 1, 1, 1), 1,
-       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // past 256 at 8x8: F(2x2)
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd23"},  // weight gradient at 8x8: 256
       // Dilated, Winograd needs 48 channels and filters to beat the direct kernels (which then
       // take the weight gradient too), and then runs odd phases as well.
       {conv_desc(32, 34, 36, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 2, all_direct},  // 32 channels
@@ -1233,6 +1233,8 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(64, 17, 16, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // more filters than channels
       {conv_desc(160, 16, 17, 144, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
+       "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // forward to 448
+      {conv_desc(240, 16, 16, 232, 3, 3, 1, 1, 1, 1, 1, 1, 1), 1,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd43"},  // weight gradient to 512
       {conv_desc(264, 16, 16, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1), 1,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // past 512: F(2x2)

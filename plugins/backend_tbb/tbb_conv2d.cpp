@@ -82,16 +82,20 @@ constexpr int64_t kDirectParamsImages = 8;
 constexpr int64_t kWinogradMinChannels = 32;
 // Multiply-adds per task of the depthwise method, about 20 us on one core.
 constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
-// F(4x4, 3x3) needs blocks of at least ~56 tiles (at most this many channels plus filters, within
-// kWinogradBudgetFloats). From outputs of this size it runs whatever its tiles cover; below, only
-// outputs its 4x4 tiles cover as closely as F(2x2)'s 2x2 ones (winograd43_output_fits).
-constexpr int64_t kWinograd43MaxChannels = 256;
+// F(4x4, 3x3) needs blocks of at least ~32 tiles (at most this many channels plus filters, within
+// kWinogradBudgetFloats: 128 -> 256 at 32x32, forward 26.1 -> 19.4 ms; 224 -> 224 at 16x16 10.5 ->
+// 8.6; 240 -> 240 even; 256 -> 256 at 8x8 and 16x16 5 % slower; docs/performance.md, section 29).
+// From outputs of this size it runs whatever its tiles cover; below, only outputs its 4x4 tiles
+// cover as closely as F(2x2)'s 2x2 ones (winograd43_output_fits).
+constexpr int64_t kWinograd43MaxChannels = 448;
 constexpr int64_t kWinograd43MinOutput = 16;
 // The fewest channels and filters at which F(2x2, 3x3) beats the direct kernels (both fit).
 constexpr int64_t kWinograd23OverDirect = 48;
 // The most channels plus filters of the weight gradient's F(4x4) (docs/performance.md, section 19:
-// 256 -> 256 at 28x28: 53 -> 45 ms; 512 -> 512 at 16x16 twice as slow as F(2x2)).
+// 256 -> 256 at 28x28: 53 -> 45 ms; 512 -> 512 at 16x16 twice as slow as F(2x2)), and on outputs
+// under kWinograd43MinOutput (section 27: 128 -> 128 at 8x8 30 % faster, 256 -> 256 6 % slower).
 constexpr int64_t kWinograd43MaxParamsChannels = 512;
+constexpr int64_t kWinograd43MaxSmallParamsChannels = 256;
 // Filter-channel pairs per task of Winograd's weight transforms (about 50 us of F(4x4)'s, in
 // double), and floats per task of the weight gradient's reduction over slices.
 constexpr int64_t kFilterTaskPairs = 1024;
@@ -411,17 +415,17 @@ bool winograd_params_fits(const Conv2dDesc& d) {
   return winograd_fits(d) && !(polyphase_factor(d) > 1 && direct_forward_fits(d));
 }
 
-// The weight gradient's products are (filters x tiles) * (tiles x channels). It takes F(4x4)
-// where the forward would (section 27: 32 -> 32 at 20x20, batch 64, 2.22 -> 1.65 ms; 64 -> 64 at
-// 16x16 3.21 -> 2.60; 32 -> 32 at 32x32 and 56x56 within the runs' spread of F(2x2)), and on
-// outputs of kWinograd43MinOutput or more up to kWinograd43MaxParamsChannels, past the forward's
-// 256 (section 19); not below that output past 256 (256 -> 256 at 7x7 and 8x8, batch 32, 6 %
-// slower than F(2x2)).
+// The weight gradient's products are (filters x tiles) * (tiles x channels). It takes F(4x4) on
+// the outputs the forward's does (section 27: 32 -> 32 at 20x20, batch 64, 2.22 -> 1.65 ms; 64 ->
+// 64 at 16x16 3.21 -> 2.60; 32 -> 32 at 32x32 and 56x56 within the runs' spread of F(2x2)), with
+// its own channel bounds: on outputs of kWinograd43MinOutput or more up to
+// kWinograd43MaxParamsChannels (section 19), below them up to kWinograd43MaxSmallParamsChannels
+// (256 -> 256 at 7x7 and 8x8, batch 32, 6 % slower than F(2x2)).
 bool winograd43_params_fits(const Conv2dDesc& d) {
   const int64_t sum = d.in_channels + d.out_channels;
   const int64_t most = std::min(d.out_h, d.out_w) / polyphase_factor(d) >= kWinograd43MinOutput
                            ? kWinograd43MaxParamsChannels
-                           : kWinograd43MaxChannels;
+                           : kWinograd43MaxSmallParamsChannels;
   return winograd_params_fits(d) && sum <= most && winograd43_output_fits(d);
 }
 

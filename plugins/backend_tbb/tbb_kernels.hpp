@@ -130,14 +130,14 @@ class TbbBackend : public Backend {
 //     least kWinogradMinChannels channels and filters. F(4x4) where channels plus filters are at
 //     most kWinograd43MaxChannels and the output is at least kWinograd43MinOutput wide and high,
 //     or smaller but covered by 4x4 tiles with no more positions than by 2x2 ones; the weight
-//     gradient the same, and on outputs of kWinograd43MinOutput or more up to
-//     kWinograd43MaxParamsChannels channels plus filters, else F(2x2). The
-//     products of forward and backward_data run on panel::multiply. Each thread
-//     owns a contiguous range of tile blocks and a transformed-gradient buffer of
-//     (tile + 2)^2 * K * C floats (16 or 36 per filter and channel), reduced in order
-//     (deterministic for a given thread count). Dilation D > 1 too, when D divides the padding
-//     and the input size (and padding / D <= 2): the D*D polyphase components of the input are a
-//     batch D*D times larger of dilation-1 convolutions.
+//     gradient on the same outputs, up to kWinograd43MaxParamsChannels channels plus filters (on
+//     outputs of kWinograd43MinOutput or more) or kWinograd43MaxSmallParamsChannels, else F(2x2).
+//     The products of forward and backward_data run on panel::multiply. Each thread owns a
+//     contiguous range of tile blocks and a transformed-gradient buffer of (tile + 2)^2 * K * C
+//     floats (16 or 36 per filter and channel), reduced in order (deterministic for a given thread
+//     count). Dilation D > 1 too, when D divides the padding and the input size (and padding / D <=
+//     2): the D*D polyphase components of the input are a batch D*D times larger of dilation-1
+//     convolutions.
 //   - small: at most kSmallMaxFilters filters per group and a small image. im2col of several
 //     images side by side, then the direct method's register-blocked kernels (OpenBLAS spends as
 //     long packing such thin matrices as multiplying them).
