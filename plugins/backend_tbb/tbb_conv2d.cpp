@@ -271,11 +271,20 @@ bool winograd_fits(const Conv2dDesc& d) {
 // smaller ones that 4x4 tiles cover with no more positions than 2x2 tiles do (extents of 3, 4, 7,
 // 8, 11, 12, 15: ResNet-20's 64 -> 64 at 8x8, batch 64, 1.25 -> 0.79 ms forward). Those that 4x4
 // tiles cover with more (6, 10, 14: up to 1.8x the positions) ran as fast or slower in F(4x4).
-bool winograd43_output_fits(const Conv2dDesc& d) {
+// winograd_tile_output: the output the tiles cover, a polyphase component's when dilated (staged
+// at the largest component's size); winograd43_large_output: at least kWinograd43MinOutput.
+Extent winograd_tile_output(const Conv2dDesc& d) {
   const int64_t p = polyphase_factor(d);
-  const int64_t h = ceil_div(d.out_h, p), w = ceil_div(d.out_w, p);
-  if (std::min(h, w) >= kWinograd43MinOutput) return true;
-  return round_up(h, 4) * round_up(w, 4) <= round_up(h, 2) * round_up(w, 2);
+  return {ceil_div(d.out_h, p), ceil_div(d.out_w, p)};
+}
+bool winograd43_large_output(const Conv2dDesc& d) {
+  const Extent out = winograd_tile_output(d);
+  return std::min(out.h, out.w) >= kWinograd43MinOutput;
+}
+bool winograd43_output_fits(const Conv2dDesc& d) {
+  const Extent out = winograd_tile_output(d);
+  return winograd43_large_output(d) ||
+         round_up(out.h, 4) * round_up(out.w, 4) <= round_up(out.h, 2) * round_up(out.w, 2);
 }
 bool winograd43_fits(const Conv2dDesc& d) {
   return winograd_fits(d) && d.in_channels + d.out_channels <= kWinograd43MaxChannels &&
@@ -423,9 +432,8 @@ bool winograd_params_fits(const Conv2dDesc& d) {
 // (256 -> 256 at 7x7 and 8x8, batch 32, 6 % slower than F(2x2)).
 bool winograd43_params_fits(const Conv2dDesc& d) {
   const int64_t sum = d.in_channels + d.out_channels;
-  const int64_t most = std::min(d.out_h, d.out_w) / polyphase_factor(d) >= kWinograd43MinOutput
-                           ? kWinograd43MaxParamsChannels
-                           : kWinograd43MaxSmallParamsChannels;
+  const int64_t most =
+      winograd43_large_output(d) ? kWinograd43MaxParamsChannels : kWinograd43MaxSmallParamsChannels;
   return winograd_params_fits(d) && sum <= most && winograd43_output_fits(d);
 }
 

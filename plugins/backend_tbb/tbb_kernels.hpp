@@ -590,8 +590,8 @@ class TbbBatchNorm : public BatchNormKernel {
   template <class PlaneBody>
   void for_planes(int64_t batch, const PlaneBody& body) const;
 
-  std::vector<double>
-      partials_;  // per (image block, channel): grows to the largest batch, then stays
+  // Per (image block, channel): grows to the largest batch, then stays.
+  std::vector<double> partials_;
 };
 
 // Element-wise activations (strata::activation's functions), in TBB tasks of kElementwiseGrain
