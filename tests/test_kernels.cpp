@@ -1192,7 +1192,7 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(33, 10, 7, 32, 3, 3, 1, 1, 0, 2, 1, 1, 1), 2, direct_23},        // unequal padding
       {conv_desc(32, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1), 5, winograd_43},     // many blocks
       {conv_desc(33, 30, 26, 38, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
-       winograd_43},  // dot tails: 390 tiles
+       winograd_43},  // 390 tiles; 38 filters: the weight gradient's dy transform ends in scalars
       {conv_desc(72, 9, 11, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1), 3,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // over 64 channels: no direct
       // F(4x4, 3x3) (outputs of at least 16, at most 448 channels plus filters, in all three
@@ -1235,7 +1235,7 @@ BOOST_AUTO_TEST_CASE(conv2d_winograd_paths) {
       {conv_desc(160, 16, 17, 144, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
        "fwd=winograd43 bwd_data=winograd43 bwd_weights=winograd43"},  // forward to 448
       {conv_desc(240, 16, 16, 232, 3, 3, 1, 1, 1, 1, 1, 1, 1), 1,
-       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd43"},  // weight gradient to 512
+       "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd43"},  // to 512: blocks of 24, sgemm
       {conv_desc(264, 16, 16, 256, 3, 3, 1, 1, 1, 1, 1, 1, 1), 1,
        "fwd=winograd23 bwd_data=winograd23 bwd_weights=winograd23"},  // past 512: F(2x2)
       {conv_desc(32, 10, 12, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1), 3,

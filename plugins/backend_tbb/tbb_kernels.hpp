@@ -363,7 +363,8 @@ class TbbConv2d : public Conv2dKernel {
     std::mutex mutex;  // held for the whole of each pass (run_pass)
     tbb::enumerable_thread_specific<Workspace> workspace;  // grown by local_workspace()
     // Weights in a pass's layout (direct::pack_rows, lanes or polyphase; forward and
-    // backward_data never run at once), and Winograd's transformed weights U.
+    // backward_data never run at once), and Winograd's transformed weights U (in
+    // backward_params, F(4x4)'s summed dU transposed back to filters x channels).
     std::vector<float> packed, winograd_u;
     std::vector<std::vector<float>> winograd_du;     // per slice of backward_params
     std::vector<std::vector<float>> partial_weight;  // slices 1.. of params_by_slices

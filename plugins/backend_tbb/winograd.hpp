@@ -220,9 +220,16 @@ void transform_weights(const float* w, int64_t filters, int64_t channels, bool f
 void convolve_tiles(const Geometry& g, const float* u, const float* x, const float* bias, float* y,
                     int64_t first, int64_t count, float* v, float* m);
 // As winograd::accumulate_weight_gradient and weight_gradient, for tile 4 (36 planes): dL/dU =
-// sum over tiles of (A dy A^T) .* (B^T d B), then dw = G^T dL/dU G (in double).
+// sum over tiles of (A dy A^T) .* (B^T d B), then dw = G^T dL/dU G (in double). But
+// accumulate_weight_gradient adds to du_t[xi][c][f], dL/dU transposed (channels x filters): the
+// product V[xi] (channels x tiles) * W[xi], with the dy transform W written tiles x filters (each
+// tile's filters contiguous), so that its products run on panel::multiply, as the forward's do,
+// instead of multiply_nt's dot products, whose final sums cost a third of their multiply-adds at
+// these depths (docs/performance.md, section 30). transpose_plane turns one plane of the sum
+// (filters x channels floats) back to du[xi][f][c] for weight_gradient.
 void accumulate_weight_gradient(const Geometry& g, const float* x, const float* dy, int64_t first,
-                                int64_t count, float* v, float* w, float* du);
+                                int64_t count, float* v, float* w, float* du_t);
+void transpose_plane(const float* du_t, int64_t filters, int64_t channels, float* du);
 void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw, Filters range);
 }  // namespace f43
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "panel_gemm.hpp"
 #include "tbb_kernels.hpp"
 #include "winograd.hpp"
 
@@ -341,77 +342,93 @@ inline void dy_rows(const T (&e)[4], Out out) {
   out(5, e[3]);
 }
 
-// w[xi][f][t] = (A e A^T)[xi] for the 4x4 dy tiles e of tiles [first, first + count), zero past
-// the output's edge.
+// The weight gradient's products run on panel::multiply from blocks of this many tiles (its
+// depth): 32 -> 48 tiles (192 + 192 and 128 + 128 channels, and fewer) ran 6-25 % faster than the
+// dot products they replaced; OpenBLAS keeps blocks of 24 (256 + 256 channels: 8.1 against 9.4 ms
+// on our kernel), whose sums the panel kernel reloads too often for its depth.
+constexpr int64_t kPanelMinTiles = 32;
+
+// w[xi][t][f] = (A e A^T)[xi] for the 4x4 dy tiles e of tiles [first, first + count), zero past
+// the output's edge: tile by tile, each tile's filters contiguous (w_plane floats per plane), so
+// that the products are panel::multiply's, V (channels x tiles) times this (tiles x filters).
+// Eight filters of one tile per vector: their rows of 4 transposed into lanes, as the input
+// transform does with tiles (one tile's edge clips all eight alike).
 void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64_t count,
                         float* w) {
   const int64_t out_plane = g.out_h * g.out_w;
   const int64_t w_plane = plane_stride(g.filters, count);
-  const auto origin = [&](int64_t tile, int64_t& rows, int64_t& columns) {
-    return dy + output_window(g, tile, rows, columns);
-  };
-  int64_t t = 0;
+  // Four tiles side by side share each row's cache line: their filters are walked together, so a
+  // line is used four times while it is in L1 (one tile at a time over 256 filters, 64 KB of
+  // lines, ran 8 % slower than the transform it replaced).
+  constexpr int64_t kGroup = 4;
+  for (int64_t t0 = 0; t0 < count; t0 += kGroup) {
+    const int64_t group = std::min(kGroup, count - t0);
+    const float* base[kGroup];
+    int64_t rows[kGroup], columns[kGroup];
+    for (int64_t q = 0; q < group; ++q) {
+      base[q] = dy + output_window(g, first + t0 + q, rows[q], columns[q]);
+    }
+    int64_t f = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-  for (; t + kLanes <= count; t += kLanes) {
-    const float* base[kLanes];
-    int64_t rows[kLanes], columns[kLanes];
-    for (int k = 0; k < kLanes; ++k) base[k] = origin(first + t + k, rows[k], columns[k]);
     alignas(16) float copies[kLanes][4][4] = {};
-    for (int64_t f = 0; f < g.filters; ++f) {
-      __m256 e[4][4];
-      for (int i = 0; i < 4; ++i) {
-        __m128 r[kLanes];
-        for (int k = 0; k < kLanes; ++k) {
-          const float* row = base[k] + f * out_plane + i * g.out_w;
-          if (rows[k] == 4 && columns[k] == 4) {
-            r[k] = _mm_loadu_ps(row);
-          } else {
-            for (int j = 0; j < 4; ++j)
-              copies[k][i][j] = i < rows[k] && j < columns[k] ? row[j] : 0.0f;
-            r[k] = _mm_load_ps(copies[k][i]);
+    for (; f + kLanes <= g.filters; f += kLanes) {
+      for (int64_t q = 0; q < group; ++q) {
+        const bool whole = rows[q] == 4 && columns[q] == 4;
+        __m256 e[4][4];
+        for (int i = 0; i < 4; ++i) {
+          __m128 r[kLanes];
+          for (int k = 0; k < kLanes; ++k) {
+            const float* row = base[q] + (f + k) * out_plane + i * g.out_w;
+            if (whole) {
+              r[k] = _mm_loadu_ps(row);
+            } else {
+              for (int j = 0; j < 4; ++j) {
+                copies[k][i][j] = i < rows[q] && j < columns[q] ? row[j] : 0.0f;
+              }
+              r[k] = _mm_load_ps(copies[k][i]);
+            }
           }
+          __m256 m[4];
+          for (int k = 0; k < 4; ++k) {
+            m[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(r[k]), r[k + 4], 1);
+          }
+          const __m256 a0 = _mm256_unpacklo_ps(m[0], m[1]), a1 = _mm256_unpackhi_ps(m[0], m[1]);
+          const __m256 a2 = _mm256_unpacklo_ps(m[2], m[3]), a3 = _mm256_unpackhi_ps(m[2], m[3]);
+          e[i][0] = _mm256_shuffle_ps(a0, a2, 0x44);
+          e[i][1] = _mm256_shuffle_ps(a0, a2, 0xEE);
+          e[i][2] = _mm256_shuffle_ps(a1, a3, 0x44);
+          e[i][3] = _mm256_shuffle_ps(a1, a3, 0xEE);
         }
-        __m256 m[4];
-        for (int k = 0; k < 4; ++k) {
-          m[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(r[k]), r[k + 4], 1);
+        __m256 h[6][4];
+        for (int j = 0; j < 4; ++j) {
+          const __m256 column[4] = {e[0][j], e[1][j], e[2][j], e[3][j]};
+          dy_rows(column, [&](int i, __m256 x) { h[i][j] = x; });
         }
-        const __m256 t0 = _mm256_unpacklo_ps(m[0], m[1]), t1 = _mm256_unpackhi_ps(m[0], m[1]);
-        const __m256 t2 = _mm256_unpacklo_ps(m[2], m[3]), t3 = _mm256_unpackhi_ps(m[2], m[3]);
-        e[i][0] = _mm256_shuffle_ps(t0, t2, 0x44);
-        e[i][1] = _mm256_shuffle_ps(t0, t2, 0xEE);
-        e[i][2] = _mm256_shuffle_ps(t1, t3, 0x44);
-        e[i][3] = _mm256_shuffle_ps(t1, t3, 0xEE);
-      }
-      __m256 h[6][4];
-      for (int j = 0; j < 4; ++j) {
-        const __m256 column[4] = {e[0][j], e[1][j], e[2][j], e[3][j]};
-        dy_rows(column, [&](int i, __m256 x) { h[i][j] = x; });
-      }
-      float* out = w + f * count + t;
-      for (int i = 0; i < 6; ++i) {
-        dy_rows(h[i], [&](int j, __m256 x) { _mm256_storeu_ps(out + (i * 6 + j) * w_plane, x); });
+        float* out = w + (t0 + q) * g.filters + f;
+        for (int i = 0; i < 6; ++i) {
+          dy_rows(h[i], [&](int j, __m256 x) { _mm256_storeu_ps(out + (i * 6 + j) * w_plane, x); });
+        }
       }
     }
-  }
 #endif
-  for (; t < count; ++t) {
-    int64_t rows, columns;
-    const float* base = origin(first + t, rows, columns);
-    for (int64_t f = 0; f < g.filters; ++f) {
-      float e[4][4];
-      for (int i = 0; i < 4; ++i) {
-        for (int j = 0; j < 4; ++j) {
-          e[i][j] = i < rows && j < columns ? base[f * out_plane + i * g.out_w + j] : 0.0f;
+    for (; f < g.filters; ++f) {
+      for (int64_t q = 0; q < group; ++q) {
+        float e[4][4];
+        for (int i = 0; i < 4; ++i) {
+          for (int j = 0; j < 4; ++j) {
+            e[i][j] =
+                i < rows[q] && j < columns[q] ? base[q][f * out_plane + i * g.out_w + j] : 0.0f;
+          }
         }
-      }
-      float h[6][4];
-      for (int j = 0; j < 4; ++j) {
-        const float column[4] = {e[0][j], e[1][j], e[2][j], e[3][j]};
-        dy_rows(column, [&](int i, float x) { h[i][j] = x; });
-      }
-      float* out = w + f * count + t;
-      for (int i = 0; i < 6; ++i) {
-        dy_rows(h[i], [&](int j, float x) { out[(i * 6 + j) * w_plane] = x; });
+        float h[6][4];
+        for (int j = 0; j < 4; ++j) {
+          const float column[4] = {e[0][j], e[1][j], e[2][j], e[3][j]};
+          dy_rows(column, [&](int i, float x) { h[i][j] = x; });
+        }
+        float* out = w + (t0 + q) * g.filters + f;
+        for (int i = 0; i < 6; ++i) {
+          dy_rows(h[i], [&](int j, float x) { out[(i * 6 + j) * w_plane] = x; });
+        }
       }
     }
   }
@@ -420,10 +437,34 @@ void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64
 }  // namespace
 
 void accumulate_weight_gradient(const Geometry& g, const float* x, const float* dy, int64_t first,
-                                int64_t count, float* v, float* w, float* du) {
+                                int64_t count, float* v, float* w, float* du_t) {
   transform_input_tiles(g, x, first, count, v);
   transform_dy_tiles(g, dy, first, count, w);
-  accumulate_planes(g, w, v, du, count);
+  // du_t[xi] (channels x filters) += V[xi] (channels x tiles) * w[xi] (tiles x filters): our panel
+  // kernel from kPanelMinTiles tiles, OpenBLAS below (docs/performance.md, section 30).
+  const int64_t du_plane = g.channels * g.filters;
+  const int64_t v_plane = plane_stride(g.channels, count), w_plane = plane_stride(g.filters, count);
+  for (int64_t xi = 0; xi < kElements; ++xi) {
+    if (count >= kPanelMinTiles) {
+      panel::multiply({v + xi * v_plane, count, 1}, w + xi * w_plane, g.filters, g.channels, count,
+                      g.filters, du_t + xi * du_plane, g.filters, /*accumulate=*/true);
+    } else {
+      sgemm(false, false, g.channels, g.filters, count, 1.0f, v + xi * v_plane, count,
+            w + xi * w_plane, g.filters, 1.0f, du_t + xi * du_plane, g.filters);
+    }
+  }
+}
+
+void transpose_plane(const float* du_t, int64_t filters, int64_t channels, float* du) {
+  constexpr int64_t kBlock = 16;  // 16 x 16 floats: a cache line per row of each side
+  for (int64_t c0 = 0; c0 < channels; c0 += kBlock) {
+    for (int64_t f0 = 0; f0 < filters; f0 += kBlock) {
+      const int64_t c1 = std::min(c0 + kBlock, channels), f1 = std::min(f0 + kBlock, filters);
+      for (int64_t f = f0; f < f1; ++f) {
+        for (int64_t c = c0; c < c1; ++c) du[f * channels + c] = du_t[c * filters + f];
+      }
+    }
+  }
 }
 
 void weight_gradient(const float* du, int64_t filters, int64_t channels, float* dw, Filters range) {
