@@ -201,17 +201,9 @@ inline void transform_input_gathered(const float* const (&patch)[kLanes],
                                      const int64_t (&ld)[kLanes], float* v, int64_t stride) {
   __m256 d[4][4];
   for (int i = 0; i < 4; ++i) {
-    __m256 m[4];
-    for (int k = 0; k < 4; ++k) {
-      m[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(patch[k] + i * ld[k])),
-                                  _mm_loadu_ps(patch[k + 4] + i * ld[k + 4]), 1);
-    }
-    const __m256 t0 = _mm256_unpacklo_ps(m[0], m[1]), t1 = _mm256_unpackhi_ps(m[0], m[1]);
-    const __m256 t2 = _mm256_unpacklo_ps(m[2], m[3]), t3 = _mm256_unpackhi_ps(m[2], m[3]);
-    d[i][0] = _mm256_shuffle_ps(t0, t2, 0x44);
-    d[i][1] = _mm256_shuffle_ps(t0, t2, 0xEE);
-    d[i][2] = _mm256_shuffle_ps(t1, t3, 0x44);
-    d[i][3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m128 rows[kLanes];
+    for (int k = 0; k < kLanes; ++k) rows[k] = _mm_loadu_ps(patch[k] + i * ld[k]);
+    rows_to_lanes(rows, d[i]);
   }
   // (The lanes run 0, 1, 2, 3 in the low half and 4, 5, 6, 7 in the high one: tile order.)
   transform_input_lanes(d, v, stride);

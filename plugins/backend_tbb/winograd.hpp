@@ -21,6 +21,10 @@
 
 #include "strata/ops.hpp"
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 namespace strata::tbb_backend::winograd {
 
 inline constexpr int64_t kElements = 16;  // 4x4 transformed tile
@@ -97,6 +101,23 @@ inline constexpr TransformFlops kFlops{32, 24, 18};
 // tile, partial tiles at the edges counted whole, and the input transform per tile and channel
 // plus the output transform per tile and filter, or with weight_gradient the dy transform.
 Conv2dPassArithmetic pass_arithmetic(const Geometry& g, int64_t phases, bool weight_gradient);
+
+#if defined(__AVX2__) && defined(__FMA__)
+// Eight rows of 4 floats to 4 vectors across them: out[j]'s lane k is rows[k][j] (the transforms
+// put 8 tiles, or 8 filters of one tile, side by side in a vector this way).
+inline void rows_to_lanes(const __m128 (&rows)[8], __m256 (&out)[4]) {
+  __m256 m[4];
+  for (int k = 0; k < 4; ++k) {
+    m[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(rows[k]), rows[k + 4], 1);
+  }
+  const __m256 t0 = _mm256_unpacklo_ps(m[0], m[1]), t1 = _mm256_unpackhi_ps(m[0], m[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(m[2], m[3]), t3 = _mm256_unpackhi_ps(m[2], m[3]);
+  out[0] = _mm256_shuffle_ps(t0, t2, 0x44);
+  out[1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+  out[2] = _mm256_shuffle_ps(t1, t3, 0x44);
+  out[3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+}
+#endif
 
 // The products of a block of `count` tiles, one per element xi of the transformed tile (16 or 36,
 // by g.tile): M[xi] (filters x tiles) = U[xi] (filters x channels) * V[xi] (channels x tiles) by

@@ -388,16 +388,7 @@ void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64
               r[k] = _mm_load_ps(copies[k][i]);
             }
           }
-          __m256 m[4];
-          for (int k = 0; k < 4; ++k) {
-            m[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(r[k]), r[k + 4], 1);
-          }
-          const __m256 a0 = _mm256_unpacklo_ps(m[0], m[1]), a1 = _mm256_unpackhi_ps(m[0], m[1]);
-          const __m256 a2 = _mm256_unpacklo_ps(m[2], m[3]), a3 = _mm256_unpackhi_ps(m[2], m[3]);
-          e[i][0] = _mm256_shuffle_ps(a0, a2, 0x44);
-          e[i][1] = _mm256_shuffle_ps(a0, a2, 0xEE);
-          e[i][2] = _mm256_shuffle_ps(a1, a3, 0x44);
-          e[i][3] = _mm256_shuffle_ps(a1, a3, 0xEE);
+          rows_to_lanes(r, e[i]);
         }
         __m256 h[6][4];
         for (int j = 0; j < 4; ++j) {
