@@ -1709,25 +1709,25 @@ void TbbConv2d::winograd_backward_weight(const winograd::Geometry& g, const floa
                         for (int64_t i = range.begin(); i != range.end(); ++i) sum[i] += part[i];
                       }
                     });
-  if (g.tile == 4) {  // F(4x4) sums dU transposed (winograd.hpp): back to filters x channels
-    float* du = grow(scratch_->winograd_u, floats);
+  if (g.tile == 4) {
+    // F(4x4) summed dU transposed (winograd.hpp): back to filters x channels, then to 3x3 filters.
+    float* summed = grow(scratch_->winograd_u, floats);
     const int64_t plane = cg_ * kg_;
     tbb::parallel_for(tbb::blocked_range<int64_t>(0, g.elements()),
                       [&](const tbb::blocked_range<int64_t>& range) {
                         for (int64_t xi = range.begin(); xi != range.end(); ++xi) {
                           winograd::f43::transpose_plane(sum + xi * plane, kg_, cg_,
-                                                         du + xi * plane);
+                                                         summed + xi * plane);
                         }
                       });
-    sum = du;
-  }
-  for_each_filter_block(kg_, cg_, [&](winograd::Filters range) {
-    if (g.tile == 4) {
-      winograd::f43::weight_gradient(sum, kg_, cg_, dweight, range);
-    } else {
+    for_each_filter_block(kg_, cg_, [&](winograd::Filters range) {
+      winograd::f43::weight_gradient(summed, kg_, cg_, dweight, range);
+    });
+  } else {
+    for_each_filter_block(kg_, cg_, [&](winograd::Filters range) {
       winograd::weight_gradient(sum, kg_, cg_, dweight, range);
-    }
-  });
+    });
+  }
 }
 
 // The per-filter transforms between 3x3 filters and Winograd's U (each filter's independent of

@@ -4,8 +4,9 @@
 // so the 36 multiply-adds per output pixel and channel of direct convolution become 16 per
 // 4 pixels (2.25x fewer). The sums over channels are 16 independent matrix products, one per
 // element xi of the 4x4 transformed tile: M[xi] (filters x tiles) = U[xi] (filters x channels) *
-// V[xi] (channels x tiles), run on a block of tiles at a time by panel::multiply (the weight
-// gradient's by panel::multiply_nt or single-threaded sgemm).
+// V[xi] (channels x tiles), run on a block of tiles at a time by panel::multiply (F(2x2)'s weight
+// gradient's by panel::multiply_nt or single-threaded sgemm, F(4x4)'s by panel::multiply too:
+// f43::accumulate_weight_gradient).
 //
 // backward_data is the same computation on dy, with the filters flipped and channels and
 // filters swapped, and padding 2 - pad (a "full" correlation): transform_weights(flip = true).
@@ -121,7 +122,7 @@ inline void rows_to_lanes(const __m128 (&rows)[8], __m256 (&out)[4]) {
 
 // The products of a block of `count` tiles, one per element xi of the transformed tile (16 or 36,
 // by g.tile): M[xi] (filters x tiles) = U[xi] (filters x channels) * V[xi] (channels x tiles) by
-// panel::multiply; and for the weight gradient du[xi] (filters x channels) += W[xi]
+// panel::multiply; and for F(2x2)'s weight gradient du[xi] (filters x channels) += W[xi]
 // (filters x tiles) * V[xi]^T by panel::multiply_nt from panel::kDotMinDepth tiles, single-threaded
 // sgemm below. Planes of V, M and W are plane_stride()
 // apart, of U and du filters * channels.

@@ -342,6 +342,18 @@ inline void dy_rows(const T (&e)[4], Out out) {
   out(5, e[3]);
 }
 
+// A e A^T for one 4x4 dy tile e of T (floats, or vectors of 8 filters of one tile): its 36 values
+// to out(xi, value).
+template <class T, class Out>
+inline void transform_dy(const T (&e)[4][4], Out out) {
+  T h[6][4];
+  for (int j = 0; j < 4; ++j) {
+    const T column[4] = {e[0][j], e[1][j], e[2][j], e[3][j]};
+    dy_rows(column, [&](int i, T x) { h[i][j] = x; });
+  }
+  for (int i = 0; i < 6; ++i) dy_rows(h[i], [&](int j, T x) { out(i * 6 + j, x); });
+}
+
 // The weight gradient's products run on panel::multiply from blocks of this many tiles (its
 // depth): 32 -> 48 tiles (192 + 192 and 128 + 128 channels, and fewer) ran 6-25 % faster than the
 // dot products they replaced; OpenBLAS keeps blocks of 24 (256 + 256 channels: 8.1 against 9.4 ms
@@ -361,6 +373,9 @@ void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64
   // line is used four times while it is in L1 (one tile at a time over 256 filters, 64 KB of
   // lines, ran 8 % slower than the transform it replaced).
   constexpr int64_t kGroup = 4;
+#if defined(__AVX2__) && defined(__FMA__)
+  alignas(16) float copies[kLanes][4][4];  // an edge tile's rows, zero past the output's edge
+#endif
   for (int64_t t0 = 0; t0 < count; t0 += kGroup) {
     const int64_t group = std::min(kGroup, count - t0);
     const float* base[kGroup];
@@ -370,7 +385,6 @@ void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64
     }
     int64_t f = 0;
 #if defined(__AVX2__) && defined(__FMA__)
-    alignas(16) float copies[kLanes][4][4] = {};
     for (; f + kLanes <= g.filters; f += kLanes) {
       for (int64_t q = 0; q < group; ++q) {
         const bool whole = rows[q] == 4 && columns[q] == 4;
@@ -390,15 +404,8 @@ void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64
           }
           rows_to_lanes(r, e[i]);
         }
-        __m256 h[6][4];
-        for (int j = 0; j < 4; ++j) {
-          const __m256 column[4] = {e[0][j], e[1][j], e[2][j], e[3][j]};
-          dy_rows(column, [&](int i, __m256 x) { h[i][j] = x; });
-        }
         float* out = w + (t0 + q) * g.filters + f;
-        for (int i = 0; i < 6; ++i) {
-          dy_rows(h[i], [&](int j, __m256 x) { _mm256_storeu_ps(out + (i * 6 + j) * w_plane, x); });
-        }
+        transform_dy(e, [&](int xi, __m256 x) { _mm256_storeu_ps(out + xi * w_plane, x); });
       }
     }
 #endif
@@ -411,15 +418,8 @@ void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64
                 i < rows[q] && j < columns[q] ? base[q][f * out_plane + i * g.out_w + j] : 0.0f;
           }
         }
-        float h[6][4];
-        for (int j = 0; j < 4; ++j) {
-          const float column[4] = {e[0][j], e[1][j], e[2][j], e[3][j]};
-          dy_rows(column, [&](int i, float x) { h[i][j] = x; });
-        }
         float* out = w + (t0 + q) * g.filters + f;
-        for (int i = 0; i < 6; ++i) {
-          dy_rows(h[i], [&](int j, float x) { out[(i * 6 + j) * w_plane] = x; });
-        }
+        transform_dy(e, [&](int xi, float x) { out[xi * w_plane] = x; });
       }
     }
   }
