@@ -20,6 +20,8 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -375,6 +377,60 @@ Tensor check_passes(Conv2dKernel& fast, Conv2dKernel& ref, const PassInputs& in,
 
 }  // namespace
 
+// TbbConv2d's methods in bf16 (docs/precision.md): each pass runs the method its fp32 twin would,
+// named bf16_<method>, on inputs rounded to bf16. All three passes against the reference's
+// emulation, with and without bias, on geometries whose fp32 methods cover F(4x4) and F(2x2)
+// Winograd, Winograd on dilation's phases, direct, lanes, small, polyphase (stride 2), blas
+// (the 7x7 stride-2 layer's backward_data) and pointwise (a GEMM too small for bf16_gemm). The
+// rounding is real: fp32's forward differs from bf16's.
+BOOST_AUTO_TEST_CASE(methods_on_rounded_inputs_against_reference_emulation) {
+  const std::vector<ConvCase> cases = {
+      {4, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // F(4x4)
+      {2, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // F(2x2): 14x14 outputs
+      {2, 64, 28, 28, 64, 3, 3, 1, 1, 2, 2, 2, 2, 1},  // dilation 2: Winograd on the phases
+      {2, 32, 16, 16, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1},  // dilation 2, direct
+      {8, 6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1},   // LeNet's conv2: lanes
+      {4, 16, 16, 16, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1},  // stride 2, small: lanes, small
+      {2, 16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1},  // stride 2: polyphase
+      {2, 3, 64, 64, 16, 7, 7, 2, 2, 3, 3, 1, 1, 1},   // 7x7 stride 2: backward_data blas
+      {2, 64, 12, 12, 96, 1, 1, 1, 1, 0, 0, 1, 1, 1},  // pointwise, a small GEMM
+  };
+  std::set<std::string> methods;
+  std::mt19937 rng(37);
+  for (const ConvCase& t : cases) {
+    const Conv2dDesc d = bf16_conv(t);
+    BOOST_TEST_CONTEXT(describe(t, d)) {
+      if (refused_without_the_feature(d)) continue;
+      Conv2dDesc fp32 = d;
+      fp32.precision = Precision::kFp32;
+      auto plain = registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", fp32, "t");
+      auto ref = registries().kernels.pick<Conv2dKernel>("conv2d", "reference", d, "t");
+      auto fast = registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t");
+      // "fwd=direct bwd_data=small ..." -> "fwd=bf16_direct bwd_data=bf16_small ...".
+      std::istringstream passes(plain->implementation());
+      std::string expected;
+      for (std::string pass; passes >> pass;) {
+        const std::size_t at = pass.find('=');
+        methods.insert(pass.substr(at + 1));
+        expected += (expected.empty() ? "" : " ") + pass.insert(at + 1, "bf16_");
+      }
+      BOOST_TEST(fast->implementation() == expected);
+      for (const bool bias : {true, false}) {
+        const PassInputs in = random_inputs(t, d, rng);
+        const Tensor y = check_passes(*fast, *ref, in, bias);
+        Tensor y_fp32(y.shape());
+        plain->forward(in.x, in.w, bias ? &in.b : nullptr, y_fp32);
+        BOOST_TEST(strata::test::max_abs_diff(y, y_fp32) > kRelativeTolerance * largest(y_fp32));
+      }
+    }
+  }
+  if (!cpu_has_bf16()) return;
+  for (const char* method :
+       {"winograd43", "winograd23", "direct", "lanes", "small", "polyphase", "blas"}) {
+    BOOST_TEST(methods.count(method) == 1u, "no case ran " << method);
+  }
+}
+
 // tbb's bf16_gemm conv2d against the reference's bf16 emulation, all three passes, on geometries
 // that cover 1x1 (pointwise, no im2col), 3x3 with padding, strides, dilation, groups (depthwise
 // too: created by name, since pick() gives depthwise to bf16_depthwise), end padding, an image of
@@ -493,11 +549,12 @@ BOOST_AUTO_TEST_CASE(reference_emulation_rounds_the_inputs) {
   BOOST_TEST(strata::test::max_abs_diff(db_bf16, db_fp32) == 0.0f);
 }
 
-// Precision picks the implementation: fp32 descriptors never reach bf16_gemm, and bf16 ones never
-// an fp32 method (the fp32 conv2d refuses them, but for depthwise ones, its bf16_depthwise).
+// Precision picks the implementation: fp32 descriptors never reach bf16_gemm; bf16 ones whose fp32
+// method is a large GEMM (pointwise 256 -> 512 here) go to bf16_gemm, the others (a smaller
+// pointwise layer too) run TbbConv2d's bf16_ methods.
 BOOST_AUTO_TEST_CASE(conv2d_implementations_by_precision) {
-  Conv2dDesc d = bf16_conv({2, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1});
-  // "tbb" (TbbConv2d) first: it takes the bf16 depthwise descriptors (bf16_depthwise) before
+  Conv2dDesc d = bf16_conv({2, 256, 14, 14, 512, 1, 1, 1, 1, 0, 0, 1, 1, 1});
+  // "tbb" (TbbConv2d) first: it takes the bf16 descriptors whose fp32 method is not a GEMM before
   // bf16_gemm, which takes every other bf16 one.
   const std::vector<std::string> list = registries().kernels.implementations("conv2d", "tbb");
   BOOST_TEST_REQUIRE(list.size() == 2u);
@@ -507,12 +564,23 @@ BOOST_AUTO_TEST_CASE(conv2d_implementations_by_precision) {
       [&] { registries().kernels.create<Conv2dKernel>("conv2d", "tbb", "tbb", d); });
   BOOST_TEST(refused.find("does not support") != std::string::npos, refused);
   d.precision = Precision::kFp32;
-  BOOST_TEST(registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t")->implementation() !=
-             "bf16_gemm");
+  BOOST_TEST(registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t")->implementation() ==
+             "fwd=pointwise bwd_data=pointwise bwd_weights=pointwise");
   const std::string refused_fp32 = strata::test::error_of(
       [&] { registries().kernels.create<Conv2dKernel>("conv2d", "tbb", "bf16_gemm", d); });
   BOOST_TEST(refused_fp32.find("does not support") != std::string::npos, refused_fp32);
   if (!cpu_has_bf16()) return;  // bf16 is refused here: conv2d_refused_without_the_cpu_feature
+  d.precision = Precision::kBf16;
+  BOOST_TEST(registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t")->implementation() ==
+             "bf16_gemm");
+  const Conv2dDesc winograd = bf16_conv({2, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1});
+  BOOST_TEST(
+      registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", winograd, "t")->implementation() ==
+      "fwd=bf16_winograd43 bwd_data=bf16_winograd43 bwd_weights=bf16_winograd43");
+  const Conv2dDesc pointwise = bf16_conv({2, 256, 14, 14, 256, 1, 1, 1, 1, 0, 0, 1, 1, 1});
+  BOOST_TEST(
+      registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", pointwise, "t")->implementation() ==
+      "fwd=bf16_pointwise bwd_data=bf16_pointwise bwd_weights=bf16_pointwise");
   // Depthwise in bf16: bf16_depthwise; with end padding (which TbbConv2d refuses) bf16_gemm.
   const Conv2dDesc depthwise = bf16_conv({2, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8});
   BOOST_TEST(
@@ -549,8 +617,8 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic) {
   }
   // Stride 1, no padding, 8x8 -> 6x6: 6 * 4 * 9 * 36 products forward and for the weights;
   // backward_data 4 * 6 * 9 * 64.
-  const auto unit = registries().kernels.pick<Conv2dKernel>(
-      "conv2d", "tbb", bf16_conv({1, 4, 8, 8, 6, 3, 3, 1, 1, 0, 0, 1, 1, 1}), "t");
+  const auto unit = registries().kernels.create<Conv2dKernel>(
+      "conv2d", "tbb", "bf16_gemm", bf16_conv({1, 4, 8, 8, 6, 3, 3, 1, 1, 0, 0, 1, 1, 1}));
   BOOST_TEST_REQUIRE(unit->implementation() == "bf16_gemm");
   const strata::Conv2dArithmetic a = unit->arithmetic();
   BOOST_TEST((a.forward == strata::Conv2dPassArithmetic{7776, 0}));
@@ -558,8 +626,8 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic) {
   BOOST_TEST((a.backward_params == strata::Conv2dPassArithmetic{7776, 0}));
   // Stride 2, padding 1, 7x7 -> 4x4: 70 * 36 * 16 products a pass, and col2im adds the 10 of 12
   // (tap, output) pairs per axis that read real pixels: 4 * 10 * 10.
-  const auto strided = registries().kernels.pick<Conv2dKernel>(
-      "conv2d", "tbb", bf16_conv({1, 4, 7, 7, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1}), "t");
+  const auto strided = registries().kernels.create<Conv2dKernel>(
+      "conv2d", "tbb", "bf16_gemm", bf16_conv({1, 4, 7, 7, 70, 3, 3, 2, 2, 1, 1, 1, 1, 1}));
   const strata::Conv2dArithmetic b = strided->arithmetic();
   BOOST_TEST((b.forward == strata::Conv2dPassArithmetic{40320, 0}));
   BOOST_TEST((b.backward_data == strata::Conv2dPassArithmetic{40320, 400}));
@@ -574,11 +642,17 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic) {
   BOOST_TEST((c.forward == strata::Conv2dPassArithmetic{16 * 9 * 144, 0}));
   BOOST_TEST((c.backward_data == strata::Conv2dPassArithmetic{16 * 9 * 144, 0}));
   BOOST_TEST((c.backward_params == strata::Conv2dPassArithmetic{16 * 9 * 144, 0}));
-  d.precision = Precision::kFp32;
-  const strata::Conv2dArithmetic fp32 =
-      registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t")->arithmetic();
-  BOOST_TEST((fp32.forward == c.forward && fp32.backward_data == c.backward_data &&
-              fp32.backward_params == c.backward_params));
+  // Every bf16_ method counts what its fp32 twin does (the same loops on rounded inputs).
+  for (const Conv2dDesc& bf16 : {d, bf16_conv({2, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1})}) {
+    Conv2dDesc fp32_desc = bf16;
+    fp32_desc.precision = Precision::kFp32;
+    const strata::Conv2dArithmetic a16 =
+        registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", bf16, "t")->arithmetic();
+    const strata::Conv2dArithmetic fp32 =
+        registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", fp32_desc, "t")->arithmetic();
+    BOOST_TEST((fp32.forward == a16.forward && fp32.backward_data == a16.backward_data &&
+                fp32.backward_params == a16.backward_params));
+  }
 }
 
 namespace {
@@ -635,8 +709,12 @@ BOOST_AUTO_TEST_CASE(experiment_precision_key) {
   }
   if (!cpu_has_bf16()) return;
   const strata::Experiment bf16 = read_model("tbb", "bf16");
-  BOOST_TEST(implementation_of(bf16, "conv1") == "bf16_gemm");
-  BOOST_TEST(implementation_of(bf16, "conv2") == "bf16_gemm");
+  // Small layers: TbbConv2d's fp32 methods (lanes, direct) on rounded inputs.
+  for (const char* conv : {"conv1", "conv2"}) {
+    const std::string name = implementation_of(bf16, conv);
+    BOOST_TEST(name.find("fwd=bf16_") == 0u, name);
+    BOOST_TEST(name.find("bwd_weights=bf16_") != std::string::npos, name);
+  }
   BOOST_TEST(implementation_of(bf16, "fc") == "bf16");
   BOOST_TEST(implementation_of(bf16, "bn1") == implementation_of(fp32, "bn1"));
 }

@@ -1,11 +1,12 @@
 // backend_tbb: conv2d in bf16 (precision bf16, docs/precision.md), internal to backend_tbb.
 //
 // Registered as the tbb backend's conv2d implementation "bf16_gemm", after TbbConv2d (which takes
-// fp32, and bf16 only for depthwise descriptors with symmetric padding: its bf16_depthwise
-// method), and supports() every descriptor whose precision is bf16: any stride, padding (end
-// padding too), dilation and groups. So every other bf16 convolution on the tbb backend runs
-// here; on a CPU without AVX512-BF16, on_prepare() is an Error naming the feature (never a silent
-// fp32 run, never a fallback), as TbbConv2d's is for bf16.
+// fp32, and bf16 descriptors with symmetric padding but those whose fp32 method is a large GEMM:
+// its methods on inputs rounded to bf16, tbb_kernels.hpp), and supports() every descriptor whose
+// precision is bf16: any stride, padding (end padding too), dilation and groups. So the large
+// 1x1 and im2col layers in bf16, and those with end padding, run here; on a CPU without
+// AVX512-BF16, on_prepare() is an Error naming the feature (never a silent fp32 run, never a
+// fallback), as TbbConv2d's is for bf16.
 //
 // THE PASSES (per group; bf16_gemm.hpp packs and multiplies, rounding every input to bf16)
 //   forward:         y = W x cols             (im2col of a block of images)

@@ -207,21 +207,6 @@ void row3_dots(const float* grad, const float* src, const int64_t* base, int64_t
 
 }  // namespace
 
-void round_to_bf16(const float* src, int64_t n, float* dst) {
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    // strata::round_to_bf16's three cases as lane selects: zero and denormals to signed zero, NaN
-    // kept quiet, everything else rounded to nearest even (past the largest bf16: infinity).
-    Bits b;
-    std::memcpy(&b, src + j, sizeof b);
-    Bits r = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
-    r = (b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : r;
-    r = (b & 0x7f800000u) == 0 ? b & 0x80000000u : r;
-    std::memcpy(dst + j, &r, sizeof r);
-  }
-  for (; j < n; ++j) dst[j] = strata::round_to_bf16(src[j]);
-}
-
 // The stride's phases: phase (a, b), a < stride_h and b < stride_w, holds the padded plane's rows
 // a, a + stride_h, ... and its columns b, b + stride_w, ... (stride 1: one phase, the padded plane
 // itself). Output (oh, ow) reads, for tap (r, s), padded pixel (oh * stride_h + r * dilation_h,

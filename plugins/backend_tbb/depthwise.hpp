@@ -18,9 +18,9 @@
 // spent more in the per-plane calls (padding, copies, loop set-up) than in their arithmetic.
 //
 // Precision bf16 (docs/precision.md) runs these same loops on inputs rounded beforehand with
-// round_to_bf16 below (the padded plane in place, dy into a copy, the weights into a copy), so
-// every product multiplies bf16 values and every sum stays in float, as the reference's emulation
-// computes them (in double) up to the order of the float sums.
+// round_floats_to_bf16 (floats.hpp: the padded plane in place, dy into a copy, the weights into a
+// copy), so every product multiplies bf16 values and every sum stays in float, as the reference's
+// emulation computes them (in double) up to the order of the float sums.
 //
 // Each call handles one block of planes of one channel; TbbConv2d spreads (channel, block) pairs
 // (forward, backward_data) or groups (backward_params, so that each filter's sum runs in a fixed
@@ -80,10 +80,6 @@ int64_t weight_scratch_floats(const Plan& p);
 // over the wide output, the last image's rows past out_h excepted; backward_data over each tap's
 // phase).
 int64_t multiply_adds(const Plan& p);
-
-// dst[i] = strata::round_to_bf16(src[i]) for i < n (dst may be src), 16 floats at a time: the
-// same bits, no branch.
-void round_to_bf16(const float* src, int64_t n, float* dst);
 
 // In every call: `count` (1 to plan.stack) images, image i of x, y, dy or dx at i * *_stride
 // floats from the pointer given.

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "strata/ops.hpp"
+
 namespace strata::tbb_backend {
 
 // dst[i] = src[i * step] for i < n, step 0 (a fill from src[0..7]) or 1. Under 8 floats, at most
@@ -82,6 +84,24 @@ inline void merge_pairs(const float* even, const float* odd, int64_t n, float* d
     std::memcpy(dst + i, &v, sizeof v);
   }
   for (; i < n; ++i) dst[i] = (i % 2 == 0 ? even : odd)[i / 2];
+}
+
+// dst[i] = strata::round_to_bf16(src[i]) for i < n (dst may be src), 16 floats at a time: the
+// same bits, no branch (precision bf16's inputs, docs/precision.md).
+inline void round_floats_to_bf16(const float* src, int64_t n, float* dst) {
+  using Bits = uint32_t __attribute__((vector_size(64)));
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    // strata::round_to_bf16's three cases as lane selects: zero and denormals to signed zero, NaN
+    // kept quiet, everything else rounded to nearest even (past the largest bf16: infinity).
+    Bits b;
+    std::memcpy(&b, src + j, sizeof b);
+    Bits r = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+    r = (b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : r;
+    r = (b & 0x7f800000u) == 0 ? b & 0x80000000u : r;
+    std::memcpy(dst + j, &r, sizeof r);
+  }
+  for (; j < n; ++j) dst[j] = strata::round_to_bf16(src[j]);
 }
 
 }  // namespace strata::tbb_backend

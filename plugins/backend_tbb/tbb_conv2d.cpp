@@ -100,6 +100,8 @@ constexpr int64_t kWinograd43MaxSmallParamsChannels = 256;
 // double), and floats per task of the weight gradient's reduction over slices.
 constexpr int64_t kFilterTaskPairs = 1024;
 constexpr int64_t kReduceGrainFloats = int64_t{1} << 14;
+// Floats per task of precision bf16's rounded copies (64 KiB read, 64 written).
+constexpr int64_t kRoundGrainFloats = int64_t{1} << 14;
 // The largest dilation Winograd runs as that many squared undilated convolutions
 // (polyphase_factor).
 constexpr int64_t kMaxPhases = 8;
@@ -225,11 +227,26 @@ int64_t filters_per_group(const Conv2dDesc& d) { return d.out_channels / d.group
 
 bool depthwise_fits(const Conv2dDesc& d) { return channels_per_group(d) == 1 && d.groups > 1; }
 
-// Precision bf16 (docs/precision.md): the depthwise loops on inputs rounded to bf16. The only
-// bf16 descriptors TbbConv2d supports(), and first in every list, so no fp32 method ever sees
-// one; end padding stays with bf16_gemm, which supports it (on_prepare() below refuses it).
-bool bf16_depthwise_fits(const Conv2dDesc& d) {
-  return d.precision == Precision::kBf16 && depthwise_fits(d) && d.symmetric_padding();
+// The descriptor the methods' supports() functions judge: precision bf16 runs the method its fp32
+// twin would, on inputs rounded to bf16 (docs/precision.md), so they see the twin.
+Conv2dDesc fp32_twin(const Conv2dDesc& d) {
+  Conv2dDesc twin = d;
+  twin.precision = Precision::kFp32;
+  return twin;
+}
+
+// Precision bf16: layers whose fp32 forward method is one GEMM over the im2col (or image) columns
+// (pointwise, blas) with at least this many weights per group (the GEMM's rows x depth) go to
+// bf16_gemm, whose vdpbf16ps products run at twice the rate of float FMAs once both operands are
+// large enough to repay its packing (1x1 layers, three passes: 512 -> 512 at 4x4 1.65x faster
+// than pointwise, 256 -> 512 1.3x, 256 -> 256 and 128 -> 512 even, 256 -> 64 and 64 -> 256 1.3x
+// to 1.5x slower). Every other method does fewer multiplications (Winograd) or packs less (direct,
+// lanes, polyphase, small, depthwise), and ran 1.1x to 3.5x faster on rounded inputs than
+// bf16_gemm (docs/precision.md).
+constexpr int64_t kBf16GemmMinWeights = int64_t{1} << 17;
+bool bf16_gemm_pays(const Conv2dDesc& d, std::string_view fp32_method) {
+  const int64_t weights = channels_per_group(d) * d.kernel_h * d.kernel_w * filters_per_group(d);
+  return (fp32_method == "pointwise" || fp32_method == "blas") && weights >= kBf16GemmMinWeights;
 }
 
 bool pointwise_fits(const Conv2dDesc& d) {
@@ -460,17 +477,15 @@ bool lanes_data_fits(const Conv2dDesc& d) {
 }  // namespace
 
 // ---- the ordered lists ------------------------------------------------------------------------
-// Each pass takes the first implementation of its list that supports the descriptor (the last,
-// blas, supports every fp32 one; bf16_depthwise, the first, every bf16 one supports() admits).
+// Each pass takes the first implementation of its list that supports the descriptor, judged on its
+// fp32 twin (the last, blas, supports every one).
 // Where both apply, Winograd beats the direct kernels at backward_params, and at forward and
 // backward_data as winograd_beats_direct() says (measured: docs/performance.md, section 21).
 
 std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementations() {
   static const ForwardImplementation list[] = {
-      {"bf16_depthwise", bf16_depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_forward, &TbbConv2d::depthwise_arithmetic},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise, &TbbConv2d::depthwise_forward,
-       &TbbConv2d::depthwise_arithmetic},
+       &TbbConv2d::depthwise_arithmetic, /*rounds_bf16=*/true},
       {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_forward, &TbbConv2d::forward_lanes,
        &TbbConv2d::lanes_forward_arithmetic},
       {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_forward,
@@ -493,10 +508,8 @@ std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementat
 
 std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations() {
   static const DataImplementation list[] = {
-      {"bf16_depthwise", bf16_depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_arithmetic},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_arithmetic},
+       &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_arithmetic, /*rounds_bf16=*/true},
       {"lanes", lanes_data_fits, &TbbConv2d::prepare_lanes_data, &TbbConv2d::data_lanes,
        &TbbConv2d::lanes_data_arithmetic},
       {"direct", direct_data_fits, &TbbConv2d::prepare_direct_data, &TbbConv2d::data_direct,
@@ -519,10 +532,9 @@ std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations()
 
 std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementations() {
   static const ParamsImplementation list[] = {
-      {"bf16_depthwise", bf16_depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_arithmetic},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_arithmetic},
+       &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_arithmetic,
+       /*rounds_bf16=*/true},
       {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_params, &TbbConv2d::params_lanes,
        &TbbConv2d::lanes_params_arithmetic},
       {"winograd43", winograd43_params_fits, &TbbConv2d::prepare_winograd_params<4>,
@@ -544,13 +556,20 @@ std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementatio
 }
 
 bool TbbConv2d::supports(const Conv2dDesc& desc) const {
-  return desc.precision == Precision::kFp32 || bf16_depthwise_fits(desc);
+  if (desc.precision == Precision::kFp32) return true;
+  if (desc.precision != Precision::kBf16 || !desc.symmetric_padding()) return false;
+  const Conv2dDesc twin = fp32_twin(desc);
+  for (const ForwardImplementation& implementation : forward_implementations()) {
+    if (implementation.supports(twin)) return !bf16_gemm_pays(twin, implementation.name);
+  }
+  return false;
 }
 
 std::string TbbConv2d::implementation() const {
   if (forward_ == nullptr) return Conv2dKernel::implementation();  // not prepared yet
-  return fmt::format("fwd={} bwd_data={} bwd_weights={}", forward_->name, data_->name,
-                     params_->name);
+  const std::string_view bf16 = desc_.precision == Precision::kBf16 ? "bf16_" : "";
+  return fmt::format("fwd={}{} bwd_data={}{} bwd_weights={}{}", bf16, forward_->name, bf16,
+                     data_->name, bf16, params_->name);
 }
 
 Conv2dArithmetic TbbConv2d::arithmetic() const {
@@ -562,8 +581,9 @@ Conv2dArithmetic TbbConv2d::arithmetic() const {
 void TbbConv2d::on_prepare() {
   const Conv2dDesc& d = desc_;
   validate(d, kName);
-  // bf16_depthwise needs no bf16 instruction, but precision bf16 means the same on every tbb
-  // method: without AVX512-BF16 it is refused, as bf16_gemm refuses it (docs/precision.md).
+  // The methods run bf16 with float FMAs on rounded inputs, but precision bf16 means the same on
+  // every tbb convolution: without AVX512-BF16 it is refused, as bf16_gemm refuses it
+  // (docs/precision.md).
   if (d.precision == Precision::kBf16) bf16::require_cpu(kName);
   if (!d.symmetric_padding()) {
     // Every method below assumes pad_h/pad_w zeros on both sides (padded_h_, the Winograd and
@@ -617,8 +637,9 @@ void TbbConv2d::on_prepare() {
 
 template <class I>
 const I* TbbConv2d::choose(std::span<const I> list, Plan& plan) {
+  const Conv2dDesc twin = fp32_twin(desc_);
   for (const I& implementation : list) {
-    if (!implementation.supports(desc_)) continue;
+    if (!implementation.supports(twin)) continue;
     plan = Plan{};
     plan.band_rows = desc_.out_h;
     (this->*implementation.prepare)(plan);
@@ -1002,8 +1023,10 @@ void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bia
   const int64_t n_batch = conv2d_forward_batch(d, x, weight, bias, y, kName);
   const bool has_bias = bias != nullptr && bias->defined();
   run_pass(packed_forward_floats_, winograd_u_forward_floats_, [&] {
-    (this->*forward_->run)(x.data(), weight.data(), has_bias ? bias->data() : nullptr, y.data(),
-                           n_batch);
+    const bool round = rounds_copies(*forward_);
+    (this->*forward_->run)(round ? rounded(x, scratch_->rounded_a) : x.data(),
+                           round ? rounded(weight, scratch_->rounded_weights) : weight.data(),
+                           has_bias ? bias->data() : nullptr, y.data(), n_batch);
   });
 }
 
@@ -1125,8 +1148,12 @@ void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx
   if (!dx.defined()) return;
   const Conv2dDesc& d = desc_;
   const int64_t n_batch = conv2d_data_batch(d, dy, weight, dx, kName);
-  run_pass(packed_backward_floats_, winograd_u_data_floats_,
-           [&] { (this->*data_->run)(dy.data(), weight.data(), dx.data(), n_batch); });
+  run_pass(packed_backward_floats_, winograd_u_data_floats_, [&] {
+    const bool round = rounds_copies(*data_);
+    (this->*data_->run)(round ? rounded(dy, scratch_->rounded_a) : dy.data(),
+                        round ? rounded(weight, scratch_->rounded_weights) : weight.data(),
+                        dx.data(), n_batch);
+  });
 }
 
 // Runs body(block, workspace) over data_plan_'s blocks. Bands of one image overlap in dx, so one
@@ -1268,10 +1295,52 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
   const Conv2dDesc& d = desc_;
   const int64_t n_batch = conv2d_params_batch(d, x, dy, dweight, dbias, kName);
   run_pass(0, 0, [&] {
-    (this->*params_->run)(want_weight ? x.data() : nullptr, dy.data(),
-                          want_weight ? dweight.data() : nullptr,
-                          want_bias ? dbias->data() : nullptr, n_batch);
+    if (!rounds_copies(*params_)) {
+      (this->*params_->run)(want_weight ? x.data() : nullptr, dy.data(),
+                            want_weight ? dweight.data() : nullptr,
+                            want_bias ? dbias->data() : nullptr, n_batch);
+      return;
+    }
+    // bf16: the weight gradient from the rounded x and dy, the bias gradient from the float dy.
+    if (want_weight) {
+      (this->*params_->run)(rounded(x, scratch_->rounded_a), rounded(dy, scratch_->rounded_b),
+                            dweight.data(), nullptr, n_batch);
+    }
+    if (want_bias) bias_gradient(dy.data(), dbias->data(), n_batch);
   });
+}
+
+bool TbbConv2d::rounds_copies(const auto& implementation) const {
+  return desc_.precision == Precision::kBf16 && !implementation.rounds_bf16;
+}
+
+const float* TbbConv2d::rounded(const Tensor& t, std::vector<float>& buffer) {
+  const int64_t n = t.numel();
+  float* out = grow(buffer, n);
+  const float* in = t.data();
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, ceil_div(n, kRoundGrainFloats)),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      const int64_t first = range.begin() * kRoundGrainFloats;
+                      const int64_t end = std::min(n, range.end() * kRoundGrainFloats);
+                      round_floats_to_bf16(in + first, end - first, out + first);
+                    });
+  return out;
+}
+
+void TbbConv2d::bias_gradient(const float* dy, float* db, int64_t n_batch) const {
+  const Conv2dDesc& d = desc_;
+  // One task per filter: each sum runs in a fixed order.
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, d.out_channels, 8),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      for (int64_t k = range.begin(); k != range.end(); ++k) {
+                        float total = 0.0f;
+                        for (int64_t n = 0; n < n_batch; ++n) {
+                          total +=
+                              sum_floats(dy + (n * d.out_channels + k) * out_plane_, out_plane_);
+                        }
+                        db[k] = total;
+                      }
+                    });
 }
 
 void TbbConv2d::params_winograd(const float* x, const float* dy, float* dweight, float* dbias,
@@ -1291,19 +1360,7 @@ void TbbConv2d::params_winograd(const float* x, const float* dy, float* dweight,
   } else if (dweight != nullptr) {
     winograd_backward_weight(g, x, dy, dweight, n_batch);
   }
-  if (dbias != nullptr) {  // one task per filter: each sum runs in a fixed order
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, d.out_channels, 8),
-                      [&](const tbb::blocked_range<int64_t>& range) {
-                        for (int64_t k = range.begin(); k != range.end(); ++k) {
-                          float total = 0.0f;
-                          for (int64_t n = 0; n < n_batch; ++n) {
-                            total +=
-                                sum_floats(dy + (n * d.out_channels + k) * out_plane_, out_plane_);
-                          }
-                          dbias[k] = total;
-                        }
-                      });
-  }
+  if (dbias != nullptr) bias_gradient(dy, dbias, n_batch);
 }
 
 void TbbConv2d::params_direct(const float* x, const float* dy, float* dweight, float* dbias,
@@ -1764,7 +1821,7 @@ const float* TbbConv2d::depthwise_weights(const float* w) {
   if (desc_.precision != Precision::kBf16) return w;
   const int64_t floats = desc_.out_channels * rows_;
   float* rounded = grow(scratch_->rounded_weights, floats);
-  depthwise::round_to_bf16(w, floats, rounded);
+  round_floats_to_bf16(w, floats, rounded);
   return rounded;
 }
 
@@ -1773,7 +1830,7 @@ TbbConv2d::Planes TbbConv2d::depthwise_dy(const float* dy, int64_t count, Worksp
   if (desc_.precision != Precision::kBf16) return {dy, stride};
   float* rounded = ws.gathered.data() + depthwise_dy_offset();
   for (int64_t i = 0; i < count; ++i) {
-    depthwise::round_to_bf16(dy + i * stride, out_plane_, rounded + i * out_plane_);
+    round_floats_to_bf16(dy + i * stride, out_plane_, rounded + i * out_plane_);
   }
   return {rounded, out_plane_};
 }
@@ -1781,7 +1838,7 @@ TbbConv2d::Planes TbbConv2d::depthwise_dy(const float* dy, int64_t count, Worksp
 void TbbConv2d::depthwise_pad(const float* x, int64_t count, float* padded) const {
   depthwise::pad_planes(desc_, depthwise_plan_, x, desc_.in_channels * in_plane_, count, padded);
   if (desc_.precision == Precision::kBf16) {
-    depthwise::round_to_bf16(padded, depthwise::padded_floats(depthwise_plan_), padded);
+    round_floats_to_bf16(padded, depthwise::padded_floats(depthwise_plan_), padded);
   }
 }
 

@@ -85,17 +85,21 @@ class TbbBackend : public Backend {
 // and the two after it), in the style of oneDNN's implementation lists: on_prepare() takes, per
 // pass, the first whose supports(desc) holds, so forward may be direct while backward_data is
 // not. implementation() names the three: "fwd=direct bwd_data=small bwd_weights=winograd23".
-//   forward:         bf16_depthwise, depthwise, lanes, direct, polyphase, winograd43, winograd23,
-//                    pointwise, small, blas
-//   backward_data:   bf16_depthwise, depthwise, lanes, direct, polyphase, winograd43, winograd23,
-//                    pointwise, small, blas
-//   backward_params: bf16_depthwise, depthwise, lanes, winograd43, winograd23, direct, polyphase,
-//                    pointwise, small, blas
-// The methods:
-//   - bf16_depthwise: precision bf16 (docs/precision.md), depthwise descriptors only: the depthwise
-//     method below on inputs rounded to bf16 (x in place in its padded plane, dy into a plane of
-//     per-thread scratch, the weights into one copy per call), float sums. The only bf16 method
-//     here; on a CPU without AVX512-BF16 on_prepare() refuses it like TbbBf16Conv2d does.
+//   forward:         depthwise, lanes, direct, polyphase, winograd43, winograd23, pointwise,
+//                    small, blas
+//   backward_data:   depthwise, lanes, direct, polyphase, winograd43, winograd23, pointwise,
+//                    small, blas
+//   backward_params: depthwise, lanes, winograd43, winograd23, direct, polyphase, pointwise,
+//                    small, blas
+// Precision bf16 (docs/precision.md): supports() takes the bf16 descriptors (symmetric padding)
+// but those whose fp32 twin's forward method is a GEMM (pointwise, blas) over at least
+// kBf16GemmMinWeights weights per group: those go to TbbBf16Conv2d (bf16_conv2d.hpp). Each pass
+// runs the method its fp32 twin would, on inputs rounded to bf16, so every product multiplies bf16
+// values exactly and every sum stays in float, as the reference's emulation computes (up to the
+// order of the sums); implementation() names them "bf16_<method>". depthwise rounds its own inputs
+// (x in place in its padded plane, dy into a plane of per-thread scratch); for the others the pass
+// rounds x, dy and the weights into copies (rounds_copies). On a CPU without AVX512-BF16
+// on_prepare() refuses bf16 like TbbBf16Conv2d does. The methods:
 //   - depthwise: one input channel per group (depthwise convolution, or a channel multiplier),
 //     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp). forward and
 //     backward_data are parallel over planes; backward_params over groups, each filter's sum in
@@ -175,9 +179,9 @@ int64_t col2im_additions(const Conv2dDesc& d);
 
 class TbbConv2d : public Conv2dKernel {
  public:
-  // fp32, and precision bf16 for depthwise descriptors with symmetric padding only (the
-  // bf16_depthwise method); every other bf16 descriptor is TbbBf16Conv2d's (bf16_conv2d.hpp),
-  // registered after this one.
+  // fp32, and precision bf16 for descriptors with symmetric padding but large GEMMs (above);
+  // every other bf16 descriptor is TbbBf16Conv2d's
+  // (bf16_conv2d.hpp), registered after this one.
   bool supports(const Conv2dDesc& desc) const override;
   void forward(const Tensor& x, const Tensor& weight, const Tensor* bias, Tensor& y) override;
   void backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) override;
@@ -213,6 +217,9 @@ class TbbConv2d : public Conv2dKernel {
     void (TbbConv2d::*prepare)(Plan& plan);
     Run run;
     Conv2dPassArithmetic (TbbConv2d::*arithmetic)() const;
+    // Precision bf16: the method rounds its product inputs itself (depthwise: in its padded
+    // planes); for the others the pass rounds x, dy and the weights into copies (rounds_copies).
+    bool rounds_bf16 = false;
   };
   using ForwardImplementation = Implementation<void (TbbConv2d::*)(
       const float* x, const float* w, const float* bias, float* y, int64_t n_batch)>;
@@ -224,7 +231,13 @@ class TbbConv2d : public Conv2dKernel {
   static std::span<const ForwardImplementation> forward_implementations();
   static std::span<const DataImplementation> data_implementations();
   static std::span<const ParamsImplementation> params_implementations();
-  // The first of `list` that supports desc_, prepared, with its plan.
+  // Precision bf16 and a method that does not round its own inputs: the pass gives it copies.
+  bool rounds_copies(const auto& implementation) const;
+  // t rounded to bf16 (round_floats_to_bf16) into `buffer`, grown to fit; in parallel.
+  const float* rounded(const Tensor& t, std::vector<float>& buffer);
+  // db[k] = the sum of dy over the batch's images and filter k's plane, one task per few filters.
+  void bias_gradient(const float* dy, float* db, int64_t n_batch) const;
+  // The first of `list` whose supports() holds for desc_'s fp32 twin, prepared, with its plan.
   template <class I>
   const I* choose(std::span<const I> list, Plan& plan);
 
@@ -370,7 +383,8 @@ class TbbConv2d : public Conv2dKernel {
     std::vector<std::vector<float>> partial_weight;  // slices 1.. of params_by_slices
     std::vector<std::vector<float>> partial_bias;    // every slice of params_by_slices
     std::vector<float> phase_a, phase_b;             // dilated Winograd's split input and output
-    std::vector<float> rounded_weights;              // bf16_depthwise: the weights rounded
+    // Precision bf16: the weights rounded (every method), and x and dy (rounds_copies).
+    std::vector<float> rounded_weights, rounded_a, rounded_b;
   };
   static std::shared_ptr<Scratch> shared_scratch();
   // Holds the scratch's mutex, grows its packed weights and Winograd U to this pass's floats

@@ -82,8 +82,9 @@ void register_all(Registries& r) {
   r.backends.declare_default("tbb");
   // conv2d and pool2d: one implementation each, which chooses its own path per descriptor (conv2d
   // per pass, from ordered lists) and names it in implementation().
-  // TbbConv2d takes fp32, and bf16 depthwise descriptors (its bf16_depthwise method); every other
-  // bf16 descriptor goes on to bf16_gemm (AVX512-BF16). Both refuse bf16 without the CPU feature.
+  // TbbConv2d takes fp32, and bf16 descriptors but those of large GEMM-shaped layers (its methods
+  // on inputs rounded to bf16); those go on to bf16_gemm (AVX512-BF16). Both refuse bf16 without
+  // the CPU feature.
   r.kernels.add<TbbConv2d>("conv2d", "tbb");
   r.kernels.add<TbbBf16Conv2d>("conv2d", "tbb", "bf16_gemm");
   r.kernels.add<TbbPool2d>("pool2d", "tbb");
