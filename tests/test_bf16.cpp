@@ -386,6 +386,7 @@ Tensor check_passes(Conv2dKernel& fast, Conv2dKernel& ref, const PassInputs& in,
 BOOST_AUTO_TEST_CASE(methods_on_rounded_inputs_against_reference_emulation) {
   const std::vector<ConvCase> cases = {
       {4, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // F(4x4)
+      {3, 40, 11, 11, 36, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // F(4x4): edge tiles, 36 filters
       {2, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // F(2x2): 14x14 outputs
       {2, 64, 28, 28, 64, 3, 3, 1, 1, 2, 2, 2, 2, 1},  // dilation 2: Winograd on the phases
       {2, 32, 16, 16, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1},  // dilation 2, direct

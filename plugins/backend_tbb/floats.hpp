@@ -86,20 +86,54 @@ inline void merge_pairs(const float* even, const float* odd, int64_t n, float* d
   for (; i < n; ++i) dst[i] = (i % 2 == 0 ? even : odd)[i / 2];
 }
 
+// strata::round_to_bf16 on every lane of Bits, a GCC vector of uint32_t holding floats' bits: its
+// three cases as lane selects (zero and denormals to signed zero, NaN kept quiet, everything else
+// rounded to nearest even, past the largest bf16 to infinity), no branch.
+// (In place: a 64-byte vector passed by value would change the ABI of the builds without
+// AVX-512.)
+template <class Bits>
+inline void round_bits_to_bf16(Bits& b) {
+  Bits r = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+  r = (b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : r;
+  b = (b & 0x7f800000u) == 0 ? b & 0x80000000u : r;
+}
+
+// The uint32_t vector as wide as a float vector of `Bytes` (spelled out per width: GCC drops
+// vector_size on a dependent type).
+template <int Bytes>
+struct LaneBits;
+template <>
+struct LaneBits<16> {
+  using type = uint32_t __attribute__((vector_size(16)));
+};
+template <>
+struct LaneBits<32> {
+  using type = uint32_t __attribute__((vector_size(32)));
+};
+template <>
+struct LaneBits<64> {
+  using type = uint32_t __attribute__((vector_size(64)));
+};
+
+// A vector of floats (__m128, __m256, __m512) with every lane rounded to bf16.
+template <class V>
+inline V round_lanes_to_bf16(V v) {
+  typename LaneBits<sizeof(V)>::type b;
+  std::memcpy(&b, &v, sizeof b);
+  round_bits_to_bf16(b);
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+
 // dst[i] = strata::round_to_bf16(src[i]) for i < n (dst may be src), 16 floats at a time: the
-// same bits, no branch (precision bf16's inputs, docs/precision.md).
+// same bits (precision bf16's inputs, docs/precision.md).
 inline void round_floats_to_bf16(const float* src, int64_t n, float* dst) {
-  using Bits = uint32_t __attribute__((vector_size(64)));
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
-    // strata::round_to_bf16's three cases as lane selects: zero and denormals to signed zero, NaN
-    // kept quiet, everything else rounded to nearest even (past the largest bf16: infinity).
-    Bits b;
+    LaneBits<64>::type b;
     std::memcpy(&b, src + j, sizeof b);
-    Bits r = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
-    r = (b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : r;
-    r = (b & 0x7f800000u) == 0 ? b & 0x80000000u : r;
-    std::memcpy(dst + j, &r, sizeof r);
+    round_bits_to_bf16(b);
+    std::memcpy(dst + j, &b, sizeof b);
   }
   for (; j < n; ++j) dst[j] = strata::round_to_bf16(src[j]);
 }

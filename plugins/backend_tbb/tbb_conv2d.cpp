@@ -485,15 +485,17 @@ bool lanes_data_fits(const Conv2dDesc& d) {
 std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementations() {
   static const ForwardImplementation list[] = {
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise, &TbbConv2d::depthwise_forward,
-       &TbbConv2d::depthwise_arithmetic, /*rounds_bf16=*/true},
+       &TbbConv2d::depthwise_arithmetic, /*rounds_activations=*/true},
       {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_forward, &TbbConv2d::forward_lanes,
        &TbbConv2d::lanes_forward_arithmetic},
       {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_forward,
-       &TbbConv2d::forward_direct, &TbbConv2d::direct_forward_arithmetic},
+       &TbbConv2d::forward_direct, &TbbConv2d::direct_forward_arithmetic,
+       /*rounds_activations=*/true},
       {"polyphase", polyphase_fits, &TbbConv2d::prepare_polyphase_forward,
        &TbbConv2d::forward_polyphase, &TbbConv2d::polyphase_forward_arithmetic},
       {"winograd43", winograd43_fits, &TbbConv2d::prepare_winograd_forward<4>,
-       &TbbConv2d::forward_winograd, &TbbConv2d::winograd_forward_arithmetic},
+       &TbbConv2d::forward_winograd, &TbbConv2d::winograd_forward_arithmetic,
+       /*rounds_activations=*/true},
       {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_forward<2>,
        &TbbConv2d::forward_winograd, &TbbConv2d::winograd_forward_arithmetic},
       {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::forward_pointwise,
@@ -509,15 +511,17 @@ std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementat
 std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations() {
   static const DataImplementation list[] = {
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
-       &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_arithmetic, /*rounds_bf16=*/true},
+       &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_arithmetic,
+       /*rounds_activations=*/true},
       {"lanes", lanes_data_fits, &TbbConv2d::prepare_lanes_data, &TbbConv2d::data_lanes,
        &TbbConv2d::lanes_data_arithmetic},
       {"direct", direct_data_fits, &TbbConv2d::prepare_direct_data, &TbbConv2d::data_direct,
-       &TbbConv2d::direct_data_arithmetic},
+       &TbbConv2d::direct_data_arithmetic, /*rounds_activations=*/true},
       {"polyphase", polyphase_data_fits, &TbbConv2d::prepare_polyphase_data,
        &TbbConv2d::data_polyphase, &TbbConv2d::polyphase_data_arithmetic},
       {"winograd43", winograd43_fits, &TbbConv2d::prepare_winograd_data<4>,
-       &TbbConv2d::data_winograd, &TbbConv2d::winograd_data_arithmetic},
+       &TbbConv2d::data_winograd, &TbbConv2d::winograd_data_arithmetic,
+       /*rounds_activations=*/true},
       {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_data<2>, &TbbConv2d::data_winograd,
        &TbbConv2d::winograd_data_arithmetic},
       {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::data_pointwise,
@@ -534,15 +538,16 @@ std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementatio
   static const ParamsImplementation list[] = {
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
        &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_arithmetic,
-       /*rounds_bf16=*/true},
+       /*rounds_activations=*/true},
       {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_params, &TbbConv2d::params_lanes,
        &TbbConv2d::lanes_params_arithmetic},
       {"winograd43", winograd43_params_fits, &TbbConv2d::prepare_winograd_params<4>,
-       &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic},
+       &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic,
+       /*rounds_activations=*/true},
       {"winograd23", winograd_params_fits, &TbbConv2d::prepare_winograd_params<2>,
        &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic},
       {"direct", direct_params_fits, &TbbConv2d::prepare_direct_params, &TbbConv2d::params_direct,
-       &TbbConv2d::direct_params_arithmetic},
+       &TbbConv2d::direct_params_arithmetic, /*rounds_activations=*/true},
       {"polyphase", polyphase_params_fits, &TbbConv2d::prepare_polyphase_params,
        &TbbConv2d::params_polyphase, &TbbConv2d::polyphase_params_arithmetic},
       {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::params_pointwise,
@@ -899,6 +904,7 @@ void TbbConv2d::prepare_winograd_forward(Plan&) {
   winograd_forward_ = winograd::Geometry::make(cg_, kg_, ceil_div(d.in_h, p), ceil_div(d.in_w, p),
                                                d.pad_h / p, d.pad_w / p, Tile);
   winograd_u_forward_floats_ = winograd_forward_.elements() * cg_ * kg_;
+  winograd_forward_.bf16 = Tile == 4 && d.precision == Precision::kBf16;  // rounds_activations
   reserve_winograd(winograd_forward_);
 }
 
@@ -909,6 +915,7 @@ void TbbConv2d::prepare_winograd_data(Plan&) {
   winograd_data_ = winograd::Geometry::make(kg_, cg_, ceil_div(d.out_h, p), ceil_div(d.out_w, p),
                                             2 - d.pad_h / p, 2 - d.pad_w / p, Tile);
   winograd_u_data_floats_ = winograd_data_.elements() * cg_ * kg_;
+  winograd_data_.bf16 = Tile == 4 && d.precision == Precision::kBf16;  // rounds_activations
   reserve_winograd(winograd_data_);
 }
 
@@ -918,6 +925,7 @@ void TbbConv2d::prepare_winograd_params(Plan&) {
   const int64_t p = phases_;
   winograd_params_ = winograd::Geometry::make(cg_, kg_, ceil_div(d.in_h, p), ceil_div(d.in_w, p),
                                               d.pad_h / p, d.pad_w / p, Tile);
+  winograd_params_.bf16 = Tile == 4 && d.precision == Precision::kBf16;  // rounds_activations
   reserve_winograd(winograd_params_);
 }
 
@@ -1023,9 +1031,7 @@ void TbbConv2d::forward(const Tensor& x, const Tensor& weight, const Tensor* bia
   const int64_t n_batch = conv2d_forward_batch(d, x, weight, bias, y, kName);
   const bool has_bias = bias != nullptr && bias->defined();
   run_pass(packed_forward_floats_, winograd_u_forward_floats_, [&] {
-    const bool round = rounds_copies(*forward_);
-    (this->*forward_->run)(round ? rounded(x, scratch_->rounded_a) : x.data(),
-                           round ? rounded(weight, scratch_->rounded_weights) : weight.data(),
+    (this->*forward_->run)(pass_input(*forward_, x, scratch_->rounded_a), pass_weights(weight),
                            has_bias ? bias->data() : nullptr, y.data(), n_batch);
   });
 }
@@ -1149,9 +1155,7 @@ void TbbConv2d::backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx
   const Conv2dDesc& d = desc_;
   const int64_t n_batch = conv2d_data_batch(d, dy, weight, dx, kName);
   run_pass(packed_backward_floats_, winograd_u_data_floats_, [&] {
-    const bool round = rounds_copies(*data_);
-    (this->*data_->run)(round ? rounded(dy, scratch_->rounded_a) : dy.data(),
-                        round ? rounded(weight, scratch_->rounded_weights) : weight.data(),
+    (this->*data_->run)(pass_input(*data_, dy, scratch_->rounded_a), pass_weights(weight),
                         dx.data(), n_batch);
   });
 }
@@ -1295,7 +1299,9 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
   const Conv2dDesc& d = desc_;
   const int64_t n_batch = conv2d_params_batch(d, x, dy, dweight, dbias, kName);
   run_pass(0, 0, [&] {
-    if (!rounds_copies(*params_)) {
+    if (desc_.precision == Precision::kFp32 || params_->rounds_activations) {
+      // (depthwise, direct: in bf16 the bias gradient sums the float dy, the weight gradient its
+      // rounded copy)
       (this->*params_->run)(want_weight ? x.data() : nullptr, dy.data(),
                             want_weight ? dweight.data() : nullptr,
                             want_bias ? dbias->data() : nullptr, n_batch);
@@ -1303,21 +1309,27 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
     }
     // bf16: the weight gradient from the rounded x and dy, the bias gradient from the float dy.
     if (want_weight) {
-      (this->*params_->run)(rounded(x, scratch_->rounded_a), rounded(dy, scratch_->rounded_b),
-                            dweight.data(), nullptr, n_batch);
+      (this->*params_->run)(rounded(x.data(), x.numel(), scratch_->rounded_a),
+                            rounded(dy.data(), dy.numel(), scratch_->rounded_b), dweight.data(),
+                            nullptr, n_batch);
     }
     if (want_bias) bias_gradient(dy.data(), dbias->data(), n_batch);
   });
 }
 
-bool TbbConv2d::rounds_copies(const auto& implementation) const {
-  return desc_.precision == Precision::kBf16 && !implementation.rounds_bf16;
+const float* TbbConv2d::pass_input(const auto& implementation, const Tensor& t,
+                                   std::vector<float>& buffer) {
+  if (desc_.precision == Precision::kFp32 || implementation.rounds_activations) return t.data();
+  return rounded(t.data(), t.numel(), buffer);
 }
 
-const float* TbbConv2d::rounded(const Tensor& t, std::vector<float>& buffer) {
-  const int64_t n = t.numel();
+const float* TbbConv2d::pass_weights(const Tensor& w) {
+  if (desc_.precision == Precision::kFp32) return w.data();
+  return rounded(w.data(), w.numel(), scratch_->rounded_weights);
+}
+
+const float* TbbConv2d::rounded(const float* in, int64_t n, std::vector<float>& buffer) {
   float* out = grow(buffer, n);
-  const float* in = t.data();
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, ceil_div(n, kRoundGrainFloats)),
                     [&](const tbb::blocked_range<int64_t>& range) {
                       const int64_t first = range.begin() * kRoundGrainFloats;
@@ -1817,14 +1829,6 @@ int64_t TbbConv2d::depthwise_dy_offset() const {
                                             16);
 }
 
-const float* TbbConv2d::depthwise_weights(const float* w) {
-  if (desc_.precision != Precision::kBf16) return w;
-  const int64_t floats = desc_.out_channels * rows_;
-  float* rounded = grow(scratch_->rounded_weights, floats);
-  round_floats_to_bf16(w, floats, rounded);
-  return rounded;
-}
-
 TbbConv2d::Planes TbbConv2d::depthwise_dy(const float* dy, int64_t count, Workspace& ws) const {
   const int64_t stride = desc_.out_channels * out_plane_;
   if (desc_.precision != Precision::kBf16) return {dy, stride};
@@ -1867,7 +1871,7 @@ void TbbConv2d::depthwise_forward(const float* x, const float* weight, const flo
                                   int64_t n_batch) {
   const Conv2dDesc& d = desc_;
   const int64_t taps = d.kernel_h * d.kernel_w;
-  const float* w = depthwise_weights(weight);
+  const float* w = weight;  // rounded by the pass in bf16
   for_depthwise_blocks(n_batch, [&](Workspace& ws, int64_t n, int64_t count, int64_t g) {
     float* padded = ws.gathered.data();
     depthwise_pad(x + (n * d.in_channels + g) * in_plane_, count, padded);
@@ -1884,7 +1888,7 @@ void TbbConv2d::depthwise_backward_data(const float* dy, const float* weight, fl
                                         int64_t n_batch) {
   const Conv2dDesc& d = desc_;
   const int64_t taps = d.kernel_h * d.kernel_w;
-  const float* w = depthwise_weights(weight);
+  const float* w = weight;  // rounded by the pass in bf16
   for_depthwise_blocks(n_batch, [&](Workspace& ws, int64_t n, int64_t count, int64_t g) {
     float* padded = ws.gathered.data();
     for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
@@ -1957,8 +1961,12 @@ void TbbConv2d::pad_input(const float* x, float* padded) const {
   std::fill_n(padded, cg_ * padded_h_ * padded_w_ + kSlackFloats + d.kernel_w * d.dilation_w, 0.0f);
   for (int64_t c = 0; c < cg_; ++c) {
     for (int64_t h = 0; h < d.in_h; ++h) {
-      std::copy_n(x + (c * d.in_h + h) * d.in_w, d.in_w,
-                  padded + (c * padded_h_ + h + d.pad_h) * padded_w_ + d.pad_w);
+      float* row = padded + (c * padded_h_ + h + d.pad_h) * padded_w_ + d.pad_w;
+      if (desc_.precision == Precision::kBf16) {
+        round_floats_to_bf16(x + (c * d.in_h + h) * d.in_w, d.in_w, row);
+      } else {
+        std::copy_n(x + (c * d.in_h + h) * d.in_w, d.in_w, row);
+      }
     }
   }
 }
@@ -2021,6 +2029,7 @@ void TbbConv2d::pad_dy(int64_t n, int64_t g, const float* dy, Extent size, int64
       for (int64_t b = ow_lo; b < ow_hi; ++b) dst[b] = src[b - left];
     }
   }
+  if (d.precision == Precision::kBf16) round_floats_to_bf16(padded, floats, padded);
 }
 
 void TbbConv2d::widen_dy(int64_t n, int64_t g, const float* dy, int64_t row, int64_t row_stride,
@@ -2030,7 +2039,12 @@ void TbbConv2d::widen_dy(int64_t n, int64_t g, const float* dy, int64_t row, int
   for (int64_t k = 0; k < kg_; ++k) {
     const float* plane = dy + (n * d.out_channels + g * kg_ + k) * out_plane_;
     for (int64_t oh = 0; oh < d.out_h; ++oh) {
-      copy_floats(wide + k * row_stride + oh * row, plane + oh * d.out_w, d.out_w);
+      float* dst = wide + k * row_stride + oh * row;
+      if (d.precision == Precision::kBf16) {
+        round_floats_to_bf16(plane + oh * d.out_w, d.out_w, dst);
+      } else {
+        copy_floats(dst, plane + oh * d.out_w, d.out_w);
+      }
     }
   }
 }

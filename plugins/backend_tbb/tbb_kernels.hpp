@@ -96,10 +96,11 @@ class TbbBackend : public Backend {
 // kBf16GemmMinWeights weights per group: those go to TbbBf16Conv2d (bf16_conv2d.hpp). Each pass
 // runs the method its fp32 twin would, on inputs rounded to bf16, so every product multiplies bf16
 // values exactly and every sum stays in float, as the reference's emulation computes (up to the
-// order of the sums); implementation() names them "bf16_<method>". depthwise rounds its own inputs
-// (x in place in its padded plane, dy into a plane of per-thread scratch); for the others the pass
-// rounds x, dy and the weights into copies (rounds_copies). On a CPU without AVX512-BF16
-// on_prepare() refuses bf16 like TbbBf16Conv2d does. The methods:
+// order of the sums); implementation() names them "bf16_<method>". The pass rounds the weights
+// into a copy; methods that copy x and dy anyway round them there (Implementation::
+// rounds_activations: depthwise's and direct's padded planes, F(4x4)'s transforms), for the others
+// the pass rounds them into copies (pass_input). On a CPU without AVX512-BF16 on_prepare() refuses
+// bf16 like TbbBf16Conv2d does. The methods:
 //   - depthwise: one input channel per group (depthwise convolution, or a channel multiplier),
 //     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp). forward and
 //     backward_data are parallel over planes; backward_params over groups, each filter's sum in
@@ -217,9 +218,10 @@ class TbbConv2d : public Conv2dKernel {
     void (TbbConv2d::*prepare)(Plan& plan);
     Run run;
     Conv2dPassArithmetic (TbbConv2d::*arithmetic)() const;
-    // Precision bf16: the method rounds its product inputs itself (depthwise: in its padded
-    // planes); for the others the pass rounds x, dy and the weights into copies (rounds_copies).
-    bool rounds_bf16 = false;
+    // Precision bf16: the method rounds x and dy to bf16 itself, in the copies it makes anyway
+    // (depthwise's and direct's padded planes); for the others the pass rounds them into copies
+    // of their own (pass_input). The pass rounds the weights for every method (pass_weights).
+    bool rounds_activations = false;
   };
   using ForwardImplementation = Implementation<void (TbbConv2d::*)(
       const float* x, const float* w, const float* bias, float* y, int64_t n_batch)>;
@@ -231,10 +233,12 @@ class TbbConv2d : public Conv2dKernel {
   static std::span<const ForwardImplementation> forward_implementations();
   static std::span<const DataImplementation> data_implementations();
   static std::span<const ParamsImplementation> params_implementations();
-  // Precision bf16 and a method that does not round its own inputs: the pass gives it copies.
-  bool rounds_copies(const auto& implementation) const;
-  // t rounded to bf16 (round_floats_to_bf16) into `buffer`, grown to fit; in parallel.
-  const float* rounded(const Tensor& t, std::vector<float>& buffer);
+  // A pass's x or dy, and its weights: as given in fp32; in bf16 rounded into `buffer` (but for
+  // methods that round their own activations) and into the scratch's rounded_weights.
+  const float* pass_input(const auto& implementation, const Tensor& t, std::vector<float>& buffer);
+  const float* pass_weights(const Tensor& w);
+  // in[0, n) rounded to bf16 (round_floats_to_bf16) into `buffer`, grown to fit; in parallel.
+  const float* rounded(const float* in, int64_t n, std::vector<float>& buffer);
   // db[k] = the sum of dy over the batch's images and filter k's plane, one task per few filters.
   void bias_gradient(const float* dy, float* db, int64_t n_batch) const;
   // The first of `list` whose supports() holds for desc_'s fp32 twin, prepared, with its plan.
@@ -383,7 +387,7 @@ class TbbConv2d : public Conv2dKernel {
     std::vector<std::vector<float>> partial_weight;  // slices 1.. of params_by_slices
     std::vector<std::vector<float>> partial_bias;    // every slice of params_by_slices
     std::vector<float> phase_a, phase_b;             // dilated Winograd's split input and output
-    // Precision bf16: the weights rounded (every method), and x and dy (rounds_copies).
+    // Precision bf16: the weights rounded (every method), and x and dy (pass_input).
     std::vector<float> rounded_weights, rounded_a, rounded_b;
   };
   static std::shared_ptr<Scratch> shared_scratch();
@@ -443,10 +447,9 @@ class TbbConv2d : public Conv2dKernel {
     const float* data;
     int64_t stride;
   };
-  // The depthwise methods' product inputs: as given in fp32; in bf16 rounded (round_to_bf16) into
-  // the scratch's rounded_weights, into ws's dy planes (depthwise_dy_offset()), and in place in
-  // the padded planes. dy and x: `count` images of one channel.
-  const float* depthwise_weights(const float* w);
+  // The depthwise methods' activations: as given in fp32; in bf16 rounded (round_floats_to_bf16)
+  // into ws's dy planes (depthwise_dy_offset()), and in place in the padded planes (the pass
+  // rounds the weights). dy and x: `count` images of one channel.
   Planes depthwise_dy(const float* dy, int64_t count, Workspace& ws) const;
   void depthwise_pad(const float* x, int64_t count, float* padded) const;
 

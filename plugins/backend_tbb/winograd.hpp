@@ -76,13 +76,18 @@ struct Geometry {
   int64_t in_h = 0, in_w = 0, pad_h = 0, pad_w = 0, out_h = 0, out_w = 0;
   int64_t tile = 2;                  // output tile: 2 for F(2x2, 3x3), 4 for F(4x4, 3x3)
   int64_t tiles_h = 0, tiles_w = 0;  // ceil(out / tile)
+  // Precision bf16: F(4x4)'s transforms round the input (x or dy) and the weight gradient's dy to
+  // bf16 as they read them (the weights come rounded). F(2x2)'s read inputs rounded beforehand.
+  bool bf16 = false;
   int64_t tiles_per_image() const { return tiles_h * tiles_w; }
   int64_t elements() const { return (tile + 2) * (tile + 2); }  // of a transformed tile
   static Geometry make(int64_t channels, int64_t filters, int64_t in_h, int64_t in_w, int64_t pad_h,
                        int64_t pad_w, int64_t tile = 2);
   // The same convolution on an input already zero-padded by (pad_h, pad_w): the same tiles.
   Geometry padded() const {
-    return make(channels, filters, in_h + 2 * pad_h, in_w + 2 * pad_w, 0, 0, tile);
+    Geometry g = make(channels, filters, in_h + 2 * pad_h, in_w + 2 * pad_w, 0, 0, tile);
+    g.bf16 = bf16;
+    return g;
   }
 };
 

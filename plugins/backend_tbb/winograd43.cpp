@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "floats.hpp"
 #include "panel_gemm.hpp"
 #include "tbb_kernels.hpp"
 #include "winograd.hpp"
@@ -108,14 +109,18 @@ constexpr int kLanes = 8;
 
 // The B^T d B transform of 8 tiles: rows[k][i] points at row i of tile k's 6x6 patch, read
 // through masks[k][i] (the patch's columns inside the image; the others, and the lanes past 6, read
-// as zero without touching memory). Rows are loaded as vectors and transposed, 8 tiles to a
-// vector.
+// as zero without touching memory), and with Round rounded to bf16. Rows are loaded as vectors
+// and transposed, 8 tiles to a vector.
+template <bool Round>
 inline void transform_input8(const float* const (&rows)[kLanes][6],
                              const __m256i (&masks)[kLanes][6], float* v, int64_t stride) {
   __m256 d[6][6];
   for (int i = 0; i < 6; ++i) {
     __m256 r[kLanes];
-    for (int k = 0; k < kLanes; ++k) r[k] = _mm256_maskload_ps(rows[k][i], masks[k][i]);
+    for (int k = 0; k < kLanes; ++k) {
+      r[k] = _mm256_maskload_ps(rows[k][i], masks[k][i]);
+      if constexpr (Round) r[k] = round_lanes_to_bf16(r[k]);
+    }
     const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
     const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
     const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
@@ -187,7 +192,9 @@ inline int64_t output_window(const Geometry& g, int64_t tile, int64_t& rows, int
   return p.n * g.filters * g.out_h * g.out_w + oh * g.out_w + ow;
 }
 
-// v[xi][c][t] = (B^T d B)[xi] for the input patches of tiles [first, first + count).
+// v[xi][c][t] = (B^T d B)[xi] for the input patches of tiles [first, first + count), with Round
+// (g.bf16) of x rounded to bf16.
+template <bool Round>
 void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int64_t count,
                            float* v) {
   const int64_t in_plane = g.in_h * g.in_w;
@@ -249,7 +256,7 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
             rows[k][i] = group.padding[k][i] ? kZeroRow : plane + group.offset[k][i];
           }
         }
-        transform_input8(rows, group.masks, v + c * count + t + q * kLanes, v_plane);
+        transform_input8<Round>(rows, group.masks, v + c * count + t + q * kLanes, v_plane);
       }
     }
     t += n * kLanes;
@@ -265,10 +272,20 @@ void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int
         for (int j = 0; j < 6; ++j) {
           const int64_t h = p.h0 + i, w = p.w0 + j;
           d[i][j] = h >= 0 && h < g.in_h && w >= 0 && w < g.in_w ? plane[h * g.in_w + w] : 0.0f;
+          if constexpr (Round) d[i][j] = round_to_bf16(d[i][j]);
         }
       }
       transform_input(d, v + c * count + t, v_plane);
     }
+  }
+}
+
+void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int64_t count,
+                           float* v) {
+  if (g.bf16) {
+    transform_input_tiles<true>(g, x, first, count, v);
+  } else {
+    transform_input_tiles<false>(g, x, first, count, v);
   }
 }
 
@@ -364,7 +381,9 @@ constexpr int64_t kPanelMinTiles = 32;
 // the output's edge: tile by tile, each tile's filters contiguous (w_plane floats per plane), so
 // that the products are panel::multiply's, V (channels x tiles) times this (tiles x filters).
 // Eight filters of one tile per vector: their rows of 4 transposed into lanes, as the input
-// transform does with tiles (one tile's edge clips all eight alike).
+// transform does with tiles (one tile's edge clips all eight alike). With Round (g.bf16) dy is
+// rounded to bf16 as it is read.
+template <bool Round>
 void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64_t count,
                         float* w) {
   const int64_t out_plane = g.out_h * g.out_w;
@@ -401,6 +420,7 @@ void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64
               }
               r[k] = _mm_load_ps(copies[k][i]);
             }
+            if constexpr (Round) r[k] = round_lanes_to_bf16(r[k]);
           }
           rows_to_lanes(r, e[i]);
         }
@@ -416,6 +436,7 @@ void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64
           for (int j = 0; j < 4; ++j) {
             e[i][j] =
                 i < rows[q] && j < columns[q] ? base[q][f * out_plane + i * g.out_w + j] : 0.0f;
+            if constexpr (Round) e[i][j] = round_to_bf16(e[i][j]);
           }
         }
         float* out = w + (t0 + q) * g.filters + f;
@@ -430,7 +451,11 @@ void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64
 void accumulate_weight_gradient(const Geometry& g, const float* x, const float* dy, int64_t first,
                                 int64_t count, float* v, float* w, float* du_t) {
   transform_input_tiles(g, x, first, count, v);
-  transform_dy_tiles(g, dy, first, count, w);
+  if (g.bf16) {
+    transform_dy_tiles<true>(g, dy, first, count, w);
+  } else {
+    transform_dy_tiles<false>(g, dy, first, count, w);
+  }
   // du_t[xi] (channels x filters) += V[xi] (channels x tiles) * w[xi] (tiles x filters): our panel
   // kernel from kPanelMinTiles tiles, OpenBLAS below (docs/performance.md, section 30).
   const int64_t du_plane = g.channels * g.filters;
