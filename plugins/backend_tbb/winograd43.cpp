@@ -107,20 +107,41 @@ inline void transform_output(const float* m, int64_t stride, float bias, float (
 #if defined(__AVX2__) && defined(__FMA__)
 constexpr int kLanes = 8;
 
+// Precision bf16's rounding of the transforms' inputs (Geometry::bf16). It runs only on a CPU with
+// AVX512-BF16 (TbbConv2d refuses bf16 elsewhere), which loads this AVX-512 build: there the
+// functions that round are compiled with AVX512-BF16 too and use its conversion (vcvtneps2bf16,
+// round to nearest even, denormals to zero: strata::round_to_bf16's bits), 3 instructions a vector
+// where the integer lane selects of round_lanes_to_bf16 took 13 and made F(4x4)'s input transform
+// 1.6x slower. (Those functions' fp32 instantiations get the attribute as well; no fp32 code
+// compiles to a bf16 instruction.)
+#if defined(__AVX512F__)
+#define STRATA_ROUND_TARGET __attribute__((target("avx512bf16")))
+STRATA_ROUND_TARGET inline __m256 round_vector_to_bf16(__m256 v) {
+  const __m128i words = (__m128i)_mm256_cvtneps_pbh(v);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(words), 16));
+}
+STRATA_ROUND_TARGET inline __m128 round_vector_to_bf16(__m128 v) {
+  const __m128i words = (__m128i)_mm_cvtneps_pbh(v);
+  return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(words), 16));
+}
+#else
+#define STRATA_ROUND_TARGET
+inline __m256 round_vector_to_bf16(__m256 v) { return round_lanes_to_bf16(v); }
+inline __m128 round_vector_to_bf16(__m128 v) { return round_lanes_to_bf16(v); }
+#endif
+
 // The B^T d B transform of 8 tiles: rows[k][i] points at row i of tile k's 6x6 patch, read
 // through masks[k][i] (the patch's columns inside the image; the others, and the lanes past 6, read
-// as zero without touching memory), and with Round rounded to bf16. Rows are loaded as vectors
-// and transposed, 8 tiles to a vector.
+// as zero without touching memory). Rows are loaded as vectors and transposed, 8 tiles to a
+// vector; with Round the 36 vectors of the patches are rounded to bf16.
 template <bool Round>
-inline void transform_input8(const float* const (&rows)[kLanes][6],
-                             const __m256i (&masks)[kLanes][6], float* v, int64_t stride) {
+STRATA_ROUND_TARGET inline void transform_input8(const float* const (&rows)[kLanes][6],
+                                                 const __m256i (&masks)[kLanes][6], float* v,
+                                                 int64_t stride) {
   __m256 d[6][6];
   for (int i = 0; i < 6; ++i) {
     __m256 r[kLanes];
-    for (int k = 0; k < kLanes; ++k) {
-      r[k] = _mm256_maskload_ps(rows[k][i], masks[k][i]);
-      if constexpr (Round) r[k] = round_lanes_to_bf16(r[k]);
-    }
+    for (int k = 0; k < kLanes; ++k) r[k] = _mm256_maskload_ps(rows[k][i], masks[k][i]);
     const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
     const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
     const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
@@ -135,6 +156,9 @@ inline void transform_input8(const float* const (&rows)[kLanes][6],
     d[i][3] = _mm256_permute2f128_ps(u3, u7, 0x20);
     d[i][4] = _mm256_permute2f128_ps(u0, u4, 0x31);
     d[i][5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    if constexpr (Round) {
+      for (int j = 0; j < 6; ++j) d[i][j] = round_vector_to_bf16(d[i][j]);
+    }
   }
   __m256 t[6][6];
   for (int j = 0; j < 6; ++j) {
@@ -171,6 +195,10 @@ inline void tile_rows(const __m256 (&y)[4], __m128 (&row)[kLanes]) {
     row[k + 4] = _mm256_extractf128_ps(w[k], 1);
   }
 }
+// The functions whose bf16 instantiations round (their fp32 ones too: see STRATA_ROUND_TARGET).
+#define STRATA_AVX_ROUND_TARGET STRATA_ROUND_TARGET
+#else
+#define STRATA_AVX_ROUND_TARGET
 #endif
 
 // Input patch origin of a tile (its first row and column in the unpadded input).
@@ -195,8 +223,8 @@ inline int64_t output_window(const Geometry& g, int64_t tile, int64_t& rows, int
 // v[xi][c][t] = (B^T d B)[xi] for the input patches of tiles [first, first + count), with Round
 // (g.bf16) of x rounded to bf16.
 template <bool Round>
-void transform_input_tiles(const Geometry& g, const float* x, int64_t first, int64_t count,
-                           float* v) {
+STRATA_AVX_ROUND_TARGET void transform_input_tiles(const Geometry& g, const float* x, int64_t first,
+                                                   int64_t count, float* v) {
   const int64_t in_plane = g.in_h * g.in_w;
   const int64_t v_plane = plane_stride(g.channels, count);
   int64_t t = 0;
@@ -384,8 +412,8 @@ constexpr int64_t kPanelMinTiles = 32;
 // transform does with tiles (one tile's edge clips all eight alike). With Round (g.bf16) dy is
 // rounded to bf16 as it is read.
 template <bool Round>
-void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64_t count,
-                        float* w) {
+STRATA_AVX_ROUND_TARGET void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first,
+                                                int64_t count, float* w) {
   const int64_t out_plane = g.out_h * g.out_w;
   const int64_t w_plane = plane_stride(g.filters, count);
   // Four tiles side by side share each row's cache line: their filters are walked together, so a
@@ -420,7 +448,7 @@ void transform_dy_tiles(const Geometry& g, const float* dy, int64_t first, int64
               }
               r[k] = _mm_load_ps(copies[k][i]);
             }
-            if constexpr (Round) r[k] = round_lanes_to_bf16(r[k]);
+            if constexpr (Round) r[k] = round_vector_to_bf16(r[k]);
           }
           rows_to_lanes(r, e[i]);
         }
