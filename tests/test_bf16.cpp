@@ -395,6 +395,7 @@ BOOST_AUTO_TEST_CASE(methods_on_rounded_inputs_against_reference_emulation) {
       {2, 16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1},  // stride 2: polyphase
       {2, 3, 64, 64, 16, 7, 7, 2, 2, 3, 3, 1, 1, 1},   // 7x7 stride 2: backward_data blas
       {2, 64, 12, 12, 96, 1, 1, 1, 1, 0, 0, 1, 1, 1},  // pointwise, a small GEMM
+      {4, 16, 28, 28, 32, 1, 1, 2, 2, 0, 0, 1, 1, 1},  // 1x1 stride 2 (ResNet's shortcut): small
   };
   std::set<std::string> methods;
   std::mt19937 rng(37);

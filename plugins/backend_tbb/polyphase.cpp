@@ -228,6 +228,7 @@ void TbbConv2d::polyphase_forward(int64_t n, const float* x, const float* bias, 
   for (int64_t g = 0; g < d.groups; ++g) {
     polyphase::split(d, polyphase_, cg_, x + (n * d.in_channels + g * cg_) * in_plane_,
                      ws.col.data());
+    round_in_place(ws.col.data(), polyphase_.floats(cg_));
     direct::shifted_gemm(packed() + g * packed_stride, kg_, ws.col.data(),
                          polyphase_offsets_.data(), rows_, columns, ws.gathered.data(),
                          wide_stride);
@@ -244,6 +245,7 @@ void TbbConv2d::polyphase_backward_params(const Block& b, const float* x, const 
       const int64_t n = b.n0 + i;
       polyphase::split(d, polyphase_, cg_, x + (n * d.in_channels + g * cg_) * in_plane_,
                        ws.col.data() + i * polyphase_stride_);
+      round_in_place(ws.col.data() + i * polyphase_stride_, polyphase_.floats(cg_));
       widen_dy(n, g, dy, polyphase_.plane_w, polyphase_dy_stride_,
                ws.gathered.data() + i * dy_image_stride);
     }

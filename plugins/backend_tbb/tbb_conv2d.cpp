@@ -487,12 +487,13 @@ std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementat
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise, &TbbConv2d::depthwise_forward,
        &TbbConv2d::depthwise_arithmetic, /*rounds_activations=*/true},
       {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_forward, &TbbConv2d::forward_lanes,
-       &TbbConv2d::lanes_forward_arithmetic},
+       &TbbConv2d::lanes_forward_arithmetic, /*rounds_activations=*/true},
       {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_forward,
        &TbbConv2d::forward_direct, &TbbConv2d::direct_forward_arithmetic,
        /*rounds_activations=*/true},
       {"polyphase", polyphase_fits, &TbbConv2d::prepare_polyphase_forward,
-       &TbbConv2d::forward_polyphase, &TbbConv2d::polyphase_forward_arithmetic},
+       &TbbConv2d::forward_polyphase, &TbbConv2d::polyphase_forward_arithmetic,
+       /*rounds_activations=*/true},
       {"winograd43", winograd43_fits, &TbbConv2d::prepare_winograd_forward<4>,
        &TbbConv2d::forward_winograd, &TbbConv2d::winograd_forward_arithmetic,
        /*rounds_activations=*/true},
@@ -501,7 +502,7 @@ std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementat
       {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::forward_pointwise,
        &TbbConv2d::exact_arithmetic},
       {"small", small_fits, &TbbConv2d::prepare_small_forward, &TbbConv2d::forward_small,
-       &TbbConv2d::exact_arithmetic},
+       &TbbConv2d::exact_arithmetic, /*rounds_activations=*/true},
       {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::forward_blas,
        &TbbConv2d::exact_arithmetic},
   };
@@ -514,11 +515,12 @@ std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations()
        &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_arithmetic,
        /*rounds_activations=*/true},
       {"lanes", lanes_data_fits, &TbbConv2d::prepare_lanes_data, &TbbConv2d::data_lanes,
-       &TbbConv2d::lanes_data_arithmetic},
+       &TbbConv2d::lanes_data_arithmetic, /*rounds_activations=*/true},
       {"direct", direct_data_fits, &TbbConv2d::prepare_direct_data, &TbbConv2d::data_direct,
        &TbbConv2d::direct_data_arithmetic, /*rounds_activations=*/true},
       {"polyphase", polyphase_data_fits, &TbbConv2d::prepare_polyphase_data,
-       &TbbConv2d::data_polyphase, &TbbConv2d::polyphase_data_arithmetic},
+       &TbbConv2d::data_polyphase, &TbbConv2d::polyphase_data_arithmetic,
+       /*rounds_activations=*/true},
       {"winograd43", winograd43_fits, &TbbConv2d::prepare_winograd_data<4>,
        &TbbConv2d::data_winograd, &TbbConv2d::winograd_data_arithmetic,
        /*rounds_activations=*/true},
@@ -527,7 +529,7 @@ std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations()
       {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::data_pointwise,
        &TbbConv2d::exact_arithmetic},
       {"small", small_fits, &TbbConv2d::prepare_small_data, &TbbConv2d::data_small,
-       &TbbConv2d::with_col2im_arithmetic},
+       &TbbConv2d::with_col2im_arithmetic, /*rounds_activations=*/true},
       {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::data_blas,
        &TbbConv2d::with_col2im_arithmetic},
   };
@@ -540,7 +542,7 @@ std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementatio
        &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_arithmetic,
        /*rounds_activations=*/true},
       {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_params, &TbbConv2d::params_lanes,
-       &TbbConv2d::lanes_params_arithmetic},
+       &TbbConv2d::lanes_params_arithmetic, /*rounds_activations=*/true},
       {"winograd43", winograd43_params_fits, &TbbConv2d::prepare_winograd_params<4>,
        &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic,
        /*rounds_activations=*/true},
@@ -549,11 +551,12 @@ std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementatio
       {"direct", direct_params_fits, &TbbConv2d::prepare_direct_params, &TbbConv2d::params_direct,
        &TbbConv2d::direct_params_arithmetic, /*rounds_activations=*/true},
       {"polyphase", polyphase_params_fits, &TbbConv2d::prepare_polyphase_params,
-       &TbbConv2d::params_polyphase, &TbbConv2d::polyphase_params_arithmetic},
+       &TbbConv2d::params_polyphase, &TbbConv2d::polyphase_params_arithmetic,
+       /*rounds_activations=*/true},
       {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::params_pointwise,
        &TbbConv2d::exact_arithmetic},
       {"small", small_fits, &TbbConv2d::prepare_small_params, &TbbConv2d::params_small,
-       &TbbConv2d::exact_arithmetic},
+       &TbbConv2d::exact_arithmetic, /*rounds_activations=*/true},
       {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::params_blas,
        &TbbConv2d::exact_arithmetic},
   };
@@ -998,6 +1001,7 @@ void TbbConv2d::gather_dy(const Block& b, int64_t g, const float* dy, float* gat
     }
     std::fill(row + columns, row + round_up(columns, direct::kVector), 0.0f);
   }
+  round_in_place(gathered, kg_ * small_stride_);
 }
 
 // Runs body(block, workspace) over the blocks of `plan`, in parallel.
@@ -1140,6 +1144,7 @@ void TbbConv2d::small_forward(const Block& b, const float* x, const float* bias,
       im2col(d, cg_, x + ((b.n0 + i) * d.in_channels + g * cg_) * in_plane_, 0, d.out_h,
              ws.col.data() + i * out_plane_, small_stride_);
     }
+    round_in_place(ws.col.data(), rows_ * small_stride_);
     float* product = ws.gathered.data();
     direct::shifted_gemm(packed() + g * packed_stride, kg_, ws.col.data(), small_offsets_.data(),
                          rows_, cols, product, small_stride_);
@@ -1339,6 +1344,10 @@ const float* TbbConv2d::rounded(const float* in, int64_t n, std::vector<float>& 
   return out;
 }
 
+void TbbConv2d::round_in_place(float* p, int64_t n) const {
+  if (desc_.precision == Precision::kBf16) round_floats_to_bf16(p, n, p);
+}
+
 void TbbConv2d::bias_gradient(const float* dy, float* db, int64_t n_batch) const {
   const Conv2dDesc& d = desc_;
   // One task per filter: each sum runs in a fixed order.
@@ -1529,6 +1538,7 @@ void TbbConv2d::small_backward_params(const Block& b, const float* x, const floa
       std::fill(col + p * small_stride_ + cols,
                 col + p * small_stride_ + round_up(cols, direct::kVector), 0.0f);
     }
+    round_in_place(col, rows_ * small_stride_);
     gather_dy(b, g, dy, ws.gathered.data());
     direct::shifted_dot(ws.gathered.data(), kg_, small_stride_, col, small_offsets_.data(), rows_,
                         {.length = cols}, dw + g * kg_ * rows_, rows_);
@@ -2029,7 +2039,7 @@ void TbbConv2d::pad_dy(int64_t n, int64_t g, const float* dy, Extent size, int64
       for (int64_t b = ow_lo; b < ow_hi; ++b) dst[b] = src[b - left];
     }
   }
-  if (d.precision == Precision::kBf16) round_floats_to_bf16(padded, floats, padded);
+  round_in_place(padded, floats);
 }
 
 void TbbConv2d::widen_dy(int64_t n, int64_t g, const float* dy, int64_t row, int64_t row_stride,
@@ -2142,6 +2152,7 @@ void TbbConv2d::lanes_forward_block(const Block& b, const float* x, const float*
     lanes::interleave(x + (b.n0 * d.in_channels + g * cg_) * in_plane_, b.images,
                       d.in_channels * in_plane_, d.in_h, d.in_w, p.in, p.top, p.left,
                       ws.col.data());
+    round_in_place(ws.col.data(), p.in.floats());
     lanes::run(p, packed() + g * stride, ws.col.data(), ws.gathered.data());
     lanes::deinterleave(ws.gathered.data(), p.out, b.images, d.out_channels * out_plane_,
                         bias != nullptr ? bias + g * kg_ : nullptr,
@@ -2157,6 +2168,7 @@ void TbbConv2d::lanes_data_block(const Block& b, const float* dy, float* dx, Wor
     lanes::interleave(dy + (b.n0 * d.out_channels + g * kg_) * out_plane_, b.images,
                       d.out_channels * out_plane_, d.out_h, d.out_w, p.in, p.top, p.left,
                       ws.col.data());
+    round_in_place(ws.col.data(), p.in.floats());
     lanes::run(p, packed() + g * stride, ws.col.data(), ws.gathered.data());
     lanes::deinterleave(ws.gathered.data(), p.out, b.images, d.in_channels * in_plane_, nullptr,
                         dx + (b.n0 * d.in_channels + g * cg_) * in_plane_);
@@ -2173,6 +2185,8 @@ void TbbConv2d::lanes_params_block(const Block& b, const float* x, const float* 
     lanes::interleave(dy + (b.n0 * d.out_channels + g * kg_) * out_plane_, b.images,
                       d.out_channels * out_plane_, d.out_h, d.out_w, p.dy, 0, 0,
                       ws.gathered.data());
+    round_in_place(ws.col.data(), p.x.floats());
+    round_in_place(ws.gathered.data(), p.dy.floats());
     lanes::run(p, ws.gathered.data(), ws.col.data(), dw + g * kg_ * rows_, rows_);
   }
 }

@@ -98,9 +98,10 @@ class TbbBackend : public Backend {
 // values exactly and every sum stays in float, as the reference's emulation computes (up to the
 // order of the sums); implementation() names them "bf16_<method>". The pass rounds the weights
 // into a copy; methods that copy x and dy anyway round them there (Implementation::
-// rounds_activations: depthwise's and direct's padded planes, F(4x4)'s transforms), for the others
-// the pass rounds them into copies (pass_input). On a CPU without AVX512-BF16 on_prepare() refuses
-// bf16 like TbbBf16Conv2d does. The methods:
+// rounds_activations: the padded, split, interleaved or im2col copies of depthwise, direct,
+// polyphase, lanes and small, F(4x4)'s transforms), for the others (F(2x2) Winograd, pointwise,
+// blas) the pass rounds them into copies (pass_input). On a CPU without AVX512-BF16 on_prepare()
+// refuses bf16 like TbbBf16Conv2d does. The methods:
 //   - depthwise: one input channel per group (depthwise convolution, or a channel multiplier),
 //     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp). forward and
 //     backward_data are parallel over planes; backward_params over groups, each filter's sum in
@@ -239,6 +240,8 @@ class TbbConv2d : public Conv2dKernel {
   const float* pass_weights(const Tensor& w);
   // in[0, n) rounded to bf16 (round_floats_to_bf16) into `buffer`, grown to fit; in parallel.
   const float* rounded(const float* in, int64_t n, std::vector<float>& buffer);
+  // Precision bf16: p[0, n) rounded to bf16 in place (a method's own copy of x or dy); fp32: none.
+  void round_in_place(float* p, int64_t n) const;
   // db[k] = the sum of dy over the batch's images and filter k's plane, one task per few filters.
   void bias_gradient(const float* dy, float* db, int64_t n_batch) const;
   // The first of `list` whose supports() holds for desc_'s fp32 twin, prepared, with its plan.
