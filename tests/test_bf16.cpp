@@ -378,7 +378,8 @@ Tensor check_passes(Conv2dKernel& fast, Conv2dKernel& ref, const PassInputs& in,
 }  // namespace
 
 // TbbConv2d's methods in bf16 (docs/precision.md): each pass runs the method its fp32 twin would,
-// named bf16_<method>, on inputs rounded to bf16. All three passes against the reference's
+// named bf16_<method>, on inputs rounded to bf16 (direct's forward and backward_data on pairs of
+// channels and filters with vdpbf16ps, bf16_direct.hpp). All three passes against the reference's
 // emulation, with and without bias, on geometries whose fp32 methods cover F(4x4) and F(2x2)
 // Winograd, Winograd on dilation's phases, direct, lanes, small, polyphase (stride 2), blas
 // (the 7x7 stride-2 layer's backward_data) and pointwise (a GEMM too small for bf16_gemm). The
@@ -390,6 +391,15 @@ BOOST_AUTO_TEST_CASE(methods_on_rounded_inputs_against_reference_emulation) {
       {2, 64, 14, 14, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1},  // F(2x2): 14x14 outputs
       {2, 64, 28, 28, 64, 3, 3, 1, 1, 2, 2, 2, 2, 1},  // dilation 2: Winograd on the phases
       {2, 32, 16, 16, 32, 3, 3, 1, 1, 2, 2, 2, 2, 1},  // dilation 2, direct
+      // direct's pairs of channels (forward) and filters (backward_data): odd counts (a last pair
+      // with one real channel), groups, 5x5, dilation on a non-square image, no padding (the
+      // wide output), rows shorter than the wide run (backward_data's wide output)
+      {2, 15, 32, 32, 17, 3, 3, 1, 1, 1, 1, 1, 1, 1},
+      {2, 16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 1, 1, 2},
+      {2, 12, 32, 32, 10, 5, 5, 1, 1, 2, 2, 1, 1, 1},
+      {2, 9, 36, 30, 11, 3, 3, 1, 1, 2, 2, 2, 2, 1},
+      {2, 5, 40, 40, 7, 3, 3, 1, 1, 0, 0, 1, 1, 1},
+      {2, 16, 24, 20, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1},
       {8, 6, 14, 14, 16, 5, 5, 1, 1, 0, 0, 1, 1, 1},   // LeNet's conv2: lanes
       {4, 16, 16, 16, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1},  // stride 2, small: lanes, small
       {2, 16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1},  // stride 2: polyphase

@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "bf16_direct.hpp"
 #include "bf16_gemm.hpp"
 #include "depthwise.hpp"
 #include "direct_conv.hpp"
@@ -636,6 +637,7 @@ void TbbConv2d::on_prepare() {
   forward_offsets_.clear();
   backward_offsets_.clear();
   depthwise_plan_ = {};
+  direct_pairs_ = false;
   small_offsets_.clear();
   polyphase_offsets_.clear();
   forward_ = choose(forward_implementations(), forward_plan_);
@@ -805,6 +807,17 @@ void TbbConv2d::prepare_direct(const Plan& plan) {
 
 void TbbConv2d::prepare_direct_forward(Plan& plan) {
   prepare_direct(plan);
+  const Conv2dDesc& d = desc_;
+  direct_pairs_ = d.precision == Precision::kBf16;
+  forward_pair_offsets_.clear();
+  for (int64_t q = 0; direct_pairs_ && 2 * q < cg_; ++q) {  // channel pairs, then taps
+    for (int64_t r = 0; r < d.kernel_h; ++r) {
+      for (int64_t s = 0; s < d.kernel_w; ++s) {
+        forward_pair_offsets_.push_back(static_cast<int32_t>(
+            (q * padded_h_ + r * d.dilation_h) * padded_w_ + s * d.dilation_w));
+      }
+    }
+  }
   packed_forward_floats_ = desc_.groups * direct::packed_size(kg_, rows_);
 }
 
@@ -821,6 +834,16 @@ void TbbConv2d::prepare_direct_data(Plan& plan) {
     }
   }
   packed_backward_floats_ = d.groups * direct::packed_size(cg_, kg_ * taps);
+  direct_pairs_ = d.precision == Precision::kBf16;
+  backward_pair_offsets_.clear();
+  for (int64_t q = 0; direct_pairs_ && 2 * q < kg_; ++q) {  // filter pairs, then taps
+    for (int64_t r = 0; r < d.kernel_h; ++r) {
+      for (int64_t s = 0; s < d.kernel_w; ++s) {
+        backward_pair_offsets_.push_back(
+            static_cast<int32_t>((q * dy_h_ + r * d.dilation_h) * dy_w_ + s * d.dilation_w));
+      }
+    }
+  }
 }
 
 void TbbConv2d::prepare_direct_params(Plan& plan) {
@@ -1052,7 +1075,22 @@ void TbbConv2d::pack_forward_weights(const float* w) {
 
 void TbbConv2d::forward_direct(const float* x, const float* w, const float* bias, float* y,
                                int64_t n_batch) {
-  pack_forward_weights(w);
+  if (direct_pairs_) {
+    // Pair tap q = (channel pair, kernel tap t): channels 2 (q / taps) and the next, tap t.
+    const int64_t taps = desc_.kernel_h * desc_.kernel_w;
+    for (int64_t g = 0; g < desc_.groups; ++g) {
+      const float* wg = w + g * kg_ * rows_;
+      bf16::pack_pair_rows(
+          kg_, static_cast<int64_t>(forward_pair_offsets_.size()),
+          [&](int64_t k, int64_t q, int64_t h) {
+            const int64_t c = 2 * (q / taps) + h;
+            return c < cg_ ? wg[k * rows_ + c * taps + q % taps] : 0.0f;
+          },
+          reinterpret_cast<uint32_t*>(packed() + g * direct::packed_size(kg_, rows_)));
+    }
+  } else {
+    pack_forward_weights(w);
+  }
   for_each_block(forward_plan_, n_batch,
                  [&](const Block& b, Workspace& ws) { direct_forward(b.n0, x, bias, y, ws); });
 }
@@ -1190,16 +1228,27 @@ void TbbConv2d::for_each_data_unit(float* dx, int64_t n_batch, bool zero, const 
 void TbbConv2d::data_direct(const float* dy, const float* w, float* dx, int64_t n_batch) {
   // dx = full correlation of dy with the flipped kernel, channels and filters swapped:
   // A[c][(k, t)] = w[k][c][taps - 1 - t] over the kernel's taps t.
+  // bf16 (direct_pairs_): pair tap q = (filter pair, tap t), filters 2 (q / taps) and the next.
   const int64_t taps = desc_.kernel_h * desc_.kernel_w;
   const int64_t stride = direct::packed_size(cg_, kg_ * taps);
   for (int64_t g = 0; g < desc_.groups; ++g) {
     const float* wg = w + g * kg_ * rows_;
-    direct::pack_rows(
-        cg_, kg_ * taps,
-        [&](int64_t c, int64_t p) {
-          return wg[(p / taps) * rows_ + c * taps + (taps - 1 - p % taps)];
-        },
-        packed() + g * stride);
+    const auto tap = [&](int64_t c, int64_t k, int64_t t) {
+      return wg[k * rows_ + c * taps + (taps - 1 - t)];
+    };
+    if (direct_pairs_) {
+      bf16::pack_pair_rows(
+          cg_, static_cast<int64_t>(backward_pair_offsets_.size()),
+          [&](int64_t c, int64_t q, int64_t h) {
+            const int64_t k = 2 * (q / taps) + h;
+            return k < kg_ ? tap(c, k, q % taps) : 0.0f;
+          },
+          reinterpret_cast<uint32_t*>(packed() + g * stride));
+    } else {
+      direct::pack_rows(
+          cg_, kg_ * taps, [&](int64_t c, int64_t p) { return tap(c, p / taps, p % taps); },
+          packed() + g * stride);
+    }
   }
   for_each_data_unit(dx, n_batch, false, [&](const Block& b, Workspace& ws) {
     direct_backward_data(b.n0, dy, dx, ws);
@@ -1990,12 +2039,20 @@ void TbbConv2d::direct_forward(int64_t n, const float* x, const float* bias, flo
   const int64_t packed_stride = direct::packed_size(kg_, rows_);
   const bool by_rows = direct::by_rows(d.out_h, d.out_w, padded_w_);
   for (int64_t g = 0; g < d.groups; ++g) {
-    pad_input(x + (n * d.in_channels + g * cg_) * in_plane_, ws.col.data());
+    const float* xg = x + (n * d.in_channels + g * cg_) * in_plane_;
+    if (direct_pairs_) {
+      pad_pairs(xg, cg_, in_plane_, d.in_h, d.in_w, {padded_h_, padded_w_}, d.pad_h, d.pad_w,
+                d.pad_w, d.pad_w + d.in_w,
+                ceil_div(cg_, 2) * padded_h_ * padded_w_ + kSlackFloats + d.kernel_w * d.dilation_w,
+                ws.col.data());
+    } else {
+      pad_input(xg, ws.col.data());
+    }
     const float* w = packed() + g * packed_stride;
     if (by_rows) {
       float* out = y + (n * d.out_channels + g * kg_) * out_plane_;
-      direct::shifted_gemm_rows(w, kg_, ws.col.data(), padded_w_, forward_offsets_.data(), rows_,
-                                d.out_h, d.out_w, out, out_plane_);
+      direct_product_rows(true, w, kg_, ws.col.data(), padded_w_, d.out_h, d.out_w, out,
+                          out_plane_);
       for (int64_t k = 0; bias != nullptr && k < kg_; ++k) {
         float* plane = out + k * out_plane_;
         for (int64_t i = 0; i < out_plane_; ++i) plane[i] += bias[g * kg_ + k];
@@ -2003,8 +2060,7 @@ void TbbConv2d::direct_forward(int64_t n, const float* x, const float* bias, flo
       continue;
     }
     float* wide = ws.gathered.data();
-    direct::shifted_gemm(w, kg_, ws.col.data(), forward_offsets_.data(), rows_, columns, wide,
-                         wide_stride);
+    direct_product(true, w, kg_, ws.col.data(), columns, wide, wide_stride);
     crop_wide(n, g, wide, wide_stride, padded_w_, bias, y);
   }
 }
@@ -2059,6 +2115,45 @@ void TbbConv2d::widen_dy(int64_t n, int64_t g, const float* dy, int64_t row, int
   }
 }
 
+void TbbConv2d::pad_pairs(const float* src, int64_t planes, int64_t plane, int64_t rows,
+                          int64_t width, Extent size, int64_t top, int64_t left, int64_t lo,
+                          int64_t hi, int64_t words, float* out) const {
+  std::fill_n(out, words, 0.0f);  // (zero bits: zero words)
+  auto* pairs = reinterpret_cast<uint32_t*>(out);
+  for (int64_t q = 0; 2 * q < planes; ++q) {
+    const float* first = src + 2 * q * plane;
+    const float* second = 2 * q + 1 < planes ? first + plane : nullptr;
+    for (int64_t a = std::max<int64_t>(0, top); a < std::min(size.h, top + rows); ++a) {
+      const int64_t i = a - top;
+      bf16::interleave_rows(first + i * width + lo - left,
+                            second != nullptr ? second + i * width + lo - left : nullptr, hi - lo,
+                            pairs + (q * size.h + a) * size.w + lo);
+    }
+  }
+}
+
+void TbbConv2d::direct_product(bool forward, const float* a, int64_t rows, const float* b,
+                               int64_t columns, float* c, int64_t ldc) const {
+  const int64_t taps = desc_.kernel_h * desc_.kernel_w;
+  if (!direct_pairs_) {
+    direct::shifted_gemm(a, rows, b, (forward ? forward_offsets_ : backward_offsets_).data(),
+                         forward ? rows_ : kg_ * taps, columns, c, ldc);
+    return;
+  }
+  const std::vector<int32_t>& offsets = forward ? forward_pair_offsets_ : backward_pair_offsets_;
+  bf16::shifted_gemm_pairs(reinterpret_cast<const uint32_t*>(a), rows,
+                           reinterpret_cast<const uint32_t*>(b), offsets.data(),
+                           static_cast<int64_t>(offsets.size()), columns, c, ldc);
+}
+
+void TbbConv2d::direct_product_rows(bool forward, const float* a, int64_t rows, const float* b,
+                                    int64_t b_stride, int64_t out_rows, int64_t width, float* c,
+                                    int64_t ldc) const {
+  for (int64_t i = 0; i < out_rows; ++i) {
+    direct_product(forward, a, rows, b + i * b_stride, width, c + i * width, ldc);
+  }
+}
+
 void TbbConv2d::direct_backward_data(int64_t n, const float* dy, float* dx, Workspace& ws) const {
   const Conv2dDesc& d = desc_;
   const int64_t taps = d.kernel_h * d.kernel_w;
@@ -2068,17 +2163,24 @@ void TbbConv2d::direct_backward_data(int64_t n, const float* dy, float* dx, Work
   const bool by_rows = direct::by_rows(d.in_h, d.in_w, dy_w_);
   for (int64_t g = 0; g < d.groups; ++g) {
     float* padded = ws.col.data();
-    pad_dy(n, g, dy, {dy_h_, dy_w_}, dy_top_, dy_left_,
-           kg_ * dy_h_ * dy_w_ + kSlackFloats + d.kernel_w * d.dilation_w, padded);
+    const int64_t slack = kSlackFloats + d.kernel_w * d.dilation_w;
+    if (direct_pairs_) {
+      int64_t lo, hi;
+      valid_columns(-dy_left_, 1, d.out_w, dy_w_, lo, hi);
+      pad_pairs(dy + (n * d.out_channels + g * kg_) * out_plane_, kg_, out_plane_, d.out_h, d.out_w,
+                {dy_h_, dy_w_}, dy_top_, dy_left_, lo, hi, ceil_div(kg_, 2) * dy_h_ * dy_w_ + slack,
+                padded);
+    } else {
+      pad_dy(n, g, dy, {dy_h_, dy_w_}, dy_top_, dy_left_, kg_ * dy_h_ * dy_w_ + slack, padded);
+    }
     const float* w = packed() + g * packed_stride;
     if (by_rows) {
-      direct::shifted_gemm_rows(w, cg_, padded, dy_w_, backward_offsets_.data(), kg_ * taps, d.in_h,
-                                d.in_w, dx + (n * d.in_channels + g * cg_) * in_plane_, in_plane_);
+      direct_product_rows(false, w, cg_, padded, dy_w_, d.in_h, d.in_w,
+                          dx + (n * d.in_channels + g * cg_) * in_plane_, in_plane_);
       continue;
     }
     float* wide = ws.gathered.data();
-    direct::shifted_gemm(w, cg_, padded, backward_offsets_.data(), kg_ * taps, columns, wide,
-                         wide_stride);
+    direct_product(false, w, cg_, padded, columns, wide, wide_stride);
     for (int64_t c = 0; c < cg_; ++c) {
       float* out = dx + (n * d.in_channels + g * cg_ + c) * in_plane_;
       for (int64_t h = 0; h < d.in_h; ++h) {

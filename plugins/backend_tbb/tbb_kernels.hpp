@@ -355,6 +355,22 @@ class TbbConv2d : public Conv2dKernel {
   void direct_backward_params(const Block& b, const float* x, const float* dy, float* dw,
                               Workspace& ws) const;
   void pad_input(const float* x, float* padded) const;  // one group of one image
+  // bf16 (direct_pairs_): `planes` planes of rows x width floats (`plane` apart) into pair planes
+  // of size.h x size.w words (bf16_direct.hpp), `words` zeroed first (the slack included): source
+  // row i lands at row top + i (rows outside the plane dropped), and destination columns [lo, hi)
+  // hold source columns [lo - left, hi - left). pad_input's and pad_dy's layouts, in pairs.
+  void pad_pairs(const float* src, int64_t planes, int64_t plane, int64_t rows, int64_t width,
+                 Extent size, int64_t top, int64_t left, int64_t lo, int64_t hi, int64_t words,
+                 float* out) const;
+  // direct_forward's and direct_backward_data's product: direct::shifted_gemm, or with
+  // direct_pairs_ bf16::shifted_gemm_pairs on pair planes (a reinterpreted as packed words, b as
+  // words, the pair offsets); whole, or a row of `width` columns at a time (by_rows, rows
+  // `b_stride` apart in b, compact in c).
+  void direct_product(bool forward, const float* a, int64_t rows, const float* b, int64_t columns,
+                      float* c, int64_t ldc) const;
+  void direct_product_rows(bool forward, const float* a, int64_t rows, const float* b,
+                           int64_t b_stride, int64_t out_rows, int64_t width, float* c,
+                           int64_t ldc) const;
   // Group g's dy of image n into `padded` (size.h x size.w per filter, zero elsewhere; `floats`
   // zeroed first), its rows at `top`, its columns at `left` (negative: cropped). backward_data's
   // full correlation reads it (direct, polyphase).
@@ -482,6 +498,10 @@ class TbbConv2d : public Conv2dKernel {
   int64_t padded_stride_ = 0;   // floats between padded images in the workspace
   int64_t dy_wide_stride_ = 0;  // row stride of the zero-filled wide dy in backward_params
   std::vector<int32_t> forward_offsets_, backward_offsets_;
+  // Precision bf16: the direct method's forward and backward_data multiply pairs of channels
+  // (filters) with vdpbf16ps (bf16_direct.hpp); the pair taps' offsets in the pair images.
+  bool direct_pairs_ = false;
+  std::vector<int32_t> forward_pair_offsets_, backward_pair_offsets_;
   // depthwise: its geometry and taps (depthwise.hpp).
   depthwise::Plan depthwise_plan_;
   // winograd: the geometries of forward, backward_data and backward_params.
