@@ -11,6 +11,9 @@
 // reference's emulation's) up to the order of the float sums, with half the multiply
 // instructions.
 //
+// The weight gradient (shifted_dot_pairs) pairs consecutive positions instead: plain bf16 rows of
+// dy and of the padded image, read at any element offset.
+//
 // Functions that execute AVX-512 or BF16 instructions carry their own target attribute (as
 // bf16_gemm.cpp's do): call them only where bf16::cpu_supported() holds, which TbbConv2d checks
 // before any bf16 pass.
@@ -50,9 +53,10 @@ void pack_pair_rows(int64_t rows, int64_t pair_taps, Value value, uint32_t* pack
   }
 }
 
-// dst[j] = pair_word(a[j], b[j]) for j < n; b null: the high halves zero (an odd channel count's
-// last pair).
-void interleave_rows(const float* a, const float* b, int64_t n, uint32_t* dst);
+// Row i < rows of dst (dst_stride words apart), j < width: pair_word(a[i][j], b[i][j]), rows of a
+// and b src_stride floats apart; b null: the high halves zero (an odd channel count's last pair).
+void interleave_rows(const float* a, const float* b, int64_t rows, int64_t width,
+                     int64_t src_stride, uint32_t* dst, int64_t dst_stride);
 
 // C[i][j] = sum over pair taps q of the two products of A's pair (i, q) with the words
 // b[offset[q] + j], for i < rows, j < columns: direct::shifted_gemm on pairs (same register tile,
@@ -60,5 +64,18 @@ void interleave_rows(const float* a, const float* b, int64_t n, uint32_t* dst);
 void shifted_gemm_pairs(const uint32_t* packed, int64_t rows, const uint32_t* b,
                         const int32_t* offset, int64_t pair_taps, int64_t columns, float* c,
                         int64_t ldc);
+
+// Row i < rows of dst (dst_stride apart), j < width: the bf16 of src[i][j] (round_to_bf16's top
+// half), rows of src src_stride floats apart.
+void convert_rows(const float* src, int64_t rows, int64_t width, int64_t src_stride, uint16_t* dst,
+                  int64_t dst_stride);
+
+// direct::shifted_dot on bf16 rows: C[i][p] += sum over the runs and j < runs.length of
+// A_r[i][j] * B_r[offset[p] + j], A and B rows of bf16 values (element strides as DotRuns gives
+// them, in bf16), 32 values (16 pairs) per vdpbf16ps. A must be zero from `length` up to the next
+// multiple of 32, and B is read that far.
+void shifted_dot_pairs(const uint16_t* a, int64_t rows, int64_t lda, const uint16_t* b,
+                       const int32_t* offset, int64_t taps, const direct::DotRuns& runs, float* c,
+                       int64_t ldc);
 
 }  // namespace strata::tbb_backend::bf16

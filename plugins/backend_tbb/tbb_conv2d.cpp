@@ -847,6 +847,7 @@ void TbbConv2d::prepare_direct_data(Plan& plan) {
 }
 
 void TbbConv2d::prepare_direct_params(Plan& plan) {
+  direct_pairs_ = desc_.precision == Precision::kBf16;
   // Several images per block, so each block's accumulators are reduced once.
   plan.images = std::clamp<int64_t>(kColumnBudgetFloats / (padded_stride_ + kg_ * dy_wide_stride_),
                                     1, kDirectParamsImages);
@@ -2123,12 +2124,11 @@ void TbbConv2d::pad_pairs(const float* src, int64_t planes, int64_t plane, int64
   for (int64_t q = 0; 2 * q < planes; ++q) {
     const float* first = src + 2 * q * plane;
     const float* second = 2 * q + 1 < planes ? first + plane : nullptr;
-    for (int64_t a = std::max<int64_t>(0, top); a < std::min(size.h, top + rows); ++a) {
-      const int64_t i = a - top;
-      bf16::interleave_rows(first + i * width + lo - left,
-                            second != nullptr ? second + i * width + lo - left : nullptr, hi - lo,
-                            pairs + (q * size.h + a) * size.w + lo);
-    }
+    const int64_t a0 = std::max<int64_t>(0, top), a1 = std::min(size.h, top + rows);
+    if (a1 <= a0) continue;
+    const int64_t from = (a0 - top) * width + lo - left;
+    bf16::interleave_rows(first + from, second != nullptr ? second + from : nullptr, a1 - a0,
+                          hi - lo, width, pairs + (q * size.h + a0) * size.w + lo, size.w);
   }
 }
 
@@ -2194,10 +2194,12 @@ void TbbConv2d::direct_backward_params(const Block& b, const float* x, const flo
                                        Workspace& ws) const {
   const Conv2dDesc& d = desc_;
   // dy's rows `row` floats apart, zero past out_w: a dot product per row (by_rows), or one over
-  // the wide output (rows as wide as the padded input).
-  const bool by_rows = direct::by_rows(d.out_h, d.out_w, padded_w_, direct::kVector);
-  const int64_t row = by_rows ? round_up(d.out_w, direct::kVector) : padded_w_;
-  const int64_t plane = by_rows ? d.out_h * row : dy_wide_stride_;
+  // the wide output (rows as wide as the padded input). bf16 (direct_pairs_): the dot products
+  // run 32 values at a time on bf16 copies (bf16::shifted_dot_pairs).
+  const int64_t block = direct_pairs_ ? 32 : direct::kVector;
+  const bool by_rows = direct::by_rows(d.out_h, d.out_w, padded_w_, block);
+  const int64_t row = by_rows ? round_up(d.out_w, block) : padded_w_;
+  const int64_t plane = by_rows ? d.out_h * row : round_up(d.out_h * padded_w_, block);
   const direct::DotRuns runs{.length = by_rows ? row : plane,
                              .images = b.images,
                              .a_image_stride = kg_ * plane,
@@ -2208,12 +2210,34 @@ void TbbConv2d::direct_backward_params(const Block& b, const float* x, const flo
   for (int64_t g = 0; g < d.groups; ++g) {
     for (int64_t i = 0; i < b.images; ++i) {
       const int64_t n = b.n0 + i;
-      pad_input(x + (n * d.in_channels + g * cg_) * in_plane_, ws.col.data() + i * padded_stride_);
-      widen_dy(n, g, dy, row, plane, ws.gathered.data() + i * runs.a_image_stride);
+      const float* xg = x + (n * d.in_channels + g * cg_) * in_plane_;
+      if (direct_pairs_) {
+        auto* padded = reinterpret_cast<uint16_t*>(ws.col.data()) + i * padded_stride_;
+        std::fill_n(padded, padded_stride_, uint16_t{0});
+        for (int64_t c = 0; c < cg_; ++c) {
+          bf16::convert_rows(xg + c * in_plane_, d.in_h, d.in_w, d.in_w,
+                             padded + (c * padded_h_ + d.pad_h) * padded_w_ + d.pad_w, padded_w_);
+        }
+        auto* wide = reinterpret_cast<uint16_t*>(ws.gathered.data()) + i * runs.a_image_stride;
+        std::fill_n(wide, runs.a_image_stride, uint16_t{0});
+        for (int64_t k = 0; k < kg_; ++k) {
+          bf16::convert_rows(dy + (n * d.out_channels + g * kg_ + k) * out_plane_, d.out_h, d.out_w,
+                             d.out_w, wide + k * plane, row);
+        }
+      } else {
+        pad_input(xg, ws.col.data() + i * padded_stride_);
+        widen_dy(n, g, dy, row, plane, ws.gathered.data() + i * runs.a_image_stride);
+      }
     }
     // One pass over all the block's images: the accumulators are reduced once per block.
-    direct::shifted_dot(ws.gathered.data(), kg_, plane, ws.col.data(), forward_offsets_.data(),
-                        rows_, runs, dw + g * kg_ * rows_, rows_);
+    if (direct_pairs_) {
+      bf16::shifted_dot_pairs(reinterpret_cast<const uint16_t*>(ws.gathered.data()), kg_, plane,
+                              reinterpret_cast<const uint16_t*>(ws.col.data()),
+                              forward_offsets_.data(), rows_, runs, dw + g * kg_ * rows_, rows_);
+    } else {
+      direct::shifted_dot(ws.gathered.data(), kg_, plane, ws.col.data(), forward_offsets_.data(),
+                          rows_, runs, dw + g * kg_ * rows_, rows_);
+    }
   }
 }
 
