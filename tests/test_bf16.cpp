@@ -378,8 +378,8 @@ Tensor check_passes(Conv2dKernel& fast, Conv2dKernel& ref, const PassInputs& in,
 }  // namespace
 
 // TbbConv2d's methods in bf16 (docs/precision.md): each pass runs the method its fp32 twin would,
-// named bf16_<method>, on inputs rounded to bf16 (direct's forward and backward_data on pairs of
-// channels and filters with vdpbf16ps, bf16_direct.hpp). All three passes against the reference's
+// named bf16_<method>, on inputs rounded to bf16 (direct's and pointwise's products on pairs with
+// vdpbf16ps, bf16_direct.hpp). All three passes against the reference's
 // emulation, with and without bias, on geometries whose fp32 methods cover F(4x4) and F(2x2)
 // Winograd, Winograd on dilation's phases, direct, lanes, small, polyphase (stride 2), blas
 // (the 7x7 stride-2 layer's backward_data) and pointwise (a GEMM too small for bf16_gemm). The
@@ -404,7 +404,13 @@ BOOST_AUTO_TEST_CASE(methods_on_rounded_inputs_against_reference_emulation) {
       {4, 16, 16, 16, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1},  // stride 2, small: lanes, small
       {2, 16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1},  // stride 2: polyphase
       {2, 3, 64, 64, 16, 7, 7, 2, 2, 3, 3, 1, 1, 1},   // 7x7 stride 2: backward_data blas
-      {2, 64, 12, 12, 96, 1, 1, 1, 1, 0, 0, 1, 1, 1},  // pointwise, a small GEMM
+      // pointwise (a GEMM too small for bf16_gemm): from 64 channels and filters pairs of
+      // channels (forward), filters (backward_data) and pixels (the weight gradient), with odd
+      // counts and an odd number of pixels; below, float products on rounded copies
+      {2, 64, 12, 12, 96, 1, 1, 1, 1, 0, 0, 1, 1, 1},
+      {3, 65, 20, 20, 67, 1, 1, 1, 1, 0, 0, 1, 1, 1},
+      {2, 96, 15, 15, 72, 1, 1, 1, 1, 0, 0, 1, 1, 1},
+      {3, 65, 20, 20, 33, 1, 1, 1, 1, 0, 0, 1, 1, 1},
       {4, 16, 28, 28, 32, 1, 1, 2, 2, 0, 0, 1, 1, 1},  // 1x1 stride 2 (ResNet's shortcut): small
   };
   std::set<std::string> methods;

@@ -101,6 +101,10 @@ constexpr int64_t kWinograd43MaxSmallParamsChannels = 256;
 // double), and floats per task of the weight gradient's reduction over slices.
 constexpr int64_t kFilterTaskPairs = 1024;
 constexpr int64_t kReduceGrainFloats = int64_t{1} << 14;
+// Precision bf16's pointwise layers multiply pairs with vdpbf16ps (bf16_direct.hpp) from this
+// many channels and filters: 256 -> 64 at 28x28, three passes, 1.48x faster than fp32; 32 -> 64
+// at 32x32 1.4x slower, the conversions costing more than the products save.
+constexpr int64_t kPointwisePairsMinChannels = 64;
 // Floats per task of precision bf16's rounded copies (64 KiB read, 64 written).
 constexpr int64_t kRoundGrainFloats = int64_t{1} << 14;
 // The largest dilation Winograd runs as that many squared undilated convolutions
@@ -501,7 +505,7 @@ std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementat
       {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_forward<2>,
        &TbbConv2d::forward_winograd, &TbbConv2d::winograd_forward_arithmetic},
       {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::forward_pointwise,
-       &TbbConv2d::exact_arithmetic},
+       &TbbConv2d::exact_arithmetic, /*rounds_activations=*/true},
       {"small", small_fits, &TbbConv2d::prepare_small_forward, &TbbConv2d::forward_small,
        &TbbConv2d::exact_arithmetic, /*rounds_activations=*/true},
       {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::forward_blas,
@@ -528,7 +532,7 @@ std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations()
       {"winograd23", winograd_fits, &TbbConv2d::prepare_winograd_data<2>, &TbbConv2d::data_winograd,
        &TbbConv2d::winograd_data_arithmetic},
       {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::data_pointwise,
-       &TbbConv2d::exact_arithmetic},
+       &TbbConv2d::exact_arithmetic, /*rounds_activations=*/true},
       {"small", small_fits, &TbbConv2d::prepare_small_data, &TbbConv2d::data_small,
        &TbbConv2d::with_col2im_arithmetic, /*rounds_activations=*/true},
       {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::data_blas,
@@ -555,7 +559,7 @@ std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementatio
        &TbbConv2d::params_polyphase, &TbbConv2d::polyphase_params_arithmetic,
        /*rounds_activations=*/true},
       {"pointwise", pointwise_fits, &TbbConv2d::prepare_pointwise, &TbbConv2d::params_pointwise,
-       &TbbConv2d::exact_arithmetic},
+       &TbbConv2d::exact_arithmetic, /*rounds_activations=*/true},
       {"small", small_fits, &TbbConv2d::prepare_small_params, &TbbConv2d::params_small,
        &TbbConv2d::exact_arithmetic, /*rounds_activations=*/true},
       {"blas", blas_fits, &TbbConv2d::prepare_blas, &TbbConv2d::params_blas,
@@ -637,7 +641,8 @@ void TbbConv2d::on_prepare() {
   forward_offsets_.clear();
   backward_offsets_.clear();
   depthwise_plan_ = {};
-  direct_pairs_ = false;
+  bf16_products_ = d.precision == Precision::kBf16;
+  pointwise_pairs_ = false;
   small_offsets_.clear();
   polyphase_offsets_.clear();
   forward_ = choose(forward_implementations(), forward_plan_);
@@ -745,7 +750,28 @@ void TbbConv2d::reserve_workspace(int64_t col, int64_t gathered) {
   gathered_floats_ = std::max(gathered_floats_, static_cast<std::size_t>(gathered));
 }
 
-void TbbConv2d::prepare_pointwise(Plan&) {}  // the image is the col matrix: no workspace
+// fp32: the image is the col matrix, no workspace. bf16 with pointwise_pairs_: one image's x, or
+// dy, as pair planes (forward, backward_data), or both as bf16 rows (the weight gradient), and the
+// weights packed in pairs; bf16 with fewer channels or filters: the image rounded into the
+// workspace, float products.
+void TbbConv2d::prepare_pointwise(Plan&) {
+  if (!bf16_products_) return;
+  pointwise_pairs_ = std::min(cg_, kg_) >= kPointwisePairsMinChannels;
+  if (!pointwise_pairs_) {  // float products on the image's rounded copy (x in col, dy in gathered)
+    reserve_workspace(cg_ * in_plane_, kg_ * out_plane_);
+    return;
+  }
+  const int64_t pairs = ceil_div(std::max(cg_, kg_), 2) * pointwise_pair_stride() + kSlackFloats;
+  // gathered: the weight gradient's bf16 rows (two to a float), or forward's product before the
+  // bias is added.
+  reserve_workspace(
+      pairs, std::max((cg_ + kg_) * round_up(out_plane_, 32) / 2, std::max(cg_, kg_) * out_plane_) +
+                 kSlackFloats);
+  packed_forward_floats_ = desc_.groups * direct::packed_size(kg_, cg_);
+  packed_backward_floats_ = desc_.groups * direct::packed_size(cg_, kg_);
+}
+
+int64_t TbbConv2d::pointwise_pair_stride() const { return round_up(out_plane_, 16); }
 
 void TbbConv2d::prepare_blas(Plan& plan) {
   const Conv2dDesc& d = desc_;
@@ -808,9 +834,8 @@ void TbbConv2d::prepare_direct(const Plan& plan) {
 void TbbConv2d::prepare_direct_forward(Plan& plan) {
   prepare_direct(plan);
   const Conv2dDesc& d = desc_;
-  direct_pairs_ = d.precision == Precision::kBf16;
   forward_pair_offsets_.clear();
-  for (int64_t q = 0; direct_pairs_ && 2 * q < cg_; ++q) {  // channel pairs, then taps
+  for (int64_t q = 0; bf16_products_ && 2 * q < cg_; ++q) {  // channel pairs, then taps
     for (int64_t r = 0; r < d.kernel_h; ++r) {
       for (int64_t s = 0; s < d.kernel_w; ++s) {
         forward_pair_offsets_.push_back(static_cast<int32_t>(
@@ -834,9 +859,8 @@ void TbbConv2d::prepare_direct_data(Plan& plan) {
     }
   }
   packed_backward_floats_ = d.groups * direct::packed_size(cg_, kg_ * taps);
-  direct_pairs_ = d.precision == Precision::kBf16;
   backward_pair_offsets_.clear();
-  for (int64_t q = 0; direct_pairs_ && 2 * q < kg_; ++q) {  // filter pairs, then taps
+  for (int64_t q = 0; bf16_products_ && 2 * q < kg_; ++q) {  // filter pairs, then taps
     for (int64_t r = 0; r < d.kernel_h; ++r) {
       for (int64_t s = 0; s < d.kernel_w; ++s) {
         backward_pair_offsets_.push_back(
@@ -847,7 +871,6 @@ void TbbConv2d::prepare_direct_data(Plan& plan) {
 }
 
 void TbbConv2d::prepare_direct_params(Plan& plan) {
-  direct_pairs_ = desc_.precision == Precision::kBf16;
   // Several images per block, so each block's accumulators are reduced once.
   plan.images = std::clamp<int64_t>(kColumnBudgetFloats / (padded_stride_ + kg_ * dy_wide_stride_),
                                     1, kDirectParamsImages);
@@ -1076,7 +1099,7 @@ void TbbConv2d::pack_forward_weights(const float* w) {
 
 void TbbConv2d::forward_direct(const float* x, const float* w, const float* bias, float* y,
                                int64_t n_batch) {
-  if (direct_pairs_) {
+  if (bf16_products_) {
     // Pair tap q = (channel pair, kernel tap t): channels 2 (q / taps) and the next, tap t.
     const int64_t taps = desc_.kernel_h * desc_.kernel_w;
     for (int64_t g = 0; g < desc_.groups; ++g) {
@@ -1112,6 +1135,17 @@ void TbbConv2d::forward_small(const float* x, const float* w, const float* bias,
 
 void TbbConv2d::forward_pointwise(const float* x, const float* w, const float* bias, float* y,
                                   int64_t n_batch) {
+  if (pointwise_pairs_) {
+    for (int64_t g = 0; g < desc_.groups; ++g) {
+      const float* wg = w + g * kg_ * cg_;
+      bf16::pack_pair_rows(
+          kg_, ceil_div(cg_, 2),
+          [&](int64_t k, int64_t q, int64_t h) {
+            return 2 * q + h < cg_ ? wg[k * cg_ + 2 * q + h] : 0.0f;
+          },
+          reinterpret_cast<uint32_t*>(packed() + g * direct::packed_size(kg_, cg_)));
+    }
+  }
   for_each_block(forward_plan_, n_batch, [&](const Block& b, Workspace& ws) {
     blas_forward(b, x, w, bias, y, ws, /*pointwise=*/true);
   });
@@ -1152,6 +1186,12 @@ void TbbConv2d::blas_forward(const Block& b, const float* x, const float* w, con
         col = ws.col.data();
         ld = cols;
       }
+      if (pointwise && pointwise_pairs_) {
+        pointwise_pairs(packed() + g * direct::packed_size(kg_, cg_), kg_, xg, cg_, in_plane_,
+                        b.oh0 * d.out_w, cols, yg, out_plane_, ws, bias != nullptr);
+        continue;
+      }
+      if (pointwise && bf16_products_) col = rounded_image(xg, cg_ * in_plane_, ws.col);
       if (pointwise) {  // the image is B: no packing at all (OpenBLAS packs it per call)
         panel::multiply({wg, rows_, 1}, col, ld, kg_, rows_, cols, yg, out_plane_, bias != nullptr);
         continue;
@@ -1229,7 +1269,7 @@ void TbbConv2d::for_each_data_unit(float* dx, int64_t n_batch, bool zero, const 
 void TbbConv2d::data_direct(const float* dy, const float* w, float* dx, int64_t n_batch) {
   // dx = full correlation of dy with the flipped kernel, channels and filters swapped:
   // A[c][(k, t)] = w[k][c][taps - 1 - t] over the kernel's taps t.
-  // bf16 (direct_pairs_): pair tap q = (filter pair, tap t), filters 2 (q / taps) and the next.
+  // bf16 (bf16_products_): pair tap q = (filter pair, tap t), filters 2 (q / taps) and the next.
   const int64_t taps = desc_.kernel_h * desc_.kernel_w;
   const int64_t stride = direct::packed_size(cg_, kg_ * taps);
   for (int64_t g = 0; g < desc_.groups; ++g) {
@@ -1237,7 +1277,7 @@ void TbbConv2d::data_direct(const float* dy, const float* w, float* dx, int64_t 
     const auto tap = [&](int64_t c, int64_t k, int64_t t) {
       return wg[k * rows_ + c * taps + (taps - 1 - t)];
     };
-    if (direct_pairs_) {
+    if (bf16_products_) {
       bf16::pack_pair_rows(
           cg_, static_cast<int64_t>(backward_pair_offsets_.size()),
           [&](int64_t c, int64_t q, int64_t h) {
@@ -1276,6 +1316,17 @@ void TbbConv2d::data_small(const float* dy, const float* w, float* dx, int64_t n
 }
 
 void TbbConv2d::data_pointwise(const float* dy, const float* w, float* dx, int64_t n_batch) {
+  if (pointwise_pairs_) {  // A[c][filter pair q] = (w[2q][c], w[2q + 1][c])
+    for (int64_t g = 0; g < desc_.groups; ++g) {
+      const float* wg = w + g * kg_ * cg_;
+      bf16::pack_pair_rows(
+          cg_, ceil_div(kg_, 2),
+          [&](int64_t c, int64_t q, int64_t h) {
+            return 2 * q + h < kg_ ? wg[(2 * q + h) * cg_ + c] : 0.0f;
+          },
+          reinterpret_cast<uint32_t*>(packed() + g * direct::packed_size(cg_, kg_)));
+    }
+  }
   for_each_data_unit(dx, n_batch, false, [&](const Block& b, Workspace& ws) {
     blas_backward_data(b, dy, w, dx, ws, /*pointwise=*/true);
   });
@@ -1303,8 +1354,20 @@ void TbbConv2d::blas_backward_data(const Block& b, const float* dy, const float*
       const int64_t n = b.n0;
       const float* dyg = dy + (n * d.out_channels + g * kg_) * out_plane_ + b.oh0 * d.out_w;
       float* dxg = dx + (n * d.in_channels + g * cg_) * in_plane_;
+      if (pointwise && pointwise_pairs_) {
+        pointwise_pairs(packed() + g * direct::packed_size(cg_, kg_), cg_,
+                        dy + (n * d.out_channels + g * kg_) * out_plane_, kg_, out_plane_,
+                        b.oh0 * d.out_w, cols, dxg + b.oh0 * d.out_w, in_plane_, ws, false);
+        continue;
+      }
       if (pointwise) {  // dx is the col matrix: write it directly
-        panel::multiply({wg, 1, rows_}, dyg, out_plane_, cg_, kg_, cols, dxg, in_plane_);
+        const float* a = dyg;
+        if (bf16_products_) {
+          a = rounded_image(dy + (n * d.out_channels + g * kg_) * out_plane_, kg_ * out_plane_,
+                            ws.gathered) +
+              b.oh0 * d.out_w;
+        }
+        panel::multiply({wg, 1, rows_}, a, out_plane_, cg_, kg_, cols, dxg, in_plane_);
         continue;
       }
       sgemm(true, false, rows_, cols, kg_, 1.0f, wg, rows_, dyg, out_plane_, 0.0f, ws.col.data(),
@@ -1549,6 +1612,27 @@ void TbbConv2d::blas_backward_params(const Block& b, const float* x, const float
         im2col(d, cg_, xg, b.oh0, b.oh1, ws.col.data(), cols);
         col = ws.col.data();
         ld = cols;
+      }
+      if (pointwise && bf16_products_ && !pointwise_pairs_) {
+        col = rounded_image(xg, cg_ * in_plane_, ws.col);
+        dyg = rounded_image(dy + (n * d.out_channels + g * kg_) * out_plane_, kg_ * out_plane_,
+                            ws.gathered) +
+              b.oh0 * d.out_w;
+      }
+      if (pointwise && pointwise_pairs_) {  // dot products of bf16 rows, 32 pixels a step
+        const int64_t length = round_up(cols, 32);
+        auto* xs = reinterpret_cast<uint16_t*>(ws.gathered.data());
+        uint16_t* dys = xs + cg_ * length;
+        std::fill_n(xs, (cg_ + kg_) * length, uint16_t{0});
+        bf16::convert_rows(col, cg_, cols, ld, xs, length);
+        bf16::convert_rows(dyg, kg_, cols, out_plane_, dys, length);
+        std::vector<int32_t>& offsets = ws.offsets;
+        offsets.resize(static_cast<std::size_t>(cg_));
+        for (int64_t c = 0; c < cg_; ++c)
+          offsets[static_cast<std::size_t>(c)] = static_cast<int32_t>(c * length);
+        bf16::shifted_dot_pairs(dys, kg_, length, xs, offsets.data(), cg_, {.length = length}, dwg,
+                                rows_);
+        continue;
       }
       if (pointwise && cols >= panel::kDotMinDepth) {  // dot products along the image's pixels
         panel::multiply_nt(dyg, out_plane_, col, ld, kg_, rows_, cols, dwg, rows_);
@@ -2041,7 +2125,7 @@ void TbbConv2d::direct_forward(int64_t n, const float* x, const float* bias, flo
   const bool by_rows = direct::by_rows(d.out_h, d.out_w, padded_w_);
   for (int64_t g = 0; g < d.groups; ++g) {
     const float* xg = x + (n * d.in_channels + g * cg_) * in_plane_;
-    if (direct_pairs_) {
+    if (bf16_products_) {
       pad_pairs(xg, cg_, in_plane_, d.in_h, d.in_w, {padded_h_, padded_w_}, d.pad_h, d.pad_w,
                 d.pad_w, d.pad_w + d.in_w,
                 ceil_div(cg_, 2) * padded_h_ * padded_w_ + kSlackFloats + d.kernel_w * d.dilation_w,
@@ -2132,10 +2216,41 @@ void TbbConv2d::pad_pairs(const float* src, int64_t planes, int64_t plane, int64
   }
 }
 
+const float* TbbConv2d::rounded_image(const float* src, int64_t n,
+                                      std::vector<float>& buffer) const {
+  round_floats_to_bf16(src, n, buffer.data());  // sized by prepare_pointwise
+  return buffer.data();
+}
+
+void TbbConv2d::pointwise_pairs(const float* packed_pairs, int64_t rows, const float* src,
+                                int64_t planes, int64_t plane, int64_t first, int64_t columns,
+                                float* c, int64_t ldc, Workspace& ws, bool accumulate) const {
+  const int64_t stride = pointwise_pair_stride(), pairs = ceil_div(planes, 2);
+  auto* words = reinterpret_cast<uint32_t*>(ws.col.data());
+  std::fill_n(ws.col.data() + pairs * stride, kSlackFloats, 0.0f);  // read past the last plane
+  std::vector<int32_t>& offsets = ws.offsets;
+  offsets.resize(static_cast<std::size_t>(pairs));
+  for (int64_t q = 0; q < pairs; ++q) {
+    const float* a = src + 2 * q * plane + first;
+    bf16::interleave_rows(a, 2 * q + 1 < planes ? a + plane : nullptr, 1, columns, 0,
+                          words + q * stride, 0);
+    offsets[static_cast<std::size_t>(q)] = static_cast<int32_t>(q * stride);
+  }
+  float* out = c;
+  float* product = ws.gathered.data();  // with accumulate: the product, then added to c
+  if (accumulate) out = product;
+  bf16::shifted_gemm_pairs(reinterpret_cast<const uint32_t*>(packed_pairs), rows, words,
+                           offsets.data(), pairs, columns, out, accumulate ? columns : ldc);
+  if (!accumulate) return;
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < columns; ++j) c[i * ldc + j] += product[i * columns + j];
+  }
+}
+
 void TbbConv2d::direct_product(bool forward, const float* a, int64_t rows, const float* b,
                                int64_t columns, float* c, int64_t ldc) const {
   const int64_t taps = desc_.kernel_h * desc_.kernel_w;
-  if (!direct_pairs_) {
+  if (!bf16_products_) {
     direct::shifted_gemm(a, rows, b, (forward ? forward_offsets_ : backward_offsets_).data(),
                          forward ? rows_ : kg_ * taps, columns, c, ldc);
     return;
@@ -2164,7 +2279,7 @@ void TbbConv2d::direct_backward_data(int64_t n, const float* dy, float* dx, Work
   for (int64_t g = 0; g < d.groups; ++g) {
     float* padded = ws.col.data();
     const int64_t slack = kSlackFloats + d.kernel_w * d.dilation_w;
-    if (direct_pairs_) {
+    if (bf16_products_) {
       int64_t lo, hi;
       valid_columns(-dy_left_, 1, d.out_w, dy_w_, lo, hi);
       pad_pairs(dy + (n * d.out_channels + g * kg_) * out_plane_, kg_, out_plane_, d.out_h, d.out_w,
@@ -2194,9 +2309,9 @@ void TbbConv2d::direct_backward_params(const Block& b, const float* x, const flo
                                        Workspace& ws) const {
   const Conv2dDesc& d = desc_;
   // dy's rows `row` floats apart, zero past out_w: a dot product per row (by_rows), or one over
-  // the wide output (rows as wide as the padded input). bf16 (direct_pairs_): the dot products
+  // the wide output (rows as wide as the padded input). bf16 (bf16_products_): the dot products
   // run 32 values at a time on bf16 copies (bf16::shifted_dot_pairs).
-  const int64_t block = direct_pairs_ ? 32 : direct::kVector;
+  const int64_t block = bf16_products_ ? 32 : direct::kVector;
   const bool by_rows = direct::by_rows(d.out_h, d.out_w, padded_w_, block);
   const int64_t row = by_rows ? round_up(d.out_w, block) : padded_w_;
   const int64_t plane = by_rows ? d.out_h * row : round_up(d.out_h * padded_w_, block);
@@ -2211,7 +2326,7 @@ void TbbConv2d::direct_backward_params(const Block& b, const float* x, const flo
     for (int64_t i = 0; i < b.images; ++i) {
       const int64_t n = b.n0 + i;
       const float* xg = x + (n * d.in_channels + g * cg_) * in_plane_;
-      if (direct_pairs_) {
+      if (bf16_products_) {
         auto* padded = reinterpret_cast<uint16_t*>(ws.col.data()) + i * padded_stride_;
         std::fill_n(padded, padded_stride_, uint16_t{0});
         for (int64_t c = 0; c < cg_; ++c) {
@@ -2230,7 +2345,7 @@ void TbbConv2d::direct_backward_params(const Block& b, const float* x, const flo
       }
     }
     // One pass over all the block's images: the accumulators are reduced once per block.
-    if (direct_pairs_) {
+    if (bf16_products_) {
       bf16::shifted_dot_pairs(reinterpret_cast<const uint16_t*>(ws.gathered.data()), kg_, plane,
                               reinterpret_cast<const uint16_t*>(ws.col.data()),
                               forward_offsets_.data(), rows_, runs, dw + g * kg_ * rows_, rows_);
