@@ -404,12 +404,12 @@ BOOST_AUTO_TEST_CASE(methods_on_rounded_inputs_against_reference_emulation) {
       {4, 16, 16, 16, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1},  // stride 2, small: lanes, small
       {2, 16, 32, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1},  // stride 2: polyphase
       {2, 3, 64, 64, 16, 7, 7, 2, 2, 3, 3, 1, 1, 1},   // 7x7 stride 2: backward_data blas
-      // pointwise (a GEMM too small for bf16_gemm): from 64 channels and filters pairs of
-      // channels (forward), filters (backward_data) and pixels (the weight gradient), with odd
-      // counts and an odd number of pixels; below, float products on rounded copies
-      {2, 64, 12, 12, 96, 1, 1, 1, 1, 0, 0, 1, 1, 1},
+      // pointwise (a GEMM too small for bf16_gemm): from 64 channels and filters and 256 pixels
+      // pairs of channels (forward), filters (backward_data) and pixels (the weight gradient),
+      // with odd counts and an odd number of pixels; below, float products on rounded copies
+      {2, 64, 16, 16, 96, 1, 1, 1, 1, 0, 0, 1, 1, 1},
       {3, 65, 20, 20, 67, 1, 1, 1, 1, 0, 0, 1, 1, 1},
-      {2, 96, 15, 15, 72, 1, 1, 1, 1, 0, 0, 1, 1, 1},
+      {2, 96, 17, 17, 72, 1, 1, 1, 1, 0, 0, 1, 1, 1},
       {3, 65, 20, 20, 33, 1, 1, 1, 1, 0, 0, 1, 1, 1},
       {4, 16, 28, 28, 32, 1, 1, 2, 2, 0, 0, 1, 1, 1},  // 1x1 stride 2 (ResNet's shortcut): small
   };

@@ -102,9 +102,12 @@ constexpr int64_t kWinograd43MaxSmallParamsChannels = 256;
 constexpr int64_t kFilterTaskPairs = 1024;
 constexpr int64_t kReduceGrainFloats = int64_t{1} << 14;
 // Precision bf16's pointwise layers multiply pairs with vdpbf16ps (bf16_direct.hpp) from this
-// many channels and filters: 256 -> 64 at 28x28, three passes, 1.48x faster than fp32; 32 -> 64
-// at 32x32 1.4x slower, the conversions costing more than the products save.
+// many channels and filters, and pixels a plane: 256 -> 64 at 28x28, three passes, 1.48x faster
+// than fp32; 32 -> 64 at 32x32 1.4x slower, the conversions costing more than the products save;
+// 128 -> 256 at 8x8 2.4x slower in backward (per image, a 64-pixel plane is too short a dot
+// product for the sums at its end).
 constexpr int64_t kPointwisePairsMinChannels = 64;
+constexpr int64_t kPointwisePairsMinPixels = 256;
 // Floats per task of precision bf16's rounded copies (64 KiB read, 64 written).
 constexpr int64_t kRoundGrainFloats = int64_t{1} << 14;
 // The largest dilation Winograd runs as that many squared undilated convolutions
@@ -756,7 +759,8 @@ void TbbConv2d::reserve_workspace(int64_t col, int64_t gathered) {
 // workspace, float products.
 void TbbConv2d::prepare_pointwise(Plan&) {
   if (!bf16_products_) return;
-  pointwise_pairs_ = std::min(cg_, kg_) >= kPointwisePairsMinChannels;
+  pointwise_pairs_ =
+      std::min(cg_, kg_) >= kPointwisePairsMinChannels && out_plane_ >= kPointwisePairsMinPixels;
   if (!pointwise_pairs_) {  // float products on the image's rounded copy (x in col, dy in gathered)
     reserve_workspace(cg_ * in_plane_, kg_ * out_plane_);
     return;

@@ -512,7 +512,7 @@ class TbbConv2d : public Conv2dKernel {
   // Precision bf16: the direct and pointwise methods multiply pairs of channels, filters or
   // positions with vdpbf16ps (bf16_direct.hpp); direct's pair taps' offsets in its pair images.
   bool bf16_products_ = false;
-  bool pointwise_pairs_ = false;  // bf16 pointwise with pairs (kPointwisePairsMinChannels)
+  bool pointwise_pairs_ = false;  // bf16 pointwise with pairs (kPointwisePairsMin*)
   std::vector<int32_t> forward_pair_offsets_, backward_pair_offsets_;
   // depthwise: its geometry and taps (depthwise.hpp).
   depthwise::Plan depthwise_plan_;
