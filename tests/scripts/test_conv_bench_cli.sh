@@ -87,20 +87,30 @@ assert abs(forward["actual_fraction"] - forward["actual_gflops"] / 100) <= 1e-4 
 PY
 echo "ok   --roofline with given peaks; Winograd's own count"
 
-# bf16: fractions of the bf16 peak (where the CPU has bf16 products).
+# bf16: fractions of the bf16 peak (where the CPU has bf16 products), for a layer on TbbConv2d's
+# bf16_ methods (its fp32 methods on rounded inputs) and one large enough for bf16_gemm.
 if grep -qw avx512_bf16 /proc/cpuinfo; then
-  "$bench" --shape 2,8,10,10,8,3,3,1,1,1 --threads 1 --iterations 1 --warmup 0 --precision bf16 \
-    --roofline --peak-fp32 100 --peak-bf16 250 >"$work/bf16.json" 2>"$work/err" || { cat "$work/err"; fail "bf16"; }
-  "$PYTHON" - "$work/bf16.json" <<'PY' || { cat "$work/bf16.json"; fail "bf16 json"; }
+  for shape in 2,8,10,10,8,3,3,1,1,1 2,512,4,4,512,1,1,1,0,1; do
+    "$bench" --shape "$shape" --threads 1 --iterations 1 --warmup 0 --precision bf16 \
+      --roofline --peak-fp32 100 --peak-bf16 250 >"$work/bf16.json" 2>"$work/err" ||
+      { cat "$work/err"; fail "bf16 $shape"; }
+    "$PYTHON" - "$work/bf16.json" <<'PY' || { cat "$work/bf16.json"; fail "bf16 json $shape"; }
 import json, sys
 r = json.load(open(sys.argv[1]))
 roof = r["roofline"]
-assert r["implementation"] == "bf16_gemm" and roof["precision"] == "bf16", r
+gemm = r["shape"].startswith("2,512")
+assert roof["precision"] == "bf16", r
+assert r["implementation"] == ("bf16_gemm" if gemm else
+                               "fwd=bf16_lanes bwd_data=bf16_lanes bwd_weights=bf16_lanes"), r
 assert roof["peak_gflops"] == 250, roof
-for p in roof["passes"].values():
-    assert p["method"] == "bf16_gemm" and 0 < p["actual_fraction"] <= 4, p
+for name, p in roof["passes"].items():
+    if name == "total":
+        continue
+    assert p["method"] == ("bf16_gemm" if gemm else "bf16_lanes"), p
+    assert 0 < p["actual_fraction"] <= 4, p
 PY
-  echo "ok   --precision bf16 --roofline: against the bf16 peak"
+  done
+  echo "ok   --precision bf16 --roofline: against the bf16 peak (bf16_lanes, bf16_gemm)"
 else
   echo "ok   (no AVX512-BF16 on this CPU: the bf16 roofline is not run here)"
 fi
