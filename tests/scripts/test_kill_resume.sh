@@ -27,8 +27,12 @@ optimizer: {type: sgd, lr: 0.05, momentum: 0.9, schedule: {type: step, step_size
 train: {epochs: 12, batch_size: 20}
 YAML
 
+started=$(date +%s.%N)
 "$STRATA" train "$work/exp.yaml" --out "$work/straight" --progress none >"$work/straight.log" 2>&1 \
   || { echo "FAIL: the uninterrupted run failed"; cat "$work/straight.log"; exit 1; }
+# The kills land at random moments of a run as long as this one (a fixed window of 0.2-2.2 s let
+# a fast machine finish most runs first, and the test ran out of attempts).
+duration=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
 
 source "$(dirname "$0")/checkpoint_helpers.sh"  # validate_checkpoint, same_checkpoints
 
@@ -40,8 +44,9 @@ while [ "$killed" -lt "$KILLS" ]; do
   resume=(); [ -f "$run/model.h5" ] && resume=(--resume)
   "$STRATA" train "$work/exp.yaml" --out "$run" --progress none "${resume[@]}" >>"$work/killed.log" 2>&1 &
   pid=$!
-  # A random moment in the first 0.2-2.2 s of the run: start-up, data, training or a save.
-  sleep "$(awk -v r=$RANDOM "BEGIN { print 0.2 + 2.0 * r / 32768 }")"
+  # A random moment in the first 5-95 % of the uninterrupted run's time: start-up, data,
+  # training or a save (a resumed run is shorter, and may finish first).
+  sleep "$(awk -v r=$RANDOM -v d="$duration" 'BEGIN { print d * (0.05 + 0.9 * r / 32768) }')"
   if kill -KILL "$pid" 2>/dev/null; then
     wait "$pid" 2>/dev/null
     killed=$((killed + 1))
