@@ -52,7 +52,8 @@ STRATA_BF16_TARGET void interleave_rows(const float* a, const float* b, int64_t 
 
 STRATA_BF16_TARGET void shifted_gemm_pairs(const uint32_t* packed, int64_t rows, const uint32_t* b,
                                            const int32_t* offset, int64_t pair_taps,
-                                           int64_t columns, float* c, int64_t ldc) {
+                                           int64_t columns, float* c, int64_t ldc,
+                                           bool accumulate) {
   constexpr int kRows = 8, kWidth = 16, kColumns = 2 * kWidth;
   static_assert(direct::kRows == kRows || direct::kRows == 6,
                 "the packing's row blocks (direct::kRows) must match");
@@ -86,6 +87,10 @@ STRATA_BF16_TARGET void shifted_gemm_pairs(const uint32_t* packed, int64_t rows,
       for (int i = 0; i < kPackRows; ++i) {
         if (i >= block_rows) break;
         float* ci = c + (block * kPackRows + i) * ldc + j0;
+        if (accumulate) {
+          acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_maskz_loadu_ps(mask0, ci));
+          acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_maskz_loadu_ps(mask1, ci + kWidth));
+        }
         if (left >= kColumns) {
           _mm512_storeu_ps(ci, acc[i][0]);
           _mm512_storeu_ps(ci + kWidth, acc[i][1]);
@@ -144,14 +149,8 @@ STRATA_BF16_TARGET void dot_pairs_block(const uint16_t* a, int64_t lda, const ui
   for (int64_t image = 0; image < runs.images; ++image) {
     const uint16_t* ai[KB];
     const uint16_t* bp[QB];
-#pragma GCC unroll 8
-    for (int i = 0; i < KB; ++i) {
-      ai[i] = a + image * runs.a_image_stride + (i0 + (i < rows_here ? i : rows_here - 1)) * lda;
-    }
-#pragma GCC unroll 8
-    for (int t = 0; t < QB; ++t) {
-      bp[t] = b + image * runs.b_image_stride + offset[p0 + (t < taps_here ? t : taps_here - 1)];
-    }
+    direct::dot_block_pointers<KB, QB>(a, lda, b, offset, runs, image, i0, rows_here, p0, taps_here,
+                                       ai, bp);
     for (int64_t segment = 0; segment < runs.segments; ++segment) {
       for (int64_t j = 0; j < runs.length; j += 32) {
         __m512bh bv[QB];

@@ -60,10 +60,11 @@ void interleave_rows(const float* a, const float* b, int64_t rows, int64_t width
 
 // C[i][j] = sum over pair taps q of the two products of A's pair (i, q) with the words
 // b[offset[q] + j], for i < rows, j < columns: direct::shifted_gemm on pairs (same register tile,
-// same columns read, in words). C row-major with row stride ldc.
+// same columns read, in words). C row-major with row stride ldc; with `accumulate` the sums are
+// added to C's values.
 void shifted_gemm_pairs(const uint32_t* packed, int64_t rows, const uint32_t* b,
                         const int32_t* offset, int64_t pair_taps, int64_t columns, float* c,
-                        int64_t ldc);
+                        int64_t ldc, bool accumulate);
 
 // Row i < rows of dst (dst_stride apart), j < width: the bf16 of src[i][j] (round_to_bf16's top
 // half), rows of src src_stride floats apart.

@@ -188,6 +188,23 @@ struct DotRuns {
   int64_t segments = 1, a_segment_stride = 0, b_segment_stride = 0;
 };
 
+// Image `image`'s run pointers in one block of a dot kernel (shifted_dot's, and bf16_direct.cpp's
+// on bf16 values: T float or uint16_t): A's rows [i0, i0 + KB) and B at the taps [p0, p0 + QB),
+// those past `rows_here` and `taps_here` repeating the last real one.
+template <int KB, int QB, class T>
+inline void dot_block_pointers(const T* a, int64_t lda, const T* b, const int32_t* offset,
+                               const DotRuns& runs, int64_t image, int64_t i0, int rows_here,
+                               int64_t p0, int taps_here, const T* (&ai)[KB], const T* (&bp)[QB]) {
+#pragma GCC unroll 8
+  for (int i = 0; i < KB; ++i) {
+    ai[i] = a + image * runs.a_image_stride + (i0 + (i < rows_here ? i : rows_here - 1)) * lda;
+  }
+#pragma GCC unroll 8
+  for (int t = 0; t < QB; ++t) {
+    bp[t] = b + image * runs.b_image_stride + offset[p0 + (t < taps_here ? t : taps_here - 1)];
+  }
+}
+
 #if defined(__AVX2__) && defined(__FMA__)
 // Horizontal sums of four vectors, as one 4-float vector: {sum v0, sum v1, sum v2, sum v3}.
 inline __m128 sum4(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
@@ -213,14 +230,8 @@ void shifted_dot_block(const float* a, int64_t lda, const float* b, const int32_
   for (int64_t image = 0; image < runs.images; ++image) {
     const float* ai[KB];
     const float* bp[QB];
-#pragma GCC unroll 8
-    for (int i = 0; i < KB; ++i) {
-      ai[i] = a + image * runs.a_image_stride + (i0 + (i < rows_here ? i : rows_here - 1)) * lda;
-    }
-#pragma GCC unroll 8
-    for (int t = 0; t < QB; ++t) {
-      bp[t] = b + image * runs.b_image_stride + offset[p0 + (t < taps_here ? t : taps_here - 1)];
-    }
+    dot_block_pointers<KB, QB>(a, lda, b, offset, runs, image, i0, rows_here, p0, taps_here, ai,
+                               bp);
     for (int64_t segment = 0; segment < runs.segments; ++segment) {
       for (int64_t j = 0; j < runs.length; j += kVector) {
         V bv[QB];

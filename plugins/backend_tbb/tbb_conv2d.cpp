@@ -583,9 +583,9 @@ bool TbbConv2d::supports(const Conv2dDesc& desc) const {
 
 std::string TbbConv2d::implementation() const {
   if (forward_ == nullptr) return Conv2dKernel::implementation();  // not prepared yet
-  const std::string_view bf16 = desc_.precision == Precision::kBf16 ? "bf16_" : "";
-  return fmt::format("fwd={}{} bwd_data={}{} bwd_weights={}{}", bf16, forward_->name, bf16,
-                     data_->name, bf16, params_->name);
+  const std::string_view prefix = bf16() ? "bf16_" : "";
+  return fmt::format("fwd={}{} bwd_data={}{} bwd_weights={}{}", prefix, forward_->name, prefix,
+                     data_->name, prefix, params_->name);
 }
 
 Conv2dArithmetic TbbConv2d::arithmetic() const {
@@ -644,10 +644,9 @@ void TbbConv2d::on_prepare() {
   forward_offsets_.clear();
   backward_offsets_.clear();
   depthwise_plan_ = {};
-  bf16_products_ = d.precision == Precision::kBf16;
-  pointwise_pairs_ = false;
   small_offsets_.clear();
   polyphase_offsets_.clear();
+  pointwise_offsets_.clear();
   forward_ = choose(forward_implementations(), forward_plan_);
   data_ = choose(data_implementations(), data_plan_);
   params_ = choose(params_implementations(), params_plan_);
@@ -753,29 +752,36 @@ void TbbConv2d::reserve_workspace(int64_t col, int64_t gathered) {
   gathered_floats_ = std::max(gathered_floats_, static_cast<std::size_t>(gathered));
 }
 
-// fp32: the image is the col matrix, no workspace. bf16 with pointwise_pairs_: one image's x, or
+// fp32: the image is the col matrix, no workspace. bf16 with pointwise_pairs(): one image's x, or
 // dy, as pair planes (forward, backward_data), or both as bf16 rows (the weight gradient), and the
 // weights packed in pairs; bf16 with fewer channels or filters: the image rounded into the
 // workspace, float products.
 void TbbConv2d::prepare_pointwise(Plan&) {
-  if (!bf16_products_) return;
-  pointwise_pairs_ =
-      std::min(cg_, kg_) >= kPointwisePairsMinChannels && out_plane_ >= kPointwisePairsMinPixels;
-  if (!pointwise_pairs_) {  // float products on the image's rounded copy (x in col, dy in gathered)
+  if (!bf16()) return;
+  if (!pointwise_pairs()) {  // float products on the image's rounded copy (x in col, dy in
+                             // gathered)
     reserve_workspace(cg_ * in_plane_, kg_ * out_plane_);
     return;
   }
-  const int64_t pairs = ceil_div(std::max(cg_, kg_), 2) * pointwise_pair_stride() + kSlackFloats;
-  // gathered: the weight gradient's bf16 rows (two to a float), or forward's product before the
-  // bias is added.
-  reserve_workspace(
-      pairs, std::max((cg_ + kg_) * round_up(out_plane_, 32) / 2, std::max(cg_, kg_) * out_plane_) +
-                 kSlackFloats);
+  // col: the pair planes (words); gathered: the weight gradient's bf16 rows (two to a float).
+  const int64_t stride = pointwise_stride();
+  reserve_workspace(ceil_div(std::max(cg_, kg_), 2) * stride + kSlackFloats,
+                    (cg_ + kg_) * stride / 2 + kSlackFloats);
   packed_forward_floats_ = desc_.groups * direct::packed_size(kg_, cg_);
   packed_backward_floats_ = desc_.groups * direct::packed_size(cg_, kg_);
+  if (pointwise_offsets_.empty()) {  // plane i of the pair planes or of the bf16 rows
+    for (int64_t i = 0; i < std::max(cg_, kg_); ++i) {
+      pointwise_offsets_.push_back(static_cast<int32_t>(i * stride));
+    }
+  }
 }
 
-int64_t TbbConv2d::pointwise_pair_stride() const { return round_up(out_plane_, 16); }
+bool TbbConv2d::pointwise_pairs() const {
+  return bf16() && std::min(cg_, kg_) >= kPointwisePairsMinChannels &&
+         out_plane_ >= kPointwisePairsMinPixels;
+}
+
+int64_t TbbConv2d::pointwise_stride() const { return round_up(out_plane_, 32); }
 
 void TbbConv2d::prepare_blas(Plan& plan) {
   const Conv2dDesc& d = desc_;
@@ -837,16 +843,6 @@ void TbbConv2d::prepare_direct(const Plan& plan) {
 
 void TbbConv2d::prepare_direct_forward(Plan& plan) {
   prepare_direct(plan);
-  const Conv2dDesc& d = desc_;
-  forward_pair_offsets_.clear();
-  for (int64_t q = 0; bf16_products_ && 2 * q < cg_; ++q) {  // channel pairs, then taps
-    for (int64_t r = 0; r < d.kernel_h; ++r) {
-      for (int64_t s = 0; s < d.kernel_w; ++s) {
-        forward_pair_offsets_.push_back(static_cast<int32_t>(
-            (q * padded_h_ + r * d.dilation_h) * padded_w_ + s * d.dilation_w));
-      }
-    }
-  }
   packed_forward_floats_ = desc_.groups * direct::packed_size(kg_, rows_);
 }
 
@@ -863,15 +859,6 @@ void TbbConv2d::prepare_direct_data(Plan& plan) {
     }
   }
   packed_backward_floats_ = d.groups * direct::packed_size(cg_, kg_ * taps);
-  backward_pair_offsets_.clear();
-  for (int64_t q = 0; bf16_products_ && 2 * q < kg_; ++q) {  // filter pairs, then taps
-    for (int64_t r = 0; r < d.kernel_h; ++r) {
-      for (int64_t s = 0; s < d.kernel_w; ++s) {
-        backward_pair_offsets_.push_back(
-            static_cast<int32_t>((q * dy_h_ + r * d.dilation_h) * dy_w_ + s * d.dilation_w));
-      }
-    }
-  }
 }
 
 void TbbConv2d::prepare_direct_params(Plan& plan) {
@@ -958,7 +945,7 @@ void TbbConv2d::prepare_winograd_forward(Plan&) {
   winograd_forward_ = winograd::Geometry::make(cg_, kg_, ceil_div(d.in_h, p), ceil_div(d.in_w, p),
                                                d.pad_h / p, d.pad_w / p, Tile);
   winograd_u_forward_floats_ = winograd_forward_.elements() * cg_ * kg_;
-  winograd_forward_.bf16 = Tile == 4 && d.precision == Precision::kBf16;  // rounds_activations
+  winograd_forward_.bf16 = Tile == 4 && bf16();  // rounds_activations
   reserve_winograd(winograd_forward_);
 }
 
@@ -969,7 +956,7 @@ void TbbConv2d::prepare_winograd_data(Plan&) {
   winograd_data_ = winograd::Geometry::make(kg_, cg_, ceil_div(d.out_h, p), ceil_div(d.out_w, p),
                                             2 - d.pad_h / p, 2 - d.pad_w / p, Tile);
   winograd_u_data_floats_ = winograd_data_.elements() * cg_ * kg_;
-  winograd_data_.bf16 = Tile == 4 && d.precision == Precision::kBf16;  // rounds_activations
+  winograd_data_.bf16 = Tile == 4 && bf16();  // rounds_activations
   reserve_winograd(winograd_data_);
 }
 
@@ -979,7 +966,7 @@ void TbbConv2d::prepare_winograd_params(Plan&) {
   const int64_t p = phases_;
   winograd_params_ = winograd::Geometry::make(cg_, kg_, ceil_div(d.in_h, p), ceil_div(d.in_w, p),
                                               d.pad_h / p, d.pad_w / p, Tile);
-  winograd_params_.bf16 = Tile == 4 && d.precision == Precision::kBf16;  // rounds_activations
+  winograd_params_.bf16 = Tile == 4 && bf16();  // rounds_activations
   reserve_winograd(winograd_params_);
 }
 
@@ -1103,13 +1090,13 @@ void TbbConv2d::pack_forward_weights(const float* w) {
 
 void TbbConv2d::forward_direct(const float* x, const float* w, const float* bias, float* y,
                                int64_t n_batch) {
-  if (bf16_products_) {
+  if (bf16()) {
     // Pair tap q = (channel pair, kernel tap t): channels 2 (q / taps) and the next, tap t.
     const int64_t taps = desc_.kernel_h * desc_.kernel_w;
     for (int64_t g = 0; g < desc_.groups; ++g) {
       const float* wg = w + g * kg_ * rows_;
       bf16::pack_pair_rows(
-          kg_, static_cast<int64_t>(forward_pair_offsets_.size()),
+          kg_, ceil_div(cg_, 2) * taps,
           [&](int64_t k, int64_t q, int64_t h) {
             const int64_t c = 2 * (q / taps) + h;
             return c < cg_ ? wg[k * rows_ + c * taps + q % taps] : 0.0f;
@@ -1139,7 +1126,7 @@ void TbbConv2d::forward_small(const float* x, const float* w, const float* bias,
 
 void TbbConv2d::forward_pointwise(const float* x, const float* w, const float* bias, float* y,
                                   int64_t n_batch) {
-  if (pointwise_pairs_) {
+  if (pointwise_pairs()) {
     for (int64_t g = 0; g < desc_.groups; ++g) {
       const float* wg = w + g * kg_ * cg_;
       bf16::pack_pair_rows(
@@ -1190,12 +1177,12 @@ void TbbConv2d::blas_forward(const Block& b, const float* x, const float* w, con
         col = ws.col.data();
         ld = cols;
       }
-      if (pointwise && pointwise_pairs_) {
+      if (pointwise && pointwise_pairs()) {
         pointwise_pairs(packed() + g * direct::packed_size(kg_, cg_), kg_, xg, cg_, in_plane_,
                         b.oh0 * d.out_w, cols, yg, out_plane_, ws, bias != nullptr);
         continue;
       }
-      if (pointwise && bf16_products_) col = rounded_image(xg, cg_ * in_plane_, ws.col);
+      if (pointwise && bf16()) col = rounded_image(xg, cg_ * in_plane_, ws.col);
       if (pointwise) {  // the image is B: no packing at all (OpenBLAS packs it per call)
         panel::multiply({wg, rows_, 1}, col, ld, kg_, rows_, cols, yg, out_plane_, bias != nullptr);
         continue;
@@ -1273,7 +1260,7 @@ void TbbConv2d::for_each_data_unit(float* dx, int64_t n_batch, bool zero, const 
 void TbbConv2d::data_direct(const float* dy, const float* w, float* dx, int64_t n_batch) {
   // dx = full correlation of dy with the flipped kernel, channels and filters swapped:
   // A[c][(k, t)] = w[k][c][taps - 1 - t] over the kernel's taps t.
-  // bf16 (bf16_products_): pair tap q = (filter pair, tap t), filters 2 (q / taps) and the next.
+  // bf16 (bf16()): pair tap q = (filter pair, tap t), filters 2 (q / taps) and the next.
   const int64_t taps = desc_.kernel_h * desc_.kernel_w;
   const int64_t stride = direct::packed_size(cg_, kg_ * taps);
   for (int64_t g = 0; g < desc_.groups; ++g) {
@@ -1281,9 +1268,9 @@ void TbbConv2d::data_direct(const float* dy, const float* w, float* dx, int64_t 
     const auto tap = [&](int64_t c, int64_t k, int64_t t) {
       return wg[k * rows_ + c * taps + (taps - 1 - t)];
     };
-    if (bf16_products_) {
+    if (bf16()) {
       bf16::pack_pair_rows(
-          cg_, static_cast<int64_t>(backward_pair_offsets_.size()),
+          cg_, ceil_div(kg_, 2) * taps,
           [&](int64_t c, int64_t q, int64_t h) {
             const int64_t k = 2 * (q / taps) + h;
             return k < kg_ ? tap(c, k, q % taps) : 0.0f;
@@ -1320,7 +1307,7 @@ void TbbConv2d::data_small(const float* dy, const float* w, float* dx, int64_t n
 }
 
 void TbbConv2d::data_pointwise(const float* dy, const float* w, float* dx, int64_t n_batch) {
-  if (pointwise_pairs_) {  // A[c][filter pair q] = (w[2q][c], w[2q + 1][c])
+  if (pointwise_pairs()) {  // A[c][filter pair q] = (w[2q][c], w[2q + 1][c])
     for (int64_t g = 0; g < desc_.groups; ++g) {
       const float* wg = w + g * kg_ * cg_;
       bf16::pack_pair_rows(
@@ -1358,7 +1345,7 @@ void TbbConv2d::blas_backward_data(const Block& b, const float* dy, const float*
       const int64_t n = b.n0;
       const float* dyg = dy + (n * d.out_channels + g * kg_) * out_plane_ + b.oh0 * d.out_w;
       float* dxg = dx + (n * d.in_channels + g * cg_) * in_plane_;
-      if (pointwise && pointwise_pairs_) {
+      if (pointwise && pointwise_pairs()) {
         pointwise_pairs(packed() + g * direct::packed_size(cg_, kg_), cg_,
                         dy + (n * d.out_channels + g * kg_) * out_plane_, kg_, out_plane_,
                         b.oh0 * d.out_w, cols, dxg + b.oh0 * d.out_w, in_plane_, ws, false);
@@ -1366,7 +1353,7 @@ void TbbConv2d::blas_backward_data(const Block& b, const float* dy, const float*
       }
       if (pointwise) {  // dx is the col matrix: write it directly
         const float* a = dyg;
-        if (bf16_products_) {
+        if (bf16()) {
           a = rounded_image(dy + (n * d.out_channels + g * kg_) * out_plane_, kg_ * out_plane_,
                             ws.gathered) +
               b.oh0 * d.out_w;
@@ -1421,32 +1408,25 @@ void TbbConv2d::backward_params(const Tensor& x, const Tensor& dy, Tensor& dweig
   const Conv2dDesc& d = desc_;
   const int64_t n_batch = conv2d_params_batch(d, x, dy, dweight, dbias, kName);
   run_pass(0, 0, [&] {
-    if (desc_.precision == Precision::kFp32 || params_->rounds_activations) {
-      // (depthwise, direct: in bf16 the bias gradient sums the float dy, the weight gradient its
-      // rounded copy)
-      (this->*params_->run)(want_weight ? x.data() : nullptr, dy.data(),
-                            want_weight ? dweight.data() : nullptr,
-                            want_bias ? dbias->data() : nullptr, n_batch);
-      return;
-    }
-    // bf16: the weight gradient from the rounded x and dy, the bias gradient from the float dy.
-    if (want_weight) {
-      (this->*params_->run)(rounded(x.data(), x.numel(), scratch_->rounded_a),
-                            rounded(dy.data(), dy.numel(), scratch_->rounded_b), dweight.data(),
-                            nullptr, n_batch);
-    }
-    if (want_bias) bias_gradient(dy.data(), dbias->data(), n_batch);
+    // bf16 with rounded copies of x and dy: the method's weight gradient from them, the bias
+    // gradient here from the float dy (the methods that round their own copies sum the float dy).
+    const float* dy_in = want_weight ? pass_input(*params_, dy, scratch_->rounded_b) : dy.data();
+    const bool bias_here = want_bias && dy_in != dy.data();
+    (this->*params_->run)(want_weight ? pass_input(*params_, x, scratch_->rounded_a) : nullptr,
+                          dy_in, want_weight ? dweight.data() : nullptr,
+                          want_bias && !bias_here ? dbias->data() : nullptr, n_batch);
+    if (bias_here) bias_gradient(dy.data(), dbias->data(), n_batch);
   });
 }
 
 const float* TbbConv2d::pass_input(const auto& implementation, const Tensor& t,
                                    std::vector<float>& buffer) {
-  if (desc_.precision == Precision::kFp32 || implementation.rounds_activations) return t.data();
+  if (!bf16() || implementation.rounds_activations) return t.data();
   return rounded(t.data(), t.numel(), buffer);
 }
 
 const float* TbbConv2d::pass_weights(const Tensor& w) {
-  if (desc_.precision == Precision::kFp32) return w.data();
+  if (!bf16()) return w.data();
   return rounded(w.data(), w.numel(), scratch_->rounded_weights);
 }
 
@@ -1462,7 +1442,7 @@ const float* TbbConv2d::rounded(const float* in, int64_t n, std::vector<float>& 
 }
 
 void TbbConv2d::round_in_place(float* p, int64_t n) const {
-  if (desc_.precision == Precision::kBf16) round_floats_to_bf16(p, n, p);
+  if (bf16()) round_floats_to_bf16(p, n, p);
 }
 
 void TbbConv2d::bias_gradient(const float* dy, float* db, int64_t n_batch) const {
@@ -1617,25 +1597,21 @@ void TbbConv2d::blas_backward_params(const Block& b, const float* x, const float
         col = ws.col.data();
         ld = cols;
       }
-      if (pointwise && bf16_products_ && !pointwise_pairs_) {
+      if (pointwise && bf16() && !pointwise_pairs()) {
         col = rounded_image(xg, cg_ * in_plane_, ws.col);
         dyg = rounded_image(dy + (n * d.out_channels + g * kg_) * out_plane_, kg_ * out_plane_,
                             ws.gathered) +
               b.oh0 * d.out_w;
       }
-      if (pointwise && pointwise_pairs_) {  // dot products of bf16 rows, 32 pixels a step
-        const int64_t length = round_up(cols, 32);
+      if (pointwise && pointwise_pairs()) {         // dot products of bf16 rows, 32 pixels a step
+        const int64_t length = pointwise_stride();  // (cols: the whole plane, one image a block)
         auto* xs = reinterpret_cast<uint16_t*>(ws.gathered.data());
         uint16_t* dys = xs + cg_ * length;
         std::fill_n(xs, (cg_ + kg_) * length, uint16_t{0});
         bf16::convert_rows(col, cg_, cols, ld, xs, length);
         bf16::convert_rows(dyg, kg_, cols, out_plane_, dys, length);
-        std::vector<int32_t>& offsets = ws.offsets;
-        offsets.resize(static_cast<std::size_t>(cg_));
-        for (int64_t c = 0; c < cg_; ++c)
-          offsets[static_cast<std::size_t>(c)] = static_cast<int32_t>(c * length);
-        bf16::shifted_dot_pairs(dys, kg_, length, xs, offsets.data(), cg_, {.length = length}, dwg,
-                                rows_);
+        bf16::shifted_dot_pairs(dys, kg_, length, xs, pointwise_offsets_.data(), cg_,
+                                {.length = length}, dwg, rows_);
         continue;
       }
       if (pointwise && cols >= panel::kDotMinDepth) {  // dot products along the image's pixels
@@ -1979,7 +1955,7 @@ int64_t TbbConv2d::depthwise_dy_offset() const {
 
 TbbConv2d::Planes TbbConv2d::depthwise_dy(const float* dy, int64_t count, Workspace& ws) const {
   const int64_t stride = desc_.out_channels * out_plane_;
-  if (desc_.precision != Precision::kBf16) return {dy, stride};
+  if (!bf16()) return {dy, stride};
   float* rounded = ws.gathered.data() + depthwise_dy_offset();
   for (int64_t i = 0; i < count; ++i) {
     round_floats_to_bf16(dy + i * stride, out_plane_, rounded + i * out_plane_);
@@ -1989,9 +1965,7 @@ TbbConv2d::Planes TbbConv2d::depthwise_dy(const float* dy, int64_t count, Worksp
 
 void TbbConv2d::depthwise_pad(const float* x, int64_t count, float* padded) const {
   depthwise::pad_planes(desc_, depthwise_plan_, x, desc_.in_channels * in_plane_, count, padded);
-  if (desc_.precision == Precision::kBf16) {
-    round_floats_to_bf16(padded, depthwise::padded_floats(depthwise_plan_), padded);
-  }
+  round_in_place(padded, depthwise::padded_floats(depthwise_plan_));
 }
 
 int64_t TbbConv2d::depthwise_grain() const {
@@ -2015,11 +1989,10 @@ void TbbConv2d::for_depthwise_blocks(int64_t n_batch, const Body& body) {
                     });
 }
 
-void TbbConv2d::depthwise_forward(const float* x, const float* weight, const float* bias, float* y,
+void TbbConv2d::depthwise_forward(const float* x, const float* w, const float* bias, float* y,
                                   int64_t n_batch) {
   const Conv2dDesc& d = desc_;
   const int64_t taps = d.kernel_h * d.kernel_w;
-  const float* w = weight;  // rounded by the pass in bf16
   for_depthwise_blocks(n_batch, [&](Workspace& ws, int64_t n, int64_t count, int64_t g) {
     float* padded = ws.gathered.data();
     depthwise_pad(x + (n * d.in_channels + g) * in_plane_, count, padded);
@@ -2032,11 +2005,10 @@ void TbbConv2d::depthwise_forward(const float* x, const float* weight, const flo
   });
 }
 
-void TbbConv2d::depthwise_backward_data(const float* dy, const float* weight, float* dx,
+void TbbConv2d::depthwise_backward_data(const float* dy, const float* w, float* dx,
                                         int64_t n_batch) {
   const Conv2dDesc& d = desc_;
   const int64_t taps = d.kernel_h * d.kernel_w;
-  const float* w = weight;  // rounded by the pass in bf16
   for_depthwise_blocks(n_batch, [&](Workspace& ws, int64_t n, int64_t count, int64_t g) {
     float* padded = ws.gathered.data();
     for (int64_t k = g * kg_; k < (g + 1) * kg_; ++k) {
@@ -2109,12 +2081,8 @@ void TbbConv2d::pad_input(const float* x, float* padded) const {
   std::fill_n(padded, cg_ * padded_h_ * padded_w_ + kSlackFloats + d.kernel_w * d.dilation_w, 0.0f);
   for (int64_t c = 0; c < cg_; ++c) {
     for (int64_t h = 0; h < d.in_h; ++h) {
-      float* row = padded + (c * padded_h_ + h + d.pad_h) * padded_w_ + d.pad_w;
-      if (desc_.precision == Precision::kBf16) {
-        round_floats_to_bf16(x + (c * d.in_h + h) * d.in_w, d.in_w, row);
-      } else {
-        std::copy_n(x + (c * d.in_h + h) * d.in_w, d.in_w, row);
-      }
+      std::copy_n(x + (c * d.in_h + h) * d.in_w, d.in_w,
+                  padded + (c * padded_h_ + h + d.pad_h) * padded_w_ + d.pad_w);
     }
   }
 }
@@ -2129,7 +2097,7 @@ void TbbConv2d::direct_forward(int64_t n, const float* x, const float* bias, flo
   const bool by_rows = direct::by_rows(d.out_h, d.out_w, padded_w_);
   for (int64_t g = 0; g < d.groups; ++g) {
     const float* xg = x + (n * d.in_channels + g * cg_) * in_plane_;
-    if (bf16_products_) {
+    if (bf16()) {
       pad_pairs(xg, cg_, in_plane_, d.in_h, d.in_w, {padded_h_, padded_w_}, d.pad_h, d.pad_w,
                 d.pad_w, d.pad_w + d.in_w,
                 ceil_div(cg_, 2) * padded_h_ * padded_w_ + kSlackFloats + d.kernel_w * d.dilation_w,
@@ -2194,14 +2162,10 @@ void TbbConv2d::widen_dy(int64_t n, int64_t g, const float* dy, int64_t row, int
   for (int64_t k = 0; k < kg_; ++k) {
     const float* plane = dy + (n * d.out_channels + g * kg_ + k) * out_plane_;
     for (int64_t oh = 0; oh < d.out_h; ++oh) {
-      float* dst = wide + k * row_stride + oh * row;
-      if (d.precision == Precision::kBf16) {
-        round_floats_to_bf16(plane + oh * d.out_w, d.out_w, dst);
-      } else {
-        copy_floats(dst, plane + oh * d.out_w, d.out_w);
-      }
+      copy_floats(wide + k * row_stride + oh * row, plane + oh * d.out_w, d.out_w);
     }
   }
+  round_in_place(wide, kg_ * row_stride);
 }
 
 void TbbConv2d::pad_pairs(const float* src, int64_t planes, int64_t plane, int64_t rows,
@@ -2229,40 +2193,32 @@ const float* TbbConv2d::rounded_image(const float* src, int64_t n,
 void TbbConv2d::pointwise_pairs(const float* packed_pairs, int64_t rows, const float* src,
                                 int64_t planes, int64_t plane, int64_t first, int64_t columns,
                                 float* c, int64_t ldc, Workspace& ws, bool accumulate) const {
-  const int64_t stride = pointwise_pair_stride(), pairs = ceil_div(planes, 2);
+  const int64_t stride = pointwise_stride(), pairs = ceil_div(planes, 2);
   auto* words = reinterpret_cast<uint32_t*>(ws.col.data());
   std::fill_n(ws.col.data() + pairs * stride, kSlackFloats, 0.0f);  // read past the last plane
-  std::vector<int32_t>& offsets = ws.offsets;
-  offsets.resize(static_cast<std::size_t>(pairs));
   for (int64_t q = 0; q < pairs; ++q) {
     const float* a = src + 2 * q * plane + first;
     bf16::interleave_rows(a, 2 * q + 1 < planes ? a + plane : nullptr, 1, columns, 0,
                           words + q * stride, 0);
-    offsets[static_cast<std::size_t>(q)] = static_cast<int32_t>(q * stride);
   }
-  float* out = c;
-  float* product = ws.gathered.data();  // with accumulate: the product, then added to c
-  if (accumulate) out = product;
   bf16::shifted_gemm_pairs(reinterpret_cast<const uint32_t*>(packed_pairs), rows, words,
-                           offsets.data(), pairs, columns, out, accumulate ? columns : ldc);
-  if (!accumulate) return;
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < columns; ++j) c[i * ldc + j] += product[i * columns + j];
-  }
+                           pointwise_offsets_.data(), pairs, columns, c, ldc, accumulate);
 }
 
 void TbbConv2d::direct_product(bool forward, const float* a, int64_t rows, const float* b,
                                int64_t columns, float* c, int64_t ldc) const {
   const int64_t taps = desc_.kernel_h * desc_.kernel_w;
-  if (!bf16_products_) {
-    direct::shifted_gemm(a, rows, b, (forward ? forward_offsets_ : backward_offsets_).data(),
-                         forward ? rows_ : kg_ * taps, columns, c, ldc);
+  // The taps' offsets: channel (filter) c's are those of pair plane c too (the pair planes are as
+  // large as the planes), so the first half of the table serves the pairs.
+  const int32_t* offsets = (forward ? forward_offsets_ : backward_offsets_).data();
+  const int64_t planes = forward ? cg_ : kg_;
+  if (!bf16()) {
+    direct::shifted_gemm(a, rows, b, offsets, planes * taps, columns, c, ldc);
     return;
   }
-  const std::vector<int32_t>& offsets = forward ? forward_pair_offsets_ : backward_pair_offsets_;
   bf16::shifted_gemm_pairs(reinterpret_cast<const uint32_t*>(a), rows,
-                           reinterpret_cast<const uint32_t*>(b), offsets.data(),
-                           static_cast<int64_t>(offsets.size()), columns, c, ldc);
+                           reinterpret_cast<const uint32_t*>(b), offsets,
+                           ceil_div(planes, 2) * taps, columns, c, ldc, false);
 }
 
 void TbbConv2d::direct_product_rows(bool forward, const float* a, int64_t rows, const float* b,
@@ -2283,7 +2239,7 @@ void TbbConv2d::direct_backward_data(int64_t n, const float* dy, float* dx, Work
   for (int64_t g = 0; g < d.groups; ++g) {
     float* padded = ws.col.data();
     const int64_t slack = kSlackFloats + d.kernel_w * d.dilation_w;
-    if (bf16_products_) {
+    if (bf16()) {
       int64_t lo, hi;
       valid_columns(-dy_left_, 1, d.out_w, dy_w_, lo, hi);
       pad_pairs(dy + (n * d.out_channels + g * kg_) * out_plane_, kg_, out_plane_, d.out_h, d.out_w,
@@ -2313,9 +2269,9 @@ void TbbConv2d::direct_backward_params(const Block& b, const float* x, const flo
                                        Workspace& ws) const {
   const Conv2dDesc& d = desc_;
   // dy's rows `row` floats apart, zero past out_w: a dot product per row (by_rows), or one over
-  // the wide output (rows as wide as the padded input). bf16 (bf16_products_): the dot products
+  // the wide output (rows as wide as the padded input). bf16 (bf16()): the dot products
   // run 32 values at a time on bf16 copies (bf16::shifted_dot_pairs).
-  const int64_t block = bf16_products_ ? 32 : direct::kVector;
+  const int64_t block = bf16() ? 32 : direct::kVector;
   const bool by_rows = direct::by_rows(d.out_h, d.out_w, padded_w_, block);
   const int64_t row = by_rows ? round_up(d.out_w, block) : padded_w_;
   const int64_t plane = by_rows ? d.out_h * row : round_up(d.out_h * padded_w_, block);
@@ -2330,7 +2286,7 @@ void TbbConv2d::direct_backward_params(const Block& b, const float* x, const flo
     for (int64_t i = 0; i < b.images; ++i) {
       const int64_t n = b.n0 + i;
       const float* xg = x + (n * d.in_channels + g * cg_) * in_plane_;
-      if (bf16_products_) {
+      if (bf16()) {
         auto* padded = reinterpret_cast<uint16_t*>(ws.col.data()) + i * padded_stride_;
         std::fill_n(padded, padded_stride_, uint16_t{0});
         for (int64_t c = 0; c < cg_; ++c) {
@@ -2349,7 +2305,7 @@ void TbbConv2d::direct_backward_params(const Block& b, const float* x, const flo
       }
     }
     // One pass over all the block's images: the accumulators are reduced once per block.
-    if (bf16_products_) {
+    if (bf16()) {
       bf16::shifted_dot_pairs(reinterpret_cast<const uint16_t*>(ws.gathered.data()), kg_, plane,
                               reinterpret_cast<const uint16_t*>(ws.col.data()),
                               forward_offsets_.data(), rows_, runs, dw + g * kg_ * rows_, rows_);

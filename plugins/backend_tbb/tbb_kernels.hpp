@@ -101,7 +101,7 @@ class TbbBackend : public Backend {
 // rounds_activations: the padded, split, interleaved or im2col copies of depthwise, direct,
 // polyphase, lanes and small, pointwise's pair planes, F(4x4)'s transforms), for the others
 // (F(2x2) Winograd, blas) the pass rounds them into copies (pass_input). The direct and pointwise
-// methods multiply with vdpbf16ps (bf16_products_). On a CPU without AVX512-BF16 on_prepare()
+// methods multiply with vdpbf16ps (bf16_direct.hpp). On a CPU without AVX512-BF16 on_prepare()
 // refuses bf16 like TbbBf16Conv2d does. The methods:
 //   - depthwise: one input channel per group (depthwise convolution, or a channel multiplier),
 //     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp). forward and
@@ -198,7 +198,6 @@ class TbbConv2d : public Conv2dKernel {
   struct Workspace {
     std::vector<float> col;       // col matrix, or the padded image (direct)
     std::vector<float> gathered;  // GEMM output or gathered dy, or the wide output (direct)
-    std::vector<int32_t> offsets;  // bf16 pointwise's pair planes (pointwise_pairs)
   };
 
  protected:
@@ -357,17 +356,16 @@ class TbbConv2d : public Conv2dKernel {
   void direct_backward_params(const Block& b, const float* x, const float* dy, float* dw,
                               Workspace& ws) const;
   void pad_input(const float* x, float* padded) const;  // one group of one image
-  // bf16 (bf16_products_): `planes` planes of rows x width floats (`plane` apart) into pair planes
+  // bf16: `planes` planes of rows x width floats (`plane` apart) into pair planes
   // of size.h x size.w words (bf16_direct.hpp), `words` zeroed first (the slack included): source
   // row i lands at row top + i (rows outside the plane dropped), and destination columns [lo, hi)
   // hold source columns [lo - left, hi - left). pad_input's and pad_dy's layouts, in pairs.
   void pad_pairs(const float* src, int64_t planes, int64_t plane, int64_t rows, int64_t width,
                  Extent size, int64_t top, int64_t left, int64_t lo, int64_t hi, int64_t words,
                  float* out) const;
-  // direct_forward's and direct_backward_data's product: direct::shifted_gemm, or with
-  // bf16_products_ bf16::shifted_gemm_pairs on pair planes (a reinterpreted as packed words, b as
-  // words, the pair offsets); whole, or a row of `width` columns at a time (by_rows, rows
-  // `b_stride` apart in b, compact in c).
+  // direct_forward's and direct_backward_data's product: direct::shifted_gemm, or in bf16
+  // bf16::shifted_gemm_pairs on pair planes (a reinterpreted as packed words, b as words); whole,
+  // or a row of `width` columns at a time (by_rows, rows `b_stride` apart in b, compact in c).
   void direct_product(bool forward, const float* a, int64_t rows, const float* b, int64_t columns,
                       float* c, int64_t ldc) const;
   // bf16 pointwise: C (rows x columns, ldc) = (or with accumulate +=) the packed pair rows times
@@ -375,7 +373,11 @@ class TbbConv2d : public Conv2dKernel {
   void pointwise_pairs(const float* packed_pairs, int64_t rows, const float* src, int64_t planes,
                        int64_t plane, int64_t first, int64_t columns, float* c, int64_t ldc,
                        Workspace& ws, bool accumulate) const;
-  int64_t pointwise_pair_stride() const;  // words between pointwise's pair planes
+  // bf16 pointwise multiplies pairs (kPointwisePairsMin*); the words between its pair planes,
+  // and the bf16 values between its weight gradient's rows.
+  bool pointwise_pairs() const;
+  int64_t pointwise_stride() const;
+  bool bf16() const { return desc_.precision == Precision::kBf16; }
   // bf16 pointwise below kPointwisePairsMinChannels: src[0, n) rounded into `buffer` (a
   // workspace buffer prepare_pointwise sized).
   const float* rounded_image(const float* src, int64_t n, std::vector<float>& buffer) const;
@@ -511,9 +513,7 @@ class TbbConv2d : public Conv2dKernel {
   std::vector<int32_t> forward_offsets_, backward_offsets_;
   // Precision bf16: the direct and pointwise methods multiply pairs of channels, filters or
   // positions with vdpbf16ps (bf16_direct.hpp); direct's pair taps' offsets in its pair images.
-  bool bf16_products_ = false;
-  bool pointwise_pairs_ = false;  // bf16 pointwise with pairs (kPointwisePairsMin*)
-  std::vector<int32_t> forward_pair_offsets_, backward_pair_offsets_;
+  std::vector<int32_t> pointwise_offsets_;  // bf16 pointwise: i * pointwise_stride()
   // depthwise: its geometry and taps (depthwise.hpp).
   depthwise::Plan depthwise_plan_;
   // winograd: the geometries of forward, backward_data and backward_params.
