@@ -101,10 +101,9 @@ BOOST_AUTO_TEST_CASE(reports_every_layer_with_flops_from_weight_shapes) {
   BOOST_TEST(r.total_flops == 2 * conv1 + 3 * conv2 + 3 * fc);
   BOOST_TEST(r.parameters == 4 * 1 * 9 + 4 + 6 * 4 * 9 + 6 + 5 * 294 + 5);
   // Each layer names the kernel path it ran (Layer::implementation(), one name per conv pass);
-  // relu runs the activation kernel. conv1 has one channel per group; conv2's 7x7 images of 4
-  // channels run with the images across the vector lanes (backend_tbb/lanes.hpp).
-  BOOST_TEST(r.layers[0].implementation ==
-             "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise");
+  // relu runs the activation kernel. conv1 (one channel per group) and conv2 (7x7 images of 4
+  // channels) run with the images across the vector lanes (backend_tbb/lanes.hpp).
+  BOOST_TEST(r.layers[0].implementation == "fwd=lanes bwd_data=lanes bwd_weights=lanes");
   BOOST_TEST(r.layers[1].implementation == "elementwise");
   BOOST_TEST(r.layers[2].implementation == "fwd=lanes bwd_data=lanes bwd_weights=lanes");
   BOOST_TEST(r.layers[3].implementation == "openblas");

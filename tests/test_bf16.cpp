@@ -11,6 +11,7 @@
 // same path whatever it has (bf16_refused_without_the_cpu_feature).
 #define BOOST_TEST_MODULE bf16
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <boost/test/unit_test.hpp>
@@ -485,15 +486,29 @@ namespace {
 
 constexpr const char* kBf16Depthwise =
     "fwd=bf16_depthwise bwd_data=bf16_depthwise bwd_weights=bf16_depthwise";
+constexpr const char* kBf16Lanes = "fwd=bf16_lanes bwd_data=bf16_lanes bwd_weights=bf16_lanes";
+
+// "fwd=A bwd_data=B bwd_weights=C" with bf16_ before each method.
+std::string bf16_names(const std::string& fp32) {
+  std::vector<std::string> passes;
+  std::istringstream words(fp32);
+  for (std::string word; words >> word;) {
+    const std::size_t eq = word.find('=');
+    passes.push_back(fmt::format("{}bf16_{}", word.substr(0, eq + 1), word.substr(eq + 1)));
+  }
+  return fmt::format("{}", fmt::join(passes, " "));
+}
 
 }  // namespace
 
-// Depthwise convolutions in bf16 run the depthwise method on rounded inputs (bf16_depthwise,
-// TbbConv2d): all three passes against the reference's emulation, with bias and without, on
-// stride 1 (the wide tap loops) and 2 (the row loops), 3x3 and 5x5, with and without padding,
-// non-square images, dilation, a channel multiplier and rows longer than the 64-float vector
-// block. And the rounding is real: the fp32 depthwise method's forward on the same inputs differs
-// from bf16_depthwise's by more than the tolerance.
+// Depthwise convolutions in bf16 run their fp32 twin's methods on rounded inputs: lanes (small
+// planes: forward, the weight gradient, and backward_data at stride 1) and the depthwise method
+// (strided backward_data, and every pass of planes past lanes' frames). All three passes against
+// the reference's emulation, with bias and without, on stride 1 (the wide tap loops) and 2 (the
+// row loops), 3x3 and 5x5, with and without padding, non-square images, dilation, a channel
+// multiplier, rows longer than the 64-float vector block, and planes past lanes' frames. Both
+// methods must run every pass somewhere. And the rounding is real: the fp32 methods' forward on
+// the same inputs differs from the bf16 one by more than the tolerance.
 BOOST_AUTO_TEST_CASE(depthwise_against_reference_emulation) {
   struct Case {
     ConvCase conv;
@@ -509,8 +524,11 @@ BOOST_AUTO_TEST_CASE(depthwise_against_reference_emulation) {
       {{2, 8, 12, 12, 8, 3, 3, 1, 1, 2, 2, 2, 2, 8}, true},     // dilation 2
       {{2, 4, 9, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 4}, false},      // two filters per channel
       {{2, 3, 20, 70, 3, 3, 3, 1, 1, 1, 1, 1, 1, 3}, true},     // rows over 64 floats
+      {{2, 2, 96, 96, 2, 3, 3, 1, 1, 1, 1, 1, 1, 2}, true},     // past lanes' frames
+      {{2, 2, 97, 95, 4, 3, 3, 2, 2, 1, 1, 1, 1, 2}, false},    // and strided, two filters
   };
   std::mt19937 rng(31);
+  std::set<std::string> ran;
   for (const Case& c : cases) {
     const ConvCase& t = c.conv;
     const Conv2dDesc d = bf16_conv(t);
@@ -518,16 +536,24 @@ BOOST_AUTO_TEST_CASE(depthwise_against_reference_emulation) {
       if (refused_without_the_feature(d)) continue;
       auto ref = registries().kernels.pick<Conv2dKernel>("conv2d", "reference", d, "t");
       auto fast = registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t");
-      BOOST_TEST(fast->implementation() == kBf16Depthwise);
-      const PassInputs in = random_inputs(t, d, rng);
-      const Tensor y = check_passes(*fast, *ref, in, c.bias);
       Conv2dDesc fp32 = d;
       fp32.precision = Precision::kFp32;
       auto plain = registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", fp32, "t");
-      BOOST_TEST(plain->implementation().find("fwd=depthwise") == 0u, plain->implementation());
+      BOOST_TEST(fast->implementation() == bf16_names(plain->implementation()));
+      std::istringstream words(fast->implementation());
+      for (std::string word; words >> word;) ran.insert(word);
+      const PassInputs in = random_inputs(t, d, rng);
+      const Tensor y = check_passes(*fast, *ref, in, c.bias);
       Tensor y_fp32(y.shape());
       plain->forward(in.x, in.w, c.bias ? &in.b : nullptr, y_fp32);
       BOOST_TEST(strata::test::max_abs_diff(y, y_fp32) > kRelativeTolerance * largest(y_fp32));
+    }
+  }
+  if (cpu_has_bf16()) {
+    for (const std::string method : {"bf16_lanes", "bf16_depthwise"}) {
+      for (const std::string pass : {"fwd=", "bwd_data=", "bwd_weights="}) {
+        BOOST_TEST(ran.count(pass + method) == 1u, pass + method << " never ran");
+      }
     }
   }
 }
@@ -599,10 +625,15 @@ BOOST_AUTO_TEST_CASE(conv2d_implementations_by_precision) {
   BOOST_TEST(
       registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", pointwise, "t")->implementation() ==
       "fwd=bf16_pointwise bwd_data=bf16_pointwise bwd_weights=bf16_pointwise");
-  // Depthwise in bf16: bf16_depthwise; with end padding (which TbbConv2d refuses) bf16_gemm.
+  // Depthwise in bf16: bf16_lanes on small planes, bf16_depthwise past lanes' frames; with end
+  // padding (which TbbConv2d refuses) bf16_gemm.
   const Conv2dDesc depthwise = bf16_conv({2, 8, 8, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8});
   BOOST_TEST(
       registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", depthwise, "t")->implementation() ==
+      kBf16Lanes);
+  const Conv2dDesc large = bf16_conv({2, 8, 96, 96, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8});
+  BOOST_TEST(
+      registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", large, "t")->implementation() ==
       kBf16Depthwise);
   const Conv2dDesc end_padded = bf16_conv({2, 8, 8, 8, 8, 3, 3, 2, 2, 0, 0, 1, 1, 8, 1, 1});
   BOOST_TEST(
@@ -650,18 +681,19 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic) {
   BOOST_TEST((b.forward == strata::Conv2dPassArithmetic{40320, 0}));
   BOOST_TEST((b.backward_data == strata::Conv2dPassArithmetic{40320, 400}));
   BOOST_TEST((b.backward_params == strata::Conv2dPassArithmetic{40320, 0}));
-  // bf16_depthwise counts what the depthwise loops run, as the fp32 depthwise method does: 16
-  // filters of 9 taps, stride 1 on 10x10 padded by 1, each tap over a stacked image's 12x12
-  // padded plane (144) in every pass.
-  Conv2dDesc d = bf16_conv({1, 16, 10, 10, 16, 3, 3, 1, 1, 1, 1, 1, 1, 16});
+  // bf16_depthwise counts what the depthwise loops run, as the fp32 depthwise method does: 2
+  // filters of 9 taps, stride 1 on 96x96 padded by 1, each tap over the 98x98 padded plane in
+  // every pass.
+  Conv2dDesc d = bf16_conv({1, 2, 96, 96, 2, 3, 3, 1, 1, 1, 1, 1, 1, 2});
   const auto depthwise = registries().kernels.pick<Conv2dKernel>("conv2d", "tbb", d, "t");
   BOOST_TEST_REQUIRE(depthwise->implementation() == kBf16Depthwise);
   const strata::Conv2dArithmetic c = depthwise->arithmetic();
-  BOOST_TEST((c.forward == strata::Conv2dPassArithmetic{16 * 9 * 144, 0}));
-  BOOST_TEST((c.backward_data == strata::Conv2dPassArithmetic{16 * 9 * 144, 0}));
-  BOOST_TEST((c.backward_params == strata::Conv2dPassArithmetic{16 * 9 * 144, 0}));
+  BOOST_TEST((c.forward == strata::Conv2dPassArithmetic{2 * 9 * 98 * 98, 0}));
+  BOOST_TEST((c.backward_data == strata::Conv2dPassArithmetic{2 * 9 * 98 * 98, 0}));
+  BOOST_TEST((c.backward_params == strata::Conv2dPassArithmetic{2 * 9 * 98 * 98, 0}));
   // Every bf16_ method counts what its fp32 twin does (the same loops on rounded inputs).
-  for (const Conv2dDesc& bf16 : {d, bf16_conv({2, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1})}) {
+  for (const Conv2dDesc& bf16 : {d, bf16_conv({2, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1}),
+                                 bf16_conv({1, 16, 10, 10, 16, 3, 3, 2, 2, 1, 1, 1, 1, 16})}) {
     Conv2dDesc fp32_desc = bf16;
     fp32_desc.precision = Precision::kFp32;
     const strata::Conv2dArithmetic a16 =

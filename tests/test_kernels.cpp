@@ -1045,9 +1045,8 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
       {conv_desc(96, 12, 12, 32, 5, 5, 1, 1, 2, 2, 1, 1, 1), 3,
        "fwd=direct bwd_data=direct bwd_weights=blas"},
       {conv_desc(16, 27, 27, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2, direct},
-      {conv_desc(4, 25, 25, 130, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9, blas},  // blas, many images
-      {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7,
-       "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise"},
+      {conv_desc(4, 25, 25, 130, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9, blas},    // blas, many images
+      {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7, lanes},  // depthwise
   };
   check_paths(cases, rng);
 }
@@ -1138,31 +1137,47 @@ BOOST_AUTO_TEST_CASE(conv2d_lanes_paths) {
   check_paths(cases, rng);
 }
 
-// The depthwise path (one input channel per group, any geometry): stride 1 (the wide tap loops,
-// with long runs past 64 floats and short tails), dilation, a channel multiplier (backward_data
-// adds two filters' shares), strides 2, (2, 1) and 3 (the plane split into phases), stride with
-// dilation (taps of one phase from different rows), a stride past the kernel (phases no tap
-// reaches), a 5x5 kernel, padding wider than the kernel, an output size rounded up (a last window
-// past the padding), a batch big enough to be split over threads, and small planes stacked
-// (depthwise.hpp) into a full block and a short one.
+// Depthwise shapes (one input channel per group, any geometry). Within the lanes method's frames
+// (kLanesBudgetPixels) lanes runs their forward and weight gradient, one group's single filter over
+// every output pixel at once (pixel_tiles in lanes.cpp), and their backward_data where
+// lanes::data_fits (stride 1, padding within the kernel's reach); the depthwise method runs the
+// rest: backward_data of the others, and every pass of planes past lanes' frames (the second
+// list). Geometries: stride 1 (the wide tap loops, with long runs past 64 floats and short tails),
+// dilation, a channel multiplier (backward_data adds two filters' shares), strides 2, (2, 1) and 3
+// (the plane split into phases), stride with dilation (taps of one phase from different rows), a
+// stride past the kernel (phases no tap reaches), a 5x5 kernel, padding wider than the kernel, an
+// output size rounded up (a last window past the padding), a batch big enough to be split over
+// threads and over groups (for_lanes_groups), and small planes stacked (depthwise.hpp) into a full
+// block and a short one.
 BOOST_AUTO_TEST_CASE(conv2d_depthwise_paths) {
   std::mt19937 rng(23);
+  const std::string lanes = "fwd=lanes bwd_data=lanes bwd_weights=lanes";
+  const std::string strided = "fwd=lanes bwd_data=depthwise bwd_weights=lanes";
   const std::string depthwise = "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise";
   const std::vector<PathCase> cases = {
-      {conv_desc(8, 28, 28, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8), 3, depthwise},  // MobileNet's 3x3
-      {conv_desc(5, 13, 9, 5, 3, 3, 1, 1, 2, 2, 2, 2, 5), 2, depthwise},   // dilation 2
-      {conv_desc(4, 10, 12, 8, 3, 3, 1, 1, 1, 1, 1, 1, 4), 2, depthwise},  // channel multiplier 2
-      {conv_desc(6, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6), 2, depthwise},  // stride 2
-      {conv_desc(3, 11, 14, 6, 5, 5, 2, 1, 2, 2, 1, 1, 3), 2, depthwise},  // 5x5, stride (2, 1)
-      {conv_desc(4, 17, 16, 4, 3, 3, 3, 3, 1, 1, 1, 1, 4), 2, depthwise},  // stride 3
-      {conv_desc(4, 16, 19, 8, 3, 3, 2, 2, 2, 2, 3, 3, 4), 2, depthwise},  // stride 2, dilation 3
-      {conv_desc(3, 13, 13, 3, 2, 2, 3, 3, 0, 0, 1, 1, 3), 2, depthwise},  // stride 3 > 2x2
-      {conv_desc(8, 32, 32, 8, 3, 3, 2, 2, 1, 1, 1, 1, 8), 3, depthwise},  // MobileNet's stride 2
-      {conv_desc(3, 5, 5, 3, 3, 3, 1, 1, 4, 4, 1, 1, 3), 2, depthwise},  // padding past the kernel
-      {rounded_up(conv_desc(4, 12, 11, 4, 3, 3, 2, 3, 1, 0, 1, 1, 4)), 2, depthwise},  // rounded up
-      {conv_desc(32, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, 32), 16, depthwise},  // split over threads
-      {conv_desc(4, 6, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 4), 70, depthwise},       // 64 stacked, then 6
-      {conv_desc(3, 4, 4, 6, 3, 3, 2, 2, 1, 1, 1, 1, 3), 40, depthwise},       // stacked, stride 2
+      {conv_desc(8, 28, 28, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8), 3, lanes},    // MobileNet's 3x3
+      {conv_desc(5, 13, 9, 5, 3, 3, 1, 1, 2, 2, 2, 2, 5), 2, lanes},     // dilation 2
+      {conv_desc(4, 10, 12, 8, 3, 3, 1, 1, 1, 1, 1, 1, 4), 2, lanes},    // channel multiplier 2
+      {conv_desc(6, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6), 2, strided},  // stride 2
+      {conv_desc(3, 11, 14, 6, 5, 5, 2, 1, 2, 2, 1, 1, 3), 2, strided},  // 5x5, stride (2, 1)
+      {conv_desc(4, 17, 16, 4, 3, 3, 3, 3, 1, 1, 1, 1, 4), 2, strided},  // stride 3
+      {conv_desc(4, 16, 19, 8, 3, 3, 2, 2, 2, 2, 3, 3, 4), 2, strided},  // stride 2, dilation 3
+      {conv_desc(3, 13, 13, 3, 2, 2, 3, 3, 0, 0, 1, 1, 3), 2, strided},  // stride 3 > 2x2
+      {conv_desc(8, 32, 32, 8, 3, 3, 2, 2, 1, 1, 1, 1, 8), 3, strided},  // MobileNet's stride 2
+      {conv_desc(3, 5, 5, 3, 3, 3, 1, 1, 4, 4, 1, 1, 3), 2, strided},    // padding past the kernel
+      {rounded_up(conv_desc(4, 12, 11, 4, 3, 3, 2, 3, 1, 0, 1, 1, 4)), 2, strided},  // rounded up
+      {conv_desc(32, 14, 14, 32, 3, 3, 1, 1, 1, 1, 1, 1, 32), 16, lanes},  // split over threads
+      {conv_desc(512, 4, 4, 512, 3, 3, 1, 1, 1, 1, 1, 1, 512), 2, lanes},  // and over groups
+      {conv_desc(4, 6, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 4), 70, lanes},    // 16-image blocks, then 6
+      {conv_desc(3, 4, 4, 6, 3, 3, 2, 2, 1, 1, 1, 1, 3), 40, strided},  // stacked, stride 2
+      {conv_desc(4, 3, 3, 4, 3, 3, 1, 1, 3, 3, 1, 1, 4), 70, strided},  // stacked, stride 1
+      // Past lanes' frames (a padded plane of more than 8192 pixels): the depthwise method.
+      {conv_desc(3, 96, 96, 3, 3, 3, 1, 1, 1, 1, 1, 1, 3), 2, depthwise},
+      {conv_desc(2, 93, 95, 2, 3, 3, 1, 1, 2, 2, 2, 2, 2), 2, depthwise},  // dilation 2
+      {conv_desc(2, 96, 94, 4, 3, 3, 1, 1, 1, 1, 1, 1, 2), 2, depthwise},  // channel multiplier 2
+      {conv_desc(2, 97, 96, 2, 5, 5, 2, 1, 2, 2, 1, 1, 2), 2, depthwise},  // 5x5, stride (2, 1)
+      {rounded_up(conv_desc(2, 100, 99, 2, 3, 3, 2, 3, 1, 0, 1, 1, 2)), 2, depthwise},
+      {conv_desc(8, 96, 96, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8), 3, depthwise},  // split over threads
   };
   check_paths(cases, rng);
 }
@@ -1294,6 +1309,8 @@ const std::vector<PathCase>& scratch_cases() {
       {conv_desc(136, 24, 24, 4, 7, 3, 2, 1, 3, 1, 2, 1, 1), 2,
        "fwd=blas bwd_data=blas bwd_weights=blas"},
       {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7,
+       "fwd=lanes bwd_data=lanes bwd_weights=lanes"},
+      {conv_desc(4, 96, 96, 4, 3, 3, 1, 1, 1, 1, 1, 1, 4), 2,
        "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise"},
   };
   return cases;
@@ -1530,16 +1547,18 @@ BOOST_AUTO_TEST_CASE(conv2d_arithmetic_per_method) {
       {conv_desc(72, 6, 6, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1),
        "fwd=pointwise bwd_data=pointwise bwd_weights=pointwise",
        {{20736, 0}, {20736, 0}, {20736, 0}}},
-      // Depthwise, stride 1: 12 planes, 9 taps over each stacked image's 13x13 padded plane (the
-      // wide output's rows and the garbage rows between images: depthwise.hpp).
-      {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12),
+      // Depthwise, stride 1, past lanes' frames: 3 planes, 9 taps over the 98x98 padded plane (the
+      // wide output's rows: depthwise.hpp).
+      {conv_desc(3, 96, 96, 3, 3, 3, 1, 1, 1, 1, 1, 1, 3),
        "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise",
-       {{12 * 9 * 169, 0}, {12 * 9 * 169, 0}, {12 * 9 * 169, 0}}},
-      // Depthwise, stride 2: the 17x17 padded plane's four phases are 9x9, and each tap runs over
-      // one phase's 81 floats.
+       {{3 * 9 * 98 * 98, 0}, {3 * 9 * 98 * 98, 0}, {3 * 9 * 98 * 98, 0}}},
+      // Depthwise, stride 2, in lanes' frames: forward and the weight gradient per image 9 taps
+      // over the 64 output pixels of each of the 6 groups (8 output pixels a tile in every vector
+      // width: kPixelTile; the weight gradient's 1x9 tile is whole); backward_data on the
+      // depthwise method, each tap over one of the 17x17 padded plane's 9x9 phases.
       {conv_desc(6, 15, 15, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6),
-       "fwd=depthwise bwd_data=depthwise bwd_weights=depthwise",
-       {{6 * 9 * 81, 0}, {6 * 9 * 81, 0}, {6 * 9 * 81, 0}}},
+       "fwd=lanes bwd_data=depthwise bwd_weights=lanes",
+       {{6 * 9 * 64, 0}, {6 * 9 * 81, 0}, {6 * 9 * 64, 0}}},
   };
   for (const ArithmeticCase& c : cases) {
     const auto conv = kernel<Conv2dKernel>("conv2d", "tbb", c.desc);

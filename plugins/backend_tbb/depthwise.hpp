@@ -1,6 +1,10 @@
 // Convolution with one input channel per group (internal to backend_tbb): depthwise convolution
 // (groups = channels, MobileNet's 3x3 layers) and its channel-multiplier form (each group's
 // filters all read the same single channel). Any kernel size, stride, padding and dilation.
+// TbbConv2d tries the lanes method first (lanes.hpp: images across the vector lanes, every lane
+// useful and no per-plane set-up), which takes small planes (MobileNet's from 32x32 down) except
+// for a strided layer's backward_data: this method runs those and the planes past lanes' frames
+// (docs/performance.md, section 31).
 //
 // Why not im2col + GEMM: a group's "matrix product" is (filters per group) x R*S times R*S x
 // pixels, one to a few rows, so the products run at memory speed while im2col writes R*S copies

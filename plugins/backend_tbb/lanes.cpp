@@ -212,6 +212,36 @@ void product_tiles(const float* a, int64_t lda, int64_t rows, const float* b, co
   }
 }
 
+// shifted_product of one row (one filter, or one channel for backward_data: depthwise layers) over
+// the output pixels of every output row at once: out[o] = sum over taps t of a[t] * b[offset[t] +
+// pixel_offset[o]], P pixels at a time with their sums in registers. Row by row, a 4-pixel row
+// kept 4 sums that each waited on the last multiply-add (the FMA's latency, not its throughput:
+// 1.5x slower); the price is the taps wholly in the padding rows, multiplied by zeros here.
+template <int P>
+void pixel_tiles(const float* a, int64_t taps, const float* b, const int64_t* offset,
+                 const int64_t* pixel_offset, int64_t pixels, float* out) {
+  for (int64_t o0 = 0; o0 < pixels; o0 += P) {
+    const int64_t here = std::min<int64_t>(P, pixels - o0);
+    const float* base[P];
+    V acc[P];
+#pragma GCC unroll 16
+    for (int j = 0; j < P; ++j) {  // a short last tile repeats its last pixel, unstored
+      base[j] = b + pixel_offset[o0 + std::min<int64_t>(j, here - 1)];
+      acc[j] = Lanes::zero();
+    }
+    for (int64_t t = 0; t < taps; ++t) {
+      const V av = Lanes::splat(a + t);
+#pragma GCC unroll 16
+      for (int j = 0; j < P; ++j) acc[j] = Lanes::fma(av, Lanes::load(base[j] + offset[t]), acc[j]);
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < P; ++j) {
+      if (j >= here) break;
+      Lanes::store(out + (o0 + j) * kLanes, acc[j]);
+    }
+  }
+}
+
 // One tile of weight_product: filters [k0, k0 + KB) x taps [p0, p0 + TB), of which kb x tb are
 // real (the others repeat the last real one and are not stored).
 template <int KB, int TB>
@@ -285,21 +315,30 @@ constexpr WeightKernel weight_kernel() {
 }
 
 #if defined(__AVX512F__)
-constexpr std::array kTiles = {tile_kernel<8, 3>(), tile_kernel<6, 4>(), tile_kernel<4, 6>(),
-                               tile_kernel<4, 5>(), tile_kernel<3, 7>(), tile_kernel<2, 10>(),
-                               tile_kernel<1, 12>()};
-constexpr std::array kWeightTiles = {weight_kernel<4, 6>(), weight_kernel<6, 4>(),
-                                     weight_kernel<8, 3>(), weight_kernel<2, 10>(),
-                                     weight_kernel<1, 12>()};
+constexpr std::array kTiles = {tile_kernel<8, 3>(),  tile_kernel<6, 4>(), tile_kernel<4, 6>(),
+                               tile_kernel<4, 5>(),  tile_kernel<3, 7>(), tile_kernel<2, 10>(),
+                               tile_kernel<1, 12>(), tile_kernel<1, 8>(), tile_kernel<1, 4>()};
+constexpr std::array kWeightTiles = {weight_kernel<4, 6>(),  weight_kernel<6, 4>(),
+                                     weight_kernel<8, 3>(),  weight_kernel<2, 10>(),
+                                     weight_kernel<1, 12>(), weight_kernel<1, 9>()};
 #elif defined(__AVX2__) && defined(__FMA__)
 constexpr std::array kTiles = {tile_kernel<4, 3>(), tile_kernel<4, 2>(), tile_kernel<3, 3>(),
-                               tile_kernel<2, 5>(), tile_kernel<1, 6>()};
+                               tile_kernel<2, 5>(), tile_kernel<1, 6>(), tile_kernel<1, 4>()};
 constexpr std::array kWeightTiles = {weight_kernel<2, 4>(), weight_kernel<4, 2>(),
-                                     weight_kernel<3, 3>(), weight_kernel<1, 6>()};
+                                     weight_kernel<3, 3>(), weight_kernel<1, 6>(),
+                                     weight_kernel<1, 3>()};
 #else
 constexpr std::array kTiles = {tile_kernel<2, 2>(), tile_kernel<1, 4>(), tile_kernel<4, 1>()};
 constexpr std::array kWeightTiles = {weight_kernel<2, 2>(), weight_kernel<1, 4>(),
-                                     weight_kernel<4, 1>()};
+                                     weight_kernel<4, 1>(), weight_kernel<1, 3>()};
+#endif
+
+// Sums per pixel_tiles tile: enough independent multiply-adds to cover the FMA latency on two
+// pipes, and a divisor of the usual planes (16, 64, 256 pixels; with 12, a 4x4 plane computed 24).
+#if defined(__AVX2__) && defined(__FMA__)
+constexpr int kPixelTile = 8;
+#else
+constexpr int kPixelTile = 4;
 #endif
 
 int64_t round_up(int64_t a, int64_t multiple) { return (a + multiple - 1) / multiple * multiple; }
@@ -307,11 +346,12 @@ int64_t round_up(int64_t a, int64_t multiple) { return (a + multiple - 1) / mult
 }  // namespace
 
 void interleave(const float* src, int64_t images, int64_t image_stride, int64_t rows,
-                int64_t columns, const Frame& f, int64_t top, int64_t left, float* dst) {
+                int64_t columns, const Frame& f, int64_t top, int64_t left, float* dst,
+                bool zero_padding) {
   const int64_t plane = rows * columns;
   for (int64_t p = 0; p < f.planes; ++p) {
     // The padding: whole rows above and below, and the columns either side of the real ones.
-    for (int64_t fr = 0; fr < f.h; ++fr) {
+    for (int64_t fr = 0; zero_padding && fr < f.h; ++fr) {
       float* out = dst + f.pixel(p, fr, 0);
       if (fr < top || fr >= top + rows) {
         std::fill_n(out, f.w * kLanes, 0.0f);
@@ -329,11 +369,17 @@ void interleave(const float* src, int64_t images, int64_t image_stride, int64_t 
         r[i] = i < images ? load_first(src + i * image_stride + p * plane + q0, n) : Lanes::zero();
       }
       transpose(r);
-      for (int64_t j = 0; j < n; ++j) {
-        Lanes::store(dst + f.pixel(p, top + row, left + column), r[j]);
+      float* out = dst + f.pixel(p, top + row, left + column);
+      const int64_t skip = (f.w - columns) * kLanes;
+#pragma GCC unroll 16
+      for (int64_t j = 0; j < kLanes; ++j) {
+        if (j >= n) break;
+        Lanes::store(out, r[j]);
+        out += kLanes;
         if (++column == columns) {
           column = 0;
           ++row;
+          out += skip;
         }
       }
     }
@@ -451,15 +497,26 @@ void finish(ProductPass& p, int64_t stride_h, int64_t stride_w) {
   p.lda = padded_rows(p.tile, p.out.planes);
   p.step = stride_w * kLanes;
   p.row_step = stride_h * p.in.w * kLanes;
+  if (p.out.planes == 1) {
+    p.tile = {1, kPixelTile};
+    p.lda = 1;
+    for (int64_t o = 0; o < p.out.h; ++o) {
+      for (int64_t j = 0; j < p.out.w; ++j) p.pixel_offsets.push_back(o * p.row_step + j * p.step);
+    }
+  }
 }
 
 }  // namespace
 
 int64_t ProductPass::in_floats() const {
+  if (!pixel_offsets.empty()) return in.floats();  // pixel_tiles reads only real pixels' taps
   return in.floats() + (round_up(out.w, tile.columns) - out.w) * step;
 }
 
 int64_t ProductPass::multiply_adds() const {
+  if (!pixel_offsets.empty()) {
+    return static_cast<int64_t>(offsets.size()) * round_up(out.h * out.w, tile.columns);
+  }
   int64_t taps = 0;
   for (std::size_t o = 0; o < first_tap.size(); ++o) taps += end_tap[o] - first_tap[o];
   return taps * lda * round_up(out.w, tile.columns);
@@ -556,6 +613,12 @@ void pack_data(const Conv2dDesc& d, const ProductPass& p, const float* wg, float
 }
 
 void run(const ProductPass& p, const float* packed, const float* in, float* out) {
+  if (!p.pixel_offsets.empty()) {
+    pixel_tiles<kPixelTile>(packed, static_cast<int64_t>(p.offsets.size()), in, p.offsets.data(),
+                            p.pixel_offsets.data(), static_cast<int64_t>(p.pixel_offsets.size()),
+                            out);
+    return;
+  }
   const TileKernel& kernel = kernel_of(kTiles, p.tile);  // once, not per row
   const int64_t out_stride = p.out.h * p.out.w * kLanes;
   for (int64_t o = 0; o < p.out.h; ++o) {

@@ -17,7 +17,10 @@
 // pixels, kept per lane in a register tile and summed across lanes once per block.
 //
 // The interleaving costs a copy of the block's input and output; it pays where the products are
-// small and many (measured: docs/performance.md, "14. Images across vector lanes").
+// small and many (measured: docs/performance.md, "14. Images across vector lanes"). That includes
+// depthwise layers of small planes: one filter per group, so a row tile of one filter and a few
+// output columns would keep too few sums to cover the FMA latency; there run() multiplies tiles of
+// output pixels across the rows instead (ProductPass::pixel_offsets; section 31).
 #pragma once
 
 #include <cstdint>
@@ -45,9 +48,11 @@ struct Frame {
 // Interleaves `images` (at most kLanes) images into `dst` of frame f: image i's plane p (rows x
 // columns floats at src + i * image_stride + p * rows * columns) goes to lane i of f's plane p at
 // (top + row, left + column). Every other float of the frame (padding, lanes past `images`) is
-// zeroed.
+// zeroed; the padding only with zero_padding (a caller that interleaves group after group into
+// one buffer zeroes it with the first: 2-3 % of a depthwise pass was that memset).
 void interleave(const float* src, int64_t images, int64_t image_stride, int64_t rows,
-                int64_t columns, const Frame& f, int64_t top, int64_t left, float* dst);
+                int64_t columns, const Frame& f, int64_t top, int64_t left, float* dst,
+                bool zero_padding = true);
 
 // The reverse, for a frame without padding: lane i of src's plane p goes to image i's plane p
 // (f.h x f.w floats at dst + i * image_stride + p * f.h * f.w), plus bias[p] when bias is not
@@ -103,6 +108,9 @@ struct ProductPass {
   int64_t lda = 0;                          // packed weights per tap
   std::vector<int64_t> offsets;             // per tap, kernel row first: its pixel in `in`
   std::vector<int64_t> first_tap, end_tap;  // per output row: the taps that read a real row
+  // With one output plane (depthwise): per output pixel, where its first tap reads `in`; run()
+  // then multiplies every tap over all pixels at once (pixel_tiles in lanes.cpp), not row by row.
+  std::vector<int64_t> pixel_offsets;
   // Floats of the input frame plus what the last tile of a row reads past it.
   int64_t in_floats() const;
   // Multiply-adds per image as run: the tiles' padded rows and columns, the skipped taps not.

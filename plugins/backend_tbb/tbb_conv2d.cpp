@@ -83,6 +83,10 @@ constexpr int64_t kDirectParamsImages = 8;
 constexpr int64_t kWinogradMinChannels = 32;
 // Multiply-adds per task of the depthwise method, about 20 us on one core.
 constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
+// Multiply-adds per task of the lanes method's groups (for_lanes_groups): a block of 16 images has
+// one task per group chunk of about this much work, so that one block of a depthwise layer (512
+// groups of 4x4 planes) still spreads over the threads.
+constexpr int64_t kLanesTaskMacs = int64_t{1} << 17;
 // F(4x4, 3x3) needs blocks of at least ~32 tiles (at most this many channels plus filters, within
 // kWinogradBudgetFloats: 128 -> 256 at 32x32, forward 26.1 -> 19.4 ms; 224 -> 224 at 16x16 10.5 ->
 // 8.6; 240 -> 240 even; 256 -> 256 at 8x8 and 16x16 5 % slower; docs/performance.md, section 29).
@@ -492,10 +496,10 @@ bool lanes_data_fits(const Conv2dDesc& d) {
 
 std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementations() {
   static const ForwardImplementation list[] = {
-      {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise, &TbbConv2d::depthwise_forward,
-       &TbbConv2d::depthwise_arithmetic, /*rounds_activations=*/true},
       {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_forward, &TbbConv2d::forward_lanes,
        &TbbConv2d::lanes_forward_arithmetic, /*rounds_activations=*/true},
+      {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise, &TbbConv2d::depthwise_forward,
+       &TbbConv2d::depthwise_arithmetic, /*rounds_activations=*/true},
       {"direct", direct_forward_fits, &TbbConv2d::prepare_direct_forward,
        &TbbConv2d::forward_direct, &TbbConv2d::direct_forward_arithmetic,
        /*rounds_activations=*/true},
@@ -519,11 +523,11 @@ std::span<const TbbConv2d::ForwardImplementation> TbbConv2d::forward_implementat
 
 std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations() {
   static const DataImplementation list[] = {
+      {"lanes", lanes_data_fits, &TbbConv2d::prepare_lanes_data, &TbbConv2d::data_lanes,
+       &TbbConv2d::lanes_data_arithmetic, /*rounds_activations=*/true},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
        &TbbConv2d::depthwise_backward_data, &TbbConv2d::depthwise_arithmetic,
        /*rounds_activations=*/true},
-      {"lanes", lanes_data_fits, &TbbConv2d::prepare_lanes_data, &TbbConv2d::data_lanes,
-       &TbbConv2d::lanes_data_arithmetic, /*rounds_activations=*/true},
       {"direct", direct_data_fits, &TbbConv2d::prepare_direct_data, &TbbConv2d::data_direct,
        &TbbConv2d::direct_data_arithmetic, /*rounds_activations=*/true},
       {"polyphase", polyphase_data_fits, &TbbConv2d::prepare_polyphase_data,
@@ -546,11 +550,11 @@ std::span<const TbbConv2d::DataImplementation> TbbConv2d::data_implementations()
 
 std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementations() {
   static const ParamsImplementation list[] = {
+      {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_params, &TbbConv2d::params_lanes,
+       &TbbConv2d::lanes_params_arithmetic, /*rounds_activations=*/true},
       {"depthwise", depthwise_fits, &TbbConv2d::prepare_depthwise,
        &TbbConv2d::depthwise_backward_params, &TbbConv2d::depthwise_arithmetic,
        /*rounds_activations=*/true},
-      {"lanes", lanes_fits, &TbbConv2d::prepare_lanes_params, &TbbConv2d::params_lanes,
-       &TbbConv2d::lanes_params_arithmetic, /*rounds_activations=*/true},
       {"winograd43", winograd43_params_fits, &TbbConv2d::prepare_winograd_params<4>,
        &TbbConv2d::params_winograd, &TbbConv2d::winograd_params_arithmetic,
        /*rounds_activations=*/true},
@@ -2325,7 +2329,7 @@ void TbbConv2d::forward_lanes(const float* x, const float* w, const float* bias,
     lanes::pack_forward(desc_, lanes_forward_, w + g * kg_ * rows_, packed() + g * stride);
   }
   for_each_block(forward_plan_, n_batch,
-                 [&](const Block& b, Workspace& ws) { lanes_forward_block(b, x, bias, y, ws); });
+                 [&](const Block& b, Workspace&) { lanes_forward_block(b, x, bias, y); });
 }
 
 void TbbConv2d::data_lanes(const float* dy, const float* w, float* dx, int64_t n_batch) {
@@ -2334,62 +2338,78 @@ void TbbConv2d::data_lanes(const float* dy, const float* w, float* dx, int64_t n
     lanes::pack_data(desc_, lanes_data_, w + g * kg_ * rows_, packed() + g * stride);
   }
   for_each_data_unit(dx, n_batch, false,
-                     [&](const Block& b, Workspace& ws) { lanes_data_block(b, dy, dx, ws); });
+                     [&](const Block& b, Workspace&) { lanes_data_block(b, dy, dx); });
 }
 
 void TbbConv2d::params_lanes(const float* x, const float* dy, float* dweight, float* dbias,
                              int64_t n_batch) {
-  params_by_slices(dy, dweight, dbias, n_batch, [&](const Block& b, float* dw, Workspace& ws) {
-    lanes_params_block(b, x, dy, dw, ws);
+  params_by_slices(dy, dweight, dbias, n_batch, [&](const Block& b, float* dw, Workspace&) {
+    lanes_params_block(b, x, dy, dw);
   });
 }
 
-void TbbConv2d::lanes_forward_block(const Block& b, const float* x, const float* bias, float* y,
-                                    Workspace& ws) const {
-  const Conv2dDesc& d = desc_;
-  const lanes::ProductPass& p = lanes_forward_;
-  const int64_t stride = rows_ * p.lda;
-  for (int64_t g = 0; g < d.groups; ++g) {
-    lanes::interleave(x + (b.n0 * d.in_channels + g * cg_) * in_plane_, b.images,
-                      d.in_channels * in_plane_, d.in_h, d.in_w, p.in, p.top, p.left,
-                      ws.col.data());
-    round_in_place(ws.col.data(), p.in.floats());
-    lanes::run(p, packed() + g * stride, ws.col.data(), ws.gathered.data());
-    lanes::deinterleave(ws.gathered.data(), p.out, b.images, d.out_channels * out_plane_,
-                        bias != nullptr ? bias + g * kg_ : nullptr,
-                        y + (b.n0 * d.out_channels + g * kg_) * out_plane_);
+template <class Body>
+void TbbConv2d::for_lanes_groups(int64_t group_macs, const Body& body) {
+  const int64_t groups = desc_.groups;
+  const int64_t grain =
+      std::max<int64_t>(1, kLanesTaskMacs / std::max<int64_t>(1, group_macs * lanes::kLanes));
+  if (groups <= grain) {
+    body(int64_t{0}, groups, local_workspace());
+    return;
   }
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, groups, grain),
+                    [&](const tbb::blocked_range<int64_t>& range) {
+                      body(range.begin(), range.end(), local_workspace());
+                    });
 }
 
-void TbbConv2d::lanes_data_block(const Block& b, const float* dy, float* dx, Workspace& ws) const {
+void TbbConv2d::lanes_forward_block(const Block& b, const float* x, const float* bias, float* y) {
   const Conv2dDesc& d = desc_;
-  const lanes::ProductPass& p = lanes_data_;
-  const int64_t stride = kg_ * d.kernel_h * d.kernel_w * p.lda;
-  for (int64_t g = 0; g < d.groups; ++g) {
-    lanes::interleave(dy + (b.n0 * d.out_channels + g * kg_) * out_plane_, b.images,
-                      d.out_channels * out_plane_, d.out_h, d.out_w, p.in, p.top, p.left,
-                      ws.col.data());
-    round_in_place(ws.col.data(), p.in.floats());
-    lanes::run(p, packed() + g * stride, ws.col.data(), ws.gathered.data());
-    lanes::deinterleave(ws.gathered.data(), p.out, b.images, d.in_channels * in_plane_, nullptr,
-                        dx + (b.n0 * d.in_channels + g * cg_) * in_plane_);
-  }
+  lanes_product_block(lanes_forward_, rows_ * lanes_forward_.lda, b, {x, d.in_channels, cg_},
+                      {d.in_h, d.in_w}, bias, {y, d.out_channels, kg_});
 }
 
-void TbbConv2d::lanes_params_block(const Block& b, const float* x, const float* dy, float* dw,
-                                   Workspace& ws) const {
+void TbbConv2d::lanes_data_block(const Block& b, const float* dy, float* dx) {
+  const Conv2dDesc& d = desc_;
+  lanes_product_block(lanes_data_, kg_ * d.kernel_h * d.kernel_w * lanes_data_.lda, b,
+                      {dy, d.out_channels, kg_}, {d.out_h, d.out_w}, nullptr,
+                      {dx, d.in_channels, cg_});
+}
+
+void TbbConv2d::lanes_product_block(const lanes::ProductPass& p, int64_t packed_stride,
+                                    const Block& b, LanesPlanes<const float> in, Extent in_extent,
+                                    const float* bias, LanesPlanes<float> out) {
+  const int64_t in_plane = in_extent.h * in_extent.w, out_plane = p.out.h * p.out.w;
+  for_lanes_groups(p.multiply_adds(), [&](int64_t g0, int64_t g1, Workspace& ws) {
+    for (int64_t g = g0; g < g1; ++g) {
+      lanes::interleave(in.data + (b.n0 * in.channels + g * in.per_group) * in_plane, b.images,
+                        in.channels * in_plane, in_extent.h, in_extent.w, p.in, p.top, p.left,
+                        ws.col.data(), g == g0);
+      round_in_place(ws.col.data(), p.in.floats());
+      lanes::run(p, packed() + g * packed_stride, ws.col.data(), ws.gathered.data());
+      lanes::deinterleave(ws.gathered.data(), p.out, b.images, out.channels * out_plane,
+                          bias != nullptr ? bias + g * out.per_group : nullptr,
+                          out.data + (b.n0 * out.channels + g * out.per_group) * out_plane);
+    }
+  });
+}
+
+void TbbConv2d::lanes_params_block(const Block& b, const float* x, const float* dy, float* dw) {
   const Conv2dDesc& d = desc_;
   const lanes::WeightPass& p = lanes_params_;
-  for (int64_t g = 0; g < d.groups; ++g) {
-    lanes::interleave(x + (b.n0 * d.in_channels + g * cg_) * in_plane_, b.images,
-                      d.in_channels * in_plane_, d.in_h, d.in_w, p.x, p.top, p.left, ws.col.data());
-    lanes::interleave(dy + (b.n0 * d.out_channels + g * kg_) * out_plane_, b.images,
-                      d.out_channels * out_plane_, d.out_h, d.out_w, p.dy, 0, 0,
-                      ws.gathered.data());
-    round_in_place(ws.col.data(), p.x.floats());
-    round_in_place(ws.gathered.data(), p.dy.floats());
-    lanes::run(p, ws.gathered.data(), ws.col.data(), dw + g * kg_ * rows_, rows_);
-  }
+  for_lanes_groups(p.multiply_adds(), [&](int64_t g0, int64_t g1, Workspace& ws) {
+    for (int64_t g = g0; g < g1; ++g) {
+      lanes::interleave(x + (b.n0 * d.in_channels + g * cg_) * in_plane_, b.images,
+                        d.in_channels * in_plane_, d.in_h, d.in_w, p.x, p.top, p.left,
+                        ws.col.data(), g == g0);
+      lanes::interleave(dy + (b.n0 * d.out_channels + g * kg_) * out_plane_, b.images,
+                        d.out_channels * out_plane_, d.out_h, d.out_w, p.dy, 0, 0,
+                        ws.gathered.data());
+      round_in_place(ws.col.data(), p.x.floats());
+      round_in_place(ws.gathered.data(), p.dy.floats());
+      lanes::run(p, ws.gathered.data(), ws.col.data(), dw + g * kg_ * rows_, rows_);
+    }
+  });
 }
 
 }  // namespace strata::tbb_backend

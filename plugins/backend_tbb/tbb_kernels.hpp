@@ -85,11 +85,11 @@ class TbbBackend : public Backend {
 // and the two after it), in the style of oneDNN's implementation lists: on_prepare() takes, per
 // pass, the first whose supports(desc) holds, so forward may be direct while backward_data is
 // not. implementation() names the three: "fwd=direct bwd_data=small bwd_weights=winograd23".
-//   forward:         depthwise, lanes, direct, polyphase, winograd43, winograd23, pointwise,
+//   forward:         lanes, depthwise, direct, polyphase, winograd43, winograd23, pointwise,
 //                    small, blas
-//   backward_data:   depthwise, lanes, direct, polyphase, winograd43, winograd23, pointwise,
+//   backward_data:   lanes, depthwise, direct, polyphase, winograd43, winograd23, pointwise,
 //                    small, blas
-//   backward_params: depthwise, lanes, winograd43, winograd23, direct, polyphase, pointwise,
+//   backward_params: lanes, depthwise, winograd43, winograd23, direct, polyphase, pointwise,
 //                    small, blas
 // Precision bf16 (docs/precision.md): supports() takes the bf16 descriptors (symmetric padding)
 // but those whose fp32 twin's forward method is a GEMM (pointwise, blas) over at least
@@ -103,18 +103,20 @@ class TbbBackend : public Backend {
 // (F(2x2) Winograd, blas) the pass rounds them into copies (pass_input). The direct and pointwise
 // methods multiply with vdpbf16ps (bf16_direct.hpp). On a CPU without AVX512-BF16 on_prepare()
 // refuses bf16 like TbbBf16Conv2d does. The methods:
-//   - depthwise: one input channel per group (depthwise convolution, or a channel multiplier),
-//     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp). forward and
-//     backward_data are parallel over planes; backward_params over groups, each filter's sum in
-//     a fixed order.
 //   - lanes: small images (a block's frames within kLanesBudgetPixels per image, or
 //     kLanesStridedBudgetPixels for a strided layer of at most kLanesStridedMaxOutput output
 //     pixels a plane), kernels larger than 1x1, and not what Winograd takes: blocks of
 //     lanes::kLanes images interleaved so that one vector holds one pixel of every image
 //     (lanes.hpp). Forward and backward_data are register tiles of (filters or channels) x output
-//     columns over the taps that read real rows; the weight gradient a tile of filters x taps over
-//     the output pixels. backward_data needs stride 1 and padding within the kernel's reach.
-//     LeNet's layers run here.
+//     columns over the taps that read real rows (with a single filter or channel per group, as
+//     in depthwise layers: tiles of output pixels across the rows); the weight gradient a tile of
+//     filters x taps over the output pixels. backward_data needs stride 1 and padding within the
+//     kernel's reach. A block's groups run in parallel chunks (for_lanes_groups). LeNet's layers
+//     and the depthwise layers of small planes (MobileNet's from 32x32 down) run here.
+//   - depthwise: one input channel per group (depthwise convolution, or a channel multiplier),
+//     any geometry: register-blocked tap loops over one padded plane (depthwise.hpp), for planes
+//     past lanes' frames, and the backward_data lanes refuses (strided). forward and backward_data
+//     are parallel over planes; backward_params over groups, each filter's sum in a fixed order.
 //   - direct: stride 1, small padded image, little waste, and at most kDirectMaxChannels channels
 //     and filters per group (kDirectLargeMaxChannels where Winograd cannot run the shape, and
 //     polyphase; the weight gradient past kDirectMaxChannels only on outputs of at least
@@ -397,12 +399,30 @@ class TbbConv2d : public Conv2dKernel {
                  const float* bias, float* y) const;
   void widen_dy(int64_t n, int64_t g, const float* dy, int64_t row, int64_t row_stride,
                 float* wide) const;
-  // The lanes method's work on one block of at most lanes::kLanes images, every group.
-  void lanes_forward_block(const Block& b, const float* x, const float* bias, float* y,
-                           Workspace& ws) const;
-  void lanes_data_block(const Block& b, const float* dy, float* dx, Workspace& ws) const;
-  void lanes_params_block(const Block& b, const float* x, const float* dy, float* dw,
-                          Workspace& ws) const;
+  // The lanes method's work on one block of at most lanes::kLanes images, every group: the groups
+  // in parallel chunks (for_lanes_groups), each chunk in its thread's workspace. The groups are
+  // independent and each writes its own outputs (or its own rows of dw), so the result does not
+  // depend on the chunks.
+  void lanes_forward_block(const Block& b, const float* x, const float* bias, float* y);
+  void lanes_data_block(const Block& b, const float* dy, float* dx);
+  // A tensor's planes as the lanes passes read or write them: `channels` per image, `per_group`
+  // of them per group.
+  template <class T>
+  struct LanesPlanes {
+    T* data;
+    int64_t channels, per_group;
+  };
+  // Forward or backward_data of one block: per group, in's planes (in_extent each) interleaved
+  // into p.in, multiplied by the packed weights (packed_stride floats per group) and deinterleaved
+  // into out's planes (p.out's extent), plus bias per output plane when bias is not null.
+  void lanes_product_block(const lanes::ProductPass& p, int64_t packed_stride, const Block& b,
+                           LanesPlanes<const float> in, Extent in_extent, const float* bias,
+                           LanesPlanes<float> out);
+  void lanes_params_block(const Block& b, const float* x, const float* dy, float* dw);
+  // body(first group, end group, ws) over chunks of groups of about kLanesTaskMacs multiply-adds,
+  // given one group's multiply-adds per image (group_macs).
+  template <class Body>
+  void for_lanes_groups(int64_t group_macs, const Body& body);
   // The per-call scratch of every TbbConv2d of the process (the SHARED SCRATCH contract above).
   // One pool reached through shared_scratch(): every instance holds a reference, so the pool lives
   // while any TbbConv2d does and is freed with the last one (a function-local static object would
