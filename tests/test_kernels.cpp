@@ -1040,11 +1040,17 @@ BOOST_AUTO_TEST_CASE(conv2d_block_paths) {
       {conv_desc(40, 30, 30, 36, 3, 3, 1, 1, 1, 1, 2, 2, 1), 2, direct},
       {conv_desc(24, 33, 34, 20, 5, 5, 1, 1, 4, 4, 2, 2, 1), 2, direct},
       // Up to 128 channels and filters where Winograd cannot run the shape
-      // (kDirectLargeMaxChannels): 96 channels with a 5x5 kernel, 128 filters on 16 channels; the
-      // weight gradient only from 27x27 outputs (kDirectLargeParamsMinOutput), blas below.
+      // (kDirectLargeMaxChannels): 96 channels with a 5x5 kernel, 128 filters on 12 channels; the
+      // weight gradient only from 27x27 outputs (kDirectLargeParamsMinOutput), blas below. From
+      // 16 channels and filters Winograd takes a 3x3 weight gradient
+      // (kWinogradParamsMinChannels).
       {conv_desc(96, 12, 12, 32, 5, 5, 1, 1, 2, 2, 1, 1, 1), 3,
        "fwd=direct bwd_data=direct bwd_weights=blas"},
-      {conv_desc(16, 27, 27, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2, direct},
+      {conv_desc(12, 27, 27, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2, direct},
+      {conv_desc(16, 27, 27, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
+       "fwd=direct bwd_data=direct bwd_weights=winograd43"},
+      {conv_desc(16, 32, 32, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1), 2,
+       "fwd=direct bwd_data=direct bwd_weights=winograd43"},              // ResNet-20's first stage
       {conv_desc(4, 25, 25, 130, 3, 3, 2, 2, 1, 1, 1, 1, 1), 9, blas},    // blas, many images
       {conv_desc(12, 11, 11, 12, 3, 3, 1, 1, 1, 1, 1, 1, 12), 7, lanes},  // depthwise
   };

@@ -81,6 +81,11 @@ constexpr int64_t kDirectParamsImages = 8;
 // Winograd pays off once the 16 products per tile block are real matrix products: below this
 // many channels or filters the direct and small kernels win (measured: docs/performance.md).
 constexpr int64_t kWinogradMinChannels = 32;
+// ... except for the weight gradient, which wins from 16 (ResNet-20's 16 -> 16 at 32x32, batch 64:
+// 1.73-1.78 -> 1.53-1.57 ms; 24 -> 24 at 28x28 3.06 -> 2.15; 32 -> 16 at 32x32 3.35-3.56 ->
+// 2.21-2.36) and loses below (12 -> 12 at 32x32: 0.90-0.98 -> 1.47-1.58 ms; docs/performance.md,
+// section 31).
+constexpr int64_t kWinogradParamsMinChannels = 16;
 // Multiply-adds per task of the depthwise method, about 20 us on one core.
 constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
 // Multiply-adds per task of the lanes method's groups (for_lanes_groups): a block of 16 images has
@@ -239,14 +244,6 @@ int64_t filters_per_group(const Conv2dDesc& d) { return d.out_channels / d.group
 
 bool depthwise_fits(const Conv2dDesc& d) { return channels_per_group(d) == 1 && d.groups > 1; }
 
-// The descriptor the methods' supports() functions judge: precision bf16 runs the method its fp32
-// twin would, on inputs rounded to bf16 (docs/precision.md), so they see the twin.
-Conv2dDesc fp32_twin(const Conv2dDesc& d) {
-  Conv2dDesc twin = d;
-  twin.precision = Precision::kFp32;
-  return twin;
-}
-
 // Precision bf16: layers whose fp32 forward method is one GEMM over the im2col (or image) columns
 // (pointwise, blas) with at least this many weights per group (the GEMM's rows x depth) go to
 // bf16_gemm, whose vdpbf16ps products run at twice the rate of float FMAs once both operands are
@@ -285,11 +282,16 @@ int64_t polyphase_factor(const Conv2dDesc& d) {
   return polyphase ? dilation : 1;
 }
 
-bool winograd_fits(const Conv2dDesc& d) {
+// The shapes Winograd computes (3x3, stride 1, one group, padding at most 2 per phase), at any
+// channel count; winograd_fits: those with kWinogradMinChannels channels and filters.
+bool winograd_geometry_fits(const Conv2dDesc& d) {
   const int64_t p = polyphase_factor(d);
   return d.kernel_h == 3 && d.kernel_w == 3 && d.stride_h == 1 && d.stride_w == 1 &&
          (p > 1 || (d.dilation_h == 1 && d.dilation_w == 1)) && d.groups == 1 && d.pad_h / p <= 2 &&
-         d.pad_w / p <= 2 && channels_per_group(d) >= kWinogradMinChannels &&
+         d.pad_w / p <= 2;
+}
+bool winograd_fits(const Conv2dDesc& d) {
+  return winograd_geometry_fits(d) && channels_per_group(d) >= kWinogradMinChannels &&
          filters_per_group(d) >= kWinogradMinChannels;
 }
 
@@ -449,8 +451,14 @@ bool polyphase_params_fits(const Conv2dDesc& d) {
 // The weight gradient takes Winograd wherever it runs, except on dilated shapes the direct
 // kernels run (as winograd_beats_direct refuses): there the phase split costs more than it saves
 // (32 -> 32 at 32x32, dilation 3: 9.3 -> 4.5 ms; docs/performance.md, section 23).
+// From kWinogradParamsMinChannels in fp32; in bf16 from kWinogradMinChannels, as forward: under
+// it the direct method's vdpbf16ps products win (ResNet-20's 16 -> 16 at 32x32: bf16_direct 1.0-1.3
+// ms, bf16_winograd43 2.0-2.1).
 bool winograd_params_fits(const Conv2dDesc& d) {
-  return winograd_fits(d) && !(polyphase_factor(d) > 1 && direct_forward_fits(d));
+  const int64_t least =
+      d.precision == Precision::kFp32 ? kWinogradParamsMinChannels : kWinogradMinChannels;
+  return winograd_geometry_fits(d) && channels_per_group(d) >= least &&
+         filters_per_group(d) >= least && !(polyphase_factor(d) > 1 && direct_forward_fits(d));
 }
 
 // The weight gradient's products are (filters x tiles) * (tiles x channels). It takes F(4x4) on
@@ -466,11 +474,11 @@ bool winograd43_params_fits(const Conv2dDesc& d) {
   return winograd_params_fits(d) && sum <= most && winograd43_output_fits(d);
 }
 
-// The lanes method (lanes.hpp): fp32, a block's frames within kLanesBudgetPixels, not 1x1
+// The lanes method (lanes.hpp): a block's frames within kLanesBudgetPixels, not 1x1
 // (pointwise and small run those faster) and not what Winograd runs (3x3, stride 1, 32 channels
 // and more: Winograd keeps those; docs/performance.md, section 14).
 bool lanes_fits(const Conv2dDesc& d) {
-  if (d.precision != Precision::kFp32 || d.kernel_h * d.kernel_w == 1 || winograd_fits(d)) {
+  if (d.kernel_h * d.kernel_w == 1 || winograd_fits(d)) {
     return false;
   }
   const bool strided_small =
@@ -489,8 +497,10 @@ bool lanes_data_fits(const Conv2dDesc& d) {
 }  // namespace
 
 // ---- the ordered lists ------------------------------------------------------------------------
-// Each pass takes the first implementation of its list that supports the descriptor, judged on its
-// fp32 twin (the last, blas, supports every one).
+// Each pass takes the first implementation of its list that supports the descriptor (the last,
+// blas, supports every one). The conditions ignore the precision, so that a bf16 layer runs the
+// methods the fp32 layer would, on rounded inputs (docs/precision.md), but where bf16's own
+// products move a crossover: winograd_params_fits.
 // Where both apply, Winograd beats the direct kernels at backward_params, and at forward and
 // backward_data as winograd_beats_direct() says (measured: docs/performance.md, section 21).
 
@@ -578,9 +588,8 @@ std::span<const TbbConv2d::ParamsImplementation> TbbConv2d::params_implementatio
 bool TbbConv2d::supports(const Conv2dDesc& desc) const {
   if (desc.precision == Precision::kFp32) return true;
   if (desc.precision != Precision::kBf16 || !desc.symmetric_padding()) return false;
-  const Conv2dDesc twin = fp32_twin(desc);
   for (const ForwardImplementation& implementation : forward_implementations()) {
-    if (implementation.supports(twin)) return !bf16_gemm_pays(twin, implementation.name);
+    if (implementation.supports(desc)) return !bf16_gemm_pays(desc, implementation.name);
   }
   return false;
 }
@@ -634,7 +643,7 @@ void TbbConv2d::on_prepare() {
       std::clamp<int64_t>(ceil_div(kSmallTargetColumns, out_plane_), 1,
                           kColumnBudgetFloats / std::max<int64_t>(1, rows_ * out_plane_));
   small_stride_ = round_up(small_images_ * out_plane_, direct::kVector);
-  phases_ = winograd_fits(d) ? polyphase_factor(d) : 1;
+  phases_ = winograd_geometry_fits(d) ? polyphase_factor(d) : 1;
   polyphase_ = polyphase::make(d);
   polyphase_stride_ = round_up(polyphase_.floats(cg_), 16);
   polyphase_dy_stride_ = round_up(d.out_h * polyphase_.plane_w, direct::kVector);
@@ -658,9 +667,8 @@ void TbbConv2d::on_prepare() {
 
 template <class I>
 const I* TbbConv2d::choose(std::span<const I> list, Plan& plan) {
-  const Conv2dDesc twin = fp32_twin(desc_);
   for (const I& implementation : list) {
-    if (!implementation.supports(twin)) continue;
+    if (!implementation.supports(desc_)) continue;
     plan = Plan{};
     plan.band_rows = desc_.out_h;
     (this->*implementation.prepare)(plan);

@@ -92,9 +92,10 @@ class TbbBackend : public Backend {
 //   backward_params: lanes, depthwise, winograd43, winograd23, direct, polyphase, pointwise,
 //                    small, blas
 // Precision bf16 (docs/precision.md): supports() takes the bf16 descriptors (symmetric padding)
-// but those whose fp32 twin's forward method is a GEMM (pointwise, blas) over at least
-// kBf16GemmMinWeights weights per group: those go to TbbBf16Conv2d (bf16_conv2d.hpp). Each pass
-// runs the method its fp32 twin would, on inputs rounded to bf16, so every product multiplies bf16
+// but those whose forward method is a GEMM (pointwise, blas) over at least kBf16GemmMinWeights
+// weights per group: those go to TbbBf16Conv2d (bf16_conv2d.hpp). Each pass runs the method the
+// fp32 layer would (but the weight gradient of 16 to 31 channels: direct, not Winograd,
+// winograd_params_fits), on inputs rounded to bf16, so every product multiplies bf16
 // values exactly and every sum stays in float, as the reference's emulation computes (up to the
 // order of the sums); implementation() names them "bf16_<method>". The pass rounds the weights
 // into a copy; methods that copy x and dy anyway round them there (Implementation::
