@@ -215,8 +215,10 @@ void product_tiles(const float* a, int64_t lda, int64_t rows, const float* b, co
 // shifted_product of one row (one filter, or one channel for backward_data: depthwise layers) over
 // the output pixels of every output row at once: out[o] = sum over taps t of a[t] * b[offset[t] +
 // pixel_offset[o]], P pixels at a time with their sums in registers. Row by row, a 4-pixel row
-// kept 4 sums that each waited on the last multiply-add (the FMA's latency, not its throughput:
-// 1.5x slower); the price is the taps wholly in the padding rows, multiplied by zeros here.
+// kept 4 sums that each waited on the last multiply-add (the FMA's latency, not its throughput: a
+// 4x4 depthwise forward, 512 channels, batch 64, one thread: 0.37 ms in 1x4 row tiles against
+// 0.33 here; the 1x12 tiles before them did 3x the work); the price is the taps wholly in the
+// padding rows, multiplied by zeros here.
 template <int P>
 void pixel_tiles(const float* a, int64_t taps, const float* b, const int64_t* offset,
                  const int64_t* pixel_offset, int64_t pixels, float* out) {
